@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The project's whole test suite, the same one CI runs: formatting, lints,
+# unit/integration/doc tests, then Autobahn conformance of our server.
+# Stops at the first failing step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+section() { printf '\n==== %s ====\n' "$*"; }
+
+section "format: cargo fmt --all --check"
+cargo fmt --all --check
+
+section "lint: cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+section "tests: cargo test --all-targets"
+cargo test --all-targets
+
+# --all-targets leaves out doctests, so they get their own run.
+section "doctests: cargo test --doc"
+cargo test --doc
+
+section "conformance: autobahn/run-server.sh"
+autobahn/run-server.sh

@@ -1,0 +1,4 @@
+//! emitws: a strict, fast WebSocket engine.
+#![deny(missing_docs)]
+
+pub mod proto;

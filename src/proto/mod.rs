@@ -1,0 +1,20 @@
+//! The sans-IO protocol core: handshake, frames, masking, UTF-8 and close codes.
+//!
+//! Nothing here touches a socket or reads a clock. Bytes go in, events come
+//! out; frames to send are written into caller-owned buffers. The runtime
+//! ([`crate::runtime`]) and the tests drive it the same way.
+
+mod close;
+mod decoder;
+mod error;
+mod frame;
+pub mod handshake;
+mod mask;
+mod utf8;
+
+pub use close::CloseCode;
+pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Role};
+pub use error::ProtocolError;
+pub use frame::{close_payload, encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};
+pub use mask::{apply_mask, apply_mask_scalar};
+pub use utf8::Utf8Validator;

@@ -1,0 +1,217 @@
+//! A connection's outbound bytes: small frames coalesced into one buffer,
+//! shared broadcast frames held by reference, all written with one `writev`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+use crate::proto::{FrameHeader, OpCode, MAX_HEADER_LEN};
+
+/// Payloads at least this long get their own segment instead of being copied
+/// onto the end of the coalescing buffer.
+const OWN_SEGMENT: usize = 64 << 10;
+/// The most iovecs handed to one `writev`.
+const MAX_IOVECS: usize = 64;
+
+#[derive(Debug)]
+enum Segment {
+    Owned(Vec<u8>),
+    Shared(Arc<[u8]>),
+}
+
+impl Segment {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Segment::Owned(bytes) => bytes,
+            Segment::Shared(bytes) => bytes,
+        }
+    }
+}
+
+/// Bytes waiting to be written to one socket.
+#[derive(Debug, Default)]
+pub(crate) struct OutQueue {
+    segments: VecDeque<Segment>,
+    /// Bytes of the front segment already written.
+    written: usize,
+    /// Bytes not yet written.
+    len: usize,
+}
+
+impl OutQueue {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends raw bytes (an HTTP response, or an encoded frame).
+    pub fn push_bytes(&mut self, bytes: &[u8]) {
+        self.tail(bytes.len()).extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// Appends an unmasked frame.
+    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
+        let header = FrameHeader { fin: true, rsv: 0, opcode, mask: None, payload_len: payload.len() as u64 };
+        let mut head = [0; MAX_HEADER_LEN];
+        let head_len = header.encode(&mut head);
+        let tail = self.tail(head_len + payload.len());
+        tail.extend_from_slice(&head[..head_len]);
+        tail.extend_from_slice(payload);
+        self.len += head_len + payload.len();
+    }
+
+    /// Appends a frame encoded once and shared with other connections.
+    pub fn push_shared(&mut self, frame: Arc<[u8]>) {
+        self.len += frame.len();
+        self.segments.push_back(Segment::Shared(frame));
+    }
+
+    /// The owned buffer to append `extra` bytes to: the last one unless the
+    /// payload is large enough to deserve its own segment.
+    fn tail(&mut self, extra: usize) -> &mut Vec<u8> {
+        let reuse = match self.segments.back() {
+            Some(Segment::Owned(buf)) => extra < OWN_SEGMENT || buf.is_empty(),
+            _ => false,
+        };
+        if !reuse {
+            self.segments.push_back(Segment::Owned(Vec::with_capacity(extra.max(4096))));
+        }
+        match self.segments.back_mut() {
+            Some(Segment::Owned(buf)) => buf,
+            _ => unreachable!("an owned segment was just ensured"),
+        }
+    }
+
+    /// Drops every segment not yet started, keeping a partly written one so
+    /// the stream stays frame-aligned. Used before a forced close.
+    pub fn truncate_unstarted(&mut self) {
+        let keep = usize::from(self.written > 0);
+        while self.segments.len() > keep {
+            let segment = self.segments.pop_back().expect("len checked");
+            self.len -= segment.bytes().len();
+        }
+        if keep == 0 {
+            self.len = 0;
+        }
+    }
+
+    /// Writes as much as the socket takes. Returns `Ok(true)` once empty.
+    pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<bool> {
+        while self.len > 0 {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (i, segment) in self.segments.iter().take(MAX_IOVECS).enumerate() {
+                let bytes = segment.bytes();
+                slices[i] = IoSlice::new(if i == 0 { &bytes[self.written..] } else { bytes });
+                count += 1;
+            }
+            let result = if count == 1 { socket.write(&slices[0]) } else { socket.write_vectored(&slices[..count]) };
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.consume(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let front = self.segments.front().expect("written bytes were queued").bytes().len();
+            let left = front - self.written;
+            if n < left {
+                self.written += n;
+                return;
+            }
+            n -= left;
+            self.written = 0;
+            self.segments.pop_front();
+        }
+    }
+
+    /// Empties the queue for reuse, keeping one modest buffer's capacity.
+    pub fn reset(&mut self) {
+        self.written = 0;
+        self.len = 0;
+        let keep = match self.segments.pop_front() {
+            Some(Segment::Owned(mut buf)) if buf.capacity() <= OWN_SEGMENT => {
+                buf.clear();
+                Some(buf)
+            }
+            _ => None,
+        };
+        self.segments.clear();
+        if let Some(buf) = keep {
+            self.segments.push_back(Segment::Owned(buf));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that accepts at most `limit` bytes per call, then blocks.
+    struct Trickle {
+        out: Vec<u8>,
+        limit: usize,
+        calls_left: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.calls_left == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.calls_left -= 1;
+            let n = buf.len().min(self.limit);
+            self.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_exactly_where_they_stopped() {
+        let mut queue = OutQueue::default();
+        let shared: Arc<[u8]> = Arc::from(&b"shared-frame"[..]);
+        queue.push_bytes(b"head ");
+        queue.push_shared(shared.clone());
+        queue.push_frame(OpCode::Text, &[b'x'; 70_000]);
+        queue.push_bytes(b" tail");
+        let expected_len = queue.len();
+        let mut socket = Trickle { out: Vec::new(), limit: 7, calls_left: 3 };
+        assert!(!queue.flush(&mut socket).unwrap());
+        assert_eq!(queue.len(), expected_len - 21);
+        socket.limit = usize::MAX;
+        socket.calls_left = usize::MAX;
+        assert!(queue.flush(&mut socket).unwrap());
+        assert!(socket.out.starts_with(b"head shared-frame\x81\x7f"));
+        assert!(socket.out.ends_with(b"x tail"));
+        assert_eq!(socket.out.len(), expected_len);
+    }
+
+    #[test]
+    fn truncation_keeps_the_frame_in_progress() {
+        let mut queue = OutQueue::default();
+        queue.push_shared(Arc::from(&b"0123456789"[..]));
+        queue.push_bytes(b"later");
+        let mut socket = Trickle { out: Vec::new(), limit: 4, calls_left: 1 };
+        queue.flush(&mut socket).unwrap();
+        queue.truncate_unstarted();
+        assert_eq!(queue.len(), 6);
+        socket.calls_left = 10;
+        socket.limit = 100;
+        assert!(queue.flush(&mut socket).unwrap());
+        assert_eq!(socket.out, b"0123456789");
+    }
+}
