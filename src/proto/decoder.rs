@@ -199,9 +199,9 @@ impl Decoder {
             }
         };
         let event = match opcode {
-            OpCode::Text => Event::Message(Message::Text(
-                std::str::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)?,
-            )),
+            OpCode::Text => {
+                Event::Message(Message::Text(std::str::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)?))
+            }
             OpCode::Binary => Event::Message(Message::Binary(bytes)),
             OpCode::Ping => Event::Ping(bytes),
             OpCode::Pong => Event::Pong(bytes),
@@ -523,7 +523,12 @@ mod tests {
         assert_eq!(events, [Owned::Error(ProtocolError::InvalidUtf8)]);
         // Inside one frame still arriving: the bad byte alone is enough.
         let mut s = Vec::new();
-        frame(&mut s, OpCode::Text, true, &[b'a'; 10].iter().chain(&[0xff]).chain(&[b'b'; 1000]).copied().collect::<Vec<_>>());
+        frame(
+            &mut s,
+            OpCode::Text,
+            true,
+            &[b'a'; 10].iter().chain(&[0xff]).chain(&[b'b'; 1000]).copied().collect::<Vec<_>>(),
+        );
         let mut decoder = Decoder::new(Role::Server);
         let mut head_and_bad = s[..8 + 11].to_vec(); // 8-byte header: 16-bit length and mask
         assert_eq!(decoder.decode(&mut head_and_bad, &Limits::default()).unwrap_err(), ProtocolError::InvalidUtf8);

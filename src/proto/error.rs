@@ -58,9 +58,9 @@ impl ProtocolError {
     pub fn close_code(self) -> CloseCode {
         match self {
             ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
-            ProtocolError::FrameTooLarge
-            | ProtocolError::MessageTooLarge
-            | ProtocolError::TooManyFragments => CloseCode::MESSAGE_TOO_BIG,
+            ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge | ProtocolError::TooManyFragments => {
+                CloseCode::MESSAGE_TOO_BIG
+            }
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }

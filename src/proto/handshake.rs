@@ -312,7 +312,9 @@ pub fn accept_key(key: &[u8]) -> String {
 /// Writes the `101 Switching Protocols` response, with the chosen subprotocol
 /// and extension responses (each already formatted) if any.
 pub fn write_accept(out: &mut Vec<u8>, accept_key: &str, protocol: Option<&str>, extensions: Option<&str>) {
-    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ");
+    out.extend_from_slice(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+    );
     out.extend_from_slice(accept_key.as_bytes());
     if let Some(protocol) = protocol {
         out.extend_from_slice(b"\r\nSec-WebSocket-Protocol: ");
@@ -468,8 +470,7 @@ fn parse_offer(offer: &str) -> Option<ExtensionOffer<'_>> {
 
 /// An HTTP token (RFC 7230 §3.2.6).
 fn is_token(text: &str) -> bool {
-    !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -511,7 +512,10 @@ mod tests {
             (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="), HandshakeError::BadKey),
             (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!notbase64!!"), HandshakeError::BadKey),
             (GOOD.replace("Version: 13", "Version: 8"), HandshakeError::UnsupportedVersion),
-            (GOOD.replace("Version: 13\r\n", "Version: 13\r\nSec-WebSocket-Version: 8\r\n"), HandshakeError::UnsupportedVersion),
+            (
+                GOOD.replace("Version: 13\r\n", "Version: 13\r\nSec-WebSocket-Version: 8\r\n"),
+                HandshakeError::UnsupportedVersion,
+            ),
         ];
         for (head, expected) in cases {
             assert_eq!(validate(&head), Err(expected), "{head}");

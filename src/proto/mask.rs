@@ -49,9 +49,7 @@ fn apply_words(buf: &mut [u8], key: [u8; 4]) {
     let (head, words, tail) = unsafe { buf.align_to_mut::<u64>() };
     apply_mask_scalar(head, key, 0);
     let key = rotate(key, head.len());
-    let wide = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let wide = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
     for word in words.iter_mut() {
         *word ^= wide;
     }

@@ -43,14 +43,12 @@ impl OutQueue {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Appends raw bytes (an HTTP response, or an encoded frame).
-    pub fn push_bytes(&mut self, bytes: &[u8]) {
-        self.tail(bytes.len()).extend_from_slice(bytes);
-        self.len += bytes.len();
+    /// Appends bytes written by `write` into the queue's tail buffer.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let tail = self.tail(0);
+        let before = tail.len();
+        write(tail);
+        self.len += tail.len() - before;
     }
 
     /// Appends an unmasked frame.
@@ -184,10 +182,10 @@ mod tests {
     fn partial_writes_resume_exactly_where_they_stopped() {
         let mut queue = OutQueue::default();
         let shared: Arc<[u8]> = Arc::from(&b"shared-frame"[..]);
-        queue.push_bytes(b"head ");
+        queue.push_with(|out| out.extend_from_slice(b"head "));
         queue.push_shared(shared.clone());
         queue.push_frame(OpCode::Text, &[b'x'; 70_000]);
-        queue.push_bytes(b" tail");
+        queue.push_with(|out| out.extend_from_slice(b" tail"));
         let expected_len = queue.len();
         let mut socket = Trickle { out: Vec::new(), limit: 7, calls_left: 3 };
         assert!(!queue.flush(&mut socket).unwrap());
@@ -204,7 +202,7 @@ mod tests {
     fn truncation_keeps_the_frame_in_progress() {
         let mut queue = OutQueue::default();
         queue.push_shared(Arc::from(&b"0123456789"[..]));
-        queue.push_bytes(b"later");
+        queue.push_with(|out| out.extend_from_slice(b"later"));
         let mut socket = Trickle { out: Vec::new(), limit: 4, calls_left: 1 };
         queue.flush(&mut socket).unwrap();
         queue.truncate_unstarted();

@@ -1,0 +1,36 @@
+//! The echo server the Autobahn fuzzing client runs against.
+//!
+//! `cargo run --release --example autobahn_server -- 127.0.0.1:9001`
+//!
+//! Limits are raised as far as the suite needs: case 9.x sends messages of
+//! up to 16 MiB, in up to 65,536 fragments.
+
+use emitws::proto::Message;
+use emitws::runtime::{Conn, Handler, Server};
+
+#[derive(Clone)]
+struct Echo;
+
+impl Handler for Echo {
+    type Data = ();
+
+    fn on_message(&mut self, conn: &mut Conn<'_, ()>, message: Message<'_>) {
+        let _ = match message {
+            Message::Text(text) => conn.send_text(text),
+            Message::Binary(bytes) => conn.send_binary(bytes),
+        };
+    }
+}
+
+fn main() -> std::io::Result<()> {
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
+    let server = Server::new()
+        .max_message_size(64 << 20)
+        .max_frame_size(64 << 20)
+        .max_fragments(1 << 20)
+        .backpressure(256 << 20, emitws::runtime::BackpressurePolicy::Close)
+        .start(addr.as_str(), Echo)?;
+    println!("autobahn echo server listening on {}", server.local_addr());
+    server.join();
+    Ok(())
+}

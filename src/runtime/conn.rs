@@ -1,0 +1,287 @@
+//! Per-connection state, and [`Conn`], the handler's view of a connection.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mio::net::TcpStream;
+
+use super::handle::{ConnId, ServerHandle, SharedFrame};
+use super::outbuf::OutQueue;
+use super::settings::{BackpressurePolicy, Settings};
+use super::timer::Wheel;
+use crate::proto::handshake::RequestReader;
+use crate::proto::{close_payload, CloseCode, OpCode};
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading the upgrade request.
+    Handshake,
+    /// Messages flow both ways.
+    Open,
+    /// We sent a close frame and wait for the peer's.
+    Closing,
+    /// Nothing more to send but what is queued; then shut down our side.
+    Finishing,
+    /// Our side is shut; discard input until the peer closes or time runs out.
+    Draining,
+}
+
+/// Flag bits of [`Connection::flags`].
+pub(crate) mod flag {
+    /// In the worker's list of connections to flush this turn.
+    pub const DIRTY: u8 = 1;
+    /// The socket refused bytes; queued data is waiting for writability.
+    pub const BACKLOGGED: u8 = 1 << 1;
+    /// A send returned `Buffered`: call `on_drain` once the queue empties.
+    pub const DRAIN_WANTED: u8 = 1 << 2;
+    /// A keepalive ping is outstanding.
+    pub const PING_SENT: u8 = 1 << 3;
+    /// `on_open` ran, so `on_close` is owed.
+    pub const OPENED: u8 = 1 << 4;
+    /// `on_close` ran.
+    pub const NOTIFIED: u8 = 1 << 5;
+    /// The connection failed inside a callback; `on_close` is due after it returns.
+    pub const CLOSE_PENDING: u8 = 1 << 6;
+}
+
+/// Everything a worker keeps for one connection, apart from its frame decoder.
+#[derive(Debug)]
+pub(crate) struct Connection<D> {
+    pub socket: TcpStream,
+    pub generation: u32,
+    pub phase: Phase,
+    pub flags: u8,
+    /// The close code to report when `CLOSE_PENDING` is set.
+    pub pending_code: u16,
+    /// When the connection next needs attention (a wheel tick).
+    pub deadline: u32,
+    /// The tick of this connection's live wheel entry, or 0 for none.
+    pub armed: u32,
+    pub out: Option<Box<OutQueue>>,
+    pub handshake: Option<Box<RequestReader>>,
+    pub data: D,
+}
+
+impl<D> Connection<D> {
+    pub fn has(&self, bit: u8) -> bool {
+        self.flags & bit != 0
+    }
+
+    pub fn queued(&self) -> usize {
+        self.out.as_ref().map_or(0, |q| q.len())
+    }
+}
+
+/// Worker state that sends and timers need, kept apart from the connection
+/// slab and the handler so all three can be borrowed at once.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub worker: usize,
+    pub settings: Arc<Settings>,
+    pub handle: ServerHandle,
+    pub wheel: Wheel,
+    pub now_tick: u32,
+    /// Connections with bytes queued this turn.
+    pub dirty: Vec<usize>,
+    /// Empty write queues, reused so that idle connections hold none.
+    pub pool: Vec<Box<OutQueue>>,
+}
+
+/// The most write queues a worker keeps for reuse.
+const POOL_LIMIT: usize = 1024;
+
+impl Context {
+    /// The connection's write queue, taken from the pool if it has none, and
+    /// the connection marked for flushing at the end of the turn.
+    pub fn queue<'c, D>(&mut self, key: usize, conn: &'c mut Connection<D>) -> &'c mut OutQueue {
+        if !conn.has(flag::DIRTY) {
+            conn.flags |= flag::DIRTY;
+            self.dirty.push(key);
+        }
+        conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default())
+    }
+
+    /// Takes back an emptied write queue.
+    pub fn recycle(&mut self, mut queue: Box<OutQueue>) {
+        if self.pool.len() < POOL_LIMIT {
+            queue.reset();
+            self.pool.push(queue);
+        }
+    }
+
+    /// Sets when the connection next needs attention, arming the wheel only
+    /// if that is sooner than its live entry.
+    pub fn set_deadline<D>(&mut self, key: usize, conn: &mut Connection<D>, tick: u32) {
+        conn.deadline = tick;
+        if conn.armed == 0 || tick < conn.armed {
+            conn.armed = self.wheel.arm(key as u32, conn.generation, tick);
+        }
+    }
+
+    /// Starts the close handshake: queues a close frame and waits for the reply.
+    pub fn start_close<D>(&mut self, key: usize, conn: &mut Connection<D>, code: CloseCode, reason: &str) {
+        if conn.phase != Phase::Open {
+            return;
+        }
+        let (payload, len) = close_payload(code, reason);
+        self.queue(key, conn).push_frame(OpCode::Close, &payload[..len]);
+        conn.phase = Phase::Closing;
+        let tick = self.wheel.deadline_ticks(self.now_tick, self.settings.close_timeout);
+        self.set_deadline(key, conn, tick);
+    }
+
+    /// Fails the connection: queues a close frame with `code` behind what is
+    /// already queued, and finishes without waiting for the peer's close.
+    pub fn fail<D>(&mut self, key: usize, conn: &mut Connection<D>, code: CloseCode, reason: &str) {
+        if matches!(conn.phase, Phase::Finishing | Phase::Draining) {
+            return;
+        }
+        let opened = conn.phase != Phase::Handshake;
+        if opened {
+            let (payload, len) = close_payload(code, reason);
+            self.queue(key, conn).push_frame(OpCode::Close, &payload[..len]);
+        }
+        self.finish(key, conn);
+    }
+
+    /// Moves to `Finishing`: flush what is queued, then shut down our side.
+    pub fn finish<D>(&mut self, key: usize, conn: &mut Connection<D>) {
+        if conn.phase != Phase::Closing {
+            let tick = self.wheel.deadline_ticks(self.now_tick, self.settings.close_timeout);
+            self.set_deadline(key, conn, tick);
+        }
+        conn.phase = Phase::Finishing;
+        if !conn.has(flag::DIRTY) {
+            conn.flags |= flag::DIRTY;
+            self.dirty.push(key);
+        }
+    }
+}
+
+/// What became of a send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "a send can be refused"]
+pub enum SendStatus {
+    /// Queued behind nothing: it goes out when this loop turn ends.
+    Sent,
+    /// Queued behind bytes the socket has not taken yet; [`Handler::on_drain`](super::Handler::on_drain)
+    /// fires when everything is written.
+    Buffered,
+    /// Not queued: the connection is closing, or the send would exceed the
+    /// outbound budget (and with [`BackpressurePolicy::Close`] the connection
+    /// is now closing with 1008).
+    Refused,
+}
+
+/// A connection as seen from a [`Handler`](super::Handler) callback.
+pub struct Conn<'w, D> {
+    pub(crate) key: usize,
+    pub(crate) conn: &'w mut Connection<D>,
+    pub(crate) ctx: &'w mut Context,
+}
+
+impl<D> std::fmt::Debug for Conn<'_, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("id", &self.id()).field("phase", &self.conn.phase).finish()
+    }
+}
+
+impl<D> Conn<'_, D> {
+    /// This connection's id, for [`ServerHandle`] sends from elsewhere.
+    pub fn id(&self) -> ConnId {
+        ConnId::new(self.ctx.worker, self.key, self.conn.generation)
+    }
+
+    /// The per-connection data.
+    pub fn data(&self) -> &D {
+        &self.conn.data
+    }
+
+    /// The per-connection data, mutably.
+    pub fn data_mut(&mut self) -> &mut D {
+        &mut self.conn.data
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.conn.socket.peer_addr()
+    }
+
+    /// Whether messages can still be sent (no close started).
+    pub fn is_open(&self) -> bool {
+        self.conn.phase == Phase::Open
+    }
+
+    /// Bytes queued and not yet taken by the socket.
+    pub fn buffered(&self) -> usize {
+        self.conn.queued()
+    }
+
+    /// A handle to the whole server, for broadcasts and sends to other connections.
+    pub fn server(&self) -> &ServerHandle {
+        &self.ctx.handle
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, text: &str) -> SendStatus {
+        self.send(OpCode::Text, text.as_bytes())
+    }
+
+    /// Sends a binary message.
+    pub fn send_binary(&mut self, bytes: &[u8]) -> SendStatus {
+        self.send(OpCode::Binary, bytes)
+    }
+
+    /// Sends a frame encoded once for many connections (see [`SharedFrame`]).
+    pub fn send_shared(&mut self, frame: &SharedFrame) -> SendStatus {
+        self.reserve(frame.0.len(), |queue| queue.push_shared(frame.0.clone()))
+    }
+
+    /// Sends a ping (payloads over 125 bytes are refused).
+    pub fn ping(&mut self, payload: &[u8]) -> SendStatus {
+        if payload.len() > 125 {
+            return SendStatus::Refused;
+        }
+        self.send(OpCode::Ping, payload)
+    }
+
+    /// Starts the close handshake. `on_close` follows when the peer answers
+    /// (or the close timeout passes). The reason is cut to 123 bytes.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.ctx.start_close(self.key, self.conn, code, reason);
+    }
+
+    fn send(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
+        let frame_len = payload.len() + crate::proto::MAX_HEADER_LEN;
+        self.reserve(frame_len, |queue| queue.push_frame(opcode, payload))
+    }
+
+    fn reserve(&mut self, len: usize, push: impl FnOnce(&mut OutQueue)) -> SendStatus {
+        if self.conn.phase != Phase::Open {
+            return SendStatus::Refused;
+        }
+        if self.conn.queued() + len > self.ctx.settings.max_buffered {
+            if self.ctx.settings.backpressure == BackpressurePolicy::Close {
+                let code = CloseCode::POLICY_VIOLATION;
+                // The peer is not reading: what is queued would never arrive
+                // anyway, so make room for the close frame.
+                if let Some(queue) = self.conn.out.as_mut() {
+                    queue.truncate_unstarted();
+                }
+                self.ctx.fail(self.key, self.conn, code, "send buffer full");
+                self.conn.flags |= flag::CLOSE_PENDING;
+                self.conn.pending_code = code.0;
+            }
+            return SendStatus::Refused;
+        }
+        push(self.ctx.queue(self.key, self.conn));
+        if self.conn.has(flag::BACKLOGGED) {
+            self.conn.flags |= flag::DRAIN_WANTED;
+            SendStatus::Buffered
+        } else {
+            SendStatus::Sent
+        }
+    }
+}

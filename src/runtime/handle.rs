@@ -1,0 +1,180 @@
+//! Reaching connections from any thread: ids, shared frames and the server handle.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use mio::Waker;
+
+use crate::proto::{close_payload, encode_frame, CloseCode, OpCode};
+
+/// A connection's id, unique for the server's lifetime (slots are reused, ids are not
+/// until 2^24 connections later on the same slot).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl ConnId {
+    pub(crate) fn new(worker: usize, key: usize, generation: u32) -> ConnId {
+        ConnId((worker as u64) << 56 | (generation as u64 & 0xff_ffff) << 32 | key as u64)
+    }
+
+    pub(crate) fn worker(self) -> usize {
+        (self.0 >> 56) as usize
+    }
+
+    pub(crate) fn key(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        ((self.0 >> 32) & 0xff_ffff) as u32
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:x}", self.0)
+    }
+}
+
+/// A frame encoded once, to be sent to many connections without copying.
+///
+/// ```
+/// use emitws::runtime::SharedFrame;
+/// let frame = SharedFrame::text("tick");
+/// assert_eq!(frame.as_bytes(), b"\x81\x04tick");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedFrame(pub(crate) Arc<[u8]>);
+
+impl SharedFrame {
+    /// A text message frame.
+    pub fn text(text: &str) -> SharedFrame {
+        SharedFrame::encode(OpCode::Text, text.as_bytes())
+    }
+
+    /// A binary message frame.
+    pub fn binary(bytes: &[u8]) -> SharedFrame {
+        SharedFrame::encode(OpCode::Binary, bytes)
+    }
+
+    fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
+        let mut out = Vec::with_capacity(payload.len() + 10);
+        encode_frame(&mut out, opcode, true, None, payload);
+        SharedFrame(out.into())
+    }
+
+    /// The encoded frame.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Work handed to a worker from another thread.
+pub(crate) enum Command {
+    Send(ConnId, SharedFrame),
+    Broadcast(Vec<ConnId>, SharedFrame),
+    Close(ConnId, CloseCode, String),
+    Adopt(mio::net::TcpStream),
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub(crate) struct WorkerInbox {
+    pub sender: Sender<Command>,
+    pub waker: Arc<Waker>,
+}
+
+/// State shared by all workers and handles.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub connections: AtomicUsize,
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pub stopping: AtomicBool,
+}
+
+/// Sends to connections, broadcasts and shuts down, from any thread.
+///
+/// Cloning is cheap. Commands are queued to the owning worker and applied on
+/// its next loop turn; a command for a connection that has closed is dropped.
+#[derive(Clone, Debug)]
+pub struct ServerHandle {
+    pub(crate) inboxes: Arc<Vec<WorkerInbox>>,
+    pub(crate) shared: Arc<Shared>,
+    /// Wakes the acceptor thread (acceptor mode only) so it sees a shutdown.
+    pub(crate) acceptor: Option<Arc<Waker>>,
+}
+
+impl ServerHandle {
+    fn post(&self, worker: usize, command: Command) -> bool {
+        let Some(inbox) = self.inboxes.get(worker) else { return false };
+        inbox.sender.send(command).is_ok() && inbox.waker.wake().is_ok()
+    }
+
+    /// Queues a text message to one connection. Returns false if the server has stopped.
+    pub fn send_text(&self, id: ConnId, text: &str) -> bool {
+        self.send_frame(id, &SharedFrame::text(text))
+    }
+
+    /// Queues a binary message to one connection. Returns false if the server has stopped.
+    pub fn send_binary(&self, id: ConnId, bytes: &[u8]) -> bool {
+        self.send_frame(id, &SharedFrame::binary(bytes))
+    }
+
+    /// Queues a pre-encoded frame to one connection.
+    pub fn send_frame(&self, id: ConnId, frame: &SharedFrame) -> bool {
+        self.post(id.worker(), Command::Send(id, frame.clone()))
+    }
+
+    /// Sends one frame to many connections. The frame is encoded once and
+    /// shared by reference by every recipient on every worker.
+    pub fn broadcast(&self, ids: impl IntoIterator<Item = ConnId>, frame: &SharedFrame) {
+        let mut per_worker: Vec<Vec<ConnId>> = (0..self.inboxes.len()).map(|_| Vec::new()).collect();
+        for id in ids {
+            if let Some(list) = per_worker.get_mut(id.worker()) {
+                list.push(id);
+            }
+        }
+        for (worker, ids) in per_worker.into_iter().enumerate() {
+            if !ids.is_empty() {
+                self.post(worker, Command::Broadcast(ids, frame.clone()));
+            }
+        }
+    }
+
+    /// Starts the close handshake with `code` and `reason` (at most 123 bytes kept).
+    pub fn close(&self, id: ConnId, code: CloseCode, reason: &str) -> bool {
+        let (_, len) = close_payload(code, reason);
+        self.post(id.worker(), Command::Close(id, code, reason[..len - 2].to_string()))
+    }
+
+    /// Begins a graceful shutdown without waiting for it (see [`RunningServer::shutdown`](super::RunningServer::shutdown)).
+    pub fn shutdown(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some(acceptor) = &self.acceptor {
+            let _ = acceptor.wake();
+        }
+        for worker in 0..self.inboxes.len() {
+            self.post(worker, Command::Shutdown);
+        }
+    }
+
+    /// Open connections (handshakes included), all workers together.
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_id_packs_and_unpacks() {
+        let id = ConnId::new(3, 123_456, 0x1ab_cdef);
+        assert_eq!((id.worker(), id.key(), id.generation()), (3, 123_456, 0xab_cdef));
+    }
+}

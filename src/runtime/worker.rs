@@ -1,0 +1,708 @@
+//! One worker: a mio event loop that owns its connections.
+//!
+//! Each loop turn: poll; read every readable socket into the worker's one read
+//! buffer and hand complete messages to the handler; apply commands from other
+//! threads; expire timers; then write every connection that queued bytes during
+//! the turn, once each. Reads are bounded per connection per turn, so one busy
+//! peer cannot starve the rest.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use super::conn::{flag, Conn, Connection, Context, Phase};
+use super::handle::{Command, ConnId, ServerHandle, Shared, WorkerInbox};
+use super::settings::{AcceptMode, Settings};
+use super::timer::{Entry, Wheel};
+use super::{listen, Handler, RunningServer, UpgradeRequest};
+use crate::proto::handshake::{self, HandshakeError, RequestReader};
+use crate::proto::{CloseCode, Decoder, Event, OpCode, Role};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+/// Reads of one socket per loop turn before other sockets get their turn.
+const READS_PER_TURN: usize = 4;
+
+/// Starts the workers (and, in acceptor mode, the acceptor) for `addr`.
+pub(crate) fn start<H: Handler>(settings: Settings, addr: SocketAddr, handler: H) -> io::Result<RunningServer> {
+    let workers = settings.workers.max(1);
+    let reuse_port = settings.accept_mode == AcceptMode::ReusePort;
+    let first = listen::bind(addr, settings.backlog, reuse_port)?;
+    let local_addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    if reuse_port {
+        for _ in 1..workers {
+            listeners.push(listen::bind(local_addr, settings.backlog, true)?);
+        }
+    }
+
+    let mut polls = Vec::new();
+    let mut inboxes = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..workers {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (sender, receiver) = mpsc::channel();
+        polls.push(poll);
+        inboxes.push(WorkerInbox { sender, waker });
+        receivers.push(receiver);
+    }
+    let shared = Arc::new(Shared::default());
+    let mut acceptor = None;
+    if !reuse_port {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        acceptor = Some((poll, waker));
+    }
+    let handle = ServerHandle {
+        inboxes: Arc::new(inboxes),
+        shared,
+        acceptor: acceptor.as_ref().map(|(_, waker)| waker.clone()),
+    };
+
+    let settings = Arc::new(settings);
+    let mut threads = Vec::new();
+    let mut listeners = listeners.into_iter();
+    for (index, (poll, inbox)) in polls.into_iter().zip(receivers).enumerate() {
+        let mut listener = if reuse_port { listeners.next().map(TcpListener::from_std) } else { None };
+        if let Some(listener) = listener.as_mut() {
+            poll.registry().register(listener, LISTENER, Interest::READABLE)?;
+        }
+        let (settings, handle, handler) = (settings.clone(), handle.clone(), handler.clone());
+        // The worker is built on its own thread, so connection data need not be `Send`.
+        let thread = std::thread::Builder::new()
+            .name(format!("emitws-worker-{index}"))
+            .spawn(move || Worker::new(index, poll, inbox, listener, settings, handle, handler).run())?;
+        threads.push(thread);
+    }
+    if let Some((poll, _)) = acceptor {
+        let listener = TcpListener::from_std(listeners.next().expect("the first listener"));
+        let handle = handle.clone();
+        let thread = std::thread::Builder::new()
+            .name("emitws-acceptor".into())
+            .spawn(move || run_acceptor(poll, listener, handle))?;
+        threads.push(thread);
+    }
+    Ok(RunningServer { handle, local_addr, threads })
+}
+
+/// Accepts connections and deals them to the workers in turn.
+fn run_acceptor(mut poll: Poll, mut listener: TcpListener, handle: ServerHandle) {
+    if poll.registry().register(&mut listener, LISTENER, Interest::READABLE).is_err() {
+        return;
+    }
+    let mut events = Events::with_capacity(64);
+    let mut next = 0;
+    loop {
+        if let Err(e) = poll.poll(&mut events, None) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if handle.shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let inbox = &handle.inboxes[next % handle.inboxes.len()];
+                    next += 1;
+                    if inbox.sender.send(Command::Adopt(stream)).is_ok() {
+                        let _ = inbox.waker.wake();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Accept errors that concern one connection (or a momentary shortage), not the listener.
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
+}
+
+/// A connection's frame decoder, kept beside the rest of its state so the two
+/// can be borrowed separately (events borrow from the decoder).
+struct Slot<D> {
+    decoder: Decoder,
+    conn: Connection<D>,
+}
+
+struct Worker<H: Handler> {
+    poll: Poll,
+    inbox: Receiver<Command>,
+    listener: Option<TcpListener>,
+    slab: Slab<Slot<H::Data>>,
+    handler: H,
+    read_buf: Vec<u8>,
+    ctx: Context,
+    /// Connections that still had input after their reads this turn.
+    retry: Vec<usize>,
+    next_generation: u32,
+    /// Client IPs of connections, kept only when a per-IP cap is set.
+    peer_ips: HashMap<usize, IpAddr>,
+    shutdown_deadline: Option<Instant>,
+}
+
+impl<H: Handler> Worker<H> {
+    fn new(
+        index: usize,
+        poll: Poll,
+        inbox: Receiver<Command>,
+        listener: Option<TcpListener>,
+        settings: Arc<Settings>,
+        handle: ServerHandle,
+        handler: H,
+    ) -> Self {
+        let read_buf = vec![0; settings.read_buffer_size.max(1024)];
+        let ctx = Context {
+            worker: index,
+            settings,
+            handle,
+            wheel: Wheel::new(Instant::now()),
+            now_tick: 0,
+            dirty: Vec::new(),
+            pool: Vec::new(),
+        };
+        Worker {
+            poll,
+            inbox,
+            listener,
+            slab: Slab::new(),
+            handler,
+            read_buf,
+            ctx,
+            retry: Vec::new(),
+            next_generation: 0,
+            peer_ips: HashMap::new(),
+            shutdown_deadline: None,
+        }
+    }
+
+    fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut due = Vec::new();
+        loop {
+            let now = Instant::now();
+            let mut timeout =
+                if self.retry.is_empty() { self.ctx.wheel.next_timeout(now) } else { Some(Duration::ZERO) };
+            if let Some(deadline) = self.shutdown_deadline {
+                let left = deadline.saturating_duration_since(now);
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
+            }
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            let now = Instant::now();
+            self.ctx.now_tick = self.ctx.wheel.tick_of(now);
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.drain_inbox(),
+                    Token(token) => {
+                        let key = token - FIRST_CONN;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        }
+                        if event.is_writable() && self.slab.get(key).is_some_and(|s| s.conn.has(flag::BACKLOGGED)) {
+                            self.flush(key);
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.retry) {
+                self.on_readable(key);
+            }
+            self.ctx.wheel.expire(self.ctx.now_tick, &mut due);
+            for entry in due.drain(..) {
+                self.on_timer(entry);
+            }
+            while let Some(key) = self.ctx.dirty.pop() {
+                self.flush(key);
+            }
+            if let Some(deadline) = self.shutdown_deadline {
+                if self.slab.is_empty() || now >= deadline {
+                    let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
+                    for key in keys {
+                        self.abort(key, "server shut down");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        let Some(listener) = self.listener.take() else { return };
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => self.adopt(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if is_transient_accept_error(&e) => continue,
+                // Out of file descriptors, most likely: stop for this turn; the
+                // listener will report readiness again as connections close.
+                Err(_) => break,
+            }
+        }
+        self.listener = Some(listener);
+    }
+
+    /// Takes a freshly accepted socket, unless a connection cap forbids it.
+    fn adopt(&mut self, mut stream: TcpStream) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let settings = self.ctx.settings.clone();
+        let shared = &self.ctx.handle.shared;
+        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        if settings.max_connections.is_some_and(|max| open > max) {
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            return refuse(stream, "too many connections");
+        }
+        let mut peer_ip = None;
+        if let Some(max) = settings.max_connections_per_ip {
+            let Ok(peer) = stream.peer_addr() else {
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                return;
+            };
+            let mut per_ip = lock(&shared.per_ip);
+            let count = per_ip.entry(peer.ip()).or_insert(0);
+            if *count >= max {
+                drop(per_ip);
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                return refuse(stream, "too many connections from this address");
+            }
+            *count += 1;
+            peer_ip = Some(peer.ip());
+        }
+        let _ = stream.set_nodelay(true);
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        let registered = self.poll.registry().register(
+            &mut stream,
+            Token(key + FIRST_CONN),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let conn = Connection {
+            socket: stream,
+            generation: self.next_generation,
+            phase: Phase::Handshake,
+            flags: 0,
+            pending_code: 0,
+            deadline: 0,
+            armed: 0,
+            out: None,
+            handshake: None,
+            data: Default::default(),
+        };
+        let slot = entry.insert(Slot { decoder: Decoder::new(Role::Server), conn });
+        if let Some(ip) = peer_ip {
+            self.peer_ips.insert(key, ip);
+        }
+        if registered.is_err() {
+            return self.remove(key);
+        }
+        let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, settings.handshake_timeout);
+        self.ctx.set_deadline(key, &mut slot.conn, tick);
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(command) = self.inbox.try_recv() {
+            match command {
+                Command::Send(id, frame) => self.with_open(id, |conn| {
+                    let _ = conn.send_shared(&frame);
+                }),
+                Command::Broadcast(ids, frame) => {
+                    for id in ids {
+                        self.with_open(id, |conn| {
+                            let _ = conn.send_shared(&frame);
+                        });
+                    }
+                }
+                Command::Close(id, code, reason) => self.with_open(id, |conn| conn.close(code, &reason)),
+                Command::Adopt(stream) => self.adopt(stream),
+                Command::Shutdown => self.begin_shutdown(),
+            }
+        }
+    }
+
+    /// Runs `f` on connection `id` if it still exists and is open.
+    fn with_open(&mut self, id: ConnId, f: impl FnOnce(&mut Conn<'_, H::Data>)) {
+        let Worker { slab, handler, ctx, .. } = self;
+        let key = id.key();
+        let Some(slot) = slab.get_mut(key) else { return };
+        let conn = &mut slot.conn;
+        if conn.generation & 0xff_ffff != id.generation() || conn.phase != Phase::Open {
+            return;
+        }
+        f(&mut Conn { key, conn, ctx });
+        settle(handler, key, conn, ctx);
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        self.shutdown_deadline = Some(Instant::now() + self.ctx.settings.shutdown_timeout);
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.ctx.handle.shared.stopping.store(true, Ordering::Release);
+        if let Some(acceptor) = &self.ctx.handle.acceptor {
+            let _ = acceptor.wake();
+        }
+        let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &mut self.slab[key].conn;
+            match conn.phase {
+                Phase::Handshake => self.remove(key),
+                _ => self.ctx.start_close(key, conn, CloseCode::GOING_AWAY, "server shutting down"),
+            }
+        }
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(slot) = self.slab.get_mut(key) else { return };
+            let conn = &mut slot.conn;
+            let n = match conn.socket.read(&mut self.read_buf) {
+                Ok(0) => return self.on_eof(key),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return self.abort(key, "read error"),
+            };
+            if conn.phase == Phase::Open {
+                conn.flags &= !flag::PING_SENT;
+                if let Some(keepalive) = self.ctx.settings.keepalive {
+                    let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, keepalive.idle);
+                    self.ctx.set_deadline(key, conn, tick);
+                }
+            }
+            self.on_input(key, n);
+            if n < self.read_buf.len() {
+                // A short read drained the socket; readiness will be reported again.
+                return;
+            }
+        }
+        self.retry.push(key);
+    }
+
+    fn on_eof(&mut self, key: usize) {
+        let phase = self.slab[key].conn.phase;
+        if phase == Phase::Finishing {
+            // The peer may close right after its close frame; still send our reply.
+            self.flush(key);
+        }
+        self.abort(key, "connection closed without a close frame");
+    }
+
+    /// Hands `n` freshly read bytes to the connection's current phase.
+    fn on_input(&mut self, key: usize, n: usize) {
+        let Worker { slab, handler, read_buf, ctx, .. } = self;
+        let slot = &mut slab[key];
+        let input = &mut read_buf[..n];
+        match slot.conn.phase {
+            Phase::Handshake => {
+                if let Some(used) = handshake(slot, key, handler, ctx, input) {
+                    frames(slot, key, handler, ctx, &mut input[used..]);
+                }
+            }
+            Phase::Open | Phase::Closing => frames(slot, key, handler, ctx, input),
+            Phase::Finishing | Phase::Draining => {}
+        }
+    }
+
+    fn on_timer(&mut self, entry: Entry) {
+        let key = entry.key as usize;
+        let Some(slot) = self.slab.get_mut(key) else { return };
+        let conn = &mut slot.conn;
+        if conn.generation != entry.generation || conn.armed != entry.tick {
+            return;
+        }
+        conn.armed = 0;
+        if conn.deadline > self.ctx.now_tick {
+            conn.armed = self.ctx.wheel.arm(entry.key, conn.generation, conn.deadline);
+            return;
+        }
+        match conn.phase {
+            Phase::Handshake => self.remove(key),
+            Phase::Open => match self.ctx.settings.keepalive {
+                Some(_) if conn.has(flag::PING_SENT) => self.abort(key, "keepalive timeout"),
+                Some(keepalive) => {
+                    conn.flags |= flag::PING_SENT;
+                    self.ctx.queue(key, conn).push_frame(OpCode::Ping, b"");
+                    let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, keepalive.timeout);
+                    self.ctx.set_deadline(key, conn, tick);
+                }
+                None => {}
+            },
+            Phase::Closing | Phase::Finishing | Phase::Draining => self.abort(key, "close timeout"),
+        }
+    }
+
+    /// Writes what the connection has queued; moves a finishing connection on.
+    fn flush(&mut self, key: usize) {
+        let Worker { slab, handler, ctx, .. } = self;
+        let Some(slot) = slab.get_mut(key) else { return };
+        let conn = &mut slot.conn;
+        conn.flags &= !flag::DIRTY;
+        if let Some(queue) = conn.out.as_mut() {
+            match queue.flush(&mut conn.socket) {
+                Ok(true) => {
+                    let queue = conn.out.take().expect("checked above");
+                    ctx.recycle(queue);
+                    conn.flags &= !flag::BACKLOGGED;
+                    if conn.has(flag::DRAIN_WANTED) {
+                        conn.flags &= !flag::DRAIN_WANTED;
+                        if conn.phase == Phase::Open {
+                            handler.on_drain(&mut Conn { key, conn, ctx });
+                            settle(handler, key, conn, ctx);
+                        }
+                    }
+                }
+                Ok(false) => {
+                    conn.flags |= flag::BACKLOGGED;
+                    return;
+                }
+                Err(_) => return self.abort(key, "write error"),
+            }
+        }
+        if conn.phase == Phase::Finishing && conn.out.is_none() {
+            let _ = conn.socket.shutdown(Shutdown::Write);
+            conn.phase = Phase::Draining;
+        }
+    }
+
+    /// Drops the connection now, telling the handler if it had not been told.
+    fn abort(&mut self, key: usize, reason: &str) {
+        let Worker { slab, handler, ctx, .. } = self;
+        if let Some(slot) = slab.get_mut(key) {
+            notify(handler, key, &mut slot.conn, ctx, CloseCode::ABNORMAL, reason);
+        }
+        self.remove(key);
+    }
+
+    fn remove(&mut self, key: usize) {
+        let Some(slot) = self.slab.try_remove(key) else { return };
+        if let Some(queue) = slot.conn.out {
+            self.ctx.recycle(queue);
+        }
+        let shared = &self.ctx.handle.shared;
+        shared.connections.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.peer_ips.remove(&key) {
+            let mut per_ip = lock(&shared.per_ip);
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+/// Feeds bytes to the request reader; on a complete head, answers it. Returns
+/// how many bytes the head used if the connection is now open.
+fn handshake<H: Handler>(
+    slot: &mut Slot<H::Data>,
+    key: usize,
+    handler: &mut H,
+    ctx: &mut Context,
+    input: &[u8],
+) -> Option<usize> {
+    let conn = &mut slot.conn;
+    let limits = ctx.settings.request_limits;
+    let reader = conn.handshake.get_or_insert_with(Default::default);
+    let used = match reader.push(input, &limits) {
+        Ok(None) => return None,
+        Ok(Some(used)) => used,
+        Err(e) => {
+            ctx.queue(key, conn).push_with(|out| e.write_response(out));
+            ctx.finish(key, conn);
+            return None;
+        }
+    };
+    let reader = conn.handshake.take().expect("reader in use");
+    match answer(&reader, conn, handler, ctx.settings.as_ref()) {
+        Ok((accept, response)) => {
+            ctx.queue(key, conn).push_with(|out| out.extend_from_slice(&response));
+            conn.data = accept.data;
+            conn.phase = Phase::Open;
+            conn.flags |= flag::OPENED;
+            let tick = match ctx.settings.keepalive {
+                Some(keepalive) => ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle),
+                None => u32::MAX,
+            };
+            conn.deadline = tick;
+            if tick != u32::MAX {
+                conn.armed = ctx.wheel.arm(key as u32, conn.generation, tick);
+            }
+            handler.on_open(&mut Conn { key, conn, ctx });
+            settle(handler, key, conn, ctx);
+            (conn.phase == Phase::Open).then_some(used)
+        }
+        Err(response) => {
+            ctx.queue(key, conn).push_with(|out| out.extend_from_slice(&response));
+            ctx.finish(key, conn);
+            None
+        }
+    }
+}
+
+/// Decides on a complete request head: the accepted connection's data and
+/// the 101 response, or an HTTP response that ends the connection.
+fn answer<H: Handler>(
+    reader: &RequestReader,
+    conn: &Connection<H::Data>,
+    handler: &mut H,
+    settings: &Settings,
+) -> Result<(super::Accept<H::Data>, Vec<u8>), Vec<u8>> {
+    let mut response = Vec::new();
+    let request = match reader.request(&settings.request_limits) {
+        Ok(request) => request,
+        Err(e) => {
+            e.write_response(&mut response);
+            return Err(response);
+        }
+    };
+    if !request.is_websocket_upgrade() {
+        match handler.on_http(&request) {
+            Some(reply) => {
+                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                handshake::write_response(&mut response, reply.status, &headers, &reply.body);
+            }
+            None => handshake::write_response(
+                &mut response,
+                426,
+                &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+                b"This endpoint speaks WebSocket only.",
+            ),
+        }
+        return Err(response);
+    }
+    let upgrade = match request.websocket() {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            e.write_response(&mut response);
+            return Err(response);
+        }
+    };
+    let origin = request.header("origin").and_then(|o| std::str::from_utf8(o).ok());
+    if !settings.origins.allows(origin) {
+        HandshakeError::OriginRejected.write_response(&mut response);
+        return Err(response);
+    }
+    let view = UpgradeRequest { request: &request, upgrade: &upgrade, peer: conn.socket.peer_addr().ok() };
+    match handler.on_upgrade(&view) {
+        Ok(mut accept) => {
+            let offered = |p: &String| upgrade.protocols().any(|offer| offer == p);
+            accept.protocol = accept.protocol.filter(offered);
+            handshake::write_accept(&mut response, &upgrade.accept_key(), accept.protocol.as_deref(), None);
+            Ok((accept, response))
+        }
+        Err(reject) => {
+            handshake::write_response(&mut response, reject.status, &[], reject.body.as_bytes());
+            Err(response)
+        }
+    }
+}
+
+/// Decodes frames from `input` and dispatches them.
+fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx: &mut Context, input: &mut [u8]) {
+    let Slot { decoder, conn } = slot;
+    let limits = ctx.settings.limits;
+    let mut pos = 0;
+    while pos < input.len() && matches!(conn.phase, Phase::Open | Phase::Closing) {
+        let decoded = match decoder.decode(&mut input[pos..], &limits) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                let reason = e.to_string();
+                ctx.fail(key, conn, e.close_code(), &reason);
+                notify(handler, key, conn, ctx, e.close_code(), &reason);
+                return;
+            }
+        };
+        pos += decoded.consumed;
+        match decoded.event {
+            None => {}
+            Some(Event::Message(message)) => {
+                if conn.phase == Phase::Open {
+                    handler.on_message(&mut Conn { key, conn, ctx }, message);
+                    settle(handler, key, conn, ctx);
+                }
+            }
+            Some(Event::Ping(payload)) => {
+                // Pongs count against the send budget like any frame: a ping
+                // flood from a peer that does not read cannot grow the queue.
+                let fits = conn.queued() + payload.len() + 2 <= ctx.settings.max_buffered;
+                if conn.phase == Phase::Open && fits {
+                    ctx.queue(key, conn).push_frame(OpCode::Pong, payload);
+                }
+            }
+            Some(Event::Pong(_)) => {}
+            Some(Event::Close(code, reason)) => {
+                if conn.phase == Phase::Open {
+                    let echo = code.map(|c| c.0.to_be_bytes());
+                    ctx.queue(key, conn).push_frame(OpCode::Close, echo.as_ref().map_or(&[][..], |c| &c[..]));
+                }
+                ctx.finish(key, conn);
+                notify(handler, key, conn, ctx, code.unwrap_or(CloseCode::NO_STATUS), reason);
+                return;
+            }
+        }
+    }
+}
+
+/// Calls `on_close` once for an opened connection.
+fn notify<H: Handler>(
+    handler: &mut H,
+    key: usize,
+    conn: &mut Connection<H::Data>,
+    ctx: &mut Context,
+    code: CloseCode,
+    reason: &str,
+) {
+    if conn.has(flag::OPENED) && !conn.has(flag::NOTIFIED) {
+        conn.flags |= flag::NOTIFIED;
+        handler.on_close(&mut Conn { key, conn, ctx }, code, reason);
+    }
+}
+
+/// After a callback: report a close the callback caused (a send over budget).
+fn settle<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut Context) {
+    if conn.has(flag::CLOSE_PENDING) {
+        conn.flags &= !flag::CLOSE_PENDING;
+        let code = CloseCode(conn.pending_code);
+        notify(handler, key, conn, ctx, code, "send buffer full");
+    }
+}
+
+/// Turns away a connection over a cap with a best-effort 503.
+fn refuse(mut stream: TcpStream, reason: &str) {
+    use std::io::Write as _;
+    let mut response = Vec::new();
+    handshake::write_response(&mut response, 503, &[], reason.as_bytes());
+    let _ = stream.write(&response);
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
