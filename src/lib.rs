@@ -1,5 +1,24 @@
-//! emitws: a strict, fast WebSocket engine.
+//! emitws: a strict, fast WebSocket engine (RFC 6455).
+//!
+//! ```text
+//!  bytes ─► proto::Decoder ─► Event (borrowed slices) ─► runtime::Handler
+//!  Handler ─► Conn::send_* ─► write queue ─► one writev per loop turn
+//! ```
+//!
+//! - [`proto`]: the sans-IO protocol core. No sockets, no clocks: bytes in,
+//!   events out; frames out into caller-owned buffers.
+//! - [`runtime`]: the server. One mio event loop per worker thread, a timer
+//!   wheel, pooled buffers, backpressure, and a [`runtime::ServerHandle`] for
+//!   other threads.
+//!
+//! Start with [`runtime::Server`] and [`runtime::Handler`]; README.md has a
+//! complete example.
 #![deny(missing_docs)]
 
 pub mod proto;
 pub mod runtime;
+
+/// README.md's Rust examples, compiled by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

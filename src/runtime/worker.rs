@@ -706,3 +706,13 @@ fn refuse(mut stream: TcpStream, reason: &str) {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn idle_connection_state_stays_small() {
+        // Per-connection memory is a headline number (docs/BENCHMARKS.md);
+        // this catches a field that would quietly grow it.
+        assert!(std::mem::size_of::<super::Slot<()>>() <= 128, "{}", std::mem::size_of::<super::Slot<()>>());
+    }
+}
