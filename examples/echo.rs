@@ -2,10 +2,11 @@
 //!
 //! `cargo run --release --example echo` then open http://127.0.0.1:9001/ in a
 //! browser, or connect any WebSocket client to ws://127.0.0.1:9001/.
-//! `--addr HOST:PORT` changes the address.
+//! `--addr HOST:PORT` changes the address, `--workers N` the number of event loops
+//! (default: one per core).
 
 use emitws::proto::handshake::Request;
-use emitws::proto::{CloseCode, Message};
+use emitws::proto::Message;
 use emitws::runtime::{Conn, Handler, HttpResponse, Server};
 
 const PAGE: &str = r#"<!doctype html>
@@ -42,10 +43,6 @@ impl Handler for Echo {
         };
     }
 
-    fn on_close(&mut self, conn: &mut Conn<'_, ()>, code: CloseCode, _reason: &str) {
-        println!("{} closed with {code}", conn.id());
-    }
-
     fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
         match request.path() {
             "/" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
@@ -58,16 +55,20 @@ impl Handler for Echo {
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:9001".to_string();
+    let mut server = Server::new();
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
+            ("--workers", Some(value)) if value.parse::<usize>().is_ok() => {
+                server = server.workers(value.parse().unwrap_or(1));
+            }
             _ => {
-                eprintln!("usage: echo [--addr HOST:PORT]");
+                eprintln!("usage: echo [--addr HOST:PORT] [--workers N]");
                 std::process::exit(2);
             }
         }
     }
-    let server = Server::new().start(addr.as_str(), Echo)?;
+    let server = server.start(addr.as_str(), Echo)?;
     println!("echo server on ws://{0}/ (test page: http://{0}/)", server.local_addr());
     server.join();
     Ok(())

@@ -547,13 +547,12 @@ fn handshake<H: Handler>(
             conn.data = accept.data;
             conn.phase = Phase::Open;
             conn.flags |= flag::OPENED;
-            let tick = match ctx.settings.keepalive {
-                Some(keepalive) => ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle),
-                None => u32::MAX,
-            };
-            conn.deadline = tick;
-            if tick != u32::MAX {
-                conn.armed = ctx.wheel.arm(key as u32, conn.generation, tick);
+            // The handshake deadline no longer applies: its wheel entry goes stale.
+            conn.armed = 0;
+            conn.deadline = u32::MAX;
+            if let Some(keepalive) = ctx.settings.keepalive {
+                let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
+                ctx.set_deadline(key, conn, tick);
             }
             handler.on_open(&mut Conn { key, conn, ctx });
             settle(handler, key, conn, ctx);

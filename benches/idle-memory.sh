@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Server memory per idle connection: RSS after N idle connections are open,
+# minus RSS before, divided by N. Each server runs one event loop.
+#
+# Usage: benches/idle-memory.sh            (COUNTS="1000 10000" by default)
+# 19,000 is the most one process can hold here (20,000 open files per process).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+counts="${COUNTS:-1000 10000}"
+out=target/bench-idle
+mkdir -p "$out"
+
+cargo build -q --release --example echo --bin emitws-load
+cargo build -q --release --manifest-path benches/peers/Cargo.toml
+
+declare -A cmd=(
+  [emitws]="target/release/examples/echo --workers 1 --addr"
+  [fastwebsockets]="benches/peers/target/release/echo-fastwebsockets"
+  [tokio-tungstenite]="benches/peers/target/release/echo-tungstenite"
+)
+servers=(emitws fastwebsockets tokio-tungstenite)
+port=9500
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+echo "| server | connections | RSS before (KiB) | RSS after (KiB) | bytes per connection |"
+echo "|---|---:|---:|---:|---:|"
+for n in $counts; do
+  for server in "${servers[@]}"; do
+    port=$((port + 1))
+    # shellcheck disable=SC2086
+    ${cmd[$server]} "127.0.0.1:$port" >/dev/null &
+    server_pid=$!
+    pids+=("$server_pid")
+    for _ in $(seq 100); do port_open "$port" && break; sleep 0.05; done
+    # One connection first, so lazily built state (buffers, pools) is in "before".
+    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" --connections 1 --hold 1 >/dev/null
+    before=$(rss_kib "$server_pid")
+    log="$out/$server-$n.log"
+    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" --connections "$n" --hold 600 >"$log" 2>&1 &
+    load_pid=$!
+    pids+=("$load_pid")
+    for _ in $(seq 1200); do grep -q '^ready' "$log" && break; sleep 0.1; done
+    grep -q '^ready' "$log" || { echo "$server: idle load never got ready" >&2; cat "$log" >&2; exit 1; }
+    sleep 1 # let the server settle
+    after=$(rss_kib "$server_pid")
+    echo "| $server | $n | $before | $after | $(( (after - before) * 1024 / n )) |"
+    kill "$load_pid" "$server_pid" 2>/dev/null || true
+    wait "$load_pid" "$server_pid" 2>/dev/null || true
+  done
+done
