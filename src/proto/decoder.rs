@@ -6,7 +6,7 @@
 //! copied, into a buffer that exists only while such a message is in flight:
 //! an idle decoder owns no heap memory.
 
-use super::{apply_mask, CloseCode, FrameHeader, OpCode, ProtocolError, Utf8Validator, MAX_HEADER_LEN};
+use super::{apply_mask, utf8, CloseCode, FrameHeader, OpCode, ProtocolError, Utf8Validator, MAX_HEADER_LEN};
 
 /// Which end of the connection this decoder serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,9 +199,7 @@ impl Decoder {
             }
         };
         let event = match opcode {
-            OpCode::Text => {
-                Event::Message(Message::Text(std::str::from_utf8(bytes).map_err(|_| ProtocolError::InvalidUtf8)?))
-            }
+            OpCode::Text => Event::Message(Message::Text(utf8::text(bytes)?)),
             OpCode::Binary => Event::Message(Message::Binary(bytes)),
             OpCode::Ping => Event::Ping(bytes),
             OpCode::Pong => Event::Pong(bytes),
@@ -378,7 +376,7 @@ pub fn parse_close(payload: &[u8]) -> Result<Event<'_>, ProtocolError> {
             if !code.is_valid_on_wire() {
                 return Err(ProtocolError::InvalidCloseCode(code.0));
             }
-            let reason = std::str::from_utf8(reason).map_err(|_| ProtocolError::InvalidUtf8)?;
+            let reason = utf8::text(reason)?;
             Ok(Event::Close(Some(code), reason))
         }
     }

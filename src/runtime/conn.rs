@@ -44,6 +44,9 @@ pub(crate) mod flag {
     pub const NOTIFIED: u8 = 1 << 5;
     /// The connection failed inside a callback; `on_close` is due after it returns.
     pub const CLOSE_PENDING: u8 = 1 << 6;
+    /// The poller reported the peer's end of the stream: no further readiness
+    /// will come, so reads must go on until they see it.
+    pub const READ_CLOSED: u8 = 1 << 7;
 }
 
 /// Everything a worker keeps for one connection, apart from its frame decoder.
@@ -85,7 +88,10 @@ pub(crate) struct Context {
     pub now_tick: u32,
     /// Connections with bytes queued this turn.
     pub dirty: Vec<usize>,
-    /// Empty write queues, reused so that idle connections hold none.
+    /// Empty write queues, reused so that idle connections hold none. Boxed
+    /// because connections hold them boxed (8 bytes when idle), and moving a
+    /// box between pool and connection copies nothing.
+    #[allow(clippy::vec_box)]
     pub pool: Vec<Box<OutQueue>>,
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 pub use conn::{Conn, SendStatus};
 pub use handle::{ConnId, ServerHandle, SharedFrame};
-pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginPolicy, Settings};
+pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
 use crate::proto::handshake::Request;
 use crate::proto::{CloseCode, Message};

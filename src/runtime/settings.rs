@@ -41,6 +41,9 @@ impl Default for Keepalive {
     }
 }
 
+/// A function deciding on an upgrade's `Origin` header (`None` when absent).
+pub type OriginCheck = Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>;
+
 /// Which `Origin` headers an upgrade may carry.
 #[derive(Clone, Default)]
 pub enum OriginPolicy {
@@ -51,7 +54,7 @@ pub enum OriginPolicy {
     /// without an Origin header (non-browser clients) are allowed.
     List(Vec<String>),
     /// A function of the Origin header (`None` when absent).
-    Check(Arc<dyn Fn(Option<&str>) -> bool + Send + Sync>),
+    Check(OriginCheck),
 }
 
 impl OriginPolicy {

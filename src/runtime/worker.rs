@@ -218,6 +218,11 @@ impl<H: Handler> Worker<H> {
                     Token(token) => {
                         let key = token - FIRST_CONN;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            if event.is_read_closed() {
+                                if let Some(slot) = self.slab.get_mut(key) {
+                                    slot.conn.flags |= flag::READ_CLOSED;
+                                }
+                            }
                             self.on_readable(key);
                         }
                         if event.is_writable() && self.slab.get(key).is_some_and(|s| s.conn.has(flag::BACKLOGGED)) {
@@ -382,6 +387,7 @@ impl<H: Handler> Worker<H> {
         for _ in 0..READS_PER_TURN {
             let Some(slot) = self.slab.get_mut(key) else { return };
             let conn = &mut slot.conn;
+            let read_closed = conn.has(flag::READ_CLOSED);
             let n = match conn.socket.read(&mut self.read_buf) {
                 Ok(0) => return self.on_eof(key),
                 Ok(n) => n,
@@ -397,8 +403,10 @@ impl<H: Handler> Worker<H> {
                 }
             }
             self.on_input(key, n);
-            if n < self.read_buf.len() {
-                // A short read drained the socket; readiness will be reported again.
+            if n < self.read_buf.len() && !read_closed {
+                // A short read drained the socket; readiness will be reported
+                // again. Not so if the peer's FIN came with this data: then
+                // the next read returns 0, and nothing else would say so.
                 return;
             }
         }
@@ -541,85 +549,83 @@ fn handshake<H: Handler>(
         }
     };
     let reader = conn.handshake.take().expect("reader in use");
-    match answer(&reader, conn, handler, ctx.settings.as_ref()) {
-        Ok((accept, response)) => {
-            ctx.queue(key, conn).push_with(|out| out.extend_from_slice(&response));
-            conn.data = accept.data;
-            conn.phase = Phase::Open;
-            conn.flags |= flag::OPENED;
-            // The handshake deadline no longer applies: its wheel entry goes stale.
-            conn.armed = 0;
-            conn.deadline = u32::MAX;
-            if let Some(keepalive) = ctx.settings.keepalive {
-                let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
-                ctx.set_deadline(key, conn, tick);
-            }
-            handler.on_open(&mut Conn { key, conn, ctx });
-            settle(handler, key, conn, ctx);
-            (conn.phase == Phase::Open).then_some(used)
-        }
-        Err(response) => {
-            ctx.queue(key, conn).push_with(|out| out.extend_from_slice(&response));
-            ctx.finish(key, conn);
-            None
-        }
+    let settings = ctx.settings.clone();
+    let peer = conn.socket.peer_addr().ok();
+    let mut accepted = None;
+    ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
+    let Some(accept) = accepted else {
+        ctx.finish(key, conn);
+        return None;
+    };
+    conn.data = accept.data;
+    conn.phase = Phase::Open;
+    conn.flags |= flag::OPENED;
+    // The handshake deadline no longer applies: its wheel entry goes stale.
+    conn.armed = 0;
+    conn.deadline = u32::MAX;
+    if let Some(keepalive) = settings.keepalive {
+        let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
+        ctx.set_deadline(key, conn, tick);
     }
+    handler.on_open(&mut Conn { key, conn, ctx });
+    settle(handler, key, conn, ctx);
+    (conn.phase == Phase::Open).then_some(used)
 }
 
-/// Decides on a complete request head: the accepted connection's data and
-/// the 101 response, or an HTTP response that ends the connection.
+/// Answers a complete request head into `response`: the 101 (returning the
+/// acceptance) or an HTTP response that ends the connection (returning `None`).
 fn answer<H: Handler>(
     reader: &RequestReader,
-    conn: &Connection<H::Data>,
+    peer: Option<SocketAddr>,
     handler: &mut H,
     settings: &Settings,
-) -> Result<(super::Accept<H::Data>, Vec<u8>), Vec<u8>> {
-    let mut response = Vec::new();
+    response: &mut Vec<u8>,
+) -> Option<super::Accept<H::Data>> {
     let request = match reader.request(&settings.request_limits) {
         Ok(request) => request,
         Err(e) => {
-            e.write_response(&mut response);
-            return Err(response);
+            e.write_response(response);
+            return None;
         }
     };
     if !request.is_websocket_upgrade() {
         match handler.on_http(&request) {
             Some(reply) => {
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                handshake::write_response(&mut response, reply.status, &headers, &reply.body);
+                handshake::write_response(response, reply.status, &headers, &reply.body);
             }
             None => handshake::write_response(
-                &mut response,
+                response,
                 426,
                 &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
                 b"This endpoint speaks WebSocket only.",
             ),
         }
-        return Err(response);
+        return None;
     }
     let upgrade = match request.websocket() {
         Ok(upgrade) => upgrade,
         Err(e) => {
-            e.write_response(&mut response);
-            return Err(response);
+            e.write_response(response);
+            return None;
         }
     };
     let origin = request.header("origin").and_then(|o| std::str::from_utf8(o).ok());
     if !settings.origins.allows(origin) {
-        HandshakeError::OriginRejected.write_response(&mut response);
-        return Err(response);
+        HandshakeError::OriginRejected.write_response(response);
+        return None;
     }
-    let view = UpgradeRequest { request: &request, upgrade: &upgrade, peer: conn.socket.peer_addr().ok() };
+    let view = UpgradeRequest { request: &request, upgrade: &upgrade, peer };
     match handler.on_upgrade(&view) {
         Ok(mut accept) => {
             let offered = |p: &String| upgrade.protocols().any(|offer| offer == p);
             accept.protocol = accept.protocol.filter(offered);
-            handshake::write_accept(&mut response, &upgrade.accept_key(), accept.protocol.as_deref(), None);
-            Ok((accept, response))
+            handshake::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), None);
+            Some(accept)
         }
         Err(reject) => {
-            handshake::write_response(&mut response, reject.status, &[], reject.body.as_bytes());
-            Err(response)
+            handshake::write_response(response, reject.status, &[], reject.body.as_bytes());
+            None
         }
     }
 }
@@ -642,11 +648,10 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
         pos += decoded.consumed;
         match decoded.event {
             None => {}
-            Some(Event::Message(message)) => {
-                if conn.phase == Phase::Open {
-                    handler.on_message(&mut Conn { key, conn, ctx }, message);
-                    settle(handler, key, conn, ctx);
-                }
+            // After our close frame, data messages are no longer delivered.
+            Some(Event::Message(message)) if conn.phase == Phase::Open => {
+                handler.on_message(&mut Conn { key, conn, ctx }, message);
+                settle(handler, key, conn, ctx);
             }
             Some(Event::Ping(payload)) => {
                 // Pongs count against the send budget like any frame: a ping
@@ -656,7 +661,7 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
                     ctx.queue(key, conn).push_frame(OpCode::Pong, payload);
                 }
             }
-            Some(Event::Pong(_)) => {}
+            Some(Event::Pong(_) | Event::Message(_)) => {}
             Some(Event::Close(code, reason)) => {
                 if conn.phase == Phase::Open {
                     let echo = code.map(|c| c.0.to_be_bytes());
