@@ -1,0 +1,311 @@
+//! Command-line parsing (by hand) into a [`Config`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+pub const HELP: &str = "\
+emitws-load: WebSocket load generator for echo servers (plain ws:// only)
+
+USAGE:
+    emitws-load echo [OPTIONS]     ping-pong echo load; reports msgs/s and latency
+    emitws-load idle [OPTIONS]     open connections and hold them (server memory per connection)
+
+OPTIONS:
+    -u, --url URL             server URL, ws://HOST:PORT/PATH      [default: ws://127.0.0.1:9001/]
+    -c, --connections N       connections                          [default: 100]
+    -t, --threads T           client threads, each with its own event loop  [default: 1]
+        --max-connecting N    connects + handshakes in flight, all threads  [default: 128]
+        --connect-timeout S   time allowed for connect + handshake  [default: 10]
+        --json                print a single JSON object on stdout (the human summary goes to stderr)
+    -h, --help                this text
+
+ECHO OPTIONS:
+    -s, --payload BYTES       message payload size; k/m suffixes are KiB/MiB  [default: 20]
+    -k, --in-flight K         messages in flight per connection    [default: 1]
+    -d, --duration S          measured time                        [default: 10]
+    -w, --warmup S            warm-up before measuring (not counted) [default: 2]
+        --text                send text messages (default: binary)
+
+IDLE OPTIONS:
+        --hold S              hold the connections this long; without it, until
+                              Ctrl-C / SIGTERM or EOF on stdin (stdin is ignored
+                              when it is /dev/null, e.g. a background job)
+
+Times are in seconds (fractions allowed) or take a suffix: 500ms, 10s, 2m.
+
+Echo sends each message masked with a fresh key, waits for the echo (K at a
+time per connection), checks it byte for byte and records the round trip.
+Messages/s counts echoes completed during the measured time over all
+connections. Errors (failed connects and handshakes, dropped connections,
+protocol errors, mismatched echoes) make the exit status 1; a fatal setup
+problem (e.g. the open-files limit) makes it 2.
+
+Idle prints `open N/M` and then `ready` on stdout once every connection has
+been tried, so a script can then read the server's memory use.
+
+EXAMPLES:
+    emitws-load echo --url ws://127.0.0.1:9001/ -c 100 -s 20 -k 1 -d 10 -w 2
+    emitws-load echo -c 200 -s 16k -t 2 --json
+    emitws-load idle --url ws://127.0.0.1:9001/ -c 10000 --hold 30
+";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Echo,
+    Idle,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Echo => "echo",
+            Mode::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub mode: Mode,
+    pub url: String,
+    /// The Host header value.
+    pub host: String,
+    /// The request target.
+    pub path: String,
+    pub addr: SocketAddr,
+    pub connections: usize,
+    pub threads: usize,
+    pub max_connecting: usize,
+    pub connect_timeout: Duration,
+    pub json: bool,
+    pub payload: usize,
+    pub in_flight: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub text: bool,
+    pub hold: Option<Duration>,
+    /// The soft open-files limit, read at start (reading it needs a free descriptor).
+    pub open_files_limit: Option<u64>,
+}
+
+/// What the command line asks for.
+pub enum Parsed {
+    Run(Box<Config>),
+    Help,
+}
+
+pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
+    let mut mode = None;
+    let mut url = "ws://127.0.0.1:9001/".to_string();
+    let mut connections = 100;
+    let mut threads = 1;
+    let mut max_connecting = 128;
+    let mut connect_timeout = Duration::from_secs(10);
+    let mut json = false;
+    let mut payload = 20;
+    let mut in_flight = 1;
+    let mut duration = Duration::from_secs(10);
+    let mut warmup = Duration::from_secs(2);
+    let mut text = false;
+    let mut hold = None;
+    let mut echo_only = Vec::new();
+
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // `--flag=value` is accepted as well as `--flag value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "echo" if mode.is_none() => mode = Some(Mode::Echo),
+            "idle" if mode.is_none() => mode = Some(Mode::Idle),
+            "-u" | "--url" => url = value(&flag)?,
+            "-c" | "--connections" => connections = parse_count(&flag, &value(&flag)?)?,
+            "-t" | "--threads" => threads = parse_count(&flag, &value(&flag)?)?,
+            "--max-connecting" => max_connecting = parse_count(&flag, &value(&flag)?)?,
+            "--connect-timeout" => connect_timeout = parse_duration(&flag, &value(&flag)?)?,
+            "--json" => json = true,
+            "-s" | "--payload" => {
+                payload = parse_size(&flag, &value(&flag)?)?;
+                echo_only.push(flag.clone());
+            }
+            "-k" | "--in-flight" => {
+                in_flight = parse_count(&flag, &value(&flag)?)?;
+                echo_only.push(flag.clone());
+            }
+            "-d" | "--duration" => {
+                duration = parse_duration(&flag, &value(&flag)?)?;
+                echo_only.push(flag.clone());
+            }
+            "-w" | "--warmup" => {
+                warmup = parse_duration(&flag, &value(&flag)?)?;
+                echo_only.push(flag.clone());
+            }
+            "--text" => {
+                text = true;
+                echo_only.push(flag.clone());
+            }
+            "--hold" => hold = Some(parse_duration(&flag, &value(&flag)?)?),
+            _ if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            _ => return Err(format!("unexpected argument {arg:?} (the mode is `echo` or `idle`)")),
+        }
+        if inline.is_some() && matches!(flag.as_str(), "--json" | "--text" | "--help") {
+            return Err(format!("{flag} takes no value"));
+        }
+    }
+    let mode = mode.ok_or("no mode given: `echo` or `idle` (see --help)")?;
+    if mode == Mode::Idle {
+        if let Some(flag) = echo_only.first() {
+            return Err(format!("{flag} applies to echo mode only"));
+        }
+    } else if hold.is_some() {
+        return Err("--hold applies to idle mode only (echo runs for --warmup + --duration)".into());
+    }
+    if payload > 64 << 20 {
+        return Err("--payload: at most 64 MiB".into());
+    }
+    if in_flight > 65_536 {
+        return Err("--in-flight: at most 65536".into());
+    }
+    if mode == Mode::Echo && duration.is_zero() {
+        return Err("--duration must be more than 0".into());
+    }
+    let (host, port, path) = parse_url(&url)?;
+    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))?;
+    let host = if port == 80 { host } else { format!("{host}:{port}") };
+    Ok(Parsed::Run(Box::new(Config {
+        mode,
+        url,
+        host,
+        path,
+        addr,
+        connections,
+        threads: threads.min(connections),
+        max_connecting,
+        connect_timeout,
+        json,
+        payload,
+        in_flight,
+        duration,
+        warmup,
+        text,
+        hold,
+        open_files_limit: None,
+    })))
+}
+
+/// Splits `ws://host[:port][/path]` into host (IPv6 keeps its brackets), port and path.
+fn parse_url(url: &str) -> Result<(String, u16, String), String> {
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => rest,
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("wss") => {
+            return Err("wss:// is not supported (no TLS in this tool); use ws://".into())
+        }
+        Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?} in {url:?}; use ws://")),
+        None => url,
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('?') { format!("/{path}") } else { path.to_string() };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (inside, after) = v6.split_once(']').ok_or_else(|| format!("bad IPv6 host in {url:?}"))?;
+        (format!("[{inside}]"), after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), Some(port)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("no host in {url:?}"));
+    }
+    let port = match port {
+        Some(port) => port.parse().map_err(|_| format!("bad port {port:?} in {url:?}"))?,
+        None => 80,
+    };
+    Ok((host, port, path))
+}
+
+fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
+    match value.replace('_', "").parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{flag}: expected a positive whole number, got {value:?}")),
+    }
+}
+
+/// Bytes, with an optional k/K/KiB/m/M/MiB suffix (powers of 1024).
+fn parse_size(flag: &str, value: &str) -> Result<usize, String> {
+    let lower = value.to_ascii_lowercase();
+    let (digits, scale) = if let Some(n) = lower.strip_suffix("kib").or(lower.strip_suffix('k')) {
+        (n, 1 << 10)
+    } else if let Some(n) = lower.strip_suffix("mib").or(lower.strip_suffix('m')) {
+        (n, 1 << 20)
+    } else {
+        (lower.strip_suffix('b').unwrap_or(&lower), 1)
+    };
+    digits
+        .replace('_', "")
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("{flag}: expected a size like 20, 16k or 1m, got {value:?}"))
+}
+
+/// Seconds (fractions allowed), or with an ms/s/m suffix.
+fn parse_duration(flag: &str, value: &str) -> Result<Duration, String> {
+    let (number, scale) = if let Some(n) = value.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = value.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = value.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (value, 1.0)
+    };
+    match number.parse::<f64>() {
+        Ok(n) if n >= 0.0 && (n * scale) < 1e9 => Ok(Duration::from_secs_f64(n * scale)),
+        _ => Err(format!("{flag}: expected a time like 10, 2.5, 500ms or 1m, got {value:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_sizes_and_durations() {
+        assert_eq!(parse_url("ws://127.0.0.1:9001/").unwrap(), ("127.0.0.1".into(), 9001, "/".into()));
+        assert_eq!(parse_url("ws://localhost").unwrap(), ("localhost".into(), 80, "/".into()));
+        assert_eq!(parse_url("ws://[::1]:80/a?b").unwrap(), ("[::1]".into(), 80, "/a?b".into()));
+        assert_eq!(parse_url("127.0.0.1:1?x").unwrap(), ("127.0.0.1".into(), 1, "/?x".into()));
+        assert!(parse_url("wss://x/").is_err());
+        assert_eq!(parse_size("-s", "16k").unwrap(), 16384);
+        assert_eq!(parse_size("-s", "1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("-s", "20").unwrap(), 20);
+        assert_eq!(parse_duration("-d", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("-d", "2.5").unwrap(), Duration::from_millis(2500));
+        assert!(parse_duration("-d", "-1").is_err());
+    }
+
+    #[test]
+    fn echo_only_flags_are_refused_in_idle_mode() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert!(parse(args("idle --payload 20")).is_err());
+        assert!(parse(args("echo --hold 5")).is_err());
+        match parse(args("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text")) {
+            Ok(Parsed::Run(config)) => assert_eq!((config.connections, config.threads, config.text), (5, 5, true)),
+            _ => panic!("should parse"),
+        }
+    }
+}

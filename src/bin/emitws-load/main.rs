@@ -1,0 +1,354 @@
+//! emitws-load: the project's end-to-end WebSocket load tool.
+//!
+//! `echo` mode drives N connections doing masked ping-pong echo (K messages
+//! in flight each) and reports messages/s and round-trip latency percentiles;
+//! `idle` mode opens N connections and holds them, to measure a server's
+//! memory per idle connection. Each client thread runs its own mio event loop
+//! over its share of the connections; frames are built with
+//! [`emitws::proto::encode_frame`] and read with [`emitws::proto::Decoder`].
+//! See `emitws-load --help`.
+
+mod cli;
+mod client;
+mod hist;
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cli::{Config, Mode, Parsed};
+use client::{Shared, Stats};
+
+fn main() {
+    let mut config = match cli::parse(std::env::args().skip(1)) {
+        Ok(Parsed::Run(config)) => config,
+        Ok(Parsed::Help) => {
+            print!("{}", cli::HELP);
+            return;
+        }
+        Err(message) => {
+            eprintln!("emitws-load: {message} (see --help)");
+            std::process::exit(2);
+        }
+    };
+    config.open_files_limit = open_files_limit();
+    if let Some(limit) = config.open_files_limit {
+        let needed = (config.connections + config.threads + 8) as u64;
+        if needed > limit {
+            eprintln!(
+                "emitws-load: {} connections need about {needed} open files, over this process's limit of \
+                 {limit}; raise `ulimit -n` or use fewer connections",
+                config.connections
+            );
+            std::process::exit(2);
+        }
+    }
+    signals::install();
+    let stdin_eof = Arc::new(AtomicBool::new(false));
+    if config.mode == Mode::Idle && config.hold.is_none() && !stdin_is_dev_null() {
+        let stdin_eof = stdin_eof.clone();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            while let Ok(1..) = std::io::Read::read(&mut std::io::stdin(), &mut sink) {}
+            stdin_eof.store(true, Ordering::SeqCst);
+        });
+    }
+    let code = run(&config, &|| stdin_eof.load(Ordering::Relaxed));
+    std::process::exit(code);
+}
+
+/// What the main thread observed about the run.
+struct Timing {
+    /// From start until every connection had been tried.
+    connect: Duration,
+    /// Echo: the measured time (shorter than asked if interrupted). Idle: the hold.
+    measured: Duration,
+    /// Connections open once all had been tried.
+    opened: usize,
+    /// Cut short by SIGINT / SIGTERM.
+    interrupted: bool,
+}
+
+/// Runs the load and prints the results; returns the exit status. `released`
+/// says whether stdin has reached EOF (which ends an idle hold).
+fn run(config: &Config, released: &dyn Fn() -> bool) -> i32 {
+    let shared = Shared::new();
+    let pattern = client::pattern(config.payload + client::PATTERN_SLACK);
+    let threads = config.threads;
+    let max_connecting = config.max_connecting.div_ceil(threads).max(1);
+    let (stats, timing) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|id| {
+                let count = config.connections / threads + usize::from(id < config.connections % threads);
+                let (shared, pattern) = (&shared, &pattern[..]);
+                std::thread::Builder::new()
+                    .name(format!("load-{id}"))
+                    .spawn_scoped(scope, move || client::run(id, count, max_connecting, config, pattern, shared))
+                    .expect("spawn a client thread")
+            })
+            .collect();
+        let timing = drive(config, &shared, released);
+        shared.stop.store(true, Ordering::SeqCst);
+        let mut total = Stats::default();
+        for handle in handles {
+            total.merge(&handle.join().expect("a client thread panicked"));
+        }
+        (total, timing)
+    });
+    let fatal = shared.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    report(config, &stats, &timing);
+    if stats.unclean_closes > 0 {
+        eprintln!("note: {} connection(s) got no close frame back within 2 s at the end", stats.unclean_closes);
+    }
+    if stats.lingering > 0 {
+        eprintln!(
+            "note: {} connection(s) got the server's close frame but the server did not close TCP within 2 s",
+            stats.lingering
+        );
+    }
+    if let Some(fatal) = fatal {
+        eprintln!("emitws-load: fatal: {fatal}");
+        return 2;
+    }
+    i32::from(stats.errors() > 0)
+}
+
+/// The main thread's part: wait for the connections, then time the run.
+fn drive(config: &Config, shared: &Shared, released: &dyn Fn() -> bool) -> Timing {
+    let start = Instant::now();
+    let stopped = || signals::interrupted() || shared.stop.load(Ordering::Relaxed);
+    let mut next_progress = start + Duration::from_secs(1);
+    while shared.threads_ready.load(Ordering::SeqCst) < config.threads && !stopped() {
+        std::thread::sleep(Duration::from_millis(5));
+        if Instant::now() >= next_progress {
+            next_progress += Duration::from_secs(1);
+            eprintln!(
+                "connecting: {} open, {} of {} tried",
+                shared.open.load(Ordering::Relaxed),
+                shared.attempted.load(Ordering::Relaxed),
+                config.connections
+            );
+        }
+    }
+    let connect = start.elapsed();
+    let opened = shared.open.load(Ordering::SeqCst);
+    let mut measured = Duration::ZERO;
+    if stopped() {
+        return Timing { connect, measured, opened, interrupted: signals::interrupted() };
+    }
+    match config.mode {
+        Mode::Echo => {
+            if opened == 0 {
+                return Timing { connect, measured, opened, interrupted: false };
+            }
+            let from = Instant::now() + config.warmup;
+            let until = from + config.duration;
+            shared.window.set((from, until)).expect("the window is set once");
+            loop {
+                let now = Instant::now();
+                if now >= until || stopped() {
+                    measured = now.min(until).saturating_duration_since(from);
+                    break;
+                }
+                std::thread::sleep((until - now).min(Duration::from_millis(10)));
+            }
+        }
+        Mode::Idle => {
+            println!("open {opened}/{}", config.connections);
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            let held_from = Instant::now();
+            let until = config.hold.map(|hold| held_from + hold);
+            while !stopped() && !released() && until.map_or(true, |until| Instant::now() < until) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            measured = held_from.elapsed();
+        }
+    }
+    Timing { connect, measured, opened, interrupted: signals::interrupted() }
+}
+
+fn micros(nanos: u64) -> f64 {
+    nanos as f64 / 1000.0
+}
+
+fn report(config: &Config, stats: &Stats, timing: &Timing) {
+    let errors = stats.errors();
+    let breakdown = if errors == 0 {
+        String::new()
+    } else {
+        format!(
+            " (connect {}, handshake {}, dropped {}, protocol {}, mismatched echoes {})",
+            stats.connect_errors, stats.handshake_errors, stats.dropped, stats.protocol_errors, stats.mismatches
+        )
+    };
+    let cut_short = if timing.interrupted { " (interrupted)" } else { "" };
+    let (human, json) = match config.mode {
+        Mode::Echo => {
+            let secs = timing.measured.as_secs_f64();
+            let rate = if secs > 0.0 { stats.messages as f64 / secs } else { 0.0 };
+            let lat = &stats.latency;
+            let (p50, p99, p999, max) =
+                (micros(lat.quantile(0.5)), micros(lat.quantile(0.99)), micros(lat.quantile(0.999)), micros(lat.max()));
+            let human = format!(
+                "{} {}: {} conns x {} B {}, {} in flight, {} thread(s), {:.2} s: {} msgs, {:.0} msgs/s; \
+                 latency us p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} max {max:.1}; errors {errors}{breakdown}{cut_short}",
+                config.mode.name(),
+                config.url,
+                timing.opened,
+                config.payload,
+                if config.text { "text" } else { "binary" },
+                config.in_flight,
+                config.threads,
+                secs,
+                stats.messages,
+                rate,
+            );
+            let json = format!(
+                "{{\"mode\":\"{}\",\"url\":{},\"connections\":{},\"open\":{},\"threads\":{},\"payload\":{},\
+                 \"text\":{},\"in_flight\":{},\"duration_s\":{:.3},\"messages\":{},\"msgs_per_sec\":{:.1},\
+                 \"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"max_us\":{max:.1},\
+                 \"mean_us\":{:.1},\"errors\":{errors},\"mismatches\":{}}}",
+                config.mode.name(),
+                json_string(&config.url),
+                config.connections,
+                timing.opened,
+                config.threads,
+                config.payload,
+                config.text,
+                config.in_flight,
+                secs,
+                stats.messages,
+                rate,
+                lat.mean() / 1000.0,
+                stats.mismatches,
+            );
+            (human, json)
+        }
+        Mode::Idle => {
+            let human = format!(
+                "{} {}: {}/{} connections opened in {:.2} s, held {:.1} s, {} open at the end; \
+                 errors {errors}{breakdown}{cut_short}",
+                config.mode.name(),
+                config.url,
+                timing.opened,
+                config.connections,
+                timing.connect.as_secs_f64(),
+                timing.measured.as_secs_f64(),
+                stats.open_at_end,
+            );
+            let json = format!(
+                "{{\"mode\":\"{}\",\"url\":{},\"connections\":{},\"threads\":{},\"opened\":{},\"connect_s\":{:.3},\
+                 \"held_s\":{:.3},\"open_at_end\":{},\"errors\":{errors}}}",
+                config.mode.name(),
+                json_string(&config.url),
+                config.connections,
+                config.threads,
+                timing.opened,
+                timing.connect.as_secs_f64(),
+                timing.measured.as_secs_f64(),
+                stats.open_at_end,
+            );
+            (human, json)
+        }
+    };
+    if config.json {
+        eprintln!("{human}");
+        println!("{json}");
+    } else {
+        println!("{human}");
+    }
+}
+
+/// A JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The soft limit on open files, from /proc (Linux), if known and finite.
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Whether stdin is /dev/null (or closed), as for a background job in a script.
+fn stdin_is_dev_null() -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata("/dev/stdin"), std::fs::metadata("/dev/null")) {
+            (Ok(stdin), Ok(null)) => stdin.rdev() == null.rdev() && stdin.ino() == null.ino(),
+            _ => true,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
+/// SIGINT / SIGTERM end the run early (results are still printed); a second one exits at once.
+#[cfg(unix)]
+mod signals {
+    use std::ffi::c_int;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" {
+        fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
+        fn _exit(status: c_int) -> !;
+    }
+
+    extern "C" fn on_signal(_: c_int) {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            // SAFETY: `_exit` is async-signal-safe.
+            unsafe { _exit(130) }
+        }
+    }
+
+    pub fn install() {
+        const SIGINT: c_int = 2;
+        const SIGTERM: c_int = 15;
+        // SAFETY: the handler only touches an atomic and calls `_exit`, both async-signal-safe.
+        unsafe {
+            signal(SIGINT, on_signal);
+            signal(SIGTERM, on_signal);
+        }
+    }
+
+    pub fn interrupted() -> bool {
+        INTERRUPTED.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(not(unix))]
+mod signals {
+    pub fn install() {}
+    pub fn interrupted() -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(json_string("ws://a/\"b\\\n"), "\"ws://a/\\\"b\\\\\\u000a\"");
+    }
+}
