@@ -3,11 +3,11 @@
 //! `cargo run --release --example echo` then open http://127.0.0.1:9001/ in a
 //! browser, or connect any WebSocket client to ws://127.0.0.1:9001/.
 //! `--addr HOST:PORT` changes the address, `--workers N` the number of event loops
-//! (default: one per core).
+//! (default: one per core), `--accept reuseport|acceptor` how connections reach them.
 
 use emitws::proto::handshake::Request;
 use emitws::proto::Message;
-use emitws::runtime::{Conn, Handler, HttpResponse, Server};
+use emitws::runtime::{AcceptMode, Conn, Handler, HttpResponse, Server};
 
 const PAGE: &str = r#"<!doctype html>
 <meta charset="utf-8"><title>emitws echo</title>
@@ -62,8 +62,12 @@ fn main() -> std::io::Result<()> {
             ("--workers", Some(value)) if value.parse::<usize>().is_ok() => {
                 server = server.workers(value.parse().unwrap_or(1));
             }
+            ("--accept", Some(value)) if value == "reuseport" || value == "acceptor" => {
+                let mode = if value == "acceptor" { AcceptMode::Acceptor } else { AcceptMode::ReusePort };
+                server = server.accept_mode(mode);
+            }
             _ => {
-                eprintln!("usage: echo [--addr HOST:PORT] [--workers N]");
+                eprintln!("usage: echo [--addr HOST:PORT] [--workers N] [--accept reuseport|acceptor]");
                 std::process::exit(2);
             }
         }
