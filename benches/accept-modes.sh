@@ -7,9 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
-cargo build -q --release --example echo --bin emitws-load
+source benches/common.sh
 port=9600
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 pid=
 trap '[ -z "$pid" ] || kill "$pid" 2>/dev/null || true' EXIT
 echo "| round | mode | 10k connections opened in (s) | echo 100 x 20 B msgs/s |"
@@ -19,7 +18,7 @@ for round in $(seq "$rounds"); do
     port=$((port + 1))
     target/release/examples/echo --workers 2 --accept "$mode" --addr "127.0.0.1:$port" >/dev/null &
     pid=$!
-    for _ in $(seq 100); do port_open "$port" && break; sleep 0.05; done
+    wait_port "$port"
     connect=$(target/release/emitws-load idle --url "ws://127.0.0.1:$port/" --connections 10000 --hold 0.5 \
       --max-connecting 512 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["connect_s"])')
     rate=$(target/release/emitws-load echo --url "ws://127.0.0.1:$port/" --connections 100 --payload 20 \

@@ -15,18 +15,8 @@ out=target/bench-compare
 mkdir -p "$out"
 rm -f "$out"/*.json
 
-cargo build -q --release --example echo --bin emitws-load
-cargo build -q --release --manifest-path benches/peers/Cargo.toml
-
-declare -A cmd=(
-  [emitws]="target/release/examples/echo --workers 1 --addr"
-  [fastwebsockets]="benches/peers/target/release/echo-fastwebsockets"
-  [tokio-tungstenite]="benches/peers/target/release/echo-tungstenite"
-)
-servers=(emitws fastwebsockets tokio-tungstenite)
+source benches/common.sh
 port=9400
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 pid=
 cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
@@ -39,9 +29,9 @@ for round in $(seq "$rounds"); do
     for server in "${servers[@]}"; do
       port=$((port + 1))
       # shellcheck disable=SC2086 # the command line is meant to split
-      taskset -c 0 ${cmd[$server]} "127.0.0.1:$port" >/dev/null &
+      taskset -c 0 ${server_cmd[$server]} "127.0.0.1:$port" >/dev/null &
       pid=$!
-      for _ in $(seq 100); do port_open "$port" && break; sleep 0.05; done
+      wait_port "$port"
       echo "round $round: $server, $conns connections x $payload B" >&2
       taskset -c 1 target/release/emitws-load echo --url "ws://127.0.0.1:$port/" --connections "$conns" \
         --payload "$payload" --duration "$duration" --warmup 2 --json \

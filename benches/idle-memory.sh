@@ -10,18 +10,8 @@ counts="${COUNTS:-1000 10000}"
 out=target/bench-idle
 mkdir -p "$out"
 
-cargo build -q --release --example echo --bin emitws-load
-cargo build -q --release --manifest-path benches/peers/Cargo.toml
-
-declare -A cmd=(
-  [emitws]="target/release/examples/echo --workers 1 --addr"
-  [fastwebsockets]="benches/peers/target/release/echo-fastwebsockets"
-  [tokio-tungstenite]="benches/peers/target/release/echo-tungstenite"
-)
-servers=(emitws fastwebsockets tokio-tungstenite)
+source benches/common.sh
 port=9500
-
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 pids=()
@@ -34,10 +24,10 @@ for n in $counts; do
   for server in "${servers[@]}"; do
     port=$((port + 1))
     # shellcheck disable=SC2086
-    ${cmd[$server]} "127.0.0.1:$port" >/dev/null &
+    ${server_cmd[$server]} "127.0.0.1:$port" >/dev/null &
     server_pid=$!
     pids+=("$server_pid")
-    for _ in $(seq 100); do port_open "$port" && break; sleep 0.05; done
+    wait_port "$port"
     # One connection first, so lazily built state (buffers, pools) is in "before".
     target/release/emitws-load idle --url "ws://127.0.0.1:$port/" --connections 1 --hold 1 >/dev/null
     before=$(rss_kib "$server_pid")

@@ -5,22 +5,11 @@
 //! Limits are raised as far as the suite needs: case 9.x sends messages of
 //! up to 16 MiB, in up to 65,536 fragments.
 
-use emitws::proto::Message;
-use emitws::runtime::{Conn, Handler, Server};
+#[path = "support/echo_handler.rs"]
+mod echo_handler;
 
-#[derive(Clone)]
-struct Echo;
-
-impl Handler for Echo {
-    type Data = ();
-
-    fn on_message(&mut self, conn: &mut Conn<'_, ()>, message: Message<'_>) {
-        let _ = match message {
-            Message::Text(text) => conn.send_text(text),
-            Message::Binary(bytes) => conn.send_binary(bytes),
-        };
-    }
-}
+use echo_handler::Echo;
+use emitws::runtime::Server;
 
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
