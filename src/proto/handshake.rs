@@ -130,6 +130,8 @@ impl RequestReader {
     /// much of `input` belonged to it (the rest is WebSocket data), and
     /// `Ok(None)` while more is needed.
     pub fn push(&mut self, input: &[u8], limits: &RequestLimits) -> Result<Option<usize>, HandshakeError> {
+        // One allocation for a request that arrives whole, instead of a doubling series.
+        self.buf.reserve(input.len().min(limits.max_bytes.saturating_sub(self.buf.len())));
         for (i, &byte) in input.iter().enumerate() {
             if self.buf.len() >= limits.max_bytes {
                 return Err(HandshakeError::HeadTooLarge);

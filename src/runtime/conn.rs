@@ -95,8 +95,10 @@ pub(crate) struct Context {
     pub pool: Vec<Box<OutQueue>>,
 }
 
-/// The most write queues a worker keeps for reuse.
-const POOL_LIMIT: usize = 1024;
+/// The most write queues a worker keeps for reuse: enough for the connections
+/// one loop turn typically writes to, few enough that a burst of handshakes
+/// does not leave hundreds of idle buffers behind.
+const POOL_LIMIT: usize = 64;
 
 impl Context {
     /// The connection's write queue, taken from the pool if it has none, and

@@ -10,6 +10,8 @@ use crate::proto::{FrameHeader, OpCode, MAX_HEADER_LEN};
 /// Payloads at least this long get their own segment instead of being copied
 /// onto the end of the coalescing buffer.
 const OWN_SEGMENT: usize = 64 << 10;
+/// The largest buffer a pooled queue keeps; bigger ones are freed.
+const POOLED_CAPACITY: usize = 16 << 10;
 /// The most iovecs handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 
@@ -76,7 +78,7 @@ impl OutQueue {
             _ => false,
         };
         if !reuse {
-            self.segments.push_back(Segment::Owned(Vec::with_capacity(extra.max(4096))));
+            self.segments.push_back(Segment::Owned(Vec::with_capacity(extra.max(1024))));
         }
         match self.segments.back_mut() {
             Some(Segment::Owned(buf)) => buf,
@@ -139,7 +141,7 @@ impl OutQueue {
         self.written = 0;
         self.len = 0;
         let keep = match self.segments.pop_front() {
-            Some(Segment::Owned(mut buf)) if buf.capacity() <= OWN_SEGMENT => {
+            Some(Segment::Owned(mut buf)) if buf.capacity() <= POOLED_CAPACITY => {
                 buf.clear();
                 Some(buf)
             }
