@@ -4,7 +4,10 @@
 //! returns events that borrow from the input wherever a whole message sits in
 //! one chunk. Only a message split across chunks (or across fragments) is
 //! copied, into a buffer that exists only while such a message is in flight:
-//! an idle decoder owns no heap memory.
+//! an idle decoder owns no heap memory. Finished buffers are kept per thread
+//! for the next split message.
+
+use std::cell::RefCell;
 
 use super::{apply_mask, utf8, CloseCode, FrameHeader, OpCode, ProtocolError, Utf8Validator, MAX_HEADER_LEN};
 
@@ -181,7 +184,7 @@ impl Decoder {
     pub fn decode<'a>(&'a mut self, input: &'a mut [u8], limits: &Limits) -> Result<Decoded<'a>, ProtocolError> {
         if std::mem::take(&mut self.release_spill) {
             match self.message_opcode {
-                None => self.spill = None,
+                None => recycle_spill(self.spill.take()),
                 Some(_) => self.spill.as_mut().expect("spill in use").control.clear(),
             }
         }
@@ -238,7 +241,7 @@ impl Decoder {
                 if whole_frame_in_chunk {
                     return Ok((pos, Some(Ready::InInput { opcode: frame.opcode, start })));
                 }
-                let spill = self.spill.get_or_insert_with(Default::default);
+                let spill = self.spill.get_or_insert_with(spare_spill);
                 spill.control.extend_from_slice(chunk);
                 if !frame_done {
                     return Ok((pos, None));
@@ -256,7 +259,7 @@ impl Decoder {
             if opcode == OpCode::Text {
                 self.utf8.feed(chunk)?;
             }
-            let spill = self.spill.get_or_insert_with(Default::default);
+            let spill = self.spill.get_or_insert_with(spare_spill);
             reserve_within(&mut spill.message, take, limits.max_message_size);
             spill.message.extend_from_slice(chunk);
             if !frame_done {
@@ -353,6 +356,36 @@ impl Decoder {
         self.fragments = 0;
         self.utf8 = Utf8Validator::default();
     }
+}
+
+thread_local! {
+    /// Spill buffers of finished messages, kept for the next split message on
+    /// this thread (a server worker): split messages then cost no allocation,
+    /// while idle decoders still hold no buffer at all.
+    static SPARE_SPILLS: RefCell<Vec<Box<Spill>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// How many spare spills a thread keeps, and the largest one it keeps.
+const SPARE_SPILLS_KEPT: usize = 16;
+const SPARE_SPILL_CAPACITY: usize = 1 << 20;
+
+fn spare_spill() -> Box<Spill> {
+    SPARE_SPILLS.with(|spares| spares.borrow_mut().pop()).unwrap_or_default()
+}
+
+fn recycle_spill(spill: Option<Box<Spill>>) {
+    let Some(mut spill) = spill else { return };
+    if spill.message.capacity() > SPARE_SPILL_CAPACITY {
+        return;
+    }
+    spill.message.clear();
+    spill.control.clear();
+    SPARE_SPILLS.with(|spares| {
+        let mut spares = spares.borrow_mut();
+        if spares.len() < SPARE_SPILLS_KEPT {
+            spares.push(spill);
+        }
+    });
 }
 
 /// Grows `buf` for `extra` more bytes, never past `limit` in capacity, so that

@@ -11,7 +11,7 @@ use crate::proto::{FrameHeader, OpCode, MAX_HEADER_LEN};
 /// onto the end of the coalescing buffer.
 const OWN_SEGMENT: usize = 64 << 10;
 /// The largest buffer a pooled queue keeps; bigger ones are freed.
-const POOLED_CAPACITY: usize = 16 << 10;
+const POOLED_CAPACITY: usize = 64 << 10;
 /// The most iovecs handed to one `writev`.
 const MAX_IOVECS: usize = 64;
 
@@ -132,7 +132,21 @@ impl OutQueue {
             }
             n -= left;
             self.written = 0;
-            self.segments.pop_front();
+            let done = self.segments.pop_front().expect("checked above");
+            if self.segments.is_empty() {
+                self.keep_for_reuse(done);
+            }
+        }
+    }
+
+    /// Keeps an emptied buffer of modest size as the queue's only segment, so
+    /// that steady traffic reuses one buffer instead of allocating per write.
+    fn keep_for_reuse(&mut self, segment: Segment) {
+        if let Segment::Owned(mut buf) = segment {
+            if buf.capacity() <= POOLED_CAPACITY {
+                buf.clear();
+                self.segments.push_back(Segment::Owned(buf));
+            }
         }
     }
 
@@ -140,16 +154,10 @@ impl OutQueue {
     pub fn reset(&mut self) {
         self.written = 0;
         self.len = 0;
-        let keep = match self.segments.pop_front() {
-            Some(Segment::Owned(mut buf)) if buf.capacity() <= POOLED_CAPACITY => {
-                buf.clear();
-                Some(buf)
-            }
-            _ => None,
-        };
+        let first = self.segments.pop_front();
         self.segments.clear();
-        if let Some(buf) = keep {
-            self.segments.push_back(Segment::Owned(buf));
+        if let Some(segment) = first {
+            self.keep_for_reuse(segment);
         }
     }
 }
