@@ -195,8 +195,10 @@ impl<H: Handler> Worker<H> {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut due = Vec::new();
+        // One clock read per turn: timeouts computed from it run late by at
+        // most the turn's own work, far below the wheel's 10 ms tick.
+        let mut now = Instant::now();
         loop {
-            let now = Instant::now();
             let mut timeout =
                 if self.retry.is_empty() { self.ctx.wheel.next_timeout(now) } else { Some(Duration::ZERO) };
             if let Some(deadline) = self.shutdown_deadline {
@@ -209,7 +211,7 @@ impl<H: Handler> Worker<H> {
                 }
                 break;
             }
-            let now = Instant::now();
+            now = Instant::now();
             self.ctx.now_tick = self.ctx.wheel.tick_of(now);
             for event in events.iter() {
                 match event.token() {
@@ -302,7 +304,9 @@ impl<H: Handler> Worker<H> {
         let registered = self.poll.registry().register(
             &mut stream,
             Token(key + FIRST_CONN),
-            Interest::READABLE | Interest::WRITABLE,
+            // Writability is asked for only while bytes wait (see `flush`):
+            // otherwise every ACK of our writes would wake the loop.
+            Interest::READABLE,
         );
         self.next_generation = self.next_generation.wrapping_add(1);
         let conn = Connection {
@@ -468,7 +472,7 @@ impl<H: Handler> Worker<H> {
 
     /// Writes what the connection has queued; moves a finishing connection on.
     fn flush(&mut self, key: usize) {
-        let Worker { slab, handler, ctx, .. } = self;
+        let Worker { poll, slab, handler, ctx, .. } = self;
         let Some(slot) = slab.get_mut(key) else { return };
         let conn = &mut slot.conn;
         conn.flags &= !flag::DIRTY;
@@ -477,7 +481,11 @@ impl<H: Handler> Worker<H> {
                 Ok(true) => {
                     let queue = conn.out.take().expect("checked above");
                     ctx.recycle(queue);
-                    conn.flags &= !flag::BACKLOGGED;
+                    if conn.has(flag::BACKLOGGED) {
+                        conn.flags &= !flag::BACKLOGGED;
+                        let token = Token(key + FIRST_CONN);
+                        let _ = poll.registry().reregister(&mut conn.socket, token, Interest::READABLE);
+                    }
                     if conn.has(flag::DRAIN_WANTED) {
                         conn.flags &= !flag::DRAIN_WANTED;
                         if conn.phase == Phase::Open {
@@ -487,7 +495,13 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Ok(false) => {
-                    conn.flags |= flag::BACKLOGGED;
+                    if !conn.has(flag::BACKLOGGED) {
+                        conn.flags |= flag::BACKLOGGED;
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        if poll.registry().reregister(&mut conn.socket, Token(key + FIRST_CONN), interest).is_err() {
+                            return self.abort(key, "poll registration failed");
+                        }
+                    }
                     return;
                 }
                 Err(_) => return self.abort(key, "write error"),
