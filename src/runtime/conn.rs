@@ -31,22 +31,27 @@ pub(crate) enum Phase {
 /// Flag bits of [`Connection::flags`].
 pub(crate) mod flag {
     /// In the worker's list of connections to flush this turn.
-    pub const DIRTY: u8 = 1;
+    pub const DIRTY: u16 = 1;
     /// The socket refused bytes; queued data is waiting for writability.
-    pub const BACKLOGGED: u8 = 1 << 1;
+    pub const BACKLOGGED: u16 = 1 << 1;
     /// A send returned `Buffered`: call `on_drain` once the queue empties.
-    pub const DRAIN_WANTED: u8 = 1 << 2;
+    pub const DRAIN_WANTED: u16 = 1 << 2;
     /// A keepalive ping is outstanding.
-    pub const PING_SENT: u8 = 1 << 3;
+    pub const PING_SENT: u16 = 1 << 3;
     /// `on_open` ran, so `on_close` is owed.
-    pub const OPENED: u8 = 1 << 4;
+    pub const OPENED: u16 = 1 << 4;
     /// `on_close` ran.
-    pub const NOTIFIED: u8 = 1 << 5;
+    pub const NOTIFIED: u16 = 1 << 5;
     /// The connection failed inside a callback; `on_close` is due after it returns.
-    pub const CLOSE_PENDING: u8 = 1 << 6;
+    pub const CLOSE_PENDING: u16 = 1 << 6;
     /// The poller reported the peer's end of the stream: no further readiness
     /// will come, so reads must go on until they see it.
-    pub const READ_CLOSED: u8 = 1 << 7;
+    pub const READ_CLOSED: u16 = 1 << 7;
+    /// The socket is registered for writability too. Set the first time a
+    /// write falls short and kept: a connection that sends big messages would
+    /// otherwise re-register twice per message, while one that never fills its
+    /// socket buffer is never woken by the ACKs of its writes.
+    pub const WRITE_INTEREST: u16 = 1 << 8;
 }
 
 /// Everything a worker keeps for one connection, apart from its frame decoder.
@@ -55,7 +60,7 @@ pub(crate) struct Connection<D> {
     pub socket: TcpStream,
     pub generation: u32,
     pub phase: Phase,
-    pub flags: u8,
+    pub flags: u16,
     /// The close code to report when `CLOSE_PENDING` is set.
     pub pending_code: u16,
     /// When the connection next needs attention (a wheel tick).
@@ -68,7 +73,7 @@ pub(crate) struct Connection<D> {
 }
 
 impl<D> Connection<D> {
-    pub fn has(&self, bit: u8) -> bool {
+    pub fn has(&self, bit: u16) -> bool {
         self.flags & bit != 0
     }
 

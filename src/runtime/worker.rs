@@ -304,8 +304,8 @@ impl<H: Handler> Worker<H> {
         let registered = self.poll.registry().register(
             &mut stream,
             Token(key + FIRST_CONN),
-            // Writability is asked for only while bytes wait (see `flush`):
-            // otherwise every ACK of our writes would wake the loop.
+            // Writability is asked for once a write falls short (see
+            // `flush`): until then, ACKs of our writes do not wake the loop.
             Interest::READABLE,
         );
         self.next_generation = self.next_generation.wrapping_add(1);
@@ -481,11 +481,7 @@ impl<H: Handler> Worker<H> {
                 Ok(true) => {
                     let queue = conn.out.take().expect("checked above");
                     ctx.recycle(queue);
-                    if conn.has(flag::BACKLOGGED) {
-                        conn.flags &= !flag::BACKLOGGED;
-                        let token = Token(key + FIRST_CONN);
-                        let _ = poll.registry().reregister(&mut conn.socket, token, Interest::READABLE);
-                    }
+                    conn.flags &= !flag::BACKLOGGED;
                     if conn.has(flag::DRAIN_WANTED) {
                         conn.flags &= !flag::DRAIN_WANTED;
                         if conn.phase == Phase::Open {
@@ -495,8 +491,9 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Ok(false) => {
-                    if !conn.has(flag::BACKLOGGED) {
-                        conn.flags |= flag::BACKLOGGED;
+                    conn.flags |= flag::BACKLOGGED;
+                    if !conn.has(flag::WRITE_INTEREST) {
+                        conn.flags |= flag::WRITE_INTEREST;
                         let interest = Interest::READABLE | Interest::WRITABLE;
                         if poll.registry().reregister(&mut conn.socket, Token(key + FIRST_CONN), interest).is_err() {
                             return self.abort(key, "poll registration failed");
