@@ -20,7 +20,7 @@ for round in $(seq "$rounds"); do
     pid=$!
     wait_port "$port"
     connect=$(target/release/emitws-load idle --url "ws://127.0.0.1:$port/" --connections 10000 --hold 0.5 \
-      --max-connecting 512 --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["connect_s"])')
+      --max-connecting 512 --json | tail -n 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["connect_s"])')
     rate=$(target/release/emitws-load echo --url "ws://127.0.0.1:$port/" --connections 100 --payload 20 \
       --duration 5 --warmup 1 --json | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["msgs_per_sec"]))')
     echo "| $round | $mode | $connect | $rate |"
