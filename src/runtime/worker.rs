@@ -440,6 +440,9 @@ impl<H: Handler> Worker<H> {
             Phase::Open | Phase::Closing => frames(slot, key, handler, ctx, input),
             Phase::Finishing | Phase::Draining => {}
         }
+        // The last message's buffer goes back to the worker's spares now, not
+        // when this connection next speaks.
+        slot.decoder.release_buffers();
     }
 
     fn on_timer(&mut self, entry: Entry) {
