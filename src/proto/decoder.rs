@@ -369,6 +369,8 @@ thread_local! {
     /// Spill buffers of finished messages, kept for the next split message on
     /// this thread (a server worker): split messages then cost no allocation,
     /// while idle decoders still hold no buffer at all.
+    // Boxed as decoders hold them, so handing one over moves a pointer.
+    #[allow(clippy::vec_box)]
     static SPARE_SPILLS: RefCell<Vec<Box<Spill>>> = const { RefCell::new(Vec::new()) };
 }
 
