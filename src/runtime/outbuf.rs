@@ -78,7 +78,7 @@ impl OutQueue {
             _ => false,
         };
         if !reuse {
-            self.segments.push_back(Segment::Owned(Vec::with_capacity(extra.max(1024))));
+            self.segments.push_back(Segment::Owned(Vec::with_capacity(extra.max(256))));
         }
         match self.segments.back_mut() {
             Some(Segment::Owned(buf)) => buf,
