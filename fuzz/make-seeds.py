@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Writes the seed corpus into fuzz/corpus/<target>/ (run from anywhere).
+
+Decoder seeds are [chunk seed, config, stream...] and handshake seeds are
+[config, head...]; see fuzz/harness.rs for what the leading bytes select.
+Files are named by content, so rerunning only adds what is new.
+"""
+import hashlib
+import os
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+MASK = bytes([0xA1, 0xB2, 0xC3, 0xD4])
+TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
+
+
+def write(target, name, data):
+    folder = os.path.join(ROOT, target)
+    os.makedirs(folder, exist_ok=True)
+    digest = hashlib.sha1(data).hexdigest()[:12]
+    with open(os.path.join(folder, f"seed-{name}-{digest}"), "wb") as f:
+        f.write(data)
+
+
+def frame(opcode, payload=b"", fin=True, masked=True, rsv=0, length=None, form=None):
+    """One frame; `length` overrides the header's length, `form` forces 7/16/64-bit."""
+    n = len(payload) if length is None else length
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    bit = 0x80 if masked else 0
+    form = form or (7 if n < 126 else 16 if n < 0x10000 else 64)
+    if form == 7:
+        head += bytes([bit | n])
+    elif form == 16:
+        head += bytes([bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([bit | 127]) + n.to_bytes(8, "big")
+    if masked:
+        head += MASK
+        payload = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+    return head + payload
+
+
+def close(code, reason=b"", **kw):
+    return frame(CLOSE, code.to_bytes(2, "big") + reason, **kw)
+
+
+def decoder_streams(m):
+    """(name, config, stream) for a peer that masks iff `m`."""
+    f = lambda *a, **kw: frame(*a, masked=kw.pop("masked", m), **kw)
+    c = lambda *a, **kw: close(*a, masked=kw.pop("masked", m), **kw)
+    euro = "€".encode()
+    yield "text", 0, f(TEXT, b"hello")
+    yield "text-utf8", 0, f(TEXT, "κόσμε €𝄞".encode())
+    yield "binary-empty", 0, f(BINARY)
+    yield "binary-125", 0, f(BINARY, bytes(range(125)))
+    yield "binary-126-len16", 0, f(BINARY, bytes(126))
+    yield "binary-300-len16", 0, f(BINARY, bytes(i & 0xFF for i in range(300)))
+    yield "binary-65536-len64", 0, f(BINARY, bytes(65536))
+    yield "len64-header-only-1tib", 0, f(BINARY, length=1 << 40)
+    yield "len64-header-16mib-partial", 0, f(BINARY, b"x" * 40, length=16 << 20)
+    yield "len64-top-bit", 0, f(BINARY, length=1 << 63)
+    yield "len16-nonminimal", 0, f(BINARY, b"abc", form=16)
+    yield "len64-nonminimal", 0, f(BINARY, b"abc", form=64)
+    yield "len64-nonminimal-65535", 0, f(BINARY, length=0xFFFF, form=64)
+    yield "fragmented-text-ping-between", 0, (
+        f(TEXT, b"frag", fin=False) + f(PING, b"in between") + f(CONT, euro[:1], fin=False)
+        + f(CONT, euro[1:]) + f(PONG) + f(TEXT, b"next")
+    )
+    yield "fragmented-binary-all-controls", 0, (
+        f(BINARY, b"a", fin=False) + f(PING) + f(CONT, b"b", fin=False) + f(PONG, b"p" * 125)
+        + f(CONT, b"c") + c(1000, b"bye")
+    )
+    yield "fragmented-empty-fragments", 0, f(TEXT, fin=False) + f(CONT, fin=False) + f(CONT)
+    yield "many-tiny-fragments", 0, f(BINARY, b"0", fin=False) + b"".join(f(CONT, b"x", fin=False) for _ in range(60)) + f(CONT, b"!")
+    yield "close-inside-message", 0, f(TEXT, b"half", fin=False) + c(1001) + f(CONT, b"late")
+    yield "ping-125", 0, f(PING, b"p" * 125)
+    yield "ping-126", 0, f(PING, b"p" * 126)
+    yield "ping-fragmented", 0, f(PING, b"p", fin=False)
+    yield "pong-len16", 0, f(PONG, b"p" * 200)
+    yield "close-empty", 0, f(CLOSE)
+    yield "close-1000-bye", 0, c(1000, b"bye")
+    yield "close-4999-reason-123", 0, c(4999, b"r" * 123)
+    yield "close-3000", 0, c(3000)
+    yield "close-one-byte", 0, f(CLOSE, b"\x03")
+    yield "close-1005", 0, c(1005)
+    yield "close-1006", 0, c(1006)
+    yield "close-1015", 0, c(1015)
+    yield "close-999", 0, c(999)
+    yield "close-5000", 0, c(5000)
+    yield "close-bad-utf8-reason", 0, c(1000, b"\xff")
+    yield "close-then-text", 0, c(1000) + f(TEXT, b"late")
+    yield "close-then-ping", 0, f(CLOSE) + f(PING)
+    yield "text-bad-utf8", 0, f(TEXT, b"ok\xffok")
+    yield "text-truncated-utf8", 0, f(TEXT, euro[:2])
+    yield "text-surrogate", 0, f(TEXT, b"\xed\xa0\x80")
+    yield "text-overlong", 0, f(TEXT, b"\xc0\xaf")
+    yield "text-max-codepoint", 0, f(TEXT, b"\xf4\x8f\xbf\xbf") + f(TEXT, b"\xf4\x90\x80\x80")
+    yield "text-utf8-split-across-fragments", 0, (
+        f(TEXT, b"\xf0\x9d", fin=False) + f(CONT, b"\x84", fin=False) + f(CONT, b"\x9e")
+    )
+    yield "text-bad-utf8-in-first-fragment", 0, f(TEXT, b"\xce\xba\xff", fin=False) + f(CONT, b"ok")
+    yield "text-truncated-at-fin", 0, f(TEXT, b"\xe2\x82", fin=False) + f(CONT)
+    yield "rsv1-text", 0, f(TEXT, b"x", rsv=0b100)
+    yield "rsv2-binary", 0, f(BINARY, b"x", rsv=0b010)
+    yield "rsv3-ping", 0, f(PING, rsv=0b001)
+    yield "rsv1-text-allowed", 0x40, f(TEXT, b"x", rsv=0b100) + f(TEXT, b"y", rsv=0b100, fin=False) + f(CONT, b"z", rsv=0b100)
+    yield "rsv-all-allowed-ping", 0xC0, f(BINARY, b"x", rsv=0b111) + f(PING, rsv=0b001)
+    for op in (3, 7, 0xB, 0xF):
+        yield f"reserved-opcode-{op:x}", 0, f(op, b"x")
+    yield "continuation-without-message", 0, f(CONT, b"x")
+    yield "text-inside-message", 0, f(TEXT, b"a", fin=False) + f(BINARY, b"b")
+    yield "wrong-masking", 0, frame(TEXT, b"x", masked=not m)
+    yield "wrong-masking-after-good", 0, f(PING) + frame(PONG, masked=not m)
+    yield "limit-frame-5-ok-then-over", 0x02, f(BINARY, b"12345") + f(BINARY, b"123456")
+    yield "limit-frame-0", 0x01, f(BINARY) + f(TEXT, b"x")
+    yield "limit-frame-126-len16", 0x03, f(BINARY, bytes(126)) + f(BINARY, bytes(127))
+    yield "limit-message-7-fragments", 0x08, f(BINARY, b"1234", fin=False) + f(CONT, b"5678")
+    yield "limit-message-300", 0x0C, f(TEXT, b"a" * 250, fin=False) + f(CONT, b"b" * 50) + f(TEXT, b"c" * 301)
+    yield "limit-message-0-controls-ok", 0x04, f(PING, b"ping") + f(BINARY) + f(BINARY, b"x")
+    yield "limit-fragments-2", 0x20, f(BINARY, b"a", fin=False) + f(CONT, b"b") + f(BINARY, b"a", fin=False) + f(CONT, b"b", fin=False) + f(CONT, b"c")
+    yield "limit-fragments-1", 0x10, f(TEXT, b"one") + f(TEXT, b"t", fin=False) + f(CONT, b"wo")
+    yield "limit-all-small", 0x3E, f(TEXT, b"abc", fin=False) + f(PING, b"x" * 100) + f(CONT, b"def")
+    yield "empty-stream", 0, b""
+    yield "one-header-byte", 0, f(TEXT, b"x")[:1]
+    yield "header-only", 0, f(BINARY, b"x" * 10)[: 6 if m else 2]
+    sample = (
+        f(TEXT, "héllo".encode()) + f(BINARY, b"\x07" * 300) + f(TEXT, b"frag", fin=False)
+        + f(PING, b"in between") + f(CONT, euro[:1], fin=False) + f(CONT, euro[1:])
+        + f(BINARY, b"\x03" * 1000) + f(PONG) + c(1000, b"bye")
+    )
+    for seed in (0, 1, 77, 200, 255):
+        yield f"sample-stream-seed{seed}", 0, (seed, sample)
+
+
+def decoder_seeds(target, m):
+    for name, config, stream in decoder_streams(m):
+        seed = 0
+        if isinstance(stream, tuple):
+            seed, stream = stream
+        write(target, name, bytes([seed, config]) + stream)
+
+
+GOOD = (
+    b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n"
+    b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\n"
+    b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits, x-junk;;=, foo; a=\"1,2\"\r\n\r\n"
+)
+MINIMAL = (
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def handshake_heads():
+    """(name, config, head)."""
+    r = lambda old, new, base=MINIMAL: base.replace(old, new, 1)
+    yield "valid-rfc-example", 0, GOOD
+    yield "valid-minimal", 0, MINIMAL
+    yield "valid-then-frame-bytes", 0, MINIMAL + frame(TEXT, b"hi")
+    yield "valid-lf-only", 0, GOOD.replace(b"\r\n", b"\n")
+    yield "valid-mixed-line-endings", 0, r(b"Host: h\r\n", b"Host: h\n")
+    yield "valid-case-insensitive", 0, MINIMAL.upper()
+    yield "valid-padded-values", 0, r(b"Key: AAAAAAAAAAAAAAAAAAAAAA==", b"Key: \t AAAAAAAAAAAAAAAAAAAAAA== \t")
+    yield "valid-absolute-target", 0, r(b"GET / ", b"GET http://h/a/b?x=1?y ")
+    yield "valid-many-protocols", 0, r(b"\r\n\r\n", b"\r\nSec-WebSocket-Protocol: a,,b , \xff, c\r\nSec-WebSocket-Protocol: d\r\n\r\n")
+    yield "valid-extensions-quoted", 0, r(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10; client_max_window_bits=\"12\", x; q=\"a\\\"b;c,d\"\r\n\r\n")
+    yield "valid-extensions-junk", 0, r(b"\r\n\r\n", b"\r\nSec-WebSocket-Extensions: ;=\",;=\",, ;a, b=;c, d; e=\"\r\n\r\n")
+    yield "plain-http-get", 0, b"GET /index.html HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n"
+    yield "post", 0, r(b"GET", b"POST")
+    yield "http-1.0", 0, r(b"HTTP/1.1", b"HTTP/1.0")
+    yield "http-2.0", 0, r(b"HTTP/1.1", b"HTTP/2.0")
+    yield "no-host", 0, r(b"Host: h\r\n", b"")
+    yield "two-hosts", 0, r(b"Host: h\r\n", b"Host: h\r\nhost: i\r\n")
+    yield "upgrade-h2c", 0, r(b"Upgrade: websocket", b"Upgrade: h2c")
+    yield "upgrade-list", 0, r(b"Upgrade: websocket", b"Upgrade: h2c, WebSocket")
+    yield "no-upgrade", 0, r(b"Upgrade: websocket\r\n", b"")
+    yield "connection-upgraded", 0, r(b"Connection: Upgrade", b"Connection: Upgraded")
+    yield "connection-keep-alive", 0, r(b"Connection: Upgrade", b"Connection: keep-alive")
+    yield "key-short", 0, r(b"AAAAAAAAAAAAAAAAAAAAAA==", b"c2hvcnQ=")
+    yield "key-not-base64", 0, r(b"AAAAAAAAAAAAAAAAAAAAAA==", b"!!notbase64!!notbase64!!")
+    yield "key-unpadded", 0, r(b"AAAAAAAAAAAAAAAAAAAAAA==", b"AAAAAAAAAAAAAAAAAAAAAA")
+    yield "key-trailing-bits", 0, r(b"AAAAAAAAAAAAAAAAAAAAAA==", b"AAAAAAAAAAAAAAAAAAAAAB==")
+    yield "key-17-bytes", 0, r(b"AAAAAAAAAAAAAAAAAAAAAA==", b"AAAAAAAAAAAAAAAAAAAAAAA=")
+    yield "key-long", 0, r(b"AAAAAAAAAAAAAAAAAAAAAA==", b"A" * 200)
+    yield "key-twice", 0, r(b"\r\n\r\n", b"\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n\r\n")
+    yield "no-key", 0, r(b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n", b"")
+    yield "version-8", 0, r(b"Version: 13", b"Version: 8")
+    yield "version-twice", 0, r(b"Version: 13\r\n", b"Version: 13\r\nSec-WebSocket-Version: 13\r\n")
+    yield "no-version", 0, r(b"Sec-WebSocket-Version: 13\r\n", b"")
+    yield "garbage-request-line", 0, b"HELLO\r\n\r\n"
+    yield "header-without-colon", 0, r(b"Host: h", b"Host h")
+    yield "space-before-colon", 0, r(b"Host: h", b"Host : h")
+    yield "obs-fold", 0, r(b"Host: h\r\n", b"Host: h\r\n  folded\r\n")
+    yield "control-char-in-value", 0, r(b"Host: h", b"Host: h\x01")
+    yield "non-ascii-value", 0, r(b"Host: h", b"Host: h\xc3\xa9\xff")
+    yield "non-ascii-path", 0, r(b"GET / ", b"GET /\xc3\xa9\xff ")
+    yield "leading-blank-line", 0, b"\r\n" + MINIMAL
+    yield "only-terminator", 0, b"\r\n"
+    yield "only-lf", 0, b"\n"
+    yield "trickled-cr-lf-cr", 0, b"GET / HTTP/1.1\r\nHost: h\r\n\r"
+    yield "terminator-cr-lf-lf", 0, b"GET / HTTP/1.1\r\nHost: h\r\n\n"
+    yield "terminator-lf-cr-lf", 0, b"GET / HTTP/1.1\nHost: h\n\r\n"
+    yield "bare-cr-lines", 0, b"GET / HTTP/1.1\rHost: h\r\r\n\r\n"
+    yield "incomplete", 0, MINIMAL[:-2]
+    many = b"".join(b"X-H%d: %d\r\n" % (i, i) for i in range(59))
+    yield "64-headers", 0, r(b"\r\n\r\n", b"\r\n" + many + b"\r\n")
+    yield "65-headers", 0, r(b"\r\n\r\n", b"\r\n" + many + b"X-Over: 1\r\n\r\n")
+    yield "headers-limit-2", 0x18, b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\n\r\n"
+    yield "headers-limit-2-over", 0x18, b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n"
+    yield "headers-limit-0", 0x08, b"GET / HTTP/1.1\r\n\r\n"
+    yield "oversized", 0, r(b"Host: h", b"Host: " + b"h" * 8200)
+    yield "exactly-8kib", 0, r(b"Host: h", b"Host: " + b"h" * (8192 - len(MINIMAL) + 1))
+    yield "bytes-limit-64", 0x04, MINIMAL
+    yield "bytes-limit-20", 0x03, b"GET / HTTP/1.1\n\n"
+    yield "bytes-limit-0", 0x01, b"G"
+    yield "options-asterisk", 0, b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n"
+    for config in (0x2D, 0xFF, 0x80):
+        yield f"valid-config-{config:02x}", config, GOOD
+
+
+def handshake_seeds():
+    for name, config, head in handshake_heads():
+        write("handshake_request", name, bytes([config]) + head)
+
+
+if __name__ == "__main__":
+    decoder_seeds("server_decoder", True)
+    decoder_seeds("client_decoder", False)
+    handshake_seeds()
+    for target in sorted(os.listdir(ROOT)):
+        files = os.listdir(os.path.join(ROOT, target))
+        size = sum(os.path.getsize(os.path.join(ROOT, target, f)) for f in files)
+        print(f"{target}: {len(files)} files, {size} bytes")
