@@ -521,10 +521,13 @@ fn model_websocket<'a>(
     head: &[u8],
     values: &dyn Fn(&str) -> Vec<&'a [u8]>,
 ) -> Result<(), HandshakeError> {
-    // The reader takes no blank line before the request line, so the head
-    // starts with it, and httparse accepted only "HTTP/1.0" or "HTTP/1.1".
-    let line_end = head.iter().position(|&b| b == b'\n').expect("a request line");
-    let line = head[..line_end].strip_suffix(b"\r").unwrap_or(&head[..line_end]);
+    // The request line is the first non-empty line (empty lines before it
+    // are skipped), and httparse accepted only "HTTP/1.0" or "HTTP/1.1".
+    let line = head
+        .split(|&b| b == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .find(|line| !line.is_empty())
+        .expect("a request line");
     let version = *line.last().expect("a version");
     if method != "GET" {
         return Err(HandshakeError::MethodNotGet);

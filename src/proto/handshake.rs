@@ -142,6 +142,12 @@ impl RequestReader {
             }
             let line = &self.buf[self.line_start..self.buf.len() - 1];
             if line.is_empty() || line == b"\r" {
+                if self.lines == 0 {
+                    // RFC 7230 §3.5: ignore empty lines before the request line
+                    // (httparse skips them too). They still count against max_bytes.
+                    self.line_start = self.buf.len();
+                    continue;
+                }
                 self.complete = true;
                 return Ok(Some(i + 1));
             }
@@ -500,6 +506,15 @@ mod tests {
             assert_eq!(done.is_some(), i == bytes.len() - 1);
         }
         assert!(reader.request(&limits).unwrap().websocket().is_ok());
+    }
+
+    #[test]
+    fn ignores_empty_lines_before_the_request_line() {
+        assert_eq!(validate(&format!("\r\n{GOOD}")), Ok(()));
+        assert_eq!(validate(&format!("\n\r\n{GOOD}")), Ok(()));
+        let limits = RequestLimits { max_bytes: 16, max_headers: 2 };
+        let mut reader = RequestReader::default();
+        assert_eq!(reader.push(&b"\r\n".repeat(9), &limits), Err(HandshakeError::HeadTooLarge));
     }
 
     #[test]
