@@ -45,6 +45,8 @@ pub enum ProtocolError {
     MessageTooLarge,
     /// A message made of more fragments than the configured maximum.
     TooManyFragments,
+    /// A compressed message (permessage-deflate) that does not inflate.
+    InvalidCompressedData,
 }
 
 impl ProtocolError {
@@ -57,7 +59,7 @@ impl ProtocolError {
     /// ```
     pub fn close_code(self) -> CloseCode {
         match self {
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::InvalidUtf8 | ProtocolError::InvalidCompressedData => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooLarge | ProtocolError::MessageTooLarge | ProtocolError::TooManyFragments => {
                 CloseCode::MESSAGE_TOO_BIG
             }
@@ -86,6 +88,7 @@ impl fmt::Display for ProtocolError {
             ProtocolError::FrameTooLarge => f.write_str("frame exceeds the maximum frame size"),
             ProtocolError::MessageTooLarge => f.write_str("message exceeds the maximum message size"),
             ProtocolError::TooManyFragments => f.write_str("message exceeds the maximum fragment count"),
+            ProtocolError::InvalidCompressedData => f.write_str("compressed message does not inflate"),
         }
     }
 }
