@@ -37,6 +37,8 @@ pub enum Owned {
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(Option<u16>, String),
+    /// A message whose first frame had RSV1: (is text, payload still compressed).
+    Compressed(bool, Vec<u8>),
     Error(ProtocolError),
 }
 
@@ -140,6 +142,7 @@ pub fn run_decoder(
 pub fn model_decoder(role: Role, allowed_rsv: u8, limits: &Limits, stream: &[u8]) -> DecoderRun {
     struct InProgress {
         text: bool,
+        compressed: bool,
         bytes: Vec<u8>,
         declared: u64,
         fragments: u32,
@@ -219,7 +222,8 @@ pub fn model_decoder(role: Role, allowed_rsv: u8, limits: &Limits, stream: &[u8]
                 (0x1 | 0x2, true) => fail!(ProtocolError::ExpectedContinuation),
                 (0x0, true) => {}
                 (_, false) => {
-                    message = Some(InProgress { text: opcode == 0x1, bytes: Vec::new(), declared: 0, fragments: 0 })
+                    let (text, compressed) = (opcode == 0x1, rsv & 0b100 != 0);
+                    message = Some(InProgress { text, compressed, bytes: Vec::new(), declared: 0, fragments: 0 })
                 }
                 _ => unreachable!(),
             }
@@ -278,7 +282,7 @@ pub fn model_decoder(role: Role, allowed_rsv: u8, limits: &Limits, stream: &[u8]
         }
         let in_progress = message.as_mut().unwrap();
         in_progress.bytes.extend_from_slice(&payload);
-        if in_progress.text {
+        if in_progress.text && !in_progress.compressed {
             if let Err(error) = std::str::from_utf8(&in_progress.bytes) {
                 // error_len() is None when the bytes so far are a valid prefix.
                 if error.error_len().is_some() || (complete && fin) {
@@ -291,9 +295,10 @@ pub fn model_decoder(role: Role, allowed_rsv: u8, limits: &Limits, stream: &[u8]
         }
         if fin {
             let done = message.take().unwrap();
-            events.push(match done.text {
-                true => Owned::Text(String::from_utf8(done.bytes).unwrap()),
-                false => Owned::Binary(done.bytes),
+            events.push(match (done.compressed, done.text) {
+                (true, text) => Owned::Compressed(text, done.bytes),
+                (false, true) => Owned::Text(String::from_utf8(done.bytes).unwrap()),
+                (false, false) => Owned::Binary(done.bytes),
             });
         }
     };
@@ -311,6 +316,10 @@ fn to_owned(event: Event<'_>, limits: &Limits) -> Owned {
                 }
                 Message::Binary(bytes) => Owned::Binary(bytes.to_vec()),
             }
+        }
+        Event::Compressed { text, payload } => {
+            assert!(payload.len() as u64 <= limits.max_message_size, "message over the limit");
+            Owned::Compressed(text, payload.to_vec())
         }
         Event::Ping(payload) => {
             assert!(payload.len() <= 125, "ping payload over 125 bytes");

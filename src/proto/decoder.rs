@@ -11,6 +11,9 @@ use std::cell::RefCell;
 
 use super::{apply_mask, utf8, CloseCode, FrameHeader, OpCode, ProtocolError, Utf8Validator, MAX_HEADER_LEN};
 
+/// The RSV bit permessage-deflate claims, as `FrameHeader::rsv` holds it.
+const RSV1: u8 = 0b100;
+
 /// Which end of the connection this decoder serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -70,6 +73,15 @@ pub enum Event<'a> {
     Pong(&'a [u8]),
     /// A close frame: its code (if any) and reason, both already validated.
     Close(Option<CloseCode>, &'a str),
+    /// A message with RSV1 set under permessage-deflate: its payload is still
+    /// compressed, so a text message's UTF-8 is checked after inflating (see
+    /// [`deflate::Decompressor`](super::deflate::Decompressor)).
+    Compressed {
+        /// A text message (else binary).
+        text: bool,
+        /// The compressed payload of all its frames.
+        payload: &'a [u8],
+    },
 }
 
 /// What one call to [`Decoder::decode`] produced.
@@ -130,6 +142,8 @@ pub struct Decoder {
     frame: Option<FrameState>,
     /// The data opcode of the fragmented message in progress.
     message_opcode: Option<OpCode>,
+    /// The message in progress (or the one just completed) has RSV1 set.
+    compressed: bool,
     message_len: u64,
     fragments: u32,
     utf8: Utf8Validator,
@@ -149,6 +163,7 @@ impl Decoder {
             header_len: 0,
             frame: None,
             message_opcode: None,
+            compressed: false,
             message_len: 0,
             fragments: 0,
             utf8: Utf8Validator::default(),
@@ -209,6 +224,9 @@ impl Decoder {
             }
         };
         let event = match opcode {
+            OpCode::Text | OpCode::Binary if self.compressed => {
+                Event::Compressed { text: opcode == OpCode::Text, payload: bytes }
+            }
             OpCode::Text => Event::Message(Message::Text(utf8::text(bytes)?)),
             OpCode::Binary => Event::Message(Message::Binary(bytes)),
             OpCode::Ping => Event::Ping(bytes),
@@ -263,7 +281,7 @@ impl Decoder {
                 self.end_message();
                 return Ok((pos, Some(Ready::InInput { opcode, start })));
             }
-            if opcode == OpCode::Text {
+            if opcode == OpCode::Text && !self.compressed {
                 self.utf8.feed(chunk)?;
             }
             let spill = self.spill.get_or_insert_with(spare_spill);
@@ -332,7 +350,10 @@ impl Decoder {
                 (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
                 (OpCode::Text | OpCode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
                 (OpCode::Continuation, Some(_)) => {}
-                (opcode, None) => self.message_opcode = Some(opcode),
+                (opcode, None) => {
+                    self.message_opcode = Some(opcode);
+                    self.compressed = header.rsv & RSV1 != 0;
+                }
                 _ => unreachable!("data opcodes are continuation, text or binary"),
             }
             if header.payload_len > limits.max_frame_size {
@@ -437,6 +458,7 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<u16>, String),
+        Compressed(bool, Vec<u8>),
         Error(ProtocolError),
     }
 
@@ -460,6 +482,7 @@ mod tests {
                             Event::Ping(p) => Owned::Ping(p.into()),
                             Event::Pong(p) => Owned::Pong(p.into()),
                             Event::Close(code, reason) => Owned::Close(code.map(|c| c.0), reason.into()),
+                            Event::Compressed { text, payload } => Owned::Compressed(text, payload.into()),
                         }));
                     }
                     Err(e) => {
@@ -552,6 +575,53 @@ mod tests {
         frame(&mut s, OpCode::Close, true, &[]);
         frame(&mut s, OpCode::Text, true, b"late");
         assert_eq!(first_error(&s, Role::Server, &limits), Some(ProtocolError::DataAfterClose));
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_when_allowed() {
+        let mask = Some([0xa1, 0xb2, 0xc3, 0xd4]);
+        let limits = Limits::default();
+        let mut s = Vec::new();
+        // Compressed bytes need not be UTF-8, even in a text message.
+        crate::proto::encode_frame_with_rsv(&mut s, OpCode::Text, false, 0b100, mask, &[0xff, 0xfe]);
+        frame(&mut s, OpCode::Ping, true, b"p");
+        frame(&mut s, OpCode::Continuation, true, &[0x00]);
+        frame(&mut s, OpCode::Binary, true, b"plain");
+        let mut decoder = Decoder::new(Role::Server);
+        decoder.allow_extension_rsv(0b100);
+        let mut events = Vec::new();
+        let mut pos = 0;
+        while pos < s.len() {
+            let decoded = decoder.decode(&mut s[pos..], &limits).unwrap();
+            pos += decoded.consumed;
+            events.extend(decoded.event.map(|event| format!("{event:?}")));
+        }
+        assert_eq!(
+            events,
+            [
+                "Ping([112])",
+                "Compressed { text: true, payload: [255, 254, 0] }",
+                "Message(Binary([112, 108, 97, 105, 110]))"
+            ]
+        );
+        // RSV1 stays forbidden on continuation and control frames.
+        for (opcode, first) in [(OpCode::Continuation, true), (OpCode::Ping, false)] {
+            let mut s = Vec::new();
+            if first {
+                frame(&mut s, OpCode::Text, false, b"a");
+            }
+            crate::proto::encode_frame_with_rsv(&mut s, opcode, true, 0b100, mask, b"b");
+            let mut decoder = Decoder::new(Role::Server);
+            decoder.allow_extension_rsv(0b100);
+            let mut pos = 0;
+            let error = loop {
+                match decoder.decode(&mut s[pos..], &limits) {
+                    Ok(decoded) => pos += decoded.consumed,
+                    Err(error) => break error,
+                }
+            };
+            assert_eq!(error, ProtocolError::ReservedBits(0b100), "{opcode:?}");
+        }
     }
 
     #[test]

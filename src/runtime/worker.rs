@@ -676,6 +676,9 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
                 }
             }
             Some(Event::Pong(_) | Event::Message(_)) => {}
+            Some(Event::Compressed { .. }) => {
+                unreachable!("the decoder refuses RSV1 until permessage-deflate is negotiated")
+            }
             Some(Event::Close(code, reason)) => {
                 if conn.phase == Phase::Open {
                     let echo = code.map(|c| c.0.to_be_bytes());

@@ -182,6 +182,8 @@ pub enum Frame {
     Ping(Vec<u8>),
     Pong(Vec<u8>),
     Close(Option<u16>, String),
+    /// A permessage-deflate message: (is text, compressed payload).
+    Compressed(bool, Vec<u8>),
 }
 
 impl Frame {
@@ -198,6 +200,7 @@ impl From<Event<'_>> for Frame {
             Event::Ping(payload) => Frame::Ping(payload.to_vec()),
             Event::Pong(payload) => Frame::Pong(payload.to_vec()),
             Event::Close(code, reason) => Frame::Close(code.map(|c| c.0), reason.to_string()),
+            Event::Compressed { text, payload } => Frame::Compressed(text, payload.to_vec()),
         }
     }
 }

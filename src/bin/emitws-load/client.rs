@@ -645,6 +645,7 @@ fn on_frames(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) 
         pos += decoded.consumed;
         match decoded.event {
             None => {}
+            Some(Event::Compressed { .. }) => unreachable!("the load tool does not negotiate compression"),
             Some(Event::Message(message)) => {
                 if conn.state == State::Closing {
                     continue;
