@@ -8,11 +8,14 @@
 //! Decoder inputs: byte 0 seeds the chunk sizes, byte 1 picks the limits and
 //! the extension RSV bits (0 = defaults, no extension), the rest is the byte
 //! stream from the peer. Handshake inputs: byte 0 picks the request limits and
-//! seeds the chunk sizes, the rest is what the client sent.
+//! seeds the chunk sizes, the rest is what the client sent. Inflate inputs:
+//! byte 0 picks the limit, window and context takeover, the rest is a series
+//! of compressed messages, each after its 16-bit length.
 
 // Each fuzz target uses only one of the checks.
 #![allow(dead_code)]
 
+use emitws::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
 use emitws::proto::handshake::{self, HandshakeError, RequestLimits, RequestReader};
 use emitws::proto::{Decoder, Event, Limits, Message, ProtocolError, Role};
 
@@ -592,4 +595,62 @@ fn check_handshake_error(error: HandshakeError) {
     let mut response = Vec::new();
     error.write_response(&mut response);
     assert!(response.starts_with(b"HTTP/1.1 4"));
+}
+
+/// Checks the permessage-deflate decompressor on one input: byte 0 picks the
+/// size limit, the window and context takeover (see [`inflate_config`]); the
+/// rest is a sequence of messages, each a 16-bit big-endian length and that
+/// many bytes of compressed payload, inflated in order as one connection would.
+pub fn check_inflate(data: &[u8]) {
+    let [config, ref rest @ ..] = *data else { return };
+    let (agreement, limit) = inflate_config(config);
+    let mut decompressor = Decompressor::new(&agreement, Role::Server);
+    let mut rest = rest;
+    while let [high, low, ref tail @ ..] = *rest {
+        let len = usize::from(u16::from_be_bytes([high, low]));
+        let (payload, next) = tail.split_at(len.min(tail.len()));
+        rest = next;
+        let mut out = Vec::new();
+        match decompressor.decompress(payload, &mut out, limit) {
+            Ok(()) => {
+                assert!(out.len() <= limit, "{} bytes inflated past a limit of {limit}", out.len());
+                assert_roundtrip(&out);
+            }
+            Err(error) => {
+                assert!(
+                    matches!(error, ProtocolError::MessageTooLarge | ProtocolError::InvalidCompressedData),
+                    "unexpected {error:?}"
+                );
+                assert!(out.capacity() <= limit + 1, "{} bytes held for a limit of {limit}", out.capacity());
+                check_error(error);
+                return; // The connection is failed here.
+            }
+        }
+    }
+}
+
+/// The agreement (what the client may do) and size limit selected by `config`:
+/// bits 0-1 the limit, bits 2-4 the client's window (9-15), bit 5 no context takeover.
+pub fn inflate_config(config: u8) -> (DeflateAgreement, usize) {
+    let limit = [1 << 20, 0, 100, 65_536][(config & 3) as usize];
+    let window = 9 + (config >> 2 & 7).min(6);
+    let agreement = DeflateAgreement {
+        client_no_context_takeover: config & 0x20 != 0,
+        client_max_window_bits: Some(window),
+        ..DeflateAgreement::default()
+    };
+    (agreement, limit)
+}
+
+/// Whatever inflated must survive our own compressor and decompressor unchanged.
+fn assert_roundtrip(message: &[u8]) {
+    let agreement = DeflateAgreement::default();
+    let mut compressor = Compressor::new(&agreement, Role::Server, &DeflateConfig::default());
+    let mut wire = Vec::new();
+    compressor.compress(message, &mut wire);
+    let mut out = Vec::new();
+    Decompressor::new(&agreement, Role::Client)
+        .decompress(&wire, &mut out, message.len())
+        .expect("own output inflates");
+    assert_eq!(out, message, "round trip changed the message");
 }

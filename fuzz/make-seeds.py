@@ -7,6 +7,7 @@ Files are named by content, so rerunning only adds what is new.
 """
 import hashlib
 import os
+import zlib
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 MASK = bytes([0xA1, 0xB2, 0xC3, 0xD4])
@@ -223,7 +224,42 @@ def handshake_seeds():
         write("handshake_request", name, bytes([config]) + head)
 
 
+def deflate_messages(messages, wbits=15, takeover=True):
+    """Raw-deflate each message as permessage-deflate sends it: sync flush, tail stripped."""
+    comp = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+    out = []
+    for m in messages:
+        if not takeover:
+            comp = zlib.compressobj(6, zlib.DEFLATED, -wbits)
+        data = comp.compress(m) + comp.flush(zlib.Z_SYNC_FLUSH)
+        assert data.endswith(b"\x00\x00\xff\xff")
+        out.append(data[:-4])
+    return out
+
+
+def inflate_seeds():
+    """[config, (16-bit length, compressed message)...]; see inflate_config in harness.rs."""
+    def seed(name, config, payloads):
+        write("inflate", name, bytes([config]) + b"".join(len(p).to_bytes(2, "big") + p for p in payloads))
+
+    json = b'{"event":"chat","data":{"room":"lobby","text":"hello there"}}'
+    seed("json-takeover", 0x18, deflate_messages([json, json, json]))
+    seed("json-no-takeover", 0x38, deflate_messages([json, json], takeover=False))
+    seed("window-9", 0x00, deflate_messages([json * 8, json * 8], wbits=9))
+    seed("empty-message", 0x18, deflate_messages([b"", b"x"]))
+    final = zlib.compressobj(6, zlib.DEFLATED, -15)
+    seed("final-block", 0x18, [final.compress(json) + final.flush(zlib.Z_FINISH)] * 2)
+    seed("bomb-over-100", 0x1A, deflate_messages([b"\0" * 100_000]))
+    seed("bomb-over-0", 0x19, deflate_messages([b"a"]))
+    seed("at-limit-100", 0x1A, deflate_messages([b"z" * 100, b"z" * 101]))
+    seed("bomb-1mib", 0x18, deflate_messages([b"\0" * (2 << 20)]))
+    seed("corrupt", 0x18, [b"\xff\xff\xff", b"\x07"])
+    seed("stored-block", 0x18, [b"\x00\x03\x00\xfc\xffabc"])
+    seed("data-after-final", 0x18, [b"\x03\x00garbage"])
+
+
 if __name__ == "__main__":
+    inflate_seeds()
     decoder_seeds("server_decoder", True)
     decoder_seeds("client_decoder", False)
     handshake_seeds()

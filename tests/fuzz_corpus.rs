@@ -42,3 +42,8 @@ fn client_decoder_corpus() {
 fn handshake_request_corpus() {
     replay("handshake_request", harness::check_handshake_request);
 }
+
+#[test]
+fn inflate_corpus() {
+    replay("inflate", harness::check_inflate);
+}
