@@ -1,10 +1,12 @@
 //! Benchmarks of the sans-IO protocol core.
 //!
 //! Run with `cargo bench --bench proto`; add `-- GROUP` to run one group
-//! (`header_parse`, `unmask`, `unmask_scalar`, `utf8`, `decode`, `handshake`, `encode`).
+//! (`header_parse`, `unmask`, `unmask_scalar`, `utf8`, `decode`, `handshake`, `encode`,
+//! `deflate`).
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
-use emitws::proto::handshake::{RequestLimits, RequestReader};
+use emitws::proto::deflate::{accept_offer, Compressor, Decompressor, DeflateConfig};
+use emitws::proto::handshake::{parse_extensions, RequestLimits, RequestReader};
 use emitws::proto::{
     apply_mask, apply_mask_scalar, encode_frame, Decoder, Event, FrameHeader, Limits, OpCode, Role, Utf8Validator,
     MAX_HEADER_LEN,
@@ -198,5 +200,76 @@ fn encode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, header_parse, unmask, utf8, decode, handshake, encode);
+/// JSON messages like the event layer sends: 64 different chat events, and
+/// 64 different lists of 20 events. Benchmarks cycle through them, so context
+/// takeover sees realistic repetition rather than one message over and over.
+fn json_messages() -> [(&'static str, Vec<Vec<u8>>); 2] {
+    let event = |i: usize| {
+        format!(
+            r#"{{"event":"chat:message","data":{{"room":"room{}","user":"user{}","text":"message {} says {}","ts":{}}}}}"#,
+            i % 7,
+            i * 7919 % 1000,
+            i,
+            ["hello", "how are you?", "fine, thanks", "see you later"][i % 4],
+            1_700_000_000 + i * 37
+        )
+    };
+    let events = (0..64).map(|i| event(i).into_bytes()).collect();
+    let lists = (0..64)
+        .map(|i| format!("[{}]", (0..20).map(|j| event(i * 20 + j)).collect::<Vec<_>>().join(",")).into_bytes())
+        .collect();
+    [("event_json", events), ("list_json", lists)]
+}
+
+fn deflate(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deflate");
+    let offer = parse_extensions(b"permessage-deflate; client_max_window_bits");
+    for (setting, config) in [("default", DeflateConfig::default()), ("low_memory", DeflateConfig::low_memory())] {
+        let agreement = accept_offer(&offer, &config).expect("the offer is acceptable");
+        for (name, messages) in json_messages() {
+            let total: usize = messages.iter().map(Vec::len).sum();
+            group.throughput(Throughput::Bytes((total / messages.len()) as u64));
+            // The wire form of every message, compressed in order as a connection would.
+            let mut compressor = Compressor::new(&agreement, Role::Server, &config);
+            let wire: Vec<Vec<u8>> = messages
+                .iter()
+                .map(|message| {
+                    let mut out = Vec::new();
+                    compressor.compress(message, &mut out);
+                    out
+                })
+                .collect();
+            let compressed: usize = wire.iter().map(Vec::len).sum();
+            eprintln!("deflate {setting} {name}: {total} bytes -> {compressed} bytes on the wire");
+            group.bench_function(BenchmarkId::new(format!("compress_{setting}"), name), |b| {
+                let mut out = Vec::with_capacity(8 << 10);
+                let mut next = messages.iter().cycle();
+                b.iter(|| {
+                    out.clear();
+                    compressor.compress(black_box(next.next().expect("cycles")), &mut out);
+                    black_box(&out);
+                })
+            });
+            group.throughput(Throughput::Bytes(total as u64));
+            group.bench_function(BenchmarkId::new(format!("inflate_{setting}"), name), |b| {
+                let mut out = Vec::with_capacity(64 << 10);
+                // Each pass over the stream starts from a fresh context, as the sender's did.
+                b.iter_batched_ref(
+                    || Decompressor::new(&agreement, Role::Client),
+                    |decompressor| {
+                        for message in &wire {
+                            out.clear();
+                            decompressor.decompress(black_box(message), &mut out, 1 << 20).expect("valid input");
+                        }
+                        black_box(&out);
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, header_parse, unmask, utf8, decode, handshake, encode, deflate);
 criterion_main!(benches);
