@@ -58,9 +58,6 @@ const MIN_COMPRESS_WINDOW: u8 = 9;
 /// memory per connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeflateConfig {
-    /// Negotiate compression at all (default on; the runtime's settings decide
-    /// whether a server or client uses this config).
-    pub enabled: bool,
     /// The window our compressor uses, 9–15 (default 15: 32 KiB). Lowered
     /// further if the peer asks for less.
     pub window_bits: u8,
@@ -87,7 +84,6 @@ pub struct DeflateConfig {
 impl Default for DeflateConfig {
     fn default() -> Self {
         DeflateConfig {
-            enabled: true,
             window_bits: 15,
             peer_window_bits: 15,
             context_takeover: true,
@@ -227,8 +223,8 @@ fn window_bits(value: &str) -> Option<u8> {
 }
 
 /// Server side: picks the first permessage-deflate offer that `config` can
-/// honour and returns what to answer. `None` when compression is off or no
-/// offer is acceptable (the connection then runs uncompressed).
+/// honour and returns what to answer. `None` when no offer is acceptable (the
+/// connection then runs uncompressed).
 ///
 /// ```
 /// use emitws::proto::deflate::{accept_offer, DeflateConfig};
@@ -241,9 +237,6 @@ fn window_bits(value: &str) -> Option<u8> {
 /// assert_eq!(agreement.to_string(), "permessage-deflate; server_no_context_takeover");
 /// ```
 pub fn accept_offer(offers: &[ExtensionOffer<'_>], config: &DeflateConfig) -> Option<DeflateAgreement> {
-    if !config.enabled {
-        return None;
-    }
     offers.iter().filter(|offer| offer.name.eq_ignore_ascii_case(EXTENSION_NAME)).find_map(|offer| {
         let params = parse_params(offer)?;
         let our_window = match params.server_max_window_bits {
@@ -359,6 +352,10 @@ pub fn accept_response(
 }
 
 /// Compresses the messages one end sends.
+///
+/// Holds zlib's compression state: with the defaults about 256 KiB (a 32 KiB
+/// window twice over, plus hash chains and buffers sized by `mem_level`), at
+/// [`DeflateConfig::low_memory`] a few KiB.
 pub struct Compressor {
     stream: Deflate,
     reset_after_message: bool,
@@ -572,7 +569,6 @@ mod tests {
         for (offer, expected) in cases {
             assert_eq!(accept(offer, &config).as_deref(), expected, "{offer}");
         }
-        assert_eq!(accept("permessage-deflate", &DeflateConfig { enabled: false, ..config }), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod error;
 mod frame;
 pub mod handshake;
 mod mask;
-mod utf8;
+pub(crate) mod utf8;
 
 pub use close::CloseCode;
 pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Role};

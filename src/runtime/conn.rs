@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 
+use super::compress::{DeflateState, Deflater, RSV1};
 use super::handle::{ConnId, ServerHandle, SharedFrame};
 use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
@@ -68,8 +69,16 @@ pub(crate) struct Connection<D> {
     /// The tick of this connection's live wheel entry, or 0 for none.
     pub armed: u32,
     pub out: Option<Box<OutQueue>>,
-    pub handshake: Option<Box<RequestReader>>,
+    pub extra: Option<Box<Extra>>,
     pub data: D,
+}
+
+/// State only some connections need, boxed so the rest pay 8 bytes for it:
+/// the request reader while handshaking, compression state once open.
+#[derive(Debug)]
+pub(crate) enum Extra {
+    Handshake(RequestReader),
+    Deflate(DeflateState),
 }
 
 impl<D> Connection<D> {
@@ -79,6 +88,13 @@ impl<D> Connection<D> {
 
     pub fn queued(&self) -> usize {
         self.out.as_ref().map_or(0, |q| q.len())
+    }
+
+    pub fn deflate(&mut self) -> Option<&mut DeflateState> {
+        match self.extra.as_deref_mut() {
+            Some(Extra::Deflate(state)) => Some(state),
+            _ => None,
+        }
     }
 }
 
@@ -98,6 +114,7 @@ pub(crate) struct Context {
     /// box between pool and connection copies nothing.
     #[allow(clippy::vec_box)]
     pub pool: Vec<Box<OutQueue>>,
+    pub deflater: Deflater,
 }
 
 /// The most write queues a worker keeps for reuse: enough for the connections
@@ -268,13 +285,40 @@ impl<D> Conn<'_, D> {
     }
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
+        // The budget counts the uncompressed size: a message must never be
+        // compressed and then refused, as the peer's context would miss it.
         let frame_len = payload.len() + crate::proto::MAX_HEADER_LEN;
-        self.reserve(frame_len, |queue| queue.push_frame(opcode, payload))
+        if let Err(refused) = self.admit(frame_len) {
+            return refused;
+        }
+        let Conn { key, conn, ctx } = self;
+        let data = matches!(opcode, OpCode::Text | OpCode::Binary);
+        let config = ctx.settings.deflate.filter(|c| data && payload.len() >= c.min_size);
+        match (config, conn.deflate()) {
+            (Some(config), Some(state)) => {
+                ctx.deflater.compress(state, &config, payload);
+                let compressed = std::mem::take(&mut ctx.deflater.scratch);
+                ctx.queue(*key, conn).push_frame_with_rsv(opcode, RSV1, &compressed);
+                ctx.deflater.scratch = compressed;
+            }
+            _ => ctx.queue(*key, conn).push_frame(opcode, payload),
+        }
+        self.status()
     }
 
     fn reserve(&mut self, len: usize, push: impl FnOnce(&mut OutQueue)) -> SendStatus {
+        if let Err(refused) = self.admit(len) {
+            return refused;
+        }
+        push(self.ctx.queue(self.key, self.conn));
+        self.status()
+    }
+
+    /// Whether `len` more bytes may be queued; failing the connection if the
+    /// policy says so.
+    fn admit(&mut self, len: usize) -> Result<(), SendStatus> {
         if self.conn.phase != Phase::Open {
-            return SendStatus::Refused;
+            return Err(SendStatus::Refused);
         }
         if self.conn.queued() + len > self.ctx.settings.max_buffered {
             if self.ctx.settings.backpressure == BackpressurePolicy::Close {
@@ -288,9 +332,12 @@ impl<D> Conn<'_, D> {
                 self.conn.flags |= flag::CLOSE_PENDING;
                 self.conn.pending_code = code.0;
             }
-            return SendStatus::Refused;
+            return Err(SendStatus::Refused);
         }
-        push(self.ctx.queue(self.key, self.conn));
+        Ok(())
+    }
+
+    fn status(&mut self) -> SendStatus {
         if self.conn.has(flag::BACKLOGGED) {
             self.conn.flags |= flag::DRAIN_WANTED;
             SendStatus::Buffered

@@ -11,6 +11,7 @@
 //! Messages arrive as slices borrowed from the worker's read buffer; sends are
 //! queued and written once per loop turn, with `writev`.
 
+mod compress;
 mod conn;
 mod handle;
 mod listen;
@@ -27,6 +28,7 @@ pub use conn::{Conn, SendStatus};
 pub use handle::{ConnId, ServerHandle, SharedFrame};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
+use crate::proto::deflate::DeflateConfig;
 use crate::proto::handshake::Request;
 use crate::proto::{CloseCode, Message};
 
@@ -319,6 +321,15 @@ impl Server {
     /// Which origins may upgrade (default any); others get 403.
     pub fn origins(mut self, origins: OriginPolicy) -> Server {
         self.settings.origins = origins;
+        self
+    }
+
+    /// Offers permessage-deflate (RFC 7692) with these settings, or `None`
+    /// for no compression (the default: compression costs memory per
+    /// connection and CPU per message, and pays off for larger, repetitive
+    /// messages). See [`DeflateConfig`](crate::proto::deflate::DeflateConfig).
+    pub fn deflate(mut self, config: Option<DeflateConfig>) -> Server {
+        self.settings.deflate = config;
         self
     }
 

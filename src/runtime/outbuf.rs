@@ -55,7 +55,12 @@ impl OutQueue {
 
     /// Appends an unmasked frame.
     pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        let header = FrameHeader { fin: true, rsv: 0, opcode, mask: None, payload_len: payload.len() as u64 };
+        self.push_frame_with_rsv(opcode, 0, payload)
+    }
+
+    /// Appends an unmasked frame with RSV bits (`0b0xyz`) set by an extension.
+    pub fn push_frame_with_rsv(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        let header = FrameHeader { fin: true, rsv, opcode, mask: None, payload_len: payload.len() as u64 };
         let mut head = [0; MAX_HEADER_LEN];
         let head_len = header.encode(&mut head);
         let tail = self.tail(head_len + payload.len());

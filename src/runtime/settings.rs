@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proto::deflate::DeflateConfig;
 use crate::proto::handshake::RequestLimits;
 use crate::proto::Limits;
 
@@ -113,6 +114,8 @@ pub struct Settings {
     pub read_buffer_size: usize,
     /// Which origins may upgrade (default any).
     pub origins: OriginPolicy,
+    /// permessage-deflate settings, or `None` (the default) not to compress.
+    pub deflate: Option<DeflateConfig>,
 }
 
 impl Default for Settings {
@@ -133,6 +136,7 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             read_buffer_size: 64 << 10,
             origins: OriginPolicy::Any,
+            deflate: None,
         }
     }
 }

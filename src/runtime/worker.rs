@@ -18,13 +18,15 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::conn::{flag, Conn, Connection, Context, Phase};
+use super::compress::{DeflateState, Deflater, RSV1};
+use super::conn::{flag, Conn, Connection, Context, Extra, Phase};
 use super::handle::{Command, ConnId, ServerHandle, Shared, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
 use super::{listen, Handler, RunningServer, UpgradeRequest};
+use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::{self, HandshakeError, RequestReader};
-use crate::proto::{CloseCode, Decoder, Event, OpCode, Role};
+use crate::proto::{CloseCode, Decoder, Event, OpCode, ProtocolError, Role};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -176,6 +178,7 @@ impl<H: Handler> Worker<H> {
             now_tick: 0,
             dirty: Vec::new(),
             pool: Vec::new(),
+            deflater: Deflater::default(),
         };
         Worker {
             poll,
@@ -318,7 +321,7 @@ impl<H: Handler> Worker<H> {
             deadline: 0,
             armed: 0,
             out: None,
-            handshake: None,
+            extra: None,
             data: Default::default(),
         };
         let slot = entry.insert(Slot { decoder: Decoder::new(Role::Server), conn });
@@ -552,7 +555,8 @@ fn handshake<H: Handler>(
 ) -> Option<usize> {
     let conn = &mut slot.conn;
     let limits = ctx.settings.request_limits;
-    let reader = conn.handshake.get_or_insert_with(Default::default);
+    let extra = conn.extra.get_or_insert_with(|| Box::new(Extra::Handshake(RequestReader::default())));
+    let Extra::Handshake(reader) = &mut **extra else { unreachable!("a handshaking connection holds its reader") };
     let used = match reader.push(input, &limits) {
         Ok(None) => return None,
         Ok(Some(used)) => used,
@@ -562,15 +566,21 @@ fn handshake<H: Handler>(
             return None;
         }
     };
-    let reader = conn.handshake.take().expect("reader in use");
+    let Some(Extra::Handshake(reader)) = conn.extra.take().map(|extra| *extra) else {
+        unreachable!("a handshaking connection holds its reader")
+    };
     let settings = ctx.settings.clone();
     let peer = conn.socket.peer_addr().ok();
     let mut accepted = None;
     ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
-    let Some(accept) = accepted else {
+    let Some((accept, deflate)) = accepted else {
         ctx.finish(key, conn);
         return None;
     };
+    if let Some(agreement) = deflate {
+        conn.extra = Some(Box::new(Extra::Deflate(DeflateState::new(agreement))));
+        slot.decoder.allow_extension_rsv(RSV1);
+    }
     conn.data = accept.data;
     conn.phase = Phase::Open;
     conn.flags |= flag::OPENED;
@@ -587,14 +597,15 @@ fn handshake<H: Handler>(
 }
 
 /// Answers a complete request head into `response`: the 101 (returning the
-/// acceptance) or an HTTP response that ends the connection (returning `None`).
+/// acceptance and any permessage-deflate agreement) or an HTTP response that
+/// ends the connection (returning `None`).
 fn answer<H: Handler>(
     reader: &RequestReader,
     peer: Option<SocketAddr>,
     handler: &mut H,
     settings: &Settings,
     response: &mut Vec<u8>,
-) -> Option<super::Accept<H::Data>> {
+) -> Option<(super::Accept<H::Data>, Option<DeflateAgreement>)> {
     let request = match reader.request(&settings.request_limits) {
         Ok(request) => request,
         Err(e) => {
@@ -634,8 +645,13 @@ fn answer<H: Handler>(
         Ok(mut accept) => {
             let offered = |p: &String| upgrade.protocols().any(|offer| offer == p);
             accept.protocol = accept.protocol.filter(offered);
-            handshake::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), None);
-            Some(accept)
+            let deflate = settings.deflate.and_then(|config| {
+                let offers: Vec<_> = upgrade.extensions().collect();
+                deflate::accept_offer(&offers, &config)
+            });
+            let extensions = deflate.map(|agreement| agreement.to_string());
+            handshake::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), extensions.as_deref());
+            Some((accept, deflate))
         }
         Err(reject) => {
             handshake::write_response(response, reject.status, &[], reject.body.as_bytes());
@@ -652,12 +668,7 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
     while pos < input.len() && matches!(conn.phase, Phase::Open | Phase::Closing) {
         let decoded = match decoder.decode(&mut input[pos..], &limits) {
             Ok(decoded) => decoded,
-            Err(e) => {
-                let reason = e.to_string();
-                ctx.fail(key, conn, e.close_code(), &reason);
-                notify(handler, key, conn, ctx, e.close_code(), &reason);
-                return;
-            }
+            Err(e) => return fail_on(e, handler, key, conn, ctx),
         };
         pos += decoded.consumed;
         match decoded.event {
@@ -665,6 +676,18 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
             // After our close frame, data messages are no longer delivered.
             Some(Event::Message(message)) if conn.phase == Phase::Open => {
                 handler.on_message(&mut Conn { key, conn, ctx }, message);
+                settle(handler, key, conn, ctx);
+            }
+            Some(Event::Compressed { text, payload }) if conn.phase == Phase::Open => {
+                let state = conn.deflate().expect("RSV1 is only allowed once permessage-deflate is agreed");
+                // Taken out of the context for the callback, which borrows the context too.
+                let mut deflater = std::mem::take(&mut ctx.deflater);
+                let inflated = deflater.decompress(state, text, payload, limits.max_message_size);
+                let result = inflated.map(|message| handler.on_message(&mut Conn { key, conn, ctx }, message));
+                ctx.deflater = deflater;
+                if let Err(e) = result {
+                    return fail_on(e, handler, key, conn, ctx);
+                }
                 settle(handler, key, conn, ctx);
             }
             Some(Event::Ping(payload)) => {
@@ -675,10 +698,7 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
                     ctx.queue(key, conn).push_frame(OpCode::Pong, payload);
                 }
             }
-            Some(Event::Pong(_) | Event::Message(_)) => {}
-            Some(Event::Compressed { .. }) => {
-                unreachable!("the decoder refuses RSV1 until permessage-deflate is negotiated")
-            }
+            Some(Event::Pong(_) | Event::Message(_) | Event::Compressed { .. }) => {}
             Some(Event::Close(code, reason)) => {
                 if conn.phase == Phase::Open {
                     let echo = code.map(|c| c.0.to_be_bytes());
@@ -690,6 +710,19 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
             }
         }
     }
+}
+
+/// Fails the connection for a protocol error of the peer's, and tells the handler.
+fn fail_on<H: Handler>(
+    error: ProtocolError,
+    handler: &mut H,
+    key: usize,
+    conn: &mut Connection<H::Data>,
+    ctx: &mut Context,
+) {
+    let reason = error.to_string();
+    ctx.fail(key, conn, error.close_code(), &reason);
+    notify(handler, key, conn, ctx, error.close_code(), &reason);
 }
 
 /// Calls `on_close` once for an opened connection.
