@@ -245,6 +245,11 @@ impl Client {
         Client { stream, decoder: Decoder::new(Role::Client), pending: rest, masks: 0x5a17_c3e9 }
     }
 
+    /// Accepts RSV1 from the server: permessage-deflate was agreed.
+    pub fn accept_compressed(&mut self) {
+        self.decoder.allow_extension_rsv(0b100);
+    }
+
     fn next_mask(&mut self) -> [u8; 4] {
         // Varied, never all-zero masks, so the server really has to unmask.
         self.masks = self.masks.wrapping_mul(1_103_515_245).wrapping_add(12_345) | 0x0101_0101;
