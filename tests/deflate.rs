@@ -8,7 +8,7 @@ use common::*;
 use emitws::proto::deflate::{accept_response, Compressor, Decompressor, DeflateAgreement, DeflateConfig};
 use emitws::proto::handshake::parse_extensions;
 use emitws::proto::{encode_frame_with_rsv, OpCode, Role};
-use emitws::runtime::{RunningServer, Server};
+use emitws::runtime::{RunningServer, Server, SharedFrame};
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
 
@@ -21,8 +21,12 @@ fn start(deflate: Option<DeflateConfig>, configure: impl FnOnce(Server) -> Serve
 /// Upgrades with `offer` and returns the client and the server's
 /// `Sec-WebSocket-Extensions` answer.
 fn connect(server: &RunningServer, offer: &str) -> (Client, Option<String>) {
+    connect_path(server, "/c", offer)
+}
+
+fn connect_path(server: &RunningServer, path: &str, offer: &str) -> (Client, Option<String>) {
     let (stream, reply, rest) =
-        http(server.local_addr(), &upgrade_request("/c", &[("Sec-WebSocket-Extensions", offer)]));
+        http(server.local_addr(), &upgrade_request(path, &[("Sec-WebSocket-Extensions", offer)]));
     assert_eq!(reply.status, 101, "{reply:?}");
     let answer = reply.header("sec-websocket-extensions").map(str::to_owned);
     (Client::from_parts(stream, rest), answer)
@@ -37,7 +41,11 @@ struct Peer {
 
 impl Peer {
     fn connect(server: &RunningServer, offer: &str) -> (Peer, DeflateAgreement) {
-        let (mut client, answer) = connect(server, offer);
+        Peer::connect_path(server, "/c", offer)
+    }
+
+    fn connect_path(server: &RunningServer, path: &str, offer: &str) -> (Peer, DeflateAgreement) {
+        let (mut client, answer) = connect_path(server, path, offer);
         client.accept_compressed();
         let answer = answer.expect("permessage-deflate accepted");
         let agreement = accept_response(&parse_extensions(answer.as_bytes())[0], &DeflateConfig::default()).unwrap();
@@ -182,5 +190,29 @@ fn rsv1_is_refused_on_continuations_and_without_negotiation() {
     encode_frame_with_rsv(&mut frame, OpCode::Text, true, 0b100, Some([1, 2, 3, 4]), b"x");
     client.write_raw(&frame);
     client.expect_close(1002);
+    server.shutdown();
+}
+
+#[test]
+fn a_broadcast_reaches_every_kind_of_recipient() {
+    let (server, echo) = start(Some(DeflateConfig::default()), |s| s.workers(2));
+    // Takes the frame compressed once for all; compresses its own copy; takes it plain.
+    let (mut alone, _) = Peer::connect_path(&server, "/alone", "permessage-deflate; server_no_context_takeover");
+    let (mut takeover, _) = Peer::connect_path(&server, "/takeover", OFFER);
+    let (mut plain, answer) = connect_path(&server, "/plain", "x-none");
+    assert_eq!(answer, None);
+    let ids = ["/alone", "/takeover", "/plain"].map(|tag| echo.events.wait_opened(tag));
+    let news = r#"{"event":"news","data":{"headline":"compressed once, sent to many"}}"#.repeat(10);
+    for _ in 0..3 {
+        server.handle().broadcast(ids, &SharedFrame::text(&news));
+        assert_eq!(alone.recv(), (Frame::Text(news.clone()), true));
+        assert_eq!(takeover.recv(), (Frame::Text(news.clone()), true));
+        assert_eq!(plain.recv(), Frame::Text(news.clone()));
+    }
+    // Both compressed streams are still in step afterwards.
+    for peer in [&mut alone, &mut takeover] {
+        peer.send_compressed(OpCode::Text, news.as_bytes());
+        assert_eq!(peer.recv(), (Frame::Text(news.clone()), true));
+    }
     server.shutdown();
 }

@@ -3,7 +3,9 @@
 //! context resets after every message hold no zlib state between messages.
 
 use crate::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
-use crate::proto::{utf8, Message, ProtocolError, Role};
+use std::sync::{Arc, OnceLock};
+
+use crate::proto::{encode_frame_with_rsv, utf8, Message, OpCode, ProtocolError, Role};
 
 /// The RSV bit that marks a compressed message (RFC 7692 §6).
 pub(crate) const RSV1: u8 = 0b100;
@@ -13,6 +15,26 @@ const SPARES_KEPT: usize = 64;
 
 /// Inflated messages larger than this do not keep their buffer afterwards.
 const KEPT_INFLATE_CAPACITY: usize = 1 << 20;
+
+/// The compressed form of a shared frame: built at most once, by whichever
+/// worker first sends it to a connection that can take it.
+#[derive(Debug, Default)]
+pub(crate) struct SharedCompressed(OnceLock<Arc<[u8]>>);
+
+impl SharedCompressed {
+    /// The frame compressed on its own with `config`'s window and level.
+    pub fn get_or_compress(&self, config: &DeflateConfig, opcode: OpCode, payload: &[u8]) -> Arc<[u8]> {
+        let frame = self.0.get_or_init(|| {
+            let alone = DeflateConfig { context_takeover: false, ..*config };
+            let mut compressed = Vec::new();
+            Compressor::new(&DeflateAgreement::default(), Role::Server, &alone).compress(payload, &mut compressed);
+            let mut frame = Vec::with_capacity(compressed.len() + 10);
+            encode_frame_with_rsv(&mut frame, opcode, true, RSV1, None, &compressed);
+            frame.into()
+        });
+        frame.clone()
+    }
+}
 
 /// One connection's compression state. The zlib state behind each direction
 /// exists only while it is needed: from the first message on for a direction
@@ -27,6 +49,15 @@ pub(crate) struct DeflateState {
 impl DeflateState {
     pub fn new(agreement: DeflateAgreement) -> Self {
         DeflateState { agreement, compressor: None, decompressor: None }
+    }
+
+    /// Whether a message compressed on its own, as [`SharedCompressed`]
+    /// holds it, may be sent here: only if our context does not carry over
+    /// between messages (else the peer's window would hold a message ours
+    /// lacks), and in a window no larger than the peer allows.
+    pub fn takes_shared(&self, config: &DeflateConfig) -> bool {
+        let resets = self.agreement.resets_after_message(Role::Server) || !config.context_takeover;
+        resets && config.window_bits <= self.agreement.window_bits(Role::Server)
     }
 }
 
@@ -100,5 +131,20 @@ fn take_spare<T>(spares: &mut Vec<(u8, Box<T>)>, window: u8) -> Option<Box<T>> {
 fn keep_spare<T>(spares: &mut Vec<(u8, Box<T>)>, window: u8, spare: Box<T>) {
     if spares.len() < SPARES_KEPT {
         spares.push((window, spare));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_frame_is_compressed_once() {
+        let shared = SharedCompressed::default();
+        let config = DeflateConfig::default();
+        let first = shared.get_or_compress(&config, OpCode::Text, b"hello hello hello hello");
+        let again = shared.get_or_compress(&config, OpCode::Text, b"hello hello hello hello");
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(first[0], 0x80 | RSV1 << 4 | 0x1, "FIN, RSV1, text");
     }
 }

@@ -267,7 +267,17 @@ impl<D> Conn<'_, D> {
 
     /// Sends a frame encoded once for many connections (see [`SharedFrame`]).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> SendStatus {
-        self.reserve(frame.0.len(), |queue| queue.push_shared(frame.0.clone()))
+        let payload = frame.payload();
+        let config = self.ctx.settings.deflate.filter(|c| payload.len() >= c.min_size);
+        let bytes = match (config, self.conn.deflate()) {
+            (Some(config), Some(state)) if state.takes_shared(&config) => {
+                frame.0.compressed.get_or_compress(&config, frame.0.opcode, payload)
+            }
+            // This connection's compression carries context: it compresses its own copy.
+            (Some(_), Some(_)) => return self.send(frame.0.opcode, payload),
+            _ => frame.0.plain.clone(),
+        };
+        self.reserve(bytes.len(), |queue| queue.push_shared(bytes))
     }
 
     /// Sends a ping (payloads over 125 bytes are refused).

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
+use super::compress::SharedCompressed;
 use crate::proto::{close_payload, encode_frame, CloseCode, OpCode};
 
 /// A connection's id, unique for the server's lifetime (slots are reused, ids are not
@@ -42,13 +43,33 @@ impl fmt::Display for ConnId {
 
 /// A frame encoded once, to be sent to many connections without copying.
 ///
+/// With permessage-deflate on, it is also compressed at most once, for all
+/// the recipients whose agreement lets them take a message compressed on its
+/// own (no server context takeover); the others compress it themselves.
+///
 /// ```
 /// use emitws::runtime::SharedFrame;
 /// let frame = SharedFrame::text("tick");
 /// assert_eq!(frame.as_bytes(), b"\x81\x04tick");
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SharedFrame(pub(crate) Arc<[u8]>);
+#[derive(Clone, Debug)]
+pub struct SharedFrame(pub(crate) Arc<SharedBody>);
+
+#[derive(Debug)]
+pub(crate) struct SharedBody {
+    pub plain: Arc<[u8]>,
+    pub opcode: OpCode,
+    header_len: usize,
+    pub compressed: SharedCompressed,
+}
+
+impl PartialEq for SharedFrame {
+    fn eq(&self, other: &SharedFrame) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for SharedFrame {}
 
 impl SharedFrame {
     /// A text message frame.
@@ -64,12 +85,23 @@ impl SharedFrame {
     fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
         let mut out = Vec::with_capacity(payload.len() + 10);
         encode_frame(&mut out, opcode, true, None, payload);
-        SharedFrame(out.into())
+        let header_len = out.len() - payload.len();
+        SharedFrame(Arc::new(SharedBody {
+            plain: out.into(),
+            opcode,
+            header_len,
+            compressed: SharedCompressed::default(),
+        }))
     }
 
-    /// The encoded frame.
+    /// The encoded frame (uncompressed).
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.0.plain
+    }
+
+    /// The message payload.
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.0.plain[self.0.header_len..]
     }
 }
 
