@@ -3,12 +3,14 @@
 //! `cargo run --release --example echo` then open http://127.0.0.1:9001/ in a
 //! browser, or connect any WebSocket client to ws://127.0.0.1:9001/.
 //! `--addr HOST:PORT` changes the address, `--workers N` the number of event loops
-//! (default: one per core), `--accept reuseport|acceptor` how connections reach them.
+//! (default: one per core), `--accept reuseport|acceptor` how connections reach them,
+//! `--deflate default|low-memory` turns permessage-deflate on.
 
 #[path = "support/echo_handler.rs"]
 mod echo_handler;
 
 use echo_handler::Echo;
+use emitws::proto::deflate::DeflateConfig;
 use emitws::runtime::{AcceptMode, Server};
 
 fn main() -> std::io::Result<()> {
@@ -25,8 +27,15 @@ fn main() -> std::io::Result<()> {
                 let mode = if value == "acceptor" { AcceptMode::Acceptor } else { AcceptMode::ReusePort };
                 server = server.accept_mode(mode);
             }
+            ("--deflate", Some(value)) if value == "default" || value == "low-memory" => {
+                let config = if value == "default" { DeflateConfig::default() } else { DeflateConfig::low_memory() };
+                server = server.deflate(Some(config));
+            }
             _ => {
-                eprintln!("usage: echo [--addr HOST:PORT] [--workers N] [--accept reuseport|acceptor]");
+                eprintln!(
+                    "usage: echo [--addr HOST:PORT] [--workers N] [--accept reuseport|acceptor] \
+                     [--deflate default|low-memory]"
+                );
                 std::process::exit(2);
             }
         }

@@ -253,6 +253,7 @@ def inflate_seeds():
     seed("bomb-over-0", 0x19, deflate_messages([b"a"]))
     seed("at-limit-100", 0x1A, deflate_messages([b"z" * 100, b"z" * 101]))
     seed("bomb-1mib", 0x18, deflate_messages([b"\0" * (2 << 20)]))
+    seed("no-limit", 0x1B, deflate_messages([b"\0" * 100_000, json]))
     seed("corrupt", 0x18, [b"\xff\xff\xff", b"\x07"])
     seed("stored-block", 0x18, [b"\x00\x03\x00\xfc\xffabc"])
     seed("data-after-final", 0x18, [b"\x03\x00garbage"])

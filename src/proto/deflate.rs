@@ -479,13 +479,15 @@ impl Decompressor {
     /// Inflates `input` into `out` up to index `limit`; returns whether the
     /// stream ended with a final block.
     fn inflate(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<bool, ProtocolError> {
+        // One byte past the limit is enough to tell that the limit was crossed.
+        let end = limit.saturating_add(1);
         loop {
             if out.len() == out.capacity() {
-                // Doubling, as Vec would, but never past one byte over the limit.
-                let grow = out.len().max(INFLATE_STEP).min(limit + 1 - out.len());
+                // Doubling, as Vec would, but never past `end`.
+                let grow = out.len().max(INFLATE_STEP).min(end - out.len());
                 out.reserve_exact(grow);
             }
-            let spare = spare_up_to(out, limit + 1);
+            let spare = spare_up_to(out, end);
             let (in_before, out_before) = (self.stream.total_in(), self.stream.total_out());
             let status = self.stream.decompress_uninit(input, spare, InflateFlush::SyncFlush);
             let read = (self.stream.total_in() - in_before) as usize;
@@ -665,6 +667,17 @@ mod tests {
         let mut out = Vec::new();
         let mut fresh = Decompressor::new(&DeflateAgreement::default(), Role::Server);
         assert_eq!(fresh.decompress(&small, &mut out, 3), Ok(()));
+    }
+
+    #[test]
+    fn no_limit_means_no_limit() {
+        let mut compressor = Compressor::new(&DeflateAgreement::default(), Role::Client, &DeflateConfig::default());
+        let mut wire = Vec::new();
+        compressor.compress(&[7; 100_000], &mut wire);
+        let mut out = Vec::new();
+        let mut decompressor = Decompressor::new(&DeflateAgreement::default(), Role::Server);
+        assert_eq!(decompressor.decompress(&wire, &mut out, usize::MAX), Ok(()));
+        assert_eq!(out.len(), 100_000);
     }
 
     #[test]

@@ -17,10 +17,14 @@ OPTIONS:
         --max-connecting N    connects + handshakes in flight, all threads  [default: 128]
         --connect-timeout S   time allowed for connect + handshake  [default: 10]
         --json                print a single JSON object on stdout (the human summary goes to stderr)
+        --deflate             offer permessage-deflate (and fail if the server declines): messages
+                              are compressed, compressed answers inflated
+        --pattern P           payload bytes: `random` printable characters, or `json` event
+                              objects (compressible, as real traffic is)  [default: random]
+    -s, --payload BYTES       message payload size; k/m suffixes are KiB/MiB  [default: 20]
     -h, --help                this text
 
 ECHO OPTIONS:
-    -s, --payload BYTES       message payload size; k/m suffixes are KiB/MiB  [default: 20]
     -k, --in-flight K         messages in flight per connection    [default: 1]
     -d, --duration S          measured time                        [default: 10]
     -w, --warmup S            warm-up before measuring (not counted) [default: 2]
@@ -30,6 +34,9 @@ IDLE OPTIONS:
         --hold S              hold the connections this long; without it, until
                               Ctrl-C / SIGTERM or EOF on stdin (stdin is ignored
                               when it is /dev/null, e.g. a background job)
+                              With --deflate each connection first echoes one
+                              --payload message, so that compression state a
+                              server creates on first use is counted.
 
 Times are in seconds (fractions allowed) or take a suffix: 500ms, 10s, 2m.
 
@@ -83,6 +90,8 @@ pub struct Config {
     pub duration: Duration,
     pub warmup: Duration,
     pub text: bool,
+    pub deflate: bool,
+    pub json_pattern: bool,
     pub hold: Option<Duration>,
     /// The soft open-files limit, read at start (reading it needs a free descriptor).
     pub open_files_limit: Option<u64>,
@@ -107,6 +116,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut duration = Duration::from_secs(10);
     let mut warmup = Duration::from_secs(2);
     let mut text = false;
+    let mut deflate = false;
+    let mut json_pattern = false;
+    let mut payload_given = false;
     let mut hold = None;
     let mut echo_only = Vec::new();
 
@@ -132,7 +144,15 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--json" => json = true,
             "-s" | "--payload" => {
                 payload = parse_size(&flag, &value(&flag)?)?;
-                echo_only.push(flag.clone());
+                payload_given = true;
+            }
+            "--deflate" => deflate = true,
+            "--pattern" => {
+                json_pattern = match value(&flag)?.as_str() {
+                    "random" => false,
+                    "json" => true,
+                    other => return Err(format!("--pattern: `random` or `json`, not {other:?}")),
+                }
             }
             "-k" | "--in-flight" => {
                 in_flight = parse_count(&flag, &value(&flag)?)?;
@@ -154,7 +174,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             _ if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ => return Err(format!("unexpected argument {arg:?} (the mode is `echo` or `idle`)")),
         }
-        if inline.is_some() && matches!(flag.as_str(), "--json" | "--text" | "--help") {
+        if inline.is_some() && matches!(flag.as_str(), "--json" | "--text" | "--deflate" | "--help") {
             return Err(format!("{flag} takes no value"));
         }
     }
@@ -162,6 +182,9 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     if mode == Mode::Idle {
         if let Some(flag) = echo_only.first() {
             return Err(format!("{flag} applies to echo mode only"));
+        }
+        if payload_given && !deflate {
+            return Err("--payload applies to echo mode, or to idle mode with --deflate".into());
         }
     } else if hold.is_some() {
         return Err("--hold applies to idle mode only (echo runs for --warmup + --duration)".into());
@@ -198,6 +221,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         duration,
         warmup,
         text,
+        deflate,
+        json_pattern,
         hold,
         open_files_limit: None,
     })))

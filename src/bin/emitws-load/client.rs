@@ -13,14 +13,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use emitws::proto::handshake::accept_key;
-use emitws::proto::{encode_frame, CloseCode, Decoder, Event, Limits, Message, OpCode, Role};
+use emitws::proto::deflate::{
+    accept_response, client_offer, Compressor, Decompressor, DeflateAgreement, DeflateConfig,
+};
+use emitws::proto::handshake::{accept_key, parse_extensions};
+use emitws::proto::{encode_frame, encode_frame_with_rsv, CloseCode, Decoder, Event, Limits, Message, OpCode, Role};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::cli::{Config, Mode};
 use crate::hist::Histogram;
 
+/// The RSV bit of a compressed message.
+const RSV1: u8 = 0b100;
 /// Bytes read from a socket at a time, into the thread's one read buffer.
 const READ_BUFFER: usize = 256 << 10;
 /// Largest handshake response head accepted.
@@ -146,9 +151,28 @@ impl Rng {
 
 /// Printable ASCII (valid UTF-8 for text mode), `len` bytes, pseudo-random so
 /// that payloads taken at different offsets differ.
-pub fn pattern(len: usize) -> Vec<u8> {
+pub fn pattern(len: usize, json: bool) -> Vec<u8> {
     let mut rng = Rng::fixed(0x5eed_cafe);
-    (0..len).map(|_| b' ' + (rng.next() >> 40) as u8 % 95).collect()
+    if !json {
+        return (0..len).map(|_| b' ' + (rng.next() >> 40) as u8 % 95).collect();
+    }
+    // Chat-like event objects: the keys repeat, the values vary.
+    const WORDS: [&str; 8] = ["hello", "there", "how", "are", "you", "fine", "thanks", "later"];
+    let mut out = Vec::with_capacity(len + 200);
+    while out.len() < len {
+        let r = rng.next();
+        let _ = write!(
+            out,
+            r#"{{"event":"chat:message","data":{{"room":"room{}","user":"user{}","text":"{} {}","ts":{}}}}}"#,
+            r % 7,
+            r >> 8 & 0x3ff,
+            WORDS[(r >> 20) as usize % 8],
+            WORDS[(r >> 23) as usize % 8],
+            1_700_000_000 + (r >> 32 & 0xffff)
+        );
+    }
+    out.truncate(len);
+    out
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,6 +198,8 @@ struct Conn {
     /// The response head as it arrives.
     head: Vec<u8>,
     decoder: Decoder,
+    /// Compression both ways, once permessage-deflate is agreed.
+    deflate: Option<Box<(Compressor, Decompressor)>>,
     out: Vec<u8>,
     written: usize,
     /// Send time and pattern offset of each message in flight, oldest first.
@@ -210,6 +236,9 @@ struct Ctx<'a> {
     stats: Stats,
     limits: Limits,
     opcode: OpCode,
+    /// Where messages are compressed, and inflated.
+    compressed: Vec<u8>,
+    inflated: Vec<u8>,
     /// Echo messages are being sent.
     sending: bool,
     window: Option<(Instant, Instant)>,
@@ -222,7 +251,15 @@ impl Ctx<'_> {
         let offset = (conn.sent % PATTERN_SLACK as u64) as usize;
         conn.sent += 1;
         let key = (self.rng.next() as u32).to_ne_bytes();
-        encode_frame(&mut conn.out, self.opcode, true, Some(key), &self.pattern[offset..offset + self.config.payload]);
+        let payload = &self.pattern[offset..offset + self.config.payload];
+        match conn.deflate.as_deref_mut() {
+            Some((compressor, _)) => {
+                self.compressed.clear();
+                compressor.compress(payload, &mut self.compressed);
+                encode_frame_with_rsv(&mut conn.out, self.opcode, true, RSV1, Some(key), &self.compressed);
+            }
+            None => encode_frame(&mut conn.out, self.opcode, true, Some(key), payload),
+        }
         conn.in_flight.push_back((now, offset as u32));
     }
 
@@ -249,6 +286,8 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
         stats: Stats::default(),
         limits: Limits { max_frame_size: 1 << 30, max_message_size: 1 << 30, max_fragments: u32::MAX },
         opcode: if config.text { OpCode::Text } else { OpCode::Binary },
+        compressed: Vec::new(),
+        inflated: Vec::new(),
         sending: false,
         window: None,
     };
@@ -438,10 +477,14 @@ fn open(poll: &mut Poll, index: usize, ctx: &mut Ctx<'_>, now: Instant) -> Resul
     write!(
         out,
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: emitws-load\r\n\r\n",
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: emitws-load\r\n",
         config.path, config.host
     )
     .expect("writing to a Vec");
+    if config.deflate {
+        write!(out, "Sec-WebSocket-Extensions: {}\r\n", client_offer(&DeflateConfig::default())).expect("a Vec");
+    }
+    out.extend_from_slice(b"\r\n");
     Ok(Conn {
         stream,
         state: State::Connecting,
@@ -449,6 +492,7 @@ fn open(poll: &mut Poll, index: usize, ctx: &mut Ctx<'_>, now: Instant) -> Resul
         accept: accept_key(key.as_bytes()),
         head: Vec::new(),
         decoder: Decoder::new(Role::Client),
+        deflate: None,
         out,
         written: 0,
         in_flight: VecDeque::with_capacity(if config.mode == Mode::Echo { config.in_flight } else { 0 }),
@@ -585,11 +629,20 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
         return Ok(());
     };
     let head = std::mem::take(&mut conn.head);
-    check_response(&head[..end], &conn.accept).map_err(|message| err(Kind::Handshake, message))?;
+    let agreement = check_response(&head[..end], &conn.accept, ctx.config.deflate)
+        .map_err(|message| err(Kind::Handshake, message))?;
+    if let Some(agreement) = agreement {
+        let compressor = Compressor::new(&agreement, Role::Client, &DeflateConfig::default());
+        conn.deflate = Some(Box::new((compressor, Decompressor::new(&agreement, Role::Client))));
+        conn.decoder.allow_extension_rsv(RSV1);
+    }
     conn.accept = String::new();
     conn.state = State::Open;
     if ctx.sending {
         ctx.start_echo(conn, now);
+    } else if ctx.config.deflate {
+        // Idle mode: one echo, so the server's compression state exists.
+        ctx.queue_message(conn, now);
     }
     let mut rest = head[end + 4..].to_vec();
     if !rest.is_empty() {
@@ -598,7 +651,8 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
     Ok(())
 }
 
-fn check_response(head: &[u8], accept: &str) -> Result<(), String> {
+/// Checks the 101 and returns the permessage-deflate agreement, if we offered it.
+fn check_response(head: &[u8], accept: &str, offered_deflate: bool) -> Result<Option<DeflateAgreement>, String> {
     let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
@@ -622,7 +676,18 @@ fn check_response(head: &[u8], accept: &str) -> Result<(), String> {
     if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err("no `Upgrade: websocket` header".into());
     }
-    Ok(())
+    let extensions = header("sec-websocket-extensions");
+    match (extensions, offered_deflate) {
+        (None, false) => Ok(None),
+        (None, true) => Err("the server declined permessage-deflate".into()),
+        (Some(value), false) => Err(format!("extensions {value:?} that were never offered")),
+        (Some(value), true) => match &parse_extensions(value.as_bytes())[..] {
+            [answer] if answer.name == "permessage-deflate" => accept_response(answer, &DeflateConfig::default())
+                .map(Some)
+                .map_err(|e| format!("bad permessage-deflate answer {value:?}: {e}")),
+            _ => Err(format!("extensions {value:?} that were never offered")),
+        },
+    }
 }
 
 /// Decodes server frames from `data`: echoes are checked and timed, pings answered.
@@ -630,7 +695,6 @@ fn on_frames(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) 
     if conn.state == State::Closed {
         return Ok(()); // Nothing may follow a close frame; just wait for EOF.
     }
-    let payload = ctx.config.payload;
     let mut pos = 0;
     while pos < data.len() {
         let decoded = match conn.decoder.decode(&mut data[pos..], &ctx.limits) {
@@ -645,38 +709,34 @@ fn on_frames(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) 
         pos += decoded.consumed;
         match decoded.event {
             None => {}
-            Some(Event::Compressed { .. }) => unreachable!("the load tool does not negotiate compression"),
+            Some(Event::Compressed { text, payload: compressed }) => {
+                if conn.state == State::Closing {
+                    continue;
+                }
+                let Some((_, decompressor)) = conn.deflate.as_deref_mut() else {
+                    unreachable!("RSV1 is only allowed once permessage-deflate is agreed")
+                };
+                ctx.inflated.clear();
+                if let Err(e) = decompressor.decompress(compressed, &mut ctx.inflated, usize::MAX) {
+                    return Err(err(Kind::Protocol, format!("compressed echo: {e}")));
+                }
+                let inflated = std::mem::take(&mut ctx.inflated);
+                let message = match text {
+                    true => Message::Text(std::str::from_utf8(&inflated).unwrap_or("<invalid UTF-8>")),
+                    false => Message::Binary(&inflated),
+                };
+                let result = check_echo(&mut conn.in_flight, message, ctx, now);
+                ctx.inflated = inflated;
+                result?;
+                if ctx.sending {
+                    ctx.queue_message(conn, now);
+                }
+            }
             Some(Event::Message(message)) => {
                 if conn.state == State::Closing {
                     continue;
                 }
-                let Some((sent, offset)) = conn.in_flight.pop_front() else {
-                    return Err(err(Kind::Protocol, "a message arrived that was never sent"));
-                };
-                let expected = &ctx.pattern[offset as usize..offset as usize + payload];
-                let kind_ok =
-                    matches!((message, ctx.config.text), (Message::Text(_), true) | (Message::Binary(_), false));
-                if !kind_ok || message.as_bytes() != expected {
-                    ctx.stats.mismatches += 1;
-                    let got = message.as_bytes();
-                    ctx.shared.report(format_args!(
-                        "echo mismatch: sent {} {} bytes, got {} {} bytes{}",
-                        if ctx.config.text { "text" } else { "binary" },
-                        payload,
-                        if matches!(message, Message::Text(_)) { "text" } else { "binary" },
-                        got.len(),
-                        match got.iter().zip(expected).position(|(a, b)| a != b) {
-                            Some(at) => format!(", first difference at byte {at}"),
-                            None => String::new(),
-                        }
-                    ));
-                }
-                if let Some((from, until)) = ctx.window {
-                    if now >= from && now < until {
-                        ctx.stats.messages += 1;
-                        ctx.stats.latency.record(now.duration_since(sent).as_nanos() as u64);
-                    }
-                }
+                check_echo(&mut conn.in_flight, message, ctx, now)?;
                 if ctx.sending {
                     ctx.queue_message(conn, now);
                 }
@@ -695,6 +755,44 @@ fn on_frames(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) 
                 let code = code.map_or_else(|| "none".to_string(), |c| c.0.to_string());
                 return Err(err(Kind::Dropped, format!("server sent close (code {code}, reason {reason:?})")));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one echo against what was sent (the oldest in `in_flight`) and
+/// records its round trip.
+fn check_echo(
+    in_flight: &mut VecDeque<(Instant, u32)>,
+    message: Message<'_>,
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+) -> Result<(), End> {
+    let payload = ctx.config.payload;
+    let Some((sent, offset)) = in_flight.pop_front() else {
+        return Err(err(Kind::Protocol, "a message arrived that was never sent"));
+    };
+    let expected = &ctx.pattern[offset as usize..offset as usize + payload];
+    let kind_ok = matches!((message, ctx.config.text), (Message::Text(_), true) | (Message::Binary(_), false));
+    if !kind_ok || message.as_bytes() != expected {
+        ctx.stats.mismatches += 1;
+        let got = message.as_bytes();
+        ctx.shared.report(format_args!(
+            "echo mismatch: sent {} {} bytes, got {} {} bytes{}",
+            if ctx.config.text { "text" } else { "binary" },
+            payload,
+            if matches!(message, Message::Text(_)) { "text" } else { "binary" },
+            got.len(),
+            match got.iter().zip(expected).position(|(a, b)| a != b) {
+                Some(at) => format!(", first difference at byte {at}"),
+                None => String::new(),
+            }
+        ));
+    }
+    if let Some((from, until)) = ctx.window {
+        if now >= from && now < until {
+            ctx.stats.messages += 1;
+            ctx.stats.latency.record(now.duration_since(sent).as_nanos() as u64);
         }
     }
     Ok(())
@@ -752,18 +850,27 @@ mod tests {
         let accept = accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
         let ok = "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nConnection: Upgrade\r\n\
                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        assert_eq!(check_response(ok.as_bytes(), &accept), Ok(()));
-        assert!(check_response(b"HTTP/1.1 400 Bad Request", &accept).is_err());
-        assert!(check_response(ok.replace("xOo=", "xOx=").as_bytes(), &accept).is_err());
+        assert_eq!(check_response(ok.as_bytes(), &accept, false), Ok(None));
+        assert!(check_response(b"HTTP/1.1 400 Bad Request", &accept, false).is_err());
+        assert!(check_response(ok.replace("xOo=", "xOx=").as_bytes(), &accept, false).is_err());
+        assert!(check_response(ok.as_bytes(), &accept, true).is_err(), "declined compression is an error");
+        let deflate = format!("{ok}\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover");
+        let agreement = check_response(deflate.as_bytes(), &accept, true).unwrap().unwrap();
+        assert!(agreement.server_no_context_takeover);
+        assert!(check_response(deflate.as_bytes(), &accept, false).is_err(), "never offered");
     }
 
     #[test]
     fn pattern_is_printable_and_offsets_differ() {
-        let p = pattern(20 + PATTERN_SLACK);
-        assert!(p.iter().all(|b| (b' '..=b'~').contains(b)));
-        for a in 0..PATTERN_SLACK {
-            for b in a + 1..PATTERN_SLACK {
-                assert_ne!(p[a..a + 20], p[b..b + 20], "offsets {a} and {b}");
+        // JSON repeats its keys, so only messages of an event or more differ at every offset.
+        for (json, len) in [(false, 20), (true, 200)] {
+            let p = pattern(len + PATTERN_SLACK, json);
+            assert_eq!(p.len(), len + PATTERN_SLACK);
+            assert!(p.iter().all(|b| (b' '..=b'~').contains(b)));
+            for a in 0..PATTERN_SLACK {
+                for b in a + 1..PATTERN_SLACK {
+                    assert_ne!(p[a..a + len], p[b..b + len], "offsets {a} and {b}");
+                }
             }
         }
     }

@@ -74,7 +74,7 @@ struct Timing {
 /// says whether stdin has reached EOF (which ends an idle hold).
 fn run(config: &Config, released: &dyn Fn() -> bool) -> i32 {
     let shared = Shared::new();
-    let pattern = client::pattern(config.payload + client::PATTERN_SLACK);
+    let pattern = client::pattern(config.payload + client::PATTERN_SLACK, config.json_pattern);
     let threads = config.threads;
     let max_connecting = config.max_connecting.div_ceil(threads).max(1);
     let (stats, timing) = std::thread::scope(|scope| {
