@@ -22,13 +22,13 @@ OPTIONS:
         --pattern P           payload bytes: `random` printable characters, or `json` event
                               objects (compressible, as real traffic is)  [default: random]
     -s, --payload BYTES       message payload size; k/m suffixes are KiB/MiB  [default: 20]
+        --text                send text messages (default: binary)
     -h, --help                this text
 
 ECHO OPTIONS:
     -k, --in-flight K         messages in flight per connection    [default: 1]
     -d, --duration S          measured time                        [default: 10]
     -w, --warmup S            warm-up before measuring (not counted) [default: 2]
-        --text                send text messages (default: binary)
 
 IDLE OPTIONS:
         --hold S              hold the connections this long; without it, until
@@ -166,10 +166,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                 warmup = parse_duration(&flag, &value(&flag)?)?;
                 echo_only.push(flag.clone());
             }
-            "--text" => {
-                text = true;
-                echo_only.push(flag.clone());
-            }
+            "--text" => text = true,
             "--hold" => hold = Some(parse_duration(&flag, &value(&flag)?)?),
             _ if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ => return Err(format!("unexpected argument {arg:?} (the mode is `echo` or `idle`)")),
@@ -183,8 +180,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         if let Some(flag) = echo_only.first() {
             return Err(format!("{flag} applies to echo mode only"));
         }
-        if payload_given && !deflate {
-            return Err("--payload applies to echo mode, or to idle mode with --deflate".into());
+        if (payload_given || text) && !deflate {
+            return Err("--payload and --text apply to echo mode, or to idle mode with --deflate".into());
         }
     } else if hold.is_some() {
         return Err("--hold applies to idle mode only (echo runs for --warmup + --duration)".into());
