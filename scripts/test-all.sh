@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, the same one CI runs: formatting, lints,
-# unit/integration/doc tests, then Autobahn conformance of our server.
+# unit/integration/doc tests, the JavaScript client's tests, then Autobahn
+# conformance of our server.
 # Stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,9 @@ cargo test --all-targets
 # --all-targets leaves out doctests, so they get their own run.
 section "doctests: cargo test --doc"
 cargo test --doc
+
+section "JavaScript client: node --test clients/js/test/"
+node --experimental-websocket --test clients/js/test/
 
 section "conformance: autobahn/run-server.sh"
 autobahn/run-server.sh

@@ -1,0 +1,147 @@
+// The client's side of PROTOCOL.md against a scripted socket (no network):
+// envelopes out, envelopes in, timeouts, RPC, namespaces and reconnects.
+// test/server.test.js drives it against a real emitws server.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { EmitClient, EmitError } from '../emitws.js';
+
+/** A WebSocket stand-in: records what is sent and lets the test play the server. */
+class ScriptedSocket {
+  static instances = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.readyState = 0;
+    this.sent = [];
+    ScriptedSocket.instances.push(this);
+    queueMicrotask(() => this.open());
+  }
+  open() {
+    this.readyState = 1;
+    this.onopen?.();
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  serverSends(envelope) {
+    this.onmessage?.({ data: JSON.stringify(envelope) });
+  }
+  close(code = 1000, reason = '') {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+}
+
+const connect = (options = {}) =>
+  EmitClient.connect('ws://test/', { WebSocket: ScriptedSocket, reconnectDelay: 1, ...options });
+const last = () => ScriptedSocket.instances.at(-1);
+const tick = () => new Promise((resolve) => setTimeout(resolve, 5));
+
+test('offers the subprotocol and sends events and requests as arrays', async () => {
+  const client = await connect();
+  assert.deepEqual(last().protocols, ['emitws.v1']);
+  client.emit('/chat/say', { text: 'hi' });
+  client.emit('/bare');
+  const reply = client.request('/sum', [1, 2]);
+  assert.deepEqual(last().sent, [[0, '/chat/say', { text: 'hi' }], [0, '/bare'], [1, 1, '/sum', [1, 2]]]);
+  last().serverSends([2, 1, 3]);
+  assert.equal(await reply, 3);
+  client.close();
+});
+
+test('error replies and timeouts reject with EmitError', async () => {
+  const client = await connect();
+  const failing = client.request('/nothing');
+  last().serverSends([3, 1, { code: 'no_handler', message: 'no handler for /nothing' }]);
+  await assert.rejects(failing, (e) => e instanceof EmitError && e.code === 'no_handler');
+  await assert.rejects(client.request('/slow', null, { timeout: 10 }), (e) => e.code === 'timeout');
+  client.close();
+});
+
+test('events reach listeners, unheard ones reach @any, off removes', async () => {
+  const client = await connect();
+  const heard = [];
+  const listener = (data) => heard.push(['news', data]);
+  client.on('/news', listener);
+  client.on('@any', (event, data) => heard.push(['any', event, data]));
+  last().serverSends([0, '/news', 1]);
+  last().serverSends([0, '/other', 2]);
+  client.off('/news', listener);
+  last().serverSends([0, '/news']);
+  assert.deepEqual(heard, [['news', 1], ['any', '/other', 2], ['any', '/news', null]]);
+  client.close();
+});
+
+test('registered procedures answer server requests', async () => {
+  const client = await connect();
+  client.register('/double', (n) => n * 2);
+  client.register('/async', async () => 'later');
+  client.register('/broken', () => {
+    throw new Error('nope');
+  });
+  for (const [id, name, data] of [[7, '/double', 21], [8, '/async', null], [9, '/broken', null], [10, '/missing', 1]]) {
+    last().serverSends([1, id, name, data]);
+  }
+  await tick();
+  // Procedures may finish in any order; each answer carries its id.
+  assert.deepEqual(last().sent.sort((a, b) => a[1] - b[1]), [
+    [2, 7, 42],
+    [2, 8, 'later'],
+    [3, 9, { code: 'execution_failed', message: 'nope' }],
+    [3, 10, { code: 'not_registered', message: 'no procedure /missing' }],
+  ]);
+  client.close();
+});
+
+test('namespaces prefix event names and nest', async () => {
+  const client = await connect();
+  const lobby = client.ns('/game').ns('/lobby');
+  lobby.emit('/join', 'ann');
+  const got = [];
+  lobby.on('/joined', (who) => got.push(who));
+  last().serverSends([0, '/game/lobby/joined', 'ann']);
+  assert.deepEqual(last().sent, [[0, '/game/lobby/join', 'ann']]);
+  assert.deepEqual(got, ['ann']);
+  client.close();
+});
+
+test('a dropped connection fails pending requests, queues new envelopes and reconnects', async () => {
+  const client = await connect();
+  const events = [];
+  for (const name of ['@connection', '@disconnect', '@reconnect']) client.on(name, (info) => events.push([name, info]));
+  const pending = client.request('/wait');
+  const first = last();
+  first.close(1006);
+  await assert.rejects(pending, (e) => e.code === 'disconnected');
+  assert.equal(client.connected, false);
+  client.emit('/while-away', 1);
+  await tick();
+  assert.notEqual(last(), first);
+  assert.equal(client.connected, true);
+  assert.deepEqual(last().sent, [[0, '/while-away', 1]]);
+  assert.deepEqual(events, [
+    ['@disconnect', { code: 1006, reason: '' }],
+    ['@connection', { reconnected: true }],
+    ['@reconnect', {}],
+  ]);
+  client.close();
+});
+
+test('close stops reconnecting; a first connection that fails rejects connect', async () => {
+  const client = await connect();
+  const count = ScriptedSocket.instances.length;
+  client.close();
+  await tick();
+  assert.equal(ScriptedSocket.instances.length, count);
+
+  class Refused extends ScriptedSocket {
+    open() {
+      this.close(1006);
+    }
+  }
+  await assert.rejects(
+    EmitClient.connect('ws://test/', { WebSocket: Refused, reconnectDelay: 1, maxRetries: 2 }),
+    (e) => e.code === 'connect_failed',
+  );
+});
