@@ -20,6 +20,10 @@ rm -f "$out"/*.json
 source benches/common.sh
 port=9400
 
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_sec=$(getconf CLK_TCK)
+
 pid=
 cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -33,10 +37,12 @@ for round in $(seq "$rounds"); do
       taskset -c 0 ${server_cmd[$server]} "127.0.0.1:$port" >/dev/null &
       pid=$!
       wait_port "$port"
+      ticks_before=$(cpu_ticks "$pid")
       echo "round $round: $server, $conns connections x $payload B, $in_flight in flight" >&2
       taskset -c 1 target/release/emitws-load echo --url "ws://127.0.0.1:$port/" --connections "$conns" \
         --payload "$payload" --in-flight "$in_flight" --duration "$duration" --warmup 2 --json \
         >"$out/$server-$conns-$payload-$in_flight-$round.json"
+      echo $(( $(cpu_ticks "$pid") - ticks_before )) >"$out/$server-$conns-$payload-$in_flight-$round.cpu"
       kill "$pid"
       wait "$pid" 2>/dev/null || true
       pid=
@@ -44,23 +50,36 @@ for round in $(seq "$rounds"); do
   done
 done
 
-python3 - "$out" "$scenarios" "${servers[@]}" <<'PY'
+python3 - "$out" "$scenarios" "$ticks_per_sec" "$duration" "${servers[@]}" <<'PY'
 import glob, json, statistics, sys
-out, scenarios, servers = sys.argv[1], sys.argv[2].split(), sys.argv[3:]
-print("| connections × payload, in flight | server | msgs/s (median) | vs emitws | p50 µs | p99 µs | p99.9 µs | errors |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
+out, scenarios, ticks_per_sec, duration, servers = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:]
+WARMUP = 2  # --warmup above
+
+def cpu_us_per_msg(path, run):
+    # The server's CPU over the whole run (connect, warm-up, measurement, close)
+    # divided by the messages of warm-up plus measurement at the measured rate.
+    ticks = int(open(path[:-5] + ".cpu").read())
+    return ticks / ticks_per_sec * 1e6 / (run["msgs_per_sec"] * (duration + WARMUP))
+
+print("| connections × payload, in flight | server | msgs/s (median) | vs emitws | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for scenario in scenarios:
     conns, payload, in_flight = scenario.split(":")
     medians = {}
     for server in servers:
-        runs = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{server}-{conns}-{payload}-{in_flight}-*.json"))]
+        runs = []
+        for f in sorted(glob.glob(f"{out}/{server}-{conns}-{payload}-{in_flight}-*.json")):
+            run = json.load(open(f))
+            run["cpu_us"] = cpu_us_per_msg(f, run)
+            runs.append(run)
         best = sorted(runs, key=lambda r: r["msgs_per_sec"])[len(runs) // 2]
+        best["cpu_us"] = statistics.median(r["cpu_us"] for r in runs)
         medians[server] = best
     base = medians[servers[0]]["msgs_per_sec"]
     for server in servers:
         r = medians[server]
         ratio = base / r["msgs_per_sec"] if r["msgs_per_sec"] else float("inf")
         label = "1.00×" if server == servers[0] else f"emitws {ratio:.2f}×"
-        print(f"| {conns} × {payload} B, {in_flight} | {server} | {r['msgs_per_sec']:,.0f} | {label} | "
+        print(f"| {conns} × {payload} B, {in_flight} | {server} | {r['msgs_per_sec']:,.0f} | {label} | {r['cpu_us']:.2f} | "
               f"{r['p50_us']} | {r['p99_us']} | {r['p999_us']} | {r['errors']} |")
 PY
