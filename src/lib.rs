@@ -10,6 +10,7 @@
 //! - [`runtime`]: the server. One mio event loop per worker thread, a timer
 //!   wheel, pooled buffers, backpressure, and a [`runtime::ServerHandle`] for
 //!   other threads.
+//! - [`tls`] (feature `tls`, on by default): rustls sessions for `wss://`.
 //!
 //! Start with [`runtime::Server`] and [`runtime::Handler`]; README.md has a
 //! complete example.
@@ -17,6 +18,8 @@
 
 pub mod proto;
 pub mod runtime;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 /// README.md's Rust examples, compiled by `cargo test --doc`.
 #[cfg(doctest)]
