@@ -1,6 +1,6 @@
 //! Per-connection state, and [`Conn`], the handler's view of a connection.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -13,6 +13,8 @@ use super::settings::{BackpressurePolicy, Settings};
 use super::timer::Wheel;
 use crate::proto::handshake::RequestReader;
 use crate::proto::{close_payload, CloseCode, OpCode};
+#[cfg(feature = "tls")]
+use crate::tls::TlsStream;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,12 +75,57 @@ pub(crate) struct Connection<D> {
     pub data: D,
 }
 
-/// State only some connections need, boxed so the rest pay 8 bytes for it:
-/// the request reader while handshaking, compression state once open.
-#[derive(Debug)]
-pub(crate) enum Extra {
-    Handshake(RequestReader),
-    Deflate(DeflateState),
+/// State only some connections need, boxed so that the rest pay 8 bytes
+/// for it (and dropped once empty).
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    /// The upgrade request, while it arrives.
+    pub handshake: Option<RequestReader>,
+    /// permessage-deflate, once agreed.
+    pub deflate: Option<DeflateState>,
+    /// The session of a `wss://` connection.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Box<TlsStream>>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return false;
+        }
+        self.handshake.is_none() && self.deflate.is_none()
+    }
+}
+
+/// Where a connection's queued bytes go: the socket, or the TLS session over it.
+pub(crate) struct Sink<'a> {
+    socket: &'a mut TcpStream,
+    #[cfg(feature = "tls")]
+    tls: Option<&'a mut TlsStream>,
+}
+
+impl Write for Sink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return tls.write(self.socket, buf);
+        }
+        self.socket.write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            return self.write(first);
+        }
+        self.socket.write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<D> Connection<D> {
@@ -91,10 +138,79 @@ impl<D> Connection<D> {
     }
 
     pub fn deflate(&mut self) -> Option<&mut DeflateState> {
-        match self.extra.as_deref_mut() {
-            Some(Extra::Deflate(state)) => Some(state),
-            _ => None,
+        self.extra.as_deref_mut()?.deflate.as_mut()
+    }
+
+    /// Drops the boxed extra state once nothing is left in it.
+    pub fn tidy_extra(&mut self) {
+        if self.extra.as_deref().is_some_and(Extra::is_empty) {
+            self.extra = None;
         }
+    }
+
+    #[cfg(feature = "tls")]
+    fn tls(&mut self) -> Option<&mut TlsStream> {
+        self.extra.as_deref_mut()?.tls.as_deref_mut()
+    }
+
+    /// Whether reads come through TLS, which may hold decrypted bytes back:
+    /// a short read then does not mean the socket is drained.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(extra) = self.extra.as_deref() {
+            return extra.tls.is_some();
+        }
+        false
+    }
+
+    /// Reads what the peer sent (decrypted, on a TLS connection).
+    pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.extra.as_deref_mut().and_then(|e| e.tls.as_deref_mut()) {
+            return tls.read(&mut self.socket, buf);
+        }
+        self.socket.read(buf)
+    }
+
+    /// Where queued bytes are written.
+    pub fn sink(&mut self) -> Sink<'_> {
+        Sink {
+            #[cfg(feature = "tls")]
+            tls: self.extra.as_deref_mut().and_then(|e| e.tls.as_deref_mut()),
+            socket: &mut self.socket,
+        }
+    }
+
+    /// Sends TLS records still waiting (handshake messages, the end of a
+    /// write). `Ok(false)`: the socket would block first.
+    pub fn flush_tls(&mut self) -> io::Result<bool> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.extra.as_deref_mut().and_then(|e| e.tls.as_deref_mut()) {
+            return match tls.flush(&mut self.socket) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
+        Ok(true)
+    }
+
+    /// Whether TLS records wait to be sent.
+    pub fn tls_wants_write(&mut self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls() {
+            return tls.wants_write();
+        }
+        false
+    }
+
+    /// Before our side of TCP shuts: a TLS close_notify, if it fits.
+    pub fn close_tls(&mut self) {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls() {
+            tls.close();
+        }
+        let _ = self.flush_tls();
     }
 }
 
@@ -127,11 +243,16 @@ impl Context {
     /// The connection's write queue, taken from the pool if it has none, and
     /// the connection marked for flushing at the end of the turn.
     pub fn queue<'c, D>(&mut self, key: usize, conn: &'c mut Connection<D>) -> &'c mut OutQueue {
+        self.mark_dirty(key, conn);
+        conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default())
+    }
+
+    /// Marks the connection for flushing at the end of the turn.
+    pub fn mark_dirty<D>(&mut self, key: usize, conn: &mut Connection<D>) {
         if !conn.has(flag::DIRTY) {
             conn.flags |= flag::DIRTY;
             self.dirty.push(key);
         }
-        conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default())
     }
 
     /// Takes back an emptied write queue.

@@ -333,6 +333,15 @@ impl Server {
         self
     }
 
+    /// Serves `wss://`: every connection starts with a TLS handshake with
+    /// this identity (see [`TlsAcceptor::from_pem_files`](crate::tls::TlsAcceptor::from_pem_files)).
+    /// The handshake deadline covers the TLS handshake and the upgrade together.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, acceptor: crate::tls::TlsAcceptor) -> Server {
+        self.settings.tls = Some(acceptor);
+        self
+    }
+
     /// Binds `addr`, starts the workers and returns at once.
     pub fn start<H: Handler>(self, addr: impl ToSocketAddrs, handler: H) -> io::Result<RunningServer> {
         let addr = addr

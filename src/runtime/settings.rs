@@ -116,6 +116,9 @@ pub struct Settings {
     pub origins: OriginPolicy,
     /// permessage-deflate settings, or `None` (the default) not to compress.
     pub deflate: Option<DeflateConfig>,
+    /// The TLS identity for `wss://`, or `None` (the default) for plain TCP.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsAcceptor>,
 }
 
 impl Default for Settings {
@@ -137,6 +140,8 @@ impl Default for Settings {
             read_buffer_size: 64 << 10,
             origins: OriginPolicy::Any,
             deflate: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }

@@ -7,7 +7,7 @@
 //! peer cannot starve the rest.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver};
@@ -312,6 +312,14 @@ impl<H: Handler> Worker<H> {
             Interest::READABLE,
         );
         self.next_generation = self.next_generation.wrapping_add(1);
+        #[cfg(feature = "tls")]
+        let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
+            Some(Ok(session)) => Some(Box::new(Extra { tls: Some(Box::new(session)), ..Extra::default() })),
+            Some(Err(_)) => return,
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let extra: Option<Box<Extra>> = None;
         let conn = Connection {
             socket: stream,
             generation: self.next_generation,
@@ -321,7 +329,7 @@ impl<H: Handler> Worker<H> {
             deadline: 0,
             armed: 0,
             out: None,
-            extra: None,
+            extra,
             data: Default::default(),
         };
         let slot = entry.insert(Slot { decoder: Decoder::new(Role::Server), conn });
@@ -395,13 +403,19 @@ impl<H: Handler> Worker<H> {
             let Some(slot) = self.slab.get_mut(key) else { return };
             let conn = &mut slot.conn;
             let read_closed = conn.has(flag::READ_CLOSED);
-            let n = match conn.socket.read(&mut self.read_buf) {
+            let read = conn.read(&mut self.read_buf);
+            if conn.tls_wants_write() {
+                // The TLS session has records to answer with (its handshake, say).
+                self.ctx.mark_dirty(key, conn);
+            }
+            let n = match read {
                 Ok(0) => return self.on_eof(key),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return self.abort(key, "read error"),
             };
+            let is_tls = conn.is_tls();
             if conn.phase == Phase::Open {
                 conn.flags &= !flag::PING_SENT;
                 if let Some(keepalive) = self.ctx.settings.keepalive {
@@ -410,7 +424,7 @@ impl<H: Handler> Worker<H> {
                 }
             }
             self.on_input(key, n);
-            if n < self.read_buf.len() && !read_closed {
+            if n < self.read_buf.len() && !read_closed && !is_tls {
                 // A short read drained the socket; readiness will be reported
                 // again. Not so if the peer's FIN came with this data: then
                 // the next read returns 0, and nothing else would say so.
@@ -482,8 +496,10 @@ impl<H: Handler> Worker<H> {
         let Some(slot) = slab.get_mut(key) else { return };
         let conn = &mut slot.conn;
         conn.flags &= !flag::DIRTY;
-        if let Some(queue) = conn.out.as_mut() {
-            match queue.flush(&mut conn.socket) {
+        if let Some(mut queue) = conn.out.take() {
+            let flushed = queue.flush(&mut conn.sink());
+            conn.out = Some(queue);
+            match flushed {
                 Ok(true) => {
                     let queue = conn.out.take().expect("checked above");
                     ctx.recycle(queue);
@@ -497,20 +513,26 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Ok(false) => {
-                    conn.flags |= flag::BACKLOGGED;
-                    if !conn.has(flag::WRITE_INTEREST) {
-                        conn.flags |= flag::WRITE_INTEREST;
-                        let interest = Interest::READABLE | Interest::WRITABLE;
-                        if poll.registry().reregister(&mut conn.socket, Token(key + FIRST_CONN), interest).is_err() {
-                            return self.abort(key, "poll registration failed");
-                        }
+                    if await_writable(poll, key, conn).is_err() {
+                        self.abort(key, "poll registration failed");
                     }
                     return;
                 }
                 Err(_) => return self.abort(key, "write error"),
             }
         }
+        match conn.flush_tls() {
+            Ok(true) => {}
+            Ok(false) => {
+                if await_writable(poll, key, conn).is_err() {
+                    self.abort(key, "poll registration failed");
+                }
+                return;
+            }
+            Err(_) => return self.abort(key, "write error"),
+        }
         if conn.phase == Phase::Finishing && conn.out.is_none() {
+            conn.close_tls();
             let _ = conn.socket.shutdown(Shutdown::Write);
             conn.phase = Phase::Draining;
         }
@@ -544,6 +566,18 @@ impl<H: Handler> Worker<H> {
     }
 }
 
+/// Marks a connection whose write fell short, and asks the poller to report
+/// writability too (once: the interest is kept, see `flag::WRITE_INTEREST`).
+fn await_writable<D>(poll: &Poll, key: usize, conn: &mut Connection<D>) -> io::Result<()> {
+    conn.flags |= flag::BACKLOGGED;
+    if !conn.has(flag::WRITE_INTEREST) {
+        conn.flags |= flag::WRITE_INTEREST;
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        poll.registry().reregister(&mut conn.socket, Token(key + FIRST_CONN), interest)?;
+    }
+    Ok(())
+}
+
 /// Feeds bytes to the request reader; on a complete head, answers it. Returns
 /// how many bytes the head used if the connection is now open.
 fn handshake<H: Handler>(
@@ -555,8 +589,8 @@ fn handshake<H: Handler>(
 ) -> Option<usize> {
     let conn = &mut slot.conn;
     let limits = ctx.settings.request_limits;
-    let extra = conn.extra.get_or_insert_with(|| Box::new(Extra::Handshake(RequestReader::default())));
-    let Extra::Handshake(reader) = &mut **extra else { unreachable!("a handshaking connection holds its reader") };
+    let extra = conn.extra.get_or_insert_with(Box::default);
+    let reader = extra.handshake.get_or_insert_with(RequestReader::default);
     let used = match reader.push(input, &limits) {
         Ok(None) => return None,
         Ok(Some(used)) => used,
@@ -566,9 +600,8 @@ fn handshake<H: Handler>(
             return None;
         }
     };
-    let Some(Extra::Handshake(reader)) = conn.extra.take().map(|extra| *extra) else {
-        unreachable!("a handshaking connection holds its reader")
-    };
+    let extra = conn.extra.as_deref_mut().expect("a handshaking connection holds its reader");
+    let reader = extra.handshake.take().expect("a handshaking connection holds its reader");
     let settings = ctx.settings.clone();
     let peer = conn.socket.peer_addr().ok();
     let mut accepted = None;
@@ -578,9 +611,10 @@ fn handshake<H: Handler>(
         return None;
     };
     if let Some(agreement) = deflate {
-        conn.extra = Some(Box::new(Extra::Deflate(DeflateState::new(agreement))));
+        conn.extra.get_or_insert_with(Box::default).deflate = Some(DeflateState::new(agreement));
         slot.decoder.allow_extension_rsv(RSV1);
     }
+    conn.tidy_extra();
     conn.data = accept.data;
     conn.phase = Phase::Open;
     conn.flags |= flag::OPENED;
