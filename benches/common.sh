@@ -21,3 +21,31 @@ wait_port() {
   echo "nothing listens on port $1" >&2
   return 1
 }
+
+# CPU time (user + system, in clock ticks) a process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+ticks_per_sec=$(getconf CLK_TCK)
+
+# pinned_echo RESULT PORT SERVER_COMMAND... -- LOAD_ARGS...
+# Starts the server pinned to core 0 (it must listen on PORT), runs
+# `emitws-load echo LOAD_ARGS` pinned to core 1 for $duration seconds after a
+# 2 s warm-up, and writes RESULT.json (the load tool's JSON) and RESULT.cpu
+# (the server's CPU ticks over the run). The server's pid is in $pid while it
+# runs, for an EXIT trap.
+pinned_echo() {
+  local result=$1 port=$2
+  shift 2
+  local server=()
+  while [ "$1" != -- ]; do server+=("$1"); shift; done
+  shift
+  taskset -c 0 "${server[@]}" >/dev/null &
+  pid=$!
+  wait_port "$port"
+  local before
+  before=$(cpu_ticks "$pid")
+  taskset -c 1 target/release/emitws-load echo "$@" --duration "$duration" --warmup 2 --json >"$result.json"
+  echo $(( $(cpu_ticks "$pid") - before )) >"$result.cpu"
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  pid=
+}

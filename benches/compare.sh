@@ -20,10 +20,6 @@ rm -f "$out"/*.json
 source benches/common.sh
 port=9400
 
-# CPU time (user + system, in clock ticks) a process has used so far.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-ticks_per_sec=$(getconf CLK_TCK)
-
 pid=
 cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -33,19 +29,10 @@ for round in $(seq "$rounds"); do
     IFS=: read -r conns payload in_flight <<<"$scenario"
     for server in "${servers[@]}"; do
       port=$((port + 1))
-      # shellcheck disable=SC2086 # the command line is meant to split
-      taskset -c 0 ${server_cmd[$server]} "127.0.0.1:$port" >/dev/null &
-      pid=$!
-      wait_port "$port"
-      ticks_before=$(cpu_ticks "$pid")
       echo "round $round: $server, $conns connections x $payload B, $in_flight in flight" >&2
-      taskset -c 1 target/release/emitws-load echo --url "ws://127.0.0.1:$port/" --connections "$conns" \
-        --payload "$payload" --in-flight "$in_flight" --duration "$duration" --warmup 2 --json \
-        >"$out/$server-$conns-$payload-$in_flight-$round.json"
-      echo $(( $(cpu_ticks "$pid") - ticks_before )) >"$out/$server-$conns-$payload-$in_flight-$round.cpu"
-      kill "$pid"
-      wait "$pid" 2>/dev/null || true
-      pid=
+      # shellcheck disable=SC2086 # the command line is meant to split
+      pinned_echo "$out/$server-$conns-$payload-$in_flight-$round" "$port" ${server_cmd[$server]} "127.0.0.1:$port" -- \
+        --url "ws://127.0.0.1:$port/" --connections "$conns" --payload "$payload" --in-flight "$in_flight"
     done
   done
 done

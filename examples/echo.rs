@@ -4,7 +4,8 @@
 //! browser, or connect any WebSocket client to ws://127.0.0.1:9001/.
 //! `--addr HOST:PORT` changes the address, `--workers N` the number of event loops
 //! (default: one per core), `--accept reuseport|acceptor` how connections reach them,
-//! `--deflate default|low-memory` turns permessage-deflate on.
+//! `--deflate default|low-memory` turns permessage-deflate on, and
+//! `--tls-cert FILE --tls-key FILE` (PEM) serves wss://.
 
 #[path = "support/echo_handler.rs"]
 mod echo_handler;
@@ -12,11 +13,13 @@ mod echo_handler;
 use echo_handler::Echo;
 use emitws::proto::deflate::DeflateConfig;
 use emitws::runtime::{AcceptMode, Server};
+use emitws::tls::TlsAcceptor;
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:9001".to_string();
     let mut server = Server::new();
+    let (mut cert, mut key) = (None, None);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
@@ -31,17 +34,31 @@ fn main() -> std::io::Result<()> {
                 let config = if value == "default" { DeflateConfig::default() } else { DeflateConfig::low_memory() };
                 server = server.deflate(Some(config));
             }
+            ("--tls-cert", Some(value)) => cert = Some(value),
+            ("--tls-key", Some(value)) => key = Some(value),
             _ => {
                 eprintln!(
                     "usage: echo [--addr HOST:PORT] [--workers N] [--accept reuseport|acceptor] \
-                     [--deflate default|low-memory]"
+                     [--deflate default|low-memory] [--tls-cert FILE --tls-key FILE]"
                 );
                 std::process::exit(2);
             }
         }
     }
+    let scheme = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let acceptor = TlsAcceptor::from_pem_files(cert, key).map_err(std::io::Error::other)?;
+            server = server.tls(acceptor);
+            "s"
+        }
+        (None, None) => "",
+        _ => {
+            eprintln!("--tls-cert and --tls-key go together");
+            std::process::exit(2);
+        }
+    };
     let server = server.start(addr.as_str(), Echo)?;
-    println!("echo server on ws://{0}/ (test page: http://{0}/)", server.local_addr());
+    println!("echo server on ws{scheme}://{0}/ (test page: http{scheme}://{0}/)", server.local_addr());
     server.join();
     Ok(())
 }

@@ -4,14 +4,15 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 pub const HELP: &str = "\
-emitws-load: WebSocket load generator for echo servers (plain ws:// only)
+emitws-load: WebSocket load generator for echo servers (ws:// and wss://)
 
 USAGE:
     emitws-load echo [OPTIONS]     ping-pong echo load; reports msgs/s and latency
     emitws-load idle [OPTIONS]     open connections and hold them (server memory per connection)
 
 OPTIONS:
-    -u, --url URL             server URL, ws://HOST:PORT/PATH      [default: ws://127.0.0.1:9001/]
+    -u, --url URL             server URL, ws:// or wss://HOST:PORT/PATH  [default: ws://127.0.0.1:9001/]
+        --ca FILE             wss://: trust this PEM certificate (default: the webpki roots)
     -c, --connections N       connections                          [default: 100]
     -t, --threads T           client threads, each with its own event loop  [default: 1]
         --max-connecting N    connects + handshakes in flight, all threads  [default: 128]
@@ -93,6 +94,9 @@ pub struct Config {
     pub deflate: bool,
     pub json_pattern: bool,
     pub hold: Option<Duration>,
+    /// For wss://: the TLS roots and the server name to check.
+    #[cfg(feature = "tls")]
+    pub tls: Option<(emitws::tls::TlsConnector, String)>,
     /// The soft open-files limit, read at start (reading it needs a free descriptor).
     pub open_files_limit: Option<u64>,
 }
@@ -120,6 +124,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut json_pattern = false;
     let mut payload_given = false;
     let mut hold = None;
+    let mut ca = None;
     let mut echo_only = Vec::new();
 
     let mut args = args.into_iter();
@@ -168,6 +173,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             }
             "--text" => text = true,
             "--hold" => hold = Some(parse_duration(&flag, &value(&flag)?)?),
+            "--ca" => ca = Some(value(&flag)?),
             _ if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             _ => return Err(format!("unexpected argument {arg:?} (the mode is `echo` or `idle`)")),
         }
@@ -195,13 +201,31 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     if mode == Mode::Echo && duration.is_zero() {
         return Err("--duration must be more than 0".into());
     }
-    let (host, port, path) = parse_url(&url)?;
+    let (tls, host, port, path) = parse_url(&url)?;
+    if ca.is_some() && !tls {
+        return Err("--ca applies to wss:// URLs".into());
+    }
+    #[cfg(feature = "tls")]
+    let tls = match (tls, ca) {
+        (false, _) => None,
+        (true, None) => Some(emitws::tls::TlsConnector::webpki_roots()),
+        (true, Some(file)) => {
+            let pem = std::fs::read(&file).map_err(|e| format!("--ca {file}: {e}"))?;
+            Some(emitws::tls::TlsConnector::with_root_pem(&pem).map_err(|e| format!("--ca {file}: {e}"))?)
+        }
+    }
+    .map(|connector| (connector, host.trim_start_matches('[').trim_end_matches(']').to_string()));
+    #[cfg(not(feature = "tls"))]
+    if tls {
+        return Err("wss:// needs the `tls` feature (on by default)".into());
+    }
     let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host} has no address"))?;
-    let host = if port == 80 { host } else { format!("{host}:{port}") };
+    let default_port = if url.to_ascii_lowercase().starts_with("wss://") { 443 } else { 80 };
+    let host = if port == default_port { host } else { format!("{host}:{port}") };
     Ok(Parsed::Run(Box::new(Config {
         mode,
         url,
@@ -221,19 +245,20 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         deflate,
         json_pattern,
         hold,
+        #[cfg(feature = "tls")]
+        tls,
         open_files_limit: None,
     })))
 }
 
-/// Splits `ws://host[:port][/path]` into host (IPv6 keeps its brackets), port and path.
-fn parse_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = match url.split_once("://") {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => rest,
-        Some((scheme, _)) if scheme.eq_ignore_ascii_case("wss") => {
-            return Err("wss:// is not supported (no TLS in this tool); use ws://".into())
-        }
-        Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?} in {url:?}; use ws://")),
-        None => url,
+/// Splits `ws[s]://host[:port][/path]` into TLS or not, host (IPv6 keeps
+/// its brackets), port and path.
+fn parse_url(url: &str) -> Result<(bool, String, u16, String), String> {
+    let (tls, rest) = match url.split_once("://") {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => (false, rest),
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("wss") => (true, rest),
+        Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?} in {url:?}; use ws:// or wss://")),
+        None => (false, url),
     };
     let (authority, path) = match rest.find(['/', '?']) {
         Some(at) => (&rest[..at], &rest[at..]),
@@ -254,9 +279,10 @@ fn parse_url(url: &str) -> Result<(String, u16, String), String> {
     }
     let port = match port {
         Some(port) => port.parse().map_err(|_| format!("bad port {port:?} in {url:?}"))?,
+        None if tls => 443,
         None => 80,
     };
-    Ok((host, port, path))
+    Ok((tls, host, port, path))
 }
 
 fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
@@ -307,11 +333,12 @@ mod tests {
 
     #[test]
     fn urls_sizes_and_durations() {
-        assert_eq!(parse_url("ws://127.0.0.1:9001/").unwrap(), ("127.0.0.1".into(), 9001, "/".into()));
-        assert_eq!(parse_url("ws://localhost").unwrap(), ("localhost".into(), 80, "/".into()));
-        assert_eq!(parse_url("ws://[::1]:80/a?b").unwrap(), ("[::1]".into(), 80, "/a?b".into()));
-        assert_eq!(parse_url("127.0.0.1:1?x").unwrap(), ("127.0.0.1".into(), 1, "/?x".into()));
-        assert!(parse_url("wss://x/").is_err());
+        assert_eq!(parse_url("ws://127.0.0.1:9001/").unwrap(), (false, "127.0.0.1".into(), 9001, "/".into()));
+        assert_eq!(parse_url("ws://localhost").unwrap(), (false, "localhost".into(), 80, "/".into()));
+        assert_eq!(parse_url("ws://[::1]:80/a?b").unwrap(), (false, "[::1]".into(), 80, "/a?b".into()));
+        assert_eq!(parse_url("127.0.0.1:1?x").unwrap(), (false, "127.0.0.1".into(), 1, "/?x".into()));
+        assert_eq!(parse_url("wss://x/").unwrap(), (true, "x".into(), 443, "/".into()));
+        assert!(parse_url("http://x/").is_err());
         assert_eq!(parse_size("-s", "16k").unwrap(), 16384);
         assert_eq!(parse_size("-s", "1MiB").unwrap(), 1 << 20);
         assert_eq!(parse_size("-s", "20").unwrap(), 20);

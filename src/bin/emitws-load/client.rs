@@ -191,6 +191,9 @@ enum State {
 
 struct Conn {
     stream: TcpStream,
+    /// The TLS session of a wss:// connection.
+    #[cfg(feature = "tls")]
+    tls: Option<Box<emitws::tls::TlsStream>>,
     state: State,
     started: Instant,
     /// The expected Sec-WebSocket-Accept, then (after the handshake) nothing.
@@ -485,8 +488,18 @@ fn open(poll: &mut Poll, index: usize, ctx: &mut Ctx<'_>, now: Instant) -> Resul
         write!(out, "Sec-WebSocket-Extensions: {}\r\n", client_offer(&DeflateConfig::default())).expect("a Vec");
     }
     out.extend_from_slice(b"\r\n");
+    #[cfg(feature = "tls")]
+    let tls = match &config.tls {
+        Some((connector, name)) => match connector.session(name) {
+            Ok(session) => Some(Box::new(session)),
+            Err(e) => return Err(Some(format!("TLS: {e}"))),
+        },
+        None => None,
+    };
     Ok(Conn {
         stream,
+        #[cfg(feature = "tls")]
+        tls,
         state: State::Connecting,
         started: now,
         accept: accept_key(key.as_bytes()),
@@ -584,7 +597,7 @@ fn on_event(
     }
     if event.is_readable() || event.is_read_closed() || event.is_error() {
         loop {
-            let n = match conn.stream.read(buf) {
+            let n = match conn.read(buf) {
                 Ok(0) => {
                     return Err(match conn.state {
                         State::Handshake => err(Kind::Handshake, "server closed the connection during the handshake"),
@@ -610,7 +623,7 @@ fn on_event(
             // data (or EOF) raises a new event. Saves a read() that would say EAGAIN.
             // Not so once the peer's FIN is known: it may be queued behind this data,
             // and no new event would announce it.
-            if n < buf.len() && !event.is_read_closed() {
+            if n < buf.len() && !event.is_read_closed() && !conn.is_tls() {
                 break;
             }
         }
@@ -798,10 +811,52 @@ fn check_echo(
     Ok(())
 }
 
+impl Conn {
+    /// Reads what the server sent (decrypted, on wss://).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return tls.read(&mut self.stream, buf);
+        }
+        self.stream.read(buf)
+    }
+
+    fn write(&mut self, from: usize) -> io::Result<usize> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return tls.write(&mut self.stream, &self.out[from..]);
+        }
+        self.stream.write(&self.out[from..])
+    }
+
+    /// Sends TLS records still waiting; WouldBlock is fine (the next writable event comes back here).
+    fn flush_tls(&mut self) -> io::Result<()> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.tls.as_deref_mut() {
+            return match tls.flush(&mut self.stream) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock => Err(e),
+                _ => Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    /// TLS may hold decrypted bytes back: a short read does not mean the socket is drained.
+    fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return self.tls.is_some();
+        #[cfg(not(feature = "tls"))]
+        false
+    }
+}
+
 /// Writes as much of `conn.out` as the socket takes.
 fn flush(conn: &mut Conn) -> Result<(), End> {
+    if let Err(e) = conn.flush_tls() {
+        return Err(err(Kind::Dropped, format!("TLS write: {e}")));
+    }
     while conn.written < conn.out.len() {
-        match conn.stream.write(&conn.out[conn.written..]) {
+        match conn.write(conn.written) {
             Ok(0) => return Err(err(Kind::Dropped, "write returned 0")),
             Ok(n) => conn.written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
