@@ -11,8 +11,8 @@ section() { printf '\n==== %s ====\n' "$*"; }
 section "format: cargo fmt --all --check"
 cargo fmt --all --check
 
-section "lint: cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+section "lint: cargo clippy --all-targets --all-features -- -D warnings"
+cargo clippy --all-targets --all-features -- -D warnings
 
 section "tests: cargo test --all-targets"
 cargo test --all-targets
@@ -20,6 +20,10 @@ cargo test --all-targets
 # --all-targets leaves out doctests, so they get their own run.
 section "doctests: cargo test --doc"
 cargo test --doc
+
+# The Redis adapter is behind a feature; its tests start their own redis-server.
+section "cluster: cargo test --features redis --test cluster"
+cargo test --features redis --test cluster
 
 section "JavaScript client: node --test clients/js/test/"
 node --experimental-websocket --test clients/js/test/

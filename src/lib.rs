@@ -11,11 +11,15 @@
 //!   wheel, pooled buffers, backpressure, and a [`runtime::ServerHandle`] for
 //!   other threads.
 //! - [`tls`] (feature `tls`, on by default): rustls sessions for `wss://`.
+//! - `cluster` (feature `redis`): the Redis link that spreads broadcasts and
+//!   presence over several servers.
 //!
 //! Start with [`runtime::Server`] and [`runtime::Handler`]; README.md has a
 //! complete example.
 #![deny(missing_docs)]
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod proto;
 pub mod runtime;
 #[cfg(feature = "tls")]

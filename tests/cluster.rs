@@ -1,0 +1,207 @@
+//! The Redis link against a real redis-server that each test starts on its
+//! own port: messages between nodes, presence queries, a node that dies, and
+//! Redis going away and coming back. Without redis-server on the PATH these
+//! tests say so loudly and pass (CI installs it).
+#![cfg(feature = "redis")]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use emitws::cluster::{ClusterError, Inbound, RedisAdapter, RedisOptions, RemoteSocket};
+
+/// A redis-server child process, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            eprintln!("\n*** redis-server is not installed: SKIPPING the Redis cluster tests ***\n");
+            return None;
+        };
+        let redis = Redis { child, port };
+        wait_for(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for(within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not met within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn node(redis: &Redis, options: RedisOptions) -> (RedisAdapter, Receiver<Inbound>) {
+    let (tx, rx) = mpsc::channel();
+    let adapter = RedisAdapter::start(&redis.url(), options, move |message| {
+        let _ = tx.send(message);
+    })
+    .unwrap();
+    (adapter, rx)
+}
+
+fn quick() -> RedisOptions {
+    RedisOptions {
+        heartbeat_ttl: Duration::from_secs(1),
+        max_backoff: Duration::from_millis(200),
+        ..Default::default()
+    }
+}
+
+/// Waits until every node in `adapters` sees all of them alive.
+fn wait_joined(adapters: &[&RedisAdapter]) {
+    wait_for(Duration::from_secs(5), || adapters.iter().all(|a| a.nodes().is_ok_and(|n| n.len() == adapters.len())));
+}
+
+#[test]
+fn messages_reach_other_nodes_and_never_their_sender() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, a_inbox) = node(&redis, quick());
+    let (b, b_inbox) = node(&redis, quick());
+    let (c, c_inbox) = node(&redis, quick());
+    wait_joined(&[&a, &b, &c]);
+    // The subscriptions may lag the heartbeats a little: retry the first message.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        a.publish_all(b"hello");
+        if let Ok(message) = b_inbox.recv_timeout(Duration::from_millis(100)) {
+            break message;
+        }
+        assert!(Instant::now() < deadline, "no broadcast arrived");
+    };
+    assert_eq!(first, Inbound { from: a.node().into(), direct: false, payload: b"hello".to_vec() });
+    c.publish_to(b.node(), b"just you");
+    let direct = b_inbox.recv_timeout(Duration::from_secs(2)).unwrap();
+    let direct =
+        if direct.payload == b"hello" { b_inbox.recv_timeout(Duration::from_secs(2)).unwrap() } else { direct };
+    assert_eq!(direct, Inbound { from: c.node().into(), direct: true, payload: b"just you".to_vec() });
+    assert!(c_inbox.recv_timeout(Duration::from_millis(300)).map_or(true, |m| m.payload == b"hello"));
+    assert!(a_inbox.try_iter().all(|m| m.from != a.node()), "a node hears its own broadcast");
+    for adapter in [a, b, c] {
+        adapter.stop();
+    }
+}
+
+#[test]
+fn presence_is_answered_across_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, _) = node(&redis, quick());
+    let (b, _) = node(&redis, quick());
+    wait_joined(&[&a, &b]);
+    a.add_socket(1);
+    a.join("#lobby", 1);
+    a.add_user("ann", 1);
+    b.add_socket(7);
+    b.join("#lobby", 7);
+    b.join("*admin", 7);
+    b.add_user("bob", 7);
+    b.add_socket(8);
+    b.add_user("bob", 8);
+    let on = |node: &RedisAdapter, id| RemoteSocket { node: node.node().into(), id };
+    wait_for(Duration::from_secs(3), || a.socket_count().unwrap() == 3);
+    let mut lobby = vec![on(&a, 1), on(&b, 7)];
+    lobby.sort();
+    assert_eq!(b.group_members("#lobby").unwrap(), lobby);
+    assert_eq!(a.group_size("*admin").unwrap(), 1);
+    assert!(a.socket_exists(&on(&b, 8)).unwrap());
+    assert!(!a.socket_exists(&on(&b, 9)).unwrap());
+    assert_eq!(a.online_users().unwrap(), ["ann", "bob"]);
+    assert_eq!(a.user_sockets("bob").unwrap(), [on(&b, 7), on(&b, 8)]);
+    b.remove_socket(7, vec!["#lobby".into(), "*admin".into()], Some("bob".into()));
+    b.remove_socket(8, vec![], Some("bob".into()));
+    wait_for(Duration::from_secs(3), || !a.user_online("bob").unwrap());
+    assert_eq!(a.online_users().unwrap(), ["ann"]);
+    assert_eq!(a.group_members("#lobby").unwrap(), [on(&a, 1)]);
+    assert_eq!(a.socket_count().unwrap(), 1);
+    a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_dead_node_leaves_every_answer_within_its_ttl() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, _) = node(&redis, quick());
+    wait_joined(&[&a]);
+    // A node that crashed: its heartbeat runs out in 500 ms and nobody refreshes it.
+    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 + 500;
+    let _: () = redis::pipe()
+        .zadd("emitws:nodes", "deadbeef", expires)
+        .sadd("emitws:n:deadbeef:sockets", 5)
+        .sadd("emitws:n:deadbeef:g:#lobby", 5)
+        .sadd("emitws:n:deadbeef:users", "zed")
+        .sadd("emitws:n:deadbeef:u:zed", 5)
+        .query(&mut raw)
+        .unwrap();
+    assert!(a.user_online("zed").unwrap());
+    assert_eq!(a.group_size("#lobby").unwrap(), 1);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!a.user_online("zed").unwrap(), "still online after its heartbeat expired");
+    assert_eq!(a.group_size("#lobby").unwrap(), 0);
+    assert_eq!(a.nodes().unwrap(), [a.node().to_string()]);
+    // A survivor's heartbeat deletes what the dead node left behind.
+    wait_for(Duration::from_secs(3), || {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("emitws:n:deadbeef:*").query(&mut raw).unwrap();
+        keys.is_empty()
+    });
+    a.stop();
+}
+
+#[test]
+fn a_redis_restart_is_survived() {
+    let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
+    let (a, _) = node(&redis, quick());
+    let (b, b_inbox) = node(&redis, quick());
+    wait_joined(&[&a, &b]);
+    a.add_socket(1);
+    a.join("#lobby", 1);
+    wait_for(Duration::from_secs(3), || b.group_size("#lobby").unwrap() == 1);
+    drop(redis);
+    // During the outage: publishing never blocks, queries fail within their timeout.
+    let started = Instant::now();
+    a.publish_all(b"lost");
+    assert!(matches!(b.group_size("#lobby"), Err(ClusterError::Unavailable(_))));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let redis = Redis::start_on(port).unwrap();
+    // Presence comes back (replayed by its node) and so does delivery.
+    wait_for(Duration::from_secs(10), || b.group_size("#lobby").is_ok_and(|n| n == 1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        a.publish_all(b"back");
+        if b_inbox.recv_timeout(Duration::from_millis(200)).is_ok_and(|m| m.payload == b"back") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "delivery did not resume");
+    }
+    a.stop();
+    b.stop();
+    drop(redis);
+}
