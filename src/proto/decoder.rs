@@ -303,6 +303,9 @@ impl Decoder {
     /// starts the frame. Returns the input bytes used, or `None` if the header
     /// is still incomplete (all of `input` was then stored).
     fn read_header(&mut self, input: &[u8], limits: &Limits) -> Result<Option<usize>, ProtocolError> {
+        if input.is_empty() {
+            return Ok(None);
+        }
         if self.peer_closed {
             return Err(ProtocolError::DataAfterClose);
         }
@@ -575,6 +578,13 @@ mod tests {
         frame(&mut s, OpCode::Close, true, &[]);
         frame(&mut s, OpCode::Text, true, b"late");
         assert_eq!(first_error(&s, Role::Server, &limits), Some(ProtocolError::DataAfterClose));
+        // Nothing after the close is no error: a read loop may call again with no input.
+        let mut decoder = Decoder::new(Role::Server);
+        let mut close = Vec::new();
+        frame(&mut close, OpCode::Close, true, &[]);
+        assert!(decoder.decode(&mut close, &limits).unwrap().event.is_some());
+        let after = decoder.decode(&mut [], &limits).unwrap();
+        assert_eq!((after.consumed, after.event), (0, None));
     }
 
     #[test]
