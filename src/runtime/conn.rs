@@ -12,7 +12,7 @@ use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
 use super::timer::Wheel;
 use crate::proto::handshake::RequestReader;
-use crate::proto::{close_payload, CloseCode, OpCode};
+use crate::proto::{CloseCode, CloseHandshake, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
@@ -29,6 +29,18 @@ pub(crate) enum Phase {
     Finishing,
     /// Our side is shut; discard input until the peer closes or time runs out.
     Draining,
+}
+
+impl Phase {
+    /// Where the close handshake stands, once the connection is open.
+    pub fn close_handshake(self) -> Option<CloseHandshake> {
+        match self {
+            Phase::Handshake => None,
+            Phase::Open => Some(CloseHandshake::Open),
+            Phase::Closing => Some(CloseHandshake::Sent),
+            Phase::Finishing | Phase::Draining => Some(CloseHandshake::Done),
+        }
+    }
 }
 
 /// Flag bits of [`Connection::flags`].
@@ -274,11 +286,10 @@ impl Context {
 
     /// Starts the close handshake: queues a close frame and waits for the reply.
     pub fn start_close<D>(&mut self, key: usize, conn: &mut Connection<D>, code: CloseCode, reason: &str) {
-        if conn.phase != Phase::Open {
+        let Some(frame) = conn.phase.close_handshake().and_then(|mut close| close.start(code, reason)) else {
             return;
-        }
-        let (payload, len) = close_payload(code, reason);
-        self.queue(key, conn).push_frame(OpCode::Close, &payload[..len]);
+        };
+        self.queue(key, conn).push_frame(OpCode::Close, frame.payload());
         conn.phase = Phase::Closing;
         let tick = self.wheel.deadline_ticks(self.now_tick, self.settings.close_timeout);
         self.set_deadline(key, conn, tick);
@@ -290,10 +301,8 @@ impl Context {
         if matches!(conn.phase, Phase::Finishing | Phase::Draining) {
             return;
         }
-        let opened = conn.phase != Phase::Handshake;
-        if opened {
-            let (payload, len) = close_payload(code, reason);
-            self.queue(key, conn).push_frame(OpCode::Close, &payload[..len]);
+        if let Some(frame) = conn.phase.close_handshake().and_then(|mut close| close.fail(code, reason)) {
+            self.queue(key, conn).push_frame(OpCode::Close, frame.payload());
         }
         self.finish(key, conn);
     }

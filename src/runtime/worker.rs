@@ -734,9 +734,8 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
             }
             Some(Event::Pong(_) | Event::Message(_) | Event::Compressed { .. }) => {}
             Some(Event::Close(code, reason)) => {
-                if conn.phase == Phase::Open {
-                    let echo = code.map(|c| c.0.to_be_bytes());
-                    ctx.queue(key, conn).push_frame(OpCode::Close, echo.as_ref().map_or(&[][..], |c| &c[..]));
+                if let Some(reply) = conn.phase.close_handshake().and_then(|mut close| close.receive(code)) {
+                    ctx.queue(key, conn).push_frame(OpCode::Close, reply.payload());
                 }
                 ctx.finish(key, conn);
                 notify(handler, key, conn, ctx, code.unwrap_or(CloseCode::NO_STATUS), reason);
