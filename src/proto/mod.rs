@@ -16,7 +16,7 @@ mod mask;
 pub(crate) mod utf8;
 
 pub use close::{CloseCode, CloseFrame, CloseHandshake};
-pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Role};
+pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Polled, ReadyEvent, Role};
 pub use error::ProtocolError;
 pub use frame::{close_payload, encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};
 pub use mask::{apply_mask, apply_mask_scalar, MaskRng};
