@@ -10,6 +10,8 @@
 //! - [`runtime`]: the server. One mio event loop per worker thread, a timer
 //!   wheel, pooled buffers, backpressure, and a [`runtime::ServerHandle`] for
 //!   other threads.
+//! - [`app`]: the event framework on top (named events, requests, rooms,
+//!   users, server-to-client calls), speaking `emitws.v1` (PROTOCOL.md).
 //! - [`tls`] (feature `tls`, on by default): rustls sessions for `wss://`.
 //! - `cluster` (feature `redis`): the Redis link that spreads broadcasts and
 //!   presence over several servers.
@@ -18,6 +20,7 @@
 //! complete example.
 #![deny(missing_docs)]
 
+pub mod app;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod proto;
