@@ -12,6 +12,8 @@
 //!   other threads.
 //! - [`client`]: the client, blocking ([`client::connect`]) or on the server's
 //!   workers ([`runtime::ServerHandle::connect`]).
+//! - [`app`]: the event framework on top (named events, requests, rooms,
+//!   users, server-to-client calls), speaking `emitws.v1` (PROTOCOL.md).
 //! - [`tls`] (feature `tls`, on by default): rustls sessions for `wss://`.
 //! - `cluster` (feature `redis`): the Redis link that spreads broadcasts and
 //!   presence over several servers.
@@ -20,6 +22,7 @@
 //! complete example.
 #![deny(missing_docs)]
 
+pub mod app;
 pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;

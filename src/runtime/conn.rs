@@ -424,7 +424,12 @@ impl<D> Conn<'_, D> {
         self.ctx.start_close(self.key, self.conn, code, reason);
     }
 
-    fn send(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
+    /// The same connection, borrowed for a shorter time.
+    pub(crate) fn reborrow(&mut self) -> Conn<'_, D> {
+        Conn { key: self.key, conn: self.conn, ctx: self.ctx }
+    }
+
+    pub(crate) fn send(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
         // The budget counts the uncompressed size: a message must never be
         // compressed and then refused, as the peer's context would miss it.
         let frame_len = payload.len() + crate::proto::MAX_HEADER_LEN;

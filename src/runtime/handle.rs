@@ -1,5 +1,6 @@
 //! Reaching connections from any thread: ids, shared frames and the server handle.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
@@ -22,7 +23,8 @@ impl ConnId {
         ConnId((worker as u64) << 56 | (generation as u64 & 0xff_ffff) << 32 | key as u64)
     }
 
-    pub(crate) fn worker(self) -> usize {
+    /// The index of the worker thread that owns the connection.
+    pub fn worker(self) -> usize {
         (self.0 >> 56) as usize
     }
 
@@ -111,6 +113,7 @@ pub(crate) enum Command {
     Broadcast(Vec<ConnId>, SharedFrame),
     Close(ConnId, CloseCode, String),
     Adopt(mio::net::TcpStream),
+    Notify(Box<dyn Any + Send>),
     Shutdown,
 }
 
@@ -175,6 +178,17 @@ impl ServerHandle {
                 self.post(worker, Command::Broadcast(ids, frame.clone()));
             }
         }
+    }
+
+    /// Posts `message` to worker `worker`'s [`Handler::on_notify`](super::Handler::on_notify).
+    /// Returns false if there is no such worker or the server has stopped.
+    pub fn notify(&self, worker: usize, message: Box<dyn Any + Send>) -> bool {
+        self.post(worker, Command::Notify(message))
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.inboxes.len()
     }
 
     /// Starts the close handshake with `code` and `reason` (at most 123 bytes kept).

@@ -13,6 +13,7 @@
 
 mod compress;
 mod conn;
+mod conns;
 mod handle;
 mod listen;
 mod outbuf;
@@ -20,11 +21,13 @@ mod settings;
 mod timer;
 mod worker;
 
+use std::any::Any;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 pub use conn::{Conn, SendStatus};
+pub use conns::Conns;
 pub use handle::{ConnId, ServerHandle, SharedFrame};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
@@ -94,6 +97,26 @@ pub trait Handler: Clone + Send + 'static {
     /// 426 Upgrade Required.
     fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
         let _ = request;
+        None
+    }
+
+    /// A pong arrived: the answer to a [`Conn::ping`] (its payload echoed),
+    /// or one the peer sent unasked.
+    fn on_pong(&mut self, conn: &mut Conn<'_, Self::Data>, payload: &[u8]) {
+        let _ = (conn, payload);
+    }
+
+    /// A message posted to this worker with [`ServerHandle::notify`].
+    fn on_notify(&mut self, conns: &mut Conns<'_, Self::Data>, message: Box<dyn Any + Send>) {
+        let _ = (conns, message);
+    }
+
+    /// Called once per loop turn, after input, commands and timers, before
+    /// the turn's writes: the place for work batched over a turn and for
+    /// application timers. Returns how long the loop may sleep before the
+    /// next call (`None`, the default: until something else wakes it).
+    fn on_turn(&mut self, conns: &mut Conns<'_, Self::Data>) -> Option<Duration> {
+        let _ = conns;
         None
     }
 }

@@ -23,7 +23,7 @@ use super::conn::{flag, Conn, Connection, Context, Extra, Phase};
 use super::handle::{Command, ConnId, ServerHandle, Shared, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
-use super::{listen, Handler, RunningServer, UpgradeRequest};
+use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
 use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, Decoder, Event, OpCode, ProtocolError, Role};
@@ -138,9 +138,9 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
 
 /// A connection's frame decoder, kept beside the rest of its state so the two
 /// can be borrowed separately (events borrow from the decoder).
-struct Slot<D> {
+pub(crate) struct Slot<D> {
     decoder: Decoder,
-    conn: Connection<D>,
+    pub(crate) conn: Connection<D>,
 }
 
 struct Worker<H: Handler> {
@@ -157,6 +157,10 @@ struct Worker<H: Handler> {
     /// Client IPs of connections, kept only when a per-IP cap is set.
     peer_ips: HashMap<usize, IpAddr>,
     shutdown_deadline: Option<Instant>,
+    /// Connections handed to a `Conns` callback, to settle after it.
+    touched: Vec<usize>,
+    /// When the handler asked for its next `on_turn`.
+    turn_deadline: Option<Instant>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -192,6 +196,8 @@ impl<H: Handler> Worker<H> {
             next_generation: 0,
             peer_ips: HashMap::new(),
             shutdown_deadline: None,
+            touched: Vec::new(),
+            turn_deadline: None,
         }
     }
 
@@ -204,7 +210,7 @@ impl<H: Handler> Worker<H> {
         loop {
             let mut timeout =
                 if self.retry.is_empty() { self.ctx.wheel.next_timeout(now) } else { Some(Duration::ZERO) };
-            if let Some(deadline) = self.shutdown_deadline {
+            for deadline in [self.shutdown_deadline, self.turn_deadline].into_iter().flatten() {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
@@ -243,6 +249,8 @@ impl<H: Handler> Worker<H> {
             for entry in due.drain(..) {
                 self.on_timer(entry);
             }
+            let next_turn = self.with_conns(|handler, conns| handler.on_turn(conns));
+            self.turn_deadline = next_turn.map(|after| now + after);
             while let Some(key) = self.ctx.dirty.pop() {
                 self.flush(key);
             }
@@ -358,6 +366,7 @@ impl<H: Handler> Worker<H> {
                 }
                 Command::Close(id, code, reason) => self.with_open(id, |conn| conn.close(code, &reason)),
                 Command::Adopt(stream) => self.adopt(stream),
+                Command::Notify(message) => self.with_conns(|handler, conns| handler.on_notify(conns, message)),
                 Command::Shutdown => self.begin_shutdown(),
             }
         }
@@ -374,6 +383,18 @@ impl<H: Handler> Worker<H> {
         }
         f(&mut Conn { key, conn, ctx });
         settle(handler, key, conn, ctx);
+    }
+
+    /// Runs a handler callback that may reach any of this worker's connections.
+    fn with_conns<R>(&mut self, f: impl FnOnce(&mut H, &mut Conns<'_, H::Data>) -> R) -> R {
+        let Worker { slab, handler, ctx, touched, .. } = self;
+        let result = f(handler, &mut Conns { slab, ctx, touched });
+        for key in touched.drain(..) {
+            if let Some(slot) = slab.get_mut(key) {
+                settle(handler, key, &mut slot.conn, ctx);
+            }
+        }
+        result
     }
 
     fn begin_shutdown(&mut self) {
@@ -731,6 +752,10 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
                 if conn.phase == Phase::Open && fits {
                     ctx.queue(key, conn).push_frame(OpCode::Pong, payload);
                 }
+            }
+            Some(Event::Pong(payload)) if conn.phase == Phase::Open => {
+                handler.on_pong(&mut Conn { key, conn, ctx }, payload);
+                settle(handler, key, conn, ctx);
             }
             Some(Event::Pong(_) | Event::Message(_) | Event::Compressed { .. }) => {}
             Some(Event::Close(code, reason)) => {

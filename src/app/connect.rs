@@ -1,0 +1,278 @@
+//! Connecting: path routes with parameters, connection middleware (with code
+//! that runs at disconnect), identification and challenge-response auth.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::request::Request;
+use super::rpc::CallReply;
+use super::socket::{query_value, SocketData};
+use crate::proto::CloseCode;
+use crate::runtime::{ConnId, UpgradeRequest};
+
+/// A refused connection: at upgrade time an HTTP status, or a close code
+/// right after the upgrade (what browsers can see: they hide the status of
+/// a failed upgrade).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub(crate) kind: RefusalKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RefusalKind {
+    Status(u16, String),
+    Close(u16, String),
+}
+
+impl Refusal {
+    /// An HTTP status (401, 403, …) at upgrade time. After the upgrade (an
+    /// identify by message, a challenge) it becomes close code 4000 + status.
+    pub fn status(status: u16, body: &str) -> Refusal {
+        Refusal { kind: RefusalKind::Status(status, body.into()) }
+    }
+
+    /// The upgrade completes, then the socket is closed with `code` (4000–4999
+    /// for application codes) and `reason`.
+    pub fn close(code: u16, reason: &str) -> Refusal {
+        Refusal { kind: RefusalKind::Close(code, reason.into()) }
+    }
+
+    /// The close code and reason this refusal comes to after the upgrade.
+    pub(crate) fn as_close(&self) -> (CloseCode, String) {
+        match &self.kind {
+            RefusalKind::Status(status, body) => (CloseCode(4000 + status % 1000), body.clone()),
+            RefusalKind::Close(code, reason) => (CloseCode(*code), reason.clone()),
+        }
+    }
+}
+
+/// A socket that has gone, as connection middleware sees it at disconnect.
+#[derive(Debug)]
+pub struct Gone<'a> {
+    /// The socket's id.
+    pub id: ConnId,
+    /// Its user, if identified.
+    pub user: Option<&'a str>,
+    /// The close code (1006 when the connection just dropped).
+    pub code: u16,
+    /// The close reason.
+    pub reason: &'a str,
+}
+
+/// What a connection middleware leaves for the socket's disconnect: the
+/// "code after `next()`" of egg-socket.io, as a closure.
+///
+/// ```
+/// use emitws::app::{After, App};
+/// let mut app = App::new();
+/// app.on_connect(|conn| {
+///     let since = std::time::Instant::now();
+///     println!("{} connected", conn.path());
+///     Ok(After::disconnect(move |gone| println!("{} left after {:?}", gone.id, since.elapsed())))
+/// });
+/// ```
+#[must_use]
+pub struct After(pub(crate) Option<AtDisconnect>);
+
+/// Code a connection middleware left for the disconnect.
+pub(crate) type AtDisconnect = Box<dyn FnOnce(&Gone<'_>)>;
+
+impl After {
+    /// Nothing to do at disconnect.
+    pub fn nothing() -> After {
+        After(None)
+    }
+
+    /// Runs `f` when the socket disconnects (in reverse order of the middleware).
+    pub fn disconnect(f: impl FnOnce(&Gone<'_>) + 'static) -> After {
+        After(Some(Box::new(f)))
+    }
+}
+
+impl fmt::Debug for After {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() { "After(disconnect)" } else { "After(nothing)" })
+    }
+}
+
+/// A connection being upgraded, as identify hooks and connection middleware see it.
+pub struct Connecting<'a> {
+    pub(crate) request: &'a UpgradeRequest<'a>,
+    pub(crate) data: &'a mut SocketData,
+}
+
+impl fmt::Debug for Connecting<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connecting").field("path", &self.path()).finish()
+    }
+}
+
+impl Connecting<'_> {
+    /// The request path, without the query.
+    pub fn path(&self) -> &str {
+        self.request.path()
+    }
+
+    /// A parameter of the matched route (`:room` in `/chat/:room`).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.data.param(name)
+    }
+
+    /// The raw query string.
+    pub fn query(&self) -> Option<&str> {
+        self.request.query()
+    }
+
+    /// A query parameter, percent-decoded.
+    pub fn query_value(&self, name: &str) -> Option<String> {
+        query_value(self.request.query()?, name)
+    }
+
+    /// A request header (case-insensitive name), if it is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        std::str::from_utf8(self.request.header(name)?).ok()
+    }
+
+    /// The client's address.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.request.peer_addr()
+    }
+
+    /// The user the identify hook gave, if any.
+    pub fn user(&self) -> Option<&str> {
+        self.data.user()
+    }
+
+    /// Stores a value on the socket, for `req.get` later.
+    pub fn set<T: 'static>(&mut self, key: &str, value: T) {
+        self.data.set(key, value);
+    }
+}
+
+/// Connection middleware.
+pub(crate) type ConnectFn = Arc<dyn Fn(&mut Connecting<'_>) -> Result<After, Refusal> + Send + Sync>;
+/// Identification at upgrade time.
+pub(crate) type IdentifyFn = Arc<dyn Fn(&mut Connecting<'_>) -> Result<String, Refusal> + Send + Sync>;
+/// Identification by the socket's first request.
+pub(crate) type IdentifyMessageFn = Arc<dyn Fn(&mut Request<'_>) -> Result<String, Refusal> + Send + Sync>;
+
+/// WSE-style challenge-response authentication: on connect the server calls
+/// the client's `@challenge` procedure with `{"challenge": <generate()>}` and
+/// hands the answer to `verify`, which names the user or refuses.
+#[derive(Clone)]
+pub struct Challenge {
+    pub(crate) generate: Arc<dyn Fn() -> String + Send + Sync>,
+    pub(crate) verify: VerifyFn,
+}
+
+/// Checks a challenge's answer.
+pub(crate) type VerifyFn = Arc<dyn Fn(&str, &CallReply) -> Result<String, Refusal> + Send + Sync>;
+
+impl Challenge {
+    /// The name of the client procedure the challenge calls.
+    pub const PROCEDURE: &'static str = "@challenge";
+
+    /// A challenge from a nonce generator and a verifier.
+    pub fn new(
+        generate: impl Fn() -> String + Send + Sync + 'static,
+        verify: impl Fn(&str, &CallReply) -> Result<String, Refusal> + Send + Sync + 'static,
+    ) -> Challenge {
+        Challenge { generate: Arc::new(generate), verify: Arc::new(verify) }
+    }
+}
+
+impl fmt::Debug for Challenge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Challenge")
+    }
+}
+
+/// How sockets authenticate, if they must.
+#[derive(Clone, Default)]
+pub(crate) enum Auth {
+    #[default]
+    None,
+    Upgrade(IdentifyFn),
+    FirstMessage(Box<str>, IdentifyMessageFn),
+    Challenge(Challenge),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(Box<str>),
+    Param(Box<str>),
+}
+
+/// A path sockets may connect to, such as `/chat/:room`, with its own
+/// connection middleware.
+pub struct PathRoute {
+    segments: Vec<Segment>,
+    pub(crate) middleware: Vec<ConnectFn>,
+}
+
+impl fmt::Debug for PathRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PathRoute").field("segments", &self.segments).finish()
+    }
+}
+
+impl PathRoute {
+    pub(crate) fn new(pattern: &str) -> PathRoute {
+        let segments = pattern
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| match s.strip_prefix(':') {
+                Some(name) => Segment::Param(name.into()),
+                None => Segment::Literal(s.into()),
+            })
+            .collect();
+        PathRoute { segments, middleware: Vec::new() }
+    }
+
+    /// Adds connection middleware that runs for this path only, after the app's.
+    pub fn on_connect(
+        &mut self,
+        middleware: impl Fn(&mut Connecting<'_>) -> Result<After, Refusal> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.middleware.push(Arc::new(middleware));
+        self
+    }
+
+    /// The parameters if `path` matches.
+    pub(crate) fn matches(&self, path: &str) -> Option<Vec<(Box<str>, Box<str>)>> {
+        let mut parts = path.split('/').filter(|s| !s.is_empty());
+        let mut params = Vec::new();
+        for segment in &self.segments {
+            let part = parts.next()?;
+            match segment {
+                Segment::Literal(literal) if **literal == *part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name.clone(), part.into())),
+            }
+        }
+        parts.next().is_none().then_some(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_whole_paths_and_capture_parameters() {
+        let route = PathRoute::new("/chat/:room");
+        assert_eq!(route.matches("/chat/lobby"), Some(vec![("room".into(), "lobby".into())]));
+        assert_eq!(route.matches("/chat/lobby/"), Some(vec![("room".into(), "lobby".into())]));
+        assert_eq!(route.matches("/chat"), None);
+        assert_eq!(route.matches("/chat/a/b"), None);
+        assert_eq!(route.matches("/news/a"), None);
+        assert_eq!(PathRoute::new("/").matches("/"), Some(vec![]));
+    }
+
+    #[test]
+    fn refusals_map_to_close_codes_after_the_upgrade() {
+        assert_eq!(Refusal::status(401, "who?").as_close(), (CloseCode(4401), "who?".into()));
+        assert_eq!(Refusal::close(4003, "no").as_close(), (CloseCode(4003), "no".into()));
+    }
+}

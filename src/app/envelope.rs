@@ -1,0 +1,312 @@
+//! The `emitws.v1` envelope: parsed borrowed from the frame, written straight
+//! into a reused buffer.
+
+use std::fmt;
+
+use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Envelope types on the wire.
+pub(crate) const EVENT: u64 = 0;
+pub(crate) const REQUEST: u64 = 1;
+pub(crate) const REPLY: u64 = 2;
+pub(crate) const ERROR: u64 = 3;
+
+/// The largest id: JavaScript's `Number.MAX_SAFE_INTEGER`.
+pub const MAX_ID: u64 = (1 << 53) - 1;
+
+/// One incoming envelope, borrowing from the message text.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Envelope<'a> {
+    Event {
+        event: &'a str,
+        data: Option<&'a RawValue>,
+    },
+    Request {
+        id: u64,
+        event: &'a str,
+        data: Option<&'a RawValue>,
+    },
+    Reply {
+        id: u64,
+        data: Option<&'a RawValue>,
+    },
+    Error {
+        id: u64,
+        error: Option<&'a RawValue>,
+    },
+    /// A type from a later version: ignored.
+    Unknown,
+}
+
+/// Why an envelope was refused, and the request id if one could be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Malformed {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+impl Malformed {
+    fn new(id: Option<u64>, message: impl Into<String>) -> Malformed {
+        Malformed { id, message: message.into() }
+    }
+}
+
+/// Parses one text message.
+pub(crate) fn parse(text: &str) -> Result<Envelope<'_>, Malformed> {
+    match serde_json::from_str::<Parsed<'_>>(text) {
+        Ok(Parsed(result)) => result,
+        Err(e) => Err(Malformed::new(peek_request_id(text), format!("malformed envelope: {e}"))),
+    }
+}
+
+/// The id of a request envelope read from its first bytes only (`[1,<id>,`),
+/// for answering envelopes refused before parsing (too large, too deep).
+pub(crate) fn peek_request_id(text: &str) -> Option<u64> {
+    let rest = text.trim_start().strip_prefix('[')?.trim_start().strip_prefix('1')?;
+    let rest = rest.trim_start().strip_prefix(',')?.trim_start();
+    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+    parse_id(&rest[..end])
+}
+
+/// A JSON number that is a positive safe integer, written plainly.
+fn parse_id(json: &str) -> Option<u64> {
+    let plain = !json.is_empty() && json.bytes().all(|b| b.is_ascii_digit()) && !json.starts_with('0');
+    let id: u64 = if plain { json.parse().ok()? } else { return None };
+    (id <= MAX_ID).then_some(id)
+}
+
+/// A JSON string with no escapes, borrowed as is.
+fn plain_string(raw: &RawValue) -> Option<&str> {
+    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
+    (!inner.contains('\\')).then_some(inner)
+}
+
+struct Parsed<'a>(Result<Envelope<'a>, Malformed>);
+
+impl<'de> Deserialize<'de> for Parsed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_seq(EnvelopeVisitor)
+    }
+}
+
+struct EnvelopeVisitor;
+
+impl<'de> Visitor<'de> for EnvelopeVisitor {
+    type Value = Parsed<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an emitws.v1 envelope (a JSON array)")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Parsed<'de>, A::Error> {
+        let Some(kind) = seq.next_element::<u64>()? else {
+            return Err(de::Error::custom("empty envelope"));
+        };
+        let result = if kind > ERROR {
+            Ok(Envelope::Unknown)
+        } else {
+            let kind_has_id = kind != EVENT;
+            let id = if kind_has_id {
+                let raw = seq.next_element::<&RawValue>()?;
+                match raw.and_then(|raw| parse_id(raw.get())) {
+                    Some(id) => Some(id),
+                    None => {
+                        drain(&mut seq)?;
+                        return Ok(Parsed(Err(Malformed::new(None, "the id must be an integer in 1..=2^53-1"))));
+                    }
+                }
+            } else {
+                None
+            };
+            read_rest(kind, id, &mut seq)?
+        };
+        drain(&mut seq)?;
+        Ok(Parsed(result))
+    }
+}
+
+/// Reads what follows the type (and id) of an envelope.
+fn read_rest<'de, A: SeqAccess<'de>>(
+    kind: u64,
+    id: Option<u64>,
+    seq: &mut A,
+) -> Result<Result<Envelope<'de>, Malformed>, A::Error> {
+    let id_or_zero = id.unwrap_or(0);
+    Ok(match kind {
+        EVENT | REQUEST => {
+            let raw = seq.next_element::<&RawValue>()?;
+            let Some(event) = raw.and_then(plain_string) else {
+                return Ok(Err(Malformed::new(id, "the event name must be a string without escapes")));
+            };
+            let data = seq.next_element::<&RawValue>()?;
+            match id {
+                Some(id) => Ok(Envelope::Request { id, event, data }),
+                None => Ok(Envelope::Event { event, data }),
+            }
+        }
+        REPLY => Ok(Envelope::Reply { id: id_or_zero, data: seq.next_element::<&RawValue>()? }),
+        _ => Ok(Envelope::Error { id: id_or_zero, error: seq.next_element::<&RawValue>()? }),
+    })
+}
+
+/// Skips elements a later version may add.
+fn drain<'de, A: SeqAccess<'de>>(seq: &mut A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+/// The deepest nesting of arrays and objects in `text` (strings skipped).
+pub(crate) fn depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// Writes `[0,"event",data]`.
+pub(crate) fn write_event<T: Serialize + ?Sized>(out: &mut Vec<u8>, event: &str, data: &T) -> serde_json::Result<()> {
+    out.extend_from_slice(b"[0,");
+    serde_json::to_writer(&mut *out, event)?;
+    out.push(b',');
+    serde_json::to_writer(&mut *out, data)?;
+    out.push(b']');
+    Ok(())
+}
+
+/// Writes `[1,id,"name",data]`.
+pub(crate) fn write_request(out: &mut Vec<u8>, id: u64, name: &str, data: &RawValue) -> serde_json::Result<()> {
+    out.extend_from_slice(b"[1,");
+    write_id(out, id);
+    out.push(b',');
+    serde_json::to_writer(&mut *out, name)?;
+    out.push(b',');
+    out.extend_from_slice(data.get().as_bytes());
+    out.push(b']');
+    Ok(())
+}
+
+/// Writes `[2,id,data]`.
+pub(crate) fn write_reply<T: Serialize + ?Sized>(out: &mut Vec<u8>, id: u64, data: &T) -> serde_json::Result<()> {
+    out.extend_from_slice(b"[2,");
+    write_id(out, id);
+    out.push(b',');
+    serde_json::to_writer(&mut *out, data)?;
+    out.push(b']');
+    Ok(())
+}
+
+/// Writes `[3,id,{"code":..,"message":..}]`.
+pub(crate) fn write_error(out: &mut Vec<u8>, id: u64, code: &str, message: &str) {
+    out.extend_from_slice(b"[3,");
+    write_id(out, id);
+    out.push(b',');
+    write_error_body(out, code, message);
+    out.push(b']');
+}
+
+/// Writes `{"code":..,"message":..}`.
+pub(crate) fn write_error_body(out: &mut Vec<u8>, code: &str, message: &str) {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        code: &'a str,
+        message: &'a str,
+    }
+    // Two strings cannot fail to serialize.
+    let _ = serde_json::to_writer(&mut *out, &Body { code, message });
+}
+
+fn write_id(out: &mut Vec<u8>, id: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = id;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> &RawValue {
+        serde_json::from_str(text).expect("raw JSON")
+    }
+
+    #[test]
+    fn parses_each_envelope_type_borrowed() {
+        let text = r#"[1, 7, "/chat/say", {"text": "hi"}]"#;
+        let Ok(Envelope::Request { id: 7, event, data: Some(data) }) = parse(text) else { panic!("{:?}", parse(text)) };
+        assert_eq!(event, "/chat/say");
+        assert_eq!(data.get(), r#"{"text": "hi"}"#);
+        assert!(std::ptr::eq(event.as_ptr(), text[8..].as_ptr()), "the name is borrowed from the text");
+        assert!(matches!(parse(r#"[0,"/ping"]"#), Ok(Envelope::Event { event: "/ping", data: None })));
+        assert!(matches!(parse(r#"[2,3,null]"#), Ok(Envelope::Reply { id: 3, data: Some(d) }) if d.get() == "null"));
+        assert!(matches!(parse(r#"[3,3,{"code":"x","message":"y"}]"#), Ok(Envelope::Error { id: 3, .. })));
+        assert!(matches!(parse(r#"[9,"later",{}]"#), Ok(Envelope::Unknown)));
+        let extra = parse(r#"[0,"/a",1,"extra"]"#);
+        assert!(matches!(extra, Ok(Envelope::Event { event: "/a", data: Some(d) }) if d.get() == "1"));
+    }
+
+    #[test]
+    fn refuses_bad_ids_and_names_keeping_the_id_when_readable() {
+        for bad in ["0", "-1", "1.5", "1e3", "9007199254740992", "\"7\"", "01"] {
+            let text = format!("[1,{bad},\"/x\"]");
+            assert_eq!(parse(&text).unwrap_err().id, None, "{text}");
+        }
+        assert!(parse("[1,9007199254740991,\"/x\"]").is_ok());
+        assert_eq!(parse(r#"[1,5,"/a\"b"]"#).unwrap_err().id, Some(5));
+        assert_eq!(parse(r#"[1,5,42]"#).unwrap_err().id, Some(5));
+        assert_eq!(parse(r#"[1,5,"/x",{"#).unwrap_err().id, Some(5), "peeked from the prefix");
+        for junk in ["", "{}", "[]", "[\"0\"]", "nope", "[0,\"/x\"] trailing"] {
+            assert!(parse(junk).is_err(), "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn depth_skips_strings() {
+        assert_eq!(depth(r#"[0,"/x",{"a":[1,{"b":"[[[["}]}]"#), 4);
+        assert_eq!(depth(r#"[0,"\"[",1]"#), 1);
+    }
+
+    #[test]
+    fn writes_envelopes() {
+        let mut out = Vec::new();
+        write_event(&mut out, "/a\"b", &serde_json::json!({"x": 1})).unwrap();
+        assert_eq!(out, br#"[0,"/a\"b",{"x":1}]"#);
+        out.clear();
+        write_reply(&mut out, 9_007_199_254_740_991, &true).unwrap();
+        assert_eq!(out, b"[2,9007199254740991,true]");
+        out.clear();
+        write_error(&mut out, 10, "no_handler", "no \"handler\"");
+        assert_eq!(out, br#"[3,10,{"code":"no_handler","message":"no \"handler\""}]"#);
+        out.clear();
+        write_request(&mut out, 1, "@challenge", raw(r#"{"c":"n"}"#)).unwrap();
+        assert_eq!(out, br#"[1,1,"@challenge",{"c":"n"}]"#);
+    }
+}

@@ -1,0 +1,205 @@
+//! Rooms (`#name`) and tags (`*name`): who is in which group, on every
+//! worker, and broadcasts to them.
+//!
+//! Membership is kept twice: each worker lists its own members of each group
+//! (read without locks when it delivers), and the app-wide registry knows
+//! every member and how many each worker has (so a broadcast wakes only the
+//! workers that have members, and presence queries see everyone).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use super::socket::{flag, SocketData};
+use crate::runtime::{ConnId, Conns, SharedFrame};
+
+/// Who a broadcast reaches. The default reaches every socket.
+///
+/// ```
+/// use emitws::app::BroadcastOpts;
+/// # let someone = emitws::runtime::ConnId(7);
+/// let opts = BroadcastOpts::to("#general").and("*admin").except(someone).include_self();
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BroadcastOpts {
+    pub(crate) to: Vec<Box<str>>,
+    pub(crate) except: Vec<ConnId>,
+    pub(crate) include_self: bool,
+    pub(crate) local: bool,
+}
+
+impl BroadcastOpts {
+    /// Every socket.
+    pub fn all() -> BroadcastOpts {
+        BroadcastOpts::default()
+    }
+
+    /// The members of one room (`#name`) or tag (`*name`).
+    pub fn to(group: &str) -> BroadcastOpts {
+        BroadcastOpts::all().and(group)
+    }
+
+    /// The members of another group too (each socket gets one copy).
+    pub fn and(mut self, group: &str) -> BroadcastOpts {
+        self.to.push(group.into());
+        self
+    }
+
+    /// Leaves one socket out.
+    pub fn except(mut self, id: ConnId) -> BroadcastOpts {
+        self.except.push(id);
+        self
+    }
+
+    /// From a request: the sender gets it too (it is left out by default).
+    pub fn include_self(mut self) -> BroadcastOpts {
+        self.include_self = true;
+        self
+    }
+
+    /// This server only, not the other nodes of a cluster.
+    pub fn local(mut self) -> BroadcastOpts {
+        self.local = true;
+        self
+    }
+
+    /// The groups addressed (empty: everyone).
+    pub fn groups(&self) -> &[Box<str>] {
+        &self.to
+    }
+}
+
+/// A broadcast as a worker delivers it: the frame, encoded once, and who gets it.
+#[derive(Clone, Debug)]
+pub(crate) struct Delivery {
+    pub frame: SharedFrame,
+    /// Empty: every socket.
+    pub groups: Arc<[Box<str>]>,
+    pub except: Arc<[ConnId]>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    members: HashSet<ConnId>,
+    per_worker: Vec<u32>,
+}
+
+/// The app-wide view of every group.
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    groups: RwLock<HashMap<Box<str>, Group>>,
+}
+
+impl Registry {
+    pub fn join(&self, name: &str, id: ConnId, workers: usize) {
+        let mut groups = super::write(&self.groups);
+        let group = groups.entry(name.into()).or_default();
+        if group.members.insert(id) {
+            group.per_worker.resize(workers.max(id.worker() + 1), 0);
+            group.per_worker[id.worker()] += 1;
+        }
+    }
+
+    pub fn leave(&self, name: &str, id: ConnId) {
+        let mut groups = super::write(&self.groups);
+        let Some(group) = groups.get_mut(name) else { return };
+        if group.members.remove(&id) {
+            group.per_worker[id.worker()] -= 1;
+        }
+        if group.members.is_empty() {
+            groups.remove(name);
+        }
+    }
+
+    /// Marks the workers holding members of any of `names`.
+    pub fn workers_for(&self, names: &[Box<str>], workers: &mut [bool]) {
+        let groups = super::read(&self.groups);
+        for group in names.iter().filter_map(|name| groups.get(name)) {
+            for (worker, count) in group.per_worker.iter().enumerate() {
+                if *count > 0 && worker < workers.len() {
+                    workers[worker] = true;
+                }
+            }
+        }
+    }
+
+    pub fn members(&self, name: &str) -> Vec<ConnId> {
+        let groups = super::read(&self.groups);
+        let mut members: Vec<ConnId> =
+            groups.get(name).map(|g| g.members.iter().copied().collect()).unwrap_or_default();
+        members.sort();
+        members
+    }
+
+    pub fn size(&self, name: &str) -> usize {
+        super::read(&self.groups).get(name).map_or(0, |g| g.members.len())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = super::read(&self.groups).keys().map(|k| k.to_string()).collect();
+        names.sort();
+        names
+    }
+}
+
+/// One worker's members of each group.
+#[derive(Debug, Default)]
+pub(crate) struct LocalGroups {
+    members: HashMap<Box<str>, Vec<ConnId>>,
+    /// Reused to merge several groups' members.
+    scratch: Vec<ConnId>,
+}
+
+impl LocalGroups {
+    pub fn join(&mut self, name: &str, id: ConnId) {
+        self.members.entry(name.into()).or_default().push(id);
+    }
+
+    pub fn leave(&mut self, name: &str, id: ConnId) {
+        let Some(list) = self.members.get_mut(name) else { return };
+        if let Some(at) = list.iter().position(|m| *m == id) {
+            list.swap_remove(at);
+        }
+        if list.is_empty() {
+            self.members.remove(name);
+        }
+    }
+
+    /// Sends a delivery to this worker's sockets it addresses.
+    pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) {
+        let except = &delivery.except;
+        let send = |conns: &mut Conns<'_, SocketData>, id: ConnId| {
+            if let Some(mut conn) = conns.get(id) {
+                if !conn.data().has(flag::UNAUTHED) {
+                    let _ = conn.send_shared(&delivery.frame);
+                }
+            }
+        };
+        match &delivery.groups[..] {
+            [] => conns.for_each(|conn| {
+                if !conn.data().has(flag::UNAUTHED) && !except.contains(&conn.id()) {
+                    let _ = conn.send_shared(&delivery.frame);
+                }
+            }),
+            [one] => {
+                for &id in self.members.get(one).into_iter().flatten() {
+                    if !except.contains(&id) {
+                        send(conns, id);
+                    }
+                }
+            }
+            several => {
+                let mut ids = std::mem::take(&mut self.scratch);
+                ids.clear();
+                for name in several {
+                    ids.extend(self.members.get(name).into_iter().flatten());
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                for &id in ids.iter().filter(|id| !except.contains(id)) {
+                    send(conns, id);
+                }
+                self.scratch = ids;
+            }
+        }
+    }
+}

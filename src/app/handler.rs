@@ -1,0 +1,610 @@
+//! The event layer as a runtime [`Handler`]: one clone per worker, each with
+//! its own lock-free state ([`Local`]), all sharing the app's routes and
+//! registries.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::connect::{After, Auth, Connecting, Gone, RefusalKind};
+use super::envelope::{self, Envelope};
+use super::groups::{Delivery, LocalGroups};
+use super::limits::{check_event_name, check_group_name, Bucket, Policy};
+use super::request::Request;
+use super::router::Handler as EventHandler;
+use super::rpc::{CallError, CallReply, CallResult, Calls, Done, StartCall};
+use super::socket::{flag, SocketData};
+use super::{AppHandle, DevicePolicy, Error, Presence, CLOSE_AUTH_TIMEOUT, CLOSE_REPLACED, CLOSE_TOO_MANY_DEVICES};
+use crate::proto::{CloseCode, Message, OpCode};
+use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
+
+/// The subprotocol the event layer speaks.
+pub const PROTOCOL: &str = "emitws.v1";
+
+/// Work posted to a worker from elsewhere.
+pub(crate) enum AppMsg {
+    Deliver(Delivery),
+    Reply { conn: ConnId, text: Vec<u8> },
+    Call(StartCall),
+    Authenticated { conn: ConnId, user: Result<String, super::Refusal> },
+}
+
+/// One worker's state: no locks needed.
+pub(crate) struct Local {
+    pub worker: usize,
+    /// Reused for every envelope this worker writes.
+    scratch: Vec<u8>,
+    groups: LocalGroups,
+    /// Broadcasts to this worker's own sockets, delivered at the end of the turn.
+    pub outbox: Vec<Delivery>,
+    calls: Calls,
+    auth_deadlines: VecDeque<(Instant, ConnId)>,
+    next_heartbeat: Option<Instant>,
+}
+
+impl Local {
+    fn new() -> Local {
+        Local {
+            worker: usize::MAX,
+            scratch: Vec::new(),
+            groups: LocalGroups::default(),
+            outbox: Vec::new(),
+            calls: Calls::default(),
+            auth_deadlines: VecDeque::new(),
+            next_heartbeat: None,
+        }
+    }
+
+    /// Writes an envelope into the reused buffer and sends it as one text frame.
+    pub fn send_json(
+        &mut self,
+        conn: &mut Conn<'_, SocketData>,
+        write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+    ) -> Result<(), Error> {
+        self.scratch.clear();
+        write(&mut self.scratch)?;
+        let _ = conn.send(OpCode::Text, &self.scratch);
+        Ok(())
+    }
+
+    /// [`send_json`](Self::send_json) for envelopes that cannot fail to serialize.
+    pub fn send_raw(&mut self, conn: &mut Conn<'_, SocketData>, write: impl FnOnce(&mut Vec<u8>)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        let _ = conn.send(OpCode::Text, &self.scratch);
+    }
+
+    /// Sends `[0, "@error", {code, message}]`.
+    pub fn emit_error(&mut self, conn: &mut Conn<'_, SocketData>, code: &str, message: &str) {
+        self.send_raw(conn, |out| {
+            out.extend_from_slice(b"[0,\"@error\",");
+            envelope::write_error_body(out, code, message);
+            out.push(b']');
+        });
+    }
+
+    pub fn join(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> Result<(), Error> {
+        if !check_group_name(group) {
+            return Err(Error::BadGroup(group.into()));
+        }
+        let id = conn.id();
+        let data = conn.data_mut();
+        if data.groups().iter().any(|g| &**g == group) {
+            return Ok(());
+        }
+        if data.groups().len() >= app.0.setup.limits.max_groups_per_socket {
+            return Err(Error::TooManyGroups);
+        }
+        data.state().groups.push(group.into());
+        self.groups.join(group, id);
+        app.0.registry.join(group, id, app.server().workers());
+        app.presence(Presence::Joined { id, group });
+        Ok(())
+    }
+
+    pub fn leave(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> bool {
+        let id = conn.id();
+        let Some(state) = conn.data_mut().state.as_mut() else { return false };
+        let Some(at) = state.groups.iter().position(|g| &**g == group) else { return false };
+        state.groups.swap_remove(at);
+        self.groups.leave(group, id);
+        app.0.registry.leave(group, id);
+        app.presence(Presence::Left { id, group });
+        true
+    }
+
+    /// Sends a call to the socket's client and waits for its answer in the table.
+    pub fn begin_call(
+        &mut self,
+        app: &AppHandle,
+        conn: &mut Conn<'_, SocketData>,
+        name: &str,
+        data: &RawValue,
+        timeout: Duration,
+        done: Done,
+    ) {
+        if !conn.is_open() {
+            return done(Err(CallError::Disconnected));
+        }
+        if usize::from(conn.data().calls) >= app.0.setup.limits.max_pending {
+            return done(Err(CallError::TooMany));
+        }
+        let id = self.calls.start(conn.id(), timeout, done);
+        conn.data_mut().calls += 1;
+        self.send_raw(conn, |out| {
+            // A string and raw JSON always serialize.
+            let _ = envelope::write_request(out, id, name, data);
+        });
+    }
+}
+
+/// The runtime handler of an app.
+pub(crate) struct AppWorker {
+    app: AppHandle,
+    local: Local,
+}
+
+impl AppWorker {
+    pub fn new(app: AppHandle) -> AppWorker {
+        AppWorker { app, local: Local::new() }
+    }
+}
+
+impl Clone for AppWorker {
+    /// Each worker starts with empty state of its own.
+    fn clone(&self) -> Self {
+        AppWorker::new(self.app.clone())
+    }
+}
+
+/// Milliseconds since the app started (wrapping), for buckets and heartbeats.
+fn now_ms(app: &AppHandle) -> u32 {
+    app.0.epoch.elapsed().as_millis() as u32
+}
+
+/// Runs handlers one after another on a request, a panicking one answered
+/// `internal` instead of taking the worker down.
+fn run(handlers: &[EventHandler], req: &mut Request<'_>) {
+    for handler in handlers {
+        if catch_unwind(AssertUnwindSafe(|| handler(req))).is_err() {
+            req.reply_err("internal", "the handler panicked");
+        }
+    }
+}
+
+impl AppWorker {
+    /// Runs system handlers for a socket (no reply expected).
+    fn system(
+        &mut self,
+        conn: &mut Conn<'_, SocketData>,
+        handlers: &[EventHandler],
+        event: &str,
+        data: &impl Serialize,
+    ) {
+        if handlers.is_empty() {
+            return;
+        }
+        let raw = serde_json::value::to_raw_value(data).ok();
+        let mut req = Request {
+            event,
+            id: None,
+            data: raw.as_deref(),
+            conn: conn.reborrow(),
+            local: &mut self.local,
+            app: &self.app,
+            answered: false,
+        };
+        run(handlers, &mut req);
+    }
+
+    /// Answers bad input by the app's policy.
+    fn bad_input(
+        &mut self,
+        conn: &mut Conn<'_, SocketData>,
+        id: Option<u64>,
+        code: &str,
+        message: &str,
+        policy: Policy,
+    ) {
+        let app = self.app.clone();
+        let body = serde_json::json!({ "code": code, "message": message });
+        self.system(conn, &app.0.setup.router.system.error, "@error", &body);
+        match (policy, id) {
+            (Policy::Close, _) => {
+                let close = if code == "bad_request" && message.starts_with("malformed") { 1007 } else { 1008 };
+                conn.close(CloseCode(close), message);
+            }
+            (Policy::Reply, Some(id)) => self.local.send_raw(conn, |out| envelope::write_error(out, id, code, message)),
+            (Policy::Reply, None) => self.local.emit_error(conn, code, message),
+        }
+    }
+
+    fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
+        let app = self.app.clone();
+        let shared = &app.0;
+        if let Err(why) = check_event_name(event, shared.setup.limits.max_event_name) {
+            return self.bad_input(conn, id, "bad_request", why, shared.setup.limits.on_bad_input);
+        }
+        if conn.data().has(flag::UNAUTHED) {
+            return match &shared.setup.auth {
+                Auth::FirstMessage(auth_event, identify) if id.is_some() && **auth_event == *event => {
+                    let mut req = Request {
+                        event,
+                        id,
+                        data,
+                        conn: conn.reborrow(),
+                        local: &mut self.local,
+                        app: &app,
+                        answered: false,
+                    };
+                    let outcome = catch_unwind(AssertUnwindSafe(|| identify(&mut req)));
+                    let outcome =
+                        outcome.unwrap_or_else(|_| Err(super::Refusal::status(500, "the identify hook panicked")));
+                    match &outcome {
+                        Ok(user) => req.reply(&serde_json::json!({ "user": user })),
+                        Err(refusal) => req.reply_err("unauthorized", &refusal.as_close().1),
+                    }
+                    self.authenticated(conn, outcome);
+                }
+                _ => self.bad_input(conn, id, "unauthorized", "authenticate first", Policy::Reply),
+            };
+        }
+        if id.is_some() && usize::from(conn.data().pending) >= shared.setup.limits.max_pending {
+            return self.bad_input(conn, id, "rate_limited", "too many requests waiting for a reply", Policy::Reply);
+        }
+        let mut req =
+            Request { event, id, data, conn: conn.reborrow(), local: &mut self.local, app: &app, answered: false };
+        match catch_unwind(AssertUnwindSafe(|| shared.setup.router.dispatch(event, &mut req))) {
+            // A request nobody answered or deferred gets `null`, so the client is not left waiting.
+            Ok(true) => req.reply(&()),
+            Ok(false) => req.reply_err("no_handler", &format!("no handler for {event}")),
+            Err(_) => req.reply_err("internal", "the handler panicked"),
+        }
+    }
+
+    /// The client answered one of our calls.
+    fn answer_call(&mut self, conn: &mut Conn<'_, SocketData>, id: u64, result: CallResult) {
+        if let Some(done) = self.local.calls.take(conn.id(), id) {
+            let data = conn.data_mut();
+            data.calls = data.calls.saturating_sub(1);
+            done(result);
+        }
+    }
+
+    /// Authentication finished (by first message or challenge).
+    fn authenticated(&mut self, conn: &mut Conn<'_, SocketData>, outcome: Result<String, super::Refusal>) {
+        if !conn.data().has(flag::UNAUTHED) {
+            return;
+        }
+        match outcome {
+            Ok(user) => {
+                conn.data_mut().flags &= !flag::UNAUTHED;
+                conn.data_mut().state().user = Some(user.into());
+                if self.register_user(conn) {
+                    self.connected(conn);
+                }
+            }
+            Err(refusal) => {
+                let (code, reason) = refusal.as_close();
+                conn.close(code, &reason);
+            }
+        }
+    }
+
+    /// Adds the socket to its user's devices, enforcing the per-user cap.
+    fn register_user(&mut self, conn: &mut Conn<'_, SocketData>) -> bool {
+        let Some(user) = conn.data().state.as_ref().and_then(|s| s.user.clone()) else { return true };
+        let id = conn.id();
+        let mut users = super::lock(&self.app.0.users);
+        let devices = users.entry(user).or_default();
+        if let Some((max, policy)) = self.app.0.setup.devices {
+            if devices.len() >= max {
+                match policy {
+                    DevicePolicy::RejectNew => {
+                        drop(users);
+                        conn.close(CLOSE_TOO_MANY_DEVICES, "too many devices for this user");
+                        return false;
+                    }
+                    DevicePolicy::DropOldest => {
+                        let server = self.app.server();
+                        for oldest in devices.drain(..=devices.len() - max) {
+                            server.close(oldest, CLOSE_REPLACED, "replaced by a newer device");
+                        }
+                    }
+                }
+            }
+        }
+        devices.push(id);
+        true
+    }
+
+    /// The socket is in: `@connection` handlers run.
+    fn connected(&mut self, conn: &mut Conn<'_, SocketData>) {
+        conn.data_mut().flags |= flag::CONNECTED;
+        let app = self.app.clone();
+        app.presence(Presence::Connected { id: conn.id(), user: conn.data().user() });
+        self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
+    }
+
+    fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &super::Challenge) {
+        let nonce = (challenge.generate)();
+        let (app, verify, id) = (self.app.clone(), challenge.verify.clone(), conn.id());
+        let data = serde_json::json!({ "challenge": nonce });
+        let Ok(data) = serde_json::value::to_raw_value(&data) else { return };
+        let timeout = self.app.0.setup.limits.auth_timeout;
+        let done: Done = Box::new(move |result: CallResult| {
+            let user = match result {
+                Ok(answer) => verify(&nonce, &answer),
+                Err(e) => Err(super::Refusal::status(401, &format!("challenge failed: {e}"))),
+            };
+            app.server().notify(id.worker(), Box::new(AppMsg::Authenticated { conn: id, user }));
+        });
+        self.local.begin_call(&self.app.clone(), conn, super::Challenge::PROCEDURE, &data, timeout, done);
+    }
+
+    fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: AppMsg) {
+        match message {
+            AppMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
+            AppMsg::Reply { conn, text } => {
+                if let Some(mut conn) = conns.get(conn) {
+                    let data = conn.data_mut();
+                    data.pending = data.pending.saturating_sub(1);
+                    let _ = conn.send(OpCode::Text, &text);
+                }
+            }
+            AppMsg::Call(call) => match conns.get(call.conn) {
+                Some(mut conn) => {
+                    let app = self.app.clone();
+                    self.local.begin_call(&app, &mut conn, &call.name, &call.data, call.timeout, call.done);
+                }
+                None => (call.done)(Err(CallError::Disconnected)),
+            },
+            AppMsg::Authenticated { conn, user } => {
+                if let Some(mut conn) = conns.get(conn) {
+                    self.authenticated(&mut conn, user);
+                }
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, conns: &mut Conns<'_, SocketData>, now: Instant) -> Option<Instant> {
+        let interval = self.app.0.setup.heartbeat?;
+        let next = *self.local.next_heartbeat.get_or_insert(now + interval);
+        if now < next {
+            return Some(next);
+        }
+        let stamp = u64::from(now_ms(&self.app)).to_be_bytes();
+        conns.for_each(|conn| {
+            if conn.data().missed >= 2 {
+                conn.close(CLOSE_AUTH_TIMEOUT, "heartbeat timeout");
+            } else {
+                conn.data_mut().missed += 1;
+                let _ = conn.ping(&stamp);
+            }
+        });
+        let next = now + interval;
+        self.local.next_heartbeat = Some(next);
+        Some(next)
+    }
+}
+
+impl Handler for AppWorker {
+    type Data = SocketData;
+
+    fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Result<Accept<SocketData>, Reject> {
+        let shared = self.app.0.clone();
+        let mut data = SocketData::default();
+        let path = request.path();
+        let mut route_middleware = &[][..];
+        if !shared.setup.paths.is_empty() {
+            let matched = shared.setup.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
+            let Some((route, params)) = matched else { return Err(Reject::status(404)) };
+            if !params.is_empty() {
+                data.state().params = params;
+            }
+            route_middleware = &route.middleware[..];
+        }
+        if path != "/" {
+            data.state().path = Some(path.into());
+        }
+        if let Some(query) = request.query() {
+            data.state().query = Some(query.into());
+        }
+        let mut refusal = None;
+        let mut connecting = Connecting { request, data: &mut data };
+        if let Auth::Upgrade(identify) = &shared.setup.auth {
+            match identify(&mut connecting) {
+                Ok(user) => connecting.data.state().user = Some(user.into()),
+                Err(e) => refusal = Some(e),
+            }
+        }
+        if refusal.is_none() {
+            for middleware in shared.setup.connect.iter().chain(route_middleware) {
+                match middleware(&mut connecting) {
+                    Ok(After(Some(after))) => connecting.data.state().after.push(After(Some(after))),
+                    Ok(After(None)) => {}
+                    Err(e) => {
+                        refusal = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        match refusal.map(|r| r.kind) {
+            Some(RefusalKind::Status(status, body)) => return Err(Reject { status, body }),
+            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some((CloseCode(code), reason)),
+            None => {}
+        }
+        let accept = Accept::new(data);
+        Ok(match request.protocols().any(|p| p == PROTOCOL) {
+            true => accept.protocol(PROTOCOL),
+            false => accept,
+        })
+    }
+
+    fn on_open(&mut self, conn: &mut Conn<'_, SocketData>) {
+        let app = self.app.clone();
+        app.0.server.get_or_init(|| conn.server().clone());
+        self.local.worker = conn.id().worker();
+        let now = now_ms(&app);
+        let data = conn.data_mut();
+        if let Some(rate) = &app.0.setup.limits.rate {
+            data.bucket = Bucket::full(rate, now);
+        }
+        data.flags |= flag::COUNTED;
+        app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
+            return conn.close(code, &reason);
+        }
+        match &app.0.setup.auth {
+            Auth::FirstMessage(..) | Auth::Challenge(_) => {
+                conn.data_mut().flags |= flag::UNAUTHED;
+                let deadline = Instant::now() + app.0.setup.limits.auth_timeout;
+                self.local.auth_deadlines.push_back((deadline, conn.id()));
+                if let Auth::Challenge(challenge) = &app.0.setup.auth {
+                    self.start_challenge(conn, challenge);
+                }
+            }
+            Auth::None | Auth::Upgrade(_) => {
+                if self.register_user(conn) {
+                    self.connected(conn);
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, conn: &mut Conn<'_, SocketData>, message: Message<'_>) {
+        let app = self.app.clone();
+        let limits = &app.0.setup.limits;
+        let Message::Text(text) = message else {
+            let message = "binary frames are not part of emitws.v1";
+            return self.bad_input(conn, None, "bad_request", message, limits.on_bad_input);
+        };
+        conn.data_mut().missed = 0;
+        if let Some(rate) = &limits.rate {
+            let now = now_ms(&app);
+            if !conn.data_mut().bucket.take(rate, now) {
+                let id = envelope::peek_request_id(text);
+                return self.bad_input(conn, id, "rate_limited", "too many messages", limits.over_rate);
+            }
+        }
+        if text.len() > limits.max_message {
+            let id = envelope::peek_request_id(text);
+            let message = format!("envelope of {} bytes, the limit is {}", text.len(), limits.max_message);
+            return self.bad_input(conn, id, "too_large", &message, limits.on_bad_input);
+        }
+        if envelope::depth(text) > limits.max_depth {
+            let id = envelope::peek_request_id(text);
+            let message = format!("JSON nested deeper than {}", limits.max_depth);
+            return self.bad_input(conn, id, "bad_request", &message, limits.on_bad_input);
+        }
+        match envelope::parse(text) {
+            Ok(Envelope::Event { event, data }) => self.dispatch(conn, None, event, data),
+            Ok(Envelope::Request { id, event, data }) => self.dispatch(conn, Some(id), event, data),
+            Ok(Envelope::Reply { id, data }) => {
+                let data = data.map_or_else(|| RawValue::from_string("null".into()), |d| Ok(d.to_owned()));
+                let result = data.map(CallReply).map_err(|_| CallError::Disconnected);
+                self.answer_call(conn, id, result);
+            }
+            Ok(Envelope::Error { id, error }) => self.answer_call(conn, id, Err(CallError::from_wire(error))),
+            Ok(Envelope::Unknown) => {}
+            Err(malformed) => {
+                self.bad_input(conn, malformed.id, "bad_request", &malformed.message, limits.on_bad_input)
+            }
+        }
+    }
+
+    fn on_pong(&mut self, conn: &mut Conn<'_, SocketData>, payload: &[u8]) {
+        conn.data_mut().missed = 0;
+        let Ok(stamp) = <[u8; 8]>::try_from(payload) else { return };
+        let app = self.app.clone();
+        let rtt = u64::from(now_ms(&app)).wrapping_sub(u64::from_be_bytes(stamp)) & u64::from(u32::MAX);
+        self.system(conn, &app.0.setup.router.system.ping, "@ping", &serde_json::json!({ "rtt_ms": rtt }));
+    }
+
+    fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str) {
+        let app = self.app.clone();
+        let id = conn.id();
+        for done in self.local.calls.take_all(id) {
+            done(Err(CallError::Disconnected));
+        }
+        if conn.data().has(flag::CONNECTED) {
+            let body = serde_json::json!({ "code": code.0, "reason": reason });
+            self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
+        }
+        let data = conn.data_mut();
+        if data.has(flag::COUNTED) {
+            app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let Some(mut state) = data.state.take() else { return };
+        let gone = Gone { id, user: state.user.as_deref(), code: code.0, reason };
+        for After(after) in state.after.drain(..).rev() {
+            if let Some(after) = after {
+                let _ = catch_unwind(AssertUnwindSafe(|| after(&gone)));
+            }
+        }
+        for group in &state.groups {
+            self.local.groups.leave(group, id);
+            app.0.registry.leave(group, id);
+        }
+        if let Some(user) = &state.user {
+            let mut users = super::lock(&app.0.users);
+            if let Some(devices) = users.get_mut(user) {
+                devices.retain(|d| *d != id);
+                if devices.is_empty() {
+                    users.remove(user);
+                }
+            }
+        }
+        if data.has(flag::CONNECTED) {
+            app.presence(Presence::Disconnected { id, user: state.user.as_deref(), groups: &state.groups });
+        }
+    }
+
+    fn on_notify(&mut self, conns: &mut Conns<'_, SocketData>, message: Box<dyn Any + Send>) {
+        if let Ok(message) = message.downcast::<AppMsg>() {
+            self.on_app_message(conns, *message);
+        }
+    }
+
+    fn on_turn(&mut self, conns: &mut Conns<'_, SocketData>) -> Option<Duration> {
+        if self.local.worker == usize::MAX {
+            self.local.worker = conns.worker();
+        }
+        while !self.local.outbox.is_empty() {
+            for delivery in std::mem::take(&mut self.local.outbox) {
+                self.local.groups.deliver(conns, &delivery);
+            }
+        }
+        let now = Instant::now();
+        for (id, done) in self.local.calls.expired(now) {
+            if let Some(mut conn) = conns.get(id) {
+                let data = conn.data_mut();
+                data.calls = data.calls.saturating_sub(1);
+            }
+            done(Err(CallError::Timeout));
+        }
+        while let Some(&(at, id)) = self.local.auth_deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.local.auth_deadlines.pop_front();
+            if let Some(mut conn) = conns.get(id) {
+                if conn.data().has(flag::UNAUTHED) {
+                    conn.close(CLOSE_AUTH_TIMEOUT, "authentication timeout");
+                }
+            }
+        }
+        let heartbeat = self.heartbeat(conns, now);
+        if !self.local.outbox.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let auth = self.local.auth_deadlines.front().map(|(at, _)| *at);
+        let next = [self.local.calls.next_deadline(), auth, heartbeat].into_iter().flatten().min()?;
+        Some(next.saturating_duration_since(now))
+    }
+}

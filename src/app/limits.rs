@@ -1,0 +1,154 @@
+//! Abuse limits of the event layer, and the per-socket token bucket.
+
+use std::time::Duration;
+
+/// What happens when a socket breaks a limit or sends a malformed envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// Answer with an error (a `[3, id, …]` reply to a request, otherwise an
+    /// `@error` event) and keep the connection.
+    Reply,
+    /// Close the connection: 1008 (policy violation), or 1007 for JSON that
+    /// does not parse.
+    Close,
+}
+
+/// A token bucket: `per_second` envelopes on average, bursts of `burst`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: f32,
+    /// The bucket's size: a socket may send this many at once.
+    pub burst: f32,
+}
+
+/// The event layer's limits. Each has a default and is set through
+/// [`App::limits`](super::App::limits).
+///
+/// ```
+/// use emitws::app::{App, Limits, Policy, Rate};
+/// let mut app = App::new();
+/// app.limits(Limits {
+///     rate: Some(Rate { per_second: 50.0, burst: 100.0 }),
+///     over_rate: Policy::Close,
+///     ..Limits::default()
+/// });
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// The longest event name, in bytes (default 128). Longer: `bad_request`.
+    pub max_event_name: usize,
+    /// The largest envelope, in bytes of JSON text (default 64 KiB). Larger: `too_large`.
+    pub max_message: usize,
+    /// The deepest nesting of arrays and objects (default 32). Deeper: `bad_request`.
+    pub max_depth: usize,
+    /// Rooms and tags one socket may be in (default 64). More: `join` fails.
+    pub max_groups_per_socket: usize,
+    /// Requests one socket may have waiting for a deferred reply, and calls the
+    /// server may have waiting on it (default 64 each). More: `rate_limited`.
+    pub max_pending: usize,
+    /// Envelopes per second per socket, or `None` for no limit (default 100
+    /// per second, bursts of 200).
+    pub rate: Option<Rate>,
+    /// What an envelope over the rate gets (default [`Policy::Reply`]: `rate_limited`).
+    pub over_rate: Policy,
+    /// What a malformed or over-limit envelope gets (default [`Policy::Reply`]).
+    pub on_bad_input: Policy,
+    /// Time to complete authentication (first-message identify or the
+    /// challenge) before the socket is closed with 4408 (default 10 s).
+    pub auth_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_event_name: 128,
+            max_message: 64 << 10,
+            max_depth: 32,
+            max_groups_per_socket: 64,
+            max_pending: 64,
+            rate: Some(Rate { per_second: 100.0, burst: 200.0 }),
+            over_rate: Policy::Reply,
+            on_bad_input: Policy::Reply,
+            auth_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A socket's bucket: tokens left and when it was last filled, in
+/// milliseconds since the app started (8 bytes per socket).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Bucket {
+    tokens: f32,
+    filled_at: u32,
+}
+
+impl Bucket {
+    /// A full bucket at `now_ms`.
+    pub fn full(rate: &Rate, now_ms: u32) -> Bucket {
+        Bucket { tokens: rate.burst, filled_at: now_ms }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, rate: &Rate, now_ms: u32) -> bool {
+        let elapsed = now_ms.wrapping_sub(self.filled_at) as f32 / 1000.0;
+        self.tokens = (self.tokens + elapsed * rate.per_second).min(rate.burst);
+        self.filled_at = now_ms;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether `name` is a valid user event name: starts with `/`, visible
+/// ASCII without quotes or backslashes, at most `max` bytes.
+pub(crate) fn check_event_name(name: &str, max: usize) -> Result<(), &'static str> {
+    if name.len() > max {
+        return Err("event name too long");
+    }
+    if name.starts_with('@') {
+        return Err("system events (@…) cannot be sent by clients");
+    }
+    if !name.starts_with('/') {
+        return Err("event names start with '/'");
+    }
+    if !name.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'"' && b != b'\\') {
+        return Err("event names are visible ASCII without quotes or backslashes");
+    }
+    Ok(())
+}
+
+/// Whether `name` is a valid room (`#…`) or tag (`*…`) name.
+pub(crate) fn check_group_name(name: &str) -> bool {
+    name.len() > 1 && name.len() <= 128 && (name.starts_with('#') || name.starts_with('*'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refills_at_its_rate_up_to_the_burst() {
+        let rate = Rate { per_second: 10.0, burst: 3.0 };
+        let mut bucket = Bucket::full(&rate, 0);
+        assert!((0..3).all(|_| bucket.take(&rate, 0)));
+        assert!(!bucket.take(&rate, 0));
+        assert!(!bucket.take(&rate, 50), "half a token after 50 ms");
+        assert!(bucket.take(&rate, 100));
+        assert_eq!((0..10).filter(|_| bucket.take(&rate, 10_000)).count(), 3, "capped at the burst");
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_event_name("/chat/say", 128).is_ok());
+        assert!(check_event_name("@connection", 128).is_err());
+        assert!(check_event_name("chat", 128).is_err());
+        assert!(check_event_name("/a b", 128).is_err());
+        assert!(check_event_name("/abc", 3).is_err());
+        assert!(check_group_name("#lobby") && check_group_name("*admin"));
+        assert!(!check_group_name("#") && !check_group_name("lobby"));
+    }
+}

@@ -1,0 +1,326 @@
+//! The request object every handler and middleware receives.
+
+use std::any::Any;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::envelope;
+use super::handler::{AppMsg, Local};
+use super::rpc::CallResult;
+use super::socket::{query_value, SocketData, SocketRef};
+use super::{AppHandle, BroadcastOpts, Error};
+use crate::proto::CloseCode;
+use crate::runtime::{Conn, ConnId};
+
+/// An event or request from a socket (or a system event about it), with the
+/// socket at hand: reply, emit, join rooms, store values, broadcast.
+///
+/// The event name and data borrow from the received frame; `data::<T>()`
+/// deserializes on demand (borrowing strings where it can).
+///
+/// ```
+/// use emitws::app::{App, BroadcastOpts};
+/// #[derive(serde::Deserialize)]
+/// struct Join<'a> { room: &'a str }
+///
+/// let mut app = App::new();
+/// app.on("/join", |req| {
+///     let Some(Join { room }) = req.expect_data::<Join>() else { return };
+///     let room = format!("#{room}");
+///     if let Err(e) = req.join(&room) {
+///         return req.reply_err("forbidden", &e.to_string());
+///     }
+///     let _ = req.broadcast("/joined", &req.id().to_string(), BroadcastOpts::to(&room));
+///     req.reply(&room);
+/// });
+/// ```
+pub struct Request<'a> {
+    pub(crate) event: &'a str,
+    pub(crate) id: Option<u64>,
+    pub(crate) data: Option<&'a RawValue>,
+    pub(crate) conn: Conn<'a, SocketData>,
+    pub(crate) local: &'a mut Local,
+    pub(crate) app: &'a AppHandle,
+    /// Replied, or handed to a [`ReplyHandle`].
+    pub(crate) answered: bool,
+}
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("socket", &self.id())
+            .field("event", &self.event)
+            .field("request_id", &self.id)
+            .field("data", &self.data.map(RawValue::get))
+            .finish()
+    }
+}
+
+/// Data that does not have the type a handler asked for.
+#[derive(Debug)]
+pub struct DataError(serde_json::Error);
+
+impl fmt::Display for DataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unexpected data: {}", self.0)
+    }
+}
+
+impl std::error::Error for DataError {}
+
+impl<'a> Request<'a> {
+    /// The event name (`/chat/say`, or `@connection` and the like for system events).
+    pub fn event(&self) -> &str {
+        self.event
+    }
+
+    /// The socket's id (emit.gg's `req.id`).
+    pub fn id(&self) -> ConnId {
+        self.conn.id()
+    }
+
+    /// The request's id when the client expects a reply; `None` for an event.
+    pub fn request_id(&self) -> Option<u64> {
+        self.id
+    }
+
+    /// Whether the client expects a reply.
+    pub fn is_request(&self) -> bool {
+        self.id.is_some()
+    }
+
+    /// The data, typed. Absent data reads as JSON `null` (so `Option<T>` and `()` accept it).
+    pub fn data<T: Deserialize<'a>>(&self) -> Result<T, DataError> {
+        serde_json::from_str(self.data.map_or("null", RawValue::get)).map_err(DataError)
+    }
+
+    /// The data typed, or `None` after replying `bad_request` (to a request)
+    /// or emitting `@error` (to an event).
+    pub fn expect_data<T: Deserialize<'a>>(&mut self) -> Option<T> {
+        match self.data() {
+            Ok(data) => Some(data),
+            Err(e) => {
+                let message = e.to_string();
+                match self.id {
+                    Some(_) => self.reply_err("bad_request", &message),
+                    None => self.local.emit_error(&mut self.conn, "bad_request", &message),
+                }
+                None
+            }
+        }
+    }
+
+    /// The data's JSON text, if any was sent.
+    pub fn raw_data(&self) -> Option<&'a RawValue> {
+        self.data
+    }
+
+    /// The app, for broadcasts and sends to other sockets and users.
+    pub fn app(&self) -> &AppHandle {
+        self.app
+    }
+
+    /// A `Send` handle to this socket, usable from any thread.
+    pub fn socket(&self) -> SocketRef {
+        SocketRef { app: self.app.clone(), id: self.id() }
+    }
+
+    /// The socket's user (from identify or authentication), if any.
+    pub fn user(&self) -> Option<&str> {
+        self.conn.data().user()
+    }
+
+    /// The path the socket connected to.
+    pub fn path(&self) -> &str {
+        self.conn.data().path()
+    }
+
+    /// A parameter of the socket's path route (`:room` in `/chat/:room`).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.conn.data().param(name)
+    }
+
+    /// A query parameter of the socket's upgrade URL, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        query_value(self.conn.data().query()?, name)
+    }
+
+    /// Sends an event to this socket.
+    pub fn emit<T: Serialize + ?Sized>(&mut self, event: &str, data: &T) -> Result<(), Error> {
+        self.local.send_json(&mut self.conn, |out| envelope::write_event(out, event, data))
+    }
+
+    /// Stores a value on the socket under `key` (replacing any value there).
+    pub fn set<T: Any>(&mut self, key: &str, value: T) {
+        self.conn.data_mut().set(key, value);
+    }
+
+    /// The value stored under `key`, if it has type `T`.
+    pub fn get<T: Any>(&self, key: &str) -> Option<&T> {
+        self.conn.data().get(key)
+    }
+
+    /// The value stored under `key`, mutably.
+    pub fn get_mut<T: Any>(&mut self, key: &str) -> Option<&mut T> {
+        self.conn.data_mut().get_mut(key)
+    }
+
+    /// Removes the value stored under `key`.
+    pub fn remove(&mut self, key: &str) -> Option<Box<dyn Any>> {
+        self.conn.data_mut().remove(key)
+    }
+
+    /// Joins a room (`#name`) or takes a tag (`*name`).
+    pub fn join(&mut self, group: &str) -> Result<(), Error> {
+        self.local.join(self.app, &mut self.conn, group)
+    }
+
+    /// Leaves a room or drops a tag; false if the socket was not in it.
+    pub fn leave(&mut self, group: &str) -> bool {
+        self.local.leave(self.app, &mut self.conn, group)
+    }
+
+    /// The rooms and tags the socket is in.
+    pub fn groups(&self) -> Vec<&str> {
+        self.conn.data().groups().iter().map(|g| &**g).collect()
+    }
+
+    /// Replies to the request (nothing happens for an event, or a second time).
+    pub fn reply<T: Serialize + ?Sized>(&mut self, data: &T) {
+        let Some(id) = self.take_reply() else { return };
+        if let Err(e) = self.local.send_json(&mut self.conn, |out| envelope::write_reply(out, id, data)) {
+            let message = format!("the reply does not serialize: {e}");
+            self.local.send_raw(&mut self.conn, |out| envelope::write_error(out, id, "internal", &message));
+        }
+    }
+
+    /// Replies with an error: a machine-readable `code` (see PROTOCOL.md) and a message.
+    pub fn reply_err(&mut self, code: &str, message: &str) {
+        let Some(id) = self.take_reply() else { return };
+        self.local.send_raw(&mut self.conn, |out| envelope::write_error(out, id, code, message));
+    }
+
+    /// Whether a reply was given (or deferred).
+    pub fn replied(&self) -> bool {
+        self.answered
+    }
+
+    /// Takes the reply out of the handler: answer later, from any thread,
+    /// through the returned handle. The event loop goes on meanwhile.
+    pub fn defer(&mut self) -> ReplyHandle {
+        let id = self.take_reply();
+        if id.is_some() {
+            self.conn.data_mut().pending += 1;
+        }
+        ReplyHandle { app: self.app.clone(), conn: self.id(), id }
+    }
+
+    fn take_reply(&mut self) -> Option<u64> {
+        if self.answered {
+            return None;
+        }
+        self.answered = true;
+        self.id
+    }
+
+    /// Broadcasts an event (encoded once) to the sockets `opts` selects;
+    /// this socket is left out unless `opts.include_self()`.
+    pub fn broadcast<T: Serialize + ?Sized>(
+        &mut self,
+        event: &str,
+        data: &T,
+        opts: BroadcastOpts,
+    ) -> Result<(), Error> {
+        let mut except = opts.except.clone();
+        if !opts.include_self {
+            except.push(self.id());
+        }
+        let frame = self.app.encode_event(event, data)?;
+        self.app.route(frame, &opts, except, Some(&mut *self.local));
+        Ok(())
+    }
+
+    /// Calls procedure `name` on this socket's client; `done` runs on this
+    /// worker with the answer, or the reason there is none.
+    pub fn call<T: Serialize + ?Sized>(
+        &mut self,
+        name: &str,
+        data: &T,
+        timeout: Duration,
+        done: impl FnOnce(CallResult) + Send + 'static,
+    ) -> Result<(), Error> {
+        let data = serde_json::value::to_raw_value(data)?;
+        self.local.begin_call(self.app, &mut self.conn, name, &data, timeout, Box::new(done));
+        Ok(())
+    }
+
+    /// Closes the socket.
+    pub fn close(&mut self, code: u16, reason: &str) {
+        self.conn.close(CloseCode(code), reason);
+    }
+}
+
+/// A reply given later, from any thread (`Send`). Dropping it unanswered
+/// replies `internal`, so the client is not left waiting.
+///
+/// ```
+/// use emitws::app::App;
+/// let mut app = App::new();
+/// app.on("/slow", |req| {
+///     let reply = req.defer();
+///     std::thread::spawn(move || {
+///         std::thread::sleep(std::time::Duration::from_millis(10)); // a database call, say
+///         reply.reply(&"done");
+///     });
+/// });
+/// ```
+#[derive(Debug)]
+pub struct ReplyHandle {
+    app: AppHandle,
+    conn: ConnId,
+    /// `None` once answered, or for an event.
+    id: Option<u64>,
+}
+
+impl ReplyHandle {
+    /// The socket to reply to.
+    pub fn socket(&self) -> SocketRef {
+        SocketRef { app: self.app.clone(), id: self.conn }
+    }
+
+    /// Replies with data.
+    pub fn reply<T: Serialize + ?Sized>(mut self, data: &T) {
+        let Some(id) = self.id.take() else { return };
+        let mut text = Vec::new();
+        if let Err(e) = envelope::write_reply(&mut text, id, data) {
+            text.clear();
+            envelope::write_error(&mut text, id, "internal", &format!("the reply does not serialize: {e}"));
+        }
+        self.send(text);
+    }
+
+    /// Replies with an error.
+    pub fn reply_err(mut self, code: &str, message: &str) {
+        let Some(id) = self.id.take() else { return };
+        let mut text = Vec::new();
+        envelope::write_error(&mut text, id, code, message);
+        self.send(text);
+    }
+
+    fn send(&self, text: Vec<u8>) {
+        self.app.server().notify(self.conn.worker(), Box::new(AppMsg::Reply { conn: self.conn, text }));
+    }
+}
+
+impl Drop for ReplyHandle {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            let mut text = Vec::new();
+            envelope::write_error(&mut text, id, "internal", "the handler dropped its reply");
+            self.send(text);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Server-to-client calls: a request the server sends, answered by a
+//! procedure the client registered (`register(name, fn)` in the JS client).
+//!
+//! Calls wait in their worker's table, keyed by socket and call id, with a
+//! deadline the worker checks every turn; a socket's calls fail with
+//! [`CallError::Disconnected`] when it closes.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::runtime::ConnId;
+
+/// Why a call got no answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CallError {
+    /// No answer within the timeout.
+    Timeout,
+    /// The client has no procedure of that name (`not_registered`).
+    NotRegistered(String),
+    /// The client's procedure failed (`execution_failed`), with its message.
+    ExecutionFailed(String),
+    /// The socket closed before it answered (or was not open).
+    Disconnected,
+    /// The socket has too many calls waiting already (see [`Limits::max_pending`](super::Limits::max_pending)).
+    TooMany,
+    /// Another error code from the client.
+    Remote {
+        /// The machine-readable code.
+        code: String,
+        /// The client's message.
+        message: String,
+    },
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Timeout => f.write_str("the client did not answer in time"),
+            CallError::NotRegistered(m) => write!(f, "no such procedure on the client: {m}"),
+            CallError::ExecutionFailed(m) => write!(f, "the client's procedure failed: {m}"),
+            CallError::Disconnected => f.write_str("the socket closed before answering"),
+            CallError::TooMany => f.write_str("too many calls waiting on this socket"),
+            CallError::Remote { code, message } => write!(f, "{code}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl CallError {
+    /// The error an `[3, id, {code, message}]` answer stands for.
+    pub(crate) fn from_wire(error: Option<&RawValue>) -> CallError {
+        #[derive(Deserialize)]
+        struct Body {
+            code: String,
+            #[serde(default)]
+            message: String,
+        }
+        let body = error.and_then(|raw| serde_json::from_str::<Body>(raw.get()).ok());
+        let Some(Body { code, message }) = body else {
+            return CallError::Remote { code: "internal".into(), message: "malformed error reply".into() };
+        };
+        match code.as_str() {
+            "not_registered" => CallError::NotRegistered(message),
+            "execution_failed" => CallError::ExecutionFailed(message),
+            "timeout" => CallError::Timeout,
+            "disconnected" => CallError::Disconnected,
+            _ => CallError::Remote { code, message },
+        }
+    }
+}
+
+/// A client's answer to a call.
+#[derive(Clone, Debug)]
+pub struct CallReply(pub(crate) Box<RawValue>);
+
+impl PartialEq for CallReply {
+    fn eq(&self, other: &CallReply) -> bool {
+        self.raw() == other.raw()
+    }
+}
+
+impl Eq for CallReply {}
+
+impl CallReply {
+    /// The answer, typed.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.0.get())
+    }
+
+    /// The answer's JSON text.
+    pub fn raw(&self) -> &str {
+        self.0.get()
+    }
+}
+
+/// What a call comes to.
+pub type CallResult = Result<CallReply, CallError>;
+
+/// A call's answer, to wait for from a thread that is not a worker.
+#[derive(Debug)]
+pub struct PendingCall {
+    answer: mpsc::Receiver<CallResult>,
+}
+
+impl PendingCall {
+    pub(crate) fn new() -> (PendingCall, impl FnOnce(CallResult) + Send + 'static) {
+        let (sender, answer) = mpsc::sync_channel(1);
+        (PendingCall { answer }, move |result| drop(sender.try_send(result)))
+    }
+
+    /// Blocks until the answer (or the call's timeout).
+    pub fn wait(self) -> CallResult {
+        // The worker always completes a call it took; a dropped sender means
+        // the server stopped first.
+        self.answer.recv().unwrap_or(Err(CallError::Disconnected))
+    }
+
+    /// The answer, if it has come.
+    pub fn try_result(&self) -> Option<CallResult> {
+        match self.answer.try_recv() {
+            Ok(result) => Some(result),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(CallError::Disconnected)),
+        }
+    }
+}
+
+/// What runs when a call completes.
+pub(crate) type Done = Box<dyn FnOnce(CallResult) + Send>;
+
+/// A call posted to a worker from elsewhere.
+pub(crate) struct StartCall {
+    pub conn: ConnId,
+    pub name: String,
+    pub data: Box<RawValue>,
+    pub timeout: Duration,
+    pub done: Done,
+}
+
+/// One worker's calls in flight.
+#[derive(Default)]
+pub(crate) struct Calls {
+    pending: BTreeMap<(ConnId, u64), Done>,
+    deadlines: BinaryHeap<Reverse<(Instant, ConnId, u64)>>,
+    next_id: u64,
+}
+
+impl Calls {
+    /// Registers a call; returns its id.
+    pub fn start(&mut self, conn: ConnId, timeout: Duration, done: Done) -> u64 {
+        self.next_id = self.next_id % super::envelope::MAX_ID + 1;
+        let id = self.next_id;
+        self.pending.insert((conn, id), done);
+        self.deadlines.push(Reverse((Instant::now() + timeout, conn, id)));
+        id
+    }
+
+    /// Takes the call `id` of `conn`, if it is still waiting.
+    pub fn take(&mut self, conn: ConnId, id: u64) -> Option<Done> {
+        self.pending.remove(&(conn, id))
+    }
+
+    /// Takes the calls whose deadline has passed.
+    pub fn expired(&mut self, now: Instant) -> Vec<(ConnId, Done)> {
+        let mut expired = Vec::new();
+        while let Some(Reverse((at, conn, id))) = self.deadlines.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(done) = self.pending.remove(&(conn, id)) {
+                expired.push((conn, done));
+            }
+        }
+        expired
+    }
+
+    /// When the next call may time out.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, conn, id))) = self.deadlines.peek().copied() {
+            if self.pending.contains_key(&(conn, id)) {
+                return Some(at);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// Takes every call of a socket that closed.
+    pub fn take_all(&mut self, conn: ConnId) -> Vec<Done> {
+        let ids: Vec<(ConnId, u64)> = self.pending.range((conn, 0)..=(conn, u64::MAX)).map(|(k, _)| *k).collect();
+        ids.into_iter().filter_map(|key| self.pending.remove(&key)).collect()
+    }
+}

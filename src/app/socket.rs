@@ -1,0 +1,224 @@
+//! Per-socket state, kept small: what every socket needs inline, the rest in
+//! a box allocated on first use.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::connect::After;
+use super::limits::Bucket;
+use super::rpc::{CallResult, PendingCall};
+use super::{AppHandle, Error};
+use crate::proto::CloseCode;
+use crate::runtime::ConnId;
+
+/// Flag bits of [`SocketData::flags`].
+pub(crate) mod flag {
+    /// Not yet authenticated: only the auth event (or the challenge's answer) is accepted.
+    pub const UNAUTHED: u8 = 1;
+    /// `@connection` ran, so `@disconnect` is owed.
+    pub const CONNECTED: u8 = 1 << 1;
+    /// Counted in the app's socket total.
+    pub const COUNTED: u8 = 1 << 2;
+}
+
+/// What the event layer keeps for each connection (the runtime's
+/// [`Handler::Data`](crate::runtime::Handler::Data)). An idle socket that
+/// joined nothing and stored nothing holds only this: about 24 bytes.
+#[derive(Default)]
+pub struct SocketData {
+    pub(crate) state: Option<Box<SocketState>>,
+    pub(crate) bucket: Bucket,
+    /// Requests waiting for a deferred reply.
+    pub(crate) pending: u16,
+    /// Calls to the client waiting for its answer.
+    pub(crate) calls: u16,
+    pub(crate) flags: u8,
+    /// Heartbeat pings sent without an answer.
+    pub(crate) missed: u8,
+}
+
+impl std::fmt::Debug for SocketData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketData").field("user", &self.user()).field("flags", &self.flags).finish()
+    }
+}
+
+/// The rarer parts of a socket's state.
+#[derive(Default)]
+pub(crate) struct SocketState {
+    pub user: Option<Arc<str>>,
+    /// Rooms and tags joined.
+    pub groups: Vec<Box<str>>,
+    /// `req.set` values.
+    pub store: Vec<(Box<str>, Box<dyn Any>)>,
+    /// The upgrade path, when not `/`.
+    pub path: Option<Box<str>>,
+    /// Path parameters of the matched route.
+    pub params: Vec<(Box<str>, Box<str>)>,
+    pub query: Option<Box<str>>,
+    /// Connection middleware's code to run at disconnect, in connect order.
+    pub after: Vec<After>,
+    /// A refusal to carry out right after the upgrade (a close code).
+    pub refusal: Option<(CloseCode, String)>,
+}
+
+impl SocketData {
+    pub(crate) fn has(&self, bit: u8) -> bool {
+        self.flags & bit != 0
+    }
+
+    /// The rare state, allocated now if it was not.
+    pub(crate) fn state(&mut self) -> &mut SocketState {
+        self.state.get_or_insert_with(Box::default)
+    }
+
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.state.as_ref()?.user.as_deref()
+    }
+
+    pub(crate) fn groups(&self) -> &[Box<str>] {
+        self.state.as_ref().map_or(&[], |s| &s.groups)
+    }
+
+    pub(crate) fn param(&self, name: &str) -> Option<&str> {
+        let params = &self.state.as_ref()?.params;
+        params.iter().find(|(n, _)| &**n == name).map(|(_, v)| &**v)
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.state.as_ref().and_then(|s| s.path.as_deref()).unwrap_or("/")
+    }
+
+    pub(crate) fn query(&self) -> Option<&str> {
+        self.state.as_ref()?.query.as_deref()
+    }
+
+    pub(crate) fn set<T: Any>(&mut self, key: &str, value: T) {
+        let store = &mut self.state().store;
+        match store.iter_mut().find(|(k, _)| &**k == key) {
+            Some(entry) => entry.1 = Box::new(value),
+            None => store.push((key.into(), Box::new(value))),
+        }
+    }
+
+    pub(crate) fn get<T: Any>(&self, key: &str) -> Option<&T> {
+        let store = &self.state.as_ref()?.store;
+        store.iter().find(|(k, _)| &**k == key)?.1.downcast_ref()
+    }
+
+    pub(crate) fn get_mut<T: Any>(&mut self, key: &str) -> Option<&mut T> {
+        let store = &mut self.state.as_mut()?.store;
+        store.iter_mut().find(|(k, _)| &**k == key)?.1.downcast_mut()
+    }
+
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Box<dyn Any>> {
+        let store = &mut self.state.as_mut()?.store;
+        let at = store.iter().position(|(k, _)| &**k == key)?;
+        Some(store.swap_remove(at).1)
+    }
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a space).
+pub(crate) fn query_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(key) == name).then(|| decode(value))
+    })
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A socket reached from anywhere: emit to it, call it, close it. Cheap to
+/// clone and `Send`; everything goes through the socket's worker.
+#[derive(Clone, Debug)]
+pub struct SocketRef {
+    pub(crate) app: AppHandle,
+    pub(crate) id: ConnId,
+}
+
+impl SocketRef {
+    /// The socket's id.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Sends an event to this socket. False if the server has stopped.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<bool, Error> {
+        self.app.emit_to(self.id, event, data)
+    }
+
+    /// Calls procedure `name` on the client; wait for the answer with
+    /// [`PendingCall::wait`] (from any thread but a worker's: blocking a worker
+    /// would stop its sockets, this one's reply included).
+    pub fn call<T: Serialize + ?Sized>(&self, name: &str, data: &T, timeout: Duration) -> Result<PendingCall, Error> {
+        let (pending, done) = PendingCall::new();
+        self.call_then(name, data, timeout, done)?;
+        Ok(pending)
+    }
+
+    /// Calls procedure `name` on the client; `done` runs on the socket's
+    /// worker with the answer (or the reason there is none).
+    pub fn call_then<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        data: &T,
+        timeout: Duration,
+        done: impl FnOnce(CallResult) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.app.start_call(self.id, name, data, timeout, Box::new(done))
+    }
+
+    /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
+    pub fn drop_with(&self, reason: &str) -> bool {
+        self.close(super::CLOSE_DROPPED, reason)
+    }
+
+    /// Starts the close handshake with `code` and `reason`.
+    pub fn close(&self, code: u16, reason: &str) -> bool {
+        self.app.server().close(self.id, CloseCode(code), reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_decoded() {
+        let query = "token=a%2Bb&name=J+D&flag&bad=%zz&end=%4";
+        assert_eq!(query_value(query, "token").as_deref(), Some("a+b"));
+        assert_eq!(query_value(query, "name").as_deref(), Some("J D"));
+        assert_eq!(query_value(query, "flag").as_deref(), Some(""));
+        assert_eq!(query_value(query, "bad").as_deref(), Some("%zz"));
+        assert_eq!(query_value(query, "end").as_deref(), Some("%4"));
+        assert_eq!(query_value(query, "missing"), None);
+    }
+
+    #[test]
+    fn idle_socket_data_is_small() {
+        assert!(std::mem::size_of::<SocketData>() <= 24, "{}", std::mem::size_of::<SocketData>());
+    }
+}

@@ -1,0 +1,152 @@
+//! A raw `emitws.v1` client for the app tests, on the blocking test client:
+//! envelopes are built and read as `serde_json::Value`s, so the tests see
+//! exactly what travels.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{http, upgrade_request, Client, Frame, HttpReply, RecvError, WAIT};
+use emitws::app::{App, Running};
+
+/// Starts `app` on a quick test server (short timeouts, no keepalive) with `workers` workers.
+pub fn start(app: App, workers: usize) -> Running {
+    app.listen_with(crate::common::quick_server().workers(workers), "127.0.0.1:0").expect("start the app")
+}
+
+/// A connected emitws.v1 client.
+pub struct AppClient {
+    pub ws: Client,
+    next_id: u64,
+    /// Envelopes received while waiting for something else.
+    inbox: VecDeque<Value>,
+}
+
+impl AppClient {
+    /// Connects to `/`, offering `emitws.v1`.
+    pub fn connect(addr: SocketAddr) -> AppClient {
+        AppClient::connect_to(addr, "/", &[]).unwrap_or_else(|reply| panic!("upgrade refused: {reply:?}"))
+    }
+
+    /// Connects to `path` with extra headers; the HTTP reply if refused.
+    pub fn connect_to(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<AppClient, HttpReply> {
+        let mut headers = headers.to_vec();
+        headers.push(("Sec-WebSocket-Protocol", "emitws.v1"));
+        let (stream, reply, rest) = http(addr, &upgrade_request(path, &headers));
+        if reply.status != 101 {
+            return Err(reply);
+        }
+        assert_eq!(reply.header("sec-websocket-protocol"), Some("emitws.v1"));
+        Ok(AppClient { ws: Client::from_parts(stream, rest), next_id: 0, inbox: VecDeque::new() })
+    }
+
+    pub fn send_raw(&mut self, text: &str) {
+        self.ws.send_text(text);
+    }
+
+    pub fn emit(&mut self, event: &str, data: Value) {
+        self.send_raw(&json!([0, event, data]).to_string());
+    }
+
+    /// Sends a request and returns its id.
+    pub fn send_request(&mut self, event: &str, data: Value) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send_raw(&json!([1, id, event, data]).to_string());
+        id
+    }
+
+    /// Sends a request and waits for its reply: the data, or (code, message).
+    pub fn request(&mut self, event: &str, data: Value) -> Result<Value, (String, String)> {
+        let id = self.send_request(event, data);
+        self.reply_to(id)
+    }
+
+    /// Waits for the reply to `id`, keeping other envelopes for later.
+    pub fn reply_to(&mut self, id: u64) -> Result<Value, (String, String)> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(at) = self.inbox.iter().position(|e| (e[0] == 2 || e[0] == 3) && e[1] == id) {
+                let envelope = self.inbox.remove(at).expect("found");
+                return match envelope[0].as_u64() {
+                    Some(2) => Ok(envelope[2].clone()),
+                    _ => Err(error_parts(&envelope[2])),
+                };
+            }
+            assert!(Instant::now() < deadline, "no reply to request {id}; got {:?}", self.inbox);
+            let envelope = self.read();
+            self.inbox.push_back(envelope);
+        }
+    }
+
+    /// The next envelope (kept ones first).
+    pub fn next(&mut self) -> Value {
+        match self.inbox.pop_front() {
+            Some(envelope) => envelope,
+            None => self.read(),
+        }
+    }
+
+    /// Expects the next envelope to be event `event`; returns its data.
+    pub fn expect_event(&mut self, event: &str) -> Value {
+        let envelope = self.next();
+        assert!(envelope[0] == 0 && envelope[1] == event, "expected event {event}, got {envelope}");
+        envelope.get(2).cloned().unwrap_or(Value::Null)
+    }
+
+    /// Expects an `@error` event with this code; returns its message.
+    pub fn expect_error_event(&mut self, code: &str) -> String {
+        let data = self.expect_event("@error");
+        assert_eq!(data["code"], code, "{data}");
+        data["message"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Expects nothing for `duration`.
+    pub fn expect_silence(&mut self, duration: Duration) {
+        assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
+        self.ws.expect_silence(duration);
+    }
+
+    /// Expects a close frame with `code` (envelopes before it are an error); returns the reason.
+    pub fn expect_close(&mut self, code: u16) -> String {
+        assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
+        self.ws.expect_close(code)
+    }
+
+    /// Reads one text frame as JSON (answering pings on the way).
+    fn read(&mut self) -> Value {
+        loop {
+            match self.ws.try_recv() {
+                Ok(Frame::Text(text)) => return serde_json::from_str(&text).expect("the server sends JSON"),
+                Ok(Frame::Ping(payload)) => self.ws.send(emitws::proto::OpCode::Pong, true, &payload),
+                Ok(other) => panic!("expected an envelope, got {other:?}"),
+                Err(RecvError::Timeout) => panic!("no envelope within {WAIT:?}"),
+                Err(e) => panic!("connection failed: {e:?}"),
+            }
+        }
+    }
+
+    /// Closes from our side with 1000.
+    pub fn close(self) {
+        assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
+        self.ws.close(1000);
+    }
+}
+
+fn error_parts(body: &Value) -> (String, String) {
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (text(&body["code"]), text(&body["message"]))
+}
+
+/// Waits until `f` holds, failing after [`WAIT`].
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
