@@ -184,8 +184,8 @@ impl<'a> Request<'a> {
     }
 
     /// The rooms and tags the socket is in.
-    pub fn groups(&self) -> Vec<&str> {
-        self.conn.data().groups().iter().map(|g| &**g).collect()
+    pub fn groups(&self) -> Vec<String> {
+        self.conn.data().groups().iter().map(|g| g.to_string()).collect()
     }
 
     /// Replies to the request (nothing happens for an event, or a second time).
