@@ -253,9 +253,6 @@ impl AppWorker {
                 _ => self.bad_input(conn, id, "unauthorized", "authenticate first", Policy::Reply),
             };
         }
-        if id.is_some() && usize::from(conn.data().pending) >= shared.setup.limits.max_pending {
-            return self.bad_input(conn, id, "rate_limited", "too many requests waiting for a reply", Policy::Reply);
-        }
         let mut req =
             Request { event, id, data, conn: conn.reborrow(), local: &mut self.local, app: &app, answered: false };
         match catch_unwind(AssertUnwindSafe(|| shared.setup.router.dispatch(event, &mut req))) {
