@@ -153,6 +153,8 @@ struct Inner {
     options: RedisOptions,
     writes: Mutex<Sender<Write>>,
     stopped: AtomicBool,
+    /// The subscriber is listening: messages from other nodes arrive.
+    subscribed: AtomicBool,
     queries: Mutex<Option<Connection>>,
 }
 
@@ -191,6 +193,7 @@ impl RedisLink {
             options,
             writes: Mutex::new(writes),
             stopped: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             queries: Mutex::new(None),
         });
         let link = RedisLink { inner };
@@ -217,6 +220,19 @@ impl RedisLink {
     /// This node's id: random, never 0.
     pub fn node(&self) -> u64 {
         self.inner.node
+    }
+
+    /// Waits up to `within` for the subscriber to listen (messages other
+    /// nodes send from then on arrive); false if it does not.
+    pub fn ready(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.inner.subscribed.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
     }
 
     /// Stops the threads and removes this node's presence.
@@ -690,6 +706,8 @@ fn subscribe(link: Weak<Inner>, (client, options, node): ThreadCtx, deliver: imp
         }
         outage.recovered();
         wait = Duration::ZERO;
+        let listening = |yes: bool| link.upgrade().map(|inner| inner.subscribed.store(yes, Ordering::SeqCst));
+        listening(true);
         loop {
             if gone(&link) {
                 return;
@@ -698,6 +716,7 @@ fn subscribe(link: Weak<Inner>, (client, options, node): ThreadCtx, deliver: imp
                 Ok(message) => message,
                 Err(e) if e.is_timeout() => continue,
                 Err(e) => {
+                    listening(false);
                     outage.failed(&e);
                     break;
                 }
