@@ -486,13 +486,16 @@ impl Writer {
                 break;
             }
             if conn.is_none() {
+                // Waiting out the backoff: what comes meanwhile is not sent.
+                if Instant::now() < next_beat {
+                    self.drop_publishes(&mut batch);
+                    continue;
+                }
                 match client.get_connection_with_timeout(options.query_timeout) {
                     Ok(c) => {
                         let _ = c.set_read_timeout(Some(options.query_timeout));
                         let _ = c.set_write_timeout(Some(options.query_timeout));
                         conn = Some(c);
-                        outage.recovered();
-                        wait = Duration::ZERO;
                         next_beat = Instant::now();
                         fresh = true;
                     }
@@ -518,17 +521,26 @@ impl Writer {
                 });
                 match beat {
                     Some(Ok(())) => {
+                        outage.recovered();
+                        wait = Duration::ZERO;
                         next_beat = Instant::now() + beat_every;
                         fresh = false;
                     }
-                    _ => {
-                        outage.failed(&"the heartbeat failed");
+                    Some(Err(e)) => {
+                        // Connected but refused (Redis still loading, say): back off too.
+                        outage.failed(&e);
                         conn = None;
+                        wait = backoff(wait, options.max_backoff);
+                        next_beat = Instant::now() + wait;
                         continue;
                     }
+                    None => continue,
                 }
             }
             self.flush(&mut conn, &mut batch, &p, &node);
+            if conn.is_none() {
+                next_beat = Instant::now(); // Lost while writing: reconnect at once, then back off.
+            }
         }
         self.leave(conn, &p, &node);
     }

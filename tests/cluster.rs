@@ -1,17 +1,22 @@
 //! The Redis link (under the app's adapter) against a real redis-server that each test starts on its
-//! own port: messages between nodes, presence queries, a node that dies, and
-//! Redis going away and coming back. Without redis-server on the PATH these
+//! own port: messages between nodes, presence queries, a node that dies,
+//! Redis going away and coming back, and what an app's node makes of
+//! malformed messages. Without redis-server on the PATH these
 //! tests say so loudly and pass (CI installs it).
 #![cfg(feature = "redis")]
 
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+#[path = "common/app.rs"]
+mod app_client;
+mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
 
-use emitws::app::{Scope, SocketId};
-use emitws::cluster::{ClusterError, Inbound, RedisLink, RedisOptions};
+use app_client::AppClient;
+use emitws::app::{App, Scope, SocketId};
+use emitws::cluster::{ClusterError, Inbound, RedisAdapter, RedisLink, RedisOptions};
 use emitws::runtime::ConnId;
 use redis_server::{wait_for, Redis};
 
@@ -161,4 +166,41 @@ fn a_redis_restart_is_survived() {
     a.stop();
     b.stop();
     drop(redis);
+}
+
+#[test]
+fn an_app_node_ignores_malformed_messages() {
+    let Some(redis) = Redis::start() else { return };
+    let adapter = RedisAdapter::new(&redis.url(), quick()).unwrap();
+    let mut app = App::new();
+    app.adapter(adapter.clone());
+    app.on("/join", |req| {
+        let _ = req.join("#lobby");
+        req.reply(&true);
+    });
+    let running = app_client::start(app, 2);
+    assert!(adapter.link().ready(Duration::from_secs(5)));
+    let mut client = AppClient::connect(running.local_addr());
+    client.request("/join", serde_json::Value::Null).unwrap();
+    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let other = "00000000000000aa";
+    let payloads: Vec<Vec<u8>> = vec![
+        b"no sender line".to_vec(),
+        b"zz\n{\"b\":[[],[]]}\n[0,\"/not-hex-sender\"]".to_vec(),
+        format!("{:016x}\n{{\"b\":[[],[]]}}\n[0,\"/from-itself\"]", adapter.link().node()).into_bytes(),
+        format!("{other}\nnot a header\n[0,\"/x\"]").into_bytes(),
+        format!("{other}\n{{\"b\":[[],[]]}}").into_bytes(),
+        format!("{other}\n{{\"b\":[[],[]]}}\n[0,\"/unfinished\"").into_bytes(),
+        [format!("{other}\n{{\"b\":[[],[]]}}\n").as_bytes(), b"\xff\xfe"].concat(),
+        format!("{other}\n{{\"s\":1}}\n[0,\"/direct-on-the-broadcast-channel\"]").into_bytes(),
+        format!("{other}\n{{\"b\":[[\"#lobby\"],[]]}}\n[0,\"/ok\",1]").into_bytes(),
+    ];
+    for payload in payloads {
+        let _: () = redis::cmd("PUBLISH").arg("emitws:all").arg(payload).query(&mut raw).unwrap();
+    }
+    // One subscriber delivers in order: the first event to arrive is the only well-formed one.
+    assert_eq!(client.expect_event("/ok"), 1);
+    client.expect_silence(Duration::from_millis(200));
+    client.close();
+    running.close();
 }
