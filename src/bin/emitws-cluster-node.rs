@@ -1,10 +1,13 @@
 //! One node of an emitws cluster over Redis: the server the cluster tests
 //! and benches/cluster.sh start several of, and a small demo of the API.
 //!
-//! `emitws-cluster-node --redis redis://127.0.0.1:6379/ [--addr 127.0.0.1:0]
-//! [--workers N] [--ttl-ms N]` prints `listening on ADDR node HEX` once up and
-//! stops gracefully when its standard input closes. Clients connect with
-//! `?user=NAME` and send:
+//! `emitws-cluster-node [--redis redis://127.0.0.1:6379/] [--addr 127.0.0.1:0]
+//! [--workers N] [--ttl-ms N] [--rate N]` prints `listening on ADDR node HEX`
+//! once up and stops gracefully when its standard input closes, unless that
+//! is /dev/null (then it runs until killed). Without `--redis` it is a server
+//! on its own (node 0). `--rate` caps envelopes per second per socket (0: no
+//! cap; the default is the app's). Clients connect with `?user=NAME` (and
+//! `&room=%23name` to join a room at once) and send:
 //!
 //! - `/join "#room"` (request): joins a room; replies this socket's cluster-wide id
 //! - `/whoami` (request): `{"id": "NODE-CONN", "node": "HEX"}`
@@ -19,7 +22,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use emitws::app::{App, AppHandle, BroadcastOpts, Error, Refusal, SocketId};
+use emitws::app::{App, AppHandle, BroadcastOpts, Error, Limits, Rate, Refusal, SocketId};
 use emitws::cluster::{RedisAdapter, RedisOptions};
 use emitws::runtime::Server;
 use serde::Deserialize;
@@ -58,7 +61,7 @@ struct Query {
 fn main() {
     let mut args = std::env::args().skip(1);
     let (mut addr, mut redis) = ("127.0.0.1:0".to_string(), None);
-    let (mut server, mut options) = (Server::new(), RedisOptions::default());
+    let (mut server, mut options, mut limits) = (Server::new(), RedisOptions::default(), Limits::default());
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
@@ -66,17 +69,30 @@ fn main() {
             ("--workers", Some(value)) if value.parse::<usize>().is_ok() => {
                 server = server.workers(value.parse().unwrap_or(1));
             }
+            ("--rate", Some(value)) if value.parse::<f32>().is_ok() => {
+                let per_second: f32 = value.parse().unwrap_or(0.0);
+                limits.rate = (per_second > 0.0).then_some(Rate { per_second, burst: per_second });
+            }
             ("--ttl-ms", Some(value)) if value.parse::<u64>().is_ok() => {
                 options.heartbeat_ttl = Duration::from_millis(value.parse().unwrap_or(10_000));
             }
             _ => usage(),
         }
     }
-    let Some(redis) = redis else { usage() };
-    let adapter = RedisAdapter::new(&redis, options).unwrap_or_else(|e| fail(&e));
+    let adapter = redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
     let mut app = App::new();
-    app.adapter(adapter.clone());
+    app.limits(limits);
+    if let Some(adapter) = &adapter {
+        app.adapter(adapter.clone());
+    }
     app.identify(|c| c.query_value("user").ok_or_else(|| Refusal::status(401, "connect with ?user=NAME")));
+    app.on("@connection", |req| {
+        if let Some(room) = req.query("room") {
+            if let Err(e) = req.join(&room) {
+                req.close(4000, &e.to_string());
+            }
+        }
+    });
     app.on("/join", |req| {
         let Some(room) = req.expect_data::<&str>() else { return };
         match req.join(room) {
@@ -124,16 +140,19 @@ fn main() {
         });
     });
     let running = app.listen_with(server, &addr).unwrap_or_else(|e| fail(&e));
-    if !adapter.link().ready(Duration::from_secs(5)) {
+    if adapter.is_some_and(|adapter| !adapter.link().ready(Duration::from_secs(5))) {
         eprintln!("emitws-cluster-node: not subscribed to Redis yet; serving anyway");
     }
     println!("listening on {} node {:x}", running.local_addr(), running.node());
     let _ = std::io::stdout().flush();
-    let app = running.app();
-    std::thread::spawn(move || {
-        let _ = std::io::stdin().read_to_end(&mut Vec::new());
-        app.close();
-    });
+    // A background job's stdin is /dev/null: it runs until killed.
+    if std::fs::read_link("/proc/self/fd/0").map_or(true, |path| path != std::path::Path::new("/dev/null")) {
+        let app = running.app();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            app.close();
+        });
+    }
     running.join();
 }
 
@@ -156,7 +175,7 @@ fn answer(app: &AppHandle, query: &Query) -> Result<Value, Error> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: emitws-cluster-node --redis URL [--addr HOST:PORT] [--workers N] [--ttl-ms N]");
+    eprintln!("usage: emitws-cluster-node [--redis URL] [--addr HOST:PORT] [--workers N] [--ttl-ms N] [--rate N]");
     std::process::exit(2);
 }
 
