@@ -322,6 +322,7 @@ impl AppWorker {
     /// The socket is in: `@connection` handlers run.
     fn connected(&mut self, conn: &mut Conn<'_, SocketData>) {
         conn.data_mut().flags |= flag::CONNECTED;
+        self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let app = self.app.clone();
         app.presence(Presence::Connected { id: conn.id(), user: conn.data().user() });
         self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
@@ -452,8 +453,6 @@ impl Handler for AppWorker {
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
-        data.flags |= flag::COUNTED;
-        app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
             return conn.close(code, &reason);
         }
@@ -534,7 +533,7 @@ impl Handler for AppWorker {
             self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
         }
         let data = conn.data_mut();
-        if data.has(flag::COUNTED) {
+        if data.has(flag::CONNECTED) {
             app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let Some(mut state) = data.state.take() else { return };
