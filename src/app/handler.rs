@@ -407,6 +407,10 @@ impl AppWorker {
 impl Handler for AppWorker {
     type Data = SocketData;
 
+    fn on_http(&mut self, request: &crate::proto::handshake::Request<'_>) -> Option<crate::runtime::HttpResponse> {
+        self.app.0.setup.http.as_ref().and_then(|http| http(request))
+    }
+
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Result<Accept<SocketData>, Reject> {
         let shared = self.app.0.clone();
         let mut data = SocketData::default();
