@@ -12,6 +12,7 @@ use std::time::Duration;
 use app_client::{eventually, start, AppClient};
 use common::{http, upgrade_request, Frame};
 use emitws::app::{plugins, After, App, Challenge, Limits, Refusal};
+use emitws::runtime::HttpResponse;
 use serde_json::{json, Value};
 
 #[test]
@@ -218,6 +219,20 @@ fn origins_outside_the_allow_list_get_403() {
     let no_origin = AppClient::connect(addr);
     allowed.close();
     no_origin.close();
+    running.close();
+}
+
+#[test]
+fn plain_http_is_served_on_the_same_port() {
+    let mut app = App::new();
+    app.on_http(|request| (request.path() == "/healthz").then(|| HttpResponse::new(200, "text/plain", "ok")));
+    let running = start(app, 1);
+    let addr = running.local_addr();
+    let (_, reply, _) = http(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!((reply.status, reply.body_text().as_str()), (200, "ok"));
+    let (_, reply, _) = http(addr, b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(reply.status, 426);
+    AppClient::connect(addr).close();
     running.close();
 }
 

@@ -189,3 +189,55 @@ fn group_names_and_the_per_socket_cap_are_enforced() {
     all.pop().expect("one").0.close();
     running.close();
 }
+
+/// Records what a cluster transport would carry.
+#[derive(Default)]
+struct Recorder {
+    published: std::sync::Mutex<Vec<(String, Vec<String>)>>,
+    presence: std::sync::Mutex<Vec<String>>,
+}
+
+impl emitws::app::Adapter for Recorder {
+    fn publish(&self, envelope: &[u8], opts: &BroadcastOpts) {
+        let groups = opts.groups().iter().map(|g| g.to_string()).collect();
+        self.published.lock().unwrap().push((String::from_utf8_lossy(envelope).into_owned(), groups));
+    }
+
+    fn presence(&self, change: emitws::app::Presence<'_>) {
+        let text = match change {
+            emitws::app::Presence::Connected { .. } => "connected".to_string(),
+            emitws::app::Presence::Joined { group, .. } => format!("joined {group}"),
+            emitws::app::Presence::Left { group, .. } => format!("left {group}"),
+            emitws::app::Presence::Disconnected { groups, .. } => format!("disconnected {}", groups.len()),
+            _ => "other".to_string(),
+        };
+        self.presence.lock().unwrap().push(text);
+    }
+}
+
+#[test]
+fn an_adapter_sees_non_local_broadcasts_and_presence_and_delivers_remote_ones() {
+    let recorder = std::sync::Arc::new(Recorder::default());
+    let mut app = App::new();
+    app.adapter(recorder.clone());
+    app.on("/join", |req| {
+        let _ = req.join("#lobby");
+        req.reply(&true);
+    });
+    let running = app.listen_with(common::quick_server().workers(2), "127.0.0.1:0").expect("start");
+    let mut client = AppClient::connect(running.local_addr());
+    assert_eq!(client.request("/join", Value::Null), Ok(json!(true)));
+    running.broadcast("/news", &1, BroadcastOpts::to("#lobby")).expect("broadcast");
+    running.broadcast("/local", &2, BroadcastOpts::to("#lobby").local()).expect("broadcast");
+    assert_eq!(client.expect_event("/news"), json!(1));
+    assert_eq!(client.expect_event("/local"), json!(2));
+    assert_eq!(*recorder.published.lock().unwrap(), [(r#"[0,"/news",1]"#.to_string(), vec!["#lobby".to_string()])]);
+    // What another node published reaches local members, and is not published again.
+    running.deliver_remote(r#"[0,"/remote",3]"#, &BroadcastOpts::to("#lobby"));
+    assert_eq!(client.expect_event("/remote"), json!(3));
+    assert_eq!(recorder.published.lock().unwrap().len(), 1);
+    client.close();
+    eventually("the disconnect", || recorder.presence.lock().unwrap().len() == 3);
+    assert_eq!(*recorder.presence.lock().unwrap(), ["connected", "joined #lobby", "disconnected 1"]);
+    running.close();
+}
