@@ -5,7 +5,6 @@
 //! Without an adapter the app is a cluster of one: the same calls answer for
 //! this server alone.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -276,7 +275,9 @@ pub struct Cluster<'a> {
 impl Cluster<'_> {
     fn ids(&self, conns: impl IntoIterator<Item = ConnId>) -> Vec<SocketId> {
         let node = self.app.node();
-        conns.into_iter().map(|conn| SocketId { node, conn }).collect()
+        let mut ids: Vec<SocketId> = conns.into_iter().map(|conn| SocketId { node, conn }).collect();
+        ids.sort();
+        ids
     }
 
     /// The sockets in `scope`, sorted.
@@ -288,7 +289,7 @@ impl Cluster<'_> {
         Ok(match scope {
             Scope::All => self.ids(lock(&app.0.connected).iter().copied()),
             Scope::Group(group) => self.ids(app.group_members(group)),
-            Scope::User(user) => self.ids(app.to_user(user).sockets().into_iter().collect::<BTreeSet<_>>()),
+            Scope::User(user) => self.ids(app.to_user(user).sockets()),
         })
     }
 

@@ -413,24 +413,24 @@ impl AppHandle {
         self.to_user(user).drop_with(reason)
     }
 
-    /// Users with at least one socket, sorted.
+    /// Users with at least one socket on this node, sorted ([`cluster`](Self::cluster) for every node).
     pub fn users(&self) -> Vec<String> {
         let mut users: Vec<String> = lock(&self.0.users).keys().map(|u| u.to_string()).collect();
         users.sort();
         users
     }
 
-    /// Sockets in the app (after authentication, if any, and before their close).
+    /// Sockets on this node (after authentication, if any, and before their close).
     pub fn socket_count(&self) -> usize {
         self.0.sockets.load(Ordering::Relaxed)
     }
 
-    /// How many sockets are in a room or tag, on every worker.
+    /// How many sockets of this node are in a room or tag, on every worker.
     pub fn group_size(&self, group: &str) -> usize {
         self.0.registry.size(group)
     }
 
-    /// The sockets in a room or tag, sorted.
+    /// The sockets of this node in a room or tag, sorted.
     pub fn group_members(&self, group: &str) -> Vec<ConnId> {
         self.0.registry.members(group)
     }
@@ -509,12 +509,12 @@ pub struct UserRef {
 }
 
 impl UserRef {
-    /// The user's sockets, oldest first.
+    /// The user's sockets on this node, oldest first.
     pub fn sockets(&self) -> Vec<ConnId> {
         lock(&self.app.0.users).get(self.user.as_str()).cloned().unwrap_or_default()
     }
 
-    /// Whether the user has a socket open.
+    /// Whether the user has a socket open on this node.
     pub fn is_online(&self) -> bool {
         lock(&self.app.0.users).contains_key(self.user.as_str())
     }
