@@ -132,8 +132,7 @@ fn deflate_both_ways_with_our_server() {
 #[test]
 fn wss_with_a_self_signed_certificate() {
     use emitws::tls::{TlsAcceptor, TlsConnector};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let (cert_pem, key_pem) = identity();
     let acceptor = TlsAcceptor::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
     let server = quick_server().tls(acceptor).start("127.0.0.1:0", Echo::default()).unwrap();
     let wss = format!("wss://localhost:{}/secure", server.local_addr().port());
