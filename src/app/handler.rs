@@ -19,8 +19,9 @@ use super::router::Handler as EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Calls, Done, StartCall};
 use super::socket::{flag, SocketData};
 use super::{AppHandle, DevicePolicy, Error, Presence, CLOSE_AUTH_TIMEOUT, CLOSE_REPLACED, CLOSE_TOO_MANY_DEVICES};
+use crate::proto::handshake::Request as HttpRequest;
 use crate::proto::{CloseCode, Message, OpCode};
-use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
+use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, HttpResponse, Reject, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
 pub const PROTOCOL: &str = "emitws.v1";
@@ -444,6 +445,10 @@ impl Handler for AppWorker {
             true => accept.protocol(PROTOCOL),
             false => accept,
         })
+    }
+
+    fn on_http(&mut self, request: &HttpRequest<'_>) -> Option<HttpResponse> {
+        self.app.0.setup.http.as_ref().and_then(|http| http(request))
     }
 
     fn on_open(&mut self, conn: &mut Conn<'_, SocketData>) {
