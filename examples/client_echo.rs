@@ -90,8 +90,7 @@ fn runtime(
     payload: &Arc<[u8]>,
 ) -> Box<dyn FnOnce()> {
     let pinger = Pinger { echoed: echoed.clone(), stop: stop.clone(), payload: payload.clone() };
-    // The worker listens too (on a spare port); only its outgoing connections matter here.
-    let server = Server::new().workers(1).keepalive(None).start("127.0.0.1:0", pinger).expect("start the worker");
+    let server = Server::new().workers(1).keepalive(None).start_dialer(pinger).expect("start the worker");
     let settings = ClientBuilder::new();
     for _ in 0..options.connections {
         server.handle().connect(&options.url, &settings, ()).expect("a valid URL");
