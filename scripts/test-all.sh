@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, the same one CI runs: formatting, lints,
 # unit/integration/doc tests, the JavaScript client's tests, then Autobahn
-# conformance of our server.
+# conformance of our server and of our client.
 # Stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,3 +30,6 @@ node --experimental-websocket --test clients/js/test/
 
 section "conformance: autobahn/run-server.sh"
 autobahn/run-server.sh
+
+section "conformance: autobahn/run-client.sh"
+autobahn/run-client.sh
