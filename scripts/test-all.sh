@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, the same one CI runs: formatting, lints,
 # unit/integration/doc tests, the JavaScript client's tests, the chat demo in
-# a browser, then Autobahn conformance of our server.
+# a browser, then Autobahn conformance of our server and of our client.
 # Stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +43,6 @@ fi
 
 section "conformance: autobahn/run-server.sh"
 autobahn/run-server.sh
+
+section "conformance: autobahn/run-client.sh"
+autobahn/run-client.sh

@@ -22,6 +22,7 @@
 //! # Ok::<(), emitws::client::ClientError>(())
 //! ```
 
+pub mod app;
 mod blocking;
 mod error;
 pub(crate) mod socket;

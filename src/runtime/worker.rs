@@ -39,16 +39,21 @@ const FIRST_CONN: usize = 2;
 /// Reads of one socket per loop turn before other sockets get their turn.
 const READS_PER_TURN: usize = 4;
 
-/// Starts the workers (and, in acceptor mode, the acceptor) for `addr`.
-pub(crate) fn start<H: Handler>(settings: Settings, addr: SocketAddr, handler: H) -> io::Result<RunningServer> {
+/// Starts the workers (and, in acceptor mode, the acceptor) for `addr`;
+/// without an address, workers that only dial out.
+pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, handler: H) -> io::Result<RunningServer> {
     let workers = settings.workers.max(1);
-    let reuse_port = settings.accept_mode == AcceptMode::ReusePort;
-    let first = listen::bind(addr, settings.backlog, reuse_port)?;
-    let local_addr = first.local_addr()?;
-    let mut listeners = vec![first];
-    if reuse_port {
-        for _ in 1..workers {
-            listeners.push(listen::bind(local_addr, settings.backlog, true)?);
+    let reuse_port = settings.accept_mode == AcceptMode::ReusePort || addr.is_none();
+    let mut listeners = Vec::new();
+    let mut local_addr = SocketAddr::from(([0, 0, 0, 0], 0));
+    if let Some(addr) = addr {
+        let first = listen::bind(addr, settings.backlog, reuse_port)?;
+        local_addr = first.local_addr()?;
+        listeners.push(first);
+        if reuse_port {
+            for _ in 1..workers {
+                listeners.push(listen::bind(local_addr, settings.backlog, true)?);
+            }
         }
     }
 
