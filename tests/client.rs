@@ -132,8 +132,7 @@ fn deflate_both_ways_with_our_server() {
 #[test]
 fn wss_with_a_self_signed_certificate() {
     use emitws::tls::{TlsAcceptor, TlsConnector};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let (cert_pem, key_pem) = identity();
     let acceptor = TlsAcceptor::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
     let server = quick_server().tls(acceptor).start("127.0.0.1:0", Echo::default()).unwrap();
     let wss = format!("wss://localhost:{}/secure", server.local_addr().port());
@@ -260,14 +259,14 @@ fn a_masked_server_frame_fails_the_connection_with_1002() {
 
 #[test]
 fn a_compressed_bomb_fails_with_1009() {
-    let (addr, server) = scripted(|mut socket, key| {
+    // 8 MiB of zeros in a few KiB, against a 1 MiB limit.
+    let mut bomb = Vec::new();
+    let agreement = DeflateAgreement::default();
+    Compressor::new(&agreement, Role::Server, &DeflateConfig::default()).compress(&vec![0; 8 << 20], &mut bomb);
+    assert!(bomb.len() < 16 << 10, "8 MiB of zeros compress to {} bytes", bomb.len());
+    let (addr, server) = scripted(move |mut socket, key| {
         let mut bytes = switching(&key, "Sec-WebSocket-Extensions: permessage-deflate\r\n").into_bytes();
-        let mut compressed = Vec::new();
-        let agreement = DeflateAgreement::default();
-        Compressor::new(&agreement, Role::Server, &DeflateConfig::default())
-            .compress(&vec![0; 64 << 20], &mut compressed);
-        assert!(compressed.len() < 128 << 10, "64 MiB of zeros compress to {} bytes", compressed.len());
-        encode_frame_with_rsv(&mut bytes, OpCode::Binary, true, 0b100, None, &compressed);
+        encode_frame_with_rsv(&mut bytes, OpCode::Binary, true, 0b100, None, &bomb);
         socket.write_all(&bytes).unwrap();
         close_code_from(&mut socket)
     });
@@ -306,4 +305,21 @@ fn ipv6_loopback_when_available() {
     client.send_text("over v6").unwrap();
     assert_eq!(client.recv().unwrap(), Message::Text("over v6"));
     server.shutdown();
+}
+
+#[test]
+fn a_server_that_never_answers_our_close_times_out() {
+    let (addr, server) = scripted(|mut socket, key| {
+        socket.write_all(switching(&key, "").as_bytes()).unwrap();
+        // Reads our close frame and says nothing, until we hang up.
+        let mut rest = Vec::new();
+        let _ = socket.read_to_end(&mut rest);
+        rest.len()
+    });
+    let mut client = quick().close_timeout(ms(200)).connect(&url(addr, "/")).unwrap();
+    let started = Instant::now();
+    assert!(matches!(client.close(CloseCode::NORMAL, ""), Err(ClientError::Timeout)));
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    assert!(server.join().unwrap() >= 6, "the server got our masked close frame");
+    assert!(matches!(client.send_text("late"), Err(ClientError::Closed { .. })));
 }

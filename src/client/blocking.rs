@@ -218,6 +218,7 @@ impl Client {
                 Err(ClientError::Closed { code, .. }) if code != CloseCode::ABNORMAL => return Ok(()),
                 Err(e) => {
                     self.writer.end(CloseCode::ABNORMAL, "close handshake failed");
+                    self.writer.stream.shutdown();
                     return Err(e);
                 }
             }

@@ -22,9 +22,10 @@
 //! # Ok::<(), emitws::client::ClientError>(())
 //! ```
 
+pub mod app;
 mod blocking;
 mod error;
-mod socket;
+pub(crate) mod socket;
 mod url;
 
 use std::time::Duration;

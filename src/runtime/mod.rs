@@ -93,6 +93,13 @@ pub trait Handler: Clone + Send + 'static {
         let _ = (conn, code, reason);
     }
 
+    /// An outgoing connection ([`ServerHandle::connect`]) failed before it
+    /// opened: refused, timed out, or the server answered badly. Its data
+    /// comes back with the reason. The default drops both.
+    fn on_connect_error(&mut self, data: Self::Data, error: crate::client::ClientError) {
+        let _ = (data, error);
+    }
+
     /// A plain HTTP request (not an upgrade). `None`, the default, answers
     /// 426 Upgrade Required.
     fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
@@ -371,7 +378,26 @@ impl Server {
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-        worker::start(self.settings, addr, handler)
+        worker::start(self.settings, Some(addr), handler)
+    }
+
+    /// Starts workers that accept nothing: they only run outgoing
+    /// connections opened with [`ServerHandle::connect`] (a client that
+    /// drives many connections from one event loop, say).
+    ///
+    /// ```no_run
+    /// # #[derive(Clone)] struct Feed;
+    /// # impl emitws::runtime::Handler for Feed {
+    /// #     type Data = ();
+    /// #     fn on_message(&mut self, _: &mut emitws::runtime::Conn<'_, ()>, _: emitws::proto::Message<'_>) {}
+    /// # }
+    /// use emitws::client::ClientBuilder;
+    /// let dialer = emitws::runtime::Server::new().workers(1).start_dialer(Feed)?;
+    /// dialer.handle().connect("ws://127.0.0.1:9100/", &ClientBuilder::new(), ())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn start_dialer<H: Handler>(self, handler: H) -> io::Result<RunningServer> {
+        worker::start(self.settings, None, handler)
     }
 }
 
@@ -384,7 +410,8 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
-    /// The address the server listens on (useful after binding port 0).
+    /// The address the server listens on (useful after binding port 0);
+    /// `0.0.0.0:0` for [`Server::start_dialer`].
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
