@@ -15,8 +15,9 @@
 //! - [`app`]: the event framework on top (named events, requests, rooms,
 //!   users, server-to-client calls), speaking `emitws.v1` (PROTOCOL.md).
 //! - [`tls`] (feature `tls`, on by default): rustls sessions for `wss://`.
-//! - `cluster` (feature `redis`): the Redis link that spreads broadcasts and
-//!   presence over several servers.
+//! - `cluster` (feature `redis`): scale-out over Redis. `RedisAdapter` makes
+//!   an app one node of a cluster: broadcasts, direct sends, users and
+//!   presence queries span every node.
 //!
 //! Start with [`runtime::Server`] and [`runtime::Handler`]; README.md has a
 //! complete example.
