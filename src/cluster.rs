@@ -48,7 +48,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread;
@@ -73,6 +73,10 @@ pub struct RedisOptions {
     pub query_timeout: Duration,
     /// The longest wait between reconnection attempts (default 5 s).
     pub max_backoff: Duration,
+    /// Publishes waiting for the writer at most (default 100,000): beyond
+    /// it, when Redis cannot keep up, new ones are dropped and counted
+    /// ([`RedisLink::dropped`]) rather than held in memory without bound.
+    pub max_queued: usize,
 }
 
 impl Default for RedisOptions {
@@ -82,6 +86,7 @@ impl Default for RedisOptions {
             heartbeat_ttl: Duration::from_secs(10),
             query_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(5),
+            max_queued: 100_000,
         }
     }
 }
@@ -155,6 +160,10 @@ struct Inner {
     stopped: AtomicBool,
     /// The subscriber is listening: messages from other nodes arrive.
     subscribed: AtomicBool,
+    /// Publishes handed to the writer and not yet written or dropped by it.
+    queued: AtomicUsize,
+    /// Publishes dropped because too many were queued.
+    dropped: AtomicU64,
     queries: Mutex<Option<Connection>>,
 }
 
@@ -194,6 +203,8 @@ impl RedisLink {
             writes: Mutex::new(writes),
             stopped: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
             queries: Mutex::new(None),
         });
         let link = RedisLink { inner };
@@ -235,6 +246,12 @@ impl RedisLink {
         true
     }
 
+    /// How many publishes were dropped because more than
+    /// [`max_queued`](RedisOptions::max_queued) waited for Redis.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
     /// Stops the threads and removes this node's presence.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
@@ -252,6 +269,11 @@ impl RedisLink {
     }
 
     fn publish(&self, channel: String, parts: &[&[u8]]) {
+        if self.inner.queued.fetch_add(1, Ordering::Relaxed) >= self.inner.options.max_queued {
+            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let node = hex(self.inner.node);
         let mut payload = Vec::with_capacity(node.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
         payload.extend_from_slice(node.as_bytes());
@@ -545,9 +567,14 @@ impl Writer {
         self.leave(conn, &p, &node);
     }
 
-    /// Publishes are lost in an outage; presence is kept (and replayed).
+    /// Takes the publishes out of the batch (written, or lost in an outage);
+    /// presence is kept (and replayed).
     fn drop_publishes(&mut self, batch: &mut Vec<Write>) {
+        let before = batch.len();
         batch.retain(|w| !matches!(w, Write::Publish { .. }));
+        if let Some(inner) = self.link.upgrade() {
+            inner.queued.fetch_sub(before - batch.len(), Ordering::Relaxed);
+        }
         self.remember(batch);
     }
 

@@ -204,3 +204,22 @@ fn an_app_node_ignores_malformed_messages() {
     client.close();
     running.close();
 }
+
+#[test]
+fn publishes_beyond_the_queue_cap_are_dropped_and_counted() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, _) = node(&redis, RedisOptions { max_queued: 0, ..quick() });
+    let (b, b_inbox) = node(&redis, quick());
+    wait_joined(&[&a, &b]);
+    assert!(b.ready(Duration::from_secs(5)));
+    for _ in 0..3 {
+        a.publish_all(b"over the cap");
+    }
+    assert_eq!(a.dropped(), 3);
+    assert!(b_inbox.recv_timeout(Duration::from_millis(300)).is_err());
+    // Presence is never dropped.
+    a.add_socket(1);
+    wait_for(Duration::from_secs(3), || b.count(Scope::All).unwrap() == 1);
+    a.stop();
+    b.stop();
+}
