@@ -6,6 +6,9 @@
 #   local   one node, no Redis: all RECEIVERS on it (the baseline)
 #   1node   one node with the Redis adapter: the same, plus a publish per broadcast
 #   2nodes  two nodes: RECEIVERS/2 on each, the sender on the first
+#   remote  two nodes: all RECEIVERS on the second, the sender alone on the first,
+#           so node A's CPU is the publishing side and node B's the receiving
+#           side of every cross-node message
 #
 # Usage: benches/cluster.sh    (ROUNDS=3 DURATION=10 RECEIVERS=200 PAYLOAD=64 WINDOW=16)
 # Needs: redis-server.
@@ -72,13 +75,21 @@ for round in $(seq "$rounds"); do
   fanout --sender "$a_addr" --node "$a_addr" --node "$node_addr" --per-node $((receivers / 2)) \
     --pid "$a_pid" --pid "$node_pid" --pid "$redis_pid" >"$out/2nodes-$round.json"
   stop_nodes "$a_pid" "$node_pid"
+
+  echo "round $round: remote" >&2
+  start_node "$redis_url"
+  a_pid=$node_pid a_addr=$node_addr
+  start_node "$redis_url"
+  fanout --sender "$a_addr" --node "$node_addr" --per-node "$receivers" \
+    --pid "$a_pid" --pid "$node_pid" --pid "$redis_pid" >"$out/remote-$round.json"
+  stop_nodes "$a_pid" "$node_pid"
 done
 
 python3 - "$out" <<'PY'
 import glob, json, sys
 out = sys.argv[1]
 runs = {}
-for setup in ("local", "1node", "2nodes"):
+for setup in ("local", "1node", "2nodes", "remote"):
     found = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{setup}-*.json"))]
     runs[setup] = sorted(found, key=lambda r: r["deliveries_per_sec"])[len(found) // 2]
 base = runs["local"]["deliveries_per_sec"]
@@ -87,8 +98,8 @@ print("| set-up | receivers | broadcasts/s | deliveries/s (median) | vs local "
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for setup, run in runs.items():
     cpu = list(run["cpu_seconds"].values())
-    # The --pid order: node A, then node B (2nodes), then redis (1node, 2nodes).
-    a, b, redis = cpu[0], (cpu[1] if setup == "2nodes" else None), (cpu[-1] if setup != "local" else None)
+    # The --pid order: node A, then node B (two nodes), then redis (all but local).
+    a, b, redis = cpu[0], (cpu[1] if len(cpu) == 3 else None), (cpu[-1] if setup != "local" else None)
     cell = lambda c: "–" if c is None else f"{c / run['broadcasts'] * 1e6:.1f}"
     print(f"| {setup} | {run['receivers']} | {run['broadcasts_per_sec']:.0f} | {run['deliveries_per_sec']:.0f} "
           f"| {run['deliveries_per_sec'] / base:.2f}× | {cell(a)} | {cell(b)} | {cell(redis)} |")
