@@ -1,7 +1,10 @@
 # Sourced by the benchmark scripts: builds everything they run and names the
 # servers. Each server runs one event loop so they compare loop for loop.
-cargo build -q --release --example echo --bin emitws-load
-cargo build -q --release --manifest-path benches/peers/Cargo.toml
+# A script that runs none of them sets ONLY_HELPERS=1 to take just the helpers.
+if [ -z "${ONLY_HELPERS:-}" ]; then
+  cargo build -q --release --example echo --bin emitws-load
+  cargo build -q --release --manifest-path benches/peers/Cargo.toml
+fi
 
 declare -A server_cmd=(
   [emitws]="target/release/examples/echo --workers 1 --addr"

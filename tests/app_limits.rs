@@ -110,7 +110,8 @@ fn deep_nesting_far_past_serde_limits_does_not_hurt() {
 
 #[test]
 fn the_rate_limit_answers_rate_limited_then_refills() {
-    let rate = Rate { per_second: 20.0, burst: 3.0 };
+    // Slow enough that no token comes back while the five requests arrive, even on a busy machine.
+    let rate = Rate { per_second: 4.0, burst: 3.0 };
     let running = start(echo_app(Limits { rate: Some(rate), ..Limits::default() }), 1);
     let mut client = AppClient::connect(running.local_addr());
     let ids: Vec<u64> = (0..5).map(|i| client.send_request("/echo", json!(i))).collect();
@@ -119,7 +120,7 @@ fn the_rate_limit_answers_rate_limited_then_refills() {
     assert_eq!(answers[3..], [Err("rate_limited".to_string()), Err("rate_limited".to_string())]);
     client.emit("/echo", Value::Null);
     client.expect_error_event("rate_limited");
-    std::thread::sleep(common::ms(120));
+    std::thread::sleep(common::ms(300));
     assert_eq!(client.request("/echo", json!("refilled")), Ok(json!("refilled")));
     client.close();
     running.close();

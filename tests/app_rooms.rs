@@ -198,9 +198,30 @@ struct Recorder {
 }
 
 impl emitws::app::Adapter for Recorder {
-    fn publish(&self, envelope: &[u8], opts: &BroadcastOpts) {
+    fn node(&self) -> u64 {
+        7
+    }
+
+    fn publish(&self, envelope: &[u8], to: emitws::app::Target<'_>) {
+        let emitws::app::Target::Broadcast(opts) = to else { return };
         let groups = opts.groups().iter().map(|g| g.to_string()).collect();
         self.published.lock().unwrap().push((String::from_utf8_lossy(envelope).into_owned(), groups));
+    }
+
+    fn sockets(&self, _: emitws::app::Scope<'_>) -> Result<Vec<emitws::app::SocketId>, emitws::app::Error> {
+        Ok(Vec::new())
+    }
+
+    fn count(&self, _: emitws::app::Scope<'_>) -> Result<usize, emitws::app::Error> {
+        Ok(0)
+    }
+
+    fn socket_exists(&self, _: emitws::app::SocketId) -> Result<bool, emitws::app::Error> {
+        Ok(false)
+    }
+
+    fn users(&self) -> Result<Vec<String>, emitws::app::Error> {
+        Ok(Vec::new())
     }
 
     fn presence(&self, change: emitws::app::Presence<'_>) {
@@ -233,7 +254,7 @@ fn an_adapter_sees_non_local_broadcasts_and_presence_and_delivers_remote_ones() 
     assert_eq!(client.expect_event("/local"), json!(2));
     assert_eq!(*recorder.published.lock().unwrap(), [(r#"[0,"/news",1]"#.to_string(), vec!["#lobby".to_string()])]);
     // What another node published reaches local members, and is not published again.
-    running.deliver_remote(r#"[0,"/remote",3]"#, &BroadcastOpts::to("#lobby"));
+    running.deliver_remote(r#"[0,"/remote",3]"#, emitws::app::Target::Broadcast(&BroadcastOpts::to("#lobby")));
     assert_eq!(client.expect_event("/remote"), json!(3));
     assert_eq!(recorder.published.lock().unwrap().len(), 1);
     client.close();

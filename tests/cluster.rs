@@ -1,66 +1,28 @@
-//! The Redis link against a real redis-server that each test starts on its
-//! own port: messages between nodes, presence queries, a node that dies, and
-//! Redis going away and coming back. Without redis-server on the PATH these
+//! The Redis link (under the app's adapter) against a real redis-server that each test starts on its
+//! own port: messages between nodes, presence queries, a node that dies,
+//! Redis going away and coming back, and what an app's node makes of
+//! malformed messages. Without redis-server on the PATH these
 //! tests say so loudly and pass (CI installs it).
 #![cfg(feature = "redis")]
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use emitws::cluster::{ClusterError, Inbound, RedisAdapter, RedisOptions, RemoteSocket};
+#[path = "common/app.rs"]
+mod app_client;
+mod common;
+#[path = "common/redis.rs"]
+mod redis_server;
 
-/// A redis-server child process, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
+use app_client::AppClient;
+use emitws::app::{App, Scope, SocketId};
+use emitws::cluster::{ClusterError, Inbound, RedisAdapter, RedisLink, RedisOptions};
+use emitws::runtime::ConnId;
+use redis_server::{wait_for, Redis};
 
-impl Redis {
-    fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        Redis::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Option<Redis> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let Ok(child) = child else {
-            eprintln!("\n*** redis-server is not installed: SKIPPING the Redis cluster tests ***\n");
-            return None;
-        };
-        let redis = Redis { child, port };
-        wait_for(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        Some(redis)
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wait_for(within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "condition not met within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn node(redis: &Redis, options: RedisOptions) -> (RedisAdapter, Receiver<Inbound>) {
+fn node(redis: &Redis, options: RedisOptions) -> (RedisLink, Receiver<Inbound>) {
     let (tx, rx) = mpsc::channel();
-    let adapter = RedisAdapter::start(&redis.url(), options, move |message| {
+    let adapter = RedisLink::start(&redis.url(), options, move |message| {
         let _ = tx.send(message);
     })
     .unwrap();
@@ -76,7 +38,7 @@ fn quick() -> RedisOptions {
 }
 
 /// Waits until every node in `adapters` sees all of them alive.
-fn wait_joined(adapters: &[&RedisAdapter]) {
+fn wait_joined(adapters: &[&RedisLink]) {
     wait_for(Duration::from_secs(5), || adapters.iter().all(|a| a.nodes().is_ok_and(|n| n.len() == adapters.len())));
 }
 
@@ -96,12 +58,12 @@ fn messages_reach_other_nodes_and_never_their_sender() {
         }
         assert!(Instant::now() < deadline, "no broadcast arrived");
     };
-    assert_eq!(first, Inbound { from: a.node().into(), direct: false, payload: b"hello".to_vec() });
+    assert_eq!(first, Inbound { from: a.node(), direct: false, payload: b"hello".to_vec() });
     c.publish_to(b.node(), b"just you");
     let direct = b_inbox.recv_timeout(Duration::from_secs(2)).unwrap();
     let direct =
         if direct.payload == b"hello" { b_inbox.recv_timeout(Duration::from_secs(2)).unwrap() } else { direct };
-    assert_eq!(direct, Inbound { from: c.node().into(), direct: true, payload: b"just you".to_vec() });
+    assert_eq!(direct, Inbound { from: c.node(), direct: true, payload: b"just you".to_vec() });
     assert!(c_inbox.recv_timeout(Duration::from_millis(300)).map_or(true, |m| m.payload == b"hello"));
     assert!(a_inbox.try_iter().all(|m| m.from != a.node()), "a node hears its own broadcast");
     for adapter in [a, b, c] {
@@ -124,22 +86,22 @@ fn presence_is_answered_across_nodes() {
     b.add_user("bob", 7);
     b.add_socket(8);
     b.add_user("bob", 8);
-    let on = |node: &RedisAdapter, id| RemoteSocket { node: node.node().into(), id };
-    wait_for(Duration::from_secs(3), || a.socket_count().unwrap() == 3);
+    let on = |node: &RedisLink, id| SocketId { node: node.node(), conn: ConnId(id) };
+    wait_for(Duration::from_secs(3), || a.count(Scope::All).unwrap() == 3);
     let mut lobby = vec![on(&a, 1), on(&b, 7)];
     lobby.sort();
-    assert_eq!(b.group_members("#lobby").unwrap(), lobby);
-    assert_eq!(a.group_size("*admin").unwrap(), 1);
-    assert!(a.socket_exists(&on(&b, 8)).unwrap());
-    assert!(!a.socket_exists(&on(&b, 9)).unwrap());
-    assert_eq!(a.online_users().unwrap(), ["ann", "bob"]);
-    assert_eq!(a.user_sockets("bob").unwrap(), [on(&b, 7), on(&b, 8)]);
+    assert_eq!(b.sockets(Scope::Group("#lobby")).unwrap(), lobby);
+    assert_eq!(a.count(Scope::Group("*admin")).unwrap(), 1);
+    assert!(a.socket_exists(on(&b, 8)).unwrap());
+    assert!(!a.socket_exists(on(&b, 9)).unwrap());
+    assert_eq!(a.users().unwrap(), ["ann", "bob"]);
+    assert_eq!(a.sockets(Scope::User("bob")).unwrap(), [on(&b, 7), on(&b, 8)]);
     b.remove_socket(7, vec!["#lobby".into(), "*admin".into()], Some("bob".into()));
     b.remove_socket(8, vec![], Some("bob".into()));
-    wait_for(Duration::from_secs(3), || !a.user_online("bob").unwrap());
-    assert_eq!(a.online_users().unwrap(), ["ann"]);
-    assert_eq!(a.group_members("#lobby").unwrap(), [on(&a, 1)]);
-    assert_eq!(a.socket_count().unwrap(), 1);
+    wait_for(Duration::from_secs(3), || a.count(Scope::User("bob")).unwrap() == 0);
+    assert_eq!(a.users().unwrap(), ["ann"]);
+    assert_eq!(a.sockets(Scope::Group("#lobby")).unwrap(), [on(&a, 1)]);
+    assert_eq!(a.count(Scope::All).unwrap(), 1);
     a.stop();
     b.stop();
 }
@@ -153,22 +115,22 @@ fn a_dead_node_leaves_every_answer_within_its_ttl() {
     let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
     let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 + 500;
     let _: () = redis::pipe()
-        .zadd("emitws:nodes", "deadbeef", expires)
-        .sadd("emitws:n:deadbeef:sockets", 5)
-        .sadd("emitws:n:deadbeef:g:#lobby", 5)
-        .sadd("emitws:n:deadbeef:users", "zed")
-        .sadd("emitws:n:deadbeef:u:zed", 5)
+        .zadd("emitws:nodes", "00000000deadbeef", expires)
+        .sadd("emitws:n:00000000deadbeef:sockets", 5)
+        .sadd("emitws:n:00000000deadbeef:g:#lobby", 5)
+        .sadd("emitws:n:00000000deadbeef:users", "zed")
+        .sadd("emitws:n:00000000deadbeef:u:zed", 5)
         .query(&mut raw)
         .unwrap();
-    assert!(a.user_online("zed").unwrap());
-    assert_eq!(a.group_size("#lobby").unwrap(), 1);
+    assert_eq!(a.count(Scope::User("zed")).unwrap(), 1);
+    assert_eq!(a.count(Scope::Group("#lobby")).unwrap(), 1);
     std::thread::sleep(Duration::from_millis(600));
-    assert!(!a.user_online("zed").unwrap(), "still online after its heartbeat expired");
-    assert_eq!(a.group_size("#lobby").unwrap(), 0);
-    assert_eq!(a.nodes().unwrap(), [a.node().to_string()]);
+    assert_eq!(a.count(Scope::User("zed")).unwrap(), 0, "still online after its heartbeat expired");
+    assert_eq!(a.count(Scope::Group("#lobby")).unwrap(), 0);
+    assert_eq!(a.nodes().unwrap(), [a.node()]);
     // A survivor's heartbeat deletes what the dead node left behind.
     wait_for(Duration::from_secs(3), || {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("emitws:n:deadbeef:*").query(&mut raw).unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("emitws:n:00000000deadbeef:*").query(&mut raw).unwrap();
         keys.is_empty()
     });
     a.stop();
@@ -183,16 +145,16 @@ fn a_redis_restart_is_survived() {
     wait_joined(&[&a, &b]);
     a.add_socket(1);
     a.join("#lobby", 1);
-    wait_for(Duration::from_secs(3), || b.group_size("#lobby").unwrap() == 1);
+    wait_for(Duration::from_secs(3), || b.count(Scope::Group("#lobby")).unwrap() == 1);
     drop(redis);
     // During the outage: publishing never blocks, queries fail within their timeout.
     let started = Instant::now();
     a.publish_all(b"lost");
-    assert!(matches!(b.group_size("#lobby"), Err(ClusterError::Unavailable(_))));
+    assert!(matches!(b.count(Scope::Group("#lobby")), Err(ClusterError::Unavailable(_))));
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     let redis = Redis::start_on(port).unwrap();
     // Presence comes back (replayed by its node) and so does delivery.
-    wait_for(Duration::from_secs(10), || b.group_size("#lobby").is_ok_and(|n| n == 1));
+    wait_for(Duration::from_secs(10), || b.count(Scope::Group("#lobby")).is_ok_and(|n| n == 1));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         a.publish_all(b"back");
@@ -204,4 +166,41 @@ fn a_redis_restart_is_survived() {
     a.stop();
     b.stop();
     drop(redis);
+}
+
+#[test]
+fn an_app_node_ignores_malformed_messages() {
+    let Some(redis) = Redis::start() else { return };
+    let adapter = RedisAdapter::new(&redis.url(), quick()).unwrap();
+    let mut app = App::new();
+    app.adapter(adapter.clone());
+    app.on("/join", |req| {
+        let _ = req.join("#lobby");
+        req.reply(&true);
+    });
+    let running = app_client::start(app, 2);
+    assert!(adapter.link().ready(Duration::from_secs(5)));
+    let mut client = AppClient::connect(running.local_addr());
+    client.request("/join", serde_json::Value::Null).unwrap();
+    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let other = "00000000000000aa";
+    let payloads: Vec<Vec<u8>> = vec![
+        b"no sender line".to_vec(),
+        b"zz\n{\"b\":[[],[]]}\n[0,\"/not-hex-sender\"]".to_vec(),
+        format!("{:016x}\n{{\"b\":[[],[]]}}\n[0,\"/from-itself\"]", adapter.link().node()).into_bytes(),
+        format!("{other}\nnot a header\n[0,\"/x\"]").into_bytes(),
+        format!("{other}\n{{\"b\":[[],[]]}}").into_bytes(),
+        format!("{other}\n{{\"b\":[[],[]]}}\n[0,\"/unfinished\"").into_bytes(),
+        [format!("{other}\n{{\"b\":[[],[]]}}\n").as_bytes(), b"\xff\xfe"].concat(),
+        format!("{other}\n{{\"s\":1}}\n[0,\"/direct-on-the-broadcast-channel\"]").into_bytes(),
+        format!("{other}\n{{\"b\":[[\"#lobby\"],[]]}}\n[0,\"/ok\",1]").into_bytes(),
+    ];
+    for payload in payloads {
+        let _: () = redis::cmd("PUBLISH").arg("emitws:all").arg(payload).query(&mut raw).unwrap();
+    }
+    // One subscriber delivers in order: the first event to arrive is the only well-formed one.
+    assert_eq!(client.expect_event("/ok"), 1);
+    client.expect_silence(Duration::from_millis(200));
+    client.close();
+    running.close();
 }

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use super::socket::{flag, SocketData};
+use super::SocketId;
 use crate::runtime::{ConnId, Conns, SharedFrame};
 
 /// Who a broadcast reaches. The default reaches every socket.
@@ -22,7 +23,7 @@ use crate::runtime::{ConnId, Conns, SharedFrame};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BroadcastOpts {
     pub(crate) to: Vec<Box<str>>,
-    pub(crate) except: Vec<ConnId>,
+    pub(crate) except: Vec<SocketId>,
     pub(crate) include_self: bool,
     pub(crate) local: bool,
 }
@@ -44,9 +45,9 @@ impl BroadcastOpts {
         self
     }
 
-    /// Leaves one socket out.
-    pub fn except(mut self, id: ConnId) -> BroadcastOpts {
-        self.except.push(id);
+    /// Leaves one socket out (of this node, or of any node by its [`SocketId`]).
+    pub fn except(mut self, id: impl Into<SocketId>) -> BroadcastOpts {
+        self.except.push(id.into());
         self
     }
 
@@ -65,6 +66,11 @@ impl BroadcastOpts {
     /// The groups addressed (empty: everyone).
     pub fn groups(&self) -> &[Box<str>] {
         &self.to
+    }
+
+    /// The sockets left out.
+    pub fn excepted(&self) -> &[SocketId] {
+        &self.except
     }
 }
 

@@ -28,6 +28,7 @@
 //! Handlers run on the worker that owns the socket and must not block it:
 //! [`Request::defer`] hands the reply to another thread.
 
+mod adapter;
 mod connect;
 mod envelope;
 mod groups;
@@ -38,7 +39,7 @@ mod router;
 mod rpc;
 mod socket;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -49,6 +50,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use adapter::{Adapter, BadSocketId, Cluster, Presence, Scope, SocketId, Target};
 pub use connect::{After, Challenge, Connecting, Gone, PathRoute, Refusal};
 pub use envelope::MAX_ID;
 pub use groups::BroadcastOpts;
@@ -88,6 +90,8 @@ pub enum Error {
     BadGroup(String),
     /// The socket is in as many groups as [`Limits::max_groups_per_socket`] allows.
     TooManyGroups,
+    /// A cluster query got no answer from the cluster's store in time (the message says why).
+    Unavailable(String),
 }
 
 impl fmt::Display for Error {
@@ -96,6 +100,7 @@ impl fmt::Display for Error {
             Error::Json(e) => write!(f, "data does not serialize: {e}"),
             Error::BadGroup(name) => write!(f, "bad group name {name:?}: rooms start with '#', tags with '*'"),
             Error::TooManyGroups => f.write_str("the socket is in too many rooms and tags"),
+            Error::Unavailable(why) => write!(f, "the cluster did not answer: {why}"),
         }
     }
 }
@@ -115,56 +120,6 @@ pub enum DevicePolicy {
     RejectNew,
     /// The oldest socket is closed with 4409; the new one stays.
     DropOldest,
-}
-
-/// A change of presence, for a cluster [`Adapter`].
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub enum Presence<'a> {
-    /// A socket is in (after authentication, if any).
-    Connected {
-        /// The socket.
-        id: ConnId,
-        /// Its user.
-        user: Option<&'a str>,
-    },
-    /// A socket joined a room or took a tag.
-    Joined {
-        /// The socket.
-        id: ConnId,
-        /// The group.
-        group: &'a str,
-    },
-    /// A socket left a room or dropped a tag.
-    Left {
-        /// The socket.
-        id: ConnId,
-        /// The group.
-        group: &'a str,
-    },
-    /// A socket is gone, with the groups it was still in.
-    Disconnected {
-        /// The socket.
-        id: ConnId,
-        /// Its user.
-        user: Option<&'a str>,
-        /// The groups it was in.
-        groups: &'a [Box<str>],
-    },
-}
-
-/// Where a cluster transport (the Redis adapter of `cluster`, say) plugs in:
-/// it publishes broadcasts that are not [`local`](BroadcastOpts::local) to
-/// the other nodes, follows presence for cluster-wide queries, and hands
-/// what other nodes publish to [`AppHandle::deliver_remote`].
-pub trait Adapter: Send + Sync + 'static {
-    /// A broadcast to carry to the other nodes: the envelope's JSON text and who it is for.
-    fn publish(&self, envelope: &[u8], opts: &BroadcastOpts);
-
-    /// A socket's presence changed.
-    fn presence(&self, change: Presence<'_>) {
-        let _ = change;
-    }
 }
 
 /// An app being set up: routes, middleware, plugins, connection rules,
@@ -369,9 +324,13 @@ impl App {
             registry: Registry::default(),
             users: Mutex::new(HashMap::new()),
             sockets: AtomicUsize::new(0),
+            connected: Mutex::default(),
         }));
         let running = server.start(addr, AppWorker::new(app.clone()))?;
         app.0.server.get_or_init(|| running.handle());
+        if let Some(adapter) = &app.0.setup.adapter {
+            adapter.attach(app.clone());
+        }
         Ok(Running { app, server: Some(running) })
     }
 }
@@ -384,6 +343,8 @@ pub(crate) struct Shared {
     registry: Registry,
     users: Mutex<HashMap<Arc<str>, Vec<ConnId>>>,
     sockets: AtomicUsize,
+    /// This node's sockets, kept when no adapter keeps them.
+    connected: Mutex<BTreeSet<ConnId>>,
 }
 
 /// A running app, from any thread: broadcasts, sends to sockets and users,
@@ -414,14 +375,27 @@ impl AppHandle {
     /// every worker (and, unless local, every node of a cluster).
     pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T, opts: BroadcastOpts) -> Result<(), Error> {
         let frame = self.encode_event(event, data)?;
-        self.route(frame, &opts, opts.except.clone(), None);
+        self.route(frame, &opts, self.local_ids(&opts.except), None);
         Ok(())
     }
 
-    /// Sends an event to one socket. False if the server has stopped.
-    pub fn emit_to<T: Serialize + ?Sized>(&self, id: ConnId, event: &str, data: &T) -> Result<bool, Error> {
+    /// Sends an event to one socket, on this node or another. False if the
+    /// server has stopped; a socket on another node is not checked.
+    pub fn emit_to<T: Serialize + ?Sized>(
+        &self,
+        id: impl Into<SocketId>,
+        event: &str,
+        data: &T,
+    ) -> Result<bool, Error> {
+        let id = id.into();
         let frame = self.encode_event(event, data)?;
-        Ok(self.server().send_frame(id, &frame))
+        match self.here(id) {
+            Some(conn) => Ok(self.server().send_frame(conn, &frame)),
+            None => {
+                self.publish(&frame, Target::Socket(id));
+                Ok(true)
+            }
+        }
     }
 
     /// A socket, by id.
@@ -439,24 +413,24 @@ impl AppHandle {
         self.to_user(user).drop_with(reason)
     }
 
-    /// Users with at least one socket, sorted.
+    /// Users with at least one socket on this node, sorted ([`cluster`](Self::cluster) for every node).
     pub fn users(&self) -> Vec<String> {
         let mut users: Vec<String> = lock(&self.0.users).keys().map(|u| u.to_string()).collect();
         users.sort();
         users
     }
 
-    /// Sockets in the app (after authentication, if any, and before their close).
+    /// Sockets on this node (after authentication, if any, and before their close).
     pub fn socket_count(&self) -> usize {
         self.0.sockets.load(Ordering::Relaxed)
     }
 
-    /// How many sockets are in a room or tag, on every worker.
+    /// How many sockets of this node are in a room or tag, on every worker.
     pub fn group_size(&self, group: &str) -> usize {
         self.0.registry.size(group)
     }
 
-    /// The sockets in a room or tag, sorted.
+    /// The sockets of this node in a room or tag, sorted.
     pub fn group_members(&self, group: &str) -> Vec<ConnId> {
         self.0.registry.members(group)
     }
@@ -464,12 +438,6 @@ impl AppHandle {
     /// Every room and tag with members, sorted.
     pub fn groups(&self) -> Vec<String> {
         self.0.registry.names()
-    }
-
-    /// Delivers an envelope another node published (see [`Adapter`]) to this
-    /// node's sockets.
-    pub fn deliver_remote(&self, envelope: &str, opts: &BroadcastOpts) {
-        self.route(SharedFrame::text(envelope), &opts.clone().local(), opts.except.clone(), None);
     }
 
     /// Stops gracefully: every socket is closed with 1001 (its `@disconnect`
@@ -501,9 +469,7 @@ impl AppHandle {
             self.0.registry.workers_for(&opts.to, &mut targets);
         }
         if !opts.local {
-            if let Some(adapter) = &self.0.setup.adapter {
-                adapter.publish(frame.payload(), opts);
-            }
+            self.publish(&frame, Target::Broadcast(opts));
         }
         let delivery = Delivery { frame, groups: opts.to.clone().into(), except: except.into() };
         let here_worker = here.as_ref().map(|local| local.worker);
@@ -533,12 +499,6 @@ impl AppHandle {
         self.server().notify(conn.worker(), Box::new(AppMsg::Call(call)));
         Ok(())
     }
-
-    pub(crate) fn presence(&self, change: Presence<'_>) {
-        if let Some(adapter) = &self.0.setup.adapter {
-            adapter.presence(change);
-        }
-    }
 }
 
 /// One user's devices, reached from any thread.
@@ -549,21 +509,23 @@ pub struct UserRef {
 }
 
 impl UserRef {
-    /// The user's sockets, oldest first.
+    /// The user's sockets on this node, oldest first.
     pub fn sockets(&self) -> Vec<ConnId> {
         lock(&self.app.0.users).get(self.user.as_str()).cloned().unwrap_or_default()
     }
 
-    /// Whether the user has a socket open.
+    /// Whether the user has a socket open on this node.
     pub fn is_online(&self) -> bool {
         lock(&self.app.0.users).contains_key(self.user.as_str())
     }
 
-    /// Sends an event (encoded once) to every device; returns how many.
+    /// Sends an event (encoded once) to every device, on every node of a
+    /// cluster; returns how many devices this node has.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<usize, Error> {
         let frame = self.app.encode_event(event, data)?;
         let sockets = self.sockets();
         self.app.server().broadcast(sockets.iter().copied(), &frame);
+        self.app.publish(&frame, Target::User(&self.user));
         Ok(sockets.len())
     }
 

@@ -242,7 +242,7 @@ impl<'a> Request<'a> {
         data: &T,
         opts: BroadcastOpts,
     ) -> Result<(), Error> {
-        let mut except = opts.except.clone();
+        let mut except = self.app.local_ids(&opts.except);
         if !opts.include_self {
             except.push(self.id());
         }

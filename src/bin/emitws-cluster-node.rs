@@ -1,0 +1,185 @@
+//! One node of an emitws cluster over Redis: the server the cluster tests
+//! and benches/cluster.sh start several of, and a small demo of the API.
+//!
+//! `emitws-cluster-node [--redis redis://127.0.0.1:6379/] [--addr 127.0.0.1:0]
+//! [--workers N] [--ttl-ms N] [--rate N]` prints `listening on ADDR node HEX`
+//! once up and stops gracefully when its standard input closes, unless that
+//! is /dev/null (then it runs until killed). Without `--redis` it is a server
+//! on its own (node 0). `--rate` caps envelopes per second per socket (0: no
+//! cap; the default is the app's). Clients connect with `?user=NAME` (and
+//! `&room=%23name` to join a room at once) and send:
+//!
+//! - `/join "#room"` (request): joins a room; replies this socket's cluster-wide id
+//! - `/whoami` (request): `{"id": "NODE-CONN", "node": "HEX"}`
+//! - `/say {"to": "#room" | null, "text": .., "except": "NODE-CONN"?, "echo": bool?}`:
+//!   broadcasts `/said {"from", "text"}` to the room (or everyone) on every
+//!   node, the sender left out unless `echo`
+//! - `/dm {"to": "NODE-CONN", "text": ..}`: sends `/dm {"from", "text"}` to one socket
+//! - `/tell {"user": .., "text": ..}`: sends `/told {"from", "text"}` to a user's devices
+//! - `/query {"what": .., "arg": ..}` (request): a cluster-wide query, answered
+//!   off the worker; `unavailable` if Redis does not answer in time
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use emitws::app::{App, AppHandle, BroadcastOpts, Error, Limits, Rate, Refusal, SocketId};
+use emitws::cluster::{RedisAdapter, RedisOptions};
+use emitws::runtime::Server;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Deserialize)]
+struct Say<'a> {
+    to: Option<&'a str>,
+    text: &'a str,
+    /// A socket (`NODE-CONN`) to leave out.
+    except: Option<&'a str>,
+    /// The sender gets it too.
+    #[serde(default)]
+    echo: bool,
+}
+
+#[derive(Deserialize)]
+struct Direct<'a> {
+    to: &'a str,
+    text: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Tell<'a> {
+    user: &'a str,
+    text: &'a str,
+}
+
+#[derive(Deserialize)]
+struct Query {
+    what: String,
+    #[serde(default)]
+    arg: String,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut addr, mut redis) = ("127.0.0.1:0".to_string(), None);
+    let (mut server, mut options, mut limits) = (Server::new(), RedisOptions::default(), Limits::default());
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--addr", Some(value)) => addr = value,
+            ("--redis", Some(value)) => redis = Some(value),
+            ("--workers", Some(value)) if value.parse::<usize>().is_ok() => {
+                server = server.workers(value.parse().unwrap_or(1));
+            }
+            ("--rate", Some(value)) if value.parse::<f32>().is_ok() => {
+                let per_second: f32 = value.parse().unwrap_or(0.0);
+                limits.rate = (per_second > 0.0).then_some(Rate { per_second, burst: per_second });
+            }
+            ("--ttl-ms", Some(value)) if value.parse::<u64>().is_ok() => {
+                options.heartbeat_ttl = Duration::from_millis(value.parse().unwrap_or(10_000));
+            }
+            _ => usage(),
+        }
+    }
+    let adapter = redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
+    let mut app = App::new();
+    app.limits(limits);
+    if let Some(adapter) = &adapter {
+        app.adapter(adapter.clone());
+    }
+    app.identify(|c| c.query_value("user").ok_or_else(|| Refusal::status(401, "connect with ?user=NAME")));
+    app.on("@connection", |req| {
+        if let Some(room) = req.query("room") {
+            if let Err(e) = req.join(&room) {
+                req.close(4000, &e.to_string());
+            }
+        }
+    });
+    app.on("/join", |req| {
+        let Some(room) = req.expect_data::<&str>() else { return };
+        match req.join(room) {
+            Ok(()) => {
+                let id = req.socket_id().to_string();
+                req.reply(&id)
+            }
+            Err(e) => req.reply_err("forbidden", &e.to_string()),
+        }
+    });
+    app.on("/whoami", |req| {
+        let (id, node) = (req.socket_id(), format!("{:x}", req.app().node()));
+        req.reply(&json!({ "id": id.to_string(), "node": node }));
+    });
+    app.on("/say", |req| {
+        let Some(Say { to, text, except, echo }) = req.expect_data() else { return };
+        let mut opts = to.map_or_else(BroadcastOpts::all, BroadcastOpts::to);
+        if let Some(id) = except.and_then(|id| id.parse::<SocketId>().ok()) {
+            opts = opts.except(id);
+        }
+        if echo {
+            opts = opts.include_self();
+        }
+        let said = json!({ "from": req.user(), "text": text });
+        if let Err(e) = req.broadcast("/said", &said, opts) {
+            req.reply_err("bad_request", &e.to_string());
+        }
+    });
+    app.on("/dm", |req| {
+        let Some(Direct { to, text }) = req.expect_data() else { return };
+        let Ok(to) = to.parse::<SocketId>() else { return req.reply_err("bad_request", "to: NODE-CONN") };
+        let _ = req.app().emit_to(to, "/dm", &json!({ "from": req.socket_id().to_string(), "text": text }));
+    });
+    app.on("/tell", |req| {
+        let Some(Tell { user, text }) = req.expect_data() else { return };
+        let _ = req.app().to_user(user).emit("/told", &json!({ "from": req.user(), "text": text }));
+    });
+    app.on("/query", |req| {
+        let Some(query) = req.expect_data::<Query>() else { return };
+        // Queries wait for Redis: answered off the worker.
+        let (reply, app) = (req.defer(), req.app().clone());
+        std::thread::spawn(move || match answer(&app, &query) {
+            Ok(value) => reply.reply(&value),
+            Err(e) => reply.reply_err("unavailable", &e.to_string()),
+        });
+    });
+    let running = app.listen_with(server, &addr).unwrap_or_else(|e| fail(&e));
+    if adapter.is_some_and(|adapter| !adapter.link().ready(Duration::from_secs(5))) {
+        eprintln!("emitws-cluster-node: not subscribed to Redis yet; serving anyway");
+    }
+    println!("listening on {} node {:x}", running.local_addr(), running.node());
+    let _ = std::io::stdout().flush();
+    // A background job's stdin is /dev/null: it runs until killed.
+    if std::fs::read_link("/proc/self/fd/0").map_or(true, |path| path != std::path::Path::new("/dev/null")) {
+        let app = running.app();
+        std::thread::spawn(move || {
+            let _ = std::io::stdin().read_to_end(&mut Vec::new());
+            app.close();
+        });
+    }
+    running.join();
+}
+
+fn answer(app: &AppHandle, query: &Query) -> Result<Value, Error> {
+    let cluster = app.cluster();
+    let ids = |ids: Vec<SocketId>| ids.iter().map(ToString::to_string).collect::<Vec<_>>();
+    let arg = query.arg.as_str();
+    Ok(match query.what.as_str() {
+        "group_size" => json!(cluster.group_size(arg)?),
+        "group_members" => json!(ids(cluster.group_members(arg)?)),
+        "socket_count" => json!(cluster.socket_count()?),
+        "sockets" => json!(ids(cluster.sockets()?)),
+        "socket_exists" => json!(arg.parse().map_or(Ok(false), |id| cluster.socket_exists(id))?),
+        "user_online" => json!(cluster.user_online(arg)?),
+        "user_sockets" => json!(ids(cluster.user_sockets(arg)?)),
+        "user_count" => json!(cluster.user_count()?),
+        "users" => json!(cluster.users()?),
+        other => json!({ "unknown": other }),
+    })
+}
+
+fn usage() -> ! {
+    eprintln!("usage: emitws-cluster-node [--redis URL] [--addr HOST:PORT] [--workers N] [--ttl-ms N] [--rate N]");
+    std::process::exit(2);
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("emitws-cluster-node: {e}");
+    std::process::exit(1);
+}
