@@ -467,7 +467,7 @@ impl Handler for AppWorker {
         let app = self.app.clone();
         app.0.server.get_or_init(|| conn.server().clone());
         self.local.worker = conn.id().worker();
-        let now = now_ms(&app);
+        let now = conn.clock_ms();
         let data = conn.data_mut();
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
@@ -500,7 +500,7 @@ impl Handler for AppWorker {
         };
         conn.data_mut().missed = 0;
         if let Some(rate) = &limits.rate {
-            let now = now_ms(&self.app);
+            let now = conn.clock_ms();
             if !conn.data_mut().bucket.take(rate, now) {
                 let id = envelope::peek_request_id(text);
                 return self.bad_input(conn, id, "rate_limited", "too many messages", limits.over_rate);
@@ -511,7 +511,8 @@ impl Handler for AppWorker {
             let message = format!("envelope of {} bytes, the limit is {}", text.len(), limits.max_message);
             return self.bad_input(conn, id, "too_large", &message, limits.on_bad_input);
         }
-        if envelope::depth(text) > limits.max_depth {
+        // Nesting n levels deep takes 2n bytes: short envelopes need no scan.
+        if text.len() > 2 * limits.max_depth && envelope::depth(text) > limits.max_depth {
             let id = envelope::peek_request_id(text);
             let message = format!("JSON nested deeper than {}", limits.max_depth);
             return self.bad_input(conn, id, "bad_request", &message, limits.on_bad_input);
