@@ -10,11 +10,14 @@
 //! stream from the peer. Handshake inputs: byte 0 picks the request limits and
 //! seeds the chunk sizes, the rest is what the client sent. Inflate inputs:
 //! byte 0 picks the limit, window and context takeover, the rest is a series
-//! of compressed messages, each after its 16-bit length.
+//! of compressed messages, each after its 16-bit length. Handshake response
+//! inputs: byte 0 as for requests, byte 1 picks what the client offered, the
+//! rest is what the server answered.
 
 // Each fuzz target uses only one of the checks.
 #![allow(dead_code)]
 
+use emitws::proto::client_handshake::{Accepted, Offer, ResponseError, ResponseReader};
 use emitws::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
 use emitws::proto::handshake::{self, HandshakeError, RequestLimits, RequestReader};
 use emitws::proto::{Decoder, Event, Limits, Message, ProtocolError, Role};
@@ -654,4 +657,104 @@ fn assert_roundtrip(message: &[u8]) {
         .decompress(&wire, &mut out, message.len())
         .expect("own output inflates");
     assert_eq!(out, message, "round trip changed the message");
+}
+
+/// The key every `handshake_response` input is checked against (RFC 6455 §1.3's sample).
+pub const RESPONSE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+const RESPONSE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// Checks the client's response reader and validation on one input: byte 0
+/// picks the limits and seeds the chunk sizes (as for `handshake_request`),
+/// byte 1 what was offered (bit 0: subprotocols `chat` and `superchat`;
+/// bit 1: permessage-deflate with the defaults; bit 2: with low-memory
+/// settings), the rest is what the server answered.
+pub fn check_handshake_response(data: &[u8]) {
+    let [config, offered, ref head @ ..] = *data else { return };
+    let limits = request_limits(config);
+    let protocols = if offered & 1 != 0 { vec!["chat".to_string(), "superchat".to_string()] } else { Vec::new() };
+    let deflate = match offered >> 1 & 3 {
+        0 => None,
+        2 => Some(DeflateConfig::low_memory()),
+        _ => Some(DeflateConfig::default()),
+    };
+    let offer = Offer { key: RESPONSE_KEY, protocols: &protocols, deflate: deflate.as_ref() };
+    let whole = read_response(head, &limits, &offer, std::iter::once(head.len().max(1)));
+    let singles = read_response(head, &limits, &offer, std::iter::repeat(1));
+    assert_eq!(whole, singles, "pushing one byte at a time changed the outcome ({limits:?})");
+    let chunked = read_response(head, &limits, &offer, ChunkSizes::new(config));
+    assert_eq!(whole, chunked, "pushing in chunks changed the outcome ({limits:?}, chunk seed {config})");
+}
+
+/// Everything observable about reading one response head.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ResponseOutcome {
+    /// All input was pushed and the head is still incomplete.
+    Incomplete,
+    /// `push` refused the head.
+    Refused(ResponseError),
+    /// The head is complete after `used` bytes: its status and headers, and the verdict on it.
+    Complete {
+        used: usize,
+        parsed: Result<ResponseHead, ResponseError>,
+        verdict: Option<Result<Accepted, ResponseError>>,
+    },
+}
+
+/// A parsed response head, owned: the status and the headers.
+pub type ResponseHead = (u16, Vec<(String, Vec<u8>)>);
+
+fn read_response(
+    head: &[u8],
+    limits: &RequestLimits,
+    offer: &Offer<'_>,
+    mut chunk_sizes: impl Iterator<Item = usize>,
+) -> ResponseOutcome {
+    let mut reader = ResponseReader::default();
+    let mut at = 0;
+    let used = loop {
+        if at >= head.len() {
+            return ResponseOutcome::Incomplete;
+        }
+        let size = chunk_sizes.next().expect("chunk sizes never run out").max(1);
+        let end = (at + size).min(head.len());
+        match reader.push(&head[at..end], limits) {
+            Ok(None) => at = end,
+            Ok(Some(used)) => {
+                assert!(used >= 1 && at + used <= end, "used {used} of a {}-byte chunk", end - at);
+                break at + used;
+            }
+            Err(error) => {
+                assert!(matches!(error, ResponseError::HeadTooLarge | ResponseError::TooManyHeaders), "{error:?}");
+                return ResponseOutcome::Refused(error);
+            }
+        }
+    };
+    assert!(used <= limits.max_bytes, "a {used}-byte head accepted over a limit of {}", limits.max_bytes);
+    assert_eq!(head[used - 1], b'\n', "the head must end at a line feed");
+    let response = match reader.response(limits) {
+        Ok(response) => response,
+        Err(error) => return ResponseOutcome::Complete { used, parsed: Err(error), verdict: None },
+    };
+    let _ = response.content_length();
+    let verdict = response.validate(offer);
+    let values = |name: &str| -> Vec<&[u8]> { response.header_values(name).collect() };
+    match &verdict {
+        Ok(accepted) => {
+            assert_eq!(response.status(), 101, "accepted without 101");
+            assert!(values("upgrade").iter().any(|v| model_has_token(v, "websocket")), "accepted without Upgrade");
+            assert!(values("connection").iter().any(|v| model_has_token(v, "upgrade")), "accepted without Connection");
+            assert!(
+                matches!(values("sec-websocket-accept")[..], [v] if model_trim(v) == RESPONSE_ACCEPT.as_bytes()),
+                "accepted a wrong Sec-WebSocket-Accept"
+            );
+            if let Some(protocol) = &accepted.protocol {
+                assert!(offer.protocols.contains(protocol), "accepted unoffered subprotocol {protocol:?}");
+            }
+            assert!(accepted.deflate.is_none() || offer.deflate.is_some(), "accepted unoffered permessage-deflate");
+        }
+        Err(ResponseError::NotSwitching(status)) => assert_eq!(*status, response.status()),
+        Err(error) => assert!(!error.to_string().is_empty()),
+    }
+    let headers = response.headers().iter().map(|(n, v)| ((*n).to_owned(), v.to_vec())).collect();
+    ResponseOutcome::Complete { used, parsed: Ok((response.status(), headers)), verdict: Some(verdict) }
 }

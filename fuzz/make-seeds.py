@@ -224,6 +224,62 @@ def handshake_seeds():
         write("handshake_request", name, bytes([config]) + head)
 
 
+ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # of harness.rs's RESPONSE_KEY
+SWITCHING = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Accept: " + ACCEPT + b"\r\n\r\n")
+
+
+def response_heads():
+    """(name, config, offered, response): see check_handshake_response in harness.rs."""
+    def w(extra, head=SWITCHING):
+        return head.replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n\r\n")
+
+    yield "good", 0, 0, SWITCHING
+    yield "good-then-frame", 0, 0, SWITCHING + b"\x81\x02hi"
+    yield "good-lf-only", 0, 0, SWITCHING.replace(b"\r\n", b"\n")
+    yield "protocol-offered", 0, 1, w(b"Sec-WebSocket-Protocol: superchat")
+    yield "protocol-unoffered", 0, 1, w(b"Sec-WebSocket-Protocol: other")
+    yield "protocol-two", 0, 1, w(b"Sec-WebSocket-Protocol: chat, superchat")
+    yield "protocol-not-asked", 0, 0, w(b"Sec-WebSocket-Protocol: chat")
+    yield "deflate-plain", 0, 2, w(b"Sec-WebSocket-Extensions: permessage-deflate")
+    yield "deflate-params", 0, 2, w(b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "
+                                     b"client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=9")
+    yield "deflate-low-memory-ok", 0, 4, w(b"Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; "
+                                            b"server_max_window_bits=9")
+    yield "deflate-low-memory-ignored", 0, 4, w(b"Sec-WebSocket-Extensions: permessage-deflate")
+    yield "deflate-window-8", 0, 2, w(b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=8")
+    yield "deflate-twice", 0, 2, w(b"Sec-WebSocket-Extensions: permessage-deflate, permessage-deflate")
+    yield "deflate-unknown-param", 0, 2, w(b"Sec-WebSocket-Extensions: permessage-deflate; x=1")
+    yield "deflate-quoted", 0, 2, w(b'Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits="12"')
+    yield "deflate-not-offered", 0, 0, w(b"Sec-WebSocket-Extensions: permessage-deflate")
+    yield "extension-junk", 0, 2, w(b"Sec-WebSocket-Extensions: ;;=,\"")
+    yield "extension-other", 0, 2, w(b"Sec-WebSocket-Extensions: x-webkit-deflate-frame")
+    yield "accept-wrong", 0, 0, SWITCHING.replace(ACCEPT, b"AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+    yield "accept-twice", 0, 0, w(b"Sec-WebSocket-Accept: " + ACCEPT)
+    yield "no-accept", 0, 0, SWITCHING.replace(b"Sec-WebSocket-Accept: " + ACCEPT + b"\r\n", b"")
+    yield "no-upgrade", 0, 0, SWITCHING.replace(b"Upgrade: websocket\r\n", b"")
+    yield "connection-close", 0, 0, SWITCHING.replace(b"Connection: Upgrade", b"Connection: close")
+    yield "status-403-body", 0, 0, b"HTTP/1.1 403 Forbidden\r\nContent-Length: 12\r\n\r\nmembers only"
+    yield "status-200", 0, 0, b"HTTP/1.1 200 OK\r\n\r\n"
+    yield "status-garbage", 0, 0, b"HTTP/1.1 1x1 Hm\r\n\r\n"
+    yield "http-1.0", 0, 0, SWITCHING.replace(b"HTTP/1.1", b"HTTP/1.0")
+    yield "not-http", 0, 0, b"SSH-2.0-OpenSSH\r\n\r\n"
+    yield "incomplete", 0, 0, SWITCHING[:-2]
+    many = b"".join(b"X-H%d: %d\r\n" % (i, i) for i in range(61))
+    yield "64-headers", 0, 0, w(many.rstrip(b"\r\n"))
+    yield "65-headers", 0, 0, w(many + b"X-Over: 1")
+    yield "oversized", 0, 0, w(b"X-Big: " + b"b" * 8200)
+    yield "bytes-limit-64", 0x04, 0, SWITCHING
+    yield "headers-limit-2", 0x18, 0, SWITCHING
+    for config in (0x2D, 0xFF, 0x80):
+        yield f"valid-config-{config:02x}", config, 7, SWITCHING
+
+
+def response_seeds():
+    for name, config, offered, head in response_heads():
+        write("handshake_response", name, bytes([config, offered]) + head)
+
+
 def deflate_messages(messages, wbits=15, takeover=True):
     """Raw-deflate each message as permessage-deflate sends it: sync flush, tail stripped."""
     comp = zlib.compressobj(6, zlib.DEFLATED, -wbits)
@@ -264,6 +320,7 @@ if __name__ == "__main__":
     decoder_seeds("server_decoder", True)
     decoder_seeds("client_decoder", False)
     handshake_seeds()
+    response_seeds()
     for target in sorted(os.listdir(ROOT)):
         files = os.listdir(os.path.join(ROOT, target))
         size = sum(os.path.getsize(os.path.join(ROOT, target, f)) for f in files)

@@ -10,6 +10,8 @@
 //! - [`runtime`]: the server. One mio event loop per worker thread, a timer
 //!   wheel, pooled buffers, backpressure, and a [`runtime::ServerHandle`] for
 //!   other threads.
+//! - [`client`]: the client, blocking ([`client::connect`]) or on the server's
+//!   workers ([`runtime::ServerHandle::connect`]).
 //! - [`app`]: the event framework on top (named events, requests, rooms,
 //!   users, server-to-client calls), speaking `emitws.v1` (PROTOCOL.md).
 //! - [`tls`] (feature `tls`, on by default): rustls sessions for `wss://`.
@@ -21,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod app;
+pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod proto;

@@ -47,3 +47,8 @@ fn handshake_request_corpus() {
 fn inflate_corpus() {
     replay("inflate", harness::check_inflate);
 }
+
+#[test]
+fn handshake_response_corpus() {
+    replay("handshake_response", harness::check_handshake_response);
+}

@@ -66,9 +66,126 @@ impl From<u16> for CloseCode {
     }
 }
 
+/// A close frame's payload, ready to be framed (masked or not) by the caller.
+#[derive(Clone, Copy)]
+pub struct CloseFrame {
+    payload: [u8; 125],
+    len: u8,
+}
+
+impl CloseFrame {
+    /// `code` and `reason` (cut at a character boundary to 123 bytes).
+    pub fn new(code: CloseCode, reason: &str) -> CloseFrame {
+        let (payload, len) = super::close_payload(code, reason);
+        CloseFrame { payload, len: len as u8 }
+    }
+
+    /// The reply to a peer's close: its code echoed, or an empty payload if it sent none.
+    fn echo(code: Option<CloseCode>) -> CloseFrame {
+        let mut frame = CloseFrame { payload: [0; 125], len: 0 };
+        if let Some(code) = code {
+            frame.payload[..2].copy_from_slice(&code.0.to_be_bytes());
+            frame.len = 2;
+        }
+        frame
+    }
+
+    /// The payload bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.payload[..self.len as usize]
+    }
+}
+
+impl fmt::Debug for CloseFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("CloseFrame").field(&self.payload()).finish()
+    }
+}
+
+/// The close handshake (RFC 6455 §5.5.1, §7), shared by both ends: whether
+/// each side's close frame has gone, and what to send when.
+///
+/// Each method returns the close frame to send, if one is due: at most one
+/// close frame is ever sent. Data flows while [`is_open`](Self::is_open).
+///
+/// ```
+/// use emitws::proto::{CloseCode, CloseHandshake};
+/// let mut ours = CloseHandshake::default();
+/// let frame = ours.start(CloseCode::NORMAL, "done").expect("the first close is sent");
+/// assert_eq!(frame.payload(), b"\x03\xe8done");
+/// assert!(ours.start(CloseCode::NORMAL, "again").is_none());
+/// assert!(ours.receive(Some(CloseCode::NORMAL)).is_none()); // their answer: nothing more to send
+/// assert!(ours.is_done());
+///
+/// let mut theirs = CloseHandshake::default();
+/// let echo = theirs.receive(Some(CloseCode::GOING_AWAY)).expect("a close is echoed");
+/// assert_eq!(echo.payload(), b"\x03\xe9");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CloseHandshake {
+    /// No close frame either way.
+    #[default]
+    Open,
+    /// Ours is sent; the peer's is awaited.
+    Sent,
+    /// Both are sent (or the connection was failed): nothing more goes out.
+    Done,
+}
+
+impl CloseHandshake {
+    /// Whether messages may still be sent and are still delivered.
+    pub fn is_open(self) -> bool {
+        self == CloseHandshake::Open
+    }
+
+    /// Whether the handshake is over: the transport may close.
+    pub fn is_done(self) -> bool {
+        self == CloseHandshake::Done
+    }
+
+    /// We begin the close; the frame to send, unless a close was already sent.
+    pub fn start(&mut self, code: CloseCode, reason: &str) -> Option<CloseFrame> {
+        self.advance(CloseHandshake::Sent, || CloseFrame::new(code, reason))
+    }
+
+    /// The peer's close frame arrived; the echo to send if we had not closed yet.
+    pub fn receive(&mut self, code: Option<CloseCode>) -> Option<CloseFrame> {
+        self.advance(CloseHandshake::Done, || CloseFrame::echo(code))
+    }
+
+    /// We fail the connection (a protocol error, a timeout): the close frame
+    /// with `code` unless one was already sent; either way nothing more is sent.
+    pub fn fail(&mut self, code: CloseCode, reason: &str) -> Option<CloseFrame> {
+        self.advance(CloseHandshake::Done, || CloseFrame::new(code, reason))
+    }
+
+    fn advance(&mut self, next: CloseHandshake, frame: impl FnOnce() -> CloseFrame) -> Option<CloseFrame> {
+        let was = *self;
+        // The variants are in order: the handshake never goes back.
+        *self = was.max(next);
+        (was == CloseHandshake::Open).then(frame)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_most_one_close_frame_goes_out() {
+        let mut failed = CloseHandshake::default();
+        assert!(failed.fail(CloseCode::PROTOCOL_ERROR, "bad").is_some());
+        assert!(failed.start(CloseCode::NORMAL, "").is_none());
+        assert!(failed.receive(None).is_none());
+        let mut closing = CloseHandshake::default();
+        closing.start(CloseCode::NORMAL, "");
+        assert!(!closing.is_open() && !closing.is_done());
+        assert!(closing.fail(CloseCode::PROTOCOL_ERROR, "").is_none(), "no second close frame");
+        assert!(closing.is_done());
+        let mut answered = CloseHandshake::default();
+        assert_eq!(answered.receive(None).unwrap().payload(), b"");
+        assert!(answered.is_done() && answered.start(CloseCode::NORMAL, "").is_none());
+    }
 
     #[test]
     fn wire_validity_follows_rfc_and_registry() {

@@ -93,6 +93,33 @@ pub struct Decoded<'a> {
     pub event: Option<Event<'a>>,
 }
 
+/// What one call to [`Decoder::poll`] found.
+#[derive(Clone, Copy, Debug)]
+pub struct Polled {
+    /// How many input bytes were used. When `ready` is `None` this is the whole input.
+    pub consumed: usize,
+    /// The event completed by those bytes, to be taken with [`Decoder::event`].
+    pub ready: Option<ReadyEvent>,
+}
+
+/// A complete event inside the decoder or its input (see [`Decoder::poll`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ReadyEvent(Ready);
+
+impl ReadyEvent {
+    /// Whether it is a text or binary message (else a ping, pong or close).
+    pub fn is_data(&self) -> bool {
+        let (Ready::InInput { opcode, .. } | Ready::InSpill { opcode }) = self.0;
+        !opcode.is_control()
+    }
+
+    /// Whether it is a pong.
+    pub fn is_pong(&self) -> bool {
+        let (Ready::InInput { opcode, .. } | Ready::InSpill { opcode }) = self.0;
+        opcode == OpCode::Pong
+    }
+}
+
 /// The frame whose payload is being read.
 #[derive(Clone, Copy, Debug)]
 struct FrameState {
@@ -106,8 +133,8 @@ struct FrameState {
 /// Where the bytes of a completed event are.
 #[derive(Clone, Copy, Debug)]
 enum Ready {
-    /// In the caller's input, from `start` to the consumed position.
-    InInput { opcode: OpCode, start: usize },
+    /// In the caller's input, from `start` to `end` (the consumed position).
+    InInput { opcode: OpCode, start: usize, end: usize },
     /// In the spill buffer (control or message part, by opcode).
     InSpill { opcode: OpCode },
 }
@@ -209,21 +236,47 @@ impl Decoder {
     /// however the byte stream is split into chunks. After an error the
     /// connection must be failed with [`ProtocolError::close_code`].
     pub fn decode<'a>(&'a mut self, input: &'a mut [u8], limits: &Limits) -> Result<Decoded<'a>, ProtocolError> {
+        let polled = self.poll(input, limits)?;
+        let event = match polled.ready {
+            Some(ready) => Some(self.event(input, ready)?),
+            None => None,
+        };
+        Ok(Decoded { consumed: polled.consumed, event })
+    }
+
+    /// [`decode`](Self::decode) in two steps, for a caller that returns the
+    /// event from a read loop (which the borrow checker refuses to let a
+    /// borrowed event leave): `poll` consumes input and says whether an event
+    /// is complete, without borrowing; [`event`](Self::event) then hands it out.
+    ///
+    /// ```
+    /// use emitws::proto::{Decoder, Event, Limits, Message, Role};
+    /// let mut decoder = Decoder::new(Role::Client);
+    /// let mut input = *b"\x81\x02hi";
+    /// let polled = decoder.poll(&mut input, &Limits::default()).unwrap();
+    /// let ready = polled.ready.expect("a whole frame");
+    /// assert!(ready.is_data());
+    /// assert_eq!(decoder.event(&input, ready), Ok(Event::Message(Message::Text("hi"))));
+    /// ```
+    pub fn poll(&mut self, input: &mut [u8], limits: &Limits) -> Result<Polled, ProtocolError> {
         self.release_buffers();
         let (consumed, ready) = self.advance(input, limits)?;
-        let Some(ready) = ready else {
-            return Ok(Decoded { consumed, event: None });
-        };
-        let input: &'a [u8] = input;
-        let (opcode, bytes) = match ready {
-            Ready::InInput { opcode, start } => (opcode, &input[start..consumed]),
+        Ok(Polled { consumed, ready: ready.map(ReadyEvent) })
+    }
+
+    /// The event [`poll`](Self::poll) found complete. `input` must be the
+    /// input given to that `poll` (at least up to what it consumed), and no
+    /// other `poll` may come between.
+    pub fn event<'a>(&'a self, input: &'a [u8], ready: ReadyEvent) -> Result<Event<'a>, ProtocolError> {
+        let (opcode, bytes) = match ready.0 {
+            Ready::InInput { opcode, start, end } => (opcode, &input[start..end]),
             Ready::InSpill { opcode } => {
                 let spill = self.spill.as_deref().expect("spill holds the event");
                 let bytes = if opcode.is_control() { &spill.control } else { &spill.message };
                 (opcode, &bytes[..])
             }
         };
-        let event = match opcode {
+        Ok(match opcode {
             OpCode::Text | OpCode::Binary if self.compressed => {
                 Event::Compressed { text: opcode == OpCode::Text, payload: bytes }
             }
@@ -232,8 +285,7 @@ impl Decoder {
             OpCode::Ping => Event::Ping(bytes),
             OpCode::Pong => Event::Pong(bytes),
             _ => parse_close(bytes)?,
-        };
-        Ok(Decoded { consumed, event: Some(event) })
+        })
     }
 
     /// Consumes input until an event is complete; says where its bytes are.
@@ -264,7 +316,7 @@ impl Decoder {
                     self.peer_closed = true;
                 }
                 if whole_frame_in_chunk {
-                    return Ok((pos, Some(Ready::InInput { opcode: frame.opcode, start })));
+                    return Ok((pos, Some(Ready::InInput { opcode: frame.opcode, start, end: pos })));
                 }
                 let spill = self.spill.get_or_insert_with(spare_spill);
                 spill.control.extend_from_slice(chunk);
@@ -279,7 +331,7 @@ impl Decoder {
             let message_done = frame_done && frame.fin;
             if message_done && whole_frame_in_chunk && self.fragments == 1 {
                 self.end_message();
-                return Ok((pos, Some(Ready::InInput { opcode, start })));
+                return Ok((pos, Some(Ready::InInput { opcode, start, end: pos })));
             }
             if opcode == OpCode::Text && !self.compressed {
                 self.utf8.feed(chunk)?;
@@ -303,6 +355,9 @@ impl Decoder {
     /// starts the frame. Returns the input bytes used, or `None` if the header
     /// is still incomplete (all of `input` was then stored).
     fn read_header(&mut self, input: &[u8], limits: &Limits) -> Result<Option<usize>, ProtocolError> {
+        if input.is_empty() {
+            return Ok(None);
+        }
         if self.peer_closed {
             return Err(ProtocolError::DataAfterClose);
         }
@@ -575,6 +630,13 @@ mod tests {
         frame(&mut s, OpCode::Close, true, &[]);
         frame(&mut s, OpCode::Text, true, b"late");
         assert_eq!(first_error(&s, Role::Server, &limits), Some(ProtocolError::DataAfterClose));
+        // Nothing after the close is no error: a read loop may call again with no input.
+        let mut decoder = Decoder::new(Role::Server);
+        let mut close = Vec::new();
+        frame(&mut close, OpCode::Close, true, &[]);
+        assert!(decoder.decode(&mut close, &limits).unwrap().event.is_some());
+        let after = decoder.decode(&mut [], &limits).unwrap();
+        assert_eq!((after.consumed, after.event), (0, None));
     }
 
     #[test]

@@ -179,6 +179,16 @@ impl RequestReader {
         let headers = headers.into_iter().map(|h| (h.name, h.value)).collect();
         Ok(Request { method, target, minor_version: version, headers })
     }
+
+    /// The head collected so far (all of it once [`push`](Self::push) returned `Some`).
+    pub(crate) fn head(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Whether the blank line that ends the head has arrived.
+    pub(crate) fn is_complete(&self) -> bool {
+        self.complete
+    }
 }
 
 /// A parsed request head, borrowed from the [`RequestReader`].
@@ -388,11 +398,11 @@ pub fn has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// The non-empty comma-separated items of a header value that are valid UTF-8.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
     value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()).filter_map(|t| std::str::from_utf8(t).ok())
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(bytes.len());
     let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |i| i + 1);
     &bytes[start..end]
@@ -418,17 +428,23 @@ pub struct ExtensionOffer<'a> {
 /// assert_eq!(offers[1].params, [("a", Some("1,2"))]);
 /// ```
 pub fn parse_extensions(value: &[u8]) -> Vec<ExtensionOffer<'_>> {
-    let Ok(text) = std::str::from_utf8(value) else { return Vec::new() };
-    let mut offers = Vec::new();
+    extension_elements(value).into_iter().flatten().collect()
+}
+
+/// Every non-blank element of a `Sec-WebSocket-Extensions` value, `None` for
+/// one that does not parse (a value that is not UTF-8 is one such element).
+pub(crate) fn extension_elements(value: &[u8]) -> Vec<Option<ExtensionOffer<'_>>> {
+    let Ok(text) = std::str::from_utf8(value) else { return vec![None] };
+    let mut elements = Vec::new();
     let mut rest = text;
     while !rest.is_empty() {
-        let (offer, next) = split_unquoted(rest, ',');
+        let (element, next) = split_unquoted(rest, ',');
         rest = next;
-        if let Some(offer) = parse_offer(offer) {
-            offers.push(offer);
+        if !element.trim_matches([' ', '\t']).is_empty() {
+            elements.push(parse_offer(element));
         }
     }
-    offers
+    elements
 }
 
 /// Splits at the first `sep` outside double quotes.

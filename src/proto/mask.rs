@@ -34,6 +34,42 @@ pub fn apply_mask_scalar(buf: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// Masking keys for a client: xorshift64*, a generator fast enough to draw a
+/// fresh key for every frame without a system call (RFC 6455 §5.3 asks for
+/// keys a proxy cannot predict; a 64-bit state seeded from the OS CSPRNG gives
+/// that, while the core stays free of I/O: the caller brings the seed).
+///
+/// ```
+/// use emitws::proto::MaskRng;
+/// let mut rng = MaskRng::from_seed(0x1234_5678_9abc_def0);
+/// assert_ne!(rng.next_key(), rng.next_key());
+/// ```
+#[derive(Clone, Debug)]
+pub struct MaskRng(u64);
+
+impl MaskRng {
+    /// A generator started from `seed` (any value; zero is remapped, as
+    /// xorshift would stay at zero forever).
+    pub fn from_seed(seed: u64) -> MaskRng {
+        MaskRng(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+    }
+
+    /// The next 64 pseudo-random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A fresh masking key.
+    pub fn next_key(&mut self) -> [u8; 4] {
+        ((self.next_u64() >> 32) as u32).to_ne_bytes()
+    }
+}
+
 /// The key as seen from `offset` bytes into the payload.
 fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
     let mut word = u32::from_le_bytes(key);

@@ -1,9 +1,11 @@
-//! The sans-IO protocol core: handshake, frames, masking, UTF-8 and close codes.
+//! The sans-IO protocol core: handshakes (both ends), frames, masking, UTF-8,
+//! close codes and the close handshake, permessage-deflate.
 //!
 //! Nothing here touches a socket or reads a clock. Bytes go in, events come
 //! out; frames to send are written into caller-owned buffers. The runtime
 //! ([`crate::runtime`]) and the tests drive it the same way.
 
+pub mod client_handshake;
 mod close;
 mod decoder;
 pub mod deflate;
@@ -13,9 +15,9 @@ pub mod handshake;
 mod mask;
 pub(crate) mod utf8;
 
-pub use close::CloseCode;
-pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Role};
+pub use close::{CloseCode, CloseFrame, CloseHandshake};
+pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Polled, ReadyEvent, Role};
 pub use error::ProtocolError;
 pub use frame::{close_payload, encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};
-pub use mask::{apply_mask, apply_mask_scalar};
+pub use mask::{apply_mask, apply_mask_scalar, MaskRng};
 pub use utf8::Utf8Validator;
