@@ -51,7 +51,9 @@ fn without_an_adapter_the_cluster_is_this_server() {
     assert_eq!(cluster.user_sockets("ann").unwrap().len(), 2);
     assert!(cluster.user_online("bob").unwrap());
     assert!(cluster.socket_exists(bob_id.parse().unwrap()).unwrap());
-    assert!(!cluster.socket_exists(SocketId { node: 5, ..bob_id.parse().unwrap() }).unwrap());
+    let elsewhere = SocketId { node: 5, ..bob_id.parse().unwrap() };
+    assert!(!cluster.socket_exists(elsewhere).unwrap());
+    assert!(!running.emit_to(elsewhere, "/dm", &"nowhere to go").unwrap());
 
     ann.emit("/dm", json!(bob_id));
     assert_eq!(bob.expect_event("/dm"), "hi");

@@ -380,7 +380,8 @@ impl AppHandle {
     }
 
     /// Sends an event to one socket, on this node or another. False if the
-    /// server has stopped; a socket on another node is not checked.
+    /// server has stopped, or the socket is on another node and there is no
+    /// adapter; a socket on another node is not checked.
     pub fn emit_to<T: Serialize + ?Sized>(
         &self,
         id: impl Into<SocketId>,
@@ -393,7 +394,7 @@ impl AppHandle {
             Some(conn) => Ok(self.server().send_frame(conn, &frame)),
             None => {
                 self.publish(&frame, Target::Socket(id));
-                Ok(true)
+                Ok(self.0.setup.adapter.is_some())
             }
         }
     }
