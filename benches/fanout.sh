@@ -5,7 +5,9 @@
 # connection and a tokio broadcast channel). One room of CONNECTIONS members
 # (each joins `#room` first on emitws; on the peer every connection is in it),
 # PUBLISHERS of them publish PAYLOAD-byte messages, each waiting for its own
-# copy before sending the next. Each server is pinned to core 0 (one worker /
+# copy before sending the next. The peer runs twice: with tungstenite's
+# defaults, and with a 4 KiB read buffer (tokio-tungstenite-4k; see the note in
+# fanout-tungstenite.rs). Each server is pinned to core 0 (one worker /
 # a current_thread runtime), the load tool (one thread) to core 1. Fan-out on
 # two cores is noisy, so the servers alternate for ROUNDS rounds and the table
 # shows medians (and every round, for the spread).
@@ -31,7 +33,7 @@ cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
 for round in $(seq "$rounds"); do
-  for server in emitws tokio-tungstenite; do
+  for server in emitws tokio-tungstenite tokio-tungstenite-4k; do
     port=$((port + 1))
     load=(fanout --url "ws://127.0.0.1:$port/" --connections "$connections" --publishers "$publishers" --payload "$payload")
     if [ "$server" = emitws ]; then
@@ -39,6 +41,7 @@ for round in $(seq "$rounds"); do
       load+=(--protocol emitws)
     else
       command=(benches/peers/target/release/fanout-tungstenite "127.0.0.1:$port")
+      [ "$server" = tokio-tungstenite ] || command+=(4096)
     fi
     echo "round $round: $server" >&2
     pinned_load "$out/$server-$round" "$port" "${command[@]}" -- "${load[@]}"
@@ -49,7 +52,7 @@ python3 - "$out" "$rounds" "$ticks_per_sec" "$duration" <<'PY'
 import json, statistics, sys
 out, rounds, hz, duration = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 WARMUP = 2
-servers = ("emitws", "tokio-tungstenite")
+servers = ("emitws", "tokio-tungstenite", "tokio-tungstenite-4k")
 runs = {s: [] for s in servers}
 for s in servers:
     for r in range(1, rounds + 1):
@@ -68,13 +71,14 @@ for r in range(rounds):
               f"{x['published']:,} | {x['delivered']:,} / {x['expected']:,} | {x['errors']} |")
 med = lambda s, k: statistics.median(x[k] for x in runs[s])
 print("\nMedians:\n")
-print("| server | deliveries/s | vs tokio-tungstenite | p50 µs | p99 µs | server CPU µs/delivery | complete |")
+print("| server | deliveries/s | emitws vs it | p50 µs | p99 µs | server CPU µs/delivery | complete |")
 print("|---|---:|---:|---:|---:|---:|---:|")
-base = med("tokio-tungstenite", "msgs_per_sec")
+ours = med("emitws", "msgs_per_sec")
 for s in servers:
     missing = sum(x["missing"] for x in runs[s])
     expected = sum(x["expected"] for x in runs[s])
     complete = "yes, every round" if missing == 0 else f"{missing:,} of {expected:,} missing"
-    print(f"| {s} | {med(s, 'msgs_per_sec'):,.0f} | {med(s, 'msgs_per_sec') / base:.2f}× | {med(s, 'p50_us'):,.0f} | "
+    ratio = "" if s == "emitws" else f"{ours / med(s, 'msgs_per_sec'):.2f}×"
+    print(f"| {s} | {med(s, 'msgs_per_sec'):,.0f} | {ratio} | {med(s, 'p50_us'):,.0f} | "
           f"{med(s, 'p99_us'):,.0f} | {med(s, 'cpu_us'):.2f} | {complete} |")
 PY
