@@ -25,6 +25,7 @@ cargo test --doc
 section "cluster: cargo test --features redis --test cluster"
 cargo test --features redis --test cluster
 
+# server.test.js runs against target/debug/examples/protocol_server, built by the cargo test step above.
 section "JavaScript client: node --test clients/js/test/"
 node --experimental-websocket --test clients/js/test/
 

@@ -64,6 +64,14 @@ fn typed_data_borrows_and_bad_shapes_get_bad_request() {
     running.close();
 }
 
+/// Middleware that lets a request through if `allow(user)`, else answers `code`.
+fn guard(code: &'static str, allow: fn(Option<&str>) -> bool) -> Middleware {
+    Middleware::new(move |req, next| match allow(req.get::<String>("user").map(String::as_str)) {
+        true => next.run(req),
+        false => req.reply_err(code, "not for you"),
+    })
+}
+
 #[test]
 fn middleware_runs_in_order_and_can_stop_the_chain() {
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -73,18 +81,8 @@ fn middleware_runs_in_order_and_can_stop_the_chain() {
         seen.lock().unwrap().push(format!("global {}", req.event()));
         next.run(req);
     });
-    let auth = Middleware::new(|req, next| {
-        if req.get::<String>("user").is_none() {
-            return req.reply_err("unauthorized", "log in first");
-        }
-        next.run(req);
-    });
-    let admin_only = Middleware::new(|req, next| {
-        if req.get::<String>("user").map(String::as_str) != Some("root") {
-            return req.reply_err("forbidden", "admins only");
-        }
-        next.run(req);
-    });
+    let auth = guard("unauthorized", |user| user.is_some());
+    let admin_only = guard("forbidden", |user| user == Some("root"));
     app.on("/login", |req| {
         let name: String = req.data().expect("a name");
         req.set("user", name);

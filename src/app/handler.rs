@@ -224,45 +224,56 @@ impl AppWorker {
     }
 
     fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
-        let app = self.app.clone();
-        let shared = &app.0;
-        if let Err(why) = check_event_name(event, shared.setup.limits.max_event_name) {
-            return self.bad_input(conn, id, "bad_request", why, shared.setup.limits.on_bad_input);
+        let limits = &self.app.0.setup.limits;
+        if let Err(why) = check_event_name(event, limits.max_event_name) {
+            let policy = limits.on_bad_input;
+            return self.bad_input(conn, id, "bad_request", why, policy);
         }
         if conn.data().has(flag::UNAUTHED) {
-            return match &shared.setup.auth {
-                Auth::FirstMessage(auth_event, identify) if id.is_some() && **auth_event == *event => {
-                    let mut req = Request {
-                        event,
-                        id,
-                        data,
-                        conn: conn.reborrow(),
-                        local: &mut self.local,
-                        app: &app,
-                        answered: false,
-                    };
-                    let outcome = catch_unwind(AssertUnwindSafe(|| identify(&mut req)));
-                    let outcome =
-                        outcome.unwrap_or_else(|_| Err(super::Refusal::status(500, "the identify hook panicked")));
-                    match &outcome {
-                        Ok(user) => req.reply(&serde_json::json!({ "user": user })),
-                        Err(refusal) => req.reply_err("unauthorized", &refusal.as_close().1),
-                    }
-                    self.authenticated(conn, outcome);
-                }
-                _ => self.bad_input(conn, id, "unauthorized", "authenticate first", Policy::Reply),
-            };
+            return self.unauthenticated(conn, id, event, data);
         }
-        if id.is_some() && usize::from(conn.data().pending) >= shared.setup.limits.max_pending {
-            return self.bad_input(conn, id, "rate_limited", "too many requests waiting for a reply", Policy::Reply);
-        }
-        let mut req =
-            Request { event, id, data, conn: conn.reborrow(), local: &mut self.local, app: &app, answered: false };
-        match catch_unwind(AssertUnwindSafe(|| shared.setup.router.dispatch(event, &mut req))) {
+        // Fields borrowed apart (no clone of the shared app: its reference
+        // count would be written by every worker on every message).
+        let AppWorker { app, local } = self;
+        let mut req = Request { event, id, data, conn: conn.reborrow(), local, app, answered: false };
+        match catch_unwind(AssertUnwindSafe(|| app.0.setup.router.dispatch(event, &mut req))) {
             // A request nobody answered or deferred gets `null`, so the client is not left waiting.
             Ok(true) => req.reply(&()),
             Ok(false) => req.reply_err("no_handler", &format!("no handler for {event}")),
             Err(_) => req.reply_err("internal", "the handler panicked"),
+        }
+    }
+
+    /// An envelope from a socket that has not authenticated: only the auth request passes.
+    fn unauthenticated(
+        &mut self,
+        conn: &mut Conn<'_, SocketData>,
+        id: Option<u64>,
+        event: &str,
+        data: Option<&RawValue>,
+    ) {
+        let app = self.app.clone();
+        match &app.0.setup.auth {
+            Auth::FirstMessage(auth_event, identify) if id.is_some() && **auth_event == *event => {
+                let mut req = Request {
+                    event,
+                    id,
+                    data,
+                    conn: conn.reborrow(),
+                    local: &mut self.local,
+                    app: &app,
+                    answered: false,
+                };
+                let outcome = catch_unwind(AssertUnwindSafe(|| identify(&mut req)));
+                let outcome =
+                    outcome.unwrap_or_else(|_| Err(super::Refusal::status(500, "the identify hook panicked")));
+                match &outcome {
+                    Ok(user) => req.reply(&serde_json::json!({ "user": user })),
+                    Err(refusal) => req.reply_err("unauthorized", &refusal.as_close().1),
+                }
+                self.authenticated(conn, outcome);
+            }
+            _ => self.bad_input(conn, id, "unauthorized", "authenticate first", Policy::Reply),
         }
     }
 
@@ -325,6 +336,7 @@ impl AppWorker {
     /// The socket is in: `@connection` handlers run.
     fn connected(&mut self, conn: &mut Conn<'_, SocketData>) {
         conn.data_mut().flags |= flag::CONNECTED;
+        self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let app = self.app.clone();
         app.presence(Presence::Connected { id: conn.id(), user: conn.data().user() });
         self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
@@ -395,6 +407,10 @@ impl AppWorker {
 impl Handler for AppWorker {
     type Data = SocketData;
 
+    fn on_http(&mut self, request: &crate::proto::handshake::Request<'_>) -> Option<crate::runtime::HttpResponse> {
+        self.app.0.setup.http.as_ref().and_then(|http| http(request))
+    }
+
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Result<Accept<SocketData>, Reject> {
         let shared = self.app.0.clone();
         let mut data = SocketData::default();
@@ -455,8 +471,6 @@ impl Handler for AppWorker {
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
-        data.flags |= flag::COUNTED;
-        app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
             return conn.close(code, &reason);
         }
@@ -478,15 +492,14 @@ impl Handler for AppWorker {
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, SocketData>, message: Message<'_>) {
-        let app = self.app.clone();
-        let limits = &app.0.setup.limits;
+        let limits = self.app.0.setup.limits;
         let Message::Text(text) = message else {
             let message = "binary frames are not part of emitws.v1";
             return self.bad_input(conn, None, "bad_request", message, limits.on_bad_input);
         };
         conn.data_mut().missed = 0;
         if let Some(rate) = &limits.rate {
-            let now = now_ms(&app);
+            let now = now_ms(&self.app);
             if !conn.data_mut().bucket.take(rate, now) {
                 let id = envelope::peek_request_id(text);
                 return self.bad_input(conn, id, "rate_limited", "too many messages", limits.over_rate);
@@ -537,7 +550,7 @@ impl Handler for AppWorker {
             self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
         }
         let data = conn.data_mut();
-        if data.has(flag::COUNTED) {
+        if data.has(flag::CONNECTED) {
             app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let Some(mut state) = data.state.take() else { return };

@@ -65,8 +65,9 @@ use handler::{AppMsg, AppWorker, Local};
 use router::Router;
 use rpc::{Done, StartCall};
 
+use crate::proto::handshake::Request as HttpRequest;
 use crate::proto::CloseCode;
-use crate::runtime::{ConnId, OriginPolicy, RunningServer, Server, ServerHandle, SharedFrame};
+use crate::runtime::{ConnId, HttpResponse, OriginPolicy, RunningServer, Server, ServerHandle, SharedFrame};
 
 /// Close code: the server dropped the socket or its user ([`AppHandle::drop_user`]).
 pub const CLOSE_DROPPED: u16 = 4000;
@@ -184,7 +185,11 @@ struct Setup {
     heartbeat: Option<Duration>,
     devices: Option<(usize, DevicePolicy)>,
     adapter: Option<Arc<dyn Adapter>>,
+    http: Option<HttpFn>,
 }
+
+/// Answers plain HTTP requests on the app's port.
+type HttpFn = Arc<dyn Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync>;
 
 impl fmt::Debug for App {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -314,6 +319,25 @@ impl App {
     /// clients that send no Origin, which are not browsers, pass).
     pub fn origins(&mut self, origins: impl IntoIterator<Item = impl Into<String>>) -> &mut Self {
         self.origins = Some(origins.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Answers plain HTTP requests (not upgrades) on the app's port: a page
+    /// and its scripts, a health check. `None` answers 426 Upgrade Required.
+    ///
+    /// ```
+    /// use emitws::runtime::HttpResponse;
+    /// let mut app = emitws::app::App::new();
+    /// app.on_http(|request| match request.path() {
+    ///     "/healthz" => Some(HttpResponse::new(200, "text/plain", "ok")),
+    ///     _ => None,
+    /// });
+    /// ```
+    pub fn on_http(
+        &mut self,
+        handler: impl Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.setup.http = Some(Arc::new(handler));
         self
     }
 

@@ -184,8 +184,8 @@ impl<'a> Request<'a> {
     }
 
     /// The rooms and tags the socket is in.
-    pub fn groups(&self) -> Vec<&str> {
-        self.conn.data().groups().iter().map(|g| &**g).collect()
+    pub fn groups(&self) -> Vec<String> {
+        self.conn.data().groups().iter().map(|g| g.to_string()).collect()
     }
 
     /// Replies to the request (nothing happens for an event, or a second time).
@@ -210,7 +210,15 @@ impl<'a> Request<'a> {
 
     /// Takes the reply out of the handler: answer later, from any thread,
     /// through the returned handle. The event loop goes on meanwhile.
+    ///
+    /// A socket may have [`Limits::max_pending`](super::Limits::max_pending)
+    /// deferred replies outstanding; a request deferred over that is answered
+    /// `rate_limited` at once, and its handle does nothing.
     pub fn defer(&mut self) -> ReplyHandle {
+        let over = usize::from(self.conn.data().pending) >= self.app.limits().max_pending;
+        if over && !self.answered {
+            self.reply_err("rate_limited", "too many requests waiting for a reply");
+        }
         let id = self.take_reply();
         if id.is_some() {
             self.conn.data_mut().pending += 1;

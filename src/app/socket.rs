@@ -18,10 +18,8 @@ use crate::runtime::ConnId;
 pub(crate) mod flag {
     /// Not yet authenticated: only the auth event (or the challenge's answer) is accepted.
     pub const UNAUTHED: u8 = 1;
-    /// `@connection` ran, so `@disconnect` is owed.
+    /// `@connection` ran (and the socket is counted), so `@disconnect` is owed.
     pub const CONNECTED: u8 = 1 << 1;
-    /// Counted in the app's socket total.
-    pub const COUNTED: u8 = 1 << 2;
 }
 
 /// What the event layer keeps for each connection (the runtime's
