@@ -695,10 +695,13 @@ pub enum ResponseOutcome {
     /// The head is complete after `used` bytes: its status and headers, and the verdict on it.
     Complete {
         used: usize,
-        parsed: Result<(u16, Vec<(String, Vec<u8>)>), ResponseError>,
+        parsed: Result<ResponseHead, ResponseError>,
         verdict: Option<Result<Accepted, ResponseError>>,
     },
 }
+
+/// A parsed response head, owned: the status and the headers.
+pub type ResponseHead = (u16, Vec<(String, Vec<u8>)>);
 
 fn read_response(
     head: &[u8],

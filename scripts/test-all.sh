@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's whole test suite, the same one CI runs: formatting, lints,
-# unit/integration/doc tests, the JavaScript client's tests, then Autobahn
-# conformance of our server.
+# unit/integration/doc tests, the JavaScript client's tests, the chat demo in
+# a browser, then Autobahn conformance of our server.
 # Stops at the first failing step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +25,21 @@ cargo test --doc
 section "cluster: cargo test --features redis --test cluster"
 cargo test --features redis --test cluster
 
-# server.test.js runs against target/debug/examples/protocol_server, built by the cargo test step above.
 section "JavaScript client: node --test clients/js/test/"
 node --experimental-websocket --test clients/js/test/
+
+# The chat demo in headless Chromium (Debian's package; .ci/run installs it).
+section "browser: the chat demo in headless Chromium (tests/browser)"
+if [ -x "${CHROMIUM:-/usr/bin/chromium}" ]; then
+  cargo build --release --example chat
+  (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  CHAT_BIN="$PWD/target/release/examples/chat" node --test tests/browser/
+elif [ -n "${EMITWS_REQUIRE_BROWSER:-}" ]; then
+  echo "chromium is missing (apt-get install chromium)" >&2
+  exit 1
+else
+  printf '\n*** chromium is not installed: SKIPPING the browser test (apt-get install chromium) ***\n\n'
+fi
 
 section "conformance: autobahn/run-server.sh"
 autobahn/run-server.sh

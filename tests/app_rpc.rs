@@ -35,7 +35,9 @@ fn rpc_app(limits: Limits) -> App {
 
 /// Plays a client that answers the server's calls: `add` sums, `boom` fails,
 /// `slow` never answers, anything else is not registered.
-fn answer_calls(mut client: AppClient, until: mpsc::Receiver<()>) -> AppClient {
+/// Plays the client: answers `add`, `boom` and unknown calls, leaves `slow`
+/// unanswered, and reports the name of every call it sees on `seen`.
+fn answer_calls(mut client: AppClient, until: mpsc::Receiver<()>, seen: mpsc::Sender<String>) -> AppClient {
     client.ws.stream.set_read_timeout(Some(common::ms(20))).expect("timeout");
     while until.try_recv().is_err() {
         let frame = match client.ws.try_recv() {
@@ -47,6 +49,7 @@ fn answer_calls(mut client: AppClient, until: mpsc::Receiver<()>) -> AppClient {
         let call: Value = serde_json::from_str(&frame).expect("JSON");
         assert_eq!(call[0], 1, "only calls expected, got {call}");
         let id = &call[1];
+        let _ = seen.send(call[2].as_str().unwrap_or_default().to_string());
         let answer = match call[2].as_str() {
             Some("add") => json!([2, id, call[3][0].as_i64().unwrap_or(0) + call[3][1].as_i64().unwrap_or(0)]),
             Some("boom") => json!([3, id, { "code": "execution_failed", "message": "it broke" }]),
@@ -86,8 +89,12 @@ fn calls_from_another_thread_resolve_or_fail_with_a_typed_error() {
     let mut client = AppClient::connect(running.local_addr());
     let id = ConnId(client.expect_event("/id").as_u64().expect("id"));
     let (stop, until) = mpsc::channel();
-    let player = std::thread::spawn(move || answer_calls(client, until));
+    let (saw, seen) = mpsc::channel();
+    let player = std::thread::spawn(move || answer_calls(client, until, saw));
     let socket = running.socket(id);
+    // Waits until the player has read a call of this name (and skips others).
+    let wait_for_call =
+        |name: &str| while seen.recv_timeout(common::WAIT).expect("the player reports calls") != name {};
     let second = Duration::from_secs(1);
     let sum = socket.call("add", &[2, 3], second).expect("serializes").wait().expect("answered");
     assert_eq!(sum.data::<i64>().expect("a number"), 5);
@@ -100,12 +107,14 @@ fn calls_from_another_thread_resolve_or_fail_with_a_typed_error() {
     let started = Instant::now();
     assert_eq!(socket.call("slow", &(), common::ms(100)).expect("ok").wait(), Err(CallError::Timeout));
     assert!(started.elapsed() >= common::ms(100));
+    wait_for_call("slow");
     // The callback form, from this thread: it runs on the worker.
     let (done, result) = mpsc::channel();
     socket.call_then("add", &[40, 2], second, move |r| done.send(r).expect("test waits")).expect("ok");
     assert_eq!(result.recv_timeout(common::WAIT).expect("called back").expect("answer").raw(), "42");
     // A call waiting when the socket closes fails with Disconnected.
     let pending = socket.call("slow", &(), Duration::from_secs(30)).expect("ok");
+    wait_for_call("slow"); // so that the player, not close(), reads it
     stop.send(()).expect("player runs");
     let client = player.join().expect("player");
     client.close();

@@ -132,8 +132,7 @@ fn deflate_both_ways_with_our_server() {
 #[test]
 fn wss_with_a_self_signed_certificate() {
     use emitws::tls::{TlsAcceptor, TlsConnector};
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let (cert_pem, key_pem) = identity();
     let acceptor = TlsAcceptor::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
     let server = quick_server().tls(acceptor).start("127.0.0.1:0", Echo::default()).unwrap();
     let wss = format!("wss://localhost:{}/secure", server.local_addr().port());
@@ -260,13 +259,14 @@ fn a_masked_server_frame_fails_the_connection_with_1002() {
 
 #[test]
 fn a_compressed_bomb_fails_with_1009() {
-    let (addr, server) = scripted(|mut socket, key| {
+    // Compressed before the connection, so that a slow (debug, busy) machine
+    // does not spend the handshake timeout on it.
+    let mut compressed = Vec::new();
+    let agreement = DeflateAgreement::default();
+    Compressor::new(&agreement, Role::Server, &DeflateConfig::default()).compress(&vec![0; 16 << 20], &mut compressed);
+    assert!(compressed.len() < 32 << 10, "16 MiB of zeros compress to {} bytes", compressed.len());
+    let (addr, server) = scripted(move |mut socket, key| {
         let mut bytes = switching(&key, "Sec-WebSocket-Extensions: permessage-deflate\r\n").into_bytes();
-        let mut compressed = Vec::new();
-        let agreement = DeflateAgreement::default();
-        Compressor::new(&agreement, Role::Server, &DeflateConfig::default())
-            .compress(&vec![0; 64 << 20], &mut compressed);
-        assert!(compressed.len() < 128 << 10, "64 MiB of zeros compress to {} bytes", compressed.len());
         encode_frame_with_rsv(&mut bytes, OpCode::Binary, true, 0b100, None, &compressed);
         socket.write_all(&bytes).unwrap();
         close_code_from(&mut socket)

@@ -149,18 +149,22 @@ export class EmitClient {
       }
     };
     socket.onmessage = (message) => this._receive(message.data);
-    socket.onclose = (event) => {
+    const closed = ({ code, reason }) => {
       clearTimeout(timeout);
       if (this._socket !== socket) return;
       this._socket = null;
       if (opened) {
-        this._failPending(`connection closed (${event.code})`);
-        this._dispatch('@disconnect', { code: event.code, reason: event.reason });
+        this._failPending(`connection closed (${code})`);
+        this._dispatch('@disconnect', { code, reason });
       }
-      this._retry(event.code);
+      this._retry(code);
     };
-    // Errors end in a close event, which decides what happens next.
-    socket.onerror = () => {};
+    socket.onclose = closed;
+    // Browsers follow an error with a close event, which decides what happens
+    // next; Node 20's WebSocket fires no close when it cannot connect at all.
+    socket.onerror = () => {
+      if (!opened) closed({ code: 1006, reason: '' });
+    };
   }
 
   _retry(code) {

@@ -24,7 +24,7 @@
 
 mod blocking;
 mod error;
-mod socket;
+pub(crate) mod socket;
 mod url;
 
 use std::time::Duration;

@@ -152,7 +152,7 @@ impl Stream {
 
 /// Mozilla's roots, built once.
 #[cfg(feature = "tls")]
-fn default_connector() -> TlsConnector {
+pub(crate) fn default_connector() -> TlsConnector {
     static DEFAULT: std::sync::OnceLock<TlsConnector> = std::sync::OnceLock::new();
     DEFAULT.get_or_init(TlsConnector::webpki_roots).clone()
 }

@@ -11,8 +11,9 @@ use super::handle::{ConnId, ServerHandle, SharedFrame};
 use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
 use super::timer::Wheel;
+use super::worker::Dialing;
 use crate::proto::handshake::RequestReader;
-use crate::proto::{CloseCode, CloseHandshake, OpCode};
+use crate::proto::{CloseCode, CloseHandshake, MaskRng, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
@@ -67,6 +68,8 @@ pub(crate) mod flag {
     /// otherwise re-register twice per message, while one that never fills its
     /// socket buffer is never woken by the ACKs of its writes.
     pub const WRITE_INTEREST: u16 = 1 << 8;
+    /// An outgoing connection whose TCP connect is in progress.
+    pub const CONNECTING: u16 = 1 << 9;
 }
 
 /// Everything a worker keeps for one connection, apart from its frame decoder.
@@ -98,6 +101,10 @@ pub(crate) struct Extra {
     /// The session of a `wss://` connection.
     #[cfg(feature = "tls")]
     pub tls: Option<Box<TlsStream>>,
+    /// An outgoing connection's upgrade, until the server accepts it.
+    pub dialing: Option<Box<Dialing>>,
+    /// An outgoing connection's masking keys: a client masks every frame.
+    pub masks: Option<MaskRng>,
 }
 
 impl Extra {
@@ -106,7 +113,7 @@ impl Extra {
         if self.tls.is_some() {
             return false;
         }
-        self.handshake.is_none() && self.deflate.is_none()
+        self.handshake.is_none() && self.deflate.is_none() && self.dialing.is_none() && self.masks.is_none()
     }
 }
 
@@ -147,6 +154,16 @@ impl<D> Connection<D> {
 
     pub fn queued(&self) -> usize {
         self.out.as_ref().map_or(0, |q| q.len())
+    }
+
+    /// Whether this is an outgoing connection that is not open yet.
+    pub fn is_dialing(&self) -> bool {
+        self.extra.as_deref().is_some_and(|extra| extra.dialing.is_some())
+    }
+
+    /// The masking key for the next frame: `None` on the server side of a connection.
+    fn next_mask(&mut self) -> Option<[u8; 4]> {
+        Some(self.extra.as_deref_mut()?.masks.as_mut()?.next_key())
     }
 
     pub fn deflate(&mut self) -> Option<&mut DeflateState> {
@@ -259,6 +276,12 @@ impl Context {
         conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default())
     }
 
+    /// Queues one frame, masked if we are the client end.
+    pub fn push_frame<D>(&mut self, key: usize, conn: &mut Connection<D>, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        let mask = conn.next_mask();
+        self.queue(key, conn).push_frame_masked(opcode, rsv, mask, payload);
+    }
+
     /// Marks the connection for flushing at the end of the turn.
     pub fn mark_dirty<D>(&mut self, key: usize, conn: &mut Connection<D>) {
         if !conn.has(flag::DIRTY) {
@@ -289,7 +312,7 @@ impl Context {
         let Some(frame) = conn.phase.close_handshake().and_then(|mut close| close.start(code, reason)) else {
             return;
         };
-        self.queue(key, conn).push_frame(OpCode::Close, frame.payload());
+        self.push_frame(key, conn, OpCode::Close, 0, frame.payload());
         conn.phase = Phase::Closing;
         let tick = self.wheel.deadline_ticks(self.now_tick, self.settings.close_timeout);
         self.set_deadline(key, conn, tick);
@@ -302,7 +325,7 @@ impl Context {
             return;
         }
         if let Some(frame) = conn.phase.close_handshake().and_then(|mut close| close.fail(code, reason)) {
-            self.queue(key, conn).push_frame(OpCode::Close, frame.payload());
+            self.push_frame(key, conn, OpCode::Close, 0, frame.payload());
         }
         self.finish(key, conn);
     }
@@ -398,6 +421,10 @@ impl<D> Conn<'_, D> {
     /// Sends a frame encoded once for many connections (see [`SharedFrame`]).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> SendStatus {
         let payload = frame.payload();
+        if self.conn.next_mask().is_some() {
+            // Outgoing connections mask every frame: a shared frame cannot be.
+            return self.send(frame.0.opcode, payload);
+        }
         let config = self.ctx.settings.deflate.filter(|c| payload.len() >= c.min_size);
         let bytes = match (config, self.conn.deflate()) {
             (Some(config), Some(state)) if state.takes_shared(&config) => {
@@ -443,10 +470,10 @@ impl<D> Conn<'_, D> {
             (Some(config), Some(state)) => {
                 ctx.deflater.compress(state, &config, payload);
                 let compressed = std::mem::take(&mut ctx.deflater.scratch);
-                ctx.queue(*key, conn).push_frame_with_rsv(opcode, RSV1, &compressed);
+                ctx.push_frame(*key, conn, opcode, RSV1, &compressed);
                 ctx.deflater.scratch = compressed;
             }
-            _ => ctx.queue(*key, conn).push_frame(opcode, payload),
+            _ => ctx.push_frame(*key, conn, opcode, 0, payload),
         }
         self.status()
     }

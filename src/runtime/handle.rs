@@ -1,8 +1,9 @@
 //! Reaching connections from any thread: ids, shared frames and the server handle.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
@@ -11,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use mio::Waker;
 
 use super::compress::SharedCompressed;
+use crate::client::{ClientBuilder, ClientError, Url};
 use crate::proto::{close_payload, encode_frame, CloseCode, OpCode};
 
 /// A connection's id, unique for the server's lifetime (slots are reused, ids are not
@@ -114,6 +116,7 @@ pub(crate) enum Command {
     Close(ConnId, CloseCode, String),
     Adopt(mio::net::TcpStream),
     Notify(Box<dyn Any + Send>),
+    Connect(Box<super::worker::Dial>),
     Shutdown,
 }
 
@@ -129,6 +132,10 @@ pub(crate) struct Shared {
     pub connections: AtomicUsize,
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub stopping: AtomicBool,
+    /// The handler's `Data` type, which outgoing connections' data must be.
+    pub data_type: Option<TypeId>,
+    /// The worker the next outgoing connection goes to.
+    pub next_dialer: AtomicUsize,
 }
 
 /// Sends to connections, broadcasts and shuts down, from any thread.
@@ -206,6 +213,49 @@ impl ServerHandle {
         for worker in 0..self.inboxes.len() {
             self.post(worker, Command::Shutdown);
         }
+    }
+
+    /// Opens an outgoing connection from one of the workers, driven through
+    /// the server's [`Handler`](super::Handler) like an accepted one:
+    /// `on_open` once the server at `url` accepted the upgrade (with `data`
+    /// as the connection's data), then `on_message`, `on_close` and sends
+    /// through [`Conn`](super::Conn) as usual, every frame masked; if it never
+    /// opens, [`Handler::on_connect_error`](super::Handler::on_connect_error)
+    /// gets the data back with the reason. No thread is added.
+    ///
+    /// `settings` gives the timeout (connect, TLS and upgrade together), the
+    /// subprotocols, headers, origin and TLS roots; permessage-deflate is not
+    /// offered on outgoing connections, and the server's limits and
+    /// keepalive apply. The host name is resolved on the calling thread (a
+    /// blocking lookup, unless it is an IP address). Fails at once for a bad
+    /// URL, a name that does not resolve, a `data` of another type than the
+    /// handler's `Data`, or a stopped server.
+    ///
+    /// ```no_run
+    /// # #[derive(Clone)] struct Feed;
+    /// # impl emitws::runtime::Handler for Feed {
+    /// #     type Data = String;
+    /// #     fn on_message(&mut self, _: &mut emitws::runtime::Conn<'_, String>, _: emitws::proto::Message<'_>) {}
+    /// # }
+    /// use emitws::client::ClientBuilder;
+    /// let server = emitws::runtime::Server::new().start("127.0.0.1:9001", Feed)?;
+    /// server.handle().connect("ws://127.0.0.1:9100/prices", &ClientBuilder::new(), "upstream".to_string())?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connect<D: Send + 'static>(&self, url: &str, settings: &ClientBuilder, data: D) -> Result<(), ClientError> {
+        let refuse = |why: &str| ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, why.to_string()));
+        if self.shared.data_type != Some(TypeId::of::<D>()) {
+            return Err(refuse("the connection data is not the handler's Data type"));
+        }
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(refuse("the server is shutting down"));
+        }
+        let dial = super::worker::Dial::new(&Url::parse(url)?, settings, Box::new(data))?;
+        let worker = self.shared.next_dialer.fetch_add(1, Ordering::Relaxed) % self.inboxes.len().max(1);
+        if !self.post(worker, Command::Connect(Box::new(dial))) {
+            return Err(refuse("the server has stopped"));
+        }
+        Ok(())
     }
 
     /// Open connections (handshakes included), all workers together.

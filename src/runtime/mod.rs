@@ -93,6 +93,13 @@ pub trait Handler: Clone + Send + 'static {
         let _ = (conn, code, reason);
     }
 
+    /// An outgoing connection ([`ServerHandle::connect`]) failed before it
+    /// opened: refused, timed out, or the server answered badly. Its data
+    /// comes back with the reason. The default drops both.
+    fn on_connect_error(&mut self, data: Self::Data, error: crate::client::ClientError) {
+        let _ = (data, error);
+    }
+
     /// A plain HTTP request (not an upgrade). `None`, the default, answers
     /// 426 Upgrade Required.
     fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
-use crate::proto::{FrameHeader, OpCode, MAX_HEADER_LEN};
+use crate::proto::{apply_mask, FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// Payloads at least this long get their own segment instead of being copied
 /// onto the end of the coalescing buffer.
@@ -53,19 +53,18 @@ impl OutQueue {
         self.len += tail.len() - before;
     }
 
-    /// Appends an unmasked frame.
-    pub fn push_frame(&mut self, opcode: OpCode, payload: &[u8]) {
-        self.push_frame_with_rsv(opcode, 0, payload)
-    }
-
-    /// Appends an unmasked frame with RSV bits (`0b0xyz`) set by an extension.
-    pub fn push_frame_with_rsv(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
-        let header = FrameHeader { fin: true, rsv, opcode, mask: None, payload_len: payload.len() as u64 };
+    /// Appends a frame, masked with `mask` if given (the client end masks).
+    pub fn push_frame_masked(&mut self, opcode: OpCode, rsv: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
+        let header = FrameHeader { fin: true, rsv, opcode, mask, payload_len: payload.len() as u64 };
         let mut head = [0; MAX_HEADER_LEN];
         let head_len = header.encode(&mut head);
         let tail = self.tail(head_len + payload.len());
         tail.extend_from_slice(&head[..head_len]);
+        let start = tail.len();
         tail.extend_from_slice(payload);
+        if let Some(mask) = mask {
+            apply_mask(&mut tail[start..], mask, 0);
+        }
         self.len += head_len + payload.len();
     }
 
@@ -199,7 +198,7 @@ mod tests {
         let shared: Arc<[u8]> = Arc::from(&b"shared-frame"[..]);
         queue.push_with(|out| out.extend_from_slice(b"head "));
         queue.push_shared(shared.clone());
-        queue.push_frame(OpCode::Text, &[b'x'; 70_000]);
+        queue.push_frame_masked(OpCode::Text, 0, None, &[b'x'; 70_000]);
         queue.push_with(|out| out.extend_from_slice(b" tail"));
         let expected_len = queue.len();
         let mut socket = Trickle { out: Vec::new(), limit: 7, calls_left: 3 };

@@ -24,9 +24,14 @@ use super::handle::{Command, ConnId, ServerHandle, Shared, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
+use crate::client::ClientError;
 use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, Decoder, Event, OpCode, ProtocolError, Role};
+
+mod outgoing;
+
+pub(crate) use outgoing::{Dial, Dialing};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -58,7 +63,7 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: SocketAddr, handler: H
         inboxes.push(WorkerInbox { sender, waker });
         receivers.push(receiver);
     }
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared { data_type: Some(std::any::TypeId::of::<H::Data>()), ..Shared::default() });
     let mut acceptor = None;
     if !reuse_port {
         let poll = Poll::new()?;
@@ -228,6 +233,10 @@ impl<H: Handler> Worker<H> {
                     WAKER => self.drain_inbox(),
                     Token(token) => {
                         let key = token - FIRST_CONN;
+                        if self.slab.get(key).is_some_and(|s| s.conn.has(flag::CONNECTING)) {
+                            self.on_connected(key);
+                            continue;
+                        }
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             if event.is_read_closed() {
                                 if let Some(slot) = self.slab.get_mut(key) {
@@ -345,7 +354,8 @@ impl<H: Handler> Worker<H> {
             self.peer_ips.insert(key, ip);
         }
         if registered.is_err() {
-            return self.remove(key);
+            self.remove(key);
+            return;
         }
         let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, settings.handshake_timeout);
         self.ctx.set_deadline(key, &mut slot.conn, tick);
@@ -367,6 +377,7 @@ impl<H: Handler> Worker<H> {
                 Command::Close(id, code, reason) => self.with_open(id, |conn| conn.close(code, &reason)),
                 Command::Adopt(stream) => self.adopt(stream),
                 Command::Notify(message) => self.with_conns(|handler, conns| handler.on_notify(conns, message)),
+                Command::Connect(dial) => self.dial(*dial),
                 Command::Shutdown => self.begin_shutdown(),
             }
         }
@@ -413,7 +424,7 @@ impl<H: Handler> Worker<H> {
         for key in keys {
             let conn = &mut self.slab[key].conn;
             match conn.phase {
-                Phase::Handshake => self.remove(key),
+                Phase::Handshake => self.abort(key, "server shutting down"),
                 _ => self.ctx.start_close(key, conn, CloseCode::GOING_AWAY, "server shutting down"),
             }
         }
@@ -470,6 +481,11 @@ impl<H: Handler> Worker<H> {
         let slot = &mut slab[key];
         let input = &mut read_buf[..n];
         match slot.conn.phase {
+            Phase::Handshake if slot.conn.is_dialing() => match outgoing::response(slot, key, handler, ctx, input) {
+                Ok(Some(used)) => frames(slot, key, handler, ctx, &mut input[used..]),
+                Ok(None) => {}
+                Err(error) => return self.dial_failed(key, error),
+            },
             Phase::Handshake => {
                 if let Some(used) = handshake(slot, key, handler, ctx, input) {
                     frames(slot, key, handler, ctx, &mut input[used..]);
@@ -496,12 +512,15 @@ impl<H: Handler> Worker<H> {
             return;
         }
         match conn.phase {
-            Phase::Handshake => self.remove(key),
+            Phase::Handshake if conn.is_dialing() => self.dial_failed(key, ClientError::Timeout),
+            Phase::Handshake => {
+                self.remove(key);
+            }
             Phase::Open => match self.ctx.settings.keepalive {
                 Some(_) if conn.has(flag::PING_SENT) => self.abort(key, "keepalive timeout"),
                 Some(keepalive) => {
                     conn.flags |= flag::PING_SENT;
-                    self.ctx.queue(key, conn).push_frame(OpCode::Ping, b"");
+                    self.ctx.push_frame(key, conn, OpCode::Ping, 0, b"");
                     let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, keepalive.timeout);
                     self.ctx.set_deadline(key, conn, tick);
                 }
@@ -563,13 +582,17 @@ impl<H: Handler> Worker<H> {
     fn abort(&mut self, key: usize, reason: &str) {
         let Worker { slab, handler, ctx, .. } = self;
         if let Some(slot) = slab.get_mut(key) {
+            if slot.conn.is_dialing() {
+                return self.dial_failed(key, ClientError::Io(io::Error::other(reason)));
+            }
             notify(handler, key, &mut slot.conn, ctx, CloseCode::ABNORMAL, reason);
         }
         self.remove(key);
     }
 
-    fn remove(&mut self, key: usize) {
-        let Some(slot) = self.slab.try_remove(key) else { return };
+    /// Drops the connection; returns its data.
+    fn remove(&mut self, key: usize) -> Option<H::Data> {
+        let slot = self.slab.try_remove(key)?;
         if let Some(queue) = slot.conn.out {
             self.ctx.recycle(queue);
         }
@@ -584,6 +607,7 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
+        Some(slot.conn.data)
     }
 }
 
@@ -635,20 +659,26 @@ fn handshake<H: Handler>(
         conn.extra.get_or_insert_with(Box::default).deflate = Some(DeflateState::new(agreement));
         slot.decoder.allow_extension_rsv(RSV1);
     }
-    conn.tidy_extra();
     conn.data = accept.data;
+    open(handler, key, conn, ctx).then_some(used)
+}
+
+/// The upgrade is done (either way round): the connection opens. Returns
+/// whether it is still open after `on_open`.
+fn open<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut Context) -> bool {
+    conn.tidy_extra();
     conn.phase = Phase::Open;
     conn.flags |= flag::OPENED;
     // The handshake deadline no longer applies: its wheel entry goes stale.
     conn.armed = 0;
     conn.deadline = u32::MAX;
-    if let Some(keepalive) = settings.keepalive {
+    if let Some(keepalive) = ctx.settings.keepalive {
         let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
         ctx.set_deadline(key, conn, tick);
     }
     handler.on_open(&mut Conn { key, conn, ctx });
     settle(handler, key, conn, ctx);
-    (conn.phase == Phase::Open).then_some(used)
+    conn.phase == Phase::Open
 }
 
 /// Answers a complete request head into `response`: the 101 (returning the
@@ -750,7 +780,7 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
                 // flood from a peer that does not read cannot grow the queue.
                 let fits = conn.queued() + payload.len() + 2 <= ctx.settings.max_buffered;
                 if conn.phase == Phase::Open && fits {
-                    ctx.queue(key, conn).push_frame(OpCode::Pong, payload);
+                    ctx.push_frame(key, conn, OpCode::Pong, 0, payload);
                 }
             }
             Some(Event::Pong(payload)) if conn.phase == Phase::Open => {
@@ -760,7 +790,7 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
             Some(Event::Pong(_) | Event::Message(_) | Event::Compressed { .. }) => {}
             Some(Event::Close(code, reason)) => {
                 if let Some(reply) = conn.phase.close_handshake().and_then(|mut close| close.receive(code)) {
-                    ctx.queue(key, conn).push_frame(OpCode::Close, reply.payload());
+                    ctx.push_frame(key, conn, OpCode::Close, 0, reply.payload());
                 }
                 ctx.finish(key, conn);
                 notify(handler, key, conn, ctx, code.unwrap_or(CloseCode::NO_STATUS), reason);

@@ -505,3 +505,9 @@ pub fn wait_connection_count(handle: &ServerHandle, expected: usize) {
         std::thread::sleep(ms(5));
     }
 }
+
+/// A self-signed TLS identity for `localhost`: (certificate PEM, key PEM).
+pub fn identity() -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("a self-signed certificate");
+    (cert.cert.pem(), cert.signing_key.serialize_pem())
+}

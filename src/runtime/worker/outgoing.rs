@@ -1,0 +1,202 @@
+//! Outgoing connections: a worker dials out, upgrades as the client, then
+//! drives the connection through the same [`Handler`] as accepted ones.
+
+use std::any::Any;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+
+use super::{flag, Connection, Context, Extra, Handler, Phase, Slot, Worker, FIRST_CONN};
+use crate::client::socket::{connect_error, resolve};
+use crate::client::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
+use crate::proto::{Decoder, Role};
+
+/// An outgoing connection asked for by [`ServerHandle::connect`](crate::runtime::ServerHandle::connect).
+pub(crate) struct Dial {
+    dialing: Dialing,
+    data: Box<dyn Any + Send>,
+}
+
+/// What an outgoing connection keeps until the server accepts its upgrade.
+#[derive(Debug)]
+pub(crate) struct Dialing {
+    url: Url,
+    settings: ClientBuilder,
+    /// Addresses not tried yet, the next one last.
+    untried: Vec<SocketAddr>,
+    addr: Option<SocketAddr>,
+    upgrade: Upgrade,
+}
+
+impl Dial {
+    /// Resolves the host and prepares the request, on the caller's thread.
+    pub fn new(url: &Url, settings: &ClientBuilder, data: Box<dyn Any + Send>) -> Result<Dial, ClientError> {
+        // The worker's compression state is the server side's; outgoing connections run plain.
+        let settings = ClientBuilder { deflate: None, ..settings.clone() };
+        let mut untried = resolve(url)?;
+        untried.reverse();
+        let upgrade = Upgrade::new(url, &settings)?;
+        Ok(Dial { dialing: Dialing { url: url.clone(), settings, untried, addr: None, upgrade }, data })
+    }
+}
+
+impl<H: Handler> Worker<H> {
+    /// Starts an outgoing connection: TCP connect now, the rest as events come.
+    pub(super) fn dial(&mut self, dial: Dial) {
+        // ServerHandle::connect checked the type.
+        let Ok(data) = dial.data.downcast::<H::Data>() else { return };
+        let mut dialing = dial.dialing;
+        if self.shutdown_deadline.is_some() {
+            let error = ClientError::Io(io::Error::other("the server is shutting down"));
+            return self.handler.on_connect_error(*data, error);
+        }
+        let socket = match next_socket(&mut dialing) {
+            Ok(socket) => socket,
+            Err(error) => return self.handler.on_connect_error(*data, error),
+        };
+        self.ctx.handle.shared.connections.fetch_add(1, Ordering::Relaxed);
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let timeout = dialing.settings.timeout;
+        let extra = Extra { dialing: Some(Box::new(dialing)), masks: mask_rng().ok(), ..Extra::default() };
+        let conn = Connection {
+            socket,
+            generation: self.next_generation,
+            phase: Phase::Handshake,
+            // Writability says the connect finished; the interest stays on (see `await_writable`).
+            flags: flag::CONNECTING | flag::WRITE_INTEREST,
+            pending_code: 0,
+            deadline: 0,
+            armed: 0,
+            out: None,
+            extra: Some(Box::new(extra)),
+            data: *data,
+        };
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        let slot = entry.insert(Slot { decoder: Decoder::new(Role::Client), conn });
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut slot.conn.socket, Token(key + FIRST_CONN), interest) {
+            return self.dial_failed(key, ClientError::Io(e));
+        }
+        let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, timeout);
+        self.ctx.set_deadline(key, &mut slot.conn, tick);
+    }
+
+    /// A connecting socket became writable (or failed): on success, send the
+    /// upgrade request (through TLS for `wss://`); on failure try the next address.
+    pub(super) fn on_connected(&mut self, key: usize) {
+        let Worker { slab, ctx, .. } = self;
+        let conn = &mut slab[key].conn;
+        let outcome = match conn.socket.take_error() {
+            Ok(None) => conn.socket.peer_addr().map(|_| ()),
+            Ok(Some(e)) | Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {}
+            // Not connected yet: a spurious wakeup.
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+            Err(e) => return self.next_address(key, e),
+        }
+        conn.flags &= !flag::CONNECTING;
+        let _ = conn.socket.set_nodelay(true);
+        if let Err(error) = start_tls(conn) {
+            return self.dial_failed(key, error);
+        }
+        let dialing = conn.extra.as_deref_mut().and_then(|e| e.dialing.take()).expect("a dialing connection");
+        ctx.queue(key, conn).push_with(|out| out.extend_from_slice(&dialing.upgrade.request));
+        conn.extra.as_deref_mut().expect("checked above").dialing = Some(dialing);
+    }
+
+    /// The connect to one address failed: try the next, or give up.
+    fn next_address(&mut self, key: usize, error: io::Error) {
+        let conn = &mut self.slab[key].conn;
+        let dialing = conn.extra.as_deref_mut().and_then(|e| e.dialing.as_deref_mut()).expect("a dialing connection");
+        let failed = connect_error(dialing.addr.expect("an address was tried"), error);
+        if dialing.untried.is_empty() {
+            return self.dial_failed(key, failed);
+        }
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        let socket = match next_socket(dialing) {
+            Ok(socket) => socket,
+            Err(error) => return self.dial_failed(key, error),
+        };
+        conn.socket = socket;
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key + FIRST_CONN), interest) {
+            self.dial_failed(key, ClientError::Io(e));
+        }
+    }
+
+    /// Drops an outgoing connection that never opened and tells the handler.
+    pub(super) fn dial_failed(&mut self, key: usize, error: ClientError) {
+        if let Some(data) = self.remove(key) {
+            self.handler.on_connect_error(data, error);
+        }
+    }
+}
+
+/// A non-blocking connect to the next address that does not fail at once.
+fn next_socket(dialing: &mut Dialing) -> Result<TcpStream, ClientError> {
+    let mut last = None;
+    while let Some(addr) = dialing.untried.pop() {
+        dialing.addr = Some(addr);
+        match TcpStream::connect(addr) {
+            Ok(socket) => return Ok(socket),
+            Err(e) => last = Some(connect_error(addr, e)),
+        }
+    }
+    Err(last.unwrap_or(ClientError::Timeout))
+}
+
+#[cfg(feature = "tls")]
+fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
+    let extra = conn.extra.as_deref_mut().expect("a dialing connection");
+    let dialing = extra.dialing.as_deref().expect("a dialing connection");
+    if !dialing.url.is_secure() {
+        return Ok(());
+    }
+    let connector = dialing.settings.tls.clone().unwrap_or_else(crate::client::socket::default_connector);
+    let session = connector.session(dialing.url.host()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    extra.tls = Some(Box::new(session));
+    Ok(())
+}
+
+#[cfg(not(feature = "tls"))]
+fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
+    match conn.extra.as_deref().and_then(|e| e.dialing.as_deref()) {
+        Some(dialing) if dialing.url.is_secure() => {
+            Err(ClientError::Tls("wss:// needs the `tls` cargo feature".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Feeds the server's answer to the upgrade; once it is complete and valid
+/// the connection opens. Returns how many bytes the head used if the
+/// connection is now open, and the reason if the server refused.
+pub(super) fn response<H: Handler>(
+    slot: &mut Slot<H::Data>,
+    key: usize,
+    handler: &mut H,
+    ctx: &mut Context,
+    input: &[u8],
+) -> Result<Option<usize>, ClientError> {
+    let conn = &mut slot.conn;
+    let extra = conn.extra.as_deref_mut().expect("a dialing connection");
+    let dialing = extra.dialing.as_deref_mut().expect("a dialing connection");
+    let Some(used) = dialing.upgrade.push(input, &dialing.settings)? else { return Ok(None) };
+    match dialing.upgrade.finish(&dialing.settings) {
+        Ok(_) => {}
+        Err((ClientError::Status { status, .. }, length)) => {
+            let rest = &input[used..];
+            let body = rest[..rest.len().min(length.unwrap_or(usize::MAX)).min(MAX_REFUSAL_BODY)].to_vec();
+            return Err(ClientError::Status { status, body });
+        }
+        Err((error, _)) => return Err(error),
+    }
+    extra.dialing = None;
+    Ok(super::open(handler, key, conn, ctx).then_some(used))
+}

@@ -1,0 +1,76 @@
+//! The JavaScript client (clients/js) against a real emitws app: this test
+//! serves the app below on a free port and runs clients/js/test/server.test.js
+//! under `node --test` with `EMITWS_URL` pointing at it. Without node on the
+//! PATH it says so loudly and passes (CI has node).
+
+use std::process::Command;
+use std::time::Duration;
+
+use emitws::app::{App, BroadcastOpts, CallError};
+use serde_json::{json, Value};
+
+fn app() -> App {
+    let mut app = App::new();
+    app.on("/echo", |req| {
+        let data: Value = req.data().unwrap_or(Value::Null);
+        if req.is_request() {
+            req.reply(&data);
+        } else {
+            let _ = req.emit("/echoed", &data);
+        }
+    });
+    app.on("/fail", |req| req.reply_err("teapot", "I am a teapot"));
+    app.on("/later", |req| {
+        let reply = req.defer();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            reply.reply(&"later");
+        });
+    });
+    app.ns("/room").on("/join", |req| {
+        let joined = req.join("#js").is_ok();
+        req.reply(&joined);
+    });
+    app.ns("/room").on("/say", |req| {
+        let text: String = req.data().unwrap_or_default();
+        let _ = req.broadcast("/room/said", &text, BroadcastOpts::to("#js").include_self());
+    });
+    // Server-to-client RPC: asks the client's procedure named in the data and
+    // replies with its answer, or with the error the call came to.
+    app.on("/ask", |req| {
+        let Some((name, data)) = req.expect_data::<(String, Value)>() else { return };
+        let reply = req.defer();
+        let _ = reply.socket().call_then(&name, &data, Duration::from_millis(500), move |result| match result {
+            Ok(answer) => reply.reply(&json!({ "answer": answer.data::<Value>().unwrap_or(Value::Null) })),
+            Err(CallError::NotRegistered(_)) => reply.reply(&json!({ "error": "not_registered" })),
+            Err(CallError::ExecutionFailed(message)) => {
+                reply.reply(&json!({ "error": "execution_failed", "message": message }))
+            }
+            Err(CallError::Timeout) => reply.reply(&json!({ "error": "timeout" })),
+            Err(other) => reply.reply(&json!({ "error": other.to_string() })),
+        });
+    });
+    app.on("/kick", |req| req.close(4000, "kicked"));
+    app
+}
+
+#[test]
+fn javascript_client_against_a_real_server() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("\n*** node is not installed: SKIPPING the JavaScript client's server tests ***\n");
+        return;
+    }
+    let running = app().listen("127.0.0.1:0").expect("listen");
+    let url = format!("ws://{}/", running.local_addr());
+    let output = Command::new("node")
+        .args(["--experimental-websocket", "--no-warnings", "--test", "--test-timeout=30000"])
+        .arg(format!("{root}/clients/js/test/server.test.js"))
+        .env("EMITWS_URL", &url)
+        .output()
+        .expect("run node");
+    running.close();
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "node --test failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(report.contains("# fail 0") && !report.contains("# pass 0"), "{report}");
+}
