@@ -30,9 +30,11 @@ ticks_per_sec=$(getconf CLK_TCK)
 # Starts the server pinned to core 0 (it must listen on PORT), runs
 # `emitws-load MODE LOAD_ARGS` (echo or fanout) pinned to core 1 for $duration
 # seconds after a 2 s warm-up, and writes RESULT.json (the load tool's JSON,
-# which counts errors and missing deliveries) and RESULT.cpu (the server's CPU
-# ticks over the run). The server's pid is in $pid while it runs, for an EXIT
-# trap. A fatal load tool failure (exit status 2) stops the script.
+# which counts errors and missing deliveries), RESULT.cpu (the server's CPU
+# ticks over the run) and, if /usr/bin/time exists, RESULT.load (the load
+# tool's user and system CPU seconds). The server's pid is in $pid while it
+# runs, for an EXIT trap. A fatal load tool failure (exit status 2) stops the
+# script.
 pinned_load() {
   local result=$1 port=$2
   shift 2
@@ -44,8 +46,10 @@ pinned_load() {
   wait_port "$port"
   local before
   before=$(cpu_ticks "$pid")
-  local status=0
-  taskset -c 1 target/release/emitws-load "$@" --duration "$duration" --warmup 2 --json >"$result.json" || status=$?
+  local status=0 timer=()
+  [ ! -x /usr/bin/time ] || timer=(/usr/bin/time -f "%U %S" -o "$result.load")
+  taskset -c 1 "${timer[@]}" target/release/emitws-load "$@" --duration "$duration" --warmup 2 --json \
+    >"$result.json" || status=$?
   echo $(( $(cpu_ticks "$pid") - before )) >"$result.cpu"
   kill "$pid"
   wait "$pid" 2>/dev/null || true

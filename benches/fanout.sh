@@ -23,7 +23,7 @@ publishers="${PUBLISHERS:-10}"
 payload="${PAYLOAD:-32}"
 out=target/bench-fanout
 mkdir -p "$out"
-rm -f "$out"/*.json "$out"/*.cpu
+rm -f "$out"/*.json "$out"/*.cpu "$out"/*.load
 ulimit -n "$(( connections + 1024 ))" 2>/dev/null || true
 
 source benches/common.sh
@@ -58,8 +58,14 @@ for s in servers:
     for r in range(1, rounds + 1):
         run = json.load(open(f"{out}/{s}-{r}.json"))
         ticks = int(open(f"{out}/{s}-{r}.cpu").read())
-        # The server's CPU over the whole run per delivery of warm-up and measurement.
-        run["cpu_us"] = ticks / hz * 1e6 / max(1.0, run["msgs_per_sec"] * (duration + WARMUP))
+        # CPU over the whole run (connect and drain included) per delivery of
+        # warm-up and measurement: the server's, and the load tool's.
+        deliveries = max(1.0, run["msgs_per_sec"] * (duration + WARMUP))
+        run["cpu_us"] = ticks / hz * 1e6 / deliveries
+        try:
+            run["load_cpu_us"] = sum(map(float, open(f"{out}/{s}-{r}.load").read().split())) * 1e6 / deliveries
+        except (OSError, ValueError):
+            run["load_cpu_us"] = float("nan")
         runs[s].append(run)
 print("Every round:\n")
 print("| round | server | deliveries/s | p50 µs | p99 µs | published | delivered / expected | errors |")
@@ -71,8 +77,8 @@ for r in range(rounds):
               f"{x['published']:,} | {x['delivered']:,} / {x['expected']:,} | {x['errors']} |")
 med = lambda s, k: statistics.median(x[k] for x in runs[s])
 print("\nMedians:\n")
-print("| server | deliveries/s | emitws vs it | p50 µs | p99 µs | server CPU µs/delivery | complete |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| server | deliveries/s | emitws vs it | p50 µs | p99 µs | server CPU µs/delivery | load tool CPU µs/delivery | complete |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 ours = med("emitws", "msgs_per_sec")
 for s in servers:
     missing = sum(x["missing"] for x in runs[s])
@@ -80,5 +86,5 @@ for s in servers:
     complete = "yes, every round" if missing == 0 else f"{missing:,} of {expected:,} missing"
     ratio = "" if s == "emitws" else f"{ours / med(s, 'msgs_per_sec'):.2f}×"
     print(f"| {s} | {med(s, 'msgs_per_sec'):,.0f} | {ratio} | {med(s, 'p50_us'):,.0f} | "
-          f"{med(s, 'p99_us'):,.0f} | {med(s, 'cpu_us'):.2f} | {complete} |")
+          f"{med(s, 'p99_us'):,.0f} | {med(s, 'cpu_us'):.2f} | {med(s, 'load_cpu_us'):.2f} | {complete} |")
 PY
