@@ -2,7 +2,7 @@
 # servers. Each server runs one event loop so they compare loop for loop.
 # A script that runs none of them sets ONLY_HELPERS=1 to take just the helpers.
 if [ -z "${ONLY_HELPERS:-}" ]; then
-  cargo build -q --release --example echo --bin emitws-load
+  cargo build -q --release --example echo --example app_echo --bin emitws-load
   cargo build -q --release --manifest-path benches/peers/Cargo.toml
 fi
 
@@ -29,13 +29,16 @@ wait_port() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 ticks_per_sec=$(getconf CLK_TCK)
 
-# pinned_echo RESULT PORT SERVER_COMMAND... -- LOAD_ARGS...
+# pinned_load RESULT PORT SERVER_COMMAND... -- MODE LOAD_ARGS...
 # Starts the server pinned to core 0 (it must listen on PORT), runs
-# `emitws-load echo LOAD_ARGS` pinned to core 1 for $duration seconds after a
-# 2 s warm-up, and writes RESULT.json (the load tool's JSON) and RESULT.cpu
-# (the server's CPU ticks over the run). The server's pid is in $pid while it
-# runs, for an EXIT trap.
-pinned_echo() {
+# `emitws-load MODE LOAD_ARGS` (echo or fanout) pinned to core 1 for $duration
+# seconds after a 2 s warm-up, and writes RESULT.json (the load tool's JSON,
+# which counts errors and missing deliveries), RESULT.cpu (the server's CPU
+# ticks over the run) and, if /usr/bin/time exists, RESULT.load (the load
+# tool's user and system CPU seconds). The server's pid is in $pid while it
+# runs, for an EXIT trap. A fatal load tool failure (exit status 2) stops the
+# script.
+pinned_load() {
   local result=$1 port=$2
   shift 2
   local server=()
@@ -46,9 +49,13 @@ pinned_echo() {
   wait_port "$port"
   local before
   before=$(cpu_ticks "$pid")
-  taskset -c 1 target/release/emitws-load echo "$@" --duration "$duration" --warmup 2 --json >"$result.json"
+  local status=0 timer=()
+  [ ! -x /usr/bin/time ] || timer=(/usr/bin/time -f "%U %S" -o "$result.load")
+  taskset -c 1 "${timer[@]}" target/release/emitws-load "$@" --duration "$duration" --warmup 2 --json \
+    >"$result.json" || status=$?
   echo $(( $(cpu_ticks "$pid") - before )) >"$result.cpu"
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   pid=
+  [ "$status" -le 1 ]
 }

@@ -31,8 +31,8 @@ for round in $(seq "$rounds"); do
       port=$((port + 1))
       echo "round $round: $server, $conns connections x $payload B, $in_flight in flight" >&2
       # shellcheck disable=SC2086 # the command line is meant to split
-      pinned_echo "$out/$server-$conns-$payload-$in_flight-$round" "$port" ${server_cmd[$server]} "127.0.0.1:$port" -- \
-        --url "ws://127.0.0.1:$port/" --connections "$conns" --payload "$payload" --in-flight "$in_flight"
+      pinned_load "$out/$server-$conns-$payload-$in_flight-$round" "$port" ${server_cmd[$server]} "127.0.0.1:$port" -- \
+        echo --url "ws://127.0.0.1:$port/" --connections "$conns" --payload "$payload" --in-flight "$in_flight"
     done
   done
 done

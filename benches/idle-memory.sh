@@ -3,6 +3,11 @@
 # minus RSS before, divided by N. Each server runs one event loop.
 #
 # Usage: benches/idle-memory.sh            (COUNTS="1000 10000" by default)
+# SERVERS picks the servers (all by default): emitws (the engine, examples/echo),
+# emitws-app (the event layer, examples/app_echo; sockets idle after the
+# handshake), emitws-app-joined (the same, each socket having joined the room
+# `#room` with a `/join` request and got its reply), fastwebsockets,
+# tokio-tungstenite.
 # 19,000 is the most one process can hold here (20,000 open files per process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +16,10 @@ out=target/bench-idle
 mkdir -p "$out"
 
 source benches/common.sh
+server_cmd[emitws-app]="target/release/examples/app_echo --workers 1 --addr"
+server_cmd[emitws-app-joined]="${server_cmd[emitws-app]}"
+declare -A load_args=([emitws-app-joined]="--protocol emitws")
+read -r -a servers <<<"${SERVERS:-emitws emitws-app emitws-app-joined ${servers[*]:1}}"
 port=9500
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
@@ -28,11 +37,15 @@ for n in $counts; do
     server_pid=$!
     pids+=("$server_pid")
     wait_port "$port"
-    # One connection first, so lazily built state (buffers, pools) is in "before".
-    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" --connections 1 --hold 1 >/dev/null
+    # One connection first, so lazily built state (buffers, pools, the room) is in "before".
+    # shellcheck disable=SC2086 # the arguments are meant to split
+    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" ${load_args[$server]:-} --connections 1 --hold 1 >/dev/null
     before=$(rss_kib "$server_pid")
     log="$out/$server-$n.log"
-    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" --connections "$n" --hold 600 >"$log" 2>&1 &
+    : >"$log"
+    # shellcheck disable=SC2086
+    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" ${load_args[$server]:-} --connections "$n" --hold 600 \
+      >"$log" 2>&1 &
     load_pid=$!
     pids+=("$load_pid")
     for _ in $(seq 1200); do grep -q '^ready' "$log" && break; sleep 0.1; done

@@ -37,7 +37,7 @@ for round in $(seq "$rounds"); do
         load+=(--ca "$out/cert.pem")
       fi
       echo "round $round: $scheme, $conns x $payload B" >&2
-      pinned_echo "$out/$scheme-$conns-$payload-$round" "$port" "${server[@]}" -- "${load[@]}"
+      pinned_load "$out/$scheme-$conns-$payload-$round" "$port" "${server[@]}" -- echo "${load[@]}"
     done
   done
 done

@@ -22,8 +22,8 @@ section "doctests: cargo test --doc"
 cargo test --doc
 
 # The Redis adapter is behind a feature; its tests start their own redis-server.
-section "cluster: cargo test --features redis --test cluster --test cluster_nodes"
-cargo test --features redis --test cluster --test cluster_nodes
+section "cluster: cargo test --features redis --test cluster --test cluster_nodes --test chat_cluster"
+cargo test --features redis --test cluster --test cluster_nodes --test chat_cluster
 
 section "JavaScript client: node --test clients/js/test/"
 node --experimental-websocket --test clients/js/test/

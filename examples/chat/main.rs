@@ -2,12 +2,16 @@
 //!
 //! `cargo run --release --example chat`, then open http://127.0.0.1:3000/ in
 //! two browser windows. Rooms, a user list, a typing indicator, recent
-//! history per room (in memory), and the connection state with reconnects,
-//! all on the event framework (`emitws::app`) and the JavaScript client
+//! history per room, and the connection state with reconnects, all on the
+//! event framework (`emitws::app`) and the JavaScript client
 //! (clients/js/emitws.js, served as /emitws.js).
 //!
 //! `--addr HOST:PORT` changes the address (port 0 picks a free one; the
-//! address is printed either way).
+//! address is printed either way). With the `redis` feature, `--redis URL`
+//! makes this server one node of a cluster: rooms, user lists and history
+//! live in Redis, and messages reach the members on every node
+//! (`cargo run --release --features redis --example chat -- --redis
+//! redis://127.0.0.1:6379/ --addr 127.0.0.1:3001`, and a second one on 3002).
 //!
 //! Events (all under the `/chat` namespace):
 //! - request `/join {room, name}` → `{room, history, users, rooms}`; everyone
@@ -15,28 +19,32 @@
 //! - request `/say {room, text}` → `true`; the room gets `/message {room, user, text, ts}`
 //! - event `/typing {room}`; the room gets `/typing {room, user}`
 //! - a socket that leaves its room or disconnects: everyone gets `/presence {room, users, left, rooms}`
+//!
+//! Handlers never wait for the store: they keep what belongs to the socket
+//! (its room, its name) on the worker and hand the rest to the store's own
+//! thread, which replies and broadcasts when it is done.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::mpsc::{self, Sender};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use emitws::app::{App, BroadcastOpts, Request};
-use emitws::runtime::{ConnId, HttpResponse};
+use emitws::app::{App, AppHandle, BroadcastOpts, Request, SocketId};
+use emitws::runtime::HttpResponse;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 
 const PAGE: &str = include_str!("index.html");
 const CLIENT: &str = include_str!("../../clients/js/emitws.js");
 
 /// Messages kept per room for people who join later.
 const HISTORY: usize = 50;
-/// Rooms kept at most; empty rooms beyond it are forgotten, and new ones refused.
+/// Rooms kept at most; new ones beyond it are refused.
 const MAX_ROOMS: usize = 200;
 const MAX_NAME: usize = 24;
 const MAX_ROOM: usize = 32;
 const MAX_TEXT: usize = 2000;
 
-#[derive(Clone, Serialize)]
+#[derive(Clone, Serialize, Deserialize)]
 struct Said {
     room: String,
     user: String,
@@ -44,41 +52,205 @@ struct Said {
     ts: u64,
 }
 
+/// A room as a joiner sees it.
+struct Joined {
+    history: Vec<Said>,
+    users: Vec<String>,
+    rooms: Vec<Value>,
+}
+
+/// Where rooms, their members and their history are kept. Members are
+/// cluster-wide socket ids (`NODE-CONN`).
+trait Store: Send {
+    /// Adds a member; `Err` says why not.
+    fn join(&mut self, app: &AppHandle, room: &str, member: SocketId, name: &str) -> Result<Joined, String>;
+    /// Removes a member: the room's users and the room list afterwards.
+    fn leave(&mut self, app: &AppHandle, room: &str, member: SocketId) -> (Vec<String>, Vec<Value>);
+    /// Keeps a message in its room's history.
+    fn keep(&mut self, said: &Said);
+}
+
+/// Member names, each once, sorted.
+fn distinct(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut names: Vec<String> = names.into_iter().collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The store of a single server: everything in memory.
+#[derive(Default)]
+struct Memory(BTreeMap<String, Room>);
+
 #[derive(Default)]
 struct Room {
-    members: Vec<(ConnId, String)>,
+    members: BTreeMap<SocketId, String>,
     history: VecDeque<Said>,
 }
 
-impl Room {
-    /// Member names, each once, sorted.
-    fn users(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.members.iter().map(|(_, name)| name.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        names
+impl Memory {
+    fn users(&self, room: &str) -> Vec<String> {
+        self.0.get(room).map(|r| distinct(r.members.values().cloned())).unwrap_or_default()
+    }
+
+    fn rooms(&self) -> Vec<Value> {
+        self.0.iter().map(|(name, room)| json!({ "name": name, "users": room.members.len() })).collect()
     }
 }
 
-/// Every room, shared by all workers.
-#[derive(Default)]
-struct Rooms(BTreeMap<String, Room>);
-
-impl Rooms {
-    fn summary(&self) -> Vec<serde_json::Value> {
-        self.0.iter().map(|(name, room)| json!({ "name": name, "users": room.users().len() })).collect()
-    }
-
-    /// Removes a socket from its room; the room's name and the socket's name if it was there.
-    fn remove(&mut self, id: ConnId, room: &str) -> Option<String> {
-        let members = &mut self.0.get_mut(room)?.members;
-        let at = members.iter().position(|(member, _)| *member == id)?;
-        let (_, name) = members.remove(at);
-        if self.0.len() > MAX_ROOMS {
-            self.0.retain(|name, room| name == "general" || !room.members.is_empty());
+impl Store for Memory {
+    fn join(&mut self, _: &AppHandle, room: &str, member: SocketId, name: &str) -> Result<Joined, String> {
+        if !self.0.contains_key(room) && self.0.len() >= MAX_ROOMS {
+            return Err("too many rooms".into());
         }
-        Some(name)
+        let entry = self.0.entry(room.to_string()).or_default();
+        entry.members.insert(member, name.to_string());
+        let history = entry.history.iter().cloned().collect();
+        Ok(Joined { history, users: self.users(room), rooms: self.rooms() })
     }
+
+    fn leave(&mut self, _: &AppHandle, room: &str, member: SocketId) -> (Vec<String>, Vec<Value>) {
+        if let Some(entry) = self.0.get_mut(room) {
+            entry.members.remove(&member);
+            if entry.members.is_empty() && entry.history.is_empty() && room != "general" {
+                self.0.remove(room);
+            }
+        }
+        (self.users(room), self.rooms())
+    }
+
+    fn keep(&mut self, said: &Said) {
+        if let Some(room) = self.0.get_mut(&said.room) {
+            if room.history.len() == HISTORY {
+                room.history.pop_front();
+            }
+            room.history.push_back(said.clone());
+        }
+    }
+}
+
+/// The store of a cluster: rooms (`emitws-chat:rooms`), members
+/// (`emitws-chat:members:ROOM`, socket id → name) and history
+/// (`emitws-chat:history:ROOM`) in Redis, shared by every chat server. A
+/// failed command drops the connection; the next one reconnects.
+#[cfg(feature = "redis")]
+struct Shared {
+    client: redis::Client,
+    connection: Option<redis::Connection>,
+}
+
+#[cfg(feature = "redis")]
+impl Shared {
+    const ROOMS: &'static str = "emitws-chat:rooms";
+
+    fn members_key(room: &str) -> String {
+        format!("emitws-chat:members:{room}")
+    }
+
+    fn history_key(room: &str) -> String {
+        format!("emitws-chat:history:{room}")
+    }
+
+    fn with<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            empty => empty.insert(self.client.get_connection_with_timeout(std::time::Duration::from_secs(2))?),
+        };
+        let result = f(connection);
+        if result.is_err() {
+            self.connection = None;
+        }
+        result
+    }
+
+    /// A room's members' names. Members of this server are trusted; those of
+    /// other servers must still be connected (a server that died leaves its
+    /// members behind, and they are swept out here).
+    fn users(&mut self, app: &AppHandle, room: &str) -> redis::RedisResult<Vec<String>> {
+        use redis::Commands;
+        let key = Self::members_key(room);
+        let members: BTreeMap<String, String> = self.with(|c| c.hgetall(&key))?;
+        let live = app.cluster().sockets().unwrap_or_default();
+        let mut names = Vec::new();
+        for (member, name) in members {
+            let Ok(id) = member.parse::<SocketId>() else { continue };
+            if id.node == app.node() || live.contains(&id) {
+                names.push(name);
+            } else if !live.is_empty() {
+                self.with(|c| c.hdel::<_, _, ()>(&key, &member))?;
+            }
+        }
+        Ok(distinct(names))
+    }
+
+    fn rooms(&mut self) -> redis::RedisResult<Vec<Value>> {
+        use redis::Commands;
+        let names: Vec<String> = self.with(|c| c.smembers(Self::ROOMS))?;
+        let mut rooms = Vec::new();
+        for name in distinct(names) {
+            let users: usize = self.with(|c| c.hlen(Self::members_key(&name)))?;
+            rooms.push(json!({ "name": name, "users": users }));
+        }
+        Ok(rooms)
+    }
+
+    fn try_join(
+        &mut self,
+        app: &AppHandle,
+        room: &str,
+        member: SocketId,
+        name: &str,
+    ) -> redis::RedisResult<Result<Joined, String>> {
+        use redis::Commands;
+        let (known, count): (bool, usize) =
+            self.with(|c| Ok((c.sismember(Self::ROOMS, room)?, c.scard(Self::ROOMS)?)))?;
+        if !known && count >= MAX_ROOMS {
+            return Ok(Err("too many rooms".into()));
+        }
+        let history: Vec<String> = self.with(|c| {
+            c.sadd::<_, _, ()>(Self::ROOMS, room)?;
+            c.hset::<_, _, _, ()>(Self::members_key(room), member.to_string(), name)?;
+            c.lrange(Self::history_key(room), 0, -1)
+        })?;
+        let history = history.iter().filter_map(|said| serde_json::from_str(said).ok()).collect();
+        Ok(Ok(Joined { history, users: self.users(app, room)?, rooms: self.rooms()? }))
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Store for Shared {
+    fn join(&mut self, app: &AppHandle, room: &str, member: SocketId, name: &str) -> Result<Joined, String> {
+        self.try_join(app, room, member, name).unwrap_or_else(|e| Err(format!("the store failed: {e}")))
+    }
+
+    fn leave(&mut self, app: &AppHandle, room: &str, member: SocketId) -> (Vec<String>, Vec<Value>) {
+        use redis::Commands;
+        let _ = self.with(|c| c.hdel::<_, _, ()>(Self::members_key(room), member.to_string()));
+        (self.users(app, room).unwrap_or_default(), self.rooms().unwrap_or_default())
+    }
+
+    fn keep(&mut self, said: &Said) {
+        let Ok(text) = serde_json::to_string(said) else { return };
+        let key = Self::history_key(&said.room);
+        let kept = self.with(|c| redis::pipe().rpush(&key, &text).ltrim(&key, -(HISTORY as isize), -1).query::<()>(c));
+        if let Err(e) = kept {
+            eprintln!("chat: history not kept: {e}");
+        }
+    }
+}
+
+/// Work for the store's thread.
+type Job = Box<dyn FnOnce(&mut dyn Store, &AppHandle) + Send>;
+
+/// Runs jobs against the store, one at a time, off the workers.
+fn store_thread(mut store: Box<dyn Store>, app: AppHandle) -> Sender<Job> {
+    let (jobs, inbox) = mpsc::channel::<Job>();
+    std::thread::spawn(move || {
+        for job in inbox {
+            job(store.as_mut(), &app);
+        }
+    });
+    jobs
 }
 
 /// Where a socket is: stored on the socket with `req.set`.
@@ -112,26 +284,32 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn lock(rooms: &Mutex<Rooms>) -> MutexGuard<'_, Rooms> {
-    rooms.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// The store's thread: set once the app listens (jobs need its handle).
+type Jobs = std::sync::Arc<std::sync::OnceLock<Sender<Job>>>;
 
-/// Takes the socket out of its room and tells everyone.
-fn leave_room(req: &mut Request<'_>, rooms: &Mutex<Rooms>) {
-    let Some(seat) = req.remove("seat").and_then(|seat| seat.downcast::<Seat>().ok()) else { return };
-    req.leave(&format!("#{}", seat.room));
-    let mut rooms = lock(rooms);
-    if rooms.remove(req.id(), &seat.room).is_some() {
-        let users = rooms.0.get(&seat.room).map(Room::users).unwrap_or_default();
-        let presence = json!({ "room": seat.room, "users": users, "left": seat.name, "rooms": rooms.summary() });
-        drop(rooms);
-        let _ = req.broadcast("/chat/presence", &presence, BroadcastOpts::all());
+fn submit(jobs: &Jobs, job: Job) {
+    if let Some(jobs) = jobs.get() {
+        let _ = jobs.send(job);
     }
 }
 
-fn chat_app() -> App {
-    let rooms = Arc::new(Mutex::new(Rooms::default()));
-    lock(&rooms).0.insert("general".into(), Room::default());
+/// Takes the socket out of its room (if it is in one) and tells everyone.
+fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
+    let Some(seat) = req.remove("seat").and_then(|seat| seat.downcast::<Seat>().ok()) else { return };
+    req.leave(&format!("#{}", seat.room));
+    let member = req.socket_id();
+    submit(
+        jobs,
+        Box::new(move |store, app| {
+            let (users, rooms) = store.leave(app, &seat.room, member);
+            let presence = json!({ "room": seat.room, "users": users, "left": seat.name, "rooms": rooms });
+            let _ = app.broadcast("/chat/presence", &presence, BroadcastOpts::all().except(member));
+        }),
+    );
+}
+
+/// The chat app; `jobs` must be set to the store's thread once it listens.
+fn chat_app(jobs: Jobs) -> App {
     let mut app = App::new();
     app.on_http(|request| match request.path() {
         "/" | "/index.html" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
@@ -142,7 +320,7 @@ fn chat_app() -> App {
     app.route("/chat");
 
     let mut chat = app.ns("/chat");
-    let state = rooms.clone();
+    let queue = jobs.clone();
     chat.on("/join", move |req| {
         let Some(Join { room, name }) = req.expect_data::<Join>() else { return };
         let name = name.trim();
@@ -150,26 +328,26 @@ fn chat_app() -> App {
             return req.reply_err("bad_request", "a room is 1-32 letters, digits, - or _; a name 1-24 characters");
         }
         let (room, name) = (room.to_string(), name.to_string());
-        leave_room(req, &state);
-        let mut rooms = lock(&state);
-        if !rooms.0.contains_key(&room) && rooms.0.len() >= MAX_ROOMS {
-            return req.reply_err("forbidden", "too many rooms");
-        }
+        leave_room(req, &queue);
         if let Err(error) = req.join(&format!("#{room}")) {
             return req.reply_err("forbidden", &error.to_string());
         }
-        rooms.0.entry(room.clone()).or_default().members.push((req.id(), name.clone()));
-        let summary = rooms.summary();
-        let joined = &rooms.0[&room];
-        let users = joined.users();
-        req.reply(&json!({ "room": room, "history": joined.history, "users": users, "rooms": summary }));
-        let presence = json!({ "room": room, "users": users, "joined": name, "rooms": summary });
-        drop(rooms);
-        let _ = req.broadcast("/chat/presence", &presence, BroadcastOpts::all());
-        req.set("seat", Seat { room, name });
+        req.set("seat", Seat { room: room.clone(), name: name.clone() });
+        let (reply, member) = (req.defer(), req.socket_id());
+        submit(
+            &queue,
+            Box::new(move |store, app| match store.join(app, &room, member, &name) {
+                Ok(Joined { history, users, rooms }) => {
+                    reply.reply(&json!({ "room": room, "history": history, "users": users, "rooms": rooms }));
+                    let presence = json!({ "room": room, "users": users, "joined": name, "rooms": rooms });
+                    let _ = app.broadcast("/chat/presence", &presence, BroadcastOpts::all().except(member));
+                }
+                Err(why) => reply.reply_err("forbidden", &why),
+            }),
+        );
     });
 
-    let state = rooms.clone();
+    let queue = jobs.clone();
     chat.on("/say", move |req| {
         let Some(Say { room, text }) = req.expect_data::<Say>() else { return };
         let Some(seat) = req.get::<Seat>("seat").filter(|seat| seat.room == room) else {
@@ -180,14 +358,9 @@ fn chat_app() -> App {
             return req.reply_err("bad_request", "a message is 1-2000 characters");
         }
         let said = Said { room: seat.room.clone(), user: seat.name.clone(), text: text.into(), ts: now_ms() };
-        if let Some(room) = lock(&state).0.get_mut(&said.room) {
-            if room.history.len() == HISTORY {
-                room.history.pop_front();
-            }
-            room.history.push_back(said.clone());
-        }
         let _ = req.broadcast("/chat/message", &said, BroadcastOpts::to(&format!("#{}", said.room)).include_self());
         req.reply(&true);
+        submit(&queue, Box::new(move |store, _| store.keep(&said)));
     });
 
     chat.on("/typing", |req| {
@@ -197,23 +370,51 @@ fn chat_app() -> App {
         let _ = req.broadcast("/chat/typing", &typing, BroadcastOpts::to(&format!("#{room}")));
     });
 
-    app.on("@disconnect", move |req| leave_room(req, &rooms));
+    app.on("@disconnect", move |req| leave_room(req, &jobs));
     app
 }
 
-fn main() -> std::io::Result<()> {
+fn usage() -> ! {
+    eprintln!("usage: chat [--addr HOST:PORT] [--redis URL (feature redis)]");
+    std::process::exit(2);
+}
+
+/// Serves the chat on `addr`: alone, or as one node of a cluster that shares `redis`.
+pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Box<dyn std::error::Error>> {
+    let jobs = Jobs::default();
+    #[allow(unused_mut)] // changed only with the redis feature
+    let mut app = chat_app(jobs.clone());
+    let store: Box<dyn Store> = match redis {
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            use emitws::cluster::{RedisAdapter, RedisOptions};
+            app.adapter(RedisAdapter::new(url, RedisOptions::default())?);
+            Box::new(Shared { client: redis::Client::open(url)?, connection: None })
+        }
+        _ => {
+            let mut memory = Memory::default();
+            memory.0.insert("general".into(), Room::default());
+            Box::new(memory)
+        }
+    };
+    let running = app.listen(addr)?;
+    let _ = jobs.set(store_thread(store, running.app()));
+    Ok(running)
+}
+
+#[allow(dead_code)] // tests/chat_cluster.rs includes this file for serve()
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:3000".to_string();
+    let mut redis: Option<String> = None;
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
-            _ => {
-                eprintln!("usage: chat [--addr HOST:PORT]");
-                std::process::exit(2);
-            }
+            ("--redis", Some(value)) if cfg!(feature = "redis") => redis = Some(value),
+            _ => usage(),
         }
     }
-    let running = chat_app().listen(addr.as_str())?;
+    let running = serve(&addr, redis.as_deref())?;
     println!("chat on http://{}/", running.local_addr());
     running.join();
     Ok(())

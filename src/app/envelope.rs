@@ -55,10 +55,42 @@ impl Malformed {
 
 /// Parses one text message.
 pub(crate) fn parse(text: &str) -> Result<Envelope<'_>, Malformed> {
+    if let Some(envelope) = parse_compact(text) {
+        return Ok(envelope);
+    }
     match serde_json::from_str::<Parsed<'_>>(text) {
         Ok(Parsed(result)) => result,
         Err(e) => Err(Malformed::new(peek_request_id(text), format!("malformed envelope: {e}"))),
     }
+}
+
+/// The shape every client writes, without whitespace: `[0,"name"(,data)]`
+/// or `[1,id,"name"(,data)]`, read without the serde machinery; `None` for
+/// anything else (the full parser then decides, and explains refusals).
+fn parse_compact(text: &str) -> Option<Envelope<'_>> {
+    let inner = text.strip_prefix('[')?.strip_suffix(']')?;
+    let (id, rest) = match inner.as_bytes().get(..2)? {
+        b"0," => (None, &inner[2..]),
+        b"1," => {
+            let (id, rest) = inner[2..].split_once(',')?;
+            (Some(parse_id(id)?), rest)
+        }
+        _ => return None,
+    };
+    let (event, rest) = rest.strip_prefix('"')?.split_once('"')?;
+    // Visible ASCII without escapes reads the same raw and as JSON.
+    if !event.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'\\') {
+        return None;
+    }
+    let data = match rest {
+        "" => None,
+        // One JSON value exactly: more elements go to the full parser.
+        _ => Some(serde_json::from_str::<&RawValue>(rest.strip_prefix(',')?).ok()?),
+    };
+    Some(match id {
+        Some(id) => Envelope::Request { id, event, data },
+        None => Envelope::Event { event, data },
+    })
 }
 
 /// The id of a request envelope read from its first bytes only (`[1,<id>,`),
@@ -286,6 +318,42 @@ mod tests {
         for junk in ["", "{}", "[]", "[\"0\"]", "nope", "[0,\"/x\"] trailing"] {
             assert!(parse(junk).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn the_compact_reader_agrees_with_the_full_parser() {
+        let texts = [
+            r#"[1,7,"/echo","abc"]"#,
+            r#"[1,7,"/echo"]"#,
+            r#"[0,"/e",{"a":[1,2]}]"#,
+            r#"[0,"/e"]"#,
+            r#"[0,"/e",1,2]"#,
+            r#"[0,"/e",[1]"#,
+            r#"[0,"/e"]]"#,
+            r#"[0,"/e",1]]"#,
+            r#"[0,"/a\"b",1]"#,
+            r#"[1,0,"/e"]"#,
+            r#"[1,01,"/e"]"#,
+            r#"[1,9007199254740992,"/e"]"#,
+            r#"[1, 7,"/e"]"#,
+            r#"[1,7,"/e", 1 ]"#,
+            r#"[1,7,"/e",]"#,
+            r#"[1,7,/e]"#,
+            r#"[0,"/e"x]"#,
+            r#"[2,7,1]"#,
+            "[0,\"/\u{1}\"]",
+        ];
+        for text in texts {
+            let full = match serde_json::from_str::<Parsed<'_>>(text) {
+                Ok(Parsed(result)) => result.ok(),
+                Err(_) => None,
+            };
+            if let Some(compact) = parse_compact(text) {
+                assert_eq!(Some(format!("{compact:?}")), full.map(|e| format!("{e:?}")), "{text}");
+            }
+        }
+        assert!(parse_compact(r#"[1,7,"/echo","abc"]"#).is_some(), "the common case takes the short way");
+        assert!(parse_compact(r#"[0,"/e",{"a":[1,2]}]"#).is_some());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::request::Request;
 use super::router::Handler as EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Calls, Done, StartCall};
 use super::socket::{flag, SocketData};
-use super::{AppHandle, DevicePolicy, Error, Presence, CLOSE_AUTH_TIMEOUT, CLOSE_REPLACED, CLOSE_TOO_MANY_DEVICES};
+use super::{AppHandle, DevicePolicy, Error, Presence, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, Message, OpCode};
 use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
 
@@ -347,7 +347,8 @@ impl AppWorker {
         let (app, verify, id) = (self.app.clone(), challenge.verify.clone(), conn.id());
         let data = serde_json::json!({ "challenge": nonce });
         let Ok(data) = serde_json::value::to_raw_value(&data) else { return };
-        let timeout = self.app.0.setup.limits.auth_timeout;
+        // Longer than the auth deadline, so that running out of time always closes with 4408.
+        let timeout = self.app.0.setup.limits.auth_timeout + Duration::from_secs(1);
         let done: Done = Box::new(move |result: CallResult| {
             let user = match result {
                 Ok(answer) => verify(&nonce, &answer),
@@ -392,7 +393,7 @@ impl AppWorker {
         let stamp = u64::from(now_ms(&self.app)).to_be_bytes();
         conns.for_each(|conn| {
             if conn.data().missed >= 2 {
-                conn.close(CLOSE_AUTH_TIMEOUT, "heartbeat timeout");
+                conn.close(CLOSE_TIMEOUT, "heartbeat timeout");
             } else {
                 conn.data_mut().missed += 1;
                 let _ = conn.ping(&stamp);
@@ -466,7 +467,7 @@ impl Handler for AppWorker {
         let app = self.app.clone();
         app.0.server.get_or_init(|| conn.server().clone());
         self.local.worker = conn.id().worker();
-        let now = now_ms(&app);
+        let now = conn.clock_ms();
         let data = conn.data_mut();
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
@@ -499,7 +500,7 @@ impl Handler for AppWorker {
         };
         conn.data_mut().missed = 0;
         if let Some(rate) = &limits.rate {
-            let now = now_ms(&self.app);
+            let now = conn.clock_ms();
             if !conn.data_mut().bucket.take(rate, now) {
                 let id = envelope::peek_request_id(text);
                 return self.bad_input(conn, id, "rate_limited", "too many messages", limits.over_rate);
@@ -510,7 +511,8 @@ impl Handler for AppWorker {
             let message = format!("envelope of {} bytes, the limit is {}", text.len(), limits.max_message);
             return self.bad_input(conn, id, "too_large", &message, limits.on_bad_input);
         }
-        if envelope::depth(text) > limits.max_depth {
+        // Nesting n levels deep takes 2n bytes: short envelopes need no scan.
+        if text.len() > 2 * limits.max_depth && envelope::depth(text) > limits.max_depth {
             let id = envelope::peek_request_id(text);
             let message = format!("JSON nested deeper than {}", limits.max_depth);
             return self.bad_input(conn, id, "bad_request", &message, limits.on_bad_input);
@@ -608,7 +610,7 @@ impl Handler for AppWorker {
             self.local.auth_deadlines.pop_front();
             if let Some(mut conn) = conns.get(id) {
                 if conn.data().has(flag::UNAUTHED) {
-                    conn.close(CLOSE_AUTH_TIMEOUT, "authentication timeout");
+                    conn.close(CLOSE_TIMEOUT, "authentication timeout");
                 }
             }
         }

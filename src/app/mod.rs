@@ -72,9 +72,9 @@ use crate::proto::CloseCode;
 use crate::runtime::{ConnId, HttpResponse, OriginPolicy, RunningServer, Server, ServerHandle, SharedFrame};
 
 /// Close code: the server dropped the socket or its user ([`AppHandle::drop_user`]).
-pub const CLOSE_DROPPED: u16 = 4000;
+pub const CLOSE_DROPPED: CloseCode = CloseCode(4000);
 /// Close code: authentication did not finish in time, or heartbeats went unanswered.
-pub const CLOSE_AUTH_TIMEOUT: CloseCode = CloseCode(4408);
+pub const CLOSE_TIMEOUT: CloseCode = CloseCode(4408);
 /// Close code: the user has too many devices connected ([`DevicePolicy::RejectNew`]).
 pub const CLOSE_TOO_MANY_DEVICES: CloseCode = CloseCode(4429);
 /// Close code: a newer device of the same user took this one's place ([`DevicePolicy::DropOldest`]).
@@ -534,7 +534,7 @@ impl UserRef {
     pub fn drop_with(&self, reason: &str) -> usize {
         let sockets = self.sockets();
         for id in &sockets {
-            self.app.server().close(*id, CloseCode(CLOSE_DROPPED), reason);
+            self.app.server().close(*id, CLOSE_DROPPED, reason);
         }
         sockets.len()
     }

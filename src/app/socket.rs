@@ -191,7 +191,7 @@ impl SocketRef {
 
     /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
     pub fn drop_with(&self, reason: &str) -> bool {
-        self.close(super::CLOSE_DROPPED, reason)
+        self.close(super::CLOSE_DROPPED.0, reason)
     }
 
     /// Starts the close handshake with `code` and `reason`.

@@ -3,11 +3,18 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+/// Fanout messages carry a publisher, a sequence number and a send time: 30 hex digits.
+pub const FANOUT_MIN_PAYLOAD: usize = 30;
+/// A fanout message's --payload unless given.
+const FANOUT_PAYLOAD: usize = 32;
+
 pub const HELP: &str = "\
-emitws-load: WebSocket load generator for echo servers (ws:// and wss://)
+emitws-load: WebSocket load generator (ws:// and wss://)
 
 USAGE:
     emitws-load echo [OPTIONS]     ping-pong echo load; reports msgs/s and latency
+    emitws-load fanout [OPTIONS]   room fan-out: every connection is a member, a few
+                                   publish; reports deliveries/s, latency, completeness
     emitws-load idle [OPTIONS]     open connections and hold them (server memory per connection)
 
 OPTIONS:
@@ -24,10 +31,13 @@ OPTIONS:
                               objects (compressible, as real traffic is)  [default: random]
     -s, --payload BYTES       message payload size; k/m suffixes are KiB/MiB  [default: 20]
         --text                send text messages (default: binary)
+        --protocol P          `raw` WebSocket messages, or `emitws` (the emitws.v1 event
+                              protocol, offered as the subprotocol; see below)  [default: raw]
     -h, --help                this text
 
-ECHO OPTIONS:
-    -k, --in-flight K         messages in flight per connection    [default: 1]
+ECHO AND FANOUT OPTIONS:
+    -k, --in-flight K         echo: messages in flight per connection  [default: 1]
+    -p, --publishers P        fanout: connections that publish     [default: 10]
     -d, --duration S          measured time                        [default: 10]
     -w, --warmup S            warm-up before measuring (not counted) [default: 2]
 
@@ -48,18 +58,38 @@ connections. Errors (failed connects and handshakes, dropped connections,
 protocol errors, mismatched echoes) make the exit status 1; a fatal setup
 problem (e.g. the open-files limit) makes it 2.
 
+Fanout: the first P connections publish text messages `[0,\"/pub\",DATA]`,
+DATA a JSON string of --payload characters (at least 30; the default here is 32)
+holding the publisher, a sequence number and the send time. Each publisher
+sends its next message as soon as its own copy comes back. The server must
+deliver every message, unchanged, to every connection (the sender included).
+Every member checks that each publisher's messages arrive in order with none
+missing; deliveries/s and latency (publisher's send to member's receive)
+count deliveries during the measured time. At the end publishing stops and
+the tool waits (up to 2 s) for the last deliveries, then reports how many of
+the expected deliveries (members x messages published) never arrived.
+
+--protocol emitws speaks emitws.v1 (text frames): echo sends the request
+`[1,ID,\"/echo\",DATA]` (DATA: a JSON string of --payload characters) and expects
+exactly `[2,ID,DATA]` back; fanout and idle first send `[1,1,\"/join\"]` on
+each connection and wait for its reply `[2,1,...]` (joining a room) before
+the connection counts as open. examples/app_echo is such a server.
+
 Idle prints `open N/M` and then `ready` on stdout once every connection has
 been tried, so a script can then read the server's memory use.
 
 EXAMPLES:
     emitws-load echo --url ws://127.0.0.1:9001/ -c 100 -s 20 -k 1 -d 10 -w 2
     emitws-load echo -c 200 -s 16k -t 2 --json
+    emitws-load echo --protocol emitws -c 100 -s 20
+    emitws-load fanout --protocol emitws -c 1000 -p 10 -s 32
     emitws-load idle --url ws://127.0.0.1:9001/ -c 10000 --hold 30
 ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     Echo,
+    Fanout,
     Idle,
 }
 
@@ -67,6 +97,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Echo => "echo",
+            Mode::Fanout => "fanout",
             Mode::Idle => "idle",
         }
     }
@@ -93,6 +124,10 @@ pub struct Config {
     pub text: bool,
     pub deflate: bool,
     pub json_pattern: bool,
+    /// Speak emitws.v1 rather than raw messages.
+    pub app: bool,
+    /// Fanout: how many connections publish.
+    pub publishers: usize,
     pub hold: Option<Duration>,
     /// For wss://: the TLS roots and the server name to check.
     #[cfg(feature = "tls")]
@@ -122,10 +157,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     let mut text = false;
     let mut deflate = false;
     let mut json_pattern = false;
+    let mut app = false;
+    let mut publishers = 10;
     let mut payload_given = false;
     let mut hold = None;
     let mut ca = None;
     let mut echo_only = Vec::new();
+    let mut fanout_only = Vec::new();
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -140,6 +178,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         match flag.as_str() {
             "-h" | "--help" => return Ok(Parsed::Help),
             "echo" if mode.is_none() => mode = Some(Mode::Echo),
+            "fanout" if mode.is_none() => mode = Some(Mode::Fanout),
             "idle" if mode.is_none() => mode = Some(Mode::Idle),
             "-u" | "--url" => url = value(&flag)?,
             "-c" | "--connections" => connections = parse_count(&flag, &value(&flag)?)?,
@@ -159,6 +198,17 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
                     other => return Err(format!("--pattern: `random` or `json`, not {other:?}")),
                 }
             }
+            "--protocol" => {
+                app = match value(&flag)?.as_str() {
+                    "raw" => false,
+                    "emitws" => true,
+                    other => return Err(format!("--protocol: `raw` or `emitws`, not {other:?}")),
+                }
+            }
+            "-p" | "--publishers" => {
+                publishers = parse_count(&flag, &value(&flag)?)?;
+                fanout_only.push(flag.clone());
+            }
             "-k" | "--in-flight" => {
                 in_flight = parse_count(&flag, &value(&flag)?)?;
                 echo_only.push(flag.clone());
@@ -175,13 +225,13 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
             "--hold" => hold = Some(parse_duration(&flag, &value(&flag)?)?),
             "--ca" => ca = Some(value(&flag)?),
             _ if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
-            _ => return Err(format!("unexpected argument {arg:?} (the mode is `echo` or `idle`)")),
+            _ => return Err(format!("unexpected argument {arg:?} (the mode is `echo`, `fanout` or `idle`)")),
         }
         if inline.is_some() && matches!(flag.as_str(), "--json" | "--text" | "--deflate" | "--help") {
             return Err(format!("{flag} takes no value"));
         }
     }
-    let mode = mode.ok_or("no mode given: `echo` or `idle` (see --help)")?;
+    let mode = mode.ok_or("no mode given: `echo`, `fanout` or `idle` (see --help)")?;
     if mode == Mode::Idle {
         if let Some(flag) = echo_only.first() {
             return Err(format!("{flag} applies to echo mode only"));
@@ -189,8 +239,38 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         if (payload_given || text) && !deflate {
             return Err("--payload and --text apply to echo mode, or to idle mode with --deflate".into());
         }
+        if app && deflate {
+            return Err("idle mode takes --protocol emitws or --deflate, not both".into());
+        }
     } else if hold.is_some() {
-        return Err("--hold applies to idle mode only (echo runs for --warmup + --duration)".into());
+        return Err("--hold applies to idle mode only (echo and fanout run for --warmup + --duration)".into());
+    }
+    if let Some(flag) = fanout_only.first().filter(|_| mode != Mode::Fanout) {
+        return Err(format!("{flag} applies to fanout mode only"));
+    }
+    if publishers > u16::MAX as usize {
+        return Err("--publishers: at most 65535".into());
+    }
+    if mode == Mode::Fanout {
+        if in_flight != 1 {
+            return Err("--in-flight applies to echo mode (a publisher waits for its own copy)".into());
+        }
+        if !payload_given {
+            payload = FANOUT_PAYLOAD;
+        }
+        if payload < FANOUT_MIN_PAYLOAD {
+            return Err(format!("fanout: --payload must be at least {FANOUT_MIN_PAYLOAD} bytes"));
+        }
+        if publishers > connections {
+            return Err("--publishers: more than --connections".into());
+        }
+        if deflate {
+            return Err("fanout does not compress (--deflate)".into());
+        }
+        text = true;
+    }
+    if app {
+        text = true;
     }
     if payload > 64 << 20 {
         return Err("--payload: at most 64 MiB".into());
@@ -198,7 +278,7 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
     if in_flight > 65_536 {
         return Err("--in-flight: at most 65536".into());
     }
-    if mode == Mode::Echo && duration.is_zero() {
+    if mode != Mode::Idle && duration.is_zero() {
         return Err("--duration must be more than 0".into());
     }
     let (tls, host, port, path) = parse_url(&url)?;
@@ -244,6 +324,8 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
         text,
         deflate,
         json_pattern,
+        app,
+        publishers,
         hold,
         #[cfg(feature = "tls")]
         tls,
@@ -352,6 +434,20 @@ mod tests {
         let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         assert!(parse(args("idle --payload 20")).is_err());
         assert!(parse(args("echo --hold 5")).is_err());
+        assert!(parse(args("echo --publishers 5")).is_err());
+        assert!(parse(args("fanout --in-flight 2")).is_err());
+        assert!(parse(args("fanout --payload 29")).is_err());
+        assert!(parse(args("idle --protocol emitws --deflate")).is_err());
+        match parse(args("fanout -c 20 -p 3")) {
+            Ok(Parsed::Run(config)) => {
+                assert_eq!((config.publishers, config.payload, config.text), (3, 32, true));
+            }
+            _ => panic!("should parse"),
+        }
+        match parse(args("echo --protocol emitws")) {
+            Ok(Parsed::Run(config)) => assert!(config.app && config.text, "emitws.v1 is text"),
+            _ => panic!("should parse"),
+        }
         match parse(args("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text")) {
             Ok(Parsed::Run(config)) => assert_eq!((config.connections, config.threads, config.text), (5, 5, true)),
             _ => panic!("should parse"),

@@ -1,18 +1,22 @@
 //! One client thread: a mio `Poll` driving its share of the connections.
 //!
 //! Connections are opened gradually (a bounded number of connects and
-//! handshakes in flight), then wait for the run to start. In echo mode every
+//! handshakes in flight; with emitws.v1 in fanout and idle mode, each then
+//! joins the room), then wait for the run to start. In echo mode every
 //! connection keeps K masked messages in flight, checking each echo against
-//! what was sent and recording its round trip; in idle mode connections only
-//! answer pings. At the end every open connection is closed with a close
-//! handshake (bounded in time).
+//! what was sent and recording its round trip; in fanout mode publishers send
+//! a message each time their own copy of the previous one comes back, and
+//! every member checks it gets each publisher's messages in order; in idle
+//! mode connections only answer pings. At the end every open connection is
+//! closed with a close handshake (bounded in time).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use emitws::app::PROTOCOL;
 use emitws::proto::deflate::{
     accept_response, client_offer, Compressor, Decompressor, DeflateAgreement, DeflateConfig,
 };
@@ -52,6 +56,14 @@ pub struct Shared {
     /// A problem that makes the whole run meaningless (e.g. out of file descriptors).
     pub fatal: Mutex<Option<String>>,
     reported_errors: AtomicUsize,
+    /// Fanout: send times in messages are nanoseconds since this.
+    pub epoch: Instant,
+    /// Fanout: messages published, all threads.
+    pub published: AtomicU64,
+    /// Fanout: deliveries counted so far, all threads (each adds its own at every loop turn).
+    pub delivered: AtomicU64,
+    /// Fanout: threads that have stopped publishing at the end of the measured time.
+    pub quiet: AtomicUsize,
 }
 
 impl Shared {
@@ -64,6 +76,10 @@ impl Shared {
             window: OnceLock::new(),
             fatal: Mutex::new(None),
             reported_errors: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            published: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            quiet: AtomicUsize::new(0),
         }
     }
 
@@ -87,10 +103,12 @@ impl Shared {
 /// What one thread counted.
 #[derive(Default)]
 pub struct Stats {
-    /// Echoes received during the measured window.
+    /// Echoes (fanout: deliveries) received during the measured window.
     pub messages: u64,
-    /// Round trips of those echoes, in nanoseconds.
+    /// Round trips of those echoes (fanout: publish-to-delivery times), in nanoseconds.
     pub latency: Histogram,
+    /// Fanout: deliveries over the whole run, warm-up and drain included.
+    pub delivered: u64,
     pub connect_errors: u64,
     pub handshake_errors: u64,
     /// Connections lost after the handshake (EOF, reset, close from the server, write errors).
@@ -113,6 +131,7 @@ impl Stats {
     pub fn merge(&mut self, other: &Stats) {
         self.messages += other.messages;
         self.latency.merge(&other.latency);
+        self.delivered += other.delivered;
         self.connect_errors += other.connect_errors;
         self.handshake_errors += other.handshake_errors;
         self.dropped += other.dropped;
@@ -181,6 +200,8 @@ enum State {
     Connecting,
     /// Upgrade request sent, reading the response.
     Handshake,
+    /// emitws.v1, fanout and idle: `[1,1,"/join"]` sent, waiting for its reply.
+    Joining,
     Open,
     /// Our close frame is sent; waiting for the server's.
     Closing,
@@ -207,7 +228,12 @@ struct Conn {
     written: usize,
     /// Send time and pattern offset of each message in flight, oldest first.
     in_flight: VecDeque<(Instant, u32)>,
+    /// Messages sent (echo: the last request id; fanout: the last sequence number).
     sent: u64,
+    /// Fanout: this connection's publisher number, if it publishes.
+    publisher: Option<u16>,
+    /// Fanout: the last sequence number received from each publisher.
+    seen: Vec<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,28 +268,70 @@ struct Ctx<'a> {
     /// Where messages are compressed, and inflated.
     compressed: Vec<u8>,
     inflated: Vec<u8>,
+    /// Where emitws.v1 envelopes and fanout messages are written, and expected answers.
+    envelope: Vec<u8>,
+    expected: Vec<u8>,
+    /// Fanout: `stats.delivered` as last added to `shared.delivered`.
+    delivered_shared: u64,
     /// Echo messages are being sent.
     sending: bool,
     window: Option<(Instant, Instant)>,
 }
 
 impl Ctx<'_> {
-    /// Appends the next echo message to `conn.out`.
+    /// Appends the next echo message to `conn.out`: the payload, or with
+    /// emitws.v1 the request `[1,ID,"/echo","PAYLOAD"]`.
     #[inline]
     fn queue_message(&mut self, conn: &mut Conn, now: Instant) {
         let offset = (conn.sent % PATTERN_SLACK as u64) as usize;
         conn.sent += 1;
-        let key = (self.rng.next() as u32).to_ne_bytes();
         let payload = &self.pattern[offset..offset + self.config.payload];
+        if self.config.app {
+            let mut envelope = std::mem::take(&mut self.envelope);
+            envelope.clear();
+            write!(envelope, "[1,{},\"/echo\",\"", conn.sent).expect("writing to a Vec");
+            envelope.extend_from_slice(payload);
+            envelope.extend_from_slice(b"\"]");
+            self.queue_frame(conn, &envelope);
+            self.envelope = envelope;
+        } else {
+            self.queue_frame(conn, payload);
+        }
+        conn.in_flight.push_back((now, offset as u32));
+    }
+
+    /// Appends one masked message to `conn.out`, compressed if agreed.
+    fn queue_frame(&mut self, conn: &mut Conn, message: &[u8]) {
+        let key = (self.rng.next() as u32).to_ne_bytes();
         match conn.deflate.as_deref_mut() {
             Some((compressor, _)) => {
                 self.compressed.clear();
-                compressor.compress(payload, &mut self.compressed);
+                compressor.compress(message, &mut self.compressed);
                 encode_frame_with_rsv(&mut conn.out, self.opcode, true, RSV1, Some(key), &self.compressed);
             }
-            None => encode_frame(&mut conn.out, self.opcode, true, Some(key), payload),
+            None => encode_frame(&mut conn.out, self.opcode, true, Some(key), message),
         }
-        conn.in_flight.push_back((now, offset as u32));
+    }
+
+    /// Fanout: appends the publisher's next message, `[0,"/pub","…"]`, whose
+    /// string holds the publisher, the sequence number and the send time (hex),
+    /// padded with dots to --payload bytes.
+    fn queue_publish(&mut self, conn: &mut Conn, publisher: u16) {
+        conn.sent += 1;
+        let sent_at = self.shared.epoch.elapsed().as_nanos() as u64;
+        let mut envelope = std::mem::take(&mut self.envelope);
+        envelope.clear();
+        write!(envelope, "{FANOUT_PREFIX}{publisher:04x}{:010x}{sent_at:016x}", conn.sent).expect("a Vec");
+        envelope.resize(FANOUT_PREFIX.len() + self.config.payload, b'.');
+        envelope.extend_from_slice(FANOUT_SUFFIX.as_bytes());
+        self.queue_frame(conn, &envelope);
+        self.envelope = envelope;
+        self.shared.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// emitws.v1: joins the room before the connection counts as open.
+    fn queue_join(&mut self, conn: &mut Conn) {
+        self.queue_frame(conn, JOIN);
     }
 
     fn queue_close(&mut self, conn: &mut Conn) {
@@ -271,16 +339,49 @@ impl Ctx<'_> {
         encode_frame(&mut conn.out, OpCode::Close, true, Some(key), &CloseCode::NORMAL.0.to_be_bytes());
     }
 
-    /// Starts the echo traffic on a connection.
-    fn start_echo(&mut self, conn: &mut Conn, now: Instant) {
-        for _ in 0..self.config.in_flight {
+    /// Starts the traffic on a connection: K echo messages, or a publisher's first message.
+    fn start(&mut self, conn: &mut Conn, now: Instant) {
+        match (self.config.mode, conn.publisher) {
+            (Mode::Echo, _) => {
+                for _ in 0..self.config.in_flight {
+                    self.queue_message(conn, now);
+                }
+            }
+            (Mode::Fanout, Some(publisher)) => self.queue_publish(conn, publisher),
+            _ => {}
+        }
+    }
+
+    /// The connection is ready (handshake done, and the room joined if asked).
+    fn opened(&mut self, conn: &mut Conn, now: Instant) {
+        conn.state = State::Open;
+        if self.sending {
+            self.start(conn, now);
+        } else if self.config.mode == Mode::Idle && self.config.deflate {
+            // One echo, so the server's compression state exists.
             self.queue_message(conn, now);
         }
     }
 }
 
-/// Runs one client thread with `count` connections. Returns what it counted.
-pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, pattern: &[u8], shared: &Shared) -> Stats {
+/// The request that joins the room (emitws.v1), and the start of its reply.
+const JOIN: &[u8] = b"[1,1,\"/join\"]";
+const JOINED: &[u8] = b"[2,1,";
+/// A fanout message is `[0,"/pub","` + --payload bytes + `"]`.
+const FANOUT_PREFIX: &str = "[0,\"/pub\",\"";
+const FANOUT_SUFFIX: &str = "\"]";
+
+/// Runs one client thread with `count` connections, numbered from `first`
+/// over all threads. Returns what it counted.
+pub fn run(
+    id: usize,
+    first: usize,
+    count: usize,
+    max_connecting: usize,
+    config: &Config,
+    pattern: &[u8],
+    shared: &Shared,
+) -> Stats {
     let mut ctx = Ctx {
         config,
         pattern,
@@ -291,6 +392,9 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
         opcode: if config.text { OpCode::Text } else { OpCode::Binary },
         compressed: Vec::new(),
         inflated: Vec::new(),
+        envelope: Vec::new(),
+        expected: Vec::new(),
+        delivered_shared: 0,
         sending: false,
         window: None,
     };
@@ -318,7 +422,7 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
         // Open connections, a bounded number at a time.
         while closing_since.is_none() && to_open > 0 && connecting < max_connecting {
             to_open -= 1;
-            match open(&mut poll, conns.len(), &mut ctx, now) {
+            match open(&mut poll, conns.len(), first + conns.len(), &mut ctx, now) {
                 Ok(conn) => {
                     conns.push(Some(conn));
                     connecting += 1;
@@ -344,14 +448,15 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
             last_timeout_scan = now;
             for slot in conns.iter_mut() {
                 let timed_out = slot.as_ref().is_some_and(|c| {
-                    matches!(c.state, State::Connecting | State::Handshake)
+                    matches!(c.state, State::Connecting | State::Handshake | State::Joining)
                         && now.duration_since(c.started) > config.connect_timeout
                 });
                 if timed_out {
                     let conn = slot.take().expect("checked");
                     let (kind, what) = match conn.state {
                         State::Connecting => (Kind::Connect, "connect"),
-                        _ => (Kind::Handshake, "handshake"),
+                        State::Handshake => (Kind::Handshake, "handshake"),
+                        _ => (Kind::Handshake, "joining the room"),
                     };
                     let end = err(kind, format!("{what} timed out after {:?}", config.connect_timeout));
                     finish(&mut poll, conn, end, &mut ctx, &mut connecting, &mut closing);
@@ -359,14 +464,14 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
             }
         }
 
-        // Start the echo traffic once the main thread has set the window.
-        if config.mode == Mode::Echo && ready && ctx.window.is_none() && closing_since.is_none() {
+        // Start the traffic once the main thread has set the window.
+        if config.mode != Mode::Idle && ready && ctx.window.is_none() && closing_since.is_none() {
             if let Some(&window) = shared.window.get() {
                 ctx.window = Some(window);
                 ctx.sending = true;
                 for slot in conns.iter_mut() {
                     let Some(conn) = slot.as_mut().filter(|c| c.state == State::Open) else { continue };
-                    ctx.start_echo(conn, now);
+                    ctx.start(conn, now);
                     if let Err(end) = flush(conn) {
                         let conn = slot.take().expect("present");
                         finish(&mut poll, conn, end, &mut ctx, &mut connecting, &mut closing);
@@ -375,9 +480,23 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
             }
         }
 
-        // The end: close every connection with a close handshake.
+        // Fanout: publishing stops at the end of the measured time; the main
+        // thread stops the run once the last deliveries are in.
         let run_over = ctx.window.is_some_and(|(_, until)| now >= until);
-        if closing_since.is_none() && (shared.stop.load(Ordering::Relaxed) || run_over) {
+        if config.mode == Mode::Fanout {
+            if run_over && ctx.sending {
+                ctx.sending = false;
+                shared.quiet.fetch_add(1, Ordering::SeqCst);
+            }
+            if ctx.stats.delivered != ctx.delivered_shared {
+                shared.delivered.fetch_add(ctx.stats.delivered - ctx.delivered_shared, Ordering::Relaxed);
+                ctx.delivered_shared = ctx.stats.delivered;
+            }
+        }
+
+        // The end: close every connection with a close handshake.
+        let closing_time = run_over && config.mode == Mode::Echo;
+        if closing_since.is_none() && (shared.stop.load(Ordering::Relaxed) || closing_time) {
             closing_since = Some(now);
             ctx.sending = false;
             for slot in conns.iter_mut() {
@@ -394,7 +513,7 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
                             finish(&mut poll, conn, End::Clean, &mut ctx, &mut connecting, &mut closing);
                         }
                     }
-                    State::Connecting | State::Handshake => {
+                    State::Connecting | State::Handshake | State::Joining => {
                         let mut conn = slot.take().expect("present");
                         let _ = poll.registry().deregister(&mut conn.stream);
                         connecting -= 1;
@@ -422,9 +541,11 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
         // Wait for events.
         let timeout = if closing_since.is_some() {
             Duration::from_millis(20)
-        } else if let Some((_, until)) = ctx.window {
+        } else if let Some((_, until)) = ctx.window.filter(|(_, until)| now < *until) {
             until.saturating_duration_since(now).min(Duration::from_millis(50))
-        } else if ready && config.mode == Mode::Echo {
+        } else if ctx.window.is_some() {
+            Duration::from_millis(5) // Fanout, draining.
+        } else if ready && config.mode != Mode::Idle {
             Duration::from_millis(1)
         } else {
             Duration::from_millis(50)
@@ -439,7 +560,7 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
         for event in events.iter() {
             let index = event.token().0;
             let Some(conn) = conns[index].as_mut() else { continue };
-            let was_connecting = matches!(conn.state, State::Connecting | State::Handshake);
+            let was_connecting = matches!(conn.state, State::Connecting | State::Handshake | State::Joining);
             let result = on_event(conn, event, &mut buf, &mut ctx, now);
             let conn = conns[index].as_mut().expect("present");
             if was_connecting && conn.state == State::Open {
@@ -462,8 +583,9 @@ pub fn run(id: usize, count: usize, max_connecting: usize, config: &Config, patt
     ctx.stats
 }
 
-/// Starts connecting. `Err(Some(_))` is fatal for the whole run.
-fn open(poll: &mut Poll, index: usize, ctx: &mut Ctx<'_>, now: Instant) -> Result<Conn, Option<String>> {
+/// Starts connecting connection `number` (over all threads), token `index`.
+/// `Err(Some(_))` is fatal for the whole run.
+fn open(poll: &mut Poll, index: usize, number: usize, ctx: &mut Ctx<'_>, now: Instant) -> Result<Conn, Option<String>> {
     let config = ctx.config;
     let mut stream = match TcpStream::connect(config.addr) {
         Ok(stream) => stream,
@@ -486,6 +608,9 @@ fn open(poll: &mut Poll, index: usize, ctx: &mut Ctx<'_>, now: Instant) -> Resul
     .expect("writing to a Vec");
     if config.deflate {
         write!(out, "Sec-WebSocket-Extensions: {}\r\n", client_offer(&DeflateConfig::default())).expect("a Vec");
+    }
+    if config.app {
+        write!(out, "Sec-WebSocket-Protocol: {PROTOCOL}\r\n").expect("a Vec");
     }
     out.extend_from_slice(b"\r\n");
     #[cfg(feature = "tls")]
@@ -510,6 +635,8 @@ fn open(poll: &mut Poll, index: usize, ctx: &mut Ctx<'_>, now: Instant) -> Resul
         written: 0,
         in_flight: VecDeque::with_capacity(if config.mode == Mode::Echo { config.in_flight } else { 0 }),
         sent: 0,
+        publisher: (config.mode == Mode::Fanout && number < config.publishers).then_some(number as u16),
+        seen: if config.mode == Mode::Fanout { vec![0; config.publishers] } else { Vec::new() },
     })
 }
 
@@ -535,7 +662,7 @@ fn connect_error(e: io::Error, ctx: &mut Ctx<'_>) -> Option<String> {
 fn finish(poll: &mut Poll, mut conn: Conn, end: End, ctx: &mut Ctx<'_>, connecting: &mut usize, closing: &mut usize) {
     let _ = poll.registry().deregister(&mut conn.stream);
     match conn.state {
-        State::Connecting | State::Handshake => {
+        State::Connecting | State::Handshake | State::Joining => {
             *connecting -= 1;
             ctx.shared.attempted.fetch_add(1, Ordering::Relaxed);
         }
@@ -613,6 +740,8 @@ fn on_event(
                     return Err(err(kind, format!("read: {e}")));
                 }
             };
+            // Fanout latency is from the publisher's send to this read.
+            let now = if ctx.config.mode == Mode::Fanout { Instant::now() } else { now };
             let data = &mut buf[..n];
             if conn.state == State::Handshake {
                 on_response(conn, data, ctx, now)?;
@@ -642,7 +771,7 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
         return Ok(());
     };
     let head = std::mem::take(&mut conn.head);
-    let agreement = check_response(&head[..end], &conn.accept, ctx.config.deflate)
+    let agreement = check_response(&head[..end], &conn.accept, ctx.config.deflate, ctx.config.app)
         .map_err(|message| err(Kind::Handshake, message))?;
     if let Some(agreement) = agreement {
         let compressor = Compressor::new(&agreement, Role::Client, &DeflateConfig::default());
@@ -650,12 +779,11 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
         conn.decoder.allow_extension_rsv(RSV1);
     }
     conn.accept = String::new();
-    conn.state = State::Open;
-    if ctx.sending {
-        ctx.start_echo(conn, now);
-    } else if ctx.config.deflate {
-        // Idle mode: one echo, so the server's compression state exists.
-        ctx.queue_message(conn, now);
+    if ctx.config.app && ctx.config.mode != Mode::Echo {
+        conn.state = State::Joining;
+        ctx.queue_join(conn);
+    } else {
+        ctx.opened(conn, now);
     }
     let mut rest = head[end + 4..].to_vec();
     if !rest.is_empty() {
@@ -664,8 +792,14 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
     Ok(())
 }
 
-/// Checks the 101 and returns the permessage-deflate agreement, if we offered it.
-fn check_response(head: &[u8], accept: &str, offered_deflate: bool) -> Result<Option<DeflateAgreement>, String> {
+/// Checks the 101 (with emitws.v1 selected, if `app`) and returns the
+/// permessage-deflate agreement, if we offered it.
+fn check_response(
+    head: &[u8],
+    accept: &str,
+    offered_deflate: bool,
+    app: bool,
+) -> Result<Option<DeflateAgreement>, String> {
     let head = String::from_utf8_lossy(head);
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap_or_default();
@@ -689,6 +823,11 @@ fn check_response(head: &[u8], accept: &str, offered_deflate: bool) -> Result<Op
     if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
         return Err("no `Upgrade: websocket` header".into());
     }
+    match (header("sec-websocket-protocol"), app) {
+        (None, false) => {}
+        (Some(value), true) if value == PROTOCOL => {}
+        (value, _) => return Err(format!("subprotocol {value:?} (offered: {:?})", app.then_some(PROTOCOL))),
+    }
     let extensions = header("sec-websocket-extensions");
     match (extensions, offered_deflate) {
         (None, false) => Ok(None),
@@ -703,14 +842,28 @@ fn check_response(head: &[u8], accept: &str, offered_deflate: bool) -> Result<Op
     }
 }
 
-/// Decodes server frames from `data`: echoes are checked and timed, pings answered.
+/// Decodes server frames from `data`: messages are checked and timed, pings answered.
 fn on_frames(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
     if conn.state == State::Closed {
         return Ok(()); // Nothing may follow a close frame; just wait for EOF.
     }
+    // Out of the connection while the messages it hands out (borrowing it) are handled.
+    let mut decoder = std::mem::replace(&mut conn.decoder, Decoder::new(Role::Client));
+    let result = decode_frames(conn, &mut decoder, data, ctx, now);
+    conn.decoder = decoder;
+    result
+}
+
+fn decode_frames(
+    conn: &mut Conn,
+    decoder: &mut Decoder,
+    data: &mut [u8],
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+) -> Result<(), End> {
     let mut pos = 0;
     while pos < data.len() {
-        let decoded = match conn.decoder.decode(&mut data[pos..], &ctx.limits) {
+        let decoded = match decoder.decode(&mut data[pos..], &ctx.limits) {
             Ok(decoded) => decoded,
             Err(e) => {
                 return Err(match conn.state {
@@ -738,21 +891,15 @@ fn on_frames(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) 
                     true => Message::Text(std::str::from_utf8(&inflated).unwrap_or("<invalid UTF-8>")),
                     false => Message::Binary(&inflated),
                 };
-                let result = check_echo(&mut conn.in_flight, message, ctx, now);
+                let result = on_message(conn, message, ctx, now);
                 ctx.inflated = inflated;
                 result?;
-                if ctx.sending {
-                    ctx.queue_message(conn, now);
-                }
             }
             Some(Event::Message(message)) => {
                 if conn.state == State::Closing {
                     continue;
                 }
-                check_echo(&mut conn.in_flight, message, ctx, now)?;
-                if ctx.sending {
-                    ctx.queue_message(conn, now);
-                }
+                on_message(conn, message, ctx, now)?;
             }
             Some(Event::Ping(payload)) if conn.state != State::Closing => {
                 let key = (ctx.rng.next() as u32).to_ne_bytes();
@@ -773,42 +920,114 @@ fn on_frames(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) 
     Ok(())
 }
 
+/// A data message from the server: the reply to the join, a fanout
+/// delivery, or an echo (after which the next message is sent).
+fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
+    if conn.state == State::Joining {
+        let reply = message.as_bytes();
+        if !(reply.starts_with(JOINED) && reply.ends_with(b"]")) {
+            let reply = String::from_utf8_lossy(reply);
+            return Err(err(Kind::Handshake, format!("joining the room: expected the reply [2,1,…], got {reply:?}")));
+        }
+        ctx.opened(conn, now);
+        return Ok(());
+    }
+    if ctx.config.mode == Mode::Fanout {
+        return on_delivery(conn, message, ctx, now);
+    }
+    check_echo(conn, message, ctx, now)?;
+    if ctx.sending {
+        ctx.queue_message(conn, now);
+    }
+    Ok(())
+}
+
+/// Counts a message toward the measured rate and latency if it arrived in the window.
+fn record(ctx: &mut Ctx<'_>, now: Instant, sent: Instant) {
+    if let Some((from, until)) = ctx.window {
+        if now >= from && now < until {
+            ctx.stats.messages += 1;
+            ctx.stats.latency.record(now.saturating_duration_since(sent).as_nanos() as u64);
+        }
+    }
+}
+
 /// Checks one echo against what was sent (the oldest in `in_flight`) and
 /// records its round trip.
-fn check_echo(
-    in_flight: &mut VecDeque<(Instant, u32)>,
-    message: Message<'_>,
-    ctx: &mut Ctx<'_>,
-    now: Instant,
-) -> Result<(), End> {
+fn check_echo(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
     let payload = ctx.config.payload;
-    let Some((sent, offset)) = in_flight.pop_front() else {
+    // Replies come in order, so the oldest message in flight has this id.
+    let id = conn.sent + 1 - conn.in_flight.len() as u64;
+    let Some((sent, offset)) = conn.in_flight.pop_front() else {
         return Err(err(Kind::Protocol, "a message arrived that was never sent"));
     };
-    let expected = &ctx.pattern[offset as usize..offset as usize + payload];
+    let mut expected = &ctx.pattern[offset as usize..offset as usize + payload];
+    if ctx.config.app {
+        ctx.expected.clear();
+        write!(ctx.expected, "[2,{id},\"").expect("writing to a Vec");
+        ctx.expected.extend_from_slice(expected);
+        ctx.expected.extend_from_slice(b"\"]");
+        expected = &ctx.expected;
+    }
     let kind_ok = matches!((message, ctx.config.text), (Message::Text(_), true) | (Message::Binary(_), false));
     if !kind_ok || message.as_bytes() != expected {
         ctx.stats.mismatches += 1;
         let got = message.as_bytes();
         ctx.shared.report(format_args!(
-            "echo mismatch: sent {} {} bytes, got {} {} bytes{}",
+            "echo mismatch: expected {} {} bytes, got {} {} bytes{}{}",
             if ctx.config.text { "text" } else { "binary" },
-            payload,
+            expected.len(),
             if matches!(message, Message::Text(_)) { "text" } else { "binary" },
             got.len(),
             match got.iter().zip(expected).position(|(a, b)| a != b) {
                 Some(at) => format!(", first difference at byte {at}"),
                 None => String::new(),
+            },
+            match message {
+                Message::Text(text) if text.len() <= 200 => format!(": {text:?}"),
+                _ => String::new(),
             }
         ));
     }
-    if let Some((from, until)) = ctx.window {
-        if now >= from && now < until {
-            ctx.stats.messages += 1;
-            ctx.stats.latency.record(now.duration_since(sent).as_nanos() as u64);
-        }
+    record(ctx, now, sent);
+    Ok(())
+}
+
+/// Fanout: checks a delivery (well formed, next in its publisher's order),
+/// records its latency, and lets its publisher send the next message.
+fn on_delivery(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
+    let Some((publisher, seq, sent_at)) = parse_delivery(message, ctx.config.payload) else {
+        let got = String::from_utf8_lossy(message.as_bytes());
+        return Err(err(Kind::Protocol, format!("not a fanout message of {} bytes: {got:?}", ctx.config.payload)));
+    };
+    let Some(seen) = conn.seen.get_mut(publisher as usize) else {
+        return Err(err(Kind::Protocol, format!("a message from publisher {publisher}, who does not exist")));
+    };
+    if seq != *seen + 1 {
+        ctx.stats.mismatches += 1;
+        ctx.shared.report(format_args!(
+            "publisher {publisher}: message {seq} arrived after message {} (missing, repeated or out of order)",
+            *seen
+        ));
+    }
+    *seen = seq.max(*seen);
+    ctx.stats.delivered += 1;
+    record(ctx, now, ctx.shared.epoch + Duration::from_nanos(sent_at));
+    if ctx.sending && conn.publisher == Some(publisher) && seq == conn.sent {
+        ctx.queue_publish(conn, publisher);
     }
     Ok(())
+}
+
+/// The publisher, sequence number and send time of a fanout message.
+fn parse_delivery(message: Message<'_>, payload: usize) -> Option<(u16, u64, u64)> {
+    let Message::Text(text) = message else { return None };
+    let body = text.strip_prefix(FANOUT_PREFIX)?.strip_suffix(FANOUT_SUFFIX)?;
+    if body.len() != payload || !body.is_ascii() {
+        return None;
+    }
+    let hex = |range: std::ops::Range<usize>| u64::from_str_radix(&body[range], 16).ok();
+    Some((u16::try_from(hex(0..4)?).ok()?, hex(4..14)?, hex(14..30)?))
 }
 
 impl Conn {
@@ -905,14 +1124,30 @@ mod tests {
         let accept = accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
         let ok = "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nConnection: Upgrade\r\n\
                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        assert_eq!(check_response(ok.as_bytes(), &accept, false), Ok(None));
-        assert!(check_response(b"HTTP/1.1 400 Bad Request", &accept, false).is_err());
-        assert!(check_response(ok.replace("xOo=", "xOx=").as_bytes(), &accept, false).is_err());
-        assert!(check_response(ok.as_bytes(), &accept, true).is_err(), "declined compression is an error");
+        assert_eq!(check_response(ok.as_bytes(), &accept, false, false), Ok(None));
+        assert!(check_response(b"HTTP/1.1 400 Bad Request", &accept, false, false).is_err());
+        assert!(check_response(ok.replace("xOo=", "xOx=").as_bytes(), &accept, false, false).is_err());
+        assert!(check_response(ok.as_bytes(), &accept, true, false).is_err(), "declined compression is an error");
         let deflate = format!("{ok}\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover");
-        let agreement = check_response(deflate.as_bytes(), &accept, true).unwrap().unwrap();
+        let agreement = check_response(deflate.as_bytes(), &accept, true, false).unwrap().unwrap();
         assert!(agreement.server_no_context_takeover);
-        assert!(check_response(deflate.as_bytes(), &accept, false).is_err(), "never offered");
+        assert!(check_response(deflate.as_bytes(), &accept, false, false).is_err(), "never offered");
+        let app = format!("{ok}\r\nSec-WebSocket-Protocol: {PROTOCOL}");
+        assert_eq!(check_response(app.as_bytes(), &accept, false, true), Ok(None));
+        assert!(check_response(ok.as_bytes(), &accept, false, true).is_err(), "emitws.v1 not selected");
+        assert!(check_response(app.as_bytes(), &accept, false, false).is_err(), "never offered");
+    }
+
+    #[test]
+    fn fanout_messages_parse_and_bad_ones_do_not() {
+        let message = format!("{FANOUT_PREFIX}000a00000001230123456789abcdef..{FANOUT_SUFFIX}");
+        let parsed = parse_delivery(Message::Text(&message), 32);
+        assert_eq!(parsed, Some((10, 0x123, 0x0123_4567_89ab_cdef)));
+        assert_eq!(parse_delivery(Message::Text(&message), 33), None, "wrong length");
+        assert_eq!(parse_delivery(Message::Binary(message.as_bytes()), 32), None, "binary");
+        let bad = message.replace("000a", "000g");
+        assert_eq!(parse_delivery(Message::Text(&bad), 32), None, "not hex");
+        assert_eq!(parse_delivery(Message::Text(&message.replace("/pub", "/bup")), 32), None);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! emitws-load: the project's end-to-end WebSocket load tool.
 //!
 //! `echo` mode drives N connections doing masked ping-pong echo (K messages
-//! in flight each) and reports messages/s and round-trip latency percentiles;
-//! `idle` mode opens N connections and holds them, to measure a server's
-//! memory per idle connection. Each client thread runs its own mio event loop
+//! in flight each) and reports messages/s and round-trip latency percentiles
+//! (raw messages, or emitws.v1 requests and replies); `fanout` mode makes all
+//! N connections members of one room in which P publish, and reports
+//! deliveries/s, delivery latency and completeness; `idle` mode opens N
+//! connections and holds them, to measure a server's memory per idle
+//! connection. Each client thread runs its own mio event loop
 //! over its share of the connections; frames are built with
 //! [`emitws::proto::encode_frame`] and read with [`emitws::proto::Decoder`].
 //! See `emitws-load --help`.
@@ -68,23 +71,30 @@ struct Timing {
     opened: usize,
     /// Cut short by SIGINT / SIGTERM.
     interrupted: bool,
+    /// Fanout: messages published, warm-up included.
+    published: u64,
 }
 
 /// Runs the load and prints the results; returns the exit status. `released`
 /// says whether stdin has reached EOF (which ends an idle hold).
 fn run(config: &Config, released: &dyn Fn() -> bool) -> i32 {
     let shared = Shared::new();
-    let pattern = client::pattern(config.payload + client::PATTERN_SLACK, config.json_pattern);
+    let mut pattern = client::pattern(config.payload + client::PATTERN_SLACK, config.json_pattern);
+    if config.app {
+        // The payload goes inside a JSON string: nothing in it may need escaping.
+        pattern.iter_mut().filter(|b| matches!(b, b'"' | b'\\')).for_each(|b| *b = b'_');
+    }
     let threads = config.threads;
     let max_connecting = config.max_connecting.div_ceil(threads).max(1);
     let (stats, timing) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|id| {
-                let count = config.connections / threads + usize::from(id < config.connections % threads);
+                let share = |id: usize| config.connections / threads + usize::from(id < config.connections % threads);
+                let (first, count) = ((0..id).map(share).sum(), share(id));
                 let (shared, pattern) = (&shared, &pattern[..]);
                 std::thread::Builder::new()
                     .name(format!("load-{id}"))
-                    .spawn_scoped(scope, move || client::run(id, count, max_connecting, config, pattern, shared))
+                    .spawn_scoped(scope, move || client::run(id, first, count, max_connecting, config, pattern, shared))
                     .expect("spawn a client thread")
             })
             .collect();
@@ -111,7 +121,8 @@ fn run(config: &Config, released: &dyn Fn() -> bool) -> i32 {
         eprintln!("emitws-load: fatal: {fatal}");
         return 2;
     }
-    i32::from(stats.errors() > 0)
+    let missing = (timing.published * timing.opened as u64).saturating_sub(stats.delivered);
+    i32::from(stats.errors() > 0 || missing > 0)
 }
 
 /// The main thread's part: wait for the connections, then time the run.
@@ -135,12 +146,12 @@ fn drive(config: &Config, shared: &Shared, released: &dyn Fn() -> bool) -> Timin
     let opened = shared.open.load(Ordering::SeqCst);
     let mut measured = Duration::ZERO;
     if stopped() {
-        return Timing { connect, measured, opened, interrupted: signals::interrupted() };
+        return Timing { connect, measured, opened, interrupted: signals::interrupted(), published: 0 };
     }
     match config.mode {
-        Mode::Echo => {
+        Mode::Echo | Mode::Fanout => {
             if opened == 0 {
-                return Timing { connect, measured, opened, interrupted: false };
+                return Timing { connect, measured, opened, interrupted: false, published: 0 };
             }
             let from = Instant::now() + config.warmup;
             let until = from + config.duration;
@@ -152,6 +163,9 @@ fn drive(config: &Config, shared: &Shared, released: &dyn Fn() -> bool) -> Timin
                     break;
                 }
                 std::thread::sleep((until - now).min(Duration::from_millis(10)));
+            }
+            if config.mode == Mode::Fanout {
+                drain(config, shared, opened, &stopped);
             }
         }
         Mode::Idle => {
@@ -166,8 +180,26 @@ fn drive(config: &Config, shared: &Shared, released: &dyn Fn() -> bool) -> Timin
             measured = held_from.elapsed();
         }
     }
-    Timing { connect, measured, opened, interrupted: signals::interrupted() }
+    let published = shared.published.load(Ordering::SeqCst);
+    Timing { connect, measured, opened, interrupted: signals::interrupted(), published }
 }
+
+/// Fanout: once every thread has stopped publishing, waits (up to
+/// [`DRAIN_TIMEOUT`]) for every member to have every message.
+fn drain(config: &Config, shared: &Shared, members: usize, stopped: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while Instant::now() < deadline && !stopped() {
+        let quiet = shared.quiet.load(Ordering::SeqCst) == config.threads;
+        let expected = shared.published.load(Ordering::SeqCst) * members as u64;
+        if quiet && shared.delivered.load(Ordering::SeqCst) >= expected {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Fanout: how long the last deliveries may take after publishing stops.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn micros(nanos: u64) -> f64 {
     nanos as f64 / 1000.0
@@ -179,37 +211,57 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
         String::new()
     } else {
         format!(
-            " (connect {}, handshake {}, dropped {}, protocol {}, mismatched echoes {})",
+            " (connect {}, handshake {}, dropped {}, protocol {}, mismatches {})",
             stats.connect_errors, stats.handshake_errors, stats.dropped, stats.protocol_errors, stats.mismatches
         )
     };
     let cut_short = if timing.interrupted { " (interrupted)" } else { "" };
     let (human, json) = match config.mode {
-        Mode::Echo => {
+        Mode::Echo | Mode::Fanout => {
             let secs = timing.measured.as_secs_f64();
             let rate = if secs > 0.0 { stats.messages as f64 / secs } else { 0.0 };
             let lat = &stats.latency;
             let (p50, p99, p999, max) =
                 (micros(lat.quantile(0.5)), micros(lat.quantile(0.99)), micros(lat.quantile(0.999)), micros(lat.max()));
+            let protocol = if config.app { "emitws" } else { "raw" };
+            let (what, detail, extra) = match config.mode {
+                Mode::Echo => {
+                    ("msgs", format!("{} in flight", config.in_flight), format!(",\"in_flight\":{}", config.in_flight))
+                }
+                _ => {
+                    let expected = timing.published * timing.opened as u64;
+                    let missing = expected.saturating_sub(stats.delivered);
+                    (
+                        "deliveries",
+                        format!(
+                            "{} publishing; published {}, delivered {} of {expected} (missing {missing})",
+                            config.publishers, timing.published, stats.delivered
+                        ),
+                        format!(
+                            ",\"publishers\":{},\"published\":{},\"expected\":{expected},\"delivered\":{},                             \"missing\":{missing}",
+                            config.publishers, timing.published, stats.delivered
+                        ),
+                    )
+                }
+            };
             let human = format!(
-                "{} {}: {} conns x {} B {}, {} in flight, {} thread(s), {:.2} s: {} msgs, {:.0} msgs/s; \
+                "{} {}: {} conns x {} B {} ({protocol}), {detail}, {} thread(s), {:.2} s: {} {what}, {:.0} {what}/s; \
                  latency us p50 {p50:.1} p99 {p99:.1} p99.9 {p999:.1} max {max:.1}; errors {errors}{breakdown}{cut_short}",
                 config.mode.name(),
                 config.url,
                 timing.opened,
                 config.payload,
                 if config.text { "text" } else { "binary" },
-                config.in_flight,
                 config.threads,
                 secs,
                 stats.messages,
                 rate,
             );
             let json = format!(
-                "{{\"mode\":\"{}\",\"url\":{},\"connections\":{},\"open\":{},\"threads\":{},\"payload\":{},\
-                 \"text\":{},\"in_flight\":{},\"duration_s\":{:.3},\"messages\":{},\"msgs_per_sec\":{:.1},\
-                 \"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"max_us\":{max:.1},\
-                 \"mean_us\":{:.1},\"errors\":{errors},\"mismatches\":{}}}",
+                "{{\"mode\":\"{}\",\"url\":{},\"protocol\":\"{protocol}\",\"connections\":{},\"open\":{},\
+                 \"threads\":{},\"payload\":{},\"text\":{}{extra},\"duration_s\":{:.3},\"messages\":{},\
+                 \"msgs_per_sec\":{:.1},\"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\
+                 \"max_us\":{max:.1},\"mean_us\":{:.1},\"errors\":{errors},\"mismatches\":{}}}",
                 config.mode.name(),
                 json_string(&config.url),
                 config.connections,
@@ -217,7 +269,6 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
                 config.threads,
                 config.payload,
                 config.text,
-                config.in_flight,
                 secs,
                 stats.messages,
                 rate,

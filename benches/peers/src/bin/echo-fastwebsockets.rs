@@ -15,7 +15,6 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use fastwebsockets::{upgrade, FragmentCollector, OpCode, Role, WebSocket, WebSocketError};
 use http_body_util::Empty;
@@ -25,7 +24,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+#[path = "../serve.rs"]
+mod serve;
 
 const DEFAULT_ADDR: &str = "127.0.0.1:9002";
 /// 64 MiB (also fastwebsockets' default; set explicitly so the limit is
@@ -33,51 +35,17 @@ const DEFAULT_ADDR: &str = "127.0.0.1:9002";
 const MAX_SIZE: usize = 64 << 20;
 
 fn main() {
-    exit_on_sigint_sigterm();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| DEFAULT_ADDR.to_owned());
-
-    // current_thread on purpose: the benchmark pins each server to a single
-    // core with taskset, so a one-thread runtime is the fair comparison with
-    // emitws's single event loop (a multi-thread runtime would only add
-    // cross-thread wakeups and work-stealing overhead on one core). This is
-    // also the runtime fastwebsockets' own echo_server example uses.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("failed to build tokio runtime");
-
-    rt.block_on(async move {
-        let listener = TcpListener::bind(&addr)
-            .await
-            .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-        println!(
-            "echo-fastwebsockets listening on {}",
-            listener.local_addr().unwrap()
-        );
-
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // e.g. EMFILE: back off instead of spinning. Not a hot path.
-                    eprintln!("accept error: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            if stream.set_nodelay(true).is_err() {
-                continue;
-            }
-            tokio::spawn(async move {
-                let conn = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(server_upgrade))
-                    .with_upgrades();
-                // Non-upgrade requests and broken handshakes just end here.
-                let _ = conn.await;
-            });
+    serve::serve("echo-fastwebsockets", DEFAULT_ADDR, |stream| {
+        if stream.set_nodelay(true).is_err() {
+            return;
         }
+        tokio::spawn(async move {
+            let conn = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(server_upgrade))
+                .with_upgrades();
+            // Non-upgrade requests and broken handshakes just end here.
+            let _ = conn.await;
+        });
     });
 }
 
@@ -196,23 +164,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Makes SIGINT and SIGTERM end the process at once with exit status 0.
-///
-/// Installed explicitly rather than relying on the default disposition
-/// because a server started as a background job (`server &`) from a
-/// non-interactive shell inherits SIGINT as *ignored*. Done with a plain
-/// signal handler that calls `_exit(0)` rather than a tokio signal future:
-/// connection tasks run `unconstrained`, so under a continuous flood the
-/// runtime might not poll a signal future until the load stops. Called first
-/// thing in main, so nothing can signal before it is in place.
-fn exit_on_sigint_sigterm() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    for sig in [SIGINT, SIGTERM] {
-        // SAFETY: the action only calls `_exit`, which is async-signal-safe.
-        unsafe { signal_hook::low_level::register(sig, || signal_hook::low_level::exit(0)) }
-            .expect("install signal handler");
     }
 }

@@ -1,0 +1,80 @@
+//! Two chat servers (examples/chat) sharing one Redis: a room spans both,
+//! with its messages, its user list and its history, and a server that dies
+//! leaves the user list. Needs redis-server (skipped loudly without it).
+#![cfg(feature = "redis")]
+
+#[allow(dead_code)]
+#[path = "../examples/chat/main.rs"]
+mod chat;
+#[path = "common/redis.rs"]
+mod redis_server;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use emitws::client::app::{AppClient, AppOptions};
+use redis_server::Redis;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn user(running: &emitws::app::Running) -> (AppClient, mpsc::Receiver<(String, Value)>) {
+    let url = format!("ws://{}/chat", running.local_addr());
+    let client = AppClient::connect(&url, AppOptions::default()).expect("connect");
+    let (tell, told) = mpsc::channel();
+    for event in ["/chat/message", "/chat/presence"] {
+        let tell = tell.clone();
+        client.on(event, move |name, data| drop(tell.send((name.to_string(), data.clone()))));
+    }
+    (client, told)
+}
+
+/// The next event of this name (others are skipped).
+fn next(events: &mpsc::Receiver<(String, Value)>, name: &str) -> Value {
+    loop {
+        let (event, data) = events.recv_timeout(WAIT).expect("an event within the wait");
+        if event == name {
+            return data;
+        }
+    }
+}
+
+#[test]
+fn a_room_spans_two_chat_servers() {
+    let Some(redis) = Redis::start() else { return };
+    let one = chat::serve("127.0.0.1:0", Some(&redis.url())).expect("first server");
+    let two = chat::serve("127.0.0.1:0", Some(&redis.url())).expect("second server");
+    let (ann, ann_hears) = user(&one);
+    let (bob, bob_hears) = user(&two);
+
+    let joined = ann.request("/chat/join", json!({ "room": "lobby", "name": "ann" }), WAIT).expect("ann joins");
+    assert_eq!(joined["users"], json!(["ann"]));
+    let joined = bob.request("/chat/join", json!({ "room": "lobby", "name": "bob" }), WAIT).expect("bob joins");
+    assert_eq!(joined["users"], json!(["ann", "bob"]), "bob, on the other server, sees ann");
+    let presence = next(&ann_hears, "/chat/presence");
+    assert_eq!((&presence["joined"], &presence["users"]), (&json!("bob"), &json!(["ann", "bob"])));
+
+    bob.request("/chat/say", json!({ "room": "lobby", "text": "hi from two" }), WAIT).expect("bob says");
+    assert_eq!(next(&ann_hears, "/chat/message")["text"], "hi from two");
+    assert_eq!(next(&bob_hears, "/chat/message")["text"], "hi from two");
+
+    // A third user, on the first server, gets the history written by the second.
+    let (cat, _cat_hears) = user(&one);
+    let joined = cat.request("/chat/join", json!({ "room": "lobby", "name": "cat" }), WAIT).expect("cat joins");
+    assert_eq!(joined["history"][0]["text"], "hi from two");
+    assert_eq!(joined["users"], json!(["ann", "bob", "cat"]));
+
+    assert_eq!(next(&ann_hears, "/chat/presence")["joined"], "cat");
+
+    // Bob leaves, then his server stops: everyone hears it, and the lists agree.
+    bob.close();
+    drop(bob_hears);
+    let left = next(&ann_hears, "/chat/presence");
+    assert_eq!((&left["left"], &left["users"]), (&json!("bob"), &json!(["ann", "cat"])));
+    two.close();
+    let users = cat.request("/chat/join", json!({ "room": "lobby", "name": "cat" }), WAIT).expect("cat rejoins");
+    assert_eq!(users["users"], json!(["ann", "cat"]));
+    ann.close();
+    cat.close();
+    one.close();
+}
