@@ -87,7 +87,14 @@ fn presence_is_answered_across_nodes() {
     b.add_socket(8);
     b.add_user("bob", 8);
     let on = |node: &RedisLink, id| SocketId { node: node.node(), conn: ConnId(id) };
-    wait_for(Duration::from_secs(3), || a.count(Scope::All).unwrap() == 3);
+    // Each node writes its updates in order, but the two nodes race: wait for
+    // the last update of each (a's user, b's second device) before asking.
+    wait_for(Duration::from_secs(3), || {
+        a.count(Scope::All).unwrap() == 3
+            && a.count(Scope::Group("#lobby")).unwrap() == 2
+            && a.count(Scope::User("bob")).unwrap() == 2
+            && a.users().unwrap().len() == 2
+    });
     let mut lobby = vec![on(&a, 1), on(&b, 7)];
     lobby.sort();
     assert_eq!(b.sockets(Scope::Group("#lobby")).unwrap(), lobby);
