@@ -21,7 +21,9 @@ use emitws::proto::deflate::{
     accept_response, client_offer, Compressor, Decompressor, DeflateAgreement, DeflateConfig,
 };
 use emitws::proto::handshake::{accept_key, parse_extensions};
-use emitws::proto::{encode_frame, encode_frame_with_rsv, CloseCode, Decoder, Event, Limits, Message, OpCode, Role};
+use emitws::proto::{
+    encode_frame, encode_frame_with_rsv, CloseCode, Decoder, Event, Limits, MaskRng, Message, OpCode, Role,
+};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
@@ -143,28 +145,23 @@ impl Stats {
     }
 }
 
-/// xorshift64*: masks and handshake keys. Not cryptographic; this is a load tool.
-pub struct Rng(u64);
+/// Masks and handshake keys, from the core's xorshift64* (`MaskRng`). Not cryptographic; this is a load tool.
+pub struct Rng(MaskRng);
 
 impl Rng {
     pub fn seeded(salt: u64) -> Rng {
         let time = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let seed = (time as u64) ^ ((std::process::id() as u64) << 32) ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        Rng(seed | 1)
+        Rng::fixed(seed)
     }
 
     pub fn fixed(seed: u64) -> Rng {
-        Rng(seed | 1)
+        Rng(MaskRng::from_seed(seed | 1))
     }
 
     #[inline]
     pub fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        self.0.next_u64()
     }
 }
 
