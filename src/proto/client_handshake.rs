@@ -220,7 +220,7 @@ impl<'a> Response<'a> {
 
     /// Every value of the header `name` (case-insensitive), in order.
     pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
-        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        super::handshake::values_of(&self.headers, name)
     }
 
     /// All headers as (name, value) pairs, in order.

@@ -223,7 +223,7 @@ impl<'a> Request<'a> {
 
     /// Every value of the header `name` (case-insensitive), in order.
     pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
-        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
+        values_of(&self.headers, name)
     }
 
     /// All headers as (name, value) pairs, in order.
@@ -384,6 +384,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Unknown",
     }
+}
+
+/// Every value of the header `name` (case-insensitive) among `headers`, in
+/// order: requests and responses keep their headers the same way.
+pub(crate) fn values_of<'a, 's>(
+    headers: &'s [(&'a str, &'a [u8])],
+    name: &'s str,
+) -> impl Iterator<Item = &'a [u8]> + 's {
+    headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| *v)
 }
 
 /// Whether a comma-separated header value contains `token` (case-insensitive).
