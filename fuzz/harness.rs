@@ -435,27 +435,36 @@ pub struct UpgradeSummary {
 /// One extension offer: its name and its parameters (name, optional value).
 pub type ExtensionSummary = (String, Vec<(String, Option<String>)>);
 
-/// Pushes `head` into a fresh reader in chunks of the given sizes and records
-/// the outcome, checking the request's accessors on the way.
-pub fn read_request(head: &[u8], limits: &RequestLimits, mut chunk_sizes: impl Iterator<Item = usize>) -> HeadOutcome {
-    let mut reader = RequestReader::default();
+/// Feeds `head` to an incremental head reader (`push`) in chunks of the given
+/// sizes: `Some(bytes used)` once the head is complete, `None` if it never is.
+fn push_in_chunks<E>(
+    head: &[u8],
+    mut chunk_sizes: impl Iterator<Item = usize>,
+    mut push: impl FnMut(&[u8]) -> Result<Option<usize>, E>,
+) -> Result<Option<usize>, E> {
     let mut at = 0;
-    let used = loop {
-        if at >= head.len() {
-            return HeadOutcome::Incomplete;
-        }
+    while at < head.len() {
         let size = chunk_sizes.next().expect("chunk sizes never run out").max(1);
         let end = (at + size).min(head.len());
-        match reader.push(&head[at..end], limits) {
-            Ok(None) => at = end,
-            Ok(Some(used)) => {
-                assert!(used >= 1 && at + used <= end, "used {used} of a {}-byte chunk", end - at);
-                break at + used;
-            }
-            Err(error) => {
-                check_handshake_error(error);
-                return HeadOutcome::Refused(error);
-            }
+        if let Some(used) = push(&head[at..end])? {
+            assert!(used >= 1 && at + used <= end, "used {used} of a {}-byte chunk", end - at);
+            return Ok(Some(at + used));
+        }
+        at = end;
+    }
+    Ok(None)
+}
+
+/// Pushes `head` into a fresh reader in chunks of the given sizes and records
+/// the outcome, checking the request's accessors on the way.
+pub fn read_request(head: &[u8], limits: &RequestLimits, chunk_sizes: impl Iterator<Item = usize>) -> HeadOutcome {
+    let mut reader = RequestReader::default();
+    let used = match push_in_chunks(head, chunk_sizes, |chunk| reader.push(chunk, limits)) {
+        Ok(Some(used)) => used,
+        Ok(None) => return HeadOutcome::Incomplete,
+        Err(error) => {
+            check_handshake_error(error);
+            return HeadOutcome::Refused(error);
         }
     };
     assert!(used <= limits.max_bytes, "a {used}-byte head accepted over a limit of {}", limits.max_bytes);
@@ -707,26 +716,15 @@ fn read_response(
     head: &[u8],
     limits: &RequestLimits,
     offer: &Offer<'_>,
-    mut chunk_sizes: impl Iterator<Item = usize>,
+    chunk_sizes: impl Iterator<Item = usize>,
 ) -> ResponseOutcome {
     let mut reader = ResponseReader::default();
-    let mut at = 0;
-    let used = loop {
-        if at >= head.len() {
-            return ResponseOutcome::Incomplete;
-        }
-        let size = chunk_sizes.next().expect("chunk sizes never run out").max(1);
-        let end = (at + size).min(head.len());
-        match reader.push(&head[at..end], limits) {
-            Ok(None) => at = end,
-            Ok(Some(used)) => {
-                assert!(used >= 1 && at + used <= end, "used {used} of a {}-byte chunk", end - at);
-                break at + used;
-            }
-            Err(error) => {
-                assert!(matches!(error, ResponseError::HeadTooLarge | ResponseError::TooManyHeaders), "{error:?}");
-                return ResponseOutcome::Refused(error);
-            }
+    let used = match push_in_chunks(head, chunk_sizes, |chunk| reader.push(chunk, limits)) {
+        Ok(Some(used)) => used,
+        Ok(None) => return ResponseOutcome::Incomplete,
+        Err(error) => {
+            assert!(matches!(error, ResponseError::HeadTooLarge | ResponseError::TooManyHeaders), "{error:?}");
+            return ResponseOutcome::Refused(error);
         }
     };
     assert!(used <= limits.max_bytes, "a {used}-byte head accepted over a limit of {}", limits.max_bytes);
