@@ -788,6 +788,12 @@ enum Header {
     /// A user's devices.
     #[serde(rename = "u")]
     User(String),
+    /// Close one connection of the receiving node with a code; the reason follows.
+    #[serde(rename = "cs")]
+    CloseSocket(u64, u16),
+    /// Close a user's devices with a code; the reason follows.
+    #[serde(rename = "cu")]
+    CloseUser(String, u16),
 }
 
 /// The [`Adapter`] that makes an app one node of a cluster sharing a Redis.
@@ -796,7 +802,9 @@ enum Header {
 /// workers (through their wakers, never blocking them), one writer thread
 /// pipelines publishes and presence and keeps the heartbeat. Messages go as
 /// `NODE\n{"b":[groups,except]}\nENVELOPE` (or `{"s":conn}` to one node's
-/// socket, `{"u":user}` to a user's devices); anything else is ignored.
+/// socket, `{"u":user}` to a user's devices), and closes as
+/// `NODE\n{"cs":[conn,code]}\nREASON` or `NODE\n{"cu":[user,code]}\nREASON`;
+/// anything else is ignored.
 ///
 /// ```no_run
 /// use emitws::app::App;
@@ -839,26 +847,38 @@ impl RedisAdapter {
     pub fn link(&self) -> &RedisLink {
         &self.link
     }
+
+    /// Publishes `header` and `body` to one node, or to all of them.
+    fn send(&self, header: &Header, node: Option<u64>, body: &[u8]) {
+        let Ok(mut header) = serde_json::to_vec(header) else { return };
+        header.push(b'\n');
+        let channel = match node {
+            Some(node) => self.link.key(&format!("node:{}", hex(node))),
+            None => self.link.key("all"),
+        };
+        self.link.publish(channel, &[&header, body]);
+    }
 }
 
 /// Hands a message from another node to the app; malformed ones are dropped.
 fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
     let at = message.payload.iter().position(|&b| b == b'\n')?;
     let header: Header = serde_json::from_slice(&message.payload[..at]).ok()?;
-    let envelope = std::str::from_utf8(&message.payload[at + 1..]).ok()?;
-    serde_json::from_str::<serde::de::IgnoredAny>(envelope).ok()?;
+    let body = std::str::from_utf8(&message.payload[at + 1..]).ok()?;
+    let here = |conn| SocketId { node: app.node(), conn: ConnId(conn) };
+    let envelope = || serde_json::from_str::<serde::de::IgnoredAny>(body).ok().map(|_| body);
     match header {
         Header::Broadcast(groups, except) => {
             let mut opts = BroadcastOpts::all();
             opts.to = groups.into_iter().map(Into::into).collect();
             opts.except = except.into_iter().map(|(node, conn)| SocketId { node, conn: ConnId(conn) }).collect();
-            app.deliver_remote(envelope, Target::Broadcast(&opts));
+            app.deliver_remote(envelope()?, Target::Broadcast(&opts));
         }
-        Header::Socket(conn) if message.direct => {
-            app.deliver_remote(envelope, Target::Socket(SocketId { node: app.node(), conn: ConnId(conn) }));
-        }
-        Header::Socket(_) => {}
-        Header::User(user) => app.deliver_remote(envelope, Target::User(&user)),
+        Header::Socket(conn) if message.direct => app.deliver_remote(envelope()?, Target::Socket(here(conn))),
+        Header::User(user) => app.deliver_remote(envelope()?, Target::User(&user)),
+        Header::CloseSocket(conn, code) if message.direct => app.deliver_close(Target::Socket(here(conn)), code, body),
+        Header::CloseUser(user, code) => app.deliver_close(Target::User(&user), code, body),
+        Header::Socket(_) | Header::CloseSocket(..) => {}
     }
     Some(())
 }
@@ -887,13 +907,16 @@ impl Adapter for RedisAdapter {
             Target::Socket(id) => (Header::Socket(id.conn.0), Some(id.node)),
             Target::User(user) => (Header::User(user.into()), None),
         };
-        let Ok(mut header) = serde_json::to_vec(&header) else { return };
-        header.push(b'\n');
-        let channel = match node {
-            Some(node) => self.link.key(&format!("node:{}", hex(node))),
-            None => self.link.key("all"),
+        self.send(&header, node, envelope);
+    }
+
+    fn close(&self, to: Target<'_>, code: u16, reason: &str) {
+        let (header, node) = match to {
+            Target::Socket(id) => (Header::CloseSocket(id.conn.0, code), Some(id.node)),
+            Target::User(user) => (Header::CloseUser(user.into(), code), None),
+            Target::Broadcast(_) => return,
         };
-        self.link.publish(channel, &[&header, envelope]);
+        self.send(&header, node, reason.as_bytes());
     }
 
     fn presence(&self, change: Presence<'_>) {

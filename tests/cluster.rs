@@ -212,6 +212,69 @@ fn an_app_node_ignores_malformed_messages() {
     running.close();
 }
 
+/// One app node of the cluster at `redis`: users say who they are with
+/// `?user=`; `/id` replies the socket's id, `/kick` drops a user everywhere,
+/// `/drop` drops one socket by id.
+fn app_node(redis: &Redis) -> (emitws::app::Running, std::sync::Arc<RedisAdapter>) {
+    let adapter = RedisAdapter::new(&redis.url(), quick()).unwrap();
+    let mut app = App::new();
+    app.adapter(adapter.clone());
+    app.identify(|c| c.query_value("user").ok_or(emitws::app::Refusal::status(401, "who?")));
+    app.on("/id", |req| req.reply(&req.socket_id().to_string()));
+    app.on("/kick", |req| {
+        let dropped = req.app().drop_user(req.data::<&str>().unwrap(), "kicked");
+        req.reply(&dropped);
+    });
+    app.on("/drop", |req| {
+        let id: SocketId = req.data::<&str>().unwrap().parse().unwrap();
+        req.reply(&req.app().drop_socket(id, "one device"));
+    });
+    let running = app_client::start(app, 2);
+    assert!(adapter.link().ready(Duration::from_secs(5)));
+    (running, adapter)
+}
+
+#[test]
+fn users_and_single_devices_are_dropped_on_every_node() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, adapter_a) = app_node(&redis);
+    let (b, adapter_b) = app_node(&redis);
+    wait_joined(&[adapter_a.link(), adapter_b.link()]);
+    let connect = |running: &emitws::app::Running, user: &str| {
+        let mut client = AppClient::connect_to(running.local_addr(), &format!("/?user={user}"), &[]).unwrap();
+        let id = client.request("/id", serde_json::Value::Null).unwrap().as_str().unwrap().to_string();
+        (client, id)
+    };
+    let (mut admin, _) = connect(&a, "admin");
+    let (mut ann_a, _) = connect(&a, "ann");
+    let (mut ann_b, _) = connect(&b, "ann");
+    let (mut bob_b, bob_id) = connect(&b, "bob");
+    let (mut bob_a, _) = connect(&a, "bob");
+    wait_for(Duration::from_secs(5), || a.cluster().user_sockets("ann").is_ok_and(|s| s.len() == 2));
+
+    // Node a has one of ann's devices; the one on node b goes too.
+    assert_eq!(admin.request("/kick", serde_json::json!("ann")).unwrap(), 1);
+    assert_eq!(ann_a.expect_close(4000), "kicked");
+    assert_eq!(ann_b.expect_close(4000), "kicked");
+
+    // One device of bob's, on the other node, by its id.
+    assert_eq!(admin.request("/drop", serde_json::json!(bob_id)).unwrap(), true);
+    assert_eq!(bob_b.expect_close(4000), "one device");
+    bob_a.expect_silence(Duration::from_millis(200));
+    wait_for(Duration::from_secs(5), || a.cluster().user_sockets("bob").is_ok_and(|s| s.len() == 1));
+
+    // A close another node asks for with a code that may not be sent closes nothing.
+    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let forged = format!("{:016x}\n{{\"cu\":[\"bob\",1005]}}\nforged", 0xaa);
+    let _: () = redis::cmd("PUBLISH").arg("emitws:all").arg(forged).query(&mut raw).unwrap();
+    bob_a.expect_silence(Duration::from_millis(200));
+
+    admin.close();
+    bob_a.close();
+    a.close();
+    b.close();
+}
+
 #[test]
 fn publishes_beyond_the_queue_cap_are_dropped_and_counted() {
     let Some(redis) = Redis::start() else { return };

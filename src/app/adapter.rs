@@ -9,6 +9,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::{lock, AppHandle, BroadcastOpts, Error, Request, Running};
+use crate::proto::CloseCode;
 use crate::runtime::{ConnId, SharedFrame};
 
 /// A socket's id across a cluster: its node and its connection on that node.
@@ -151,6 +152,15 @@ pub trait Adapter: Send + Sync + 'static {
     /// Carries a message (the envelope's JSON text) to the other nodes.
     fn publish(&self, envelope: &[u8], to: Target<'_>);
 
+    /// Asks the other nodes to close sockets of theirs with `code` and
+    /// `reason`: one socket ([`Target::Socket`]) or a user's devices
+    /// ([`Target::User`]); they do it through [`AppHandle::deliver_close`].
+    /// An adapter that cannot carries nothing (the default), and drops then
+    /// reach this node's sockets only.
+    fn close(&self, to: Target<'_>, code: u16, reason: &str) {
+        let _ = (to, code, reason);
+    }
+
     /// A socket's presence changed.
     fn presence(&self, change: Presence<'_>) {
         let _ = change;
@@ -224,6 +234,32 @@ impl AppHandle {
             }
             Target::User(user) => self.server().broadcast(self.to_user(user).sockets(), &frame),
         }
+    }
+
+    /// Closes the sockets of this node that another node asked to close
+    /// (see [`Adapter::close`]): one socket, or a user's devices.
+    /// A code that may not be sent (see [`CloseCode::is_valid_on_wire`])
+    /// closes nothing.
+    pub fn deliver_close(&self, to: Target<'_>, code: u16, reason: &str) {
+        if !CloseCode(code).is_valid_on_wire() {
+            return;
+        }
+        let sockets = match to {
+            Target::Socket(id) => self.here(id).into_iter().collect(),
+            Target::User(user) => self.to_user(user).sockets(),
+            Target::Broadcast(_) => Vec::new(),
+        };
+        for conn in sockets {
+            self.server().close(conn, CloseCode(code), reason);
+        }
+    }
+
+    /// Hands a close for sockets of other nodes to the adapter, if any; says
+    /// whether there was one.
+    pub(crate) fn close_elsewhere(&self, to: Target<'_>, code: CloseCode, reason: &str) -> bool {
+        let Some(adapter) = &self.0.setup.adapter else { return false };
+        adapter.close(to, code.0, reason);
+        true
     }
 
     /// Keeps this node's socket list when there is no adapter to ask.

@@ -409,9 +409,29 @@ impl AppHandle {
         UserRef { app: self.clone(), user: user.into() }
     }
 
-    /// Closes every socket of `user` with 4000 and `reason`; returns how many.
+    /// Closes every socket of `user`, on every node of a cluster, with 4000
+    /// and `reason`; returns how many this node had.
     pub fn drop_user(&self, user: &str, reason: &str) -> usize {
         self.to_user(user).drop_with(reason)
+    }
+
+    /// Closes one socket, on this node or another, with 4000 and `reason`
+    /// (WSE's `drop` of one device). False if the socket is on this node and
+    /// already gone, or on another node and there is no adapter; a socket on
+    /// another node is not checked.
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) {
+    /// let id: emitws::app::SocketId = "1f-2".parse().unwrap();
+    /// app.drop_socket(id, "signed in elsewhere");
+    /// # }
+    /// ```
+    pub fn drop_socket(&self, id: impl Into<SocketId>, reason: &str) -> bool {
+        let id = id.into();
+        match self.here(id) {
+            Some(conn) => self.server().close(conn, CLOSE_DROPPED, reason),
+            None => self.close_elsewhere(Target::Socket(id), CLOSE_DROPPED, reason),
+        }
     }
 
     /// Users with at least one socket on this node, sorted ([`cluster`](Self::cluster) for every node).
@@ -530,12 +550,14 @@ impl UserRef {
         Ok(sockets.len())
     }
 
-    /// Closes every device with 4000 and `reason`; returns how many.
+    /// Closes every device, on every node of a cluster, with 4000 and
+    /// `reason`; returns how many this node had.
     pub fn drop_with(&self, reason: &str) -> usize {
         let sockets = self.sockets();
         for id in &sockets {
             self.app.server().close(*id, CLOSE_DROPPED, reason);
         }
+        self.app.close_elsewhere(Target::User(&self.user), CLOSE_DROPPED, reason);
         sockets.len()
     }
 }
