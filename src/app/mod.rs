@@ -264,7 +264,9 @@ impl App {
         self
     }
 
-    /// Caps the sockets one user may have open at once.
+    /// Caps the sockets one user may have open at once. In a cluster each
+    /// node applies the cap to the devices it holds: checking the whole
+    /// cluster would put a round trip to Redis in every connect.
     pub fn max_devices(&mut self, max: usize, policy: DevicePolicy) -> &mut Self {
         self.setup.devices = Some((max.max(1), policy));
         self
