@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::{self, JoinHandle};
 
 use common::*;
-use emitws::client::app::{AppClient, AppOptions};
+use emitws::client::app::{AppClient, AppError, AppOptions};
 use emitws::client::{ClientBuilder, ClientError};
 use emitws::proto::client_handshake::ResponseError;
 use emitws::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig, DeflateResponseError};
@@ -411,4 +411,22 @@ fn the_event_client_compresses_with_an_app() {
     running.close();
     let (sent, received) = relay.finish();
     assert!(sent < total / 10 && received < total / 10, "{sent} and {received} bytes on the wire for {total}");
+}
+
+#[test]
+fn the_event_client_inflates_under_its_message_limit() {
+    let running = echo_app();
+    let settings = ClientBuilder::new().deflate(Some(DeflateConfig::default())).max_message_size(4_000);
+    let client = app_client(running.local_addr(), settings);
+    let (closed, why) = mpsc::channel();
+    client.on("@disconnect", move |_, why| {
+        let _ = closed.send(why.clone());
+    });
+    assert_eq!(client.request("/echo", json!("small"), WAIT), Ok(json!("small")));
+    // Our request goes out compressed; the reply inflates past 4,000 bytes.
+    let big = "x".repeat(10_000);
+    assert!(matches!(client.request("/echo", json!(big), WAIT), Err(AppError::Disconnected(_))));
+    assert_eq!(why.recv_timeout(WAIT).unwrap()["code"], 1009);
+    client.close();
+    running.close();
 }
