@@ -72,8 +72,20 @@ pub struct AppOptions {
     pub connect_timeout: Duration,
     /// Envelopes kept while disconnected, sent once connected again (default 1,000).
     pub max_queued: usize,
-    /// Headers, origin, TLS roots and limits for the WebSocket connection
-    /// (its subprotocol is set to [`PROTOCOL`], its timeout to `connect_timeout`).
+    /// Headers, origin, TLS roots, limits and permessage-deflate for the
+    /// WebSocket connection (its subprotocol is set to [`PROTOCOL`], its
+    /// timeout to `connect_timeout`). Compression pays for the large or
+    /// repetitive envelopes JSON tends to make:
+    ///
+    /// ```no_run
+    /// use emitws::client::app::{AppClient, AppOptions};
+    /// use emitws::client::ClientBuilder;
+    /// use emitws::proto::deflate::DeflateConfig;
+    ///
+    /// let client = ClientBuilder::new().deflate(Some(DeflateConfig::default())).max_message_size(1 << 20);
+    /// let app = AppClient::connect("ws://127.0.0.1:9001/", AppOptions { client, ..AppOptions::default() })?;
+    /// # Ok::<(), emitws::client::app::AppError>(())
+    /// ```
     pub client: ClientBuilder,
 }
 
@@ -213,7 +225,15 @@ impl AppClient {
         let failed = |e: &dyn fmt::Display| AppError::ConnectFailed(e.to_string());
         let jitter = mask_rng().map_err(|e| failed(&e))?;
         let link = Link { inner: Arc::new(OnceLock::new()) };
-        let server = Server::new().workers(1).keepalive(None).shutdown_timeout(Duration::from_secs(2));
+        // The connection runs under its dialer's limits: make them the client's.
+        let limits = client.limits;
+        let server = Server::new()
+            .workers(1)
+            .keepalive(None)
+            .shutdown_timeout(Duration::from_secs(2))
+            .max_message_size(limits.max_message_size)
+            .max_frame_size(limits.max_frame_size)
+            .max_fragments(limits.max_fragments);
         let running = server.start_dialer(link.clone()).map_err(|e| failed(&e))?;
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
             me: me.clone(),

@@ -6,18 +6,17 @@ use std::time::{Duration, Instant};
 
 use super::socket::{time_left, Stream};
 use super::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
-use crate::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
+use crate::proto::deflate::DeflateAgreement;
 use crate::proto::{
-    encode_frame_with_rsv, utf8, CloseCode, CloseHandshake, Decoder, Event, Limits, MaskRng, Message, OpCode,
-    ProtocolError, ReadyEvent, Role,
+    encode_frame_with_rsv, CloseCode, CloseHandshake, Decoder, Event, Limits, MaskRng, Message, OpCode, ProtocolError,
+    ReadyEvent, Role,
 };
+use crate::runtime::compress::{DeflateState, Deflater, RSV1};
 
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 64 << 10;
 /// A send buffer that grew past this for a big message is not kept.
 const KEPT_SEND_BUFFER: usize = 1 << 20;
-/// The RSV bit of a compressed message (RFC 7692 §6).
-const RSV1: u8 = 0b100;
 
 /// What [`Client::recv_event`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,20 +65,12 @@ struct Writer {
     ended: Option<(CloseCode, String)>,
 }
 
-/// permessage-deflate, once agreed. zlib state is allocated on first use.
+/// permessage-deflate, once agreed: the same state and buffers as a
+/// runtime connection's, with a [`Deflater`] of its own.
+#[derive(Debug)]
 struct Deflate {
-    config: DeflateConfig,
-    agreement: DeflateAgreement,
-    compressor: Option<Compressor>,
-    decompressor: Option<Decompressor>,
-    compressed: Vec<u8>,
-    inflated: Vec<u8>,
-}
-
-impl std::fmt::Debug for Deflate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Deflate").field("agreement", &self.agreement).finish_non_exhaustive()
-    }
+    state: DeflateState,
+    deflater: Deflater,
 }
 
 impl Client {
@@ -113,7 +104,8 @@ impl Client {
         let deflate = match (accepted.deflate, settings.deflate) {
             (Some(agreement), Some(config)) => {
                 decoder.allow_extension_rsv(RSV1);
-                Some(Box::new(Deflate::new(agreement, config)))
+                let state = DeflateState::new(Role::Client, agreement, config);
+                Some(Box::new(Deflate { state, deflater: Deflater::default() }))
             }
             _ => None,
         };
@@ -134,7 +126,7 @@ impl Client {
 
     /// The permessage-deflate parameters, if compression was agreed.
     pub fn deflate(&self) -> Option<&DeflateAgreement> {
-        self.deflate.as_ref().map(|d| &d.agreement)
+        self.deflate.as_ref().map(|d| d.state.agreement())
     }
 
     /// The server's address.
@@ -176,10 +168,10 @@ impl Client {
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), ClientError> {
         self.writer.check_open()?;
-        match self.deflate.as_deref_mut().filter(|d| payload.len() >= d.config.min_size) {
-            Some(deflate) => {
-                let compressed = deflate.compress(payload);
-                self.writer.frame(opcode, RSV1, compressed)
+        match self.deflate.as_deref_mut().filter(|d| d.state.compresses(payload.len())) {
+            Some(Deflate { state, deflater }) => {
+                deflater.compress(state, payload);
+                self.writer.frame(opcode, RSV1, &deflater.scratch)
             }
             None => self.writer.frame(opcode, 0, payload),
         }
@@ -238,9 +230,10 @@ impl Client {
             Event::Message(message) => Ok(Incoming::Message(message)),
             Event::Pong(payload) => Ok(Incoming::Pong(payload)),
             Event::Compressed { text, payload } => {
-                let deflate = deflate.as_deref_mut().expect("RSV1 is only allowed once permessage-deflate is agreed");
-                deflate
-                    .inflate(text, payload, limits.max_message_size)
+                let Deflate { state, deflater } =
+                    deflate.as_deref_mut().expect("RSV1 is only allowed once permessage-deflate is agreed");
+                deflater
+                    .decompress(state, text, payload, limits.max_message_size)
                     .map(Incoming::Message)
                     .map_err(|e| writer.fail(e))
             }
@@ -393,41 +386,6 @@ impl Writer {
         self.end(error.close_code(), &reason);
         self.stream.shutdown();
         ClientError::Protocol(error)
-    }
-}
-
-impl Deflate {
-    fn new(agreement: DeflateAgreement, config: DeflateConfig) -> Deflate {
-        Deflate {
-            config,
-            agreement,
-            compressor: None,
-            decompressor: None,
-            compressed: Vec::new(),
-            inflated: Vec::new(),
-        }
-    }
-
-    fn compress(&mut self, payload: &[u8]) -> &[u8] {
-        let (agreement, config) = (&self.agreement, &self.config);
-        let compressor = self.compressor.get_or_insert_with(|| Compressor::new(agreement, Role::Client, config));
-        self.compressed.clear();
-        compressor.compress(payload, &mut self.compressed);
-        &self.compressed
-    }
-
-    fn inflate(&mut self, text: bool, payload: &[u8], max_size: u64) -> Result<Message<'_>, ProtocolError> {
-        let agreement = &self.agreement;
-        let decompressor = self.decompressor.get_or_insert_with(|| Decompressor::new(agreement, Role::Client));
-        if self.inflated.capacity() > KEPT_SEND_BUFFER {
-            self.inflated = Vec::new();
-        }
-        self.inflated.clear();
-        decompressor.decompress(payload, &mut self.inflated, usize::try_from(max_size).unwrap_or(usize::MAX))?;
-        Ok(match text {
-            true => Message::Text(utf8::text(&self.inflated)?),
-            false => Message::Binary(&self.inflated),
-        })
     }
 }
 

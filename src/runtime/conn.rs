@@ -12,6 +12,7 @@ use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
 use super::timer::Wheel;
 use super::worker::Dialing;
+use crate::proto::deflate::DeflateAgreement;
 use crate::proto::handshake::RequestReader;
 use crate::proto::{CloseCode, CloseHandshake, MaskRng, OpCode};
 #[cfg(feature = "tls")]
@@ -164,6 +165,11 @@ impl<D> Connection<D> {
     /// The masking key for the next frame: `None` on the server side of a connection.
     fn next_mask(&mut self) -> Option<[u8; 4]> {
         Some(self.extra.as_deref_mut()?.masks.as_mut()?.next_key())
+    }
+
+    /// Whether we are the client end: an outgoing connection.
+    fn is_client(&self) -> bool {
+        self.extra.as_deref().is_some_and(|extra| extra.masks.is_some())
     }
 
     pub fn deflate(&mut self) -> Option<&mut DeflateState> {
@@ -403,6 +409,23 @@ impl<D> Conn<'_, D> {
         self.conn.queued()
     }
 
+    /// The permessage-deflate parameters, if compression was agreed: with a
+    /// client that offered it when [`Server::deflate`](super::Server::deflate)
+    /// is on, or on an outgoing connection whose
+    /// [`ClientBuilder::deflate`](crate::client::ClientBuilder::deflate) offered it.
+    ///
+    /// ```
+    /// # use emitws::runtime::Conn;
+    /// fn on_open(conn: &mut Conn<'_, ()>) {
+    ///     if let Some(agreement) = conn.deflate() {
+    ///         println!("compressing: {agreement}");
+    ///     }
+    /// }
+    /// ```
+    pub fn deflate(&self) -> Option<&DeflateAgreement> {
+        Some(self.conn.extra.as_deref()?.deflate.as_ref()?.agreement())
+    }
+
     /// A handle to the whole server, for broadcasts and sends to other connections.
     pub fn server(&self) -> &ServerHandle {
         &self.ctx.handle
@@ -421,18 +444,18 @@ impl<D> Conn<'_, D> {
     /// Sends a frame encoded once for many connections (see [`SharedFrame`]).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> SendStatus {
         let payload = frame.payload();
-        if self.conn.next_mask().is_some() {
-            // Outgoing connections mask every frame: a shared frame cannot be.
+        if self.conn.is_client() {
+            // Outgoing connections mask every frame (and compress as the
+            // client): a shared frame cannot be sent as it is.
             return self.send(frame.0.opcode, payload);
         }
-        let config = self.ctx.settings.deflate.filter(|c| payload.len() >= c.min_size);
-        let bytes = match (config, self.conn.deflate()) {
-            (Some(config), Some(state)) if state.takes_shared(&config) => {
-                frame.0.compressed.get_or_compress(&config, frame.0.opcode, payload)
-            }
-            // This connection's compression carries context: it compresses its own copy.
-            (Some(_), Some(_)) => return self.send(frame.0.opcode, payload),
-            _ => frame.0.plain.clone(),
+        let bytes = match self.conn.deflate().filter(|state| state.compresses(payload.len())) {
+            Some(state) => match state.takes_shared() {
+                Some(config) => frame.0.compressed.get_or_compress(config, frame.0.opcode, payload),
+                // This connection's compression carries context: it compresses its own copy.
+                None => return self.send(frame.0.opcode, payload),
+            },
+            None => frame.0.plain.clone(),
         };
         self.reserve(bytes.len(), |queue| queue.push_shared(bytes))
     }
@@ -471,15 +494,15 @@ impl<D> Conn<'_, D> {
         }
         let Conn { key, conn, ctx } = self;
         let data = matches!(opcode, OpCode::Text | OpCode::Binary);
-        let config = ctx.settings.deflate.filter(|c| data && payload.len() >= c.min_size);
-        match (config, conn.deflate()) {
-            (Some(config), Some(state)) => {
-                ctx.deflater.compress(state, &config, payload);
+        match conn.deflate().filter(|state| data && state.compresses(payload.len())) {
+            Some(state) => {
+                ctx.deflater.compress(state, payload);
                 let compressed = std::mem::take(&mut ctx.deflater.scratch);
+                // A client's frame is masked as it is queued: the mask covers the compressed payload.
                 ctx.push_frame(*key, conn, opcode, RSV1, &compressed);
                 ctx.deflater.scratch = compressed;
             }
-            _ => ctx.push_frame(*key, conn, opcode, 0, payload),
+            None => ctx.push_frame(*key, conn, opcode, 0, payload),
         }
         self.status()
     }

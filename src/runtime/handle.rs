@@ -224,9 +224,12 @@ impl ServerHandle {
     /// gets the data back with the reason. No thread is added.
     ///
     /// `settings` gives the timeout (connect, TLS and upgrade together), the
-    /// subprotocols, headers, origin and TLS roots; permessage-deflate is not
-    /// offered on outgoing connections, and the server's limits and
-    /// keepalive apply. The host name is resolved on the calling thread (a
+    /// subprotocols, headers, origin, TLS roots and permessage-deflate: with
+    /// [`ClientBuilder::deflate`] the connection offers it, and if the server
+    /// agrees, compresses what it sends and inflates what it receives as the
+    /// client end ([`Conn::deflate`](super::Conn::deflate) tells). The
+    /// server's limits (a message inflating past its `max_message_size`
+    /// fails with 1009) and keepalive apply. The host name is resolved on the calling thread (a
     /// blocking lookup, unless it is an IP address). Fails at once for a bad
     /// URL, a name that does not resolve, a `data` of another type than the
     /// handler's `Data`, or a stopped server.
@@ -238,8 +241,10 @@ impl ServerHandle {
     /// #     fn on_message(&mut self, _: &mut emitws::runtime::Conn<'_, String>, _: emitws::proto::Message<'_>) {}
     /// # }
     /// use emitws::client::ClientBuilder;
+    /// use emitws::proto::deflate::DeflateConfig;
     /// let server = emitws::runtime::Server::new().start("127.0.0.1:9001", Feed)?;
-    /// server.handle().connect("ws://127.0.0.1:9100/prices", &ClientBuilder::new(), "upstream".to_string())?;
+    /// let settings = ClientBuilder::new().deflate(Some(DeflateConfig::default()));
+    /// server.handle().connect("ws://127.0.0.1:9100/prices", &settings, "upstream".to_string())?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn connect<D: Send + 'static>(&self, url: &str, settings: &ClientBuilder, data: D) -> Result<(), ClientError> {

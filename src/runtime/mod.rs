@@ -11,7 +11,7 @@
 //! Messages arrive as slices borrowed from the worker's read buffer; sends are
 //! queued and written once per loop turn, with `writev`.
 
-mod compress;
+pub(crate) mod compress;
 mod conn;
 mod conns;
 mod handle;
@@ -358,6 +358,8 @@ impl Server {
     /// for no compression (the default: compression costs memory per
     /// connection and CPU per message, and pays off for larger, repetitive
     /// messages). See [`DeflateConfig`](crate::proto::deflate::DeflateConfig).
+    /// Outgoing connections ([`ServerHandle::connect`]) take theirs from
+    /// their [`ClientBuilder::deflate`](crate::client::ClientBuilder::deflate) instead.
     pub fn deflate(mut self, config: Option<DeflateConfig>) -> Server {
         self.settings.deflate = config;
         self

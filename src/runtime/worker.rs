@@ -660,12 +660,19 @@ fn handshake<H: Handler>(
         ctx.finish(key, conn);
         return None;
     };
-    if let Some(agreement) = deflate {
-        conn.extra.get_or_insert_with(Box::default).deflate = Some(DeflateState::new(agreement));
-        slot.decoder.allow_extension_rsv(RSV1);
+    if let (Some(agreement), Some(config)) = (deflate, settings.deflate) {
+        slot.compress(DeflateState::new(Role::Server, agreement, config));
     }
-    conn.data = accept.data;
-    open(handler, key, conn, ctx).then_some(used)
+    slot.conn.data = accept.data;
+    open(handler, key, &mut slot.conn, ctx).then_some(used)
+}
+
+impl<D> Slot<D> {
+    /// permessage-deflate was agreed: compressed messages may arrive, and sends compress.
+    fn compress(&mut self, state: DeflateState) {
+        self.conn.extra.get_or_insert_with(Box::default).deflate = Some(state);
+        self.decoder.allow_extension_rsv(RSV1);
+    }
 }
 
 /// The upgrade is done (either way round): the connection opens. Returns

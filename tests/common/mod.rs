@@ -9,10 +9,12 @@
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use emitws::proto::handshake::{accept_key, RequestLimits, RequestReader};
 use emitws::proto::{encode_frame, CloseCode, Decoder, Event, Limits, Message, OpCode, ProtocolError, Role};
 use emitws::runtime::{Accept, Conn, ConnId, Handler, Reject, Server, ServerHandle, SharedFrame, UpgradeRequest};
 
@@ -490,6 +492,62 @@ impl Handler for Echo {
     fn on_close(&mut self, conn: &mut Conn<'_, String>, code: CloseCode, reason: &str) {
         let entry = (conn.id(), code.0, reason.to_string());
         self.events.update(|r| r.closed.push(entry));
+    }
+}
+
+/// A scripted server for one connection: reads the upgrade request, then
+/// runs `script` with the socket and the request's `Sec-WebSocket-Key`.
+pub fn scripted<T: Send + 'static>(
+    script: impl FnOnce(TcpStream, String) -> T + Send + 'static,
+) -> (SocketAddr, JoinHandle<T>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let thread = thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        socket.set_read_timeout(Some(WAIT)).unwrap();
+        let limits = RequestLimits::default();
+        let mut reader = RequestReader::default();
+        let mut buf = [0; 4096];
+        loop {
+            let n = socket.read(&mut buf).unwrap();
+            assert!(n > 0, "the client hung up during its request");
+            if reader.push(&buf[..n], &limits).unwrap().is_some() {
+                break;
+            }
+        }
+        let key = {
+            let request = reader.request(&limits).unwrap();
+            String::from_utf8(request.header("sec-websocket-key").unwrap().to_vec()).unwrap()
+        };
+        script(socket, key)
+    });
+    (addr, thread)
+}
+
+/// A 101 answer to `key`, with `extra` header lines.
+pub fn switching(key: &str, extra: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+        accept_key(key.as_bytes())
+    )
+}
+
+/// Reads the client's frames until its close frame; returns the close code.
+pub fn close_code_from(socket: &mut TcpStream) -> Option<u16> {
+    let mut decoder = Decoder::new(Role::Server);
+    let mut buf = [0; 4096];
+    loop {
+        let n = socket.read(&mut buf).ok().filter(|&n| n > 0)?;
+        let mut input = &mut buf[..n];
+        while !input.is_empty() {
+            let decoded = decoder.decode(input, &Limits::default()).expect("client frames are valid and masked");
+            if let Some(Event::Close(code, _)) = decoded.event {
+                return code.map(|c| c.0);
+            }
+            let consumed = decoded.consumed;
+            input = &mut input[consumed..];
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{flag, Connection, Context, Extra, Handler, Phase, Slot, Worker, FIRST_CONN};
+use super::{flag, Connection, Context, DeflateState, Extra, Handler, Phase, Slot, Worker, FIRST_CONN};
 use crate::client::socket::{connect_error, resolve};
 use crate::client::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
 use crate::proto::{Decoder, Role};
@@ -34,11 +34,10 @@ pub(crate) struct Dialing {
 impl Dial {
     /// Resolves the host and prepares the request, on the caller's thread.
     pub fn new(url: &Url, settings: &ClientBuilder, data: Box<dyn Any + Send>) -> Result<Dial, ClientError> {
-        // The worker's compression state is the server side's; outgoing connections run plain.
-        let settings = ClientBuilder { deflate: None, ..settings.clone() };
         let mut untried = resolve(url)?;
         untried.reverse();
-        let upgrade = Upgrade::new(url, &settings)?;
+        let upgrade = Upgrade::new(url, settings)?;
+        let settings = settings.clone();
         Ok(Dial { dialing: Dialing { url: url.clone(), settings, untried, addr: None, upgrade }, data })
     }
 }
@@ -184,19 +183,23 @@ pub(super) fn response<H: Handler>(
     ctx: &mut Context,
     input: &[u8],
 ) -> Result<Option<usize>, ClientError> {
-    let conn = &mut slot.conn;
-    let extra = conn.extra.as_deref_mut().expect("a dialing connection");
+    let extra = slot.conn.extra.as_deref_mut().expect("a dialing connection");
     let dialing = extra.dialing.as_deref_mut().expect("a dialing connection");
     let Some(used) = dialing.upgrade.push(input, &dialing.settings)? else { return Ok(None) };
-    match dialing.upgrade.finish(&dialing.settings) {
-        Ok(_) => {}
+    let accepted = match dialing.upgrade.finish(&dialing.settings) {
+        Ok(accepted) => accepted,
         Err((ClientError::Status { status, .. }, length)) => {
             let rest = &input[used..];
             let body = rest[..rest.len().min(length.unwrap_or(usize::MAX)).min(MAX_REFUSAL_BODY)].to_vec();
             return Err(ClientError::Status { status, body });
         }
         Err((error, _)) => return Err(error),
-    }
+    };
+    let config = dialing.settings.deflate;
     extra.dialing = None;
-    Ok(super::open(handler, key, conn, ctx).then_some(used))
+    // An agreement comes only with our offer: `finish` refuses any other.
+    if let (Some(agreement), Some(config)) = (accepted.deflate, config) {
+        slot.compress(DeflateState::new(Role::Client, agreement, config));
+    }
+    Ok(super::open(handler, key, &mut slot.conn, ctx).then_some(used))
 }
