@@ -258,7 +258,7 @@ fn messages_from(socket: &mut TcpStream, agreement: &DeflateAgreement) -> (Vec<(
 
 #[test]
 fn the_server_sees_compressed_masked_frames_and_a_bomb_closes_with_1009() {
-    // 8 MiB of zeros in a few KiB, against the dialing server's 1 MiB limit.
+    // 8 MiB of zeros in a few KiB, against the dialed connection's 1 MiB limit.
     let mut bomb = Vec::new();
     let mut compressor = Compressor::new(&DeflateAgreement::default(), Role::Server, &DeflateConfig::default());
     let mut hello = Vec::new();
@@ -274,8 +274,9 @@ fn the_server_sees_compressed_masked_frames_and_a_bomb_closes_with_1009() {
     });
     let sent = messages();
     let (dialer, seen) = Dialer::new(sent.clone());
-    let hub = quick_server().max_message_size(1 << 20).start_dialer(dialer).unwrap();
-    dial(&hub, addr, Some(DeflateConfig::default()));
+    let hub = quick_server().start_dialer(dialer).unwrap();
+    let settings = ClientBuilder::new().timeout(WAIT).deflate(Some(DeflateConfig::default())).max_message_size(1 << 20);
+    hub.handle().connect(&format!("ws://{addr}/"), &settings, ()).unwrap();
     assert!(matches!(next(&seen), Seen::Open(_, Some(_))));
     assert_eq!(next(&seen), Seen::Text(String::from_utf8(messages()[2].clone()).unwrap()), "inflated");
     assert_eq!(next(&seen), Seen::Close(1009));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -164,4 +164,24 @@ fn a_worker_dials_out_over_tls() {
     assert_eq!(dialer.log.wait("close secure"), "close secure: 1000");
     hub.shutdown();
     upstream.shutdown();
+}
+
+#[test]
+fn a_dialed_connection_keeps_its_builders_limits() {
+    let big = vec![b'x'; 2000];
+    let (addr, server) = scripted(move |mut socket, key| {
+        socket.write_all(switching(&key, "").as_bytes()).unwrap();
+        let mut frame = Vec::new();
+        emitws::proto::encode_frame(&mut frame, emitws::proto::OpCode::Binary, true, None, &big);
+        socket.write_all(&frame).unwrap();
+        close_code_from(&mut socket)
+    });
+    let dialer = Dialer::default();
+    // The dialing server allows 16 MiB; the connection asked for 1,000 bytes.
+    let running = quick_server().start("127.0.0.1:0", dialer.clone()).unwrap();
+    let settings = ClientBuilder::new().max_message_size(1000);
+    running.handle().connect(&format!("ws://{addr}/"), &settings, "small".to_string()).unwrap();
+    assert_eq!(dialer.log.wait("close small"), "close small: 1009");
+    assert_eq!(server.join().unwrap(), Some(1009));
+    running.shutdown();
 }

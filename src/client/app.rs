@@ -5,7 +5,9 @@
 //! `[1, id, event, data]` a request (either way), `[2, id, data]` a reply,
 //! `[3, id, {"code", "message"}]` an error reply. User events start with `/`;
 //! names starting with `@` are system events, dispatched locally:
-//! `@connection` (`{"reconnected": bool}`), `@disconnect` (`{"code", "reason"}`),
+//! `@connection` (`{"reconnected": bool}`; the first connection's fires
+//! before [`AppClient::connect`] returns, so listeners added afterwards see
+//! reconnections), `@disconnect` (`{"code", "reason"}`),
 //! `@reconnect`, `@error` (`{"code", "message"}`), and `@any`, which receives
 //! every event that has no listener of its own.
 //!
@@ -225,15 +227,7 @@ impl AppClient {
         let failed = |e: &dyn fmt::Display| AppError::ConnectFailed(e.to_string());
         let jitter = mask_rng().map_err(|e| failed(&e))?;
         let link = Link { inner: Arc::new(OnceLock::new()) };
-        // The connection runs under its dialer's limits: make them the client's.
-        let limits = client.limits;
-        let server = Server::new()
-            .workers(1)
-            .keepalive(None)
-            .shutdown_timeout(Duration::from_secs(2))
-            .max_message_size(limits.max_message_size)
-            .max_frame_size(limits.max_frame_size)
-            .max_fragments(limits.max_fragments);
+        let server = Server::new().workers(1).keepalive(None).shutdown_timeout(Duration::from_secs(2));
         let running = server.start_dialer(link.clone()).map_err(|e| failed(&e))?;
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
             me: me.clone(),
@@ -608,13 +602,15 @@ impl Handler for Link {
         for text in state.queue.drain(..) {
             let _ = conn.send_text(&text);
         }
-        state.first.get_or_insert(Ok(()));
-        inner.settled.notify_all();
         drop(state);
         inner.dispatch("@connection", &json!({"reconnected": reconnected}));
         if reconnected {
             inner.dispatch("@reconnect", &json!({}));
         }
+        // Only now may `connect` return: a listener added after it must not
+        // see the first connection's event some of the time.
+        lock(&inner.state).first.get_or_insert(Ok(()));
+        inner.settled.notify_all();
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, message: Message<'_>) {

@@ -14,7 +14,7 @@ use super::timer::Wheel;
 use super::worker::Dialing;
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::handshake::RequestReader;
-use crate::proto::{CloseCode, CloseHandshake, MaskRng, OpCode};
+use crate::proto::{CloseCode, CloseHandshake, Limits, MaskRng, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
@@ -106,6 +106,9 @@ pub(crate) struct Extra {
     pub dialing: Option<Box<Dialing>>,
     /// An outgoing connection's masking keys: a client masks every frame.
     pub masks: Option<MaskRng>,
+    /// An outgoing connection's frame and message limits, its
+    /// `ClientBuilder`'s rather than the server's.
+    pub limits: Option<Limits>,
 }
 
 impl Extra {
@@ -114,7 +117,11 @@ impl Extra {
         if self.tls.is_some() {
             return false;
         }
-        self.handshake.is_none() && self.deflate.is_none() && self.dialing.is_none() && self.masks.is_none()
+        self.handshake.is_none()
+            && self.deflate.is_none()
+            && self.dialing.is_none()
+            && self.masks.is_none()
+            && self.limits.is_none()
     }
 }
 
@@ -174,6 +181,12 @@ impl<D> Connection<D> {
 
     pub fn deflate(&mut self) -> Option<&mut DeflateState> {
         self.extra.as_deref_mut()?.deflate.as_mut()
+    }
+
+    /// The frame and message limits that apply: an outgoing connection's
+    /// own, else the server's.
+    pub fn limits(&self, settings: &Settings) -> Limits {
+        self.extra.as_deref().and_then(|extra| extra.limits).unwrap_or(settings.limits)
     }
 
     /// Drops the boxed extra state once nothing is left in it.

@@ -227,9 +227,10 @@ impl ServerHandle {
     /// subprotocols, headers, origin, TLS roots and permessage-deflate: with
     /// [`ClientBuilder::deflate`] the connection offers it, and if the server
     /// agrees, compresses what it sends and inflates what it receives as the
-    /// client end ([`Conn::deflate`](super::Conn::deflate) tells). The
-    /// server's limits (a message inflating past its `max_message_size`
-    /// fails with 1009) and keepalive apply. The host name is resolved on the calling thread (a
+    /// client end ([`Conn::deflate`](super::Conn::deflate) tells). Its frame,
+    /// message and fragment limits are the builder's too (a message past
+    /// `max_message_size`, inflated or not, fails with 1009); the server's
+    /// keepalive applies. The host name is resolved on the calling thread (a
     /// blocking lookup, unless it is an IP address). Fails at once for a bad
     /// URL, a name that does not resolve, a `data` of another type than the
     /// handler's `Data`, or a stopped server.

@@ -760,7 +760,7 @@ fn answer<H: Handler>(
 /// Decodes frames from `input` and dispatches them.
 fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx: &mut Context, input: &mut [u8]) {
     let Slot { decoder, conn } = slot;
-    let limits = ctx.settings.limits;
+    let limits = conn.limits(&ctx.settings);
     let mut pos = 0;
     while pos < input.len() && matches!(conn.phase, Phase::Open | Phase::Closing) {
         let decoded = match decoder.decode(&mut input[pos..], &limits) {

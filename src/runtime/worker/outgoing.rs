@@ -59,7 +59,12 @@ impl<H: Handler> Worker<H> {
         self.ctx.handle.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.next_generation = self.next_generation.wrapping_add(1);
         let timeout = dialing.settings.timeout;
-        let extra = Extra { dialing: Some(Box::new(dialing)), masks: mask_rng().ok(), ..Extra::default() };
+        let extra = Extra {
+            limits: Some(dialing.settings.limits),
+            dialing: Some(Box::new(dialing)),
+            masks: mask_rng().ok(),
+            ..Extra::default()
+        };
         let conn = Connection {
             socket,
             generation: self.next_generation,
