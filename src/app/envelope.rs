@@ -65,23 +65,27 @@ pub(crate) fn parse(text: &str) -> Result<Envelope<'_>, Malformed> {
 }
 
 /// The shape every client writes, without whitespace: `[0,"name"(,data)]`
-/// or `[1,id,"name"(,data)]`, read without the serde machinery; `None` for
+/// or `[1,id,"name"(,data)]`, read byte by byte (`split_once` and the serde
+/// machinery cost more than the whole scan on short envelopes); `None` for
 /// anything else (the full parser then decides, and explains refusals).
 fn parse_compact(text: &str) -> Option<Envelope<'_>> {
     let inner = text.strip_prefix('[')?.strip_suffix(']')?;
     let (id, rest) = match inner.as_bytes().get(..2)? {
         b"0," => (None, &inner[2..]),
         b"1," => {
-            let (id, rest) = inner[2..].split_once(',')?;
-            (Some(parse_id(id)?), rest)
+            let rest = &inner[2..];
+            let comma = rest.bytes().position(|b| b == b',')?;
+            (Some(parse_id(&rest[..comma])?), &rest[comma + 1..])
         }
         _ => return None,
     };
-    let (event, rest) = rest.strip_prefix('"')?.split_once('"')?;
+    let rest = rest.strip_prefix('"')?;
     // Visible ASCII without escapes reads the same raw and as JSON.
-    if !event.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'\\') {
+    let end = rest.bytes().position(|b| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'\\')?;
+    if rest.as_bytes()[end] != b'"' {
         return None;
     }
+    let (event, rest) = (&rest[..end], &rest[end + 1..]);
     let data = match rest {
         "" => None,
         // One JSON value exactly: more elements go to the full parser.
@@ -104,8 +108,18 @@ pub(crate) fn peek_request_id(text: &str) -> Option<u64> {
 
 /// A JSON number that is a positive safe integer, written plainly.
 fn parse_id(json: &str) -> Option<u64> {
-    let plain = !json.is_empty() && json.bytes().all(|b| b.is_ascii_digit()) && !json.starts_with('0');
-    let id: u64 = if plain { json.parse().ok()? } else { return None };
+    let digits = json.as_bytes();
+    // MAX_ID has 16 digits: longer cannot fit, and 16 digits cannot overflow a u64.
+    if digits.is_empty() || digits.len() > 16 || digits[0] == b'0' {
+        return None;
+    }
+    let mut id = 0u64;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        id = id * 10 + u64::from(digit - b'0');
+    }
     (id <= MAX_ID).then_some(id)
 }
 
@@ -268,18 +282,7 @@ pub(crate) fn write_error_body(out: &mut Vec<u8>, code: &str, message: &str) {
 }
 
 fn write_id(out: &mut Vec<u8>, id: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = id;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
 }
 
 #[cfg(test)]
@@ -307,7 +310,9 @@ mod tests {
 
     #[test]
     fn refuses_bad_ids_and_names_keeping_the_id_when_readable() {
-        for bad in ["0", "-1", "1.5", "1e3", "9007199254740992", "\"7\"", "01"] {
+        for bad in
+            ["0", "-1", "1.5", "1e3", "9007199254740992", "10000000000000000", "99999999999999999999", "\"7\"", "01"]
+        {
             let text = format!("[1,{bad},\"/x\"]");
             assert_eq!(parse(&text).unwrap_err().id, None, "{text}");
         }
