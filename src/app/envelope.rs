@@ -7,6 +7,8 @@ use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::limits::is_name_byte;
+
 /// Envelope types on the wire.
 pub(crate) const EVENT: u64 = 0;
 pub(crate) const REQUEST: u64 = 1;
@@ -73,15 +75,13 @@ fn parse_compact(text: &str) -> Option<Envelope<'_>> {
     let (id, rest) = match inner.as_bytes().get(..2)? {
         b"0," => (None, &inner[2..]),
         b"1," => {
-            let rest = &inner[2..];
-            let comma = rest.bytes().position(|b| b == b',')?;
-            (Some(parse_id(&rest[..comma])?), &rest[comma + 1..])
+            let (id, rest) = read_id(&inner[2..])?;
+            (Some(id), rest.strip_prefix(',')?)
         }
         _ => return None,
     };
     let rest = rest.strip_prefix('"')?;
-    // Visible ASCII without escapes reads the same raw and as JSON.
-    let end = rest.bytes().position(|b| !(0x21..=0x7e).contains(&b) || b == b'"' || b == b'\\')?;
+    let end = rest.bytes().position(|b| !is_name_byte(b))?;
     if rest.as_bytes()[end] != b'"' {
         return None;
     }
@@ -102,31 +102,38 @@ fn parse_compact(text: &str) -> Option<Envelope<'_>> {
 pub(crate) fn peek_request_id(text: &str) -> Option<u64> {
     let rest = text.trim_start().strip_prefix('[')?.trim_start().strip_prefix('1')?;
     let rest = rest.trim_start().strip_prefix(',')?.trim_start();
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-    parse_id(&rest[..end])
+    read_id(rest).map(|(id, _)| id)
 }
 
 /// A JSON number that is a positive safe integer, written plainly.
 fn parse_id(json: &str) -> Option<u64> {
-    let digits = json.as_bytes();
-    // MAX_ID has 16 digits: longer cannot fit, and 16 digits cannot overflow a u64.
-    if digits.is_empty() || digits.len() > 16 || digits[0] == b'0' {
-        return None;
+    match read_id(json)? {
+        (id, "") => Some(id),
+        _ => None,
     }
-    let mut id = 0u64;
-    for &digit in digits {
-        if !digit.is_ascii_digit() {
+}
+
+/// The id [`parse_id`] accepts at the start of `text`, and the text after it.
+fn read_id(text: &str) -> Option<(u64, &str)> {
+    let bytes = text.as_bytes();
+    let (mut id, mut len) = (0u64, 0);
+    while let Some(&digit @ b'0'..=b'9') = bytes.get(len) {
+        // MAX_ID has 16 digits: a 17th means too large, and 16 cannot overflow.
+        if len == 16 {
             return None;
         }
         id = id * 10 + u64::from(digit - b'0');
+        len += 1;
     }
-    (id <= MAX_ID).then_some(id)
+    let plain = len > 0 && bytes[0] != b'0' && id <= MAX_ID;
+    plain.then_some((id, &text[len..]))
 }
 
-/// A JSON string with no escapes, borrowed as is.
-fn plain_string(raw: &RawValue) -> Option<&str> {
+/// An event name: a JSON string of name bytes, which need no escapes and so
+/// are borrowed as is.
+fn event_name(raw: &RawValue) -> Option<&str> {
     let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then_some(inner)
+    inner.bytes().all(is_name_byte).then_some(inner)
 }
 
 struct Parsed<'a>(Result<Envelope<'a>, Malformed>);
@@ -183,8 +190,9 @@ fn read_rest<'de, A: SeqAccess<'de>>(
     Ok(match kind {
         EVENT | REQUEST => {
             let raw = seq.next_element::<&RawValue>()?;
-            let Some(event) = raw.and_then(plain_string) else {
-                return Ok(Err(Malformed::new(id, "the event name must be a string without escapes")));
+            let Some(event) = raw.and_then(event_name) else {
+                let message = "event names are strings of visible ASCII without quotes or backslashes";
+                return Ok(Err(Malformed::new(id, message)));
             };
             let data = seq.next_element::<&RawValue>()?;
             match id {
@@ -319,6 +327,8 @@ mod tests {
         assert!(parse("[1,9007199254740991,\"/x\"]").is_ok());
         assert_eq!(parse(r#"[1,5,"/a\"b"]"#).unwrap_err().id, Some(5));
         assert_eq!(parse(r#"[1,5,42]"#).unwrap_err().id, Some(5));
+        assert_eq!(parse(r#"[1,5,"/a b"]"#).unwrap_err().id, Some(5));
+        assert!(parse("[0,\"/\u{e9}\"]").is_err(), "names are ASCII");
         assert_eq!(parse(r#"[1,5,"/x",{"#).unwrap_err().id, Some(5), "peeked from the prefix");
         for junk in ["", "{}", "[]", "[\"0\"]", "nope", "[0,\"/x\"] trailing"] {
             assert!(parse(junk).is_err(), "{junk:?}");
