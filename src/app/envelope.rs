@@ -7,6 +7,8 @@ use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::limits::is_name_byte;
+
 /// Envelope types on the wire.
 pub(crate) const EVENT: u64 = 0;
 pub(crate) const REQUEST: u64 = 1;
@@ -65,23 +67,25 @@ pub(crate) fn parse(text: &str) -> Result<Envelope<'_>, Malformed> {
 }
 
 /// The shape every client writes, without whitespace: `[0,"name"(,data)]`
-/// or `[1,id,"name"(,data)]`, read without the serde machinery; `None` for
+/// or `[1,id,"name"(,data)]`, read byte by byte (`split_once` and the serde
+/// machinery cost more than the whole scan on short envelopes); `None` for
 /// anything else (the full parser then decides, and explains refusals).
 fn parse_compact(text: &str) -> Option<Envelope<'_>> {
     let inner = text.strip_prefix('[')?.strip_suffix(']')?;
     let (id, rest) = match inner.as_bytes().get(..2)? {
         b"0," => (None, &inner[2..]),
         b"1," => {
-            let (id, rest) = inner[2..].split_once(',')?;
-            (Some(parse_id(id)?), rest)
+            let (id, rest) = read_id(&inner[2..])?;
+            (Some(id), rest.strip_prefix(',')?)
         }
         _ => return None,
     };
-    let (event, rest) = rest.strip_prefix('"')?.split_once('"')?;
-    // Visible ASCII without escapes reads the same raw and as JSON.
-    if !event.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b'\\') {
+    let rest = rest.strip_prefix('"')?;
+    let end = rest.bytes().position(|b| !is_name_byte(b))?;
+    if rest.as_bytes()[end] != b'"' {
         return None;
     }
+    let (event, rest) = (&rest[..end], &rest[end + 1..]);
     let data = match rest {
         "" => None,
         // One JSON value exactly: more elements go to the full parser.
@@ -98,21 +102,38 @@ fn parse_compact(text: &str) -> Option<Envelope<'_>> {
 pub(crate) fn peek_request_id(text: &str) -> Option<u64> {
     let rest = text.trim_start().strip_prefix('[')?.trim_start().strip_prefix('1')?;
     let rest = rest.trim_start().strip_prefix(',')?.trim_start();
-    let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
-    parse_id(&rest[..end])
+    read_id(rest).map(|(id, _)| id)
 }
 
 /// A JSON number that is a positive safe integer, written plainly.
 fn parse_id(json: &str) -> Option<u64> {
-    let plain = !json.is_empty() && json.bytes().all(|b| b.is_ascii_digit()) && !json.starts_with('0');
-    let id: u64 = if plain { json.parse().ok()? } else { return None };
-    (id <= MAX_ID).then_some(id)
+    match read_id(json)? {
+        (id, "") => Some(id),
+        _ => None,
+    }
 }
 
-/// A JSON string with no escapes, borrowed as is.
-fn plain_string(raw: &RawValue) -> Option<&str> {
+/// The id [`parse_id`] accepts at the start of `text`, and the text after it.
+fn read_id(text: &str) -> Option<(u64, &str)> {
+    let bytes = text.as_bytes();
+    let (mut id, mut len) = (0u64, 0);
+    while let Some(&digit @ b'0'..=b'9') = bytes.get(len) {
+        // MAX_ID has 16 digits: a 17th means too large, and 16 cannot overflow.
+        if len == 16 {
+            return None;
+        }
+        id = id * 10 + u64::from(digit - b'0');
+        len += 1;
+    }
+    let plain = len > 0 && bytes[0] != b'0' && id <= MAX_ID;
+    plain.then_some((id, &text[len..]))
+}
+
+/// An event name: a JSON string of name bytes, which need no escapes and so
+/// are borrowed as is.
+fn event_name(raw: &RawValue) -> Option<&str> {
     let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
-    (!inner.contains('\\')).then_some(inner)
+    inner.bytes().all(is_name_byte).then_some(inner)
 }
 
 struct Parsed<'a>(Result<Envelope<'a>, Malformed>);
@@ -169,8 +190,9 @@ fn read_rest<'de, A: SeqAccess<'de>>(
     Ok(match kind {
         EVENT | REQUEST => {
             let raw = seq.next_element::<&RawValue>()?;
-            let Some(event) = raw.and_then(plain_string) else {
-                return Ok(Err(Malformed::new(id, "the event name must be a string without escapes")));
+            let Some(event) = raw.and_then(event_name) else {
+                let message = "event names are strings of visible ASCII without quotes or backslashes";
+                return Ok(Err(Malformed::new(id, message)));
             };
             let data = seq.next_element::<&RawValue>()?;
             match id {
@@ -268,18 +290,7 @@ pub(crate) fn write_error_body(out: &mut Vec<u8>, code: &str, message: &str) {
 }
 
 fn write_id(out: &mut Vec<u8>, id: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut rest = id;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
 }
 
 #[cfg(test)]
@@ -307,13 +318,17 @@ mod tests {
 
     #[test]
     fn refuses_bad_ids_and_names_keeping_the_id_when_readable() {
-        for bad in ["0", "-1", "1.5", "1e3", "9007199254740992", "\"7\"", "01"] {
+        for bad in
+            ["0", "-1", "1.5", "1e3", "9007199254740992", "10000000000000000", "99999999999999999999", "\"7\"", "01"]
+        {
             let text = format!("[1,{bad},\"/x\"]");
             assert_eq!(parse(&text).unwrap_err().id, None, "{text}");
         }
         assert!(parse("[1,9007199254740991,\"/x\"]").is_ok());
         assert_eq!(parse(r#"[1,5,"/a\"b"]"#).unwrap_err().id, Some(5));
         assert_eq!(parse(r#"[1,5,42]"#).unwrap_err().id, Some(5));
+        assert_eq!(parse(r#"[1,5,"/a b"]"#).unwrap_err().id, Some(5));
+        assert!(parse("[0,\"/\u{e9}\"]").is_err(), "names are ASCII");
         assert_eq!(parse(r#"[1,5,"/x",{"#).unwrap_err().id, Some(5), "peeked from the prefix");
         for junk in ["", "{}", "[]", "[\"0\"]", "nope", "[0,\"/x\"] trailing"] {
             assert!(parse(junk).is_err(), "{junk:?}");

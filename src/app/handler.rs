@@ -493,29 +493,31 @@ impl Handler for AppWorker {
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, SocketData>, message: Message<'_>) {
-        let limits = self.app.0.setup.limits;
+        // Borrowed, not copied: this runs for every envelope.
+        let limits = &self.app.0.setup.limits;
+        let policy = limits.on_bad_input;
         let Message::Text(text) = message else {
             let message = "binary frames are not part of emitws.v1";
-            return self.bad_input(conn, None, "bad_request", message, limits.on_bad_input);
+            return self.bad_input(conn, None, "bad_request", message, policy);
         };
         conn.data_mut().missed = 0;
         if let Some(rate) = &limits.rate {
             let now = conn.clock_ms();
             if !conn.data_mut().bucket.take(rate, now) {
-                let id = envelope::peek_request_id(text);
-                return self.bad_input(conn, id, "rate_limited", "too many messages", limits.over_rate);
+                let (id, policy) = (envelope::peek_request_id(text), limits.over_rate);
+                return self.bad_input(conn, id, "rate_limited", "too many messages", policy);
             }
         }
         if text.len() > limits.max_message {
             let id = envelope::peek_request_id(text);
             let message = format!("envelope of {} bytes, the limit is {}", text.len(), limits.max_message);
-            return self.bad_input(conn, id, "too_large", &message, limits.on_bad_input);
+            return self.bad_input(conn, id, "too_large", &message, policy);
         }
         // Nesting n levels deep takes 2n bytes: short envelopes need no scan.
         if text.len() > 2 * limits.max_depth && envelope::depth(text) > limits.max_depth {
             let id = envelope::peek_request_id(text);
             let message = format!("JSON nested deeper than {}", limits.max_depth);
-            return self.bad_input(conn, id, "bad_request", &message, limits.on_bad_input);
+            return self.bad_input(conn, id, "bad_request", &message, policy);
         }
         match envelope::parse(text) {
             Ok(Envelope::Event { event, data }) => self.dispatch(conn, None, event, data),
@@ -527,9 +529,7 @@ impl Handler for AppWorker {
             }
             Ok(Envelope::Error { id, error }) => self.answer_call(conn, id, Err(CallError::from_wire(error))),
             Ok(Envelope::Unknown) => {}
-            Err(malformed) => {
-                self.bad_input(conn, malformed.id, "bad_request", &malformed.message, limits.on_bad_input)
-            }
+            Err(malformed) => self.bad_input(conn, malformed.id, "bad_request", &malformed.message, policy),
         }
     }
 

@@ -96,7 +96,7 @@ pub(crate) struct System {
 /// Every route and middleware of an app.
 #[derive(Default)]
 pub(crate) struct Router {
-    routes: HashMap<Box<str>, Route, BuildHasherDefault<Fnv>>,
+    routes: HashMap<Box<str>, Route, BuildHasherDefault<NameHash>>,
     middleware: Vec<Middleware>,
     pub system: System,
 }
@@ -144,23 +144,39 @@ impl Router {
     }
 }
 
-/// FNV-1a: one lookup per message in a table the app fixed before listening
-/// (clients cannot add keys to it, so a keyed hash buys nothing here).
-struct Fnv(u64);
+/// The route table's hash of event names, taken once per message: a
+/// multiply per 8 bytes, and the last 1 to 8 bytes read as two overlapping
+/// words, so a short name costs a few instructions. The table is fixed before
+/// listening and clients cannot add keys to it, so a keyed hash buys nothing.
+#[derive(Default)]
+struct NameHash(u64);
 
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
+impl NameHash {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
     }
 }
 
-impl Hasher for Fnv {
+impl Hasher for NameHash {
     fn write(&mut self, bytes: &[u8]) {
-        let mut hash = self.0;
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        let mut rest = bytes;
+        while let Some((word, tail)) = rest.split_first_chunk::<8>() {
+            self.mix(u64::from_le_bytes(*word));
+            rest = tail;
         }
-        self.0 = hash;
+        let byte = |at: usize| u64::from(rest[at]);
+        let word = match (rest.first_chunk::<4>(), rest.last_chunk::<4>()) {
+            (Some(head), Some(tail)) => {
+                u64::from(u32::from_le_bytes(*head)) << 32 | u64::from(u32::from_le_bytes(*tail))
+            }
+            _ if rest.is_empty() => return,
+            _ => byte(0) << 16 | byte(rest.len() / 2) << 8 | byte(rest.len() - 1),
+        };
+        self.mix(word ^ (rest.len() as u64) << 56);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.mix(u64::from(byte));
     }
 
     fn finish(&self) -> u64 {
@@ -217,5 +233,25 @@ impl Ns<'_> {
     /// The full prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::hash::BuildHasher;
+
+    #[test]
+    fn every_byte_of_a_name_moves_its_hash() {
+        let hash = |name: &[u8]| BuildHasherDefault::<NameHash>::default().hash_one(std::str::from_utf8(name).unwrap());
+        for len in 1..=20 {
+            let name = vec![b'a'; len];
+            for at in 0..len {
+                let mut other = name.clone();
+                other[at] = b'b';
+                assert_ne!(hash(&name), hash(&other), "length {len}, byte {at}");
+            }
+            assert_ne!(hash(&name), hash(&name[1..]), "length {len} against {}", len - 1);
+        }
     }
 }
