@@ -405,6 +405,29 @@ mod tests {
     }
 
     #[test]
+    fn only_text_that_is_not_json_is_classed_not_json() {
+        for text in ["nope", "[0,\"/x\"", "[0,\"/x\"] x", "[\"0\",{", ""] {
+            assert_eq!(parse(text).unwrap_err().code, ErrorCode::NotJson, "{text}");
+        }
+        for text in ["{}", "5", "[]", "[\"0\",1]", "[-1,\"/x\"]", "[1,0,\"/x\"]", r#"[0,"\/x"]"#] {
+            assert_eq!(parse(text).unwrap_err().code, ErrorCode::BadRequest, "{text}");
+        }
+        assert_eq!((ErrorCode::NotJson.as_str(), ErrorCode::NotJson.close_code()), ("bad_request", 1007));
+        assert_eq!((ErrorCode::BadRequest.as_str(), ErrorCode::BadRequest.close_code()), ("bad_request", 1008));
+        assert!(parse(r#"[0,"\/x"]"#).unwrap_err().message.contains("escapes"));
+    }
+
+    #[test]
+    fn peeks_answer_ids() {
+        assert_eq!(peek_answer_id("[2,7,true]"), Some(7));
+        assert_eq!(peek_answer_id(" [ 3 , 8 ,{}]"), Some(8));
+        assert_eq!(peek_answer_id("[2,7]"), Some(7));
+        assert_eq!(peek_answer_id("[1,7,\"/x\"]"), None);
+        assert_eq!(peek_request_id("[2,7,true]"), None);
+        assert_eq!(peek_answer_id("[20,7]"), None);
+    }
+
+    #[test]
     fn the_compact_reader_agrees_with_the_full_parser() {
         let texts = [
             r#"[1,7,"/echo","abc"]"#,
