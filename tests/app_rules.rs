@@ -111,8 +111,12 @@ fn a_flood_gets_one_rate_limited_error_event_until_a_message_passes() {
     app.on("/e", |_| {});
     let running = start(app, 1);
     let mut client = AppClient::connect(running.local_addr());
-    for _ in 0..10 {
+    // Two pass; the rest are over the rate, binary frames too.
+    for i in 0..10 {
         client.send_raw(r#"[0,"/e"]"#);
+        if i >= 2 {
+            client.ws.send_binary(b"binary frames count too");
+        }
     }
     client.send_raw(r#"[9,"a later type"]"#);
     client.send_raw(r#"[1,77,"/e"]"#);

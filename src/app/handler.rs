@@ -555,21 +555,25 @@ impl Handler for AppWorker {
         // Borrowed, not copied: this runs for every envelope.
         let limits = &self.app.0.setup.limits;
         let policy = limits.on_bad_input;
-        let Message::Text(text) = message else {
-            let message = "binary frames are not part of emitws.v1";
-            return self.bad_input(conn, None, ErrorCode::BadRequest, message, policy);
-        };
         conn.data_mut().missed = 0;
+        let text = match message {
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+        };
         if let Some(rate) = &limits.rate {
-            if !self.answers_pending_call(conn, text) {
+            if !text.is_some_and(|text| self.answers_pending_call(conn, text)) {
                 let now = conn.clock_ms();
                 let data = conn.data_mut();
                 if !data.bucket.take(rate, now) {
-                    return self.over_rate(conn, text);
+                    return self.over_rate(conn, text.unwrap_or_default());
                 }
                 data.flags &= !flag::RATE_NOTIFIED;
             }
         }
+        let Some(text) = text else {
+            let message = "binary frames are not part of emitws.v1";
+            return self.bad_input(conn, None, ErrorCode::BadRequest, message, policy);
+        };
         if text.len() > limits.max_message {
             let id = envelope::peek_request_id(text);
             let message = format!("envelope of {} bytes, the limit is {}", text.len(), limits.max_message);
