@@ -251,7 +251,9 @@ impl<'a> Request<'a> {
     ///
     /// A socket may have [`Limits::max_pending`](super::Limits::max_pending)
     /// deferred replies outstanding; a request deferred over that is answered
-    /// `rate_limited` at once, and its handle does nothing.
+    /// `rate_limited` at once, and its handle does nothing. While a request
+    /// waits, a new request from the socket with the same id is refused
+    /// `bad_request` ("duplicate request id") and the waiting one is unaffected.
     pub fn defer(&mut self) -> ReplyHandle {
         let over = self.conn.data().deferred().len() >= self.app.limits().max_pending;
         if over && !self.answered {
