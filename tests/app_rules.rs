@@ -136,6 +136,7 @@ fn a_panicking_handler_reaches_the_error_hook_with_the_event_name() {
     let seen = Arc::new(Mutex::new(Vec::<Value>::new()));
     let mut app = App::new();
     app.on("/boom", |_| panic!("deliberate panic in a test handler"));
+    app.on("@connection", |req| assert!(req.query("boom").is_none(), "deliberate panic in a test @connection"));
     let hook = seen.clone();
     app.on("@error", move |req| hook.lock().unwrap().push(req.data::<Value>().unwrap()));
     let running = start(app, 1);
@@ -143,9 +144,14 @@ fn a_panicking_handler_reaches_the_error_hook_with_the_event_name() {
     assert_eq!(client.request("/boom", Value::Null).unwrap_err().0, "internal");
     client.emit("/boom", json!(1));
     eventually("two reports", || seen.lock().unwrap().len() == 2);
-    for report in seen.lock().unwrap().iter() {
+    for report in seen.lock().unwrap().drain(..) {
         assert_eq!((&report["code"], &report["event"]), (&json!("internal"), &json!("/boom")), "{report}");
     }
+    let mut system = AppClient::connect_to(running.local_addr(), "/?boom=1", &[]).expect("upgraded");
+    eventually("the @connection report", || !seen.lock().unwrap().is_empty());
+    assert_eq!(seen.lock().unwrap()[0]["event"], "@connection");
+    assert_eq!(system.request("/boom", Value::Null).unwrap_err().0, "internal", "the socket goes on");
+    system.close();
     client.close();
     running.close();
 }
