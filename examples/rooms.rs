@@ -9,14 +9,14 @@ use serde::Deserialize;
 use serde_json::json;
 
 #[derive(Deserialize)]
-struct Join<'a> {
-    username: &'a str,
-    room: &'a str,
+struct Join {
+    username: String,
+    room: String,
 }
 
 #[derive(Deserialize)]
-struct Message<'a> {
-    text: &'a str,
+struct Message {
+    text: String,
 }
 
 fn main() -> std::io::Result<()> {

@@ -20,11 +20,11 @@ fn without_an_adapter_the_cluster_is_this_server() {
         req.reply(&id);
     });
     app.on("/dm", |req| {
-        let to: SocketId = req.data::<&str>().unwrap().parse().unwrap();
+        let to: SocketId = req.data::<String>().unwrap().parse().unwrap();
         let _ = req.app().emit_to(to, "/dm", &"hi");
     });
     app.on("/say", |req| {
-        let except: SocketId = req.data::<&str>().unwrap().parse().unwrap();
+        let except: SocketId = req.data::<String>().unwrap().parse().unwrap();
         let _ = req.broadcast("/said", &1, BroadcastOpts::to("#lobby").except(except));
     });
     let running = app_client::start(app, 2);

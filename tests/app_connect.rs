@@ -118,11 +118,11 @@ fn identify_by_first_message() {
     let mut app = App::new();
     app.identify_by_message("/auth", |req| {
         #[derive(serde::Deserialize)]
-        struct Token<'a> {
-            token: &'a str,
+        struct Token {
+            token: String,
         }
         match req.data::<Token>() {
-            Ok(Token { token: "t-bob" }) => Ok("bob".into()),
+            Ok(Token { token }) if token == "t-bob" => Ok("bob".into()),
             _ => Err(Refusal::status(401, "unknown token")),
         }
     });

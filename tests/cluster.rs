@@ -222,11 +222,11 @@ fn app_node(redis: &Redis) -> (emitws::app::Running, std::sync::Arc<RedisAdapter
     app.identify(|c| c.query_value("user").ok_or(emitws::app::Refusal::status(401, "who?")));
     app.on("/id", |req| req.reply(&req.socket_id().to_string()));
     app.on("/kick", |req| {
-        let dropped = req.app().drop_user(req.data::<&str>().unwrap(), "kicked");
+        let dropped = req.app().drop_user(&req.data::<String>().unwrap(), "kicked");
         req.reply(&dropped);
     });
     app.on("/drop", |req| {
-        let id: SocketId = req.data::<&str>().unwrap().parse().unwrap();
+        let id: SocketId = req.data::<String>().unwrap().parse().unwrap();
         req.reply(&req.app().drop_socket(id, "one device"));
     });
     let running = app_client::start(app, 2);

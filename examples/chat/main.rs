@@ -260,20 +260,20 @@ struct Seat {
 }
 
 #[derive(Deserialize)]
-struct Join<'a> {
-    room: &'a str,
-    name: &'a str,
+struct Join {
+    room: String,
+    name: String,
 }
 
 #[derive(Deserialize)]
-struct Say<'a> {
-    room: &'a str,
-    text: &'a str,
+struct Say {
+    room: String,
+    text: String,
 }
 
 #[derive(Deserialize)]
-struct Typing<'a> {
-    room: &'a str,
+struct Typing {
+    room: String,
 }
 
 fn valid_room(room: &str) -> bool {
@@ -324,10 +324,10 @@ fn chat_app(jobs: Jobs) -> App {
     chat.on("/join", move |req| {
         let Some(Join { room, name }) = req.expect_data::<Join>() else { return };
         let name = name.trim();
-        if !valid_room(room) || name.is_empty() || name.chars().count() > MAX_NAME {
+        if !valid_room(&room) || name.is_empty() || name.chars().count() > MAX_NAME {
             return req.reply_err("bad_request", "a room is 1-32 letters, digits, - or _; a name 1-24 characters");
         }
-        let (room, name) = (room.to_string(), name.to_string());
+        let name = name.to_string();
         leave_room(req, &queue);
         if let Err(error) = req.join(&format!("#{room}")) {
             return req.reply_err("forbidden", &error.to_string());

@@ -42,16 +42,57 @@ pub(crate) enum Envelope<'a> {
     Unknown,
 }
 
+/// The error codes the server itself writes (`[3,id,{"code":..}]` and
+/// `@error`), and the close code each stands for under
+/// [`Policy::Close`](super::Policy::Close).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorCode {
+    /// Text that is not JSON at all: `bad_request` on the wire, close 1007.
+    NotJson,
+    /// Anything else refused as input (valid JSON that is no envelope, a bad
+    /// id or name, a binary frame, too deep, a duplicate request id).
+    BadRequest,
+    TooLarge,
+    RateLimited,
+    Unauthorized,
+    NoHandler,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as written on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotJson | ErrorCode::BadRequest => "bad_request",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NoHandler => "no_handler",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The close code when the policy is to close: 1007 (invalid payload
+    /// data) only for text that does not parse, 1008 (policy) otherwise.
+    pub fn close_code(self) -> u16 {
+        match self {
+            ErrorCode::NotJson => 1007,
+            _ => 1008,
+        }
+    }
+}
+
 /// Why an envelope was refused, and the request id if one could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Malformed {
     pub id: Option<u64>,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl Malformed {
     fn new(id: Option<u64>, message: impl Into<String>) -> Malformed {
-        Malformed { id, message: message.into() }
+        Malformed { id, code: ErrorCode::BadRequest, message: message.into() }
     }
 }
 
@@ -62,7 +103,16 @@ pub(crate) fn parse(text: &str) -> Result<Envelope<'_>, Malformed> {
     }
     match serde_json::from_str::<Parsed<'_>>(text) {
         Ok(Parsed(result)) => result,
-        Err(e) => Err(Malformed::new(peek_request_id(text), format!("malformed envelope: {e}"))),
+        // The envelope reader stops at the first element of the wrong type,
+        // so whether the text is JSON at all takes a second look.
+        Err(e) => Err(match serde_json::from_str::<IgnoredAny>(text) {
+            Err(syntax) => Malformed {
+                id: peek_request_id(text),
+                code: ErrorCode::NotJson,
+                message: format!("malformed JSON: {syntax}"),
+            },
+            Ok(_) => Malformed::new(peek_request_id(text), format!("malformed envelope: {e}")),
+        }),
     }
 }
 
@@ -100,7 +150,18 @@ fn parse_compact(text: &str) -> Option<Envelope<'_>> {
 /// The id of a request envelope read from its first bytes only (`[1,<id>,`),
 /// for answering envelopes refused before parsing (too large, too deep).
 pub(crate) fn peek_request_id(text: &str) -> Option<u64> {
-    let rest = text.trim_start().strip_prefix('[')?.trim_start().strip_prefix('1')?;
+    peek_id(text, |kind| kind == b'1')
+}
+
+/// The id of a reply or error envelope (`[2,<id>` or `[3,<id>`) read from its
+/// first bytes only, to tell answers to the server's calls before parsing.
+pub(crate) fn peek_answer_id(text: &str) -> Option<u64> {
+    peek_id(text, |kind| kind == b'2' || kind == b'3')
+}
+
+fn peek_id(text: &str, kind: impl Fn(u8) -> bool) -> Option<u64> {
+    let rest = text.trim_start().strip_prefix('[')?.trim_start();
+    let rest = rest.strip_prefix(|c: char| c.is_ascii() && kind(c as u8))?;
     let rest = rest.trim_start().strip_prefix(',')?.trim_start();
     read_id(rest).map(|(id, _)| id)
 }
@@ -130,10 +191,19 @@ fn read_id(text: &str) -> Option<(u64, &str)> {
 }
 
 /// An event name: a JSON string of name bytes, which need no escapes and so
-/// are borrowed as is.
-fn event_name(raw: &RawValue) -> Option<&str> {
-    let inner = raw.get().strip_prefix('"')?.strip_suffix('"')?;
-    inner.bytes().all(is_name_byte).then_some(inner)
+/// are borrowed as is. Names are matched literally: one written with an
+/// escape is refused, not decoded.
+fn event_name(raw: Option<&RawValue>) -> Result<&str, &'static str> {
+    let raw = raw.ok_or("the event name is missing")?;
+    let inner =
+        raw.get().strip_prefix('"').and_then(|s| s.strip_suffix('"')).ok_or("the event name must be a string")?;
+    if inner.contains('\\') {
+        return Err("event names may not contain JSON escapes (names are matched literally)");
+    }
+    match inner.bytes().all(is_name_byte) {
+        true => Ok(inner),
+        false => Err("event names are strings of visible ASCII without quotes or backslashes"),
+    }
 }
 
 struct Parsed<'a>(Result<Envelope<'a>, Malformed>);
@@ -189,10 +259,9 @@ fn read_rest<'de, A: SeqAccess<'de>>(
     let id_or_zero = id.unwrap_or(0);
     Ok(match kind {
         EVENT | REQUEST => {
-            let raw = seq.next_element::<&RawValue>()?;
-            let Some(event) = raw.and_then(event_name) else {
-                let message = "event names are strings of visible ASCII without quotes or backslashes";
-                return Ok(Err(Malformed::new(id, message)));
+            let event = match event_name(seq.next_element::<&RawValue>()?) {
+                Ok(event) => event,
+                Err(message) => return Ok(Err(Malformed::new(id, message))),
             };
             let data = seq.next_element::<&RawValue>()?;
             match id {
@@ -333,6 +402,29 @@ mod tests {
         for junk in ["", "{}", "[]", "[\"0\"]", "nope", "[0,\"/x\"] trailing"] {
             assert!(parse(junk).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn only_text_that_is_not_json_is_classed_not_json() {
+        for text in ["nope", "[0,\"/x\"", "[0,\"/x\"] x", "[\"0\",{", ""] {
+            assert_eq!(parse(text).unwrap_err().code, ErrorCode::NotJson, "{text}");
+        }
+        for text in ["{}", "5", "[]", "[\"0\",1]", "[-1,\"/x\"]", "[1,0,\"/x\"]", r#"[0,"\/x"]"#] {
+            assert_eq!(parse(text).unwrap_err().code, ErrorCode::BadRequest, "{text}");
+        }
+        assert_eq!((ErrorCode::NotJson.as_str(), ErrorCode::NotJson.close_code()), ("bad_request", 1007));
+        assert_eq!((ErrorCode::BadRequest.as_str(), ErrorCode::BadRequest.close_code()), ("bad_request", 1008));
+        assert!(parse(r#"[0,"\/x"]"#).unwrap_err().message.contains("escapes"));
+    }
+
+    #[test]
+    fn peeks_answer_ids() {
+        assert_eq!(peek_answer_id("[2,7,true]"), Some(7));
+        assert_eq!(peek_answer_id(" [ 3 , 8 ,{}]"), Some(8));
+        assert_eq!(peek_answer_id("[2,7]"), Some(7));
+        assert_eq!(peek_answer_id("[1,7,\"/x\"]"), None);
+        assert_eq!(peek_request_id("[2,7,true]"), None);
+        assert_eq!(peek_answer_id("[20,7]"), None);
     }
 
     #[test]

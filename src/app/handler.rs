@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::connect::{After, Auth, Connecting, Gone, RefusalKind};
-use super::envelope::{self, Envelope};
+use super::envelope::{self, Envelope, ErrorCode};
 use super::groups::{Delivery, LocalGroups};
 use super::limits::{check_event_name, check_group_name, Bucket, Policy};
 use super::request::Request;
@@ -28,7 +28,7 @@ pub const PROTOCOL: &str = "emitws.v1";
 /// Work posted to a worker from elsewhere.
 pub(crate) enum AppMsg {
     Deliver(Delivery),
-    Reply { conn: ConnId, text: Vec<u8> },
+    Reply { conn: ConnId, id: u64, text: Vec<u8> },
     Call(StartCall),
     Authenticated { conn: ConnId, user: Result<String, super::Refusal> },
 }
@@ -79,10 +79,10 @@ impl Local {
     }
 
     /// Sends `[0, "@error", {code, message}]`.
-    pub fn emit_error(&mut self, conn: &mut Conn<'_, SocketData>, code: &str, message: &str) {
+    pub fn emit_error(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str) {
         self.send_raw(conn, |out| {
             out.extend_from_slice(b"[0,\"@error\",");
-            envelope::write_error_body(out, code, message);
+            envelope::write_error_body(out, code.as_str(), message);
             out.push(b']');
         });
     }
@@ -166,14 +166,20 @@ fn now_ms(app: &AppHandle) -> u32 {
     app.0.epoch.elapsed().as_millis() as u32
 }
 
+/// What a panicking handler is answered, and reported to the `@error` hook.
+const PANICKED: &str = "the handler panicked";
+
 /// Runs handlers one after another on a request, a panicking one answered
-/// `internal` instead of taking the worker down.
-fn run(handlers: &[EventHandler], req: &mut Request<'_>) {
+/// `internal` instead of taking the worker down; whether one panicked.
+fn run(handlers: &[EventHandler], req: &mut Request<'_>) -> bool {
+    let mut panicked = false;
     for handler in handlers {
         if catch_unwind(AssertUnwindSafe(|| handler(req))).is_err() {
-            req.reply_err("internal", "the handler panicked");
+            req.reply_err(ErrorCode::Internal.as_str(), PANICKED);
+            panicked = true;
         }
     }
+    panicked
 }
 
 impl AppWorker {
@@ -198,36 +204,78 @@ impl AppWorker {
             app: &self.app,
             answered: false,
         };
-        run(handlers, &mut req);
+        // A panicking `@error` hook is not reported to itself.
+        if run(handlers, &mut req) && event != "@error" {
+            self.report(conn, ErrorCode::Internal, PANICKED, Some(event));
+        }
     }
 
-    /// Answers bad input by the app's policy.
+    /// Runs the server's `@error` hook: `{code, message}`, and `event` when
+    /// the error is about one.
+    fn report(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str, event: Option<&str>) {
+        let app = self.app.clone();
+        let hook = &app.0.setup.router.system.error;
+        if hook.is_empty() {
+            return;
+        }
+        let mut body = serde_json::json!({ "code": code.as_str(), "message": message });
+        if let Some(event) = event {
+            body["event"] = event.into();
+        }
+        self.system(conn, hook, "@error", &body);
+    }
+
+    /// Reports bad input to the `@error` hook and answers it by the app's policy.
     fn bad_input(
         &mut self,
         conn: &mut Conn<'_, SocketData>,
         id: Option<u64>,
-        code: &str,
+        code: ErrorCode,
         message: &str,
         policy: Policy,
     ) {
-        let app = self.app.clone();
-        let body = serde_json::json!({ "code": code, "message": message });
-        self.system(conn, &app.0.setup.router.system.error, "@error", &body);
+        self.report(conn, code, message, None);
         match (policy, id) {
-            (Policy::Close, _) => {
-                let close = if code == "bad_request" && message.starts_with("malformed") { 1007 } else { 1008 };
-                conn.close(CloseCode(close), message);
+            (Policy::Close, _) => conn.close(CloseCode(code.close_code()), message),
+            (Policy::Reply, Some(id)) => {
+                self.local.send_raw(conn, |out| envelope::write_error(out, id, code.as_str(), message))
             }
-            (Policy::Reply, Some(id)) => self.local.send_raw(conn, |out| envelope::write_error(out, id, code, message)),
             (Policy::Reply, None) => self.local.emit_error(conn, code, message),
         }
+    }
+
+    /// A message over the socket's rate: a request is answered every time,
+    /// other messages get one `@error` until the bucket lets a message
+    /// through again, so that a flood cannot make the server flood back.
+    fn over_rate(&mut self, conn: &mut Conn<'_, SocketData>, text: &str) {
+        const MESSAGE: &str = "too many messages";
+        let (id, policy) = (envelope::peek_request_id(text), self.app.0.setup.limits.over_rate);
+        if policy == Policy::Reply && id.is_none() {
+            if conn.data().has(flag::RATE_NOTIFIED) {
+                return self.report(conn, ErrorCode::RateLimited, MESSAGE, None);
+            }
+            conn.data_mut().flags |= flag::RATE_NOTIFIED;
+        }
+        self.bad_input(conn, id, ErrorCode::RateLimited, MESSAGE, policy);
+    }
+
+    /// Whether `text` answers one of the server's calls still waiting on this
+    /// socket: such answers are never counted against the rate nor dropped.
+    fn answers_pending_call(&self, conn: &Conn<'_, SocketData>, text: &str) -> bool {
+        conn.data().calls > 0
+            && envelope::peek_answer_id(text).is_some_and(|id| self.local.calls.is_pending(conn.id(), id))
     }
 
     fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
         let limits = &self.app.0.setup.limits;
         if let Err(why) = check_event_name(event, limits.max_event_name) {
             let policy = limits.on_bad_input;
-            return self.bad_input(conn, id, "bad_request", why, policy);
+            return self.bad_input(conn, id, ErrorCode::BadRequest, why, policy);
+        }
+        if let Some(id) = id.filter(|id| conn.data().deferred().contains(id)) {
+            let message = format!("duplicate request id: request {id} is still waiting for its reply");
+            let policy = limits.on_bad_input;
+            return self.bad_input(conn, Some(id), ErrorCode::BadRequest, &message, policy);
         }
         if conn.data().has(flag::UNAUTHED) {
             return self.unauthenticated(conn, id, event, data);
@@ -239,8 +287,11 @@ impl AppWorker {
         match catch_unwind(AssertUnwindSafe(|| app.0.setup.router.dispatch(event, &mut req))) {
             // A request nobody answered or deferred gets `null`, so the client is not left waiting.
             Ok(true) => req.reply(&()),
-            Ok(false) => req.reply_err("no_handler", &format!("no handler for {event}")),
-            Err(_) => req.reply_err("internal", "the handler panicked"),
+            Ok(false) => req.reply_err(ErrorCode::NoHandler.as_str(), &format!("no handler for {event}")),
+            Err(_) => {
+                req.reply_err(ErrorCode::Internal.as_str(), PANICKED);
+                self.report(conn, ErrorCode::Internal, PANICKED, Some(event));
+            }
         }
     }
 
@@ -269,11 +320,11 @@ impl AppWorker {
                     outcome.unwrap_or_else(|_| Err(super::Refusal::status(500, "the identify hook panicked")));
                 match &outcome {
                     Ok(user) => req.reply(&serde_json::json!({ "user": user })),
-                    Err(refusal) => req.reply_err("unauthorized", &refusal.as_close().1),
+                    Err(refusal) => req.reply_err(ErrorCode::Unauthorized.as_str(), &refusal.as_close().1),
                 }
                 self.authenticated(conn, outcome);
             }
-            _ => self.bad_input(conn, id, "unauthorized", "authenticate first", Policy::Reply),
+            _ => self.bad_input(conn, id, ErrorCode::Unauthorized, "authenticate first", Policy::Reply),
         }
     }
 
@@ -362,10 +413,12 @@ impl AppWorker {
     fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: AppMsg) {
         match message {
             AppMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
-            AppMsg::Reply { conn, text } => {
+            AppMsg::Reply { conn, id, text } => {
                 if let Some(mut conn) = conns.get(conn) {
-                    let data = conn.data_mut();
-                    data.pending = data.pending.saturating_sub(1);
+                    let deferred = &mut conn.data_mut().state().deferred;
+                    if let Some(at) = deferred.iter().position(|d| *d == id) {
+                        deferred.swap_remove(at);
+                    }
                     let _ = conn.send(OpCode::Text, &text);
                 }
             }
@@ -413,6 +466,12 @@ impl Handler for AppWorker {
     }
 
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Result<Accept<SocketData>, Reject> {
+        let mut offered = request.protocols().peekable();
+        if offered.peek().is_some() && !offered.any(|p| p == PROTOCOL) {
+            let body =
+                format!("this server speaks the WebSocket subprotocol {PROTOCOL}, which the client did not offer");
+            return Err(Reject { status: 400, body });
+        }
         let shared = self.app.0.clone();
         let mut data = SocketData::default();
         let path = request.path();
@@ -496,28 +555,36 @@ impl Handler for AppWorker {
         // Borrowed, not copied: this runs for every envelope.
         let limits = &self.app.0.setup.limits;
         let policy = limits.on_bad_input;
-        let Message::Text(text) = message else {
-            let message = "binary frames are not part of emitws.v1";
-            return self.bad_input(conn, None, "bad_request", message, policy);
-        };
         conn.data_mut().missed = 0;
+        let text = match message {
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+        };
         if let Some(rate) = &limits.rate {
-            let now = conn.clock_ms();
-            if !conn.data_mut().bucket.take(rate, now) {
-                let (id, policy) = (envelope::peek_request_id(text), limits.over_rate);
-                return self.bad_input(conn, id, "rate_limited", "too many messages", policy);
+            if !text.is_some_and(|text| self.answers_pending_call(conn, text)) {
+                let now = conn.clock_ms();
+                let data = conn.data_mut();
+                if !data.bucket.take(rate, now) {
+                    return self.over_rate(conn, text.unwrap_or_default());
+                }
+                data.flags &= !flag::RATE_NOTIFIED;
             }
         }
+        let Some(text) = text else {
+            let message = "binary frames are not part of emitws.v1";
+            return self.bad_input(conn, None, ErrorCode::BadRequest, message, policy);
+        };
         if text.len() > limits.max_message {
             let id = envelope::peek_request_id(text);
             let message = format!("envelope of {} bytes, the limit is {}", text.len(), limits.max_message);
-            return self.bad_input(conn, id, "too_large", &message, policy);
+            return self.bad_input(conn, id, ErrorCode::TooLarge, &message, policy);
         }
+        // The envelope array counts: data may be `max_depth - 1` deep.
         // Nesting n levels deep takes 2n bytes: short envelopes need no scan.
         if text.len() > 2 * limits.max_depth && envelope::depth(text) > limits.max_depth {
             let id = envelope::peek_request_id(text);
-            let message = format!("JSON nested deeper than {}", limits.max_depth);
-            return self.bad_input(conn, id, "bad_request", &message, policy);
+            let message = format!("JSON nested deeper than {} (the envelope counts)", limits.max_depth);
+            return self.bad_input(conn, id, ErrorCode::BadRequest, &message, policy);
         }
         match envelope::parse(text) {
             Ok(Envelope::Event { event, data }) => self.dispatch(conn, None, event, data),
@@ -529,7 +596,7 @@ impl Handler for AppWorker {
             }
             Ok(Envelope::Error { id, error }) => self.answer_call(conn, id, Err(CallError::from_wire(error))),
             Ok(Envelope::Unknown) => {}
-            Err(malformed) => self.bad_input(conn, malformed.id, "bad_request", &malformed.message, policy),
+            Err(malformed) => self.bad_input(conn, malformed.id, malformed.code, &malformed.message, policy),
         }
     }
 

@@ -8,8 +8,10 @@ pub enum Policy {
     /// Answer with an error (a `[3, id, …]` reply to a request, otherwise an
     /// `@error` event) and keep the connection.
     Reply,
-    /// Close the connection: 1008 (policy violation), or 1007 for JSON that
-    /// does not parse.
+    /// Close the connection: 1007 (invalid payload data) for a text frame
+    /// whose JSON does not parse, 1008 (policy violation) for everything
+    /// else (valid JSON that is no envelope, a bad id or name, a binary
+    /// frame, a limit broken).
     Close,
 }
 
@@ -40,7 +42,8 @@ pub struct Limits {
     pub max_event_name: usize,
     /// The largest envelope, in bytes of JSON text (default 64 KiB). Larger: `too_large`.
     pub max_message: usize,
-    /// The deepest nesting of arrays and objects (default 32). Deeper: `bad_request`.
+    /// The deepest nesting of arrays and objects, counting the envelope's own
+    /// array (default 32, so data may be 31 deep). Deeper: `bad_request`.
     pub max_depth: usize,
     /// Rooms and tags one socket may be in (default 64). More: `join` fails.
     pub max_groups_per_socket: usize,
@@ -48,9 +51,15 @@ pub struct Limits {
     /// server may have waiting on it (default 64 each). More: `rate_limited`.
     pub max_pending: usize,
     /// Envelopes per second per socket, or `None` for no limit (default 100
-    /// per second, bursts of 200).
+    /// per second, bursts of 200). Every text frame counts (unknown envelope
+    /// types and stray replies too) except answers (`[2,id,..]`, `[3,id,..]`)
+    /// to the server's own calls still waiting on the socket: those are
+    /// never counted nor dropped.
     pub rate: Option<Rate>,
-    /// What an envelope over the rate gets (default [`Policy::Reply`]: `rate_limited`).
+    /// What an envelope over the rate gets (default [`Policy::Reply`]: a
+    /// request is answered `rate_limited`; other envelopes get one
+    /// `rate_limited` `@error` until the socket's bucket lets a message
+    /// through again, and are dropped silently after it).
     pub over_rate: Policy,
     /// What a malformed or over-limit envelope gets (default [`Policy::Reply`]).
     pub on_bad_input: Policy,

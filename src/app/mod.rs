@@ -166,8 +166,10 @@ impl App {
 
     /// Handles an event (`/name`) or a system event: `@connection`,
     /// `@disconnect` (data `{code, reason}`), `@error` (data `{code,
-    /// message}`, for bad input from a socket), `@any` (events without a
-    /// handler), `@ping` (heartbeat answers, data `{rtt_ms}`).
+    /// message}` for bad input from a socket, every refused message
+    /// included; `{code: "internal", message, event}` when a handler of
+    /// `event` panicked), `@any` (events without a handler), `@ping`
+    /// (heartbeat answers, data `{rtt_ms}`).
     pub fn on(&mut self, event: &str, handler: impl Fn(&mut Request<'_>) + Send + Sync + 'static) -> &mut Self {
         self.setup.router.add(event, Vec::new(), Arc::new(handler));
         self

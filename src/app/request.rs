@@ -4,10 +4,11 @@ use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::envelope;
+use super::envelope::{self, ErrorCode};
 use super::handler::{AppMsg, Local};
 use super::rpc::CallResult;
 use super::socket::{query_value, SocketData, SocketRef};
@@ -19,12 +20,12 @@ use crate::runtime::{Conn, ConnId};
 /// socket at hand: reply, emit, join rooms, store values, broadcast.
 ///
 /// The event name and data borrow from the received frame; `data::<T>()`
-/// deserializes on demand (borrowing strings where it can).
+/// deserializes on demand into owned values.
 ///
 /// ```
 /// use emitws::app::{App, BroadcastOpts};
 /// #[derive(serde::Deserialize)]
-/// struct Join<'a> { room: &'a str }
+/// struct Join { room: String }
 ///
 /// let mut app = App::new();
 /// app.on("/join", |req| {
@@ -93,24 +94,60 @@ impl<'a> Request<'a> {
     }
 
     /// The data, typed. Absent data reads as JSON `null` (so `Option<T>` and `()` accept it).
-    pub fn data<T: Deserialize<'a>>(&self) -> Result<T, DataError> {
-        serde_json::from_str(self.data.map_or("null", RawValue::get)).map_err(DataError)
+    ///
+    /// Owned types only: every valid JSON string reads, escaped or not
+    /// (`"a\"b"`, `"\u00e9"`). For zero-copy reading see
+    /// [`data_borrowed`](Self::data_borrowed); a borrowed `&str` does not compile here:
+    ///
+    /// ```compile_fail
+    /// let mut app = emitws::app::App::new();
+    /// app.on("/x", |req| drop(req.data::<&str>()));
+    /// ```
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, DataError> {
+        self.data_borrowed()
     }
 
     /// The data typed, or `None` after replying `bad_request` (to a request)
     /// or emitting `@error` (to an event).
-    pub fn expect_data<T: Deserialize<'a>>(&mut self) -> Option<T> {
+    pub fn expect_data<T: DeserializeOwned>(&mut self) -> Option<T> {
         match self.data() {
             Ok(data) => Some(data),
             Err(e) => {
                 let message = e.to_string();
                 match self.id {
-                    Some(_) => self.reply_err("bad_request", &message),
-                    None => self.local.emit_error(&mut self.conn, "bad_request", &message),
+                    Some(_) => self.reply_err(ErrorCode::BadRequest.as_str(), &message),
+                    None => self.local.emit_error(&mut self.conn, ErrorCode::BadRequest, &message),
                 }
                 None
             }
         }
+    }
+
+    /// The data typed, borrowing from the received frame where `T` does.
+    ///
+    /// A borrowed `&str` can only point into the frame's text as written, so
+    /// it fails on any string that contains a JSON escape (`\"`, `\n`,
+    /// `\u00e9`, …), which clients are free to send. Borrow strings as
+    /// `Cow<'a, str>` with `#[serde(borrow)]` instead: borrowed when the text
+    /// has no escape, owned when it does.
+    ///
+    /// ```
+    /// use std::borrow::Cow;
+    /// use emitws::app::App;
+    /// #[derive(serde::Deserialize)]
+    /// struct Say<'a> {
+    ///     #[serde(borrow)]
+    ///     text: Cow<'a, str>,
+    /// }
+    ///
+    /// let mut app = App::new();
+    /// app.on("/say", |req| match req.data_borrowed::<Say>() {
+    ///     Ok(say) => println!("{}", say.text),
+    ///     Err(e) => req.reply_err("bad_request", &e.to_string()),
+    /// });
+    /// ```
+    pub fn data_borrowed<T: Deserialize<'a>>(&self) -> Result<T, DataError> {
+        serde_json::from_str(self.data.map_or("null", RawValue::get)).map_err(DataError)
     }
 
     /// The data's JSON text, if any was sent.
@@ -193,7 +230,8 @@ impl<'a> Request<'a> {
         let Some(id) = self.take_reply() else { return };
         if let Err(e) = self.local.send_json(&mut self.conn, |out| envelope::write_reply(out, id, data)) {
             let message = format!("the reply does not serialize: {e}");
-            self.local.send_raw(&mut self.conn, |out| envelope::write_error(out, id, "internal", &message));
+            let code = ErrorCode::Internal.as_str();
+            self.local.send_raw(&mut self.conn, |out| envelope::write_error(out, id, code, &message));
         }
     }
 
@@ -213,15 +251,17 @@ impl<'a> Request<'a> {
     ///
     /// A socket may have [`Limits::max_pending`](super::Limits::max_pending)
     /// deferred replies outstanding; a request deferred over that is answered
-    /// `rate_limited` at once, and its handle does nothing.
+    /// `rate_limited` at once, and its handle does nothing. While a request
+    /// waits, a new request from the socket with the same id is refused
+    /// `bad_request` ("duplicate request id") and the waiting one is unaffected.
     pub fn defer(&mut self) -> ReplyHandle {
-        let over = usize::from(self.conn.data().pending) >= self.app.limits().max_pending;
+        let over = self.conn.data().deferred().len() >= self.app.limits().max_pending;
         if over && !self.answered {
-            self.reply_err("rate_limited", "too many requests waiting for a reply");
+            self.reply_err(ErrorCode::RateLimited.as_str(), "too many requests waiting for a reply");
         }
         let id = self.take_reply();
-        if id.is_some() {
-            self.conn.data_mut().pending += 1;
+        if let Some(id) = id {
+            self.conn.data_mut().state().deferred.push(id);
         }
         ReplyHandle { app: self.app.clone(), conn: self.id(), id }
     }
@@ -305,9 +345,10 @@ impl ReplyHandle {
         let mut text = Vec::new();
         if let Err(e) = envelope::write_reply(&mut text, id, data) {
             text.clear();
-            envelope::write_error(&mut text, id, "internal", &format!("the reply does not serialize: {e}"));
+            let message = format!("the reply does not serialize: {e}");
+            envelope::write_error(&mut text, id, ErrorCode::Internal.as_str(), &message);
         }
-        self.send(text);
+        self.send(id, text);
     }
 
     /// Replies with an error.
@@ -315,11 +356,11 @@ impl ReplyHandle {
         let Some(id) = self.id.take() else { return };
         let mut text = Vec::new();
         envelope::write_error(&mut text, id, code, message);
-        self.send(text);
+        self.send(id, text);
     }
 
-    fn send(&self, text: Vec<u8>) {
-        self.app.server().notify(self.conn.worker(), Box::new(AppMsg::Reply { conn: self.conn, text }));
+    fn send(&self, id: u64, text: Vec<u8>) {
+        self.app.server().notify(self.conn.worker(), Box::new(AppMsg::Reply { conn: self.conn, id, text }));
     }
 }
 
@@ -327,8 +368,8 @@ impl Drop for ReplyHandle {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             let mut text = Vec::new();
-            envelope::write_error(&mut text, id, "internal", "the handler dropped its reply");
-            self.send(text);
+            envelope::write_error(&mut text, id, ErrorCode::Internal.as_str(), "the handler dropped its reply");
+            self.send(id, text);
         }
     }
 }

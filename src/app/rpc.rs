@@ -164,6 +164,11 @@ impl Calls {
         id
     }
 
+    /// Whether the call `id` of `conn` is still waiting.
+    pub fn is_pending(&self, conn: ConnId, id: u64) -> bool {
+        self.pending.contains_key(&(conn, id))
+    }
+
     /// Takes the call `id` of `conn`, if it is still waiting.
     pub fn take(&mut self, conn: ConnId, id: u64) -> Option<Done> {
         self.pending.remove(&(conn, id))

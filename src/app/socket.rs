@@ -20,6 +20,8 @@ pub(crate) mod flag {
     pub const UNAUTHED: u8 = 1;
     /// `@connection` ran (and the socket is counted), so `@disconnect` is owed.
     pub const CONNECTED: u8 = 1 << 1;
+    /// A `rate_limited` `@error` was sent since the bucket last let a message through.
+    pub const RATE_NOTIFIED: u8 = 1 << 2;
 }
 
 /// What the event layer keeps for each connection (the runtime's
@@ -29,8 +31,6 @@ pub(crate) mod flag {
 pub struct SocketData {
     pub(crate) state: Option<Box<SocketState>>,
     pub(crate) bucket: Bucket,
-    /// Requests waiting for a deferred reply.
-    pub(crate) pending: u16,
     /// Calls to the client waiting for its answer.
     pub(crate) calls: u16,
     pub(crate) flags: u8,
@@ -61,6 +61,8 @@ pub(crate) struct SocketState {
     pub after: Vec<After>,
     /// A refusal to carry out right after the upgrade (a close code).
     pub refusal: Option<(CloseCode, String)>,
+    /// Ids of the requests waiting for a deferred reply.
+    pub deferred: Vec<u64>,
 }
 
 impl SocketData {
@@ -71,6 +73,11 @@ impl SocketData {
     /// The rare state, allocated now if it was not.
     pub(crate) fn state(&mut self) -> &mut SocketState {
         self.state.get_or_insert_with(Box::default)
+    }
+
+    /// The ids of the requests waiting for a deferred reply.
+    pub(crate) fn deferred(&self) -> &[u64] {
+        self.state.as_ref().map_or(&[], |s| &s.deferred)
     }
 
     pub(crate) fn user(&self) -> Option<&str> {

@@ -29,26 +29,26 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 #[derive(Deserialize)]
-struct Say<'a> {
-    to: Option<&'a str>,
-    text: &'a str,
+struct Say {
+    to: Option<String>,
+    text: String,
     /// A socket (`NODE-CONN`) to leave out.
-    except: Option<&'a str>,
+    except: Option<String>,
     /// The sender gets it too.
     #[serde(default)]
     echo: bool,
 }
 
 #[derive(Deserialize)]
-struct Direct<'a> {
-    to: &'a str,
-    text: &'a str,
+struct Direct {
+    to: String,
+    text: String,
 }
 
 #[derive(Deserialize)]
-struct Tell<'a> {
-    user: &'a str,
-    text: &'a str,
+struct Tell {
+    user: String,
+    text: String,
 }
 
 #[derive(Deserialize)]
@@ -94,8 +94,8 @@ fn main() {
         }
     });
     app.on("/join", |req| {
-        let Some(room) = req.expect_data::<&str>() else { return };
-        match req.join(room) {
+        let Some(room) = req.expect_data::<String>() else { return };
+        match req.join(&room) {
             Ok(()) => {
                 let id = req.socket_id().to_string();
                 req.reply(&id)
@@ -109,7 +109,7 @@ fn main() {
     });
     app.on("/say", |req| {
         let Some(Say { to, text, except, echo }) = req.expect_data() else { return };
-        let mut opts = to.map_or_else(BroadcastOpts::all, BroadcastOpts::to);
+        let mut opts = to.as_deref().map_or_else(BroadcastOpts::all, BroadcastOpts::to);
         if let Some(id) = except.and_then(|id| id.parse::<SocketId>().ok()) {
             opts = opts.except(id);
         }
@@ -128,7 +128,7 @@ fn main() {
     });
     app.on("/tell", |req| {
         let Some(Tell { user, text }) = req.expect_data() else { return };
-        let _ = req.app().to_user(user).emit("/told", &json!({ "from": req.user(), "text": text }));
+        let _ = req.app().to_user(&user).emit("/told", &json!({ "from": req.user(), "text": text }));
     });
     app.on("/query", |req| {
         let Some(query) = req.expect_data::<Query>() else { return };

@@ -117,11 +117,24 @@ impl AppClient {
         self.ws.expect_close(code)
     }
 
-    /// Reads one text frame as JSON (answering pings on the way).
+    /// The next envelope's text exactly as it came (nothing may be kept
+    /// from earlier reads), for what a JSON value would not show as sent.
+    pub fn next_text(&mut self) -> String {
+        assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
+        self.read_text()
+    }
+
+    /// Reads one text frame as JSON.
     fn read(&mut self) -> Value {
+        let text = self.read_text();
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("the server sends JSON, not {text:?}: {e}"))
+    }
+
+    /// Reads one text frame (answering pings on the way).
+    fn read_text(&mut self) -> String {
         loop {
             match self.ws.try_recv() {
-                Ok(Frame::Text(text)) => return serde_json::from_str(&text).expect("the server sends JSON"),
+                Ok(Frame::Text(text)) => return text,
                 Ok(Frame::Ping(payload)) => self.ws.send(emitws::proto::OpCode::Pong, true, &payload),
                 Ok(other) => panic!("expected an envelope, got {other:?}"),
                 Err(RecvError::Timeout) => panic!("no envelope within {WAIT:?}"),
