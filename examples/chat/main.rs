@@ -259,21 +259,23 @@ struct Seat {
     name: String,
 }
 
+// Owned strings: a `&str` cannot hold text the client wrote with JSON escapes
+// (`\"`, `\n`, `\u00e9`, …), and every JSON encoder writes some.
 #[derive(Deserialize)]
-struct Join<'a> {
-    room: &'a str,
-    name: &'a str,
+struct Join {
+    room: String,
+    name: String,
 }
 
 #[derive(Deserialize)]
-struct Say<'a> {
-    room: &'a str,
-    text: &'a str,
+struct Say {
+    room: String,
+    text: String,
 }
 
 #[derive(Deserialize)]
-struct Typing<'a> {
-    room: &'a str,
+struct Typing {
+    room: String,
 }
 
 fn valid_room(room: &str) -> bool {
@@ -323,11 +325,10 @@ fn chat_app(jobs: Jobs) -> App {
     let queue = jobs.clone();
     chat.on("/join", move |req| {
         let Some(Join { room, name }) = req.expect_data::<Join>() else { return };
-        let name = name.trim();
-        if !valid_room(room) || name.is_empty() || name.chars().count() > MAX_NAME {
+        let name = name.trim().to_string();
+        if !valid_room(&room) || name.is_empty() || name.chars().count() > MAX_NAME {
             return req.reply_err("bad_request", "a room is 1-32 letters, digits, - or _; a name 1-24 characters");
         }
-        let (room, name) = (room.to_string(), name.to_string());
         leave_room(req, &queue);
         if let Err(error) = req.join(&format!("#{room}")) {
             return req.reply_err("forbidden", &error.to_string());
