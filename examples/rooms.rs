@@ -8,6 +8,8 @@ use emitws::app::{App, BroadcastOpts};
 use serde::Deserialize;
 use serde_json::json;
 
+// Owned strings: a `&str` cannot hold text the client wrote with JSON escapes
+// (`\"`, `\n`, `\u00e9`, …), and every JSON encoder writes some.
 #[derive(Deserialize)]
 struct Join {
     username: String,
@@ -28,7 +30,7 @@ fn main() -> std::io::Result<()> {
         if let Err(e) = req.join(&room) {
             return req.reply_err("forbidden", &e.to_string());
         }
-        req.set("username", username.to_string());
+        req.set("username", username.clone());
         req.set("room", room.clone());
         let _ = req.broadcast("user-joined", &json!({ "username": username }), BroadcastOpts::to(&room));
         req.reply(&json!({ "joined": room }));

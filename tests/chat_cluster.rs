@@ -54,14 +54,16 @@ fn a_room_spans_two_chat_servers() {
     let presence = next(&ann_hears, "/chat/presence");
     assert_eq!((&presence["joined"], &presence["users"]), (&json!("bob"), &json!(["ann", "bob"])));
 
-    bob.request("/chat/say", json!({ "room": "lobby", "text": "hi from two" }), WAIT).expect("bob says");
-    assert_eq!(next(&ann_hears, "/chat/message")["text"], "hi from two");
-    assert_eq!(next(&bob_hears, "/chat/message")["text"], "hi from two");
+    // Text that JSON writes with escapes crosses servers and Redis intact.
+    let said = "\"hi\" from\ttwo\n\\ / é😀";
+    bob.request("/chat/say", json!({ "room": "lobby", "text": said }), WAIT).expect("bob says");
+    assert_eq!(next(&ann_hears, "/chat/message")["text"], said);
+    assert_eq!(next(&bob_hears, "/chat/message")["text"], said);
 
     // A third user, on the first server, gets the history written by the second.
     let (cat, _cat_hears) = user(&one);
     let joined = cat.request("/chat/join", json!({ "room": "lobby", "name": "cat" }), WAIT).expect("cat joins");
-    assert_eq!(joined["history"][0]["text"], "hi from two");
+    assert_eq!(joined["history"][0]["text"], said);
     assert_eq!(joined["users"], json!(["ann", "bob", "cat"]));
 
     assert_eq!(next(&ann_hears, "/chat/presence")["joined"], "cat");

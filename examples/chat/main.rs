@@ -242,15 +242,26 @@ impl Store for Shared {
 /// Work for the store's thread.
 type Job = Box<dyn FnOnce(&mut dyn Store, &AppHandle) + Send>;
 
-/// Runs jobs against the store, one at a time, off the workers.
-fn store_thread(mut store: Box<dyn Store>, app: AppHandle) -> Sender<Job> {
-    let (jobs, inbox) = mpsc::channel::<Job>();
+/// The store's thread's inbox: each job with the app it works for (the
+/// handle of the request that sent it, so the thread needs none of its own).
+type Jobs = Sender<(AppHandle, Job)>;
+
+/// Runs jobs against the store, one at a time, off the workers. It is started
+/// before the app listens: a request that arrives with the upgrade finds it.
+fn store_thread(mut store: Box<dyn Store>) -> Jobs {
+    let (jobs, inbox) = mpsc::channel::<(AppHandle, Job)>();
     std::thread::spawn(move || {
-        for job in inbox {
+        for (app, job) in inbox {
             job(store.as_mut(), &app);
         }
     });
     jobs
+}
+
+/// Hands `job` to the store's thread. The thread lives as long as the
+/// process, so the job is never dropped unanswered.
+fn submit(req: &Request<'_>, jobs: &Jobs, job: Job) {
+    let _ = jobs.send((req.app().clone(), job));
 }
 
 /// Where a socket is: stored on the socket with `req.set`.
@@ -259,6 +270,8 @@ struct Seat {
     name: String,
 }
 
+// Owned strings: a `&str` cannot hold text the client wrote with JSON escapes
+// (`\"`, `\n`, `\u00e9`, …), and every JSON encoder writes some.
 #[derive(Deserialize)]
 struct Join {
     room: String,
@@ -284,21 +297,13 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The store's thread: set once the app listens (jobs need its handle).
-type Jobs = std::sync::Arc<std::sync::OnceLock<Sender<Job>>>;
-
-fn submit(jobs: &Jobs, job: Job) {
-    if let Some(jobs) = jobs.get() {
-        let _ = jobs.send(job);
-    }
-}
-
 /// Takes the socket out of its room (if it is in one) and tells everyone.
 fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
     let Some(seat) = req.remove("seat").and_then(|seat| seat.downcast::<Seat>().ok()) else { return };
     req.leave(&format!("#{}", seat.room));
     let member = req.socket_id();
     submit(
+        req,
         jobs,
         Box::new(move |store, app| {
             let (users, rooms) = store.leave(app, &seat.room, member);
@@ -308,7 +313,7 @@ fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
     );
 }
 
-/// The chat app; `jobs` must be set to the store's thread once it listens.
+/// The chat app, its handlers handing the store's work to `jobs`.
 fn chat_app(jobs: Jobs) -> App {
     let mut app = App::new();
     app.on_http(|request| match request.path() {
@@ -323,11 +328,10 @@ fn chat_app(jobs: Jobs) -> App {
     let queue = jobs.clone();
     chat.on("/join", move |req| {
         let Some(Join { room, name }) = req.expect_data::<Join>() else { return };
-        let name = name.trim();
+        let name = name.trim().to_string();
         if !valid_room(&room) || name.is_empty() || name.chars().count() > MAX_NAME {
             return req.reply_err("bad_request", "a room is 1-32 letters, digits, - or _; a name 1-24 characters");
         }
-        let name = name.to_string();
         leave_room(req, &queue);
         if let Err(error) = req.join(&format!("#{room}")) {
             return req.reply_err("forbidden", &error.to_string());
@@ -335,6 +339,7 @@ fn chat_app(jobs: Jobs) -> App {
         req.set("seat", Seat { room: room.clone(), name: name.clone() });
         let (reply, member) = (req.defer(), req.socket_id());
         submit(
+            req,
             &queue,
             Box::new(move |store, app| match store.join(app, &room, member, &name) {
                 Ok(Joined { history, users, rooms }) => {
@@ -360,7 +365,7 @@ fn chat_app(jobs: Jobs) -> App {
         let said = Said { room: seat.room.clone(), user: seat.name.clone(), text: text.into(), ts: now_ms() };
         let _ = req.broadcast("/chat/message", &said, BroadcastOpts::to(&format!("#{}", said.room)).include_self());
         req.reply(&true);
-        submit(&queue, Box::new(move |store, _| store.keep(&said)));
+        submit(req, &queue, Box::new(move |store, _| store.keep(&said)));
     });
 
     chat.on("/typing", |req| {
@@ -379,27 +384,26 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-/// Serves the chat on `addr`: alone, or as one node of a cluster that shares `redis`.
+/// Serves the chat on `addr`: alone, or as one node of a cluster that shares
+/// `redis`. Everything is in place before the port opens.
 pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Box<dyn std::error::Error>> {
-    let jobs = Jobs::default();
-    #[allow(unused_mut)] // changed only with the redis feature
-    let mut app = chat_app(jobs.clone());
     let store: Box<dyn Store> = match redis {
         #[cfg(feature = "redis")]
-        Some(url) => {
-            use emitws::cluster::{RedisAdapter, RedisOptions};
-            app.adapter(RedisAdapter::new(url, RedisOptions::default())?);
-            Box::new(Shared { client: redis::Client::open(url)?, connection: None })
-        }
+        Some(url) => Box::new(Shared { client: redis::Client::open(url)?, connection: None }),
         _ => {
             let mut memory = Memory::default();
             memory.0.insert("general".into(), Room::default());
             Box::new(memory)
         }
     };
-    let running = app.listen(addr)?;
-    let _ = jobs.set(store_thread(store, running.app()));
-    Ok(running)
+    #[allow(unused_mut)] // changed only with the redis feature
+    let mut app = chat_app(store_thread(store));
+    #[cfg(feature = "redis")]
+    if let Some(url) = redis {
+        use emitws::cluster::{RedisAdapter, RedisOptions};
+        app.adapter(RedisAdapter::new(url, RedisOptions::default())?);
+    }
+    Ok(app.listen(addr)?)
 }
 
 #[allow(dead_code)] // tests/chat_cluster.rs includes this file for serve()
