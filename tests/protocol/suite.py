@@ -527,6 +527,8 @@ async def _(client):
         text, _ = await frames_until(client, lambda t: not is_answer_to(5)(t))
         require(text == encode(0, event, {"text": "hi"}), f"got {text}")
         await answer(client, 5)
+        name, data, _ = await client.next_event(event, QUIET)  # the client library takes it as it is
+        require(name == event and data == {"text": "hi"}, f"the client saw {name} {data}")
 
 
 @check("§2", "a broadcast to a room arrives with its name and the data as written")
@@ -636,6 +638,26 @@ async def _(client):
     await client.send_text(encode(3, sid, {"code": "custom"}))
     reply, _ = await answer(client, 1)
     require(reply.data.get("error", {}).get("code") == "custom", f"/call answered {reply.text}")
+
+
+@check("§7", "rooms and tags per socket: the 65th join fails (here the application answers forbidden)")
+async def _(client):
+    prefix = unique("g")
+    for i in range(64):
+        await client.send_text(encode(1, i + 1, "/join", {"room": f"{prefix}-{i}"}))
+    for i in range(64):
+        reply, _ = await answer(client, i + 1)
+        require(reply.kind == 2, f"join {i + 1} of 64 got {reply.text}")
+    await error_reply(client, encode(1, 65, "/join", {"room": f"{prefix}-64"}), 65, "forbidden")
+
+
+@check("§7", "server calls waiting per socket: the 65th call fails on the server")
+async def _(client):
+    await client.send_text(encode(1, 1, "/calls", {"n": 65, "timeout_ms": 500}))
+    reply, _ = await answer(client, 1)  # the calls stay unanswered
+    require(reply.kind == 2, f"/calls answered {reply.text}")
+    errors = sorted(reply.data["errors"])
+    require(errors == ["timeout"] * 64 + ["too_many_calls"], f"/calls answered {reply.text[:300]}")
 
 
 @check("§3", "an unanswered call times out on the server; a late answer is ignored")
