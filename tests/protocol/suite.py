@@ -210,8 +210,15 @@ def assert_compact(text):
             raise Fail(f"whitespace at {i} in a server envelope: {text[:200]}")
 
 
+async def closed_within(client, timeout):
+    try:
+        return await client.closed(timeout)
+    except asyncio.TimeoutError:
+        raise Fail(f"the connection did not close within {timeout} s") from None
+
+
 async def expect_close(client, code, timeout=QUIET):
-    closed = await client.closed(timeout)
+    closed = await closed_within(client, timeout)
     require(closed is not None, "the connection did not close")
     require(closed.code == code, f"closed with {closed.code} {closed.reason!r}, wanted {code}")
 
@@ -728,6 +735,15 @@ for text, why in CLOSE_1008:
         await close_after("close", lambda c: c.send_text(text), 1008)
 
 
+@check("§2 §6", "Policy::Close: a duplicate of a request id still waiting closes 1008", "close")
+async def _():
+    async def duplicate(client):
+        await client.send_text('[1,7,"/hold",1]')
+        await client.send_text('[1,7,"/echo",2]')
+
+    await close_after("close", duplicate, 1008)
+
+
 @check("§6 §10", "Policy::Close: a binary frame closes 1008", "close")
 async def _():
     await close_after("close", lambda c: c.send_binary(b"\x01\x02"), 1008)
@@ -900,7 +916,7 @@ async def _():
 @check("§6 §7 §8", "first message: no auth in time closes 4408, with no @ready before", "message")
 async def _():
     client = await Client(url("message"), answer_calls=False).open()
-    closed = await client.closed(QUIET + 2)
+    closed = await closed_within(client, QUIET + 2)
     require(closed.code == 4408, f"closed {closed}")
     require(client.ready is None and client.events.empty(), "an event arrived before authentication")
 
