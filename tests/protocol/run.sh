@@ -4,11 +4,13 @@
 # Python client written from PROTOCOL.md alone) against them, stops them.
 # Exits non-zero if a check fails or anything cannot run.
 #   tests/protocol/run.sh [-k WORD]   (arguments go to suite.py)
+#   PROTOCOL_SERVER=path/to/protocol_server tests/protocol/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=tests/protocol
 venv=target/protocol-venv
-work=$(mktemp -d)
+mkdir -p target
+work=$(mktemp -d target/protocol-run.XXXXXX)
 pids=()
 
 cleanup() {
@@ -30,8 +32,12 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$venv/requi
   cp "$here/requirements.txt" "$venv/requirements.txt"
 fi
 
-cargo build --quiet --example protocol_server || die "cargo build --example protocol_server failed"
-server=target/debug/examples/protocol_server
+# PROTOCOL_SERVER=path runs the suite against an already built server.
+server=${PROTOCOL_SERVER:-}
+if [ -z "$server" ]; then
+  cargo build --quiet --example protocol_server || die "cargo build --example protocol_server failed"
+  server=target/debug/examples/protocol_server
+fi
 
 # name and flags of each server the suite talks to
 configs=(
