@@ -26,7 +26,7 @@ command -v python3 >/dev/null || die "python3 is missing (apt-get install python
 python3 -c 'import venv, ensurepip' 2>/dev/null || die "python3's venv/ensurepip is missing (apt-get install python3-venv)"
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$here/requirements.txt" "$venv/requirements.txt"; then
   rm -rf "$venv"
-  python3 -m venv "$venv" || die "python3 -m venv $venv failed"
+  python3 -m venv "$venv" || die "python3 -m venv $venv failed (Debian: apt-get install python3-venv)"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt" \
     || die "pip install -r $here/requirements.txt failed (PyPI must be reachable)"
   cp "$here/requirements.txt" "$venv/requirements.txt"

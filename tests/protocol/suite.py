@@ -664,11 +664,14 @@ async def _(client):
     await error_reply(client, encode(1, 65, "/join", {"room": f"{prefix}-64"}), 65, "forbidden")
 
 
-@check("§7", "server calls waiting per socket: the 65th call fails on the server")
+@check("§2 §7", "server calls waiting per socket: 64 with distinct ids reach the client, the 65th fails on the server")
 async def _(client):
     await client.send_text(encode(1, 1, "/calls", {"n": 65, "timeout_ms": 500}))
-    reply, _ = await answer(client, 1)  # the calls stay unanswered
+    reply, before = await answer(client, 1)  # the calls stay unanswered
     require(reply.kind == 2, f"/calls answered {reply.text}")
+    calls = [parse(text) for text in before if text.startswith("[1,")]
+    require(len(calls) == 64, f"{len(calls)} calls reached the client, wanted 64")
+    require(len({call.id for call in calls}) == 64, "the server used an id twice among its waiting calls (§2)")
     errors = sorted(reply.data["errors"])
     require(errors == ["timeout"] * 64 + ["too_many_calls"], f"/calls answered {reply.text[:300]}")
 
