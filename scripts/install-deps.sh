@@ -49,10 +49,15 @@ if ! skipped js || ! skipped browser; then
   command -v node >/dev/null || missing+=("node (Node.js 20 or later)")
   command -v npm >/dev/null || missing+=("npm")
 fi
-if ! skipped protocol; then
-  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    missing+=("python3 with venv and ensurepip (apt-get install python3-venv)")
+# Debian's own python3 makes a venv only with python3-venv.
+has_venv() { python3 -c 'import venv, ensurepip' >/dev/null 2>&1; }
+if ! skipped protocol && ! has_venv; then
+  if [ -z "${EMITWS_NO_INSTALL:-}" ] && command -v apt-get >/dev/null; then
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv || true
   fi
+  has_venv || missing+=("python3 with venv and ensurepip (apt-get install python3-venv)")
 fi
 
 if [ "${#missing[@]}" -eq 0 ] && ! skipped autobahn; then

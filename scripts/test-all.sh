@@ -2,8 +2,10 @@
 # The project's whole test suite, the same one CI runs: it first installs what
 # the tests need (scripts/install-deps.sh) or fails naming what is missing,
 # then runs formatting, lints, unit/integration/doc tests, the Redis cluster
-# tests, the JavaScript client's tests, the chat demo in a browser, then Autobahn
-# conformance of our server and of our client. Stops at the first failure.
+# tests, the JavaScript client's tests, the emitws.v1 conformance suite
+# (tests/protocol: a Python client written from PROTOCOL.md), the chat demo
+# in a browser, then Autobahn conformance of our server and of our client.
+# Stops at the first failure.
 #
 # A part can be left out only on purpose: EMITWS_SKIP="redis browser js
 # protocol autobahn" (any of them, space or comma separated). The tests of a
@@ -46,6 +48,12 @@ if skipped js; then skip "the JavaScript client's unit tests"; else
   section "JavaScript client: node --test clients/js/test/"
   node --experimental-websocket --test clients/js/test/
 fi
+
+if skipped protocol; then skip "the emitws.v1 conformance suite"; else
+  section "conformance: tests/protocol/run.sh (a Python client written from PROTOCOL.md)"
+  tests/protocol/run.sh
+fi
+
 
 # The chat demo in headless Chromium (Debian's package).
 if skipped browser; then skip "the browser test"; else
