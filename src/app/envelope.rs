@@ -100,9 +100,14 @@ fn parse_compact(text: &str) -> Option<Envelope<'_>> {
 /// The id of a request envelope read from its first bytes only (`[1,<id>,`),
 /// for answering envelopes refused before parsing (too large, too deep).
 pub(crate) fn peek_request_id(text: &str) -> Option<u64> {
-    let rest = text.trim_start().strip_prefix('[')?.trim_start().strip_prefix('1')?;
-    let rest = rest.trim_start().strip_prefix(',')?.trim_start();
-    read_id(rest).map(|(id, _)| id)
+    // JSON's whitespace only: `str::trim_start` would also skip Unicode spaces.
+    const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+    let rest = text.trim_start_matches(WHITESPACE).strip_prefix('[')?;
+    let rest = rest.trim_start_matches(WHITESPACE).strip_prefix('1')?;
+    let rest = rest.trim_start_matches(WHITESPACE).strip_prefix(',')?;
+    let (id, after) = read_id(rest.trim_start_matches(WHITESPACE))?;
+    // `5.5` and `5e3` start like an id but are none.
+    (!after.starts_with(['.', 'e', 'E'])).then_some(id)
 }
 
 /// A JSON number that is a positive safe integer, written plainly.
