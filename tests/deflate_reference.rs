@@ -226,7 +226,8 @@ fn ours_to_reference(agreement: &DeflateAgreement, sender: Role, config: &Deflat
     }
 }
 
-/// The reference's output, read by our decompressor.
+/// The reference's output, read by our decompressor (none where the sender's
+/// window is 8 bits, which zlib cannot write).
 fn reference_to_ours(agreement: &DeflateAgreement, sender: Role, messages: &[Vec<u8>]) {
     let Some(mut reference) = ReferenceDeflater::new(agreement, sender) else { return };
     let mut ours = Decompressor::new(agreement, peer_of(sender));
