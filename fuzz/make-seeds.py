@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpus into fuzz/corpus/<target>/ (run from anywhere).
 
-Decoder seeds are [chunk seed, config, stream...] and handshake seeds are
-[config, head...]; see fuzz/harness.rs for what the leading bytes select.
+Decoder seeds are [chunk seed, config, stream...], handshake seeds are
+[config, head...] and envelope seeds are one text message each; see fuzz/harness.rs for what the leading bytes select.
 Files are named by content, so rerunning only adds what is new.
 """
 import hashlib
@@ -315,7 +315,73 @@ def inflate_seeds():
     seed("data-after-final", 0x18, [b"\x03\x00garbage"])
 
 
+def envelope_texts():
+    """(name, text): one event-layer text message each; see check_envelope in harness.rs."""
+    yield "event", '[0,"/chat/say",{"text":"hi"}]'
+    yield "event-no-data", '[0,"/ping"]'
+    yield "request", '[1,7,"/echo","abc"]'
+    yield "request-no-data", '[1,7,"/echo"]'
+    yield "reply", '[2,7,{"ok":true}]'
+    yield "reply-no-data", '[2,7]'
+    yield "error", '[3,7,{"code":"no_handler","message":"no \\"handler\\""}]'
+    yield "unknown-type", '[9,"later",{"x":[1,2]}]'
+    yield "unknown-type-garbage-after", '[4,-1,1e3,"\\u0000"]'
+    for bad in ["0", "1", "9007199254740991", "9007199254740992", "18446744073709551616",
+                "-1", "-0", "1.0", "1e3", "1E3", "01", "00", '"7"', "null", "true", "[1]"]:
+        yield f"request-id-{bad}", f'[1,{bad},"/x",null]'
+        yield f"reply-id-{bad}", f'[2,{bad},null]'
+    yield "type-1.0", '[1.0,5,"/x"]'
+    yield "type-negative", '[-1,"/x"]'
+    yield "type-huge", '[18446744073709551615,"/x"]'
+    yield "type-string", '["0","/x"]'
+    yield "name-escaped-slash", '[0,"\\/ping"]'
+    yield "name-unicode-escape", '[1,5,"\\u002fping"]'
+    yield "name-escaped-quote", '[1,5,"/a\\"b"]'
+    yield "name-space", '[1,5,"/a b"]'
+    yield "name-empty", '[0,""]'
+    yield "name-non-ascii", '[1,5,"/\u00e9"]'
+    yield "name-control", '[0,"/\u0001"]'
+    yield "name-number", '[1,5,42]'
+    yield "name-missing", '[1,5]'
+    yield "data-escaped-strings", '[1,3,"/e","\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\\ud800"]'
+    yield "data-nested", '[0,"/n",{"a":[1,{"b":[[],{}]},"]]}}"],"c":{"d":null}}]'
+    yield "data-deep-32", '[0,"/d",' + "[" * 31 + "]" * 31 + "]"
+    yield "data-deep-127", '[0,"/d",' + "[" * 126 + "]" * 126 + "]"
+    yield "data-deep-128", '[0,"/d",' + "[" * 127 + "]" * 127 + "]"
+    yield "data-numbers", '[2,1,[0,-0,1.5e-7,1E+2,1e400,-1e400,123456789012345678901234567890]]'
+    yield "data-bad-number", '[2,1,01]'
+    yield "data-literals", '[2,1,[true,false,null]]'
+    yield "trailing-elements", '[0,"/a",1,"extra",{"more":[]}]'
+    yield "trailing-comma", '[1,7,"/e",]'
+    yield "trailing-text", '[0,"/x"] trailing'
+    yield "trailing-bracket", '[0,"/e",1]]'
+    yield "unclosed", '[0,"/e",[1]'
+    yield "whitespace", ' \t\r\n[ 1 ,\n7 , "/e" ,\t{ "a" : 1 } ]\n '
+    yield "whitespace-compact-edges", '[0,"/e", 1 ]'
+    yield "empty-text", ''
+    yield "empty-array", '[]'
+    yield "object", '{"type":0}'
+    yield "bare-number", '1'
+    yield "truncated-request", '[1,5,"/x",{"a":'
+    yield "truncated-request-spaced", ' [ 1 , 42 ,"/x",{'
+    yield "truncated-id-fraction", '[1,5.5,"/x",{'
+    yield "truncated-id-exponent", '[1,5e3,"/x",{'
+    yield "truncated-id-letter", '[1,5x'
+    yield "truncated-nbsp", '\u00a0[1,5,"/x",{'
+    yield "truncated-form-feed", '\f[1,5,"/x",{'
+    yield "truncated-id-17-digits", '[1,12345678901234567,"/x",{'
+    yield "bom", '\ufeff[0,"/x"]'
+    yield "invalid-utf8", b'[0,"/\xff"]'
+
+
+def envelope_seeds():
+    for name, text in envelope_texts():
+        name = "".join(c if c.isalnum() or c in ".-" else "_" for c in name)
+        write("envelope", name, text if isinstance(text, bytes) else text.encode())
+
+
 if __name__ == "__main__":
+    envelope_seeds()
     inflate_seeds()
     decoder_seeds("server_decoder", True)
     decoder_seeds("client_decoder", False)

@@ -52,3 +52,8 @@ fn inflate_corpus() {
 fn handshake_response_corpus() {
     replay("handshake_response", harness::check_handshake_response);
 }
+
+#[test]
+fn envelope_corpus() {
+    replay("envelope", harness::check_envelope);
+}

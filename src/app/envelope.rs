@@ -160,10 +160,14 @@ pub(crate) fn peek_answer_id(text: &str) -> Option<u64> {
 }
 
 fn peek_id(text: &str, kind: impl Fn(u8) -> bool) -> Option<u64> {
-    let rest = text.trim_start().strip_prefix('[')?.trim_start();
-    let rest = rest.strip_prefix(|c: char| c.is_ascii() && kind(c as u8))?;
-    let rest = rest.trim_start().strip_prefix(',')?.trim_start();
-    read_id(rest).map(|(id, _)| id)
+    // JSON's whitespace only: `str::trim_start` would also skip Unicode spaces.
+    const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+    let rest = text.trim_start_matches(WHITESPACE).strip_prefix('[')?;
+    let rest = rest.trim_start_matches(WHITESPACE).strip_prefix(|c: char| c.is_ascii() && kind(c as u8))?;
+    let rest = rest.trim_start_matches(WHITESPACE).strip_prefix(',')?;
+    let (id, after) = read_id(rest.trim_start_matches(WHITESPACE))?;
+    // `5.5` and `5e3` start like an id but are none.
+    (!after.starts_with(['.', 'e', 'E'])).then_some(id)
 }
 
 /// A JSON number that is a positive safe integer, written plainly.

@@ -50,6 +50,9 @@ pub const EXTENSION_NAME: &str = "permessage-deflate";
 /// The four bytes a sync flush ends with; stripped on send, restored on receive.
 const SYNC_TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
+/// A non-final stored block of no bytes: what a sync flush ends with.
+const EMPTY_STORED_BLOCK: [u8; 5] = [0x00, 0x00, 0x00, 0xff, 0xff];
+
 /// The smallest window zlib can write a raw deflate stream with.
 const MIN_COMPRESS_WINDOW: u8 = 9;
 
@@ -410,6 +413,15 @@ impl Compressor {
             if input.is_empty() && out.len() < out.capacity() {
                 break;
             }
+        }
+        if out.len() == start {
+            // zlib writes nothing for an empty message right after a flush,
+            // but the receiver appends the tail to every payload (RFC 7692
+            // §7.2.2): without a block of its own, the tail would open a
+            // stored block there and swallow the next message. An empty
+            // stored block leaves the single byte 00 (§7.2.3.6) and the
+            // stream byte-aligned at a block boundary, as zlib left it.
+            out.extend_from_slice(&EMPTY_STORED_BLOCK);
         }
         debug_assert!(out[start..].ends_with(&SYNC_TAIL), "a sync flush ends with an empty stored block");
         out.truncate(out.len() - SYNC_TAIL.len());
