@@ -2,11 +2,14 @@
 //! (`app::App`) over loopback: the two halves of emitws.v1 talking to each
 //! other, the way an application uses them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+#[path = "common/auth_apps.rs"]
+mod auth_apps;
+
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use emitws::app::{App, BroadcastOpts, CallError, Challenge, Refusal, SocketId};
+use auth_apps::{challenge_app, first_message_app};
+use emitws::app::{App, BroadcastOpts, CallError, SocketId};
 use emitws::client::app::{AppClient, AppError, AppOptions, AuthRequest, PendingRequest, Status};
 use serde_json::{json, Value};
 
@@ -54,32 +57,9 @@ fn server() -> emitws::app::Running {
     app.listen("127.0.0.1:0").expect("listen")
 }
 
-/// `/me` answers the socket's user.
-fn answer_me(app: &mut App) {
-    app.on("/me", |req| {
-        let user = req.user().map(str::to_string);
-        req.reply(&user);
-    });
-}
-
-/// A server with challenge-response auth (a fresh nonce per socket, and the
-/// answer is `[nonce reversed, user]`), `/me` and `/kick`.
+/// [`challenge_app`] listening on a free port.
 fn challenge_server() -> emitws::app::Running {
-    let mut app = App::new();
-    let nonces = AtomicU64::new(1);
-    app.challenge(Challenge::new(
-        move || format!("nonce-{}", nonces.fetch_add(1, Ordering::Relaxed)),
-        |nonce, answer| {
-            let (signature, user): (String, String) = answer.data().map_err(|_| Refusal::status(401, "bad answer"))?;
-            match signature == nonce.chars().rev().collect::<String>() {
-                true => Ok(user),
-                false => Err(Refusal::status(403, "wrong signature")),
-            }
-        },
-    ));
-    answer_me(&mut app);
-    app.on("/kick", |req| req.close(4000, "kicked"));
-    app.listen("127.0.0.1:0").expect("listen")
+    challenge_app().listen("127.0.0.1:0").expect("listen")
 }
 
 /// A client of `url` that answers the challenge as `user`, not yet opened.
@@ -261,13 +241,7 @@ fn ready_carries_the_welcome_and_requests_made_before_it_wait_for_it() {
 
 #[test]
 fn the_auth_request_goes_first_and_a_request_right_after_connect_succeeds() {
-    let mut app = App::new();
-    app.identify_by_message("/auth", |req| match req.data::<String>().as_deref() {
-        Ok("t-erin") => Ok("erin".into()),
-        _ => Err(Refusal::status(401, "unknown token")),
-    });
-    answer_me(&mut app);
-    let running = app.listen("127.0.0.1:0").expect("listen");
+    let running = first_message_app().listen("127.0.0.1:0").expect("listen");
     let url = format!("ws://{}/", running.local_addr());
     let auth = |token: &str| Some(AuthRequest { event: "/auth".into(), data: json!(token) });
     for _ in 0..20 {

@@ -5,11 +5,14 @@
 //! pointing at them. Without node on the PATH it says so loudly and passes
 //! (CI has node).
 
+#[path = "common/auth_apps.rs"]
+mod auth_apps;
+
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use emitws::app::{App, BroadcastOpts, CallError, Challenge, Refusal};
+use auth_apps::{challenge_app, first_message_app};
+use emitws::app::{App, BroadcastOpts, CallError};
 use serde_json::{json, Value};
 
 fn app() -> App {
@@ -57,44 +60,6 @@ fn app() -> App {
     app
 }
 
-/// `/me` (the socket's user) and `/kick`, for the apps with auth.
-fn authenticated_app() -> App {
-    let mut app = App::new();
-    app.on("/me", |req| {
-        let user = req.user().map(str::to_string);
-        req.reply(&user);
-    });
-    app.on("/kick", |req| req.close(4000, "kicked"));
-    app
-}
-
-/// Challenge-response auth: a fresh nonce per socket; the answer is `[nonce reversed, user]`.
-fn challenge_app() -> App {
-    let mut app = authenticated_app();
-    let nonces = AtomicU64::new(1);
-    app.challenge(Challenge::new(
-        move || format!("nonce-{}", nonces.fetch_add(1, Ordering::Relaxed)),
-        |nonce, answer| {
-            let (signature, user): (String, String) = answer.data().map_err(|_| Refusal::status(401, "bad answer"))?;
-            match signature == nonce.chars().rev().collect::<String>() {
-                true => Ok(user),
-                false => Err(Refusal::status(403, "wrong signature")),
-            }
-        },
-    ));
-    app
-}
-
-/// First-message auth: `/auth` with the token `t-erin` is user `erin`.
-fn first_message_app() -> App {
-    let mut app = authenticated_app();
-    app.identify_by_message("/auth", |req| match req.data::<String>().as_deref() {
-        Ok("t-erin") => Ok("erin".into()),
-        _ => Err(Refusal::status(401, "unknown token")),
-    });
-    app
-}
-
 #[test]
 fn javascript_client_against_a_real_server() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -102,7 +67,8 @@ fn javascript_client_against_a_real_server() {
         eprintln!("\n*** node is not installed: SKIPPING the JavaScript client's server tests ***\n");
         return;
     }
-    let apps = [("EMITWS_URL", app()), ("EMITWS_CHALLENGE_URL", challenge_app()), ("EMITWS_AUTH_URL", first_message_app())];
+    let apps =
+        [("EMITWS_URL", app()), ("EMITWS_CHALLENGE_URL", challenge_app()), ("EMITWS_AUTH_URL", first_message_app())];
     let running: Vec<_> = apps.map(|(name, app)| (name, app.listen("127.0.0.1:0").expect("listen"))).into();
     let mut node = Command::new("node");
     node.args(["--experimental-websocket", "--no-warnings", "--test", "--test-timeout=30000"])
