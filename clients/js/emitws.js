@@ -274,11 +274,12 @@ export class EmitClient {
       this._failAll(this._offline);
       this._settleFirst(new EmitError('connect_failed', `cannot connect to ${this.url}: ${why}`));
       this._setStatus(Status.OFFLINE);
-      this._dispatch('@reconnect_failed', { attempts: this._attempt, reason: why });
       if (dropped > 0) {
         const message = `${dropped} queued events dropped: gave up reconnecting (${why})`;
         this._dispatch('@error', { code: 'offline', message });
       }
+      // Last: the event that says it is over.
+      this._dispatch('@reconnect_failed', { attempts: this._attempt, reason: why });
       return;
     }
     // Exponential backoff with jitter, so that a restarted server is not hit by every client at once.

@@ -712,11 +712,12 @@ impl Inner {
             let attempts = state.attempt;
             drop(state);
             self.announce(change);
-            self.dispatch("@reconnect_failed", &json!({"attempts": attempts, "reason": why}));
             if dropped > 0 {
                 let message = format!("{dropped} queued events dropped: gave up reconnecting ({why})");
                 self.dispatch("@error", &json!({"code": "offline", "message": message}));
             }
+            // Last: the event that says it is over.
+            self.dispatch("@reconnect_failed", &json!({"attempts": attempts, "reason": why}));
             return;
         }
         let doubled = self.options.reconnect_delay.saturating_mul(1 << state.attempt.min(16));

@@ -242,10 +242,10 @@ test('giving up is announced, goes offline and fails queued and new envelopes at
   assert.throws(() => client.emit('/late'), { code: 'offline' });
   await assert.rejects(client.request('/late'), { code: 'offline' });
   const names = events.map(([name, data]) => (name === '@error' ? data.code : name));
-  assert.deepEqual(names, ['@reconnecting', 'connect_failed', '@reconnecting', 'connect_failed', '@reconnect_failed', 'offline']);
+  assert.deepEqual(names, ['@reconnecting', 'connect_failed', '@reconnecting', 'connect_failed', 'offline', '@reconnect_failed']);
   assert.deepEqual(events.filter(([name]) => name === '@reconnecting').map(([, data]) => data.attempt), [1, 2]);
   assert.ok(events.every(([name, data]) => name !== '@reconnecting' || data.delay_ms >= 0));
-  assert.equal(events[4][1].attempts, 2);
+  assert.equal(events[5][1].attempts, 2);
 });
 
 test('the queue is capped by maxQueued', async () => {
