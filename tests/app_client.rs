@@ -12,12 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use emitws::client::app::{AppClient, AppError, AppOptions};
+use emitws::client::app::{AppClient, AppError, AppOptions, Status};
 use emitws::proto::{CloseCode, Message};
 use emitws::runtime::{Accept, Conn, Handler, Reject, UpgradeRequest};
 use serde_json::{json, Value};
 
 /// A scripted emitws.v1 server:
+/// - on open, `@ready` (unless `silent`: a server that never admits anyone);
 /// - request `/echo` → reply with the data; `/fail` → error `forbidden`;
 ///   `/never` → no reply; `/drop` → close the connection (1001) instead;
 ///   anything else → error `no_handler`.
@@ -28,6 +29,8 @@ use serde_json::{json, Value};
 struct Scripted {
     /// Every envelope received, in order.
     seen: Arc<Mutex<Vec<Value>>>,
+    /// Never sends `@ready`.
+    silent: bool,
 }
 
 impl Handler for Scripted {
@@ -37,6 +40,12 @@ impl Handler for Scripted {
         match request.protocols().any(|p| p == "emitws.v1") {
             true => Ok(Accept::new(()).protocol("emitws.v1")),
             false => Err(Reject::status(400)),
+        }
+    }
+
+    fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
+        if !self.silent {
+            let _ = conn.send_text(&json!([0, "@ready", {"socket": "0-1", "user": null}]).to_string());
         }
     }
 
@@ -224,5 +233,20 @@ fn connecting_gives_up_after_the_retries() {
     assert!(matches!(wrong, Err(AppError::ConnectFailed(_))), "{wrong:?}");
     let refused = AppClient::connect(&format!("ws://{}/private", server.local_addr()), once);
     assert!(refused.is_ok(), "the scripted server accepts emitws.v1 on any path");
+    server.shutdown();
+}
+
+#[test]
+fn a_server_that_never_sends_ready_fails_the_attempt_after_the_connect_timeout() {
+    let server = quick_server().start("127.0.0.1:0", Scripted { silent: true, ..Scripted::default() }).unwrap();
+    let inbox = Inbox::default();
+    let options = AppOptions { reconnect: false, connect_timeout: ms(200), ..options() };
+    let client = AppClient::new(&format!("ws://{}/", server.local_addr()), options).unwrap();
+    client.on("@disconnect", inbox.listener());
+    client.on("@reconnect_failed", inbox.listener());
+    assert!(matches!(client.open(), Err(AppError::ConnectFailed(_))));
+    assert_eq!(inbox.wait("@disconnect", 1)["code"], 4408, "the client closed it");
+    assert_eq!(inbox.wait("@reconnect_failed", 1)["attempts"], 0);
+    assert_eq!(client.status(), Status::Offline);
     server.shutdown();
 }

@@ -2,11 +2,15 @@
 //! (`app::App`) over loopback: the two halves of emitws.v1 talking to each
 //! other, the way an application uses them.
 
-use std::sync::mpsc;
+#[path = "common/auth_apps.rs"]
+mod auth_apps;
+
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use emitws::app::{App, BroadcastOpts, CallError};
-use emitws::client::app::{AppClient, AppError, AppOptions};
+use auth_apps::{challenge_app, first_message_app};
+use emitws::app::{App, BroadcastOpts, CallError, SocketId};
+use emitws::client::app::{AppClient, AppError, AppOptions, AuthRequest, PendingRequest, Status};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -51,6 +55,37 @@ fn server() -> emitws::app::Running {
         let _ = req.emit("/welcome", &true);
     });
     app.listen("127.0.0.1:0").expect("listen")
+}
+
+/// [`challenge_app`] listening on a free port.
+fn challenge_server() -> emitws::app::Running {
+    challenge_app().listen("127.0.0.1:0").expect("listen")
+}
+
+/// A client of `url` that answers the challenge as `user`, not yet opened.
+fn challenged_client(url: &str, user: &'static str, options: AppOptions) -> AppClient {
+    let client = AppClient::new(url, options).expect("a client");
+    client.register("@challenge", move |data| {
+        let nonce = data["challenge"].as_str().ok_or("no challenge")?;
+        Ok(json!([nonce.chars().rev().collect::<String>(), user]))
+    });
+    client
+}
+
+/// Records what listeners of `events` receive, in order.
+fn record(client: &AppClient, events: &[&str]) -> Arc<Mutex<Vec<(String, Value)>>> {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    for event in events {
+        let log = log.clone();
+        client.on(event, move |name, data| log.lock().unwrap().push((name.to_string(), data.clone())));
+    }
+    log
+}
+
+/// The `status` fields of the recorded `@status` events.
+fn statuses(log: &Mutex<Vec<(String, Value)>>) -> Vec<String> {
+    let log = log.lock().unwrap();
+    log.iter().filter(|(e, _)| e == "@status").map(|(_, d)| d["status"].as_str().unwrap_or("?").to_string()).collect()
 }
 
 fn options() -> AppOptions {
@@ -162,4 +197,131 @@ fn a_server_that_is_gone_gives_connect_failed() {
     running.close();
     let options = AppOptions { reconnect: false, connect_timeout: Duration::from_secs(2), ..AppOptions::default() };
     assert!(matches!(AppClient::connect(&url, options), Err(AppError::ConnectFailed(_))));
+}
+
+#[test]
+fn challenge_auth_admits_a_hundred_sequential_connections_on_the_first_try() {
+    let running = challenge_server();
+    let url = format!("ws://{}/", running.local_addr());
+    let once = AppOptions { reconnect: false, ..options() };
+    let mut refused = Vec::new();
+    for i in 0..100 {
+        let client = challenged_client(&url, "carol", once.clone());
+        let disconnects = record(&client, &["@disconnect"]);
+        match client.open() {
+            // Right after `open` returns, a request is served as carol.
+            Ok(()) => assert_eq!(client.request("/me", Value::Null, WAIT), Ok(json!("carol")), "connection {i}"),
+            Err(e) => refused.push((i, e, disconnects.lock().unwrap().clone())),
+        }
+        client.close();
+    }
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    running.close();
+}
+
+#[test]
+fn ready_carries_the_welcome_and_requests_made_before_it_wait_for_it() {
+    let running = challenge_server();
+    let url = format!("ws://{}/", running.local_addr());
+    let client = challenged_client(&url, "dan", options());
+    assert_eq!(client.status(), Status::Idle);
+    let ready = record(&client, &["@ready"]);
+    // Sent while IDLE: each waits for READY instead of being refused `unauthorized`.
+    let early = client.request_nowait("/me", Value::Null, WAIT);
+    client.emit("/nobody-listens", json!(1)).expect("queued");
+    client.open().expect("open");
+    assert_eq!(early.wait(), Ok(json!("dan")));
+    let welcome = client.welcome().expect("READY has the welcome");
+    assert_eq!(welcome["user"], "dan");
+    welcome["socket"].as_str().and_then(|s| s.parse::<SocketId>().ok()).expect("a socket id");
+    assert_eq!(ready.lock().unwrap().clone(), [("@ready".to_string(), welcome)]);
+    client.close();
+    running.close();
+}
+
+#[test]
+fn the_auth_request_goes_first_and_a_request_right_after_connect_succeeds() {
+    let running = first_message_app().listen("127.0.0.1:0").expect("listen");
+    let url = format!("ws://{}/", running.local_addr());
+    let auth = |token: &str| Some(AuthRequest { event: "/auth".into(), data: json!(token) });
+    for _ in 0..20 {
+        let client = AppClient::connect(&url, AppOptions { auth: auth("t-erin"), ..options() }).expect("connect");
+        assert_eq!(client.request("/me", Value::Null, WAIT), Ok(json!("erin")));
+        client.close();
+    }
+
+    let options = AppOptions { auth: auth("forged"), reconnect: false, ..options() };
+    let client = AppClient::new(&url, options).expect("a client");
+    let log = record(&client, &["@error", "@disconnect"]);
+    assert!(matches!(client.open(), Err(AppError::ConnectFailed(_))));
+    let log = log.lock().unwrap().clone();
+    assert_eq!(log[0].1, json!({ "code": "unauthorized", "message": "the auth request was refused: unknown token" }));
+    assert_eq!(log[1].1, json!({ "code": 4401, "reason": "unknown token" }));
+    running.close();
+}
+
+#[test]
+fn the_status_goes_through_a_reconnect_then_offline() {
+    let running = challenge_server();
+    let url = format!("ws://{}/", running.local_addr());
+    let client = challenged_client(&url, "fay", options());
+    let log = record(&client, &["@status", "@reconnecting", "@connection", "@ready", "@reconnect"]);
+    client.open().expect("open");
+    assert_eq!(client.status(), Status::Ready);
+    let (tell, told) = mpsc::channel();
+    client.on("@reconnect", move |_, _| tell.send(()).expect("test waits"));
+    assert!(matches!(client.request("/kick", Value::Null, WAIT), Err(AppError::Disconnected(_))));
+    next(&told);
+    assert_eq!(client.request("/me", Value::Null, WAIT), Ok(json!("fay")));
+    client.close();
+    assert_eq!(client.status(), Status::Offline);
+    let expected = ["connecting", "authenticating", "ready", "reconnecting", "authenticating", "ready", "offline"];
+    assert_eq!(statuses(&log), expected);
+    let log = log.lock().unwrap().clone();
+    let names: Vec<&str> = log.iter().map(|(e, _)| e.as_str()).filter(|e| *e != "@status").collect();
+    assert_eq!(names, ["@connection", "@ready", "@reconnecting", "@connection", "@ready", "@reconnect"]);
+    let reconnecting = &log.iter().find(|(e, _)| e == "@reconnecting").expect("@reconnecting").1;
+    assert_eq!(reconnecting["attempt"], 1);
+    assert!(reconnecting["delay_ms"].as_u64().is_some(), "{reconnecting}");
+    running.close();
+}
+
+#[test]
+fn giving_up_is_announced_goes_offline_and_fails_envelopes_at_once() {
+    let running = server();
+    let url = format!("ws://{}/", running.local_addr());
+    let options = AppOptions { max_retries: Some(2), ..options() };
+    let client = AppClient::new(&url, options).expect("a client");
+    let log = record(&client, &["@reconnecting", "@reconnect_failed", "@error", "@status"]);
+    // Made while RECONNECTING (from the listener, so surely before giving up):
+    // a request and an event that wait for READY.
+    let waiting: Arc<Mutex<Option<PendingRequest>>> = Arc::default();
+    let (slot, me) = (waiting.clone(), client.clone());
+    client.on("@reconnecting", move |_, data| {
+        if data["attempt"] == 1 {
+            *slot.lock().unwrap() = Some(me.request_nowait("/echo", json!("late"), WAIT));
+            me.emit("/echo", json!("late")).expect("queued while reconnecting");
+        }
+    });
+    let (tell, gave_up) = mpsc::channel();
+    client.on("@reconnect_failed", move |_, _| tell.send(()).expect("test waits"));
+    client.open().expect("open");
+    // The server goes away for good: every reconnect attempt fails.
+    running.close();
+    next(&gave_up);
+    assert_eq!(client.status(), Status::Offline);
+    let request = waiting.lock().unwrap().take().expect("the request was made");
+    assert!(matches!(request.wait(), Err(AppError::Offline(_))), "a queued request fails at once");
+    assert!(matches!(client.emit("/echo", json!(1)), Err(AppError::Offline(_))));
+    assert!(matches!(client.request("/echo", json!(1), WAIT), Err(AppError::Offline(_))));
+
+    let log = log.lock().unwrap().clone();
+    let attempts: Vec<&Value> = log.iter().filter(|(e, _)| e == "@reconnecting").map(|(_, d)| &d["attempt"]).collect();
+    assert_eq!(attempts, [1, 2]);
+    let failed = &log.iter().find(|(e, _)| e == "@reconnect_failed").expect("@reconnect_failed").1;
+    assert_eq!(failed["attempts"], 2);
+    let errors: Vec<&Value> = log.iter().filter(|(e, _)| e == "@error").map(|(_, d)| &d["code"]).collect();
+    assert_eq!(errors, ["connect_failed", "connect_failed", "offline"], "{log:?}");
+    assert_eq!(statuses(&Mutex::new(log)).last().map(String::as_str), Some("offline"));
+    client.close();
 }

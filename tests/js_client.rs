@@ -1,11 +1,17 @@
-//! The JavaScript client (clients/js) against a real emitws app: this test
-//! serves the app below on a free port and runs clients/js/test/server.test.js
-//! under `node --test` with `EMITWS_URL` pointing at it. Without node on the
-//! PATH it says so loudly and passes (CI has node).
+//! The JavaScript client (clients/js) against real emitws apps: this test
+//! serves the apps below on free ports and runs clients/js/test/server.test.js
+//! under `node --test` with `EMITWS_URL` (no auth), `EMITWS_CHALLENGE_URL`
+//! (challenge-response auth) and `EMITWS_AUTH_URL` (first-message auth)
+//! pointing at them. Without node on the PATH it says so loudly and passes
+//! (CI has node).
+
+#[path = "common/auth_apps.rs"]
+mod auth_apps;
 
 use std::process::Command;
 use std::time::Duration;
 
+use auth_apps::{challenge_app, first_message_app};
 use emitws::app::{App, BroadcastOpts, CallError};
 use serde_json::{json, Value};
 
@@ -61,15 +67,19 @@ fn javascript_client_against_a_real_server() {
         eprintln!("\n*** node is not installed: SKIPPING the JavaScript client's server tests ***\n");
         return;
     }
-    let running = app().listen("127.0.0.1:0").expect("listen");
-    let url = format!("ws://{}/", running.local_addr());
-    let output = Command::new("node")
-        .args(["--experimental-websocket", "--no-warnings", "--test", "--test-timeout=30000"])
-        .arg(format!("{root}/clients/js/test/server.test.js"))
-        .env("EMITWS_URL", &url)
-        .output()
-        .expect("run node");
-    running.close();
+    let apps =
+        [("EMITWS_URL", app()), ("EMITWS_CHALLENGE_URL", challenge_app()), ("EMITWS_AUTH_URL", first_message_app())];
+    let running: Vec<_> = apps.map(|(name, app)| (name, app.listen("127.0.0.1:0").expect("listen"))).into();
+    let mut node = Command::new("node");
+    node.args(["--experimental-websocket", "--no-warnings", "--test", "--test-timeout=30000"])
+        .arg(format!("{root}/clients/js/test/server.test.js"));
+    for (name, running) in &running {
+        node.env(name, format!("ws://{}/", running.local_addr()));
+    }
+    let output = node.output().expect("run node");
+    for (_, running) in running {
+        running.close();
+    }
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "node --test failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(report.contains("# fail 0") && !report.contains("# pass 0"), "{report}");

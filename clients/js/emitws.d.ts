@@ -8,17 +8,36 @@ export declare class EmitError extends Error {
   readonly code: string;
 }
 
+/** Where a client is; each change is an `@status` event. */
+export type Status = 'idle' | 'connecting' | 'authenticating' | 'ready' | 'reconnecting' | 'offline';
+export declare const Status: {
+  readonly IDLE: 'idle';
+  readonly CONNECTING: 'connecting';
+  readonly AUTHENTICATING: 'authenticating';
+  readonly READY: 'ready';
+  readonly RECONNECTING: 'reconnecting';
+  readonly OFFLINE: 'offline';
+};
+
 export interface ConnectOptions {
   /** Reconnect after the connection drops (default true). */
   reconnect?: boolean;
-  /** First reconnect delay in ms, doubled per attempt with jitter, at most 30 s (default 500). */
+  /** First reconnect delay in ms, doubled per attempt, jittered down by up to half (default 500). */
   reconnectDelay?: number;
-  /** Reconnect attempts before giving up (default Infinity). */
+  /** The longest reconnect delay in ms (default 30000). */
+  maxReconnectDelay?: number;
+  /** Reconnect attempts before giving up and going offline (default Infinity). */
   maxRetries?: number;
-  /** Time allowed to open a connection, in ms (default 10000). */
+  /** Time allowed for a connection attempt until the server's `@ready`, in ms (default 10000). */
   connectTimeout?: number;
   /** Default request timeout, in ms (default 10000). */
   requestTimeout?: number;
+  /** Envelopes kept while not ready (default 1000). */
+  maxQueued?: number;
+  /** First-message auth: a request sent first on every connection. */
+  auth?: { event: string; data?: unknown };
+  /** Procedures registered before connecting (such as `@challenge`). */
+  procedures?: Record<string, Procedure>;
   /** A WebSocket constructor, when there is no global one (e.g. the `ws` package). */
   WebSocket?: unknown;
 }
@@ -33,22 +52,35 @@ export type AnyListener = (event: string, data: any) => void;
 export type Procedure = (data: any) => unknown | Promise<unknown>;
 
 export declare class EmitClient {
-  /** Connects; resolves once the first connection is open. */
+  /** Connects; resolves once the first connection is ready (the server sent `@ready`). */
   static connect(url: string, options?: ConnectOptions): Promise<EmitClient>;
+  /** A client in status `idle`: nothing is sent until `open()`. */
+  constructor(url: string, options?: ConnectOptions);
+  /** Starts connecting; resolves once ready, rejects with `connect_failed` (or `closed`). */
+  open(): Promise<EmitClient>;
   readonly url: string;
-  /** Whether a connection is open now. */
+  /** Where the client is now. */
+  readonly status: Status;
+  /** The data of the current connection's `@ready`, `null` while not ready. */
+  readonly welcome: { socket: string; user: string | null; [field: string]: unknown } | null;
+  /** Whether a socket is open now (ready or still authenticating). */
   readonly connected: boolean;
+  /** Sends (or, before ready, queues) an event; throws `EmitError` `offline`, `closed` or `disconnected` (queue full). */
   emit(event: string, data?: unknown): void;
   request<T = any>(event: string, data?: unknown, options?: RequestOptions): Promise<T>;
   on(event: '@any', listener: AnyListener): this;
+  on(event: '@status', listener: (change: { status: Status; previous: Status }) => void): this;
   on(event: '@connection', listener: (info: { reconnected: boolean }) => void): this;
+  on(event: '@ready', listener: (welcome: { socket: string; user: string | null }) => void): this;
   on(event: '@disconnect', listener: (info: { code: number; reason: string }) => void): this;
+  on(event: '@reconnecting', listener: (info: { attempt: number; delay_ms: number }) => void): this;
+  on(event: '@reconnect_failed', listener: (info: { attempts: number; reason: string }) => void): this;
   on(event: '@error', listener: (error: { code: string; message: string }) => void): this;
   on(event: string, listener: Listener): this;
   off(event: string, listener?: Listener | AnyListener): this;
   register(name: string, procedure: Procedure): this;
   ns(prefix: string): Namespace;
-  /** Closes for good; pending requests fail with `disconnected`. */
+  /** Closes for good (offline); pending and later requests fail with `closed`. */
   close(code?: number, reason?: string): void;
 }
 

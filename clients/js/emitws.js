@@ -10,10 +10,27 @@ const REQUEST = 1;
 const REPLY = 2;
 const ERROR = 3;
 
-/** Upper bound of the reconnect delay, whatever the attempt count. */
-const MAX_RECONNECT_DELAY = 30_000;
-/** Envelopes kept while disconnected, waiting for the next connection. */
-const MAX_QUEUED = 1_000;
+/** Close code of an attempt given up because no `@ready` came within `connectTimeout` (PROTOCOL.md §6). */
+const CLOSE_TIMEOUT = 4408;
+
+/**
+ * The client's statuses, in the order of a first connection; each change is
+ * an `@status` event `{status, previous}`.
+ * - `idle`: made by `new EmitClient`, not opened yet;
+ * - `connecting`: the first connection attempt is under way;
+ * - `authenticating`: a socket is open, the server's `@ready` has not come;
+ * - `ready`: admitted, envelopes go out at once;
+ * - `reconnecting`: the connection was lost or an attempt failed;
+ * - `offline`: closed for good, by `close()` or after giving up.
+ */
+export const Status = Object.freeze({
+  IDLE: 'idle',
+  CONNECTING: 'connecting',
+  AUTHENTICATING: 'authenticating',
+  READY: 'ready',
+  RECONNECTING: 'reconnecting',
+  OFFLINE: 'offline',
+});
 
 /** A failed request: `code` is the machine-readable part (see PROTOCOL.md §4). */
 export class EmitError extends Error {
@@ -27,55 +44,104 @@ export class EmitError extends Error {
 const defaults = {
   reconnect: true,
   reconnectDelay: 500,
+  maxReconnectDelay: 30_000,
   maxRetries: Infinity,
   connectTimeout: 10_000,
   requestTimeout: 10_000,
+  maxQueued: 1_000,
+  auth: undefined,
+  procedures: undefined,
   WebSocket: undefined,
 };
 
 export class EmitClient {
   /**
-   * Connects and resolves once the first connection is open. Rejects if it
-   * cannot be opened (after `maxRetries` attempts when reconnecting).
+   * Connects and resolves once the first connection is READY (the server
+   * sent `@ready`). Rejects with `connect_failed` if it cannot (after
+   * `maxRetries` attempts when reconnecting).
    */
   static connect(url, options = {}) {
-    const client = new EmitClient(url, options);
-    return new Promise((resolve, reject) => {
-      client._firstOpen = { resolve: () => resolve(client), reject };
-      client._open();
-    });
+    return new EmitClient(url, options).open();
   }
 
-  /** Use `EmitClient.connect`; the constructor does not connect. */
+  /**
+   * A client in status `idle`: nothing is sent until `open()`, so procedures
+   * (`@challenge`) and listeners can be set first. Options: `reconnect`,
+   * `reconnectDelay`, `maxReconnectDelay`, `maxRetries`, `connectTimeout`
+   * (until `@ready`), `requestTimeout`, `maxQueued`, `auth` (`{event, data}`:
+   * a request sent first on every connection, for first-message auth),
+   * `procedures` (`{name: fn}`, registered at once), `WebSocket`.
+   */
   constructor(url, options = {}) {
     this.url = url;
     this.options = { ...defaults, ...options };
     this._listeners = new Map();
-    this._procedures = new Map();
+    this._procedures = new Map(Object.entries(this.options.procedures ?? {}));
     this._pending = new Map();
     this._queue = [];
     this._nextId = 1;
     this._attempt = 0;
     this._socket = null;
-    this._closedByUser = false;
+    this._status = Status.IDLE;
+    this._offline = null;
     this._timer = null;
-    this._firstOpen = null;
+    this._opening = null;
     this._everOpened = false;
+    this._everReady = false;
+    this._authId = null;
+    this._welcome = null;
   }
 
-  /** Whether a connection is open now. */
+  /**
+   * Starts connecting (from `idle`) and resolves with the client once it is
+   * READY; rejects with `connect_failed` once the retries are used up, or
+   * `closed`. Called again, it gives the same outcome.
+   */
+  open() {
+    if (!this._opening) {
+      this._opening = new Promise((resolve, reject) => {
+        this._firstReady = { resolve: () => resolve(this), reject };
+      });
+      if (this._offline) {
+        this._settleFirst(this._offline);
+      } else if (this._status === Status.IDLE) {
+        this._setStatus(Status.CONNECTING);
+        this._open();
+      }
+    }
+    return this._opening;
+  }
+
+  /** Where the client is: one of `Status`. */
+  get status() {
+    return this._status;
+  }
+
+  /** The data of the current connection's `@ready` (`{socket, user, …}`), `null` while not ready. */
+  get welcome() {
+    return this._welcome;
+  }
+
+  /** Whether a socket is open now (ready or still authenticating). */
   get connected() {
     return this._socket !== null && this._socket.readyState === 1;
   }
 
-  /** Sends an event; while reconnecting it waits in a bounded queue. */
+  /**
+   * Sends an event. Before READY it waits in a queue of at most `maxQueued`
+   * envelopes; throws `EmitError` `offline` (gave up), `closed`, or
+   * `disconnected` (queue full).
+   */
   emit(event, data) {
-    this._send(data === undefined ? [EVENT, event] : [EVENT, event, data]);
+    const refused = this._send(data === undefined ? [EVENT, event] : [EVENT, event, data]);
+    if (refused) throw refused;
   }
 
   /**
-   * Sends a request and resolves with the reply's data, or rejects with an
-   * `EmitError` (the server's error, `timeout`, or `disconnected`).
+   * Sends a request (made before READY, it waits for READY) and resolves
+   * with the reply's data, or rejects with an `EmitError`: the server's
+   * error, `timeout` (counting the wait for READY), `disconnected` (the
+   * connection dropped after it was sent), `offline`, `closed`.
    */
   request(event, data, { timeout = this.options.requestTimeout } = {}) {
     const id = this._nextId++;
@@ -84,12 +150,24 @@ export class EmitClient {
         this._pending.delete(id);
         reject(new EmitError('timeout', `no reply to ${event} within ${timeout} ms`));
       }, timeout);
-      this._pending.set(id, { resolve, reject, timer });
-      this._send(data === undefined ? [REQUEST, id, event] : [REQUEST, id, event, data]);
+      this._pending.set(id, { resolve, reject, timer, sent: false });
+      const refused = this._send(data === undefined ? [REQUEST, id, event] : [REQUEST, id, event, data], id);
+      if (refused) {
+        clearTimeout(timer);
+        this._pending.delete(id);
+        reject(refused);
+      }
     });
   }
 
-  /** Listens to an event (or a system event: `@connection`, `@disconnect`, `@reconnect`, `@error`, `@any`). */
+  /**
+   * Listens to an event, or a system event: `@status` (`{status, previous}`),
+   * `@connection` (`{reconnected}`: a socket opened), `@ready` (the server's
+   * welcome `{socket, user}`: admitted), `@reconnect` (a reconnection is
+   * READY), `@disconnect` (`{code, reason}`), `@reconnecting` (`{attempt,
+   * delay_ms}`, before each attempt), `@reconnect_failed` (`{attempts,
+   * reason}`: gave up, now offline), `@error` (`{code, message}`), `@any`.
+   */
   on(event, listener) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
     this._listeners.get(event).add(listener);
@@ -114,13 +192,17 @@ export class EmitClient {
     return new Namespace(this, prefix);
   }
 
-  /** Closes for good: no reconnect; pending requests fail with `disconnected`. */
+  /** Closes for good (offline): no reconnect; pending and later requests fail with `closed`. */
   close(code = 1000, reason = '') {
-    this._closedByUser = true;
     clearTimeout(this._timer);
-    if (this._socket) this._socket.close(code, reason);
-    this._failPending('closed by the client');
-    this._queue = [];
+    clearTimeout(this._readyTimer);
+    this._offline = new EmitError('closed', 'closed by the client');
+    this._failAll(this._offline);
+    const socket = this._socket;
+    this._socket = null;
+    socket?.close(code, reason);
+    this._settleFirst(new EmitError('closed', 'closed before it was ready'));
+    this._setStatus(Status.OFFLINE);
   }
 
   _open() {
@@ -128,36 +210,51 @@ export class EmitClient {
     if (!WebSocketImpl) {
       throw new Error('no WebSocket: use Node 22+, Node 20 with --experimental-websocket, or pass options.WebSocket');
     }
-    const socket = new WebSocketImpl(this.url, [PROTOCOL]);
+    let socket;
+    try {
+      socket = new WebSocketImpl(this.url, [PROTOCOL]);
+    } catch (error) {
+      // A malformed URL: the same as a failed attempt.
+      this._dispatch('@error', { code: 'connect_failed', message: String(error?.message ?? error) });
+      this._retry(`cannot connect to ${this.url}: ${error?.message ?? error}`);
+      return;
+    }
     this._socket = socket;
     let opened = false;
-    const timeout = setTimeout(() => socket.close(), this.options.connectTimeout);
+    // Until READY: a socket that opens but is never admitted fails the attempt too.
+    this._readyTimer = setTimeout(() => {
+      if (opened) socket.close(CLOSE_TIMEOUT, 'no @ready within the connect timeout');
+      else socket.close();
+    }, this.options.connectTimeout);
     socket.onopen = () => {
-      clearTimeout(timeout);
+      if (this._socket !== socket) return;
       opened = true;
       const reconnected = this._everOpened;
       this._everOpened = true;
-      this._attempt = 0;
-      const queued = this._queue;
-      this._queue = [];
-      for (const text of queued) socket.send(text);
-      this._dispatch('@connection', { reconnected });
-      if (reconnected) this._dispatch('@reconnect', {});
-      if (this._firstOpen) {
-        this._firstOpen.resolve();
-        this._firstOpen = null;
+      this._setStatus(Status.AUTHENTICATING);
+      const { auth } = this.options;
+      if (auth) {
+        this._authId = this._nextId++;
+        socket.send(JSON.stringify([REQUEST, this._authId, auth.event, auth.data ?? null]));
       }
+      this._dispatch('@connection', { reconnected });
     };
-    socket.onmessage = (message) => this._receive(message.data);
+    socket.onmessage = (message) => {
+      if (this._socket === socket) this._receive(message.data);
+    };
     const closed = ({ code, reason }) => {
-      clearTimeout(timeout);
+      clearTimeout(this._readyTimer);
       if (this._socket !== socket) return;
       this._socket = null;
+      this._authId = null;
+      this._welcome = null;
       if (opened) {
-        this._failPending(`connection closed (${code})`);
+        this._failSent(`connection closed (${code})`);
         this._dispatch('@disconnect', { code, reason });
+      } else {
+        this._dispatch('@error', { code: 'connect_failed', message: `cannot connect to ${this.url} (close ${code})` });
       }
-      this._retry(code);
+      this._retry(`connection closed (${code}${reason ? ` ${reason}` : ''})`);
     };
     socket.onclose = closed;
     // Browsers follow an error with a close event, which decides what happens
@@ -167,32 +264,97 @@ export class EmitClient {
     };
   }
 
-  _retry(code) {
-    const { reconnect, maxRetries, reconnectDelay } = this.options;
-    if (this._closedByUser) return;
+  /** The connection was lost or an attempt failed: schedule the next attempt, or give up and go offline. */
+  _retry(why) {
+    const { reconnect, maxRetries, reconnectDelay, maxReconnectDelay } = this.options;
+    if (this._offline) return;
     if (!reconnect || this._attempt >= maxRetries) {
-      this._queue = [];
-      if (this._firstOpen) {
-        this._firstOpen.reject(new EmitError('connect_failed', `cannot connect to ${this.url} (close ${code})`));
-        this._firstOpen = null;
+      this._offline = new EmitError('offline', `gave up reconnecting (${why})`);
+      const dropped = this._queue.filter((queued) => queued.id === undefined).length;
+      this._failAll(this._offline);
+      this._settleFirst(new EmitError('connect_failed', `cannot connect to ${this.url}: ${why}`));
+      this._setStatus(Status.OFFLINE);
+      if (dropped > 0) {
+        const message = `${dropped} queued events dropped: gave up reconnecting (${why})`;
+        this._dispatch('@error', { code: 'offline', message });
       }
+      // Last: the event that says it is over.
+      this._dispatch('@reconnect_failed', { attempts: this._attempt, reason: why });
       return;
     }
     // Exponential backoff with jitter, so that a restarted server is not hit by every client at once.
-    const delay = Math.min(reconnectDelay * 2 ** this._attempt, MAX_RECONNECT_DELAY) * (0.5 + Math.random() / 2);
+    const ceiling = Math.min(reconnectDelay * 2 ** Math.min(this._attempt, 16), maxReconnectDelay);
+    const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
     this._attempt += 1;
+    this._setStatus(Status.RECONNECTING);
+    this._dispatch('@reconnecting', { attempt: this._attempt, delay_ms: delay });
     this._timer = setTimeout(() => this._open(), delay);
   }
 
-  _send(envelope) {
-    const text = JSON.stringify(envelope);
-    if (this.connected) {
-      this._socket.send(text);
-    } else if (!this._closedByUser && this._queue.length < MAX_QUEUED) {
-      this._queue.push(text);
-    } else {
-      this._dispatch('@error', { code: 'disconnected', message: 'not connected: envelope dropped' });
+  /** The server admitted the socket: READY, the queue goes out, then the listeners run. */
+  _ready(welcome) {
+    if (this._status !== Status.AUTHENTICATING) {
+      this._dispatch('@ready', welcome);
+      return;
     }
+    clearTimeout(this._readyTimer);
+    this._attempt = 0;
+    this._welcome = welcome;
+    const reconnected = this._everReady;
+    this._everReady = true;
+    const queued = this._queue;
+    this._queue = [];
+    for (const { text, id } of queued) {
+      if (id !== undefined && !this._pending.has(id)) continue; // Its caller stopped waiting (timeout).
+      this._markSent(id);
+      this._socket.send(text);
+    }
+    this._setStatus(Status.READY);
+    this._dispatch('@ready', welcome);
+    if (reconnected) this._dispatch('@reconnect', {});
+    this._settleFirst(null);
+  }
+
+  /** A request (`id` defined) now awaits its reply on the current connection. */
+  _markSent(id) {
+    const pending = id === undefined ? undefined : this._pending.get(id);
+    if (pending) pending.sent = true;
+  }
+
+  /** Sends if READY, else queues; `id` is a request's. Returns the `EmitError` if refused. */
+  _send(envelope, id) {
+    if (this._offline) return this._offline;
+    const text = JSON.stringify(envelope);
+    if (this._status === Status.READY && this.connected) {
+      this._socket.send(text);
+      this._markSent(id);
+    } else if (this._queue.length < this.options.maxQueued) {
+      this._queue.push({ text, id });
+    } else {
+      return new EmitError('disconnected', `not ready, and the send queue (maxQueued ${this.options.maxQueued}) is full`);
+    }
+    return null;
+  }
+
+  /** A reply to the server's call, sent whatever the status (a `@challenge` answer comes before READY). */
+  _reply(envelope) {
+    if (this.connected) this._socket.send(JSON.stringify(envelope));
+  }
+
+  _setStatus(status) {
+    const previous = this._status;
+    if (previous === status) return;
+    this._status = status;
+    this._dispatch('@status', { status, previous });
+  }
+
+  /** Settles the promise of `open()`: `null` for READY, else the error. */
+  _settleFirst(error) {
+    const first = this._firstReady;
+    if (!first) return;
+    this._firstReady = null;
+    if (error) first.reject(error);
+    else first.resolve();
   }
 
   _receive(text) {
@@ -207,13 +369,22 @@ export class EmitClient {
     const [type, a, b, c] = envelope;
     switch (type) {
       case EVENT:
-        this._dispatch(a, b ?? null);
+        if (a === '@ready') this._ready(b ?? null);
+        else if (typeof a === 'string') this._dispatch(a, b ?? null);
         break;
       case REQUEST:
         this._answer(a, b, c ?? null);
         break;
       case REPLY:
       case ERROR: {
+        if (a === this._authId && a !== null) {
+          this._authId = null;
+          if (type === ERROR) {
+            const message = `the auth request was refused: ${b?.message ?? ''}`;
+            this._dispatch('@error', { code: b?.code ?? 'internal', message });
+          }
+          return;
+        }
         const pending = this._pending.get(a);
         if (!pending) return;
         this._pending.delete(a);
@@ -230,14 +401,14 @@ export class EmitClient {
   async _answer(id, name, data) {
     const procedure = this._procedures.get(name);
     if (!procedure) {
-      this._send([ERROR, id, { code: 'not_registered', message: `no procedure ${name}` }]);
+      this._reply([ERROR, id, { code: 'not_registered', message: `no procedure ${name}` }]);
       return;
     }
     try {
       const result = await procedure(data);
-      this._send([REPLY, id, result === undefined ? null : result]);
+      this._reply([REPLY, id, result === undefined ? null : result]);
     } catch (error) {
-      this._send([ERROR, id, { code: 'execution_failed', message: String(error?.message ?? error) }]);
+      this._reply([ERROR, id, { code: 'execution_failed', message: String(error?.message ?? error) }]);
     }
   }
 
@@ -250,12 +421,24 @@ export class EmitClient {
     }
   }
 
-  _failPending(why) {
+  /** Fails the requests sent on the connection that ended (queued ones keep waiting for READY). */
+  _failSent(why) {
     for (const [id, pending] of this._pending) {
+      if (!pending.sent) continue;
       clearTimeout(pending.timer);
       pending.reject(new EmitError('disconnected', why));
       this._pending.delete(id);
     }
+  }
+
+  /** Fails every request and drops the queue: the client is offline. */
+  _failAll(error) {
+    for (const pending of this._pending.values()) {
+      clearTimeout(pending.timer);
+      pending.reject(error);
+    }
+    this._pending.clear();
+    this._queue = [];
   }
 }
 

@@ -391,6 +391,18 @@ impl AppWorker {
         let app = self.app.clone();
         app.presence(Presence::Connected { id: conn.id(), user: conn.data().user() });
         self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
+        self.send_ready(conn);
+    }
+
+    /// Tells the client it is admitted and usable: `[0,"@ready",{"socket","user"}]`,
+    /// after the `@connection` handlers, unless one of them closed the socket.
+    fn send_ready(&mut self, conn: &mut Conn<'_, SocketData>) {
+        if !conn.is_open() {
+            return;
+        }
+        let socket = super::SocketId { node: self.app.node(), conn: conn.id() }.to_string();
+        let ready = serde_json::json!([0, "@ready", { "socket": socket, "user": conn.data().user() }]);
+        let _ = self.local.send_json(conn, |out| serde_json::to_writer(out, &ready));
     }
 
     fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &super::Challenge) {

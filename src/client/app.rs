@@ -5,11 +5,46 @@
 //! `[1, id, event, data]` a request (either way), `[2, id, data]` a reply,
 //! `[3, id, {"code", "message"}]` an error reply. User events start with `/`;
 //! names starting with `@` are system events, dispatched locally:
-//! `@connection` (`{"reconnected": bool}`; the first connection's fires
-//! before [`AppClient::connect`] returns, so listeners added afterwards see
-//! reconnections), `@disconnect` (`{"code", "reason"}`),
-//! `@reconnect`, `@error` (`{"code", "message"}`), and `@any`, which receives
-//! every event that has no listener of its own.
+//! - `@status` (`{"status", "previous"}`): the client moved between the
+//!   [`Status`]es IDLE → CONNECTING → AUTHENTICATING → READY, RECONNECTING
+//!   after a loss or a failed attempt, OFFLINE for good;
+//! - `@connection` (`{"reconnected": bool}`): a socket opened (the client is
+//!   AUTHENTICATING until the server's `@ready`);
+//! - `@ready` (the server's welcome, at least `{"socket", "user"}`): the
+//!   server admitted the socket (after the challenge or the
+//!   [`auth`](AppOptions::auth) request, if any); the client is READY and
+//!   sends what waited. The first one fires before [`AppClient::connect`]
+//!   (or [`AppClient::open`]) returns, so listeners added afterwards see
+//!   reconnections;
+//! - `@reconnect` (`{}`): a reconnection became READY;
+//! - `@disconnect` (`{"code", "reason"}`): an open socket closed;
+//! - `@reconnecting` (`{"attempt", "delay_ms"}`): before each reconnect
+//!   attempt, with its number (from 1) and the delay before it;
+//! - `@reconnect_failed` (`{"attempts", "reason"}`): the client gave up (no
+//!   reconnect, or `max_retries` used up) and is OFFLINE: queued and new
+//!   envelopes fail at once with [`AppError::Offline`];
+//! - `@error` (`{"code", "message"}`): a failed connection attempt
+//!   (`connect_failed`), a refused auth request, queued events dropped
+//!   (`offline`), invalid JSON from the server;
+//! - `@any` receives every event that has no listener of its own.
+//!
+//! [`emit`](AppClient::emit) and [`request`](AppClient::request) made before
+//! READY (while connecting, authenticating or reconnecting) wait in a
+//! bounded queue and go out once READY, a request for at most its timeout.
+//! Procedures (such as the `@challenge` of challenge-response auth) and
+//! listeners can be set before connecting, with [`AppClient::new`], then
+//! [`AppClient::open`]:
+//!
+//! ```no_run
+//! use emitws::client::app::{AppClient, AppOptions};
+//! use serde_json::json;
+//!
+//! let client = AppClient::new("ws://127.0.0.1:9001/", AppOptions::default())?;
+//! client.register("@challenge", |data| Ok(json!(["signature of", data["challenge"]])));
+//! client.on("@status", |_, change| println!("now {}", change["status"]));
+//! client.open()?; // READY: the challenge was answered
+//! # Ok::<(), emitws::client::app::AppError>(())
+//! ```
 //!
 //! The connection runs on one event-loop thread of the engine's runtime
 //! ([`Server::start_dialer`]), so sends from any thread never wait for the
@@ -45,8 +80,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{mask_rng, ClientBuilder, ClientError};
+use crate::app::CLOSE_TIMEOUT;
 use crate::proto::{CloseCode, MaskRng, Message};
-use crate::runtime::{Conn, ConnId, Handler, RunningServer, Server, ServerHandle};
+use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle};
 
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
@@ -72,8 +108,13 @@ pub struct AppOptions {
     pub max_retries: Option<u32>,
     /// Time for each connection attempt: DNS, connect, TLS, upgrade (default 10 s).
     pub connect_timeout: Duration,
-    /// Envelopes kept while disconnected, sent once connected again (default 1,000).
+    /// Envelopes kept while not READY, sent once READY (default 1,000).
     pub max_queued: usize,
+    /// A request sent first on every connection, for servers that identify
+    /// users by their first message (`App::identify_by_message`); the
+    /// server's `@ready` follows its success (default none). An error reply
+    /// is reported as `@error` and the server closes the socket.
+    pub auth: Option<AuthRequest>,
     /// Headers, origin, TLS roots, limits and permessage-deflate for the
     /// WebSocket connection (its subprotocol is set to [`PROTOCOL`], its
     /// timeout to `connect_timeout`). Compression pays for the large or
@@ -100,8 +141,55 @@ impl Default for AppOptions {
             max_retries: None,
             connect_timeout: Duration::from_secs(10),
             max_queued: 1_000,
+            auth: None,
             client: ClientBuilder::new(),
         }
+    }
+}
+
+/// The first-message auth request of [`AppOptions::auth`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthRequest {
+    /// The server's auth event (`/auth`, …).
+    pub event: String,
+    /// Its data: the credentials.
+    pub data: Value,
+}
+
+/// Where an event client is in its life; each change is a `@status` event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Made by [`AppClient::new`], not opened yet.
+    Idle,
+    /// The first connection attempt is under way.
+    Connecting,
+    /// A socket is open; the server has not sent `@ready` yet.
+    Authenticating,
+    /// Admitted: envelopes go out at once.
+    Ready,
+    /// The connection was lost or an attempt failed: waiting for the next attempt, or making it.
+    Reconnecting,
+    /// Closed for good, by [`AppClient::close`] or after giving up.
+    Offline,
+}
+
+impl Status {
+    /// The name in `@status` events: `idle`, `connecting`, `authenticating`, `ready`, `reconnecting`, `offline`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Idle => "idle",
+            Status::Connecting => "connecting",
+            Status::Authenticating => "authenticating",
+            Status::Ready => "ready",
+            Status::Reconnecting => "reconnecting",
+            Status::Offline => "offline",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -123,6 +211,8 @@ pub enum AppError {
     Disconnected(String),
     /// The client was closed.
     Closed,
+    /// The client gave up reconnecting (the last failure says why): it is OFFLINE for good.
+    Offline(String),
     /// No connection could be opened (after the configured retries).
     ConnectFailed(String),
     /// A blocking request from a listener or procedure, which run on the
@@ -146,6 +236,7 @@ impl AppError {
             AppError::Timeout => "timeout",
             AppError::Disconnected(_) => "disconnected",
             AppError::Closed => "closed",
+            AppError::Offline(_) => "offline",
             AppError::ConnectFailed(_) => "connect_failed",
             AppError::WouldBlock => "would_block",
             AppError::BadName(_) => "bad_request",
@@ -160,6 +251,7 @@ impl fmt::Display for AppError {
             AppError::Timeout => f.write_str("no reply within the timeout"),
             AppError::Disconnected(why) => write!(f, "disconnected: {why}"),
             AppError::Closed => f.write_str("the client is closed"),
+            AppError::Offline(why) => write!(f, "offline: gave up reconnecting ({why})"),
             AppError::ConnectFailed(why) => write!(f, "cannot connect: {why}"),
             AppError::WouldBlock => f.write_str("a blocking request on the client's I/O thread would never complete"),
             AppError::BadName(name) => write!(f, "{name:?}: system events (@…) are not sent"),
@@ -172,6 +264,20 @@ impl std::error::Error for AppError {}
 type Listener = Arc<dyn Fn(&str, &Value) + Send + Sync>;
 type Procedure = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
 type ReplySender = SyncSender<Result<Value, AppError>>;
+
+/// A request waiting for its reply.
+struct Pending {
+    sender: ReplySender,
+    /// Sent on the current connection (else still queued, waiting for READY).
+    sent: bool,
+}
+
+/// An envelope waiting for READY.
+struct Queued {
+    text: String,
+    /// The id if it is a request: it is not sent once its caller stopped waiting.
+    request: Option<u64>,
+}
 
 /// Identifies a listener, for [`AppClient::off`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -186,7 +292,7 @@ pub struct AppClient {
 
 impl fmt::Debug for AppClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppClient").field("url", &self.inner.url).field("connected", &self.connected()).finish()
+        f.debug_struct("AppClient").field("url", &self.inner.url).field("status", &self.status()).finish()
     }
 }
 
@@ -198,31 +304,81 @@ struct Inner {
     dialer: ServerHandle,
     running: Mutex<Option<RunningServer>>,
     state: Mutex<State>,
-    /// Signalled when the first connection opens or the client gives up.
+    /// Signalled when the first connection is READY or the client gives up.
     settled: Condvar,
     listeners: RwLock<Vec<(ListenerId, String, Listener)>>,
     procedures: RwLock<HashMap<String, Procedure>>,
     next_listener: AtomicU64,
+    next_id: AtomicU64,
 }
 
 struct State {
+    status: Status,
     conn: Option<ConnId>,
-    pending: HashMap<u64, ReplySender>,
-    next_id: u64,
-    queue: Vec<String>,
-    closed: bool,
+    pending: HashMap<u64, Pending>,
+    queue: Vec<Queued>,
+    /// Why sends fail once OFFLINE: [`AppError::Closed`] or [`AppError::Offline`].
+    gone: Option<AppError>,
     attempt: u32,
     ever_opened: bool,
+    ever_ready: bool,
+    /// The auth request on the current connection.
+    auth_id: Option<u64>,
+    /// While AUTHENTICATING: when the attempt is given up if no `@ready` came.
+    ready_deadline: Option<Instant>,
+    /// The data of the current connection's `@ready`.
+    welcome: Option<Value>,
     /// The outcome of the first connection, once known.
     first: Option<Result<(), AppError>>,
     io_thread: Option<ThreadId>,
     jitter: MaskRng,
 }
 
+impl State {
+    /// Moves to `to`; returns the `@status` event to dispatch once the lock is released.
+    fn set_status(&mut self, to: Status) -> Option<Value> {
+        let from = std::mem::replace(&mut self.status, to);
+        (from != to).then(|| json!({"status": to.as_str(), "previous": from.as_str()}))
+    }
+
+    /// Fails the requests sent on the connection that ended (queued ones keep waiting).
+    fn fail_sent(&mut self, error: &AppError) {
+        self.pending.retain(|_, pending| {
+            if pending.sent {
+                let _ = pending.sender.send(Err(error.clone()));
+            }
+            !pending.sent
+        });
+    }
+
+    /// Fails every request and drops the queue: the client is OFFLINE. Returns how many events were dropped.
+    fn fail_all(&mut self, error: &AppError) -> usize {
+        for (_, pending) in self.pending.drain() {
+            let _ = pending.sender.send(Err(error.clone()));
+        }
+        let events = self.queue.iter().filter(|queued| queued.request.is_none()).count();
+        self.queue.clear();
+        events
+    }
+}
+
 impl AppClient {
-    /// Connects to `url` and returns once the first connection is open, or
-    /// with [`AppError::ConnectFailed`] once the retries are used up.
+    /// Connects to `url` and returns once the first connection is READY
+    /// (the server sent `@ready`), or with [`AppError::ConnectFailed`] once
+    /// the retries are used up. [`new`](Self::new) then
+    /// [`open`](Self::open) does the same with procedures and listeners set
+    /// before connecting.
     pub fn connect(url: &str, options: AppOptions) -> Result<AppClient, AppError> {
+        let client = AppClient::new(url, options)?;
+        client.open()?;
+        Ok(client)
+    }
+
+    /// A client for `url` in status IDLE: nothing is sent until
+    /// [`open`](Self::open), so that procedures (`@challenge`) and listeners
+    /// are in place for the first connection. Fails only if the client's
+    /// I/O thread cannot start.
+    pub fn new(url: &str, options: AppOptions) -> Result<AppClient, AppError> {
         let client = options.client.clone().timeout(options.connect_timeout).protocol(PROTOCOL);
         let failed = |e: &dyn fmt::Display| AppError::ConnectFailed(e.to_string());
         let jitter = mask_rng().map_err(|e| failed(&e))?;
@@ -237,13 +393,17 @@ impl AppClient {
             dialer: running.handle(),
             running: Mutex::new(Some(running)),
             state: Mutex::new(State {
+                status: Status::Idle,
                 conn: None,
                 pending: HashMap::new(),
-                next_id: 1,
                 queue: Vec::new(),
-                closed: false,
+                gone: None,
                 attempt: 0,
                 ever_opened: false,
+                ever_ready: false,
+                auth_id: None,
+                ready_deadline: None,
+                welcome: None,
                 first: None,
                 io_thread: None,
                 jitter,
@@ -252,32 +412,66 @@ impl AppClient {
             listeners: RwLock::new(Vec::new()),
             procedures: RwLock::new(HashMap::new()),
             next_listener: AtomicU64::new(1),
+            next_id: AtomicU64::new(1),
         });
         let _ = link.inner.set(Arc::downgrade(&inner));
-        inner.dial();
+        Ok(AppClient { inner })
+    }
+
+    /// Starts connecting a client made by [`new`](Self::new) and waits until
+    /// it is READY, or fails with [`AppError::ConnectFailed`] once the
+    /// retries are used up ([`AppError::Closed`] if it was closed). Called
+    /// again, it waits for the same outcome.
+    pub fn open(&self) -> Result<(), AppError> {
+        let inner = &self.inner;
+        if inner.on_io_thread() {
+            return Err(AppError::WouldBlock);
+        }
+        let started = {
+            let mut state = lock(&inner.state);
+            match state.status {
+                Status::Idle => state.set_status(Status::Connecting),
+                _ => None,
+            }
+        };
+        if let Some(change) = started {
+            inner.dispatch("@status", &change);
+            inner.dial();
+        }
         let mut state = lock(&inner.state);
         while state.first.is_none() {
             state = inner.settled.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        let first = state.first.clone().expect("checked above");
-        drop(state);
-        first.map(|()| AppClient { inner })
+        state.first.clone().expect("checked above")
     }
 
-    /// Whether a connection is open now.
+    /// Where the client is now (each change is also a `@status` event).
+    pub fn status(&self) -> Status {
+        lock(&self.inner.state).status
+    }
+
+    /// The data of the current connection's `@ready` (the server's welcome:
+    /// `{"socket", "user", …}`), `None` while not READY.
+    pub fn welcome(&self) -> Option<Value> {
+        lock(&self.inner.state).welcome.clone()
+    }
+
+    /// Whether a socket is open now (READY or still AUTHENTICATING).
     pub fn connected(&self) -> bool {
         lock(&self.inner.state).conn.is_some()
     }
 
-    /// Sends an event. While reconnecting it waits in a bounded queue.
+    /// Sends an event. Before READY it waits in a bounded queue; OFFLINE it
+    /// fails at once.
     pub fn emit(&self, event: &str, data: Value) -> Result<(), AppError> {
         check_name(event)?;
-        self.inner.send(json!([EVENT, event, data]).to_string())
+        self.inner.send(json!([EVENT, event, data]).to_string(), None)
     }
 
     /// Sends a request and waits for the reply's data, or for an error: the
-    /// other side's error reply, [`AppError::Timeout`], or
-    /// [`AppError::Disconnected`] if the connection drops first.
+    /// other side's error reply, [`AppError::Timeout`] (the timeout counts
+    /// the wait for READY), [`AppError::Disconnected`] if the connection
+    /// drops after it was sent, [`AppError::Offline`] if the client gives up.
     pub fn request(&self, event: &str, data: Value, timeout: Duration) -> Result<Value, AppError> {
         self.request_nowait(event, data, timeout).wait()
     }
@@ -292,15 +486,8 @@ impl AppClient {
             let _ = sender.send(Err(e));
             return pending(0);
         }
-        let id = {
-            let mut state = lock(&self.inner.state);
-            let id = state.next_id;
-            state.next_id += 1;
-            state.pending.insert(id, sender.clone());
-            id
-        };
-        if let Err(e) = self.inner.send(json!([REQUEST, id, event, data]).to_string()) {
-            lock(&self.inner.state).pending.remove(&id);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.inner.send(json!([REQUEST, id, event, data]).to_string(), Some((id, sender.clone()))) {
             let _ = sender.send(Err(e));
         }
         pending(id)
@@ -327,7 +514,9 @@ impl AppClient {
 
     /// Answers the server's requests (RPC) for `name`: `Ok` is the reply,
     /// `Err(message)` an `execution_failed` error reply. Requests for names
-    /// without a procedure get `not_registered`.
+    /// without a procedure get `not_registered`. Procedures answer in every
+    /// status: register `@challenge` before [`open`](Self::open) for
+    /// challenge-response auth.
     pub fn register(&self, name: &str, procedure: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static) {
         write(&self.inner.procedures).insert(name.to_string(), Arc::new(procedure));
     }
@@ -342,7 +531,7 @@ impl AppClient {
         Namespace { client: self.clone(), prefix: prefix.to_string() }
     }
 
-    /// Closes for good: no reconnect; pending requests fail with
+    /// Closes for good (OFFLINE): no reconnect; pending requests fail with
     /// [`AppError::Closed`]; later calls fail the same way.
     pub fn close(&self) {
         self.inner.close();
@@ -454,20 +643,25 @@ impl Inner {
         }
     }
 
-    fn send(&self, text: String) -> Result<(), AppError> {
+    /// Sends an envelope if READY, else queues it; `reply` waits for a request's reply.
+    fn send(&self, text: String, reply: Option<(u64, ReplySender)>) -> Result<(), AppError> {
         let mut state = lock(&self.state);
-        if state.closed {
-            return Err(AppError::Closed);
+        if let Some(gone) = &state.gone {
+            return Err(gone.clone());
         }
-        match state.conn {
-            Some(id) if self.dialer.send_text(id, &text) => Ok(()),
-            Some(_) => Err(AppError::Closed),
-            None if state.queue.len() < self.options.max_queued => {
-                state.queue.push(text);
-                Ok(())
+        let sent = match (state.status, state.conn) {
+            (Status::Ready, Some(id)) if self.dialer.send_text(id, &text) => true,
+            (Status::Ready, Some(_)) => return Err(AppError::Closed),
+            _ if state.queue.len() < self.options.max_queued => {
+                state.queue.push(Queued { text, request: reply.as_ref().map(|(id, _)| *id) });
+                false
             }
-            None => Err(AppError::Disconnected("not connected, and the send queue is full".into())),
+            _ => return Err(AppError::Disconnected("not ready, and the send queue (max_queued) is full".into())),
+        };
+        if let Some((id, sender)) = reply {
+            state.pending.insert(id, Pending { sender, sent });
         }
+        Ok(())
     }
 
     fn on_io_thread(&self) -> bool {
@@ -494,28 +688,36 @@ impl Inner {
         }
     }
 
-    fn fail_pending(state: &mut State, error: &AppError) {
-        for (_, sender) in state.pending.drain() {
-            let _ = sender.send(Err(error.clone()));
-        }
-    }
-
     /// A connection attempt failed: retry after a backoff, or give up.
     fn attempt_failed(&self, error: &ClientError) {
         self.dispatch("@error", &json!({"code": "connect_failed", "message": error.to_string()}));
         self.retry(error.to_string());
     }
 
+    /// The connection was lost or an attempt failed: announce and schedule
+    /// the next attempt after a backoff, or give up and go OFFLINE.
     fn retry(&self, why: String) {
         let mut state = lock(&self.state);
-        if state.closed {
+        if state.gone.is_some() {
             return;
         }
         let give_up = !self.options.reconnect || self.options.max_retries.is_some_and(|max| state.attempt >= max);
         if give_up {
-            state.queue.clear();
-            state.first.get_or_insert(Err(AppError::ConnectFailed(why)));
+            let error = AppError::Offline(why.clone());
+            state.gone = Some(error.clone());
+            let change = state.set_status(Status::Offline);
+            let dropped = state.fail_all(&error);
+            state.first.get_or_insert(Err(AppError::ConnectFailed(why.clone())));
             self.settled.notify_all();
+            let attempts = state.attempt;
+            drop(state);
+            self.announce(change);
+            if dropped > 0 {
+                let message = format!("{dropped} queued events dropped: gave up reconnecting ({why})");
+                self.dispatch("@error", &json!({"code": "offline", "message": message}));
+            }
+            // Last: the event that says it is over.
+            self.dispatch("@reconnect_failed", &json!({"attempts": attempts, "reason": why}));
             return;
         }
         let doubled = self.options.reconnect_delay.saturating_mul(1 << state.attempt.min(16));
@@ -523,36 +725,81 @@ impl Inner {
         let jitter = 0.5 + (state.jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
         let delay = ceiling.mul_f64(jitter);
         state.attempt += 1;
+        let attempt = state.attempt;
+        let change = state.set_status(Status::Reconnecting);
         drop(state);
+        self.announce(change);
+        self.dispatch("@reconnecting", &json!({"attempt": attempt, "delay_ms": delay.as_millis() as u64}));
         let me = self.me.clone();
         thread::spawn(move || {
             thread::sleep(delay);
             if let Some(inner) = me.upgrade() {
-                if !lock(&inner.state).closed {
+                if lock(&inner.state).gone.is_none() {
                     inner.dial();
                 }
             }
         });
     }
 
+    /// Dispatches a `@status` change, if there was one.
+    fn announce(&self, change: Option<Value>) {
+        if let Some(change) = change {
+            self.dispatch("@status", &change);
+        }
+    }
+
+    /// The server admitted the socket: READY, the queue goes out, then the listeners run.
+    fn ready(&self, conn: &mut Conn<'_, ()>, welcome: &Value) {
+        let mut state = lock(&self.state);
+        if state.status != Status::Authenticating {
+            drop(state);
+            return self.dispatch("@ready", welcome);
+        }
+        state.ready_deadline = None;
+        state.attempt = 0;
+        state.welcome = Some(welcome.clone());
+        let change = state.set_status(Status::Ready);
+        let reconnected = std::mem::replace(&mut state.ever_ready, true);
+        let State { queue, pending, .. } = &mut *state;
+        for queued in queue.drain(..) {
+            let waiting = queued.request.map(|id| pending.get_mut(&id));
+            match waiting {
+                // The caller stopped waiting (timeout): the request is not sent.
+                Some(None) => continue,
+                Some(Some(request)) => request.sent = true,
+                None => {}
+            }
+            let _ = conn.send_text(&queued.text);
+        }
+        drop(state);
+        self.announce(change);
+        self.dispatch("@ready", welcome);
+        if reconnected {
+            self.dispatch("@reconnect", &json!({}));
+        }
+        // Only now may `open` return: a listener added after it must not
+        // see the first connection's events some of the time.
+        lock(&self.state).first.get_or_insert(Ok(()));
+        self.settled.notify_all();
+    }
+
     fn close(&self) {
         let mut state = lock(&self.state);
-        if !state.closed {
-            state.closed = true;
-            if let Some(id) = state.conn.take() {
-                self.dialer.close(id, CloseCode::NORMAL, "");
-            }
-            Inner::fail_pending(&mut state, &AppError::Closed);
-            state.queue.clear();
-            state.first.get_or_insert(Err(AppError::Closed));
-            self.settled.notify_all();
+        let change = state.set_status(Status::Offline);
+        state.gone = Some(AppError::Closed);
+        if let Some(id) = state.conn.take() {
+            self.dialer.close(id, CloseCode::NORMAL, "");
         }
+        state.fail_all(&AppError::Closed);
+        state.first.get_or_insert(Err(AppError::Closed));
+        self.settled.notify_all();
+        let on_io_thread = state.io_thread == Some(thread::current().id());
+        drop(state);
+        self.announce(change);
         // Listeners and procedures may hold clones of the client: dropping
         // them here lets the client go.
         write(&self.listeners).clear();
         write(&self.procedures).clear();
-        let on_io_thread = state.io_thread == Some(thread::current().id());
-        drop(state);
         let running = lock(&self.running).take();
         if let Some(running) = running {
             if on_io_thread {
@@ -588,29 +835,27 @@ impl Link {
 impl Handler for Link {
     type Data = ();
 
+    /// A socket opened: AUTHENTICATING until the server's `@ready`, with the auth request (if any) sent first.
     fn on_open(&mut self, conn: &mut Conn<'_, ()>) {
         let Some(inner) = self.inner() else { return };
         let mut state = lock(&inner.state);
-        if state.closed {
+        if state.gone.is_some() {
             conn.close(CloseCode::NORMAL, "");
             return;
         }
         state.conn = Some(conn.id());
-        state.attempt = 0;
         state.io_thread = Some(thread::current().id());
+        state.ready_deadline = Some(Instant::now() + inner.options.connect_timeout);
         let reconnected = std::mem::replace(&mut state.ever_opened, true);
-        for text in state.queue.drain(..) {
-            let _ = conn.send_text(&text);
+        let change = state.set_status(Status::Authenticating);
+        if let Some(auth) = &inner.options.auth {
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            state.auth_id = Some(id);
+            let _ = conn.send_text(&json!([REQUEST, id, auth.event, auth.data]).to_string());
         }
         drop(state);
+        inner.announce(change);
         inner.dispatch("@connection", &json!({"reconnected": reconnected}));
-        if reconnected {
-            inner.dispatch("@reconnect", &json!({}));
-        }
-        // Only now may `connect` return: a listener added after it must not
-        // see the first connection's event some of the time.
-        lock(&inner.state).first.get_or_insert(Ok(()));
-        inner.settled.notify_all();
     }
 
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, message: Message<'_>) {
@@ -626,11 +871,11 @@ impl Handler for Link {
         let Some(parts) = envelope.as_array() else { return };
         let part = |i: usize| parts.get(i).unwrap_or(&Value::Null);
         match part(0).as_u64() {
-            Some(EVENT) => {
-                if let Some(event) = part(1).as_str() {
-                    inner.dispatch(event, part(2));
-                }
-            }
+            Some(EVENT) => match part(1).as_str() {
+                Some("@ready") => inner.ready(conn, part(2)),
+                Some(event) => inner.dispatch(event, part(2)),
+                None => {}
+            },
             Some(REQUEST) => {
                 let (Some(id), Some(name)) = (part(1).as_u64(), part(2).as_str()) else { return };
                 let procedure = read(&inner.procedures).get(name).cloned();
@@ -645,15 +890,25 @@ impl Handler for Link {
             }
             Some(kind @ (REPLY | ERROR)) => {
                 let Some(id) = part(1).as_u64() else { return };
-                let Some(sender) = lock(&inner.state).pending.remove(&id) else { return };
+                let code = part(2)["code"].as_str().unwrap_or("internal");
+                let message = part(2)["message"].as_str().unwrap_or_default();
+                let mut state = lock(&inner.state);
+                if state.auth_id == Some(id) {
+                    state.auth_id = None;
+                    drop(state);
+                    if kind == ERROR {
+                        let message = format!("the auth request was refused: {message}");
+                        inner.dispatch("@error", &json!({"code": code, "message": message}));
+                    }
+                    return;
+                }
+                let Some(pending) = state.pending.remove(&id) else { return };
+                drop(state);
                 let result = match kind {
                     REPLY => Ok(part(2).clone()),
-                    _ => Err(AppError::Remote {
-                        code: part(2)["code"].as_str().unwrap_or("internal").to_string(),
-                        message: part(2)["message"].as_str().unwrap_or_default().to_string(),
-                    }),
+                    _ => Err(AppError::Remote { code: code.to_string(), message: message.to_string() }),
                 };
-                let _ = sender.send(result);
+                let _ = pending.sender.send(result);
             }
             // Envelope types from later versions are ignored.
             _ => {}
@@ -665,7 +920,10 @@ impl Handler for Link {
         {
             let mut state = lock(&inner.state);
             state.conn = None;
-            Inner::fail_pending(&mut state, &AppError::Disconnected(format!("connection closed ({code} {reason})")));
+            state.auth_id = None;
+            state.ready_deadline = None;
+            state.welcome = None;
+            state.fail_sent(&AppError::Disconnected(format!("connection closed ({code} {reason})")));
         }
         inner.dispatch("@disconnect", &json!({"code": code.0, "reason": reason}));
         inner.retry(format!("connection closed ({code} {reason})"));
@@ -674,6 +932,24 @@ impl Handler for Link {
     fn on_connect_error(&mut self, _: (), error: ClientError) {
         let Some(inner) = self.inner() else { return };
         inner.attempt_failed(&error);
+    }
+
+    /// Gives up on a socket that stays AUTHENTICATING past the connect timeout.
+    fn on_turn(&mut self, conns: &mut Conns<'_, ()>) -> Option<Duration> {
+        let inner = self.inner()?;
+        let mut state = lock(&inner.state);
+        let deadline = state.ready_deadline?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            return Some(left);
+        }
+        state.ready_deadline = None;
+        let id = state.conn?;
+        drop(state);
+        if let Some(mut conn) = conns.get(id) {
+            conn.close(CLOSE_TIMEOUT, "no @ready within the connect timeout");
+        }
+        None
     }
 }
 

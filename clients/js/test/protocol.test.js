@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EmitClient, EmitError } from '../emitws.js';
 
-/** A WebSocket stand-in: records what is sent and lets the test play the server. */
+/** A WebSocket stand-in: records what is sent and lets the test play the server, which admits every socket at once. */
 class ScriptedSocket {
   static instances = [];
   constructor(url, protocols) {
@@ -19,6 +19,7 @@ class ScriptedSocket {
   open() {
     this.readyState = 1;
     this.onopen?.();
+    this.serverSends([0, '@ready', { socket: '0-1', user: null }]);
   }
   send(text) {
     this.sent.push(JSON.parse(text));
@@ -125,6 +126,7 @@ test('a dropped connection fails pending requests, queues new envelopes and reco
     ['@connection', { reconnected: true }],
     ['@reconnect', {}],
   ]);
+  assert.equal(client.status, 'ready');
   client.close();
 });
 
@@ -144,4 +146,114 @@ test('close stops reconnecting; a first connection that fails rejects connect', 
     EmitClient.connect('ws://test/', { WebSocket: Refused, reconnectDelay: 1, maxRetries: 2 }),
     (e) => e.code === 'connect_failed',
   );
+});
+
+test('status goes idle, connecting, authenticating, ready; envelopes wait for ready', async () => {
+  class Unready extends ScriptedSocket {
+    open() {
+      this.readyState = 1;
+      this.onopen?.();
+    }
+  }
+  const client = new EmitClient('ws://test/', { WebSocket: Unready, reconnectDelay: 1, auth: { event: '/auth', data: 't' } });
+  const statuses = [];
+  client.on('@status', ({ status, previous }) => statuses.push([previous, status]));
+  assert.equal(client.status, 'idle');
+  client.emit('/early', 1);
+  const early = client.request('/sum', [1, 2]);
+  const opened = client.open();
+  await tick();
+  assert.equal(client.status, 'authenticating');
+  // Only the auth request went out; the rest waits for @ready.
+  assert.deepEqual(last().sent, [[1, 2, '/auth', 't']]);
+  last().serverSends([2, 2, { user: 'ann' }]);
+  last().serverSends([0, '@ready', { socket: '0-9', user: 'ann' }]);
+  assert.equal(await opened, client);
+  assert.equal(client.status, 'ready');
+  assert.deepEqual(client.welcome, { socket: '0-9', user: 'ann' });
+  assert.deepEqual(last().sent.slice(1), [[0, '/early', 1], [1, 1, '/sum', [1, 2]]]);
+  last().serverSends([2, 1, 3]);
+  assert.equal(await early, 3);
+  assert.deepEqual(statuses, [['idle', 'connecting'], ['connecting', 'authenticating'], ['authenticating', 'ready']]);
+  client.close();
+  assert.equal(client.status, 'offline');
+  assert.throws(() => client.emit('/late'), (e) => e instanceof EmitError && e.code === 'closed');
+  await assert.rejects(client.request('/late'), { code: 'closed' });
+});
+
+test('procedures given as options answer a challenge before ready', async () => {
+  class Challenging extends ScriptedSocket {
+    open() {
+      this.readyState = 1;
+      this.onopen?.();
+      this.serverSends([1, 1, '@challenge', { challenge: 'abc' }]);
+    }
+  }
+  const procedures = { '@challenge': ({ challenge }) => [...challenge].reverse().join('') };
+  const opened = EmitClient.connect('ws://test/', { WebSocket: Challenging, procedures });
+  await tick();
+  assert.deepEqual(last().sent, [[2, 1, 'cba']]);
+  last().serverSends([0, '@ready', { socket: '0-2', user: 'cba' }]);
+  const client = await opened;
+  assert.equal(client.status, 'ready');
+  client.close();
+});
+
+test('a socket never admitted fails the attempt after connectTimeout', async () => {
+  class Unready extends ScriptedSocket {
+    open() {
+      this.readyState = 1;
+      this.onopen?.();
+    }
+  }
+  const client = new EmitClient('ws://test/', { WebSocket: Unready, reconnect: false, connectTimeout: 20 });
+  const closes = [];
+  client.on('@disconnect', (info) => closes.push(info));
+  await assert.rejects(client.open(), { code: 'connect_failed' });
+  assert.deepEqual(closes, [{ code: 4408, reason: 'no @ready within the connect timeout' }]);
+  assert.equal(client.status, 'offline');
+});
+
+test('giving up is announced, goes offline and fails queued and new envelopes at once', async () => {
+  class Refused extends ScriptedSocket {
+    open() {
+      this.close(1006);
+    }
+  }
+  let socketClass = ScriptedSocket;
+  const client = await EmitClient.connect('ws://test/', {
+    WebSocket: class extends ScriptedSocket {
+      constructor(url, protocols) {
+        super(url, protocols);
+        if (socketClass === Refused) this.open = Refused.prototype.open;
+      }
+    },
+    reconnectDelay: 1,
+    maxRetries: 2,
+  });
+  const events = [];
+  for (const name of ['@reconnecting', '@reconnect_failed', '@error']) client.on(name, (data) => events.push([name, data]));
+  socketClass = Refused;
+  last().close(1006);
+  client.emit('/queued', 1);
+  const queued = client.request('/queued');
+  await assert.rejects(queued, (e) => e.code === 'offline');
+  assert.equal(client.status, 'offline');
+  assert.throws(() => client.emit('/late'), { code: 'offline' });
+  await assert.rejects(client.request('/late'), { code: 'offline' });
+  const names = events.map(([name, data]) => (name === '@error' ? data.code : name));
+  assert.deepEqual(names, ['@reconnecting', 'connect_failed', '@reconnecting', 'connect_failed', 'offline', '@reconnect_failed']);
+  assert.deepEqual(events.filter(([name]) => name === '@reconnecting').map(([, data]) => data.attempt), [1, 2]);
+  assert.ok(events.every(([name, data]) => name !== '@reconnecting' || data.delay_ms >= 0));
+  assert.equal(events[5][1].attempts, 2);
+});
+
+test('the queue is capped by maxQueued', async () => {
+  const client = new EmitClient('ws://test/', { WebSocket: ScriptedSocket, maxQueued: 2 });
+  client.emit('/a');
+  client.emit('/b');
+  assert.throws(() => client.emit('/c'), { code: 'disconnected' });
+  await client.open();
+  assert.deepEqual(last().sent, [[0, '/a'], [0, '/b']]);
+  client.close();
 });

@@ -1,12 +1,17 @@
-// The client against a real emitws server. tests/js_client.rs starts the
-// server (its app defines /echo, /fail, /later, /room/*, /ask and /kick) and
-// runs this file with EMITWS_URL set; without it these tests are skipped.
+// The client against real emitws servers. tests/js_client.rs starts them and
+// runs this file with EMITWS_URL (an app without auth that defines /echo,
+// /fail, /later, /room/*, /ask and /kick), EMITWS_CHALLENGE_URL (challenge
+// auth: the answer is [nonce reversed, user]) and EMITWS_AUTH_URL
+// (first-message auth: /auth with 't-erin') set, the last two with /me and
+// /kick; without them these tests are skipped.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EmitClient, EmitError } from '../emitws.js';
 
 const url = process.env.EMITWS_URL;
-const skip = url ? false : 'EMITWS_URL is not set (cargo test --test js_client sets it)';
+const challengeUrl = process.env.EMITWS_CHALLENGE_URL;
+const authUrl = process.env.EMITWS_AUTH_URL;
+const skip = url && challengeUrl && authUrl ? false : 'EMITWS_*URL are not set (cargo test --test js_client sets them)';
 
 const connect = (options = {}) => EmitClient.connect(url, { reconnectDelay: 20, ...options });
 const nextEvent = (client, event) => new Promise((resolve) => {
@@ -83,8 +88,86 @@ test('a dropped connection fails pending requests, then reconnects by itself', {
   client.close();
 });
 
-test('a client that cannot connect rejects with connect_failed', { skip }, async () => {
+test('a client that cannot connect rejects with connect_failed and says why in @error', { skip }, async () => {
   const port = new URL(url).port;
   const wrong = url.replace(`:${port}`, ':1');
-  await assert.rejects(EmitClient.connect(wrong, { reconnect: false }), { code: 'connect_failed' });
+  const client = new EmitClient(wrong, { reconnect: false });
+  const errors = [];
+  client.on('@error', (error) => errors.push(error.code));
+  await assert.rejects(client.open(), { code: 'connect_failed' });
+  assert.deepEqual(errors, ['connect_failed']);
+  assert.equal(client.status, 'offline');
+});
+
+/** Answers the test server's challenge as `user` (while `honest()`). */
+const answering = (user, honest = () => true) => ({
+  '@challenge': ({ challenge }) => [honest() ? [...challenge].reverse().join('') : 'forged', user],
+});
+
+test('challenge auth: 100 sequential connections are admitted on the first try', { skip }, async () => {
+  const refused = [];
+  for (let i = 0; i < 100; i++) {
+    const client = new EmitClient(challengeUrl, { reconnect: false, procedures: answering('carol') });
+    try {
+      await client.open();
+      // Right after connecting, a request is served as carol, not refused `unauthorized`.
+      assert.equal(await client.request('/me'), 'carol');
+    } catch (error) {
+      refused.push([i, error.code, error.message]);
+    }
+    client.close();
+  }
+  assert.deepEqual(refused, []);
+});
+
+test('first-message auth: the auth request goes first, a request right after connect succeeds', { skip }, async () => {
+  for (let i = 0; i < 20; i++) {
+    const client = await EmitClient.connect(authUrl, { auth: { event: '/auth', data: 't-erin' } });
+    assert.equal(await client.request('/me'), 'erin');
+    assert.equal(client.welcome.user, 'erin');
+    client.close();
+  }
+  const forger = new EmitClient(authUrl, { auth: { event: '/auth', data: 'forged' }, reconnect: false });
+  const errors = [];
+  forger.on('@error', (error) => errors.push(error));
+  await assert.rejects(forger.open(), { code: 'connect_failed' });
+  assert.deepEqual(errors, [{ code: 'unauthorized', message: 'the auth request was refused: unknown token' }]);
+});
+
+test('the status goes through a reconnect, then offline', { skip }, async () => {
+  const client = new EmitClient(challengeUrl, { reconnectDelay: 20, procedures: answering('fay') });
+  const statuses = [];
+  client.on('@status', ({ status }) => statuses.push(status));
+  assert.equal(client.status, 'idle');
+  await client.open();
+  assert.match(client.welcome.socket, /^[0-9a-f]+-[0-9a-f]+$/);
+  const reconnected = nextEvent(client, '@reconnect');
+  await assert.rejects(client.request('/kick'), { code: 'disconnected' });
+  await reconnected;
+  assert.equal(await client.request('/me'), 'fay');
+  client.close();
+  assert.deepEqual(statuses, ['connecting', 'authenticating', 'ready', 'reconnecting', 'authenticating', 'ready', 'offline']);
+});
+
+test('giving up is announced, goes offline and fails envelopes at once', { skip }, async () => {
+  let honest = true;
+  const procedures = answering('gus', () => honest);
+  const client = await EmitClient.connect(challengeUrl, { reconnectDelay: 20, maxRetries: 2, procedures });
+  const events = [];
+  for (const name of ['@reconnecting', '@reconnect_failed']) client.on(name, (data) => events.push([name, data]));
+  const gaveUp = nextEvent(client, '@reconnect_failed');
+  honest = false; // Every reconnection is now refused.
+  await assert.rejects(client.request('/kick'), { code: 'disconnected' });
+  const queued = client.request('/me');
+  await gaveUp;
+  await assert.rejects(queued, { code: 'offline' });
+  assert.equal(client.status, 'offline');
+  assert.throws(() => client.emit('/me'), { code: 'offline' });
+  await assert.rejects(client.request('/me'), { code: 'offline' });
+  assert.deepEqual(events.map(([name, data]) => [name, data.attempt ?? data.attempts]), [
+    ['@reconnecting', 1],
+    ['@reconnecting', 2],
+    ['@reconnect_failed', 2],
+  ]);
+  client.close();
 });
