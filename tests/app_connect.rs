@@ -136,7 +136,7 @@ fn identify_by_first_message() {
     });
     let running = start(app, 1);
     let addr = running.local_addr();
-    let mut client = AppClient::connect(addr);
+    let mut client = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
     assert_eq!(client.request("/me", Value::Null).unwrap_err().0, "unauthorized");
     client.emit("/me", Value::Null);
     client.expect_error_event("unauthorized");
@@ -145,7 +145,7 @@ fn identify_by_first_message() {
     assert_eq!(client.request("/me", Value::Null), Ok(json!("bob")));
     client.close();
 
-    let mut intruder = AppClient::connect(addr);
+    let mut intruder = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
     let (code, message) = intruder.request("/auth", json!({ "token": "nope" })).unwrap_err();
     assert_eq!((code.as_str(), message.as_str()), ("unauthorized", "unknown token"));
     assert_eq!(intruder.expect_close(4401), "unknown token");
@@ -158,7 +158,7 @@ fn authentication_times_out() {
     app.limits(Limits { auth_timeout: Duration::from_millis(100), ..Limits::default() });
     app.identify_by_message("/auth", |_| Ok("x".into()));
     let running = start(app, 1);
-    let mut client = AppClient::connect(running.local_addr());
+    let mut client = AppClient::connect_to(running.local_addr(), "/", &[]).expect("upgraded");
     assert_eq!(client.expect_close(4408), "authentication timeout");
     running.close();
 }
@@ -183,7 +183,7 @@ fn challenge_response_auth() {
     });
     let running = start(app, 1);
     let addr = running.local_addr();
-    let mut client = AppClient::connect(addr);
+    let mut client = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
     let call = client.next();
     assert_eq!(call[0], 1);
     assert_eq!(call[2], "@challenge");
@@ -194,12 +194,12 @@ fn challenge_response_auth() {
     assert_eq!(client.request("/me", Value::Null), Ok(json!("carol")));
     client.close();
 
-    let mut forger = AppClient::connect(addr);
+    let mut forger = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
     let call = forger.next();
     forger.send_raw(&json!([2, call[1], ["forged", "mallory"]]).to_string());
     assert_eq!(forger.expect_close(4403), "wrong signature");
 
-    let mut unprepared = AppClient::connect(addr);
+    let mut unprepared = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
     let call = unprepared.next();
     unprepared.send_raw(&json!([3, call[1], { "code": "not_registered", "message": "no @challenge" }]).to_string());
     let reason = unprepared.expect_close(4401);
@@ -213,7 +213,8 @@ fn origins_outside_the_allow_list_get_403() {
     app.origins(["https://chat.example"]);
     let running = start(app, 1);
     let addr = running.local_addr();
-    let allowed = AppClient::connect_to(addr, "/", &[("Origin", "https://chat.example")]).expect("allowed");
+    let mut allowed = AppClient::connect_to(addr, "/", &[("Origin", "https://chat.example")]).expect("allowed");
+    allowed.wait_ready();
     let refused = AppClient::connect_to(addr, "/", &[("Origin", "https://evil.example")]).err().expect("refused");
     assert_eq!(refused.status, 403);
     let no_origin = AppClient::connect(addr);

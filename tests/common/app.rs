@@ -24,12 +24,31 @@ pub struct AppClient {
     next_id: u64,
     /// Envelopes received while waiting for something else.
     inbox: VecDeque<Value>,
+    /// The data of the server's `@ready`, once read: kept out of the inbox,
+    /// since every admitted socket gets one.
+    pub ready: Option<Value>,
 }
 
 impl AppClient {
-    /// Connects to `/`, offering `emitws.v1`.
+    /// Connects to `/`, offering `emitws.v1`, and waits for the server's
+    /// `@ready` (for apps without first-message or challenge auth; those
+    /// use [`connect_to`](Self::connect_to), then [`wait_ready`](Self::wait_ready)).
     pub fn connect(addr: SocketAddr) -> AppClient {
-        AppClient::connect_to(addr, "/", &[]).unwrap_or_else(|reply| panic!("upgrade refused: {reply:?}"))
+        let mut client =
+            AppClient::connect_to(addr, "/", &[]).unwrap_or_else(|reply| panic!("upgrade refused: {reply:?}"));
+        client.wait_ready();
+        client
+    }
+
+    /// Waits for the server's `@ready`; returns its data. Envelopes before it are kept.
+    pub fn wait_ready(&mut self) -> Value {
+        while self.ready.is_none() {
+            let envelope = parse(&self.read_text());
+            if !self.keep_ready(&envelope) {
+                self.inbox.push_back(envelope);
+            }
+        }
+        self.ready.clone().expect("checked above")
     }
 
     /// Connects to `path` with extra headers; the HTTP reply if refused.
@@ -41,7 +60,7 @@ impl AppClient {
             return Err(reply);
         }
         assert_eq!(reply.header("sec-websocket-protocol"), Some("emitws.v1"));
-        Ok(AppClient { ws: Client::from_parts(stream, rest), next_id: 0, inbox: VecDeque::new() })
+        Ok(AppClient { ws: Client::from_parts(stream, rest), next_id: 0, inbox: VecDeque::new(), ready: None })
     }
 
     pub fn send_raw(&mut self, text: &str) {
@@ -121,13 +140,31 @@ impl AppClient {
     /// from earlier reads), for what a JSON value would not show as sent.
     pub fn next_text(&mut self) -> String {
         assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
-        self.read_text()
+        loop {
+            let text = self.read_text();
+            if !self.keep_ready(&parse(&text)) {
+                return text;
+            }
+        }
     }
 
-    /// Reads one text frame as JSON.
+    /// Reads one envelope other than the first `@ready`.
     fn read(&mut self) -> Value {
-        let text = self.read_text();
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("the server sends JSON, not {text:?}: {e}"))
+        loop {
+            let envelope = parse(&self.read_text());
+            if !self.keep_ready(&envelope) {
+                return envelope;
+            }
+        }
+    }
+
+    /// Keeps the first `@ready`'s data; whether `envelope` was it.
+    fn keep_ready(&mut self, envelope: &Value) -> bool {
+        let first_ready = self.ready.is_none() && envelope[0] == 0 && envelope[1] == "@ready";
+        if first_ready {
+            self.ready = Some(envelope.get(2).cloned().unwrap_or(Value::Null));
+        }
+        first_ready
     }
 
     /// Reads one text frame (answering pings on the way).
@@ -148,6 +185,10 @@ impl AppClient {
         assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
         self.ws.close(1000);
     }
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("the server sends JSON, not {text:?}: {e}"))
 }
 
 fn error_parts(body: &Value) -> (String, String) {
