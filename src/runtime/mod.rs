@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use conn::{Conn, SendStatus};
 pub use conns::Conns;
-pub use handle::{ConnId, ServerHandle, SharedFrame};
+pub use handle::{ConnId, ServerHandle, SharedFrame, Stats};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
 use crate::proto::deflate::DeflateConfig;
