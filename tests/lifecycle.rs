@@ -63,8 +63,9 @@ fn keepalive_closes_a_client_that_never_answers_after_idle_plus_timeout() {
 #[test]
 fn the_keepalive_close_code_is_a_setting_and_the_close_handshake_completes() {
     let echo = Echo::default();
-    let settings = Keepalive { idle: ms(100), timeout: ms(100), close_code: CloseCode(4408) };
-    let server = quick_server().keepalive(Some(settings)).start("127.0.0.1:0", echo.clone()).unwrap();
+    // As the event layer sets it: the code alone, on the keepalive already chosen.
+    let quick = quick_server().keepalive(keepalive(100, 100)).keepalive_close_code(CloseCode(4408));
+    let server = quick.start("127.0.0.1:0", echo.clone()).unwrap();
     let mut client = Client::connect_path(server.local_addr(), "/c");
     assert_eq!(client.recv(), Frame::Ping(Vec::new()));
     assert_eq!(client.expect_close(4408), "keepalive timeout");
