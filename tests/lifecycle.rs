@@ -10,7 +10,7 @@ use emitws::proto::{CloseCode, OpCode};
 use emitws::runtime::Keepalive;
 
 fn keepalive(idle: u64, timeout: u64) -> Option<Keepalive> {
-    Some(Keepalive { idle: ms(idle), timeout: ms(timeout) })
+    Some(Keepalive { idle: ms(idle), timeout: ms(timeout), ..Keepalive::default() })
 }
 
 #[test]
@@ -48,15 +48,34 @@ fn keepalive_closes_a_client_that_never_answers_after_idle_plus_timeout() {
     let mut client = Client::connect_path(server.local_addr(), "/c");
     assert_eq!(client.recv(), Frame::Ping(Vec::new()));
     assert!(start.elapsed() >= ms(180), "pinged after {:?}, before the idle time", start.elapsed());
-    // No pong, nothing at all: the server drops the connection.
-    match client.try_recv() {
-        Err(RecvError::Eof | RecvError::Io(_)) => {}
-        other => panic!("expected the connection to be dropped, got {other:?}"),
-    }
-    assert!(start.elapsed() >= ms(380), "dropped after {:?}, before idle + timeout", start.elapsed());
+    // No pong, nothing at all: the server says why it gives up (1001 by
+    // default), then drops TCP once the close timeout passes unanswered.
+    assert_eq!(client.expect_close(1001), "keepalive timeout");
+    assert!(start.elapsed() >= ms(380), "closed after {:?}, before idle + timeout", start.elapsed());
+    client.expect_eof();
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, 1006);
+    assert_eq!(echo.events.wait_closed(id), (1001, "keepalive timeout".to_string()));
     wait_connection_count(&server.handle(), 0);
+    assert_eq!(echo.events.snapshot().close_codes(id), [1001], "on_close once");
+    server.shutdown();
+}
+
+#[test]
+fn the_keepalive_close_code_is_a_setting_and_the_close_handshake_completes() {
+    let echo = Echo::default();
+    // As the event layer sets it: the code alone, on the keepalive already chosen.
+    let quick = quick_server().keepalive(keepalive(100, 100)).keepalive_close_code(CloseCode(4408));
+    let server = quick.start("127.0.0.1:0", echo.clone()).unwrap();
+    let mut client = Client::connect_path(server.local_addr(), "/c");
+    assert_eq!(client.recv(), Frame::Ping(Vec::new()));
+    assert_eq!(client.expect_close(4408), "keepalive timeout");
+    // A peer that was only slow answers the close: the handshake ends cleanly.
+    client.send_close(4408, "");
+    client.expect_eof();
+    let id = echo.events.wait_opened("/c");
+    assert_eq!(echo.events.wait_closed(id).0, 4408);
+    wait_connection_count(&server.handle(), 0);
+    assert_eq!(echo.events.snapshot().close_codes(id), [4408], "on_close once");
     server.shutdown();
 }
 

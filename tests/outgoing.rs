@@ -12,7 +12,7 @@ use std::time::Instant;
 use common::*;
 use emitws::client::{ClientBuilder, ClientError};
 use emitws::proto::{CloseCode, Message};
-use emitws::runtime::{Accept, Conn, Handler, Reject, UpgradeRequest};
+use emitws::runtime::{Accept, Conn, Handler, Keepalive, Reject, UpgradeRequest};
 
 /// Lines logged by the dialing server's handler, with bounded waits.
 #[derive(Debug, Default)]
@@ -183,5 +183,21 @@ fn a_dialed_connection_keeps_its_builders_limits() {
     running.handle().connect(&format!("ws://{addr}/"), &settings, "small".to_string()).unwrap();
     assert_eq!(dialer.log.wait("close small"), "close small: 1009");
     assert_eq!(server.join().unwrap(), Some(1009));
+    running.shutdown();
+}
+
+#[test]
+fn a_dialed_connection_closes_with_the_keepalive_code_when_pings_go_unanswered() {
+    let (addr, peer) = scripted(move |mut socket, key| {
+        socket.write_all(switching(&key, "").as_bytes()).unwrap();
+        // Never answer: the dialer's keepalive pings, then closes.
+        close_code_from(&mut socket)
+    });
+    let dialer = Dialer::default();
+    let keepalive = Keepalive { idle: ms(100), timeout: ms(100), close_code: CloseCode(4001) };
+    let running = quick_server().keepalive(Some(keepalive)).start("127.0.0.1:0", dialer.clone()).unwrap();
+    running.handle().connect(&format!("ws://{addr}/"), &ClientBuilder::new(), "quiet".to_string()).unwrap();
+    assert_eq!(peer.join().unwrap(), Some(4001));
+    assert_eq!(dialer.log.wait("close quiet"), "close quiet: 4001");
     running.shutdown();
 }

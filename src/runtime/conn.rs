@@ -10,7 +10,7 @@ use super::compress::{DeflateState, Deflater, RSV1};
 use super::handle::{ConnId, ServerHandle, SharedFrame};
 use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
-use super::timer::Wheel;
+use super::timer::{Entry, Wheel};
 use super::worker::Dialing;
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::handshake::RequestReader;
@@ -84,8 +84,10 @@ pub(crate) struct Connection<D> {
     pub pending_code: u16,
     /// When the connection next needs attention (a wheel tick).
     pub deadline: u32,
-    /// The tick of this connection's live wheel entry, or 0 for none.
+    /// The tick of this connection's wheel entry, or 0 for none.
     pub armed: u32,
+    /// The index of that entry, to cancel it.
+    pub timer: u32,
     pub out: Option<Box<OutQueue>>,
     pub extra: Option<Box<Extra>>,
     pub data: D,
@@ -318,11 +320,22 @@ impl Context {
     }
 
     /// Sets when the connection next needs attention, arming the wheel only
-    /// if that is sooner than its live entry.
+    /// if that is sooner than its entry (which is then cancelled: a
+    /// connection has one entry at most).
     pub fn set_deadline<D>(&mut self, key: usize, conn: &mut Connection<D>, tick: u32) {
         conn.deadline = tick;
         if conn.armed == 0 || tick < conn.armed {
-            conn.armed = self.wheel.arm(key as u32, conn.generation, tick);
+            self.disarm(key, conn);
+            (conn.armed, conn.timer) = self.wheel.arm(key as u32, conn.generation, tick);
+        }
+    }
+
+    /// Cancels the connection's wheel entry, if it has one.
+    pub fn disarm<D>(&mut self, key: usize, conn: &mut Connection<D>) {
+        if conn.armed != 0 {
+            let entry = Entry { key: key as u32, generation: conn.generation, tick: conn.armed };
+            self.wheel.cancel(conn.timer, entry);
+            conn.armed = 0;
         }
     }
 

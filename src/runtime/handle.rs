@@ -117,7 +117,42 @@ pub(crate) enum Command {
     Adopt(mio::net::TcpStream),
     Notify(Box<dyn Any + Send>),
     Connect(Box<super::worker::Dial>),
+    Stats(Sender<Stats>),
     Shutdown,
+}
+
+/// What a server holds in memory, in counts, all workers together (see
+/// [`ServerHandle::stats`]): on a steady load, none of these grows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections the workers hold (upgrading and closing ones included).
+    pub connections: usize,
+    /// Connection slots allocated: the most connections held at once since
+    /// a worker last had none.
+    pub connection_slots: usize,
+    /// Timer entries armed: at most one per connection (none for an open
+    /// connection without keepalive).
+    pub timer_entries: usize,
+    /// Timer entries allocated: the most armed at once since a worker's
+    /// timers last emptied.
+    pub timer_capacity: usize,
+    /// Empty write queues kept for reuse (at most 256 per worker).
+    pub pooled_queues: usize,
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+
+    fn add(self, other: Stats) -> Stats {
+        Stats {
+            connections: self.connections + other.connections,
+            connection_slots: self.connection_slots + other.connection_slots,
+            timer_entries: self.timer_entries + other.timer_entries,
+            timer_capacity: self.timer_capacity + other.timer_capacity,
+            pooled_queues: self.pooled_queues + other.pooled_queues,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -267,6 +302,38 @@ impl ServerHandle {
     /// Open connections (handshakes included), all workers together.
     pub fn connection_count(&self) -> usize {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Asks every worker for its [`Stats`] and waits for the answers (each
+    /// worker answers on its next loop turn), or `None` once the server has
+    /// stopped. For monitoring and leak tests; do not call it from a handler
+    /// callback, which would wait for its own worker.
+    ///
+    /// ```no_run
+    /// # #[derive(Clone)] struct Echo;
+    /// # impl emitws::runtime::Handler for Echo {
+    /// #     type Data = ();
+    /// #     fn on_message(&mut self, _: &mut emitws::runtime::Conn<'_, ()>, _: emitws::proto::Message<'_>) {}
+    /// # }
+    /// let server = emitws::runtime::Server::new().start("127.0.0.1:9001", Echo)?;
+    /// if let Some(stats) = server.handle().stats() {
+    ///     println!("{} connections, {} timer entries", stats.connections, stats.timer_entries);
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn stats(&self) -> Option<Stats> {
+        let (sender, answers) = std::sync::mpsc::channel();
+        for worker in 0..self.inboxes.len() {
+            if !self.post(worker, Command::Stats(sender.clone())) {
+                return None;
+            }
+        }
+        drop(sender);
+        let mut total = Stats::default();
+        for _ in 0..self.inboxes.len() {
+            total = total + answers.recv().ok()?;
+        }
+        Some(total)
     }
 }
 

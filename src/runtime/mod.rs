@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use conn::{Conn, SendStatus};
 pub use conns::Conns;
-pub use handle::{ConnId, ServerHandle, SharedFrame};
+pub use handle::{ConnId, ServerHandle, SharedFrame, Stats};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
 use crate::proto::deflate::DeflateConfig;
@@ -310,9 +310,19 @@ impl Server {
     }
 
     /// Keepalive pings, or `None` to turn them off (default: ping after 30 s
-    /// of silence, close after 30 s more).
+    /// of silence, close with 1001 after 30 s more).
     pub fn keepalive(mut self, keepalive: Option<Keepalive>) -> Server {
         self.settings.keepalive = keepalive;
+        self
+    }
+
+    /// The close code a keepalive timeout sends, keeping the keepalive's
+    /// times (nothing changes with keepalive off). For a layer on top that
+    /// has its own code for it, as the event layer's 4408.
+    pub fn keepalive_close_code(mut self, code: CloseCode) -> Server {
+        if let Some(keepalive) = self.settings.keepalive.as_mut() {
+            keepalive.close_code = code;
+        }
         self
     }
 

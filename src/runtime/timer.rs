@@ -2,15 +2,22 @@
 //!
 //! Connections keep their own deadline; the wheel only says when to look at
 //! them. An entry that fires early (its connection's deadline moved later) is
-//! simply re-armed, and an entry for a connection whose armed tick no longer
-//! matches is dropped as stale. So moving a deadline later costs nothing, which
-//! keeps per-message keepalive bookkeeping free.
+//! simply re-armed, so moving a deadline later costs nothing, which keeps
+//! per-message keepalive bookkeeping free. Moving it earlier cancels the
+//! entry and arms a new one: a connection has at most one entry.
+//!
+//! Entries live in one shared array and each slot is a doubly linked list
+//! through it, so memory follows the entries alive at once. (A vector per
+//! slot kept every slot's largest burst: a keepalive round moves a burst of
+//! entries to slots it had not visited, and memory grew round after round.)
 
 use std::time::{Duration, Instant};
 
 /// One tick of the wheel.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 const SLOTS: usize = 4096;
+/// The end of a slot's list, and of the free list.
+const NONE: u32 = u32::MAX;
 
 /// A scheduled look at connection `key`, valid while its `generation` and
 /// armed tick still match.
@@ -21,12 +28,26 @@ pub(crate) struct Entry {
     pub tick: u32,
 }
 
+/// An entry and its neighbours in its slot (`next` also links the free list).
+/// A free node has tick 0, which no armed entry has.
+#[derive(Clone, Copy, Debug)]
+struct Node {
+    entry: Entry,
+    prev: u32,
+    next: u32,
+}
+
 #[derive(Debug)]
 pub(crate) struct Wheel {
     start: Instant,
     /// The last tick whose slot has been processed.
     done: u32,
-    slots: Vec<Vec<Entry>>,
+    /// Each slot's first node, or `NONE`.
+    heads: Box<[u32]>,
+    /// Every node, in use or free; as long as the most entries ever armed at once.
+    nodes: Vec<Node>,
+    /// The first free node, or `NONE`.
+    free: u32,
     /// One bit per non-empty slot, to find the next due slot without a scan.
     occupied: [u64; SLOTS / 64],
     len: usize,
@@ -34,7 +55,25 @@ pub(crate) struct Wheel {
 
 impl Wheel {
     pub fn new(start: Instant) -> Wheel {
-        Wheel { start, done: 0, slots: vec![Vec::new(); SLOTS], occupied: [0; SLOTS / 64], len: 0 }
+        Wheel {
+            start,
+            done: 0,
+            heads: vec![NONE; SLOTS].into_boxed_slice(),
+            nodes: Vec::new(),
+            free: NONE,
+            occupied: [0; SLOTS / 64],
+            len: 0,
+        }
+    }
+
+    /// Entries armed and not yet expired (stale ones included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Entries the wheel has room for without allocating: its memory, in entries.
+    pub fn capacity(&self) -> usize {
+        self.nodes.capacity()
     }
 
     /// The tick `now` falls in.
@@ -49,14 +88,60 @@ impl Wheel {
     }
 
     /// Schedules a look at `key` at `tick` (or at the wheel's horizon, if
-    /// farther; it is then re-armed). Returns the tick actually armed.
-    pub fn arm(&mut self, key: u32, generation: u32, tick: u32) -> u32 {
+    /// farther; it is then re-armed). Returns the tick actually armed and the
+    /// entry's index, for [`cancel`](Self::cancel).
+    pub fn arm(&mut self, key: u32, generation: u32, tick: u32) -> (u32, u32) {
         let tick = tick.clamp(self.done + 1, self.done + SLOTS as u32 - 1);
         let slot = tick as usize % SLOTS;
-        self.slots[slot].push(Entry { key, generation, tick });
+        let head = self.heads[slot];
+        let node = Node { entry: Entry { key, generation, tick }, prev: NONE, next: head };
+        let index = if self.free == NONE {
+            self.nodes.push(node);
+            (self.nodes.len() - 1) as u32
+        } else {
+            let index = self.free;
+            self.free = self.nodes[index as usize].next;
+            self.nodes[index as usize] = node;
+            index
+        };
+        if head != NONE {
+            self.nodes[head as usize].prev = index;
+        }
+        self.heads[slot] = index;
         self.occupied[slot / 64] |= 1 << (slot % 64);
         self.len += 1;
-        tick
+        (tick, index)
+    }
+
+    /// Removes the entry `arm` returned `index` for, if it is still `entry`
+    /// (it may have expired, and its node been reused, since).
+    pub fn cancel(&mut self, index: u32, entry: Entry) {
+        let Some(node) = self.nodes.get(index as usize).copied() else { return };
+        if node.entry != entry {
+            return;
+        }
+        let slot = entry.tick as usize % SLOTS;
+        match node.prev {
+            NONE => self.heads[slot] = node.next,
+            prev => self.nodes[prev as usize].next = node.next,
+        }
+        if node.next != NONE {
+            self.nodes[node.next as usize].prev = node.prev;
+        }
+        if self.heads[slot] == NONE {
+            self.occupied[slot / 64] &= !(1 << (slot % 64));
+        }
+        self.release(index);
+        self.shrink_if_empty();
+    }
+
+    /// Puts a node on the free list.
+    fn release(&mut self, index: u32) {
+        let node = &mut self.nodes[index as usize];
+        node.entry.tick = 0;
+        node.next = self.free;
+        self.free = index;
+        self.len -= 1;
     }
 
     /// Takes every entry due at or before `now_tick`, in tick order.
@@ -71,10 +156,23 @@ impl Wheel {
             if self.occupied[slot / 64] & (1 << (slot % 64)) == 0 {
                 continue;
             }
-            let entries = &mut self.slots[slot];
-            self.len -= entries.len();
-            due.append(entries);
+            let mut index = std::mem::replace(&mut self.heads[slot], NONE);
+            while index != NONE {
+                let node = self.nodes[index as usize];
+                due.push(node.entry);
+                self.release(index);
+                index = node.next;
+            }
             self.occupied[slot / 64] &= !(1 << (slot % 64));
+        }
+        self.shrink_if_empty();
+    }
+
+    /// Gives back the memory of the last burst once nothing is armed.
+    fn shrink_if_empty(&mut self) {
+        if self.len == 0 && !self.nodes.is_empty() {
+            self.nodes = Vec::new();
+            self.free = NONE;
         }
     }
 
@@ -113,7 +211,7 @@ mod tests {
         let mut wheel = Wheel::new(start);
         wheel.arm(1, 0, 5);
         wheel.arm(2, 0, 300);
-        let far = wheel.arm(3, 0, 1_000_000);
+        let (far, _) = wheel.arm(3, 0, 1_000_000);
         assert_eq!(far, SLOTS as u32 - 1, "clamped to the horizon");
         let mut due = Vec::new();
         wheel.expire(4, &mut due);
@@ -126,6 +224,67 @@ mod tests {
         wheel.expire(5000, &mut due);
         assert_eq!(due.iter().map(|e| e.key).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(wheel.next_timeout(start), None);
+    }
+
+    #[test]
+    fn memory_follows_live_entries_not_slots_visited() {
+        // Keepalive rounds: a burst armed in one tick comes due together and
+        // is re-armed 3000 ticks on, a slot not visited before (3000 and the
+        // wheel's 4096 slots are coprime-ish), round after round.
+        let mut wheel = Wheel::new(Instant::now());
+        let burst = 1000;
+        let mut due = Vec::new();
+        let mut now = 0;
+        for round in 0..50 {
+            for key in 0..burst {
+                wheel.arm(key, round, now + 3000);
+            }
+            // One more entry, due a tick after the burst, so the wheel is
+            // never empty (an empty one gives its memory back).
+            wheel.arm(burst, round, now + 3001);
+            now += 3000;
+            wheel.expire(now, &mut due);
+            let fired = if round == 0 { burst } else { burst + 1 };
+            assert_eq!(due.len(), fired as usize);
+            due.clear();
+            assert!(wheel.capacity() <= 2 * (burst as usize + 2), "round {round}: {}", wheel.capacity());
+        }
+        wheel.expire(now + 1, &mut due);
+        assert_eq!(wheel.len(), 0);
+        assert_eq!(wheel.capacity(), 0, "an empty wheel keeps no entries' memory");
+    }
+
+    #[test]
+    fn freed_entries_are_reused() {
+        let mut wheel = Wheel::new(Instant::now());
+        let mut due = Vec::new();
+        for tick in 1..10_000u32 {
+            wheel.arm(tick, 0, tick + 5);
+            wheel.expire(tick, &mut due);
+        }
+        assert_eq!(due.len(), 10_000 - 1 - 5);
+        assert!(wheel.capacity() <= 8, "{}", wheel.capacity());
+    }
+
+    #[test]
+    fn a_cancelled_entry_never_fires_and_its_room_is_reused() {
+        let mut wheel = Wheel::new(Instant::now());
+        let (tick, first) = wheel.arm(1, 7, 10);
+        let (_, second) = wheel.arm(2, 7, 10);
+        let (_, third) = wheel.arm(3, 7, 10);
+        wheel.cancel(second, Entry { key: 2, generation: 7, tick });
+        // A second cancel, or one with another entry's identity, does nothing.
+        wheel.cancel(second, Entry { key: 2, generation: 7, tick });
+        wheel.cancel(first, Entry { key: 1, generation: 6, tick });
+        assert_eq!(wheel.len(), 2);
+        let mut due = Vec::new();
+        wheel.expire(10, &mut due);
+        assert_eq!(due.iter().map(|e| e.key).collect::<Vec<_>>(), [3, 1]);
+        wheel.cancel(third, Entry { key: 3, generation: 7, tick });
+        assert_eq!(wheel.len(), 0);
+        let (tick, index) = wheel.arm(4, 0, 20);
+        wheel.cancel(index, Entry { key: 4, generation: 0, tick });
+        assert_eq!(wheel.next_timeout(Instant::now()), None, "the slot is empty again");
     }
 
     #[test]

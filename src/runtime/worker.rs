@@ -20,7 +20,7 @@ use slab::Slab;
 
 use super::compress::{DeflateState, Deflater, RSV1};
 use super::conn::{flag, Conn, Connection, Context, Extra, Phase};
-use super::handle::{Command, ConnId, ServerHandle, Shared, WorkerInbox};
+use super::handle::{Command, ConnId, ServerHandle, Shared, Stats, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
@@ -350,6 +350,7 @@ impl<H: Handler> Worker<H> {
             pending_code: 0,
             deadline: 0,
             armed: 0,
+            timer: 0,
             out: None,
             extra,
             data: Default::default(),
@@ -383,8 +384,21 @@ impl<H: Handler> Worker<H> {
                 Command::Adopt(stream) => self.adopt(stream),
                 Command::Notify(message) => self.with_conns(|handler, conns| handler.on_notify(conns, message)),
                 Command::Connect(dial) => self.dial(*dial),
+                Command::Stats(answer) => {
+                    let _ = answer.send(self.stats());
+                }
                 Command::Shutdown => self.begin_shutdown(),
             }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        Stats {
+            connections: self.slab.len(),
+            connection_slots: self.slab.capacity(),
+            timer_entries: self.ctx.wheel.len(),
+            timer_capacity: self.ctx.wheel.capacity(),
+            pooled_queues: self.ctx.pool.len(),
         }
     }
 
@@ -513,7 +527,7 @@ impl<H: Handler> Worker<H> {
         }
         conn.armed = 0;
         if conn.deadline > self.ctx.now_tick {
-            conn.armed = self.ctx.wheel.arm(entry.key, conn.generation, conn.deadline);
+            (conn.armed, conn.timer) = self.ctx.wheel.arm(entry.key, conn.generation, conn.deadline);
             return;
         }
         match conn.phase {
@@ -522,7 +536,14 @@ impl<H: Handler> Worker<H> {
                 self.remove(key);
             }
             Phase::Open => match self.ctx.settings.keepalive {
-                Some(_) if conn.has(flag::PING_SENT) => self.abort(key, "keepalive timeout"),
+                Some(keepalive) if conn.has(flag::PING_SENT) => {
+                    // The peer may be slow rather than gone: tell it why
+                    // before dropping TCP. The handler hears now, with the
+                    // code sent; the close timeout then ends the connection.
+                    let (code, reason) = (keepalive.close_code, "keepalive timeout");
+                    self.ctx.start_close(key, conn, code, reason);
+                    notify(&mut self.handler, key, conn, &mut self.ctx, code, reason);
+                }
                 Some(keepalive) => {
                     conn.flags |= flag::PING_SENT;
                     self.ctx.push_frame(key, conn, OpCode::Ping, 0, b"");
@@ -597,7 +618,12 @@ impl<H: Handler> Worker<H> {
 
     /// Drops the connection; returns its data.
     fn remove(&mut self, key: usize) -> Option<H::Data> {
-        let slot = self.slab.try_remove(key)?;
+        let mut slot = self.slab.try_remove(key)?;
+        self.ctx.disarm(key, &mut slot.conn);
+        if self.slab.is_empty() {
+            // The last connection went: give back the slots of the busiest time.
+            self.slab.shrink_to_fit();
+        }
         if let Some(queue) = slot.conn.out {
             self.ctx.recycle(queue);
         }
@@ -681,8 +707,8 @@ fn open<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>,
     conn.tidy_extra();
     conn.phase = Phase::Open;
     conn.flags |= flag::OPENED;
-    // The handshake deadline no longer applies: its wheel entry goes stale.
-    conn.armed = 0;
+    // The handshake deadline no longer applies.
+    ctx.disarm(key, conn);
     conn.deadline = u32::MAX;
     if let Some(keepalive) = ctx.settings.keepalive {
         let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);

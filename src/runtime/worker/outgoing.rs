@@ -74,6 +74,7 @@ impl<H: Handler> Worker<H> {
             pending_code: 0,
             deadline: 0,
             armed: 0,
+            timer: 0,
             out: None,
             extra: Some(Box::new(extra)),
             data: *data,
