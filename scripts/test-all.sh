@@ -31,7 +31,10 @@ cargo fmt --all --check
 section "lint: cargo clippy --all-targets --all-features -- -D warnings"
 cargo clippy --all-targets --all-features -- -D warnings
 
-section "tests: cargo test --all-targets"
+# Some tests run the example programs as their users do; --all-targets builds
+# examples as test harnesses only, so their binaries are built first.
+section "tests: cargo build --examples && cargo test --all-targets"
+cargo build --examples
 cargo test --all-targets
 
 # --all-targets leaves out doctests, so they get their own run.
@@ -45,8 +48,9 @@ if skipped redis; then skip "the Redis cluster tests"; else
 fi
 
 if skipped js; then skip "the JavaScript client's unit tests"; else
-  section "JavaScript client: node --test clients/js/test/"
-  node --experimental-websocket --test clients/js/test/
+  # The other files there need servers: tests/js_client.rs and tests/examples_data.rs start them.
+  section "JavaScript client: node --test clients/js/test/protocol.test.js"
+  node --experimental-websocket --test clients/js/test/protocol.test.js
 fi
 
 if skipped protocol; then skip "the emitws.v1 conformance suite"; else

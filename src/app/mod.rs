@@ -318,9 +318,12 @@ impl App {
         if let Some(origins) = &self.origins {
             server = server.origins(OriginPolicy::List(origins.clone()));
         }
-        if self.setup.heartbeat.is_some() {
-            server = server.keepalive(None);
-        }
+        // PROTOCOL §6: a peer that stopped answering is closed with 4408,
+        // whether the app's heartbeat or the engine's keepalive noticed.
+        server = match self.setup.heartbeat {
+            Some(_) => server.keepalive(None),
+            None => server.keepalive_close_code(CLOSE_TIMEOUT),
+        };
         let app = AppHandle(Arc::new(Shared {
             setup: self.setup,
             server: OnceLock::new(),
