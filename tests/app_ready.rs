@@ -42,7 +42,7 @@ fn without_auth_ready_is_the_first_envelope_and_follows_the_connection_handlers(
     });
     let running = start(app, 1);
     let addr = running.local_addr();
-    let mut client = AppClient::connect(addr);
+    let mut client = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
     let welcome = next_envelope(&mut client);
     assert_eq!(welcome[1], "/welcome");
     let socket = expect_ready(&next_envelope(&mut client), None);
@@ -62,7 +62,7 @@ fn with_first_message_auth_ready_follows_the_success_reply() {
         _ => Err(Refusal::status(401, "unknown token")),
     });
     let running = start(app, 1);
-    let mut client = AppClient::connect(running.local_addr());
+    let mut client = AppClient::connect_to(running.local_addr(), "/", &[]).expect("upgraded");
     client.send_raw(r#"[1,1,"/auth","t-ann"]"#);
     assert_eq!(next_envelope(&mut client), json!([2, 1, { "user": "ann" }]));
     expect_ready(&next_envelope(&mut client), Some("ann"));
@@ -78,7 +78,7 @@ fn with_challenge_auth_ready_follows_the_accepted_answer() {
         |_, answer| answer.data::<String>().map_err(|_| Refusal::status(401, "bad answer")),
     ));
     let running = start(app, 1);
-    let mut client = AppClient::connect(running.local_addr());
+    let mut client = AppClient::connect_to(running.local_addr(), "/", &[]).expect("upgraded");
     let call = next_envelope(&mut client);
     assert_eq!((&call[0], &call[2]), (&json!(1), &json!("@challenge")), "{call}");
     client.send_raw(&json!([2, call[1], "dora"]).to_string());

@@ -293,3 +293,23 @@ fn a_panicking_error_hook_is_not_reported_to_itself() {
     client.close();
     running.close();
 }
+
+/// PROTOCOL §6: without the app's heartbeat, the engine's keepalive notices
+/// a peer that stopped answering pings and closes it with 4408, a close frame
+/// first.
+#[test]
+fn a_socket_that_answers_no_pings_is_closed_with_4408() {
+    use emitws::runtime::{Keepalive, Server};
+    let short = Duration::from_millis(50);
+    let server = Server::new().keepalive(Some(Keepalive { idle: short, timeout: short, ..Keepalive::default() }));
+    let running = App::new().listen_with(server, "127.0.0.1:0").expect("listen");
+    let mut client = AppClient::connect(running.local_addr());
+    let close = loop {
+        match client.ws.recv() {
+            common::Frame::Ping(_) => {} // never answered
+            other => break other,
+        }
+    };
+    assert!(matches!(close, common::Frame::Close(Some(4408), _)), "{close:?}");
+    running.close();
+}

@@ -10,9 +10,10 @@ mod app_client;
 mod common;
 #[path = "common/examples.rs"]
 mod examples;
+#[path = "common/node.rs"]
+mod node;
 
 use std::net::SocketAddr;
-use std::process::Command;
 
 use app_client::AppClient;
 use common::Frame;
@@ -144,23 +145,13 @@ fn auth_takes_an_escaped_token() {
 
 #[test]
 fn the_javascript_client_sends_escaped_text_to_the_examples() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    if Command::new("node").arg("--version").output().is_err() {
-        eprintln!("\n*** node is not installed: SKIPPING the JavaScript client's escape tests ***\n");
-        return;
-    }
     let (_chat, chat) = Example::start("chat", &["--addr", "127.0.0.1:0"]);
     let (_rooms, rooms) = Example::start("rooms", &["127.0.0.1:0"]);
     let (_echo, echo) = Example::start("app_echo", &["--addr", "127.0.0.1:0", "--workers", "1"]);
-    let output = Command::new("node")
-        .args(["--experimental-websocket", "--no-warnings", "--test", "--test-timeout=30000"])
-        .arg(format!("{root}/clients/js/test/escapes.test.js"))
-        .env("EMITWS_CHAT_URL", format!("ws://{chat}/chat"))
-        .env("EMITWS_ROOMS_URL", format!("ws://{rooms}/"))
-        .env("EMITWS_APP_ECHO_URL", format!("ws://{echo}/"))
-        .output()
-        .expect("run node");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "node --test failed:\n{report}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(report.contains("# fail 0") && report.contains("# skipped 0") && !report.contains("# pass 0"), "{report}");
+    let env = [
+        ("EMITWS_CHAT_URL", format!("ws://{chat}/chat")),
+        ("EMITWS_ROOMS_URL", format!("ws://{rooms}/")),
+        ("EMITWS_APP_ECHO_URL", format!("ws://{echo}/")),
+    ];
+    node::run_node_tests("escapes.test.js", &env);
 }

@@ -1,10 +1,12 @@
 //! The example programs (examples/) run as their users run them: the built
 //! binary, as a child process, on a 127.0.0.1 port, killed when dropped.
 //!
-//! `cargo test` and `cargo test --all-targets` build the examples next to the
-//! test binaries (target/PROFILE/examples/). `cargo test --test NAME` does
-//! not, so a binary that is missing, or older than one of the sources cargo
-//! built it from (its `.d` file), fails the test with the command to run.
+//! A plain `cargo test` builds the example binaries next to the test
+//! binaries (target/PROFILE/examples/); `cargo test --all-targets` builds
+//! examples only as test harnesses and `cargo test --test NAME` not at all
+//! (scripts/test-all.sh runs `cargo build --examples` first). So a binary
+//! that is missing, or older than one of the sources cargo built it from (its
+//! `.d` file), fails the test with the command to run.
 
 #![allow(dead_code)]
 
@@ -24,7 +26,7 @@ pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/PROFILE").join("examples");
     let binary = dir.join(name);
-    let build = format!("build it first: cargo build --example {name} (cargo test --all-targets builds every example)");
+    let build = format!("build it first: cargo build --example {name} (or cargo build --examples)");
     let built = std::fs::metadata(&binary)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("example binary {}: {e}; {build}", binary.display()));

@@ -55,11 +55,7 @@ impl Drop for Redis {
     }
 }
 
-/// Whether the user left this part of the suite out (`EMITWS_SKIP`, see
-/// scripts/test-all.sh).
-pub fn left_out(part: &str) -> bool {
-    std::env::var("EMITWS_SKIP").is_ok_and(|parts| parts.split([' ', ',']).any(|p| p == part))
-}
+include!("left_out.rs");
 
 /// Waits until `done` holds, failing the test after `within`.
 pub fn wait_for(within: Duration, mut done: impl FnMut() -> bool) {
