@@ -141,7 +141,8 @@ pub trait Adapter: Send + Sync + 'static {
     /// This node's id: unique in the cluster, never 0.
     fn node(&self) -> u64;
 
-    /// The app is running: deliver other nodes' messages to it from now on.
+    /// The app is starting (its port does not accept yet): deliver other
+    /// nodes' messages to it from now on.
     fn attach(&self, app: AppHandle) {
         let _ = app;
     }
@@ -222,6 +223,9 @@ impl AppHandle {
     /// Delivers a message another node published (see [`Adapter`]) to this
     /// node's sockets.
     pub fn deliver_remote(&self, envelope: &str, to: Target<'_>) {
+        if self.0.server.get().is_none() {
+            return; // no socket has opened on this node yet
+        }
         let frame = SharedFrame::text(envelope);
         match to {
             Target::Broadcast(opts) => {
@@ -241,7 +245,7 @@ impl AppHandle {
     /// A code that may not be sent (see [`CloseCode::is_valid_on_wire`])
     /// closes nothing.
     pub fn deliver_close(&self, to: Target<'_>, code: u16, reason: &str) {
-        if !CloseCode(code).is_valid_on_wire() {
+        if !CloseCode(code).is_valid_on_wire() || self.0.server.get().is_none() {
             return;
         }
         let sockets = match to {

@@ -333,11 +333,18 @@ impl App {
             sockets: AtomicUsize::new(0),
             connected: Mutex::default(),
         }));
-        let running = server.start(addr, AppWorker::new(app.clone()))?;
-        app.0.server.get_or_init(|| running.handle());
-        if let Some(adapter) = &app.0.setup.adapter {
+        // Attached before the port accepts, so that the first sockets to join
+        // a room miss nothing other nodes publish meanwhile.
+        let adapter = app.0.setup.adapter.as_ref();
+        if let Some(adapter) = adapter {
             adapter.attach(app.clone());
         }
+        let running = server.start(addr, AppWorker::new(app.clone())).inspect_err(|_| {
+            if let Some(adapter) = adapter {
+                adapter.detach();
+            }
+        })?;
+        app.0.server.get_or_init(|| running.handle());
         Ok(Running { app, server: Some(running) })
     }
 }
