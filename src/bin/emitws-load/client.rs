@@ -361,6 +361,9 @@ impl Ctx<'_> {
     }
 }
 
+/// The start of the server's `@ready` event (emitws.v1).
+const READY: &[u8] = b"[0,\"@ready\",";
+
 /// The request that joins the room (emitws.v1), and the start of its reply.
 const JOIN: &[u8] = b"[1,1,\"/join\"]";
 const JOINED: &[u8] = b"[2,1,";
@@ -920,6 +923,10 @@ fn decode_frames(
 /// A data message from the server: the reply to the join, a fanout
 /// delivery, or an echo (after which the next message is sent).
 fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
+    // The server's welcome (PROTOCOL §1) comes first, before any reply.
+    if ctx.config.app && message.as_bytes().starts_with(READY) {
+        return Ok(());
+    }
     if conn.state == State::Joining {
         let reply = message.as_bytes();
         if !(reply.starts_with(JOINED) && reply.ends_with(b"]")) {
