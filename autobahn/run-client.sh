@@ -4,13 +4,13 @@
 #
 # Usage:  autobahn/run-client.sh [PORT]     (or AUTOBAHN_CLIENT_PORT; default 9002)
 # Report: autobahn/reports/client/index.html (index.json is what is checked)
-# Bounds: AUTOBAHN_TIMEOUT seconds for the whole client run (default 1800)
+# Bounds: AUTOBAHN_TIMEOUT seconds for the whole client run (default 2400)
 set -euo pipefail
 
 cd "$(dirname "$0")/.." # the spec's outdir is relative to the repo root
 source autobahn/common.sh
 port="${1:-${AUTOBAHN_CLIENT_PORT:-9002}}"
-limit="${AUTOBAHN_TIMEOUT:-1800}"
+limit="${AUTOBAHN_TIMEOUT:-2400}"
 # These two mirror autobahn/fuzzingserver.json ("outdir") and the example's agent.
 outdir=autobahn/reports/client
 agent=emitws

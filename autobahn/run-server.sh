@@ -4,13 +4,13 @@
 #
 # Usage:  autobahn/run-server.sh [PORT]     (or AUTOBAHN_PORT; default 9001)
 # Report: autobahn/reports/server/index.html (index.json is what is checked)
-# Bounds: AUTOBAHN_TIMEOUT seconds for the whole wstest run (default 1200)
+# Bounds: AUTOBAHN_TIMEOUT seconds for the whole wstest run (default 2400)
 set -euo pipefail
 
 cd "$(dirname "$0")/.." # the spec's outdir is relative to the repo root
 source autobahn/common.sh
 port="${1:-${AUTOBAHN_PORT:-9001}}"
-limit="${AUTOBAHN_TIMEOUT:-1200}"
+limit="${AUTOBAHN_TIMEOUT:-2400}"
 # These two mirror autobahn/fuzzingclient.json ("outdir" and the agent).
 outdir=autobahn/reports/server
 agent=emitws
