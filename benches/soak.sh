@@ -25,7 +25,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ONLY_HELPERS=1 source benches/common.sh
 if [ -z "${SERVER:-}" ]; then
-  cargo build -q --release --example soak --bin emitws-load
+  cargo build -q --release --example soak
+  cargo build -q --release -p emitws-tools --bin emitws-load
 fi
 
 idle=${IDLE:-1000} echo_conns=${ECHO:-50} fanout=${FANOUT:-50} publishers=${PUBLISHERS:-2}
