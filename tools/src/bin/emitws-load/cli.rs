@@ -1,54 +1,18 @@
-//! Command-line parsing (by hand) into a [`Config`].
+//! The command line (clap) into a [`Config`]: the options, their defaults,
+//! and the rules that tie them to a mode.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
 
 /// Fanout messages carry a publisher, a sequence number and a send time: 30 hex digits.
 pub const FANOUT_MIN_PAYLOAD: usize = 30;
 /// A fanout message's --payload unless given.
 const FANOUT_PAYLOAD: usize = 32;
 
-pub const HELP: &str = "\
-emitws-load: WebSocket load generator (ws:// and wss://)
-
-USAGE:
-    emitws-load echo [OPTIONS]     ping-pong echo load; reports msgs/s and latency
-    emitws-load fanout [OPTIONS]   room fan-out: every connection is a member, a few
-                                   publish; reports deliveries/s, latency, completeness
-    emitws-load idle [OPTIONS]     open connections and hold them (server memory per connection)
-
-OPTIONS:
-    -u, --url URL             server URL, ws:// or wss://HOST:PORT/PATH  [default: ws://127.0.0.1:9001/]
-        --ca FILE             wss://: trust this PEM certificate (default: the webpki roots)
-    -c, --connections N       connections                          [default: 100]
-    -t, --threads T           client threads, each with its own event loop  [default: 1]
-        --max-connecting N    connects + handshakes in flight, all threads  [default: 128]
-        --connect-timeout S   time allowed for connect + handshake  [default: 10]
-        --json                print a single JSON object on stdout (the human summary goes to stderr)
-        --deflate             offer permessage-deflate (and fail if the server declines): messages
-                              are compressed, compressed answers inflated
-        --pattern P           payload bytes: `random` printable characters, or `json` event
-                              objects (compressible, as real traffic is)  [default: random]
-    -s, --payload BYTES       message payload size; k/m suffixes are KiB/MiB  [default: 20]
-        --text                send text messages (default: binary)
-        --protocol P          `raw` WebSocket messages, or `emitws` (the emitws.v1 event
-                              protocol, offered as the subprotocol; see below)  [default: raw]
-    -h, --help                this text
-
-ECHO AND FANOUT OPTIONS:
-    -k, --in-flight K         echo: messages in flight per connection  [default: 1]
-    -p, --publishers P        fanout: connections that publish     [default: 10]
-    -d, --duration S          measured time                        [default: 10]
-    -w, --warmup S            warm-up before measuring (not counted) [default: 2]
-
-IDLE OPTIONS:
-        --hold S              hold the connections this long; without it, until
-                              Ctrl-C / SIGTERM or EOF on stdin (stdin is ignored
-                              when it is /dev/null, e.g. a background job)
-                              With --deflate each connection first echoes one
-                              --payload message, so that compression state a
-                              server creates on first use is counted.
-
+/// What each mode does and measures, after the options in `--help`.
+const DETAILS: &str = "\
 Times are in seconds (fractions allowed) or take a suffix: 500ms, 10s, 2m.
 
 Echo sends each message masked with a fresh key, waits for the echo (K at a
@@ -86,10 +50,78 @@ EXAMPLES:
     emitws-load idle --url ws://127.0.0.1:9001/ -c 10000 --hold 30
 ";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// emitws-load: WebSocket load generator (ws:// and wss://)
+#[derive(Parser, Debug)]
+#[command(name = "emitws-load", after_help = DETAILS, args_override_self = true)]
+pub struct Args {
+    /// What to run
+    #[arg(value_enum)]
+    mode: Mode,
+    /// Server URL, ws:// or wss://HOST:PORT/PATH
+    #[arg(short, long, default_value = "ws://127.0.0.1:9001/")]
+    url: String,
+    /// wss://: trust this PEM certificate (default: the webpki roots)
+    #[arg(long, value_name = "FILE")]
+    ca: Option<String>,
+    /// Connections
+    #[arg(short, long, value_name = "N", default_value = "100", value_parser = count)]
+    connections: usize,
+    /// Client threads, each with its own event loop
+    #[arg(short, long, value_name = "T", default_value = "1", value_parser = count)]
+    threads: usize,
+    /// Connects + handshakes in flight, all threads
+    #[arg(long, value_name = "N", default_value = "128", value_parser = count)]
+    max_connecting: usize,
+    /// Time allowed for connect + handshake
+    #[arg(long, value_name = "S", default_value = "10", value_parser = duration)]
+    connect_timeout: Duration,
+    /// Print a single JSON object on stdout (the human summary goes to stderr)
+    #[arg(long)]
+    json: bool,
+    /// Offer permessage-deflate (and fail if the server declines): messages are compressed, compressed
+    /// answers inflated
+    #[arg(long)]
+    deflate: bool,
+    /// Payload bytes: `random` printable characters, or `json` event objects (compressible, as real
+    /// traffic is)
+    #[arg(long, value_enum, default_value = "random")]
+    pattern: Pattern,
+    /// Message payload size; k/m suffixes are KiB/MiB [default: 20; fanout: 32]
+    #[arg(short = 's', long, value_name = "BYTES", value_parser = size)]
+    payload: Option<usize>,
+    /// Send text messages (default: binary)
+    #[arg(long)]
+    text: bool,
+    /// `raw` WebSocket messages, or `emitws` (the emitws.v1 event protocol, offered as the subprotocol)
+    #[arg(long, value_enum, default_value = "raw")]
+    protocol: Protocol,
+    /// Echo: messages in flight per connection [default: 1]
+    #[arg(short = 'k', long, value_name = "K", value_parser = count)]
+    in_flight: Option<usize>,
+    /// Fanout: connections that publish [default: 10]
+    #[arg(short, long, value_name = "P", value_parser = count)]
+    publishers: Option<usize>,
+    /// Echo and fanout: measured time [default: 10]
+    #[arg(short, long, value_name = "S", value_parser = duration)]
+    duration: Option<Duration>,
+    /// Echo and fanout: warm-up before measuring (not counted) [default: 2]
+    #[arg(short, long, value_name = "S", value_parser = duration)]
+    warmup: Option<Duration>,
+    /// Idle: hold the connections this long; without it, until Ctrl-C / SIGTERM or EOF on stdin (stdin is
+    /// ignored when it is /dev/null, e.g. a background job). With --deflate each connection first echoes
+    /// one --payload message, so that compression state a server creates on first use is counted.
+    #[arg(long, value_name = "S", value_parser = duration)]
+    hold: Option<Duration>,
+}
+
+/// What the tool does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
+    /// Ping-pong echo load; reports msgs/s and latency
     Echo,
+    /// Room fan-out: every connection is a member, a few publish; reports deliveries/s, latency, completeness
     Fanout,
+    /// Open connections and hold them (server memory per connection)
     Idle,
 }
 
@@ -101,6 +133,24 @@ impl Mode {
             Mode::Idle => "idle",
         }
     }
+}
+
+/// What message payloads hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Pattern {
+    /// Printable characters, pseudo-random.
+    Random,
+    /// Event objects, compressible.
+    Json,
+}
+
+/// What travels over the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// Plain WebSocket messages.
+    Raw,
+    /// emitws.v1 requests, replies and rooms.
+    Emitws,
 }
 
 #[derive(Debug)]
@@ -136,201 +186,122 @@ pub struct Config {
     pub open_files_limit: Option<u64>,
 }
 
-/// What the command line asks for.
-pub enum Parsed {
-    Run(Box<Config>),
-    Help,
-}
-
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    let mut mode = None;
-    let mut url = "ws://127.0.0.1:9001/".to_string();
-    let mut connections = 100;
-    let mut threads = 1;
-    let mut max_connecting = 128;
-    let mut connect_timeout = Duration::from_secs(10);
-    let mut json = false;
-    let mut payload = 20;
-    let mut in_flight = 1;
-    let mut duration = Duration::from_secs(10);
-    let mut warmup = Duration::from_secs(2);
-    let mut text = false;
-    let mut deflate = false;
-    let mut json_pattern = false;
-    let mut app = false;
-    let mut publishers = 10;
-    let mut payload_given = false;
-    let mut hold = None;
-    let mut ca = None;
-    let mut echo_only = Vec::new();
-    let mut fanout_only = Vec::new();
-
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        // `--flag=value` is accepted as well as `--flag value`.
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| -> Result<String, String> {
-            inline.clone().or_else(|| args.next()).ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "echo" if mode.is_none() => mode = Some(Mode::Echo),
-            "fanout" if mode.is_none() => mode = Some(Mode::Fanout),
-            "idle" if mode.is_none() => mode = Some(Mode::Idle),
-            "-u" | "--url" => url = value(&flag)?,
-            "-c" | "--connections" => connections = parse_count(&flag, &value(&flag)?)?,
-            "-t" | "--threads" => threads = parse_count(&flag, &value(&flag)?)?,
-            "--max-connecting" => max_connecting = parse_count(&flag, &value(&flag)?)?,
-            "--connect-timeout" => connect_timeout = parse_duration(&flag, &value(&flag)?)?,
-            "--json" => json = true,
-            "-s" | "--payload" => {
-                payload = parse_size(&flag, &value(&flag)?)?;
-                payload_given = true;
+impl Config {
+    /// Checks the options against each other and the mode, fills in the
+    /// mode's defaults and resolves the URL.
+    ///
+    /// # Errors
+    /// A message naming the option that does not fit, or the URL that does not resolve.
+    pub fn new(args: Args) -> Result<Config, String> {
+        let mode = args.mode;
+        let (app, deflate) = (args.protocol == Protocol::Emitws, args.deflate);
+        let mut text = args.text;
+        if mode == Mode::Idle {
+            let echo_only = [
+                (args.in_flight.is_some(), "--in-flight"),
+                (args.duration.is_some(), "--duration"),
+                (args.warmup.is_some(), "--warmup"),
+            ];
+            if let Some((_, flag)) = echo_only.iter().find(|(given, _)| *given) {
+                return Err(format!("{flag} applies to echo mode only"));
             }
-            "--deflate" => deflate = true,
-            "--pattern" => {
-                json_pattern = match value(&flag)?.as_str() {
-                    "random" => false,
-                    "json" => true,
-                    other => return Err(format!("--pattern: `random` or `json`, not {other:?}")),
-                }
+            if (args.payload.is_some() || text) && !deflate {
+                return Err("--payload and --text apply to echo mode, or to idle mode with --deflate".into());
             }
-            "--protocol" => {
-                app = match value(&flag)?.as_str() {
-                    "raw" => false,
-                    "emitws" => true,
-                    other => return Err(format!("--protocol: `raw` or `emitws`, not {other:?}")),
-                }
+            if app && deflate {
+                return Err("idle mode takes --protocol emitws or --deflate, not both".into());
             }
-            "-p" | "--publishers" => {
-                publishers = parse_count(&flag, &value(&flag)?)?;
-                fanout_only.push(flag.clone());
+        } else if args.hold.is_some() {
+            return Err("--hold applies to idle mode only (echo and fanout run for --warmup + --duration)".into());
+        }
+        if args.publishers.is_some() && mode != Mode::Fanout {
+            return Err("--publishers applies to fanout mode only".into());
+        }
+        let publishers = args.publishers.unwrap_or(10);
+        if publishers > u16::MAX as usize {
+            return Err("--publishers: at most 65535".into());
+        }
+        let in_flight = args.in_flight.unwrap_or(1);
+        let mut payload = args.payload.unwrap_or(20);
+        if mode == Mode::Fanout {
+            if in_flight != 1 {
+                return Err("--in-flight applies to echo mode (a publisher waits for its own copy)".into());
             }
-            "-k" | "--in-flight" => {
-                in_flight = parse_count(&flag, &value(&flag)?)?;
-                echo_only.push(flag.clone());
+            payload = args.payload.unwrap_or(FANOUT_PAYLOAD);
+            if payload < FANOUT_MIN_PAYLOAD {
+                return Err(format!("fanout: --payload must be at least {FANOUT_MIN_PAYLOAD} bytes"));
             }
-            "-d" | "--duration" => {
-                duration = parse_duration(&flag, &value(&flag)?)?;
-                echo_only.push(flag.clone());
+            if publishers > args.connections {
+                return Err("--publishers: more than --connections".into());
             }
-            "-w" | "--warmup" => {
-                warmup = parse_duration(&flag, &value(&flag)?)?;
-                echo_only.push(flag.clone());
+            if deflate {
+                return Err("fanout does not compress (--deflate)".into());
             }
-            "--text" => text = true,
-            "--hold" => hold = Some(parse_duration(&flag, &value(&flag)?)?),
-            "--ca" => ca = Some(value(&flag)?),
-            _ if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
-            _ => return Err(format!("unexpected argument {arg:?} (the mode is `echo`, `fanout` or `idle`)")),
+            text = true;
         }
-        if inline.is_some() && matches!(flag.as_str(), "--json" | "--text" | "--deflate" | "--help") {
-            return Err(format!("{flag} takes no value"));
+        text |= app;
+        if payload > 64 << 20 {
+            return Err("--payload: at most 64 MiB".into());
         }
-    }
-    let mode = mode.ok_or("no mode given: `echo`, `fanout` or `idle` (see --help)")?;
-    if mode == Mode::Idle {
-        if let Some(flag) = echo_only.first() {
-            return Err(format!("{flag} applies to echo mode only"));
+        if in_flight > 65_536 {
+            return Err("--in-flight: at most 65536".into());
         }
-        if (payload_given || text) && !deflate {
-            return Err("--payload and --text apply to echo mode, or to idle mode with --deflate".into());
+        let duration = args.duration.unwrap_or(Duration::from_secs(10));
+        if mode != Mode::Idle && duration.is_zero() {
+            return Err("--duration must be more than 0".into());
         }
-        if app && deflate {
-            return Err("idle mode takes --protocol emitws or --deflate, not both".into());
+        let url = args.url;
+        let (tls, host, port, path) = parse_url(&url)?;
+        if args.ca.is_some() && !tls {
+            return Err("--ca applies to wss:// URLs".into());
         }
-    } else if hold.is_some() {
-        return Err("--hold applies to idle mode only (echo and fanout run for --warmup + --duration)".into());
-    }
-    if let Some(flag) = fanout_only.first().filter(|_| mode != Mode::Fanout) {
-        return Err(format!("{flag} applies to fanout mode only"));
-    }
-    if publishers > u16::MAX as usize {
-        return Err("--publishers: at most 65535".into());
-    }
-    if mode == Mode::Fanout {
-        if in_flight != 1 {
-            return Err("--in-flight applies to echo mode (a publisher waits for its own copy)".into());
-        }
-        if !payload_given {
-            payload = FANOUT_PAYLOAD;
-        }
-        if payload < FANOUT_MIN_PAYLOAD {
-            return Err(format!("fanout: --payload must be at least {FANOUT_MIN_PAYLOAD} bytes"));
-        }
-        if publishers > connections {
-            return Err("--publishers: more than --connections".into());
-        }
-        if deflate {
-            return Err("fanout does not compress (--deflate)".into());
-        }
-        text = true;
-    }
-    if app {
-        text = true;
-    }
-    if payload > 64 << 20 {
-        return Err("--payload: at most 64 MiB".into());
-    }
-    if in_flight > 65_536 {
-        return Err("--in-flight: at most 65536".into());
-    }
-    if mode != Mode::Idle && duration.is_zero() {
-        return Err("--duration must be more than 0".into());
-    }
-    let (tls, host, port, path) = parse_url(&url)?;
-    if ca.is_some() && !tls {
-        return Err("--ca applies to wss:// URLs".into());
-    }
-    #[cfg(feature = "tls")]
-    let tls = match (tls, ca) {
-        (false, _) => None,
-        (true, None) => Some(emitws::tls::TlsConnector::webpki_roots()),
-        (true, Some(file)) => {
-            let pem = std::fs::read(&file).map_err(|e| format!("--ca {file}: {e}"))?;
-            Some(emitws::tls::TlsConnector::with_root_pem(&pem).map_err(|e| format!("--ca {file}: {e}"))?)
-        }
-    }
-    .map(|connector| (connector, host.trim_start_matches('[').trim_end_matches(']').to_string()));
-    #[cfg(not(feature = "tls"))]
-    if tls {
-        return Err("wss:// needs the `tls` feature (on by default)".into());
-    }
-    let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{host} has no address"))?;
-    let default_port = if url.to_ascii_lowercase().starts_with("wss://") { 443 } else { 80 };
-    let host = if port == default_port { host } else { format!("{host}:{port}") };
-    Ok(Parsed::Run(Box::new(Config {
-        mode,
-        url,
-        host,
-        path,
-        addr,
-        connections,
-        threads: threads.min(connections),
-        max_connecting,
-        connect_timeout,
-        json,
-        payload,
-        in_flight,
-        duration,
-        warmup,
-        text,
-        deflate,
-        json_pattern,
-        app,
-        publishers,
-        hold,
         #[cfg(feature = "tls")]
-        tls,
-        open_files_limit: None,
-    })))
+        let tls = match (tls, args.ca) {
+            (false, _) => None,
+            (true, None) => Some(emitws::tls::TlsConnector::webpki_roots()),
+            (true, Some(file)) => {
+                let pem = std::fs::read(&file).map_err(|e| format!("--ca {file}: {e}"))?;
+                Some(emitws::tls::TlsConnector::with_root_pem(&pem).map_err(|e| format!("--ca {file}: {e}"))?)
+            }
+        }
+        .map(|connector| (connector, host.trim_start_matches('[').trim_end_matches(']').to_string()));
+        #[cfg(not(feature = "tls"))]
+        if tls {
+            return Err("wss:// needs the `tls` feature (on by default)".into());
+        }
+        let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+        let default_port = if url.to_ascii_lowercase().starts_with("wss://") { 443 } else { 80 };
+        let host = if port == default_port { host } else { format!("{host}:{port}") };
+        Ok(Config {
+            mode,
+            url,
+            host,
+            path,
+            addr,
+            connections: args.connections,
+            threads: args.threads.min(args.connections),
+            max_connecting: args.max_connecting,
+            connect_timeout: args.connect_timeout,
+            json: args.json,
+            payload,
+            in_flight,
+            duration,
+            warmup: args.warmup.unwrap_or(Duration::from_secs(2)),
+            text,
+            deflate,
+            json_pattern: args.pattern == Pattern::Json,
+            app,
+            publishers,
+            hold: args.hold,
+            #[cfg(feature = "tls")]
+            tls,
+            open_files_limit: None,
+        })
+    }
 }
 
 /// Splits `ws[s]://host[:port][/path]` into TLS or not, host (IPv6 keeps
@@ -367,15 +338,16 @@ fn parse_url(url: &str) -> Result<(bool, String, u16, String), String> {
     Ok((tls, host, port, path))
 }
 
-fn parse_count(flag: &str, value: &str) -> Result<usize, String> {
+/// A positive whole number (`_` separators allowed).
+fn count(value: &str) -> Result<usize, String> {
     match value.replace('_', "").parse::<usize>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(format!("{flag}: expected a positive whole number, got {value:?}")),
+        _ => Err("expected a positive whole number".into()),
     }
 }
 
 /// Bytes, with an optional k/K/KiB/m/M/MiB suffix (powers of 1024).
-fn parse_size(flag: &str, value: &str) -> Result<usize, String> {
+fn size(value: &str) -> Result<usize, String> {
     let lower = value.to_ascii_lowercase();
     let (digits, scale) = if let Some(n) = lower.strip_suffix("kib").or(lower.strip_suffix('k')) {
         (n, 1 << 10)
@@ -389,11 +361,11 @@ fn parse_size(flag: &str, value: &str) -> Result<usize, String> {
         .parse::<usize>()
         .ok()
         .and_then(|n| n.checked_mul(scale))
-        .ok_or_else(|| format!("{flag}: expected a size like 20, 16k or 1m, got {value:?}"))
+        .ok_or_else(|| "expected a size like 20, 16k or 1m".into())
 }
 
 /// Seconds (fractions allowed), or with an ms/s/m suffix.
-fn parse_duration(flag: &str, value: &str) -> Result<Duration, String> {
+fn duration(value: &str) -> Result<Duration, String> {
     let (number, scale) = if let Some(n) = value.strip_suffix("ms") {
         (n, 0.001)
     } else if let Some(n) = value.strip_suffix('s') {
@@ -405,13 +377,19 @@ fn parse_duration(flag: &str, value: &str) -> Result<Duration, String> {
     };
     match number.parse::<f64>() {
         Ok(n) if n >= 0.0 && (n * scale) < 1e9 => Ok(Duration::from_secs_f64(n * scale)),
-        _ => Err(format!("{flag}: expected a time like 10, 2.5, 500ms or 1m, got {value:?}")),
+        _ => Err("expected a time like 10, 2.5, 500ms or 1m".into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(line: &str) -> Result<Config, String> {
+        let args =
+            Args::try_parse_from(["emitws-load"].into_iter().chain(line.split(' '))).map_err(|e| e.to_string())?;
+        Config::new(args)
+    }
 
     #[test]
     fn urls_sizes_and_durations() {
@@ -421,36 +399,36 @@ mod tests {
         assert_eq!(parse_url("127.0.0.1:1?x").unwrap(), (false, "127.0.0.1".into(), 1, "/?x".into()));
         assert_eq!(parse_url("wss://x/").unwrap(), (true, "x".into(), 443, "/".into()));
         assert!(parse_url("http://x/").is_err());
-        assert_eq!(parse_size("-s", "16k").unwrap(), 16384);
-        assert_eq!(parse_size("-s", "1MiB").unwrap(), 1 << 20);
-        assert_eq!(parse_size("-s", "20").unwrap(), 20);
-        assert_eq!(parse_duration("-d", "500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(parse_duration("-d", "2.5").unwrap(), Duration::from_millis(2500));
-        assert!(parse_duration("-d", "-1").is_err());
+        assert_eq!(size("16k").unwrap(), 16384);
+        assert_eq!(size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(size("20").unwrap(), 20);
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert!(duration("-1").is_err());
+        assert_eq!(count("10_000").unwrap(), 10_000);
+        assert!(count("0").is_err());
     }
 
     #[test]
-    fn echo_only_flags_are_refused_in_idle_mode() {
-        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        assert!(parse(args("idle --payload 20")).is_err());
-        assert!(parse(args("echo --hold 5")).is_err());
-        assert!(parse(args("echo --publishers 5")).is_err());
-        assert!(parse(args("fanout --in-flight 2")).is_err());
-        assert!(parse(args("fanout --payload 29")).is_err());
-        assert!(parse(args("idle --protocol emitws --deflate")).is_err());
-        match parse(args("fanout -c 20 -p 3")) {
-            Ok(Parsed::Run(config)) => {
-                assert_eq!((config.publishers, config.payload, config.text), (3, 32, true));
-            }
-            _ => panic!("should parse"),
-        }
-        match parse(args("echo --protocol emitws")) {
-            Ok(Parsed::Run(config)) => assert!(config.app && config.text, "emitws.v1 is text"),
-            _ => panic!("should parse"),
-        }
-        match parse(args("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text")) {
-            Ok(Parsed::Run(config)) => assert_eq!((config.connections, config.threads, config.text), (5, 5, true)),
-            _ => panic!("should parse"),
-        }
+    fn options_that_do_not_fit_the_mode_are_refused() {
+        assert!(parse("idle --payload 20").is_err());
+        assert!(parse("idle --duration 5").is_err());
+        assert!(parse("echo --hold 5").is_err());
+        assert!(parse("echo --publishers 5").is_err());
+        assert!(parse("fanout --in-flight 2").is_err());
+        assert!(parse("fanout --payload 29").is_err());
+        assert!(parse("idle --protocol emitws --deflate").is_err());
+        assert!(parse("echo --protocol json").is_err());
+        assert!(parse("--connections 5").is_err(), "no mode");
+        let config = parse("fanout -c 20 -p 3").unwrap();
+        assert_eq!((config.publishers, config.payload, config.text), (3, 32, true));
+        let config = parse("echo --protocol emitws").unwrap();
+        assert!(config.app && config.text, "emitws.v1 is text");
+        let config = parse("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text").unwrap();
+        assert_eq!((config.connections, config.threads, config.text), (5, 5, true));
+        // The mode may come after options, and a repeated option keeps its last value (as scripts expect).
+        let config = parse("-c 7 echo --duration 1 -d 500ms -s 16k").unwrap();
+        assert_eq!((config.mode, config.duration, config.payload), (Mode::Echo, Duration::from_millis(500), 16384));
+        assert_eq!((config.in_flight, config.warmup, config.publishers), (1, Duration::from_secs(2), 10));
     }
 }
