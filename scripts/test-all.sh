@@ -31,6 +31,16 @@ cargo fmt --all --check
 section "lint: cargo clippy --workspace --all-targets --all-features -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+# The engine (proto, runtime, client) builds without the event layer, and then
+# has no JSON dependency; tests and examples of the event layer are left out.
+section "engine alone: cargo build --no-default-features --all-targets, no JSON crate in cargo tree"
+cargo build --no-default-features --all-targets
+json_crates=$(cargo tree --no-default-features -e normal -p emitws --prefix none | grep -E '^(serde|serde_json|itoa) ' || true)
+if [ -n "$json_crates" ]; then
+  printf 'the engine without default features depends on:\n%s\n' "$json_crates"
+  exit 1
+fi
+
 # Some tests run the example programs as their users do; --all-targets builds
 # examples as test harnesses only, so their binaries are built first.
 section "tests: cargo build --workspace --examples && cargo test --workspace --all-targets"
