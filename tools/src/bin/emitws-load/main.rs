@@ -314,18 +314,7 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
 
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::Value::from(s).to_string()
 }
 
 /// The soft limit on open files, from /proc (Linux), if known and finite.
@@ -379,6 +368,6 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped() {
-        assert_eq!(json_string("ws://a/\"b\\\n"), "\"ws://a/\\\"b\\\\\\u000a\"");
+        assert_eq!(json_string("ws://a/\"b\\\n"), "\"ws://a/\\\"b\\\\\\n\"");
     }
 }
