@@ -24,7 +24,8 @@ mkdir -p "$out"
 rm -f "$out"/*.json
 
 ONLY_HELPERS=1 source benches/common.sh
-cargo build -q --release --features redis --bin emitws-cluster-node --example cluster_fanout
+cargo build -q --release --features redis --example cluster_fanout
+cargo build -q --release -p emitws-tools --features redis --bin emitws-cluster-node
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT

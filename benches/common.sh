@@ -2,7 +2,8 @@
 # servers. Each server runs one event loop so they compare loop for loop.
 # A script that runs none of them sets ONLY_HELPERS=1 to take just the helpers.
 if [ -z "${ONLY_HELPERS:-}" ]; then
-  cargo build -q --release --example echo --example app_echo --bin emitws-load
+  cargo build -q --release --example echo --example app_echo
+  cargo build -q --release -p emitws-tools --bin emitws-load
   cargo build -q --release --manifest-path benches/peers/Cargo.toml
 fi
 

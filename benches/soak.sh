@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Soak: does the server's memory stay flat under a steady mixed load?
 #
-# One server (examples/soak: the event layer with /echo, /join and /pub, which
-# prints its counts every SAMPLE seconds) gets, for MINUTES minutes:
+# One server (examples/app_echo: the event layer with /echo, /join and /pub;
+# with --stats it prints its counts every SAMPLE seconds) gets, for MINUTES minutes:
 #   IDLE idle connections (raw WebSocket, they only answer pings: keepalive rounds),
 #   ECHO connections doing request/reply echo (`emitws-load echo --protocol emitws`),
 #   FANOUT room members of which PUBLISHERS publish (`emitws-load fanout`),
@@ -16,7 +16,7 @@
 #
 # Usage: benches/soak.sh
 #   IDLE=18700 ECHO=100 FANOUT=100 MINUTES=30 benches/soak.sh     (19,000 connections)
-#   SERVER="/path/to/app_echo --workers 1 --addr" benches/soak.sh (another server: no counts)
+#   SERVER="/path/to/server --workers 1 --addr" benches/soak.sh (another server: counts if it prints them)
 # The fd limit (ulimit -n) must exceed the connections. NICE (default 10)
 # lowers the priority of everything the soak runs; PIN=1 pins the server to
 # core 0 and the load to core 1. KEEPALIVE (seconds, default 30) is the
@@ -25,14 +25,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ONLY_HELPERS=1 source benches/common.sh
 if [ -z "${SERVER:-}" ]; then
-  cargo build -q --release --example soak --bin emitws-load
+  cargo build -q --release --example app_echo
+  cargo build -q --release -p emitws-tools --bin emitws-load
 fi
 
 idle=${IDLE:-1000} echo_conns=${ECHO:-50} fanout=${FANOUT:-50} publishers=${PUBLISHERS:-2}
 churn=${CHURN:-20} minutes=${MINUTES:-5} warmup=${WARMUP:-1} sample=${SAMPLE:-10}
 workers=${WORKERS:-1} keepalive=${KEEPALIVE:-30} after=${AFTER:-60} port=${PORT:-9600}
 name=${NAME:-soak-$(date -u +%Y%m%dT%H%M)}
-server=${SERVER:-target/release/examples/soak --workers $workers --keepalive $keepalive --stats $sample --addr}
+server=${SERVER:-target/release/examples/app_echo --workers $workers --keepalive $keepalive --stats $sample --addr}
 load=target/release/emitws-load
 url="ws://127.0.0.1:$port/"
 out=target/bench-soak

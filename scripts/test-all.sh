@@ -28,23 +28,35 @@ scripts/install-deps.sh
 section "format: cargo fmt --all --check"
 cargo fmt --all --check
 
-section "lint: cargo clippy --all-targets --all-features -- -D warnings"
-cargo clippy --all-targets --all-features -- -D warnings
+section "lint: cargo clippy --workspace --all-targets --all-features -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+# The engine (proto, runtime, client) builds without the event layer, and then
+# has no JSON dependency; tests and examples of the event layer are left out.
+section "engine alone: cargo build --no-default-features --all-targets, no JSON crate in cargo tree"
+cargo build --no-default-features --all-targets
+json_crates=$(cargo tree --no-default-features -e normal -p emitws --prefix none | grep -E '^(serde|serde_json|itoa) ' || true)
+if [ -n "$json_crates" ]; then
+  printf 'the engine without default features depends on:\n%s\n' "$json_crates"
+  exit 1
+fi
 
 # Some tests run the example programs as their users do; --all-targets builds
 # examples as test harnesses only, so their binaries are built first.
-section "tests: cargo build --examples && cargo test --all-targets"
-cargo build --examples
-cargo test --all-targets
+section "tests: cargo build --workspace --examples && cargo test --workspace --all-targets"
+cargo build --workspace --examples
+cargo test --workspace --all-targets
 
 # --all-targets leaves out doctests, so they get their own run.
 section "doctests: cargo test --doc"
 cargo test --doc
 
 # The Redis adapter is behind a feature; its tests start their own redis-server.
+# cluster_nodes runs emitws-cluster-node processes: it lives with them in tools/.
 if skipped redis; then skip "the Redis cluster tests"; else
-  section "cluster: cargo test --features redis --test cluster --test cluster_nodes --test chat_cluster"
-  cargo test --features redis --test cluster --test cluster_nodes --test chat_cluster
+  section "cluster: cargo test --features redis --test cluster --test chat_cluster; -p emitws-tools --test cluster_nodes"
+  cargo test --features redis --test cluster --test chat_cluster
+  cargo test -p emitws-tools --features redis --test cluster_nodes
 fi
 
 if skipped js; then skip "the JavaScript client's unit tests"; else

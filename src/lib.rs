@@ -12,8 +12,9 @@
 //!   other threads.
 //! - [`client`]: the client, blocking ([`client::connect`]) or on the server's
 //!   workers ([`runtime::ServerHandle::connect`]).
-//! - [`app`]: the event framework on top (named events, requests, rooms,
-//!   users, server-to-client calls), speaking `emitws.v1` (PROTOCOL.md).
+//! - `app` (feature `app`, on by default): the event framework on top (named
+//!   events, requests, rooms, users, server-to-client calls), speaking
+//!   `emitws.v1` (PROTOCOL.md). Without it the engine has no JSON dependency.
 //! - [`tls`] (feature `tls`, on by default): rustls sessions for `wss://`.
 //! - `cluster` (feature `redis`): scale-out over Redis. `RedisAdapter` makes
 //!   an app one node of a cluster: broadcasts, direct sends, users and
@@ -23,6 +24,7 @@
 //! complete example.
 #![deny(missing_docs)]
 
+#[cfg(feature = "app")]
 pub mod app;
 pub mod client;
 #[cfg(feature = "redis")]
@@ -32,7 +34,8 @@ pub mod runtime;
 #[cfg(feature = "tls")]
 pub mod tls;
 
-/// README.md's Rust examples, compiled by `cargo test --doc`.
-#[cfg(doctest)]
+/// README.md's Rust examples, compiled by `cargo test --doc` (with the
+/// default features: they show the event framework and `wss://`).
+#[cfg(all(doctest, feature = "app", feature = "tls"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

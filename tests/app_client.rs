@@ -4,6 +4,7 @@
 //! server-to-client RPC, timeouts, namespaces, a dropped connection failing
 //! pending requests and the automatic reconnect, giving up after the
 //! retries, and close.
+#![cfg(feature = "app")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The cluster API on a server without an adapter: `app.cluster()` answers
 //! for this server, socket ids read `0-CONN` and are taken back by
 //! `emit_to` and `except`.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

@@ -1,6 +1,7 @@
 //! Connecting: path routes and parameters, the query, connection middleware
 //! (refusals and code at disconnect), identify hooks, first-message and
 //! challenge-response auth, the origin allow-list and the heartbeat.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

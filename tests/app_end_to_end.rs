@@ -1,6 +1,7 @@
 //! The Rust event client (`client::app`) against the real event framework
 //! (`app::App`) over loopback: the two halves of emitws.v1 talking to each
 //! other, the way an application uses them.
+#![cfg(feature = "app")]
 
 #[path = "common/auth_apps.rs"]
 mod auth_apps;

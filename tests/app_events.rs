@@ -1,5 +1,6 @@
 //! Events, requests and replies, middleware, namespaces and system events,
 //! over real sockets.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

@@ -1,6 +1,7 @@
 //! Abuse limits and bad input: each limit's default behaviour and its
 //! setting, malformed envelopes, bad ids, binary frames, system events from
 //! clients. Nothing here may panic the server or hurt other sockets.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

@@ -3,6 +3,7 @@
 //! handlers), after the success reply with first-message auth, after the
 //! accepted answer with challenge auth, never for a socket a `@connection`
 //! handler closed.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

@@ -1,5 +1,6 @@
 //! Rooms and tags across workers: broadcasts encoded once reach every member
 //! on every core, exactly once; membership is freed on disconnect.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

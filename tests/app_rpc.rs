@@ -1,5 +1,6 @@
 //! Server-to-client calls (callback and blocking forms, timeouts, client
 //! errors, disconnects) and replies deferred to other threads.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

@@ -3,6 +3,7 @@
 //! the rate, panics reported to `@error`, escaped names, the depth
 //! boundary, short answers to calls, subprotocol refusal, duplicate request
 //! ids, and data relayed exactly as written.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

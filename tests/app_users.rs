@@ -1,5 +1,6 @@
 //! Users and devices: a user's sockets on any worker, the per-user cap and
 //! its policies, dropping a user or one device.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

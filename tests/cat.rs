@@ -1,5 +1,6 @@
 //! emitws-cat, the terminal client, driven the way a user drives it: lines on
 //! stdin, output read from stdout, against servers started here.
+#![cfg(feature = "app")]
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

@@ -3,6 +3,7 @@
 //! listens, written in the same packet as the upgrade request. (The store's
 //! thread used to be wired after `listen` returned, and the first joins got
 //! `internal: the handler dropped its reply`.)
+#![cfg(feature = "app")]
 
 mod common;
 #[path = "common/examples.rs"]

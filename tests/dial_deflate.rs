@@ -5,6 +5,7 @@
 //! masked frames as the server sees them, an answer we did not offer, a
 //! decompression bomb), a broadcast that reaches a dialed connection, and the
 //! event client talking to an `App` with compression on.
+#![cfg(feature = "app")]
 
 mod common;
 

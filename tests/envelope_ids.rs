@@ -3,6 +3,7 @@
 //! text starts with `[1,<id>,`, but only when that id is one (PROTOCOL.md
 //! §2: a plain integer) and the text is JSON up to there; otherwise the
 //! refusal is an `@error` event. Found by the `envelope` fuzz target.
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

@@ -4,6 +4,7 @@
 //! outside ASCII, PHP's `json_encode` escapes `/`). Each example binary runs
 //! on a free port and gets the text as raw frames written here, and from the
 //! JavaScript client (clients/js/test/escapes.test.js, run under node).
+#![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;

@@ -1,6 +1,7 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the
 //! same checks the fuzz targets run, so every seed and every crash found by
 //! the fuzzer stays a regression test under a plain `cargo test`.
+#![cfg(feature = "app")]
 
 #[path = "../fuzz/harness.rs"]
 mod harness;

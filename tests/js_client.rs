@@ -4,6 +4,7 @@
 //! (challenge-response auth) and `EMITWS_AUTH_URL` (first-message auth)
 //! pointing at them. Without node on the PATH it fails (unless
 //! `EMITWS_SKIP=js`).
+#![cfg(feature = "app")]
 
 #[path = "common/auth_apps.rs"]
 mod auth_apps;

@@ -22,6 +22,7 @@
 //! # Ok::<(), emitws::client::ClientError>(())
 //! ```
 
+#[cfg(feature = "app")]
 pub mod app;
 mod blocking;
 mod error;

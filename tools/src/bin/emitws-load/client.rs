@@ -17,10 +17,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use emitws::app::PROTOCOL;
-use emitws::proto::deflate::{
-    accept_response, client_offer, Compressor, Decompressor, DeflateAgreement, DeflateConfig,
-};
-use emitws::proto::handshake::{accept_key, parse_extensions};
+use emitws::proto::client_handshake::{encode_key, Accepted, Offer, ResponseReader, UpgradeRequest};
+use emitws::proto::deflate::{client_offer, Compressor, Decompressor, DeflateAgreement, DeflateConfig};
+use emitws::proto::handshake::RequestLimits;
 use emitws::proto::{
     encode_frame, encode_frame_with_rsv, CloseCode, Decoder, Event, Limits, MaskRng, Message, OpCode, Role,
 };
@@ -28,14 +27,12 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::cli::{Config, Mode};
-use crate::hist::Histogram;
+use hdrhistogram::Histogram;
 
 /// The RSV bit of a compressed message.
 const RSV1: u8 = 0b100;
 /// Bytes read from a socket at a time, into the thread's one read buffer.
 const READ_BUFFER: usize = 256 << 10;
-/// Largest handshake response head accepted.
-const MAX_RESPONSE_HEAD: usize = 16 << 10;
 /// Time allowed for the close handshakes at the end.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Distinct payload offsets into the pattern (consecutive messages differ).
@@ -102,13 +99,16 @@ impl Shared {
     }
 }
 
+/// The largest latency recorded as itself (larger ones count as this): an hour, in nanoseconds.
+const MAX_LATENCY: u64 = 3_600_000_000_000;
+
 /// What one thread counted.
-#[derive(Default)]
 pub struct Stats {
     /// Echoes (fanout: deliveries) received during the measured window.
     pub messages: u64,
-    /// Round trips of those echoes (fanout: publish-to-delivery times), in nanoseconds.
-    pub latency: Histogram,
+    /// Round trips of those echoes (fanout: publish-to-delivery times), in
+    /// nanoseconds, to 3 significant digits (0.1%). Recording allocates nothing.
+    pub latency: Histogram<u64>,
     /// Fanout: deliveries over the whole run, warm-up and drain included.
     pub delivered: u64,
     pub connect_errors: u64,
@@ -125,6 +125,25 @@ pub struct Stats {
     pub lingering: u64,
 }
 
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            messages: 0,
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY, 3)
+                .expect("1 ns to an hour at 3 digits is a valid range"),
+            delivered: 0,
+            connect_errors: 0,
+            handshake_errors: 0,
+            dropped: 0,
+            protocol_errors: 0,
+            mismatches: 0,
+            open_at_end: 0,
+            unclean_closes: 0,
+            lingering: 0,
+        }
+    }
+}
+
 impl Stats {
     pub fn errors(&self) -> u64 {
         self.connect_errors + self.handshake_errors + self.dropped + self.protocol_errors + self.mismatches
@@ -132,7 +151,7 @@ impl Stats {
 
     pub fn merge(&mut self, other: &Stats) {
         self.messages += other.messages;
-        self.latency.merge(&other.latency);
+        self.latency.add(&other.latency).expect("every thread's histogram has the same range");
         self.delivered += other.delivered;
         self.connect_errors += other.connect_errors;
         self.handshake_errors += other.handshake_errors;
@@ -214,10 +233,10 @@ struct Conn {
     tls: Option<Box<emitws::tls::TlsStream>>,
     state: State,
     started: Instant,
-    /// The expected Sec-WebSocket-Accept, then (after the handshake) nothing.
-    accept: String,
+    /// The Sec-WebSocket-Key sent, then (after the handshake) nothing.
+    key: String,
     /// The response head as it arrives.
-    head: Vec<u8>,
+    head: ResponseReader,
     decoder: Decoder,
     /// Compression both ways, once permessage-deflate is agreed.
     deflate: Option<Box<(Compressor, Decompressor)>>,
@@ -597,22 +616,18 @@ fn open(poll: &mut Poll, index: usize, number: usize, ctx: &mut Ctx<'_>, now: In
     let mut raw_key = [0u8; 16];
     raw_key[..8].copy_from_slice(&ctx.rng.next().to_ne_bytes());
     raw_key[8..].copy_from_slice(&ctx.rng.next().to_ne_bytes());
-    let key = base64(&raw_key);
+    let key = encode_key(raw_key);
     let mut out = Vec::with_capacity(256);
-    write!(
-        out,
-        "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nUser-Agent: emitws-load\r\n",
-        config.path, config.host
-    )
-    .expect("writing to a Vec");
-    if config.deflate {
-        write!(out, "Sec-WebSocket-Extensions: {}\r\n", client_offer(&DeflateConfig::default())).expect("a Vec");
+    UpgradeRequest {
+        host: &config.host,
+        target: &config.path,
+        key: &key,
+        protocols: &offered_protocols(config),
+        extensions: config.deflate.then(|| client_offer(&DeflateConfig::default())).as_deref(),
+        headers: &[("User-Agent".to_string(), "emitws-load".to_string())],
+        ..UpgradeRequest::default()
     }
-    if config.app {
-        write!(out, "Sec-WebSocket-Protocol: {PROTOCOL}\r\n").expect("a Vec");
-    }
-    out.extend_from_slice(b"\r\n");
+    .write(&mut out);
     #[cfg(feature = "tls")]
     let tls = match &config.tls {
         Some((connector, name)) => match connector.session(name) {
@@ -627,8 +642,8 @@ fn open(poll: &mut Poll, index: usize, number: usize, ctx: &mut Ctx<'_>, now: In
         tls,
         state: State::Connecting,
         started: now,
-        accept: accept_key(key.as_bytes()),
-        head: Vec::new(),
+        key,
+        head: ResponseReader::default(),
         decoder: Decoder::new(Role::Client),
         deflate: None,
         out,
@@ -763,83 +778,59 @@ fn on_event(
 
 /// Accumulates and checks the upgrade response; any bytes after it are frames.
 fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
-    conn.head.extend_from_slice(data);
-    let Some(end) = conn.head.windows(4).position(|w| w == b"\r\n\r\n") else {
-        if conn.head.len() > MAX_RESPONSE_HEAD {
-            return Err(err(Kind::Handshake, "response head over 16 KiB"));
-        }
+    let limits = RequestLimits::default();
+    let handshake_error = |e: &dyn std::fmt::Display| err(Kind::Handshake, e.to_string());
+    let Some(used) = conn.head.push(data, &limits).map_err(|e| handshake_error(&e))? else {
         return Ok(());
     };
-    let head = std::mem::take(&mut conn.head);
-    let agreement = check_response(&head[..end], &conn.accept, ctx.config.deflate, ctx.config.app)
-        .map_err(|message| err(Kind::Handshake, message))?;
+    let config = ctx.config;
+    let deflate = DeflateConfig::default();
+    let protocols = offered_protocols(config);
+    let offer = Offer { key: &conn.key, protocols: &protocols, deflate: config.deflate.then_some(&deflate) };
+    let accepted = conn.head.response(&limits).and_then(|response| response.validate(&offer));
+    let agreement = accepted.map_err(|e| handshake_error(&e)).and_then(|accepted| {
+        check_accepted(accepted, config.deflate, config.app).map_err(|message| err(Kind::Handshake, message))
+    })?;
     if let Some(agreement) = agreement {
-        let compressor = Compressor::new(&agreement, Role::Client, &DeflateConfig::default());
+        let compressor = Compressor::new(&agreement, Role::Client, &deflate);
         conn.deflate = Some(Box::new((compressor, Decompressor::new(&agreement, Role::Client))));
         conn.decoder.allow_extension_rsv(RSV1);
     }
-    conn.accept = String::new();
-    if ctx.config.app && ctx.config.mode != Mode::Echo {
+    conn.key = String::new();
+    conn.head = ResponseReader::default();
+    if config.app && config.mode != Mode::Echo {
         conn.state = State::Joining;
         ctx.queue_join(conn);
     } else {
         ctx.opened(conn, now);
     }
-    let mut rest = head[end + 4..].to_vec();
+    let rest = &mut data[used..];
     if !rest.is_empty() {
-        on_frames(conn, &mut rest, ctx, now)?;
+        on_frames(conn, rest, ctx, now)?;
     }
     Ok(())
 }
 
-/// Checks the 101 (with emitws.v1 selected, if `app`) and returns the
-/// permessage-deflate agreement, if we offered it.
-fn check_response(
-    head: &[u8],
-    accept: &str,
-    offered_deflate: bool,
-    app: bool,
-) -> Result<Option<DeflateAgreement>, String> {
-    let head = String::from_utf8_lossy(head);
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default();
-    let mut parts = status.splitn(3, ' ');
-    let (version, code) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    if !version.starts_with("HTTP/1.") || code != "101" {
-        return Err(format!("expected `101 Switching Protocols`, got {status:?}"));
+/// The subprotocols the upgrade request offers: emitws.v1 with `--protocol emitws`.
+fn offered_protocols(config: &Config) -> Vec<String> {
+    if config.app {
+        vec![PROTOCOL.to_string()]
+    } else {
+        Vec::new()
     }
-    let header = |name: &str| {
-        head.split("\r\n")
-            .skip(1)
-            .filter_map(|line| line.split_once(':'))
-            .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    match header("sec-websocket-accept") {
-        Some(value) if value == accept => {}
-        Some(value) => return Err(format!("wrong Sec-WebSocket-Accept {value:?} (expected {accept:?})")),
-        None => return Err("no Sec-WebSocket-Accept header".into()),
+}
+
+/// What this tool asks of a valid answer beyond RFC 6455: the emitws.v1
+/// subprotocol, and compression, when offered (a run measures what it asked
+/// for or fails). Returns the permessage-deflate agreement, if any.
+fn check_accepted(accepted: Accepted, offered_deflate: bool, app: bool) -> Result<Option<DeflateAgreement>, String> {
+    if app && accepted.protocol.is_none() {
+        return Err(format!("the server did not select the subprotocol {PROTOCOL}"));
     }
-    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
-        return Err("no `Upgrade: websocket` header".into());
+    if offered_deflate && accepted.deflate.is_none() {
+        return Err("the server declined permessage-deflate".into());
     }
-    match (header("sec-websocket-protocol"), app) {
-        (None, false) => {}
-        (Some(value), true) if value == PROTOCOL => {}
-        (value, _) => return Err(format!("subprotocol {value:?} (offered: {:?})", app.then_some(PROTOCOL))),
-    }
-    let extensions = header("sec-websocket-extensions");
-    match (extensions, offered_deflate) {
-        (None, false) => Ok(None),
-        (None, true) => Err("the server declined permessage-deflate".into()),
-        (Some(value), false) => Err(format!("extensions {value:?} that were never offered")),
-        (Some(value), true) => match &parse_extensions(value.as_bytes())[..] {
-            [answer] if answer.name == "permessage-deflate" => accept_response(answer, &DeflateConfig::default())
-                .map(Some)
-                .map_err(|e| format!("bad permessage-deflate answer {value:?}: {e}")),
-            _ => Err(format!("extensions {value:?} that were never offered")),
-        },
-    }
+    Ok(accepted.deflate)
 }
 
 /// Decodes server frames from `data`: messages are checked and timed, pings answered.
@@ -951,7 +942,7 @@ fn record(ctx: &mut Ctx<'_>, now: Instant, sent: Instant) {
     if let Some((from, until)) = ctx.window {
         if now >= from && now < until {
             ctx.stats.messages += 1;
-            ctx.stats.latency.record(now.saturating_duration_since(sent).as_nanos() as u64);
+            ctx.stats.latency.saturating_record(now.saturating_duration_since(sent).as_nanos() as u64);
         }
     }
 }
@@ -1098,48 +1089,20 @@ fn flush(conn: &mut Conn) -> Result<(), End> {
     Ok(())
 }
 
-/// Standard base64 with padding.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn base64_and_response_check() {
-        assert_eq!(base64(b"the sample nonce"), "dGhlIHNhbXBsZSBub25jZQ==");
-        assert_eq!(base64(b"ab"), "YWI=");
-        assert_eq!(base64(b"abc"), "YWJj");
-        let accept = accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
-        let ok = "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nConnection: Upgrade\r\n\
-                  Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
-        assert_eq!(check_response(ok.as_bytes(), &accept, false, false), Ok(None));
-        assert!(check_response(b"HTTP/1.1 400 Bad Request", &accept, false, false).is_err());
-        assert!(check_response(ok.replace("xOo=", "xOx=").as_bytes(), &accept, false, false).is_err());
-        assert!(check_response(ok.as_bytes(), &accept, true, false).is_err(), "declined compression is an error");
-        let deflate = format!("{ok}\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover");
-        let agreement = check_response(deflate.as_bytes(), &accept, true, false).unwrap().unwrap();
-        assert!(agreement.server_no_context_takeover);
-        assert!(check_response(deflate.as_bytes(), &accept, false, false).is_err(), "never offered");
-        let app = format!("{ok}\r\nSec-WebSocket-Protocol: {PROTOCOL}");
-        assert_eq!(check_response(app.as_bytes(), &accept, false, true), Ok(None));
-        assert!(check_response(ok.as_bytes(), &accept, false, true).is_err(), "emitws.v1 not selected");
-        assert!(check_response(app.as_bytes(), &accept, false, false).is_err(), "never offered");
+    fn the_answer_must_grant_what_the_run_asked_for() {
+        let app = || Accepted { protocol: Some(PROTOCOL.to_string()), deflate: None };
+        assert_eq!(check_accepted(Accepted::default(), false, false), Ok(None));
+        assert_eq!(check_accepted(app(), false, true), Ok(None));
+        assert!(check_accepted(Accepted::default(), false, true).is_err(), "emitws.v1 not selected");
+        assert!(check_accepted(Accepted::default(), true, false).is_err(), "declined compression is an error");
+        let agreement = DeflateAgreement::default();
+        let deflate = Accepted { protocol: None, deflate: Some(agreement) };
+        assert_eq!(check_accepted(deflate, true, false), Ok(Some(agreement)));
     }
 
     #[test]

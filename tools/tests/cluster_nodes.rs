@@ -2,14 +2,16 @@
 //! own ports sharing a redis-server that each test starts, with WebSocket
 //! clients on every node. Room and tag broadcasts, `emit_to` and `to_user`
 //! across nodes, cluster-wide presence, a node killed outright, and Redis
-//! killed and restarted. Without redis-server on the PATH these tests say so
-//! loudly and pass (CI installs it).
+//! killed and restarted. Without redis-server on the PATH these tests fail,
+//! unless the Redis tests are left out on purpose (EMITWS_SKIP=redis).
+//! The helpers are the library's test helpers (../tests/common), shared.
 #![cfg(feature = "redis")]
 
-#[path = "common/app.rs"]
+#[path = "../../tests/common/app.rs"]
 mod app_client;
+#[path = "../../tests/common/mod.rs"]
 mod common;
-#[path = "common/redis.rs"]
+#[path = "../../tests/common/redis.rs"]
 mod redis_server;
 
 use std::io::{BufRead, BufReader};

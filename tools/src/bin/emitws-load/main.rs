@@ -13,23 +13,19 @@
 
 mod cli;
 mod client;
-mod hist;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cli::{Config, Mode, Parsed};
+use clap::Parser;
+use cli::{Args, Config, Mode};
 use client::{Shared, Stats};
 
 fn main() {
-    let mut config = match cli::parse(std::env::args().skip(1)) {
-        Ok(Parsed::Run(config)) => config,
-        Ok(Parsed::Help) => {
-            print!("{}", cli::HELP);
-            return;
-        }
+    let mut config = match Config::new(Args::parse()) {
+        Ok(config) => config,
         Err(message) => {
             eprintln!("emitws-load: {message} (see --help)");
             std::process::exit(2);
@@ -174,7 +170,7 @@ fn drive(config: &Config, shared: &Shared, released: &dyn Fn() -> bool) -> Timin
             let _ = std::io::stdout().flush();
             let held_from = Instant::now();
             let until = config.hold.map(|hold| held_from + hold);
-            while !stopped() && !released() && until.map_or(true, |until| Instant::now() < until) {
+            while !stopped() && !released() && until.is_none_or(|until| Instant::now() < until) {
                 std::thread::sleep(Duration::from_millis(10));
             }
             measured = held_from.elapsed();
@@ -221,8 +217,12 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
             let secs = timing.measured.as_secs_f64();
             let rate = if secs > 0.0 { stats.messages as f64 / secs } else { 0.0 };
             let lat = &stats.latency;
-            let (p50, p99, p999, max) =
-                (micros(lat.quantile(0.5)), micros(lat.quantile(0.99)), micros(lat.quantile(0.999)), micros(lat.max()));
+            let (p50, p99, p999, max) = (
+                micros(lat.value_at_quantile(0.5)),
+                micros(lat.value_at_quantile(0.99)),
+                micros(lat.value_at_quantile(0.999)),
+                micros(lat.max()),
+            );
             let protocol = if config.app { "emitws" } else { "raw" };
             let (what, detail, extra) = match config.mode {
                 Mode::Echo => {
@@ -314,18 +314,7 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
 
 /// A JSON string literal.
 fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+    serde_json::Value::from(s).to_string()
 }
 
 /// The soft limit on open files, from /proc (Linux), if known and finite.
@@ -352,45 +341,24 @@ fn stdin_is_dev_null() -> bool {
 }
 
 /// SIGINT / SIGTERM end the run early (results are still printed); a second one exits at once.
-#[cfg(unix)]
 mod signals {
-    use std::ffi::c_int;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::flag;
 
     static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-    extern "C" {
-        fn signal(signum: c_int, handler: extern "C" fn(c_int)) -> usize;
-        fn _exit(status: c_int) -> !;
-    }
-
-    extern "C" fn on_signal(_: c_int) {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            // SAFETY: `_exit` is async-signal-safe.
-            unsafe { _exit(130) }
-        }
-    }
-
     pub fn install() {
-        const SIGINT: c_int = 2;
-        const SIGTERM: c_int = 15;
-        // SAFETY: the handler only touches an atomic and calls `_exit`, both async-signal-safe.
-        unsafe {
-            signal(SIGINT, on_signal);
-            signal(SIGTERM, on_signal);
+        for signal in [SIGINT, SIGTERM] {
+            // The exit is registered first, so the first signal only arms it.
+            flag::register_conditional_shutdown(signal, 130, &INTERRUPTED).expect("SIGINT and SIGTERM can be handled");
+            flag::register(signal, &INTERRUPTED).expect("SIGINT and SIGTERM can be handled");
         }
     }
 
     pub fn interrupted() -> bool {
         INTERRUPTED.load(Ordering::Relaxed)
-    }
-}
-
-#[cfg(not(unix))]
-mod signals {
-    pub fn install() {}
-    pub fn interrupted() -> bool {
-        false
     }
 }
 
@@ -400,6 +368,6 @@ mod tests {
 
     #[test]
     fn json_strings_are_escaped() {
-        assert_eq!(json_string("ws://a/\"b\\\n"), "\"ws://a/\\\"b\\\\\\u000a\"");
+        assert_eq!(json_string("ws://a/\"b\\\n"), "\"ws://a/\\\"b\\\\\\n\"");
     }
 }

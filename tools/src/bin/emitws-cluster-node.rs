@@ -22,6 +22,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use clap::Parser;
 use emitws::app::{App, AppHandle, BroadcastOpts, Error, Limits, Rate, Refusal, SocketId};
 use emitws::cluster::{RedisAdapter, RedisOptions};
 use emitws::runtime::Server;
@@ -58,28 +59,43 @@ struct Query {
     arg: String,
 }
 
+/// One node of an emitws cluster over Redis (see the source's documentation for its events).
+#[derive(Parser)]
+#[command(name = "emitws-cluster-node")]
+struct Args {
+    /// The Redis server; without it, a server on its own (node 0)
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// Where to listen
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
+    addr: String,
+    /// Worker threads [default: the server's]
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// How long a silent node counts as alive, in milliseconds [default: the adapter's]
+    #[arg(long, value_name = "N")]
+    ttl_ms: Option<u64>,
+    /// Envelopes per second per socket, 0 for no cap [default: the app's]
+    #[arg(long, value_name = "N")]
+    rate: Option<f32>,
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let (mut addr, mut redis) = ("127.0.0.1:0".to_string(), None);
-    let (mut server, mut options, mut limits) = (Server::new(), RedisOptions::default(), Limits::default());
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next()) {
-            ("--addr", Some(value)) => addr = value,
-            ("--redis", Some(value)) => redis = Some(value),
-            ("--workers", Some(value)) if value.parse::<usize>().is_ok() => {
-                server = server.workers(value.parse().unwrap_or(1));
-            }
-            ("--rate", Some(value)) if value.parse::<f32>().is_ok() => {
-                let per_second: f32 = value.parse().unwrap_or(0.0);
-                limits.rate = (per_second > 0.0).then_some(Rate { per_second, burst: per_second });
-            }
-            ("--ttl-ms", Some(value)) if value.parse::<u64>().is_ok() => {
-                options.heartbeat_ttl = Duration::from_millis(value.parse().unwrap_or(10_000));
-            }
-            _ => usage(),
-        }
+    let args = Args::parse();
+    let mut server = Server::new();
+    if let Some(workers) = args.workers {
+        server = server.workers(workers);
     }
-    let adapter = redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
+    let mut limits = Limits::default();
+    if let Some(per_second) = args.rate {
+        limits.rate = (per_second > 0.0).then_some(Rate { per_second, burst: per_second });
+    }
+    let mut options = RedisOptions::default();
+    if let Some(ttl) = args.ttl_ms {
+        options.heartbeat_ttl = Duration::from_millis(ttl);
+    }
+    let addr = args.addr;
+    let adapter = args.redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
     let mut app = App::new();
     app.limits(limits);
     if let Some(adapter) = &adapter {
@@ -172,11 +188,6 @@ fn answer(app: &AppHandle, query: &Query) -> Result<Value, Error> {
         "users" => json!(cluster.users()?),
         other => json!({ "unknown": other }),
     })
-}
-
-fn usage() -> ! {
-    eprintln!("usage: emitws-cluster-node [--redis URL] [--addr HOST:PORT] [--workers N] [--ttl-ms N] [--rate N]");
-    std::process::exit(2);
 }
 
 fn fail(e: &dyn std::fmt::Display) -> ! {
