@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# User-space instructions per operation under callgrind, repeatable on a
+# shared machine where timings are not: the number to compare before and
+# after a change on the hot path.
+#
+# Two-duration difference method: each server runs under callgrind twice,
+# loaded for SHORT and LONG seconds; instructions per operation are
+# (Ir_long - Ir_short) / (ops_long - ops_short), so start-up, handshakes and
+# shutdown cancel out. Operations are the load tool's `messages`: echo round
+# trips, or fan-out deliveries.
+#
+# Cases: raw echo ping-pong and 8 in flight (examples/echo), event-layer
+# request/reply with 8 in flight and room fan-out (examples/app_echo:
+# 1,000 members, 10 publishers, 32 B). One worker each.
+#
+# Usage: benches/callgrind.sh   (SHORT=3 LONG=8; LOAD=emitws-load to use,
+#        BIN=directory of the example servers, to compare two builds with the
+#        same load tool)
+# Needs: valgrind.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "callgrind.sh needs valgrind (apt-get install valgrind)" >&2; exit 1; }
+short="${SHORT:-3}"
+long="${LONG:-8}"
+if [ -z "${LOAD:-}" ] || [ -z "${BIN:-}" ]; then
+  cargo build -q --release --example echo --example app_echo
+  cargo build -q --release -p emitws-tools --bin emitws-load
+fi
+load="${LOAD:-target/release/emitws-load}"
+bin="${BIN:-target/release/examples}"
+out=target/bench-callgrind
+mkdir -p "$out"
+port=9900
+pid=
+cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
+trap cleanup EXIT
+
+# measure NAME SERVER... -- LOAD_ARGS...
+measure() {
+  local name=$1
+  shift
+  local server=()
+  while [ "$1" != -- ]; do server+=("$1"); shift; done
+  shift
+  for duration in "$short" "$long"; do
+    port=$((port + 1))
+    valgrind --tool=callgrind --callgrind-out-file="$out/$name-$duration.cg" \
+      "${server[@]}" --addr "127.0.0.1:$port" >/dev/null 2>"$out/$name-$duration.log" &
+    pid=$!
+    for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+    "$load" "$@" --url "ws://127.0.0.1:$port/" --duration "$duration" --warmup 0 --json \
+      >"$out/$name-$duration.json" 2>/dev/null || true
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    pid=
+  done
+  python3 - "$out" "$name" "$short" "$long" <<'PY'
+import json, sys
+out, name, short, long = sys.argv[1:]
+def instructions(d):
+    for line in open(f"{out}/{name}-{d}.cg"):
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    sys.exit(f"{name}: no instruction total in {out}/{name}-{d}.cg")
+def ops(d):
+    return json.load(open(f"{out}/{name}-{d}.json"))["messages"]
+a, b, x, y = instructions(short), instructions(long), ops(short), ops(long)
+if y <= x:
+    sys.exit(f"{name}: the long run did no more operations than the short one ({x}, {y})")
+print(f"{name:16} {(b - a) / (y - x):8.0f} instructions/op   (Ir {a} / {b}; ops {x} / {y})")
+PY
+}
+
+measure echo-pingpong "$bin/echo" --workers 1 -- echo --connections 100 --payload 20 --in-flight 1
+measure echo-pipelined "$bin/echo" --workers 1 -- echo --connections 100 --payload 20 --in-flight 8
+measure app-pipelined "$bin/app_echo" --workers 1 -- echo --connections 100 --payload 20 --in-flight 8 --protocol emitws
+measure fanout "$bin/app_echo" --workers 1 -- fanout --connections 1000 --publishers 10 --payload 32 --protocol emitws
