@@ -914,8 +914,10 @@ fn decode_frames(
 /// A data message from the server: the reply to the join, a fanout
 /// delivery, or an echo (after which the next message is sent).
 fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
-    // The server's welcome (PROTOCOL §1) comes first, before any reply.
-    if ctx.config.app && message.as_bytes().starts_with(READY) {
+    // The server's welcome (PROTOCOL §1) comes first, before any reply. An
+    // event-layer server serves emitws.v1 to a client that offers no
+    // subprotocol too, so idle connections get it without `--protocol emitws`.
+    if (ctx.config.app || ctx.config.mode == Mode::Idle) && message.as_bytes().starts_with(READY) {
         return Ok(());
     }
     if conn.state == State::Joining {
