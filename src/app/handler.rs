@@ -1,156 +1,42 @@
 //! The event layer as a runtime [`Handler`]: one clone per worker, each with
-//! its own lock-free state ([`Local`]), all sharing the app's routes and
+//! its own lock-free state ([`WorkerState`]), all sharing the app's routes and
 //! registries.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::connect::{After, Auth, Connecting, Gone, RefusalKind};
+use super::adapter::{Presence, SocketId};
+use super::connect::{After, Auth, Challenge, Connecting, Gone, Refusal, RefusalKind};
 use super::envelope::{self, Envelope, ErrorCode};
-use super::groups::{Delivery, LocalGroups};
-use super::limits::{check_event_name, check_group_name, Bucket, Policy};
+use super::handle::AppHandle;
+use super::inbox::WorkerMsg;
+use super::limits::{check_event_name, Bucket, Policy};
+use super::locks::lock;
 use super::request::Request;
 use super::router::Handler as EventHandler;
-use super::rpc::{CallError, CallReply, CallResult, Calls, Done, StartCall};
+use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::socket::{flag, SocketData};
-use super::{AppHandle, DevicePolicy, Error, Presence, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
+use super::worker_state::WorkerState;
+use super::{DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, Message, OpCode};
-use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
+use crate::runtime::{Accept, Conn, Conns, Handler, Reject, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
 pub const PROTOCOL: &str = "emitws.v1";
 
-/// Work posted to a worker from elsewhere.
-pub(crate) enum AppMsg {
-    Deliver(Delivery),
-    Reply { conn: ConnId, id: u64, text: Vec<u8> },
-    Call(StartCall),
-    Authenticated { conn: ConnId, user: Result<String, super::Refusal> },
-}
-
-/// One worker's state: no locks needed.
-pub(crate) struct Local {
-    pub worker: usize,
-    /// Reused for every envelope this worker writes.
-    scratch: Vec<u8>,
-    groups: LocalGroups,
-    /// Broadcasts to this worker's own sockets, delivered at the end of the turn.
-    pub outbox: Vec<Delivery>,
-    calls: Calls,
-    auth_deadlines: VecDeque<(Instant, ConnId)>,
-    next_heartbeat: Option<Instant>,
-}
-
-impl Local {
-    fn new() -> Local {
-        Local {
-            worker: usize::MAX,
-            scratch: Vec::new(),
-            groups: LocalGroups::default(),
-            outbox: Vec::new(),
-            calls: Calls::default(),
-            auth_deadlines: VecDeque::new(),
-            next_heartbeat: None,
-        }
-    }
-
-    /// Writes an envelope into the reused buffer and sends it as one text frame.
-    pub fn send_json(
-        &mut self,
-        conn: &mut Conn<'_, SocketData>,
-        write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
-    ) -> Result<(), Error> {
-        self.scratch.clear();
-        write(&mut self.scratch)?;
-        let _ = conn.send(OpCode::Text, &self.scratch);
-        Ok(())
-    }
-
-    /// [`send_json`](Self::send_json) for envelopes that cannot fail to serialize.
-    pub fn send_raw(&mut self, conn: &mut Conn<'_, SocketData>, write: impl FnOnce(&mut Vec<u8>)) {
-        self.scratch.clear();
-        write(&mut self.scratch);
-        let _ = conn.send(OpCode::Text, &self.scratch);
-    }
-
-    /// Sends `[0, "@error", {code, message}]`.
-    pub fn emit_error(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str) {
-        self.send_raw(conn, |out| {
-            out.extend_from_slice(b"[0,\"@error\",");
-            envelope::write_error_body(out, code.as_str(), message);
-            out.push(b']');
-        });
-    }
-
-    pub fn join(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> Result<(), Error> {
-        if !check_group_name(group) {
-            return Err(Error::BadGroup(group.into()));
-        }
-        let id = conn.id();
-        let data = conn.data_mut();
-        if data.groups().iter().any(|g| &**g == group) {
-            return Ok(());
-        }
-        if data.groups().len() >= app.0.setup.limits.max_groups_per_socket {
-            return Err(Error::TooManyGroups);
-        }
-        data.state().groups.push(group.into());
-        self.groups.join(group, id);
-        app.0.registry.join(group, id, app.server().workers());
-        app.presence(Presence::Joined { id, group });
-        Ok(())
-    }
-
-    pub fn leave(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> bool {
-        let id = conn.id();
-        let Some(state) = conn.data_mut().state.as_mut() else { return false };
-        let Some(at) = state.groups.iter().position(|g| &**g == group) else { return false };
-        state.groups.swap_remove(at);
-        self.groups.leave(group, id);
-        app.0.registry.leave(group, id);
-        app.presence(Presence::Left { id, group });
-        true
-    }
-
-    /// Sends a call to the socket's client and waits for its answer in the table.
-    pub fn begin_call(
-        &mut self,
-        app: &AppHandle,
-        conn: &mut Conn<'_, SocketData>,
-        name: &str,
-        data: &RawValue,
-        timeout: Duration,
-        done: Done,
-    ) {
-        if !conn.is_open() {
-            return done(Err(CallError::Disconnected));
-        }
-        if usize::from(conn.data().calls) >= app.0.setup.limits.max_pending {
-            return done(Err(CallError::TooMany));
-        }
-        let id = self.calls.start(conn.id(), timeout, done);
-        conn.data_mut().calls += 1;
-        self.send_raw(conn, |out| {
-            // A string and raw JSON always serialize.
-            let _ = envelope::write_request(out, id, name, data);
-        });
-    }
-}
-
 /// The runtime handler of an app.
 pub(crate) struct AppWorker {
     app: AppHandle,
-    local: Local,
+    local: WorkerState,
 }
 
 impl AppWorker {
     pub fn new(app: AppHandle) -> AppWorker {
-        AppWorker { app, local: Local::new() }
+        AppWorker { app, local: WorkerState::new() }
     }
 }
 
@@ -214,7 +100,7 @@ impl AppWorker {
     /// the error is about one.
     fn report(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str, event: Option<&str>) {
         let app = self.app.clone();
-        let hook = &app.0.setup.router.system.error;
+        let hook = &app.0.config.router.system.error;
         if hook.is_empty() {
             return;
         }
@@ -249,7 +135,7 @@ impl AppWorker {
     /// through again, so that a flood cannot make the server flood back.
     fn over_rate(&mut self, conn: &mut Conn<'_, SocketData>, text: &str) {
         const MESSAGE: &str = "too many messages";
-        let (id, policy) = (envelope::peek_request_id(text), self.app.0.setup.limits.over_rate);
+        let (id, policy) = (envelope::peek_request_id(text), self.app.0.config.limits.over_rate);
         if policy == Policy::Reply && id.is_none() {
             if conn.data().has(flag::RATE_NOTIFIED) {
                 return self.report(conn, ErrorCode::RateLimited, MESSAGE, None);
@@ -267,7 +153,7 @@ impl AppWorker {
     }
 
     fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
-        let limits = &self.app.0.setup.limits;
+        let limits = &self.app.0.config.limits;
         if let Err(why) = check_event_name(event, limits.max_event_name) {
             let policy = limits.on_bad_input;
             return self.bad_input(conn, id, ErrorCode::BadRequest, why, policy);
@@ -284,7 +170,7 @@ impl AppWorker {
         // count would be written by every worker on every message).
         let AppWorker { app, local } = self;
         let mut req = Request { event, id, data, conn: conn.reborrow(), local, app, answered: false };
-        match catch_unwind(AssertUnwindSafe(|| app.0.setup.router.dispatch(event, &mut req))) {
+        match catch_unwind(AssertUnwindSafe(|| app.0.config.router.dispatch(event, &mut req))) {
             // A request nobody answered or deferred gets `null`, so the client is not left waiting.
             Ok(true) => req.reply(&()),
             Ok(false) => req.reply_err(ErrorCode::NoHandler.as_str(), &format!("no handler for {event}")),
@@ -304,7 +190,7 @@ impl AppWorker {
         data: Option<&RawValue>,
     ) {
         let app = self.app.clone();
-        match &app.0.setup.auth {
+        match &app.0.config.auth {
             Auth::FirstMessage(auth_event, identify) if id.is_some() && **auth_event == *event => {
                 let mut req = Request {
                     event,
@@ -316,8 +202,7 @@ impl AppWorker {
                     answered: false,
                 };
                 let outcome = catch_unwind(AssertUnwindSafe(|| identify(&mut req)));
-                let outcome =
-                    outcome.unwrap_or_else(|_| Err(super::Refusal::status(500, "the identify hook panicked")));
+                let outcome = outcome.unwrap_or_else(|_| Err(Refusal::status(500, "the identify hook panicked")));
                 match &outcome {
                     Ok(user) => req.reply(&serde_json::json!({ "user": user })),
                     Err(refusal) => req.reply_err(ErrorCode::Unauthorized.as_str(), &refusal.as_close().1),
@@ -338,7 +223,7 @@ impl AppWorker {
     }
 
     /// Authentication finished (by first message or challenge).
-    fn authenticated(&mut self, conn: &mut Conn<'_, SocketData>, outcome: Result<String, super::Refusal>) {
+    fn authenticated(&mut self, conn: &mut Conn<'_, SocketData>, outcome: Result<String, Refusal>) {
         if !conn.data().has(flag::UNAUTHED) {
             return;
         }
@@ -361,9 +246,9 @@ impl AppWorker {
     fn register_user(&mut self, conn: &mut Conn<'_, SocketData>) -> bool {
         let Some(user) = conn.data().state.as_ref().and_then(|s| s.user.clone()) else { return true };
         let id = conn.id();
-        let mut users = super::lock(&self.app.0.users);
+        let mut users = lock(&self.app.0.users);
         let devices = users.entry(user).or_default();
-        if let Some((max, policy)) = self.app.0.setup.devices {
+        if let Some((max, policy)) = self.app.0.config.devices {
             if devices.len() >= max {
                 match policy {
                     DevicePolicy::RejectNew => {
@@ -390,7 +275,7 @@ impl AppWorker {
         self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let app = self.app.clone();
         app.presence(Presence::Connected { id: conn.id(), user: conn.data().user() });
-        self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
+        self.system(conn, &app.0.config.router.system.connection, "@connection", &());
         self.send_ready(conn);
     }
 
@@ -400,32 +285,32 @@ impl AppWorker {
         if !conn.is_open() {
             return;
         }
-        let socket = super::SocketId { node: self.app.node(), conn: conn.id() }.to_string();
+        let socket = SocketId { node: self.app.node(), conn: conn.id() }.to_string();
         let ready = serde_json::json!([0, "@ready", { "socket": socket, "user": conn.data().user() }]);
         let _ = self.local.send_json(conn, |out| serde_json::to_writer(out, &ready));
     }
 
-    fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &super::Challenge) {
+    fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &Challenge) {
         let nonce = (challenge.generate)();
         let (app, verify, id) = (self.app.clone(), challenge.verify.clone(), conn.id());
         let data = serde_json::json!({ "challenge": nonce });
         let Ok(data) = serde_json::value::to_raw_value(&data) else { return };
         // Longer than the auth deadline, so that running out of time always closes with 4408.
-        let timeout = self.app.0.setup.limits.auth_timeout + Duration::from_secs(1);
+        let timeout = self.app.0.config.limits.auth_timeout + Duration::from_secs(1);
         let done: Done = Box::new(move |result: CallResult| {
             let user = match result {
                 Ok(answer) => verify(&nonce, &answer),
-                Err(e) => Err(super::Refusal::status(401, &format!("challenge failed: {e}"))),
+                Err(e) => Err(Refusal::status(401, &format!("challenge failed: {e}"))),
             };
-            app.server().notify(id.worker(), Box::new(AppMsg::Authenticated { conn: id, user }));
+            app.server().notify(id.worker(), Box::new(WorkerMsg::Authenticated { conn: id, user }));
         });
-        self.local.begin_call(&self.app.clone(), conn, super::Challenge::PROCEDURE, &data, timeout, done);
+        self.local.begin_call(&self.app.clone(), conn, Challenge::PROCEDURE, &data, timeout, done);
     }
 
-    fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: AppMsg) {
+    fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: WorkerMsg) {
         match message {
-            AppMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
-            AppMsg::Reply { conn, id, text } => {
+            WorkerMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
+            WorkerMsg::Reply { conn, id, text } => {
                 if let Some(mut conn) = conns.get(conn) {
                     let deferred = &mut conn.data_mut().state().deferred;
                     if let Some(at) = deferred.iter().position(|d| *d == id) {
@@ -434,14 +319,14 @@ impl AppWorker {
                     let _ = conn.send(OpCode::Text, &text);
                 }
             }
-            AppMsg::Call(call) => match conns.get(call.conn) {
+            WorkerMsg::Call(call) => match conns.get(call.conn) {
                 Some(mut conn) => {
                     let app = self.app.clone();
                     self.local.begin_call(&app, &mut conn, &call.name, &call.data, call.timeout, call.done);
                 }
                 None => (call.done)(Err(CallError::Disconnected)),
             },
-            AppMsg::Authenticated { conn, user } => {
+            WorkerMsg::Authenticated { conn, user } => {
                 if let Some(mut conn) = conns.get(conn) {
                     self.authenticated(&mut conn, user);
                 }
@@ -450,7 +335,7 @@ impl AppWorker {
     }
 
     fn heartbeat(&mut self, conns: &mut Conns<'_, SocketData>, now: Instant) -> Option<Instant> {
-        let interval = self.app.0.setup.heartbeat?;
+        let interval = self.app.0.config.heartbeat?;
         let next = *self.local.next_heartbeat.get_or_insert(now + interval);
         if now < next {
             return Some(next);
@@ -474,7 +359,7 @@ impl Handler for AppWorker {
     type Data = SocketData;
 
     fn on_http(&mut self, request: &crate::proto::handshake::Request<'_>) -> Option<crate::runtime::HttpResponse> {
-        self.app.0.setup.http.as_ref().and_then(|http| http(request))
+        self.app.0.config.http.as_ref().and_then(|http| http(request))
     }
 
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Result<Accept<SocketData>, Reject> {
@@ -484,12 +369,12 @@ impl Handler for AppWorker {
                 format!("this server speaks the WebSocket subprotocol {PROTOCOL}, which the client did not offer");
             return Err(Reject { status: 400, body });
         }
-        let shared = self.app.0.clone();
+        let state = self.app.0.clone();
         let mut data = SocketData::default();
         let path = request.path();
         let mut route_middleware = &[][..];
-        if !shared.setup.paths.is_empty() {
-            let matched = shared.setup.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
+        if !state.config.paths.is_empty() {
+            let matched = state.config.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
             let Some((route, params)) = matched else { return Err(Reject::status(404)) };
             if !params.is_empty() {
                 data.state().params = params;
@@ -504,14 +389,14 @@ impl Handler for AppWorker {
         }
         let mut refusal = None;
         let mut connecting = Connecting { request, data: &mut data };
-        if let Auth::Upgrade(identify) = &shared.setup.auth {
+        if let Auth::Upgrade(identify) = &state.config.auth {
             match identify(&mut connecting) {
                 Ok(user) => connecting.data.state().user = Some(user.into()),
                 Err(e) => refusal = Some(e),
             }
         }
         if refusal.is_none() {
-            for middleware in shared.setup.connect.iter().chain(route_middleware) {
+            for middleware in state.config.connect.iter().chain(route_middleware) {
                 match middleware(&mut connecting) {
                     Ok(After(Some(after))) => connecting.data.state().after.push(After(Some(after))),
                     Ok(After(None)) => {}
@@ -537,21 +422,21 @@ impl Handler for AppWorker {
     fn on_open(&mut self, conn: &mut Conn<'_, SocketData>) {
         let app = self.app.clone();
         app.0.server.get_or_init(|| conn.server().clone());
-        self.local.worker = conn.id().worker();
+        self.local.outbox.worker = conn.id().worker();
         let now = conn.clock_ms();
         let data = conn.data_mut();
-        if let Some(rate) = &app.0.setup.limits.rate {
+        if let Some(rate) = &app.0.config.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
         if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
             return conn.close(code, &reason);
         }
-        match &app.0.setup.auth {
+        match &app.0.config.auth {
             Auth::FirstMessage(..) | Auth::Challenge(_) => {
                 conn.data_mut().flags |= flag::UNAUTHED;
-                let deadline = Instant::now() + app.0.setup.limits.auth_timeout;
+                let deadline = Instant::now() + app.0.config.limits.auth_timeout;
                 self.local.auth_deadlines.push_back((deadline, conn.id()));
-                if let Auth::Challenge(challenge) = &app.0.setup.auth {
+                if let Auth::Challenge(challenge) = &app.0.config.auth {
                     self.start_challenge(conn, challenge);
                 }
             }
@@ -565,7 +450,7 @@ impl Handler for AppWorker {
 
     fn on_message(&mut self, conn: &mut Conn<'_, SocketData>, message: Message<'_>) {
         // Borrowed, not copied: this runs for every envelope.
-        let limits = &self.app.0.setup.limits;
+        let limits = &self.app.0.config.limits;
         let policy = limits.on_bad_input;
         conn.data_mut().missed = 0;
         let text = match message {
@@ -617,7 +502,7 @@ impl Handler for AppWorker {
         let Ok(stamp) = <[u8; 8]>::try_from(payload) else { return };
         let app = self.app.clone();
         let rtt = u64::from(now_ms(&app)).wrapping_sub(u64::from_be_bytes(stamp)) & u64::from(u32::MAX);
-        self.system(conn, &app.0.setup.router.system.ping, "@ping", &serde_json::json!({ "rtt_ms": rtt }));
+        self.system(conn, &app.0.config.router.system.ping, "@ping", &serde_json::json!({ "rtt_ms": rtt }));
     }
 
     fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str) {
@@ -628,7 +513,7 @@ impl Handler for AppWorker {
         }
         if conn.data().has(flag::CONNECTED) {
             let body = serde_json::json!({ "code": code.0, "reason": reason });
-            self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
+            self.system(conn, &app.0.config.router.system.disconnect, "@disconnect", &body);
         }
         let data = conn.data_mut();
         if data.has(flag::CONNECTED) {
@@ -646,7 +531,7 @@ impl Handler for AppWorker {
             app.0.registry.leave(group, id);
         }
         if let Some(user) = &state.user {
-            let mut users = super::lock(&app.0.users);
+            let mut users = lock(&app.0.users);
             if let Some(devices) = users.get_mut(user) {
                 devices.retain(|d| *d != id);
                 if devices.is_empty() {
@@ -660,17 +545,17 @@ impl Handler for AppWorker {
     }
 
     fn on_notify(&mut self, conns: &mut Conns<'_, SocketData>, message: Box<dyn Any + Send>) {
-        if let Ok(message) = message.downcast::<AppMsg>() {
+        if let Ok(message) = message.downcast::<WorkerMsg>() {
             self.on_app_message(conns, *message);
         }
     }
 
     fn on_turn(&mut self, conns: &mut Conns<'_, SocketData>) -> Option<Duration> {
-        if self.local.worker == usize::MAX {
-            self.local.worker = conns.worker();
+        if self.local.outbox.worker == usize::MAX {
+            self.local.outbox.worker = conns.worker();
         }
-        while !self.local.outbox.is_empty() {
-            for delivery in std::mem::take(&mut self.local.outbox) {
+        while !self.local.outbox.deliveries.is_empty() {
+            for delivery in std::mem::take(&mut self.local.outbox.deliveries) {
                 self.local.groups.deliver(conns, &delivery);
             }
         }
@@ -694,7 +579,7 @@ impl Handler for AppWorker {
             }
         }
         let heartbeat = self.heartbeat(conns, now);
-        if !self.local.outbox.is_empty() {
+        if !self.local.outbox.deliveries.is_empty() {
             return Some(Duration::ZERO);
         }
         let auth = self.local.auth_deadlines.front().map(|(at, _)| *at);

@@ -8,11 +8,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::adapter::SocketId;
 use super::envelope::{self, ErrorCode};
-use super::handler::{AppMsg, Local};
+use super::error::Error;
+use super::groups::BroadcastOpts;
+use super::handle::AppHandle;
+use super::inbox::WorkerMsg;
 use super::rpc::CallResult;
 use super::socket::{query_value, SocketData, SocketRef};
-use super::{AppHandle, BroadcastOpts, Error};
+use super::worker_state::WorkerState;
 use crate::proto::CloseCode;
 use crate::runtime::{Conn, ConnId};
 
@@ -43,7 +47,7 @@ pub struct Request<'a> {
     pub(crate) id: Option<u64>,
     pub(crate) data: Option<&'a RawValue>,
     pub(crate) conn: Conn<'a, SocketData>,
-    pub(crate) local: &'a mut Local,
+    pub(crate) local: &'a mut WorkerState,
     pub(crate) app: &'a AppHandle,
     /// Replied, or handed to a [`ReplyHandle`].
     pub(crate) answered: bool,
@@ -81,6 +85,11 @@ impl<'a> Request<'a> {
     /// The socket's id (emit.gg's `req.id`).
     pub fn id(&self) -> ConnId {
         self.conn.id()
+    }
+
+    /// This socket's cluster-wide id.
+    pub fn socket_id(&self) -> SocketId {
+        SocketId { node: self.app.node(), conn: self.id() }
     }
 
     /// The request's id when the client expects a reply; `None` for an event.
@@ -287,7 +296,7 @@ impl<'a> Request<'a> {
             except.push(self.id());
         }
         let frame = self.app.encode_event(event, data)?;
-        self.app.route(frame, &opts, except, Some(&mut *self.local));
+        self.app.route(frame, &opts, except, Some(&mut self.local.outbox));
         Ok(())
     }
 
@@ -360,7 +369,7 @@ impl ReplyHandle {
     }
 
     fn send(&self, id: u64, text: Vec<u8>) {
-        self.app.server().notify(self.conn.worker(), Box::new(AppMsg::Reply { conn: self.conn, id, text }));
+        self.app.server().notify(self.conn.worker(), Box::new(WorkerMsg::Reply { conn: self.conn, id, text }));
     }
 }
 

@@ -8,9 +8,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::connect::After;
+use super::error::Error;
+use super::handle::AppHandle;
 use super::limits::Bucket;
 use super::rpc::{CallResult, PendingCall};
-use super::{AppHandle, Error};
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 
