@@ -9,7 +9,7 @@
 //! then for instance `emitws-load echo --protocol emitws` or
 //! `emitws-load fanout --protocol emitws`.
 
-use emitws::app::{App, BroadcastOpts, Limits, Rate};
+use emitws::app::{App, BroadcastOpts, EventLimits, Rate};
 use emitws::runtime::Server;
 
 /// The one room `/join` and `/pub` use.
@@ -34,7 +34,7 @@ fn main() -> std::io::Result<()> {
     let mut app = App::new();
     // A load tool sends far more than the default 100 envelopes per second per
     // socket; the bucket stays on (and costs what it costs) with a rate it never hits.
-    app.limits(Limits { rate: Some(Rate { per_second: 1e9, burst: 1e9 }), ..Limits::default() });
+    app.limits(EventLimits::default().rate(Some(Rate { per_second: 1e9, burst: 1e9 })));
     app.on("/echo", |req| {
         let data = req.raw_data();
         req.reply(&data);

@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use emitws::app::{plugins, App, BroadcastOpts, Limits, Rate};
+use emitws::app::{plugins, App, BroadcastOpts, EventLimits, Rate};
 use emitws::runtime::{Keepalive, Server};
 
 const ROOM: &str = "#room";
@@ -47,7 +47,7 @@ fn main() -> std::io::Result<()> {
     }
     let mut app = App::new();
     // Load tools send far more than the default 100 envelopes per second per socket.
-    app.limits(Limits { rate: Some(Rate { per_second: 1e9, burst: 1e9 }), ..Limits::default() });
+    app.limits(EventLimits::default().rate(Some(Rate { per_second: 1e9, burst: 1e9 })));
     if let Some(interval) = heartbeat {
         app.plugin(plugins::heartbeat(interval));
     }

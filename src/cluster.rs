@@ -58,6 +58,7 @@ use redis::{Cmd, Commands, Connection, RedisResult};
 use serde::{Deserialize, Serialize};
 
 use crate::app::{self, Adapter, AppHandle, BroadcastOpts, Presence, Scope, SocketId, Target};
+use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 
 /// Settings of the Redis adapter.
@@ -876,8 +877,10 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
         }
         Header::Socket(conn) if message.direct => app.deliver_remote(envelope()?, Target::Socket(here(conn))),
         Header::User(user) => app.deliver_remote(envelope()?, Target::User(&user)),
-        Header::CloseSocket(conn, code) if message.direct => app.deliver_close(Target::Socket(here(conn)), code, body),
-        Header::CloseUser(user, code) => app.deliver_close(Target::User(&user), code, body),
+        Header::CloseSocket(conn, code) if message.direct => {
+            app.deliver_close(Target::Socket(here(conn)), CloseCode(code), body)
+        }
+        Header::CloseUser(user, code) => app.deliver_close(Target::User(&user), CloseCode(code), body),
         Header::Socket(_) | Header::CloseSocket(..) => {}
     }
     Some(())
@@ -910,10 +913,10 @@ impl Adapter for RedisAdapter {
         self.send(&header, node, envelope);
     }
 
-    fn close(&self, to: Target<'_>, code: u16, reason: &str) {
+    fn close(&self, to: Target<'_>, code: CloseCode, reason: &str) {
         let (header, node) = match to {
-            Target::Socket(id) => (Header::CloseSocket(id.conn.0, code), Some(id.node)),
-            Target::User(user) => (Header::CloseUser(user.into(), code), None),
+            Target::Socket(id) => (Header::CloseSocket(id.conn.0, code.0), Some(id.node)),
+            Target::User(user) => (Header::CloseUser(user.into(), code.0), None),
             Target::Broadcast(_) => return,
         };
         self.send(&header, node, reason.as_bytes());

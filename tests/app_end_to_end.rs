@@ -50,7 +50,7 @@ fn server() -> emitws::app::Running {
             Err(other) => reply.reply(&json!({ "error": other.to_string() })),
         });
     });
-    app.on("/kick", |req| req.close(4000, "kicked"));
+    app.on("/kick", |req| req.close(emitws::proto::CloseCode(4000), "kicked"));
     app.on("@connection", |req| {
         let _ = req.emit("/welcome", &true);
     });

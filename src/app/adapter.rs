@@ -8,6 +8,7 @@ use std::str::FromStr;
 use super::error::Error;
 use super::groups::BroadcastOpts;
 use super::handle::AppHandle;
+use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 
 /// A socket's id across a cluster: its node and its connection on that node.
@@ -156,7 +157,7 @@ pub trait Adapter: Send + Sync + 'static {
     /// ([`Target::User`]); they do it through [`AppHandle::deliver_close`].
     /// An adapter that cannot carries nothing (the default), and drops then
     /// reach this node's sockets only.
-    fn close(&self, to: Target<'_>, code: u16, reason: &str) {
+    fn close(&self, to: Target<'_>, code: CloseCode, reason: &str) {
         let _ = (to, code, reason);
     }
 

@@ -22,7 +22,7 @@ pub struct Refusal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum RefusalKind {
     Status(u16, String),
-    Close(u16, String),
+    Close(CloseCode, String),
 }
 
 impl Refusal {
@@ -34,7 +34,7 @@ impl Refusal {
 
     /// The upgrade completes, then the socket is closed with `code` (4000–4999
     /// for application codes) and `reason`.
-    pub fn close(code: u16, reason: &str) -> Refusal {
+    pub fn close(code: CloseCode, reason: &str) -> Refusal {
         Refusal { kind: RefusalKind::Close(code, reason.into()) }
     }
 
@@ -42,7 +42,7 @@ impl Refusal {
     pub(crate) fn as_close(&self) -> (CloseCode, String) {
         match &self.kind {
             RefusalKind::Status(status, body) => (CloseCode(4000 + status % 1000), body.clone()),
-            RefusalKind::Close(code, reason) => (CloseCode(*code), reason.clone()),
+            RefusalKind::Close(code, reason) => (*code, reason.clone()),
         }
     }
 }
@@ -55,7 +55,7 @@ pub struct Gone<'a> {
     /// Its user, if identified.
     pub user: Option<&'a str>,
     /// The close code (1006 when the connection just dropped).
-    pub code: u16,
+    pub code: CloseCode,
     /// The close reason.
     pub reason: &'a str,
 }
@@ -273,6 +273,6 @@ mod tests {
     #[test]
     fn refusals_map_to_close_codes_after_the_upgrade() {
         assert_eq!(Refusal::status(401, "who?").as_close(), (CloseCode(4401), "who?".into()));
-        assert_eq!(Refusal::close(4003, "no").as_close(), (CloseCode(4003), "no".into()));
+        assert_eq!(Refusal::close(CloseCode(4003), "no").as_close(), (CloseCode(4003), "no".into()));
     }
 }

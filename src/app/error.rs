@@ -10,7 +10,7 @@ pub enum Error {
     Json(serde_json::Error),
     /// Group names start with `#` (rooms) or `*` (tags), 2 to 128 bytes.
     BadGroup(String),
-    /// The socket is in as many groups as [`Limits::max_groups_per_socket`](super::Limits::max_groups_per_socket) allows.
+    /// The socket is in as many groups as [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket) allows.
     TooManyGroups,
     /// A cluster query got no answer from the cluster's store in time (the message says why).
     Unavailable(String),

@@ -18,7 +18,7 @@ use super::envelope;
 use super::error::Error;
 use super::groups::{BroadcastOpts, Delivery, Outbox, Registry};
 use super::inbox::WorkerMsg;
-use super::limits::Limits;
+use super::limits::EventLimits;
 use super::locks::lock;
 use super::rpc::{Done, StartCall};
 use super::socket::SocketRef;
@@ -77,7 +77,7 @@ impl AppHandle {
     }
 
     /// The limits in force.
-    pub fn limits(&self) -> &Limits {
+    pub fn limits(&self) -> &EventLimits {
         &self.0.config.limits
     }
 
@@ -387,8 +387,8 @@ impl AppHandle {
     /// (see [`Adapter::close`](super::Adapter::close)): one socket, or a user's devices.
     /// A code that may not be sent (see [`CloseCode::is_valid_on_wire`])
     /// closes nothing.
-    pub fn deliver_close(&self, to: Target<'_>, code: u16, reason: &str) {
-        if !CloseCode(code).is_valid_on_wire() || self.0.server.get().is_none() {
+    pub fn deliver_close(&self, to: Target<'_>, code: CloseCode, reason: &str) {
+        if !code.is_valid_on_wire() || self.0.server.get().is_none() {
             return;
         }
         let sockets = match to {
@@ -397,7 +397,7 @@ impl AppHandle {
             Target::Broadcast(_) => Vec::new(),
         };
         for conn in sockets {
-            self.server().close(conn, CloseCode(code), reason);
+            self.server().close(conn, code, reason);
         }
     }
 
@@ -405,7 +405,7 @@ impl AppHandle {
     /// whether there was one.
     pub(crate) fn close_elsewhere(&self, to: Target<'_>, code: CloseCode, reason: &str) -> bool {
         let Some(adapter) = &self.0.config.adapter else { return false };
-        adapter.close(to, code.0, reason);
+        adapter.close(to, code, reason);
         true
     }
 

@@ -17,7 +17,7 @@ use super::inbox::WorkerMsg;
 use super::limits::{check_event_name, Bucket, Policy};
 use super::locks::lock;
 use super::request::Request;
-use super::router::Handler as EventHandler;
+use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::socket::{flag, SocketData};
 use super::worker_state::WorkerState;
@@ -50,6 +50,17 @@ impl Clone for AppWorker {
 /// Milliseconds since the app started (wrapping), for buckets and heartbeats.
 fn now_ms(app: &AppHandle) -> u32 {
     app.0.epoch.elapsed().as_millis() as u32
+}
+
+/// The close code for bad input when the policy is to close: 1007 (invalid
+/// payload data) only for text that does not parse, 1008 (policy) otherwise.
+/// Here rather than in `envelope`, which the fuzz harness compiles without
+/// the engine.
+fn close_code(code: ErrorCode) -> CloseCode {
+    match code {
+        ErrorCode::NotJson => CloseCode::INVALID_PAYLOAD,
+        _ => CloseCode::POLICY_VIOLATION,
+    }
 }
 
 /// What a panicking handler is answered, and reported to the `@error` hook.
@@ -122,7 +133,7 @@ impl AppWorker {
     ) {
         self.report(conn, code, message, None);
         match (policy, id) {
-            (Policy::Close, _) => conn.close(CloseCode(code.close_code()), message),
+            (Policy::Close, _) => conn.close(close_code(code), message),
             (Policy::Reply, Some(id)) => {
                 self.local.send_raw(conn, |out| envelope::write_error(out, id, code.as_str(), message))
             }
@@ -409,7 +420,7 @@ impl Handler for AppWorker {
         }
         match refusal.map(|r| r.kind) {
             Some(RefusalKind::Status(status, body)) => return Err(Reject { status, body }),
-            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some((CloseCode(code), reason)),
+            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some((code, reason)),
             None => {}
         }
         let accept = Accept::new(data);
@@ -520,7 +531,7 @@ impl Handler for AppWorker {
             app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let Some(mut state) = data.state.take() else { return };
-        let gone = Gone { id, user: state.user.as_deref(), code: code.0, reason };
+        let gone = Gone { id, user: state.user.as_deref(), code, reason };
         for After(after) in state.after.drain(..).rev() {
             if let Some(after) = after {
                 let _ = catch_unwind(AssertUnwindSafe(|| after(&gone)));
@@ -585,5 +596,17 @@ impl Handler for AppWorker {
         let auth = self.local.auth_deadlines.front().map(|(at, _)| *at);
         let next = [self.local.calls.next_deadline(), auth, heartbeat].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_text_that_is_not_json_closes_1007() {
+        assert_eq!(close_code(ErrorCode::NotJson), CloseCode(1007));
+        assert_eq!(close_code(ErrorCode::BadRequest), CloseCode(1008));
+        assert_eq!(close_code(ErrorCode::RateLimited), CloseCode(1008));
     }
 }

@@ -12,11 +12,11 @@
 //! use emitws::app::{App, BroadcastOpts};
 //!
 //! let mut app = App::new();
-//! app.on("@connection", |req| println!("connected: {}", req.id()));
+//! app.on("@connection", |req| println!("connected: {}", req.conn_id()));
 //! app.on("/ping", |req| req.reply(&serde_json::json!({ "pong": true })));
 //! app.on("/join", |req| {
 //!     let _ = req.join("#chat");
-//!     let _ = req.broadcast("/joined", &req.id().to_string(), BroadcastOpts::to("#chat"));
+//!     let _ = req.broadcast("/joined", &req.conn_id().to_string(), BroadcastOpts::to("#chat"));
 //!     req.reply(&true);
 //! });
 //! let running = app.listen("127.0.0.1:3000")?;
@@ -78,7 +78,11 @@ pub use error::Error;
 pub use groups::BroadcastOpts;
 pub use handle::{AppHandle, Running, UserRef};
 pub use handler::PROTOCOL;
-pub use limits::{Limits, Policy, Rate};
+/// The old name of [`EventLimits`]. Kept only while
+/// src/bin/emitws-cluster-node.rs still imports it; remove with that import.
+#[doc(hidden)]
+pub use limits::EventLimits as Limits;
+pub use limits::{EventLimits, Policy, Rate};
 pub use request::{DataError, ReplyHandle, Request};
 pub use router::{Middleware, Next, Ns};
 pub use rpc::{CallError, CallReply, CallResult, PendingCall};
@@ -124,7 +128,7 @@ pub(crate) struct AppConfig {
     paths: Vec<PathRoute>,
     connect: Vec<ConnectFn>,
     auth: Auth,
-    limits: Limits,
+    limits: EventLimits,
     heartbeat: Option<Duration>,
     devices: Option<(usize, DevicePolicy)>,
     adapter: Option<Arc<dyn Adapter>>,
@@ -147,7 +151,7 @@ impl Default for App {
 }
 
 impl App {
-    /// An app with no routes and the default [`Limits`].
+    /// An app with no routes and the default [`EventLimits`].
     pub fn new() -> App {
         App { config: AppConfig::default(), origins: None }
     }
@@ -241,7 +245,7 @@ impl App {
     }
 
     /// Sets the abuse limits.
-    pub fn limits(&mut self, limits: Limits) -> &mut Self {
+    pub fn limits(&mut self, limits: EventLimits) -> &mut Self {
         self.config.limits = limits;
         self
     }
@@ -342,7 +346,7 @@ pub mod plugins {
     /// use std::time::Duration;
     /// let mut app = emitws::app::App::new();
     /// app.plugin(emitws::app::plugins::heartbeat(Duration::from_secs(30)));
-    /// app.on("@ping", |req| println!("heartbeat from {}", req.id()));
+    /// app.on("@ping", |req| println!("heartbeat from {}", req.conn_id()));
     /// ```
     pub fn heartbeat(interval: Duration) -> impl FnOnce(&mut App) {
         move |app| {

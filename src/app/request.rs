@@ -38,7 +38,7 @@ use crate::runtime::{Conn, ConnId};
 ///     if let Err(e) = req.join(&room) {
 ///         return req.reply_err("forbidden", &e.to_string());
 ///     }
-///     let _ = req.broadcast("/joined", &req.id().to_string(), BroadcastOpts::to(&room));
+///     let _ = req.broadcast("/joined", &req.conn_id().to_string(), BroadcastOpts::to(&room));
 ///     req.reply(&room);
 /// });
 /// ```
@@ -56,7 +56,7 @@ pub struct Request<'a> {
 impl fmt::Debug for Request<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")
-            .field("socket", &self.id())
+            .field("socket", &self.conn_id())
             .field("event", &self.event)
             .field("request_id", &self.id)
             .field("data", &self.data.map(RawValue::get))
@@ -82,14 +82,15 @@ impl<'a> Request<'a> {
         self.event
     }
 
-    /// The socket's id (emit.gg's `req.id`).
-    pub fn id(&self) -> ConnId {
+    /// The socket's connection on this node (emit.gg's `req.id`); see
+    /// [`socket_id`](Self::socket_id) for its id across a cluster.
+    pub fn conn_id(&self) -> ConnId {
         self.conn.id()
     }
 
     /// This socket's cluster-wide id.
     pub fn socket_id(&self) -> SocketId {
-        SocketId { node: self.app.node(), conn: self.id() }
+        SocketId { node: self.app.node(), conn: self.conn_id() }
     }
 
     /// The request's id when the client expects a reply; `None` for an event.
@@ -171,7 +172,7 @@ impl<'a> Request<'a> {
 
     /// A `Send` handle to this socket, usable from any thread.
     pub fn socket(&self) -> SocketRef {
-        SocketRef { app: self.app.clone(), id: self.id() }
+        SocketRef { app: self.app.clone(), id: self.conn_id() }
     }
 
     /// The socket's user (from identify or authentication), if any.
@@ -258,7 +259,7 @@ impl<'a> Request<'a> {
     /// Takes the reply out of the handler: answer later, from any thread,
     /// through the returned handle. The event loop goes on meanwhile.
     ///
-    /// A socket may have [`Limits::max_pending`](super::Limits::max_pending)
+    /// A socket may have [`EventLimits::max_pending`](super::EventLimits::max_pending)
     /// deferred replies outstanding; a request deferred over that is answered
     /// `rate_limited` at once, and its handle does nothing. While a request
     /// waits, a new request from the socket with the same id is refused
@@ -272,7 +273,7 @@ impl<'a> Request<'a> {
         if let Some(id) = id {
             self.conn.data_mut().state().deferred.push(id);
         }
-        ReplyHandle { app: self.app.clone(), conn: self.id(), id }
+        ReplyHandle { app: self.app.clone(), conn: self.conn_id(), id }
     }
 
     fn take_reply(&mut self) -> Option<u64> {
@@ -293,7 +294,7 @@ impl<'a> Request<'a> {
     ) -> Result<(), Error> {
         let mut except = self.app.local_ids(&opts.except);
         if !opts.include_self {
-            except.push(self.id());
+            except.push(self.conn_id());
         }
         let frame = self.app.encode_event(event, data)?;
         self.app.route(frame, &opts, except, Some(&mut self.local.outbox));
@@ -314,9 +315,12 @@ impl<'a> Request<'a> {
         Ok(())
     }
 
-    /// Closes the socket.
-    pub fn close(&mut self, code: u16, reason: &str) {
-        self.conn.close(CloseCode(code), reason);
+    /// Closes the socket with `code` (a [`CloseCode`]; 4000–4999 for
+    /// application codes) and `reason`.
+    // `impl Into` keeps src/bin/emitws-cluster-node's `req.close(4000, ..)`
+    // building until it moves to the tools crate; then this takes `CloseCode`.
+    pub fn close(&mut self, code: impl Into<CloseCode>, reason: &str) {
+        self.conn.close(code.into(), reason);
     }
 }
 

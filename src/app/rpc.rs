@@ -29,7 +29,7 @@ pub enum CallError {
     ExecutionFailed(String),
     /// The socket closed before it answered (or was not open).
     Disconnected,
-    /// The socket has too many calls waiting already (see [`Limits::max_pending`](super::Limits::max_pending)).
+    /// The socket has too many calls waiting already (see [`EventLimits::max_pending`](super::EventLimits::max_pending)).
     TooMany,
     /// Another error code from the client.
     Remote {

@@ -166,8 +166,9 @@ pub struct SocketRef {
 }
 
 impl SocketRef {
-    /// The socket's id.
-    pub fn id(&self) -> ConnId {
+    /// The socket's connection on this node (its cluster-wide id is a
+    /// [`SocketId`](super::SocketId) of this node and this connection).
+    pub fn conn_id(&self) -> ConnId {
         self.id
     }
 
@@ -199,12 +200,12 @@ impl SocketRef {
 
     /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
     pub fn drop_with(&self, reason: &str) -> bool {
-        self.close(super::CLOSE_DROPPED.0, reason)
+        self.close(super::CLOSE_DROPPED, reason)
     }
 
     /// Starts the close handshake with `code` and `reason`.
-    pub fn close(&self, code: u16, reason: &str) -> bool {
-        self.app.server().close(self.id, CloseCode(code), reason)
+    pub fn close(&self, code: CloseCode, reason: &str) -> bool {
+        self.app.server().close(self.id, code, reason)
     }
 }
 
