@@ -12,8 +12,10 @@ pub enum Error {
     BadGroup(String),
     /// The socket is in as many groups as [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket) allows.
     TooManyGroups,
-    /// A cluster query got no answer from the cluster's store in time (the message says why).
-    Unavailable(String),
+    /// A cluster query got no answer from the cluster's store in time; the
+    /// adapter's error (a [`ClusterError`](crate::cluster::ClusterError) for
+    /// the Redis one) says why.
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl fmt::Display for Error {
@@ -27,7 +29,16 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    /// For [`Error::Unavailable`], the adapter error's own source (the Redis
+    /// error): the adapter error's text is already in this one's.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Unavailable(e) => e.source(),
+            Error::Json(_) | Error::BadGroup(_) | Error::TooManyGroups => None,
+        }
+    }
+}
 
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Error {
