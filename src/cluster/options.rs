@@ -26,7 +26,7 @@ pub struct RedisOptions {
     pub max_backoff: Duration,
     /// Publishes waiting for the writer at most (default 100,000): beyond
     /// it, when Redis cannot keep up, new ones are dropped and counted
-    /// ([`RedisLink::dropped`]) rather than held in memory without bound.
+    /// ([`RedisLink::dropped`](super::RedisLink::dropped)) rather than held in memory without bound.
     pub max_queued: usize,
 }
 
