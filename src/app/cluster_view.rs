@@ -32,6 +32,11 @@ impl ClusterView<'_> {
     }
 
     /// The sockets in `scope`, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn sockets_in(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, Error> {
         if let Some(adapter) = &self.app.0.config.adapter {
             return adapter.sockets(scope);
@@ -45,6 +50,11 @@ impl ClusterView<'_> {
     }
 
     /// How many sockets `scope` has.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn count(&self, scope: Scope<'_>) -> Result<usize, Error> {
         if let Some(adapter) = &self.app.0.config.adapter {
             return adapter.count(scope);
@@ -57,26 +67,51 @@ impl ClusterView<'_> {
     }
 
     /// How many sockets are in a room or tag.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn group_size(&self, group: &str) -> Result<usize, Error> {
         self.count(Scope::Group(group))
     }
 
     /// The sockets in a room or tag, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn group_members(&self, group: &str) -> Result<Vec<SocketId>, Error> {
         self.sockets_in(Scope::Group(group))
     }
 
     /// How many sockets are connected (after authentication, if any).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn socket_count(&self) -> Result<usize, Error> {
         self.count(Scope::All)
     }
 
     /// Every connected socket, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn sockets(&self) -> Result<Vec<SocketId>, Error> {
         self.sockets_in(Scope::All)
     }
 
     /// Whether a socket is connected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn socket_exists(&self, id: SocketId) -> Result<bool, Error> {
         match &self.app.0.config.adapter {
             Some(adapter) => adapter.socket_exists(id),
@@ -85,16 +120,31 @@ impl ClusterView<'_> {
     }
 
     /// Whether `user` has a socket connected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn user_online(&self, user: &str) -> Result<bool, Error> {
         Ok(self.count(Scope::User(user))? > 0)
     }
 
     /// The sockets of `user`, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn user_sockets(&self, user: &str) -> Result<Vec<SocketId>, Error> {
         self.sockets_in(Scope::User(user))
     }
 
     /// The users with a socket connected, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn users(&self) -> Result<Vec<String>, Error> {
         match &self.app.0.config.adapter {
             Some(adapter) => adapter.users(),
@@ -103,6 +153,11 @@ impl ClusterView<'_> {
     }
 
     /// How many users have a socket connected.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
     pub fn user_count(&self) -> Result<usize, Error> {
         Ok(self.users()?.len())
     }

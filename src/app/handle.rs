@@ -83,6 +83,10 @@ impl AppHandle {
 
     /// Broadcasts an event, encoded once, to the sockets `opts` selects, on
     /// every worker (and, unless local, every node of a cluster).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T, opts: BroadcastOpts) -> Result<(), Error> {
         let frame = self.encode_event(event, data)?;
         self.route(frame, &opts, self.local_ids(&opts.except), None);
@@ -92,6 +96,10 @@ impl AppHandle {
     /// Sends an event to one socket, on this node or another. False if the
     /// server has stopped, or the socket is on another node and there is no
     /// adapter; a socket on another node is not checked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit_to<T: Serialize + ?Sized>(
         &self,
         id: impl Into<SocketId>,
@@ -252,6 +260,10 @@ impl UserRef {
 
     /// Sends an event (encoded once) to every device, on every node of a
     /// cluster; returns how many devices this node has.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<usize, Error> {
         let frame = self.app.encode_event(event, data)?;
         let sockets = self.sockets();

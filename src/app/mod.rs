@@ -299,12 +299,21 @@ impl App {
     }
 
     /// Starts serving on `addr` with the engine's default settings.
+    ///
+    /// # Errors
+    ///
+    /// As [`listen_with`](Self::listen_with).
     pub fn listen(self, addr: impl ToSocketAddrs) -> io::Result<Running> {
         self.listen_with(Server::new(), addr)
     }
 
     /// Starts serving on `addr` with these engine settings (workers, message
     /// size, TLS, …). The app's origins and heartbeat override the server's.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error if `addr` does not resolve or cannot be bound, or a
+    /// worker thread cannot start.
     pub fn listen_with(self, server: Server, addr: impl ToSocketAddrs) -> io::Result<Running> {
         let mut server = server;
         if let Some(origins) = &self.origins {

@@ -113,6 +113,10 @@ impl<'a> Request<'a> {
     /// let mut app = emitws::app::App::new();
     /// app.on("/x", |req| drop(req.data::<&str>()));
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DataError`] if the data does not read as a `T`.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, DataError> {
         self.data_borrowed()
     }
@@ -156,6 +160,11 @@ impl<'a> Request<'a> {
     ///     Err(e) => req.reply_err("bad_request", &e.to_string()),
     /// });
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DataError`] if the data does not read as a `T` (a borrowed `&str`
+    /// meeting an escape, say).
     pub fn data_borrowed<T: Deserialize<'a>>(&self) -> Result<T, DataError> {
         serde_json::from_str(self.data.map_or("null", RawValue::get)).map_err(DataError)
     }
@@ -196,6 +205,10 @@ impl<'a> Request<'a> {
     }
 
     /// Sends an event to this socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit<T: Serialize + ?Sized>(&mut self, event: &str, data: &T) -> Result<(), Error> {
         self.local.send_json(&mut self.conn, |out| envelope::write_event(out, event, data))
     }
@@ -221,6 +234,12 @@ impl<'a> Request<'a> {
     }
 
     /// Joins a room (`#name`) or takes a tag (`*name`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadGroup`] for a name that is no room or tag, and
+    /// [`Error::TooManyGroups`] when the socket is in as many as
+    /// [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket) allows.
     pub fn join(&mut self, group: &str) -> Result<(), Error> {
         self.local.join(self.app, &mut self.conn, group)
     }
@@ -286,6 +305,10 @@ impl<'a> Request<'a> {
 
     /// Broadcasts an event (encoded once) to the sockets `opts` selects;
     /// this socket is left out unless `opts.include_self()`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn broadcast<T: Serialize + ?Sized>(
         &mut self,
         event: &str,
@@ -303,6 +326,10 @@ impl<'a> Request<'a> {
 
     /// Calls procedure `name` on this socket's client; `done` runs on this
     /// worker with the answer, or the reason there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn call<T: Serialize + ?Sized>(
         &mut self,
         name: &str,

@@ -92,6 +92,10 @@ impl Eq for CallReply {}
 
 impl CallReply {
     /// The answer, typed.
+    ///
+    /// # Errors
+    ///
+    /// The JSON error if the answer does not read as a `T`.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.0.get())
     }

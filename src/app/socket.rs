@@ -173,6 +173,10 @@ impl SocketRef {
     }
 
     /// Sends an event to this socket. False if the server has stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<bool, Error> {
         self.app.emit_to(self.id, event, data)
     }
@@ -180,6 +184,10 @@ impl SocketRef {
     /// Calls procedure `name` on the client; wait for the answer with
     /// [`PendingCall::wait`] (from any thread but a worker's: blocking a worker
     /// would stop its sockets, this one's reply included).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn call<T: Serialize + ?Sized>(&self, name: &str, data: &T, timeout: Duration) -> Result<PendingCall, Error> {
         let (pending, done) = PendingCall::new();
         self.call_then(name, data, timeout, done)?;
@@ -188,6 +196,10 @@ impl SocketRef {
 
     /// Calls procedure `name` on the client; `done` runs on the socket's
     /// worker with the answer (or the reason there is none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn call_then<T: Serialize + ?Sized>(
         &self,
         name: &str,

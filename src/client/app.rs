@@ -459,6 +459,12 @@ impl AppClient {
     /// the retries are used up. [`new`](Self::new) then
     /// [`open`](Self::open) does the same with procedures and listeners set
     /// before connecting.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::ConnectFailed`] when no connection became READY within the
+    /// retries (or the I/O thread could not start), [`AppError::Closed`] if the
+    /// client was closed meanwhile.
     pub fn connect(url: &str, options: AppOptions) -> Result<AppClient, AppError> {
         let client = AppClient::new(url, options)?;
         client.open()?;
@@ -469,6 +475,11 @@ impl AppClient {
     /// [`open`](Self::open), so that procedures (`@challenge`) and listeners
     /// are in place for the first connection. Fails only if the client's
     /// I/O thread cannot start.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::ConnectFailed`] if the I/O thread or the random source for
+    /// the reconnect jitter cannot start.
     pub fn new(url: &str, options: AppOptions) -> Result<AppClient, AppError> {
         let client = options.client.clone().timeout(options.connect_timeout).protocol(PROTOCOL);
         let failed = |e: &dyn fmt::Display| AppError::ConnectFailed(e.to_string());
@@ -513,6 +524,12 @@ impl AppClient {
     /// it is READY, or fails with [`AppError::ConnectFailed`] once the
     /// retries are used up ([`AppError::Closed`] if it was closed). Called
     /// again, it waits for the same outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::ConnectFailed`] once the retries are used up,
+    /// [`AppError::Closed`] if the client was closed, [`AppError::WouldBlock`]
+    /// from a listener or procedure (they run on the I/O thread).
     pub fn open(&self) -> Result<(), AppError> {
         let inner = &self.inner;
         if inner.on_io_thread() {
@@ -554,6 +571,12 @@ impl AppClient {
 
     /// Sends an event. Before READY it waits in a bounded queue; OFFLINE it
     /// fails at once.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::BadName`] for an `@` name, [`AppError::Offline`] or
+    /// [`AppError::Closed`] once the client is OFFLINE, [`AppError::Disconnected`]
+    /// when the queue is full before READY.
     pub fn emit(&self, event: &str, data: Value) -> Result<(), AppError> {
         check_name(event)?;
         self.inner.send(json!([EVENT, event, data]).to_string(), None)
@@ -563,6 +586,11 @@ impl AppClient {
     /// other side's error reply, [`AppError::Timeout`] (the timeout counts
     /// the wait for READY), [`AppError::Disconnected`] if the connection
     /// drops after it was sent, [`AppError::Offline`] if the client gives up.
+    ///
+    /// # Errors
+    ///
+    /// Those above, plus [`AppError::BadName`] for an `@` name and
+    /// [`AppError::WouldBlock`] from a listener or procedure.
     pub fn request(&self, event: &str, data: Value, timeout: Duration) -> Result<Value, AppError> {
         self.request_nowait(event, data, timeout).wait()
     }
@@ -651,6 +679,12 @@ impl PendingRequest {
     }
 
     /// Waits for the outcome, until the request's deadline.
+    ///
+    /// # Errors
+    ///
+    /// The request's: [`AppError::Remote`], [`AppError::Timeout`],
+    /// [`AppError::Disconnected`], [`AppError::Offline`], [`AppError::Closed`];
+    /// [`AppError::WouldBlock`] on the client's I/O thread.
     pub fn wait(self) -> Result<Value, AppError> {
         if let Ok(result) = self.receiver.try_recv() {
             return result;
@@ -684,11 +718,19 @@ pub struct Namespace {
 
 impl Namespace {
     /// [`AppClient::emit`] under the prefix.
+    ///
+    /// # Errors
+    ///
+    /// As [`AppClient::emit`].
     pub fn emit(&self, event: &str, data: Value) -> Result<(), AppError> {
         self.client.emit(&self.name(event), data)
     }
 
     /// [`AppClient::request`] under the prefix.
+    ///
+    /// # Errors
+    ///
+    /// As [`AppClient::request`].
     pub fn request(&self, event: &str, data: Value, timeout: Duration) -> Result<Value, AppError> {
         self.client.request(&self.name(event), data, timeout)
     }

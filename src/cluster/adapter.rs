@@ -46,6 +46,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl RedisAdapter {
     /// Connects this node to the cluster at `url` (`redis://host:port/db`).
     /// Only a bad URL fails: Redis need not be up yet, the link connects by itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisLink::start`].
     pub fn new(url: &str, options: RedisOptions) -> Result<Arc<RedisAdapter>, ClusterError> {
         let app: Arc<Mutex<Option<AppHandle>>> = Arc::default();
         let slot = app.clone();

@@ -74,6 +74,11 @@ impl RedisLink {
     /// send to all nodes or to this one; it runs on the subscriber thread and
     /// should hand the message on (to the workers) without blocking. Redis
     /// need not be up: the threads connect, and reconnect, by themselves.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::BadUrl`] if `url` does not parse, [`ClusterError::Spawn`]
+    /// if a thread cannot start. Redis being down is no error.
     pub fn start(
         url: &str,
         options: RedisOptions,
@@ -231,11 +236,21 @@ impl RedisLink {
     }
 
     /// The nodes whose heartbeat is alive, this one included once it has beaten.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn nodes(&self) -> Result<Vec<u64>, ClusterError> {
         self.query(|_, nodes| Ok(nodes.to_vec()))
     }
 
     /// The sockets in `scope`, on every live node, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, ClusterError> {
         self.query(|conn, nodes| {
             let mut pipe = redis::pipe();
@@ -254,6 +269,11 @@ impl RedisLink {
     }
 
     /// How many sockets `scope` has, on every live node.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn count(&self, scope: Scope<'_>) -> Result<usize, ClusterError> {
         self.query(|conn, nodes| {
             let mut pipe = redis::pipe();
@@ -266,6 +286,11 @@ impl RedisLink {
     }
 
     /// Whether a socket is connected to a live node.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn socket_exists(&self, socket: SocketId) -> Result<bool, ClusterError> {
         self.query(|conn, nodes| {
             if !nodes.contains(&socket.node) {
@@ -276,6 +301,11 @@ impl RedisLink {
     }
 
     /// Every user with a connection on a live node, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn users(&self) -> Result<Vec<String>, ClusterError> {
         self.query(|conn, nodes| {
             let keys: Vec<String> = nodes.iter().map(|node| self.key(&format!("n:{}:users", hex(*node)))).collect();
