@@ -1,10 +1,11 @@
 //! Queries answered for every node of a cluster ([`AppHandle::cluster`]):
 //! through the adapter when there is one, from this node's tables otherwise.
 
-use super::adapter::{Scope, SocketId};
+use super::adapter::Scope;
 use super::error::Error;
 use super::handle::AppHandle;
 use super::locks::lock;
+use super::socket_id::SocketId;
 use crate::runtime::ConnId;
 
 /// Queries answered for the whole cluster (see [`AppHandle::cluster`]).

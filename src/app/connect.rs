@@ -5,11 +5,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::request::Request;
+use super::disconnect::After;
 use super::rpc::CallReply;
 use super::socket::{query_value, SocketData};
 use crate::proto::CloseCode;
-use crate::runtime::{ConnId, UpgradeRequest};
+use crate::runtime::UpgradeRequest;
 
 /// A refused connection: at upgrade time an HTTP status, or a close code
 /// right after the upgrade (what browsers can see: they hide the status of
@@ -44,55 +44,6 @@ impl Refusal {
             RefusalKind::Status(status, body) => (CloseCode(4000 + status % 1000), body.clone()),
             RefusalKind::Close(code, reason) => (*code, reason.clone()),
         }
-    }
-}
-
-/// A socket that has gone, as connection middleware sees it at disconnect.
-#[derive(Debug)]
-pub struct Gone<'a> {
-    /// The socket's id.
-    pub id: ConnId,
-    /// Its user, if identified.
-    pub user: Option<&'a str>,
-    /// The close code (1006 when the connection just dropped).
-    pub code: CloseCode,
-    /// The close reason.
-    pub reason: &'a str,
-}
-
-/// What a connection middleware leaves for the socket's disconnect: the
-/// "code after `next()`" of egg-socket.io, as a closure.
-///
-/// ```
-/// use emitws::app::{After, App};
-/// let mut app = App::new();
-/// app.on_connect(|conn| {
-///     let since = std::time::Instant::now();
-///     println!("{} connected", conn.path());
-///     Ok(After::disconnect(move |gone| println!("{} left after {:?}", gone.id, since.elapsed())))
-/// });
-/// ```
-#[must_use]
-pub struct After(pub(crate) Option<AtDisconnect>);
-
-/// Code a connection middleware left for the disconnect.
-pub(crate) type AtDisconnect = Box<dyn FnOnce(&Gone<'_>)>;
-
-impl After {
-    /// Nothing to do at disconnect.
-    pub fn nothing() -> After {
-        After(None)
-    }
-
-    /// Runs `f` when the socket disconnects (in reverse order of the middleware).
-    pub fn disconnect(f: impl FnOnce(&Gone<'_>) + 'static) -> After {
-        After(Some(Box::new(f)))
-    }
-}
-
-impl fmt::Debug for After {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "After(disconnect)" } else { "After(nothing)" })
     }
 }
 
@@ -154,8 +105,6 @@ impl Connecting<'_> {
 pub(crate) type ConnectFn = Arc<dyn Fn(&mut Connecting<'_>) -> Result<After, Refusal> + Send + Sync>;
 /// Identification at upgrade time.
 pub(crate) type IdentifyFn = Arc<dyn Fn(&mut Connecting<'_>) -> Result<String, Refusal> + Send + Sync>;
-/// Identification by the socket's first request.
-pub(crate) type IdentifyMessageFn = Arc<dyn Fn(&mut Request<'_>) -> Result<String, Refusal> + Send + Sync>;
 
 /// WSE-style challenge-response authentication: on connect the server calls
 /// the client's `@challenge` procedure with `{"challenge": <generate()>}` and
@@ -186,16 +135,6 @@ impl fmt::Debug for Challenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Challenge")
     }
-}
-
-/// How sockets authenticate, if they must.
-#[derive(Clone, Default)]
-pub(crate) enum Auth {
-    #[default]
-    None,
-    Upgrade(IdentifyFn),
-    FirstMessage(Box<str>, IdentifyMessageFn),
-    Challenge(Challenge),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

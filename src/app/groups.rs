@@ -9,9 +9,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use super::adapter::SocketId;
 use super::locks::{read, write};
 use super::socket::{flag, SocketData};
+use super::socket_id::SocketId;
 use crate::runtime::{ConnId, Conns, SharedFrame};
 
 /// Who a broadcast reaches. The default reaches every socket.

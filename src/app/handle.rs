@@ -1,6 +1,6 @@
 //! The running app, seen from any thread: [`AppHandle`] (broadcasts, sends,
-//! presence, the cluster), [`UserRef`] (one user's devices) and [`Running`]
-//! (the started server).
+//! presence, the cluster), [`SocketRef`] (one socket), [`UserRef`] (one
+//! user's devices) and [`Running`] (the started server).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::adapter::{Presence, SocketId, Target};
+use super::adapter::{Presence, Target};
 use super::cluster_view::ClusterView;
 use super::envelope;
 use super::error::Error;
@@ -20,8 +20,8 @@ use super::groups::{BroadcastOpts, Delivery, Outbox, Registry};
 use super::inbox::WorkerMsg;
 use super::limits::EventLimits;
 use super::locks::lock;
-use super::rpc::{Done, StartCall};
-use super::socket::SocketRef;
+use super::rpc::{CallResult, Done, PendingCall, StartCall};
+use super::socket_id::SocketId;
 use super::{AppConfig, CLOSE_DROPPED};
 use crate::proto::CloseCode;
 use crate::runtime::{ConnId, RunningServer, ServerHandle, SharedFrame};
@@ -237,6 +237,70 @@ impl AppHandle {
         // a waiting `PendingCall` then reads `Disconnected`.
         self.server().notify(conn.worker(), Box::new(WorkerMsg::Call(call)));
         Ok(())
+    }
+}
+
+/// A socket reached from anywhere: emit to it, call it, close it. Cheap to
+/// clone and `Send`; everything goes through the socket's worker.
+#[derive(Clone, Debug)]
+pub struct SocketRef {
+    pub(crate) app: AppHandle,
+    pub(crate) id: ConnId,
+}
+
+impl SocketRef {
+    /// The socket's connection on this node (its cluster-wide id is a
+    /// [`SocketId`](super::SocketId) of this node and this connection).
+    pub fn conn_id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Sends an event to this socket. False if the server has stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<bool, Error> {
+        self.app.emit_to(self.id, event, data)
+    }
+
+    /// Calls procedure `name` on the client; wait for the answer with
+    /// [`PendingCall::wait`] (from any thread but a worker's: blocking a worker
+    /// would stop its sockets, this one's reply included).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn call<T: Serialize + ?Sized>(&self, name: &str, data: &T, timeout: Duration) -> Result<PendingCall, Error> {
+        let (pending, done) = PendingCall::new();
+        self.call_then(name, data, timeout, done)?;
+        Ok(pending)
+    }
+
+    /// Calls procedure `name` on the client; `done` runs on the socket's
+    /// worker with the answer (or the reason there is none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn call_then<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        data: &T,
+        timeout: Duration,
+        done: impl FnOnce(CallResult) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.app.start_call(self.id, name, data, timeout, Box::new(done))
+    }
+
+    /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
+    pub fn drop_with(&self, reason: &str) -> bool {
+        self.close(CLOSE_DROPPED, reason)
+    }
+
+    /// Starts the close handshake with `code` and `reason`.
+    pub fn close(&self, code: CloseCode, reason: &str) -> bool {
+        self.app.server().close(self.id, code, reason)
     }
 }
 

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::adapter::{Presence, SocketId};
-use super::connect::{After, Auth, Challenge, Connecting, Gone, Refusal, RefusalKind};
+use super::adapter::Presence;
+use super::connect::{Challenge, Connecting, Refusal, RefusalKind};
+use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
 use super::handle::AppHandle;
 use super::inbox::WorkerMsg;
@@ -20,8 +21,9 @@ use super::request::Request;
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::socket::{flag, SocketData};
+use super::socket_id::SocketId;
 use super::worker_state::WorkerState;
-use super::{DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
+use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, Message, OpCode};
 use crate::runtime::{Accept, Conn, Conns, Handler, Reject, UpgradeRequest};
 

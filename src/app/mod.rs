@@ -31,25 +31,34 @@
 //!
 //! # Modules
 //!
-//! Each file holds one idea; a file uses only those below it, and the app's
-//! state (this file's [`App`] configuration, `handle`'s shared state) names
-//! the handler and adapter types it stores:
+//! Each file holds one idea; read top-down, each uses only files listed
+//! below it (besides this file's configuration and close codes):
 //!
 //! ```text
-//!  mod.rs          App: routes, rules and limits, then listen
-//!  handler         the runtime Handler: sockets' lifecycle, envelopes to handlers
-//!  ├ request       Request, ReplyHandle: what a handler gets
-//!  │ └ worker_state  one worker's own state (groups, calls, outbox, scratch)
-//!  ├ handle        AppHandle, UserRef, Running: the app from any thread
-//!  │ ├ cluster_view  queries for every node
-//!  │ └ inbox       what other threads post to a worker
-//!  ├ connect, router, socket    upgrades and auth; routes; per-socket data
-//!  └ adapter, groups, rpc, envelope, limits, error, locks    leaves
+//!  mod.rs           App and its AppConfig: routes, auth, rules, limits; listen
+//!  └ handler        the runtime Handler: a socket's life, envelopes to handlers
+//!    ├ router       routes, middleware, namespaces
+//!    └ request      Request, ReplyHandle: what a handler gets
+//!      └ worker_state   one worker's own state: groups, calls, outbox, scratch
+//!        └ handle   AppHandle, SocketRef, UserRef, Running: the app from any thread
+//!          ├ cluster_view   queries for every node
+//!          ├ adapter        the Adapter trait, targets, scopes, presence
+//!          └ inbox          what other threads post to a worker
+//!            ├ connect      upgrades: Connecting, Refusal, path routes, Challenge
+//!            ├ groups       rooms and tags, broadcast deliveries
+//!            ├ socket       SocketData, the per-socket state
+//!            └ rpc, envelope, disconnect, socket_id, limits, error, locks
 //! ```
+//!
+//! The edges that point up are type names only, where the app's state holds
+//! callbacks that receive it: the configuration stores handlers taking a
+//! `Request` and an `Adapter` whose `attach` takes an `AppHandle`;
+//! `cluster_view`'s `ClusterView` borrows the `AppHandle` that makes it.
 
 mod adapter;
 mod cluster_view;
 mod connect;
+mod disconnect;
 mod envelope;
 mod error;
 mod groups;
@@ -62,6 +71,7 @@ mod request;
 mod router;
 mod rpc;
 mod socket;
+mod socket_id;
 mod worker_state;
 
 use std::fmt;
@@ -70,13 +80,14 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use adapter::{Adapter, BadSocketId, Presence, Scope, SocketId, Target};
+pub use adapter::{Adapter, Presence, Scope, Target};
 pub use cluster_view::ClusterView;
-pub use connect::{After, Challenge, Connecting, Gone, PathRoute, Refusal};
+pub use connect::{Challenge, Connecting, PathRoute, Refusal};
+pub use disconnect::{After, Gone};
 pub use envelope::MAX_ID;
 pub use error::Error;
 pub use groups::BroadcastOpts;
-pub use handle::{AppHandle, Running, UserRef};
+pub use handle::{AppHandle, Running, SocketRef, UserRef};
 pub use handler::PROTOCOL;
 /// The old name of [`EventLimits`]. Kept only while
 /// src/bin/emitws-cluster-node.rs still imports it; remove with that import.
@@ -86,9 +97,10 @@ pub use limits::{EventLimits, Policy, Rate};
 pub use request::{DataError, ReplyHandle, Request};
 pub use router::{Middleware, Next, Ns};
 pub use rpc::{CallError, CallReply, CallResult, PendingCall};
-pub use socket::{SocketData, SocketRef};
+pub use socket::SocketData;
+pub use socket_id::{BadSocketId, SocketId};
 
-use connect::{Auth, ConnectFn};
+use connect::{ConnectFn, IdentifyFn};
 use handler::AppWorker;
 use router::Router;
 
@@ -134,6 +146,19 @@ pub(crate) struct AppConfig {
     adapter: Option<Arc<dyn Adapter>>,
     http: Option<HttpFn>,
 }
+
+/// How sockets authenticate, if they must.
+#[derive(Clone, Default)]
+pub(crate) enum Auth {
+    #[default]
+    None,
+    Upgrade(IdentifyFn),
+    FirstMessage(Box<str>, IdentifyMessageFn),
+    Challenge(Challenge),
+}
+
+/// Identification by the socket's first request.
+pub(crate) type IdentifyMessageFn = Arc<dyn Fn(&mut Request<'_>) -> Result<String, Refusal> + Send + Sync>;
 
 /// Answers plain HTTP requests on the app's port.
 type HttpFn = Arc<dyn Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync>;

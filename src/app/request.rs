@@ -8,14 +8,14 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::adapter::SocketId;
 use super::envelope::{self, ErrorCode};
 use super::error::Error;
 use super::groups::BroadcastOpts;
-use super::handle::AppHandle;
+use super::handle::{AppHandle, SocketRef};
 use super::inbox::WorkerMsg;
 use super::rpc::CallResult;
-use super::socket::{query_value, SocketData, SocketRef};
+use super::socket::{query_value, SocketData};
+use super::socket_id::SocketId;
 use super::worker_state::WorkerState;
 use crate::proto::CloseCode;
 use crate::runtime::{Conn, ConnId};
