@@ -107,11 +107,11 @@ struct Group {
 
 /// The app-wide view of every group.
 #[derive(Debug, Default)]
-pub(crate) struct Registry {
+pub(crate) struct GroupRegistry {
     groups: RwLock<HashMap<Box<str>, Group>>,
 }
 
-impl Registry {
+impl GroupRegistry {
     pub fn join(&self, name: &str, id: ConnId, workers: usize) {
         let mut groups = write(&self.groups);
         let group = groups.entry(name.into()).or_default();

@@ -16,7 +16,7 @@ use super::adapter::{Presence, Target};
 use super::cluster_view::ClusterView;
 use super::envelope;
 use super::error::Error;
-use super::groups::{BroadcastOpts, Delivery, Outbox, Registry};
+use super::groups::{BroadcastOpts, Delivery, GroupRegistry, Outbox};
 use super::inbox::WorkerMsg;
 use super::limits::EventLimits;
 use super::locks::lock;
@@ -35,7 +35,7 @@ pub(crate) struct AppState {
     /// When the app started: the zero of socket buckets and heartbeat stamps.
     pub(crate) epoch: Instant,
     /// Every room and tag, and which workers have members.
-    pub(crate) registry: Registry,
+    pub(crate) registry: GroupRegistry,
     /// Each user's sockets on this node, oldest first.
     pub(crate) users: Mutex<HashMap<Arc<str>, Vec<ConnId>>>,
     /// How many sockets are in (authenticated, not yet closed).
@@ -62,7 +62,7 @@ impl AppHandle {
             config,
             server: OnceLock::new(),
             epoch: Instant::now(),
-            registry: Registry::default(),
+            registry: GroupRegistry::default(),
             users: Mutex::new(HashMap::new()),
             sockets: AtomicUsize::new(0),
             connected: Mutex::default(),

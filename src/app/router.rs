@@ -83,9 +83,9 @@ pub(crate) struct Route {
     handler: EventHandler,
 }
 
-/// The system events an app can handle.
+/// The handlers of each system event (`@connection`, `@disconnect`, …).
 #[derive(Default)]
-pub(crate) struct System {
+pub(crate) struct SystemHandlers {
     pub connection: Vec<EventHandler>,
     pub disconnect: Vec<EventHandler>,
     pub error: Vec<EventHandler>,
@@ -98,7 +98,7 @@ pub(crate) struct System {
 pub(crate) struct Router {
     routes: HashMap<Box<str>, Route, BuildHasherDefault<NameHash>>,
     middleware: Vec<Middleware>,
-    pub system: System,
+    pub system: SystemHandlers,
 }
 
 impl Router {
