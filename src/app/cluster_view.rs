@@ -39,7 +39,7 @@ impl ClusterView<'_> {
     /// [`Error::Unavailable`] when the cluster's store does not answer within
     /// the adapter's timeout (never without an adapter).
     pub fn sockets_in(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, Error> {
-        if let Some(adapter) = &self.app.0.config.adapter {
+        if let Some(adapter) = &self.app.0.setup.adapter {
             return adapter.sockets(scope);
         }
         let app = self.app;
@@ -57,7 +57,7 @@ impl ClusterView<'_> {
     /// [`Error::Unavailable`] when the cluster's store does not answer within
     /// the adapter's timeout (never without an adapter).
     pub fn count(&self, scope: Scope<'_>) -> Result<usize, Error> {
-        if let Some(adapter) = &self.app.0.config.adapter {
+        if let Some(adapter) = &self.app.0.setup.adapter {
             return adapter.count(scope);
         }
         Ok(match scope {
@@ -114,7 +114,7 @@ impl ClusterView<'_> {
     /// [`Error::Unavailable`] when the cluster's store does not answer within
     /// the adapter's timeout (never without an adapter).
     pub fn socket_exists(&self, id: SocketId) -> Result<bool, Error> {
-        match &self.app.0.config.adapter {
+        match &self.app.0.setup.adapter {
             Some(adapter) => adapter.socket_exists(id),
             None => Ok(self.app.here(id).is_some_and(|conn| lock(&self.app.0.connected).contains(&conn))),
         }
@@ -147,7 +147,7 @@ impl ClusterView<'_> {
     /// [`Error::Unavailable`] when the cluster's store does not answer within
     /// the adapter's timeout (never without an adapter).
     pub fn users(&self) -> Result<Vec<String>, Error> {
-        match &self.app.0.config.adapter {
+        match &self.app.0.setup.adapter {
             Some(adapter) => adapter.users(),
             None => Ok(self.app.users()),
         }

@@ -29,7 +29,8 @@ use crate::runtime::{ConnId, RunningServer, ServerHandle, SharedFrame};
 /// A running app's state, shared by its workers and handles: its fixed
 /// configuration and the tables every worker reads and writes.
 pub(crate) struct AppState {
-    pub(crate) config: AppConfig,
+    /// What the app was set up with (routes, auth, limits, adapter).
+    pub(crate) setup: AppConfig,
     /// The engine's handle, set once the server runs.
     pub(crate) server: OnceLock<ServerHandle>,
     /// When the app started: the zero of socket buckets and heartbeat stamps.
@@ -59,7 +60,7 @@ impl AppHandle {
     /// A handle on a new app that is not serving yet.
     pub(crate) fn new(config: AppConfig) -> AppHandle {
         AppHandle(Arc::new(AppState {
-            config,
+            setup: config,
             server: OnceLock::new(),
             epoch: Instant::now(),
             registry: GroupRegistry::default(),
@@ -78,7 +79,7 @@ impl AppHandle {
 
     /// The limits in force.
     pub fn limits(&self) -> &EventLimits {
-        &self.0.config.limits
+        &self.0.setup.limits
     }
 
     /// Broadcasts an event, encoded once, to the sockets `opts` selects, on
@@ -112,7 +113,7 @@ impl AppHandle {
             Some(conn) => Ok(self.server().send_frame(conn, &frame)),
             None => {
                 self.publish(&frame, Target::Socket(id));
-                Ok(self.0.config.adapter.is_some())
+                Ok(self.0.setup.adapter.is_some())
             }
         }
     }
@@ -393,7 +394,7 @@ impl Deref for Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(adapter) = &self.app.0.config.adapter {
+        if let Some(adapter) = &self.app.0.setup.adapter {
             adapter.detach();
         }
     }
@@ -402,7 +403,7 @@ impl Drop for Running {
 impl AppHandle {
     /// This node's id in the cluster (0 without an adapter).
     pub fn node(&self) -> u64 {
-        self.0.config.adapter.as_ref().map_or(0, |adapter| adapter.node())
+        self.0.setup.adapter.as_ref().map_or(0, |adapter| adapter.node())
     }
 
     /// Answers about every node of the cluster (this one alone without an
@@ -424,7 +425,7 @@ impl AppHandle {
 
     /// Hands a message to the adapter, if any, with this node's ids made explicit.
     pub(crate) fn publish(&self, frame: &SharedFrame, to: Target<'_>) {
-        let Some(adapter) = &self.0.config.adapter else { return };
+        let Some(adapter) = &self.0.setup.adapter else { return };
         let node = adapter.node();
         match to {
             Target::Broadcast(opts) if opts.except.iter().any(|id| id.node == 0) => {
@@ -480,14 +481,14 @@ impl AppHandle {
     /// Hands a close for sockets of other nodes to the adapter, if any; says
     /// whether there was one.
     pub(crate) fn close_elsewhere(&self, to: Target<'_>, code: CloseCode, reason: &str) -> bool {
-        let Some(adapter) = &self.0.config.adapter else { return false };
+        let Some(adapter) = &self.0.setup.adapter else { return false };
         adapter.close(to, code, reason);
         true
     }
 
     /// Keeps this node's socket list when there is no adapter to ask.
     pub(crate) fn presence(&self, change: Presence<'_>) {
-        match (&self.0.config.adapter, change) {
+        match (&self.0.setup.adapter, change) {
             (Some(adapter), change) => adapter.presence(change),
             (None, Presence::Connected { id, .. }) => {
                 lock(&self.0.connected).insert(id);

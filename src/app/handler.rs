@@ -113,7 +113,7 @@ impl AppWorker {
     /// the error is about one.
     fn report(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str, event: Option<&str>) {
         let app = self.app.clone();
-        let hook = &app.0.config.router.system.error;
+        let hook = &app.0.setup.router.system.error;
         if hook.is_empty() {
             return;
         }
@@ -148,7 +148,7 @@ impl AppWorker {
     /// through again, so that a flood cannot make the server flood back.
     fn over_rate(&mut self, conn: &mut Conn<'_, SocketData>, text: &str) {
         const MESSAGE: &str = "too many messages";
-        let (id, policy) = (envelope::peek_request_id(text), self.app.0.config.limits.over_rate);
+        let (id, policy) = (envelope::peek_request_id(text), self.app.0.setup.limits.over_rate);
         if policy == Policy::Reply && id.is_none() {
             if conn.data().has(flag::RATE_NOTIFIED) {
                 return self.report(conn, ErrorCode::RateLimited, MESSAGE, None);
@@ -166,7 +166,7 @@ impl AppWorker {
     }
 
     fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
-        let limits = &self.app.0.config.limits;
+        let limits = &self.app.0.setup.limits;
         if let Err(why) = check_event_name(event, limits.max_event_name) {
             let policy = limits.on_bad_input;
             return self.bad_input(conn, id, ErrorCode::BadRequest, why, policy);
@@ -183,7 +183,7 @@ impl AppWorker {
         // count would be written by every worker on every message).
         let AppWorker { app, local } = self;
         let mut req = Request { event, id, data, conn: conn.reborrow(), local, app, answered: false };
-        match catch_unwind(AssertUnwindSafe(|| app.0.config.router.dispatch(event, &mut req))) {
+        match catch_unwind(AssertUnwindSafe(|| app.0.setup.router.dispatch(event, &mut req))) {
             // A request nobody answered or deferred gets `null`, so the client is not left waiting.
             Ok(true) => req.reply(&()),
             Ok(false) => req.reply_err(ErrorCode::NoHandler.as_str(), &format!("no handler for {event}")),
@@ -203,7 +203,7 @@ impl AppWorker {
         data: Option<&RawValue>,
     ) {
         let app = self.app.clone();
-        match &app.0.config.auth {
+        match &app.0.setup.auth {
             Auth::FirstMessage(auth_event, identify) if id.is_some() && **auth_event == *event => {
                 let mut req = Request {
                     event,
@@ -261,7 +261,7 @@ impl AppWorker {
         let id = conn.id();
         let mut users = lock(&self.app.0.users);
         let devices = users.entry(user).or_default();
-        if let Some((max, policy)) = self.app.0.config.devices {
+        if let Some((max, policy)) = self.app.0.setup.devices {
             if devices.len() >= max {
                 match policy {
                     DevicePolicy::RejectNew => {
@@ -288,7 +288,7 @@ impl AppWorker {
         self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let app = self.app.clone();
         app.presence(Presence::Connected { id: conn.id(), user: conn.data().user() });
-        self.system(conn, &app.0.config.router.system.connection, "@connection", &());
+        self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
         self.send_ready(conn);
     }
 
@@ -309,7 +309,7 @@ impl AppWorker {
         let data = serde_json::json!({ "challenge": nonce });
         let Ok(data) = serde_json::value::to_raw_value(&data) else { return };
         // Longer than the auth deadline, so that running out of time always closes with 4408.
-        let timeout = self.app.0.config.limits.auth_timeout + Duration::from_secs(1);
+        let timeout = self.app.0.setup.limits.auth_timeout + Duration::from_secs(1);
         let done: Done = Box::new(move |result: CallResult| {
             let user = match result {
                 Ok(answer) => verify(&nonce, &answer),
@@ -348,7 +348,7 @@ impl AppWorker {
     }
 
     fn heartbeat(&mut self, conns: &mut Conns<'_, SocketData>, now: Instant) -> Option<Instant> {
-        let interval = self.app.0.config.heartbeat?;
+        let interval = self.app.0.setup.heartbeat?;
         let next = *self.local.next_heartbeat.get_or_insert(now + interval);
         if now < next {
             return Some(next);
@@ -372,7 +372,7 @@ impl Handler for AppWorker {
     type Data = SocketData;
 
     fn on_http(&mut self, request: &crate::proto::handshake::Request<'_>) -> Option<crate::runtime::HttpResponse> {
-        self.app.0.config.http.as_ref().and_then(|http| http(request))
+        self.app.0.setup.http.as_ref().and_then(|http| http(request))
     }
 
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Result<Accept<SocketData>, Reject> {
@@ -386,8 +386,8 @@ impl Handler for AppWorker {
         let mut data = SocketData::default();
         let path = request.path();
         let mut route_middleware = &[][..];
-        if !state.config.paths.is_empty() {
-            let matched = state.config.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
+        if !state.setup.paths.is_empty() {
+            let matched = state.setup.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
             let Some((route, params)) = matched else { return Err(Reject::status(404)) };
             if !params.is_empty() {
                 data.state().params = params;
@@ -402,14 +402,14 @@ impl Handler for AppWorker {
         }
         let mut refusal = None;
         let mut connecting = Connecting { request, data: &mut data };
-        if let Auth::Upgrade(identify) = &state.config.auth {
+        if let Auth::Upgrade(identify) = &state.setup.auth {
             match identify(&mut connecting) {
                 Ok(user) => connecting.data.state().user = Some(user.into()),
                 Err(e) => refusal = Some(e),
             }
         }
         if refusal.is_none() {
-            for middleware in state.config.connect.iter().chain(route_middleware) {
+            for middleware in state.setup.connect.iter().chain(route_middleware) {
                 match middleware(&mut connecting) {
                     Ok(After(Some(after))) => connecting.data.state().after.push(After(Some(after))),
                     Ok(After(None)) => {}
@@ -438,18 +438,18 @@ impl Handler for AppWorker {
         self.local.outbox.worker = conn.id().worker();
         let now = conn.clock_ms();
         let data = conn.data_mut();
-        if let Some(rate) = &app.0.config.limits.rate {
+        if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
         if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
             return conn.close(code, &reason);
         }
-        match &app.0.config.auth {
+        match &app.0.setup.auth {
             Auth::FirstMessage(..) | Auth::Challenge(_) => {
                 conn.data_mut().flags |= flag::UNAUTHED;
-                let deadline = Instant::now() + app.0.config.limits.auth_timeout;
+                let deadline = Instant::now() + app.0.setup.limits.auth_timeout;
                 self.local.auth_deadlines.push_back((deadline, conn.id()));
-                if let Auth::Challenge(challenge) = &app.0.config.auth {
+                if let Auth::Challenge(challenge) = &app.0.setup.auth {
                     self.start_challenge(conn, challenge);
                 }
             }
@@ -463,7 +463,7 @@ impl Handler for AppWorker {
 
     fn on_message(&mut self, conn: &mut Conn<'_, SocketData>, message: Message<'_>) {
         // Borrowed, not copied: this runs for every envelope.
-        let limits = &self.app.0.config.limits;
+        let limits = &self.app.0.setup.limits;
         let policy = limits.on_bad_input;
         conn.data_mut().missed = 0;
         let text = match message {
@@ -515,7 +515,7 @@ impl Handler for AppWorker {
         let Ok(stamp) = <[u8; 8]>::try_from(payload) else { return };
         let app = self.app.clone();
         let rtt = u64::from(now_ms(&app)).wrapping_sub(u64::from_be_bytes(stamp)) & u64::from(u32::MAX);
-        self.system(conn, &app.0.config.router.system.ping, "@ping", &serde_json::json!({ "rtt_ms": rtt }));
+        self.system(conn, &app.0.setup.router.system.ping, "@ping", &serde_json::json!({ "rtt_ms": rtt }));
     }
 
     fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str) {
@@ -526,7 +526,7 @@ impl Handler for AppWorker {
         }
         if conn.data().has(flag::CONNECTED) {
             let body = serde_json::json!({ "code": code.0, "reason": reason });
-            self.system(conn, &app.0.config.router.system.disconnect, "@disconnect", &body);
+            self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
         }
         let data = conn.data_mut();
         if data.has(flag::CONNECTED) {
@@ -544,7 +544,7 @@ impl Handler for AppWorker {
             app.0.registry.leave(group, id);
         }
         if let Some(user) = &state.user {
-            let mut users = lock(&app.0.users);
+            let mut users = super::lock(&app.0.users);
             if let Some(devices) = users.get_mut(user) {
                 devices.retain(|d| *d != id);
                 if devices.is_empty() {

@@ -102,6 +102,8 @@ pub use socket_id::{BadSocketId, SocketId};
 
 use connect::{ConnectFn, IdentifyFn};
 use handler::AppWorker;
+// Reached as `super::lock` by handler.rs.
+use locks::lock;
 use router::Router;
 
 use crate::proto::handshake::Request as HttpRequest;
@@ -353,7 +355,7 @@ impl App {
         let app = AppHandle::new(self.config);
         // Attached before the port accepts, so that the first sockets to join
         // a room miss nothing other nodes publish meanwhile.
-        let adapter = app.0.config.adapter.as_ref();
+        let adapter = app.0.setup.adapter.as_ref();
         if let Some(adapter) = adapter {
             adapter.attach(app.clone());
         }

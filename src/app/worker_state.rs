@@ -83,7 +83,7 @@ impl WorkerState {
         if data.groups().iter().any(|g| &**g == group) {
             return Ok(());
         }
-        if data.groups().len() >= app.0.config.limits.max_groups_per_socket {
+        if data.groups().len() >= app.0.setup.limits.max_groups_per_socket {
             return Err(Error::TooManyGroups);
         }
         data.state().groups.push(group.into());
@@ -117,7 +117,7 @@ impl WorkerState {
         if !conn.is_open() {
             return done(Err(CallError::Disconnected));
         }
-        if usize::from(conn.data().calls) >= app.0.config.limits.max_pending {
+        if usize::from(conn.data().calls) >= app.0.setup.limits.max_pending {
             return done(Err(CallError::TooMany));
         }
         let id = self.calls.start(conn.id(), timeout, done);
