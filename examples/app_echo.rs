@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use emitws::app::{plugins, App, AppHandle, BroadcastOpts, Limits, Rate};
+use emitws::app::{plugins, App, AppHandle, BroadcastOpts, EventLimits, Rate};
 use emitws::runtime::{Keepalive, Server};
 
 /// The one room `/join` and `/pub` use.
@@ -55,7 +55,7 @@ fn main() -> std::io::Result<()> {
     let mut app = App::new();
     // A load tool sends far more than the default 100 envelopes per second per
     // socket; the bucket stays on (and costs what it costs) with a rate it never hits.
-    app.limits(Limits { rate: Some(Rate { per_second: 1e9, burst: 1e9 }), ..Limits::default() });
+    app.limits(EventLimits::default().rate(Some(Rate { per_second: 1e9, burst: 1e9 })));
     if let Some(interval) = heartbeat {
         app.plugin(plugins::heartbeat(interval));
     }

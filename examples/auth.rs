@@ -27,7 +27,7 @@ fn main() -> std::io::Result<()> {
         Ok(After::disconnect(|gone| println!("{} left ({})", gone.id, gone.code)))
     });
     app.middleware(|req, next| {
-        println!("{} -> {}", req.id(), req.event());
+        println!("{} -> {}", req.conn_id(), req.event());
         next.run(req);
     });
     let auth = Middleware::new(|req, next| {

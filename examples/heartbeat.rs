@@ -13,11 +13,11 @@ fn main() -> std::io::Result<()> {
     app.plugin(plugins::heartbeat(Duration::from_secs(5)));
     app.on("@ping", |req| {
         let rtt = req.raw_data().map_or("?", |data| data.get()).to_string();
-        println!("heartbeat: {} {rtt}", req.id());
+        println!("heartbeat: {} {rtt}", req.conn_id());
     });
     app.on("@disconnect", |req| {
         let why = req.raw_data().map_or("?", |data| data.get()).to_string();
-        println!("gone: {} {why}", req.id());
+        println!("gone: {} {why}", req.conn_id());
     });
     let running = app.listen(addr)?;
     println!("heartbeat example on ws://{}", running.local_addr());

@@ -11,7 +11,7 @@ use serde_json::json;
 fn main() -> std::io::Result<()> {
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
     let mut app = App::new();
-    app.on("@connection", |req| println!("connected: {}", req.id()));
+    app.on("@connection", |req| println!("connected: {}", req.conn_id()));
     app.on("/ping", |req| {
         let time = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |t| t.as_millis() as u64);
         req.reply(&json!({ "pong": true, "time": time }));

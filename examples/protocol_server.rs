@@ -35,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use emitws::app::{
-    App, BroadcastOpts, CallError, CallResult, Challenge, DevicePolicy, Limits, Policy, Rate, Refusal, ReplyHandle,
-    Request, SocketId,
+    App, BroadcastOpts, CallError, CallResult, Challenge, DevicePolicy, EventLimits, Policy, Rate, Refusal,
+    ReplyHandle, Request, SocketId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -60,7 +60,7 @@ fn parse_args() -> Result<Options, String> {
         auth: "none".into(),
         auth_timeout: None,
         heartbeat: None,
-        rate: Limits::default().rate,
+        rate: EventLimits::default().rate,
         devices: None,
     };
     let mut args = std::env::args().skip(1);
@@ -307,7 +307,7 @@ fn handlers(app: &mut App) {
     });
     app.on("@error", |req| {
         let data = req.raw_data().map_or("null", |data| data.get()).to_string();
-        eprintln!("@error from {}: {data}", req.id());
+        eprintln!("@error from {}: {data}", req.conn_id());
     });
 }
 
@@ -346,8 +346,7 @@ fn main() -> std::io::Result<()> {
         }
     };
     let mut app = App::new();
-    let mut limits =
-        Limits { rate: options.rate, on_bad_input: options.policy, over_rate: options.policy, ..Limits::default() };
+    let mut limits = EventLimits::default().rate(options.rate).on_bad_input(options.policy).over_rate(options.policy);
     if let Some(timeout) = options.auth_timeout {
         limits.auth_timeout = timeout;
     }
@@ -357,7 +356,7 @@ fn main() -> std::io::Result<()> {
         app.max_devices(max, policy);
     }
     app.on_connect(|conn| match conn.query_value("close").map(|code| code.parse::<u16>()) {
-        Some(Ok(code)) => Err(Refusal::close(code, "refused by ?close")),
+        Some(Ok(code)) => Err(Refusal::close(emitws::proto::CloseCode(code), "refused by ?close")),
         Some(Err(_)) => Err(Refusal::status(400, "?close wants a close code")),
         None => Ok(emitws::app::After::nothing()),
     });

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use emitws::client::app::{AppClient, AppError, AppOptions, Status};
+use emitws::client::app::{AppClient, AppError, AppOptions, AuthRequest, Status};
+use emitws::client::ClientBuilder;
 use emitws::proto::{CloseCode, Message};
 use emitws::runtime::{Accept, Conn, Handler, Reject, UpgradeRequest};
 use serde_json::{json, Value};
@@ -71,13 +72,11 @@ impl Handler for Scripted {
 }
 
 fn options() -> AppOptions {
-    AppOptions {
-        reconnect_delay: ms(20),
-        max_reconnect_delay: ms(100),
-        max_retries: Some(20),
-        connect_timeout: ms(1000),
-        ..AppOptions::default()
-    }
+    AppOptions::default()
+        .reconnect_delay(ms(20))
+        .max_reconnect_delay(ms(100))
+        .max_retries(Some(20))
+        .connect_timeout(ms(1000))
 }
 
 /// Collects what listeners receive, with bounded waits.
@@ -189,7 +188,7 @@ fn requests_events_namespaces_and_rpc() {
 fn a_dropped_connection_fails_pending_requests_then_reconnects() {
     let server = quick_server().start("127.0.0.1:0", Scripted::default()).unwrap();
     let inbox = Inbox::default();
-    let options = AppOptions { reconnect_delay: ms(300), max_reconnect_delay: ms(300), ..options() };
+    let options = options().reconnect_delay(ms(300)).max_reconnect_delay(ms(300));
     let client = AppClient::connect(&format!("ws://{}/", server.local_addr()), options).unwrap();
     client.on("@disconnect", inbox.listener());
     client.on("/pong", inbox.listener());
@@ -221,7 +220,7 @@ fn connecting_gives_up_after_the_retries() {
     let server = quick_server().start("127.0.0.1:0", Scripted::default()).unwrap();
     drop(listener);
     // Nothing listens at `addr`: connecting gives up after the retries.
-    let options = AppOptions { max_retries: Some(2), ..options() };
+    let options = options().max_retries(Some(2));
     let started = Instant::now();
     match AppClient::connect(&format!("ws://{addr}/"), options.clone()) {
         Err(AppError::ConnectFailed(why)) => assert!(why.contains("refused"), "{why}"),
@@ -229,7 +228,7 @@ fn connecting_gives_up_after_the_retries() {
     }
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     // Without reconnecting: one attempt.
-    let once = AppOptions { reconnect: false, ..options };
+    let once = options.reconnect(false);
     let wrong = AppClient::connect("ws://no-such-host.invalid/", once.clone());
     assert!(matches!(wrong, Err(AppError::ConnectFailed(_))), "{wrong:?}");
     let refused = AppClient::connect(&format!("ws://{}/private", server.local_addr()), once);
@@ -241,7 +240,7 @@ fn connecting_gives_up_after_the_retries() {
 fn a_server_that_never_sends_ready_fails_the_attempt_after_the_connect_timeout() {
     let server = quick_server().start("127.0.0.1:0", Scripted { silent: true, ..Scripted::default() }).unwrap();
     let inbox = Inbox::default();
-    let options = AppOptions { reconnect: false, connect_timeout: ms(200), ..options() };
+    let options = options().reconnect(false).connect_timeout(ms(200));
     let client = AppClient::new(&format!("ws://{}/", server.local_addr()), options).unwrap();
     client.on("@disconnect", inbox.listener());
     client.on("@reconnect_failed", inbox.listener());
@@ -250,4 +249,14 @@ fn a_server_that_never_sends_ready_fails_the_attempt_after_the_connect_timeout()
     assert_eq!(inbox.wait("@reconnect_failed", 1)["attempts"], 0);
     assert_eq!(client.status(), Status::Offline);
     server.shutdown();
+}
+
+#[test]
+fn options_debug_leaves_the_credentials_out() {
+    let auth = AuthRequest { event: "/auth".into(), data: json!({ "token": "s3cret-token" }) };
+    let client = ClientBuilder::new().header("Authorization", "Bearer s3cret-header");
+    let options = AppOptions::default().auth(Some(auth)).client(client).max_queued(7);
+    let printed = format!("{options:?}");
+    assert!(!printed.contains("s3cret"), "{printed}");
+    assert!(printed.contains("/auth") && printed.contains("max_queued: 7"), "{printed}");
 }

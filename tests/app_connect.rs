@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use app_client::{eventually, start, AppClient};
 use common::{http, upgrade_request, Frame};
-use emitws::app::{plugins, After, App, Challenge, Limits, Refusal};
+use emitws::app::{plugins, After, App, Challenge, EventLimits, Refusal};
 use emitws::runtime::HttpResponse;
 use serde_json::{json, Value};
 
@@ -55,7 +55,7 @@ fn connection_middleware_refuses_stores_and_runs_code_at_disconnect() {
             return Err(Refusal::status(403, "banned"));
         }
         if conn.query_value("close").is_some() {
-            return Err(Refusal::close(4003, "not today"));
+            return Err(Refusal::close(emitws::proto::CloseCode(4003), "not today"));
         }
         conn.set("agent", conn.header("user-agent").unwrap_or("none").to_string());
         seen.lock().unwrap().push("first in".into());
@@ -156,7 +156,7 @@ fn identify_by_first_message() {
 #[test]
 fn authentication_times_out() {
     let mut app = App::new();
-    app.limits(Limits { auth_timeout: Duration::from_millis(100), ..Limits::default() });
+    app.limits(EventLimits::default().auth_timeout(Duration::from_millis(100)));
     app.identify_by_message("/auth", |_| Ok("x".into()));
     let running = start(app, 1);
     let mut client = AppClient::connect_to(running.local_addr(), "/", &[]).expect("upgraded");

@@ -51,7 +51,7 @@ fn server() -> emitws::app::Running {
             Err(other) => reply.reply(&json!({ "error": other.to_string() })),
         });
     });
-    app.on("/kick", |req| req.close(4000, "kicked"));
+    app.on("/kick", |req| req.close(emitws::proto::CloseCode(4000), "kicked"));
     app.on("@connection", |req| {
         let _ = req.emit("/welcome", &true);
     });
@@ -90,7 +90,7 @@ fn statuses(log: &Mutex<Vec<(String, Value)>>) -> Vec<String> {
 }
 
 fn options() -> AppOptions {
-    AppOptions { reconnect_delay: Duration::from_millis(20), connect_timeout: WAIT, ..AppOptions::default() }
+    AppOptions::default().reconnect_delay(Duration::from_millis(20)).connect_timeout(WAIT)
 }
 
 fn connect(running: &emitws::app::Running) -> AppClient {
@@ -196,7 +196,7 @@ fn a_server_that_is_gone_gives_connect_failed() {
     let running = server();
     let url = format!("ws://{}/", running.local_addr());
     running.close();
-    let options = AppOptions { reconnect: false, connect_timeout: Duration::from_secs(2), ..AppOptions::default() };
+    let options = AppOptions::default().reconnect(false).connect_timeout(Duration::from_secs(2));
     assert!(matches!(AppClient::connect(&url, options), Err(AppError::ConnectFailed(_))));
 }
 
@@ -204,7 +204,7 @@ fn a_server_that_is_gone_gives_connect_failed() {
 fn challenge_auth_admits_a_hundred_sequential_connections_on_the_first_try() {
     let running = challenge_server();
     let url = format!("ws://{}/", running.local_addr());
-    let once = AppOptions { reconnect: false, ..options() };
+    let once = options().reconnect(false);
     let mut refused = Vec::new();
     for i in 0..100 {
         let client = challenged_client(&url, "carol", once.clone());
@@ -246,12 +246,12 @@ fn the_auth_request_goes_first_and_a_request_right_after_connect_succeeds() {
     let url = format!("ws://{}/", running.local_addr());
     let auth = |token: &str| Some(AuthRequest { event: "/auth".into(), data: json!(token) });
     for _ in 0..20 {
-        let client = AppClient::connect(&url, AppOptions { auth: auth("t-erin"), ..options() }).expect("connect");
+        let client = AppClient::connect(&url, options().auth(auth("t-erin"))).expect("connect");
         assert_eq!(client.request("/me", Value::Null, WAIT), Ok(json!("erin")));
         client.close();
     }
 
-    let options = AppOptions { auth: auth("forged"), reconnect: false, ..options() };
+    let options = options().auth(auth("forged")).reconnect(false);
     let client = AppClient::new(&url, options).expect("a client");
     let log = record(&client, &["@error", "@disconnect"]);
     assert!(matches!(client.open(), Err(AppError::ConnectFailed(_))));
@@ -291,7 +291,7 @@ fn the_status_goes_through_a_reconnect_then_offline() {
 fn giving_up_is_announced_goes_offline_and_fails_envelopes_at_once() {
     let running = server();
     let url = format!("ws://{}/", running.local_addr());
-    let options = AppOptions { max_retries: Some(2), ..options() };
+    let options = options().max_retries(Some(2));
     let client = AppClient::new(&url, options).expect("a client");
     let log = record(&client, &["@reconnecting", "@reconnect_failed", "@error", "@status"]);
     // Made while RECONNECTING (from the listener, so surely before giving up):

@@ -129,7 +129,7 @@ fn system_events_connection_disconnect_any_and_error() {
     let seen = log.clone();
     app.on("@connection", move |req| {
         seen.lock().unwrap().push("connection".into());
-        let _ = req.emit("/welcome", &req.id().to_string());
+        let _ = req.emit("/welcome", &req.conn_id().to_string());
     });
     let seen = log.clone();
     app.on("@disconnect", move |req| {

@@ -8,10 +8,10 @@ mod app_client;
 mod common;
 
 use app_client::{start, AppClient};
-use emitws::app::{App, Limits, Policy, Rate};
+use emitws::app::{App, EventLimits, Policy, Rate};
 use serde_json::{json, Value};
 
-fn echo_app(limits: Limits) -> App {
+fn echo_app(limits: EventLimits) -> App {
     let mut app = App::new();
     app.limits(limits);
     app.on("/echo", |req| {
@@ -24,7 +24,7 @@ fn echo_app(limits: Limits) -> App {
 
 #[test]
 fn malformed_envelopes_get_bad_request_and_the_socket_goes_on() {
-    let running = start(echo_app(Limits::default()), 1);
+    let running = start(echo_app(EventLimits::default()), 1);
     let mut client = AppClient::connect(running.local_addr());
     for junk in ["", "nope", "{}", "[]", "[\"0\"]", "[0]", "[0,42]", "[1]", "[1,\"x\",\"/echo\"]", "[0,\"/echo\"] x"] {
         client.send_raw(junk);
@@ -58,7 +58,7 @@ fn malformed_envelopes_get_bad_request_and_the_socket_goes_on() {
 
 #[test]
 fn names_binary_frames_and_system_events_from_clients_are_refused() {
-    let running = start(echo_app(Limits { max_event_name: 16, ..Limits::default() }), 1);
+    let running = start(echo_app(EventLimits::default().max_event_name(16)), 1);
     let mut client = AppClient::connect(running.local_addr());
     assert_eq!(client.request("@connection", Value::Null).unwrap_err().0, "bad_request");
     assert_eq!(client.request("echo", Value::Null).unwrap_err().0, "bad_request");
@@ -77,7 +77,7 @@ fn names_binary_frames_and_system_events_from_clients_are_refused() {
 
 #[test]
 fn size_and_depth_limits() {
-    let running = start(echo_app(Limits { max_message: 100, max_depth: 4, ..Limits::default() }), 1);
+    let running = start(echo_app(EventLimits::default().max_message(100).max_depth(4)), 1);
     let mut client = AppClient::connect(running.local_addr());
     let big = "x".repeat(100);
     let (code, message) = client.request("/echo", json!(big)).unwrap_err();
@@ -97,7 +97,7 @@ fn size_and_depth_limits() {
 
 #[test]
 fn deep_nesting_far_past_serde_limits_does_not_hurt() {
-    let running = start(echo_app(Limits { max_depth: 10_000, ..Limits::default() }), 1);
+    let running = start(echo_app(EventLimits::default().max_depth(10_000)), 1);
     let mut client = AppClient::connect(running.local_addr());
     let deep = format!("[1,1,\"/echo\",{}{}]", "[".repeat(5000), "]".repeat(5000));
     client.send_raw(&deep);
@@ -113,7 +113,7 @@ fn deep_nesting_far_past_serde_limits_does_not_hurt() {
 fn the_rate_limit_answers_rate_limited_then_refills() {
     // Slow enough that no token comes back while the five requests arrive, even on a busy machine.
     let rate = Rate { per_second: 4.0, burst: 3.0 };
-    let running = start(echo_app(Limits { rate: Some(rate), ..Limits::default() }), 1);
+    let running = start(echo_app(EventLimits::default().rate(Some(rate))), 1);
     let mut client = AppClient::connect(running.local_addr());
     let ids: Vec<u64> = (0..5).map(|i| client.send_request("/echo", json!(i))).collect();
     let answers: Vec<_> = ids.iter().map(|id| client.reply_to(*id).map_err(|e| e.0)).collect();
@@ -129,12 +129,10 @@ fn the_rate_limit_answers_rate_limited_then_refills() {
 
 #[test]
 fn policies_can_close_instead() {
-    let limits = Limits {
-        rate: Some(Rate { per_second: 1.0, burst: 2.0 }),
-        over_rate: Policy::Close,
-        on_bad_input: Policy::Close,
-        ..Limits::default()
-    };
+    let limits = EventLimits::default()
+        .rate(Some(Rate { per_second: 1.0, burst: 2.0 }))
+        .over_rate(Policy::Close)
+        .on_bad_input(Policy::Close);
     let running = start(echo_app(limits), 1);
     let addr = running.local_addr();
     let mut flooder = AppClient::connect(addr);

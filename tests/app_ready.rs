@@ -35,7 +35,7 @@ fn without_auth_ready_is_the_first_envelope_and_follows_the_connection_handlers(
     let mut app = App::new();
     app.on("@connection", |req| {
         if req.query("kick").is_some() {
-            req.close(4000, "not you");
+            req.close(emitws::proto::CloseCode(4000), "not you");
         } else {
             let id = req.socket_id().to_string();
             let _ = req.emit("/welcome", &id);

@@ -7,17 +7,17 @@ mod app_client;
 mod common;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, Limits, Running};
+use emitws::app::{App, BroadcastOpts, EventLimits, Running};
 use emitws::runtime::{AcceptMode, ConnId};
 use serde_json::{json, Value};
 
 /// An app where clients join groups and broadcast on request; two workers,
 /// sockets dealt to them in turn so that every test spans both.
-fn rooms_app(limits: Limits) -> Running {
+fn rooms_app(limits: EventLimits) -> Running {
     let mut app = App::new();
     app.limits(limits);
     app.on("@connection", |req| {
-        let _ = req.emit("/id", &req.id().0);
+        let _ = req.emit("/id", &req.conn_id().0);
     });
     app.on("/join", |req| {
         let group: String = req.data().expect("a group");
@@ -79,7 +79,7 @@ fn join(client: &mut AppClient, group: &str) {
 
 #[test]
 fn a_room_broadcast_reaches_members_on_every_worker_once() {
-    let running = rooms_app(Limits::default());
+    let running = rooms_app(EventLimits::default());
     let mut all = clients(&running, 6);
     let workers: std::collections::HashSet<usize> = all.iter().map(|(_, id)| id.worker()).collect();
     assert_eq!(workers.len(), 2, "the sockets span both workers");
@@ -121,7 +121,7 @@ fn a_room_broadcast_reaches_members_on_every_worker_once() {
 
 #[test]
 fn rooms_and_tags_together_deliver_one_copy_and_app_broadcasts_reach_everyone() {
-    let running = rooms_app(Limits::default());
+    let running = rooms_app(EventLimits::default());
     let mut all = clients(&running, 4);
     join(&mut all[0].0, "#ops");
     join(&mut all[0].0, "*admin");
@@ -152,7 +152,7 @@ fn rooms_and_tags_together_deliver_one_copy_and_app_broadcasts_reach_everyone() 
 
 #[test]
 fn leaving_and_disconnecting_free_membership() {
-    let running = rooms_app(Limits::default());
+    let running = rooms_app(EventLimits::default());
     let mut all = clients(&running, 3);
     for (client, _) in &mut all {
         join(client, "#room");
@@ -175,7 +175,7 @@ fn leaving_and_disconnecting_free_membership() {
 
 #[test]
 fn group_names_and_the_per_socket_cap_are_enforced() {
-    let running = rooms_app(Limits { max_groups_per_socket: 2, ..Limits::default() });
+    let running = rooms_app(EventLimits::default().max_groups_per_socket(2));
     let mut all = clients(&running, 1);
     let client = &mut all[0].0;
     let (code, message) = client.request("/join", json!("lobby")).unwrap_err();

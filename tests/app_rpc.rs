@@ -10,17 +10,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use app_client::{start, AppClient};
-use emitws::app::{App, CallError, Limits, ReplyHandle};
+use emitws::app::{App, CallError, EventLimits, ReplyHandle};
 use emitws::runtime::ConnId;
 use serde_json::{json, Value};
 
 /// An app whose `@connection` tells each client its socket id, and whose
 /// `/confirm` asks the client before replying.
-fn rpc_app(limits: Limits) -> App {
+fn rpc_app(limits: EventLimits) -> App {
     let mut app = App::new();
     app.limits(limits);
     app.on("@connection", |req| {
-        let _ = req.emit("/id", &req.id().0);
+        let _ = req.emit("/id", &req.conn_id().0);
     });
     app.on("/confirm", |req| {
         let question: String = req.data().expect("a question");
@@ -65,7 +65,7 @@ fn answer_calls(mut client: AppClient, until: mpsc::Receiver<()>, seen: mpsc::Se
 
 #[test]
 fn a_handler_calls_its_client_and_replies_with_the_answer() {
-    let running = start(rpc_app(Limits::default()), 1);
+    let running = start(rpc_app(EventLimits::default()), 1);
     let mut client = AppClient::connect(running.local_addr());
     client.expect_event("/id");
     let id = client.send_request("/confirm", json!("Delete?"));
@@ -86,7 +86,7 @@ fn a_handler_calls_its_client_and_replies_with_the_answer() {
 
 #[test]
 fn calls_from_another_thread_resolve_or_fail_with_a_typed_error() {
-    let running = start(rpc_app(Limits::default()), 1);
+    let running = start(rpc_app(EventLimits::default()), 1);
     let mut client = AppClient::connect(running.local_addr());
     let id = ConnId(client.expect_event("/id").as_u64().expect("id"));
     let (stop, until) = mpsc::channel();
@@ -126,7 +126,7 @@ fn calls_from_another_thread_resolve_or_fail_with_a_typed_error() {
 
 #[test]
 fn calls_waiting_per_socket_are_capped() {
-    let running = start(rpc_app(Limits { max_pending: 1, ..Limits::default() }), 1);
+    let running = start(rpc_app(EventLimits::default().max_pending(1)), 1);
     let mut client = AppClient::connect(running.local_addr());
     let id = ConnId(client.expect_event("/id").as_u64().expect("id"));
     let socket = running.socket(id);
@@ -158,7 +158,7 @@ fn replies_deferred_to_a_thread_pool_arrive_later_without_blocking_the_loop() {
         })
         .collect();
     let mut app = App::new();
-    app.limits(Limits { max_pending: 2, ..Limits::default() });
+    app.limits(EventLimits::default().max_pending(2));
     let jobs = std::sync::Mutex::new(jobs);
     app.on("/slow", move |req| {
         let n: u64 = req.data().expect("a number");

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use app_client::{eventually, start, AppClient};
 use common::{http, upgrade_request};
-use emitws::app::{App, BroadcastOpts, Limits, Policy, Rate, ReplyHandle, Running};
+use emitws::app::{App, BroadcastOpts, EventLimits, Policy, Rate, ReplyHandle, Running};
 use serde_json::{json, Value};
 
 /// Every escape JSON has, in one string as a client may write it, and what it decodes to.
@@ -63,7 +63,7 @@ fn close_for(app: &Running, text: Option<&str>, code: u16) -> String {
 #[test]
 fn with_policy_close_only_text_that_is_not_json_closes_1007() {
     let mut app = App::new();
-    app.limits(Limits { on_bad_input: Policy::Close, max_depth: 4, ..Limits::default() });
+    app.limits(EventLimits::default().on_bad_input(Policy::Close).max_depth(4));
     app.on("/x", |_| {});
     let running = start(app, 1);
     for no_envelope in ["{}", "5", "[]", "[\"0\",\"/x\"]", "[-1,\"/x\"]", "[1,0,\"/x\"]", "[0,\"x\"]", "[[[[[0]]]]]"] {
@@ -81,7 +81,7 @@ fn with_policy_close_only_text_that_is_not_json_closes_1007() {
 fn answers_to_the_servers_calls_never_count_against_the_rate() {
     let mut app = App::new();
     // No token comes back within the test: the burst is all there is.
-    app.limits(Limits { rate: Some(Rate { per_second: 0.001, burst: 2.0 }), ..Limits::default() });
+    app.limits(EventLimits::default().rate(Some(Rate { per_second: 0.001, burst: 2.0 })));
     app.on("/ask", |req| {
         let reply = req.defer();
         let _ = req.call("confirm", &"sure?", Duration::from_secs(2), move |answer| match answer {
@@ -108,7 +108,7 @@ fn answers_to_the_servers_calls_never_count_against_the_rate() {
 #[test]
 fn a_flood_gets_one_rate_limited_error_event_until_a_message_passes() {
     let mut app = App::new();
-    app.limits(Limits { rate: Some(Rate { per_second: 0.001, burst: 2.0 }), ..Limits::default() });
+    app.limits(EventLimits::default().rate(Some(Rate { per_second: 0.001, burst: 2.0 })));
     app.on("/e", |_| {});
     let running = start(app, 1);
     let mut client = AppClient::connect(running.local_addr());
@@ -187,10 +187,10 @@ fn the_depth_limit_counts_the_envelope() {
     });
     let running = start(app, 1);
     let mut client = AppClient::connect(running.local_addr());
-    let deepest = nested(Limits::default().max_depth - 1);
+    let deepest = nested(EventLimits::default().max_depth - 1);
     client.send_raw(&format!(r#"[1,1,"/echo",{deepest}]"#));
     assert_eq!(client.reply_to(1), Ok(json!(deepest)));
-    client.send_raw(&format!(r#"[1,2,"/echo",{}]"#, nested(Limits::default().max_depth)));
+    client.send_raw(&format!(r#"[1,2,"/echo",{}]"#, nested(EventLimits::default().max_depth)));
     let (code, message) = client.reply_to(2).unwrap_err();
     assert_eq!(code, "bad_request");
     assert!(message.contains("deeper than 32"), "{message}");

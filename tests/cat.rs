@@ -10,6 +10,7 @@ mod echo_handler;
 
 use echo_handler::Echo;
 use emitws::app::App;
+use emitws::proto::CloseCode;
 use emitws::runtime::Server;
 
 fn cat(args: &[&str], input: &str) -> Output {
@@ -72,7 +73,7 @@ fn close_command_and_server_close_codes_set_the_exit_status() {
     server.shutdown();
 
     let mut app = App::new();
-    app.on("/kick", |req| req.close(4001, "kicked"));
+    app.on("/kick", |req| req.close(CloseCode(4001), "kicked"));
     let running = app.listen("127.0.0.1:0").expect("listen");
     let output = cat(&["-e", &format!("ws://{}/", running.local_addr())], "/kick\n");
     running.close();

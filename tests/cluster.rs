@@ -30,11 +30,7 @@ fn node(redis: &Redis, options: RedisOptions) -> (RedisLink, Receiver<Inbound>) 
 }
 
 fn quick() -> RedisOptions {
-    RedisOptions {
-        heartbeat_ttl: Duration::from_secs(1),
-        max_backoff: Duration::from_millis(200),
-        ..Default::default()
-    }
+    RedisOptions::default().heartbeat_ttl(Duration::from_secs(1)).max_backoff(Duration::from_millis(200))
 }
 
 /// Waits until every node in `adapters` sees all of them alive.
@@ -157,7 +153,10 @@ fn a_redis_restart_is_survived() {
     // During the outage: publishing never blocks, queries fail within their timeout.
     let started = Instant::now();
     a.publish_all(b"lost");
-    assert!(matches!(b.count(Scope::Group("#lobby")), Err(ClusterError::Unavailable(_))));
+    let outage = b.count(Scope::Group("#lobby")).unwrap_err();
+    assert!(matches!(outage, ClusterError::Unavailable(_)), "{outage:?}");
+    let cause = std::error::Error::source(&outage).expect("the Redis error is kept");
+    assert!(cause.downcast_ref::<redis::RedisError>().is_some(), "{cause:?}");
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     let redis = Redis::start_on(port).unwrap();
     // Presence comes back (replayed by its node) and so does delivery.
@@ -278,7 +277,7 @@ fn users_and_single_devices_are_dropped_on_every_node() {
 #[test]
 fn publishes_beyond_the_queue_cap_are_dropped_and_counted() {
     let Some(redis) = Redis::start() else { return };
-    let (a, _) = node(&redis, RedisOptions { max_queued: 0, ..quick() });
+    let (a, _) = node(&redis, quick().max_queued(0));
     let (b, b_inbox) = node(&redis, quick());
     wait_joined(&[&a, &b]);
     assert!(b.ready(Duration::from_secs(5)));
@@ -292,4 +291,14 @@ fn publishes_beyond_the_queue_cap_are_dropped_and_counted() {
     wait_for(Duration::from_secs(3), || b.count(Scope::All).unwrap() == 1);
     a.stop();
     b.stop();
+}
+
+#[test]
+fn a_bad_url_keeps_the_redis_error() {
+    let error = RedisLink::start("nope://", RedisOptions::default(), |_| {}).unwrap_err();
+    assert!(matches!(error, ClusterError::BadUrl(_)), "{error:?}");
+    let cause = std::error::Error::source(&error).expect("the Redis error is kept");
+    assert!(cause.downcast_ref::<redis::RedisError>().is_some(), "{cause:?}");
+    let app_error = emitws::app::Error::from(error);
+    assert_eq!(app_error.to_string(), "the cluster did not answer: bad Redis URL");
 }

@@ -58,7 +58,7 @@ fn app() -> App {
             Err(other) => reply.reply(&json!({ "error": other.to_string() })),
         });
     });
-    app.on("/kick", |req| req.close(4000, "kicked"));
+    app.on("/kick", |req| req.close(emitws::proto::CloseCode(4000), "kicked"));
     app
 }
 

@@ -5,11 +5,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::request::Request;
+use super::disconnect::After;
 use super::rpc::CallReply;
 use super::socket::{query_value, SocketData};
 use crate::proto::CloseCode;
-use crate::runtime::{ConnId, UpgradeRequest};
+use crate::runtime::UpgradeRequest;
 
 /// A refused connection: at upgrade time an HTTP status, or a close code
 /// right after the upgrade (what browsers can see: they hide the status of
@@ -22,7 +22,7 @@ pub struct Refusal {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum RefusalKind {
     Status(u16, String),
-    Close(u16, String),
+    Close(CloseCode, String),
 }
 
 impl Refusal {
@@ -34,7 +34,7 @@ impl Refusal {
 
     /// The upgrade completes, then the socket is closed with `code` (4000–4999
     /// for application codes) and `reason`.
-    pub fn close(code: u16, reason: &str) -> Refusal {
+    pub fn close(code: CloseCode, reason: &str) -> Refusal {
         Refusal { kind: RefusalKind::Close(code, reason.into()) }
     }
 
@@ -42,57 +42,8 @@ impl Refusal {
     pub(crate) fn as_close(&self) -> (CloseCode, String) {
         match &self.kind {
             RefusalKind::Status(status, body) => (CloseCode(4000 + status % 1000), body.clone()),
-            RefusalKind::Close(code, reason) => (CloseCode(*code), reason.clone()),
+            RefusalKind::Close(code, reason) => (*code, reason.clone()),
         }
-    }
-}
-
-/// A socket that has gone, as connection middleware sees it at disconnect.
-#[derive(Debug)]
-pub struct Gone<'a> {
-    /// The socket's id.
-    pub id: ConnId,
-    /// Its user, if identified.
-    pub user: Option<&'a str>,
-    /// The close code (1006 when the connection just dropped).
-    pub code: u16,
-    /// The close reason.
-    pub reason: &'a str,
-}
-
-/// What a connection middleware leaves for the socket's disconnect: the
-/// "code after `next()`" of egg-socket.io, as a closure.
-///
-/// ```
-/// use emitws::app::{After, App};
-/// let mut app = App::new();
-/// app.on_connect(|conn| {
-///     let since = std::time::Instant::now();
-///     println!("{} connected", conn.path());
-///     Ok(After::disconnect(move |gone| println!("{} left after {:?}", gone.id, since.elapsed())))
-/// });
-/// ```
-#[must_use]
-pub struct After(pub(crate) Option<AtDisconnect>);
-
-/// Code a connection middleware left for the disconnect.
-pub(crate) type AtDisconnect = Box<dyn FnOnce(&Gone<'_>)>;
-
-impl After {
-    /// Nothing to do at disconnect.
-    pub fn nothing() -> After {
-        After(None)
-    }
-
-    /// Runs `f` when the socket disconnects (in reverse order of the middleware).
-    pub fn disconnect(f: impl FnOnce(&Gone<'_>) + 'static) -> After {
-        After(Some(Box::new(f)))
-    }
-}
-
-impl fmt::Debug for After {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() { "After(disconnect)" } else { "After(nothing)" })
     }
 }
 
@@ -154,8 +105,6 @@ impl Connecting<'_> {
 pub(crate) type ConnectFn = Arc<dyn Fn(&mut Connecting<'_>) -> Result<After, Refusal> + Send + Sync>;
 /// Identification at upgrade time.
 pub(crate) type IdentifyFn = Arc<dyn Fn(&mut Connecting<'_>) -> Result<String, Refusal> + Send + Sync>;
-/// Identification by the socket's first request.
-pub(crate) type IdentifyMessageFn = Arc<dyn Fn(&mut Request<'_>) -> Result<String, Refusal> + Send + Sync>;
 
 /// WSE-style challenge-response authentication: on connect the server calls
 /// the client's `@challenge` procedure with `{"challenge": <generate()>}` and
@@ -186,16 +135,6 @@ impl fmt::Debug for Challenge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Challenge")
     }
-}
-
-/// How sockets authenticate, if they must.
-#[derive(Clone, Default)]
-pub(crate) enum Auth {
-    #[default]
-    None,
-    Upgrade(IdentifyFn),
-    FirstMessage(Box<str>, IdentifyMessageFn),
-    Challenge(Challenge),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +212,6 @@ mod tests {
     #[test]
     fn refusals_map_to_close_codes_after_the_upgrade() {
         assert_eq!(Refusal::status(401, "who?").as_close(), (CloseCode(4401), "who?".into()));
-        assert_eq!(Refusal::close(4003, "no").as_close(), (CloseCode(4003), "no".into()));
+        assert_eq!(Refusal::close(CloseCode(4003), "no").as_close(), (CloseCode(4003), "no".into()));
     }
 }

@@ -71,15 +71,6 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
         }
     }
-
-    /// The close code when the policy is to close: 1007 (invalid payload
-    /// data) only for text that does not parse, 1008 (policy) otherwise.
-    pub fn close_code(self) -> u16 {
-        match self {
-            ErrorCode::NotJson => 1007,
-            _ => 1008,
-        }
-    }
 }
 
 /// Why an envelope was refused, and the request id if one could be read.
@@ -416,8 +407,7 @@ mod tests {
         for text in ["{}", "5", "[]", "[\"0\",1]", "[-1,\"/x\"]", "[1,0,\"/x\"]", r#"[0,"\/x"]"#] {
             assert_eq!(parse(text).unwrap_err().code, ErrorCode::BadRequest, "{text}");
         }
-        assert_eq!((ErrorCode::NotJson.as_str(), ErrorCode::NotJson.close_code()), ("bad_request", 1007));
-        assert_eq!((ErrorCode::BadRequest.as_str(), ErrorCode::BadRequest.close_code()), ("bad_request", 1008));
+        assert_eq!((ErrorCode::NotJson.as_str(), ErrorCode::BadRequest.as_str()), ("bad_request", "bad_request"));
         assert!(parse(r#"[0,"\/x"]"#).unwrap_err().message.contains("escapes"));
     }
 

@@ -9,8 +9,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use super::locks::{read, write};
 use super::socket::{flag, SocketData};
-use super::SocketId;
+use super::socket_id::SocketId;
 use crate::runtime::{ConnId, Conns, SharedFrame};
 
 /// Who a broadcast reaches. The default reaches every socket.
@@ -83,6 +84,21 @@ pub(crate) struct Delivery {
     pub except: Arc<[ConnId]>,
 }
 
+/// The broadcasts a worker's handlers address to that worker's own sockets,
+/// delivered at the end of its turn instead of through its inbox.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    /// The worker these deliveries are for (`usize::MAX` until it is known).
+    pub worker: usize,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl Outbox {
+    pub fn new() -> Outbox {
+        Outbox { worker: usize::MAX, deliveries: Vec::new() }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Group {
     members: HashSet<ConnId>,
@@ -91,13 +107,13 @@ struct Group {
 
 /// The app-wide view of every group.
 #[derive(Debug, Default)]
-pub(crate) struct Registry {
+pub(crate) struct GroupRegistry {
     groups: RwLock<HashMap<Box<str>, Group>>,
 }
 
-impl Registry {
+impl GroupRegistry {
     pub fn join(&self, name: &str, id: ConnId, workers: usize) {
-        let mut groups = super::write(&self.groups);
+        let mut groups = write(&self.groups);
         let group = groups.entry(name.into()).or_default();
         if group.members.insert(id) {
             group.per_worker.resize(workers.max(id.worker() + 1), 0);
@@ -106,7 +122,7 @@ impl Registry {
     }
 
     pub fn leave(&self, name: &str, id: ConnId) {
-        let mut groups = super::write(&self.groups);
+        let mut groups = write(&self.groups);
         let Some(group) = groups.get_mut(name) else { return };
         if group.members.remove(&id) {
             group.per_worker[id.worker()] -= 1;
@@ -118,7 +134,7 @@ impl Registry {
 
     /// Marks the workers holding members of any of `names`.
     pub fn workers_for(&self, names: &[Box<str>], workers: &mut [bool]) {
-        let groups = super::read(&self.groups);
+        let groups = read(&self.groups);
         for group in names.iter().filter_map(|name| groups.get(name)) {
             for (worker, count) in group.per_worker.iter().enumerate() {
                 if *count > 0 && worker < workers.len() {
@@ -129,7 +145,7 @@ impl Registry {
     }
 
     pub fn members(&self, name: &str) -> Vec<ConnId> {
-        let groups = super::read(&self.groups);
+        let groups = read(&self.groups);
         let mut members: Vec<ConnId> =
             groups.get(name).map(|g| g.members.iter().copied().collect()).unwrap_or_default();
         members.sort();
@@ -137,11 +153,11 @@ impl Registry {
     }
 
     pub fn size(&self, name: &str) -> usize {
-        super::read(&self.groups).get(name).map_or(0, |g| g.members.len())
+        read(&self.groups).get(name).map_or(0, |g| g.members.len())
     }
 
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = super::read(&self.groups).keys().map(|k| k.to_string()).collect();
+        let mut names: Vec<String> = read(&self.groups).keys().map(|k| k.to_string()).collect();
         names.sort();
         names
     }
@@ -149,13 +165,13 @@ impl Registry {
 
 /// One worker's members of each group.
 #[derive(Debug, Default)]
-pub(crate) struct LocalGroups {
+pub(crate) struct WorkerGroups {
     members: HashMap<Box<str>, Vec<ConnId>>,
     /// Reused to merge several groups' members.
     scratch: Vec<ConnId>,
 }
 
-impl LocalGroups {
+impl WorkerGroups {
     pub fn join(&mut self, name: &str, id: ConnId) {
         self.members.entry(name.into()).or_default().push(id);
     }

@@ -1,156 +1,44 @@
 //! The event layer as a runtime [`Handler`]: one clone per worker, each with
-//! its own lock-free state ([`Local`]), all sharing the app's routes and
+//! its own lock-free state ([`WorkerState`]), all sharing the app's routes and
 //! registries.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::connect::{After, Auth, Connecting, Gone, RefusalKind};
+use super::adapter::Presence;
+use super::connect::{Challenge, Connecting, Refusal, RefusalKind};
+use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
-use super::groups::{Delivery, LocalGroups};
-use super::limits::{check_event_name, check_group_name, Bucket, Policy};
+use super::handle::AppHandle;
+use super::inbox::WorkerMsg;
+use super::limits::{check_event_name, Bucket, Policy};
+use super::locks::lock;
 use super::request::Request;
-use super::router::Handler as EventHandler;
-use super::rpc::{CallError, CallReply, CallResult, Calls, Done, StartCall};
+use super::router::EventHandler;
+use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::socket::{flag, SocketData};
-use super::{AppHandle, DevicePolicy, Error, Presence, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
+use super::socket_id::SocketId;
+use super::worker_state::WorkerState;
+use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, Message, OpCode};
-use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
+use crate::runtime::{Accept, Conn, Conns, Handler, Reject, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
 pub const PROTOCOL: &str = "emitws.v1";
 
-/// Work posted to a worker from elsewhere.
-pub(crate) enum AppMsg {
-    Deliver(Delivery),
-    Reply { conn: ConnId, id: u64, text: Vec<u8> },
-    Call(StartCall),
-    Authenticated { conn: ConnId, user: Result<String, super::Refusal> },
-}
-
-/// One worker's state: no locks needed.
-pub(crate) struct Local {
-    pub worker: usize,
-    /// Reused for every envelope this worker writes.
-    scratch: Vec<u8>,
-    groups: LocalGroups,
-    /// Broadcasts to this worker's own sockets, delivered at the end of the turn.
-    pub outbox: Vec<Delivery>,
-    calls: Calls,
-    auth_deadlines: VecDeque<(Instant, ConnId)>,
-    next_heartbeat: Option<Instant>,
-}
-
-impl Local {
-    fn new() -> Local {
-        Local {
-            worker: usize::MAX,
-            scratch: Vec::new(),
-            groups: LocalGroups::default(),
-            outbox: Vec::new(),
-            calls: Calls::default(),
-            auth_deadlines: VecDeque::new(),
-            next_heartbeat: None,
-        }
-    }
-
-    /// Writes an envelope into the reused buffer and sends it as one text frame.
-    pub fn send_json(
-        &mut self,
-        conn: &mut Conn<'_, SocketData>,
-        write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
-    ) -> Result<(), Error> {
-        self.scratch.clear();
-        write(&mut self.scratch)?;
-        let _ = conn.send(OpCode::Text, &self.scratch);
-        Ok(())
-    }
-
-    /// [`send_json`](Self::send_json) for envelopes that cannot fail to serialize.
-    pub fn send_raw(&mut self, conn: &mut Conn<'_, SocketData>, write: impl FnOnce(&mut Vec<u8>)) {
-        self.scratch.clear();
-        write(&mut self.scratch);
-        let _ = conn.send(OpCode::Text, &self.scratch);
-    }
-
-    /// Sends `[0, "@error", {code, message}]`.
-    pub fn emit_error(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str) {
-        self.send_raw(conn, |out| {
-            out.extend_from_slice(b"[0,\"@error\",");
-            envelope::write_error_body(out, code.as_str(), message);
-            out.push(b']');
-        });
-    }
-
-    pub fn join(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> Result<(), Error> {
-        if !check_group_name(group) {
-            return Err(Error::BadGroup(group.into()));
-        }
-        let id = conn.id();
-        let data = conn.data_mut();
-        if data.groups().iter().any(|g| &**g == group) {
-            return Ok(());
-        }
-        if data.groups().len() >= app.0.setup.limits.max_groups_per_socket {
-            return Err(Error::TooManyGroups);
-        }
-        data.state().groups.push(group.into());
-        self.groups.join(group, id);
-        app.0.registry.join(group, id, app.server().workers());
-        app.presence(Presence::Joined { id, group });
-        Ok(())
-    }
-
-    pub fn leave(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> bool {
-        let id = conn.id();
-        let Some(state) = conn.data_mut().state.as_mut() else { return false };
-        let Some(at) = state.groups.iter().position(|g| &**g == group) else { return false };
-        state.groups.swap_remove(at);
-        self.groups.leave(group, id);
-        app.0.registry.leave(group, id);
-        app.presence(Presence::Left { id, group });
-        true
-    }
-
-    /// Sends a call to the socket's client and waits for its answer in the table.
-    pub fn begin_call(
-        &mut self,
-        app: &AppHandle,
-        conn: &mut Conn<'_, SocketData>,
-        name: &str,
-        data: &RawValue,
-        timeout: Duration,
-        done: Done,
-    ) {
-        if !conn.is_open() {
-            return done(Err(CallError::Disconnected));
-        }
-        if usize::from(conn.data().calls) >= app.0.setup.limits.max_pending {
-            return done(Err(CallError::TooMany));
-        }
-        let id = self.calls.start(conn.id(), timeout, done);
-        conn.data_mut().calls += 1;
-        self.send_raw(conn, |out| {
-            // A string and raw JSON always serialize.
-            let _ = envelope::write_request(out, id, name, data);
-        });
-    }
-}
-
 /// The runtime handler of an app.
 pub(crate) struct AppWorker {
     app: AppHandle,
-    local: Local,
+    local: WorkerState,
 }
 
 impl AppWorker {
     pub fn new(app: AppHandle) -> AppWorker {
-        AppWorker { app, local: Local::new() }
+        AppWorker { app, local: WorkerState::new() }
     }
 }
 
@@ -164,6 +52,17 @@ impl Clone for AppWorker {
 /// Milliseconds since the app started (wrapping), for buckets and heartbeats.
 fn now_ms(app: &AppHandle) -> u32 {
     app.0.epoch.elapsed().as_millis() as u32
+}
+
+/// The close code for bad input when the policy is to close: 1007 (invalid
+/// payload data) only for text that does not parse, 1008 (policy) otherwise.
+/// Here rather than in `envelope`, which the fuzz harness compiles without
+/// the engine.
+fn close_code(code: ErrorCode) -> CloseCode {
+    match code {
+        ErrorCode::NotJson => CloseCode::INVALID_PAYLOAD,
+        _ => CloseCode::POLICY_VIOLATION,
+    }
 }
 
 /// What a panicking handler is answered, and reported to the `@error` hook.
@@ -236,7 +135,7 @@ impl AppWorker {
     ) {
         self.report(conn, code, message, None);
         match (policy, id) {
-            (Policy::Close, _) => conn.close(CloseCode(code.close_code()), message),
+            (Policy::Close, _) => conn.close(close_code(code), message),
             (Policy::Reply, Some(id)) => {
                 self.local.send_raw(conn, |out| envelope::write_error(out, id, code.as_str(), message))
             }
@@ -316,8 +215,7 @@ impl AppWorker {
                     answered: false,
                 };
                 let outcome = catch_unwind(AssertUnwindSafe(|| identify(&mut req)));
-                let outcome =
-                    outcome.unwrap_or_else(|_| Err(super::Refusal::status(500, "the identify hook panicked")));
+                let outcome = outcome.unwrap_or_else(|_| Err(Refusal::status(500, "the identify hook panicked")));
                 match &outcome {
                     Ok(user) => req.reply(&serde_json::json!({ "user": user })),
                     Err(refusal) => req.reply_err(ErrorCode::Unauthorized.as_str(), &refusal.as_close().1),
@@ -338,7 +236,7 @@ impl AppWorker {
     }
 
     /// Authentication finished (by first message or challenge).
-    fn authenticated(&mut self, conn: &mut Conn<'_, SocketData>, outcome: Result<String, super::Refusal>) {
+    fn authenticated(&mut self, conn: &mut Conn<'_, SocketData>, outcome: Result<String, Refusal>) {
         if !conn.data().has(flag::UNAUTHED) {
             return;
         }
@@ -361,7 +259,7 @@ impl AppWorker {
     fn register_user(&mut self, conn: &mut Conn<'_, SocketData>) -> bool {
         let Some(user) = conn.data().state.as_ref().and_then(|s| s.user.clone()) else { return true };
         let id = conn.id();
-        let mut users = super::lock(&self.app.0.users);
+        let mut users = lock(&self.app.0.users);
         let devices = users.entry(user).or_default();
         if let Some((max, policy)) = self.app.0.setup.devices {
             if devices.len() >= max {
@@ -400,12 +298,12 @@ impl AppWorker {
         if !conn.is_open() {
             return;
         }
-        let socket = super::SocketId { node: self.app.node(), conn: conn.id() }.to_string();
+        let socket = SocketId { node: self.app.node(), conn: conn.id() }.to_string();
         let ready = serde_json::json!([0, "@ready", { "socket": socket, "user": conn.data().user() }]);
         let _ = self.local.send_json(conn, |out| serde_json::to_writer(out, &ready));
     }
 
-    fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &super::Challenge) {
+    fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &Challenge) {
         let nonce = (challenge.generate)();
         let (app, verify, id) = (self.app.clone(), challenge.verify.clone(), conn.id());
         let data = serde_json::json!({ "challenge": nonce });
@@ -415,17 +313,17 @@ impl AppWorker {
         let done: Done = Box::new(move |result: CallResult| {
             let user = match result {
                 Ok(answer) => verify(&nonce, &answer),
-                Err(e) => Err(super::Refusal::status(401, &format!("challenge failed: {e}"))),
+                Err(e) => Err(Refusal::status(401, &format!("challenge failed: {e}"))),
             };
-            app.server().notify(id.worker(), Box::new(AppMsg::Authenticated { conn: id, user }));
+            app.server().notify(id.worker(), Box::new(WorkerMsg::Authenticated { conn: id, user }));
         });
-        self.local.begin_call(&self.app.clone(), conn, super::Challenge::PROCEDURE, &data, timeout, done);
+        self.local.begin_call(&self.app.clone(), conn, Challenge::PROCEDURE, &data, timeout, done);
     }
 
-    fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: AppMsg) {
+    fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: WorkerMsg) {
         match message {
-            AppMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
-            AppMsg::Reply { conn, id, text } => {
+            WorkerMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
+            WorkerMsg::Reply { conn, id, text } => {
                 if let Some(mut conn) = conns.get(conn) {
                     let deferred = &mut conn.data_mut().state().deferred;
                     if let Some(at) = deferred.iter().position(|d| *d == id) {
@@ -434,14 +332,14 @@ impl AppWorker {
                     let _ = conn.send(OpCode::Text, &text);
                 }
             }
-            AppMsg::Call(call) => match conns.get(call.conn) {
+            WorkerMsg::Call(call) => match conns.get(call.conn) {
                 Some(mut conn) => {
                     let app = self.app.clone();
                     self.local.begin_call(&app, &mut conn, &call.name, &call.data, call.timeout, call.done);
                 }
                 None => (call.done)(Err(CallError::Disconnected)),
             },
-            AppMsg::Authenticated { conn, user } => {
+            WorkerMsg::Authenticated { conn, user } => {
                 if let Some(mut conn) = conns.get(conn) {
                     self.authenticated(&mut conn, user);
                 }
@@ -484,12 +382,12 @@ impl Handler for AppWorker {
                 format!("this server speaks the WebSocket subprotocol {PROTOCOL}, which the client did not offer");
             return Err(Reject { status: 400, body });
         }
-        let shared = self.app.0.clone();
+        let state = self.app.0.clone();
         let mut data = SocketData::default();
         let path = request.path();
         let mut route_middleware = &[][..];
-        if !shared.setup.paths.is_empty() {
-            let matched = shared.setup.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
+        if !state.setup.paths.is_empty() {
+            let matched = state.setup.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
             let Some((route, params)) = matched else { return Err(Reject::status(404)) };
             if !params.is_empty() {
                 data.state().params = params;
@@ -504,14 +402,14 @@ impl Handler for AppWorker {
         }
         let mut refusal = None;
         let mut connecting = Connecting { request, data: &mut data };
-        if let Auth::Upgrade(identify) = &shared.setup.auth {
+        if let Auth::Upgrade(identify) = &state.setup.auth {
             match identify(&mut connecting) {
                 Ok(user) => connecting.data.state().user = Some(user.into()),
                 Err(e) => refusal = Some(e),
             }
         }
         if refusal.is_none() {
-            for middleware in shared.setup.connect.iter().chain(route_middleware) {
+            for middleware in state.setup.connect.iter().chain(route_middleware) {
                 match middleware(&mut connecting) {
                     Ok(After(Some(after))) => connecting.data.state().after.push(After(Some(after))),
                     Ok(After(None)) => {}
@@ -524,7 +422,7 @@ impl Handler for AppWorker {
         }
         match refusal.map(|r| r.kind) {
             Some(RefusalKind::Status(status, body)) => return Err(Reject { status, body }),
-            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some((CloseCode(code), reason)),
+            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some((code, reason)),
             None => {}
         }
         let accept = Accept::new(data);
@@ -537,7 +435,7 @@ impl Handler for AppWorker {
     fn on_open(&mut self, conn: &mut Conn<'_, SocketData>) {
         let app = self.app.clone();
         app.0.server.get_or_init(|| conn.server().clone());
-        self.local.worker = conn.id().worker();
+        self.local.outbox.worker = conn.id().worker();
         let now = conn.clock_ms();
         let data = conn.data_mut();
         if let Some(rate) = &app.0.setup.limits.rate {
@@ -635,7 +533,7 @@ impl Handler for AppWorker {
             app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let Some(mut state) = data.state.take() else { return };
-        let gone = Gone { id, user: state.user.as_deref(), code: code.0, reason };
+        let gone = Gone { id, user: state.user.as_deref(), code, reason };
         for After(after) in state.after.drain(..).rev() {
             if let Some(after) = after {
                 let _ = catch_unwind(AssertUnwindSafe(|| after(&gone)));
@@ -660,17 +558,17 @@ impl Handler for AppWorker {
     }
 
     fn on_notify(&mut self, conns: &mut Conns<'_, SocketData>, message: Box<dyn Any + Send>) {
-        if let Ok(message) = message.downcast::<AppMsg>() {
+        if let Ok(message) = message.downcast::<WorkerMsg>() {
             self.on_app_message(conns, *message);
         }
     }
 
     fn on_turn(&mut self, conns: &mut Conns<'_, SocketData>) -> Option<Duration> {
-        if self.local.worker == usize::MAX {
-            self.local.worker = conns.worker();
+        if self.local.outbox.worker == usize::MAX {
+            self.local.outbox.worker = conns.worker();
         }
-        while !self.local.outbox.is_empty() {
-            for delivery in std::mem::take(&mut self.local.outbox) {
+        while !self.local.outbox.deliveries.is_empty() {
+            for delivery in std::mem::take(&mut self.local.outbox.deliveries) {
                 self.local.groups.deliver(conns, &delivery);
             }
         }
@@ -694,11 +592,23 @@ impl Handler for AppWorker {
             }
         }
         let heartbeat = self.heartbeat(conns, now);
-        if !self.local.outbox.is_empty() {
+        if !self.local.outbox.deliveries.is_empty() {
             return Some(Duration::ZERO);
         }
         let auth = self.local.auth_deadlines.front().map(|(at, _)| *at);
         let next = [self.local.calls.next_deadline(), auth, heartbeat].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_text_that_is_not_json_closes_1007() {
+        assert_eq!(close_code(ErrorCode::NotJson), CloseCode(1007));
+        assert_eq!(close_code(ErrorCode::BadRequest), CloseCode(1008));
+        assert_eq!(close_code(ErrorCode::RateLimited), CloseCode(1008));
     }
 }

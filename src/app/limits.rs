@@ -24,20 +24,19 @@ pub struct Rate {
     pub burst: f32,
 }
 
-/// The event layer's limits. Each has a default and is set through
+/// The event layer's limits (the engine's frame limits are
+/// [`proto::Limits`](crate::proto::Limits)). Each has a default; change them
+/// with the builder methods and hand the result to
 /// [`App::limits`](super::App::limits).
 ///
 /// ```
-/// use emitws::app::{App, Limits, Policy, Rate};
+/// use emitws::app::{App, EventLimits, Policy, Rate};
 /// let mut app = App::new();
-/// app.limits(Limits {
-///     rate: Some(Rate { per_second: 50.0, burst: 100.0 }),
-///     over_rate: Policy::Close,
-///     ..Limits::default()
-/// });
+/// app.limits(EventLimits::default().rate(Some(Rate { per_second: 50.0, burst: 100.0 })).over_rate(Policy::Close));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Limits {
+#[non_exhaustive]
+pub struct EventLimits {
     /// The longest event name, in bytes (default 128). Longer: `bad_request`.
     pub max_event_name: usize,
     /// The largest envelope, in bytes of JSON text (default 64 KiB). Larger: `too_large`.
@@ -68,9 +67,9 @@ pub struct Limits {
     pub auth_timeout: Duration,
 }
 
-impl Default for Limits {
+impl Default for EventLimits {
     fn default() -> Self {
-        Limits {
+        EventLimits {
             max_event_name: 128,
             max_message: 64 << 10,
             max_depth: 32,
@@ -81,6 +80,62 @@ impl Default for Limits {
             on_bad_input: Policy::Reply,
             auth_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl EventLimits {
+    /// Sets `max_event_name`: the longest event name, in bytes.
+    pub fn max_event_name(mut self, max_event_name: usize) -> Self {
+        self.max_event_name = max_event_name;
+        self
+    }
+
+    /// Sets `max_message`: the largest envelope, in bytes of JSON text.
+    pub fn max_message(mut self, max_message: usize) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// Sets `max_depth`: the deepest nesting of arrays and objects, the envelope's own array counted.
+    pub fn max_depth(mut self, max_depth: usize) -> Self {
+        self.max_depth = max_depth;
+        self
+    }
+
+    /// Sets `max_groups_per_socket`: rooms and tags one socket may be in.
+    pub fn max_groups_per_socket(mut self, max_groups_per_socket: usize) -> Self {
+        self.max_groups_per_socket = max_groups_per_socket;
+        self
+    }
+
+    /// Sets `max_pending`: deferred replies and server calls one socket may have waiting, each.
+    pub fn max_pending(mut self, max_pending: usize) -> Self {
+        self.max_pending = max_pending;
+        self
+    }
+
+    /// Sets `rate`: envelopes per second per socket, or `None` for no limit.
+    pub fn rate(mut self, rate: Option<Rate>) -> Self {
+        self.rate = rate;
+        self
+    }
+
+    /// Sets `over_rate`: what an envelope over the rate gets.
+    pub fn over_rate(mut self, over_rate: Policy) -> Self {
+        self.over_rate = over_rate;
+        self
+    }
+
+    /// Sets `on_bad_input`: what a malformed or over-limit envelope gets.
+    pub fn on_bad_input(mut self, on_bad_input: Policy) -> Self {
+        self.on_bad_input = on_bad_input;
+        self
+    }
+
+    /// Sets `auth_timeout`: time to complete authentication before the socket is closed with 4408.
+    pub fn auth_timeout(mut self, auth_timeout: Duration) -> Self {
+        self.auth_timeout = auth_timeout;
+        self
     }
 }
 

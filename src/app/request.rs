@@ -9,10 +9,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::envelope::{self, ErrorCode};
-use super::handler::{AppMsg, Local};
+use super::error::Error;
+use super::groups::BroadcastOpts;
+use super::handle::{AppHandle, SocketRef};
+use super::inbox::WorkerMsg;
 use super::rpc::CallResult;
-use super::socket::{query_value, SocketData, SocketRef};
-use super::{AppHandle, BroadcastOpts, Error};
+use super::socket::{query_value, SocketData};
+use super::socket_id::SocketId;
+use super::worker_state::WorkerState;
 use crate::proto::CloseCode;
 use crate::runtime::{Conn, ConnId};
 
@@ -34,7 +38,7 @@ use crate::runtime::{Conn, ConnId};
 ///     if let Err(e) = req.join(&room) {
 ///         return req.reply_err("forbidden", &e.to_string());
 ///     }
-///     let _ = req.broadcast("/joined", &req.id().to_string(), BroadcastOpts::to(&room));
+///     let _ = req.broadcast("/joined", &req.conn_id().to_string(), BroadcastOpts::to(&room));
 ///     req.reply(&room);
 /// });
 /// ```
@@ -43,7 +47,7 @@ pub struct Request<'a> {
     pub(crate) id: Option<u64>,
     pub(crate) data: Option<&'a RawValue>,
     pub(crate) conn: Conn<'a, SocketData>,
-    pub(crate) local: &'a mut Local,
+    pub(crate) local: &'a mut WorkerState,
     pub(crate) app: &'a AppHandle,
     /// Replied, or handed to a [`ReplyHandle`].
     pub(crate) answered: bool,
@@ -52,7 +56,7 @@ pub struct Request<'a> {
 impl fmt::Debug for Request<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Request")
-            .field("socket", &self.id())
+            .field("socket", &self.conn_id())
             .field("event", &self.event)
             .field("request_id", &self.id)
             .field("data", &self.data.map(RawValue::get))
@@ -78,9 +82,15 @@ impl<'a> Request<'a> {
         self.event
     }
 
-    /// The socket's id (emit.gg's `req.id`).
-    pub fn id(&self) -> ConnId {
+    /// The socket's connection on this node (emit.gg's `req.id`); see
+    /// [`socket_id`](Self::socket_id) for its id across a cluster.
+    pub fn conn_id(&self) -> ConnId {
         self.conn.id()
+    }
+
+    /// This socket's cluster-wide id.
+    pub fn socket_id(&self) -> SocketId {
+        SocketId { node: self.app.node(), conn: self.conn_id() }
     }
 
     /// The request's id when the client expects a reply; `None` for an event.
@@ -103,6 +113,10 @@ impl<'a> Request<'a> {
     /// let mut app = emitws::app::App::new();
     /// app.on("/x", |req| drop(req.data::<&str>()));
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DataError`] if the data does not read as a `T`.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, DataError> {
         self.data_borrowed()
     }
@@ -146,6 +160,11 @@ impl<'a> Request<'a> {
     ///     Err(e) => req.reply_err("bad_request", &e.to_string()),
     /// });
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DataError`] if the data does not read as a `T` (a borrowed `&str`
+    /// meeting an escape, say).
     pub fn data_borrowed<T: Deserialize<'a>>(&self) -> Result<T, DataError> {
         serde_json::from_str(self.data.map_or("null", RawValue::get)).map_err(DataError)
     }
@@ -162,7 +181,7 @@ impl<'a> Request<'a> {
 
     /// A `Send` handle to this socket, usable from any thread.
     pub fn socket(&self) -> SocketRef {
-        SocketRef { app: self.app.clone(), id: self.id() }
+        SocketRef { app: self.app.clone(), id: self.conn_id() }
     }
 
     /// The socket's user (from identify or authentication), if any.
@@ -186,6 +205,10 @@ impl<'a> Request<'a> {
     }
 
     /// Sends an event to this socket.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit<T: Serialize + ?Sized>(&mut self, event: &str, data: &T) -> Result<(), Error> {
         self.local.send_json(&mut self.conn, |out| envelope::write_event(out, event, data))
     }
@@ -211,6 +234,12 @@ impl<'a> Request<'a> {
     }
 
     /// Joins a room (`#name`) or takes a tag (`*name`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadGroup`] for a name that is no room or tag, and
+    /// [`Error::TooManyGroups`] when the socket is in as many as
+    /// [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket) allows.
     pub fn join(&mut self, group: &str) -> Result<(), Error> {
         self.local.join(self.app, &mut self.conn, group)
     }
@@ -249,7 +278,7 @@ impl<'a> Request<'a> {
     /// Takes the reply out of the handler: answer later, from any thread,
     /// through the returned handle. The event loop goes on meanwhile.
     ///
-    /// A socket may have [`Limits::max_pending`](super::Limits::max_pending)
+    /// A socket may have [`EventLimits::max_pending`](super::EventLimits::max_pending)
     /// deferred replies outstanding; a request deferred over that is answered
     /// `rate_limited` at once, and its handle does nothing. While a request
     /// waits, a new request from the socket with the same id is refused
@@ -263,7 +292,7 @@ impl<'a> Request<'a> {
         if let Some(id) = id {
             self.conn.data_mut().state().deferred.push(id);
         }
-        ReplyHandle { app: self.app.clone(), conn: self.id(), id }
+        ReplyHandle { app: self.app.clone(), conn: self.conn_id(), id }
     }
 
     fn take_reply(&mut self) -> Option<u64> {
@@ -276,6 +305,10 @@ impl<'a> Request<'a> {
 
     /// Broadcasts an event (encoded once) to the sockets `opts` selects;
     /// this socket is left out unless `opts.include_self()`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn broadcast<T: Serialize + ?Sized>(
         &mut self,
         event: &str,
@@ -284,15 +317,19 @@ impl<'a> Request<'a> {
     ) -> Result<(), Error> {
         let mut except = self.app.local_ids(&opts.except);
         if !opts.include_self {
-            except.push(self.id());
+            except.push(self.conn_id());
         }
         let frame = self.app.encode_event(event, data)?;
-        self.app.route(frame, &opts, except, Some(&mut *self.local));
+        self.app.route(frame, &opts, except, Some(&mut self.local.outbox));
         Ok(())
     }
 
     /// Calls procedure `name` on this socket's client; `done` runs on this
     /// worker with the answer, or the reason there is none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn call<T: Serialize + ?Sized>(
         &mut self,
         name: &str,
@@ -305,9 +342,10 @@ impl<'a> Request<'a> {
         Ok(())
     }
 
-    /// Closes the socket.
-    pub fn close(&mut self, code: u16, reason: &str) {
-        self.conn.close(CloseCode(code), reason);
+    /// Closes the socket with `code` (a [`CloseCode`]; 4000–4999 for
+    /// application codes) and `reason`.
+    pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.conn.close(code, reason);
     }
 }
 
@@ -360,7 +398,7 @@ impl ReplyHandle {
     }
 
     fn send(&self, id: u64, text: Vec<u8>) {
-        self.app.server().notify(self.conn.worker(), Box::new(AppMsg::Reply { conn: self.conn, id, text }));
+        self.app.server().notify(self.conn.worker(), Box::new(WorkerMsg::Reply { conn: self.conn, id, text }));
     }
 }
 

@@ -9,7 +9,7 @@ use super::request::Request;
 use super::App;
 
 /// An event handler, shared by every worker.
-pub(crate) type Handler = Arc<dyn Fn(&mut Request<'_>) + Send + Sync>;
+pub(crate) type EventHandler = Arc<dyn Fn(&mut Request<'_>) + Send + Sync>;
 
 /// A middleware: runs before a handler, and passes the request on with
 /// [`Next::run`] or stops the chain (replying with an error, say).
@@ -55,7 +55,7 @@ impl fmt::Debug for Middleware {
 pub struct Next<'a> {
     global: &'a [Middleware],
     route: &'a [Middleware],
-    handler: &'a Handler,
+    handler: &'a EventHandler,
 }
 
 impl fmt::Debug for Next<'_> {
@@ -80,17 +80,17 @@ impl Next<'_> {
 /// A route: its own middleware, then its handler.
 pub(crate) struct Route {
     middleware: Vec<Middleware>,
-    handler: Handler,
+    handler: EventHandler,
 }
 
-/// The system events an app can handle.
+/// The handlers of each system event (`@connection`, `@disconnect`, …).
 #[derive(Default)]
-pub(crate) struct System {
-    pub connection: Vec<Handler>,
-    pub disconnect: Vec<Handler>,
-    pub error: Vec<Handler>,
-    pub any: Vec<Handler>,
-    pub ping: Vec<Handler>,
+pub(crate) struct SystemHandlers {
+    pub connection: Vec<EventHandler>,
+    pub disconnect: Vec<EventHandler>,
+    pub error: Vec<EventHandler>,
+    pub any: Vec<EventHandler>,
+    pub ping: Vec<EventHandler>,
 }
 
 /// Every route and middleware of an app.
@@ -98,11 +98,11 @@ pub(crate) struct System {
 pub(crate) struct Router {
     routes: HashMap<Box<str>, Route, BuildHasherDefault<NameHash>>,
     middleware: Vec<Middleware>,
-    pub system: System,
+    pub system: SystemHandlers,
 }
 
 impl Router {
-    pub fn add(&mut self, event: &str, middleware: Vec<Middleware>, handler: Handler) {
+    pub fn add(&mut self, event: &str, middleware: Vec<Middleware>, handler: EventHandler) {
         let system = &mut self.system;
         let list = match event {
             "@connection" => &mut system.connection,

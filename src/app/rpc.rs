@@ -29,7 +29,7 @@ pub enum CallError {
     ExecutionFailed(String),
     /// The socket closed before it answered (or was not open).
     Disconnected,
-    /// The socket has too many calls waiting already (see [`Limits::max_pending`](super::Limits::max_pending)).
+    /// The socket has too many calls waiting already (see [`EventLimits::max_pending`](super::EventLimits::max_pending)).
     TooMany,
     /// Another error code from the client.
     Remote {
@@ -92,6 +92,10 @@ impl Eq for CallReply {}
 
 impl CallReply {
     /// The answer, typed.
+    ///
+    /// # Errors
+    ///
+    /// The JSON error if the answer does not read as a `T`.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(self.0.get())
     }

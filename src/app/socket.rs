@@ -1,18 +1,11 @@
 //! Per-socket state, kept small: what every socket needs inline, the rest in
 //! a box allocated on first use.
 
+use super::disconnect::After;
+use super::limits::Bucket;
+use crate::proto::CloseCode;
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
-
-use serde::Serialize;
-
-use super::connect::After;
-use super::limits::Bucket;
-use super::rpc::{CallResult, PendingCall};
-use super::{AppHandle, Error};
-use crate::proto::CloseCode;
-use crate::runtime::ConnId;
 
 /// Flag bits of [`SocketData::flags`].
 pub(crate) mod flag {
@@ -154,57 +147,6 @@ fn decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A socket reached from anywhere: emit to it, call it, close it. Cheap to
-/// clone and `Send`; everything goes through the socket's worker.
-#[derive(Clone, Debug)]
-pub struct SocketRef {
-    pub(crate) app: AppHandle,
-    pub(crate) id: ConnId,
-}
-
-impl SocketRef {
-    /// The socket's id.
-    pub fn id(&self) -> ConnId {
-        self.id
-    }
-
-    /// Sends an event to this socket. False if the server has stopped.
-    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<bool, Error> {
-        self.app.emit_to(self.id, event, data)
-    }
-
-    /// Calls procedure `name` on the client; wait for the answer with
-    /// [`PendingCall::wait`] (from any thread but a worker's: blocking a worker
-    /// would stop its sockets, this one's reply included).
-    pub fn call<T: Serialize + ?Sized>(&self, name: &str, data: &T, timeout: Duration) -> Result<PendingCall, Error> {
-        let (pending, done) = PendingCall::new();
-        self.call_then(name, data, timeout, done)?;
-        Ok(pending)
-    }
-
-    /// Calls procedure `name` on the client; `done` runs on the socket's
-    /// worker with the answer (or the reason there is none).
-    pub fn call_then<T: Serialize + ?Sized>(
-        &self,
-        name: &str,
-        data: &T,
-        timeout: Duration,
-        done: impl FnOnce(CallResult) + Send + 'static,
-    ) -> Result<(), Error> {
-        self.app.start_call(self.id, name, data, timeout, Box::new(done))
-    }
-
-    /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
-    pub fn drop_with(&self, reason: &str) -> bool {
-        self.close(super::CLOSE_DROPPED.0, reason)
-    }
-
-    /// Starts the close handshake with `code` and `reason`.
-    pub fn close(&self, code: u16, reason: &str) -> bool {
-        self.app.server().close(self.id, CloseCode(code), reason)
-    }
 }
 
 #[cfg(test)]

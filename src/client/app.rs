@@ -92,8 +92,21 @@ const REQUEST: u64 = 1;
 const REPLY: u64 = 2;
 const ERROR: u64 = 3;
 
-/// Event client settings; every one has a default.
-#[derive(Clone, Debug)]
+/// Event client settings; every one has a default. Change them with the
+/// builder methods:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use emitws::client::app::{AppClient, AppOptions};
+///
+/// let options = AppOptions::default().max_retries(Some(10)).connect_timeout(Duration::from_secs(3));
+/// let app = AppClient::connect("ws://127.0.0.1:9001/", options)?;
+/// # Ok::<(), emitws::client::app::AppError>(())
+/// ```
+///
+/// Its `Debug` output leaves out the credentials: the auth request's data
+/// and the WebSocket connection's headers.
+#[derive(Clone)]
 pub struct AppOptions {
     /// Reconnect after the connection drops or an attempt fails (default true).
     pub reconnect: bool,
@@ -126,7 +139,7 @@ pub struct AppOptions {
     /// use emitws::proto::deflate::DeflateConfig;
     ///
     /// let client = ClientBuilder::new().deflate(Some(DeflateConfig::default())).max_message_size(1 << 20);
-    /// let app = AppClient::connect("ws://127.0.0.1:9001/", AppOptions { client, ..AppOptions::default() })?;
+    /// let app = AppClient::connect("ws://127.0.0.1:9001/", AppOptions::default().client(client))?;
     /// # Ok::<(), emitws::client::app::AppError>(())
     /// ```
     pub client: ClientBuilder,
@@ -147,13 +160,86 @@ impl Default for AppOptions {
     }
 }
 
-/// The first-message auth request of [`AppOptions::auth`].
-#[derive(Clone, Debug, PartialEq)]
+impl fmt::Debug for AppOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `auth` prints its event alone (see `AuthRequest`'s Debug); `client`
+        // is left out: its headers may carry a token.
+        f.debug_struct("AppOptions")
+            .field("reconnect", &self.reconnect)
+            .field("reconnect_delay", &self.reconnect_delay)
+            .field("max_reconnect_delay", &self.max_reconnect_delay)
+            .field("max_retries", &self.max_retries)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_queued", &self.max_queued)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppOptions {
+    /// Sets `reconnect`: whether to reconnect after the connection drops or an attempt fails.
+    pub fn reconnect(mut self, reconnect: bool) -> Self {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// Sets `reconnect_delay`: the first reconnect delay (it doubles per failed attempt).
+    pub fn reconnect_delay(mut self, reconnect_delay: Duration) -> Self {
+        self.reconnect_delay = reconnect_delay;
+        self
+    }
+
+    /// Sets `max_reconnect_delay`: the longest reconnect delay.
+    pub fn max_reconnect_delay(mut self, max_reconnect_delay: Duration) -> Self {
+        self.max_reconnect_delay = max_reconnect_delay;
+        self
+    }
+
+    /// Sets `max_retries`: attempts after a failure before giving up (`None`: never).
+    pub fn max_retries(mut self, max_retries: Option<u32>) -> Self {
+        self.max_retries = max_retries;
+        self
+    }
+
+    /// Sets `connect_timeout`: the time for each connection attempt.
+    pub fn connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets `max_queued`: how many envelopes are kept while not READY.
+    pub fn max_queued(mut self, max_queued: usize) -> Self {
+        self.max_queued = max_queued;
+        self
+    }
+
+    /// Sets `auth`: the request sent first on every connection.
+    pub fn auth(mut self, auth: Option<AuthRequest>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Sets `client`: the WebSocket connection's settings.
+    pub fn client(mut self, client: ClientBuilder) -> Self {
+        self.client = client;
+        self
+    }
+}
+
+/// The first-message auth request of [`AppOptions::auth`]. Its `Debug`
+/// output shows the event, not the credentials.
+#[derive(Clone, PartialEq)]
 pub struct AuthRequest {
     /// The server's auth event (`/auth`, …).
     pub event: String,
     /// Its data: the credentials.
     pub data: Value,
+}
+
+impl fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequest").field("event", &self.event).field("data", &"<redacted>").finish()
+    }
 }
 
 /// Where an event client is in its life; each change is a `@status` event.
@@ -287,7 +373,7 @@ pub struct ListenerId(u64);
 /// the connection closes with [`close`](Self::close) or when the last clone is dropped.
 #[derive(Clone)]
 pub struct AppClient {
-    inner: Arc<Inner>,
+    inner: Arc<ClientCore>,
 }
 
 impl fmt::Debug for AppClient {
@@ -296,14 +382,16 @@ impl fmt::Debug for AppClient {
     }
 }
 
-struct Inner {
-    me: Weak<Inner>,
+/// What every clone of an [`AppClient`] shares: its settings, the I/O
+/// thread, the session, listeners and procedures.
+struct ClientCore {
+    me: Weak<ClientCore>,
     url: String,
     options: AppOptions,
     client: ClientBuilder,
     dialer: ServerHandle,
     running: Mutex<Option<RunningServer>>,
-    state: Mutex<State>,
+    state: Mutex<Session>,
     /// Signalled when the first connection is READY or the client gives up.
     settled: Condvar,
     listeners: RwLock<Vec<(ListenerId, String, Listener)>>,
@@ -312,7 +400,10 @@ struct Inner {
     next_id: AtomicU64,
 }
 
-struct State {
+/// The client's session with the server, behind one lock: status, the
+/// current connection, requests waiting for replies, envelopes waiting for
+/// READY, and the reconnect bookkeeping.
+struct Session {
     status: Status,
     conn: Option<ConnId>,
     pending: HashMap<u64, Pending>,
@@ -334,7 +425,7 @@ struct State {
     jitter: MaskRng,
 }
 
-impl State {
+impl Session {
     /// Moves to `to`; returns the `@status` event to dispatch once the lock is released.
     fn set_status(&mut self, to: Status) -> Option<Value> {
         let from = std::mem::replace(&mut self.status, to);
@@ -368,6 +459,12 @@ impl AppClient {
     /// the retries are used up. [`new`](Self::new) then
     /// [`open`](Self::open) does the same with procedures and listeners set
     /// before connecting.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::ConnectFailed`] when no connection became READY within the
+    /// retries (or the I/O thread could not start), [`AppError::Closed`] if the
+    /// client was closed meanwhile.
     pub fn connect(url: &str, options: AppOptions) -> Result<AppClient, AppError> {
         let client = AppClient::new(url, options)?;
         client.open()?;
@@ -378,6 +475,11 @@ impl AppClient {
     /// [`open`](Self::open), so that procedures (`@challenge`) and listeners
     /// are in place for the first connection. Fails only if the client's
     /// I/O thread cannot start.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::ConnectFailed`] if the I/O thread or the random source for
+    /// the reconnect jitter cannot start.
     pub fn new(url: &str, options: AppOptions) -> Result<AppClient, AppError> {
         let client = options.client.clone().timeout(options.connect_timeout).protocol(PROTOCOL);
         let failed = |e: &dyn fmt::Display| AppError::ConnectFailed(e.to_string());
@@ -385,14 +487,14 @@ impl AppClient {
         let link = Link { inner: Arc::new(OnceLock::new()) };
         let server = Server::new().workers(1).keepalive(None).shutdown_timeout(Duration::from_secs(2));
         let running = server.start_dialer(link.clone()).map_err(|e| failed(&e))?;
-        let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
+        let inner = Arc::new_cyclic(|me: &Weak<ClientCore>| ClientCore {
             me: me.clone(),
             url: url.to_string(),
             options,
             client,
             dialer: running.handle(),
             running: Mutex::new(Some(running)),
-            state: Mutex::new(State {
+            state: Mutex::new(Session {
                 status: Status::Idle,
                 conn: None,
                 pending: HashMap::new(),
@@ -422,6 +524,12 @@ impl AppClient {
     /// it is READY, or fails with [`AppError::ConnectFailed`] once the
     /// retries are used up ([`AppError::Closed`] if it was closed). Called
     /// again, it waits for the same outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::ConnectFailed`] once the retries are used up,
+    /// [`AppError::Closed`] if the client was closed, [`AppError::WouldBlock`]
+    /// from a listener or procedure (they run on the I/O thread).
     pub fn open(&self) -> Result<(), AppError> {
         let inner = &self.inner;
         if inner.on_io_thread() {
@@ -463,6 +571,12 @@ impl AppClient {
 
     /// Sends an event. Before READY it waits in a bounded queue; OFFLINE it
     /// fails at once.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::BadName`] for an `@` name, [`AppError::Offline`] or
+    /// [`AppError::Closed`] once the client is OFFLINE, [`AppError::Disconnected`]
+    /// when the queue is full before READY.
     pub fn emit(&self, event: &str, data: Value) -> Result<(), AppError> {
         check_name(event)?;
         self.inner.send(json!([EVENT, event, data]).to_string(), None)
@@ -472,6 +586,11 @@ impl AppClient {
     /// other side's error reply, [`AppError::Timeout`] (the timeout counts
     /// the wait for READY), [`AppError::Disconnected`] if the connection
     /// drops after it was sent, [`AppError::Offline`] if the client gives up.
+    ///
+    /// # Errors
+    ///
+    /// Those above, plus [`AppError::BadName`] for an `@` name and
+    /// [`AppError::WouldBlock`] from a listener or procedure.
     pub fn request(&self, event: &str, data: Value, timeout: Duration) -> Result<Value, AppError> {
         self.request_nowait(event, data, timeout).wait()
     }
@@ -544,7 +663,7 @@ pub struct PendingRequest {
     receiver: Receiver<Result<Value, AppError>>,
     id: u64,
     deadline: Instant,
-    inner: Weak<Inner>,
+    inner: Weak<ClientCore>,
 }
 
 impl PendingRequest {
@@ -560,6 +679,12 @@ impl PendingRequest {
     }
 
     /// Waits for the outcome, until the request's deadline.
+    ///
+    /// # Errors
+    ///
+    /// The request's: [`AppError::Remote`], [`AppError::Timeout`],
+    /// [`AppError::Disconnected`], [`AppError::Offline`], [`AppError::Closed`];
+    /// [`AppError::WouldBlock`] on the client's I/O thread.
     pub fn wait(self) -> Result<Value, AppError> {
         if let Ok(result) = self.receiver.try_recv() {
             return result;
@@ -593,11 +718,19 @@ pub struct Namespace {
 
 impl Namespace {
     /// [`AppClient::emit`] under the prefix.
+    ///
+    /// # Errors
+    ///
+    /// As [`AppClient::emit`].
     pub fn emit(&self, event: &str, data: Value) -> Result<(), AppError> {
         self.client.emit(&self.name(event), data)
     }
 
     /// [`AppClient::request`] under the prefix.
+    ///
+    /// # Errors
+    ///
+    /// As [`AppClient::request`].
     pub fn request(&self, event: &str, data: Value, timeout: Duration) -> Result<Value, AppError> {
         self.client.request(&self.name(event), data, timeout)
     }
@@ -634,7 +767,7 @@ fn check_name(event: &str) -> Result<(), AppError> {
     }
 }
 
-impl Inner {
+impl ClientCore {
     /// Opens a connection attempt on the I/O thread.
     fn dial(&self) {
         if let Err(e) = self.dialer.connect(&self.url, &self.client, ()) {
@@ -760,7 +893,7 @@ impl Inner {
         state.welcome = Some(welcome.clone());
         let change = state.set_status(Status::Ready);
         let reconnected = std::mem::replace(&mut state.ever_ready, true);
-        let State { queue, pending, .. } = &mut *state;
+        let Session { queue, pending, .. } = &mut *state;
         for queued in queue.drain(..) {
             let waiting = queued.request.map(|id| pending.get_mut(&id));
             match waiting {
@@ -813,7 +946,7 @@ impl Inner {
     }
 }
 
-impl Drop for Inner {
+impl Drop for ClientCore {
     fn drop(&mut self) {
         self.close();
     }
@@ -823,11 +956,11 @@ impl Drop for Inner {
 /// exists (the I/O thread is started first); the handler does not keep it alive.
 #[derive(Clone)]
 struct Link {
-    inner: Arc<OnceLock<Weak<Inner>>>,
+    inner: Arc<OnceLock<Weak<ClientCore>>>,
 }
 
 impl Link {
-    fn inner(&self) -> Option<Arc<Inner>> {
+    fn inner(&self) -> Option<Arc<ClientCore>> {
         self.inner.get()?.upgrade()
     }
 }

@@ -12,7 +12,7 @@ fn with_me_and_kick() -> App {
         let user = req.user().map(str::to_string);
         req.reply(&user);
     });
-    app.on("/kick", |req| req.close(4000, "kicked"));
+    app.on("/kick", |req| req.close(emitws::proto::CloseCode(4000), "kicked"));
     app
 }
 

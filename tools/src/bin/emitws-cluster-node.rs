@@ -23,7 +23,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use clap::Parser;
-use emitws::app::{App, AppHandle, BroadcastOpts, Error, Limits, Rate, Refusal, SocketId};
+use emitws::app::{App, AppHandle, BroadcastOpts, Error, EventLimits, Rate, Refusal, SocketId, CLOSE_DROPPED};
 use emitws::cluster::{RedisAdapter, RedisOptions};
 use emitws::runtime::Server;
 use serde::Deserialize;
@@ -86,13 +86,13 @@ fn main() {
     if let Some(workers) = args.workers {
         server = server.workers(workers);
     }
-    let mut limits = Limits::default();
+    let mut limits = EventLimits::default();
     if let Some(per_second) = args.rate {
-        limits.rate = (per_second > 0.0).then_some(Rate { per_second, burst: per_second });
+        limits = limits.rate((per_second > 0.0).then_some(Rate { per_second, burst: per_second }));
     }
     let mut options = RedisOptions::default();
     if let Some(ttl) = args.ttl_ms {
-        options.heartbeat_ttl = Duration::from_millis(ttl);
+        options = options.heartbeat_ttl(Duration::from_millis(ttl));
     }
     let addr = args.addr;
     let adapter = args.redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
@@ -105,7 +105,7 @@ fn main() {
     app.on("@connection", |req| {
         if let Some(room) = req.query("room") {
             if let Err(e) = req.join(&room) {
-                req.close(4000, &e.to_string());
+                req.close(CLOSE_DROPPED, &e.to_string());
             }
         }
     });

@@ -1,0 +1,502 @@
+//! The running app, seen from any thread: [`AppHandle`] (broadcasts, sends,
+//! presence, the cluster), [`SocketRef`] (one socket), [`UserRef`] (one
+//! user's devices) and [`Running`] (the started server).
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::adapter::{Presence, Target};
+use super::cluster_view::ClusterView;
+use super::envelope;
+use super::error::Error;
+use super::groups::{BroadcastOpts, Delivery, GroupRegistry, Outbox};
+use super::inbox::WorkerMsg;
+use super::limits::EventLimits;
+use super::locks::lock;
+use super::rpc::{CallResult, Done, PendingCall, StartCall};
+use super::socket_id::SocketId;
+use super::{AppConfig, CLOSE_DROPPED};
+use crate::proto::CloseCode;
+use crate::runtime::{ConnId, RunningServer, ServerHandle, SharedFrame};
+
+/// A running app's state, shared by its workers and handles: its fixed
+/// configuration and the tables every worker reads and writes.
+pub(crate) struct AppState {
+    /// What the app was set up with (routes, auth, limits, adapter).
+    pub(crate) setup: AppConfig,
+    /// The engine's handle, set once the server runs.
+    pub(crate) server: OnceLock<ServerHandle>,
+    /// When the app started: the zero of socket buckets and heartbeat stamps.
+    pub(crate) epoch: Instant,
+    /// Every room and tag, and which workers have members.
+    pub(crate) registry: GroupRegistry,
+    /// Each user's sockets on this node, oldest first.
+    pub(crate) users: Mutex<HashMap<Arc<str>, Vec<ConnId>>>,
+    /// How many sockets are in (authenticated, not yet closed).
+    pub(crate) sockets: AtomicUsize,
+    /// This node's sockets, kept when no adapter keeps them.
+    pub(crate) connected: Mutex<BTreeSet<ConnId>>,
+}
+
+/// A running app, from any thread: broadcasts, sends to sockets and users,
+/// presence. Cheap to clone.
+#[derive(Clone)]
+pub struct AppHandle(pub(crate) Arc<AppState>);
+
+impl fmt::Debug for AppHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppHandle").field("sockets", &self.socket_count()).finish()
+    }
+}
+
+impl AppHandle {
+    /// A handle on a new app that is not serving yet.
+    pub(crate) fn new(config: AppConfig) -> AppHandle {
+        AppHandle(Arc::new(AppState {
+            setup: config,
+            server: OnceLock::new(),
+            epoch: Instant::now(),
+            registry: GroupRegistry::default(),
+            users: Mutex::new(HashMap::new()),
+            sockets: AtomicUsize::new(0),
+            connected: Mutex::default(),
+        }))
+    }
+
+    /// The engine's handle (raw frames, connection count, shutdown).
+    pub fn server(&self) -> &ServerHandle {
+        // Set by `listen` before it returns, or by the first socket's open
+        // if that comes sooner; every handle is reached after one of them.
+        self.0.server.get().expect("the app is running")
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &EventLimits {
+        &self.0.setup.limits
+    }
+
+    /// Broadcasts an event, encoded once, to the sockets `opts` selects, on
+    /// every worker (and, unless local, every node of a cluster).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T, opts: BroadcastOpts) -> Result<(), Error> {
+        let frame = self.encode_event(event, data)?;
+        self.route(frame, &opts, self.local_ids(&opts.except), None);
+        Ok(())
+    }
+
+    /// Sends an event to one socket, on this node or another. False if the
+    /// server has stopped, or the socket is on another node and there is no
+    /// adapter; a socket on another node is not checked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn emit_to<T: Serialize + ?Sized>(
+        &self,
+        id: impl Into<SocketId>,
+        event: &str,
+        data: &T,
+    ) -> Result<bool, Error> {
+        let id = id.into();
+        let frame = self.encode_event(event, data)?;
+        match self.here(id) {
+            Some(conn) => Ok(self.server().send_frame(conn, &frame)),
+            None => {
+                self.publish(&frame, Target::Socket(id));
+                Ok(self.0.setup.adapter.is_some())
+            }
+        }
+    }
+
+    /// A socket, by id.
+    pub fn socket(&self, id: ConnId) -> SocketRef {
+        SocketRef { app: self.clone(), id }
+    }
+
+    /// A user: all of their devices.
+    pub fn to_user(&self, user: &str) -> UserRef {
+        UserRef { app: self.clone(), user: user.into() }
+    }
+
+    /// Closes every socket of `user`, on every node of a cluster, with 4000
+    /// and `reason`; returns how many this node had.
+    pub fn drop_user(&self, user: &str, reason: &str) -> usize {
+        self.to_user(user).drop_with(reason)
+    }
+
+    /// Closes one socket, on this node or another, with 4000 and `reason`
+    /// (WSE's `drop` of one device). False if the socket is on this node and
+    /// already gone, or on another node and there is no adapter; a socket on
+    /// another node is not checked.
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) {
+    /// let id: emitws::app::SocketId = "1f-2".parse().unwrap();
+    /// app.drop_socket(id, "signed in elsewhere");
+    /// # }
+    /// ```
+    pub fn drop_socket(&self, id: impl Into<SocketId>, reason: &str) -> bool {
+        let id = id.into();
+        match self.here(id) {
+            Some(conn) => self.server().close(conn, CLOSE_DROPPED, reason),
+            None => self.close_elsewhere(Target::Socket(id), CLOSE_DROPPED, reason),
+        }
+    }
+
+    /// Users with at least one socket on this node, sorted ([`cluster`](Self::cluster) for every node).
+    pub fn users(&self) -> Vec<String> {
+        let mut users: Vec<String> = lock(&self.0.users).keys().map(|u| u.to_string()).collect();
+        users.sort();
+        users
+    }
+
+    /// Sockets on this node (after authentication, if any, and before their close).
+    pub fn socket_count(&self) -> usize {
+        self.0.sockets.load(Ordering::Relaxed)
+    }
+
+    /// How many sockets of this node are in a room or tag, on every worker.
+    pub fn group_size(&self, group: &str) -> usize {
+        self.0.registry.size(group)
+    }
+
+    /// The sockets of this node in a room or tag, sorted.
+    pub fn group_members(&self, group: &str) -> Vec<ConnId> {
+        self.0.registry.members(group)
+    }
+
+    /// Every room and tag with members, sorted.
+    pub fn groups(&self) -> Vec<String> {
+        self.0.registry.names()
+    }
+
+    /// Stops gracefully: every socket is closed with 1001 (its `@disconnect`
+    /// runs), then the workers exit. Does not wait; [`Running::close`] does.
+    pub fn close(&self) {
+        self.server().shutdown();
+    }
+
+    pub(crate) fn encode_event<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<SharedFrame, Error> {
+        let mut text = Vec::new();
+        envelope::write_event(&mut text, event, data)?;
+        let text = String::from_utf8(text).map_err(|e| Error::Json(serde::ser::Error::custom(e)))?;
+        Ok(SharedFrame::text(&text))
+    }
+
+    /// Hands a broadcast to the workers that have sockets it addresses: the
+    /// current worker's share goes to its outbox (`here`), the others' through
+    /// their inboxes.
+    pub(crate) fn route(
+        &self,
+        frame: SharedFrame,
+        opts: &BroadcastOpts,
+        except: Vec<ConnId>,
+        here: Option<&mut Outbox>,
+    ) {
+        let server = self.server();
+        let mut targets = vec![opts.to.is_empty(); server.workers()];
+        if !opts.to.is_empty() {
+            self.0.registry.workers_for(&opts.to, &mut targets);
+        }
+        if !opts.local {
+            self.publish(&frame, Target::Broadcast(opts));
+        }
+        let delivery = Delivery { frame, groups: opts.to.clone().into(), except: except.into() };
+        let here_worker = here.as_ref().map(|outbox| outbox.worker);
+        let mut here = here;
+        for (worker, _) in targets.iter().enumerate().filter(|(_, wanted)| **wanted) {
+            match here.as_deref_mut() {
+                Some(outbox) if Some(worker) == here_worker => outbox.deliveries.push(delivery.clone()),
+                _ => {
+                    server.notify(worker, Box::new(WorkerMsg::Deliver(delivery.clone())));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn start_call<T: Serialize + ?Sized>(
+        &self,
+        conn: ConnId,
+        name: &str,
+        data: &T,
+        timeout: Duration,
+        done: Done,
+    ) -> Result<(), Error> {
+        let data = serde_json::value::to_raw_value(data)?;
+        let call = StartCall { conn, name: name.into(), data, timeout, done };
+        // If the worker is gone, the message (and `done` in it) is dropped:
+        // a waiting `PendingCall` then reads `Disconnected`.
+        self.server().notify(conn.worker(), Box::new(WorkerMsg::Call(call)));
+        Ok(())
+    }
+}
+
+/// A socket reached from anywhere: emit to it, call it, close it. Cheap to
+/// clone and `Send`; everything goes through the socket's worker.
+#[derive(Clone, Debug)]
+pub struct SocketRef {
+    pub(crate) app: AppHandle,
+    pub(crate) id: ConnId,
+}
+
+impl SocketRef {
+    /// The socket's connection on this node (its cluster-wide id is a
+    /// [`SocketId`](super::SocketId) of this node and this connection).
+    pub fn conn_id(&self) -> ConnId {
+        self.id
+    }
+
+    /// Sends an event to this socket. False if the server has stopped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<bool, Error> {
+        self.app.emit_to(self.id, event, data)
+    }
+
+    /// Calls procedure `name` on the client; wait for the answer with
+    /// [`PendingCall::wait`] (from any thread but a worker's: blocking a worker
+    /// would stop its sockets, this one's reply included).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn call<T: Serialize + ?Sized>(&self, name: &str, data: &T, timeout: Duration) -> Result<PendingCall, Error> {
+        let (pending, done) = PendingCall::new();
+        self.call_then(name, data, timeout, done)?;
+        Ok(pending)
+    }
+
+    /// Calls procedure `name` on the client; `done` runs on the socket's
+    /// worker with the answer (or the reason there is none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn call_then<T: Serialize + ?Sized>(
+        &self,
+        name: &str,
+        data: &T,
+        timeout: Duration,
+        done: impl FnOnce(CallResult) + Send + 'static,
+    ) -> Result<(), Error> {
+        self.app.start_call(self.id, name, data, timeout, Box::new(done))
+    }
+
+    /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
+    pub fn drop_with(&self, reason: &str) -> bool {
+        self.close(CLOSE_DROPPED, reason)
+    }
+
+    /// Starts the close handshake with `code` and `reason`.
+    pub fn close(&self, code: CloseCode, reason: &str) -> bool {
+        self.app.server().close(self.id, code, reason)
+    }
+}
+
+/// One user's devices, reached from any thread.
+#[derive(Clone, Debug)]
+pub struct UserRef {
+    app: AppHandle,
+    user: String,
+}
+
+impl UserRef {
+    /// The user's sockets on this node, oldest first.
+    pub fn sockets(&self) -> Vec<ConnId> {
+        lock(&self.app.0.users).get(self.user.as_str()).cloned().unwrap_or_default()
+    }
+
+    /// Whether the user has a socket open on this node.
+    pub fn is_online(&self) -> bool {
+        lock(&self.app.0.users).contains_key(self.user.as_str())
+    }
+
+    /// Sends an event (encoded once) to every device, on every node of a
+    /// cluster; returns how many devices this node has.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
+    pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<usize, Error> {
+        let frame = self.app.encode_event(event, data)?;
+        let sockets = self.sockets();
+        self.app.server().broadcast(sockets.iter().copied(), &frame);
+        self.app.publish(&frame, Target::User(&self.user));
+        Ok(sockets.len())
+    }
+
+    /// Closes every device, on every node of a cluster, with 4000 and
+    /// `reason`; returns how many this node had.
+    pub fn drop_with(&self, reason: &str) -> usize {
+        let sockets = self.sockets();
+        for id in &sockets {
+            self.app.server().close(*id, CLOSE_DROPPED, reason);
+        }
+        self.app.close_elsewhere(Target::User(&self.user), CLOSE_DROPPED, reason);
+        sockets.len()
+    }
+}
+
+/// A started app. Dereferences to its [`AppHandle`]; dropping it shuts the
+/// server down gracefully.
+#[derive(Debug)]
+pub struct Running {
+    pub(crate) app: AppHandle,
+    pub(crate) server: Option<RunningServer>,
+}
+
+impl Running {
+    /// The address the app listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.as_ref().map_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)), |s| s.local_addr())
+    }
+
+    /// A handle for other threads.
+    pub fn app(&self) -> AppHandle {
+        self.app.clone()
+    }
+
+    /// Closes gracefully and waits: every socket gets 1001 and its
+    /// `@disconnect` runs, then the workers exit.
+    pub fn close(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+        }
+    }
+
+    /// Waits until the app is closed from elsewhere ([`AppHandle::close`]).
+    pub fn join(mut self) {
+        if let Some(server) = self.server.take() {
+            server.join();
+        }
+    }
+}
+
+impl Deref for Running {
+    type Target = AppHandle;
+
+    fn deref(&self) -> &AppHandle {
+        &self.app
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(adapter) = &self.app.0.setup.adapter {
+            adapter.detach();
+        }
+    }
+}
+
+impl AppHandle {
+    /// This node's id in the cluster (0 without an adapter).
+    pub fn node(&self) -> u64 {
+        self.0.setup.adapter.as_ref().map_or(0, |adapter| adapter.node())
+    }
+
+    /// Answers about every node of the cluster (this one alone without an
+    /// adapter). Each call is a round trip to the cluster's store: from a
+    /// handler, prefer [`Request::defer`](super::Request::defer) and another thread.
+    pub fn cluster(&self) -> ClusterView<'_> {
+        ClusterView { app: self }
+    }
+
+    /// The connection of `id`, if it is on this node.
+    pub(crate) fn here(&self, id: SocketId) -> Option<ConnId> {
+        (id.node == 0 || id.node == self.node()).then_some(id.conn)
+    }
+
+    /// The connections of this node among `ids`.
+    pub(crate) fn local_ids(&self, ids: &[SocketId]) -> Vec<ConnId> {
+        ids.iter().filter_map(|id| self.here(*id)).collect()
+    }
+
+    /// Hands a message to the adapter, if any, with this node's ids made explicit.
+    pub(crate) fn publish(&self, frame: &SharedFrame, to: Target<'_>) {
+        let Some(adapter) = &self.0.setup.adapter else { return };
+        let node = adapter.node();
+        match to {
+            Target::Broadcast(opts) if opts.except.iter().any(|id| id.node == 0) => {
+                let mut opts = opts.clone();
+                opts.except.iter_mut().filter(|id| id.node == 0).for_each(|id| id.node = node);
+                adapter.publish(frame.payload(), Target::Broadcast(&opts));
+            }
+            Target::Socket(id) if id.node == 0 => {
+                adapter.publish(frame.payload(), Target::Socket(SocketId { node, conn: id.conn }))
+            }
+            to => adapter.publish(frame.payload(), to),
+        }
+    }
+
+    /// Delivers a message another node published (see [`Adapter`](super::Adapter)) to this
+    /// node's sockets.
+    pub fn deliver_remote(&self, envelope: &str, to: Target<'_>) {
+        if self.0.server.get().is_none() {
+            return; // no socket has opened on this node yet
+        }
+        let frame = SharedFrame::text(envelope);
+        match to {
+            Target::Broadcast(opts) => {
+                self.route(frame, &opts.clone().local(), self.local_ids(&opts.except), None);
+            }
+            Target::Socket(id) => {
+                if let Some(conn) = self.here(id) {
+                    self.server().send_frame(conn, &frame);
+                }
+            }
+            Target::User(user) => self.server().broadcast(self.to_user(user).sockets(), &frame),
+        }
+    }
+
+    /// Closes the sockets of this node that another node asked to close
+    /// (see [`Adapter::close`](super::Adapter::close)): one socket, or a user's devices.
+    /// A code that may not be sent (see [`CloseCode::is_valid_on_wire`])
+    /// closes nothing.
+    pub fn deliver_close(&self, to: Target<'_>, code: CloseCode, reason: &str) {
+        if !code.is_valid_on_wire() || self.0.server.get().is_none() {
+            return;
+        }
+        let sockets = match to {
+            Target::Socket(id) => self.here(id).into_iter().collect(),
+            Target::User(user) => self.to_user(user).sockets(),
+            Target::Broadcast(_) => Vec::new(),
+        };
+        for conn in sockets {
+            self.server().close(conn, code, reason);
+        }
+    }
+
+    /// Hands a close for sockets of other nodes to the adapter, if any; says
+    /// whether there was one.
+    pub(crate) fn close_elsewhere(&self, to: Target<'_>, code: CloseCode, reason: &str) -> bool {
+        let Some(adapter) = &self.0.setup.adapter else { return false };
+        adapter.close(to, code, reason);
+        true
+    }
+
+    /// Keeps this node's socket list when there is no adapter to ask.
+    pub(crate) fn presence(&self, change: Presence<'_>) {
+        match (&self.0.setup.adapter, change) {
+            (Some(adapter), change) => adapter.presence(change),
+            (None, Presence::Connected { id, .. }) => {
+                lock(&self.0.connected).insert(id);
+            }
+            (None, Presence::Disconnected { id, .. }) => {
+                lock(&self.0.connected).remove(&id);
+            }
+            (None, _) => {}
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! A worker's own state ([`WorkerState`]) and what handlers do through it:
+//! write envelopes into one reused buffer, join and leave groups, start
+//! calls to a client.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde_json::value::RawValue;
+
+use super::adapter::Presence;
+use super::envelope::{self, ErrorCode};
+use super::error::Error;
+use super::groups::{Outbox, WorkerGroups};
+use super::handle::AppHandle;
+use super::limits::check_group_name;
+use super::rpc::{CallError, Calls, Done};
+use super::socket::SocketData;
+use crate::proto::OpCode;
+use crate::runtime::{Conn, ConnId};
+
+/// What one worker keeps for its own sockets, touched by that worker's
+/// thread alone (no locks).
+pub(crate) struct WorkerState {
+    /// Reused for every envelope this worker writes.
+    scratch: Vec<u8>,
+    /// This worker's members of each room and tag.
+    pub groups: WorkerGroups,
+    /// Broadcasts to this worker's own sockets, delivered at the end of the turn.
+    pub outbox: Outbox,
+    /// The server's calls waiting for an answer from this worker's sockets.
+    pub calls: Calls,
+    /// Sockets that must authenticate by then, earliest first.
+    pub auth_deadlines: VecDeque<(Instant, ConnId)>,
+    pub next_heartbeat: Option<Instant>,
+}
+
+impl WorkerState {
+    pub fn new() -> WorkerState {
+        WorkerState {
+            scratch: Vec::new(),
+            groups: WorkerGroups::default(),
+            outbox: Outbox::new(),
+            calls: Calls::default(),
+            auth_deadlines: VecDeque::new(),
+            next_heartbeat: None,
+        }
+    }
+
+    /// Writes an envelope into the reused buffer and sends it as one text frame.
+    pub fn send_json(
+        &mut self,
+        conn: &mut Conn<'_, SocketData>,
+        write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>,
+    ) -> Result<(), Error> {
+        self.scratch.clear();
+        write(&mut self.scratch)?;
+        let _ = conn.send(OpCode::Text, &self.scratch);
+        Ok(())
+    }
+
+    /// [`send_json`](Self::send_json) for envelopes that cannot fail to serialize.
+    pub fn send_raw(&mut self, conn: &mut Conn<'_, SocketData>, write: impl FnOnce(&mut Vec<u8>)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        let _ = conn.send(OpCode::Text, &self.scratch);
+    }
+
+    /// Sends `[0, "@error", {code, message}]`.
+    pub fn emit_error(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str) {
+        self.send_raw(conn, |out| {
+            out.extend_from_slice(b"[0,\"@error\",");
+            envelope::write_error_body(out, code.as_str(), message);
+            out.push(b']');
+        });
+    }
+
+    pub fn join(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> Result<(), Error> {
+        if !check_group_name(group) {
+            return Err(Error::BadGroup(group.into()));
+        }
+        let id = conn.id();
+        let data = conn.data_mut();
+        if data.groups().iter().any(|g| &**g == group) {
+            return Ok(());
+        }
+        if data.groups().len() >= app.0.setup.limits.max_groups_per_socket {
+            return Err(Error::TooManyGroups);
+        }
+        data.state().groups.push(group.into());
+        self.groups.join(group, id);
+        app.0.registry.join(group, id, app.server().workers());
+        app.presence(Presence::Joined { id, group });
+        Ok(())
+    }
+
+    pub fn leave(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> bool {
+        let id = conn.id();
+        let Some(state) = conn.data_mut().state.as_mut() else { return false };
+        let Some(at) = state.groups.iter().position(|g| &**g == group) else { return false };
+        state.groups.swap_remove(at);
+        self.groups.leave(group, id);
+        app.0.registry.leave(group, id);
+        app.presence(Presence::Left { id, group });
+        true
+    }
+
+    /// Sends a call to the socket's client and waits for its answer in the table.
+    pub fn begin_call(
+        &mut self,
+        app: &AppHandle,
+        conn: &mut Conn<'_, SocketData>,
+        name: &str,
+        data: &RawValue,
+        timeout: Duration,
+        done: Done,
+    ) {
+        if !conn.is_open() {
+            return done(Err(CallError::Disconnected));
+        }
+        if usize::from(conn.data().calls) >= app.0.setup.limits.max_pending {
+            return done(Err(CallError::TooMany));
+        }
+        let id = self.calls.start(conn.id(), timeout, done);
+        conn.data_mut().calls += 1;
+        self.send_raw(conn, |out| {
+            // A string and raw JSON always serialize.
+            let _ = envelope::write_request(out, id, name, data);
+        });
+    }
+}

@@ -1,0 +1,176 @@
+//! [`RedisAdapter`]: the app's [`Adapter`] over a [`RedisLink`].
+
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::error::ClusterError;
+use super::link::{Inbound, RedisLink};
+use super::options::RedisOptions;
+use super::wire::{hex, Header};
+use crate::app::{self, Adapter, AppHandle, BroadcastOpts, Presence, Scope, SocketId, Target};
+use crate::proto::CloseCode;
+use crate::runtime::ConnId;
+
+/// The [`Adapter`] that makes an app one node of a cluster sharing a Redis.
+///
+/// Per node: one subscriber thread hands other nodes' messages to the
+/// workers (through their wakers, never blocking them), one writer thread
+/// pipelines publishes and presence and keeps the heartbeat. Messages go as
+/// `NODE\n{"b":[groups,except]}\nENVELOPE` (or `{"s":conn}` to one node's
+/// socket, `{"u":user}` to a user's devices), and closes as
+/// `NODE\n{"cs":[conn,code]}\nREASON` or `NODE\n{"cu":[user,code]}\nREASON`;
+/// anything else is ignored.
+///
+/// ```no_run
+/// use emitws::app::App;
+/// use emitws::cluster::{RedisAdapter, RedisOptions};
+/// let mut app = App::new();
+/// app.adapter(RedisAdapter::new("redis://127.0.0.1:6379/", RedisOptions::default())?);
+/// # Ok::<(), emitws::cluster::ClusterError>(())
+/// ```
+pub struct RedisAdapter {
+    link: RedisLink,
+    app: Arc<Mutex<Option<AppHandle>>>,
+}
+
+impl fmt::Debug for RedisAdapter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisAdapter").field("link", &self.link).finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RedisAdapter {
+    /// Connects this node to the cluster at `url` (`redis://host:port/db`).
+    /// Only a bad URL fails: Redis need not be up yet, the link connects by itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisLink::start`].
+    pub fn new(url: &str, options: RedisOptions) -> Result<Arc<RedisAdapter>, ClusterError> {
+        let app: Arc<Mutex<Option<AppHandle>>> = Arc::default();
+        let slot = app.clone();
+        let link = RedisLink::start(url, options, move |message| {
+            let app = lock(&slot).clone();
+            if let Some(app) = app {
+                deliver(&app, &message);
+            }
+        })?;
+        Ok(Arc::new(RedisAdapter { link, app }))
+    }
+
+    /// The link under the adapter.
+    pub fn link(&self) -> &RedisLink {
+        &self.link
+    }
+
+    /// Publishes `header` and `body` to one node, or to all of them.
+    fn send(&self, header: &Header, node: Option<u64>, body: &[u8]) {
+        let Ok(mut header) = serde_json::to_vec(header) else { return };
+        header.push(b'\n');
+        let channel = match node {
+            Some(node) => self.link.key(&format!("node:{}", hex(node))),
+            None => self.link.key("all"),
+        };
+        self.link.publish(channel, &[&header, body]);
+    }
+}
+
+/// Hands a message from another node to the app; malformed ones are dropped.
+fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
+    let at = message.payload.iter().position(|&b| b == b'\n')?;
+    let header: Header = serde_json::from_slice(&message.payload[..at]).ok()?;
+    let body = std::str::from_utf8(&message.payload[at + 1..]).ok()?;
+    let here = |conn| SocketId { node: app.node(), conn: ConnId(conn) };
+    let envelope = || serde_json::from_str::<serde::de::IgnoredAny>(body).ok().map(|_| body);
+    match header {
+        Header::Broadcast(groups, except) => {
+            let mut opts = BroadcastOpts::all();
+            opts.to = groups.into_iter().map(Into::into).collect();
+            opts.except = except.into_iter().map(|(node, conn)| SocketId { node, conn: ConnId(conn) }).collect();
+            app.deliver_remote(envelope()?, Target::Broadcast(&opts));
+        }
+        Header::Socket(conn) if message.direct => app.deliver_remote(envelope()?, Target::Socket(here(conn))),
+        Header::User(user) => app.deliver_remote(envelope()?, Target::User(&user)),
+        Header::CloseSocket(conn, code) if message.direct => {
+            app.deliver_close(Target::Socket(here(conn)), CloseCode(code), body)
+        }
+        Header::CloseUser(user, code) => app.deliver_close(Target::User(&user), CloseCode(code), body),
+        Header::Socket(_) | Header::CloseSocket(..) => {}
+    }
+    Some(())
+}
+
+impl Adapter for RedisAdapter {
+    fn node(&self) -> u64 {
+        self.link.node()
+    }
+
+    fn attach(&self, app: AppHandle) {
+        *lock(&self.app) = Some(app);
+    }
+
+    fn detach(&self) {
+        self.link.stop();
+        lock(&self.app).take();
+    }
+
+    fn publish(&self, envelope: &[u8], to: Target<'_>) {
+        let (header, node) = match to {
+            Target::Broadcast(opts) => {
+                let groups = opts.groups().iter().map(|g| g.to_string()).collect();
+                let except = opts.excepted().iter().map(|id| (id.node, id.conn.0)).collect();
+                (Header::Broadcast(groups, except), None)
+            }
+            Target::Socket(id) => (Header::Socket(id.conn.0), Some(id.node)),
+            Target::User(user) => (Header::User(user.into()), None),
+        };
+        self.send(&header, node, envelope);
+    }
+
+    fn close(&self, to: Target<'_>, code: CloseCode, reason: &str) {
+        let (header, node) = match to {
+            Target::Socket(id) => (Header::CloseSocket(id.conn.0, code.0), Some(id.node)),
+            Target::User(user) => (Header::CloseUser(user.into(), code.0), None),
+            Target::Broadcast(_) => return,
+        };
+        self.send(&header, node, reason.as_bytes());
+    }
+
+    fn presence(&self, change: Presence<'_>) {
+        match change {
+            Presence::Connected { id, user } => {
+                self.link.add_socket(id.0);
+                if let Some(user) = user {
+                    self.link.add_user(user, id.0);
+                }
+            }
+            Presence::Joined { id, group } => self.link.join(group, id.0),
+            Presence::Left { id, group } => self.link.leave(group, id.0),
+            Presence::Disconnected { id, user, groups } => {
+                let groups = groups.iter().map(|g| g.to_string()).collect();
+                self.link.remove_socket(id.0, groups, user.map(Into::into));
+            }
+        }
+    }
+
+    fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, app::Error> {
+        Ok(self.link.sockets(scope)?)
+    }
+
+    fn count(&self, scope: Scope<'_>) -> Result<usize, app::Error> {
+        Ok(self.link.count(scope)?)
+    }
+
+    fn socket_exists(&self, id: SocketId) -> Result<bool, app::Error> {
+        let id = SocketId { node: if id.node == 0 { self.node() } else { id.node }, ..id };
+        Ok(self.link.socket_exists(id)?)
+    }
+
+    fn users(&self) -> Result<Vec<String>, app::Error> {
+        Ok(self.link.users()?)
+    }
+}

@@ -1,0 +1,360 @@
+//! One node's link to Redis ([`RedisLink`]): starting its writer and
+//! subscriber threads, queueing publishes and presence for the writer, and
+//! the queries about every live node.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::{Cmd, Commands, Connection, RedisResult};
+
+use super::error::ClusterError;
+use super::options::RedisOptions;
+use super::subscriber;
+use super::wire::{hex, with_sender};
+use super::writer::{Writer, WriterCommand};
+use crate::app::{Scope, SocketId};
+use crate::runtime::ConnId;
+
+/// A message from another node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inbound {
+    /// The sender's node id.
+    pub from: u64,
+    /// Whether it was addressed to this node alone (else to every node).
+    pub direct: bool,
+    /// What the sender published.
+    pub payload: Vec<u8>,
+}
+
+/// One node's link to Redis: pub/sub with the other nodes and this node's
+/// presence. Cheap to clone; the threads stop when [`stop`](Self::stop) is
+/// called or the last clone is dropped.
+#[derive(Clone)]
+pub struct RedisLink {
+    inner: Arc<LinkState>,
+}
+
+/// What a link's clones and its two threads share (the threads hold it
+/// weakly: dropping the last clone ends them).
+pub(super) struct LinkState {
+    client: redis::Client,
+    node: u64,
+    options: RedisOptions,
+    /// The writer thread's queue.
+    writes: Mutex<Sender<WriterCommand>>,
+    stopped: AtomicBool,
+    /// The subscriber is listening: messages from other nodes arrive.
+    pub(super) subscribed: AtomicBool,
+    /// Publishes handed to the writer and not yet written or dropped by it.
+    pub(super) queued: AtomicUsize,
+    /// Publishes dropped because too many were queued.
+    dropped: AtomicU64,
+    /// The connection queries run on, opened on the first query.
+    queries: Mutex<Option<Connection>>,
+}
+
+impl fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLink").field("node", &hex(self.inner.node)).finish_non_exhaustive()
+    }
+}
+
+impl Drop for LinkState {
+    fn drop(&mut self) {
+        let _ = self.writes.lock().map(|w| w.send(WriterCommand::Stop));
+    }
+}
+
+impl RedisLink {
+    /// Starts this node's threads. `deliver` gets every message other nodes
+    /// send to all nodes or to this one; it runs on the subscriber thread and
+    /// should hand the message on (to the workers) without blocking. Redis
+    /// need not be up: the threads connect, and reconnect, by themselves.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::BadUrl`] if `url` does not parse, [`ClusterError::Spawn`]
+    /// if a thread cannot start. Redis being down is no error.
+    pub fn start(
+        url: &str,
+        options: RedisOptions,
+        deliver: impl Fn(Inbound) + Send + 'static,
+    ) -> Result<RedisLink, ClusterError> {
+        let client = redis::Client::open(url).map_err(ClusterError::BadUrl)?;
+        let (writes, queue) = mpsc::channel();
+        let inner = Arc::new(LinkState {
+            client,
+            node: node_id(),
+            options,
+            writes: Mutex::new(writes),
+            stopped: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            queued: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            queries: Mutex::new(None),
+        });
+        let link = RedisLink { inner };
+        let name = &hex(link.inner.node)[..8];
+        let writer = Writer::new(Arc::downgrade(&link.inner));
+        let ctx = link.thread_ctx();
+        thread::Builder::new()
+            .name(format!("emitws-redis-writer-{name}"))
+            .spawn(move || writer.run(queue, ctx))
+            .map_err(ClusterError::Spawn)?;
+        let subscriber = Arc::downgrade(&link.inner);
+        let ctx = link.thread_ctx();
+        thread::Builder::new()
+            .name(format!("emitws-redis-sub-{name}"))
+            .spawn(move || subscriber::run(subscriber, ctx, deliver))
+            .map_err(ClusterError::Spawn)?;
+        Ok(link)
+    }
+
+    fn thread_ctx(&self) -> ThreadCtx {
+        (self.inner.client.clone(), self.inner.options.clone(), hex(self.inner.node))
+    }
+
+    /// This node's id: random, never 0.
+    pub fn node(&self) -> u64 {
+        self.inner.node
+    }
+
+    /// Waits up to `within` for the subscriber to listen (messages other
+    /// nodes send from then on arrive); false if it does not.
+    pub fn ready(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while !self.inner.subscribed.load(Ordering::SeqCst) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        true
+    }
+
+    /// How many publishes were dropped because more than
+    /// [`max_queued`](RedisOptions::max_queued) waited for Redis.
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops the threads and removes this node's presence.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.write(WriterCommand::Stop);
+    }
+
+    fn write(&self, write: WriterCommand) {
+        if let Ok(writes) = self.inner.writes.lock() {
+            let _ = writes.send(write);
+        }
+    }
+
+    /// A key or channel name: the prefix, a colon, `rest`.
+    pub(super) fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.inner.options.prefix)
+    }
+
+    /// Queues `parts`, behind this node's sender line, for `channel`;
+    /// dropped and counted when too many wait already.
+    pub(super) fn publish(&self, channel: String, parts: &[&[u8]]) {
+        if self.inner.queued.fetch_add(1, Ordering::Relaxed) >= self.inner.options.max_queued {
+            self.inner.queued.fetch_sub(1, Ordering::Relaxed);
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let payload = with_sender(self.inner.node, parts);
+        self.write(WriterCommand::Publish { channel, payload });
+    }
+
+    /// Sends `payload` to every other node.
+    pub fn publish_all(&self, payload: &[u8]) {
+        self.publish(self.key("all"), &[payload]);
+    }
+
+    /// Sends `payload` to one node.
+    pub fn publish_to(&self, node: u64, payload: &[u8]) {
+        self.publish(self.key(&format!("node:{}", hex(node))), &[payload]);
+    }
+
+    /// Records a connection of this node.
+    pub fn add_socket(&self, id: u64) {
+        self.write(WriterCommand::AddSocket(id));
+    }
+
+    /// Forgets a connection of this node, with its groups and its user.
+    pub fn remove_socket(&self, id: u64, groups: Vec<String>, user: Option<String>) {
+        self.write(WriterCommand::RemoveSocket { id, groups, user });
+    }
+
+    /// Records that connection `id` joined `group` (a room or a tag).
+    pub fn join(&self, group: &str, id: u64) {
+        self.write(WriterCommand::Join { group: group.into(), id });
+    }
+
+    /// Records that connection `id` left `group`.
+    pub fn leave(&self, group: &str, id: u64) {
+        self.write(WriterCommand::Leave { group: group.into(), id });
+    }
+
+    /// Records that connection `id` belongs to `user`.
+    pub fn add_user(&self, user: &str, id: u64) {
+        self.write(WriterCommand::AddUser { user: user.into(), id });
+    }
+
+    /// Runs a read-only query on the query connection, with the timeout,
+    /// given the live nodes.
+    fn query<T>(&self, run: impl FnOnce(&mut Connection, &[u64]) -> RedisResult<T>) -> Result<T, ClusterError> {
+        let timeout = self.inner.options.query_timeout;
+        let mut slot = self.inner.queries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            let conn = self.inner.client.get_connection_with_timeout(timeout).map_err(ClusterError::Unavailable)?;
+            conn.set_read_timeout(Some(timeout)).map_err(ClusterError::Unavailable)?;
+            conn.set_write_timeout(Some(timeout)).map_err(ClusterError::Unavailable)?;
+            *slot = Some(conn);
+        }
+        let conn = slot.as_mut().expect("connected above");
+        let result = alive_nodes(conn, &self.inner.options.prefix).and_then(|nodes| run(conn, &nodes));
+        if result.is_err() {
+            *slot = None; // Reconnect next time.
+        }
+        result.map_err(ClusterError::Unavailable)
+    }
+
+    /// The key of the set that `scope` reads on `node`.
+    fn scope_key(&self, node: u64, scope: Scope<'_>) -> String {
+        let node = hex(node);
+        match scope {
+            Scope::Group(group) => self.key(&format!("n:{node}:g:{group}")),
+            Scope::User(user) => self.key(&format!("n:{node}:u:{user}")),
+            _ => self.key(&format!("n:{node}:sockets")),
+        }
+    }
+
+    /// The nodes whose heartbeat is alive, this one included once it has beaten.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
+    pub fn nodes(&self) -> Result<Vec<u64>, ClusterError> {
+        self.query(|_, nodes| Ok(nodes.to_vec()))
+    }
+
+    /// The sockets in `scope`, on every live node, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
+    pub fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, ClusterError> {
+        self.query(|conn, nodes| {
+            let mut pipe = redis::pipe();
+            for node in nodes {
+                pipe.smembers(self.scope_key(*node, scope));
+            }
+            let sets: Vec<Vec<u64>> = pipe.query(conn)?;
+            let mut sockets: Vec<SocketId> = nodes
+                .iter()
+                .zip(sets)
+                .flat_map(|(&node, ids)| ids.into_iter().map(move |id| SocketId { node, conn: ConnId(id) }))
+                .collect();
+            sockets.sort();
+            Ok(sockets)
+        })
+    }
+
+    /// How many sockets `scope` has, on every live node.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
+    pub fn count(&self, scope: Scope<'_>) -> Result<usize, ClusterError> {
+        self.query(|conn, nodes| {
+            let mut pipe = redis::pipe();
+            for node in nodes {
+                pipe.scard(self.scope_key(*node, scope));
+            }
+            let counts: Vec<usize> = pipe.query(conn)?;
+            Ok(counts.into_iter().sum())
+        })
+    }
+
+    /// Whether a socket is connected to a live node.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
+    pub fn socket_exists(&self, socket: SocketId) -> Result<bool, ClusterError> {
+        self.query(|conn, nodes| {
+            if !nodes.contains(&socket.node) {
+                return Ok(false);
+            }
+            conn.sismember(self.scope_key(socket.node, Scope::All), socket.conn.0)
+        })
+    }
+
+    /// Every user with a connection on a live node, sorted.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
+    pub fn users(&self) -> Result<Vec<String>, ClusterError> {
+        self.query(|conn, nodes| {
+            let keys: Vec<String> = nodes.iter().map(|node| self.key(&format!("n:{}:users", hex(*node)))).collect();
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut users: Vec<String> = conn.sunion(keys)?;
+            users.sort();
+            Ok(users)
+        })
+    }
+}
+
+/// The live nodes, by Redis's clock (so the nodes' clocks need not agree).
+fn alive_nodes(conn: &mut Connection, prefix: &str) -> RedisResult<Vec<u64>> {
+    const ALIVE: &str = "local t = redis.call('TIME')
+        return redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')";
+    let nodes: Vec<String> = eval(ALIVE, &[&format!("{prefix}:nodes")]).query(conn)?;
+    Ok(nodes.iter().filter_map(|node| u64::from_str_radix(node, 16).ok()).collect())
+}
+
+/// A Lua script call (sent whole: they are short and rare).
+pub(super) fn eval(script: &str, keys: &[&str]) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(script).arg(keys.len()).arg(keys);
+    cmd
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A node id: random (std's per-process hash keys, a counter and the clock),
+/// so a restarted process, or a second link in one process, is a new node.
+fn node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    hasher.write_u64(now_ms());
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}
+
+/// Whether the link was stopped or dropped: its threads then end.
+pub(super) fn gone(link: &Weak<LinkState>) -> bool {
+    link.upgrade().map_or(true, |inner| inner.stopped.load(Ordering::SeqCst))
+}
+
+/// What each of the link's threads needs to connect on its own: the
+/// client, the settings, and this node's id in hex.
+pub(super) type ThreadCtx = (redis::Client, RedisOptions, String);

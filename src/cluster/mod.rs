@@ -1,0 +1,68 @@
+//! Scale-out over Redis (feature `redis`): [`RedisAdapter`] plugs an
+//! [`App`](crate::app::App) into a cluster of servers sharing one Redis;
+//! [`RedisLink`] is the node-to-node transport and the shared presence under it.
+//!
+//! ```no_run
+//! use emitws::app::{App, BroadcastOpts};
+//! use emitws::cluster::{RedisAdapter, RedisOptions};
+//!
+//! let mut app = App::new();
+//! app.adapter(RedisAdapter::new("redis://127.0.0.1:6379/", RedisOptions::default())?);
+//! app.on("/say", |req| {
+//!     // Reaches #lobby's members on every server of the cluster.
+//!     let _ = req.broadcast("/said", &req.raw_data(), BroadcastOpts::to("#lobby"));
+//! });
+//! let running = app.listen("0.0.0.0:3000")?;
+//! println!("{} sockets cluster-wide", running.cluster().socket_count()?);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Every node has an id and keeps a heartbeat in the sorted set `P:nodes`
+//! (score: when the heartbeat expires, in ms). Presence lives in per-node
+//! sets (`P:n:NODE:sockets`, `P:n:NODE:g:GROUP`, `P:n:NODE:u:USER`, and the
+//! list `P:n:NODE:users`; a set emptied is gone), and every query reads only
+//! the nodes whose heartbeat is alive: a dead node leaves all answers as soon
+//! as its heartbeat expires, and survivors delete its keys afterwards.
+//!
+//! Messages between nodes go over pub/sub: `P:all` for broadcasts, `P:node:ID`
+//! for one node. Each payload starts with the sender's id (16 hex digits) and
+//! a newline, so a node ignores its own broadcasts; the app's messages then
+//! have a one-line JSON header saying who they are for, a newline and the
+//! envelope (see [`RedisAdapter`]). One thread per node subscribes, another
+//! owns the writing connection: it pipelines queued publishes and presence
+//! updates, refreshes the heartbeat, and reconnects with backoff. An outage
+//! is logged once, when it starts, and once when it ends; local delivery never
+//! waits for Redis.
+//!
+//! ```no_run
+//! use emitws::cluster::{RedisLink, RedisOptions};
+//! let node = RedisLink::start("redis://127.0.0.1:6379/", RedisOptions::default(), |message| {
+//!     println!("from {}: {} bytes", message.from, message.payload.len());
+//! })?;
+//! node.add_socket(1);
+//! node.join("#lobby", 1);
+//! node.publish_all(br#"[0,"/news","hello"]"#);
+//! println!("{} in #lobby cluster-wide", node.count(emitws::app::Scope::Group("#lobby"))?);
+//! # Ok::<(), emitws::cluster::ClusterError>(())
+//! ```
+//!
+//! # Files
+//!
+//! `options` (settings), `error`, `wire` (node ids, payload framing, the
+//! app-message header), `link` (the node's [`RedisLink`] and its queries),
+//! `writer` and `subscriber` (the link's two threads), `outage` (backoff and
+//! outage logging, shared by both threads), `adapter` ([`RedisAdapter`]).
+
+mod adapter;
+mod error;
+mod link;
+mod options;
+mod outage;
+mod subscriber;
+mod wire;
+mod writer;
+
+pub use adapter::RedisAdapter;
+pub use error::ClusterError;
+pub use link::{Inbound, RedisLink};
+pub use options::RedisOptions;

@@ -1,0 +1,36 @@
+//! Living through Redis outages: the wait between reconnection attempts, and
+//! a log line when an outage starts and one when it ends.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// Logs an outage once when it starts and once when it ends.
+pub(super) struct Outage {
+    what: &'static str,
+    since: Option<Instant>,
+}
+
+impl Outage {
+    /// No outage yet of `what` (the publisher, the subscriber).
+    pub(super) fn new(what: &'static str) -> Outage {
+        Outage { what, since: None }
+    }
+
+    pub(super) fn failed(&mut self, error: &dyn fmt::Display) {
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            eprintln!("emitws: Redis {} lost: {error}; local delivery goes on, retrying", self.what);
+        }
+    }
+
+    pub(super) fn recovered(&mut self) {
+        if let Some(since) = self.since.take() {
+            eprintln!("emitws: Redis {} back after {:.1} s", self.what, since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The next wait between attempts: doubling, capped.
+pub(super) fn backoff(current: Duration, max: Duration) -> Duration {
+    (current * 2).clamp(Duration::from_millis(50), max)
+}

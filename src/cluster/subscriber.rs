@@ -1,0 +1,65 @@
+//! The link's subscriber thread: it listens on the broadcast channel and
+//! this node's own, and hands every other node's message on.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::thread;
+use std::time::Duration;
+
+use super::link::{gone, Inbound, LinkState, ThreadCtx};
+use super::outage::{backoff, Outage};
+use super::wire::split_sender;
+
+/// The subscriber thread: hands every message from another node to `deliver`.
+pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, deliver: impl Fn(Inbound)) {
+    let p = options.prefix.clone();
+    let all = format!("{p}:all");
+    let direct = format!("{p}:node:{node}");
+    let mut outage = Outage::new("subscriber");
+    let mut wait = Duration::ZERO;
+    loop {
+        if gone(&link) {
+            return;
+        }
+        let mut conn = match client.get_connection_with_timeout(options.query_timeout) {
+            Ok(conn) => conn,
+            Err(e) => {
+                outage.failed(&e);
+                wait = backoff(wait, options.max_backoff);
+                thread::sleep(wait);
+                continue;
+            }
+        };
+        // Wake up now and then to notice a stop.
+        let _ = conn.set_read_timeout(Some(Duration::from_millis(250)));
+        let mut pubsub = conn.as_pubsub();
+        if pubsub.subscribe(&all).and_then(|()| pubsub.subscribe(&direct)).is_err() {
+            continue;
+        }
+        outage.recovered();
+        wait = Duration::ZERO;
+        let listening = |yes: bool| link.upgrade().map(|inner| inner.subscribed.store(yes, Ordering::SeqCst));
+        listening(true);
+        loop {
+            if gone(&link) {
+                return;
+            }
+            let message = match pubsub.get_message() {
+                Ok(message) => message,
+                Err(e) if e.is_timeout() => continue,
+                Err(e) => {
+                    listening(false);
+                    outage.failed(&e);
+                    break;
+                }
+            };
+            // Malformed payloads (no sender line) are ignored.
+            let Some((sender, from, payload)) = split_sender(message.get_payload_bytes()) else { continue };
+            if sender == node.as_bytes() {
+                continue;
+            }
+            let is_direct = message.get_channel_name() == direct;
+            deliver(Inbound { from, direct: is_direct, payload: payload.to_vec() });
+        }
+    }
+}

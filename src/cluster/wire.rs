@@ -1,0 +1,48 @@
+//! What goes over Redis between nodes: node ids as 16 hex digits, every
+//! payload behind its sender's line, and the app messages' JSON header.
+
+use serde::{Deserialize, Serialize};
+
+/// A node id as it appears in keys, channels and payloads.
+pub(super) fn hex(node: u64) -> String {
+    format!("{node:016x}")
+}
+
+/// A payload as published: the sender's id, a newline, then `parts`.
+pub(super) fn with_sender(node: u64, parts: &[&[u8]]) -> Vec<u8> {
+    let node = hex(node);
+    let mut payload = Vec::with_capacity(node.len() + 1 + parts.iter().map(|p| p.len()).sum::<usize>());
+    payload.extend_from_slice(node.as_bytes());
+    payload.push(b'\n');
+    parts.iter().for_each(|part| payload.extend_from_slice(part));
+    payload
+}
+
+/// A received payload split at its first line: the sender's id as written,
+/// that id read, and the rest. `None` when there is no sender line.
+pub(super) fn split_sender(payload: &[u8]) -> Option<(&[u8], u64, &[u8])> {
+    let at = payload.iter().position(|&b| b == b'\n')?;
+    let sender = &payload[..at];
+    let from = std::str::from_utf8(sender).ok().and_then(|f| u64::from_str_radix(f, 16).ok())?;
+    Some((sender, from, &payload[at + 1..]))
+}
+
+/// Who an app message between nodes is for: the JSON line before the envelope.
+#[derive(Serialize, Deserialize)]
+pub(super) enum Header {
+    /// A broadcast: its groups (none: everyone) and the sockets left out, as (node, conn).
+    #[serde(rename = "b")]
+    Broadcast(Vec<String>, Vec<(u64, u64)>),
+    /// One connection of the receiving node.
+    #[serde(rename = "s")]
+    Socket(u64),
+    /// A user's devices.
+    #[serde(rename = "u")]
+    User(String),
+    /// Close one connection of the receiving node with a code; the reason follows.
+    #[serde(rename = "cs")]
+    CloseSocket(u64, u16),
+    /// Close a user's devices with a code; the reason follows.
+    #[serde(rename = "cu")]
+    CloseUser(String, u16),
+}

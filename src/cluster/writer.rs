@@ -1,0 +1,279 @@
+//! The link's writing thread: it owns the writing connection, pipelines
+//! queued publishes and presence updates, refreshes the heartbeat, replays
+//! this node's presence after a lapse, and reconnects with backoff.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use redis::{Commands, Connection, RedisResult};
+
+use super::link::{eval, gone, LinkState, ThreadCtx};
+use super::outage::{backoff, Outage};
+
+/// Work for the writing thread.
+pub(super) enum WriterCommand {
+    Publish { channel: String, payload: Vec<u8> },
+    AddSocket(u64),
+    RemoveSocket { id: u64, groups: Vec<String>, user: Option<String> },
+    Join { group: String, id: u64 },
+    Leave { group: String, id: u64 },
+    AddUser { user: String, id: u64 },
+    Stop,
+}
+
+/// The writing thread: publishes, presence updates and the heartbeat.
+pub(super) struct Writer {
+    link: Weak<LinkState>,
+    /// This node's presence, socket by socket (`g:GROUP`, `u:USER`), to write
+    /// again after a reconnect or a lapsed heartbeat.
+    presence: HashMap<u64, Vec<String>>,
+}
+
+impl Writer {
+    /// A writer for `link`, with no presence recorded yet.
+    pub(super) fn new(link: Weak<LinkState>) -> Writer {
+        Writer { link, presence: HashMap::new() }
+    }
+
+    /// The thread's loop, until the link stops or is dropped.
+    pub(super) fn run(mut self, queue: Receiver<WriterCommand>, (client, options, node): ThreadCtx) {
+        let p = options.prefix.clone();
+        let beat_every = options.heartbeat_ttl / 3;
+        let mut conn: Option<Connection> = None;
+        let mut outage = Outage::new("publisher");
+        let mut wait = Duration::ZERO;
+        let mut next_beat = Instant::now();
+        let mut fresh = false;
+        let mut batch: Vec<WriterCommand> = Vec::new();
+        loop {
+            let timeout = next_beat.saturating_duration_since(Instant::now());
+            match queue.recv_timeout(timeout) {
+                Ok(WriterCommand::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(write) => {
+                    batch.push(write);
+                    // Pipeline everything already queued with it.
+                    while let Ok(write) = queue.try_recv() {
+                        if matches!(write, WriterCommand::Stop) {
+                            self.flush(&mut conn, &mut batch, &p, &node);
+                            return self.leave(conn, &p, &node);
+                        }
+                        batch.push(write);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if gone(&self.link) {
+                break;
+            }
+            if conn.is_none() {
+                // Waiting out the backoff: what comes meanwhile is not sent.
+                if Instant::now() < next_beat {
+                    self.drop_publishes(&mut batch);
+                    continue;
+                }
+                match client.get_connection_with_timeout(options.query_timeout) {
+                    Ok(c) => {
+                        let _ = c.set_read_timeout(Some(options.query_timeout));
+                        let _ = c.set_write_timeout(Some(options.query_timeout));
+                        conn = Some(c);
+                        next_beat = Instant::now();
+                        fresh = true;
+                    }
+                    Err(e) => {
+                        outage.failed(&e);
+                        self.drop_publishes(&mut batch);
+                        wait = backoff(wait, options.max_backoff);
+                        next_beat = Instant::now() + wait;
+                        continue;
+                    }
+                }
+            }
+            if Instant::now() >= next_beat {
+                let ttl = options.heartbeat_ttl.as_millis() as u64;
+                let beat = conn.as_mut().map(|c| {
+                    let lapsed = heartbeat(c, &p, &node, ttl)?;
+                    // Redis may have lost this node's presence (a restart, or
+                    // survivors that took it for dead): write it again.
+                    if lapsed || fresh {
+                        self.replay(c, &p, &node)?;
+                    }
+                    Ok::<_, redis::RedisError>(())
+                });
+                match beat {
+                    Some(Ok(())) => {
+                        outage.recovered();
+                        wait = Duration::ZERO;
+                        next_beat = Instant::now() + beat_every;
+                        fresh = false;
+                    }
+                    Some(Err(e)) => {
+                        // Connected but refused (Redis still loading, say): back off too.
+                        outage.failed(&e);
+                        conn = None;
+                        wait = backoff(wait, options.max_backoff);
+                        next_beat = Instant::now() + wait;
+                        continue;
+                    }
+                    None => continue,
+                }
+            }
+            self.flush(&mut conn, &mut batch, &p, &node);
+            if conn.is_none() {
+                next_beat = Instant::now(); // Lost while writing: reconnect at once, then back off.
+            }
+        }
+        self.leave(conn, &p, &node);
+    }
+
+    /// Takes the publishes out of the batch (written, or lost in an outage);
+    /// presence is kept (and replayed).
+    fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>) {
+        let before = batch.len();
+        batch.retain(|w| !matches!(w, WriterCommand::Publish { .. }));
+        if let Some(inner) = self.link.upgrade() {
+            inner.queued.fetch_sub(before - batch.len(), Ordering::Relaxed);
+        }
+        self.remember(batch);
+    }
+
+    /// Applies presence writes to the state kept for replays.
+    fn remember(&mut self, batch: &mut Vec<WriterCommand>) {
+        for write in batch.drain(..) {
+            match write {
+                WriterCommand::AddSocket(id) => {
+                    self.presence.entry(id).or_default();
+                }
+                WriterCommand::Join { group, id } => self.presence.entry(id).or_default().push(format!("g:{group}")),
+                WriterCommand::AddUser { user, id } => self.presence.entry(id).or_default().push(format!("u:{user}")),
+                WriterCommand::Leave { group, id } => {
+                    if let Some(sets) = self.presence.get_mut(&id) {
+                        sets.retain(|set| set.strip_prefix("g:") != Some(&group));
+                    }
+                }
+                WriterCommand::RemoveSocket { id, .. } => {
+                    self.presence.remove(&id);
+                }
+                WriterCommand::Publish { .. } | WriterCommand::Stop => {}
+            }
+        }
+    }
+
+    fn flush(&mut self, conn: &mut Option<Connection>, batch: &mut Vec<WriterCommand>, p: &str, node: &str) {
+        if batch.is_empty() {
+            return;
+        }
+        let Some(c) = conn.as_mut() else { return self.drop_publishes(batch) };
+        let mut pipe = redis::pipe();
+        let mut left_users = Vec::new();
+        for write in batch.iter() {
+            match write {
+                WriterCommand::Publish { channel, payload } => {
+                    pipe.publish(channel, payload.as_slice()).ignore();
+                }
+                WriterCommand::AddSocket(id) => {
+                    pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
+                }
+                WriterCommand::RemoveSocket { id, groups, user } => {
+                    pipe.srem(format!("{p}:n:{node}:sockets"), id).ignore();
+                    for group in groups {
+                        pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    }
+                    if let Some(user) = user {
+                        pipe.srem(format!("{p}:n:{node}:u:{user}"), id).ignore();
+                        left_users.push(user);
+                    }
+                }
+                WriterCommand::Join { group, id } => {
+                    pipe.sadd(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                }
+                WriterCommand::Leave { group, id } => {
+                    pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                }
+                WriterCommand::AddUser { user, id } => {
+                    pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
+                    pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                }
+                WriterCommand::Stop => {}
+            }
+        }
+        // A user with no connection left on this node is no longer listed here
+        // (the writes above ran first, in order, on this one connection).
+        const UNLIST: &str =
+            "if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end return 0";
+        for user in left_users {
+            let keys = [&format!("{p}:n:{node}:u:{user}")[..], &format!("{p}:n:{node}:users")];
+            pipe.add_command(eval(UNLIST, &keys).arg(user).clone()).ignore();
+        }
+        let result: RedisResult<()> = pipe.query(c);
+        if result.is_err() {
+            *conn = None;
+        }
+        self.drop_publishes(batch);
+    }
+
+    /// Writes this node's presence again, replacing whatever Redis has of it.
+    fn replay(&self, c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+        let stale = node_keys(c, p, node)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        if !stale.is_empty() {
+            pipe.del(stale).ignore();
+        }
+        for (id, sets) in &self.presence {
+            pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
+            for set in sets {
+                match set.split_once(':') {
+                    Some(("g", group)) => pipe.sadd(format!("{p}:n:{node}:g:{group}"), id).ignore(),
+                    Some((_, user)) => {
+                        pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                        pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore()
+                    }
+                    None => continue,
+                };
+            }
+        }
+        pipe.query(c)
+    }
+
+    /// Removes this node from the cluster on a clean stop.
+    fn leave(&self, conn: Option<Connection>, p: &str, node: &str) {
+        if let Some(mut c) = conn {
+            let _: RedisResult<()> = c.zrem(format!("{p}:nodes"), node);
+            let _ = delete_node_keys(&mut c, p, node);
+        }
+    }
+}
+
+/// Refreshes this node's heartbeat (by Redis's clock) and forgets the nodes
+/// whose heartbeat died. True if this node's own heartbeat had lapsed.
+fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResult<bool> {
+    let nodes = format!("{p}:nodes");
+    const BEAT: &str = "local t = redis.call('TIME')
+        local now = t[1] * 1000 + math.floor(t[2] / 1000)
+        local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
+        redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+        local lapsed = 1
+        if was and tonumber(was) >= now then lapsed = 0 end
+        return {lapsed, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)}";
+    let (lapsed, dead): (u8, Vec<String>) = eval(BEAT, &[&nodes]).arg(node).arg(ttl_ms).query(c)?;
+    for dead in dead {
+        delete_node_keys(c, p, &dead)?;
+        let _: () = c.zrem(&nodes, &dead)?;
+    }
+    Ok(lapsed == 1)
+}
+
+fn node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<Vec<String>> {
+    c.scan_match(format!("{p}:n:{node}:*"))?.collect()
+}
+
+fn delete_node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+    let keys = node_keys(c, p, node)?;
+    if !keys.is_empty() {
+        let _: () = c.del(keys)?;
+    }
+    Ok(())
+}
