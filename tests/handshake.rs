@@ -203,8 +203,8 @@ impl Handler for Gate {
         self.events.on_message(conn, message);
     }
 
-    fn on_close(&mut self, conn: &mut Conn<'_, String>, code: emitws::proto::CloseCode, reason: &str) {
-        self.events.on_close(conn, code, reason);
+    fn on_close(&mut self, conn: &mut Conn<'_, String>, reason: &emitws::proto::CloseReason) {
+        self.events.on_close(conn, reason);
     }
 }
 
@@ -228,7 +228,7 @@ fn on_upgrade_can_reject_with_404_and_401() {
     let record = gate.events.events.snapshot();
     assert_eq!(record.opened.iter().map(|(_, tag)| tag.as_str()).collect::<Vec<_>>(), ["/private"]);
     server.shutdown();
-    assert!(gate.events.events.snapshot().closed.iter().all(|(id, _, _)| *id == record.opened[0].0));
+    assert!(gate.events.events.snapshot().closed.iter().all(|(id, _)| *id == record.opened[0].0));
 }
 
 #[test]

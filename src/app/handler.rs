@@ -19,7 +19,7 @@ use super::router::Handler as EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Calls, Done, StartCall};
 use super::socket::{flag, SocketData};
 use super::{AppHandle, DevicePolicy, Error, Presence, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
-use crate::proto::{CloseCode, Message, OpCode};
+use crate::proto::{CloseCode, CloseReason, Message, OpCode};
 use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
@@ -620,7 +620,8 @@ impl Handler for AppWorker {
         self.system(conn, &app.0.setup.router.system.ping, "@ping", &serde_json::json!({ "rtt_ms": rtt }));
     }
 
-    fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str) {
+    fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, why: &CloseReason) {
+        let (code, reason) = (why.code(), &*why.reason());
         let app = self.app.clone();
         let id = conn.id();
         for done in self.local.calls.take_all(id) {

@@ -2,14 +2,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::socket::{time_left, Stream};
 use super::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::{
-    encode_frame_with_rsv, CloseCode, CloseHandshake, Decoder, Event, Limits, MaskRng, Message, OpCode, ProtocolError,
-    ReadyEvent, Role,
+    encode_frame_with_rsv, CloseCode, CloseHandshake, CloseReason, Decoder, Event, Limits, MaskRng, Message, OpCode,
+    ProtocolError, ReadyEvent, Role,
 };
 use crate::runtime::compress::{DeflateState, Deflater, RSV1};
 
@@ -62,7 +63,7 @@ struct Writer {
     rng: MaskRng,
     close: CloseHandshake,
     /// Why the connection ended, once it has.
-    ended: Option<(CloseCode, String)>,
+    ended: Option<CloseReason>,
 }
 
 /// permessage-deflate, once agreed: the same state and buffers as a
@@ -209,7 +210,9 @@ impl Client {
                 // 1006 is never sent: it marks a connection that ended without a close frame.
                 Err(ClientError::Closed { code, .. }) if code != CloseCode::ABNORMAL => return Ok(()),
                 Err(e) => {
-                    self.writer.end(CloseCode::ABNORMAL, "close handshake failed");
+                    // Every other failure has ended the connection already; a
+                    // timeout waiting for the server's answer has not.
+                    self.writer.end(CloseReason::CloseTimeout);
                     self.writer.stream.shutdown();
                     return Err(e);
                 }
@@ -246,8 +249,8 @@ impl Client {
     /// event's input starts in the read buffer.
     fn poll_ready(&mut self, pongs: bool) -> Result<(usize, ReadyEvent), ClientError> {
         loop {
-            if let Some((code, reason)) = &self.writer.ended {
-                return Err(ClientError::Closed { code: *code, reason: reason.clone() });
+            if let Some(reason) = &self.writer.ended {
+                return Err(reason.into());
             }
             let reader = &mut self.reader;
             if reader.start == reader.end {
@@ -288,7 +291,7 @@ impl Client {
                         // The server may be gone already; the close is complete either way.
                         let _ = self.writer.frame(OpCode::Close, 0, reply.payload());
                     }
-                    self.writer.end(code.unwrap_or(CloseCode::NO_STATUS), &reason);
+                    self.writer.end(CloseReason::Peer { code, reason });
                     self.await_server_close();
                 }
             }
@@ -301,7 +304,7 @@ impl Client {
         match self.writer.stream.read(&mut reader.buf) {
             Ok(0) => {
                 self.writer.close.fail(CloseCode::ABNORMAL, "");
-                self.writer.end(CloseCode::ABNORMAL, "connection closed without a close frame");
+                self.writer.end(CloseReason::NoCloseFrame);
                 Ok(())
             }
             Ok(n) => {
@@ -314,8 +317,9 @@ impl Client {
             }
             Err(e) => {
                 self.writer.close.fail(CloseCode::ABNORMAL, "");
-                self.writer.end(CloseCode::ABNORMAL, &e.to_string());
-                Err(ClientError::Io(e))
+                let e = Arc::new(e);
+                self.writer.end(CloseReason::ReadFailed(e.clone()));
+                Err(ClientError::Io(io::Error::new(e.kind(), e)))
             }
         }
     }
@@ -353,17 +357,19 @@ impl Writer {
             self.buf = Vec::new();
         }
         result.map_err(|e| {
-            if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-                self.close.fail(CloseCode::ABNORMAL, "");
-                self.end(CloseCode::ABNORMAL, &e.to_string());
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                return ClientError::Timeout;
             }
-            ClientError::from(e)
+            self.close.fail(CloseCode::ABNORMAL, "");
+            let e = Arc::new(e);
+            self.end(CloseReason::WriteFailed(e.clone()));
+            ClientError::Io(io::Error::new(e.kind(), e))
         })
     }
 
     fn check_open(&self) -> Result<(), ClientError> {
         match &self.ended {
-            Some((code, reason)) => Err(ClientError::Closed { code: *code, reason: reason.clone() }),
+            Some(reason) => Err(reason.into()),
             None if !self.close.is_open() => {
                 Err(ClientError::Closed { code: CloseCode::NORMAL, reason: "closing".to_string() })
             }
@@ -372,18 +378,17 @@ impl Writer {
     }
 
     /// Records why the connection ended (the first reason wins).
-    fn end(&mut self, code: CloseCode, reason: &str) {
-        self.ended.get_or_insert_with(|| (code, reason.to_string()));
+    fn end(&mut self, reason: CloseReason) {
+        self.ended.get_or_insert(reason);
     }
 
     /// Fails the connection for a protocol error of the server's: a close
     /// frame with the error's code (unless ours went already), then TCP closed.
     fn fail(&mut self, error: ProtocolError) -> ClientError {
-        let reason = error.to_string();
-        if let Some(frame) = self.close.fail(error.close_code(), &reason) {
+        if let Some(frame) = self.close.fail(error.close_code(), &error.to_string()) {
             let _ = self.frame(OpCode::Close, 0, frame.payload());
         }
-        self.end(error.close_code(), &reason);
+        self.end(CloseReason::Protocol(error));
         self.stream.shutdown();
         ClientError::Protocol(error)
     }

@@ -7,6 +7,7 @@
 
 pub mod client_handshake;
 mod close;
+mod close_reason;
 mod decoder;
 pub mod deflate;
 mod error;
@@ -16,6 +17,7 @@ mod mask;
 pub(crate) mod utf8;
 
 pub use close::{CloseCode, CloseFrame, CloseHandshake};
+pub use close_reason::CloseReason;
 pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Polled, ReadyEvent, Role};
 pub use error::ProtocolError;
 pub use frame::{close_payload, encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};

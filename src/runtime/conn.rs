@@ -14,7 +14,7 @@ use super::timer::{Entry, Wheel};
 use super::worker::Dialing;
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::handshake::RequestReader;
-use crate::proto::{CloseCode, CloseHandshake, Limits, MaskRng, OpCode};
+use crate::proto::{CloseCode, CloseHandshake, CloseReason, Limits, MaskRng, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
@@ -59,7 +59,8 @@ pub(crate) mod flag {
     pub const OPENED: u16 = 1 << 4;
     /// `on_close` ran.
     pub const NOTIFIED: u16 = 1 << 5;
-    /// The connection failed inside a callback; `on_close` is due after it returns.
+    /// The connection failed inside a callback (its send budget ran out);
+    /// `on_close` is due after it returns.
     pub const CLOSE_PENDING: u16 = 1 << 6;
     /// The poller reported the peer's end of the stream: no further readiness
     /// will come, so reads must go on until they see it.
@@ -80,8 +81,6 @@ pub(crate) struct Connection<D> {
     pub generation: u32,
     pub phase: Phase,
     pub flags: u16,
-    /// The close code to report when `CLOSE_PENDING` is set.
-    pub pending_code: u16,
     /// When the connection next needs attention (a wheel tick).
     pub deadline: u32,
     /// The tick of this connection's wheel entry, or 0 for none.
@@ -549,15 +548,14 @@ impl<D> Conn<'_, D> {
         }
         if self.conn.queued() + len > self.ctx.settings.max_buffered {
             if self.ctx.settings.backpressure == BackpressurePolicy::Close {
-                let code = CloseCode::POLICY_VIOLATION;
+                let reason = CloseReason::SendBufferFull;
                 // The peer is not reading: what is queued would never arrive
                 // anyway, so make room for the close frame.
                 if let Some(queue) = self.conn.out.as_mut() {
                     queue.truncate_unstarted();
                 }
-                self.ctx.fail(self.key, self.conn, code, "send buffer full");
+                self.ctx.fail(self.key, self.conn, reason.code(), &reason.reason());
                 self.conn.flags |= flag::CLOSE_PENDING;
-                self.conn.pending_code = code.0;
             }
             return Err(SendStatus::Refused);
         }

@@ -33,7 +33,7 @@ pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, Origi
 
 use crate::proto::deflate::DeflateConfig;
 use crate::proto::handshake::Request;
-use crate::proto::{CloseCode, Message};
+use crate::proto::{CloseCode, CloseReason, Message};
 
 /// The application's side of a server: callbacks for each connection event.
 ///
@@ -86,11 +86,13 @@ pub trait Handler: Clone + Send + 'static {
         let _ = conn;
     }
 
-    /// The connection closed: `code` is the peer's close code, the code the
-    /// server failed the connection with, or 1006 when it just dropped.
+    /// The connection closed, for `reason`: the peer's close frame, a
+    /// protocol error, a timeout, an I/O error… ([`CloseReason::code`] gives
+    /// the close code that applies: the peer's, the one the server failed
+    /// the connection with, or 1006 when it just dropped).
     /// Called exactly once for every connection that was opened.
-    fn on_close(&mut self, conn: &mut Conn<'_, Self::Data>, code: CloseCode, reason: &str) {
-        let _ = (conn, code, reason);
+    fn on_close(&mut self, conn: &mut Conn<'_, Self::Data>, reason: &CloseReason) {
+        let _ = (conn, reason);
     }
 
     /// An outgoing connection ([`ServerHandle::connect`]) failed before it

@@ -27,7 +27,7 @@ use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
 use crate::client::ClientError;
 use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::{self, HandshakeError, RequestReader};
-use crate::proto::{CloseCode, Decoder, Event, OpCode, ProtocolError, Role};
+use crate::proto::{CloseCode, CloseReason, Decoder, Event, OpCode, ProtocolError, Role};
 
 mod outgoing;
 
@@ -272,7 +272,7 @@ impl<H: Handler> Worker<H> {
                 if self.slab.is_empty() || now >= deadline {
                     let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
                     for key in keys {
-                        self.abort(key, "server shut down");
+                        self.abort(key, CloseReason::Shutdown);
                     }
                     return;
                 }
@@ -347,7 +347,6 @@ impl<H: Handler> Worker<H> {
             generation: self.next_generation,
             phase: Phase::Handshake,
             flags: 0,
-            pending_code: 0,
             deadline: 0,
             armed: 0,
             timer: 0,
@@ -443,7 +442,7 @@ impl<H: Handler> Worker<H> {
         for key in keys {
             let conn = &mut self.slab[key].conn;
             match conn.phase {
-                Phase::Handshake => self.abort(key, "server shutting down"),
+                Phase::Handshake => self.abort(key, CloseReason::Shutdown),
                 _ => self.ctx.start_close(key, conn, CloseCode::GOING_AWAY, "server shutting down"),
             }
         }
@@ -464,7 +463,7 @@ impl<H: Handler> Worker<H> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.abort(key, "read error"),
+                Err(e) => return self.abort(key, CloseReason::ReadFailed(Arc::new(e))),
             };
             let is_tls = conn.is_tls();
             if conn.phase == Phase::Open {
@@ -491,7 +490,7 @@ impl<H: Handler> Worker<H> {
             // The peer may close right after its close frame; still send our reply.
             self.flush(key);
         }
-        self.abort(key, "connection closed without a close frame");
+        self.abort(key, CloseReason::NoCloseFrame);
     }
 
     /// Hands `n` freshly read bytes to the connection's current phase.
@@ -540,9 +539,9 @@ impl<H: Handler> Worker<H> {
                     // The peer may be slow rather than gone: tell it why
                     // before dropping TCP. The handler hears now, with the
                     // code sent; the close timeout then ends the connection.
-                    let (code, reason) = (keepalive.close_code, "keepalive timeout");
-                    self.ctx.start_close(key, conn, code, reason);
-                    notify(&mut self.handler, key, conn, &mut self.ctx, code, reason);
+                    let reason = CloseReason::KeepaliveTimeout(keepalive.close_code);
+                    self.ctx.start_close(key, conn, reason.code(), &reason.reason());
+                    notify(&mut self.handler, key, conn, &mut self.ctx, &reason);
                 }
                 Some(keepalive) => {
                     conn.flags |= flag::PING_SENT;
@@ -552,7 +551,7 @@ impl<H: Handler> Worker<H> {
                 }
                 None => {}
             },
-            Phase::Closing | Phase::Finishing | Phase::Draining => self.abort(key, "close timeout"),
+            Phase::Closing | Phase::Finishing | Phase::Draining => self.abort(key, CloseReason::CloseTimeout),
         }
     }
 
@@ -579,23 +578,23 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Ok(false) => {
-                    if await_writable(poll, key, conn).is_err() {
-                        self.abort(key, "poll registration failed");
+                    if let Err(e) = await_writable(poll, key, conn) {
+                        self.abort(key, CloseReason::WriteFailed(Arc::new(e)));
                     }
                     return;
                 }
-                Err(_) => return self.abort(key, "write error"),
+                Err(e) => return self.abort(key, CloseReason::WriteFailed(Arc::new(e))),
             }
         }
         match conn.flush_tls() {
             Ok(true) => {}
             Ok(false) => {
-                if await_writable(poll, key, conn).is_err() {
-                    self.abort(key, "poll registration failed");
+                if let Err(e) = await_writable(poll, key, conn) {
+                    self.abort(key, CloseReason::WriteFailed(Arc::new(e)));
                 }
                 return;
             }
-            Err(_) => return self.abort(key, "write error"),
+            Err(e) => return self.abort(key, CloseReason::WriteFailed(Arc::new(e))),
         }
         if conn.phase == Phase::Finishing && conn.out.is_none() {
             conn.close_tls();
@@ -605,13 +604,13 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Drops the connection now, telling the handler if it had not been told.
-    fn abort(&mut self, key: usize, reason: &str) {
+    fn abort(&mut self, key: usize, reason: CloseReason) {
         let Worker { slab, handler, ctx, .. } = self;
         if let Some(slot) = slab.get_mut(key) {
             if slot.conn.is_dialing() {
-                return self.dial_failed(key, ClientError::Io(io::Error::other(reason)));
+                return self.dial_failed(key, dial_error(reason));
             }
-            notify(handler, key, &mut slot.conn, ctx, CloseCode::ABNORMAL, reason);
+            notify(handler, key, &mut slot.conn, ctx, &reason);
         }
         self.remove(key);
     }
@@ -831,7 +830,7 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
                     ctx.push_frame(key, conn, OpCode::Close, 0, reply.payload());
                 }
                 ctx.finish(key, conn);
-                notify(handler, key, conn, ctx, code.unwrap_or(CloseCode::NO_STATUS), reason);
+                notify(handler, key, conn, ctx, &CloseReason::Peer { code, reason: reason.to_string() });
                 return;
             }
         }
@@ -846,9 +845,8 @@ fn fail_on<H: Handler>(
     conn: &mut Connection<H::Data>,
     ctx: &mut Context,
 ) {
-    let reason = error.to_string();
-    ctx.fail(key, conn, error.close_code(), &reason);
-    notify(handler, key, conn, ctx, error.close_code(), &reason);
+    ctx.fail(key, conn, error.close_code(), &error.to_string());
+    notify(handler, key, conn, ctx, &CloseReason::Protocol(error));
 }
 
 /// Calls `on_close` once for an opened connection.
@@ -857,12 +855,11 @@ fn notify<H: Handler>(
     key: usize,
     conn: &mut Connection<H::Data>,
     ctx: &mut Context,
-    code: CloseCode,
-    reason: &str,
+    reason: &CloseReason,
 ) {
     if conn.has(flag::OPENED) && !conn.has(flag::NOTIFIED) {
         conn.flags |= flag::NOTIFIED;
-        handler.on_close(&mut Conn { key, conn, ctx }, code, reason);
+        handler.on_close(&mut Conn { key, conn, ctx }, reason);
     }
 }
 
@@ -870,8 +867,16 @@ fn notify<H: Handler>(
 fn settle<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut Context) {
     if conn.has(flag::CLOSE_PENDING) {
         conn.flags &= !flag::CLOSE_PENDING;
-        let code = CloseCode(conn.pending_code);
-        notify(handler, key, conn, ctx, code, "send buffer full");
+        notify(handler, key, conn, ctx, &CloseReason::SendBufferFull);
+    }
+}
+
+/// The error an outgoing connection that never opened reports for `reason`:
+/// an I/O error keeps its kind and the error itself.
+fn dial_error(reason: CloseReason) -> ClientError {
+    match reason {
+        CloseReason::ReadFailed(e) | CloseReason::WriteFailed(e) => ClientError::Io(io::Error::new(e.kind(), e)),
+        other => ClientError::Io(io::Error::other(other.reason().into_owned())),
     }
 }
 

@@ -71,7 +71,6 @@ impl<H: Handler> Worker<H> {
             phase: Phase::Handshake,
             // Writability says the connect finished; the interest stays on (see `await_writable`).
             flags: flag::CONNECTING | flag::WRITE_INTEREST,
-            pending_code: 0,
             deadline: 0,
             armed: 0,
             timer: 0,
