@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use super::socket::{time_left, Stream};
 use super::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
+use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::{
     encode_frame_with_rsv, CloseCode, CloseHandshake, CloseReason, Decoder, Event, Limits, MaskRng, Message, OpCode,
     ProtocolError, ReadyEvent, Role,
 };
-use crate::runtime::compress::{DeflateState, Deflater, RSV1};
 
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 64 << 10;

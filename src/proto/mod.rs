@@ -8,6 +8,7 @@
 pub mod client_handshake;
 mod close;
 mod close_reason;
+pub(crate) mod compress;
 mod decoder;
 pub mod deflate;
 mod error;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 
-use super::compress::{DeflateState, Deflater, RSV1};
 use super::handle::{ConnId, ServerHandle, SharedFrame};
 use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
 use super::timer::{Entry, Wheel};
 use super::worker::Dialing;
+use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::handshake::RequestReader;
 use crate::proto::{CloseCode, CloseHandshake, CloseReason, Limits, MaskRng, OpCode};

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
-use super::compress::SharedCompressed;
 use crate::client::{ClientBuilder, ClientError, Url};
+use crate::proto::compress::SharedCompressed;
 use crate::proto::{close_payload, encode_frame, CloseCode, OpCode};
 
 /// A connection's id, unique for the server's lifetime (slots are reused, ids are not

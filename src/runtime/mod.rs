@@ -11,7 +11,6 @@
 //! Messages arrive as slices borrowed from the worker's read buffer; sends are
 //! queued and written once per loop turn, with `writev`.
 
-pub(crate) mod compress;
 mod conn;
 mod conns;
 mod handle;

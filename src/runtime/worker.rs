@@ -18,13 +18,13 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::compress::{DeflateState, Deflater, RSV1};
 use super::conn::{flag, Conn, Connection, Context, Extra, Phase};
 use super::handle::{Command, ConnId, ServerHandle, Shared, Stats, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
 use crate::client::ClientError;
+use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, CloseReason, Decoder, Event, OpCode, ProtocolError, Role};

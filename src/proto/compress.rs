@@ -3,10 +3,10 @@
 //! client), so that connections whose context resets after every message
 //! hold no zlib state between messages.
 
-use crate::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
 use std::sync::{Arc, OnceLock};
 
-use crate::proto::{encode_frame_with_rsv, utf8, Message, OpCode, ProtocolError, Role};
+use super::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
+use super::{encode_frame_with_rsv, utf8, Message, OpCode, ProtocolError, Role};
 
 /// The RSV bit that marks a compressed message (RFC 7692 §6).
 pub(crate) const RSV1: u8 = 0b100;
@@ -38,7 +38,7 @@ impl SharedCompressed {
 }
 
 /// What a connection's zlib state is built from: our end, the agreement and
-/// our settings (the server's [`Settings::deflate`](super::Settings::deflate),
+/// our settings (the server's [`Settings::deflate`](crate::runtime::Settings::deflate),
 /// or the client's [`ClientBuilder::deflate`](crate::client::ClientBuilder::deflate)).
 /// A spare is only reused by a connection with an equal setup, so it never
 /// brings another window, level or reset rule along.
