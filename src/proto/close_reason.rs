@@ -39,6 +39,8 @@ pub enum CloseReason {
     /// The peer answered neither traffic nor our keepalive ping in time; we
     /// closed with this code.
     KeepaliveTimeout(CloseCode),
+    /// The upgrade did not finish in time.
+    HandshakeTimeout,
     /// The close handshake did not finish in time.
     CloseTimeout,
     /// The transport ended without a close frame.
@@ -63,7 +65,8 @@ impl CloseReason {
             CloseReason::Protocol(error) => error.close_code(),
             CloseReason::KeepaliveTimeout(code) => *code,
             CloseReason::SendBufferFull => CloseCode::POLICY_VIOLATION,
-            CloseReason::CloseTimeout
+            CloseReason::HandshakeTimeout
+            | CloseReason::CloseTimeout
             | CloseReason::NoCloseFrame
             | CloseReason::ReadFailed(_)
             | CloseReason::WriteFailed(_)
@@ -78,6 +81,7 @@ impl CloseReason {
             CloseReason::Peer { reason, .. } => reason,
             CloseReason::Protocol(error) => return Cow::Owned(error.to_string()),
             CloseReason::KeepaliveTimeout(_) => "keepalive timeout",
+            CloseReason::HandshakeTimeout => "handshake timeout",
             CloseReason::CloseTimeout => "close timeout",
             CloseReason::NoCloseFrame => "connection closed without a close frame",
             CloseReason::ReadFailed(_) => "read error",
@@ -95,6 +99,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Peer { code: Some(code), reason } => write!(f, "the peer closed with {code} {reason:?}"),
             CloseReason::Protocol(error) => write!(f, "the peer broke the protocol: {error}"),
             CloseReason::KeepaliveTimeout(code) => write!(f, "keepalive timeout (closed with {code})"),
+            CloseReason::HandshakeTimeout => f.write_str("the upgrade timed out"),
             CloseReason::CloseTimeout => f.write_str("the close handshake timed out"),
             CloseReason::NoCloseFrame => f.write_str("the connection closed without a close frame"),
             CloseReason::ReadFailed(error) => write!(f, "read error: {error}"),
@@ -126,6 +131,7 @@ mod tests {
             (CloseReason::Peer { code: None, reason: String::new() }, 1005, ""),
             (CloseReason::Protocol(ProtocolError::FrameTooLarge), 1009, "frame exceeds the maximum frame size"),
             (CloseReason::KeepaliveTimeout(CloseCode(4408)), 4408, "keepalive timeout"),
+            (CloseReason::HandshakeTimeout, 1006, "handshake timeout"),
             (CloseReason::CloseTimeout, 1006, "close timeout"),
             (CloseReason::NoCloseFrame, 1006, "connection closed without a close frame"),
             (CloseReason::ReadFailed(io()), 1006, "read error"),

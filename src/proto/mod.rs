@@ -9,6 +9,7 @@ pub mod client_handshake;
 mod close;
 mod close_reason;
 pub(crate) mod compress;
+pub mod connection;
 mod decoder;
 pub mod deflate;
 mod error;
