@@ -17,7 +17,9 @@
 //! 2. **On input**: once per transport read, [`handle_read`](Connection::handle_read)
 //!    (traffic postpones the keepalive ping); then, while input remains and
 //!    [`can_read`](Connection::can_read), [`decode`](Connection::decode) with
-//!    the rest of the input, handing each [`Received`] to the application.
+//!    the rest of the input, handing each [`Received`] to the application
+//!    (or the same in two steps: [`poll_input`](Connection::poll_input), then
+//!    [`received`](Connection::received)).
 //!    Pings are answered, closes echoed and protocol errors failed inside
 //!    `decode`, into the caller's [`Output`].
 //! 3. **On end of input or a transport error**: [`handle_eof`](Connection::handle_eof)
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     encode_frame_with_rsv, CloseCode, CloseHandshake, CloseReason, Decoder, Event, Limits, MaskRng, Message, OpCode,
-    Role,
+    ProtocolError, ReadyEvent, Role,
 };
 
 /// Settings shared by every connection of a server (or one client's own).
@@ -273,43 +275,97 @@ impl Connection {
         config: &Config,
         out: &mut impl Output,
     ) -> (usize, Option<Received<'a>>) {
+        let (used, ready) = self.poll_input(input, now, config, out);
+        let received = ready.and_then(|ready| self.received(input, ready, now, config, out).ok());
+        (used, received)
+    }
+
+    /// [`decode`](Self::decode) in two steps, for a driver that returns what
+    /// it received from a read loop (which the borrow checker refuses to let
+    /// a borrowed value leave): `poll_input` consumes input and deals with
+    /// control frames without borrowing, and says whether something for the
+    /// application is complete; [`received`](Self::received) then hands it out.
+    pub fn poll_input(
+        &mut self,
+        input: &mut [u8],
+        now: Instant,
+        config: &Config,
+        out: &mut impl Output,
+    ) -> (usize, Option<ReadyEvent>) {
         let len = input.len();
         if !self.can_read() {
             return (len, None);
         }
         let Connection { decoder, phase, timer, masks, ended, .. } = self;
-        let decoded = match decoder.decode(input, &config.limits) {
-            Ok(decoded) => decoded,
+        let polled = match decoder.poll(input, &config.limits) {
+            Ok(polled) => polled,
             Err(error) => {
                 fail(phase, timer, masks, ended, CloseReason::Protocol(error), now, config, out);
                 return (len, None);
             }
         };
+        let Some(ready) = polled.ready else { return (polled.consumed, None) };
         let open = *phase == Phase::Upgraded(CloseHandshake::Open);
-        let received = match decoded.event {
-            None => None,
-            Some(Event::Message(message)) => open.then_some(Received::Message(message)),
-            Some(Event::Compressed { text, payload }) => open.then_some(Received::Compressed { text, payload }),
-            Some(Event::Pong(payload)) => open.then_some(Received::Pong(payload)),
-            Some(Event::Ping(payload)) => {
+        if ready.is_data() || ready.is_pong() {
+            // After our close frame, data and pongs are no longer delivered.
+            return (polled.consumed, open.then_some(ready));
+        }
+        match decoder.event(input, ready) {
+            Ok(Event::Ping(payload)) => {
                 // Pongs count against the send budget like any frame: a ping
                 // flood from a peer that does not read cannot grow the queue.
                 if open && out.queued() + payload.len() + 2 <= config.max_buffered {
                     out.push_frame(OpCode::Pong, 0, next_mask(masks), payload);
                 }
-                None
             }
-            Some(Event::Close(code, reason)) => {
+            Ok(Event::Close(code, reason)) => {
                 let Phase::Upgraded(close) = phase else { unreachable!("can_read checked above") };
                 if let Some(reply) = close.receive(code) {
                     out.push_frame(OpCode::Close, 0, next_mask(masks), reply.payload());
                     *timer = Some((Timer::Close, now + config.close_timeout));
                 }
                 ended.get_or_insert_with(|| CloseReason::Peer { code, reason: reason.to_string() });
-                None
             }
-        };
-        (decoded.consumed, received)
+            Ok(_) => unreachable!("data and pongs are handed out above"),
+            Err(error) => fail(phase, timer, masks, ended, CloseReason::Protocol(error), now, config, out),
+        }
+        (polled.consumed, None)
+    }
+
+    /// Whether what [`poll_input`](Self::poll_input) found complete is a
+    /// compressed message (which [`received`](Self::received) hands out as
+    /// [`Received::Compressed`]).
+    pub fn is_compressed(&self, ready: ReadyEvent) -> bool {
+        ready.is_data() && self.decoder.is_compressed()
+    }
+
+    /// What [`poll_input`](Self::poll_input) found complete. `input` must be
+    /// the input given to that call (at least up to what it used), with no
+    /// other call in between.
+    ///
+    /// # Errors
+    ///
+    /// The peer broke the protocol (the connection is failed already, its
+    /// close frame in `out`).
+    pub fn received<'a>(
+        &'a mut self,
+        input: &'a [u8],
+        ready: ReadyEvent,
+        now: Instant,
+        config: &Config,
+        out: &mut impl Output,
+    ) -> Result<Received<'a>, ProtocolError> {
+        let Connection { decoder, phase, timer, masks, ended, .. } = self;
+        match decoder.event(input, ready) {
+            Ok(Event::Message(message)) => Ok(Received::Message(message)),
+            Ok(Event::Compressed { text, payload }) => Ok(Received::Compressed { text, payload }),
+            Ok(Event::Pong(payload)) => Ok(Received::Pong(payload)),
+            Ok(Event::Ping(_) | Event::Close(..)) => unreachable!("poll_input hands out only data and pongs"),
+            Err(error) => {
+                fail(phase, timer, masks, ended, CloseReason::Protocol(error), now, config, out);
+                Err(error)
+            }
+        }
     }
 
     /// Gives the decoder's buffer for the last message back once the input
