@@ -296,32 +296,33 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Takes a freshly accepted socket, unless a connection cap forbids it.
+    ///
+    /// Everything that can fail on its own (the TLS session, the peer's
+    /// address) comes first; once the connection counts are taken, the
+    /// connection is in the slab, and every way out goes through `remove`,
+    /// which gives them back.
     fn adopt(&mut self, mut stream: TcpStream) {
         if self.shutdown_deadline.is_some() {
             return;
         }
         let settings = self.ctx.settings.clone();
-        let shared = &self.ctx.handle.shared;
-        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        if settings.max_connections.is_some_and(|max| open > max) {
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            return refuse(stream, "too many connections");
-        }
-        let mut peer_ip = None;
-        if let Some(max) = settings.max_connections_per_ip {
-            let Ok(peer) = stream.peer_addr() else {
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
-                return;
-            };
-            let mut per_ip = lock(&shared.per_ip);
-            let count = per_ip.entry(peer.ip()).or_insert(0);
-            if *count >= max {
-                drop(per_ip);
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
-                return refuse(stream, "too many connections from this address");
-            }
-            *count += 1;
-            peer_ip = Some(peer.ip());
+        #[cfg(feature = "tls")]
+        let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
+            Some(Ok(session)) => Some(Box::new(Extra { tls: Some(Box::new(session)), ..Extra::default() })),
+            Some(Err(_)) => return,
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let extra: Option<Box<Extra>> = None;
+        let peer_ip = match settings.max_connections_per_ip {
+            Some(_) => match stream.peer_addr() {
+                Ok(peer) => Some(peer.ip()),
+                Err(_) => return,
+            },
+            None => None,
+        };
+        if let Err(refusal) = self.admit(peer_ip) {
+            return refuse(stream, refusal);
         }
         let _ = stream.set_nodelay(true);
         let entry = self.slab.vacant_entry();
@@ -334,14 +335,6 @@ impl<H: Handler> Worker<H> {
             Interest::READABLE,
         );
         self.next_generation = self.next_generation.wrapping_add(1);
-        #[cfg(feature = "tls")]
-        let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
-            Some(Ok(session)) => Some(Box::new(Extra { tls: Some(Box::new(session)), ..Extra::default() })),
-            Some(Err(_)) => return,
-            None => None,
-        };
-        #[cfg(not(feature = "tls"))]
-        let extra: Option<Box<Extra>> = None;
         let conn = Connection {
             socket: stream,
             generation: self.next_generation,
@@ -364,6 +357,30 @@ impl<H: Handler> Worker<H> {
         }
         let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, settings.handshake_timeout);
         self.ctx.set_deadline(key, &mut slot.conn, tick);
+    }
+
+    /// Counts a new connection (and one more from `peer_ip`, when a per-IP
+    /// cap is set), or says which cap it would pass. A connection counted here
+    /// must go into the slab: `remove` uncounts it.
+    fn admit(&mut self, peer_ip: Option<IpAddr>) -> Result<(), &'static str> {
+        let settings = &self.ctx.settings;
+        let shared = &self.ctx.handle.shared;
+        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        if settings.max_connections.is_some_and(|max| open > max) {
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+            return Err("too many connections");
+        }
+        if let (Some(ip), Some(max)) = (peer_ip, settings.max_connections_per_ip) {
+            let mut per_ip = lock(&shared.per_ip);
+            let count = per_ip.entry(ip).or_insert(0);
+            if *count >= max {
+                drop(per_ip);
+                shared.connections.fetch_sub(1, Ordering::Relaxed);
+                return Err("too many connections from this address");
+            }
+            *count += 1;
+        }
+        Ok(())
     }
 
     fn drain_inbox(&mut self) {
