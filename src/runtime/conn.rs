@@ -88,14 +88,14 @@ pub(crate) struct Connection<D> {
     /// The index of that entry, to cancel it.
     pub timer: u32,
     pub out: Option<Box<OutQueue>>,
-    pub extra: Option<Box<Extra>>,
+    pub extra: Option<Box<RareState>>,
     pub data: D,
 }
 
 /// State only some connections need, boxed so that the rest pay 8 bytes
 /// for it (and dropped once empty).
 #[derive(Debug, Default)]
-pub(crate) struct Extra {
+pub(crate) struct RareState {
     /// The upgrade request, while it arrives.
     pub handshake: Option<RequestReader>,
     /// permessage-deflate, once agreed.
@@ -112,7 +112,7 @@ pub(crate) struct Extra {
     pub limits: Option<Limits>,
 }
 
-impl Extra {
+impl RareState {
     fn is_empty(&self) -> bool {
         #[cfg(feature = "tls")]
         if self.tls.is_some() {
@@ -192,7 +192,7 @@ impl<D> Connection<D> {
 
     /// Drops the boxed extra state once nothing is left in it.
     pub fn tidy_extra(&mut self) {
-        if self.extra.as_deref().is_some_and(Extra::is_empty) {
+        if self.extra.as_deref().is_some_and(RareState::is_empty) {
             self.extra = None;
         }
     }
@@ -266,7 +266,7 @@ impl<D> Connection<D> {
 /// Worker state that sends and timers need, kept apart from the connection
 /// slab and the handler so all three can be borrowed at once.
 #[derive(Debug)]
-pub(crate) struct Context {
+pub(crate) struct WorkerState {
     pub worker: usize,
     pub settings: Arc<Settings>,
     pub handle: ServerHandle,
@@ -288,7 +288,7 @@ pub(crate) struct Context {
 /// not leave an unbounded pool behind.
 const POOL_LIMIT: usize = 256;
 
-impl Context {
+impl WorkerState {
     /// The connection's write queue, taken from the pool if it has none, and
     /// the connection marked for flushing at the end of the turn.
     pub fn queue<'c, D>(&mut self, key: usize, conn: &'c mut Connection<D>) -> &'c mut OutQueue {
@@ -394,7 +394,7 @@ pub enum SendStatus {
 pub struct Conn<'w, D> {
     pub(crate) key: usize,
     pub(crate) conn: &'w mut Connection<D>,
-    pub(crate) ctx: &'w mut Context,
+    pub(crate) ctx: &'w mut WorkerState,
 }
 
 impl<D> std::fmt::Debug for Conn<'_, D> {

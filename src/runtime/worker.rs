@@ -18,8 +18,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::conn::{flag, Conn, Connection, Context, Extra, Phase};
-use super::handle::{Command, ConnId, ServerHandle, Shared, Stats, WorkerInbox};
+use super::conn::{flag, Conn, Connection, Phase, RareState, WorkerState};
+use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
@@ -68,7 +68,7 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
         inboxes.push(WorkerInbox { sender, waker });
         receivers.push(receiver);
     }
-    let shared = Arc::new(Shared { data_type: Some(std::any::TypeId::of::<H::Data>()), ..Shared::default() });
+    let shared = Arc::new(ServerState { data_type: Some(std::any::TypeId::of::<H::Data>()), ..ServerState::default() });
     let mut acceptor = None;
     if !reuse_port {
         let poll = Poll::new()?;
@@ -160,7 +160,7 @@ struct Worker<H: Handler> {
     slab: Slab<Slot<H::Data>>,
     handler: H,
     read_buf: Vec<u8>,
-    ctx: Context,
+    ctx: WorkerState,
     /// Connections that still had input after their reads this turn.
     retry: Vec<usize>,
     next_generation: u32,
@@ -184,7 +184,7 @@ impl<H: Handler> Worker<H> {
         handler: H,
     ) -> Self {
         let read_buf = vec![0; settings.read_buffer_size.max(1024)];
-        let ctx = Context {
+        let ctx = WorkerState {
             worker: index,
             settings,
             handle,
@@ -308,12 +308,12 @@ impl<H: Handler> Worker<H> {
         let settings = self.ctx.settings.clone();
         #[cfg(feature = "tls")]
         let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
-            Some(Ok(session)) => Some(Box::new(Extra { tls: Some(Box::new(session)), ..Extra::default() })),
+            Some(Ok(session)) => Some(Box::new(RareState { tls: Some(Box::new(session)), ..RareState::default() })),
             Some(Err(_)) => return,
             None => None,
         };
         #[cfg(not(feature = "tls"))]
-        let extra: Option<Box<Extra>> = None;
+        let extra: Option<Box<RareState>> = None;
         let peer_ip = match settings.max_connections_per_ip {
             Some(_) => match stream.peer_addr() {
                 Ok(peer) => Some(peer.ip()),
@@ -558,7 +558,7 @@ impl<H: Handler> Worker<H> {
                     // code sent; the close timeout then ends the connection.
                     let reason = CloseReason::KeepaliveTimeout(keepalive.close_code);
                     self.ctx.start_close(key, conn, reason.code(), &reason.reason());
-                    notify(&mut self.handler, key, conn, &mut self.ctx, &reason);
+                    report_close(&mut self.handler, key, conn, &mut self.ctx, &reason);
                 }
                 Some(keepalive) => {
                     conn.flags |= flag::PING_SENT;
@@ -627,7 +627,7 @@ impl<H: Handler> Worker<H> {
             if slot.conn.is_dialing() {
                 return self.dial_failed(key, dial_error(reason));
             }
-            notify(handler, key, &mut slot.conn, ctx, &reason);
+            report_close(handler, key, &mut slot.conn, ctx, &reason);
         }
         self.remove(key);
     }
@@ -676,7 +676,7 @@ fn handshake<H: Handler>(
     slot: &mut Slot<H::Data>,
     key: usize,
     handler: &mut H,
-    ctx: &mut Context,
+    ctx: &mut WorkerState,
     input: &[u8],
 ) -> Option<usize> {
     let conn = &mut slot.conn;
@@ -719,7 +719,7 @@ impl<D> Slot<D> {
 
 /// The upgrade is done (either way round): the connection opens. Returns
 /// whether it is still open after `on_open`.
-fn open<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut Context) -> bool {
+fn open<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut WorkerState) -> bool {
     conn.tidy_extra();
     conn.phase = Phase::Open;
     conn.flags |= flag::OPENED;
@@ -800,7 +800,7 @@ fn answer<H: Handler>(
 }
 
 /// Decodes frames from `input` and dispatches them.
-fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx: &mut Context, input: &mut [u8]) {
+fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx: &mut WorkerState, input: &mut [u8]) {
     let Slot { decoder, conn } = slot;
     let limits = conn.limits(&ctx.settings);
     let mut pos = 0;
@@ -847,7 +847,7 @@ fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx
                     ctx.push_frame(key, conn, OpCode::Close, 0, reply.payload());
                 }
                 ctx.finish(key, conn);
-                notify(handler, key, conn, ctx, &CloseReason::Peer { code, reason: reason.to_string() });
+                report_close(handler, key, conn, ctx, &CloseReason::Peer { code, reason: reason.to_string() });
                 return;
             }
         }
@@ -860,18 +860,18 @@ fn fail_on<H: Handler>(
     handler: &mut H,
     key: usize,
     conn: &mut Connection<H::Data>,
-    ctx: &mut Context,
+    ctx: &mut WorkerState,
 ) {
     ctx.fail(key, conn, error.close_code(), &error.to_string());
-    notify(handler, key, conn, ctx, &CloseReason::Protocol(error));
+    report_close(handler, key, conn, ctx, &CloseReason::Protocol(error));
 }
 
 /// Calls `on_close` once for an opened connection.
-fn notify<H: Handler>(
+fn report_close<H: Handler>(
     handler: &mut H,
     key: usize,
     conn: &mut Connection<H::Data>,
-    ctx: &mut Context,
+    ctx: &mut WorkerState,
     reason: &CloseReason,
 ) {
     if conn.has(flag::OPENED) && !conn.has(flag::NOTIFIED) {
@@ -881,10 +881,10 @@ fn notify<H: Handler>(
 }
 
 /// After a callback: report a close the callback caused (a send over budget).
-fn settle<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut Context) {
+fn settle<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut WorkerState) {
     if conn.has(flag::CLOSE_PENDING) {
         conn.flags &= !flag::CLOSE_PENDING;
-        notify(handler, key, conn, ctx, &CloseReason::SendBufferFull);
+        report_close(handler, key, conn, ctx, &CloseReason::SendBufferFull);
     }
 }
 
