@@ -5,6 +5,10 @@
 //! threads; expire timers; then write every connection that queued bytes during
 //! the turn, once each. Reads are bounded per connection per turn, so one busy
 //! peer cannot starve the rest.
+//!
+//! This file holds the loop itself; beside it, `accept` takes connections in,
+//! `upgrade` answers the upgrade request, `dispatch` hands an open
+//! connection's frames to the handler, and `outgoing` dials out.
 
 use std::collections::HashMap;
 use std::io;
@@ -29,9 +33,15 @@ use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, CloseReason, Decoder, Event, OpCode, ProtocolError, Role};
 
+mod accept;
+mod dispatch;
 mod outgoing;
+mod upgrade;
 
+use accept::run_acceptor;
+use dispatch::{frames, report_close, settle};
 pub(crate) use outgoing::{Dial, Dialing};
+use upgrade::{handshake, open};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -105,45 +115,6 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
         threads.push(thread);
     }
     Ok(RunningServer { handle, local_addr, threads })
-}
-
-/// Accepts connections and deals them to the workers in turn.
-fn run_acceptor(mut poll: Poll, mut listener: TcpListener, handle: ServerHandle) {
-    if poll.registry().register(&mut listener, LISTENER, Interest::READABLE).is_err() {
-        return;
-    }
-    let mut events = Events::with_capacity(64);
-    let mut next = 0;
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        if handle.shared.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let inbox = &handle.inboxes[next % handle.inboxes.len()];
-                    next += 1;
-                    if inbox.sender.send(Command::Adopt(stream)).is_ok() {
-                        let _ = inbox.waker.wake();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if is_transient_accept_error(&e) => continue,
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-/// Accept errors that concern one connection (or a momentary shortage), not the listener.
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
 }
 
 /// A connection's frame decoder, kept beside the rest of its state so the two
@@ -278,109 +249,6 @@ impl<H: Handler> Worker<H> {
                 }
             }
         }
-    }
-
-    fn accept_all(&mut self) {
-        let Some(listener) = self.listener.take() else { return };
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => self.adopt(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if is_transient_accept_error(&e) => continue,
-                // Out of file descriptors, most likely: stop for this turn; the
-                // listener will report readiness again as connections close.
-                Err(_) => break,
-            }
-        }
-        self.listener = Some(listener);
-    }
-
-    /// Takes a freshly accepted socket, unless a connection cap forbids it.
-    ///
-    /// Everything that can fail on its own (the TLS session, the peer's
-    /// address) comes first; once the connection counts are taken, the
-    /// connection is in the slab, and every way out goes through `remove`,
-    /// which gives them back.
-    fn adopt(&mut self, mut stream: TcpStream) {
-        if self.shutdown_deadline.is_some() {
-            return;
-        }
-        let settings = self.ctx.settings.clone();
-        #[cfg(feature = "tls")]
-        let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
-            Some(Ok(session)) => Some(Box::new(RareState { tls: Some(Box::new(session)), ..RareState::default() })),
-            Some(Err(_)) => return,
-            None => None,
-        };
-        #[cfg(not(feature = "tls"))]
-        let extra: Option<Box<RareState>> = None;
-        let peer_ip = match settings.max_connections_per_ip {
-            Some(_) => match stream.peer_addr() {
-                Ok(peer) => Some(peer.ip()),
-                Err(_) => return,
-            },
-            None => None,
-        };
-        if let Err(refusal) = self.admit(peer_ip) {
-            return refuse(stream, refusal);
-        }
-        let _ = stream.set_nodelay(true);
-        let entry = self.slab.vacant_entry();
-        let key = entry.key();
-        let registered = self.poll.registry().register(
-            &mut stream,
-            Token(key + FIRST_CONN),
-            // Writability is asked for once a write falls short (see
-            // `flush`): until then, ACKs of our writes do not wake the loop.
-            Interest::READABLE,
-        );
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let conn = Connection {
-            socket: stream,
-            generation: self.next_generation,
-            phase: Phase::Handshake,
-            flags: 0,
-            deadline: 0,
-            armed: 0,
-            timer: 0,
-            out: None,
-            extra,
-            data: Default::default(),
-        };
-        let slot = entry.insert(Slot { decoder: Decoder::new(Role::Server), conn });
-        if let Some(ip) = peer_ip {
-            self.peer_ips.insert(key, ip);
-        }
-        if registered.is_err() {
-            self.remove(key);
-            return;
-        }
-        let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, settings.handshake_timeout);
-        self.ctx.set_deadline(key, &mut slot.conn, tick);
-    }
-
-    /// Counts a new connection (and one more from `peer_ip`, when a per-IP
-    /// cap is set), or says which cap it would pass. A connection counted here
-    /// must go into the slab: `remove` uncounts it.
-    fn admit(&mut self, peer_ip: Option<IpAddr>) -> Result<(), &'static str> {
-        let settings = &self.ctx.settings;
-        let shared = &self.ctx.handle.shared;
-        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        if settings.max_connections.is_some_and(|max| open > max) {
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            return Err("too many connections");
-        }
-        if let (Some(ip), Some(max)) = (peer_ip, settings.max_connections_per_ip) {
-            let mut per_ip = lock(&shared.per_ip);
-            let count = per_ip.entry(ip).or_insert(0);
-            if *count >= max {
-                drop(per_ip);
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
-                return Err("too many connections from this address");
-            }
-            *count += 1;
-        }
-        Ok(())
     }
 
     fn drain_inbox(&mut self) {
@@ -670,224 +538,6 @@ fn await_writable<D>(poll: &Poll, key: usize, conn: &mut Connection<D>) -> io::R
     Ok(())
 }
 
-/// Feeds bytes to the request reader; on a complete head, answers it. Returns
-/// how many bytes the head used if the connection is now open.
-fn handshake<H: Handler>(
-    slot: &mut Slot<H::Data>,
-    key: usize,
-    handler: &mut H,
-    ctx: &mut WorkerState,
-    input: &[u8],
-) -> Option<usize> {
-    let conn = &mut slot.conn;
-    let limits = ctx.settings.request_limits;
-    let extra = conn.extra.get_or_insert_with(Box::default);
-    let reader = extra.handshake.get_or_insert_with(RequestReader::default);
-    let used = match reader.push(input, &limits) {
-        Ok(None) => return None,
-        Ok(Some(used)) => used,
-        Err(e) => {
-            ctx.queue(key, conn).push_with(|out| e.write_response(out));
-            ctx.finish(key, conn);
-            return None;
-        }
-    };
-    let extra = conn.extra.as_deref_mut().expect("a handshaking connection holds its reader");
-    let reader = extra.handshake.take().expect("a handshaking connection holds its reader");
-    let settings = ctx.settings.clone();
-    let peer = conn.socket.peer_addr().ok();
-    let mut accepted = None;
-    ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
-    let Some((accept, deflate)) = accepted else {
-        ctx.finish(key, conn);
-        return None;
-    };
-    if let (Some(agreement), Some(config)) = (deflate, settings.deflate) {
-        slot.compress(DeflateState::new(Role::Server, agreement, config));
-    }
-    slot.conn.data = accept.data;
-    open(handler, key, &mut slot.conn, ctx).then_some(used)
-}
-
-impl<D> Slot<D> {
-    /// permessage-deflate was agreed: compressed messages may arrive, and sends compress.
-    fn compress(&mut self, state: DeflateState) {
-        self.conn.extra.get_or_insert_with(Box::default).deflate = Some(state);
-        self.decoder.allow_extension_rsv(RSV1);
-    }
-}
-
-/// The upgrade is done (either way round): the connection opens. Returns
-/// whether it is still open after `on_open`.
-fn open<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut WorkerState) -> bool {
-    conn.tidy_extra();
-    conn.phase = Phase::Open;
-    conn.flags |= flag::OPENED;
-    // The handshake deadline no longer applies.
-    ctx.disarm(key, conn);
-    conn.deadline = u32::MAX;
-    if let Some(keepalive) = ctx.settings.keepalive {
-        let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
-        ctx.set_deadline(key, conn, tick);
-    }
-    handler.on_open(&mut Conn { key, conn, ctx });
-    settle(handler, key, conn, ctx);
-    conn.phase == Phase::Open
-}
-
-/// Answers a complete request head into `response`: the 101 (returning the
-/// acceptance and any permessage-deflate agreement) or an HTTP response that
-/// ends the connection (returning `None`).
-fn answer<H: Handler>(
-    reader: &RequestReader,
-    peer: Option<SocketAddr>,
-    handler: &mut H,
-    settings: &Settings,
-    response: &mut Vec<u8>,
-) -> Option<(super::Accept<H::Data>, Option<DeflateAgreement>)> {
-    let request = match reader.request(&settings.request_limits) {
-        Ok(request) => request,
-        Err(e) => {
-            e.write_response(response);
-            return None;
-        }
-    };
-    if !request.is_websocket_upgrade() {
-        match handler.on_http(&request) {
-            Some(reply) => {
-                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                handshake::write_response(response, reply.status, &headers, &reply.body);
-            }
-            None => handshake::write_response(
-                response,
-                426,
-                &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-                b"This endpoint speaks WebSocket only.",
-            ),
-        }
-        return None;
-    }
-    let upgrade = match request.websocket() {
-        Ok(upgrade) => upgrade,
-        Err(e) => {
-            e.write_response(response);
-            return None;
-        }
-    };
-    let origin = request.header("origin").and_then(|o| std::str::from_utf8(o).ok());
-    if !settings.origins.allows(origin) {
-        HandshakeError::OriginRejected.write_response(response);
-        return None;
-    }
-    let view = UpgradeRequest { request: &request, upgrade: &upgrade, peer };
-    match handler.on_upgrade(&view) {
-        Ok(mut accept) => {
-            let offered = |p: &String| upgrade.protocols().any(|offer| offer == p);
-            accept.protocol = accept.protocol.filter(offered);
-            let deflate = settings.deflate.and_then(|config| {
-                let offers: Vec<_> = upgrade.extensions().collect();
-                deflate::accept_offer(&offers, &config)
-            });
-            let extensions = deflate.map(|agreement| agreement.to_string());
-            handshake::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), extensions.as_deref());
-            Some((accept, deflate))
-        }
-        Err(reject) => {
-            handshake::write_response(response, reject.status, &[], reject.body.as_bytes());
-            None
-        }
-    }
-}
-
-/// Decodes frames from `input` and dispatches them.
-fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx: &mut WorkerState, input: &mut [u8]) {
-    let Slot { decoder, conn } = slot;
-    let limits = conn.limits(&ctx.settings);
-    let mut pos = 0;
-    while pos < input.len() && matches!(conn.phase, Phase::Open | Phase::Closing) {
-        let decoded = match decoder.decode(&mut input[pos..], &limits) {
-            Ok(decoded) => decoded,
-            Err(e) => return fail_on(e, handler, key, conn, ctx),
-        };
-        pos += decoded.consumed;
-        match decoded.event {
-            None => {}
-            // After our close frame, data messages are no longer delivered.
-            Some(Event::Message(message)) if conn.phase == Phase::Open => {
-                handler.on_message(&mut Conn { key, conn, ctx }, message);
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Compressed { text, payload }) if conn.phase == Phase::Open => {
-                let state = conn.deflate().expect("RSV1 is only allowed once permessage-deflate is agreed");
-                // Taken out of the context for the callback, which borrows the context too.
-                let mut deflater = std::mem::take(&mut ctx.deflater);
-                let inflated = deflater.decompress(state, text, payload, limits.max_message_size);
-                let result = inflated.map(|message| handler.on_message(&mut Conn { key, conn, ctx }, message));
-                ctx.deflater = deflater;
-                if let Err(e) = result {
-                    return fail_on(e, handler, key, conn, ctx);
-                }
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Ping(payload)) => {
-                // Pongs count against the send budget like any frame: a ping
-                // flood from a peer that does not read cannot grow the queue.
-                let fits = conn.queued() + payload.len() + 2 <= ctx.settings.max_buffered;
-                if conn.phase == Phase::Open && fits {
-                    ctx.push_frame(key, conn, OpCode::Pong, 0, payload);
-                }
-            }
-            Some(Event::Pong(payload)) if conn.phase == Phase::Open => {
-                handler.on_pong(&mut Conn { key, conn, ctx }, payload);
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Pong(_) | Event::Message(_) | Event::Compressed { .. }) => {}
-            Some(Event::Close(code, reason)) => {
-                if let Some(reply) = conn.phase.close_handshake().and_then(|mut close| close.receive(code)) {
-                    ctx.push_frame(key, conn, OpCode::Close, 0, reply.payload());
-                }
-                ctx.finish(key, conn);
-                report_close(handler, key, conn, ctx, &CloseReason::Peer { code, reason: reason.to_string() });
-                return;
-            }
-        }
-    }
-}
-
-/// Fails the connection for a protocol error of the peer's, and tells the handler.
-fn fail_on<H: Handler>(
-    error: ProtocolError,
-    handler: &mut H,
-    key: usize,
-    conn: &mut Connection<H::Data>,
-    ctx: &mut WorkerState,
-) {
-    ctx.fail(key, conn, error.close_code(), &error.to_string());
-    report_close(handler, key, conn, ctx, &CloseReason::Protocol(error));
-}
-
-/// Calls `on_close` once for an opened connection.
-fn report_close<H: Handler>(
-    handler: &mut H,
-    key: usize,
-    conn: &mut Connection<H::Data>,
-    ctx: &mut WorkerState,
-    reason: &CloseReason,
-) {
-    if conn.has(flag::OPENED) && !conn.has(flag::NOTIFIED) {
-        conn.flags |= flag::NOTIFIED;
-        handler.on_close(&mut Conn { key, conn, ctx }, reason);
-    }
-}
-
-/// After a callback: report a close the callback caused (a send over budget).
-fn settle<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut WorkerState) {
-    if conn.has(flag::CLOSE_PENDING) {
-        conn.flags &= !flag::CLOSE_PENDING;
-        report_close(handler, key, conn, ctx, &CloseReason::SendBufferFull);
-    }
-}
-
 /// The error an outgoing connection that never opened reports for `reason`:
 /// an I/O error keeps its kind and the error itself.
 fn dial_error(reason: CloseReason) -> ClientError {
@@ -895,14 +545,6 @@ fn dial_error(reason: CloseReason) -> ClientError {
         CloseReason::ReadFailed(e) | CloseReason::WriteFailed(e) => ClientError::Io(io::Error::new(e.kind(), e)),
         other => ClientError::Io(io::Error::other(other.reason().into_owned())),
     }
-}
-
-/// Turns away a connection over a cap with a best-effort 503.
-fn refuse(mut stream: TcpStream, reason: &str) {
-    use std::io::Write as _;
-    let mut response = Vec::new();
-    handshake::write_response(&mut response, 503, &[], reason.as_bytes());
-    let _ = stream.write(&response);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
