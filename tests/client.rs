@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use emitws::client::{ClientBuilder, ClientError, Incoming, UrlError};
-use emitws::proto::client_handshake::ResponseError;
 use emitws::proto::deflate::{Compressor, DeflateAgreement, DeflateConfig};
+use emitws::proto::handshake::client::ResponseError;
 use emitws::proto::{
     encode_frame, encode_frame_with_rsv, CloseCode, CloseReason, Message, OpCode, ProtocolError, Role,
 };

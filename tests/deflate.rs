@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use emitws::proto::deflate::{accept_response, Compressor, Decompressor, DeflateAgreement, DeflateConfig};
-use emitws::proto::handshake::parse_extensions;
+use emitws::proto::handshake::server::parse_extensions;
 use emitws::proto::{encode_frame_with_rsv, CloseCode, CloseReason, OpCode, ProtocolError, Role};
 use emitws::runtime::{RunningServer, Server, SharedFrame};
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use common::*;
-use emitws::proto::handshake::Request;
+use emitws::proto::handshake::server::Request;
 use emitws::proto::{Message, OpCode};
 use emitws::runtime::{Accept, Conn, Handler, HttpResponse, OriginPolicy, Reject, UpgradeRequest};
 use sha1::{Digest, Sha1};

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::UrlError;
-use crate::proto::client_handshake::ResponseError;
+use crate::proto::handshake::client::ResponseError;
 use crate::proto::{CloseCode, CloseReason, ProtocolError};
 
 /// Why connecting failed, or why an open connection ended.

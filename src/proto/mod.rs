@@ -5,7 +5,6 @@
 //! out; frames to send are written into caller-owned buffers. The runtime
 //! ([`crate::runtime`]) and the tests drive it the same way.
 
-pub mod client_handshake;
 mod close;
 mod close_reason;
 pub(crate) mod compress;
@@ -25,3 +24,8 @@ pub use error::ProtocolError;
 pub use frame::{close_payload, encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};
 pub use mask::{apply_mask, apply_mask_scalar, MaskRng};
 pub use utf8::Utf8Validator;
+
+/// The client side of the upgrade, at its path before the two sides were
+/// split; it is [`handshake::client`].
+#[doc(hidden)]
+pub use handshake::client as client_handshake;

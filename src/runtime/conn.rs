@@ -13,7 +13,7 @@ use super::timer::{Entry, Wheel};
 use super::worker::Dialing;
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::DeflateAgreement;
-use crate::proto::handshake::RequestReader;
+use crate::proto::handshake::server::RequestReader;
 use crate::proto::{CloseCode, CloseHandshake, CloseReason, Limits, MaskRng, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;

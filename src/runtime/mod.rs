@@ -31,7 +31,7 @@ pub use handle::{ConnId, ServerHandle, SharedFrame, Stats};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
 use crate::proto::deflate::DeflateConfig;
-use crate::proto::handshake::Request;
+use crate::proto::handshake::server::Request;
 use crate::proto::{CloseCode, CloseReason, Message};
 
 /// The application's side of a server: callbacks for each connection event.
@@ -133,7 +133,7 @@ pub trait Handler: Clone + Send + 'static {
 #[derive(Debug)]
 pub struct UpgradeRequest<'a> {
     pub(crate) request: &'a Request<'a>,
-    pub(crate) upgrade: &'a crate::proto::handshake::Upgrade<'a>,
+    pub(crate) upgrade: &'a crate::proto::handshake::server::Upgrade<'a>,
     pub(crate) peer: Option<SocketAddr>,
 }
 
@@ -202,7 +202,7 @@ pub struct Reject {
 impl Reject {
     /// A refusal with this status and its standard reason phrase as the body.
     pub fn status(status: u16) -> Reject {
-        Reject { status, body: crate::proto::handshake::reason_phrase(status).to_string() }
+        Reject { status, body: crate::proto::handshake::server::reason_phrase(status).to_string() }
     }
 }
 

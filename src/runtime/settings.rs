@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::deflate::DeflateConfig;
-use crate::proto::handshake::RequestLimits;
+use crate::proto::handshake::server::RequestLimits;
 use crate::proto::{CloseCode, Limits};
 
 /// How accepted sockets reach the workers.

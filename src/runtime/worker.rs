@@ -30,7 +30,7 @@ use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
 use crate::client::ClientError;
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::{self, DeflateAgreement};
-use crate::proto::handshake::{self, HandshakeError, RequestReader};
+use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, CloseReason, Decoder, Event, OpCode, ProtocolError, Role};
 
 mod accept;

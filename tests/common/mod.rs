@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use emitws::proto::handshake::{accept_key, RequestLimits, RequestReader};
+use emitws::proto::handshake::server::{accept_key, RequestLimits, RequestReader};
 use emitws::proto::{
     encode_frame, CloseCode, CloseReason, Decoder, Event, Limits, Message, OpCode, ProtocolError, Role,
 };

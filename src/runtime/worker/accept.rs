@@ -151,6 +151,6 @@ impl<H: Handler> Worker<H> {
 pub(super) fn refuse(mut stream: TcpStream, reason: &str) {
     use std::io::Write as _;
     let mut response = Vec::new();
-    handshake::write_response(&mut response, 503, &[], reason.as_bytes());
+    server::write_response(&mut response, 503, &[], reason.as_bytes());
     let _ = stream.write(&response);
 }

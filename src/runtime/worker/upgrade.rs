@@ -94,9 +94,9 @@ pub(super) fn answer<H: Handler>(
         match handler.on_http(&request) {
             Some(reply) => {
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                handshake::write_response(response, reply.status, &headers, &reply.body);
+                server::write_response(response, reply.status, &headers, &reply.body);
             }
-            None => handshake::write_response(
+            None => server::write_response(
                 response,
                 426,
                 &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
@@ -127,11 +127,11 @@ pub(super) fn answer<H: Handler>(
                 deflate::accept_offer(&offers, &config)
             });
             let extensions = deflate.map(|agreement| agreement.to_string());
-            handshake::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), extensions.as_deref());
+            server::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), extensions.as_deref());
             Some((accept, deflate))
         }
         Err(reject) => {
-            handshake::write_response(response, reject.status, &[], reject.body.as_bytes());
+            server::write_response(response, reject.status, &[], reject.body.as_bytes());
             None
         }
     }
