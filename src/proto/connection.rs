@@ -51,7 +51,7 @@ pub struct Config {
     /// Frame and message size limits.
     pub limits: Limits,
     /// Keepalive pings, or `None` for none.
-    pub keepalive: Option<KeepaliveConfig>,
+    pub keepalive: Option<Keepalive>,
     /// Time to finish the upgrade.
     pub handshake_timeout: Duration,
     /// Time allowed for the close handshake.
@@ -64,7 +64,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             limits: Limits::default(),
-            keepalive: Some(KeepaliveConfig::default()),
+            keepalive: Some(Keepalive::default()),
             handshake_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(5),
             max_buffered: 1 << 20,
@@ -72,32 +72,31 @@ impl Default for Config {
     }
 }
 
-/// When to ping a quiet peer, and when to give up on it.
+/// Keepalive: ping after `idle` without traffic; after `timeout` more without
+/// any, close with `close_code` (a close frame, then the usual close timeout
+/// before TCP is dropped). The server's is
+/// [`Settings::keepalive`](crate::runtime::Settings::keepalive).
+///
+/// ```
+/// use std::time::Duration;
+/// use emitws::proto::connection::Keepalive;
+/// let keepalive = Keepalive { idle: Duration::from_secs(10), ..Keepalive::default() };
+/// assert_eq!(keepalive.close_code.0, 1001);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct KeepaliveConfig {
-    /// Silence before a ping.
+pub struct Keepalive {
+    /// Silence before a ping is sent (default 30 s).
     pub idle: Duration,
-    /// Time after the ping for any answer before the connection is closed.
+    /// Further silence after the ping before the connection is closed (default 30 s).
     pub timeout: Duration,
-    /// The close code sent when the peer does not answer.
+    /// The code of the close frame sent when `timeout` passes (default 1001,
+    /// going away; the event layer uses 4408, see PROTOCOL.md).
     pub close_code: CloseCode,
 }
 
-impl Default for KeepaliveConfig {
+impl Default for Keepalive {
     fn default() -> Self {
-        KeepaliveConfig {
-            idle: Duration::from_secs(30),
-            timeout: Duration::from_secs(30),
-            close_code: CloseCode::GOING_AWAY,
-        }
-    }
-}
-
-impl KeepaliveConfig {
-    /// Pings after `idle` of silence, closes with `close_code` after `timeout` more.
-    pub fn new(idle: Duration, timeout: Duration, close_code: CloseCode) -> KeepaliveConfig {
-        KeepaliveConfig { idle, timeout, close_code }
+        Keepalive { idle: Duration::from_secs(30), timeout: Duration::from_secs(30), close_code: CloseCode::GOING_AWAY }
     }
 }
 

@@ -13,7 +13,7 @@ fn secs(s: u64) -> Duration {
 fn config() -> Config {
     Config {
         limits: Limits { max_frame_size: 1000, ..Limits::default() },
-        keepalive: Some(KeepaliveConfig::new(secs(10), secs(5), CloseCode::GOING_AWAY)),
+        keepalive: Some(Keepalive { idle: secs(10), timeout: secs(5), close_code: CloseCode::GOING_AWAY }),
         handshake_timeout: secs(2),
         close_timeout: secs(3),
         max_buffered: 64,
