@@ -424,7 +424,7 @@ pub enum HeadOutcome {
     Complete { used: usize, request: Result<ParsedRequest, HandshakeError> },
 }
 
-/// An owned summary of a parsed [`server::Request`].
+/// An owned summary of a parsed [`server::HttpRequest`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct ParsedRequest {
     pub method: String,
@@ -487,7 +487,7 @@ pub fn read_request(head: &[u8], limits: &RequestLimits, chunk_sizes: impl Itera
     HeadOutcome::Complete { used, request }
 }
 
-fn summarize(request: &server::Request<'_>, head: &[u8]) -> ParsedRequest {
+fn summarize(request: &server::HttpRequest<'_>, head: &[u8]) -> ParsedRequest {
     let path = request.path();
     let query = request.query();
     assert!(!path.contains('?'), "path {path:?} contains the query");

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use common::*;
-use emitws::proto::handshake::server::Request;
+use emitws::proto::handshake::server::HttpRequest;
 use emitws::proto::{Message, OpCode};
 use emitws::runtime::{Accept, Conn, Handler, HttpResponse, OriginPolicy, Reject, UpgradeRequest};
 use sha1::{Digest, Sha1};
@@ -261,7 +261,7 @@ impl Handler for Health {
 
     fn on_message(&mut self, _conn: &mut Conn<'_, ()>, _message: Message<'_>) {}
 
-    fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
+    fn on_http(&mut self, request: &HttpRequest<'_>) -> Option<HttpResponse> {
         (request.path() == "/healthz").then(|| {
             let mut response = HttpResponse::new(200, "text/plain", "ok");
             response.headers.push(("X-Served-By".into(), "emitws".into()));

@@ -31,7 +31,7 @@ pub use handle::{ConnId, ServerHandle, SharedFrame, Stats};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
 use crate::proto::deflate::DeflateConfig;
-use crate::proto::handshake::server::Request;
+use crate::proto::handshake::server::HttpRequest;
 use crate::proto::{CloseCode, CloseReason, Message};
 
 /// The application's side of a server: callbacks for each connection event.
@@ -103,7 +103,7 @@ pub trait Handler: Clone + Send + 'static {
 
     /// A plain HTTP request (not an upgrade). `None`, the default, answers
     /// 426 Upgrade Required.
-    fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
+    fn on_http(&mut self, request: &HttpRequest<'_>) -> Option<HttpResponse> {
         let _ = request;
         None
     }
@@ -132,7 +132,7 @@ pub trait Handler: Clone + Send + 'static {
 /// A valid upgrade request, as shown to [`Handler::on_upgrade`].
 #[derive(Debug)]
 pub struct UpgradeRequest<'a> {
-    pub(crate) request: &'a Request<'a>,
+    pub(crate) request: &'a HttpRequest<'a>,
     pub(crate) upgrade: &'a crate::proto::handshake::server::Upgrade<'a>,
     pub(crate) peer: Option<SocketAddr>,
 }
@@ -154,7 +154,7 @@ impl<'a> UpgradeRequest<'a> {
     }
 
     /// The whole request, with every header.
-    pub fn request(&self) -> &Request<'a> {
+    pub fn request(&self) -> &HttpRequest<'a> {
         self.request
     }
 

@@ -8,3 +8,8 @@ pub mod client;
 pub mod server;
 
 pub use server::*;
+
+/// The HTTP request head, at its name before it became
+/// [`HttpRequest`](server::HttpRequest) (the event layer has a `Request` of its own).
+#[doc(hidden)]
+pub type Request<'a> = server::HttpRequest<'a>;

@@ -2,8 +2,8 @@
 //!
 //! [`RequestReader`] collects the request head incrementally: each byte is
 //! scanned once however the request trickles in, and httparse runs once, when
-//! the blank line arrives. [`Request`] borrows everything from the reader's
-//! buffer. [`Request::websocket`] validates an upgrade and yields what the
+//! the blank line arrives. [`HttpRequest`] borrows everything from the reader's
+//! buffer. [`HttpRequest::websocket`] validates an upgrade and yields what the
 //! response needs; [`write_accept`] and [`write_response`] produce the bytes.
 
 use std::fmt;
@@ -162,7 +162,7 @@ impl RequestReader {
     }
 
     /// Parses the complete head. Call only after [`push`](Self::push) returned `Some`.
-    pub fn request(&self, limits: &RequestLimits) -> Result<Request<'_>, HandshakeError> {
+    pub fn request(&self, limits: &RequestLimits) -> Result<HttpRequest<'_>, HandshakeError> {
         assert!(self.complete, "the request head is incomplete");
         let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
         let mut parsed = httparse::Request::new(&mut headers);
@@ -177,7 +177,7 @@ impl RequestReader {
         let header_count = parsed.headers.len();
         headers.truncate(header_count);
         let headers = headers.into_iter().map(|h| (h.name, h.value)).collect();
-        Ok(Request { method, target, minor_version: version, headers })
+        Ok(HttpRequest { method, target, minor_version: version, headers })
     }
 
     /// The head collected so far (all of it once [`push`](Self::push) returned `Some`).
@@ -193,14 +193,14 @@ impl RequestReader {
 
 /// A parsed request head, borrowed from the [`RequestReader`].
 #[derive(Clone, Debug)]
-pub struct Request<'a> {
+pub struct HttpRequest<'a> {
     method: &'a str,
     target: &'a str,
     minor_version: u8,
     headers: Vec<(&'a str, &'a [u8])>,
 }
 
-impl<'a> Request<'a> {
+impl<'a> HttpRequest<'a> {
     /// The method, such as `GET`.
     pub fn method(&self) -> &'a str {
         self.method
