@@ -6,7 +6,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use emitws::proto::deflate::{accept_offer, Compressor, Decompressor, DeflateConfig};
-use emitws::proto::handshake::{parse_extensions, RequestLimits, RequestReader};
+use emitws::proto::handshake::server::{parse_extensions, RequestLimits, RequestReader};
 use emitws::proto::{
     apply_mask, apply_mask_scalar, encode_frame, Decoder, Event, FrameHeader, Limits, OpCode, Role, Utf8Validator,
     MAX_HEADER_LEN,

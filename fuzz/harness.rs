@@ -18,9 +18,9 @@
 // Each fuzz target uses only one of the checks.
 #![allow(dead_code)]
 
-use emitws::proto::client_handshake::{Accepted, Offer, ResponseError, ResponseReader};
 use emitws::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
-use emitws::proto::handshake::{self, HandshakeError, RequestLimits, RequestReader};
+use emitws::proto::handshake::client::{Accepted, Offer, ResponseError, ResponseReader};
+use emitws::proto::handshake::server::{self, HandshakeError, RequestLimits, RequestReader};
 use emitws::proto::{Decoder, Event, Limits, Message, ProtocolError, Role};
 use serde_json::value::RawValue;
 
@@ -424,7 +424,7 @@ pub enum HeadOutcome {
     Complete { used: usize, request: Result<ParsedRequest, HandshakeError> },
 }
 
-/// An owned summary of a parsed [`handshake::Request`].
+/// An owned summary of a parsed [`server::HttpRequest`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct ParsedRequest {
     pub method: String,
@@ -435,7 +435,7 @@ pub struct ParsedRequest {
     pub upgrade: Result<UpgradeSummary, HandshakeError>,
 }
 
-/// An owned summary of a valid [`handshake::Upgrade`].
+/// An owned summary of a valid [`server::Upgrade`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct UpgradeSummary {
     pub accept_key: String,
@@ -487,7 +487,7 @@ pub fn read_request(head: &[u8], limits: &RequestLimits, chunk_sizes: impl Itera
     HeadOutcome::Complete { used, request }
 }
 
-fn summarize(request: &handshake::Request<'_>, head: &[u8]) -> ParsedRequest {
+fn summarize(request: &server::HttpRequest<'_>, head: &[u8]) -> ParsedRequest {
     let path = request.path();
     let query = request.query();
     assert!(!path.contains('?'), "path {path:?} contains the query");
@@ -500,8 +500,8 @@ fn summarize(request: &handshake::Request<'_>, head: &[u8]) -> ParsedRequest {
             headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count()
         );
         // The helpers the runtime uses on header values must cope with anything.
-        let _ = handshake::has_token(value, "upgrade");
-        for offer in handshake::parse_extensions(value) {
+        let _ = server::has_token(value, "upgrade");
+        for offer in server::parse_extensions(value) {
             check_extension_name(offer.name);
         }
     }

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use emitws::client::{ClientBuilder, ClientError, Incoming, UrlError};
-use emitws::proto::client_handshake::ResponseError;
 use emitws::proto::deflate::{Compressor, DeflateAgreement, DeflateConfig};
-use emitws::proto::{encode_frame, encode_frame_with_rsv, CloseCode, Message, OpCode, ProtocolError, Role};
+use emitws::proto::handshake::client::ResponseError;
+use emitws::proto::{
+    encode_frame, encode_frame_with_rsv, CloseCode, CloseReason, Message, OpCode, ProtocolError, Role,
+};
 use emitws::runtime::{Accept, Conn, Handler, Reject, UpgradeRequest};
 
 fn quick() -> ClientBuilder {
@@ -43,7 +45,8 @@ fn echoes_text_binary_and_large_messages_then_closes_cleanly() {
     client.close(CloseCode::NORMAL, "done").unwrap();
     assert!(matches!(client.send_text("late"), Err(ClientError::Closed { .. })));
     let id = echo.events.wait_opened("/echo");
-    assert_eq!(echo.events.wait_closed(id).0, 1000);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(&reason, CloseReason::Peer { code: Some(CloseCode::NORMAL), reason } if reason == "done"));
     server.shutdown();
 }
 
@@ -58,7 +61,11 @@ fn a_close_from_the_server_is_answered_and_reported() {
         other => panic!("expected the server's close, got {other:?}"),
     }
     let id = echo.events.wait_opened("/");
-    assert_eq!(echo.events.wait_closed(id).0, 4000, "the server saw our echo");
+    let reason = echo.events.wait_closed(id);
+    assert!(
+        matches!(reason, CloseReason::Peer { code: Some(CloseCode(4000)), .. }),
+        "the server saw our echo: {reason:?}"
+    );
     assert!(matches!(client.recv(), Err(ClientError::Closed { .. })), "closed stays closed");
     assert!(client.close(CloseCode::NORMAL, "").is_ok());
     server.shutdown();
@@ -262,5 +269,10 @@ fn a_server_that_never_answers_our_close_times_out() {
     assert!(matches!(client.close(CloseCode::NORMAL, ""), Err(ClientError::Timeout)));
     assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
     assert!(server.join().unwrap() >= 6, "the server got our masked close frame");
-    assert!(matches!(client.send_text("late"), Err(ClientError::Closed { .. })));
+    match client.send_text("late") {
+        Err(ClientError::Closed { code, reason }) => {
+            assert_eq!((code, reason.as_str()), (CloseCode::ABNORMAL, "close timeout"))
+        }
+        other => panic!("expected the close timeout, got {other:?}"),
+    }
 }

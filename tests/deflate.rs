@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use emitws::proto::deflate::{accept_response, Compressor, Decompressor, DeflateAgreement, DeflateConfig};
-use emitws::proto::handshake::parse_extensions;
-use emitws::proto::{encode_frame_with_rsv, OpCode, Role};
+use emitws::proto::handshake::server::parse_extensions;
+use emitws::proto::{encode_frame_with_rsv, CloseCode, CloseReason, OpCode, ProtocolError, Role};
 use emitws::runtime::{RunningServer, Server, SharedFrame};
 
 const OFFER: &str = "permessage-deflate; client_max_window_bits";
@@ -153,7 +153,8 @@ fn a_decompression_bomb_is_closed_with_1009() {
     peer.send_raw_compressed(OpCode::Binary, &bomb);
     peer.client.expect_close(1009);
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, 1009);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::Protocol(ProtocolError::MessageTooLarge)), "{reason:?}");
     server.shutdown();
 }
 
@@ -168,8 +169,10 @@ fn corrupt_data_and_bad_utf8_are_closed_with_1007() {
     let (mut peer, _) = Peer::connect(&server, OFFER);
     peer.send_compressed(OpCode::Text, b"valid until \xff here");
     peer.client.expect_close(1007);
-    let closed: Vec<u16> = echo.events.snapshot().closed.iter().map(|(_, code, _)| *code).collect();
-    assert!(closed.iter().all(|&code| code == 1007), "{closed:?}");
+    let closed = echo.events.snapshot().closed;
+    let invalid =
+        |r: &CloseReason| matches!(r, CloseReason::Protocol(e) if e.close_code() == CloseCode::INVALID_PAYLOAD);
+    assert!(closed.iter().all(|(_, reason)| invalid(reason)), "{closed:?}");
     server.shutdown();
 }
 

@@ -23,7 +23,7 @@ use emitws::client::ClientBuilder;
 use emitws::proto::deflate::{
     accept_offer, accept_response, Compressor, Decompressor, DeflateAgreement, DeflateConfig, DeflateResponseError,
 };
-use emitws::proto::handshake::parse_extensions;
+use emitws::proto::handshake::server::parse_extensions;
 use emitws::proto::{encode_frame_with_rsv, CloseCode, Decoder, Limits, Message, OpCode, Role};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 

@@ -18,9 +18,9 @@ use std::thread::{self, JoinHandle};
 use common::*;
 use emitws::client::app::{AppClient, AppError, AppOptions};
 use emitws::client::{ClientBuilder, ClientError};
-use emitws::proto::client_handshake::ResponseError;
 use emitws::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig, DeflateResponseError};
-use emitws::proto::{encode_frame_with_rsv, CloseCode, Decoder, Event, Limits, Message, OpCode, Role};
+use emitws::proto::handshake::client::ResponseError;
+use emitws::proto::{encode_frame_with_rsv, CloseCode, CloseReason, Decoder, Event, Limits, Message, OpCode, Role};
 use emitws::runtime::{Conn, ConnId, Handler, RunningServer, SharedFrame};
 use serde_json::{json, Value};
 
@@ -74,8 +74,8 @@ impl Handler for Dialer {
         });
     }
 
-    fn on_close(&mut self, _: &mut Conn<'_, ()>, code: CloseCode, _: &str) {
-        self.report(Seen::Close(code.0));
+    fn on_close(&mut self, _: &mut Conn<'_, ()>, reason: &CloseReason) {
+        self.report(Seen::Close(reason.code().0));
     }
 
     fn on_connect_error(&mut self, _: (), error: ClientError) {

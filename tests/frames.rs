@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use emitws::proto::{encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};
+use emitws::proto::{encode_frame, encode_frame_with_rsv, CloseReason, FrameHeader, OpCode, MAX_HEADER_LEN};
 use emitws::runtime::Server;
 
 /// A server with [`quick_server`]'s timeouts and `configure` applied, and a client on it.
@@ -16,13 +16,14 @@ fn setup(configure: impl FnOnce(Server) -> Server) -> (emitws::runtime::RunningS
 }
 
 /// Expects the server to fail the connection with `code`: a close frame, TCP
-/// closed, and `on_close` told the same code, once.
+/// closed, and `on_close` told of the protocol error with the same code, once.
 fn expect_failed_with(echo: &Echo, mut client: Client, code: u16) {
     client.expect_close(code);
     client.expect_eof();
     drop(client);
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, code);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::Protocol(e) if e.close_code().0 == code), "{reason:?}");
     assert_eq!(echo.events.snapshot().close_codes(id), [code], "on_close exactly once");
 }
 
@@ -168,7 +169,8 @@ fn valid_close_is_echoed_and_the_server_closes_tcp() {
         client.expect_eof();
         drop(client);
         let id = echo.events.wait_opened("/c");
-        assert_eq!(echo.events.wait_closed(id), (code, "done".to_string()));
+        let reason = echo.events.wait_closed(id);
+        assert!(matches!(&reason, CloseReason::Peer { code: Some(c), reason } if c.0 == code && reason == "done"));
         server.shutdown();
     }
     // An empty close is answered with an empty close; on_close reports 1005.
@@ -178,7 +180,9 @@ fn valid_close_is_echoed_and_the_server_closes_tcp() {
     client.expect_eof();
     drop(client);
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, 1005);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::Peer { code: None, .. }), "{reason:?}");
+    assert_eq!(reason.code().0, 1005);
     server.shutdown();
 }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use common::*;
-use emitws::proto::handshake::Request;
+use emitws::proto::handshake::server::HttpRequest;
 use emitws::proto::{Message, OpCode};
 use emitws::runtime::{Accept, Conn, Handler, HttpResponse, OriginPolicy, Reject, UpgradeRequest};
 use sha1::{Digest, Sha1};
@@ -203,8 +203,8 @@ impl Handler for Gate {
         self.events.on_message(conn, message);
     }
 
-    fn on_close(&mut self, conn: &mut Conn<'_, String>, code: emitws::proto::CloseCode, reason: &str) {
-        self.events.on_close(conn, code, reason);
+    fn on_close(&mut self, conn: &mut Conn<'_, String>, reason: &emitws::proto::CloseReason) {
+        self.events.on_close(conn, reason);
     }
 }
 
@@ -228,7 +228,7 @@ fn on_upgrade_can_reject_with_404_and_401() {
     let record = gate.events.events.snapshot();
     assert_eq!(record.opened.iter().map(|(_, tag)| tag.as_str()).collect::<Vec<_>>(), ["/private"]);
     server.shutdown();
-    assert!(gate.events.events.snapshot().closed.iter().all(|(id, _, _)| *id == record.opened[0].0));
+    assert!(gate.events.events.snapshot().closed.iter().all(|(id, _)| *id == record.opened[0].0));
 }
 
 #[test]
@@ -261,7 +261,7 @@ impl Handler for Health {
 
     fn on_message(&mut self, _conn: &mut Conn<'_, ()>, _message: Message<'_>) {}
 
-    fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
+    fn on_http(&mut self, request: &HttpRequest<'_>) -> Option<HttpResponse> {
         (request.path() == "/healthz").then(|| {
             let mut response = HttpResponse::new(200, "text/plain", "ok");
             response.headers.push(("X-Served-By".into(), "emitws".into()));

@@ -6,7 +6,7 @@ mod common;
 use std::time::Instant;
 
 use common::*;
-use emitws::proto::{CloseCode, OpCode};
+use emitws::proto::{CloseCode, CloseReason, OpCode, ProtocolError};
 use emitws::runtime::Keepalive;
 
 fn keepalive(idle: u64, timeout: u64) -> Option<Keepalive> {
@@ -54,7 +54,8 @@ fn keepalive_closes_a_client_that_never_answers_after_idle_plus_timeout() {
     assert!(start.elapsed() >= ms(380), "closed after {:?}, before idle + timeout", start.elapsed());
     client.expect_eof();
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id), (1001, "keepalive timeout".to_string()));
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::KeepaliveTimeout(CloseCode(1001))), "{reason:?}");
     wait_connection_count(&server.handle(), 0);
     assert_eq!(echo.events.snapshot().close_codes(id), [1001], "on_close once");
     server.shutdown();
@@ -73,7 +74,9 @@ fn the_keepalive_close_code_is_a_setting_and_the_close_handshake_completes() {
     client.send_close(4408, "");
     client.expect_eof();
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, 4408);
+    // The handler heard when the server gave up, not when the peer answered.
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::KeepaliveTimeout(CloseCode(4408))), "{reason:?}");
     wait_connection_count(&server.handle(), 0);
     assert_eq!(echo.events.snapshot().close_codes(id), [4408], "on_close once");
     server.shutdown();
@@ -119,7 +122,8 @@ fn unanswered_conn_close_is_dropped_after_the_close_timeout() {
     client.expect_eof();
     assert!(start.elapsed() >= ms(250), "dropped after {:?}, before the close timeout", start.elapsed());
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, 1006);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::CloseTimeout), "{reason:?}");
     assert_eq!(echo.events.snapshot().close_codes(id), [1006]);
     server.shutdown();
 }
@@ -136,7 +140,8 @@ fn unanswered_handle_close_is_dropped_after_the_close_timeout() {
     assert_eq!(client.expect_close(4001), "from elsewhere");
     client.expect_eof();
     assert!(start.elapsed() >= ms(250), "dropped after {:?}, before the close timeout", start.elapsed());
-    assert_eq!(echo.events.wait_closed(id).0, 1006);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::CloseTimeout), "{reason:?}");
     server.shutdown();
 }
 
@@ -152,7 +157,11 @@ fn answered_server_close_reports_the_peer_code() {
     client.send_close(4002, "ok");
     client.expect_eof();
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id), (4002, "ok".to_string()));
+    let reason = echo.events.wait_closed(id);
+    assert!(
+        matches!(&reason, CloseReason::Peer { code: Some(CloseCode(4002)), reason } if reason == "ok"),
+        "{reason:?}"
+    );
     drop(client);
     wait_connection_count(&server.handle(), 0);
     server.shutdown();
@@ -165,7 +174,8 @@ fn on_close_reports_the_peer_close_code_once() {
     let client = Client::connect_path(server.local_addr(), "/c");
     client.close(4321);
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, 4321);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::Peer { code: Some(CloseCode(4321)), .. }), "{reason:?}");
     wait_connection_count(&server.handle(), 0);
     std::thread::sleep(ms(50));
     assert_eq!(echo.events.snapshot().close_codes(id), [4321]);
@@ -185,7 +195,9 @@ fn on_close_reports_1002_on_a_protocol_error_once() {
     client.expect_eof();
     drop(client);
     let id = echo.events.wait_opened("/c");
-    assert_eq!(echo.events.wait_closed(id).0, 1002);
+    let reason = echo.events.wait_closed(id);
+    assert!(matches!(reason, CloseReason::Protocol(ProtocolError::UnexpectedContinuation)), "{reason:?}");
+    assert_eq!(reason.code(), CloseCode::PROTOCOL_ERROR);
     wait_connection_count(&server.handle(), 0);
     server.shutdown();
     assert_eq!(echo.events.snapshot().close_codes(id), [1002]);
@@ -214,6 +226,9 @@ fn on_close_reports_1006_when_the_peer_drops_once() {
     for tag in ["/dropped", "/partial", "/big"] {
         assert_eq!(record.close_codes(record.id_of(tag).unwrap()), [1006], "{tag}");
     }
+    // A reset (unread data when the peer closed) is a read error; a FIN, no close frame.
+    let dropped = |r: &CloseReason| matches!(r, CloseReason::NoCloseFrame | CloseReason::ReadFailed(_));
+    assert!(record.closed.iter().all(|(_, reason)| dropped(reason)), "{:?}", record.closed);
     wait_connection_count(&server.handle(), 0);
     server.shutdown();
     assert_eq!(echo.events.snapshot().closed.len(), 3);

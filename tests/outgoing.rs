@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use common::*;
 use emitws::client::{ClientBuilder, ClientError};
-use emitws::proto::{CloseCode, Message};
+use emitws::proto::{CloseCode, CloseReason, Message};
 use emitws::runtime::{Accept, Conn, Handler, Keepalive, Reject, UpgradeRequest};
 
 /// Lines logged by the dialing server's handler, with bounded waits.
@@ -63,8 +63,13 @@ impl Handler for Dialer {
         }
     }
 
-    fn on_close(&mut self, conn: &mut Conn<'_, String>, code: CloseCode, _: &str) {
-        self.log.push(format!("close {}: {code}", conn.data()));
+    fn on_close(&mut self, conn: &mut Conn<'_, String>, reason: &CloseReason) {
+        let kind = match reason {
+            CloseReason::Peer { .. } => "peer",
+            CloseReason::KeepaliveTimeout(_) => "keepalive",
+            _ => "other",
+        };
+        self.log.push(format!("close {}: {} {kind}", conn.data(), reason.code()));
     }
 
     fn on_connect_error(&mut self, data: String, error: ClientError) {
@@ -105,9 +110,10 @@ fn a_worker_dials_out_and_drives_the_connection_through_its_handler() {
     dialer.log.wait("open feed");
     // Our own server fails unmasked client frames with 1002: the echo proves masking.
     assert_eq!(dialer.log.wait("message feed"), "message feed: hello from feed");
-    assert_eq!(dialer.log.wait("close feed"), "close feed: 1000");
+    assert_eq!(dialer.log.wait("close feed"), "close feed: 1000 peer");
     let id = upstream_echo.events.wait_opened("/feed");
-    assert_eq!(upstream_echo.events.wait_closed(id), (1000, "thanks".to_string()));
+    let reason = upstream_echo.events.wait_closed(id);
+    assert!(matches!(&reason, CloseReason::Peer { code: Some(CloseCode::NORMAL), reason } if reason == "thanks"));
     wait_connection_count(&hub.handle(), 0);
     hub.shutdown();
     upstream.shutdown();
@@ -161,7 +167,7 @@ fn a_worker_dials_out_over_tls() {
     let url = format!("wss://localhost:{}/secure", upstream.local_addr().port());
     hub.handle().connect(&url, &settings, "secure".to_string()).unwrap();
     assert_eq!(dialer.log.wait("message secure"), "message secure: hello from secure");
-    assert_eq!(dialer.log.wait("close secure"), "close secure: 1000");
+    assert_eq!(dialer.log.wait("close secure"), "close secure: 1000 peer");
     hub.shutdown();
     upstream.shutdown();
 }
@@ -181,7 +187,7 @@ fn a_dialed_connection_keeps_its_builders_limits() {
     let running = quick_server().start("127.0.0.1:0", dialer.clone()).unwrap();
     let settings = ClientBuilder::new().max_message_size(1000);
     running.handle().connect(&format!("ws://{addr}/"), &settings, "small".to_string()).unwrap();
-    assert_eq!(dialer.log.wait("close small"), "close small: 1009");
+    assert_eq!(dialer.log.wait("close small"), "close small: 1009 other");
     assert_eq!(server.join().unwrap(), Some(1009));
     running.shutdown();
 }
@@ -198,6 +204,6 @@ fn a_dialed_connection_closes_with_the_keepalive_code_when_pings_go_unanswered()
     let running = quick_server().keepalive(Some(keepalive)).start("127.0.0.1:0", dialer.clone()).unwrap();
     running.handle().connect(&format!("ws://{addr}/"), &ClientBuilder::new(), "quiet".to_string()).unwrap();
     assert_eq!(peer.join().unwrap(), Some(4001));
-    assert_eq!(dialer.log.wait("close quiet"), "close quiet: 4001");
+    assert_eq!(dialer.log.wait("close quiet"), "close quiet: 4001 keepalive");
     running.shutdown();
 }

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use common::*;
-use emitws::proto::CloseCode;
+use emitws::proto::{CloseCode, CloseReason};
 use emitws::runtime::{AcceptMode, SharedFrame};
 
 #[test]
@@ -153,7 +153,7 @@ fn thousand_concurrent_connections_echo_across_two_workers() {
     }
     wait_connection_count(&handle, 0);
     let closes = echo.events.wait_closes(THREADS * PER_THREAD);
-    assert!(closes.iter().all(|(_, code, _)| *code == 1006));
+    assert!(closes.iter().all(|(_, reason)| reason.code() == CloseCode::ABNORMAL), "{closes:?}");
     server.shutdown();
 }
 
@@ -186,7 +186,8 @@ fn graceful_shutdown_sends_1001_to_every_connection_and_returns() {
     shutdown.join().unwrap();
     let record = echo.events.snapshot();
     assert_eq!(record.closed.len(), 20);
-    assert!(record.closed.iter().all(|(_, code, _)| *code == 1001), "{:?}", record.closed);
+    let answered = |r: &CloseReason| matches!(r, CloseReason::Peer { code: Some(CloseCode::GOING_AWAY), .. });
+    assert!(record.closed.iter().all(|(_, reason)| answered(reason)), "{:?}", record.closed);
 }
 
 #[test]
@@ -216,7 +217,7 @@ fn shutdown_returns_even_when_clients_never_answer() {
     }
     let record = echo.events.snapshot();
     assert_eq!(record.closed.len(), 5);
-    assert!(record.closed.iter().all(|(_, code, _)| *code == 1006), "{:?}", record.closed);
+    assert!(record.closed.iter().all(|(_, reason)| matches!(reason, CloseReason::Shutdown)), "{:?}", record.closed);
     // The port no longer accepts.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }

@@ -1,7 +1,7 @@
 //! The echo handler shared by the `echo` and `autobahn_server` examples:
 //! every message goes back as it came; `/` serves a test page, `/healthz` "ok".
 
-use emitws::proto::handshake::Request;
+use emitws::proto::handshake::server::HttpRequest;
 use emitws::proto::Message;
 use emitws::runtime::{Conn, Handler, HttpResponse};
 
@@ -40,7 +40,7 @@ impl Handler for Echo {
         };
     }
 
-    fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
+    fn on_http(&mut self, request: &HttpRequest<'_>) -> Option<HttpResponse> {
         match request.path() {
             "/" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
             "/healthz" => Some(HttpResponse::new(200, "text/plain", "ok\n")),

@@ -24,7 +24,7 @@ use super::socket::{flag, SocketData};
 use super::socket_id::SocketId;
 use super::worker_state::WorkerState;
 use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
-use crate::proto::{CloseCode, Message, OpCode};
+use crate::proto::{CloseCode, CloseReason, Message, OpCode};
 use crate::runtime::{Accept, Conn, Conns, Handler, Reject, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
@@ -371,7 +371,10 @@ impl AppWorker {
 impl Handler for AppWorker {
     type Data = SocketData;
 
-    fn on_http(&mut self, request: &crate::proto::handshake::Request<'_>) -> Option<crate::runtime::HttpResponse> {
+    fn on_http(
+        &mut self,
+        request: &crate::proto::handshake::server::HttpRequest<'_>,
+    ) -> Option<crate::runtime::HttpResponse> {
         self.app.0.setup.http.as_ref().and_then(|http| http(request))
     }
 
@@ -518,7 +521,8 @@ impl Handler for AppWorker {
         self.system(conn, &app.0.setup.router.system.ping, "@ping", &serde_json::json!({ "rtt_ms": rtt }));
     }
 
-    fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str) {
+    fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, why: &CloseReason) {
+        let (code, reason) = (why.code(), &*why.reason());
         let app = self.app.clone();
         let id = conn.id();
         for done in self.local.calls.take_all(id) {

@@ -102,7 +102,7 @@ use handler::AppWorker;
 use locks::lock;
 use router::Router;
 
-use crate::proto::handshake::Request as HttpRequest;
+use crate::proto::handshake::server::HttpRequest;
 use crate::proto::CloseCode;
 use crate::runtime::{HttpResponse, OriginPolicy, Server};
 

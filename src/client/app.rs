@@ -81,7 +81,7 @@ use serde_json::{json, Value};
 
 use super::{mask_rng, ClientBuilder, ClientError};
 use crate::app::CLOSE_TIMEOUT;
-use crate::proto::{CloseCode, MaskRng, Message};
+use crate::proto::{CloseCode, CloseReason, MaskRng, Message};
 use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle};
 
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
@@ -1048,7 +1048,8 @@ impl Handler for Link {
         }
     }
 
-    fn on_close(&mut self, _: &mut Conn<'_, ()>, code: CloseCode, reason: &str) {
+    fn on_close(&mut self, _: &mut Conn<'_, ()>, why: &CloseReason) {
+        let (code, reason) = (why.code(), &*why.reason());
         let Some(inner) = self.inner() else { return };
         {
             let mut state = lock(&inner.state);

@@ -2,16 +2,15 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::socket::{time_left, Stream};
 use super::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
+use crate::proto::compress::{DeflateState, Deflater, RSV1};
+use crate::proto::connection::{Config, Connection, Received};
 use crate::proto::deflate::DeflateAgreement;
-use crate::proto::{
-    encode_frame_with_rsv, CloseCode, CloseHandshake, Decoder, Event, Limits, MaskRng, Message, OpCode, ProtocolError,
-    ReadyEvent, Role,
-};
-use crate::runtime::compress::{DeflateState, Deflater, RSV1};
+use crate::proto::{CloseCode, CloseReason, Message, OpCode, ProtocolError, ReadyEvent, Role};
 
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 64 << 10;
@@ -35,34 +34,27 @@ pub enum Incoming<'a> {
 /// answered as they arrive; a close frame from the server is answered and
 /// ends the connection, after which every call returns
 /// [`ClientError::Closed`].
+///
+/// The protocol is [`proto::connection`](crate::proto::connection)'s; this
+/// drives it over a blocking socket.
 #[derive(Debug)]
 pub struct Client {
+    conn: Connection,
+    config: Config,
+    stream: Stream,
+    /// Frames to write, written at once after each call to the machine.
+    out: Vec<u8>,
     reader: Reader,
-    writer: Writer,
     deflate: Option<Box<Deflate>>,
-    limits: Limits,
     protocol: Option<String>,
-    close_timeout: Duration,
 }
 
-/// The receive side: the decoder and the bytes read but not yet decoded.
+/// The bytes read but not yet decoded.
 #[derive(Debug)]
 struct Reader {
-    decoder: Decoder,
     buf: Vec<u8>,
     start: usize,
     end: usize,
-}
-
-/// The send side, and the state of the close handshake.
-#[derive(Debug)]
-struct Writer {
-    stream: Stream,
-    buf: Vec<u8>,
-    rng: MaskRng,
-    close: CloseHandshake,
-    /// Why the connection ended, once it has.
-    ended: Option<(CloseCode, String)>,
 }
 
 /// permessage-deflate, once agreed: the same state and buffers as a
@@ -75,7 +67,8 @@ struct Deflate {
 
 impl Client {
     pub(crate) fn connect(url: &Url, settings: &ClientBuilder) -> Result<Client, ClientError> {
-        let deadline = Instant::now() + settings.timeout;
+        let started = Instant::now();
+        let deadline = started + settings.timeout;
         let mut stream = Stream::connect(url, settings, deadline)?;
         let mut upgrade = Upgrade::new(url, settings)?;
         stream.set_timeout(Some(time_left(deadline)?))?;
@@ -100,22 +93,32 @@ impl Client {
             Err((e, _)) => return Err(e),
         };
         stream.set_timeout(None)?;
-        let mut decoder = Decoder::new(Role::Client);
+        let config = Config {
+            limits: settings.limits,
+            keepalive: None,
+            handshake_timeout: settings.timeout,
+            close_timeout: settings.close_timeout,
+            // Frames are written as they are made: nothing queues up.
+            max_buffered: usize::MAX,
+        };
+        let mut conn = Connection::client(mask_rng()?, started, &config);
+        conn.open(Instant::now(), &config);
         let deflate = match (accepted.deflate, settings.deflate) {
-            (Some(agreement), Some(config)) => {
-                decoder.allow_extension_rsv(RSV1);
-                let state = DeflateState::new(Role::Client, agreement, config);
+            (Some(agreement), Some(deflate)) => {
+                conn.allow_compressed(RSV1);
+                let state = DeflateState::new(Role::Client, agreement, deflate);
                 Some(Box::new(Deflate { state, deflater: Deflater::default() }))
             }
             _ => None,
         };
         Ok(Client {
-            reader: Reader { decoder, buf, start: used, end: read },
-            writer: Writer { stream, buf: Vec::new(), rng: mask_rng()?, close: CloseHandshake::Open, ended: None },
+            conn,
+            config,
+            stream,
+            out: Vec::new(),
+            reader: Reader { buf, start: used, end: read },
             deflate,
-            limits: settings.limits,
             protocol: accepted.protocol,
-            close_timeout: settings.close_timeout,
         })
     }
 
@@ -131,19 +134,19 @@ impl Client {
 
     /// The server's address.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.writer.stream.socket().peer_addr()
+        self.stream.socket().peer_addr()
     }
 
     /// Whether messages can still be sent (no close frame sent or received).
     pub fn is_open(&self) -> bool {
-        self.writer.close.is_open()
+        self.conn.is_open()
     }
 
     /// How long [`recv`](Self::recv) waits before failing with
     /// [`ClientError::Timeout`] (the connection stays usable); `None`, the
     /// default, waits for ever. Also bounds each send.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        Ok(self.writer.stream.set_timeout(timeout)?)
+        Ok(self.stream.set_timeout(timeout)?)
     }
 
     /// Sends a text message.
@@ -162,19 +165,23 @@ impl Client {
         if payload.len() > 125 {
             return Err(ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, "ping payload over 125 bytes")));
         }
-        self.writer.check_open()?;
-        self.writer.frame(OpCode::Ping, 0, payload)
+        self.check_open()?;
+        self.conn.send(OpCode::Ping, 0, payload, &mut self.out);
+        self.write_out()
     }
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), ClientError> {
-        self.writer.check_open()?;
+        self.check_open()?;
         match self.deflate.as_deref_mut().filter(|d| d.state.compresses(payload.len())) {
             Some(Deflate { state, deflater }) => {
                 deflater.compress(state, payload);
-                self.writer.frame(opcode, RSV1, &deflater.scratch)
+                self.conn.send(opcode, RSV1, &deflater.scratch, &mut self.out);
             }
-            None => self.writer.frame(opcode, 0, payload),
+            None => {
+                self.conn.send(opcode, 0, payload, &mut self.out);
+            }
         }
+        self.write_out()
     }
 
     /// The next message. Pings are answered and pongs skipped on the way.
@@ -195,22 +202,23 @@ impl Client {
     /// close TCP. Messages still arriving are dropped. `Ok` once the close
     /// handshake completed.
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), ClientError> {
-        if let Some(frame) = self.writer.close.start(code, reason) {
-            self.writer.frame(OpCode::Close, 0, frame.payload())?;
-        }
-        if self.writer.close.is_done() {
+        self.conn.close(code, reason, Instant::now(), &self.config, &mut self.out);
+        self.write_out()?;
+        if self.conn.is_closed() {
             return Ok(());
         }
-        self.writer.stream.set_timeout(Some(self.close_timeout))?;
+        self.stream.set_timeout(Some(self.config.close_timeout))?;
         loop {
             match self.poll_ready(false) {
-                // Data after our close frame is not delivered (poll_ready skips it).
+                // Data after our close frame is not delivered (the machine skips it).
                 Ok(_) => continue,
                 // 1006 is never sent: it marks a connection that ended without a close frame.
                 Err(ClientError::Closed { code, .. }) if code != CloseCode::ABNORMAL => return Ok(()),
                 Err(e) => {
-                    self.writer.end(CloseCode::ABNORMAL, "close handshake failed");
-                    self.writer.stream.shutdown();
+                    // A read that timed out waited the close timeout since
+                    // our close frame went: the machine's deadline is due.
+                    self.conn.handle_timeout(Instant::now(), &self.config, &mut self.out);
+                    self.stream.shutdown();
                     return Err(e);
                 }
             }
@@ -219,78 +227,68 @@ impl Client {
 
     fn next(&mut self, pongs: bool) -> Result<Incoming<'_>, ClientError> {
         let (at, ready) = self.poll_ready(pongs)?;
-        // Split borrows: the event borrows the reader (and the inflate
-        // buffer), while failing the connection needs only the writer.
-        let Client { reader, writer, deflate, limits, .. } = self;
-        let event = match reader.decoder.event(&reader.buf[at..], ready) {
-            Ok(event) => event,
-            Err(e) => return Err(writer.fail(e)),
-        };
-        match event {
-            Event::Message(message) => Ok(Incoming::Message(message)),
-            Event::Pong(payload) => Ok(Incoming::Pong(payload)),
-            Event::Compressed { text, payload } => {
-                let Deflate { state, deflater } =
-                    deflate.as_deref_mut().expect("RSV1 is only allowed once permessage-deflate is agreed");
-                deflater
-                    .decompress(state, text, payload, limits.max_message_size)
-                    .map(Incoming::Message)
-                    .map_err(|e| writer.fail(e))
-            }
-            Event::Ping(_) | Event::Close(..) => unreachable!("poll_ready handles control frames"),
+        // Split borrows: what was received borrows the machine and the
+        // reader, while failing the connection writes through the stream.
+        let Client { conn, config, stream, out, reader, deflate, .. } = self;
+        let now = Instant::now();
+        if conn.is_compressed(ready) {
+            // Apart from the plain case: the inflated message borrows the
+            // deflater, so the machine is free again to fail the connection.
+            let (text, payload) = match conn.received(&reader.buf[at..], ready, now, config, out) {
+                Ok(Received::Compressed { text, payload }) => (text, payload),
+                Ok(_) => unreachable!("is_compressed checked above"),
+                Err(error) => return Err(fail_transport(stream, out, error)),
+            };
+            let Deflate { state, deflater } =
+                deflate.as_deref_mut().expect("RSV1 is only allowed once permessage-deflate is agreed");
+            let error = match deflater.decompress(state, text, payload, config.limits.max_message_size) {
+                Ok(message) => return Ok(Incoming::Message(message)),
+                Err(error) => error,
+            };
+            conn.fail(CloseReason::Protocol(error), now, config, out);
+            return Err(fail_transport(stream, out, error));
+        }
+        match conn.received(&reader.buf[at..], ready, now, config, out) {
+            Ok(Received::Message(message)) => Ok(Incoming::Message(message)),
+            Ok(Received::Pong(payload)) => Ok(Incoming::Pong(payload)),
+            Ok(Received::Compressed { .. }) => unreachable!("is_compressed checked above"),
+            Err(error) => Err(fail_transport(stream, out, error)),
         }
     }
 
     /// Reads and decodes until a message (or a pong, if asked for) is ready;
-    /// answers pings and the close handshake on the way. Returns where the
-    /// event's input starts in the read buffer.
+    /// the machine answers pings and the close handshake on the way. Returns
+    /// where the input of what is ready starts in the read buffer.
     fn poll_ready(&mut self, pongs: bool) -> Result<(usize, ReadyEvent), ClientError> {
         loop {
-            if let Some((code, reason)) = &self.writer.ended {
-                return Err(ClientError::Closed { code: *code, reason: reason.clone() });
+            if let Some(reason) = self.conn.ended() {
+                return Err(reason.into());
             }
             let reader = &mut self.reader;
             if reader.start == reader.end {
                 self.fill()?;
                 continue;
             }
-            let polled = match reader.decoder.poll(&mut reader.buf[reader.start..reader.end], &self.limits) {
-                Ok(polled) => polled,
-                Err(e) => return Err(self.writer.fail(e)),
-            };
+            let now = Instant::now();
+            let input = &mut reader.buf[reader.start..reader.end];
+            let (used, ready) = self.conn.poll_input(input, now, &self.config, &mut self.out);
             let at = reader.start;
-            reader.start += polled.consumed;
-            let Some(ready) = polled.ready else { continue };
-            if ready.is_data() || ready.is_pong() {
-                if self.writer.close.is_open() && (ready.is_data() || pongs) {
-                    return Ok((at, ready));
+            reader.start += used;
+            let written = self.write_out();
+            match self.conn.poll_ended() {
+                Some(CloseReason::Protocol(error)) => {
+                    // The close frame went (if the server still reads); then TCP closes.
+                    let error = *error;
+                    self.stream.shutdown();
+                    return Err(ClientError::Protocol(error));
                 }
-                continue;
+                // The server may be gone already; the close is complete either way.
+                Some(_) => self.await_server_close(),
+                None => written?,
             }
-            let control = match reader.decoder.event(&reader.buf[at..], ready) {
-                Ok(Event::Ping(payload)) => {
-                    let mut copy = [0; 125];
-                    copy[..payload.len()].copy_from_slice(payload);
-                    Control::Ping(copy, payload.len())
-                }
-                Ok(Event::Close(code, reason)) => Control::Close(code, reason.to_string()),
-                Ok(_) => unreachable!("data and pongs are handled above"),
-                Err(e) => return Err(self.writer.fail(e)),
-            };
-            match control {
-                Control::Ping(payload, len) => {
-                    if self.writer.close.is_open() {
-                        self.writer.frame(OpCode::Pong, 0, &payload[..len])?;
-                    }
-                }
-                Control::Close(code, reason) => {
-                    if let Some(reply) = self.writer.close.receive(code) {
-                        // The server may be gone already; the close is complete either way.
-                        let _ = self.writer.frame(OpCode::Close, 0, reply.payload());
-                    }
-                    self.writer.end(code.unwrap_or(CloseCode::NO_STATUS), &reason);
-                    self.await_server_close();
-                }
+            match ready {
+                Some(ready) if ready.is_data() || pongs => return Ok((at, ready)),
+                _ => continue,
             }
         }
     }
@@ -298,10 +296,9 @@ impl Client {
     /// Reads more input (only called once the last read is decoded).
     fn fill(&mut self) -> Result<(), ClientError> {
         let reader = &mut self.reader;
-        match self.writer.stream.read(&mut reader.buf) {
+        match self.stream.read(&mut reader.buf) {
             Ok(0) => {
-                self.writer.close.fail(CloseCode::ABNORMAL, "");
-                self.writer.end(CloseCode::ABNORMAL, "connection closed without a close frame");
+                self.conn.handle_eof();
                 Ok(())
             }
             Ok(n) => {
@@ -313,80 +310,67 @@ impl Client {
                 Err(ClientError::Timeout)
             }
             Err(e) => {
-                self.writer.close.fail(CloseCode::ABNORMAL, "");
-                self.writer.end(CloseCode::ABNORMAL, &e.to_string());
-                Err(ClientError::Io(e))
+                let e = Arc::new(e);
+                self.conn.handle_error(CloseReason::ReadFailed(e.clone()));
+                Err(ClientError::Io(io::Error::new(e.kind(), e)))
             }
         }
     }
 
-    /// After the close handshake the server closes TCP first (RFC 6455
-    /// §7.1.1); wait for that, up to the close timeout, then close ours.
-    fn await_server_close(&mut self) {
-        let deadline = Instant::now() + self.close_timeout;
-        let mut scratch = [0; 4096];
-        while let Ok(left) = time_left(deadline) {
-            let _ = self.writer.stream.set_timeout(Some(left));
-            match self.writer.stream.read(&mut scratch) {
-                Ok(n) if n > 0 => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                _ => break,
-            }
+    /// Writes the frames the machine made.
+    fn write_out(&mut self) -> Result<(), ClientError> {
+        if self.out.is_empty() {
+            return Ok(());
         }
-        self.writer.stream.shutdown();
-    }
-}
-
-/// A control frame, copied out of the read buffer so it can be answered.
-enum Control {
-    Ping([u8; 125], usize),
-    Close(Option<CloseCode>, String),
-}
-
-impl Writer {
-    /// Sends one masked frame with a fresh key.
-    fn frame(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) -> Result<(), ClientError> {
-        self.buf.clear();
-        encode_frame_with_rsv(&mut self.buf, opcode, true, rsv, Some(self.rng.next_key()), payload);
-        let result = self.stream.write_all(&self.buf);
-        if self.buf.capacity() > KEPT_SEND_BUFFER {
-            self.buf = Vec::new();
+        let result = self.stream.write_all(&self.out);
+        self.out.clear();
+        if self.out.capacity() > KEPT_SEND_BUFFER {
+            self.out = Vec::new();
         }
         result.map_err(|e| {
-            if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
-                self.close.fail(CloseCode::ABNORMAL, "");
-                self.end(CloseCode::ABNORMAL, &e.to_string());
+            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+                return ClientError::Timeout;
             }
-            ClientError::from(e)
+            let e = Arc::new(e);
+            self.conn.handle_error(CloseReason::WriteFailed(e.clone()));
+            ClientError::Io(io::Error::new(e.kind(), e))
         })
     }
 
     fn check_open(&self) -> Result<(), ClientError> {
-        match &self.ended {
-            Some((code, reason)) => Err(ClientError::Closed { code: *code, reason: reason.clone() }),
-            None if !self.close.is_open() => {
+        match self.conn.ended() {
+            Some(reason) => Err(reason.into()),
+            None if !self.conn.is_open() => {
                 Err(ClientError::Closed { code: CloseCode::NORMAL, reason: "closing".to_string() })
             }
             None => Ok(()),
         }
     }
 
-    /// Records why the connection ended (the first reason wins).
-    fn end(&mut self, code: CloseCode, reason: &str) {
-        self.ended.get_or_insert_with(|| (code, reason.to_string()));
-    }
-
-    /// Fails the connection for a protocol error of the server's: a close
-    /// frame with the error's code (unless ours went already), then TCP closed.
-    fn fail(&mut self, error: ProtocolError) -> ClientError {
-        let reason = error.to_string();
-        if let Some(frame) = self.close.fail(error.close_code(), &reason) {
-            let _ = self.frame(OpCode::Close, 0, frame.payload());
+    /// After the close handshake the server closes TCP first (RFC 6455
+    /// §7.1.1); wait for that, up to the close timeout, then close ours.
+    fn await_server_close(&mut self) {
+        let deadline = Instant::now() + self.config.close_timeout;
+        let mut scratch = [0; 4096];
+        while let Ok(left) = time_left(deadline) {
+            let _ = self.stream.set_timeout(Some(left));
+            match self.stream.read(&mut scratch) {
+                Ok(n) if n > 0 => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => break,
+            }
         }
-        self.end(error.close_code(), &reason);
         self.stream.shutdown();
-        ClientError::Protocol(error)
     }
+}
+
+/// After the machine failed the connection for a protocol error of the
+/// server's: its close frame is written (if the server still reads), then TCP closes.
+fn fail_transport(stream: &mut Stream, out: &mut Vec<u8>, error: ProtocolError) -> ClientError {
+    let _ = stream.write_all(out);
+    out.clear();
+    stream.shutdown();
+    ClientError::Protocol(error)
 }
 
 /// The body of a refusal: what came with the head, then more up to its

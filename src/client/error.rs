@@ -5,8 +5,8 @@ use std::io;
 use std::net::SocketAddr;
 
 use super::UrlError;
-use crate::proto::client_handshake::ResponseError;
-use crate::proto::{CloseCode, ProtocolError};
+use crate::proto::handshake::client::ResponseError;
+use crate::proto::{CloseCode, CloseReason, ProtocolError};
 
 /// Why connecting failed, or why an open connection ended.
 #[derive(Debug)]
@@ -50,8 +50,10 @@ pub enum ClientError {
     /// The server broke the protocol; we failed the connection with the
     /// error's close code.
     Protocol(ProtocolError),
-    /// The connection is closed: the close code and reason the server sent
-    /// (1005 if it sent none), ours if we closed, or 1006 if TCP just ended.
+    /// The connection is closed: the [`CloseReason::code`] and
+    /// [`CloseReason::reason`] of why it ended (the server's close code and
+    /// reason, 1005 if it sent none; ours if we failed it; 1006 if TCP just
+    /// ended or the close handshake timed out).
     Closed {
         /// The close code.
         code: CloseCode,
@@ -105,6 +107,13 @@ impl std::error::Error for ClientError {
             ClientError::Protocol(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl From<&CloseReason> for ClientError {
+    /// [`Closed`](Self::Closed) with the reason's code and text.
+    fn from(reason: &CloseReason) -> Self {
+        ClientError::Closed { code: reason.code(), reason: reason.reason().into_owned() }
     }
 }
 

@@ -3,7 +3,7 @@
 //! [`connect`] (or [`ClientBuilder::connect`] for settings) opens a blocking
 //! [`Client`] over TCP or, for `wss://`, TLS. The handshake and the frames go
 //! through the same sans-IO core as the server ([`crate::proto`]): the
-//! request is [`proto::client_handshake`](crate::proto::client_handshake),
+//! request is [`proto::handshake::client`](crate::proto::handshake::client),
 //! server frames are checked by a [`Decoder`](crate::proto::Decoder) with
 //! [`Role::Client`](crate::proto::Role::Client) (a masked server frame fails
 //! the connection with 1002), and every frame we send is masked with a fresh
@@ -35,9 +35,9 @@ pub use blocking::{Client, Incoming};
 pub use error::ClientError;
 pub use url::{Url, UrlError};
 
-use crate::proto::client_handshake::{encode_key, Accepted, Offer, ResponseError, ResponseReader, UpgradeRequest};
 use crate::proto::deflate::{client_offer, DeflateConfig};
-use crate::proto::handshake::RequestLimits;
+use crate::proto::handshake::client::{encode_key, Accepted, Offer, ResponseError, ResponseReader, UpgradeRequest};
+use crate::proto::handshake::server::RequestLimits;
 use crate::proto::{Limits, MaskRng};
 #[cfg(feature = "tls")]
 use crate::tls::TlsConnector;

@@ -212,6 +212,12 @@ impl Decoder {
         self.header_len == 0 && self.frame.is_none() && self.message_opcode.is_none()
     }
 
+    /// Whether the data message last completed (or in progress) is compressed
+    /// (RSV1 set under permessage-deflate).
+    pub fn is_compressed(&self) -> bool {
+        self.compressed
+    }
+
     /// Whether the peer's close frame has been decoded.
     pub fn peer_closed(&self) -> bool {
         self.peer_closed

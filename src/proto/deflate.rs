@@ -1,6 +1,6 @@
 //! permessage-deflate (RFC 7692): negotiation and the per-message codec.
 //!
-//! Negotiation works on the offers [`handshake::parse_extensions`] returns:
+//! Negotiation works on the offers [`handshake::server::parse_extensions`] returns:
 //! a server picks the first offer it can honour ([`accept_offer`]); a client
 //! sends [`client_offer`] and checks the answer with [`accept_response`]. Both
 //! end with a [`DeflateAgreement`], from which each side builds its
@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use emitws::proto::deflate::{accept_offer, Compressor, DeflateConfig, Decompressor};
-//! use emitws::proto::handshake::parse_extensions;
+//! use emitws::proto::handshake::server::parse_extensions;
 //! use emitws::proto::Role;
 //!
 //! let config = DeflateConfig::default();
@@ -34,14 +34,14 @@
 //! assert_eq!(message, b"hello hello hello");
 //! ```
 //!
-//! [`handshake::parse_extensions`]: super::handshake::parse_extensions
+//! [`handshake::parse_extensions`]: super::handshake::server::parse_extensions
 
 use std::fmt;
 use std::mem::MaybeUninit;
 
 use zlib_rs::{Deflate, DeflateConfig as ZlibConfig, DeflateFlush, Inflate, InflateFlush};
 
-use super::handshake::ExtensionOffer;
+use super::handshake::server::ExtensionOffer;
 use super::{ProtocolError, Role};
 
 /// The extension's token in `Sec-WebSocket-Extensions`.
@@ -231,7 +231,7 @@ fn window_bits(value: &str) -> Option<u8> {
 ///
 /// ```
 /// use emitws::proto::deflate::{accept_offer, DeflateConfig};
-/// use emitws::proto::handshake::parse_extensions;
+/// use emitws::proto::handshake::server::parse_extensions;
 /// let offers = parse_extensions(
 ///     b"permessage-deflate; server_max_window_bits=8, permessage-deflate; server_no_context_takeover",
 /// );
@@ -318,7 +318,7 @@ impl std::error::Error for DeflateResponseError {}
 ///
 /// ```
 /// use emitws::proto::deflate::{accept_response, DeflateConfig, DeflateResponseError};
-/// use emitws::proto::handshake::parse_extensions;
+/// use emitws::proto::handshake::server::parse_extensions;
 /// let config = DeflateConfig::default();
 /// let answer = parse_extensions(b"permessage-deflate; client_max_window_bits=10");
 /// assert_eq!(accept_response(&answer[0], &config).unwrap().client_max_window_bits, Some(10));
@@ -546,7 +546,7 @@ fn spare_up_to(out: &mut Vec<u8>, end: usize) -> &mut [MaybeUninit<u8>] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::handshake::parse_extensions;
+    use crate::proto::handshake::server::parse_extensions;
 
     fn accept(header: &str, config: &DeflateConfig) -> Option<String> {
         accept_offer(&parse_extensions(header.as_bytes()), config).map(|agreement| agreement.to_string())

@@ -5,8 +5,10 @@
 //! out; frames to send are written into caller-owned buffers. The runtime
 //! ([`crate::runtime`]) and the tests drive it the same way.
 
-pub mod client_handshake;
 mod close;
+mod close_reason;
+pub(crate) mod compress;
+pub mod connection;
 mod decoder;
 pub mod deflate;
 mod error;
@@ -16,6 +18,7 @@ mod mask;
 pub(crate) mod utf8;
 
 pub use close::{CloseCode, CloseFrame, CloseHandshake};
+pub use close_reason::CloseReason;
 pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Polled, ReadyEvent, Role};
 pub use error::ProtocolError;
 pub use frame::{close_payload, encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use mio::net::TcpStream;
 
-use super::compress::{DeflateState, Deflater, RSV1};
 use super::handle::{ConnId, ServerHandle, SharedFrame};
 use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
 use super::timer::{Entry, Wheel};
 use super::worker::Dialing;
+use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::DeflateAgreement;
-use crate::proto::handshake::RequestReader;
-use crate::proto::{CloseCode, CloseHandshake, Limits, MaskRng, OpCode};
+use crate::proto::handshake::server::RequestReader;
+use crate::proto::{CloseCode, CloseHandshake, CloseReason, Limits, MaskRng, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
@@ -59,7 +59,8 @@ pub(crate) mod flag {
     pub const OPENED: u16 = 1 << 4;
     /// `on_close` ran.
     pub const NOTIFIED: u16 = 1 << 5;
-    /// The connection failed inside a callback; `on_close` is due after it returns.
+    /// The connection failed inside a callback (its send budget ran out);
+    /// `on_close` is due after it returns.
     pub const CLOSE_PENDING: u16 = 1 << 6;
     /// The poller reported the peer's end of the stream: no further readiness
     /// will come, so reads must go on until they see it.
@@ -80,8 +81,6 @@ pub(crate) struct Connection<D> {
     pub generation: u32,
     pub phase: Phase,
     pub flags: u16,
-    /// The close code to report when `CLOSE_PENDING` is set.
-    pub pending_code: u16,
     /// When the connection next needs attention (a wheel tick).
     pub deadline: u32,
     /// The tick of this connection's wheel entry, or 0 for none.
@@ -89,14 +88,14 @@ pub(crate) struct Connection<D> {
     /// The index of that entry, to cancel it.
     pub timer: u32,
     pub out: Option<Box<OutQueue>>,
-    pub extra: Option<Box<Extra>>,
+    pub extra: Option<Box<RareState>>,
     pub data: D,
 }
 
 /// State only some connections need, boxed so that the rest pay 8 bytes
 /// for it (and dropped once empty).
 #[derive(Debug, Default)]
-pub(crate) struct Extra {
+pub(crate) struct RareState {
     /// The upgrade request, while it arrives.
     pub handshake: Option<RequestReader>,
     /// permessage-deflate, once agreed.
@@ -113,7 +112,7 @@ pub(crate) struct Extra {
     pub limits: Option<Limits>,
 }
 
-impl Extra {
+impl RareState {
     fn is_empty(&self) -> bool {
         #[cfg(feature = "tls")]
         if self.tls.is_some() {
@@ -193,7 +192,7 @@ impl<D> Connection<D> {
 
     /// Drops the boxed extra state once nothing is left in it.
     pub fn tidy_extra(&mut self) {
-        if self.extra.as_deref().is_some_and(Extra::is_empty) {
+        if self.extra.as_deref().is_some_and(RareState::is_empty) {
             self.extra = None;
         }
     }
@@ -267,7 +266,7 @@ impl<D> Connection<D> {
 /// Worker state that sends and timers need, kept apart from the connection
 /// slab and the handler so all three can be borrowed at once.
 #[derive(Debug)]
-pub(crate) struct Context {
+pub(crate) struct WorkerState {
     pub worker: usize,
     pub settings: Arc<Settings>,
     pub handle: ServerHandle,
@@ -289,7 +288,7 @@ pub(crate) struct Context {
 /// not leave an unbounded pool behind.
 const POOL_LIMIT: usize = 256;
 
-impl Context {
+impl WorkerState {
     /// The connection's write queue, taken from the pool if it has none, and
     /// the connection marked for flushing at the end of the turn.
     pub fn queue<'c, D>(&mut self, key: usize, conn: &'c mut Connection<D>) -> &'c mut OutQueue {
@@ -395,7 +394,7 @@ pub enum SendStatus {
 pub struct Conn<'w, D> {
     pub(crate) key: usize,
     pub(crate) conn: &'w mut Connection<D>,
-    pub(crate) ctx: &'w mut Context,
+    pub(crate) ctx: &'w mut WorkerState,
 }
 
 impl<D> std::fmt::Debug for Conn<'_, D> {
@@ -549,15 +548,14 @@ impl<D> Conn<'_, D> {
         }
         if self.conn.queued() + len > self.ctx.settings.max_buffered {
             if self.ctx.settings.backpressure == BackpressurePolicy::Close {
-                let code = CloseCode::POLICY_VIOLATION;
+                let reason = CloseReason::SendBufferFull;
                 // The peer is not reading: what is queued would never arrive
                 // anyway, so make room for the close frame.
                 if let Some(queue) = self.conn.out.as_mut() {
                     queue.truncate_unstarted();
                 }
-                self.ctx.fail(self.key, self.conn, code, "send buffer full");
+                self.ctx.fail(self.key, self.conn, reason.code(), &reason.reason());
                 self.conn.flags |= flag::CLOSE_PENDING;
-                self.conn.pending_code = code.0;
             }
             return Err(SendStatus::Refused);
         }

@@ -2,7 +2,7 @@
 
 use slab::Slab;
 
-use super::conn::{Conn, Context, Phase};
+use super::conn::{Conn, Phase, WorkerState};
 use super::handle::{ConnId, ServerHandle};
 use super::worker::Slot;
 
@@ -15,7 +15,7 @@ use super::worker::Slot;
 /// `on_close` once the callback returns.
 pub struct Conns<'w, D> {
     pub(crate) slab: &'w mut Slab<Slot<D>>,
-    pub(crate) ctx: &'w mut Context,
+    pub(crate) ctx: &'w mut WorkerState,
     /// Keys handed out, to settle after the callback.
     pub(crate) touched: &'w mut Vec<usize>,
 }

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
-use super::compress::SharedCompressed;
 use crate::client::{ClientBuilder, ClientError, Url};
+use crate::proto::compress::SharedCompressed;
 use crate::proto::{close_payload, encode_frame, CloseCode, OpCode};
 
 /// A connection's id, unique for the server's lifetime (slots are reused, ids are not
@@ -163,7 +163,7 @@ pub(crate) struct WorkerInbox {
 
 /// State shared by all workers and handles.
 #[derive(Debug, Default)]
-pub(crate) struct Shared {
+pub(crate) struct ServerState {
     pub connections: AtomicUsize,
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
     pub stopping: AtomicBool,
@@ -180,7 +180,7 @@ pub(crate) struct Shared {
 #[derive(Clone, Debug)]
 pub struct ServerHandle {
     pub(crate) inboxes: Arc<Vec<WorkerInbox>>,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<ServerState>,
     /// Wakes the acceptor thread (acceptor mode only) so it sees a shutdown.
     pub(crate) acceptor: Option<Arc<Waker>>,
 }

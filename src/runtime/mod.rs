@@ -11,7 +11,6 @@
 //! Messages arrive as slices borrowed from the worker's read buffer; sends are
 //! queued and written once per loop turn, with `writev`.
 
-pub(crate) mod compress;
 mod conn;
 mod conns;
 mod handle;
@@ -32,8 +31,8 @@ pub use handle::{ConnId, ServerHandle, SharedFrame, Stats};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
 use crate::proto::deflate::DeflateConfig;
-use crate::proto::handshake::Request;
-use crate::proto::{CloseCode, Message};
+use crate::proto::handshake::server::HttpRequest;
+use crate::proto::{CloseCode, CloseReason, Message};
 
 /// The application's side of a server: callbacks for each connection event.
 ///
@@ -86,11 +85,13 @@ pub trait Handler: Clone + Send + 'static {
         let _ = conn;
     }
 
-    /// The connection closed: `code` is the peer's close code, the code the
-    /// server failed the connection with, or 1006 when it just dropped.
+    /// The connection closed, for `reason`: the peer's close frame, a
+    /// protocol error, a timeout, an I/O error… ([`CloseReason::code`] gives
+    /// the close code that applies: the peer's, the one the server failed
+    /// the connection with, or 1006 when it just dropped).
     /// Called exactly once for every connection that was opened.
-    fn on_close(&mut self, conn: &mut Conn<'_, Self::Data>, code: CloseCode, reason: &str) {
-        let _ = (conn, code, reason);
+    fn on_close(&mut self, conn: &mut Conn<'_, Self::Data>, reason: &CloseReason) {
+        let _ = (conn, reason);
     }
 
     /// An outgoing connection ([`ServerHandle::connect`]) failed before it
@@ -102,7 +103,7 @@ pub trait Handler: Clone + Send + 'static {
 
     /// A plain HTTP request (not an upgrade). `None`, the default, answers
     /// 426 Upgrade Required.
-    fn on_http(&mut self, request: &Request<'_>) -> Option<HttpResponse> {
+    fn on_http(&mut self, request: &HttpRequest<'_>) -> Option<HttpResponse> {
         let _ = request;
         None
     }
@@ -131,8 +132,8 @@ pub trait Handler: Clone + Send + 'static {
 /// A valid upgrade request, as shown to [`Handler::on_upgrade`].
 #[derive(Debug)]
 pub struct UpgradeRequest<'a> {
-    pub(crate) request: &'a Request<'a>,
-    pub(crate) upgrade: &'a crate::proto::handshake::Upgrade<'a>,
+    pub(crate) request: &'a HttpRequest<'a>,
+    pub(crate) upgrade: &'a crate::proto::handshake::server::Upgrade<'a>,
     pub(crate) peer: Option<SocketAddr>,
 }
 
@@ -153,7 +154,7 @@ impl<'a> UpgradeRequest<'a> {
     }
 
     /// The whole request, with every header.
-    pub fn request(&self) -> &Request<'a> {
+    pub fn request(&self) -> &HttpRequest<'a> {
         self.request
     }
 
@@ -201,7 +202,7 @@ pub struct Reject {
 impl Reject {
     /// A refusal with this status and its standard reason phrase as the body.
     pub fn status(status: u16) -> Reject {
-        Reject { status, body: crate::proto::handshake::reason_phrase(status).to_string() }
+        Reject { status, body: crate::proto::handshake::server::reason_phrase(status).to_string() }
     }
 }
 

@@ -4,9 +4,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::proto::connection::Keepalive;
 use crate::proto::deflate::DeflateConfig;
-use crate::proto::handshake::RequestLimits;
-use crate::proto::{CloseCode, Limits};
+use crate::proto::handshake::server::RequestLimits;
+use crate::proto::Limits;
 
 /// How accepted sockets reach the workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,33 +26,6 @@ pub enum BackpressurePolicy {
     Refuse,
     /// The send is refused and the connection is closed with 1008 (policy violation).
     Close,
-}
-
-/// Keepalive: ping after `idle` without traffic; after `timeout` more without
-/// any, close with `close_code` (a close frame, then the usual close timeout
-/// before TCP is dropped).
-///
-/// ```
-/// use std::time::Duration;
-/// use emitws::runtime::Keepalive;
-/// let keepalive = Keepalive { idle: Duration::from_secs(10), ..Keepalive::default() };
-/// assert_eq!(keepalive.close_code.0, 1001);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Keepalive {
-    /// Silence before a ping is sent (default 30 s).
-    pub idle: Duration,
-    /// Further silence after the ping before the connection is closed (default 30 s).
-    pub timeout: Duration,
-    /// The code of the close frame sent when `timeout` passes (default 1001,
-    /// going away; the event layer uses 4408, see PROTOCOL.md).
-    pub close_code: CloseCode,
-}
-
-impl Default for Keepalive {
-    fn default() -> Self {
-        Keepalive { idle: Duration::from_secs(30), timeout: Duration::from_secs(30), close_code: CloseCode::GOING_AWAY }
-    }
 }
 
 /// A function deciding on an upgrade's `Origin` header (`None` when absent).

@@ -5,6 +5,10 @@
 //! threads; expire timers; then write every connection that queued bytes during
 //! the turn, once each. Reads are bounded per connection per turn, so one busy
 //! peer cannot starve the rest.
+//!
+//! This file holds the loop itself; beside it, `accept` takes connections in,
+//! `upgrade` answers the upgrade request, `dispatch` hands an open
+//! connection's frames to the handler, and `outgoing` dials out.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,20 +22,26 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::compress::{DeflateState, Deflater, RSV1};
-use super::conn::{flag, Conn, Connection, Context, Extra, Phase};
-use super::handle::{Command, ConnId, ServerHandle, Shared, Stats, WorkerInbox};
+use super::conn::{flag, Conn, Connection, Phase, RareState, WorkerState};
+use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
 use crate::client::ClientError;
+use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::{self, DeflateAgreement};
-use crate::proto::handshake::{self, HandshakeError, RequestReader};
-use crate::proto::{CloseCode, Decoder, Event, OpCode, ProtocolError, Role};
+use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
+use crate::proto::{CloseCode, CloseReason, Decoder, Event, OpCode, ProtocolError, Role};
 
+mod accept;
+mod dispatch;
 mod outgoing;
+mod upgrade;
 
+use accept::run_acceptor;
+use dispatch::{frames, report_close, settle};
 pub(crate) use outgoing::{Dial, Dialing};
+use upgrade::{handshake, open};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -68,7 +78,7 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
         inboxes.push(WorkerInbox { sender, waker });
         receivers.push(receiver);
     }
-    let shared = Arc::new(Shared { data_type: Some(std::any::TypeId::of::<H::Data>()), ..Shared::default() });
+    let shared = Arc::new(ServerState { data_type: Some(std::any::TypeId::of::<H::Data>()), ..ServerState::default() });
     let mut acceptor = None;
     if !reuse_port {
         let poll = Poll::new()?;
@@ -107,45 +117,6 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
     Ok(RunningServer { handle, local_addr, threads })
 }
 
-/// Accepts connections and deals them to the workers in turn.
-fn run_acceptor(mut poll: Poll, mut listener: TcpListener, handle: ServerHandle) {
-    if poll.registry().register(&mut listener, LISTENER, Interest::READABLE).is_err() {
-        return;
-    }
-    let mut events = Events::with_capacity(64);
-    let mut next = 0;
-    loop {
-        if let Err(e) = poll.poll(&mut events, None) {
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return;
-        }
-        if handle.shared.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    let inbox = &handle.inboxes[next % handle.inboxes.len()];
-                    next += 1;
-                    if inbox.sender.send(Command::Adopt(stream)).is_ok() {
-                        let _ = inbox.waker.wake();
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if is_transient_accept_error(&e) => continue,
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-/// Accept errors that concern one connection (or a momentary shortage), not the listener.
-fn is_transient_accept_error(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
-}
-
 /// A connection's frame decoder, kept beside the rest of its state so the two
 /// can be borrowed separately (events borrow from the decoder).
 pub(crate) struct Slot<D> {
@@ -160,7 +131,7 @@ struct Worker<H: Handler> {
     slab: Slab<Slot<H::Data>>,
     handler: H,
     read_buf: Vec<u8>,
-    ctx: Context,
+    ctx: WorkerState,
     /// Connections that still had input after their reads this turn.
     retry: Vec<usize>,
     next_generation: u32,
@@ -184,7 +155,7 @@ impl<H: Handler> Worker<H> {
         handler: H,
     ) -> Self {
         let read_buf = vec![0; settings.read_buffer_size.max(1024)];
-        let ctx = Context {
+        let ctx = WorkerState {
             worker: index,
             settings,
             handle,
@@ -272,99 +243,12 @@ impl<H: Handler> Worker<H> {
                 if self.slab.is_empty() || now >= deadline {
                     let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
                     for key in keys {
-                        self.abort(key, "server shut down");
+                        self.abort(key, CloseReason::Shutdown);
                     }
                     return;
                 }
             }
         }
-    }
-
-    fn accept_all(&mut self) {
-        let Some(listener) = self.listener.take() else { return };
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => self.adopt(stream),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if is_transient_accept_error(&e) => continue,
-                // Out of file descriptors, most likely: stop for this turn; the
-                // listener will report readiness again as connections close.
-                Err(_) => break,
-            }
-        }
-        self.listener = Some(listener);
-    }
-
-    /// Takes a freshly accepted socket, unless a connection cap forbids it.
-    fn adopt(&mut self, mut stream: TcpStream) {
-        if self.shutdown_deadline.is_some() {
-            return;
-        }
-        let settings = self.ctx.settings.clone();
-        let shared = &self.ctx.handle.shared;
-        let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        if settings.max_connections.is_some_and(|max| open > max) {
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
-            return refuse(stream, "too many connections");
-        }
-        let mut peer_ip = None;
-        if let Some(max) = settings.max_connections_per_ip {
-            let Ok(peer) = stream.peer_addr() else {
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
-                return;
-            };
-            let mut per_ip = lock(&shared.per_ip);
-            let count = per_ip.entry(peer.ip()).or_insert(0);
-            if *count >= max {
-                drop(per_ip);
-                shared.connections.fetch_sub(1, Ordering::Relaxed);
-                return refuse(stream, "too many connections from this address");
-            }
-            *count += 1;
-            peer_ip = Some(peer.ip());
-        }
-        let _ = stream.set_nodelay(true);
-        let entry = self.slab.vacant_entry();
-        let key = entry.key();
-        let registered = self.poll.registry().register(
-            &mut stream,
-            Token(key + FIRST_CONN),
-            // Writability is asked for once a write falls short (see
-            // `flush`): until then, ACKs of our writes do not wake the loop.
-            Interest::READABLE,
-        );
-        self.next_generation = self.next_generation.wrapping_add(1);
-        #[cfg(feature = "tls")]
-        let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
-            Some(Ok(session)) => Some(Box::new(Extra { tls: Some(Box::new(session)), ..Extra::default() })),
-            Some(Err(_)) => return,
-            None => None,
-        };
-        #[cfg(not(feature = "tls"))]
-        let extra: Option<Box<Extra>> = None;
-        let conn = Connection {
-            socket: stream,
-            generation: self.next_generation,
-            phase: Phase::Handshake,
-            flags: 0,
-            pending_code: 0,
-            deadline: 0,
-            armed: 0,
-            timer: 0,
-            out: None,
-            extra,
-            data: Default::default(),
-        };
-        let slot = entry.insert(Slot { decoder: Decoder::new(Role::Server), conn });
-        if let Some(ip) = peer_ip {
-            self.peer_ips.insert(key, ip);
-        }
-        if registered.is_err() {
-            self.remove(key);
-            return;
-        }
-        let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, settings.handshake_timeout);
-        self.ctx.set_deadline(key, &mut slot.conn, tick);
     }
 
     fn drain_inbox(&mut self) {
@@ -443,7 +327,7 @@ impl<H: Handler> Worker<H> {
         for key in keys {
             let conn = &mut self.slab[key].conn;
             match conn.phase {
-                Phase::Handshake => self.abort(key, "server shutting down"),
+                Phase::Handshake => self.abort(key, CloseReason::Shutdown),
                 _ => self.ctx.start_close(key, conn, CloseCode::GOING_AWAY, "server shutting down"),
             }
         }
@@ -464,7 +348,7 @@ impl<H: Handler> Worker<H> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return self.abort(key, "read error"),
+                Err(e) => return self.abort(key, CloseReason::ReadFailed(Arc::new(e))),
             };
             let is_tls = conn.is_tls();
             if conn.phase == Phase::Open {
@@ -491,7 +375,7 @@ impl<H: Handler> Worker<H> {
             // The peer may close right after its close frame; still send our reply.
             self.flush(key);
         }
-        self.abort(key, "connection closed without a close frame");
+        self.abort(key, CloseReason::NoCloseFrame);
     }
 
     /// Hands `n` freshly read bytes to the connection's current phase.
@@ -540,9 +424,9 @@ impl<H: Handler> Worker<H> {
                     // The peer may be slow rather than gone: tell it why
                     // before dropping TCP. The handler hears now, with the
                     // code sent; the close timeout then ends the connection.
-                    let (code, reason) = (keepalive.close_code, "keepalive timeout");
-                    self.ctx.start_close(key, conn, code, reason);
-                    notify(&mut self.handler, key, conn, &mut self.ctx, code, reason);
+                    let reason = CloseReason::KeepaliveTimeout(keepalive.close_code);
+                    self.ctx.start_close(key, conn, reason.code(), &reason.reason());
+                    report_close(&mut self.handler, key, conn, &mut self.ctx, &reason);
                 }
                 Some(keepalive) => {
                     conn.flags |= flag::PING_SENT;
@@ -552,7 +436,7 @@ impl<H: Handler> Worker<H> {
                 }
                 None => {}
             },
-            Phase::Closing | Phase::Finishing | Phase::Draining => self.abort(key, "close timeout"),
+            Phase::Closing | Phase::Finishing | Phase::Draining => self.abort(key, CloseReason::CloseTimeout),
         }
     }
 
@@ -579,23 +463,23 @@ impl<H: Handler> Worker<H> {
                     }
                 }
                 Ok(false) => {
-                    if await_writable(poll, key, conn).is_err() {
-                        self.abort(key, "poll registration failed");
+                    if let Err(e) = await_writable(poll, key, conn) {
+                        self.abort(key, CloseReason::WriteFailed(Arc::new(e)));
                     }
                     return;
                 }
-                Err(_) => return self.abort(key, "write error"),
+                Err(e) => return self.abort(key, CloseReason::WriteFailed(Arc::new(e))),
             }
         }
         match conn.flush_tls() {
             Ok(true) => {}
             Ok(false) => {
-                if await_writable(poll, key, conn).is_err() {
-                    self.abort(key, "poll registration failed");
+                if let Err(e) = await_writable(poll, key, conn) {
+                    self.abort(key, CloseReason::WriteFailed(Arc::new(e)));
                 }
                 return;
             }
-            Err(_) => return self.abort(key, "write error"),
+            Err(e) => return self.abort(key, CloseReason::WriteFailed(Arc::new(e))),
         }
         if conn.phase == Phase::Finishing && conn.out.is_none() {
             conn.close_tls();
@@ -605,13 +489,13 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Drops the connection now, telling the handler if it had not been told.
-    fn abort(&mut self, key: usize, reason: &str) {
+    fn abort(&mut self, key: usize, reason: CloseReason) {
         let Worker { slab, handler, ctx, .. } = self;
         if let Some(slot) = slab.get_mut(key) {
             if slot.conn.is_dialing() {
-                return self.dial_failed(key, ClientError::Io(io::Error::other(reason)));
+                return self.dial_failed(key, dial_error(reason));
             }
-            notify(handler, key, &mut slot.conn, ctx, CloseCode::ABNORMAL, reason);
+            report_close(handler, key, &mut slot.conn, ctx, &reason);
         }
         self.remove(key);
     }
@@ -654,233 +538,13 @@ fn await_writable<D>(poll: &Poll, key: usize, conn: &mut Connection<D>) -> io::R
     Ok(())
 }
 
-/// Feeds bytes to the request reader; on a complete head, answers it. Returns
-/// how many bytes the head used if the connection is now open.
-fn handshake<H: Handler>(
-    slot: &mut Slot<H::Data>,
-    key: usize,
-    handler: &mut H,
-    ctx: &mut Context,
-    input: &[u8],
-) -> Option<usize> {
-    let conn = &mut slot.conn;
-    let limits = ctx.settings.request_limits;
-    let extra = conn.extra.get_or_insert_with(Box::default);
-    let reader = extra.handshake.get_or_insert_with(RequestReader::default);
-    let used = match reader.push(input, &limits) {
-        Ok(None) => return None,
-        Ok(Some(used)) => used,
-        Err(e) => {
-            ctx.queue(key, conn).push_with(|out| e.write_response(out));
-            ctx.finish(key, conn);
-            return None;
-        }
-    };
-    let extra = conn.extra.as_deref_mut().expect("a handshaking connection holds its reader");
-    let reader = extra.handshake.take().expect("a handshaking connection holds its reader");
-    let settings = ctx.settings.clone();
-    let peer = conn.socket.peer_addr().ok();
-    let mut accepted = None;
-    ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
-    let Some((accept, deflate)) = accepted else {
-        ctx.finish(key, conn);
-        return None;
-    };
-    if let (Some(agreement), Some(config)) = (deflate, settings.deflate) {
-        slot.compress(DeflateState::new(Role::Server, agreement, config));
+/// The error an outgoing connection that never opened reports for `reason`:
+/// an I/O error keeps its kind and the error itself.
+fn dial_error(reason: CloseReason) -> ClientError {
+    match reason {
+        CloseReason::ReadFailed(e) | CloseReason::WriteFailed(e) => ClientError::Io(io::Error::new(e.kind(), e)),
+        other => ClientError::Io(io::Error::other(other.reason().into_owned())),
     }
-    slot.conn.data = accept.data;
-    open(handler, key, &mut slot.conn, ctx).then_some(used)
-}
-
-impl<D> Slot<D> {
-    /// permessage-deflate was agreed: compressed messages may arrive, and sends compress.
-    fn compress(&mut self, state: DeflateState) {
-        self.conn.extra.get_or_insert_with(Box::default).deflate = Some(state);
-        self.decoder.allow_extension_rsv(RSV1);
-    }
-}
-
-/// The upgrade is done (either way round): the connection opens. Returns
-/// whether it is still open after `on_open`.
-fn open<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut Context) -> bool {
-    conn.tidy_extra();
-    conn.phase = Phase::Open;
-    conn.flags |= flag::OPENED;
-    // The handshake deadline no longer applies.
-    ctx.disarm(key, conn);
-    conn.deadline = u32::MAX;
-    if let Some(keepalive) = ctx.settings.keepalive {
-        let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
-        ctx.set_deadline(key, conn, tick);
-    }
-    handler.on_open(&mut Conn { key, conn, ctx });
-    settle(handler, key, conn, ctx);
-    conn.phase == Phase::Open
-}
-
-/// Answers a complete request head into `response`: the 101 (returning the
-/// acceptance and any permessage-deflate agreement) or an HTTP response that
-/// ends the connection (returning `None`).
-fn answer<H: Handler>(
-    reader: &RequestReader,
-    peer: Option<SocketAddr>,
-    handler: &mut H,
-    settings: &Settings,
-    response: &mut Vec<u8>,
-) -> Option<(super::Accept<H::Data>, Option<DeflateAgreement>)> {
-    let request = match reader.request(&settings.request_limits) {
-        Ok(request) => request,
-        Err(e) => {
-            e.write_response(response);
-            return None;
-        }
-    };
-    if !request.is_websocket_upgrade() {
-        match handler.on_http(&request) {
-            Some(reply) => {
-                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                handshake::write_response(response, reply.status, &headers, &reply.body);
-            }
-            None => handshake::write_response(
-                response,
-                426,
-                &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
-                b"This endpoint speaks WebSocket only.",
-            ),
-        }
-        return None;
-    }
-    let upgrade = match request.websocket() {
-        Ok(upgrade) => upgrade,
-        Err(e) => {
-            e.write_response(response);
-            return None;
-        }
-    };
-    let origin = request.header("origin").and_then(|o| std::str::from_utf8(o).ok());
-    if !settings.origins.allows(origin) {
-        HandshakeError::OriginRejected.write_response(response);
-        return None;
-    }
-    let view = UpgradeRequest { request: &request, upgrade: &upgrade, peer };
-    match handler.on_upgrade(&view) {
-        Ok(mut accept) => {
-            let offered = |p: &String| upgrade.protocols().any(|offer| offer == p);
-            accept.protocol = accept.protocol.filter(offered);
-            let deflate = settings.deflate.and_then(|config| {
-                let offers: Vec<_> = upgrade.extensions().collect();
-                deflate::accept_offer(&offers, &config)
-            });
-            let extensions = deflate.map(|agreement| agreement.to_string());
-            handshake::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), extensions.as_deref());
-            Some((accept, deflate))
-        }
-        Err(reject) => {
-            handshake::write_response(response, reject.status, &[], reject.body.as_bytes());
-            None
-        }
-    }
-}
-
-/// Decodes frames from `input` and dispatches them.
-fn frames<H: Handler>(slot: &mut Slot<H::Data>, key: usize, handler: &mut H, ctx: &mut Context, input: &mut [u8]) {
-    let Slot { decoder, conn } = slot;
-    let limits = conn.limits(&ctx.settings);
-    let mut pos = 0;
-    while pos < input.len() && matches!(conn.phase, Phase::Open | Phase::Closing) {
-        let decoded = match decoder.decode(&mut input[pos..], &limits) {
-            Ok(decoded) => decoded,
-            Err(e) => return fail_on(e, handler, key, conn, ctx),
-        };
-        pos += decoded.consumed;
-        match decoded.event {
-            None => {}
-            // After our close frame, data messages are no longer delivered.
-            Some(Event::Message(message)) if conn.phase == Phase::Open => {
-                handler.on_message(&mut Conn { key, conn, ctx }, message);
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Compressed { text, payload }) if conn.phase == Phase::Open => {
-                let state = conn.deflate().expect("RSV1 is only allowed once permessage-deflate is agreed");
-                // Taken out of the context for the callback, which borrows the context too.
-                let mut deflater = std::mem::take(&mut ctx.deflater);
-                let inflated = deflater.decompress(state, text, payload, limits.max_message_size);
-                let result = inflated.map(|message| handler.on_message(&mut Conn { key, conn, ctx }, message));
-                ctx.deflater = deflater;
-                if let Err(e) = result {
-                    return fail_on(e, handler, key, conn, ctx);
-                }
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Ping(payload)) => {
-                // Pongs count against the send budget like any frame: a ping
-                // flood from a peer that does not read cannot grow the queue.
-                let fits = conn.queued() + payload.len() + 2 <= ctx.settings.max_buffered;
-                if conn.phase == Phase::Open && fits {
-                    ctx.push_frame(key, conn, OpCode::Pong, 0, payload);
-                }
-            }
-            Some(Event::Pong(payload)) if conn.phase == Phase::Open => {
-                handler.on_pong(&mut Conn { key, conn, ctx }, payload);
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Pong(_) | Event::Message(_) | Event::Compressed { .. }) => {}
-            Some(Event::Close(code, reason)) => {
-                if let Some(reply) = conn.phase.close_handshake().and_then(|mut close| close.receive(code)) {
-                    ctx.push_frame(key, conn, OpCode::Close, 0, reply.payload());
-                }
-                ctx.finish(key, conn);
-                notify(handler, key, conn, ctx, code.unwrap_or(CloseCode::NO_STATUS), reason);
-                return;
-            }
-        }
-    }
-}
-
-/// Fails the connection for a protocol error of the peer's, and tells the handler.
-fn fail_on<H: Handler>(
-    error: ProtocolError,
-    handler: &mut H,
-    key: usize,
-    conn: &mut Connection<H::Data>,
-    ctx: &mut Context,
-) {
-    let reason = error.to_string();
-    ctx.fail(key, conn, error.close_code(), &reason);
-    notify(handler, key, conn, ctx, error.close_code(), &reason);
-}
-
-/// Calls `on_close` once for an opened connection.
-fn notify<H: Handler>(
-    handler: &mut H,
-    key: usize,
-    conn: &mut Connection<H::Data>,
-    ctx: &mut Context,
-    code: CloseCode,
-    reason: &str,
-) {
-    if conn.has(flag::OPENED) && !conn.has(flag::NOTIFIED) {
-        conn.flags |= flag::NOTIFIED;
-        handler.on_close(&mut Conn { key, conn, ctx }, code, reason);
-    }
-}
-
-/// After a callback: report a close the callback caused (a send over budget).
-fn settle<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut Context) {
-    if conn.has(flag::CLOSE_PENDING) {
-        conn.flags &= !flag::CLOSE_PENDING;
-        let code = CloseCode(conn.pending_code);
-        notify(handler, key, conn, ctx, code, "send buffer full");
-    }
-}
-
-/// Turns away a connection over a cap with a best-effort 503.
-fn refuse(mut stream: TcpStream, reason: &str) {
-    use std::io::Write as _;
-    let mut response = Vec::new();
-    handshake::write_response(&mut response, 503, &[], reason.as_bytes());
-    let _ = stream.write(&response);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

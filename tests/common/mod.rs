@@ -14,8 +14,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use emitws::proto::handshake::{accept_key, RequestLimits, RequestReader};
-use emitws::proto::{encode_frame, CloseCode, Decoder, Event, Limits, Message, OpCode, ProtocolError, Role};
+use emitws::proto::handshake::server::{accept_key, RequestLimits, RequestReader};
+use emitws::proto::{
+    encode_frame, CloseCode, CloseReason, Decoder, Event, Limits, Message, OpCode, ProtocolError, Role,
+};
 use emitws::runtime::{Accept, Conn, ConnId, Handler, Reject, Server, ServerHandle, SharedFrame, UpgradeRequest};
 
 /// How long a client read, or a wait on the server, may take before the test fails.
@@ -374,8 +376,8 @@ impl Client {
 pub struct Record {
     /// `on_open`: the connection and its tag (the request path).
     pub opened: Vec<(ConnId, String)>,
-    /// `on_close`: the connection, the code and the reason.
-    pub closed: Vec<(ConnId, u16, String)>,
+    /// `on_close`: the connection and why it ended.
+    pub closed: Vec<(ConnId, CloseReason)>,
     /// The worker thread (by name) each connection opened on.
     pub threads: Vec<(ConnId, String)>,
 }
@@ -386,7 +388,7 @@ impl Record {
     }
 
     pub fn close_codes(&self, id: ConnId) -> Vec<u16> {
-        self.closed.iter().filter(|(i, _, _)| *i == id).map(|(_, code, _)| *code).collect()
+        self.closed.iter().filter(|(i, _)| *i == id).map(|(_, reason)| reason.code().0).collect()
     }
 }
 
@@ -430,15 +432,13 @@ impl Events {
         self.wait(&format!("on_open of {tag}"), |r| r.id_of(tag))
     }
 
-    /// The first close code reported for `id`.
-    pub fn wait_closed(&self, id: ConnId) -> (u16, String) {
-        self.wait(&format!("on_close of {id}"), |r| {
-            r.closed.iter().find(|(i, _, _)| *i == id).map(|(_, code, reason)| (*code, reason.clone()))
-        })
+    /// The first close reason reported for `id`.
+    pub fn wait_closed(&self, id: ConnId) -> CloseReason {
+        self.wait(&format!("on_close of {id}"), |r| r.closed.iter().find(|(i, _)| *i == id).map(|(_, why)| why.clone()))
     }
 
     /// Waits for `count` closes in all.
-    pub fn wait_closes(&self, count: usize) -> Vec<(ConnId, u16, String)> {
+    pub fn wait_closes(&self, count: usize) -> Vec<(ConnId, CloseReason)> {
         self.wait(&format!("{count} closes"), |r| (r.closed.len() >= count).then(|| r.closed.clone()))
     }
 }
@@ -489,8 +489,8 @@ impl Handler for Echo {
         };
     }
 
-    fn on_close(&mut self, conn: &mut Conn<'_, String>, code: CloseCode, reason: &str) {
-        let entry = (conn.id(), code.0, reason.to_string());
+    fn on_close(&mut self, conn: &mut Conn<'_, String>, reason: &CloseReason) {
+        let entry = (conn.id(), reason.clone());
         self.events.update(|r| r.closed.push(entry));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{flag, Connection, Context, DeflateState, Extra, Handler, Phase, Slot, Worker, FIRST_CONN};
+use super::{flag, Connection, DeflateState, Handler, Phase, RareState, Slot, Worker, WorkerState, FIRST_CONN};
 use crate::client::socket::{connect_error, resolve};
 use crate::client::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
 use crate::proto::{Decoder, Role};
@@ -59,11 +59,11 @@ impl<H: Handler> Worker<H> {
         self.ctx.handle.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.next_generation = self.next_generation.wrapping_add(1);
         let timeout = dialing.settings.timeout;
-        let extra = Extra {
+        let extra = RareState {
             limits: Some(dialing.settings.limits),
             dialing: Some(Box::new(dialing)),
             masks: mask_rng().ok(),
-            ..Extra::default()
+            ..RareState::default()
         };
         let conn = Connection {
             socket,
@@ -71,7 +71,6 @@ impl<H: Handler> Worker<H> {
             phase: Phase::Handshake,
             // Writability says the connect finished; the interest stays on (see `await_writable`).
             flags: flag::CONNECTING | flag::WRITE_INTEREST,
-            pending_code: 0,
             deadline: 0,
             armed: 0,
             timer: 0,
@@ -186,7 +185,7 @@ pub(super) fn response<H: Handler>(
     slot: &mut Slot<H::Data>,
     key: usize,
     handler: &mut H,
-    ctx: &mut Context,
+    ctx: &mut WorkerState,
     input: &[u8],
 ) -> Result<Option<usize>, ClientError> {
     let extra = slot.conn.extra.as_deref_mut().expect("a dialing connection");

@@ -17,9 +17,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use emitws::app::PROTOCOL;
-use emitws::proto::client_handshake::{encode_key, Accepted, Offer, ResponseReader, UpgradeRequest};
 use emitws::proto::deflate::{client_offer, Compressor, Decompressor, DeflateAgreement, DeflateConfig};
-use emitws::proto::handshake::RequestLimits;
+use emitws::proto::handshake::client::{encode_key, Accepted, Offer, ResponseReader, UpgradeRequest};
+use emitws::proto::handshake::server::RequestLimits;
 use emitws::proto::{
     encode_frame, encode_frame_with_rsv, CloseCode, Decoder, Event, Limits, MaskRng, Message, OpCode, Role,
 };

@@ -7,8 +7,8 @@
 //! WebSocket stream: [`ResponseReader::push`] says where the head ended.
 //!
 //! ```
-//! use emitws::proto::client_handshake::{encode_key, Offer, ResponseReader, UpgradeRequest};
-//! use emitws::proto::handshake::{accept_key, RequestLimits};
+//! use emitws::proto::handshake::client::{encode_key, Offer, ResponseReader, UpgradeRequest};
+//! use emitws::proto::handshake::server::{accept_key, RequestLimits};
 //!
 //! let key = encode_key([7; 16]);
 //! let mut request = Vec::new();
@@ -35,10 +35,10 @@ use std::fmt;
 
 use base64::Engine as _;
 
-use super::deflate::{self, DeflateAgreement, DeflateConfig, DeflateResponseError};
-use super::handshake::{
+use super::server::{
     accept_key, extension_elements, has_token, tokens, trim, HandshakeError, RequestLimits, RequestReader,
 };
+use crate::proto::deflate::{self, DeflateAgreement, DeflateConfig, DeflateResponseError};
 
 /// Encodes a 16-byte nonce as a `Sec-WebSocket-Key` (draw the nonce from a
 /// CSPRNG: RFC 6455 §4.1 asks for one chosen randomly per connection).
@@ -220,7 +220,7 @@ impl<'a> Response<'a> {
 
     /// Every value of the header `name` (case-insensitive), in order.
     pub fn header_values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'a [u8]> + 's {
-        super::handshake::values_of(&self.headers, name)
+        super::server::values_of(&self.headers, name)
     }
 
     /// All headers as (name, value) pairs, in order.

@@ -2,8 +2,8 @@
 //!
 //! [`RequestReader`] collects the request head incrementally: each byte is
 //! scanned once however the request trickles in, and httparse runs once, when
-//! the blank line arrives. [`Request`] borrows everything from the reader's
-//! buffer. [`Request::websocket`] validates an upgrade and yields what the
+//! the blank line arrives. [`HttpRequest`] borrows everything from the reader's
+//! buffer. [`HttpRequest::websocket`] validates an upgrade and yields what the
 //! response needs; [`write_accept`] and [`write_response`] produce the bytes.
 
 use std::fmt;
@@ -61,7 +61,7 @@ impl HandshakeError {
     /// The HTTP status code of the response.
     ///
     /// ```
-    /// use emitws::proto::handshake::HandshakeError;
+    /// use emitws::proto::handshake::server::HandshakeError;
     /// assert_eq!(HandshakeError::UnsupportedVersion.status(), 426);
     /// assert_eq!(HandshakeError::HeadTooLarge.status(), 431);
     /// ```
@@ -162,7 +162,7 @@ impl RequestReader {
     }
 
     /// Parses the complete head. Call only after [`push`](Self::push) returned `Some`.
-    pub fn request(&self, limits: &RequestLimits) -> Result<Request<'_>, HandshakeError> {
+    pub fn request(&self, limits: &RequestLimits) -> Result<HttpRequest<'_>, HandshakeError> {
         assert!(self.complete, "the request head is incomplete");
         let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
         let mut parsed = httparse::Request::new(&mut headers);
@@ -177,7 +177,7 @@ impl RequestReader {
         let header_count = parsed.headers.len();
         headers.truncate(header_count);
         let headers = headers.into_iter().map(|h| (h.name, h.value)).collect();
-        Ok(Request { method, target, minor_version: version, headers })
+        Ok(HttpRequest { method, target, minor_version: version, headers })
     }
 
     /// The head collected so far (all of it once [`push`](Self::push) returned `Some`).
@@ -193,14 +193,14 @@ impl RequestReader {
 
 /// A parsed request head, borrowed from the [`RequestReader`].
 #[derive(Clone, Debug)]
-pub struct Request<'a> {
+pub struct HttpRequest<'a> {
     method: &'a str,
     target: &'a str,
     minor_version: u8,
     headers: Vec<(&'a str, &'a [u8])>,
 }
 
-impl<'a> Request<'a> {
+impl<'a> HttpRequest<'a> {
     /// The method, such as `GET`.
     pub fn method(&self) -> &'a str {
         self.method
@@ -318,7 +318,7 @@ impl<'a> Upgrade<'a> {
 /// Computes `Sec-WebSocket-Accept` from a `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
 ///
 /// ```
-/// assert_eq!(emitws::proto::handshake::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+/// assert_eq!(emitws::proto::handshake::server::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
 /// ```
 pub fn accept_key(key: &[u8]) -> String {
     let mut sha = Sha1::new();
@@ -349,7 +349,7 @@ pub fn write_accept(out: &mut Vec<u8>, accept_key: &str, protocol: Option<&str>,
 ///
 /// ```
 /// let mut out = Vec::new();
-/// emitws::proto::handshake::write_response(&mut out, 404, &[], b"no such room");
+/// emitws::proto::handshake::server::write_response(&mut out, 404, &[], b"no such room");
 /// assert!(out.starts_with(b"HTTP/1.1 404 Not Found\r\n"));
 /// assert!(out.ends_with(b"\r\n\r\nno such room"));
 /// ```
@@ -398,7 +398,7 @@ pub(crate) fn values_of<'a, 's>(
 /// Whether a comma-separated header value contains `token` (case-insensitive).
 ///
 /// ```
-/// use emitws::proto::handshake::has_token;
+/// use emitws::proto::handshake::server::has_token;
 /// assert!(has_token(b"keep-alive, Upgrade", "upgrade"));
 /// assert!(!has_token(b"upgraded", "upgrade"));
 /// ```
@@ -430,7 +430,7 @@ pub struct ExtensionOffer<'a> {
 /// syntax errors are dropped; the rest are returned in order.
 ///
 /// ```
-/// use emitws::proto::handshake::parse_extensions;
+/// use emitws::proto::handshake::server::parse_extensions;
 /// let offers = parse_extensions(b"permessage-deflate; client_max_window_bits, x-junk;;=, foo; a=\"1,2\"");
 /// assert_eq!(offers.len(), 2);
 /// assert_eq!(offers[0].params, [("client_max_window_bits", None)]);

@@ -3,10 +3,10 @@
 //! client), so that connections whose context resets after every message
 //! hold no zlib state between messages.
 
-use crate::proto::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
 use std::sync::{Arc, OnceLock};
 
-use crate::proto::{encode_frame_with_rsv, utf8, Message, OpCode, ProtocolError, Role};
+use super::deflate::{Compressor, Decompressor, DeflateAgreement, DeflateConfig};
+use super::{encode_frame_with_rsv, utf8, Message, OpCode, ProtocolError, Role};
 
 /// The RSV bit that marks a compressed message (RFC 7692 §6).
 pub(crate) const RSV1: u8 = 0b100;
@@ -38,12 +38,12 @@ impl SharedCompressed {
 }
 
 /// What a connection's zlib state is built from: our end, the agreement and
-/// our settings (the server's [`Settings::deflate`](super::Settings::deflate),
+/// our settings (the server's [`Settings::deflate`](crate::runtime::Settings::deflate),
 /// or the client's [`ClientBuilder::deflate`](crate::client::ClientBuilder::deflate)).
 /// A spare is only reused by a connection with an equal setup, so it never
 /// brings another window, level or reset rule along.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Setup {
+struct DeflateParams {
     role: Role,
     agreement: DeflateAgreement,
     config: DeflateConfig,
@@ -54,7 +54,7 @@ struct Setup {
 /// with context takeover, during each message for one without.
 #[derive(Debug)]
 pub(crate) struct DeflateState {
-    setup: Setup,
+    setup: DeflateParams,
     compressor: Option<Box<Compressor>>,
     decompressor: Option<Box<Decompressor>>,
 }
@@ -63,7 +63,7 @@ impl DeflateState {
     /// The state of `role`'s end of a connection that agreed on `agreement`,
     /// compressing with `config`.
     pub fn new(role: Role, agreement: DeflateAgreement, config: DeflateConfig) -> Self {
-        DeflateState { setup: Setup { role, agreement, config }, compressor: None, decompressor: None }
+        DeflateState { setup: DeflateParams { role, agreement, config }, compressor: None, decompressor: None }
     }
 
     pub fn agreement(&self) -> &DeflateAgreement {
@@ -81,7 +81,7 @@ impl DeflateState {
     /// in a window no larger than the peer allows. A client connection never
     /// takes one: its frames are masked, each with its own key.
     pub fn takes_shared(&self) -> Option<&DeflateConfig> {
-        let Setup { role, agreement, config } = &self.setup;
+        let DeflateParams { role, agreement, config } = &self.setup;
         let resets = agreement.resets_after_message(Role::Server) || !config.context_takeover;
         let fits = config.window_bits <= agreement.window_bits(Role::Server);
         (*role == Role::Server && resets && fits).then_some(config)
@@ -92,8 +92,8 @@ impl DeflateState {
 /// a blocking client's own.
 #[derive(Debug, Default)]
 pub(crate) struct Deflater {
-    compressors: Vec<(Setup, Box<Compressor>)>,
-    decompressors: Vec<(Setup, Box<Decompressor>)>,
+    compressors: Vec<(DeflateParams, Box<Compressor>)>,
+    decompressors: Vec<(DeflateParams, Box<Decompressor>)>,
     /// Where outgoing messages are compressed before they are queued.
     pub scratch: Vec<u8>,
     /// Where incoming messages are inflated before the handler sees them.
@@ -103,7 +103,7 @@ pub(crate) struct Deflater {
 impl Deflater {
     /// Compresses `payload` for `state`'s connection into `self.scratch`.
     pub fn compress(&mut self, state: &mut DeflateState, payload: &[u8]) {
-        let Setup { role, agreement, config } = &state.setup;
+        let DeflateParams { role, agreement, config } = &state.setup;
         let mut compressor = state.compressor.take().unwrap_or_else(|| {
             take_spare(&mut self.compressors, &state.setup)
                 .unwrap_or_else(|| Box::new(Compressor::new(agreement, *role, config)))
@@ -126,7 +126,7 @@ impl Deflater {
         payload: &[u8],
         max_size: u64,
     ) -> Result<Message<'_>, ProtocolError> {
-        let Setup { role, agreement, .. } = &state.setup;
+        let DeflateParams { role, agreement, .. } = &state.setup;
         let mut decompressor = state.decompressor.take().unwrap_or_else(|| {
             take_spare(&mut self.decompressors, &state.setup)
                 .unwrap_or_else(|| Box::new(Decompressor::new(agreement, *role)))
@@ -150,12 +150,12 @@ impl Deflater {
     }
 }
 
-fn take_spare<T>(spares: &mut Vec<(Setup, Box<T>)>, setup: &Setup) -> Option<Box<T>> {
+fn take_spare<T>(spares: &mut Vec<(DeflateParams, Box<T>)>, setup: &DeflateParams) -> Option<Box<T>> {
     let at = spares.iter().rposition(|(built, _)| built == setup)?;
     Some(spares.swap_remove(at).1)
 }
 
-fn keep_spare<T>(spares: &mut Vec<(Setup, Box<T>)>, setup: Setup, spare: Box<T>) {
+fn keep_spare<T>(spares: &mut Vec<(DeflateParams, Box<T>)>, setup: DeflateParams, spare: Box<T>) {
     if spares.len() < SPARES_KEPT {
         spares.push((setup, spare));
     }

@@ -1,0 +1,334 @@
+//! The connection machine on a virtual clock against a scripted peer, or
+//! against another machine: no sockets, no sleeping.
+
+use super::*;
+use crate::proto::{encode_frame, ProtocolError};
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Keepalive: ping after 10 s of silence, close 5 s later; 3 s for the close
+/// handshake, 2 s for the upgrade; a small send budget.
+fn config() -> Config {
+    Config {
+        limits: Limits { max_frame_size: 1000, ..Limits::default() },
+        keepalive: Some(Keepalive { idle: secs(10), timeout: secs(5), close_code: CloseCode::GOING_AWAY }),
+        handshake_timeout: secs(2),
+        close_timeout: secs(3),
+        max_buffered: 64,
+    }
+}
+
+/// A frame as the peer sees it.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Text(String),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>, String),
+}
+
+/// A scripted peer of the other role: it frames what it sends as that role
+/// must, and decodes what the machine wrote.
+struct Peer {
+    decoder: Decoder,
+    mask: Option<[u8; 4]>,
+}
+
+impl Peer {
+    /// The client facing a server machine (it masks).
+    fn client() -> Peer {
+        Peer { decoder: Decoder::new(Role::Client), mask: Some([0x11, 0x22, 0x33, 0x44]) }
+    }
+
+    /// The server facing a client machine.
+    fn server() -> Peer {
+        Peer { decoder: Decoder::new(Role::Server), mask: None }
+    }
+
+    fn frame(&self, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        encode_frame(&mut bytes, opcode, true, self.mask, payload);
+        bytes
+    }
+
+    fn close(&self, code: u16, reason: &str) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason.as_bytes());
+        self.frame(OpCode::Close, &payload)
+    }
+
+    /// Everything the machine wrote since the last call.
+    fn read(&mut self, out: &mut Vec<u8>) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut pos = 0;
+        while pos < out.len() {
+            let decoded =
+                self.decoder.decode(&mut out[pos..], &Limits::default()).expect("the machine writes valid frames");
+            pos += decoded.consumed;
+            frames.extend(decoded.event.map(|event| match event {
+                Event::Message(Message::Text(text)) => Frame::Text(text.to_string()),
+                Event::Ping(payload) => Frame::Ping(payload.to_vec()),
+                Event::Pong(payload) => Frame::Pong(payload.to_vec()),
+                Event::Close(code, reason) => Frame::Close(code.map(|c| c.0), reason.to_string()),
+                other => panic!("unexpected {other:?}"),
+            }));
+        }
+        out.clear();
+        frames
+    }
+}
+
+/// What the application was handed, owned.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Text(String),
+    Pong(Vec<u8>),
+}
+
+/// One transport read of `input` at `now`, driven as the call order says.
+fn feed(conn: &mut Connection, mut input: Vec<u8>, now: Instant, out: &mut Vec<u8>) -> Vec<Got> {
+    let config = config();
+    conn.handle_read(now, &config);
+    let mut got = Vec::new();
+    let mut pos = 0;
+    while pos < input.len() && conn.can_read() {
+        let (used, received) = conn.decode(&mut input[pos..], now, &config, out);
+        pos += used;
+        got.extend(received.map(|received| match received {
+            Received::Message(Message::Text(text)) => Got::Text(text.to_string()),
+            Received::Pong(payload) => Got::Pong(payload.to_vec()),
+            other => panic!("unexpected {other:?}"),
+        }));
+    }
+    conn.release_buffers();
+    got
+}
+
+fn open_server(now: Instant) -> Connection {
+    let mut conn = Connection::server(now, &config());
+    conn.open(now, &config());
+    conn
+}
+
+#[test]
+fn keepalive_pings_after_idle_then_closes_with_its_code_then_drops() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    assert_eq!(conn.poll_timeout(), Some(t0 + secs(10)));
+    conn.handle_timeout(t0 + secs(9), &config(), &mut out);
+    assert!(out.is_empty(), "not due yet");
+    conn.handle_timeout(t0 + secs(10), &config(), &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Ping(Vec::new())]);
+    assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Pong), Some(t0 + secs(15))));
+    assert!(conn.poll_ended().is_none());
+    conn.handle_timeout(t0 + secs(15), &config(), &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Close(Some(1001), "keepalive timeout".into())]);
+    // The application hears now, while the close handshake still runs.
+    let ended = conn.poll_ended().cloned();
+    assert!(matches!(ended, Some(CloseReason::KeepaliveTimeout(CloseCode::GOING_AWAY))), "{ended:?}");
+    assert!(conn.poll_ended().is_none(), "reported once");
+    assert!(!conn.is_open() && conn.can_read());
+    assert_eq!(conn.poll_timeout(), Some(t0 + secs(18)));
+    conn.handle_timeout(t0 + secs(18), &config(), &mut out);
+    assert!(conn.is_finished() && out.is_empty());
+    assert!(matches!(conn.ended(), Some(CloseReason::KeepaliveTimeout(_))), "the first reason stays");
+}
+
+#[test]
+fn a_slow_peer_that_answers_the_keepalive_close_ends_cleanly() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    conn.handle_timeout(t0 + secs(10), &config(), &mut out);
+    conn.handle_timeout(t0 + secs(15), &config(), &mut out);
+    peer.read(&mut out);
+    assert!(feed(&mut conn, peer.close(1001, ""), t0 + secs(16), &mut out).is_empty());
+    assert!(out.is_empty(), "our close went already: no second one");
+    assert!(conn.is_closed() && !conn.is_finished());
+    assert!(matches!(conn.ended(), Some(CloseReason::KeepaliveTimeout(_))));
+}
+
+#[test]
+fn traffic_postpones_the_keepalive_ping_and_any_answer_counts() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    assert_eq!(feed(&mut conn, peer.frame(OpCode::Text, b"hi"), t0 + secs(8), &mut out), [Got::Text("hi".into())]);
+    assert_eq!(conn.poll_timeout(), Some(t0 + secs(18)));
+    conn.handle_timeout(t0 + secs(18), &config(), &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Ping(Vec::new())]);
+    assert_eq!(feed(&mut conn, peer.frame(OpCode::Pong, b""), t0 + secs(19), &mut out), [Got::Pong(Vec::new())]);
+    assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Idle), Some(t0 + secs(29))));
+}
+
+#[test]
+fn an_upgrade_that_never_completes_is_dropped_at_the_handshake_deadline() {
+    let (t0, mut out) = (Instant::now(), Vec::new());
+    let mut conn = Connection::server(t0, &config());
+    assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Handshake), Some(t0 + secs(2))));
+    conn.handle_timeout(t0 + secs(1), &config(), &mut out);
+    assert!(!conn.is_finished());
+    conn.handle_timeout(t0 + secs(2), &config(), &mut out);
+    assert!(conn.is_finished() && out.is_empty(), "no close frame before the upgrade");
+    assert!(matches!(conn.poll_ended(), Some(CloseReason::HandshakeTimeout)));
+}
+
+#[test]
+fn a_peer_that_never_answers_our_close_is_dropped_at_the_close_deadline() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    conn.close(CloseCode(4000), "bye", t0 + secs(1), &config(), &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Close(Some(4000), "bye".into())]);
+    assert!(!conn.send(OpCode::Text, 0, b"late", &mut out) && out.is_empty(), "nothing after our close");
+    // Data the peer sent before reading our close is not delivered.
+    assert!(feed(&mut conn, peer.frame(OpCode::Text, b"crossed"), t0 + secs(2), &mut out).is_empty());
+    assert!(conn.poll_ended().is_none());
+    assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Close), Some(t0 + secs(4))));
+    conn.handle_timeout(t0 + secs(4), &config(), &mut out);
+    assert!(conn.is_finished());
+    assert!(matches!(conn.poll_ended(), Some(CloseReason::CloseTimeout)));
+}
+
+#[test]
+fn the_peers_answer_to_our_close_is_reported_with_its_code_and_reason() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    conn.close(CloseCode(4000), "bye", t0, &config(), &mut out);
+    peer.read(&mut out);
+    feed(&mut conn, peer.close(4000, "ok"), t0 + secs(1), &mut out);
+    assert!(out.is_empty() && conn.is_closed());
+    let ended = conn.poll_ended().cloned();
+    assert!(matches!(&ended, Some(CloseReason::Peer { code: Some(CloseCode(4000)), reason }) if reason == "ok"));
+    // The close deadline still bounds the wait for the transport to end.
+    assert_eq!(conn.poll_timeout(), Some(t0 + secs(3)));
+}
+
+#[test]
+fn a_peer_close_is_echoed_once_and_reported_once() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    feed(&mut conn, peer.close(1000, "done"), t0, &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Close(Some(1000), String::new())]);
+    assert!(conn.is_closed() && !conn.can_read());
+    assert!(matches!(conn.poll_ended(), Some(CloseReason::Peer { code: Some(CloseCode::NORMAL), .. })));
+    assert!(conn.poll_ended().is_none());
+    conn.close(CloseCode::NORMAL, "", t0, &config(), &mut out);
+    assert!(out.is_empty(), "one close frame at most");
+    // An empty close is answered with an empty one and reported as 1005.
+    let (mut conn, mut peer) = (open_server(t0), Peer::client());
+    feed(&mut conn, peer.frame(OpCode::Close, b""), t0, &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Close(None, String::new())]);
+    assert_eq!(conn.ended().map(CloseReason::code), Some(CloseCode::NO_STATUS));
+}
+
+#[test]
+fn protocol_errors_close_with_the_code_of_the_broken_rule() {
+    let t0 = Instant::now();
+    let client = Peer::client();
+    let mut unmasked = Vec::new();
+    encode_frame(&mut unmasked, OpCode::Text, true, None, b"bare");
+    let cases = [
+        (unmasked, ProtocolError::UnmaskedFrame, 1002),
+        (client.frame(OpCode::Reserved(3), b""), ProtocolError::ReservedOpcode(3), 1002),
+        (client.frame(OpCode::Text, b"\xff"), ProtocolError::InvalidUtf8, 1007),
+        (client.frame(OpCode::Binary, &[0; 1001]), ProtocolError::FrameTooLarge, 1009),
+    ];
+    for (input, rule, code) in cases {
+        let (mut out, mut peer) = (Vec::new(), Peer::client());
+        let mut conn = open_server(t0);
+        let mut input = input;
+        input.extend(client.frame(OpCode::Text, b"never delivered"));
+        assert!(feed(&mut conn, input, t0, &mut out).is_empty(), "{rule:?}");
+        assert_eq!(peer.read(&mut out), [Frame::Close(Some(code), rule.to_string())], "{rule:?}");
+        assert!(conn.is_closed(), "{rule:?}");
+        let ended = conn.poll_ended().cloned();
+        assert!(matches!(ended, Some(CloseReason::Protocol(e)) if e == rule), "{ended:?}");
+        assert_eq!(conn.poll_timeout(), Some(t0 + secs(3)), "the transport gets the close timeout to end");
+    }
+}
+
+#[test]
+fn pings_are_answered_within_the_send_budget_and_not_once_closing() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    feed(&mut conn, peer.frame(OpCode::Ping, b"are you there"), t0, &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Pong(b"are you there".to_vec())]);
+    // A peer that does not read: its queue is at the budget, the pong is dropped.
+    let mut full = [0x8a, 0x00].repeat(32);
+    feed(&mut conn, peer.frame(OpCode::Ping, b"flood"), t0, &mut full);
+    assert_eq!(full.len(), 64, "no pong past the budget");
+    // Once our close is out, pings go unanswered.
+    conn.close(CloseCode::NORMAL, "", t0, &config(), &mut out);
+    peer.read(&mut out);
+    feed(&mut conn, peer.frame(OpCode::Ping, b"late"), t0, &mut out);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn the_end_of_the_transport_or_an_error_drops_the_connection() {
+    let t0 = Instant::now();
+    let mut conn = open_server(t0);
+    conn.handle_eof();
+    assert!(conn.is_finished() && matches!(conn.poll_ended(), Some(CloseReason::NoCloseFrame)));
+    let mut conn = open_server(t0);
+    let error = std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+    conn.handle_error(CloseReason::ReadFailed(error));
+    assert!(conn.is_finished() && matches!(conn.poll_ended(), Some(CloseReason::ReadFailed(_))));
+    assert_eq!(conn.poll_timeout(), None);
+}
+
+#[test]
+fn a_send_over_budget_fails_the_connection_with_1008() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    conn.fail(CloseReason::SendBufferFull, t0, &config(), &mut out);
+    assert_eq!(peer.read(&mut out), [Frame::Close(Some(1008), "send buffer full".into())]);
+    assert!(conn.is_closed() && matches!(conn.poll_ended(), Some(CloseReason::SendBufferFull)));
+}
+
+/// Moves everything `from` wrote into `to`, as one transport read.
+fn deliver(from: &mut Vec<u8>, to: &mut Connection, now: Instant, out: &mut Vec<u8>) -> Vec<Got> {
+    feed(to, std::mem::take(from), now, out)
+}
+
+#[test]
+fn a_client_and_a_server_machine_talk_and_close_through_memory() {
+    let t0 = Instant::now();
+    let mut server = open_server(t0);
+    let mut client = Connection::client(MaskRng::from_seed(7), t0, &config());
+    client.open(t0, &config());
+    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    // The server fails unmasked frames with 1002: the echo proves the client masks.
+    assert!(client.send(OpCode::Text, 0, b"hello", &mut to_server));
+    assert!(client.send(OpCode::Ping, 0, b"p", &mut to_server));
+    assert_eq!(deliver(&mut to_server, &mut server, t0, &mut to_client), [Got::Text("hello".into())]);
+    assert!(server.send(OpCode::Text, 0, b"world", &mut to_client));
+    assert_eq!(
+        deliver(&mut to_client, &mut client, t0, &mut to_server),
+        [Got::Pong(b"p".to_vec()), Got::Text("world".into())]
+    );
+    server.close(CloseCode(4001), "kick", t0, &config(), &mut to_client);
+    deliver(&mut to_client, &mut client, t0, &mut to_server);
+    deliver(&mut to_server, &mut server, t0, &mut to_client);
+    assert!(client.is_closed() && server.is_closed() && to_client.is_empty());
+    let client_ended = client.poll_ended().cloned();
+    assert!(
+        matches!(&client_ended, Some(CloseReason::Peer { code: Some(CloseCode(4001)), reason }) if reason == "kick")
+    );
+    assert!(matches!(server.poll_ended(), Some(CloseReason::Peer { code: Some(CloseCode(4001)), .. })));
+}
+
+#[test]
+fn the_client_end_masks_its_frames_and_fails_masked_ones() {
+    let (t0, mut out, mut server) = (Instant::now(), Vec::new(), Peer::server());
+    let mut conn = Connection::client(MaskRng::from_seed(1), t0, &config());
+    conn.open(t0, &config());
+    assert!(conn.send(OpCode::Text, 0, b"masked", &mut out));
+    // The scripted server's decoder refuses unmasked frames.
+    assert_eq!(server.read(&mut out), [Frame::Text("masked".into())]);
+    let masked = Peer::client().frame(OpCode::Text, b"from a server?");
+    assert!(feed(&mut conn, masked, t0, &mut out).is_empty());
+    let rule = ProtocolError::MaskedFrame;
+    assert_eq!(server.read(&mut out), [Frame::Close(Some(1002), rule.to_string())]);
+    assert!(matches!(conn.poll_ended(), Some(CloseReason::Protocol(ProtocolError::MaskedFrame))));
+}

@@ -1,0 +1,138 @@
+//! The server side of the upgrade: the request head read, answered (101 or
+//! an HTTP response), and the connection opened.
+
+use super::*;
+
+/// Feeds bytes to the request reader; on a complete head, answers it. Returns
+/// how many bytes the head used if the connection is now open.
+pub(super) fn handshake<H: Handler>(
+    slot: &mut Slot<H::Data>,
+    key: usize,
+    handler: &mut H,
+    ctx: &mut WorkerState,
+    input: &[u8],
+) -> Option<usize> {
+    let conn = &mut slot.conn;
+    let limits = ctx.settings.request_limits;
+    let extra = conn.extra.get_or_insert_with(Box::default);
+    let reader = extra.handshake.get_or_insert_with(RequestReader::default);
+    let used = match reader.push(input, &limits) {
+        Ok(None) => return None,
+        Ok(Some(used)) => used,
+        Err(e) => {
+            ctx.queue(key, conn).push_with(|out| e.write_response(out));
+            ctx.finish(key, conn);
+            return None;
+        }
+    };
+    let extra = conn.extra.as_deref_mut().expect("a handshaking connection holds its reader");
+    let reader = extra.handshake.take().expect("a handshaking connection holds its reader");
+    let settings = ctx.settings.clone();
+    let peer = conn.socket.peer_addr().ok();
+    let mut accepted = None;
+    ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
+    let Some((accept, deflate)) = accepted else {
+        ctx.finish(key, conn);
+        return None;
+    };
+    if let (Some(agreement), Some(config)) = (deflate, settings.deflate) {
+        slot.compress(DeflateState::new(Role::Server, agreement, config));
+    }
+    slot.conn.data = accept.data;
+    open(handler, key, &mut slot.conn, ctx).then_some(used)
+}
+
+impl<D> Slot<D> {
+    /// permessage-deflate was agreed: compressed messages may arrive, and sends compress.
+    pub(super) fn compress(&mut self, state: DeflateState) {
+        self.conn.extra.get_or_insert_with(Box::default).deflate = Some(state);
+        self.decoder.allow_extension_rsv(RSV1);
+    }
+}
+
+/// The upgrade is done (either way round): the connection opens. Returns
+/// whether it is still open after `on_open`.
+pub(super) fn open<H: Handler>(
+    handler: &mut H,
+    key: usize,
+    conn: &mut Connection<H::Data>,
+    ctx: &mut WorkerState,
+) -> bool {
+    conn.tidy_extra();
+    conn.phase = Phase::Open;
+    conn.flags |= flag::OPENED;
+    // The handshake deadline no longer applies.
+    ctx.disarm(key, conn);
+    conn.deadline = u32::MAX;
+    if let Some(keepalive) = ctx.settings.keepalive {
+        let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
+        ctx.set_deadline(key, conn, tick);
+    }
+    handler.on_open(&mut Conn { key, conn, ctx });
+    settle(handler, key, conn, ctx);
+    conn.phase == Phase::Open
+}
+
+/// Answers a complete request head into `response`: the 101 (returning the
+/// acceptance and any permessage-deflate agreement) or an HTTP response that
+/// ends the connection (returning `None`).
+pub(super) fn answer<H: Handler>(
+    reader: &RequestReader,
+    peer: Option<SocketAddr>,
+    handler: &mut H,
+    settings: &Settings,
+    response: &mut Vec<u8>,
+) -> Option<(crate::runtime::Accept<H::Data>, Option<DeflateAgreement>)> {
+    let request = match reader.request(&settings.request_limits) {
+        Ok(request) => request,
+        Err(e) => {
+            e.write_response(response);
+            return None;
+        }
+    };
+    if !request.is_websocket_upgrade() {
+        match handler.on_http(&request) {
+            Some(reply) => {
+                let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                server::write_response(response, reply.status, &headers, &reply.body);
+            }
+            None => server::write_response(
+                response,
+                426,
+                &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
+                b"This endpoint speaks WebSocket only.",
+            ),
+        }
+        return None;
+    }
+    let upgrade = match request.websocket() {
+        Ok(upgrade) => upgrade,
+        Err(e) => {
+            e.write_response(response);
+            return None;
+        }
+    };
+    let origin = request.header("origin").and_then(|o| std::str::from_utf8(o).ok());
+    if !settings.origins.allows(origin) {
+        HandshakeError::OriginRejected.write_response(response);
+        return None;
+    }
+    let view = UpgradeRequest { request: &request, upgrade: &upgrade, peer };
+    match handler.on_upgrade(&view) {
+        Ok(mut accept) => {
+            let offered = |p: &String| upgrade.protocols().any(|offer| offer == p);
+            accept.protocol = accept.protocol.filter(offered);
+            let deflate = settings.deflate.and_then(|config| {
+                let offers: Vec<_> = upgrade.extensions().collect();
+                deflate::accept_offer(&offers, &config)
+            });
+            let extensions = deflate.map(|agreement| agreement.to_string());
+            server::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), extensions.as_deref());
+            Some((accept, deflate))
+        }
+        Err(reject) => {
+            server::write_response(response, reject.status, &[], reject.body.as_bytes());
+            None
+        }
+    }
+}
