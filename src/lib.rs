@@ -23,6 +23,9 @@
 //! Start with [`runtime::Server`] and [`runtime::Handler`]; README.md has a
 //! complete example.
 #![deny(missing_docs)]
+// Unsafe code is allowed only where a module says why: proto/mask.rs (SIMD
+// and word-at-a-time masking) and two zlib output calls in proto/deflate.rs.
+#![deny(unsafe_code)]
 
 #[cfg(feature = "app")]
 pub mod app;

@@ -394,6 +394,7 @@ impl Compressor {
 
     /// Appends the compressed form of `message` to `out`, without the
     /// trailing `00 00 ff ff` (RFC 7692 §7.2.1).
+    #[allow(unsafe_code)] // `set_len` over what zlib wrote into the spare capacity
     pub fn compress(&mut self, message: &[u8], out: &mut Vec<u8>) {
         let start = out.len();
         let mut input = message;
@@ -490,6 +491,7 @@ impl Decompressor {
 
     /// Inflates `input` into `out` up to index `limit`; returns whether the
     /// stream ended with a final block.
+    #[allow(unsafe_code)] // `set_len` over what zlib wrote into the spare capacity
     fn inflate(&mut self, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<bool, ProtocolError> {
         // One byte past the limit is enough to tell that the limit was crossed.
         let end = limit.saturating_add(1);

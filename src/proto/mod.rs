@@ -22,5 +22,5 @@ pub use close_reason::CloseReason;
 pub use decoder::{parse_close, Decoded, Decoder, Event, Limits, Message, Polled, ReadyEvent, Role};
 pub use error::ProtocolError;
 pub use frame::{close_payload, encode_frame, encode_frame_with_rsv, FrameHeader, OpCode, MAX_HEADER_LEN};
-pub use mask::{apply_mask, apply_mask_scalar, MaskRng};
+pub use mask::{apply_mask, MaskRng};
 pub use utf8::Utf8Validator;

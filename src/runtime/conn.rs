@@ -501,11 +501,13 @@ impl<D> Conn<'_, D> {
 
     /// Milliseconds on this worker's clock (wrapping), read once per loop
     /// turn: free per message, precise to the wheel's 10 ms tick.
+    #[cfg(feature = "app")]
     pub(crate) fn clock_ms(&self) -> u32 {
         self.ctx.now_tick.wrapping_mul(super::timer::TICK.as_millis() as u32)
     }
 
     /// The same connection, borrowed for a shorter time.
+    #[cfg(feature = "app")]
     pub(crate) fn reborrow(&mut self) -> Conn<'_, D> {
         Conn { key: self.key, conn: self.conn, ctx: self.ctx }
     }

@@ -107,7 +107,7 @@ impl std::error::Error for HandshakeError {}
 /// Collects an HTTP request head from arbitrary chunks.
 ///
 /// ```
-/// use emitws::proto::handshake::{RequestLimits, RequestReader};
+/// use emitws::proto::handshake::server::{RequestLimits, RequestReader};
 /// let mut reader = RequestReader::default();
 /// let limits = RequestLimits::default();
 /// assert_eq!(reader.push(b"GET / HTTP/1.1\r\nHost: a\r\n", &limits), Ok(None));
@@ -240,7 +240,7 @@ impl<'a> HttpRequest<'a> {
     /// Validates the request as a WebSocket upgrade (RFC 6455 §4.2.1).
     ///
     /// ```
-    /// use emitws::proto::handshake::{RequestLimits, RequestReader};
+    /// use emitws::proto::handshake::server::{RequestLimits, RequestReader};
     /// let head = b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
     ///     Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
     ///     Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat, superchat\r\n\r\n";
