@@ -74,11 +74,10 @@ pub struct DecoderRun {
 /// the 1009 paths (frame size, message size, fragment count) get fuzzed.
 pub fn decoder_config(config: u8) -> (Limits, u8) {
     let default = Limits::default();
-    let limits = Limits {
-        max_frame_size: [default.max_frame_size, 0, 5, 126][(config & 3) as usize],
-        max_message_size: [default.max_message_size, 0, 7, 300][(config >> 2 & 3) as usize],
-        max_fragments: [default.max_fragments, 1, 2, 3][(config >> 4 & 3) as usize],
-    };
+    let limits = default
+        .max_frame_size([default.max_frame_size, 0, 5, 126][(config & 3) as usize])
+        .max_message_size([default.max_message_size, 0, 7, 300][(config >> 2 & 3) as usize])
+        .max_fragments([default.max_fragments, 1, 2, 3][(config >> 4 & 3) as usize]);
     let rsv = [0, 0b100, 0b001, 0b111][(config >> 6) as usize];
     (limits, rsv)
 }

@@ -423,7 +423,7 @@ impl ServerSide {
 
     fn recv(&mut self) -> Frame {
         use std::io::Read;
-        let limits = Limits { max_message_size: 1 << 24, ..Limits::default() };
+        let limits = Limits::default().max_message_size(1 << 24);
         loop {
             if !self.pending.is_empty() {
                 let decoded = self.decoder.decode(&mut self.pending, &limits).expect("valid client frames");

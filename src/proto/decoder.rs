@@ -24,7 +24,13 @@ pub enum Role {
 }
 
 /// Size limits applied while decoding. The defaults suit most servers.
+///
+/// ```
+/// let limits = emitws::proto::Limits::default().max_message_size(1 << 20);
+/// assert_eq!(limits.max_frame_size, 16 << 20);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// The largest frame payload accepted (default 16 MiB). Larger frames fail with 1009.
     pub max_frame_size: u64,
@@ -40,6 +46,26 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits { max_frame_size: 16 << 20, max_message_size: 16 << 20, max_fragments: 1 << 17 }
+    }
+}
+
+impl Limits {
+    /// Sets [`max_frame_size`](Limits::max_frame_size).
+    pub fn max_frame_size(mut self, bytes: u64) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// Sets [`max_message_size`](Limits::max_message_size).
+    pub fn max_message_size(mut self, bytes: u64) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Sets [`max_fragments`](Limits::max_fragments).
+    pub fn max_fragments(mut self, frames: u32) -> Self {
+        self.max_fragments = frames;
+        self
     }
 }
 

@@ -68,6 +68,7 @@ impl fmt::Debug for OriginPolicy {
 
 /// Every setting of a server. Build one through [`Server`](super::Server)'s methods.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Settings {
     /// Worker threads, each with its own event loop (default: the number of cores).
     pub workers: usize,

@@ -298,7 +298,7 @@ impl Client {
 
     /// The next frame, or why there is none within the socket's read timeout.
     pub fn try_recv(&mut self) -> Result<Frame, RecvError> {
-        let limits = Limits { max_frame_size: 1 << 30, max_message_size: 1 << 30, max_fragments: u32::MAX };
+        let limits = Limits::default().max_frame_size(1 << 30).max_message_size(1 << 30).max_fragments(u32::MAX);
         loop {
             if !self.pending.is_empty() {
                 let decoded = self.decoder.decode(&mut self.pending, &limits).map_err(RecvError::Protocol)?;

@@ -407,7 +407,7 @@ pub fn run(
         shared,
         rng: Rng::seeded(id as u64 + 1),
         stats: Stats::default(),
-        limits: Limits { max_frame_size: 1 << 30, max_message_size: 1 << 30, max_fragments: u32::MAX },
+        limits: Limits::default().max_frame_size(1 << 30).max_message_size(1 << 30).max_fragments(u32::MAX),
         opcode: if config.text { OpCode::Text } else { OpCode::Binary },
         compressed: Vec::new(),
         inflated: Vec::new(),
