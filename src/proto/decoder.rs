@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 
-use super::{apply_mask, utf8, CloseCode, FrameHeader, OpCode, ProtocolError, Utf8Validator, MAX_HEADER_LEN};
+use super::{apply_mask, utf8, CloseCode, FrameHeader, Message, OpCode, ProtocolError, Utf8Validator, MAX_HEADER_LEN};
 
 /// The RSV bit permessage-deflate claims, as `FrameHeader::rsv` holds it.
 const RSV1: u8 = 0b100;
@@ -66,25 +66,6 @@ impl Limits {
     pub fn max_fragments(mut self, frames: u32) -> Self {
         self.max_fragments = frames;
         self
-    }
-}
-
-/// A complete data message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Message<'a> {
-    /// A text message, already validated as UTF-8.
-    Text(&'a str),
-    /// A binary message.
-    Binary(&'a [u8]),
-}
-
-impl<'a> Message<'a> {
-    /// The payload bytes.
-    pub fn as_bytes(&self) -> &'a [u8] {
-        match self {
-            Message::Text(text) => text.as_bytes(),
-            Message::Binary(bytes) => bytes,
-        }
     }
 }
 
