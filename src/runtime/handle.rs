@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
-use crate::client::{ClientBuilder, ClientError, Url};
+use crate::dial::{ClientBuilder, ClientError, Url};
 use crate::proto::compress::SharedCompressed;
 use crate::proto::{close_payload, encode_frame, CloseCode, OpCode};
 
