@@ -28,6 +28,14 @@ fn url(addr: SocketAddr, path: &str) -> String {
 }
 
 #[test]
+fn debug_output_keeps_header_values_out() {
+    let builder = ClientBuilder::new().header("Authorization", "Bearer s3cret").protocol("chat.v1");
+    let shown = format!("{builder:?}");
+    assert!(shown.contains("Authorization") && shown.contains("chat.v1"), "{shown}");
+    assert!(!shown.contains("s3cret"), "{shown}");
+}
+
+#[test]
 fn echoes_text_binary_and_large_messages_then_closes_cleanly() {
     let echo = Echo::default();
     let server = quick_server().start("127.0.0.1:0", echo.clone()).unwrap();
@@ -147,7 +155,10 @@ fn wss_with_a_self_signed_certificate() {
     client.close(CloseCode::NORMAL, "").unwrap();
     // The default roots (Mozilla's) do not trust a self-signed certificate.
     match quick().connect(&wss) {
-        Err(ClientError::Tls(e)) => assert!(e.contains("certificate"), "{e}"),
+        Err(ClientError::Tls(e)) => {
+            assert!(e.to_string().contains("certificate"), "{e}");
+            assert!(std::error::Error::source(&e).is_some(), "the handshake's error is kept: {e:?}");
+        }
         other => panic!("expected a TLS error, got {other:?}"),
     }
     server.shutdown();

@@ -10,7 +10,7 @@ use super::{ClientBuilder, ClientError, Url};
 use crate::dial::default_connector;
 use crate::dial::{connect_error, resolve};
 #[cfg(feature = "tls")]
-use crate::tls::TlsStream;
+use crate::tls::{TlsError, TlsStream};
 
 /// A connected socket, plain or TLS.
 pub(crate) enum Stream {
@@ -70,20 +70,20 @@ impl Stream {
         deadline: Instant,
     ) -> Result<Stream, ClientError> {
         let connector = settings.tls.clone().unwrap_or_else(default_connector);
-        let mut tls = connector.session(url.host()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let mut tls = connector.session(url.host()).map_err(ClientError::Tls)?;
         let left = time_left(deadline)?;
         socket.set_read_timeout(Some(left))?;
         socket.set_write_timeout(Some(left))?;
         tls.handshake(&mut socket).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
-            _ => ClientError::Tls(e.to_string()),
+            _ => ClientError::Tls(TlsError::Handshake(e)),
         })?;
         Ok(Stream::Tls(socket, Box::new(tls)))
     }
 
     #[cfg(not(feature = "tls"))]
     fn tls(_: TcpStream, _: &Url, _: &ClientBuilder, _: Instant) -> Result<Stream, ClientError> {
-        Err(ClientError::Tls("wss:// needs the `tls` cargo feature".into()))
+        Err(ClientError::TlsUnavailable)
     }
 
     pub fn socket(&self) -> &TcpStream {

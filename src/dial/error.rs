@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use super::UrlError;
 use crate::proto::handshake::client::ResponseError;
 use crate::proto::{CloseCode, CloseReason, ProtocolError};
+#[cfg(feature = "tls")]
+use crate::tls::TlsError;
 
 /// Why connecting failed, or why an open connection ended.
 #[derive(Debug)]
@@ -35,9 +37,17 @@ pub enum ClientError {
     },
     /// The connection and handshake took longer than the handshake timeout.
     Timeout,
-    /// The TLS handshake failed (certificate not trusted, wrong name, …), or
-    /// `wss://` was asked for without the `tls` feature.
-    Tls(String),
+    /// The TLS handshake failed (certificate not trusted, wrong name, …) or
+    /// could not start (a host that is no valid TLS server name).
+    #[cfg(feature = "tls")]
+    Tls(TlsError),
+    /// `wss://` was asked for, but this build has no `tls` cargo feature.
+    TlsUnavailable,
+    /// [`ServerHandle::connect`](crate::runtime::ServerHandle::connect) got
+    /// connection data of another type than the handler's `Data`.
+    WrongDataType,
+    /// The server that was to dial is shutting down or has stopped.
+    ServerStopped,
     /// The server answered with a status other than 101.
     Status {
         /// The HTTP status.
@@ -84,7 +94,11 @@ impl fmt::Display for ClientError {
             ClientError::Refused { addr } => write!(f, "connection refused by {addr}"),
             ClientError::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             ClientError::Timeout => f.write_str("the WebSocket handshake timed out"),
+            #[cfg(feature = "tls")]
             ClientError::Tls(e) => write!(f, "TLS failed: {e}"),
+            ClientError::TlsUnavailable => f.write_str("wss:// needs the `tls` cargo feature"),
+            ClientError::WrongDataType => f.write_str("the connection data is not the handler's Data type"),
+            ClientError::ServerStopped => f.write_str("the server is shutting down or has stopped"),
             ClientError::Status { status, body } => {
                 write!(f, "the server refused the upgrade with {status}: {}", String::from_utf8_lossy(body))
             }
@@ -105,6 +119,8 @@ impl std::error::Error for ClientError {
             }
             ClientError::Handshake(e) => Some(e),
             ClientError::Protocol(e) => Some(e),
+            #[cfg(feature = "tls")]
+            ClientError::Tls(e) => Some(e),
             _ => None,
         }
     }

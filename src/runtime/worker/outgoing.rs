@@ -49,8 +49,7 @@ impl<H: Handler> Worker<H> {
         let Ok(data) = dial.data.downcast::<H::Data>() else { return };
         let mut dialing = dial.dialing;
         if self.shutdown_deadline.is_some() {
-            let error = ClientError::Io(io::Error::other("the server is shutting down"));
-            return self.handler.on_connect_error(*data, error);
+            return self.handler.on_connect_error(*data, ClientError::ServerStopped);
         }
         let socket = match next_socket(&mut dialing) {
             Ok(socket) => socket,
@@ -163,7 +162,7 @@ fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
         return Ok(());
     }
     let connector = dialing.settings.tls.clone().unwrap_or_else(crate::dial::default_connector);
-    let session = connector.session(dialing.url.host()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let session = connector.session(dialing.url.host()).map_err(ClientError::Tls)?;
     extra.tls = Some(Box::new(session));
     Ok(())
 }
@@ -171,9 +170,7 @@ fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
 #[cfg(not(feature = "tls"))]
 fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
     match conn.extra.as_deref().and_then(|e| e.dialing.as_deref()) {
-        Some(dialing) if dialing.url.is_secure() => {
-            Err(ClientError::Tls("wss:// needs the `tls` cargo feature".into()))
-        }
+        Some(dialing) if dialing.url.is_secure() => Err(ClientError::TlsUnavailable),
         _ => Ok(()),
     }
 }
