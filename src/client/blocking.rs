@@ -214,7 +214,7 @@ impl Client {
                 // Data after our close frame is not delivered (the machine skips it).
                 Ok(_) => continue,
                 // 1006 is never sent: it marks a connection that ended without a close frame.
-                Err(ClientError::Closed { code, .. }) if code != CloseCode::ABNORMAL => return Ok(()),
+                Err(ClientError::Closed(reason)) if reason.code() != CloseCode::ABNORMAL => return Ok(()),
                 Err(e) => {
                     // A read that timed out waited the close timeout since
                     // our close frame went: the machine's deadline is due.
@@ -341,9 +341,7 @@ impl Client {
     fn check_open(&self) -> Result<(), ClientError> {
         match self.conn.ended() {
             Some(reason) => Err(reason.into()),
-            None if !self.conn.is_open() => {
-                Err(ClientError::Closed { code: CloseCode::NORMAL, reason: "closing".to_string() })
-            }
+            None if !self.conn.is_open() => Err(ClientError::Closing),
             None => Ok(()),
         }
     }

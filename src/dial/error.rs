@@ -60,16 +60,14 @@ pub enum ClientError {
     /// The server broke the protocol; we failed the connection with the
     /// error's close code.
     Protocol(ProtocolError),
-    /// The connection is closed: the [`CloseReason::code`] and
-    /// [`CloseReason::reason`] of why it ended (the server's close code and
-    /// reason, 1005 if it sent none; ours if we failed it; 1006 if TCP just
-    /// ended or the close handshake timed out).
-    Closed {
-        /// The close code.
-        code: CloseCode,
-        /// The reason.
-        reason: String,
-    },
+    /// The connection is closed, and why: the server's close frame, a
+    /// protocol error of the server's we failed it for, a close-handshake
+    /// timeout, TCP ending without a close frame, or the socket error
+    /// (kept). [`CloseReason::code`] gives the close code that applies.
+    Closed(CloseReason),
+    /// We sent a close frame and the connection has not ended yet: nothing
+    /// more can be sent.
+    Closing,
     /// A socket error.
     Io(io::Error),
 }
@@ -79,7 +77,7 @@ impl ClientError {
     /// and [`Protocol`](Self::Protocol).
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
-            ClientError::Closed { code, .. } => Some(*code),
+            ClientError::Closed(reason) => Some(reason.code()),
             ClientError::Protocol(e) => Some(e.close_code()),
             _ => None,
         }
@@ -104,7 +102,10 @@ impl fmt::Display for ClientError {
             }
             ClientError::Handshake(e) => write!(f, "bad handshake response: {e}"),
             ClientError::Protocol(e) => write!(f, "the server broke the protocol: {e}"),
-            ClientError::Closed { code, reason } => write!(f, "the connection is closed ({code} {reason})"),
+            ClientError::Closed(reason) => {
+                write!(f, "the connection is closed ({} {})", reason.code(), reason.reason())
+            }
+            ClientError::Closing => f.write_str("the connection is closing"),
             ClientError::Io(e) => write!(f, "socket error: {e}"),
         }
     }
@@ -119,6 +120,7 @@ impl std::error::Error for ClientError {
             }
             ClientError::Handshake(e) => Some(e),
             ClientError::Protocol(e) => Some(e),
+            ClientError::Closed(reason) => Some(reason),
             #[cfg(feature = "tls")]
             ClientError::Tls(e) => Some(e),
             _ => None,
@@ -127,9 +129,9 @@ impl std::error::Error for ClientError {
 }
 
 impl From<&CloseReason> for ClientError {
-    /// [`Closed`](Self::Closed) with the reason's code and text.
+    /// [`Closed`](Self::Closed) with a copy of the reason.
     fn from(reason: &CloseReason) -> Self {
-        ClientError::Closed { code: reason.code(), reason: reason.reason().into_owned() }
+        ClientError::Closed(reason.clone())
     }
 }
 
