@@ -32,6 +32,7 @@ pub mod app;
 pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;
+mod dial;
 pub mod proto;
 pub mod runtime;
 #[cfg(feature = "tls")]

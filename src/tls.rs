@@ -25,7 +25,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConfig, ServerConnection};
 
-/// Why a TLS setting could not be built.
+/// Why a TLS setting could not be built, or a client's TLS handshake failed.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum TlsError {
@@ -37,6 +37,11 @@ pub enum TlsError {
     Rustls(rustls::Error),
     /// The host name is not a valid DNS name or IP address.
     BadServerName(String),
+    /// A client's TLS handshake failed: the server's certificate is not
+    /// trusted or names another host, the server sent an alert, or the
+    /// socket failed. When rustls refused, the I/O error wraps the
+    /// [`rustls::Error`] (see [`io::Error::get_ref`]).
+    Handshake(io::Error),
 }
 
 impl fmt::Display for TlsError {
@@ -46,11 +51,20 @@ impl fmt::Display for TlsError {
             TlsError::Pem(what) => write!(f, "bad PEM input: {what}"),
             TlsError::Rustls(e) => write!(f, "TLS configuration refused: {e}"),
             TlsError::BadServerName(name) => write!(f, "{name:?} is not a valid TLS server name"),
+            TlsError::Handshake(e) => write!(f, "the TLS handshake failed: {e}"),
         }
     }
 }
 
-impl std::error::Error for TlsError {}
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Io(e) | TlsError::Handshake(e) => Some(e),
+            TlsError::Rustls(e) => Some(e),
+            TlsError::Pem(_) | TlsError::BadServerName(_) => None,
+        }
+    }
+}
 
 impl From<rustls::Error> for TlsError {
     fn from(e: rustls::Error) -> Self {

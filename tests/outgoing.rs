@@ -148,9 +148,12 @@ fn failures_come_back_to_on_connect_error_with_the_data() {
 
     // Refused at once, without reaching a worker.
     assert!(matches!(handle.connect("http://x/", &quick, "url".to_string()), Err(ClientError::Url(_))));
-    assert!(handle.connect(&format!("ws://{}/", doorman.local_addr()), &quick, 42u32).is_err(), "wrong data type");
+    let wrong_data = handle.connect(&format!("ws://{}/", doorman.local_addr()), &quick, 42u32);
+    assert!(matches!(wrong_data, Err(ClientError::WrongDataType)), "{wrong_data:?}");
     wait_connection_count(&handle, 0);
     hub.shutdown();
+    let stopped = handle.connect(&format!("ws://{}/", doorman.local_addr()), &quick, "late".to_string());
+    assert!(matches!(stopped, Err(ClientError::ServerStopped)), "{stopped:?}");
     doorman.shutdown();
 }
 

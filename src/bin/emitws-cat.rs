@@ -190,12 +190,13 @@ impl Session {
                 Ok(Incoming::Message(message)) => describe(message, self.events),
                 Ok(Incoming::Pong(payload)) => (format!("< pong {}", String::from_utf8_lossy(payload)), None),
                 Err(ClientError::Timeout) => continue,
-                Err(ClientError::Closed { code, reason }) => {
-                    self.say(&format!("closed by the server: {code} {reason}"));
+                Err(ClientError::Closed(reason)) => {
+                    let code = reason.code();
+                    self.say(&format!("closed by the server: {code} {}", reason.reason()));
                     return if code == CloseCode::NORMAL || code == CloseCode::GOING_AWAY {
                         Ok(())
                     } else {
-                        Err(ClientError::Closed { code, reason })
+                        Err(ClientError::Closed(reason))
                     };
                 }
                 Err(e) => return Err(e),

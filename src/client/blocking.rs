@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::socket::{time_left, Stream};
-use super::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
+use super::{mask_rng, start_upgrade, ClientBuilder, ClientError, Url, MAX_REFUSAL_BODY};
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::connection::{Config, Connection, Received};
 use crate::proto::deflate::DeflateAgreement;
+use crate::proto::handshake::client::ResponseError;
 use crate::proto::{CloseCode, CloseReason, Message, OpCode, ProtocolError, ReadyEvent, Role};
 
 /// Bytes read from the socket at a time.
@@ -70,7 +71,7 @@ impl Client {
         let started = Instant::now();
         let deadline = started + settings.timeout;
         let mut stream = Stream::connect(url, settings, deadline)?;
-        let mut upgrade = Upgrade::new(url, settings)?;
+        let mut upgrade = start_upgrade(url, settings)?;
         stream.set_timeout(Some(time_left(deadline)?))?;
         stream.write_all(&upgrade.request)?;
         let mut buf = vec![0; READ_BUFFER];
@@ -80,17 +81,17 @@ impl Client {
             if n == 0 {
                 return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
             }
-            if let Some(used) = upgrade.push(&buf[..n], settings)? {
+            if let Some(used) = upgrade.push(&buf[..n]).map_err(ClientError::Handshake)? {
                 break (used, n);
             }
         };
-        let accepted = match upgrade.finish(settings) {
+        let accepted = match upgrade.finish() {
             Ok(accepted) => accepted,
-            Err((ClientError::Status { status, .. }, length)) => {
-                let body = read_body(&mut stream, &buf[used..read], length, deadline);
+            Err(ResponseError::NotSwitching(status)) => {
+                let body = read_body(&mut stream, &buf[used..read], upgrade.refusal_length(), deadline);
                 return Err(ClientError::Status { status, body });
             }
-            Err((e, _)) => return Err(e),
+            Err(e) => return Err(ClientError::Handshake(e)),
         };
         stream.set_timeout(None)?;
         let config = Config {
@@ -213,7 +214,7 @@ impl Client {
                 // Data after our close frame is not delivered (the machine skips it).
                 Ok(_) => continue,
                 // 1006 is never sent: it marks a connection that ended without a close frame.
-                Err(ClientError::Closed { code, .. }) if code != CloseCode::ABNORMAL => return Ok(()),
+                Err(ClientError::Closed(reason)) if reason.code() != CloseCode::ABNORMAL => return Ok(()),
                 Err(e) => {
                     // A read that timed out waited the close timeout since
                     // our close frame went: the machine's deadline is due.
@@ -340,9 +341,7 @@ impl Client {
     fn check_open(&self) -> Result<(), ClientError> {
         match self.conn.ended() {
             Some(reason) => Err(reason.into()),
-            None if !self.conn.is_open() => {
-                Err(ClientError::Closed { code: CloseCode::NORMAL, reason: "closing".to_string() })
-            }
+            None if !self.conn.is_open() => Err(ClientError::Closing),
             None => Ok(()),
         }
     }

@@ -2,12 +2,15 @@
 //! TLS for `wss://`.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::{ClientBuilder, ClientError, Url};
 #[cfg(feature = "tls")]
-use crate::tls::{TlsConnector, TlsStream};
+use crate::dial::default_connector;
+use crate::dial::{connect_error, resolve};
+#[cfg(feature = "tls")]
+use crate::tls::{TlsError, TlsStream};
 
 /// A connected socket, plain or TLS.
 pub(crate) enum Stream {
@@ -34,25 +37,6 @@ pub(crate) fn time_left(deadline: Instant) -> Result<Duration, ClientError> {
         return Err(ClientError::Timeout);
     }
     Ok(left)
-}
-
-/// Resolves the URL's host (a blocking lookup, unless it is an IP address).
-pub(crate) fn resolve(url: &Url) -> Result<Vec<SocketAddr>, ClientError> {
-    let dns_error = |source| ClientError::Dns { host: url.host().to_string(), source };
-    let addrs: Vec<SocketAddr> = (url.host(), url.port()).to_socket_addrs().map_err(dns_error)?.collect();
-    if addrs.is_empty() {
-        return Err(dns_error(io::Error::new(io::ErrorKind::NotFound, "no address")));
-    }
-    Ok(addrs)
-}
-
-/// The error for a failed connect to `addr`.
-pub(crate) fn connect_error(addr: SocketAddr, source: io::Error) -> ClientError {
-    match source.kind() {
-        io::ErrorKind::ConnectionRefused => ClientError::Refused { addr },
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => ClientError::Timeout,
-        _ => ClientError::Connect { addr, source },
-    }
 }
 
 impl Stream {
@@ -86,20 +70,20 @@ impl Stream {
         deadline: Instant,
     ) -> Result<Stream, ClientError> {
         let connector = settings.tls.clone().unwrap_or_else(default_connector);
-        let mut tls = connector.session(url.host()).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let mut tls = connector.session(url.host()).map_err(ClientError::Tls)?;
         let left = time_left(deadline)?;
         socket.set_read_timeout(Some(left))?;
         socket.set_write_timeout(Some(left))?;
         tls.handshake(&mut socket).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout,
-            _ => ClientError::Tls(e.to_string()),
+            _ => ClientError::Tls(TlsError::Handshake(e)),
         })?;
         Ok(Stream::Tls(socket, Box::new(tls)))
     }
 
     #[cfg(not(feature = "tls"))]
     fn tls(_: TcpStream, _: &Url, _: &ClientBuilder, _: Instant) -> Result<Stream, ClientError> {
-        Err(ClientError::Tls("wss:// needs the `tls` cargo feature".into()))
+        Err(ClientError::TlsUnavailable)
     }
 
     pub fn socket(&self) -> &TcpStream {
@@ -148,11 +132,4 @@ impl Stream {
         }
         let _ = self.socket().shutdown(Shutdown::Write);
     }
-}
-
-/// Mozilla's roots, built once.
-#[cfg(feature = "tls")]
-pub(crate) fn default_connector() -> TlsConnector {
-    static DEFAULT: std::sync::OnceLock<TlsConnector> = std::sync::OnceLock::new();
-    DEFAULT.get_or_init(TlsConnector::webpki_roots).clone()
 }

@@ -3,7 +3,6 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
-use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
@@ -11,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
-use crate::client::{ClientBuilder, ClientError, Url};
+use crate::dial::{ClientBuilder, ClientError, Url};
 use crate::proto::compress::SharedCompressed;
 use crate::proto::{close_payload, encode_frame, CloseCode, OpCode};
 
@@ -266,9 +265,15 @@ impl ServerHandle {
     /// message and fragment limits are the builder's too (a message past
     /// `max_message_size`, inflated or not, fails with 1009); the server's
     /// keepalive applies. The host name is resolved on the calling thread (a
-    /// blocking lookup, unless it is an IP address). Fails at once for a bad
-    /// URL, a name that does not resolve, a `data` of another type than the
-    /// handler's `Data`, or a stopped server.
+    /// blocking lookup, unless it is an IP address).
+    ///
+    /// # Errors
+    ///
+    /// Fails at once, without calling the handler, with
+    /// [`ClientError::Url`] for a bad URL, [`ClientError::Dns`] for a name
+    /// that does not resolve, [`ClientError::WrongDataType`] for a `data` of
+    /// another type than the handler's `Data`, and
+    /// [`ClientError::ServerStopped`] once the server is shutting down.
     ///
     /// ```no_run
     /// # #[derive(Clone)] struct Feed;
@@ -284,17 +289,16 @@ impl ServerHandle {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn connect<D: Send + 'static>(&self, url: &str, settings: &ClientBuilder, data: D) -> Result<(), ClientError> {
-        let refuse = |why: &str| ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, why.to_string()));
         if self.shared.data_type != Some(TypeId::of::<D>()) {
-            return Err(refuse("the connection data is not the handler's Data type"));
+            return Err(ClientError::WrongDataType);
         }
         if self.shared.stopping.load(Ordering::Acquire) {
-            return Err(refuse("the server is shutting down"));
+            return Err(ClientError::ServerStopped);
         }
         let dial = super::worker::Dial::new(&Url::parse(url)?, settings, Box::new(data))?;
         let worker = self.shared.next_dialer.fetch_add(1, Ordering::Relaxed) % self.inboxes.len().max(1);
         if !self.post(worker, Command::Connect(Box::new(dial))) {
-            return Err(refuse("the server has stopped"));
+            return Err(ClientError::ServerStopped);
         }
         Ok(())
     }

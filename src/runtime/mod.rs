@@ -97,7 +97,7 @@ pub trait Handler: Clone + Send + 'static {
     /// An outgoing connection ([`ServerHandle::connect`]) failed before it
     /// opened: refused, timed out, or the server answered badly. Its data
     /// comes back with the reason. The default drops both.
-    fn on_connect_error(&mut self, data: Self::Data, error: crate::client::ClientError) {
+    fn on_connect_error(&mut self, data: Self::Data, error: crate::dial::ClientError) {
         let _ = (data, error);
     }
 

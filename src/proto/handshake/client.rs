@@ -274,6 +274,59 @@ impl<'a> Response<'a> {
     }
 }
 
+/// The most of a refused upgrade's response body a client keeps.
+pub(crate) const MAX_REFUSAL_BODY: usize = 64 << 10;
+
+/// One client upgrade in progress, the same for the blocking client and the
+/// runtime's outgoing connections: the request to send, then the response
+/// read and checked against what the request offered.
+#[derive(Debug)]
+pub(crate) struct PendingUpgrade {
+    /// The request head to send.
+    pub request: Vec<u8>,
+    key: String,
+    protocols: Vec<String>,
+    deflate: Option<DeflateConfig>,
+    limits: RequestLimits,
+    reader: ResponseReader,
+}
+
+impl PendingUpgrade {
+    /// Writes `request`; `deflate` is what its extensions offer, and `limits`
+    /// cap the response head.
+    pub fn new(request: UpgradeRequest<'_>, deflate: Option<DeflateConfig>, limits: RequestLimits) -> PendingUpgrade {
+        let mut head = Vec::new();
+        request.write(&mut head);
+        PendingUpgrade {
+            request: head,
+            key: request.key.to_string(),
+            protocols: request.protocols.to_vec(),
+            deflate,
+            limits,
+            reader: ResponseReader::default(),
+        }
+    }
+
+    /// Feeds response bytes; `Some(used)` once the head is complete (see
+    /// [`ResponseReader::push`]).
+    pub fn push(&mut self, input: &[u8]) -> Result<Option<usize>, ResponseError> {
+        self.reader.push(input, &self.limits)
+    }
+
+    /// Checks the complete head against the offer. A refusal is
+    /// [`ResponseError::NotSwitching`]; [`refusal_length`](Self::refusal_length)
+    /// then says how long its body is.
+    pub fn finish(&self) -> Result<Accepted, ResponseError> {
+        let offer = Offer { key: &self.key, protocols: &self.protocols, deflate: self.deflate.as_ref() };
+        self.reader.response(&self.limits)?.validate(&offer)
+    }
+
+    /// The refusal body's `Content-Length`, if the head has one.
+    pub fn refusal_length(&self) -> Option<usize> {
+        self.reader.response(&self.limits).ok()?.content_length()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{flag, Connection, DeflateState, Handler, Phase, RareState, Slot, Worker, WorkerState, FIRST_CONN};
-use crate::client::socket::{connect_error, resolve};
-use crate::client::{mask_rng, ClientBuilder, ClientError, Upgrade, Url, MAX_REFUSAL_BODY};
+use crate::dial::{connect_error, mask_rng, resolve, start_upgrade, ClientBuilder, ClientError, Url};
+use crate::proto::handshake::client::{PendingUpgrade, ResponseError, MAX_REFUSAL_BODY};
 use crate::proto::{Decoder, Role};
 
 /// An outgoing connection asked for by [`ServerHandle::connect`](crate::runtime::ServerHandle::connect).
@@ -28,7 +28,7 @@ pub(crate) struct Dialing {
     /// Addresses not tried yet, the next one last.
     untried: Vec<SocketAddr>,
     addr: Option<SocketAddr>,
-    upgrade: Upgrade,
+    upgrade: PendingUpgrade,
 }
 
 impl Dial {
@@ -36,7 +36,7 @@ impl Dial {
     pub fn new(url: &Url, settings: &ClientBuilder, data: Box<dyn Any + Send>) -> Result<Dial, ClientError> {
         let mut untried = resolve(url)?;
         untried.reverse();
-        let upgrade = Upgrade::new(url, settings)?;
+        let upgrade = start_upgrade(url, settings)?;
         let settings = settings.clone();
         Ok(Dial { dialing: Dialing { url: url.clone(), settings, untried, addr: None, upgrade }, data })
     }
@@ -49,8 +49,7 @@ impl<H: Handler> Worker<H> {
         let Ok(data) = dial.data.downcast::<H::Data>() else { return };
         let mut dialing = dial.dialing;
         if self.shutdown_deadline.is_some() {
-            let error = ClientError::Io(io::Error::other("the server is shutting down"));
-            return self.handler.on_connect_error(*data, error);
+            return self.handler.on_connect_error(*data, ClientError::ServerStopped);
         }
         let socket = match next_socket(&mut dialing) {
             Ok(socket) => socket,
@@ -162,8 +161,8 @@ fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
     if !dialing.url.is_secure() {
         return Ok(());
     }
-    let connector = dialing.settings.tls.clone().unwrap_or_else(crate::client::socket::default_connector);
-    let session = connector.session(dialing.url.host()).map_err(|e| ClientError::Tls(e.to_string()))?;
+    let connector = dialing.settings.tls.clone().unwrap_or_else(crate::dial::default_connector);
+    let session = connector.session(dialing.url.host()).map_err(ClientError::Tls)?;
     extra.tls = Some(Box::new(session));
     Ok(())
 }
@@ -171,9 +170,7 @@ fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
 #[cfg(not(feature = "tls"))]
 fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
     match conn.extra.as_deref().and_then(|e| e.dialing.as_deref()) {
-        Some(dialing) if dialing.url.is_secure() => {
-            Err(ClientError::Tls("wss:// needs the `tls` cargo feature".into()))
-        }
+        Some(dialing) if dialing.url.is_secure() => Err(ClientError::TlsUnavailable),
         _ => Ok(()),
     }
 }
@@ -190,15 +187,16 @@ pub(super) fn response<H: Handler>(
 ) -> Result<Option<usize>, ClientError> {
     let extra = slot.conn.extra.as_deref_mut().expect("a dialing connection");
     let dialing = extra.dialing.as_deref_mut().expect("a dialing connection");
-    let Some(used) = dialing.upgrade.push(input, &dialing.settings)? else { return Ok(None) };
-    let accepted = match dialing.upgrade.finish(&dialing.settings) {
+    let Some(used) = dialing.upgrade.push(input).map_err(ClientError::Handshake)? else { return Ok(None) };
+    let accepted = match dialing.upgrade.finish() {
         Ok(accepted) => accepted,
-        Err((ClientError::Status { status, .. }, length)) => {
+        Err(ResponseError::NotSwitching(status)) => {
             let rest = &input[used..];
-            let body = rest[..rest.len().min(length.unwrap_or(usize::MAX)).min(MAX_REFUSAL_BODY)].to_vec();
+            let length = dialing.upgrade.refusal_length().unwrap_or(usize::MAX);
+            let body = rest[..rest.len().min(length).min(MAX_REFUSAL_BODY)].to_vec();
             return Err(ClientError::Status { status, body });
         }
-        Err((error, _)) => return Err(error),
+        Err(error) => return Err(ClientError::Handshake(error)),
     };
     let config = dialing.settings.deflate;
     extra.dialing = None;

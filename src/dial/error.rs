@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use super::UrlError;
 use crate::proto::handshake::client::ResponseError;
 use crate::proto::{CloseCode, CloseReason, ProtocolError};
+#[cfg(feature = "tls")]
+use crate::tls::TlsError;
 
 /// Why connecting failed, or why an open connection ended.
 #[derive(Debug)]
@@ -35,9 +37,17 @@ pub enum ClientError {
     },
     /// The connection and handshake took longer than the handshake timeout.
     Timeout,
-    /// The TLS handshake failed (certificate not trusted, wrong name, …), or
-    /// `wss://` was asked for without the `tls` feature.
-    Tls(String),
+    /// The TLS handshake failed (certificate not trusted, wrong name, …) or
+    /// could not start (a host that is no valid TLS server name).
+    #[cfg(feature = "tls")]
+    Tls(TlsError),
+    /// `wss://` was asked for, but this build has no `tls` cargo feature.
+    TlsUnavailable,
+    /// [`ServerHandle::connect`](crate::runtime::ServerHandle::connect) got
+    /// connection data of another type than the handler's `Data`.
+    WrongDataType,
+    /// The server that was to dial is shutting down or has stopped.
+    ServerStopped,
     /// The server answered with a status other than 101.
     Status {
         /// The HTTP status.
@@ -50,16 +60,14 @@ pub enum ClientError {
     /// The server broke the protocol; we failed the connection with the
     /// error's close code.
     Protocol(ProtocolError),
-    /// The connection is closed: the [`CloseReason::code`] and
-    /// [`CloseReason::reason`] of why it ended (the server's close code and
-    /// reason, 1005 if it sent none; ours if we failed it; 1006 if TCP just
-    /// ended or the close handshake timed out).
-    Closed {
-        /// The close code.
-        code: CloseCode,
-        /// The reason.
-        reason: String,
-    },
+    /// The connection is closed, and why: the server's close frame, a
+    /// protocol error of the server's we failed it for, a close-handshake
+    /// timeout, TCP ending without a close frame, or the socket error
+    /// (kept). [`CloseReason::code`] gives the close code that applies.
+    Closed(CloseReason),
+    /// We sent a close frame and the connection has not ended yet: nothing
+    /// more can be sent.
+    Closing,
     /// A socket error.
     Io(io::Error),
 }
@@ -69,7 +77,7 @@ impl ClientError {
     /// and [`Protocol`](Self::Protocol).
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
-            ClientError::Closed { code, .. } => Some(*code),
+            ClientError::Closed(reason) => Some(reason.code()),
             ClientError::Protocol(e) => Some(e.close_code()),
             _ => None,
         }
@@ -84,13 +92,20 @@ impl fmt::Display for ClientError {
             ClientError::Refused { addr } => write!(f, "connection refused by {addr}"),
             ClientError::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}"),
             ClientError::Timeout => f.write_str("the WebSocket handshake timed out"),
+            #[cfg(feature = "tls")]
             ClientError::Tls(e) => write!(f, "TLS failed: {e}"),
+            ClientError::TlsUnavailable => f.write_str("wss:// needs the `tls` cargo feature"),
+            ClientError::WrongDataType => f.write_str("the connection data is not the handler's Data type"),
+            ClientError::ServerStopped => f.write_str("the server is shutting down or has stopped"),
             ClientError::Status { status, body } => {
                 write!(f, "the server refused the upgrade with {status}: {}", String::from_utf8_lossy(body))
             }
             ClientError::Handshake(e) => write!(f, "bad handshake response: {e}"),
             ClientError::Protocol(e) => write!(f, "the server broke the protocol: {e}"),
-            ClientError::Closed { code, reason } => write!(f, "the connection is closed ({code} {reason})"),
+            ClientError::Closed(reason) => {
+                write!(f, "the connection is closed ({} {})", reason.code(), reason.reason())
+            }
+            ClientError::Closing => f.write_str("the connection is closing"),
             ClientError::Io(e) => write!(f, "socket error: {e}"),
         }
     }
@@ -105,15 +120,18 @@ impl std::error::Error for ClientError {
             }
             ClientError::Handshake(e) => Some(e),
             ClientError::Protocol(e) => Some(e),
+            ClientError::Closed(reason) => Some(reason),
+            #[cfg(feature = "tls")]
+            ClientError::Tls(e) => Some(e),
             _ => None,
         }
     }
 }
 
 impl From<&CloseReason> for ClientError {
-    /// [`Closed`](Self::Closed) with the reason's code and text.
+    /// [`Closed`](Self::Closed) with a copy of the reason.
     fn from(reason: &CloseReason) -> Self {
-        ClientError::Closed { code: reason.code(), reason: reason.reason().into_owned() }
+        ClientError::Closed(reason.clone())
     }
 }
 
