@@ -27,7 +27,7 @@ use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInb
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Wheel};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
-use crate::client::ClientError;
+use crate::dial::ClientError;
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
