@@ -393,7 +393,7 @@ fn echo_app() -> emitws::app::Running {
 
 /// An event client of `addr` that does not reconnect.
 fn app_client(addr: SocketAddr, client: ClientBuilder) -> AppClient {
-    let options = AppOptions { reconnect: false, connect_timeout: WAIT, client, ..AppOptions::default() };
+    let options = AppOptions::default().reconnect(false).connect_timeout(WAIT).client(client);
     AppClient::connect(&format!("ws://{addr}/"), options).unwrap()
 }
 

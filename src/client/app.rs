@@ -107,6 +107,7 @@ const ERROR: u64 = 3;
 /// Its `Debug` output leaves out the credentials: the auth request's data
 /// and the WebSocket connection's headers.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct AppOptions {
     /// Reconnect after the connection drops or an attempt fails (default true).
     pub reconnect: bool,
