@@ -1,7 +1,6 @@
 //! Replays the committed fuzz corpus (`fuzz/corpus/<target>/`) through the
 //! same checks the fuzz targets run, so every seed and every crash found by
 //! the fuzzer stays a regression test under a plain `cargo test`.
-#![cfg(feature = "app")]
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
@@ -55,6 +54,7 @@ fn handshake_response_corpus() {
 }
 
 #[test]
+#[cfg(feature = "app")]
 fn envelope_corpus() {
     replay("envelope", harness::check_envelope);
 }
