@@ -219,8 +219,20 @@ enum Phase {
 #[derive(Debug)]
 pub struct Connection<T = Instant> {
     decoder: Decoder,
-    timer: Option<(Timer, T)>,
+    state: State<T>,
+}
+
+/// Everything but the decoder, apart so that the two can be borrowed
+/// separately (a message borrows the decoder). Flat rather than an
+/// `Option<(Timer, T)>`, whose padding would cost a server connection 8
+/// bytes: with `u32` ticks this is 8 bytes.
+#[derive(Debug)]
+struct State<T> {
+    /// When the armed timer is due (meaningless while none is).
+    deadline: T,
+    timer: Option<Timer>,
     phase: Phase,
+    /// The end reason was handed out: it is handed out once.
     ended: bool,
 }
 
@@ -241,17 +253,24 @@ impl<T: Time> Connection<T> {
     fn new(role: Role, now: T, config: &Config) -> Connection<T> {
         Connection {
             decoder: Decoder::new(role),
-            timer: Some((Timer::Handshake, now.after(config.handshake_timeout))),
-            phase: Phase::Handshake,
-            ended: false,
+            state: State {
+                deadline: now.after(config.handshake_timeout),
+                timer: Some(Timer::Handshake),
+                phase: Phase::Handshake,
+                ended: false,
+            },
         }
     }
 
     /// The upgrade is done: messages flow, and the keepalive starts.
     pub fn open(&mut self, now: T, config: &Config) {
-        if self.phase == Phase::Handshake {
-            self.phase = Phase::Upgraded(CloseHandshake::Open);
-            self.timer = config.keepalive.map(|keepalive| (Timer::Idle, now.after(keepalive.idle)));
+        let state = &mut self.state;
+        if state.phase == Phase::Handshake {
+            state.phase = Phase::Upgraded(CloseHandshake::Open);
+            state.timer = None;
+            if let Some(keepalive) = config.keepalive {
+                state.arm(Timer::Idle, now.after(keepalive.idle));
+            }
         }
     }
 
@@ -262,52 +281,52 @@ impl<T: Time> Connection<T> {
 
     /// Whether the upgrade is still under way.
     pub fn is_handshaking(&self) -> bool {
-        self.phase == Phase::Handshake
+        self.state.phase == Phase::Handshake
     }
 
     /// Whether messages may be sent and are delivered.
     #[inline]
     pub fn is_open(&self) -> bool {
-        self.phase == Phase::Upgraded(CloseHandshake::Open)
+        self.state.is_open()
     }
 
     /// Whether input is still decoded (open, or waiting for the peer's close).
     #[inline]
     pub fn can_read(&self) -> bool {
-        matches!(self.phase, Phase::Upgraded(CloseHandshake::Open | CloseHandshake::Sent))
+        matches!(self.state.phase, Phase::Upgraded(CloseHandshake::Open | CloseHandshake::Sent))
     }
 
     /// Whether nothing more will be sent: once the output is written, the
     /// transport's write side may shut.
     pub fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Upgraded(CloseHandshake::Done) | Phase::Finished)
+        matches!(self.state.phase, Phase::Upgraded(CloseHandshake::Done) | Phase::Finished)
     }
 
     /// Whether the transport should be dropped now.
     pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Finished
+        self.state.phase == Phase::Finished
     }
 
     /// Whether the connection has ended (its reason was handed out).
     pub fn has_ended(&self) -> bool {
-        self.ended
+        self.state.ended
     }
 
     /// The next deadline, for the driver's timer.
     pub fn poll_timeout(&self) -> Option<T> {
-        self.timer.map(|(_, at)| at)
+        self.state.timer.map(|_| self.state.deadline)
     }
 
     /// The timer armed, if any.
     pub fn timer(&self) -> Option<Timer> {
-        self.timer.map(|(timer, _)| timer)
+        self.state.timer
     }
 
     /// Input arrived at `now`: the peer is alive, the keepalive starts over.
     #[inline]
     pub fn handle_read(&mut self, now: T, config: &Config) {
         if let (true, Some(keepalive)) = (self.is_open(), config.keepalive) {
-            self.timer = Some((Timer::Idle, now.after(keepalive.idle)));
+            self.state.arm(Timer::Idle, now.after(keepalive.idle));
         }
     }
 
@@ -355,16 +374,16 @@ impl<T: Time> Connection<T> {
         if !self.can_read() {
             return (len, None);
         }
-        let Connection { decoder, phase, timer, ended } = self;
+        let Connection { decoder, state } = self;
         let polled = match decoder.poll(input, &config.limits) {
             Ok(polled) => polled,
             Err(error) => {
-                let ended = fail(phase, timer, ended, CloseReason::Protocol(error), now, config, out);
+                let ended = state.fail(CloseReason::Protocol(error), now, config, out);
                 return (len, ended.map(Input::Ended));
             }
         };
         let Some(ready) = polled.ready else { return (polled.consumed, None) };
-        let open = *phase == Phase::Upgraded(CloseHandshake::Open);
+        let open = state.is_open();
         if ready.is_data() || ready.is_pong() {
             // After our close frame, data and pongs are no longer delivered.
             return (polled.consumed, open.then_some(Input::Ready(ready)));
@@ -379,15 +398,15 @@ impl<T: Time> Connection<T> {
                 None
             }
             Ok(Event::Close(code, reason)) => {
-                let Phase::Upgraded(close) = phase else { unreachable!("can_read checked above") };
+                let Phase::Upgraded(close) = &mut state.phase else { unreachable!("can_read checked above") };
                 if let Some(reply) = close.receive(code) {
                     out.push_frame(OpCode::Close, 0, reply.payload());
-                    *timer = Some((Timer::Close, now.after(config.close_timeout)));
+                    state.arm(Timer::Close, now.after(config.close_timeout));
                 }
-                end(ended, || CloseReason::Peer { code, reason: reason.to_string() })
+                state.end(|| CloseReason::Peer { code, reason: reason.to_string() })
             }
             Ok(_) => unreachable!("data and pongs are handed out above"),
-            Err(error) => fail(phase, timer, ended, CloseReason::Protocol(error), now, config, out),
+            Err(error) => state.fail(CloseReason::Protocol(error), now, config, out),
         };
         (polled.consumed, ended.map(Input::Ended))
     }
@@ -417,13 +436,13 @@ impl<T: Time> Connection<T> {
         config: &Config,
         out: &mut impl Output,
     ) -> Result<Received<'a>, Option<CloseReason>> {
-        let Connection { decoder, phase, timer, ended } = self;
+        let Connection { decoder, state } = self;
         match decoder.event(input, ready) {
             Ok(Event::Message(message)) => Ok(Received::Message(message)),
             Ok(Event::Compressed { text, payload }) => Ok(Received::Compressed { text, payload }),
             Ok(Event::Pong(payload)) => Ok(Received::Pong(payload)),
             Ok(Event::Ping(_) | Event::Close(..)) => unreachable!("poll_input hands out only data and pongs"),
-            Err(error) => Err(fail(phase, timer, ended, CloseReason::Protocol(error), now, config, out)),
+            Err(error) => Err(state.fail(CloseReason::Protocol(error), now, config, out)),
         }
     }
 
@@ -448,11 +467,7 @@ impl<T: Time> Connection<T> {
     /// Starts the close handshake with `code` and `reason` (unless a close
     /// frame went already); the close deadline starts.
     pub fn close(&mut self, code: CloseCode, reason: &str, now: T, config: &Config, out: &mut impl Output) {
-        let Phase::Upgraded(close) = &mut self.phase else { return };
-        if let Some(frame) = close.start(code, reason) {
-            out.push_frame(OpCode::Close, 0, frame.payload());
-            self.timer = Some((Timer::Close, now.after(config.close_timeout)));
-        }
+        self.state.close(code, reason, now, config, out);
     }
 
     /// Fails the connection for `reason`: a close frame with its code (unless
@@ -460,8 +475,7 @@ impl<T: Time> Connection<T> {
     /// this ended the connection (it had not ended before, and was past the
     /// upgrade).
     pub fn fail(&mut self, reason: CloseReason, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
-        let Connection { phase, timer, ended, .. } = self;
-        fail(phase, timer, ended, reason, now, config, out)
+        self.state.fail(reason, now, config, out)
     }
 
     /// The transport ended (a read returned 0 bytes). Returns
@@ -481,17 +495,18 @@ impl<T: Time> Connection<T> {
     /// starts the close with the keepalive's code; the close deadline drops
     /// it. Returns why the connection ended, if this ended it.
     pub fn handle_timeout(&mut self, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
-        let (timer, at) = self.timer?;
-        if at > now {
+        let state = &mut self.state;
+        let timer = state.timer?;
+        if state.deadline > now {
             return None;
         }
-        self.timer = None;
+        state.timer = None;
         match timer {
             Timer::Handshake => self.finish(CloseReason::HandshakeTimeout),
             Timer::Idle => {
-                if let (true, Some(keepalive)) = (self.is_open(), config.keepalive) {
+                if let (true, Some(keepalive)) = (state.is_open(), config.keepalive) {
                     out.push_frame(OpCode::Ping, 0, b"");
-                    self.timer = Some((Timer::Pong, now.after(keepalive.timeout)));
+                    state.arm(Timer::Pong, now.after(keepalive.timeout));
                 }
                 None
             }
@@ -500,8 +515,8 @@ impl<T: Time> Connection<T> {
                 // The peer may be slow rather than gone: tell it why; the
                 // application hears now, the close deadline ends it.
                 let reason = CloseReason::KeepaliveTimeout(keepalive.close_code);
-                self.close(reason.code(), &reason.reason(), now, config, out);
-                end(&mut self.ended, || reason)
+                state.close(reason.code(), &reason.reason(), now, config, out);
+                state.end(|| reason)
             }
             Timer::Close => self.finish(CloseReason::CloseTimeout),
         }
@@ -509,44 +524,58 @@ impl<T: Time> Connection<T> {
 
     /// The transport is to be dropped now, for `reason` unless the connection ended already.
     fn finish(&mut self, reason: CloseReason) -> Option<CloseReason> {
-        self.phase = Phase::Finished;
-        self.timer = None;
-        end(&mut self.ended, || reason)
+        self.state.phase = Phase::Finished;
+        self.state.timer = None;
+        self.state.end(|| reason)
     }
 }
 
-/// The reason `reason` gives, if the connection had not ended: the end is handed out once.
-fn end(ended: &mut bool, reason: impl FnOnce() -> CloseReason) -> Option<CloseReason> {
-    if std::mem::replace(ended, true) {
-        return None;
+impl<T: Time> State<T> {
+    #[inline]
+    fn is_open(&self) -> bool {
+        self.phase == Phase::Upgraded(CloseHandshake::Open)
     }
-    Some(reason())
-}
 
-/// [`Connection::fail`] on split borrows (the decoder may be borrowed).
-fn fail<T: Time>(
-    phase: &mut Phase,
-    timer: &mut Option<(Timer, T)>,
-    ended: &mut bool,
-    reason: CloseReason,
-    now: T,
-    config: &Config,
-    out: &mut impl Output,
-) -> Option<CloseReason> {
-    let Phase::Upgraded(close) = phase else { return None };
-    if close.is_done() {
-        return None;
+    /// Arms `timer` (the one timer) for `at`.
+    #[inline]
+    fn arm(&mut self, timer: Timer, at: T) {
+        (self.timer, self.deadline) = (Some(timer), at);
     }
-    let was_closing = *close == CloseHandshake::Sent;
-    if let Some(frame) = close.fail(reason.code(), &reason.reason()) {
-        out.push_frame(OpCode::Close, 0, frame.payload());
+
+    /// The reason `reason` gives, if the connection had not ended: the end is handed out once.
+    fn end(&mut self, reason: impl FnOnce() -> CloseReason) -> Option<CloseReason> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        Some(reason())
     }
-    if !was_closing {
-        // Time to write what is queued and see the transport end; a close
-        // already under way keeps its deadline.
-        *timer = Some((Timer::Close, now.after(config.close_timeout)));
+
+    /// See [`Connection::close`].
+    fn close(&mut self, code: CloseCode, reason: &str, now: T, config: &Config, out: &mut impl Output) {
+        let Phase::Upgraded(close) = &mut self.phase else { return };
+        if let Some(frame) = close.start(code, reason) {
+            out.push_frame(OpCode::Close, 0, frame.payload());
+            self.arm(Timer::Close, now.after(config.close_timeout));
+        }
     }
-    end(ended, || reason)
+
+    /// See [`Connection::fail`].
+    fn fail(&mut self, reason: CloseReason, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
+        let Phase::Upgraded(close) = &mut self.phase else { return None };
+        if close.is_done() {
+            return None;
+        }
+        let was_closing = *close == CloseHandshake::Sent;
+        if let Some(frame) = close.fail(reason.code(), &reason.reason()) {
+            out.push_frame(OpCode::Close, 0, frame.payload());
+        }
+        if !was_closing {
+            // Time to write what is queued and see the transport end; a close
+            // already under way keeps its deadline.
+            self.arm(Timer::Close, now.after(config.close_timeout));
+        }
+        self.end(|| reason)
+    }
 }
 
 #[cfg(test)]

@@ -353,7 +353,7 @@ fn the_client_end_masks_its_frames_and_fails_masked_ones() {
 #[test]
 fn the_machine_is_small_with_the_drivers_ticks() {
     // The server keeps one per connection in a slot of at most 128 bytes
-    // (runtime/worker.rs): with `u32` ticks, the decoder plus 16 bytes.
+    // (runtime/worker.rs): with `u32` ticks, the decoder plus 8 bytes.
     #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
     struct Tick(u32);
     impl Time for Tick {
@@ -362,5 +362,5 @@ fn the_machine_is_small_with_the_drivers_ticks() {
         }
     }
     let size = std::mem::size_of::<Connection<Tick>>();
-    assert!(size <= std::mem::size_of::<Decoder>() + 16, "{size}");
+    assert!(size <= std::mem::size_of::<Decoder>() + 8, "{size}");
 }
