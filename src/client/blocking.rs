@@ -247,7 +247,7 @@ impl Client {
             // Apart from the plain case: the inflated message borrows the
             // deflater, so the machine is free again to fail the connection.
             let (text, payload) = match conn.received(&reader.buf[at..], ready, now, config, out) {
-                Ok(Received::Compressed { text, payload }) => (text, payload),
+                Ok((Received::Compressed { text, payload }, _)) => (text, payload),
                 Ok(_) => unreachable!("is_compressed checked above"),
                 Err(reason) => return Err(fail_transport(stream, out.bytes, ended, reason)),
             };
@@ -261,9 +261,9 @@ impl Client {
             return Err(fail_transport(stream, out.bytes, ended, reason));
         }
         match conn.received(&reader.buf[at..], ready, now, config, out) {
-            Ok(Received::Message(message)) => Ok(Incoming::Message(message)),
-            Ok(Received::Pong(payload)) => Ok(Incoming::Pong(payload)),
-            Ok(Received::Compressed { .. } | Received::Ended(_)) => {
+            Ok((Received::Message(message), _)) => Ok(Incoming::Message(message)),
+            Ok((Received::Pong(payload), _)) => Ok(Incoming::Pong(payload)),
+            Ok((Received::Compressed { .. } | Received::Ended(_), _)) => {
                 unreachable!("is_compressed checked above; ends come from poll_input")
             }
             Err(reason) => Err(fail_transport(stream, out.bytes, ended, reason)),

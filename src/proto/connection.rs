@@ -219,15 +219,18 @@ enum Phase {
 #[derive(Debug)]
 pub struct Connection<T = Instant> {
     decoder: Decoder,
-    state: State<T>,
+    state: Control<T>,
 }
 
-/// Everything but the decoder, apart so that the two can be borrowed
-/// separately (a message borrows the decoder). Flat rather than an
-/// `Option<(Timer, T)>`, whose padding would cost a server connection 8
-/// bytes: with `u32` ticks this is 8 bytes.
+/// A connection's state apart from its decoder: what sends and closes. It
+/// is handed out beside each message ([`Connection::received`]), which
+/// borrows the decoder, so the application can answer or close while it
+/// holds the message.
+///
+/// Flat rather than an `Option<(Timer, T)>`, whose padding would cost a
+/// server connection 8 bytes: with `u32` ticks this is 8 bytes.
 #[derive(Debug)]
-struct State<T> {
+pub struct Control<T = Instant> {
     /// When the armed timer is due (meaningless while none is).
     deadline: T,
     timer: Option<Timer>,
@@ -253,7 +256,7 @@ impl<T: Time> Connection<T> {
     fn new(role: Role, now: T, config: &Config) -> Connection<T> {
         Connection {
             decoder: Decoder::new(role),
-            state: State {
+            state: Control {
                 deadline: now.after(config.handshake_timeout),
                 timer: Some(Timer::Handshake),
                 phase: Phase::Handshake,
@@ -349,7 +352,7 @@ impl<T: Time> Connection<T> {
             None => None,
             Some(Input::Ended(reason)) => Some(Received::Ended(reason)),
             Some(Input::Ready(ready)) => match self.received(input, ready, now, config, out) {
-                Ok(received) => Some(received),
+                Ok((received, _)) => Some(received),
                 Err(ended) => ended.map(Received::Ended),
             },
         };
@@ -418,9 +421,10 @@ impl<T: Time> Connection<T> {
         ready.is_data() && self.decoder.is_compressed()
     }
 
-    /// What [`poll_input`](Self::poll_input) found complete. `input` must be
-    /// the input given to that call (at least up to what it used), with no
-    /// other call in between.
+    /// What [`poll_input`](Self::poll_input) found complete, and the
+    /// connection's [`Control`] to answer or close with while it is held.
+    /// `input` must be the input given to that call (at least up to what it
+    /// used), with no other call in between.
     ///
     /// # Errors
     ///
@@ -435,12 +439,12 @@ impl<T: Time> Connection<T> {
         now: T,
         config: &Config,
         out: &mut impl Output,
-    ) -> Result<Received<'a>, Option<CloseReason>> {
+    ) -> Result<(Received<'a>, &'a mut Control<T>), Option<CloseReason>> {
         let Connection { decoder, state } = self;
         match decoder.event(input, ready) {
-            Ok(Event::Message(message)) => Ok(Received::Message(message)),
-            Ok(Event::Compressed { text, payload }) => Ok(Received::Compressed { text, payload }),
-            Ok(Event::Pong(payload)) => Ok(Received::Pong(payload)),
+            Ok(Event::Message(message)) => Ok((Received::Message(message), state)),
+            Ok(Event::Compressed { text, payload }) => Ok((Received::Compressed { text, payload }, state)),
+            Ok(Event::Pong(payload)) => Ok((Received::Pong(payload), state)),
             Ok(Event::Ping(_) | Event::Close(..)) => unreachable!("poll_input hands out only data and pongs"),
             Err(error) => Err(state.fail(CloseReason::Protocol(error), now, config, out)),
         }
@@ -457,11 +461,12 @@ impl<T: Time> Connection<T> {
     /// unless the connection is open.
     #[inline]
     pub fn send(&mut self, opcode: OpCode, rsv: u8, payload: &[u8], out: &mut impl Output) -> bool {
-        if !self.is_open() {
-            return false;
-        }
-        out.push_frame(opcode, rsv, payload);
-        true
+        self.state.send(opcode, rsv, payload, out)
+    }
+
+    /// The state that sends and closes, for a callback that gets no message.
+    pub fn control(&mut self) -> &mut Control<T> {
+        &mut self.state
     }
 
     /// Starts the close handshake with `code` and `reason` (unless a close
@@ -530,10 +535,21 @@ impl<T: Time> Connection<T> {
     }
 }
 
-impl<T: Time> State<T> {
+impl<T: Time> Control<T> {
+    /// Whether messages may be sent and are delivered.
     #[inline]
-    fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.phase == Phase::Upgraded(CloseHandshake::Open)
+    }
+
+    /// See [`Connection::send`].
+    #[inline]
+    pub fn send(&mut self, opcode: OpCode, rsv: u8, payload: &[u8], out: &mut impl Output) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        out.push_frame(opcode, rsv, payload);
+        true
     }
 
     /// Arms `timer` (the one timer) for `at`.
@@ -551,7 +567,7 @@ impl<T: Time> State<T> {
     }
 
     /// See [`Connection::close`].
-    fn close(&mut self, code: CloseCode, reason: &str, now: T, config: &Config, out: &mut impl Output) {
+    pub fn close(&mut self, code: CloseCode, reason: &str, now: T, config: &Config, out: &mut impl Output) {
         let Phase::Upgraded(close) = &mut self.phase else { return };
         if let Some(frame) = close.start(code, reason) {
             out.push_frame(OpCode::Close, 0, frame.payload());
@@ -559,8 +575,8 @@ impl<T: Time> State<T> {
         }
     }
 
-    /// See [`Connection::fail`].
-    fn fail(&mut self, reason: CloseReason, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
+    /// See [`Connection::fail`] (which also says what is returned).
+    pub fn fail(&mut self, reason: CloseReason, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
         let Phase::Upgraded(close) = &mut self.phase else { return None };
         if close.is_done() {
             return None;

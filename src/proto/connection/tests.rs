@@ -351,6 +351,24 @@ fn the_client_end_masks_its_frames_and_fails_masked_ones() {
 }
 
 #[test]
+fn the_application_answers_and_closes_while_it_holds_a_message() {
+    // As the server's handler does: the message borrows the decoder, the
+    // control beside it sends and closes.
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    let mut input = peer.frame(OpCode::Text, b"bye");
+    let (_, polled) = conn.poll_input(&mut input, t0, &config(), &mut out);
+    let Some(Input::Ready(ready)) = polled else { panic!("{polled:?}") };
+    let (received, control) = conn.received(&input, ready, t0, &config(), &mut out).expect("a valid frame");
+    let Received::Message(Message::Text(text)) = received else { panic!("{received:?}") };
+    assert!(control.send(OpCode::Text, 0, text.as_bytes(), &mut out));
+    control.close(CloseCode::NORMAL, text, t0, &config(), &mut out);
+    assert!(!control.is_open());
+    assert_eq!(peer.read(&mut out), [Frame::Text("bye".into()), Frame::Close(Some(1000), "bye".into())]);
+    assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Close), Some(t0 + secs(3))));
+}
+
+#[test]
 fn the_machine_is_small_with_the_drivers_ticks() {
     // The server keeps one per connection in a slot of at most 128 bytes
     // (runtime/worker.rs): with `u32` ticks, the decoder plus 8 bytes.
