@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use super::socket::{time_left, Stream};
 use super::{mask_rng, start_upgrade, ClientBuilder, ClientError, Url, MAX_REFUSAL_BODY};
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
-use crate::proto::connection::{Config, Connection, Received};
+use crate::proto::connection::{Config, Connection, Input, Masked, Received};
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::handshake::client::ResponseError;
-use crate::proto::{CloseCode, CloseReason, Message, OpCode, ProtocolError, ReadyEvent, Role};
+use crate::proto::{CloseCode, CloseReason, MaskRng, Message, OpCode, ReadyEvent, Role};
 
 /// Bytes read from the socket at a time.
 const READ_BUFFER: usize = 64 << 10;
@@ -42,9 +42,13 @@ pub enum Incoming<'a> {
 pub struct Client {
     conn: Connection,
     config: Config,
+    /// Why the connection ended, once it has (the machine hands it out once).
+    ended: Option<CloseReason>,
     stream: Stream,
     /// Frames to write, written at once after each call to the machine.
     out: Vec<u8>,
+    /// The keys every frame is masked with (the client end masks).
+    masks: MaskRng,
     reader: Reader,
     deflate: Option<Box<Deflate>>,
     protocol: Option<String>,
@@ -102,7 +106,7 @@ impl Client {
             // Frames are written as they are made: nothing queues up.
             max_buffered: usize::MAX,
         };
-        let mut conn = Connection::client(mask_rng()?, started, &config);
+        let mut conn = Connection::client(started, &config);
         conn.open(Instant::now(), &config);
         let deflate = match (accepted.deflate, settings.deflate) {
             (Some(agreement), Some(deflate)) => {
@@ -115,8 +119,10 @@ impl Client {
         Ok(Client {
             conn,
             config,
+            ended: None,
             stream,
             out: Vec::new(),
+            masks: mask_rng()?,
             reader: Reader { buf, start: used, end: read },
             deflate,
             protocol: accepted.protocol,
@@ -167,19 +173,20 @@ impl Client {
             return Err(ClientError::Io(io::Error::new(io::ErrorKind::InvalidInput, "ping payload over 125 bytes")));
         }
         self.check_open()?;
-        self.conn.send(OpCode::Ping, 0, payload, &mut self.out);
+        self.conn.send(OpCode::Ping, 0, payload, &mut Masked { bytes: &mut self.out, masks: &mut self.masks });
         self.write_out()
     }
 
     fn send(&mut self, opcode: OpCode, payload: &[u8]) -> Result<(), ClientError> {
         self.check_open()?;
+        let out = &mut Masked { bytes: &mut self.out, masks: &mut self.masks };
         match self.deflate.as_deref_mut().filter(|d| d.state.compresses(payload.len())) {
             Some(Deflate { state, deflater }) => {
                 deflater.compress(state, payload);
-                self.conn.send(opcode, RSV1, &deflater.scratch, &mut self.out);
+                self.conn.send(opcode, RSV1, &deflater.scratch, out);
             }
             None => {
-                self.conn.send(opcode, 0, payload, &mut self.out);
+                self.conn.send(opcode, 0, payload, out);
             }
         }
         self.write_out()
@@ -203,7 +210,8 @@ impl Client {
     /// close TCP. Messages still arriving are dropped. `Ok` once the close
     /// handshake completed.
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<(), ClientError> {
-        self.conn.close(code, reason, Instant::now(), &self.config, &mut self.out);
+        let out = &mut Masked { bytes: &mut self.out, masks: &mut self.masks };
+        self.conn.close(code, reason, Instant::now(), &self.config, out);
         self.write_out()?;
         if self.conn.is_closed() {
             return Ok(());
@@ -218,7 +226,9 @@ impl Client {
                 Err(e) => {
                     // A read that timed out waited the close timeout since
                     // our close frame went: the machine's deadline is due.
-                    self.conn.handle_timeout(Instant::now(), &self.config, &mut self.out);
+                    let out = &mut Masked { bytes: &mut self.out, masks: &mut self.masks };
+                    let ended = self.conn.handle_timeout(Instant::now(), &self.config, out);
+                    self.record(ended);
                     self.stream.shutdown();
                     return Err(e);
                 }
@@ -230,15 +240,16 @@ impl Client {
         let (at, ready) = self.poll_ready(pongs)?;
         // Split borrows: what was received borrows the machine and the
         // reader, while failing the connection writes through the stream.
-        let Client { conn, config, stream, out, reader, deflate, .. } = self;
+        let Client { conn, config, ended, stream, out: bytes, masks, reader, deflate, .. } = self;
+        let out = &mut Masked { bytes, masks };
         let now = Instant::now();
         if conn.is_compressed(ready) {
             // Apart from the plain case: the inflated message borrows the
             // deflater, so the machine is free again to fail the connection.
             let (text, payload) = match conn.received(&reader.buf[at..], ready, now, config, out) {
-                Ok(Received::Compressed { text, payload }) => (text, payload),
+                Ok((Received::Compressed { text, payload }, _)) => (text, payload),
                 Ok(_) => unreachable!("is_compressed checked above"),
-                Err(error) => return Err(fail_transport(stream, out, error)),
+                Err(reason) => return Err(fail_transport(stream, out.bytes, ended, reason)),
             };
             let Deflate { state, deflater } =
                 deflate.as_deref_mut().expect("RSV1 is only allowed once permessage-deflate is agreed");
@@ -246,14 +257,16 @@ impl Client {
                 Ok(message) => return Ok(Incoming::Message(message)),
                 Err(error) => error,
             };
-            conn.fail(CloseReason::Protocol(error), now, config, out);
-            return Err(fail_transport(stream, out, error));
+            let reason = conn.fail(CloseReason::Protocol(error), now, config, out);
+            return Err(fail_transport(stream, out.bytes, ended, reason));
         }
         match conn.received(&reader.buf[at..], ready, now, config, out) {
-            Ok(Received::Message(message)) => Ok(Incoming::Message(message)),
-            Ok(Received::Pong(payload)) => Ok(Incoming::Pong(payload)),
-            Ok(Received::Compressed { .. }) => unreachable!("is_compressed checked above"),
-            Err(error) => Err(fail_transport(stream, out, error)),
+            Ok((Received::Message(message), _)) => Ok(Incoming::Message(message)),
+            Ok((Received::Pong(payload), _)) => Ok(Incoming::Pong(payload)),
+            Ok((Received::Compressed { .. } | Received::Ended(_), _)) => {
+                unreachable!("is_compressed checked above; ends come from poll_input")
+            }
+            Err(reason) => Err(fail_transport(stream, out.bytes, ended, reason)),
         }
     }
 
@@ -262,7 +275,7 @@ impl Client {
     /// where the input of what is ready starts in the read buffer.
     fn poll_ready(&mut self, pongs: bool) -> Result<(usize, ReadyEvent), ClientError> {
         loop {
-            if let Some(reason) = self.conn.ended() {
+            if let Some(reason) = &self.ended {
                 return Err(reason.into());
             }
             let reader = &mut self.reader;
@@ -272,24 +285,28 @@ impl Client {
             }
             let now = Instant::now();
             let input = &mut reader.buf[reader.start..reader.end];
-            let (used, ready) = self.conn.poll_input(input, now, &self.config, &mut self.out);
+            let out = &mut Masked { bytes: &mut self.out, masks: &mut self.masks };
+            let (used, polled) = self.conn.poll_input(input, now, &self.config, out);
             let at = reader.start;
             reader.start += used;
             let written = self.write_out();
-            match self.conn.poll_ended() {
-                Some(CloseReason::Protocol(error)) => {
+            match polled {
+                Some(Input::Ready(ready)) if ready.is_data() || pongs => {
+                    written?;
+                    return Ok((at, ready));
+                }
+                Some(Input::Ended(CloseReason::Protocol(error))) => {
                     // The close frame went (if the server still reads); then TCP closes.
-                    let error = *error;
+                    self.ended = Some(CloseReason::Protocol(error));
                     self.stream.shutdown();
                     return Err(ClientError::Protocol(error));
                 }
-                // The server may be gone already; the close is complete either way.
-                Some(_) => self.await_server_close(),
-                None => written?,
-            }
-            match ready {
-                Some(ready) if ready.is_data() || pongs => return Ok((at, ready)),
-                _ => continue,
+                Some(Input::Ended(reason)) => {
+                    self.ended = Some(reason);
+                    // The server may be gone already; the close is complete either way.
+                    self.await_server_close();
+                }
+                Some(Input::Ready(_)) | None => written?,
             }
         }
     }
@@ -299,7 +316,8 @@ impl Client {
         let reader = &mut self.reader;
         match self.stream.read(&mut reader.buf) {
             Ok(0) => {
-                self.conn.handle_eof();
+                let ended = self.conn.handle_eof();
+                self.record(ended);
                 Ok(())
             }
             Ok(n) => {
@@ -312,7 +330,8 @@ impl Client {
             }
             Err(e) => {
                 let e = Arc::new(e);
-                self.conn.handle_error(CloseReason::ReadFailed(e.clone()));
+                let ended = self.conn.handle_error(CloseReason::ReadFailed(e.clone()));
+                self.record(ended);
                 Err(ClientError::Io(io::Error::new(e.kind(), e)))
             }
         }
@@ -333,13 +352,21 @@ impl Client {
                 return ClientError::Timeout;
             }
             let e = Arc::new(e);
-            self.conn.handle_error(CloseReason::WriteFailed(e.clone()));
+            let ended = self.conn.handle_error(CloseReason::WriteFailed(e.clone()));
+            self.record(ended);
             ClientError::Io(io::Error::new(e.kind(), e))
         })
     }
 
+    /// Keeps why the connection ended, when a call to the machine ended it.
+    fn record(&mut self, ended: Option<CloseReason>) {
+        if ended.is_some() {
+            self.ended = ended;
+        }
+    }
+
     fn check_open(&self) -> Result<(), ClientError> {
-        match self.conn.ended() {
+        match &self.ended {
             Some(reason) => Err(reason.into()),
             None if !self.conn.is_open() => Err(ClientError::Closing),
             None => Ok(()),
@@ -364,12 +391,25 @@ impl Client {
 }
 
 /// After the machine failed the connection for a protocol error of the
-/// server's: its close frame is written (if the server still reads), then TCP closes.
-fn fail_transport(stream: &mut Stream, out: &mut Vec<u8>, error: ProtocolError) -> ClientError {
+/// server's (`reason`, unless it had ended before): its close frame is
+/// written (if the server still reads), then TCP closes.
+fn fail_transport(
+    stream: &mut Stream,
+    out: &mut Vec<u8>,
+    ended: &mut Option<CloseReason>,
+    reason: Option<CloseReason>,
+) -> ClientError {
     let _ = stream.write_all(out);
     out.clear();
     stream.shutdown();
-    ClientError::Protocol(error)
+    if reason.is_some() {
+        *ended = reason;
+    }
+    match ended {
+        Some(CloseReason::Protocol(error)) => ClientError::Protocol(*error),
+        Some(other) => ClientError::Closed(other.clone()),
+        None => unreachable!("the machine returns no reason only when it returned one before, which was kept"),
+    }
 }
 
 /// The body of a refusal: what came with the head, then more up to its

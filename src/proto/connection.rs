@@ -3,10 +3,12 @@
 //! close deadline, written once.
 //!
 //! The machine owns the frame decoder, the close handshake, the keepalive
-//! state, the masking keys (client end) and one deadline at a time (an enum of
-//! [`Timer`]s). It never reads a clock: every call that depends on time takes
-//! `now`. Settings shared by many connections ([`Config`]) are passed by
-//! reference to each call, never copied into the connection.
+//! state and one deadline at a time (an enum of [`Timer`]s), counted in the
+//! driver's [`Time`]. It never reads a clock: every call that depends on time
+//! takes `now`. Settings shared by many connections ([`Config`]) are passed by
+//! reference to each call, never copied into the connection; so is the
+//! [`Output`] frames go to, which on the client end masks them ([`Masked`]).
+//! Small on purpose: the server keeps one per connection.
 //!
 //! # Call order
 //!
@@ -27,11 +29,11 @@
 //! 4. **On a timer**: at [`poll_timeout`](Connection::poll_timeout) (or later),
 //!    [`handle_timeout`](Connection::handle_timeout).
 //! 5. **On send**: while [`is_open`](Connection::is_open),
-//!    [`send`](Connection::send) (masked on the client end); to close,
-//!    [`close`](Connection::close); to fail the connection (a send budget
-//!    exceeded), [`fail`](Connection::fail).
-//! 6. **After each of the above**: write what the [`Output`] holds; report
-//!    [`poll_ended`](Connection::poll_ended) to the application (once); once
+//!    [`send`](Connection::send); to close, [`close`](Connection::close); to
+//!    fail the connection (a send budget exceeded), [`fail`](Connection::fail).
+//! 6. **After each of the above**: write what the [`Output`] holds; if the
+//!    call returned a [`CloseReason`] (the connection ended; each connection
+//!    returns one at most once), tell the application; once
 //!    [`is_closed`](Connection::is_closed), shut the transport's write side
 //!    after the output is written, and drop the transport once
 //!    [`is_finished`](Connection::is_finished); re-arm the timer from
@@ -41,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     encode_frame_with_rsv, CloseCode, CloseHandshake, CloseReason, Decoder, Event, Limits, MaskRng, Message, OpCode,
-    ProtocolError, ReadyEvent, Role,
+    ReadyEvent, Role,
 };
 
 /// Settings shared by every connection of a server (or one client's own).
@@ -101,12 +103,13 @@ impl Default for Keepalive {
 }
 
 /// Where the machine puts frames to send: a byte buffer, or a queue that can
-/// also hold frames shared between connections.
+/// also hold frames shared between connections. The client end masks every
+/// frame: its output does (see [`Masked`]), so the machine holds no keys.
 pub trait Output {
     /// Bytes queued and not yet written (for the send budget of pongs).
     fn queued(&self) -> usize;
-    /// Appends one complete frame.
-    fn push_frame(&mut self, opcode: OpCode, rsv: u8, mask: Option<[u8; 4]>, payload: &[u8]);
+    /// Appends one complete frame (masked, if this is the client end's output).
+    fn push_frame(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]);
 }
 
 impl Output for Vec<u8> {
@@ -114,8 +117,42 @@ impl Output for Vec<u8> {
         self.len()
     }
 
-    fn push_frame(&mut self, opcode: OpCode, rsv: u8, mask: Option<[u8; 4]>, payload: &[u8]) {
-        encode_frame_with_rsv(self, opcode, true, rsv, mask, payload);
+    fn push_frame(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        encode_frame_with_rsv(self, opcode, true, rsv, None, payload);
+    }
+}
+
+/// The client end's output into a byte buffer: each frame masked with the
+/// next key from `masks`.
+#[derive(Debug)]
+pub struct Masked<'a> {
+    /// Where the frames go.
+    pub bytes: &'a mut Vec<u8>,
+    /// The source of masking keys.
+    pub masks: &'a mut MaskRng,
+}
+
+impl Output for Masked<'_> {
+    fn queued(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn push_frame(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        encode_frame_with_rsv(self.bytes, opcode, true, rsv, Some(self.masks.next_key()), payload);
+    }
+}
+
+/// A point in time as the driver counts it: an [`Instant`], or a coarser
+/// tick of the driver's own (the server's timer wheel keeps `u32` ticks, so
+/// its connections do not hold a 16-byte `Instant`).
+pub trait Time: Copy + Ord {
+    /// The first point at or after `self + duration`.
+    fn after(self, duration: Duration) -> Self;
+}
+
+impl Time for Instant {
+    fn after(self, duration: Duration) -> Instant {
+        self + duration
     }
 }
 
@@ -133,7 +170,7 @@ pub enum Timer {
 }
 
 /// What [`Connection::decode`] hands to the application.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Received<'a> {
     /// A text or binary message.
     Message(Message<'a>),
@@ -146,6 +183,19 @@ pub enum Received<'a> {
     },
     /// A pong.
     Pong(&'a [u8]),
+    /// The connection ended (a close frame from the peer, or a protocol
+    /// error of its): handed out once.
+    Ended(CloseReason),
+}
+
+/// What [`Connection::poll_input`] found.
+#[derive(Debug)]
+pub enum Input {
+    /// Something for the application is complete: take it with [`Connection::received`].
+    Ready(ReadyEvent),
+    /// The connection ended (a close frame from the peer, or a protocol
+    /// error of its): handed out once.
+    Ended(CloseReason),
 }
 
 /// Where a connection is in its life.
@@ -159,47 +209,71 @@ enum Phase {
     Finished,
 }
 
-/// One connection's protocol state. See the [module docs](self) for the call order.
+/// One connection's protocol state, with deadlines in the driver's [`Time`].
+/// See the [module docs](self) for the call order.
+///
+/// Why the connection ended is not kept: the call that ends it returns the
+/// [`CloseReason`], once (a later end, say the close deadline after a
+/// keepalive timeout, returns `None`). A driver that needs it afterwards
+/// keeps it.
 #[derive(Debug)]
-pub struct Connection {
+pub struct Connection<T = Instant> {
     decoder: Decoder,
-    phase: Phase,
-    timer: Option<(Timer, Instant)>,
-    /// The client end's masking keys; `None` on the server end.
-    masks: Option<MaskRng>,
-    ended: Option<CloseReason>,
-    ended_reported: bool,
+    state: Control<T>,
 }
 
-impl Connection {
+/// A connection's state apart from its decoder: what sends and closes. It
+/// is handed out beside each message ([`Connection::received`]), which
+/// borrows the decoder, so the application can answer or close while it
+/// holds the message.
+///
+/// Flat rather than an `Option<(Timer, T)>`, whose padding would cost a
+/// server connection 8 bytes: with `u32` ticks this is 8 bytes.
+#[derive(Debug)]
+pub struct Control<T = Instant> {
+    /// When the armed timer is due (meaningless while none is).
+    deadline: T,
+    timer: Option<Timer>,
+    phase: Phase,
+    /// The end reason was handed out: it is handed out once.
+    ended: bool,
+}
+
+impl<T: Time> Connection<T> {
     /// The server end of a connection whose transport is up at `now`: the
     /// handshake deadline starts.
-    pub fn server(now: Instant, config: &Config) -> Connection {
-        Connection::new(Role::Server, None, now, config)
+    pub fn server(now: T, config: &Config) -> Connection<T> {
+        Connection::new(Role::Server, now, config)
     }
 
-    /// The client end of a connection whose transport is up at `now`, masking
-    /// its frames with keys from `masks`: the handshake deadline starts.
-    pub fn client(masks: MaskRng, now: Instant, config: &Config) -> Connection {
-        Connection::new(Role::Client, Some(masks), now, config)
+    /// The client end of a connection whose transport is up at `now`: the
+    /// handshake deadline starts. Its frames must go out through an
+    /// [`Output`] that masks them ([`Masked`]).
+    pub fn client(now: T, config: &Config) -> Connection<T> {
+        Connection::new(Role::Client, now, config)
     }
 
-    fn new(role: Role, masks: Option<MaskRng>, now: Instant, config: &Config) -> Connection {
+    fn new(role: Role, now: T, config: &Config) -> Connection<T> {
         Connection {
             decoder: Decoder::new(role),
-            phase: Phase::Handshake,
-            timer: Some((Timer::Handshake, now + config.handshake_timeout)),
-            masks,
-            ended: None,
-            ended_reported: false,
+            state: Control {
+                deadline: now.after(config.handshake_timeout),
+                timer: Some(Timer::Handshake),
+                phase: Phase::Handshake,
+                ended: false,
+            },
         }
     }
 
     /// The upgrade is done: messages flow, and the keepalive starts.
-    pub fn open(&mut self, now: Instant, config: &Config) {
-        if self.phase == Phase::Handshake {
-            self.phase = Phase::Upgraded(CloseHandshake::Open);
-            self.timer = config.keepalive.map(|keepalive| (Timer::Idle, now + keepalive.idle));
+    pub fn open(&mut self, now: T, config: &Config) {
+        let state = &mut self.state;
+        if state.phase == Phase::Handshake {
+            state.phase = Phase::Upgraded(CloseHandshake::Open);
+            state.timer = None;
+            if let Some(keepalive) = config.keepalive {
+                state.arm(Timer::Idle, now.after(keepalive.idle));
+            }
         }
     }
 
@@ -208,74 +282,80 @@ impl Connection {
         self.decoder.allow_extension_rsv(rsv);
     }
 
+    /// Whether the upgrade is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.state.phase == Phase::Handshake
+    }
+
     /// Whether messages may be sent and are delivered.
+    #[inline]
     pub fn is_open(&self) -> bool {
-        self.phase == Phase::Upgraded(CloseHandshake::Open)
+        self.state.is_open()
     }
 
     /// Whether input is still decoded (open, or waiting for the peer's close).
+    #[inline]
     pub fn can_read(&self) -> bool {
-        matches!(self.phase, Phase::Upgraded(CloseHandshake::Open | CloseHandshake::Sent))
+        matches!(self.state.phase, Phase::Upgraded(CloseHandshake::Open | CloseHandshake::Sent))
     }
 
     /// Whether nothing more will be sent: once the output is written, the
     /// transport's write side may shut.
     pub fn is_closed(&self) -> bool {
-        matches!(self.phase, Phase::Upgraded(CloseHandshake::Done) | Phase::Finished)
+        matches!(self.state.phase, Phase::Upgraded(CloseHandshake::Done) | Phase::Finished)
     }
 
     /// Whether the transport should be dropped now.
     pub fn is_finished(&self) -> bool {
-        self.phase == Phase::Finished
+        self.state.phase == Phase::Finished
     }
 
-    /// Why the connection ended, once it has (the first reason stays).
-    pub fn ended(&self) -> Option<&CloseReason> {
-        self.ended.as_ref()
-    }
-
-    /// Why the connection ended, the first time this is asked after it has:
-    /// the moment to tell the application (once per connection).
-    pub fn poll_ended(&mut self) -> Option<&CloseReason> {
-        if self.ended_reported {
-            return None;
-        }
-        self.ended_reported = self.ended.is_some();
-        self.ended.as_ref()
+    /// Whether the connection has ended (its reason was handed out).
+    pub fn has_ended(&self) -> bool {
+        self.state.ended
     }
 
     /// The next deadline, for the driver's timer.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timer.map(|(_, at)| at)
+    pub fn poll_timeout(&self) -> Option<T> {
+        self.state.timer.map(|_| self.state.deadline)
     }
 
     /// The timer armed, if any.
     pub fn timer(&self) -> Option<Timer> {
-        self.timer.map(|(timer, _)| timer)
+        self.state.timer
     }
 
     /// Input arrived at `now`: the peer is alive, the keepalive starts over.
-    pub fn handle_read(&mut self, now: Instant, config: &Config) {
+    #[inline]
+    pub fn handle_read(&mut self, now: T, config: &Config) {
         if let (true, Some(keepalive)) = (self.is_open(), config.keepalive) {
-            self.timer = Some((Timer::Idle, now + keepalive.idle));
+            self.state.arm(Timer::Idle, now.after(keepalive.idle));
         }
     }
 
     /// Decodes from `input` until something for the application is complete
     /// or the input runs out; returns how many bytes were used and that thing.
     /// Control frames are dealt with here: a ping answered (within the send
-    /// budget), a close echoed, a protocol error failed with its rule's code.
-    /// Data after our close frame is not delivered. Call again with
-    /// `&mut input[used..]` while input remains and [`can_read`](Self::can_read).
+    /// budget), a close echoed, a protocol error failed with its rule's code
+    /// (both handed out as [`Received::Ended`]). Data after our close frame
+    /// is not delivered. Call again with `&mut input[used..]` while input
+    /// remains and [`can_read`](Self::can_read).
     pub fn decode<'a>(
         &'a mut self,
         input: &'a mut [u8],
-        now: Instant,
+        now: T,
         config: &Config,
         out: &mut impl Output,
     ) -> (usize, Option<Received<'a>>) {
-        let (used, ready) = self.poll_input(input, now, config, out);
-        let received = ready.and_then(|ready| self.received(input, ready, now, config, out).ok());
+        let (used, polled) = self.poll_input(input, now, config, out);
+        let received = match polled {
+            None => None,
+            Some(Input::Ended(reason)) => Some(Received::Ended(reason)),
+            Some(Input::Ready(ready)) => match self.received(input, ready, now, config, out) {
+                Ok((received, _)) => Some(received),
+                Err(ended) => ended.map(Received::Ended),
+            },
+        };
         (used, received)
     }
 
@@ -283,52 +363,55 @@ impl Connection {
     /// it received from a read loop (which the borrow checker refuses to let
     /// a borrowed value leave): `poll_input` consumes input and deals with
     /// control frames without borrowing, and says whether something for the
-    /// application is complete; [`received`](Self::received) then hands it out.
+    /// application is complete (or the connection ended); [`received`](Self::received)
+    /// then hands it out.
+    #[inline]
     pub fn poll_input(
         &mut self,
         input: &mut [u8],
-        now: Instant,
+        now: T,
         config: &Config,
         out: &mut impl Output,
-    ) -> (usize, Option<ReadyEvent>) {
+    ) -> (usize, Option<Input>) {
         let len = input.len();
         if !self.can_read() {
             return (len, None);
         }
-        let Connection { decoder, phase, timer, masks, ended, .. } = self;
+        let Connection { decoder, state } = self;
         let polled = match decoder.poll(input, &config.limits) {
             Ok(polled) => polled,
             Err(error) => {
-                fail(phase, timer, masks, ended, CloseReason::Protocol(error), now, config, out);
-                return (len, None);
+                let ended = state.fail(CloseReason::Protocol(error), now, config, out);
+                return (len, ended.map(Input::Ended));
             }
         };
         let Some(ready) = polled.ready else { return (polled.consumed, None) };
-        let open = *phase == Phase::Upgraded(CloseHandshake::Open);
+        let open = state.is_open();
         if ready.is_data() || ready.is_pong() {
             // After our close frame, data and pongs are no longer delivered.
-            return (polled.consumed, open.then_some(ready));
+            return (polled.consumed, open.then_some(Input::Ready(ready)));
         }
-        match decoder.event(input, ready) {
+        let ended = match decoder.event(input, ready) {
             Ok(Event::Ping(payload)) => {
                 // Pongs count against the send budget like any frame: a ping
                 // flood from a peer that does not read cannot grow the queue.
                 if open && out.queued() + payload.len() + 2 <= config.max_buffered {
-                    out.push_frame(OpCode::Pong, 0, next_mask(masks), payload);
+                    out.push_frame(OpCode::Pong, 0, payload);
                 }
+                None
             }
             Ok(Event::Close(code, reason)) => {
-                let Phase::Upgraded(close) = phase else { unreachable!("can_read checked above") };
+                let Phase::Upgraded(close) = &mut state.phase else { unreachable!("can_read checked above") };
                 if let Some(reply) = close.receive(code) {
-                    out.push_frame(OpCode::Close, 0, next_mask(masks), reply.payload());
-                    *timer = Some((Timer::Close, now + config.close_timeout));
+                    out.push_frame(OpCode::Close, 0, reply.payload());
+                    state.arm(Timer::Close, now.after(config.close_timeout));
                 }
-                ended.get_or_insert_with(|| CloseReason::Peer { code, reason: reason.to_string() });
+                state.end(|| CloseReason::Peer { code, reason: reason.to_string() })
             }
             Ok(_) => unreachable!("data and pongs are handed out above"),
-            Err(error) => fail(phase, timer, masks, ended, CloseReason::Protocol(error), now, config, out),
-        }
-        (polled.consumed, None)
+            Err(error) => state.fail(CloseReason::Protocol(error), now, config, out),
+        };
+        (polled.consumed, ended.map(Input::Ended))
     }
 
     /// Whether what [`poll_input`](Self::poll_input) found complete is a
@@ -338,148 +421,177 @@ impl Connection {
         ready.is_data() && self.decoder.is_compressed()
     }
 
-    /// What [`poll_input`](Self::poll_input) found complete. `input` must be
-    /// the input given to that call (at least up to what it used), with no
-    /// other call in between.
+    /// What [`poll_input`](Self::poll_input) found complete, and the
+    /// connection's [`Control`] to answer or close with while it is held.
+    /// `input` must be the input given to that call (at least up to what it
+    /// used), with no other call in between.
     ///
     /// # Errors
     ///
-    /// The peer broke the protocol (the connection is failed already, its
-    /// close frame in `out`).
+    /// The peer broke the protocol: the connection is failed already, its
+    /// close frame in `out`. The error holds why it ended
+    /// ([`CloseReason::Protocol`]), or `None` if it had ended before.
+    #[inline]
     pub fn received<'a>(
         &'a mut self,
         input: &'a [u8],
         ready: ReadyEvent,
-        now: Instant,
+        now: T,
         config: &Config,
         out: &mut impl Output,
-    ) -> Result<Received<'a>, ProtocolError> {
-        let Connection { decoder, phase, timer, masks, ended, .. } = self;
+    ) -> Result<(Received<'a>, &'a mut Control<T>), Option<CloseReason>> {
+        let Connection { decoder, state } = self;
         match decoder.event(input, ready) {
-            Ok(Event::Message(message)) => Ok(Received::Message(message)),
-            Ok(Event::Compressed { text, payload }) => Ok(Received::Compressed { text, payload }),
-            Ok(Event::Pong(payload)) => Ok(Received::Pong(payload)),
+            Ok(Event::Message(message)) => Ok((Received::Message(message), state)),
+            Ok(Event::Compressed { text, payload }) => Ok((Received::Compressed { text, payload }, state)),
+            Ok(Event::Pong(payload)) => Ok((Received::Pong(payload), state)),
             Ok(Event::Ping(_) | Event::Close(..)) => unreachable!("poll_input hands out only data and pongs"),
-            Err(error) => {
-                fail(phase, timer, masks, ended, CloseReason::Protocol(error), now, config, out);
-                Err(error)
-            }
+            Err(error) => Err(state.fail(CloseReason::Protocol(error), now, config, out)),
         }
     }
 
     /// Gives the decoder's buffer for the last message back once the input
     /// chunk is done with, so a quiet connection holds none.
+    #[inline]
     pub fn release_buffers(&mut self) {
         self.decoder.release_buffers();
     }
 
-    /// Queues a data, ping or pong frame (masked on the client end). Returns
-    /// `false`, queuing nothing, unless the connection is open.
+    /// Queues a data, ping or pong frame. Returns `false`, queuing nothing,
+    /// unless the connection is open.
+    #[inline]
     pub fn send(&mut self, opcode: OpCode, rsv: u8, payload: &[u8], out: &mut impl Output) -> bool {
-        if !self.is_open() {
-            return false;
-        }
-        out.push_frame(opcode, rsv, next_mask(&mut self.masks), payload);
-        true
+        self.state.send(opcode, rsv, payload, out)
+    }
+
+    /// The state that sends and closes, for a callback that gets no message.
+    pub fn control(&mut self) -> &mut Control<T> {
+        &mut self.state
     }
 
     /// Starts the close handshake with `code` and `reason` (unless a close
     /// frame went already); the close deadline starts.
-    pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant, config: &Config, out: &mut impl Output) {
-        let Phase::Upgraded(close) = &mut self.phase else { return };
-        if let Some(frame) = close.start(code, reason) {
-            out.push_frame(OpCode::Close, 0, next_mask(&mut self.masks), frame.payload());
-            self.timer = Some((Timer::Close, now + config.close_timeout));
-        }
+    pub fn close(&mut self, code: CloseCode, reason: &str, now: T, config: &Config, out: &mut impl Output) {
+        self.state.close(code, reason, now, config, out);
     }
 
     /// Fails the connection for `reason`: a close frame with its code (unless
-    /// one went already), nothing more sent after it.
-    pub fn fail(&mut self, reason: CloseReason, now: Instant, config: &Config, out: &mut impl Output) {
-        let Connection { phase, timer, masks, ended, .. } = self;
-        fail(phase, timer, masks, ended, reason, now, config, out);
+    /// one went already), nothing more sent after it. Returns `reason` if
+    /// this ended the connection (it had not ended before, and was past the
+    /// upgrade).
+    pub fn fail(&mut self, reason: CloseReason, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
+        self.state.fail(reason, now, config, out)
     }
 
-    /// The transport ended (a read returned 0 bytes).
-    pub fn handle_eof(&mut self) {
-        self.finish(CloseReason::NoCloseFrame);
+    /// The transport ended (a read returned 0 bytes). Returns
+    /// [`CloseReason::NoCloseFrame`] unless the connection had ended before.
+    pub fn handle_eof(&mut self) -> Option<CloseReason> {
+        self.finish(CloseReason::NoCloseFrame)
     }
 
     /// The transport failed (a read or write error, as `reason` says).
-    pub fn handle_error(&mut self, reason: CloseReason) {
-        self.finish(reason);
+    /// Returns `reason` unless the connection had ended before.
+    pub fn handle_error(&mut self, reason: CloseReason) -> Option<CloseReason> {
+        self.finish(reason)
     }
 
     /// Acts on the timer if it is due at `now`: the handshake deadline drops
     /// the connection; idleness sends a keepalive ping; no answer to it
-    /// starts the close with the keepalive's code; the close deadline drops it.
-    pub fn handle_timeout(&mut self, now: Instant, config: &Config, out: &mut impl Output) {
-        let Some((timer, at)) = self.timer else { return };
-        if at > now {
-            return;
+    /// starts the close with the keepalive's code; the close deadline drops
+    /// it. Returns why the connection ended, if this ended it.
+    pub fn handle_timeout(&mut self, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
+        let state = &mut self.state;
+        let timer = state.timer?;
+        if state.deadline > now {
+            return None;
         }
-        self.timer = None;
+        state.timer = None;
         match timer {
             Timer::Handshake => self.finish(CloseReason::HandshakeTimeout),
-            Timer::Idle => match config.keepalive {
-                Some(keepalive) if self.is_open() => {
-                    out.push_frame(OpCode::Ping, 0, next_mask(&mut self.masks), b"");
-                    self.timer = Some((Timer::Pong, now + keepalive.timeout));
+            Timer::Idle => {
+                if let (true, Some(keepalive)) = (state.is_open(), config.keepalive) {
+                    out.push_frame(OpCode::Ping, 0, b"");
+                    state.arm(Timer::Pong, now.after(keepalive.timeout));
                 }
-                _ => {}
-            },
+                None
+            }
             Timer::Pong => {
-                if let Some(keepalive) = config.keepalive {
-                    // The peer may be slow rather than gone: tell it why; the
-                    // application hears now, the close deadline ends it.
-                    let reason = CloseReason::KeepaliveTimeout(keepalive.close_code);
-                    self.close(reason.code(), &reason.reason(), now, config, out);
-                    self.ended.get_or_insert(reason);
-                }
+                let keepalive = config.keepalive?;
+                // The peer may be slow rather than gone: tell it why; the
+                // application hears now, the close deadline ends it.
+                let reason = CloseReason::KeepaliveTimeout(keepalive.close_code);
+                state.close(reason.code(), &reason.reason(), now, config, out);
+                state.end(|| reason)
             }
             Timer::Close => self.finish(CloseReason::CloseTimeout),
         }
     }
 
-    /// The transport is to be dropped now, for `reason` unless one was given already.
-    fn finish(&mut self, reason: CloseReason) {
-        self.phase = Phase::Finished;
-        self.timer = None;
-        self.ended.get_or_insert(reason);
+    /// The transport is to be dropped now, for `reason` unless the connection ended already.
+    fn finish(&mut self, reason: CloseReason) -> Option<CloseReason> {
+        self.state.phase = Phase::Finished;
+        self.state.timer = None;
+        self.state.end(|| reason)
     }
 }
 
-/// The masking key for the next frame: `None` on the server end.
-fn next_mask(masks: &mut Option<MaskRng>) -> Option<[u8; 4]> {
-    masks.as_mut().map(MaskRng::next_key)
-}
+impl<T: Time> Control<T> {
+    /// Whether messages may be sent and are delivered.
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        self.phase == Phase::Upgraded(CloseHandshake::Open)
+    }
 
-/// [`Connection::fail`] on split borrows (the decoder may be borrowed).
-#[allow(clippy::too_many_arguments)]
-fn fail(
-    phase: &mut Phase,
-    timer: &mut Option<(Timer, Instant)>,
-    masks: &mut Option<MaskRng>,
-    ended: &mut Option<CloseReason>,
-    reason: CloseReason,
-    now: Instant,
-    config: &Config,
-    out: &mut impl Output,
-) {
-    let Phase::Upgraded(close) = phase else { return };
-    if close.is_done() {
-        return;
+    /// See [`Connection::send`].
+    #[inline]
+    pub fn send(&mut self, opcode: OpCode, rsv: u8, payload: &[u8], out: &mut impl Output) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        out.push_frame(opcode, rsv, payload);
+        true
     }
-    let was_closing = *close == CloseHandshake::Sent;
-    if let Some(frame) = close.fail(reason.code(), &reason.reason()) {
-        out.push_frame(OpCode::Close, 0, next_mask(masks), frame.payload());
+
+    /// Arms `timer` (the one timer) for `at`.
+    #[inline]
+    fn arm(&mut self, timer: Timer, at: T) {
+        (self.timer, self.deadline) = (Some(timer), at);
     }
-    if !was_closing {
-        // Time to write what is queued and see the transport end; a close
-        // already under way keeps its deadline.
-        *timer = Some((Timer::Close, now + config.close_timeout));
+
+    /// The reason `reason` gives, if the connection had not ended: the end is handed out once.
+    fn end(&mut self, reason: impl FnOnce() -> CloseReason) -> Option<CloseReason> {
+        if std::mem::replace(&mut self.ended, true) {
+            return None;
+        }
+        Some(reason())
     }
-    ended.get_or_insert(reason);
+
+    /// See [`Connection::close`].
+    pub fn close(&mut self, code: CloseCode, reason: &str, now: T, config: &Config, out: &mut impl Output) {
+        let Phase::Upgraded(close) = &mut self.phase else { return };
+        if let Some(frame) = close.start(code, reason) {
+            out.push_frame(OpCode::Close, 0, frame.payload());
+            self.arm(Timer::Close, now.after(config.close_timeout));
+        }
+    }
+
+    /// See [`Connection::fail`] (which also says what is returned).
+    pub fn fail(&mut self, reason: CloseReason, now: T, config: &Config, out: &mut impl Output) -> Option<CloseReason> {
+        let Phase::Upgraded(close) = &mut self.phase else { return None };
+        if close.is_done() {
+            return None;
+        }
+        let was_closing = *close == CloseHandshake::Sent;
+        if let Some(frame) = close.fail(reason.code(), &reason.reason()) {
+            out.push_frame(OpCode::Close, 0, frame.payload());
+        }
+        if !was_closing {
+            // Time to write what is queued and see the transport end; a close
+            // already under way keeps its deadline.
+            self.arm(Timer::Close, now.after(config.close_timeout));
+        }
+        self.end(|| reason)
+    }
 }
 
 #[cfg(test)]

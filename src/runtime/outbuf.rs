@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
+use crate::proto::connection::Output;
 use crate::proto::{apply_mask, FrameHeader, OpCode, MAX_HEADER_LEN};
 
 /// Payloads at least this long get their own segment instead of being copied
@@ -163,6 +164,21 @@ impl OutQueue {
         if let Some(segment) = first {
             self.keep_for_reuse(segment);
         }
+    }
+}
+
+/// The protocol machine's frames (pongs, closes, keepalive pings) go
+/// straight into the queue, unmasked: the server end's. A connection at the
+/// client end needs a wrapper that masks, as `Masked` does for a byte buffer.
+impl Output for OutQueue {
+    #[inline]
+    fn queued(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    fn push_frame(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        self.push_frame_masked(opcode, rsv, None, payload);
     }
 }
 

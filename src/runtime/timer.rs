@@ -13,11 +13,28 @@
 
 use std::time::{Duration, Instant};
 
+use crate::proto::connection::Time;
+
 /// One tick of the wheel.
 pub(crate) const TICK: Duration = Duration::from_millis(10);
 const SLOTS: usize = 4096;
 /// The end of a slot's list, and of the free list.
 const NONE: u32 = u32::MAX;
+
+/// A point on a worker's clock, in wheel ticks since the wheel started: the
+/// [`Time`] a connection's protocol machine counts its deadline in on the
+/// server (4 bytes per connection where an `Instant` takes 16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Tick(pub u32);
+
+impl Time for Tick {
+    /// The first tick at or after `self + duration`, and at least the next
+    /// one: a deadline never falls in the tick being expired.
+    fn after(self, duration: Duration) -> Tick {
+        let ticks = duration.as_millis().div_ceil(TICK.as_millis()).min(u32::MAX as u128) as u32;
+        Tick(self.0.saturating_add(ticks.max(1)))
+    }
+}
 
 /// A scheduled look at connection `key`, valid while its `generation` and
 /// armed tick still match.
@@ -83,8 +100,7 @@ impl Wheel {
 
     /// The first tick at or after `now_tick + after`.
     pub fn deadline_ticks(&self, now_tick: u32, after: Duration) -> u32 {
-        let ticks = after.as_millis().div_ceil(TICK.as_millis()).min(u32::MAX as u128) as u32;
-        now_tick.saturating_add(ticks.max(1))
+        Tick(now_tick).after(after).0
     }
 
     /// Schedules a look at `key` at `tick` (or at the wheel's horizon, if

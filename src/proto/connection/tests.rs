@@ -81,14 +81,27 @@ impl Peer {
 }
 
 /// What the application was handed, owned.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Got {
     Text(String),
     Pong(Vec<u8>),
+    Ended(CloseReason),
+}
+
+impl PartialEq for Got {
+    /// Ends compare by what the peer and the application see: code and reason.
+    fn eq(&self, other: &Got) -> bool {
+        match (self, other) {
+            (Got::Text(a), Got::Text(b)) => a == b,
+            (Got::Pong(a), Got::Pong(b)) => a == b,
+            (Got::Ended(a), Got::Ended(b)) => a.code() == b.code() && a.reason() == b.reason(),
+            _ => false,
+        }
+    }
 }
 
 /// One transport read of `input` at `now`, driven as the call order says.
-fn feed(conn: &mut Connection, mut input: Vec<u8>, now: Instant, out: &mut Vec<u8>) -> Vec<Got> {
+fn feed(conn: &mut Connection, mut input: Vec<u8>, now: Instant, out: &mut impl Output) -> Vec<Got> {
     let config = config();
     conn.handle_read(now, &config);
     let mut got = Vec::new();
@@ -99,6 +112,7 @@ fn feed(conn: &mut Connection, mut input: Vec<u8>, now: Instant, out: &mut Vec<u
         got.extend(received.map(|received| match received {
             Received::Message(Message::Text(text)) => Got::Text(text.to_string()),
             Received::Pong(payload) => Got::Pong(payload.to_vec()),
+            Received::Ended(reason) => Got::Ended(reason),
             other => panic!("unexpected {other:?}"),
         }));
     }
@@ -122,18 +136,16 @@ fn keepalive_pings_after_idle_then_closes_with_its_code_then_drops() {
     conn.handle_timeout(t0 + secs(10), &config(), &mut out);
     assert_eq!(peer.read(&mut out), [Frame::Ping(Vec::new())]);
     assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Pong), Some(t0 + secs(15))));
-    assert!(conn.poll_ended().is_none());
-    conn.handle_timeout(t0 + secs(15), &config(), &mut out);
+    assert!(!conn.has_ended());
+    let ended = conn.handle_timeout(t0 + secs(15), &config(), &mut out);
     assert_eq!(peer.read(&mut out), [Frame::Close(Some(1001), "keepalive timeout".into())]);
     // The application hears now, while the close handshake still runs.
-    let ended = conn.poll_ended().cloned();
     assert!(matches!(ended, Some(CloseReason::KeepaliveTimeout(CloseCode::GOING_AWAY))), "{ended:?}");
-    assert!(conn.poll_ended().is_none(), "reported once");
-    assert!(!conn.is_open() && conn.can_read());
+    assert!(!conn.is_open() && conn.can_read() && conn.has_ended());
     assert_eq!(conn.poll_timeout(), Some(t0 + secs(18)));
-    conn.handle_timeout(t0 + secs(18), &config(), &mut out);
+    let ended = conn.handle_timeout(t0 + secs(18), &config(), &mut out);
     assert!(conn.is_finished() && out.is_empty());
-    assert!(matches!(conn.ended(), Some(CloseReason::KeepaliveTimeout(_))), "the first reason stays");
+    assert!(ended.is_none(), "the end is handed out once: the first reason stays");
 }
 
 #[test]
@@ -141,12 +153,12 @@ fn a_slow_peer_that_answers_the_keepalive_close_ends_cleanly() {
     let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
     let mut conn = open_server(t0);
     conn.handle_timeout(t0 + secs(10), &config(), &mut out);
-    conn.handle_timeout(t0 + secs(15), &config(), &mut out);
+    let ended = conn.handle_timeout(t0 + secs(15), &config(), &mut out);
+    assert!(matches!(ended, Some(CloseReason::KeepaliveTimeout(_))));
     peer.read(&mut out);
-    assert!(feed(&mut conn, peer.close(1001, ""), t0 + secs(16), &mut out).is_empty());
+    assert!(feed(&mut conn, peer.close(1001, ""), t0 + secs(16), &mut out).is_empty(), "ended already");
     assert!(out.is_empty(), "our close went already: no second one");
     assert!(conn.is_closed() && !conn.is_finished());
-    assert!(matches!(conn.ended(), Some(CloseReason::KeepaliveTimeout(_))));
 }
 
 #[test]
@@ -166,11 +178,11 @@ fn an_upgrade_that_never_completes_is_dropped_at_the_handshake_deadline() {
     let (t0, mut out) = (Instant::now(), Vec::new());
     let mut conn = Connection::server(t0, &config());
     assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Handshake), Some(t0 + secs(2))));
-    conn.handle_timeout(t0 + secs(1), &config(), &mut out);
+    assert!(conn.handle_timeout(t0 + secs(1), &config(), &mut out).is_none());
     assert!(!conn.is_finished());
-    conn.handle_timeout(t0 + secs(2), &config(), &mut out);
+    let ended = conn.handle_timeout(t0 + secs(2), &config(), &mut out);
     assert!(conn.is_finished() && out.is_empty(), "no close frame before the upgrade");
-    assert!(matches!(conn.poll_ended(), Some(CloseReason::HandshakeTimeout)));
+    assert!(matches!(ended, Some(CloseReason::HandshakeTimeout)));
 }
 
 #[test]
@@ -182,11 +194,11 @@ fn a_peer_that_never_answers_our_close_is_dropped_at_the_close_deadline() {
     assert!(!conn.send(OpCode::Text, 0, b"late", &mut out) && out.is_empty(), "nothing after our close");
     // Data the peer sent before reading our close is not delivered.
     assert!(feed(&mut conn, peer.frame(OpCode::Text, b"crossed"), t0 + secs(2), &mut out).is_empty());
-    assert!(conn.poll_ended().is_none());
+    assert!(!conn.has_ended());
     assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Close), Some(t0 + secs(4))));
-    conn.handle_timeout(t0 + secs(4), &config(), &mut out);
+    let ended = conn.handle_timeout(t0 + secs(4), &config(), &mut out);
     assert!(conn.is_finished());
-    assert!(matches!(conn.poll_ended(), Some(CloseReason::CloseTimeout)));
+    assert!(matches!(ended, Some(CloseReason::CloseTimeout)));
 }
 
 #[test]
@@ -195,10 +207,12 @@ fn the_peers_answer_to_our_close_is_reported_with_its_code_and_reason() {
     let mut conn = open_server(t0);
     conn.close(CloseCode(4000), "bye", t0, &config(), &mut out);
     peer.read(&mut out);
-    feed(&mut conn, peer.close(4000, "ok"), t0 + secs(1), &mut out);
+    let got = feed(&mut conn, peer.close(4000, "ok"), t0 + secs(1), &mut out);
     assert!(out.is_empty() && conn.is_closed());
-    let ended = conn.poll_ended().cloned();
-    assert!(matches!(&ended, Some(CloseReason::Peer { code: Some(CloseCode(4000)), reason }) if reason == "ok"));
+    assert!(
+        matches!(&got[..], [Got::Ended(CloseReason::Peer { code: Some(CloseCode(4000)), reason })] if reason == "ok"),
+        "{got:?}"
+    );
     // The close deadline still bounds the wait for the transport to end.
     assert_eq!(conn.poll_timeout(), Some(t0 + secs(3)));
 }
@@ -207,18 +221,18 @@ fn the_peers_answer_to_our_close_is_reported_with_its_code_and_reason() {
 fn a_peer_close_is_echoed_once_and_reported_once() {
     let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
     let mut conn = open_server(t0);
-    feed(&mut conn, peer.close(1000, "done"), t0, &mut out);
+    let got = feed(&mut conn, peer.close(1000, "done"), t0, &mut out);
     assert_eq!(peer.read(&mut out), [Frame::Close(Some(1000), String::new())]);
     assert!(conn.is_closed() && !conn.can_read());
-    assert!(matches!(conn.poll_ended(), Some(CloseReason::Peer { code: Some(CloseCode::NORMAL), .. })));
-    assert!(conn.poll_ended().is_none());
+    assert!(matches!(&got[..], [Got::Ended(CloseReason::Peer { code: Some(CloseCode::NORMAL), .. })]), "{got:?}");
     conn.close(CloseCode::NORMAL, "", t0, &config(), &mut out);
     assert!(out.is_empty(), "one close frame at most");
+    assert!(conn.handle_eof().is_none(), "reported once");
     // An empty close is answered with an empty one and reported as 1005.
     let (mut conn, mut peer) = (open_server(t0), Peer::client());
-    feed(&mut conn, peer.frame(OpCode::Close, b""), t0, &mut out);
+    let got = feed(&mut conn, peer.frame(OpCode::Close, b""), t0, &mut out);
     assert_eq!(peer.read(&mut out), [Frame::Close(None, String::new())]);
-    assert_eq!(conn.ended().map(CloseReason::code), Some(CloseCode::NO_STATUS));
+    assert!(matches!(&got[..], [Got::Ended(reason)] if reason.code() == CloseCode::NO_STATUS), "{got:?}");
 }
 
 #[test]
@@ -238,11 +252,10 @@ fn protocol_errors_close_with_the_code_of_the_broken_rule() {
         let mut conn = open_server(t0);
         let mut input = input;
         input.extend(client.frame(OpCode::Text, b"never delivered"));
-        assert!(feed(&mut conn, input, t0, &mut out).is_empty(), "{rule:?}");
+        let got = feed(&mut conn, input, t0, &mut out);
+        assert!(matches!(&got[..], [Got::Ended(CloseReason::Protocol(e))] if *e == rule), "{got:?}");
         assert_eq!(peer.read(&mut out), [Frame::Close(Some(code), rule.to_string())], "{rule:?}");
         assert!(conn.is_closed(), "{rule:?}");
-        let ended = conn.poll_ended().cloned();
-        assert!(matches!(ended, Some(CloseReason::Protocol(e)) if e == rule), "{ended:?}");
         assert_eq!(conn.poll_timeout(), Some(t0 + secs(3)), "the transport gets the close timeout to end");
     }
 }
@@ -268,12 +281,12 @@ fn pings_are_answered_within_the_send_budget_and_not_once_closing() {
 fn the_end_of_the_transport_or_an_error_drops_the_connection() {
     let t0 = Instant::now();
     let mut conn = open_server(t0);
-    conn.handle_eof();
-    assert!(conn.is_finished() && matches!(conn.poll_ended(), Some(CloseReason::NoCloseFrame)));
+    let ended = conn.handle_eof();
+    assert!(conn.is_finished() && matches!(ended, Some(CloseReason::NoCloseFrame)));
     let mut conn = open_server(t0);
     let error = std::sync::Arc::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-    conn.handle_error(CloseReason::ReadFailed(error));
-    assert!(conn.is_finished() && matches!(conn.poll_ended(), Some(CloseReason::ReadFailed(_))));
+    let ended = conn.handle_error(CloseReason::ReadFailed(error));
+    assert!(conn.is_finished() && matches!(ended, Some(CloseReason::ReadFailed(_))));
     assert_eq!(conn.poll_timeout(), None);
 }
 
@@ -281,13 +294,13 @@ fn the_end_of_the_transport_or_an_error_drops_the_connection() {
 fn a_send_over_budget_fails_the_connection_with_1008() {
     let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
     let mut conn = open_server(t0);
-    conn.fail(CloseReason::SendBufferFull, t0, &config(), &mut out);
+    let ended = conn.fail(CloseReason::SendBufferFull, t0, &config(), &mut out);
     assert_eq!(peer.read(&mut out), [Frame::Close(Some(1008), "send buffer full".into())]);
-    assert!(conn.is_closed() && matches!(conn.poll_ended(), Some(CloseReason::SendBufferFull)));
+    assert!(conn.is_closed() && matches!(ended, Some(CloseReason::SendBufferFull)));
 }
 
 /// Moves everything `from` wrote into `to`, as one transport read.
-fn deliver(from: &mut Vec<u8>, to: &mut Connection, now: Instant, out: &mut Vec<u8>) -> Vec<Got> {
+fn deliver(from: &mut Vec<u8>, to: &mut Connection, now: Instant, out: &mut impl Output) -> Vec<Got> {
     feed(to, std::mem::take(from), now, out)
 }
 
@@ -295,40 +308,77 @@ fn deliver(from: &mut Vec<u8>, to: &mut Connection, now: Instant, out: &mut Vec<
 fn a_client_and_a_server_machine_talk_and_close_through_memory() {
     let t0 = Instant::now();
     let mut server = open_server(t0);
-    let mut client = Connection::client(MaskRng::from_seed(7), t0, &config());
+    let mut client = Connection::client(t0, &config());
     client.open(t0, &config());
-    let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+    let (mut to_server, mut to_client, mut masks) = (Vec::new(), Vec::new(), MaskRng::from_seed(7));
     // The server fails unmasked frames with 1002: the echo proves the client masks.
-    assert!(client.send(OpCode::Text, 0, b"hello", &mut to_server));
-    assert!(client.send(OpCode::Ping, 0, b"p", &mut to_server));
+    assert!(client.send(OpCode::Text, 0, b"hello", &mut Masked { bytes: &mut to_server, masks: &mut masks }));
+    assert!(client.send(OpCode::Ping, 0, b"p", &mut Masked { bytes: &mut to_server, masks: &mut masks }));
     assert_eq!(deliver(&mut to_server, &mut server, t0, &mut to_client), [Got::Text("hello".into())]);
     assert!(server.send(OpCode::Text, 0, b"world", &mut to_client));
     assert_eq!(
-        deliver(&mut to_client, &mut client, t0, &mut to_server),
+        deliver(&mut to_client, &mut client, t0, &mut Masked { bytes: &mut to_server, masks: &mut masks }),
         [Got::Pong(b"p".to_vec()), Got::Text("world".into())]
     );
     server.close(CloseCode(4001), "kick", t0, &config(), &mut to_client);
-    deliver(&mut to_client, &mut client, t0, &mut to_server);
-    deliver(&mut to_server, &mut server, t0, &mut to_client);
+    let client_got = deliver(&mut to_client, &mut client, t0, &mut Masked { bytes: &mut to_server, masks: &mut masks });
+    let server_got = deliver(&mut to_server, &mut server, t0, &mut to_client);
     assert!(client.is_closed() && server.is_closed() && to_client.is_empty());
-    let client_ended = client.poll_ended().cloned();
     assert!(
-        matches!(&client_ended, Some(CloseReason::Peer { code: Some(CloseCode(4001)), reason }) if reason == "kick")
+        matches!(&client_got[..], [Got::Ended(CloseReason::Peer { code: Some(CloseCode(4001)), reason })] if reason == "kick"),
+        "{client_got:?}"
     );
-    assert!(matches!(server.poll_ended(), Some(CloseReason::Peer { code: Some(CloseCode(4001)), .. })));
+    assert!(
+        matches!(&server_got[..], [Got::Ended(CloseReason::Peer { code: Some(CloseCode(4001)), .. })]),
+        "{server_got:?}"
+    );
 }
 
 #[test]
 fn the_client_end_masks_its_frames_and_fails_masked_ones() {
     let (t0, mut out, mut server) = (Instant::now(), Vec::new(), Peer::server());
-    let mut conn = Connection::client(MaskRng::from_seed(1), t0, &config());
+    let mut masks = MaskRng::from_seed(1);
+    let mut conn = Connection::client(t0, &config());
     conn.open(t0, &config());
-    assert!(conn.send(OpCode::Text, 0, b"masked", &mut out));
+    assert!(conn.send(OpCode::Text, 0, b"masked", &mut Masked { bytes: &mut out, masks: &mut masks }));
     // The scripted server's decoder refuses unmasked frames.
     assert_eq!(server.read(&mut out), [Frame::Text("masked".into())]);
     let masked = Peer::client().frame(OpCode::Text, b"from a server?");
-    assert!(feed(&mut conn, masked, t0, &mut out).is_empty());
+    let got = feed(&mut conn, masked, t0, &mut Masked { bytes: &mut out, masks: &mut masks });
+    assert!(matches!(&got[..], [Got::Ended(CloseReason::Protocol(ProtocolError::MaskedFrame))]), "{got:?}");
     let rule = ProtocolError::MaskedFrame;
     assert_eq!(server.read(&mut out), [Frame::Close(Some(1002), rule.to_string())]);
-    assert!(matches!(conn.poll_ended(), Some(CloseReason::Protocol(ProtocolError::MaskedFrame))));
+}
+
+#[test]
+fn the_application_answers_and_closes_while_it_holds_a_message() {
+    // As the server's handler does: the message borrows the decoder, the
+    // control beside it sends and closes.
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = open_server(t0);
+    let mut input = peer.frame(OpCode::Text, b"bye");
+    let (_, polled) = conn.poll_input(&mut input, t0, &config(), &mut out);
+    let Some(Input::Ready(ready)) = polled else { panic!("{polled:?}") };
+    let (received, control) = conn.received(&input, ready, t0, &config(), &mut out).expect("a valid frame");
+    let Received::Message(Message::Text(text)) = received else { panic!("{received:?}") };
+    assert!(control.send(OpCode::Text, 0, text.as_bytes(), &mut out));
+    control.close(CloseCode::NORMAL, text, t0, &config(), &mut out);
+    assert!(!control.is_open());
+    assert_eq!(peer.read(&mut out), [Frame::Text("bye".into()), Frame::Close(Some(1000), "bye".into())]);
+    assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Close), Some(t0 + secs(3))));
+}
+
+#[test]
+fn the_machine_is_small_with_the_drivers_ticks() {
+    // The server keeps one per connection in a slot of at most 128 bytes
+    // (runtime/worker.rs): with `u32` ticks, the decoder plus 8 bytes.
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    struct Tick(u32);
+    impl Time for Tick {
+        fn after(self, duration: Duration) -> Tick {
+            Tick(self.0.saturating_add(duration.as_millis() as u32))
+        }
+    }
+    let size = std::mem::size_of::<Connection<Tick>>();
+    assert!(size <= std::mem::size_of::<Decoder>() + 8, "{size}");
 }
