@@ -205,6 +205,8 @@ enum Phase {
     Handshake,
     /// Past the upgrade: where the close handshake stands.
     Upgraded(CloseHandshake),
+    /// The upgrade was refused: nothing is sent after the HTTP answer.
+    Refused,
     /// The transport should be dropped now.
     Finished,
 }
@@ -277,6 +279,20 @@ impl<T: Time> Connection<T> {
         }
     }
 
+    /// The upgrade was refused, its HTTP answer sent through the transport:
+    /// nothing more will be sent, and once the answer is written the
+    /// transport's write side may shut (see [`is_closed`](Self::is_closed)).
+    /// The close deadline bounds the wait for the peer to go. No reason is
+    /// handed out: the connection never opened.
+    pub fn reject(&mut self, now: T, config: &Config) {
+        let state = &mut self.state;
+        if state.phase == Phase::Handshake {
+            state.phase = Phase::Refused;
+            state.ended = true;
+            state.arm(Timer::Close, now.after(config.close_timeout));
+        }
+    }
+
     /// Allows compressed messages in (permessage-deflate was agreed).
     pub fn allow_compressed(&mut self, rsv: u8) {
         self.decoder.allow_extension_rsv(rsv);
@@ -302,7 +318,7 @@ impl<T: Time> Connection<T> {
     /// Whether nothing more will be sent: once the output is written, the
     /// transport's write side may shut.
     pub fn is_closed(&self) -> bool {
-        matches!(self.state.phase, Phase::Upgraded(CloseHandshake::Done) | Phase::Finished)
+        self.state.is_closed()
     }
 
     /// Whether the transport should be dropped now.
@@ -317,7 +333,7 @@ impl<T: Time> Connection<T> {
 
     /// The next deadline, for the driver's timer.
     pub fn poll_timeout(&self) -> Option<T> {
-        self.state.timer.map(|_| self.state.deadline)
+        self.state.poll_timeout()
     }
 
     /// The timer armed, if any.
@@ -540,6 +556,17 @@ impl<T: Time> Control<T> {
     #[inline]
     pub fn is_open(&self) -> bool {
         self.phase == Phase::Upgraded(CloseHandshake::Open)
+    }
+
+    /// See [`Connection::is_closed`].
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Upgraded(CloseHandshake::Done) | Phase::Refused | Phase::Finished)
+    }
+
+    /// See [`Connection::poll_timeout`].
+    #[inline]
+    pub fn poll_timeout(&self) -> Option<T> {
+        self.timer.map(|_| self.deadline)
     }
 
     /// See [`Connection::send`].

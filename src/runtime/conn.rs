@@ -2,6 +2,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
@@ -9,41 +10,15 @@ use mio::net::TcpStream;
 use super::handle::{ConnId, ServerHandle, SharedFrame};
 use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
-use super::timer::{Entry, Wheel};
+use super::timer::{Entry, Tick, Wheel};
 use super::worker::Dialing;
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
+use crate::proto::connection::{Config, Control, Output};
 use crate::proto::deflate::DeflateAgreement;
 use crate::proto::handshake::server::RequestReader;
-use crate::proto::{CloseCode, CloseHandshake, CloseReason, Limits, MaskRng, OpCode};
+use crate::proto::{CloseCode, CloseReason, MaskRng, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
-
-/// Where a connection is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
-    /// Reading the upgrade request.
-    Handshake,
-    /// Messages flow both ways.
-    Open,
-    /// We sent a close frame and wait for the peer's.
-    Closing,
-    /// Nothing more to send but what is queued; then shut down our side.
-    Finishing,
-    /// Our side is shut; discard input until the peer closes or time runs out.
-    Draining,
-}
-
-impl Phase {
-    /// Where the close handshake stands, once the connection is open.
-    pub fn close_handshake(self) -> Option<CloseHandshake> {
-        match self {
-            Phase::Handshake => None,
-            Phase::Open => Some(CloseHandshake::Open),
-            Phase::Closing => Some(CloseHandshake::Sent),
-            Phase::Finishing | Phase::Draining => Some(CloseHandshake::Done),
-        }
-    }
-}
 
 /// Flag bits of [`Connection::flags`].
 pub(crate) mod flag {
@@ -53,15 +28,15 @@ pub(crate) mod flag {
     pub const BACKLOGGED: u16 = 1 << 1;
     /// A send returned `Buffered`: call `on_drain` once the queue empties.
     pub const DRAIN_WANTED: u16 = 1 << 2;
-    /// A keepalive ping is outstanding.
-    pub const PING_SENT: u16 = 1 << 3;
-    /// `on_open` ran, so `on_close` is owed.
+    /// Our side of TCP is shut: input is discarded until the peer closes
+    /// or the close deadline passes.
+    pub const WRITE_SHUT: u16 = 1 << 3;
+    /// `on_open` ran, so `on_close` is owed (once: the protocol machine
+    /// hands out why the connection ended once).
     pub const OPENED: u16 = 1 << 4;
-    /// `on_close` ran.
-    pub const NOTIFIED: u16 = 1 << 5;
     /// The connection failed inside a callback (its send budget ran out);
     /// `on_close` is due after it returns.
-    pub const CLOSE_PENDING: u16 = 1 << 6;
+    pub const CLOSE_PENDING: u16 = 1 << 5;
     /// The poller reported the peer's end of the stream: no further readiness
     /// will come, so reads must go on until they see it.
     pub const READ_CLOSED: u16 = 1 << 7;
@@ -74,16 +49,18 @@ pub(crate) mod flag {
     pub const CONNECTING: u16 = 1 << 9;
 }
 
-/// Everything a worker keeps for one connection, apart from its frame decoder.
+/// Everything a worker keeps for one connection, apart from its protocol
+/// state (the [`proto::connection::Connection`](crate::proto::connection::Connection)
+/// beside it in the worker's slot): the transport, its write queue, the
+/// timer wheel entry and the handler's data.
 #[derive(Debug)]
 pub(crate) struct Connection<D> {
     pub socket: TcpStream,
     pub generation: u32,
-    pub phase: Phase,
     pub flags: u16,
-    /// When the connection next needs attention (a wheel tick).
-    pub deadline: u32,
-    /// The tick of this connection's wheel entry, or 0 for none.
+    /// The tick of this connection's wheel entry, or 0 for none. The
+    /// protocol machine holds the deadline itself; the entry may be earlier
+    /// (it is re-armed then) but never later.
     pub armed: u32,
     /// The index of that entry, to cancel it.
     pub timer: u32,
@@ -107,9 +84,9 @@ pub(crate) struct RareState {
     pub dialing: Option<Box<Dialing>>,
     /// An outgoing connection's masking keys: a client masks every frame.
     pub masks: Option<MaskRng>,
-    /// An outgoing connection's frame and message limits, its
-    /// `ClientBuilder`'s rather than the server's.
-    pub limits: Option<Limits>,
+    /// An outgoing connection's protocol settings: its `ClientBuilder`'s
+    /// limits and timeout rather than the server's.
+    pub config: Option<Rc<Config>>,
 }
 
 impl RareState {
@@ -122,7 +99,7 @@ impl RareState {
             && self.deflate.is_none()
             && self.dialing.is_none()
             && self.masks.is_none()
-            && self.limits.is_none()
+            && self.config.is_none()
     }
 }
 
@@ -184,10 +161,14 @@ impl<D> Connection<D> {
         self.extra.as_deref_mut()?.deflate.as_mut()
     }
 
-    /// The frame and message limits that apply: an outgoing connection's
-    /// own, else the server's.
-    pub fn limits(&self, settings: &Settings) -> Limits {
-        self.extra.as_deref().and_then(|extra| extra.limits).unwrap_or(settings.limits)
+    /// An outgoing connection's own protocol settings: `None` means the server's apply.
+    pub fn own_config(&self) -> Option<&Rc<Config>> {
+        self.extra.as_deref()?.config.as_ref()
+    }
+
+    /// The protocol settings that apply to it, given the server's.
+    pub fn config<'a>(&'a self, server: &'a Config) -> &'a Config {
+        self.own_config().map_or(server, |own| own)
     }
 
     /// Drops the boxed extra state once nothing is left in it.
@@ -280,6 +261,9 @@ pub(crate) struct WorkerState {
     #[allow(clippy::vec_box)]
     pub pool: Vec<Box<OutQueue>>,
     pub deflater: Deflater,
+    /// The protocol settings of accepted connections (from `settings`).
+    /// Counted, so that a callback can hold them while it borrows the rest.
+    pub config: Rc<Config>,
 }
 
 /// The most write queues a worker keeps for reuse: enough for the connections
@@ -318,11 +302,36 @@ impl WorkerState {
         }
     }
 
-    /// Sets when the connection next needs attention, arming the wheel only
-    /// if that is sooner than its entry (which is then cancelled: a
-    /// connection has one entry at most).
-    pub fn set_deadline<D>(&mut self, key: usize, conn: &mut Connection<D>, tick: u32) {
-        conn.deadline = tick;
+    /// The protocol settings for `conn`, to hold across callbacks.
+    pub fn config_of<D>(&self, conn: &Connection<D>) -> Rc<Config> {
+        conn.own_config().unwrap_or(&self.config).clone()
+    }
+
+    /// This loop turn's tick, the protocol machine's `now`.
+    #[inline]
+    pub fn now(&self) -> Tick {
+        Tick(self.now_tick)
+    }
+
+    /// Follows the protocol machine after a call that may have changed it:
+    /// the wheel entry is made no later than its deadline, and a connection
+    /// that will send nothing more is marked so that the flush shuts its
+    /// write side.
+    #[inline]
+    pub fn follow<D>(&mut self, key: usize, conn: &mut Connection<D>, control: &Control<Tick>) {
+        if let Some(Tick(tick)) = control.poll_timeout() {
+            self.arm_wheel(key, conn, tick);
+        }
+        if control.is_closed() && !conn.has(flag::WRITE_SHUT) {
+            self.mark_dirty(key, conn);
+        }
+    }
+
+    /// Arms the connection's wheel entry for `tick` unless it is armed
+    /// sooner (an earlier entry is cancelled: a connection has one entry at
+    /// most; one armed too soon re-arms when it fires).
+    #[inline]
+    pub fn arm_wheel<D>(&mut self, key: usize, conn: &mut Connection<D>, tick: u32) {
         if conn.armed == 0 || tick < conn.armed {
             self.disarm(key, conn);
             (conn.armed, conn.timer) = self.wheel.arm(key as u32, conn.generation, tick);
@@ -337,41 +346,24 @@ impl WorkerState {
             conn.armed = 0;
         }
     }
+}
 
-    /// Starts the close handshake: queues a close frame and waits for the reply.
-    pub fn start_close<D>(&mut self, key: usize, conn: &mut Connection<D>, code: CloseCode, reason: &str) {
-        let Some(frame) = conn.phase.close_handshake().and_then(|mut close| close.start(code, reason)) else {
-            return;
-        };
-        self.push_frame(key, conn, OpCode::Close, 0, frame.payload());
-        conn.phase = Phase::Closing;
-        let tick = self.wheel.deadline_ticks(self.now_tick, self.settings.close_timeout);
-        self.set_deadline(key, conn, tick);
+/// Where the protocol machine puts its frames (pongs, close frames,
+/// keepalive pings): the connection's write queue, masked on an outgoing
+/// connection.
+pub(crate) struct Outbox<'a, D> {
+    pub key: usize,
+    pub conn: &'a mut Connection<D>,
+    pub ctx: &'a mut WorkerState,
+}
+
+impl<D> Output for Outbox<'_, D> {
+    fn queued(&self) -> usize {
+        self.conn.queued()
     }
 
-    /// Fails the connection: queues a close frame with `code` behind what is
-    /// already queued, and finishes without waiting for the peer's close.
-    pub fn fail<D>(&mut self, key: usize, conn: &mut Connection<D>, code: CloseCode, reason: &str) {
-        if matches!(conn.phase, Phase::Finishing | Phase::Draining) {
-            return;
-        }
-        if let Some(frame) = conn.phase.close_handshake().and_then(|mut close| close.fail(code, reason)) {
-            self.push_frame(key, conn, OpCode::Close, 0, frame.payload());
-        }
-        self.finish(key, conn);
-    }
-
-    /// Moves to `Finishing`: flush what is queued, then shut down our side.
-    pub fn finish<D>(&mut self, key: usize, conn: &mut Connection<D>) {
-        if conn.phase != Phase::Closing {
-            let tick = self.wheel.deadline_ticks(self.now_tick, self.settings.close_timeout);
-            self.set_deadline(key, conn, tick);
-        }
-        conn.phase = Phase::Finishing;
-        if !conn.has(flag::DIRTY) {
-            conn.flags |= flag::DIRTY;
-            self.dirty.push(key);
-        }
+    fn push_frame(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        self.ctx.push_frame(self.key, self.conn, opcode, rsv, payload);
     }
 }
 
@@ -394,12 +386,15 @@ pub enum SendStatus {
 pub struct Conn<'w, D> {
     pub(crate) key: usize,
     pub(crate) conn: &'w mut Connection<D>,
+    /// The protocol machine's state apart from its decoder, which may be
+    /// holding the message being handled.
+    pub(crate) control: &'w mut Control<Tick>,
     pub(crate) ctx: &'w mut WorkerState,
 }
 
 impl<D> std::fmt::Debug for Conn<'_, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Conn").field("id", &self.id()).field("phase", &self.conn.phase).finish()
+        f.debug_struct("Conn").field("id", &self.id()).field("open", &self.is_open()).finish()
     }
 }
 
@@ -426,7 +421,7 @@ impl<D> Conn<'_, D> {
 
     /// Whether messages can still be sent (no close started).
     pub fn is_open(&self) -> bool {
-        self.conn.phase == Phase::Open
+        self.control.is_open()
     }
 
     /// Bytes queued and not yet taken by the socket.
@@ -496,7 +491,10 @@ impl<D> Conn<'_, D> {
     /// Starts the close handshake. `on_close` follows when the peer answers
     /// (or the close timeout passes). The reason is cut to 123 bytes.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
-        self.ctx.start_close(self.key, self.conn, code, reason);
+        let Conn { key, conn, control, ctx } = self;
+        let (config, now) = (ctx.config_of(conn), ctx.now());
+        control.close(code, reason, now, &config, &mut Outbox { key: *key, conn, ctx });
+        ctx.follow(*key, conn, control);
     }
 
     /// Milliseconds on this worker's clock (wrapping), read once per loop
@@ -509,7 +507,7 @@ impl<D> Conn<'_, D> {
     /// The same connection, borrowed for a shorter time.
     #[cfg(feature = "app")]
     pub(crate) fn reborrow(&mut self) -> Conn<'_, D> {
-        Conn { key: self.key, conn: self.conn, ctx: self.ctx }
+        Conn { key: self.key, conn: self.conn, control: self.control, ctx: self.ctx }
     }
 
     pub(crate) fn send(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
@@ -519,7 +517,7 @@ impl<D> Conn<'_, D> {
         if let Err(refused) = self.admit(frame_len) {
             return refused;
         }
-        let Conn { key, conn, ctx } = self;
+        let Conn { key, conn, ctx, .. } = self;
         let data = matches!(opcode, OpCode::Text | OpCode::Binary);
         match conn.deflate().filter(|state| data && state.compresses(payload.len())) {
             Some(state) => {
@@ -546,7 +544,7 @@ impl<D> Conn<'_, D> {
     /// policy says so.
     #[inline]
     fn admit(&mut self, len: usize) -> Result<(), SendStatus> {
-        if self.conn.phase != Phase::Open {
+        if !self.control.is_open() {
             return Err(SendStatus::Refused);
         }
         if self.conn.queued() + len > self.ctx.settings.max_buffered {
@@ -563,14 +561,18 @@ impl<D> Conn<'_, D> {
     #[inline(never)]
     fn over_budget(&mut self) {
         if self.ctx.settings.backpressure == BackpressurePolicy::Close {
-            let reason = CloseReason::SendBufferFull;
+            let Conn { key, conn, control, ctx } = self;
             // The peer is not reading: what is queued would never arrive
             // anyway, so make room for the close frame.
-            if let Some(queue) = self.conn.out.as_mut() {
+            if let Some(queue) = conn.out.as_mut() {
                 queue.truncate_unstarted();
             }
-            self.ctx.fail(self.key, self.conn, reason.code(), &reason.reason());
-            self.conn.flags |= flag::CLOSE_PENDING;
+            let (config, now) = (ctx.config_of(conn), ctx.now());
+            let ended = control.fail(CloseReason::SendBufferFull, now, &config, &mut Outbox { key: *key, conn, ctx });
+            ctx.follow(*key, conn, control);
+            if ended.is_some() {
+                conn.flags |= flag::CLOSE_PENDING;
+            }
         }
     }
 

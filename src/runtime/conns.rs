@@ -2,7 +2,7 @@
 
 use slab::Slab;
 
-use super::conn::{Conn, Phase, WorkerState};
+use super::conn::{Conn, WorkerState};
 use super::handle::{ConnId, ServerHandle};
 use super::worker::Slot;
 
@@ -43,22 +43,20 @@ impl<D> Conns<'_, D> {
             return None;
         }
         let key = id.key();
-        let slot = self.slab.get_mut(key)?;
-        let conn = &mut slot.conn;
-        if conn.generation & 0xff_ffff != id.generation() || conn.phase != Phase::Open {
+        let Slot { machine, conn } = self.slab.get_mut(key)?;
+        if conn.generation & 0xff_ffff != id.generation() || !machine.is_open() {
             return None;
         }
         self.touched.push(key);
-        Some(Conn { key, conn, ctx: self.ctx })
+        Some(Conn { key, conn, control: machine.control(), ctx: self.ctx })
     }
 
     /// Runs `f` on every open connection of this worker.
     pub fn for_each(&mut self, mut f: impl FnMut(&mut Conn<'_, D>)) {
-        for (key, slot) in self.slab.iter_mut() {
-            let conn = &mut slot.conn;
-            if conn.phase == Phase::Open {
+        for (key, Slot { machine, conn }) in self.slab.iter_mut() {
+            if machine.is_open() {
                 self.touched.push(key);
-                f(&mut Conn { key, conn, ctx: self.ctx });
+                f(&mut Conn { key, conn, control: machine.control(), ctx: self.ctx });
             }
         }
     }

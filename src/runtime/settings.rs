@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::proto::connection::Config;
 pub use crate::proto::connection::Keepalive;
 use crate::proto::deflate::DeflateConfig;
 use crate::proto::handshake::server::RequestLimits;
@@ -106,6 +107,19 @@ pub struct Settings {
     /// The TLS identity for `wss://`, or `None` (the default) for plain TCP.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsAcceptor>,
+}
+
+impl Settings {
+    /// What the protocol machine of each accepted connection needs to know.
+    pub(crate) fn connection_config(&self) -> Config {
+        Config {
+            limits: self.limits,
+            keepalive: self.keepalive,
+            handshake_timeout: self.handshake_timeout,
+            close_timeout: self.close_timeout,
+            max_buffered: self.max_buffered,
+        }
+    }
 }
 
 impl Default for Settings {

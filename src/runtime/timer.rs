@@ -98,11 +98,6 @@ impl Wheel {
         (now.saturating_duration_since(self.start).as_millis() / TICK.as_millis()) as u32
     }
 
-    /// The first tick at or after `now_tick + after`.
-    pub fn deadline_ticks(&self, now_tick: u32, after: Duration) -> u32 {
-        Tick(now_tick).after(after).0
-    }
-
     /// Schedules a look at `key` at `tick` (or at the wheel's horizon, if
     /// farther; it is then re-armed). Returns the tick actually armed and the
     /// entry's index, for [`cancel`](Self::cancel).
@@ -305,8 +300,7 @@ mod tests {
 
     #[test]
     fn deadline_rounds_up_to_a_whole_tick() {
-        let wheel = Wheel::new(Instant::now());
-        assert_eq!(wheel.deadline_ticks(0, Duration::from_millis(1)), 1);
-        assert_eq!(wheel.deadline_ticks(7, Duration::from_millis(25)), 10);
+        assert_eq!(Tick(0).after(Duration::from_millis(1)), Tick(1));
+        assert_eq!(Tick(7).after(Duration::from_millis(25)), Tick(10));
     }
 }

@@ -22,16 +22,17 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::conn::{flag, Conn, Connection, Phase, RareState, WorkerState};
+use super::conn::{flag, Conn, Connection, Outbox, RareState, WorkerState};
 use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
-use super::timer::{Entry, Wheel};
+use super::timer::{Entry, Tick, Wheel};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
 use crate::dial::ClientError;
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
+use crate::proto::connection::{Config, Connection as Machine, Control, Input, Received, Timer};
 use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
-use crate::proto::{CloseCode, CloseReason, Decoder, Event, OpCode, ProtocolError, Role};
+use crate::proto::{CloseCode, CloseReason, Role};
 
 mod accept;
 mod dispatch;
@@ -117,10 +118,11 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
     Ok(RunningServer { handle, local_addr, threads })
 }
 
-/// A connection's frame decoder, kept beside the rest of its state so the two
-/// can be borrowed separately (events borrow from the decoder).
+/// A connection as the worker keeps it: its protocol machine beside the
+/// rest of its state, so the two can be borrowed separately (a message
+/// borrows from the machine's decoder while the handler sends).
 pub(crate) struct Slot<D> {
-    decoder: Decoder,
+    pub(crate) machine: Machine<Tick>,
     pub(crate) conn: Connection<D>,
 }
 
@@ -155,6 +157,7 @@ impl<H: Handler> Worker<H> {
         handler: H,
     ) -> Self {
         let read_buf = vec![0; settings.read_buffer_size.max(1024)];
+        let config = std::rc::Rc::new(settings.connection_config());
         let ctx = WorkerState {
             worker: index,
             settings,
@@ -164,6 +167,7 @@ impl<H: Handler> Worker<H> {
             dirty: Vec::new(),
             pool: Vec::new(),
             deflater: Deflater::default(),
+            config,
         };
         Worker {
             poll,
@@ -290,13 +294,13 @@ impl<H: Handler> Worker<H> {
     fn with_open(&mut self, id: ConnId, f: impl FnOnce(&mut Conn<'_, H::Data>)) {
         let Worker { slab, handler, ctx, .. } = self;
         let key = id.key();
-        let Some(slot) = slab.get_mut(key) else { return };
-        let conn = &mut slot.conn;
-        if conn.generation & 0xff_ffff != id.generation() || conn.phase != Phase::Open {
+        let Some(Slot { machine, conn }) = slab.get_mut(key) else { return };
+        if conn.generation & 0xff_ffff != id.generation() || !machine.is_open() {
             return;
         }
-        f(&mut Conn { key, conn, ctx });
-        settle(handler, key, conn, ctx);
+        let control = machine.control();
+        f(&mut Conn { key, conn, control, ctx });
+        settle(handler, key, conn, control, ctx);
     }
 
     /// Runs a handler callback that may reach any of this worker's connections.
@@ -304,8 +308,8 @@ impl<H: Handler> Worker<H> {
         let Worker { slab, handler, ctx, touched, .. } = self;
         let result = f(handler, &mut Conns { slab, ctx, touched });
         for key in touched.drain(..) {
-            if let Some(slot) = slab.get_mut(key) {
-                settle(handler, key, &mut slot.conn, ctx);
+            if let Some(Slot { machine, conn }) = slab.get_mut(key) {
+                settle(handler, key, conn, machine.control(), ctx);
             }
         }
         result
@@ -325,18 +329,19 @@ impl<H: Handler> Worker<H> {
         }
         let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
         for key in keys {
-            let conn = &mut self.slab[key].conn;
-            match conn.phase {
-                Phase::Handshake => self.abort(key, CloseReason::Shutdown),
-                _ => self.ctx.start_close(key, conn, CloseCode::GOING_AWAY, "server shutting down"),
+            let Slot { machine, conn } = &mut self.slab[key];
+            if machine.is_handshaking() {
+                self.abort(key, CloseReason::Shutdown);
+            } else {
+                let control = machine.control();
+                Conn { key, conn, control, ctx: &mut self.ctx }.close(CloseCode::GOING_AWAY, "server shutting down");
             }
         }
     }
 
     fn on_readable(&mut self, key: usize) {
         for _ in 0..READS_PER_TURN {
-            let Some(slot) = self.slab.get_mut(key) else { return };
-            let conn = &mut slot.conn;
+            let Some(Slot { machine, conn }) = self.slab.get_mut(key) else { return };
             let read_closed = conn.has(flag::READ_CLOSED);
             let read = conn.read(&mut self.read_buf);
             if conn.tls_wants_write() {
@@ -351,12 +356,10 @@ impl<H: Handler> Worker<H> {
                 Err(e) => return self.abort(key, CloseReason::ReadFailed(Arc::new(e))),
             };
             let is_tls = conn.is_tls();
-            if conn.phase == Phase::Open {
-                conn.flags &= !flag::PING_SENT;
-                if let Some(keepalive) = self.ctx.settings.keepalive {
-                    let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, keepalive.idle);
-                    self.ctx.set_deadline(key, conn, tick);
-                }
+            // Traffic postpones the keepalive.
+            machine.handle_read(self.ctx.now(), conn.config(&self.ctx.config));
+            if let Some(Tick(tick)) = machine.poll_timeout() {
+                self.ctx.arm_wheel(key, conn, tick);
             }
             self.on_input(key, n);
             if n < self.read_buf.len() && !read_closed && !is_tls {
@@ -370,12 +373,17 @@ impl<H: Handler> Worker<H> {
     }
 
     fn on_eof(&mut self, key: usize) {
-        let phase = self.slab[key].conn.phase;
-        if phase == Phase::Finishing {
+        let Slot { machine, conn } = &self.slab[key];
+        if machine.is_closed() && !conn.has(flag::WRITE_SHUT) {
             // The peer may close right after its close frame; still send our reply.
             self.flush(key);
         }
-        self.abort(key, CloseReason::NoCloseFrame);
+        let Some(slot) = self.slab.get_mut(key) else { return };
+        if slot.conn.is_dialing() {
+            return self.dial_failed(key, dial_error(CloseReason::NoCloseFrame));
+        }
+        let ended = slot.machine.handle_eof();
+        self.end(key, ended);
     }
 
     /// Hands `n` freshly read bytes to the connection's current phase.
@@ -383,68 +391,59 @@ impl<H: Handler> Worker<H> {
         let Worker { slab, handler, read_buf, ctx, .. } = self;
         let slot = &mut slab[key];
         let input = &mut read_buf[..n];
-        match slot.conn.phase {
-            Phase::Handshake if slot.conn.is_dialing() => match outgoing::response(slot, key, handler, ctx, input) {
+        if !slot.machine.is_handshaking() {
+            frames(slot, key, handler, ctx, input);
+        } else if slot.conn.is_dialing() {
+            match outgoing::response(slot, key, handler, ctx, input) {
                 Ok(Some(used)) => frames(slot, key, handler, ctx, &mut input[used..]),
                 Ok(None) => {}
                 Err(error) => return self.dial_failed(key, error),
-            },
-            Phase::Handshake => {
-                if let Some(used) = handshake(slot, key, handler, ctx, input) {
-                    frames(slot, key, handler, ctx, &mut input[used..]);
-                }
             }
-            Phase::Open | Phase::Closing => frames(slot, key, handler, ctx, input),
-            Phase::Finishing | Phase::Draining => {}
+        } else if let Some(used) = handshake(slot, key, handler, ctx, input) {
+            frames(slot, key, handler, ctx, &mut input[used..]);
         }
         // The last message's buffer goes back to the worker's spares now, not
         // when this connection next speaks.
-        slot.decoder.release_buffers();
+        slot.machine.release_buffers();
     }
 
     fn on_timer(&mut self, entry: Entry) {
         let key = entry.key as usize;
-        let Some(slot) = self.slab.get_mut(key) else { return };
-        let conn = &mut slot.conn;
+        let Worker { slab, handler, ctx, .. } = self;
+        let Some(Slot { machine, conn }) = slab.get_mut(key) else { return };
         if conn.generation != entry.generation || conn.armed != entry.tick {
             return;
         }
         conn.armed = 0;
-        if conn.deadline > self.ctx.now_tick {
-            (conn.armed, conn.timer) = self.ctx.wheel.arm(entry.key, conn.generation, conn.deadline);
-            return;
-        }
-        match conn.phase {
-            Phase::Handshake if conn.is_dialing() => self.dial_failed(key, ClientError::Timeout),
-            Phase::Handshake => {
-                self.remove(key);
+        let now = ctx.now();
+        match machine.poll_timeout() {
+            None => return,
+            // Armed early (the wheel's horizon, or a deadline that moved on).
+            Some(due) if due > now => return ctx.arm_wheel(key, conn, due.0),
+            Some(_) if machine.timer() == Some(Timer::Handshake) && conn.is_dialing() => {
+                return self.dial_failed(key, ClientError::Timeout);
             }
-            Phase::Open => match self.ctx.settings.keepalive {
-                Some(keepalive) if conn.has(flag::PING_SENT) => {
-                    // The peer may be slow rather than gone: tell it why
-                    // before dropping TCP. The handler hears now, with the
-                    // code sent; the close timeout then ends the connection.
-                    let reason = CloseReason::KeepaliveTimeout(keepalive.close_code);
-                    self.ctx.start_close(key, conn, reason.code(), &reason.reason());
-                    report_close(&mut self.handler, key, conn, &mut self.ctx, &reason);
-                }
-                Some(keepalive) => {
-                    conn.flags |= flag::PING_SENT;
-                    self.ctx.push_frame(key, conn, OpCode::Ping, 0, b"");
-                    let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, keepalive.timeout);
-                    self.ctx.set_deadline(key, conn, tick);
-                }
-                None => {}
-            },
-            Phase::Closing | Phase::Finishing | Phase::Draining => self.abort(key, CloseReason::CloseTimeout),
+            Some(_) => {}
+        }
+        let config = ctx.config_of(conn);
+        let ended = machine.handle_timeout(now, &config, &mut Outbox { key, conn, ctx });
+        if machine.is_finished() {
+            return self.end(key, ended);
+        }
+        let control = machine.control();
+        ctx.follow(key, conn, control);
+        if let Some(reason) = ended {
+            // A keepalive timeout: the handler hears now, with the code
+            // sent; the close deadline then ends the connection.
+            report_close(handler, key, conn, control, ctx, &reason);
         }
     }
 
-    /// Writes what the connection has queued; moves a finishing connection on.
+    /// Writes what the connection has queued; once the machine will send
+    /// nothing more and all is written, shuts our side.
     fn flush(&mut self, key: usize) {
         let Worker { poll, slab, handler, ctx, .. } = self;
-        let Some(slot) = slab.get_mut(key) else { return };
-        let conn = &mut slot.conn;
+        let Some(Slot { machine, conn }) = slab.get_mut(key) else { return };
         conn.flags &= !flag::DIRTY;
         if let Some(mut queue) = conn.out.take() {
             let flushed = queue.flush(&mut conn.sink());
@@ -456,9 +455,10 @@ impl<H: Handler> Worker<H> {
                     conn.flags &= !flag::BACKLOGGED;
                     if conn.has(flag::DRAIN_WANTED) {
                         conn.flags &= !flag::DRAIN_WANTED;
-                        if conn.phase == Phase::Open {
-                            handler.on_drain(&mut Conn { key, conn, ctx });
-                            settle(handler, key, conn, ctx);
+                        if machine.is_open() {
+                            let control = machine.control();
+                            handler.on_drain(&mut Conn { key, conn, control, ctx });
+                            settle(handler, key, conn, control, ctx);
                         }
                     }
                 }
@@ -481,21 +481,30 @@ impl<H: Handler> Worker<H> {
             }
             Err(e) => return self.abort(key, CloseReason::WriteFailed(Arc::new(e))),
         }
-        if conn.phase == Phase::Finishing && conn.out.is_none() {
+        if machine.is_closed() && conn.out.is_none() && !conn.has(flag::WRITE_SHUT) {
             conn.close_tls();
             let _ = conn.socket.shutdown(Shutdown::Write);
-            conn.phase = Phase::Draining;
+            conn.flags |= flag::WRITE_SHUT;
         }
     }
 
-    /// Drops the connection now, telling the handler if it had not been told.
+    /// Drops the connection now for `reason` (its transport failed, or the
+    /// server stops), telling the handler if it had not been told.
     fn abort(&mut self, key: usize, reason: CloseReason) {
+        let Some(slot) = self.slab.get_mut(key) else { return };
+        if slot.conn.is_dialing() {
+            return self.dial_failed(key, dial_error(reason));
+        }
+        let ended = slot.machine.handle_error(reason);
+        self.end(key, ended);
+    }
+
+    /// Drops a connection the machine finished, telling the handler why if
+    /// this ended it.
+    fn end(&mut self, key: usize, ended: Option<CloseReason>) {
         let Worker { slab, handler, ctx, .. } = self;
-        if let Some(slot) = slab.get_mut(key) {
-            if slot.conn.is_dialing() {
-                return self.dial_failed(key, dial_error(reason));
-            }
-            report_close(handler, key, &mut slot.conn, ctx, &reason);
+        if let (Some(reason), Some(Slot { machine, conn })) = (ended, slab.get_mut(key)) {
+            report_close(handler, key, conn, machine.control(), ctx, &reason);
         }
         self.remove(key);
     }

@@ -101,16 +101,15 @@ impl<H: Handler> Worker<H> {
         let conn = Connection {
             socket: stream,
             generation: self.next_generation,
-            phase: Phase::Handshake,
             flags: 0,
-            deadline: 0,
             armed: 0,
             timer: 0,
             out: None,
             extra,
             data: Default::default(),
         };
-        let slot = entry.insert(Slot { decoder: Decoder::new(Role::Server), conn });
+        let machine = Machine::server(self.ctx.now(), &self.ctx.config);
+        let Slot { machine, conn } = entry.insert(Slot { machine, conn });
         if let Some(ip) = peer_ip {
             self.peer_ips.insert(key, ip);
         }
@@ -118,8 +117,7 @@ impl<H: Handler> Worker<H> {
             self.remove(key);
             return;
         }
-        let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, settings.handshake_timeout);
-        self.ctx.set_deadline(key, &mut slot.conn, tick);
+        self.ctx.follow(key, conn, machine.control());
     }
 
     /// Counts a new connection (and one more from `peer_ip`, when a per-IP

@@ -1,5 +1,6 @@
-//! An open connection's input: frames decoded and dispatched to the handler,
-//! protocol errors failed, and `on_close` reported once.
+//! An open connection's input: the protocol machine decodes it (answering
+//! pings, echoing closes, failing protocol errors), and what it hands out
+//! goes to the handler; `on_close` is reported once.
 
 use super::*;
 
@@ -11,89 +12,90 @@ pub(super) fn frames<H: Handler>(
     ctx: &mut WorkerState,
     input: &mut [u8],
 ) {
-    let Slot { decoder, conn } = slot;
-    let limits = conn.limits(&ctx.settings);
+    let Slot { machine, conn } = slot;
+    // Held rather than borrowed from `ctx`, which the callbacks borrow.
+    let config = ctx.config_of(conn);
+    let now = ctx.now();
     let mut pos = 0;
-    while pos < input.len() && matches!(conn.phase, Phase::Open | Phase::Closing) {
-        let decoded = match decoder.decode(&mut input[pos..], &limits) {
-            Ok(decoded) => decoded,
-            Err(e) => return fail_on(e, handler, key, conn, ctx),
+    while pos < input.len() && machine.can_read() {
+        let input = &mut input[pos..];
+        let (used, polled) = machine.poll_input(input, now, &config, &mut Outbox { key, conn, ctx });
+        pos += used;
+        let ready = match polled {
+            None => continue,
+            Some(Input::Ready(ready)) => ready,
+            Some(Input::Ended(reason)) => return ended(handler, key, conn, machine.control(), ctx, &reason),
         };
-        pos += decoded.consumed;
-        match decoded.event {
-            None => {}
-            // After our close frame, data messages are no longer delivered.
-            Some(Event::Message(message)) if conn.phase == Phase::Open => {
-                handler.on_message(&mut Conn { key, conn, ctx }, message);
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Compressed { text, payload }) if conn.phase == Phase::Open => {
+        let received = machine.received(input, ready, now, &config, &mut Outbox { key, conn, ctx });
+        let (received, control) = match received {
+            Ok(received) => received,
+            Err(Some(reason)) => return ended(handler, key, conn, machine.control(), ctx, &reason),
+            Err(None) => return ctx.follow(key, conn, machine.control()),
+        };
+        match received {
+            Received::Message(message) => handler.on_message(&mut Conn { key, conn, control, ctx }, message),
+            Received::Compressed { text, payload } => {
                 let state = conn.deflate().expect("RSV1 is only allowed once permessage-deflate is agreed");
                 // Taken out of the context for the callback, which borrows the context too.
                 let mut deflater = std::mem::take(&mut ctx.deflater);
-                let inflated = deflater.decompress(state, text, payload, limits.max_message_size);
-                let result = inflated.map(|message| handler.on_message(&mut Conn { key, conn, ctx }, message));
+                let inflated = deflater.decompress(state, text, payload, config.limits.max_message_size);
+                let result = inflated.map(|message| handler.on_message(&mut Conn { key, conn, control, ctx }, message));
                 ctx.deflater = deflater;
-                if let Err(e) = result {
-                    return fail_on(e, handler, key, conn, ctx);
-                }
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Ping(payload)) => {
-                // Pongs count against the send budget like any frame: a ping
-                // flood from a peer that does not read cannot grow the queue.
-                let fits = conn.queued() + payload.len() + 2 <= ctx.settings.max_buffered;
-                if conn.phase == Phase::Open && fits {
-                    ctx.push_frame(key, conn, OpCode::Pong, 0, payload);
+                if let Err(error) = result {
+                    let failed =
+                        control.fail(CloseReason::Protocol(error), now, &config, &mut Outbox { key, conn, ctx });
+                    return match failed {
+                        Some(reason) => ended(handler, key, conn, control, ctx, &reason),
+                        None => ctx.follow(key, conn, control),
+                    };
                 }
             }
-            Some(Event::Pong(payload)) if conn.phase == Phase::Open => {
-                handler.on_pong(&mut Conn { key, conn, ctx }, payload);
-                settle(handler, key, conn, ctx);
-            }
-            Some(Event::Pong(_) | Event::Message(_) | Event::Compressed { .. }) => {}
-            Some(Event::Close(code, reason)) => {
-                if let Some(reply) = conn.phase.close_handshake().and_then(|mut close| close.receive(code)) {
-                    ctx.push_frame(key, conn, OpCode::Close, 0, reply.payload());
-                }
-                ctx.finish(key, conn);
-                report_close(handler, key, conn, ctx, &CloseReason::Peer { code, reason: reason.to_string() });
-                return;
-            }
+            Received::Pong(payload) => handler.on_pong(&mut Conn { key, conn, control, ctx }, payload),
+            Received::Ended(_) => unreachable!("`received` hands the end out as its error"),
         }
+        settle(handler, key, conn, control, ctx);
     }
 }
 
-/// Fails the connection for a protocol error of the peer's, and tells the handler.
-pub(super) fn fail_on<H: Handler>(
-    error: ProtocolError,
+/// The machine ended the connection for `reason` (the peer's close, or a
+/// protocol error of its): follow it, and tell the handler.
+fn ended<H: Handler>(
     handler: &mut H,
     key: usize,
     conn: &mut Connection<H::Data>,
+    control: &mut Control<Tick>,
     ctx: &mut WorkerState,
+    reason: &CloseReason,
 ) {
-    ctx.fail(key, conn, error.close_code(), &error.to_string());
-    report_close(handler, key, conn, ctx, &CloseReason::Protocol(error));
+    ctx.follow(key, conn, control);
+    report_close(handler, key, conn, control, ctx, reason);
 }
 
-/// Calls `on_close` once for an opened connection.
+/// Calls `on_close` for an opened connection (the machine hands out the
+/// reason once, so this runs once).
 pub(super) fn report_close<H: Handler>(
     handler: &mut H,
     key: usize,
     conn: &mut Connection<H::Data>,
+    control: &mut Control<Tick>,
     ctx: &mut WorkerState,
     reason: &CloseReason,
 ) {
-    if conn.has(flag::OPENED) && !conn.has(flag::NOTIFIED) {
-        conn.flags |= flag::NOTIFIED;
-        handler.on_close(&mut Conn { key, conn, ctx }, reason);
+    if conn.has(flag::OPENED) {
+        handler.on_close(&mut Conn { key, conn, control, ctx }, reason);
     }
 }
 
 /// After a callback: report a close the callback caused (a send over budget).
-pub(super) fn settle<H: Handler>(handler: &mut H, key: usize, conn: &mut Connection<H::Data>, ctx: &mut WorkerState) {
+pub(super) fn settle<H: Handler>(
+    handler: &mut H,
+    key: usize,
+    conn: &mut Connection<H::Data>,
+    control: &mut Control<Tick>,
+    ctx: &mut WorkerState,
+) {
     if conn.has(flag::CLOSE_PENDING) {
         conn.flags &= !flag::CLOSE_PENDING;
-        report_close(handler, key, conn, ctx, &CloseReason::SendBufferFull);
+        report_close(handler, key, conn, control, ctx, &CloseReason::SendBufferFull);
     }
 }

@@ -9,10 +9,12 @@ use std::sync::atomic::Ordering;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{flag, Connection, DeflateState, Handler, Phase, RareState, Slot, Worker, WorkerState, FIRST_CONN};
+use super::{
+    flag, Config, Connection, DeflateState, Handler, Machine, RareState, Slot, Worker, WorkerState, FIRST_CONN,
+};
 use crate::dial::{connect_error, mask_rng, resolve, start_upgrade, ClientBuilder, ClientError, Url};
 use crate::proto::handshake::client::{PendingUpgrade, ResponseError, MAX_REFUSAL_BODY};
-use crate::proto::{Decoder, Role};
+use crate::proto::Role;
 
 /// An outgoing connection asked for by [`ServerHandle::connect`](crate::runtime::ServerHandle::connect).
 pub(crate) struct Dial {
@@ -57,9 +59,12 @@ impl<H: Handler> Worker<H> {
         };
         self.ctx.handle.shared.connections.fetch_add(1, Ordering::Relaxed);
         self.next_generation = self.next_generation.wrapping_add(1);
-        let timeout = dialing.settings.timeout;
+        // The server's protocol settings, with the dial's own limits and timeout.
+        let config =
+            Config { limits: dialing.settings.limits, handshake_timeout: dialing.settings.timeout, ..*self.ctx.config };
+        let machine = Machine::client(self.ctx.now(), &config);
         let extra = RareState {
-            limits: Some(dialing.settings.limits),
+            config: Some(std::rc::Rc::new(config)),
             dialing: Some(Box::new(dialing)),
             masks: mask_rng().ok(),
             ..RareState::default()
@@ -67,10 +72,8 @@ impl<H: Handler> Worker<H> {
         let conn = Connection {
             socket,
             generation: self.next_generation,
-            phase: Phase::Handshake,
             // Writability says the connect finished; the interest stays on (see `await_writable`).
             flags: flag::CONNECTING | flag::WRITE_INTEREST,
-            deadline: 0,
             armed: 0,
             timer: 0,
             out: None,
@@ -79,13 +82,12 @@ impl<H: Handler> Worker<H> {
         };
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        let slot = entry.insert(Slot { decoder: Decoder::new(Role::Client), conn });
+        let Slot { machine, conn } = entry.insert(Slot { machine, conn });
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = self.poll.registry().register(&mut slot.conn.socket, Token(key + FIRST_CONN), interest) {
+        if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key + FIRST_CONN), interest) {
             return self.dial_failed(key, ClientError::Io(e));
         }
-        let tick = self.ctx.wheel.deadline_ticks(self.ctx.now_tick, timeout);
-        self.ctx.set_deadline(key, &mut slot.conn, tick);
+        self.ctx.follow(key, conn, machine.control());
     }
 
     /// A connecting socket became writable (or failed): on success, send the
@@ -204,5 +206,5 @@ pub(super) fn response<H: Handler>(
     if let (Some(agreement), Some(config)) = (accepted.deflate, config) {
         slot.compress(DeflateState::new(Role::Client, agreement, config));
     }
-    Ok(super::open(handler, key, &mut slot.conn, ctx).then_some(used))
+    Ok(super::open(handler, key, slot, ctx).then_some(used))
 }

@@ -12,7 +12,7 @@ pub(super) fn handshake<H: Handler>(
     ctx: &mut WorkerState,
     input: &[u8],
 ) -> Option<usize> {
-    let conn = &mut slot.conn;
+    let Slot { machine, conn } = slot;
     let limits = ctx.settings.request_limits;
     let extra = conn.extra.get_or_insert_with(Box::default);
     let reader = extra.handshake.get_or_insert_with(RequestReader::default);
@@ -21,7 +21,8 @@ pub(super) fn handshake<H: Handler>(
         Ok(Some(used)) => used,
         Err(e) => {
             ctx.queue(key, conn).push_with(|out| e.write_response(out));
-            ctx.finish(key, conn);
+            machine.reject(ctx.now(), &ctx.config);
+            ctx.follow(key, conn, machine.control());
             return None;
         }
     };
@@ -32,45 +33,39 @@ pub(super) fn handshake<H: Handler>(
     let mut accepted = None;
     ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
     let Some((accept, deflate)) = accepted else {
-        ctx.finish(key, conn);
+        machine.reject(ctx.now(), &ctx.config);
+        ctx.follow(key, conn, machine.control());
         return None;
     };
     if let (Some(agreement), Some(config)) = (deflate, settings.deflate) {
         slot.compress(DeflateState::new(Role::Server, agreement, config));
     }
     slot.conn.data = accept.data;
-    open(handler, key, &mut slot.conn, ctx).then_some(used)
+    open(handler, key, slot, ctx).then_some(used)
 }
 
 impl<D> Slot<D> {
     /// permessage-deflate was agreed: compressed messages may arrive, and sends compress.
     pub(super) fn compress(&mut self, state: DeflateState) {
         self.conn.extra.get_or_insert_with(Box::default).deflate = Some(state);
-        self.decoder.allow_extension_rsv(RSV1);
+        self.machine.allow_compressed(RSV1);
     }
 }
 
 /// The upgrade is done (either way round): the connection opens. Returns
 /// whether it is still open after `on_open`.
-pub(super) fn open<H: Handler>(
-    handler: &mut H,
-    key: usize,
-    conn: &mut Connection<H::Data>,
-    ctx: &mut WorkerState,
-) -> bool {
+pub(super) fn open<H: Handler>(handler: &mut H, key: usize, slot: &mut Slot<H::Data>, ctx: &mut WorkerState) -> bool {
+    let Slot { machine, conn } = slot;
     conn.tidy_extra();
-    conn.phase = Phase::Open;
+    machine.open(ctx.now(), conn.config(&ctx.config));
     conn.flags |= flag::OPENED;
-    // The handshake deadline no longer applies.
+    // The handshake deadline no longer applies: the keepalive's does, if any.
     ctx.disarm(key, conn);
-    conn.deadline = u32::MAX;
-    if let Some(keepalive) = ctx.settings.keepalive {
-        let tick = ctx.wheel.deadline_ticks(ctx.now_tick, keepalive.idle);
-        ctx.set_deadline(key, conn, tick);
-    }
-    handler.on_open(&mut Conn { key, conn, ctx });
-    settle(handler, key, conn, ctx);
-    conn.phase == Phase::Open
+    let control = machine.control();
+    ctx.follow(key, conn, control);
+    handler.on_open(&mut Conn { key, conn, control, ctx });
+    settle(handler, key, conn, control, ctx);
+    control.is_open()
 }
 
 /// Answers a complete request head into `response`: the 101 (returning the
