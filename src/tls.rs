@@ -206,6 +206,11 @@ impl TlsStream {
         }
     }
 
+    /// Whether the TLS handshake is still under way.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
     /// Reads records and answers the handshake until it is done, or the
     /// socket would block. Returns whether the handshake is complete.
     pub fn handshake(&mut self, socket: &mut (impl io::Read + io::Write)) -> io::Result<bool> {

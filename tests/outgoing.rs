@@ -77,6 +77,8 @@ impl Handler for Dialer {
             ClientError::Refused { .. } => "refused".to_string(),
             ClientError::Timeout => "timeout".to_string(),
             ClientError::Status { status, body } => format!("status {status} {}", String::from_utf8_lossy(body)),
+            #[cfg(feature = "tls")]
+            ClientError::Tls(emitws::tls::TlsError::Handshake(_)) => "tls handshake".to_string(),
             other => format!("other {other}"),
         };
         self.log.push(format!("failed {data}: {kind}"));
@@ -171,6 +173,25 @@ fn a_worker_dials_out_over_tls() {
     hub.handle().connect(&url, &settings, "secure".to_string()).unwrap();
     assert_eq!(dialer.log.wait("message secure"), "message secure: hello from secure");
     assert_eq!(dialer.log.wait("close secure"), "close secure: 1000 peer");
+    hub.shutdown();
+    upstream.shutdown();
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_dial_to_an_untrusted_certificate_fails_as_a_tls_handshake() {
+    use emitws::tls::TlsAcceptor;
+    let (cert_pem, key_pem) = identity();
+    let acceptor = TlsAcceptor::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    let upstream = quick_server().tls(acceptor).start("127.0.0.1:0", Echo::default()).unwrap();
+    let dialer = Dialer::default();
+    let hub = quick_server().start("127.0.0.1:0", dialer.clone()).unwrap();
+    // The default roots (webpki) do not trust the test's self-signed certificate.
+    let settings = ClientBuilder::new().timeout(WAIT);
+    let url = format!("wss://localhost:{}/secure", upstream.local_addr().port());
+    hub.handle().connect(&url, &settings, "untrusted".to_string()).unwrap();
+    assert_eq!(dialer.log.wait("failed untrusted"), "failed untrusted: tls handshake");
+    wait_connection_count(&hub.handle(), 0);
     hub.shutdown();
     upstream.shutdown();
 }

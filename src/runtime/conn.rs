@@ -193,6 +193,16 @@ impl<D> Connection<D> {
         false
     }
 
+    /// Whether this is a TLS connection whose handshake is under way: a
+    /// transport error now is the TLS handshake failing.
+    pub fn is_tls_handshaking(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = self.extra.as_deref().and_then(|extra| extra.tls.as_deref()) {
+            return tls.is_handshaking();
+        }
+        false
+    }
+
     /// Reads what the peer sent (decrypted, on a TLS connection).
     pub fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         #[cfg(feature = "tls")]

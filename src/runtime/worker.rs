@@ -380,7 +380,8 @@ impl<H: Handler> Worker<H> {
         }
         let Some(slot) = self.slab.get_mut(key) else { return };
         if slot.conn.is_dialing() {
-            return self.dial_failed(key, dial_error(CloseReason::NoCloseFrame));
+            let error = dial_error(CloseReason::NoCloseFrame, slot.conn.is_tls_handshaking());
+            return self.dial_failed(key, error);
         }
         let ended = slot.machine.handle_eof();
         self.end(key, ended);
@@ -493,7 +494,8 @@ impl<H: Handler> Worker<H> {
     fn abort(&mut self, key: usize, reason: CloseReason) {
         let Some(slot) = self.slab.get_mut(key) else { return };
         if slot.conn.is_dialing() {
-            return self.dial_failed(key, dial_error(reason));
+            let error = dial_error(reason, slot.conn.is_tls_handshaking());
+            return self.dial_failed(key, error);
         }
         let ended = slot.machine.handle_error(reason);
         self.end(key, ended);
@@ -548,12 +550,20 @@ fn await_writable<D>(poll: &Poll, key: usize, conn: &mut Connection<D>) -> io::R
 }
 
 /// The error an outgoing connection that never opened reports for `reason`:
-/// an I/O error keeps its kind and the error itself.
-fn dial_error(reason: CloseReason) -> ClientError {
-    match reason {
-        CloseReason::ReadFailed(e) | CloseReason::WriteFailed(e) => ClientError::Io(io::Error::new(e.kind(), e)),
-        other => ClientError::Io(io::Error::other(other.reason().into_owned())),
+/// an I/O error keeps its kind and the error itself, and is a TLS handshake
+/// failure if it came while that handshake was under way.
+fn dial_error(reason: CloseReason, tls_handshaking: bool) -> ClientError {
+    let error = match reason {
+        CloseReason::ReadFailed(e) | CloseReason::WriteFailed(e) => io::Error::new(e.kind(), e),
+        other => io::Error::other(other.reason().into_owned()),
+    };
+    #[cfg(feature = "tls")]
+    if tls_handshaking {
+        return ClientError::Tls(crate::tls::TlsError::Handshake(error));
     }
+    #[cfg(not(feature = "tls"))]
+    let _ = tls_handshaking;
+    ClientError::Io(error)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -186,6 +186,20 @@ fn an_upgrade_that_never_completes_is_dropped_at_the_handshake_deadline() {
 }
 
 #[test]
+fn a_refused_upgrade_sends_nothing_more_and_is_dropped_at_the_close_deadline() {
+    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let mut conn = Connection::server(t0, &config());
+    conn.reject(t0 + secs(1), &config());
+    assert!(conn.is_closed() && !conn.can_read() && !conn.is_open());
+    assert!(conn.has_ended(), "a connection that never opened has no reason to hand out");
+    assert!(feed(&mut conn, peer.frame(OpCode::Text, b"ignored"), t0 + secs(1), &mut out).is_empty());
+    assert!(!conn.send(OpCode::Text, 0, b"no", &mut out) && out.is_empty());
+    assert_eq!((conn.timer(), conn.poll_timeout()), (Some(Timer::Close), Some(t0 + secs(4))));
+    assert!(conn.handle_timeout(t0 + secs(4), &config(), &mut out).is_none());
+    assert!(conn.is_finished());
+}
+
+#[test]
 fn a_peer_that_never_answers_our_close_is_dropped_at_the_close_deadline() {
     let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
     let mut conn = open_server(t0);
