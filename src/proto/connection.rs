@@ -15,7 +15,8 @@
 //! A driver (the server's event loop, the blocking client, a test) does:
 //!
 //! 1. **Create**: [`Connection::server`] or [`Connection::client`] when the transport is up; the handshake
-//!    deadline starts. When the HTTP upgrade is done, [`open`](Connection::open).
+//!    deadline starts. When the HTTP upgrade is done, [`open`](Connection::open);
+//!    if the server refuses it, [`reject`](Connection::reject) after queuing the answer.
 //! 2. **On input**: once per transport read, [`handle_read`](Connection::handle_read)
 //!    (traffic postpones the keepalive ping); then, while input remains and
 //!    [`can_read`](Connection::can_read), [`decode`](Connection::decode) with

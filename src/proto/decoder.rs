@@ -153,7 +153,7 @@ struct Spill {
     control: Vec<u8>,
 }
 
-/// Decodes the frames of one connection. See the [module docs](self).
+/// Decodes the frames of one connection (how, this file's module docs say).
 ///
 /// ```
 /// use emitws::proto::{Decoder, Event, Limits, Message, Role};

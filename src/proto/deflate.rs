@@ -1,6 +1,6 @@
 //! permessage-deflate (RFC 7692): negotiation and the per-message codec.
 //!
-//! Negotiation works on the offers [`handshake::server::parse_extensions`] returns:
+//! Negotiation works on the offers [`parse_extensions`](crate::proto::handshake::server::parse_extensions) returns:
 //! a server picks the first offer it can honour ([`accept_offer`]); a client
 //! sends [`client_offer`] and checks the answer with [`accept_response`]. Both
 //! end with a [`DeflateAgreement`], from which each side builds its

@@ -368,7 +368,7 @@ impl Server {
     /// Offers permessage-deflate (RFC 7692) with these settings, or `None`
     /// for no compression (the default: compression costs memory per
     /// connection and CPU per message, and pays off for larger, repetitive
-    /// messages). See [`DeflateConfig`](crate::proto::deflate::DeflateConfig).
+    /// messages). See [`DeflateConfig`].
     /// Outgoing connections ([`ServerHandle::connect`]) take theirs from
     /// their [`ClientBuilder::deflate`](crate::client::ClientBuilder::deflate) instead.
     pub fn deflate(mut self, config: Option<DeflateConfig>) -> Server {

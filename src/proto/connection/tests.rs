@@ -187,7 +187,7 @@ fn an_upgrade_that_never_completes_is_dropped_at_the_handshake_deadline() {
 
 #[test]
 fn a_refused_upgrade_sends_nothing_more_and_is_dropped_at_the_close_deadline() {
-    let (t0, mut out, mut peer) = (Instant::now(), Vec::new(), Peer::client());
+    let (t0, mut out, peer) = (Instant::now(), Vec::new(), Peer::client());
     let mut conn = Connection::server(t0, &config());
     conn.reject(t0 + secs(1), &config());
     assert!(conn.is_closed() && !conn.can_read() && !conn.is_open());
