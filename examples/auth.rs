@@ -24,7 +24,7 @@ fn main() -> std::io::Result<()> {
         if let Some(user) = conn.query_value("token").as_deref().and_then(user_of) {
             conn.set("user", user.to_string());
         }
-        Ok(After::disconnect(|gone| println!("{} left ({})", gone.id, gone.code)))
+        Ok(After::disconnect(|gone| println!("{} left ({})", gone.conn_id, gone.code)))
     });
     app.middleware(|req, next| {
         println!("{} -> {}", req.conn_id(), req.event());

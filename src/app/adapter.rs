@@ -40,29 +40,29 @@ pub enum Scope<'a> {
 pub enum Presence<'a> {
     /// A socket is in (after authentication, if any).
     Connected {
-        /// The socket.
-        id: ConnId,
+        /// The socket's connection on this node.
+        conn_id: ConnId,
         /// Its user.
         user: Option<&'a str>,
     },
     /// A socket joined a room or took a tag.
     Joined {
-        /// The socket.
-        id: ConnId,
+        /// The socket's connection on this node.
+        conn_id: ConnId,
         /// The group.
         group: &'a str,
     },
     /// A socket left a room or dropped a tag.
     Left {
-        /// The socket.
-        id: ConnId,
+        /// The socket's connection on this node.
+        conn_id: ConnId,
         /// The group.
         group: &'a str,
     },
     /// A socket is gone, with the groups it was still in.
     Disconnected {
-        /// The socket.
-        id: ConnId,
+        /// The socket's connection on this node.
+        conn_id: ConnId,
         /// Its user.
         user: Option<&'a str>,
         /// The groups it was in.

@@ -9,8 +9,9 @@ use crate::runtime::ConnId;
 /// A socket that has gone, as connection middleware sees it at disconnect.
 #[derive(Debug)]
 pub struct Gone<'a> {
-    /// The socket's id.
-    pub id: ConnId,
+    /// The socket's connection on this node (as
+    /// [`Request::conn_id`](super::Request::conn_id)).
+    pub conn_id: ConnId,
     /// Its user, if identified.
     pub user: Option<&'a str>,
     /// The close code (1006 when the connection just dropped).
@@ -28,7 +29,7 @@ pub struct Gone<'a> {
 /// app.on_connect(|conn| {
 ///     let since = std::time::Instant::now();
 ///     println!("{} connected", conn.path());
-///     Ok(After::disconnect(move |gone| println!("{} left after {:?}", gone.id, since.elapsed())))
+///     Ok(After::disconnect(move |gone| println!("{} left after {:?}", gone.conn_id, since.elapsed())))
 /// });
 /// ```
 #[must_use]

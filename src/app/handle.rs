@@ -490,11 +490,11 @@ impl AppHandle {
     pub(crate) fn presence(&self, change: Presence<'_>) {
         match (&self.0.setup.adapter, change) {
             (Some(adapter), change) => adapter.presence(change),
-            (None, Presence::Connected { id, .. }) => {
-                lock(&self.0.connected).insert(id);
+            (None, Presence::Connected { conn_id, .. }) => {
+                lock(&self.0.connected).insert(conn_id);
             }
-            (None, Presence::Disconnected { id, .. }) => {
-                lock(&self.0.connected).remove(&id);
+            (None, Presence::Disconnected { conn_id, .. }) => {
+                lock(&self.0.connected).remove(&conn_id);
             }
             (None, _) => {}
         }

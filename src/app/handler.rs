@@ -287,7 +287,7 @@ impl AppWorker {
         conn.data_mut().flags |= flag::CONNECTED;
         self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let app = self.app.clone();
-        app.presence(Presence::Connected { id: conn.id(), user: conn.data().user() });
+        app.presence(Presence::Connected { conn_id: conn.id(), user: conn.data().user() });
         self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
         self.send_ready(conn);
     }
@@ -537,7 +537,7 @@ impl Handler for AppWorker {
             app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
         let Some(mut state) = data.state.take() else { return };
-        let gone = Gone { id, user: state.user.as_deref(), code, reason };
+        let gone = Gone { conn_id: id, user: state.user.as_deref(), code, reason };
         for After(after) in state.after.drain(..).rev() {
             if let Some(after) = after {
                 let _ = catch_unwind(AssertUnwindSafe(|| after(&gone)));
@@ -557,7 +557,7 @@ impl Handler for AppWorker {
             }
         }
         if data.has(flag::CONNECTED) {
-            app.presence(Presence::Disconnected { id, user: state.user.as_deref(), groups: &state.groups });
+            app.presence(Presence::Disconnected { conn_id: id, user: state.user.as_deref(), groups: &state.groups });
         }
     }
 

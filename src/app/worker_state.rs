@@ -89,7 +89,7 @@ impl WorkerState {
         data.state().groups.push(group.into());
         self.groups.join(group, id);
         app.0.registry.join(group, id, app.server().workers());
-        app.presence(Presence::Joined { id, group });
+        app.presence(Presence::Joined { conn_id: id, group });
         Ok(())
     }
 
@@ -100,7 +100,7 @@ impl WorkerState {
         state.groups.swap_remove(at);
         self.groups.leave(group, id);
         app.0.registry.leave(group, id);
-        app.presence(Presence::Left { id, group });
+        app.presence(Presence::Left { conn_id: id, group });
         true
     }
 

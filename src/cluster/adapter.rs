@@ -142,17 +142,17 @@ impl Adapter for RedisAdapter {
 
     fn presence(&self, change: Presence<'_>) {
         match change {
-            Presence::Connected { id, user } => {
-                self.link.add_socket(id.0);
+            Presence::Connected { conn_id, user } => {
+                self.link.add_socket(conn_id.0);
                 if let Some(user) = user {
-                    self.link.add_user(user, id.0);
+                    self.link.add_user(user, conn_id.0);
                 }
             }
-            Presence::Joined { id, group } => self.link.join(group, id.0),
-            Presence::Left { id, group } => self.link.leave(group, id.0),
-            Presence::Disconnected { id, user, groups } => {
+            Presence::Joined { conn_id, group } => self.link.join(group, conn_id.0),
+            Presence::Left { conn_id, group } => self.link.leave(group, conn_id.0),
+            Presence::Disconnected { conn_id, user, groups } => {
                 let groups = groups.iter().map(|g| g.to_string()).collect();
-                self.link.remove_socket(id.0, groups, user.map(Into::into));
+                self.link.remove_socket(conn_id.0, groups, user.map(Into::into));
             }
         }
     }

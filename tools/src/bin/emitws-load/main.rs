@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use cli::{Args, Config, Mode};
 use client::{Shared, Stats};
+use serde_json::{json, Value};
 
 fn main() {
     let mut config = match Config::new(Args::parse()) {
@@ -202,6 +203,18 @@ fn micros(nanos: u64) -> f64 {
 }
 
 fn report(config: &Config, stats: &Stats, timing: &Timing) {
+    let (human, json) = summary(config, stats, timing);
+    if config.json {
+        eprintln!("{human}");
+        println!("{json}");
+    } else {
+        println!("{human}");
+    }
+}
+
+/// The run's summary: a line for people, and the JSON object that
+/// `--json` prints (read by the scripts in benches/).
+fn summary(config: &Config, stats: &Stats, timing: &Timing) -> (String, Value) {
     let errors = stats.errors();
     let breakdown = if errors == 0 {
         String::new()
@@ -212,7 +225,7 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
         )
     };
     let cut_short = if timing.interrupted { " (interrupted)" } else { "" };
-    let (human, json) = match config.mode {
+    match config.mode {
         Mode::Echo | Mode::Fanout => {
             let secs = timing.measured.as_secs_f64();
             let rate = if secs > 0.0 { stats.messages as f64 / secs } else { 0.0 };
@@ -226,7 +239,7 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
             let protocol = if config.app { "emitws" } else { "raw" };
             let (what, detail, extra) = match config.mode {
                 Mode::Echo => {
-                    ("msgs", format!("{} in flight", config.in_flight), format!(",\"in_flight\":{}", config.in_flight))
+                    ("msgs", format!("{} in flight", config.in_flight), json!({ "in_flight": config.in_flight }))
                 }
                 _ => {
                     let expected = timing.published * timing.opened as u64;
@@ -237,10 +250,13 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
                             "{} publishing; published {}, delivered {} of {expected} (missing {missing})",
                             config.publishers, timing.published, stats.delivered
                         ),
-                        format!(
-                            ",\"publishers\":{},\"published\":{},\"expected\":{expected},\"delivered\":{},                             \"missing\":{missing}",
-                            config.publishers, timing.published, stats.delivered
-                        ),
+                        json!({
+                            "publishers": config.publishers,
+                            "published": timing.published,
+                            "expected": expected,
+                            "delivered": stats.delivered,
+                            "missing": missing,
+                        }),
                     )
                 }
             };
@@ -257,24 +273,30 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
                 stats.messages,
                 rate,
             );
-            let json = format!(
-                "{{\"mode\":\"{}\",\"url\":{},\"protocol\":\"{protocol}\",\"connections\":{},\"open\":{},\
-                 \"threads\":{},\"payload\":{},\"text\":{}{extra},\"duration_s\":{:.3},\"messages\":{},\
-                 \"msgs_per_sec\":{:.1},\"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\
-                 \"max_us\":{max:.1},\"mean_us\":{:.1},\"errors\":{errors},\"mismatches\":{}}}",
-                config.mode.name(),
-                json_string(&config.url),
-                config.connections,
-                timing.opened,
-                config.threads,
-                config.payload,
-                config.text,
-                secs,
-                stats.messages,
-                rate,
-                lat.mean() / 1000.0,
-                stats.mismatches,
-            );
+            let mut json = json!({
+                "mode": config.mode.name(),
+                "url": config.url,
+                "protocol": protocol,
+                "connections": config.connections,
+                "open": timing.opened,
+                "threads": config.threads,
+                "payload": config.payload,
+                "text": config.text,
+                "duration_s": decimals(secs, 3),
+                "messages": stats.messages,
+                "msgs_per_sec": decimals(rate, 1),
+                "p50_us": decimals(p50, 1),
+                "p99_us": decimals(p99, 1),
+                "p999_us": decimals(p999, 1),
+                "max_us": decimals(max, 1),
+                "mean_us": decimals(lat.mean() / 1000.0, 1),
+                "errors": errors,
+                "mismatches": stats.mismatches,
+            });
+            // The mode's own keys.
+            if let (Value::Object(json), Value::Object(extra)) = (&mut json, extra) {
+                json.extend(extra);
+            }
             (human, json)
         }
         Mode::Idle => {
@@ -289,32 +311,26 @@ fn report(config: &Config, stats: &Stats, timing: &Timing) {
                 timing.measured.as_secs_f64(),
                 stats.open_at_end,
             );
-            let json = format!(
-                "{{\"mode\":\"{}\",\"url\":{},\"connections\":{},\"threads\":{},\"opened\":{},\"connect_s\":{:.3},\
-                 \"held_s\":{:.3},\"open_at_end\":{},\"errors\":{errors}}}",
-                config.mode.name(),
-                json_string(&config.url),
-                config.connections,
-                config.threads,
-                timing.opened,
-                timing.connect.as_secs_f64(),
-                timing.measured.as_secs_f64(),
-                stats.open_at_end,
-            );
+            let json = json!({
+                "mode": config.mode.name(),
+                "url": config.url,
+                "connections": config.connections,
+                "threads": config.threads,
+                "opened": timing.opened,
+                "connect_s": decimals(timing.connect.as_secs_f64(), 3),
+                "held_s": decimals(timing.measured.as_secs_f64(), 3),
+                "open_at_end": stats.open_at_end,
+                "errors": errors,
+            });
             (human, json)
         }
-    };
-    if config.json {
-        eprintln!("{human}");
-        println!("{json}");
-    } else {
-        println!("{human}");
     }
 }
 
-/// A JSON string literal.
-fn json_string(s: &str) -> String {
-    serde_json::Value::from(s).to_string()
+/// `x` to `places` decimals: the value the summary has always printed, so
+/// bench tables that show a JSON number as it comes keep their precision.
+fn decimals(x: f64, places: usize) -> f64 {
+    format!("{x:.places$}").parse().expect("a formatted f64 parses back")
 }
 
 /// The soft limit on open files, from /proc (Linux), if known and finite.
@@ -366,8 +382,84 @@ mod signals {
 mod tests {
     use super::*;
 
+    fn config(line: &str) -> Config {
+        Config::new(Args::try_parse_from(["emitws-load"].into_iter().chain(line.split(' '))).unwrap()).unwrap()
+    }
+
+    fn keys(json: &Value) -> Vec<&str> {
+        let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// The keys and number formats that benches/*.sh read from `--json`.
     #[test]
-    fn json_strings_are_escaped() {
-        assert_eq!(json_string("ws://a/\"b\\\n"), "\"ws://a/\\\"b\\\\\\n\"");
+    fn the_json_summary_keeps_what_the_bench_scripts_read() {
+        let mut stats = Stats { messages: 3000, delivered: 4000, mismatches: 1, ..Stats::default() };
+        for nanos in [1500, 1500, 2250] {
+            stats.latency.record(nanos).unwrap();
+        }
+        let timing = Timing {
+            connect: Duration::from_micros(4321),
+            measured: Duration::from_millis(1500),
+            opened: 4,
+            interrupted: false,
+            published: 1000,
+        };
+
+        let (_, echo) = summary(&config("echo -c 4 -t 2 --url ws://127.0.0.1:1/\"q\\"), &stats, &timing);
+        assert_eq!(echo.to_string().lines().count(), 1);
+        assert_eq!(echo["url"], "ws://127.0.0.1:1/\"q\\");
+        assert_eq!((&echo["mode"], &echo["protocol"], &echo["text"]), (&json!("echo"), &json!("raw"), &json!(false)));
+        assert_eq!((&echo["connections"], &echo["open"], &echo["threads"]), (&json!(4), &json!(4), &json!(2)));
+        assert_eq!((&echo["payload"], &echo["in_flight"], &echo["messages"]), (&json!(20), &json!(1), &json!(3000)));
+        assert_eq!((&echo["duration_s"], &echo["msgs_per_sec"]), (&json!(1.5), &json!(2000.0)));
+        assert_eq!((&echo["p50_us"], &echo["p99_us"], &echo["max_us"]), (&json!(1.5), &json!(2.3), &json!(2.3)));
+        assert_eq!((&echo["mean_us"], &echo["errors"], &echo["mismatches"]), (&json!(1.8), &json!(1), &json!(1)));
+        assert_eq!(
+            keys(&echo),
+            [
+                "connections",
+                "duration_s",
+                "errors",
+                "in_flight",
+                "max_us",
+                "mean_us",
+                "messages",
+                "mismatches",
+                "mode",
+                "msgs_per_sec",
+                "open",
+                "p50_us",
+                "p999_us",
+                "p99_us",
+                "payload",
+                "protocol",
+                "text",
+                "threads",
+                "url"
+            ]
+        );
+
+        let (_, fanout) = summary(&config("fanout -c 4 -p 2 --protocol emitws"), &stats, &timing);
+        assert_eq!(
+            (&fanout["mode"], &fanout["protocol"], &fanout["publishers"]),
+            (&json!("fanout"), &json!("emitws"), &json!(2))
+        );
+        assert_eq!((&fanout["published"], &fanout["expected"]), (&json!(1000), &json!(4000)));
+        assert_eq!((&fanout["delivered"], &fanout["missing"]), (&json!(4000), &json!(0)));
+        let mut fanout_keys = keys(&echo);
+        fanout_keys.retain(|key| *key != "in_flight");
+        fanout_keys.extend(["delivered", "expected", "missing", "published", "publishers"]);
+        fanout_keys.sort_unstable();
+        assert_eq!(keys(&fanout), fanout_keys);
+
+        let (_, idle) = summary(&config("idle -c 4"), &stats, &timing);
+        assert_eq!((&idle["mode"], &idle["opened"], &idle["open_at_end"]), (&json!("idle"), &json!(4), &json!(0)));
+        assert_eq!((&idle["connect_s"], &idle["held_s"], &idle["errors"]), (&json!(0.004), &json!(1.5), &json!(1)));
+        assert_eq!(
+            keys(&idle),
+            ["connect_s", "connections", "errors", "held_s", "mode", "open_at_end", "opened", "threads", "url"]
+        );
     }
 }
