@@ -10,7 +10,7 @@ use mio::net::TcpStream;
 use super::handle::{ConnId, ServerHandle, SharedFrame};
 use super::outbuf::OutQueue;
 use super::settings::{BackpressurePolicy, Settings};
-use super::timer::{Entry, Tick, Wheel};
+use super::timer::{Tick, Wheel, NO_ENTRY};
 use super::worker::Dialing;
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
 use crate::proto::connection::{Config, Control, Output};
@@ -58,11 +58,9 @@ pub(crate) struct Connection<D> {
     pub socket: TcpStream,
     pub generation: u32,
     pub flags: u16,
-    /// The tick of this connection's wheel entry, or 0 for none. The
-    /// protocol machine holds the deadline itself; the entry may be earlier
-    /// (it is re-armed then) but never later.
-    pub armed: u32,
-    /// The index of that entry, to cancel it.
+    /// This connection's entry in the timer wheel (its index), or
+    /// `NO_ENTRY`. The protocol machine holds the deadline itself; the
+    /// entry may be earlier (it is re-armed then) but never later.
     pub timer: u32,
     pub out: Option<Box<OutQueue>>,
     pub extra: Option<Box<RareState>>,
@@ -342,18 +340,21 @@ impl WorkerState {
     /// most; one armed too soon re-arms when it fires).
     #[inline]
     pub fn arm_wheel<D>(&mut self, key: usize, conn: &mut Connection<D>, tick: u32) {
-        if conn.armed == 0 || tick < conn.armed {
+        let sooner = match self.wheel.armed_tick(conn.timer, key as u32, conn.generation) {
+            Some(armed) => tick < armed,
+            None => true,
+        };
+        if sooner {
             self.disarm(key, conn);
-            (conn.armed, conn.timer) = self.wheel.arm(key as u32, conn.generation, tick);
+            conn.timer = self.wheel.arm(key as u32, conn.generation, tick);
         }
     }
 
     /// Cancels the connection's wheel entry, if it has one.
     pub fn disarm<D>(&mut self, key: usize, conn: &mut Connection<D>) {
-        if conn.armed != 0 {
-            let entry = Entry { key: key as u32, generation: conn.generation, tick: conn.armed };
-            self.wheel.cancel(conn.timer, entry);
-            conn.armed = 0;
+        if conn.timer != NO_ENTRY {
+            self.wheel.cancel(conn.timer, key as u32, conn.generation);
+            conn.timer = NO_ENTRY;
         }
     }
 }

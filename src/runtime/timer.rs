@@ -20,6 +20,8 @@ pub(crate) const TICK: Duration = Duration::from_millis(10);
 const SLOTS: usize = 4096;
 /// The end of a slot's list, and of the free list.
 const NONE: u32 = u32::MAX;
+/// A connection's entry when it has none (see [`Wheel::arm`]).
+pub(crate) const NO_ENTRY: u32 = NONE;
 
 /// A point on a worker's clock, in wheel ticks since the wheel started: the
 /// [`Time`] a connection's protocol machine counts its deadline in on the
@@ -99,9 +101,10 @@ impl Wheel {
     }
 
     /// Schedules a look at `key` at `tick` (or at the wheel's horizon, if
-    /// farther; it is then re-armed). Returns the tick actually armed and the
-    /// entry's index, for [`cancel`](Self::cancel).
-    pub fn arm(&mut self, key: u32, generation: u32, tick: u32) -> (u32, u32) {
+    /// farther; it is then re-armed). Returns the entry's index, which the
+    /// connection keeps (and nothing else: the tick is read back with
+    /// [`armed_tick`](Self::armed_tick), so a connection pays 4 bytes for its entry).
+    pub fn arm(&mut self, key: u32, generation: u32, tick: u32) -> u32 {
         let tick = tick.clamp(self.done + 1, self.done + SLOTS as u32 - 1);
         let slot = tick as usize % SLOTS;
         let head = self.heads[slot];
@@ -121,17 +124,23 @@ impl Wheel {
         self.heads[slot] = index;
         self.occupied[slot / 64] |= 1 << (slot % 64);
         self.len += 1;
-        (tick, index)
+        index
     }
 
-    /// Removes the entry `arm` returned `index` for, if it is still `entry`
-    /// (it may have expired, and its node been reused, since).
-    pub fn cancel(&mut self, index: u32, entry: Entry) {
-        let Some(node) = self.nodes.get(index as usize).copied() else { return };
-        if node.entry != entry {
-            return;
-        }
-        let slot = entry.tick as usize % SLOTS;
+    /// The tick entry `index` is armed for, if it is still armed for `key`
+    /// and `generation` (it may have expired, and its node been reused, since).
+    #[inline]
+    pub fn armed_tick(&self, index: u32, key: u32, generation: u32) -> Option<u32> {
+        let entry = self.nodes.get(index as usize)?.entry;
+        // A free node has tick 0.
+        (entry.key == key && entry.generation == generation && entry.tick != 0).then_some(entry.tick)
+    }
+
+    /// Removes entry `index`, if it is still armed for `key` and `generation`.
+    pub fn cancel(&mut self, index: u32, key: u32, generation: u32) {
+        let Some(tick) = self.armed_tick(index, key, generation) else { return };
+        let node = self.nodes[index as usize];
+        let slot = tick as usize % SLOTS;
         match node.prev {
             NONE => self.heads[slot] = node.next,
             prev => self.nodes[prev as usize].next = node.next,
@@ -222,8 +231,8 @@ mod tests {
         let mut wheel = Wheel::new(start);
         wheel.arm(1, 0, 5);
         wheel.arm(2, 0, 300);
-        let (far, _) = wheel.arm(3, 0, 1_000_000);
-        assert_eq!(far, SLOTS as u32 - 1, "clamped to the horizon");
+        let far = wheel.arm(3, 0, 1_000_000);
+        assert_eq!(wheel.armed_tick(far, 3, 0), Some(SLOTS as u32 - 1), "clamped to the horizon");
         let mut due = Vec::new();
         wheel.expire(4, &mut due);
         assert!(due.is_empty());
@@ -280,21 +289,26 @@ mod tests {
     #[test]
     fn a_cancelled_entry_never_fires_and_its_room_is_reused() {
         let mut wheel = Wheel::new(Instant::now());
-        let (tick, first) = wheel.arm(1, 7, 10);
-        let (_, second) = wheel.arm(2, 7, 10);
-        let (_, third) = wheel.arm(3, 7, 10);
-        wheel.cancel(second, Entry { key: 2, generation: 7, tick });
+        let first = wheel.arm(1, 7, 10);
+        let second = wheel.arm(2, 7, 10);
+        let third = wheel.arm(3, 7, 10);
+        assert_eq!(wheel.armed_tick(second, 2, 7), Some(10));
+        wheel.cancel(second, 2, 7);
+        assert_eq!(wheel.armed_tick(second, 2, 7), None);
         // A second cancel, or one with another entry's identity, does nothing.
-        wheel.cancel(second, Entry { key: 2, generation: 7, tick });
-        wheel.cancel(first, Entry { key: 1, generation: 6, tick });
+        wheel.cancel(second, 2, 7);
+        wheel.cancel(first, 1, 6);
         assert_eq!(wheel.len(), 2);
         let mut due = Vec::new();
         wheel.expire(10, &mut due);
         assert_eq!(due.iter().map(|e| e.key).collect::<Vec<_>>(), [3, 1]);
-        wheel.cancel(third, Entry { key: 3, generation: 7, tick });
+        assert_eq!(wheel.armed_tick(third, 3, 7), None, "expired");
+        wheel.cancel(third, 3, 7);
         assert_eq!(wheel.len(), 0);
-        let (tick, index) = wheel.arm(4, 0, 20);
-        wheel.cancel(index, Entry { key: 4, generation: 0, tick });
+        let index = wheel.arm(4, 0, 20);
+        // The expired entries' nodes are reused: an old index names the new entry only for its own key.
+        assert_eq!(wheel.armed_tick(index, 4, 0), Some(20));
+        wheel.cancel(index, 4, 0);
         assert_eq!(wheel.next_timeout(Instant::now()), None, "the slot is empty again");
     }
 

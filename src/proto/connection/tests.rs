@@ -107,7 +107,7 @@ fn feed(conn: &mut Connection, mut input: Vec<u8>, now: Instant, out: &mut impl 
     let mut got = Vec::new();
     let mut pos = 0;
     while pos < input.len() && conn.can_read() {
-        let (used, received) = conn.decode(&mut input[pos..], now, &config, out);
+        let (used, received, _) = conn.decode(&mut input[pos..], now, &config, out);
         pos += used;
         got.extend(received.map(|received| match received {
             Received::Message(Message::Text(text)) => Got::Text(text.to_string()),

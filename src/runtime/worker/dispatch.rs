@@ -18,23 +18,12 @@ pub(super) fn frames<H: Handler>(
     let now = ctx.now();
     let mut pos = 0;
     while pos < input.len() && machine.can_read() {
-        let input = &mut input[pos..];
-        let (used, polled) = machine.poll_input(input, now, &config, &mut Outbox { key, conn, ctx });
+        let (used, received, control) = machine.decode(&mut input[pos..], now, &config, &mut Outbox { key, conn, ctx });
         pos += used;
-        let ready = match polled {
-            None => continue,
-            Some(Input::Ready(ready)) => ready,
-            Some(Input::Ended(reason)) => return ended(handler, key, conn, machine.control(), ctx, &reason),
-        };
-        let received = machine.received(input, ready, now, &config, &mut Outbox { key, conn, ctx });
-        let (received, control) = match received {
-            Ok(received) => received,
-            Err(Some(reason)) => return ended(handler, key, conn, machine.control(), ctx, &reason),
-            Err(None) => return ctx.follow(key, conn, machine.control()),
-        };
         match received {
-            Received::Message(message) => handler.on_message(&mut Conn { key, conn, control, ctx }, message),
-            Received::Compressed { text, payload } => {
+            None => continue,
+            Some(Received::Message(message)) => handler.on_message(&mut Conn { key, conn, control, ctx }, message),
+            Some(Received::Compressed { text, payload }) => {
                 let state = conn.deflate().expect("RSV1 is only allowed once permessage-deflate is agreed");
                 // Taken out of the context for the callback, which borrows the context too.
                 let mut deflater = std::mem::take(&mut ctx.deflater);
@@ -50,8 +39,8 @@ pub(super) fn frames<H: Handler>(
                     };
                 }
             }
-            Received::Pong(payload) => handler.on_pong(&mut Conn { key, conn, control, ctx }, payload),
-            Received::Ended(_) => unreachable!("`received` hands the end out as its error"),
+            Some(Received::Pong(payload)) => handler.on_pong(&mut Conn { key, conn, control, ctx }, payload),
+            Some(Received::Ended(reason)) => return ended(handler, key, conn, control, ctx, &reason),
         }
         settle(handler, key, conn, control, ctx);
     }

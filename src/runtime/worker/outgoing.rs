@@ -11,6 +11,7 @@ use mio::{Interest, Token};
 
 use super::{
     flag, Config, Connection, DeflateState, Handler, Machine, RareState, Slot, Worker, WorkerState, FIRST_CONN,
+    NO_ENTRY,
 };
 use crate::dial::{connect_error, mask_rng, resolve, start_upgrade, ClientBuilder, ClientError, Url};
 use crate::proto::handshake::client::{PendingUpgrade, ResponseError, MAX_REFUSAL_BODY};
@@ -74,8 +75,7 @@ impl<H: Handler> Worker<H> {
             generation: self.next_generation,
             // Writability says the connect finished; the interest stays on (see `await_writable`).
             flags: flag::CONNECTING | flag::WRITE_INTEREST,
-            armed: 0,
-            timer: 0,
+            timer: NO_ENTRY,
             out: None,
             extra: Some(Box::new(extra)),
             data: *data,
