@@ -263,8 +263,8 @@ impl Client {
         match conn.received(&reader.buf[at..], ready, now, config, out) {
             Ok((Received::Message(message), _)) => Ok(Incoming::Message(message)),
             Ok((Received::Pong(payload), _)) => Ok(Incoming::Pong(payload)),
-            Ok((Received::Compressed { .. } | Received::Ended(_), _)) => {
-                unreachable!("is_compressed checked above; ends come from poll_input")
+            Ok((Received::Compressed { .. }, _)) => {
+                unreachable!("is_compressed checked above")
             }
             Err(reason) => Err(fail_transport(stream, out.bytes, ended, reason)),
         }

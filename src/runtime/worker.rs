@@ -29,7 +29,7 @@ use super::timer::{Entry, Tick, Wheel, NO_ENTRY};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
 use crate::dial::ClientError;
 use crate::proto::compress::{DeflateState, Deflater, RSV1};
-use crate::proto::connection::{Config, Connection as Machine, Control, Received, Timer};
+use crate::proto::connection::{Config, Connection as Machine, Control, Received, Step, Timer};
 use crate::proto::deflate::{self, DeflateAgreement};
 use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, CloseReason, Role};

@@ -107,14 +107,14 @@ fn feed(conn: &mut Connection, mut input: Vec<u8>, now: Instant, out: &mut impl 
     let mut got = Vec::new();
     let mut pos = 0;
     while pos < input.len() && conn.can_read() {
-        let (used, received, _) = conn.decode(&mut input[pos..], now, &config, out);
-        pos += used;
-        got.extend(received.map(|received| match received {
+        let decoded = conn.decode(&mut input[pos..], now, &config, out);
+        pos += decoded.used;
+        got.extend(decoded.received.map(|received| match received {
             Received::Message(Message::Text(text)) => Got::Text(text.to_string()),
             Received::Pong(payload) => Got::Pong(payload.to_vec()),
-            Received::Ended(reason) => Got::Ended(reason),
             other => panic!("unexpected {other:?}"),
         }));
+        got.extend(decoded.ended.map(Got::Ended));
     }
     conn.release_buffers();
     got

@@ -18,8 +18,12 @@ pub(super) fn frames<H: Handler>(
     let now = ctx.now();
     let mut pos = 0;
     while pos < input.len() && machine.can_read() {
-        let (used, received, control) = machine.decode(&mut input[pos..], now, &config, &mut Outbox { key, conn, ctx });
+        let Step { used, received, ended: end, control } =
+            machine.decode(&mut input[pos..], now, &config, &mut Outbox { key, conn, ctx });
         pos += used;
+        if let Some(reason) = end {
+            return ended(handler, key, conn, control, ctx, &reason);
+        }
         match received {
             None => continue,
             Some(Received::Message(message)) => handler.on_message(&mut Conn { key, conn, control, ctx }, message),
@@ -40,7 +44,6 @@ pub(super) fn frames<H: Handler>(
                 }
             }
             Some(Received::Pong(payload)) => handler.on_pong(&mut Conn { key, conn, control, ctx }, payload),
-            Some(Received::Ended(reason)) => return ended(handler, key, conn, control, ctx, &reason),
         }
         settle(handler, key, conn, control, ctx);
     }
