@@ -24,7 +24,8 @@
 //!    (or the same in two steps: [`poll_input`](Connection::poll_input), then
 //!    [`received`](Connection::received)).
 //!    Pings are answered, closes echoed and protocol errors failed inside
-//!    `decode`, into the caller's [`Output`].
+//!    `decode`, into the caller's [`Output`]; a close or protocol error comes
+//!    back as [`Step::ended`].
 //! 3. **On end of input or a transport error**: [`handle_eof`](Connection::handle_eof)
 //!    or [`handle_error`](Connection::handle_error).
 //! 4. **On a timer**: at [`poll_timeout`](Connection::poll_timeout) (or later),
