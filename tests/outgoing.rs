@@ -159,16 +159,24 @@ fn failures_come_back_to_on_connect_error_with_the_data() {
     doorman.shutdown();
 }
 
+/// An echo server on `wss://` with a fresh self-signed certificate (its PEM
+/// returned, for a client to trust), and a hub server that dials out.
 #[cfg(feature = "tls")]
-#[test]
-fn a_worker_dials_out_over_tls() {
-    use emitws::tls::{TlsAcceptor, TlsConnector};
+fn tls_upstream_and_hub() -> (String, emitws::runtime::RunningServer, emitws::runtime::RunningServer, Dialer) {
     let (cert_pem, key_pem) = identity();
-    let acceptor = TlsAcceptor::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
+    let acceptor = emitws::tls::TlsAcceptor::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
     let upstream = quick_server().tls(acceptor).start("127.0.0.1:0", Echo::default()).unwrap();
     let dialer = Dialer::default();
     let hub = quick_server().start("127.0.0.1:0", dialer.clone()).unwrap();
-    let settings = ClientBuilder::new().timeout(WAIT).tls(TlsConnector::with_root_pem(cert_pem.as_bytes()).unwrap());
+    (cert_pem, upstream, hub, dialer)
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn a_worker_dials_out_over_tls() {
+    let (cert_pem, upstream, hub, dialer) = tls_upstream_and_hub();
+    let roots = emitws::tls::TlsConnector::with_root_pem(cert_pem.as_bytes()).unwrap();
+    let settings = ClientBuilder::new().timeout(WAIT).tls(roots);
     let url = format!("wss://localhost:{}/secure", upstream.local_addr().port());
     hub.handle().connect(&url, &settings, "secure".to_string()).unwrap();
     assert_eq!(dialer.log.wait("message secure"), "message secure: hello from secure");
@@ -180,12 +188,7 @@ fn a_worker_dials_out_over_tls() {
 #[cfg(feature = "tls")]
 #[test]
 fn a_dial_to_an_untrusted_certificate_fails_as_a_tls_handshake() {
-    use emitws::tls::TlsAcceptor;
-    let (cert_pem, key_pem) = identity();
-    let acceptor = TlsAcceptor::from_pem(cert_pem.as_bytes(), key_pem.as_bytes()).unwrap();
-    let upstream = quick_server().tls(acceptor).start("127.0.0.1:0", Echo::default()).unwrap();
-    let dialer = Dialer::default();
-    let hub = quick_server().start("127.0.0.1:0", dialer.clone()).unwrap();
+    let (_, upstream, hub, dialer) = tls_upstream_and_hub();
     // The default roots (webpki) do not trust the test's self-signed certificate.
     let settings = ClientBuilder::new().timeout(WAIT);
     let url = format!("wss://localhost:{}/secure", upstream.local_addr().port());

@@ -502,10 +502,18 @@ impl<D> Conn<'_, D> {
     /// Starts the close handshake. `on_close` follows when the peer answers
     /// (or the close timeout passes). The reason is cut to 123 bytes.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
+        self.drive(|control, now, config, out| control.close(code, reason, now, config, out));
+    }
+
+    /// Calls the protocol machine from a callback, with what it needs (the
+    /// turn's tick, the settings, the write queue as its output), then
+    /// follows it (see [`WorkerState::follow`]).
+    fn drive<R>(&mut self, call: impl FnOnce(&mut Control<Tick>, Tick, &Config, &mut Outbox<'_, D>) -> R) -> R {
         let Conn { key, conn, control, ctx } = self;
         let (config, now) = (ctx.config_of(conn), ctx.now());
-        control.close(code, reason, now, &config, &mut Outbox { key: *key, conn, ctx });
+        let result = call(control, now, &config, &mut Outbox { key: *key, conn, ctx });
         ctx.follow(*key, conn, control);
+        result
     }
 
     /// Milliseconds on this worker's clock (wrapping), read once per loop
@@ -572,17 +580,15 @@ impl<D> Conn<'_, D> {
     #[inline(never)]
     fn over_budget(&mut self) {
         if self.ctx.settings.backpressure == BackpressurePolicy::Close {
-            let Conn { key, conn, control, ctx } = self;
             // The peer is not reading: what is queued would never arrive
             // anyway, so make room for the close frame.
-            if let Some(queue) = conn.out.as_mut() {
+            if let Some(queue) = self.conn.out.as_mut() {
                 queue.truncate_unstarted();
             }
-            let (config, now) = (ctx.config_of(conn), ctx.now());
-            let ended = control.fail(CloseReason::SendBufferFull, now, &config, &mut Outbox { key: *key, conn, ctx });
-            ctx.follow(*key, conn, control);
+            let ended =
+                self.drive(|control, now, config, out| control.fail(CloseReason::SendBufferFull, now, config, out));
             if ended.is_some() {
-                conn.flags |= flag::CLOSE_PENDING;
+                self.conn.flags |= flag::CLOSE_PENDING;
             }
         }
     }
