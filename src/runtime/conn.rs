@@ -508,7 +508,10 @@ impl<D> Conn<'_, D> {
     /// Calls the protocol machine from a callback, with what it needs (the
     /// turn's tick, the settings, the write queue as its output), then
     /// follows it (see [`WorkerState::follow`]).
-    fn drive<R>(&mut self, call: impl FnOnce(&mut Control<Tick>, Tick, &Config, &mut Outbox<'_, D>) -> R) -> R {
+    pub(crate) fn drive<R>(
+        &mut self,
+        call: impl FnOnce(&mut Control<Tick>, Tick, &Config, &mut Outbox<'_, D>) -> R,
+    ) -> R {
         let Conn { key, conn, control, ctx } = self;
         let (config, now) = (ctx.config_of(conn), ctx.now());
         let result = call(control, now, &config, &mut Outbox { key: *key, conn, ctx });

@@ -35,12 +35,13 @@ pub(super) fn frames<H: Handler>(
                 let result = inflated.map(|message| handler.on_message(&mut Conn { key, conn, control, ctx }, message));
                 ctx.deflater = deflater;
                 if let Err(error) = result {
+                    let reason = CloseReason::Protocol(error);
                     let failed =
-                        control.fail(CloseReason::Protocol(error), now, &config, &mut Outbox { key, conn, ctx });
-                    return match failed {
-                        Some(reason) => ended(handler, key, conn, control, ctx, &reason),
-                        None => ctx.follow(key, conn, control),
-                    };
+                        Conn { key, conn, control, ctx }.drive(|c, now, config, out| c.fail(reason, now, config, out));
+                    if let Some(reason) = failed {
+                        report_close(handler, key, conn, control, ctx, &reason);
+                    }
+                    return;
                 }
             }
             Some(Received::Pong(payload)) => handler.on_pong(&mut Conn { key, conn, control, ctx }, payload),
