@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     encode_frame_with_rsv, CloseCode, CloseHandshake, CloseReason, Decoder, Event, Limits, MaskRng, Message, OpCode,
-    ReadyEvent, Role,
+    ProtocolError, ReadyEvent, Role,
 };
 
 /// Settings shared by every connection of a server (or one client's own).
@@ -336,6 +336,7 @@ impl<T: Time> Connection<T> {
 
     /// Whether nothing more will be sent: once the output is written, the
     /// transport's write side may shut.
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.state.is_closed()
     }
@@ -405,24 +406,19 @@ impl<T: Time> Connection<T> {
         let used = polled.consumed;
         let Some(ready) = polled.ready else { return Step { used, received: None, ended: None, control: state } };
         let input: &'a [u8] = input;
-        if !(ready.is_data() || ready.is_pong()) {
-            let ended = control_frame(decoder, state, input, ready, now, config, out);
-            return Step { used, received: None, ended, control: state };
-        }
-        if !state.is_open() {
-            // After our close frame, data and pongs are no longer delivered.
-            return Step { used, received: None, ended: None, control: state };
-        }
         let received = match decoder.event(input, ready) {
             Ok(Event::Message(message)) => Received::Message(message),
             Ok(Event::Compressed { text, payload }) => Received::Compressed { text, payload },
             Ok(Event::Pong(payload)) => Received::Pong(payload),
-            Ok(Event::Ping(_) | Event::Close(..)) => unreachable!("control frames are dealt with above"),
-            Err(error) => {
-                let ended = state.fail(CloseReason::Protocol(error), now, config, out);
+            event => {
+                let ended = control_frame(state, event, now, config, out);
                 return Step { used, received: None, ended, control: state };
             }
         };
+        if !state.is_open() {
+            // After our close frame, data and pongs are no longer delivered.
+            return Step { used, received: None, ended: None, control: state };
+        }
         Step { used, received: Some(received), ended: None, control: state }
     }
 
@@ -454,7 +450,7 @@ impl<T: Time> Connection<T> {
             // After our close frame, data and pongs are no longer delivered.
             return (polled.consumed, state.is_open().then_some(Input::Ready(ready)));
         }
-        (polled.consumed, control_frame(decoder, state, input, ready, now, config, out).map(Input::Ended))
+        (polled.consumed, control_frame(state, decoder.event(input, ready), now, config, out).map(Input::Ended))
     }
 
     /// Whether what [`poll_input`](Self::poll_input) found complete is a
@@ -586,6 +582,7 @@ impl<T: Time> Control<T> {
     }
 
     /// See [`Connection::is_closed`].
+    #[inline]
     pub fn is_closed(&self) -> bool {
         matches!(self.phase, Phase::Upgraded(CloseHandshake::Done) | Phase::Refused | Phase::Finished)
     }
@@ -655,16 +652,14 @@ impl<T: Time> Control<T> {
 /// stays small.
 #[inline(never)]
 fn control_frame<T: Time>(
-    decoder: &Decoder,
     state: &mut Control<T>,
-    input: &[u8],
-    ready: ReadyEvent,
+    event: Result<Event, ProtocolError>,
     now: T,
     config: &Config,
     out: &mut impl Output,
 ) -> Option<CloseReason> {
     let open = state.is_open();
-    match decoder.event(input, ready) {
+    match event {
         Ok(Event::Ping(payload)) => {
             // Pongs count against the send budget like any frame: a ping
             // flood from a peer that does not read cannot grow the queue.
@@ -681,7 +676,7 @@ fn control_frame<T: Time>(
             }
             state.end(|| CloseReason::Peer { code, reason: reason.to_string() })
         }
-        Ok(_) => unreachable!("data and pongs are handed out above"),
+        Ok(_) => unreachable!("data and pongs are handed out by the caller"),
         Err(error) => state.fail(CloseReason::Protocol(error), now, config, out),
     }
 }

@@ -280,6 +280,7 @@ impl Decoder {
     /// The event [`poll`](Self::poll) found complete. `input` must be the
     /// input given to that `poll` (at least up to what it consumed), and no
     /// other `poll` may come between.
+    #[inline]
     pub fn event<'a>(&'a self, input: &'a [u8], ready: ReadyEvent) -> Result<Event<'a>, ProtocolError> {
         let (opcode, bytes) = match ready.0 {
             Ready::InInput { opcode, start, end } => (opcode, &input[start..end]),
