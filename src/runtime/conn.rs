@@ -71,20 +71,33 @@ pub(crate) struct Connection<D> {
 /// for it (and dropped once empty).
 #[derive(Debug, Default)]
 pub(crate) struct RareState {
-    /// The upgrade request, while it arrives.
-    pub handshake: Option<RequestReader>,
+    /// The upgrade, until the connection opens.
+    pub upgrade: Option<Upgrading>,
     /// permessage-deflate, once agreed.
     pub deflate: Option<DeflateState>,
     /// The session of a `wss://` connection.
     #[cfg(feature = "tls")]
     pub tls: Option<Box<TlsStream>>,
+    /// What only an outgoing connection has: we are its client end.
+    pub client: Option<ClientSide>,
+}
+
+/// An upgrade under way: the connection reads one of the two heads.
+#[derive(Debug)]
+pub(crate) enum Upgrading {
+    /// An accepted connection's upgrade request, while it arrives.
+    Request(RequestReader),
     /// An outgoing connection's upgrade, until the server accepts it.
-    pub dialing: Option<Box<Dialing>>,
-    /// An outgoing connection's masking keys: a client masks every frame.
-    pub masks: Option<MaskRng>,
-    /// An outgoing connection's protocol settings: its `ClientBuilder`'s
-    /// limits and timeout rather than the server's.
-    pub config: Option<Rc<Config>>,
+    Dialing(Box<Dialing>),
+}
+
+/// The client end of an outgoing connection.
+#[derive(Debug)]
+pub(crate) struct ClientSide {
+    /// A client masks every frame.
+    pub masks: MaskRng,
+    /// Its `ClientBuilder`'s limits and timeout rather than the server's.
+    pub config: Rc<Config>,
 }
 
 impl RareState {
@@ -93,11 +106,7 @@ impl RareState {
         if self.tls.is_some() {
             return false;
         }
-        self.handshake.is_none()
-            && self.deflate.is_none()
-            && self.dialing.is_none()
-            && self.masks.is_none()
-            && self.config.is_none()
+        self.upgrade.is_none() && self.deflate.is_none() && self.client.is_none()
     }
 }
 
@@ -142,17 +151,25 @@ impl<D> Connection<D> {
 
     /// Whether this is an outgoing connection that is not open yet.
     pub fn is_dialing(&self) -> bool {
-        self.extra.as_deref().is_some_and(|extra| extra.dialing.is_some())
+        self.extra.as_deref().is_some_and(|extra| matches!(extra.upgrade, Some(Upgrading::Dialing(_))))
+    }
+
+    /// An outgoing connection's upgrade: `None` once it is open, or if it is an accepted connection.
+    pub fn dialing(&mut self) -> Option<&mut Dialing> {
+        match self.extra.as_deref_mut()?.upgrade.as_mut()? {
+            Upgrading::Dialing(dialing) => Some(dialing),
+            Upgrading::Request(_) => None,
+        }
     }
 
     /// The masking key for the next frame: `None` on the server side of a connection.
     fn next_mask(&mut self) -> Option<[u8; 4]> {
-        Some(self.extra.as_deref_mut()?.masks.as_mut()?.next_key())
+        Some(self.extra.as_deref_mut()?.client.as_mut()?.masks.next_key())
     }
 
     /// Whether we are the client end: an outgoing connection.
     fn is_client(&self) -> bool {
-        self.extra.as_deref().is_some_and(|extra| extra.masks.is_some())
+        self.extra.as_deref().is_some_and(|extra| extra.client.is_some())
     }
 
     pub fn deflate(&mut self) -> Option<&mut DeflateState> {
@@ -161,12 +178,21 @@ impl<D> Connection<D> {
 
     /// An outgoing connection's own protocol settings: `None` means the server's apply.
     pub fn own_config(&self) -> Option<&Rc<Config>> {
-        self.extra.as_deref()?.config.as_ref()
+        Some(&self.extra.as_deref()?.client.as_ref()?.config)
     }
 
     /// The protocol settings that apply to it, given the server's.
     pub fn config<'a>(&'a self, server: &'a Config) -> &'a Config {
         self.own_config().map_or(server, |own| own)
+    }
+
+    /// The upgrade is over (the connection opens): what it kept is dropped,
+    /// and the boxed extra state with it if nothing else is left.
+    pub fn end_upgrade(&mut self) {
+        if let Some(extra) = self.extra.as_deref_mut() {
+            extra.upgrade = None;
+        }
+        self.tidy_extra();
     }
 
     /// Drops the boxed extra state once nothing is left in it.

@@ -15,11 +15,13 @@ use super::{
 };
 use crate::dial::{connect_error, mask_rng, resolve, start_upgrade, ClientBuilder, ClientError, Url};
 use crate::proto::handshake::client::{PendingUpgrade, ResponseError, MAX_REFUSAL_BODY};
-use crate::proto::Role;
+use crate::proto::{MaskRng, Role};
+use crate::runtime::conn::{ClientSide, Upgrading};
 
 /// An outgoing connection asked for by [`ServerHandle::connect`](crate::runtime::ServerHandle::connect).
 pub(crate) struct Dial {
     dialing: Dialing,
+    masks: MaskRng,
     data: Box<dyn Any + Send>,
 }
 
@@ -35,13 +37,15 @@ pub(crate) struct Dialing {
 }
 
 impl Dial {
-    /// Resolves the host and prepares the request, on the caller's thread.
+    /// Resolves the host, prepares the request and seeds the masking keys, on
+    /// the caller's thread.
     pub fn new(url: &Url, settings: &ClientBuilder, data: Box<dyn Any + Send>) -> Result<Dial, ClientError> {
         let mut untried = resolve(url)?;
         untried.reverse();
         let upgrade = start_upgrade(url, settings)?;
+        let masks = mask_rng()?;
         let settings = settings.clone();
-        Ok(Dial { dialing: Dialing { url: url.clone(), settings, untried, addr: None, upgrade }, data })
+        Ok(Dial { dialing: Dialing { url: url.clone(), settings, untried, addr: None, upgrade }, masks, data })
     }
 }
 
@@ -65,9 +69,8 @@ impl<H: Handler> Worker<H> {
             Config { limits: dialing.settings.limits, handshake_timeout: dialing.settings.timeout, ..*self.ctx.config };
         let machine = Machine::client(self.ctx.now(), &config);
         let extra = RareState {
-            config: Some(std::rc::Rc::new(config)),
-            dialing: Some(Box::new(dialing)),
-            masks: mask_rng().ok(),
+            upgrade: Some(Upgrading::Dialing(Box::new(dialing))),
+            client: Some(ClientSide { masks: dial.masks, config: std::rc::Rc::new(config) }),
             ..RareState::default()
         };
         let conn = Connection {
@@ -110,21 +113,23 @@ impl<H: Handler> Worker<H> {
         if let Err(error) = start_tls(conn) {
             return self.dial_failed(key, error);
         }
-        let dialing = conn.extra.as_deref_mut().and_then(|e| e.dialing.take()).expect("a dialing connection");
-        ctx.queue(key, conn).push_with(|out| out.extend_from_slice(&dialing.upgrade.request));
-        conn.extra.as_deref_mut().expect("checked above").dialing = Some(dialing);
+        let dialing = conn.dialing().expect("only an outgoing connection is CONNECTING, and it opens later");
+        // Sent once: the connect succeeded, so no other address will need it.
+        let request = std::mem::take(&mut dialing.upgrade.request);
+        ctx.queue(key, conn).push_with(|out| out.extend_from_slice(&request));
     }
 
     /// The connect to one address failed: try the next, or give up.
     fn next_address(&mut self, key: usize, error: io::Error) {
         let conn = &mut self.slab[key].conn;
-        let dialing = conn.extra.as_deref_mut().and_then(|e| e.dialing.as_deref_mut()).expect("a dialing connection");
+        let dialing = conn.dialing().expect("only an outgoing connection is CONNECTING, and it opens later");
         let failed = connect_error(dialing.addr.expect("an address was tried"), error);
         if dialing.untried.is_empty() {
             return self.dial_failed(key, failed);
         }
+        let next = next_socket(dialing);
         let _ = self.poll.registry().deregister(&mut conn.socket);
-        let socket = match next_socket(dialing) {
+        let socket = match next {
             Ok(socket) => socket,
             Err(error) => return self.dial_failed(key, error),
         };
@@ -158,20 +163,19 @@ fn next_socket(dialing: &mut Dialing) -> Result<TcpStream, ClientError> {
 
 #[cfg(feature = "tls")]
 fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
-    let extra = conn.extra.as_deref_mut().expect("a dialing connection");
-    let dialing = extra.dialing.as_deref().expect("a dialing connection");
+    let dialing = conn.dialing().expect("only an outgoing connection is CONNECTING, and it opens later");
     if !dialing.url.is_secure() {
         return Ok(());
     }
     let connector = dialing.settings.tls.clone().unwrap_or_else(crate::dial::default_connector);
     let session = connector.session(dialing.url.host()).map_err(ClientError::Tls)?;
-    extra.tls = Some(Box::new(session));
+    conn.extra.get_or_insert_with(Box::default).tls = Some(Box::new(session));
     Ok(())
 }
 
 #[cfg(not(feature = "tls"))]
 fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
-    match conn.extra.as_deref().and_then(|e| e.dialing.as_deref()) {
+    match conn.dialing() {
         Some(dialing) if dialing.url.is_secure() => Err(ClientError::TlsUnavailable),
         _ => Ok(()),
     }
@@ -187,8 +191,7 @@ pub(super) fn response<H: Handler>(
     ctx: &mut WorkerState,
     input: &[u8],
 ) -> Result<Option<usize>, ClientError> {
-    let extra = slot.conn.extra.as_deref_mut().expect("a dialing connection");
-    let dialing = extra.dialing.as_deref_mut().expect("a dialing connection");
+    let dialing = slot.conn.dialing().expect("the worker asks only an outgoing connection, until it opens");
     let Some(used) = dialing.upgrade.push(input).map_err(ClientError::Handshake)? else { return Ok(None) };
     let accepted = match dialing.upgrade.finish() {
         Ok(accepted) => accepted,
@@ -201,7 +204,6 @@ pub(super) fn response<H: Handler>(
         Err(error) => return Err(ClientError::Handshake(error)),
     };
     let config = dialing.settings.deflate;
-    extra.dialing = None;
     // An agreement comes only with our offer: `finish` refuses any other.
     if let (Some(agreement), Some(config)) = (accepted.deflate, config) {
         slot.compress(DeflateState::new(Role::Client, agreement, config));

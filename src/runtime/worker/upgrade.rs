@@ -2,6 +2,7 @@
 //! an HTTP response), and the connection opened.
 
 use super::*;
+use crate::runtime::conn::Upgrading;
 
 /// Feeds bytes to the request reader; on a complete head, answers it. Returns
 /// how many bytes the head used if the connection is now open.
@@ -14,10 +15,19 @@ pub(super) fn handshake<H: Handler>(
 ) -> Option<usize> {
     let Slot { machine, conn } = slot;
     let limits = ctx.settings.request_limits;
-    let extra = conn.extra.get_or_insert_with(Box::default);
-    let reader = extra.handshake.get_or_insert_with(RequestReader::default);
+    let upgrade = &mut conn.extra.get_or_insert_with(Box::default).upgrade;
+    // Taken out while it reads (put back if the head is not complete):
+    // complete, it is answered and dropped.
+    let mut reader = match upgrade.take() {
+        Some(Upgrading::Request(reader)) => reader,
+        // The worker gives an outgoing connection's bytes to `outgoing::response` instead.
+        None | Some(Upgrading::Dialing(_)) => RequestReader::default(),
+    };
     let used = match reader.push(input, &limits) {
-        Ok(None) => return None,
+        Ok(None) => {
+            *upgrade = Some(Upgrading::Request(reader));
+            return None;
+        }
         Ok(Some(used)) => used,
         Err(e) => {
             ctx.queue(key, conn).push_with(|out| e.write_response(out));
@@ -26,8 +36,6 @@ pub(super) fn handshake<H: Handler>(
             return None;
         }
     };
-    let extra = conn.extra.as_deref_mut().expect("a handshaking connection holds its reader");
-    let reader = extra.handshake.take().expect("a handshaking connection holds its reader");
     let settings = ctx.settings.clone();
     let peer = conn.socket.peer_addr().ok();
     let mut accepted = None;
@@ -56,7 +64,7 @@ impl<D> Slot<D> {
 /// whether it is still open after `on_open`.
 pub(super) fn open<H: Handler>(handler: &mut H, key: usize, slot: &mut Slot<H::Data>, ctx: &mut WorkerState) -> bool {
     let Slot { machine, conn } = slot;
-    conn.tidy_extra();
+    conn.end_upgrade();
     machine.open(ctx.now(), conn.config(&ctx.config));
     conn.flags |= flag::OPENED;
     // The handshake deadline no longer applies: the keepalive's does, if any.
