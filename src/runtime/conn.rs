@@ -20,7 +20,7 @@ use crate::proto::{CloseCode, CloseReason, MaskRng, OpCode};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 
-/// Flag bits of [`Connection::flags`].
+/// Flag bits of [`Transport::flags`].
 pub(crate) mod flag {
     /// In the worker's list of connections to flush this turn.
     pub const DIRTY: u16 = 1;
@@ -49,12 +49,13 @@ pub(crate) mod flag {
     pub const CONNECTING: u16 = 1 << 9;
 }
 
-/// Everything a worker keeps for one connection, apart from its protocol
+/// Everything a worker keeps for one connection apart from its protocol
 /// state (the [`proto::connection::Connection`](crate::proto::connection::Connection)
-/// beside it in the worker's slot): the transport, its write queue, the
-/// timer wheel entry and the handler's data.
+/// beside it in [`WorkerConn`](super::worker::WorkerConn)): the socket and
+/// what its transport needs (TLS, the write queue), the timer wheel entry
+/// and the handler's data.
 #[derive(Debug)]
-pub(crate) struct Connection<D> {
+pub(crate) struct Transport<D> {
     pub socket: TcpStream,
     pub generation: u32,
     pub flags: u16,
@@ -140,7 +141,7 @@ impl Write for Sink<'_> {
     }
 }
 
-impl<D> Connection<D> {
+impl<D> Transport<D> {
     pub fn has(&self, bit: u16) -> bool {
         self.flags & bit != 0
     }
@@ -309,19 +310,19 @@ const POOL_LIMIT: usize = 256;
 impl WorkerState {
     /// The connection's write queue, taken from the pool if it has none, and
     /// the connection marked for flushing at the end of the turn.
-    pub fn queue<'c, D>(&mut self, key: usize, conn: &'c mut Connection<D>) -> &'c mut OutQueue {
+    pub fn queue<'c, D>(&mut self, key: usize, conn: &'c mut Transport<D>) -> &'c mut OutQueue {
         self.mark_dirty(key, conn);
         conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default())
     }
 
     /// Queues one frame, masked if we are the client end.
-    pub fn push_frame<D>(&mut self, key: usize, conn: &mut Connection<D>, opcode: OpCode, rsv: u8, payload: &[u8]) {
+    pub fn push_frame<D>(&mut self, key: usize, conn: &mut Transport<D>, opcode: OpCode, rsv: u8, payload: &[u8]) {
         let mask = conn.next_mask();
         self.queue(key, conn).push_frame_masked(opcode, rsv, mask, payload);
     }
 
     /// Marks the connection for flushing at the end of the turn.
-    pub fn mark_dirty<D>(&mut self, key: usize, conn: &mut Connection<D>) {
+    pub fn mark_dirty<D>(&mut self, key: usize, conn: &mut Transport<D>) {
         if !conn.has(flag::DIRTY) {
             conn.flags |= flag::DIRTY;
             self.dirty.push(key);
@@ -337,7 +338,7 @@ impl WorkerState {
     }
 
     /// The protocol settings for `conn`, to hold across callbacks.
-    pub fn config_of<D>(&self, conn: &Connection<D>) -> Rc<Config> {
+    pub fn config_of<D>(&self, conn: &Transport<D>) -> Rc<Config> {
         conn.own_config().unwrap_or(&self.config).clone()
     }
 
@@ -352,7 +353,7 @@ impl WorkerState {
     /// that will send nothing more is marked so that the flush shuts its
     /// write side.
     #[inline]
-    pub fn follow<D>(&mut self, key: usize, conn: &mut Connection<D>, control: &Control<Tick>) {
+    pub fn follow<D>(&mut self, key: usize, conn: &mut Transport<D>, control: &Control<Tick>) {
         if let Some(Tick(tick)) = control.poll_timeout() {
             self.arm_wheel(key, conn, tick);
         }
@@ -365,7 +366,7 @@ impl WorkerState {
     /// sooner (an earlier entry is cancelled: a connection has one entry at
     /// most; one armed too soon re-arms when it fires).
     #[inline]
-    pub fn arm_wheel<D>(&mut self, key: usize, conn: &mut Connection<D>, tick: u32) {
+    pub fn arm_wheel<D>(&mut self, key: usize, conn: &mut Transport<D>, tick: u32) {
         let sooner = match self.wheel.armed_tick(conn.timer, key as u32, conn.generation) {
             Some(armed) => tick < armed,
             None => true,
@@ -377,7 +378,7 @@ impl WorkerState {
     }
 
     /// Cancels the connection's wheel entry, if it has one.
-    pub fn disarm<D>(&mut self, key: usize, conn: &mut Connection<D>) {
+    pub fn disarm<D>(&mut self, key: usize, conn: &mut Transport<D>) {
         if conn.timer != NO_ENTRY {
             self.wheel.cancel(conn.timer, key as u32, conn.generation);
             conn.timer = NO_ENTRY;
@@ -390,7 +391,7 @@ impl WorkerState {
 /// connection.
 pub(crate) struct Outbox<'a, D> {
     pub key: usize,
-    pub conn: &'a mut Connection<D>,
+    pub conn: &'a mut Transport<D>,
     pub ctx: &'a mut WorkerState,
 }
 
@@ -422,7 +423,7 @@ pub enum SendStatus {
 /// A connection as seen from a [`Handler`](super::Handler) callback.
 pub struct Conn<'w, D> {
     pub(crate) key: usize,
-    pub(crate) conn: &'w mut Connection<D>,
+    pub(crate) conn: &'w mut Transport<D>,
     /// The protocol machine's state apart from its decoder, which may be
     /// holding the message being handled.
     pub(crate) control: &'w mut Control<Tick>,

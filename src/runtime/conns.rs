@@ -4,7 +4,7 @@ use slab::Slab;
 
 use super::conn::{Conn, WorkerState};
 use super::handle::{ConnId, ServerHandle};
-use super::worker::Slot;
+use super::worker::WorkerConn;
 
 /// The open connections of one worker, as seen from
 /// [`Handler::on_notify`](super::Handler::on_notify) and
@@ -14,7 +14,7 @@ use super::worker::Slot;
 /// loop turn; a connection a send closes (over its outbound budget) gets its
 /// `on_close` once the callback returns.
 pub struct Conns<'w, D> {
-    pub(crate) slab: &'w mut Slab<Slot<D>>,
+    pub(crate) slab: &'w mut Slab<WorkerConn<D>>,
     pub(crate) ctx: &'w mut WorkerState,
     /// Keys handed out, to settle after the callback.
     pub(crate) touched: &'w mut Vec<usize>,
@@ -43,7 +43,7 @@ impl<D> Conns<'_, D> {
             return None;
         }
         let key = id.key();
-        let Slot { machine, conn } = self.slab.get_mut(key)?;
+        let WorkerConn { machine, conn } = self.slab.get_mut(key)?;
         if conn.generation & 0xff_ffff != id.generation() || !machine.is_open() {
             return None;
         }
@@ -53,7 +53,7 @@ impl<D> Conns<'_, D> {
 
     /// Runs `f` on every open connection of this worker.
     pub fn for_each(&mut self, mut f: impl FnMut(&mut Conn<'_, D>)) {
-        for (key, Slot { machine, conn }) in self.slab.iter_mut() {
+        for (key, WorkerConn { machine, conn }) in self.slab.iter_mut() {
             if machine.is_open() {
                 self.touched.push(key);
                 f(&mut Conn { key, conn, control: machine.control(), ctx: self.ctx });

@@ -22,7 +22,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::conn::{flag, Conn, Connection, Outbox, RareState, WorkerState};
+use super::conn::{flag, Conn, Outbox, RareState, Transport, WorkerState};
 use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInbox};
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Tick, Wheel, NO_ENTRY};
@@ -121,16 +121,16 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
 /// A connection as the worker keeps it: its protocol machine beside the
 /// rest of its state, so the two can be borrowed separately (a message
 /// borrows from the machine's decoder while the handler sends).
-pub(crate) struct Slot<D> {
+pub(crate) struct WorkerConn<D> {
     pub(crate) machine: Machine<Tick>,
-    pub(crate) conn: Connection<D>,
+    pub(crate) conn: Transport<D>,
 }
 
 struct Worker<H: Handler> {
     poll: Poll,
     inbox: Receiver<Command>,
     listener: Option<TcpListener>,
-    slab: Slab<Slot<H::Data>>,
+    slab: Slab<WorkerConn<H::Data>>,
     handler: H,
     read_buf: Vec<u8>,
     ctx: WorkerState,
@@ -294,7 +294,7 @@ impl<H: Handler> Worker<H> {
     fn with_open(&mut self, id: ConnId, f: impl FnOnce(&mut Conn<'_, H::Data>)) {
         let Worker { slab, handler, ctx, .. } = self;
         let key = id.key();
-        let Some(Slot { machine, conn }) = slab.get_mut(key) else { return };
+        let Some(WorkerConn { machine, conn }) = slab.get_mut(key) else { return };
         if conn.generation & 0xff_ffff != id.generation() || !machine.is_open() {
             return;
         }
@@ -308,7 +308,7 @@ impl<H: Handler> Worker<H> {
         let Worker { slab, handler, ctx, touched, .. } = self;
         let result = f(handler, &mut Conns { slab, ctx, touched });
         for key in touched.drain(..) {
-            if let Some(Slot { machine, conn }) = slab.get_mut(key) {
+            if let Some(WorkerConn { machine, conn }) = slab.get_mut(key) {
                 settle(handler, key, conn, machine.control(), ctx);
             }
         }
@@ -329,7 +329,7 @@ impl<H: Handler> Worker<H> {
         }
         let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
         for key in keys {
-            let Slot { machine, conn } = &mut self.slab[key];
+            let WorkerConn { machine, conn } = &mut self.slab[key];
             if machine.is_handshaking() {
                 self.abort(key, CloseReason::Shutdown);
             } else {
@@ -341,7 +341,7 @@ impl<H: Handler> Worker<H> {
 
     fn on_readable(&mut self, key: usize) {
         for _ in 0..READS_PER_TURN {
-            let Some(Slot { machine, conn }) = self.slab.get_mut(key) else { return };
+            let Some(WorkerConn { machine, conn }) = self.slab.get_mut(key) else { return };
             let read_closed = conn.has(flag::READ_CLOSED);
             let read = conn.read(&mut self.read_buf);
             if conn.tls_wants_write() {
@@ -373,7 +373,7 @@ impl<H: Handler> Worker<H> {
     }
 
     fn on_eof(&mut self, key: usize) {
-        let Slot { machine, conn } = &self.slab[key];
+        let WorkerConn { machine, conn } = &self.slab[key];
         if machine.is_closed() && !conn.has(flag::WRITE_SHUT) {
             // The peer may close right after its close frame; still send our reply.
             self.flush(key);
@@ -411,7 +411,7 @@ impl<H: Handler> Worker<H> {
     fn on_timer(&mut self, entry: Entry) {
         let key = entry.key as usize;
         let Worker { slab, handler, ctx, .. } = self;
-        let Some(Slot { machine, conn }) = slab.get_mut(key) else { return };
+        let Some(WorkerConn { machine, conn }) = slab.get_mut(key) else { return };
         if conn.generation != entry.generation || conn.timer == NO_ENTRY {
             return;
         }
@@ -448,7 +448,7 @@ impl<H: Handler> Worker<H> {
     /// nothing more and all is written, shuts our side.
     fn flush(&mut self, key: usize) {
         let Worker { poll, slab, handler, ctx, .. } = self;
-        let Some(Slot { machine, conn }) = slab.get_mut(key) else { return };
+        let Some(WorkerConn { machine, conn }) = slab.get_mut(key) else { return };
         conn.flags &= !flag::DIRTY;
         if let Some(mut queue) = conn.out.take() {
             let flushed = queue.flush(&mut conn.sink());
@@ -509,7 +509,7 @@ impl<H: Handler> Worker<H> {
     /// this ended it.
     fn end(&mut self, key: usize, ended: Option<CloseReason>) {
         let Worker { slab, handler, ctx, .. } = self;
-        if let (Some(reason), Some(Slot { machine, conn })) = (ended, slab.get_mut(key)) {
+        if let (Some(reason), Some(WorkerConn { machine, conn })) = (ended, slab.get_mut(key)) {
             report_close(handler, key, conn, machine.control(), ctx, &reason);
         }
         self.remove(key);
@@ -543,7 +543,7 @@ impl<H: Handler> Worker<H> {
 
 /// Marks a connection whose write fell short, and asks the poller to report
 /// writability too (once: the interest is kept, see `flag::WRITE_INTEREST`).
-fn await_writable<D>(poll: &Poll, key: usize, conn: &mut Connection<D>) -> io::Result<()> {
+fn await_writable<D>(poll: &Poll, key: usize, conn: &mut Transport<D>) -> io::Result<()> {
     conn.flags |= flag::BACKLOGGED;
     if !conn.has(flag::WRITE_INTEREST) {
         conn.flags |= flag::WRITE_INTEREST;
@@ -584,7 +584,7 @@ mod tests {
         // socket holds an 8-byte selector id under `debug_assertions`, and
         // its alignment pads the driver to 48.
         let budget = if cfg!(debug_assertions) { 128 } else { 112 };
-        let size = std::mem::size_of::<super::Slot<()>>();
+        let size = std::mem::size_of::<super::WorkerConn<()>>();
         assert!(size <= budget, "{size} > {budget}");
     }
 }

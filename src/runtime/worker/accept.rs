@@ -98,7 +98,7 @@ impl<H: Handler> Worker<H> {
             Interest::READABLE,
         );
         self.next_generation = self.next_generation.wrapping_add(1);
-        let conn = Connection {
+        let conn = Transport {
             socket: stream,
             generation: self.next_generation,
             flags: 0,
@@ -108,7 +108,7 @@ impl<H: Handler> Worker<H> {
             data: Default::default(),
         };
         let machine = Machine::server(self.ctx.now(), &self.ctx.config);
-        let Slot { machine, conn } = entry.insert(Slot { machine, conn });
+        let WorkerConn { machine, conn } = entry.insert(WorkerConn { machine, conn });
         if let Some(ip) = peer_ip {
             self.peer_ips.insert(key, ip);
         }

@@ -6,13 +6,13 @@ use super::*;
 
 /// Decodes frames from `input` and dispatches them.
 pub(super) fn frames<H: Handler>(
-    slot: &mut Slot<H::Data>,
+    slot: &mut WorkerConn<H::Data>,
     key: usize,
     handler: &mut H,
     ctx: &mut WorkerState,
     input: &mut [u8],
 ) {
-    let Slot { machine, conn } = slot;
+    let WorkerConn { machine, conn } = slot;
     // Held rather than borrowed from `ctx`, which the callbacks borrow.
     let config = ctx.config_of(conn);
     let now = ctx.now();
@@ -55,7 +55,7 @@ pub(super) fn frames<H: Handler>(
 fn ended<H: Handler>(
     handler: &mut H,
     key: usize,
-    conn: &mut Connection<H::Data>,
+    conn: &mut Transport<H::Data>,
     control: &mut Control<Tick>,
     ctx: &mut WorkerState,
     reason: &CloseReason,
@@ -69,7 +69,7 @@ fn ended<H: Handler>(
 pub(super) fn report_close<H: Handler>(
     handler: &mut H,
     key: usize,
-    conn: &mut Connection<H::Data>,
+    conn: &mut Transport<H::Data>,
     control: &mut Control<Tick>,
     ctx: &mut WorkerState,
     reason: &CloseReason,
@@ -83,7 +83,7 @@ pub(super) fn report_close<H: Handler>(
 pub(super) fn settle<H: Handler>(
     handler: &mut H,
     key: usize,
-    conn: &mut Connection<H::Data>,
+    conn: &mut Transport<H::Data>,
     control: &mut Control<Tick>,
     ctx: &mut WorkerState,
 ) {

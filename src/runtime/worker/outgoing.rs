@@ -10,7 +10,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 
 use super::{
-    flag, Config, Connection, DeflateState, Handler, Machine, RareState, Slot, Worker, WorkerState, FIRST_CONN,
+    flag, Config, DeflateState, Handler, Machine, RareState, Transport, Worker, WorkerConn, WorkerState, FIRST_CONN,
     NO_ENTRY,
 };
 use crate::dial::{connect_error, mask_rng, resolve, start_upgrade, ClientBuilder, ClientError, Url};
@@ -73,7 +73,7 @@ impl<H: Handler> Worker<H> {
             client: Some(ClientSide { masks: dial.masks, config: std::rc::Rc::new(config) }),
             ..RareState::default()
         };
-        let conn = Connection {
+        let conn = Transport {
             socket,
             generation: self.next_generation,
             // Writability says the connect finished; the interest stays on (see `await_writable`).
@@ -85,7 +85,7 @@ impl<H: Handler> Worker<H> {
         };
         let entry = self.slab.vacant_entry();
         let key = entry.key();
-        let Slot { machine, conn } = entry.insert(Slot { machine, conn });
+        let WorkerConn { machine, conn } = entry.insert(WorkerConn { machine, conn });
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key + FIRST_CONN), interest) {
             return self.dial_failed(key, ClientError::Io(e));
@@ -162,7 +162,7 @@ fn next_socket(dialing: &mut Dialing) -> Result<TcpStream, ClientError> {
 }
 
 #[cfg(feature = "tls")]
-fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
+fn start_tls<D>(conn: &mut Transport<D>) -> Result<(), ClientError> {
     let dialing = conn.dialing().expect("only an outgoing connection is CONNECTING, and it opens later");
     if !dialing.url.is_secure() {
         return Ok(());
@@ -174,7 +174,7 @@ fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
 }
 
 #[cfg(not(feature = "tls"))]
-fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
+fn start_tls<D>(conn: &mut Transport<D>) -> Result<(), ClientError> {
     match conn.dialing() {
         Some(dialing) if dialing.url.is_secure() => Err(ClientError::TlsUnavailable),
         _ => Ok(()),
@@ -185,7 +185,7 @@ fn start_tls<D>(conn: &mut Connection<D>) -> Result<(), ClientError> {
 /// the connection opens. Returns how many bytes the head used if the
 /// connection is now open, and the reason if the server refused.
 pub(super) fn response<H: Handler>(
-    slot: &mut Slot<H::Data>,
+    slot: &mut WorkerConn<H::Data>,
     key: usize,
     handler: &mut H,
     ctx: &mut WorkerState,

@@ -7,13 +7,13 @@ use crate::runtime::conn::Upgrading;
 /// Feeds bytes to the request reader; on a complete head, answers it. Returns
 /// how many bytes the head used if the connection is now open.
 pub(super) fn handshake<H: Handler>(
-    slot: &mut Slot<H::Data>,
+    slot: &mut WorkerConn<H::Data>,
     key: usize,
     handler: &mut H,
     ctx: &mut WorkerState,
     input: &[u8],
 ) -> Option<usize> {
-    let Slot { machine, conn } = slot;
+    let WorkerConn { machine, conn } = slot;
     let limits = ctx.settings.request_limits;
     let upgrade = &mut conn.extra.get_or_insert_with(Box::default).upgrade;
     // Taken out while it reads (put back if the head is not complete):
@@ -52,7 +52,7 @@ pub(super) fn handshake<H: Handler>(
     open(handler, key, slot, ctx).then_some(used)
 }
 
-impl<D> Slot<D> {
+impl<D> WorkerConn<D> {
     /// permessage-deflate was agreed: compressed messages may arrive, and sends compress.
     pub(super) fn compress(&mut self, state: DeflateState) {
         self.conn.extra.get_or_insert_with(Box::default).deflate = Some(state);
@@ -62,8 +62,13 @@ impl<D> Slot<D> {
 
 /// The upgrade is done (either way round): the connection opens. Returns
 /// whether it is still open after `on_open`.
-pub(super) fn open<H: Handler>(handler: &mut H, key: usize, slot: &mut Slot<H::Data>, ctx: &mut WorkerState) -> bool {
-    let Slot { machine, conn } = slot;
+pub(super) fn open<H: Handler>(
+    handler: &mut H,
+    key: usize,
+    slot: &mut WorkerConn<H::Data>,
+    ctx: &mut WorkerState,
+) -> bool {
+    let WorkerConn { machine, conn } = slot;
     conn.end_upgrade();
     machine.open(ctx.now(), conn.config(&ctx.config));
     conn.flags |= flag::OPENED;
