@@ -507,14 +507,15 @@ impl<D> Conn<'_, D> {
             // client): a shared frame cannot be sent as it is.
             return self.send(frame.0.opcode, payload);
         }
-        let bytes = match self.conn.deflate().filter(|state| state.compresses(payload.len())) {
+        let compressed = match self.conn.deflate().filter(|state| state.compresses(payload.len())) {
             Some(state) => match state.takes_shared() {
-                Some(config) => frame.0.compressed.get_or_compress(config, frame.0.opcode, payload),
+                Some(config) => Some(frame.0.compressed.get_or_compress(config, frame.0.opcode, payload)),
                 // This connection's compression carries context: it compresses its own copy.
                 None => return self.send(frame.0.opcode, payload),
             },
-            None => frame.0.plain.clone(),
+            None => None,
         };
+        let bytes = compressed.as_ref().unwrap_or(&frame.0.plain);
         self.reserve(bytes.len(), |queue| queue.push_shared(bytes))
     }
 
