@@ -1,5 +1,7 @@
-//! A connection's outbound bytes: small frames coalesced into one buffer,
-//! shared broadcast frames held by reference, all written with one `writev`.
+//! A connection's outbound bytes: frames coalesced into one buffer (small
+//! broadcast frames copied in too), large payloads and large broadcast
+//! frames held as segments of their own; one buffer is written with `send`,
+//! several with one `writev`.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
