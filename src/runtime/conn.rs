@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mio::net::TcpStream;
 
 use super::handle::{ConnId, ServerHandle, SharedFrame};
-use super::outbuf::OutQueue;
+use super::outbuf::{OutQueue, QueuePool};
 use super::settings::{BackpressurePolicy, Settings};
 use super::timer::{Tick, Wheel, NO_ENTRY};
 use super::worker::Dialing;
@@ -290,29 +290,20 @@ pub(crate) struct WorkerState {
     pub now_tick: u32,
     /// Connections with bytes queued this turn.
     pub dirty: Vec<usize>,
-    /// Empty write queues, reused so that idle connections hold none. Boxed
-    /// because connections hold them boxed (8 bytes when idle), and moving a
-    /// box between pool and connection copies nothing.
-    #[allow(clippy::vec_box)]
-    pub pool: Vec<Box<OutQueue>>,
+    /// Emptied write queues, for the connections that write next.
+    pub pool: QueuePool,
     pub deflater: Deflater,
     /// The protocol settings of accepted connections (from `settings`).
     /// Counted, so that a callback can hold them while it borrows the rest.
     pub config: Rc<Config>,
 }
 
-/// The most write queues a worker keeps for reuse: enough for the connections
-/// one busy loop turn writes to (fewer made 200 connections echoing 16 KiB
-/// free and re-fault their buffers every turn), bounded so that a burst does
-/// not leave an unbounded pool behind.
-const POOL_LIMIT: usize = 256;
-
 impl WorkerState {
     /// The connection's write queue, taken from the pool if it has none, and
     /// the connection marked for flushing at the end of the turn.
     pub fn queue<'c, D>(&mut self, key: usize, conn: &'c mut Transport<D>) -> &'c mut OutQueue {
         self.mark_dirty(key, conn);
-        conn.out.get_or_insert_with(|| self.pool.pop().unwrap_or_default())
+        conn.out.get_or_insert_with(|| self.pool.take())
     }
 
     /// Queues one frame, masked if we are the client end.
@@ -326,14 +317,6 @@ impl WorkerState {
         if !conn.has(flag::DIRTY) {
             conn.flags |= flag::DIRTY;
             self.dirty.push(key);
-        }
-    }
-
-    /// Takes back an emptied write queue.
-    pub fn recycle(&mut self, mut queue: Box<OutQueue>) {
-        if self.pool.len() < POOL_LIMIT {
-            queue.reset();
-            self.pool.push(queue);
         }
     }
 

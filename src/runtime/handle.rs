@@ -136,8 +136,10 @@ pub struct Stats {
     /// Timer entries allocated: the most armed at once since a worker's
     /// timers last emptied.
     pub timer_capacity: usize,
-    /// Empty write queues kept for reuse (at most 256 per worker).
+    /// Empty write queues kept for reuse (at most 4,096 per worker).
     pub pooled_queues: usize,
+    /// The buffer bytes those queues keep (at most 8 MiB per worker).
+    pub pooled_bytes: usize,
 }
 
 impl std::ops::Add for Stats {
@@ -150,6 +152,7 @@ impl std::ops::Add for Stats {
             timer_entries: self.timer_entries + other.timer_entries,
             timer_capacity: self.timer_capacity + other.timer_capacity,
             pooled_queues: self.pooled_queues + other.pooled_queues,
+            pooled_bytes: self.pooled_bytes + other.pooled_bytes,
         }
     }
 }

@@ -24,6 +24,7 @@ use slab::Slab;
 
 use super::conn::{flag, Conn, Outbox, RareState, Transport, WorkerState};
 use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInbox};
+use super::outbuf::QueuePool;
 use super::settings::{AcceptMode, Settings};
 use super::timer::{Entry, Tick, Wheel, NO_ENTRY};
 use super::{listen, Conns, Handler, RunningServer, UpgradeRequest};
@@ -165,7 +166,7 @@ impl<H: Handler> Worker<H> {
             wheel: Wheel::new(Instant::now()),
             now_tick: 0,
             dirty: Vec::new(),
-            pool: Vec::new(),
+            pool: QueuePool::default(),
             deflater: Deflater::default(),
             config,
         };
@@ -286,7 +287,8 @@ impl<H: Handler> Worker<H> {
             connection_slots: self.slab.capacity(),
             timer_entries: self.ctx.wheel.len(),
             timer_capacity: self.ctx.wheel.capacity(),
-            pooled_queues: self.ctx.pool.len(),
+            pooled_queues: self.ctx.pool.size().0,
+            pooled_bytes: self.ctx.pool.size().1,
         }
     }
 
@@ -456,7 +458,7 @@ impl<H: Handler> Worker<H> {
             match flushed {
                 Ok(true) => {
                     let queue = conn.out.take().expect("checked above");
-                    ctx.recycle(queue);
+                    ctx.pool.give(queue);
                     conn.flags &= !flag::BACKLOGGED;
                     if conn.has(flag::DRAIN_WANTED) {
                         conn.flags &= !flag::DRAIN_WANTED;
@@ -524,7 +526,7 @@ impl<H: Handler> Worker<H> {
             self.slab.shrink_to_fit();
         }
         if let Some(queue) = slot.conn.out {
-            self.ctx.recycle(queue);
+            self.ctx.pool.give(queue);
         }
         let shared = &self.ctx.handle.shared;
         shared.connections.fetch_sub(1, Ordering::Relaxed);
