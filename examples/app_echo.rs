@@ -17,6 +17,9 @@
 //! ```text
 //! stats secs=12 sockets=19000 room=150 connections=19000 slots=19200 timers=19003 timer_capacity=19040 pooled=3
 //! ```
+//!
+//! Built with the feature `io-uring`, `--io-uring on` writes each loop turn's
+//! sends with one io_uring submission.
 
 use std::time::{Duration, Instant};
 
@@ -42,11 +45,19 @@ fn main() -> std::io::Result<()> {
                 let idle = seconds(&value).unwrap_or_default();
                 server = server.keepalive(Some(Keepalive { idle, ..Keepalive::default() }));
             }
+            // Sends through io_uring (feature `io-uring`): one submission per loop turn.
+            #[cfg(all(feature = "io-uring", target_os = "linux"))]
+            ("--io-uring", Some(value)) if value == "on" || value == "off" => {
+                let mut settings = server.settings().clone();
+                settings.io_uring_sends = value == "on";
+                server = Server::with_settings(settings);
+            }
             ("--heartbeat", Some(value)) if seconds(&value).is_some() => heartbeat = seconds(&value),
             ("--stats", Some(value)) if seconds(&value).is_some() => stats_every = seconds(&value),
             _ => {
                 eprintln!(
-                    "usage: app_echo [--addr HOST:PORT] [--workers N] [--keepalive S] [--heartbeat S] [--stats S]"
+                    "usage: app_echo [--addr HOST:PORT] [--workers N] [--keepalive S] [--heartbeat S] [--stats S] \
+                     [--io-uring on|off]"
                 );
                 std::process::exit(2);
             }

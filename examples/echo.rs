@@ -5,7 +5,8 @@
 //! `--addr HOST:PORT` changes the address, `--workers N` the number of event loops
 //! (default: one per core), `--accept reuseport|acceptor` how connections reach them,
 //! `--deflate default|low-memory` turns permessage-deflate on, and
-//! `--tls-cert FILE --tls-key FILE` (PEM) serves wss://.
+//! `--tls-cert FILE --tls-key FILE` (PEM) serves wss://; built with the feature
+//! `io-uring`, `--io-uring on` writes each loop turn's sends with one io_uring submission.
 
 #[path = "support/echo_handler.rs"]
 mod echo_handler;
@@ -34,12 +35,19 @@ fn main() -> std::io::Result<()> {
                 let config = if value == "default" { DeflateConfig::default() } else { DeflateConfig::low_memory() };
                 server = server.deflate(Some(config));
             }
+            // Sends through io_uring (feature `io-uring`): one submission per loop turn.
+            #[cfg(all(feature = "io-uring", target_os = "linux"))]
+            ("--io-uring", Some(value)) if value == "on" || value == "off" => {
+                let mut settings = server.settings().clone();
+                settings.io_uring_sends = value == "on";
+                server = Server::with_settings(settings);
+            }
             ("--tls-cert", Some(value)) => cert = Some(value),
             ("--tls-key", Some(value)) => key = Some(value),
             _ => {
                 eprintln!(
                     "usage: echo [--addr HOST:PORT] [--workers N] [--accept reuseport|acceptor] \
-                     [--deflate default|low-memory] [--tls-cert FILE --tls-key FILE]"
+                     [--deflate default|low-memory] [--tls-cert FILE --tls-key FILE] [--io-uring on|off]"
                 );
                 std::process::exit(2);
             }

@@ -155,7 +155,18 @@ impl OutQueue {
         Ok(true)
     }
 
-    fn consume(&mut self, mut n: usize) {
+    /// The bytes not yet written, when they are one buffer (a queue of
+    /// several is written with `writev`).
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        match self.segments.len() {
+            1 if self.len > 0 => Some(&self.segments[0].bytes()[self.written..]),
+            _ => None,
+        }
+    }
+
+    /// Marks the first `n` queued bytes written.
+    pub fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
             let front = self.segments.front().expect("written bytes were queued").bytes().len();

@@ -107,6 +107,13 @@ pub struct Settings {
     /// The TLS identity for `wss://`, or `None` (the default) for plain TCP.
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsAcceptor>,
+    /// Whether each worker writes a loop turn's plain-TCP connections with
+    /// one io_uring submission instead of a `send` each (default `false`:
+    /// the `send`/`writev` path). TLS connections, and queues of several
+    /// buffers, are written the usual way either way. Starting a server
+    /// with it fails if the kernel refuses io_uring.
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    pub io_uring_sends: bool,
 }
 
 impl Settings {
@@ -143,6 +150,8 @@ impl Default for Settings {
             deflate: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(all(feature = "io-uring", target_os = "linux"))]
+            io_uring_sends: false,
         }
     }
 }

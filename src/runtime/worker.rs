@@ -39,6 +39,8 @@ mod accept;
 mod dispatch;
 mod outgoing;
 mod upgrade;
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+mod uring;
 
 use accept::run_acceptor;
 use dispatch::{frames, report_close, settle};
@@ -50,6 +52,23 @@ const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 /// Reads of one socket per loop turn before other sockets get their turn.
 const READS_PER_TURN: usize = 4;
+
+/// The ring a worker's sends go through when `Settings::io_uring_sends` is on.
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+type Ring = Option<uring::SendRing>;
+/// Without the feature, never a ring.
+#[cfg(not(all(feature = "io-uring", target_os = "linux")))]
+type Ring = Option<std::convert::Infallible>;
+
+/// A worker's ring, made here so that a kernel refusing io_uring fails `start`.
+#[cfg(all(feature = "io-uring", target_os = "linux"))]
+fn ring(settings: &Settings) -> io::Result<Ring> {
+    settings.io_uring_sends.then(uring::SendRing::new).transpose()
+}
+#[cfg(not(all(feature = "io-uring", target_os = "linux")))]
+fn ring(_: &Settings) -> io::Result<Ring> {
+    Ok(None)
+}
 
 /// Starts the workers (and, in acceptor mode, the acceptor) for `addr`;
 /// without an address, workers that only dial out.
@@ -101,11 +120,14 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
         if let Some(listener) = listener.as_mut() {
             poll.registry().register(listener, LISTENER, Interest::READABLE)?;
         }
+        let ring = ring(&settings)?;
         let (settings, handle, handler) = (settings.clone(), handle.clone(), handler.clone());
         // The worker is built on its own thread, so connection data need not be `Send`.
-        let thread = std::thread::Builder::new()
-            .name(format!("emitws-worker-{index}"))
-            .spawn(move || Worker::new(index, poll, inbox, listener, settings, handle, handler).run())?;
+        let thread = std::thread::Builder::new().name(format!("emitws-worker-{index}")).spawn(move || {
+            let mut worker = Worker::new(index, poll, inbox, listener, settings, handle, handler);
+            worker.ring = ring;
+            worker.run()
+        })?;
         threads.push(thread);
     }
     if let Some((poll, _)) = acceptor {
@@ -145,6 +167,7 @@ struct Worker<H: Handler> {
     touched: Vec<usize>,
     /// When the handler asked for its next `on_turn`.
     turn_deadline: Option<Instant>,
+    ring: Ring,
 }
 
 impl<H: Handler> Worker<H> {
@@ -184,6 +207,7 @@ impl<H: Handler> Worker<H> {
             shutdown_deadline: None,
             touched: Vec::new(),
             turn_deadline: None,
+            ring: Ring::default(),
         }
     }
 
@@ -241,6 +265,8 @@ impl<H: Handler> Worker<H> {
             }
             let next_turn = self.with_conns(|handler, conns| handler.on_turn(conns));
             self.turn_deadline = next_turn.map(|after| now + after);
+            #[cfg(all(feature = "io-uring", target_os = "linux"))]
+            self.flush_batched();
             while let Some(key) = self.ctx.dirty.pop() {
                 self.flush(key);
             }
@@ -449,7 +475,7 @@ impl<H: Handler> Worker<H> {
     /// Writes what the connection has queued; once the machine will send
     /// nothing more and all is written, shuts our side.
     fn flush(&mut self, key: usize) {
-        let Worker { poll, slab, handler, ctx, .. } = self;
+        let Worker { slab, handler, ctx, .. } = self;
         let Some(WorkerConn { machine, conn }) = slab.get_mut(key) else { return };
         conn.flags &= !flag::DIRTY;
         if let Some(mut queue) = conn.out.take() {
@@ -469,29 +495,81 @@ impl<H: Handler> Worker<H> {
                         }
                     }
                 }
-                Ok(false) => {
-                    if let Err(e) = await_writable(poll, key, conn) {
-                        self.abort(key, CloseReason::WriteFailed(Arc::new(e)));
-                    }
-                    return;
-                }
+                Ok(false) => return self.backlog(key),
                 Err(e) => return self.abort(key, CloseReason::WriteFailed(Arc::new(e))),
             }
         }
         match conn.flush_tls() {
             Ok(true) => {}
-            Ok(false) => {
-                if let Err(e) = await_writable(poll, key, conn) {
-                    self.abort(key, CloseReason::WriteFailed(Arc::new(e)));
-                }
-                return;
-            }
+            Ok(false) => return self.backlog(key),
             Err(e) => return self.abort(key, CloseReason::WriteFailed(Arc::new(e))),
         }
         if machine.is_closed() && conn.out.is_none() && !conn.has(flag::WRITE_SHUT) {
             conn.close_tls();
             let _ = conn.socket.shutdown(Shutdown::Write);
             conn.flags |= flag::WRITE_SHUT;
+        }
+    }
+
+    /// Writes the turn's connections through the ring, if there is one: the
+    /// plain-TCP ones whose queue is one buffer, with one submission per
+    /// batch (the others stay in the dirty list for `flush`). Each result is
+    /// then applied as `flush` would have applied its own `send`'s, and
+    /// `flush` finishes the rest (a short write's remainder, `on_drain`, the
+    /// shutdown of a closed connection).
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    #[allow(unsafe_code)] // the ring reads the queues' buffers until `submit` returns
+    fn flush_batched(&mut self) {
+        use std::os::fd::AsRawFd;
+        let Some(mut ring) = self.ring.take() else { return };
+        let mut failed = false;
+        let mut next = 0;
+        while !failed && next < self.ctx.dirty.len() {
+            while next < self.ctx.dirty.len() && !ring.is_full() {
+                let key = self.ctx.dirty[next];
+                let slot = self.slab.get(key).filter(|slot| !slot.conn.is_tls());
+                match slot.and_then(|slot| Some((slot.conn.socket.as_raw_fd(), slot.conn.out.as_ref()?.contiguous()?)))
+                {
+                    Some((fd, bytes)) => {
+                        // SAFETY: nothing touches the queues or the sockets
+                        // until `submit` has returned.
+                        unsafe { ring.push(key, fd, bytes) };
+                        self.ctx.dirty.swap_remove(next);
+                    }
+                    None => next += 1,
+                }
+            }
+            failed = ring.submit().is_err();
+            // Every result is recorded before any callback (`on_drain`,
+            // `on_close`) can queue onto, or close, another connection of the batch.
+            for &(key, result) in ring.sends() {
+                if let (Ok(written @ 1..), Some(slot)) = (usize::try_from(result), self.slab.get_mut(key)) {
+                    slot.conn.out.as_mut().expect("a queue was sent from").consume(written);
+                }
+            }
+            for &(key, result) in ring.sends() {
+                match result {
+                    uring::NOT_SENT | 1.. => self.flush(key),
+                    0 => self.abort(key, CloseReason::WriteFailed(Arc::new(io::ErrorKind::WriteZero.into()))),
+                    error if error == -libc::EAGAIN => self.backlog(key),
+                    error if error == -libc::EINTR => self.flush(key),
+                    error => self.abort(key, CloseReason::WriteFailed(Arc::new(io::Error::from_raw_os_error(-error)))),
+                }
+            }
+            ring.clear();
+        }
+        // A failed ring is dropped: the turns that follow write with `send`.
+        if !failed {
+            self.ring = Some(ring);
+        }
+    }
+
+    /// A connection's socket took less than it had queued: it waits for writability.
+    fn backlog(&mut self, key: usize) {
+        let Some(WorkerConn { conn, .. }) = self.slab.get_mut(key) else { return };
+        conn.flags &= !flag::DIRTY;
+        if let Err(e) = await_writable(&self.poll, key, conn) {
+            self.abort(key, CloseReason::WriteFailed(Arc::new(e)));
         }
     }
 
