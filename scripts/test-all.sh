@@ -7,7 +7,7 @@
 # in a browser, then Autobahn conformance of our server and of our client.
 # Stops at the first failure.
 #
-# A part can be left out only on purpose: EMITWS_SKIP="redis browser js
+# A part can be left out only on purpose: EMITWS_SKIP="io-uring redis browser js
 # protocol autobahn" (any of them, space or comma separated). The tests of a
 # part that is not left out fail when they cannot run.
 set -euo pipefail
@@ -50,6 +50,13 @@ cargo test --workspace --all-targets
 # --all-targets leaves out doctests, so they get their own run.
 section "doctests: cargo test --doc"
 cargo test --doc
+
+# Batched sends through io_uring are behind a feature (Linux); its tests run
+# servers with it on. A kernel that refuses io_uring fails them, by name.
+if skipped io-uring; then skip "the io_uring send tests"; else
+  section "io_uring sends: cargo test --features io-uring --test uring"
+  cargo test --features io-uring --test uring
+fi
 
 # The Redis adapter is behind a feature; its tests start their own redis-server.
 # cluster_nodes runs emitws-cluster-node processes: it lives with them in tools/.

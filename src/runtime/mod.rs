@@ -385,6 +385,16 @@ impl Server {
         self
     }
 
+    /// Writes each loop turn's plain-TCP connections with one io_uring
+    /// submission instead of a `send` each (see
+    /// [`Settings::io_uring_sends`]; off by default). Fan-out spends less
+    /// CPU per delivery with it (docs/BENCHMARKS.md).
+    #[cfg(all(feature = "io-uring", target_os = "linux"))]
+    pub fn io_uring_sends(mut self, on: bool) -> Server {
+        self.settings.io_uring_sends = on;
+        self
+    }
+
     /// Binds `addr`, starts the workers and returns at once.
     pub fn start<H: Handler>(self, addr: impl ToSocketAddrs, handler: H) -> io::Result<RunningServer> {
         let addr = addr

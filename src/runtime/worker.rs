@@ -63,7 +63,8 @@ type Ring = Option<std::convert::Infallible>;
 /// A worker's ring, made here so that a kernel refusing io_uring fails `start`.
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
 fn ring(settings: &Settings) -> io::Result<Ring> {
-    settings.io_uring_sends.then(uring::SendRing::new).transpose()
+    let ring = settings.io_uring_sends.then(uring::SendRing::new).transpose();
+    ring.map_err(|e| io::Error::new(e.kind(), format!("io_uring_sends is on, and the kernel refuses io_uring: {e}")))
 }
 #[cfg(not(all(feature = "io-uring", target_os = "linux")))]
 fn ring(_: &Settings) -> io::Result<Ring> {
