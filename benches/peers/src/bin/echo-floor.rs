@@ -8,7 +8,8 @@
 //!
 //! One mio event loop. Per readable event: one read (a second only when the
 //! first filled the buffer), every complete frame appended to one output
-//! buffer as the same frame unmasked, one write. Nothing of RFC 6455 is
+//! buffer as the same frame unmasked, one write (what it does not take waits
+//! for a writable event). Nothing of RFC 6455 is
 //! checked beyond the frame lengths: text is not UTF-8 checked, fragments
 //! are echoed frame by frame, a ping comes back as a pong, a close as the
 //! same close, after which the connection ends. The handshake reads just the
@@ -19,7 +20,7 @@ use std::io::{self, Read, Write};
 
 use mio::event::Event;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 #[path = "../signals.rs"]
@@ -68,7 +69,7 @@ fn main() -> io::Result<()> {
                 continue;
             };
             // Errors (peer vanished, a frame too large, ...) just end the connection.
-            if !matches!(conn.on_event(event), Ok(true)) {
+            if !matches!(conn.on_event(event, poll.registry()), Ok(true)) {
                 let _ = poll.registry().deregister(&mut conn.stream);
                 conns[index] = None;
                 free.push(index);
@@ -94,11 +95,11 @@ fn accept_all(listener: &TcpListener, poll: &Poll, conns: &mut Vec<Option<Conn>>
             conns.push(None);
             conns.len() - 1
         });
-        let registered = stream.set_nodelay(true).and_then(|()| {
-            poll.registry().register(&mut stream, Token(index), Interest::READABLE | Interest::WRITABLE)
-        });
+        let registered = stream
+            .set_nodelay(true)
+            .and_then(|()| poll.registry().register(&mut stream, Token(index), Interest::READABLE));
         match registered {
-            Ok(()) => conns[index] = Some(Conn::new(stream)),
+            Ok(()) => conns[index] = Some(Conn::new(stream, Token(index))),
             Err(_) => free.push(index),
         }
     }
@@ -106,6 +107,7 @@ fn accept_all(listener: &TcpListener, poll: &Poll, conns: &mut Vec<Option<Conn>>
 
 struct Conn {
     stream: TcpStream,
+    token: Token,
     /// Bytes read and not answered yet are `input[..filled]`.
     input: Vec<u8>,
     filled: usize,
@@ -115,27 +117,31 @@ struct Conn {
     upgraded: bool,
     /// A close was answered: the connection ends once `output` is written.
     closing: bool,
+    /// Registered for writable events too, because a write was partial.
+    awaiting_writable: bool,
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Self {
+    fn new(stream: TcpStream, token: Token) -> Self {
         Conn {
             stream,
+            token,
             input: vec![0; READ_BUFFER],
             filled: 0,
             output: Vec::with_capacity(READ_BUFFER),
             written: 0,
             upgraded: false,
             closing: false,
+            awaiting_writable: false,
         }
     }
 
     /// Reads and answers what arrived, then writes. Ok(false): the connection is over.
-    fn on_event(&mut self, event: &Event) -> io::Result<bool> {
+    fn on_event(&mut self, event: &Event, registry: &Registry) -> io::Result<bool> {
         if event.is_readable() && !self.closing && !self.read_and_answer()? {
             return Ok(false);
         }
-        self.write()
+        self.write(registry)
     }
 
     /// Ok(false): the peer closed its side.
@@ -233,8 +239,10 @@ impl Conn {
     }
 
     /// One write of what is pending; the rest, if any, goes on the next
-    /// writable event. Ok(false): the close is sent, the connection is over.
-    fn write(&mut self) -> io::Result<bool> {
+    /// writable event, asked for only then (writable events on every ACK
+    /// would wake the loop for nothing). Ok(false): the close is sent, the
+    /// connection is over.
+    fn write(&mut self, registry: &Registry) -> io::Result<bool> {
         let pending = &self.output[self.written..];
         if !pending.is_empty() {
             self.written += loop {
@@ -246,7 +254,13 @@ impl Conn {
                 }
             };
         }
-        if self.written < self.output.len() {
+        let drained = self.written == self.output.len();
+        if drained == self.awaiting_writable {
+            self.awaiting_writable = !drained;
+            let interest = if drained { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+            registry.reregister(&mut self.stream, self.token, interest)?;
+        }
+        if !drained {
             return Ok(true);
         }
         self.output.clear();
