@@ -11,11 +11,17 @@
 #
 # Cases: raw echo ping-pong and 8 in flight (examples/echo), event-layer
 # request/reply with 8 in flight and room fan-out (examples/app_echo:
-# 1,000 members, 10 publishers, 32 B). One worker each.
+# 1,000 members, 10 publishers, 32 B). One worker each. With UWS_ECHO and
+# UWS_FANOUT set to their binaries, the same raw ping-pong and fan-out cases
+# for uWebSockets servers built as described in docs/BENCHMARKS.md, "Fan-out
+# against uWebSockets" (not in this repository; they take HOST:PORT); with
+# ECHO_FLOOR=benches/peers/target/release/echo-floor, raw ping-pong for the
+# floor of echo (benches/peers/README.md).
 #
 # Usage: benches/callgrind.sh   (SHORT=3 LONG=8; LOAD=emitws-load to use,
 #        BIN=directory of the example servers, to compare two builds with the
-#        same load tool)
+#        same load tool; UWS_ECHO=/tmp/uws/echo UWS_FANOUT=/tmp/uws/fanout
+#        ECHO_FLOOR=benches/peers/target/release/echo-floor)
 # Needs: valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +42,7 @@ cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
 # measure NAME SERVER... -- LOAD_ARGS...
+# The server command gets the address 127.0.0.1:PORT as its last argument.
 measure() {
   local name=$1
   shift
@@ -45,7 +52,7 @@ measure() {
   for duration in "$short" "$long"; do
     port=$((port + 1))
     valgrind --tool=callgrind --callgrind-out-file="$out/$name-$duration.cg" \
-      "${server[@]}" --addr "127.0.0.1:$port" >/dev/null 2>"$out/$name-$duration.log" &
+      "${server[@]}" "127.0.0.1:$port" >/dev/null 2>"$out/$name-$duration.log" &
     pid=$!
     for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
     "$load" "$@" --url "ws://127.0.0.1:$port/" --duration "$duration" --warmup 0 --json \
@@ -71,7 +78,12 @@ print(f"{name:16} {(b - a) / (y - x):8.0f} instructions/op   (Ir {a} / {b}; ops 
 PY
 }
 
-measure echo-pingpong "$bin/echo" --workers 1 -- echo --connections 100 --payload 20 --in-flight 1
-measure echo-pipelined "$bin/echo" --workers 1 -- echo --connections 100 --payload 20 --in-flight 8
-measure app-pipelined "$bin/app_echo" --workers 1 -- echo --connections 100 --payload 20 --in-flight 8 --protocol emitws
-measure fanout "$bin/app_echo" --workers 1 -- fanout --connections 1000 --publishers 10 --payload 32 --protocol emitws
+pingpong=(echo --connections 100 --payload 20 --in-flight 1)
+fanout=(fanout --connections 1000 --publishers 10 --payload 32)
+measure echo-pingpong "$bin/echo" --workers 1 --addr -- "${pingpong[@]}"
+measure echo-pipelined "$bin/echo" --workers 1 --addr -- echo --connections 100 --payload 20 --in-flight 8
+measure app-pipelined "$bin/app_echo" --workers 1 --addr -- echo --connections 100 --payload 20 --in-flight 8 --protocol emitws
+measure fanout "$bin/app_echo" --workers 1 --addr -- "${fanout[@]}" --protocol emitws
+[ -z "${ECHO_FLOOR:-}" ] || measure floor-pingpong "$ECHO_FLOOR" -- "${pingpong[@]}"
+[ -z "${UWS_ECHO:-}" ] || measure uws-pingpong "$UWS_ECHO" -- "${pingpong[@]}"
+[ -z "${UWS_FANOUT:-}" ] || measure uws-fanout "$UWS_FANOUT" -- "${fanout[@]}"

@@ -13,6 +13,11 @@ declare -A server_cmd=(
   [tokio-tungstenite]="benches/peers/target/release/echo-tungstenite"
 )
 servers=(emitws fastwebsockets tokio-tungstenite)
+# Run by benches/compare.sh only, not in `servers`: the floor of echo (see
+# benches/peers/README.md) and, when UWS_ECHO names its binary, a uWebSockets
+# echo server built per docs/BENCHMARKS.md (it takes HOST:PORT like the others).
+server_cmd[echo-floor]="benches/peers/target/release/echo-floor"
+[ -z "${UWS_ECHO:-}" ] || server_cmd[uWebSockets]="$UWS_ECHO"
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 

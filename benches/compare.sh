@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Side-by-side echo benchmark: emitws vs fastwebsockets vs tokio-tungstenite,
-# in one run, on one machine. Each server runs one event loop pinned to core 0;
-# the load tool runs pinned to core 1. Servers take turns within each round, so
-# a noisy neighbour hurts all of them alike; the table shows medians of ROUNDS.
+# Side-by-side echo benchmark: emitws vs fastwebsockets vs tokio-tungstenite
+# vs echo-floor (benches/peers: one read, unmask, one write per event; the
+# kernel's floor for ping-pong) and, when UWS_ECHO is set, uWebSockets, in one
+# run, on one machine. Each server runs one event loop pinned to core 0; the
+# load tool (raw messages, no envelope) runs pinned to core 1. Servers take
+# turns within each round, so a noisy neighbour hurts all of them alike; the
+# table shows medians of ROUNDS, each server's rate as a ratio of emitws's
+# and of echo-floor's.
 #
 # Usage: benches/compare.sh            (ROUNDS=3 DURATION=10 by default)
 # SCENARIOS lists CONNECTIONS:PAYLOAD:IN_FLIGHT triples; IN_FLIGHT is how many
 # messages each connection keeps outstanding (1 = strict ping-pong).
+# SERVERS picks the servers (emitws first; default all of them).
+# UWS_ECHO=/tmp/uws/echo adds a uWebSockets echo server built as described in
+# docs/BENCHMARKS.md, "Fan-out against uWebSockets" (not in this repository).
 # Needs: taskset (util-linux). Prints a markdown table for docs/BENCHMARKS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +26,8 @@ rm -f "$out"/*.json
 
 source benches/common.sh
 port=9400
+default_servers="${servers[*]} echo-floor${UWS_ECHO:+ uWebSockets}"
+read -r -a servers <<<"${SERVERS:-$default_servers}"
 
 pid=
 cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
@@ -48,8 +57,9 @@ def cpu_us_per_msg(path, run):
     ticks = int(open(path[:-5] + ".cpu").read())
     return ticks / ticks_per_sec * 1e6 / (run["msgs_per_sec"] * (duration + WARMUP))
 
-print("| connections × payload, in flight | server | msgs/s (median) | vs emitws | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | errors |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+FLOOR = "echo-floor"
+print("| connections × payload, in flight | server | msgs/s (median) | vs emitws | of echo-floor | server CPU µs/msg | p50 µs | p99 µs | p99.9 µs | errors |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for scenario in scenarios:
     conns, payload, in_flight = scenario.split(":")
     medians = {}
@@ -67,6 +77,7 @@ for scenario in scenarios:
         r = medians[server]
         ratio = base / r["msgs_per_sec"] if r["msgs_per_sec"] else float("inf")
         label = "1.00×" if server == servers[0] else f"emitws {ratio:.2f}×"
-        print(f"| {conns} × {payload} B, {in_flight} | {server} | {r['msgs_per_sec']:,.0f} | {label} | {r['cpu_us']:.2f} | "
+        floor = f"{r['msgs_per_sec'] / medians[FLOOR]['msgs_per_sec']:.2f}×" if FLOOR in medians else ""
+        print(f"| {conns} × {payload} B, {in_flight} | {server} | {r['msgs_per_sec']:,.0f} | {label} | {floor} | {r['cpu_us']:.2f} | "
               f"{r['p50_us']} | {r['p99_us']} | {r['p999_us']} | {r['errors']} |")
 PY

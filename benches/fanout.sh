@@ -12,7 +12,18 @@
 # two cores is noisy, so the servers alternate for ROUNDS rounds and the table
 # shows medians (and every round, for the spread).
 #
-# Usage: benches/fanout.sh   (ROUNDS=5 DURATION=10 CONNECTIONS=1000 PUBLISHERS=10 PAYLOAD=32)
+# With UWS_FANOUT set to its binary, uWebSockets runs too: a server of a few
+# lines built as described in docs/BENCHMARKS.md, "Fan-out against
+# uWebSockets" (not in this repository), taking [HOST:]PORT as its argument,
+# whose every connection subscribes to one topic and whose message handler
+# calls `App::publish` (all members, the sender included: what the
+# tungstenite peer does). The peers get the load tool's raw messages, emitws
+# the same messages in its envelope.
+#
+# Usage: benches/fanout.sh   (ROUNDS=5 DURATION=10 CONNECTIONS=1000 PUBLISHERS=10 PAYLOAD=32;
+#        UWS_FANOUT=/tmp/uws/fanout; SERVERS picks the servers, emitws first:
+#        default "emitws tokio-tungstenite tokio-tungstenite-4k", and uWebSockets
+#        if UWS_FANOUT is set)
 # Needs: taskset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,31 +39,35 @@ ulimit -n "$(( connections + 1024 ))" 2>/dev/null || true
 
 source benches/common.sh
 port=9750
+default_servers="emitws tokio-tungstenite tokio-tungstenite-4k${UWS_FANOUT:+ uWebSockets}"
+read -r -a servers <<<"${SERVERS:-$default_servers}"
 pid=
 cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
 trap cleanup EXIT
 
 for round in $(seq "$rounds"); do
-  for server in emitws tokio-tungstenite tokio-tungstenite-4k; do
+  for server in "${servers[@]}"; do
     port=$((port + 1))
     load=(fanout --url "ws://127.0.0.1:$port/" --connections "$connections" --publishers "$publishers" --payload "$payload")
-    if [ "$server" = emitws ]; then
-      command=(target/release/examples/app_echo --workers 1 --addr "127.0.0.1:$port")
-      load+=(--protocol emitws)
-    else
-      command=(benches/peers/target/release/fanout-tungstenite "127.0.0.1:$port")
-      [ "$server" = tokio-tungstenite ] || command+=(4096)
-    fi
+    case "$server" in
+      emitws)
+        command=(target/release/examples/app_echo --workers 1 --addr "127.0.0.1:$port")
+        load+=(--protocol emitws) ;;
+      tokio-tungstenite) command=(benches/peers/target/release/fanout-tungstenite "127.0.0.1:$port") ;;
+      tokio-tungstenite-4k) command=(benches/peers/target/release/fanout-tungstenite "127.0.0.1:$port" 4096) ;;
+      uWebSockets) command=("${UWS_FANOUT:?UWS_FANOUT: the uWebSockets fan-out server}" "127.0.0.1:$port") ;;
+      *) echo "unknown server $server" >&2; exit 2 ;;
+    esac
     echo "round $round: $server" >&2
     pinned_load "$out/$server-$round" "$port" "${command[@]}" -- "${load[@]}"
   done
 done
 
-python3 - "$out" "$rounds" "$ticks_per_sec" "$duration" <<'PY'
+python3 - "$out" "$rounds" "$ticks_per_sec" "$duration" "${servers[@]}" <<'PY'
 import json, statistics, sys
 out, rounds, hz, duration = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+servers = sys.argv[5:]
 WARMUP = 2
-servers = ("emitws", "tokio-tungstenite", "tokio-tungstenite-4k")
 runs = {s: [] for s in servers}
 for s in servers:
     for r in range(1, rounds + 1):
@@ -77,14 +92,14 @@ for r in range(rounds):
               f"{x['published']:,} | {x['delivered']:,} / {x['expected']:,} | {x['errors']} |")
 med = lambda s, k: statistics.median(x[k] for x in runs[s])
 print("\nMedians:\n")
-print("| server | deliveries/s | emitws vs it | p50 µs | p99 µs | server CPU µs/delivery | load tool CPU µs/delivery | complete |")
+print(f"| server | deliveries/s | {servers[0]} vs it | p50 µs | p99 µs | server CPU µs/delivery | load tool CPU µs/delivery | complete |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-ours = med("emitws", "msgs_per_sec")
+ours = med(servers[0], "msgs_per_sec")
 for s in servers:
     missing = sum(x["missing"] for x in runs[s])
     expected = sum(x["expected"] for x in runs[s])
     complete = "yes, every round" if missing == 0 else f"{missing:,} of {expected:,} missing"
-    ratio = "" if s == "emitws" else f"{ours / med(s, 'msgs_per_sec'):.2f}×"
+    ratio = "" if s == servers[0] else f"{ours / med(s, 'msgs_per_sec'):.2f}×"
     print(f"| {s} | {med(s, 'msgs_per_sec'):,.0f} | {ratio} | {med(s, 'p50_us'):,.0f} | "
           f"{med(s, 'p99_us'):,.0f} | {med(s, 'cpu_us'):.2f} | {med(s, 'load_cpu_us'):.2f} | {complete} |")
 PY

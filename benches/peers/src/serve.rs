@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
+#[path = "signals.rs"]
+mod signals;
+
 /// Listens on the address given as the first argument (or `default_addr`),
 /// prints `NAME listening on ADDR`, and hands every accepted connection to
 /// `accept`, which is expected to spawn a task for it. Never returns.
@@ -15,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// wakeups and work-stealing overhead on one core). This is also the runtime
 /// fastwebsockets' own echo_server example uses.
 pub fn serve(name: &str, default_addr: &str, mut accept: impl FnMut(TcpStream)) {
-    exit_on_sigint_sigterm();
+    signals::exit_on_sigint_sigterm();
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| default_addr.to_owned());
@@ -41,22 +44,4 @@ pub fn serve(name: &str, default_addr: &str, mut accept: impl FnMut(TcpStream)) 
             }
         }
     });
-}
-
-/// Makes SIGINT and SIGTERM end the process at once with exit status 0.
-///
-/// Installed explicitly rather than relying on the default disposition
-/// because a server started as a background job (`server &`) from a
-/// non-interactive shell inherits SIGINT as *ignored*. Done with a plain
-/// signal handler that calls `_exit(0)` rather than a tokio signal future:
-/// connection tasks run `unconstrained`, so under a continuous flood the
-/// runtime might not poll a signal future until the load stops. Called first
-/// thing, so nothing can signal before it is in place.
-fn exit_on_sigint_sigterm() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    for sig in [SIGINT, SIGTERM] {
-        // SAFETY: the action only calls `_exit`, which is async-signal-safe.
-        unsafe { signal_hook::low_level::register(sig, || signal_hook::low_level::exit(0)) }
-            .expect("install signal handler");
-    }
 }
