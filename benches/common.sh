@@ -2,7 +2,9 @@
 # servers. Each server runs one event loop so they compare loop for loop.
 # A script that runs none of them sets ONLY_HELPERS=1 to take just the helpers.
 if [ -z "${ONLY_HELPERS:-}" ]; then
-  cargo build -q --release --example echo --example app_echo
+  # With io_uring built in (Linux), off unless a server is run with `--io-uring on`.
+  if [ "$(uname -s)" = Linux ]; then uring=(--features io-uring); else uring=(); fi
+  cargo build -q --release "${uring[@]}" --example echo --example app_echo
   cargo build -q --release -p emitws-tools --bin emitws-load
   cargo build -q --release --manifest-path benches/peers/Cargo.toml
 fi
@@ -50,7 +52,9 @@ pinned_load() {
   local server=()
   while [ "$1" != -- ]; do server+=("$1"); shift; done
   shift
-  taskset -c 0 "${server[@]}" >/dev/null &
+  # The server on core 0 (or on the cores in server_cores, for one that runs
+  # several workers), the load tool on core 1.
+  taskset -c "${server_cores:-0}" "${server[@]}" >/dev/null &
   pid=$!
   wait_port "$port"
   local before

@@ -23,7 +23,8 @@
 # Usage: benches/fanout.sh   (ROUNDS=5 DURATION=10 CONNECTIONS=1000 PUBLISHERS=10 PAYLOAD=32;
 #        UWS_FANOUT=/tmp/uws/fanout; SERVERS picks the servers, emitws first:
 #        default "emitws tokio-tungstenite tokio-tungstenite-4k", and uWebSockets
-#        if UWS_FANOUT is set)
+#        if UWS_FANOUT is set; also emitws-io-uring, with `--io-uring on`, and
+#        emitws-2-workers, two workers on both cores, shared with the load tool)
 # Needs: taskset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +49,19 @@ trap cleanup EXIT
 for round in $(seq "$rounds"); do
   for server in "${servers[@]}"; do
     port=$((port + 1))
+    server_cores=0
     load=(fanout --url "ws://127.0.0.1:$port/" --connections "$connections" --publishers "$publishers" --payload "$payload")
     case "$server" in
       emitws)
         command=(target/release/examples/app_echo --workers 1 --addr "127.0.0.1:$port")
+        load+=(--protocol emitws) ;;
+      emitws-io-uring)
+        command=(target/release/examples/app_echo --workers 1 --io-uring on --addr "127.0.0.1:$port")
+        load+=(--protocol emitws) ;;
+      emitws-2-workers)
+        # Both cores, shared with the load tool: members spread over two workers.
+        command=(target/release/examples/app_echo --workers 2 --addr "127.0.0.1:$port")
+        server_cores=0,1
         load+=(--protocol emitws) ;;
       tokio-tungstenite) command=(benches/peers/target/release/fanout-tungstenite "127.0.0.1:$port") ;;
       tokio-tungstenite-4k) command=(benches/peers/target/release/fanout-tungstenite "127.0.0.1:$port" 4096) ;;
