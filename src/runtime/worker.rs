@@ -268,9 +268,7 @@ impl<H: Handler> Worker<H> {
             self.turn_deadline = next_turn.map(|after| now + after);
             #[cfg(all(feature = "io-uring", target_os = "linux"))]
             self.flush_batched();
-            while let Some(key) = self.ctx.dirty.pop() {
-                self.flush(key);
-            }
+            self.flush_dirty();
             if let Some(deadline) = self.shutdown_deadline {
                 if self.slab.is_empty() || now >= deadline {
                     let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
@@ -524,20 +522,24 @@ impl<H: Handler> Worker<H> {
         use std::os::fd::AsRawFd;
         let Some(mut ring) = self.ring.take() else { return };
         let mut failed = false;
-        let mut next = 0;
+        // The dirty list is compacted in place, in order (the order of
+        // `flush_dirty`): `dirty[..kept]` are left for it, `dirty[next..]`
+        // are still to look at.
+        let (mut next, mut kept) = (0, 0);
         while !failed && next < self.ctx.dirty.len() {
             while next < self.ctx.dirty.len() && !ring.is_full() {
                 let key = self.ctx.dirty[next];
+                next += 1;
                 let slot = self.slab.get(key).filter(|slot| !slot.conn.is_tls());
                 match slot.and_then(|slot| Some((slot.conn.socket.as_raw_fd(), slot.conn.out.as_ref()?.contiguous()?)))
                 {
-                    Some((fd, bytes)) => {
-                        // SAFETY: nothing touches the queues or the sockets
-                        // until `submit` has returned.
-                        unsafe { ring.push(key, fd, bytes) };
-                        self.ctx.dirty.swap_remove(next);
+                    // SAFETY: nothing touches the queues or the sockets
+                    // until `submit` has returned.
+                    Some((fd, bytes)) => unsafe { ring.push(key, fd, bytes) },
+                    None => {
+                        self.ctx.dirty[kept] = key;
+                        kept += 1;
                     }
-                    None => next += 1,
                 }
             }
             failed = ring.submit().is_err();
@@ -559,10 +561,32 @@ impl<H: Handler> Worker<H> {
             }
             ring.clear();
         }
+        // What a failed submission left, and what the batches' callbacks
+        // queued, join what `flush_dirty` writes.
+        self.ctx.dirty.copy_within(next.., kept);
+        self.ctx.dirty.truncate(kept + self.ctx.dirty.len() - next);
         // A failed ring is dropped: the turns that follow write with `send`.
         if !failed {
             self.ring = Some(ring);
         }
+    }
+
+    /// Writes the connections written to this turn, in the order they were
+    /// first written to: a room's members in the order they joined, so the
+    /// first to join (often the first to speak) hear first and can answer
+    /// within the same turn's writes.
+    fn flush_dirty(&mut self) {
+        let mut batch = Vec::new();
+        while !self.ctx.dirty.is_empty() {
+            // Callbacks of a flush (`on_drain`) may queue more: another round.
+            std::mem::swap(&mut batch, &mut self.ctx.dirty);
+            for &key in &batch {
+                self.flush(key);
+            }
+            batch.clear();
+        }
+        // The list's allocation is kept for the next turn.
+        self.ctx.dirty = batch;
     }
 
     /// A connection's socket took less than it had queued: it waits for writability.
