@@ -130,10 +130,10 @@ impl OutQueue {
     /// Writes as much as the socket takes. Returns `Ok(true)` once empty.
     pub fn flush(&mut self, socket: &mut impl Write) -> io::Result<bool> {
         while self.len > 0 {
-            let result = if self.segments.len() == 1 {
+            let result = if let Some(bytes) = self.contiguous() {
                 // One buffer, the common case: a plain `send`, and no iovec
                 // array to fill (176 instructions per flush when it was).
-                socket.write(&self.segments[0].bytes()[self.written..])
+                socket.write(bytes)
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut count = 0;
@@ -157,7 +157,6 @@ impl OutQueue {
 
     /// The bytes not yet written, when they are one buffer (a queue of
     /// several is written with `writev`).
-    #[cfg(all(feature = "io-uring", target_os = "linux"))]
     pub fn contiguous(&self) -> Option<&[u8]> {
         match self.segments.len() {
             1 if self.len > 0 => Some(&self.segments[0].bytes()[self.written..]),
