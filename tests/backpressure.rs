@@ -3,13 +3,14 @@
 
 mod common;
 
+use std::any::Any;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
 use common::*;
 use emitws::proto::{CloseCode, CloseReason, Message};
-use emitws::runtime::{BackpressurePolicy, Conn, Handler, SendStatus};
+use emitws::runtime::{BackpressurePolicy, Conn, ConnId, Conns, Handler, SendStatus};
 
 const CHUNK: usize = 64 << 10;
 
@@ -85,6 +86,21 @@ impl Handler for Flood {
     fn on_close(&mut self, conn: &mut Conn<'_, String>, reason: &CloseReason) {
         self.echo.on_close(conn, reason);
     }
+
+    /// A `ConnId` posted with `notify`: floods it from outside any of its
+    /// own callbacks, until a send is refused.
+    fn on_notify(&mut self, conns: &mut Conns<'_, String>, message: Box<dyn Any + Send>) {
+        let id = *message.downcast::<ConnId>().expect("the test posts connection ids");
+        let payload = vec![0xab; CHUNK];
+        let mut stats = self.stats.lock().unwrap();
+        stats.floods += 1;
+        while let Some(mut conn) = conns.get(id) {
+            if conn.send_binary(&payload) == SendStatus::Refused {
+                stats.refused += 1;
+                break;
+            }
+        }
+    }
 }
 
 /// Reads 64 KiB binary messages until something else arrives; returns how
@@ -102,15 +118,21 @@ fn read_chunks(client: &mut Client) -> (usize, Frame) {
     }
 }
 
-#[test]
-fn peer_that_never_reads_is_closed_at_its_budget_while_others_keep_echoing() {
+/// A `Flood` server with a 512 KiB budget and the `Close` policy.
+fn closing_server() -> (Flood, emitws::runtime::RunningServer) {
     let flood = Flood::default();
     let server = quick_server()
         .backpressure(512 << 10, BackpressurePolicy::Close)
-        // Long enough that the reader below sees the close frame, not a timeout.
+        // Long enough that a reader sees the close frame, not a timeout.
         .close_timeout(ms(5000))
         .start("127.0.0.1:0", flood.clone())
         .unwrap();
+    (flood, server)
+}
+
+#[test]
+fn peer_that_never_reads_is_closed_at_its_budget_while_others_keep_echoing() {
+    let (flood, server) = closing_server();
     let mut slow = Client::connect_path(server.local_addr(), "/slow");
     let mut other = Client::connect_path(server.local_addr(), "/other");
     let slow_id = flood.echo.events.wait_opened("/slow");
@@ -157,6 +179,26 @@ fn peer_that_never_reads_is_closed_at_its_budget_while_others_keep_echoing() {
     slow.expect_eof();
     drop(slow);
     other.close(1000);
+    server.shutdown();
+}
+
+#[test]
+fn a_send_from_another_callback_over_the_budget_closes_and_reports_the_connection() {
+    let (flood, server) = closing_server();
+    let mut slow = Client::connect_path(server.local_addr(), "/slow");
+    let slow_id = flood.echo.events.wait_opened("/slow");
+
+    // One notification floods past the budget: the queue takes 512 KiB and
+    // the next send is refused.
+    assert!(server.handle().notify(slow_id.worker(), Box::new(slow_id)));
+    // `on_close` comes once `on_notify` returns, with the reason.
+    let reason = flood.echo.events.wait_closed(slow_id);
+    assert!(matches!(reason, CloseReason::SendBufferFull), "{reason:?}");
+    assert_eq!(flood.stats(|s| (s.floods, s.refused)), (1, 1));
+    // Nothing of the flood was written before the budget ran out (writes
+    // happen at the end of the turn), so the close frame replaced it all.
+    let (chunks, last) = read_chunks(&mut slow);
+    assert!(matches!(last, Frame::Close(Some(1008), _)), "{last:?} after {chunks} messages");
     server.shutdown();
 }
 

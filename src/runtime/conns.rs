@@ -16,8 +16,6 @@ use super::worker::WorkerConn;
 pub struct Conns<'w, D> {
     pub(crate) slab: &'w mut Slab<WorkerConn<D>>,
     pub(crate) ctx: &'w mut WorkerState,
-    /// Keys handed out, to settle after the callback.
-    pub(crate) touched: &'w mut Vec<usize>,
 }
 
 impl<D> std::fmt::Debug for Conns<'_, D> {
@@ -47,7 +45,6 @@ impl<D> Conns<'_, D> {
         if conn.generation & 0xff_ffff != id.generation() || !machine.is_open() {
             return None;
         }
-        self.touched.push(key);
         Some(Conn { key, conn, control: machine.control(), ctx: self.ctx })
     }
 
@@ -55,7 +52,6 @@ impl<D> Conns<'_, D> {
     pub fn for_each(&mut self, mut f: impl FnMut(&mut Conn<'_, D>)) {
         for (key, WorkerConn { machine, conn }) in self.slab.iter_mut() {
             if machine.is_open() {
-                self.touched.push(key);
                 f(&mut Conn { key, conn, control: machine.control(), ctx: self.ctx });
             }
         }

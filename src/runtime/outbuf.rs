@@ -16,6 +16,8 @@ const OWN_SEGMENT: usize = 64 << 10;
 /// Shared frames shorter than this are copied into the queue's own buffer
 /// rather than held by reference (see `push_shared`).
 const COPY_SHARED_BELOW: usize = 1024;
+// `push_shared` appends a copied frame to any owned tail buffer.
+const _: () = assert!(COPY_SHARED_BELOW <= OWN_SEGMENT);
 /// The largest buffer a pooled queue keeps; bigger ones are freed.
 const POOLED_CAPACITY: usize = 64 << 10;
 /// The most iovecs handed to one `writev`.
@@ -91,7 +93,12 @@ impl OutQueue {
     /// held by reference.
     pub fn push_shared(&mut self, frame: &Arc<[u8]>) {
         if frame.len() < COPY_SHARED_BELOW {
-            self.tail(frame.len()).extend_from_slice(frame);
+            match self.segments.back_mut() {
+                // A small frame always fits the last owned buffer (`tail`'s
+                // test, spared here: one lookup of the last segment, not two).
+                Some(Segment::Owned(buf)) => buf.extend_from_slice(frame),
+                _ => self.tail(frame.len()).extend_from_slice(frame),
+            }
         } else {
             self.segments.push_back(Segment::Shared(Arc::clone(frame)));
         }

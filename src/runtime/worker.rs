@@ -164,8 +164,6 @@ struct Worker<H: Handler> {
     /// Client IPs of connections, kept only when a per-IP cap is set.
     peer_ips: HashMap<usize, IpAddr>,
     shutdown_deadline: Option<Instant>,
-    /// Connections handed to a `Conns` callback, to settle after it.
-    touched: Vec<usize>,
     /// When the handler asked for its next `on_turn`.
     turn_deadline: Option<Instant>,
     ring: Ring,
@@ -193,6 +191,7 @@ impl<H: Handler> Worker<H> {
             pool: QueuePool::default(),
             deflater: Deflater::default(),
             config,
+            close_pending: Vec::new(),
         };
         Worker {
             poll,
@@ -206,7 +205,6 @@ impl<H: Handler> Worker<H> {
             next_generation: 0,
             peer_ips: HashMap::new(),
             shutdown_deadline: None,
-            touched: Vec::new(),
             turn_deadline: None,
             ring: Ring::default(),
         }
@@ -332,9 +330,9 @@ impl<H: Handler> Worker<H> {
 
     /// Runs a handler callback that may reach any of this worker's connections.
     fn with_conns<R>(&mut self, f: impl FnOnce(&mut H, &mut Conns<'_, H::Data>) -> R) -> R {
-        let Worker { slab, handler, ctx, touched, .. } = self;
-        let result = f(handler, &mut Conns { slab, ctx, touched });
-        for key in touched.drain(..) {
+        let Worker { slab, handler, ctx, .. } = self;
+        let result = f(handler, &mut Conns { slab, ctx });
+        while let Some(key) = ctx.close_pending.pop() {
             if let Some(WorkerConn { machine, conn }) = slab.get_mut(key) {
                 settle(handler, key, conn, machine.control(), ctx);
             }
