@@ -4,6 +4,9 @@
 //! to the node the redirect names without losing a request.
 
 mod common;
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -93,5 +96,172 @@ fn eventually_refused(addr: std::net::SocketAddr) {
                 std::thread::sleep(ms(5));
             }
         }
+    }
+}
+
+/// The event layer's side: a client that jumps, and clients that follow a
+/// drain's redirect, keeping their listeners and procedures.
+#[cfg(feature = "app")]
+mod app {
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::common::{ms, quick_server, WAIT};
+    use emitws::app::{App, Running};
+    use emitws::client::app::{AppClient, AppError, AppOptions, Status};
+    use serde_json::{json, Value};
+
+    /// A node that answers `/where` with its name.
+    pub fn node(name: &'static str, configure: impl FnOnce(&mut App)) -> Running {
+        let mut app = App::new();
+        configure(&mut app);
+        app.on("/where", move |req| req.reply(&name));
+        app.listen_with(quick_server().workers(2), "127.0.0.1:0").expect("start the node")
+    }
+
+    pub fn url(node: &Running) -> String {
+        format!("ws://{}/", node.local_addr())
+    }
+
+    /// The node's name, as the client's current server answers `/where`.
+    pub fn whereabouts(client: &AppClient) -> Value {
+        client.request("/where", Value::Null, WAIT).expect("/where is answered")
+    }
+
+    /// Collects a client's `@jump` events.
+    pub fn jumps(client: &AppClient) -> Arc<Mutex<Vec<Value>>> {
+        let jumps = Arc::new(Mutex::new(Vec::new()));
+        let seen = jumps.clone();
+        client.on("@jump", move |_, data| seen.lock().unwrap().push(data.clone()));
+        jumps
+    }
+
+    #[test]
+    fn a_client_jumps_to_another_server_keeping_its_listeners_and_procedures() {
+        let (a, b) = (node("a", |_| {}), node("b", |_| {}));
+        let client = AppClient::new(&url(&a), AppOptions::default()).unwrap();
+        client.register("/client/name", |_| Ok(json!("mine")));
+        let jumps = jumps(&client);
+        client.open().unwrap();
+        assert_eq!(whereabouts(&client), "a");
+
+        assert!(matches!(client.jump("http://example.com/"), Err(AppError::BadUrl(_))));
+        client.jump(&url(&b)).unwrap();
+        // Sent at once, whatever the state: queued until READY on b.
+        assert_eq!(whereabouts(&client), "b");
+        assert_eq!(client.status(), Status::Ready);
+        assert_eq!(*jumps.lock().unwrap(), [json!({"url": url(&b), "by": "jump"})]);
+        assert_eq!(a.socket_count(), 0);
+        // The procedure registered before the jump answers b's call.
+        let socket: emitws::app::SocketId = client.welcome().unwrap()["socket"].as_str().unwrap().parse().unwrap();
+        let reply = b.socket(socket.conn).call("/client/name", &(), WAIT).unwrap().wait().unwrap();
+        assert_eq!(reply.raw(), r#""mine""#);
+        client.close();
+        assert_eq!(client.jump(&url(&a)), Err(AppError::Closed));
+    }
+
+    #[test]
+    fn clients_follow_a_drains_redirect_and_reconnect_without_one() {
+        let (a, b) = (node("a", |_| {}), node("b", |_| {}));
+        let options = AppOptions::default().reconnect_delay(ms(50));
+        let follower = AppClient::connect(&url(&a), options.clone()).unwrap();
+        let jumps = jumps(&follower);
+        let drain = a.drain(Duration::ZERO, Some(&url(&b))).unwrap();
+        assert!(drain.wait(WAIT));
+        assert_eq!(whereabouts(&follower), "b");
+        assert_eq!(*jumps.lock().unwrap(), [json!({"url": url(&b), "by": "drain"})]);
+
+        // Without a redirect: the usual reconnect, to the client's own URL (b's, since the jump).
+        let (tell, told) = mpsc::channel();
+        follower.on("@reconnecting", move |_, data| drop(tell.send(data.clone())));
+        let start = Instant::now();
+        b.drain(Duration::ZERO, None).unwrap();
+        let reconnecting = told.recv_timeout(WAIT).expect("a reconnect after a drain without a redirect");
+        assert_eq!(reconnecting["attempt"], 1);
+        assert!(start.elapsed() < WAIT);
+        assert_eq!(jumps.lock().unwrap().len(), 1, "no jump without a redirect");
+        follower.close();
+    }
+}
+
+/// A drain across two nodes sharing Redis: every client moves to the node the
+/// redirect names, and a request sent the moment it is told to move is answered there.
+#[cfg(feature = "redis")]
+mod cluster {
+    use std::sync::{mpsc, Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use super::app::{node, url, whereabouts};
+    use super::common::{ms, WAIT};
+    use emitws::app::SocketId;
+    use emitws::client::app::{AppClient, AppOptions, PendingRequest};
+    use emitws::cluster::{RedisAdapter, RedisOptions};
+    use serde_json::Value;
+
+    use super::redis_server::{wait_for, Redis};
+
+    const CLIENTS: usize = 8;
+    const SPAN: Duration = Duration::from_millis(1200);
+
+    #[test]
+    fn a_drained_node_moves_every_client_to_the_other_node_losing_no_request() {
+        let Some(redis) = Redis::start() else { return };
+        let options = RedisOptions::default().heartbeat_ttl(Duration::from_secs(1)).max_backoff(ms(200));
+        let adapters = [
+            RedisAdapter::new(&redis.url(), options.clone()).unwrap(),
+            RedisAdapter::new(&redis.url(), options).unwrap(),
+        ];
+        let a = node("a", |app| {
+            app.adapter(adapters[0].clone());
+        });
+        let b = node("b", |app| {
+            app.adapter(adapters[1].clone());
+        });
+        for adapter in &adapters {
+            assert!(adapter.link().ready(Duration::from_secs(5)));
+        }
+
+        let start = Arc::new(Mutex::new(None::<Instant>));
+        let (told, moved) = mpsc::channel::<(Duration, PendingRequest)>();
+        let clients: Vec<AppClient> = (0..CLIENTS)
+            .map(|_| {
+                let client = AppClient::connect(&url(&a), AppOptions::default()).unwrap();
+                let (me, start, told) = (client.clone(), start.clone(), told.clone());
+                // The moment it is told to move: a request, which must be answered by b.
+                client.on("@jump", move |_, _| {
+                    let at = start.lock().unwrap().expect("the drain started").elapsed();
+                    let _ = told.send((at, me.request_nowait("/where", Value::Null, WAIT)));
+                });
+                client
+            })
+            .collect();
+        drop(told);
+        wait_for(WAIT, || b.cluster().socket_count().is_ok_and(|n| n == CLIENTS));
+
+        *start.lock().unwrap() = Some(Instant::now());
+        let drain = a.drain(SPAN, Some(&url(&b))).unwrap();
+        let mut times = Vec::new();
+        for _ in 0..CLIENTS {
+            let (at, request) = moved.recv_timeout(SPAN + WAIT).expect("every client is told to move");
+            assert_eq!(request.wait().expect("the request sent on the move is answered"), "b");
+            times.push(at);
+        }
+        assert!(drain.wait(WAIT), "{} sockets left on a", drain.remaining());
+        assert_eq!(a.socket_count(), 0);
+        wait_for(WAIT, || b.socket_count() == CLIENTS);
+        for client in &clients {
+            assert_eq!(whereabouts(client), "b");
+            let socket: SocketId = client.welcome().unwrap()["socket"].as_str().unwrap().parse().unwrap();
+            assert_eq!(socket.node, b.node(), "the client's socket is b's");
+        }
+        // Loosely: the moves were spread over the drain, not all at its start.
+        times.sort();
+        assert!(times[CLIENTS - 1] - times[0] >= SPAN / 4, "every move within {:?}", times[CLIENTS - 1] - times[0]);
+        assert!(times.iter().filter(|at| **at < SPAN / 10).count() < CLIENTS, "all moves in the first tenth");
+        for client in clients {
+            client.close();
+        }
+        b.close();
+        a.close();
     }
 }
