@@ -338,7 +338,12 @@ impl ServerHandle {
     /// (the server had stopped).
     fn post_shutdown(&self) -> bool {
         self.stop_accepting();
-        (0..self.inboxes.len()).fold(false, |heard, worker| self.post(worker, Command::Shutdown) || heard)
+        // Every worker is told: no short circuit.
+        let mut heard = false;
+        for worker in 0..self.inboxes.len() {
+            heard |= self.post(worker, Command::Shutdown);
+        }
+        heard
     }
 
     /// Marks the server stopping (`/readyz` answers 503, the acceptor
