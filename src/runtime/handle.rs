@@ -365,10 +365,11 @@ impl ServerHandle {
     /// random delay (PROTOCOL.md §6). A connection still in its upgrade at
     /// the deadline is dropped.
     ///
-    /// The server keeps running, accepting nothing, until
-    /// [`shutdown`](Self::shutdown): a process that drains calls it once
-    /// [`Drain::wait`] returns. A shutdown during a drain closes what is left
-    /// at once, with 1001.
+    /// The server keeps running, accepting nothing (and opening no outgoing
+    /// connection: [`connect`](Self::connect) fails with
+    /// [`ClientError::ServerStopped`]), until [`shutdown`](Self::shutdown):
+    /// a process that drains calls it once [`Drain::wait`] returns. A
+    /// shutdown during a drain closes what is left at once, with 1001.
     ///
     /// # Errors
     ///
