@@ -161,6 +161,25 @@ mod app {
     }
 
     #[test]
+    fn a_client_waiting_to_reconnect_jumps_at_once() {
+        let (a, b) = (node("a", |_| {}), node("b", |_| {}));
+        // A backoff far longer than the test waits.
+        let options =
+            AppOptions::default().reconnect_delay(Duration::from_secs(60)).max_reconnect_delay(Duration::from_secs(60));
+        let client = AppClient::connect(&url(&a), options).unwrap();
+        let jumps = jumps(&client);
+        let (tell, told) = mpsc::channel();
+        client.on("@reconnecting", move |_, data| drop(tell.send(data.clone())));
+        a.close();
+        told.recv_timeout(WAIT).expect("reconnecting after the server closed");
+        client.jump(&url(&b)).unwrap();
+        assert_eq!(whereabouts(&client), "b");
+        assert_eq!(jumps.lock().unwrap().len(), 1);
+        assert_eq!(b.socket_count(), 1, "one connection, not one per attempt");
+        client.close();
+    }
+
+    #[test]
     fn clients_follow_a_drains_redirect_and_reconnect_without_one() {
         let (a, b) = (node("a", |_| {}), node("b", |_| {}));
         let options = AppOptions::default().reconnect_delay(ms(50));

@@ -438,6 +438,10 @@ struct Session {
     /// A jump asked for while a connection (or an attempt) was under way:
     /// taken when it closes (or fails), to move at once.
     jumping: bool,
+    /// An attempt is under way: dialed, neither open nor failed yet.
+    dialing: bool,
+    /// Counts jumps: a reconnect scheduled before the latest one is not made.
+    jumps: u64,
 }
 
 impl Session {
@@ -525,6 +529,8 @@ impl AppClient {
                 io_thread: None,
                 jitter,
                 jumping: false,
+                dialing: false,
+                jumps: 0,
             }),
             settled: Condvar::new(),
             listeners: RwLock::new(Vec::new()),
@@ -711,9 +717,14 @@ impl AppClient {
                 // `on_close` moves on to the new URL.
                 inner.dialer.close(id, CloseCode::NORMAL, "jump");
             }
-            // An attempt in flight, or waiting for its backoff: the next
-            // one goes to the new URL; `jumping` makes it go at once.
-            _ => state.jumping = true,
+            // An attempt in flight: it is closed if it opens (`on_open`),
+            // and the jump made when it ends.
+            _ if state.dialing => state.jumping = true,
+            // Waiting for a reconnect's backoff: at once instead.
+            _ => {
+                drop(state);
+                inner.jump_now("jump");
+            }
         }
         Ok(())
     }
@@ -832,6 +843,7 @@ fn check_name(event: &str) -> Result<(), AppError> {
 impl ClientCore {
     /// Opens a connection attempt on the I/O thread.
     fn dial(&self) {
+        lock(&self.state).dialing = true;
         let url = lock(&self.url).clone();
         if let Err(e) = self.dialer.connect(&url, &self.client, ()) {
             // Refused before reaching the I/O thread (a bad URL, DNS): the same as a failed attempt.
@@ -888,7 +900,12 @@ impl ClientCore {
     /// jump, if one was asked for meanwhile).
     fn attempt_failed(&self, error: &ClientError) {
         self.dispatch("@error", &json!({"code": "connect_failed", "message": error.to_string()}));
-        if std::mem::take(&mut lock(&self.state).jumping) {
+        let jumping = {
+            let mut state = lock(&self.state);
+            state.dialing = false;
+            std::mem::take(&mut state.jumping)
+        };
+        if jumping {
             return self.jump_now("jump");
         }
         self.retry(error.to_string());
@@ -902,6 +919,7 @@ impl ClientCore {
             return;
         }
         state.jumping = false;
+        state.jumps += 1;
         state.attempt = 0;
         let change = state.set_status(Status::Reconnecting);
         drop(state);
@@ -942,7 +960,7 @@ impl ClientCore {
         let jitter = 0.5 + (state.jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
         let delay = ceiling.mul_f64(jitter);
         state.attempt += 1;
-        let attempt = state.attempt;
+        let (attempt, jumps) = (state.attempt, state.jumps);
         let change = state.set_status(Status::Reconnecting);
         drop(state);
         self.announce(change);
@@ -951,7 +969,10 @@ impl ClientCore {
         thread::spawn(move || {
             thread::sleep(delay);
             if let Some(inner) = me.upgrade() {
-                if lock(&inner.state).gone.is_none() {
+                let state = lock(&inner.state);
+                // Not after a close, nor after a jump that already connected elsewhere.
+                if state.gone.is_none() && state.jumps == jumps {
+                    drop(state);
                     inner.dial();
                 }
             }
@@ -1061,6 +1082,7 @@ impl Handler for Link {
             return;
         }
         state.conn = Some(conn.id());
+        state.dialing = false;
         if state.jumping {
             // Opened on the server the client is leaving: `on_close` jumps.
             conn.close(CloseCode::NORMAL, "jump");
