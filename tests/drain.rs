@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use emitws::runtime::{DrainError, Server, DRAIN_CLOSE_CODE, MAX_REDIRECT_LEN};
+use emitws::runtime::{AcceptMode, DrainError, Server, DRAIN_CLOSE_CODE, MAX_REDIRECT_LEN};
 
 /// Connections drained at once.
 const CONNECTIONS: usize = 12;
@@ -81,6 +81,22 @@ fn a_drain_refuses_a_bad_redirect_and_changes_nothing() {
     let drain = handle.drain(Duration::ZERO, None).expect("the drain starts");
     assert_eq!(client.expect_close(DRAIN_CLOSE_CODE.0), "");
     client.send_close(DRAIN_CLOSE_CODE.0, "");
+    assert!(drain.wait(WAIT));
+    server.shutdown();
+}
+
+#[test]
+fn a_drain_in_acceptor_mode_stops_the_acceptor_too() {
+    let server =
+        quick_server().workers(2).accept_mode(AcceptMode::Acceptor).start("127.0.0.1:0", Echo::default()).unwrap();
+    let addr = server.local_addr();
+    let mut clients: Vec<Client> = (0..4).map(|_| Client::connect(addr)).collect();
+    let drain = server.handle().drain(ms(200), Some(REDIRECT)).expect("the drain starts");
+    eventually_refused(addr);
+    for client in &mut clients {
+        assert_eq!(client.expect_close(DRAIN_CLOSE_CODE.0), REDIRECT);
+        client.send_close(DRAIN_CLOSE_CODE.0, "");
+    }
     assert!(drain.wait(WAIT));
     server.shutdown();
 }
