@@ -21,6 +21,9 @@
 //! Built with the feature `io-uring`, `--io-uring on` writes each loop turn's
 //! sends with one io_uring submission.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::time::{Duration, Instant};
 
 use emitws::app::{plugins, App, AppHandle, BroadcastOpts, EventLimits, Rate};
@@ -30,6 +33,7 @@ use emitws::runtime::{Keepalive, Server};
 const ROOM: &str = "#room";
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:9001".to_string();
     let mut server = Server::new();
@@ -90,6 +94,7 @@ fn main() -> std::io::Result<()> {
         let handle = running.app();
         std::thread::spawn(move || print_stats(&handle, every));
     }
+    running.stop_on_signals()?;
     running.join();
     Ok(())
 }

@@ -5,6 +5,9 @@
 //!
 //! `cargo run --example auth`, then `ws://127.0.0.1:3000/?token=root-token`.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use emitws::app::{After, App, Middleware};
 use serde_json::json;
 
@@ -18,6 +21,7 @@ fn user_of(token: &str) -> Option<&'static str> {
 }
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
     let mut app = App::new();
     app.on_connect(|conn| {
@@ -59,6 +63,7 @@ fn main() -> std::io::Result<()> {
     app.on_with("/admin", [auth, admin_only], |req| req.reply(&json!({ "admin": true })));
     let running = app.listen(addr)?;
     println!("auth example on ws://{}", running.local_addr());
+    running.stop_on_signals()?;
     running.join();
     Ok(())
 }

@@ -10,6 +10,9 @@
 //! 65,536 fragments), and permessage-deflate is offered, for every message
 //! whatever its size, so that cases 12.* and 13.* exercise the codec.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use emitws::client::{ClientBuilder, ClientError};
 use emitws::proto::deflate::DeflateConfig;
 use emitws::proto::{CloseCode, Message};
@@ -17,6 +20,7 @@ use emitws::proto::{CloseCode, Message};
 const AGENT: &str = "emitws";
 
 fn main() -> Result<(), ClientError> {
+    logs::init();
     let base = std::env::args().nth(1).unwrap_or_else(|| "ws://127.0.0.1:9001".into());
     let base = base.trim_end_matches('/');
     let plain = ClientBuilder::new();

@@ -10,11 +10,15 @@
 #[path = "support/echo_handler.rs"]
 mod echo_handler;
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use echo_handler::Echo;
 use emitws::proto::deflate::DeflateConfig;
 use emitws::runtime::Server;
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9001".into());
     let server = Server::new()
         .max_message_size(64 << 20)
@@ -24,6 +28,7 @@ fn main() -> std::io::Result<()> {
         .deflate(Some(DeflateConfig { min_size: 0, ..DeflateConfig::default() }))
         .start(addr.as_str(), Echo)?;
     println!("autobahn echo server listening on {}", server.local_addr());
+    server.handle().stop_on_signals()?;
     server.join();
     Ok(())
 }

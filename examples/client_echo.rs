@@ -14,6 +14,9 @@
 //! binary message, waits for its echo, checks its length, and sends again.
 //! Prints one JSON line: `{"client":…,"connections":…,"payload":…,"msgs_per_sec":…}`.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +35,7 @@ struct Options {
 }
 
 fn main() {
+    logs::init();
     let options = parse_args();
     let echoed = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

@@ -13,6 +13,9 @@
 //! duration and prints one JSON object: broadcasts and deliveries per second,
 //! and the CPU seconds each `--pid` (the nodes, redis-server) used meanwhile.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,6 +135,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 fn main() {
+    logs::init();
     let args = parse();
     let mut poll = Poll::new().expect("poll");
     let mut sockets = Vec::new();

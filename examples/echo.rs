@@ -11,12 +11,16 @@
 #[path = "support/echo_handler.rs"]
 mod echo_handler;
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use echo_handler::Echo;
 use emitws::proto::deflate::DeflateConfig;
 use emitws::runtime::{AcceptMode, Server};
 use emitws::tls::TlsAcceptor;
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:9001".to_string();
     let mut server = Server::new();
@@ -67,6 +71,7 @@ fn main() -> std::io::Result<()> {
     };
     let server = server.start(addr.as_str(), Echo)?;
     println!("echo server on ws{scheme}://{0}/ (test page: http{scheme}://{0}/)", server.local_addr());
+    server.handle().stop_on_signals()?;
     server.join();
     Ok(())
 }

@@ -3,11 +3,15 @@
 //!
 //! `cargo run --example heartbeat`.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::time::Duration;
 
 use emitws::app::{plugins, App};
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
     let mut app = App::new();
     app.plugin(plugins::heartbeat(Duration::from_secs(5)));
@@ -21,6 +25,7 @@ fn main() -> std::io::Result<()> {
     });
     let running = app.listen(addr)?;
     println!("heartbeat example on ws://{}", running.local_addr());
+    running.stop_on_signals()?;
     running.join();
     Ok(())
 }

@@ -29,6 +29,9 @@
 //! `?token=user:NAME`; `message` wants `[1,id,"/auth",{"token":"user:NAME"}]`;
 //! `challenge` wants the nonce answered with `"NONCE:NAME"`.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -338,6 +341,7 @@ fn authentication(app: &mut App, auth: &str) {
 }
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let options = match parse_args() {
         Ok(options) => options,
         Err(e) => {
@@ -364,6 +368,7 @@ fn main() -> std::io::Result<()> {
     handlers(&mut app);
     let running = app.listen(&options.addr)?;
     println!("listening {}", running.local_addr());
+    running.stop_on_signals()?;
     running.join();
     Ok(())
 }

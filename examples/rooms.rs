@@ -4,6 +4,9 @@
 //! request) and `/message {text}` (an event); everyone in the room gets
 //! `user-joined`, `message` and `user-left` events.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use emitws::app::{App, BroadcastOpts};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,6 +25,7 @@ struct Message {
 }
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
     let mut app = App::new();
     app.on("/join", |req| {
@@ -52,6 +56,7 @@ fn main() -> std::io::Result<()> {
     });
     let running = app.listen(addr)?;
     println!("chat rooms on ws://{}", running.local_addr());
+    running.stop_on_signals()?;
     running.join();
     Ok(())
 }

@@ -4,6 +4,9 @@
 //!
 //! `cargo run --example thread_pool`.
 
+#[path = "support/logs.rs"]
+mod logs;
+
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +21,7 @@ fn find_user(id: u64) -> Option<serde_json::Value> {
 }
 
 fn main() -> std::io::Result<()> {
+    logs::init();
     let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:3000".into());
     let (jobs, queue) = mpsc::channel::<(u64, ReplyHandle)>();
     let queue = Arc::new(Mutex::new(queue));
@@ -42,6 +46,7 @@ fn main() -> std::io::Result<()> {
     });
     let running = app.listen(addr)?;
     println!("thread pool example on ws://{}", running.local_addr());
+    running.stop_on_signals()?;
     running.join();
     Ok(())
 }

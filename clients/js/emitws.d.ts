@@ -75,6 +75,7 @@ export declare class EmitClient {
   on(event: '@disconnect', listener: (info: { code: number; reason: string }) => void): this;
   on(event: '@reconnecting', listener: (info: { attempt: number; delay_ms: number }) => void): this;
   on(event: '@reconnect_failed', listener: (info: { attempts: number; reason: string }) => void): this;
+  on(event: '@jump', listener: (info: { url: string; by: 'jump' | 'drain' }) => void): this;
   on(event: '@error', listener: (error: { code: string; message: string }) => void): this;
   on(event: string, listener: Listener): this;
   off(event: string, listener?: Listener | AnyListener): this;
@@ -82,6 +83,11 @@ export declare class EmitClient {
   ns(prefix: string): Namespace;
   /** Closes for good (offline); pending and later requests fail with `closed`. */
   close(code?: number, reason?: string): void;
+  /**
+   * Moves to the server at `url` at once (an `@jump` event), keeping listeners, procedures and queued
+   * envelopes; throws `EmitError` `bad_request` for a URL that is not `ws://` or `wss://`, `closed` or `offline`.
+   */
+  jump(url: string): this;
 }
 
 /** Event names under a prefix (`client.ns('/chat')`); nestable. */

@@ -12,6 +12,11 @@ const ERROR = 3;
 
 /** Close code of an attempt given up because no `@ready` came within `connectTimeout` (PROTOCOL.md §6). */
 const CLOSE_TIMEOUT = 4408;
+/** Close code of a drained server; its reason is the URL to move to, or empty (PROTOCOL.md §6). */
+const CLOSE_DRAIN = 1012;
+
+/** Whether `url` is a WebSocket URL (`ws://` or `wss://`). */
+const isWebSocketUrl = (url) => typeof url === 'string' && /^wss?:\/\/[^/?#]/i.test(url);
 
 /**
  * The client's statuses, in the order of a first connection; each change is
@@ -166,7 +171,9 @@ export class EmitClient {
    * welcome `{socket, user}`: admitted), `@reconnect` (a reconnection is
    * READY), `@disconnect` (`{code, reason}`), `@reconnecting` (`{attempt,
    * delay_ms}`, before each attempt), `@reconnect_failed` (`{attempts,
-   * reason}`: gave up, now offline), `@error` (`{code, message}`), `@any`.
+   * reason}`: gave up, now offline), `@jump` (`{url, by}`: moving to another
+   * server at once, `by` `'jump'` or `'drain'`), `@error` (`{code,
+   * message}`), `@any`.
    */
   on(event, listener) {
     if (!this._listeners.has(event)) this._listeners.set(event, new Set());
@@ -203,6 +210,46 @@ export class EmitClient {
     socket?.close(code, reason);
     this._settleFirst(new EmitError('closed', 'closed before it was ready'));
     this._setStatus(Status.OFFLINE);
+  }
+
+  /**
+   * Moves to the server at `url` (WSE's jump): the current connection closes
+   * (1000), requests sent on it fail with `disconnected`, and the client
+   * connects to `url` at once, with an `@jump` event (`{url, by: 'jump'}`),
+   * keeping its listeners, procedures and queued envelopes; `url` is then
+   * the one every reconnect uses. An idle client only changes its URL.
+   * Throws `EmitError` `bad_request` for a URL that is not `ws://` or
+   * `wss://`, and `closed` or `offline` once the client is offline.
+   */
+  jump(url) {
+    if (this._offline) throw this._offline;
+    if (!isWebSocketUrl(url)) throw new EmitError('bad_request', `not a WebSocket URL: ${url}`);
+    this.url = url;
+    if (this._status !== Status.IDLE) this._jumpNow('jump');
+    return this;
+  }
+
+  /** Leaves the current socket (if any) and connects to `this.url` at once. */
+  _jumpNow(by) {
+    clearTimeout(this._timer);
+    clearTimeout(this._readyTimer);
+    const socket = this._socket;
+    // Its close event, when it comes, is the old server's: ignored.
+    this._socket = null;
+    if (socket) {
+      const wasOpen = socket.readyState === 1;
+      this._authId = null;
+      this._welcome = null;
+      socket.close(1000, 'jump');
+      if (wasOpen) {
+        this._failSent('connection closed (1000 jump)');
+        this._dispatch('@disconnect', { code: 1000, reason: 'jump' });
+      }
+    }
+    this._attempt = 0;
+    this._setStatus(Status.RECONNECTING);
+    this._dispatch('@jump', { url: this.url, by });
+    this._open();
   }
 
   _open() {
@@ -253,6 +300,12 @@ export class EmitClient {
         this._dispatch('@disconnect', { code, reason });
       } else {
         this._dispatch('@error', { code: 'connect_failed', message: `cannot connect to ${this.url} (close ${code})` });
+      }
+      if (code === CLOSE_DRAIN && isWebSocketUrl(reason)) {
+        // A drained server names the one to go to.
+        this.url = reason;
+        this._jumpNow('drain');
+        return;
       }
       this._retry(`connection closed (${code}${reason ? ` ${reason}` : ''})`);
     };

@@ -24,6 +24,10 @@
 //! (its room, its name) on the worker and hand the rest to the store's own
 //! thread, which replies and broadcasts when it is done.
 
+#[allow(dead_code)] // tests/chat_cluster.rs includes this file for serve()
+#[path = "../support/logs.rs"]
+mod logs;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, Sender};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -408,6 +412,7 @@ pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Bo
 
 #[allow(dead_code)] // tests/chat_cluster.rs includes this file for serve()
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    logs::init();
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:3000".to_string();
     let mut redis: Option<String> = None;
@@ -420,6 +425,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let running = serve(&addr, redis.as_deref())?;
     println!("chat on http://{}/", running.local_addr());
+    running.stop_on_signals()?;
     running.join();
     Ok(())
 }

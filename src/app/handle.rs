@@ -24,7 +24,7 @@ use super::rpc::{CallResult, Done, PendingCall, StartCall};
 use super::socket_id::SocketId;
 use super::{AppConfig, CLOSE_DROPPED};
 use crate::proto::CloseCode;
-use crate::runtime::{ConnId, RunningServer, ServerHandle, SharedFrame};
+use crate::runtime::{ConnId, Drain, DrainError, RunningServer, ServerHandle, SharedFrame};
 
 /// A running app's state, shared by its workers and handles: its fixed
 /// configuration and the tables every worker reads and writes.
@@ -184,6 +184,51 @@ impl AppHandle {
     /// runs), then the workers exit. Does not wait; [`Running::close`] does.
     pub fn close(&self) {
         self.server().shutdown();
+    }
+
+    /// Takes this node out of service (WSE's node drain): it stops accepting
+    /// at once, then closes every socket with 1012 and `redirect` (a
+    /// `ws://` or `wss://` URL of another node, or none) as the reason, the
+    /// closes spread evenly over `over` so the other nodes take the clients
+    /// at a steady rate. Each socket's `@disconnect` runs as it closes. The
+    /// emitws clients follow the redirect at once, or reconnect to their own
+    /// URL after a short random delay without one (PROTOCOL.md §6). The
+    /// node then keeps running, serving nobody, until [`close`](Self::close).
+    ///
+    /// # Errors
+    ///
+    /// As [`ServerHandle::drain`]: a redirect too long for a close reason or
+    /// not a WebSocket URL, or a node already draining or closing.
+    ///
+    /// ```no_run
+    /// # fn demo(running: emitws::app::Running) -> Result<(), emitws::runtime::DrainError> {
+    /// use std::time::Duration;
+    /// let drain = running.drain(Duration::from_secs(30), Some("ws://10.0.0.2:3000/chat"))?;
+    /// drain.wait(Duration::from_secs(40));
+    /// running.close();
+    /// # Ok(()) }
+    /// ```
+    pub fn drain(&self, over: Duration, redirect: Option<&str>) -> Result<Drain, DrainError> {
+        self.server().drain(over, redirect)
+    }
+
+    /// Closes the app gracefully on the first SIGINT or SIGTERM, as
+    /// [`close`](Self::close) does (every socket gets 1001 and its
+    /// `@disconnect` runs): [`Running::join`] then returns, and a `main`
+    /// that returns after it exits 0. See [`ServerHandle::stop_on_signals`].
+    ///
+    /// # Errors
+    ///
+    /// The error of installing the signal handlers, or of starting their thread.
+    ///
+    /// ```no_run
+    /// let running = emitws::app::App::new().listen("127.0.0.1:3000")?;
+    /// running.stop_on_signals()?;
+    /// running.join();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn stop_on_signals(&self) -> std::io::Result<()> {
+        self.server().stop_on_signals()
     }
 
     pub(crate) fn encode_event<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<SharedFrame, Error> {

@@ -20,6 +20,11 @@
 //! - `@disconnect` (`{"code", "reason"}`): an open socket closed;
 //! - `@reconnecting` (`{"attempt", "delay_ms"}`): before each reconnect
 //!   attempt, with its number (from 1) and the delay before it;
+//! - `@jump` (`{"url", "by"}`): the client moves to another server at once,
+//!   no delay: `by` is `"jump"` for [`AppClient::jump`], `"drain"` when the
+//!   server closed with 1012 and a URL to go to (a node being drained,
+//!   PROTOCOL.md §6). Listeners, procedures and queued envelopes stay; the
+//!   new URL is the one every later reconnect uses;
 //! - `@reconnect_failed` (`{"attempts", "reason"}`): the client gave up (no
 //!   reconnect, or `max_retries` used up) and is OFFLINE: queued and new
 //!   envelopes fail at once with [`AppError::Offline`];
@@ -82,7 +87,7 @@ use serde_json::{json, Value};
 use super::{mask_rng, ClientBuilder, ClientError};
 use crate::app::CLOSE_TIMEOUT;
 use crate::proto::{CloseCode, CloseReason, MaskRng, Message};
-use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle};
+use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle, DRAIN_CLOSE_CODE};
 
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
@@ -307,6 +312,8 @@ pub enum AppError {
     WouldBlock,
     /// An event name starting with `@` (system events are not sent).
     BadName(String),
+    /// A URL to jump to that is not a `ws://` or `wss://` URL (why).
+    BadUrl(String),
 }
 
 impl AppError {
@@ -326,7 +333,7 @@ impl AppError {
             AppError::Offline(_) => "offline",
             AppError::ConnectFailed(_) => "connect_failed",
             AppError::WouldBlock => "would_block",
-            AppError::BadName(_) => "bad_request",
+            AppError::BadName(_) | AppError::BadUrl(_) => "bad_request",
         }
     }
 }
@@ -342,6 +349,7 @@ impl fmt::Display for AppError {
             AppError::ConnectFailed(why) => write!(f, "cannot connect: {why}"),
             AppError::WouldBlock => f.write_str("a blocking request on the client's I/O thread would never complete"),
             AppError::BadName(name) => write!(f, "{name:?}: system events (@…) are not sent"),
+            AppError::BadUrl(why) => write!(f, "not a WebSocket URL: {why}"),
         }
     }
 }
@@ -379,7 +387,9 @@ pub struct AppClient {
 
 impl fmt::Debug for AppClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AppClient").field("url", &self.inner.url).field("status", &self.status()).finish()
+        // One lock at a time: `jump` takes the session's before the URL's.
+        let url = lock(&self.inner.url).clone();
+        f.debug_struct("AppClient").field("url", &url).field("status", &self.status()).finish()
     }
 }
 
@@ -387,7 +397,8 @@ impl fmt::Debug for AppClient {
 /// thread, the session, listeners and procedures.
 struct ClientCore {
     me: Weak<ClientCore>,
-    url: String,
+    /// Where the client connects: the URL it was made with, until a jump.
+    url: Mutex<String>,
     options: AppOptions,
     client: ClientBuilder,
     dialer: ServerHandle,
@@ -424,6 +435,13 @@ struct Session {
     first: Option<Result<(), AppError>>,
     io_thread: Option<ThreadId>,
     jitter: MaskRng,
+    /// A jump asked for while a connection (or an attempt) was under way:
+    /// taken when it closes (or fails), to move at once.
+    jumping: bool,
+    /// An attempt is under way: dialed, neither open nor failed yet.
+    dialing: bool,
+    /// Counts jumps: a reconnect scheduled before the latest one is not made.
+    jumps: u64,
 }
 
 impl Session {
@@ -490,7 +508,7 @@ impl AppClient {
         let running = server.start_dialer(link.clone()).map_err(|e| failed(&e))?;
         let inner = Arc::new_cyclic(|me: &Weak<ClientCore>| ClientCore {
             me: me.clone(),
-            url: url.to_string(),
+            url: Mutex::new(url.to_string()),
             options,
             client,
             dialer: running.handle(),
@@ -510,6 +528,9 @@ impl AppClient {
                 first: None,
                 io_thread: None,
                 jitter,
+                jumping: false,
+                dialing: false,
+                jumps: 0,
             }),
             settled: Condvar::new(),
             listeners: RwLock::new(Vec::new()),
@@ -656,6 +677,57 @@ impl AppClient {
     pub fn close(&self) {
         self.inner.close();
     }
+
+    /// Moves to the server at `url` (WSE's `jump`): the current connection
+    /// closes (1000), its sent requests fail with
+    /// [`AppError::Disconnected`], and the client connects to `url` at once,
+    /// with a `@jump` event (`{"url", "by": "jump"}`), keeping its
+    /// listeners, procedures and queued envelopes; `url` is then the one
+    /// every reconnect uses. An attempt under way is given up for it; an IDLE
+    /// client only changes its URL. Returns without waiting for the new
+    /// connection (`@ready` tells).
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::BadUrl`] if `url` is not a `ws://` or `wss://` URL,
+    /// [`AppError::Closed`] or [`AppError::Offline`] once the client is OFFLINE.
+    ///
+    /// ```no_run
+    /// # let client = emitws::client::app::AppClient::connect("ws://127.0.0.1:9001/", Default::default())?;
+    /// client.jump("ws://127.0.0.1:9002/")?;
+    /// # Ok::<(), emitws::client::app::AppError>(())
+    /// ```
+    pub fn jump(&self, url: &str) -> Result<(), AppError> {
+        crate::dial::Url::parse(url).map_err(|e| AppError::BadUrl(e.to_string()))?;
+        let inner = &self.inner;
+        let mut state = lock(&inner.state);
+        if let Some(gone) = &state.gone {
+            return Err(gone.clone());
+        }
+        *lock(&inner.url) = url.to_string();
+        match (state.status, state.conn) {
+            (Status::Idle, _) => {}
+            (_, Some(id)) => {
+                // From here on, sends wait in the queue for the new server.
+                state.jumping = true;
+                state.conn = None;
+                let change = state.set_status(Status::Reconnecting);
+                drop(state);
+                inner.announce(change);
+                // `on_close` moves on to the new URL.
+                inner.dialer.close(id, CloseCode::NORMAL, "jump");
+            }
+            // An attempt in flight: it is closed if it opens (`on_open`),
+            // and the jump made when it ends.
+            _ if state.dialing => state.jumping = true,
+            // Waiting for a reconnect's backoff: at once instead.
+            _ => {
+                drop(state);
+                inner.jump_now("jump");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A request sent with [`AppClient::request_nowait`].
@@ -771,7 +843,9 @@ fn check_name(event: &str) -> Result<(), AppError> {
 impl ClientCore {
     /// Opens a connection attempt on the I/O thread.
     fn dial(&self) {
-        if let Err(e) = self.dialer.connect(&self.url, &self.client, ()) {
+        lock(&self.state).dialing = true;
+        let url = lock(&self.url).clone();
+        if let Err(e) = self.dialer.connect(&url, &self.client, ()) {
             // Refused before reaching the I/O thread (a bad URL, DNS): the same as a failed attempt.
             self.attempt_failed(&e);
         }
@@ -822,10 +896,37 @@ impl ClientCore {
         }
     }
 
-    /// A connection attempt failed: retry after a backoff, or give up.
+    /// A connection attempt failed: retry after a backoff, or give up (or
+    /// jump, if one was asked for meanwhile).
     fn attempt_failed(&self, error: &ClientError) {
         self.dispatch("@error", &json!({"code": "connect_failed", "message": error.to_string()}));
+        let jumping = {
+            let mut state = lock(&self.state);
+            state.dialing = false;
+            std::mem::take(&mut state.jumping)
+        };
+        if jumping {
+            return self.jump_now("jump");
+        }
         self.retry(error.to_string());
+    }
+
+    /// Connects to the (new) URL at once, no backoff: a jump, `by` the
+    /// user's [`AppClient::jump`] or a drain's redirect.
+    fn jump_now(&self, by: &str) {
+        let mut state = lock(&self.state);
+        if state.gone.is_some() {
+            return;
+        }
+        state.jumping = false;
+        state.jumps += 1;
+        state.attempt = 0;
+        let change = state.set_status(Status::Reconnecting);
+        drop(state);
+        self.announce(change);
+        let url = lock(&self.url).clone();
+        self.dispatch("@jump", &json!({"url": url, "by": by}));
+        self.dial();
     }
 
     /// The connection was lost or an attempt failed: announce and schedule
@@ -859,7 +960,7 @@ impl ClientCore {
         let jitter = 0.5 + (state.jitter.next_u64() >> 11) as f64 / (1u64 << 53) as f64 / 2.0;
         let delay = ceiling.mul_f64(jitter);
         state.attempt += 1;
-        let attempt = state.attempt;
+        let (attempt, jumps) = (state.attempt, state.jumps);
         let change = state.set_status(Status::Reconnecting);
         drop(state);
         self.announce(change);
@@ -868,7 +969,10 @@ impl ClientCore {
         thread::spawn(move || {
             thread::sleep(delay);
             if let Some(inner) = me.upgrade() {
-                if lock(&inner.state).gone.is_none() {
+                let state = lock(&inner.state);
+                // Not after a close, nor after a jump that already connected elsewhere.
+                if state.gone.is_none() && state.jumps == jumps {
+                    drop(state);
                     inner.dial();
                 }
             }
@@ -978,6 +1082,12 @@ impl Handler for Link {
             return;
         }
         state.conn = Some(conn.id());
+        state.dialing = false;
+        if state.jumping {
+            // Opened on the server the client is leaving: `on_close` jumps.
+            conn.close(CloseCode::NORMAL, "jump");
+            return;
+        }
         state.io_thread = Some(thread::current().id());
         state.ready_deadline = Some(Instant::now() + inner.options.connect_timeout);
         let reconnected = std::mem::replace(&mut state.ever_opened, true);
@@ -1052,16 +1162,28 @@ impl Handler for Link {
     fn on_close(&mut self, _: &mut Conn<'_, ()>, why: &CloseReason) {
         let (code, reason) = (why.code(), &*why.reason());
         let Some(inner) = self.inner() else { return };
-        {
+        let jump = {
             let mut state = lock(&inner.state);
             state.conn = None;
             state.auth_id = None;
             state.ready_deadline = None;
             state.welcome = None;
             state.fail_sent(&AppError::Disconnected(format!("connection closed ({code} {reason})")));
-        }
+            if std::mem::take(&mut state.jumping) {
+                Some("jump")
+            } else if code == DRAIN_CLOSE_CODE && crate::dial::Url::parse(reason).is_ok() {
+                // A drained node names the node to go to (PROTOCOL.md §6).
+                *lock(&inner.url) = reason.to_string();
+                Some("drain")
+            } else {
+                None
+            }
+        };
         inner.dispatch("@disconnect", &json!({"code": code.0, "reason": reason}));
-        inner.retry(format!("connection closed ({code} {reason})"));
+        match jump {
+            Some(by) => inner.jump_now(by),
+            None => inner.retry(format!("connection closed ({code} {reason})")),
+        }
     }
 
     fn on_connect_error(&mut self, _: (), error: ClientError) {

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 
@@ -117,7 +118,94 @@ pub(crate) enum Command {
     Notify(Box<dyn Any + Send>),
     Connect(Box<super::worker::Dial>),
     Stats(Sender<Stats>),
+    Drain(Arc<DrainPlan>),
     Shutdown,
+}
+
+/// A drain as every worker follows it: when it began, when its last close is
+/// due, what the closes say, and how many were sent (for [`Drain::closes_sent`]).
+#[derive(Debug)]
+pub(crate) struct DrainPlan {
+    pub started: Instant,
+    pub deadline: Instant,
+    pub redirect: String,
+    pub closes_sent: AtomicUsize,
+}
+
+/// The close code of a drain: 1012, registered with IANA as "Service
+/// Restart". Its reason is the URL to reconnect to, or empty (PROTOCOL.md §6).
+pub const DRAIN_CLOSE_CODE: CloseCode = CloseCode::SERVICE_RESTART;
+
+/// The longest redirect a drain accepts: a close frame's reason is at most
+/// 123 bytes.
+pub const MAX_REDIRECT_LEN: usize = 123;
+
+/// Why [`ServerHandle::drain`] refused to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DrainError {
+    /// The redirect is longer than [`MAX_REDIRECT_LEN`] bytes (its length).
+    RedirectTooLong(usize),
+    /// The redirect is not a `ws://` or `wss://` URL (why).
+    BadRedirect(String),
+    /// The server is already draining or shutting down.
+    Stopping,
+}
+
+impl fmt::Display for DrainError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DrainError::RedirectTooLong(len) => {
+                write!(f, "the redirect is {len} bytes, more than a close reason holds ({MAX_REDIRECT_LEN})")
+            }
+            DrainError::BadRedirect(why) => write!(f, "the redirect is not a ws:// or wss:// URL: {why}"),
+            DrainError::Stopping => f.write_str("the server is already draining or shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for DrainError {}
+
+/// A drain under way (see [`ServerHandle::drain`]): its progress, and a wait
+/// for its end.
+#[derive(Clone, Debug)]
+pub struct Drain {
+    handle: ServerHandle,
+    plan: Arc<DrainPlan>,
+}
+
+impl Drain {
+    /// Connections still held (closing ones included): the drain is over
+    /// when this is 0.
+    pub fn remaining(&self) -> usize {
+        self.handle.connection_count()
+    }
+
+    /// Drain closes sent so far, all workers together.
+    pub fn closes_sent(&self) -> usize {
+        self.plan.closes_sent.load(Ordering::Relaxed)
+    }
+
+    /// When the last close is due.
+    pub fn deadline(&self) -> Instant {
+        self.plan.deadline
+    }
+
+    /// Waits until every connection is gone, or `timeout` passed; true if
+    /// they are all gone. It looks every 10 ms: a drain spans seconds.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        loop {
+            if self.remaining() == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10).min(until - now));
+        }
+    }
 }
 
 /// What a server holds in memory, in counts, all workers together (see
@@ -243,13 +331,131 @@ impl ServerHandle {
 
     /// Begins a graceful shutdown without waiting for it (see [`RunningServer::shutdown`](super::RunningServer::shutdown)).
     pub fn shutdown(&self) {
-        self.shared.stopping.store(true, Ordering::Release);
+        self.post_shutdown();
+    }
+
+    /// [`shutdown`](Self::shutdown); false if no worker was left to hear it
+    /// (the server had stopped).
+    fn post_shutdown(&self) -> bool {
+        self.stop_accepting();
+        // Every worker is told: no short circuit.
+        let mut heard = false;
+        for worker in 0..self.inboxes.len() {
+            heard |= self.post(worker, Command::Shutdown);
+        }
+        heard
+    }
+
+    /// Marks the server stopping (`/readyz` answers 503, the acceptor
+    /// thread returns); says whether it was not already.
+    fn stop_accepting(&self) -> bool {
+        let first = !self.shared.stopping.swap(true, Ordering::AcqRel);
         if let Some(acceptor) = &self.acceptor {
             let _ = acceptor.wake();
         }
-        for worker in 0..self.inboxes.len() {
-            self.post(worker, Command::Shutdown);
+        first
+    }
+
+    /// Takes the server out of service without a herd: stops accepting at
+    /// once (new connections are refused), then closes every connection with
+    /// [`DRAIN_CLOSE_CODE`] (1012) and `redirect` as the reason (empty
+    /// without one), the closes spread evenly over `over`, each worker
+    /// closing its share in turn. The clients of `emitws.v1` reconnect to
+    /// `redirect` at once, or, without one, to their own URL after a short
+    /// random delay (PROTOCOL.md §6). A connection still in its upgrade at
+    /// the deadline is dropped.
+    ///
+    /// The server keeps running, accepting nothing (and opening no outgoing
+    /// connection: [`connect`](Self::connect) fails with
+    /// [`ClientError::ServerStopped`]), until [`shutdown`](Self::shutdown):
+    /// a process that drains calls it once [`Drain::wait`] returns. A
+    /// shutdown during a drain closes what is left at once, with 1001.
+    ///
+    /// # Errors
+    ///
+    /// [`DrainError::RedirectTooLong`] for a redirect past
+    /// [`MAX_REDIRECT_LEN`] bytes, [`DrainError::BadRedirect`] for one that is
+    /// not a `ws://` or `wss://` URL, [`DrainError::Stopping`] if the server
+    /// is already draining or shutting down. Nothing is changed then.
+    ///
+    /// ```no_run
+    /// # #[derive(Clone)] struct Echo;
+    /// # impl emitws::runtime::Handler for Echo {
+    /// #     type Data = ();
+    /// #     fn on_message(&mut self, _: &mut emitws::runtime::Conn<'_, ()>, _: emitws::proto::Message<'_>) {}
+    /// # }
+    /// use std::time::Duration;
+    /// let server = emitws::runtime::Server::new().start("127.0.0.1:9001", Echo)?;
+    /// let drain = server.handle().drain(Duration::from_secs(30), Some("ws://10.0.0.2:9001/"))?;
+    /// drain.wait(Duration::from_secs(40));
+    /// server.shutdown();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn drain(&self, over: Duration, redirect: Option<&str>) -> Result<Drain, DrainError> {
+        let redirect = redirect.unwrap_or_default();
+        if redirect.len() > MAX_REDIRECT_LEN {
+            return Err(DrainError::RedirectTooLong(redirect.len()));
         }
+        if !redirect.is_empty() {
+            Url::parse(redirect).map_err(|e| DrainError::BadRedirect(e.to_string()))?;
+        }
+        if !self.stop_accepting() {
+            return Err(DrainError::Stopping);
+        }
+        let started = Instant::now();
+        let plan = Arc::new(DrainPlan {
+            started,
+            deadline: started + over,
+            redirect: redirect.to_string(),
+            closes_sent: AtomicUsize::new(0),
+        });
+        for worker in 0..self.inboxes.len() {
+            self.post(worker, Command::Drain(plan.clone()));
+        }
+        Ok(Drain { handle: self.clone(), plan })
+    }
+
+    /// Shuts the server down gracefully on the first SIGINT or SIGTERM, as
+    /// [`shutdown`](Self::shutdown) does: it stops accepting, closes every
+    /// connection with 1001 and lets them finish their close handshakes
+    /// within the shutdown timeout; the thread waiting in
+    /// [`RunningServer::join`](super::RunningServer::join) then returns, and
+    /// `main` with it, so the process exits 0. A second signal, or one
+    /// after the server stopped, ends the process at once as the signal's
+    /// default would. Opt-in: without it the signals keep their default.
+    ///
+    /// A thread waits for the signals (installed with `signal-hook`); call
+    /// this once per process.
+    ///
+    /// # Errors
+    ///
+    /// The error of installing the signal handlers, or of starting the thread.
+    ///
+    /// ```no_run
+    /// # #[derive(Clone)] struct Echo;
+    /// # impl emitws::runtime::Handler for Echo {
+    /// #     type Data = ();
+    /// #     fn on_message(&mut self, _: &mut emitws::runtime::Conn<'_, ()>, _: emitws::proto::Message<'_>) {}
+    /// # }
+    /// let server = emitws::runtime::Server::new().start("127.0.0.1:9001", Echo)?;
+    /// server.handle().stop_on_signals()?;
+    /// server.join(); // returns after Ctrl-C, once the clients have been told
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn stop_on_signals(&self) -> std::io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+        let handle = self.clone();
+        std::thread::Builder::new().name("emitws-signals".into()).spawn(move || {
+            let mut stopping = false;
+            for signal in signals.forever() {
+                if stopping || !handle.post_shutdown() {
+                    let _ = signal_hook::low_level::emulate_default_handler(signal);
+                }
+                stopping = true;
+            }
+        })?;
+        Ok(())
     }
 
     /// Opens an outgoing connection from one of the workers, driven through

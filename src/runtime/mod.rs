@@ -27,7 +27,7 @@ use std::time::Duration;
 
 pub use conn::{Conn, SendStatus};
 pub use conns::Conns;
-pub use handle::{ConnId, ServerHandle, SharedFrame, Stats};
+pub use handle::{ConnId, Drain, DrainError, ServerHandle, SharedFrame, Stats, DRAIN_CLOSE_CODE, MAX_REDIRECT_LEN};
 pub use settings::{AcceptMode, BackpressurePolicy, Keepalive, OriginCheck, OriginPolicy, Settings};
 
 use crate::proto::deflate::DeflateConfig;

@@ -37,6 +37,7 @@ use crate::proto::{CloseCode, CloseReason, Role};
 
 mod accept;
 mod dispatch;
+mod drain;
 mod outgoing;
 mod upgrade;
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
@@ -167,6 +168,8 @@ struct Worker<H: Handler> {
     /// When the handler asked for its next `on_turn`.
     turn_deadline: Option<Instant>,
     ring: Ring,
+    /// This worker's share of a drain, while one is under way.
+    draining: Option<drain::Draining>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -207,6 +210,7 @@ impl<H: Handler> Worker<H> {
             shutdown_deadline: None,
             turn_deadline: None,
             ring: Ring::default(),
+            draining: None,
         }
     }
 
@@ -219,7 +223,7 @@ impl<H: Handler> Worker<H> {
         loop {
             let mut timeout =
                 if self.retry.is_empty() { self.ctx.wheel.next_timeout(now) } else { Some(Duration::ZERO) };
-            for deadline in [self.shutdown_deadline, self.turn_deadline].into_iter().flatten() {
+            for deadline in [self.shutdown_deadline, self.turn_deadline, self.drain_due()].into_iter().flatten() {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
@@ -264,6 +268,7 @@ impl<H: Handler> Worker<H> {
             }
             let next_turn = self.with_conns(|handler, conns| handler.on_turn(conns));
             self.turn_deadline = next_turn.map(|after| now + after);
+            self.drain_step(now);
             #[cfg(all(feature = "io-uring", target_os = "linux"))]
             self.flush_batched();
             self.flush_dirty();
@@ -299,6 +304,7 @@ impl<H: Handler> Worker<H> {
                 Command::Stats(answer) => {
                     let _ = answer.send(self.stats());
                 }
+                Command::Drain(plan) => self.begin_drain(plan),
                 Command::Shutdown => self.begin_shutdown(),
             }
         }

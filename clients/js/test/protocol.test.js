@@ -257,3 +257,59 @@ test('the queue is capped by maxQueued', async () => {
   assert.deepEqual(last().sent, [[0, '/a'], [0, '/b']]);
   client.close();
 });
+
+test('jump moves to another server at once, keeping listeners, procedures and the queue', async () => {
+  const client = await connect();
+  const first = last();
+  const seen = [];
+  client.on('@jump', (info) => seen.push(['jump', info]));
+  client.on('@disconnect', (info) => seen.push(['disconnect', info]));
+  client.on('/news', (data) => seen.push(['news', data]));
+  client.register('/double', (n) => n * 2);
+  const lost = client.request('/slow');
+  assert.throws(() => client.jump('http://elsewhere/'), (e) => e instanceof EmitError && e.code === 'bad_request');
+  client.jump('ws://other/');
+  await assert.rejects(lost, { code: 'disconnected' });
+  assert.equal(first.readyState, 3);
+  assert.equal(client.url, 'ws://other/');
+  // Queued while it moves, sent once ready on the new server.
+  client.emit('/hello', 1);
+  await tick();
+  const second = last();
+  assert.notEqual(second, first);
+  assert.equal(second.url, 'ws://other/');
+  assert.equal(client.status, 'ready');
+  assert.deepEqual(second.sent, [[0, '/hello', 1]]);
+  second.serverSends([0, '/news', 'still heard']);
+  second.serverSends([1, 9, '/double', 4]);
+  await tick();
+  assert.deepEqual(second.sent.at(-1), [2, 9, 8]);
+  assert.deepEqual(seen, [
+    ['disconnect', { code: 1000, reason: 'jump' }],
+    ['jump', { url: 'ws://other/', by: 'jump' }],
+    ['news', 'still heard'],
+  ]);
+  client.close();
+  assert.throws(() => client.jump('ws://third/'), { code: 'closed' });
+});
+
+test('a 1012 close with a URL moves there at once; without one, the usual reconnect', async () => {
+  const client = await connect({ reconnectDelay: 1 });
+  const jumps = [];
+  const reconnects = [];
+  client.on('@jump', (info) => jumps.push(info));
+  client.on('@reconnecting', (info) => reconnects.push(info));
+  last().close(1012, 'ws://next-node/');
+  await tick();
+  assert.equal(last().url, 'ws://next-node/');
+  assert.equal(client.status, 'ready');
+  assert.deepEqual(jumps, [{ url: 'ws://next-node/', by: 'drain' }]);
+  assert.deepEqual(reconnects, []);
+  last().close(1012, '');
+  await tick();
+  assert.equal(last().url, 'ws://next-node/');
+  assert.equal(client.status, 'ready');
+  assert.equal(jumps.length, 1);
+  assert.equal(reconnects.length, 1);
+  client.close();
+});
