@@ -74,6 +74,7 @@ fn run(handlers: &[EventHandler], req: &mut Request<'_>) -> bool {
     let mut panicked = false;
     for handler in handlers {
         if catch_unwind(AssertUnwindSafe(|| handler(req))).is_err() {
+            tracing::error!(conn = %req.conn_id(), event = req.event, "the handler panicked; answered `internal`");
             req.reply_err(ErrorCode::Internal.as_str(), PANICKED);
             panicked = true;
         }
@@ -133,6 +134,7 @@ impl AppWorker {
         message: &str,
         policy: Policy,
     ) {
+        crate::runtime::logs::refused(conn.id(), || conn.peer_addr().ok(), code.as_str(), message);
         self.report(conn, code, message, None);
         match (policy, id) {
             (Policy::Close, _) => conn.close(close_code(code), message),
