@@ -69,6 +69,13 @@ pub(crate) fn refused(id: ConnId, peer: impl FnOnce() -> Option<SocketAddr>, wha
     });
 }
 
+/// An app's handler (`what`: a handler, the identify hook) panicked on
+/// `event`; the app answered `internal` and goes on.
+#[cfg(feature = "app")]
+pub(crate) fn panicked(id: ConnId, event: &str, what: &str) {
+    tracing::error!(conn = %id, event, what, "handler panicked");
+}
+
 /// A connection ended for `reason`; a protocol violation is also warned of.
 pub(crate) fn closed(id: ConnId, socket: &mio::net::TcpStream, reason: &CloseReason) {
     tracing::debug!(conn = %id, peer = %peer(socket), code = reason.code().0, %reason, "closed");
