@@ -4,7 +4,6 @@
 #![cfg(feature = "app")]
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[path = "common/app.rs"]
@@ -14,21 +13,19 @@ mod common;
 mod redis_server;
 
 use common::{http, HttpReply};
-use emitws::app::{health, App, AppHandle};
+use emitws::app::health::{self, Probes};
+use emitws::app::App;
 use redis_server::wait_for;
 
-/// An app answering `/healthz` and `/readyz`, and the cell its HTTP handler
-/// reads the running app from.
-fn app_with_probes() -> (App, Arc<OnceLock<AppHandle>>) {
-    let running_app: Arc<OnceLock<AppHandle>> = Arc::default();
+/// An app answering `/healthz` and `/readyz` (404 elsewhere), and its probes.
+fn app_with_probes() -> (App, Probes) {
+    let probes = Probes::default();
     let mut app = App::new();
-    let probe = running_app.clone();
-    app.on_http(move |request| match request.path() {
-        "/healthz" => Some(health::healthz()),
-        "/readyz" => Some(probe.get().map_or_else(health::not_started, health::readyz)),
-        _ => None,
+    let answer = probes.clone();
+    app.on_http(move |request| {
+        answer.answer(request.path()).or_else(|| Some(emitws::runtime::HttpResponse::new(404, "text/plain", "no")))
     });
-    (app, running_app)
+    (app, probes)
 }
 
 fn get(addr: SocketAddr, path: &str) -> HttpReply {
@@ -37,13 +34,13 @@ fn get(addr: SocketAddr, path: &str) -> HttpReply {
 
 #[test]
 fn ready_while_serving_and_not_once_shutdown_began() {
-    let (app, running_app) = app_with_probes();
+    let (app, probes) = app_with_probes();
     let running = app_client::start(app, 2);
     let addr = running.local_addr();
     // Before the cell is filled the node says so.
     let early = get(addr, "/readyz");
     assert_eq!((early.status, early.body_text().as_str()), (503, "not ready: not started"));
-    running_app.get_or_init(|| running.app());
+    probes.running(running.app());
 
     let alive = get(addr, "/healthz");
     assert_eq!((alive.status, alive.body_text().as_str()), (200, "ok"));
@@ -51,6 +48,7 @@ fn ready_while_serving_and_not_once_shutdown_began() {
     let ready = get(addr, "/readyz");
     assert_eq!((ready.status, ready.body_text().as_str()), (200, "ready"));
     assert!(running.server().is_accepting());
+    assert_eq!(get(addr, "/other").status, 404);
 
     // Shutting down: the port no longer answers, so the probe is asked directly.
     running.server().shutdown();
@@ -72,11 +70,11 @@ fn not_ready_while_redis_is_down() {
 
     let Some(redis) = Redis::start() else { return };
     let port = redis.port;
-    let (mut app, running_app) = app_with_probes();
+    let (mut app, probes) = app_with_probes();
     let options = RedisOptions::default().heartbeat_ttl(Duration::from_secs(1)).max_backoff(Duration::from_millis(200));
     app.adapter(RedisAdapter::new(&redis.url(), options).unwrap());
     let running = app_client::start(app, 1);
-    running_app.get_or_init(|| running.app());
+    probes.running(running.app());
     let addr = running.local_addr();
     let status = || get(addr, "/readyz").status;
 

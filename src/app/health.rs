@@ -2,26 +2,23 @@
 //! [`App::on_http`](super::App::on_http): [`healthz`] (the process answers)
 //! and [`readyz`] (this node should be given connections).
 //!
-//! The HTTP handler is set before the app runs, so it reaches the running app
-//! through a cell filled once [`listen`](super::App::listen) returns; until
-//! then `/readyz` answers 503.
+//! The HTTP handler is set before the app runs: [`Probes`] answers both
+//! paths from it, and is told the running app once
+//! [`listen`](super::App::listen) returns (until then `/readyz` answers 503).
 //!
 //! ```no_run
-//! use std::sync::{Arc, OnceLock};
-//! use emitws::app::{health, App, AppHandle};
+//! use emitws::app::{health::Probes, App};
 //!
-//! let running_app: Arc<OnceLock<AppHandle>> = Arc::default();
+//! let probes = Probes::default();
 //! let mut app = App::new();
-//! let probe = running_app.clone();
-//! app.on_http(move |request| match request.path() {
-//!     "/healthz" => Some(health::healthz()),
-//!     "/readyz" => Some(probe.get().map_or_else(health::not_started, health::readyz)),
-//!     _ => None,
-//! });
+//! let answer = probes.clone();
+//! app.on_http(move |request| answer.answer(request.path()));
 //! let running = app.listen("127.0.0.1:9000")?;
-//! running_app.get_or_init(|| running.app());
+//! probes.running(running.app());
 //! # Ok::<(), std::io::Error>(())
 //! ```
+
+use std::sync::{Arc, OnceLock};
 
 use super::handle::AppHandle;
 use crate::runtime::HttpResponse;
@@ -40,9 +37,31 @@ pub fn readyz(app: &AppHandle) -> HttpResponse {
     }
 }
 
-/// `/readyz` before the app runs: 503.
-pub fn not_started() -> HttpResponse {
-    HttpResponse::new(503, "text/plain", "not ready: not started")
+/// `/healthz` and `/readyz` for an app's [`on_http`](super::App::on_http),
+/// which is set before the app runs. Cheap to clone: clones share the app.
+#[derive(Clone, Debug, Default)]
+pub struct Probes {
+    app: Arc<OnceLock<AppHandle>>,
+}
+
+impl Probes {
+    /// Answers `/healthz` ([`healthz`]) and `/readyz` ([`readyz`]; 503
+    /// until [`running`](Self::running)); `None` for any other path.
+    pub fn answer(&self, path: &str) -> Option<HttpResponse> {
+        match path {
+            "/healthz" => Some(healthz()),
+            "/readyz" => Some(match self.app.get() {
+                Some(app) => readyz(app),
+                None => HttpResponse::new(503, "text/plain", "not ready: not started"),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The app runs: `/readyz` asks it from now on. Only the first call counts.
+    pub fn running(&self, app: AppHandle) {
+        let _ = self.app.set(app);
+    }
 }
 
 impl AppHandle {

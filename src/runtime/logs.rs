@@ -5,7 +5,8 @@
 //! No line is written on the per-message path except where a message is
 //! refused, and nothing is kept per connection: a line's fields come, when
 //! its level is enabled, from what the connection already has (its id, its
-//! socket's peer address).
+//! socket's peer address). Every function here is `#[cold]`: kept out of
+//! line, off the paths that call it.
 
 use std::cell::Cell;
 use std::fmt;
@@ -41,11 +42,13 @@ pub(crate) fn peer(socket: &mio::net::TcpStream) -> Peer {
 }
 
 /// A connection was accepted (its upgrade request is awaited).
+#[cold]
 pub(crate) fn accepted(id: ConnId, socket: &mio::net::TcpStream) {
     tracing::debug!(conn = %id, peer = %peer(socket), "accepted");
 }
 
 /// A connection's upgrade was accepted: it is open, on `reader`'s path.
+#[cold]
 pub(crate) fn upgraded(id: ConnId, peer: Option<SocketAddr>, reader: &RequestReader, limits: &RequestLimits) {
     // The head is parsed again only when the line is written.
     tracing::debug!(conn = %id, peer = %Peer(peer), path = reader.request(limits).as_ref().map_or("", |r| r.path()), "upgraded");
@@ -53,6 +56,7 @@ pub(crate) fn upgraded(id: ConnId, peer: Option<SocketAddr>, reader: &RequestRea
 
 /// A peer's upgrade request broke the rules (`conn` when the line can tell
 /// which connection it was).
+#[cold]
 pub(crate) fn bad_upgrade(conn: Option<ConnId>, peer: impl FnOnce() -> Option<SocketAddr>, error: &HandshakeError) {
     violation(|suppressed| {
         let conn = conn.map(tracing::field::display);
@@ -63,6 +67,7 @@ pub(crate) fn bad_upgrade(conn: Option<ConnId>, peer: impl FnOnce() -> Option<So
 /// A peer's message was refused (`what`: a bad envelope, over its rate);
 /// `peer` is asked only if the line is written.
 #[cfg(feature = "app")]
+#[cold]
 pub(crate) fn refused(id: ConnId, peer: impl FnOnce() -> Option<SocketAddr>, what: &str, why: &str) {
     violation(|suppressed| {
         tracing::warn!(conn = %id, peer = %Peer(peer()), what, why, suppressed, "message refused");
@@ -72,11 +77,13 @@ pub(crate) fn refused(id: ConnId, peer: impl FnOnce() -> Option<SocketAddr>, wha
 /// An app's handler (`what`: a handler, the identify hook) panicked on
 /// `event`; the app answered `internal` and goes on.
 #[cfg(feature = "app")]
+#[cold]
 pub(crate) fn panicked(id: ConnId, event: &str, what: &str) {
     tracing::error!(conn = %id, event, what, "handler panicked");
 }
 
 /// A connection ended for `reason`; a protocol violation is also warned of.
+#[cold]
 pub(crate) fn closed(id: ConnId, socket: &mio::net::TcpStream, reason: &CloseReason) {
     tracing::debug!(conn = %id, peer = %peer(socket), code = reason.code().0, %reason, "closed");
     if let CloseReason::Protocol(error) = reason {
@@ -89,6 +96,7 @@ pub(crate) fn closed(id: ConnId, socket: &mio::net::TcpStream, reason: &CloseRea
 /// A peer broke a rule (a bad frame, a bad upgrade request, a bad envelope):
 /// `warn` writes the warning, given how many were suppressed since the last
 /// one written, unless this worker wrote its [`WARNS_PER_WINDOW`] already.
+#[cold]
 pub(crate) fn violation(warn: impl FnOnce(u64)) {
     if !tracing::enabled!(tracing::Level::WARN) {
         return;
