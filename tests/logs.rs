@@ -183,7 +183,7 @@ fn a_flood_of_violations_is_rate_limited_with_a_suppressed_count() {
     echo.events.wait_closes(FLOOD);
     let elapsed = started.elapsed();
     // Every violation was seen before its close was reported.
-    let flood = lines(&ours);
+    let flood = lines(ours);
     // At most 10 a second: the flood spans at most elapsed + 1 windows.
     let windows = elapsed.as_secs() as usize + 1;
     assert!(!flood.is_empty() && flood.len() <= 10 * windows, "{} warnings in {elapsed:?}", flood.len());
@@ -191,7 +191,7 @@ fn a_flood_of_violations_is_rate_limited_with_a_suppressed_count() {
     // A violation after the window: its warning counts what was suppressed.
     thread::sleep(Duration::from_millis(1100));
     bad_frame(&mut last);
-    let all = wait_lines("the last warning", &ours, |found| found.len() > flood.len());
+    let all = wait_lines("the last warning", ours, |found| found.len() > flood.len());
     let suppressed = |l: &Line| l.field("suppressed").and_then(|n| n.parse::<usize>().ok()).expect("a count");
     assert_eq!(all.len(), flood.len() + 1, "{all:#?}");
     assert!(suppressed(&all[flood.len()]) > 0, "{all:#?}");
