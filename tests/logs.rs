@@ -137,6 +137,16 @@ fn a_connections_life_is_logged_at_debug_with_its_id_and_peer() {
     }
     assert_eq!(life[1].field("path"), Some("/room"));
     assert_eq!(life[2].field("code"), Some("1000"));
+
+    // A plain HTTP request: answered (426 here), never upgraded.
+    let (stream, reply, _) = common::http(server.local_addr(), b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    assert_eq!(reply.status, 426);
+    let answered = wait_lines("answered line", from(stream.local_addr().unwrap()), |found| {
+        found.iter().any(|l| l.message == "answered without upgrading")
+    });
+    let messages: Vec<&str> = answered.iter().map(|l| l.message.as_str()).collect();
+    assert_eq!(messages[..2], ["accepted", "answered without upgrading"], "{answered:#?}");
+    assert_eq!(answered[0].field("conn"), answered[1].field("conn"));
     server.shutdown();
 }
 

@@ -54,6 +54,13 @@ pub(crate) fn upgraded(id: ConnId, peer: Option<SocketAddr>, reader: &RequestRea
     tracing::debug!(conn = %id, peer = %Peer(peer), path = reader.request(limits).as_ref().map_or("", |r| r.path()), "upgraded");
 }
 
+/// A connection's request was answered without an upgrade (plain HTTP, or
+/// the upgrade refused): the connection ends once the answer is written.
+#[cold]
+pub(crate) fn answered(id: ConnId, peer: Option<SocketAddr>) {
+    tracing::debug!(conn = %id, peer = %Peer(peer), "answered without upgrading");
+}
+
 /// A peer's upgrade request broke the rules (`conn` when the line can tell
 /// which connection it was).
 #[cold]

@@ -43,6 +43,7 @@ pub(super) fn handshake<H: Handler>(
     let mut accepted = None;
     ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
     let Some((accept, deflate)) = accepted else {
+        logs::answered(ConnId::new(ctx.worker, key, conn.generation), peer);
         machine.reject(ctx.now(), &ctx.config);
         ctx.follow(key, conn, machine.control());
         return None;
