@@ -25,7 +25,7 @@ const WARN_WINDOW: Duration = Duration::from_secs(1);
 
 /// A socket's peer address for a log line: `-` when the socket no longer has one
 /// (reset by the peer).
-pub(crate) struct Peer(pub(crate) Option<SocketAddr>);
+struct Peer(Option<SocketAddr>);
 
 impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -37,7 +37,7 @@ impl fmt::Display for Peer {
 }
 
 /// The peer of `socket`, read only when a line is written.
-pub(crate) fn peer(socket: &mio::net::TcpStream) -> Peer {
+fn peer(socket: &mio::net::TcpStream) -> Peer {
     Peer(socket.peer_addr().ok())
 }
 
@@ -45,6 +45,12 @@ pub(crate) fn peer(socket: &mio::net::TcpStream) -> Peer {
 #[cold]
 pub(crate) fn accepted(id: ConnId, socket: &mio::net::TcpStream) {
     tracing::debug!(conn = %id, peer = %peer(socket), "accepted");
+}
+
+/// A connection was turned away: a connection cap (`reason`) is reached.
+#[cold]
+pub(crate) fn over_cap(socket: &mio::net::TcpStream, reason: &str) {
+    tracing::debug!(peer = %peer(socket), reason, "refused");
 }
 
 /// A connection's upgrade was accepted: it is open, on `reader`'s path.

@@ -148,7 +148,7 @@ impl<H: Handler> Worker<H> {
 /// Turns away a connection over a cap with a best-effort 503.
 pub(super) fn refuse(mut stream: TcpStream, reason: &str) {
     use std::io::Write as _;
-    tracing::debug!(peer = %crate::runtime::logs::peer(&stream), reason, "refused");
+    crate::runtime::logs::over_cap(&stream, reason);
     let mut response = Vec::new();
     server::write_response(&mut response, 503, &[], reason.as_bytes());
     let _ = stream.write(&response);
