@@ -19,7 +19,7 @@ use crate::proto::CloseReason;
 
 /// At most this many violation warnings per worker per [`WARN_WINDOW`];
 /// the rest are counted, and the count goes with the next warning.
-pub(crate) const WARNS_PER_WINDOW: u32 = 10;
+const WARNS_PER_WINDOW: u32 = 10;
 /// The window of [`WARNS_PER_WINDOW`].
 const WARN_WINDOW: Duration = Duration::from_secs(1);
 
@@ -57,7 +57,12 @@ pub(crate) fn over_cap(socket: &mio::net::TcpStream, reason: &str) {
 #[cold]
 pub(crate) fn upgraded(id: ConnId, peer: Option<SocketAddr>, reader: &RequestReader, limits: &RequestLimits) {
     // The head is parsed again only when the line is written.
-    tracing::debug!(conn = %id, peer = %Peer(peer), path = reader.request(limits).as_ref().map_or("", |r| r.path()), "upgraded");
+    tracing::debug!(
+        conn = %id,
+        peer = %Peer(peer),
+        path = reader.request(limits).as_ref().map_or("", |r| r.path()),
+        "upgraded"
+    );
 }
 
 /// A connection's request was answered without an upgrade (plain HTTP, or
