@@ -118,4 +118,14 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// The users with a socket on a live node, sorted.
     fn users(&self) -> Result<Vec<String>, Error>;
+
+    /// Whether the transport reaches the other nodes now, for a readiness
+    /// check ([`AppHandle::readiness`]). The default: always.
+    ///
+    /// # Errors
+    ///
+    /// A short reason why it does not (its store is unreachable, say).
+    fn healthy(&self) -> Result<(), String> {
+        Ok(())
+    }
 }

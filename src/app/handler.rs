@@ -74,6 +74,7 @@ fn run(handlers: &[EventHandler], req: &mut Request<'_>) -> bool {
     let mut panicked = false;
     for handler in handlers {
         if catch_unwind(AssertUnwindSafe(|| handler(req))).is_err() {
+            crate::runtime::logs::panicked(req.conn_id(), req.event, "a handler");
             req.reply_err(ErrorCode::Internal.as_str(), PANICKED);
             panicked = true;
         }
@@ -133,6 +134,7 @@ impl AppWorker {
         message: &str,
         policy: Policy,
     ) {
+        crate::runtime::logs::refused(conn.id(), || conn.peer_addr().ok(), code.as_str(), message);
         self.report(conn, code, message, None);
         match (policy, id) {
             (Policy::Close, _) => conn.close(close_code(code), message),
@@ -188,6 +190,7 @@ impl AppWorker {
             Ok(true) => req.reply(&()),
             Ok(false) => req.reply_err(ErrorCode::NoHandler.as_str(), &format!("no handler for {event}")),
             Err(_) => {
+                crate::runtime::logs::panicked(req.conn_id(), event, "a handler");
                 req.reply_err(ErrorCode::Internal.as_str(), PANICKED);
                 self.report(conn, ErrorCode::Internal, PANICKED, Some(event));
             }
@@ -215,6 +218,9 @@ impl AppWorker {
                     answered: false,
                 };
                 let outcome = catch_unwind(AssertUnwindSafe(|| identify(&mut req)));
+                if outcome.is_err() {
+                    crate::runtime::logs::panicked(req.conn_id(), event, "the identify hook")
+                }
                 let outcome = outcome.unwrap_or_else(|_| Err(Refusal::status(500, "the identify hook panicked")));
                 match &outcome {
                     Ok(user) => req.reply(&serde_json::json!({ "user": user })),

@@ -64,6 +64,7 @@ mod error;
 mod groups;
 mod handle;
 mod handler;
+pub mod health;
 mod inbox;
 mod limits;
 mod locks;

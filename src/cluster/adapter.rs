@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use super::error::ClusterError;
 use super::link::{Inbound, RedisLink};
@@ -172,5 +173,15 @@ impl Adapter for RedisAdapter {
 
     fn users(&self) -> Result<Vec<String>, app::Error> {
         Ok(self.link.users()?)
+    }
+
+    /// Healthy while the subscriber listens: it notices a lost connection at
+    /// once (the publisher only at its next write or heartbeat).
+    fn healthy(&self) -> Result<(), String> {
+        if self.link.ready(Duration::ZERO) {
+            Ok(())
+        } else {
+            Err("Redis unreachable".into())
+        }
     }
 }

@@ -19,13 +19,14 @@ impl Outage {
     pub(super) fn failed(&mut self, error: &dyn fmt::Display) {
         if self.since.is_none() {
             self.since = Some(Instant::now());
-            eprintln!("emitws: Redis {} lost: {error}; local delivery goes on, retrying", self.what);
+            // A warning: the node goes on alone, messages to other nodes are lost meanwhile.
+            tracing::warn!(link = self.what, %error, "Redis lost; local delivery goes on, retrying");
         }
     }
 
     pub(super) fn recovered(&mut self) {
         if let Some(since) = self.since.take() {
-            eprintln!("emitws: Redis {} back after {:.1} s", self.what, since.elapsed().as_secs_f64());
+            tracing::info!(link = self.what, after_s = since.elapsed().as_secs_f64(), "Redis back");
         }
     }
 }

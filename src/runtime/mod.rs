@@ -14,7 +14,9 @@
 mod conn;
 mod conns;
 mod handle;
+mod health;
 mod listen;
+pub(crate) mod logs;
 mod outbuf;
 mod settings;
 mod timer;
@@ -460,6 +462,7 @@ impl RunningServer {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+        tracing::info!(addr = %self.local_addr, "stopped");
     }
 }
 

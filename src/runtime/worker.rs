@@ -140,6 +140,7 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
             .spawn(move || run_acceptor(poll, listener, handle))?;
         threads.push(thread);
     }
+    tracing::info!(addr = %local_addr, workers, listening = addr.is_some(), "started");
     Ok(RunningServer { handle, local_addr, threads })
 }
 
@@ -351,6 +352,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         self.shutdown_deadline = Some(Instant::now() + self.ctx.settings.shutdown_timeout);
+        tracing::info!(worker = self.ctx.worker, connections = self.slab.len(), "shutting down");
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

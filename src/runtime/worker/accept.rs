@@ -117,6 +117,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         self.ctx.follow(key, conn, machine.control());
+        crate::runtime::logs::accepted(ConnId::new(self.ctx.worker, key, conn.generation), &conn.socket);
     }
 
     /// Counts a new connection (and one more from `peer_ip`, when a per-IP
@@ -147,6 +148,7 @@ impl<H: Handler> Worker<H> {
 /// Turns away a connection over a cap with a best-effort 503.
 pub(super) fn refuse(mut stream: TcpStream, reason: &str) {
     use std::io::Write as _;
+    crate::runtime::logs::over_cap(&stream, reason);
     let mut response = Vec::new();
     server::write_response(&mut response, 503, &[], reason.as_bytes());
     let _ = stream.write(&response);

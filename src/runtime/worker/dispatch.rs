@@ -74,6 +74,7 @@ pub(super) fn report_close<H: Handler>(
     ctx: &mut WorkerState,
     reason: &CloseReason,
 ) {
+    crate::runtime::logs::closed(ConnId::new(ctx.worker, key, conn.generation), &conn.socket, reason);
     if conn.has(flag::OPENED) {
         handler.on_close(&mut Conn { key, conn, control, ctx }, reason);
     }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::runtime::conn::Upgrading;
+use crate::runtime::logs;
 
 /// Feeds bytes to the request reader; on a complete head, answers it. Returns
 /// how many bytes the head used if the connection is now open.
@@ -30,6 +31,7 @@ pub(super) fn handshake<H: Handler>(
         }
         Ok(Some(used)) => used,
         Err(e) => {
+            logs::bad_upgrade(Some(ConnId::new(ctx.worker, key, conn.generation)), || conn.socket.peer_addr().ok(), &e);
             ctx.queue(key, conn).push_with(|out| e.write_response(out));
             machine.reject(ctx.now(), &ctx.config);
             ctx.follow(key, conn, machine.control());
@@ -41,10 +43,12 @@ pub(super) fn handshake<H: Handler>(
     let mut accepted = None;
     ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
     let Some((accept, deflate)) = accepted else {
+        logs::answered(ConnId::new(ctx.worker, key, conn.generation), peer);
         machine.reject(ctx.now(), &ctx.config);
         ctx.follow(key, conn, machine.control());
         return None;
     };
+    logs::upgraded(ConnId::new(ctx.worker, key, conn.generation), peer, &reader, &limits);
     if let (Some(agreement), Some(config)) = (deflate, settings.deflate) {
         slot.compress(DeflateState::new(Role::Server, agreement, config));
     }
@@ -94,6 +98,7 @@ pub(super) fn answer<H: Handler>(
     let request = match reader.request(&settings.request_limits) {
         Ok(request) => request,
         Err(e) => {
+            logs::bad_upgrade(None, || peer, &e);
             e.write_response(response);
             return None;
         }
@@ -116,6 +121,7 @@ pub(super) fn answer<H: Handler>(
     let upgrade = match request.websocket() {
         Ok(upgrade) => upgrade,
         Err(e) => {
+            logs::bad_upgrade(None, || peer, &e);
             e.write_response(response);
             return None;
         }
