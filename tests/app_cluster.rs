@@ -70,3 +70,13 @@ fn without_an_adapter_the_cluster_is_this_server() {
     ann2.close();
     running.close();
 }
+
+#[test]
+fn a_socket_without_rooms_or_user_leaves_the_cluster_view_when_it_closes() {
+    let running = app_client::start(App::new(), 1);
+    let client = AppClient::connect(running.local_addr());
+    assert_eq!(running.cluster().socket_count().unwrap(), 1);
+    client.close();
+    eventually("the socket gone", || running.cluster().socket_count().unwrap() == 0);
+    running.close();
+}

@@ -2,7 +2,8 @@
 //! own port: messages between nodes, presence queries, a node that dies,
 //! Redis going away and coming back, and what an app's node makes of
 //! malformed messages. Without redis-server on the PATH these
-//! tests say so loudly and pass (CI installs it).
+//! tests fail, naming what to install, unless `EMITWS_SKIP=redis` leaves
+//! them out.
 #![cfg(feature = "redis")]
 
 use std::sync::mpsc::{self, Receiver};
@@ -272,6 +273,23 @@ fn users_and_single_devices_are_dropped_on_every_node() {
     bob_a.close();
     a.close();
     b.close();
+}
+
+#[test]
+fn sockets_without_rooms_or_user_leave_the_presence_when_they_close() {
+    let Some(redis) = Redis::start() else { return };
+    let adapter = RedisAdapter::new(&redis.url(), quick()).unwrap();
+    let mut app = App::new();
+    app.adapter(adapter.clone());
+    let running = app_client::start(app, 2);
+    assert!(adapter.link().ready(Duration::from_secs(5)));
+    let clients: Vec<AppClient> = (0..4).map(|_| AppClient::connect(running.local_addr())).collect();
+    wait_for(Duration::from_secs(5), || running.cluster().socket_count().is_ok_and(|n| n == 4));
+    for client in clients {
+        client.close();
+    }
+    wait_for(Duration::from_secs(5), || running.cluster().socket_count().is_ok_and(|n| n == 0));
+    running.close();
 }
 
 #[test]

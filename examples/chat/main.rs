@@ -32,6 +32,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, Sender};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use emitws::app::health::Probes;
 use emitws::app::{App, AppHandle, BroadcastOpts, Request, SocketId};
 use emitws::runtime::HttpResponse;
 use serde::{Deserialize, Serialize};
@@ -317,13 +318,14 @@ fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
     );
 }
 
-/// The chat app, its handlers handing the store's work to `jobs`.
-fn chat_app(jobs: Jobs) -> App {
+/// The chat app, its handlers handing the store's work to `jobs`; `probes`
+/// answers the health checks.
+fn chat_app(jobs: Jobs, probes: Probes) -> App {
     let mut app = App::new();
-    app.on_http(|request| match request.path() {
+    app.on_http(move |request| match request.path() {
         "/" | "/index.html" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
         "/emitws.js" => Some(HttpResponse::new(200, "text/javascript; charset=utf-8", CLIENT)),
-        "/healthz" => Some(HttpResponse::new(200, "text/plain", "ok")),
+        "/healthz" | "/readyz" => probes.answer(request.path()),
         _ => Some(HttpResponse::new(404, "text/plain", "not found")),
     });
     app.route("/chat");
@@ -400,14 +402,17 @@ pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Bo
             Box::new(memory)
         }
     };
+    let probes = Probes::default();
     #[allow(unused_mut)] // changed only with the redis feature
-    let mut app = chat_app(store_thread(store));
+    let mut app = chat_app(store_thread(store), probes.clone());
     #[cfg(feature = "redis")]
     if let Some(url) = redis {
         use emitws::cluster::{RedisAdapter, RedisOptions};
         app.adapter(RedisAdapter::new(url, RedisOptions::default())?);
     }
-    Ok(app.listen(addr)?)
+    let running = app.listen(addr)?;
+    probes.running(running.app());
+    Ok(running)
 }
 
 #[allow(dead_code)] // tests/chat_cluster.rs includes this file for serve()

@@ -539,31 +539,39 @@ impl Handler for AppWorker {
             self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
         }
         let data = conn.data_mut();
-        if data.has(flag::CONNECTED) {
+        let connected = data.has(flag::CONNECTED);
+        if connected {
             app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let Some(mut state) = data.state.take() else { return };
-        let gone = Gone { conn_id: id, user: state.user.as_deref(), code, reason };
-        for After(after) in state.after.drain(..).rev() {
-            if let Some(after) = after {
-                let _ = catch_unwind(AssertUnwindSafe(|| after(&gone)));
+        let mut state = data.state.take();
+        if let Some(state) = state.as_deref_mut() {
+            let gone = Gone { conn_id: id, user: state.user.as_deref(), code, reason };
+            for After(after) in state.after.drain(..).rev() {
+                if let Some(after) = after {
+                    if catch_unwind(AssertUnwindSafe(|| after(&gone))).is_err() {
+                        crate::runtime::logs::panicked(id, "@disconnect", "an after hook");
+                    }
+                }
             }
-        }
-        for group in &state.groups {
-            self.local.groups.leave(group, id);
-            app.0.registry.leave(group, id);
-        }
-        if let Some(user) = &state.user {
-            let mut users = super::lock(&app.0.users);
-            if let Some(devices) = users.get_mut(user) {
-                devices.retain(|d| *d != id);
-                if devices.is_empty() {
-                    users.remove(user);
+            for group in &state.groups {
+                self.local.groups.leave(group, id);
+                app.0.registry.leave(group, id);
+            }
+            if let Some(user) = &state.user {
+                let mut users = super::lock(&app.0.users);
+                if let Some(devices) = users.get_mut(user) {
+                    devices.retain(|d| *d != id);
+                    if devices.is_empty() {
+                        users.remove(user);
+                    }
                 }
             }
         }
-        if data.has(flag::CONNECTED) {
-            app.presence(Presence::Disconnected { conn_id: id, user: state.user.as_deref(), groups: &state.groups });
+        if connected {
+            // A socket that never joined a group nor had a user keeps no
+            // state, and its presence goes all the same.
+            let (user, groups) = state.as_deref().map_or((None, &[][..]), |s| (s.user.as_deref(), &s.groups[..]));
+            app.presence(Presence::Disconnected { conn_id: id, user, groups });
         }
     }
 
