@@ -144,6 +144,13 @@ impl GroupRegistry {
         }
     }
 
+    /// Rooms (not tags) with members, and their members summed.
+    pub fn room_counts(&self) -> (u64, u64) {
+        let groups = read(&self.groups);
+        let rooms = groups.iter().filter(|(name, group)| name.starts_with('#') && !group.members.is_empty());
+        rooms.fold((0, 0), |(count, members), (_, group)| (count + 1, members + group.members.len() as u64))
+    }
+
     pub fn members(&self, name: &str) -> Vec<ConnId> {
         let groups = read(&self.groups);
         let mut members: Vec<ConnId> =

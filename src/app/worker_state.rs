@@ -3,6 +3,7 @@
 //! calls to a client.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
@@ -13,8 +14,9 @@ use super::error::Error;
 use super::groups::{Outbox, WorkerGroups};
 use super::handle::AppHandle;
 use super::limits::check_group_name;
-use super::rpc::{CallError, Calls, Done};
+use super::rpc::{CallError, CallResult, Calls, Done};
 use super::socket::SocketData;
+use crate::metrics::WorkerMetrics;
 use crate::proto::OpCode;
 use crate::runtime::{Conn, ConnId};
 
@@ -32,6 +34,9 @@ pub(crate) struct WorkerState {
     /// Sockets that must authenticate by then, earliest first.
     pub auth_deadlines: VecDeque<(Instant, ConnId)>,
     pub next_heartbeat: Option<Instant>,
+    /// The worker's counters, taken from the first socket to open (a
+    /// callback without a socket, `on_turn`, counts through them).
+    pub metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl WorkerState {
@@ -43,6 +48,7 @@ impl WorkerState {
             calls: Calls::default(),
             auth_deadlines: VecDeque::new(),
             next_heartbeat: None,
+            metrics: None,
         }
     }
 
@@ -115,10 +121,10 @@ impl WorkerState {
         done: Done,
     ) {
         if !conn.is_open() {
-            return done(Err(CallError::Disconnected));
+            return settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
         if usize::from(conn.data().calls) >= app.0.setup.limits.max_pending {
-            return done(Err(CallError::TooMany));
+            return settle_call(conn.metrics(), done, Err(CallError::TooMany));
         }
         let id = self.calls.start(conn.id(), timeout, done);
         conn.data_mut().calls += 1;
@@ -127,4 +133,19 @@ impl WorkerState {
             let _ = envelope::write_request(out, id, name, data);
         });
     }
+}
+
+/// Completes a server-to-client call with `result`, counted by its outcome.
+pub(crate) fn settle_call(metrics: &WorkerMetrics, done: Done, result: CallResult) {
+    let outcome = match &result {
+        Ok(_) => "answered",
+        Err(CallError::Timeout) => "timeout",
+        Err(CallError::NotRegistered(_)) => "not_registered",
+        Err(CallError::ExecutionFailed(_)) => "execution_failed",
+        Err(CallError::Disconnected) => "disconnected",
+        Err(CallError::TooMany) => "too_many",
+        Err(CallError::Remote { .. }) => "remote_error",
+    };
+    metrics.call_settled(outcome);
+    done(result);
 }

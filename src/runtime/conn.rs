@@ -296,6 +296,8 @@ pub(crate) struct WorkerState {
     /// The protocol settings of accepted connections (from `settings`).
     /// Counted, so that a callback can hold them while it borrows the rest.
     pub config: Rc<Config>,
+    /// This worker's counters (it is their one writer).
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl WorkerState {
@@ -499,7 +501,14 @@ impl<D> Conn<'_, D> {
             None => None,
         };
         let bytes = compressed.as_ref().unwrap_or(&frame.0.plain);
-        self.reserve(bytes.len(), |queue| queue.push_shared(bytes))
+        let status = self.reserve(bytes.len(), |queue| queue.push_shared(bytes));
+        if status != SendStatus::Refused {
+            self.ctx.metrics.message_out(frame.0.opcode, payload.len());
+            if compressed.is_some() {
+                self.ctx.metrics.deflated(payload.len(), bytes.len());
+            }
+        }
+        status
     }
 
     /// Sends a ping (payloads over 125 bytes are refused).
@@ -537,6 +546,11 @@ impl<D> Conn<'_, D> {
         self.ctx.now_tick.wrapping_mul(super::timer::TICK.as_millis() as u32)
     }
 
+    /// This worker's counters.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::WorkerMetrics> {
+        &self.ctx.metrics
+    }
+
     /// The same connection, borrowed for a shorter time.
     #[cfg(feature = "app")]
     pub(crate) fn reborrow(&mut self) -> Conn<'_, D> {
@@ -551,11 +565,13 @@ impl<D> Conn<'_, D> {
             return refused;
         }
         let Conn { key, conn, ctx, .. } = self;
+        ctx.metrics.message_out(opcode, payload.len());
         let data = matches!(opcode, OpCode::Text | OpCode::Binary);
         match conn.deflate().filter(|state| data && state.compresses(payload.len())) {
             Some(state) => {
                 ctx.deflater.compress(state, payload);
                 let compressed = std::mem::take(&mut ctx.deflater.scratch);
+                ctx.metrics.deflated(payload.len(), compressed.len());
                 // A client's frame is masked as it is queued: the mask covers the compressed payload.
                 ctx.push_frame(*key, conn, opcode, RSV1, &compressed);
                 ctx.deflater.scratch = compressed;
@@ -578,6 +594,7 @@ impl<D> Conn<'_, D> {
     #[inline]
     fn admit(&mut self, len: usize) -> Result<(), SendStatus> {
         if !self.control.is_open() {
+            self.ctx.metrics.sends_refused.inc();
             return Err(SendStatus::Refused);
         }
         if self.conn.queued() + len > self.ctx.settings.max_buffered {
@@ -593,6 +610,7 @@ impl<D> Conn<'_, D> {
     #[cold]
     #[inline(never)]
     fn over_budget(&mut self) {
+        self.ctx.metrics.sends_refused.inc();
         if self.ctx.settings.backpressure == BackpressurePolicy::Close {
             // The peer is not reading: what is queued would never arrive
             // anyway, so make room for the close frame.
@@ -610,6 +628,7 @@ impl<D> Conn<'_, D> {
     fn status(&mut self) -> SendStatus {
         if self.conn.has(flag::BACKLOGGED) {
             self.conn.flags |= flag::DRAIN_WANTED;
+            self.ctx.metrics.sends_buffered.inc();
             SendStatus::Buffered
         } else {
             SendStatus::Sent

@@ -36,6 +36,7 @@ use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, CloseReason, Role};
 
 mod accept;
+mod counted;
 mod dispatch;
 mod outgoing;
 mod upgrade;
@@ -43,6 +44,7 @@ mod upgrade;
 mod uring;
 
 use accept::run_acceptor;
+use counted::Counted;
 use dispatch::{frames, report_close, settle};
 pub(crate) use outgoing::{Dial, Dialing};
 use upgrade::{handshake, open};
@@ -125,7 +127,7 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
         let (settings, handle, handler) = (settings.clone(), handle.clone(), handler.clone());
         // The worker is built on its own thread, so connection data need not be `Send`.
         let thread = std::thread::Builder::new().name(format!("emitws-worker-{index}")).spawn(move || {
-            let mut worker = Worker::new(index, poll, inbox, listener, settings, handle, handler);
+            let mut worker = Worker::new(index, poll, inbox, listener, settings, handle, Counted(handler));
             worker.ring = ring;
             worker.run()
         })?;
@@ -183,6 +185,7 @@ impl<H: Handler> Worker<H> {
     ) -> Self {
         let read_buf = vec![0; settings.read_buffer_size.max(1024)];
         let config = std::rc::Rc::new(settings.connection_config());
+        let metrics = settings.metrics.worker();
         let ctx = WorkerState {
             worker: index,
             settings,
@@ -193,6 +196,7 @@ impl<H: Handler> Worker<H> {
             pool: QueuePool::default(),
             deflater: Deflater::default(),
             config,
+            metrics,
         };
         Worker {
             poll,
@@ -383,6 +387,7 @@ impl<H: Handler> Worker<H> {
                 Err(e) => return self.abort(key, CloseReason::ReadFailed(Arc::new(e))),
             };
             let is_tls = conn.is_tls();
+            self.ctx.metrics.bytes_read.add(n as u64);
             // Traffic postpones the keepalive.
             machine.handle_read(self.ctx.now(), conn.config(&self.ctx.config));
             if let Some(Tick(tick)) = machine.poll_timeout() {
@@ -631,6 +636,7 @@ impl<H: Handler> Worker<H> {
         if let Some(queue) = slot.conn.out {
             self.ctx.pool.give(queue);
         }
+        self.ctx.metrics.removed.inc();
         let shared = &self.ctx.handle.shared;
         shared.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.peer_ips.remove(&key) {
