@@ -316,8 +316,10 @@ fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
 /// The chat app, its handlers handing the store's work to `jobs`.
 fn chat_app(jobs: Jobs) -> App {
     let mut app = App::new();
-    app.on_http(|request| match request.path() {
+    let metrics = app.metrics();
+    app.on_http(move |request| match request.path() {
         "/" | "/index.html" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
+        "/metrics" => Some(metrics.http_response()),
         "/emitws.js" => Some(HttpResponse::new(200, "text/javascript; charset=utf-8", CLIENT)),
         "/healthz" => Some(HttpResponse::new(200, "text/plain", "ok")),
         _ => Some(HttpResponse::new(404, "text/plain", "not found")),
