@@ -64,8 +64,7 @@ impl Counter {
 }
 
 /// A count any thread may bump, for paths that already cross threads
-/// (a deferred reply, the cluster's threads): there one `fetch_add` is
-/// small beside the channel send.
+/// (a deferred reply): there one `fetch_add` is small beside the channel send.
 #[derive(Debug, Default)]
 pub(crate) struct SharedCounter(AtomicU64);
 
@@ -309,22 +308,7 @@ struct Registry {
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
     /// Replies given from other threads (deferred), by [`REPLY_CODES`].
     deferred_replies: [SharedCounter; REPLY_CODES.len()],
-    /// Cluster counters, bumped from the cluster's threads.
-    cluster: ClusterCounters,
     gauges: Mutex<Vec<GaugeReader>>,
-}
-
-/// The cluster adapter's counters (its threads are their writers).
-#[derive(Debug, Default)]
-pub(crate) struct ClusterCounters {
-    /// Messages published to Redis.
-    pub published: SharedCounter,
-    /// Messages received from other nodes.
-    pub received: SharedCounter,
-    /// Messages dropped (the queue to Redis full, or Redis unreachable).
-    pub dropped: SharedCounter,
-    /// Reconnections to Redis.
-    pub reconnects: SharedCounter,
 }
 
 /// The metrics registry of a server or an app. Cheap to clone: clones share
@@ -376,11 +360,6 @@ impl Metrics {
     /// A reply given from another thread (`error`: its error code).
     pub(crate) fn deferred_reply(&self, error: Option<&str>) {
         self.0.deferred_replies[reply_code(error)].inc();
-    }
-
-    /// The cluster adapter's counters.
-    pub(crate) fn cluster(&self) -> &ClusterCounters {
-        &self.0.cluster
     }
 
     /// Every counter and gauge now.
@@ -444,11 +423,6 @@ impl Metrics {
         }
         s.handler_seconds.count = cumulative;
         s.handler_seconds.sum = handler_ns as f64 / 1e9;
-        let cluster = &self.0.cluster;
-        s.cluster_published = cluster.published.get();
-        s.cluster_received = cluster.received.get();
-        s.cluster_dropped = cluster.dropped.get();
-        s.cluster_reconnects = cluster.reconnects.get();
         for reader in lock(&self.0.gauges).iter() {
             reader(&mut s);
         }
@@ -544,17 +518,19 @@ pub struct Snapshot {
     pub rooms: u64,
     /// Sockets in rooms on this node, summed over rooms.
     pub room_members: u64,
-    /// Messages this node published to the cluster.
+    /// Messages this node handed to the cluster's writer (published unless
+    /// an outage drops them; only with a cluster adapter, as the rest of `cluster_*`).
     pub cluster_published: u64,
     /// Messages this node received from the cluster.
     pub cluster_received: u64,
-    /// Messages dropped on the way to the cluster.
+    /// Messages dropped on the way to the cluster: more than its queue holds waited.
     pub cluster_dropped: u64,
     /// Reconnections to the cluster's Redis.
     pub cluster_reconnects: u64,
     /// Messages waiting to be published.
     pub cluster_queue_depth: u64,
-    /// Nodes of the cluster seen alive (this one included).
+    /// Nodes of the cluster alive (this one included) as the last cluster
+    /// query found them (presence, socket counts): 0 before any query.
     pub cluster_nodes_alive: u64,
 }
 
