@@ -90,6 +90,9 @@ pub(super) fn open<H: Handler>(
     control.is_open()
 }
 
+/// An accepted upgrade: the handler's acceptance and any permessage-deflate agreement.
+type Accepted<D> = (crate::runtime::Accept<D>, Option<DeflateAgreement>);
+
 /// Answers a complete request head into `response`: the 101 (returning the
 /// acceptance and any permessage-deflate agreement) or an HTTP response that
 /// ends the connection (returning the status of a refused upgrade, or `None`
@@ -100,7 +103,7 @@ pub(super) fn answer<H: Handler>(
     handler: &mut H,
     settings: &Settings,
     response: &mut Vec<u8>,
-) -> Result<(crate::runtime::Accept<H::Data>, Option<DeflateAgreement>), Option<u16>> {
+) -> Result<Accepted<H::Data>, Option<u16>> {
     let request = match reader.request(&settings.request_limits) {
         Ok(request) => request,
         Err(e) => {
