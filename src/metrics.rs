@@ -23,12 +23,16 @@
 //! cluster's queue) are read at scrape time instead of being counted.
 //!
 //! The text format is written here rather than through `prometheus-client`
-//! or `metrics`: both keep a family's values in shared atomics updated with
-//! `fetch_add` (a `lock`-prefixed instruction per count, on a cache line
-//! every worker writes), and `metrics` looks a counter up through a global
-//! recorder per call unless handles are kept. Per-worker cells summed at
-//! scrape time are what keeps the hot path at a few instructions (measured in
-//! docs/BENCHMARKS.md, "Metrics cost"), and the format is 60 lines.
+//! or `metrics`: both keep a family's values in shared atomics that every
+//! thread updates with `fetch_add` (a `lock`-prefixed read-modify-write per
+//! count, on cache lines that all the workers write: they bounce between
+//! cores at every message), and `metrics` also looks a counter up through a
+//! global recorder unless handles are kept. Neither sums per-thread cells at
+//! scrape time. The format itself is a hundred lines here
+//! ([`Snapshot::write_prometheus`]). Callgrind counts a locked instruction as
+//! one, so its numbers (docs/BENCHMARKS.md, "Metrics cost") show the
+//! instructions the counting adds, not what shared atomics would cost on
+//! several cores.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -151,7 +155,9 @@ const CALL_OUTCOMES: [&str; 7] =
 const HANDLER_BUCKETS_US: [u64; 10] = [10, 50, 100, 250, 500, 1_000, 5_000, 25_000, 100_000, 1_000_000];
 
 /// One worker's counters. The worker thread is the one writer of every cell.
+/// Aligned so that no other worker's counters share its cache lines.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct WorkerMetrics {
     /// Connections accepted (TCP), before any cap.
     pub accepted: Counter,

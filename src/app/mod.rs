@@ -321,8 +321,9 @@ impl App {
     }
 
     /// The app's metrics: its server's counters and its own (events and
-    /// requests by route, replies by code, rooms, calls). Take it before
-    /// [`listen`](Self::listen) to serve it from [`on_http`](Self::on_http):
+    /// requests by route, replies by code, rooms, calls). It replaces the
+    /// registry of the [`Server`] given to [`listen_with`](Self::listen_with).
+    /// Take it before [`listen`](Self::listen) to serve it from [`on_http`](Self::on_http):
     ///
     /// ```
     /// let mut app = emitws::app::App::new();
