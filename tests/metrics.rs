@@ -5,6 +5,9 @@
 #[path = "common/app.rs"]
 mod app_client;
 mod common;
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -154,4 +157,52 @@ fn the_snapshot_and_the_text_agree() {
     assert_eq!(running.metrics().snapshot().replies["ok"], 1);
     client.close();
     running.close();
+}
+
+/// Two nodes over Redis: a broadcast published by one is counted there, and
+/// received by the other; a presence query finds both nodes alive.
+#[cfg(feature = "redis")]
+#[test]
+fn the_cluster_counts_what_it_publishes_and_receives() {
+    use emitws::app::BroadcastOpts;
+    use emitws::cluster::{RedisAdapter, RedisOptions};
+
+    let Some(redis) = redis_server::Redis::start() else { return };
+    let node = || {
+        let mut app = App::new();
+        app.on("/say", |req| {
+            let _ = req.broadcast("/said", "hi", BroadcastOpts::to("#lobby"));
+        });
+        app.on("/join", |req| {
+            let _ = req.join("#lobby");
+        });
+        let options = RedisOptions::default().heartbeat_ttl(std::time::Duration::from_secs(1));
+        app.adapter(RedisAdapter::new(&redis.url(), options).expect("a valid URL"));
+        let metrics = app.metrics();
+        (start(app, 1), metrics)
+    };
+    let ((a, a_metrics), (b, b_metrics)) = (node(), node());
+    let mut listener = AppClient::connect(b.local_addr());
+    assert_eq!(listener.request("/join", Value::Null), Ok(Value::Null));
+    let mut speaker = AppClient::connect(a.local_addr());
+    // The subscriptions may lag the heartbeats a little: say it until heard.
+    eventually("b to receive a's broadcast", || {
+        speaker.emit("/say", Value::Null);
+        std::thread::sleep(common::ms(50));
+        b_metrics.snapshot().cluster_received > 0
+    });
+    assert_eq!(listener.expect_event("/said"), Value::from("hi"));
+    let published = a_metrics.snapshot().cluster_published;
+    assert!(published > 0 && published >= b_metrics.snapshot().cluster_received, "{published}");
+    assert_eq!(a_metrics.snapshot().cluster_dropped, 0);
+    eventually("a query to see both nodes", || {
+        let _ = a.cluster().count(emitws::app::Scope::All);
+        a_metrics.snapshot().cluster_nodes_alive == 2
+    });
+    let text = a_metrics.prometheus();
+    assert!(text.contains("\nemitws_cluster_nodes_alive 2\n"), "{text}");
+    speaker.close();
+    listener.close();
+    a.close();
+    b.close();
 }
