@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::proto::{CloseReason, OpCode};
-use crate::runtime::HttpResponse;
+use crate::runtime::{HttpResponse, SharedFrame};
 
 /// A count with one writer (the worker thread that owns it): a relaxed load
 /// and store, readable from any thread.
@@ -193,10 +193,8 @@ pub(crate) struct WorkerMetrics {
     pub deflate_compressed_out: Counter,
     /// The app's event and request names with their own label, in label order.
     names: Arc<[Box<str>]>,
-    /// Events (no reply expected) by name: one per name, then `other`.
-    events: Box<[Counter]>,
-    /// Requests by name: one per name, then `other`.
-    requests: Box<[Counter]>,
+    /// Events (no reply expected) and requests by name: one pair per name, then `other`'s.
+    routes: Box<[[Counter; 2]]>,
     /// Replies to requests answered on the worker, by [`REPLY_CODES`].
     replies: [Counter; REPLY_CODES.len()],
     /// Messages refused for their socket's rate.
@@ -230,8 +228,7 @@ impl WorkerMetrics {
             deflate_plain_out: Counter::default(),
             deflate_compressed_out: Counter::default(),
             names,
-            events: (0..labels).map(|_| Counter::default()).collect(),
-            requests: (0..labels).map(|_| Counter::default()).collect(),
+            routes: (0..labels).map(|_| Default::default()).collect(),
             replies: Default::default(),
             rate_limited: Counter::default(),
             calls: Default::default(),
@@ -266,6 +263,14 @@ impl WorkerMetrics {
         self.bytes_out[kind].add(len as u64);
     }
 
+    /// `count` connections were sent `frame`.
+    #[inline]
+    pub(crate) fn shared_out(&self, frame: &SharedFrame, count: u64) {
+        let kind = kind(frame.0.opcode);
+        self.messages_out[kind].add(count);
+        self.bytes_out[kind].add(count * frame.payload().len() as u64);
+    }
+
     /// A message of `plain` payload bytes was sent compressed to `compressed` bytes.
     pub(crate) fn deflated(&self, plain: usize, compressed: usize) {
         self.deflate_plain_out.add(plain as u64);
@@ -276,10 +281,9 @@ impl WorkerMetrics {
     /// with label `label` (`None`: no route has its name).
     #[inline]
     pub(crate) fn dispatched(&self, label: Option<usize>, request: bool) {
-        let cells = if request { &self.requests } else { &self.events };
         // A label past the names this worker was built with counts as `other`.
-        let index = label.filter(|&l| l < self.names.len()).unwrap_or(self.names.len());
-        cells[index].inc();
+        let other = self.names.len();
+        self.routes[label.map_or(other, |label| label.min(other))][usize::from(request)].inc();
     }
 
     /// A reply went out on the worker (`error`: its error code).
@@ -401,11 +405,10 @@ impl Metrics {
             for (into, cells) in kinds.iter_mut().zip([&w.messages_in, &w.bytes_in, &w.messages_out, &w.bytes_out]) {
                 sum(cells, into);
             }
-            for (label, cells) in [(&mut s.events, &w.events), (&mut s.requests, &w.requests)] {
-                let names = w.names.iter().map(|n| &**n).chain(["other"]);
-                for (name, cell) in names.zip(cells.iter()) {
-                    *label.entry(name.to_owned()).or_default() += cell.get();
-                }
+            let names = w.names.iter().map(|n| &**n).chain(["other"]);
+            for (name, [events, requests]) in names.zip(w.routes.iter()) {
+                *s.events.entry(name.to_owned()).or_default() += events.get();
+                *s.requests.entry(name.to_owned()).or_default() += requests.get();
             }
         }
         // Workers count admissions and removals separately, and are read one

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use super::locks::{read, write};
 use super::socket::{flag, SocketData};
 use super::socket_id::SocketId;
-use crate::runtime::{ConnId, Conns, SharedFrame};
+use crate::runtime::{ConnId, Conns, SendStatus, SharedFrame};
 
 /// Who a broadcast reaches. The default reaches every socket.
 ///
@@ -193,26 +193,27 @@ impl WorkerGroups {
         }
     }
 
-    /// Sends a delivery to this worker's sockets it addresses.
-    pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) {
+    /// Sends a delivery to this worker's sockets it addresses; returns to
+    /// how many (counted by the caller, once).
+    pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) -> u64 {
         let except = &delivery.except;
-        let send = |conns: &mut Conns<'_, SocketData>, id: ConnId| {
-            if let Some(mut conn) = conns.get(id) {
-                if !conn.data().has(flag::UNAUTHED) {
-                    let _ = conn.send_shared(&delivery.frame);
-                }
+        let mut sent = 0;
+        let send = |conns: &mut Conns<'_, SocketData>, id: ConnId| match conns.get(id) {
+            Some(mut conn) if !conn.data().has(flag::UNAUTHED) => {
+                u64::from(conn.queue_shared(&delivery.frame) != SendStatus::Refused)
             }
+            _ => 0,
         };
         match &delivery.groups[..] {
             [] => conns.for_each(|conn| {
                 if !conn.data().has(flag::UNAUTHED) && !except.contains(&conn.id()) {
-                    let _ = conn.send_shared(&delivery.frame);
+                    sent += u64::from(conn.queue_shared(&delivery.frame) != SendStatus::Refused);
                 }
             }),
             [one] => {
                 for &id in self.members.get(one).into_iter().flatten() {
                     if !except.contains(&id) {
-                        send(conns, id);
+                        sent += send(conns, id);
                     }
                 }
             }
@@ -225,10 +226,11 @@ impl WorkerGroups {
                 ids.sort_unstable();
                 ids.dedup();
                 for &id in ids.iter().filter(|id| !except.contains(id)) {
-                    send(conns, id);
+                    sent += send(conns, id);
                 }
                 self.scratch = ids;
             }
         }
+        sent
     }
 }

@@ -327,7 +327,7 @@ impl AppWorker {
 
     fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: WorkerMsg) {
         match message {
-            WorkerMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
+            WorkerMsg::Deliver(delivery) => self.local.deliver(conns, &delivery),
             WorkerMsg::Reply { conn, id, text } => {
                 if let Some(mut conn) = conns.get(conn) {
                     let deferred = &mut conn.data_mut().state().deferred;
@@ -579,7 +579,7 @@ impl Handler for AppWorker {
         }
         while !self.local.outbox.deliveries.is_empty() {
             for delivery in std::mem::take(&mut self.local.outbox.deliveries) {
-                self.local.groups.deliver(conns, &delivery);
+                self.local.deliver(conns, &delivery);
             }
         }
         let now = Instant::now();

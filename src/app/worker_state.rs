@@ -11,14 +11,14 @@ use serde_json::value::RawValue;
 use super::adapter::Presence;
 use super::envelope::{self, ErrorCode};
 use super::error::Error;
-use super::groups::{Outbox, WorkerGroups};
+use super::groups::{Delivery, Outbox, WorkerGroups};
 use super::handle::AppHandle;
 use super::limits::check_group_name;
 use super::rpc::{CallError, CallResult, Calls, Done};
 use super::socket::SocketData;
 use crate::metrics::WorkerMetrics;
 use crate::proto::OpCode;
-use crate::runtime::{Conn, ConnId};
+use crate::runtime::{Conn, ConnId, Conns};
 
 /// What one worker keeps for its own sockets, touched by that worker's
 /// thread alone (no locks).
@@ -132,6 +132,17 @@ impl WorkerState {
             // A string and raw JSON always serialize.
             let _ = envelope::write_request(out, id, name, data);
         });
+    }
+}
+
+impl WorkerState {
+    /// Sends a delivery to this worker's sockets it addresses, counted once.
+    pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) {
+        let sent = self.groups.deliver(conns, delivery);
+        // A socket that was sent to opened on this worker, and left its counters.
+        if let Some(metrics) = &self.metrics {
+            metrics.shared_out(&delivery.frame, sent);
+        }
     }
 }
 

@@ -486,27 +486,35 @@ impl<D> Conn<'_, D> {
 
     /// Sends a frame encoded once for many connections (see [`SharedFrame`]).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> SendStatus {
+        let status = self.queue_shared(frame);
+        if status != SendStatus::Refused {
+            self.ctx.metrics.shared_out(frame, 1);
+        }
+        status
+    }
+
+    /// [`send_shared`](Self::send_shared), uncounted: for the loops that
+    /// fan one frame out to many connections and count them once after
+    /// (`WorkerMetrics::shared_out`), not once per connection.
+    pub(crate) fn queue_shared(&mut self, frame: &SharedFrame) -> SendStatus {
         let payload = frame.payload();
         if self.conn.is_client() {
             // Outgoing connections mask every frame (and compress as the
             // client): a shared frame cannot be sent as it is.
-            return self.send(frame.0.opcode, payload);
+            return self.send_uncounted(frame.0.opcode, payload);
         }
         let compressed = match self.conn.deflate().filter(|state| state.compresses(payload.len())) {
             Some(state) => match state.takes_shared() {
                 Some(config) => Some(frame.0.compressed.get_or_compress(config, frame.0.opcode, payload)),
                 // This connection's compression carries context: it compresses its own copy.
-                None => return self.send(frame.0.opcode, payload),
+                None => return self.send_uncounted(frame.0.opcode, payload),
             },
             None => None,
         };
         let bytes = compressed.as_ref().unwrap_or(&frame.0.plain);
         let status = self.reserve(bytes.len(), |queue| queue.push_shared(bytes));
-        if status != SendStatus::Refused {
-            self.ctx.metrics.message_out(frame.0.opcode, payload.len());
-            if compressed.is_some() {
-                self.ctx.metrics.deflated(payload.len(), bytes.len());
-            }
+        if compressed.is_some() && status != SendStatus::Refused {
+            self.ctx.metrics.deflated(payload.len(), bytes.len());
         }
         status
     }
@@ -558,6 +566,15 @@ impl<D> Conn<'_, D> {
     }
 
     pub(crate) fn send(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
+        let status = self.send_uncounted(opcode, payload);
+        if status != SendStatus::Refused {
+            self.ctx.metrics.message_out(opcode, payload.len());
+        }
+        status
+    }
+
+    /// [`send`](Self::send), uncounted (see [`queue_shared`](Self::queue_shared)).
+    fn send_uncounted(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
         // The budget counts the uncompressed size: a message must never be
         // compressed and then refused, as the peer's context would miss it.
         let frame_len = payload.len() + crate::proto::MAX_HEADER_LEN;
@@ -565,7 +582,6 @@ impl<D> Conn<'_, D> {
             return refused;
         }
         let Conn { key, conn, ctx, .. } = self;
-        ctx.metrics.message_out(opcode, payload.len());
         let data = matches!(opcode, OpCode::Text | OpCode::Binary);
         match conn.deflate().filter(|state| data && state.compresses(payload.len())) {
             Some(state) => {

@@ -22,7 +22,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::conn::{flag, Conn, Outbox, RareState, Transport, WorkerState};
+use super::conn::{flag, Conn, Outbox, RareState, SendStatus, Transport, WorkerState};
 use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInbox};
 use super::outbuf::QueuePool;
 use super::settings::{AcceptMode, Settings};
@@ -292,11 +292,13 @@ impl<H: Handler> Worker<H> {
                     let _ = conn.send_shared(&frame);
                 }),
                 Command::Broadcast(ids, frame) => {
+                    let mut sent = 0;
                     for id in ids {
                         self.with_open(id, |conn| {
-                            let _ = conn.send_shared(&frame);
+                            sent += u64::from(conn.queue_shared(&frame) != SendStatus::Refused);
                         });
                     }
+                    self.ctx.metrics.shared_out(&frame, sent);
                 }
                 Command::Close(id, code, reason) => self.with_open(id, |conn| conn.close(code, &reason)),
                 Command::Adopt(stream) => self.adopt(stream),
