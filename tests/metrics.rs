@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use app_client::{eventually, start, AppClient};
-use emitws::app::App;
+use emitws::app::{App, BroadcastOpts};
 use emitws::proto::{encode_frame, OpCode};
 use serde_json::Value;
 
@@ -58,6 +58,9 @@ fn a_scrape_follows_connections_routes_rooms_and_closes() {
     app.on("/note", |_| {});
     app.on("/join", |req| {
         let _ = req.join("#lobby");
+    });
+    app.on("/shout", |req| {
+        let _ = req.broadcast("/shouted", "hey", BroadcastOpts::to("#lobby"));
     });
     let metrics = app.metrics();
     app.on_http(move |request| (request.path() == "/metrics").then(|| metrics.http_response()));
@@ -108,6 +111,13 @@ fn a_scrape_follows_connections_routes_rooms_and_closes() {
     // Each client's @ready, and the five replies.
     assert_eq!(talked.get("emitws_messages_out_total{kind=\"text\"}"), 8.0);
     assert!(talked.get("emitws_bytes_in_total{kind=\"text\"}") > 0.0);
+
+    // A broadcast counts once per member it reaches.
+    assert_eq!(a.request("/shout", Value::Null), Ok(Value::Null));
+    assert_eq!(b.expect_event("/shouted"), Value::from("hey"));
+    assert_eq!(c.expect_event("/shouted"), Value::from("hey"));
+    let shouted = Scrape::take(addr);
+    assert_eq!(shouted.get("emitws_messages_out_total{kind=\"text\"}"), 11.0, "the reply and two deliveries more");
 
     // An unmasked frame from a client breaks the protocol: 1002.
     let mut unmasked = Vec::new();
@@ -164,7 +174,6 @@ fn the_snapshot_and_the_text_agree() {
 #[cfg(feature = "redis")]
 #[test]
 fn the_cluster_counts_what_it_publishes_and_receives() {
-    use emitws::app::BroadcastOpts;
     use emitws::cluster::{RedisAdapter, RedisOptions};
 
     let Some(redis) = redis_server::Redis::start() else { return };

@@ -496,6 +496,7 @@ impl<D> Conn<'_, D> {
     /// [`send_shared`](Self::send_shared), uncounted: for the loops that
     /// fan one frame out to many connections and count them once after
     /// (`WorkerMetrics::shared_out`), not once per connection.
+    #[inline]
     pub(crate) fn queue_shared(&mut self, frame: &SharedFrame) -> SendStatus {
         let payload = frame.payload();
         if self.conn.is_client() {
@@ -610,14 +611,21 @@ impl<D> Conn<'_, D> {
     #[inline]
     fn admit(&mut self, len: usize) -> Result<(), SendStatus> {
         if !self.control.is_open() {
-            self.ctx.metrics.sends_refused.inc();
-            return Err(SendStatus::Refused);
+            return Err(self.refused());
         }
         if self.conn.queued() + len > self.ctx.settings.max_buffered {
             self.over_budget();
             return Err(SendStatus::Refused);
         }
         Ok(())
+    }
+
+    /// A send to a connection that is closing: counted, out of line like `over_budget`.
+    #[cold]
+    #[inline(never)]
+    fn refused(&mut self) -> SendStatus {
+        self.ctx.metrics.sends_refused.inc();
+        SendStatus::Refused
     }
 
     /// A send would pass the budget. Kept out of line: `admit` runs on every
