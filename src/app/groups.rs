@@ -198,11 +198,12 @@ impl WorkerGroups {
     pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) -> u64 {
         let except = &delivery.except;
         let mut sent = 0;
-        let send = |conns: &mut Conns<'_, SocketData>, id: ConnId| match conns.get(id) {
-            Some(mut conn) if !conn.data().has(flag::UNAUTHED) => {
-                u64::from(conn.queue_shared(&delivery.frame) != SendStatus::Refused)
+        let mut send = |conns: &mut Conns<'_, SocketData>, id: ConnId| {
+            if let Some(mut conn) = conns.get(id) {
+                if !conn.data().has(flag::UNAUTHED) && conn.queue_shared(&delivery.frame) != SendStatus::Refused {
+                    sent += 1;
+                }
             }
-            _ => 0,
         };
         match &delivery.groups[..] {
             [] => conns.for_each(|conn| {
@@ -213,7 +214,7 @@ impl WorkerGroups {
             [one] => {
                 for &id in self.members.get(one).into_iter().flatten() {
                     if !except.contains(&id) {
-                        sent += send(conns, id);
+                        send(conns, id);
                     }
                 }
             }
@@ -226,7 +227,7 @@ impl WorkerGroups {
                 ids.sort_unstable();
                 ids.dedup();
                 for &id in ids.iter().filter(|id| !except.contains(id)) {
-                    sent += send(conns, id);
+                    send(conns, id);
                 }
                 self.scratch = ids;
             }

@@ -506,18 +506,19 @@ impl<D> Conn<'_, D> {
         }
         let compressed = match self.conn.deflate().filter(|state| state.compresses(payload.len())) {
             Some(state) => match state.takes_shared() {
-                Some(config) => Some(frame.0.compressed.get_or_compress(config, frame.0.opcode, payload)),
+                Some(config) => {
+                    let compressed = frame.0.compressed.get_or_compress(config, frame.0.opcode, payload);
+                    // Counted here, off the uncompressed path (even if the budget then refuses it).
+                    self.ctx.metrics.deflated(payload.len(), compressed.len());
+                    Some(compressed)
+                }
                 // This connection's compression carries context: it compresses its own copy.
                 None => return self.send_uncounted(frame.0.opcode, payload),
             },
             None => None,
         };
         let bytes = compressed.as_ref().unwrap_or(&frame.0.plain);
-        let status = self.reserve(bytes.len(), |queue| queue.push_shared(bytes));
-        if compressed.is_some() && status != SendStatus::Refused {
-            self.ctx.metrics.deflated(payload.len(), bytes.len());
-        }
-        status
+        self.reserve(bytes.len(), |queue| queue.push_shared(bytes))
     }
 
     /// Sends a ping (payloads over 125 bytes are refused).
