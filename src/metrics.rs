@@ -13,7 +13,7 @@
 //!
 //! # Cost
 //!
-//! Each worker thread owns its counters ([`WorkerMetrics`]) and is their one
+//! Each worker thread owns its counters (`WorkerMetrics`) and is their one
 //! writer: a count is a relaxed load and a store of a cell the worker's cache
 //! already holds, never a locked read-modify-write of a line that other cores
 //! write too. A scrape sums every worker's cells without asking the workers

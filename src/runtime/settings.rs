@@ -115,8 +115,8 @@ pub struct Settings {
     #[cfg(all(feature = "io-uring", target_os = "linux"))]
     pub io_uring_sends: bool,
     /// Where the server's workers count (default: a registry of its own).
-    /// Counting is always on: it costs a few instructions per message
-    /// (docs/BENCHMARKS.md, "Metrics cost").
+    /// Counting is always on: its cost per message is measured in
+    /// docs/BENCHMARKS.md, "Metrics cost".
     pub metrics: crate::metrics::Metrics,
 }
 
