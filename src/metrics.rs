@@ -62,7 +62,8 @@ impl Counter {
         self.add(1);
     }
 
-    fn get(&self) -> u64 {
+    /// The count (exact on the owning thread).
+    pub(crate) fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
 }

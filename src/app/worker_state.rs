@@ -138,11 +138,13 @@ impl WorkerState {
 impl WorkerState {
     /// Sends a delivery to this worker's sockets it addresses, counted once.
     pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) {
-        let sent = self.groups.deliver(conns, delivery);
-        // A socket that was sent to opened on this worker, and left its counters.
-        if let Some(metrics) = &self.metrics {
-            metrics.shared_out(&delivery.frame, sent);
-        }
+        // Without counters no socket opened on this worker: there is no one to send to.
+        let Some(metrics) = self.metrics.clone() else { return };
+        // The worker alone writes its counters, so the refusals during the
+        // delivery are the difference.
+        let refused = metrics.sends_refused.get();
+        let tried = self.groups.deliver(conns, delivery);
+        metrics.shared_out(&delivery.frame, tried - (metrics.sends_refused.get() - refused));
     }
 }
 
