@@ -33,6 +33,7 @@ pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;
 mod dial;
+pub mod metrics;
 pub mod proto;
 pub mod runtime;
 #[cfg(feature = "tls")]

@@ -322,8 +322,10 @@ fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
 /// answers the health checks.
 fn chat_app(jobs: Jobs, probes: Probes) -> App {
     let mut app = App::new();
+    let metrics = app.metrics();
     app.on_http(move |request| match request.path() {
         "/" | "/index.html" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
+        "/metrics" => Some(metrics.http_response()),
         "/emitws.js" => Some(HttpResponse::new(200, "text/javascript; charset=utf-8", CLIENT)),
         "/healthz" | "/readyz" => probes.answer(request.path()),
         _ => Some(HttpResponse::new(404, "text/plain", "not found")),

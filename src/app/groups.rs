@@ -6,6 +6,7 @@
 //! every member and how many each worker has (so a broadcast wakes only the
 //! workers that have members, and presence queries see everyone).
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
@@ -144,6 +145,13 @@ impl GroupRegistry {
         }
     }
 
+    /// Rooms (not tags) with members, and their members summed.
+    pub fn room_counts(&self) -> (u64, u64) {
+        let groups = read(&self.groups);
+        let rooms = groups.iter().filter(|(name, group)| name.starts_with('#') && !group.members.is_empty());
+        rooms.fold((0, 0), |(count, members), (_, group)| (count + 1, members + group.members.len() as u64))
+    }
+
     pub fn members(&self, name: &str) -> Vec<ConnId> {
         let groups = read(&self.groups);
         let mut members: Vec<ConnId> =
@@ -186,28 +194,41 @@ impl WorkerGroups {
         }
     }
 
-    /// Sends a delivery to this worker's sockets it addresses.
-    pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) {
+    /// Sends a delivery to this worker's sockets it addresses; returns how
+    /// many sends it made (refused ones included: the caller takes those off).
+    pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) -> u64 {
         let except = &delivery.except;
-        let send = |conns: &mut Conns<'_, SocketData>, id: ConnId| {
-            if let Some(mut conn) = conns.get(id) {
-                if !conn.data().has(flag::UNAUTHED) {
-                    let _ = conn.send_shared(&delivery.frame);
-                }
+        // The sockets passed over are counted (rarely), not those sent to: a
+        // count in the per-socket loop cost 5 to 10 instructions per delivery
+        // under callgrind.
+        let skipped = Cell::new(0);
+        let skip = || skipped.set(skipped.get() + 1);
+        let send = |conns: &mut Conns<'_, SocketData>, id: ConnId| match conns.get(id) {
+            Some(mut conn) if !conn.data().has(flag::UNAUTHED) => {
+                let _ = conn.queue_shared(&delivery.frame);
             }
+            _ => skip(),
         };
-        match &delivery.groups[..] {
-            [] => conns.for_each(|conn| {
-                if !conn.data().has(flag::UNAUTHED) && !except.contains(&conn.id()) {
-                    let _ = conn.send_shared(&delivery.frame);
-                }
-            }),
+        let addressed = match &delivery.groups[..] {
+            [] => {
+                let mut sent = 0;
+                conns.for_each(|conn| {
+                    if !conn.data().has(flag::UNAUTHED) && !except.contains(&conn.id()) {
+                        let _ = conn.queue_shared(&delivery.frame);
+                        sent += 1;
+                    }
+                });
+                return sent;
+            }
             [one] => {
-                for &id in self.members.get(one).into_iter().flatten() {
-                    if !except.contains(&id) {
-                        send(conns, id);
+                let members = self.members.get(one).map_or(&[][..], |members| &members[..]);
+                for &id in members {
+                    match except.contains(&id) {
+                        true => skip(),
+                        false => send(conns, id),
                     }
                 }
+                members.len()
             }
             several => {
                 let mut ids = std::mem::take(&mut self.scratch);
@@ -217,11 +238,17 @@ impl WorkerGroups {
                 }
                 ids.sort_unstable();
                 ids.dedup();
-                for &id in ids.iter().filter(|id| !except.contains(id)) {
-                    send(conns, id);
+                for &id in &ids {
+                    match except.contains(&id) {
+                        true => skip(),
+                        false => send(conns, id),
+                    }
                 }
+                let addressed = ids.len();
                 self.scratch = ids;
+                addressed
             }
-        }
+        };
+        addressed as u64 - skipped.get()
     }
 }

@@ -22,7 +22,7 @@ use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::socket::{flag, SocketData};
 use super::socket_id::SocketId;
-use super::worker_state::WorkerState;
+use super::worker_state::{settle_call, WorkerState};
 use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, CloseReason, Message, OpCode};
 use crate::runtime::{Accept, Conn, Conns, Handler, Reject, UpgradeRequest};
@@ -150,6 +150,7 @@ impl AppWorker {
     /// through again, so that a flood cannot make the server flood back.
     fn over_rate(&mut self, conn: &mut Conn<'_, SocketData>, text: &str) {
         const MESSAGE: &str = "too many messages";
+        conn.metrics().rate_limited.inc();
         let (id, policy) = (envelope::peek_request_id(text), self.app.0.setup.limits.over_rate);
         if policy == Policy::Reply && id.is_none() {
             if conn.data().has(flag::RATE_NOTIFIED) {
@@ -185,6 +186,7 @@ impl AppWorker {
         // count would be written by every worker on every message).
         let AppWorker { app, local } = self;
         let mut req = Request { event, id, data, conn: conn.reborrow(), local, app, answered: false };
+        let started = app.0.setup.time_handlers.then(Instant::now);
         match catch_unwind(AssertUnwindSafe(|| app.0.setup.router.dispatch(event, &mut req))) {
             // A request nobody answered or deferred gets `null`, so the client is not left waiting.
             Ok(true) => req.reply(&()),
@@ -194,6 +196,9 @@ impl AppWorker {
                 req.reply_err(ErrorCode::Internal.as_str(), PANICKED);
                 self.report(conn, ErrorCode::Internal, PANICKED, Some(event));
             }
+        }
+        if let Some(started) = started {
+            conn.metrics().handler_time(started.elapsed());
         }
     }
 
@@ -237,7 +242,7 @@ impl AppWorker {
         if let Some(done) = self.local.calls.take(conn.id(), id) {
             let data = conn.data_mut();
             data.calls = data.calls.saturating_sub(1);
-            done(result);
+            settle_call(conn.metrics(), done, result);
         }
     }
 
@@ -328,7 +333,7 @@ impl AppWorker {
 
     fn on_app_message(&mut self, conns: &mut Conns<'_, SocketData>, message: WorkerMsg) {
         match message {
-            WorkerMsg::Deliver(delivery) => self.local.groups.deliver(conns, &delivery),
+            WorkerMsg::Deliver(delivery) => self.local.deliver(conns, &delivery),
             WorkerMsg::Reply { conn, id, text } => {
                 if let Some(mut conn) = conns.get(conn) {
                     let deferred = &mut conn.data_mut().state().deferred;
@@ -445,6 +450,7 @@ impl Handler for AppWorker {
         let app = self.app.clone();
         app.0.server.get_or_init(|| conn.server().clone());
         self.local.outbox.worker = conn.id().worker();
+        self.local.metrics.get_or_insert_with(|| conn.metrics().clone());
         let now = conn.clock_ms();
         let data = conn.data_mut();
         if let Some(rate) = &app.0.setup.limits.rate {
@@ -532,7 +538,7 @@ impl Handler for AppWorker {
         let app = self.app.clone();
         let id = conn.id();
         for done in self.local.calls.take_all(id) {
-            done(Err(CallError::Disconnected));
+            settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
         if conn.data().has(flag::CONNECTED) {
             let body = serde_json::json!({ "code": code.0, "reason": reason });
@@ -587,7 +593,7 @@ impl Handler for AppWorker {
         }
         while !self.local.outbox.deliveries.is_empty() {
             for delivery in std::mem::take(&mut self.local.outbox.deliveries) {
-                self.local.groups.deliver(conns, &delivery);
+                self.local.deliver(conns, &delivery);
             }
         }
         let now = Instant::now();
@@ -596,7 +602,11 @@ impl Handler for AppWorker {
                 let data = conn.data_mut();
                 data.calls = data.calls.saturating_sub(1);
             }
-            done(Err(CallError::Timeout));
+            match &self.local.metrics {
+                Some(metrics) => settle_call(metrics, done, Err(CallError::Timeout)),
+                // No socket opened on this worker, so none made a call.
+                None => done(Err(CallError::Timeout)),
+            }
         }
         while let Some(&(at, id)) = self.local.auth_deadlines.front() {
             if at > now {

@@ -103,6 +103,7 @@ use handler::AppWorker;
 use locks::lock;
 use router::Router;
 
+use crate::metrics::Metrics;
 use crate::proto::handshake::server::HttpRequest;
 use crate::proto::CloseCode;
 use crate::runtime::{HttpResponse, OriginPolicy, Server};
@@ -144,6 +145,10 @@ pub(crate) struct AppConfig {
     devices: Option<(usize, DevicePolicy)>,
     adapter: Option<Arc<dyn Adapter>>,
     http: Option<HttpFn>,
+    /// Where the app and its server count.
+    pub(crate) metrics: Metrics,
+    /// Whether handler times go into the histogram (two clock reads per message).
+    time_handlers: bool,
 }
 
 /// How sockets authenticate, if they must.
@@ -316,6 +321,28 @@ impl App {
         self
     }
 
+    /// The app's metrics: its server's counters and its own (events and
+    /// requests by route, replies by code, rooms, calls). It replaces the
+    /// registry of the [`Server`] given to [`listen_with`](Self::listen_with).
+    /// Take it before [`listen`](Self::listen) to serve it from [`on_http`](Self::on_http):
+    ///
+    /// ```
+    /// let mut app = emitws::app::App::new();
+    /// let metrics = app.metrics();
+    /// app.on_http(move |request| (request.path() == "/metrics").then(|| metrics.http_response()));
+    /// ```
+    pub fn metrics(&self) -> Metrics {
+        self.config.metrics.clone()
+    }
+
+    /// Times every event and request handler into the metrics' histogram
+    /// (default off: the two clock reads per message cost more than the
+    /// rest of the metrics together; see docs/BENCHMARKS.md, "Metrics cost").
+    pub fn time_handlers(&mut self, on: bool) -> &mut Self {
+        self.config.time_handlers = on;
+        self
+    }
+
     /// Plugs in a cluster transport.
     pub fn adapter(&mut self, adapter: Arc<dyn Adapter>) -> &mut Self {
         self.config.adapter = Some(adapter);
@@ -349,7 +376,11 @@ impl App {
             Some(_) => server.keepalive(None),
             None => server.keepalive_close_code(CLOSE_TIMEOUT),
         };
+        let metrics = self.config.metrics.clone();
+        metrics.set_names(self.config.router.names());
+        server = server.with_metrics(metrics.clone());
         let app = AppHandle::new(self.config);
+        app.count_gauges(&metrics);
         // Attached before the port accepts, so that the first sockets to join
         // a room miss nothing other nodes publish meanwhile.
         let adapter = app.0.setup.adapter.as_ref();
@@ -363,6 +394,23 @@ impl App {
         })?;
         app.0.server.get_or_init(|| running.handle());
         Ok(Running { app, server: Some(running) })
+    }
+}
+
+impl AppHandle {
+    /// The app's metrics (see [`App::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.setup.metrics
+    }
+
+    /// Has `metrics` read the rooms at every snapshot, for as long as the app lives.
+    fn count_gauges(&self, metrics: &Metrics) {
+        let app = Arc::downgrade(&self.0);
+        metrics.add_gauges(move |snapshot| {
+            if let Some(app) = app.upgrade() {
+                (snapshot.rooms, snapshot.room_members) = app.registry.room_counts();
+            }
+        });
     }
 }
 

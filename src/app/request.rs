@@ -260,13 +260,17 @@ impl<'a> Request<'a> {
         if let Err(e) = self.local.send_json(&mut self.conn, |out| envelope::write_reply(out, id, data)) {
             let message = format!("the reply does not serialize: {e}");
             let code = ErrorCode::Internal.as_str();
+            self.conn.metrics().replied(Some(code));
             self.local.send_raw(&mut self.conn, |out| envelope::write_error(out, id, code, &message));
+        } else {
+            self.conn.metrics().replied(None);
         }
     }
 
     /// Replies with an error: a machine-readable `code` (see PROTOCOL.md) and a message.
     pub fn reply_err(&mut self, code: &str, message: &str) {
         let Some(id) = self.take_reply() else { return };
+        self.conn.metrics().replied(Some(code));
         self.local.send_raw(&mut self.conn, |out| envelope::write_error(out, id, code, message));
     }
 
@@ -381,11 +385,14 @@ impl ReplyHandle {
     pub fn reply<T: Serialize + ?Sized>(mut self, data: &T) {
         let Some(id) = self.id.take() else { return };
         let mut text = Vec::new();
+        let mut error = None;
         if let Err(e) = envelope::write_reply(&mut text, id, data) {
             text.clear();
             let message = format!("the reply does not serialize: {e}");
+            error = Some(ErrorCode::Internal.as_str());
             envelope::write_error(&mut text, id, ErrorCode::Internal.as_str(), &message);
         }
+        self.app.metrics().deferred_reply(error);
         self.send(id, text);
     }
 
@@ -394,6 +401,7 @@ impl ReplyHandle {
         let Some(id) = self.id.take() else { return };
         let mut text = Vec::new();
         envelope::write_error(&mut text, id, code, message);
+        self.app.metrics().deferred_reply(Some(code));
         self.send(id, text);
     }
 
@@ -407,6 +415,7 @@ impl Drop for ReplyHandle {
         if let Some(id) = self.id.take() {
             let mut text = Vec::new();
             envelope::write_error(&mut text, id, ErrorCode::Internal.as_str(), "the handler dropped its reply");
+            self.app.metrics().deferred_reply(Some(ErrorCode::Internal.as_str()));
             self.send(id, text);
         }
     }

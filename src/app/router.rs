@@ -81,6 +81,8 @@ impl Next<'_> {
 pub(crate) struct Route {
     middleware: Vec<Middleware>,
     handler: EventHandler,
+    /// Its index among the route names the metrics count by.
+    label: usize,
 }
 
 /// The handlers of each system event (`@connection`, `@disconnect`, …).
@@ -111,7 +113,9 @@ impl Router {
             "@any" => &mut system.any,
             "@ping" => &mut system.ping,
             _ => {
-                self.routes.insert(event.into(), Route { middleware, handler });
+                // A route set again keeps its label.
+                let label = self.routes.get(event).map_or(self.routes.len(), |route| route.label);
+                self.routes.insert(event.into(), Route { middleware, handler, label });
                 return;
             }
         };
@@ -128,9 +132,20 @@ impl Router {
         self.middleware.push(middleware);
     }
 
+    /// The route names, in label order (see [`Route::label`]).
+    pub fn names(&self) -> Vec<Box<str>> {
+        let mut names = vec![Box::<str>::default(); self.routes.len()];
+        for (name, route) in &self.routes {
+            names[route.label] = name.clone();
+        }
+        names
+    }
+
     /// Runs the event's chain (or `@any`'s); false if nothing handles it.
     pub fn dispatch(&self, event: &str, req: &mut Request<'_>) -> bool {
-        if let Some(route) = self.routes.get(event) {
+        let route = self.routes.get(event);
+        req.conn.metrics().dispatched(route.map(|route| route.label), req.id.is_some());
+        if let Some(route) = route {
             Next { global: &self.middleware, route: &route.middleware, handler: &route.handler }.run(req);
             return true;
         }

@@ -3,6 +3,7 @@
 //! calls to a client.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
@@ -10,13 +11,14 @@ use serde_json::value::RawValue;
 use super::adapter::Presence;
 use super::envelope::{self, ErrorCode};
 use super::error::Error;
-use super::groups::{Outbox, WorkerGroups};
+use super::groups::{Delivery, Outbox, WorkerGroups};
 use super::handle::AppHandle;
 use super::limits::check_group_name;
-use super::rpc::{CallError, Calls, Done};
+use super::rpc::{CallError, CallResult, Calls, Done};
 use super::socket::SocketData;
+use crate::metrics::WorkerMetrics;
 use crate::proto::OpCode;
-use crate::runtime::{Conn, ConnId};
+use crate::runtime::{Conn, ConnId, Conns};
 
 /// What one worker keeps for its own sockets, touched by that worker's
 /// thread alone (no locks).
@@ -32,6 +34,9 @@ pub(crate) struct WorkerState {
     /// Sockets that must authenticate by then, earliest first.
     pub auth_deadlines: VecDeque<(Instant, ConnId)>,
     pub next_heartbeat: Option<Instant>,
+    /// The worker's counters, taken from the first socket to open (a
+    /// callback without a socket, `on_turn`, counts through them).
+    pub metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl WorkerState {
@@ -43,6 +48,7 @@ impl WorkerState {
             calls: Calls::default(),
             auth_deadlines: VecDeque::new(),
             next_heartbeat: None,
+            metrics: None,
         }
     }
 
@@ -115,10 +121,10 @@ impl WorkerState {
         done: Done,
     ) {
         if !conn.is_open() {
-            return done(Err(CallError::Disconnected));
+            return settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
         if usize::from(conn.data().calls) >= app.0.setup.limits.max_pending {
-            return done(Err(CallError::TooMany));
+            return settle_call(conn.metrics(), done, Err(CallError::TooMany));
         }
         let id = self.calls.start(conn.id(), timeout, done);
         conn.data_mut().calls += 1;
@@ -127,4 +133,32 @@ impl WorkerState {
             let _ = envelope::write_request(out, id, name, data);
         });
     }
+}
+
+impl WorkerState {
+    /// Sends a delivery to this worker's sockets it addresses, counted once.
+    pub fn deliver(&mut self, conns: &mut Conns<'_, SocketData>, delivery: &Delivery) {
+        // Without counters no socket opened on this worker: there is no one to send to.
+        let Some(metrics) = self.metrics.clone() else { return };
+        // The worker alone writes its counters, so the refusals during the
+        // delivery are the difference.
+        let refused = metrics.sends_refused.get();
+        let tried = self.groups.deliver(conns, delivery);
+        metrics.shared_out(&delivery.frame, tried - (metrics.sends_refused.get() - refused));
+    }
+}
+
+/// Completes a server-to-client call with `result`, counted by its outcome.
+pub(crate) fn settle_call(metrics: &WorkerMetrics, done: Done, result: CallResult) {
+    let outcome = match &result {
+        Ok(_) => "answered",
+        Err(CallError::Timeout) => "timeout",
+        Err(CallError::NotRegistered(_)) => "not_registered",
+        Err(CallError::ExecutionFailed(_)) => "execution_failed",
+        Err(CallError::Disconnected) => "disconnected",
+        Err(CallError::TooMany) => "too_many",
+        Err(CallError::Remote { .. }) => "remote_error",
+    };
+    metrics.call_settled(outcome);
+    done(result);
 }

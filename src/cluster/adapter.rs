@@ -111,6 +111,7 @@ impl Adapter for RedisAdapter {
     }
 
     fn attach(&self, app: AppHandle) {
+        self.link.count_into(app.metrics());
         *lock(&self.app) = Some(app);
     }
 

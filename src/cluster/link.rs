@@ -53,6 +53,14 @@ pub(super) struct LinkState {
     pub(super) queued: AtomicUsize,
     /// Publishes dropped because too many were queued.
     dropped: AtomicU64,
+    /// Publishes handed to the writer (the metrics' count).
+    published: AtomicU64,
+    /// Messages from other nodes handed on (by the subscriber thread).
+    pub(super) received: AtomicU64,
+    /// Connections the writer made to Redis: the first, then reconnections.
+    pub(super) writer_connections: AtomicU64,
+    /// Live nodes as the last query found them.
+    nodes_alive: AtomicUsize,
     /// The connection queries run on, opened on the first query.
     queries: Mutex<Option<Connection>>,
 }
@@ -95,6 +103,10 @@ impl RedisLink {
             subscribed: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            writer_connections: AtomicU64::new(0),
+            nodes_alive: AtomicUsize::new(0),
             queries: Mutex::new(None),
         });
         let link = RedisLink { inner };
@@ -167,8 +179,23 @@ impl RedisLink {
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        self.inner.published.fetch_add(1, Ordering::Relaxed);
         let payload = with_sender(self.inner.node, parts);
         self.write(WriterCommand::Publish { channel, payload });
+    }
+
+    /// Has `metrics` read the link's counts at every snapshot, while the link lives.
+    pub(super) fn count_into(&self, metrics: &crate::metrics::Metrics) {
+        let link = Arc::downgrade(&self.inner);
+        metrics.add_gauges(move |snapshot| {
+            let Some(link) = link.upgrade() else { return };
+            snapshot.cluster_published = link.published.load(Ordering::Relaxed);
+            snapshot.cluster_received = link.received.load(Ordering::Relaxed);
+            snapshot.cluster_dropped = link.dropped.load(Ordering::Relaxed);
+            snapshot.cluster_reconnects = link.writer_connections.load(Ordering::Relaxed).saturating_sub(1);
+            snapshot.cluster_queue_depth = link.queued.load(Ordering::Relaxed) as u64;
+            snapshot.cluster_nodes_alive = link.nodes_alive.load(Ordering::Relaxed) as u64;
+        });
     }
 
     /// Sends `payload` to every other node.
@@ -218,7 +245,10 @@ impl RedisLink {
             *slot = Some(conn);
         }
         let conn = slot.as_mut().expect("connected above");
-        let result = alive_nodes(conn, &self.inner.options.prefix).and_then(|nodes| run(conn, &nodes));
+        let result = alive_nodes(conn, &self.inner.options.prefix).and_then(|nodes| {
+            self.inner.nodes_alive.store(nodes.len(), Ordering::Relaxed);
+            run(conn, &nodes)
+        });
         if result.is_err() {
             *slot = None; // Reconnect next time.
         }

@@ -58,6 +58,9 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
             if sender == node.as_bytes() {
                 continue;
             }
+            if let Some(inner) = link.upgrade() {
+                inner.received.fetch_add(1, Ordering::Relaxed);
+            }
             let is_direct = message.get_channel_name() == direct;
             deliver(Inbound { from, direct: is_direct, payload: payload.to_vec() });
         }

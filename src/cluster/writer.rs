@@ -76,6 +76,9 @@ impl Writer {
                 }
                 match client.get_connection_with_timeout(options.query_timeout) {
                     Ok(c) => {
+                        if let Some(inner) = self.link.upgrade() {
+                            inner.writer_connections.fetch_add(1, Ordering::Relaxed);
+                        }
                         let _ = c.set_read_timeout(Some(options.query_timeout));
                         let _ = c.set_write_timeout(Some(options.query_timeout));
                         conn = Some(c);

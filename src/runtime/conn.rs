@@ -301,6 +301,8 @@ pub(crate) struct WorkerState {
     /// Only these are revisited after a `Conns` callback, not every
     /// connection it reached (20 instructions per fan-out delivery).
     pub close_pending: Vec<usize>,
+    /// This worker's counters (it is their one writer).
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl WorkerState {
@@ -489,6 +491,18 @@ impl<D> Conn<'_, D> {
 
     /// Sends a frame encoded once for many connections (see [`SharedFrame`]).
     pub fn send_shared(&mut self, frame: &SharedFrame) -> SendStatus {
+        let status = self.queue_shared(frame);
+        if status != SendStatus::Refused {
+            self.ctx.metrics.shared_out(frame, 1);
+        }
+        status
+    }
+
+    /// [`send_shared`](Self::send_shared), uncounted: for the loops that
+    /// fan one frame out to many connections and count them once after
+    /// (`WorkerMetrics::shared_out`), not once per connection.
+    #[inline]
+    pub(crate) fn queue_shared(&mut self, frame: &SharedFrame) -> SendStatus {
         if self.conn.extra.is_none() {
             // A plain accepted connection, the common case: no masking, no
             // compression, the frame as encoded (one test instead of two).
@@ -499,13 +513,18 @@ impl<D> Conn<'_, D> {
         if self.conn.is_client() {
             // Outgoing connections mask every frame (and compress as the
             // client): a shared frame cannot be sent as it is.
-            return self.send(frame.0.opcode, payload);
+            return self.send_uncounted(frame.0.opcode, payload);
         }
         let compressed = match self.conn.deflate().filter(|state| state.compresses(payload.len())) {
             Some(state) => match state.takes_shared() {
-                Some(config) => Some(frame.0.compressed.get_or_compress(config, frame.0.opcode, payload)),
+                Some(config) => {
+                    let compressed = frame.0.compressed.get_or_compress(config, frame.0.opcode, payload);
+                    // Counted here, off the uncompressed path (even if the budget then refuses it).
+                    self.ctx.metrics.deflated(payload.len(), compressed.len());
+                    Some(compressed)
+                }
                 // This connection's compression carries context: it compresses its own copy.
-                None => return self.send(frame.0.opcode, payload),
+                None => return self.send_uncounted(frame.0.opcode, payload),
             },
             None => None,
         };
@@ -548,6 +567,11 @@ impl<D> Conn<'_, D> {
         self.ctx.now_tick.wrapping_mul(super::timer::TICK.as_millis() as u32)
     }
 
+    /// This worker's counters.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::WorkerMetrics> {
+        &self.ctx.metrics
+    }
+
     /// The same connection, borrowed for a shorter time.
     #[cfg(feature = "app")]
     pub(crate) fn reborrow(&mut self) -> Conn<'_, D> {
@@ -555,6 +579,15 @@ impl<D> Conn<'_, D> {
     }
 
     pub(crate) fn send(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
+        let status = self.send_uncounted(opcode, payload);
+        if status != SendStatus::Refused {
+            self.ctx.metrics.message_out(opcode, payload.len());
+        }
+        status
+    }
+
+    /// [`send`](Self::send), uncounted (see [`queue_shared`](Self::queue_shared)).
+    fn send_uncounted(&mut self, opcode: OpCode, payload: &[u8]) -> SendStatus {
         // The budget counts the uncompressed size: a message must never be
         // compressed and then refused, as the peer's context would miss it.
         let frame_len = payload.len() + crate::proto::MAX_HEADER_LEN;
@@ -567,6 +600,7 @@ impl<D> Conn<'_, D> {
             Some(state) => {
                 ctx.deflater.compress(state, payload);
                 let compressed = std::mem::take(&mut ctx.deflater.scratch);
+                ctx.metrics.deflated(payload.len(), compressed.len());
                 // A client's frame is masked as it is queued: the mask covers the compressed payload.
                 ctx.push_frame(*key, conn, opcode, RSV1, &compressed);
                 ctx.deflater.scratch = compressed;
@@ -589,7 +623,7 @@ impl<D> Conn<'_, D> {
     #[inline]
     fn admit(&mut self, len: usize) -> Result<(), SendStatus> {
         if !self.control.is_open() {
-            return Err(SendStatus::Refused);
+            return Err(self.refused());
         }
         if self.conn.queued() + len > self.ctx.settings.max_buffered {
             self.over_budget();
@@ -598,12 +632,21 @@ impl<D> Conn<'_, D> {
         Ok(())
     }
 
+    /// A send to a connection that is closing: counted, out of line like `over_budget`.
+    #[cold]
+    #[inline(never)]
+    fn refused(&mut self) -> SendStatus {
+        self.ctx.metrics.sends_refused.inc();
+        SendStatus::Refused
+    }
+
     /// A send would pass the budget. Kept out of line: `admit` runs on every
     /// send and must stay small enough to inline (callgrind: 23 instructions
     /// per echo round trip when it was not).
     #[cold]
     #[inline(never)]
     fn over_budget(&mut self) {
+        self.ctx.metrics.sends_refused.inc();
         if self.ctx.settings.backpressure == BackpressurePolicy::Close {
             // The peer is not reading: what is queued would never arrive
             // anyway, so make room for the close frame.
@@ -622,6 +665,7 @@ impl<D> Conn<'_, D> {
     fn status(&mut self) -> SendStatus {
         if self.conn.has(flag::BACKLOGGED) {
             self.conn.flags |= flag::DRAIN_WANTED;
+            self.ctx.metrics.sends_buffered.inc();
             SendStatus::Buffered
         } else {
             SendStatus::Sent

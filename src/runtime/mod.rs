@@ -264,6 +264,19 @@ impl Server {
         &self.settings
     }
 
+    /// The registry the server's workers will count into: serve it (see
+    /// [`Metrics::http_response`](crate::metrics::Metrics::http_response)) or
+    /// read it with [`Metrics::snapshot`](crate::metrics::Metrics::snapshot).
+    pub fn metrics(&self) -> crate::metrics::Metrics {
+        self.settings.metrics.clone()
+    }
+
+    /// Counts into `metrics` instead of the server's own registry.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Server {
+        self.settings.metrics = metrics;
+        self
+    }
+
     /// Worker threads (default: the number of cores; at least 1).
     pub fn workers(mut self, workers: usize) -> Server {
         self.settings.workers = workers.max(1);

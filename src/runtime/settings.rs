@@ -114,6 +114,10 @@ pub struct Settings {
     /// with it fails if the kernel refuses io_uring.
     #[cfg(all(feature = "io-uring", target_os = "linux"))]
     pub io_uring_sends: bool,
+    /// Where the server's workers count (default: a registry of its own).
+    /// Counting is always on: its cost per message is measured in
+    /// docs/BENCHMARKS.md, "Metrics cost".
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Settings {
@@ -152,6 +156,7 @@ impl Default for Settings {
             tls: None,
             #[cfg(all(feature = "io-uring", target_os = "linux"))]
             io_uring_sends: false,
+            metrics: crate::metrics::Metrics::default(),
         }
     }
 }

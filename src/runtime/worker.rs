@@ -22,7 +22,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::conn::{flag, Conn, Outbox, RareState, Transport, WorkerState};
+use super::conn::{flag, Conn, Outbox, RareState, SendStatus, Transport, WorkerState};
 use super::handle::{Command, ConnId, ServerHandle, ServerState, Stats, WorkerInbox};
 use super::outbuf::QueuePool;
 use super::settings::{AcceptMode, Settings};
@@ -36,6 +36,7 @@ use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, CloseReason, Role};
 
 mod accept;
+mod counted;
 mod dispatch;
 mod drain;
 mod outgoing;
@@ -44,6 +45,7 @@ mod upgrade;
 mod uring;
 
 use accept::run_acceptor;
+use counted::Counted;
 use dispatch::{frames, report_close, settle};
 pub(crate) use outgoing::{Dial, Dialing};
 use upgrade::{handshake, open};
@@ -126,7 +128,7 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
         let (settings, handle, handler) = (settings.clone(), handle.clone(), handler.clone());
         // The worker is built on its own thread, so connection data need not be `Send`.
         let thread = std::thread::Builder::new().name(format!("emitws-worker-{index}")).spawn(move || {
-            let mut worker = Worker::new(index, poll, inbox, listener, settings, handle, handler);
+            let mut worker = Worker::new(index, poll, inbox, listener, settings, handle, Counted(handler));
             worker.ring = ring;
             worker.run()
         })?;
@@ -185,6 +187,7 @@ impl<H: Handler> Worker<H> {
     ) -> Self {
         let read_buf = vec![0; settings.read_buffer_size.max(1024)];
         let config = std::rc::Rc::new(settings.connection_config());
+        let metrics = settings.metrics.worker();
         let ctx = WorkerState {
             worker: index,
             settings,
@@ -196,6 +199,7 @@ impl<H: Handler> Worker<H> {
             deflater: Deflater::default(),
             config,
             close_pending: Vec::new(),
+            metrics,
         };
         Worker {
             poll,
@@ -292,11 +296,13 @@ impl<H: Handler> Worker<H> {
                     let _ = conn.send_shared(&frame);
                 }),
                 Command::Broadcast(ids, frame) => {
+                    let mut sent = 0;
                     for id in ids {
                         self.with_open(id, |conn| {
-                            let _ = conn.send_shared(&frame);
+                            sent += u64::from(conn.queue_shared(&frame) != SendStatus::Refused);
                         });
                     }
+                    self.ctx.metrics.shared_out(&frame, sent);
                 }
                 Command::Close(id, code, reason) => self.with_open(id, |conn| conn.close(code, &reason)),
                 Command::Adopt(stream) => self.adopt(stream),
@@ -389,6 +395,7 @@ impl<H: Handler> Worker<H> {
                 Err(e) => return self.abort(key, CloseReason::ReadFailed(Arc::new(e))),
             };
             let is_tls = conn.is_tls();
+            self.ctx.metrics.bytes_read.add(n as u64);
             // Traffic postpones the keepalive.
             machine.handle_read(self.ctx.now(), conn.config(&self.ctx.config));
             if let Some(Tick(tick)) = machine.poll_timeout() {
@@ -637,6 +644,7 @@ impl<H: Handler> Worker<H> {
         if let Some(queue) = slot.conn.out {
             self.ctx.pool.give(queue);
         }
+        self.ctx.metrics.removed.inc();
         let shared = &self.ctx.handle.shared;
         shared.connections.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.peer_ips.remove(&key) {

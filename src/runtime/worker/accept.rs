@@ -68,6 +68,7 @@ impl<H: Handler> Worker<H> {
         if self.shutdown_deadline.is_some() {
             return;
         }
+        self.ctx.metrics.accepted.inc();
         let settings = self.ctx.settings.clone();
         #[cfg(feature = "tls")]
         let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
@@ -85,6 +86,7 @@ impl<H: Handler> Worker<H> {
             None => None,
         };
         if let Err(refusal) = self.admit(peer_ip) {
+            self.ctx.metrics.refused(503);
             return refuse(stream, refusal);
         }
         let _ = stream.set_nodelay(true);
@@ -109,6 +111,7 @@ impl<H: Handler> Worker<H> {
         };
         let machine = Machine::server(self.ctx.now(), &self.ctx.config);
         let WorkerConn { machine, conn } = entry.insert(WorkerConn { machine, conn });
+        self.ctx.metrics.admitted.inc();
         if let Some(ip) = peer_ip {
             self.peer_ips.insert(key, ip);
         }

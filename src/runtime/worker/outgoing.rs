@@ -86,6 +86,7 @@ impl<H: Handler> Worker<H> {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
         let WorkerConn { machine, conn } = entry.insert(WorkerConn { machine, conn });
+        self.ctx.metrics.admitted.inc();
         let interest = Interest::READABLE | Interest::WRITABLE;
         if let Err(e) = self.poll.registry().register(&mut conn.socket, Token(key + FIRST_CONN), interest) {
             return self.dial_failed(key, ClientError::Io(e));

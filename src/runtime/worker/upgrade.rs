@@ -32,6 +32,7 @@ pub(super) fn handshake<H: Handler>(
         Ok(Some(used)) => used,
         Err(e) => {
             logs::bad_upgrade(Some(ConnId::new(ctx.worker, key, conn.generation)), || conn.socket.peer_addr().ok(), &e);
+            ctx.metrics.refused(e.status());
             ctx.queue(key, conn).push_with(|out| e.write_response(out));
             machine.reject(ctx.now(), &ctx.config);
             ctx.follow(key, conn, machine.control());
@@ -40,13 +41,20 @@ pub(super) fn handshake<H: Handler>(
     };
     let settings = ctx.settings.clone();
     let peer = conn.socket.peer_addr().ok();
-    let mut accepted = None;
-    ctx.queue(key, conn).push_with(|out| accepted = answer(&reader, peer, handler, &settings, out));
-    let Some((accept, deflate)) = accepted else {
-        logs::answered(ConnId::new(ctx.worker, key, conn.generation), peer);
-        machine.reject(ctx.now(), &ctx.config);
-        ctx.follow(key, conn, machine.control());
-        return None;
+    let mut answered = Err(None);
+    ctx.queue(key, conn).push_with(|out| answered = answer(&reader, peer, handler, &settings, out));
+    let (accept, deflate) = match answered {
+        Ok(accepted) => accepted,
+        Err(refused) => {
+            match refused {
+                Some(status) => ctx.metrics.refused(status),
+                None => ctx.metrics.http_answered.inc(),
+            }
+            logs::answered(ConnId::new(ctx.worker, key, conn.generation), peer);
+            machine.reject(ctx.now(), &ctx.config);
+            ctx.follow(key, conn, machine.control());
+            return None;
+        }
     };
     logs::upgraded(ConnId::new(ctx.worker, key, conn.generation), peer, &reader, &limits);
     if let (Some(agreement), Some(config)) = (deflate, settings.deflate) {
@@ -76,6 +84,7 @@ pub(super) fn open<H: Handler>(
     conn.end_upgrade();
     machine.open(ctx.now(), conn.config(&ctx.config));
     conn.flags |= flag::OPENED;
+    ctx.metrics.opened.inc();
     // The handshake deadline no longer applies: the keepalive's does, if any.
     ctx.disarm(key, conn);
     let control = machine.control();
@@ -85,22 +94,26 @@ pub(super) fn open<H: Handler>(
     control.is_open()
 }
 
+/// An accepted upgrade: the handler's acceptance and any permessage-deflate agreement.
+type Accepted<D> = (crate::runtime::Accept<D>, Option<DeflateAgreement>);
+
 /// Answers a complete request head into `response`: the 101 (returning the
 /// acceptance and any permessage-deflate agreement) or an HTTP response that
-/// ends the connection (returning `None`).
+/// ends the connection (returning the status of a refused upgrade, or `None`
+/// for a plain HTTP request the handler answered).
 pub(super) fn answer<H: Handler>(
     reader: &RequestReader,
     peer: Option<SocketAddr>,
     handler: &mut H,
     settings: &Settings,
     response: &mut Vec<u8>,
-) -> Option<(crate::runtime::Accept<H::Data>, Option<DeflateAgreement>)> {
+) -> Result<Accepted<H::Data>, Option<u16>> {
     let request = match reader.request(&settings.request_limits) {
         Ok(request) => request,
         Err(e) => {
             logs::bad_upgrade(None, || peer, &e);
             e.write_response(response);
-            return None;
+            return Err(Some(e.status()));
         }
     };
     if !request.is_websocket_upgrade() {
@@ -108,6 +121,7 @@ pub(super) fn answer<H: Handler>(
             Some(reply) => {
                 let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
                 server::write_response(response, reply.status, &headers, &reply.body);
+                return Err(None);
             }
             None => server::write_response(
                 response,
@@ -116,20 +130,20 @@ pub(super) fn answer<H: Handler>(
                 b"This endpoint speaks WebSocket only.",
             ),
         }
-        return None;
+        return Err(Some(426));
     }
     let upgrade = match request.websocket() {
         Ok(upgrade) => upgrade,
         Err(e) => {
             logs::bad_upgrade(None, || peer, &e);
             e.write_response(response);
-            return None;
+            return Err(Some(e.status()));
         }
     };
     let origin = request.header("origin").and_then(|o| std::str::from_utf8(o).ok());
     if !settings.origins.allows(origin) {
         HandshakeError::OriginRejected.write_response(response);
-        return None;
+        return Err(Some(HandshakeError::OriginRejected.status()));
     }
     let view = UpgradeRequest { request: &request, upgrade: &upgrade, peer };
     match handler.on_upgrade(&view) {
@@ -142,11 +156,11 @@ pub(super) fn answer<H: Handler>(
             });
             let extensions = deflate.map(|agreement| agreement.to_string());
             server::write_accept(response, &upgrade.accept_key(), accept.protocol.as_deref(), extensions.as_deref());
-            Some((accept, deflate))
+            Ok((accept, deflate))
         }
         Err(reject) => {
             server::write_response(response, reject.status, &[], reject.body.as_bytes());
-            None
+            Err(Some(reject.status))
         }
     }
 }
