@@ -567,7 +567,8 @@ impl<D> Conn<'_, D> {
         self.ctx.now_tick.wrapping_mul(super::timer::TICK.as_millis() as u32)
     }
 
-    /// This worker's counters.
+    /// This worker's counters (the event layer counts into them too).
+    #[cfg(feature = "app")]
     pub(crate) fn metrics(&self) -> &Arc<crate::metrics::WorkerMetrics> {
         &self.ctx.metrics
     }
