@@ -581,6 +581,11 @@ impl Handler for AppWorker {
         }
     }
 
+    /// A shutdown lets deferred replies go out before the socket's 1001.
+    fn pending_work(&mut self, conn: &mut Conn<'_, SocketData>) -> bool {
+        !conn.data().deferred().is_empty()
+    }
+
     fn on_notify(&mut self, conns: &mut Conns<'_, SocketData>, message: Box<dyn Any + Send>) {
         if let Ok(message) = message.downcast::<WorkerMsg>() {
             self.on_app_message(conns, *message);

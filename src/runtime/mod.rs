@@ -121,6 +121,17 @@ pub trait Handler: Clone + Send + 'static {
         let _ = (conns, message);
     }
 
+    /// Whether `conn` still has work under way that a graceful shutdown
+    /// should let finish before it closes the connection with 1001 (the
+    /// event layer's deferred replies: a reply cannot follow a close
+    /// frame). Asked when the shutdown begins and then every loop turn,
+    /// until it says no or [`Settings::reply_grace`] has passed. The
+    /// default: no work under way.
+    fn pending_work(&mut self, conn: &mut Conn<'_, Self::Data>) -> bool {
+        let _ = conn;
+        false
+    }
+
     /// Called once per loop turn, after input, commands and timers, before
     /// the turn's writes: the place for work batched over a turn and for
     /// application timers. Returns how long the loop may sleep before the
@@ -371,6 +382,13 @@ impl Server {
     /// How long a graceful shutdown waits (default 10 s).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Server {
         self.settings.shutdown_timeout = timeout;
+        self
+    }
+
+    /// How long a graceful shutdown lets connections finish work under way
+    /// ([`Handler::pending_work`]) before closing them (default 5 s).
+    pub fn reply_grace(mut self, grace: Duration) -> Server {
+        self.settings.reply_grace = grace;
         self
     }
 

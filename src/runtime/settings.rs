@@ -98,6 +98,11 @@ pub struct Settings {
     pub max_connections_per_ip: Option<usize>,
     /// How long a graceful shutdown waits for close handshakes (default 10 s).
     pub shutdown_timeout: Duration,
+    /// How long a graceful shutdown lets connections finish work under way
+    /// ([`Handler::pending_work`](super::Handler::pending_work), such as
+    /// deferred replies) before sending their 1001 (default 5 s); the
+    /// `shutdown_timeout` for the close handshakes runs after it.
+    pub reply_grace: Duration,
     /// Bytes read from a socket at a time, from one buffer per worker (default 64 KiB).
     pub read_buffer_size: usize,
     /// Which origins may upgrade (default any).
@@ -149,6 +154,7 @@ impl Default for Settings {
             max_connections: None,
             max_connections_per_ip: None,
             shutdown_timeout: Duration::from_secs(10),
+            reply_grace: Duration::from_secs(5),
             read_buffer_size: 64 << 10,
             origins: OriginPolicy::Any,
             deflate: None,

@@ -40,6 +40,7 @@ mod counted;
 mod dispatch;
 mod drain;
 mod outgoing;
+mod shutdown;
 mod upgrade;
 #[cfg(all(feature = "io-uring", target_os = "linux"))]
 mod uring;
@@ -173,6 +174,8 @@ struct Worker<H: Handler> {
     ring: Ring,
     /// This worker's share of a drain, while one is under way.
     draining: Option<drain::Draining>,
+    /// Connections a shutdown closes once their handler's work is done.
+    finishing: Option<shutdown::Finishing>,
 }
 
 impl<H: Handler> Worker<H> {
@@ -216,6 +219,7 @@ impl<H: Handler> Worker<H> {
             turn_deadline: None,
             ring: Ring::default(),
             draining: None,
+            finishing: None,
         }
     }
 
@@ -228,7 +232,9 @@ impl<H: Handler> Worker<H> {
         loop {
             let mut timeout =
                 if self.retry.is_empty() { self.ctx.wheel.next_timeout(now) } else { Some(Duration::ZERO) };
-            for deadline in [self.shutdown_deadline, self.turn_deadline, self.drain_due()].into_iter().flatten() {
+            for deadline in
+                [self.shutdown_deadline, self.turn_deadline, self.drain_due(), self.grace_due()].into_iter().flatten()
+            {
                 let left = deadline.saturating_duration_since(now);
                 timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
@@ -274,6 +280,7 @@ impl<H: Handler> Worker<H> {
             let next_turn = self.with_conns(|handler, conns| handler.on_turn(conns));
             self.turn_deadline = next_turn.map(|after| now + after);
             self.drain_step(now);
+            self.finish_step(now);
             #[cfg(all(feature = "io-uring", target_os = "linux"))]
             self.flush_batched();
             self.flush_dirty();
@@ -351,31 +358,6 @@ impl<H: Handler> Worker<H> {
             }
         }
         result
-    }
-
-    fn begin_shutdown(&mut self) {
-        if self.shutdown_deadline.is_some() {
-            return;
-        }
-        self.shutdown_deadline = Some(Instant::now() + self.ctx.settings.shutdown_timeout);
-        tracing::info!(worker = self.ctx.worker, connections = self.slab.len(), "shutting down");
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
-        }
-        self.ctx.handle.shared.stopping.store(true, Ordering::Release);
-        if let Some(acceptor) = &self.ctx.handle.acceptor {
-            let _ = acceptor.wake();
-        }
-        let keys: Vec<usize> = self.slab.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            let WorkerConn { machine, conn } = &mut self.slab[key];
-            if machine.is_handshaking() {
-                self.abort(key, CloseReason::Shutdown);
-            } else {
-                let control = machine.control();
-                Conn { key, conn, control, ctx: &mut self.ctx }.close(CloseCode::GOING_AWAY, "server shutting down");
-            }
-        }
     }
 
     fn on_readable(&mut self, key: usize) {

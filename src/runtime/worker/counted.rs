@@ -64,6 +64,10 @@ impl<H: Handler> Handler for Counted<H> {
         self.0.on_notify(conns, message);
     }
 
+    fn pending_work(&mut self, conn: &mut Conn<'_, H::Data>) -> bool {
+        self.0.pending_work(conn)
+    }
+
     fn on_turn(&mut self, conns: &mut Conns<'_, H::Data>) -> Option<Duration> {
         self.0.on_turn(conns)
     }
