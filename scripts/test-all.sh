@@ -61,8 +61,9 @@ fi
 # The Redis adapter is behind a feature; its tests start their own redis-server.
 # cluster_nodes runs emitws-cluster-node processes: it lives with them in tools/.
 if skipped redis; then skip "the Redis cluster tests"; else
-  section "cluster: cargo test --features redis --test cluster --test chat_cluster; -p emitws-tools --test cluster_nodes"
-  cargo test --features redis --test cluster --test chat_cluster
+  # Every test file with parts behind the feature (grep -l 'feature = "redis"' tests/*.rs).
+  section "cluster: cargo test --features redis --test cluster --test chat_cluster --test drain --test health --test metrics; -p emitws-tools --test cluster_nodes"
+  cargo test --features redis --test cluster --test chat_cluster --test drain --test health --test metrics
   cargo test -p emitws-tools --features redis --test cluster_nodes
 fi
 
