@@ -196,6 +196,10 @@ pub(crate) struct WorkerMetrics {
     pub deflate_plain_out: Counter,
     /// The same messages' payload bytes after compression.
     pub deflate_compressed_out: Counter,
+    /// Payload bytes of the compressed messages received, as they came.
+    pub deflate_compressed_in: Counter,
+    /// The same messages' payload bytes once inflated.
+    pub deflate_plain_in: Counter,
     /// The app's event and request names with their own label, in label order.
     names: Arc<[Box<str>]>,
     /// Events (no reply expected) and requests by name: one pair per name, then `other`'s.
@@ -232,6 +236,8 @@ impl WorkerMetrics {
             sends_buffered: Counter::default(),
             deflate_plain_out: Counter::default(),
             deflate_compressed_out: Counter::default(),
+            deflate_compressed_in: Counter::default(),
+            deflate_plain_in: Counter::default(),
             names,
             routes: (0..labels).map(|_| Default::default()).collect(),
             replies: Default::default(),
@@ -280,6 +286,13 @@ impl WorkerMetrics {
     pub(crate) fn deflated(&self, plain: usize, compressed: usize) {
         self.deflate_plain_out.add(plain as u64);
         self.deflate_compressed_out.add(compressed as u64);
+    }
+
+    /// A compressed message of `compressed` payload bytes arrived and
+    /// inflated to `plain` bytes.
+    pub(crate) fn inflated(&self, compressed: usize, plain: usize) {
+        self.deflate_compressed_in.add(compressed as u64);
+        self.deflate_plain_in.add(plain as u64);
     }
 
     /// An event (`request` false) or a request was dispatched to the route
@@ -400,6 +413,8 @@ impl Metrics {
             s.sends_buffered += w.sends_buffered.get();
             s.deflate_plain_out += w.deflate_plain_out.get();
             s.deflate_compressed_out += w.deflate_compressed_out.get();
+            s.deflate_compressed_in += w.deflate_compressed_in.get();
+            s.deflate_plain_in += w.deflate_plain_in.get();
             s.rate_limited += w.rate_limited.get();
             handler_ns += w.handler_time_ns.get();
             sum(&w.closed, &mut closed);
@@ -516,6 +531,10 @@ pub struct Snapshot {
     pub deflate_plain_out: u64,
     /// The same payloads' bytes after compression.
     pub deflate_compressed_out: u64,
+    /// Payload bytes of the compressed messages received, as they came.
+    pub deflate_compressed_in: u64,
+    /// The same messages' payload bytes once inflated.
+    pub deflate_plain_in: u64,
     /// App events (no reply expected) by name: registered routes, the rest as `other`.
     pub events: BTreeMap<String, u64>,
     /// App requests by name: registered routes, the rest as `other`.
@@ -586,6 +605,16 @@ impl Snapshot {
             "deflate_compressed_out_bytes_total",
             "Bytes of compressed messages after compression.",
             self.deflate_compressed_out,
+        )?;
+        w.counter(
+            "deflate_compressed_in_bytes_total",
+            "Bytes of compressed messages received, as they came.",
+            self.deflate_compressed_in,
+        )?;
+        w.counter(
+            "deflate_plain_in_bytes_total",
+            "Bytes of compressed messages received, once inflated.",
+            self.deflate_plain_in,
         )?;
         w.family("app_events_total", "counter", "Events by name (registered routes; the rest as other).")?;
         w.labelled("app_events_total", "name", &self.events)?;

@@ -132,6 +132,24 @@ fn echo_round_trips(config: DeflateConfig) {
 }
 
 #[test]
+fn compressed_bytes_are_counted_both_ways() {
+    let metrics = emitws::metrics::Metrics::new();
+    let (server, _) = start(Some(DeflateConfig::default()), |s| s.with_metrics(metrics.clone()));
+    let (mut peer, _) = Peer::connect(&server, OFFER);
+    let text = "a compressible line of chat, ".repeat(100);
+    let mut payload = Vec::new();
+    peer.compressor.compress(text.as_bytes(), &mut payload);
+    peer.send_raw_compressed(OpCode::Text, &payload);
+    assert_eq!(peer.recv(), (Frame::Text(text.clone()), true));
+    let counted = metrics.snapshot();
+    assert_eq!((counted.deflate_compressed_in, counted.deflate_plain_in), (payload.len() as u64, text.len() as u64));
+    assert_eq!(counted.deflate_plain_out, text.len() as u64);
+    assert!(counted.deflate_compressed_out > 0 && counted.deflate_compressed_out < counted.deflate_plain_out);
+    peer.client.close(1000);
+    server.shutdown();
+}
+
+#[test]
 fn compressed_echo_with_context_takeover() {
     echo_round_trips(DeflateConfig::default());
 }

@@ -31,8 +31,12 @@ pub(super) fn frames<H: Handler>(
                 let state = conn.deflate().expect("RSV1 is only allowed once permessage-deflate is agreed");
                 // Taken out of the context for the callback, which borrows the context too.
                 let mut deflater = std::mem::take(&mut ctx.deflater);
+                let compressed_len = payload.len();
                 let inflated = deflater.decompress(state, text, payload, config.limits.max_message_size);
-                let result = inflated.map(|message| handler.on_message(&mut Conn { key, conn, control, ctx }, message));
+                let result = inflated.map(|message| {
+                    ctx.metrics.inflated(compressed_len, message.as_bytes().len());
+                    handler.on_message(&mut Conn { key, conn, control, ctx }, message)
+                });
                 ctx.deflater = deflater;
                 if let Err(error) = result {
                     let reason = CloseReason::Protocol(error);
