@@ -22,6 +22,9 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 #[path = "common/app.rs"]
 mod app_client;
 mod common;
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+mod redis_server;
 
 use app_client::AppClient;
 use common::{quick_server, Client, Echo, WAIT};
@@ -231,4 +234,27 @@ fn a_refused_envelope_gives_a_warning_and_a_panicking_handler_an_error() {
     assert_eq!((panics.len(), panics[0].level), (1, Level::ERROR), "{panics:#?}");
     assert_eq!(panics[0].field("conn"), warning.field("conn"));
     running.close();
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn cluster_nodes_joining_and_leaving_are_logged_at_info() {
+    use emitws::cluster::{RedisLink, RedisOptions};
+    install();
+    let Some(redis) = redis_server::Redis::start() else { return };
+    let options = RedisOptions::default().heartbeat_ttl(Duration::from_millis(600));
+    let a = RedisLink::start(&redis.url(), options.clone(), |_| {}).unwrap();
+    let b = RedisLink::start(&redis.url(), options, |_| {}).unwrap();
+    let (a_id, b_id) = (format!("{:016x}", a.node()), format!("{:016x}", b.node()));
+    let about_b = |message: &'static str| {
+        let (a_id, b_id) = (a_id.clone(), b_id.clone());
+        move |line: &Line| {
+            line.message == message && line.field("node") == Some(&a_id) && line.field("peer") == Some(&b_id)
+        }
+    };
+    let joined = wait_lines("b joining, seen from a", about_b("cluster node joined"), |found| !found.is_empty());
+    assert_eq!(joined[0].level, Level::INFO);
+    b.stop();
+    wait_lines("b leaving, seen from a", about_b("cluster node left"), |found| found.len() == 1);
+    a.stop();
 }

@@ -2,7 +2,7 @@
 //! queued publishes and presence updates, refreshes the heartbeat, replays
 //! this node's presence after a lapse, and reconnects with backoff.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Weak;
@@ -30,12 +30,14 @@ pub(super) struct Writer {
     /// This node's presence, socket by socket (`g:GROUP`, `u:USER`), to write
     /// again after a reconnect or a lapsed heartbeat.
     presence: HashMap<u64, Vec<String>>,
+    /// The other live nodes at the last heartbeat, to log who joins and leaves.
+    peers: BTreeSet<String>,
 }
 
 impl Writer {
     /// A writer for `link`, with no presence recorded yet.
     pub(super) fn new(link: Weak<LinkState>) -> Writer {
-        Writer { link, presence: HashMap::new() }
+        Writer { link, presence: HashMap::new(), peers: BTreeSet::new() }
     }
 
     /// The thread's loop, until the link stops or is dropped.
@@ -97,7 +99,8 @@ impl Writer {
             if Instant::now() >= next_beat {
                 let ttl = options.heartbeat_ttl.as_millis() as u64;
                 let beat = conn.as_mut().map(|c| {
-                    let lapsed = heartbeat(c, &p, &node, ttl)?;
+                    let (lapsed, live) = heartbeat(c, &p, &node, ttl)?;
+                    self.membership(live, &node);
                     // Redis may have lost this node's presence (a restart, or
                     // survivors that took it for dead): write it again.
                     if lapsed || fresh {
@@ -241,6 +244,18 @@ impl Writer {
         pipe.query(c)
     }
 
+    /// Logs the nodes that joined or left since the last heartbeat.
+    fn membership(&mut self, live: Vec<String>, node: &str) {
+        let live: BTreeSet<String> = live.into_iter().filter(|other| other != node).collect();
+        for joined in live.difference(&self.peers) {
+            tracing::info!(node, peer = %joined, "cluster node joined");
+        }
+        for left in self.peers.difference(&live) {
+            tracing::info!(node, peer = %left, "cluster node left");
+        }
+        self.peers = live;
+    }
+
     /// Removes this node from the cluster on a clean stop.
     fn leave(&self, conn: Option<Connection>, p: &str, node: &str) {
         if let Some(mut c) = conn {
@@ -251,8 +266,9 @@ impl Writer {
 }
 
 /// Refreshes this node's heartbeat (by Redis's clock) and forgets the nodes
-/// whose heartbeat died. True if this node's own heartbeat had lapsed.
-fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResult<bool> {
+/// whose heartbeat died. Whether this node's own heartbeat had lapsed, and
+/// the live nodes (this one included).
+fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResult<(bool, Vec<String>)> {
     let nodes = format!("{p}:nodes");
     const BEAT: &str = "local t = redis.call('TIME')
         local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -260,13 +276,14 @@ fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResul
         redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
         local lapsed = 1
         if was and tonumber(was) >= now then lapsed = 0 end
-        return {lapsed, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)}";
-    let (lapsed, dead): (u8, Vec<String>) = eval(BEAT, &[&nodes]).arg(node).arg(ttl_ms).query(c)?;
+        return {lapsed, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now),
+            redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
+    let (lapsed, dead, live): (u8, Vec<String>, Vec<String>) = eval(BEAT, &[&nodes]).arg(node).arg(ttl_ms).query(c)?;
     for dead in dead {
         delete_node_keys(c, p, &dead)?;
         let _: () = c.zrem(&nodes, &dead)?;
     }
-    Ok(lapsed == 1)
+    Ok((lapsed == 1, live))
 }
 
 fn node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<Vec<String>> {
