@@ -278,7 +278,7 @@ fn redis_killed_and_restarted_is_survived() {
     }
     // The outage was logged once per connection of each node (publisher,
     // subscriber), not per message, and so was the recovery.
-    wait_for(Duration::from_secs(3), || a.logged(" back after ") == 2);
-    assert_eq!(a.logged(" lost: "), 2, "{:?}", a.log.lock().unwrap());
-    assert_eq!(b.logged(" lost: "), 2, "{:?}", b.log.lock().unwrap());
+    wait_for(Duration::from_secs(3), || a.logged("Redis back") == 2);
+    assert_eq!(a.logged("Redis lost"), 2, "{:?}", a.log.lock().unwrap());
+    assert_eq!(b.logged("Redis lost"), 2, "{:?}", b.log.lock().unwrap());
 }

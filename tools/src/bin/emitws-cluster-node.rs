@@ -29,6 +29,9 @@ use emitws::runtime::Server;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+#[path = "../../../examples/support/logs.rs"]
+mod logs;
+
 #[derive(Deserialize)]
 struct Say {
     to: Option<String>,
@@ -81,6 +84,7 @@ struct Args {
 }
 
 fn main() {
+    logs::init();
     let args = Args::parse();
     let mut server = Server::new();
     if let Some(workers) = args.workers {
