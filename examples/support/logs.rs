@@ -3,6 +3,8 @@
 //! `RUST_LOG=emitws=debug cargo run --example chat` shows each connection's
 //! life. What the examples print for their users (the address) stays on stdout.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the subscriber; a second call, or a bad `RUST_LOG`, is ignored
@@ -14,7 +16,10 @@ pub fn init() {
         }
         EnvFilter::new("info")
     });
-    if let Err(e) = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init() {
+    // Colors only for a person at a terminal, not in a CI log or a pipe.
+    let ansi = std::io::stderr().is_terminal();
+    let subscriber = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if let Err(e) = subscriber.try_init() {
         eprintln!("no log output: {e}");
     }
 }
