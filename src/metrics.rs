@@ -480,7 +480,8 @@ pub struct ByKind {
     pub text: u64,
     /// Binary messages.
     pub binary: u64,
-    /// Control frames (pongs received; pings, pongs and closes sent by the handler).
+    /// Control frames: in, the pongs received; out, every ping, pong and
+    /// close frame sent (by the handler or by the protocol itself).
     pub control: u64,
 }
 

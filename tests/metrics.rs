@@ -215,3 +215,19 @@ fn the_cluster_counts_what_it_publishes_and_receives() {
     a.close();
     b.close();
 }
+
+#[test]
+fn the_frames_the_protocol_sends_by_itself_are_counted_as_control() {
+    let metrics = emitws::metrics::Metrics::new();
+    let server =
+        common::quick_server().with_metrics(metrics.clone()).start("127.0.0.1:0", common::Echo::default()).unwrap();
+    let mut client = common::Client::connect_path(server.local_addr(), "/control");
+    let ping = client.encode(OpCode::Ping, true, b"are you there");
+    client.write_raw(&ping);
+    assert_eq!(client.recv(), common::Frame::Pong(b"are you there".to_vec()));
+    // The close echo is the second frame the server sends by itself.
+    client.close(1000);
+    let counted = metrics.snapshot();
+    assert_eq!(counted.messages_out.control, 2, "{counted:?}");
+    server.shutdown();
+}

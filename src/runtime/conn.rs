@@ -390,7 +390,10 @@ impl<D> Output for Outbox<'_, D> {
         self.conn.queued()
     }
 
+    /// The machine's own frames (pongs, pings on keepalive, close frames):
+    /// counted here, off the data path.
     fn push_frame(&mut self, opcode: OpCode, rsv: u8, payload: &[u8]) {
+        self.ctx.metrics.message_out(opcode, payload.len());
         self.ctx.push_frame(self.key, self.conn, opcode, rsv, payload);
     }
 }
