@@ -175,18 +175,27 @@ fn a_redis_restart_is_survived() {
     drop(redis);
 }
 
-#[test]
-fn an_app_node_ignores_malformed_messages() {
-    let Some(redis) = Redis::start() else { return };
+/// An app set up by `configure`, as a node over `redis` (2 workers), once
+/// its subscriber listens.
+fn clustered(redis: &Redis, configure: impl FnOnce(&mut App)) -> (emitws::app::Running, std::sync::Arc<RedisAdapter>) {
     let adapter = RedisAdapter::new(&redis.url(), quick()).unwrap();
     let mut app = App::new();
     app.adapter(adapter.clone());
-    app.on("/join", |req| {
-        let _ = req.join("#lobby");
-        req.reply(&true);
-    });
+    configure(&mut app);
     let running = app_client::start(app, 2);
     assert!(adapter.link().ready(Duration::from_secs(5)));
+    (running, adapter)
+}
+
+#[test]
+fn an_app_node_ignores_malformed_messages() {
+    let Some(redis) = Redis::start() else { return };
+    let (running, adapter) = clustered(&redis, |app| {
+        app.on("/join", |req| {
+            let _ = req.join("#lobby");
+            req.reply(&true);
+        });
+    });
     let mut client = AppClient::connect(running.local_addr());
     client.request("/join", serde_json::Value::Null).unwrap();
     let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
@@ -216,22 +225,18 @@ fn an_app_node_ignores_malformed_messages() {
 /// `?user=`; `/id` replies the socket's id, `/kick` drops a user everywhere,
 /// `/drop` drops one socket by id.
 fn app_node(redis: &Redis) -> (emitws::app::Running, std::sync::Arc<RedisAdapter>) {
-    let adapter = RedisAdapter::new(&redis.url(), quick()).unwrap();
-    let mut app = App::new();
-    app.adapter(adapter.clone());
-    app.identify(|c| c.query_value("user").ok_or(emitws::app::Refusal::status(401, "who?")));
-    app.on("/id", |req| req.reply(&req.socket_id().to_string()));
-    app.on("/kick", |req| {
-        let dropped = req.app().drop_user(&req.data::<String>().unwrap(), "kicked");
-        req.reply(&dropped);
-    });
-    app.on("/drop", |req| {
-        let id: SocketId = req.data::<String>().unwrap().parse().unwrap();
-        req.reply(&req.app().drop_socket(id, "one device"));
-    });
-    let running = app_client::start(app, 2);
-    assert!(adapter.link().ready(Duration::from_secs(5)));
-    (running, adapter)
+    clustered(redis, |app| {
+        app.identify(|c| c.query_value("user").ok_or(emitws::app::Refusal::status(401, "who?")));
+        app.on("/id", |req| req.reply(&req.socket_id().to_string()));
+        app.on("/kick", |req| {
+            let dropped = req.app().drop_user(&req.data::<String>().unwrap(), "kicked");
+            req.reply(&dropped);
+        });
+        app.on("/drop", |req| {
+            let id: SocketId = req.data::<String>().unwrap().parse().unwrap();
+            req.reply(&req.app().drop_socket(id, "one device"));
+        });
+    })
 }
 
 #[test]
@@ -278,11 +283,7 @@ fn users_and_single_devices_are_dropped_on_every_node() {
 #[test]
 fn sockets_without_rooms_or_user_leave_the_presence_when_they_close() {
     let Some(redis) = Redis::start() else { return };
-    let adapter = RedisAdapter::new(&redis.url(), quick()).unwrap();
-    let mut app = App::new();
-    app.adapter(adapter.clone());
-    let running = app_client::start(app, 2);
-    assert!(adapter.link().ready(Duration::from_secs(5)));
+    let (running, _adapter) = clustered(&redis, |_| {});
     let clients: Vec<AppClient> = (0..4).map(|_| AppClient::connect(running.local_addr())).collect();
     wait_for(Duration::from_secs(5), || running.cluster().socket_count().is_ok_and(|n| n == 4));
     for client in clients {
