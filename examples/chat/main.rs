@@ -338,7 +338,8 @@ fn chat_app(jobs: Jobs, probes: Probes) -> App {
         let Some(Join { room, name }) = req.expect_data::<Join>() else { return };
         let name = name.trim().to_string();
         if !valid_room(&room) || name.is_empty() || name.chars().count() > MAX_NAME {
-            return req.reply_err("bad_request", "a room is 1-32 letters, digits, - or _; a name 1-24 characters");
+            return req
+                .reply_err("bad_request", "a room is 1-32 ASCII letters, digits, - or _; a name 1-24 characters");
         }
         leave_room(req, &queue);
         if let Err(error) = req.join(&format!("#{room}")) {
