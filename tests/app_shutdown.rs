@@ -1,5 +1,6 @@
 //! A graceful shutdown of an event-layer server lets deferred replies go
-//! out before each socket's 1001, for as long as the reply grace allows.
+//! out before each socket's 1001, for as long as the reply grace allows; a
+//! drain lets them go out before the socket's 1012, until its deadline.
 #![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
@@ -63,5 +64,37 @@ fn a_reply_that_never_comes_is_given_up_when_the_grace_ends() {
     // The late reply goes nowhere, and takes nothing down.
     handle.reply(&json!("too late"));
     thread::sleep(Duration::from_millis(50));
+    drop(running);
+}
+
+#[test]
+fn a_drain_closes_a_socket_after_its_deferred_reply() {
+    let (running, deferred) = deferring_app(Duration::from_secs(5));
+    let mut client = AppClient::connect(running.local_addr());
+    let id = client.send_request("/slow", Value::Null);
+    let (_, handle) = deferred.recv_timeout(common::WAIT).unwrap();
+
+    // The only socket's turn comes at once, long before the deadline.
+    let drain = running.drain(Duration::from_secs(20), Some("ws://127.0.0.1:1/next")).unwrap();
+    client.ws.expect_silence(Duration::from_millis(300));
+    handle.reply(&json!("done"));
+    assert_eq!(client.reply_to(id), Ok(json!("done")));
+    assert_eq!(client.expect_close(1012), "ws://127.0.0.1:1/next");
+    assert!(drain.wait(Duration::from_secs(5)), "the drain counted the close");
+    drop(running);
+}
+
+#[test]
+fn a_drain_gives_up_a_reply_that_never_comes_at_its_deadline() {
+    let (running, deferred) = deferring_app(Duration::from_secs(5));
+    let mut stuck = AppClient::connect(running.local_addr());
+    stuck.send_request("/never", Value::Null);
+    let (_, never) = deferred.recv_timeout(common::WAIT).unwrap();
+
+    let started = Instant::now();
+    let _drain = running.drain(Duration::from_millis(500), None).unwrap();
+    assert_eq!(stuck.expect_close(1012), "");
+    assert!(started.elapsed() >= Duration::from_millis(500), "closed before the drain's deadline");
+    drop(never);
     drop(running);
 }

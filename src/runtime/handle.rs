@@ -362,8 +362,11 @@ impl ServerHandle {
     /// without one), the closes spread evenly over `over`, each worker
     /// closing its share in turn. The clients of `emitws.v1` reconnect to
     /// `redirect` at once, or, without one, to their own URL after a short
-    /// random delay (PROTOCOL.md §6). A connection still in its upgrade at
-    /// the deadline is dropped.
+    /// random delay (PROTOCOL.md §6). A connection whose handler has work
+    /// under way when its turn comes ([`Handler::pending_work`](super::Handler::pending_work): the event
+    /// layer's deferred replies) is closed once that work is done, and at
+    /// the latest at the deadline. A connection still in its upgrade at the
+    /// deadline is dropped.
     ///
     /// The server keeps running, accepting nothing (and opening no outgoing
     /// connection: [`connect`](Self::connect) fails with

@@ -1,7 +1,10 @@
 //! A worker's share of a drain (see `ServerHandle::drain`): its listener
 //! goes at once; its connections, as they were when the drain began, are
 //! closed with 1012 a few at a time, evenly over the drain's span, so the
-//! nodes that take the clients over see them arrive at a steady rate.
+//! nodes that take the clients over see them arrive at a steady rate. A
+//! connection whose handler has work under way when its turn comes (a
+//! deferred reply, [`Handler::pending_work`]) is closed as soon as that work
+//! is done, and at the latest at the drain's deadline, as in a shutdown.
 
 use super::*;
 use crate::runtime::handle::{DrainPlan, DRAIN_CLOSE_CODE};
@@ -13,6 +16,8 @@ pub(super) struct Draining {
     queue: Vec<(usize, u32)>,
     /// The queue's length when the drain began.
     total: usize,
+    /// Connections whose turn came while their handler had work under way.
+    busy: Vec<(usize, u32)>,
 }
 
 impl Draining {
@@ -56,7 +61,7 @@ impl<H: Handler> Worker<H> {
         }
         let mut queue: Vec<(usize, u32)> = self.slab.iter().map(|(key, slot)| (key, slot.conn.generation)).collect();
         queue.reverse();
-        self.draining = Some(Draining { plan, total: queue.len(), queue });
+        self.draining = Some(Draining { plan, total: queue.len(), queue, busy: Vec::new() });
     }
 
     /// When this worker's drain wants its next turn, if one is under way.
@@ -74,7 +79,7 @@ impl<H: Handler> Worker<H> {
             return;
         }
         let due = draining.due_by(now);
-        let mut closing = Vec::new();
+        let mut closing = std::mem::take(&mut draining.busy);
         while draining.total - draining.queue.len() < due {
             let Some(next) = draining.queue.pop() else { break };
             closing.push(next);
@@ -85,22 +90,32 @@ impl<H: Handler> Worker<H> {
             closing.extend(self.slab.iter().map(|(key, slot)| (key, slot.conn.generation)));
             self.draining = None;
         }
+        let mut busy = Vec::new();
         for (key, generation) in closing {
-            self.close_drained(key, generation, &plan, at_deadline);
+            if !self.close_drained(key, generation, &plan, at_deadline) {
+                busy.push((key, generation));
+            }
+        }
+        if let Some(draining) = self.draining.as_mut() {
+            draining.busy = busy;
         }
     }
 
     /// Closes one connection with the drain's code and redirect, if it is
-    /// still the one queued and open; at the deadline, one still upgrading
-    /// is dropped (it has no close handshake to hear).
-    fn close_drained(&mut self, key: usize, generation: u32, plan: &DrainPlan, at_deadline: bool) {
-        let Some(slot) = self.slab.get(key).filter(|slot| slot.conn.generation == generation) else { return };
+    /// still the one queued and open and its handler has no work under way
+    /// (at the deadline, regardless); at the deadline, one still upgrading is
+    /// dropped (it has no close handshake to hear). False when it waits for
+    /// its handler's work.
+    fn close_drained(&mut self, key: usize, generation: u32, plan: &DrainPlan, at_deadline: bool) -> bool {
+        let Some(slot) = self.slab.get(key).filter(|slot| slot.conn.generation == generation) else { return true };
         if slot.machine.is_open() {
-            let id = ConnId::new(self.ctx.worker, key, generation);
-            self.with_open(id, |conn| conn.close(DRAIN_CLOSE_CODE, &plan.redirect));
+            if !self.close_unless_busy(key, at_deadline, DRAIN_CLOSE_CODE, &plan.redirect) {
+                return false;
+            }
             plan.closes_sent.fetch_add(1, Ordering::Relaxed);
         } else if at_deadline && slot.machine.is_handshaking() {
             self.abort(key, CloseReason::Shutdown);
         }
+        true
     }
 }

@@ -38,7 +38,7 @@ impl<H: Handler> Worker<H> {
         for key in keys {
             if self.slab[key].machine.is_handshaking() {
                 self.abort(key, CloseReason::Shutdown);
-            } else if !self.close_unless_busy(key, false) {
+            } else if !self.close_unless_busy(key, false, CloseCode::GOING_AWAY, SHUTTING_DOWN) {
                 waiting.push((key, self.slab[key].conn.generation));
             }
         }
@@ -62,16 +62,17 @@ impl<H: Handler> Worker<H> {
         let force = now >= finishing.grace_ends;
         finishing.waiting.retain(|&(key, generation)| {
             let same = self.slab.get(key).is_some_and(|slot| slot.conn.generation == generation);
-            same && !self.close_unless_busy(key, force)
+            same && !self.close_unless_busy(key, force, CloseCode::GOING_AWAY, SHUTTING_DOWN)
         });
         if !finishing.waiting.is_empty() {
             self.finishing = Some(finishing);
         }
     }
 
-    /// Closes open connection `key` with 1001 unless its handler has work
-    /// under way (and `force` is off); whether it is closed (or not open).
-    fn close_unless_busy(&mut self, key: usize, force: bool) -> bool {
+    /// Closes open connection `key` with `code` and `reason` unless its
+    /// handler has work under way (and `force` is off); whether it is closed
+    /// (or not open). Shutdowns (1001) and drains (1012) both wait this way.
+    pub(super) fn close_unless_busy(&mut self, key: usize, force: bool, code: CloseCode, reason: &str) -> bool {
         let Worker { slab, handler, ctx, .. } = self;
         let WorkerConn { machine, conn } = &mut slab[key];
         if !machine.is_open() {
@@ -81,7 +82,7 @@ impl<H: Handler> Worker<H> {
         let mut open = Conn { key, conn, control, ctx };
         let close = force || !handler.pending_work(&mut open);
         if close {
-            open.close(CloseCode::GOING_AWAY, SHUTTING_DOWN);
+            open.close(code, reason);
         }
         settle(handler, key, conn, control, ctx);
         close
