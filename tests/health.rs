@@ -70,11 +70,13 @@ fn not_ready_while_redis_is_down() {
 
     let Some(redis) = Redis::start() else { return };
     let port = redis.port;
-    let (mut app, probes) = app_with_probes();
+    // The app's own probes follow it without being told.
+    let mut app = App::new();
+    let probes = app.probes();
+    app.on_http(move |request| probes.answer(request.path()));
     let options = RedisOptions::default().heartbeat_ttl(Duration::from_secs(1)).max_backoff(Duration::from_millis(200));
     app.adapter(RedisAdapter::new(&redis.url(), options).unwrap());
     let running = app_client::start(app, 1);
-    probes.running(running.app());
     let addr = running.local_addr();
     let status = || get(addr, "/readyz").status;
 

@@ -32,7 +32,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, Sender};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use emitws::app::health::Probes;
 use emitws::app::{App, AppHandle, BroadcastOpts, Request, SocketId};
 use emitws::runtime::HttpResponse;
 use serde::{Deserialize, Serialize};
@@ -318,11 +317,11 @@ fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
     );
 }
 
-/// The chat app, its handlers handing the store's work to `jobs`; `probes`
-/// answers the health checks.
-fn chat_app(jobs: Jobs, probes: Probes) -> App {
+/// The chat app, its handlers handing the store's work to `jobs`.
+fn chat_app(jobs: Jobs) -> App {
     let mut app = App::new();
     let metrics = app.metrics();
+    let probes = app.probes();
     app.on_http(move |request| match request.path() {
         "/" | "/index.html" => Some(HttpResponse::new(200, "text/html; charset=utf-8", PAGE)),
         "/metrics" => Some(metrics.http_response()),
@@ -405,17 +404,14 @@ pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Bo
             Box::new(memory)
         }
     };
-    let probes = Probes::default();
     #[allow(unused_mut)] // changed only with the redis feature
-    let mut app = chat_app(store_thread(store), probes.clone());
+    let mut app = chat_app(store_thread(store));
     #[cfg(feature = "redis")]
     if let Some(url) = redis {
         use emitws::cluster::{RedisAdapter, RedisOptions};
         app.adapter(RedisAdapter::new(url, RedisOptions::default())?);
     }
-    let running = app.listen(addr)?;
-    probes.running(running.app());
-    Ok(running)
+    Ok(app.listen(addr)?)
 }
 
 #[allow(dead_code)] // tests/chat_cluster.rs includes this file for serve()

@@ -2,25 +2,23 @@
 //! [`App::on_http`](super::App::on_http): [`healthz`] (the process answers)
 //! and [`readyz`] (this node should be given connections).
 //!
-//! The HTTP handler is set before the app runs: [`Probes`] answers both
-//! paths from it, and is told the running app once
-//! [`listen`](super::App::listen) returns (until then `/readyz` answers 503).
+//! The HTTP handler is set before the app runs: the app's [`Probes`]
+//! ([`App::probes`](super::App::probes)) answer both paths from it, and
+//! follow the app once it listens (until then `/readyz` answers 503).
 //!
 //! ```no_run
-//! use emitws::app::{health::Probes, App};
+//! use emitws::app::App;
 //!
-//! let probes = Probes::default();
 //! let mut app = App::new();
-//! let answer = probes.clone();
-//! app.on_http(move |request| answer.answer(request.path()));
+//! let probes = app.probes();
+//! app.on_http(move |request| probes.answer(request.path()));
 //! let running = app.listen("127.0.0.1:9000")?;
-//! probes.running(running.app());
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
-use super::handle::AppHandle;
+use super::handle::{AppHandle, AppState};
 use crate::runtime::HttpResponse;
 
 /// `/healthz`: 200 `ok`. That the process answers at all is the check.
@@ -39,9 +37,11 @@ pub fn readyz(app: &AppHandle) -> HttpResponse {
 
 /// `/healthz` and `/readyz` for an app's [`on_http`](super::App::on_http),
 /// which is set before the app runs. Cheap to clone: clones share the app.
+/// They hold the app weakly (an app's own probes live in it): once it is
+/// dropped `/readyz` answers 503 again.
 #[derive(Clone, Debug, Default)]
 pub struct Probes {
-    app: Arc<OnceLock<AppHandle>>,
+    app: Arc<OnceLock<Weak<AppState>>>,
 }
 
 impl Probes {
@@ -50,17 +50,19 @@ impl Probes {
     pub fn answer(&self, path: &str) -> Option<HttpResponse> {
         match path {
             "/healthz" => Some(healthz()),
-            "/readyz" => Some(match self.app.get() {
-                Some(app) => readyz(app),
+            "/readyz" => Some(match self.app.get().and_then(Weak::upgrade) {
+                Some(app) => readyz(&AppHandle(app)),
                 None => HttpResponse::new(503, "text/plain", "not ready: not started"),
             }),
             _ => None,
         }
     }
 
-    /// The app runs: `/readyz` asks it from now on. Only the first call counts.
+    /// The app runs: `/readyz` asks it from now on. Only the first call
+    /// counts. [`App::probes`](super::App::probes) makes this call itself;
+    /// probes made with `Probes::default()` need it.
     pub fn running(&self, app: AppHandle) {
-        let _ = self.app.set(app);
+        let _ = self.app.set(Arc::downgrade(&app.0));
     }
 }
 

@@ -149,6 +149,8 @@ pub(crate) struct AppConfig {
     pub(crate) metrics: Metrics,
     /// Whether handler times go into the histogram (two clock reads per message).
     time_handlers: bool,
+    /// The app's `/healthz` and `/readyz`, told the app when it listens.
+    probes: health::Probes,
 }
 
 /// How sockets authenticate, if they must.
@@ -335,6 +337,19 @@ impl App {
         self.config.metrics.clone()
     }
 
+    /// The app's health checks, `/healthz` and `/readyz` (see [`health`]):
+    /// take them before [`listen`](Self::listen) to serve them from
+    /// [`on_http`](Self::on_http); they follow the app once it listens.
+    ///
+    /// ```
+    /// let mut app = emitws::app::App::new();
+    /// let probes = app.probes();
+    /// app.on_http(move |request| probes.answer(request.path()));
+    /// ```
+    pub fn probes(&self) -> health::Probes {
+        self.config.probes.clone()
+    }
+
     /// Times every event and request handler into the metrics' histogram
     /// (default off: the two clock reads per message cost more than the
     /// rest of the metrics together; see docs/BENCHMARKS.md, "Metrics cost").
@@ -381,6 +396,7 @@ impl App {
         server = server.with_metrics(metrics.clone());
         let app = AppHandle::new(self.config);
         app.count_gauges(&metrics);
+        app.0.setup.probes.running(app.clone());
         // Attached before the port accepts, so that the first sockets to join
         // a room miss nothing other nodes publish meanwhile.
         let adapter = app.0.setup.adapter.as_ref();
