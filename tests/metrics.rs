@@ -229,5 +229,7 @@ fn the_frames_the_protocol_sends_by_itself_are_counted_as_control() {
     client.close(1000);
     let counted = metrics.snapshot();
     assert_eq!(counted.messages_out.control, 2, "{counted:?}");
+    // The running server's handle reads the same registry.
+    assert_eq!(server.handle().metrics().snapshot().messages_out.control, 2);
     server.shutdown();
 }

@@ -261,6 +261,8 @@ pub(crate) struct ServerState {
     pub data_type: Option<TypeId>,
     /// The worker the next outgoing connection goes to.
     pub next_dialer: AtomicUsize,
+    /// The registry the workers count into.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Sends to connections, broadcasts and shuts down, from any thread.
@@ -279,6 +281,14 @@ impl ServerHandle {
     fn post(&self, worker: usize, command: Command) -> bool {
         let Some(inbox) = self.inboxes.get(worker) else { return false };
         inbox.sender.send(command).is_ok() && inbox.waker.wake().is_ok()
+    }
+
+    /// The registry the server's workers count into (as
+    /// [`Server::metrics`](super::Server::metrics) gave before it started):
+    /// read it with [`Metrics::snapshot`](crate::metrics::Metrics::snapshot)
+    /// or serve it as Prometheus text.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
     }
 
     /// Queues a text message to one connection. Returns false if the server has stopped.

@@ -104,7 +104,11 @@ pub(crate) fn start<H: Handler>(settings: Settings, addr: Option<SocketAddr>, ha
         inboxes.push(WorkerInbox { sender, waker });
         receivers.push(receiver);
     }
-    let shared = Arc::new(ServerState { data_type: Some(std::any::TypeId::of::<H::Data>()), ..ServerState::default() });
+    let shared = Arc::new(ServerState {
+        data_type: Some(std::any::TypeId::of::<H::Data>()),
+        metrics: settings.metrics.clone(),
+        ..ServerState::default()
+    });
     let mut acceptor = None;
     if !reuse_port {
         let poll = Poll::new()?;
