@@ -65,6 +65,7 @@ mod groups;
 mod handle;
 mod handler;
 pub mod health;
+mod history;
 mod inbox;
 mod limits;
 mod locks;
@@ -90,6 +91,7 @@ pub use error::Error;
 pub use groups::BroadcastOpts;
 pub use handle::{AppHandle, Running, SocketRef, UserRef};
 pub use handler::PROTOCOL;
+pub use history::History;
 pub use limits::{EventLimits, Policy, Rate};
 pub use request::{DataError, ReplyHandle, Request};
 pub use router::{Middleware, Next, Ns};
@@ -149,6 +151,8 @@ pub(crate) struct AppConfig {
     pub(crate) metrics: Metrics,
     /// Whether handler times go into the histogram (two clock reads per message).
     time_handlers: bool,
+    /// Which rooms keep history, first match first.
+    history: history::HistoryRules,
 }
 
 /// How sockets authenticate, if they must.
@@ -346,6 +350,48 @@ impl App {
     /// Plugs in a cluster transport.
     pub fn adapter(&mut self, adapter: Arc<dyn Adapter>) -> &mut Self {
         self.config.adapter = Some(adapter);
+        self
+    }
+
+    /// Gives history to a room (`#lobby`), or to every room whose name
+    /// starts with a prefix (`#game:*`): each broadcast addressed to such a
+    /// room alone gets the room's next offset and is delivered with a fourth
+    /// element `{"room","offset","epoch"}`, and the room keeps its last
+    /// broadcasts so that a socket that resumes gets those it missed
+    /// (PROTOCOL.md §13). Broadcasts to several groups at once, to
+    /// everyone, or to other rooms are unchanged. Patterns are tried in the
+    /// order given; the first that matches applies. Tags (`*name`) have no
+    /// history.
+    ///
+    /// The history is kept in this process's memory: a room's stream starts
+    /// anew, with a new epoch, when the server restarts, or when all its
+    /// broadcasts have expired while nobody here is in the room. Each node
+    /// of a cluster numbers its own streams.
+    ///
+    /// # Panics
+    ///
+    /// If `pattern` is not a room name or a room prefix ending in `*` (a
+    /// tag, a name without `#`, a `*` elsewhere than at the end): a setup
+    /// mistake, found at start.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use emitws::app::{App, BroadcastOpts, History};
+    ///
+    /// let mut app = App::new();
+    /// app.history("#lobby", History::new(500, Duration::from_secs(300)))
+    ///     .history("#game:*", History::new(50, Duration::from_secs(60)));
+    /// app.on("/say", |req| {
+    ///     // Delivered as [0,"/said",data,{"room":"#lobby","offset":n,"epoch":"…"}].
+    ///     let data = req.raw_data();
+    ///     let _ = req.broadcast("/said", &data, BroadcastOpts::to("#lobby"));
+    /// });
+    /// ```
+    pub fn history(&mut self, pattern: &str, history: History) -> &mut Self {
+        match history::RoomPattern::parse(pattern) {
+            Ok(pattern) => self.config.history.push((pattern, history)),
+            Err(e) => panic!("App::history: {e}"),
+        }
         self
     }
 
