@@ -300,9 +300,10 @@ impl AppHandle {
             return Ok(());
         };
         let except: Arc<[ConnId]> = except.into();
-        self.with_stream(room, history, |stream| {
+        let now = Instant::now();
+        self.with_stream(room, history, now, |stream| {
             stream.append(
-                Instant::now(),
+                now,
                 |epoch, offset| encode(|out| envelope::write_room_event(out, event, data, room, offset, epoch)),
                 except.clone(),
                 |frame| self.route_shared(frame.clone(), opts, except, None),

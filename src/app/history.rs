@@ -160,8 +160,9 @@ impl Stream {
 
     /// Whether the whole history has expired and nobody here is in the
     /// room: its stream is then lost (PROTOCOL.md §13, epoch).
-    fn is_stale(&self, now: Instant, in_use: bool) -> bool {
-        !in_use && now.saturating_duration_since(self.written) >= self.history.ttl
+    fn is_stale(&self, now: Instant, in_use: impl FnOnce() -> bool) -> bool {
+        // Members are looked up only then: not on every broadcast.
+        now.saturating_duration_since(self.written) >= self.history.ttl && !in_use()
     }
 
     /// Drops the entries older than the ttl.
@@ -253,7 +254,7 @@ impl RoomStreams {
                 continue; // swept between the lookup and the lock
             }
             stream.expire(now);
-            if stream.is_stale(now, in_use(room)) {
+            if stream.is_stale(now, || in_use(room)) {
                 *stream = Stream::new(*history, now);
             }
             return f(&mut stream);
@@ -272,7 +273,7 @@ impl RoomStreams {
                 // A stream locked right now is in use.
                 let Ok(mut stream) = stream.try_lock() else { return true };
                 stream.expire(now);
-                let stale = stream.is_stale(now, in_use(room));
+                let stale = stream.is_stale(now, || in_use(room));
                 stream.removed = stale;
                 !stale
             });
@@ -296,10 +297,16 @@ impl AppHandle {
         history_of(&self.0.setup.history, room)
     }
 
-    /// Runs `f` under the lock of `room`'s stream (see [`RoomStreams::with_stream`]).
-    pub(crate) fn with_stream<R>(&self, room: &str, history: &History, f: impl FnOnce(&mut Stream) -> R) -> R {
+    /// Runs `f` under the lock of `room`'s stream at `now` (see [`RoomStreams::with_stream`]).
+    pub(crate) fn with_stream<R>(
+        &self,
+        room: &str,
+        history: &History,
+        now: Instant,
+        f: impl FnOnce(&mut Stream) -> R,
+    ) -> R {
         let in_use = |room: &str| self.0.registry.size(room) > 0;
-        self.0.streams.with_stream(room, history, Instant::now(), in_use, f)
+        self.0.streams.with_stream(room, history, now, in_use, f)
     }
 
     /// The position of `room`'s stream now, (epoch, latest offset), or
@@ -311,7 +318,7 @@ impl AppHandle {
     #[allow(dead_code)]
     pub(crate) fn position(&self, room: &str) -> Option<(Arc<str>, u64)> {
         let history = self.history(room)?;
-        Some(self.with_stream(room, history, |stream| (stream.epoch.clone(), stream.offset)))
+        Some(self.with_stream(room, history, Instant::now(), |stream| (stream.epoch.clone(), stream.offset)))
     }
 
     /// Recovers a socket's missed broadcasts of `room` under the room's
@@ -337,7 +344,9 @@ impl AppHandle {
         join: impl FnOnce(),
     ) -> Recovery {
         match self.history(room) {
-            Some(history) => self.with_stream(room, history, |stream| stream.recover(since, was, send, join)),
+            Some(history) => {
+                self.with_stream(room, history, Instant::now(), |stream| stream.recover(since, was, send, join))
+            }
             None => {
                 join();
                 Recovery { recovered: false, epoch: None, offset: 0 }
