@@ -365,8 +365,10 @@ impl App {
     ///
     /// The history is kept in this process's memory: a room's stream starts
     /// anew, with a new epoch, when the server restarts, or when all its
-    /// broadcasts have expired while nobody here is in the room. Each node
-    /// of a cluster numbers its own streams.
+    /// broadcasts have expired while nobody here is in the room. In a
+    /// cluster each node numbers the broadcasts made on it, and the other
+    /// nodes relay them with those numbers: one stream per room across the
+    /// nodes needs the cluster's store, which does not keep history yet.
     ///
     /// # Panics
     ///
