@@ -543,6 +543,28 @@ mod tests {
     }
 
     #[test]
+    #[should_panic(expected = "not tags")]
+    fn tags_get_no_history() {
+        crate::app::App::new().history("*admin", History::new(1, TTL));
+    }
+
+    #[test]
+    fn position_and_recover_on_the_app() {
+        let rules = vec![(RoomPattern::parse("#h").expect("valid"), History::new(10, TTL))];
+        let app = AppHandle::new(crate::app::AppConfig { history: rules, ..Default::default() });
+        assert_eq!(app.position("#plain"), None);
+        let (epoch, offset) = app.position("#h").expect("a room with history");
+        assert_eq!(offset, 0);
+        // The stream position made is the one a broadcast and a recovery then use.
+        let mut joined = 0;
+        let recovery = app.recover("#h", Some((&epoch, 0)), ConnId(1), |_| panic!("nothing to send"), || joined += 1);
+        assert_eq!(recovery, Recovery { recovered: true, epoch: Some(epoch), offset: 0 });
+        let recovery = app.recover("#plain", Some(("e", 0)), ConnId(1), |_| panic!("nothing kept"), || joined += 1);
+        assert_eq!(recovery, Recovery { recovered: false, epoch: None, offset: 0 });
+        assert_eq!(joined, 2, "join runs with or without history");
+    }
+
+    #[test]
     fn offsets_follow_the_order_of_routing_under_concurrent_broadcasts() {
         let streams = Arc::new(RoomStreams::default());
         let routed = Arc::new(Mutex::new(Vec::new()));
