@@ -365,7 +365,10 @@ impl App {
     ///
     /// The history is kept in this process's memory: a room's stream starts
     /// anew, with a new epoch, when the server restarts, or when all its
-    /// broadcasts have expired while nobody here is in the room. In a
+    /// broadcasts have expired while nobody here is in the room. Expired
+    /// broadcasts are dropped when the room is next used; the streams of
+    /// rooms nobody uses any more, each time the number of streams has
+    /// doubled, so memory stays within twice what the rooms in use need. In a
     /// cluster each node numbers the broadcasts made on it, and the other
     /// nodes relay them with those numbers: one stream per room across the
     /// nodes needs the cluster's store, which does not keep history yet.
