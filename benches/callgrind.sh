@@ -11,14 +11,17 @@
 #
 # Cases: raw echo ping-pong and 8 in flight (examples/echo), event-layer
 # request/reply with 8 in flight and room fan-out (examples/app_echo:
-# 1,000 members, 10 publishers, 32 B). One worker each. With UWS_ECHO and
+# 1,000 members, 10 publishers, 32 B). One worker each. With HISTORY=1, the
+# same room fan-out once more with the room's history on (`--history 1000`:
+# every delivery carries its offset, PROTOCOL.md §13). With UWS_ECHO and
 # UWS_FANOUT set to their binaries, the same raw ping-pong and fan-out cases
 # for uWebSockets servers built as described in docs/BENCHMARKS.md, "Fan-out
 # against uWebSockets" (not in this repository; they take HOST:PORT); with
 # ECHO_FLOOR=benches/peers/target/release/echo-floor, raw ping-pong for the
 # floor of echo (benches/peers/README.md).
 #
-# Usage: benches/callgrind.sh   (SHORT=3 LONG=8; LOAD=emitws-load to use,
+# Usage: benches/callgrind.sh   (SHORT=3 LONG=8; HISTORY=1; CASES="fanout fanout-history"
+#        runs only the cases named; LOAD=emitws-load to use,
 #        BIN=directory of the example servers, to compare two builds with the
 #        same load tool; UWS_ECHO=/tmp/uws/echo UWS_FANOUT=/tmp/uws/fanout
 #        ECHO_FLOOR=benches/peers/target/release/echo-floor)
@@ -46,6 +49,7 @@ trap cleanup EXIT
 measure() {
   local name=$1
   shift
+  [ -z "${CASES:-}" ] || [[ " $CASES " == *" $name "* ]] || return 0
   local server=()
   while [ "$1" != -- ]; do server+=("$1"); shift; done
   shift
@@ -84,6 +88,7 @@ measure echo-pingpong "$bin/echo" --workers 1 --addr -- "${pingpong[@]}"
 measure echo-pipelined "$bin/echo" --workers 1 --addr -- echo --connections 100 --payload 20 --in-flight 8
 measure app-pipelined "$bin/app_echo" --workers 1 --addr -- echo --connections 100 --payload 20 --in-flight 8 --protocol emitws
 measure fanout "$bin/app_echo" --workers 1 --addr -- "${fanout[@]}" --protocol emitws
+[ -z "${HISTORY:-}" ] || measure fanout-history "$bin/app_echo" --workers 1 --history 1000 --addr -- "${fanout[@]}" --protocol emitws
 [ -z "${ECHO_FLOOR:-}" ] || measure floor-pingpong "$ECHO_FLOOR" -- "${pingpong[@]}"
 [ -z "${UWS_ECHO:-}" ] || measure uws-pingpong "$UWS_ECHO" -- "${pingpong[@]}"
 [ -z "${UWS_FANOUT:-}" ] || measure uws-fanout "$UWS_FANOUT" -- "${fanout[@]}"

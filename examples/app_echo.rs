@@ -3,7 +3,11 @@
 //!
 //! - `[1,id,"/echo",data]` is answered `[2,id,data]`;
 //! - `[1,id,"/join"]` joins the socket to the room `#room` (reply `true`);
-//! - `[0,"/pub",data]` broadcasts `[0,"/pub",data]` to `#room`, the sender included.
+//! - `[0,"/pub",data]` broadcasts `[0,"/pub",data]` to `#room`, the sender included;
+//!   with `--history SIZE` the room keeps its last SIZE broadcasts (for a
+//!   minute), and each delivery carries its offset as a fourth element
+//!   (`[0,"/pub",data,{"room":"#room","offset":n,"epoch":"…"}]`, PROTOCOL.md §13),
+//!   to measure what history costs (benches/callgrind.sh with `HISTORY=1`).
 //!
 //! `cargo run --release --example app_echo -- --addr 127.0.0.1:9001 --workers 1`,
 //! then for instance `emitws-load echo --protocol emitws` or
@@ -26,7 +30,7 @@ mod logs;
 
 use std::time::{Duration, Instant};
 
-use emitws::app::{plugins, App, AppHandle, BroadcastOpts, EventLimits, Rate};
+use emitws::app::{plugins, App, AppHandle, BroadcastOpts, EventLimits, History, Rate};
 use emitws::runtime::{Keepalive, Server};
 
 /// The one room `/join` and `/pub` use.
@@ -37,7 +41,7 @@ fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:9001".to_string();
     let mut server = Server::new();
-    let (mut heartbeat, mut stats_every) = (None, None);
+    let (mut heartbeat, mut stats_every, mut history) = (None, None, None);
     let seconds = |value: &str| value.parse::<f64>().ok().filter(|s| *s > 0.0).map(Duration::from_secs_f64);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
@@ -58,10 +62,15 @@ fn main() -> std::io::Result<()> {
             }
             ("--heartbeat", Some(value)) if seconds(&value).is_some() => heartbeat = seconds(&value),
             ("--stats", Some(value)) if seconds(&value).is_some() => stats_every = seconds(&value),
+            ("--history", Some(value))
+                if value.parse::<usize>().is_ok_and(|n| (1..=History::MAX_SIZE).contains(&n)) =>
+            {
+                history = value.parse().ok();
+            }
             _ => {
                 eprintln!(
                     "usage: app_echo [--addr HOST:PORT] [--workers N] [--keepalive S] [--heartbeat S] [--stats S] \
-                     [--io-uring on|off]"
+                     [--history SIZE] [--io-uring on|off]"
                 );
                 std::process::exit(2);
             }
@@ -71,6 +80,9 @@ fn main() -> std::io::Result<()> {
     // A load tool sends far more than the default 100 envelopes per second per
     // socket; the bucket stays on (and costs what it costs) with a rate it never hits.
     app.limits(EventLimits::default().rate(Some(Rate { per_second: 1e9, burst: 1e9 })));
+    if let Some(size) = history {
+        app.history(ROOM, History::new(size, Duration::from_secs(60)));
+    }
     if let Some(interval) = heartbeat {
         app.plugin(plugins::heartbeat(interval));
     }

@@ -303,12 +303,38 @@ pub(crate) fn depth(text: &str) -> usize {
 
 /// Writes `[0,"event",data]`.
 pub(crate) fn write_event<T: Serialize + ?Sized>(out: &mut Vec<u8>, event: &str, data: &T) -> serde_json::Result<()> {
+    write_event_elements(out, event, data)?;
+    out.push(b']');
+    Ok(())
+}
+
+/// Writes `[0,"name",data,{"room":"#r","offset":n,"epoch":"e"}]`: a broadcast
+/// to a room with history, at its place in the room's stream (PROTOCOL.md §13).
+pub(crate) fn write_room_event<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    event: &str,
+    data: &T,
+    room: &str,
+    offset: u64,
+    epoch: &str,
+) -> serde_json::Result<()> {
+    write_event_elements(out, event, data)?;
+    out.extend_from_slice(b",{\"room\":");
+    serde_json::to_writer(&mut *out, room)?;
+    out.extend_from_slice(b",\"offset\":");
+    write_id(out, offset);
+    out.extend_from_slice(b",\"epoch\":");
+    serde_json::to_writer(&mut *out, epoch)?;
+    out.extend_from_slice(b"}]");
+    Ok(())
+}
+
+/// Writes `[0,"name",data` (an event without its closing bracket).
+fn write_event_elements<T: Serialize + ?Sized>(out: &mut Vec<u8>, event: &str, data: &T) -> serde_json::Result<()> {
     out.extend_from_slice(b"[0,");
     serde_json::to_writer(&mut *out, event)?;
     out.push(b',');
-    serde_json::to_writer(&mut *out, data)?;
-    out.push(b']');
-    Ok(())
+    serde_json::to_writer(&mut *out, data)
 }
 
 /// Writes `[1,id,"name",data]`.
@@ -477,5 +503,14 @@ mod tests {
         out.clear();
         write_request(&mut out, 1, "@challenge", raw(r#"{"c":"n"}"#)).unwrap();
         assert_eq!(out, br#"[1,1,"@challenge",{"c":"n"}]"#);
+        out.clear();
+        write_room_event(&mut out, "/said", raw(r#"{"t":"é\"x"}"#), "#lobby\"é", 42, "c3a91e07").unwrap();
+        let expected = r##"[0,"/said",{"t":"é\"x"},{"room":"#lobby\"é","offset":42,"epoch":"c3a91e07"}]"##;
+        assert_eq!(out, expected.as_bytes());
+        // The fourth element is one more element: the envelope reads as the same event.
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            matches!(parse(&text), Ok(Envelope::Event { event: "/said", data: Some(d) }) if d.get() == r#"{"t":"é\"x"}"#)
+        );
     }
 }

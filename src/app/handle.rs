@@ -17,6 +17,7 @@ use super::cluster_view::ClusterView;
 use super::envelope;
 use super::error::Error;
 use super::groups::{BroadcastOpts, Delivery, GroupRegistry, Outbox};
+use super::history::RoomStreams;
 use super::inbox::WorkerMsg;
 use super::limits::EventLimits;
 use super::locks::lock;
@@ -43,6 +44,8 @@ pub(crate) struct AppState {
     pub(crate) sockets: AtomicUsize,
     /// This node's sockets, kept when no adapter keeps them.
     pub(crate) connected: Mutex<BTreeSet<ConnId>>,
+    /// The streams of the rooms with history.
+    pub(crate) streams: RoomStreams,
 }
 
 /// A running app, from any thread: broadcasts, sends to sockets and users,
@@ -67,6 +70,7 @@ impl AppHandle {
             users: Mutex::new(HashMap::new()),
             sockets: AtomicUsize::new(0),
             connected: Mutex::default(),
+            streams: RoomStreams::default(),
         }))
     }
 
@@ -83,15 +87,15 @@ impl AppHandle {
     }
 
     /// Broadcasts an event, encoded once, to the sockets `opts` selects, on
-    /// every worker (and, unless local, every node of a cluster).
+    /// every worker (and, unless local, every node of a cluster). Addressed
+    /// to one room with [history](super::App::history) alone, it takes the
+    /// room's next offset.
     ///
     /// # Errors
     ///
     /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T, opts: BroadcastOpts) -> Result<(), Error> {
-        let frame = self.encode_event(event, data)?;
-        self.route(frame, &opts, self.local_ids(&opts.except), None);
-        Ok(())
+        self.broadcast_from(event, data, &opts, self.local_ids(&opts.except), None)
     }
 
     /// Sends an event to one socket, on this node or another. False if the
@@ -232,10 +236,7 @@ impl AppHandle {
     }
 
     pub(crate) fn encode_event<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<SharedFrame, Error> {
-        let mut text = Vec::new();
-        envelope::write_event(&mut text, event, data)?;
-        let text = String::from_utf8(text).map_err(|e| Error::Json(serde::ser::Error::custom(e)))?;
-        Ok(SharedFrame::text(&text))
+        encode(|out| envelope::write_event(out, event, data))
     }
 
     /// Hands a broadcast to the workers that have sockets it addresses: the
@@ -248,6 +249,11 @@ impl AppHandle {
         except: Vec<ConnId>,
         here: Option<&mut Outbox>,
     ) {
+        self.route_shared(frame, opts, except.into(), here);
+    }
+
+    /// [`route`](Self::route), with the sockets left out already shared.
+    fn route_shared(&self, frame: SharedFrame, opts: &BroadcastOpts, except: Arc<[ConnId]>, here: Option<&mut Outbox>) {
         let server = self.server();
         let mut targets = vec![opts.to.is_empty(); server.workers()];
         if !opts.to.is_empty() {
@@ -256,7 +262,7 @@ impl AppHandle {
         if !opts.local {
             self.publish(&frame, Target::Broadcast(opts));
         }
-        let delivery = Delivery { frame, groups: opts.to.clone().into(), except: except.into() };
+        let delivery = Delivery { frame, groups: opts.to.clone().into(), except };
         let here_worker = here.as_ref().map(|outbox| outbox.worker);
         let mut here = here;
         for (worker, _) in targets.iter().enumerate().filter(|(_, wanted)| **wanted) {
@@ -267,6 +273,42 @@ impl AppHandle {
                 }
             }
         }
+    }
+
+    /// Encodes a broadcast and routes it (see [`route`](Self::route)). One
+    /// addressed to a room with history alone is encoded with the room's
+    /// next offset, kept in its stream and handed to the workers under the
+    /// stream's lock, through every worker's inbox, this one's included:
+    /// an inbox is delivered in the order it was filled, while this
+    /// worker's outbox waits for the end of its turn, after broadcasts of
+    /// lower offsets that other threads may have put in its inbox meanwhile.
+    pub(crate) fn broadcast_from<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+        opts: &BroadcastOpts,
+        except: Vec<ConnId>,
+        here: Option<&mut Outbox>,
+    ) -> Result<(), Error> {
+        let with_history = match &opts.to[..] {
+            [room] => self.history(room).map(|history| (room, history)),
+            _ => None,
+        };
+        let Some((room, history)) = with_history else {
+            let frame = self.encode_event(event, data)?;
+            self.route(frame, opts, except, here);
+            return Ok(());
+        };
+        let except: Arc<[ConnId]> = except.into();
+        let now = Instant::now();
+        self.with_stream(room, history, now, |stream| {
+            stream.append(
+                now,
+                |epoch, offset| encode(|out| envelope::write_room_event(out, event, data, room, offset, epoch)),
+                except.clone(),
+                |frame| self.route_shared(frame.clone(), opts, except, None),
+            )
+        })
     }
 
     pub(crate) fn start_call<T: Serialize + ?Sized>(
@@ -284,6 +326,14 @@ impl AppHandle {
         self.server().notify(conn.worker(), Box::new(WorkerMsg::Call(call)));
         Ok(())
     }
+}
+
+/// One text frame of what `write` writes (JSON: valid UTF-8).
+fn encode(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Result<SharedFrame, Error> {
+    let mut text = Vec::new();
+    write(&mut text)?;
+    let text = String::from_utf8(text).map_err(|e| Error::Json(serde::ser::Error::custom(e)))?;
+    Ok(SharedFrame::text(&text))
 }
 
 /// A socket reached from anywhere: emit to it, call it, close it. Cheap to

@@ -65,6 +65,7 @@ mod groups;
 mod handle;
 mod handler;
 pub mod health;
+mod history;
 mod inbox;
 mod limits;
 mod locks;
@@ -90,6 +91,7 @@ pub use error::Error;
 pub use groups::BroadcastOpts;
 pub use handle::{AppHandle, Running, SocketRef, UserRef};
 pub use handler::PROTOCOL;
+pub use history::History;
 pub use limits::{EventLimits, Policy, Rate};
 pub use request::{DataError, ReplyHandle, Request};
 pub use router::{Middleware, Next, Ns};
@@ -151,6 +153,8 @@ pub(crate) struct AppConfig {
     time_handlers: bool,
     /// The app's `/healthz` and `/readyz`, told the app when it listens.
     probes: health::Probes,
+    /// Which rooms keep history, first match first.
+    history: history::HistoryRules,
 }
 
 /// How sockets authenticate, if they must.
@@ -361,6 +365,53 @@ impl App {
     /// Plugs in a cluster transport.
     pub fn adapter(&mut self, adapter: Arc<dyn Adapter>) -> &mut Self {
         self.config.adapter = Some(adapter);
+        self
+    }
+
+    /// Gives history to a room (`#lobby`), or to every room whose name
+    /// starts with a prefix (`#game:*`): each broadcast addressed to such a
+    /// room alone gets the room's next offset and is delivered with a fourth
+    /// element `{"room","offset","epoch"}`, and the room keeps its last
+    /// broadcasts so that a socket that resumes gets those it missed
+    /// (PROTOCOL.md §13). Broadcasts to several groups at once, to
+    /// everyone, or to other rooms are unchanged. Patterns are tried in the
+    /// order given; the first that matches applies. Tags (`*name`) have no
+    /// history.
+    ///
+    /// The history is kept in this process's memory: a room's stream starts
+    /// anew, with a new epoch, when the server restarts, or when all its
+    /// broadcasts have expired while nobody here is in the room. Expired
+    /// broadcasts are dropped when the room is next used; the streams of
+    /// rooms nobody uses any more, each time the number of streams has
+    /// doubled, so memory stays within twice what the rooms in use need. In a
+    /// cluster each node numbers the broadcasts made on it, and the other
+    /// nodes relay them with those numbers: one stream per room across the
+    /// nodes needs the cluster's store, which does not keep history yet.
+    ///
+    /// # Panics
+    ///
+    /// If `pattern` is not a room name or a room prefix ending in `*` (a
+    /// tag, a name without `#`, a `*` elsewhere than at the end): a setup
+    /// mistake, found at start.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use emitws::app::{App, BroadcastOpts, History};
+    ///
+    /// let mut app = App::new();
+    /// app.history("#lobby", History::new(500, Duration::from_secs(300)))
+    ///     .history("#game:*", History::new(50, Duration::from_secs(60)));
+    /// app.on("/say", |req| {
+    ///     // Delivered as [0,"/said",data,{"room":"#lobby","offset":n,"epoch":"…"}].
+    ///     let data = req.raw_data();
+    ///     let _ = req.broadcast("/said", &data, BroadcastOpts::to("#lobby"));
+    /// });
+    /// ```
+    pub fn history(&mut self, pattern: &str, history: History) -> &mut Self {
+        match history::RoomPattern::parse(pattern) {
+            Ok(pattern) => self.config.history.push((pattern, history)),
+            Err(e) => panic!("App::history: {e}"),
+        }
         self
     }
 

@@ -323,9 +323,7 @@ impl<'a> Request<'a> {
         if !opts.include_self {
             except.push(self.conn_id());
         }
-        let frame = self.app.encode_event(event, data)?;
-        self.app.route(frame, &opts, except, Some(&mut self.local.outbox));
-        Ok(())
+        self.app.broadcast_from(event, data, &opts, except, Some(&mut self.local.outbox))
     }
 
     /// Calls procedure `name` on this socket's client; `done` runs on this

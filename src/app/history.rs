@@ -1,0 +1,604 @@
+//! Room history (PROTOCOL.md §13): each room given a [`History`] keeps a
+//! stream of its recent broadcasts, numbered by offset, so that a resumed
+//! socket gets back the ones it missed.
+//!
+//! One stream per room, each behind its own lock: a broadcast takes its
+//! offset, is kept and is handed to the workers under that lock, so every
+//! socket sees a room's broadcasts in offset order, and a recovery's replay
+//! and join happen between two broadcasts, never across one. Unrelated rooms
+//! share only the map's read lock, for the lookup.
+//!
+//! Lock order: the map, then a stream, then the group registry (a broadcast
+//! reads it to find the workers; a recovery's join writes it). Nothing takes
+//! the map while holding a stream.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::handle::AppHandle;
+use super::locks::{lock, read, write};
+use crate::runtime::{ConnId, SharedFrame};
+
+/// How much history a room keeps: its last `size` broadcasts, each for at
+/// most `ttl`. Given to rooms with [`App::history`](super::App::history).
+///
+/// ```
+/// use std::time::Duration;
+/// use emitws::app::{App, History};
+///
+/// let mut app = App::new();
+/// // The last 100 messages of the lobby, and of every `#game:…` room, for 2 minutes.
+/// app.history("#lobby", History::new(100, Duration::from_secs(120)));
+/// app.history("#game:*", History::new(100, Duration::from_secs(120)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct History {
+    size: usize,
+    ttl: Duration,
+}
+
+impl History {
+    /// The most broadcasts one room may keep.
+    pub const MAX_SIZE: usize = 100_000;
+    /// The longest a broadcast may be kept.
+    pub const MAX_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// Keeps the last `size` broadcasts of a room, each for `ttl`.
+    ///
+    /// # Panics
+    ///
+    /// If `size` is 0 or above [`MAX_SIZE`](Self::MAX_SIZE), or `ttl` is zero
+    /// or above [`MAX_TTL`](Self::MAX_TTL): a setup mistake, found at start.
+    pub fn new(size: usize, ttl: Duration) -> History {
+        assert!((1..=Self::MAX_SIZE).contains(&size), "History::new: size {size} is not in 1..={}", Self::MAX_SIZE);
+        assert!(!ttl.is_zero() && ttl <= Self::MAX_TTL, "History::new: ttl {ttl:?} is not in (0, {:?}]", Self::MAX_TTL);
+        History { size, ttl }
+    }
+
+    /// How many broadcasts a room keeps.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// How long a broadcast is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// The rooms a [`History`] applies to: one room, or every room whose name
+/// starts with a prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RoomPattern {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+}
+
+impl RoomPattern {
+    /// `#name` or `#prefix*`.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with `pattern`: not a room (tags have no history), or a
+    /// `*` elsewhere than at the end.
+    pub fn parse(pattern: &str) -> Result<RoomPattern, String> {
+        if !pattern.starts_with('#') {
+            return Err(format!("history pattern {pattern:?}: history is for rooms (`#name` or `#prefix*`), not tags"));
+        }
+        if pattern.len() > 128 {
+            return Err(format!("history pattern {pattern:?}: longer than a room name (128 bytes)"));
+        }
+        match pattern.strip_suffix('*') {
+            _ if pattern[..pattern.len() - 1].contains('*') => {
+                Err(format!("history pattern {pattern:?}: `*` may only end a pattern"))
+            }
+            Some(prefix) => Ok(RoomPattern::Prefix(prefix.into())),
+            None if pattern.len() == 1 => Err(format!("history pattern {pattern:?}: the room name is empty")),
+            None => Ok(RoomPattern::Exact(pattern.into())),
+        }
+    }
+
+    fn matches(&self, room: &str) -> bool {
+        match self {
+            RoomPattern::Exact(name) => **name == *room,
+            RoomPattern::Prefix(prefix) => room.starts_with(&**prefix),
+        }
+    }
+}
+
+/// The history rules of an app, in the order given: the first match wins.
+pub(crate) type HistoryRules = Vec<(RoomPattern, History)>;
+
+/// The history of `room` under `rules`, if any.
+pub(crate) fn history_of<'a>(rules: &'a HistoryRules, room: &str) -> Option<&'a History> {
+    rules.iter().find(|(pattern, _)| pattern.matches(room)).map(|(_, history)| history)
+}
+
+/// What a recovery found ([`AppHandle::recover`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    /// Every broadcast after the given offset was sent.
+    pub recovered: bool,
+    /// The room's stream now; `None` for a room without history.
+    pub epoch: Option<Arc<str>>,
+    /// The latest offset of the stream (0 without history, or before its first broadcast).
+    pub offset: u64,
+}
+
+/// One kept broadcast.
+#[derive(Debug)]
+struct Entry {
+    frame: SharedFrame,
+    offset: u64,
+    at: Instant,
+    /// The sockets it left out (those of this node).
+    except: Arc<[ConnId]>,
+}
+
+/// One room's stream.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    history: History,
+    epoch: Arc<str>,
+    /// The latest offset given (0 before the first broadcast).
+    offset: u64,
+    /// When the stream was made or last written: once `ttl` has passed,
+    /// every entry has expired.
+    written: Instant,
+    /// Offsets `offset - len + 1 ..= offset`, oldest first.
+    entries: VecDeque<Entry>,
+    /// Taken out of the map by a sweep: whoever locked it late looks again.
+    removed: bool,
+}
+
+impl Stream {
+    fn new(history: History, now: Instant) -> Stream {
+        Stream { history, epoch: new_epoch(), offset: 0, written: now, entries: VecDeque::new(), removed: false }
+    }
+
+    /// Whether the whole history has expired and nobody here is in the
+    /// room: its stream is then lost (PROTOCOL.md §13, epoch).
+    fn is_stale(&self, now: Instant, in_use: impl FnOnce() -> bool) -> bool {
+        // Members are looked up only then: not on every broadcast.
+        now.saturating_duration_since(self.written) >= self.history.ttl && !in_use()
+    }
+
+    /// Drops the entries older than the ttl.
+    fn expire(&mut self, now: Instant) {
+        while self.entries.front().is_some_and(|e| now.saturating_duration_since(e.at) >= self.history.ttl) {
+            self.entries.pop_front();
+        }
+    }
+
+    /// Gives the next offset to a broadcast: `encode` writes its frame for
+    /// (epoch, offset), which is kept, then handed to `route`. Nothing is
+    /// kept or routed if `encode` fails.
+    pub fn append<E>(
+        &mut self,
+        now: Instant,
+        encode: impl FnOnce(&str, u64) -> Result<SharedFrame, E>,
+        except: Arc<[ConnId]>,
+        route: impl FnOnce(&SharedFrame),
+    ) -> Result<(), E> {
+        let offset = self.offset + 1;
+        let frame = encode(&self.epoch, offset)?;
+        self.offset = offset;
+        self.written = now;
+        if self.entries.len() == self.history.size {
+            self.entries.pop_front();
+        }
+        route(&frame);
+        self.entries.push_back(Entry { frame, offset, at: now, except });
+        Ok(())
+    }
+
+    /// See [`AppHandle::recover`].
+    fn recover(
+        &self,
+        since: Option<(&str, u64)>,
+        was: ConnId,
+        mut send: impl FnMut(&SharedFrame),
+        join: impl FnOnce(),
+    ) -> Recovery {
+        // The entries hold consecutive offsets: the first one kept says how far back they reach.
+        let first = self.entries.front().map_or(self.offset + 1, |e| e.offset);
+        let after =
+            since.filter(|(epoch, offset)| *epoch == &*self.epoch && *offset <= self.offset && offset + 1 >= first);
+        if let Some((_, offset)) = after {
+            let skip = usize::try_from(offset + 1 - first).unwrap_or(usize::MAX);
+            for entry in self.entries.iter().skip(skip).filter(|e| !e.except.contains(&was)) {
+                send(&entry.frame);
+            }
+        }
+        join();
+        Recovery { recovered: after.is_some(), epoch: Some(self.epoch.clone()), offset: self.offset }
+    }
+}
+
+/// Every room's stream.
+#[derive(Debug, Default)]
+pub(crate) struct RoomStreams {
+    rooms: RwLock<Rooms>,
+}
+
+#[derive(Debug, Default)]
+struct Rooms {
+    streams: HashMap<Box<str>, Arc<Mutex<Stream>>>,
+    /// How many streams the last sweep left: the next sweep comes when there
+    /// are twice as many, so sweeping costs O(1) per stream made.
+    after_sweep: usize,
+}
+
+/// Below this many streams, none is swept.
+const SWEEP_FROM: usize = 64;
+
+impl RoomStreams {
+    /// Runs `f` on `room`'s stream, under its lock: made if the room has
+    /// none, expired entries dropped, and started anew (a new epoch) if it
+    /// is stale. `in_use` says whether a room has members on this node.
+    pub fn with_stream<R>(
+        &self,
+        room: &str,
+        history: &History,
+        now: Instant,
+        in_use: impl Fn(&str) -> bool,
+        f: impl FnOnce(&mut Stream) -> R,
+    ) -> R {
+        loop {
+            let found = read(&self.rooms).streams.get(room).cloned();
+            let stream = found.unwrap_or_else(|| self.make(room, history, now, &in_use));
+            let mut stream = lock(&stream);
+            if stream.removed {
+                continue; // swept between the lookup and the lock
+            }
+            stream.expire(now);
+            if stream.is_stale(now, || in_use(room)) {
+                *stream = Stream::new(*history, now);
+            }
+            return f(&mut stream);
+        }
+    }
+
+    /// `room`'s stream, made if there is none, after sweeping the stale ones
+    /// when there are many.
+    fn make(&self, room: &str, history: &History, now: Instant, in_use: &impl Fn(&str) -> bool) -> Arc<Mutex<Stream>> {
+        let mut rooms = write(&self.rooms);
+        if let Some(stream) = rooms.streams.get(room) {
+            return stream.clone(); // another thread made it first
+        }
+        if rooms.streams.len() >= (2 * rooms.after_sweep).max(SWEEP_FROM) {
+            rooms.streams.retain(|room, stream| {
+                // A stream locked right now is in use.
+                let Ok(mut stream) = stream.try_lock() else { return true };
+                stream.expire(now);
+                let stale = stream.is_stale(now, || in_use(room));
+                stream.removed = stale;
+                !stale
+            });
+            rooms.after_sweep = rooms.streams.len();
+        }
+        let stream = Arc::new(Mutex::new(Stream::new(*history, now)));
+        rooms.streams.insert(room.into(), stream.clone());
+        stream
+    }
+
+    /// How many streams are kept.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        read(&self.rooms).streams.len()
+    }
+}
+
+impl AppHandle {
+    /// The history of `room`, if the app gave it one.
+    pub(crate) fn history(&self, room: &str) -> Option<&History> {
+        history_of(&self.0.setup.history, room)
+    }
+
+    /// Runs `f` under the lock of `room`'s stream at `now` (see [`RoomStreams::with_stream`]).
+    pub(crate) fn with_stream<R>(
+        &self,
+        room: &str,
+        history: &History,
+        now: Instant,
+        f: impl FnOnce(&mut Stream) -> R,
+    ) -> R {
+        let in_use = |room: &str| self.0.registry.size(room) > 0;
+        self.0.streams.with_stream(room, history, now, in_use, f)
+    }
+
+    /// The position of `room`'s stream now, (epoch, latest offset), or
+    /// `None` for a room without history: what a session records when its
+    /// connection is lost, to recover from later. Makes the stream if the
+    /// room had none yet (offset 0), so that its first broadcasts are
+    /// recoverable.
+    // Called by session resume (PROTOCOL.md §13), which is built alongside.
+    #[allow(dead_code)]
+    pub(crate) fn position(&self, room: &str) -> Option<(Arc<str>, u64)> {
+        let history = self.history(room)?;
+        Some(self.with_stream(room, history, Instant::now(), |stream| (stream.epoch.clone(), stream.offset)))
+    }
+
+    /// Recovers a socket's missed broadcasts of `room` under the room's
+    /// lock. If `since` = (epoch, offset) is recoverable (the stream's
+    /// epoch, and every entry after `offset` still kept and not expired),
+    /// calls `send` with each entry after `offset`, oldest first, but those
+    /// that left out `was` (the socket's id before it was lost); then, in
+    /// every case, calls `join`, still under the lock, so that no later
+    /// broadcast of the room can reach the socket before the replay (a
+    /// broadcast already on its way may arrive after it: the client drops
+    /// the overlap by offset). Without `since` (the client listed no offset
+    /// and there is no recorded one), and for a room without history, nothing
+    /// is recovered. Returns whether the replay was complete and the
+    /// stream's epoch and latest offset.
+    // Called by session resume (PROTOCOL.md §13), which is built alongside.
+    #[allow(dead_code)]
+    pub(crate) fn recover(
+        &self,
+        room: &str,
+        since: Option<(&str, u64)>,
+        was: ConnId,
+        send: impl FnMut(&SharedFrame),
+        join: impl FnOnce(),
+    ) -> Recovery {
+        match self.history(room) {
+            Some(history) => {
+                self.with_stream(room, history, Instant::now(), |stream| stream.recover(since, was, send, join))
+            }
+            None => {
+                join();
+                Recovery { recovered: false, epoch: None, offset: 0 }
+            }
+        }
+    }
+}
+
+/// A new stream's epoch: 8 random bytes in hex. Epochs need only differ
+/// from the ones before; if the OS has no randomness to give, the clock and
+/// a counter do that.
+fn new_epoch() -> Arc<str> {
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ MADE.fetch_add(1, Ordering::Relaxed).rotate_left(48)).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<String>().into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: Duration = Duration::from_secs(60);
+
+    fn frame(n: u64) -> SharedFrame {
+        SharedFrame::text(&n.to_string())
+    }
+
+    fn text(frame: &SharedFrame) -> u64 {
+        std::str::from_utf8(frame.payload()).expect("text").parse().expect("a number")
+    }
+
+    /// A stream of `size` entries with `count` broadcasts at `start`; the
+    /// broadcast of offset `n` leaves out `ConnId(n)`.
+    fn filled(streams: &RoomStreams, size: usize, count: u64, start: Instant) {
+        let history = History::new(size, TTL);
+        for _ in 0..count {
+            streams.with_stream(
+                "#r",
+                &history,
+                start,
+                |_| true,
+                |stream| {
+                    let except: Arc<[ConnId]> = Arc::from([ConnId(stream.offset + 1)]);
+                    stream.append(start, |_, offset| Ok::<_, ()>(frame(offset)), except, |_| {}).expect("encodes");
+                },
+            );
+        }
+    }
+
+    /// Recovers `#r` from `since` for socket `was`: the offsets sent, whether
+    /// `join` ran, and the result.
+    fn recover(streams: &RoomStreams, since: Option<(&str, u64)>, was: u64, now: Instant) -> (Vec<u64>, Recovery) {
+        let history = History::new(10, TTL);
+        let mut sent = Vec::new();
+        let mut joined = false;
+        let recovery = streams.with_stream(
+            "#r",
+            &history,
+            now,
+            |_| false,
+            |stream| stream.recover(since, ConnId(was), |f| sent.push(text(f)), || joined = true),
+        );
+        assert!(joined, "join always runs");
+        (sent, recovery)
+    }
+
+    fn epoch(streams: &RoomStreams) -> Arc<str> {
+        read(&streams.rooms).streams["#r"].lock().expect("lock").epoch.clone()
+    }
+
+    #[test]
+    fn patterns() {
+        assert_eq!(RoomPattern::parse("#lobby"), Ok(RoomPattern::Exact("#lobby".into())));
+        assert_eq!(RoomPattern::parse("#game:*"), Ok(RoomPattern::Prefix("#game:".into())));
+        assert_eq!(RoomPattern::parse("#*"), Ok(RoomPattern::Prefix("#".into())));
+        for bad in ["*admin", "lobby", "#", "#a*b*", "#a*b", "", "*", &format!("#{}", "x".repeat(128))] {
+            assert!(RoomPattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let rules: HistoryRules = vec![
+            (RoomPattern::parse("#game:1").expect("valid"), History::new(1, TTL)),
+            (RoomPattern::parse("#game:*").expect("valid"), History::new(2, TTL)),
+        ];
+        assert_eq!(history_of(&rules, "#game:1").map(History::size), Some(1));
+        assert_eq!(history_of(&rules, "#game:2").map(History::size), Some(2));
+        assert_eq!(history_of(&rules, "#game").map(History::size), None);
+        assert_eq!(history_of(&rules, "*game:1").map(History::size), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "size 0")]
+    fn empty_history_is_refused() {
+        History::new(0, TTL);
+    }
+
+    #[test]
+    #[should_panic(expected = "ttl 0ns")]
+    fn zero_ttl_is_refused() {
+        History::new(1, Duration::ZERO);
+    }
+
+    #[test]
+    fn recovers_what_came_after_the_offset_but_what_left_the_socket_out() {
+        let streams = RoomStreams::default();
+        let now = Instant::now();
+        filled(&streams, 10, 5, now);
+        let epoch = epoch(&streams);
+        assert_eq!(epoch.len(), 16);
+        let (sent, recovery) = recover(&streams, Some((&epoch, 2)), 99, now);
+        assert_eq!(sent, [3, 4, 5]);
+        assert_eq!(recovery, Recovery { recovered: true, epoch: Some(epoch.clone()), offset: 5 });
+        // Offset 4 left out socket 4: it is not sent again.
+        assert_eq!(recover(&streams, Some((&epoch, 2)), 4, now).0, [3, 5]);
+        // Up to date: nothing to send, recovered.
+        let (sent, recovery) = recover(&streams, Some((&epoch, 5)), 99, now);
+        assert!(sent.is_empty() && recovery.recovered);
+        // From the start of the stream.
+        assert_eq!(recover(&streams, Some((&epoch, 0)), 99, now).0, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn does_not_recover_past_what_is_kept() {
+        let streams = RoomStreams::default();
+        let now = Instant::now();
+        filled(&streams, 3, 10, now); // offsets 8, 9, 10 kept
+        let epoch = epoch(&streams);
+        let (sent, recovery) = recover(&streams, Some((&epoch, 6)), 99, now);
+        assert!(sent.is_empty() && !recovery.recovered);
+        assert_eq!(recovery.offset, 10);
+        assert_eq!(recover(&streams, Some((&epoch, 7)), 99, now).0, [8, 9, 10]);
+        // An offset the stream never reached, another epoch, or none.
+        for since in [Some((&*epoch, 11)), Some(("0123456789abcdef", 9)), None] {
+            let (sent, recovery) = recover(&streams, since, 99, now);
+            assert!(sent.is_empty() && !recovery.recovered, "{since:?}");
+            assert_eq!(recovery.epoch.as_deref(), Some(&*epoch));
+        }
+    }
+
+    #[test]
+    fn expired_entries_are_not_recovered_and_an_expired_empty_room_gets_a_new_epoch() {
+        let streams = RoomStreams::default();
+        let start = Instant::now();
+        filled(&streams, 10, 3, start);
+        let epoch = epoch(&streams);
+        let history = History::new(10, TTL);
+        let later = start + TTL / 2;
+        streams
+            .with_stream(
+                "#r",
+                &history,
+                later,
+                |_| true,
+                |stream| stream.append(later, |_, offset| Ok::<_, ()>(frame(offset)), Arc::from([]), |_| {}),
+            )
+            .expect("encodes");
+        // Offsets 1 to 3 expired, 4 not: recoverable from 3 only.
+        let now = start + TTL;
+        let in_use = |_: &str| true;
+        let recovered = |since: u64| {
+            streams.with_stream("#r", &history, now, in_use, |stream| {
+                let mut sent = Vec::new();
+                let recovery = stream.recover(Some((&epoch, since)), ConnId(99), |f| sent.push(text(f)), || {});
+                (sent, recovery.recovered)
+            })
+        };
+        assert_eq!(recovered(2), (vec![], false));
+        assert_eq!(recovered(3), (vec![4], true));
+        // Everything expired with members in the room: same stream, nothing to replay.
+        let now = later + TTL;
+        let position = streams.with_stream("#r", &history, now, in_use, |s| (s.epoch.clone(), s.offset));
+        assert_eq!(position, (epoch.clone(), 4));
+        // ... and without members: the stream is lost.
+        let (sent, recovery) = recover(&streams, Some((&epoch, 4)), 99, now);
+        assert!(sent.is_empty() && !recovery.recovered);
+        assert_eq!(recovery.offset, 0);
+        assert_ne!(recovery.epoch.as_deref(), Some(&*epoch));
+    }
+
+    #[test]
+    fn stale_streams_are_swept_when_many_are_made() {
+        let streams = RoomStreams::default();
+        let history = History::new(1, TTL);
+        let start = Instant::now();
+        for room in 0..SWEEP_FROM {
+            streams.with_stream(&format!("#{room}"), &history, start, |_| false, |_| {});
+        }
+        assert_eq!(streams.len(), SWEEP_FROM);
+        // One more, a ttl later: the others are stale (no members) and go, but #0 is in use.
+        streams.with_stream("#new", &history, start + TTL, |room| room == "#0", |_| {});
+        assert_eq!(streams.len(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "not tags")]
+    fn tags_get_no_history() {
+        crate::app::App::new().history("*admin", History::new(1, TTL));
+    }
+
+    #[test]
+    fn position_and_recover_on_the_app() {
+        let rules = vec![(RoomPattern::parse("#h").expect("valid"), History::new(10, TTL))];
+        let app = AppHandle::new(crate::app::AppConfig { history: rules, ..Default::default() });
+        assert_eq!(app.position("#plain"), None);
+        let (epoch, offset) = app.position("#h").expect("a room with history");
+        assert_eq!(offset, 0);
+        // The stream position made is the one a broadcast and a recovery then use.
+        let mut joined = 0;
+        let recovery = app.recover("#h", Some((&epoch, 0)), ConnId(1), |_| panic!("nothing to send"), || joined += 1);
+        assert_eq!(recovery, Recovery { recovered: true, epoch: Some(epoch), offset: 0 });
+        let recovery = app.recover("#plain", Some(("e", 0)), ConnId(1), |_| panic!("nothing kept"), || joined += 1);
+        assert_eq!(recovery, Recovery { recovered: false, epoch: None, offset: 0 });
+        assert_eq!(joined, 2, "join runs with or without history");
+    }
+
+    #[test]
+    fn offsets_follow_the_order_of_routing_under_concurrent_broadcasts() {
+        let streams = Arc::new(RoomStreams::default());
+        let routed = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (streams, routed) = (streams.clone(), routed.clone());
+                std::thread::spawn(move || {
+                    let history = History::new(1000, TTL);
+                    for _ in 0..250 {
+                        streams
+                            .with_stream(
+                                "#r",
+                                &history,
+                                Instant::now(),
+                                |_| true,
+                                |stream| {
+                                    let route = |f: &SharedFrame| lock(&routed).push(text(f));
+                                    stream.append(
+                                        Instant::now(),
+                                        |_, offset| Ok::<_, ()>(frame(offset)),
+                                        Arc::from([]),
+                                        route,
+                                    )
+                                },
+                            )
+                            .expect("encodes");
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no panic");
+        }
+        let routed = lock(&routed);
+        assert_eq!(*routed, (1..=1000).collect::<Vec<u64>>());
+    }
+}
