@@ -21,6 +21,7 @@ use super::inbox::WorkerMsg;
 use super::limits::EventLimits;
 use super::locks::lock;
 use super::rpc::{CallResult, Done, PendingCall, StartCall};
+use super::session::Sessions;
 use super::socket_id::SocketId;
 use super::{AppConfig, CLOSE_DROPPED};
 use crate::proto::CloseCode;
@@ -43,6 +44,8 @@ pub(crate) struct AppState {
     pub(crate) sockets: AtomicUsize,
     /// This node's sockets, kept when no adapter keeps them.
     pub(crate) connected: Mutex<BTreeSet<ConnId>>,
+    /// Sessions kept for a resume, and the resumed sockets' connections.
+    pub(crate) sessions: Sessions,
 }
 
 /// A running app, from any thread: broadcasts, sends to sockets and users,
@@ -67,6 +70,7 @@ impl AppHandle {
             users: Mutex::new(HashMap::new()),
             sockets: AtomicUsize::new(0),
             connected: Mutex::default(),
+            sessions: Sessions::default(),
         }))
     }
 
@@ -96,7 +100,9 @@ impl AppHandle {
 
     /// Sends an event to one socket, on this node or another. False if the
     /// server has stopped, or the socket is on another node and there is no
-    /// adapter; a socket on another node is not checked.
+    /// adapter; a socket on another node is not checked. A socket of this
+    /// node that is away, waiting for its client to resume it, gets the
+    /// event when it does (see [`App::resume_buffer`](super::App::resume_buffer)).
     ///
     /// # Errors
     ///
@@ -109,8 +115,8 @@ impl AppHandle {
     ) -> Result<bool, Error> {
         let id = id.into();
         let frame = self.encode_event(event, data)?;
-        match self.here(id) {
-            Some(conn) => Ok(self.server().send_frame(conn, &frame)),
+        match self.mine(id) {
+            Some(public) => Ok(self.send_direct(public, &frame)),
             None => {
                 self.publish(&frame, Target::Socket(id));
                 Ok(self.0.setup.adapter.is_some())
@@ -118,7 +124,8 @@ impl AppHandle {
         }
     }
 
-    /// A socket, by id.
+    /// A socket, by its id on this node ([`SocketId::conn`]; a resumed
+    /// socket's public one reaches its new connection).
     pub fn socket(&self, id: ConnId) -> SocketRef {
         SocketRef { app: self.clone(), id }
     }
@@ -135,9 +142,10 @@ impl AppHandle {
     }
 
     /// Closes one socket, on this node or another, with 4000 and `reason`
-    /// (WSE's `drop` of one device). False if the socket is on this node and
-    /// already gone, or on another node and there is no adapter; a socket on
-    /// another node is not checked.
+    /// (WSE's `drop` of one device); a socket of this node that is away,
+    /// waiting for a resume, is ended instead. False if the socket is on
+    /// this node and already gone, or on another node and there is no
+    /// adapter; a socket on another node is not checked.
     ///
     /// ```no_run
     /// # fn demo(app: &emitws::app::AppHandle) {
@@ -147,8 +155,9 @@ impl AppHandle {
     /// ```
     pub fn drop_socket(&self, id: impl Into<SocketId>, reason: &str) -> bool {
         let id = id.into();
-        match self.here(id) {
-            Some(conn) => self.server().close(conn, CLOSE_DROPPED, reason),
+        match self.mine(id) {
+            Some(public) if self.0.sessions.discard_socket(public) => true,
+            Some(public) => self.server().close(self.0.sessions.current(public), CLOSE_DROPPED, reason),
             None => self.close_elsewhere(Target::Socket(id), CLOSE_DROPPED, reason),
         }
     }
@@ -295,13 +304,15 @@ pub struct SocketRef {
 }
 
 impl SocketRef {
-    /// The socket's connection on this node (its cluster-wide id is a
-    /// [`SocketId`](super::SocketId) of this node and this connection).
+    /// The socket's id on this node (its cluster-wide id is a
+    /// [`SocketId`](super::SocketId) of this node and this connection). For
+    /// a resumed socket it is the public one, its first connection's.
     pub fn conn_id(&self) -> ConnId {
         self.id
     }
 
-    /// Sends an event to this socket. False if the server has stopped.
+    /// Sends an event to this socket (kept for it while it is away, as
+    /// [`AppHandle::emit_to`]). False if the server has stopped.
     ///
     /// # Errors
     ///
@@ -336,7 +347,7 @@ impl SocketRef {
         timeout: Duration,
         done: impl FnOnce(CallResult) + Send + 'static,
     ) -> Result<(), Error> {
-        self.app.start_call(self.id, name, data, timeout, Box::new(done))
+        self.app.start_call(self.app.0.sessions.current(self.id), name, data, timeout, Box::new(done))
     }
 
     /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
@@ -346,7 +357,7 @@ impl SocketRef {
 
     /// Starts the close handshake with `code` and `reason`.
     pub fn close(&self, code: CloseCode, reason: &str) -> bool {
-        self.app.server().close(self.id, code, reason)
+        self.app.server().close(self.app.0.sessions.current(self.id), code, reason)
     }
 }
 
@@ -369,7 +380,9 @@ impl UserRef {
     }
 
     /// Sends an event (encoded once) to every device, on every node of a
-    /// cluster; returns how many devices this node has.
+    /// cluster; returns how many devices this node has, counting those away
+    /// waiting for a resume (which get the event when they resume, as with
+    /// [`AppHandle::emit_to`]).
     ///
     /// # Errors
     ///
@@ -378,13 +391,16 @@ impl UserRef {
         let frame = self.app.encode_event(event, data)?;
         let sockets = self.sockets();
         self.app.server().broadcast(sockets.iter().copied(), &frame);
+        let away = self.app.0.sessions.hold_for_user(&self.user, &frame, self.app.0.setup.resume.buffer);
         self.app.publish(&frame, Target::User(&self.user));
-        Ok(sockets.len())
+        Ok(sockets.len() + away)
     }
 
     /// Closes every device, on every node of a cluster, with 4000 and
-    /// `reason`; returns how many this node had.
+    /// `reason`, and ends those away waiting for a resume; returns how many
+    /// this node had open.
     pub fn drop_with(&self, reason: &str) -> usize {
+        self.app.0.sessions.discard_user(&self.user);
         let sockets = self.sockets();
         for id in &sockets {
             self.app.server().close(*id, CLOSE_DROPPED, reason);
@@ -458,9 +474,23 @@ impl AppHandle {
         ClusterView { app: self }
     }
 
-    /// The connection of `id`, if it is on this node.
+    /// The connection of `id` now, if it is on this node (a resumed
+    /// socket's public id reaches its new connection).
     pub(crate) fn here(&self, id: SocketId) -> Option<ConnId> {
+        self.mine(id).map(|public| self.0.sessions.current(public))
+    }
+
+    /// The public id on this node of `id`, if it is on this node.
+    fn mine(&self, id: SocketId) -> Option<ConnId> {
         (id.node == 0 || id.node == self.node()).then_some(id.conn)
+    }
+
+    /// Sends `frame` to the socket of public id `public` on this node, or
+    /// keeps it for the socket if it is away; false if the server has stopped.
+    fn send_direct(&self, public: ConnId, frame: &SharedFrame) -> bool {
+        let sessions = &self.0.sessions;
+        sessions.hold_for_socket(public, frame, self.0.setup.resume.buffer)
+            || self.server().send_frame(sessions.current(public), frame)
     }
 
     /// The connections of this node among `ids`.
@@ -497,8 +527,8 @@ impl AppHandle {
                 self.route(frame, &opts.clone().local(), self.local_ids(&opts.except), None);
             }
             Target::Socket(id) => {
-                if let Some(conn) = self.here(id) {
-                    self.server().send_frame(conn, &frame);
+                if let Some(public) = self.mine(id) {
+                    self.send_direct(public, &frame);
                 }
             }
             Target::User(user) => self.server().broadcast(self.to_user(user).sockets(), &frame),

@@ -34,6 +34,8 @@ pub(crate) struct WorkerState {
     /// Sockets that must authenticate by then, earliest first.
     pub auth_deadlines: VecDeque<(Instant, ConnId)>,
     pub next_heartbeat: Option<Instant>,
+    /// When this worker next drops expired resume sessions, while there are some.
+    pub next_sweep: Option<Instant>,
     /// The worker's counters, taken from the first socket to open (a
     /// callback without a socket, `on_turn`, counts through them).
     pub metrics: Option<Arc<WorkerMetrics>>,
@@ -48,6 +50,7 @@ impl WorkerState {
             calls: Calls::default(),
             auth_deadlines: VecDeque::new(),
             next_heartbeat: None,
+            next_sweep: None,
             metrics: None,
         }
     }
