@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, Refusal, ReplyHandle, Running, SocketId};
+use emitws::app::{App, BroadcastOpts, Challenge, Refusal, ReplyHandle, Running, SocketId};
 use emitws::runtime::AcceptMode;
 use serde_json::{json, Value};
 
@@ -25,6 +25,8 @@ enum Auth {
     Upgrade,
     /// `[1, id, "/auth", "NAME"]` first.
     FirstMessage,
+    /// The `@challenge` call, answered with the name.
+    Challenge,
 }
 
 /// What the app's handlers saw, for the tests to wait on.
@@ -53,6 +55,12 @@ impl Fixture {
                 app.identify_by_message("/auth", |req| {
                     req.data::<String>().map_err(|_| Refusal::status(401, "a name, please"))
                 });
+            }
+            Auth::Challenge => {
+                app.challenge(Challenge::new(
+                    || "nonce".to_string(),
+                    |_, answer| answer.data::<String>().map_err(|_| Refusal::status(401, "a name, please")),
+                ));
             }
         }
         app.on("@connection", |req| {
@@ -196,8 +204,16 @@ fn a_socket_resumes_with_its_id_user_rooms_and_values_and_a_fresh_token() {
 
     bob.request("/say", json!(["#lobby", "hi"])).expect("said");
     assert_eq!(back.expect_event("/said"), "hi", "the resumed socket is in its room again");
-    assert_eq!(fixture.running.group_size("#lobby"), 2);
-    assert_eq!(fixture.running.to_user("ann").sockets().len(), 1, "the user has the device back");
+    let id: SocketId = socket.parse().expect("a socket id");
+    let app = fixture.running.app();
+    assert!(app.group_members("#lobby").contains(&id.conn), "listed by its public id");
+    assert_eq!(app.to_user("ann").sockets(), [id.conn], "the user has the device back");
+    assert_eq!(app.cluster().user_sockets("ann").expect("one node"), [id]);
+    // The old id reaches the new connection, and leaves it out of a broadcast.
+    app.broadcast("/news", "not for ann", BroadcastOpts::to("#lobby").except(id)).expect("sent");
+    assert!(app.emit_to(id, "/direct", &"for ann").expect("sent"));
+    assert_eq!(back.expect_event("/direct"), "for ann");
+    assert_eq!(bob.expect_event("/news"), "not for ann");
 
     // The token was spent: another try is a new socket.
     let mut again = reconnect(addr, "user=ann");
@@ -426,6 +442,36 @@ fn without_a_window_there_is_no_token_and_nothing_resumes() {
     let id = send_resume(&mut back, "00000000000000000000000000000000", json!({}));
     let (_, _, reply, _) = read_resume(&mut back, id);
     assert_eq!(reply["resumed"], false);
+    back.close();
+    fixture.close();
+}
+
+#[test]
+fn with_challenge_auth_resume_may_come_before_the_answer() {
+    let fixture = Fixture::start(Auth::Challenge, |_| {});
+    let addr = fixture.addr();
+    /// Reads the server's `@challenge` call; returns its id.
+    fn challenged(client: &mut AppClient) -> Value {
+        let call = client.next();
+        assert_eq!((&call[0], &call[2]), (&json!(1), &json!("@challenge")), "{call}");
+        call[1].clone()
+    }
+    let mut ann = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
+    let call = challenged(&mut ann);
+    ann.send_raw(&json!([2, call, "ann"]).to_string());
+    ann.expect_event("/hello");
+    let ready = ann.wait_ready();
+    let (socket, token) = (ready["socket"].as_str().expect("id").to_string(), ready["resume"].clone());
+    fixture.lose(ann, &socket);
+
+    let mut back = reconnect(addr, "x=1");
+    let call = challenged(&mut back);
+    let id = send_resume(&mut back, token.as_str().expect("a token"), json!({}));
+    back.expect_silence(Duration::from_millis(50));
+    back.send_raw(&json!([2, call, "ann"]).to_string());
+    let (hello, _, reply, ready) = read_resume(&mut back, id);
+    assert_eq!((&hello["resumed"], &hello["user"]), (&json!(true), &json!("ann")));
+    assert_eq!((&reply["resumed"], &ready["socket"]), (&json!(true), &json!(socket)));
     back.close();
     fixture.close();
 }

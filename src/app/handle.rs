@@ -179,9 +179,17 @@ impl AppHandle {
         self.0.registry.size(group)
     }
 
-    /// The sockets of this node in a room or tag, sorted.
+    /// The sockets of this node in a room or tag, sorted (by their public
+    /// ids: a resumed socket's is its first connection's).
     pub fn group_members(&self, group: &str) -> Vec<ConnId> {
-        self.0.registry.members(group)
+        let mut members: Vec<ConnId> = self.0.registry.members(group).into_iter().map(|c| self.public(c)).collect();
+        members.sort();
+        members
+    }
+
+    /// The public id of the socket at connection `conn` of this node.
+    pub(crate) fn public(&self, conn: ConnId) -> ConnId {
+        self.0.sessions.public(conn)
     }
 
     /// Every room and tag with members, sorted.
@@ -369,8 +377,14 @@ pub struct UserRef {
 }
 
 impl UserRef {
-    /// The user's sockets on this node, oldest first.
+    /// The user's sockets on this node, oldest first (by their public ids,
+    /// as [`AppHandle::group_members`]).
     pub fn sockets(&self) -> Vec<ConnId> {
+        self.conns().into_iter().map(|conn| self.app.public(conn)).collect()
+    }
+
+    /// The connections of the user's sockets on this node, oldest first.
+    pub(crate) fn conns(&self) -> Vec<ConnId> {
         lock(&self.app.0.users).get(self.user.as_str()).cloned().unwrap_or_default()
     }
 
@@ -389,7 +403,7 @@ impl UserRef {
     /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<usize, Error> {
         let frame = self.app.encode_event(event, data)?;
-        let sockets = self.sockets();
+        let sockets = self.conns();
         self.app.server().broadcast(sockets.iter().copied(), &frame);
         let away = self.app.0.sessions.hold_for_user(&self.user, &frame, self.app.0.setup.resume.buffer);
         self.app.publish(&frame, Target::User(&self.user));
@@ -401,7 +415,7 @@ impl UserRef {
     /// this node had open.
     pub fn drop_with(&self, reason: &str) -> usize {
         self.app.0.sessions.discard_user(&self.user);
-        let sockets = self.sockets();
+        let sockets = self.conns();
         for id in &sockets {
             self.app.server().close(*id, CLOSE_DROPPED, reason);
         }
@@ -531,7 +545,7 @@ impl AppHandle {
                     self.send_direct(public, &frame);
                 }
             }
-            Target::User(user) => self.server().broadcast(self.to_user(user).sockets(), &frame),
+            Target::User(user) => self.server().broadcast(self.to_user(user).conns(), &frame),
         }
     }
 
@@ -545,7 +559,7 @@ impl AppHandle {
         }
         let sockets = match to {
             Target::Socket(id) => self.here(id).into_iter().collect(),
-            Target::User(user) => self.to_user(user).sockets(),
+            Target::User(user) => self.to_user(user).conns(),
             Target::Broadcast(_) => Vec::new(),
         };
         for conn in sockets {

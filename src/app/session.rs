@@ -123,6 +123,8 @@ struct Table {
     order: VecDeque<(Instant, Token)>,
     /// A resumed socket's current connection, by public id.
     aliases: HashMap<ConnId, ConnId>,
+    /// A resumed socket's public id, by current connection.
+    publics: HashMap<ConnId, ConnId>,
 }
 
 impl Table {
@@ -143,6 +145,14 @@ impl Table {
 
     fn len(&self) -> usize {
         self.by_token.len() + self.aliases.len()
+    }
+
+    /// Public id `public` no longer reaches connection `conn`.
+    fn unalias(&mut self, public: ConnId, conn: ConnId) {
+        if self.aliases.get(&public) == Some(&conn) {
+            self.aliases.remove(&public);
+            self.publics.remove(&conn);
+        }
     }
 }
 
@@ -173,9 +183,7 @@ impl Sessions {
     pub fn keep(&self, token: Token, session: Session, now: Instant) {
         self.with(|table| {
             expire(table, now);
-            if table.aliases.get(&session.public) == Some(&session.conn) {
-                table.aliases.remove(&session.public);
-            }
+            table.unalias(session.public, session.conn);
             table.away.insert(session.public, token);
             if let Some(user) = &session.user {
                 table.by_user.entry(user.clone()).or_default().push(token);
@@ -197,6 +205,7 @@ impl Sessions {
             }
             let session = table.take(token).ok_or(Unclaimed::NoSession)?;
             table.aliases.insert(session.public, conn);
+            table.publics.insert(conn, session.public);
             Ok(session)
         })
     }
@@ -209,13 +218,17 @@ impl Sessions {
         lock(&self.table).aliases.get(&public).copied().unwrap_or(public)
     }
 
+    /// The public id of the socket at connection `conn` (the same unless it resumed).
+    pub fn public(&self, conn: ConnId) -> ConnId {
+        if self.is_empty() {
+            return conn;
+        }
+        lock(&self.table).publics.get(&conn).copied().unwrap_or(conn)
+    }
+
     /// A resumed socket at `conn` closed: its public id no longer reaches it.
     pub fn forget_alias(&self, public: ConnId, conn: ConnId) {
-        self.with(|table| {
-            if table.aliases.get(&public) == Some(&conn) {
-                table.aliases.remove(&public);
-            }
-        });
+        self.with(|table| table.unalias(public, conn));
     }
 
     /// Keeps `frame` for the away socket `public`, if it is away; whether it was.
@@ -345,9 +358,9 @@ mod tests {
         assert!(matches!(sessions.claim(token, None, ConnId(9), now), Err(Unclaimed::OtherUser)));
         assert_eq!(sessions.claim(token, Some("ann"), ConnId(9), now).ok().map(|s| s.public), Some(ConnId(7)));
         assert!(matches!(sessions.claim(token, Some("ann"), ConnId(10), now), Err(Unclaimed::NoSession)));
-        assert_eq!(sessions.current(ConnId(7)), ConnId(9));
+        assert_eq!((sessions.current(ConnId(7)), sessions.public(ConnId(9))), (ConnId(9), ConnId(7)));
         sessions.forget_alias(ConnId(7), ConnId(9));
-        assert_eq!(sessions.current(ConnId(7)), ConnId(7));
+        assert_eq!((sessions.current(ConnId(7)), sessions.public(ConnId(9))), (ConnId(7), ConnId(9)));
         assert_eq!(sessions.entries.load(Ordering::Relaxed), 0);
     }
 
