@@ -177,7 +177,7 @@ impl AppWorker {
     }
 
     fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
-        if event == RESUME_EVENT && conn.data().has(flag::AWAIT_RESUME) {
+        if conn.data().has(flag::AWAIT_RESUME) && event == RESUME_EVENT {
             return self.resume_request(conn, id, data);
         }
         let limits = &self.app.0.setup.limits;
@@ -190,10 +190,11 @@ impl AppWorker {
             let policy = limits.on_bad_input;
             return self.bad_input(conn, Some(id), ErrorCode::BadRequest, &message, policy);
         }
-        if conn.data().has(flag::UNAUTHED) {
-            return self.unauthenticated(conn, id, event, data);
-        }
-        if conn.data().has(flag::AWAIT_RESUME) {
+        // One test on the path of every admitted socket's envelopes.
+        if conn.data().flags & (flag::UNAUTHED | flag::AWAIT_RESUME) != 0 {
+            if conn.data().has(flag::UNAUTHED) {
+                return self.unauthenticated(conn, id, event, data);
+            }
             return self.bad_input(conn, id, ErrorCode::Unauthorized, "send @resume first", Policy::Reply);
         }
         // Fields borrowed apart (no clone of the shared app: its reference
@@ -354,10 +355,11 @@ impl AppWorker {
         }
         let mut ready = serde_json::json!({ "socket": self.socket_text(conn), "user": conn.data().user() });
         if self.app.0.setup.resume.window.is_some() {
-            let token = Token::random();
-            conn.data_mut().state().token = token;
-            match token {
-                Some(token) => ready["resume"] = token.to_hex().into(),
+            match Token::random() {
+                Some(token) => {
+                    self.local.tokens.insert(conn.id(), token);
+                    ready["resume"] = token.to_hex().into();
+                }
                 None => crate::runtime::logs::no_resume_token(conn.id()),
             }
         }
@@ -736,7 +738,7 @@ impl Handler for AppWorker {
         for done in self.local.calls.take_all(id) {
             settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
-        let token = conn.data().state.as_ref().and_then(|s| s.token);
+        let token = self.local.tokens.remove(&id);
         let resumable = conn.data().has(flag::CONNECTED)
             && app.0.setup.resume.window.is_some()
             && token.is_some()

@@ -62,8 +62,6 @@ pub(crate) struct SocketState {
     pub refusal: Option<(CloseCode, String)>,
     /// Ids of the requests waiting for a deferred reply.
     pub deferred: Vec<u64>,
-    /// The token its session is kept under if the connection is lost.
-    pub token: Option<Token>,
     /// A resumed socket's public id: the connection it first had.
     pub public: Option<ConnId>,
     /// A `@resume` request waiting for the authentication to finish.
