@@ -21,6 +21,8 @@ use serde_json::{json, Value};
 /// How the test app authenticates.
 #[derive(Clone, Copy)]
 enum Auth {
+    /// Nobody is identified.
+    None,
     /// `?user=NAME` at the upgrade (anonymous without it).
     Upgrade,
     /// `[1, id, "/auth", "NAME"]` first.
@@ -48,6 +50,7 @@ impl Fixture {
         let seen = Arc::new(Mutex::new(Seen::default()));
         let mut app = App::new();
         match auth {
+            Auth::None => {}
             Auth::Upgrade => {
                 app.identify(|conn| Ok(conn.query_value("user").unwrap_or_else(|| "anon".into())));
             }
@@ -472,6 +475,26 @@ fn with_challenge_auth_resume_may_come_before_the_answer() {
     let (hello, _, reply, ready) = read_resume(&mut back, id);
     assert_eq!((&hello["resumed"], &hello["user"]), (&json!(true), &json!("ann")));
     assert_eq!((&reply["resumed"], &ready["socket"]), (&json!(true), &json!(socket)));
+    back.close();
+    fixture.close();
+}
+
+#[test]
+fn an_anonymous_socket_that_kept_nothing_resumes_too() {
+    let fixture = Fixture::start(Auth::None, |_| {});
+    let addr = fixture.addr();
+    let mut anon = AppClient::connect_to(addr, "/", &[]).expect("upgraded");
+    anon.expect_event("/hello");
+    let ready = anon.wait_ready();
+    let (socket, token) = (ready["socket"].as_str().expect("id").to_string(), ready["resume"].clone());
+    assert_eq!(ready["user"], Value::Null);
+    fixture.lose(anon, &socket);
+
+    let mut back = reconnect(addr, "x=1");
+    let id = send_resume(&mut back, token.as_str().expect("a token"), json!({}));
+    let (hello, _, reply, _) = read_resume(&mut back, id);
+    assert_eq!((&hello["resumed"], &hello["user"]), (&json!(true), &Value::Null));
+    assert_eq!((&reply["resumed"], &reply["socket"]), (&json!(true), &json!(socket)));
     back.close();
     fixture.close();
 }

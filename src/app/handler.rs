@@ -782,13 +782,12 @@ impl Handler for AppWorker {
             let (user, groups) = state.as_deref().map_or((None, &[][..]), |s| (s.user.as_deref(), &s.groups[..]));
             app.presence(Presence::Disconnected { conn_id: id, user, groups });
         }
-        if let Some(state) = state.as_deref_mut() {
-            match token.filter(|_| resumable) {
-                Some(token) => self.keep_session(id, token, state),
-                None => {
-                    if let Some(public) = state.public {
-                        app.0.sessions.forget_alias(public, id);
-                    }
+        match token.filter(|_| resumable) {
+            // A socket that kept no state (no user, group nor value) is kept all the same.
+            Some(token) => self.keep_session(id, token, &mut state.unwrap_or_default()),
+            None => {
+                if let Some(public) = state.and_then(|s| s.public) {
+                    app.0.sessions.forget_alias(public, id);
                 }
             }
         }
