@@ -177,11 +177,12 @@ impl AppWorker {
     }
 
     fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
-        if conn.data().has(flag::AWAIT_RESUME) && event == RESUME_EVENT {
-            return self.resume_request(conn, id, data);
-        }
         let limits = &self.app.0.setup.limits;
         if let Err(why) = check_event_name(event, limits.max_event_name) {
+            // The one system event a client may send, checked here, off the path of valid names.
+            if conn.data().has(flag::AWAIT_RESUME) && event == RESUME_EVENT {
+                return self.resume_request(conn, id, data);
+            }
             let policy = limits.on_bad_input;
             return self.bad_input(conn, id, ErrorCode::BadRequest, why, policy);
         }
