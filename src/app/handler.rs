@@ -354,21 +354,29 @@ impl AppWorker {
         if !conn.is_open() {
             return;
         }
-        let mut ready = serde_json::json!({ "socket": self.socket_text(conn), "user": conn.data().user() });
+        /// `@ready`'s data (PROTOCOL.md §4), its fields in this order.
+        #[derive(Serialize)]
+        struct Ready {
+            socket: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            resume: Option<String>,
+            user: Option<String>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            resumed: bool,
+        }
+        let mut resume = None;
         if self.app.0.setup.resume.window.is_some() {
             match Token::random() {
                 Some(token) => {
                     self.local.tokens.insert(conn.id(), token);
-                    ready["resume"] = token.to_hex().into();
+                    resume = Some(token.to_hex());
                 }
                 None => crate::runtime::logs::no_resume_token(conn.id()),
             }
         }
-        if conn.data().has(flag::RESUMED) {
-            ready["resumed"] = true.into();
-        }
-        let ready = serde_json::json!([0, "@ready", ready]);
-        let _ = self.local.send_json(conn, |out| serde_json::to_writer(out, &ready));
+        let (user, resumed) = (conn.data().user().map(str::to_owned), conn.data().has(flag::RESUMED));
+        let ready = Ready { socket: self.socket_text(conn), resume, user, resumed };
+        let _ = self.local.send_json(conn, |out| envelope::write_event(out, "@ready", &ready));
     }
 
     /// A `@resume` request from a socket waiting for one: kept until the
