@@ -498,3 +498,24 @@ fn an_anonymous_socket_that_kept_nothing_resumes_too() {
     back.close();
     fixture.close();
 }
+
+#[test]
+fn dropping_an_away_socket_or_its_user_ends_its_session() {
+    let fixture = Fixture::start(Auth::Upgrade, |_| {});
+    let (addr, app) = (fixture.addr(), fixture.running.app());
+    let (ann, ann_socket, ann_token) = connect(addr, "ann");
+    let (bob, bob_socket, bob_token) = connect(addr, "bob");
+    fixture.lose(ann, &ann_socket);
+    fixture.lose(bob, &bob_socket);
+    assert!(app.drop_socket(ann_socket.parse::<SocketId>().expect("a socket id"), "gone"));
+    assert_eq!(app.drop_user("bob", "gone"), 0, "no device open");
+
+    for (user, token) in [("ann", ann_token), ("bob", bob_token)] {
+        let mut back = reconnect(addr, &format!("user={user}"));
+        let id = send_resume(&mut back, &token, json!({}));
+        let (_, _, reply, _) = read_resume(&mut back, id);
+        assert_eq!(reply["resumed"], false, "{user}");
+        back.close();
+    }
+    fixture.close();
+}
