@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, Challenge, Refusal, ReplyHandle, Running, SocketId};
+use emitws::app::{App, BroadcastOpts, Challenge, EventLimits, Refusal, ReplyHandle, Running, SocketId};
 use emitws::runtime::AcceptMode;
 use serde_json::{json, Value};
 
@@ -517,5 +517,15 @@ fn dropping_an_away_socket_or_its_user_ends_its_session() {
         assert_eq!(reply["resumed"], false, "{user}");
         back.close();
     }
+    fixture.close();
+}
+
+#[test]
+fn a_socket_waiting_for_resume_is_held_to_the_auth_deadline() {
+    let fixture = Fixture::start(Auth::Upgrade, |app| {
+        app.limits(EventLimits::default().auth_timeout(Duration::from_millis(100)));
+    });
+    let mut waiting = reconnect(fixture.addr(), "user=ann");
+    assert_eq!(waiting.expect_close(4408), "authentication timeout");
     fixture.close();
 }
