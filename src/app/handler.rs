@@ -482,7 +482,8 @@ impl AppWorker {
     /// Keeps the session of a socket closed by accident, under its token,
     /// for its client to resume within the window (PROTOCOL.md §13).
     fn keep_session(&self, conn: ConnId, token: Token, state: &mut super::socket::SocketState) {
-        let Some(window) = self.app.0.setup.resume.window else { return };
+        let settings = &self.app.0.setup.resume;
+        let Some(window) = settings.window else { return };
         let now = Instant::now();
         let session = Session {
             public: state.public.unwrap_or(conn),
@@ -497,7 +498,7 @@ impl AppWorker {
             direct: Default::default(),
             direct_complete: true,
         };
-        self.app.0.sessions.keep(token, session, now);
+        self.app.0.sessions.keep(token, session, now, settings.max_sessions);
     }
 
     fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &Challenge) {

@@ -325,6 +325,15 @@ impl App {
         self
     }
 
+    /// How many sessions are kept for a resume at once (default 100,000, at
+    /// least 1): when one more socket is lost, the oldest kept session ends
+    /// (its client's `@resume` then answers `"resumed": false`). With the
+    /// window and the buffer, it bounds the memory that sessions hold.
+    pub fn resume_max_sessions(&mut self, sessions: usize) -> &mut Self {
+        self.config.resume.max_sessions = sessions.max(1);
+        self
+    }
+
     /// Caps the sockets one user may have open at once. In a cluster each
     /// node applies the cap to the devices it holds: checking the whole
     /// cluster would put a round trip to Redis in every connect.

@@ -24,6 +24,8 @@ pub(crate) const DEFAULT_BUFFER: usize = 100;
 pub(crate) const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// The most direct messages an app may have kept per away socket.
 pub(crate) const MAX_BUFFER: usize = 10_000;
+/// Sessions kept at once when the app does not say.
+pub(crate) const DEFAULT_MAX_SESSIONS: usize = 100_000;
 
 /// How an app keeps sessions for resume.
 #[derive(Clone, Copy, Debug)]
@@ -32,11 +34,13 @@ pub(crate) struct ResumeSettings {
     pub window: Option<Duration>,
     /// Direct messages kept per away socket.
     pub buffer: usize,
+    /// Sessions kept at once; past that, the oldest is dropped.
+    pub max_sessions: usize,
 }
 
 impl Default for ResumeSettings {
     fn default() -> Self {
-        ResumeSettings { window: Some(DEFAULT_WINDOW), buffer: DEFAULT_BUFFER }
+        ResumeSettings { window: Some(DEFAULT_WINDOW), buffer: DEFAULT_BUFFER, max_sessions: DEFAULT_MAX_SESSIONS }
     }
 }
 
@@ -178,11 +182,15 @@ impl Sessions {
     }
 
     /// Keeps a session under `token` until its deadline, dropping the
-    /// expired ones; a resumed socket's public id no longer reaches its
-    /// lost connection but the session.
-    pub fn keep(&self, token: Token, session: Session, now: Instant) {
+    /// expired ones, and the oldest while `max` are kept; a resumed socket's
+    /// public id no longer reaches its lost connection but the session.
+    pub fn keep(&self, token: Token, session: Session, now: Instant, max: usize) {
         self.with(|table| {
             expire(table, now);
+            while table.by_token.len() >= max.max(1) {
+                let Some((_, oldest)) = table.order.pop_front() else { break };
+                table.take(oldest);
+            }
             table.unalias(session.public, session.conn);
             table.away.insert(session.public, token);
             if let Some(user) = &session.user {
@@ -353,7 +361,7 @@ mod tests {
     fn a_claim_succeeds_once_and_for_the_same_user_only() {
         let (sessions, now) = (Sessions::default(), Instant::now());
         let token = Token::random().expect("the OS generator works");
-        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now);
+        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         assert!(matches!(sessions.claim(token, Some("bob"), ConnId(9), now), Err(Unclaimed::OtherUser)));
         assert!(matches!(sessions.claim(token, None, ConnId(9), now), Err(Unclaimed::OtherUser)));
         assert_eq!(sessions.claim(token, Some("ann"), ConnId(9), now).ok().map(|s| s.public), Some(ConnId(7)));
@@ -368,7 +376,7 @@ mod tests {
     fn expired_sessions_are_dropped() {
         let (sessions, now) = (Sessions::default(), Instant::now());
         let token = Token::random().expect("the OS generator works");
-        sessions.keep(token, session(7, None, now + Duration::from_millis(5)), now);
+        sessions.keep(token, session(7, None, now + Duration::from_millis(5)), now, 10);
         assert_eq!(sessions.kept(), 1);
         sessions.expire(now + Duration::from_millis(5));
         assert_eq!(sessions.kept(), 0);
@@ -376,17 +384,29 @@ mod tests {
     }
 
     #[test]
+    fn past_the_limit_the_oldest_session_goes() {
+        let (sessions, now) = (Sessions::default(), Instant::now());
+        let tokens: Vec<Token> = (0..3).map(|_| Token::random().expect("the OS generator works")).collect();
+        for (n, token) in tokens.iter().enumerate() {
+            sessions.keep(*token, session(n as u64, None, now + Duration::from_secs(60)), now, 2);
+        }
+        assert_eq!(sessions.kept(), 2);
+        assert!(matches!(sessions.claim(tokens[0], None, ConnId(9), now), Err(Unclaimed::NoSession)));
+        assert!(sessions.claim(tokens[2], None, ConnId(9), now).is_ok());
+    }
+
+    #[test]
     fn direct_messages_past_the_cap_drop_the_oldest() {
         let (sessions, now) = (Sessions::default(), Instant::now());
         let token = Token::random().expect("the OS generator works");
-        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now);
+        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2));
         assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2));
         assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2), 1);
         assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2), 0);
         let claimed = sessions.claim(token, Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(claimed.direct_complete);
-        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now);
+        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         for text in ["1", "2", "3"] {
             sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2);
         }
