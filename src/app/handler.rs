@@ -21,7 +21,7 @@ use super::request::Request;
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::session::{keeps_session, Session, Token};
-use super::socket::{flag, query_value, ResumeRequest, SocketData};
+use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
 use super::worker_state::{settle_call, WorkerState};
 use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
@@ -456,7 +456,10 @@ impl AppWorker {
             // `request.rooms` the socket is in, `history.recover(room, since,
             // was, send, join)` from the client's offset (or the position at
             // the loss), and its `{recovered, epoch, offset}` into `rooms`.
-            let _ = &session.positions;
+            // Until then none is recovered.
+            for (room, _epoch, _offset) in &session.positions {
+                rooms.insert(room.to_string(), serde_json::json!({ "recovered": false }));
+            }
             for frame in &session.direct {
                 let _ = conn.send_shared(frame);
             }
@@ -481,7 +484,7 @@ impl AppWorker {
 
     /// Keeps the session of a socket closed by accident, under its token,
     /// for its client to resume within the window (PROTOCOL.md §13).
-    fn keep_session(&self, conn: ConnId, token: Token, state: &mut super::socket::SocketState) {
+    fn keep_session(&self, conn: ConnId, token: Token, state: &mut SocketState) {
         let settings = &self.app.0.setup.resume;
         let Some(window) = settings.window else { return };
         let now = Instant::now();
