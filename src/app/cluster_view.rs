@@ -25,9 +25,11 @@ pub struct ClusterView<'a> {
 }
 
 impl ClusterView<'_> {
+    /// The public ids of connections of this node, sorted.
     fn ids(&self, conns: impl IntoIterator<Item = ConnId>) -> Vec<SocketId> {
         let node = self.app.node();
-        let mut ids: Vec<SocketId> = conns.into_iter().map(|conn| SocketId { node, conn }).collect();
+        let mut ids: Vec<SocketId> =
+            conns.into_iter().map(|conn| SocketId { node, conn: self.app.public(conn) }).collect();
         ids.sort();
         ids
     }
@@ -45,8 +47,8 @@ impl ClusterView<'_> {
         let app = self.app;
         Ok(match scope {
             Scope::All => self.ids(lock(&app.0.connected).iter().copied()),
-            Scope::Group(group) => self.ids(app.group_members(group)),
-            Scope::User(user) => self.ids(app.to_user(user).sockets()),
+            Scope::Group(group) => self.ids(app.0.registry.members(group)),
+            Scope::User(user) => self.ids(app.to_user(user).conns()),
         })
     }
 

@@ -95,8 +95,9 @@ impl Connecting<'_> {
         self.data.user()
     }
 
-    /// Stores a value on the socket, for `req.get` later.
-    pub fn set<T: 'static>(&mut self, key: &str, value: T) {
+    /// Stores a value on the socket, for `req.get` later (`Send`, as
+    /// [`Request::set`](super::Request::set) says why).
+    pub fn set<T: Send + 'static>(&mut self, key: &str, value: T) {
         self.data.set(key, value);
     }
 }

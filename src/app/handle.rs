@@ -22,6 +22,7 @@ use super::inbox::WorkerMsg;
 use super::limits::EventLimits;
 use super::locks::lock;
 use super::rpc::{CallResult, Done, PendingCall, StartCall};
+use super::session::Sessions;
 use super::socket_id::SocketId;
 use super::{AppConfig, CLOSE_DROPPED};
 use crate::proto::CloseCode;
@@ -46,6 +47,8 @@ pub(crate) struct AppState {
     pub(crate) connected: Mutex<BTreeSet<ConnId>>,
     /// The streams of the rooms with history.
     pub(crate) streams: RoomStreams,
+    /// Sessions kept for a resume, and the resumed sockets' connections.
+    pub(crate) sessions: Sessions,
 }
 
 /// A running app, from any thread: broadcasts, sends to sockets and users,
@@ -71,6 +74,7 @@ impl AppHandle {
             sockets: AtomicUsize::new(0),
             connected: Mutex::default(),
             streams: RoomStreams::default(),
+            sessions: Sessions::default(),
         }))
     }
 
@@ -100,7 +104,9 @@ impl AppHandle {
 
     /// Sends an event to one socket, on this node or another. False if the
     /// server has stopped, or the socket is on another node and there is no
-    /// adapter; a socket on another node is not checked.
+    /// adapter; a socket on another node is not checked. A socket of this
+    /// node that is away, waiting for its client to resume it, gets the
+    /// event when it does (see [`App::resume_buffer`](super::App::resume_buffer)).
     ///
     /// # Errors
     ///
@@ -113,8 +119,8 @@ impl AppHandle {
     ) -> Result<bool, Error> {
         let id = id.into();
         let frame = self.encode_event(event, data)?;
-        match self.here(id) {
-            Some(conn) => Ok(self.server().send_frame(conn, &frame)),
+        match self.mine(id) {
+            Some(public) => Ok(self.send_direct(public, &frame)),
             None => {
                 self.publish(&frame, Target::Socket(id));
                 Ok(self.0.setup.adapter.is_some())
@@ -122,7 +128,8 @@ impl AppHandle {
         }
     }
 
-    /// A socket, by id.
+    /// A socket, by its id on this node ([`SocketId::conn`]; a resumed
+    /// socket's public one reaches its new connection).
     pub fn socket(&self, id: ConnId) -> SocketRef {
         SocketRef { app: self.clone(), id }
     }
@@ -139,9 +146,10 @@ impl AppHandle {
     }
 
     /// Closes one socket, on this node or another, with 4000 and `reason`
-    /// (WSE's `drop` of one device). False if the socket is on this node and
-    /// already gone, or on another node and there is no adapter; a socket on
-    /// another node is not checked.
+    /// (WSE's `drop` of one device); a socket of this node that is away,
+    /// waiting for a resume, is ended instead. False if the socket is on
+    /// this node and already gone, or on another node and there is no
+    /// adapter; a socket on another node is not checked.
     ///
     /// ```no_run
     /// # fn demo(app: &emitws::app::AppHandle) {
@@ -151,8 +159,9 @@ impl AppHandle {
     /// ```
     pub fn drop_socket(&self, id: impl Into<SocketId>, reason: &str) -> bool {
         let id = id.into();
-        match self.here(id) {
-            Some(conn) => self.server().close(conn, CLOSE_DROPPED, reason),
+        match self.mine(id) {
+            Some(public) if self.0.sessions.discard_socket(public) => true,
+            Some(public) => self.server().close(self.0.sessions.current(public), CLOSE_DROPPED, reason),
             None => self.close_elsewhere(Target::Socket(id), CLOSE_DROPPED, reason),
         }
     }
@@ -174,9 +183,17 @@ impl AppHandle {
         self.0.registry.size(group)
     }
 
-    /// The sockets of this node in a room or tag, sorted.
+    /// The sockets of this node in a room or tag, sorted (by their public
+    /// ids: a resumed socket's is its first connection's).
     pub fn group_members(&self, group: &str) -> Vec<ConnId> {
-        self.0.registry.members(group)
+        let mut members: Vec<ConnId> = self.0.registry.members(group).into_iter().map(|c| self.public(c)).collect();
+        members.sort();
+        members
+    }
+
+    /// The public id of the socket at connection `conn` of this node.
+    pub(crate) fn public(&self, conn: ConnId) -> ConnId {
+        self.0.sessions.public(conn)
     }
 
     /// Every room and tag with members, sorted.
@@ -345,13 +362,15 @@ pub struct SocketRef {
 }
 
 impl SocketRef {
-    /// The socket's connection on this node (its cluster-wide id is a
-    /// [`SocketId`](super::SocketId) of this node and this connection).
+    /// The socket's id on this node (its cluster-wide id is a
+    /// [`SocketId`](super::SocketId) of this node and this connection). For
+    /// a resumed socket it is the public one, its first connection's.
     pub fn conn_id(&self) -> ConnId {
         self.id
     }
 
-    /// Sends an event to this socket. False if the server has stopped.
+    /// Sends an event to this socket (kept for it while it is away, as
+    /// [`AppHandle::emit_to`]). False if the server has stopped.
     ///
     /// # Errors
     ///
@@ -386,7 +405,7 @@ impl SocketRef {
         timeout: Duration,
         done: impl FnOnce(CallResult) + Send + 'static,
     ) -> Result<(), Error> {
-        self.app.start_call(self.id, name, data, timeout, Box::new(done))
+        self.app.start_call(self.app.0.sessions.current(self.id), name, data, timeout, Box::new(done))
     }
 
     /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
@@ -396,7 +415,7 @@ impl SocketRef {
 
     /// Starts the close handshake with `code` and `reason`.
     pub fn close(&self, code: CloseCode, reason: &str) -> bool {
-        self.app.server().close(self.id, code, reason)
+        self.app.server().close(self.app.0.sessions.current(self.id), code, reason)
     }
 }
 
@@ -408,8 +427,14 @@ pub struct UserRef {
 }
 
 impl UserRef {
-    /// The user's sockets on this node, oldest first.
+    /// The user's sockets on this node, oldest first (by their public ids,
+    /// as [`AppHandle::group_members`]).
     pub fn sockets(&self) -> Vec<ConnId> {
+        self.conns().into_iter().map(|conn| self.app.public(conn)).collect()
+    }
+
+    /// The connections of the user's sockets on this node, oldest first.
+    pub(crate) fn conns(&self) -> Vec<ConnId> {
         lock(&self.app.0.users).get(self.user.as_str()).cloned().unwrap_or_default()
     }
 
@@ -419,23 +444,28 @@ impl UserRef {
     }
 
     /// Sends an event (encoded once) to every device, on every node of a
-    /// cluster; returns how many devices this node has.
+    /// cluster; returns how many devices this node has, counting those away
+    /// waiting for a resume (which get the event when they resume, as with
+    /// [`AppHandle::emit_to`]).
     ///
     /// # Errors
     ///
     /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<usize, Error> {
         let frame = self.app.encode_event(event, data)?;
-        let sockets = self.sockets();
+        let sockets = self.conns();
         self.app.server().broadcast(sockets.iter().copied(), &frame);
+        let away = self.app.0.sessions.hold_for_user(&self.user, &frame, self.app.0.setup.resume.buffer);
         self.app.publish(&frame, Target::User(&self.user));
-        Ok(sockets.len())
+        Ok(sockets.len() + away)
     }
 
     /// Closes every device, on every node of a cluster, with 4000 and
-    /// `reason`; returns how many this node had.
+    /// `reason`, and ends those away waiting for a resume; returns how many
+    /// this node had open.
     pub fn drop_with(&self, reason: &str) -> usize {
-        let sockets = self.sockets();
+        self.app.0.sessions.discard_user(&self.user);
+        let sockets = self.conns();
         for id in &sockets {
             self.app.server().close(*id, CLOSE_DROPPED, reason);
         }
@@ -508,9 +538,23 @@ impl AppHandle {
         ClusterView { app: self }
     }
 
-    /// The connection of `id`, if it is on this node.
+    /// The connection of `id` now, if it is on this node (a resumed
+    /// socket's public id reaches its new connection).
     pub(crate) fn here(&self, id: SocketId) -> Option<ConnId> {
+        self.mine(id).map(|public| self.0.sessions.current(public))
+    }
+
+    /// The public id on this node of `id`, if it is on this node.
+    fn mine(&self, id: SocketId) -> Option<ConnId> {
         (id.node == 0 || id.node == self.node()).then_some(id.conn)
+    }
+
+    /// Sends `frame` to the socket of public id `public` on this node, or
+    /// keeps it for the socket if it is away; false if the server has stopped.
+    fn send_direct(&self, public: ConnId, frame: &SharedFrame) -> bool {
+        let sessions = &self.0.sessions;
+        sessions.hold_for_socket(public, frame, self.0.setup.resume.buffer)
+            || self.server().send_frame(sessions.current(public), frame)
     }
 
     /// The connections of this node among `ids`.
@@ -547,11 +591,11 @@ impl AppHandle {
                 self.route(frame, &opts.clone().local(), self.local_ids(&opts.except), None);
             }
             Target::Socket(id) => {
-                if let Some(conn) = self.here(id) {
-                    self.server().send_frame(conn, &frame);
+                if let Some(public) = self.mine(id) {
+                    self.send_direct(public, &frame);
                 }
             }
-            Target::User(user) => self.server().broadcast(self.to_user(user).sockets(), &frame),
+            Target::User(user) => self.server().broadcast(self.to_user(user).conns(), &frame),
         }
     }
 
@@ -565,7 +609,7 @@ impl AppHandle {
         }
         let sockets = match to {
             Target::Socket(id) => self.here(id).into_iter().collect(),
-            Target::User(user) => self.to_user(user).sockets(),
+            Target::User(user) => self.to_user(user).conns(),
             Target::Broadcast(_) => Vec::new(),
         };
         for conn in sockets {

@@ -20,15 +20,23 @@ use super::locks::lock;
 use super::request::Request;
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
-use super::socket::{flag, SocketData};
+use super::session::{keeps_session, Session, Token};
+use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
 use super::worker_state::{settle_call, WorkerState};
 use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, CloseReason, Message, OpCode};
-use crate::runtime::{Accept, Conn, Conns, Handler, Reject, UpgradeRequest};
+use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
 pub const PROTOCOL: &str = "emitws.v1";
+
+/// The query parameter that makes a socket wait for its `@resume` request (PROTOCOL.md §13).
+const RESUME_PARAM: &str = "emitws_resume";
+/// The one system event a client may send (PROTOCOL.md §13).
+const RESUME_EVENT: &str = "@resume";
+/// How often, at least, a worker drops expired sessions while there are some.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The runtime handler of an app.
 pub(crate) struct AppWorker {
@@ -171,6 +179,10 @@ impl AppWorker {
     fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
         let limits = &self.app.0.setup.limits;
         if let Err(why) = check_event_name(event, limits.max_event_name) {
+            // The one system event a client may send, checked here, off the path of valid names.
+            if conn.data().has(flag::AWAIT_RESUME) && event == RESUME_EVENT {
+                return self.resume_request(conn, id, data);
+            }
             let policy = limits.on_bad_input;
             return self.bad_input(conn, id, ErrorCode::BadRequest, why, policy);
         }
@@ -179,8 +191,12 @@ impl AppWorker {
             let policy = limits.on_bad_input;
             return self.bad_input(conn, Some(id), ErrorCode::BadRequest, &message, policy);
         }
-        if conn.data().has(flag::UNAUTHED) {
-            return self.unauthenticated(conn, id, event, data);
+        // One test on the path of every admitted socket's envelopes.
+        if conn.data().flags & (flag::UNAUTHED | flag::AWAIT_RESUME) != 0 {
+            if conn.data().has(flag::UNAUTHED) {
+                return self.unauthenticated(conn, id, event, data);
+            }
+            return self.bad_input(conn, id, ErrorCode::Unauthorized, "send @resume first", Policy::Reply);
         }
         // Fields borrowed apart (no clone of the shared app: its reference
         // count would be written by every worker on every message).
@@ -255,8 +271,8 @@ impl AppWorker {
             Ok(user) => {
                 conn.data_mut().flags &= !flag::UNAUTHED;
                 conn.data_mut().state().user = Some(user.into());
-                if self.register_user(conn) {
-                    self.connected(conn);
+                if !conn.data().has(flag::AWAIT_RESUME) {
+                    self.admit(conn);
                 }
             }
             Err(refusal) => {
@@ -293,25 +309,199 @@ impl AppWorker {
         true
     }
 
-    /// The socket is in: `@connection` handlers run.
+    /// The socket authenticated and waits for nothing more: it resumes the
+    /// session its `@resume` request named, or comes in as a new socket.
+    fn admit(&mut self, conn: &mut Conn<'_, SocketData>) {
+        match conn.data_mut().state.as_mut().and_then(|s| s.resume.take()) {
+            Some(request) => self.resume(conn, *request),
+            None => {
+                if self.register_user(conn) {
+                    self.connected(conn);
+                }
+            }
+        }
+    }
+
+    /// The socket is in: `@connection` handlers run, then `@ready` goes.
     fn connected(&mut self, conn: &mut Conn<'_, SocketData>) {
-        conn.data_mut().flags |= flag::CONNECTED;
-        self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let app = self.app.clone();
-        app.presence(Presence::Connected { conn_id: conn.id(), user: conn.data().user() });
-        self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
+        self.enter(conn);
+        self.run_connection_handlers(conn);
         self.send_ready(conn);
     }
 
-    /// Tells the client it is admitted and usable: `[0,"@ready",{"socket","user"}]`,
-    /// after the `@connection` handlers, unless one of them closed the socket.
+    /// Counts the socket in and tells the presence.
+    fn enter(&mut self, conn: &mut Conn<'_, SocketData>) {
+        conn.data_mut().flags |= flag::CONNECTED;
+        self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.app.presence(Presence::Connected { conn_id: conn.id(), user: conn.data().user() });
+    }
+
+    fn run_connection_handlers(&mut self, conn: &mut Conn<'_, SocketData>) {
+        let app = self.app.clone();
+        self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
+    }
+
+    /// The socket's public id as text (PROTOCOL.md §12).
+    fn socket_text(&self, conn: &Conn<'_, SocketData>) -> String {
+        SocketId { node: self.app.node(), conn: conn.data().public(conn.id()) }.to_string()
+    }
+
+    /// Tells the client it is admitted and usable:
+    /// `[0,"@ready",{"socket","user","resume"?,"resumed"?}]`, after the
+    /// `@connection` handlers, unless one of them closed the socket. A new
+    /// resume token replaces the socket's last one.
     fn send_ready(&mut self, conn: &mut Conn<'_, SocketData>) {
         if !conn.is_open() {
             return;
         }
-        let socket = SocketId { node: self.app.node(), conn: conn.id() }.to_string();
-        let ready = serde_json::json!([0, "@ready", { "socket": socket, "user": conn.data().user() }]);
-        let _ = self.local.send_json(conn, |out| serde_json::to_writer(out, &ready));
+        /// `@ready`'s data (PROTOCOL.md §4), its fields in this order.
+        #[derive(Serialize)]
+        struct Ready {
+            socket: String,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            resume: Option<String>,
+            user: Option<String>,
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            resumed: bool,
+        }
+        let mut resume = None;
+        if self.app.0.setup.resume.window.is_some() {
+            match Token::random() {
+                Some(token) => {
+                    self.local.tokens.insert(conn.id(), token);
+                    resume = Some(token.to_hex());
+                }
+                None => crate::runtime::logs::no_resume_token(conn.id()),
+            }
+        }
+        let (user, resumed) = (conn.data().user().map(str::to_owned), conn.data().has(flag::RESUMED));
+        let ready = Ready { socket: self.socket_text(conn), resume, user, resumed };
+        let _ = self.local.send_json(conn, |out| envelope::write_event(out, "@ready", &ready));
+    }
+
+    /// A `@resume` request from a socket waiting for one: kept until the
+    /// socket has authenticated, then acted on.
+    fn resume_request(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, data: Option<&RawValue>) {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            token: String,
+            #[serde(default)]
+            rooms: std::collections::BTreeMap<String, Position>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Position {
+            epoch: String,
+            offset: u64,
+        }
+        conn.data_mut().flags &= !flag::AWAIT_RESUME;
+        let policy = self.app.0.setup.limits.on_bad_input;
+        let body = serde_json::from_str::<Body>(data.map_or("null", RawValue::get));
+        match (id, body) {
+            (Some(id), Ok(body)) => {
+                let rooms = body.rooms.into_iter().map(|(room, at)| (room.into(), at.epoch.into(), at.offset));
+                let request = ResumeRequest { id, token: Token::parse(&body.token), rooms: rooms.collect() };
+                conn.data_mut().state().resume = Some(Box::new(request));
+            }
+            (None, _) => self.bad_input(conn, None, ErrorCode::BadRequest, "@resume is a request", policy),
+            (Some(id), Err(e)) => {
+                let message = format!("@resume takes {{\"token\", \"rooms\"}}: {e}");
+                self.bad_input(conn, Some(id), ErrorCode::BadRequest, &message, policy);
+            }
+        }
+        // Without a request to act on, the socket comes in as a new one.
+        if conn.is_open() && !conn.data().has(flag::UNAUTHED) {
+            self.admit(conn);
+        }
+    }
+
+    /// Resumes the session `request` names, or admits the socket as a new
+    /// one when there is none to claim; then the reply and `@ready`, in the
+    /// order of PROTOCOL.md §13.
+    fn resume(&mut self, conn: &mut Conn<'_, SocketData>, request: ResumeRequest) {
+        let app = self.app.clone();
+        let claimed = match request.token {
+            Some(token) if app.0.setup.resume.window.is_some() => {
+                app.0.sessions.claim(token, conn.data().user(), conn.id(), Instant::now()).ok()
+            }
+            _ => None,
+        };
+        let resumed = claimed.is_some();
+        let mut direct_complete = false;
+        let mut rooms = serde_json::Map::new();
+        for (room, _epoch, _offset) in &request.rooms {
+            rooms.insert(room.to_string(), serde_json::json!({ "recovered": false }));
+        }
+        if let Some(session) = claimed {
+            crate::runtime::logs::resumed(conn.id(), session.conn);
+            let state = conn.data_mut().state();
+            state.public = Some(session.public);
+            for (key, value) in session.store {
+                match state.store.iter_mut().find(|(k, _)| *k == key) {
+                    Some(entry) => entry.1 = value,
+                    None => state.store.push((key, value)),
+                }
+            }
+            conn.data_mut().flags |= flag::RESUMED;
+            if !self.register_user(conn) {
+                return;
+            }
+            self.enter(conn);
+            for group in &session.groups {
+                // Joined before, so within the limits.
+                let _ = self.local.join(&app, conn, group);
+            }
+            self.run_connection_handlers(conn);
+            // MERGE(history): replay each room with history here, before the
+            // direct messages: for every room of `session.positions` and of
+            // `request.rooms` the socket is in, `history.recover(room, since,
+            // was, send, join)` from the client's offset (or the position at
+            // the loss), and its `{recovered, epoch, offset}` into `rooms`.
+            // Until then none is recovered.
+            for (room, _epoch, _offset) in &session.positions {
+                rooms.insert(room.to_string(), serde_json::json!({ "recovered": false }));
+            }
+            for frame in &session.direct {
+                let _ = conn.send_shared(frame);
+            }
+            direct_complete = session.direct_complete;
+        } else {
+            if !self.register_user(conn) {
+                return;
+            }
+            self.enter(conn);
+            self.run_connection_handlers(conn);
+        }
+        let reply = serde_json::json!({
+            "resumed": resumed,
+            "socket": self.socket_text(conn),
+            "rooms": rooms,
+            "direct": { "recovered": direct_complete },
+        });
+        let _ = self.local.send_json(conn, |out| envelope::write_reply(out, request.id, &reply));
+        conn.metrics().replied(None);
+        self.send_ready(conn);
+    }
+
+    /// Keeps the session of a socket closed by accident, under its token,
+    /// for its client to resume within the window (PROTOCOL.md §13).
+    fn keep_session(&self, conn: ConnId, token: Token, state: &mut SocketState) {
+        let settings = &self.app.0.setup.resume;
+        let Some(window) = settings.window else { return };
+        let now = Instant::now();
+        let session = Session {
+            public: state.public.unwrap_or(conn),
+            user: state.user.take(),
+            groups: std::mem::take(&mut state.groups),
+            store: std::mem::take(&mut state.store),
+            conn,
+            // MERGE(history): `history.position(room)` for each room of
+            // `groups` that has history, at the loss.
+            positions: Vec::new(),
+            deadline: now + window,
+            direct: Default::default(),
+            direct_complete: true,
+        };
+        self.app.0.sessions.keep(token, session, now, settings.max_sessions);
     }
 
     fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &Challenge) {
@@ -356,6 +546,25 @@ impl AppWorker {
                 }
             }
         }
+    }
+
+    /// Drops expired sessions now and then while there are some (a claim
+    /// drops them too): when the next sweep is due, if any.
+    fn sweep_sessions(&mut self, now: Instant) -> Option<Instant> {
+        let sessions = &self.app.0.sessions;
+        if sessions.is_empty() {
+            self.local.next_sweep = None;
+            return None;
+        }
+        let window = self.app.0.setup.resume.window?;
+        let next = *self.local.next_sweep.get_or_insert(now + window.min(SWEEP_EVERY));
+        if now < next {
+            return Some(next);
+        }
+        sessions.expire(now);
+        let next = now + window.min(SWEEP_EVERY);
+        self.local.next_sweep = Some(next);
+        Some(next)
     }
 
     fn heartbeat(&mut self, conns: &mut Conns<'_, SocketData>, now: Instant) -> Option<Instant> {
@@ -459,20 +668,22 @@ impl Handler for AppWorker {
         if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
             return conn.close(code, &reason);
         }
-        match &app.0.setup.auth {
-            Auth::FirstMessage(..) | Auth::Challenge(_) => {
-                conn.data_mut().flags |= flag::UNAUTHED;
-                let deadline = Instant::now() + app.0.setup.limits.auth_timeout;
-                self.local.auth_deadlines.push_back((deadline, conn.id()));
-                if let Auth::Challenge(challenge) = &app.0.setup.auth {
-                    self.start_challenge(conn, challenge);
-                }
-            }
-            Auth::None | Auth::Upgrade(_) => {
-                if self.register_user(conn) {
-                    self.connected(conn);
-                }
-            }
+        let awaits_resume = data.query().and_then(|q| query_value(q, RESUME_PARAM)).is_some_and(|v| v == "1");
+        if awaits_resume {
+            data.flags |= flag::AWAIT_RESUME;
+        }
+        let authenticates = matches!(app.0.setup.auth, Auth::FirstMessage(..) | Auth::Challenge(_));
+        if authenticates {
+            conn.data_mut().flags |= flag::UNAUTHED;
+        }
+        if authenticates || awaits_resume {
+            let deadline = Instant::now() + app.0.setup.limits.auth_timeout;
+            self.local.auth_deadlines.push_back((deadline, conn.id()));
+        }
+        if let Auth::Challenge(challenge) = &app.0.setup.auth {
+            self.start_challenge(conn, challenge);
+        } else if !authenticates && !awaits_resume {
+            self.admit(conn);
         }
     }
 
@@ -540,8 +751,13 @@ impl Handler for AppWorker {
         for done in self.local.calls.take_all(id) {
             settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
+        let token = self.local.tokens.remove(&id);
+        let resumable = conn.data().has(flag::CONNECTED)
+            && app.0.setup.resume.window.is_some()
+            && token.is_some()
+            && keeps_session(code);
         if conn.data().has(flag::CONNECTED) {
-            let body = serde_json::json!({ "code": code.0, "reason": reason });
+            let body = serde_json::json!({ "code": code.0, "reason": reason, "resumable": resumable });
             self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
         }
         let data = conn.data_mut();
@@ -578,6 +794,15 @@ impl Handler for AppWorker {
             // state, and its presence goes all the same.
             let (user, groups) = state.as_deref().map_or((None, &[][..]), |s| (s.user.as_deref(), &s.groups[..]));
             app.presence(Presence::Disconnected { conn_id: id, user, groups });
+        }
+        match token.filter(|_| resumable) {
+            // A socket that kept no state (no user, group nor value) is kept all the same.
+            Some(token) => self.keep_session(id, token, &mut state.unwrap_or_default()),
+            None => {
+                if let Some(public) = state.and_then(|s| s.public) {
+                    app.0.sessions.forget_alias(public, id);
+                }
+            }
         }
     }
 
@@ -619,17 +844,18 @@ impl Handler for AppWorker {
             }
             self.local.auth_deadlines.pop_front();
             if let Some(mut conn) = conns.get(id) {
-                if conn.data().has(flag::UNAUTHED) {
+                if conn.data().flags & (flag::UNAUTHED | flag::AWAIT_RESUME) != 0 {
                     conn.close(CLOSE_TIMEOUT, "authentication timeout");
                 }
             }
         }
         let heartbeat = self.heartbeat(conns, now);
+        let sweep = self.sweep_sessions(now);
         if !self.local.outbox.deliveries.is_empty() {
             return Some(Duration::ZERO);
         }
         let auth = self.local.auth_deadlines.front().map(|(at, _)| *at);
-        let next = [self.local.calls.next_deadline(), auth, heartbeat].into_iter().flatten().min()?;
+        let next = [self.local.calls.next_deadline(), auth, heartbeat, sweep].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
     }
 }

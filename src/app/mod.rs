@@ -72,6 +72,7 @@ mod locks;
 mod request;
 mod router;
 mod rpc;
+mod session;
 mod socket;
 mod socket_id;
 mod worker_state;
@@ -155,6 +156,8 @@ pub(crate) struct AppConfig {
     probes: health::Probes,
     /// Which rooms keep history, first match first.
     history: history::HistoryRules,
+    /// How sockets lost by accident are kept for a resume.
+    resume: session::ResumeSettings,
 }
 
 /// How sockets authenticate, if they must.
@@ -290,6 +293,50 @@ impl App {
     /// engine's keepalive. Also available as [`plugins::heartbeat`].
     pub fn heartbeat(&mut self, interval: Option<Duration>) -> &mut Self {
         self.config.heartbeat = interval;
+        self
+    }
+
+    /// How long a socket lost by accident (a network drop, a 1001, a missed
+    /// heartbeat: PROTOCOL.md §13) is kept for its client to resume it with
+    /// the same socket id, user, rooms, tags and stored values, and the
+    /// direct messages sent to it meanwhile. Default 2 minutes, at most 24
+    /// hours (longer is cut to that); `None` keeps nothing, and `@ready`
+    /// then carries no `resume` token.
+    ///
+    /// A kept session holds its stored values and direct messages (see
+    /// [`resume_buffer`](Self::resume_buffer)) until it is resumed or its
+    /// window ends.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut app = emitws::app::App::new();
+    /// app.resume_window(Some(Duration::from_secs(30)));
+    /// app.on("@connection", |req| {
+    ///     if req.resumed() {
+    ///         println!("{} is back", req.socket_id());
+    ///     }
+    /// });
+    /// ```
+    pub fn resume_window(&mut self, window: Option<Duration>) -> &mut Self {
+        self.config.resume.window = window.map(|w| w.min(session::MAX_WINDOW));
+        self
+    }
+
+    /// How many direct messages ([`AppHandle::emit_to`], [`SocketRef::emit`],
+    /// [`UserRef::emit`]) are kept for a socket while it is away (default
+    /// 100, at most 10,000); past that the oldest are dropped and the resume
+    /// reply says `"direct": {"recovered": false}`.
+    pub fn resume_buffer(&mut self, messages: usize) -> &mut Self {
+        self.config.resume.buffer = messages.min(session::MAX_BUFFER);
+        self
+    }
+
+    /// How many sessions are kept for a resume at once (default 100,000, at
+    /// least 1): when one more socket is lost, the oldest kept session ends
+    /// (its client's `@resume` then answers `"resumed": false`). With the
+    /// window and the buffer, it bounds the memory that sessions hold.
+    pub fn resume_max_sessions(&mut self, sessions: usize) -> &mut Self {
+        self.config.resume.max_sessions = sessions.max(1);
         self
     }
 

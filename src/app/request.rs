@@ -88,9 +88,22 @@ impl<'a> Request<'a> {
         self.conn.id()
     }
 
-    /// This socket's cluster-wide id.
+    /// This socket's cluster-wide id. A resumed socket keeps the id it had
+    /// (PROTOCOL.md §13) while its connection, [`conn_id`](Self::conn_id), is new.
     pub fn socket_id(&self) -> SocketId {
-        SocketId { node: self.app.node(), conn: self.conn_id() }
+        SocketId { node: self.app.node(), conn: self.public_conn() }
+    }
+
+    /// Whether this socket resumed an earlier one (PROTOCOL.md §13): true in
+    /// its `@connection` handlers and after, which then find its rooms, tags
+    /// and stored values restored.
+    pub fn resumed(&self) -> bool {
+        self.conn.data().has(super::socket::flag::RESUMED)
+    }
+
+    /// The connection the socket's public id names (its first one).
+    fn public_conn(&self) -> ConnId {
+        self.conn.data().public(self.conn.id())
     }
 
     /// The request's id when the client expects a reply; `None` for an event.
@@ -179,9 +192,10 @@ impl<'a> Request<'a> {
         self.app
     }
 
-    /// A `Send` handle to this socket, usable from any thread.
+    /// A `Send` handle to this socket, usable from any thread (by its
+    /// public id, so it reaches the socket after a resume too).
     pub fn socket(&self) -> SocketRef {
-        SocketRef { app: self.app.clone(), id: self.conn_id() }
+        SocketRef { app: self.app.clone(), id: self.public_conn() }
     }
 
     /// The socket's user (from identify or authentication), if any.
@@ -214,7 +228,10 @@ impl<'a> Request<'a> {
     }
 
     /// Stores a value on the socket under `key` (replacing any value there).
-    pub fn set<T: Any>(&mut self, key: &str, value: T) {
+    /// Values are `Send`: a session kept for a resume (PROTOCOL.md §13)
+    /// holds them while the socket is away and hands them to its next
+    /// connection, which may be on another worker.
+    pub fn set<T: Any + Send>(&mut self, key: &str, value: T) {
         self.conn.data_mut().set(key, value);
     }
 
@@ -229,7 +246,7 @@ impl<'a> Request<'a> {
     }
 
     /// Removes the value stored under `key`.
-    pub fn remove(&mut self, key: &str) -> Option<Box<dyn Any>> {
+    pub fn remove(&mut self, key: &str) -> Option<Box<dyn Any + Send>> {
         self.conn.data_mut().remove(key)
     }
 

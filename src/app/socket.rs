@@ -3,7 +3,9 @@
 
 use super::disconnect::After;
 use super::limits::Bucket;
+use super::session::Token;
 use crate::proto::CloseCode;
+use crate::runtime::ConnId;
 use std::any::Any;
 use std::sync::Arc;
 
@@ -15,6 +17,10 @@ pub(crate) mod flag {
     pub const CONNECTED: u8 = 1 << 1;
     /// A `rate_limited` `@error` was sent since the bucket last let a message through.
     pub const RATE_NOTIFIED: u8 = 1 << 2;
+    /// Connected with `emitws_resume=1`: not admitted until its `@resume` request arrives.
+    pub const AWAIT_RESUME: u8 = 1 << 3;
+    /// The socket resumed an earlier one (PROTOCOL.md §13).
+    pub const RESUMED: u8 = 1 << 4;
 }
 
 /// What the event layer keeps for each connection (the runtime's
@@ -44,7 +50,7 @@ pub(crate) struct SocketState {
     /// Rooms and tags joined.
     pub groups: Vec<Box<str>>,
     /// `req.set` values.
-    pub store: Vec<(Box<str>, Box<dyn Any>)>,
+    pub store: Vec<(Box<str>, Box<dyn Any + Send>)>,
     /// The upgrade path, when not `/`.
     pub path: Option<Box<str>>,
     /// Path parameters of the matched route.
@@ -56,6 +62,20 @@ pub(crate) struct SocketState {
     pub refusal: Option<(CloseCode, String)>,
     /// Ids of the requests waiting for a deferred reply.
     pub deferred: Vec<u64>,
+    /// A resumed socket's public id: the connection it first had.
+    pub public: Option<ConnId>,
+    /// A `@resume` request waiting for the authentication to finish.
+    pub resume: Option<Box<ResumeRequest>>,
+}
+
+/// A client's `@resume` request (PROTOCOL.md §13).
+pub(crate) struct ResumeRequest {
+    /// The request's id, for the reply.
+    pub id: u64,
+    /// The token as sent; one that does not parse resumes nothing.
+    pub token: Option<Token>,
+    /// The rooms the client has offsets for: name, epoch and offset.
+    pub rooms: Vec<(Box<str>, Box<str>, u64)>,
 }
 
 impl SocketData {
@@ -94,7 +114,12 @@ impl SocketData {
         self.state.as_ref()?.query.as_deref()
     }
 
-    pub(crate) fn set<T: Any>(&mut self, key: &str, value: T) {
+    /// The socket's public id on this node: its first connection's, kept across resumes.
+    pub(crate) fn public(&self, conn: ConnId) -> ConnId {
+        self.state.as_ref().and_then(|s| s.public).unwrap_or(conn)
+    }
+
+    pub(crate) fn set<T: Any + Send>(&mut self, key: &str, value: T) {
         let store = &mut self.state().store;
         match store.iter_mut().find(|(k, _)| &**k == key) {
             Some(entry) => entry.1 = Box::new(value),
@@ -112,7 +137,7 @@ impl SocketData {
         store.iter_mut().find(|(k, _)| &**k == key)?.1.downcast_mut()
     }
 
-    pub(crate) fn remove(&mut self, key: &str) -> Option<Box<dyn Any>> {
+    pub(crate) fn remove(&mut self, key: &str) -> Option<Box<dyn Any + Send>> {
         let store = &mut self.state.as_mut()?.store;
         let at = store.iter().position(|(k, _)| &**k == key)?;
         Some(store.swap_remove(at).1)

@@ -100,6 +100,20 @@ pub(crate) fn panicked(id: ConnId, event: &str, what: &str) {
     tracing::error!(conn = %id, event, what, "handler panicked");
 }
 
+/// A connection resumed the session of the lost connection `was` (PROTOCOL.md §13).
+#[cfg(feature = "app")]
+#[cold]
+pub(crate) fn resumed(id: ConnId, was: ConnId) {
+    tracing::debug!(conn = %id, was = %was, "resumed");
+}
+
+/// The OS's random generator failed, so a socket got no resume token.
+#[cfg(feature = "app")]
+#[cold]
+pub(crate) fn no_resume_token(id: ConnId) {
+    tracing::warn!(conn = %id, "no resume token: the OS random generator failed");
+}
+
 /// A connection ended for `reason`; a protocol violation is also warned of.
 #[cold]
 pub(crate) fn closed(id: ConnId, socket: &mio::net::TcpStream, reason: &CloseReason) {
