@@ -4,13 +4,16 @@
 //! own that speaks the server's side of §13: `@ready` with a resume token,
 //! room broadcasts with their `{"room", "offset", "epoch"}` element, and
 //! `@resume` answered with a replay from the client's offset (optionally
-//! overlapping it), the reply, then `@ready`.
+//! overlapping it), the reply, then `@ready`. The JavaScript client's
+//! scripted tests (clients/js/test/resume.test.js) run from here too.
 //!
 //! The end-to-end tests against the real server (module `end_to_end`)
 //! need the server's side of §13 (`App::history`, `App::resume_window`).
 #![cfg(feature = "app")]
 
 mod common;
+#[path = "common/node.rs"]
+mod node;
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -507,4 +510,9 @@ fn a_jump_keeps_the_session_and_resumes_at_the_new_url() {
     assert_eq!(resume_request(&seen, false), json!({"token": "tok-1", "rooms": {ROOM: {"epoch": "e1", "offset": 1}}}));
     client.close();
     server.shutdown();
+}
+
+#[test]
+fn javascript_client_resumes_against_a_scripted_socket() {
+    node::run_node_tests("resume.test.js", &[]);
 }
