@@ -60,22 +60,36 @@ struct Script {
     overlap: u64,
     /// First-message auth: `/auth` comes first and is answered `{"user": "ann"}`.
     auth: bool,
+    /// How `@resume` is answered.
+    answer: Answer,
+}
+
+/// How the scripted server answers `@resume`.
+#[derive(Clone, Copy, Debug, Default)]
+enum Answer {
+    /// As §13 says.
+    #[default]
+    Spec,
+    /// `@ready` (with no token) and no reply.
+    ReadyOnly,
+    /// An error reply, then `@ready`.
+    Error,
 }
 
 impl Default for Script {
     fn default() -> Self {
-        let (epoch, published, tokens, socket) = ("e1".to_string(), 0, 0, 1);
         Script {
             conns: Vec::new(),
             current: None,
-            epoch,
-            published,
-            tokens,
-            socket,
+            epoch: "e1".to_string(),
+            published: 0,
+            tokens: 0,
+            socket: 1,
             offline: false,
             refuse: false,
             overlap: 0,
             auth: false,
+            answer: Answer::Spec,
         }
     }
 }
@@ -98,6 +112,14 @@ impl Script {
 
     /// The answer to `@resume` (`data`), as §13 orders it: the replay, the reply, `@ready`.
     fn resume(&mut self, index: usize, id: &Value, data: &Value) -> Vec<String> {
+        match self.answer {
+            Answer::Spec => {}
+            Answer::ReadyOnly => return vec![json!([0, "@ready", {"socket": "s-9", "user": null}]).to_string()],
+            Answer::Error => {
+                let refusal = json!([3, id, {"code": "bad_request", "message": "no"}]).to_string();
+                return vec![refusal, self.ready(false)];
+            }
+        }
         if self.refuse || data["token"] != format!("tok-{}", self.tokens) {
             self.socket += 1;
             let reply = json!({"resumed": false, "socket": format!("s-{}", self.socket),
@@ -508,6 +530,38 @@ fn a_jump_keeps_the_session_and_resumes_at_the_new_url() {
     let seen = shared.conn(1);
     assert_eq!(seen.query, "node=b&emitws_resume=1");
     assert_eq!(resume_request(&seen, false), json!({"token": "tok-1", "rooms": {ROOM: {"epoch": "e1", "offset": 1}}}));
+    client.close();
+    server.shutdown();
+}
+
+#[test]
+fn ready_without_an_answer_to_resume_or_an_error_reply_is_not_resumed() {
+    let (shared, server) = start(Script { answer: Answer::ReadyOnly, ..Script::default() });
+    let (client, inbox) = open_client(&server, "/", options());
+    let errors = Inbox::listen(&client, &["@error"]);
+    shared.publish(&server);
+    inbox.wait("/said", 1);
+    shared.cut(&server, CloseCode::GOING_AWAY);
+    shared.online();
+    inbox.wait("@reconnect", 1);
+    let nothing = json!({"resumed": false, "socket": "s-9", "rooms": {}, "direct": {"recovered": false}});
+    assert_eq!(inbox.wait("@resumed", 1), nothing);
+    assert_eq!((client.recovered(ROOM), client.socket_id().as_deref()), (Some(false), Some("s-9")));
+
+    // That `@ready` gave no token: the next loss starts a new session.
+    shared.cut(&server, CloseCode::GOING_AWAY);
+    shared.online();
+    inbox.wait("@reconnect", 2);
+    assert!(shared.conn(2).envelopes.is_empty(), "no @resume without a token");
+
+    // An error reply: reported, and nothing resumed.
+    shared.update(|s| s.answer = Answer::Error);
+    shared.cut(&server, CloseCode::GOING_AWAY);
+    shared.online();
+    inbox.wait("@reconnect", 3);
+    assert_eq!(inbox.wait("@resumed", 2)["resumed"], false);
+    assert_eq!(errors.wait("@error", 1)["code"], "bad_request");
+    assert_eq!(client.recovered(ROOM), Some(false));
     client.close();
     server.shutdown();
 }

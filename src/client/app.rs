@@ -643,7 +643,7 @@ impl AppClient {
     }
 
     /// The data of the current connection's `@ready` (the server's welcome:
-    /// `{"socket", "user", …}`), `None` while not READY.
+    /// `{"socket", "user", …}`, its resume token left out), `None` while not READY.
     pub fn welcome(&self) -> Option<Value> {
         lock(&self.inner.state).welcome.clone()
     }
