@@ -84,6 +84,9 @@ const defaults = {
 };
 
 export class EmitClient {
+  /** The session's resume token (PROTOCOL.md §13): a secret, in a private field so that logging the client does not show it. */
+  #resumeToken = null;
+
   /**
    * Connects and resolves once the first connection is READY (the server
    * sent `@ready`). Rejects with `connect_failed` if it cannot (after
@@ -119,8 +122,7 @@ export class EmitClient {
     this._everReady = false;
     this._authId = null;
     this._welcome = null;
-    // Resume (PROTOCOL.md §13): the token is a secret, kept here only.
-    this._resumeToken = null;
+    // Resume (PROTOCOL.md §13): the request on the current socket, until answered.
     this._resumeId = null;
     /** Per room with history: `{epoch, offset}` of the latest broadcast received. */
     this._positions = new Map();
@@ -253,6 +255,7 @@ export class EmitClient {
     clearTimeout(this._timer);
     clearTimeout(this._readyTimer);
     this._offline = new EmitError('closed', 'closed by the client');
+    this.#resumeToken = null;
     this._failAll(this._offline);
     const socket = this._socket;
     this._socket = null;
@@ -308,7 +311,7 @@ export class EmitClient {
       throw new Error('no WebSocket: use Node 22+, Node 20 with --experimental-websocket, or pass options.WebSocket');
     }
     // With a token the server waits for the `@resume` request `onopen` sends.
-    const token = this._resumeToken;
+    const token = this.#resumeToken;
     let socket;
     try {
       socket = new WebSocketImpl(token ? resumeUrl(this.url) : this.url, [PROTOCOL]);
@@ -360,7 +363,7 @@ export class EmitClient {
       this._resumeId = null;
       this._welcome = null;
       // A close that ends the server's session leaves nothing to resume.
-      if (!sessionKept(code)) this._resumeToken = null;
+      if (!sessionKept(code)) this.#resumeToken = null;
       if (opened) {
         this._failSent(`connection closed (${code})`);
         this._dispatch('@disconnect', { code, reason });
@@ -421,7 +424,7 @@ export class EmitClient {
     }
     // Admitted without an answer to `@resume` (its reply comes first): nothing of the old session is known to be back.
     if (this._resumeId !== null) this._resumeAnswered(notResumed(welcome?.socket ?? null));
-    this._resumeToken = typeof token === 'string' ? token : null;
+    this.#resumeToken = typeof token === 'string' ? token : null;
     clearTimeout(this._readyTimer);
     this._attempt = 0;
     this._welcome = welcome;

@@ -1138,6 +1138,7 @@ impl ClientCore {
         let mut state = lock(&self.state);
         let change = state.set_status(Status::Offline);
         state.gone = Some(AppError::Closed);
+        state.resume_token = None;
         if let Some(id) = state.conn.take() {
             self.dialer.close(id, CloseCode::NORMAL, "");
         }
