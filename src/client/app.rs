@@ -1078,8 +1078,8 @@ impl ClientCore {
 
     /// The server admitted the socket: READY, the queue goes out, then the
     /// listeners run. The resume token is kept, out of the welcome's sight.
-    fn ready(&self, conn: &mut Conn<'_, ()>, welcome: &Value) {
-        let mut welcome = welcome.clone();
+    fn ready(&self, conn: &mut Conn<'_, ()>, data: &Value) {
+        let mut welcome = data.clone();
         let token = welcome.as_object_mut().and_then(|fields| fields.remove("resume"));
         let mut state = lock(&self.state);
         if state.status != Status::Authenticating {
@@ -1094,7 +1094,6 @@ impl ClientCore {
             state = lock(&self.state);
         }
         state.resume_token = token.and_then(|token| token.as_str().map(str::to_string));
-        let welcome = &welcome;
         state.ready_deadline = None;
         state.attempt = 0;
         state.welcome = Some(welcome.clone());
@@ -1113,7 +1112,7 @@ impl ClientCore {
         }
         drop(state);
         self.announce(change);
-        self.dispatch("@ready", welcome);
+        self.dispatch("@ready", &welcome);
         if reconnected {
             self.dispatch("@reconnect", &json!({}));
         }
