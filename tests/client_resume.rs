@@ -345,6 +345,16 @@ fn start(script: Script) -> (Shared, RunningServer) {
     (shared, server)
 }
 
+/// Takes the client through a loss and back: drops its connection with
+/// `code`, runs `away` while it cannot reconnect, then waits for its next `@reconnect`.
+fn outage(shared: &Shared, server: &RunningServer, inbox: &Inbox, code: CloseCode, away: impl FnOnce()) {
+    let reconnects = inbox.events().iter().filter(|(event, _)| event == "@reconnect").count();
+    shared.cut(server, code);
+    away();
+    shared.online();
+    inbox.wait("@reconnect", reconnects + 1);
+}
+
 /// Connects a client to `path` on the scripted server, listening to [`EVENTS`].
 fn open_client(server: &RunningServer, path: &str, options: AppOptions) -> (AppClient, Inbox) {
     let client = AppClient::new(&format!("ws://{}{path}", server.local_addr()), options).unwrap();
@@ -379,12 +389,11 @@ fn a_lost_connection_resumes_with_the_token_and_offsets_keeping_the_apps_query()
     inbox.wait("/said", 3);
     let in_flight = client.request_nowait("/never", json!(null), WAIT);
 
-    shared.cut(&server, CloseCode::GOING_AWAY);
-    assert!(matches!(in_flight.wait(), Err(AppError::Disconnected(_))), "replies do not survive a resume");
-    shared.publish(&server);
-    shared.publish(&server);
-    shared.online();
-    inbox.wait("@reconnect", 1);
+    outage(&shared, &server, &inbox, CloseCode::GOING_AWAY, || {
+        assert!(matches!(in_flight.wait(), Err(AppError::Disconnected(_))), "replies do not survive a resume");
+        shared.publish(&server);
+        shared.publish(&server);
+    });
 
     let seen = shared.conn(1);
     assert_eq!(seen.query, "room=a&t=x&emitws_resume=1");
@@ -417,17 +426,14 @@ fn overlapping_replays_are_dropped_and_a_second_resume_starts_where_the_first_en
         shared.publish(&server);
     }
     inbox.wait("/said", 3);
-    shared.cut(&server, CloseCode::INTERNAL_ERROR);
-    shared.publish(&server);
-    shared.publish(&server);
-    shared.online();
-    inbox.wait("@reconnect", 1);
+    outage(&shared, &server, &inbox, CloseCode::INTERNAL_ERROR, || {
+        shared.publish(&server);
+        shared.publish(&server);
+    });
     assert_eq!(shared.conn(1).replayed, [2, 3, 4, 5], "the replay overlaps offsets 2 and 3");
     assert_eq!(inbox.said(), [1, 2, 3, 4, 5]);
 
-    shared.cut(&server, CloseCode::SERVICE_RESTART);
-    shared.online();
-    inbox.wait("@reconnect", 2);
+    outage(&shared, &server, &inbox, CloseCode::SERVICE_RESTART, || {});
     let seen = shared.conn(2);
     assert_eq!(resume_request(&seen, false)["rooms"], json!({ROOM: {"epoch": "e1", "offset": 5}}));
     assert_eq!(resume_request(&seen, false)["token"], "tok-2", "each @ready's token replaces the last");
@@ -442,9 +448,7 @@ fn overlapping_replays_are_dropped_and_a_second_resume_starts_where_the_first_en
     shared.publish(&server);
     inbox.wait("/said", 6);
     assert_eq!(inbox.said(), [1, 2, 3, 4, 5, 1]);
-    shared.cut(&server, CloseCode::GOING_AWAY);
-    shared.online();
-    inbox.wait("@reconnect", 3);
+    outage(&shared, &server, &inbox, CloseCode::GOING_AWAY, || {});
     assert_eq!(resume_request(&shared.conn(3), false)["rooms"], json!({ROOM: {"epoch": "e2", "offset": 1}}));
     assert_eq!(inbox.said(), [1, 2, 3, 4, 5, 1]);
     client.close();
@@ -458,9 +462,7 @@ fn a_refused_resume_forgets_the_offsets_and_tells_the_application() {
     shared.publish(&server);
     shared.publish(&server);
     inbox.wait("/said", 2);
-    shared.cut(&server, CloseCode::GOING_AWAY);
-    shared.online();
-    inbox.wait("@reconnect", 1);
+    outage(&shared, &server, &inbox, CloseCode::GOING_AWAY, || {});
     assert_eq!(resume_request(&shared.conn(1), false)["rooms"][ROOM]["offset"], 2);
     let outcome = inbox.wait("@resumed", 1);
     assert_eq!(outcome["resumed"], false);
@@ -469,9 +471,7 @@ fn a_refused_resume_forgets_the_offsets_and_tells_the_application() {
 
     // The next resume presents the new session's token, and no offsets.
     shared.update(|s| s.refuse = false);
-    shared.cut(&server, CloseCode::GOING_AWAY);
-    shared.online();
-    inbox.wait("@reconnect", 2);
+    outage(&shared, &server, &inbox, CloseCode::GOING_AWAY, || {});
     assert_eq!(resume_request(&shared.conn(2), false), json!({"token": "tok-2", "rooms": {}}));
     assert_eq!(client.recovered(ROOM), Some(true));
     client.close();
@@ -489,9 +489,7 @@ fn closes_that_end_the_session_are_not_resumed() {
 
     // A drop by the server (4000) ends the session: the reconnect is a new socket.
     let (client, inbox) = open_client(&server, "/?x=1", options());
-    shared.cut(&server, CloseCode(4000));
-    shared.online();
-    inbox.wait("@reconnect", 1);
+    outage(&shared, &server, &inbox, CloseCode(4000), || {});
     let seen = shared.conn(2);
     assert_eq!(seen.query, "x=1");
     assert!(seen.envelopes.is_empty(), "no @resume: {seen:?}");
@@ -508,9 +506,7 @@ fn with_first_message_auth_the_resume_request_follows_the_auth_request() {
     let (client, inbox) = open_client(&server, "/", options().auth(Some(auth)));
     shared.publish(&server);
     inbox.wait("/said", 1);
-    shared.cut(&server, CloseCode(4408));
-    shared.online();
-    inbox.wait("@reconnect", 1);
+    outage(&shared, &server, &inbox, CloseCode(4408), || {});
     let seen = shared.conn(1);
     assert_eq!(resume_request(&seen, true), json!({"token": "tok-1", "rooms": {ROOM: {"epoch": "e1", "offset": 1}}}));
     assert_eq!(client.recovered(ROOM), Some(true));
@@ -541,24 +537,18 @@ fn ready_without_an_answer_to_resume_or_an_error_reply_is_not_resumed() {
     let errors = Inbox::listen(&client, &["@error"]);
     shared.publish(&server);
     inbox.wait("/said", 1);
-    shared.cut(&server, CloseCode::GOING_AWAY);
-    shared.online();
-    inbox.wait("@reconnect", 1);
+    outage(&shared, &server, &inbox, CloseCode::GOING_AWAY, || {});
     let nothing = json!({"resumed": false, "socket": "s-9", "rooms": {}, "direct": {"recovered": false}});
     assert_eq!(inbox.wait("@resumed", 1), nothing);
     assert_eq!((client.recovered(ROOM), client.socket_id().as_deref()), (Some(false), Some("s-9")));
 
     // That `@ready` gave no token: the next loss starts a new session.
-    shared.cut(&server, CloseCode::GOING_AWAY);
-    shared.online();
-    inbox.wait("@reconnect", 2);
+    outage(&shared, &server, &inbox, CloseCode::GOING_AWAY, || {});
     assert!(shared.conn(2).envelopes.is_empty(), "no @resume without a token");
 
     // An error reply: reported, and nothing resumed.
     shared.update(|s| s.answer = Answer::Error);
-    shared.cut(&server, CloseCode::GOING_AWAY);
-    shared.online();
-    inbox.wait("@reconnect", 3);
+    outage(&shared, &server, &inbox, CloseCode::GOING_AWAY, || {});
     assert_eq!(inbox.wait("@resumed", 2)["resumed"], false);
     assert_eq!(errors.wait("@error", 1)["code"], "bad_request");
     assert_eq!(client.recovered(ROOM), Some(false));
