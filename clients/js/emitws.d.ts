@@ -47,6 +47,24 @@ export interface RequestOptions {
   timeout?: number;
 }
 
+/** Where a room's stream stands: its epoch and an offset in it (PROTOCOL.md §13). */
+export interface RoomPosition {
+  epoch: string;
+  offset: number;
+}
+
+/** The reply to `@resume` (PROTOCOL.md §13), the data of the local `@resumed` event. */
+export interface ResumeOutcome {
+  /** Whether the session was found and restored; `false`: a new socket, rebuild as after a first connect. */
+  resumed: boolean;
+  /** The socket's id (the old one when resumed). */
+  socket: string | null;
+  /** Per room: whether every broadcast missed was replayed, with the stream's epoch and latest offset. */
+  rooms: Record<string, { recovered: boolean } & Partial<RoomPosition>>;
+  /** `recovered: false` when direct messages sent while away were lost (over the server's cap). */
+  direct: { recovered: boolean };
+}
+
 export type Listener = (data: any) => void;
 export type AnyListener = (event: string, data: any) => void;
 export type Procedure = (data: any) => unknown | Promise<unknown>;
@@ -61,8 +79,16 @@ export declare class EmitClient {
   readonly url: string;
   /** Where the client is now. */
   readonly status: Status;
-  /** The data of the current connection's `@ready`, `null` while not ready. */
+  /** The data of the current connection's `@ready` (the resume token left out), `null` while not ready. */
   readonly welcome: { socket: string; user: string | null; [field: string]: unknown } | null;
+  /** The socket's id from the current connection's `@ready` (the same after a resume), `null` while not ready. */
+  readonly socketId: string | null;
+  /**
+   * After a resume, whether every broadcast `room` had while the client was away was replayed: `false` means
+   * refetch the room (session not resumed, epoch changed, history too short, no history). `null` when the
+   * current connection did not resume, or its resume is not answered yet.
+   */
+  recovered(room: string): boolean | null;
   /** Whether a socket is open now (ready or still authenticating). */
   readonly connected: boolean;
   /** Sends (or, before ready, queues) an event; throws `EmitError` `offline`, `closed` or `disconnected` (queue full). */
@@ -74,6 +100,7 @@ export declare class EmitClient {
   on(event: '@ready', listener: (welcome: { socket: string; user: string | null }) => void): this;
   on(event: '@disconnect', listener: (info: { code: number; reason: string }) => void): this;
   on(event: '@reconnecting', listener: (info: { attempt: number; delay_ms: number }) => void): this;
+  on(event: '@resumed', listener: (outcome: ResumeOutcome) => void): this;
   on(event: '@reconnect_failed', listener: (info: { attempts: number; reason: string }) => void): this;
   on(event: '@jump', listener: (info: { url: string; by: 'jump' | 'drain' }) => void): this;
   on(event: '@error', listener: (error: { code: string; message: string }) => void): this;

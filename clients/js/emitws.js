@@ -19,6 +19,30 @@ const CLOSE_DRAIN = 1012;
 const isWebSocketUrl = (url) => typeof url === 'string' && /^wss?:\/\/[^/?#]/i.test(url);
 
 /**
+ * Whether the server keeps the session after a close with `code` (PROTOCOL.md
+ * §13): a loss nobody meant (no close frame, going away, a server error, a
+ * drain, try again later, heartbeats unanswered). Any other code ends it.
+ */
+const sessionKept = (code) => [1001, 1005, 1006, 1011, 1012, 1013, 4408].includes(code);
+
+/** `url` with `emitws_resume=1` added to its query (before a fragment), the application's parameters untouched. */
+const resumeUrl = (url) => {
+  const hash = url.indexOf('#');
+  const [base, fragment] = hash < 0 ? [url, ''] : [url.slice(0, hash), url.slice(hash)];
+  const separator = !base.includes('?') ? '?' : /[?&]$/.test(base) ? '' : '&';
+  return `${base}${separator}emitws_resume=1${fragment}`;
+};
+
+/** The epoch and offset of a delivery's fourth element or of a room in the `@resume` reply, or null. */
+const position = (value) =>
+  typeof value?.epoch === 'string' && Number.isSafeInteger(value?.offset) && value.offset >= 0
+    ? { epoch: value.epoch, offset: value.offset }
+    : null;
+
+/** The outcome reported when `@resume` got an error reply, or `@ready` came without its reply: nothing resumed. */
+const notResumed = (socket) => ({ resumed: false, socket, rooms: {}, direct: { recovered: false } });
+
+/**
  * The client's statuses, in the order of a first connection; each change is
  * an `@status` event `{status, previous}`.
  * - `idle`: made by `new EmitClient`, not opened yet;
@@ -60,6 +84,9 @@ const defaults = {
 };
 
 export class EmitClient {
+  /** The session's resume token (PROTOCOL.md §13): a secret, in a private field so that logging the client does not show it. */
+  #resumeToken = null;
+
   /**
    * Connects and resolves once the first connection is READY (the server
    * sent `@ready`). Rejects with `connect_failed` if it cannot (after
@@ -95,6 +122,11 @@ export class EmitClient {
     this._everReady = false;
     this._authId = null;
     this._welcome = null;
+    // Resume (PROTOCOL.md §13): the request on the current socket, until answered.
+    this._resumeId = null;
+    /** Per room with history: `{epoch, offset}` of the latest broadcast received. */
+    this._positions = new Map();
+    this._resumed = null;
   }
 
   /**
@@ -122,9 +154,27 @@ export class EmitClient {
     return this._status;
   }
 
-  /** The data of the current connection's `@ready` (`{socket, user, …}`), `null` while not ready. */
+  /** The data of the current connection's `@ready` (`{socket, user, …}`, the resume token left out), `null` while not ready. */
   get welcome() {
     return this._welcome;
+  }
+
+  /** The socket's id from the current connection's `@ready` (the same after a resume), `null` while not ready. */
+  get socketId() {
+    return this._welcome?.socket ?? null;
+  }
+
+  /**
+   * Whether the current connection's resume recovered every broadcast `room`
+   * had while the client was away (PROTOCOL.md §13): `true`, or `false` when
+   * it could not (the session was not resumed, the room's epoch changed or
+   * its history no longer reaches back, or it has no history: refetch the
+   * room). `null` when the current connection did not resume (the first one,
+   * or one after the session ended), or its resume is not answered yet.
+   */
+  recovered(room) {
+    if (!this._resumed) return null;
+    return this._resumed.resumed === true && this._resumed.rooms?.[room]?.recovered === true;
   }
 
   /** Whether a socket is open now (ready or still authenticating). */
@@ -169,7 +219,8 @@ export class EmitClient {
    * Listens to an event, or a system event: `@status` (`{status, previous}`),
    * `@connection` (`{reconnected}`: a socket opened), `@ready` (the server's
    * welcome `{socket, user}`: admitted), `@reconnect` (a reconnection is
-   * READY), `@disconnect` (`{code, reason}`), `@reconnecting` (`{attempt,
+   * READY), `@resumed` (the reply to `@resume`, `{resumed, socket, rooms,
+   * direct}`, before that connection's `@ready`), `@disconnect` (`{code, reason}`), `@reconnecting` (`{attempt,
    * delay_ms}`, before each attempt), `@reconnect_failed` (`{attempts,
    * reason}`: gave up, now offline), `@jump` (`{url, by}`: moving to another
    * server at once, `by` `'jump'` or `'drain'`), `@error` (`{code,
@@ -204,6 +255,7 @@ export class EmitClient {
     clearTimeout(this._timer);
     clearTimeout(this._readyTimer);
     this._offline = new EmitError('closed', 'closed by the client');
+    this.#resumeToken = null;
     this._failAll(this._offline);
     const socket = this._socket;
     this._socket = null;
@@ -239,6 +291,7 @@ export class EmitClient {
     if (socket) {
       const wasOpen = socket.readyState === 1;
       this._authId = null;
+      this._resumeId = null;
       this._welcome = null;
       socket.close(1000, 'jump');
       if (wasOpen) {
@@ -257,9 +310,11 @@ export class EmitClient {
     if (!WebSocketImpl) {
       throw new Error('no WebSocket: use Node 22+, Node 20 with --experimental-websocket, or pass options.WebSocket');
     }
+    // With a token the server waits for the `@resume` request `onopen` sends.
+    const token = this.#resumeToken;
     let socket;
     try {
-      socket = new WebSocketImpl(this.url, [PROTOCOL]);
+      socket = new WebSocketImpl(token ? resumeUrl(this.url) : this.url, [PROTOCOL]);
     } catch (error) {
       // A malformed URL: the same as a failed attempt.
       this._dispatch('@error', { code: 'connect_failed', message: String(error?.message ?? error) });
@@ -284,6 +339,17 @@ export class EmitClient {
         this._authId = this._nextId++;
         socket.send(JSON.stringify([REQUEST, this._authId, auth.event, auth.data ?? null]));
       }
+      this._resumed = null;
+      if (token) {
+        // Right after the auth request, without waiting for `@ready`; the
+        // connect timeout bounds the wait for its reply, which comes first.
+        this._resumeId = this._nextId++;
+        const rooms = Object.fromEntries(this._positions);
+        socket.send(JSON.stringify([REQUEST, this._resumeId, '@resume', { token, rooms }]));
+      } else {
+        // A new session: the old one's positions mean nothing to it.
+        this._positions.clear();
+      }
       this._dispatch('@connection', { reconnected });
     };
     socket.onmessage = (message) => {
@@ -294,7 +360,10 @@ export class EmitClient {
       if (this._socket !== socket) return;
       this._socket = null;
       this._authId = null;
+      this._resumeId = null;
       this._welcome = null;
+      // A close that ends the server's session leaves nothing to resume.
+      if (!sessionKept(code)) this.#resumeToken = null;
       if (opened) {
         this._failSent(`connection closed (${code})`);
         this._dispatch('@disconnect', { code, reason });
@@ -344,12 +413,18 @@ export class EmitClient {
     this._timer = setTimeout(() => this._open(), delay);
   }
 
-  /** The server admitted the socket: READY, the queue goes out, then the listeners run. */
-  _ready(welcome) {
+  /** The server admitted the socket: READY, the queue goes out, then the listeners run. The resume token is kept out of sight. */
+  _ready(data) {
+    const isObject = data !== null && typeof data === 'object' && !Array.isArray(data);
+    const { resume: token, ...fields } = isObject ? data : {};
+    const welcome = isObject ? fields : data;
     if (this._status !== Status.AUTHENTICATING) {
       this._dispatch('@ready', welcome);
       return;
     }
+    // Admitted without an answer to `@resume` (its reply comes first): nothing of the old session is known to be back.
+    if (this._resumeId !== null) this._resumeAnswered(notResumed(welcome?.socket ?? null));
+    this.#resumeToken = typeof token === 'string' ? token : null;
     clearTimeout(this._readyTimer);
     this._attempt = 0;
     this._welcome = welcome;
@@ -366,6 +441,45 @@ export class EmitClient {
     this._dispatch('@ready', welcome);
     if (reconnected) this._dispatch('@reconnect', {});
     this._settleFirst(null);
+  }
+
+  /**
+   * The outcome of `@resume` (the server's reply, or `notResumed`): the kept
+   * positions follow it, then `@resumed` tells the application. Not resumed,
+   * every position is forgotten; resumed, each room the reply positions
+   * takes the stream's latest offset (never going back within an epoch),
+   * and a room it does not position is forgotten.
+   */
+  _resumeAnswered(outcome) {
+    this._resumeId = null;
+    this._resumed = outcome;
+    if (outcome?.resumed !== true) {
+      this._positions.clear();
+    } else {
+      for (const [room, result] of Object.entries(outcome.rooms ?? {})) {
+        const latest = position(result);
+        const kept = this._positions.get(room);
+        if (!latest) this._positions.delete(room);
+        else if (kept?.epoch === latest.epoch) kept.offset = Math.max(kept.offset, latest.offset);
+        else this._positions.set(room, latest);
+      }
+    }
+    this._dispatch('@resumed', outcome);
+  }
+
+  /**
+   * Whether a delivery is new, given its fourth element `{room, offset,
+   * epoch}` (PROTOCOL.md §13): one of the kept epoch at or below the kept
+   * offset is a duplicate (a replay overlapping what came); any other moves
+   * the room's position to its own. Without a well-formed element it is new.
+   */
+  _fresh(meta) {
+    const at = position(meta);
+    if (!at || typeof meta.room !== 'string') return true;
+    const kept = this._positions.get(meta.room);
+    if (kept?.epoch === at.epoch && at.offset <= kept.offset) return false;
+    this._positions.set(meta.room, at);
+    return true;
   }
 
   /** A request (`id` defined) now awaits its reply on the current connection. */
@@ -423,13 +537,21 @@ export class EmitClient {
     switch (type) {
       case EVENT:
         if (a === '@ready') this._ready(b ?? null);
-        else if (typeof a === 'string') this._dispatch(a, b ?? null);
+        else if (typeof a === 'string' && (envelope.length < 4 || this._fresh(c))) this._dispatch(a, b ?? null);
         break;
       case REQUEST:
         this._answer(a, b, c ?? null);
         break;
       case REPLY:
       case ERROR: {
+        if (a === this._resumeId && a !== null) {
+          if (type === ERROR) {
+            const message = `the resume request was refused: ${b?.message ?? ''}`;
+            this._dispatch('@error', { code: b?.code ?? 'internal', message });
+          }
+          this._resumeAnswered(type === REPLY && b !== null && typeof b === 'object' ? b : notResumed(null));
+          return;
+        }
         if (a === this._authId && a !== null) {
           this._authId = null;
           if (type === ERROR) {

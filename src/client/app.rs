@@ -17,6 +17,9 @@
 //!   (or [`AppClient::open`]) returns, so listeners added afterwards see
 //!   reconnections;
 //! - `@reconnect` (`{}`): a reconnection became READY;
+//! - `@resumed` (the server's reply to `@resume`: `{"resumed", "socket",
+//!   "rooms", "direct"}`): the outcome of resuming the session after a loss,
+//!   before that connection's `@ready` (see [Resume](#resume) below);
 //! - `@disconnect` (`{"code", "reason"}`): an open socket closed;
 //! - `@reconnecting` (`{"attempt", "delay_ms"}`): before each reconnect
 //!   attempt, with its number (from 1) and the delay before it;
@@ -24,7 +27,8 @@
 //!   no delay: `by` is `"jump"` for [`AppClient::jump`], `"drain"` when the
 //!   server closed with 1012 and a URL to go to (a node being drained,
 //!   PROTOCOL.md §6). Listeners, procedures and queued envelopes stay; the
-//!   new URL is the one every later reconnect uses;
+//!   new URL is the one every later reconnect uses, and the session is
+//!   resumed there;
 //! - `@reconnect_failed` (`{"attempts", "reason"}`): the client gave up (no
 //!   reconnect, or `max_retries` used up) and is OFFLINE: queued and new
 //!   envelopes fail at once with [`AppError::Offline`];
@@ -73,6 +77,50 @@
 //! client.close();
 //! # Ok::<(), emitws::client::app::AppError>(())
 //! ```
+//!
+//! # Resume
+//!
+//! When the server keeps sessions (PROTOCOL.md §13), its `@ready` carries a
+//! resume token, which the client keeps in memory (it is taken out of the
+//! `@ready` data and [`welcome`](AppClient::welcome), and never printed).
+//! After a loss that neither side meant (the network, the server going away
+//! or being drained, a [`jump`](AppClient::jump)), the client reconnects with
+//! `emitws_resume=1` added to its URL's query and sends `@resume` first
+//! (after the [`auth`](AppOptions::auth) request, if any): the server gives
+//! back the same socket id, rooms and values, and replays the broadcasts
+//! missed in rooms with history, then the direct messages. The reply fires
+//! `@resumed`, then `@ready` and `@reconnect` follow as after any reconnect.
+//! A close by the application ([`close`](AppClient::close)) or a close that
+//! ends the session on the server (a drop, a refusal, bad input) is not
+//! resumed: the next connection is a new socket.
+//!
+//! For each room with history the client keeps the epoch and the highest
+//! offset of the broadcasts it received, and drops a delivery it already
+//! had (a replay may overlap what came live), so a listener sees each
+//! broadcast once. [`recovered`](AppClient::recovered) says, after a resume,
+//! whether a room's missed broadcasts all came; when they could not (the
+//! session expired: `"resumed": false`, or the room's history no longer
+//! reaches back), refetch that room from the application's own store.
+//! Requests in flight at the loss still fail with [`AppError::Disconnected`]:
+//! the server does not keep replies.
+//!
+//! ```no_run
+//! use emitws::client::app::{AppClient, AppOptions};
+//!
+//! let client = AppClient::connect("ws://127.0.0.1:9001/chat?user=ann", AppOptions::default())?;
+//! let me = client.clone();
+//! client.on("@resumed", move |_, outcome| {
+//!     if outcome["resumed"] != true {
+//!         println!("a new socket {:?}: join the rooms again and refetch them", outcome["socket"]);
+//!     } else if me.recovered("#lobby") != Some(true) {
+//!         println!("#lobby missed messages that are gone: refetch it");
+//!     }
+//! });
+//! println!("socket {:?}", client.socket_id());
+//! # Ok::<(), emitws::client::app::AppError>(())
+//! ```
+
+mod resume;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -88,6 +136,7 @@ use super::{mask_rng, ClientBuilder, ClientError};
 use crate::app::CLOSE_TIMEOUT;
 use crate::proto::{CloseCode, CloseReason, MaskRng, Message};
 use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle, DRAIN_CLOSE_CODE};
+use resume::{not_resumed, resume_url, session_kept, Positions};
 
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
@@ -442,6 +491,15 @@ struct Session {
     dialing: bool,
     /// Counts jumps: a reconnect scheduled before the latest one is not made.
     jumps: u64,
+    /// The session's resume token from the latest `@ready`: a secret, never
+    /// shown. Kept across losses that keep the server's session.
+    resume_token: Option<String>,
+    /// The `@resume` request on the current connection, until it is answered.
+    resume_id: Option<u64>,
+    /// Per room with history, how far the client got.
+    positions: Positions,
+    /// The current connection's `@resume` reply; `None` if it did not resume (yet).
+    resumed: Option<Value>,
 }
 
 impl Session {
@@ -531,6 +589,10 @@ impl AppClient {
                 jumping: false,
                 dialing: false,
                 jumps: 0,
+                resume_token: None,
+                resume_id: None,
+                positions: Positions::default(),
+                resumed: None,
             }),
             settled: Condvar::new(),
             listeners: RwLock::new(Vec::new()),
@@ -581,9 +643,30 @@ impl AppClient {
     }
 
     /// The data of the current connection's `@ready` (the server's welcome:
-    /// `{"socket", "user", …}`), `None` while not READY.
+    /// `{"socket", "user", …}`, its resume token left out), `None` while not READY.
     pub fn welcome(&self) -> Option<Value> {
         lock(&self.inner.state).welcome.clone()
+    }
+
+    /// The socket's id as the server gave it in the current connection's
+    /// `@ready` (the same one after a resume), `None` while not READY.
+    pub fn socket_id(&self) -> Option<String> {
+        let state = lock(&self.inner.state);
+        Some(state.welcome.as_ref()?.get("socket")?.as_str()?.to_string())
+    }
+
+    /// Whether the current connection's resume recovered every broadcast
+    /// `room` had while the client was away (PROTOCOL.md §13): `Some(true)`
+    /// when the server replayed them all, `Some(false)` when it could not (the
+    /// session was not resumed, the room's epoch changed or its history no
+    /// longer reaches back, or the room has no history), so the application
+    /// refetches the room. `None` when the current connection did not resume
+    /// (the first one, or one after the session ended), or its resume was
+    /// not answered yet.
+    pub fn recovered(&self, room: &str) -> Option<bool> {
+        let state = lock(&self.inner.state);
+        let reply = state.resumed.as_ref()?;
+        Some(reply["resumed"] == true && reply["rooms"][room]["recovered"] == true)
     }
 
     /// Whether a socket is open now (READY or still AUTHENTICATING).
@@ -679,7 +762,8 @@ impl AppClient {
     }
 
     /// Moves to the server at `url` (WSE's `jump`): the current connection
-    /// closes (1000), its sent requests fail with
+    /// closes (1001, going away: the server keeps the session, which the
+    /// client resumes on `url`), its sent requests fail with
     /// [`AppError::Disconnected`], and the client connects to `url` at once,
     /// with a `@jump` event (`{"url", "by": "jump"}`), keeping its
     /// listeners, procedures and queued envelopes; `url` is then the one
@@ -715,7 +799,7 @@ impl AppClient {
                 drop(state);
                 inner.announce(change);
                 // `on_close` moves on to the new URL.
-                inner.dialer.close(id, CloseCode::NORMAL, "jump");
+                inner.dialer.close(id, CloseCode::GOING_AWAY, "jump");
             }
             // An attempt in flight: it is closed if it opens (`on_open`),
             // and the jump made when it ends.
@@ -843,8 +927,14 @@ fn check_name(event: &str) -> Result<(), AppError> {
 impl ClientCore {
     /// Opens a connection attempt on the I/O thread.
     fn dial(&self) {
-        lock(&self.state).dialing = true;
+        let resuming = {
+            let mut state = lock(&self.state);
+            state.dialing = true;
+            state.resume_token.is_some()
+        };
         let url = lock(&self.url).clone();
+        // The server then waits for the `@resume` request `on_open` sends.
+        let url = if resuming { resume_url(&url) } else { url };
         if let Err(e) = self.dialer.connect(&url, &self.client, ()) {
             // Refused before reaching the I/O thread (a bad URL, DNS): the same as a failed attempt.
             self.attempt_failed(&e);
@@ -986,13 +1076,24 @@ impl ClientCore {
         }
     }
 
-    /// The server admitted the socket: READY, the queue goes out, then the listeners run.
-    fn ready(&self, conn: &mut Conn<'_, ()>, welcome: &Value) {
+    /// The server admitted the socket: READY, the queue goes out, then the
+    /// listeners run. The resume token is kept, out of the welcome's sight.
+    fn ready(&self, conn: &mut Conn<'_, ()>, data: &Value) {
+        let mut welcome = data.clone();
+        let token = welcome.as_object_mut().and_then(|fields| fields.remove("resume"));
         let mut state = lock(&self.state);
         if state.status != Status::Authenticating {
             drop(state);
-            return self.dispatch("@ready", welcome);
+            return self.dispatch("@ready", &welcome);
         }
+        if state.resume_id.is_some() {
+            // Admitted without an answer to `@resume` (its reply comes first):
+            // nothing of the old session is known to be back.
+            drop(state);
+            self.resume_answered(not_resumed(&welcome["socket"]));
+            state = lock(&self.state);
+        }
+        state.resume_token = token.and_then(|token| token.as_str().map(str::to_string));
         state.ready_deadline = None;
         state.attempt = 0;
         state.welcome = Some(welcome.clone());
@@ -1011,7 +1112,7 @@ impl ClientCore {
         }
         drop(state);
         self.announce(change);
-        self.dispatch("@ready", welcome);
+        self.dispatch("@ready", &welcome);
         if reconnected {
             self.dispatch("@reconnect", &json!({}));
         }
@@ -1021,10 +1122,22 @@ impl ClientCore {
         self.settled.notify_all();
     }
 
+    /// The outcome of `@resume` (the server's reply, or [`not_resumed`]):
+    /// the kept positions follow it, then `@resumed` tells the application.
+    fn resume_answered(&self, outcome: Value) {
+        let mut state = lock(&self.state);
+        state.resume_id = None;
+        state.positions.resumed(&outcome);
+        state.resumed = Some(outcome.clone());
+        drop(state);
+        self.dispatch("@resumed", &outcome);
+    }
+
     fn close(&self) {
         let mut state = lock(&self.state);
         let change = state.set_status(Status::Offline);
         state.gone = Some(AppError::Closed);
+        state.resume_token = None;
         if let Some(id) = state.conn.take() {
             self.dialer.close(id, CloseCode::NORMAL, "");
         }
@@ -1085,7 +1198,7 @@ impl Handler for Link {
         state.dialing = false;
         if state.jumping {
             // Opened on the server the client is leaving: `on_close` jumps.
-            conn.close(CloseCode::NORMAL, "jump");
+            conn.close(CloseCode::GOING_AWAY, "jump");
             return;
         }
         state.io_thread = Some(thread::current().id());
@@ -1096,6 +1209,19 @@ impl Handler for Link {
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             state.auth_id = Some(id);
             let _ = conn.send_text(&json!([REQUEST, id, auth.event, auth.data]).to_string());
+        }
+        state.resumed = None;
+        match &state.resume_token {
+            // Right after the auth request, without waiting for `@ready`;
+            // the connect timeout bounds the wait for its reply, which
+            // comes before `@ready`.
+            Some(token) => {
+                let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+                let _ = conn.send_text(&state.positions.request(id, token));
+                state.resume_id = Some(id);
+            }
+            // A new session: the old one's positions mean nothing to it.
+            None => state.positions.clear(),
         }
         drop(state);
         inner.announce(change);
@@ -1117,8 +1243,11 @@ impl Handler for Link {
         match part(0).as_u64() {
             Some(EVENT) => match part(1).as_str() {
                 Some("@ready") => inner.ready(conn, part(2)),
-                Some(event) => inner.dispatch(event, part(2)),
-                None => {}
+                // A broadcast of a room with history is dropped if it came already (a replay's overlap).
+                Some(event) if parts.len() < 4 || lock(&inner.state).positions.accept(part(3)) => {
+                    inner.dispatch(event, part(2))
+                }
+                _ => {}
             },
             Some(REQUEST) => {
                 let (Some(id), Some(name)) = (part(1).as_u64(), part(2).as_str()) else { return };
@@ -1137,6 +1266,18 @@ impl Handler for Link {
                 let code = part(2)["code"].as_str().unwrap_or("internal");
                 let message = part(2)["message"].as_str().unwrap_or_default();
                 let mut state = lock(&inner.state);
+                if state.resume_id == Some(id) {
+                    drop(state);
+                    let outcome = match kind {
+                        REPLY => part(2).clone(),
+                        _ => {
+                            let message = format!("the resume request was refused: {message}");
+                            inner.dispatch("@error", &json!({"code": code, "message": message}));
+                            not_resumed(&Value::Null)
+                        }
+                    };
+                    return inner.resume_answered(outcome);
+                }
                 if state.auth_id == Some(id) {
                     state.auth_id = None;
                     drop(state);
@@ -1166,10 +1307,11 @@ impl Handler for Link {
             let mut state = lock(&inner.state);
             state.conn = None;
             state.auth_id = None;
+            state.resume_id = None;
             state.ready_deadline = None;
             state.welcome = None;
             state.fail_sent(&AppError::Disconnected(format!("connection closed ({code} {reason})")));
-            if std::mem::take(&mut state.jumping) {
+            let jump = if std::mem::take(&mut state.jumping) {
                 Some("jump")
             } else if code == DRAIN_CLOSE_CODE && crate::dial::Url::parse(reason).is_ok() {
                 // A drained node names the node to go to (PROTOCOL.md §6).
@@ -1177,7 +1319,13 @@ impl Handler for Link {
                 Some("drain")
             } else {
                 None
+            };
+            // A jump closes with 1001 by itself; a close that ends the
+            // server's session leaves nothing to resume.
+            if jump.is_none() && !session_kept(code) {
+                state.resume_token = None;
             }
+            jump
         };
         inner.dispatch("@disconnect", &json!({"code": code.0, "reason": reason}));
         match jump {
