@@ -565,11 +565,6 @@ fn javascript_client_resumes_against_a_scripted_socket() {
 /// a connection cut under the client (a TCP proxy the test controls: no close
 /// frame, as a network drop), broadcasts meanwhile, recovered exactly once,
 /// twice in a row.
-///
-/// NOT RUN YET: these need `App::history` and `App::resume_window`, built by
-/// other engineers at the same time as the clients. Remove the `cfg(any())`
-/// below once they are merged.
-#[cfg(any())]
 mod end_to_end {
     use std::io;
     use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

@@ -4,7 +4,6 @@
 #![cfg(feature = "app")]
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 #[path = "common/app.rs"]
 mod app_client;
@@ -15,7 +14,6 @@ mod redis_server;
 use common::{http, HttpReply};
 use emitws::app::health::{self, Probes};
 use emitws::app::App;
-use redis_server::wait_for;
 
 /// An app answering `/healthz` and `/readyz` (404 elsewhere), and its probes.
 fn app_with_probes() -> (App, Probes) {
@@ -66,7 +64,8 @@ fn ready_while_serving_and_not_once_shutdown_began() {
 #[test]
 fn not_ready_while_redis_is_down() {
     use emitws::cluster::{RedisAdapter, RedisOptions};
-    use redis_server::Redis;
+    use redis_server::{wait_for, Redis};
+    use std::time::Duration;
 
     let Some(redis) = Redis::start() else { return };
     let port = redis.port;

@@ -23,7 +23,7 @@ use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::session::{keeps_session, Session, Token};
 use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
-use super::worker_state::{settle_call, WorkerState};
+use super::worker_state::{set_position, settle_call, WorkerState};
 use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, CloseReason, Message, OpCode};
 use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
@@ -427,6 +427,8 @@ impl AppWorker {
         };
         let resumed = claimed.is_some();
         let mut direct_complete = false;
+        // Every room the client listed is answered; those the socket is in
+        // again are answered below.
         let mut rooms = serde_json::Map::new();
         for (room, _epoch, _offset) in &request.rooms {
             rooms.insert(room.to_string(), serde_json::json!({ "recovered": false }));
@@ -446,19 +448,40 @@ impl AppWorker {
                 return;
             }
             self.enter(conn);
+            // Rooms with history are joined under their stream's lock, with
+            // what the socket missed taken at the same time: sent after the
+            // `@connection` handlers, before any later broadcast (those wait
+            // in the worker's inbox until this callback is over).
+            let mut missed = Vec::new();
             for group in &session.groups {
-                // Joined before, so within the limits.
-                let _ = self.local.join(&app, conn, group);
+                let Some(_) = app.history(group) else {
+                    // Joined before, so within the limits.
+                    let _ = self.local.join_group(&app, conn, group);
+                    continue;
+                };
+                let listed =
+                    request.rooms.iter().find(|(r, ..)| r == group).map(|(_, epoch, offset)| (&**epoch, *offset));
+                let noted =
+                    session.positions.iter().find(|(r, ..)| r == group).map(|(_, epoch, offset)| (&**epoch, *offset));
+                let recovery = app.recover(
+                    group,
+                    listed.or(noted),
+                    session.conn,
+                    |frame| missed.push(frame.clone()),
+                    || {
+                        let _ = self.local.join_group(&app, conn, group);
+                    },
+                );
+                let mut answer = serde_json::json!({ "recovered": recovery.recovered });
+                if let Some(epoch) = recovery.epoch {
+                    set_position(conn.data_mut(), group, epoch.clone(), recovery.offset);
+                    (answer["epoch"], answer["offset"]) = (epoch.as_ref().into(), recovery.offset.into());
+                }
+                rooms.insert(group.to_string(), answer);
             }
             self.run_connection_handlers(conn);
-            // MERGE(history): replay each room with history here, before the
-            // direct messages: for every room of `session.positions` and of
-            // `request.rooms` the socket is in, `history.recover(room, since,
-            // was, send, join)` from the client's offset (or the position at
-            // the loss), and its `{recovered, epoch, offset}` into `rooms`.
-            // Until then none is recovered.
-            for (room, _epoch, _offset) in &session.positions {
-                rooms.insert(room.to_string(), serde_json::json!({ "recovered": false }));
+            for frame in &missed {
+                let _ = conn.send_shared(frame);
             }
             for frame in &session.direct {
                 let _ = conn.send_shared(frame);
@@ -494,9 +517,7 @@ impl AppWorker {
             groups: std::mem::take(&mut state.groups),
             store: std::mem::take(&mut state.store),
             conn,
-            // MERGE(history): `history.position(room)` for each room of
-            // `groups` that has history, at the loss.
-            positions: Vec::new(),
+            positions: std::mem::take(&mut state.positions),
             deadline: now + window,
             direct: Default::default(),
             direct_complete: true,

@@ -310,12 +310,10 @@ impl AppHandle {
     }
 
     /// The position of `room`'s stream now, (epoch, latest offset), or
-    /// `None` for a room without history: what a session records when its
-    /// connection is lost, to recover from later. Makes the stream if the
+    /// `None` for a room without history: what a socket notes when it
+    /// joins, to recover from later. Makes the stream if the
     /// room had none yet (offset 0), so that its first broadcasts are
     /// recoverable.
-    // Called by session resume (PROTOCOL.md §13), which is built alongside.
-    #[allow(dead_code)]
     pub(crate) fn position(&self, room: &str) -> Option<(Arc<str>, u64)> {
         let history = self.history(room)?;
         Some(self.with_stream(room, history, Instant::now(), |stream| (stream.epoch.clone(), stream.offset)))
@@ -333,8 +331,6 @@ impl AppHandle {
     /// and there is no recorded one), and for a room without history, nothing
     /// is recovered. Returns whether the replay was complete and the
     /// stream's epoch and latest offset.
-    // Called by session resume (PROTOCOL.md §13), which is built alongside.
-    #[allow(dead_code)]
     pub(crate) fn recover(
         &self,
         room: &str,

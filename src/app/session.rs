@@ -97,7 +97,8 @@ pub(crate) struct Session {
     pub store: Vec<(Box<str>, Box<dyn Any + Send>)>,
     /// The connection it had when it was lost.
     pub conn: ConnId,
-    /// For each room with history: its epoch and latest offset at the loss.
+    /// For each room with history: its epoch and offset when the socket
+    /// joined it (or last recovered it).
     pub positions: Vec<(Box<str>, Arc<str>, u64)>,
     /// When the session ends unclaimed.
     pub deadline: Instant,

@@ -64,6 +64,10 @@ pub(crate) struct SocketState {
     pub deferred: Vec<u64>,
     /// A resumed socket's public id: the connection it first had.
     pub public: Option<ConnId>,
+    /// For each room with history it is in: the room's epoch and offset
+    /// when it joined (or last recovered it), where a resume that lists no
+    /// offset of its own replays from (PROTOCOL.md §13).
+    pub positions: Vec<(Box<str>, Arc<str>, u64)>,
     /// A `@resume` request waiting for the authentication to finish.
     pub resume: Option<Box<ResumeRequest>>,
 }

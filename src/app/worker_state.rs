@@ -89,14 +89,28 @@ impl WorkerState {
         });
     }
 
+    /// Joins `group`; a room with history also notes where its stream is,
+    /// for a resume to replay from (PROTOCOL.md §13).
     pub fn join(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> Result<(), Error> {
+        // Read before the join, under the stream's lock (which the join must
+        // not hold): a broadcast in between is replayed, never missed.
+        let position = app.position(group);
+        let joined = self.join_group(app, conn, group)?;
+        if let (true, Some((epoch, offset))) = (joined, position) {
+            set_position(conn.data_mut(), group, epoch, offset);
+        }
+        Ok(())
+    }
+
+    /// Joins `group` (true), or finds the socket in it already (false).
+    pub fn join_group(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> Result<bool, Error> {
         if !check_group_name(group) {
             return Err(Error::BadGroup(group.into()));
         }
         let id = conn.id();
         let data = conn.data_mut();
         if data.groups().iter().any(|g| &**g == group) {
-            return Ok(());
+            return Ok(false);
         }
         if data.groups().len() >= app.0.setup.limits.max_groups_per_socket {
             return Err(Error::TooManyGroups);
@@ -105,7 +119,7 @@ impl WorkerState {
         self.groups.join(group, id);
         app.0.registry.join(group, id, app.server().workers());
         app.presence(Presence::Joined { conn_id: id, group });
-        Ok(())
+        Ok(true)
     }
 
     pub fn leave(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> bool {
@@ -113,6 +127,7 @@ impl WorkerState {
         let Some(state) = conn.data_mut().state.as_mut() else { return false };
         let Some(at) = state.groups.iter().position(|g| &**g == group) else { return false };
         state.groups.swap_remove(at);
+        state.positions.retain(|(room, ..)| &**room != group);
         self.groups.leave(group, id);
         app.0.registry.leave(group, id);
         app.presence(Presence::Left { conn_id: id, group });
@@ -154,6 +169,15 @@ impl WorkerState {
         let refused = metrics.sends_refused.get();
         let tried = self.groups.deliver(conns, delivery);
         metrics.shared_out(&delivery.frame, tried - (metrics.sends_refused.get() - refused));
+    }
+}
+
+/// Notes that the socket has room `room` of stream `epoch` up to `offset`.
+pub(crate) fn set_position(data: &mut SocketData, room: &str, epoch: Arc<str>, offset: u64) {
+    let positions = &mut data.state().positions;
+    match positions.iter_mut().find(|(r, ..)| &**r == room) {
+        Some(position) => (position.1, position.2) = (epoch, offset),
+        None => positions.push((room.into(), epoch, offset)),
     }
 }
 

@@ -1019,8 +1019,11 @@ fn on_delivery(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: In
 /// The publisher, sequence number and send time of a fanout message.
 fn parse_delivery(message: Message<'_>, payload: usize) -> Option<(u16, u64, u64)> {
     let Message::Text(text) = message else { return None };
-    let body = text.strip_prefix(FANOUT_PREFIX)?.strip_suffix(FANOUT_SUFFIX)?;
-    if body.len() != payload || !body.is_ascii() {
+    let rest = text.strip_prefix(FANOUT_PREFIX)?;
+    let (body, end) = (rest.get(..payload)?, rest.get(payload..)?);
+    // A room with history adds a fourth element, `{"room","offset","epoch"}` (PROTOCOL.md §13).
+    let end_ok = end == FANOUT_SUFFIX || (end.starts_with("\",{") && end.ends_with("}]"));
+    if !end_ok || !body.is_ascii() {
         return None;
     }
     let hex = |range: std::ops::Range<usize>| u64::from_str_radix(&body[range], 16).ok();
