@@ -522,7 +522,7 @@ fn a_jump_keeps_the_session_and_resumes_at_the_new_url() {
     inbox.wait("/said", 1);
     client.jump(&format!("ws://{}/other?node=b", server.local_addr())).unwrap();
     inbox.wait("@reconnect", 1);
-    assert_eq!(shared.conn(0).closed, Some(1001), "going away: the server keeps the session");
+    assert_eq!(shared.conn(0).closed, Some(4001), "moving: the server keeps the session");
     let seen = shared.conn(1);
     assert_eq!(seen.query, "node=b&emitws_resume=1");
     assert_eq!(resume_request(&seen, false), json!({"token": "tok-1", "rooms": {ROOM: {"epoch": "e1", "offset": 1}}}));

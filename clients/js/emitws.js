@@ -14,6 +14,8 @@ const ERROR = 3;
 const CLOSE_TIMEOUT = 4408;
 /** Close code of a drained server; its reason is the URL to move to, or empty (PROTOCOL.md §6). */
 const CLOSE_DRAIN = 1012;
+/** Close code of a client moving to another server (its `jump`): the session is kept (PROTOCOL.md §6, §13). */
+const CLOSE_MOVING = 4001;
 
 /** Whether `url` is a WebSocket URL (`ws://` or `wss://`). */
 const isWebSocketUrl = (url) => typeof url === 'string' && /^wss?:\/\/[^/?#]/i.test(url);
@@ -21,9 +23,9 @@ const isWebSocketUrl = (url) => typeof url === 'string' && /^wss?:\/\/[^/?#]/i.t
 /**
  * Whether the server keeps the session after a close with `code` (PROTOCOL.md
  * §13): a loss nobody meant (no close frame, going away, a server error, a
- * drain, try again later, heartbeats unanswered). Any other code ends it.
+ * drain, try again later, heartbeats unanswered) or a jump. Any other code ends it.
  */
-const sessionKept = (code) => [1001, 1005, 1006, 1011, 1012, 1013, 4408].includes(code);
+const sessionKept = (code) => [1001, 1005, 1006, 1011, 1012, 1013, CLOSE_MOVING, 4408].includes(code);
 
 /** `url` with `emitws_resume=1` added to its query (before a fragment), the application's parameters untouched. */
 const resumeUrl = (url) => {
@@ -266,7 +268,8 @@ export class EmitClient {
 
   /**
    * Moves to the server at `url` (WSE's jump): the current connection closes
-   * (1000), requests sent on it fail with `disconnected`, and the client
+   * (4001, moving: the server keeps the session, which the client resumes
+   * at `url`), requests sent on it fail with `disconnected`, and the client
    * connects to `url` at once, with an `@jump` event (`{url, by: 'jump'}`),
    * keeping its listeners, procedures and queued envelopes; `url` is then
    * the one every reconnect uses. An idle client only changes its URL.
@@ -293,10 +296,10 @@ export class EmitClient {
       this._authId = null;
       this._resumeId = null;
       this._welcome = null;
-      socket.close(1000, 'jump');
+      socket.close(CLOSE_MOVING, 'jump');
       if (wasOpen) {
-        this._failSent('connection closed (1000 jump)');
-        this._dispatch('@disconnect', { code: 1000, reason: 'jump' });
+        this._failSent(`connection closed (${CLOSE_MOVING} jump)`);
+        this._dispatch('@disconnect', { code: CLOSE_MOVING, reason: 'jump' });
       }
     }
     this._attempt = 0;

@@ -102,6 +102,8 @@ pub use socket_id::{BadSocketId, SocketId};
 
 use connect::{ConnectFn, IdentifyFn};
 use handler::AppWorker;
+// The clients ask it too: which closes keep a session.
+pub(crate) use session::keeps_session;
 // Reached as `super::lock` by handler.rs.
 use locks::lock;
 use router::Router;
@@ -115,6 +117,9 @@ use crate::runtime::{HttpResponse, OriginPolicy, Server};
 pub const CLOSE_DROPPED: CloseCode = CloseCode(4000);
 /// Close code: authentication did not finish in time, or heartbeats went unanswered.
 pub const CLOSE_TIMEOUT: CloseCode = CloseCode(4408);
+/// Close code: the client moves to another server on purpose (its `jump`,
+/// from the client): unlike its 1000, the session is kept for a resume.
+pub const CLOSE_MOVING: CloseCode = CloseCode(4001);
 /// Close code: the user has too many devices connected ([`DevicePolicy::RejectNew`]).
 pub const CLOSE_TOO_MANY_DEVICES: CloseCode = CloseCode(4429);
 /// Close code: a newer device of the same user took this one's place ([`DevicePolicy::DropOldest`]).

@@ -81,9 +81,10 @@ impl Token {
 }
 
 /// Whether a close with `code` leaves the socket's session for a resume:
-/// only the closes neither side meant (PROTOCOL.md §13).
+/// the closes neither side meant, and a client's move to another server
+/// (PROTOCOL.md §13). The server and the Rust client both ask this.
 pub(crate) fn keeps_session(code: CloseCode) -> bool {
-    matches!(code.0, 1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 4408)
+    matches!(code.0, 1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 4408) || code == super::CLOSE_MOVING
 }
 
 /// What a socket lost by accident leaves for its resume.
@@ -331,6 +332,16 @@ fn expire(table: &mut Table, now: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn closes_that_keep_the_session() {
+        for kept in [1001, 1005, 1006, 1011, 1012, 1013, 4001, 4408] {
+            assert!(keeps_session(CloseCode(kept)), "{kept}");
+        }
+        for ended in [1000, 1002, 1007, 1008, 1009, 4000, 4401, 4409, 4429, 4999] {
+            assert!(!keeps_session(CloseCode(ended)), "{ended}");
+        }
+    }
 
     fn session(public: u64, user: Option<&str>, deadline: Instant) -> Session {
         Session {

@@ -136,7 +136,7 @@ use super::{mask_rng, ClientBuilder, ClientError};
 use crate::app::CLOSE_TIMEOUT;
 use crate::proto::{CloseCode, CloseReason, MaskRng, Message};
 use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle, DRAIN_CLOSE_CODE};
-use resume::{not_resumed, resume_url, session_kept, Positions};
+use resume::{not_resumed, resume_url, Positions};
 
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
@@ -762,8 +762,8 @@ impl AppClient {
     }
 
     /// Moves to the server at `url` (WSE's `jump`): the current connection
-    /// closes (1001, going away: the server keeps the session, which the
-    /// client resumes on `url`), its sent requests fail with
+    /// closes (4001, [`CLOSE_MOVING`](crate::app::CLOSE_MOVING): the server
+    /// keeps the session, which the client resumes on `url`), its sent requests fail with
     /// [`AppError::Disconnected`], and the client connects to `url` at once,
     /// with a `@jump` event (`{"url", "by": "jump"}`), keeping its
     /// listeners, procedures and queued envelopes; `url` is then the one
@@ -799,7 +799,7 @@ impl AppClient {
                 drop(state);
                 inner.announce(change);
                 // `on_close` moves on to the new URL.
-                inner.dialer.close(id, CloseCode::GOING_AWAY, "jump");
+                inner.dialer.close(id, crate::app::CLOSE_MOVING, "jump");
             }
             // An attempt in flight: it is closed if it opens (`on_open`),
             // and the jump made when it ends.
@@ -1198,7 +1198,7 @@ impl Handler for Link {
         state.dialing = false;
         if state.jumping {
             // Opened on the server the client is leaving: `on_close` jumps.
-            conn.close(CloseCode::GOING_AWAY, "jump");
+            conn.close(crate::app::CLOSE_MOVING, "jump");
             return;
         }
         state.io_thread = Some(thread::current().id());
@@ -1320,9 +1320,9 @@ impl Handler for Link {
             } else {
                 None
             };
-            // A jump closes with 1001 by itself; a close that ends the
+            // A jump closes with 4001 by itself; a close that ends the
             // server's session leaves nothing to resume.
-            if jump.is_none() && !session_kept(code) {
+            if jump.is_none() && !crate::app::keeps_session(code) {
                 state.resume_token = None;
             }
             jump

@@ -285,7 +285,7 @@ test('jump moves to another server at once, keeping listeners, procedures and th
   await tick();
   assert.deepEqual(second.sent.at(-1), [2, 9, 8]);
   assert.deepEqual(seen, [
-    ['disconnect', { code: 1000, reason: 'jump' }],
+    ['disconnect', { code: 4001, reason: 'jump' }],
     ['jump', { url: 'ws://other/', by: 'jump' }],
     ['news', 'still heard'],
   ]);

@@ -1,26 +1,16 @@
-//! The event client's side of session resume (PROTOCOL.md §13): which
-//! closes keep the server's session, the URL and request that resume it,
-//! and the per-room positions that deduplicate replayed broadcasts.
+//! The event client's side of session resume (PROTOCOL.md §13): the URL and
+//! request that resume a session, and the per-room positions that
+//! deduplicate replayed broadcasts.
 
 use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
-
-use crate::proto::CloseCode;
 
 /// The query parameter that tells the server a `@resume` request follows the open.
 const RESUME_PARAMETER: &str = "emitws_resume=1";
 
 /// The system event of the resume request.
 pub(crate) const RESUME_EVENT: &str = "@resume";
-
-/// Whether the server keeps the socket's session after a close with `code`
-/// (PROTOCOL.md §13): a loss nobody meant (no close frame, going away, a
-/// server error, a drain, try again later, heartbeats unanswered). Every
-/// other code (a normal close, a drop, a refusal, bad input) ends it.
-pub(crate) fn session_kept(code: CloseCode) -> bool {
-    matches!(code.0, 1001 | 1005 | 1006 | 1011 | 1012 | 1013 | 4408)
-}
 
 /// `url` with `emitws_resume=1` added to its query, the application's own
 /// parameters untouched.
@@ -186,15 +176,5 @@ mod tests {
         assert_eq!(resume_url("ws://h/chat?room=a&t=x"), "ws://h/chat?room=a&t=x&emitws_resume=1");
         assert_eq!(resume_url("ws://h/chat?"), "ws://h/chat?emitws_resume=1");
         assert_eq!(resume_url("ws://h/?a=1&"), "ws://h/?a=1&emitws_resume=1");
-    }
-
-    #[test]
-    fn closes_that_keep_the_session() {
-        for kept in [1001, 1005, 1006, 1011, 1012, 1013, 4408] {
-            assert!(session_kept(CloseCode(kept)), "{kept}");
-        }
-        for ended in [1000, 1002, 1007, 1008, 1009, 4000, 4401, 4409, 4429, 4999] {
-            assert!(!session_kept(CloseCode(ended)), "{ended}");
-        }
     }
 }
