@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use app_client::{eventually, AppClient};
 use common::{Frame, RecvError};
-use emitws::app::{App, BroadcastOpts, EventLimits, History, Running};
+use emitws::app::{App, BroadcastOpts, EventLimits, History, Running, SocketId};
 use emitws::runtime::AcceptMode;
 use serde_json::{json, Value};
 
@@ -141,7 +141,10 @@ fn written_until_ready(client: &mut AppClient) -> Vec<Value> {
 /// Expects `/said` `text`; returns its fourth element (`Null` if none).
 fn said(client: &mut AppClient, text: &str) -> Value {
     let envelope = read_envelope(client);
-    assert!(envelope[0] == 0 && envelope[1] == "/said" && envelope[2] == text, "expected /said {text:?}, got {envelope}");
+    assert!(
+        envelope[0] == 0 && envelope[1] == "/said" && envelope[2] == text,
+        "expected /said {text:?}, got {envelope}"
+    );
     envelope.get(3).cloned().unwrap_or(Value::Null)
 }
 
@@ -197,11 +200,15 @@ fn a_resumed_socket_gets_what_it_missed_after_its_offset_then_the_reply_then_rea
     assert_eq!(said(&mut ann, "3"), json!({ "room": "#r", "offset": 3, "epoch": epoch }));
     fixture.lose(ann, &socket);
     fixture.broadcast("#r", "4");
+    let id_of_ann: SocketId = socket.parse().expect("a socket id");
+    assert!(fixture.running.app().emit_to(id_of_ann, "/direct", "to ann").expect("serializes"));
     fixture.broadcast("#r", "5");
 
     let (mut back, written, id) = resume(fixture.addr(), &token, json!({ "#r": { "epoch": epoch, "offset": 3 } }));
     let (missed, reply) = split_resume(&written, id, &socket);
-    assert_eq!(missed, [delivery("4", "#r", &epoch, 4), delivery("5", "#r", &epoch, 5)]);
+    // The room's missed broadcasts, then the direct messages (§13 step 4).
+    let direct = json!([0, "/direct", "to ann"]);
+    assert_eq!(missed, [delivery("4", "#r", &epoch, 4), delivery("5", "#r", &epoch, 5), direct]);
     assert_eq!(reply["rooms"], json!({ "#r": { "recovered": true, "epoch": epoch, "offset": 5 } }));
     fixture.broadcast("#r", "6");
     assert_eq!(read_envelope(&mut back), delivery("6", "#r", &epoch, 6));
@@ -490,6 +497,100 @@ fn while_a_socket_resumes_a_room_broadcasting_all_along_reaches_it_without_gaps(
         seen = offset;
     }
     assert_eq!(duplicates, 0, "deliveries a client would drop, of {}", deliveries.len());
+    back.close();
+    fixture.close();
+}
+
+#[test]
+#[ignore = "bug: after a second loss, a broadcast made while away with .except(the socket's id) is replayed to it: \
+            Sessions::keep unaliases the public id, so local_ids resolves it to the first connection, while \
+            the recovery leaves out entries that name the lost (second) connection"]
+fn a_broadcast_that_left_the_away_socket_out_by_its_id_is_not_replayed_to_it_after_either_of_two_losses() {
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(100, TTL));
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    let id_of_ann: SocketId = socket.parse().expect("a socket id");
+    let but_ann = || BroadcastOpts::to("#r").except(id_of_ann);
+    let running = &fixture.running;
+    fixture.lose(ann, &socket);
+    running.broadcast("/said", "1 but ann", but_ann()).expect("serializes");
+    fixture.broadcast("#r", "2");
+
+    let (back, written, id) = resume(fixture.addr(), &token, json!({}));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    let epoch = reply["rooms"]["#r"]["epoch"].clone();
+    assert_eq!(missed, [delivery("2", "#r", &epoch, 2)]);
+    let token = written.last().expect("@ready")[2]["resume"].as_str().expect("a new token").to_string();
+    // Lost again: the socket's id now names its second connection.
+    fixture.lose(back, &socket);
+    running.broadcast("/said", "3 but ann", but_ann()).expect("serializes");
+    fixture.broadcast("#r", "4");
+
+    let (back, written, id) = resume(fixture.addr(), &token, json!({ "#r": { "epoch": epoch, "offset": 2 } }));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    assert_eq!(missed, [delivery("4", "#r", &epoch, 4)]);
+    assert_eq!(reply["rooms"], json!({ "#r": { "recovered": true, "epoch": epoch, "offset": 4 } }));
+    back.close();
+    fixture.close();
+}
+
+#[test]
+fn a_broadcast_an_at_connection_handler_makes_on_resume_comes_after_the_replay_in_offset_order() {
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(100, TTL));
+        app.on("@connection", |req| {
+            if req.resumed() {
+                let _ = req.broadcast("/said", "back", BroadcastOpts::to("#r").include_self());
+            }
+        });
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    fixture.broadcast("#r", "1");
+    let epoch = said(&mut ann, "1")["epoch"].clone();
+    fixture.lose(ann, &socket);
+    fixture.broadcast("#r", "2");
+    fixture.broadcast("#r", "3");
+
+    let (mut back, written, id) = resume(fixture.addr(), &token, json!({ "#r": { "epoch": epoch, "offset": 1 } }));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    // The handler's broadcast takes offset 4, after what the socket missed:
+    // wherever it comes, it must come after 2 and 3, since a client drops a
+    // delivery not above its offset (4 before 2 and 3 would lose them).
+    let mut deliveries = missed;
+    if !deliveries.iter().any(|e| e[2] == "back") {
+        deliveries.push(read_envelope(&mut back));
+    }
+    let expected = [delivery("2", "#r", &epoch, 2), delivery("3", "#r", &epoch, 3), delivery("back", "#r", &epoch, 4)];
+    assert_eq!(deliveries, expected, "the reply said {reply}");
+    back.close();
+    fixture.close();
+}
+
+#[test]
+fn a_resumed_socket_s_own_broadcast_is_not_replayed_to_it_after_its_next_loss() {
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(100, TTL));
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    fixture.lose(ann, &socket);
+    let (mut back, written, id) = resume(fixture.addr(), &token, json!({}));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    assert_eq!(missed, Vec::<Value>::new());
+    let epoch = reply["rooms"]["#r"]["epoch"].clone();
+    let token = written.last().expect("@ready")[2]["resume"].as_str().expect("a new token").to_string();
+    // From its second connection, the socket's own broadcast leaves it out.
+    assert_eq!(back.request("/say", json!(["#r", "by ann"])), Ok(json!(true)));
+    fixture.broadcast("#r", "2");
+    fixture.lose(back, &socket);
+
+    let (back, written, id) = resume(fixture.addr(), &token, json!({ "#r": { "epoch": epoch, "offset": 0 } }));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    assert_eq!(missed, [delivery("2", "#r", &epoch, 2)]);
+    assert_eq!(reply["rooms"], json!({ "#r": { "recovered": true, "epoch": epoch, "offset": 2 } }));
     back.close();
     fixture.close();
 }
