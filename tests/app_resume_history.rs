@@ -594,3 +594,121 @@ fn a_resumed_socket_s_own_broadcast_is_not_replayed_to_it_after_its_next_loss() 
     back.close();
     fixture.close();
 }
+
+#[test]
+fn a_room_joined_before_its_first_broadcast_is_replayed_whole() {
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(100, TTL));
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    fixture.lose(ann, &socket);
+    fixture.broadcast("#r", "1");
+    fixture.broadcast("#r", "2");
+
+    let (back, written, id) = resume(fixture.addr(), &token, json!({}));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    let epoch = reply["rooms"]["#r"]["epoch"].clone();
+    assert_eq!(missed, [delivery("1", "#r", &epoch, 1), delivery("2", "#r", &epoch, 2)]);
+    assert_eq!(reply["rooms"], json!({ "#r": { "recovered": true, "epoch": epoch, "offset": 2 } }));
+    back.close();
+    fixture.close();
+}
+
+#[test]
+fn a_history_just_long_enough_is_recovered_and_one_broadcast_more_is_not() {
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(3, TTL));
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    fixture.broadcast("#r", "1");
+    let epoch = said(&mut ann, "1")["epoch"].clone();
+    fixture.lose(ann, &socket);
+    for n in 2..=4 {
+        fixture.broadcast("#r", &n.to_string());
+    }
+    // Exactly the size missed: 2, 3 and 4 are kept.
+    let (back, written, id) = resume(fixture.addr(), &token, json!({ "#r": { "epoch": epoch, "offset": 1 } }));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    let expected = [delivery("2", "#r", &epoch, 2), delivery("3", "#r", &epoch, 3), delivery("4", "#r", &epoch, 4)];
+    assert_eq!(missed, expected);
+    assert_eq!(reply["rooms"], json!({ "#r": { "recovered": true, "epoch": epoch, "offset": 4 } }));
+    let token = written.last().expect("@ready")[2]["resume"].as_str().expect("a new token").to_string();
+    fixture.lose(back, &socket);
+    for n in 5..=8 {
+        fixture.broadcast("#r", &n.to_string());
+    }
+    // One more than the size: 5 fell out.
+    let (back, written, id) = resume(fixture.addr(), &token, json!({ "#r": { "epoch": epoch, "offset": 4 } }));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    assert_eq!(missed, Vec::<Value>::new());
+    assert_eq!(reply["rooms"], json!({ "#r": { "recovered": false, "epoch": epoch, "offset": 8 } }));
+    back.close();
+    fixture.close();
+}
+
+#[test]
+fn a_listed_room_the_socket_was_not_in_is_not_recovered_nor_joined() {
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(100, TTL)).history("#other", History::new(100, TTL));
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    let (mut bob, _, _) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    join(&mut bob, "#other");
+    fixture.broadcast("#other", "1");
+    let epoch = said(&mut bob, "1")["epoch"].clone();
+    fixture.lose(ann, &socket);
+    fixture.broadcast("#other", "2");
+
+    let listed = json!({ "#other": { "epoch": epoch, "offset": 1 } });
+    let (mut back, written, id) = resume(fixture.addr(), &token, listed);
+    let (missed, reply) = split_resume(&written, id, &socket);
+    assert_eq!(missed, Vec::<Value>::new());
+    let r = &reply["rooms"]["#r"];
+    assert_eq!(reply["rooms"]["#other"], json!({ "recovered": false }), "{reply}");
+    assert_eq!((&r["recovered"], &r["offset"]), (&json!(true), &json!(0)), "{reply}");
+    fixture.broadcast("#other", "3");
+    fixture.broadcast("#r", "in #r");
+    // "3" did not reach ann: the next thing she gets is #r's.
+    assert_eq!(said(&mut back, "in #r"), json!({ "room": "#r", "offset": 1, "epoch": r["epoch"] }));
+    assert_eq!(said(&mut bob, "2")["offset"], 2);
+    assert_eq!(said(&mut bob, "3")["offset"], 3);
+    back.close();
+    bob.close();
+    fixture.close();
+}
+
+#[test]
+fn while_a_socket_resumes_another_socket_broadcasting_from_its_worker_reaches_it_without_gaps() {
+    const SENT: u64 = 400;
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(1000, TTL));
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    fixture.lose(ann, &socket);
+    // Bob, not in the room, broadcasts to it from his worker (events: no replies).
+    let (mut bob, _, _) = connect(fixture.addr());
+    let sender = std::thread::spawn(move || {
+        for n in 1..=SENT {
+            bob.send_raw(&json!([0, "/say", ["#r", n.to_string()]]).to_string());
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        bob
+    });
+    let (mut back, written, id) = resume(fixture.addr(), &token, json!({}));
+    let (mut deliveries, reply) = split_resume(&written, id, &socket);
+    assert_eq!(reply["rooms"]["#r"]["recovered"], true, "{reply}");
+    while deliveries.len() < SENT as usize {
+        deliveries.push(read_envelope(&mut back));
+    }
+    // Every delivery in order, none twice: the texts are the offsets.
+    let epoch = &reply["rooms"]["#r"]["epoch"];
+    let expected: Vec<Value> = (1..=SENT).map(|n| delivery(&n.to_string(), "#r", epoch, n)).collect();
+    assert_eq!(deliveries, expected);
+    sender.join().expect("no panic").close();
+    back.close();
+    fixture.close();
+}
