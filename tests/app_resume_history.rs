@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 const TTL: Duration = Duration::from_secs(60);
 
 /// A test app: `@connection` emits `/hello`, `@disconnect` is recorded,
-/// `/join` joins a group, `/say {to, text}` broadcasts to one group leaving
+/// `/join` and `/leave` a group, `/say [to, text]` broadcasts to one group leaving
 /// the sender out. `setup` gives rooms their history.
 struct Fixture {
     running: Running,
@@ -50,6 +50,11 @@ impl Fixture {
                 Ok(()) => req.reply(&true),
                 Err(e) => req.reply_err("forbidden", &e.to_string()),
             }
+        });
+        app.on("/leave", |req| {
+            let group: String = req.data().expect("a group");
+            let left = req.leave(&group);
+            req.reply(&left);
         });
         app.on("/say", |req| {
             let (to, text): (String, String) = req.data().expect("[to, text]");
@@ -764,6 +769,29 @@ fn a_resume_that_takes_over_a_connection_still_open_recovers_what_it_missed() {
     assert_eq!(said(&mut ann, "2")["offset"], 2);
     assert_eq!(said(&mut ann, "3")["offset"], 3);
     ann.ws.expect_close(4409);
+    back.close();
+    fixture.close();
+}
+
+#[test]
+fn a_room_left_before_the_loss_is_not_recovered_nor_joined_again() {
+    let fixture = Fixture::start(|app| {
+        app.history("#r", History::new(100, TTL));
+    });
+    let (mut ann, socket, token) = connect(fixture.addr());
+    join(&mut ann, "#r");
+    fixture.broadcast("#r", "1");
+    let epoch = said(&mut ann, "1")["epoch"].clone();
+    assert_eq!(ann.request("/leave", json!("#r")), Ok(json!(true)));
+    fixture.lose(ann, &socket);
+    fixture.broadcast("#r", "2");
+
+    let (mut back, written, id) = resume(fixture.addr(), &token, json!({ "#r": { "epoch": epoch, "offset": 1 } }));
+    let (missed, reply) = split_resume(&written, id, &socket);
+    assert_eq!(missed, Vec::<Value>::new());
+    assert_eq!(reply["rooms"], json!({ "#r": { "recovered": false } }));
+    fixture.broadcast("#r", "3");
+    back.expect_silence(Duration::from_millis(50));
     back.close();
     fixture.close();
 }
