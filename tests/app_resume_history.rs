@@ -507,9 +507,6 @@ fn while_a_socket_resumes_a_room_broadcasting_all_along_reaches_it_without_gaps(
 }
 
 #[test]
-#[ignore = "bug: after a second loss, a broadcast made while away with .except(the socket's id) is replayed to it: \
-            Sessions::keep unaliases the public id, so local_ids resolves it to the first connection, while \
-            the recovery leaves out entries that name the lost (second) connection"]
 fn a_broadcast_that_left_the_away_socket_out_by_its_id_is_not_replayed_to_it_after_either_of_two_losses() {
     let fixture = Fixture::start(|app| {
         app.history("#r", History::new(100, TTL));

@@ -466,7 +466,7 @@ impl AppWorker {
                 let recovery = app.recover(
                     group,
                     listed.or(noted),
-                    session.conn,
+                    &[session.conn, session.public],
                     |frame| missed.push(frame.clone()),
                     || {
                         let _ = self.local.join_group(&app, conn, group);

@@ -198,7 +198,7 @@ impl Stream {
     fn recover(
         &self,
         since: Option<(&str, u64)>,
-        was: ConnId,
+        was: &[ConnId],
         mut send: impl FnMut(&SharedFrame),
         join: impl FnOnce(),
     ) -> Recovery {
@@ -208,7 +208,7 @@ impl Stream {
             since.filter(|(epoch, offset)| *epoch == &*self.epoch && *offset <= self.offset && offset + 1 >= first);
         if let Some((_, offset)) = after {
             let skip = usize::try_from(offset + 1 - first).unwrap_or(usize::MAX);
-            for entry in self.entries.iter().skip(skip).filter(|e| !e.except.contains(&was)) {
+            for entry in self.entries.iter().skip(skip).filter(|e| !e.except.iter().any(|id| was.contains(id))) {
                 send(&entry.frame);
             }
         }
@@ -323,7 +323,9 @@ impl AppHandle {
     /// lock. If `since` = (epoch, offset) is recoverable (the stream's
     /// epoch, and every entry after `offset` still kept and not expired),
     /// calls `send` with each entry after `offset`, oldest first, but those
-    /// that left out `was` (the socket's id before it was lost); then, in
+    /// that left out any of `was` (the socket's connection when it was lost,
+    /// and its public id: an away socket left out by its id is left out as
+    /// that); then, in
     /// every case, calls `join`, still under the lock, so that no later
     /// broadcast of the room can reach the socket before the replay (a
     /// broadcast already on its way may arrive after it: the client drops
@@ -335,7 +337,7 @@ impl AppHandle {
         &self,
         room: &str,
         since: Option<(&str, u64)>,
-        was: ConnId,
+        was: &[ConnId],
         send: impl FnMut(&SharedFrame),
         join: impl FnOnce(),
     ) -> Recovery {
@@ -407,7 +409,7 @@ mod tests {
             &history,
             now,
             |_| false,
-            |stream| stream.recover(since, ConnId(was), |f| sent.push(text(f)), || joined = true),
+            |stream| stream.recover(since, &[ConnId(was)], |f| sent.push(text(f)), || joined = true),
         );
         assert!(joined, "join always runs");
         (sent, recovery)
@@ -507,7 +509,7 @@ mod tests {
         let recovered = |since: u64| {
             streams.with_stream("#r", &history, now, in_use, |stream| {
                 let mut sent = Vec::new();
-                let recovery = stream.recover(Some((&epoch, since)), ConnId(99), |f| sent.push(text(f)), || {});
+                let recovery = stream.recover(Some((&epoch, since)), &[ConnId(99)], |f| sent.push(text(f)), || {});
                 (sent, recovery.recovered)
             })
         };
@@ -553,9 +555,10 @@ mod tests {
         assert_eq!(offset, 0);
         // The stream position made is the one a broadcast and a recovery then use.
         let mut joined = 0;
-        let recovery = app.recover("#h", Some((&epoch, 0)), ConnId(1), |_| panic!("nothing to send"), || joined += 1);
+        let recovery =
+            app.recover("#h", Some((&epoch, 0)), &[ConnId(1)], |_| panic!("nothing to send"), || joined += 1);
         assert_eq!(recovery, Recovery { recovered: true, epoch: Some(epoch), offset: 0 });
-        let recovery = app.recover("#plain", Some(("e", 0)), ConnId(1), |_| panic!("nothing kept"), || joined += 1);
+        let recovery = app.recover("#plain", Some(("e", 0)), &[ConnId(1)], |_| panic!("nothing kept"), || joined += 1);
         assert_eq!(recovery, Recovery { recovered: false, epoch: None, offset: 0 });
         assert_eq!(joined, 2, "join runs with or without history");
     }
