@@ -119,6 +119,18 @@ fn a_dropped_client_resumes_in_its_room_with_the_messages_it_missed_once() {
     assert_eq!(until(&mut ann, Some("three"), back), ["three"], "nothing missed comes twice");
     assert_eq!(say(&mut bob, "four"), Ok(json!(true)));
     assert_eq!(until(&mut ann, Some("four"), None), ["four"]);
+
+    // A page whose room was not recovered joins it again: no leave for the others.
+    assert_eq!(join(&mut ann, "ann")["users"], json!(["ann", "bob"]));
+    loop {
+        let envelope = bob.next();
+        if envelope[1] == "/chat/presence" {
+            assert!(envelope[2]["left"].is_null(), "{envelope}");
+            if envelope[2]["joined"] == "ann" {
+                break;
+            }
+        }
+    }
 }
 
 #[test]

@@ -354,7 +354,12 @@ fn chat_app(jobs: Jobs) -> App {
             return req
                 .reply_err("bad_request", "a room is 1-32 ASCII letters, digits, - or _; a name 1-24 characters");
         }
-        leave_room(req, &queue);
+        // Joining the room it is in (a page back from a resume that could not
+        // recover the room fetches it again) is no leave: the others see the
+        // same user list, without "left" and "joined" again.
+        if req.get::<Seat>("seat").is_some_and(|seat| seat.room != room) {
+            leave_room(req, &queue);
+        }
         if let Err(error) = req.join(&format!("#{room}")) {
             return req.reply_err("forbidden", &error.to_string());
         }
