@@ -19,6 +19,10 @@
 //! - request `/say {room, text}` → `true`; the room gets `/message {room, user, text, ts}`
 //! - event `/typing {room}`; the room gets `/typing {room, user}`
 //! - a socket that leaves its room or disconnects: everyone gets `/presence {room, users, left, rooms}`
+//! - a socket that resumes after a lost connection (PROTOCOL.md §13) is back
+//!   in its room without joining again: everyone, itself included, gets
+//!   `/presence {room, users, joined, rooms}`; on a single server it also
+//!   gets the room's messages it missed, as `/message` events
 //!
 //! Handlers never wait for the store: they keep what belongs to the socket
 //! (its room, its name) on the worker and hand the rest to the store's own
@@ -30,9 +34,9 @@ mod logs;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc::{self, Sender};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use emitws::app::{App, AppHandle, BroadcastOpts, Request, SocketId};
+use emitws::app::{App, AppHandle, BroadcastOpts, History, Request, SocketId};
 use emitws::runtime::HttpResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -42,6 +46,9 @@ const CLIENT: &str = include_str!("../../clients/js/emitws.js");
 
 /// Messages kept per room for people who join later.
 const HISTORY: usize = 50;
+/// How long a lost connection may come back as the same socket, still in
+/// its room; the rooms' resume history keeps broadcasts as long.
+const RESUME_WINDOW: Duration = Duration::from_secs(120);
 /// Rooms kept at most; new ones beyond it are refused.
 const MAX_ROOMS: usize = 200;
 const MAX_NAME: usize = 24;
@@ -268,7 +275,9 @@ fn submit(req: &Request<'_>, jobs: &Jobs, job: Job) {
     let _ = jobs.send((req.app().clone(), job));
 }
 
-/// Where a socket is: stored on the socket with `req.set`.
+/// Where a socket is: stored on the socket with `req.set`, and restored
+/// with it when the socket resumes.
+#[derive(Clone)]
 struct Seat {
     room: String,
     name: String,
@@ -305,6 +314,11 @@ fn now_ms() -> u64 {
 fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
     let Some(seat) = req.remove("seat").and_then(|seat| seat.downcast::<Seat>().ok()) else { return };
     req.leave(&format!("#{}", seat.room));
+    leave_store(req, jobs, *seat);
+}
+
+/// Takes the socket's member out of the store's room and tells everyone.
+fn leave_store(req: &Request<'_>, jobs: &Jobs, seat: Seat) {
     let member = req.socket_id();
     submit(
         req,
@@ -340,7 +354,12 @@ fn chat_app(jobs: Jobs) -> App {
             return req
                 .reply_err("bad_request", "a room is 1-32 ASCII letters, digits, - or _; a name 1-24 characters");
         }
-        leave_room(req, &queue);
+        // Joining the room it is in (a page back from a resume that could not
+        // recover the room fetches it again) is no leave: the others see the
+        // same user list, without "left" and "joined" again.
+        if req.get::<Seat>("seat").is_some_and(|seat| seat.room != room) {
+            leave_room(req, &queue);
+        }
         if let Err(error) = req.join(&format!("#{room}")) {
             return req.reply_err("forbidden", &error.to_string());
         }
@@ -350,10 +369,10 @@ fn chat_app(jobs: Jobs) -> App {
             req,
             &queue,
             Box::new(move |store, app| match store.join(app, &room, member, &name) {
-                Ok(Joined { history, users, rooms }) => {
+                Ok(joined) => {
+                    let Joined { history, users, rooms } = &joined;
                     reply.reply(&json!({ "room": room, "history": history, "users": users, "rooms": rooms }));
-                    let presence = json!({ "room": room, "users": users, "joined": name, "rooms": rooms });
-                    let _ = app.broadcast("/chat/presence", &presence, BroadcastOpts::all().except(member));
+                    announce_join(app, &room, &name, &joined, BroadcastOpts::all().except(member));
                 }
                 Err(why) => reply.reply_err("forbidden", &why),
             }),
@@ -383,8 +402,42 @@ fn chat_app(jobs: Jobs) -> App {
         let _ = req.broadcast("/chat/typing", &typing, BroadcastOpts::to(&format!("#{room}")));
     });
 
-    app.on("@disconnect", move |req| leave_room(req, &jobs));
+    // A resumed socket is back in its room (restored with its seat) but not
+    // in the store, which it left at its disconnect: it is put back, and
+    // told who is there now (presence changes while it was away went to
+    // everyone, and are not replayed).
+    let queue = jobs.clone();
+    app.on("@connection", move |req| {
+        let Some(Seat { room, name }) = req.get::<Seat>("seat").filter(|_| req.resumed()).cloned() else { return };
+        let member = req.socket_id();
+        submit(
+            req,
+            &queue,
+            Box::new(move |store, app| match store.join(app, &room, member, &name) {
+                Ok(joined) => announce_join(app, &room, &name, &joined, BroadcastOpts::all()),
+                Err(why) => eprintln!("chat: {name} resumed but is not back in #{room}: {why}"),
+            }),
+        );
+    });
+
+    // The member leaves the store either way, so the others see it gone while
+    // it is away (nothing tells the app when a kept session expires). A
+    // socket whose session is kept for a resume keeps its seat and its room:
+    // its state is kept as this handler leaves it.
+    app.on("@disconnect", move |req| {
+        let resumable = req.data::<Value>().is_ok_and(|data| data["resumable"] == true);
+        match req.get::<Seat>("seat").filter(|_| resumable).cloned() {
+            Some(seat) => leave_store(req, &jobs, seat),
+            None => leave_room(req, &jobs),
+        }
+    });
     app
+}
+
+/// Tells `to` who is in `room` now that `name` has joined it.
+fn announce_join(app: &AppHandle, room: &str, name: &str, joined: &Joined, to: BroadcastOpts) {
+    let presence = json!({ "room": room, "users": joined.users, "joined": name, "rooms": joined.rooms });
+    let _ = app.broadcast("/chat/presence", &presence, to);
 }
 
 fn usage() -> ! {
@@ -404,8 +457,16 @@ pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Bo
             Box::new(memory)
         }
     };
-    #[allow(unused_mut)] // changed only with the redis feature
     let mut app = chat_app(store_thread(store));
+    app.resume_window(Some(RESUME_WINDOW));
+    // Resumed sockets get the messages they missed from the rooms' history.
+    // A server keeps the history of the broadcasts made on it only, so a
+    // cluster keeps none: a resumed page is then told its rooms are not
+    // recovered, and fetches them again from the store. Typing events are
+    // kept too (they go to the room alone); the page ignores replayed ones.
+    if redis.is_none() {
+        app.history("#*", History::new(HISTORY, RESUME_WINDOW));
+    }
     #[cfg(feature = "redis")]
     if let Some(url) = redis {
         use emitws::cluster::{RedisAdapter, RedisOptions};

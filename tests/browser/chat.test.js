@@ -1,6 +1,6 @@
 // The chat demo in a real browser: two pages join one room and talk; one
 // reloads (a disconnect and a reconnect), and the other sees it leave and
-// come back. Headless Chromium from Debian (/usr/bin/chromium, or $CHROMIUM),
+// come back; one loses its connection and resumes without joining again. Headless Chromium from Debian (/usr/bin/chromium, or $CHROMIUM),
 // driven by playwright-core; the server is examples/chat ($CHAT_BIN, built by
 // scripts/test-all.sh). A screenshot of each page is left in artifacts/.
 import { test, before, after } from 'node:test';
@@ -119,6 +119,44 @@ test('two pages chat in one room, and a reload is seen as a leave and a join', {
   mkdirSync(artifacts, { recursive: true });
   await alice.screenshot({ path: join(artifacts, 'chat-alice.png') });
   await bob.screenshot({ path: join(artifacts, 'chat-bob.png') });
+});
+
+test('a page whose connection is lost resumes: missed messages once, without joining again', { timeout: 60_000 }, async () => {
+  const room = `resume${Date.now()}`;
+  const dave = await openChat('dave', room);
+  const erin = await openChat('erin', room);
+  await dave.locator('#users li', { hasText: 'erin' }).waitFor(WAIT);
+  const socket = () => dave.evaluate(() => window.chat.socketId);
+  const before = await socket();
+
+  // Dave's client moves to an address where nothing listens: its connection
+  // closes with 4001 (moving), which keeps the session as a drop does, and
+  // it stays away while it keeps failing to connect.
+  await dave.evaluate(() => window.chat.jump('ws://127.0.0.1:1/chat'));
+  await dave.locator('#state.reconnecting').waitFor(WAIT);
+  await erin.locator('.notice', { hasText: 'dave left' }).waitFor(WAIT);
+  await say(erin, 'missed one');
+  await say(erin, 'missed two');
+  await erin.locator('.msg', { hasText: 'missed two' }).waitFor(WAIT);
+
+  await dave.evaluate((url) => window.chat.jump(url), `${base.replace('http', 'ws')}/chat`);
+  await dave.locator('.notice', { hasText: 'reconnected' }).waitFor(WAIT);
+  assert.equal(await socket(), before, 'the same socket');
+  // Resumed, not joined again: the page was not cleared, the missed messages
+  // came once each, and the room did not say "you joined" twice.
+  await dave.locator('.msg', { hasText: 'missed two' }).waitFor(WAIT);
+  assert.equal(await dave.locator('.msg', { hasText: 'missed one' }).count(), 1);
+  assert.equal(await dave.locator('.msg', { hasText: 'missed two' }).count(), 1);
+  assert.equal(await dave.locator('.notice', { hasText: 'you joined' }).count(), 1);
+  await dave.locator('.notice', { hasText: 'erin joined' }).waitFor(WAIT);
+
+  // Still seated: erin sees dave back in the room and hears him.
+  // (Erin came after dave: this is the first "dave joined" she sees.)
+  await erin.locator('.notice', { hasText: 'dave joined' }).waitFor(WAIT);
+  await erin.locator('#users li', { hasText: 'dave' }).waitFor(WAIT);
+  await dave.locator('#users li', { hasText: 'erin' }).waitFor(WAIT);
+  await say(dave, 'back without joining');
+  await erin.locator('.msg', { hasText: 'back without joining' }).waitFor(WAIT);
 });
 
 test('the page shows a lost server and rejoins its room when it is back', { timeout: 60_000 }, async () => {
