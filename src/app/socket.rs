@@ -3,7 +3,6 @@
 
 use super::disconnect::After;
 use super::limits::Bucket;
-use super::session::Token;
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 use std::any::Any;
@@ -21,6 +20,10 @@ pub(crate) mod flag {
     pub const AWAIT_RESUME: u8 = 1 << 3;
     /// The socket resumed an earlier one (PROTOCOL.md §13).
     pub const RESUMED: u8 = 1 << 4;
+    /// Its token's connection is still open: not admitted until that
+    /// connection's worker has closed it and kept its session, or the auth
+    /// deadline passes (PROTOCOL.md §13, step 3).
+    pub const TAKING_OVER: u8 = 1 << 5;
 }
 
 /// What the event layer keeps for each connection (the runtime's
@@ -76,8 +79,9 @@ pub(crate) struct SocketState {
 pub(crate) struct ResumeRequest {
     /// The request's id, for the reply.
     pub id: u64,
-    /// The token as sent; one that does not parse resumes nothing.
-    pub token: Option<Token>,
+    /// The connection the token names, when the token is genuine (one that
+    /// is not resumes nothing).
+    pub token: Option<ConnId>,
     /// The rooms the client has offsets for: name, epoch and offset.
     pub rooms: Vec<(Box<str>, Box<str>, u64)>,
 }
