@@ -778,7 +778,7 @@ impl Handler for AppWorker {
         }
         match refusal.map(|r| r.kind) {
             Some(RefusalKind::Status(status, body)) => return Err(Reject { status, body }),
-            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some((code, reason)),
+            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some(Box::new((code, reason))),
             None => {}
         }
         let accept = Accept::new(data);
@@ -798,8 +798,8 @@ impl Handler for AppWorker {
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
-        if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
-            return conn.close(code, &reason);
+        if let Some(refusal) = data.state.as_mut().and_then(|s| s.refusal.take()) {
+            return conn.close(refusal.0, &refusal.1);
         }
         let awaits_resume = data.query().and_then(|q| query_value(q, RESUME_PARAM)).is_some_and(|v| v == "1");
         if awaits_resume {
