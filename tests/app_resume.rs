@@ -664,3 +664,40 @@ fn every_connection_has_its_own_token() {
     }
     fixture.close();
 }
+
+#[test]
+fn a_takeover_that_does_not_come_by_the_auth_deadline_leaves_the_old_connection_open() {
+    // `/block` holds its worker until the test lets it go, so that the
+    // request to take its socket over waits in that worker's inbox.
+    let gates = Arc::new((std::sync::Barrier::new(2), std::sync::Barrier::new(2)));
+    let held = gates.clone();
+    let fixture = Fixture::start(Auth::Upgrade, move |app| {
+        app.limits(EventLimits::default().auth_timeout(Duration::from_millis(300)));
+        app.on("/block", move |req| {
+            held.0.wait();
+            held.1.wait();
+            req.reply(&true);
+        });
+    });
+    let addr = fixture.addr();
+    // The acceptor hands connections to the workers in turn: the next one
+    // lands on the other worker, which is not held.
+    let (mut ann, socket, token) = connect(addr, "ann");
+    let blocked = ann.send_request("/block", json!(null));
+    gates.0.wait();
+    let mut back = reconnect(addr, "user=ann");
+    let id = send_resume(&mut back, &token, json!({}));
+    let (hello, _, reply, _) = read_resume(&mut back, id);
+    assert_eq!((&hello["resumed"], &reply["resumed"]), (&json!(false), &json!(false)), "{reply}");
+    gates.1.wait();
+
+    assert_eq!(ann.reply_to(blocked), Ok(json!(true)));
+    assert_eq!(ann.request("/set", json!(1)), Ok(json!(true)), "the old connection stays");
+    let old = connections_of(&fixture, &socket)[0];
+    let new = connections_of(&fixture, reply["socket"].as_str().expect("a socket id"))[0];
+    assert_ne!(old.worker(), new.worker());
+    assert!(fixture.seen.lock().unwrap().disconnects.iter().all(|(s, _)| *s != socket));
+    ann.close();
+    back.close();
+    fixture.close();
+}

@@ -432,9 +432,12 @@ impl AppWorker {
                     // then tells this socket to claim again.
                     Err(Unclaimed::NoSession) if may_take_over => {
                         let (user, waiter) = (conn.data().state.as_ref().and_then(|s| s.user.clone()), conn.id());
+                        // Every socket that waits for `@resume` has one.
+                        let until = self.local.auth_deadlines.iter().find(|(_, id)| *id == waiter).map(|(at, _)| *at);
                         conn.data_mut().flags |= flag::TAKING_OVER;
                         conn.data_mut().state().resume = Some(Box::new(request));
-                        let take_over = WorkerMsg::TakeOver { old: lost, user, waiter };
+                        let until = until.unwrap_or_else(Instant::now);
+                        let take_over = WorkerMsg::TakeOver { old: lost, user, waiter, until };
                         app.server().notify(lost.worker(), Box::new(take_over));
                         return;
                     }
@@ -540,8 +543,17 @@ impl AppWorker {
     /// resumes with its token: an admitted socket of the same user is
     /// closed with 4409, its session kept at once (the close is the
     /// server's own, for this resume), and the waiter told either way.
-    fn take_over(&mut self, conns: &mut Conns<'_, SocketData>, old: ConnId, user: Option<&str>, waiter: ConnId) {
-        if let Some(mut conn) = conns.get(old) {
+    /// Past `until` the waiter has come in as a new socket (or is coming
+    /// in, claiming what was kept before then): `old` stays.
+    fn take_over(
+        &mut self,
+        conns: &mut Conns<'_, SocketData>,
+        old: ConnId,
+        user: Option<&str>,
+        waiter: ConnId,
+        until: Instant,
+    ) {
+        if let Some(mut conn) = conns.get(old).filter(|_| Instant::now() < until) {
             if conn.data().has(flag::CONNECTED) && conn.data().user() == user {
                 self.depart(&mut conn, CLOSE_REPLACED, RESUMED_ELSEWHERE, true);
                 conn.close(CLOSE_REPLACED, RESUMED_ELSEWHERE);
@@ -672,7 +684,9 @@ impl AppWorker {
                     self.authenticated(&mut conn, user);
                 }
             }
-            WorkerMsg::TakeOver { old, user, waiter } => self.take_over(conns, old, user.as_deref(), waiter),
+            WorkerMsg::TakeOver { old, user, waiter, until } => {
+                self.take_over(conns, old, user.as_deref(), waiter, until)
+            }
             WorkerMsg::TakenOver { waiter } => {
                 if let Some(mut conn) = conns.get(waiter) {
                     self.end_takeover(&mut conn);
