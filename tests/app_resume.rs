@@ -2,7 +2,8 @@
 //! raw clients: a socket lost by accident comes back with `emitws_resume=1`
 //! and `[1, id, "@resume", {"token"}]` — same socket id, user, rooms and
 //! stored values, the direct messages sent meanwhile — within the window,
-//! once per token, for the same user only.
+//! once per token, for the same user only; and taken over from a
+//! connection the server still thinks open, which is closed with 4409.
 #![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use app_client::{eventually, AppClient};
 use emitws::app::{App, BroadcastOpts, Challenge, EventLimits, Refusal, ReplyHandle, Running, SocketId};
-use emitws::runtime::AcceptMode;
+use emitws::runtime::{AcceptMode, ConnId};
 use serde_json::{json, Value};
 
 /// How the test app authenticates.
@@ -38,6 +39,8 @@ struct Seen {
     disconnects: Vec<(String, Value)>,
     /// The reply of the last `/slow` request, kept unanswered.
     slow: Option<ReplyHandle>,
+    /// Each `@connection`'s socket id and connection.
+    connections: Vec<(String, ConnId)>,
 }
 
 struct Fixture {
@@ -75,6 +78,10 @@ impl Fixture {
                 "n": req.get::<u32>("n"),
             });
             let _ = req.emit("/hello", &hello);
+        });
+        let record = seen.clone();
+        app.on("@connection", move |req| {
+            record.lock().unwrap().connections.push((req.socket_id().to_string(), req.conn_id()));
         });
         let record = seen.clone();
         app.on("@disconnect", move |req| {
@@ -186,7 +193,7 @@ fn a_socket_resumes_with_its_id_user_rooms_and_values_and_a_fresh_token() {
     let fixture = Fixture::start(Auth::Upgrade, |_| {});
     let addr = fixture.addr();
     let (mut ann, socket, token) = connect(addr, "ann");
-    assert_eq!(token.len(), 32);
+    assert!(token.len() == 48 && token.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{token}");
     assert!(ann.request("/join", json!("#lobby")).expect("joined") == true);
     ann.request("/set", json!(7)).expect("set");
     let (mut bob, _, _) = connect(addr, "bob");
@@ -203,7 +210,7 @@ fn a_socket_resumes_with_its_id_user_rooms_and_values_and_a_fresh_token() {
     assert_eq!(reply, json!({ "resumed": true, "socket": socket, "rooms": {}, "direct": { "recovered": true } }));
     assert_eq!((&ready["user"], &ready["resumed"]), (&json!("ann"), &json!(true)), "{ready}");
     let fresh = ready["resume"].as_str().expect("a new token");
-    assert!(fresh != token && fresh.len() == 32, "{fresh}");
+    assert!(fresh != token && fresh.len() == 48, "{fresh}");
 
     bob.request("/say", json!(["#lobby", "hi"])).expect("said");
     assert_eq!(back.expect_event("/said"), "hi", "the resumed socket is in its room again");
@@ -260,6 +267,21 @@ fn after_the_window_the_session_is_gone() {
     fixture.close();
 }
 
+/// Two connections of `user` resume with one token at once: exactly one
+/// gets socket `socket` back.
+fn race_to_resume(addr: SocketAddr, user: &str, token: &str, socket: &str) {
+    let query = format!("user={user}");
+    let (mut first, mut second) = (reconnect(addr, &query), reconnect(addr, &query));
+    let ids = (send_resume(&mut first, token, json!({})), send_resume(&mut second, token, json!({})));
+    let (_, _, one, _) = read_resume(&mut first, ids.0);
+    let (_, _, other, _) = read_resume(&mut second, ids.1);
+    let resumed: Vec<&Value> = [&one, &other].into_iter().filter(|r| r["resumed"] == true).collect();
+    assert_eq!(resumed.len(), 1, "{one} {other}");
+    assert_eq!(resumed[0]["socket"], socket);
+    first.close();
+    second.close();
+}
+
 #[test]
 fn of_two_connections_with_one_token_exactly_one_resumes() {
     let fixture = Fixture::start(Auth::Upgrade, |_| {});
@@ -267,16 +289,7 @@ fn of_two_connections_with_one_token_exactly_one_resumes() {
     let (ann, socket, token) = connect(addr, "ann");
     fixture.lose(ann, &socket);
 
-    let mut first = reconnect(addr, "user=ann");
-    let mut second = reconnect(addr, "user=ann");
-    let ids = (send_resume(&mut first, &token, json!({})), send_resume(&mut second, &token, json!({})));
-    let (_, _, one, _) = read_resume(&mut first, ids.0);
-    let (_, _, other, _) = read_resume(&mut second, ids.1);
-    let resumed: Vec<&Value> = [&one, &other].into_iter().filter(|r| r["resumed"] == true).collect();
-    assert_eq!(resumed.len(), 1, "{one} {other}");
-    assert_eq!(resumed[0]["socket"], socket.as_str());
-    first.close();
-    second.close();
+    race_to_resume(addr, "ann", &token, &socket);
     fixture.close();
 }
 
@@ -527,5 +540,164 @@ fn a_socket_waiting_for_resume_is_held_to_the_auth_deadline() {
     });
     let mut waiting = reconnect(fixture.addr(), "user=ann");
     assert_eq!(waiting.expect_close(4408), "authentication timeout");
+    fixture.close();
+}
+
+/// The connections socket `socket` had, in order.
+fn connections_of(fixture: &Fixture, socket: &str) -> Vec<ConnId> {
+    let seen = fixture.seen.lock().unwrap();
+    seen.connections.iter().filter(|(s, _)| s == socket).map(|(_, conn)| *conn).collect()
+}
+
+/// `token` with its hex digit at `at` changed.
+fn altered(token: &str, at: usize) -> String {
+    let mut bytes = token.as_bytes().to_vec();
+    bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+    String::from_utf8(bytes).expect("hex")
+}
+
+/// Connects `user`, joined to `#lobby` with a stored value, then resumes its
+/// socket from a second connection while the first stays open, unread (a
+/// phone that changed networks): the first gets 4409 and the second the
+/// session. With `filler`, one more connection opens between the two (the
+/// acceptor hands sockets to the workers in turn, so that moves the second
+/// to the other worker). Returns the old and the new connection.
+fn take_over(fixture: &Fixture, bob: &mut AppClient, user: &str, filler: bool) -> (ConnId, ConnId) {
+    let addr = fixture.addr();
+    let (mut old, socket, token) = connect(addr, user);
+    old.request("/join", json!("#lobby")).expect("joined");
+    old.request("/set", json!(7)).expect("set");
+    let filler = filler.then(|| connect(addr, "filler").0);
+    let mut back = reconnect(addr, &format!("user={user}"));
+    let id = send_resume(&mut back, &token, json!({}));
+    let (hello, between, reply, ready) = read_resume(&mut back, id);
+    let expected = json!({ "resumed": true, "socket": socket, "user": user, "groups": ["#lobby"], "n": 7 });
+    assert_eq!(hello, expected);
+    assert_eq!(between, Vec::<Value>::new());
+    assert_eq!(reply, json!({ "resumed": true, "socket": socket, "rooms": {}, "direct": { "recovered": true } }));
+    assert!(ready["resume"].as_str().is_some_and(|fresh| fresh != token), "{ready}");
+
+    assert_eq!(old.expect_close(4409), "resumed elsewhere");
+    let data = fixture.disconnect_of(&socket);
+    assert_eq!(data, json!({ "code": 4409, "reason": "resumed elsewhere", "resumable": true }));
+    bob.request("/say", json!(["#lobby", "hi"])).expect("said");
+    assert_eq!(back.expect_event("/said"), "hi", "the broadcast reaches the new connection");
+    let members = fixture.running.app().group_members("#lobby");
+    let public = socket.parse::<SocketId>().expect("a socket id").conn;
+    assert!(members.contains(&public), "listed by its public id");
+    assert_eq!(members.len(), 2, "bob and the new connection, not the old one: {members:?}");
+    back.close();
+    if let Some(filler) = filler {
+        filler.close();
+    }
+    let connections = connections_of(fixture, &socket);
+    assert_eq!(connections.len(), 2, "{connections:?}");
+    eventually("the new connection to leave #lobby", || fixture.running.group_size("#lobby") == 1);
+    (connections[0], connections[1])
+}
+
+#[test]
+fn a_connection_still_open_is_taken_over_on_the_same_worker_or_another() {
+    let fixture = Fixture::start(Auth::Upgrade, |_| {});
+    let (mut bob, _, _) = connect(fixture.addr(), "bob");
+    bob.request("/join", json!("#lobby")).expect("joined");
+    let (mut same, mut other) = (false, false);
+    for (n, filler) in [false, true, false, true].into_iter().enumerate() {
+        let (old, new) = take_over(&fixture, &mut bob, &format!("ann{n}"), filler);
+        same |= old.worker() == new.worker();
+        other |= old.worker() != new.worker();
+    }
+    assert!(same && other, "both cases seen");
+    bob.close();
+    fixture.close();
+}
+
+#[test]
+fn of_two_resumes_racing_for_one_open_connection_exactly_one_wins() {
+    let fixture = Fixture::start(Auth::Upgrade, |_| {});
+    let addr = fixture.addr();
+    let (mut ann, socket, token) = connect(addr, "ann");
+    race_to_resume(addr, "ann", &token, &socket);
+    assert_eq!(ann.expect_close(4409), "resumed elsewhere");
+    fixture.close();
+}
+
+#[test]
+fn an_altered_token_or_another_user_takes_nothing_over() {
+    let fixture = Fixture::start(Auth::Upgrade, |_| {});
+    let addr = fixture.addr();
+    let (mut ann, socket, token) = connect(addr, "ann");
+    // One hex digit changed in the connection's part, then in the MAC.
+    for (user, token) in [("ann", altered(&token, 15)), ("ann", altered(&token, 16)), ("ann", altered(&token, 47))]
+        .into_iter()
+        .chain([("eve", token.clone())])
+    {
+        let mut forger = reconnect(addr, &format!("user={user}"));
+        let id = send_resume(&mut forger, &token, json!({}));
+        let (hello, _, reply, _) = read_resume(&mut forger, id);
+        assert_eq!((&hello["resumed"], &reply["resumed"]), (&json!(false), &json!(false)), "{token} as {user}");
+        assert!(reply["socket"] != socket.as_str(), "{reply}");
+        forger.close();
+    }
+    // The open connection is untouched.
+    assert_eq!(ann.request("/set", json!(1)), Ok(json!(true)));
+    let id: SocketId = socket.parse().expect("a socket id");
+    assert!(fixture.running.app().emit_to(id, "/direct", &"still here").expect("sent"));
+    assert_eq!(ann.expect_event("/direct"), "still here");
+    assert!(fixture.seen.lock().unwrap().disconnects.iter().all(|(s, _)| *s != socket));
+    ann.close();
+    fixture.close();
+}
+
+#[test]
+fn every_connection_has_its_own_token() {
+    let fixture = Fixture::start(Auth::Upgrade, |_| {});
+    let addr = fixture.addr();
+    let clients: Vec<(AppClient, String, String)> = (0..4).map(|_| connect(addr, "ann")).collect();
+    let tokens: std::collections::HashSet<&str> = clients.iter().map(|(_, _, token)| token.as_str()).collect();
+    assert_eq!(tokens.len(), clients.len());
+    for token in tokens {
+        assert!(token.len() == 48 && token.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{token}");
+    }
+    for (client, ..) in clients {
+        client.close();
+    }
+    fixture.close();
+}
+
+#[test]
+fn a_takeover_that_does_not_come_by_the_auth_deadline_leaves_the_old_connection_open() {
+    // `/block` holds its worker until the test lets it go, so that the
+    // request to take its socket over waits in that worker's inbox.
+    let gates = Arc::new((std::sync::Barrier::new(2), std::sync::Barrier::new(2)));
+    let held = gates.clone();
+    let fixture = Fixture::start(Auth::Upgrade, move |app| {
+        app.limits(EventLimits::default().auth_timeout(Duration::from_millis(300)));
+        app.on("/block", move |req| {
+            held.0.wait();
+            held.1.wait();
+            req.reply(&true);
+        });
+    });
+    let addr = fixture.addr();
+    // The acceptor hands connections to the workers in turn: the next one
+    // lands on the other worker, which is not held.
+    let (mut ann, socket, token) = connect(addr, "ann");
+    let blocked = ann.send_request("/block", json!(null));
+    gates.0.wait();
+    let mut back = reconnect(addr, "user=ann");
+    let id = send_resume(&mut back, &token, json!({}));
+    let (hello, _, reply, _) = read_resume(&mut back, id);
+    assert_eq!((&hello["resumed"], &reply["resumed"]), (&json!(false), &json!(false)), "{reply}");
+    gates.1.wait();
+
+    assert_eq!(ann.reply_to(blocked), Ok(json!(true)));
+    assert_eq!(ann.request("/set", json!(1)), Ok(json!(true)), "the old connection stays");
+    let old = connections_of(&fixture, &socket)[0];
+    let new = connections_of(&fixture, reply["socket"].as_str().expect("a socket id"))[0];
+    assert_ne!(old.worker(), new.worker());
+    assert!(fixture.seen.lock().unwrap().disconnects.iter().all(|(s, _)| *s != socket));
+    ann.close();
+    back.close();
     fixture.close();
 }

@@ -74,7 +74,7 @@ impl AppHandle {
             sockets: AtomicUsize::new(0),
             connected: Mutex::default(),
             streams: RoomStreams::default(),
-            sessions: Sessions::default(),
+            sessions: Sessions::new(),
         }))
     }
 

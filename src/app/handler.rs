@@ -20,7 +20,7 @@ use super::locks::lock;
 use super::request::Request;
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
-use super::session::{keeps_session, Session, Token};
+use super::session::{keeps_session, Session, Unclaimed};
 use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
 use super::worker_state::{set_position, settle_call, WorkerState};
@@ -35,6 +35,8 @@ pub const PROTOCOL: &str = "emitws.v1";
 const RESUME_PARAM: &str = "emitws_resume";
 /// The one system event a client may send (PROTOCOL.md §13).
 const RESUME_EVENT: &str = "@resume";
+/// The reason of the 4409 that closes a connection whose session another resumed.
+const RESUMED_ELSEWHERE: &str = "resumed elsewhere";
 /// How often, at least, a worker drops expired sessions while there are some.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
@@ -192,11 +194,12 @@ impl AppWorker {
             return self.bad_input(conn, Some(id), ErrorCode::BadRequest, &message, policy);
         }
         // One test on the path of every admitted socket's envelopes.
-        if conn.data().flags & (flag::UNAUTHED | flag::AWAIT_RESUME) != 0 {
+        if conn.data().flags & (flag::UNAUTHED | flag::AWAIT_RESUME | flag::TAKING_OVER) != 0 {
             if conn.data().has(flag::UNAUTHED) {
                 return self.unauthenticated(conn, id, event, data);
             }
-            return self.bad_input(conn, id, ErrorCode::Unauthorized, "send @resume first", Policy::Reply);
+            let message = if conn.data().has(flag::AWAIT_RESUME) { "send @resume first" } else { "wait for @ready" };
+            return self.bad_input(conn, id, ErrorCode::Unauthorized, message, Policy::Reply);
         }
         // Fields borrowed apart (no clone of the shared app: its reference
         // count would be written by every worker on every message).
@@ -313,7 +316,7 @@ impl AppWorker {
     /// session its `@resume` request named, or comes in as a new socket.
     fn admit(&mut self, conn: &mut Conn<'_, SocketData>) {
         match conn.data_mut().state.as_mut().and_then(|s| s.resume.take()) {
-            Some(request) => self.resume(conn, *request),
+            Some(request) => self.resume(conn, *request, true),
             None => {
                 if self.register_user(conn) {
                     self.connected(conn);
@@ -348,8 +351,9 @@ impl AppWorker {
 
     /// Tells the client it is admitted and usable:
     /// `[0,"@ready",{"socket","user","resume"?,"resumed"?}]`, after the
-    /// `@connection` handlers, unless one of them closed the socket. A new
-    /// resume token replaces the socket's last one.
+    /// `@connection` handlers, unless one of them closed the socket. The
+    /// resume token is the connection's own (derived, not stored: see
+    /// [`Sessions::token`](super::session::Sessions::token)).
     fn send_ready(&mut self, conn: &mut Conn<'_, SocketData>) {
         if !conn.is_open() {
             return;
@@ -366,12 +370,9 @@ impl AppWorker {
         }
         let mut resume = None;
         if self.app.0.setup.resume.window.is_some() {
-            match Token::random() {
-                Some(token) => {
-                    self.local.tokens.insert(conn.id(), token);
-                    resume = Some(token.to_hex());
-                }
-                None => crate::runtime::logs::no_resume_token(conn.id()),
+            resume = self.app.0.sessions.token(self.app.node(), conn.id());
+            if resume.is_none() {
+                crate::runtime::logs::no_resume_token(conn.id());
             }
         }
         let (user, resumed) = (conn.data().user().map(str::to_owned), conn.data().has(flag::RESUMED));
@@ -399,7 +400,8 @@ impl AppWorker {
         match (id, body) {
             (Some(id), Ok(body)) => {
                 let rooms = body.rooms.into_iter().map(|(room, at)| (room.into(), at.epoch.into(), at.offset));
-                let request = ResumeRequest { id, token: Token::parse(&body.token), rooms: rooms.collect() };
+                let token = self.app.0.sessions.verify(self.app.node(), &body.token);
+                let request = ResumeRequest { id, token, rooms: rooms.collect() };
                 conn.data_mut().state().resume = Some(Box::new(request));
             }
             (None, _) => self.bad_input(conn, None, ErrorCode::BadRequest, "@resume is a request", policy),
@@ -416,12 +418,31 @@ impl AppWorker {
 
     /// Resumes the session `request` names, or admits the socket as a new
     /// one when there is none to claim; then the reply and `@ready`, in the
-    /// order of PROTOCOL.md §13.
-    fn resume(&mut self, conn: &mut Conn<'_, SocketData>, request: ResumeRequest) {
+    /// order of PROTOCOL.md §13. With `may_take_over`, a token whose
+    /// connection has no session yet has that connection taken over: the
+    /// socket waits (see [`end_takeover`](Self::end_takeover)).
+    fn resume(&mut self, conn: &mut Conn<'_, SocketData>, request: ResumeRequest, may_take_over: bool) {
         let app = self.app.clone();
         let claimed = match request.token {
-            Some(token) if app.0.setup.resume.window.is_some() => {
-                app.0.sessions.claim(token, conn.data().user(), conn.id(), Instant::now()).ok()
+            Some(lost) if app.0.setup.resume.window.is_some() => {
+                match app.0.sessions.claim(lost, conn.data().user(), conn.id(), Instant::now()) {
+                    Ok(session) => Some(session),
+                    // The token's connection may still be open, its loss not
+                    // noticed yet: its worker closes it keeping its session,
+                    // then tells this socket to claim again.
+                    Err(Unclaimed::NoSession) if may_take_over => {
+                        let (user, waiter) = (conn.data().state.as_ref().and_then(|s| s.user.clone()), conn.id());
+                        // Every socket that waits for `@resume` has one.
+                        let until = self.local.auth_deadlines.iter().find(|(_, id)| *id == waiter).map(|(at, _)| *at);
+                        conn.data_mut().flags |= flag::TAKING_OVER;
+                        conn.data_mut().state().resume = Some(Box::new(request));
+                        let until = until.unwrap_or_else(Instant::now);
+                        let take_over = WorkerMsg::TakeOver { old: lost, user, waiter, until };
+                        app.server().notify(lost.worker(), Box::new(take_over));
+                        return;
+                    }
+                    Err(_) => None,
+                }
             }
             _ => None,
         };
@@ -505,9 +526,46 @@ impl AppWorker {
         self.send_ready(conn);
     }
 
-    /// Keeps the session of a socket closed by accident, under its token,
-    /// for its client to resume within the window (PROTOCOL.md §13).
-    fn keep_session(&self, conn: ConnId, token: Token, state: &mut SocketState) {
+    /// A socket waiting to take a connection over stops waiting (that
+    /// connection is gone, or the auth deadline passed): it claims the
+    /// session now, or comes in as a new socket.
+    fn end_takeover(&mut self, conn: &mut Conn<'_, SocketData>) {
+        if !conn.data().has(flag::TAKING_OVER) {
+            return;
+        }
+        conn.data_mut().flags &= !flag::TAKING_OVER;
+        if let Some(request) = conn.data_mut().state.as_mut().and_then(|s| s.resume.take()) {
+            self.resume(conn, *request, false);
+        }
+    }
+
+    /// Takes over connection `old` for socket `waiter` of `user`, which
+    /// resumes with its token: an admitted socket of the same user is
+    /// closed with 4409, its session kept at once (the close is the
+    /// server's own, for this resume), and the waiter told either way.
+    /// Past `until` the waiter has come in as a new socket (or is coming
+    /// in, claiming what was kept before then): `old` stays.
+    fn take_over(
+        &mut self,
+        conns: &mut Conns<'_, SocketData>,
+        old: ConnId,
+        user: Option<&str>,
+        waiter: ConnId,
+        until: Instant,
+    ) {
+        if let Some(mut conn) = conns.get(old).filter(|_| Instant::now() < until) {
+            if conn.data().has(flag::CONNECTED) && conn.data().user() == user {
+                self.depart(&mut conn, CLOSE_REPLACED, RESUMED_ELSEWHERE, true);
+                conn.close(CLOSE_REPLACED, RESUMED_ELSEWHERE);
+            }
+        }
+        self.app.server().notify(waiter.worker(), Box::new(WorkerMsg::TakenOver { waiter }));
+    }
+
+    /// Keeps the session of a socket closed by accident, under the
+    /// connection its token names, for its client to resume within the
+    /// window (PROTOCOL.md §13).
+    fn keep_session(&self, conn: ConnId, state: &mut SocketState) {
         let settings = &self.app.0.setup.resume;
         let Some(window) = settings.window else { return };
         let now = Instant::now();
@@ -522,7 +580,67 @@ impl AppWorker {
             direct: Default::default(),
             direct_complete: true,
         };
-        self.app.0.sessions.keep(token, session, now, settings.max_sessions);
+        self.app.0.sessions.keep(session, now, settings.max_sessions);
+    }
+
+    /// The socket is gone, closed with `code` and `reason` (or being closed
+    /// so, taken over by a resume): its calls fail, `@disconnect` and the
+    /// after hooks run, it leaves its groups and user devices, the presence
+    /// is told, and its session is kept if `keep` and the app keeps
+    /// sessions. Once only: it counts the socket out and takes its state.
+    fn depart(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str, keep: bool) {
+        let app = self.app.clone();
+        let id = conn.id();
+        for done in self.local.calls.take_all(id) {
+            settle_call(conn.metrics(), done, Err(CallError::Disconnected));
+        }
+        let connected = conn.data().has(flag::CONNECTED);
+        let resumable = connected && keep && app.0.setup.resume.window.is_some() && app.0.sessions.signs();
+        if connected {
+            let body = serde_json::json!({ "code": code.0, "reason": reason, "resumable": resumable });
+            self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
+        }
+        let data = conn.data_mut();
+        if connected {
+            data.flags &= !flag::CONNECTED;
+            app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let mut state = data.state.take();
+        if let Some(state) = state.as_deref_mut() {
+            let gone = Gone { conn_id: id, user: state.user.as_deref(), code, reason };
+            for After(after) in state.after.drain(..).rev() {
+                if let Some(after) = after {
+                    if catch_unwind(AssertUnwindSafe(|| after(&gone))).is_err() {
+                        crate::runtime::logs::panicked(id, "@disconnect", "an after hook");
+                    }
+                }
+            }
+            for group in &state.groups {
+                self.local.groups.leave(group, id);
+                app.0.registry.leave(group, id);
+            }
+            if let Some(user) = &state.user {
+                let mut users = super::lock(&app.0.users);
+                if let Some(devices) = users.get_mut(user) {
+                    devices.retain(|d| *d != id);
+                    if devices.is_empty() {
+                        users.remove(user);
+                    }
+                }
+            }
+        }
+        if connected {
+            // A socket that never joined a group nor had a user keeps no
+            // state, and its presence goes all the same.
+            let (user, groups) = state.as_deref().map_or((None, &[][..]), |s| (s.user.as_deref(), &s.groups[..]));
+            app.presence(Presence::Disconnected { conn_id: id, user, groups });
+        }
+        if resumable {
+            // A socket that kept no state (no user, group nor value) is kept all the same.
+            self.keep_session(id, &mut state.unwrap_or_default());
+        } else if let Some(public) = state.and_then(|s| s.public) {
+            app.0.sessions.forget_alias(public, id);
+        }
     }
 
     fn start_challenge(&mut self, conn: &mut Conn<'_, SocketData>, challenge: &Challenge) {
@@ -564,6 +682,14 @@ impl AppWorker {
             WorkerMsg::Authenticated { conn, user } => {
                 if let Some(mut conn) = conns.get(conn) {
                     self.authenticated(&mut conn, user);
+                }
+            }
+            WorkerMsg::TakeOver { old, user, waiter, until } => {
+                self.take_over(conns, old, user.as_deref(), waiter, until)
+            }
+            WorkerMsg::TakenOver { waiter } => {
+                if let Some(mut conn) = conns.get(waiter) {
+                    self.end_takeover(&mut conn);
                 }
             }
         }
@@ -666,7 +792,7 @@ impl Handler for AppWorker {
         }
         match refusal.map(|r| r.kind) {
             Some(RefusalKind::Status(status, body)) => return Err(Reject { status, body }),
-            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some((code, reason)),
+            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some(Box::new((code, reason))),
             None => {}
         }
         let accept = Accept::new(data);
@@ -686,8 +812,8 @@ impl Handler for AppWorker {
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
-        if let Some((code, reason)) = data.state.as_mut().and_then(|s| s.refusal.take()) {
-            return conn.close(code, &reason);
+        if let Some(refusal) = data.state.as_mut().and_then(|s| s.refusal.take()) {
+            return conn.close(refusal.0, &refusal.1);
         }
         let awaits_resume = data.query().and_then(|q| query_value(q, RESUME_PARAM)).is_some_and(|v| v == "1");
         if awaits_resume {
@@ -766,65 +892,7 @@ impl Handler for AppWorker {
     }
 
     fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, why: &CloseReason) {
-        let (code, reason) = (why.code(), &*why.reason());
-        let app = self.app.clone();
-        let id = conn.id();
-        for done in self.local.calls.take_all(id) {
-            settle_call(conn.metrics(), done, Err(CallError::Disconnected));
-        }
-        let token = self.local.tokens.remove(&id);
-        let resumable = conn.data().has(flag::CONNECTED)
-            && app.0.setup.resume.window.is_some()
-            && token.is_some()
-            && keeps_session(code);
-        if conn.data().has(flag::CONNECTED) {
-            let body = serde_json::json!({ "code": code.0, "reason": reason, "resumable": resumable });
-            self.system(conn, &app.0.setup.router.system.disconnect, "@disconnect", &body);
-        }
-        let data = conn.data_mut();
-        let connected = data.has(flag::CONNECTED);
-        if connected {
-            app.0.sockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        let mut state = data.state.take();
-        if let Some(state) = state.as_deref_mut() {
-            let gone = Gone { conn_id: id, user: state.user.as_deref(), code, reason };
-            for After(after) in state.after.drain(..).rev() {
-                if let Some(after) = after {
-                    if catch_unwind(AssertUnwindSafe(|| after(&gone))).is_err() {
-                        crate::runtime::logs::panicked(id, "@disconnect", "an after hook");
-                    }
-                }
-            }
-            for group in &state.groups {
-                self.local.groups.leave(group, id);
-                app.0.registry.leave(group, id);
-            }
-            if let Some(user) = &state.user {
-                let mut users = super::lock(&app.0.users);
-                if let Some(devices) = users.get_mut(user) {
-                    devices.retain(|d| *d != id);
-                    if devices.is_empty() {
-                        users.remove(user);
-                    }
-                }
-            }
-        }
-        if connected {
-            // A socket that never joined a group nor had a user keeps no
-            // state, and its presence goes all the same.
-            let (user, groups) = state.as_deref().map_or((None, &[][..]), |s| (s.user.as_deref(), &s.groups[..]));
-            app.presence(Presence::Disconnected { conn_id: id, user, groups });
-        }
-        match token.filter(|_| resumable) {
-            // A socket that kept no state (no user, group nor value) is kept all the same.
-            Some(token) => self.keep_session(id, token, &mut state.unwrap_or_default()),
-            None => {
-                if let Some(public) = state.and_then(|s| s.public) {
-                    app.0.sessions.forget_alias(public, id);
-                }
-            }
-        }
+        self.depart(conn, why.code(), &why.reason(), keeps_session(why.code()));
     }
 
     /// A shutdown lets deferred replies go out before the socket's 1001.
@@ -867,6 +935,8 @@ impl Handler for AppWorker {
             if let Some(mut conn) = conns.get(id) {
                 if conn.data().flags & (flag::UNAUTHED | flag::AWAIT_RESUME) != 0 {
                     conn.close(CLOSE_TIMEOUT, "authentication timeout");
+                } else {
+                    self.end_takeover(&mut conn);
                 }
             }
         }

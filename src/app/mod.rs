@@ -43,6 +43,7 @@
 //!        └ handle   AppHandle, SocketRef, UserRef, Running: the app from any thread
 //!          ├ cluster_view   queries for every node
 //!          ├ adapter        the Adapter trait, targets, scopes, presence
+//!          ├ session        sessions kept for resume, resume tokens
 //!          └ inbox          what other threads post to a worker
 //!            ├ connect      upgrades: Connecting, Refusal, path routes, Challenge
 //!            ├ groups       rooms and tags, broadcast deliveries
@@ -200,7 +201,8 @@ impl App {
     }
 
     /// Handles an event (`/name`) or a system event: `@connection`,
-    /// `@disconnect` (data `{code, reason}`), `@error` (data `{code,
+    /// `@disconnect` (data `{code, reason, resumable}`: `resumable` is
+    /// true when the socket's session is kept for a resume), `@error` (data `{code,
     /// message}` for bad input from a socket, every refused message
     /// included; `{code: "internal", message, event}` when a handler of
     /// `event` panicked), `@any` (events without a handler), `@ping`

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
 use super::locks::lock;
 use crate::proto::CloseCode;
 use crate::runtime::{ConnId, SharedFrame};
@@ -44,39 +47,64 @@ impl Default for ResumeSettings {
     }
 }
 
-/// A resume token: 128 random bits, written as 32 lowercase hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Token([u8; 16]);
+/// The bytes of a token that name its connection: a `ConnId`, big-endian.
+const CONN_BYTES: usize = 8;
+/// The bytes of a token's MAC kept: the first half of HMAC-SHA1's 20,
+/// 128 bits to guess.
+const MAC_BYTES: usize = 16;
+/// A token's length as text: two lowercase hex digits per byte.
+pub(crate) const TOKEN_LEN: usize = 2 * (CONN_BYTES + MAC_BYTES);
 
-impl Token {
-    /// A fresh token from the OS's generator; `None` if it fails (the socket
-    /// then gets no token and cannot resume).
-    pub fn random() -> Option<Token> {
-        let mut bytes = [0; 16];
-        getrandom::getrandom(&mut bytes).ok()?;
-        Some(Token(bytes))
+/// Signs and checks resume tokens. A token is derived, not stored: the
+/// connection's id and a MAC of it under the app's secret (made once per
+/// app) and the node's id, so that a socket costs no memory for its token
+/// and a token names one connection of one node. A connection has one
+/// token: it is spent because its session goes when claimed, and a resumed
+/// socket gets the token of its new connection.
+struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    /// A new secret from the OS's generator; `None` if it fails (sockets
+    /// then get no token and cannot resume).
+    fn random() -> Option<TokenKey> {
+        let mut secret = [0; 32];
+        getrandom::getrandom(&mut secret).ok()?;
+        Some(TokenKey(secret))
     }
 
-    /// Reads a token as a client sends it back; `None` for anything that is
-    /// not one (which resumes nothing, as an unknown token).
-    pub fn parse(text: &str) -> Option<Token> {
-        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-            return None;
-        }
-        let mut bytes = [0; 16];
-        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
-            let pair = std::str::from_utf8(pair).ok()?;
-            *byte = u8::from_str_radix(pair, 16).ok()?;
-        }
-        Some(Token(bytes))
+    fn mac(&self, node: u64, conn: ConnId) -> Hmac<Sha1> {
+        let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        mac.update(&node.to_be_bytes());
+        mac.update(&conn.0.to_be_bytes());
+        mac
     }
 
-    pub fn to_hex(self) -> String {
-        let mut text = String::with_capacity(32);
-        for byte in self.0 {
+    /// The token of connection `conn` of node `node`.
+    fn token(&self, node: u64, conn: ConnId) -> String {
+        let mac = self.mac(node, conn).finalize().into_bytes();
+        let mut text = String::with_capacity(TOKEN_LEN);
+        for byte in conn.0.to_be_bytes().iter().chain(&mac[..MAC_BYTES]) {
             let _ = write!(text, "{byte:02x}");
         }
         text
+    }
+
+    /// The connection a token names, if this key signed it for node `node`;
+    /// `None` for anything else (which resumes nothing, as an unknown token).
+    fn verify(&self, node: u64, text: &str) -> Option<ConnId> {
+        if text.len() != TOKEN_LEN || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return None;
+        }
+        let mut bytes = [0; CONN_BYTES + MAC_BYTES];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
+            // Checked above: two hex digits.
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        let (conn, mac) = bytes.split_at(CONN_BYTES);
+        let conn = ConnId(u64::from_be_bytes(conn.try_into().ok()?));
+        // In constant time: a guess learns nothing from how long it took.
+        self.mac(node, conn).verify_truncated_left(mac).ok()?;
+        Some(conn)
     }
 }
 
@@ -109,24 +137,27 @@ pub(crate) struct Session {
     pub direct_complete: bool,
 }
 
-/// Every kept session of this node, and the resumed sockets' connections.
-#[derive(Default)]
+/// Every kept session of this node, by the connection it was lost with
+/// (the one its token names), and the resumed sockets' connections.
 pub(crate) struct Sessions {
     table: Mutex<Table>,
     /// Away sessions plus aliases: while 0, the send paths skip the lock.
     entries: AtomicUsize,
+    /// Signs the tokens; `None` when the OS generator failed at start.
+    key: Option<TokenKey>,
 }
 
 #[derive(Default)]
 struct Table {
-    by_token: HashMap<Token, Session>,
-    /// The token of each away socket, by public id.
-    away: HashMap<ConnId, Token>,
-    /// The away sockets' tokens, by user.
-    by_user: HashMap<Arc<str>, Vec<Token>>,
+    /// Each session by the connection it was lost with.
+    by_conn: HashMap<ConnId, Session>,
+    /// The lost connection of each away socket, by public id.
+    away: HashMap<ConnId, ConnId>,
+    /// The away sockets' lost connections, by user.
+    by_user: HashMap<Arc<str>, Vec<ConnId>>,
     /// Sessions in the order they were kept (deadlines grow with it when the
     /// window is fixed), for the sweep.
-    order: VecDeque<(Instant, Token)>,
+    order: VecDeque<(Instant, ConnId)>,
     /// A resumed socket's current connection, by public id.
     aliases: HashMap<ConnId, ConnId>,
     /// A resumed socket's public id, by current connection.
@@ -135,13 +166,13 @@ struct Table {
 
 impl Table {
     /// Removes a session and its indexes.
-    fn take(&mut self, token: Token) -> Option<Session> {
-        let session = self.by_token.remove(&token)?;
+    fn take(&mut self, lost: ConnId) -> Option<Session> {
+        let session = self.by_conn.remove(&lost)?;
         self.away.remove(&session.public);
         if let Some(user) = &session.user {
-            if let Some(tokens) = self.by_user.get_mut(user) {
-                tokens.retain(|t| *t != token);
-                if tokens.is_empty() {
+            if let Some(lost_conns) = self.by_user.get_mut(user) {
+                lost_conns.retain(|c| *c != lost);
+                if lost_conns.is_empty() {
                     self.by_user.remove(user);
                 }
             }
@@ -150,7 +181,7 @@ impl Table {
     }
 
     fn len(&self) -> usize {
-        self.by_token.len() + self.aliases.len()
+        self.by_conn.len() + self.aliases.len()
     }
 
     /// Public id `public` no longer reaches connection `conn`.
@@ -171,6 +202,27 @@ pub(crate) enum Unclaimed {
 }
 
 impl Sessions {
+    /// No session yet, and a new secret for the tokens.
+    pub fn new() -> Sessions {
+        Sessions { table: Mutex::default(), entries: AtomicUsize::new(0), key: TokenKey::random() }
+    }
+
+    /// The resume token of connection `conn` of node `node`; `None` when
+    /// the app has no secret to sign it with.
+    pub fn token(&self, node: u64, conn: ConnId) -> Option<String> {
+        Some(self.key.as_ref()?.token(node, conn))
+    }
+
+    /// Whether tokens can be signed (the OS generator gave a secret).
+    pub fn signs(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The connection a token of node `node` names, if it is genuine.
+    pub fn verify(&self, node: u64, token: &str) -> Option<ConnId> {
+        self.key.as_ref()?.verify(node, token)
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
         let mut table = lock(&self.table);
         let result = f(&mut table);
@@ -183,37 +235,39 @@ impl Sessions {
         self.entries.load(Ordering::Relaxed) == 0
     }
 
-    /// Keeps a session under `token` until its deadline, dropping the
-    /// expired ones, and the oldest while `max` are kept; a resumed socket's
-    /// public id no longer reaches its lost connection but the session.
-    pub fn keep(&self, token: Token, session: Session, now: Instant, max: usize) {
+    /// Keeps a session under its lost connection (its token's) until its
+    /// deadline, dropping the expired ones, and the oldest while `max` are
+    /// kept; a resumed socket's public id no longer reaches its lost
+    /// connection but the session.
+    pub fn keep(&self, session: Session, now: Instant, max: usize) {
+        let lost = session.conn;
         self.with(|table| {
             expire(table, now);
-            while table.by_token.len() >= max.max(1) {
+            while table.by_conn.len() >= max.max(1) {
                 let Some((_, oldest)) = table.order.pop_front() else { break };
                 table.take(oldest);
             }
             table.unalias(session.public, session.conn);
-            table.away.insert(session.public, token);
+            table.away.insert(session.public, lost);
             if let Some(user) = &session.user {
-                table.by_user.entry(user.clone()).or_default().push(token);
+                table.by_user.entry(user.clone()).or_default().push(lost);
             }
-            table.order.push_back((session.deadline, token));
-            table.by_token.insert(token, session);
+            table.order.push_back((session.deadline, lost));
+            table.by_conn.insert(lost, session);
         });
     }
 
-    /// Takes the session of `token` for a connection of `user` now at
-    /// `conn`: at most one claim of a token succeeds. From then on the
-    /// session's public id reaches `conn`.
-    pub fn claim(&self, token: Token, user: Option<&str>, conn: ConnId, now: Instant) -> Result<Session, Unclaimed> {
+    /// Takes the session lost with connection `lost` for a connection of
+    /// `user` now at `conn`: at most one claim of a session succeeds. From
+    /// then on the session's public id reaches `conn`.
+    pub fn claim(&self, lost: ConnId, user: Option<&str>, conn: ConnId, now: Instant) -> Result<Session, Unclaimed> {
         self.with(|table| {
             expire(table, now);
-            let session = table.by_token.get(&token).ok_or(Unclaimed::NoSession)?;
+            let session = table.by_conn.get(&lost).ok_or(Unclaimed::NoSession)?;
             if session.user.as_deref() != user {
                 return Err(Unclaimed::OtherUser);
             }
-            let session = table.take(token).ok_or(Unclaimed::NoSession)?;
+            let session = table.take(lost).ok_or(Unclaimed::NoSession)?;
             table.aliases.insert(session.public, conn);
             table.publics.insert(conn, session.public);
             Ok(session)
@@ -247,8 +301,8 @@ impl Sessions {
             return false;
         }
         self.with(|table| {
-            let Some(token) = table.away.get(&public).copied() else { return false };
-            table.by_token.get_mut(&token).is_some_and(|session| {
+            let Some(lost) = table.away.get(&public).copied() else { return false };
+            table.by_conn.get_mut(&lost).is_some_and(|session| {
                 hold(session, frame, cap);
                 true
             })
@@ -261,10 +315,10 @@ impl Sessions {
             return 0;
         }
         self.with(|table| {
-            let Table { by_user, by_token, .. } = table;
+            let Table { by_user, by_conn, .. } = table;
             let mut held = 0;
-            for token in by_user.get(user).map_or(&[][..], |t| &t[..]) {
-                if let Some(session) = by_token.get_mut(token) {
+            for lost in by_user.get(user).map_or(&[][..], |t| &t[..]) {
+                if let Some(session) = by_conn.get_mut(lost) {
                     hold(session, frame, cap);
                     held += 1;
                 }
@@ -278,7 +332,7 @@ impl Sessions {
         if self.is_empty() {
             return false;
         }
-        self.with(|table| table.away.get(&public).copied().and_then(|token| table.take(token)).is_some())
+        self.with(|table| table.away.get(&public).copied().and_then(|lost| table.take(lost)).is_some())
     }
 
     /// Ends every away session of `user`; how many there were.
@@ -287,8 +341,8 @@ impl Sessions {
             return 0;
         }
         self.with(|table| {
-            let tokens = table.by_user.get(user).cloned().unwrap_or_default();
-            tokens.into_iter().filter_map(|token| table.take(token)).count()
+            let lost = table.by_user.get(user).cloned().unwrap_or_default();
+            lost.into_iter().filter_map(|lost| table.take(lost)).count()
         })
     }
 
@@ -302,7 +356,7 @@ impl Sessions {
     /// How many sessions are kept.
     #[cfg(test)]
     fn kept(&self) -> usize {
-        lock(&self.table).by_token.len()
+        lock(&self.table).by_conn.len()
     }
 }
 
@@ -318,13 +372,13 @@ fn hold(session: &mut Session, frame: &SharedFrame, cap: usize) {
 /// Drops the sessions past their deadline (a claimed one leaves a stale
 /// entry in `order`, skipped here).
 fn expire(table: &mut Table, now: Instant) {
-    while let Some(&(deadline, token)) = table.order.front() {
+    while let Some(&(deadline, lost)) = table.order.front() {
         if deadline > now {
             break;
         }
         table.order.pop_front();
-        if table.by_token.get(&token).is_some_and(|s| s.deadline <= now) {
-            table.take(token);
+        if table.by_conn.get(&lost).is_some_and(|s| s.deadline <= now) {
+            table.take(lost);
         }
     }
 }
@@ -358,26 +412,44 @@ mod tests {
     }
 
     #[test]
-    fn tokens_read_back_and_refuse_anything_else() {
-        let token = Token::random().expect("the OS generator works");
-        let hex = token.to_hex();
-        assert_eq!(hex.len(), 32);
-        assert!(Token::parse(&hex) == Some(token));
-        for bad in ["", "00", &hex.to_uppercase(), &format!("{hex}0"), &hex.replace(&hex[..1], "g"), "é"] {
-            assert!(Token::parse(bad).is_none(), "{bad:?}");
+    fn tokens_verify_and_refuse_anything_else() {
+        let sessions = Sessions::new();
+        let token = sessions.token(3, ConnId(0x0100_0002_0000_0005)).expect("the OS generator works");
+        assert_eq!(token.len(), TOKEN_LEN);
+        assert!(token.starts_with("0100000200000005"));
+        assert_eq!(sessions.verify(3, &token), Some(ConnId(0x0100_0002_0000_0005)));
+        assert_ne!(sessions.token(3, ConnId(6)), Some(token.clone()));
+        let flip = |at: usize| {
+            let mut bytes = token.clone().into_bytes();
+            bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
+            String::from_utf8(bytes).expect("hex")
+        };
+        for bad in [
+            String::new(),
+            "00".into(),
+            token.to_uppercase(),
+            format!("{token}0"),
+            token.replace(&token[..1], "g"),
+            "é".repeat(24),
+            flip(15),
+            flip(16),
+            flip(TOKEN_LEN - 1),
+        ] {
+            assert_eq!(sessions.verify(3, &bad), None, "{bad:?}");
         }
-        assert!(Token::random() != Token::random());
+        // Another node, or another app (its own secret), does not take it.
+        assert_eq!(sessions.verify(4, &token), None);
+        assert_eq!(Sessions::new().verify(3, &token), None);
     }
 
     #[test]
     fn a_claim_succeeds_once_and_for_the_same_user_only() {
-        let (sessions, now) = (Sessions::default(), Instant::now());
-        let token = Token::random().expect("the OS generator works");
-        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
-        assert!(matches!(sessions.claim(token, Some("bob"), ConnId(9), now), Err(Unclaimed::OtherUser)));
-        assert!(matches!(sessions.claim(token, None, ConnId(9), now), Err(Unclaimed::OtherUser)));
-        assert_eq!(sessions.claim(token, Some("ann"), ConnId(9), now).ok().map(|s| s.public), Some(ConnId(7)));
-        assert!(matches!(sessions.claim(token, Some("ann"), ConnId(10), now), Err(Unclaimed::NoSession)));
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
+        assert!(matches!(sessions.claim(ConnId(7), Some("bob"), ConnId(9), now), Err(Unclaimed::OtherUser)));
+        assert!(matches!(sessions.claim(ConnId(7), None, ConnId(9), now), Err(Unclaimed::OtherUser)));
+        assert_eq!(sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().map(|s| s.public), Some(ConnId(7)));
+        assert!(matches!(sessions.claim(ConnId(7), Some("ann"), ConnId(10), now), Err(Unclaimed::NoSession)));
         assert_eq!((sessions.current(ConnId(7)), sessions.public(ConnId(9))), (ConnId(9), ConnId(7)));
         sessions.forget_alias(ConnId(7), ConnId(9));
         assert_eq!((sessions.current(ConnId(7)), sessions.public(ConnId(9))), (ConnId(7), ConnId(9)));
@@ -386,43 +458,40 @@ mod tests {
 
     #[test]
     fn expired_sessions_are_dropped() {
-        let (sessions, now) = (Sessions::default(), Instant::now());
-        let token = Token::random().expect("the OS generator works");
-        sessions.keep(token, session(7, None, now + Duration::from_millis(5)), now, 10);
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        sessions.keep(session(7, None, now + Duration::from_millis(5)), now, 10);
         assert_eq!(sessions.kept(), 1);
         sessions.expire(now + Duration::from_millis(5));
         assert_eq!(sessions.kept(), 0);
-        assert!(matches!(sessions.claim(token, None, ConnId(9), now), Err(Unclaimed::NoSession)));
+        assert!(matches!(sessions.claim(ConnId(7), None, ConnId(9), now), Err(Unclaimed::NoSession)));
     }
 
     #[test]
     fn past_the_limit_the_oldest_session_goes() {
-        let (sessions, now) = (Sessions::default(), Instant::now());
-        let tokens: Vec<Token> = (0..3).map(|_| Token::random().expect("the OS generator works")).collect();
-        for (n, token) in tokens.iter().enumerate() {
-            sessions.keep(*token, session(n as u64, None, now + Duration::from_secs(60)), now, 2);
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        for n in 0..3 {
+            sessions.keep(session(n, None, now + Duration::from_secs(60)), now, 2);
         }
         assert_eq!(sessions.kept(), 2);
-        assert!(matches!(sessions.claim(tokens[0], None, ConnId(9), now), Err(Unclaimed::NoSession)));
-        assert!(sessions.claim(tokens[2], None, ConnId(9), now).is_ok());
+        assert!(matches!(sessions.claim(ConnId(0), None, ConnId(9), now), Err(Unclaimed::NoSession)));
+        assert!(sessions.claim(ConnId(2), None, ConnId(9), now).is_ok());
     }
 
     #[test]
     fn direct_messages_past_the_cap_drop_the_oldest() {
-        let (sessions, now) = (Sessions::default(), Instant::now());
-        let token = Token::random().expect("the OS generator works");
-        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2));
         assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2));
         assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2), 1);
         assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2), 0);
-        let claimed = sessions.claim(token, Some("ann"), ConnId(9), now).ok().expect("kept");
+        let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(claimed.direct_complete);
-        sessions.keep(token, session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
+        sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         for text in ["1", "2", "3"] {
             sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2);
         }
-        let claimed = sessions.claim(token, Some("ann"), ConnId(9), now).ok().expect("kept");
+        let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(!claimed.direct_complete);
         assert_eq!(claimed.direct, [SharedFrame::text("2"), SharedFrame::text("3")]);
     }

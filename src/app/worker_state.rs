@@ -2,7 +2,7 @@
 //! write envelopes into one reused buffer, join and leave groups, start
 //! calls to a client.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,6 @@ use super::groups::{Delivery, Outbox, WorkerGroups};
 use super::handle::AppHandle;
 use super::limits::check_group_name;
 use super::rpc::{CallError, CallResult, Calls, Done};
-use super::session::Token;
 use super::socket::SocketData;
 use crate::metrics::WorkerMetrics;
 use crate::proto::OpCode;
@@ -37,10 +36,6 @@ pub(crate) struct WorkerState {
     pub next_heartbeat: Option<Instant>,
     /// When this worker next drops expired resume sessions, while there are some.
     pub next_sweep: Option<Instant>,
-    /// The resume token of each admitted socket of this worker: here rather
-    /// than in the socket's boxed state, which most idle sockets never
-    /// allocate (an entry is a fraction of that box).
-    pub tokens: HashMap<ConnId, Token>,
     /// The worker's counters, taken from the first socket to open (a
     /// callback without a socket, `on_turn`, counts through them).
     pub metrics: Option<Arc<WorkerMetrics>>,
@@ -56,7 +51,6 @@ impl WorkerState {
             auth_deadlines: VecDeque::new(),
             next_heartbeat: None,
             next_sweep: None,
-            tokens: HashMap::new(),
             metrics: None,
         }
     }
