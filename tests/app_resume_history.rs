@@ -745,7 +745,6 @@ fn an_at_connection_handler_joining_the_room_again_on_resume_changes_nothing() {
 }
 
 #[test]
-#[ignore = "needs the takeover of a connection still open (§13 step 3, branch takeover): today `resumed: false`"]
 fn a_resume_that_takes_over_a_connection_still_open_recovers_what_it_missed() {
     let fixture = Fixture::start(|app| {
         app.history("#r", History::new(100, TTL));
