@@ -24,6 +24,10 @@
 //! - `/join {room}` and `/say {room, event, data}`: rooms and broadcasts;
 //! - `/whoami`: `{"socket", "user"}`; `/drop-me`: the app drops the socket.
 //!
+//! Rooms named `#h:…` (`/join {"room": "h:…"}`) keep history (PROTOCOL.md
+//! §13): their broadcasts carry offsets, and a resume replays the missed
+//! ones. Sessions are kept for the default resume window.
+//!
 //! A query `?close=CODE` makes connection middleware refuse the socket after
 //! the upgrade with that close code. Authentication: `upgrade` wants
 //! `?token=user:NAME`; `message` wants `[1,id,"/auth",{"token":"user:NAME"}]`;
@@ -38,7 +42,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use emitws::app::{
-    App, BroadcastOpts, CallError, CallResult, Challenge, DevicePolicy, EventLimits, Policy, Rate, Refusal,
+    App, BroadcastOpts, CallError, CallResult, Challenge, DevicePolicy, EventLimits, History, Policy, Rate, Refusal,
     ReplyHandle, Request, SocketId,
 };
 use serde::{Deserialize, Serialize};
@@ -364,6 +368,7 @@ fn main() -> std::io::Result<()> {
         Some(Err(_)) => Err(Refusal::status(400, "?close wants a close code")),
         None => Ok(emitws::app::After::nothing()),
     });
+    app.history("#h:*", History::new(100, Duration::from_secs(60)));
     authentication(&mut app, &options.auth);
     handlers(&mut app);
     let running = app.listen(&options.addr)?;

@@ -1105,6 +1105,166 @@ async def _():
     await client.aclose()
 
 
+# ---------------------------------------------------------------- §13 resume and recovery
+
+
+def history_room():
+    """A fresh room with history: the server gives `#h:…` rooms history, and
+    `/join` and `/say` put the `#` in front of the name they are given."""
+    return unique("h:")
+
+
+async def deliveries(client, count, event="said"):
+    """The next `count` events named `event`, parsed as JSON arrays (other
+    frames, such as replies, are skipped)."""
+    got = []
+    while len(got) < count:
+        text, _ = await frames_until(client, lambda t: t.startswith(f'[0,"{event}"'))
+        got.append(json.loads(text))
+    return got
+
+
+def require_delivery(delivery, room, data, offset, epoch=None):
+    """§13: `[0, event, data, {room, offset, epoch}]`; returns the epoch."""
+    require(len(delivery) == 4, f"no fourth element: {delivery}")
+    require(delivery[2] == data, f"wanted data {data!r}: {delivery}")
+    position = delivery[3]
+    require(isinstance(position, dict), f"the fourth element is no object: {delivery}")
+    require(position.get("room") == f"#{room}", f"wanted room #{room}: {delivery}")
+    require(type(position.get("offset")) is int and position["offset"] == offset, f"wanted offset {offset}: {delivery}")
+    require(isinstance(position.get("epoch"), str) and position["epoch"], f"no epoch string: {delivery}")
+    require(epoch is None or position["epoch"] == epoch, f"wanted epoch {epoch}: {delivery}")
+    return position["epoch"]
+
+
+async def say(client, room, data):
+    await client.request("/say", {"room": room, "event": "said", "data": data})
+
+
+def token_of(ready_data):
+    token = ready_data.get("resume") if isinstance(ready_data, dict) else None
+    require(isinstance(token, str) and token, f"@ready has no resume token: {ready_data}")
+    return token
+
+
+async def lose(client):
+    """Drops the TCP connection without a close frame (§13: a loss)."""
+    client.ws.transport.abort()
+    closed = await client.closed(QUIET)
+    require(closed.code is None, f"the aborted connection got a close frame: {closed}")
+
+
+async def resume(token, rooms, server="main"):
+    """Reconnects with `emitws_resume=1` and `@resume` as the first envelope;
+    returns (client, the reply, the frames before it, the @ready data after
+    it)."""
+    client = await Client(url(server, "/?emitws_resume=1"), answer_calls=False).open()
+    id = client.next_id()
+    await client.send_text(encode(1, id, "@resume", {"token": token, "rooms": rooms}))
+    reply, before = await answer(client, id)
+    frame = await receive(client, "@ready after the reply to @resume")
+    require(isinstance(frame, str) and frame.startswith('[0,"@ready"'), f"after the @resume reply: {frame!r}")
+    client.ready = parse(frame).data
+    return client, reply, before, client.ready
+
+
+async def not_resumed(token, old_socket):
+    """§13: a token that cannot resume gets `resumed: false` and a new socket."""
+    client, reply, before, ready_data = await resume(token, {})
+    require(reply.kind == 2, f"@resume got {reply.text}")
+    require(reply.data.get("resumed") is False, f"wanted resumed: false, got {reply.text}")
+    require(reply.data.get("socket") != old_socket, f"the socket is the old one: {reply.text}")
+    require(not before, f"frames before the reply: {before!r}")
+    require(ready_data.get("socket") == reply.data.get("socket"), f"@ready {ready_data} after {reply.text}")
+    require(not ready_data.get("resumed"), f"@ready says resumed: {ready_data}")
+    return client
+
+
+@check("§13 §4", "@ready carries a resume token of at most 64 bytes, different per connection")
+async def _():
+    ann, bob = await raw_client(), await raw_client()
+    tokens = [token_of(ann.ready), token_of(bob.ready)]
+    for token in tokens:
+        require(len(token.encode()) <= 64, f"a token of {len(token.encode())} bytes")
+    require(tokens[0] != tokens[1], "two connections got the same token")
+    require(not ann.ready.get("resumed"), f"a first connection says resumed: {ann.ready}")
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13", "broadcasts to a room with history carry {room, offset, epoch}, offsets 1, 2, 3")
+async def _():
+    room = history_room()
+    ann, bob = await raw_client(), await raw_client()
+    await ann.request("/join", {"room": room})
+    await bob.request("/join", {"room": room})
+    for n in (1, 2, 3):
+        await say(bob, room, {"n": n})
+    epoch = None
+    for n, delivery in enumerate(await deliveries(ann, 3), 1):
+        epoch = require_delivery(delivery, room, {"n": n}, n, epoch)
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13", "a lost connection resumes: missed broadcasts, then the reply, then @ready, same socket")
+async def _():
+    room = history_room()
+    ann, bob = await raw_client(), await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await ann.request("/join", {"room": room})
+    await bob.request("/join", {"room": room})
+    await say(bob, room, "m1")
+    epoch = require_delivery((await deliveries(ann, 1))[0], room, "m1", 1)
+    await lose(ann)
+    await say(bob, room, "m2")
+    await say(bob, room, "m3")
+    ann, reply, before, ready_data = await resume(token, {f"#{room}": {"epoch": epoch, "offset": 1}})
+    require(reply.kind == 2, f"@resume got {reply.text}")
+    missed = [json.loads(text) for text in before]
+    require(len(missed) == 2, f"wanted m2 and m3 before the reply, got {before!r}")
+    require_delivery(missed[0], room, "m2", 2, epoch)
+    require_delivery(missed[1], room, "m3", 3, epoch)
+    require(reply.data.get("resumed") is True and reply.data.get("socket") == socket, f"reply {reply.text}")
+    recovered = reply.data.get("rooms", {}).get(f"#{room}")
+    require(recovered == {"recovered": True, "epoch": epoch, "offset": 3}, f"reply {reply.text}")
+    require(ready_data.get("socket") == socket and ready_data.get("resumed") is True, f"@ready {ready_data}")
+    require(token_of(ready_data) != token, "@ready after a resume brought the spent token again")
+    await say(bob, room, "m4")  # still in the room
+    require_delivery((await deliveries(ann, 1))[0], room, "m4", 4, epoch)
+    require((await ann.request("/whoami"))["socket"] == socket, "/whoami names another socket")
+    # §13: a claim succeeds at most once.
+    again = await not_resumed(token, socket)
+    await again.aclose()
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13", "an unknown token does not resume; a second @resume gets bad_request")
+async def _():
+    client = await not_resumed("unknown-" + uuid.uuid4().hex, None)
+    await error_reply(client, encode(1, 90, "@resume", {"token": token_of(client.ready)}), 90, "bad_request")
+    await client.aclose()
+
+
+@check("§13", "a client's 1000 close ends the session: its token does not resume")
+async def _():
+    ann = await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await ann.aclose()
+    closed = await ann.closed(QUIET)
+    require(closed.code == 1000, f"the close was not a 1000 exchange: {closed}")
+    client = await not_resumed(token, socket)
+    await client.aclose()
+
+
+@check("§13 §4", "@resume after @ready on a plain connection gets bad_request")
+async def _(client):
+    token = token_of(client.ready)
+    await error_reply(client, encode(1, 5, "@resume", {"token": token, "rooms": {}}), 5, "bad_request")
+    require((await client.request("/whoami"))["socket"] == client.ready["socket"], "the socket changed")
+
+
 # ---------------------------------------------------------------- runner
 
 
