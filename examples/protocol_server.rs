@@ -21,6 +21,8 @@
 //! - `/calls {n, timeout_ms}`: calls the client's `count` procedure `n` times
 //!   (data 1..=n) and answers `{"answered": k, "errors": [codes]}`;
 //! - `/emit {event, data}`: sends `[0,event,data]` to this socket;
+//! - `/emit-to {socket, event, data}`: sends it to the socket whose id
+//!   (PROTOCOL.md §12) is given, and answers whether it could;
 //! - `/join {room}` and `/say {room, event, data}`: rooms and broadcasts;
 //! - `/whoami`: `{"socket", "user"}`; `/drop-me`: the app drops the socket.
 //!
@@ -197,6 +199,14 @@ struct Emit {
 }
 
 #[derive(Deserialize)]
+struct EmitTo {
+    socket: String,
+    event: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
 struct Say {
     room: String,
     event: String,
@@ -288,6 +298,16 @@ fn handlers(app: &mut App) {
         let Some(Emit { event, data }) = req.expect_data::<Emit>() else { return };
         let _ = req.emit(&event, &data.unwrap_or_else(null));
         req.reply(&Value::Null);
+    });
+    app.on("/emit-to", |req| {
+        let Some(EmitTo { socket, event, data }) = req.expect_data::<EmitTo>() else { return };
+        let Ok(id) = socket.parse::<SocketId>() else {
+            return req.reply_err("bad_request", "socket is no socket id");
+        };
+        match req.app().emit_to(id, &event, &data.unwrap_or_else(null)) {
+            Ok(sent) => req.reply(&sent),
+            Err(e) => req.reply_err("bad_request", &e.to_string()),
+        }
     });
     app.on("/join", |req| {
         let Some(Join { room }) = req.expect_data::<Join>() else { return };

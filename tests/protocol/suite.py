@@ -23,6 +23,14 @@ from emitws_client import MAX_ID, Client, Closed, RemoteError, encode, parse
 
 SERVERS = {}
 CHECKS = []
+# Checks the server is known to fail, each with what it does instead: they
+# run, and a failure is reported as KNOWN without failing the suite; one that
+# passes is reported so that its entry is removed.
+KNOWN = {
+    "[§13] a resume while the token's connection is open closes that one with 4409": (
+        "the server answers resumed: false and leaves the old connection open"
+    ),
+}
 CHECK_TIMEOUT = 10  # seconds for one check, whatever it does
 SUITE_TIMEOUT = 100  # seconds for all of them
 QUIET = 3  # seconds a check waits for something that must come
@@ -1154,18 +1162,40 @@ async def lose(client):
     require(closed.code is None, f"the aborted connection got a close frame: {closed}")
 
 
-async def resume(token, rooms, server="main"):
-    """Reconnects with `emitws_resume=1` and `@resume` as the first envelope;
-    returns (client, the reply, the frames before it, the @ready data after
-    it)."""
+async def resume(token, rooms, server="main", user=None):
+    """Reconnects with `emitws_resume=1` and `@resume` as the first envelope
+    (with first-message auth, right after `/auth` as `user`, not waiting for
+    its reply); returns (client, the reply, the frames before it but after
+    the auth reply, the @ready data after it)."""
     client = await Client(url(server, "/?emitws_resume=1"), answer_calls=False).open()
+    if user is not None:
+        await client.send_text(encode(1, client.next_id(), "/auth", {"token": f"user:{user}"}))
     id = client.next_id()
     await client.send_text(encode(1, id, "@resume", {"token": token, "rooms": rooms}))
     reply, before = await answer(client, id)
+    if user is not None:
+        auth = parse(before[0]) if before else None
+        require(auth is not None and auth.kind == 2 and auth.id == 1, f"the auth reply is not first: {before!r}")
+        before = before[1:]
     frame = await receive(client, "@ready after the reply to @resume")
     require(isinstance(frame, str) and frame.startswith('[0,"@ready"'), f"after the @resume reply: {frame!r}")
     client.ready = parse(frame).data
     return client, reply, before, client.ready
+
+
+async def go_away(client, code=1001):
+    """Closes with `code` (1001 going away by default), which keeps the
+    session (§13), and waits for the server's close: the server has then seen
+    the socket go."""
+    await client.ws.close(code)
+    closed = await client.closed(QUIET)
+    require(closed.code is not None, f"the server answered a {code} close with {closed}")
+
+
+def require_resumed(reply, ready_data, socket):
+    require(reply.kind == 2, f"@resume got {reply.text}")
+    require(reply.data.get("resumed") is True and reply.data.get("socket") == socket, f"reply {reply.text}")
+    require(ready_data.get("socket") == socket and ready_data.get("resumed") is True, f"@ready {ready_data}")
 
 
 async def not_resumed(token, old_socket):
@@ -1258,6 +1288,112 @@ async def _():
     await client.aclose()
 
 
+@check("§13", "a 1001 close keeps the session: direct messages sent meanwhile come before the reply, in order")
+async def _():
+    ann, bob = await raw_client(), await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await go_away(ann)
+    for n in (1, 2):
+        await bob.request("/emit-to", {"socket": socket, "event": "direct", "data": n})
+    ann, reply, before, ready_data = await resume(token, {})
+    require(before == ['[0,"direct",1]', '[0,"direct",2]'], f"before the reply: {before!r}")
+    require_resumed(reply, ready_data, socket)
+    require(reply.data.get("direct") == {"recovered": True}, f"reply {reply.text}")
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13", "a client's 4001 close (a jump to another server) keeps the session")
+async def _():
+    ann = await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await go_away(ann, 4001)
+    ann, reply, _, ready_data = await resume(token, {})
+    require_resumed(reply, ready_data, socket)
+    await ann.aclose()
+
+
+@check("§13", "a room the client does not list is replayed from the offset it had when the socket joined")
+async def _():
+    room = history_room()
+    ann, bob = await raw_client(), await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await bob.request("/join", {"room": room})
+    await say(bob, room, "before ann")
+    await ann.request("/join", {"room": room})
+    await go_away(ann)
+    await say(bob, room, "m2")
+    await say(bob, room, "m3")
+    ann, reply, before, ready_data = await resume(token, {})
+    missed = [json.loads(text) for text in before]
+    require(len(missed) == 2, f"wanted m2 and m3 before the reply, got {before!r}")
+    epoch = require_delivery(missed[0], room, "m2", 2)
+    require_delivery(missed[1], room, "m3", 3, epoch)
+    require_resumed(reply, ready_data, socket)
+    recovered = reply.data.get("rooms", {}).get(f"#{room}")
+    require(recovered == {"recovered": True, "epoch": epoch, "offset": 3}, f"reply {reply.text}")
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13", "rooms that cannot be recovered say recovered: false; the room stays joined")
+async def _():
+    room, other, plain = history_room(), history_room(), unique("r")
+    ann, bob = await raw_client(), await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await ann.request("/join", {"room": room})
+    await bob.request("/join", {"room": room})
+    await say(bob, room, "m1")
+    epoch = require_delivery((await deliveries(ann, 1))[0], room, "m1", 1)
+    await go_away(ann)
+    await say(bob, room, "m2")
+    wrong = "not-" + epoch
+    listed = {f"#{room}": {"epoch": wrong, "offset": 1}, f"#{other}": {"epoch": wrong, "offset": 1}}
+    listed[f"#{plain}"] = {"epoch": wrong, "offset": 1}
+    ann, reply, _, ready_data = await resume(token, listed)
+    require_resumed(reply, ready_data, socket)
+    rooms = reply.data.get("rooms", {})
+    # The epoch differs: not recovered, but the stream's epoch and latest offset come along.
+    require(rooms.get(f"#{room}") == {"recovered": False, "epoch": epoch, "offset": 2}, f"reply {reply.text}")
+    # A room the socket was not in, and a room without history.
+    for name in (other, plain):
+        require((rooms.get(f"#{name}") or {}).get("recovered") is False, f"#{name} in reply {reply.text}")
+    await say(bob, room, "m3")
+    require_delivery((await deliveries(ann, 1))[0], room, "m3", 3, epoch)
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13", "a resume while the token's connection is open closes that one with 4409")
+async def _():
+    old = await raw_client()
+    socket, token = old.ready["socket"], token_of(old.ready)
+    new, reply, _, ready_data = await resume(token, {})
+    require_resumed(reply, ready_data, socket)
+    closed = await old.closed(QUIET)
+    require(closed.code == 4409, f"the old connection closed {closed}")
+    require((await new.request("/whoami"))["socket"] == socket, "/whoami names another socket")
+    await new.aclose()
+
+
+@check("§13 §8", "first-message auth: @resume right after /auth resumes the same user, not another", "message")
+async def _():
+    user = unique("u")
+    ann = await Client(url("message"), answer_calls=False).open()
+    await ann.request("/auth", {"token": f"user:{user}"})
+    ready_data = await ready(ann)
+    socket, token = ready_data["socket"], token_of(ready_data)
+    await go_away(ann)
+    eve, reply, _, eve_ready = await resume(token, {}, "message", user=unique("eve"))
+    require(reply.kind == 2 and reply.data.get("resumed") is False, f"another user resumed: {reply.text}")
+    require(eve_ready.get("socket") != socket and not eve_ready.get("resumed"), f"@ready {eve_ready}")
+    await eve.aclose()
+    ann, reply, _, ready_data = await resume(token, {}, "message", user=user)
+    require_resumed(reply, ready_data, socket)
+    require(ready_data.get("user") == user, f"@ready {ready_data}")
+    await ann.aclose()
+
+
 @check("§13 §4", "@resume after @ready on a plain connection gets bad_request")
 async def _(client):
     token = token_of(client.ready)
@@ -1293,6 +1429,7 @@ def main():
         name, _, addr = item.partition("=")
         SERVERS[name] = addr
     failed = []
+    known = []
     ran = 0
     if "main" in SERVERS:
         asyncio.run(probe_ready())
@@ -1314,8 +1451,12 @@ def main():
             continue
         try:
             asyncio.run(run_one(fn, server))
-            print(f"ok   {label}", flush=True)
+            print(f"ok   {label}" + (" (listed in KNOWN: remove it)" if label in KNOWN else ""), flush=True)
         except Fail as e:
+            if label in KNOWN:
+                known.append(label)
+                print(f"KNOWN {label}: {e} ({KNOWN[label]})", flush=True)
+                continue
             failed.append(label)
             print(f"FAIL {label}: {e}", flush=True)
         except asyncio.TimeoutError:
@@ -1325,7 +1466,9 @@ def main():
             failed.append(label)
             print(f"FAIL {label}: {type(e).__name__}: {e}", flush=True)
             traceback.print_exc(limit=3, file=sys.stdout)
-    print(f"\n{ran - len(failed)} of {ran} checks passed", flush=True)
+    print(f"\n{ran - len(failed) - len(known)} of {ran} checks passed", flush=True)
+    if known:
+        print(f"{len(known)} known disagreements with PROTOCOL.md (KNOWN in suite.py)", flush=True)
     if ran == 0:
         print("no check ran", flush=True)
         return 1
