@@ -1192,6 +1192,19 @@ async def go_away(client, code=1001):
     require(closed.code is not None, f"the server answered a {code} close with {closed}")
 
 
+async def pair_in_history_room():
+    """Two clients in a fresh room with history, after bob's first broadcast
+    ("m1", offset 1) reached ann: (room, ann, bob, ann's socket id, ann's
+    resume token, the room's epoch)."""
+    room = history_room()
+    ann, bob = await raw_client(), await raw_client()
+    await ann.request("/join", {"room": room})
+    await bob.request("/join", {"room": room})
+    await say(bob, room, "m1")
+    epoch = require_delivery((await deliveries(ann, 1))[0], room, "m1", 1)
+    return room, ann, bob, ann.ready["socket"], token_of(ann.ready), epoch
+
+
 def require_resumed(reply, ready_data, socket):
     require(reply.kind == 2, f"@resume got {reply.text}")
     require(reply.data.get("resumed") is True and reply.data.get("socket") == socket, f"reply {reply.text}")
@@ -1239,26 +1252,18 @@ async def _():
 
 @check("§13", "a lost connection resumes: missed broadcasts, then the reply, then @ready, same socket")
 async def _():
-    room = history_room()
-    ann, bob = await raw_client(), await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
-    await ann.request("/join", {"room": room})
-    await bob.request("/join", {"room": room})
-    await say(bob, room, "m1")
-    epoch = require_delivery((await deliveries(ann, 1))[0], room, "m1", 1)
+    room, ann, bob, socket, token, epoch = await pair_in_history_room()
     await lose(ann)
     await say(bob, room, "m2")
     await say(bob, room, "m3")
     ann, reply, before, ready_data = await resume(token, {f"#{room}": {"epoch": epoch, "offset": 1}})
-    require(reply.kind == 2, f"@resume got {reply.text}")
     missed = [json.loads(text) for text in before]
     require(len(missed) == 2, f"wanted m2 and m3 before the reply, got {before!r}")
     require_delivery(missed[0], room, "m2", 2, epoch)
     require_delivery(missed[1], room, "m3", 3, epoch)
-    require(reply.data.get("resumed") is True and reply.data.get("socket") == socket, f"reply {reply.text}")
+    require_resumed(reply, ready_data, socket)
     recovered = reply.data.get("rooms", {}).get(f"#{room}")
     require(recovered == {"recovered": True, "epoch": epoch, "offset": 3}, f"reply {reply.text}")
-    require(ready_data.get("socket") == socket and ready_data.get("resumed") is True, f"@ready {ready_data}")
     require(token_of(ready_data) != token, "@ready after a resume brought the spent token again")
     await say(bob, room, "m4")  # still in the room
     require_delivery((await deliveries(ann, 1))[0], room, "m4", 4, epoch)
@@ -1338,13 +1343,8 @@ async def _():
 
 @check("§13", "rooms that cannot be recovered say recovered: false; the room stays joined")
 async def _():
-    room, other, plain = history_room(), history_room(), unique("r")
-    ann, bob = await raw_client(), await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
-    await ann.request("/join", {"room": room})
-    await bob.request("/join", {"room": room})
-    await say(bob, room, "m1")
-    epoch = require_delivery((await deliveries(ann, 1))[0], room, "m1", 1)
+    room, ann, bob, socket, token, epoch = await pair_in_history_room()
+    other, plain = history_room(), unique("r")
     await go_away(ann)
     await say(bob, room, "m2")
     wrong = "not-" + epoch
