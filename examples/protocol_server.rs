@@ -5,7 +5,11 @@
 //! `cargo run --example protocol_server -- [--addr 127.0.0.1:0]
 //! [--policy reply|close] [--auth none|upgrade|message|challenge]
 //! [--auth-timeout-ms N] [--heartbeat-ms N] [--rate none|PER_SECOND/BURST]
-//! [--max-devices N/drop-oldest|N/reject-new]`
+//! [--max-devices N/drop-oldest|N/reject-new] [--resume-window-ms N]
+//! [--resume-buffer N]`
+//!
+//! `--resume-window-ms 0` keeps no sessions; without the flag the window is
+//! the default one.
 //!
 //! It prints `listening 127.0.0.1:PORT` once it accepts connections.
 //!
@@ -60,6 +64,9 @@ struct Options {
     heartbeat: Option<Duration>,
     rate: Option<Rate>,
     devices: Option<(usize, DevicePolicy)>,
+    /// `Some(None)`: keep no sessions; `None`: the default window.
+    resume_window: Option<Option<Duration>>,
+    resume_buffer: Option<usize>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -71,6 +78,8 @@ fn parse_args() -> Result<Options, String> {
         heartbeat: None,
         rate: EventLimits::default().rate,
         devices: None,
+        resume_window: None,
+        resume_buffer: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -97,6 +106,10 @@ fn parse_args() -> Result<Options, String> {
                     parse_devices(&value)
                         .ok_or_else(|| format!("--max-devices {value}: N/drop-oldest or N/reject-new"))?,
                 )
+            }
+            "--resume-window-ms" => options.resume_window = Some(Some(millis()?).filter(|window| !window.is_zero())),
+            "--resume-buffer" => {
+                options.resume_buffer = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?)
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -388,6 +401,12 @@ fn main() -> std::io::Result<()> {
         Some(Err(_)) => Err(Refusal::status(400, "?close wants a close code")),
         None => Ok(emitws::app::After::nothing()),
     });
+    if let Some(window) = options.resume_window {
+        app.resume_window(window);
+    }
+    if let Some(messages) = options.resume_buffer {
+        app.resume_buffer(messages);
+    }
     app.history("#h:*", History::new(100, Duration::from_secs(60)));
     authentication(&mut app, &options.auth);
     handlers(&mut app);

@@ -1047,6 +1047,21 @@ async def stays_open(sock, seconds, on_ping=None):
             on_ping(payload)
 
 
+async def close_unanswered(sock):
+    """Reads frames, answering no ping, until the server's close frame: (its
+    code, the text frames before it)."""
+    texts = []
+    while True:
+        try:
+            opcode, payload = await asyncio.wait_for(sock.read_frame(), QUIET + 2)
+        except asyncio.IncompleteReadError:
+            raise Fail("TCP closed without a close frame") from None
+        if opcode == rawws.TEXT:
+            texts.append(payload.decode())
+        if opcode == rawws.CLOSE:
+            return (int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None), texts
+
+
 @check("§9", "heartbeat: pings carry 8 bytes; a client that answers stays connected", "heartbeat")
 async def _():
     sock = await heartbeat_socket()
@@ -1068,15 +1083,8 @@ async def _():
 async def _():
     sock = await heartbeat_socket()
     try:
-        while True:
-            try:
-                opcode, payload = await asyncio.wait_for(sock.read_frame(), QUIET + 2)
-            except asyncio.IncompleteReadError:
-                raise Fail("TCP closed without a close frame") from None
-            if opcode == rawws.CLOSE:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                require(code == 4408, f"close code {code}")
-                return
+        code, _ = await close_unanswered(sock)
+        require(code == 4408, f"close code {code}")
     finally:
         sock.close()
 
@@ -1211,9 +1219,9 @@ def require_resumed(reply, ready_data, socket):
     require(ready_data.get("socket") == socket and ready_data.get("resumed") is True, f"@ready {ready_data}")
 
 
-async def not_resumed(token, old_socket):
+async def not_resumed(token, old_socket, server="main"):
     """§13: a token that cannot resume gets `resumed: false` and a new socket."""
-    client, reply, before, ready_data = await resume(token, {})
+    client, reply, before, ready_data = await resume(token, {}, server)
     require(reply.kind == 2, f"@resume got {reply.text}")
     require(reply.data.get("resumed") is False, f"wanted resumed: false, got {reply.text}")
     require(reply.data.get("socket") != old_socket, f"the socket is the old one: {reply.text}")
@@ -1392,6 +1400,56 @@ async def _():
     require_resumed(reply, ready_data, socket)
     require(ready_data.get("user") == user, f"@ready {ready_data}")
     await ann.aclose()
+
+
+@check("§13", "more direct messages than the server keeps: the oldest are missing, direct.recovered false", "buffer")
+async def _():
+    ann, bob = await raw_client("buffer"), await raw_client("buffer")
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await go_away(ann)
+    for n in (1, 2, 3):  # the server keeps 2
+        await bob.request("/emit-to", {"socket": socket, "event": "direct", "data": n})
+    ann, reply, before, ready_data = await resume(token, {}, "buffer")
+    require(before == ['[0,"direct",2]', '[0,"direct",3]'], f"before the reply: {before!r}")
+    require_resumed(reply, ready_data, socket)
+    require(reply.data.get("direct") == {"recovered": False}, f"reply {reply.text}")
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13 §9", "a socket closed 4408 for unanswered heartbeats keeps its session", "heartbeat")
+async def _():
+    sock = await heartbeat_socket()
+    try:
+        code, texts = await close_unanswered(sock)
+    finally:
+        sock.close()
+    require(code == 4408, f"close code {code}")
+    require(texts and texts[0].startswith('[0,"@ready"'), f"no @ready first: {texts!r}")
+    ready_data = parse(texts[0]).data
+    client, reply, _, resumed_ready = await resume(token_of(ready_data), {}, "heartbeat")
+    require_resumed(reply, resumed_ready, ready_data["socket"])
+    await client.aclose()
+
+
+@check("§13", "a session ends with its window: a resume after it does not resume", "short")
+async def _():
+    ann = await raw_client("short")
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await go_away(ann)
+    await asyncio.sleep(1)  # the window is 300 ms
+    client = await not_resumed(token, socket, "short")
+    await client.aclose()
+
+
+@check("§13", "without sessions: @ready has no resume token and @resume answers resumed: false", "nosession")
+async def _():
+    ann = await raw_client("nosession")
+    require(isinstance(ann.ready, dict) and "resume" not in ann.ready, f"@ready {ann.ready}")
+    await go_away(ann)
+    client = await not_resumed("unknown-" + uuid.uuid4().hex, ann.ready["socket"], "nosession")
+    require("resume" not in client.ready, f"@ready {client.ready}")
+    await client.aclose()
 
 
 @check("§13 §4", "@resume after @ready on a plain connection gets bad_request")
