@@ -1452,6 +1452,33 @@ async def _():
     await client.aclose()
 
 
+@check("§13 §6", "a drop by the server (4000) and a close for bad input (1007) end the session")
+async def _():
+    for server, text, code in (("main", encode(1, 1, "/drop-me"), 4000), ("close", "[1,", 1007)):
+        ann = await raw_client(server)
+        socket, token = ann.ready["socket"], token_of(ann.ready)
+        await ann.send_text(text)
+        await expect_close(ann, code)
+        client = await not_resumed(token, socket, server)
+        await client.aclose()
+
+
+@check("§13 §3", "a request in flight when the connection was lost is not answered after the resume")
+async def _():
+    ann = await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await ann.send_text(encode(1, 5, "/hold", "held"))
+    await sync(ann)  # the server has the held request
+    await lose(ann)
+    ann, reply, _, ready_data = await resume(token, {})
+    require_resumed(reply, ready_data, socket)
+    await ann.send_text(encode(1, 6, "/release"))
+    _, before = await answer(ann, 6)
+    before += await sync(ann)
+    require(not any(is_answer_to(5)(text) for text in before if isinstance(text, str)), f"answered: {before!r}")
+    await ann.aclose()
+
+
 @check("§13 §4", "@resume after @ready on a plain connection gets bad_request")
 async def _(client):
     token = token_of(client.ready)
