@@ -1172,14 +1172,15 @@ async def lose(client):
 
 async def resume(token, rooms, server="main", user=None):
     """Reconnects with `emitws_resume=1` and `@resume` as the first envelope
-    (with first-message auth, right after `/auth` as `user`, not waiting for
-    its reply); returns (client, the reply, the frames before it but after
-    the auth reply, the @ready data after it)."""
+    (`rooms` None: left out; with first-message auth, right after `/auth` as
+    `user`, not waiting for its reply); returns (client, the reply, the
+    frames before it but after the auth reply, the @ready data after it)."""
     client = await Client(url(server, "/?emitws_resume=1"), answer_calls=False).open()
     if user is not None:
         await client.send_text(encode(1, client.next_id(), "/auth", {"token": f"user:{user}"}))
     id = client.next_id()
-    await client.send_text(encode(1, id, "@resume", {"token": token, "rooms": rooms}))
+    body = {"token": token} if rooms is None else {"token": token, "rooms": rooms}
+    await client.send_text(encode(1, id, "@resume", body))
     reply, before = await answer(client, id)
     if user is not None:
         auth = parse(before[0]) if before else None
@@ -1321,7 +1322,7 @@ async def _():
     ann = await raw_client()
     socket, token = ann.ready["socket"], token_of(ann.ready)
     await go_away(ann, 4001)
-    ann, reply, _, ready_data = await resume(token, {})
+    ann, reply, _, ready_data = await resume(token, None)  # §13: `rooms` may be missing
     require_resumed(reply, ready_data, socket)
     await ann.aclose()
 
