@@ -1373,6 +1373,43 @@ async def _():
     await bob.aclose()
 
 
+@check("§13", "a broadcast that left the socket out stays left out of the replay; plain rooms stay joined")
+async def _():
+    room, ann, bob, socket, token, epoch = await pair_in_history_room()
+    plain = unique("r")
+    await ann.request("/join", {"room": plain})
+    await bob.request("/join", {"room": plain})
+    await say(ann, room, "m2 from ann")  # offset 2, not delivered to ann
+    await lose(ann)
+    await say(bob, room, "m3")
+    ann, reply, before, ready_data = await resume(token, {f"#{room}": {"epoch": epoch, "offset": 1}})
+    missed = [json.loads(text) for text in before]
+    require(len(missed) == 1, f"wanted only m3 before the reply, got {before!r}")
+    require_delivery(missed[0], room, "m3", 3, epoch)
+    require_resumed(reply, ready_data, socket)
+    await bob.request("/say", {"room": plain, "event": "plain", "data": 1})
+    text, _ = await frames_until(ann, lambda t: t.startswith('[0,"plain"'))
+    require(text == '[0,"plain",1]', f"got {text}")
+    await ann.aclose()
+    await bob.aclose()
+
+
+@check("§13", "two connections presenting the same token at once: one resumes, the other does not")
+async def _():
+    ann = await raw_client()
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    await go_away(ann)
+    results = await asyncio.gather(resume(token, {}), resume(token, {}))
+    outcomes = sorted(reply.data.get("resumed") is True for _, reply, _, _ in results)
+    require(outcomes == [False, True], f"replies {[reply.text for _, reply, _, _ in results]}")
+    for client, reply, _, ready_data in results:
+        if reply.data.get("resumed"):
+            require_resumed(reply, ready_data, socket)
+        else:
+            require(reply.data.get("socket") != socket, f"the loser has the socket: {reply.text}")
+        await client.aclose()
+
+
 @check("§13", "a resume while the token's connection is open closes that one with 4409")
 async def _():
     old = await raw_client()
