@@ -1163,6 +1163,12 @@ def token_of(ready_data):
     return token
 
 
+async def session_client(server="main"):
+    """A client past @ready, its socket id and its resume token."""
+    client = await raw_client(server)
+    return client, client.ready["socket"], token_of(client.ready)
+
+
 async def lose(client):
     """Drops the TCP connection without a close frame (§13: a loss)."""
     client.ws.transport.abort()
@@ -1206,12 +1212,12 @@ async def pair_in_history_room():
     ("m1", offset 1) reached ann: (room, ann, bob, ann's socket id, ann's
     resume token, the room's epoch)."""
     room = history_room()
-    ann, bob = await raw_client(), await raw_client()
+    (ann, socket, token), bob = await session_client(), await raw_client()
     await ann.request("/join", {"room": room})
     await bob.request("/join", {"room": room})
     await say(bob, room, "m1")
     epoch = require_delivery((await deliveries(ann, 1))[0], room, "m1", 1)
-    return room, ann, bob, ann.ready["socket"], token_of(ann.ready), epoch
+    return room, ann, bob, socket, token, epoch
 
 
 def require_resumed(reply, ready_data, socket):
@@ -1293,8 +1299,7 @@ async def _():
 
 @check("§13", "a client's 1000 close ends the session: its token does not resume")
 async def _():
-    ann = await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client()
     await ann.aclose()
     closed = await ann.closed(QUIET)
     require(closed.code == 1000, f"the close was not a 1000 exchange: {closed}")
@@ -1304,8 +1309,8 @@ async def _():
 
 @check("§13", "a 1001 close keeps the session: direct messages sent meanwhile come before the reply, in order")
 async def _():
-    ann, bob = await raw_client(), await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client()
+    bob = await raw_client()
     await go_away(ann)
     for n in (1, 2):
         await bob.request("/emit-to", {"socket": socket, "event": "direct", "data": n})
@@ -1319,8 +1324,7 @@ async def _():
 
 @check("§13", "a client's 4001 close (a jump to another server) keeps the session")
 async def _():
-    ann = await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client()
     await go_away(ann, 4001)
     ann, reply, _, ready_data = await resume(token, None)  # §13: `rooms` may be missing
     require_resumed(reply, ready_data, socket)
@@ -1330,8 +1334,8 @@ async def _():
 @check("§13", "a room the client does not list is replayed from the offset it had when the socket joined")
 async def _():
     room = history_room()
-    ann, bob = await raw_client(), await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client()
+    bob = await raw_client()
     await bob.request("/join", {"room": room})
     await say(bob, room, "before ann")
     await ann.request("/join", {"room": room})
@@ -1396,8 +1400,7 @@ async def _():
 
 @check("§13", "two connections presenting the same token at once: one resumes, the other does not")
 async def _():
-    ann = await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client()
     await go_away(ann)
     results = await asyncio.gather(resume(token, {}), resume(token, {}))
     outcomes = sorted(reply.data.get("resumed") is True for _, reply, _, _ in results)
@@ -1412,8 +1415,7 @@ async def _():
 
 @check("§13", "a resume while the token's connection is open closes that one with 4409")
 async def _():
-    old = await raw_client()
-    socket, token = old.ready["socket"], token_of(old.ready)
+    old, socket, token = await session_client()
     new, reply, _, ready_data = await resume(token, {})
     require_resumed(reply, ready_data, socket)
     closed = await old.closed(QUIET)
@@ -1442,8 +1444,8 @@ async def _():
 
 @check("§13", "more direct messages than the server keeps: the oldest are missing, direct.recovered false", "buffer")
 async def _():
-    ann, bob = await raw_client("buffer"), await raw_client("buffer")
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client("buffer")
+    bob = await raw_client("buffer")
     await go_away(ann)
     for n in (1, 2, 3):  # the server keeps 2
         await bob.request("/emit-to", {"socket": socket, "event": "direct", "data": n})
@@ -1472,8 +1474,7 @@ async def _():
 
 @check("§13", "a session ends with its window: a resume after it does not resume", "short")
 async def _():
-    ann = await raw_client("short")
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client("short")
     await go_away(ann)
     await asyncio.sleep(1)  # the window is 300 ms
     client = await not_resumed(token, socket, "short")
@@ -1493,8 +1494,7 @@ async def _():
 @check("§13 §6", "a drop by the server (4000) and a close for bad input (1007) end the session")
 async def _():
     for server, text, code in (("main", encode(1, 1, "/drop-me"), 4000), ("close", "[1,", 1007)):
-        ann = await raw_client(server)
-        socket, token = ann.ready["socket"], token_of(ann.ready)
+        ann, socket, token = await session_client(server)
         await ann.send_text(text)
         await expect_close(ann, code)
         client = await not_resumed(token, socket, server)
@@ -1503,8 +1503,7 @@ async def _():
 
 @check("§13 §3", "a request in flight when the connection was lost is not answered after the resume")
 async def _():
-    ann = await raw_client()
-    socket, token = ann.ready["socket"], token_of(ann.ready)
+    ann, socket, token = await session_client()
     await ann.send_text(encode(1, 5, "/hold", "held"))
     await sync(ann)  # the server has the held request
     await lose(ann)
