@@ -5,7 +5,11 @@
 //! `cargo run --example protocol_server -- [--addr 127.0.0.1:0]
 //! [--policy reply|close] [--auth none|upgrade|message|challenge]
 //! [--auth-timeout-ms N] [--heartbeat-ms N] [--rate none|PER_SECOND/BURST]
-//! [--max-devices N/drop-oldest|N/reject-new]`
+//! [--max-devices N/drop-oldest|N/reject-new] [--resume-window-ms N]
+//! [--resume-buffer N]`
+//!
+//! `--resume-window-ms 0` keeps no sessions; without the flag the window is
+//! the default one.
 //!
 //! It prints `listening 127.0.0.1:PORT` once it accepts connections.
 //!
@@ -21,8 +25,14 @@
 //! - `/calls {n, timeout_ms}`: calls the client's `count` procedure `n` times
 //!   (data 1..=n) and answers `{"answered": k, "errors": [codes]}`;
 //! - `/emit {event, data}`: sends `[0,event,data]` to this socket;
+//! - `/emit-to {socket, event, data}`: sends it to the socket whose id
+//!   (PROTOCOL.md §12) is given, and answers whether it could;
 //! - `/join {room}` and `/say {room, event, data}`: rooms and broadcasts;
 //! - `/whoami`: `{"socket", "user"}`; `/drop-me`: the app drops the socket.
+//!
+//! Rooms named `#h:…` (`/join {"room": "h:…"}`) keep history (PROTOCOL.md
+//! §13): their broadcasts carry offsets, and a resume replays the missed
+//! ones. Sessions are kept for the default resume window.
 //!
 //! A query `?close=CODE` makes connection middleware refuse the socket after
 //! the upgrade with that close code. Authentication: `upgrade` wants
@@ -38,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use emitws::app::{
-    App, BroadcastOpts, CallError, CallResult, Challenge, DevicePolicy, EventLimits, Policy, Rate, Refusal,
+    App, BroadcastOpts, CallError, CallResult, Challenge, DevicePolicy, EventLimits, History, Policy, Rate, Refusal,
     ReplyHandle, Request, SocketId,
 };
 use serde::{Deserialize, Serialize};
@@ -54,6 +64,9 @@ struct Options {
     heartbeat: Option<Duration>,
     rate: Option<Rate>,
     devices: Option<(usize, DevicePolicy)>,
+    /// `Some(None)`: keep no sessions; `None`: the default window.
+    resume_window: Option<Option<Duration>>,
+    resume_buffer: Option<usize>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -65,6 +78,8 @@ fn parse_args() -> Result<Options, String> {
         heartbeat: None,
         rate: EventLimits::default().rate,
         devices: None,
+        resume_window: None,
+        resume_buffer: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -91,6 +106,10 @@ fn parse_args() -> Result<Options, String> {
                     parse_devices(&value)
                         .ok_or_else(|| format!("--max-devices {value}: N/drop-oldest or N/reject-new"))?,
                 )
+            }
+            "--resume-window-ms" => options.resume_window = Some(Some(millis()?).filter(|window| !window.is_zero())),
+            "--resume-buffer" => {
+                options.resume_buffer = Some(value.parse().map_err(|e| format!("{flag} {value}: {e}"))?)
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -193,6 +212,14 @@ struct Emit {
 }
 
 #[derive(Deserialize)]
+struct EmitTo {
+    socket: String,
+    event: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
 struct Say {
     room: String,
     event: String,
@@ -285,6 +312,16 @@ fn handlers(app: &mut App) {
         let _ = req.emit(&event, &data.unwrap_or_else(null));
         req.reply(&Value::Null);
     });
+    app.on("/emit-to", |req| {
+        let Some(EmitTo { socket, event, data }) = req.expect_data::<EmitTo>() else { return };
+        let Ok(id) = socket.parse::<SocketId>() else {
+            return req.reply_err("bad_request", "socket is no socket id");
+        };
+        match req.app().emit_to(id, &event, &data.unwrap_or_else(null)) {
+            Ok(sent) => req.reply(&sent),
+            Err(e) => req.reply_err("bad_request", &e.to_string()),
+        }
+    });
     app.on("/join", |req| {
         let Some(Join { room }) = req.expect_data::<Join>() else { return };
         match req.join(&format!("#{room}")) {
@@ -364,6 +401,13 @@ fn main() -> std::io::Result<()> {
         Some(Err(_)) => Err(Refusal::status(400, "?close wants a close code")),
         None => Ok(emitws::app::After::nothing()),
     });
+    if let Some(window) = options.resume_window {
+        app.resume_window(window);
+    }
+    if let Some(messages) = options.resume_buffer {
+        app.resume_buffer(messages);
+    }
+    app.history("#h:*", History::new(100, Duration::from_secs(60)));
     authentication(&mut app, &options.auth);
     handlers(&mut app);
     let running = app.listen(&options.addr)?;

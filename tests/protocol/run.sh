@@ -48,6 +48,9 @@ configs=(
   "challenge|--auth challenge --auth-timeout-ms 1000"
   "upgrade|--auth upgrade --max-devices 1/drop-oldest"
   "heartbeat|--heartbeat-ms 200"
+  "nosession|--resume-window-ms 0"
+  "short|--resume-window-ms 300"
+  "buffer|--resume-buffer 2"
 )
 args=()
 for config in "${configs[@]}"; do
