@@ -23,14 +23,6 @@ from emitws_client import MAX_ID, Client, Closed, RemoteError, encode, parse
 
 SERVERS = {}
 CHECKS = []
-# Checks the server is known to fail, each with what it does instead: they
-# run, and a failure is reported as KNOWN without failing the suite; one that
-# passes is reported so that its entry is removed.
-KNOWN = {
-    "[§13] a resume while the token's connection is open closes that one with 4409": (
-        "the server answers resumed: false and leaves the old connection open"
-    ),
-}
 CHECK_TIMEOUT = 10  # seconds for one check, whatever it does
 SUITE_TIMEOUT = 100  # seconds for all of them
 QUIET = 3  # seconds a check waits for something that must come
@@ -1551,7 +1543,6 @@ def main():
         name, _, addr = item.partition("=")
         SERVERS[name] = addr
     failed = []
-    known = []
     ran = 0
     if "main" in SERVERS:
         asyncio.run(probe_ready())
@@ -1573,12 +1564,8 @@ def main():
             continue
         try:
             asyncio.run(run_one(fn, server))
-            print(f"ok   {label}" + (" (listed in KNOWN: remove it)" if label in KNOWN else ""), flush=True)
+            print(f"ok   {label}", flush=True)
         except Fail as e:
-            if label in KNOWN:
-                known.append(label)
-                print(f"KNOWN {label}: {e} ({KNOWN[label]})", flush=True)
-                continue
             failed.append(label)
             print(f"FAIL {label}: {e}", flush=True)
         except asyncio.TimeoutError:
@@ -1588,9 +1575,7 @@ def main():
             failed.append(label)
             print(f"FAIL {label}: {type(e).__name__}: {e}", flush=True)
             traceback.print_exc(limit=3, file=sys.stdout)
-    print(f"\n{ran - len(failed) - len(known)} of {ran} checks passed", flush=True)
-    if known:
-        print(f"{len(known)} known disagreements with PROTOCOL.md (KNOWN in suite.py)", flush=True)
+    print(f"\n{ran - len(failed)} of {ran} checks passed", flush=True)
     if ran == 0:
         print("no check ran", flush=True)
         return 1
