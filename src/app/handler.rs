@@ -14,6 +14,7 @@ use super::connect::{Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
 use super::handle::AppHandle;
+use super::history::Backfill;
 use super::inbox::WorkerMsg;
 use super::limits::{check_event_name, Bucket, Policy};
 use super::locks::lock;
@@ -487,6 +488,7 @@ impl AppWorker {
                 let recovery = app.recover(
                     group,
                     listed.or(noted),
+                    &Backfill::default(),
                     &[session.conn, session.public],
                     |frame| missed.push(frame.clone()),
                     || {

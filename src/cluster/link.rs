@@ -13,6 +13,7 @@ use redis::{Cmd, Commands, Connection, RedisResult};
 
 use super::error::ClusterError;
 use super::options::RedisOptions;
+use super::reader::{self, Job};
 use super::subscriber;
 use super::wire::{hex, with_sender};
 use super::writer::{Writer, WriterCommand};
@@ -38,7 +39,7 @@ pub struct RedisLink {
     inner: Arc<LinkState>,
 }
 
-/// What a link's clones and its two threads share (the threads hold it
+/// What a link's clones and its threads share (the threads hold it
 /// weakly: dropping the last clone ends them).
 pub(super) struct LinkState {
     client: redis::Client,
@@ -46,6 +47,8 @@ pub(super) struct LinkState {
     options: RedisOptions,
     /// The writer thread's queue.
     writes: Mutex<Sender<WriterCommand>>,
+    /// The background thread's queue.
+    jobs: Mutex<Sender<Job>>,
     stopped: AtomicBool,
     /// The subscriber is listening: messages from other nodes arrive.
     pub(super) subscribed: AtomicBool,
@@ -94,11 +97,13 @@ impl RedisLink {
     ) -> Result<RedisLink, ClusterError> {
         let client = redis::Client::open(url).map_err(ClusterError::BadUrl)?;
         let (writes, queue) = mpsc::channel();
+        let (jobs, job_queue) = mpsc::channel();
         let inner = Arc::new(LinkState {
             client,
             node: node_id(),
             options,
             writes: Mutex::new(writes),
+            jobs: Mutex::new(jobs),
             stopped: AtomicBool::new(false),
             subscribed: AtomicBool::new(false),
             queued: AtomicUsize::new(0),
@@ -122,6 +127,12 @@ impl RedisLink {
         thread::Builder::new()
             .name(format!("emitws-redis-sub-{name}"))
             .spawn(move || subscriber::run(subscriber, ctx, deliver))
+            .map_err(ClusterError::Spawn)?;
+        let background = Arc::downgrade(&link.inner);
+        let ctx = link.thread_ctx();
+        thread::Builder::new()
+            .name(format!("emitws-redis-bg-{name}"))
+            .spawn(move || reader::run(background, job_queue, ctx))
             .map_err(ClusterError::Spawn)?;
         Ok(link)
     }
@@ -163,6 +174,16 @@ impl RedisLink {
     fn write(&self, write: WriterCommand) {
         if let Ok(writes) = self.inner.writes.lock() {
             let _ = writes.send(write);
+        }
+    }
+
+    /// Runs `job` on the link's background thread, after the jobs queued
+    /// before it: for work whose caller must not wait for Redis (a worker),
+    /// which the job answers through what it holds. Once the link has
+    /// stopped, the job is dropped unrun.
+    pub(crate) fn background(&self, job: Job) {
+        if let Ok(jobs) = self.inner.jobs.lock() {
+            let _ = jobs.send(job);
         }
     }
 

@@ -50,14 +50,17 @@
 //!
 //! `options` (settings), `error`, `wire` (node ids, payload framing, the
 //! app-message header), `link` (the node's [`RedisLink`] and its queries),
-//! `writer` and `subscriber` (the link's two threads), `outage` (backoff and
-//! outage logging, shared by both threads), `adapter` ([`RedisAdapter`]).
+//! `writer` and `subscriber` (the link's main threads), `reader` (its
+//! background thread for claims and reads a worker must not wait for),
+//! `outage` (backoff and outage logging, shared by the threads), `adapter`
+//! ([`RedisAdapter`]).
 
 mod adapter;
 mod error;
 mod link;
 mod options;
 mod outage;
+mod reader;
 mod subscriber;
 mod wire;
 mod writer;
