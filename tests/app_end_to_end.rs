@@ -52,6 +52,7 @@ fn server() -> emitws::app::Running {
         });
     });
     app.on("/kick", |req| req.close(emitws::proto::CloseCode(4000), "kicked"));
+    app.on("/cut", |req| req.close(emitws::proto::CloseCode(1013), "try again later"));
     app.on("@connection", |req| {
         let _ = req.emit("/welcome", &true);
     });
@@ -181,12 +182,31 @@ fn a_dropped_connection_fails_pending_requests_then_reconnects() {
         let tell = tell.clone();
         client.on(event, move |name, data| tell.send((name.to_string(), data.clone())).expect("test waits"));
     }
-    let pending = client.request_nowait("/kick", Value::Null, WAIT);
+    let pending = client.request_nowait("/cut", Value::Null, WAIT);
     assert!(matches!(pending.wait(), Err(AppError::Disconnected(_))));
-    assert_eq!(next(&told), ("@disconnect".to_string(), json!({ "code": 4000, "reason": "kicked" })));
+    assert_eq!(next(&told), ("@disconnect".to_string(), json!({ "code": 1013, "reason": "try again later" })));
     assert_eq!(next(&told).0, "@reconnect");
     assert!(client.connected());
     assert_eq!(client.request("/echo", json!("again"), WAIT), Ok(json!("again")));
+    client.close();
+    running.close();
+}
+
+#[test]
+fn a_drop_by_the_server_is_not_retried() {
+    let running = server();
+    let (tell, told) = mpsc::channel();
+    let client = connect(&running);
+    for event in ["@disconnect", "@reconnect_failed"] {
+        let tell = tell.clone();
+        client.on(event, move |name, data| tell.send((name.to_string(), data.clone())).expect("test waits"));
+    }
+    assert!(matches!(client.request("/kick", Value::Null, WAIT), Err(AppError::Disconnected(_))));
+    assert_eq!(next(&told), ("@disconnect".to_string(), json!({ "code": 4000, "reason": "kicked" })));
+    let (event, data) = next(&told);
+    assert_eq!((event.as_str(), &data["attempts"]), ("@reconnect_failed", &json!(0)), "{data}");
+    assert_eq!(client.status(), Status::Offline);
+    assert!(matches!(client.request("/echo", json!("again"), WAIT), Err(AppError::Offline(_))));
     client.close();
     running.close();
 }
@@ -271,7 +291,7 @@ fn the_status_goes_through_a_reconnect_then_offline() {
     assert_eq!(client.status(), Status::Ready);
     let (tell, told) = mpsc::channel();
     client.on("@reconnect", move |_, _| tell.send(()).expect("test waits"));
-    assert!(matches!(client.request("/kick", Value::Null, WAIT), Err(AppError::Disconnected(_))));
+    assert!(matches!(client.request("/cut", Value::Null, WAIT), Err(AppError::Disconnected(_))));
     next(&told);
     assert_eq!(client.request("/me", Value::Null, WAIT), Ok(json!("fay")));
     client.close();

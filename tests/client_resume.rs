@@ -479,6 +479,24 @@ fn a_refused_resume_forgets_the_offsets_and_tells_the_application() {
 }
 
 #[test]
+fn a_drop_a_refusal_or_a_takeover_is_not_retried() {
+    // PROTOCOL.md §6: every 4xxx close but 4408 and 4001 means "do not reconnect".
+    let (shared, server) = start(Script::default());
+    for (n, code) in [4000, 4401, 4409, 4429, 4999].into_iter().enumerate() {
+        let (client, inbox) = open_client(&server, "/", options());
+        let failed = Inbox::listen(&client, &["@reconnect_failed"]);
+        shared.cut(&server, CloseCode(code));
+        shared.online();
+        let why = failed.wait("@reconnect_failed", 1);
+        assert!(why["reason"].as_str().is_some_and(|r| r.contains(&code.to_string())), "{code}: {why}");
+        assert_eq!(client.status(), emitws::client::app::Status::Offline, "{code}");
+        assert_eq!(shared.lock().conns.len(), n + 1, "{code}: no new connection");
+        assert!(inbox.events().iter().all(|(event, _)| event != "@reconnect"), "{code}");
+    }
+    server.shutdown();
+}
+
+#[test]
 fn closes_that_end_the_session_are_not_resumed() {
     let (shared, server) = start(Script::default());
     // The application's close: no reconnect at all.
@@ -487,9 +505,9 @@ fn closes_that_end_the_session_are_not_resumed() {
     assert_eq!(shared.wait("the close", |s| s.conns[0].closed), 1000);
     assert_eq!(shared.lock().conns.len(), 1, "closed for good");
 
-    // A drop by the server (4000) ends the session: the reconnect is a new socket.
+    // A close for bad input (1008) ends the session: the reconnect is a new socket.
     let (client, inbox) = open_client(&server, "/?x=1", options());
-    outage(&shared, &server, &inbox, CloseCode(4000), || {});
+    outage(&shared, &server, &inbox, CloseCode(1008), || {});
     let seen = shared.conn(2);
     assert_eq!(seen.query, "x=1");
     assert!(seen.envelopes.is_empty(), "no @resume: {seen:?}");

@@ -59,6 +59,7 @@ fn app() -> App {
         });
     });
     app.on("/kick", |req| req.close(emitws::proto::CloseCode(4000), "kicked"));
+    app.on("/cut", |req| req.close(emitws::proto::CloseCode(1013), "try again later"));
     app
 }
 

@@ -27,6 +27,13 @@ const isWebSocketUrl = (url) => typeof url === 'string' && /^wss?:\/\/[^/?#]/i.t
  */
 const sessionKept = (code) => [1001, 1005, 1006, 1011, 1012, 1013, CLOSE_MOVING, 4408].includes(code);
 
+/**
+ * Whether the server's close `code` says "do not reconnect" (PROTOCOL.md §6):
+ * a drop, a refusal or a takeover — every 4xxx code but a timeout (4408) and
+ * a move (4001). The client then goes offline.
+ */
+const refusesRetry = (code) => code >= 4000 && code < 5000 && code !== CLOSE_TIMEOUT && code !== CLOSE_MOVING;
+
 /** `url` with `emitws_resume=1` added to its query (before a fragment), the application's parameters untouched. */
 const resumeUrl = (url) => {
   const hash = url.indexOf('#');
@@ -52,7 +59,8 @@ const notResumed = (socket) => ({ resumed: false, socket, rooms: {}, direct: { r
  * - `authenticating`: a socket is open, the server's `@ready` has not come;
  * - `ready`: admitted, envelopes go out at once;
  * - `reconnecting`: the connection was lost or an attempt failed;
- * - `offline`: closed for good, by `close()` or after giving up.
+ * - `offline`: closed for good, by `close()` or after giving up (attempts
+ *   used up, or a 4xxx close but 4408 and 4001: "do not retry", PROTOCOL.md §6).
  */
 export const Status = Object.freeze({
   IDLE: 'idle',
@@ -379,7 +387,7 @@ export class EmitClient {
         this._jumpNow('drain');
         return;
       }
-      this._retry(`connection closed (${code}${reason ? ` ${reason}` : ''})`);
+      this._retry(`connection closed (${code}${reason ? ` ${reason}` : ''})`, refusesRetry(code));
     };
     socket.onclose = closed;
     // Browsers follow an error with a close event, which decides what happens
@@ -389,11 +397,14 @@ export class EmitClient {
     };
   }
 
-  /** The connection was lost or an attempt failed: schedule the next attempt, or give up and go offline. */
-  _retry(why) {
+  /**
+   * The connection was lost or an attempt failed: schedule the next attempt,
+   * or give up and go offline (at once when the server `refused`, PROTOCOL.md §6).
+   */
+  _retry(why, refused = false) {
     const { reconnect, maxRetries, reconnectDelay, maxReconnectDelay } = this.options;
     if (this._offline) return;
-    if (!reconnect || this._attempt >= maxRetries) {
+    if (refused || !reconnect || this._attempt >= maxRetries) {
       this._offline = new EmitError('offline', `gave up reconnecting (${why})`);
       const dropped = this._queue.filter((queued) => queued.id === undefined).length;
       this._failAll(this._offline);

@@ -579,10 +579,23 @@ mod tests {
         assert_eq!(offset, 0);
         // The stream position made is the one a broadcast and a recovery then use.
         let mut joined = 0;
-        let recovery =
-            app.recover("#h", Some((&epoch, 0)), &Backfill::default(), &[ConnId(1)], |_| panic!("nothing to send"), || joined += 1);
+        let recovery = app.recover(
+            "#h",
+            Some((&epoch, 0)),
+            &Backfill::default(),
+            &[ConnId(1)],
+            |_| panic!("nothing to send"),
+            || joined += 1,
+        );
         assert_eq!(recovery, Recovery { recovered: true, epoch: Some(epoch), offset: 0 });
-        let recovery = app.recover("#plain", Some(("e", 0)), &Backfill::default(), &[ConnId(1)], |_| panic!("nothing kept"), || joined += 1);
+        let recovery = app.recover(
+            "#plain",
+            Some(("e", 0)),
+            &Backfill::default(),
+            &[ConnId(1)],
+            |_| panic!("nothing kept"),
+            || joined += 1,
+        );
         assert_eq!(recovery, Recovery { recovered: false, epoch: None, offset: 0 });
         assert_eq!(joined, 2, "join runs with or without history");
     }

@@ -30,8 +30,10 @@
 //!   new URL is the one every later reconnect uses, and the session is
 //!   resumed there;
 //! - `@reconnect_failed` (`{"attempts", "reason"}`): the client gave up (no
-//!   reconnect, or `max_retries` used up) and is OFFLINE: queued and new
-//!   envelopes fail at once with [`AppError::Offline`];
+//!   reconnect, `max_retries` used up, or the server said not to retry: a
+//!   4xxx close but 4408 and 4001, or an HTTP 4xx refusal but 408 and 429,
+//!   PROTOCOL.md §6) and is OFFLINE: queued and new envelopes fail at once
+//!   with [`AppError::Offline`];
 //! - `@error` (`{"code", "message"}`): a failed connection attempt
 //!   (`connect_failed`), a refused auth request, queued events dropped
 //!   (`offline`), invalid JSON from the server;
@@ -140,6 +142,19 @@ use resume::{not_resumed, resume_url, Positions};
 
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
+
+/// Whether the server's close `code` says "do not reconnect" (PROTOCOL.md
+/// §6): a drop, a refusal or a takeover — every 4xxx code but a timeout
+/// (4408) and a move (4001), after which the session is kept for a resume.
+fn refuses_retry(code: CloseCode) -> bool {
+    (4000..5000).contains(&code.0) && code != CLOSE_TIMEOUT && code != crate::app::CLOSE_MOVING
+}
+
+/// Whether an upgrade refused with HTTP `status` says "do not reconnect"
+/// (PROTOCOL.md §6): a 4xx but 408 (too slow) and 429 (too many, for now).
+fn refuses_retry_status(status: u16) -> bool {
+    (400..500).contains(&status) && status != 408 && status != 429
+}
 
 const EVENT: u64 = 0;
 const REQUEST: u64 = 1;
@@ -998,7 +1013,8 @@ impl ClientCore {
         if jumping {
             return self.jump_now("jump");
         }
-        self.retry(error.to_string());
+        let refused = matches!(error, ClientError::Status { status, .. } if refuses_retry_status(*status));
+        self.retry(error.to_string(), refused);
     }
 
     /// Connects to the (new) URL at once, no backoff: a jump, `by` the
@@ -1020,14 +1036,15 @@ impl ClientCore {
     }
 
     /// The connection was lost or an attempt failed: announce and schedule
-    /// the next attempt after a backoff, or give up and go OFFLINE.
-    fn retry(&self, why: String) {
+    /// the next attempt after a backoff, or give up and go OFFLINE (also at
+    /// once when the server `refused`: PROTOCOL.md §6, "do not retry").
+    fn retry(&self, why: String, refused: bool) {
         let mut state = lock(&self.state);
         if state.gone.is_some() {
             return;
         }
-        let give_up = !self.options.reconnect || self.options.max_retries.is_some_and(|max| state.attempt >= max);
-        if give_up {
+        let exhausted = self.options.max_retries.is_some_and(|max| state.attempt >= max);
+        if refused || !self.options.reconnect || exhausted {
             let error = AppError::Offline(why.clone());
             state.gone = Some(error.clone());
             let change = state.set_status(Status::Offline);
@@ -1330,7 +1347,7 @@ impl Handler for Link {
         inner.dispatch("@disconnect", &json!({"code": code.0, "reason": reason}));
         match jump {
             Some(by) => inner.jump_now(by),
-            None => inner.retry(format!("connection closed ({code} {reason})")),
+            None => inner.retry(format!("connection closed ({code} {reason})"), refuses_retry(code)),
         }
     }
 

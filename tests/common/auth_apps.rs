@@ -1,6 +1,7 @@
 //! Apps with authentication for the event clients' tests (Rust and
-//! JavaScript): each answers `/me` with the socket's user and `/kick` by
-//! closing the socket with 4000.
+//! JavaScript): each answers `/me` with the socket's user, `/kick` by
+//! closing the socket with 4000 (a drop: no reconnect) and `/cut` by closing
+//! it with 1013 (try again later: the client reconnects).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,6 +14,7 @@ fn with_me_and_kick() -> App {
         req.reply(&user);
     });
     app.on("/kick", |req| req.close(emitws::proto::CloseCode(4000), "kicked"));
+    app.on("/cut", |req| req.close(emitws::proto::CloseCode(1013), "try again later"));
     app
 }
 

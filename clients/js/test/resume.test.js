@@ -255,15 +255,33 @@ test('closes that end the session are not resumed', async () => {
   await new Promise((resolve) => setTimeout(resolve, 20));
   assert.equal(server.conns.length, 1, 'closed for good');
 
-  // A drop by the server (4000) ends the session: the reconnect is a new socket.
+  // A close for bad input (1008) ends the session: the reconnect is a new socket.
   const { client, events } = await open(server, 'ws://test/?x=1');
-  await outage(server, events, 4000);
+  await outage(server, events, 1008);
   const seen = server.conns[2];
   assert.equal(seen.query, 'x=1');
   assert.deepEqual(seen.sent, [], 'no @resume');
   assert.equal(client.recovered(ROOM), null);
   assert.equal(count(events, '@resumed'), 0);
   client.close();
+});
+
+test('a drop, a refusal or a takeover is not retried', async () => {
+  // PROTOCOL.md §6: every 4xxx close but 4408 and 4001 means "do not reconnect".
+  const server = new ScriptedServer();
+  for (const [n, code] of [4000, 4401, 4409, 4429, 4999].entries()) {
+    const { client, events } = await open(server);
+    let failed = null;
+    client.on('@reconnect_failed', (data) => { failed = data; });
+    server.cut(code);
+    server.offline = false;
+    await until(`giving up after ${code}`, () => failed !== null);
+    assert.ok(failed.reason.includes(String(code)), JSON.stringify(failed));
+    assert.equal(client.status, 'offline');
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(server.conns.length, n + 1, `${code}: no new connection`);
+    assert.equal(count(events, '@reconnect'), 0);
+  }
 });
 
 test('with first-message auth the resume request follows the auth request', async () => {

@@ -1,9 +1,10 @@
 // The client against real emitws servers. tests/js_client.rs starts them and
 // runs this file with EMITWS_URL (an app without auth that defines /echo,
-// /fail, /later, /room/*, /ask and /kick), EMITWS_CHALLENGE_URL (challenge
-// auth: the answer is [nonce reversed, user]) and EMITWS_AUTH_URL
-// (first-message auth: /auth with 't-erin') set, the last two with /me and
-// /kick; without them these tests are skipped.
+// /fail, /later, /room/*, /ask, /kick (closes with 4000) and /cut (closes
+// with 1013)), EMITWS_CHALLENGE_URL (challenge auth: the answer is [nonce
+// reversed, user]) and EMITWS_AUTH_URL (first-message auth: /auth with
+// 't-erin') set, the last two with /me, /kick and /cut; without them these
+// tests are skipped.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { EmitClient, EmitError } from '../emitws.js';
@@ -79,12 +80,24 @@ test('a dropped connection fails pending requests, then reconnects by itself', {
   const client = await connect();
   const disconnected = nextEvent(client, '@disconnect');
   const reconnected = nextEvent(client, '@reconnect');
-  const pending = client.request('/kick');
+  const pending = client.request('/cut');
   await assert.rejects(pending, { code: 'disconnected' });
-  assert.deepEqual(await disconnected, { code: 4000, reason: 'kicked' });
+  assert.deepEqual(await disconnected, { code: 1013, reason: 'try again later' });
   await reconnected;
   assert.equal(client.connected, true);
   assert.equal(await client.request('/echo', 'again'), 'again');
+  client.close();
+});
+
+test('a drop by the server is not retried', { skip }, async () => {
+  const client = await connect();
+  const disconnected = nextEvent(client, '@disconnect');
+  const gaveUp = nextEvent(client, '@reconnect_failed');
+  await assert.rejects(client.request('/kick'), { code: 'disconnected' });
+  assert.deepEqual(await disconnected, { code: 4000, reason: 'kicked' });
+  assert.equal((await gaveUp).attempts, 0);
+  assert.equal(client.status, 'offline');
+  await assert.rejects(client.request('/echo', 'again'), { code: 'offline' });
   client.close();
 });
 
@@ -142,22 +155,22 @@ test('the status goes through a reconnect, then offline', { skip }, async () => 
   await client.open();
   assert.match(client.welcome.socket, /^[0-9a-f]+-[0-9a-f]+$/);
   const reconnected = nextEvent(client, '@reconnect');
-  await assert.rejects(client.request('/kick'), { code: 'disconnected' });
+  await assert.rejects(client.request('/cut'), { code: 'disconnected' });
   await reconnected;
   assert.equal(await client.request('/me'), 'fay');
   client.close();
   assert.deepEqual(statuses, ['connecting', 'authenticating', 'ready', 'reconnecting', 'authenticating', 'ready', 'offline']);
 });
 
-test('giving up is announced, goes offline and fails envelopes at once', { skip }, async () => {
+test('a refused reconnection gives up at once, is announced, and fails envelopes', { skip }, async () => {
   let honest = true;
   const procedures = answering('gus', () => honest);
   const client = await EmitClient.connect(challengeUrl, { reconnectDelay: 20, maxRetries: 2, procedures });
   const events = [];
   for (const name of ['@reconnecting', '@reconnect_failed']) client.on(name, (data) => events.push([name, data]));
   const gaveUp = nextEvent(client, '@reconnect_failed');
-  honest = false; // Every reconnection is now refused.
-  await assert.rejects(client.request('/kick'), { code: 'disconnected' });
+  honest = false; // The reconnection is refused (4403): no other attempt (PROTOCOL.md §6).
+  await assert.rejects(client.request('/cut'), { code: 'disconnected' });
   const queued = client.request('/me');
   await gaveUp;
   await assert.rejects(queued, { code: 'offline' });
@@ -166,8 +179,7 @@ test('giving up is announced, goes offline and fails envelopes at once', { skip 
   await assert.rejects(client.request('/me'), { code: 'offline' });
   assert.deepEqual(events.map(([name, data]) => [name, data.attempt ?? data.attempts]), [
     ['@reconnecting', 1],
-    ['@reconnecting', 2],
-    ['@reconnect_failed', 2],
+    ['@reconnect_failed', 1],
   ]);
   client.close();
 });
