@@ -6,7 +6,7 @@
 //! would take its place behind the same methods.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use super::locks::lock;
+use super::socket_id::SocketId;
 use crate::proto::CloseCode;
 use crate::runtime::{ConnId, SharedFrame};
 
@@ -108,6 +109,18 @@ impl TokenKey {
     }
 }
 
+/// The key of the session record that `token` names in a cluster's store:
+/// its SHA-1 in hex. Any node holding the token finds the record; the keys
+/// give away neither the tokens nor, having no order, the sockets.
+pub(crate) fn record_key(token: &str) -> String {
+    use sha1::Digest;
+    let mut text = String::with_capacity(40);
+    for byte in Sha1::digest(token.as_bytes()) {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
 /// Whether a close with `code` leaves the socket's session for a resume:
 /// the closes neither side meant, and a client's move to another server
 /// (PROTOCOL.md §13). The server and the Rust client both ask this.
@@ -162,6 +175,15 @@ struct Table {
     aliases: HashMap<ConnId, ConnId>,
     /// A resumed socket's public id, by current connection.
     publics: HashMap<ConnId, ConnId>,
+    /// A socket resumed here from another node: its current connection, by public id.
+    arrived: HashMap<SocketId, ConnId>,
+    /// A socket resumed here from another node: its public id, by current connection.
+    arrived_publics: HashMap<ConnId, SocketId>,
+    /// The public ids of this node's sockets resumed on another node: what
+    /// is sent to them here is forwarded.
+    departed: HashSet<ConnId>,
+    /// The same, oldest first, to remember a bounded number.
+    departed_order: VecDeque<ConnId>,
 }
 
 impl Table {
@@ -181,7 +203,7 @@ impl Table {
     }
 
     fn len(&self) -> usize {
-        self.by_conn.len() + self.aliases.len()
+        self.by_conn.len() + self.aliases.len() + self.arrived.len() + self.departed.len()
     }
 
     /// Public id `public` no longer reaches connection `conn`.
@@ -189,6 +211,9 @@ impl Table {
         if self.aliases.get(&public) == Some(&conn) {
             self.aliases.remove(&public);
             self.publics.remove(&conn);
+        }
+        if let Some(public) = self.arrived_publics.remove(&conn) {
+            self.arrived.remove(&public);
         }
     }
 }
@@ -272,6 +297,73 @@ impl Sessions {
             table.publics.insert(conn, session.public);
             Ok(session)
         })
+    }
+
+    /// From now on public id `public` reaches connection `conn` of this
+    /// node (`node`): a socket resumed here from a session claimed in the
+    /// cluster's store.
+    pub fn adopt(&self, node: u64, public: SocketId, conn: ConnId) {
+        self.with(|table| {
+            if public.node == node {
+                // Back on this node (the stale entry in the order goes with its turn).
+                table.departed.remove(&public.conn);
+                table.aliases.insert(public.conn, conn);
+                table.publics.insert(conn, public.conn);
+            } else {
+                table.arrived.insert(public, conn);
+                table.arrived_publics.insert(conn, public);
+            }
+        });
+    }
+
+    /// The connection of this node that a socket resumed from another node
+    /// answers at, by its public id.
+    pub fn arrived(&self, public: SocketId) -> Option<ConnId> {
+        if self.is_empty() {
+            return None;
+        }
+        lock(&self.table).arrived.get(&public).copied()
+    }
+
+    /// The public id of the socket at connection `conn` of node `node`,
+    /// whose public id on this node is `public`: the one it had on another
+    /// node if it resumed from there.
+    pub fn public_id(&self, node: u64, conn: ConnId, public: ConnId) -> SocketId {
+        if self.is_empty() {
+            return SocketId { node, conn: public };
+        }
+        lock(&self.table).arrived_publics.get(&conn).copied().unwrap_or(SocketId { node, conn: public })
+    }
+
+    /// Takes the session lost with connection `lost`, claimed in the
+    /// cluster's store (which checked the user): its stored values and
+    /// direct messages, if this node still has it.
+    pub fn take_lost(&self, lost: ConnId) -> Option<Session> {
+        self.with(|table| table.take(lost))
+    }
+
+    /// The session lost with connection `lost` was claimed by another
+    /// node: it goes, and its public id is forwarded from now on (the
+    /// latest `max` such ids are remembered).
+    pub fn departed(&self, lost: ConnId, max: usize) {
+        self.with(|table| {
+            let public = table.take(lost).map_or(lost, |session| session.public);
+            if let Some(conn) = table.aliases.get(&public).copied() {
+                table.unalias(public, conn);
+            }
+            if table.departed.insert(public) {
+                table.departed_order.push_back(public);
+            }
+            while table.departed.len() > max.max(1) {
+                let Some(oldest) = table.departed_order.pop_front() else { break };
+                table.departed.remove(&oldest);
+            }
+        });
+    }
+
+    /// Whether public id `public` of this node was resumed on another node.
+    pub fn is_departed(&self, public: ConnId) -> bool {
+        !self.is_empty() && lock(&self.table).departed.contains(&public)
     }
 
     /// The connection that answers to public id `public` now.
