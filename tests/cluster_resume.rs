@@ -27,6 +27,9 @@ use emitws::cluster::{RedisAdapter, RedisOptions};
 use redis_server::{wait_for, Redis};
 use serde_json::{json, Value};
 
+/// Direct messages kept per away socket.
+const BUFFER: usize = 3;
+
 /// The environment variable that makes [`killed_node`] run a node.
 const CHILD_NODE: &str = "EMITWS_TEST_CHILD_NODE";
 
@@ -40,6 +43,7 @@ fn app(adapter: Arc<RedisAdapter>, disconnects: Arc<Mutex<Vec<(String, Value)>>>
     let mut app = App::new();
     app.adapter(adapter);
     app.resume_window(Some(window));
+    app.resume_buffer(BUFFER);
     app.identify(|conn| Ok(conn.query_value("user").unwrap_or_else(|| "anon".into())));
     app.on("@connection", |req| {
         let hello = json!({
@@ -291,6 +295,43 @@ fn a_connection_still_open_on_one_node_is_taken_over_from_another() {
         (&hello["groups"], &reply["resumed"], &reply["socket"]),
         (&json!(["#lobby"]), &json!(true), &json!(socket))
     );
+    a.close();
+    b.close();
+}
+
+#[test]
+fn direct_messages_sent_while_away_from_any_node_are_replayed_on_the_node_it_resumes_on() {
+    let Some(redis) = Redis::start() else { return };
+    let window = Duration::from_secs(30);
+    let (a, b) =
+        (Node::start(&redis, Duration::from_secs(2), window), Node::start(&redis, Duration::from_secs(2), window));
+    wait_joined(&[&a, &b]);
+    let (on_a, on_b) = (a.running.app(), b.running.app());
+    for (sent, complete) in [(BUFFER, true), (BUFFER + 2, false)] {
+        let (ann, socket, token) = connect(a.addr(), "ann");
+        a.lose(ann, &socket);
+        let id = id_of(&socket);
+        for n in 0..sent {
+            match n % 3 {
+                0 => assert!(on_b.emit_to(id, "/dm", &n).expect("sent")),
+                1 => assert!(on_a.emit_to(id, "/dm", &n).expect("sent")),
+                _ => assert_eq!(on_a.to_user("ann").emit("/dm", &n).expect("sent"), 1),
+            }
+            // One at a time: messages from two nodes have no order between them.
+            std::thread::sleep(common::ms(50));
+        }
+        let (mut back, id) = resume(b.addr(), "ann", &token);
+        let hello = back.expect_event("/hello");
+        assert_eq!(hello["resumed"], true, "{hello}");
+        let kept: Vec<Value> = (sent - BUFFER..sent).map(|n| json!(n)).collect();
+        let replayed: Vec<Value> = (0..BUFFER).map(|_| back.expect_event("/dm")).collect();
+        assert_eq!(replayed, kept, "the latest {BUFFER}, in order");
+        let reply = back.reply_to(id).expect("a reply");
+        assert_eq!(reply["direct"], json!({ "recovered": complete }), "{reply}");
+        back.wait_ready();
+        back.expect_silence(common::ms(200));
+        back.close();
+    }
     a.close();
     b.close();
 }

@@ -112,6 +112,11 @@ pub struct ClaimedSession {
     pub user: Option<String>,
     /// Its rooms and tags, with each room's position when it has history.
     pub groups: Vec<(String, Option<(String, u64)>)>,
+    /// The direct messages kept for it while it was away
+    /// ([`Adapter::hold_direct`]), oldest first.
+    pub direct: Vec<String>,
+    /// Whether none of those had to be dropped for room.
+    pub direct_complete: bool,
 }
 
 /// What a session claim found.
@@ -180,6 +185,14 @@ pub trait Adapter: Send + Sync + 'static {
     fn claim_session(&self, claim: SessionClaim, done: ClaimDone) -> Result<(), ClaimDone> {
         let _ = claim;
         Err(done)
+    }
+
+    /// Keeps a direct message (an envelope's JSON text) in the cluster's
+    /// store for the away socket of session record `record`, the latest
+    /// `cap` of them, for whichever node claims it. The default keeps
+    /// nothing (the app keeps them on this node).
+    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize) {
+        let _ = (record, envelope, cap);
     }
 
     /// The sockets in `scope` on every live node, sorted.

@@ -457,7 +457,8 @@ impl UserRef {
         let frame = self.app.encode_event(event, data)?;
         let sockets = self.conns();
         self.app.server().broadcast(sockets.iter().copied(), &frame);
-        let away = self.app.0.sessions.hold_for_user(&self.user, &frame, self.app.0.setup.resume.buffer);
+        let buffer = self.app.0.setup.resume.buffer;
+        let away = self.app.0.sessions.hold_for_user(&self.user, &frame, buffer, self.app.hold_in_cluster(&frame));
         self.app.publish(&frame, Target::User(&self.user));
         Ok(sockets.len() + away)
     }
@@ -563,8 +564,18 @@ impl AppHandle {
             self.publish(frame, Target::Socket(SocketId { node: self.node(), conn: public }));
             return true;
         }
-        sessions.hold_for_socket(public, frame, self.0.setup.resume.buffer)
+        sessions.hold_for_socket(public, frame, self.0.setup.resume.buffer, self.hold_in_cluster(frame))
             || self.server().send_frame(sessions.current(public), frame)
+    }
+
+    /// Copies a direct message held for an away socket to the cluster's
+    /// store, by the socket's record key, for a resume on any node.
+    fn hold_in_cluster<'a>(&'a self, frame: &'a SharedFrame) -> impl FnMut(&str) + 'a {
+        move |record| {
+            if let Some(adapter) = &self.0.setup.adapter {
+                adapter.hold_direct(record, frame.payload(), self.0.setup.resume.buffer);
+            }
+        }
     }
 
     /// Delivers a message another node routed here for the socket of

@@ -28,7 +28,7 @@ use super::socket_id::SocketId;
 use super::worker_state::{set_position, settle_call, WorkerState};
 use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, CloseReason, Message, OpCode};
-use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
+use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, SharedFrame, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
 pub const PROTOCOL: &str = "emitws.v1";
@@ -341,13 +341,18 @@ impl AppWorker {
         let app = &self.app;
         let (conn_id, node) = (conn.id(), app.node());
         let public = app.0.sessions.public_id(node, conn_id, conn.data().public(conn_id));
-        // Only a cluster's store keeps a record.
-        let token = match (&app.0.setup.adapter, app.0.setup.resume.window) {
-            (Some(_), Some(window)) => app.0.sessions.token(node, conn_id).map(|token| (record_key(&token), window)),
-            _ => None,
-        };
-        let record = token.as_ref().map(|(key, window)| (key.as_str(), *window));
+        let key = self.record_key(conn_id);
+        let record = key.as_deref().zip(app.0.setup.resume.window);
         app.presence(Presence::Connected { conn_id, user: conn.data().user(), public, record });
+    }
+
+    /// The key of connection `conn`'s session record in the cluster's
+    /// store; `None` without an adapter, or when the app keeps no sessions.
+    fn record_key(&self, conn: ConnId) -> Option<String> {
+        let app = &self.app;
+        app.0.setup.adapter.as_ref()?;
+        app.0.setup.resume.window?;
+        app.0.sessions.token(app.node(), conn).map(|token| record_key(&token))
     }
 
     fn run_connection_handlers(&mut self, conn: &mut Conn<'_, SocketData>) {
@@ -508,8 +513,12 @@ impl AppWorker {
             deadline: Instant::now(),
             direct: Default::default(),
             direct_complete: true,
+            record: None,
         });
-        // The cluster's record is the socket's latest state.
+        // The cluster's record is the socket's latest state, its direct
+        // messages included (those this node kept are copies).
+        session.direct = claimed.direct.iter().map(|text| SharedFrame::text(text)).collect();
+        session.direct_complete = claimed.direct_complete;
         session.groups = claimed.groups.iter().map(|(group, _)| group.as_str().into()).collect();
         session.positions = claimed
             .groups
@@ -688,6 +697,7 @@ impl AppWorker {
             deadline: now + window,
             direct: Default::default(),
             direct_complete: true,
+            record: self.record_key(conn).map(Into::into),
         };
         self.app.0.sessions.keep(session, now, settings.max_sessions);
     }

@@ -148,6 +148,9 @@ pub(crate) struct Session {
     pub direct: VecDeque<SharedFrame>,
     /// Whether none of those had to be dropped for room.
     pub direct_complete: bool,
+    /// The key of its record in a cluster's store, which keeps its direct
+    /// messages too (see [`record_key`]).
+    pub record: Option<Box<str>>,
 }
 
 /// Every kept session of this node, by the connection it was lost with
@@ -387,22 +390,24 @@ impl Sessions {
         self.with(|table| table.unalias(public, conn));
     }
 
-    /// Keeps `frame` for the away socket `public`, if it is away; whether it was.
-    pub fn hold_for_socket(&self, public: ConnId, frame: &SharedFrame, cap: usize) -> bool {
+    /// Keeps `frame` for the away socket `public`, if it is away, and hands
+    /// `copy` its record's key if it has one; whether it was away.
+    pub fn hold_for_socket(&self, public: ConnId, frame: &SharedFrame, cap: usize, copy: impl FnMut(&str)) -> bool {
         if self.is_empty() {
             return false;
         }
         self.with(|table| {
             let Some(lost) = table.away.get(&public).copied() else { return false };
             table.by_conn.get_mut(&lost).is_some_and(|session| {
-                hold(session, frame, cap);
+                hold(session, frame, cap, copy);
                 true
             })
         })
     }
 
-    /// Keeps `frame` for each away socket of `user`; how many.
-    pub fn hold_for_user(&self, user: &str, frame: &SharedFrame, cap: usize) -> usize {
+    /// Keeps `frame` for each away socket of `user`, handing `copy` the
+    /// key of each one's record; how many.
+    pub fn hold_for_user(&self, user: &str, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str)) -> usize {
         if self.is_empty() {
             return 0;
         }
@@ -411,7 +416,7 @@ impl Sessions {
             let mut held = 0;
             for lost in by_user.get(user).map_or(&[][..], |t| &t[..]) {
                 if let Some(session) = by_conn.get_mut(lost) {
-                    hold(session, frame, cap);
+                    hold(session, frame, cap, &mut copy);
                     held += 1;
                 }
             }
@@ -452,8 +457,12 @@ impl Sessions {
     }
 }
 
-/// Appends `frame` to an away session's direct messages, dropping the oldest past `cap`.
-fn hold(session: &mut Session, frame: &SharedFrame, cap: usize) {
+/// Appends `frame` to an away session's direct messages, dropping the
+/// oldest past `cap`, and hands `copy` the session's record key if any.
+fn hold(session: &mut Session, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str)) {
+    if let Some(record) = &session.record {
+        copy(record);
+    }
     session.direct.push_back(frame.clone());
     while session.direct.len() > cap {
         session.direct.pop_front();
@@ -500,6 +509,7 @@ mod tests {
             deadline,
             direct: VecDeque::new(),
             direct_complete: true,
+            record: None,
         }
     }
 
@@ -573,15 +583,15 @@ mod tests {
     fn direct_messages_past_the_cap_drop_the_oldest() {
         let (sessions, now) = (Sessions::new(), Instant::now());
         sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
-        assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2));
-        assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2));
-        assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2), 1);
-        assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2), 0);
+        assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2, |_| {}));
+        assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2, |_| {}));
+        assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2, |_| {}), 1);
+        assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2, |_| {}), 0);
         let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(claimed.direct_complete);
         sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         for text in ["1", "2", "3"] {
-            sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2);
+            sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2, |_| {});
         }
         let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(!claimed.direct_complete);

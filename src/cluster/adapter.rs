@@ -258,6 +258,10 @@ impl Adapter for RedisAdapter {
         Ok(())
     }
 
+    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize) {
+        self.link.hold_direct(record, envelope, cap);
+    }
+
     fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, app::Error> {
         Ok(self.link.sockets(scope)?)
     }

@@ -14,7 +14,7 @@ use redis::{Cmd, Commands, Connection, RedisResult};
 use super::error::ClusterError;
 use super::options::RedisOptions;
 use super::reader::{self, Job};
-use super::sessions::{alias_key, Record};
+use super::sessions::{alias_key, direct_key, record_key, Record};
 use super::subscriber;
 use super::wire::{hex, with_sender};
 use super::writer::{Writer, WriterCommand};
@@ -202,13 +202,30 @@ impl RedisLink {
     /// Hands the writer the publish `command` makes of the payload, unless
     /// too many wait already (then it is dropped and counted).
     fn queue_publish(&self, parts: &[&[u8]], command: impl FnOnce(Vec<u8>) -> WriterCommand) {
+        if self.queue(|| command(with_sender(self.inner.node, parts))) {
+            self.inner.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the writer a write it drops in an outage, as it does
+    /// publishes, unless too many wait already (then it is dropped and
+    /// counted); whether it was handed.
+    fn queue(&self, command: impl FnOnce() -> WriterCommand) -> bool {
         if self.inner.queued.fetch_add(1, Ordering::Relaxed) >= self.inner.options.max_queued {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
-        self.write(command(with_sender(self.inner.node, parts)));
+        self.write(command());
+        true
+    }
+
+    /// Keeps `envelope` for the away socket of record `key` (see
+    /// [`super::sessions::HOLD`]), the latest `cap`.
+    pub(super) fn hold_direct(&self, key: &str, envelope: &[u8], cap: usize) {
+        let p = &self.inner.options.prefix;
+        let (record, list) = (record_key(p, key), direct_key(p, key));
+        self.queue(|| WriterCommand::HoldDirect { record, list, envelope: envelope.to_vec(), cap });
     }
 
     /// Has `metrics` read the link's counts at every snapshot, while the link lives.

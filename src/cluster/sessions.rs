@@ -2,14 +2,16 @@
 //! socket, kept up to date from its presence by the writer, and claimed
 //! atomically by any node on a resume.
 //!
-//! A record is one hash, `PREFIX:s:KEY` (KEY: the hex SHA-1 of the socket's
-//! resume token), so that one key is touched at a time (Redis Cluster
-//! puts it in one slot): `node` (hex) and `conn` (decimal) of the
+//! A record is one hash, `PREFIX:s:{KEY}` (KEY: the hex SHA-1 of the
+//! socket's resume token; the braces put the keys of one record in one
+//! slot of a Redis Cluster): `node` (hex) and `conn` (decimal) of the
 //! connection it is on, `public` (its [`SocketId`] as text), `user` (when
 //! it has one), `w` (its resume window in milliseconds), `away` (`1` once
 //! its connection was lost: the record then expires with the window) and
 //! one `g:GROUP` field per room or tag (`EPOCH OFFSET` for a room with
-//! history, else empty). The writer also lists each node's records in
+//! history, else empty), and `trimmed` once direct messages were dropped.
+//! The direct messages sent to the socket while it is away are a list,
+//! `PREFIX:d:{KEY}`, that expires with the record. The writer also lists each node's records in
 //! `PREFIX:n:NODE:records`, so that a survivor starts the window of a dead
 //! node's records (its process was killed: nobody else would).
 //!
@@ -58,7 +60,7 @@ impl Record {
         }
         let here = u64::from_str_radix(node, 16).ok();
         let alias = (Some(public.node) != here).then(|| alias_key(p, public));
-        Record { key: format!("{p}:s:{key}"), fields, alias }
+        Record { key: record_key(p, key), fields, alias }
     }
 
     /// Notes a group, with its stream's position for a room with history.
@@ -110,6 +112,30 @@ impl Record {
     }
 }
 
+/// The key of the record `key` names.
+pub(super) fn record_key(p: &str, key: &str) -> String {
+    format!("{p}:s:{{{key}}}")
+}
+
+/// The key of the direct messages kept for the record `key` names.
+pub(super) fn direct_key(p: &str, key: &str) -> String {
+    format!("{p}:d:{{{key}}}")
+}
+
+/// Keeps a direct message for an away socket, the latest ARGV[2] of them,
+/// expiring with its record. KEYS: the record, its messages; ARGV: the
+/// message, the cap. Nothing when the record is gone or not away.
+pub(super) const HOLD: &str = "local ttl = redis.call('PTTL', KEYS[1])
+    if ttl <= 0 or redis.call('HGET', KEYS[1], 'away') ~= '1' then return 0 end
+    local cap = tonumber(ARGV[2])
+    local n = redis.call('RPUSH', KEYS[2], ARGV[1])
+    if n > cap then
+        if cap == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], -cap, -1) end
+        redis.call('HSET', KEYS[1], 'trimmed', '1')
+    end
+    redis.call('PEXPIRE', KEYS[2], ttl)
+    return n";
+
 /// The key of the alias of public id `public`.
 pub(super) fn alias_key(p: &str, public: SocketId) -> String {
     format!("{p}:a:{public}")
@@ -132,11 +158,12 @@ pub(super) const ORPHAN: &str = "for _, key in ipairs(redis.call('SMEMBERS', KEY
     end
     return 0";
 
-/// Claims a record in one step. KEYS: the record; ARGV: whether the claimer
-/// has a user (`1`/`0`), the user, then the live nodes. Answers `none`,
-/// `other` (another user's: left alone), `live NODE CONN` (its socket is
-/// connected to a live node: left alone) or `claimed` and the record's
-/// fields, name and value in turn (deleted: nobody else gets it).
+/// Claims a record in one step. KEYS: the record, its direct messages;
+/// ARGV: whether the claimer has a user (`1`/`0`), the user, then the live
+/// nodes. Answers `none`, `other` (another user's: left alone), `live NODE
+/// CONN` (its socket is connected to a live node: left alone) or `claimed`
+/// and the record's fields, name and value in turn, then a `d` and a
+/// message for each direct message (both deleted: nobody else gets them).
 const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
     if #r == 0 then return {'none'} end
     local f = {}
@@ -147,8 +174,13 @@ const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
             if ARGV[i] == f.node then return {'live', f.node, f.conn} end
         end
     end
-    redis.call('DEL', KEYS[1])
+    local d = redis.call('LRANGE', KEYS[2], 0, -1)
+    redis.call('DEL', KEYS[1], KEYS[2])
     table.insert(r, 1, 'claimed')
+    for _, m in ipairs(d) do
+        table.insert(r, 'd')
+        table.insert(r, m)
+    end
     return r";
 
 /// What a claim found.
@@ -162,7 +194,7 @@ pub(super) enum Found {
 
 /// Runs the claim of record `key` for `user`, given the live nodes.
 pub(super) fn claim(c: &mut Connection, p: &str, key: &str, user: Option<&str>, live: &[u64]) -> RedisResult<Found> {
-    let mut cmd = eval(CLAIM, &[&format!("{p}:s:{key}")]);
+    let mut cmd = eval(CLAIM, &[&record_key(p, key), &direct_key(p, key)]);
     cmd.arg(if user.is_some() { "1" } else { "0" }).arg(user.unwrap_or(""));
     for node in live {
         cmd.arg(hex(*node));
@@ -185,6 +217,8 @@ fn read_answer(answer: &[String]) -> Found {
                 public: SocketId { node: 0, conn: ConnId(0) },
                 user: None,
                 groups: Vec::new(),
+                direct: Vec::new(),
+                direct_complete: true,
             };
             for pair in fields.chunks_exact(2) {
                 let value = &pair[1];
@@ -193,6 +227,8 @@ fn read_answer(answer: &[String]) -> Found {
                     "conn" => session.lost.conn = ConnId(value.parse().unwrap_or(0)),
                     "public" => session.public = value.parse().unwrap_or(session.public),
                     "user" => session.user = Some(value.clone()),
+                    "d" => session.direct.push(value.clone()),
+                    "trimmed" => session.direct_complete = false,
                     name => {
                         if let Some(group) = name.strip_prefix("g:") {
                             let position = value
@@ -228,14 +264,35 @@ mod tests {
         assert_eq!(read_answer(&strings(&["live", "1f", "7"])), Found::Live(0x1f, ConnId(7)));
         assert_eq!(read_answer(&strings(&["live", "zz", "7"])), Found::Outcome(ClaimOutcome::NoSession));
         let claimed = read_answer(&strings(&[
-            "claimed", "node", "1f", "conn", "9", "public", "1e-5", "user", "ann", "g:#a", "", "g:#b", "e1 42", "w",
+            "claimed",
+            "node",
+            "1f",
+            "conn",
+            "9",
+            "public",
+            "1e-5",
+            "user",
+            "ann",
+            "g:#a",
+            "",
+            "g:#b",
+            "e1 42",
+            "w",
             "100",
+            "trimmed",
+            "1",
+            "d",
+            "[0,\"/a\",1]",
+            "d",
+            "[0,\"/b\",2]",
         ]));
         let expected = ClaimedSession {
             lost: SocketId { node: 0x1f, conn: ConnId(9) },
             public: SocketId { node: 0x1e, conn: ConnId(5) },
             user: Some("ann".into()),
             groups: vec![("#a".into(), None), ("#b".into(), Some(("e1".into(), 42)))],
+            direct: vec!["[0,\"/a\",1]".into(), "[0,\"/b\",2]".into()],
+            direct_complete: false,
         };
         assert_eq!(claimed, Found::Outcome(ClaimOutcome::Claimed(expected)));
         // No node or public id: not a record this code wrote.

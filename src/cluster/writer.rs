@@ -12,7 +12,7 @@ use redis::{Commands, Connection, RedisResult};
 
 use super::link::{eval, gone, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
-use super::sessions::{Record, ORPHAN, ROUTE};
+use super::sessions::{Record, HOLD, ORPHAN, ROUTE};
 
 /// Work for the writing thread.
 pub(super) enum WriterCommand {
@@ -55,6 +55,13 @@ pub(super) enum WriterCommand {
         id: u64,
         group: String,
         position: Option<(String, u64)>,
+    },
+    /// A direct message for an away socket's record (see [`super::sessions::HOLD`]).
+    HoldDirect {
+        record: String,
+        list: String,
+        envelope: Vec<u8>,
+        cap: usize,
     },
     /// A socket with a record is gone: its session kept that long, or not.
     EndRecord {
@@ -180,7 +187,12 @@ impl Writer {
     /// presence is kept (and replayed).
     fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>) {
         let before = batch.len();
-        batch.retain(|w| !matches!(w, WriterCommand::Publish { .. } | WriterCommand::PublishRouted { .. }));
+        batch.retain(|w| {
+            !matches!(
+                w,
+                WriterCommand::Publish { .. } | WriterCommand::PublishRouted { .. } | WriterCommand::HoldDirect { .. }
+            )
+        });
         if let Some(inner) = self.link.upgrade() {
             inner.queued.fetch_sub(before - batch.len(), Ordering::Relaxed);
         }
@@ -207,6 +219,7 @@ impl Writer {
                 }
                 WriterCommand::Publish { .. }
                 | WriterCommand::PublishRouted { .. }
+                | WriterCommand::HoldDirect { .. }
                 | WriterCommand::AddRecord { .. }
                 | WriterCommand::RecordJoin { .. }
                 | WriterCommand::EndRecord { .. }
@@ -256,6 +269,9 @@ impl Writer {
                     let routed =
                         eval(ROUTE, &[alias]).arg(format!("{p}:node:")).arg(node).arg(payload.as_slice()).clone();
                     pipe.add_command(routed).ignore();
+                }
+                WriterCommand::HoldDirect { record, list, envelope, cap } => {
+                    pipe.add_command(eval(HOLD, &[record, list]).arg(envelope.as_slice()).arg(*cap).clone()).ignore();
                 }
                 WriterCommand::AddRecord { record, .. } => record.write(&mut pipe, p, node),
                 WriterCommand::RecordJoin { id, group, position } => {
