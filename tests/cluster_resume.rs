@@ -290,11 +290,14 @@ fn a_connection_still_open_on_one_node_is_taken_over_from_another() {
     old.request("/join", json!("#lobby")).expect("joined");
     let (mut back, id) = resume(b.addr(), "ann", &token);
     assert_eq!(old.expect_close(4409), "resumed elsewhere");
-    let (hello, reply, _) = read_resume(&mut back, id);
-    assert_eq!(
-        (&hello["groups"], &reply["resumed"], &reply["socket"]),
-        (&json!(["#lobby"]), &json!(true), &json!(socket))
-    );
+    let (hello, reply, ready) = read_resume(&mut back, id);
+    let expected = (&json!(["#lobby"]), &json!(true), &json!(socket));
+    assert_eq!((&hello["groups"], &reply["resumed"], &reply["socket"]), expected);
+    // And on the node it is on now.
+    let (mut again, id) = resume(b.addr(), "ann", ready["resume"].as_str().expect("a token"));
+    assert_eq!(back.expect_close(4409), "resumed elsewhere");
+    let (hello, reply, _) = read_resume(&mut again, id);
+    assert_eq!((&hello["groups"], &reply["resumed"], &reply["socket"]), expected);
     a.close();
     b.close();
 }

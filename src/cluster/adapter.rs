@@ -20,10 +20,16 @@ use crate::runtime::ConnId;
 /// Per node: one subscriber thread hands other nodes' messages to the
 /// workers (through their wakers, never blocking them), one writer thread
 /// pipelines publishes and presence and keeps the heartbeat. Messages go as
-/// `NODE\n{"b":[groups,except]}\nENVELOPE` (or `{"s":conn}` to one node's
-/// socket, `{"u":user}` to a user's devices), and closes as
-/// `NODE\n{"cs":[conn,code]}\nREASON` or `NODE\n{"cu":[user,code]}\nREASON`;
-/// anything else is ignored.
+/// `NODE\n{"b":[groups,except]}\nENVELOPE` (or `{"p":[node,conn]}` to the
+/// socket of that public id, on whichever node it answers at now,
+/// `{"s":conn}` to one node's socket, `{"u":user}` to a user's devices),
+/// and closes as `NODE\n{"cs":[conn,code]}\nREASON` or
+/// `NODE\n{"cu":[user,code]}\nREASON`; a resume elsewhere sends
+/// `{"t":[conn,user]}` (take that connection over) and `{"m":conn}` (the
+/// session lost with it was claimed); anything else is ignored.
+///
+/// Sessions kept for resume are records in Redis that any node claims
+/// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
 ///
 /// ```no_run
 /// use emitws::app::App;

@@ -13,7 +13,8 @@
 //! The direct messages sent to the socket while it is away are a list,
 //! `PREFIX:d:{KEY}`, that expires with the record. The writer also lists each node's records in
 //! `PREFIX:n:NODE:records`, so that a survivor starts the window of a dead
-//! node's records (its process was killed: nobody else would).
+//! node's records (its process was killed: nobody else would), and of
+//! their aliases (a record names its alias in `alias`).
 //!
 //! A socket resumed on another node keeps its public id: that node writes
 //! an alias, `PREFIX:a:PUBLIC` → its own node id, and a message for the
@@ -60,6 +61,10 @@ impl Record {
         }
         let here = u64::from_str_radix(node, 16).ok();
         let alias = (Some(public.node) != here).then(|| alias_key(p, public));
+        if let Some(alias) = &alias {
+            // For a survivor to expire it with the record if this node dies.
+            fields.push(("alias".into(), alias.clone()));
+        }
         Record { key: record_key(p, key), fields, alias }
     }
 
@@ -154,6 +159,8 @@ pub(super) const ORPHAN: &str = "for _, key in ipairs(redis.call('SMEMBERS', KEY
         if w then
             redis.call('HSET', key, 'away', '1')
             redis.call('PEXPIRE', key, w)
+            local alias = redis.call('HGET', key, 'alias')
+            if alias then redis.call('PEXPIRE', alias, w) end
         end
     end
     return 0";
