@@ -450,7 +450,9 @@ impl AppWorker {
             let claim = SessionClaim { record, user, conn: waiter, until: self.auth_deadline(waiter) };
             let handle = app.clone();
             let done: ClaimDone = Box::new(move |outcome| {
-                handle.server().notify(waiter.worker(), Box::new(WorkerMsg::Claimed { waiter, outcome }));
+                handle
+                    .server()
+                    .notify(waiter.worker(), Box::new(WorkerMsg::Claimed { waiter, outcome: Box::new(outcome) }));
             });
             if adapter.claim_session(claim, done).is_ok() {
                 self.local.claiming.insert(waiter);
@@ -536,7 +538,7 @@ impl AppWorker {
             .collect();
         let (handle, public, session) = (app.clone(), claimed.public, Box::new(session));
         let done = Box::new(move |backfill| {
-            let prefetched = WorkerMsg::Prefetched { waiter, session, public, backfill };
+            let prefetched = WorkerMsg::Prefetched { waiter, session, public, backfill: Box::new(backfill) };
             handle.server().notify(waiter.worker(), Box::new(prefetched));
         });
         app.prefetch_history(rooms, done);
@@ -816,7 +818,7 @@ impl AppWorker {
             }
             WorkerMsg::Claimed { waiter, outcome } => {
                 if let Some(mut conn) = conns.get(waiter).filter(|_| self.local.claiming.contains(&waiter)) {
-                    self.claimed(&mut conn, outcome);
+                    self.claimed(&mut conn, *outcome);
                 }
             }
             WorkerMsg::Prefetched { waiter, session, public, backfill } => {

@@ -36,10 +36,12 @@ pub(crate) enum WorkerMsg {
         waiter: Option<ConnId>,
         until: Instant,
     },
-    /// The claim of socket `waiter`'s session in the cluster's store is done.
+    /// The claim of socket `waiter`'s session in the cluster's store is
+    /// done. (Boxed, as the rest below: the deliveries of every broadcast
+    /// are posted in this enum, which stays small.)
     Claimed {
         waiter: ConnId,
-        outcome: ClaimOutcome,
+        outcome: Box<ClaimOutcome>,
     },
     /// The history the resume of socket `waiter` recovers from is at hand:
     /// restore `session` (of public id `public`).
@@ -47,7 +49,7 @@ pub(crate) enum WorkerMsg {
         waiter: ConnId,
         session: Box<Session>,
         public: SocketId,
-        backfill: Backfill,
+        backfill: Box<Backfill>,
     },
     /// The connection socket `waiter` takes over is gone (its session kept,
     /// or it was not one to take over): claim the session now, or come in as
@@ -55,4 +57,17 @@ pub(crate) enum WorkerMsg {
     TakenOver {
         waiter: ConnId,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_no_bigger_than_a_call() {
+        // A delivery of every broadcast is posted as one: the resume's
+        // variants must not make each allocation bigger than a call made it.
+        let (message, call) = (std::mem::size_of::<WorkerMsg>(), std::mem::size_of::<StartCall>());
+        assert!(message <= call + std::mem::size_of::<usize>(), "{message} > {call} + a tag");
+    }
 }
