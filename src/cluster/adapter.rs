@@ -114,6 +114,11 @@ const CLAIM_RETRY: Duration = Duration::from_millis(20);
 fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done: ClaimDone, asked: bool) {
     let again = link.clone();
     link.background(Box::new(move |conn| {
+        // The claimer has stopped waiting: the session stays for another.
+        if Instant::now() >= claim.until {
+            done(ClaimOutcome::NoSession);
+            return Ok(());
+        }
         let c = match conn {
             Ok(c) => c,
             Err(_) => {
@@ -136,10 +141,6 @@ fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done:
                     }
                 }
                 done(outcome);
-                Ok(())
-            }
-            Ok(Found::Live(..)) if Instant::now() >= claim.until => {
-                done(ClaimOutcome::NoSession);
                 Ok(())
             }
             Ok(Found::Live(node, old)) => {
