@@ -762,7 +762,9 @@ impl AppWorker {
         if resumable {
             // A socket that kept no state (no user, group nor value) is kept all the same.
             self.keep_session(id, &mut state.unwrap_or_default());
-        } else if let Some(public) = state.and_then(|s| s.public) {
+        } else if state.is_some() {
+            // A resumed socket's public id, of this node or another, no longer reaches it.
+            let public = state.and_then(|s| s.public).unwrap_or(id);
             app.0.sessions.forget_alias(public, id);
         }
     }
@@ -1114,9 +1116,9 @@ impl AppHandle {
 
     /// Another node claimed the session lost with connection `lost` of
     /// this node: it goes here, and what this node sends to its public id
-    /// follows it there.
-    pub(crate) fn session_claimed_elsewhere(&self, lost: ConnId) {
-        self.0.sessions.departed(lost, self.0.setup.resume.max_sessions);
+    /// (`public`, when it is one of this node's) follows it there.
+    pub(crate) fn session_claimed_elsewhere(&self, lost: ConnId, public: Option<ConnId>) {
+        self.0.sessions.departed(lost, public, self.0.setup.resume.max_sessions);
     }
 }
 

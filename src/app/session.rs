@@ -346,11 +346,13 @@ impl Sessions {
     }
 
     /// The session lost with connection `lost` was claimed by another
-    /// node: it goes, and its public id is forwarded from now on (the
-    /// latest `max` such ids are remembered).
-    pub fn departed(&self, lost: ConnId, max: usize) {
+    /// node: it goes, and its public id `public`, when it is one of this
+    /// node's, is forwarded from now on (the latest `max` such ids are
+    /// remembered).
+    pub fn departed(&self, lost: ConnId, public: Option<ConnId>, max: usize) {
         self.with(|table| {
-            let public = table.take(lost).map_or(lost, |session| session.public);
+            table.take(lost);
+            let Some(public) = public else { return };
             if let Some(conn) = table.aliases.get(&public).copied() {
                 table.unalias(public, conn);
             }
@@ -387,7 +389,9 @@ impl Sessions {
 
     /// A resumed socket at `conn` closed: its public id no longer reaches it.
     pub fn forget_alias(&self, public: ConnId, conn: ConnId) {
-        self.with(|table| table.unalias(public, conn));
+        if !self.is_empty() {
+            self.with(|table| table.unalias(public, conn));
+        }
     }
 
     /// Keeps `frame` for the away socket `public`, if it is away, and hands
@@ -596,5 +600,36 @@ mod tests {
         let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(!claimed.direct_complete);
         assert_eq!(claimed.direct, [SharedFrame::text("2"), SharedFrame::text("3")]);
+    }
+
+    #[test]
+    fn sockets_that_move_between_nodes_keep_their_public_ids() {
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        let from_a = SocketId { node: 0xa, conn: ConnId(5) };
+        // Node b: a socket of node a resumed at connection 9.
+        sessions.adopt(0xb, from_a, ConnId(9));
+        assert_eq!(sessions.arrived(from_a), Some(ConnId(9)));
+        assert_eq!(sessions.public_id(0xb, ConnId(9), ConnId(9)), from_a);
+        assert_eq!(sessions.public_id(0xb, ConnId(8), ConnId(8)), SocketId { node: 0xb, conn: ConnId(8) });
+        sessions.forget_alias(ConnId(9), ConnId(9));
+        assert_eq!(sessions.arrived(from_a), None);
+        // Node a: its socket's session, claimed by another node, goes; its id is forwarded.
+        sessions.keep(session(5, Some("ann"), now + Duration::from_secs(60)), now, 10);
+        sessions.departed(ConnId(5), Some(ConnId(5)), 2);
+        assert!(sessions.is_departed(ConnId(5)));
+        assert!(matches!(sessions.claim(ConnId(5), Some("ann"), ConnId(9), now), Err(Unclaimed::NoSession)));
+        // Back on node a, it is no longer forwarded; past `max`, the oldest is forgotten.
+        sessions.adopt(0xa, SocketId { node: 0xa, conn: ConnId(5) }, ConnId(12));
+        assert!(!sessions.is_departed(ConnId(5)));
+        assert_eq!(sessions.current(ConnId(5)), ConnId(12));
+        for public in [6, 7, 8] {
+            sessions.departed(ConnId(public), Some(ConnId(public)), 2);
+        }
+        assert!(!sessions.is_departed(ConnId(6)) && sessions.is_departed(ConnId(7)) && sessions.is_departed(ConnId(8)));
+    }
+
+    #[test]
+    fn a_record_key_is_the_tokens_sha1_in_hex() {
+        assert_eq!(record_key("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
     }
 }

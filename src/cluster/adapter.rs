@@ -25,8 +25,8 @@ use crate::runtime::ConnId;
 /// `{"s":conn}` to one node's socket, `{"u":user}` to a user's devices),
 /// and closes as `NODE\n{"cs":[conn,code]}\nREASON` or
 /// `NODE\n{"cu":[user,code]}\nREASON`; a resume elsewhere sends
-/// `{"t":[conn,user]}` (take that connection over) and `{"m":conn}` (the
-/// session lost with it was claimed); anything else is ignored.
+/// `{"t":[conn,user]}` (take that connection over) and `{"m":[conn,public]}`
+/// (the session lost with it was claimed); anything else is ignored.
 ///
 /// Sessions kept for resume are records in Redis that any node claims
 /// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
@@ -137,7 +137,9 @@ fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done:
             Ok(Found::Outcome(outcome)) => {
                 if let ClaimOutcome::Claimed(session) = &outcome {
                     if session.lost.node != again.node() {
-                        send(&again, &Header::Claimed(session.lost.conn.0), Some(session.lost.node), b"");
+                        let (lost, public) = (session.lost, session.public);
+                        let public = (public.node == lost.node).then_some(public.conn.0);
+                        send(&again, &Header::Claimed(lost.conn.0, public), Some(lost.node), b"");
                     }
                 }
                 done(outcome);
@@ -174,8 +176,10 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
             app.deliver_to_public(envelope()?, SocketId { node, conn: ConnId(conn) })
         }
         Header::TakeOver(conn, user) if message.direct => app.deliver_takeover(ConnId(conn), user.as_deref()),
-        Header::Claimed(conn) if message.direct => app.session_claimed_elsewhere(ConnId(conn)),
-        Header::Public(..) | Header::TakeOver(..) | Header::Claimed(_) => {}
+        Header::Claimed(lost, public) if message.direct => {
+            app.session_claimed_elsewhere(ConnId(lost), public.map(ConnId))
+        }
+        Header::Public(..) | Header::TakeOver(..) | Header::Claimed(..) => {}
         Header::Broadcast(groups, except) => {
             let mut opts = BroadcastOpts::all();
             opts.to = groups.into_iter().map(Into::into).collect();

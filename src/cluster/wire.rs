@@ -40,9 +40,10 @@ pub(super) enum Header {
     TakeOver(u64, Option<String>),
     /// The session lost with this connection of the receiving node was
     /// claimed by the sender: the receiver forgets it, and forwards what it
-    /// sends to its public id.
+    /// sends to its public id, the second connection when it is one of the
+    /// receiver's (a socket that came from a third node has that node's).
     #[serde(rename = "m")]
-    Claimed(u64),
+    Claimed(u64, Option<u64>),
     /// A broadcast: its groups (none: everyone) and the sockets left out, as (node, conn).
     #[serde(rename = "b")]
     Broadcast(Vec<String>, Vec<(u64, u64)>),
