@@ -8,6 +8,7 @@ use super::handle::AppHandle;
 use super::socket_id::SocketId;
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
+use std::time::{Duration, Instant};
 
 /// Who a message another node should deliver is for.
 #[derive(Debug, Clone, Copy)]
@@ -44,6 +45,14 @@ pub enum Presence<'a> {
         conn_id: ConnId,
         /// Its user.
         user: Option<&'a str>,
+        /// Its public id: its connection's, or, for a resumed socket, the
+        /// one it first had (on this node or another).
+        public: SocketId,
+        /// The key of its session record, derived from its resume token
+        /// (hex SHA-1: whoever holds the token finds the record, nobody
+        /// can list them), and how long the session is kept after a loss;
+        /// `None` when the app keeps no sessions.
+        record: Option<(&'a str, Duration)>,
     },
     /// A socket joined a room or took a tag.
     Joined {
@@ -51,6 +60,9 @@ pub enum Presence<'a> {
         conn_id: ConnId,
         /// The group.
         group: &'a str,
+        /// For a room with history: its stream's epoch and offset when the
+        /// socket joined it (or last recovered it), where a resume replays from.
+        position: Option<(&'a str, u64)>,
     },
     /// A socket left a room or dropped a tag.
     Left {
@@ -67,8 +79,61 @@ pub enum Presence<'a> {
         user: Option<&'a str>,
         /// The groups it was in.
         groups: &'a [Box<str>],
+        /// How long its session is kept for a resume; `None`: it ends.
+        kept: Option<Duration>,
     },
 }
+
+/// A resume's claim of a session in the cluster's store
+/// ([`Adapter::claim_session`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionClaim {
+    /// The session record's key (see [`Presence::Connected`]).
+    pub record: String,
+    /// The user the claiming connection authenticated as.
+    pub user: Option<String>,
+    /// The claiming connection, on this node.
+    pub conn: ConnId,
+    /// Its authentication deadline: a session still live on its node is
+    /// taken over until then, no later.
+    pub until: Instant,
+}
+
+/// A session taken from the cluster's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClaimedSession {
+    /// The node and connection it was lost with (or taken from).
+    pub lost: SocketId,
+    /// Its public id.
+    pub public: SocketId,
+    /// Its user.
+    pub user: Option<String>,
+    /// Its rooms and tags, with each room's position when it has history.
+    pub groups: Vec<(String, Option<(String, u64)>)>,
+    /// The direct messages kept for it while it was away
+    /// ([`Adapter::hold_direct`]), oldest first.
+    pub direct: Vec<String>,
+    /// Whether none of those had to be dropped for room.
+    pub direct_complete: bool,
+}
+
+/// What a session claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimOutcome {
+    /// The session, now this claimer's alone.
+    Claimed(ClaimedSession),
+    /// No session: unknown, spent, expired, still live past the claimer's
+    /// deadline, or the store could not be reached.
+    NoSession,
+    /// A session of another user (it stays for its own).
+    OtherUser,
+}
+
+/// How a [`ClaimOutcome`] gets back to the claimer (from another thread).
+pub type ClaimDone = Box<dyn FnOnce(ClaimOutcome) + Send>;
 
 /// Where a cluster transport plugs in ([`App::adapter`](super::App::adapter)):
 /// it carries to the other nodes what this one sends beyond itself, follows
@@ -105,6 +170,29 @@ pub trait Adapter: Send + Sync + 'static {
     /// A socket's presence changed.
     fn presence(&self, change: Presence<'_>) {
         let _ = change;
+    }
+
+    /// Claims a session in the cluster's store, without blocking the
+    /// caller: `done` gets the outcome later, from another thread. At most
+    /// one claim of a record succeeds, on any node. A session still live
+    /// on its node is taken over (closed there with 4409, its session
+    /// kept) and claimed then, until the claim's deadline.
+    ///
+    /// # Errors
+    ///
+    /// `done` back when the adapter keeps no sessions (the default): the
+    /// app's own, on this node, serve.
+    fn claim_session(&self, claim: SessionClaim, done: ClaimDone) -> Result<(), ClaimDone> {
+        let _ = claim;
+        Err(done)
+    }
+
+    /// Keeps a direct message (an envelope's JSON text) in the cluster's
+    /// store for the away socket of session record `record`, the latest
+    /// `cap` of them, for whichever node claims it. The default keeps
+    /// nothing (the app keeps them on this node).
+    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize) {
+        let _ = (record, envelope, cap);
     }
 
     /// The sockets in `scope` on every live node, sorted.

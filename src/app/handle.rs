@@ -119,9 +119,11 @@ impl AppHandle {
     ) -> Result<bool, Error> {
         let id = id.into();
         let frame = self.encode_event(event, data)?;
-        match self.mine(id) {
-            Some(public) => Ok(self.send_direct(public, &frame)),
-            None => {
+        match (self.mine(id), self.0.sessions.arrived(id)) {
+            (Some(public), _) => Ok(self.send_direct(public, &frame)),
+            // Resumed here from another node.
+            (None, Some(conn)) => Ok(self.server().send_frame(conn, &frame)),
+            (None, None) => {
                 self.publish(&frame, Target::Socket(id));
                 Ok(self.0.setup.adapter.is_some())
             }
@@ -455,7 +457,8 @@ impl UserRef {
         let frame = self.app.encode_event(event, data)?;
         let sockets = self.conns();
         self.app.server().broadcast(sockets.iter().copied(), &frame);
-        let away = self.app.0.sessions.hold_for_user(&self.user, &frame, self.app.0.setup.resume.buffer);
+        let buffer = self.app.0.setup.resume.buffer;
+        let away = self.app.0.sessions.hold_for_user(&self.user, &frame, buffer, self.app.hold_in_cluster(&frame));
         self.app.publish(&frame, Target::User(&self.user));
         Ok(sockets.len() + away)
     }
@@ -541,7 +544,10 @@ impl AppHandle {
     /// The connection of `id` now, if it is on this node (a resumed
     /// socket's public id reaches its new connection).
     pub(crate) fn here(&self, id: SocketId) -> Option<ConnId> {
-        self.mine(id).map(|public| self.0.sessions.current(public))
+        match self.mine(id) {
+            Some(public) => Some(self.0.sessions.current(public)),
+            None => self.0.sessions.arrived(id),
+        }
     }
 
     /// The public id on this node of `id`, if it is on this node.
@@ -551,10 +557,47 @@ impl AppHandle {
 
     /// Sends `frame` to the socket of public id `public` on this node, or
     /// keeps it for the socket if it is away; false if the server has stopped.
+    /// One resumed on another node gets it there.
     fn send_direct(&self, public: ConnId, frame: &SharedFrame) -> bool {
         let sessions = &self.0.sessions;
-        sessions.hold_for_socket(public, frame, self.0.setup.resume.buffer)
+        if sessions.is_departed(public) {
+            self.publish(frame, Target::Socket(SocketId { node: self.node(), conn: public }));
+            return true;
+        }
+        sessions.hold_for_socket(public, frame, self.0.setup.resume.buffer, self.hold_in_cluster(frame))
             || self.server().send_frame(sessions.current(public), frame)
+    }
+
+    /// Copies a direct message held for an away socket to the cluster's
+    /// store, by the socket's record key, for a resume on any node.
+    fn hold_in_cluster<'a>(&'a self, frame: &'a SharedFrame) -> impl FnMut(&str) + 'a {
+        move |record| {
+            if let Some(adapter) = &self.0.setup.adapter {
+                adapter.hold_direct(record, frame.payload(), self.0.setup.resume.buffer);
+            }
+        }
+    }
+
+    /// Delivers a message another node routed here for the socket of
+    /// public id `public` (see [`Adapter::publish`](super::Adapter::publish)):
+    /// this node's, or one resumed here from another node. Never sent on
+    /// (it was routed here by the cluster's alias).
+    pub(crate) fn deliver_to_public(&self, envelope: &str, public: SocketId) {
+        if self.0.server.get().is_none() {
+            return; // no socket has opened on this node yet
+        }
+        let frame = SharedFrame::text(envelope);
+        match self.mine(public) {
+            Some(public) if !self.0.sessions.is_departed(public) => {
+                self.send_direct(public, &frame);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(conn) = self.0.sessions.arrived(public) {
+                    self.server().send_frame(conn, &frame);
+                }
+            }
+        }
     }
 
     /// The connections of this node among `ids`.

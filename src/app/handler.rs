@@ -4,12 +4,13 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::adapter::Presence;
+use super::adapter::{ClaimDone, ClaimOutcome, Presence, SessionClaim};
 use super::connect::{Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
@@ -21,13 +22,13 @@ use super::locks::lock;
 use super::request::Request;
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
-use super::session::{keeps_session, Session, Unclaimed};
+use super::session::{keeps_session, record_key, Session, Unclaimed};
 use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
 use super::worker_state::{set_position, settle_call, WorkerState};
 use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
 use crate::proto::{CloseCode, CloseReason, Message, OpCode};
-use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, UpgradeRequest};
+use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, SharedFrame, UpgradeRequest};
 
 /// The subprotocol the event layer speaks.
 pub const PROTOCOL: &str = "emitws.v1";
@@ -337,7 +338,21 @@ impl AppWorker {
     fn enter(&mut self, conn: &mut Conn<'_, SocketData>) {
         conn.data_mut().flags |= flag::CONNECTED;
         self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.app.presence(Presence::Connected { conn_id: conn.id(), user: conn.data().user() });
+        let app = &self.app;
+        let (conn_id, node) = (conn.id(), app.node());
+        let public = app.0.sessions.public_id(node, conn_id, conn.data().public(conn_id));
+        let key = self.record_key(conn_id);
+        let record = key.as_deref().zip(app.0.setup.resume.window);
+        app.presence(Presence::Connected { conn_id, user: conn.data().user(), public, record });
+    }
+
+    /// The key of connection `conn`'s session record in the cluster's
+    /// store; `None` without an adapter, or when the app keeps no sessions.
+    fn record_key(&self, conn: ConnId) -> Option<String> {
+        let app = &self.app;
+        app.0.setup.adapter.as_ref()?;
+        app.0.setup.resume.window?;
+        app.0.sessions.token(app.node(), conn).map(|token| record_key(&token))
     }
 
     fn run_connection_handlers(&mut self, conn: &mut Conn<'_, SocketData>) {
@@ -347,7 +362,7 @@ impl AppWorker {
 
     /// The socket's public id as text (PROTOCOL.md §12).
     fn socket_text(&self, conn: &Conn<'_, SocketData>) -> String {
-        SocketId { node: self.app.node(), conn: conn.data().public(conn.id()) }.to_string()
+        self.app.0.sessions.public_id(self.app.node(), conn.id(), conn.data().public(conn.id())).to_string()
     }
 
     /// Tells the client it is admitted and usable:
@@ -402,6 +417,9 @@ impl AppWorker {
             (Some(id), Ok(body)) => {
                 let rooms = body.rooms.into_iter().map(|(room, at)| (room.into(), at.epoch.into(), at.offset));
                 let token = self.app.0.sessions.verify(self.app.node(), &body.token);
+                if self.app.0.setup.adapter.is_some() && self.app.0.setup.resume.window.is_some() {
+                    self.local.records.insert(conn.id(), record_key(&body.token));
+                }
                 let request = ResumeRequest { id, token, rooms: rooms.collect() };
                 conn.data_mut().state().resume = Some(Box::new(request));
             }
@@ -419,26 +437,43 @@ impl AppWorker {
 
     /// Resumes the session `request` names, or admits the socket as a new
     /// one when there is none to claim; then the reply and `@ready`, in the
-    /// order of PROTOCOL.md §13. With `may_take_over`, a token whose
-    /// connection has no session yet has that connection taken over: the
-    /// socket waits (see [`end_takeover`](Self::end_takeover)).
+    /// order of PROTOCOL.md §13. With an adapter that keeps sessions, the
+    /// claim is the cluster's: the socket waits for it (see
+    /// [`claimed`](Self::claimed)). Else, with `may_take_over`, a token
+    /// whose connection has no session yet has that connection taken over:
+    /// the socket waits (see [`end_takeover`](Self::end_takeover)).
     fn resume(&mut self, conn: &mut Conn<'_, SocketData>, request: ResumeRequest, may_take_over: bool) {
         let app = self.app.clone();
+        let waiter = conn.id();
+        if let (Some(record), Some(adapter)) = (self.local.records.remove(&waiter), &app.0.setup.adapter) {
+            let user = conn.data().user().map(str::to_owned);
+            let claim = SessionClaim { record, user, conn: waiter, until: self.auth_deadline(waiter) };
+            let handle = app.clone();
+            let done: ClaimDone = Box::new(move |outcome| {
+                handle
+                    .server()
+                    .notify(waiter.worker(), Box::new(WorkerMsg::Claimed { waiter, outcome: Box::new(outcome) }));
+            });
+            if adapter.claim_session(claim, done).is_ok() {
+                self.local.claiming.insert(waiter);
+                conn.data_mut().flags |= flag::TAKING_OVER;
+                conn.data_mut().state().resume = Some(Box::new(request));
+                return;
+            }
+        }
         let claimed = match request.token {
             Some(lost) if app.0.setup.resume.window.is_some() => {
-                match app.0.sessions.claim(lost, conn.data().user(), conn.id(), Instant::now()) {
+                match app.0.sessions.claim(lost, conn.data().user(), waiter, Instant::now()) {
                     Ok(session) => Some(session),
                     // The token's connection may still be open, its loss not
                     // noticed yet: its worker closes it keeping its session,
                     // then tells this socket to claim again.
                     Err(Unclaimed::NoSession) if may_take_over => {
-                        let (user, waiter) = (conn.data().state.as_ref().and_then(|s| s.user.clone()), conn.id());
-                        // Every socket that waits for `@resume` has one.
-                        let until = self.local.auth_deadlines.iter().find(|(_, id)| *id == waiter).map(|(at, _)| *at);
+                        let user = conn.data().state.as_ref().and_then(|s| s.user.clone());
+                        let until = self.auth_deadline(waiter);
                         conn.data_mut().flags |= flag::TAKING_OVER;
                         conn.data_mut().state().resume = Some(Box::new(request));
-                        let until = until.unwrap_or_else(Instant::now);
-                        let take_over = WorkerMsg::TakeOver { old: lost, user, waiter, until };
+                        let take_over = WorkerMsg::TakeOver { old: lost, user, waiter: Some(waiter), until };
                         app.server().notify(lost.worker(), Box::new(take_over));
                         return;
                     }
@@ -447,6 +482,80 @@ impl AppWorker {
             }
             _ => None,
         };
+        let node = app.node();
+        let claimed = claimed.map(|session| (SocketId { node, conn: session.public }, session));
+        self.restore(conn, request, claimed, &Backfill::default());
+    }
+
+    /// The auth deadline of a socket that waits for `@resume` (every one has one).
+    fn auth_deadline(&self, waiter: ConnId) -> Instant {
+        let until = self.local.auth_deadlines.iter().find(|(_, id)| *id == waiter).map(|(at, _)| *at);
+        until.unwrap_or_else(Instant::now)
+    }
+
+    /// The cluster's claim for socket `waiter` is done: a session claimed
+    /// has the history of its rooms fetched first (the socket still waits),
+    /// anything else comes in as a new socket.
+    fn claimed(&mut self, conn: &mut Conn<'_, SocketData>, outcome: ClaimOutcome) {
+        let waiter = conn.id();
+        let ClaimOutcome::Claimed(claimed) = outcome else {
+            return self.end_takeover(conn);
+        };
+        let app = self.app.clone();
+        // Its stored values and direct messages, when it was lost on this node.
+        let here = claimed.lost.node == app.node();
+        let local = here.then(|| app.0.sessions.take_lost(claimed.lost.conn)).flatten();
+        let mut session = local.unwrap_or_else(|| Session {
+            public: claimed.public.conn,
+            user: claimed.user.as_deref().map(Into::into),
+            groups: Vec::new(),
+            store: Vec::new(),
+            conn: claimed.lost.conn,
+            positions: Vec::new(),
+            deadline: Instant::now(),
+            direct: Default::default(),
+            direct_complete: true,
+            record: None,
+        });
+        // The cluster's record is the socket's latest state, its direct
+        // messages included (those this node kept are copies).
+        session.direct = claimed.direct.iter().map(|text| SharedFrame::text(text)).collect();
+        session.direct_complete = claimed.direct_complete;
+        session.groups = claimed.groups.iter().map(|(group, _)| group.as_str().into()).collect();
+        session.positions = claimed
+            .groups
+            .iter()
+            .filter_map(|(room, at)| {
+                at.as_ref().map(|(epoch, offset)| (room.as_str().into(), epoch.as_str().into(), *offset))
+            })
+            .collect();
+        let listed = conn.data().state.as_ref().and_then(|s| s.resume.as_ref()).map_or(&[][..], |r| &r.rooms[..]);
+        let rooms = session
+            .groups
+            .iter()
+            .filter(|group| app.history(group).is_some())
+            .map(|room| (room.clone(), since(room, listed, &session.positions).map(|(e, o)| (e.into(), o))))
+            .collect();
+        let (handle, public, session) = (app.clone(), claimed.public, Box::new(session));
+        let done = Box::new(move |backfill| {
+            let prefetched = WorkerMsg::Prefetched { waiter, session, public, backfill: Box::new(backfill) };
+            handle.server().notify(waiter.worker(), Box::new(prefetched));
+        });
+        app.prefetch_history(rooms, done);
+    }
+
+    /// Restores `claimed` (its public id and session) on the socket, or
+    /// admits the socket as a new one without; then the reply and
+    /// `@ready`, in the order of PROTOCOL.md §13. `backfill` fills in what
+    /// this node's room streams lack.
+    fn restore(
+        &mut self,
+        conn: &mut Conn<'_, SocketData>,
+        request: ResumeRequest,
+        claimed: Option<(SocketId, Session)>,
+        backfill: &Backfill,
+    ) {
+        let app = self.app.clone();
         let resumed = claimed.is_some();
         let mut direct_complete = false;
         // Every room the client listed is answered; those the socket is in
@@ -455,10 +564,13 @@ impl AppWorker {
         for (room, _epoch, _offset) in &request.rooms {
             rooms.insert(room.to_string(), serde_json::json!({ "recovered": false }));
         }
-        if let Some(session) = claimed {
+        if let Some((public, session)) = claimed {
             crate::runtime::logs::resumed(conn.id(), session.conn);
+            app.0.sessions.adopt(app.node(), public, conn.id());
             let state = conn.data_mut().state();
-            state.public = Some(session.public);
+            if public.node == app.node() {
+                state.public = Some(public.conn);
+            }
             for (key, value) in session.store {
                 match state.store.iter_mut().find(|(k, _)| *k == key) {
                     Some(entry) => entry.1 = value,
@@ -478,25 +590,23 @@ impl AppWorker {
             for group in &session.groups {
                 let Some(_) = app.history(group) else {
                     // Joined before, so within the limits.
-                    let _ = self.local.join_group(&app, conn, group);
+                    let _ = self.local.join_group(&app, conn, group, None);
                     continue;
                 };
-                let listed =
-                    request.rooms.iter().find(|(r, ..)| r == group).map(|(_, epoch, offset)| (&**epoch, *offset));
-                let noted =
-                    session.positions.iter().find(|(r, ..)| r == group).map(|(_, epoch, offset)| (&**epoch, *offset));
                 let recovery = app.recover(
                     group,
-                    listed.or(noted),
-                    &Backfill::default(),
+                    since(group, &request.rooms, &session.positions),
+                    backfill,
                     &[session.conn, session.public],
                     |frame| missed.push(frame.clone()),
                     || {
-                        let _ = self.local.join_group(&app, conn, group);
+                        let _ = self.local.join_group(&app, conn, group, None);
                     },
                 );
                 let mut answer = serde_json::json!({ "recovered": recovery.recovered });
                 if let Some(epoch) = recovery.epoch {
+                    let position = Some((&*epoch, recovery.offset));
+                    app.presence(Presence::Joined { conn_id: conn.id(), group, position });
                     set_position(conn.data_mut(), group, epoch.clone(), recovery.offset);
                     (answer["epoch"], answer["offset"]) = (epoch.as_ref().into(), recovery.offset.into());
                 }
@@ -530,14 +640,20 @@ impl AppWorker {
 
     /// A socket waiting to take a connection over stops waiting (that
     /// connection is gone, or the auth deadline passed): it claims the
-    /// session now, or comes in as a new socket.
+    /// session now, or comes in as a new socket (as one whose claim in the
+    /// cluster's store found nothing or did not end in time).
     fn end_takeover(&mut self, conn: &mut Conn<'_, SocketData>) {
         if !conn.data().has(flag::TAKING_OVER) {
             return;
         }
         conn.data_mut().flags &= !flag::TAKING_OVER;
+        let claiming = self.local.claiming.remove(&conn.id());
         if let Some(request) = conn.data_mut().state.as_mut().and_then(|s| s.resume.take()) {
-            self.resume(conn, *request, false);
+            match claiming {
+                // The cluster's claim found nothing, or is too late now.
+                true => self.restore(conn, *request, None, &Backfill::default()),
+                false => self.resume(conn, *request, false),
+            }
         }
     }
 
@@ -552,7 +668,7 @@ impl AppWorker {
         conns: &mut Conns<'_, SocketData>,
         old: ConnId,
         user: Option<&str>,
-        waiter: ConnId,
+        waiter: Option<ConnId>,
         until: Instant,
     ) {
         if let Some(mut conn) = conns.get(old).filter(|_| Instant::now() < until) {
@@ -561,7 +677,9 @@ impl AppWorker {
                 conn.close(CLOSE_REPLACED, RESUMED_ELSEWHERE);
             }
         }
-        self.app.server().notify(waiter.worker(), Box::new(WorkerMsg::TakenOver { waiter }));
+        if let Some(waiter) = waiter {
+            self.app.server().notify(waiter.worker(), Box::new(WorkerMsg::TakenOver { waiter }));
+        }
     }
 
     /// Keeps the session of a socket closed by accident, under the
@@ -581,6 +699,7 @@ impl AppWorker {
             deadline: now + window,
             direct: Default::default(),
             direct_complete: true,
+            record: self.record_key(conn).map(Into::into),
         };
         self.app.0.sessions.keep(session, now, settings.max_sessions);
     }
@@ -593,6 +712,8 @@ impl AppWorker {
     fn depart(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str, keep: bool) {
         let app = self.app.clone();
         let id = conn.id();
+        self.local.records.remove(&id);
+        self.local.claiming.remove(&id);
         for done in self.local.calls.take_all(id) {
             settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
@@ -635,12 +756,15 @@ impl AppWorker {
             // A socket that never joined a group nor had a user keeps no
             // state, and its presence goes all the same.
             let (user, groups) = state.as_deref().map_or((None, &[][..]), |s| (s.user.as_deref(), &s.groups[..]));
-            app.presence(Presence::Disconnected { conn_id: id, user, groups });
+            let kept = app.0.setup.resume.window.filter(|_| resumable);
+            app.presence(Presence::Disconnected { conn_id: id, user, groups, kept });
         }
         if resumable {
             // A socket that kept no state (no user, group nor value) is kept all the same.
             self.keep_session(id, &mut state.unwrap_or_default());
-        } else if let Some(public) = state.and_then(|s| s.public) {
+        } else if state.is_some() {
+            // A resumed socket's public id, of this node or another, no longer reaches it.
+            let public = state.and_then(|s| s.public).unwrap_or(id);
             app.0.sessions.forget_alias(public, id);
         }
     }
@@ -692,6 +816,19 @@ impl AppWorker {
             WorkerMsg::TakenOver { waiter } => {
                 if let Some(mut conn) = conns.get(waiter) {
                     self.end_takeover(&mut conn);
+                }
+            }
+            WorkerMsg::Claimed { waiter, outcome } => {
+                if let Some(mut conn) = conns.get(waiter).filter(|_| self.local.claiming.contains(&waiter)) {
+                    self.claimed(&mut conn, *outcome);
+                }
+            }
+            WorkerMsg::Prefetched { waiter, session, public, backfill } => {
+                // Unless the socket stopped waiting (its auth deadline passed).
+                let Some(mut conn) = conns.get(waiter).filter(|_| self.local.claiming.remove(&waiter)) else { return };
+                conn.data_mut().flags &= !flag::TAKING_OVER;
+                if let Some(request) = conn.data_mut().state.as_mut().and_then(|s| s.resume.take()) {
+                    self.restore(&mut conn, *request, Some((public, *session)), &backfill);
                 }
             }
         }
@@ -950,6 +1087,38 @@ impl Handler for AppWorker {
         let auth = self.local.auth_deadlines.front().map(|(at, _)| *at);
         let next = [self.local.calls.next_deadline(), auth, heartbeat, sweep].into_iter().flatten().min()?;
         Some(next.saturating_duration_since(now))
+    }
+}
+
+/// Where a resume replays `room` from: the client's position when it
+/// listed the room, else the socket's when it joined (or last recovered it).
+fn since<'a>(
+    room: &str,
+    listed: &'a [(Box<str>, Box<str>, u64)],
+    noted: &'a [(Box<str>, Arc<str>, u64)],
+) -> Option<(&'a str, u64)> {
+    let listed = listed.iter().find(|(r, ..)| &**r == room).map(|(_, epoch, offset)| (&**epoch, *offset));
+    listed.or_else(|| noted.iter().find(|(r, ..)| &**r == room).map(|(_, epoch, offset)| (&**epoch, *offset)))
+}
+
+impl AppHandle {
+    /// A resume on another node takes over connection `old` of this node
+    /// (of `user`): it is closed with 4409, its session kept, if it is
+    /// still open (that node claims again by itself).
+    pub(crate) fn deliver_takeover(&self, old: ConnId, user: Option<&str>) {
+        if self.0.server.get().is_none() {
+            return; // no socket has opened on this node yet
+        }
+        let until = Instant::now() + self.0.setup.limits.auth_timeout;
+        let take_over = WorkerMsg::TakeOver { old, user: user.map(Into::into), waiter: None, until };
+        self.server().notify(old.worker(), Box::new(take_over));
+    }
+
+    /// Another node claimed the session lost with connection `lost` of
+    /// this node: it goes here, and what this node sends to its public id
+    /// (`public`, when it is one of this node's) follows it there.
+    pub(crate) fn session_claimed_elsewhere(&self, lost: ConnId, public: Option<ConnId>) {
+        self.0.sessions.departed(lost, public, self.0.setup.resume.max_sessions);
     }
 }
 

@@ -1,9 +1,13 @@
 //! What other threads post to a worker: the one way into a worker's state
 //! from outside its event loop.
 
+use super::adapter::ClaimOutcome;
 use super::connect::Refusal;
 use super::groups::Delivery;
+use super::history::Backfill;
 use super::rpc::StartCall;
+use super::session::Session;
+use super::socket_id::SocketId;
 use crate::runtime::ConnId;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,12 +28,28 @@ pub(crate) enum WorkerMsg {
     /// Socket `waiter` of `user` resumes with the token of connection `old`,
     /// still open: close it with 4409 keeping its session, then tell the
     /// waiter (PROTOCOL.md §13, step 3). Not after `until`, the waiter's
-    /// auth deadline, when it has stopped waiting.
+    /// auth deadline, when it has stopped waiting. Without a waiter (a
+    /// resume on another node, which claims again by itself), nobody is told.
     TakeOver {
         old: ConnId,
         user: Option<Arc<str>>,
-        waiter: ConnId,
+        waiter: Option<ConnId>,
         until: Instant,
+    },
+    /// The claim of socket `waiter`'s session in the cluster's store is
+    /// done. (Boxed, as the rest below: the deliveries of every broadcast
+    /// are posted in this enum, which stays small.)
+    Claimed {
+        waiter: ConnId,
+        outcome: Box<ClaimOutcome>,
+    },
+    /// The history the resume of socket `waiter` recovers from is at hand:
+    /// restore `session` (of public id `public`).
+    Prefetched {
+        waiter: ConnId,
+        session: Box<Session>,
+        public: SocketId,
+        backfill: Box<Backfill>,
     },
     /// The connection socket `waiter` takes over is gone (its session kept,
     /// or it was not one to take over): claim the session now, or come in as
@@ -37,4 +57,17 @@ pub(crate) enum WorkerMsg {
     TakenOver {
         waiter: ConnId,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_no_bigger_than_a_call() {
+        // A delivery of every broadcast is posted as one: the resume's
+        // variants must not make each allocation bigger than a call made it.
+        let (message, call) = (std::mem::size_of::<WorkerMsg>(), std::mem::size_of::<StartCall>());
+        assert!(message <= call + std::mem::size_of::<usize>(), "{message} > {call} + a tag");
+    }
 }

@@ -84,7 +84,7 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use adapter::{Adapter, Presence, Scope, Target};
+pub use adapter::{Adapter, ClaimDone, ClaimOutcome, ClaimedSession, Presence, Scope, SessionClaim, Target};
 pub use cluster_view::ClusterView;
 pub use connect::{Challenge, Connecting, PathRoute, Refusal};
 pub use disconnect::{After, Gone};
@@ -313,6 +313,11 @@ impl App {
     /// A kept session holds its stored values and direct messages (see
     /// [`resume_buffer`](Self::resume_buffer)) until it is resumed or its
     /// window ends.
+    ///
+    /// With an adapter that keeps sessions (the Redis one), the session is
+    /// kept in the cluster's store too and any node resumes it, with its id,
+    /// user and groups; its stored values ([`Request::set`]) stay in the
+    /// memory of the node it was on and come back only when it resumes there.
     ///
     /// ```
     /// use std::time::Duration;

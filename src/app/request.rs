@@ -91,7 +91,7 @@ impl<'a> Request<'a> {
     /// This socket's cluster-wide id. A resumed socket keeps the id it had
     /// (PROTOCOL.md §13) while its connection, [`conn_id`](Self::conn_id), is new.
     pub fn socket_id(&self) -> SocketId {
-        SocketId { node: self.app.node(), conn: self.public_conn() }
+        self.app.0.sessions.public_id(self.app.node(), self.conn.id(), self.public_conn())
     }
 
     /// Whether this socket resumed an earlier one (PROTOCOL.md §13): true in
@@ -230,7 +230,9 @@ impl<'a> Request<'a> {
     /// Stores a value on the socket under `key` (replacing any value there).
     /// Values are `Send`: a session kept for a resume (PROTOCOL.md §13)
     /// holds them while the socket is away and hands them to its next
-    /// connection, which may be on another worker.
+    /// connection, which may be on another worker. In a cluster they stay
+    /// in the memory of this node: a socket resumed on another node comes
+    /// back without them.
     pub fn set<T: Any + Send>(&mut self, key: &str, value: T) {
         self.conn.data_mut().set(key, value);
     }

@@ -6,7 +6,7 @@
 //! would take its place behind the same methods.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use super::locks::lock;
+use super::socket_id::SocketId;
 use crate::proto::CloseCode;
 use crate::runtime::{ConnId, SharedFrame};
 
@@ -108,6 +109,18 @@ impl TokenKey {
     }
 }
 
+/// The key of the session record that `token` names in a cluster's store:
+/// its SHA-1 in hex. Any node holding the token finds the record; the keys
+/// give away neither the tokens nor, having no order, the sockets.
+pub(crate) fn record_key(token: &str) -> String {
+    use sha1::Digest;
+    let mut text = String::with_capacity(40);
+    for byte in Sha1::digest(token.as_bytes()) {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
 /// Whether a close with `code` leaves the socket's session for a resume:
 /// the closes neither side meant, and a client's move to another server
 /// (PROTOCOL.md §13). The server and the Rust client both ask this.
@@ -135,6 +148,9 @@ pub(crate) struct Session {
     pub direct: VecDeque<SharedFrame>,
     /// Whether none of those had to be dropped for room.
     pub direct_complete: bool,
+    /// The key of its record in a cluster's store, which keeps its direct
+    /// messages too (see [`record_key`]).
+    pub record: Option<Box<str>>,
 }
 
 /// Every kept session of this node, by the connection it was lost with
@@ -162,6 +178,15 @@ struct Table {
     aliases: HashMap<ConnId, ConnId>,
     /// A resumed socket's public id, by current connection.
     publics: HashMap<ConnId, ConnId>,
+    /// A socket resumed here from another node: its current connection, by public id.
+    arrived: HashMap<SocketId, ConnId>,
+    /// A socket resumed here from another node: its public id, by current connection.
+    arrived_publics: HashMap<ConnId, SocketId>,
+    /// The public ids of this node's sockets resumed on another node: what
+    /// is sent to them here is forwarded.
+    departed: HashSet<ConnId>,
+    /// The same, oldest first, to remember a bounded number.
+    departed_order: VecDeque<ConnId>,
 }
 
 impl Table {
@@ -181,7 +206,7 @@ impl Table {
     }
 
     fn len(&self) -> usize {
-        self.by_conn.len() + self.aliases.len()
+        self.by_conn.len() + self.aliases.len() + self.arrived.len() + self.departed.len()
     }
 
     /// Public id `public` no longer reaches connection `conn`.
@@ -189,6 +214,9 @@ impl Table {
         if self.aliases.get(&public) == Some(&conn) {
             self.aliases.remove(&public);
             self.publics.remove(&conn);
+        }
+        if let Some(public) = self.arrived_publics.remove(&conn) {
+            self.arrived.remove(&public);
         }
     }
 }
@@ -274,6 +302,75 @@ impl Sessions {
         })
     }
 
+    /// From now on public id `public` reaches connection `conn` of this
+    /// node (`node`): a socket resumed here from a session claimed in the
+    /// cluster's store.
+    pub fn adopt(&self, node: u64, public: SocketId, conn: ConnId) {
+        self.with(|table| {
+            if public.node == node {
+                // Back on this node (the stale entry in the order goes with its turn).
+                table.departed.remove(&public.conn);
+                table.aliases.insert(public.conn, conn);
+                table.publics.insert(conn, public.conn);
+            } else {
+                table.arrived.insert(public, conn);
+                table.arrived_publics.insert(conn, public);
+            }
+        });
+    }
+
+    /// The connection of this node that a socket resumed from another node
+    /// answers at, by its public id.
+    pub fn arrived(&self, public: SocketId) -> Option<ConnId> {
+        if self.is_empty() {
+            return None;
+        }
+        lock(&self.table).arrived.get(&public).copied()
+    }
+
+    /// The public id of the socket at connection `conn` of node `node`,
+    /// whose public id on this node is `public`: the one it had on another
+    /// node if it resumed from there.
+    pub fn public_id(&self, node: u64, conn: ConnId, public: ConnId) -> SocketId {
+        if self.is_empty() {
+            return SocketId { node, conn: public };
+        }
+        lock(&self.table).arrived_publics.get(&conn).copied().unwrap_or(SocketId { node, conn: public })
+    }
+
+    /// Takes the session lost with connection `lost`, claimed in the
+    /// cluster's store (which checked the user): its stored values and
+    /// direct messages, if this node still has it.
+    pub fn take_lost(&self, lost: ConnId) -> Option<Session> {
+        self.with(|table| table.take(lost))
+    }
+
+    /// The session lost with connection `lost` was claimed by another
+    /// node: it goes, and its public id `public`, when it is one of this
+    /// node's, is forwarded from now on (the latest `max` such ids are
+    /// remembered).
+    pub fn departed(&self, lost: ConnId, public: Option<ConnId>, max: usize) {
+        self.with(|table| {
+            table.take(lost);
+            let Some(public) = public else { return };
+            if let Some(conn) = table.aliases.get(&public).copied() {
+                table.unalias(public, conn);
+            }
+            if table.departed.insert(public) {
+                table.departed_order.push_back(public);
+            }
+            while table.departed.len() > max.max(1) {
+                let Some(oldest) = table.departed_order.pop_front() else { break };
+                table.departed.remove(&oldest);
+            }
+        });
+    }
+
+    /// Whether public id `public` of this node was resumed on another node.
+    pub fn is_departed(&self, public: ConnId) -> bool {
+        !self.is_empty() && lock(&self.table).departed.contains(&public)
+    }
+
     /// The connection that answers to public id `public` now.
     pub fn current(&self, public: ConnId) -> ConnId {
         if self.is_empty() {
@@ -292,25 +389,29 @@ impl Sessions {
 
     /// A resumed socket at `conn` closed: its public id no longer reaches it.
     pub fn forget_alias(&self, public: ConnId, conn: ConnId) {
-        self.with(|table| table.unalias(public, conn));
+        if !self.is_empty() {
+            self.with(|table| table.unalias(public, conn));
+        }
     }
 
-    /// Keeps `frame` for the away socket `public`, if it is away; whether it was.
-    pub fn hold_for_socket(&self, public: ConnId, frame: &SharedFrame, cap: usize) -> bool {
+    /// Keeps `frame` for the away socket `public`, if it is away, and hands
+    /// `copy` its record's key if it has one; whether it was away.
+    pub fn hold_for_socket(&self, public: ConnId, frame: &SharedFrame, cap: usize, copy: impl FnMut(&str)) -> bool {
         if self.is_empty() {
             return false;
         }
         self.with(|table| {
             let Some(lost) = table.away.get(&public).copied() else { return false };
             table.by_conn.get_mut(&lost).is_some_and(|session| {
-                hold(session, frame, cap);
+                hold(session, frame, cap, copy);
                 true
             })
         })
     }
 
-    /// Keeps `frame` for each away socket of `user`; how many.
-    pub fn hold_for_user(&self, user: &str, frame: &SharedFrame, cap: usize) -> usize {
+    /// Keeps `frame` for each away socket of `user`, handing `copy` the
+    /// key of each one's record; how many.
+    pub fn hold_for_user(&self, user: &str, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str)) -> usize {
         if self.is_empty() {
             return 0;
         }
@@ -319,7 +420,7 @@ impl Sessions {
             let mut held = 0;
             for lost in by_user.get(user).map_or(&[][..], |t| &t[..]) {
                 if let Some(session) = by_conn.get_mut(lost) {
-                    hold(session, frame, cap);
+                    hold(session, frame, cap, &mut copy);
                     held += 1;
                 }
             }
@@ -360,8 +461,12 @@ impl Sessions {
     }
 }
 
-/// Appends `frame` to an away session's direct messages, dropping the oldest past `cap`.
-fn hold(session: &mut Session, frame: &SharedFrame, cap: usize) {
+/// Appends `frame` to an away session's direct messages, dropping the
+/// oldest past `cap`, and hands `copy` the session's record key if any.
+fn hold(session: &mut Session, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str)) {
+    if let Some(record) = &session.record {
+        copy(record);
+    }
     session.direct.push_back(frame.clone());
     while session.direct.len() > cap {
         session.direct.pop_front();
@@ -408,6 +513,7 @@ mod tests {
             deadline,
             direct: VecDeque::new(),
             direct_complete: true,
+            record: None,
         }
     }
 
@@ -481,18 +587,49 @@ mod tests {
     fn direct_messages_past_the_cap_drop_the_oldest() {
         let (sessions, now) = (Sessions::new(), Instant::now());
         sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
-        assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2));
-        assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2));
-        assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2), 1);
-        assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2), 0);
+        assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2, |_| {}));
+        assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2, |_| {}));
+        assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2, |_| {}), 1);
+        assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2, |_| {}), 0);
         let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(claimed.direct_complete);
         sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         for text in ["1", "2", "3"] {
-            sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2);
+            sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2, |_| {});
         }
         let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(!claimed.direct_complete);
         assert_eq!(claimed.direct, [SharedFrame::text("2"), SharedFrame::text("3")]);
+    }
+
+    #[test]
+    fn sockets_that_move_between_nodes_keep_their_public_ids() {
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        let from_a = SocketId { node: 0xa, conn: ConnId(5) };
+        // Node b: a socket of node a resumed at connection 9.
+        sessions.adopt(0xb, from_a, ConnId(9));
+        assert_eq!(sessions.arrived(from_a), Some(ConnId(9)));
+        assert_eq!(sessions.public_id(0xb, ConnId(9), ConnId(9)), from_a);
+        assert_eq!(sessions.public_id(0xb, ConnId(8), ConnId(8)), SocketId { node: 0xb, conn: ConnId(8) });
+        sessions.forget_alias(ConnId(9), ConnId(9));
+        assert_eq!(sessions.arrived(from_a), None);
+        // Node a: its socket's session, claimed by another node, goes; its id is forwarded.
+        sessions.keep(session(5, Some("ann"), now + Duration::from_secs(60)), now, 10);
+        sessions.departed(ConnId(5), Some(ConnId(5)), 2);
+        assert!(sessions.is_departed(ConnId(5)));
+        assert!(matches!(sessions.claim(ConnId(5), Some("ann"), ConnId(9), now), Err(Unclaimed::NoSession)));
+        // Back on node a, it is no longer forwarded; past `max`, the oldest is forgotten.
+        sessions.adopt(0xa, SocketId { node: 0xa, conn: ConnId(5) }, ConnId(12));
+        assert!(!sessions.is_departed(ConnId(5)));
+        assert_eq!(sessions.current(ConnId(5)), ConnId(12));
+        for public in [6, 7, 8] {
+            sessions.departed(ConnId(public), Some(ConnId(public)), 2);
+        }
+        assert!(!sessions.is_departed(ConnId(6)) && sessions.is_departed(ConnId(7)) && sessions.is_departed(ConnId(8)));
+    }
+
+    #[test]
+    fn a_record_key_is_the_tokens_sha1_in_hex() {
+        assert_eq!(record_key("abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
     }
 }

@@ -2,7 +2,7 @@
 //! write envelopes into one reused buffer, join and leave groups, start
 //! calls to a client.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,12 @@ pub(crate) struct WorkerState {
     /// Sockets that must authenticate by then, earliest first.
     pub auth_deadlines: VecDeque<(Instant, ConnId)>,
     pub next_heartbeat: Option<Instant>,
+    /// The session record key of each socket whose `@resume` waits for its
+    /// authentication, with an adapter that may keep sessions.
+    pub records: HashMap<ConnId, String>,
+    /// Sockets whose session is being claimed in the cluster's store (or
+    /// its history fetched): they wait, until their auth deadline.
+    pub claiming: HashSet<ConnId>,
     /// When this worker next drops expired resume sessions, while there are some.
     pub next_sweep: Option<Instant>,
     /// The worker's counters, taken from the first socket to open (a
@@ -50,6 +56,8 @@ impl WorkerState {
             calls: Calls::default(),
             auth_deadlines: VecDeque::new(),
             next_heartbeat: None,
+            records: HashMap::new(),
+            claiming: HashSet::new(),
             next_sweep: None,
             metrics: None,
         }
@@ -89,15 +97,23 @@ impl WorkerState {
         // Read before the join, under the stream's lock (which the join must
         // not hold): a broadcast in between is replayed, never missed.
         let position = app.position(group);
-        let joined = self.join_group(app, conn, group)?;
+        let noted = position.as_ref().map(|(epoch, offset)| (&**epoch, *offset));
+        let joined = self.join_group(app, conn, group, noted)?;
         if let (true, Some((epoch, offset))) = (joined, position) {
             set_position(conn.data_mut(), group, epoch, offset);
         }
         Ok(())
     }
 
-    /// Joins `group` (true), or finds the socket in it already (false).
-    pub fn join_group(&mut self, app: &AppHandle, conn: &mut Conn<'_, SocketData>, group: &str) -> Result<bool, Error> {
+    /// Joins `group` (true), or finds the socket in it already (false); a
+    /// room with history at `position` of its stream.
+    pub fn join_group(
+        &mut self,
+        app: &AppHandle,
+        conn: &mut Conn<'_, SocketData>,
+        group: &str,
+        position: Option<(&str, u64)>,
+    ) -> Result<bool, Error> {
         if !check_group_name(group) {
             return Err(Error::BadGroup(group.into()));
         }
@@ -112,7 +128,7 @@ impl WorkerState {
         data.state().groups.push(group.into());
         self.groups.join(group, id);
         app.0.registry.join(group, id, app.server().workers());
-        app.presence(Presence::Joined { conn_id: id, group });
+        app.presence(Presence::Joined { conn_id: id, group, position });
         Ok(true)
     }
 

@@ -2,13 +2,16 @@
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::error::ClusterError;
-use super::link::{Inbound, RedisLink};
+use super::link::{alive_nodes, Inbound, RedisLink};
 use super::options::RedisOptions;
+use super::sessions::{self, Found, Record};
 use super::wire::{hex, Header};
-use crate::app::{self, Adapter, AppHandle, BroadcastOpts, Presence, Scope, SocketId, Target};
+use crate::app::{
+    self, Adapter, AppHandle, BroadcastOpts, ClaimDone, ClaimOutcome, Presence, Scope, SessionClaim, SocketId, Target,
+};
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 
@@ -17,10 +20,16 @@ use crate::runtime::ConnId;
 /// Per node: one subscriber thread hands other nodes' messages to the
 /// workers (through their wakers, never blocking them), one writer thread
 /// pipelines publishes and presence and keeps the heartbeat. Messages go as
-/// `NODE\n{"b":[groups,except]}\nENVELOPE` (or `{"s":conn}` to one node's
-/// socket, `{"u":user}` to a user's devices), and closes as
-/// `NODE\n{"cs":[conn,code]}\nREASON` or `NODE\n{"cu":[user,code]}\nREASON`;
-/// anything else is ignored.
+/// `NODE\n{"b":[groups,except]}\nENVELOPE` (or `{"p":[node,conn]}` to the
+/// socket of that public id, on whichever node it answers at now,
+/// `{"s":conn}` to one node's socket, `{"u":user}` to a user's devices),
+/// and closes as `NODE\n{"cs":[conn,code]}\nREASON` or
+/// `NODE\n{"cu":[user,code]}\nREASON`; a resume elsewhere sends
+/// `{"t":[conn,user]}` (take that connection over) and `{"m":[conn,public]}`
+/// (the session lost with it was claimed); anything else is ignored.
+///
+/// Sessions kept for resume are records in Redis that any node claims
+/// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
 ///
 /// ```no_run
 /// use emitws::app::App;
@@ -31,8 +40,11 @@ use crate::runtime::ConnId;
 /// ```
 pub struct RedisAdapter {
     link: RedisLink,
-    app: Arc<Mutex<Option<AppHandle>>>,
+    app: AppSlot,
 }
+
+/// The app the adapter delivers to, once attached.
+type AppSlot = Arc<Mutex<Option<AppHandle>>>;
 
 impl fmt::Debug for RedisAdapter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -52,7 +64,7 @@ impl RedisAdapter {
     ///
     /// As [`RedisLink::start`].
     pub fn new(url: &str, options: RedisOptions) -> Result<Arc<RedisAdapter>, ClusterError> {
-        let app: Arc<Mutex<Option<AppHandle>>> = Arc::default();
+        let app: AppSlot = Arc::default();
         let slot = app.clone();
         let link = RedisLink::start(url, options, move |message| {
             let app = lock(&slot).clone();
@@ -70,14 +82,86 @@ impl RedisAdapter {
 
     /// Publishes `header` and `body` to one node, or to all of them.
     fn send(&self, header: &Header, node: Option<u64>, body: &[u8]) {
-        let Ok(mut header) = serde_json::to_vec(header) else { return };
-        header.push(b'\n');
-        let channel = match node {
-            Some(node) => self.link.key(&format!("node:{}", hex(node))),
-            None => self.link.key("all"),
-        };
-        self.link.publish(channel, &[&header, body]);
+        send(&self.link, header, node, body);
     }
+}
+
+/// Publishes `header` and `body` over `link` to one node, or to all of them.
+fn send(link: &RedisLink, header: &Header, node: Option<u64>, body: &[u8]) {
+    let Some(header) = header_line(header) else { return };
+    let channel = match node {
+        Some(node) => link.key(&format!("node:{}", hex(node))),
+        None => link.key("all"),
+    };
+    link.publish(channel, &[&header, body]);
+}
+
+/// A header as the line that goes before a body.
+fn header_line(header: &Header) -> Option<Vec<u8>> {
+    let mut line = serde_json::to_vec(header).ok()?;
+    line.push(b'\n');
+    Some(line)
+}
+
+/// How long a claim waits before it asks again for a session still live
+/// on its node (taken over, or until that node's heartbeat expires).
+const CLAIM_RETRY: Duration = Duration::from_millis(20);
+
+/// Claims a session on the link's background thread (see
+/// [`Adapter::claim_session`]): a session live on a live node is taken over
+/// (`asked`: that was requested already) and claimed again until the
+/// claimer's deadline.
+fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done: ClaimDone, asked: bool) {
+    let again = link.clone();
+    link.background(Box::new(move |conn| {
+        // The claimer has stopped waiting: the session stays for another.
+        if Instant::now() >= claim.until {
+            done(ClaimOutcome::NoSession);
+            return Ok(());
+        }
+        let c = match conn {
+            Ok(c) => c,
+            Err(_) => {
+                done(ClaimOutcome::NoSession);
+                return Ok(());
+            }
+        };
+        let prefix = &again.options().prefix;
+        let found = alive_nodes(c, prefix)
+            .and_then(|live| sessions::claim(c, prefix, &claim.record, claim.user.as_deref(), &live));
+        match found {
+            Err(e) => {
+                done(ClaimOutcome::NoSession);
+                Err(e)
+            }
+            Ok(Found::Outcome(outcome)) => {
+                if let ClaimOutcome::Claimed(session) = &outcome {
+                    if session.lost.node != again.node() {
+                        let (lost, public) = (session.lost, session.public);
+                        let public = (public.node == lost.node).then_some(public.conn.0);
+                        send(&again, &Header::Claimed(lost.conn.0, public), Some(lost.node), b"");
+                    }
+                }
+                done(outcome);
+                Ok(())
+            }
+            Ok(Found::Live(node, old)) => {
+                if !asked {
+                    if node == again.node() {
+                        if let Some(app) = lock(&app).clone() {
+                            app.deliver_takeover(old, claim.user.as_deref());
+                        }
+                    } else {
+                        send(&again, &Header::TakeOver(old.0, claim.user.clone()), Some(node), b"");
+                    }
+                }
+                // Only this thread waits (a worker never does), between two claims.
+                std::thread::sleep(CLAIM_RETRY);
+                claim_in_background(again, app, claim, done, true);
+                Ok(())
+            }
+        }
+    }));
 }
 
 /// Hands a message from another node to the app; malformed ones are dropped.
@@ -88,6 +172,14 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
     let here = |conn| SocketId { node: app.node(), conn: ConnId(conn) };
     let envelope = || serde_json::from_str::<serde::de::IgnoredAny>(body).ok().map(|_| body);
     match header {
+        Header::Public(node, conn) if message.direct => {
+            app.deliver_to_public(envelope()?, SocketId { node, conn: ConnId(conn) })
+        }
+        Header::TakeOver(conn, user) if message.direct => app.deliver_takeover(ConnId(conn), user.as_deref()),
+        Header::Claimed(lost, public) if message.direct => {
+            app.session_claimed_elsewhere(ConnId(lost), public.map(ConnId))
+        }
+        Header::Public(..) | Header::TakeOver(..) | Header::Claimed(..) => {}
         Header::Broadcast(groups, except) => {
             let mut opts = BroadcastOpts::all();
             opts.to = groups.into_iter().map(Into::into).collect();
@@ -127,7 +219,11 @@ impl Adapter for RedisAdapter {
                 let except = opts.excepted().iter().map(|id| (id.node, id.conn.0)).collect();
                 (Header::Broadcast(groups, except), None)
             }
-            Target::Socket(id) => (Header::Socket(id.conn.0), Some(id.node)),
+            // Wherever the socket answers now: it may have resumed on another node.
+            Target::Socket(id) => {
+                let Some(header) = header_line(&Header::Public(id.node, id.conn.0)) else { return };
+                return self.link.publish_routed(id, &[&header, envelope]);
+            }
             Target::User(user) => (Header::User(user.into()), None),
         };
         self.send(&header, node, envelope);
@@ -144,19 +240,37 @@ impl Adapter for RedisAdapter {
 
     fn presence(&self, change: Presence<'_>) {
         match change {
-            Presence::Connected { conn_id, user } => {
+            Presence::Connected { conn_id, user, public, record } => {
                 self.link.add_socket(conn_id.0);
                 if let Some(user) = user {
                     self.link.add_user(user, conn_id.0);
                 }
+                if let Some((key, window)) = record {
+                    let (prefix, node) = (&self.link.options().prefix, hex(self.node()));
+                    let record = Record::new(prefix, key, (&node, conn_id.0), public, user, window);
+                    self.link.add_record(conn_id.0, record);
+                }
             }
-            Presence::Joined { conn_id, group } => self.link.join(group, conn_id.0),
+            Presence::Joined { conn_id, group, position } => {
+                self.link.join(group, conn_id.0);
+                self.link.record_join(conn_id.0, group, position);
+            }
             Presence::Left { conn_id, group } => self.link.leave(group, conn_id.0),
-            Presence::Disconnected { conn_id, user, groups } => {
+            Presence::Disconnected { conn_id, user, groups, kept } => {
+                self.link.end_record(conn_id.0, kept);
                 let groups = groups.iter().map(|g| g.to_string()).collect();
                 self.link.remove_socket(conn_id.0, groups, user.map(Into::into));
             }
         }
+    }
+
+    fn claim_session(&self, claim: SessionClaim, done: ClaimDone) -> Result<(), ClaimDone> {
+        claim_in_background(self.link.clone(), self.app.clone(), claim, done, false);
+        Ok(())
+    }
+
+    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize) {
+        self.link.hold_direct(record, envelope, cap);
     }
 
     fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, app::Error> {

@@ -14,6 +14,7 @@ use redis::{Cmd, Commands, Connection, RedisResult};
 use super::error::ClusterError;
 use super::options::RedisOptions;
 use super::reader::{self, Job};
+use super::sessions::{alias_key, direct_key, record_key, Record};
 use super::subscriber;
 use super::wire::{hex, with_sender};
 use super::writer::{Writer, WriterCommand};
@@ -195,14 +196,36 @@ impl RedisLink {
     /// Queues `parts`, behind this node's sender line, for `channel`;
     /// dropped and counted when too many wait already.
     pub(super) fn publish(&self, channel: String, parts: &[&[u8]]) {
+        self.queue_publish(parts, |payload| WriterCommand::Publish { channel, payload });
+    }
+
+    /// Hands the writer the publish `command` makes of the payload, unless
+    /// too many wait already (then it is dropped and counted).
+    fn queue_publish(&self, parts: &[&[u8]], command: impl FnOnce(Vec<u8>) -> WriterCommand) {
+        if self.queue(|| command(with_sender(self.inner.node, parts))) {
+            self.inner.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the writer a write it drops in an outage, as it does
+    /// publishes, unless too many wait already (then it is dropped and
+    /// counted); whether it was handed.
+    fn queue(&self, command: impl FnOnce() -> WriterCommand) -> bool {
         if self.inner.queued.fetch_add(1, Ordering::Relaxed) >= self.inner.options.max_queued {
             self.inner.queued.fetch_sub(1, Ordering::Relaxed);
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
+            return false;
         }
-        self.inner.published.fetch_add(1, Ordering::Relaxed);
-        let payload = with_sender(self.inner.node, parts);
-        self.write(WriterCommand::Publish { channel, payload });
+        self.write(command());
+        true
+    }
+
+    /// Keeps `envelope` for the away socket of record `key` (see
+    /// [`super::sessions::HOLD`]), the latest `cap`.
+    pub(super) fn hold_direct(&self, key: &str, envelope: &[u8], cap: usize) {
+        let p = &self.inner.options.prefix;
+        let (record, list) = (record_key(p, key), direct_key(p, key));
+        self.queue(|| WriterCommand::HoldDirect { record, list, envelope: envelope.to_vec(), cap });
     }
 
     /// Has `metrics` read the link's counts at every snapshot, while the link lives.
@@ -252,6 +275,36 @@ impl RedisLink {
     /// Records that connection `id` belongs to `user`.
     pub fn add_user(&self, user: &str, id: u64) {
         self.write(WriterCommand::AddUser { user: user.into(), id });
+    }
+
+    /// Writes a socket's session record (see [`super::sessions`]).
+    pub(super) fn add_record(&self, id: u64, record: Record) {
+        self.write(WriterCommand::AddRecord { id, record });
+    }
+
+    /// Notes a group in connection `id`'s record, with the room's position.
+    pub(super) fn record_join(&self, id: u64, group: &str, position: Option<(&str, u64)>) {
+        let position = position.map(|(epoch, offset)| (epoch.to_owned(), offset));
+        self.write(WriterCommand::RecordJoin { id, group: group.into(), position });
+    }
+
+    /// Connection `id` is gone: its record is kept `kept` for a claim, or goes.
+    pub(super) fn end_record(&self, id: u64, kept: Option<Duration>) {
+        self.write(WriterCommand::EndRecord { id, kept });
+    }
+
+    /// Queues `parts`, behind this node's sender line, for the socket of
+    /// public id `public`, wherever it answers now (see
+    /// [`super::sessions::ROUTE`]); dropped and counted as
+    /// [`publish`](Self::publish)es are.
+    pub(super) fn publish_routed(&self, public: SocketId, parts: &[&[u8]]) {
+        let alias = alias_key(&self.inner.options.prefix, public);
+        self.queue_publish(parts, |payload| WriterCommand::PublishRouted { alias, node: hex(public.node), payload });
+    }
+
+    /// The settings the link runs with.
+    pub(super) fn options(&self) -> &RedisOptions {
+        &self.inner.options
     }
 
     /// Runs a read-only query on the query connection, with the timeout,
@@ -371,7 +424,7 @@ impl RedisLink {
 }
 
 /// The live nodes, by Redis's clock (so the nodes' clocks need not agree).
-fn alive_nodes(conn: &mut Connection, prefix: &str) -> RedisResult<Vec<u64>> {
+pub(super) fn alive_nodes(conn: &mut Connection, prefix: &str) -> RedisResult<Vec<u64>> {
     const ALIVE: &str = "local t = redis.call('TIME')
         return redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')";
     let nodes: Vec<String> = eval(ALIVE, &[&format!("{prefix}:nodes")]).query(conn)?;

@@ -61,6 +61,7 @@ mod link;
 mod options;
 mod outage;
 mod reader;
+mod sessions;
 mod subscriber;
 mod wire;
 mod writer;

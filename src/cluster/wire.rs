@@ -30,6 +30,20 @@ pub(super) fn split_sender(payload: &[u8]) -> Option<(&[u8], u64, &[u8])> {
 /// Who an app message between nodes is for: the JSON line before the envelope.
 #[derive(Serialize, Deserialize)]
 pub(super) enum Header {
+    /// The socket of this public id (node, conn), which answers at the
+    /// receiving node (routed there by its alias, see `super::sessions`).
+    #[serde(rename = "p")]
+    Public(u64, u64),
+    /// A resume elsewhere takes over this connection of the receiving node
+    /// (of this user): close it with 4409, keeping its session.
+    #[serde(rename = "t")]
+    TakeOver(u64, Option<String>),
+    /// The session lost with this connection of the receiving node was
+    /// claimed by the sender: the receiver forgets it, and forwards what it
+    /// sends to its public id, the second connection when it is one of the
+    /// receiver's (a socket that came from a third node has that node's).
+    #[serde(rename = "m")]
+    Claimed(u64, Option<u64>),
     /// A broadcast: its groups (none: everyone) and the sockets left out, as (node, conn).
     #[serde(rename = "b")]
     Broadcast(Vec<String>, Vec<(u64, u64)>),

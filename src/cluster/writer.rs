@@ -12,15 +12,62 @@ use redis::{Commands, Connection, RedisResult};
 
 use super::link::{eval, gone, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
+use super::sessions::{Record, HOLD, ORPHAN, ROUTE};
 
 /// Work for the writing thread.
 pub(super) enum WriterCommand {
-    Publish { channel: String, payload: Vec<u8> },
+    Publish {
+        channel: String,
+        payload: Vec<u8>,
+    },
     AddSocket(u64),
-    RemoveSocket { id: u64, groups: Vec<String>, user: Option<String> },
-    Join { group: String, id: u64 },
-    Leave { group: String, id: u64 },
-    AddUser { user: String, id: u64 },
+    RemoveSocket {
+        id: u64,
+        groups: Vec<String>,
+        user: Option<String>,
+    },
+    Join {
+        group: String,
+        id: u64,
+    },
+    Leave {
+        group: String,
+        id: u64,
+    },
+    AddUser {
+        user: String,
+        id: u64,
+    },
+    /// A message for a socket by public id, to the node its alias names
+    /// (else the id's own): `alias` is the alias's key, `node` the id's node.
+    PublishRouted {
+        alias: String,
+        node: String,
+        payload: Vec<u8>,
+    },
+    /// A socket's session record (see [`super::sessions`]).
+    AddRecord {
+        id: u64,
+        record: Record,
+    },
+    /// A group of a socket with a record, and the room's position.
+    RecordJoin {
+        id: u64,
+        group: String,
+        position: Option<(String, u64)>,
+    },
+    /// A direct message for an away socket's record (see [`super::sessions::HOLD`]).
+    HoldDirect {
+        record: String,
+        list: String,
+        envelope: Vec<u8>,
+        cap: usize,
+    },
+    /// A socket with a record is gone: its session kept that long, or not.
+    EndRecord {
+        id: u64,
+        kept: Option<Duration>,
+    },
     Stop,
 }
 
@@ -30,6 +77,8 @@ pub(super) struct Writer {
     /// This node's presence, socket by socket (`g:GROUP`, `u:USER`), to write
     /// again after a reconnect or a lapsed heartbeat.
     presence: HashMap<u64, Vec<String>>,
+    /// This node's sockets' session records, to write again likewise.
+    records: HashMap<u64, Record>,
     /// The other live nodes at the last heartbeat, to log who joins and leaves.
     peers: BTreeSet<String>,
 }
@@ -37,7 +86,7 @@ pub(super) struct Writer {
 impl Writer {
     /// A writer for `link`, with no presence recorded yet.
     pub(super) fn new(link: Weak<LinkState>) -> Writer {
-        Writer { link, presence: HashMap::new(), peers: BTreeSet::new() }
+        Writer { link, presence: HashMap::new(), records: HashMap::new(), peers: BTreeSet::new() }
     }
 
     /// The thread's loop, until the link stops or is dropped.
@@ -138,7 +187,12 @@ impl Writer {
     /// presence is kept (and replayed).
     fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>) {
         let before = batch.len();
-        batch.retain(|w| !matches!(w, WriterCommand::Publish { .. }));
+        batch.retain(|w| {
+            !matches!(
+                w,
+                WriterCommand::Publish { .. } | WriterCommand::PublishRouted { .. } | WriterCommand::HoldDirect { .. }
+            )
+        });
         if let Some(inner) = self.link.upgrade() {
             inner.queued.fetch_sub(before - batch.len(), Ordering::Relaxed);
         }
@@ -148,6 +202,7 @@ impl Writer {
     /// Applies presence writes to the state kept for replays.
     fn remember(&mut self, batch: &mut Vec<WriterCommand>) {
         for write in batch.drain(..) {
+            self.apply_record(&write);
             match write {
                 WriterCommand::AddSocket(id) => {
                     self.presence.entry(id).or_default();
@@ -162,8 +217,39 @@ impl Writer {
                 WriterCommand::RemoveSocket { id, .. } => {
                     self.presence.remove(&id);
                 }
-                WriterCommand::Publish { .. } | WriterCommand::Stop => {}
+                WriterCommand::Publish { .. }
+                | WriterCommand::PublishRouted { .. }
+                | WriterCommand::HoldDirect { .. }
+                | WriterCommand::AddRecord { .. }
+                | WriterCommand::RecordJoin { .. }
+                | WriterCommand::EndRecord { .. }
+                | WriterCommand::Stop => {}
             }
+        }
+    }
+
+    /// Applies a write to the records kept for replays. Applying one twice
+    /// changes nothing (a flush applies them as it writes, then the batch
+    /// is remembered): connection ids are not reused.
+    fn apply_record(&mut self, write: &WriterCommand) {
+        match write {
+            WriterCommand::AddRecord { id, record } => {
+                self.records.entry(*id).or_insert_with(|| record.clone());
+            }
+            WriterCommand::RecordJoin { id, group, position } => {
+                if let Some(record) = self.records.get_mut(id) {
+                    record.join(group, position.as_ref());
+                }
+            }
+            WriterCommand::Leave { group, id } => {
+                if let Some(record) = self.records.get_mut(id) {
+                    record.leave(group);
+                }
+            }
+            WriterCommand::EndRecord { id, .. } => {
+                self.records.remove(id);
+            }
+            _ => {}
         }
     }
 
@@ -178,6 +264,26 @@ impl Writer {
             match write {
                 WriterCommand::Publish { channel, payload } => {
                     pipe.publish(channel, payload.as_slice()).ignore();
+                }
+                WriterCommand::PublishRouted { alias, node, payload } => {
+                    let routed =
+                        eval(ROUTE, &[alias]).arg(format!("{p}:node:")).arg(node).arg(payload.as_slice()).clone();
+                    pipe.add_command(routed).ignore();
+                }
+                WriterCommand::HoldDirect { record, list, envelope, cap } => {
+                    pipe.add_command(eval(HOLD, &[record, list]).arg(envelope.as_slice()).arg(*cap).clone()).ignore();
+                }
+                WriterCommand::AddRecord { record, .. } => record.write(&mut pipe, p, node),
+                WriterCommand::RecordJoin { id, group, position } => {
+                    if let Some(record) = self.records.get_mut(id) {
+                        let (field, value) = record.join(group, position.as_ref());
+                        pipe.hset(&record.key, field, value).ignore();
+                    }
+                }
+                WriterCommand::EndRecord { id, kept } => {
+                    if let Some(record) = self.records.get(id) {
+                        record.end(&mut pipe, p, node, *kept);
+                    }
                 }
                 WriterCommand::AddSocket(id) => {
                     pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
@@ -197,6 +303,10 @@ impl Writer {
                 }
                 WriterCommand::Leave { group, id } => {
                     pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    if let Some(record) = self.records.get_mut(id) {
+                        let field = record.leave(group);
+                        pipe.hdel(&record.key, field).ignore();
+                    }
                 }
                 WriterCommand::AddUser { user, id } => {
                     pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
@@ -204,6 +314,7 @@ impl Writer {
                 }
                 WriterCommand::Stop => {}
             }
+            self.apply_record(write);
         }
         // A user with no connection left on this node is no longer listed here
         // (the writes above ran first, in order, on this one connection).
@@ -240,6 +351,9 @@ impl Writer {
                     None => continue,
                 };
             }
+        }
+        for record in self.records.values() {
+            record.write(&mut pipe, p, node);
         }
         pipe.query(c)
     }
@@ -280,6 +394,8 @@ fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResul
             redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
     let (lapsed, dead, live): (u8, Vec<String>, Vec<String>) = eval(BEAT, &[&nodes]).arg(node).arg(ttl_ms).query(c)?;
     for dead in dead {
+        // Its sockets' sessions wait for a resume elsewhere, for their window.
+        let _: () = eval(ORPHAN, &[&format!("{p}:n:{dead}:records")]).query(c)?;
         delete_node_keys(c, p, &dead)?;
         let _: () = c.zrem(&nodes, &dead)?;
     }

@@ -1,0 +1,309 @@
+//! Sessions in Redis (PROTOCOL.md §13, "Across a cluster"): one record per
+//! socket, kept up to date from its presence by the writer, and claimed
+//! atomically by any node on a resume.
+//!
+//! A record is one hash, `PREFIX:s:{KEY}` (KEY: the hex SHA-1 of the
+//! socket's resume token; the braces put the keys of one record in one
+//! slot of a Redis Cluster): `node` (hex) and `conn` (decimal) of the
+//! connection it is on, `public` (its [`SocketId`] as text), `user` (when
+//! it has one), `w` (its resume window in milliseconds), `away` (`1` once
+//! its connection was lost: the record then expires with the window) and
+//! one `g:GROUP` field per room or tag (`EPOCH OFFSET` for a room with
+//! history, else empty), and `trimmed` once direct messages were dropped.
+//! The direct messages sent to the socket while it is away are a list,
+//! `PREFIX:d:{KEY}`, that expires with the record. The writer also lists each node's records in
+//! `PREFIX:n:NODE:records`, so that a survivor starts the window of a dead
+//! node's records (its process was killed: nobody else would), and of
+//! their aliases (a record names its alias in `alias`).
+//!
+//! A socket resumed on another node keeps its public id: that node writes
+//! an alias, `PREFIX:a:PUBLIC` → its own node id, and a message for the
+//! public id is routed through it by the sender's writer ([`ROUTE`]).
+
+use std::time::Duration;
+
+use redis::{Connection, Pipeline, RedisResult};
+
+use super::link::eval;
+use super::wire::hex;
+use crate::app::{ClaimOutcome, ClaimedSession, SocketId};
+use crate::runtime::ConnId;
+
+/// A socket's record as this node last wrote it, to write again after a lapse.
+#[derive(Debug, Clone)]
+pub(super) struct Record {
+    /// The record's key (prefix included).
+    pub key: String,
+    /// Its fields, as written.
+    pub fields: Vec<(String, String)>,
+    /// The alias key of a socket resumed here from another node.
+    pub alias: Option<String>,
+}
+
+impl Record {
+    /// The record of a socket now connected at `conn` of `node`.
+    pub fn new(
+        p: &str,
+        key: &str,
+        (node, conn): (&str, u64),
+        public: SocketId,
+        user: Option<&str>,
+        window: Duration,
+    ) -> Record {
+        let mut fields = vec![
+            ("node".to_owned(), node.to_owned()),
+            ("conn".to_owned(), conn.to_string()),
+            ("public".to_owned(), public.to_string()),
+            ("w".to_owned(), window.as_millis().max(1).to_string()),
+        ];
+        if let Some(user) = user {
+            fields.push(("user".into(), user.into()));
+        }
+        let here = u64::from_str_radix(node, 16).ok();
+        let alias = (Some(public.node) != here).then(|| alias_key(p, public));
+        if let Some(alias) = &alias {
+            // For a survivor to expire it with the record if this node dies.
+            fields.push(("alias".into(), alias.clone()));
+        }
+        Record { key: record_key(p, key), fields, alias }
+    }
+
+    /// Notes a group, with its stream's position for a room with history.
+    pub fn join(&mut self, group: &str, position: Option<&(String, u64)>) -> (String, String) {
+        let field =
+            (format!("g:{group}"), position.map(|(epoch, offset)| format!("{epoch} {offset}")).unwrap_or_default());
+        match self.fields.iter_mut().find(|(name, _)| *name == field.0) {
+            Some(kept) => kept.1 = field.1.clone(),
+            None => self.fields.push(field.clone()),
+        }
+        field
+    }
+
+    /// Forgets a group; the field to delete.
+    pub fn leave(&mut self, group: &str) -> String {
+        let field = format!("g:{group}");
+        self.fields.retain(|(name, _)| *name != field);
+        field
+    }
+
+    /// Writes the record (whole) and its alias into `pipe`, listed under `node`.
+    pub fn write(&self, pipe: &mut Pipeline, p: &str, node: &str) {
+        pipe.del(&self.key).ignore();
+        pipe.hset_multiple(&self.key, &self.fields).ignore();
+        pipe.sadd(format!("{p}:n:{node}:records"), &self.key).ignore();
+        if let Some(alias) = &self.alias {
+            pipe.set(alias, node).ignore();
+        }
+    }
+
+    /// The socket is gone: its record waits `kept` for a claim, or goes.
+    pub fn end(&self, pipe: &mut Pipeline, p: &str, node: &str, kept: Option<Duration>) {
+        match kept {
+            Some(window) => {
+                pipe.hset(&self.key, "away", 1).ignore();
+                pipe.pexpire(&self.key, window.as_millis().max(1) as i64).ignore();
+            }
+            None => {
+                pipe.del(&self.key).ignore();
+            }
+        }
+        pipe.srem(format!("{p}:n:{node}:records"), &self.key).ignore();
+        if let Some(alias) = &self.alias {
+            // Only if it still names this node: a later resume elsewhere keeps its own.
+            const UNALIAS: &str =
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0";
+            pipe.add_command(eval(UNALIAS, &[alias]).arg(node).clone()).ignore();
+        }
+    }
+}
+
+/// The key of the record `key` names.
+pub(super) fn record_key(p: &str, key: &str) -> String {
+    format!("{p}:s:{{{key}}}")
+}
+
+/// The key of the direct messages kept for the record `key` names.
+pub(super) fn direct_key(p: &str, key: &str) -> String {
+    format!("{p}:d:{{{key}}}")
+}
+
+/// Keeps a direct message for an away socket, the latest ARGV[2] of them,
+/// expiring with its record. KEYS: the record, its messages; ARGV: the
+/// message, the cap. Nothing when the record is gone or not away.
+pub(super) const HOLD: &str = "local ttl = redis.call('PTTL', KEYS[1])
+    if ttl <= 0 or redis.call('HGET', KEYS[1], 'away') ~= '1' then return 0 end
+    local cap = tonumber(ARGV[2])
+    local n = redis.call('RPUSH', KEYS[2], ARGV[1])
+    if n > cap then
+        if cap == 0 then redis.call('DEL', KEYS[2]) else redis.call('LTRIM', KEYS[2], -cap, -1) end
+        redis.call('HSET', KEYS[1], 'trimmed', '1')
+    end
+    redis.call('PEXPIRE', KEYS[2], ttl)
+    return n";
+
+/// The key of the alias of public id `public`.
+pub(super) fn alias_key(p: &str, public: SocketId) -> String {
+    format!("{p}:a:{public}")
+}
+
+/// Routes a payload to the node a public id answers at now: its alias's,
+/// or the one it names. KEYS: the alias; ARGV: the channels' prefix, the
+/// public id's node, the payload.
+pub(super) const ROUTE: &str = "local to = redis.call('GET', KEYS[1]) or ARGV[2]
+    return redis.call('PUBLISH', ARGV[1] .. to, ARGV[3])";
+
+/// Starts the window of every record of a dead node (KEYS[1]: its list),
+/// as if each socket had been lost: its process could not.
+pub(super) const ORPHAN: &str = "for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+        local w = redis.call('HGET', key, 'w')
+        if w then
+            redis.call('HSET', key, 'away', '1')
+            redis.call('PEXPIRE', key, w)
+            local alias = redis.call('HGET', key, 'alias')
+            if alias then redis.call('PEXPIRE', alias, w) end
+        end
+    end
+    return 0";
+
+/// Claims a record in one step. KEYS: the record, its direct messages;
+/// ARGV: whether the claimer has a user (`1`/`0`), the user, then the live
+/// nodes. Answers `none`, `other` (another user's: left alone), `live NODE
+/// CONN` (its socket is connected to a live node: left alone) or `claimed`
+/// and the record's fields, name and value in turn, then a `d` and a
+/// message for each direct message (both deleted: nobody else gets them).
+const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
+    if #r == 0 then return {'none'} end
+    local f = {}
+    for i = 1, #r, 2 do f[r[i]] = r[i + 1] end
+    if (ARGV[1] == '1' and f.user ~= ARGV[2]) or (ARGV[1] == '0' and f.user) then return {'other'} end
+    if f.away ~= '1' then
+        for i = 3, #ARGV do
+            if ARGV[i] == f.node then return {'live', f.node, f.conn} end
+        end
+    end
+    local d = redis.call('LRANGE', KEYS[2], 0, -1)
+    redis.call('DEL', KEYS[1], KEYS[2])
+    table.insert(r, 1, 'claimed')
+    for _, m in ipairs(d) do
+        table.insert(r, 'd')
+        table.insert(r, m)
+    end
+    return r";
+
+/// What a claim found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Found {
+    /// Done: the session, or why there is none.
+    Outcome(ClaimOutcome),
+    /// The socket is still connected at this node and connection.
+    Live(u64, ConnId),
+}
+
+/// Runs the claim of record `key` for `user`, given the live nodes.
+pub(super) fn claim(c: &mut Connection, p: &str, key: &str, user: Option<&str>, live: &[u64]) -> RedisResult<Found> {
+    let mut cmd = eval(CLAIM, &[&record_key(p, key), &direct_key(p, key)]);
+    cmd.arg(if user.is_some() { "1" } else { "0" }).arg(user.unwrap_or(""));
+    for node in live {
+        cmd.arg(hex(*node));
+    }
+    let answer: Vec<String> = cmd.query(c)?;
+    Ok(read_answer(&answer))
+}
+
+/// Reads the claim script's answer; a record it cannot read counts as none.
+fn read_answer(answer: &[String]) -> Found {
+    let node = |text: &str| u64::from_str_radix(text, 16).ok();
+    match answer {
+        [status, node_text, conn] if status == "live" => match (node(node_text), conn.parse()) {
+            (Some(node), Ok(conn)) => Found::Live(node, ConnId(conn)),
+            _ => Found::Outcome(ClaimOutcome::NoSession),
+        },
+        [status, fields @ ..] if status == "claimed" => {
+            let mut session = ClaimedSession {
+                lost: SocketId { node: 0, conn: ConnId(0) },
+                public: SocketId { node: 0, conn: ConnId(0) },
+                user: None,
+                groups: Vec::new(),
+                direct: Vec::new(),
+                direct_complete: true,
+            };
+            for pair in fields.chunks_exact(2) {
+                let value = &pair[1];
+                match &pair[0][..] {
+                    "node" => session.lost.node = node(value).unwrap_or(0),
+                    "conn" => session.lost.conn = ConnId(value.parse().unwrap_or(0)),
+                    "public" => session.public = value.parse().unwrap_or(session.public),
+                    "user" => session.user = Some(value.clone()),
+                    "d" => session.direct.push(value.clone()),
+                    "trimmed" => session.direct_complete = false,
+                    name => {
+                        if let Some(group) = name.strip_prefix("g:") {
+                            let position = value
+                                .rsplit_once(' ')
+                                .and_then(|(epoch, offset)| Some((epoch.to_owned(), offset.parse().ok()?)));
+                            session.groups.push((group.to_owned(), position));
+                        }
+                    }
+                }
+            }
+            if session.lost.node == 0 || session.public.node == 0 {
+                return Found::Outcome(ClaimOutcome::NoSession);
+            }
+            Found::Outcome(ClaimOutcome::Claimed(session))
+        }
+        [status] if status == "other" => Found::Outcome(ClaimOutcome::OtherUser),
+        _ => Found::Outcome(ClaimOutcome::NoSession),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn answers_read_and_bad_ones_claim_nothing() {
+        assert_eq!(read_answer(&strings(&["none"])), Found::Outcome(ClaimOutcome::NoSession));
+        assert_eq!(read_answer(&strings(&["other"])), Found::Outcome(ClaimOutcome::OtherUser));
+        assert_eq!(read_answer(&strings(&["live", "1f", "7"])), Found::Live(0x1f, ConnId(7)));
+        assert_eq!(read_answer(&strings(&["live", "zz", "7"])), Found::Outcome(ClaimOutcome::NoSession));
+        let claimed = read_answer(&strings(&[
+            "claimed",
+            "node",
+            "1f",
+            "conn",
+            "9",
+            "public",
+            "1e-5",
+            "user",
+            "ann",
+            "g:#a",
+            "",
+            "g:#b",
+            "e1 42",
+            "w",
+            "100",
+            "trimmed",
+            "1",
+            "d",
+            "[0,\"/a\",1]",
+            "d",
+            "[0,\"/b\",2]",
+        ]));
+        let expected = ClaimedSession {
+            lost: SocketId { node: 0x1f, conn: ConnId(9) },
+            public: SocketId { node: 0x1e, conn: ConnId(5) },
+            user: Some("ann".into()),
+            groups: vec![("#a".into(), None), ("#b".into(), Some(("e1".into(), 42)))],
+            direct: vec!["[0,\"/a\",1]".into(), "[0,\"/b\",2]".into()],
+            direct_complete: false,
+        };
+        assert_eq!(claimed, Found::Outcome(ClaimOutcome::Claimed(expected)));
+        // No node or public id: not a record this code wrote.
+        assert_eq!(read_answer(&strings(&["claimed", "conn", "9"])), Found::Outcome(ClaimOutcome::NoSession));
+        assert_eq!(read_answer(&strings(&[])), Found::Outcome(ClaimOutcome::NoSession));
+    }
+}
