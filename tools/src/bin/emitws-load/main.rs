@@ -377,7 +377,7 @@ fn storm_summary(config: &Config, stats: &Stats, timing: &Timing, breakdown: &st
     };
     let errors = stats.errors();
     let human = format!(
-        "resume-storm {} -> {}: {} open, {} sessions cut ({} rooms, {} broadcasts each before, {} while away{}); \
+        "resume-storm {} -> {}: {} open (connected and joined in {:.3} s), {} sessions cut ({} rooms, {} broadcasts each before, {} while away{}); \
          {} of {} resumed with exactly what they missed in {resume_s:.3} s (first reconnect to last reply); \
          per client ms p50 {p50:.1} p99 {p99:.1} max {max:.1}; replayed {} of {expected_replayed}; \
          not resumed {}, not recovered {}, wrong replays {}; server RSS MiB before the resume {}, peak {}{redis}; \
@@ -385,6 +385,7 @@ fn storm_summary(config: &Config, stats: &Stats, timing: &Timing, breakdown: &st
         config.url,
         settings.resume.url,
         timing.opened,
+        timing.connect.as_secs_f64(),
         report.sessions,
         settings.rooms,
         settings.before,
@@ -414,6 +415,7 @@ fn storm_summary(config: &Config, stats: &Stats, timing: &Timing, breakdown: &st
         "before": settings.before,
         "missed": settings.missed,
         "killed": settings.kill.is_some(),
+        "connect_s": decimals(timing.connect.as_secs_f64(), 3),
         "sessions": report.sessions,
         "before_missing": report.before_missing,
         "resumed": counted.resumed,
