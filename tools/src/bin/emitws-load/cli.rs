@@ -583,4 +583,24 @@ mod tests {
         assert_eq!((config.mode, config.duration, config.payload), (Mode::Echo, Duration::from_millis(500), 16384));
         assert_eq!((config.in_flight, config.warmup, config.publishers), (1, Duration::from_secs(2), 10));
     }
+
+    #[test]
+    fn resume_storm_options_fit_that_mode_only() {
+        assert!(parse("echo --rooms 3").is_err());
+        assert!(parse("idle --kill 12").is_err());
+        assert!(parse("resume-storm --duration 5").is_err());
+        assert!(parse("resume-storm --deflate").is_err());
+        assert!(parse("resume-storm --url wss://127.0.0.1:1/").is_err(), "ws:// only");
+        assert!(parse("resume-storm --resume-url wss://127.0.0.1:1/").is_err());
+        assert!(parse("resume-storm --redis http://127.0.0.1:1/").is_err());
+        let config = parse("resume-storm -c 20 --url ws://127.0.0.1:1/x").unwrap();
+        let storm = config.storm.as_ref().unwrap();
+        assert!(config.app && config.text, "emitws.v1 is text");
+        assert_eq!((storm.rooms, storm.before, storm.missed, storm.away), (10, 5, 10, Duration::ZERO));
+        assert_eq!((storm.resume.addr, storm.resume.path.as_str()), (config.addr, "/x"), "resumes where it connected");
+        let config =
+            parse("resume-storm --resume-url ws://127.0.0.1:2/ --redis redis://127.0.0.1:3/0 --kill 7").unwrap();
+        let storm = config.storm.unwrap();
+        assert_eq!((storm.resume.addr.port(), storm.redis.map(|addr| addr.port()), storm.kill), (2, Some(3), Some(7)));
+    }
 }
