@@ -212,18 +212,25 @@ fn main() {
 
 /// Gives every room `patterns` name a history of `size` broadcasts kept for
 /// `ttl_secs`. `History::new` and `App::history` panic on a bad size, time
-/// or pattern (a setup mistake in a program); here it comes from the command
-/// line, so the panic's message (printed by the panic hook) ends the process
-/// with status 2 instead of a crash.
+/// or pattern (a setup mistake in a program); here they come from the
+/// command line, so their message ends the process with status 2, without
+/// the panic's location or backtrace.
 fn give_history(app: &mut App, patterns: &[String], size: usize, ttl_secs: u64) {
-    for pattern in patterns {
-        let history = std::panic::AssertUnwindSafe(|| {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        eprintln!("emitws-cluster-node: {}", message.unwrap_or("bad --history settings"));
+    }));
+    let given = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for pattern in patterns {
             app.history(pattern, History::new(size, Duration::from_secs(ttl_secs)));
-        });
-        if std::panic::catch_unwind(history).is_err() {
-            eprintln!("emitws-cluster-node: see --help for --history, --history-size and --history-ttl");
-            std::process::exit(2);
         }
+    }));
+    std::panic::set_hook(hook);
+    if given.is_err() {
+        eprintln!("emitws-cluster-node: see --help for --history, --history-size and --history-ttl");
+        std::process::exit(2);
     }
 }
 
