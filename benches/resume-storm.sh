@@ -12,7 +12,8 @@
 # back resumed with exactly the MISSED broadcasts of its room, or the run
 # fails. Reported per run: time from the first reconnect to the last resume
 # reply, per-client resume time, the resuming node's memory (VmRSS before the
-# resume, VmHWM at the end) and, in a cluster, Redis commands per client;
+# resume, VmHWM at the end) and CPU time during the resume, and, in a
+# cluster, Redis commands per client;
 # and, for comparison, the time the same clients took to connect and join
 # their rooms in the first place (as many in flight).
 #
@@ -99,8 +100,8 @@ python3 - "$out" <<'PY'
 import glob, json, sys
 out = sys.argv[1]
 print("| set-up | clients | first connect + join | resumed whole | replayed / missed | time to all resumed "
-      "| per client p50 / p99 / max | resuming node RSS before → peak | Redis commands per client |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| per client p50 / p99 / max | resuming node RSS before → peak | its CPU during the resume | Redis commands per client |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for setup in ("single", "cluster"):
     for f in sorted(glob.glob(f"{out}/{setup}-*.json")):
         r = json.load(open(f))
@@ -108,5 +109,5 @@ for setup in ("single", "cluster"):
         redis = "–" if r["redis_commands_per_client"] is None else f"{r['redis_commands_per_client']:.2f}"
         print(f"| {setup} | {r['sessions']} | {r['connect_s'] * 1000:.0f} ms | {r['resumed']} | {r['replayed']} / {r['expected_replayed']} "
               f"| {r['resume_s'] * 1000:.0f} ms | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} / {r['max_ms']:.1f} ms "
-              f"| {mib(r['server_rss_before_kib'])} → {mib(r['server_hwm_kib'])} | {redis} |")
+              f"| {mib(r['server_rss_before_kib'])} → {mib(r['server_hwm_kib'])} | {r['server_cpu_ms']} ms | {redis} |")
 PY

@@ -380,7 +380,7 @@ fn storm_summary(config: &Config, stats: &Stats, timing: &Timing, breakdown: &st
         "resume-storm {} -> {}: {} open (connected and joined in {:.3} s), {} sessions cut ({} rooms, {} broadcasts each before, {} while away{}); \
          {} of {} resumed with exactly what they missed in {resume_s:.3} s (first reconnect to last reply); \
          per client ms p50 {p50:.1} p99 {p99:.1} max {max:.1}; replayed {} of {expected_replayed}; \
-         not resumed {}, not recovered {}, wrong replays {}; server RSS MiB before the resume {}, peak {}{redis}; \
+         not resumed {}, not recovered {}, wrong replays {}; server RSS MiB before the resume {}, peak {}, CPU during the resume {} ms{redis}; \
          errors {errors}{breakdown}{cut_short}",
         config.url,
         settings.resume.url,
@@ -403,6 +403,7 @@ fn storm_summary(config: &Config, stats: &Stats, timing: &Timing, breakdown: &st
         counted.wrong_replays,
         mib(report.rss_before_kib),
         mib(report.hwm_kib),
+        report.cpu_during_resume.map_or_else(|| "?".to_string(), |cpu| cpu.as_millis().to_string()),
     );
     let json = json!({
         "mode": config.mode.name(),
@@ -430,6 +431,7 @@ fn storm_summary(config: &Config, stats: &Stats, timing: &Timing, breakdown: &st
         "max_ms": decimals(max, 2),
         "server_rss_before_kib": report.rss_before_kib,
         "server_hwm_kib": report.hwm_kib,
+        "server_cpu_ms": report.cpu_during_resume.map(|cpu| cpu.as_millis() as u64),
         "redis_commands": redis_total,
         "redis_commands_per_client": per_client.map(|n| decimals(n, 2)),
         "redis_by_command": report.redis_commands.as_ref().map(|commands| {

@@ -223,6 +223,8 @@ pub struct Report {
     /// The server's resident memory right before the reconnect, and its peak at the end (KiB).
     pub rss_before_kib: Option<u64>,
     pub hwm_kib: Option<u64>,
+    /// The server's CPU time (user + system) from the reconnect until every resume was answered.
+    pub cpu_during_resume: Option<Duration>,
     /// Redis commands during the resume, by command.
     pub redis_commands: Option<Vec<(String, u64)>>,
 }
@@ -264,10 +266,13 @@ pub fn drive(
     std::thread::sleep(storm.away);
     let commands_before = storm.redis.map(command_stats).transpose()?;
     report.rss_before_kib = storm.server_pid.and_then(|pid| status_kib(pid, "VmRSS:"));
+    let cpu_before = storm.server_pid.and_then(cpu_time);
     if !stopped() {
         enter(shared, phase::RESUME, threads, stopped);
     }
     report.hwm_kib = storm.server_pid.and_then(|pid| status_kib(pid, "VmHWM:"));
+    let cpu_after = storm.server_pid.and_then(cpu_time);
+    report.cpu_during_resume = cpu_before.zip(cpu_after).map(|(before, after)| after.saturating_sub(before));
     if let (Some(addr), Some(before)) = (storm.redis, commands_before) {
         report.redis_commands = Some(commands_between(&before, &command_stats(addr)?));
     }
@@ -335,6 +340,17 @@ fn kill(pid: u32) -> Result<(), String> {
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|line| line.strip_prefix(field)?.split_whitespace().next()?.parse().ok())
+}
+
+/// The CPU time (user + system) process `pid` has used so far, from
+/// `/proc/PID/stat` (in clock ticks, 100 per second on Linux).
+fn cpu_time(pid: u32) -> Option<Duration> {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (in parentheses): state is the 3rd field, utime the 14th, stime the 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 1000 / TICKS_PER_SECOND))
 }
 
 /// Redis's calls per command so far (`INFO commandstats`).
