@@ -2,11 +2,17 @@
 //! and benches/cluster.sh start several of, and a small demo of the API.
 //!
 //! `emitws-cluster-node [--redis redis://127.0.0.1:6379/] [--addr 127.0.0.1:0]
-//! [--workers N] [--ttl-ms N] [--rate N]` prints `listening on ADDR node HEX`
+//! [--workers N] [--ttl-ms N] [--rate N] [--history PATTERN]... [--history-size N]
+//! [--history-ttl S] [--resume-window S] [--resume-buffer N] [--resume-max-sessions N]`
+//! prints `listening on ADDR node HEX`
 //! once up and stops gracefully when its standard input closes, unless that
 //! is /dev/null (then it runs until killed). Without `--redis` it is a server
 //! on its own (node 0). `--rate` caps envelopes per second per socket (0: no
-//! cap; the default is the app's). Clients connect with `?user=NAME` (and
+//! cap; the default is the app's). `--history` gives history to the rooms
+//! a pattern names (`#lobby`, `#storm-*`: PROTOCOL.md §13), each keeping its
+//! last `--history-size` broadcasts for `--history-ttl` seconds; the
+//! `--resume-*` options are the app's resume settings (seconds for the
+//! window, 0 to keep no sessions). Clients connect with `?user=NAME` (and
 //! `&room=%23name` to join a room at once) and send:
 //!
 //! - `/join "#room"` (request): joins a room; replies this socket's cluster-wide id
@@ -23,7 +29,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use clap::Parser;
-use emitws::app::{App, AppHandle, BroadcastOpts, Error, EventLimits, Rate, Refusal, SocketId, CLOSE_DROPPED};
+use emitws::app::{App, AppHandle, BroadcastOpts, Error, EventLimits, History, Rate, Refusal, SocketId, CLOSE_DROPPED};
 use emitws::cluster::{RedisAdapter, RedisOptions};
 use emitws::runtime::Server;
 use serde::Deserialize;
@@ -81,6 +87,24 @@ struct Args {
     /// Envelopes per second per socket, 0 for no cap [default: the app's]
     #[arg(long, value_name = "N")]
     rate: Option<f32>,
+    /// Give history to the rooms this names (`#room`, or `#prefix*`); repeat for more
+    #[arg(long, value_name = "PATTERN")]
+    history: Vec<String>,
+    /// Broadcasts each history room keeps
+    #[arg(long, value_name = "N", default_value = "1000")]
+    history_size: usize,
+    /// Seconds each kept broadcast lives
+    #[arg(long, value_name = "S", default_value = "300")]
+    history_ttl: u64,
+    /// Seconds a lost socket's session is kept for a resume, 0 for none [default: the app's]
+    #[arg(long, value_name = "S")]
+    resume_window: Option<u64>,
+    /// Direct messages kept per away socket [default: the app's]
+    #[arg(long, value_name = "N")]
+    resume_buffer: Option<usize>,
+    /// Sessions kept at once [default: the app's]
+    #[arg(long, value_name = "N")]
+    resume_max_sessions: Option<usize>,
 }
 
 fn main() {
@@ -102,6 +126,16 @@ fn main() {
     let adapter = args.redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
     let mut app = App::new();
     app.limits(limits);
+    give_history(&mut app, &args.history, args.history_size, args.history_ttl);
+    if let Some(seconds) = args.resume_window {
+        app.resume_window((seconds > 0).then(|| Duration::from_secs(seconds)));
+    }
+    if let Some(messages) = args.resume_buffer {
+        app.resume_buffer(messages);
+    }
+    if let Some(sessions) = args.resume_max_sessions {
+        app.resume_max_sessions(sessions);
+    }
     if let Some(adapter) = &adapter {
         app.adapter(adapter.clone());
     }
@@ -174,6 +208,30 @@ fn main() {
         });
     }
     running.join();
+}
+
+/// Gives every room `patterns` name a history of `size` broadcasts kept for
+/// `ttl_secs`. `History::new` and `App::history` panic on a bad size, time
+/// or pattern (a setup mistake in a program); here they come from the
+/// command line, so their message ends the process with status 2, without
+/// the panic's location or backtrace.
+fn give_history(app: &mut App, patterns: &[String], size: usize, ttl_secs: u64) {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let message = payload.downcast_ref::<String>().map(String::as_str).or(payload.downcast_ref::<&str>().copied());
+        eprintln!("emitws-cluster-node: {}", message.unwrap_or("bad --history settings"));
+    }));
+    let given = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for pattern in patterns {
+            app.history(pattern, History::new(size, Duration::from_secs(ttl_secs)));
+        }
+    }));
+    std::panic::set_hook(hook);
+    if given.is_err() {
+        eprintln!("emitws-cluster-node: see --help for --history, --history-size and --history-ttl");
+        std::process::exit(2);
+    }
 }
 
 fn answer(app: &AppHandle, query: &Query) -> Result<Value, Error> {

@@ -42,12 +42,32 @@ the connection counts as open. examples/app_echo is such a server.
 Idle prints `open N/M` and then `ready` on stdout once every connection has
 been tried, so a script can then read the server's memory use.
 
+Resume-storm (PROTOCOL.md §13; the server is emitws-cluster-node with
+--history '#storm-*' --rate 0): every connection (`?user=storm-N`) keeps its
+@ready resume token and joins one of --rooms history rooms (`#storm-K`); a
+publisher (`?user=storm-publisher`) broadcasts --before messages to each room
+(`/say`, as requests) and every member must get them. Then every connection
+is cut at once: dropped with SO_LINGER 0 (the server sees a reset, 1006, and
+keeps the session), or with --kill PID the node they are on is SIGKILLed.
+The publisher (on --resume-url) broadcasts --missed messages to each room;
+after --away all connections reconnect with `emitws_resume=1` and send
+`@resume {token, rooms: {room: {epoch, offset}}}` as their first request.
+Each must come back `resumed: true`, its room and direct messages
+`recovered: true`, having been sent exactly the missed broadcasts, in
+order, with contiguous offsets up to the reply's. Reported: the time from
+the first reconnect to the last resume reply, per-client resume times, how
+many resumed fully, the server's memory (--server-pid: VmRSS before the
+resume, VmHWM at the end) and the Redis commands the resume took
+(--redis: INFO commandstats before and after, per client). Anything short
+of every client resumed with exactly what it missed makes the exit status 1.
+
 EXAMPLES:
     emitws-load echo --url ws://127.0.0.1:9001/ -c 100 -s 20 -k 1 -d 10 -w 2
     emitws-load echo -c 200 -s 16k -t 2 --json
     emitws-load echo --protocol emitws -c 100 -s 20
     emitws-load fanout --protocol emitws -c 1000 -p 10 -s 32
     emitws-load idle --url ws://127.0.0.1:9001/ -c 10000 --hold 30
+    emitws-load resume-storm -c 10000 --rooms 10 --before 5 --missed 10 --server-pid 1234
 ";
 
 /// emitws-load: WebSocket load generator (ws:// and wss://)
@@ -112,6 +132,30 @@ pub struct Args {
     /// one --payload message, so that compression state a server creates on first use is counted.
     #[arg(long, value_name = "S", value_parser = duration)]
     hold: Option<Duration>,
+    /// Resume-storm: history rooms the connections are spread over [default: 10]
+    #[arg(long, value_name = "K", value_parser = count)]
+    rooms: Option<usize>,
+    /// Resume-storm: broadcasts to each room before the cut [default: 5]
+    #[arg(long, value_name = "M")]
+    before: Option<usize>,
+    /// Resume-storm: broadcasts to each room while the clients are away [default: 10]
+    #[arg(long, value_name = "M")]
+    missed: Option<usize>,
+    /// Resume-storm: where the clients reconnect (another node of the cluster) [default: --url]
+    #[arg(long, value_name = "URL")]
+    resume_url: Option<String>,
+    /// Resume-storm: cut the connections by SIGKILLing this process (the node they are on)
+    #[arg(long, value_name = "PID")]
+    kill: Option<u32>,
+    /// Resume-storm: time between the cut (and the missed broadcasts) and the reconnect [default: 0]
+    #[arg(long, value_name = "S", value_parser = duration)]
+    away: Option<Duration>,
+    /// Resume-storm: the server process whose memory is reported (VmRSS, VmHWM)
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
+    /// Resume-storm: count this Redis's commands during the resume (redis://HOST:PORT)
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
 }
 
 /// What the tool does.
@@ -123,6 +167,8 @@ pub enum Mode {
     Fanout,
     /// Open connections and hold them (server memory per connection)
     Idle,
+    /// Cut every connection at once and resume them all (PROTOCOL.md §13); reports the time to all recovered
+    ResumeStorm,
 }
 
 impl Mode {
@@ -131,6 +177,7 @@ impl Mode {
             Mode::Echo => "echo",
             Mode::Fanout => "fanout",
             Mode::Idle => "idle",
+            Mode::ResumeStorm => "resume-storm",
         }
     }
 }
@@ -184,6 +231,58 @@ pub struct Config {
     pub tls: Option<(emitws::tls::TlsConnector, String)>,
     /// The soft open-files limit, read at start (reading it needs a free descriptor).
     pub open_files_limit: Option<u64>,
+    /// Resume-storm's settings.
+    pub storm: Option<Storm>,
+}
+
+/// What a resume-storm run does besides connecting (see the help's details).
+#[derive(Debug)]
+pub struct Storm {
+    pub rooms: usize,
+    /// Broadcasts to each room before the cut, and while the clients are away.
+    pub before: usize,
+    pub missed: usize,
+    /// Where the clients reconnect.
+    pub resume: Target,
+    /// Cut by SIGKILLing this process rather than dropping the sockets.
+    pub kill: Option<u32>,
+    pub away: Duration,
+    pub server_pid: Option<u32>,
+    pub redis: Option<SocketAddr>,
+}
+
+/// A ws:// server: its URL, the Host header, the request target and the address.
+#[derive(Debug)]
+pub struct Target {
+    pub url: String,
+    pub host: String,
+    pub path: String,
+    pub addr: SocketAddr,
+}
+
+impl Target {
+    /// `ws://HOST:PORT/PATH`, resolved.
+    ///
+    /// # Errors
+    /// A message naming the URL that does not parse or resolve, or is wss://.
+    fn ws(url: &str) -> Result<Target, String> {
+        let (tls, host, port, path) = parse_url(url)?;
+        if tls {
+            return Err(format!("resume-storm speaks ws:// only, not {url:?}"));
+        }
+        let addr = resolve(&host, port)?;
+        let host = if port == 80 { host } else { format!("{host}:{port}") };
+        Ok(Target { url: url.to_string(), host, path, addr })
+    }
+}
+
+/// The first address of `host` (IPv6 in brackets) and `port`.
+fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host.trim_start_matches('[').trim_end_matches(']'), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{host} has no address"))
 }
 
 impl Config {
@@ -194,7 +293,9 @@ impl Config {
     /// A message naming the option that does not fit, or the URL that does not resolve.
     pub fn new(args: Args) -> Result<Config, String> {
         let mode = args.mode;
-        let (app, deflate) = (args.protocol == Protocol::Emitws, args.deflate);
+        let storm = storm_settings(&args)?;
+        let app = args.protocol == Protocol::Emitws || storm.is_some();
+        let deflate = args.deflate;
         let mut text = args.text;
         if mode == Mode::Idle {
             let echo_only = [
@@ -269,11 +370,7 @@ impl Config {
         if tls {
             return Err("wss:// needs the `tls` feature (on by default)".into());
         }
-        let addr = (host.trim_start_matches('[').trim_end_matches(']'), port)
-            .to_socket_addrs()
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))?;
+        let addr = resolve(&host, port)?;
         let default_port = if url.to_ascii_lowercase().starts_with("wss://") { 443 } else { 80 };
         let host = if port == default_port { host } else { format!("{host}:{port}") };
         Ok(Config {
@@ -300,8 +397,63 @@ impl Config {
             #[cfg(feature = "tls")]
             tls,
             open_files_limit: None,
+            storm,
         })
     }
+}
+
+/// Resume-storm's settings in that mode, checked; in the others, an error
+/// if one of its options was given.
+fn storm_settings(args: &Args) -> Result<Option<Storm>, String> {
+    if args.mode != Mode::ResumeStorm {
+        let storm_only = [
+            (args.rooms.is_some(), "--rooms"),
+            (args.before.is_some(), "--before"),
+            (args.missed.is_some(), "--missed"),
+            (args.resume_url.is_some(), "--resume-url"),
+            (args.kill.is_some(), "--kill"),
+            (args.away.is_some(), "--away"),
+            (args.server_pid.is_some(), "--server-pid"),
+            (args.redis.is_some(), "--redis"),
+        ];
+        return match storm_only.iter().find(|(given, _)| *given) {
+            Some((_, flag)) => Err(format!("{flag} applies to resume-storm mode only")),
+            None => Ok(None),
+        };
+    }
+    let others = [
+        (args.in_flight.is_some(), "--in-flight"),
+        (args.duration.is_some(), "--duration"),
+        (args.warmup.is_some(), "--warmup"),
+        (args.hold.is_some(), "--hold"),
+        (args.payload.is_some(), "--payload"),
+        (args.deflate, "--deflate"),
+        (args.ca.is_some(), "--ca"),
+    ];
+    if let Some((_, flag)) = others.iter().find(|(given, _)| *given) {
+        return Err(format!("{flag} does not apply to resume-storm mode"));
+    }
+    Target::ws(&args.url)?;
+    let redis = match &args.redis {
+        Some(url) => {
+            let rest = url.strip_prefix("redis://").ok_or_else(|| format!("--redis {url:?}: redis://HOST:PORT"))?;
+            let authority = rest.split('/').next().unwrap_or_default();
+            let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "6379"));
+            let port = port.parse().map_err(|_| format!("--redis {url:?}: bad port"))?;
+            Some(resolve(host, port)?)
+        }
+        None => None,
+    };
+    Ok(Some(Storm {
+        rooms: args.rooms.unwrap_or(10),
+        before: args.before.unwrap_or(5),
+        missed: args.missed.unwrap_or(10),
+        resume: Target::ws(args.resume_url.as_deref().unwrap_or(&args.url))?,
+        kill: args.kill,
+        away: args.away.unwrap_or(Duration::ZERO),
+        server_pid: args.server_pid,
+        redis,
+    }))
 }
 
 /// Splits `ws[s]://host[:port][/path]` into TLS or not, host (IPv6 keeps
@@ -430,5 +582,25 @@ mod tests {
         let config = parse("-c 7 echo --duration 1 -d 500ms -s 16k").unwrap();
         assert_eq!((config.mode, config.duration, config.payload), (Mode::Echo, Duration::from_millis(500), 16384));
         assert_eq!((config.in_flight, config.warmup, config.publishers), (1, Duration::from_secs(2), 10));
+    }
+
+    #[test]
+    fn resume_storm_options_fit_that_mode_only() {
+        assert!(parse("echo --rooms 3").is_err());
+        assert!(parse("idle --kill 12").is_err());
+        assert!(parse("resume-storm --duration 5").is_err());
+        assert!(parse("resume-storm --deflate").is_err());
+        assert!(parse("resume-storm --url wss://127.0.0.1:1/").is_err(), "ws:// only");
+        assert!(parse("resume-storm --resume-url wss://127.0.0.1:1/").is_err());
+        assert!(parse("resume-storm --redis http://127.0.0.1:1/").is_err());
+        let config = parse("resume-storm -c 20 --url ws://127.0.0.1:1/x").unwrap();
+        let storm = config.storm.as_ref().unwrap();
+        assert!(config.app && config.text, "emitws.v1 is text");
+        assert_eq!((storm.rooms, storm.before, storm.missed, storm.away), (10, 5, 10, Duration::ZERO));
+        assert_eq!((storm.resume.addr, storm.resume.path.as_str()), (config.addr, "/x"), "resumes where it connected");
+        let config =
+            parse("resume-storm --resume-url ws://127.0.0.1:2/ --redis redis://127.0.0.1:3/0 --kill 7").unwrap();
+        let storm = config.storm.unwrap();
+        assert_eq!((storm.resume.addr.port(), storm.redis.map(|addr| addr.port()), storm.kill), (2, Some(3), Some(7)));
     }
 }

@@ -7,12 +7,15 @@
 //! what was sent and recording its round trip; in fanout mode publishers send
 //! a message each time their own copy of the previous one comes back, and
 //! every member checks it gets each publisher's messages in order; in idle
-//! mode connections only answer pings. At the end every open connection is
+//! mode connections only answer pings; in resume-storm mode connections
+//! follow the phases the main thread sets (see `storm`): they are cut, and
+//! reconnect to resume their sessions. At the end every open connection is
 //! closed with a close handshake (bounded in time).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
 use crate::cli::{Config, Mode};
+use crate::storm::{self, phase, Outcome, Session, StormStats};
 use hdrhistogram::Histogram;
 
 /// The RSV bit of a compressed message.
@@ -63,6 +67,13 @@ pub struct Shared {
     pub delivered: AtomicU64,
     /// Fanout: threads that have stopped publishing at the end of the measured time.
     pub quiet: AtomicUsize,
+    /// Resume-storm: the phase the main thread has set (`storm::phase`).
+    pub phase: AtomicU8,
+    /// Resume-storm: phases acted on, all threads together.
+    pub acked: AtomicUsize,
+    /// Resume-storm: sessions cut, and resumes answered (or failed) so far.
+    pub sessions: AtomicUsize,
+    pub answered: AtomicUsize,
 }
 
 impl Shared {
@@ -79,10 +90,14 @@ impl Shared {
             published: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             quiet: AtomicUsize::new(0),
+            phase: AtomicU8::new(phase::JOINED),
+            acked: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
+            answered: AtomicUsize::new(0),
         }
     }
 
-    fn set_fatal(&self, message: String) {
+    pub fn set_fatal(&self, message: String) {
         let mut fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         fatal.get_or_insert(message);
         self.stop.store(true, Ordering::SeqCst);
@@ -123,6 +138,8 @@ pub struct Stats {
     pub unclean_closes: u64,
     /// Of those, how many got the close frame but not the server's TCP close in time.
     pub lingering: u64,
+    /// Resume-storm: how the resumes went.
+    pub storm: StormStats,
 }
 
 impl Default for Stats {
@@ -140,6 +157,7 @@ impl Default for Stats {
             open_at_end: 0,
             unclean_closes: 0,
             lingering: 0,
+            storm: StormStats::default(),
         }
     }
 }
@@ -161,6 +179,7 @@ impl Stats {
         self.open_at_end += other.open_at_end;
         self.unclean_closes += other.unclean_closes;
         self.lingering += other.lingering;
+        self.storm.merge(&other.storm);
     }
 }
 
@@ -216,8 +235,10 @@ enum State {
     Connecting,
     /// Upgrade request sent, reading the response.
     Handshake,
-    /// emitws.v1, fanout and idle: `[1,1,"/join"]` sent, waiting for its reply.
+    /// emitws.v1, fanout, idle and resume-storm: `[1,1,"/join"]` sent, waiting for its reply.
     Joining,
+    /// Resume-storm: `@resume` sent, receiving the replay and waiting for the reply.
+    Resuming,
     Open,
     /// Our close frame is sent; waiting for the server's.
     Closing,
@@ -250,6 +271,8 @@ struct Conn {
     publisher: Option<u16>,
     /// Fanout: the last sequence number received from each publisher.
     seen: Vec<u64>,
+    /// Resume-storm: what the connection keeps across the cut.
+    session: Option<Box<Session>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,6 +315,9 @@ struct Ctx<'a> {
     /// Echo messages are being sent.
     sending: bool,
     window: Option<(Instant, Instant)>,
+    /// Resume-storm: the last phase this thread acted on, and the sessions cut, waiting to resume.
+    phase: u8,
+    sessions: Vec<Session>,
 }
 
 impl Ctx<'_> {
@@ -345,9 +371,27 @@ impl Ctx<'_> {
         self.shared.published.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// emitws.v1: joins the room before the connection counts as open.
+    /// emitws.v1: joins the room before the connection counts as open (in
+    /// resume-storm mode, the connection's history room).
     fn queue_join(&mut self, conn: &mut Conn) {
-        self.queue_frame(conn, JOIN);
+        match &conn.session {
+            Some(session) => {
+                let join = format!("[1,1,\"/join\",\"{}\"]", session.room);
+                self.queue_frame(conn, join.as_bytes());
+            }
+            None => self.queue_frame(conn, JOIN),
+        }
+    }
+
+    /// Resume-storm: a session's connection is cut: dropped at once with
+    /// SO_LINGER 0, so the server sees a reset (1006, its session kept) and
+    /// no TIME_WAIT is left here. Its session waits for the resume.
+    fn cut(&mut self, poll: &mut Poll, mut conn: Conn) {
+        let _ = poll.registry().deregister(&mut conn.stream);
+        let _ = socket2::SockRef::from(&conn.stream).set_linger(Some(Duration::ZERO));
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        self.sessions.push(*conn.session.expect("a resume-storm connection has its session"));
     }
 
     fn queue_close(&mut self, conn: &mut Conn) {
@@ -416,6 +460,8 @@ pub fn run(
         delivered_shared: 0,
         sending: false,
         window: None,
+        phase: phase::JOINED,
+        sessions: Vec::new(),
     };
     let mut poll = match Poll::new() {
         Ok(poll) => poll,
@@ -434,6 +480,8 @@ pub fn run(
     let mut last_timeout_scan = Instant::now();
     let mut closing_since: Option<Instant> = None;
     let mut closing = 0usize;
+    // Resume-storm: this thread's sessions are reconnecting.
+    let mut resuming = false;
 
     loop {
         let now = Instant::now();
@@ -441,7 +489,8 @@ pub fn run(
         // Open connections, a bounded number at a time.
         while closing_since.is_none() && to_open > 0 && connecting < max_connecting {
             to_open -= 1;
-            match open(&mut poll, conns.len(), first + conns.len(), &mut ctx, now) {
+            let session = if resuming { ctx.sessions.pop().map(Box::new) } else { None };
+            match open(&mut poll, conns.len(), first + conns.len(), session, &mut ctx, now) {
                 Ok(conn) => {
                     conns.push(Some(conn));
                     connecting += 1;
@@ -467,7 +516,7 @@ pub fn run(
             last_timeout_scan = now;
             for slot in conns.iter_mut() {
                 let timed_out = slot.as_ref().is_some_and(|c| {
-                    matches!(c.state, State::Connecting | State::Handshake | State::Joining)
+                    matches!(c.state, State::Connecting | State::Handshake | State::Joining | State::Resuming)
                         && now.duration_since(c.started) > config.connect_timeout
                 });
                 if timed_out {
@@ -475,6 +524,7 @@ pub fn run(
                     let (kind, what) = match conn.state {
                         State::Connecting => (Kind::Connect, "connect"),
                         State::Handshake => (Kind::Handshake, "handshake"),
+                        State::Resuming => (Kind::Handshake, "resuming"),
                         _ => (Kind::Handshake, "joining the room"),
                     };
                     let end = err(kind, format!("{what} timed out after {:?}", config.connect_timeout));
@@ -483,8 +533,35 @@ pub fn run(
             }
         }
 
+        // Resume-storm: act on each phase the main thread sets, in order.
+        if config.mode == Mode::ResumeStorm && ready && closing_since.is_none() {
+            while ctx.phase < shared.phase.load(Ordering::SeqCst) {
+                ctx.phase += 1;
+                if ctx.phase == phase::RESUME {
+                    to_open = ctx.sessions.len();
+                    resuming = true;
+                    continue;
+                }
+                // With --kill the cut is the node's death; whatever it left open goes once it is dead.
+                let killing = config.storm.as_ref().is_some_and(|storm| storm.kill.is_some());
+                if ctx.phase == phase::AWAY || !killing {
+                    for slot in conns.iter_mut() {
+                        if slot.as_ref().is_some_and(|conn| conn.state == State::Open) {
+                            ctx.cut(&mut poll, slot.take().expect("checked"));
+                        }
+                    }
+                }
+                shared.acked.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if resuming && to_open == 0 && connecting == 0 {
+            resuming = false;
+            shared.acked.fetch_add(1, Ordering::SeqCst);
+        }
+
         // Start the traffic once the main thread has set the window.
-        if config.mode != Mode::Idle && ready && ctx.window.is_none() && closing_since.is_none() {
+        if matches!(config.mode, Mode::Echo | Mode::Fanout) && ready && ctx.window.is_none() && closing_since.is_none()
+        {
             if let Some(&window) = shared.window.get() {
                 ctx.window = Some(window);
                 ctx.sending = true;
@@ -502,15 +579,13 @@ pub fn run(
         // Fanout: publishing stops at the end of the measured time; the main
         // thread stops the run once the last deliveries are in.
         let run_over = ctx.window.is_some_and(|(_, until)| now >= until);
-        if config.mode == Mode::Fanout {
-            if run_over && ctx.sending {
-                ctx.sending = false;
-                shared.quiet.fetch_add(1, Ordering::SeqCst);
-            }
-            if ctx.stats.delivered != ctx.delivered_shared {
-                shared.delivered.fetch_add(ctx.stats.delivered - ctx.delivered_shared, Ordering::Relaxed);
-                ctx.delivered_shared = ctx.stats.delivered;
-            }
+        if config.mode == Mode::Fanout && run_over && ctx.sending {
+            ctx.sending = false;
+            shared.quiet.fetch_add(1, Ordering::SeqCst);
+        }
+        if matches!(config.mode, Mode::Fanout | Mode::ResumeStorm) && ctx.stats.delivered != ctx.delivered_shared {
+            shared.delivered.fetch_add(ctx.stats.delivered - ctx.delivered_shared, Ordering::Relaxed);
+            ctx.delivered_shared = ctx.stats.delivered;
         }
 
         // The end: close every connection with a close handshake.
@@ -532,7 +607,7 @@ pub fn run(
                             finish(&mut poll, conn, End::Clean, &mut ctx, &mut connecting, &mut closing);
                         }
                     }
-                    State::Connecting | State::Handshake | State::Joining => {
+                    State::Connecting | State::Handshake | State::Joining | State::Resuming => {
                         let mut conn = slot.take().expect("present");
                         let _ = poll.registry().deregister(&mut conn.stream);
                         connecting -= 1;
@@ -564,8 +639,10 @@ pub fn run(
             until.saturating_duration_since(now).min(Duration::from_millis(50))
         } else if ctx.window.is_some() {
             Duration::from_millis(5) // Fanout, draining.
-        } else if ready && config.mode != Mode::Idle {
+        } else if ready && matches!(config.mode, Mode::Echo | Mode::Fanout) {
             Duration::from_millis(1)
+        } else if config.mode == Mode::ResumeStorm {
+            Duration::from_millis(5) // Phases are noticed within this.
         } else {
             Duration::from_millis(50)
         };
@@ -579,7 +656,8 @@ pub fn run(
         for event in events.iter() {
             let index = event.token().0;
             let Some(conn) = conns[index].as_mut() else { continue };
-            let was_connecting = matches!(conn.state, State::Connecting | State::Handshake | State::Joining);
+            let was_connecting =
+                matches!(conn.state, State::Connecting | State::Handshake | State::Joining | State::Resuming);
             let result = on_event(conn, event, &mut buf, &mut ctx, now);
             let conn = conns[index].as_mut().expect("present");
             if was_connecting && conn.state == State::Open {
@@ -589,7 +667,13 @@ pub fn run(
             }
             if let Err(end) = result {
                 let conn = conns[index].take().expect("present");
-                finish(&mut poll, conn, end, &mut ctx, &mut connecting, &mut closing);
+                // With --kill, a session's loss between the cut and the resume is the cut.
+                let cut = (phase::CUT..phase::RESUME).contains(&ctx.phase) && conn.session.is_some();
+                if cut && conn.state == State::Open {
+                    ctx.cut(&mut poll, conn);
+                } else {
+                    finish(&mut poll, conn, end, &mut ctx, &mut connecting, &mut closing);
+                }
             }
         }
     }
@@ -602,11 +686,33 @@ pub fn run(
     ctx.stats
 }
 
-/// Starts connecting connection `number` (over all threads), token `index`.
+/// Starts connecting connection `number` (over all threads), token `index`;
+/// in resume-storm mode, a new one, or the given session's resume.
 /// `Err(Some(_))` is fatal for the whole run.
-fn open(poll: &mut Poll, index: usize, number: usize, ctx: &mut Ctx<'_>, now: Instant) -> Result<Conn, Option<String>> {
+fn open(
+    poll: &mut Poll,
+    index: usize,
+    number: usize,
+    resume: Option<Box<Session>>,
+    ctx: &mut Ctx<'_>,
+    now: Instant,
+) -> Result<Conn, Option<String>> {
     let config = ctx.config;
-    let mut stream = match TcpStream::connect(config.addr) {
+    let (addr, host, path, session) = match (&config.storm, resume) {
+        (Some(storm), Some(mut session)) => {
+            let user = storm::user(session.number);
+            let path = storm::with_query(&storm.resume.path, &[("user", &user), ("emitws_resume", "1")]);
+            session.received = 0;
+            ctx.stats.storm.first_dial.get_or_insert(now);
+            (storm.resume.addr, &storm.resume.host, Cow::Owned(path), Some(session))
+        }
+        (Some(storm), None) => {
+            let path = storm::with_query(&config.path, &[("user", &storm::user(number))]);
+            (config.addr, &config.host, Cow::Owned(path), Some(Box::new(Session::new(number, storm.rooms))))
+        }
+        (None, _) => (config.addr, &config.host, Cow::Borrowed(config.path.as_str()), None),
+    };
+    let mut stream = match TcpStream::connect(addr) {
         Ok(stream) => stream,
         Err(e) => return Err(connect_error(e, ctx)),
     };
@@ -619,8 +725,8 @@ fn open(poll: &mut Poll, index: usize, number: usize, ctx: &mut Ctx<'_>, now: In
     let key = encode_key(raw_key);
     let mut out = Vec::with_capacity(256);
     UpgradeRequest {
-        host: &config.host,
-        target: &config.path,
+        host,
+        target: &path,
         key: &key,
         protocols: &offered_protocols(config),
         extensions: config.deflate.then(|| client_offer(&DeflateConfig::default())).as_deref(),
@@ -652,6 +758,7 @@ fn open(poll: &mut Poll, index: usize, number: usize, ctx: &mut Ctx<'_>, now: In
         sent: 0,
         publisher: (config.mode == Mode::Fanout && number < config.publishers).then_some(number as u16),
         seen: if config.mode == Mode::Fanout { vec![0; config.publishers] } else { Vec::new() },
+        session,
     })
 }
 
@@ -677,7 +784,7 @@ fn connect_error(e: io::Error, ctx: &mut Ctx<'_>) -> Option<String> {
 fn finish(poll: &mut Poll, mut conn: Conn, end: End, ctx: &mut Ctx<'_>, connecting: &mut usize, closing: &mut usize) {
     let _ = poll.registry().deregister(&mut conn.stream);
     match conn.state {
-        State::Connecting | State::Handshake | State::Joining => {
+        State::Connecting | State::Handshake | State::Joining | State::Resuming => {
             *connecting -= 1;
             ctx.shared.attempted.fetch_add(1, Ordering::Relaxed);
         }
@@ -798,7 +905,11 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
     }
     conn.key = String::new();
     conn.head = ResponseReader::default();
-    if config.app && config.mode != Mode::Echo {
+    let resume = conn.session.as_deref().filter(|_| ctx.phase == phase::RESUME).map(Session::resume_request);
+    if let Some(request) = resume {
+        conn.state = State::Resuming;
+        ctx.queue_frame(conn, request.as_bytes());
+    } else if config.app && config.mode != Mode::Echo {
         conn.state = State::Joining;
         ctx.queue_join(conn);
     } else {
@@ -914,6 +1025,9 @@ fn decode_frames(
 /// A data message from the server: the reply to the join, a fanout
 /// delivery, or an echo (after which the next message is sent).
 fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
+    if ctx.config.mode == Mode::ResumeStorm {
+        return on_storm_message(conn, message, ctx, now);
+    }
     // The server's welcome (PROTOCOL §1) comes first, before any reply. An
     // event-layer server serves emitws.v1 to a client that offers no
     // subprotocol too, so idle connections get it without `--protocol emitws`.
@@ -935,6 +1049,62 @@ fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
     check_echo(conn, message, ctx, now)?;
     if ctx.sending {
         ctx.queue_message(conn, now);
+    }
+    Ok(())
+}
+
+/// Resume-storm: `@ready` (its token is kept), the join's reply, a room
+/// broadcast (before the cut, or replayed), or the reply to `@resume`.
+fn on_storm_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
+    let Message::Text(text) = message else { return Err(err(Kind::Protocol, "a binary message")) };
+    let session = conn.session.as_deref_mut().expect("a resume-storm connection has its session");
+    if text.as_bytes().starts_with(READY) {
+        // Every @ready brings a new token, a resumed one too.
+        return session.ready(text).map_err(|message| err(Kind::Protocol, message));
+    }
+    let reply = text.starts_with("[2,") || text.starts_with("[3,");
+    match conn.state {
+        State::Joining if reply && !session.token.is_empty() => {
+            if !text.starts_with(std::str::from_utf8(JOINED).expect("ASCII")) {
+                return Err(err(Kind::Handshake, format!("joining {}: {text}", session.room)));
+            }
+            ctx.opened(conn, now);
+        }
+        State::Joining => return Err(err(Kind::Handshake, format!("expected @ready, then the join's reply: {text}"))),
+        State::Resuming if reply => {
+            let storm = &mut ctx.stats.storm;
+            storm.last_reply = storm.last_reply.max(Some(now));
+            ctx.stats.latency.saturating_record(now.saturating_duration_since(conn.started).as_nanos() as u64);
+            ctx.shared.answered.fetch_add(1, Ordering::Relaxed);
+            let missed = ctx.config.storm.as_ref().map_or(0, |storm| storm.missed);
+            let (counter, problem) = match session.resumed(text, missed) {
+                Outcome::Resumed => (&mut storm.resumed, None),
+                Outcome::NotResumed(problem) => (&mut storm.not_resumed, Some(problem)),
+                Outcome::NotRecovered(problem) => (&mut storm.not_recovered, Some(problem)),
+                Outcome::WrongReplay(problem) => (&mut storm.wrong_replays, Some(problem)),
+            };
+            *counter += 1;
+            if let Some(problem) = problem {
+                ctx.shared.report(format_args!("{}: {problem}", storm::user(session.number)));
+            }
+            // Live deliveries follow (none are published after the resume).
+            conn.state = State::Open;
+        }
+        _ => {
+            let (resuming, phase_text) = match (conn.state, ctx.phase) {
+                (State::Resuming, _) => (true, storm::MISSED),
+                (_, phase::RESUME) => (false, storm::MISSED),
+                _ => (false, storm::BEFORE),
+            };
+            match session.broadcast(text, phase_text) {
+                Ok(()) if resuming => ctx.stats.storm.replayed += 1,
+                Ok(()) => ctx.stats.delivered += 1,
+                Err(problem) => {
+                    ctx.stats.mismatches += 1;
+                    ctx.shared.report(format_args!("{}: {problem}", storm::user(session.number)));
+                }
+            }
+        }
     }
     Ok(())
 }

@@ -5,14 +5,15 @@
 //! (raw messages, or emitws.v1 requests and replies); `fanout` mode makes all
 //! N connections members of one room in which P publish, and reports
 //! deliveries/s, delivery latency and completeness; `idle` mode opens N
-//! connections and holds them, to measure a server's memory per idle
-//! connection. Each client thread runs its own mio event loop
+//! connection; `resume-storm` cuts N connections at once and measures how
+//! they all resume (PROTOCOL.md §13). Each client thread runs its own mio event loop
 //! over its share of the connections; frames are built with
 //! [`emitws::proto::encode_frame`] and read with [`emitws::proto::Decoder`].
 //! See `emitws-load --help`.
 
 mod cli;
 mod client;
+mod storm;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +71,8 @@ struct Timing {
     interrupted: bool,
     /// Fanout: messages published, warm-up included.
     published: u64,
+    /// Resume-storm: what the main thread saw.
+    storm: Option<storm::Report>,
 }
 
 /// Runs the load and prints the results; returns the exit status. `released`
@@ -119,7 +122,11 @@ fn run(config: &Config, released: &dyn Fn() -> bool) -> i32 {
         return 2;
     }
     let missing = (timing.published * timing.opened as u64).saturating_sub(stats.delivered);
-    i32::from(stats.errors() > 0 || missing > 0)
+    // Every session cut must have come back with exactly what it missed.
+    let storm_short = timing.storm.as_ref().is_some_and(|report| {
+        report.before_missing > 0 || report.sessions == 0 || stats.storm.resumed != report.sessions as u64
+    });
+    i32::from(stats.errors() > 0 || missing > 0 || storm_short)
 }
 
 /// The main thread's part: wait for the connections, then time the run.
@@ -143,12 +150,13 @@ fn drive(config: &Config, shared: &Shared, released: &dyn Fn() -> bool) -> Timin
     let opened = shared.open.load(Ordering::SeqCst);
     let mut measured = Duration::ZERO;
     if stopped() {
-        return Timing { connect, measured, opened, interrupted: signals::interrupted(), published: 0 };
+        return Timing { connect, measured, opened, interrupted: signals::interrupted(), published: 0, storm: None };
     }
+    let mut storm = None;
     match config.mode {
         Mode::Echo | Mode::Fanout => {
             if opened == 0 {
-                return Timing { connect, measured, opened, interrupted: false, published: 0 };
+                return Timing { connect, measured, opened, interrupted: false, published: 0, storm: None };
             }
             let from = Instant::now() + config.warmup;
             let until = from + config.duration;
@@ -176,9 +184,24 @@ fn drive(config: &Config, shared: &Shared, released: &dyn Fn() -> bool) -> Timin
             }
             measured = held_from.elapsed();
         }
+        Mode::ResumeStorm => {
+            let settings = config.storm.as_ref().expect("resume-storm mode has its settings");
+            let first = cli::Target {
+                url: config.url.clone(),
+                host: config.host.clone(),
+                path: config.path.clone(),
+                addr: config.addr,
+            };
+            let started = Instant::now();
+            match storm::drive(settings, &first, shared, config.threads, &stopped) {
+                Ok(report) => storm = Some(report),
+                Err(fatal) => shared.set_fatal(fatal),
+            }
+            measured = started.elapsed();
+        }
     }
     let published = shared.published.load(Ordering::SeqCst);
-    Timing { connect, measured, opened, interrupted: signals::interrupted(), published }
+    Timing { connect, measured, opened, interrupted: signals::interrupted(), published, storm }
 }
 
 /// Fanout: once every thread has stopped publishing, waits (up to
@@ -299,6 +322,7 @@ fn summary(config: &Config, stats: &Stats, timing: &Timing) -> (String, Value) {
             }
             (human, json)
         }
+        Mode::ResumeStorm => storm_summary(config, stats, timing, &breakdown, cut_short),
         Mode::Idle => {
             let human = format!(
                 "{} {}: {}/{} connections opened in {:.2} s, held {:.1} s, {} open at the end; \
@@ -325,6 +349,97 @@ fn summary(config: &Config, stats: &Stats, timing: &Timing) -> (String, Value) {
             (human, json)
         }
     }
+}
+
+/// Resume-storm's line and JSON object.
+fn storm_summary(config: &Config, stats: &Stats, timing: &Timing, breakdown: &str, cut_short: &str) -> (String, Value) {
+    let settings = config.storm.as_ref().expect("resume-storm mode has its settings");
+    let empty = storm::Report::default();
+    let report = timing.storm.as_ref().unwrap_or(&empty);
+    let counted = &stats.storm;
+    let resume_s = match (counted.first_dial, counted.last_reply) {
+        (Some(first), Some(last)) => last.saturating_duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
+    let lat = &stats.latency;
+    let millis = |nanos: u64| nanos as f64 / 1e6;
+    let (p50, p99, max) = (millis(lat.value_at_quantile(0.5)), millis(lat.value_at_quantile(0.99)), millis(lat.max()));
+    let expected_replayed = (report.sessions * settings.missed) as u64;
+    let mib = |kib: Option<u64>| kib.map_or_else(|| "?".to_string(), |kib| format!("{:.1}", kib as f64 / 1024.0));
+    let redis_total = report.redis_commands.as_ref().map(|commands| commands.iter().map(|(_, n)| n).sum::<u64>());
+    let per_client = redis_total.map(|total| total as f64 / report.sessions.max(1) as f64);
+    let redis = match (&report.redis_commands, redis_total, per_client) {
+        (Some(commands), Some(total), Some(per_client)) => {
+            let top: Vec<String> = commands.iter().take(6).map(|(name, n)| format!("{name} {n}")).collect();
+            format!("; redis {total} commands, {per_client:.2} per client ({})", top.join(", "))
+        }
+        _ => String::new(),
+    };
+    let errors = stats.errors();
+    let human = format!(
+        "resume-storm {} -> {}: {} open (connected and joined in {:.3} s), {} sessions cut ({} rooms, {} broadcasts each before, {} while away{}); \
+         {} of {} resumed with exactly what they missed in {resume_s:.3} s (first reconnect to last reply); \
+         per client ms p50 {p50:.1} p99 {p99:.1} max {max:.1}; replayed {} of {expected_replayed}; \
+         not resumed {}, not recovered {}, wrong replays {}; server RSS MiB before the resume {}, peak {}, CPU during the resume {} ms{redis}; \
+         errors {errors}{breakdown}{cut_short}",
+        config.url,
+        settings.resume.url,
+        timing.opened,
+        timing.connect.as_secs_f64(),
+        report.sessions,
+        settings.rooms,
+        settings.before,
+        settings.missed,
+        if report.before_missing > 0 {
+            format!(", {} deliveries before the cut missing", report.before_missing)
+        } else {
+            String::new()
+        },
+        counted.resumed,
+        report.sessions,
+        counted.replayed,
+        counted.not_resumed,
+        counted.not_recovered,
+        counted.wrong_replays,
+        mib(report.rss_before_kib),
+        mib(report.hwm_kib),
+        report.cpu_during_resume.map_or_else(|| "?".to_string(), |cpu| cpu.as_millis().to_string()),
+    );
+    let json = json!({
+        "mode": config.mode.name(),
+        "url": config.url,
+        "resume_url": settings.resume.url,
+        "connections": config.connections,
+        "open": timing.opened,
+        "threads": config.threads,
+        "rooms": settings.rooms,
+        "before": settings.before,
+        "missed": settings.missed,
+        "killed": settings.kill.is_some(),
+        "connect_s": decimals(timing.connect.as_secs_f64(), 3),
+        "sessions": report.sessions,
+        "before_missing": report.before_missing,
+        "resumed": counted.resumed,
+        "not_resumed": counted.not_resumed,
+        "not_recovered": counted.not_recovered,
+        "wrong_replays": counted.wrong_replays,
+        "replayed": counted.replayed,
+        "expected_replayed": expected_replayed,
+        "resume_s": decimals(resume_s, 3),
+        "p50_ms": decimals(p50, 2),
+        "p99_ms": decimals(p99, 2),
+        "max_ms": decimals(max, 2),
+        "server_rss_before_kib": report.rss_before_kib,
+        "server_hwm_kib": report.hwm_kib,
+        "server_cpu_ms": report.cpu_during_resume.map(|cpu| cpu.as_millis() as u64),
+        "redis_commands": redis_total,
+        "redis_commands_per_client": per_client.map(|n| decimals(n, 2)),
+        "redis_by_command": report.redis_commands.as_ref().map(|commands| {
+            commands.iter().map(|(name, n)| (name.clone(), json!(n))).collect::<serde_json::Map<String, Value>>()
+        }),
+        "errors": errors,
+    });
+    (human, json)
 }
 
 /// `x` to `places` decimals: the value the summary has always printed, so
@@ -405,6 +520,7 @@ mod tests {
             opened: 4,
             interrupted: false,
             published: 1000,
+            storm: None,
         };
 
         let (_, echo) = summary(&config("echo -c 4 -t 2 --url ws://127.0.0.1:1/\"q\\"), &stats, &timing);
