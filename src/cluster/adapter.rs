@@ -5,10 +5,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::error::ClusterError;
+use super::history::{RedisHistory, StoredHistory};
 use super::link::{Inbound, RedisLink};
 use super::options::RedisOptions;
 use super::wire::{hex, Header};
-use crate::app::{self, Adapter, AppHandle, BroadcastOpts, Presence, Scope, SocketId, Target};
+use crate::app::{self, Adapter, AppHandle, BroadcastOpts, History, Presence, Scope, SocketId, Target};
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 
@@ -22,6 +23,15 @@ use crate::runtime::ConnId;
 /// `NODE\n{"cs":[conn,code]}\nREASON` or `NODE\n{"cu":[user,code]}\nREASON`;
 /// anything else is ignored.
 ///
+/// Rooms with [history](crate::app::App::history) are numbered and kept in
+/// Redis (see the module's docs): a broadcast to one goes to Redis, which
+/// gives it the room's next offset, keeps it and publishes it to every node,
+/// this one included, so that all deliver the room's broadcasts in one order
+/// with the same offsets, and any node recovers them. While Redis is
+/// unreachable, such broadcasts cannot be numbered: they are dropped, and
+/// counted with the dropped publishes (`cluster_dropped_total`), reaching
+/// no socket, this node's included.
+///
 /// ```no_run
 /// use emitws::app::App;
 /// use emitws::cluster::{RedisAdapter, RedisOptions};
@@ -31,6 +41,7 @@ use crate::runtime::ConnId;
 /// ```
 pub struct RedisAdapter {
     link: RedisLink,
+    history: RedisHistory,
     app: Arc<Mutex<Option<AppHandle>>>,
 }
 
@@ -60,7 +71,7 @@ impl RedisAdapter {
                 deliver(&app, &message);
             }
         })?;
-        Ok(Arc::new(RedisAdapter { link, app }))
+        Ok(Arc::new(RedisAdapter { history: RedisHistory::new(link.clone()), link, app }))
     }
 
     /// The link under the adapter.
@@ -100,7 +111,12 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
             app.deliver_close(Target::Socket(here(conn)), CloseCode(code), body)
         }
         Header::CloseUser(user, code) => app.deliver_close(Target::User(&user), CloseCode(code), body),
-        Header::Socket(_) | Header::CloseSocket(..) => {}
+        Header::History(room, epoch, offset, except) if !message.direct => {
+            let except: Vec<SocketId> =
+                except.into_iter().map(|(node, conn)| SocketId { node, conn: ConnId(conn) }).collect();
+            app.deliver_history(&room, &epoch, offset, envelope()?, &except);
+        }
+        Header::Socket(_) | Header::CloseSocket(..) | Header::History(..) => {}
     }
     Some(())
 }
@@ -112,6 +128,7 @@ impl Adapter for RedisAdapter {
 
     fn attach(&self, app: AppHandle) {
         self.link.count_into(app.metrics());
+        self.history.count_into(app.metrics());
         *lock(&self.app) = Some(app);
     }
 
@@ -184,5 +201,17 @@ impl Adapter for RedisAdapter {
         } else {
             Err("Redis unreachable".into())
         }
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    fn publish_history(&self, room: &str, history: &History, epoch: &str, envelope: &[u8], except: &[SocketId]) {
+        self.history.publish(room, history, epoch, envelope, except);
+    }
+
+    fn read_history(&self, reads: Vec<(Box<str>, u64)>, done: Box<dyn FnOnce(StoredHistory) + Send>) {
+        self.history.read(reads, done);
     }
 }

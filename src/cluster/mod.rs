@@ -52,16 +52,21 @@
 //! app-message header), `link` (the node's [`RedisLink`] and its queries),
 //! `writer` and `subscriber` (the link's main threads), `reader` (its
 //! background thread for claims and reads a worker must not wait for),
-//! `outage` (backoff and outage logging, shared by the threads), `adapter`
-//! ([`RedisAdapter`]).
+//! `outage` (backoff and outage logging, shared by the threads), `history`
+//! (room history kept and numbered in Redis), `adapter` ([`RedisAdapter`]).
 
 mod adapter;
 mod error;
+mod history;
 mod link;
 mod options;
 mod outage;
 mod reader;
 mod subscriber;
+/// The tests' redis-server, for crate tests against a real Redis.
+#[cfg(test)]
+#[path = "../../tests/common/redis.rs"]
+pub(crate) mod test_redis;
 mod wire;
 mod writer;
 
