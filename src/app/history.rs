@@ -124,6 +124,9 @@ pub(crate) fn history_of<'a>(rules: &'a HistoryRules, room: &str) -> Option<&'a 
     rules.iter().find(|(pattern, _)| pattern.matches(room)).map(|(_, history)| history)
 }
 
+/// Where a socket is in a room's stream: the epoch and the latest offset it has.
+pub(crate) type Position = (Arc<str>, u64);
+
 /// What a recovery found ([`AppHandle::recover`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Recovery {
@@ -498,7 +501,7 @@ impl AppHandle {
     #[allow(dead_code)]
     pub(crate) fn prefetch_history(
         &self,
-        rooms: Vec<(Box<str>, Option<(Arc<str>, u64)>)>,
+        rooms: Vec<(Box<str>, Option<Position>)>,
         done: Box<dyn FnOnce(Backfill) + Send>,
     ) {
         let Some(adapter) = self.0.setup.adapter.as_ref().filter(|adapter| adapter.keeps_history()) else {
@@ -862,6 +865,44 @@ mod tests {
             assert!(sent.is_empty() && !recovery.recovered, "{sent:?}");
             assert_eq!(recovery.offset, 10);
             assert_eq!(recover(&late, &epoch, 7).0.len(), 3);
+        }
+
+        #[test]
+        fn prefetches_queued_while_a_read_waits_share_one_read_per_room() {
+            let Some(server) = redis_server::Redis::start() else { return };
+            let mut redis = redis::Client::open(server.url()).and_then(|c| c.get_connection()).expect("Redis up");
+            let adapter = RedisAdapter::new(&server.url(), RedisOptions::default()).expect("a valid url");
+            let rules = vec![(RoomPattern::parse("#r").expect("valid"), History::new(100, TTL))];
+            let late =
+                AppHandle::new(AppConfig { history: rules, adapter: Some(adapter.clone()), ..Default::default() });
+            let epoch = publish(&node(&server.url(), 100), &mut redis, 5);
+            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut redis).expect("reset");
+            // Hold the background thread until three prefetches are queued.
+            let (release, held) = mpsc::channel::<()>();
+            adapter.link().background(Box::new(move |_| {
+                let _ = held.recv_timeout(Duration::from_secs(5));
+                Ok(())
+            }));
+            let (tx, rx) = mpsc::channel();
+            for offset in [3, 1, 4] {
+                let tx = tx.clone();
+                let since = Some((Arc::from(epoch.as_str()), offset));
+                late.prefetch_history(
+                    vec![("#r".into(), since)],
+                    Box::new(move |b| tx.send((offset, b)).expect("waited for")),
+                );
+            }
+            release.send(()).expect("the job waits");
+            for _ in 0..3 {
+                let (offset, backfill) = rx.recv_timeout(Duration::from_secs(5)).expect("answered");
+                let mut sent = 0;
+                let recovery = late.recover("#r", Some((&epoch, offset)), &backfill, &[], |_| sent += 1, || {});
+                assert!(recovery.recovered, "from {offset}");
+                assert_eq!(sent, 5 - offset, "from {offset}");
+            }
+            let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut redis).expect("stats");
+            let evals = stats.lines().find(|l| l.starts_with("cmdstat_eval:")).unwrap_or_default();
+            assert!(evals.starts_with("cmdstat_eval:calls=1,"), "one read for the three: {stats}");
         }
 
         #[test]

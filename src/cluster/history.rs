@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use redis::{Connection, RedisResult, Value};
 
+use super::adapter::lock;
 use super::link::{eval, RedisLink};
 use super::wire::hex;
 use crate::app::{History, SocketId};
@@ -68,6 +69,9 @@ pub(super) type StoredHistory = Vec<(Box<str>, Box<str>, u64, Vec<Kept>)>;
 /// One kept broadcast: its offset, frame, the sockets it left out, its age.
 type Kept = (u64, Box<str>, Vec<SocketId>, Duration);
 
+/// A room to read, after an offset.
+type RoomRead = (Box<str>, u64);
+
 /// A read's caller's answer.
 type Done = Box<dyn FnOnce(StoredHistory) + Send>;
 
@@ -84,25 +88,26 @@ pub(super) struct RedisHistory {
 
 #[derive(Default)]
 struct Reads {
-    queued: Vec<(Vec<(Box<str>, u64)>, Done)>,
+    queued: Vec<(Vec<RoomRead>, Done)>,
     job_queued: bool,
 }
 
-/// Answers the reads still queued with nothing when dropped: a read job the
-/// link dropped unrun (it stopped), or one that failed, leaves nobody waiting.
-struct Answer(Arc<Mutex<Reads>>);
+/// A read job not run yet: dropped unrun (the link stopped), it answers
+/// the reads queued for it with nothing, so that nobody is left waiting.
+struct Unrun(Option<Arc<Mutex<Reads>>>);
 
-impl Drop for Answer {
+impl Drop for Unrun {
     fn drop(&mut self) {
-        let queued = std::mem::take(&mut lock(&self.0).queued);
+        let Some(reads) = self.0.take() else { return };
+        let queued = {
+            let mut reads = lock(&reads);
+            reads.job_queued = false;
+            std::mem::take(&mut reads.queued)
+        };
         for (_, done) in queued {
             done(Vec::new());
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl RedisHistory {
@@ -160,7 +165,7 @@ impl RedisHistory {
     /// read) and calls `done` with it on the background thread. Reads that
     /// come while a read job waits are served by that job, with one read
     /// per room from the lowest offset asked.
-    pub(super) fn read(&self, reads: Vec<(Box<str>, u64)>, done: Done) {
+    pub(super) fn read(&self, reads: Vec<RoomRead>, done: Done) {
         let mut queue = lock(&self.reads);
         queue.queued.push((reads, done));
         if queue.job_queued {
@@ -168,10 +173,11 @@ impl RedisHistory {
         }
         queue.job_queued = true;
         drop(queue);
-        let (link, answer) = (self.link.clone(), Answer(self.reads.clone()));
+        let (link, mut unrun) = (self.link.clone(), Unrun(Some(self.reads.clone())));
         self.link.background(Box::new(move |conn| {
+            let Some(reads) = unrun.0.take() else { return Ok(()) };
             let batch = {
-                let mut queue = lock(&answer.0);
+                let mut queue = lock(&reads);
                 queue.job_queued = false;
                 std::mem::take(&mut queue.queued)
             };
@@ -207,6 +213,10 @@ impl RedisHistory {
 /// One room as read: its epoch, latest offset and kept broadcasts.
 type Read = (Box<str>, u64, Vec<Kept>);
 
+/// The read script's reply: epoch (none: the room has no stream), latest
+/// offset, Redis's clock in ms, and the stream's entries (id, fields).
+type ReadReply = (Option<String>, u64, u64, Vec<(String, HashMap<String, String>)>);
+
 /// Reads each room of `lowest` from its offset on, in one pipeline; rooms
 /// without a stream are left out.
 fn read_rooms(
@@ -222,8 +232,7 @@ fn read_rooms(
     let replies: Vec<Value> = pipe.query(conn)?;
     let mut rooms = HashMap::new();
     for (room, reply) in lowest.keys().zip(replies) {
-        let (epoch, latest, now, entries): (Option<String>, u64, u64, Vec<(String, HashMap<String, String>)>) =
-            redis::from_redis_value(reply)?;
+        let (epoch, latest, now, entries): ReadReply = redis::from_redis_value(reply)?;
         let Some(epoch) = epoch else { continue };
         let entries = entries.into_iter().filter_map(|(id, fields)| entry(&id, &fields, now)).collect();
         rooms.insert(room.clone(), (epoch.into(), latest, entries));
