@@ -12,11 +12,11 @@
 //! a new epoch at offset 1.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::{Connection, RedisResult, Value};
+use redis::{Cmd, Connection, RedisResult, Value};
 
 use super::adapter::lock;
 use super::link::{eval, RedisLink};
@@ -78,12 +78,19 @@ type Done = Box<dyn FnOnce(StoredHistory) + Send>;
 /// A node's history work on the link's background thread.
 pub(super) struct RedisHistory {
     link: RedisLink,
-    /// Publishes handed to the background thread and not yet run.
-    waiting: Arc<AtomicUsize>,
+    /// Publishes waiting for the next publish job (one pipeline), and
+    /// whether one is queued.
+    publishes: Arc<Mutex<Publishes>>,
     /// Publishes dropped: Redis unreachable, or too many waiting.
     dropped: Arc<AtomicU64>,
     /// Reads waiting for the next read job, and whether one is queued.
     reads: Arc<Mutex<Reads>>,
+}
+
+#[derive(Default)]
+struct Publishes {
+    queued: Vec<Cmd>,
+    job_queued: bool,
 }
 
 #[derive(Default)]
@@ -112,7 +119,7 @@ impl Drop for Unrun {
 
 impl RedisHistory {
     pub(super) fn new(link: RedisLink) -> RedisHistory {
-        RedisHistory { link, waiting: Arc::default(), dropped: Arc::default(), reads: Arc::default() }
+        RedisHistory { link, publishes: Arc::default(), dropped: Arc::default(), reads: Arc::default() }
     }
 
     /// Adds the publishes that could not be numbered (Redis unreachable, or
@@ -133,11 +140,6 @@ impl RedisHistory {
     /// reached.
     pub(super) fn publish(&self, room: &str, history: &History, epoch: &str, envelope: &[u8], except: &[SocketId]) {
         let (Some(open), Ok(room_json)) = (envelope.strip_suffix(b"]"), serde_json::to_string(room)) else { return };
-        if self.waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
-            self.waiting.fetch_sub(1, Ordering::Relaxed);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
         let except: Vec<(u64, u64)> = except.iter().map(|id| (id.node, id.conn.0)).collect();
         let except = serde_json::to_string(&except).unwrap_or_else(|_| "[]".into());
         let [meta, stream] = keys(&self.link, room);
@@ -150,12 +152,33 @@ impl RedisHistory {
             .arg(history.ttl().as_millis() as u64)
             .arg(self.link.key("history"))
             .arg(format!("{}\n", hex(self.link.node())));
-        let (waiting, dropped) = (self.waiting.clone(), self.dropped.clone());
+        let mut queue = lock(&self.publishes);
+        if queue.queued.len() >= MAX_WAITING {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        queue.queued.push(cmd);
+        if queue.job_queued {
+            return; // the queued job writes it with the others
+        }
+        queue.job_queued = true;
+        drop(queue);
+        let (publishes, dropped) = (self.publishes.clone(), self.dropped.clone());
         self.link.background(Box::new(move |conn| {
-            waiting.fetch_sub(1, Ordering::Relaxed);
-            let written = conn.map_err(Clone::clone).and_then(|conn| cmd.query::<u64>(conn).map(drop));
+            let batch = {
+                let mut queue = lock(&publishes);
+                queue.job_queued = false;
+                std::mem::take(&mut queue.queued)
+            };
+            let count = batch.len() as u64;
+            let mut pipe = redis::pipe();
+            for cmd in batch {
+                pipe.add_command(cmd).ignore();
+            }
+            let written = conn.map_err(Clone::clone).and_then(|conn| pipe.query::<()>(conn));
             if written.is_err() {
-                dropped.fetch_add(1, Ordering::Relaxed);
+                // Counted whole, though some may have run (and been delivered) before the error.
+                dropped.fetch_add(count, Ordering::Relaxed);
             }
             written
         }));
