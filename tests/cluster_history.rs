@@ -227,3 +227,19 @@ fn what_overflowed_the_history_is_not_recovered() {
     back.close();
     cat.close();
 }
+
+#[test]
+fn with_redis_down_a_broadcast_to_a_room_with_history_is_dropped_and_counted() {
+    let Some(redis) = Redis::start() else { return };
+    let gone = Arc::default();
+    let a = node(&redis, 100, &gone);
+    let (mut ann, _, _) = member(&a);
+    broadcast(&a, "before", BroadcastOpts::to("#r"));
+    assert_eq!(said(&mut ann).1["offset"], 1);
+    let dropped = a.metrics().snapshot().cluster_dropped;
+    drop(redis);
+    broadcast(&a, "lost", BroadcastOpts::to("#r"));
+    eventually("the broadcast counted as dropped", || a.metrics().snapshot().cluster_dropped > dropped);
+    ann.expect_silence(common::ms(200));
+    ann.close();
+}
