@@ -183,17 +183,18 @@ fn a_socket_resumed_on_its_node_recovers_what_the_other_node_published_meanwhile
     let gone = Arc::default();
     let (a, b) = (node(&redis, 100, &gone), node(&redis, 100, &gone));
     let (mut ann, socket, token) = member(&a);
+    let (mut cat, _, _) = member(&a);
     assert!(!token.is_empty(), "the app keeps sessions");
     broadcast(&b, "1", BroadcastOpts::to("#r"));
     let (_, first) = said(&mut ann);
     let epoch = first["epoch"].clone();
     lose(ann, &socket, &gone);
-    broadcast(&b, "2", BroadcastOpts::to("#r"));
-    broadcast(&b, "3", BroadcastOpts::to("#r"));
-    // Node a has them before the resume: a third member there sees them.
-    let (mut cat, _, _) = member(&a);
-    broadcast(&b, "4", BroadcastOpts::to("#r"));
-    assert_eq!(said(&mut cat).1["offset"], 4);
+    for text in ["2", "3", "4"] {
+        broadcast(&b, text, BroadcastOpts::to("#r"));
+    }
+    // Node a has them all before the resume: another member there saw them.
+    let offsets: Vec<Value> = (0..4).map(|_| said(&mut cat).1["offset"].clone()).collect();
+    assert_eq!(offsets, [1, 2, 3, 4]);
 
     let (back, missed, room) = resume(&a, &token, &epoch, 1);
     let texts: Vec<&Value> = missed.iter().filter(|e| e[1] == "/said").map(|e| &e[2]).collect();

@@ -13,10 +13,11 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use redis::{Cmd, Connection, RedisResult, Value};
+use sha1::{Digest, Sha1};
 
 use super::adapter::lock;
 use super::link::{eval, RedisLink};
@@ -44,6 +45,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
 redis.call('PUBLISH', ARGV[7], ARGV[8] .. '{"h":[' .. ARGV[3] .. ',"' .. epoch .. '",' .. offset .. ',' .. ARGV[5] .. ']}\n' .. frame)
 return seq"#;
+
+/// The SHA-1 of [`PUBLISH`], in hex: what `EVALSHA` calls it by.
+fn publish_sha() -> &'static str {
+    static SHA: OnceLock<String> = OnceLock::new();
+    SHA.get_or_init(|| Sha1::digest(PUBLISH).iter().map(|b| format!("{b:02x}")).collect())
+}
 
 /// Reads a room's position and its kept broadcasts from an offset on, with
 /// Redis's clock. KEYS: meta, stream. ARGV: the first offset wanted.
@@ -143,8 +150,12 @@ impl RedisHistory {
         let except: Vec<(u64, u64)> = except.iter().map(|id| (id.node, id.conn.0)).collect();
         let except = serde_json::to_string(&except).unwrap_or_else(|_| "[]".into());
         let [meta, stream] = keys(&self.link, room);
-        let mut cmd = eval(PUBLISH, &[&meta, &stream]);
-        cmd.arg(epoch)
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(publish_sha())
+            .arg(2)
+            .arg(&meta)
+            .arg(&stream)
+            .arg(epoch)
             .arg(open)
             .arg(room_json)
             .arg(history.size())
@@ -172,6 +183,9 @@ impl RedisHistory {
             };
             let count = batch.len() as u64;
             let mut pipe = redis::pipe();
+            // Loaded again with every batch (Redis may have restarted): the
+            // script is then hashed once per batch, not sent and hashed per publish.
+            pipe.cmd("SCRIPT").arg("LOAD").arg(PUBLISH).ignore();
             for cmd in batch {
                 pipe.add_command(cmd).ignore();
             }
