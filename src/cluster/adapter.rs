@@ -21,7 +21,8 @@ use crate::runtime::ConnId;
 /// `NODE\n{"b":[groups,except]}\nENVELOPE` (or `{"s":conn}` to one node's
 /// socket, `{"u":user}` to a user's devices), and closes as
 /// `NODE\n{"cs":[conn,code]}\nREASON` or `NODE\n{"cu":[user,code]}\nREASON`;
-/// anything else is ignored.
+/// a broadcast to a room with history as `NODE\n{"h":[room,epoch,offset,except]}\nFRAME`
+/// on the history channel, from Redis's script; anything else is ignored.
 ///
 /// Rooms with [history](crate::app::App::history) are numbered and kept in
 /// Redis (see the module's docs): a broadcast to one goes to Redis, which

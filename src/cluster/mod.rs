@@ -25,7 +25,8 @@
 //! as its heartbeat expires, and survivors delete its keys afterwards.
 //!
 //! Messages between nodes go over pub/sub: `P:all` for broadcasts, `P:node:ID`
-//! for one node. Each payload starts with the sender's id (16 hex digits) and
+//! for one node, `P:history` for broadcasts to rooms with history (numbered
+//! by a script in Redis, and taken by every node, the sender's included). Each payload starts with the sender's id (16 hex digits) and
 //! a newline, so a node ignores its own broadcasts; the app's messages then
 //! have a one-line JSON header saying who they are for, a newline and the
 //! envelope (see [`RedisAdapter`]). One thread per node subscribes, another
