@@ -317,7 +317,8 @@ impl AppHandle {
             [room] => self.history(room).map(|history| (room, history)),
             _ => None,
         };
-        let adapter = self.0.setup.adapter.as_ref().filter(|adapter| adapter.keeps_history());
+        // Asked of the streams (set at start), not of the adapter: no call per broadcast.
+        let adapter = self.0.setup.adapter.as_ref().filter(|_| self.0.streams.is_mirror());
         let Some((room, history)) = with_history.filter(|_| adapter.is_none() || !opts.local) else {
             let frame = self.encode_event(event, data)?;
             self.route(frame, opts, except, here);

@@ -359,6 +359,11 @@ impl RoomStreams {
         RoomStreams { rooms: RwLock::default(), mirror }
     }
 
+    /// Whether the streams mirror a cluster's (the adapter keeps history).
+    pub fn is_mirror(&self) -> bool {
+        self.mirror
+    }
+
     fn new_stream(&self, history: History, now: Instant) -> Stream {
         Stream::new(history, now, (!self.mirror).then(new_epoch))
     }
@@ -504,7 +509,7 @@ impl AppHandle {
         rooms: Vec<(Box<str>, Option<Position>)>,
         done: Box<dyn FnOnce(Backfill) + Send>,
     ) {
-        let Some(adapter) = self.0.setup.adapter.as_ref().filter(|adapter| adapter.keeps_history()) else {
+        let Some(adapter) = self.0.setup.adapter.as_ref().filter(|_| self.0.streams.is_mirror()) else {
             return done(Backfill::default());
         };
         let now = Instant::now();
