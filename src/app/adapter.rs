@@ -2,13 +2,15 @@
 //! [`crate::cluster`], say), and what an adapter carries and is asked
 //! (targets, scopes, presence changes).
 
+use std::time::{Duration, Instant};
+
 use super::error::Error;
 use super::groups::BroadcastOpts;
 use super::handle::AppHandle;
+use super::history::History;
 use super::socket_id::SocketId;
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
-use std::time::{Duration, Instant};
 
 /// Who a message another node should deliver is for.
 #[derive(Debug, Clone, Copy)]
@@ -135,6 +137,13 @@ pub enum ClaimOutcome {
 /// How a [`ClaimOutcome`] gets back to the claimer (from another thread).
 pub type ClaimDone = Box<dyn FnOnce(ClaimOutcome) + Send>;
 
+/// What a store holds of some rooms' history streams
+/// ([`Adapter::read_history`]): per room, its epoch, its latest offset and
+/// its kept broadcasts after the offset asked, oldest first, each as (offset,
+/// frame as delivered, sockets it left out, age). A room the store has no
+/// stream of is not listed.
+pub type StoredHistory = Vec<(Box<str>, Box<str>, u64, Vec<(u64, Box<str>, Vec<SocketId>, Duration)>)>;
+
 /// Where a cluster transport plugs in ([`App::adapter`](super::App::adapter)):
 /// it carries to the other nodes what this one sends beyond itself, follows
 /// presence, answers cluster-wide queries, and hands what other nodes send to
@@ -215,5 +224,34 @@ pub trait Adapter: Send + Sync + 'static {
     /// A short reason why it does not (its store is unreachable, say).
     fn healthy(&self) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Whether the adapter numbers and keeps the broadcasts to rooms with
+    /// [history](super::App::history), for the whole cluster. Then a
+    /// broadcast to such a room goes to [`publish_history`](Self::publish_history)
+    /// only, and every node, this one included, gets it back through
+    /// [`AppHandle::deliver_history`], in the one order the adapter gave.
+    /// The default: no, each node numbers its own rooms' broadcasts.
+    fn keeps_history(&self) -> bool {
+        false
+    }
+
+    /// Numbers a broadcast to `room` (the envelope `[0,event,data]`), keeps
+    /// it per `history`, and has every node deliver it with its offset
+    /// ([`AppHandle::deliver_history`]); `epoch` names the room's stream if
+    /// the adapter has none for it. `except`: the sockets it leaves out, with
+    /// their node ids. Called only when [`keeps_history`](Self::keeps_history);
+    /// an adapter that cannot number it (its store is down) drops it.
+    fn publish_history(&self, room: &str, history: &History, epoch: &str, envelope: &[u8], except: &[SocketId]) {
+        let _ = (room, history, epoch, envelope, except);
+    }
+
+    /// Reads what the adapter keeps of rooms' histories, each after an
+    /// offset (`reads`: room, offset), and calls `done` with it, from any
+    /// thread, without blocking the caller: with nothing for the rooms it
+    /// could not read (its store is down). The default: nothing kept.
+    fn read_history(&self, reads: Vec<(Box<str>, u64)>, done: Box<dyn FnOnce(StoredHistory) + Send>) {
+        let _ = reads;
+        done(Vec::new());
     }
 }

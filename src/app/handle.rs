@@ -17,7 +17,7 @@ use super::cluster_view::ClusterView;
 use super::envelope;
 use super::error::Error;
 use super::groups::{BroadcastOpts, Delivery, GroupRegistry, Outbox};
-use super::history::RoomStreams;
+use super::history::{new_epoch, RoomStreams};
 use super::inbox::WorkerMsg;
 use super::limits::EventLimits;
 use super::locks::lock;
@@ -65,6 +65,7 @@ impl fmt::Debug for AppHandle {
 impl AppHandle {
     /// A handle on a new app that is not serving yet.
     pub(crate) fn new(config: AppConfig) -> AppHandle {
+        let mirror = config.adapter.as_ref().is_some_and(|adapter| adapter.keeps_history());
         AppHandle(Arc::new(AppState {
             setup: config,
             server: OnceLock::new(),
@@ -73,7 +74,7 @@ impl AppHandle {
             users: Mutex::new(HashMap::new()),
             sockets: AtomicUsize::new(0),
             connected: Mutex::default(),
-            streams: RoomStreams::default(),
+            streams: RoomStreams::new(mirror),
             sessions: Sessions::new(),
         }))
     }
@@ -301,6 +302,11 @@ impl AppHandle {
     /// an inbox is delivered in the order it was filled, while this
     /// worker's outbox waits for the end of its turn, after broadcasts of
     /// lower offsets that other threads may have put in its inbox meanwhile.
+    /// With an adapter that keeps history, such a broadcast goes to the
+    /// adapter alone, which numbers it for the cluster and has every node,
+    /// this one included, deliver it ([`deliver_history`](Self::deliver_history));
+    /// a [local](BroadcastOpts::local) one cannot be numbered for the
+    /// cluster and goes to this node's members without an offset.
     pub(crate) fn broadcast_from<T: Serialize + ?Sized>(
         &self,
         event: &str,
@@ -313,18 +319,31 @@ impl AppHandle {
             [room] => self.history(room).map(|history| (room, history)),
             _ => None,
         };
-        let Some((room, history)) = with_history else {
+        // Asked of the streams (set at start), not of the adapter: no call per broadcast.
+        let adapter = self.0.setup.adapter.as_ref().filter(|_| self.0.streams.is_mirror());
+        let Some((room, history)) = with_history.filter(|_| adapter.is_none() || !opts.local) else {
             let frame = self.encode_event(event, data)?;
             self.route(frame, opts, except, here);
             return Ok(());
         };
+        if let Some(adapter) = adapter {
+            let frame = self.encode_event(event, data)?;
+            let node = adapter.node();
+            let here = except.iter().map(|conn| SocketId { node, conn: self.public(*conn) });
+            let elsewhere = opts.except.iter().filter(|id| id.node != 0 && id.node != node).copied();
+            let except: Vec<SocketId> = here.chain(elsewhere).collect();
+            adapter.publish_history(room, history, &new_epoch(), frame.payload(), &except);
+            return Ok(());
+        }
+        let node = self.node();
+        let kept: Arc<[SocketId]> = except.iter().map(|&conn| SocketId { node, conn }).collect();
         let except: Arc<[ConnId]> = except.into();
         let now = Instant::now();
         self.with_stream(room, history, now, |stream| {
             stream.append(
                 now,
                 |epoch, offset| encode(|out| envelope::write_room_event(out, event, data, room, offset, epoch)),
-                except.clone(),
+                kept,
                 |frame| self.route_shared(frame.clone(), opts, except, None),
             )
         })
@@ -582,6 +601,7 @@ impl AppHandle {
     /// public id `public` (see [`Adapter::publish`](super::Adapter::publish)):
     /// this node's, or one resumed here from another node. Never sent on
     /// (it was routed here by the cluster's alias).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // called by the Redis adapter
     pub(crate) fn deliver_to_public(&self, envelope: &str, public: SocketId) {
         if self.0.server.get().is_none() {
             return; // no socket has opened on this node yet
@@ -640,6 +660,36 @@ impl AppHandle {
             }
             Target::User(user) => self.server().broadcast(self.to_user(user).conns(), &frame),
         }
+    }
+
+    /// Delivers a broadcast to `room` that an adapter keeping history (see
+    /// [`Adapter::keeps_history`](super::Adapter::keeps_history)) numbered
+    /// for the cluster: `envelope` is the frame as delivered (with its
+    /// room, `offset` and `epoch`), `except` the sockets it leaves out, with
+    /// their node ids. Under the lock of the room's stream, this node's
+    /// stream takes it (the next offset of the same epoch is kept; another
+    /// epoch starts the stream anew; after a gap the stream reaches back
+    /// from this one only; an offset already had of the same epoch is a
+    /// duplicate, ignored) and it goes to this node's members but `except`.
+    /// An adapter calls it for every such broadcast, this node's own
+    /// included, in the one order it numbered them.
+    pub fn deliver_history(&self, room: &str, epoch: &str, offset: u64, envelope: &str, except: &[SocketId]) {
+        let serving = self.0.server.get().is_some(); // no socket has opened on this node yet otherwise
+        let frame = SharedFrame::text(envelope);
+        // Kept as given, on whichever node: a recovery elsewhere leaves them out too.
+        let kept: Arc<[SocketId]> = except.into();
+        let except: Arc<[ConnId]> = self.local_ids(except).into();
+        let opts = BroadcastOpts::to(room).local();
+        let route = |frame: &SharedFrame| {
+            if serving {
+                self.route_shared(frame.clone(), &opts, except.clone(), None);
+            }
+        };
+        let Some(history) = self.history(room) else {
+            return route(&frame); // no history for the room here: the nodes' setups differ
+        };
+        let now = Instant::now();
+        self.with_stream(room, history, now, |stream| stream.take(epoch, offset, frame, now, kept, route));
     }
 
     /// Closes the sockets of this node that another node asked to close

@@ -511,6 +511,7 @@ impl AppWorker {
             groups: Vec::new(),
             store: Vec::new(),
             conn: claimed.lost.conn,
+            node: claimed.lost.node,
             positions: Vec::new(),
             deadline: Instant::now(),
             direct: Default::default(),
@@ -597,7 +598,7 @@ impl AppWorker {
                     group,
                     since(group, &request.rooms, &session.positions),
                     backfill,
-                    &[session.conn, session.public],
+                    &[SocketId { node: session.node, conn: session.conn }, public],
                     |frame| missed.push(frame.clone()),
                     || {
                         let _ = self.local.join_group(&app, conn, group, None);
@@ -695,6 +696,7 @@ impl AppWorker {
             groups: std::mem::take(&mut state.groups),
             store: std::mem::take(&mut state.store),
             conn,
+            node: self.app.node(),
             positions: std::mem::take(&mut state.positions),
             deadline: now + window,
             direct: Default::default(),
@@ -1101,6 +1103,7 @@ fn since<'a>(
     listed.or_else(|| noted.iter().find(|(r, ..)| &**r == room).map(|(_, epoch, offset)| (&**epoch, *offset)))
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // called by the Redis adapter
 impl AppHandle {
     /// A resume on another node takes over connection `old` of this node
     /// (of `user`): it is closed with 4409, its session kept, if it is

@@ -11,15 +11,24 @@
 //! Lock order: the map, then a stream, then the group registry (a broadcast
 //! reads it to find the workers; a recovery's join writes it). Nothing takes
 //! the map while holding a stream.
+//!
+//! With an adapter that keeps history (a cluster's), the adapter numbers a
+//! room's broadcasts and every node gets them back from it in one order
+//! ([`AppHandle::deliver_history`]): each node's streams are then mirrors of
+//! the cluster's, reaching back only as far as this node has followed the
+//! room, and a recovery fills in the rest from what the adapter keeps
+//! ([`AppHandle::prefetch_history`], [`Backfill`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::adapter::StoredHistory;
 use super::handle::AppHandle;
 use super::locks::{lock, read, write};
-use crate::runtime::{ConnId, SharedFrame};
+use super::socket_id::SocketId;
+use crate::runtime::SharedFrame;
 
 /// How much history a room keeps: its last `size` broadcasts, each for at
 /// most `ttl`. Given to rooms with [`App::history`](super::App::history).
@@ -116,6 +125,9 @@ pub(crate) fn history_of<'a>(rules: &'a HistoryRules, room: &str) -> Option<&'a 
     rules.iter().find(|(pattern, _)| pattern.matches(room)).map(|(_, history)| history)
 }
 
+/// Where a socket is in a room's stream: the epoch and the latest offset it has.
+pub(crate) type Position = (Arc<str>, u64);
+
 /// What a recovery found ([`AppHandle::recover`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Recovery {
@@ -131,7 +143,41 @@ pub(crate) struct Recovery {
 /// recoveries ([`AppHandle::prefetch_history`]) to fill in what this node's
 /// streams lack. Empty without an adapter that keeps history.
 #[derive(Debug, Default)]
-pub(crate) struct Backfill {}
+pub(crate) struct Backfill {
+    rooms: HashMap<Box<str>, RoomBackfill>,
+}
+
+/// One room's stream as the store had it.
+#[derive(Debug)]
+struct RoomBackfill {
+    epoch: Arc<str>,
+    /// The stream's latest offset then.
+    latest: u64,
+    /// Its kept broadcasts after the offset asked, oldest first.
+    entries: Vec<Entry>,
+}
+
+impl Backfill {
+    /// What an adapter read (`stored`, at `now`).
+    fn new(stored: StoredHistory, now: Instant) -> Backfill {
+        let rooms = stored
+            .into_iter()
+            .map(|(room, epoch, latest, kept)| {
+                let entries = kept
+                    .into_iter()
+                    .map(|(offset, frame, except, age)| Entry {
+                        frame: SharedFrame::text(&frame),
+                        offset,
+                        at: now.checked_sub(age).unwrap_or(now),
+                        except: except.into(),
+                    })
+                    .collect();
+                (room, RoomBackfill { epoch: epoch.into(), latest, entries })
+            })
+            .collect();
+        Backfill { rooms }
+    }
+}
 
 /// One kept broadcast.
 #[derive(Debug)]
@@ -139,15 +185,17 @@ struct Entry {
     frame: SharedFrame,
     offset: u64,
     at: Instant,
-    /// The sockets it left out (those of this node).
-    except: Arc<[ConnId]>,
+    /// The sockets it left out, on whichever node (an away socket left
+    /// out by its public id is left out as that).
+    except: Arc<[SocketId]>,
 }
 
 /// One room's stream.
 #[derive(Debug)]
 pub(crate) struct Stream {
     history: History,
-    epoch: Arc<str>,
+    /// `None`: a mirror of a cluster's stream that has had no broadcast yet.
+    epoch: Option<Arc<str>>,
     /// The latest offset given (0 before the first broadcast).
     offset: u64,
     /// When the stream was made or last written: once `ttl` has passed,
@@ -160,8 +208,8 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
-    fn new(history: History, now: Instant) -> Stream {
-        Stream { history, epoch: new_epoch(), offset: 0, written: now, entries: VecDeque::new(), removed: false }
+    fn new(history: History, now: Instant, epoch: Option<Arc<str>>) -> Stream {
+        Stream { history, epoch, offset: 0, written: now, entries: VecDeque::new(), removed: false }
     }
 
     /// Whether the whole history has expired and nobody here is in the
@@ -185,41 +233,104 @@ impl Stream {
         &mut self,
         now: Instant,
         encode: impl FnOnce(&str, u64) -> Result<SharedFrame, E>,
-        except: Arc<[ConnId]>,
+        except: Arc<[SocketId]>,
         route: impl FnOnce(&SharedFrame),
     ) -> Result<(), E> {
         let offset = self.offset + 1;
-        let frame = encode(&self.epoch, offset)?;
-        self.offset = offset;
-        self.written = now;
+        let frame = encode(self.epoch.get_or_insert_with(new_epoch), offset)?;
+        self.push(Entry { frame, offset, at: now, except }, route);
+        Ok(())
+    }
+
+    /// Keeps `entry`, the stream's next, and hands it to `route`.
+    fn push(&mut self, entry: Entry, route: impl FnOnce(&SharedFrame)) {
+        self.offset = entry.offset;
+        self.written = entry.at;
         if self.entries.len() == self.history.size {
             self.entries.pop_front();
         }
-        route(&frame);
-        self.entries.push_back(Entry { frame, offset, at: now, except });
-        Ok(())
+        route(&entry.frame);
+        self.entries.push_back(entry);
+    }
+
+    /// Takes a broadcast the cluster numbered (see
+    /// [`AppHandle::deliver_history`]) into this mirror and hands it to
+    /// `route`; a duplicate (an offset not above the latest of the same
+    /// epoch) is neither kept nor routed.
+    pub fn take(
+        &mut self,
+        epoch: &str,
+        offset: u64,
+        frame: SharedFrame,
+        now: Instant,
+        except: Arc<[SocketId]>,
+        route: impl FnOnce(&SharedFrame),
+    ) {
+        let entry = Entry { frame, offset, at: now, except };
+        if self.epoch.as_deref() == Some(epoch) {
+            if entry.offset <= self.offset {
+                return;
+            }
+            if entry.offset != self.offset + 1 {
+                self.entries.clear(); // a gap: the mirror reaches back from here only
+            }
+        } else {
+            self.epoch = Some(epoch.into()); // the cluster's stream started anew
+            self.entries.clear();
+        }
+        self.push(entry, route);
+    }
+
+    /// Whether every entry after `offset` of `epoch` is here.
+    fn serves(&self, epoch: &str, offset: u64) -> bool {
+        let first = self.entries.front().map_or(self.offset + 1, |e| e.offset);
+        self.epoch.as_deref() == Some(epoch) && offset <= self.offset && offset + 1 >= first
     }
 
     /// See [`AppHandle::recover`].
     fn recover(
         &self,
         since: Option<(&str, u64)>,
-        was: &[ConnId],
+        backfill: Option<&RoomBackfill>,
+        was: &[SocketId],
+        now: Instant,
         mut send: impl FnMut(&SharedFrame),
         join: impl FnOnce(),
     ) -> Recovery {
-        // The entries hold consecutive offsets: the first one kept says how far back they reach.
-        let first = self.entries.front().map_or(self.offset + 1, |e| e.offset);
-        let after =
-            since.filter(|(epoch, offset)| *epoch == &*self.epoch && *offset <= self.offset && offset + 1 >= first);
-        if let Some((_, offset)) = after {
-            let skip = usize::try_from(offset + 1 - first).unwrap_or(usize::MAX);
-            for entry in self.entries.iter().skip(skip).filter(|e| !e.except.iter().any(|id| was.contains(id))) {
-                send(&entry.frame);
+        // What is known of the stream: this node's entries, after those of
+        // the backfill older than them (of the same epoch), or the backfill
+        // alone when this node has had no broadcast of the room yet.
+        let (epoch, latest, older) = match (&self.epoch, backfill) {
+            (Some(epoch), Some(fill)) if *epoch == fill.epoch => (epoch.clone(), self.offset, &fill.entries[..]),
+            (Some(epoch), _) => (epoch.clone(), self.offset, &[][..]),
+            (None, Some(fill)) => (fill.epoch.clone(), fill.latest, &fill.entries[..]),
+            (None, None) => {
+                join();
+                return Recovery { recovered: false, epoch: None, offset: 0 };
             }
+        };
+        // The backfill fills in below this node's entries (none: below what it read).
+        let first_here = self.entries.front().map_or(latest + 1, |e| e.offset);
+        // The history reaches back `size` broadcasts, and for `ttl`.
+        let reach = latest.saturating_sub(self.history.size as u64);
+        let older = older.iter().filter(|e| {
+            e.offset > reach && e.offset < first_here && now.saturating_duration_since(e.at) < self.history.ttl
+        });
+        let mut known: Vec<&Entry> = older.chain(&self.entries).collect();
+        // Only the entries that run unbroken up to the latest count.
+        let mut unbroken = known.len();
+        while unbroken > 0 && known[unbroken - 1].offset == latest - (known.len() - unbroken) as u64 {
+            unbroken -= 1;
+        }
+        known.drain(..unbroken);
+        let first = known.first().map_or(latest + 1, |e| e.offset);
+        let after = since.filter(|(since, offset)| *since == &*epoch && *offset <= latest && offset + 1 >= first);
+        if let Some((_, offset)) = after {
+            let missed = known.iter().filter(|e| e.offset > offset && !e.except.iter().any(|id| was.contains(id)));
+            missed.for_each(|entry| send(&entry.frame));
         }
         join();
-        Recovery { recovered: after.is_some(), epoch: Some(self.epoch.clone()), offset: self.offset }
+        Recovery { recovered: after.is_some(), epoch: Some(epoch), offset: latest }
     }
 }
 
@@ -227,6 +338,9 @@ impl Stream {
 #[derive(Debug, Default)]
 pub(crate) struct RoomStreams {
     rooms: RwLock<Rooms>,
+    /// The streams mirror a cluster's: a new one has no epoch until its
+    /// first broadcast comes (else it gets a new epoch at once).
+    mirror: bool,
 }
 
 #[derive(Debug, Default)]
@@ -241,6 +355,20 @@ struct Rooms {
 const SWEEP_FROM: usize = 64;
 
 impl RoomStreams {
+    /// No stream yet; `mirror`: see [`RoomStreams::mirror`].
+    pub fn new(mirror: bool) -> RoomStreams {
+        RoomStreams { rooms: RwLock::default(), mirror }
+    }
+
+    /// Whether the streams mirror a cluster's (the adapter keeps history).
+    pub fn is_mirror(&self) -> bool {
+        self.mirror
+    }
+
+    fn new_stream(&self, history: History, now: Instant) -> Stream {
+        Stream::new(history, now, (!self.mirror).then(new_epoch))
+    }
+
     /// Runs `f` on `room`'s stream, under its lock: made if the room has
     /// none, expired entries dropped, and started anew (a new epoch) if it
     /// is stale. `in_use` says whether a room has members on this node.
@@ -261,7 +389,7 @@ impl RoomStreams {
             }
             stream.expire(now);
             if stream.is_stale(now, || in_use(room)) {
-                *stream = Stream::new(*history, now);
+                *stream = self.new_stream(*history, now);
             }
             return f(&mut stream);
         }
@@ -285,7 +413,7 @@ impl RoomStreams {
             });
             rooms.after_sweep = rooms.streams.len();
         }
-        let stream = Arc::new(Mutex::new(Stream::new(*history, now)));
+        let stream = Arc::new(Mutex::new(self.new_stream(*history, now)));
         rooms.streams.insert(room.into(), stream.clone());
         stream
     }
@@ -319,10 +447,13 @@ impl AppHandle {
     /// `None` for a room without history: what a socket notes when it
     /// joins, to recover from later. Makes the stream if the
     /// room had none yet (offset 0), so that its first broadcasts are
-    /// recoverable.
+    /// recoverable. With an adapter that keeps history, `None` too while
+    /// this node has had no broadcast of the room: its position is then
+    /// unknown here (asking the cluster's store would make a join wait for
+    /// it), and the socket notes none.
     pub(crate) fn position(&self, room: &str) -> Option<(Arc<str>, u64)> {
         let history = self.history(room)?;
-        Some(self.with_stream(room, history, Instant::now(), |stream| (stream.epoch.clone(), stream.offset)))
+        self.with_stream(room, history, Instant::now(), |stream| Some((stream.epoch.clone()?, stream.offset)))
     }
 
     /// Recovers a socket's missed broadcasts of `room` under the room's
@@ -345,14 +476,15 @@ impl AppHandle {
         room: &str,
         since: Option<(&str, u64)>,
         backfill: &Backfill,
-        was: &[ConnId],
+        was: &[SocketId],
         send: impl FnMut(&SharedFrame),
         join: impl FnOnce(),
     ) -> Recovery {
-        let _ = backfill; // nothing to fill in while the streams are all here
         match self.history(room) {
             Some(history) => {
-                self.with_stream(room, history, Instant::now(), |stream| stream.recover(since, was, send, join))
+                let now = Instant::now();
+                let fill = backfill.rooms.get(room);
+                self.with_stream(room, history, now, |stream| stream.recover(since, fill, was, now, send, join))
             }
             None => {
                 join();
@@ -366,21 +498,41 @@ impl AppHandle {
     /// Fetches what the cluster's store holds of `rooms` after the
     /// positions given (a room's (epoch, offset), or `None` when unknown),
     /// for recoveries from them, and calls `done` with it: at once, on this
-    /// thread, with nothing, when the app's streams are all on this node.
+    /// thread, with nothing, when the app's streams are all on this node or
+    /// this node's mirrors serve every position; otherwise on the adapter's
+    /// thread, once it has read (with nothing for the rooms it could not
+    /// read: the store is down). Rooms without history, and unknown
+    /// positions (nothing to recover from), are not read.
+    // Called by the resume path once it recovers across nodes (handler.rs, another change).
     pub(crate) fn prefetch_history(
         &self,
-        rooms: Vec<(Box<str>, Option<(Arc<str>, u64)>)>,
+        rooms: Vec<(Box<str>, Option<Position>)>,
         done: Box<dyn FnOnce(Backfill) + Send>,
     ) {
-        let _ = rooms;
-        done(Backfill::default());
+        let Some(adapter) = self.0.setup.adapter.as_ref().filter(|_| self.0.streams.is_mirror()) else {
+            return done(Backfill::default());
+        };
+        let now = Instant::now();
+        let reads: Vec<(Box<str>, u64)> = rooms
+            .into_iter()
+            .filter_map(|(room, since)| {
+                let (epoch, offset) = since?;
+                let history = self.history(&room)?;
+                let served = self.with_stream(&room, history, now, |stream| stream.serves(&epoch, offset));
+                (!served).then_some((room, offset))
+            })
+            .collect();
+        if reads.is_empty() {
+            return done(Backfill::default());
+        }
+        adapter.read_history(reads, Box::new(move |stored| done(Backfill::new(stored, Instant::now()))));
     }
 }
 
 /// A new stream's epoch: 8 random bytes in hex. Epochs need only differ
 /// from the ones before; if the OS has no randomness to give, the clock and
 /// a counter do that.
-fn new_epoch() -> Arc<str> {
+pub(crate) fn new_epoch() -> Arc<str> {
     static MADE: AtomicU64 = AtomicU64::new(0);
     let mut bytes = [0u8; 8];
     if getrandom::getrandom(&mut bytes).is_err() {
@@ -393,6 +545,7 @@ fn new_epoch() -> Arc<str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::ConnId;
 
     const TTL: Duration = Duration::from_secs(60);
 
@@ -415,7 +568,7 @@ mod tests {
                 start,
                 |_| true,
                 |stream| {
-                    let except: Arc<[ConnId]> = Arc::from([ConnId(stream.offset + 1)]);
+                    let except: Arc<[SocketId]> = Arc::from([SocketId { node: 0, conn: ConnId(stream.offset + 1) }]);
                     stream.append(start, |_, offset| Ok::<_, ()>(frame(offset)), except, |_| {}).expect("encodes");
                 },
             );
@@ -433,14 +586,14 @@ mod tests {
             &history,
             now,
             |_| false,
-            |stream| stream.recover(since, &[ConnId(was)], |f| sent.push(text(f)), || joined = true),
+            |stream| stream.recover(since, None, &[ConnId(was).into()], now, |f| sent.push(text(f)), || joined = true),
         );
         assert!(joined, "join always runs");
         (sent, recovery)
     }
 
     fn epoch(streams: &RoomStreams) -> Arc<str> {
-        read(&streams.rooms).streams["#r"].lock().expect("lock").epoch.clone()
+        read(&streams.rooms).streams["#r"].lock().expect("lock").epoch.clone().expect("a local stream has an epoch")
     }
 
     #[test]
@@ -533,7 +686,14 @@ mod tests {
         let recovered = |since: u64| {
             streams.with_stream("#r", &history, now, in_use, |stream| {
                 let mut sent = Vec::new();
-                let recovery = stream.recover(Some((&epoch, since)), &[ConnId(99)], |f| sent.push(text(f)), || {});
+                let recovery = stream.recover(
+                    Some((&epoch, since)),
+                    None,
+                    &[ConnId(99).into()],
+                    now,
+                    |f| sent.push(text(f)),
+                    || {},
+                );
                 (sent, recovery.recovered)
             })
         };
@@ -542,7 +702,7 @@ mod tests {
         // Everything expired with members in the room: same stream, nothing to replay.
         let now = later + TTL;
         let position = streams.with_stream("#r", &history, now, in_use, |s| (s.epoch.clone(), s.offset));
-        assert_eq!(position, (epoch.clone(), 4));
+        assert_eq!(position, (Some(epoch.clone()), 4));
         // ... and without members: the stream is lost.
         let (sent, recovery) = recover(&streams, Some((&epoch, 4)), 99, now);
         assert!(sent.is_empty() && !recovery.recovered);
@@ -583,7 +743,7 @@ mod tests {
             "#h",
             Some((&epoch, 0)),
             &Backfill::default(),
-            &[ConnId(1)],
+            &[ConnId(1).into()],
             |_| panic!("nothing to send"),
             || joined += 1,
         );
@@ -592,7 +752,7 @@ mod tests {
             "#plain",
             Some(("e", 0)),
             &Backfill::default(),
-            &[ConnId(1)],
+            &[ConnId(1).into()],
             |_| panic!("nothing kept"),
             || joined += 1,
         );
@@ -636,5 +796,133 @@ mod tests {
         }
         let routed = lock(&routed);
         assert_eq!(*routed, (1..=1000).collect::<Vec<u64>>());
+    }
+
+    /// Prefetch and backfill against a real Redis: a node that was not
+    /// there when a room's broadcasts were published recovers them.
+    #[cfg(feature = "redis")]
+    mod cluster {
+        use std::sync::mpsc;
+
+        use super::*;
+        use crate::app::{AppConfig, BroadcastOpts};
+        use crate::cluster::test_redis as redis_server;
+        use crate::cluster::{RedisAdapter, RedisOptions};
+
+        /// An app (not serving) of the cluster at `url` whose `#r` keeps `size` broadcasts.
+        fn node(url: &str, size: usize) -> AppHandle {
+            let adapter = RedisAdapter::new(url, RedisOptions::default().query_timeout(Duration::from_millis(500)))
+                .expect("a valid url");
+            let rules = vec![(RoomPattern::parse("#r").expect("valid"), History::new(size, TTL))];
+            AppHandle::new(AppConfig { history: rules, adapter: Some(adapter), ..Default::default() })
+        }
+
+        /// What `app` recovers of `#r` after (epoch, offset), through a prefetch.
+        fn recover(app: &AppHandle, epoch: &str, offset: u64) -> (Vec<String>, Recovery) {
+            let (tx, rx) = mpsc::channel();
+            let since = Some((Arc::from(epoch), offset));
+            app.prefetch_history(
+                vec![("#r".into(), since)],
+                Box::new(move |backfill| tx.send(backfill).expect("waited for")),
+            );
+            let backfill = rx.recv_timeout(Duration::from_secs(5)).expect("the prefetch answers");
+            let mut sent = Vec::new();
+            let text = |f: &SharedFrame| String::from_utf8(f.payload().to_vec()).expect("text");
+            let recovery = app.recover("#r", Some((epoch, offset)), &backfill, &[], |f| sent.push(text(f)), || {});
+            (sent, recovery)
+        }
+
+        /// Publishes `count` broadcasts to `#r` from `app` and waits until Redis numbered them all.
+        fn publish(app: &AppHandle, redis: &mut redis::Connection, count: u64) -> String {
+            for n in 1..=count {
+                app.broadcast("/said", &n, BroadcastOpts::to("#r")).expect("serializes");
+            }
+            redis_server::wait_for(Duration::from_secs(5), || {
+                redis::cmd("HGET").arg("emitws:h:{#r}:meta").arg("seq").query::<Option<u64>>(redis).ok().flatten()
+                    == Some(count)
+            });
+            redis::cmd("HGET").arg("emitws:h:{#r}:meta").arg("epoch").query(redis).expect("an epoch")
+        }
+
+        #[test]
+        fn a_node_that_was_not_there_recovers_from_redis() {
+            let Some(server) = redis_server::Redis::start() else { return };
+            let mut redis = redis::Client::open(server.url()).and_then(|c| c.get_connection()).expect("Redis up");
+            let publisher = node(&server.url(), 100);
+            let epoch = publish(&publisher, &mut redis, 5);
+            let late = node(&server.url(), 100);
+            assert_eq!(late.position("#r"), None, "nothing seen here yet: no position");
+            let (sent, recovery) = recover(&late, &epoch, 2);
+            let frame = |n: u64| format!(r##"[0,"/said",{n},{{"room":"#r","offset":{n},"epoch":"{epoch}"}}]"##);
+            assert_eq!(sent, [frame(3), frame(4), frame(5)], "byte for byte what a local stream writes");
+            assert_eq!(recovery, Recovery { recovered: true, epoch: Some(epoch.as_str().into()), offset: 5 });
+            // Up to date: nothing to send. Another epoch, or beyond the stream: not recovered.
+            assert_eq!(
+                recover(&late, &epoch, 5),
+                (vec![], Recovery { recovered: true, epoch: Some(epoch.as_str().into()), offset: 5 })
+            );
+            assert!(!recover(&late, "0123456789abcdef", 2).1.recovered);
+            assert!(!recover(&late, &epoch, 6).1.recovered);
+        }
+
+        #[test]
+        fn what_overflowed_the_history_is_not_recovered_even_if_redis_still_has_it() {
+            let Some(server) = redis_server::Redis::start() else { return };
+            let mut redis = redis::Client::open(server.url()).and_then(|c| c.get_connection()).expect("Redis up");
+            let publisher = node(&server.url(), 3);
+            let epoch = publish(&publisher, &mut redis, 10);
+            let late = node(&server.url(), 3);
+            let (sent, recovery) = recover(&late, &epoch, 6);
+            assert!(sent.is_empty() && !recovery.recovered, "{sent:?}");
+            assert_eq!(recovery.offset, 10);
+            assert_eq!(recover(&late, &epoch, 7).0.len(), 3);
+        }
+
+        #[test]
+        fn prefetches_queued_while_a_read_waits_share_one_read_per_room() {
+            let Some(server) = redis_server::Redis::start() else { return };
+            let mut redis = redis::Client::open(server.url()).and_then(|c| c.get_connection()).expect("Redis up");
+            let adapter = RedisAdapter::new(&server.url(), RedisOptions::default()).expect("a valid url");
+            let rules = vec![(RoomPattern::parse("#r").expect("valid"), History::new(100, TTL))];
+            let late =
+                AppHandle::new(AppConfig { history: rules, adapter: Some(adapter.clone()), ..Default::default() });
+            let epoch = publish(&node(&server.url(), 100), &mut redis, 5);
+            let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut redis).expect("reset");
+            // Hold the background thread until three prefetches are queued.
+            let (release, held) = mpsc::channel::<()>();
+            adapter.link().background(Box::new(move |_| {
+                let _ = held.recv_timeout(Duration::from_secs(5));
+                Ok(())
+            }));
+            let (tx, rx) = mpsc::channel();
+            for offset in [3, 1, 4] {
+                let tx = tx.clone();
+                let since = Some((Arc::from(epoch.as_str()), offset));
+                late.prefetch_history(
+                    vec![("#r".into(), since)],
+                    Box::new(move |b| tx.send((offset, b)).expect("waited for")),
+                );
+            }
+            release.send(()).expect("the job waits");
+            for _ in 0..3 {
+                let (offset, backfill) = rx.recv_timeout(Duration::from_secs(5)).expect("answered");
+                let mut sent = 0;
+                let recovery = late.recover("#r", Some((&epoch, offset)), &backfill, &[], |_| sent += 1, || {});
+                assert!(recovery.recovered, "from {offset}");
+                assert_eq!(sent, 5 - offset, "from {offset}");
+            }
+            let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut redis).expect("stats");
+            let evals = stats.lines().find(|l| l.starts_with("cmdstat_eval:")).unwrap_or_default();
+            assert!(evals.starts_with("cmdstat_eval:calls=1,"), "one read for the three: {stats}");
+        }
+
+        #[test]
+        fn with_redis_down_a_prefetch_answers_with_nothing() {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a port").port();
+            let app = node(&format!("redis://127.0.0.1:{port}/"), 10);
+            let (sent, recovery) = recover(&app, "0123456789abcdef", 1);
+            assert!(sent.is_empty());
+            assert_eq!(recovery, Recovery { recovered: false, epoch: None, offset: 0 });
+        }
     }
 }

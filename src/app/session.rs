@@ -139,6 +139,8 @@ pub(crate) struct Session {
     pub store: Vec<(Box<str>, Box<dyn Any + Send>)>,
     /// The connection it had when it was lost.
     pub conn: ConnId,
+    /// The node of `conn` (0 outside a cluster).
+    pub node: u64,
     /// For each room with history: its epoch and offset when the socket
     /// joined it (or last recovered it).
     pub positions: Vec<(Box<str>, Arc<str>, u64)>,
@@ -186,6 +188,7 @@ struct Table {
     /// is sent to them here is forwarded.
     departed: HashSet<ConnId>,
     /// The same, oldest first, to remember a bounded number.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // called by the Redis adapter
     departed_order: VecDeque<ConnId>,
 }
 
@@ -509,6 +512,7 @@ mod tests {
             groups: Vec::new(),
             store: Vec::new(),
             conn: ConnId(public),
+            node: 0,
             positions: Vec::new(),
             deadline,
             direct: VecDeque::new(),

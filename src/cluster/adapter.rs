@@ -5,12 +5,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::error::ClusterError;
+use super::history::{RedisHistory, StoredHistory};
 use super::link::{alive_nodes, Inbound, RedisLink};
 use super::options::RedisOptions;
 use super::sessions::{self, Found, Record};
 use super::wire::{hex, Header};
 use crate::app::{
-    self, Adapter, AppHandle, BroadcastOpts, ClaimDone, ClaimOutcome, Presence, Scope, SessionClaim, SocketId, Target,
+    self, Adapter, AppHandle, BroadcastOpts, ClaimDone, ClaimOutcome, History, Presence, Scope, SessionClaim, SocketId,
+    Target,
 };
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
@@ -26,10 +28,21 @@ use crate::runtime::ConnId;
 /// and closes as `NODE\n{"cs":[conn,code]}\nREASON` or
 /// `NODE\n{"cu":[user,code]}\nREASON`; a resume elsewhere sends
 /// `{"t":[conn,user]}` (take that connection over) and `{"m":[conn,public]}`
-/// (the session lost with it was claimed); anything else is ignored.
+/// (the session lost with it was claimed); a broadcast to a room with
+/// history goes as `NODE\n{"h":[room,epoch,offset,except]}\nFRAME` on the
+/// history channel, from Redis's script; anything else is ignored.
 ///
 /// Sessions kept for resume are records in Redis that any node claims
 /// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
+///
+/// Rooms with [history](crate::app::App::history) are numbered and kept in
+/// Redis (see the module's docs): a broadcast to one goes to Redis, which
+/// gives it the room's next offset, keeps it and publishes it to every node,
+/// this one included, so that all deliver the room's broadcasts in one order
+/// with the same offsets, and any node recovers them. While Redis is
+/// unreachable, such broadcasts cannot be numbered: they are dropped, and
+/// counted with the dropped publishes (`cluster_dropped_total`), reaching
+/// no socket, this node's included.
 ///
 /// ```no_run
 /// use emitws::app::App;
@@ -40,6 +53,7 @@ use crate::runtime::ConnId;
 /// ```
 pub struct RedisAdapter {
     link: RedisLink,
+    history: RedisHistory,
     app: AppSlot,
 }
 
@@ -52,7 +66,8 @@ impl fmt::Debug for RedisAdapter {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `mutex`, through a poisoning (what it guards stays consistent at every step).
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -72,7 +87,7 @@ impl RedisAdapter {
                 deliver(&app, &message);
             }
         })?;
-        Ok(Arc::new(RedisAdapter { link, app }))
+        Ok(Arc::new(RedisAdapter { history: RedisHistory::new(link.clone()), link, app }))
     }
 
     /// The link under the adapter.
@@ -192,7 +207,12 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
             app.deliver_close(Target::Socket(here(conn)), CloseCode(code), body)
         }
         Header::CloseUser(user, code) => app.deliver_close(Target::User(&user), CloseCode(code), body),
-        Header::Socket(_) | Header::CloseSocket(..) => {}
+        Header::History(room, epoch, offset, except) if !message.direct => {
+            let except: Vec<SocketId> =
+                except.into_iter().map(|(node, conn)| SocketId { node, conn: ConnId(conn) }).collect();
+            app.deliver_history(&room, &epoch, offset, envelope()?, &except);
+        }
+        Header::Socket(_) | Header::CloseSocket(..) | Header::History(..) => {}
     }
     Some(())
 }
@@ -204,6 +224,7 @@ impl Adapter for RedisAdapter {
 
     fn attach(&self, app: AppHandle) {
         self.link.count_into(app.metrics());
+        self.history.count_into(app.metrics());
         *lock(&self.app) = Some(app);
     }
 
@@ -298,5 +319,17 @@ impl Adapter for RedisAdapter {
         } else {
             Err("Redis unreachable".into())
         }
+    }
+
+    fn keeps_history(&self) -> bool {
+        true
+    }
+
+    fn publish_history(&self, room: &str, history: &History, epoch: &str, envelope: &[u8], except: &[SocketId]) {
+        self.history.publish(room, history, epoch, envelope, except);
+    }
+
+    fn read_history(&self, reads: Vec<(Box<str>, u64)>, done: Box<dyn FnOnce(StoredHistory) + Send>) {
+        self.history.read(reads, done);
     }
 }

@@ -25,7 +25,8 @@
 //! as its heartbeat expires, and survivors delete its keys afterwards.
 //!
 //! Messages between nodes go over pub/sub: `P:all` for broadcasts, `P:node:ID`
-//! for one node. Each payload starts with the sender's id (16 hex digits) and
+//! for one node, `P:history` for broadcasts to rooms with history (numbered
+//! by a script in Redis, and taken by every node, the sender's included). Each payload starts with the sender's id (16 hex digits) and
 //! a newline, so a node ignores its own broadcasts; the app's messages then
 //! have a one-line JSON header saying who they are for, a newline and the
 //! envelope (see [`RedisAdapter`]). One thread per node subscribes, another
@@ -52,17 +53,22 @@
 //! app-message header), `link` (the node's [`RedisLink`] and its queries),
 //! `writer` and `subscriber` (the link's main threads), `reader` (its
 //! background thread for claims and reads a worker must not wait for),
-//! `outage` (backoff and outage logging, shared by the threads), `adapter`
-//! ([`RedisAdapter`]).
+//! `outage` (backoff and outage logging, shared by the threads), `history`
+//! (room history kept and numbered in Redis), `adapter` ([`RedisAdapter`]).
 
 mod adapter;
 mod error;
+mod history;
 mod link;
 mod options;
 mod outage;
 mod reader;
 mod sessions;
 mod subscriber;
+/// The tests' redis-server, for crate tests against a real Redis.
+#[cfg(test)]
+#[path = "../../tests/common/redis.rs"]
+pub(crate) mod test_redis;
 mod wire;
 mod writer;
 

@@ -1,5 +1,7 @@
-//! The link's subscriber thread: it listens on the broadcast channel and
-//! this node's own, and hands every other node's message on.
+//! The link's subscriber thread: it listens on the broadcast channel, this
+//! node's own and the history channel, and hands every other node's
+//! message on, and every message of the history channel, this node's too
+//! (a room's broadcasts reach every node in the one order Redis gave them).
 
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
@@ -10,11 +12,13 @@ use super::link::{gone, Inbound, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
 use super::wire::split_sender;
 
-/// The subscriber thread: hands every message from another node to `deliver`.
+/// The subscriber thread: hands every message from another node, and every
+/// one on the history channel, to `deliver`.
 pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, deliver: impl Fn(Inbound)) {
     let p = options.prefix.clone();
     let all = format!("{p}:all");
     let direct = format!("{p}:node:{node}");
+    let history = format!("{p}:history");
     let mut outage = Outage::new("subscriber");
     let mut wait = Duration::ZERO;
     loop {
@@ -33,7 +37,7 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
         // Wake up now and then to notice a stop.
         let _ = conn.set_read_timeout(Some(Duration::from_millis(250)));
         let mut pubsub = conn.as_pubsub();
-        if pubsub.subscribe(&all).and_then(|()| pubsub.subscribe(&direct)).is_err() {
+        if pubsub.subscribe(&[&all, &direct, &history]).is_err() {
             continue;
         }
         outage.recovered();
@@ -55,13 +59,14 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
             };
             // Malformed payloads (no sender line) are ignored.
             let Some((sender, from, payload)) = split_sender(message.get_payload_bytes()) else { continue };
-            if sender == node.as_bytes() {
+            let channel = message.get_channel_name();
+            if sender == node.as_bytes() && channel != history {
                 continue;
             }
             if let Some(inner) = link.upgrade() {
                 inner.received.fetch_add(1, Ordering::Relaxed);
             }
-            let is_direct = message.get_channel_name() == direct;
+            let is_direct = channel == direct;
             deliver(Inbound { from, direct: is_direct, payload: payload.to_vec() });
         }
     }

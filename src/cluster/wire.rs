@@ -59,4 +59,10 @@ pub(super) enum Header {
     /// Close a user's devices with a code; the reason follows.
     #[serde(rename = "cu")]
     CloseUser(String, u16),
+    /// A broadcast to a room with history, numbered in Redis: the room, its
+    /// epoch and offset, and the sockets left out, as (node, conn). Written
+    /// by the publish script (`history.rs`), delivered to every node, the
+    /// sender included.
+    #[serde(rename = "h")]
+    History(String, String, u64, Vec<(u64, u64)>),
 }
