@@ -12,7 +12,7 @@ mod redis_server;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use emitws::client::app::{AppClient, AppOptions};
+use emitws::client::app::{AppClient, AppError, AppOptions};
 use redis_server::Redis;
 use serde_json::{json, Value};
 
@@ -79,4 +79,50 @@ fn a_room_spans_two_chat_servers() {
     ann.close();
     cat.close();
     one.close();
+}
+
+#[test]
+fn a_conversation_goes_on_across_a_server_restart() {
+    let Some(redis) = Redis::start() else { return };
+    let one = chat::serve("127.0.0.1:0", Some(&redis.url())).expect("first server");
+    let addr = one.local_addr();
+    let two = chat::serve("127.0.0.1:0", Some(&redis.url())).expect("second server");
+    let (ann, ann_hears) = user(&one);
+    let (bob, bob_hears) = user(&two);
+    ann.request("/chat/join", json!({ "room": "lobby", "name": "ann" }), WAIT).expect("ann joins");
+    bob.request("/chat/join", json!({ "room": "lobby", "name": "bob" }), WAIT).expect("bob joins");
+    bob.request("/chat/say", json!({ "room": "lobby", "text": "before" }), WAIT).expect("bob says");
+    assert_eq!(next(&ann_hears, "/chat/message")["text"], "before");
+
+    // Ann's server restarts: it goes away (1001: her session is kept, in
+    // Redis), bob talks meanwhile, and a new process takes its address.
+    one.close();
+    bob.request("/chat/say", json!({ "room": "lobby", "text": "while you were away" }), WAIT).expect("bob says");
+    let one = chat::serve(&addr.to_string(), Some(&redis.url())).expect("the server again");
+
+    // Ann's client resumes there by itself and gets what she missed, once.
+    assert_eq!(next(&ann_hears, "/chat/message")["text"], "while you were away");
+    redis_server::wait_for(WAIT, || ann.recovered("#lobby") == Some(true));
+    // Her seat stayed with the old process: she takes it again, as the page
+    // does when a message is refused, and the conversation goes on.
+    let refused = ann.request("/chat/say", json!({ "room": "lobby", "text": "back" }), WAIT);
+    assert!(matches!(&refused, Err(AppError::Remote { code, .. }) if code == "forbidden"), "{refused:?}");
+    let joined = ann.request("/chat/join", json!({ "room": "lobby", "name": "ann" }), WAIT).expect("ann joins again");
+    let texts: Vec<&Value> = joined["history"].as_array().expect("history").iter().map(|m| &m["text"]).collect();
+    assert_eq!(texts, [&json!("before"), &json!("while you were away")]);
+    ann.request("/chat/say", json!({ "room": "lobby", "text": "back" }), WAIT).expect("ann says");
+    loop {
+        let said = next(&bob_hears, "/chat/message");
+        if said["text"] == "back" {
+            assert_eq!(said["user"], "ann");
+            break;
+        }
+    }
+    assert!(ann_hears
+        .try_iter()
+        .all(|(event, data)| event != "/chat/message" || data["text"] != "while you were away"));
+    ann.close();
+    bob.close();
+    one.close();
+    two.close();
 }

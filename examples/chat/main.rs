@@ -19,10 +19,14 @@
 //! - request `/say {room, text}` → `true`; the room gets `/message {room, user, text, ts}`
 //! - event `/typing {room}`; the room gets `/typing {room, user}`
 //! - a socket that leaves its room or disconnects: everyone gets `/presence {room, users, left, rooms}`
-//! - a socket that resumes after a lost connection (PROTOCOL.md §13) is back
-//!   in its room without joining again: everyone, itself included, gets
-//!   `/presence {room, users, joined, rooms}`; on a single server it also
-//!   gets the room's messages it missed, as `/message` events
+//! - a socket that resumes after a lost connection (PROTOCOL.md §13) gets
+//!   the room's messages it missed, as `/message` events, on whichever
+//!   server it comes back to. On the server it was on, it is back in its
+//!   room without joining again: everyone, itself included, gets
+//!   `/presence {room, users, joined, rooms}`. Its seat (room and name) is
+//!   kept in that server's memory, so elsewhere (another node, or the same
+//!   address after a restart) `/say` answers `forbidden` until it joins
+//!   again, which the page then does by itself
 //!
 //! Handlers never wait for the store: they keep what belongs to the socket
 //! (its room, its name) on the worker and hand the rest to the store's own
@@ -459,14 +463,11 @@ pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Bo
     };
     let mut app = chat_app(store_thread(store));
     app.resume_window(Some(RESUME_WINDOW));
-    // Resumed sockets get the messages they missed from the rooms' history.
-    // A server keeps the history of the broadcasts made on it only, so a
-    // cluster keeps none: a resumed page is then told its rooms are not
-    // recovered, and fetches them again from the store. Typing events are
-    // kept too (they go to the room alone); the page ignores replayed ones.
-    if redis.is_none() {
-        app.history("#*", History::new(HISTORY, RESUME_WINDOW));
-    }
+    // Resumed sockets get the messages they missed from the rooms' history:
+    // this server's memory alone, Redis's in a cluster (any node recovers
+    // them). Typing events are kept too (they go to the room alone); the
+    // page ignores replayed ones.
+    app.history("#*", History::new(HISTORY, RESUME_WINDOW));
     #[cfg(feature = "redis")]
     if let Some(url) = redis {
         use emitws::cluster::{RedisAdapter, RedisOptions};
