@@ -272,6 +272,10 @@ mod cluster {
             .collect();
         drop(told);
         wait_for(WAIT, || b.cluster().socket_count().is_ok_and(|n| n == CLIENTS));
+        let socket_id =
+            |client: &AppClient| -> SocketId { client.welcome().unwrap()["socket"].as_str().unwrap().parse().unwrap() };
+        let before: Vec<SocketId> = clients.iter().map(socket_id).collect();
+        assert!(before.iter().all(|socket| socket.node == a.node()));
 
         *start.lock().unwrap() = Some(Instant::now());
         let drain = a.drain(SPAN, Some(&url(&b))).unwrap();
@@ -284,10 +288,11 @@ mod cluster {
         assert!(drain.wait(WAIT), "{} sockets left on a", drain.remaining());
         assert_eq!(a.socket_count(), 0);
         wait_for(WAIT, || b.socket_count() == CLIENTS);
-        for client in &clients {
+        for (client, before) in clients.iter().zip(before) {
             assert_eq!(whereabouts(client), "b");
-            let socket: SocketId = client.welcome().unwrap()["socket"].as_str().unwrap().parse().unwrap();
-            assert_eq!(socket.node, b.node(), "the client's socket is b's");
+            // A drain keeps the sessions: each resumed on b as the socket it was on a.
+            assert_eq!(client.welcome().unwrap()["resumed"], true);
+            assert_eq!(socket_id(client), before, "the client's socket kept its id");
         }
         // Loosely: the moves were spread over the drain, not all at its start.
         times.sort();
