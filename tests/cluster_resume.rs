@@ -52,6 +52,7 @@ fn app(adapter: Arc<RedisAdapter>, disconnects: Arc<Mutex<Vec<(String, Value)>>>
             "user": req.user(),
             "groups": req.groups(),
             "n": req.get::<u32>("n"),
+            "seat": req.get_shared::<Value>("seat"),
         });
         let _ = req.emit("/hello", &hello);
     });
@@ -68,6 +69,14 @@ fn app(adapter: Arc<RedisAdapter>, disconnects: Arc<Mutex<Vec<(String, Value)>>>
         let n: u32 = req.data().expect("a number");
         req.set("n", n);
         req.reply(&true);
+    });
+    app.on("/share", |req| {
+        let seat: Value = req.data().expect("a seat");
+        let shared = match seat {
+            Value::Null => req.remove("seat").is_some(),
+            seat => req.set_shared("seat", &seat).is_ok(),
+        };
+        req.reply(&shared);
     });
     app.on("/say", |req| {
         let (room, text): (String, String) = req.data().expect("[room, text]");
@@ -123,6 +132,14 @@ impl Node {
     }
 }
 
+/// Two nodes (heartbeats of 2 s) keeping sessions for `window`, each seeing the other alive.
+fn two_nodes(redis: &Redis, window: Duration) -> (Node, Node) {
+    let (a, b) =
+        (Node::start(redis, Duration::from_secs(2), window), Node::start(redis, Duration::from_secs(2), window));
+    wait_joined(&[&a, &b]);
+    (a, b)
+}
+
 /// Waits until every node sees all of them alive.
 fn wait_joined(nodes: &[&Node]) {
     wait_for(Duration::from_secs(5), || {
@@ -160,10 +177,7 @@ fn read_resume(client: &mut AppClient, id: u64) -> (Value, Value, Value) {
 #[test]
 fn a_socket_lost_on_one_node_resumes_on_another_with_its_id_user_and_rooms() {
     let Some(redis) = Redis::start() else { return };
-    let window = Duration::from_secs(30);
-    let (a, b) =
-        (Node::start(&redis, Duration::from_secs(2), window), Node::start(&redis, Duration::from_secs(2), window));
-    wait_joined(&[&a, &b]);
+    let (a, b) = two_nodes(&redis, Duration::from_secs(30));
     let (mut ann, socket, token) = connect(a.addr(), "ann");
     assert!(ann.request("/join", json!("#lobby")).expect("joined") == true);
     ann.request("/set", json!(7)).expect("set");
@@ -174,7 +188,8 @@ fn a_socket_lost_on_one_node_resumes_on_another_with_its_id_user_and_rooms() {
     let (mut back, id) = resume(b.addr(), "ann", &token);
     let (hello, reply, ready) = read_resume(&mut back, id);
     // The stored value stays in the memory of node A.
-    let expected = json!({ "resumed": true, "socket": socket, "user": "ann", "groups": ["#lobby"], "n": null });
+    let expected =
+        json!({ "resumed": true, "socket": socket, "user": "ann", "groups": ["#lobby"], "n": null, "seat": null });
     assert_eq!(hello, expected, "@connection runs on the restored socket");
     assert_eq!(reply, json!({ "resumed": true, "socket": socket, "rooms": {}, "direct": { "recovered": true } }));
     assert_eq!((&ready["user"], &ready["resumed"]), (&json!("ann"), &json!(true)), "{ready}");
@@ -230,10 +245,7 @@ fn id_of(socket: &str) -> SocketId {
 #[test]
 fn one_token_presented_to_two_nodes_at_once_resumes_once() {
     let Some(redis) = Redis::start() else { return };
-    let window = Duration::from_secs(30);
-    let (a, b) =
-        (Node::start(&redis, Duration::from_secs(2), window), Node::start(&redis, Duration::from_secs(2), window));
-    wait_joined(&[&a, &b]);
+    let (a, b) = two_nodes(&redis, Duration::from_secs(30));
     for _ in 0..3 {
         let (ann, socket, token) = connect(a.addr(), "ann");
         a.lose(ann, &socket);
@@ -254,9 +266,7 @@ fn one_token_presented_to_two_nodes_at_once_resumes_once() {
 fn a_session_ends_with_its_window_and_stays_for_its_own_user_only() {
     let Some(redis) = Redis::start() else { return };
     let window = Duration::from_millis(500);
-    let (a, b) =
-        (Node::start(&redis, Duration::from_secs(2), window), Node::start(&redis, Duration::from_secs(2), window));
-    wait_joined(&[&a, &b]);
+    let (a, b) = two_nodes(&redis, window);
     let (ann, socket, token) = connect(a.addr(), "ann");
     a.lose(ann, &socket);
     // Bob cannot take Ann's session; she still can.
@@ -282,10 +292,7 @@ fn a_session_ends_with_its_window_and_stays_for_its_own_user_only() {
 #[test]
 fn a_connection_still_open_on_one_node_is_taken_over_from_another() {
     let Some(redis) = Redis::start() else { return };
-    let window = Duration::from_secs(30);
-    let (a, b) =
-        (Node::start(&redis, Duration::from_secs(2), window), Node::start(&redis, Duration::from_secs(2), window));
-    wait_joined(&[&a, &b]);
+    let (a, b) = two_nodes(&redis, Duration::from_secs(30));
     let (mut old, socket, token) = connect(a.addr(), "ann");
     old.request("/join", json!("#lobby")).expect("joined");
     let (mut back, id) = resume(b.addr(), "ann", &token);
@@ -305,10 +312,7 @@ fn a_connection_still_open_on_one_node_is_taken_over_from_another() {
 #[test]
 fn direct_messages_sent_while_away_from_any_node_are_replayed_on_the_node_it_resumes_on() {
     let Some(redis) = Redis::start() else { return };
-    let window = Duration::from_secs(30);
-    let (a, b) =
-        (Node::start(&redis, Duration::from_secs(2), window), Node::start(&redis, Duration::from_secs(2), window));
-    wait_joined(&[&a, &b]);
+    let (a, b) = two_nodes(&redis, Duration::from_secs(30));
     let (on_a, on_b) = (a.running.app(), b.running.app());
     for (sent, complete) in [(BUFFER, true), (BUFFER + 2, false)] {
         let (ann, socket, token) = connect(a.addr(), "ann");
@@ -402,5 +406,35 @@ fn a_killed_nodes_sockets_resume_on_another_once_its_heartbeat_expires() {
     assert_eq!(hello["groups"], json!(["#lobby"]));
     bob.request("/say", json!(["#lobby", "still here"])).expect("said");
     assert_eq!(back.expect_event("/said"), "still here");
+    b.close();
+}
+
+#[test]
+fn shared_values_follow_a_socket_to_every_node_it_resumes_on() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = two_nodes(&redis, Duration::from_secs(30));
+    let (mut ann, socket, token) = connect(a.addr(), "ann");
+    let seat = json!({ "room": "#lobby", "name": "Ann \"the\" é" });
+    assert_eq!(ann.request("/share", seat.clone()).expect("shared"), true);
+    ann.request("/set", json!(7)).expect("set");
+    a.lose(ann, &socket);
+
+    // On node B: the shared value is back, the plain one stayed on A.
+    let (mut back, id) = resume(b.addr(), "ann", &token);
+    let (hello, _, ready) = read_resume(&mut back, id);
+    assert_eq!((&hello["resumed"], &hello["seat"], &hello["n"]), (&json!(true), &seat, &Value::Null), "{hello}");
+    // ... and it follows the socket on: lost on B, back on A.
+    b.lose(back, &socket);
+    let (mut home, id) = resume(a.addr(), "ann", ready["resume"].as_str().expect("a token"));
+    let (hello, _, ready) = read_resume(&mut home, id);
+    assert_eq!(hello["seat"], seat, "{hello}");
+
+    // Removed, it is gone from the record too.
+    assert_eq!(home.request("/share", Value::Null).expect("removed"), true);
+    a.lose_again(home, &socket, 1);
+    let (mut again, id) = resume(b.addr(), "ann", ready["resume"].as_str().expect("a token"));
+    let (hello, _, _) = read_resume(&mut again, id);
+    assert_eq!((&hello["resumed"], &hello["seat"]), (&json!(true), &Value::Null), "{hello}");
+    a.close();
     b.close();
 }

@@ -19,14 +19,11 @@
 //! - request `/say {room, text}` → `true`; the room gets `/message {room, user, text, ts}`
 //! - event `/typing {room}`; the room gets `/typing {room, user}`
 //! - a socket that leaves its room or disconnects: everyone gets `/presence {room, users, left, rooms}`
-//! - a socket that resumes after a lost connection (PROTOCOL.md §13) gets
-//!   the room's messages it missed, as `/message` events, on whichever
-//!   server it comes back to. On the server it was on, it is back in its
-//!   room without joining again: everyone, itself included, gets
-//!   `/presence {room, users, joined, rooms}`. Its seat (room and name) is
-//!   kept in that server's memory, so elsewhere (another node, or the same
-//!   address after a restart) `/say` answers `forbidden` until it joins
-//!   again, which the page then does by itself
+//! - a socket that resumes after a lost connection (PROTOCOL.md §13), on
+//!   whichever server it comes back to (another node of the cluster, or the
+//!   same address after a restart), is back in its room without joining
+//!   again, with the room's messages it missed as `/message` events:
+//!   everyone, itself included, gets `/presence {room, users, joined, rooms}`
 //!
 //! Handlers never wait for the store: they keep what belongs to the socket
 //! (its room, its name) on the worker and hand the rest to the store's own
@@ -279,9 +276,9 @@ fn submit(req: &Request<'_>, jobs: &Jobs, job: Job) {
     let _ = jobs.send((req.app().clone(), job));
 }
 
-/// Where a socket is: stored on the socket with `req.set`, and restored
-/// with it when the socket resumes.
-#[derive(Clone)]
+/// Where a socket is: stored on the socket with `req.set_shared`, and
+/// restored with it when the socket resumes, on whichever server.
+#[derive(Clone, Serialize, Deserialize)]
 struct Seat {
     room: String,
     name: String,
@@ -316,9 +313,10 @@ fn now_ms() -> u64 {
 
 /// Takes the socket out of its room (if it is in one) and tells everyone.
 fn leave_room(req: &mut Request<'_>, jobs: &Jobs) {
-    let Some(seat) = req.remove("seat").and_then(|seat| seat.downcast::<Seat>().ok()) else { return };
+    let Some(seat) = req.get_shared::<Seat>("seat") else { return };
+    req.remove("seat");
     req.leave(&format!("#{}", seat.room));
-    leave_store(req, jobs, *seat);
+    leave_store(req, jobs, seat);
 }
 
 /// Takes the socket's member out of the store's room and tells everyone.
@@ -361,13 +359,13 @@ fn chat_app(jobs: Jobs) -> App {
         // Joining the room it is in (a page back from a resume that could not
         // recover the room fetches it again) is no leave: the others see the
         // same user list, without "left" and "joined" again.
-        if req.get::<Seat>("seat").is_some_and(|seat| seat.room != room) {
+        if req.get_shared::<Seat>("seat").is_some_and(|seat| seat.room != room) {
             leave_room(req, &queue);
         }
         if let Err(error) = req.join(&format!("#{room}")) {
             return req.reply_err("forbidden", &error.to_string());
         }
-        req.set("seat", Seat { room: room.clone(), name: name.clone() });
+        let _ = req.set_shared("seat", &Seat { room: room.clone(), name: name.clone() });
         let (reply, member) = (req.defer(), req.socket_id());
         submit(
             req,
@@ -386,7 +384,7 @@ fn chat_app(jobs: Jobs) -> App {
     let queue = jobs.clone();
     chat.on("/say", move |req| {
         let Some(Say { room, text }) = req.expect_data::<Say>() else { return };
-        let Some(seat) = req.get::<Seat>("seat").filter(|seat| seat.room == room) else {
+        let Some(seat) = req.get_shared::<Seat>("seat").filter(|seat| seat.room == room) else {
             return req.reply_err("forbidden", "join the room first");
         };
         let text = text.trim();
@@ -401,7 +399,7 @@ fn chat_app(jobs: Jobs) -> App {
 
     chat.on("/typing", |req| {
         let Some(Typing { room }) = req.expect_data::<Typing>() else { return };
-        let Some(seat) = req.get::<Seat>("seat").filter(|seat| seat.room == room) else { return };
+        let Some(seat) = req.get_shared::<Seat>("seat").filter(|seat| seat.room == room) else { return };
         let typing = json!({ "room": seat.room, "user": seat.name });
         let _ = req.broadcast("/chat/typing", &typing, BroadcastOpts::to(&format!("#{room}")));
     });
@@ -412,7 +410,7 @@ fn chat_app(jobs: Jobs) -> App {
     // everyone, and are not replayed).
     let queue = jobs.clone();
     app.on("@connection", move |req| {
-        let Some(Seat { room, name }) = req.get::<Seat>("seat").filter(|_| req.resumed()).cloned() else { return };
+        let Some(Seat { room, name }) = req.get_shared::<Seat>("seat").filter(|_| req.resumed()) else { return };
         let member = req.socket_id();
         submit(
             req,
@@ -430,7 +428,7 @@ fn chat_app(jobs: Jobs) -> App {
     // its state is kept as this handler leaves it.
     app.on("@disconnect", move |req| {
         let resumable = req.data::<Value>().is_ok_and(|data| data["resumable"] == true);
-        match req.get::<Seat>("seat").filter(|_| resumable).cloned() {
+        match req.get_shared::<Seat>("seat").filter(|_| resumable) {
             Some(seat) => leave_store(req, &jobs, seat),
             None => leave_room(req, &jobs),
         }

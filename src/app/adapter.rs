@@ -66,6 +66,16 @@ pub enum Presence<'a> {
         /// socket joined it (or last recovered it), where a resume replays from.
         position: Option<(&'a str, u64)>,
     },
+    /// A socket's value shared across the cluster was set (its JSON text)
+    /// or removed (`None`): see [`Request::set_shared`](super::Request::set_shared).
+    Stored {
+        /// The socket's connection on this node.
+        conn_id: ConnId,
+        /// The value's key.
+        key: &'a str,
+        /// The value as JSON text; `None`: removed.
+        value: Option<&'a str>,
+    },
     /// A socket left a room or dropped a tag.
     Left {
         /// The socket's connection on this node.
@@ -114,6 +124,9 @@ pub struct ClaimedSession {
     pub user: Option<String>,
     /// Its rooms and tags, with each room's position when it has history.
     pub groups: Vec<(String, Option<(String, u64)>)>,
+    /// Its values shared across the cluster
+    /// ([`Request::set_shared`](super::Request::set_shared)): key and JSON text.
+    pub values: Vec<(String, String)>,
     /// The direct messages kept for it while it was away
     /// ([`Adapter::hold_direct`]), oldest first.
     pub direct: Vec<String>,

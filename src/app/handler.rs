@@ -19,7 +19,7 @@ use super::history::Backfill;
 use super::inbox::WorkerMsg;
 use super::limits::{check_event_name, Bucket, Policy};
 use super::locks::lock;
-use super::request::Request;
+use super::request::{Request, SharedValue};
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::session::{keeps_session, record_key, Session, Unclaimed};
@@ -487,6 +487,21 @@ impl AppWorker {
         self.restore(conn, request, claimed, &Backfill::default());
     }
 
+    /// Writes a resumed socket's shared values into its new session record
+    /// (made by `enter`), so that they follow it again on its next resume.
+    fn share_values(&self, conn: &mut Conn<'_, SocketData>) {
+        if self.app.0.setup.adapter.is_none() {
+            return;
+        }
+        let Some(state) = conn.data().state.as_ref() else { return };
+        for (key, value) in &state.store {
+            if let Some(SharedValue(value)) = value.downcast_ref::<SharedValue>() {
+                let value = value.to_string();
+                self.app.presence(Presence::Stored { conn_id: conn.id(), key, value: Some(&value) });
+            }
+        }
+    }
+
     /// The auth deadline of a socket that waits for `@resume` (every one has one).
     fn auth_deadline(&self, waiter: ConnId) -> Instant {
         let until = self.local.auth_deadlines.iter().find(|(_, id)| *id == waiter).map(|(at, _)| *at);
@@ -509,7 +524,15 @@ impl AppWorker {
             public: claimed.public.conn,
             user: claimed.user.as_deref().map(Into::into),
             groups: Vec::new(),
-            store: Vec::new(),
+            // Only the shared values cross nodes, as JSON.
+            store: claimed
+                .values
+                .iter()
+                .filter_map(|(key, json)| {
+                    let value = SharedValue(serde_json::from_str(json).ok()?);
+                    Some((key.as_str().into(), Box::new(value) as Box<dyn std::any::Any + Send>))
+                })
+                .collect(),
             conn: claimed.lost.conn,
             node: claimed.lost.node,
             positions: Vec::new(),
@@ -583,6 +606,7 @@ impl AppWorker {
                 return;
             }
             self.enter(conn);
+            self.share_values(conn);
             // Rooms with history are joined under their stream's lock, with
             // what the socket missed taken at the same time: sent after the
             // `@connection` handlers, before any later broadcast (those wait

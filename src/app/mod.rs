@@ -316,8 +316,9 @@ impl App {
     ///
     /// With an adapter that keeps sessions (the Redis one), the session is
     /// kept in the cluster's store too and any node resumes it, with its id,
-    /// user and groups; its stored values ([`Request::set`]) stay in the
-    /// memory of the node it was on and come back only when it resumes there.
+    /// user, groups and shared values ([`Request::set_shared`]); its other
+    /// stored values ([`Request::set`]) stay in the memory of the node it
+    /// was on and come back only when it resumes there.
     ///
     /// ```
     /// use std::time::Duration;

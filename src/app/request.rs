@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::adapter::Presence;
 use super::envelope::{self, ErrorCode};
 use super::error::Error;
 use super::groups::BroadcastOpts;
@@ -232,9 +233,50 @@ impl<'a> Request<'a> {
     /// holds them while the socket is away and hands them to its next
     /// connection, which may be on another worker. In a cluster they stay
     /// in the memory of this node: a socket resumed on another node comes
-    /// back without them.
+    /// back without them (a value that must follow it there is stored with
+    /// [`set_shared`](Self::set_shared)).
     pub fn set<T: Any + Send>(&mut self, key: &str, value: T) {
         self.conn.data_mut().set(key, value);
+    }
+
+    /// Stores `value` on the socket under `key` as JSON, so that it comes
+    /// back with the socket wherever it resumes: in a cluster, on any node
+    /// (it is written to the socket's session record in Redis, a round trip
+    /// the worker does not wait for). Read it with
+    /// [`get_shared`](Self::get_shared); [`remove`](Self::remove) removes it.
+    ///
+    /// ```
+    /// # use emitws::app::App;
+    /// let mut app = App::new();
+    /// app.on("/join", |req| {
+    ///     let Some(name) = req.expect_data::<String>() else { return };
+    ///     let _ = req.set_shared("name", &name);
+    ///     req.reply(&true);
+    /// });
+    /// app.on("@connection", |req| {
+    ///     if let Some(name) = req.get_shared::<String>("name") {
+    ///         let _ = req.emit("/welcome-back", &name); // resumed, on this node or another
+    ///     }
+    /// });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Json`] if `value` does not serialize to JSON; nothing is stored.
+    pub fn set_shared<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<(), Error> {
+        let value = serde_json::to_value(value)?;
+        if self.app.0.setup.adapter.is_some() {
+            let text = value.to_string();
+            self.app.presence(Presence::Stored { conn_id: self.conn.id(), key, value: Some(&text) });
+        }
+        self.conn.data_mut().set(key, SharedValue(value));
+        Ok(())
+    }
+
+    /// The value stored under `key` with [`set_shared`](Self::set_shared),
+    /// read as a `T`; `None` if there is none or it does not read as one.
+    pub fn get_shared<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        self.get::<SharedValue>(key).and_then(|value| T::deserialize(&value.0).ok())
     }
 
     /// The value stored under `key`, if it has type `T`.
@@ -249,7 +291,11 @@ impl<'a> Request<'a> {
 
     /// Removes the value stored under `key`.
     pub fn remove(&mut self, key: &str) -> Option<Box<dyn Any + Send>> {
-        self.conn.data_mut().remove(key)
+        let removed = self.conn.data_mut().remove(key)?;
+        if removed.is::<SharedValue>() && self.app.0.setup.adapter.is_some() {
+            self.app.presence(Presence::Stored { conn_id: self.conn.id(), key, value: None });
+        }
+        Some(removed)
     }
 
     /// Joins a room (`#name`) or takes a tag (`*name`).
@@ -437,3 +483,8 @@ impl Drop for ReplyHandle {
         }
     }
 }
+
+/// A value stored with [`Request::set_shared`]: its JSON, which a session
+/// record carries to whichever node the socket resumes on.
+#[derive(Debug)]
+pub(crate) struct SharedValue(pub serde_json::Value);

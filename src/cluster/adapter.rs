@@ -276,6 +276,7 @@ impl Adapter for RedisAdapter {
                 self.link.join(group, conn_id.0);
                 self.link.record_join(conn_id.0, group, position);
             }
+            Presence::Stored { conn_id, key, value } => self.link.record_store(conn_id.0, key, value),
             Presence::Left { conn_id, group } => self.link.leave(group, conn_id.0),
             Presence::Disconnected { conn_id, user, groups, kept } => {
                 self.link.end_record(conn_id.0, kept);

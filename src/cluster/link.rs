@@ -288,6 +288,11 @@ impl RedisLink {
         self.write(WriterCommand::RecordJoin { id, group: group.into(), position });
     }
 
+    /// Notes a shared value (JSON text) in connection `id`'s record, or forgets it.
+    pub(super) fn record_store(&self, id: u64, key: &str, value: Option<&str>) {
+        self.write(WriterCommand::RecordStore { id, key: key.into(), value: value.map(Into::into) });
+    }
+
     /// Connection `id` is gone: its record is kept `kept` for a claim, or goes.
     pub(super) fn end_record(&self, id: u64, kept: Option<Duration>) {
         self.write(WriterCommand::EndRecord { id, kept });

@@ -9,7 +9,8 @@
 //! it has one), `w` (its resume window in milliseconds), `away` (`1` once
 //! its connection was lost: the record then expires with the window) and
 //! one `g:GROUP` field per room or tag (`EPOCH OFFSET` for a room with
-//! history, else empty), and `trimmed` once direct messages were dropped.
+//! history, else empty), one `v:KEY` field per value shared across the
+//! cluster (its JSON text), and `trimmed` once direct messages were dropped.
 //! The direct messages sent to the socket while it is away are a list,
 //! `PREFIX:d:{KEY}`, that expires with the record. The writer also lists each node's records in
 //! `PREFIX:n:NODE:records`, so that a survivor starts the window of a dead
@@ -77,6 +78,17 @@ impl Record {
             None => self.fields.push(field.clone()),
         }
         field
+    }
+
+    /// Notes a shared value (JSON text), or forgets it (`None`): the field
+    /// and the value to write, or to delete.
+    pub fn store(&mut self, key: &str, value: Option<&str>) -> (String, Option<String>) {
+        let field = format!("v:{key}");
+        self.fields.retain(|(name, _)| *name != field);
+        if let Some(value) = value {
+            self.fields.push((field.clone(), value.into()));
+        }
+        (field, value.map(Into::into))
     }
 
     /// Forgets a group; the field to delete.
@@ -224,6 +236,7 @@ fn read_answer(answer: &[String]) -> Found {
                 public: SocketId { node: 0, conn: ConnId(0) },
                 user: None,
                 groups: Vec::new(),
+                values: Vec::new(),
                 direct: Vec::new(),
                 direct_complete: true,
             };
@@ -242,6 +255,8 @@ fn read_answer(answer: &[String]) -> Found {
                                 .rsplit_once(' ')
                                 .and_then(|(epoch, offset)| Some((epoch.to_owned(), offset.parse().ok()?)));
                             session.groups.push((group.to_owned(), position));
+                        } else if let Some(key) = name.strip_prefix("v:") {
+                            session.values.push((key.to_owned(), value.clone()));
                         }
                     }
                 }
@@ -284,6 +299,8 @@ mod tests {
             "",
             "g:#b",
             "e1 42",
+            "v:seat",
+            "{\"room\":\"#b\"}",
             "w",
             "100",
             "trimmed",
@@ -298,6 +315,7 @@ mod tests {
             public: SocketId { node: 0x1e, conn: ConnId(5) },
             user: Some("ann".into()),
             groups: vec![("#a".into(), None), ("#b".into(), Some(("e1".into(), 42)))],
+            values: vec![("seat".into(), "{\"room\":\"#b\"}".into())],
             direct: vec!["[0,\"/a\",1]".into(), "[0,\"/b\",2]".into()],
             direct_complete: false,
         };

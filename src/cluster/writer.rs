@@ -56,6 +56,12 @@ pub(super) enum WriterCommand {
         group: String,
         position: Option<(String, u64)>,
     },
+    /// A shared value of a socket with a record (JSON text), or its removal.
+    RecordStore {
+        id: u64,
+        key: String,
+        value: Option<String>,
+    },
     /// A direct message for an away socket's record (see [`super::sessions::HOLD`]).
     HoldDirect {
         record: String,
@@ -222,6 +228,7 @@ impl Writer {
                 | WriterCommand::HoldDirect { .. }
                 | WriterCommand::AddRecord { .. }
                 | WriterCommand::RecordJoin { .. }
+                | WriterCommand::RecordStore { .. }
                 | WriterCommand::EndRecord { .. }
                 | WriterCommand::Stop => {}
             }
@@ -244,6 +251,11 @@ impl Writer {
             WriterCommand::Leave { group, id } => {
                 if let Some(record) = self.records.get_mut(id) {
                     record.leave(group);
+                }
+            }
+            WriterCommand::RecordStore { id, key, value } => {
+                if let Some(record) = self.records.get_mut(id) {
+                    record.store(key, value.as_deref());
                 }
             }
             WriterCommand::EndRecord { id, .. } => {
@@ -278,6 +290,14 @@ impl Writer {
                     if let Some(record) = self.records.get_mut(id) {
                         let (field, value) = record.join(group, position.as_ref());
                         pipe.hset(&record.key, field, value).ignore();
+                    }
+                }
+                WriterCommand::RecordStore { id, key, value } => {
+                    if let Some(record) = self.records.get_mut(id) {
+                        match record.store(key, value.as_deref()) {
+                            (field, Some(value)) => pipe.hset(&record.key, field, value).ignore(),
+                            (field, None) => pipe.hdel(&record.key, field).ignore(),
+                        };
                     }
                 }
                 WriterCommand::EndRecord { id, kept } => {
