@@ -519,10 +519,13 @@ fn two_hundred_sockets_lost_at_once_recover_exactly_on_a_new_node_with_reads_bat
             .map(|(text, offset)| (text.to_string(), json!({ "room": room(n), "offset": offset, "epoch": epoch })));
         assert_eq!(saids(&before), expected);
     }
-    // Each history read is one XRANGE of a room (inside the read script);
-    // the reads of resumes that arrive while one is under way are served
-    // by the next one, one read per room. Unbatched, 200 resumes would make
-    // 200 reads; batched, a few per room.
+    // Each read of a room's history is one XRANGE (inside the read script;
+    // nothing else here runs XRANGE). One read per resume would make 200.
+    // Reads queued while one waits share it, one per room, and what a read
+    // brought serves the node's later recoveries from the same positions:
+    // one read per room, and a few more when resumes ask while a room's
+    // first read is under way (4 or 5 measured; 28 to 102 when each batch
+    // read again).
     let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut raw).expect("stats");
     let xranges: usize = stats
         .lines()
@@ -530,7 +533,7 @@ fn two_hundred_sockets_lost_at_once_recover_exactly_on_a_new_node_with_reads_bat
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |calls| calls.parse().expect("a count"));
     assert!(
-        (ROOMS..SOCKETS).contains(&xranges),
+        (ROOMS..4 * ROOMS).contains(&xranges),
         "{xranges} reads of the rooms' history for {SOCKETS} resumes:\n{stats}"
     );
     for node in [a, b, c] {
