@@ -191,6 +191,18 @@ fn watch(watcher: &mut AppClient, count: usize) -> Vec<(String, Value)> {
 
 #[test]
 fn a_socket_lost_on_one_node_recovers_on_another_what_three_nodes_broadcast_then_live_without_gap_or_duplicate() {
+    recovers_then_live(false);
+}
+
+#[test]
+fn the_same_on_a_node_started_while_the_socket_was_away_which_reads_what_it_missed_from_redis() {
+    recovers_then_live(true);
+}
+
+/// Loses a socket in `#r` on node A; nodes A, B and C broadcast; it
+/// resumes on B (or on a node started meanwhile: `on_new_node`) while C
+/// broadcasts.
+fn recovers_then_live(on_new_node: bool) {
     let Some(redis) = Redis::start() else { return };
     let heartbeat = Duration::from_secs(2);
     let (a, b, c) = (Node::start(&redis, heartbeat), Node::start(&redis, heartbeat), Node::start(&redis, heartbeat));
@@ -210,6 +222,11 @@ fn a_socket_lost_on_one_node_recovers_on_another_what_three_nodes_broadcast_then
     }
     // The cluster's order, as a member saw it.
     let missed = watch(&mut cat, 9);
+    let d = on_new_node.then(|| Node::start(&redis, heartbeat));
+    if let Some(d) = &d {
+        wait_joined(&[&a, &b, &c, d]);
+    }
+    let resume_on = d.as_ref().unwrap_or(&b);
     // Broadcasts from node C while the resume is in progress.
     const LIVE: usize = 30;
     let (mut back, before, reply, ready) = thread::scope(|scope| {
@@ -219,7 +236,7 @@ fn a_socket_lost_on_one_node_recovers_on_another_what_three_nodes_broadcast_then
                 thread::sleep(Duration::from_millis(2));
             }
         });
-        let resumed = resume(b.addr(), "ann", &token, json!({ "#r": { "epoch": epoch, "offset": 1 } }));
+        let resumed = resume(resume_on.addr(), "ann", &token, json!({ "#r": { "epoch": epoch, "offset": 1 } }));
         publisher.join().expect("published");
         resumed
     });
@@ -244,7 +261,7 @@ fn a_socket_lost_on_one_node_recovers_on_another_what_three_nodes_broadcast_then
     watch(&mut cat, LIVE);
     back.close();
     cat.close();
-    for node in [a, b, c] {
+    for node in [Some(a), Some(b), Some(c), d].into_iter().flatten() {
         node.close();
     }
 }
@@ -253,8 +270,12 @@ fn a_socket_lost_on_one_node_recovers_on_another_what_three_nodes_broadcast_then
 fn a_socket_that_lists_no_offsets_recovers_from_where_it_joined_on_another_node() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = two_nodes(&redis);
-    b.broadcast("#r", "before ann");
     let (mut cat, _, _) = member(b.addr(), "cat", "#r");
+    let (mut bob, _, _) = member(a.addr(), "bob", "#r");
+    b.broadcast("#r", "before ann");
+    // Node A has it (a member there saw it): the room's offset there at Ann's join is 1.
+    assert_eq!(said(&mut bob).0, "before ann");
+    said(&mut cat);
     let (ann, socket, token) = member(a.addr(), "ann", "#r");
     a.lose(ann, &socket, 0);
     for text in ["a1", "b1", "a2"] {
@@ -268,7 +289,9 @@ fn a_socket_that_lists_no_offsets_recovers_from_where_it_joined_on_another_node(
     assert_eq!(reply["rooms"]["#r"], json!({ "recovered": true, "epoch": epoch, "offset": 4 }), "{reply}");
     assert_eq!(saids(&before), missed, "from the offset the room had at the join: 2, 3, 4");
     assert_eq!(missed[0].1["offset"], 2);
+    assert_eq!(watch(&mut bob, 3), missed);
     back.close();
+    bob.close();
     cat.close();
     a.close();
     b.close();
@@ -280,6 +303,7 @@ fn a_broadcast_that_left_the_socket_out_on_its_node_is_not_replayed_on_another()
     let (a, b) = two_nodes(&redis);
     let (mut ann, socket, token) = member(a.addr(), "ann", "#r");
     let (mut bob, _, _) = member(a.addr(), "bob", "#r");
+    let (mut cat, _, _) = member(b.addr(), "cat", "#r");
     b.broadcast("#r", "1");
     let (_, first) = said(&mut ann);
     said(&mut bob);
@@ -288,6 +312,8 @@ fn a_broadcast_that_left_the_socket_out_on_its_node_is_not_replayed_on_another()
     a.lose(ann, &socket, 0);
     b.broadcast("#r", "3");
     assert_eq!(said(&mut bob).1["offset"], 3);
+    // Node B has them all (a member there saw them).
+    assert_eq!(watch(&mut cat, 3)[2].1["offset"], 3);
 
     let (back, before, reply, _) = resume(b.addr(), "ann", &token, json!({ "#r": first }));
     let epoch = &first["epoch"];
@@ -295,6 +321,7 @@ fn a_broadcast_that_left_the_socket_out_on_its_node_is_not_replayed_on_another()
     assert_eq!(saids(&before), [("3".to_string(), json!({ "room": "#r", "offset": 3, "epoch": epoch }))]);
     back.close();
     bob.close();
+    cat.close();
     a.close();
     b.close();
 }
@@ -364,7 +391,7 @@ fn a_flush_of_redis_while_away_is_a_clean_new_socket_or_with_the_session_kept_a_
     let (_, first) = said(&mut ann);
     a.lose(ann, &socket, 0);
     let _: () = redis::cmd("FLUSHALL").query(&mut raw).expect("flushed");
-    let (mut cat, _, _) = member(a.addr(), "cat", "#r");
+    let (mut cat, _, _) = member(b.addr(), "cat", "#r");
     b.broadcast("#r", "after");
     let (_, after) = said(&mut cat);
     assert_eq!(after["offset"], 1);
@@ -412,6 +439,8 @@ fn two_outages_in_a_row_on_different_nodes_replay_nothing_twice() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = two_nodes(&redis);
     let (mut ann, socket, token) = member(a.addr(), "ann", "#r");
+    // Members on both nodes: each node has had a broadcast once they saw it.
+    let (mut on_a, mut on_b) = (member(a.addr(), "cat", "#r").0, member(b.addr(), "dan", "#r").0);
     for text in ["1", "2", "3"] {
         b.broadcast("#r", text);
     }
@@ -420,12 +449,15 @@ fn two_outages_in_a_row_on_different_nodes_replay_nothing_twice() {
     for text in ["4", "5"] {
         a.broadcast("#r", text);
     }
+    assert_eq!(watch(&mut on_b, 5)[4].0, "5");
     let (mut back, before, reply, ready) = resume(b.addr(), "ann", &token, json!({ "#r": received[2].1 }));
     assert_eq!(saids(&before).iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["4", "5"]);
     assert_eq!(reply["rooms"]["#r"]["offset"], 5, "{reply}");
     b.broadcast("#r", "6");
     let (_, sixth) = said(&mut back);
     assert_eq!(sixth["offset"], 6);
+    assert_eq!(watch(&mut on_a, 6)[5].1, sixth);
+    said(&mut on_b);
 
     // Lost again, nothing published meanwhile: back on node A, nothing replayed,
     // whether the client lists its offset or not.
@@ -441,6 +473,8 @@ fn two_outages_in_a_row_on_different_nodes_replay_nothing_twice() {
     assert_eq!(reply["resumed"], true, "{reply}");
     assert!(saids(&before).is_empty(), "what it was sent on other nodes is not replayed again: {before:?}");
     last.close();
+    on_a.close();
+    on_b.close();
     a.close();
     b.close();
 }
