@@ -643,7 +643,7 @@ impl AppHandle {
     }
 
     /// Delivers a message another node published (see [`Adapter`](super::Adapter)) to this
-    /// node's sockets.
+    /// node's sockets; one to a user is also kept for its devices away on this node.
     pub fn deliver_remote(&self, envelope: &str, to: Target<'_>) {
         if self.0.server.get().is_none() {
             return; // no socket has opened on this node yet
@@ -658,7 +658,12 @@ impl AppHandle {
                     self.send_direct(public, &frame);
                 }
             }
-            Target::User(user) => self.server().broadcast(self.to_user(user).conns(), &frame),
+            Target::User(user) => {
+                self.server().broadcast(self.to_user(user).conns(), &frame);
+                // The sending node keeps it only for the devices away on that node.
+                let buffer = self.0.setup.resume.buffer;
+                self.0.sessions.hold_for_user(user, &frame, buffer, self.hold_in_cluster(&frame));
+            }
         }
     }
 

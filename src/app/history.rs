@@ -144,7 +144,7 @@ pub(crate) struct Recovery {
 /// streams lack. Empty without an adapter that keeps history.
 #[derive(Debug, Default)]
 pub(crate) struct Backfill {
-    rooms: HashMap<Box<str>, RoomBackfill>,
+    rooms: HashMap<Box<str>, Arc<RoomBackfill>>,
 }
 
 /// One room's stream as the store had it.
@@ -172,7 +172,7 @@ impl Backfill {
                         except: except.into(),
                     })
                     .collect();
-                (room, RoomBackfill { epoch: epoch.into(), latest, entries })
+                (room, Arc::new(RoomBackfill { epoch: epoch.into(), latest, entries }))
             })
             .collect();
         Backfill { rooms }
@@ -203,13 +203,17 @@ pub(crate) struct Stream {
     written: Instant,
     /// Offsets `offset - len + 1 ..= offset`, oldest first.
     entries: VecDeque<Entry>,
+    /// What the cluster's store held when a recovery here last read it
+    /// (a mirror's): the recoveries after it from the positions it serves
+    /// need not read again, as when many sockets resume at once.
+    filled: Option<Arc<RoomBackfill>>,
     /// Taken out of the map by a sweep: whoever locked it late looks again.
     removed: bool,
 }
 
 impl Stream {
     fn new(history: History, now: Instant, epoch: Option<Arc<str>>) -> Stream {
-        Stream { history, epoch, offset: 0, written: now, entries: VecDeque::new(), removed: false }
+        Stream { history, epoch, offset: 0, written: now, entries: VecDeque::new(), filled: None, removed: false }
     }
 
     /// Whether the whole history has expired and nobody here is in the
@@ -277,37 +281,31 @@ impl Stream {
         } else {
             self.epoch = Some(epoch.into()); // the cluster's stream started anew
             self.entries.clear();
+            self.filled = None;
         }
         self.push(entry, route);
     }
 
-    /// Whether every entry after `offset` of `epoch` is here.
-    fn serves(&self, epoch: &str, offset: u64) -> bool {
-        let first = self.entries.front().map_or(self.offset + 1, |e| e.offset);
-        self.epoch.as_deref() == Some(epoch) && offset <= self.offset && offset + 1 >= first
+    /// Whether every entry after `offset` of `epoch` is here (this node's
+    /// own, or kept from a read of the cluster's store).
+    fn serves(&self, epoch: &str, offset: u64, now: Instant) -> bool {
+        self.known(now).is_some_and(|(known, latest, entries)| {
+            let first = entries.first().map_or(latest + 1, |e| e.offset);
+            *known == *epoch && offset <= latest && offset + 1 >= first
+        })
     }
 
-    /// See [`AppHandle::recover`].
-    fn recover(
-        &self,
-        since: Option<(&str, u64)>,
-        backfill: Option<&RoomBackfill>,
-        was: &[SocketId],
-        now: Instant,
-        mut send: impl FnMut(&SharedFrame),
-        join: impl FnOnce(),
-    ) -> Recovery {
-        // What is known of the stream: this node's entries, after those of
-        // the backfill older than them (of the same epoch), or the backfill
-        // alone when this node has had no broadcast of the room yet.
-        let (epoch, latest, older) = match (&self.epoch, backfill) {
+    /// What is known of the stream: its epoch, latest offset and the
+    /// entries that run unbroken up to it, oldest first. These are this
+    /// node's entries, after those read from the cluster's store older than
+    /// them (of the same epoch), or what was read alone when this node has
+    /// had no broadcast of the room yet. `None`: nothing is known.
+    fn known(&self, now: Instant) -> Option<(Arc<str>, u64, Vec<&Entry>)> {
+        let (epoch, latest, older) = match (&self.epoch, self.filled.as_deref()) {
             (Some(epoch), Some(fill)) if *epoch == fill.epoch => (epoch.clone(), self.offset, &fill.entries[..]),
             (Some(epoch), _) => (epoch.clone(), self.offset, &[][..]),
             (None, Some(fill)) => (fill.epoch.clone(), fill.latest, &fill.entries[..]),
-            (None, None) => {
-                join();
-                return Recovery { recovered: false, epoch: None, offset: 0 };
-            }
+            (None, None) => return None,
         };
         // The backfill fills in below this node's entries (none: below what it read).
         let first_here = self.entries.front().map_or(latest + 1, |e| e.offset);
@@ -323,6 +321,26 @@ impl Stream {
             unbroken -= 1;
         }
         known.drain(..unbroken);
+        Some((epoch, latest, known))
+    }
+
+    /// See [`AppHandle::recover`]. A `backfill` is kept for the recoveries after this one.
+    fn recover(
+        &mut self,
+        since: Option<(&str, u64)>,
+        backfill: Option<&Arc<RoomBackfill>>,
+        was: &[SocketId],
+        now: Instant,
+        mut send: impl FnMut(&SharedFrame),
+        join: impl FnOnce(),
+    ) -> Recovery {
+        if let Some(fill) = backfill {
+            self.filled = Some(fill.clone());
+        }
+        let Some((epoch, latest, known)) = self.known(now) else {
+            join();
+            return Recovery { recovered: false, epoch: None, offset: 0 };
+        };
         let first = known.first().map_or(latest + 1, |e| e.offset);
         let after = since.filter(|(since, offset)| *since == &*epoch && *offset <= latest && offset + 1 >= first);
         if let Some((_, offset)) = after {
@@ -469,7 +487,7 @@ impl AppHandle {
     /// the overlap by offset). Without `since` (the client listed no offset
     /// and there is no recorded one), and for a room without history, nothing
     /// is recovered. Entries of `backfill` (see [`prefetch_history`](Self::prefetch_history))
-    /// fill in what the room's stream here lacks. Returns whether the replay was complete and the
+    /// fill in what the room's stream here lacks, and are kept for the recoveries after (a mirror's). Returns whether the replay was complete and the
     /// stream's epoch and latest offset.
     pub(crate) fn recover(
         &self,
@@ -518,7 +536,7 @@ impl AppHandle {
             .filter_map(|(room, since)| {
                 let (epoch, offset) = since?;
                 let history = self.history(&room)?;
-                let served = self.with_stream(&room, history, now, |stream| stream.serves(&epoch, offset));
+                let served = self.with_stream(&room, history, now, |stream| stream.serves(&epoch, offset, now));
                 (!served).then_some((room, offset))
             })
             .collect();
@@ -863,6 +881,20 @@ mod tests {
             );
             assert!(!recover(&late, "0123456789abcdef", 2).1.recovered);
             assert!(!recover(&late, &epoch, 6).1.recovered);
+        }
+
+        #[test]
+        fn what_a_read_brought_serves_the_recoveries_after_it_from_the_positions_it_covers() {
+            let Some(server) = redis_server::Redis::start() else { return };
+            let mut redis = redis::Client::open(server.url()).and_then(|c| c.get_connection()).expect("Redis up");
+            let epoch = publish(&node(&server.url(), 100), &mut redis, 5);
+            let late = node(&server.url(), 100);
+            assert_eq!(recover(&late, &epoch, 2).0.len(), 3);
+            drop(server); // nothing more to read: what was read serves
+            let (sent, recovery) = recover(&late, &epoch, 3);
+            assert_eq!((sent.len(), recovery.recovered, recovery.offset), (2, true, 5));
+            // Reaching back past what was read needs the store, down.
+            assert!(!recover(&late, &epoch, 1).1.recovered);
         }
 
         #[test]
