@@ -64,9 +64,9 @@ fi
 # The Redis adapter is behind a feature; its tests start their own redis-server.
 # cluster_nodes runs emitws-cluster-node processes: it lives with them in tools/.
 if skipped redis; then skip "the Redis cluster tests"; else
-  # Every test file with parts behind the feature (grep -l 'feature = "redis"' tests/*.rs).
-  section "cluster: cargo test --features redis --test cluster --test cluster_history --test cluster_resume --test cluster_resume_history --test chat_cluster --test drain --test health --test logs --test metrics; -p emitws-tools --test cluster_nodes --test resume_storm"
-  cargo test --features redis --test cluster --test cluster_history --test cluster_resume --test cluster_resume_history --test chat_cluster --test drain --test health --test logs --test metrics
+  # The library's own tests of the Redis parts, and every test file with parts behind the feature (grep -l 'feature = "redis"' tests/*.rs).
+  section "cluster: cargo test --features redis --lib --test cluster --test cluster_history --test cluster_resume --test cluster_resume_history --test chat_cluster --test drain --test health --test logs --test metrics; -p emitws-tools --test cluster_nodes --test resume_storm"
+  cargo test --features redis --lib --test cluster --test cluster_history --test cluster_resume --test cluster_resume_history --test chat_cluster --test drain --test health --test logs --test metrics
   cargo test -p emitws-tools --features redis --test cluster_nodes --test resume_storm
 fi
 

@@ -11,13 +11,14 @@
 
 #[path = "common/app.rs"]
 mod app_client;
+#[path = "common/child_node.rs"]
+mod child_node;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -358,38 +359,11 @@ fn killed_node() {
     std::thread::sleep(Duration::from_secs(60));
 }
 
-/// A child process, killed (SIGKILL) when dropped if still running.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_killed_nodes_sockets_resume_on_another_once_its_heartbeat_expires() {
     let Some(redis) = Redis::start() else { return };
     let b = Node::start(&redis, Duration::from_millis(600), Duration::from_secs(30));
-    let mut child = KilledOnDrop(
-        Command::new(std::env::current_exe().expect("this test binary"))
-            .args(["--exact", "killed_node", "--nocapture", "--test-threads=1"])
-            .env(CHILD_NODE, redis.url())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the node to kill"),
-    );
-    let mut lines = BufReader::new(child.0.stdout.take().expect("piped"));
-    let addr = loop {
-        let mut line = String::new();
-        assert!(lines.read_line(&mut line).expect("the child's output") > 0, "the child node ended");
-        // The test harness may have written its "test killed_node ... " first.
-        if let Some((_, addr)) = line.trim().split_once("node at ") {
-            break addr.parse::<SocketAddr>().expect("an address");
-        }
-    };
+    let (mut child, addr) = child_node::spawn("killed_node", CHILD_NODE, &redis.url());
     wait_for(Duration::from_secs(5), || b.adapter.link().nodes().is_ok_and(|alive| alive.len() == 2));
     let (mut ann, socket, token) = connect(addr, "ann");
     ann.request("/join", json!("#lobby")).expect("joined");
