@@ -1,6 +1,7 @@
 //! A node a test runs in a child process of its own test binary, to kill
 //! it with SIGKILL (no close, no cleanup): the child runs one test that does
-//! nothing unless an environment variable names it a node, prints
+//! nothing unless an environment variable names it a node, and is ignored
+//! unless run by name with `--include-ignored`; it prints
 //! `node at ADDR`, and waits to be killed.
 
 #![allow(dead_code)]
@@ -24,7 +25,7 @@ impl Drop for KilledOnDrop {
 pub fn spawn(test: &str, var: &str, value: &str) -> (KilledOnDrop, SocketAddr) {
     let mut child = KilledOnDrop(
         Command::new(std::env::current_exe().expect("this test binary"))
-            .args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .args(["--exact", test, "--include-ignored", "--nocapture", "--test-threads=1"])
             .env(var, value)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
