@@ -69,6 +69,7 @@ mod subscriber;
 #[cfg(test)]
 #[path = "../../tests/common/redis.rs"]
 pub(crate) mod test_redis;
+mod users;
 mod wire;
 mod writer;
 

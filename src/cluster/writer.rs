@@ -38,6 +38,12 @@ pub(super) enum WriterCommand {
         user: String,
         id: u64,
     },
+    /// A connected socket's user changed: attached, switched or detached.
+    SetUser {
+        id: u64,
+        user: Option<String>,
+        previous: Option<String>,
+    },
     /// A message for a socket by public id, to the node its alias names
     /// (else the id's own): `alias` is the alias's key, `node` the id's node.
     PublishRouted {
@@ -223,6 +229,13 @@ impl Writer {
                 WriterCommand::RemoveSocket { id, .. } => {
                     self.presence.remove(&id);
                 }
+                WriterCommand::SetUser { id, user, previous } => {
+                    let sets = self.presence.entry(id).or_default();
+                    if let Some(previous) = previous {
+                        sets.retain(|set| set.strip_prefix("u:") != Some(&previous));
+                    }
+                    sets.extend(user.map(|user| format!("u:{user}")));
+                }
                 WriterCommand::Publish { .. }
                 | WriterCommand::PublishRouted { .. }
                 | WriterCommand::HoldDirect { .. }
@@ -260,6 +273,11 @@ impl Writer {
             }
             WriterCommand::EndRecord { id, .. } => {
                 self.records.remove(id);
+            }
+            WriterCommand::SetUser { id, user, .. } => {
+                if let Some(record) = self.records.get_mut(id) {
+                    record.set_user(user.as_deref());
+                }
             }
             _ => {}
         }
@@ -331,6 +349,22 @@ impl Writer {
                 WriterCommand::AddUser { user, id } => {
                     pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
                     pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                }
+                WriterCommand::SetUser { id, user, previous } => {
+                    if let Some(previous) = previous {
+                        pipe.srem(format!("{p}:n:{node}:u:{previous}"), id).ignore();
+                        left_users.push(previous);
+                    }
+                    if let Some(user) = user {
+                        pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
+                        pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                    }
+                    if let Some(record) = self.records.get(id) {
+                        match user {
+                            Some(user) => pipe.hset(&record.key, "user", user).ignore(),
+                            None => pipe.hdel(&record.key, "user").ignore(),
+                        };
+                    }
                 }
                 WriterCommand::Stop => {}
             }
@@ -416,6 +450,8 @@ fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResul
     for dead in dead {
         // Its sockets' sessions wait for a resume elsewhere, for their window.
         let _: () = eval(ORPHAN, &[&format!("{p}:n:{dead}:records")]).query(c)?;
+        // Its devices stop counting; its users left with none went offline.
+        super::users::orphan_devices(c, p, &dead, node)?;
         delete_node_keys(c, p, &dead)?;
         let _: () = c.zrem(&nodes, &dead)?;
     }
