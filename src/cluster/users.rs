@@ -9,10 +9,10 @@
 //! A script adds a device and answers what the cap implies ([`ADD`]);
 //! another removes one and answers whether it was the last ([`REMOVE`]).
 //! Both run on the link's background thread: a worker never waits for
-//! Redis. The survivor that forgets a dead node removes its devices from
-//! its users' sets ([`orphan_devices`]), the users being listed under
-//! `PREFIX:n:NODE:users`; a user left with none went offline there, and
-//! that node alone is told ([`Header::UserOffline`]).
+//! Redis. The survivor that forgets a dead node (or a node that stops)
+//! removes its devices from its users' sets ([`orphan_devices`]), the
+//! users being listed under `PREFIX:n:NODE:users`; a user left with none
+//! went offline, and one node alone is told ([`Header::UserOffline`]).
 
 use redis::{Commands, Connection, RedisResult};
 
@@ -125,21 +125,20 @@ pub(super) fn count_device(link: &RedisLink, change: DeviceChange<'_>, done: Dev
     }));
 }
 
-/// Removes the dead node `dead`'s devices (hex id) from its users' sets,
-/// and tells this node (`node`, hex) of each user that had none elsewhere:
-/// a message on this node's channel, sent as if by the dead node (a node
-/// does not hear its own), which the adapter turns into the app's
-/// offline hook. Run by the survivor that forgets the node, before its
-/// keys go.
-pub(super) fn orphan_devices(c: &mut Connection, p: &str, dead: &str, node: &str) -> RedisResult<()> {
-    let users: Vec<String> = c.smembers(format!("{p}:n:{dead}:users"))?;
-    let prefix = format!("{dead}:");
+/// Removes the devices of node `gone` (hex id: dead, or stopping) from its
+/// users' sets, and tells node `tell` (hex; none when no node is left) of
+/// each user that had none elsewhere: a message on that node's channel,
+/// sent as if by the node gone (a node does not hear its own), which the
+/// adapter turns into the app's offline hook. Run before the node's keys
+/// go, by the survivor that forgets a dead node or by a node that stops.
+pub(super) fn orphan_devices(c: &mut Connection, p: &str, gone: &str, tell: Option<&str>) -> RedisResult<()> {
+    let users: Vec<String> = c.smembers(format!("{p}:n:{gone}:users"))?;
+    let prefix = format!("{gone}:");
     for user in users {
         let last: u8 = eval(ORPHAN_DEVICES, &[&devices_key(p, &user)]).arg(&prefix).query(c)?;
-        if last == 1 {
-            let Ok(header) = serde_json::to_string(&Header::UserOffline(user)) else { continue };
-            let _: () = c.publish(format!("{p}:node:{node}"), format!("{dead}\n{header}\n"))?;
-        }
+        let Some(tell) = tell.filter(|_| last == 1) else { continue };
+        let Ok(header) = serde_json::to_string(&Header::UserOffline(user)) else { continue };
+        let _: () = c.publish(format!("{p}:node:{tell}"), format!("{gone}\n{header}\n"))?;
     }
     Ok(())
 }

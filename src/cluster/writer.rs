@@ -428,6 +428,8 @@ impl Writer {
     fn leave(&self, conn: Option<Connection>, p: &str, node: &str) {
         if let Some(mut c) = conn {
             let _: RedisResult<()> = c.zrem(format!("{p}:nodes"), node);
+            // Its devices stop counting; a live peer runs the offline hooks.
+            let _ = super::users::orphan_devices(&mut c, p, node, self.peers.iter().next().map(String::as_str));
             let _ = delete_node_keys(&mut c, p, node);
         }
     }
@@ -451,7 +453,7 @@ fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResul
         // Its sockets' sessions wait for a resume elsewhere, for their window.
         let _: () = eval(ORPHAN, &[&format!("{p}:n:{dead}:records")]).query(c)?;
         // Its devices stop counting; its users left with none went offline.
-        super::users::orphan_devices(c, p, &dead, node)?;
+        super::users::orphan_devices(c, p, &dead, Some(node))?;
         delete_node_keys(c, p, &dead)?;
         let _: () = c.zrem(&nodes, &dead)?;
     }
