@@ -285,12 +285,14 @@ fn a_killed_nodes_devices_stop_counting_and_its_users_go_offline_once() {
 }
 
 #[test]
-fn with_redis_down_each_node_applies_the_cap_to_its_own_devices() {
+fn with_redis_down_each_node_applies_the_cap_to_its_own_devices_and_redis_back_counts_them_again() {
     let Some(redis) = Redis::start() else { return };
+    let port = redis.port;
     let (a, b) = two_nodes(&redis, Some((1, DevicePolicy::RejectNew)));
     drop(redis);
     let mut on_a = a.device("ann");
     let mut on_b = b.device("ann");
+    let gone = a.device("bob");
     // This node's own cap still refuses, at once.
     let mut over = AppClient::connect(a.addr());
     over.send_request("/login", json!("ann"));
@@ -300,10 +302,43 @@ fn with_redis_down_each_node_applies_the_cap_to_its_own_devices() {
     assert_eq!(whoami(&mut on_b), json!("ann"));
     for node in [&a, &b] {
         assert_eq!(node.running.to_user("ann").sockets().len(), 1);
-        eventually("online on this node", || seen(&node.transitions) == ["online ann"]);
+        eventually("online on this node", || seen(&node.transitions).contains(&"online ann".to_string()));
     }
+    gone.close();
+    eventually("bob offline on A", || seen(&a.transitions).contains(&"offline bob".to_string()));
+    // Redis is back, empty: each node counts its devices there again, the
+    // ones it still has only.
+    let redis = Redis::start_on(port).expect("redis-server again");
+    wait_counted(&redis, "ann", 2);
+    wait_counted(&redis, "bob", 0);
+    // Then the cluster's cap holds again.
     on_a.close();
+    wait_counted(&redis, "ann", 1);
+    refused(&mut AppClient::connect(a.addr()), "ann");
     on_b.close();
+    a.close();
+    b.close();
+}
+
+#[test]
+fn a_device_that_leaves_while_redis_does_not_answer_stops_counting_when_it_does() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = two_nodes(&redis, Some((1, DevicePolicy::RejectNew)));
+    let bob = a.device("bob");
+    wait_counted(&redis, "bob", 1);
+    // Redis keeps its data but answers nobody for 2 s (longer than the
+    // nodes' 500 ms timeouts): the removal cannot be counted then.
+    let client = redis::Client::open(redis.url()).expect("a good URL");
+    let mut c = client.get_connection().expect("redis is up");
+    let () = redis::cmd("CLIENT").arg("PAUSE").arg(2000).arg("ALL").query(&mut c).expect("paused");
+    bob.close();
+    eventually("bob offline on A, by its own count", || seen(&a.transitions).contains(&"offline bob".to_string()));
+    // Once Redis answers, node A's devices are counted as they are.
+    wait_counted(&redis, "bob", 0);
+    let mut again = b.device("bob");
+    wait_counted(&redis, "bob", 1);
+    assert_eq!(whoami(&mut again), json!("bob"), "not refused by the device gone");
+    again.close();
     a.close();
     b.close();
 }

@@ -374,7 +374,8 @@ impl App {
     /// in meanwhile, and closed if the answer says so. A dead node's
     /// devices stop counting when a survivor cleans up after it. While
     /// Redis cannot be reached only this node's cap applies (logged once
-    /// per outage).
+    /// per outage), and Redis counts this node's devices again as they are
+    /// once it answers.
     pub fn max_devices(&mut self, max: usize, policy: DevicePolicy) -> &mut Self {
         self.config.devices = Some((max.max(1), policy));
         self

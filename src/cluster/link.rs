@@ -283,6 +283,12 @@ impl RedisLink {
         self.write(WriterCommand::SetUser { id, user, previous });
     }
 
+    /// Has the writer make Redis count `user`'s devices on this node as
+    /// they are (a change of them could not be counted), at its next heartbeat.
+    pub(super) fn resync_devices(&self, user: String) {
+        self.write(WriterCommand::SyncDevices(user));
+    }
+
     /// Writes a socket's session record (see [`super::sessions`]).
     pub(super) fn add_record(&self, id: u64, record: Record) {
         self.write(WriterCommand::AddRecord { id, record });

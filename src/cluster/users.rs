@@ -13,8 +13,12 @@
 //! removes its devices from its users' sets ([`orphan_devices`]), the
 //! users being listed under `PREFIX:n:NODE:users`; a user left with none
 //! went offline, and one node alone is told ([`Header::UserOffline`]).
+//! After a lapse (Redis restarted, or unreachable for a while) the writer
+//! makes each user's set hold this node's devices again ([`sync_devices`]).
 
-use redis::{Commands, Connection, RedisResult};
+use std::collections::BTreeMap;
+
+use redis::{Commands, Connection, Pipeline, RedisResult};
 
 use super::link::{eval, RedisLink};
 use super::wire::{hex, Header};
@@ -59,6 +63,24 @@ const ORPHAN_DEVICES: &str = "local removed = 0
     if removed > 0 and redis.call('ZCARD', KEYS[1]) == 0 then return 1 end
     return 0";
 
+/// Makes a user's set hold exactly the devices this node has of it (after
+/// a lapse: Redis may have lost them, or missed removals). KEYS: the
+/// user's set; ARGV: the node's prefix (`NODE:`), then its devices. Those
+/// it no longer has go, those missing come back (as newest); no change is
+/// a presence change (the node's own count served meanwhile).
+const SYNC: &str = "local keep = {}
+    for i = 2, #ARGV do keep[ARGV[i]] = true end
+    for _, device in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+        if string.sub(device, 1, #ARGV[1]) == ARGV[1] and not keep[device] then
+            redis.call('ZREM', KEYS[1], device)
+        end
+    end
+    local t = redis.call('TIME')
+    for i = 2, #ARGV do
+        redis.call('ZADD', KEYS[1], 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[i])
+    end
+    return 0";
+
 /// The key of `user`'s devices.
 fn devices_key(p: &str, user: &str) -> String {
     format!("{p}:u:{{{user}}}")
@@ -91,11 +113,21 @@ pub(super) fn count_device(link: &RedisLink, change: DeviceChange<'_>, done: Dev
         }
     };
     let adding = matches!(change, DeviceChange::Added { .. });
+    let user = match change {
+        DeviceChange::Added { user, .. } | DeviceChange::Removed { user, .. } => user.to_owned(),
+    };
+    let writer = link.clone();
+    // Uncounted, or counted without an answer: the writer counts this
+    // user's devices again once Redis answers.
+    let failed = move |e: &redis::RedisError, done: DeviceDone| {
+        writer.resync_devices(user);
+        done(Err(Error::Unavailable(e.to_string().into())));
+    };
     link.background(Box::new(move |conn| {
         let c = match conn {
             Ok(c) => c,
             Err(e) => {
-                done(Err(Error::Unavailable(e.to_string().into())));
+                failed(e, done);
                 return Ok(());
             }
         };
@@ -118,7 +150,7 @@ pub(super) fn count_device(link: &RedisLink, change: DeviceChange<'_>, done: Dev
                 Ok(())
             }
             Err(e) => {
-                done(Err(Error::Unavailable(e.to_string().into())));
+                failed(&e, done);
                 Err(e)
             }
         }
@@ -141,6 +173,29 @@ pub(super) fn orphan_devices(c: &mut Connection, p: &str, gone: &str, tell: Opti
         let _: () = c.publish(format!("{p}:node:{tell}"), format!("{gone}\n{header}\n"))?;
     }
     Ok(())
+}
+
+/// Adds to `pipe` the writes that make Redis count exactly this node's
+/// devices (`node`, hex): `devices` by user, and none for the users Redis
+/// listed for it before (`listed`) that it no longer has.
+pub(super) fn sync_devices(
+    pipe: &mut Pipeline,
+    p: &str,
+    node: &str,
+    devices: &BTreeMap<&str, Vec<u64>>,
+    listed: &[String],
+) {
+    let prefix = format!("{node}:");
+    let gone = listed.iter().map(String::as_str).filter(|user| !devices.contains_key(user));
+    let users = devices.iter().map(|(user, conns)| (*user, &conns[..])).chain(gone.map(|user| (user, &[][..])));
+    for (user, conns) in users {
+        let mut sync = eval(SYNC, &[&devices_key(p, user)]);
+        sync.arg(&prefix);
+        for conn in conns {
+            sync.arg(format!("{prefix}{conn}"));
+        }
+        pipe.add_command(sync).ignore();
+    }
 }
 
 #[cfg(test)]
