@@ -38,7 +38,8 @@
 //!  mod.rs           App and its AppConfig: routes, auth, rules, limits; listen
 //!  └ handler        the runtime Handler: a socket's life, envelopes to handlers
 //!    ├ router       routes, middleware, namespaces
-//!    └ request      Request, ReplyHandle: what a handler gets
+//!    ├ request      Request, ReplyHandle: what a handler gets
+//!    └ users        a user's devices: the cap, the cluster's count, presence hooks
 //!      └ worker_state   one worker's own state: groups, calls, outbox, scratch
 //!        └ handle   AppHandle, SocketRef, UserRef, Running: the app from any thread
 //!          ├ cluster_view   queries for every node

@@ -31,7 +31,9 @@ use crate::runtime::ConnId;
 /// `{"t":[conn,user]}` (take that connection over) and `{"m":[conn,public]}`
 /// (the session lost with it was claimed); a broadcast to a room with
 /// history goes as `NODE\n{"h":[room,epoch,offset,except]}\nFRAME` on the
-/// history channel, from Redis's script; anything else is ignored.
+/// history channel, from Redis's script; the node that cleans up after a
+/// dead one sends itself `DEAD\n{"uo":user}\n` for each user that went
+/// offline with it (the `users` module); anything else is ignored.
 ///
 /// Sessions kept for resume are records in Redis that any node claims
 /// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
