@@ -1,16 +1,21 @@
 //! Users and devices: a user's sockets on any worker, the per-user cap and
-//! its policies, dropping a user or one device.
+//! its policies, dropping a user or one device; users attached after
+//! connect (`set_user`, `clear_user`), kept by a resume; the user presence hooks.
 #![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;
 mod common;
+#[path = "common/login.rs"]
+mod login;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use app_client::{eventually, AppClient};
 use emitws::app::{App, DevicePolicy, Refusal, Running};
 use emitws::runtime::AcceptMode;
+use login::{login, login_routes, seen, whoami, Transitions};
 use serde_json::{json, Value};
 
 /// Users named by `?user=`; two workers, sockets dealt in turn.
@@ -112,5 +117,120 @@ fn dropping_a_user_or_one_device() {
     assert_eq!(running.drop_user("ann", "banned"), 2);
     assert_eq!(a1.expect_close(4000), "banned");
     assert_eq!(a2.expect_close(4000), "banned");
+    running.close();
+}
+
+/// Sockets that log in after connect (see `common/login.rs`); two workers.
+fn login_app(cap: Option<(usize, DevicePolicy)>, window: Option<Duration>) -> (Running, Transitions) {
+    let mut app = App::new();
+    let transitions = login_routes(&mut app);
+    if let Some((max, policy)) = cap {
+        app.max_devices(max, policy);
+    }
+    app.resume_window(window);
+    let server = common::quick_server().workers(2).accept_mode(AcceptMode::Acceptor);
+    (app.listen_with(server, "127.0.0.1:0").expect("start"), transitions)
+}
+
+#[test]
+fn a_user_attached_after_connect_is_reached_switched_and_detached() {
+    let (running, transitions) = login_app(None, None);
+    let addr = running.local_addr();
+    let mut phone = AppClient::connect(addr);
+    let mut bob = AppClient::connect(addr);
+    assert_eq!(whoami(&mut phone), Value::Null);
+    assert!(!running.to_user("ann").is_online());
+    assert!(login(&mut phone, "ann"));
+    assert!(login(&mut bob, "bob"));
+    assert_eq!(whoami(&mut phone), json!("ann"));
+    let ann = running.to_user("ann");
+    assert!(ann.is_online());
+    assert_eq!(ann.sockets().len(), 1);
+    assert_eq!(running.users(), ["ann", "bob"]);
+    assert_eq!(bob.request("/dm", json!(["ann", "hi"])), Ok(json!(1)));
+    assert_eq!(phone.expect_event("/dm"), json!("hi"));
+    // Logging in again as the same user changes nothing.
+    assert!(login(&mut phone, "ann"));
+    assert_eq!(ann.sockets().len(), 1);
+    // Another user: detached from ann first.
+    assert!(login(&mut phone, "cat"));
+    assert_eq!(whoami(&mut phone), json!("cat"));
+    assert!(!ann.is_online());
+    assert_eq!(bob.request("/dm", json!(["ann", "lost"])), Ok(json!(0)));
+    assert_eq!(bob.request("/dm", json!(["cat", "meow"])), Ok(json!(1)));
+    assert_eq!(phone.expect_event("/dm"), json!("meow"));
+    assert_eq!(phone.request("/logout", Value::Null), Ok(Value::Null));
+    assert!(!running.to_user("cat").is_online());
+    assert_eq!(running.users(), ["bob"]);
+    // Each change once, in order, on the one node.
+    let expected = ["online ann", "online bob", "offline ann", "online cat", "offline cat"];
+    eventually("the hooks", || seen(&transitions).len() >= expected.len());
+    assert_eq!(seen(&transitions), expected);
+    phone.close();
+    bob.close();
+    running.close();
+}
+
+#[test]
+fn presence_hooks_fire_once_per_change_of_a_user_with_two_devices() {
+    let (running, transitions) = login_app(None, None);
+    let addr = running.local_addr();
+    let (mut phone, mut laptop) = (AppClient::connect(addr), AppClient::connect(addr));
+    assert!(login(&mut phone, "ann"));
+    assert!(login(&mut laptop, "ann"));
+    assert_eq!(running.to_user("ann").sockets().len(), 2);
+    phone.close();
+    eventually("one device left", || running.to_user("ann").sockets().len() == 1);
+    assert_eq!(seen(&transitions), ["online ann"]);
+    laptop.close();
+    eventually("ann offline", || seen(&transitions).len() == 2);
+    assert_eq!(seen(&transitions), ["online ann", "offline ann"]);
+    running.close();
+}
+
+#[test]
+fn the_cap_applies_to_users_attached_after_connect() {
+    let (running, _) = login_app(Some((1, DevicePolicy::RejectNew)), None);
+    let addr = running.local_addr();
+    let mut first = AppClient::connect(addr);
+    assert!(login(&mut first, "ann"));
+    let mut second = AppClient::connect(addr);
+    second.send_request("/login", json!("ann"));
+    assert_eq!(second.ws.expect_close(4429), "too many devices for this user");
+    assert_eq!(running.to_user("ann").sockets().len(), 1);
+    first.close();
+    running.close();
+
+    let (running, _) = login_app(Some((1, DevicePolicy::DropOldest)), None);
+    let addr = running.local_addr();
+    let mut oldest = AppClient::connect(addr);
+    assert!(login(&mut oldest, "ann"));
+    let mut newer = AppClient::connect(addr);
+    assert!(login(&mut newer, "ann"));
+    assert_eq!(oldest.expect_close(4409), "replaced by a newer device");
+    eventually("one device", || running.to_user("ann").sockets().len() == 1);
+    assert_eq!(whoami(&mut newer), json!("ann"));
+    newer.close();
+    running.close();
+}
+
+#[test]
+fn a_resumed_socket_comes_back_with_the_user_it_logged_in_as() {
+    let (running, transitions) = login_app(None, Some(Duration::from_secs(30)));
+    let addr = running.local_addr();
+    let mut phone = AppClient::connect(addr);
+    let token = phone.ready.as_ref().and_then(|ready| ready["resume"].as_str()).expect("a resume token").to_string();
+    assert!(login(&mut phone, "ann"));
+    // Lost without a close: away, its session kept, it is not a device.
+    drop(phone);
+    eventually("ann away", || !running.to_user("ann").is_online());
+    let mut back = AppClient::connect_to(addr, "/?emitws_resume=1", &[]).expect("upgraded");
+    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
+    assert_eq!(back.reply_to(id).expect("resumed")["resumed"], true);
+    back.wait_ready();
+    assert_eq!(whoami(&mut back), json!("ann"));
+    assert!(running.to_user("ann").is_online());
+    assert_eq!(seen(&transitions), ["online ann", "offline ann", "online ann"]);
+    back.close();
     running.close();
 }

@@ -9,6 +9,7 @@ use super::groups::BroadcastOpts;
 use super::handle::AppHandle;
 use super::history::History;
 use super::socket_id::SocketId;
+use super::DevicePolicy;
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 
@@ -83,6 +84,16 @@ pub enum Presence<'a> {
         /// The group.
         group: &'a str,
     },
+    /// A connected socket's user was attached, changed or detached
+    /// ([`Request::set_user`](super::Request::set_user)): its user now, and before.
+    User {
+        /// The socket's connection on this node.
+        conn_id: ConnId,
+        /// Its user now.
+        user: Option<&'a str>,
+        /// Its user before.
+        previous: Option<&'a str>,
+    },
     /// A socket is gone, with the groups it was still in.
     Disconnected {
         /// The socket's connection on this node.
@@ -150,6 +161,50 @@ pub enum ClaimOutcome {
 /// How a [`ClaimOutcome`] gets back to the claimer (from another thread).
 pub type ClaimDone = Box<dyn FnOnce(ClaimOutcome) + Send>;
 
+/// A user's device came or went, for the count the cluster keeps of each
+/// user's devices ([`Adapter::count_device`]).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum DeviceChange<'a> {
+    /// A socket of this node is now a device of `user` (it came in with
+    /// the user, or was given it by [`Request::set_user`](super::Request::set_user)).
+    Added {
+        /// The user.
+        user: &'a str,
+        /// The socket's connection on this node.
+        conn_id: ConnId,
+        /// The app's cap ([`App::max_devices`](super::App::max_devices)), if any.
+        cap: Option<(usize, DevicePolicy)>,
+    },
+    /// A socket of this node is no longer a device of `user` (it is gone,
+    /// or its user was cleared or changed).
+    Removed {
+        /// The user.
+        user: &'a str,
+        /// The socket's connection on this node.
+        conn_id: ConnId,
+    },
+}
+
+/// What the cluster answered to a [`DeviceChange`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeviceCount {
+    /// The user had no device anywhere before this one came.
+    pub first: bool,
+    /// The user has no device anywhere now that this one went.
+    pub last: bool,
+    /// The cap refused the new device ([`DevicePolicy::RejectNew`]): it was not counted.
+    pub refused: bool,
+    /// Devices the cap drops ([`DevicePolicy::DropOldest`]), oldest first,
+    /// by node and connection: no longer counted, to be closed.
+    pub dropped: Vec<SocketId>,
+}
+
+/// How a [`DeviceCount`] gets back to the app (from another thread); an
+/// error when the cluster's store could not be reached.
+pub type DeviceDone = Box<dyn FnOnce(Result<DeviceCount, Error>) + Send>;
+
 /// What a store holds of some rooms' history streams
 /// ([`Adapter::read_history`]): per room, its epoch, its latest offset and
 /// its kept broadcasts after the offset asked, oldest first, each as (offset,
@@ -206,6 +261,21 @@ pub trait Adapter: Send + Sync + 'static {
     /// app's own, on this node, serve.
     fn claim_session(&self, claim: SessionClaim, done: ClaimDone) -> Result<(), ClaimDone> {
         let _ = claim;
+        Err(done)
+    }
+
+    /// Counts a user's device in or out across the cluster, without blocking
+    /// the caller: `done` gets the answer later, from another thread. The
+    /// changes of one node are counted in the order they were made; an
+    /// adding answers whether the device is the user's first anywhere and
+    /// what the cap implies, a removal whether it was the last.
+    ///
+    /// # Errors
+    ///
+    /// `done` back when the adapter keeps no count (the default): this
+    /// node's own devices are all the app counts.
+    fn count_device(&self, change: DeviceChange<'_>, done: DeviceDone) -> Result<(), DeviceDone> {
+        let _ = change;
         Err(done)
     }
 

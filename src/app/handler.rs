@@ -18,15 +18,15 @@ use super::handle::AppHandle;
 use super::history::Backfill;
 use super::inbox::WorkerMsg;
 use super::limits::{check_event_name, Bucket, Policy};
-use super::locks::lock;
 use super::request::{Request, SharedValue};
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done};
 use super::session::{keeps_session, record_key, Session, Unclaimed};
 use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
+use super::users;
 use super::worker_state::{set_position, settle_call, WorkerState};
-use super::{Auth, DevicePolicy, CLOSE_REPLACED, CLOSE_TIMEOUT, CLOSE_TOO_MANY_DEVICES};
+use super::{Auth, CLOSE_REPLACED, CLOSE_TIMEOUT};
 use crate::proto::{CloseCode, CloseReason, Message, OpCode};
 use crate::runtime::{Accept, Conn, ConnId, Conns, Handler, Reject, SharedFrame, UpgradeRequest};
 
@@ -287,31 +287,11 @@ impl AppWorker {
         }
     }
 
-    /// Adds the socket to its user's devices, enforcing the per-user cap.
+    /// Adds the socket to its user's devices, enforcing the per-user cap;
+    /// false when the cap refused it (it is being closed).
     fn register_user(&mut self, conn: &mut Conn<'_, SocketData>) -> bool {
         let Some(user) = conn.data().state.as_ref().and_then(|s| s.user.clone()) else { return true };
-        let id = conn.id();
-        let mut users = lock(&self.app.0.users);
-        let devices = users.entry(user).or_default();
-        if let Some((max, policy)) = self.app.0.setup.devices {
-            if devices.len() >= max {
-                match policy {
-                    DevicePolicy::RejectNew => {
-                        drop(users);
-                        conn.close(CLOSE_TOO_MANY_DEVICES, "too many devices for this user");
-                        return false;
-                    }
-                    DevicePolicy::DropOldest => {
-                        let server = self.app.server();
-                        for oldest in devices.drain(..=devices.len() - max) {
-                            server.close(oldest, CLOSE_REPLACED, "replaced by a newer device");
-                        }
-                    }
-                }
-            }
-        }
-        devices.push(id);
-        true
+        users::attach(&self.app, conn, &user)
     }
 
     /// The socket authenticated and waits for nothing more: it resumes the
@@ -595,6 +575,10 @@ impl AppWorker {
             if public.node == app.node() {
                 state.public = Some(public.conn);
             }
+            // A user attached after connect (`set_user`) comes back with the session.
+            if state.user.is_none() {
+                state.user.clone_from(&session.user);
+            }
             for (key, value) in session.store {
                 match state.store.iter_mut().find(|(k, _)| *k == key) {
                     Some(entry) => entry.1 = value,
@@ -697,7 +681,9 @@ impl AppWorker {
         until: Instant,
     ) {
         if let Some(mut conn) = conns.get(old).filter(|_| Instant::now() < until) {
-            if conn.data().has(flag::CONNECTED) && conn.data().user() == user {
+            // A waiter with no user of its own (an app that attaches users
+            // after connect, with `set_user`) gets the session's back.
+            if conn.data().has(flag::CONNECTED) && (user.is_none() || conn.data().user() == user) {
                 self.depart(&mut conn, CLOSE_REPLACED, RESUMED_ELSEWHERE, true);
                 conn.close(CLOSE_REPLACED, RESUMED_ELSEWHERE);
             }
@@ -768,14 +754,9 @@ impl AppWorker {
                 self.local.groups.leave(group, id);
                 app.0.registry.leave(group, id);
             }
-            if let Some(user) = &state.user {
-                let mut users = super::lock(&app.0.users);
-                if let Some(devices) = users.get_mut(user) {
-                    devices.retain(|d| *d != id);
-                    if devices.is_empty() {
-                        users.remove(user);
-                    }
-                }
+            // Only an admitted socket was counted as a device.
+            if let Some(user) = state.user.as_deref().filter(|_| connected) {
+                users::detach(&app, id, user);
             }
         }
         if connected {

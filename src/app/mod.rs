@@ -38,7 +38,8 @@
 //!  mod.rs           App and its AppConfig: routes, auth, rules, limits; listen
 //!  └ handler        the runtime Handler: a socket's life, envelopes to handlers
 //!    ├ router       routes, middleware, namespaces
-//!    └ request      Request, ReplyHandle: what a handler gets
+//!    ├ request      Request, ReplyHandle: what a handler gets
+//!    └ users        a user's devices: the cap, the cluster's count, presence hooks
 //!      └ worker_state   one worker's own state: groups, calls, outbox, scratch
 //!        └ handle   AppHandle, SocketRef, UserRef, Running: the app from any thread
 //!          ├ cluster_view   queries for every node
@@ -76,6 +77,7 @@ mod rpc;
 mod session;
 mod socket;
 mod socket_id;
+mod users;
 mod worker_state;
 
 use std::fmt;
@@ -84,7 +86,10 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use adapter::{Adapter, ClaimDone, ClaimOutcome, ClaimedSession, Presence, Scope, SessionClaim, Target};
+pub use adapter::{
+    Adapter, ClaimDone, ClaimOutcome, ClaimedSession, DeviceChange, DeviceCount, DeviceDone, Presence, Scope,
+    SessionClaim, Target,
+};
 pub use cluster_view::ClusterView;
 pub use connect::{Challenge, Connecting, PathRoute, Refusal};
 pub use disconnect::{After, Gone};
@@ -104,10 +109,8 @@ pub use socket_id::{BadSocketId, SocketId};
 use connect::{ConnectFn, IdentifyFn};
 use handler::AppWorker;
 // The clients ask it too: which closes keep a session.
-pub(crate) use session::keeps_session;
-// Reached as `super::lock` by handler.rs.
-use locks::lock;
 use router::Router;
+pub(crate) use session::keeps_session;
 
 use crate::metrics::Metrics;
 use crate::proto::handshake::server::HttpRequest;
@@ -152,6 +155,10 @@ pub(crate) struct AppConfig {
     limits: EventLimits,
     heartbeat: Option<Duration>,
     devices: Option<(usize, DevicePolicy)>,
+    /// Runs when a user's first device comes in ([`App::on_user_online`]).
+    user_online: Option<UserHook>,
+    /// Runs when a user's last device is gone ([`App::on_user_offline`]).
+    user_offline: Option<UserHook>,
     adapter: Option<Arc<dyn Adapter>>,
     http: Option<HttpFn>,
     /// Where the app and its server count.
@@ -178,6 +185,9 @@ pub(crate) enum Auth {
 
 /// Identification by the socket's first request.
 pub(crate) type IdentifyMessageFn = Arc<dyn Fn(&mut Request<'_>) -> Result<String, Refusal> + Send + Sync>;
+
+/// A user presence hook: the app, the user.
+pub(crate) type UserHook = Arc<dyn Fn(&AppHandle, &str) + Send + Sync>;
 
 /// Answers plain HTTP requests on the app's port.
 type HttpFn = Arc<dyn Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync>;
@@ -353,11 +363,45 @@ impl App {
         self
     }
 
-    /// Caps the sockets one user may have open at once. In a cluster each
-    /// node applies the cap to the devices it holds: checking the whole
-    /// cluster would put a round trip to Redis in every connect.
+    /// Caps the sockets one user may have open at once (at least 1; no cap
+    /// by default), counting those attached with [`Request::set_user`]
+    /// too. Each node applies the cap to the devices it holds at once.
+    ///
+    /// With the Redis adapter the cap is also the cluster's: a script in
+    /// Redis adds each device to its user's key, atomically, and answers
+    /// what the policy implies — the new socket refused (closed with 4429)
+    /// wherever the others are, or the oldest devices closed on whichever
+    /// node holds them. The worker does not wait for Redis: the socket is
+    /// in meanwhile, and closed if the answer says so. A dead node's
+    /// devices stop counting when a survivor cleans up after it. While
+    /// Redis cannot be reached only this node's cap applies (logged once
+    /// per outage), and Redis counts this node's devices again as they are
+    /// once it answers.
     pub fn max_devices(&mut self, max: usize, policy: DevicePolicy) -> &mut Self {
         self.config.devices = Some((max.max(1), policy));
+        self
+    }
+
+    /// Runs `hook` when a user comes online: its first device is in, on
+    /// this node or (with an adapter) anywhere in the cluster. In a cluster
+    /// it runs on one node only, the one whose device made the change: an
+    /// app that tells others broadcasts from the hook. A socket away for a
+    /// resume does not count as a device (as for [`UserRef::is_online`]): a
+    /// user whose only socket is lost goes offline, and online again when
+    /// it resumes. The hook runs on a worker thread (with an adapter that
+    /// counts devices, on the adapter's thread that got the cluster's
+    /// answer) and must not block it.
+    pub fn on_user_online(&mut self, hook: impl Fn(&AppHandle, &str) + Send + Sync + 'static) -> &mut Self {
+        self.config.user_online = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` when a user goes offline: its last device is gone, here
+    /// or (with an adapter) everywhere in the cluster, a dead node's devices
+    /// included (the survivor that cleans up after it runs the hook). Once
+    /// per change, on one node; see [`on_user_online`](Self::on_user_online).
+    pub fn on_user_offline(&mut self, hook: impl Fn(&AppHandle, &str) + Send + Sync + 'static) -> &mut Self {
+        self.config.user_offline = Some(Arc::new(hook));
         self
     }
 

@@ -295,7 +295,9 @@ impl Sessions {
         self.with(|table| {
             expire(table, now);
             let session = table.by_conn.get(&lost).ok_or(Unclaimed::NoSession)?;
-            if session.user.as_deref() != user {
+            // A claimer without a user of its own takes the session's
+            // (attached after connect, with `set_user`): the token proves it.
+            if user.is_some() && session.user.as_deref() != user {
                 return Err(Unclaimed::OtherUser);
             }
             let session = table.take(lost).ok_or(Unclaimed::NoSession)?;
@@ -557,13 +559,20 @@ mod tests {
         let (sessions, now) = (Sessions::new(), Instant::now());
         sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         assert!(matches!(sessions.claim(ConnId(7), Some("bob"), ConnId(9), now), Err(Unclaimed::OtherUser)));
-        assert!(matches!(sessions.claim(ConnId(7), None, ConnId(9), now), Err(Unclaimed::OtherUser)));
         assert_eq!(sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().map(|s| s.public), Some(ConnId(7)));
         assert!(matches!(sessions.claim(ConnId(7), Some("ann"), ConnId(10), now), Err(Unclaimed::NoSession)));
         assert_eq!((sessions.current(ConnId(7)), sessions.public(ConnId(9))), (ConnId(9), ConnId(7)));
         sessions.forget_alias(ConnId(7), ConnId(9));
         assert_eq!((sessions.current(ConnId(7)), sessions.public(ConnId(9))), (ConnId(7), ConnId(9)));
         assert_eq!(sessions.entries.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_claimer_without_a_user_gets_the_sessions() {
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
+        let claimed = sessions.claim(ConnId(7), None, ConnId(9), now).ok().expect("claimed");
+        assert_eq!(claimed.user.as_deref(), Some("ann"));
     }
 
     #[test]

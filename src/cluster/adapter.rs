@@ -9,10 +9,11 @@ use super::history::{RedisHistory, StoredHistory};
 use super::link::{alive_nodes, Inbound, RedisLink};
 use super::options::RedisOptions;
 use super::sessions::{self, Found, Record};
+use super::users;
 use super::wire::{hex, Header};
 use crate::app::{
-    self, Adapter, AppHandle, BroadcastOpts, ClaimDone, ClaimOutcome, History, Presence, Scope, SessionClaim, SocketId,
-    Target,
+    self, Adapter, AppHandle, BroadcastOpts, ClaimDone, ClaimOutcome, DeviceChange, DeviceDone, History, Presence,
+    Scope, SessionClaim, SocketId, Target,
 };
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
@@ -30,7 +31,9 @@ use crate::runtime::ConnId;
 /// `{"t":[conn,user]}` (take that connection over) and `{"m":[conn,public]}`
 /// (the session lost with it was claimed); a broadcast to a room with
 /// history goes as `NODE\n{"h":[room,epoch,offset,except]}\nFRAME` on the
-/// history channel, from Redis's script; anything else is ignored.
+/// history channel, from Redis's script; the node that cleans up after a
+/// dead one sends itself `DEAD\n{"uo":user}\n` for each user that went
+/// offline with it (the `users` module); anything else is ignored.
 ///
 /// Sessions kept for resume are records in Redis that any node claims
 /// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
@@ -212,7 +215,8 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
                 except.into_iter().map(|(node, conn)| SocketId { node, conn: ConnId(conn) }).collect();
             app.deliver_history(&room, &epoch, offset, envelope()?, &except);
         }
-        Header::Socket(_) | Header::CloseSocket(..) | Header::History(..) => {}
+        Header::UserOffline(user) if message.direct => app.deliver_user_offline(&user),
+        Header::Socket(_) | Header::CloseSocket(..) | Header::History(..) | Header::UserOffline(_) => {}
     }
     Some(())
 }
@@ -278,6 +282,9 @@ impl Adapter for RedisAdapter {
             }
             Presence::Stored { conn_id, key, value } => self.link.record_store(conn_id.0, key, value),
             Presence::Left { conn_id, group } => self.link.leave(group, conn_id.0),
+            Presence::User { conn_id, user, previous } => {
+                self.link.set_user(conn_id.0, user.map(Into::into), previous.map(Into::into));
+            }
             Presence::Disconnected { conn_id, user, groups, kept } => {
                 self.link.end_record(conn_id.0, kept);
                 let groups = groups.iter().map(|g| g.to_string()).collect();
@@ -288,6 +295,11 @@ impl Adapter for RedisAdapter {
 
     fn claim_session(&self, claim: SessionClaim, done: ClaimDone) -> Result<(), ClaimDone> {
         claim_in_background(self.link.clone(), self.app.clone(), claim, done, false);
+        Ok(())
+    }
+
+    fn count_device(&self, change: DeviceChange<'_>, done: DeviceDone) -> Result<(), DeviceDone> {
+        users::count_device(&self.link, change, done);
         Ok(())
     }
 

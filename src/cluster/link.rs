@@ -277,6 +277,18 @@ impl RedisLink {
         self.write(WriterCommand::AddUser { user: user.into(), id });
     }
 
+    /// Records that connection `id` now belongs to `user` (or to none), no
+    /// longer to `previous`: in the node's presence and its session record.
+    pub(super) fn set_user(&self, id: u64, user: Option<String>, previous: Option<String>) {
+        self.write(WriterCommand::SetUser { id, user, previous });
+    }
+
+    /// Has the writer make Redis count `user`'s devices on this node as
+    /// they are (a change of them could not be counted), at its next heartbeat.
+    pub(super) fn resync_devices(&self, user: String) {
+        self.write(WriterCommand::SyncDevices(user));
+    }
+
     /// Writes a socket's session record (see [`super::sessions`]).
     pub(super) fn add_record(&self, id: u64, record: Record) {
         self.write(WriterCommand::AddRecord { id, record });

@@ -54,7 +54,9 @@
 //! `writer` and `subscriber` (the link's main threads), `reader` (its
 //! background thread for claims and reads a worker must not wait for),
 //! `outage` (backoff and outage logging, shared by the threads), `history`
-//! (room history kept and numbered in Redis), `adapter` ([`RedisAdapter`]).
+//! (room history kept and numbered in Redis), `sessions` (session records
+//! for resume), `users` (each user's devices counted across the cluster:
+//! the device cap, user presence), `adapter` ([`RedisAdapter`]).
 
 mod adapter;
 mod error;
@@ -69,6 +71,7 @@ mod subscriber;
 #[cfg(test)]
 #[path = "../../tests/common/redis.rs"]
 pub(crate) mod test_redis;
+mod users;
 mod wire;
 mod writer;
 

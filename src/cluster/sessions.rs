@@ -91,6 +91,14 @@ impl Record {
         (field, value.map(Into::into))
     }
 
+    /// Notes the socket's user (attached after connect), or its absence.
+    pub fn set_user(&mut self, user: Option<&str>) {
+        self.fields.retain(|(name, _)| name != "user");
+        if let Some(user) = user {
+            self.fields.push(("user".into(), user.into()));
+        }
+    }
+
     /// Forgets a group; the field to delete.
     pub fn leave(&mut self, group: &str) -> String {
         let field = format!("g:{group}");
@@ -179,7 +187,8 @@ pub(super) const ORPHAN: &str = "for _, key in ipairs(redis.call('SMEMBERS', KEY
 
 /// Claims a record in one step. KEYS: the record, its direct messages;
 /// ARGV: whether the claimer has a user (`1`/`0`), the user, then the live
-/// nodes. Answers `none`, `other` (another user's: left alone), `live NODE
+/// nodes (a claimer without a user takes the record's, attached after
+/// connect: the token proves it). Answers `none`, `other` (another user's: left alone), `live NODE
 /// CONN` (its socket is connected to a live node: left alone) or `claimed`
 /// and the record's fields, name and value in turn, then a `d` and a
 /// message for each direct message (both deleted: nobody else gets them).
@@ -187,7 +196,7 @@ const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
     if #r == 0 then return {'none'} end
     local f = {}
     for i = 1, #r, 2 do f[r[i]] = r[i + 1] end
-    if (ARGV[1] == '1' and f.user ~= ARGV[2]) or (ARGV[1] == '0' and f.user) then return {'other'} end
+    if ARGV[1] == '1' and f.user ~= ARGV[2] then return {'other'} end
     if f.away ~= '1' then
         for i = 3, #ARGV do
             if ARGV[i] == f.node then return {'live', f.node, f.conn} end

@@ -65,4 +65,8 @@ pub(super) enum Header {
     /// sender included.
     #[serde(rename = "h")]
     History(String, String, u64, Vec<(u64, u64)>),
+    /// This user's last device went with a dead node: the survivor that
+    /// cleaned up after it runs the app's offline hook (see `super::users`).
+    #[serde(rename = "uo")]
+    UserOffline(String),
 }

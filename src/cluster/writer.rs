@@ -38,6 +38,14 @@ pub(super) enum WriterCommand {
         user: String,
         id: u64,
     },
+    /// A connected socket's user changed: attached, switched or detached.
+    SetUser {
+        id: u64,
+        user: Option<String>,
+        previous: Option<String>,
+    },
+    /// A user whose devices Redis may count wrong (see `super::users`).
+    SyncDevices(String),
     /// A message for a socket by public id, to the node its alias names
     /// (else the id's own): `alias` is the alias's key, `node` the id's node.
     PublishRouted {
@@ -87,12 +95,20 @@ pub(super) struct Writer {
     records: HashMap<u64, Record>,
     /// The other live nodes at the last heartbeat, to log who joins and leaves.
     peers: BTreeSet<String>,
+    /// Users whose devices on this node Redis is to count again, at the next heartbeat.
+    unsynced: BTreeSet<String>,
 }
 
 impl Writer {
     /// A writer for `link`, with no presence recorded yet.
     pub(super) fn new(link: Weak<LinkState>) -> Writer {
-        Writer { link, presence: HashMap::new(), records: HashMap::new(), peers: BTreeSet::new() }
+        Writer {
+            link,
+            presence: HashMap::new(),
+            records: HashMap::new(),
+            peers: BTreeSet::new(),
+            unsynced: BTreeSet::new(),
+        }
     }
 
     /// The thread's loop, until the link stops or is dropped.
@@ -161,6 +177,7 @@ impl Writer {
                     if lapsed || fresh {
                         self.replay(c, &p, &node)?;
                     }
+                    self.sync_devices(c, &p, &node)?;
                     Ok::<_, redis::RedisError>(())
                 });
                 match beat {
@@ -223,6 +240,16 @@ impl Writer {
                 WriterCommand::RemoveSocket { id, .. } => {
                     self.presence.remove(&id);
                 }
+                WriterCommand::SyncDevices(user) => {
+                    self.unsynced.insert(user);
+                }
+                WriterCommand::SetUser { id, user, previous } => {
+                    let sets = self.presence.entry(id).or_default();
+                    if let Some(previous) = previous {
+                        sets.retain(|set| set.strip_prefix("u:") != Some(&previous));
+                    }
+                    sets.extend(user.map(|user| format!("u:{user}")));
+                }
                 WriterCommand::Publish { .. }
                 | WriterCommand::PublishRouted { .. }
                 | WriterCommand::HoldDirect { .. }
@@ -260,6 +287,11 @@ impl Writer {
             }
             WriterCommand::EndRecord { id, .. } => {
                 self.records.remove(id);
+            }
+            WriterCommand::SetUser { id, user, .. } => {
+                if let Some(record) = self.records.get_mut(id) {
+                    record.set_user(user.as_deref());
+                }
             }
             _ => {}
         }
@@ -332,7 +364,23 @@ impl Writer {
                     pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
                     pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
                 }
-                WriterCommand::Stop => {}
+                WriterCommand::SetUser { id, user, previous } => {
+                    if let Some(previous) = previous {
+                        pipe.srem(format!("{p}:n:{node}:u:{previous}"), id).ignore();
+                        left_users.push(previous);
+                    }
+                    if let Some(user) = user {
+                        pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
+                        pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                    }
+                    if let Some(record) = self.records.get(id) {
+                        match user {
+                            Some(user) => pipe.hset(&record.key, "user", user).ignore(),
+                            None => pipe.hdel(&record.key, "user").ignore(),
+                        };
+                    }
+                }
+                WriterCommand::SyncDevices(_) | WriterCommand::Stop => {}
             }
             self.apply_record(write);
         }
@@ -351,14 +399,46 @@ impl Writer {
         self.drop_publishes(batch);
     }
 
+    /// Makes Redis count the devices of the users noted in `unsynced` as
+    /// this node has them now (its presence is up to date with every
+    /// change made before they were noted).
+    fn sync_devices(&mut self, c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+        if self.unsynced.is_empty() {
+            return Ok(());
+        }
+        let users: Vec<String> = self.unsynced.iter().cloned().collect();
+        let mut devices = std::collections::BTreeMap::<&str, Vec<u64>>::new();
+        for (id, sets) in &self.presence {
+            for user in sets.iter().filter_map(|set| set.strip_prefix("u:")) {
+                if self.unsynced.contains(user) {
+                    devices.entry(user).or_default().push(*id);
+                }
+            }
+        }
+        let mut pipe = redis::pipe();
+        super::users::sync_devices(&mut pipe, p, node, &devices, &users);
+        let () = pipe.query(c)?;
+        self.unsynced.clear();
+        Ok(())
+    }
+
     /// Writes this node's presence again, replacing whatever Redis has of it.
     fn replay(&self, c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
         let stale = node_keys(c, p, node)?;
+        let listed: Vec<String> = c.smembers(format!("{p}:n:{node}:users"))?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         if !stale.is_empty() {
             pipe.del(stale).ignore();
         }
+        // Each user's devices across the cluster, as this node has them now.
+        let mut devices = std::collections::BTreeMap::<&str, Vec<u64>>::new();
+        for (id, sets) in &self.presence {
+            for user in sets.iter().filter_map(|set| set.strip_prefix("u:")) {
+                devices.entry(user).or_default().push(*id);
+            }
+        }
+        super::users::sync_devices(&mut pipe, p, node, &devices, &listed);
         for (id, sets) in &self.presence {
             pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
             for set in sets {
@@ -394,6 +474,8 @@ impl Writer {
     fn leave(&self, conn: Option<Connection>, p: &str, node: &str) {
         if let Some(mut c) = conn {
             let _: RedisResult<()> = c.zrem(format!("{p}:nodes"), node);
+            // Its devices stop counting; a live peer runs the offline hooks.
+            let _ = super::users::orphan_devices(&mut c, p, node, self.peers.iter().next().map(String::as_str));
             let _ = delete_node_keys(&mut c, p, node);
         }
     }
@@ -416,6 +498,8 @@ fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResul
     for dead in dead {
         // Its sockets' sessions wait for a resume elsewhere, for their window.
         let _: () = eval(ORPHAN, &[&format!("{p}:n:{dead}:records")]).query(c)?;
+        // Its devices stop counting; its users left with none went offline.
+        super::users::orphan_devices(c, p, &dead, Some(node))?;
         delete_node_keys(c, p, &dead)?;
         let _: () = c.zrem(&nodes, &dead)?;
     }

@@ -1,0 +1,58 @@
+//! An app whose sockets log in after connect (`/login` attaches a user with
+//! `set_user`, `/logout` detaches it, `/whoami` says who), recording the
+//! user presence hooks, for the local and the cluster user tests.
+
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+
+use emitws::app::App;
+use serde_json::{json, Value};
+
+use crate::app_client::AppClient;
+
+/// The presence hooks' calls, in order: `online USER` / `offline USER`.
+pub type Transitions = Arc<Mutex<Vec<String>>>;
+
+/// Adds the login routes and presence hooks to `app`; the hooks' record.
+pub fn login_routes(app: &mut App) -> Transitions {
+    let transitions = Transitions::default();
+    let (online, offline) = (transitions.clone(), transitions.clone());
+    app.on_user_online(move |_, user| online.lock().unwrap().push(format!("online {user}")));
+    app.on_user_offline(move |_, user| offline.lock().unwrap().push(format!("offline {user}")));
+    app.on("/login", |req| {
+        let user: String = req.data().expect("a user name");
+        let kept = req.set_user(&user);
+        req.reply(&kept);
+    });
+    app.on("/logout", |req| {
+        req.clear_user();
+        let user = req.user().map(str::to_owned);
+        req.reply(&user);
+    });
+    app.on("/whoami", |req| {
+        let user = req.user().map(str::to_owned);
+        req.reply(&user);
+    });
+    app.on("/dm", |req| {
+        let (to, text): (String, String) = req.data().expect("[to, text]");
+        let reached = req.app().to_user(&to).emit("/dm", &text);
+        req.reply(&reached.unwrap_or(0));
+    });
+    transitions
+}
+
+/// Logs `client` in as `user`; whether the socket was kept.
+pub fn login(client: &mut AppClient, user: &str) -> bool {
+    client.request("/login", json!(user)) == Ok(json!(true))
+}
+
+/// Who the server says `client` is.
+pub fn whoami(client: &mut AppClient) -> Value {
+    client.request("/whoami", Value::Null).expect("/whoami answers")
+}
+
+/// The hooks' calls so far.
+pub fn seen(transitions: &Transitions) -> Vec<String> {
+    transitions.lock().unwrap().clone()
+}
