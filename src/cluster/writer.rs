@@ -13,6 +13,7 @@ use redis::{Commands, Connection, RedisResult};
 use super::link::{eval, gone, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
 use super::sessions::{Record, HOLD, ORPHAN, ROUTE};
+use crate::app::ClusterEvent;
 
 /// Work for the writing thread.
 pub(super) enum WriterCommand {
@@ -87,12 +88,26 @@ pub(super) struct Writer {
     records: HashMap<u64, Record>,
     /// The other live nodes at the last heartbeat, to log who joins and leaves.
     peers: BTreeSet<String>,
+    /// Whether a heartbeat went through yet: the peers the first one finds
+    /// are logged, not announced to the app.
+    beaten: bool,
+    /// Until when, after a (re)connection, a node missing from the
+    /// heartbeats is not taken for gone: after Redis restarted empty, every
+    /// node's heartbeat takes up to a period to come back.
+    settling_until: Option<Instant>,
 }
 
 impl Writer {
     /// A writer for `link`, with no presence recorded yet.
     pub(super) fn new(link: Weak<LinkState>) -> Writer {
-        Writer { link, presence: HashMap::new(), records: HashMap::new(), peers: BTreeSet::new() }
+        Writer {
+            link,
+            presence: HashMap::new(),
+            records: HashMap::new(),
+            peers: BTreeSet::new(),
+            beaten: false,
+            settling_until: None,
+        }
     }
 
     /// The thread's loop, until the link stops or is dropped.
@@ -100,7 +115,7 @@ impl Writer {
         let p = options.prefix.clone();
         let beat_every = options.heartbeat_ttl / 3;
         let mut conn: Option<Connection> = None;
-        let mut outage = Outage::new("publisher");
+        let mut outage = Outage::watched("publisher", &self.link);
         let mut wait = Duration::ZERO;
         let mut next_beat = Instant::now();
         let mut fresh = false;
@@ -155,7 +170,7 @@ impl Writer {
                 let ttl = options.heartbeat_ttl.as_millis() as u64;
                 let beat = conn.as_mut().map(|c| {
                     let (lapsed, live) = heartbeat(c, &p, &node, ttl)?;
-                    self.membership(live, &node);
+                    self.membership(live, &node, fresh.then_some(options.heartbeat_ttl));
                     // Redis may have lost this node's presence (a restart, or
                     // survivors that took it for dead): write it again.
                     if lapsed || fresh {
@@ -378,14 +393,42 @@ impl Writer {
         pipe.query(c)
     }
 
-    /// Logs the nodes that joined or left since the last heartbeat.
-    fn membership(&mut self, live: Vec<String>, node: &str) {
-        let live: BTreeSet<String> = live.into_iter().filter(|other| other != node).collect();
+    /// Logs the nodes that joined or left since the last heartbeat, and
+    /// tells the link's health ([`ClusterEvent`]); counts the live nodes.
+    /// `reconnected`: this beat is the first on a new connection, and a
+    /// missing node is taken for gone only if still missing a heartbeat
+    /// period (this long) later.
+    fn membership(&mut self, live: Vec<String>, node: &str, reconnected: Option<Duration>) {
+        let now = Instant::now();
+        if let Some(ttl) = reconnected {
+            self.settling_until = Some(now + ttl);
+        }
+        let settling = self.settling_until.is_some_and(|until| now < until);
+        let announce = std::mem::replace(&mut self.beaten, true);
+        let link = self.link.upgrade();
+        if let Some(link) = &link {
+            link.nodes_alive.store(live.len(), Ordering::Relaxed);
+        }
+        let report = |event: ClusterEvent| {
+            if let (Some(link), true) = (&link, announce) {
+                link.health.report(event);
+            }
+        };
+        let id = |peer: &str| u64::from_str_radix(peer, 16).unwrap_or(0);
+        let mut live: BTreeSet<String> = live.into_iter().filter(|other| other != node).collect();
         for joined in live.difference(&self.peers) {
             tracing::info!(node, peer = %joined, "cluster node joined");
+            report(ClusterEvent::NodeJoined { node: id(joined) });
         }
         for left in self.peers.difference(&live) {
+            if settling {
+                continue;
+            }
             tracing::info!(node, peer = %left, "cluster node left");
+            report(ClusterEvent::NodeLeft { node: id(left) });
+        }
+        if settling {
+            live.extend(std::mem::take(&mut self.peers));
         }
         self.peers = live;
     }
