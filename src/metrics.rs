@@ -557,7 +557,8 @@ pub struct Snapshot {
     pub cluster_published: u64,
     /// Messages this node received from the cluster.
     pub cluster_received: u64,
-    /// Messages dropped on the way to the cluster: more than its queue holds waited.
+    /// Messages dropped on the way to the cluster: more than its queue held
+    /// waited, or Redis was unreachable (an outage loses them).
     pub cluster_dropped: u64,
     /// Reconnections to the cluster's Redis.
     pub cluster_reconnects: u64,

@@ -56,8 +56,8 @@ pub(super) struct LinkState {
     pub(super) subscribed: AtomicBool,
     /// Publishes handed to the writer and not yet written or dropped by it.
     pub(super) queued: AtomicUsize,
-    /// Publishes dropped because too many were queued.
-    dropped: AtomicU64,
+    /// Publishes dropped: too many were queued, or Redis was unreachable.
+    pub(super) dropped: AtomicU64,
     /// Publishes handed to the writer (the metrics' count).
     published: AtomicU64,
     /// Messages from other nodes handed on (by the subscriber thread).
@@ -184,8 +184,9 @@ impl RedisLink {
         self.inner.health.watch(watcher);
     }
 
-    /// How many publishes were dropped because more than
-    /// [`max_queued`](RedisOptions::max_queued) waited for Redis.
+    /// How many publishes were dropped: more than
+    /// [`max_queued`](RedisOptions::max_queued) waited for Redis, or Redis
+    /// was unreachable when the writer had them (an outage loses them).
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }

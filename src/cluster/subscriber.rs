@@ -38,7 +38,10 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
         let _ = conn.set_read_timeout(Some(Duration::from_millis(250)));
         let mut pubsub = conn.as_pubsub();
         if let Err(e) = pubsub.subscribe(&[&all, &direct, &history]) {
+            // Connected but cut off or refused: back off as for a failed connection.
             outage.failed(&e);
+            wait = backoff(wait, options.max_backoff);
+            thread::sleep(wait);
             continue;
         }
         outage.recovered();

@@ -143,7 +143,7 @@ impl Writer {
             if conn.is_none() {
                 // Waiting out the backoff: what comes meanwhile is not sent.
                 if Instant::now() < next_beat {
-                    self.drop_publishes(&mut batch);
+                    self.drop_publishes(&mut batch, true);
                     continue;
                 }
                 match client.get_connection_with_timeout(options.query_timeout) {
@@ -159,7 +159,7 @@ impl Writer {
                     }
                     Err(e) => {
                         outage.failed(&e);
-                        self.drop_publishes(&mut batch);
+                        self.drop_publishes(&mut batch, true);
                         wait = backoff(wait, options.max_backoff);
                         next_beat = Instant::now() + wait;
                         continue;
@@ -204,9 +204,9 @@ impl Writer {
         self.leave(conn, &p, &node);
     }
 
-    /// Takes the publishes out of the batch (written, or lost in an outage);
-    /// presence is kept (and replayed).
-    fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>) {
+    /// Takes the publishes out of the batch (written, or `lost` in an
+    /// outage: counted with the dropped ones); presence is kept (and replayed).
+    fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>, lost: bool) {
         let before = batch.len();
         batch.retain(|w| {
             !matches!(
@@ -216,6 +216,9 @@ impl Writer {
         });
         if let Some(inner) = self.link.upgrade() {
             inner.queued.fetch_sub(before - batch.len(), Ordering::Relaxed);
+            if lost {
+                inner.dropped.fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+            }
         }
         self.remember(batch);
     }
@@ -284,7 +287,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let Some(c) = conn.as_mut() else { return self.drop_publishes(batch) };
+        let Some(c) = conn.as_mut() else { return self.drop_publishes(batch, true) };
         let mut pipe = redis::pipe();
         let mut left_users = Vec::new();
         for write in batch.iter() {
@@ -363,7 +366,7 @@ impl Writer {
         if result.is_err() {
             *conn = None;
         }
-        self.drop_publishes(batch);
+        self.drop_publishes(batch, result.is_err());
     }
 
     /// Writes this node's presence again, replacing whatever Redis has of it.
