@@ -302,3 +302,38 @@ fn a_node_cut_off_from_redis_leaves_and_comes_back() {
     a.close();
     b.close();
 }
+
+#[test]
+fn redis_flushed_under_the_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = (Node::start(&redis.url()), Node::start(&redis.url()));
+    wait_joined(&a, &b);
+    let mut ann = member(&a, "ann", "#lobby");
+    let mut bob = member(&b, "bob", "#lobby");
+    say_until_heard(&mut bob, &mut ann, "#lobby", "before");
+    let _ = (said(&mut ann), said(&mut bob));
+    // Past the nodes' first heartbeat period, when a missing node would count as gone.
+    std::thread::sleep(HEARTBEAT * 2);
+    a.take_events();
+    b.take_events();
+
+    let mut conn = redis::Client::open(redis.url()).and_then(|c| c.get_connection()).expect("a connection");
+    let () = redis::cmd("FLUSHALL").query(&mut conn).expect("flushed");
+    // Each node finds its heartbeat gone at its next beat and writes its presence again.
+    for node in [&a, &b] {
+        let app = node.running.app();
+        let cluster = app.cluster();
+        eventually("presence written again", || cluster.group_size("#lobby").is_ok_and(|n| n == 2));
+        assert_eq!(node.readyz(), (200, "ready".into()));
+    }
+    // The connections stayed up, the nodes did not leave: nothing to announce.
+    for node in [&a, &b] {
+        std::thread::sleep(HEARTBEAT * 2);
+        assert_eq!(node.take_events(), [], "no outage, no node left");
+        assert_eq!(node.snapshot().cluster_nodes_alive, 2);
+    }
+    assert_eq!(ann.request("/say", json!(["#lobby", "after"])), Ok(json!(true)));
+    assert_eq!(bob.expect_event("/said"), "after");
+    a.close();
+    b.close();
+}

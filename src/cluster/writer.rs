@@ -170,7 +170,8 @@ impl Writer {
                 let ttl = options.heartbeat_ttl.as_millis() as u64;
                 let beat = conn.as_mut().map(|c| {
                     let (lapsed, live) = heartbeat(c, &p, &node, ttl)?;
-                    self.membership(live, &node, fresh.then_some(options.heartbeat_ttl));
+                    // A lapse (Redis flushed, say) loses the others' heartbeats too, for a period.
+                    self.membership(live, &node, (lapsed || fresh).then_some(options.heartbeat_ttl));
                     // Redis may have lost this node's presence (a restart, or
                     // survivors that took it for dead): write it again.
                     if lapsed || fresh {
@@ -398,9 +399,9 @@ impl Writer {
 
     /// Logs the nodes that joined or left since the last heartbeat, and
     /// tells the link's health ([`ClusterEvent`]); counts the live nodes.
-    /// `reconnected`: this beat is the first on a new connection, and a
-    /// missing node is taken for gone only if still missing a heartbeat
-    /// period (this long) later.
+    /// `reconnected`: this beat is the first on a new connection, or this
+    /// node's own heartbeat had lapsed; a missing node is then taken for
+    /// gone only if still missing a heartbeat period (this long) later.
     fn membership(&mut self, live: Vec<String>, node: &str, reconnected: Option<Duration>) {
         let now = Instant::now();
         if let Some(ttl) = reconnected {
