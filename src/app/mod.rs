@@ -42,6 +42,7 @@
 //!      └ worker_state   one worker's own state: groups, calls, outbox, scratch
 //!        └ handle   AppHandle, SocketRef, UserRef, Running: the app from any thread
 //!          ├ cluster_view   queries for every node
+//!          ├ cluster_event  ClusterEvent: the cluster's health, for on_cluster
 //!          ├ adapter        the Adapter trait, targets, scopes, presence
 //!          ├ session        sessions kept for resume, resume tokens
 //!          └ inbox          what other threads post to a worker
