@@ -39,7 +39,9 @@ pub enum ClusterEvent {
     /// The cluster's store (Redis) stopped answering: `link` is the
     /// connection that noticed first (`publisher` or `subscriber` for the
     /// Redis adapter), `error` what it got. Once per outage, however many
-    /// of the node's connections notice it.
+    /// of the node's connections notice it; an outage shorter than a third
+    /// of the heartbeat period may go unnoticed by the publisher until
+    /// after the subscriber is back, and then makes a second, short pair.
     StoreLost {
         /// The connection that noticed.
         link: &'static str,
