@@ -267,8 +267,11 @@ fn a_node_cut_off_from_redis_leaves_and_comes_back() {
     assert_eq!(a.expect_events("a cut off", &[Expected::Lost]).len(), 1);
     assert_eq!(a.readyz(), (503, "not ready: Redis unreachable".into()));
     assert!(matches!(a.running.app().cluster().count(Scope::All), Err(Error::Unavailable(_))));
+    assert_eq!((a.snapshot().cluster_redis_up, b.snapshot().cluster_redis_up), (0, 1));
+    let dropped = a.snapshot().cluster_dropped;
     assert_eq!(dan.request("/say", json!(["#lobby", "local"])), Ok(json!(true)));
     assert_eq!(said(&mut ann), ["local"]);
+    eventually("a's broadcast for b to be dropped", || a.snapshot().cluster_dropped == dropped + 1);
     assert_eq!(bob.request("/say", json!(["#lobby", "lost for a"])), Ok(json!(true)));
     assert_eq!(said(&mut ann), Vec::<String>::new(), "b's broadcasts do not reach a");
 
