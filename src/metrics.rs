@@ -557,15 +557,20 @@ pub struct Snapshot {
     pub cluster_published: u64,
     /// Messages this node received from the cluster.
     pub cluster_received: u64,
-    /// Messages dropped on the way to the cluster: more than its queue holds waited.
+    /// Messages dropped on the way to the cluster: more than its queue held
+    /// waited, or Redis was unreachable (an outage loses them).
     pub cluster_dropped: u64,
     /// Reconnections to the cluster's Redis.
     pub cluster_reconnects: u64,
     /// Messages waiting to be published.
     pub cluster_queue_depth: u64,
     /// Nodes of the cluster alive (this one included) as the last cluster
-    /// query found them (presence, socket counts): 0 before any query.
+    /// query or heartbeat found them: 0 before either; while Redis is
+    /// unreachable, the last count (see `cluster_redis_up`).
     pub cluster_nodes_alive: u64,
+    /// 1 while this node reaches Redis (its publisher and subscriber
+    /// connections both work), else 0.
+    pub cluster_redis_up: u64,
 }
 
 impl Snapshot {
@@ -634,7 +639,8 @@ impl Snapshot {
         w.counter("cluster_dropped_total", "Messages dropped on the way to the cluster.", self.cluster_dropped)?;
         w.counter("cluster_reconnects_total", "Reconnections to Redis.", self.cluster_reconnects)?;
         w.gauge("cluster_queue_depth", "Messages waiting to be published.", self.cluster_queue_depth)?;
-        w.gauge("cluster_nodes_alive", "Cluster nodes seen alive.", self.cluster_nodes_alive)
+        w.gauge("cluster_nodes_alive", "Cluster nodes seen alive.", self.cluster_nodes_alive)?;
+        w.gauge("cluster_redis_up", "Whether this node reaches Redis (1) or not (0).", self.cluster_redis_up)
     }
 }
 

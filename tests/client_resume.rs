@@ -14,6 +14,8 @@
 mod common;
 #[path = "common/node.rs"]
 mod node;
+#[path = "common/tcp_proxy.rs"]
+mod tcp_proxy;
 
 use std::fmt;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -584,14 +586,10 @@ fn javascript_client_resumes_against_a_scripted_socket() {
 /// frame, as a network drop), broadcasts meanwhile, recovered exactly once,
 /// twice in a row.
 mod end_to_end {
-    use std::io;
-    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::{Arc, Mutex};
-    use std::thread;
     use std::time::Duration;
 
     use super::common::{ms, WAIT};
+    use super::tcp_proxy::Proxy;
     use super::{node, Inbox, EVENTS};
     use emitws::app::{App, BroadcastOpts, History};
     use emitws::client::app::{AppClient, AppOptions};
@@ -612,66 +610,6 @@ mod end_to_end {
             req.reply(&sent);
         });
         app
-    }
-
-    /// A TCP proxy in front of `upstream` whose connections the test cuts,
-    /// and which refuses new ones while offline.
-    struct Proxy {
-        addr: SocketAddr,
-        streams: Arc<Mutex<Vec<TcpStream>>>,
-        offline: Arc<AtomicBool>,
-        stopped: Arc<AtomicBool>,
-    }
-
-    impl Proxy {
-        fn start(upstream: SocketAddr) -> Proxy {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let addr = listener.local_addr().unwrap();
-            let proxy = Proxy { addr, streams: Arc::default(), offline: Arc::default(), stopped: Arc::default() };
-            let (streams, offline, stopped) = (proxy.streams.clone(), proxy.offline.clone(), proxy.stopped.clone());
-            thread::spawn(move || {
-                for client in listener.incoming() {
-                    let Ok(client) = client else { continue };
-                    if stopped.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    if offline.load(Ordering::SeqCst) {
-                        continue; // Dropped: the attempt fails.
-                    }
-                    let Ok(server) = TcpStream::connect(upstream) else { continue };
-                    streams.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
-                    for (mut from, mut to) in
-                        [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                    {
-                        thread::spawn(move || {
-                            let _ = io::copy(&mut from, &mut to);
-                            let _ = to.shutdown(Shutdown::Both);
-                        });
-                    }
-                }
-            });
-            proxy
-        }
-
-        /// Cuts every connection (no close frame either way) and refuses new ones.
-        fn cut(&self) {
-            self.offline.store(true, Ordering::SeqCst);
-            for stream in self.streams.lock().unwrap().drain(..) {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-
-        fn online(&self) {
-            self.offline.store(false, Ordering::SeqCst);
-        }
-    }
-
-    impl Drop for Proxy {
-        fn drop(&mut self) {
-            self.stopped.store(true, Ordering::SeqCst);
-            self.cut();
-            let _ = TcpStream::connect(self.addr); // Wakes the accept loop to see `stopped`.
-        }
     }
 
     #[test]

@@ -215,7 +215,9 @@ pub type StoredHistory = Vec<(Box<str>, Box<str>, u64, Vec<(u64, Box<str>, Vec<S
 /// Where a cluster transport plugs in ([`App::adapter`](super::App::adapter)):
 /// it carries to the other nodes what this one sends beyond itself, follows
 /// presence, answers cluster-wide queries, and hands what other nodes send to
-/// [`AppHandle::deliver_remote`].
+/// [`AppHandle::deliver_remote`], and the changes of the cluster's health
+/// (its store lost and back, nodes joining and leaving) to
+/// [`AppHandle::deliver_cluster_event`].
 ///
 /// Publishing and presence run on the workers and must not block; queries
 /// block their caller for at most the adapter's timeout.

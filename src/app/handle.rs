@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::adapter::{Presence, Target};
+use super::cluster_event::ClusterEvent;
 use super::cluster_view::ClusterView;
 use super::envelope;
 use super::error::Error;
@@ -639,6 +640,28 @@ impl AppHandle {
                 adapter.publish(frame.payload(), Target::Socket(SocketId { node, conn: id.conn }))
             }
             to => adapter.publish(frame.payload(), to),
+        }
+    }
+
+    /// Hands a change in the cluster's health (an adapter reports it, from
+    /// any thread, without waiting) to the app's hook ([`App::on_cluster`](super::App::on_cluster)):
+    /// it runs on the app's first worker, after what was posted there
+    /// before, as other nodes' messages reach sockets through the workers.
+    /// Before the app listens, or without a hook, nothing runs.
+    pub fn deliver_cluster_event(&self, event: ClusterEvent) {
+        if self.0.setup.cluster_events.is_none() {
+            return;
+        }
+        let Some(server) = self.0.server.get() else { return };
+        server.notify(0, Box::new(WorkerMsg::Cluster(Box::new(event))));
+    }
+
+    /// Runs the app's cluster hook (on a worker; see [`deliver_cluster_event`](Self::deliver_cluster_event)).
+    /// A panic in it is logged, and the worker goes on.
+    pub(crate) fn run_cluster_hook(&self, event: &ClusterEvent) {
+        let Some(hook) = &self.0.setup.cluster_events else { return };
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(self, event))).is_err() {
+            tracing::error!(%event, "the cluster hook panicked");
         }
     }
 

@@ -830,6 +830,7 @@ impl AppWorker {
                     self.claimed(&mut conn, *outcome);
                 }
             }
+            WorkerMsg::Cluster(event) => self.app.run_cluster_hook(&event),
             WorkerMsg::Prefetched { waiter, session, public, backfill } => {
                 // Unless the socket stopped waiting (its auth deadline passed).
                 let Some(mut conn) = conns.get(waiter).filter(|_| self.local.claiming.remove(&waiter)) else { return };

@@ -2,6 +2,7 @@
 //! from outside its event loop.
 
 use super::adapter::ClaimOutcome;
+use super::cluster_event::ClusterEvent;
 use super::connect::Refusal;
 use super::groups::Delivery;
 use super::history::Backfill;
@@ -57,6 +58,9 @@ pub(crate) enum WorkerMsg {
     TakenOver {
         waiter: ConnId,
     },
+    /// A change in the cluster's health, for the app's hook (see
+    /// [`AppHandle::deliver_cluster_event`](super::AppHandle::deliver_cluster_event)).
+    Cluster(Box<ClusterEvent>),
 }
 
 #[cfg(test)]

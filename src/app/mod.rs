@@ -43,6 +43,7 @@
 //!      └ worker_state   one worker's own state: groups, calls, outbox, scratch
 //!        └ handle   AppHandle, SocketRef, UserRef, Running: the app from any thread
 //!          ├ cluster_view   queries for every node
+//!          ├ cluster_event  ClusterEvent: the cluster's health, for on_cluster
 //!          ├ adapter        the Adapter trait, targets, scopes, presence
 //!          ├ session        sessions kept for resume, resume tokens
 //!          └ inbox          what other threads post to a worker
@@ -58,6 +59,7 @@
 //! `cluster_view`'s `ClusterView` borrows the `AppHandle` that makes it.
 
 mod adapter;
+mod cluster_event;
 mod cluster_view;
 mod connect;
 mod disconnect;
@@ -90,6 +92,7 @@ pub use adapter::{
     Adapter, ClaimDone, ClaimOutcome, ClaimedSession, DeviceChange, DeviceCount, DeviceDone, Presence, Scope,
     SessionClaim, Target,
 };
+pub use cluster_event::ClusterEvent;
 pub use cluster_view::ClusterView;
 pub use connect::{Challenge, Connecting, PathRoute, Refusal};
 pub use disconnect::{After, Gone};
@@ -171,6 +174,8 @@ pub(crate) struct AppConfig {
     history: history::HistoryRules,
     /// How sockets lost by accident are kept for a resume.
     resume: session::ResumeSettings,
+    /// The hook for the cluster's health ([`App::on_cluster`]).
+    pub(crate) cluster_events: Option<cluster_event::ClusterEventFn>,
 }
 
 /// How sockets authenticate, if they must.
@@ -428,6 +433,20 @@ impl App {
         handler: impl Fn(&HttpRequest<'_>) -> Option<HttpResponse> + Send + Sync + 'static,
     ) -> &mut Self {
         self.config.http = Some(Arc::new(handler));
+        self
+    }
+
+    /// Runs `hook` at every change in the cluster's health that the adapter
+    /// reports ([`ClusterEvent`]: its store lost and back, nodes joining and
+    /// leaving), on the app's first worker, in order; it must not block.
+    /// Without an adapter nothing is reported.
+    ///
+    /// ```
+    /// let mut app = emitws::app::App::new();
+    /// app.on_cluster(|_app, event| eprintln!("cluster: {event}"));
+    /// ```
+    pub fn on_cluster(&mut self, hook: impl Fn(&AppHandle, &ClusterEvent) + Send + Sync + 'static) -> &mut Self {
+        self.config.cluster_events = Some(Arc::new(hook));
         self
     }
 

@@ -90,6 +90,13 @@ impl RedisAdapter {
                 deliver(&app, &message);
             }
         })?;
+        let slot = app.clone();
+        // From the link's threads: handing it to the app's worker does not block them.
+        link.watch(move |event| {
+            if let Some(app) = lock(&slot).clone() {
+                app.deliver_cluster_event(event);
+            }
+        });
         Ok(Arc::new(RedisAdapter { history: RedisHistory::new(link.clone()), link, app }))
     }
 
@@ -324,10 +331,11 @@ impl Adapter for RedisAdapter {
         Ok(self.link.users()?)
     }
 
-    /// Healthy while the subscriber listens: it notices a lost connection at
-    /// once (the publisher only at its next write or heartbeat).
+    /// Healthy while the subscriber listens (it notices a lost connection
+    /// at once) and the writer is not in an outage (it notices one at its
+    /// next write or heartbeat: Redis refusing writes, say).
     fn healthy(&self) -> Result<(), String> {
-        if self.link.ready(Duration::ZERO) {
+        if self.link.reaches_redis() {
             Ok(())
         } else {
             Err("Redis unreachable".into())

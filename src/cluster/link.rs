@@ -13,6 +13,7 @@ use redis::{Cmd, Commands, Connection, RedisResult};
 
 use super::error::ClusterError;
 use super::options::RedisOptions;
+use super::outage::Health;
 use super::reader::{self, Job};
 use super::sessions::{alias_key, direct_key, record_key, Record};
 use super::subscriber;
@@ -55,16 +56,18 @@ pub(super) struct LinkState {
     pub(super) subscribed: AtomicBool,
     /// Publishes handed to the writer and not yet written or dropped by it.
     pub(super) queued: AtomicUsize,
-    /// Publishes dropped because too many were queued.
-    dropped: AtomicU64,
+    /// Publishes dropped: too many were queued, or Redis was unreachable.
+    pub(super) dropped: AtomicU64,
     /// Publishes handed to the writer (the metrics' count).
     published: AtomicU64,
     /// Messages from other nodes handed on (by the subscriber thread).
     pub(super) received: AtomicU64,
     /// Connections the writer made to Redis: the first, then reconnections.
     pub(super) writer_connections: AtomicU64,
-    /// Live nodes as the last query found them.
-    nodes_alive: AtomicUsize,
+    /// Live nodes as the last query or heartbeat found them.
+    pub(super) nodes_alive: AtomicUsize,
+    /// Whether the writer and the subscriber reach Redis, and who hears of it.
+    pub(super) health: Health,
     /// The connection queries run on, opened on the first query.
     queries: Mutex<Option<Connection>>,
 }
@@ -72,6 +75,13 @@ pub(super) struct LinkState {
 impl fmt::Debug for RedisLink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLink").field("node", &hex(self.inner.node)).finish_non_exhaustive()
+    }
+}
+
+impl LinkState {
+    /// Whether the subscriber listens and neither it nor the writer is in an outage.
+    fn reaches_redis(&self) -> bool {
+        self.subscribed.load(Ordering::SeqCst) && self.health.up()
     }
 }
 
@@ -113,6 +123,7 @@ impl RedisLink {
             received: AtomicU64::new(0),
             writer_connections: AtomicU64::new(0),
             nodes_alive: AtomicUsize::new(0),
+            health: Health::default(),
             queries: Mutex::new(None),
         });
         let link = RedisLink { inner };
@@ -160,8 +171,22 @@ impl RedisLink {
         true
     }
 
-    /// How many publishes were dropped because more than
-    /// [`max_queued`](RedisOptions::max_queued) waited for Redis.
+    /// Whether the link reaches Redis now: its subscriber listens and
+    /// neither it nor the writer is in an outage.
+    pub(super) fn reaches_redis(&self) -> bool {
+        self.inner.reaches_redis()
+    }
+
+    /// Has `watcher` hear of the link's health from now on: Redis lost and
+    /// back, other nodes joining and leaving (see [`super::outage::Health`]).
+    /// It runs on the link's threads and must not block.
+    pub(super) fn watch(&self, watcher: impl Fn(crate::app::ClusterEvent) + Send + Sync + 'static) {
+        self.inner.health.watch(watcher);
+    }
+
+    /// How many publishes were dropped: more than
+    /// [`max_queued`](RedisOptions::max_queued) waited for Redis, or Redis
+    /// was unreachable when the writer had them (an outage loses them).
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
@@ -239,6 +264,7 @@ impl RedisLink {
             snapshot.cluster_reconnects = link.writer_connections.load(Ordering::Relaxed).saturating_sub(1);
             snapshot.cluster_queue_depth = link.queued.load(Ordering::Relaxed) as u64;
             snapshot.cluster_nodes_alive = link.nodes_alive.load(Ordering::Relaxed) as u64;
+            snapshot.cluster_redis_up = u64::from(link.reaches_redis());
         });
     }
 

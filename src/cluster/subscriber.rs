@@ -19,7 +19,7 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
     let all = format!("{p}:all");
     let direct = format!("{p}:node:{node}");
     let history = format!("{p}:history");
-    let mut outage = Outage::new("subscriber");
+    let mut outage = Outage::watched("subscriber", &link);
     let mut wait = Duration::ZERO;
     loop {
         if gone(&link) {
@@ -37,7 +37,11 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
         // Wake up now and then to notice a stop.
         let _ = conn.set_read_timeout(Some(Duration::from_millis(250)));
         let mut pubsub = conn.as_pubsub();
-        if pubsub.subscribe(&[&all, &direct, &history]).is_err() {
+        if let Err(e) = pubsub.subscribe(&[&all, &direct, &history]) {
+            // Connected but cut off or refused: back off as for a failed connection.
+            outage.failed(&e);
+            wait = backoff(wait, options.max_backoff);
+            thread::sleep(wait);
             continue;
         }
         outage.recovered();

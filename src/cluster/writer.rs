@@ -13,6 +13,7 @@ use redis::{Commands, Connection, RedisResult};
 use super::link::{eval, gone, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
 use super::sessions::{Record, HOLD, ORPHAN, ROUTE};
+use crate::app::ClusterEvent;
 
 /// Work for the writing thread.
 pub(super) enum WriterCommand {
@@ -97,6 +98,13 @@ pub(super) struct Writer {
     peers: BTreeSet<String>,
     /// Users whose devices on this node Redis is to count again, at the next heartbeat.
     unsynced: BTreeSet<String>,
+    /// Whether a heartbeat went through yet: the peers the first one finds
+    /// are logged, not announced to the app.
+    beaten: bool,
+    /// Until when, after a (re)connection, a node missing from the
+    /// heartbeats is not taken for gone: after Redis restarted empty, every
+    /// node's heartbeat takes up to a period to come back.
+    settling_until: Option<Instant>,
 }
 
 impl Writer {
@@ -108,6 +116,8 @@ impl Writer {
             records: HashMap::new(),
             peers: BTreeSet::new(),
             unsynced: BTreeSet::new(),
+            beaten: false,
+            settling_until: None,
         }
     }
 
@@ -116,7 +126,7 @@ impl Writer {
         let p = options.prefix.clone();
         let beat_every = options.heartbeat_ttl / 3;
         let mut conn: Option<Connection> = None;
-        let mut outage = Outage::new("publisher");
+        let mut outage = Outage::watched("publisher", &self.link);
         let mut wait = Duration::ZERO;
         let mut next_beat = Instant::now();
         let mut fresh = false;
@@ -144,7 +154,7 @@ impl Writer {
             if conn.is_none() {
                 // Waiting out the backoff: what comes meanwhile is not sent.
                 if Instant::now() < next_beat {
-                    self.drop_publishes(&mut batch);
+                    self.drop_publishes(&mut batch, true);
                     continue;
                 }
                 match client.get_connection_with_timeout(options.query_timeout) {
@@ -160,7 +170,7 @@ impl Writer {
                     }
                     Err(e) => {
                         outage.failed(&e);
-                        self.drop_publishes(&mut batch);
+                        self.drop_publishes(&mut batch, true);
                         wait = backoff(wait, options.max_backoff);
                         next_beat = Instant::now() + wait;
                         continue;
@@ -171,7 +181,8 @@ impl Writer {
                 let ttl = options.heartbeat_ttl.as_millis() as u64;
                 let beat = conn.as_mut().map(|c| {
                     let (lapsed, live) = heartbeat(c, &p, &node, ttl)?;
-                    self.membership(live, &node);
+                    // A lapse (Redis flushed, say) loses the others' heartbeats too, for a period.
+                    self.membership(live, &node, (lapsed || fresh).then_some(options.heartbeat_ttl));
                     // Redis may have lost this node's presence (a restart, or
                     // survivors that took it for dead): write it again.
                     if lapsed || fresh {
@@ -206,9 +217,9 @@ impl Writer {
         self.leave(conn, &p, &node);
     }
 
-    /// Takes the publishes out of the batch (written, or lost in an outage);
-    /// presence is kept (and replayed).
-    fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>) {
+    /// Takes the publishes out of the batch (written, or `lost` in an
+    /// outage: counted with the dropped ones); presence is kept (and replayed).
+    fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>, lost: bool) {
         let before = batch.len();
         batch.retain(|w| {
             !matches!(
@@ -218,6 +229,9 @@ impl Writer {
         });
         if let Some(inner) = self.link.upgrade() {
             inner.queued.fetch_sub(before - batch.len(), Ordering::Relaxed);
+            if lost {
+                inner.dropped.fetch_add((before - batch.len()) as u64, Ordering::Relaxed);
+            }
         }
         self.remember(batch);
     }
@@ -301,7 +315,7 @@ impl Writer {
         if batch.is_empty() {
             return;
         }
-        let Some(c) = conn.as_mut() else { return self.drop_publishes(batch) };
+        let Some(c) = conn.as_mut() else { return self.drop_publishes(batch, true) };
         let mut pipe = redis::pipe();
         let mut left_users = Vec::new();
         for write in batch.iter() {
@@ -396,7 +410,7 @@ impl Writer {
         if result.is_err() {
             *conn = None;
         }
-        self.drop_publishes(batch);
+        self.drop_publishes(batch, result.is_err());
     }
 
     /// Makes Redis count the devices of the users noted in `unsynced` as
@@ -458,14 +472,42 @@ impl Writer {
         pipe.query(c)
     }
 
-    /// Logs the nodes that joined or left since the last heartbeat.
-    fn membership(&mut self, live: Vec<String>, node: &str) {
-        let live: BTreeSet<String> = live.into_iter().filter(|other| other != node).collect();
+    /// Logs the nodes that joined or left since the last heartbeat, and
+    /// tells the link's health ([`ClusterEvent`]); counts the live nodes.
+    /// `reconnected`: this beat is the first on a new connection, or this
+    /// node's own heartbeat had lapsed; a missing node is then taken for
+    /// gone only if still missing a heartbeat period (this long) later.
+    fn membership(&mut self, live: Vec<String>, node: &str, reconnected: Option<Duration>) {
+        let now = Instant::now();
+        if let Some(ttl) = reconnected {
+            self.settling_until = Some(now + ttl);
+        }
+        let settling = self.settling_until.is_some_and(|until| now < until);
+        let announce = std::mem::replace(&mut self.beaten, true);
+        let link = self.link.upgrade();
+        if let Some(link) = &link {
+            link.nodes_alive.store(live.len(), Ordering::Relaxed);
+        }
+        let report = |event: ClusterEvent| {
+            if let (Some(link), true) = (&link, announce) {
+                link.health.report(event);
+            }
+        };
+        let id = |peer: &str| u64::from_str_radix(peer, 16).unwrap_or(0);
+        let mut live: BTreeSet<String> = live.into_iter().filter(|other| other != node).collect();
         for joined in live.difference(&self.peers) {
             tracing::info!(node, peer = %joined, "cluster node joined");
+            report(ClusterEvent::NodeJoined { node: id(joined) });
         }
         for left in self.peers.difference(&live) {
+            if settling {
+                continue;
+            }
             tracing::info!(node, peer = %left, "cluster node left");
+            report(ClusterEvent::NodeLeft { node: id(left) });
+        }
+        if settling {
+            live.extend(std::mem::take(&mut self.peers));
         }
         self.peers = live;
     }

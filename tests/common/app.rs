@@ -110,6 +110,29 @@ impl AppClient {
         }
     }
 
+    /// The next envelope (kept ones first), if one comes within `timeout`.
+    pub fn next_within(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(envelope) = self.inbox.pop_front() {
+            return Some(envelope);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.ws.try_recv_within(left.max(Duration::from_millis(1))) {
+                Ok(Frame::Text(text)) => {
+                    let envelope = parse(&text);
+                    if !self.keep_ready(&envelope) {
+                        return Some(envelope);
+                    }
+                }
+                Ok(Frame::Ping(payload)) => self.ws.send(emitws::proto::OpCode::Pong, true, &payload),
+                Ok(other) => panic!("expected an envelope, got {other:?}"),
+                Err(RecvError::Timeout) => return None,
+                Err(e) => panic!("connection failed: {e:?}"),
+            }
+        }
+    }
+
     /// Expects the next envelope to be event `event`; returns its data.
     pub fn expect_event(&mut self, event: &str) -> Value {
         let envelope = self.next();
