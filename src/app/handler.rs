@@ -21,7 +21,7 @@ use super::limits::{check_event_name, Bucket, Policy};
 use super::locks::lock;
 use super::request::{Request, SharedValue};
 use super::router::EventHandler;
-use super::rpc::{CallError, CallReply, CallResult, Done};
+use super::rpc::{CallError, CallReply, CallResult, Done, GroupOutcome};
 use super::session::{keeps_session, record_key, Session, Unclaimed};
 use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
@@ -848,6 +848,22 @@ impl AppWorker {
                 if let Some(mut conn) = conns.get(waiter).filter(|_| self.local.claiming.contains(&waiter)) {
                     self.claimed(&mut conn, *outcome);
                 }
+            }
+            WorkerMsg::Membership { conn, change } => {
+                let (group, join, done) = *change;
+                let app = self.app.clone();
+                let outcome = match conns.get(conn).filter(|c| c.data().has(flag::CONNECTED)) {
+                    None => GroupOutcome::NotThere,
+                    Some(mut conn) if join => {
+                        let before = conn.data().groups().len();
+                        match self.local.join(&app, &mut conn, &group) {
+                            Ok(()) => GroupOutcome::Done { changed: conn.data().groups().len() != before },
+                            Err(e) => GroupOutcome::refused(&e),
+                        }
+                    }
+                    Some(mut conn) => GroupOutcome::Done { changed: self.local.leave(&app, &mut conn, &group) },
+                };
+                done(outcome);
             }
             WorkerMsg::Prefetched { waiter, session, public, backfill } => {
                 // Unless the socket stopped waiting (its auth deadline passed).

@@ -5,7 +5,7 @@ use super::adapter::ClaimOutcome;
 use super::connect::Refusal;
 use super::groups::Delivery;
 use super::history::Backfill;
-use super::rpc::StartCall;
+use super::rpc::{GroupOutcome, StartCall};
 use super::session::Session;
 use super::socket_id::SocketId;
 use crate::runtime::ConnId;
@@ -57,7 +57,17 @@ pub(crate) enum WorkerMsg {
     TakenOver {
         waiter: ConnId,
     },
+    /// Socket `conn` joins (true) or leaves a group, asked from elsewhere
+    /// ([`SocketRef::join`](super::SocketRef::join), maybe from another
+    /// node); the outcome goes to the function.
+    Membership {
+        conn: ConnId,
+        change: Box<MembershipChange>,
+    },
 }
+
+/// A group, whether to join it (else leave it), and who learns the outcome.
+pub(crate) type MembershipChange = (String, bool, Box<dyn FnOnce(GroupOutcome) + Send>);
 
 #[cfg(test)]
 mod tests {

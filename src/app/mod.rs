@@ -84,7 +84,10 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use adapter::{Adapter, ClaimDone, ClaimOutcome, ClaimedSession, Presence, Scope, SessionClaim, Target};
+pub use adapter::{
+    Adapter, AskDone, ClaimDone, ClaimOutcome, ClaimedSession, Presence, Scope, SessionClaim, SocketAnswer, SocketAsk,
+    Target,
+};
 pub use cluster_view::ClusterView;
 pub use connect::{Challenge, Connecting, PathRoute, Refusal};
 pub use disconnect::{After, Gone};
@@ -97,7 +100,7 @@ pub use history::History;
 pub use limits::{EventLimits, Policy, Rate};
 pub use request::{DataError, ReplyHandle, Request};
 pub use router::{Middleware, Next, Ns};
-pub use rpc::{CallError, CallReply, CallResult, PendingCall};
+pub use rpc::{CallError, CallReply, CallResult, GroupOutcome, PendingCall, PendingOp};
 pub use socket::SocketData;
 pub use socket_id::{BadSocketId, SocketId};
 
