@@ -1,18 +1,19 @@
 //! [`RedisAdapter`]: the app's [`Adapter`] over a [`RedisLink`].
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use super::asks::Asks;
 use super::error::ClusterError;
 use super::history::{RedisHistory, StoredHistory};
-use super::link::{alive_nodes, Inbound, RedisLink};
+use super::link::{alive_nodes, Inbound, LinkState, RedisLink};
 use super::options::RedisOptions;
 use super::sessions::{self, Found, Record};
-use super::wire::{hex, Header};
+use super::wire::{hex, Header, WireAnswer, WireAsk};
 use crate::app::{
-    self, Adapter, AppHandle, BroadcastOpts, ClaimDone, ClaimOutcome, History, Presence, Scope, SessionClaim, SocketId,
-    Target,
+    self, Adapter, AppHandle, AskDone, BroadcastOpts, ClaimDone, ClaimOutcome, History, Presence, Scope, SessionClaim,
+    SocketAnswer, SocketAsk, SocketId, Target,
 };
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
@@ -30,7 +31,12 @@ use crate::runtime::ConnId;
 /// `{"t":[conn,user]}` (take that connection over) and `{"m":[conn,public]}`
 /// (the session lost with it was claimed); a broadcast to a room with
 /// history goes as `NODE\n{"h":[room,epoch,offset,except]}\nFRAME` on the
-/// history channel, from Redis's script; anything else is ignored.
+/// history channel, from Redis's script; a request to a socket of another
+/// node ([`Adapter::ask`]: a join, a leave, a call) as
+/// `NODE\n{"q":[number,asker,node,conn]}\nASK`, routed as `{"p":…}` is,
+/// and its answer as `NODE\n{"a":number}\nANSWER` to the asker's node,
+/// which gives up after [`query_timeout`](RedisOptions::query_timeout) (a
+/// call's timeout plus that, for a call); anything else is ignored.
 ///
 /// Sessions kept for resume are records in Redis that any node claims
 /// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
@@ -55,6 +61,8 @@ pub struct RedisAdapter {
     link: RedisLink,
     history: RedisHistory,
     app: AppSlot,
+    /// This node's requests to sockets of other nodes, waiting for answers.
+    asks: Arc<Asks>,
 }
 
 /// The app the adapter delivers to, once attached.
@@ -80,14 +88,19 @@ impl RedisAdapter {
     /// As [`RedisLink::start`].
     pub fn new(url: &str, options: RedisOptions) -> Result<Arc<RedisAdapter>, ClusterError> {
         let app: AppSlot = Arc::default();
-        let slot = app.clone();
+        let asks = Arc::new(Asks::new());
+        // The link, for answers: held weakly by its own subscriber thread.
+        let own_link: Arc<OnceLock<Weak<LinkState>>> = Arc::default();
+        let (slot, answers, answer_link) = (app.clone(), asks.clone(), own_link.clone());
         let link = RedisLink::start(url, options, move |message| {
             let app = lock(&slot).clone();
-            if let Some(app) = app {
-                deliver(&app, &message);
+            let link = answer_link.get().and_then(RedisLink::upgrade);
+            if let (Some(app), Some(link)) = (app, link) {
+                deliver(&app, &link, &answers, &message);
             }
         })?;
-        Ok(Arc::new(RedisAdapter { history: RedisHistory::new(link.clone()), link, app }))
+        let _ = own_link.set(link.downgrade());
+        Ok(Arc::new(RedisAdapter { history: RedisHistory::new(link.clone()), link, app, asks }))
     }
 
     /// The link under the adapter.
@@ -179,8 +192,10 @@ fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done:
     }));
 }
 
-/// Hands a message from another node to the app; malformed ones are dropped.
-fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
+/// Hands a message from another node to the app (a request to one of its
+/// sockets answered over `link`, an answer to one of `asks`); malformed
+/// ones are dropped.
+fn deliver(app: &AppHandle, link: &RedisLink, asks: &Asks, message: &Inbound) -> Option<()> {
     let at = message.payload.iter().position(|&b| b == b'\n')?;
     let header: Header = serde_json::from_slice(&message.payload[..at]).ok()?;
     let body = std::str::from_utf8(&message.payload[at + 1..]).ok()?;
@@ -212,7 +227,21 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
                 except.into_iter().map(|(node, conn)| SocketId { node, conn: ConnId(conn) }).collect();
             app.deliver_history(&room, &epoch, offset, envelope()?, &except);
         }
-        Header::Socket(_) | Header::CloseSocket(..) | Header::History(..) => {}
+        Header::Ask(number, asker, node, conn) if message.direct => {
+            let ask: WireAsk = serde_json::from_str(body).ok()?;
+            let link = link.clone();
+            let answer = Box::new(move |answer: SocketAnswer| {
+                if let Ok(answer) = serde_json::to_vec(&WireAnswer::from(answer)) {
+                    send(&link, &Header::Answer(number), Some(asker), &answer);
+                }
+            });
+            app.deliver_ask(SocketId { node, conn: ConnId(conn) }, ask.into(), answer);
+        }
+        Header::Answer(number) if message.direct => {
+            let answer: WireAnswer = serde_json::from_str(body).ok()?;
+            asks.settle(number, answer.into());
+        }
+        Header::Socket(_) | Header::CloseSocket(..) | Header::History(..) | Header::Ask(..) | Header::Answer(_) => {}
     }
     Some(())
 }
@@ -229,6 +258,7 @@ impl Adapter for RedisAdapter {
     }
 
     fn detach(&self) {
+        self.asks.stop();
         self.link.stop();
         lock(&self.app).take();
     }
@@ -310,6 +340,26 @@ impl Adapter for RedisAdapter {
 
     fn users(&self) -> Result<Vec<String>, app::Error> {
         Ok(self.link.users()?)
+    }
+
+    fn group_sizes(&self, _app: &AppHandle) -> Result<Vec<(String, usize)>, app::Error> {
+        Ok(self.link.group_sizes()?)
+    }
+
+    fn ask(&self, to: SocketId, ask: SocketAsk, done: AskDone) -> Result<(), AskDone> {
+        // The asker gives up after the call's own timeout (enforced on the
+        // socket's node) and a query's, for the way there and back.
+        let mut within = self.link.options().query_timeout;
+        if let SocketAsk::Call { timeout, .. } = &ask {
+            within = within.saturating_add(*timeout);
+        }
+        let Ok(body) = serde_json::to_vec(&WireAsk::from(ask)) else { return Err(done) };
+        let number = self.asks.start(within, done)?;
+        let Some(header) = header_line(&Header::Ask(number, self.node(), to.node, to.conn.0)) else {
+            return Ok(()); // a header of numbers always serializes; else it times out
+        };
+        self.link.publish_routed(to, &[&header, &body]);
+        Ok(())
     }
 
     /// Healthy while the subscriber listens: it notices a lost connection at

@@ -20,7 +20,8 @@
 //! Every node has an id and keeps a heartbeat in the sorted set `P:nodes`
 //! (score: when the heartbeat expires, in ms). Presence lives in per-node
 //! sets (`P:n:NODE:sockets`, `P:n:NODE:g:GROUP`, `P:n:NODE:u:USER`, and the
-//! list `P:n:NODE:users`; a set emptied is gone), and every query reads only
+//! list `P:n:NODE:users`, and the hash `P:n:NODE:groups` of the node's groups
+//! with their sizes; a set emptied is gone), and every query reads only
 //! the nodes whose heartbeat is alive: a dead node leaves all answers as soon
 //! as its heartbeat expires, and survivors delete its keys afterwards.
 //!
@@ -57,6 +58,7 @@
 //! (room history kept and numbered in Redis), `adapter` ([`RedisAdapter`]).
 
 mod adapter;
+mod asks;
 mod error;
 mod history;
 mod link;
