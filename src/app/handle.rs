@@ -444,7 +444,7 @@ impl SocketRef {
     /// limit); wait for the outcome with [`PendingOp::wait`] from any thread
     /// but a worker's. For a socket of another node the outcome comes back
     /// through the adapter, or [`GroupOutcome::TimedOut`] after its timeout
-    /// (the Redis adapter's [`query_timeout`](crate::cluster::RedisOptions::query_timeout)).
+    /// (the Redis adapter's `RedisOptions::query_timeout`).
     ///
     /// ```no_run
     /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) -> Result<(), emitws::app::Error> {
@@ -522,7 +522,7 @@ impl SocketRef {
     /// node and its answer, or its error, comes back with the same
     /// [`CallResult`]; this node gives up with [`CallError::Timeout`] after
     /// `timeout` and the adapter's own timeout (the Redis adapter's
-    /// [`query_timeout`](crate::cluster::RedisOptions::query_timeout)), should
+    /// `RedisOptions::query_timeout`), should
     /// that node die meanwhile.
     ///
     /// ```no_run
