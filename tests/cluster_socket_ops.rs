@@ -319,3 +319,27 @@ fn a_node_killed_mid_request_leaves_the_asker_timed_out_and_the_rooms() {
     drop(ann);
     a.close();
 }
+
+#[test]
+fn the_rust_clients_procedures_answer_a_call_from_another_node() {
+    use emitws::client::app::{AppClient as RustClient, AppOptions};
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = two_nodes(&redis);
+    let client = RustClient::new(&format!("ws://{}/", b.addr()), AppOptions::default()).expect("a good URL");
+    client.register("/client/greet", |name| Ok(json!(format!("hello, {} — «ça va?»", name.as_str().unwrap_or("?")))));
+    client.register("/client/fail", |_| Err("refused: \"no\"".into()));
+    client.open().expect("connected");
+    let id: SocketId = client.welcome().expect("@ready")["socket"].as_str().expect("an id").parse().expect("an id");
+    assert_eq!(id.node, b.running.node());
+    let socket = a.running.socket(id);
+    let wait = Duration::from_secs(2);
+    let greeting = socket.call("/client/greet", "\"Zoë\"", wait).expect("JSON").wait().expect("answered");
+    assert_eq!(greeting.data::<String>().unwrap(), "hello, \"Zoë\" — «ça va?»");
+    let failed = socket.call("/client/fail", &(), wait).expect("JSON").wait();
+    assert_eq!(failed, Err(CallError::ExecutionFailed("refused: \"no\"".into())));
+    let missing = socket.call("/client/none", &(), wait).expect("JSON").wait();
+    assert!(matches!(missing, Err(CallError::NotRegistered(_))), "{missing:?}");
+    client.close();
+    a.close();
+    b.close();
+}

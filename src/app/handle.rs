@@ -583,6 +583,10 @@ impl SocketRef {
             return app.deliver_ask(self.id, ask, Box::new(move |answer| done(Some(answer))));
         }
         let absent = absent(&ask);
+        // No socket has opened on this node yet: none of its own is there.
+        if app.0.server.get().is_none() && app.mine(self.id).is_some() {
+            return done(Some(absent));
+        }
         let id = self.id();
         match &app.0.setup.adapter {
             Some(adapter) if id.node != 0 => {

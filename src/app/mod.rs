@@ -106,6 +106,9 @@ pub use socket_id::{BadSocketId, SocketId};
 
 use connect::{ConnectFn, IdentifyFn};
 use handler::AppWorker;
+// The Redis adapter's requests to other nodes time out as calls do.
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use rpc::deadline_after;
 // The clients ask it too: which closes keep a session.
 pub(crate) use session::keeps_session;
 // Reached as `super::lock` by handler.rs.

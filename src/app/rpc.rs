@@ -141,6 +141,15 @@ impl PendingCall {
 /// What runs when a call completes.
 pub(crate) type Done = Box<dyn FnOnce(CallResult) + Send>;
 
+/// When something started now with `timeout` runs out: a timeout too long
+/// for the clock (`Duration::MAX`, or one that came from another node) is
+/// a year, which no call outlives.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(timeout.min(YEAR)).unwrap_or(now)
+}
+
 /// A call posted to a worker from elsewhere.
 pub(crate) struct StartCall {
     pub conn: ConnId,
@@ -164,7 +173,7 @@ impl Calls {
         self.next_id = self.next_id % super::envelope::MAX_ID + 1;
         let id = self.next_id;
         self.pending.insert((conn, id), done);
-        self.deadlines.push(Reverse((Instant::now() + timeout, conn, id)));
+        self.deadlines.push(Reverse((deadline_after(timeout), conn, id)));
         id
     }
 
@@ -277,5 +286,19 @@ impl PendingOp {
             Err(mpsc::TryRecvError::Empty) => None,
             Err(mpsc::TryRecvError::Disconnected) => Some(GroupOutcome::NotThere),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_too_long_for_the_clock_is_a_year() {
+        let mut calls = Calls::default();
+        calls.start(ConnId(1), Duration::MAX, Box::new(|_| {}));
+        let year = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        assert!(calls.next_deadline().is_some_and(|at| at <= year));
+        assert!(calls.expired(Instant::now()).is_empty());
     }
 }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use super::adapter::lock;
-use crate::app::{AskDone, SocketAnswer};
+use crate::app::{deadline_after, AskDone, SocketAnswer};
 
 /// The requests waiting for an answer. Dropping it (or [`stop`](Self::stop))
 /// ends the timer thread, with every waiting request unanswered.
@@ -55,7 +55,7 @@ impl Asks {
         table.next += 1;
         let number = table.next;
         table.pending.insert(number, done);
-        let deadline = Instant::now() + within;
+        let deadline = deadline_after(within);
         let earliest = table.deadlines.first().map_or(true, |(first, _)| deadline < *first);
         table.deadlines.insert((deadline, number));
         if earliest {

@@ -177,3 +177,56 @@ impl From<WireAnswer> for SocketAnswer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer as the asker reads it after the trip through JSON.
+    fn round_trip(answer: SocketAnswer) -> SocketAnswer {
+        let text = serde_json::to_string(&WireAnswer::from(answer)).expect("serializes");
+        serde_json::from_str::<WireAnswer>(&text).expect("reads back").into()
+    }
+
+    #[test]
+    fn every_answer_comes_back_as_it_went() {
+        let reply = CallReply(RawValue::from_string(r#"{"s":"ünï \"q\""}"#.into()).unwrap());
+        let errors = [
+            CallError::Timeout,
+            CallError::NotRegistered("n".into()),
+            CallError::ExecutionFailed("é \"x\"".into()),
+            CallError::Disconnected,
+            CallError::TooMany,
+            CallError::Remote { code: "busy".into(), message: "later".into() },
+        ];
+        let mut answers: Vec<SocketAnswer> = errors.into_iter().map(|e| SocketAnswer::Call(Err(e))).collect();
+        answers.push(SocketAnswer::Call(Ok(reply)));
+        for outcome in [
+            GroupOutcome::Done { changed: true },
+            GroupOutcome::Done { changed: false },
+            GroupOutcome::NotThere,
+            GroupOutcome::Refused { code: "too_many_groups".into(), message: "m".into() },
+        ] {
+            answers.push(SocketAnswer::Group(outcome));
+        }
+        for answer in answers {
+            assert_eq!(round_trip(answer.clone()), answer);
+        }
+    }
+
+    #[test]
+    fn a_call_keeps_its_argument_and_timeout() {
+        let data = RawValue::from_string(r#"["ü",{"a":null}]"#.into()).unwrap();
+        let ask = SocketAsk::Call { name: "/p".into(), data, timeout: Duration::from_millis(1500) };
+        let text = serde_json::to_string(&WireAsk::from(ask)).expect("serializes");
+        match serde_json::from_str::<WireAsk>(&text).expect("reads back").into() {
+            SocketAsk::Call { name, data, timeout } => {
+                assert_eq!(
+                    (name.as_str(), data.get(), timeout),
+                    ("/p", r#"["ü",{"a":null}]"#, Duration::from_millis(1500))
+                );
+            }
+            other => panic!("came back as {other:?}"),
+        }
+    }
+}
