@@ -173,6 +173,17 @@ pub enum SocketAsk {
     },
 }
 
+impl SocketAsk {
+    /// The answer when the socket is not there: [`GroupOutcome::NotThere`],
+    /// or a call's [`CallError::Disconnected`](super::CallError::Disconnected).
+    pub(crate) fn absent(&self) -> SocketAnswer {
+        match self {
+            SocketAsk::Call { .. } => SocketAnswer::Call(Err(super::CallError::Disconnected)),
+            _ => SocketAnswer::Group(GroupOutcome::NotThere),
+        }
+    }
+}
+
 /// What the socket's node answered a [`SocketAsk`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]

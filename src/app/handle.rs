@@ -582,7 +582,7 @@ impl SocketRef {
         if app.local_conn(self.id).is_some() {
             return app.deliver_ask(self.id, ask, Box::new(move |answer| done(Some(answer))));
         }
-        let absent = absent(&ask);
+        let absent = ask.absent();
         // No socket has opened on this node yet: none of its own is there.
         if app.0.server.get().is_none() && app.mine(self.id).is_some() {
             return done(Some(absent));
@@ -610,14 +610,6 @@ impl SocketRef {
             Some(conn) => self.app.server().close(conn, code, reason),
             None => self.app.close_elsewhere(Target::Socket(self.id()), code, reason),
         }
-    }
-}
-
-/// The answer to `ask` when its socket is not there.
-fn absent(ask: &SocketAsk) -> SocketAnswer {
-    match ask {
-        SocketAsk::Call { .. } => SocketAnswer::Call(Err(CallError::Disconnected)),
-        _ => SocketAnswer::Group(GroupOutcome::NotThere),
     }
 }
 
@@ -781,7 +773,7 @@ impl AppHandle {
     /// at once when the socket is not on this node). If the server stops
     /// first, `answer` is dropped uncalled.
     pub fn deliver_ask(&self, public: SocketId, ask: SocketAsk, answer: Box<dyn FnOnce(SocketAnswer) + Send>) {
-        let Some(conn) = self.local_conn(public) else { return answer(absent(&ask)) };
+        let Some(conn) = self.local_conn(public) else { return answer(ask.absent()) };
         let message = match ask {
             SocketAsk::Join(group) | SocketAsk::Leave(group) if !check_group_name(&group) => {
                 return answer(SocketAnswer::Group(GroupOutcome::refused(&Error::BadGroup(group))));

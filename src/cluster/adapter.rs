@@ -192,6 +192,26 @@ fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done:
     }));
 }
 
+/// Answers request `number` to socket `to` with `absent` when nobody can
+/// answer it: `to`'s node is not alive and no alias routes its id to
+/// another node (a socket resumed elsewhere). Checked on the link's
+/// background thread, after the publish: a node that does answer settles
+/// it first; one that cannot leaves the request to its timeout.
+fn unless_reachable(link: &RedisLink, asks: &Arc<Asks>, to: SocketId, number: u64, absent: SocketAnswer) {
+    let (asks, prefix) = (asks.clone(), link.options().prefix.clone());
+    link.background(Box::new(move |conn| {
+        let Ok(c) = conn else { return Ok(()) };
+        if alive_nodes(c, &prefix)?.contains(&to.node) {
+            return Ok(());
+        }
+        let alias: Option<String> = redis::Commands::get(c, sessions::alias_key(&prefix, to))?;
+        if alias.is_none() {
+            asks.settle(number, absent);
+        }
+        Ok(())
+    }));
+}
+
 /// Hands a message from another node to the app (a request to one of its
 /// sockets answered over `link`, an answer to one of `asks`); malformed
 /// ones are dropped.
@@ -353,12 +373,14 @@ impl Adapter for RedisAdapter {
         if let SocketAsk::Call { timeout, .. } = &ask {
             within = within.saturating_add(*timeout);
         }
+        let absent = ask.absent();
         let Ok(body) = serde_json::to_vec(&WireAsk::from(ask)) else { return Err(done) };
         let number = self.asks.start(within, done)?;
         let Some(header) = header_line(&Header::Ask(number, self.node(), to.node, to.conn.0)) else {
             return Ok(()); // a header of numbers always serializes; else it times out
         };
         self.link.publish_routed(to, &[&header, &body]);
+        unless_reachable(&self.link, &self.asks, to, number, absent);
         Ok(())
     }
 
