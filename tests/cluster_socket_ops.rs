@@ -5,7 +5,8 @@
 //! through its old id after a resume elsewhere; an unknown socket is not
 //! there (of a live node, or of none); a node killed with SIGKILL
 //! mid-request leaves the asker timed out;
-//! the cluster lists its rooms with their sizes, a dead node's left out.
+//! the cluster lists its rooms with their sizes, a dead node's left out,
+//! and again after Redis lost them.
 //! Without redis-server on the PATH these tests fail, naming what to
 //! install, unless `EMITWS_SKIP=redis` leaves them out.
 #![cfg(feature = "redis")]
@@ -179,6 +180,15 @@ fn rooms_are_listed_with_their_sizes_across_nodes() {
     cy.close();
     let expected = vec![("#lobby".to_string(), 1)];
     wait_for(Duration::from_secs(3), || a.running.cluster().rooms().is_ok_and(|rooms| rooms == expected));
+
+    // A Redis that lost everything: each node writes its index again with its presence.
+    assert_eq!(bob.request("/join", json!("#games")), Ok(json!(true)));
+    let expected = vec![("#games".to_string(), 1), ("#lobby".to_string(), 1)];
+    wait_for(Duration::from_secs(3), || a.running.cluster().rooms().is_ok_and(|rooms| rooms == expected));
+    let port = redis.port;
+    drop(redis);
+    let _redis = Redis::start_on(port).expect("redis-server again");
+    wait_for(Duration::from_secs(10), || a.running.cluster().rooms().is_ok_and(|rooms| rooms == expected));
     drop((ann, bob));
     a.close();
     b.close();
