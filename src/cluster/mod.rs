@@ -55,7 +55,9 @@
 //! `writer` and `subscriber` (the link's main threads), `reader` (its
 //! background thread for claims and reads a worker must not wait for),
 //! `outage` (backoff and outage logging, shared by the threads), `history`
-//! (room history kept and numbered in Redis), `adapter` ([`RedisAdapter`]).
+//! (room history kept and numbered in Redis), `asks` (requests to
+//! another node's socket waiting for their answers, with their timeouts),
+//! `adapter` ([`RedisAdapter`]).
 
 mod adapter;
 mod asks;
