@@ -7,7 +7,7 @@ mod app_client;
 mod common;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, EventLimits, Running};
+use emitws::app::{App, BroadcastOpts, CallError, EventLimits, GroupOutcome, Running, SocketId};
 use emitws::runtime::{AcceptMode, ConnId};
 use serde_json::{json, Value};
 
@@ -261,5 +261,52 @@ fn an_adapter_sees_non_local_broadcasts_and_presence_and_delivers_remote_ones() 
     client.close();
     eventually("the disconnect", || recorder.presence.lock().unwrap().len() == 3);
     assert_eq!(*recorder.presence.lock().unwrap(), ["connected", "joined #lobby", "disconnected 1"]);
+    running.close();
+}
+
+#[test]
+fn the_app_joins_and_leaves_a_socket_by_its_id_with_the_sockets_own_limits() {
+    let running = rooms_app(EventLimits::default().max_groups_per_socket(2));
+    let mut all = clients(&running, 2);
+    let (id, other) = (all[0].1, all[1].1);
+    let socket = running.socket(id);
+    assert_eq!(socket.conn_id(), id);
+    assert_eq!(socket.join("#game").expect("a room").wait(), GroupOutcome::Done { changed: true });
+    assert_eq!(socket.join("#game").expect("a room").wait(), GroupOutcome::Done { changed: false });
+    assert_eq!(running.group_members("#game"), [id]);
+    assert_eq!(running.rooms(), [("#game".to_string(), 1)]);
+    running.broadcast("/news", "joined", BroadcastOpts::to("#game")).expect("broadcast");
+    assert_eq!(all[0].0.expect_event("/news"), json!("joined"));
+    // The socket sees the join as its own: its groups list it.
+    assert_eq!(all[0].0.request("/join", json!("*tagged")), Ok(json!(["#game", "*tagged"])));
+    match socket.join("#third").expect("a room").wait() {
+        GroupOutcome::Refused { code, .. } => assert_eq!(code, "too_many_groups"),
+        outcome => panic!("the limit did not hold: {outcome:?}"),
+    }
+    // The callback form, from the socket's worker; a tag as a room.
+    let (sent, got) = std::sync::mpsc::channel();
+    running.socket(other).join_then("*tagged", move |outcome| drop(sent.send(outcome))).expect("a tag");
+    assert_eq!(got.recv_timeout(common::WAIT), Ok(GroupOutcome::Done { changed: true }));
+    assert_eq!(running.group_sizes(), [("#game".to_string(), 1), ("*tagged".to_string(), 2)]);
+    assert_eq!(running.cluster().rooms().expect("no adapter: this node"), [("#game".to_string(), 1)]);
+
+    assert_eq!(socket.leave("#game").expect("a room").wait(), GroupOutcome::Done { changed: true });
+    assert_eq!(socket.leave("#game").expect("a room").wait(), GroupOutcome::Done { changed: false });
+    assert!(running.rooms().is_empty());
+    running.broadcast("/news", "gone", BroadcastOpts::to("#game")).expect("broadcast");
+    all[0].0.expect_silence(common::ms(100));
+
+    // Without an adapter, a socket of another node is never there; nor a closed one.
+    let elsewhere = running.socket(SocketId { node: 0x5eed, conn: id });
+    assert_eq!(elsewhere.join("#game").expect("a room").wait(), GroupOutcome::NotThere);
+    let call = elsewhere.call("x", &(), common::WAIT).expect("JSON").wait();
+    assert_eq!(call, Err(CallError::Disconnected));
+    let (client, _) = all.remove(0);
+    client.close();
+    eventually("the socket gone", || running.socket_count() == 1);
+    assert_eq!(socket.join("#game").expect("a room").wait(), GroupOutcome::NotThere);
+    for (client, _) in all {
+        client.close();
+    }
     running.close();
 }

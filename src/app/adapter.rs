@@ -8,6 +8,7 @@ use super::error::Error;
 use super::groups::BroadcastOpts;
 use super::handle::AppHandle;
 use super::history::History;
+use super::rpc::{CallResult, GroupOutcome};
 use super::socket_id::SocketId;
 use super::DevicePolicy;
 use crate::proto::CloseCode;
@@ -204,6 +205,52 @@ pub struct DeviceCount {
 /// How a [`DeviceCount`] gets back to the app (from another thread); an
 /// error when the cluster's store could not be reached.
 pub type DeviceDone = Box<dyn FnOnce(Result<DeviceCount, Error>) + Send>;
+/// What a request to one socket asks of the socket's node
+/// ([`Adapter::ask`], [`AppHandle::deliver_ask`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SocketAsk {
+    /// Join a room or take a tag, as the socket's own
+    /// [`Request::join`](super::Request::join) would.
+    Join(String),
+    /// Leave a room or drop a tag, as [`Request::leave`](super::Request::leave) would.
+    Leave(String),
+    /// Call a procedure the socket's client registered, as
+    /// [`SocketRef::call`](super::SocketRef::call) does on the socket's node.
+    Call {
+        /// The procedure's name.
+        name: String,
+        /// Its argument, as JSON.
+        data: Box<serde_json::value::RawValue>,
+        /// How long the socket's node waits for the client's answer.
+        timeout: std::time::Duration,
+    },
+}
+
+impl SocketAsk {
+    /// The answer when the socket is not there: [`GroupOutcome::NotThere`],
+    /// or a call's [`CallError::Disconnected`](super::CallError::Disconnected).
+    pub(crate) fn absent(&self) -> SocketAnswer {
+        match self {
+            SocketAsk::Call { .. } => SocketAnswer::Call(Err(super::CallError::Disconnected)),
+            _ => SocketAnswer::Group(GroupOutcome::NotThere),
+        }
+    }
+}
+
+/// What the socket's node answered a [`SocketAsk`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SocketAnswer {
+    /// The outcome of a join or a leave.
+    Group(GroupOutcome),
+    /// The outcome of a call.
+    Call(CallResult),
+}
+
+/// How a [`SocketAnswer`] gets back to the asker: `None` when none came
+/// within the adapter's timeout (the socket's node may have died).
+pub type AskDone = Box<dyn FnOnce(Option<SocketAnswer>) + Send>;
 
 /// What a store holds of some rooms' history streams
 /// ([`Adapter::read_history`]): per room, its epoch, its latest offset and
@@ -300,6 +347,33 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// The users with a socket on a live node, sorted.
     fn users(&self) -> Result<Vec<String>, Error>;
+
+    /// Every room and tag with members on a live node, with how many, sorted
+    /// by name. The default answers for this node only, from `app`'s tables
+    /// (for an adapter that keeps no index of the cluster's groups).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer in time.
+    fn group_sizes(&self, app: &AppHandle) -> Result<Vec<(String, usize)>, Error> {
+        Ok(app.group_sizes())
+    }
+
+    /// Asks the node of socket `to` (wherever it answers now: a resumed
+    /// socket's public id is routed to its node) to do `ask` on it, without
+    /// blocking the caller: that node does it through
+    /// [`AppHandle::deliver_ask`], and `done` gets the answer, from another
+    /// thread, or `None` when none came within the adapter's own timeout
+    /// (a call's timeout, plus that, for a call), enforced on this node.
+    ///
+    /// # Errors
+    ///
+    /// `done` back when the adapter cannot carry requests to other nodes
+    /// (the default): the asker then answers that the socket is not there.
+    fn ask(&self, to: SocketId, ask: SocketAsk, done: AskDone) -> Result<(), AskDone> {
+        let _ = (to, ask);
+        Err(done)
+    }
 
     /// Whether the transport reaches the other nodes now, for a readiness
     /// check ([`AppHandle::readiness`]). The default: always.

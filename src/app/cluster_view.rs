@@ -3,7 +3,7 @@
 
 use super::adapter::Scope;
 use super::error::Error;
-use super::handle::AppHandle;
+use super::handle::{rooms_of, AppHandle};
 use super::locks::lock;
 use super::socket_id::SocketId;
 use crate::runtime::ConnId;
@@ -163,5 +163,39 @@ impl ClusterView<'_> {
     /// the adapter's timeout (never without an adapter).
     pub fn user_count(&self) -> Result<usize, Error> {
         Ok(self.users()?.len())
+    }
+
+    /// Every room and tag with members, with how many, sorted by name
+    /// (through the adapter's [`group_sizes`](super::Adapter::group_sizes)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
+    pub fn group_sizes(&self) -> Result<Vec<(String, usize)>, Error> {
+        match &self.app.0.setup.adapter {
+            Some(adapter) => adapter.group_sizes(self.app),
+            None => Ok(self.app.group_sizes()),
+        }
+    }
+
+    /// Every room with members, with its size (its members on every live
+    /// node), sorted by name; tags are left out. A node that died leaves
+    /// the answer with its heartbeat.
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) -> Result<(), emitws::app::Error> {
+    /// for (room, size) in app.cluster().rooms()? {
+    ///     println!("{room}: {size}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer within
+    /// the adapter's timeout (never without an adapter).
+    pub fn rooms(&self) -> Result<Vec<(String, usize)>, Error> {
+        Ok(rooms_of(self.group_sizes()?))
     }
 }

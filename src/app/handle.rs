@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::adapter::{Presence, Target};
+use super::adapter::{Presence, SocketAnswer, SocketAsk, Target};
 use super::cluster_event::ClusterEvent;
 use super::cluster_view::ClusterView;
 use super::envelope;
@@ -20,9 +20,9 @@ use super::error::Error;
 use super::groups::{BroadcastOpts, Delivery, GroupRegistry, Outbox};
 use super::history::{new_epoch, RoomStreams};
 use super::inbox::WorkerMsg;
-use super::limits::EventLimits;
+use super::limits::{check_group_name, EventLimits};
 use super::locks::lock;
-use super::rpc::{CallResult, Done, PendingCall, StartCall};
+use super::rpc::{CallError, CallResult, GroupOutcome, PendingCall, PendingOp, StartCall};
 use super::session::Sessions;
 use super::socket_id::SocketId;
 use super::{AppConfig, CLOSE_DROPPED};
@@ -132,10 +132,11 @@ impl AppHandle {
         }
     }
 
-    /// A socket, by its id on this node ([`SocketId::conn`]; a resumed
-    /// socket's public one reaches its new connection).
-    pub fn socket(&self, id: ConnId) -> SocketRef {
-        SocketRef { app: self.clone(), id }
+    /// A socket, by its id: a [`ConnId`] of this node, or a [`SocketId`]
+    /// of any node of the cluster (a resumed socket's public id reaches it
+    /// wherever it resumed, as [`emit_to`](Self::emit_to) does).
+    pub fn socket(&self, id: impl Into<SocketId>) -> SocketRef {
+        SocketRef { app: self.clone(), id: id.into() }
     }
 
     /// A user: all of their devices.
@@ -203,6 +204,22 @@ impl AppHandle {
     /// Every room and tag with members, sorted.
     pub fn groups(&self) -> Vec<String> {
         self.0.registry.names()
+    }
+
+    /// Every room and tag with members on this node, with how many, sorted
+    /// by name ([`ClusterView::group_sizes`] for every node).
+    pub fn group_sizes(&self) -> Vec<(String, usize)> {
+        let sizes = self.0.registry.names().into_iter().map(|group| {
+            let size = self.0.registry.size(&group);
+            (group, size)
+        });
+        sizes.filter(|(_, size)| *size > 0).collect()
+    }
+
+    /// Every room with members on this node, with its size, sorted by name
+    /// ([`ClusterView::rooms`] for every node).
+    pub fn rooms(&self) -> Vec<(String, usize)> {
+        rooms_of(self.group_sizes())
     }
 
     /// Stops gracefully: every socket is closed with 1001 (its `@disconnect`
@@ -349,22 +366,17 @@ impl AppHandle {
             )
         })
     }
+}
 
-    pub(crate) fn start_call<T: Serialize + ?Sized>(
-        &self,
-        conn: ConnId,
-        name: &str,
-        data: &T,
-        timeout: Duration,
-        done: Done,
-    ) -> Result<(), Error> {
-        let data = serde_json::value::to_raw_value(data)?;
-        let call = StartCall { conn, name: name.into(), data, timeout, done };
-        // If the worker is gone, the message (and `done` in it) is dropped:
-        // a waiting `PendingCall` then reads `Disconnected`.
-        self.server().notify(conn.worker(), Box::new(WorkerMsg::Call(call)));
-        Ok(())
-    }
+/// The rooms among groups with their sizes (tags are left out).
+pub(crate) fn rooms_of(mut groups: Vec<(String, usize)>) -> Vec<(String, usize)> {
+    groups.retain(|(group, _)| group.starts_with('#'));
+    groups
+}
+
+/// A group change's outcome as an answer.
+fn groups_answer(answer: Box<dyn FnOnce(SocketAnswer) + Send>) -> Box<dyn FnOnce(GroupOutcome) + Send> {
+    Box::new(move |outcome| answer(SocketAnswer::Group(outcome)))
 }
 
 /// One text frame of what `write` writes (JSON: valid UTF-8).
@@ -375,24 +387,49 @@ fn encode(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Result<
     Ok(SharedFrame::text(&text))
 }
 
-/// A socket reached from anywhere: emit to it, call it, close it. Cheap to
-/// clone and `Send`; everything goes through the socket's worker.
+/// A socket reached from anywhere, on this node or another of the cluster:
+/// emit to it, join it to rooms, call it, close it. Cheap to clone and
+/// `Send`; everything goes through the socket's worker, on the socket's node.
+///
+/// ```no_run
+/// # fn demo(app: &emitws::app::AppHandle) -> Result<(), emitws::app::Error> {
+/// use emitws::app::{GroupOutcome, SocketId};
+/// // An id a client handed over: its socket may be on any node.
+/// let id: SocketId = "5eed-1a".parse().expect("a socket id");
+/// match app.socket(id).join("#vip")?.wait() {
+///     GroupOutcome::Done { .. } => println!("{id} is in #vip"),
+///     GroupOutcome::NotThere => println!("{id} is not connected"),
+///     GroupOutcome::Refused { code, .. } => println!("refused: {code}"),
+///     other => println!("no answer: {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct SocketRef {
     pub(crate) app: AppHandle,
-    pub(crate) id: ConnId,
+    pub(crate) id: SocketId,
 }
 
 impl SocketRef {
-    /// The socket's id on this node (its cluster-wide id is a
-    /// [`SocketId`](super::SocketId) of this node and this connection). For
-    /// a resumed socket it is the public one, its first connection's.
+    /// The socket's id on its node (for a socket of this node, its
+    /// [`SocketId::conn`]). For a resumed socket it is the public one, its
+    /// first connection's.
     pub fn conn_id(&self) -> ConnId {
-        self.id
+        self.id.conn
+    }
+
+    /// The socket's cluster-wide id (this node's id filled in for a socket
+    /// named by its [`ConnId`]).
+    pub fn id(&self) -> SocketId {
+        match self.id.node {
+            0 => SocketId { node: self.app.node(), conn: self.id.conn },
+            _ => self.id,
+        }
     }
 
     /// Sends an event to this socket (kept for it while it is away, as
-    /// [`AppHandle::emit_to`]). False if the server has stopped.
+    /// [`AppHandle::emit_to`]). False if the server has stopped, or the
+    /// socket is on another node and there is no adapter.
     ///
     /// # Errors
     ///
@@ -401,9 +438,104 @@ impl SocketRef {
         self.app.emit_to(self.id, event, data)
     }
 
-    /// Calls procedure `name` on the client; wait for the answer with
-    /// [`PendingCall::wait`] (from any thread but a worker's: blocking a worker
-    /// would stop its sockets, this one's reply included).
+    /// Joins the socket to a room (`#name`) or gives it a tag (`*name`), on
+    /// its node, as its own [`Request::join`](super::Request::join) would
+    /// (with the room's history position and the
+    /// [`max_groups_per_socket`](super::EventLimits::max_groups_per_socket)
+    /// limit); wait for the outcome with [`PendingOp::wait`] from any thread
+    /// but a worker's. For a socket of another node the outcome comes back
+    /// through the adapter, or [`GroupOutcome::TimedOut`] after its timeout
+    /// (the Redis adapter's `RedisOptions::query_timeout`).
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) -> Result<(), emitws::app::Error> {
+    /// use emitws::app::GroupOutcome;
+    /// let outcome = app.socket(id).join("#match-42")?.wait();
+    /// assert!(matches!(outcome, GroupOutcome::Done { .. } | GroupOutcome::NotThere | GroupOutcome::TimedOut));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadGroup`] for a name that is no room or tag; nothing is asked.
+    pub fn join(&self, group: &str) -> Result<PendingOp, Error> {
+        let (pending, done) = PendingOp::new();
+        self.join_then(group, done)?;
+        Ok(pending)
+    }
+
+    /// [`join`](Self::join), with `done` run on the socket's worker (on
+    /// the adapter's thread for a socket of another node) with the outcome:
+    /// the form for a worker, which must not wait.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadGroup`] for a name that is no room or tag; nothing is asked.
+    pub fn join_then(&self, group: &str, done: impl FnOnce(GroupOutcome) + Send + 'static) -> Result<(), Error> {
+        self.change_group(SocketAsk::Join(group.into()), done)
+    }
+
+    /// Takes the socket out of a room or tag, on its node, as its own
+    /// [`Request::leave`](super::Request::leave) would; wait as for
+    /// [`join`](Self::join) (`changed` is false if it was not in it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadGroup`] for a name that is no room or tag; nothing is asked.
+    pub fn leave(&self, group: &str) -> Result<PendingOp, Error> {
+        let (pending, done) = PendingOp::new();
+        self.leave_then(group, done)?;
+        Ok(pending)
+    }
+
+    /// [`leave`](Self::leave), with `done` run as [`join_then`](Self::join_then)'s.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BadGroup`] for a name that is no room or tag; nothing is asked.
+    pub fn leave_then(&self, group: &str, done: impl FnOnce(GroupOutcome) + Send + 'static) -> Result<(), Error> {
+        self.change_group(SocketAsk::Leave(group.into()), done)
+    }
+
+    /// Asks a join or a leave, after checking the group's name here.
+    fn change_group(&self, ask: SocketAsk, done: impl FnOnce(GroupOutcome) + Send + 'static) -> Result<(), Error> {
+        let (SocketAsk::Join(group) | SocketAsk::Leave(group)) = &ask else { unreachable!("a group change") };
+        if !check_group_name(group) {
+            return Err(Error::BadGroup(group.clone()));
+        }
+        self.ask(
+            ask,
+            Box::new(move |answer| {
+                done(match answer {
+                    Some(SocketAnswer::Group(outcome)) => outcome,
+                    Some(SocketAnswer::Call(_)) => mismatched_group(),
+                    None => GroupOutcome::TimedOut,
+                })
+            }),
+        );
+        Ok(())
+    }
+
+    /// Calls procedure `name` on the client, on this node or another; wait
+    /// for the answer with [`PendingCall::wait`] (from any thread but a
+    /// worker's: blocking a worker would stop its sockets, this one's reply
+    /// included). For a socket of another node the call starts on that
+    /// node and its answer, or its error, comes back with the same
+    /// [`CallResult`]; this node gives up with [`CallError::Timeout`] after
+    /// `timeout` and the adapter's own timeout (the Redis adapter's
+    /// `RedisOptions::query_timeout`), should
+    /// that node die meanwhile.
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) -> Result<(), emitws::app::Error> {
+    /// use std::time::Duration;
+    /// // The client registered "/client/confirm"; its socket may be on any node.
+    /// match app.socket(id).call("/client/confirm", &"Delete?", Duration::from_secs(5))?.wait() {
+    ///     Ok(reply) => println!("answered {}", reply.raw()),
+    ///     Err(why) => println!("no answer: {why}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
@@ -415,7 +547,8 @@ impl SocketRef {
     }
 
     /// Calls procedure `name` on the client; `done` runs on the socket's
-    /// worker with the answer (or the reason there is none).
+    /// worker with the answer (or the reason there is none), or, for a
+    /// socket of another node, on the adapter's thread.
     ///
     /// # Errors
     ///
@@ -427,7 +560,43 @@ impl SocketRef {
         timeout: Duration,
         done: impl FnOnce(CallResult) + Send + 'static,
     ) -> Result<(), Error> {
-        self.app.start_call(self.app.0.sessions.current(self.id), name, data, timeout, Box::new(done))
+        let data = serde_json::value::to_raw_value(data)?;
+        let call = SocketAsk::Call { name: name.into(), data, timeout };
+        self.ask(
+            call,
+            Box::new(move |answer| {
+                done(match answer {
+                    Some(SocketAnswer::Call(result)) => result,
+                    Some(SocketAnswer::Group(_)) => Err(mismatched_call()),
+                    None => Err(CallError::Timeout),
+                })
+            }),
+        );
+        Ok(())
+    }
+
+    /// Has the socket's node do `ask`: this node's workers for a socket of
+    /// this node (or resumed here), else the adapter, which routes it to
+    /// the socket's node; without one, the socket is not there.
+    fn ask(&self, ask: SocketAsk, done: super::adapter::AskDone) {
+        let app = &self.app;
+        if app.local_conn(self.id).is_some() {
+            return app.deliver_ask(self.id, ask, Box::new(move |answer| done(Some(answer))));
+        }
+        let absent = ask.absent();
+        // No socket has opened on this node yet: none of its own is there.
+        if app.0.server.get().is_none() && app.mine(self.id).is_some() {
+            return done(Some(absent));
+        }
+        let id = self.id();
+        match &app.0.setup.adapter {
+            Some(adapter) if id.node != 0 => {
+                if let Err(done) = adapter.ask(id, ask, done) {
+                    done(Some(absent));
+                }
+            }
+            _ => done(Some(absent)),
+        }
     }
 
     /// Closes the socket with code 4000 and `reason` (WSE's `drop`).
@@ -435,10 +604,24 @@ impl SocketRef {
         self.close(CLOSE_DROPPED, reason)
     }
 
-    /// Starts the close handshake with `code` and `reason`.
+    /// Starts the close handshake with `code` and `reason`: on this node,
+    /// or on the socket's through the adapter (false without one).
     pub fn close(&self, code: CloseCode, reason: &str) -> bool {
-        self.app.server().close(self.app.0.sessions.current(self.id), code, reason)
+        match self.app.local_conn(self.id) {
+            Some(conn) => self.app.server().close(conn, code, reason),
+            None => self.app.close_elsewhere(Target::Socket(self.id()), code, reason),
+        }
     }
+}
+
+/// What a join's asker makes of an answer of another kind (a node that misread it).
+fn mismatched_group() -> GroupOutcome {
+    GroupOutcome::Refused { code: "internal".into(), message: "the socket's node answered something else".into() }
+}
+
+/// What a call's asker makes of an answer of another kind.
+fn mismatched_call() -> CallError {
+    CallError::Remote { code: "internal".into(), message: "the socket's node answered something else".into() }
 }
 
 /// One user's devices, reached from any thread.
@@ -568,6 +751,47 @@ impl AppHandle {
             Some(public) => Some(self.0.sessions.current(public)),
             None => self.0.sessions.arrived(id),
         }
+    }
+
+    /// The connection of `id` now, if it answers on this node: this
+    /// node's (unless another node took its session over) or one resumed
+    /// here from another node. `None` before any socket opened.
+    pub(crate) fn local_conn(&self, id: SocketId) -> Option<ConnId> {
+        self.0.server.get()?;
+        match self.mine(id) {
+            Some(public) if self.0.sessions.is_departed(public) => None,
+            Some(public) => Some(self.0.sessions.current(public)),
+            None => self.0.sessions.arrived(id),
+        }
+    }
+
+    /// Does what another node (or a [`SocketRef`] of this one) asks of the
+    /// socket of public id `public` (see [`Adapter::ask`](super::Adapter::ask)):
+    /// a join or a leave through the same code as the socket's own
+    /// [`Request::join`](super::Request::join) and [`Request::leave`](super::Request::leave),
+    /// or a call; `answer` gets the outcome, from the socket's worker
+    /// ([`GroupOutcome::NotThere`], or a call's [`CallError::Disconnected`],
+    /// at once when the socket is not on this node). If the server stops
+    /// first, `answer` is dropped uncalled.
+    pub fn deliver_ask(&self, public: SocketId, ask: SocketAsk, answer: Box<dyn FnOnce(SocketAnswer) + Send>) {
+        let Some(conn) = self.local_conn(public) else { return answer(ask.absent()) };
+        let message = match ask {
+            SocketAsk::Join(group) | SocketAsk::Leave(group) if !check_group_name(&group) => {
+                return answer(SocketAnswer::Group(GroupOutcome::refused(&Error::BadGroup(group))));
+            }
+            SocketAsk::Join(group) => {
+                WorkerMsg::Membership { conn, change: Box::new((group, true, groups_answer(answer))) }
+            }
+            SocketAsk::Leave(group) => {
+                WorkerMsg::Membership { conn, change: Box::new((group, false, groups_answer(answer))) }
+            }
+            SocketAsk::Call { name, data, timeout } => {
+                let done = Box::new(move |result| answer(SocketAnswer::Call(result)));
+                WorkerMsg::Call(StartCall { conn, name, data, timeout, done })
+            }
+        };
+        // If the worker is gone, the message (and `answer` in it) is dropped.
+        self.server().notify(conn.worker(), Box::new(message));
     }
 
     /// The public id on this node of `id`, if it is on this node.

@@ -20,7 +20,7 @@ use super::inbox::WorkerMsg;
 use super::limits::{check_event_name, Bucket, Policy};
 use super::request::{Request, SharedValue};
 use super::router::EventHandler;
-use super::rpc::{CallError, CallReply, CallResult, Done};
+use super::rpc::{CallError, CallReply, CallResult, Done, GroupOutcome};
 use super::session::{keeps_session, record_key, Session, Unclaimed};
 use super::socket::{flag, query_value, ResumeRequest, SocketData, SocketState};
 use super::socket_id::SocketId;
@@ -831,6 +831,22 @@ impl AppWorker {
                 }
             }
             WorkerMsg::Cluster(event) => self.app.run_cluster_hook(&event),
+            WorkerMsg::Membership { conn, change } => {
+                let (group, join, done) = *change;
+                let app = self.app.clone();
+                let outcome = match conns.get(conn).filter(|c| c.data().has(flag::CONNECTED)) {
+                    None => GroupOutcome::NotThere,
+                    Some(mut conn) if join => {
+                        let before = conn.data().groups().len();
+                        match self.local.join(&app, &mut conn, &group) {
+                            Ok(()) => GroupOutcome::Done { changed: conn.data().groups().len() != before },
+                            Err(e) => GroupOutcome::refused(&e),
+                        }
+                    }
+                    Some(mut conn) => GroupOutcome::Done { changed: self.local.leave(&app, &mut conn, &group) },
+                };
+                done(outcome);
+            }
             WorkerMsg::Prefetched { waiter, session, public, backfill } => {
                 // Unless the socket stopped waiting (its auth deadline passed).
                 let Some(mut conn) = conns.get(waiter).filter(|_| self.local.claiming.remove(&waiter)) else { return };

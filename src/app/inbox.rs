@@ -6,7 +6,7 @@ use super::cluster_event::ClusterEvent;
 use super::connect::Refusal;
 use super::groups::Delivery;
 use super::history::Backfill;
-use super::rpc::StartCall;
+use super::rpc::{GroupOutcome, StartCall};
 use super::session::Session;
 use super::socket_id::SocketId;
 use crate::runtime::ConnId;
@@ -61,7 +61,17 @@ pub(crate) enum WorkerMsg {
     /// A change in the cluster's health, for the app's hook (see
     /// [`AppHandle::deliver_cluster_event`](super::AppHandle::deliver_cluster_event)).
     Cluster(Box<ClusterEvent>),
+    /// Socket `conn` joins (true) or leaves a group, asked from elsewhere
+    /// ([`SocketRef::join`](super::SocketRef::join), maybe from another
+    /// node); the outcome goes to the function.
+    Membership {
+        conn: ConnId,
+        change: Box<MembershipChange>,
+    },
 }
+
+/// A group, whether to join it (else leave it), and who learns the outcome.
+pub(crate) type MembershipChange = (String, bool, Box<dyn FnOnce(GroupOutcome) + Send>);
 
 #[cfg(test)]
 mod tests {

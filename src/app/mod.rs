@@ -89,8 +89,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use adapter::{
-    Adapter, ClaimDone, ClaimOutcome, ClaimedSession, DeviceChange, DeviceCount, DeviceDone, Presence, Scope,
-    SessionClaim, Target,
+    Adapter, AskDone, ClaimDone, ClaimOutcome, ClaimedSession, DeviceChange, DeviceCount, DeviceDone, Presence, Scope,
+    SessionClaim, SocketAnswer, SocketAsk, Target,
 };
 pub use cluster_event::ClusterEvent;
 pub use cluster_view::ClusterView;
@@ -105,12 +105,15 @@ pub use history::History;
 pub use limits::{EventLimits, Policy, Rate};
 pub use request::{DataError, ReplyHandle, Request};
 pub use router::{Middleware, Next, Ns};
-pub use rpc::{CallError, CallReply, CallResult, PendingCall};
+pub use rpc::{CallError, CallReply, CallResult, GroupOutcome, PendingCall, PendingOp};
 pub use socket::SocketData;
 pub use socket_id::{BadSocketId, SocketId};
 
 use connect::{ConnectFn, IdentifyFn};
 use handler::AppWorker;
+// The Redis adapter's requests to other nodes time out as calls do.
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use rpc::deadline_after;
 // The clients ask it too: which closes keep a session.
 use router::Router;
 pub(crate) use session::keeps_session;

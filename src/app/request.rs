@@ -196,7 +196,7 @@ impl<'a> Request<'a> {
     /// A `Send` handle to this socket, usable from any thread (by its
     /// public id, so it reaches the socket after a resume too).
     pub fn socket(&self) -> SocketRef {
-        SocketRef { app: self.app.clone(), id: self.public_conn() }
+        SocketRef { app: self.app.clone(), id: self.public_conn().into() }
     }
 
     /// The socket's user (from identify or authentication), if any.
@@ -485,7 +485,7 @@ pub struct ReplyHandle {
 impl ReplyHandle {
     /// The socket to reply to.
     pub fn socket(&self) -> SocketRef {
-        SocketRef { app: self.app.clone(), id: self.conn }
+        SocketRef { app: self.app.clone(), id: self.conn.into() }
     }
 
     /// Replies with data.

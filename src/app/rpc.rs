@@ -141,6 +141,15 @@ impl PendingCall {
 /// What runs when a call completes.
 pub(crate) type Done = Box<dyn FnOnce(CallResult) + Send>;
 
+/// When something started now with `timeout` runs out: a timeout too long
+/// for the clock (`Duration::MAX`, or one that came from another node) is
+/// a year, which no call outlives.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(timeout.min(YEAR)).unwrap_or(now)
+}
+
 /// A call posted to a worker from elsewhere.
 pub(crate) struct StartCall {
     pub conn: ConnId,
@@ -164,7 +173,7 @@ impl Calls {
         self.next_id = self.next_id % super::envelope::MAX_ID + 1;
         let id = self.next_id;
         self.pending.insert((conn, id), done);
-        self.deadlines.push(Reverse((Instant::now() + timeout, conn, id)));
+        self.deadlines.push(Reverse((deadline_after(timeout), conn, id)));
         id
     }
 
@@ -208,5 +217,88 @@ impl Calls {
     pub fn take_all(&mut self, conn: ConnId) -> Vec<Done> {
         let ids: Vec<(ConnId, u64)> = self.pending.range((conn, 0)..=(conn, u64::MAX)).map(|(k, _)| *k).collect();
         ids.into_iter().filter_map(|key| self.pending.remove(&key)).collect()
+    }
+}
+
+/// What a join or a leave of a socket reached from anywhere
+/// ([`SocketRef::join`](super::SocketRef::join)) came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GroupOutcome {
+    /// Done: the socket is in the group now (a join) or out of it (a leave);
+    /// `changed` is false when it already was.
+    Done {
+        /// Whether the socket's groups changed.
+        changed: bool,
+    },
+    /// No such socket: it is not connected (on this node, or on its node of
+    /// the cluster; without an adapter, a socket of another node never is).
+    NotThere,
+    /// The socket's node refused, as it would the socket's own join:
+    /// `too_many_groups` (the socket is in as many groups as
+    /// [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket)
+    /// allows) or `bad_group` (no room or tag name), with a message.
+    Refused {
+        /// The machine-readable code.
+        code: String,
+        /// What was wrong.
+        message: String,
+    },
+    /// The socket's node did not answer within the adapter's timeout (it
+    /// may have died; the change may or may not have happened).
+    TimedOut,
+}
+
+impl GroupOutcome {
+    /// The refusal a join failed with on the socket's node.
+    pub(crate) fn refused(error: &super::Error) -> GroupOutcome {
+        let code = match error {
+            super::Error::TooManyGroups => "too_many_groups",
+            _ => "bad_group",
+        };
+        GroupOutcome::Refused { code: code.into(), message: error.to_string() }
+    }
+}
+
+/// A join's or a leave's outcome, to wait for from a thread that is not a worker.
+#[derive(Debug)]
+pub struct PendingOp {
+    answer: mpsc::Receiver<GroupOutcome>,
+}
+
+impl PendingOp {
+    pub(crate) fn new() -> (PendingOp, impl FnOnce(GroupOutcome) + Send + 'static) {
+        let (sender, answer) = mpsc::sync_channel(1);
+        (PendingOp { answer }, move |outcome| drop(sender.try_send(outcome)))
+    }
+
+    /// Blocks until the outcome (at most the adapter's timeout for a socket
+    /// of another node).
+    pub fn wait(self) -> GroupOutcome {
+        // A dropped sender means the server stopped before the socket's worker took it.
+        self.answer.recv().unwrap_or(GroupOutcome::NotThere)
+    }
+
+    /// The outcome, if it has come.
+    pub fn try_result(&self) -> Option<GroupOutcome> {
+        match self.answer.try_recv() {
+            Ok(outcome) => Some(outcome),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(GroupOutcome::NotThere),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_too_long_for_the_clock_is_a_year() {
+        let mut calls = Calls::default();
+        calls.start(ConnId(1), Duration::MAX, Box::new(|_| {}));
+        let year = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        assert!(calls.next_deadline().is_some_and(|at| at <= year));
+        assert!(calls.expired(Instant::now()).is_empty());
     }
 }

@@ -1,19 +1,20 @@
 //! [`RedisAdapter`]: the app's [`Adapter`] over a [`RedisLink`].
 
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use super::asks::Asks;
 use super::error::ClusterError;
 use super::history::{RedisHistory, StoredHistory};
-use super::link::{alive_nodes, Inbound, RedisLink};
+use super::link::{alive_nodes, Inbound, LinkState, RedisLink};
 use super::options::RedisOptions;
 use super::sessions::{self, Found, Record};
 use super::users;
-use super::wire::{hex, Header};
+use super::wire::{hex, Header, WireAnswer, WireAsk};
 use crate::app::{
-    self, Adapter, AppHandle, BroadcastOpts, ClaimDone, ClaimOutcome, DeviceChange, DeviceDone, History, Presence,
-    Scope, SessionClaim, SocketId, Target,
+    self, Adapter, AppHandle, AskDone, BroadcastOpts, ClaimDone, ClaimOutcome, DeviceChange, DeviceDone, History,
+    Presence, Scope, SessionClaim, SocketAnswer, SocketAsk, SocketId, Target,
 };
 use crate::proto::CloseCode;
 use crate::runtime::ConnId;
@@ -33,7 +34,12 @@ use crate::runtime::ConnId;
 /// history goes as `NODE\n{"h":[room,epoch,offset,except]}\nFRAME` on the
 /// history channel, from Redis's script; the node that cleans up after a
 /// dead one sends itself `DEAD\n{"uo":user}\n` for each user that went
-/// offline with it (the `users` module); anything else is ignored.
+/// offline with it (the `users` module); a request to a socket of another
+/// node ([`Adapter::ask`]: a join, a leave, a call) as
+/// `NODE\n{"q":[number,asker,node,conn]}\nASK`, routed as `{"p":…}` is,
+/// and its answer as `NODE\n{"a":number}\nANSWER` to the asker's node,
+/// which gives up after [`query_timeout`](RedisOptions::query_timeout) (a
+/// call's timeout plus that, for a call); anything else is ignored.
 ///
 /// Sessions kept for resume are records in Redis that any node claims
 /// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
@@ -58,6 +64,8 @@ pub struct RedisAdapter {
     link: RedisLink,
     history: RedisHistory,
     app: AppSlot,
+    /// This node's requests to sockets of other nodes, waiting for answers.
+    asks: Arc<Asks>,
 }
 
 /// The app the adapter delivers to, once attached.
@@ -83,11 +91,15 @@ impl RedisAdapter {
     /// As [`RedisLink::start`].
     pub fn new(url: &str, options: RedisOptions) -> Result<Arc<RedisAdapter>, ClusterError> {
         let app: AppSlot = Arc::default();
-        let slot = app.clone();
+        let asks = Arc::new(Asks::new());
+        // The link, for answers: held weakly by its own subscriber thread.
+        let own_link: Arc<OnceLock<Weak<LinkState>>> = Arc::default();
+        let (slot, answers, answer_link) = (app.clone(), asks.clone(), own_link.clone());
         let link = RedisLink::start(url, options, move |message| {
             let app = lock(&slot).clone();
-            if let Some(app) = app {
-                deliver(&app, &message);
+            let link = answer_link.get().and_then(RedisLink::upgrade);
+            if let (Some(app), Some(link)) = (app, link) {
+                deliver(&app, &link, &answers, &message);
             }
         })?;
         let slot = app.clone();
@@ -97,7 +109,8 @@ impl RedisAdapter {
                 app.deliver_cluster_event(event);
             }
         });
-        Ok(Arc::new(RedisAdapter { history: RedisHistory::new(link.clone()), link, app }))
+        let _ = own_link.set(link.downgrade());
+        Ok(Arc::new(RedisAdapter { history: RedisHistory::new(link.clone()), link, app, asks }))
     }
 
     /// The link under the adapter.
@@ -189,8 +202,30 @@ fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done:
     }));
 }
 
-/// Hands a message from another node to the app; malformed ones are dropped.
-fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
+/// Answers request `number` to socket `to` with `absent` when nobody can
+/// answer it: `to`'s node is not alive and no alias routes its id to
+/// another node (a socket resumed elsewhere). Checked on the link's
+/// background thread, after the publish: a node that does answer settles
+/// it first; one that cannot leaves the request to its timeout.
+fn unless_reachable(link: &RedisLink, asks: &Arc<Asks>, to: SocketId, number: u64, absent: SocketAnswer) {
+    let (asks, prefix) = (asks.clone(), link.options().prefix.clone());
+    link.background(Box::new(move |conn| {
+        let Ok(c) = conn else { return Ok(()) };
+        if alive_nodes(c, &prefix)?.contains(&to.node) {
+            return Ok(());
+        }
+        let alias: Option<String> = redis::Commands::get(c, sessions::alias_key(&prefix, to))?;
+        if alias.is_none() {
+            asks.settle(number, absent);
+        }
+        Ok(())
+    }));
+}
+
+/// Hands a message from another node to the app (a request to one of its
+/// sockets answered over `link`, an answer to one of `asks`); malformed
+/// ones are dropped.
+fn deliver(app: &AppHandle, link: &RedisLink, asks: &Asks, message: &Inbound) -> Option<()> {
     let at = message.payload.iter().position(|&b| b == b'\n')?;
     let header: Header = serde_json::from_slice(&message.payload[..at]).ok()?;
     let body = std::str::from_utf8(&message.payload[at + 1..]).ok()?;
@@ -223,7 +258,26 @@ fn deliver(app: &AppHandle, message: &Inbound) -> Option<()> {
             app.deliver_history(&room, &epoch, offset, envelope()?, &except);
         }
         Header::UserOffline(user) if message.direct => app.deliver_user_offline(&user),
-        Header::Socket(_) | Header::CloseSocket(..) | Header::History(..) | Header::UserOffline(_) => {}
+        Header::Ask(number, asker, node, conn) if message.direct => {
+            let ask: WireAsk = serde_json::from_str(body).ok()?;
+            let link = link.clone();
+            let answer = Box::new(move |answer: SocketAnswer| {
+                if let Ok(answer) = serde_json::to_vec(&WireAnswer::from(answer)) {
+                    send(&link, &Header::Answer(number), Some(asker), &answer);
+                }
+            });
+            app.deliver_ask(SocketId { node, conn: ConnId(conn) }, ask.into(), answer);
+        }
+        Header::Answer(number) if message.direct => {
+            let answer: WireAnswer = serde_json::from_str(body).ok()?;
+            asks.settle(number, answer.into());
+        }
+        Header::Socket(_)
+        | Header::CloseSocket(..)
+        | Header::History(..)
+        | Header::UserOffline(_)
+        | Header::Ask(..)
+        | Header::Answer(_) => {}
     }
     Some(())
 }
@@ -240,6 +294,7 @@ impl Adapter for RedisAdapter {
     }
 
     fn detach(&self) {
+        self.asks.stop();
         self.link.stop();
         lock(&self.app).take();
     }
@@ -329,6 +384,28 @@ impl Adapter for RedisAdapter {
 
     fn users(&self) -> Result<Vec<String>, app::Error> {
         Ok(self.link.users()?)
+    }
+
+    fn group_sizes(&self, _app: &AppHandle) -> Result<Vec<(String, usize)>, app::Error> {
+        Ok(self.link.group_sizes()?)
+    }
+
+    fn ask(&self, to: SocketId, ask: SocketAsk, done: AskDone) -> Result<(), AskDone> {
+        // The asker gives up after the call's own timeout (enforced on the
+        // socket's node) and a query's, for the way there and back.
+        let mut within = self.link.options().query_timeout;
+        if let SocketAsk::Call { timeout, .. } = &ask {
+            within = within.saturating_add(*timeout);
+        }
+        let absent = ask.absent();
+        let Ok(body) = serde_json::to_vec(&WireAsk::from(ask)) else { return Err(done) };
+        let number = self.asks.start(within, done)?;
+        let Some(header) = header_line(&Header::Ask(number, self.node(), to.node, to.conn.0)) else {
+            return Ok(()); // a header of numbers always serializes; else it times out
+        };
+        self.link.publish_routed(to, &[&header, &body]);
+        unless_reachable(&self.link, &self.asks, to, number, absent);
+        Ok(())
     }
 
     /// Healthy while the subscriber listens (it notices a lost connection

@@ -464,6 +464,39 @@ impl RedisLink {
             Ok(users)
         })
     }
+
+    /// Every room and tag with members on a live node, with how many, sorted
+    /// by name (from each node's `n:NODE:groups` index, see the writer).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
+    pub fn group_sizes(&self) -> Result<Vec<(String, usize)>, ClusterError> {
+        self.query(|conn, nodes| {
+            let mut pipe = redis::pipe();
+            for node in nodes {
+                pipe.hgetall(self.key(&format!("n:{}:groups", hex(*node))));
+            }
+            let indexes: Vec<Vec<(String, usize)>> = pipe.query(conn)?;
+            let mut sizes = std::collections::BTreeMap::<String, usize>::new();
+            for (group, size) in indexes.into_iter().flatten() {
+                *sizes.entry(group).or_default() += size;
+            }
+            Ok(sizes.into_iter().collect())
+        })
+    }
+
+    /// A handle that does not keep the link alive (for what the link's own
+    /// threads hold).
+    pub(super) fn downgrade(&self) -> Weak<LinkState> {
+        Arc::downgrade(&self.inner)
+    }
+
+    /// The link of a [`downgrade`](Self::downgrade)d handle, while it lives.
+    pub(super) fn upgrade(link: &Weak<LinkState>) -> Option<RedisLink> {
+        link.upgrade().map(|inner| RedisLink { inner })
+    }
 }
 
 /// The live nodes, by Redis's clock (so the nodes' clocks need not agree).

@@ -20,7 +20,8 @@
 //! Every node has an id and keeps a heartbeat in the sorted set `P:nodes`
 //! (score: when the heartbeat expires, in ms). Presence lives in per-node
 //! sets (`P:n:NODE:sockets`, `P:n:NODE:g:GROUP`, `P:n:NODE:u:USER`, and the
-//! list `P:n:NODE:users`; a set emptied is gone), and every query reads only
+//! list `P:n:NODE:users`, and the hash `P:n:NODE:groups` of the node's groups
+//! with their sizes; a set emptied is gone), and every query reads only
 //! the nodes whose heartbeat is alive: a dead node leaves all answers as soon
 //! as its heartbeat expires, and survivors delete its keys afterwards.
 //!
@@ -56,9 +57,12 @@
 //! `outage` (backoff and outage logging, shared by the threads), `history`
 //! (room history kept and numbered in Redis), `sessions` (session records
 //! for resume), `users` (each user's devices counted across the cluster:
-//! the device cap, user presence), `adapter` ([`RedisAdapter`]).
+//! the device cap, user presence), `asks` (requests to another node's
+//! socket waiting for their answers, with their timeouts), `adapter`
+//! ([`RedisAdapter`]).
 
 mod adapter;
+mod asks;
 mod error;
 mod history;
 mod link;

@@ -1,7 +1,13 @@
 //! What goes over Redis between nodes: node ids as 16 hex digits, every
-//! payload behind its sender's line, and the app messages' JSON header.
+//! payload behind its sender's line, the app messages' JSON header, and
+//! requests to another node's socket with their answers.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::app::{CallError, CallReply, GroupOutcome, SocketAnswer, SocketAsk};
 
 /// A node id as it appears in keys, channels and payloads.
 pub(super) fn hex(node: u64) -> String {
@@ -69,4 +75,162 @@ pub(super) enum Header {
     /// cleaned up after it runs the app's offline hook (see `super::users`).
     #[serde(rename = "uo")]
     UserOffline(String),
+    /// A request to the socket of public id (node, conn) (routed by its
+    /// alias, as `Public`): the asker's number for it, the asker's node,
+    /// then the id; the [`WireAsk`] follows. Answered to the asker's node.
+    #[serde(rename = "q")]
+    Ask(u64, u64, u64, u64),
+    /// The answer to the receiver's request of this number; the
+    /// [`WireAnswer`] follows.
+    #[serde(rename = "a")]
+    Answer(u64),
+}
+
+/// A [`SocketAsk`] as it goes between nodes.
+#[derive(Serialize, Deserialize)]
+pub(super) enum WireAsk {
+    #[serde(rename = "j")]
+    Join(String),
+    #[serde(rename = "l")]
+    Leave(String),
+    /// Procedure, argument, timeout in ms.
+    #[serde(rename = "c")]
+    Call(String, Box<RawValue>, u64),
+}
+
+impl From<SocketAsk> for WireAsk {
+    fn from(ask: SocketAsk) -> WireAsk {
+        match ask {
+            SocketAsk::Join(group) => WireAsk::Join(group),
+            SocketAsk::Leave(group) => WireAsk::Leave(group),
+            SocketAsk::Call { name, data, timeout } => {
+                WireAsk::Call(name, data, u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
+            }
+        }
+    }
+}
+
+impl From<WireAsk> for SocketAsk {
+    fn from(ask: WireAsk) -> SocketAsk {
+        match ask {
+            WireAsk::Join(group) => SocketAsk::Join(group),
+            WireAsk::Leave(group) => SocketAsk::Leave(group),
+            WireAsk::Call(name, data, ms) => SocketAsk::Call { name, data, timeout: Duration::from_millis(ms) },
+        }
+    }
+}
+
+/// A [`SocketAnswer`] as it goes between nodes.
+#[derive(Serialize, Deserialize)]
+pub(super) enum WireAnswer {
+    /// A join or leave done; whether it changed the socket's groups.
+    #[serde(rename = "d")]
+    Done(bool),
+    /// No such socket.
+    #[serde(rename = "n")]
+    NotThere,
+    /// A join refused: code and message.
+    #[serde(rename = "r")]
+    Refused(String, String),
+    /// A call answered, with the client's answer.
+    #[serde(rename = "ok")]
+    Reply(Box<RawValue>),
+    /// A call failed: the kind (the [`CallError`] variant), a code and a message.
+    #[serde(rename = "e")]
+    Failed(String, String, String),
+}
+
+impl From<SocketAnswer> for WireAnswer {
+    fn from(answer: SocketAnswer) -> WireAnswer {
+        let failed =
+            |kind: &str, code: &str, message: &str| WireAnswer::Failed(kind.into(), code.into(), message.into());
+        match answer {
+            SocketAnswer::Group(GroupOutcome::Done { changed }) => WireAnswer::Done(changed),
+            SocketAnswer::Group(GroupOutcome::Refused { code, message }) => WireAnswer::Refused(code, message),
+            // A timeout is the asker's to find: it never goes back.
+            SocketAnswer::Group(_) => WireAnswer::NotThere,
+            SocketAnswer::Call(Ok(reply)) => WireAnswer::Reply(reply.0),
+            SocketAnswer::Call(Err(error)) => match error {
+                CallError::Timeout => failed("timeout", "", ""),
+                CallError::NotRegistered(message) => failed("not_registered", "", &message),
+                CallError::ExecutionFailed(message) => failed("execution_failed", "", &message),
+                CallError::Disconnected => failed("disconnected", "", ""),
+                CallError::TooMany => failed("too_many", "", ""),
+                CallError::Remote { code, message } => failed("remote", &code, &message),
+            },
+        }
+    }
+}
+
+impl From<WireAnswer> for SocketAnswer {
+    fn from(answer: WireAnswer) -> SocketAnswer {
+        let group = SocketAnswer::Group;
+        match answer {
+            WireAnswer::Done(changed) => group(GroupOutcome::Done { changed }),
+            WireAnswer::NotThere => group(GroupOutcome::NotThere),
+            WireAnswer::Refused(code, message) => group(GroupOutcome::Refused { code, message }),
+            WireAnswer::Reply(reply) => SocketAnswer::Call(Ok(CallReply(reply))),
+            WireAnswer::Failed(kind, code, message) => SocketAnswer::Call(Err(match kind.as_str() {
+                "timeout" => CallError::Timeout,
+                "not_registered" => CallError::NotRegistered(message),
+                "execution_failed" => CallError::ExecutionFailed(message),
+                "disconnected" => CallError::Disconnected,
+                "too_many" => CallError::TooMany,
+                _ => CallError::Remote { code, message },
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An answer as the asker reads it after the trip through JSON.
+    fn round_trip(answer: SocketAnswer) -> SocketAnswer {
+        let text = serde_json::to_string(&WireAnswer::from(answer)).expect("serializes");
+        serde_json::from_str::<WireAnswer>(&text).expect("reads back").into()
+    }
+
+    #[test]
+    fn every_answer_comes_back_as_it_went() {
+        let reply = CallReply(RawValue::from_string(r#"{"s":"ünï \"q\""}"#.into()).unwrap());
+        let errors = [
+            CallError::Timeout,
+            CallError::NotRegistered("n".into()),
+            CallError::ExecutionFailed("é \"x\"".into()),
+            CallError::Disconnected,
+            CallError::TooMany,
+            CallError::Remote { code: "busy".into(), message: "later".into() },
+        ];
+        let mut answers: Vec<SocketAnswer> = errors.into_iter().map(|e| SocketAnswer::Call(Err(e))).collect();
+        answers.push(SocketAnswer::Call(Ok(reply)));
+        for outcome in [
+            GroupOutcome::Done { changed: true },
+            GroupOutcome::Done { changed: false },
+            GroupOutcome::NotThere,
+            GroupOutcome::Refused { code: "too_many_groups".into(), message: "m".into() },
+        ] {
+            answers.push(SocketAnswer::Group(outcome));
+        }
+        for answer in answers {
+            assert_eq!(round_trip(answer.clone()), answer);
+        }
+    }
+
+    #[test]
+    fn a_call_keeps_its_argument_and_timeout() {
+        let data = RawValue::from_string(r#"["ü",{"a":null}]"#.into()).unwrap();
+        let ask = SocketAsk::Call { name: "/p".into(), data, timeout: Duration::from_millis(1500) };
+        let text = serde_json::to_string(&WireAsk::from(ask)).expect("serializes");
+        match serde_json::from_str::<WireAsk>(&text).expect("reads back").into() {
+            SocketAsk::Call { name, data, timeout } => {
+                assert_eq!(
+                    (name.as_str(), data.get(), timeout),
+                    ("/p", r#"["ü",{"a":null}]"#, Duration::from_millis(1500))
+                );
+            }
+            other => panic!("came back as {other:?}"),
+        }
+    }
 }

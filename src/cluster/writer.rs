@@ -1,6 +1,8 @@
 //! The link's writing thread: it owns the writing connection, pipelines
 //! queued publishes and presence updates, refreshes the heartbeat, replays
 //! this node's presence after a lapse, and reconnects with backoff.
+//! Besides the presence sets, it keeps each node's index of its groups
+//! with their sizes (`n:NODE:groups`), written with every join and leave.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -358,6 +360,7 @@ impl Writer {
                     pipe.srem(format!("{p}:n:{node}:sockets"), id).ignore();
                     for group in groups {
                         pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                        index_group(&mut pipe, p, node, group);
                     }
                     if let Some(user) = user {
                         pipe.srem(format!("{p}:n:{node}:u:{user}"), id).ignore();
@@ -366,9 +369,11 @@ impl Writer {
                 }
                 WriterCommand::Join { group, id } => {
                     pipe.sadd(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    index_group(&mut pipe, p, node, group);
                 }
                 WriterCommand::Leave { group, id } => {
                     pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    index_group(&mut pipe, p, node, group);
                     if let Some(record) = self.records.get_mut(id) {
                         let field = record.leave(group);
                         pipe.hdel(&record.key, field).ignore();
@@ -466,6 +471,13 @@ impl Writer {
                 };
             }
         }
+        let mut sizes: HashMap<&str, usize> = HashMap::new();
+        for group in self.presence.values().flatten().filter_map(|set| set.strip_prefix("g:")) {
+            *sizes.entry(group).or_default() += 1;
+        }
+        for (group, size) in sizes {
+            pipe.hset(format!("{p}:n:{node}:groups"), group, size).ignore();
+        }
         for record in self.records.values() {
             record.write(&mut pipe, p, node);
         }
@@ -521,6 +533,17 @@ impl Writer {
             let _ = delete_node_keys(&mut c, p, node);
         }
     }
+}
+
+/// Keeps the node's index of its groups (`n:NODE:groups`: group → members
+/// on the node, for cluster-wide lists of rooms with their sizes) in step
+/// with the group's set just written: an emptied group leaves it.
+fn index_group(pipe: &mut redis::Pipeline, p: &str, node: &str, group: &str) {
+    const INDEX: &str = "local n = redis.call('SCARD', KEYS[1])
+        if n == 0 then redis.call('HDEL', KEYS[2], ARGV[1]) else redis.call('HSET', KEYS[2], ARGV[1], n) end
+        return 0";
+    let keys = [&format!("{p}:n:{node}:g:{group}")[..], &format!("{p}:n:{node}:groups")];
+    pipe.add_command(eval(INDEX, &keys).arg(group).clone()).ignore();
 }
 
 /// Refreshes this node's heartbeat (by Redis's clock) and forgets the nodes
