@@ -57,6 +57,7 @@
 //! (room history kept and numbered in Redis), `adapter` ([`RedisAdapter`]).
 
 mod adapter;
+mod connect;
 mod error;
 mod history;
 mod link;

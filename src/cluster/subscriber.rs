@@ -14,7 +14,7 @@ use super::wire::split_sender;
 
 /// The subscriber thread: hands every message from another node, and every
 /// one on the history channel, to `deliver`.
-pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, deliver: impl Fn(Inbound)) {
+pub(super) fn run(link: Weak<LinkState>, (connector, options, node): ThreadCtx, deliver: impl Fn(Inbound)) {
     let p = options.prefix.clone();
     let all = format!("{p}:all");
     let direct = format!("{p}:node:{node}");
@@ -25,7 +25,7 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
         if gone(&link) {
             return;
         }
-        let mut conn = match client.get_connection_with_timeout(options.query_timeout) {
+        let mut conn = match connector.open(options.query_timeout) {
             Ok(conn) => conn,
             Err(e) => {
                 outage.failed(&e);

@@ -96,7 +96,7 @@ impl Writer {
     }
 
     /// The thread's loop, until the link stops or is dropped.
-    pub(super) fn run(mut self, queue: Receiver<WriterCommand>, (client, options, node): ThreadCtx) {
+    pub(super) fn run(mut self, queue: Receiver<WriterCommand>, (connector, options, node): ThreadCtx) {
         let p = options.prefix.clone();
         let beat_every = options.heartbeat_ttl / 3;
         let mut conn: Option<Connection> = None;
@@ -114,7 +114,7 @@ impl Writer {
                     // Pipeline everything already queued with it.
                     while let Ok(write) = queue.try_recv() {
                         if matches!(write, WriterCommand::Stop) {
-                            self.flush(&mut conn, &mut batch, &p, &node);
+                            let _ = self.flush(&mut conn, &mut batch, &p, &node);
                             return self.leave(conn, &p, &node);
                         }
                         batch.push(write);
@@ -131,13 +131,11 @@ impl Writer {
                     self.drop_publishes(&mut batch);
                     continue;
                 }
-                match client.get_connection_with_timeout(options.query_timeout) {
+                match connector.open(options.query_timeout) {
                     Ok(c) => {
                         if let Some(inner) = self.link.upgrade() {
                             inner.writer_connections.fetch_add(1, Ordering::Relaxed);
                         }
-                        let _ = c.set_read_timeout(Some(options.query_timeout));
-                        let _ = c.set_write_timeout(Some(options.query_timeout));
                         conn = Some(c);
                         next_beat = Instant::now();
                         fresh = true;
@@ -181,7 +179,11 @@ impl Writer {
                     None => continue,
                 }
             }
-            self.flush(&mut conn, &mut batch, &p, &node);
+            if let Some(e) = self.flush(&mut conn, &mut batch, &p, &node) {
+                // Lost while writing, or READONLY from a master demoted in a
+                // failover: the outage starts now.
+                outage.failed(&e);
+            }
             if conn.is_none() {
                 next_beat = Instant::now(); // Lost while writing: reconnect at once, then back off.
             }
@@ -265,11 +267,21 @@ impl Writer {
         }
     }
 
-    fn flush(&mut self, conn: &mut Option<Connection>, batch: &mut Vec<WriterCommand>, p: &str, node: &str) {
+    /// Writes the batch; the error that closed the connection, if one did.
+    fn flush(
+        &mut self,
+        conn: &mut Option<Connection>,
+        batch: &mut Vec<WriterCommand>,
+        p: &str,
+        node: &str,
+    ) -> Option<redis::RedisError> {
         if batch.is_empty() {
-            return;
+            return None;
         }
-        let Some(c) = conn.as_mut() else { return self.drop_publishes(batch) };
+        let Some(c) = conn.as_mut() else {
+            self.drop_publishes(batch);
+            return None;
+        };
         let mut pipe = redis::pipe();
         let mut left_users = Vec::new();
         for write in batch.iter() {
@@ -349,6 +361,7 @@ impl Writer {
             *conn = None;
         }
         self.drop_publishes(batch);
+        result.err()
     }
 
     /// Writes this node's presence again, replacing whatever Redis has of it.
