@@ -8,9 +8,18 @@
 //! `SENTINEL GET-MASTER-ADDR-BY-NAME`, and the address it gives is only
 //! taken once the server there says `ROLE` master (a sentinel may still name
 //! a master that was demoted, or not yet name the promoted one).
+//!
+//! A master demoted alive (`SENTINEL FAILOVER`, or a partition that heals)
+//! may go on taking writes for seconds, until the sentinels reconfigure it.
+//! So the writer also asks the sentinels at every heartbeat
+//! ([`Connector::check_master`]); when the master moved, the connector's
+//! [`generation`](Connector::generation) changes, and every thread drops the
+//! connection it opened under an older one and reconnects.
 
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, TlsCertificates, Value};
@@ -28,6 +37,11 @@ pub(super) struct Connector {
     /// The CA certificates (PEM) that TLS connections trust instead of
     /// Mozilla's roots, when [`RedisOptions::ca_file`] is set.
     ca: Option<Vec<u8>>,
+    /// The master's address (Sentinel only) as last found.
+    master: Mutex<Option<(String, u16)>>,
+    /// Changes whenever the master is found at another address: connections
+    /// opened under an older generation are to a master no longer.
+    generation: AtomicU64,
 }
 
 enum Target {
@@ -83,34 +97,64 @@ impl Connector {
                 Target::Sentinel(sentinel)
             }
         };
-        Ok(Connector { target, ca })
+        Ok(Connector { target, ca, master: Mutex::new(None), generation: AtomicU64::new(0) })
     }
 
     /// Opens a connection (to the master, for a Sentinel group) whose
-    /// connecting, reads and writes each take at most `timeout`.
-    pub(super) fn open(&self, timeout: Duration) -> RedisResult<Connection> {
-        let conn = match &self.target {
-            Target::Direct(client) => client.get_connection_with_timeout(timeout)?,
+    /// connecting, reads and writes each take at most `timeout`; with the
+    /// [`generation`](Self::generation) it belongs to.
+    pub(super) fn open(&self, timeout: Duration) -> RedisResult<(Connection, u64)> {
+        let (conn, generation) = match &self.target {
+            Target::Direct(client) => (client.get_connection_with_timeout(timeout)?, 0),
             Target::Sentinel(sentinel) => self.open_master(sentinel, timeout)?,
         };
         conn.set_read_timeout(Some(timeout))?;
         conn.set_write_timeout(Some(timeout))?;
-        Ok(conn)
+        Ok((conn, generation))
+    }
+
+    /// The master's generation: read it before [`open`](Self::open), and
+    /// drop the connection once it differs.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Asks the sentinels where the master is now (Sentinel only; one
+    /// answer is enough), changing the generation if it moved.
+    pub(super) fn check_master(&self, timeout: Duration) {
+        if let Target::Sentinel(group) = &self.target {
+            if let Some(address) = group.sentinels.iter().find_map(|s| ask(s, &group.master, timeout).ok()) {
+                self.found(address);
+            }
+        }
+    }
+
+    /// Notes where the master is; a new generation if it moved. The
+    /// generation of a connection to that address.
+    fn found(&self, address: (String, u16)) -> u64 {
+        let mut master = self.master.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if master.as_ref().is_some_and(|known| *known != address) {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(host = %address.0, port = address.1, "Redis master moved (Sentinel)");
+        }
+        *master = Some(address);
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Asks the sentinels in turn where the master is, and connects to the
     /// first address that answers as a master. The last error if none does.
-    fn open_master(&self, group: &Sentinel, timeout: Duration) -> RedisResult<Connection> {
+    fn open_master(&self, group: &Sentinel, timeout: Duration) -> RedisResult<(Connection, u64)> {
         let mut last = None;
         for sentinel in &group.sentinels {
             let found = ask(sentinel, &group.master, timeout).and_then(|(host, port)| {
+                let address = (host.clone(), port);
                 let host = if host.contains(':') { format!("[{host}]") } else { host };
                 let url = format!("{}://{}{host}:{port}/{}", group.scheme, group.credentials, group.db);
                 let mut conn = client(self.ca.as_deref(), &url)?.get_connection_with_timeout(timeout)?;
                 conn.set_read_timeout(Some(timeout))?;
                 let role: Vec<Value> = redis::cmd("ROLE").query(&mut conn)?;
                 match role.first() {
-                    Some(Value::BulkString(role)) if role == b"master" => Ok(conn),
+                    Some(Value::BulkString(role)) if role == b"master" => Ok((conn, self.found(address))),
                     _ => Err(invalid("the server a sentinel named is not a master", format!("{host}:{port}"))),
                 }
             });

@@ -67,8 +67,9 @@ pub(super) struct LinkState {
     pub(super) writer_connections: AtomicU64,
     /// Live nodes as the last query found them.
     nodes_alive: AtomicUsize,
-    /// The connection queries run on, opened on the first query.
-    queries: Mutex<Option<Connection>>,
+    /// The connection queries run on, opened on the first query, with the
+    /// master's generation it was opened under.
+    queries: Mutex<Option<(Connection, u64)>>,
 }
 
 impl fmt::Debug for RedisLink {
@@ -332,10 +333,13 @@ impl RedisLink {
     fn query<T>(&self, run: impl FnOnce(&mut Connection, &[u64]) -> RedisResult<T>) -> Result<T, ClusterError> {
         let timeout = self.inner.options.query_timeout;
         let mut slot = self.inner.queries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.as_ref().is_some_and(|(_, generation)| *generation != self.inner.connector.generation()) {
+            *slot = None; // The master moved (Sentinel): this one is not it any more.
+        }
         if slot.is_none() {
             *slot = Some(self.inner.connector.open(timeout).map_err(ClusterError::Unavailable)?);
         }
-        let conn = slot.as_mut().expect("connected above");
+        let (conn, _) = slot.as_mut().expect("connected above");
         let result = alive_nodes(conn, &self.inner.options.prefix).and_then(|nodes| {
             self.inner.nodes_alive.store(nodes.len(), Ordering::Relaxed);
             run(conn, &nodes)

@@ -22,16 +22,21 @@ pub(crate) type Job = Box<dyn FnOnce(Result<&mut Connection, &RedisError>) -> Re
 /// error at once, so that its caller is answered and not left waiting.
 pub(super) fn run(link: Weak<LinkState>, queue: Receiver<Job>, (connector, options, _node): ThreadCtx) {
     let mut conn: Option<Connection> = None;
+    let mut generation = 0;
     let mut outage = Outage::new("reader");
     while let Ok(job) = queue.recv() {
         if gone(&link) {
             return;
         }
+        if generation != connector.generation() {
+            conn = None; // The master moved (Sentinel): this one is not it any more.
+        }
         if conn.is_none() {
             match connector.open(options.query_timeout) {
-                Ok(c) => {
+                Ok((c, opened_under)) => {
                     outage.recovered();
                     conn = Some(c);
+                    generation = opened_under;
                 }
                 Err(e) => {
                     outage.failed(&e);

@@ -25,8 +25,8 @@ pub(super) fn run(link: Weak<LinkState>, (connector, options, node): ThreadCtx, 
         if gone(&link) {
             return;
         }
-        let mut conn = match connector.open(options.query_timeout) {
-            Ok(conn) => conn,
+        let (mut conn, generation) = match connector.open(options.query_timeout) {
+            Ok(opened) => opened,
             Err(e) => {
                 outage.failed(&e);
                 wait = backoff(wait, options.max_backoff);
@@ -47,6 +47,12 @@ pub(super) fn run(link: Weak<LinkState>, (connector, options, node): ThreadCtx, 
         loop {
             if gone(&link) {
                 return;
+            }
+            if generation != connector.generation() {
+                // The master moved (Sentinel): listen on the new one.
+                listening(false);
+                outage.failed(&"the Redis master moved");
+                break;
             }
             let message = match pubsub.get_message() {
                 Ok(message) => message,

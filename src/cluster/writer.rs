@@ -100,6 +100,8 @@ impl Writer {
         let p = options.prefix.clone();
         let beat_every = options.heartbeat_ttl / 3;
         let mut conn: Option<Connection> = None;
+        // The master's generation `conn` was opened under (see connect.rs).
+        let mut generation = 0;
         let mut outage = Outage::new("publisher");
         let mut wait = Duration::ZERO;
         let mut next_beat = Instant::now();
@@ -132,11 +134,12 @@ impl Writer {
                     continue;
                 }
                 match connector.open(options.query_timeout) {
-                    Ok(c) => {
+                    Ok((c, opened_under)) => {
                         if let Some(inner) = self.link.upgrade() {
                             inner.writer_connections.fetch_add(1, Ordering::Relaxed);
                         }
                         conn = Some(c);
+                        generation = opened_under;
                         next_beat = Instant::now();
                         fresh = true;
                     }
@@ -150,6 +153,14 @@ impl Writer {
                 }
             }
             if Instant::now() >= next_beat {
+                // A master demoted alive takes writes until reconfigured:
+                // ask the sentinels (if any) whether it is still the master.
+                connector.check_master(options.query_timeout);
+                if generation != connector.generation() {
+                    outage.failed(&"the Redis master moved");
+                    conn = None;
+                    continue;
+                }
                 let ttl = options.heartbeat_ttl.as_millis() as u64;
                 let beat = conn.as_mut().map(|c| {
                     let (lapsed, live) = heartbeat(c, &p, &node, ttl)?;
