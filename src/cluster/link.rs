@@ -158,6 +158,22 @@ impl RedisLink {
         (self.inner.connector.clone(), self.inner.options.clone(), hex(self.inner.node))
     }
 
+    /// A new connection to Redis, opened as the link's own are (the master
+    /// through Sentinel, TLS with the CA file), with
+    /// [`query_timeout`](RedisOptions::query_timeout) for connecting, reads
+    /// and writes: for an application's own keys. After an error, open
+    /// another (through Sentinel, it then reaches the master of the moment).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis (or every sentinel) does not
+    /// answer in time, or refuses.
+    pub fn connection(&self) -> Result<Connection, ClusterError> {
+        let (conn, _) =
+            self.inner.connector.open(self.inner.options.query_timeout).map_err(ClusterError::Unavailable)?;
+        Ok(conn)
+    }
+
     /// This node's id: random, never 0.
     pub fn node(&self) -> u64 {
         self.inner.node
