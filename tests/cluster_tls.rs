@@ -2,7 +2,8 @@
 //! that takes TLS connections only, with a CA and a server certificate the
 //! test makes: two app nodes trusting the CA file exchange a broadcast and
 //! answer a cluster query; a node trusting another CA (or Mozilla's roots)
-//! never connects, and says so; a missing CA file fails the start. Without
+//! never connects, and says so; a missing CA file fails the start; the chat
+//! example's servers share a room (their own keys too) over TLS. Without
 //! redis-server on the PATH these tests fail, naming what to install,
 //! unless `EMITWS_SKIP=redis` leaves them out.
 #![cfg(feature = "redis")]
@@ -12,6 +13,9 @@ use std::time::Duration;
 
 #[path = "common/app.rs"]
 mod app_client;
+#[allow(dead_code)]
+#[path = "../examples/chat/main.rs"]
+mod chat;
 mod common;
 #[path = "common/redis_ha.rs"]
 mod redis_ha;
@@ -111,4 +115,26 @@ fn a_missing_ca_file_fails_the_start() {
     let pem = dir.write("ca.pem", &rcgen::generate_simple_self_signed(vec!["x".into()]).unwrap().cert.pem());
     let not_tls = RedisAdapter::new("redis://127.0.0.1:1/", quick().ca_file(&pem)).unwrap_err();
     assert!(matches!(not_tls, ClusterError::BadUrl(_)), "{not_tls:?}");
+}
+
+#[test]
+fn two_chat_servers_share_a_room_over_tls() {
+    use emitws::client::app::{AppClient as Chatter, AppOptions};
+    let Some(redis) = TlsRedis::start() else { return };
+    let ca = Some(redis.certificates.ca.as_path());
+    let one = chat::serve_with_ca("127.0.0.1:0", Some(&redis.url()), ca).expect("first server");
+    let two = chat::serve_with_ca("127.0.0.1:0", Some(&redis.url()), ca).expect("second server");
+    let wait = Duration::from_secs(10);
+    let connect = |running: &Running| {
+        Chatter::connect(&format!("ws://{}/chat", running.local_addr()), AppOptions::default()).expect("connect")
+    };
+    let (ann, bob) = (connect(&one), connect(&two));
+    let joined = ann.request("/chat/join", serde_json::json!({ "room": "lobby", "name": "ann" }), wait).unwrap();
+    assert_eq!(joined["users"], serde_json::json!(["ann"]));
+    // The room's user list is the chat's own keys in Redis, read by the other server.
+    let joined = bob.request("/chat/join", serde_json::json!({ "room": "lobby", "name": "bob" }), wait).unwrap();
+    assert_eq!(joined["users"], serde_json::json!(["ann", "bob"]));
+    drop((ann, bob));
+    one.close();
+    two.close();
 }
