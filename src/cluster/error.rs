@@ -32,7 +32,7 @@ impl fmt::Display for ClusterError {
             ClusterError::BadUrl(_) => f.write_str("bad Redis URL"),
             ClusterError::Unavailable(_) => f.write_str("Redis unavailable"),
             ClusterError::Spawn(_) => f.write_str("could not start a thread of the Redis link"),
-            ClusterError::CaFile { path, error } => write!(f, "Redis CA file {}: {error}", path.display()),
+            ClusterError::CaFile { path, .. } => write!(f, "Redis CA file {} unusable", path.display()),
         }
     }
 }

@@ -123,11 +123,28 @@ impl SentinelGroup {
     /// every sentinel knows the replica and the two other sentinels, so
     /// that a failover can happen. None when the Redis tests are left out.
     pub fn start(name: &str) -> Option<SentinelGroup> {
-        let master = Redis::start()?;
+        // Every file the servers write (a replica's synced RDB, the
+        // sentinels' rewritten configs) goes to this directory.
+        let dir = TempDir::new("sentinel");
+        let dir_text = dir.0.to_str().expect("a UTF-8 temp path").to_owned();
+        let port = free_port();
+        let master = Redis::start_with(port, &["--port", &port.to_string(), "--dir", &dir_text])?;
         let replica_of = master.port.to_string();
         let port = free_port();
-        let replica = Redis::start_with(port, &["--port", &port.to_string(), "--replicaof", "127.0.0.1", &replica_of])?;
-        let dir = TempDir::new("sentinel");
+        let replica = Redis::start_with(
+            port,
+            &[
+                "--port",
+                &port.to_string(),
+                "--dir",
+                &dir_text,
+                "--dbfilename",
+                "replica.rdb",
+                "--replicaof",
+                "127.0.0.1",
+                &replica_of,
+            ],
+        )?;
         let sentinels = (0..3)
             .map(|i| {
                 let port = free_port();

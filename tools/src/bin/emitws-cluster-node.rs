@@ -130,7 +130,12 @@ fn main() {
         options = options.ca_file(ca);
     }
     let addr = args.addr;
-    let adapter = args.redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
+    let adapter = args.redis.map(|url| {
+        RedisAdapter::new(&url, options).unwrap_or_else(|e| match std::error::Error::source(&e) {
+            Some(cause) => fail(&format!("{e}: {cause}")),
+            None => fail(&e),
+        })
+    });
     let mut app = App::new();
     app.limits(limits);
     give_history(&mut app, &args.history, args.history_size, args.history_ttl);
