@@ -10,8 +10,9 @@
 //! leaves them out.
 #![cfg(feature = "redis")]
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ use emitws::cluster::{RedisAdapter, RedisOptions};
 use redis_ha::{connect, SentinelGroup};
 use redis_server::wait_for;
 use serde_json::{json, Value};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 
 /// Every wait of the test is bounded by this (a failover takes ~2-5 s).
 const FAILOVER_WITHIN: Duration = Duration::from_secs(30);
@@ -121,6 +124,41 @@ fn got_beyond(arrivals: &Arrivals, n: u64) -> bool {
     arrivals.lock().unwrap().iter().any(|(m, _)| *m > n)
 }
 
+/// The fields of the outage log lines (`emitws::cluster::outage`), message included.
+static OUTAGES: Mutex<Vec<HashMap<String, String>>> = Mutex::new(Vec::new());
+
+/// Keeps the outage log lines in [`OUTAGES`].
+struct OutageLines;
+
+impl<S: tracing::Subscriber> Layer<S> for OutageLines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        struct Fields(HashMap<String, String>);
+        impl Visit for Fields {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().into(), format!("{value:?}").trim_matches('"').into());
+            }
+        }
+        if event.metadata().target() == "emitws::cluster::outage" {
+            let mut fields = Fields(HashMap::new());
+            event.record(&mut fields);
+            OUTAGES.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(fields.0);
+        }
+    }
+}
+
+/// The outage lines of `node`'s `link` thread so far: their messages, and the `after_s` of the last.
+fn outages(node: &RedisAdapter, link: &str) -> (Vec<String>, Option<f64>) {
+    let node = format!("{:016x}", node.link().node());
+    let lines = OUTAGES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mine: Vec<_> = lines.iter().filter(|l| l["node"] == node && l["link"] == link).collect();
+    let after = mine.last().and_then(|l| l.get("after_s")).and_then(|s| s.parse().ok());
+    (mine.iter().map(|l| l["message"].clone()).collect(), after)
+}
+
+/// One failover at a time: each runs five servers, and the gaps measured
+/// are the failover's, not the machine's load.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 #[derive(Clone, Copy, Debug)]
 enum Failover {
     /// SIGKILL to the master: the sentinels notice after down-after.
@@ -132,6 +170,12 @@ enum Failover {
 /// Two nodes, numbered broadcasts both ways, a failover; messages flow
 /// again and presence is right on the new master. Prints the gaps.
 fn messages_and_presence_survive(kind: Failover) {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        tracing::subscriber::set_global_default(tracing_subscriber::registry().with(OutageLines))
+            .expect("no other subscriber in this test process");
+    });
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let Some(mut group) = SentinelGroup::start("emitws-test") else { return };
     let old = group.master_port().expect("the sentinels name a master");
     let (a, adapter_a) = node(&group);
@@ -162,6 +206,16 @@ fn messages_and_presence_survive(kind: Failover) {
     let (after_a, after_b) = (sent_a.load(Ordering::SeqCst), sent_b.load(Ordering::SeqCst));
     wait_for(FAILOVER_WITHIN, || got_beyond(&from_a, after_a + 10) && got_beyond(&from_b, after_b + 10));
     let resumed = started.elapsed();
+    // The failover is one outage of each node's writer and subscriber,
+    // logged when it starts and when it ends, with its length.
+    for adapter in [&adapter_a, &adapter_b] {
+        for link in ["publisher", "subscriber"] {
+            let (lines, after) = outages(adapter, link);
+            let lost = "Redis lost; local delivery goes on, retrying";
+            assert_eq!(lines, [lost, "Redis back"], "{link}");
+            println!("{kind:?}: {link} outage logged, {:.3} s", after.expect("its length"));
+        }
+    }
     stop.store(true, Ordering::SeqCst);
     for handle in senders {
         handle.join().expect("a sender thread");

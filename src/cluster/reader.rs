@@ -20,10 +20,10 @@ pub(crate) type Job = Box<dyn FnOnce(Result<&mut Connection, &RedisError>) -> Re
 /// The thread's loop: runs the jobs in the order they come, until the link
 /// stops or is dropped. A job queued when Redis is down is run with the
 /// error at once, so that its caller is answered and not left waiting.
-pub(super) fn run(link: Weak<LinkState>, queue: Receiver<Job>, (connector, options, _node): ThreadCtx) {
+pub(super) fn run(link: Weak<LinkState>, queue: Receiver<Job>, (connector, options, node): ThreadCtx) {
     let mut conn: Option<Connection> = None;
     let mut generation = 0;
-    let mut outage = Outage::new("reader");
+    let mut outage = Outage::new("reader", &node);
     while let Ok(job) = queue.recv() {
         if gone(&link) {
             return;

@@ -19,7 +19,7 @@ pub(super) fn run(link: Weak<LinkState>, (connector, options, node): ThreadCtx, 
     let all = format!("{p}:all");
     let direct = format!("{p}:node:{node}");
     let history = format!("{p}:history");
-    let mut outage = Outage::new("subscriber");
+    let mut outage = Outage::new("subscriber", &node);
     let mut wait = Duration::ZERO;
     loop {
         if gone(&link) {

@@ -102,7 +102,7 @@ impl Writer {
         let mut conn: Option<Connection> = None;
         // The master's generation `conn` was opened under (see connect.rs).
         let mut generation = 0;
-        let mut outage = Outage::new("publisher");
+        let mut outage = Outage::new("publisher", &node);
         let mut wait = Duration::ZERO;
         let mut next_beat = Instant::now();
         let mut fresh = false;
