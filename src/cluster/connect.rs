@@ -87,9 +87,8 @@ impl Connector {
         }
         let target = match parse_sentinel_url(url).map_err(ClusterError::BadUrl)? {
             None => Target::Direct(client(ca.as_deref(), url).map_err(ClusterError::BadUrl)?),
-            Some(mut sentinel) => {
-                sentinel.sentinels = sentinel_hosts(url)
-                    .map_err(ClusterError::BadUrl)?
+            Some((mut sentinel, hosts)) => {
+                sentinel.sentinels = hosts
                     .iter()
                     .map(|host| client(ca.as_deref(), &format!("{}://{host}/", sentinel.scheme)))
                     .collect::<RedisResult<_>>()
@@ -113,8 +112,8 @@ impl Connector {
         Ok((conn, generation))
     }
 
-    /// The master's generation: read it before [`open`](Self::open), and
-    /// drop the connection once it differs.
+    /// The master's generation now: a connection [`open`](Self::open) gave
+    /// another is to a former master, to drop.
     pub(super) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }
@@ -195,9 +194,10 @@ fn read_ca(path: &Path) -> Result<Vec<u8>, ClusterError> {
     Ok(pem)
 }
 
-/// The parts of a `redis+sentinel://` or `rediss+sentinel://` URL but its
-/// sentinels (filled in by the caller); None for any other scheme.
-fn parse_sentinel_url(url: &str) -> RedisResult<Option<Sentinel>> {
+/// A `redis+sentinel://` or `rediss+sentinel://` URL's parts, its
+/// sentinels' clients still to make (from the `host:port`s returned beside,
+/// a port 26379 added where none is given); None for any other scheme.
+fn parse_sentinel_url(url: &str) -> RedisResult<Option<(Sentinel, Vec<String>)>> {
     let Some((scheme, rest)) = split_sentinel_scheme(url) else { return Ok(None) };
     let bad = |why: &str| {
         invalid(
@@ -206,7 +206,22 @@ fn parse_sentinel_url(url: &str) -> RedisResult<Option<Sentinel>> {
         )
     };
     let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no master name"))?;
-    let credentials = authority.rsplit_once('@').map_or(String::new(), |(credentials, _)| format!("{credentials}@"));
+    let (credentials, hosts) = match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), authority),
+    };
+    let hosts = hosts
+        .split(',')
+        .map(|host| {
+            let port_given =
+                host.rsplit_once(':').is_some_and(|(name, port)| !name.ends_with(':') && port.parse::<u16>().is_ok());
+            match (host.is_empty(), port_given) {
+                (true, _) => Err(bad("an empty sentinel address")),
+                (false, true) => Ok(host.to_owned()),
+                (false, false) => Ok(format!("{host}:{SENTINEL_PORT}")),
+            }
+        })
+        .collect::<RedisResult<_>>()?;
     let (master, db) = match path.trim_end_matches('/').split_once('/') {
         Some((master, db)) => (master, db.parse().map_err(|_| bad("the database is not a number"))?),
         None => (path.trim_end_matches('/'), 0),
@@ -214,26 +229,7 @@ fn parse_sentinel_url(url: &str) -> RedisResult<Option<Sentinel>> {
     if master.is_empty() || master.contains(['?', '#']) {
         return Err(bad("no master name"));
     }
-    Ok(Some(Sentinel { sentinels: Vec::new(), master: master.into(), scheme, credentials, db }))
-}
-
-/// `host:port` of every sentinel of a Sentinel URL.
-fn sentinel_hosts(url: &str) -> RedisResult<Vec<String>> {
-    let (_, rest) = split_sentinel_scheme(url).ok_or_else(|| invalid("bad Sentinel URL", url.into()))?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
-    hosts
-        .split(',')
-        .map(|host| {
-            let port_given =
-                host.rsplit_once(':').is_some_and(|(name, port)| !name.ends_with(':') && port.parse::<u16>().is_ok());
-            match (host.is_empty(), port_given) {
-                (true, _) => Err(invalid("bad Sentinel URL", format!("an empty sentinel address in {url:?}"))),
-                (false, true) => Ok(host.to_owned()),
-                (false, false) => Ok(format!("{host}:{SENTINEL_PORT}")),
-            }
-        })
-        .collect()
+    Ok(Some((Sentinel { sentinels: Vec::new(), master: master.into(), scheme, credentials, db }, hosts)))
 }
 
 /// The data scheme (`redis` or `rediss`) and what follows `+sentinel://`.
@@ -256,13 +252,11 @@ mod tests {
     #[test]
     fn sentinel_urls_parse_into_sentinels_master_and_database() {
         let url = "redis+sentinel://u:p%40ss@10.0.0.1:26380,10.0.0.2,[::1]:26381/mymaster/3";
-        let sentinel = parse_sentinel_url(url).unwrap().unwrap();
-        assert_eq!(
-            (sentinel.scheme, &sentinel.credentials[..], &sentinel.master[..], sentinel.db),
-            ("redis", "u:p%40ss@", "mymaster", 3)
-        );
-        assert_eq!(sentinel_hosts(url).unwrap(), ["10.0.0.1:26380", "10.0.0.2:26379", "[::1]:26381"]);
-        let tls = parse_sentinel_url("rediss+sentinel://h/m").unwrap().unwrap();
+        let (sentinel, hosts) = parse_sentinel_url(url).unwrap().unwrap();
+        let parts = (sentinel.scheme, &sentinel.credentials[..], &sentinel.master[..], sentinel.db);
+        assert_eq!(parts, ("redis", "u:p%40ss@", "mymaster", 3));
+        assert_eq!(hosts, ["10.0.0.1:26380", "10.0.0.2:26379", "[::1]:26381"]);
+        let (tls, _) = parse_sentinel_url("rediss+sentinel://h/m").unwrap().unwrap();
         assert_eq!((tls.scheme, &tls.master[..], tls.db, &tls.credentials[..]), ("rediss", "m", 0, ""));
         assert!(parse_sentinel_url("redis://h/0").unwrap().is_none());
     }
@@ -277,7 +271,8 @@ mod tests {
             let error = parse_sentinel_url(url).err().unwrap_or_else(|| panic!("{url} accepted"));
             assert!(error.to_string().contains(why), "{url}: {error}");
         }
-        assert!(sentinel_hosts("redis+sentinel://h1,,h2/m").is_err());
+        let error = parse_sentinel_url("redis+sentinel://h1,,h2/m").err().expect("an empty address refused");
+        assert!(error.to_string().contains("an empty sentinel address"), "{error}");
         let options = RedisOptions::default();
         assert!(matches!(Connector::new("redis+sentinel://h1,/m", &options), Err(ClusterError::BadUrl(_))));
     }
