@@ -12,6 +12,8 @@
 //! live in Redis, and messages reach the members on every node
 //! (`cargo run --release --features redis --example chat -- --redis
 //! redis://127.0.0.1:6379/ --addr 127.0.0.1:3001`, and a second one on 3002).
+//! The URL may be `rediss://` (TLS; `--redis-ca FILE` names the CA
+//! certificates to trust) or `redis+sentinel://host:port,.../MASTER`.
 //!
 //! Events (all under the `/chat` namespace):
 //! - request `/join {room, name}` → `{room, history, users, rooms}`; everyone
@@ -147,7 +149,9 @@ impl Store for Memory {
 /// failed command drops the connection; the next one reconnects.
 #[cfg(feature = "redis")]
 struct Shared {
-    client: redis::Client,
+    /// The cluster link: connections open as its own do (any URL it takes,
+    /// Sentinel and TLS included).
+    link: emitws::cluster::RedisLink,
     connection: Option<redis::Connection>,
 }
 
@@ -166,7 +170,9 @@ impl Shared {
     fn with<T>(&mut self, f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>) -> redis::RedisResult<T> {
         let connection = match &mut self.connection {
             Some(connection) => connection,
-            empty => empty.insert(self.client.get_connection_with_timeout(std::time::Duration::from_secs(2))?),
+            empty => {
+                empty.insert(self.link.connection().map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?)
+            }
         };
         let result = f(connection);
         if result.is_err() {
@@ -443,22 +449,49 @@ fn announce_join(app: &AppHandle, room: &str, name: &str, joined: &Joined, to: B
 }
 
 fn usage() -> ! {
-    eprintln!("usage: chat [--addr HOST:PORT] [--redis URL (feature redis)]");
+    eprintln!("usage: chat [--addr HOST:PORT] [--redis URL [--redis-ca FILE] (feature redis)]");
     std::process::exit(2);
 }
 
 /// Serves the chat on `addr`: alone, or as one node of a cluster that shares
 /// `redis`. Everything is in place before the port opens.
 pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Box<dyn std::error::Error>> {
-    let store: Box<dyn Store> = match redis {
-        #[cfg(feature = "redis")]
-        Some(url) => Box::new(Shared { client: redis::Client::open(url)?, connection: None }),
-        _ => {
-            let mut memory = Memory::default();
-            memory.0.insert("general".into(), Room::default());
-            Box::new(memory)
+    serve_with_ca(addr, redis, None)
+}
+
+/// [`serve`], trusting the CA certificates of the PEM file `redis_ca` for a
+/// `rediss://` Redis.
+pub fn serve_with_ca(
+    addr: &str,
+    redis: Option<&str>,
+    redis_ca: Option<&std::path::Path>,
+) -> Result<emitws::app::Running, Box<dyn std::error::Error>> {
+    #[cfg(feature = "redis")]
+    let adapter = match redis {
+        Some(url) => {
+            let options = emitws::cluster::RedisOptions::default();
+            let options = match redis_ca {
+                Some(ca) => options.ca_file(ca),
+                None => options,
+            };
+            Some(emitws::cluster::RedisAdapter::new(url, options)?)
         }
+        None => None,
     };
+    #[cfg(feature = "redis")]
+    let shared = adapter
+        .as_ref()
+        .map(|adapter| Box::new(Shared { link: adapter.link().clone(), connection: None }) as Box<dyn Store>);
+    #[cfg(not(feature = "redis"))]
+    let shared: Option<Box<dyn Store>> = {
+        let _ = (redis, redis_ca);
+        None
+    };
+    let store = shared.unwrap_or_else(|| {
+        let mut memory = Memory::default();
+        memory.0.insert("general".into(), Room::default());
+        Box::new(memory)
+    });
     let mut app = chat_app(store_thread(store));
     app.resume_window(Some(RESUME_WINDOW));
     // Resumed sockets get the messages they missed from the rooms' history:
@@ -467,9 +500,8 @@ pub fn serve(addr: &str, redis: Option<&str>) -> Result<emitws::app::Running, Bo
     // page ignores replayed ones.
     app.history("#*", History::new(HISTORY, RESUME_WINDOW));
     #[cfg(feature = "redis")]
-    if let Some(url) = redis {
-        use emitws::cluster::{RedisAdapter, RedisOptions};
-        app.adapter(RedisAdapter::new(url, RedisOptions::default())?);
+    if let Some(adapter) = adapter {
+        app.adapter(adapter);
     }
     Ok(app.listen(addr)?)
 }
@@ -480,14 +512,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let mut addr = "127.0.0.1:3000".to_string();
     let mut redis: Option<String> = None;
+    let mut redis_ca: Option<std::path::PathBuf> = None;
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--addr", Some(value)) => addr = value,
             ("--redis", Some(value)) if cfg!(feature = "redis") => redis = Some(value),
+            ("--redis-ca", Some(value)) if cfg!(feature = "redis") => redis_ca = Some(value.into()),
             _ => usage(),
         }
     }
-    let running = serve(&addr, redis.as_deref())?;
+    if redis_ca.is_some() && redis.is_none() {
+        usage();
+    }
+    let running = serve_with_ca(&addr, redis.as_deref(), redis_ca.as_deref())?;
     println!("chat on http://{}/", running.local_addr());
     running.stop_on_signals()?;
     running.join();

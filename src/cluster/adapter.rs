@@ -83,8 +83,10 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RedisAdapter {
-    /// Connects this node to the cluster at `url` (`redis://host:port/db`).
-    /// Only a bad URL fails: Redis need not be up yet, the link connects by itself.
+    /// Connects this node to the cluster at `url`: `redis://host:port/db`,
+    /// `rediss://` (TLS), or `redis+sentinel://host:port,host:port/MASTER/db`
+    /// (see [`RedisLink::start`] for every form). Only a bad URL or CA file
+    /// fails: Redis need not be up yet, the link connects by itself.
     ///
     /// # Errors
     ///

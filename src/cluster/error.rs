@@ -1,6 +1,7 @@
 //! Why a cluster operation failed.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::app;
 
@@ -15,6 +16,14 @@ pub enum ClusterError {
     Unavailable(redis::RedisError),
     /// One of the link's threads could not be started.
     Spawn(std::io::Error),
+    /// The CA file of [`RedisOptions::ca_file`](super::RedisOptions::ca_file)
+    /// cannot be read, or holds no PEM certificate.
+    CaFile {
+        /// The file as given.
+        path: PathBuf,
+        /// Why it was refused.
+        error: std::io::Error,
+    },
 }
 
 impl fmt::Display for ClusterError {
@@ -23,6 +32,7 @@ impl fmt::Display for ClusterError {
             ClusterError::BadUrl(_) => f.write_str("bad Redis URL"),
             ClusterError::Unavailable(_) => f.write_str("Redis unavailable"),
             ClusterError::Spawn(_) => f.write_str("could not start a thread of the Redis link"),
+            ClusterError::CaFile { path, .. } => write!(f, "Redis CA file {} unusable", path.display()),
         }
     }
 }
@@ -31,7 +41,7 @@ impl std::error::Error for ClusterError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             ClusterError::BadUrl(e) | ClusterError::Unavailable(e) => Some(e),
-            ClusterError::Spawn(e) => Some(e),
+            ClusterError::Spawn(e) | ClusterError::CaFile { error: e, .. } => Some(e),
         }
     }
 }

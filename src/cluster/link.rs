@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Cmd, Commands, Connection, RedisResult};
 
+use super::connect::Connector;
 use super::error::ClusterError;
 use super::options::RedisOptions;
 use super::outage::Health;
@@ -44,7 +45,8 @@ pub struct RedisLink {
 /// What a link's clones and its threads share (the threads hold it
 /// weakly: dropping the last clone ends them).
 pub(super) struct LinkState {
-    client: redis::Client,
+    /// Where every connection of the link is opened.
+    connector: Arc<Connector>,
     node: u64,
     options: RedisOptions,
     /// The writer thread's queue.
@@ -69,7 +71,9 @@ pub(super) struct LinkState {
     /// Whether the writer and the subscriber reach Redis, and who hears of it.
     pub(super) health: Health,
     /// The connection queries run on, opened on the first query.
-    queries: Mutex<Option<Connection>>,
+    /// The connection queries run on, opened on the first query, with the
+    /// master's generation it was opened under.
+    queries: Mutex<Option<(Connection, u64)>>,
 }
 
 impl fmt::Debug for RedisLink {
@@ -97,20 +101,33 @@ impl RedisLink {
     /// should hand the message on (to the workers) without blocking. Redis
     /// need not be up: the threads connect, and reconnect, by themselves.
     ///
+    /// `url` is one of:
+    /// - `redis://[user:password@]host[:port][/db]`: one Redis;
+    /// - `rediss://…`: the same over TLS (rustls), trusting the CA file of
+    ///   [`RedisOptions::ca_file`] if set, else Mozilla's roots;
+    /// - `redis+sentinel://[user:password@]host:port[,host:port…]/MASTER[/db]`:
+    ///   the master named `MASTER` of a Sentinel group, found by asking each
+    ///   sentinel in turn (port 26379 if none is given) and checked with
+    ///   `ROLE`; every reconnection asks again, so a failover is followed
+    ///   (the credentials are the master's; the sentinels are asked without);
+    /// - `rediss+sentinel://…`: the same with TLS to the sentinels and the master.
+    ///
     /// # Errors
     ///
-    /// [`ClusterError::BadUrl`] if `url` does not parse, [`ClusterError::Spawn`]
-    /// if a thread cannot start. Redis being down is no error.
+    /// [`ClusterError::BadUrl`] if `url` does not parse (or a CA file comes
+    /// with a URL without TLS), [`ClusterError::CaFile`] if the CA file cannot
+    /// be read or holds no certificate, [`ClusterError::Spawn`] if a thread
+    /// cannot start. Redis being down is no error.
     pub fn start(
         url: &str,
         options: RedisOptions,
         deliver: impl Fn(Inbound) + Send + 'static,
     ) -> Result<RedisLink, ClusterError> {
-        let client = redis::Client::open(url).map_err(ClusterError::BadUrl)?;
+        let connector = Arc::new(Connector::new(url, &options)?);
         let (writes, queue) = mpsc::channel();
         let (jobs, job_queue) = mpsc::channel();
         let inner = Arc::new(LinkState {
-            client,
+            connector,
             node: node_id(),
             options,
             writes: Mutex::new(writes),
@@ -150,7 +167,23 @@ impl RedisLink {
     }
 
     fn thread_ctx(&self) -> ThreadCtx {
-        (self.inner.client.clone(), self.inner.options.clone(), hex(self.inner.node))
+        (self.inner.connector.clone(), self.inner.options.clone(), hex(self.inner.node))
+    }
+
+    /// A new connection to Redis, opened as the link's own are (the master
+    /// through Sentinel, TLS with the CA file), with
+    /// [`query_timeout`](RedisOptions::query_timeout) for connecting, reads
+    /// and writes: for an application's own keys. After an error, open
+    /// another (through Sentinel, it then reaches the master of the moment).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis (or every sentinel) does not
+    /// answer in time, or refuses.
+    pub fn connection(&self) -> Result<Connection, ClusterError> {
+        let (conn, _) =
+            self.inner.connector.open(self.inner.options.query_timeout).map_err(ClusterError::Unavailable)?;
+        Ok(conn)
     }
 
     /// This node's id: random, never 0.
@@ -355,19 +388,21 @@ impl RedisLink {
     fn query<T>(&self, run: impl FnOnce(&mut Connection, &[u64]) -> RedisResult<T>) -> Result<T, ClusterError> {
         let timeout = self.inner.options.query_timeout;
         let mut slot = self.inner.queries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if slot.is_none() {
-            let conn = self.inner.client.get_connection_with_timeout(timeout).map_err(ClusterError::Unavailable)?;
-            conn.set_read_timeout(Some(timeout)).map_err(ClusterError::Unavailable)?;
-            conn.set_write_timeout(Some(timeout)).map_err(ClusterError::Unavailable)?;
-            *slot = Some(conn);
+        if slot.as_ref().is_some_and(|(_, generation)| *generation != self.inner.connector.generation()) {
+            *slot = None; // The master moved (Sentinel): this one is not it any more.
         }
-        let conn = slot.as_mut().expect("connected above");
+        if slot.is_none() {
+            *slot = Some(self.inner.connector.open(timeout).map_err(ClusterError::Unavailable)?);
+        }
+        let (conn, _) = slot.as_mut().expect("connected above");
         let result = alive_nodes(conn, &self.inner.options.prefix).and_then(|nodes| {
             self.inner.nodes_alive.store(nodes.len(), Ordering::Relaxed);
             run(conn, &nodes)
         });
         if result.is_err() {
-            *slot = None; // Reconnect next time.
+            // Reconnect next time (through the sentinels, if any): this one
+            // failed, or its server answers READONLY (demoted in a failover).
+            *slot = None;
         }
         result.map_err(ClusterError::Unavailable)
     }
@@ -536,5 +571,5 @@ pub(super) fn gone(link: &Weak<LinkState>) -> bool {
 }
 
 /// What each of the link's threads needs to connect on its own: the
-/// client, the settings, and this node's id in hex.
-pub(super) type ThreadCtx = (redis::Client, RedisOptions, String);
+/// connector, the settings, and this node's id in hex.
+pub(super) type ThreadCtx = (Arc<Connector>, RedisOptions, String);

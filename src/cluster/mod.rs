@@ -1,6 +1,10 @@
 //! Scale-out over Redis (feature `redis`): [`RedisAdapter`] plugs an
 //! [`App`](crate::app::App) into a cluster of servers sharing one Redis;
 //! [`RedisLink`] is the node-to-node transport and the shared presence under it.
+//! That Redis is reached by URL: `redis://`, `rediss://` (TLS through rustls,
+//! with [`RedisOptions::ca_file`] for a private CA), or the master of a
+//! Sentinel group, `redis+sentinel://host:port,host:port/MASTER[/db]` (and
+//! `rediss+sentinel://`), followed through failovers (see [`RedisLink::start`]).
 //!
 //! ```no_run
 //! use emitws::app::{App, BroadcastOpts};
@@ -50,7 +54,8 @@
 //!
 //! # Files
 //!
-//! `options` (settings), `error`, `wire` (node ids, payload framing, the
+//! `options` (settings), `error`, `connect` (where every connection is
+//! opened: the URL forms, TLS, Sentinel discovery), `wire` (node ids, payload framing, the
 //! app-message header), `link` (the node's [`RedisLink`] and its queries),
 //! `writer` and `subscriber` (the link's main threads), `reader` (its
 //! background thread for claims and reads a worker must not wait for),
@@ -63,6 +68,7 @@
 
 mod adapter;
 mod asks;
+mod connect;
 mod error;
 mod history;
 mod link;

@@ -1,5 +1,6 @@
 //! The Redis adapter's settings.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Settings of the Redis adapter; every one has a default. Change them with
@@ -28,6 +29,11 @@ pub struct RedisOptions {
     /// it, when Redis cannot keep up, new ones are dropped and counted
     /// ([`RedisLink::dropped`](super::RedisLink::dropped)) rather than held in memory without bound.
     pub max_queued: usize,
+    /// A PEM file of the CA certificates that `rediss://` connections trust
+    /// (default none: Mozilla's roots, from the `webpki-roots` crate, as for
+    /// wss://). Read when the link starts: a missing or empty file is
+    /// [`ClusterError::CaFile`](super::ClusterError::CaFile) then.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisOptions {
@@ -38,6 +44,7 @@ impl Default for RedisOptions {
             query_timeout: Duration::from_secs(2),
             max_backoff: Duration::from_secs(5),
             max_queued: 100_000,
+            ca_file: None,
         }
     }
 }
@@ -70,6 +77,12 @@ impl RedisOptions {
     /// Sets `max_queued`: how many publishes may wait for the writer.
     pub fn max_queued(mut self, max_queued: usize) -> Self {
         self.max_queued = max_queued;
+        self
+    }
+
+    /// Sets `ca_file`: the PEM file of the CA certificates `rediss://` trusts.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
         self
     }
 }

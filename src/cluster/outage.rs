@@ -14,30 +14,32 @@ use crate::app::ClusterEvent;
 /// one (the writer's, the subscriber's) also tells the link's [`Health`].
 pub(super) struct Outage {
     what: &'static str,
+    /// The node's id in hex (one process may run several links).
+    node: String,
     since: Option<Instant>,
     /// The link whose health this outage counts in, if any.
     link: Option<Weak<LinkState>>,
 }
 
 impl Outage {
-    /// No outage yet of `what` (the reader): logged only. Its connection
-    /// opens only when a job comes, so it notices outages late and
-    /// recoveries later: the link's health does not wait for it.
-    pub(super) fn new(what: &'static str) -> Outage {
-        Outage { what, since: None, link: None }
+    /// No outage yet of `what` (the reader) of `node`: logged only. Its
+    /// connection opens only when a job comes, so it notices outages late
+    /// and recoveries later: the link's health does not wait for it.
+    pub(super) fn new(what: &'static str, node: &str) -> Outage {
+        Outage { what, node: node.into(), since: None, link: None }
     }
 
-    /// No outage yet of `what`, a connection the link keeps open (the
-    /// publisher, the subscriber): its outages count in `link`'s [`Health`].
-    pub(super) fn watched(what: &'static str, link: &Weak<LinkState>) -> Outage {
-        Outage { what, since: None, link: Some(link.clone()) }
+    /// No outage yet of `what` of `node`, a connection the link keeps open
+    /// (the publisher, the subscriber): its outages count in `link`'s [`Health`].
+    pub(super) fn watched(what: &'static str, node: &str, link: &Weak<LinkState>) -> Outage {
+        Outage { what, node: node.into(), since: None, link: Some(link.clone()) }
     }
 
     pub(super) fn failed(&mut self, error: &dyn fmt::Display) {
         if self.since.is_none() {
             self.since = Some(Instant::now());
             // A warning: the node goes on alone, messages to other nodes are lost meanwhile.
-            tracing::warn!(link = self.what, %error, "Redis lost; local delivery goes on, retrying");
+            tracing::warn!(link = self.what, node = %self.node, %error, "Redis lost; local delivery goes on, retrying");
             if let Some(link) = self.link.as_ref().and_then(Weak::upgrade) {
                 link.health.failed(self.what, error);
             }
@@ -46,7 +48,7 @@ impl Outage {
 
     pub(super) fn recovered(&mut self) {
         if let Some(since) = self.since.take() {
-            tracing::info!(link = self.what, after_s = since.elapsed().as_secs_f64(), "Redis back");
+            tracing::info!(link = self.what, node = %self.node, after_s = since.elapsed().as_secs_f64(), "Redis back");
             if let Some(link) = self.link.as_ref().and_then(Weak::upgrade) {
                 link.health.recovered(self.what);
             }

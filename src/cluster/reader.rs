@@ -20,23 +20,23 @@ pub(crate) type Job = Box<dyn FnOnce(Result<&mut Connection, &RedisError>) -> Re
 /// The thread's loop: runs the jobs in the order they come, until the link
 /// stops or is dropped. A job queued when Redis is down is run with the
 /// error at once, so that its caller is answered and not left waiting.
-pub(super) fn run(link: Weak<LinkState>, queue: Receiver<Job>, (client, options, _node): ThreadCtx) {
+pub(super) fn run(link: Weak<LinkState>, queue: Receiver<Job>, (connector, options, node): ThreadCtx) {
     let mut conn: Option<Connection> = None;
-    let mut outage = Outage::new("reader");
+    let mut generation = 0;
+    let mut outage = Outage::new("reader", &node);
     while let Ok(job) = queue.recv() {
         if gone(&link) {
             return;
         }
+        if generation != connector.generation() {
+            conn = None; // The master moved (Sentinel): this one is not it any more.
+        }
         if conn.is_none() {
-            let opened = client.get_connection_with_timeout(options.query_timeout).and_then(|c| {
-                c.set_read_timeout(Some(options.query_timeout))?;
-                c.set_write_timeout(Some(options.query_timeout))?;
-                Ok(c)
-            });
-            match opened {
-                Ok(c) => {
+            match connector.open(options.query_timeout) {
+                Ok((c, opened_under)) => {
                     outage.recovered();
                     conn = Some(c);
+                    generation = opened_under;
                 }
                 Err(e) => {
                     outage.failed(&e);

@@ -14,19 +14,19 @@ use super::wire::split_sender;
 
 /// The subscriber thread: hands every message from another node, and every
 /// one on the history channel, to `deliver`.
-pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, deliver: impl Fn(Inbound)) {
+pub(super) fn run(link: Weak<LinkState>, (connector, options, node): ThreadCtx, deliver: impl Fn(Inbound)) {
     let p = options.prefix.clone();
     let all = format!("{p}:all");
     let direct = format!("{p}:node:{node}");
     let history = format!("{p}:history");
-    let mut outage = Outage::watched("subscriber", &link);
+    let mut outage = Outage::watched("subscriber", &node, &link);
     let mut wait = Duration::ZERO;
     loop {
         if gone(&link) {
             return;
         }
-        let mut conn = match client.get_connection_with_timeout(options.query_timeout) {
-            Ok(conn) => conn,
+        let (mut conn, generation) = match connector.open(options.query_timeout) {
+            Ok(opened) => opened,
             Err(e) => {
                 outage.failed(&e);
                 wait = backoff(wait, options.max_backoff);
@@ -51,6 +51,12 @@ pub(super) fn run(link: Weak<LinkState>, (client, options, node): ThreadCtx, del
         loop {
             if gone(&link) {
                 return;
+            }
+            if generation != connector.generation() {
+                // The master moved (Sentinel): listen on the new one.
+                listening(false);
+                outage.failed(&"the Redis master moved");
+                break;
             }
             let message = match pubsub.get_message() {
                 Ok(message) => message,

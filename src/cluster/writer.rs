@@ -124,11 +124,13 @@ impl Writer {
     }
 
     /// The thread's loop, until the link stops or is dropped.
-    pub(super) fn run(mut self, queue: Receiver<WriterCommand>, (client, options, node): ThreadCtx) {
+    pub(super) fn run(mut self, queue: Receiver<WriterCommand>, (connector, options, node): ThreadCtx) {
         let p = options.prefix.clone();
         let beat_every = options.heartbeat_ttl / 3;
         let mut conn: Option<Connection> = None;
-        let mut outage = Outage::watched("publisher", &self.link);
+        // The master's generation `conn` was opened under (see connect.rs).
+        let mut generation = 0;
+        let mut outage = Outage::watched("publisher", &node, &self.link);
         let mut wait = Duration::ZERO;
         let mut next_beat = Instant::now();
         let mut fresh = false;
@@ -142,7 +144,7 @@ impl Writer {
                     // Pipeline everything already queued with it.
                     while let Ok(write) = queue.try_recv() {
                         if matches!(write, WriterCommand::Stop) {
-                            self.flush(&mut conn, &mut batch, &p, &node);
+                            let _ = self.flush(&mut conn, &mut batch, &p, &node);
                             return self.leave(conn, &p, &node);
                         }
                         batch.push(write);
@@ -159,14 +161,13 @@ impl Writer {
                     self.drop_publishes(&mut batch, true);
                     continue;
                 }
-                match client.get_connection_with_timeout(options.query_timeout) {
-                    Ok(c) => {
+                match connector.open(options.query_timeout) {
+                    Ok((c, opened_under)) => {
                         if let Some(inner) = self.link.upgrade() {
                             inner.writer_connections.fetch_add(1, Ordering::Relaxed);
                         }
-                        let _ = c.set_read_timeout(Some(options.query_timeout));
-                        let _ = c.set_write_timeout(Some(options.query_timeout));
                         conn = Some(c);
+                        generation = opened_under;
                         next_beat = Instant::now();
                         fresh = true;
                     }
@@ -180,6 +181,14 @@ impl Writer {
                 }
             }
             if Instant::now() >= next_beat {
+                // A master demoted alive takes writes until reconfigured:
+                // ask the sentinels (if any) whether it is still the master.
+                connector.check_master(options.query_timeout);
+                if generation != connector.generation() {
+                    outage.failed(&"the Redis master moved");
+                    conn = None;
+                    continue;
+                }
                 let ttl = options.heartbeat_ttl.as_millis() as u64;
                 let beat = conn.as_mut().map(|c| {
                     let (lapsed, live) = heartbeat(c, &p, &node, ttl)?;
@@ -211,7 +220,11 @@ impl Writer {
                     None => continue,
                 }
             }
-            self.flush(&mut conn, &mut batch, &p, &node);
+            if let Some(e) = self.flush(&mut conn, &mut batch, &p, &node) {
+                // Lost while writing, or READONLY from a master demoted in a
+                // failover: the outage starts now.
+                outage.failed(&e);
+            }
             if conn.is_none() {
                 next_beat = Instant::now(); // Lost while writing: reconnect at once, then back off.
             }
@@ -313,11 +326,21 @@ impl Writer {
         }
     }
 
-    fn flush(&mut self, conn: &mut Option<Connection>, batch: &mut Vec<WriterCommand>, p: &str, node: &str) {
+    /// Writes the batch; the error that closed the connection, if one did.
+    fn flush(
+        &mut self,
+        conn: &mut Option<Connection>,
+        batch: &mut Vec<WriterCommand>,
+        p: &str,
+        node: &str,
+    ) -> Option<redis::RedisError> {
         if batch.is_empty() {
-            return;
+            return None;
         }
-        let Some(c) = conn.as_mut() else { return self.drop_publishes(batch, true) };
+        let Some(c) = conn.as_mut() else {
+            self.drop_publishes(batch, true);
+            return None;
+        };
         let mut pipe = redis::pipe();
         let mut left_users = Vec::new();
         for write in batch.iter() {
@@ -416,6 +439,7 @@ impl Writer {
             *conn = None;
         }
         self.drop_publishes(batch, result.is_err());
+        result.err()
     }
 
     /// Makes Redis count the devices of the users noted in `unsynced` as

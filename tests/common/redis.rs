@@ -17,13 +17,20 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Option<Redis> {
-        let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     pub fn start_on(port: u16) -> Option<Redis> {
+        Redis::start_with(port, &["--port", &port.to_string()])
+    }
+
+    /// A redis-server started with `args` (its port, or a config file
+    /// first, among them) then the tests' defaults, reached on `port`
+    /// (plain or TLS, as `args` say).
+    pub fn start_with(port: u16, args: &[&str]) -> Option<Redis> {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn();
@@ -56,6 +63,11 @@ impl Drop for Redis {
 }
 
 include!("left_out.rs");
+
+/// A TCP port free on 127.0.0.1 when asked.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
 
 /// Waits until `done` holds, failing the test after `within`.
 pub fn wait_for(within: Duration, mut done: impl FnMut() -> bool) {

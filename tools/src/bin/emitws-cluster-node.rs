@@ -1,7 +1,7 @@
 //! One node of an emitws cluster over Redis: the server the cluster tests
 //! and benches/cluster.sh start several of, and a small demo of the API.
 //!
-//! `emitws-cluster-node [--redis redis://127.0.0.1:6379/] [--addr 127.0.0.1:0]
+//! `emitws-cluster-node [--redis redis://127.0.0.1:6379/ [--redis-ca FILE]] [--addr 127.0.0.1:0]
 //! [--workers N] [--ttl-ms N] [--rate N] [--history PATTERN]... [--history-size N]
 //! [--history-ttl S] [--resume-window S] [--resume-buffer N] [--resume-max-sessions N]`
 //! prints `listening on ADDR node HEX`
@@ -72,9 +72,13 @@ struct Query {
 #[derive(Parser)]
 #[command(name = "emitws-cluster-node")]
 struct Args {
-    /// The Redis server; without it, a server on its own (node 0)
+    /// The Redis server (redis://, rediss:// for TLS, redis+sentinel://host:port,.../MASTER);
+    /// without it, a server on its own (node 0)
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// A PEM file of the CA certificates a rediss:// Redis is checked against [default: Mozilla's roots]
+    #[arg(long, value_name = "FILE", requires = "redis")]
+    redis_ca: Option<std::path::PathBuf>,
     /// Where to listen
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:0")]
     addr: String,
@@ -122,8 +126,16 @@ fn main() {
     if let Some(ttl) = args.ttl_ms {
         options = options.heartbeat_ttl(Duration::from_millis(ttl));
     }
+    if let Some(ca) = args.redis_ca {
+        options = options.ca_file(ca);
+    }
     let addr = args.addr;
-    let adapter = args.redis.map(|url| RedisAdapter::new(&url, options).unwrap_or_else(|e| fail(&e)));
+    let adapter = args.redis.map(|url| {
+        RedisAdapter::new(&url, options).unwrap_or_else(|e| match std::error::Error::source(&e) {
+            Some(cause) => fail(&format!("{e}: {cause}")),
+            None => fail(&e),
+        })
+    });
     let mut app = App::new();
     app.limits(limits);
     give_history(&mut app, &args.history, args.history_size, args.history_ttl);
