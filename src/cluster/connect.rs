@@ -119,10 +119,17 @@ impl Connector {
     }
 
     /// Asks the sentinels where the master is now (Sentinel only; one
-    /// answer is enough), changing the generation if it moved.
+    /// answer is enough), changing the generation if it moved. During a
+    /// failover the sentinels learn of it one by one, so an address other
+    /// than the known one counts only once it answers as a master: one
+    /// still naming the old master does not move the threads back.
     pub(super) fn check_master(&self, timeout: Duration) {
         if let Target::Sentinel(group) = &self.target {
-            if let Some(address) = group.sentinels.iter().find_map(|s| ask(s, &group.master, timeout).ok()) {
+            let Some(address) = group.sentinels.iter().find_map(|s| ask(s, &group.master, timeout).ok()) else {
+                return;
+            };
+            let known = self.master.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+            if known.as_ref() == Some(&address) || self.connect_master(group, &address, timeout).is_ok() {
                 self.found(address);
             }
         }
@@ -145,17 +152,9 @@ impl Connector {
     fn open_master(&self, group: &Sentinel, timeout: Duration) -> RedisResult<(Connection, u64)> {
         let mut last = None;
         for sentinel in &group.sentinels {
-            let found = ask(sentinel, &group.master, timeout).and_then(|(host, port)| {
-                let address = (host.clone(), port);
-                let host = if host.contains(':') { format!("[{host}]") } else { host };
-                let url = format!("{}://{}{host}:{port}/{}", group.scheme, group.credentials, group.db);
-                let mut conn = client(self.ca.as_deref(), &url)?.get_connection_with_timeout(timeout)?;
-                conn.set_read_timeout(Some(timeout))?;
-                let role: Vec<Value> = redis::cmd("ROLE").query(&mut conn)?;
-                match role.first() {
-                    Some(Value::BulkString(role)) if role == b"master" => Ok((conn, self.found(address))),
-                    _ => Err(invalid("the server a sentinel named is not a master", format!("{host}:{port}"))),
-                }
+            let found = ask(sentinel, &group.master, timeout).and_then(|address| {
+                let conn = self.connect_master(group, &address, timeout)?;
+                Ok((conn, self.found(address)))
             });
             match found {
                 Ok(conn) => return Ok(conn),
@@ -163,6 +162,24 @@ impl Connector {
             }
         }
         Err(last.unwrap_or_else(|| invalid("no sentinel", String::new())))
+    }
+
+    /// A connection to the server at `address`, if it answers as a master.
+    fn connect_master(
+        &self,
+        group: &Sentinel,
+        (host, port): &(String, u16),
+        timeout: Duration,
+    ) -> RedisResult<Connection> {
+        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let url = format!("{}://{}{host}:{port}/{}", group.scheme, group.credentials, group.db);
+        let mut conn = client(self.ca.as_deref(), &url)?.get_connection_with_timeout(timeout)?;
+        conn.set_read_timeout(Some(timeout))?;
+        let role: Vec<Value> = redis::cmd("ROLE").query(&mut conn)?;
+        match role.first() {
+            Some(Value::BulkString(role)) if role == b"master" => Ok(conn),
+            _ => Err(invalid("the server a sentinel named is not a master", format!("{host}:{port}"))),
+        }
     }
 }
 
