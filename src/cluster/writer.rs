@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Commands, Connection, RedisResult};
 
-use super::link::{eval, gone, LinkState, ThreadCtx};
+use super::link::{eval, gone, node_key, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
-use super::sessions::{Record, HOLD, ORPHAN, ROUTE};
+use super::sessions::{orphan, Record, HOLD, ROUTE};
 
 /// Work for the writing thread.
 pub(super) enum WriterCommand {
@@ -306,31 +306,31 @@ impl Writer {
                     }
                 }
                 WriterCommand::AddSocket(id) => {
-                    pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
+                    pipe.sadd(node_key(p, node, "sockets"), id).ignore();
                 }
                 WriterCommand::RemoveSocket { id, groups, user } => {
-                    pipe.srem(format!("{p}:n:{node}:sockets"), id).ignore();
+                    pipe.srem(node_key(p, node, "sockets"), id).ignore();
                     for group in groups {
-                        pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                        pipe.srem(node_key(p, node, &format!("g:{group}")), id).ignore();
                     }
                     if let Some(user) = user {
-                        pipe.srem(format!("{p}:n:{node}:u:{user}"), id).ignore();
+                        pipe.srem(node_key(p, node, &format!("u:{user}")), id).ignore();
                         left_users.push(user);
                     }
                 }
                 WriterCommand::Join { group, id } => {
-                    pipe.sadd(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    pipe.sadd(node_key(p, node, &format!("g:{group}")), id).ignore();
                 }
                 WriterCommand::Leave { group, id } => {
-                    pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    pipe.srem(node_key(p, node, &format!("g:{group}")), id).ignore();
                     if let Some(record) = self.records.get_mut(id) {
                         let field = record.leave(group);
                         pipe.hdel(&record.key, field).ignore();
                     }
                 }
                 WriterCommand::AddUser { user, id } => {
-                    pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
-                    pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                    pipe.sadd(node_key(p, node, &format!("u:{user}")), id).ignore();
+                    pipe.sadd(node_key(p, node, "users"), user).ignore();
                 }
                 WriterCommand::Stop => {}
             }
@@ -338,10 +338,9 @@ impl Writer {
         }
         // A user with no connection left on this node is no longer listed here
         // (the writes above ran first, in order, on this one connection).
-        const UNLIST: &str =
-            "if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end return 0";
         for user in left_users {
-            let keys = [&format!("{p}:n:{node}:u:{user}")[..], &format!("{p}:n:{node}:users")];
+            // Both keys are the node's: one slot (see `node_key`).
+            let keys = [&node_key(p, node, &format!("u:{user}"))[..], &node_key(p, node, "users")];
             pipe.add_command(eval(UNLIST, &keys).arg(user).clone()).ignore();
         }
         let result: RedisResult<()> = pipe.query(c);
@@ -360,13 +359,13 @@ impl Writer {
             pipe.del(stale).ignore();
         }
         for (id, sets) in &self.presence {
-            pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
+            pipe.sadd(node_key(p, node, "sockets"), id).ignore();
             for set in sets {
                 match set.split_once(':') {
-                    Some(("g", group)) => pipe.sadd(format!("{p}:n:{node}:g:{group}"), id).ignore(),
+                    Some(("g", group)) => pipe.sadd(node_key(p, node, &format!("g:{group}")), id).ignore(),
                     Some((_, user)) => {
-                        pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
-                        pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore()
+                        pipe.sadd(node_key(p, node, "users"), user).ignore();
+                        pipe.sadd(node_key(p, node, &format!("u:{user}")), id).ignore()
                     }
                     None => continue,
                 };
@@ -399,31 +398,43 @@ impl Writer {
     }
 }
 
+/// Takes a user off a node's list when it has no connection left there.
+/// KEYS: the node's set of the user's connections, the node's list of users
+/// (one slot: see `node_key`); ARGV: the user.
+pub(super) const UNLIST: &str =
+    "if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end return 0";
+
+/// Renews a node's heartbeat by Redis's clock. KEYS: the nodes' sorted set;
+/// ARGV: the node, the heartbeat's ttl in ms. Answers whether the node's
+/// heartbeat had lapsed (`1`), the dead nodes and the live ones.
+pub(super) const BEAT: &str = "local t = redis.call('TIME')
+    local now = t[1] * 1000 + math.floor(t[2] / 1000)
+    local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+    local lapsed = 1
+    if was and tonumber(was) >= now then lapsed = 0 end
+    return {lapsed, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now),
+        redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
+
 /// Refreshes this node's heartbeat (by Redis's clock) and forgets the nodes
 /// whose heartbeat died. Whether this node's own heartbeat had lapsed, and
 /// the live nodes (this one included).
 fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResult<(bool, Vec<String>)> {
     let nodes = format!("{p}:nodes");
-    const BEAT: &str = "local t = redis.call('TIME')
-        local now = t[1] * 1000 + math.floor(t[2] / 1000)
-        local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
-        redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-        local lapsed = 1
-        if was and tonumber(was) >= now then lapsed = 0 end
-        return {lapsed, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now),
-            redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
     let (lapsed, dead, live): (u8, Vec<String>, Vec<String>) = eval(BEAT, &[&nodes]).arg(node).arg(ttl_ms).query(c)?;
     for dead in dead {
         // Its sockets' sessions wait for a resume elsewhere, for their window.
-        let _: () = eval(ORPHAN, &[&format!("{p}:n:{dead}:records")]).query(c)?;
+        orphan(c, p, &dead)?;
         delete_node_keys(c, p, &dead)?;
         let _: () = c.zrem(&nodes, &dead)?;
     }
     Ok((lapsed == 1, live))
 }
 
+/// Every presence key of `node`: one slot (see `node_key`; braces are no
+/// pattern characters to `SCAN MATCH`).
 fn node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<Vec<String>> {
-    c.scan_match(format!("{p}:n:{node}:*"))?.collect()
+    c.scan_match(node_key(p, node, "*"))?.collect()
 }
 
 fn delete_node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
