@@ -206,6 +206,9 @@ pub(super) fn orphan(c: &mut Connection, p: &str, node: &str) -> RedisResult<()>
     for (window, alias) in started.into_iter().flatten().filter(|(_, alias)| !alias.is_empty()) {
         pipe.add_command(eval(ORPHAN_ALIAS, &[&alias]).arg(node).arg(window).clone()).ignore();
     }
+    if pipe.is_empty() {
+        return Ok(());
+    }
     pipe.query(c)
 }
 

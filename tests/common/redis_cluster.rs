@@ -199,11 +199,6 @@ impl RedisCluster {
         });
         (shard.master, self.master_of_slot(slot))
     }
-
-    /// The redis-server process id on `port`, for reading its CPU time.
-    pub fn pid(&self, port: u16) -> Option<u32> {
-        self.nodes.iter().find(|n| n.port == port)?.child.as_ref().map(Child::id)
-    }
 }
 
 impl Drop for RedisCluster {
