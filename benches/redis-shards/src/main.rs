@@ -87,17 +87,18 @@ fn subscribe(connections: Vec<(u16, &'static str, Vec<String>)>, stop: &Arc<Atom
             let confirmed = conn.recv_response().unwrap();
             assert!(matches!(confirmed, redis::Value::Array(_)), "{command} {channel}: {confirmed:?}");
         }
-        // Short from now on: the reading thread notices the end of a run.
-        conn.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        // No timeout from now on: one ending mid-message could lose it. The
+        // thread ends when its server is killed at the end of the run.
+        conn.set_read_timeout(None).unwrap();
         let (received, stop) = (received.clone(), stop.clone());
         thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            loop {
                 match conn.recv_response() {
                     Ok(_) => {
                         received.fetch_add(1, Ordering::Relaxed);
                     }
-                    // A timeout, or a signal (a redis-server reaped) interrupting the read.
-                    Err(e) if e.is_timeout() || e.to_string().contains("Interrupted") => {}
+                    // A signal (a redis-server reaped) interrupting the read.
+                    Err(e) if e.to_string().contains("Interrupted") => {}
                     Err(_) if stop.load(Ordering::Relaxed) => return, // the servers are going
                     Err(e) => panic!("subscriber on {port}: {e}"),
                 }
