@@ -120,10 +120,10 @@ fn a_dead_node_leaves_every_answer_within_its_ttl() {
     let expires = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64 + 500;
     let _: () = redis::pipe()
         .zadd("emitws:nodes", "00000000deadbeef", expires)
-        .sadd("emitws:n:00000000deadbeef:sockets", 5)
-        .sadd("emitws:n:00000000deadbeef:g:#lobby", 5)
-        .sadd("emitws:n:00000000deadbeef:users", "zed")
-        .sadd("emitws:n:00000000deadbeef:u:zed", 5)
+        .sadd("emitws:n:{00000000deadbeef}:sockets", 5)
+        .sadd("emitws:n:{00000000deadbeef}:g:#lobby", 5)
+        .sadd("emitws:n:{00000000deadbeef}:users", "zed")
+        .sadd("emitws:n:{00000000deadbeef}:u:zed", 5)
         .query(&mut raw)
         .unwrap();
     assert_eq!(a.count(Scope::User("zed")).unwrap(), 1);
@@ -134,7 +134,7 @@ fn a_dead_node_leaves_every_answer_within_its_ttl() {
     assert_eq!(a.nodes().unwrap(), [a.node()]);
     // A survivor's heartbeat deletes what the dead node left behind.
     wait_for(Duration::from_secs(3), || {
-        let keys: Vec<String> = redis::cmd("KEYS").arg("emitws:n:00000000deadbeef:*").query(&mut raw).unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("emitws:n:{00000000deadbeef}:*").query(&mut raw).unwrap();
         keys.is_empty()
     });
     a.stop();

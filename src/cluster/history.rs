@@ -32,7 +32,7 @@ use crate::runtime::ConnId;
 /// `%d`: Redis would write a Lua number given as an argument as `1.7e+12`. The frame built here is
 /// byte for byte what `envelope::write_room_event` writes (the epoch is hex:
 /// nothing to escape).
-const PUBLISH: &str = r#"local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+pub(super) const PUBLISH: &str = r#"local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if seq == 1 then redis.call('DEL', KEYS[2]) end
@@ -54,7 +54,7 @@ fn publish_sha() -> &'static str {
 
 /// Reads a room's position and its kept broadcasts from an offset on, with
 /// Redis's clock. KEYS: meta, stream. ARGV: the first offset wanted.
-const READ: &str = r#"local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+pub(super) const READ: &str = r#"local meta = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 if not meta[1] then return {false, 0, ms, {}} end
@@ -64,9 +64,10 @@ return {meta[1], tonumber(meta[2]), ms, redis.call('XRANGE', KEYS[2], ARGV[1] ..
 /// dropped (Redis slow or down): memory stays bounded.
 const MAX_WAITING: usize = 10_000;
 
-/// The keys of `room`'s history: its meta hash and its stream.
-fn keys(link: &RedisLink, room: &str) -> [String; 2] {
-    [link.key(&format!("h:{{{room}}}:meta")), link.key(&format!("h:{{{room}}}:stream"))]
+/// The keys of `room`'s history under `prefix`: its meta hash and its
+/// stream, one slot (the room is their hash tag).
+pub(super) fn keys(prefix: &str, room: &str) -> [String; 2] {
+    [format!("{prefix}:h:{{{room}}}:meta"), format!("{prefix}:h:{{{room}}}:stream")]
 }
 
 /// What is read of the rooms' streams (the app's `StoredHistory`, not
@@ -146,23 +147,10 @@ impl RedisHistory {
     /// room's stream if it has none. Dropped and counted when Redis cannot be
     /// reached.
     pub(super) fn publish(&self, room: &str, history: &History, epoch: &str, envelope: &[u8], except: &[SocketId]) {
-        let (Some(open), Ok(room_json)) = (envelope.strip_suffix(b"]"), serde_json::to_string(room)) else { return };
-        let except: Vec<(u64, u64)> = except.iter().map(|id| (id.node, id.conn.0)).collect();
-        let except = serde_json::to_string(&except).unwrap_or_else(|_| "[]".into());
-        let [meta, stream] = keys(&self.link, room);
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(publish_sha())
-            .arg(2)
-            .arg(&meta)
-            .arg(&stream)
-            .arg(epoch)
-            .arg(open)
-            .arg(room_json)
-            .arg(history.size())
-            .arg(except)
-            .arg(history.ttl().as_millis() as u64)
-            .arg(self.link.key("history"))
-            .arg(format!("{}\n", hex(self.link.node())));
+        let node = self.link.node();
+        let Some(cmd) = publish_call(&self.link.options().prefix, node, room, history, epoch, envelope, except) else {
+            return;
+        };
         let mut queue = lock(&self.publishes);
         if queue.queued.len() >= MAX_WAITING {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -230,7 +218,7 @@ impl RedisHistory {
                 let low = lowest.entry(room.clone()).or_insert(*after);
                 *low = (*low).min(*after);
             }
-            let read = read_rooms(conn, &link, &lowest);
+            let read = read_rooms(conn, &link.options().prefix, &lowest);
             let streams = read.as_ref().ok();
             for (reads, done) in batch {
                 let mut answer = StoredHistory::new();
@@ -247,6 +235,38 @@ impl RedisHistory {
     }
 }
 
+/// The call of [`PUBLISH`] (by its SHA) that numbers, keeps and publishes
+/// `envelope` (`[0,event,data]`) for `room`, sent by `node` under `prefix`;
+/// None for an envelope that does not end in `]`.
+pub(super) fn publish_call(
+    prefix: &str,
+    node: u64,
+    room: &str,
+    history: &History,
+    epoch: &str,
+    envelope: &[u8],
+    except: &[SocketId],
+) -> Option<Cmd> {
+    let (Some(open), Ok(room_json)) = (envelope.strip_suffix(b"]"), serde_json::to_string(room)) else { return None };
+    let except: Vec<(u64, u64)> = except.iter().map(|id| (id.node, id.conn.0)).collect();
+    let except = serde_json::to_string(&except).unwrap_or_else(|_| "[]".into());
+    let [meta, stream] = keys(prefix, room);
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(publish_sha())
+        .arg(2)
+        .arg(&meta)
+        .arg(&stream)
+        .arg(epoch)
+        .arg(open)
+        .arg(room_json)
+        .arg(history.size())
+        .arg(except)
+        .arg(history.ttl().as_millis() as u64)
+        .arg(format!("{prefix}:history"))
+        .arg(format!("{}\n", hex(node)));
+    Some(cmd)
+}
+
 /// One room as read: its epoch, latest offset and kept broadcasts.
 type Read = (Box<str>, u64, Vec<Kept>);
 
@@ -258,12 +278,12 @@ type ReadReply = (Option<String>, u64, u64, Vec<(String, HashMap<String, String>
 /// without a stream are left out.
 fn read_rooms(
     conn: &mut Connection,
-    link: &RedisLink,
+    prefix: &str,
     lowest: &HashMap<Box<str>, u64>,
 ) -> RedisResult<HashMap<Box<str>, Read>> {
     let mut pipe = redis::pipe();
     for (room, after) in lowest {
-        let [meta, stream] = keys(link, room);
+        let [meta, stream] = keys(prefix, room);
         pipe.add_command(eval(READ, &[&meta, &stream]).arg(after + 1).clone());
     }
     let replies: Vec<Value> = pipe.query(conn)?;

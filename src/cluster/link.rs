@@ -409,11 +409,11 @@ impl RedisLink {
 
     /// The key of the set that `scope` reads on `node`.
     fn scope_key(&self, node: u64, scope: Scope<'_>) -> String {
-        let node = hex(node);
+        let (p, node) = (&self.inner.options.prefix, hex(node));
         match scope {
-            Scope::Group(group) => self.key(&format!("n:{node}:g:{group}")),
-            Scope::User(user) => self.key(&format!("n:{node}:u:{user}")),
-            _ => self.key(&format!("n:{node}:sockets")),
+            Scope::Group(group) => node_key(p, &node, &format!("g:{group}")),
+            Scope::User(user) => node_key(p, &node, &format!("u:{user}")),
+            _ => node_key(p, &node, "sockets"),
         }
     }
 
@@ -435,6 +435,9 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, ClusterError> {
         self.query(|conn, nodes| {
+            if nodes.is_empty() {
+                return Ok(Default::default()); // an empty pipeline is an error
+            }
             let mut pipe = redis::pipe();
             for node in nodes {
                 pipe.smembers(self.scope_key(*node, scope));
@@ -458,6 +461,9 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn count(&self, scope: Scope<'_>) -> Result<usize, ClusterError> {
         self.query(|conn, nodes| {
+            if nodes.is_empty() {
+                return Ok(Default::default()); // an empty pipeline is an error
+            }
             let mut pipe = redis::pipe();
             for node in nodes {
                 pipe.scard(self.scope_key(*node, scope));
@@ -490,7 +496,10 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn users(&self) -> Result<Vec<String>, ClusterError> {
         self.query(|conn, nodes| {
-            let keys: Vec<String> = nodes.iter().map(|node| self.key(&format!("n:{}:users", hex(*node)))).collect();
+            // Every node's list is in a slot of its own: in a Redis Cluster this
+            // union must become one read per node, united here.
+            let p = &self.inner.options.prefix;
+            let keys: Vec<String> = nodes.iter().map(|node| node_key(p, &hex(*node), "users")).collect();
             if keys.is_empty() {
                 return Ok(Vec::new());
             }
@@ -509,9 +518,12 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn group_sizes(&self) -> Result<Vec<(String, usize)>, ClusterError> {
         self.query(|conn, nodes| {
+            if nodes.is_empty() {
+                return Ok(Default::default()); // an empty pipeline is an error
+            }
             let mut pipe = redis::pipe();
             for node in nodes {
-                pipe.hgetall(self.key(&format!("n:{}:groups", hex(*node))));
+                pipe.hgetall(node_key(&self.inner.options.prefix, &hex(*node), "groups"));
             }
             let indexes: Vec<Vec<(String, usize)>> = pipe.query(conn)?;
             let mut sizes = std::collections::BTreeMap::<String, usize>::new();
@@ -534,12 +546,23 @@ impl RedisLink {
     }
 }
 
+/// The live nodes by Redis's clock. KEYS: the nodes' sorted set.
+pub(super) const ALIVE: &str = "local t = redis.call('TIME')
+    return redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')";
+
 /// The live nodes, by Redis's clock (so the nodes' clocks need not agree).
 pub(super) fn alive_nodes(conn: &mut Connection, prefix: &str) -> RedisResult<Vec<u64>> {
-    const ALIVE: &str = "local t = redis.call('TIME')
-        return redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')";
     let nodes: Vec<String> = eval(ALIVE, &[&format!("{prefix}:nodes")]).query(conn)?;
     Ok(nodes.iter().filter_map(|node| u64::from_str_radix(node, 16).ok()).collect())
+}
+
+/// The key of one node's presence `rest` (`sockets`, `users`, `g:GROUP`,
+/// `u:USER`, `records`): `PREFIX:n:{NODE}:REST`. The node's id is the hash
+/// tag, so all of a node's presence is in one slot of a Redis Cluster: a
+/// script or a transaction over it stays on one shard, and its keys are
+/// found (`SCAN`) and deleted together.
+pub(super) fn node_key(prefix: &str, node: &str, rest: &str) -> String {
+    format!("{prefix}:n:{{{node}}}:{rest}")
 }
 
 /// A Lua script call (sent whole: they are short and rare).

@@ -23,9 +23,11 @@
 //!
 //! Every node has an id and keeps a heartbeat in the sorted set `P:nodes`
 //! (score: when the heartbeat expires, in ms). Presence lives in per-node
-//! sets (`P:n:NODE:sockets`, `P:n:NODE:g:GROUP`, `P:n:NODE:u:USER`, and the
-//! list `P:n:NODE:users`, and the hash `P:n:NODE:groups` of the node's groups
-//! with their sizes; a set emptied is gone), and every query reads only
+//! sets (`P:n:{NODE}:sockets`, `P:n:{NODE}:g:GROUP`, `P:n:{NODE}:u:USER`, the
+//! list `P:n:{NODE}:users`, and the hash `P:n:{NODE}:groups` of the node's
+//! groups with their sizes; a set emptied is gone; the braces make the node's
+//! id their hash tag, so one node's presence is in one slot of a Redis
+//! Cluster), and every query reads only
 //! the nodes whose heartbeat is alive: a dead node leaves all answers as soon
 //! as its heartbeat expires, and survivors delete its keys afterwards.
 //!
@@ -76,11 +78,14 @@ mod options;
 mod outage;
 mod reader;
 mod sessions;
-mod subscriber;
-/// The tests' redis-server, for crate tests against a real Redis.
 #[cfg(test)]
-#[path = "../../tests/common/redis.rs"]
-pub(crate) mod test_redis;
+mod slots;
+mod subscriber;
+/// The tests' Redis Cluster, for the check that every script runs on one
+/// slot; it brings the tests' redis-server, for crate tests against a real Redis.
+#[cfg(test)]
+#[path = "../../tests/common/redis_cluster.rs"]
+pub(crate) mod test_redis_cluster;
 mod users;
 mod wire;
 mod writer;
@@ -89,3 +94,5 @@ pub use adapter::RedisAdapter;
 pub use error::ClusterError;
 pub use link::{Inbound, RedisLink};
 pub use options::RedisOptions;
+#[cfg(test)]
+pub(crate) use test_redis_cluster::single as test_redis;

@@ -13,9 +13,13 @@
 //! cluster (its JSON text), and `trimmed` once direct messages were dropped.
 //! The direct messages sent to the socket while it is away are a list,
 //! `PREFIX:d:{KEY}`, that expires with the record. The writer also lists each node's records in
-//! `PREFIX:n:NODE:records`, so that a survivor starts the window of a dead
+//! `PREFIX:n:{NODE}:records`, so that a survivor starts the window of a dead
 //! node's records (its process was killed: nobody else would), and of
-//! their aliases (a record names its alias in `alias`).
+//! their aliases (a record names its alias in `alias`): see [`orphan`].
+//!
+//! Every script here names every key it touches in KEYS, and the keys of
+//! one call share a hash tag, so that each runs on one slot of a Redis
+//! Cluster as it does on one Redis.
 //!
 //! A socket resumed on another node keeps its public id: that node writes
 //! an alias, `PREFIX:a:PUBLIC` → its own node id, and a message for the
@@ -23,9 +27,9 @@
 
 use std::time::Duration;
 
-use redis::{Connection, Pipeline, RedisResult};
+use redis::{Commands, Connection, ConnectionLike, Pipeline, RedisResult};
 
-use super::link::eval;
+use super::link::{eval, node_key};
 use super::wire::hex;
 use crate::app::{ClaimOutcome, ClaimedSession, SocketId};
 use crate::runtime::ConnId;
@@ -110,7 +114,7 @@ impl Record {
     pub fn write(&self, pipe: &mut Pipeline, p: &str, node: &str) {
         pipe.del(&self.key).ignore();
         pipe.hset_multiple(&self.key, &self.fields).ignore();
-        pipe.sadd(format!("{p}:n:{node}:records"), &self.key).ignore();
+        pipe.sadd(node_key(p, node, "records"), &self.key).ignore();
         if let Some(alias) = &self.alias {
             pipe.set(alias, node).ignore();
         }
@@ -127,15 +131,17 @@ impl Record {
                 pipe.del(&self.key).ignore();
             }
         }
-        pipe.srem(format!("{p}:n:{node}:records"), &self.key).ignore();
+        pipe.srem(node_key(p, node, "records"), &self.key).ignore();
         if let Some(alias) = &self.alias {
-            // Only if it still names this node: a later resume elsewhere keeps its own.
-            const UNALIAS: &str =
-                "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0";
             pipe.add_command(eval(UNALIAS, &[alias]).arg(node).clone()).ignore();
         }
     }
 }
+
+/// Deletes an alias if it still names the node. KEYS: the alias; ARGV: the
+/// node. A later resume elsewhere keeps its own.
+pub(super) const UNALIAS: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 0";
 
 /// The key of the record `key` names.
 pub(super) fn record_key(p: &str, key: &str) -> String {
@@ -172,18 +178,47 @@ pub(super) fn alias_key(p: &str, public: SocketId) -> String {
 pub(super) const ROUTE: &str = "local to = redis.call('GET', KEYS[1]) or ARGV[2]
     return redis.call('PUBLISH', ARGV[1] .. to, ARGV[3])";
 
-/// Starts the window of every record of a dead node (KEYS[1]: its list),
-/// as if each socket had been lost: its process could not.
-pub(super) const ORPHAN: &str = "for _, key in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-        local w = redis.call('HGET', key, 'w')
-        if w then
-            redis.call('HSET', key, 'away', '1')
-            redis.call('PEXPIRE', key, w)
-            local alias = redis.call('HGET', key, 'alias')
-            if alias then redis.call('PEXPIRE', alias, w) end
-        end
-    end
-    return 0";
+/// Starts the window of one record of a dead node, as if its socket had
+/// been lost: its process could not. KEYS: the record. Answers the window
+/// (ms) and the record's alias key (empty if none), or nil when the record
+/// is gone (claimed, or expired).
+pub(super) const ORPHAN: &str = "local w = redis.call('HGET', KEYS[1], 'w')
+    if not w then return false end
+    redis.call('HSET', KEYS[1], 'away', '1')
+    redis.call('PEXPIRE', KEYS[1], w)
+    return {w, redis.call('HGET', KEYS[1], 'alias') or ''}";
+
+/// Gives an alias the window of its orphaned record, if it still names the
+/// dead node (a resume elsewhere since then wrote its own, which stays).
+/// KEYS: the alias; ARGV: the dead node, the window in ms.
+pub(super) const ORPHAN_ALIAS: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+
+/// Starts the window of every record of the dead `node`, and of their
+/// aliases. The node's list is read here and each record handled by a
+/// script of its own ([`ORPHAN`], then [`ORPHAN_ALIAS`]): a record, its
+/// list and its alias are in three slots of a Redis Cluster, and a script
+/// may touch only the keys it is given, of one slot. Each record is
+/// changed atomically; nobody adds to a dead node's list.
+pub(super) fn orphan(c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+    let records: Vec<String> = c.smembers(node_key(p, node, "records"))?;
+    if records.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    for record in &records {
+        pipe.add_command(eval(ORPHAN, &[record]));
+    }
+    let started: Vec<Option<(u64, String)>> = pipe.query(c)?;
+    let mut pipe = redis::pipe();
+    for (window, alias) in started.into_iter().flatten().filter(|(_, alias)| !alias.is_empty()) {
+        pipe.add_command(eval(ORPHAN_ALIAS, &[&alias]).arg(node).arg(window).clone()).ignore();
+    }
+    if pipe.is_empty() {
+        return Ok(());
+    }
+    pipe.query(c)
+}
 
 /// Claims a record in one step. KEYS: the record, its direct messages;
 /// ARGV: whether the claimer has a user (`1`/`0`), the user, then the live
@@ -192,7 +227,7 @@ pub(super) const ORPHAN: &str = "for _, key in ipairs(redis.call('SMEMBERS', KEY
 /// CONN` (its socket is connected to a live node: left alone) or `claimed`
 /// and the record's fields, name and value in turn, then a `d` and a
 /// message for each direct message (both deleted: nobody else gets them).
-const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
+pub(super) const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
     if #r == 0 then return {'none'} end
     local f = {}
     for i = 1, #r, 2 do f[r[i]] = r[i + 1] end
@@ -221,7 +256,13 @@ pub(super) enum Found {
 }
 
 /// Runs the claim of record `key` for `user`, given the live nodes.
-pub(super) fn claim(c: &mut Connection, p: &str, key: &str, user: Option<&str>, live: &[u64]) -> RedisResult<Found> {
+pub(super) fn claim(
+    c: &mut impl ConnectionLike,
+    p: &str,
+    key: &str,
+    user: Option<&str>,
+    live: &[u64],
+) -> RedisResult<Found> {
     let mut cmd = eval(CLAIM, &[&record_key(p, key), &direct_key(p, key)]);
     cmd.arg(if user.is_some() { "1" } else { "0" }).arg(user.unwrap_or(""));
     for node in live {

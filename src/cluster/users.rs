@@ -11,7 +11,7 @@
 //! Both run on the link's background thread: a worker never waits for
 //! Redis. The survivor that forgets a dead node (or a node that stops)
 //! removes its devices from its users' sets ([`orphan_devices`]), the
-//! users being listed under `PREFIX:n:NODE:users`; a user left with none
+//! users being listed under `PREFIX:n:{NODE}:users`; a user left with none
 //! went offline, and one node alone is told ([`Header::UserOffline`]).
 //! After a lapse (Redis restarted, or unreachable for a while) the writer
 //! makes each user's set hold this node's devices again ([`sync_devices`]).
@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use redis::{Commands, Connection, Pipeline, RedisResult};
 
-use super::link::{eval, RedisLink};
+use super::link::{eval, node_key, RedisLink};
 use super::wire::{hex, Header};
 use crate::app::{DeviceChange, DeviceCount, DeviceDone, DevicePolicy, Error, SocketId};
 use crate::runtime::ConnId;
@@ -164,7 +164,7 @@ pub(super) fn count_device(link: &RedisLink, change: DeviceChange<'_>, done: Dev
 /// adapter turns into the app's offline hook. Run before the node's keys
 /// go, by the survivor that forgets a dead node or by a node that stops.
 pub(super) fn orphan_devices(c: &mut Connection, p: &str, gone: &str, tell: Option<&str>) -> RedisResult<()> {
-    let users: Vec<String> = c.smembers(format!("{p}:n:{gone}:users"))?;
+    let users: Vec<String> = c.smembers(node_key(p, gone, "users"))?;
     let prefix = format!("{gone}:");
     for user in users {
         let last: u8 = eval(ORPHAN_DEVICES, &[&devices_key(p, &user)]).arg(&prefix).query(c)?;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use redis::{Commands, Connection, RedisResult};
 
-use super::link::{eval, gone, LinkState, ThreadCtx};
+use super::link::{eval, gone, node_key, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
-use super::sessions::{Record, HOLD, ORPHAN, ROUTE};
+use super::sessions::{orphan, Record, HOLD, ROUTE};
 use crate::app::ClusterEvent;
 
 /// Work for the writing thread.
@@ -377,25 +377,25 @@ impl Writer {
                     }
                 }
                 WriterCommand::AddSocket(id) => {
-                    pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
+                    pipe.sadd(node_key(p, node, "sockets"), id).ignore();
                 }
                 WriterCommand::RemoveSocket { id, groups, user } => {
-                    pipe.srem(format!("{p}:n:{node}:sockets"), id).ignore();
+                    pipe.srem(node_key(p, node, "sockets"), id).ignore();
                     for group in groups {
-                        pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                        pipe.srem(node_key(p, node, &format!("g:{group}")), id).ignore();
                         index_group(&mut pipe, p, node, group);
                     }
                     if let Some(user) = user {
-                        pipe.srem(format!("{p}:n:{node}:u:{user}"), id).ignore();
+                        pipe.srem(node_key(p, node, &format!("u:{user}")), id).ignore();
                         left_users.push(user);
                     }
                 }
                 WriterCommand::Join { group, id } => {
-                    pipe.sadd(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    pipe.sadd(node_key(p, node, &format!("g:{group}")), id).ignore();
                     index_group(&mut pipe, p, node, group);
                 }
                 WriterCommand::Leave { group, id } => {
-                    pipe.srem(format!("{p}:n:{node}:g:{group}"), id).ignore();
+                    pipe.srem(node_key(p, node, &format!("g:{group}")), id).ignore();
                     index_group(&mut pipe, p, node, group);
                     if let Some(record) = self.records.get_mut(id) {
                         let field = record.leave(group);
@@ -403,17 +403,17 @@ impl Writer {
                     }
                 }
                 WriterCommand::AddUser { user, id } => {
-                    pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
-                    pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                    pipe.sadd(node_key(p, node, &format!("u:{user}")), id).ignore();
+                    pipe.sadd(node_key(p, node, "users"), user).ignore();
                 }
                 WriterCommand::SetUser { id, user, previous } => {
                     if let Some(previous) = previous {
-                        pipe.srem(format!("{p}:n:{node}:u:{previous}"), id).ignore();
+                        pipe.srem(node_key(p, node, &format!("u:{previous}")), id).ignore();
                         left_users.push(previous);
                     }
                     if let Some(user) = user {
-                        pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore();
-                        pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
+                        pipe.sadd(node_key(p, node, &format!("u:{user}")), id).ignore();
+                        pipe.sadd(node_key(p, node, "users"), user).ignore();
                     }
                     if let Some(record) = self.records.get(id) {
                         match user {
@@ -428,10 +428,9 @@ impl Writer {
         }
         // A user with no connection left on this node is no longer listed here
         // (the writes above ran first, in order, on this one connection).
-        const UNLIST: &str =
-            "if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end return 0";
         for user in left_users {
-            let keys = [&format!("{p}:n:{node}:u:{user}")[..], &format!("{p}:n:{node}:users")];
+            // Both keys are the node's: one slot (see `node_key`).
+            let keys = [&node_key(p, node, &format!("u:{user}"))[..], &node_key(p, node, "users")];
             pipe.add_command(eval(UNLIST, &keys).arg(user).clone()).ignore();
         }
         let result: RedisResult<()> = pipe.query(c);
@@ -468,7 +467,7 @@ impl Writer {
     /// Writes this node's presence again, replacing whatever Redis has of it.
     fn replay(&self, c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
         let stale = node_keys(c, p, node)?;
-        let listed: Vec<String> = c.smembers(format!("{p}:n:{node}:users"))?;
+        let listed: Vec<String> = c.smembers(node_key(p, node, "users"))?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         if !stale.is_empty() {
@@ -483,13 +482,13 @@ impl Writer {
         }
         super::users::sync_devices(&mut pipe, p, node, &devices, &listed);
         for (id, sets) in &self.presence {
-            pipe.sadd(format!("{p}:n:{node}:sockets"), id).ignore();
+            pipe.sadd(node_key(p, node, "sockets"), id).ignore();
             for set in sets {
                 match set.split_once(':') {
-                    Some(("g", group)) => pipe.sadd(format!("{p}:n:{node}:g:{group}"), id).ignore(),
+                    Some(("g", group)) => pipe.sadd(node_key(p, node, &format!("g:{group}")), id).ignore(),
                     Some((_, user)) => {
-                        pipe.sadd(format!("{p}:n:{node}:users"), user).ignore();
-                        pipe.sadd(format!("{p}:n:{node}:u:{user}"), id).ignore()
+                        pipe.sadd(node_key(p, node, "users"), user).ignore();
+                        pipe.sadd(node_key(p, node, &format!("u:{user}")), id).ignore()
                     }
                     None => continue,
                 };
@@ -500,7 +499,7 @@ impl Writer {
             *sizes.entry(group).or_default() += 1;
         }
         for (group, size) in sizes {
-            pipe.hset(format!("{p}:n:{node}:groups"), group, size).ignore();
+            pipe.hset(node_key(p, node, "groups"), group, size).ignore();
         }
         for record in self.records.values() {
             record.write(&mut pipe, p, node);
@@ -563,30 +562,44 @@ impl Writer {
 /// on the node, for cluster-wide lists of rooms with their sizes) in step
 /// with the group's set just written: an emptied group leaves it.
 fn index_group(pipe: &mut redis::Pipeline, p: &str, node: &str, group: &str) {
-    const INDEX: &str = "local n = redis.call('SCARD', KEYS[1])
-        if n == 0 then redis.call('HDEL', KEYS[2], ARGV[1]) else redis.call('HSET', KEYS[2], ARGV[1], n) end
-        return 0";
-    let keys = [&format!("{p}:n:{node}:g:{group}")[..], &format!("{p}:n:{node}:groups")];
+    let keys = [&node_key(p, node, &format!("g:{group}"))[..], &node_key(p, node, "groups")];
     pipe.add_command(eval(INDEX, &keys).arg(group).clone()).ignore();
 }
+
+/// Writes a group's size on its node into the node's index of groups.
+/// KEYS: the node's set of the group's connections, the node's index (one
+/// slot: see `node_key`); ARGV: the group.
+pub(super) const INDEX: &str = "local n = redis.call('SCARD', KEYS[1])
+    if n == 0 then redis.call('HDEL', KEYS[2], ARGV[1]) else redis.call('HSET', KEYS[2], ARGV[1], n) end
+    return 0";
+
+/// Takes a user off a node's list when it has no connection left there.
+/// KEYS: the node's set of the user's connections, the node's list of users
+/// (one slot: see `node_key`); ARGV: the user.
+pub(super) const UNLIST: &str =
+    "if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end return 0";
+
+/// Renews a node's heartbeat by Redis's clock. KEYS: the nodes' sorted set;
+/// ARGV: the node, the heartbeat's ttl in ms. Answers whether the node's
+/// heartbeat had lapsed (`1`), the dead nodes and the live ones.
+pub(super) const BEAT: &str = "local t = redis.call('TIME')
+    local now = t[1] * 1000 + math.floor(t[2] / 1000)
+    local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
+    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+    local lapsed = 1
+    if was and tonumber(was) >= now then lapsed = 0 end
+    return {lapsed, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now),
+        redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
 
 /// Refreshes this node's heartbeat (by Redis's clock) and forgets the nodes
 /// whose heartbeat died. Whether this node's own heartbeat had lapsed, and
 /// the live nodes (this one included).
 fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResult<(bool, Vec<String>)> {
     let nodes = format!("{p}:nodes");
-    const BEAT: &str = "local t = redis.call('TIME')
-        local now = t[1] * 1000 + math.floor(t[2] / 1000)
-        local was = redis.call('ZSCORE', KEYS[1], ARGV[1])
-        redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-        local lapsed = 1
-        if was and tonumber(was) >= now then lapsed = 0 end
-        return {lapsed, redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now),
-            redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}";
     let (lapsed, dead, live): (u8, Vec<String>, Vec<String>) = eval(BEAT, &[&nodes]).arg(node).arg(ttl_ms).query(c)?;
     for dead in dead {
         // Its sockets' sessions wait for a resume elsewhere, for their window.
-        let _: () = eval(ORPHAN, &[&format!("{p}:n:{dead}:records")]).query(c)?;
+        orphan(c, p, &dead)?;
         // Its devices stop counting; its users left with none went offline.
         super::users::orphan_devices(c, p, &dead, Some(node))?;
         delete_node_keys(c, p, &dead)?;
@@ -595,8 +608,10 @@ fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResul
     Ok((lapsed == 1, live))
 }
 
+/// Every presence key of `node`: one slot (see `node_key`; braces are no
+/// pattern characters to `SCAN MATCH`).
 fn node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<Vec<String>> {
-    c.scan_match(format!("{p}:n:{node}:*"))?.collect()
+    c.scan_match(node_key(p, node, "*"))?.collect()
 }
 
 fn delete_node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
