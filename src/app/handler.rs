@@ -291,7 +291,7 @@ impl AppWorker {
     /// false when the cap refused it (it is being closed).
     fn register_user(&mut self, conn: &mut Conn<'_, SocketData>) -> bool {
         let Some(user) = conn.data().state.as_ref().and_then(|s| s.user.clone()) else { return true };
-        users::attach(&self.app, conn, &user)
+        users::attach(&self.app, conn, &user, None)
     }
 
     /// The socket authenticated and waits for nothing more: it resumes the
@@ -846,6 +846,17 @@ impl AppWorker {
                     Some(mut conn) => GroupOutcome::Done { changed: self.local.leave(&app, &mut conn, &group) },
                 };
                 done(outcome);
+            }
+            WorkerMsg::UserChange { conn, change } => {
+                let (user, done) = *change;
+                let Some(mut conn) = conns.get(conn).filter(|c| c.data().has(flag::CONNECTED)) else {
+                    return done(GroupOutcome::NotThere);
+                };
+                let changed = conn.data().user() != user.as_deref();
+                let admitted: users::Admitted = Box::new(move |stays| {
+                    done(if stays { GroupOutcome::Done { changed } } else { GroupOutcome::too_many_devices() })
+                });
+                users::set_user(&self.app, &mut conn, user.as_deref(), Some(admitted));
             }
             WorkerMsg::Prefetched { waiter, session, public, backfill } => {
                 // Unless the socket stopped waiting (its auth deadline passed).

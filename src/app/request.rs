@@ -216,36 +216,14 @@ impl<'a> Request<'a> {
     /// being closed, with 4429. In an identify hook the user is the one
     /// the hook returns; this changes nothing there.
     pub fn set_user(&mut self, user: &str) -> bool {
-        if !self.conn.data().has(super::socket::flag::CONNECTED) || self.user() == Some(user) {
-            return true;
-        }
-        let previous = self.detach_user();
-        let user: std::sync::Arc<str> = user.into();
-        self.conn.data_mut().state().user = Some(user.clone());
-        let conn_id = self.conn.id();
-        let change = Presence::User { conn_id, user: Some(&user), previous: previous.as_deref() };
-        self.app.presence(change);
-        super::users::attach(self.app, &mut self.conn, &user)
+        super::users::set_user(self.app, &mut self.conn, Some(user), None)
     }
 
     /// Detaches the socket from its user, if any: it is no longer one of
     /// its devices (the user goes offline if it was the last), and
     /// [`user`](Self::user) answers `None` from now on.
     pub fn clear_user(&mut self) {
-        if !self.conn.data().has(super::socket::flag::CONNECTED) {
-            return;
-        }
-        if let Some(previous) = self.detach_user() {
-            let conn_id = self.conn.id();
-            self.app.presence(Presence::User { conn_id, user: None, previous: Some(&previous) });
-        }
-    }
-
-    /// Takes the socket's user away and counts the device out; the user it had.
-    fn detach_user(&mut self) -> Option<std::sync::Arc<str>> {
-        let previous = self.conn.data_mut().state.as_mut()?.user.take()?;
-        super::users::detach(self.app, self.conn.id(), &previous);
-        Some(previous)
+        super::users::set_user(self.app, &mut self.conn, None, None);
     }
 
     /// The path the socket connected to.
