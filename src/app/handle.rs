@@ -196,6 +196,13 @@ impl AppHandle {
         members
     }
 
+    /// The cluster-wide id (PROTOCOL.md §12) of the socket at connection
+    /// `conn` of this node, whose data is `data`: a resumed socket's is the
+    /// one it first had, on this node or another.
+    pub(crate) fn socket_id_of(&self, conn: ConnId, data: &super::socket::SocketData) -> SocketId {
+        self.0.sessions.public_id(self.node(), conn, data.public(conn))
+    }
+
     /// The public id of the socket at connection `conn` of this node.
     pub(crate) fn public(&self, conn: ConnId) -> ConnId {
         self.0.sessions.public(conn)

@@ -92,7 +92,7 @@ impl<'a> Request<'a> {
     /// This socket's cluster-wide id. A resumed socket keeps the id it had
     /// (PROTOCOL.md §13) while its connection, [`conn_id`](Self::conn_id), is new.
     pub fn socket_id(&self) -> SocketId {
-        self.app.0.sessions.public_id(self.app.node(), self.conn.id(), self.public_conn())
+        self.app.socket_id_of(self.conn.id(), self.conn.data())
     }
 
     /// Whether this socket resumed an earlier one (PROTOCOL.md §13): true in
@@ -510,3 +510,13 @@ impl Drop for ReplyHandle {
 /// record carries to whichever node the socket resumes on.
 #[derive(Debug)]
 pub(crate) struct SharedValue(pub serde_json::Value);
+
+impl SharedValue {
+    /// A socket's store entry for the shared value `key` that another node
+    /// kept as JSON text (a claimed session's); `None` for text that is not
+    /// JSON, which a node never writes.
+    pub(crate) fn entry(key: &str, json: &str) -> Option<(Box<str>, Box<dyn Any + Send>)> {
+        let value = SharedValue(serde_json::from_str(json).ok()?);
+        Some((key.into(), Box::new(value)))
+    }
+}
