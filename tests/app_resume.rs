@@ -9,6 +9,8 @@
 #[path = "common/app.rs"]
 mod app_client;
 mod common;
+#[path = "common/resume_app.rs"]
+mod resume_app;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use std::time::Duration;
 use app_client::{eventually, AppClient};
 use emitws::app::{App, BroadcastOpts, Challenge, EventLimits, Refusal, ReplyHandle, Running, SocketId};
 use emitws::runtime::{AcceptMode, ConnId};
+use resume_app::{connect, resume_routes};
 use serde_json::{json, Value};
 
 /// How the test app authenticates.
@@ -69,16 +72,7 @@ impl Fixture {
                 ));
             }
         }
-        app.on("@connection", |req| {
-            let hello = json!({
-                "resumed": req.resumed(),
-                "socket": req.socket_id().to_string(),
-                "user": req.user(),
-                "groups": req.groups(),
-                "n": req.get::<u32>("n"),
-            });
-            let _ = req.emit("/hello", &hello);
-        });
+        resume_routes(&mut app);
         let record = seen.clone();
         app.on("@connection", move |req| {
             record.lock().unwrap().connections.push((req.socket_id().to_string(), req.conn_id()));
@@ -87,21 +81,6 @@ impl Fixture {
         app.on("@disconnect", move |req| {
             let data: Value = req.data().expect("@disconnect data is JSON");
             record.lock().unwrap().disconnects.push((req.socket_id().to_string(), data));
-        });
-        app.on("/join", |req| {
-            let room: String = req.data().expect("a room");
-            let joined = req.join(&room).is_ok();
-            req.reply(&joined);
-        });
-        app.on("/set", |req| {
-            let n: u32 = req.data().expect("a number");
-            req.set("n", n);
-            req.reply(&true);
-        });
-        app.on("/say", |req| {
-            let (room, text): (String, String) = req.data().expect("[room, text]");
-            let _ = req.broadcast("/said", &text, BroadcastOpts::to(&room));
-            req.reply(&true);
         });
         let keep = seen.clone();
         app.on("/slow", move |req| keep.lock().unwrap().slow = Some(req.defer()));
@@ -145,19 +124,6 @@ impl Fixture {
     fn close(self) {
         self.running.close();
     }
-}
-
-/// Connects a client (with upgrade auth, as `user`) and reads its `/hello`
-/// and `@ready`: (client, socket id, resume token).
-fn connect(addr: SocketAddr, user: &str) -> (AppClient, String, String) {
-    let mut client = AppClient::connect_to(addr, &format!("/?user={user}"), &[]).expect("upgraded");
-    let hello = client.expect_event("/hello");
-    assert_eq!(hello["resumed"], false, "{hello}");
-    let ready = client.wait_ready();
-    let socket = ready["socket"].as_str().expect("a socket id").to_string();
-    assert_eq!(hello["socket"], socket.as_str());
-    let token = ready["resume"].as_str().unwrap_or_else(|| panic!("no resume token in {ready}")).to_string();
-    (client, socket, token)
 }
 
 /// Opens a connection that waits for `@resume` (`query` is the app's own part).
@@ -204,7 +170,8 @@ fn a_socket_resumes_with_its_id_user_rooms_and_values_and_a_fresh_token() {
     let mut back = reconnect(addr, "user=ann");
     let id = send_resume(&mut back, &token, json!({}));
     let (hello, between, reply, ready) = read_resume(&mut back, id);
-    let expected = json!({ "resumed": true, "socket": socket, "user": "ann", "groups": ["#lobby"], "n": 7 });
+    let expected =
+        json!({ "resumed": true, "socket": socket, "user": "ann", "groups": ["#lobby"], "n": 7, "seat": null });
     assert_eq!(hello, expected, "@connection runs on the restored socket");
     assert_eq!(between, Vec::<Value>::new());
     assert_eq!(reply, json!({ "resumed": true, "socket": socket, "rooms": {}, "direct": { "recovered": true } }));
@@ -571,7 +538,8 @@ fn take_over(fixture: &Fixture, bob: &mut AppClient, user: &str, filler: bool) -
     let mut back = reconnect(addr, &format!("user={user}"));
     let id = send_resume(&mut back, &token, json!({}));
     let (hello, between, reply, ready) = read_resume(&mut back, id);
-    let expected = json!({ "resumed": true, "socket": socket, "user": user, "groups": ["#lobby"], "n": 7 });
+    let expected =
+        json!({ "resumed": true, "socket": socket, "user": user, "groups": ["#lobby"], "n": 7, "seat": null });
     assert_eq!(hello, expected);
     assert_eq!(between, Vec::<Value>::new());
     assert_eq!(reply, json!({ "resumed": true, "socket": socket, "rooms": {}, "direct": { "recovered": true } }));

@@ -1,6 +1,7 @@
 //! Users and devices: a user's sockets on any worker, the per-user cap and
 //! its policies, dropping a user or one device; users attached after
-//! connect (`set_user`, `clear_user`), kept by a resume; the user presence hooks.
+//! connect (`set_user`, `clear_user`, by the socket itself or through a
+//! `SocketRef` from any thread), kept by a resume; the user presence hooks.
 #![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
@@ -13,9 +14,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, DevicePolicy, Refusal, Running};
+use emitws::app::{App, DevicePolicy, GroupOutcome, Refusal, Running, SocketId};
 use emitws::runtime::AcceptMode;
-use login::{login, login_routes, seen, whoami, Transitions};
+use emitws::runtime::ConnId;
+use login::{login, login_routes, seen, socket_id, whoami, Transitions};
 use serde_json::{json, Value};
 
 /// Users named by `?user=`; two workers, sockets dealt in turn.
@@ -232,5 +234,41 @@ fn a_resumed_socket_comes_back_with_the_user_it_logged_in_as() {
     assert!(running.to_user("ann").is_online());
     assert_eq!(seen(&transitions), ["online ann", "offline ann", "online ann"]);
     back.close();
+    running.close();
+}
+
+#[test]
+fn a_socket_ref_attaches_and_detaches_a_user_under_the_cap() {
+    const ODD: &str = "o'neil \"the\" é {x}";
+    let (running, transitions) = login_app(Some((1, DevicePolicy::RejectNew)), None);
+    let addr = running.local_addr();
+    let mut phone = AppClient::connect(addr);
+    let mut bob = AppClient::connect(addr);
+    let phone_ref = running.socket(socket_id(&phone));
+    assert_eq!(phone_ref.set_user(ODD).wait(), GroupOutcome::Done { changed: true });
+    assert_eq!(whoami(&mut phone), json!(ODD));
+    assert_eq!(phone_ref.set_user(ODD).wait(), GroupOutcome::Done { changed: false });
+    assert_eq!(running.to_user(ODD).sockets(), [socket_id(&phone).conn]);
+    assert_eq!(bob.request("/dm", json!([ODD, "hi"])), Ok(json!(1)));
+    assert_eq!(phone.expect_event("/dm"), json!("hi"));
+    // The cap holds for a user given from outside: refused, and closed.
+    let mut tablet = AppClient::connect(addr);
+    match running.socket(socket_id(&tablet)).set_user(ODD).wait() {
+        GroupOutcome::Refused { code, message } => assert_eq!(code, "too_many_devices", "{message}"),
+        other => panic!("a second device was not refused: {other:?}"),
+    }
+    assert_eq!(tablet.ws.expect_close(4429), "too many devices for this user");
+    assert_eq!(running.to_user(ODD).sockets().len(), 1);
+    // Cleared: no longer reached, offline; clearing again changes nothing.
+    assert_eq!(phone_ref.clear_user().wait(), GroupOutcome::Done { changed: true });
+    assert_eq!(whoami(&mut phone), Value::Null);
+    assert_eq!(bob.request("/dm", json!([ODD, "lost"])), Ok(json!(0)));
+    assert_eq!(phone_ref.clear_user().wait(), GroupOutcome::Done { changed: false });
+    assert_eq!(seen(&transitions), [format!("online {ODD}"), format!("offline {ODD}")]);
+    // A socket that is not there.
+    let gone = SocketId { node: 0, conn: ConnId(socket_id(&bob).conn.0 + 1000) };
+    assert_eq!(running.socket(gone).set_user("ann").wait(), GroupOutcome::NotThere);
+    phone.close();
+    bob.close();
     running.close();
 }

@@ -12,28 +12,25 @@ mod app_client;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/two_nodes.rs"]
+mod two_nodes;
 
-use std::net::Shutdown;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use app_client::{eventually, AppClient};
 use emitws::app::{App, BroadcastOpts, EventLimits, History, Running, SocketId};
-use emitws::cluster::{RedisAdapter, RedisOptions};
 use redis_server::Redis;
 use serde_json::{json, Value};
+use two_nodes::{options, two_nodes, Node};
 
 const TTL: Duration = Duration::from_secs(60);
 
-/// One app node over `redis` whose `#r` keeps `size` broadcasts: `/join`
-/// joins `#r` and replies the socket's id; `/say` broadcasts `/said` to
-/// `#r`, leaving the sender out. `@disconnect`s are recorded in `gone`.
-fn node(redis: &Redis, size: usize, gone: &Arc<Mutex<Vec<(String, Value)>>>) -> Running {
-    let options = RedisOptions::default().heartbeat_ttl(Duration::from_secs(1)).max_backoff(Duration::from_millis(200));
-    let adapter = RedisAdapter::new(&redis.url(), options).expect("a valid url");
+/// The app of a node whose `#r` keeps `size` broadcasts: `/join` joins
+/// `#r` and replies the socket's id; `/say` broadcasts `/said` to `#r`,
+/// leaving the sender out.
+fn history_app(size: usize) -> App {
     let mut app = App::new();
-    app.adapter(adapter.clone());
     app.limits(EventLimits::default().rate(None));
     app.history("#r", History::new(size, TTL));
     app.on("/join", |req| {
@@ -45,13 +42,7 @@ fn node(redis: &Redis, size: usize, gone: &Arc<Mutex<Vec<(String, Value)>>>) -> 
         req.broadcast("/said", &text, BroadcastOpts::to("#r")).expect("serializes");
         req.reply(&true);
     });
-    let gone = gone.clone();
-    app.on("@disconnect", move |req| {
-        gone.lock().unwrap().push((req.socket_id().to_string(), req.data().expect("JSON")));
-    });
-    let running = app_client::start(app, 2);
-    assert!(adapter.link().ready(Duration::from_secs(5)), "the node listens");
-    running
+    app
 }
 
 /// A client in `#r` on `running`: (client, socket id, resume token).
@@ -76,8 +67,7 @@ fn broadcast(running: &Running, text: &str, opts: BroadcastOpts) {
 #[test]
 fn every_member_on_every_node_sees_one_order_of_offsets_whichever_node_published() {
     let Some(redis) = Redis::start() else { return };
-    let gone = Arc::default();
-    let (a, b) = (node(&redis, 1000, &gone), node(&redis, 1000, &gone));
+    let (a, b) = two_nodes(&redis, || history_app(1000));
     let mut members: Vec<AppClient> = [&a, &a, &b, &b].iter().map(|n| member(n).0).collect();
     const EACH: usize = 50;
     thread::scope(|scope| {
@@ -108,8 +98,7 @@ fn every_member_on_every_node_sees_one_order_of_offsets_whichever_node_published
 #[test]
 fn a_broadcast_leaves_out_its_sender_and_the_sockets_excepted_on_other_nodes() {
     let Some(redis) = Redis::start() else { return };
-    let gone = Arc::default();
-    let (a, b) = (node(&redis, 100, &gone), node(&redis, 100, &gone));
+    let (a, b) = two_nodes(&redis, || history_app(100));
     let (mut ann, _, _) = member(&a);
     let (mut bob, bob_id, _) = member(&b);
     let (mut cat, _, _) = member(&b);
@@ -135,8 +124,7 @@ fn a_broadcast_leaves_out_its_sender_and_the_sockets_excepted_on_other_nodes() {
 #[test]
 fn a_flush_of_redis_starts_a_new_epoch_at_offset_one() {
     let Some(redis) = Redis::start() else { return };
-    let gone = Arc::default();
-    let (a, b) = (node(&redis, 100, &gone), node(&redis, 100, &gone));
+    let (a, b) = two_nodes(&redis, || history_app(100));
     let (mut ann, _, _) = member(&b);
     broadcast(&a, "1", BroadcastOpts::to("#r"));
     broadcast(&a, "2", BroadcastOpts::to("#r"));
@@ -150,13 +138,6 @@ fn a_flush_of_redis_starts_a_new_epoch_at_offset_one() {
     assert_eq!(element["offset"], 1);
     assert!(element["epoch"].is_string() && element["epoch"] != first["epoch"], "{element} after {first}");
     ann.close();
-}
-
-/// Loses `client`'s connection without a close frame; waits for its `@disconnect`.
-fn lose(client: AppClient, socket: &str, gone: &Mutex<Vec<(String, Value)>>) {
-    client.ws.stream.shutdown(Shutdown::Both).expect("shut down");
-    drop(client);
-    eventually("the loss noticed", || gone.lock().unwrap().iter().any(|(s, d)| s == socket && d["resumable"] == true));
 }
 
 /// Resumes `token` on `running` with `#r` at (epoch, offset): what came
@@ -180,15 +161,14 @@ fn resume(running: &Running, token: &str, epoch: &Value, offset: u64) -> (AppCli
 #[test]
 fn a_socket_resumed_on_its_node_recovers_what_the_other_node_published_meanwhile() {
     let Some(redis) = Redis::start() else { return };
-    let gone = Arc::default();
-    let (a, b) = (node(&redis, 100, &gone), node(&redis, 100, &gone));
+    let (a, b) = two_nodes(&redis, || history_app(100));
     let (mut ann, socket, token) = member(&a);
     let (mut cat, _, _) = member(&a);
     assert!(!token.is_empty(), "the app keeps sessions");
     broadcast(&b, "1", BroadcastOpts::to("#r"));
     let (_, first) = said(&mut ann);
     let epoch = first["epoch"].clone();
-    lose(ann, &socket, &gone);
+    a.lose(ann, &socket, 0);
     for text in ["2", "3", "4"] {
         broadcast(&b, text, BroadcastOpts::to("#r"));
     }
@@ -208,13 +188,12 @@ fn a_socket_resumed_on_its_node_recovers_what_the_other_node_published_meanwhile
 #[test]
 fn what_overflowed_the_history_is_not_recovered() {
     let Some(redis) = Redis::start() else { return };
-    let gone = Arc::default();
-    let (a, b) = (node(&redis, 3, &gone), node(&redis, 3, &gone));
+    let (a, b) = two_nodes(&redis, || history_app(3));
     let (mut ann, socket, token) = member(&a);
     broadcast(&b, "0", BroadcastOpts::to("#r"));
     let (_, first) = said(&mut ann);
     let epoch = first["epoch"].clone();
-    lose(ann, &socket, &gone);
+    a.lose(ann, &socket, 0);
     let (mut cat, _, _) = member(&a);
     for n in 1..=10 {
         broadcast(&b, &n.to_string(), BroadcastOpts::to("#r"));
@@ -232,8 +211,7 @@ fn what_overflowed_the_history_is_not_recovered() {
 #[test]
 fn with_redis_down_a_broadcast_to_a_room_with_history_is_dropped_and_counted() {
     let Some(redis) = Redis::start() else { return };
-    let gone = Arc::default();
-    let a = node(&redis, 100, &gone);
+    let a = Node::start(&redis.url(), options(Duration::from_secs(1)), history_app(100));
     let (mut ann, _, _) = member(&a);
     broadcast(&a, "before", BroadcastOpts::to("#r"));
     assert_eq!(said(&mut ann).1["offset"], 1);

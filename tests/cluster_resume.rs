@@ -16,17 +16,20 @@ mod child_node;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/resume_app.rs"]
+mod resume_app;
+#[path = "common/two_nodes.rs"]
+mod two_nodes;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, Running, SocketId};
-use emitws::cluster::{RedisAdapter, RedisOptions};
+use app_client::AppClient;
+use emitws::app::{App, BroadcastOpts, SocketId};
 use redis_server::{wait_for, Redis};
+use resume_app::{connect, resume_routes};
 use serde_json::{json, Value};
+use two_nodes::{options, serve_until_killed, wait_joined, Node};
 
 /// Direct messages kept per away socket.
 const BUFFER: usize = 3;
@@ -34,129 +37,27 @@ const BUFFER: usize = 3;
 /// The environment variable that makes [`killed_node`] run a node.
 const CHILD_NODE: &str = "EMITWS_TEST_CHILD_NODE";
 
-fn options(heartbeat: Duration) -> RedisOptions {
-    RedisOptions::default().heartbeat_ttl(heartbeat).max_backoff(Duration::from_millis(200))
-}
-
-/// The test app: `?user=NAME` auth, `/join`, `/set`, `/say`, and a
-/// `/hello` from `@connection` saying what the socket is.
-fn app(adapter: Arc<RedisAdapter>, disconnects: Arc<Mutex<Vec<(String, Value)>>>, window: Duration) -> App {
+/// The test app: `?user=NAME` auth, sessions kept for `window`, direct
+/// messages kept while away, and the resume tests' routes.
+fn app(window: Duration) -> App {
     let mut app = App::new();
-    app.adapter(adapter);
     app.resume_window(Some(window));
     app.resume_buffer(BUFFER);
     app.identify(|conn| Ok(conn.query_value("user").unwrap_or_else(|| "anon".into())));
-    app.on("@connection", |req| {
-        let hello = json!({
-            "resumed": req.resumed(),
-            "socket": req.socket_id().to_string(),
-            "user": req.user(),
-            "groups": req.groups(),
-            "n": req.get::<u32>("n"),
-            "seat": req.get_shared::<Value>("seat"),
-        });
-        let _ = req.emit("/hello", &hello);
-    });
-    app.on("@disconnect", move |req| {
-        let data: Value = req.data().expect("@disconnect data is JSON");
-        disconnects.lock().unwrap().push((req.socket_id().to_string(), data));
-    });
-    app.on("/join", |req| {
-        let room: String = req.data().expect("a room");
-        let joined = req.join(&room).is_ok();
-        req.reply(&joined);
-    });
-    app.on("/set", |req| {
-        let n: u32 = req.data().expect("a number");
-        req.set("n", n);
-        req.reply(&true);
-    });
-    app.on("/share", |req| {
-        let seat: Value = req.data().expect("a seat");
-        let shared = match seat {
-            Value::Null => req.remove("seat").is_some(),
-            seat => req.set_shared("seat", &seat).is_ok(),
-        };
-        req.reply(&shared);
-    });
-    app.on("/say", |req| {
-        let (room, text): (String, String) = req.data().expect("[room, text]");
-        let _ = req.broadcast("/said", &text, BroadcastOpts::to(&room));
-        req.reply(&true);
-    });
+    resume_routes(&mut app);
     app
 }
 
-/// One node of the test cluster.
-struct Node {
-    running: Running,
-    adapter: Arc<RedisAdapter>,
-    disconnects: Arc<Mutex<Vec<(String, Value)>>>,
-}
-
-impl Node {
-    fn start(redis: &Redis, heartbeat: Duration, window: Duration) -> Node {
-        let adapter = RedisAdapter::new(&redis.url(), options(heartbeat)).expect("a good URL");
-        let disconnects = Arc::default();
-        let app = app(adapter.clone(), Arc::clone(&disconnects), window);
-        let running = app_client::start(app, 2);
-        assert!(adapter.link().ready(Duration::from_secs(5)), "the node listens to the cluster");
-        Node { running, adapter, disconnects }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.running.local_addr()
-    }
-
-    /// Drops `client`'s TCP connection without a close frame (1006) and
-    /// waits until this node has kept its session.
-    fn lose(&self, client: AppClient, socket: &str) {
-        self.lose_again(client, socket, 0);
-    }
-
-    /// [`lose`](Self::lose) for a socket this node lost `before` times already.
-    fn lose_again(&self, client: AppClient, socket: &str, before: usize) {
-        drop(client);
-        let mut data = Value::Null;
-        eventually("the @disconnect", || {
-            let seen = self.disconnects.lock().unwrap();
-            let Some((_, d)) = seen.iter().filter(|(s, _)| s == socket).nth(before) else { return false };
-            data = d.clone();
-            true
-        });
-        assert_eq!((&data["code"], &data["resumable"]), (&json!(1006), &json!(true)), "{data}");
-    }
-
-    fn close(self) {
-        self.running.close();
-        self.adapter.link().stop();
-    }
+/// A node of the test app over `redis`, its heartbeats living `heartbeat`.
+fn start(redis: &Redis, heartbeat: Duration, window: Duration) -> Node {
+    Node::start(&redis.url(), options(heartbeat), app(window))
 }
 
 /// Two nodes (heartbeats of 2 s) keeping sessions for `window`, each seeing the other alive.
 fn two_nodes(redis: &Redis, window: Duration) -> (Node, Node) {
-    let (a, b) =
-        (Node::start(redis, Duration::from_secs(2), window), Node::start(redis, Duration::from_secs(2), window));
+    let (a, b) = (start(redis, Duration::from_secs(2), window), start(redis, Duration::from_secs(2), window));
     wait_joined(&[&a, &b]);
     (a, b)
-}
-
-/// Waits until every node sees all of them alive.
-fn wait_joined(nodes: &[&Node]) {
-    wait_for(Duration::from_secs(5), || {
-        nodes.iter().all(|n| n.adapter.link().nodes().is_ok_and(|alive| alive.len() == nodes.len()))
-    });
-}
-
-/// Connects (as `user`) and reads the `/hello` and `@ready`: (client, socket id, token).
-fn connect(addr: SocketAddr, user: &str) -> (AppClient, String, String) {
-    let mut client = AppClient::connect_to(addr, &format!("/?user={user}"), &[]).expect("upgraded");
-    let hello = client.expect_event("/hello");
-    assert_eq!(hello["resumed"], false, "{hello}");
-    let ready = client.wait_ready();
-    let socket = ready["socket"].as_str().expect("a socket id").to_string();
-    let token = ready["resume"].as_str().unwrap_or_else(|| panic!("no resume token in {ready}")).to_string();
-    (client, socket, token)
 }
 
 /// Opens a connection as `user` that waits for `@resume`, and sends it with `token`.
@@ -184,7 +85,7 @@ fn a_socket_lost_on_one_node_resumes_on_another_with_its_id_user_and_rooms() {
     ann.request("/set", json!(7)).expect("set");
     let (mut bob, _, _) = connect(a.addr(), "bob");
     bob.request("/join", json!("#lobby")).expect("joined");
-    a.lose(ann, &socket);
+    a.lose(ann, &socket, 0);
 
     let (mut back, id) = resume(b.addr(), "ann", &token);
     let (hello, reply, ready) = read_resume(&mut back, id);
@@ -221,7 +122,7 @@ fn a_socket_lost_on_one_node_resumes_on_another_with_its_id_user_and_rooms() {
 
     // Lost again on node B, it resumes on node A with its newest token and its id.
     let fresh = fresh.to_string();
-    b.lose(back, &socket);
+    b.lose(back, &socket, 0);
     let (mut home, id) = resume(a.addr(), "ann", &fresh);
     let (hello, reply, _) = read_resume(&mut home, id);
     assert_eq!((&hello["groups"], &reply["socket"]), (&json!(["#lobby"]), &json!(socket)), "{reply}");
@@ -231,7 +132,7 @@ fn a_socket_lost_on_one_node_resumes_on_another_with_its_id_user_and_rooms() {
     // Lost and resumed on one node, its stored values come back too.
     home.request("/set", json!(8)).expect("set");
     let ready = home.ready.clone().expect("read");
-    a.lose_again(home, &socket, 1);
+    a.lose(home, &socket, 1);
     let (mut again, id) = resume(a.addr(), "ann", ready["resume"].as_str().expect("a token"));
     let (hello, reply, _) = read_resume(&mut again, id);
     assert_eq!((&hello["n"], &reply["socket"]), (&json!(8), &json!(socket)), "{reply}");
@@ -249,7 +150,7 @@ fn one_token_presented_to_two_nodes_at_once_resumes_once() {
     let (a, b) = two_nodes(&redis, Duration::from_secs(30));
     for _ in 0..3 {
         let (ann, socket, token) = connect(a.addr(), "ann");
-        a.lose(ann, &socket);
+        a.lose(ann, &socket, 0);
         let (mut on_a, id_a) = resume(a.addr(), "ann", &token);
         let (mut on_b, id_b) = resume(b.addr(), "ann", &token);
         let (_, reply_a, _) = read_resume(&mut on_a, id_a);
@@ -269,7 +170,7 @@ fn a_session_ends_with_its_window_and_stays_for_its_own_user_only() {
     let window = Duration::from_millis(500);
     let (a, b) = two_nodes(&redis, window);
     let (ann, socket, token) = connect(a.addr(), "ann");
-    a.lose(ann, &socket);
+    a.lose(ann, &socket, 0);
     // Bob cannot take Ann's session; she still can.
     let (mut bob, id) = resume(b.addr(), "bob", &token);
     let (_, reply, _) = read_resume(&mut bob, id);
@@ -280,7 +181,7 @@ fn a_session_ends_with_its_window_and_stays_for_its_own_user_only() {
 
     // Lost again, past its window: a new socket on either node.
     let token = ready["resume"].as_str().expect("a token").to_string();
-    b.lose(back, &socket);
+    b.lose(back, &socket, 0);
     std::thread::sleep(window * 2);
     let (mut late, id) = resume(a.addr(), "ann", &token);
     let (_, reply, _) = read_resume(&mut late, id);
@@ -317,7 +218,7 @@ fn direct_messages_sent_while_away_from_any_node_are_replayed_on_the_node_it_res
     let (on_a, on_b) = (a.running.app(), b.running.app());
     for (sent, complete) in [(BUFFER, true), (BUFFER + 2, false)] {
         let (ann, socket, token) = connect(a.addr(), "ann");
-        a.lose(ann, &socket);
+        a.lose(ann, &socket, 0);
         let id = id_of(&socket);
         for n in 0..sent {
             match n % 3 {
@@ -352,19 +253,13 @@ fn direct_messages_sent_while_away_from_any_node_are_replayed_on_the_node_it_res
 #[test]
 #[ignore = "the child node of the killed-node test, which runs it"]
 fn killed_node() {
-    let Ok(url) = std::env::var(CHILD_NODE) else { return };
-    let adapter = RedisAdapter::new(&url, options(Duration::from_millis(600))).expect("a good URL");
-    let running = app_client::start(app(adapter.clone(), Arc::default(), Duration::from_secs(30)), 2);
-    assert!(adapter.link().ready(Duration::from_secs(5)));
-    println!("node at {}", running.local_addr());
-    std::io::stdout().flush().expect("the parent reads");
-    std::thread::sleep(Duration::from_secs(60));
+    serve_until_killed(CHILD_NODE, options(Duration::from_millis(600)), || app(Duration::from_secs(30)));
 }
 
 #[test]
 fn a_killed_nodes_sockets_resume_on_another_once_its_heartbeat_expires() {
     let Some(redis) = Redis::start() else { return };
-    let b = Node::start(&redis, Duration::from_millis(600), Duration::from_secs(30));
+    let b = start(&redis, Duration::from_millis(600), Duration::from_secs(30));
     let (mut child, addr) = child_node::spawn("killed_node", CHILD_NODE, &redis.url());
     wait_for(Duration::from_secs(5), || b.adapter.link().nodes().is_ok_and(|alive| alive.len() == 2));
     let (mut ann, socket, token) = connect(addr, "ann");
@@ -393,21 +288,21 @@ fn shared_values_follow_a_socket_to_every_node_it_resumes_on() {
     let seat = json!({ "room": "#lobby", "name": "Ann \"the\" é" });
     assert_eq!(ann.request("/share", seat.clone()).expect("shared"), true);
     ann.request("/set", json!(7)).expect("set");
-    a.lose(ann, &socket);
+    a.lose(ann, &socket, 0);
 
     // On node B: the shared value is back, the plain one stayed on A.
     let (mut back, id) = resume(b.addr(), "ann", &token);
     let (hello, _, ready) = read_resume(&mut back, id);
     assert_eq!((&hello["resumed"], &hello["seat"], &hello["n"]), (&json!(true), &seat, &Value::Null), "{hello}");
     // ... and it follows the socket on: lost on B, back on A.
-    b.lose(back, &socket);
+    b.lose(back, &socket, 0);
     let (mut home, id) = resume(a.addr(), "ann", ready["resume"].as_str().expect("a token"));
     let (hello, _, ready) = read_resume(&mut home, id);
     assert_eq!(hello["seat"], seat, "{hello}");
 
     // Removed, it is gone from the record too.
     assert_eq!(home.request("/share", Value::Null).expect("removed"), true);
-    a.lose_again(home, &socket, 1);
+    a.lose(home, &socket, 1);
     let (mut again, id) = resume(b.addr(), "ann", ready["resume"].as_str().expect("a token"));
     let (hello, _, _) = read_resume(&mut again, id);
     assert_eq!((&hello["resumed"], &hello["seat"]), (&json!(true), &Value::Null), "{hello}");

@@ -18,18 +18,18 @@ mod child_node;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/two_nodes.rs"]
+mod two_nodes;
 
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, EventLimits, History, Running};
-use emitws::cluster::{RedisAdapter, RedisOptions};
+use emitws::app::{App, BroadcastOpts, EventLimits, History};
 use redis_server::{wait_for, Redis};
 use serde_json::{json, Value};
+use two_nodes::{options, serve_until_killed, two_nodes, wait_joined, Node};
 
 /// The environment variable that makes [`killed_node`] run a node.
 const CHILD_NODE: &str = "EMITWS_TEST_CHILD_NODE";
@@ -37,14 +37,11 @@ const CHILD_NODE: &str = "EMITWS_TEST_CHILD_NODE";
 /// Every room `#r…` keeps this many broadcasts, for a minute.
 const KEPT: usize = 1000;
 
-type Disconnects = Arc<Mutex<Vec<(String, Value)>>>;
-
 /// The test app: `?user=NAME` auth; rooms `#r…` keep history; `/join ROOM`
 /// replies the socket's id; `/say [ROOM, TEXT]` broadcasts `/said` to the
-/// room, leaving the sender out. `@disconnect`s go to `gone`.
-fn app(adapter: Arc<RedisAdapter>, gone: Disconnects) -> App {
+/// room, leaving the sender out.
+fn app() -> App {
     let mut app = App::new();
-    app.adapter(adapter);
     app.limits(EventLimits::default().rate(None));
     app.resume_window(Some(Duration::from_secs(30)));
     app.resume_buffer(10);
@@ -60,72 +57,17 @@ fn app(adapter: Arc<RedisAdapter>, gone: Disconnects) -> App {
         req.broadcast("/said", &text, BroadcastOpts::to(&room)).expect("serializes");
         req.reply(&true);
     });
-    app.on("@disconnect", move |req| {
-        gone.lock().unwrap().push((req.socket_id().to_string(), req.data().expect("JSON")));
-    });
     app
 }
 
-fn options(heartbeat: Duration) -> RedisOptions {
-    RedisOptions::default().heartbeat_ttl(heartbeat).max_backoff(Duration::from_millis(200))
+/// A node of the test app over `redis`, its heartbeats living `heartbeat`.
+fn start(redis: &Redis, heartbeat: Duration) -> Node {
+    Node::start(&redis.url(), options(heartbeat), app())
 }
 
-/// One node of the test cluster.
-struct Node {
-    running: Running,
-    adapter: Arc<RedisAdapter>,
-    gone: Disconnects,
-}
-
-impl Node {
-    fn start(redis: &Redis, heartbeat: Duration) -> Node {
-        let adapter = RedisAdapter::new(&redis.url(), options(heartbeat)).expect("a good URL");
-        let gone = Disconnects::default();
-        let running = app_client::start(app(adapter.clone(), gone.clone()), 2);
-        assert!(adapter.link().ready(Duration::from_secs(5)), "the node listens to the cluster");
-        Node { running, adapter, gone }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.running.local_addr()
-    }
-
-    /// Broadcasts `/said` `text` to `room` from this node.
-    fn broadcast(&self, room: &str, text: &str) {
-        self.running.broadcast("/said", text, BroadcastOpts::to(room)).expect("serializes");
-    }
-
-    /// How many times this node kept `socket`'s session at a loss.
-    fn kept(&self, socket: &str) -> usize {
-        self.gone.lock().unwrap().iter().filter(|(s, d)| s == socket && d["resumable"] == true).count()
-    }
-
-    /// Loses `client`'s connection without a close frame and waits until
-    /// this node has kept its session (the `before`+1-th time).
-    fn lose(&self, client: AppClient, socket: &str, before: usize) {
-        client.ws.stream.shutdown(Shutdown::Both).expect("shut down");
-        drop(client);
-        eventually("the loss noticed", || self.kept(socket) > before);
-    }
-
-    fn close(self) {
-        self.running.close();
-        self.adapter.link().stop();
-    }
-}
-
-/// Two nodes that see each other.
-fn two_nodes(redis: &Redis) -> (Node, Node) {
-    let (a, b) = (Node::start(redis, Duration::from_secs(2)), Node::start(redis, Duration::from_secs(2)));
-    wait_joined(&[&a, &b]);
-    (a, b)
-}
-
-/// Waits until every node sees all of them alive.
-fn wait_joined(nodes: &[&Node]) {
-    wait_for(Duration::from_secs(5), || {
-        nodes.iter().all(|n| n.adapter.link().nodes().is_ok_and(|alive| alive.len() == nodes.len()))
-    });
+/// Broadcasts `/said` `text` to `room` from `node`.
+fn say(node: &Node, room: &str, text: &str) {
+    node.running.broadcast("/said", text, BroadcastOpts::to(room)).expect("serializes");
 }
 
 /// Connects as `user` and joins `room`: (client, socket id, resume token).
@@ -205,11 +147,11 @@ fn the_same_on_a_node_started_while_the_socket_was_away_which_reads_what_it_miss
 fn recovers_then_live(on_new_node: bool) {
     let Some(redis) = Redis::start() else { return };
     let heartbeat = Duration::from_secs(2);
-    let (a, b, c) = (Node::start(&redis, heartbeat), Node::start(&redis, heartbeat), Node::start(&redis, heartbeat));
+    let (a, b, c) = (start(&redis, heartbeat), start(&redis, heartbeat), start(&redis, heartbeat));
     wait_joined(&[&a, &b, &c]);
     let (mut ann, socket, token) = member(a.addr(), "ann", "#r");
     let (mut cat, _, _) = member(b.addr(), "cat", "#r");
-    a.broadcast("#r", "0");
+    say(&a, "#r", "0");
     let (_, first) = said(&mut ann);
     assert_eq!(watch(&mut cat, 1)[0].1, first);
     let epoch = first["epoch"].clone();
@@ -217,12 +159,12 @@ fn recovers_then_live(on_new_node: bool) {
 
     for n in 1..=3 {
         for (node, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
-            node.broadcast("#r", &format!("{name}{n}"));
+            say(node, "#r", &format!("{name}{n}"));
         }
     }
     // The cluster's order, as a member saw it.
     let missed = watch(&mut cat, 9);
-    let d = on_new_node.then(|| Node::start(&redis, heartbeat));
+    let d = on_new_node.then(|| start(&redis, heartbeat));
     if let Some(d) = &d {
         wait_joined(&[&a, &b, &c, d]);
     }
@@ -232,7 +174,7 @@ fn recovers_then_live(on_new_node: bool) {
     let (mut back, before, reply, ready) = thread::scope(|scope| {
         let publisher = scope.spawn(|| {
             for n in 0..LIVE {
-                c.broadcast("#r", &format!("live{n}"));
+                say(&c, "#r", &format!("live{n}"));
                 thread::sleep(Duration::from_millis(2));
             }
         });
@@ -269,10 +211,10 @@ fn recovers_then_live(on_new_node: bool) {
 #[test]
 fn a_socket_that_lists_no_offsets_recovers_from_where_it_joined_on_another_node() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis, app);
     let (mut cat, _, _) = member(b.addr(), "cat", "#r");
     let (mut bob, _, _) = member(a.addr(), "bob", "#r");
-    b.broadcast("#r", "before ann");
+    say(&b, "#r", "before ann");
     // Node A has it (a member there saw it): the room's offset there at Ann's join is 1.
     assert_eq!(said(&mut bob).0, "before ann");
     said(&mut cat);
@@ -280,7 +222,7 @@ fn a_socket_that_lists_no_offsets_recovers_from_where_it_joined_on_another_node(
     a.lose(ann, &socket, 0);
     for text in ["a1", "b1", "a2"] {
         let node = if text.starts_with('a') { &a } else { &b };
-        node.broadcast("#r", text);
+        say(node, "#r", text);
     }
     let missed = watch(&mut cat, 3);
     let (back, before, reply, _) = resume(b.addr(), "ann", &token, json!({}));
@@ -300,17 +242,17 @@ fn a_socket_that_lists_no_offsets_recovers_from_where_it_joined_on_another_node(
 #[test]
 fn a_broadcast_that_left_the_socket_out_on_its_node_is_not_replayed_on_another() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis, app);
     let (mut ann, socket, token) = member(a.addr(), "ann", "#r");
     let (mut bob, _, _) = member(a.addr(), "bob", "#r");
     let (mut cat, _, _) = member(b.addr(), "cat", "#r");
-    b.broadcast("#r", "1");
+    say(&b, "#r", "1");
     let (_, first) = said(&mut ann);
     said(&mut bob);
     assert_eq!(ann.request("/say", json!(["#r", "mine"])), Ok(json!(true)));
     assert_eq!(said(&mut bob).0, "mine");
     a.lose(ann, &socket, 0);
-    b.broadcast("#r", "3");
+    say(&b, "#r", "3");
     assert_eq!(said(&mut bob).1["offset"], 3);
     // Node B has them all (a member there saw them).
     assert_eq!(watch(&mut cat, 3)[2].1["offset"], 3);
@@ -334,24 +276,18 @@ fn a_broadcast_that_left_the_socket_out_on_its_node_is_not_replayed_on_another()
 #[test]
 #[ignore = "the child node of the killed-node test, which runs it"]
 fn killed_node() {
-    let Ok(url) = std::env::var(CHILD_NODE) else { return };
-    let adapter = RedisAdapter::new(&url, options(Duration::from_millis(600))).expect("a good URL");
-    let running = app_client::start(app(adapter.clone(), Disconnects::default()), 2);
-    assert!(adapter.link().ready(Duration::from_secs(5)));
-    println!("node at {}", running.local_addr());
-    std::io::stdout().flush().expect("the parent reads");
-    thread::sleep(Duration::from_secs(60));
+    serve_until_killed(CHILD_NODE, options(Duration::from_millis(600)), app);
 }
 
 #[test]
 fn a_killed_nodes_socket_resumes_on_another_with_its_rooms_and_what_it_missed() {
     let Some(redis) = Redis::start() else { return };
-    let b = Node::start(&redis, Duration::from_millis(600));
+    let b = start(&redis, Duration::from_millis(600));
     let (mut child, addr) = child_node::spawn("killed_node", CHILD_NODE, &redis.url());
     wait_for(Duration::from_secs(5), || b.adapter.link().nodes().is_ok_and(|alive| alive.len() == 2));
     let (mut ann, socket, token) = member(addr, "ann", "#r");
     let (mut cat, _, _) = member(b.addr(), "cat", "#r");
-    b.broadcast("#r", "0");
+    say(&b, "#r", "0");
     let (_, first) = said(&mut ann);
     said(&mut cat);
     // SIGKILL: no close, no presence cleanup, no session marked away.
@@ -359,7 +295,7 @@ fn a_killed_nodes_socket_resumes_on_another_with_its_rooms_and_what_it_missed() 
     child.0.wait().expect("reap it");
     drop(ann);
     for text in ["1", "2", "3"] {
-        b.broadcast("#r", text);
+        say(&b, "#r", text);
     }
     let missed = watch(&mut cat, 3);
 
@@ -369,7 +305,7 @@ fn a_killed_nodes_socket_resumes_on_another_with_its_rooms_and_what_it_missed() 
     assert_eq!(reply["rooms"]["#r"], json!({ "recovered": true, "epoch": epoch, "offset": 4 }), "{reply}");
     assert_eq!(saids(&before), missed);
     // Back in its room.
-    b.broadcast("#r", "4");
+    say(&b, "#r", "4");
     assert_eq!(said(&mut back), ("4".to_string(), json!({ "room": "#r", "offset": 5, "epoch": epoch })));
     said(&mut cat);
     back.close();
@@ -384,17 +320,17 @@ fn redis_conn(redis: &Redis) -> redis::Connection {
 #[test]
 fn a_flush_of_redis_while_away_is_a_clean_new_socket_or_with_the_session_kept_a_new_epoch() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis, app);
     let mut raw = redis_conn(&redis);
 
     // FLUSHALL takes the session records too: a new socket, nothing replayed.
     let (mut ann, socket, token) = member(a.addr(), "ann", "#r");
-    b.broadcast("#r", "old");
+    say(&b, "#r", "old");
     let (_, first) = said(&mut ann);
     a.lose(ann, &socket, 0);
     let _: () = redis::cmd("FLUSHALL").query(&mut raw).expect("flushed");
     let (mut cat, _, _) = member(b.addr(), "cat", "#r");
-    b.broadcast("#r", "after");
+    say(&b, "#r", "after");
     let (_, after) = said(&mut cat);
     assert_eq!(after["offset"], 1);
     assert_ne!(after["epoch"], first["epoch"]);
@@ -406,21 +342,21 @@ fn a_flush_of_redis_while_away_is_a_clean_new_socket_or_with_the_session_kept_a_
     assert!(saids(&before).is_empty(), "nothing replayed to a new socket: {before:?}");
     assert_eq!(ready["socket"], reply["socket"]);
     // A new socket: in no room.
-    b.broadcast("#r", "not for a new socket");
+    say(&b, "#r", "not for a new socket");
     said(&mut cat);
     fresh.expect_silence(common::ms(200));
     fresh.close();
 
     // Only the history's keys deleted: the session survives, the epoch is new.
     let (mut bob, socket, token) = member(a.addr(), "bob", "#r");
-    b.broadcast("#r", "kept");
+    say(&b, "#r", "kept");
     let (_, first) = said(&mut bob);
     said(&mut cat);
     a.lose(bob, &socket, 0);
     let keys: Vec<String> = redis::cmd("KEYS").arg("emitws:h:*").query(&mut raw).expect("keys");
     assert!(!keys.is_empty(), "the history's keys");
     let _: () = redis::cmd("DEL").arg(&keys).query(&mut raw).expect("deleted");
-    b.broadcast("#r", "new epoch");
+    say(&b, "#r", "new epoch");
     let (_, renewed) = said(&mut cat);
     assert_eq!(renewed["offset"], 1);
     assert_ne!(renewed["epoch"], first["epoch"]);
@@ -439,23 +375,23 @@ fn a_flush_of_redis_while_away_is_a_clean_new_socket_or_with_the_session_kept_a_
 #[test]
 fn two_outages_in_a_row_on_different_nodes_replay_nothing_twice() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis, app);
     let (mut ann, socket, token) = member(a.addr(), "ann", "#r");
     // Members on both nodes: each node has had a broadcast once they saw it.
     let (mut on_a, mut on_b) = (member(a.addr(), "cat", "#r").0, member(b.addr(), "dan", "#r").0);
     for text in ["1", "2", "3"] {
-        b.broadcast("#r", text);
+        say(&b, "#r", text);
     }
     let received = watch(&mut ann, 3);
     a.lose(ann, &socket, 0);
     for text in ["4", "5"] {
-        a.broadcast("#r", text);
+        say(&a, "#r", text);
     }
     assert_eq!(watch(&mut on_b, 5)[4].0, "5");
     let (mut back, before, reply, ready) = resume(b.addr(), "ann", &token, json!({ "#r": received[2].1 }));
     assert_eq!(saids(&before).iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>(), ["4", "5"]);
     assert_eq!(reply["rooms"]["#r"]["offset"], 5, "{reply}");
-    b.broadcast("#r", "6");
+    say(&b, "#r", "6");
     let (_, sixth) = said(&mut back);
     assert_eq!(sixth["offset"], 6);
     assert_eq!(watch(&mut on_a, 6)[5].1, sixth);
@@ -484,7 +420,7 @@ fn two_outages_in_a_row_on_different_nodes_replay_nothing_twice() {
 #[test]
 fn a_message_to_a_user_from_another_node_is_kept_for_its_device_away() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis, app);
     // Resumed on the node it was lost on, then on the other one.
     for resume_on in [&a, &b] {
         let (ann, socket, token) = member(a.addr(), "ann", "#r");
@@ -507,14 +443,14 @@ fn a_message_to_a_user_from_another_node_is_kept_for_its_device_away() {
 #[test]
 fn two_hundred_sockets_lost_at_once_recover_exactly_on_a_new_node_with_reads_batched_per_room() {
     let Some(redis) = Redis::start() else { return };
-    let (a, b) = two_nodes(&redis);
+    let (a, b) = two_nodes(&redis, app);
     const ROOMS: usize = 4;
     const SOCKETS: usize = 200;
     let room = |n: usize| format!("#r{}", n % ROOMS);
     let members: Vec<(AppClient, String, String)> =
         (0..SOCKETS).map(|n| member(a.addr(), &format!("u{n}"), &room(n))).collect();
     for r in 0..ROOMS {
-        b.broadcast(&room(r), "first");
+        say(&b, &room(r), "first");
     }
     let mut lost = Vec::new();
     for (mut client, socket, token) in members {
@@ -527,7 +463,7 @@ fn two_hundred_sockets_lost_at_once_recover_exactly_on_a_new_node_with_reads_bat
     // them), each in Redis before the resumes start reading it.
     let mut raw = redis_conn(&redis);
     for (node, text, kept) in [(&a, "second", 2), (&b, "third", 3)] {
-        (0..ROOMS).for_each(|r| node.broadcast(&room(r), text));
+        (0..ROOMS).for_each(|r| say(node, &room(r), text));
         wait_for(Duration::from_secs(5), || {
             (0..ROOMS).all(|r| {
                 let stream = format!("emitws:h:{{{}}}:stream", room(r));
@@ -537,7 +473,7 @@ fn two_hundred_sockets_lost_at_once_recover_exactly_on_a_new_node_with_reads_bat
     }
     // A node started now has followed none of the rooms: every recovery
     // there reads Redis.
-    let c = Node::start(&redis, Duration::from_secs(2));
+    let c = start(&redis, Duration::from_secs(2));
     wait_joined(&[&a, &b, &c]);
     let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query(&mut raw).expect("reset");
 

@@ -18,19 +18,21 @@ mod child_node;
 mod common;
 #[path = "common/redis.rs"]
 mod redis_server;
+#[path = "common/two_nodes.rs"]
+mod two_nodes;
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, CallError, Error, EventLimits, GroupOutcome, Running, SocketId};
-use emitws::cluster::{RedisAdapter, RedisOptions};
+use emitws::app::{App, BroadcastOpts, CallError, Error, EventLimits, GroupOutcome, SocketId};
+use emitws::cluster::RedisOptions;
 use emitws::runtime::ConnId;
 use redis_server::{wait_for, Redis};
 use serde_json::{json, Value};
+use two_nodes::{options, serve_until_killed, wait_joined, Node};
 
 /// Rooms and tags one socket may be in, in the test app.
 const MAX_GROUPS: usize = 3;
@@ -39,17 +41,14 @@ const QUERY_TIMEOUT: Duration = Duration::from_millis(800);
 /// The environment variable that makes [`killed_node`] run a node.
 const CHILD_NODE: &str = "EMITWS_TEST_CHILD_NODE";
 
-fn options(heartbeat: Duration) -> RedisOptions {
-    RedisOptions::default()
-        .heartbeat_ttl(heartbeat)
-        .max_backoff(Duration::from_millis(200))
-        .query_timeout(QUERY_TIMEOUT)
+/// A node's options: heartbeats living `heartbeat`, answers awaited [`QUERY_TIMEOUT`].
+fn node_options(heartbeat: Duration) -> RedisOptions {
+    options(heartbeat).query_timeout(QUERY_TIMEOUT)
 }
 
 /// The test app: `?user=NAME` auth, sessions kept 30 s, `/join`.
-fn app(adapter: Arc<RedisAdapter>) -> App {
+fn app() -> App {
     let mut app = App::new();
-    app.adapter(adapter);
     app.limits(EventLimits::default().max_groups_per_socket(MAX_GROUPS));
     app.resume_window(Some(Duration::from_secs(30)));
     app.identify(|conn| Ok(conn.query_value("user").unwrap_or_else(|| "anon".into())));
@@ -61,36 +60,15 @@ fn app(adapter: Arc<RedisAdapter>) -> App {
     app
 }
 
-/// One node of the test cluster.
-struct Node {
-    running: Running,
-    adapter: Arc<RedisAdapter>,
-}
-
-impl Node {
-    fn start(redis: &Redis, heartbeat: Duration) -> Node {
-        let adapter = RedisAdapter::new(&redis.url(), options(heartbeat)).expect("a good URL");
-        let running = app_client::start(app(adapter.clone()), 2);
-        assert!(adapter.link().ready(Duration::from_secs(5)), "the node listens to the cluster");
-        Node { running, adapter }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.running.local_addr()
-    }
-
-    fn close(self) {
-        self.running.close();
-        self.adapter.link().stop();
-    }
+/// A node of the test app over `redis`, its heartbeats living `heartbeat`.
+fn start(redis: &Redis, heartbeat: Duration) -> Node {
+    Node::start(&redis.url(), node_options(heartbeat), app())
 }
 
 /// Two nodes (heartbeats of 2 s), each seeing the other alive.
 fn two_nodes(redis: &Redis) -> (Node, Node) {
-    let (a, b) = (Node::start(redis, Duration::from_secs(2)), Node::start(redis, Duration::from_secs(2)));
-    wait_for(Duration::from_secs(5), || {
-        [&a, &b].iter().all(|n| n.adapter.link().nodes().is_ok_and(|alive| alive.len() == 2))
-    });
+    let (a, b) = (start(redis, Duration::from_secs(2)), start(redis, Duration::from_secs(2)));
+    wait_joined(&[&a, &b]);
     (a, b)
 }
 
@@ -299,19 +277,13 @@ fn a_socket_resumed_on_another_node_is_reached_by_its_old_id() {
 #[test]
 #[ignore = "the child node of the killed-node test, which runs it"]
 fn killed_node() {
-    let Ok(url) = std::env::var(CHILD_NODE) else { return };
-    let adapter = RedisAdapter::new(&url, options(Duration::from_millis(600))).expect("a good URL");
-    let running = app_client::start(app(adapter.clone()), 2);
-    assert!(adapter.link().ready(Duration::from_secs(5)));
-    println!("node at {}", running.local_addr());
-    std::io::stdout().flush().expect("the parent reads");
-    thread::sleep(Duration::from_secs(60));
+    serve_until_killed(CHILD_NODE, node_options(Duration::from_millis(600)), app);
 }
 
 #[test]
 fn a_node_killed_mid_request_leaves_the_asker_timed_out_and_the_rooms() {
     let Some(redis) = Redis::start() else { return };
-    let a = Node::start(&redis, Duration::from_millis(600));
+    let a = start(&redis, Duration::from_millis(600));
     let (mut child, addr) = child_node::spawn("killed_node", CHILD_NODE, &redis.url());
     wait_for(Duration::from_secs(5), || a.adapter.link().nodes().is_ok_and(|alive| alive.len() == 2));
     let (mut ann, id, _) = connect(addr, "ann");

@@ -3,7 +3,9 @@
 //! for the whole cluster (a device refused wherever it connects, or the
 //! oldest closed on whichever node holds it); the user presence hooks run
 //! once per change in the cluster, a node killed with SIGKILL included; a
-//! user logged in after connect resumes as it on another node; with Redis
+//! user logged in after connect resumes as it on another node; a user given
+//! to a socket of one node from another (`SocketRef::set_user`) is reached
+//! from both and counted by the cap, and cleared the same way; with Redis
 //! down each node applies the cap to its own devices. Without redis-server
 //! on the PATH these tests fail, naming what to install, unless
 //! `EMITWS_SKIP=redis` leaves them out.
@@ -25,9 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, DevicePolicy, Running};
+use emitws::app::{App, DevicePolicy, GroupOutcome, Running, SocketId};
 use emitws::cluster::{RedisAdapter, RedisOptions};
-use login::{login, login_routes, seen, whoami, Transitions};
+use emitws::runtime::ConnId;
+use login::{login, login_routes, seen, socket_id, whoami, Transitions};
 use redis_server::{wait_for, Redis};
 use serde_json::{json, Value};
 
@@ -220,6 +223,52 @@ fn a_user_logged_in_after_connect_resumes_as_it_on_another_node() {
     assert!(b.running.to_user(ODD).is_online());
     wait_counted(&redis, ODD, 1);
     back.close();
+    a.close();
+    b.close();
+}
+
+#[test]
+fn a_user_given_from_another_node_is_reached_everywhere_capped_and_cleared() {
+    let Some(redis) = Redis::start() else { return };
+    let (a, b) = two_nodes(&redis, Some((2, DevicePolicy::RejectNew)));
+    let mut phone = AppClient::connect(b.addr());
+    let phone_ref = a.running.socket(socket_id(&phone));
+    assert_eq!(phone_ref.set_user(ODD).wait(), GroupOutcome::Done { changed: true });
+    assert_eq!(whoami(&mut phone), json!(ODD));
+    wait_counted(&redis, ODD, 1);
+    assert_eq!(phone_ref.set_user(ODD).wait(), GroupOutcome::Done { changed: false });
+    // Reached as a device of the user from its node and from the asker's.
+    assert_eq!(a.running.to_user(ODD).emit("/dm", "from a").expect("JSON"), 0);
+    assert_eq!(phone.expect_event("/dm"), json!("from a"));
+    assert_eq!(b.running.to_user(ODD).emit("/dm", "from b").expect("JSON"), 1);
+    assert_eq!(phone.expect_event("/dm"), json!("from b"));
+    // The cluster's cap counts it: a third device, alone on its node, is refused.
+    let mut laptop = a.device(ODD);
+    wait_counted(&redis, ODD, 2);
+    let mut tablet = AppClient::connect(b.addr());
+    match a.running.socket(socket_id(&tablet)).set_user(ODD).wait() {
+        GroupOutcome::Refused { code, message } => assert_eq!(code, "too_many_devices", "{message}"),
+        other => panic!("a third device was not refused: {other:?}"),
+    }
+    assert_eq!(tablet.ws.expect_close(4429), "too many devices for this user");
+    assert_eq!(counted(&redis, ODD).len(), 2, "the refused device is not counted");
+    // Its node lists it until its close is through.
+    drop(tablet);
+    eventually("the refused device gone", || b.running.to_user(ODD).sockets().len() == 1);
+    // Cleared from the other node: no longer a device, counted out.
+    assert_eq!(phone_ref.clear_user().wait(), GroupOutcome::Done { changed: true });
+    wait_counted(&redis, ODD, 1);
+    assert_eq!(whoami(&mut phone), Value::Null);
+    assert!(!b.running.to_user(ODD).is_online());
+    a.running.to_user(ODD).emit("/dm", "not yours").expect("JSON");
+    assert_eq!(laptop.expect_event("/dm"), json!("not yours"), "the user's other device");
+    phone.expect_silence(Duration::from_millis(300));
+    assert_eq!(phone_ref.clear_user().wait(), GroupOutcome::Done { changed: false });
+    // A connection of no socket on a live node.
+    let unknown = SocketId { node: b.running.node(), conn: ConnId(socket_id(&phone).conn.0 + 1000) };
+    assert_eq!(a.running.socket(unknown).set_user(ODD).wait(), GroupOutcome::NotThere);
+    phone.close();
+    laptop.close();
     a.close();
     b.close();
 }

@@ -225,6 +225,12 @@ pub enum SocketAsk {
         /// How long the socket's node waits for the client's answer.
         timeout: std::time::Duration,
     },
+    /// Attach the socket to a user (`Some`), as the socket's own
+    /// [`Request::set_user`](super::Request::set_user) would, or detach
+    /// it (`None`), as [`Request::clear_user`](super::Request::clear_user)
+    /// would; answered with a [`GroupOutcome`] once the device cap has had
+    /// its say (see [`SocketRef::set_user`](super::SocketRef::set_user)).
+    SetUser(Option<String>),
 }
 
 impl SocketAsk {
@@ -242,7 +248,7 @@ impl SocketAsk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SocketAnswer {
-    /// The outcome of a join or a leave.
+    /// The outcome of a join, a leave or a user change.
     Group(GroupOutcome),
     /// The outcome of a call.
     Call(CallResult),

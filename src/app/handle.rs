@@ -196,6 +196,13 @@ impl AppHandle {
         members
     }
 
+    /// The cluster-wide id (PROTOCOL.md §12) of the socket at connection
+    /// `conn` of this node, whose data is `data`: a resumed socket's is the
+    /// one it first had, on this node or another.
+    pub(crate) fn socket_id_of(&self, conn: ConnId, data: &super::socket::SocketData) -> SocketId {
+        self.0.sessions.public_id(self.node(), conn, data.public(conn))
+    }
+
     /// The public id of the socket at connection `conn` of this node.
     pub(crate) fn public(&self, conn: ConnId) -> ConnId {
         self.0.sessions.public(conn)
@@ -388,7 +395,7 @@ fn encode(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Result<
 }
 
 /// A socket reached from anywhere, on this node or another of the cluster:
-/// emit to it, join it to rooms, call it, close it. Cheap to clone and
+/// emit to it, join it to rooms, give it a user, call it, close it. Cheap to clone and
 /// `Send`; everything goes through the socket's worker, on the socket's node.
 ///
 /// ```no_run
@@ -497,22 +504,63 @@ impl SocketRef {
         self.change_group(SocketAsk::Leave(group.into()), done)
     }
 
+    /// Attaches the socket to `user`, on its node, as its own
+    /// [`Request::set_user`](super::Request::set_user) would (emit.gg's
+    /// `setUserOnline(user, socketId)` after a login handled elsewhere): it
+    /// becomes one of the user's devices, reached by [`AppHandle::to_user`]
+    /// from every node, counted by the cap of
+    /// [`App::max_devices`](super::App::max_devices) (across the cluster
+    /// with the Redis adapter), detached from another user first. Wait as
+    /// for [`join`](Self::join): [`GroupOutcome::Done`] once the cap let it
+    /// in (`changed` is false if it had that user already),
+    /// [`GroupOutcome::Refused`] with `too_many_devices` when the cap
+    /// ([`DevicePolicy::RejectNew`](super::DevicePolicy::RejectNew))
+    /// refused it (it is being closed with 4429), [`GroupOutcome::NotThere`]
+    /// or [`GroupOutcome::TimedOut`].
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) {
+    /// use emitws::app::GroupOutcome;
+    /// match app.socket(id).set_user("ana").wait() {
+    ///     GroupOutcome::Done { .. } => println!("{id} is one of ana's devices"),
+    ///     GroupOutcome::Refused { message, .. } => println!("refused: {message}"),
+    ///     other => println!("not set: {other:?}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn set_user(&self, user: &str) -> PendingOp {
+        let (pending, done) = PendingOp::new();
+        self.set_user_then(user, done);
+        pending
+    }
+
+    /// [`set_user`](Self::set_user), with `done` run as [`join_then`](Self::join_then)'s.
+    pub fn set_user_then(&self, user: &str, done: impl FnOnce(GroupOutcome) + Send + 'static) {
+        self.ask(SocketAsk::SetUser(Some(user.into())), group_done(done));
+    }
+
+    /// Detaches the socket from its user, on its node, as its own
+    /// [`Request::clear_user`](super::Request::clear_user) would (the user
+    /// goes offline if it was its last device); wait as for
+    /// [`join`](Self::join) (`changed` is false if it had no user).
+    pub fn clear_user(&self) -> PendingOp {
+        let (pending, done) = PendingOp::new();
+        self.clear_user_then(done);
+        pending
+    }
+
+    /// [`clear_user`](Self::clear_user), with `done` run as [`join_then`](Self::join_then)'s.
+    pub fn clear_user_then(&self, done: impl FnOnce(GroupOutcome) + Send + 'static) {
+        self.ask(SocketAsk::SetUser(None), group_done(done));
+    }
+
     /// Asks a join or a leave, after checking the group's name here.
     fn change_group(&self, ask: SocketAsk, done: impl FnOnce(GroupOutcome) + Send + 'static) -> Result<(), Error> {
         let (SocketAsk::Join(group) | SocketAsk::Leave(group)) = &ask else { unreachable!("a group change") };
         if !check_group_name(group) {
             return Err(Error::BadGroup(group.clone()));
         }
-        self.ask(
-            ask,
-            Box::new(move |answer| {
-                done(match answer {
-                    Some(SocketAnswer::Group(outcome)) => outcome,
-                    Some(SocketAnswer::Call(_)) => mismatched_group(),
-                    None => GroupOutcome::TimedOut,
-                })
-            }),
-        );
+        self.ask(ask, group_done(done));
         Ok(())
     }
 
@@ -612,6 +660,18 @@ impl SocketRef {
             None => self.app.close_elsewhere(Target::Socket(self.id()), code, reason),
         }
     }
+}
+
+/// What the asker of a join, a leave or a user change makes of the answer
+/// (none: the socket's node did not answer in time).
+fn group_done(done: impl FnOnce(GroupOutcome) + Send + 'static) -> super::adapter::AskDone {
+    Box::new(move |answer| {
+        done(match answer {
+            Some(SocketAnswer::Group(outcome)) => outcome,
+            Some(SocketAnswer::Call(_)) => mismatched_group(),
+            None => GroupOutcome::TimedOut,
+        })
+    })
 }
 
 /// What a join's asker makes of an answer of another kind (a node that misread it).
@@ -767,9 +827,10 @@ impl AppHandle {
 
     /// Does what another node (or a [`SocketRef`] of this one) asks of the
     /// socket of public id `public` (see [`Adapter::ask`](super::Adapter::ask)):
-    /// a join or a leave through the same code as the socket's own
-    /// [`Request::join`](super::Request::join) and [`Request::leave`](super::Request::leave),
-    /// or a call; `answer` gets the outcome, from the socket's worker
+    /// a join, a leave or a user change through the same code as the
+    /// socket's own [`Request::join`](super::Request::join),
+    /// [`Request::leave`](super::Request::leave) and
+    /// [`Request::set_user`](super::Request::set_user), or a call; `answer` gets the outcome, from the socket's worker
     /// ([`GroupOutcome::NotThere`], or a call's [`CallError::Disconnected`],
     /// at once when the socket is not on this node). If the server stops
     /// first, `answer` is dropped uncalled.
@@ -789,6 +850,7 @@ impl AppHandle {
                 let done = Box::new(move |result| answer(SocketAnswer::Call(result)));
                 WorkerMsg::Call(StartCall { conn, name, data, timeout, done })
             }
+            SocketAsk::SetUser(user) => WorkerMsg::UserChange { conn, change: Box::new((user, groups_answer(answer))) },
         };
         // If the worker is gone, the message (and `answer` in it) is dropped.
         self.server().notify(conn.worker(), Box::new(message));

@@ -291,7 +291,7 @@ impl AppWorker {
     /// false when the cap refused it (it is being closed).
     fn register_user(&mut self, conn: &mut Conn<'_, SocketData>) -> bool {
         let Some(user) = conn.data().state.as_ref().and_then(|s| s.user.clone()) else { return true };
-        users::attach(&self.app, conn, &user)
+        users::attach(&self.app, conn, &user, None)
     }
 
     /// The socket authenticated and waits for nothing more: it resumes the
@@ -309,21 +309,27 @@ impl AppWorker {
 
     /// The socket is in: `@connection` handlers run, then `@ready` goes.
     fn connected(&mut self, conn: &mut Conn<'_, SocketData>) {
-        self.enter(conn);
+        let token = self.enter(conn);
         self.run_connection_handlers(conn);
-        self.send_ready(conn);
+        self.send_ready(conn, token);
     }
 
-    /// Counts the socket in and tells the presence.
-    fn enter(&mut self, conn: &mut Conn<'_, SocketData>) {
+    /// Counts the socket in and tells the presence; the connection's resume
+    /// token, when the app keeps sessions, for its `@ready`. The token (an
+    /// HMAC) is made here once and handed on, not kept: a socket stores no
+    /// token (see [`Sessions::token`](super::session::Sessions::token)).
+    fn enter(&mut self, conn: &mut Conn<'_, SocketData>) -> Option<String> {
         conn.data_mut().flags |= flag::CONNECTED;
         self.app.0.sockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let app = &self.app;
-        let (conn_id, node) = (conn.id(), app.node());
-        let public = app.0.sessions.public_id(node, conn_id, conn.data().public(conn_id));
-        let key = self.record_key(conn_id);
-        let record = key.as_deref().zip(app.0.setup.resume.window);
+        let conn_id = conn.id();
+        let public = app.socket_id_of(conn_id, conn.data());
+        let window = app.0.setup.resume.window;
+        let token = window.and_then(|_| app.0.sessions.token(app.node(), conn_id));
+        let key = token.as_deref().filter(|_| app.0.setup.adapter.is_some()).map(record_key);
+        let record = key.as_deref().zip(window);
         app.presence(Presence::Connected { conn_id, user: conn.data().user(), public, record });
+        token
     }
 
     /// The key of connection `conn`'s session record in the cluster's
@@ -340,17 +346,11 @@ impl AppWorker {
         self.system(conn, &app.0.setup.router.system.connection, "@connection", &());
     }
 
-    /// The socket's public id as text (PROTOCOL.md §12).
-    fn socket_text(&self, conn: &Conn<'_, SocketData>) -> String {
-        self.app.0.sessions.public_id(self.app.node(), conn.id(), conn.data().public(conn.id())).to_string()
-    }
-
     /// Tells the client it is admitted and usable:
     /// `[0,"@ready",{"socket","user","resume"?,"resumed"?}]`, after the
-    /// `@connection` handlers, unless one of them closed the socket. The
-    /// resume token is the connection's own (derived, not stored: see
-    /// [`Sessions::token`](super::session::Sessions::token)).
-    fn send_ready(&mut self, conn: &mut Conn<'_, SocketData>) {
+    /// `@connection` handlers, unless one of them closed the socket.
+    /// `resume` is the connection's own token, as [`enter`](Self::enter) made it.
+    fn send_ready(&mut self, conn: &mut Conn<'_, SocketData>, resume: Option<String>) {
         if !conn.is_open() {
             return;
         }
@@ -364,15 +364,12 @@ impl AppWorker {
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             resumed: bool,
         }
-        let mut resume = None;
-        if self.app.0.setup.resume.window.is_some() {
-            resume = self.app.0.sessions.token(self.app.node(), conn.id());
-            if resume.is_none() {
-                crate::runtime::logs::no_resume_token(conn.id());
-            }
+        if self.app.0.setup.resume.window.is_some() && resume.is_none() {
+            crate::runtime::logs::no_resume_token(conn.id());
         }
         let (user, resumed) = (conn.data().user().map(str::to_owned), conn.data().has(flag::RESUMED));
-        let ready = Ready { socket: self.socket_text(conn), resume, user, resumed };
+        let socket = self.app.socket_id_of(conn.id(), conn.data()).to_string();
+        let ready = Ready { socket, resume, user, resumed };
         let _ = self.local.send_json(conn, |out| envelope::write_event(out, "@ready", &ready));
     }
 
@@ -505,14 +502,7 @@ impl AppWorker {
             user: claimed.user.as_deref().map(Into::into),
             groups: Vec::new(),
             // Only the shared values cross nodes, as JSON.
-            store: claimed
-                .values
-                .iter()
-                .filter_map(|(key, json)| {
-                    let value = SharedValue(serde_json::from_str(json).ok()?);
-                    Some((key.as_str().into(), Box::new(value) as Box<dyn std::any::Any + Send>))
-                })
-                .collect(),
+            store: claimed.values.iter().filter_map(|(key, json)| SharedValue::entry(key, json)).collect(),
             conn: claimed.lost.conn,
             node: claimed.lost.node,
             positions: Vec::new(),
@@ -562,6 +552,7 @@ impl AppWorker {
         let app = self.app.clone();
         let resumed = claimed.is_some();
         let mut direct_complete = false;
+        let token;
         // Every room the client listed is answered; those the socket is in
         // again are answered below.
         let mut rooms = serde_json::Map::new();
@@ -589,7 +580,7 @@ impl AppWorker {
             if !self.register_user(conn) {
                 return;
             }
-            self.enter(conn);
+            token = self.enter(conn);
             self.share_values(conn);
             // Rooms with history are joined under their stream's lock, with
             // what the socket missed taken at the same time: sent after the
@@ -633,18 +624,18 @@ impl AppWorker {
             if !self.register_user(conn) {
                 return;
             }
-            self.enter(conn);
+            token = self.enter(conn);
             self.run_connection_handlers(conn);
         }
         let reply = serde_json::json!({
             "resumed": resumed,
-            "socket": self.socket_text(conn),
+            "socket": self.app.socket_id_of(conn.id(), conn.data()).to_string(),
             "rooms": rooms,
             "direct": { "recovered": direct_complete },
         });
         let _ = self.local.send_json(conn, |out| envelope::write_reply(out, request.id, &reply));
         conn.metrics().replied(None);
-        self.send_ready(conn);
+        self.send_ready(conn, token);
     }
 
     /// A socket waiting to take a connection over stops waiting (that
@@ -846,6 +837,17 @@ impl AppWorker {
                     Some(mut conn) => GroupOutcome::Done { changed: self.local.leave(&app, &mut conn, &group) },
                 };
                 done(outcome);
+            }
+            WorkerMsg::UserChange { conn, change } => {
+                let (user, done) = *change;
+                let Some(mut conn) = conns.get(conn).filter(|c| c.data().has(flag::CONNECTED)) else {
+                    return done(GroupOutcome::NotThere);
+                };
+                let changed = conn.data().user() != user.as_deref();
+                let admitted: users::Admitted = Box::new(move |stays| {
+                    done(if stays { GroupOutcome::Done { changed } } else { GroupOutcome::too_many_devices() })
+                });
+                users::set_user(&self.app, &mut conn, user.as_deref(), Some(admitted));
             }
             WorkerMsg::Prefetched { waiter, session, public, backfill } => {
                 // Unless the socket stopped waiting (its auth deadline passed).

@@ -68,7 +68,18 @@ pub(crate) enum WorkerMsg {
         conn: ConnId,
         change: Box<MembershipChange>,
     },
+    /// Socket `conn` is given a user (`None`: its user is cleared), asked
+    /// from elsewhere ([`SocketRef::set_user`](super::SocketRef::set_user),
+    /// maybe from another node); the outcome goes to the function once the
+    /// device cap has had its say.
+    UserChange {
+        conn: ConnId,
+        change: Box<UserChange>,
+    },
 }
+
+/// A socket's new user (`None`: none), and who learns the outcome.
+pub(crate) type UserChange = (Option<String>, Box<dyn FnOnce(GroupOutcome) + Send>);
 
 /// A group, whether to join it (else leave it), and who learns the outcome.
 pub(crate) type MembershipChange = (String, bool, Box<dyn FnOnce(GroupOutcome) + Send>);

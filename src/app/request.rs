@@ -92,7 +92,7 @@ impl<'a> Request<'a> {
     /// This socket's cluster-wide id. A resumed socket keeps the id it had
     /// (PROTOCOL.md §13) while its connection, [`conn_id`](Self::conn_id), is new.
     pub fn socket_id(&self) -> SocketId {
-        self.app.0.sessions.public_id(self.app.node(), self.conn.id(), self.public_conn())
+        self.app.socket_id_of(self.conn.id(), self.conn.data())
     }
 
     /// Whether this socket resumed an earlier one (PROTOCOL.md §13): true in
@@ -216,36 +216,14 @@ impl<'a> Request<'a> {
     /// being closed, with 4429. In an identify hook the user is the one
     /// the hook returns; this changes nothing there.
     pub fn set_user(&mut self, user: &str) -> bool {
-        if !self.conn.data().has(super::socket::flag::CONNECTED) || self.user() == Some(user) {
-            return true;
-        }
-        let previous = self.detach_user();
-        let user: std::sync::Arc<str> = user.into();
-        self.conn.data_mut().state().user = Some(user.clone());
-        let conn_id = self.conn.id();
-        let change = Presence::User { conn_id, user: Some(&user), previous: previous.as_deref() };
-        self.app.presence(change);
-        super::users::attach(self.app, &mut self.conn, &user)
+        super::users::set_user(self.app, &mut self.conn, Some(user), None)
     }
 
     /// Detaches the socket from its user, if any: it is no longer one of
     /// its devices (the user goes offline if it was the last), and
     /// [`user`](Self::user) answers `None` from now on.
     pub fn clear_user(&mut self) {
-        if !self.conn.data().has(super::socket::flag::CONNECTED) {
-            return;
-        }
-        if let Some(previous) = self.detach_user() {
-            let conn_id = self.conn.id();
-            self.app.presence(Presence::User { conn_id, user: None, previous: Some(&previous) });
-        }
-    }
-
-    /// Takes the socket's user away and counts the device out; the user it had.
-    fn detach_user(&mut self) -> Option<std::sync::Arc<str>> {
-        let previous = self.conn.data_mut().state.as_mut()?.user.take()?;
-        super::users::detach(self.app, self.conn.id(), &previous);
-        Some(previous)
+        super::users::set_user(self.app, &mut self.conn, None, None);
     }
 
     /// The path the socket connected to.
@@ -532,3 +510,13 @@ impl Drop for ReplyHandle {
 /// record carries to whichever node the socket resumes on.
 #[derive(Debug)]
 pub(crate) struct SharedValue(pub serde_json::Value);
+
+impl SharedValue {
+    /// A socket's store entry for the shared value `key` that another node
+    /// kept as JSON text (a claimed session's); `None` for text that is not
+    /// JSON, which a node never writes.
+    pub(crate) fn entry(key: &str, json: &str) -> Option<(Box<str>, Box<dyn Any + Send>)> {
+        let value = SharedValue(serde_json::from_str(json).ok()?);
+        Some((key.into(), Box::new(value)))
+    }
+}

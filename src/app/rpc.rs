@@ -220,13 +220,15 @@ impl Calls {
     }
 }
 
-/// What a join or a leave of a socket reached from anywhere
-/// ([`SocketRef::join`](super::SocketRef::join)) came to.
+/// What a join, a leave or a user change of a socket reached from anywhere
+/// ([`SocketRef::join`](super::SocketRef::join),
+/// [`SocketRef::set_user`](super::SocketRef::set_user)) came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GroupOutcome {
-    /// Done: the socket is in the group now (a join) or out of it (a leave);
-    /// `changed` is false when it already was.
+    /// Done: the socket is in the group now (a join) or out of it (a leave),
+    /// or has the user now (a user change); `changed` is false when it
+    /// already was or had.
     Done {
         /// Whether the socket's groups changed.
         changed: bool,
@@ -237,7 +239,9 @@ pub enum GroupOutcome {
     /// The socket's node refused, as it would the socket's own join:
     /// `too_many_groups` (the socket is in as many groups as
     /// [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket)
-    /// allows) or `bad_group` (no room or tag name), with a message.
+    /// allows), `bad_group` (no room or tag name) or, for a user change,
+    /// `too_many_devices` (the device cap refused it: the socket is being
+    /// closed), with a message.
     Refused {
         /// The machine-readable code.
         code: String,
@@ -258,9 +262,15 @@ impl GroupOutcome {
         };
         GroupOutcome::Refused { code: code.into(), message: error.to_string() }
     }
+
+    /// The refusal of a user change the device cap turned down.
+    pub(crate) fn too_many_devices() -> GroupOutcome {
+        let message = "the user has as many devices as the cap allows; the socket is being closed";
+        GroupOutcome::Refused { code: "too_many_devices".into(), message: message.into() }
+    }
 }
 
-/// A join's or a leave's outcome, to wait for from a thread that is not a worker.
+/// The outcome of a join, a leave or a user change, to wait for from a thread that is not a worker.
 #[derive(Debug)]
 pub struct PendingOp {
     answer: mpsc::Receiver<GroupOutcome>,

@@ -10,10 +10,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use super::adapter::{DeviceChange, DeviceCount, Target};
+use super::adapter::{DeviceChange, DeviceCount, Presence, Target};
 use super::handle::AppHandle;
 use super::locks::lock;
-use super::socket::SocketData;
+use super::socket::{flag, SocketData};
 use super::socket_id::SocketId;
 use super::{DevicePolicy, UserHook, CLOSE_REPLACED, CLOSE_TOO_MANY_DEVICES};
 use crate::runtime::{Conn, ConnId};
@@ -23,10 +23,60 @@ const TOO_MANY: &str = "too many devices for this user";
 /// The close reason of a device the cap dropped for a newer one.
 const REPLACED: &str = "replaced by a newer device";
 
+/// Learns, once the cap has had its say (this node's at once, the
+/// cluster's when the adapter answers), whether a socket given a user
+/// stays: false when the cap refused it and it is being closed.
+pub(crate) type Admitted = Box<dyn FnOnce(bool) + Send>;
+
+/// Changes socket `conn`'s user, as [`Request::set_user`](super::Request::set_user)
+/// (`Some`) and [`Request::clear_user`](super::Request::clear_user) (`None`)
+/// do: detached from the user it had, attached to the new one as a device
+/// (enforcing the cap), and the adapter told. Nothing changes for a socket
+/// not yet connected (in its identify hook, say) or with that user already.
+/// False when this node's cap refused the socket at once; `admitted`, if
+/// any, learns the final word (see [`Admitted`]).
+pub(crate) fn set_user(
+    app: &AppHandle,
+    conn: &mut Conn<'_, SocketData>,
+    user: Option<&str>,
+    admitted: Option<Admitted>,
+) -> bool {
+    if !conn.data().has(flag::CONNECTED) || conn.data().user() == user {
+        return settle(admitted, true);
+    }
+    let previous = conn.data_mut().state.as_mut().and_then(|state| state.user.take());
+    if let Some(previous) = &previous {
+        detach(app, conn.id(), previous);
+    }
+    let conn_id = conn.id();
+    let Some(user) = user else {
+        app.presence(Presence::User { conn_id, user: None, previous: previous.as_deref() });
+        return settle(admitted, true);
+    };
+    let user: Arc<str> = user.into();
+    conn.data_mut().state().user = Some(user.clone());
+    app.presence(Presence::User { conn_id, user: Some(&user), previous: previous.as_deref() });
+    attach(app, conn, &user, admitted)
+}
+
+/// Tells `admitted`, if any, whether the socket stays; returns that.
+fn settle(admitted: Option<Admitted>, stays: bool) -> bool {
+    if let Some(admitted) = admitted {
+        admitted(stays);
+    }
+    stays
+}
+
 /// Makes socket `conn` a device of `user`, enforcing this node's cap (and,
-/// through the adapter, the cluster's, whose answer comes later). False:
-/// the cap refused it, and the socket is being closed.
-pub(crate) fn attach(app: &AppHandle, conn: &mut Conn<'_, SocketData>, user: &Arc<str>) -> bool {
+/// through the adapter, the cluster's, whose answer comes later and goes to
+/// `admitted`). False: this node's cap refused it, and the socket is being
+/// closed.
+pub(crate) fn attach(
+    app: &AppHandle,
+    conn: &mut Conn<'_, SocketData>,
+    user: &Arc<str>,
+    admitted: Option<Admitted>,
+) -> bool {
     let id = conn.id();
     let first_here = {
         let mut users = lock(&app.0.users);
@@ -37,7 +87,7 @@ pub(crate) fn attach(app: &AppHandle, conn: &mut Conn<'_, SocketData>, user: &Ar
                     DevicePolicy::RejectNew => {
                         drop(users);
                         conn.close(CLOSE_TOO_MANY_DEVICES, TOO_MANY);
-                        return false;
+                        return settle(admitted, false);
                     }
                     DevicePolicy::DropOldest => {
                         let server = app.server();
@@ -53,7 +103,7 @@ pub(crate) fn attach(app: &AppHandle, conn: &mut Conn<'_, SocketData>, user: &Ar
         first
     };
     let cap = app.0.setup.devices;
-    count(app, DeviceChange::Added { user, conn_id: id, cap }, first_here);
+    count(app, DeviceChange::Added { user, conn_id: id, cap }, first_here, admitted);
     true
 }
 
@@ -65,7 +115,7 @@ pub(crate) fn detach(app: &AppHandle, id: ConnId, user: &str) {
         let Some(devices) = users.get_mut(user) else {
             // Dropped by the cap already, or refused by it: counted out then.
             drop(users);
-            return count(app, DeviceChange::Removed { user, conn_id: id }, false);
+            return count(app, DeviceChange::Removed { user, conn_id: id }, false, None);
         };
         let before = devices.len();
         devices.retain(|d| *d != id);
@@ -75,14 +125,14 @@ pub(crate) fn detach(app: &AppHandle, id: ConnId, user: &str) {
         }
         last
     };
-    count(app, DeviceChange::Removed { user, conn_id: id }, last_here);
+    count(app, DeviceChange::Removed { user, conn_id: id }, last_here, None);
 }
 
 /// Hands `change` to the adapter to count across the cluster, and acts on
 /// its answer; without one (or when its store is down) the change counts
 /// on this node alone: `here` says whether it was the user's first device
-/// (or last) on this node.
-fn count(app: &AppHandle, change: DeviceChange<'_>, here: bool) {
+/// (or last) on this node. `admitted` learns whether an added device stays.
+fn count(app: &AppHandle, change: DeviceChange<'_>, here: bool, admitted: Option<Admitted>) {
     let (user, conn, online) = match change {
         DeviceChange::Added { user, conn_id, .. } => (user, conn_id, true),
         DeviceChange::Removed { user, conn_id } => (user, conn_id, false),
@@ -91,18 +141,29 @@ fn count(app: &AppHandle, change: DeviceChange<'_>, here: bool) {
         if here {
             app.user_presence(user, online);
         }
+        settle(admitted, true);
         return;
     };
     let (handle, owned) = (app.clone(), user.to_owned());
-    let done = Box::new(move |answer: Result<DeviceCount, super::Error>| match answer {
-        Ok(count) => handle.counted(&owned, conn, &count),
-        // The store is down (its thread logs the outage once): this node's
-        // own count serves.
-        Err(_) if here => handle.user_presence(&owned, online),
-        Err(_) => {}
+    let done = Box::new(move |answer: Result<DeviceCount, super::Error>| {
+        let stays = match answer {
+            Ok(count) => {
+                handle.counted(&owned, conn, &count);
+                !count.refused
+            }
+            // The store is down (its thread logs the outage once), or the
+            // adapter keeps no count: this node's own count serves.
+            Err(_) => {
+                if here {
+                    handle.user_presence(&owned, online);
+                }
+                true
+            }
+        };
+        settle(admitted, stays);
     });
-    if adapter.count_device(change, done).is_err() && here {
-        app.user_presence(user, online);
+    if let Err(done) = adapter.count_device(change, done) {
+        done(Err(super::Error::Unavailable("the adapter keeps no device count".into())));
     }
 }
 

@@ -96,6 +96,9 @@ pub(super) enum WireAsk {
     /// Procedure, argument, timeout in ms.
     #[serde(rename = "c")]
     Call(String, Box<RawValue>, u64),
+    /// The socket's new user (none: cleared).
+    #[serde(rename = "u")]
+    SetUser(Option<String>),
 }
 
 impl From<SocketAsk> for WireAsk {
@@ -106,6 +109,7 @@ impl From<SocketAsk> for WireAsk {
             SocketAsk::Call { name, data, timeout } => {
                 WireAsk::Call(name, data, u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
             }
+            SocketAsk::SetUser(user) => WireAsk::SetUser(user),
         }
     }
 }
@@ -116,6 +120,7 @@ impl From<WireAsk> for SocketAsk {
             WireAsk::Join(group) => SocketAsk::Join(group),
             WireAsk::Leave(group) => SocketAsk::Leave(group),
             WireAsk::Call(name, data, ms) => SocketAsk::Call { name, data, timeout: Duration::from_millis(ms) },
+            WireAsk::SetUser(user) => SocketAsk::SetUser(user),
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use emitws::app::App;
+use emitws::app::{App, SocketId};
 use serde_json::{json, Value};
 
 use crate::app_client::AppClient;
@@ -55,4 +55,10 @@ pub fn whoami(client: &mut AppClient) -> Value {
 /// The hooks' calls so far.
 pub fn seen(transitions: &Transitions) -> Vec<String> {
     transitions.lock().unwrap().clone()
+}
+
+/// The socket id the server gave `client` (in its `@ready`).
+pub fn socket_id(client: &AppClient) -> SocketId {
+    let ready = client.ready.as_ref().expect("a @ready");
+    ready["socket"].as_str().expect("a socket id").parse().expect("a socket id")
 }
