@@ -124,6 +124,16 @@ impl RedisLink {
         deliver: impl Fn(Inbound) + Send + 'static,
     ) -> Result<RedisLink, ClusterError> {
         let connector = Arc::new(Connector::new(url, &options)?);
+        if connector.is_cluster() {
+            // The connector can read a cluster's slot map and reach each
+            // master, but the threads still use one connection each: a
+            // cluster must not be half served.
+            return Err(ClusterError::BadUrl(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "Redis Cluster is not supported by the adapter yet",
+                format!("{url}: use redis://, rediss:// or redis+sentinel://"),
+            ))));
+        }
         let (writes, queue) = mpsc::channel();
         let (jobs, job_queue) = mpsc::channel();
         let inner = Arc::new(LinkState {
