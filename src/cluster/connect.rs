@@ -199,7 +199,7 @@ impl Connector {
     /// A connection to the server at `address`, if it answers as a master.
     fn connect_master(&self, group: &Sentinel, address: &NodeAddr, timeout: Duration) -> RedisResult<Connection> {
         let (scheme, credentials) = (group.scheme, &group.credentials[..]);
-        let mut conn = self.connect_to(scheme, credentials, address, group.db, timeout)?;
+        let mut conn = self.connect_to(scheme, credentials, address, &group.db.to_string(), timeout)?;
         let role: Vec<Value> = redis::cmd("ROLE").query(&mut conn)?;
         match role.first() {
             Some(Value::BulkString(role)) if role == b"master" => Ok(conn),
@@ -208,18 +208,18 @@ impl Connector {
     }
 
     /// A connection to the server at `address` (as `scheme`, with
-    /// `credentials`, on database `db`) whose connecting, reads and writes
-    /// each take at most `timeout`.
+    /// `credentials`; `path`: the URL's database and parameters) whose
+    /// connecting, reads and writes each take at most `timeout`.
     fn connect_to(
         &self,
         scheme: &str,
         credentials: &str,
         (host, port): &NodeAddr,
-        db: i64,
+        path: &str,
         timeout: Duration,
     ) -> RedisResult<Connection> {
         let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-        let url = format!("{scheme}://{credentials}{host}:{port}/{db}");
+        let url = format!("{scheme}://{credentials}{host}:{port}/{path}");
         let conn = client(self.ca.as_deref(), &url)?.get_connection_with_timeout(timeout)?;
         conn.set_read_timeout(Some(timeout))?;
         conn.set_write_timeout(Some(timeout))?;
@@ -231,10 +231,21 @@ impl Connector {
     /// with the URL's TLS and credentials; connecting, reads and writes each
     /// take at most `timeout`. An error for a URL that is not a cluster's.
     pub(super) fn open_node(&self, address: &NodeAddr, timeout: Duration) -> RedisResult<Connection> {
+        self.cluster_node(address, "0", timeout)
+    }
+
+    /// As [`open_node`](Self::open_node), speaking RESP3: pub/sub traffic
+    /// then comes as push values, told apart from replies (the sharded
+    /// subscriber reads with timeouts: see `super::sharded`).
+    pub(super) fn open_node_resp3(&self, address: &NodeAddr, timeout: Duration) -> RedisResult<Connection> {
+        self.cluster_node(address, "0?protocol=resp3", timeout)
+    }
+
+    fn cluster_node(&self, address: &NodeAddr, path: &str, timeout: Duration) -> RedisResult<Connection> {
         let Target::Cluster(cluster) = &self.target else {
             return Err(invalid("not a Redis Cluster URL", "use redis+cluster://".into()));
         };
-        self.connect_to(cluster.scheme, &cluster.credentials, address, 0, timeout)
+        self.connect_to(cluster.scheme, &cluster.credentials, address, path, timeout)
     }
 
     /// The cluster's slot map now (`CLUSTER SLOTS`), from the masters of the

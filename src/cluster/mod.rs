@@ -77,11 +77,14 @@ mod link;
 mod options;
 mod outage;
 mod reader;
-// Redis Cluster routing: tested against a real cluster, not yet used by the
-// link's threads (RedisLink::start refuses cluster URLs until they are).
+// Redis Cluster routing and sharded pub/sub: tested against a real cluster,
+// not yet used by the link's threads (RedisLink::start refuses cluster URLs
+// until they are).
 #[cfg_attr(not(test), allow(dead_code))]
 mod router;
 mod sessions;
+#[cfg_attr(not(test), allow(dead_code))]
+mod sharded;
 #[cfg_attr(not(test), allow(dead_code))]
 mod slotmap;
 #[cfg(test)]

@@ -151,16 +151,20 @@ fn lost(error: &RedisError) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cluster::options::RedisOptions;
     use crate::cluster::test_redis_cluster::RedisCluster;
 
-    fn router(cluster: &RedisCluster) -> Router {
+    /// A connector for `cluster`'s `redis+cluster://` URL, every live node a seed.
+    pub(in crate::cluster) fn connector(cluster: &RedisCluster) -> Arc<Connector> {
         let seeds: Vec<String> = cluster.live_ports().iter().map(|port| format!("127.0.0.1:{port}")).collect();
         let url = format!("redis+cluster://{}/", seeds.join(","));
-        let connector = Connector::new(&url, &RedisOptions::default()).expect("a cluster URL");
-        Router::new(Arc::new(connector), Duration::from_secs(2))
+        Arc::new(Connector::new(&url, &RedisOptions::default()).expect("a cluster URL"))
+    }
+
+    fn router(cluster: &RedisCluster) -> Router {
+        Router::new(connector(cluster), Duration::from_secs(2))
     }
 
     fn set(router: &mut Router, key: &str, value: &str) {
@@ -174,12 +178,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("GET {key}: {e}"))
     }
 
-    fn id_of(cluster: &RedisCluster, port: u16) -> String {
+    /// The cluster id of the node on `port`.
+    pub(in crate::cluster) fn id_of(cluster: &RedisCluster, port: u16) -> String {
         redis::cmd("CLUSTER").arg("MYID").query(&mut cluster.connect(port)).expect("CLUSTER MYID")
     }
 
-    /// A key of each master, in order of [`RedisCluster::shards`].
-    fn key_per_master(cluster: &RedisCluster) -> Vec<String> {
+    /// A room's channel (a key of its slot too) served by each master, in
+    /// order of [`RedisCluster::shards`].
+    pub(in crate::cluster) fn key_per_master(cluster: &RedisCluster) -> Vec<String> {
         cluster
             .shards()
             .iter()
