@@ -112,10 +112,13 @@ impl RedisLink {
     ///   (the credentials are the master's; the sentinels are asked without);
     /// - `rediss+sentinel://…`: the same with TLS to the sentinels and the master.
     ///
+    /// `redis+cluster://host:port[,host:port…]/` (a Redis Cluster) is
+    /// recognized and refused for now (see the module's docs).
+    ///
     /// # Errors
     ///
     /// [`ClusterError::BadUrl`] if `url` does not parse (or a CA file comes
-    /// with a URL without TLS), [`ClusterError::CaFile`] if the CA file cannot
+    /// with a URL without TLS, or it names a Redis Cluster), [`ClusterError::CaFile`] if the CA file cannot
     /// be read or holds no certificate, [`ClusterError::Spawn`] if a thread
     /// cannot start. Redis being down is no error.
     pub fn start(

@@ -104,16 +104,17 @@ impl ShardedSubscriber {
     /// a failover under way), or a master's connection was lost: its
     /// channels are placed again at the next call, the caller backs off.
     pub(super) fn next_message(&mut self, wait: Duration) -> RedisResult<Option<ShardMessage>> {
-        if self.map.is_none() {
-            self.resync()?;
-        }
+        // While the map cannot be read whole, or a master reached (a
+        // failover under way), the channels of the other masters are still
+        // read; the error is given once the wait is over with no message.
+        let unplaced = if self.map.is_none() { self.resync().err() } else { None };
         let deadline = Instant::now() + wait;
         loop {
             let count = self.listeners.len();
             if count == 0 {
                 // Nothing to listen to: wait as asked, as a read would.
                 std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                return Ok(None);
+                return unplaced.map_or(Ok(None), Err);
             }
             let slice = (wait / count as u32).max(SHORTEST_READ);
             for _ in 0..count {
@@ -122,12 +123,12 @@ impl ShardedSubscriber {
                 if let Some(message) = self.read(at, slice)? {
                     return Ok(Some(message));
                 }
-                if self.map.is_none() {
+                if self.map.is_none() && unplaced.is_none() {
                     return Ok(None); // the next call places the channels again
                 }
             }
             if Instant::now() >= deadline {
-                return Ok(None);
+                return unplaced.map_or(Ok(None), Err);
             }
         }
     }
@@ -290,7 +291,7 @@ mod tests {
         let Some(mut cluster) = RedisCluster::start() else { return };
         let connector = connector(&cluster);
         let mut router = Router::new(connector.clone(), Duration::from_secs(2));
-        let mut subscriber = ShardedSubscriber::new(connector, Duration::from_secs(2));
+        let mut subscriber = ShardedSubscriber::new(connector.clone(), Duration::from_secs(2));
         let channels = key_per_master(&cluster);
         for channel in &channels {
             subscriber.subscribe(channel);
@@ -322,7 +323,8 @@ mod tests {
                 .query(&mut cluster.connect(port))
                 .unwrap();
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let moved_at = Instant::now();
+        let deadline = moved_at + Duration::from_secs(5);
         loop {
             let _ = subscriber.next_message(Duration::from_millis(50));
             let placed = subscriber.placed();
@@ -332,30 +334,73 @@ mod tests {
             }
             assert!(Instant::now() < deadline, "channel 0 not moved with its slot: {placed:?}");
         }
+        eprintln!(
+            "sharded subscriber: channel subscribed on its new master {:?} after its slot moved",
+            moved_at.elapsed()
+        );
         assert_eq!(publish(&mut router, &channels[0], "moved").unwrap(), 1);
         assert_eq!(receive(&mut subscriber, Duration::from_secs(2)), Some((channels[0].clone(), b"moved".to_vec())));
 
-        // The master of channel 2 killed: numbered messages published until
-        // one is heard again, from its replica promoted.
-        let failed_at = Instant::now();
-        let slot = cluster.slot(&channels[2]);
-        let (old, new) = cluster.fail_over(slot);
-        assert_ne!(old, new);
-        let mut number = 0;
-        let heard = loop {
-            number += 1;
-            let _ = publish(&mut router, &channels[2], &number.to_string());
-            if let Some((channel, payload)) = receive(&mut subscriber, Duration::from_millis(100)) {
-                assert_eq!(channel, channels[2]);
-                break payload;
-            }
-            assert!(failed_at.elapsed() < Duration::from_secs(30), "nothing heard after the failover");
+        // The master of channel 2 killed while numbered messages go to
+        // channels 0 and 2: channel 0's master goes on being heard during
+        // the failover; channel 2 is heard again from the promoted replica.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = move |stop: &Arc<std::sync::atomic::AtomicBool>| stop.load(std::sync::atomic::Ordering::SeqCst);
+        let listening = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut heard = Vec::new();
+                while !stopped(&stop) {
+                    if let Ok(Some((channel, _))) = subscriber.next_message(Duration::from_millis(50)) {
+                        heard.push((Instant::now(), channel));
+                    }
+                }
+                (subscriber, heard)
+            })
         };
+        let publishing = {
+            let (stop, channels) = (stop.clone(), channels.clone());
+            let mut router = Router::new(connector.clone(), Duration::from_secs(2));
+            std::thread::spawn(move || {
+                for number in 0u64.. {
+                    if stopped(&stop) {
+                        break;
+                    }
+                    for channel in [&channels[0], &channels[2]] {
+                        let _ = publish(&mut router, channel, &number.to_string());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let killed_at = Instant::now();
+        let (old, new) = cluster.fail_over(cluster.slot(&channels[2]));
+        let promoted_at = Instant::now();
+        assert_ne!(old, new);
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        publishing.join().unwrap();
+        let (mut subscriber, heard) = listening.join().unwrap();
+        let during = |channel: &String| {
+            heard.iter().filter(|(at, c)| c == channel && *at > killed_at && *at < promoted_at).count()
+        };
+        let arrivals =
+            |channel: &String| heard.iter().filter(|(_, c)| c == channel).map(|(at, _)| *at).collect::<Vec<_>>();
+        let longest_gap =
+            |channel: &String| arrivals(channel).windows(2).map(|pair| pair[1] - pair[0]).max().unwrap_or_default();
         eprintln!(
-            "sharded subscriber: heard message {} after the failover, {:?} after the master was killed",
-            String::from_utf8_lossy(&heard),
-            failed_at.elapsed()
+            "sharded subscriber: master killed; promotion seen after {:?}; longest silence of its channel {:?}, \
+             of another master's {:?} (heard {} times meanwhile)",
+            promoted_at - killed_at,
+            longest_gap(&channels[2]),
+            longest_gap(&channels[0]),
+            during(&channels[0])
         );
+        assert!(during(&channels[0]) > 0, "another master's channel went unheard during the failover");
+        assert!(arrivals(&channels[2]).iter().any(|at| *at > promoted_at), "channel 2 not heard after the failover");
+        // What the listening thread left unread when it stopped.
+        while let Ok(Some(_)) = subscriber.next_message(Duration::from_millis(300)) {}
         for channel in &channels {
             assert_eq!(publish(&mut router, channel, "after").unwrap(), 1, "{channel} lost in the failover");
             assert_eq!(receive(&mut subscriber, Duration::from_secs(2)), Some((channel.clone(), b"after".to_vec())));
