@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{Connection, ErrorKind, RedisError, RedisResult, ServerErrorKind};
+use redis::{Connection, ErrorKind, RedisError, RedisResult, ServerErrorKind, Value};
 
 use super::connect::Connector;
 use super::slotmap::{key_slot, NodeAddr, Redirection, SlotMap};
@@ -73,6 +73,63 @@ impl Router {
             }
             None => Err(error),
         }
+    }
+
+    /// Runs `commands` (each a key and a command of that key's slot),
+    /// one pipeline per master they go to: one round trip each. Within a
+    /// slot they run in the order given. A command redirected (`MOVED`,
+    /// `ASK`), or of a master whose connection fails, is sent once more on
+    /// its own, as [`on_key`](Self::on_key) does: after a failed connection
+    /// a command may thus run twice (whether the old master ran it is not
+    /// known). The answers, in the order of `commands`: a command refused
+    /// (`WRONGTYPE`, say) has its error as its answer, the others still run.
+    ///
+    /// # Errors
+    ///
+    /// The map cannot be read, or a command's second attempt fails to reach
+    /// Redis.
+    pub(super) fn run_all(&mut self, commands: &[(Vec<u8>, redis::Cmd)]) -> RedisResult<Vec<RedisResult<Value>>> {
+        let mut groups: Vec<(NodeAddr, Vec<usize>)> = Vec::new();
+        for (at, (key, _)) in commands.iter().enumerate() {
+            let master = self.master_of_slot(key_slot(key))?;
+            match groups.iter_mut().find(|(m, _)| *m == master) {
+                Some((_, members)) => members.push(at),
+                None => groups.push((master, vec![at])),
+            }
+        }
+        let mut answers: Vec<RedisResult<Value>> = commands.iter().map(|_| Ok(Value::Nil)).collect();
+        let mut again = Vec::new();
+        for (master, members) in groups {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            for &at in &members {
+                pipe.add_command(commands[at].1.clone());
+            }
+            match self.on_master(&master, |c| pipe.query::<Vec<Value>>(c)) {
+                Ok(values) => {
+                    for (at, value) in members.into_iter().zip(values) {
+                        answers[at] = match value {
+                            Value::ServerError(e) => Err(e.into()),
+                            value => Ok(value),
+                        };
+                        if answers[at].as_ref().is_err_and(|e| Redirection::of(e).is_some()) {
+                            again.push(at);
+                        }
+                    }
+                }
+                Err(e) if lost(&e) => again.extend(members),
+                Err(e) => return Err(e),
+            }
+        }
+        again.sort_unstable(); // in the order given, within each slot
+        for at in again {
+            let (key, cmd) = &commands[at];
+            answers[at] = match self.on_key(key, |c| cmd.query::<Value>(c)) {
+                Err(e) if lost(&e) || Redirection::of(&e).is_some() => return Err(e),
+                answer => answer,
+            };
+        }
+        Ok(answers)
     }
 
     /// The masters serving a slot now, from the map (read if there is none).
@@ -259,6 +316,33 @@ pub(super) mod tests {
         }
         assert_eq!(get(&mut router, key).as_deref(), Some("v"), "the MOVED was not followed");
         assert_eq!(cluster.master_of_slot(slot), b);
+
+        // Several keys of every master in one call, one pipeline per master,
+        // under a stale map (the slot moved back to A): the moved key's
+        // commands are redirected and sent again, in order; a refused
+        // command answers its own error.
+        let _: () = redis::cmd("DEL").arg(key).arg(&newcomer).query(&mut cluster.connect(b)).unwrap();
+        for port in cluster.shards().iter().map(|s| s.master) {
+            setslot(port, "NODE", &a_id).unwrap();
+        }
+        let batch: Vec<(Vec<u8>, redis::Cmd)> = keys
+            .iter()
+            .flat_map(|key| {
+                let set = format!("P:n:{}:set", key.trim_start_matches("P:r:"));
+                [redis::cmd("SADD").arg(&set).arg(1).clone(), redis::cmd("SADD").arg(&set).arg(2).clone()]
+                    .into_iter()
+                    .chain([redis::cmd("SCARD").arg(&set).clone()])
+                    .map(move |cmd| (set.clone().into_bytes(), cmd))
+            })
+            .chain([(keys[1].clone().into_bytes(), redis::cmd("HGET").arg(&keys[1]).arg("f").clone())])
+            .collect();
+        let answers = router.run_all(&batch).expect("the batch runs");
+        let cards: Vec<_> = answers.iter().skip(2).step_by(3).take(3).map(|a| a.as_ref().ok().cloned()).collect();
+        assert_eq!(cards, vec![Some(redis::Value::Int(2)); 3], "{answers:?}");
+        assert_eq!(answers.last().unwrap().as_ref().expect_err("HGET of a string").code(), Some("WRONGTYPE"));
+        let moved_set = format!("P:n:{tag}:set");
+        let on_a: usize = redis::cmd("SCARD").arg(&moved_set).query(&mut cluster.connect(a)).unwrap();
+        assert_eq!(on_a, 2, "the moved slot's commands did not follow it back to its master");
 
         // The master of a slot killed: its replica takes over, and the
         // router follows it at the next command (the value was replicated).
