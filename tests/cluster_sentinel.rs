@@ -239,7 +239,8 @@ fn messages_and_presence_survive(kind: Failover) {
     });
     for (running, adapter) in [(&a, &adapter_a), (&b, &adapter_b)] {
         let node = format!("{:016x}", adapter.link().node());
-        let members: Vec<u64> = redis::cmd("SMEMBERS").arg(format!("emitws:n:{{{node}}}:g:#r")).query(&mut direct).unwrap();
+        let members: Vec<u64> =
+            redis::cmd("SMEMBERS").arg(format!("emitws:n:{{{node}}}:g:#r")).query(&mut direct).unwrap();
         assert_eq!(members.len(), 1, "node {node}'s #r on the new master");
         assert_eq!(running.cluster().group_members("#r").unwrap().len(), 2);
         assert!(adapter.healthy().is_ok());

@@ -1,7 +1,10 @@
 //! Where every connection of a link to Redis is opened ([`Connector`]): one
 //! Redis by URL (`redis://`, `rediss://`), or the master of a Sentinel group
 //! (`redis+sentinel://`, `rediss+sentinel://`), found again at every opening
-//! so that a failover is followed by the link's threads as they reconnect.
+//! so that a failover is followed by the link's threads as they reconnect;
+//! or the masters of a Redis Cluster (`redis+cluster://`,
+//! `rediss+cluster://`), reached one by one ([`Connector::open_node`]) where
+//! the cluster's slot map ([`Connector::slot_map`]) says a key is served.
 //!
 //! Sentinel discovery is done here with two plain commands rather than the
 //! redis crate's `sentinel` feature: each sentinel in turn is asked
@@ -22,10 +25,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, TlsCertificates, Value};
+use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, ServerErrorKind, TlsCertificates, Value};
 
 use super::error::ClusterError;
 use super::options::RedisOptions;
+use super::slotmap::{NodeAddr, SlotMap};
 
 /// The port of a sentinel whose address in the URL names none.
 const SENTINEL_PORT: u16 = 26379;
@@ -39,6 +43,9 @@ pub(super) struct Connector {
     ca: Option<Vec<u8>>,
     /// The master's address (Sentinel only) as last found.
     master: Mutex<Option<(String, u16)>>,
+    /// The masters of the slot map last read (Redis Cluster only): asked
+    /// before the URL's seeds, which may have left the cluster since.
+    cluster_masters: Mutex<Vec<NodeAddr>>,
     /// Changes whenever the master is found at another address: connections
     /// opened under an older generation are to a master no longer.
     generation: AtomicU64,
@@ -49,6 +56,18 @@ enum Target {
     Direct(Client),
     /// The master of a Sentinel group.
     Sentinel(Sentinel),
+    /// The masters of a Redis Cluster.
+    Cluster(ClusterSeeds),
+}
+
+/// How the servers of a Redis Cluster are reached.
+struct ClusterSeeds {
+    /// The nodes of the URL, asked for the slot map in turn.
+    seeds: Vec<NodeAddr>,
+    /// `redis` or `rediss`.
+    scheme: &'static str,
+    /// `user:password@` (still percent-encoded, as in the URL), or empty.
+    credentials: String,
 }
 
 struct Sentinel {
@@ -75,7 +94,7 @@ impl Connector {
     /// cannot be read or holds no certificate.
     pub(super) fn new(url: &str, options: &RedisOptions) -> Result<Connector, ClusterError> {
         let ca = options.ca_file.as_deref().map(read_ca).transpose()?;
-        let tls = url.starts_with("rediss:") || url.starts_with("rediss+sentinel:");
+        let tls = url.starts_with("rediss:") || url.starts_with("rediss+");
         if ca.is_some() && !tls {
             return Err(ClusterError::BadUrl(invalid("a CA file is only used with TLS", "use rediss://".into())));
         }
@@ -86,6 +105,9 @@ impl Connector {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let target = match parse_sentinel_url(url).map_err(ClusterError::BadUrl)? {
+            None if url.starts_with("redis+cluster:") || url.starts_with("rediss+cluster:") => {
+                Target::Cluster(parse_cluster_url(url).map_err(ClusterError::BadUrl)?)
+            }
             None => Target::Direct(client(ca.as_deref(), url).map_err(ClusterError::BadUrl)?),
             Some((mut sentinel, hosts)) => {
                 sentinel.sentinels = hosts
@@ -96,7 +118,14 @@ impl Connector {
                 Target::Sentinel(sentinel)
             }
         };
-        Ok(Connector { target, ca, master: Mutex::new(None), generation: AtomicU64::new(0) })
+        let (master, cluster_masters) = (Mutex::new(None), Mutex::new(Vec::new()));
+        Ok(Connector { target, ca, master, cluster_masters, generation: AtomicU64::new(0) })
+    }
+
+    /// Whether the URL names a Redis Cluster: its connections are per
+    /// master ([`open_node`](Self::open_node)), not [`open`](Self::open)ed.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster(_))
     }
 
     /// Opens a connection (to the master, for a Sentinel group) whose
@@ -106,6 +135,9 @@ impl Connector {
         let (conn, generation) = match &self.target {
             Target::Direct(client) => (client.get_connection_with_timeout(timeout)?, 0),
             Target::Sentinel(sentinel) => self.open_master(sentinel, timeout)?,
+            Target::Cluster(_) => {
+                return Err(invalid("a Redis Cluster has no one server to open", "open each master".into()))
+            }
         };
         conn.set_read_timeout(Some(timeout))?;
         conn.set_write_timeout(Some(timeout))?;
@@ -165,21 +197,90 @@ impl Connector {
     }
 
     /// A connection to the server at `address`, if it answers as a master.
-    fn connect_master(
-        &self,
-        group: &Sentinel,
-        (host, port): &(String, u16),
-        timeout: Duration,
-    ) -> RedisResult<Connection> {
-        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
-        let url = format!("{}://{}{host}:{port}/{}", group.scheme, group.credentials, group.db);
-        let mut conn = client(self.ca.as_deref(), &url)?.get_connection_with_timeout(timeout)?;
-        conn.set_read_timeout(Some(timeout))?;
+    fn connect_master(&self, group: &Sentinel, address: &NodeAddr, timeout: Duration) -> RedisResult<Connection> {
+        let (scheme, credentials) = (group.scheme, &group.credentials[..]);
+        let mut conn = self.connect_to(scheme, credentials, address, &group.db.to_string(), timeout)?;
         let role: Vec<Value> = redis::cmd("ROLE").query(&mut conn)?;
         match role.first() {
             Some(Value::BulkString(role)) if role == b"master" => Ok(conn),
-            _ => Err(invalid("the server a sentinel named is not a master", format!("{host}:{port}"))),
+            _ => Err(invalid("the server a sentinel named is not a master", format!("{}:{}", address.0, address.1))),
         }
+    }
+
+    /// A connection to the server at `address` (as `scheme`, with
+    /// `credentials`; `path`: the URL's database and parameters) whose
+    /// connecting, reads and writes each take at most `timeout`.
+    fn connect_to(
+        &self,
+        scheme: &str,
+        credentials: &str,
+        (host, port): &NodeAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> RedisResult<Connection> {
+        let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+        let url = format!("{scheme}://{credentials}{host}:{port}/{path}");
+        let conn = client(self.ca.as_deref(), &url)?.get_connection_with_timeout(timeout)?;
+        conn.set_read_timeout(Some(timeout))?;
+        conn.set_write_timeout(Some(timeout))?;
+        Ok(conn)
+    }
+
+    /// A connection to the Redis Cluster's server at `address` (a master of
+    /// the [`slot_map`](Self::slot_map), or where a `MOVED`/`ASK` points),
+    /// with the URL's TLS and credentials; connecting, reads and writes each
+    /// take at most `timeout`. An error for a URL that is not a cluster's.
+    pub(super) fn open_node(&self, address: &NodeAddr, timeout: Duration) -> RedisResult<Connection> {
+        self.cluster_node(address, "0", timeout)
+    }
+
+    /// As [`open_node`](Self::open_node), speaking RESP3: pub/sub traffic
+    /// then comes as push values, told apart from replies (the sharded
+    /// subscriber reads with timeouts: see `super::sharded`).
+    pub(super) fn open_node_resp3(&self, address: &NodeAddr, timeout: Duration) -> RedisResult<Connection> {
+        self.cluster_node(address, "0?protocol=resp3", timeout)
+    }
+
+    fn cluster_node(&self, address: &NodeAddr, path: &str, timeout: Duration) -> RedisResult<Connection> {
+        let Target::Cluster(cluster) = &self.target else {
+            return Err(invalid("not a Redis Cluster URL", "use redis+cluster://".into()));
+        };
+        self.connect_to(cluster.scheme, &cluster.credentials, address, path, timeout)
+    }
+
+    /// The cluster's slot map now (`CLUSTER SLOTS`), from the masters of the
+    /// last map read or else the URL's seeds, the first that answers with
+    /// every slot served. The last error if none does (also for a URL that is
+    /// not a cluster's).
+    pub(super) fn slot_map(&self, timeout: Duration) -> RedisResult<SlotMap> {
+        let Target::Cluster(cluster) = &self.target else {
+            return Err(invalid("not a Redis Cluster URL", "use redis+cluster://".into()));
+        };
+        let known = self.cluster_masters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let mut last = None;
+        for address in known.iter().chain(cluster.seeds.iter().filter(|seed| !known.contains(seed))) {
+            let map = self.open_node(address, timeout).and_then(|mut conn| {
+                let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query(&mut conn)?;
+                SlotMap::from_cluster_slots(&reply, address)
+            });
+            match map {
+                Ok(map) if map.covers_all() => {
+                    let masters = map.masters().into_iter().cloned().collect();
+                    *self.cluster_masters.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = masters;
+                    return Ok(map);
+                }
+                Ok(_) => {
+                    let at = format!("{}:{}", address.0, address.1);
+                    last = Some(RedisError::from((
+                        ErrorKind::Server(ServerErrorKind::ClusterDown),
+                        "some slots have no master",
+                        at,
+                    )));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| invalid("no Redis Cluster node", String::new())))
     }
 }
 
@@ -223,10 +324,7 @@ fn parse_sentinel_url(url: &str) -> RedisResult<Option<(Sentinel, Vec<String>)>>
         )
     };
     let (authority, path) = rest.split_once('/').ok_or_else(|| bad("no master name"))?;
-    let (credentials, hosts) = match authority.rsplit_once('@') {
-        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
-        None => (String::new(), authority),
-    };
+    let (credentials, hosts) = split_credentials(authority);
     let hosts = hosts
         .split(',')
         .map(|host| {
@@ -247,6 +345,49 @@ fn parse_sentinel_url(url: &str) -> RedisResult<Option<(Sentinel, Vec<String>)>>
         return Err(bad("no master name"));
     }
     Ok(Some((Sentinel { sentinels: Vec::new(), master: master.into(), scheme, credentials, db }, hosts)))
+}
+
+/// A `redis+cluster://` or `rediss+cluster://` URL's parts: its seed nodes
+/// (`host:port` each, the port required: cluster nodes have no usual port)
+/// and credentials. A cluster has only database 0: no other is accepted.
+fn parse_cluster_url(url: &str) -> RedisResult<ClusterSeeds> {
+    let (scheme, rest) = match url.strip_prefix("redis+cluster://") {
+        Some(rest) => ("redis", rest),
+        None => ("rediss", url.strip_prefix("rediss+cluster://").unwrap_or(url)),
+    };
+    let bad = |why: String| {
+        invalid(
+            "bad Redis Cluster URL",
+            format!("{why}: expected {scheme}+cluster://[user:password@]host:port[,host:port...][/]"),
+        )
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    if !path.is_empty() && path != "0" {
+        return Err(bad(format!("a Redis Cluster has only database 0, not {path:?}")));
+    }
+    let (credentials, hosts) = split_credentials(authority);
+    let seeds = hosts
+        .split(',')
+        .map(|host| {
+            let (name, port) = host.rsplit_once(':').ok_or_else(|| bad(format!("no port in {host:?}")))?;
+            let port = port.parse::<u16>().map_err(|_| bad(format!("bad port in {host:?}")))?;
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            if name.is_empty() {
+                return Err(bad(format!("no host in {host:?}")));
+            }
+            Ok((name.to_owned(), port))
+        })
+        .collect::<RedisResult<_>>()?;
+    Ok(ClusterSeeds { seeds, scheme, credentials })
+}
+
+/// A URL's authority split into its credentials (`user:password@`, still
+/// percent-encoded, or empty) and its comma-separated hosts.
+fn split_credentials(authority: &str) -> (String, &str) {
+    match authority.rsplit_once('@') {
+        Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+        None => (String::new(), authority),
+    }
 }
 
 /// The data scheme (`redis` or `rediss`) and what follows `+sentinel://`.
@@ -295,6 +436,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_urls_parse_into_seeds_and_credentials() {
+        let cluster = parse_cluster_url("redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001/").unwrap();
+        assert_eq!((cluster.scheme, &cluster.credentials[..]), ("redis", "u:p%40ss@"));
+        assert_eq!(cluster.seeds, [("10.0.0.1".to_owned(), 7000), ("::1".to_owned(), 7001)]);
+        let tls = parse_cluster_url("rediss+cluster://h:7000").unwrap();
+        assert_eq!((tls.scheme, &tls.credentials[..], tls.seeds.len()), ("rediss", "", 1));
+        for (url, why) in [
+            ("redis+cluster://h1", "no port"),
+            ("redis+cluster://h1:7000,h2:x/", "bad port"),
+            ("redis+cluster://h1:7000,,h2:7001/", "no port"),
+            ("redis+cluster://:7000/", "no host"),
+            ("redis+cluster://h1:7000/3", "only database 0"),
+        ] {
+            let error = parse_cluster_url(url).err().unwrap_or_else(|| panic!("{url} accepted"));
+            assert!(error.to_string().contains(why), "{url}: {error}");
+        }
+        let options = RedisOptions::default();
+        assert!(Connector::new("redis+cluster://h1:7000/", &options).unwrap().is_cluster());
+        assert!(!Connector::new("redis://h1:7000/", &options).unwrap().is_cluster());
+        assert!(matches!(Connector::new("redis+cluster://h1/", &options), Err(ClusterError::BadUrl(_))));
+    }
+
+    #[test]
     fn a_ca_file_must_exist_hold_a_certificate_and_come_with_tls() {
         let missing = RedisOptions::default().ca_file("/nonexistent/ca.pem");
         assert!(matches!(Connector::new("rediss://h/", &missing), Err(ClusterError::CaFile { .. })));
@@ -310,6 +474,8 @@ mod tests {
         let options = RedisOptions::default().ca_file(&ca);
         assert!(Connector::new("rediss://h/", &options).is_ok());
         assert!(Connector::new("rediss+sentinel://h1,h2/m", &options).is_ok());
+        assert!(Connector::new("rediss+cluster://h1:7000/", &options).is_ok());
+        assert!(matches!(Connector::new("redis+cluster://h1:7000/", &options), Err(ClusterError::BadUrl(_))));
         assert!(matches!(Connector::new("redis://h/", &options), Err(ClusterError::BadUrl(_))));
         let _ = fs::remove_dir_all(&dir);
     }

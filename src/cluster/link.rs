@@ -112,10 +112,13 @@ impl RedisLink {
     ///   (the credentials are the master's; the sentinels are asked without);
     /// - `rediss+sentinel://…`: the same with TLS to the sentinels and the master.
     ///
+    /// `redis+cluster://host:port[,host:port…]/` (a Redis Cluster) is
+    /// recognized and refused for now (see the module's docs).
+    ///
     /// # Errors
     ///
     /// [`ClusterError::BadUrl`] if `url` does not parse (or a CA file comes
-    /// with a URL without TLS), [`ClusterError::CaFile`] if the CA file cannot
+    /// with a URL without TLS, or it names a Redis Cluster), [`ClusterError::CaFile`] if the CA file cannot
     /// be read or holds no certificate, [`ClusterError::Spawn`] if a thread
     /// cannot start. Redis being down is no error.
     pub fn start(
@@ -124,6 +127,16 @@ impl RedisLink {
         deliver: impl Fn(Inbound) + Send + 'static,
     ) -> Result<RedisLink, ClusterError> {
         let connector = Arc::new(Connector::new(url, &options)?);
+        if connector.is_cluster() {
+            // The connector can read a cluster's slot map and reach each
+            // master, but the threads still use one connection each: a
+            // cluster must not be half served.
+            return Err(ClusterError::BadUrl(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "Redis Cluster is not supported by the adapter yet",
+                format!("{url}: use redis://, rediss:// or redis+sentinel://"),
+            ))));
+        }
         let (writes, queue) = mpsc::channel();
         let (jobs, job_queue) = mpsc::channel();
         let inner = Arc::new(LinkState {
