@@ -266,6 +266,17 @@ fn a_killed_nodes_sockets_resume_on_another_once_its_heartbeat_expires() {
     ann.request("/join", json!("#lobby")).expect("joined");
     let (mut bob, _, _) = connect(b.addr(), "bob");
     bob.request("/join", json!("#lobby")).expect("joined");
+    // The killed node's writer has written ann's join into her session
+    // record: a join in the last moments before a SIGKILL is lost with it.
+    let mut raw = redis::Client::open(redis.url()).and_then(|c| c.get_connection()).expect("Redis");
+    wait_for(Duration::from_secs(5), || {
+        let records: Vec<String> = redis::cmd("KEYS").arg("emitws:s:*").query(&mut raw).unwrap_or_default();
+        records.iter().any(|record| {
+            let (user, joined): (Option<String>, bool) =
+                redis::pipe().hget(record, "user").hexists(record, "g:#lobby").query(&mut raw).unwrap_or((None, false));
+            user.as_deref() == Some("ann") && joined
+        })
+    });
     // SIGKILL: no close, no presence cleanup, no session marked away.
     child.0.kill().expect("kill the node");
     child.0.wait().expect("reap it");
