@@ -448,14 +448,7 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, ClusterError> {
         self.query(|conn, nodes| {
-            if nodes.is_empty() {
-                return Ok(Default::default()); // an empty pipeline is an error
-            }
-            let mut pipe = redis::pipe();
-            for node in nodes {
-                pipe.smembers(self.scope_key(*node, scope));
-            }
-            let sets: Vec<Vec<u64>> = pipe.query(conn)?;
+            let sets: Vec<Vec<u64>> = per_node(conn, nodes, |pipe, node| pipe.smembers(self.scope_key(node, scope)))?;
             let mut sockets: Vec<SocketId> = nodes
                 .iter()
                 .zip(sets)
@@ -474,14 +467,7 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn count(&self, scope: Scope<'_>) -> Result<usize, ClusterError> {
         self.query(|conn, nodes| {
-            if nodes.is_empty() {
-                return Ok(Default::default()); // an empty pipeline is an error
-            }
-            let mut pipe = redis::pipe();
-            for node in nodes {
-                pipe.scard(self.scope_key(*node, scope));
-            }
-            let counts: Vec<usize> = pipe.query(conn)?;
+            let counts: Vec<usize> = per_node(conn, nodes, |pipe, node| pipe.scard(self.scope_key(node, scope)))?;
             Ok(counts.into_iter().sum())
         })
     }
@@ -531,14 +517,9 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn group_sizes(&self) -> Result<Vec<(String, usize)>, ClusterError> {
         self.query(|conn, nodes| {
-            if nodes.is_empty() {
-                return Ok(Default::default()); // an empty pipeline is an error
-            }
-            let mut pipe = redis::pipe();
-            for node in nodes {
-                pipe.hgetall(node_key(&self.inner.options.prefix, &hex(*node), "groups"));
-            }
-            let indexes: Vec<Vec<(String, usize)>> = pipe.query(conn)?;
+            let p = &self.inner.options.prefix;
+            let indexes: Vec<Vec<(String, usize)>> =
+                per_node(conn, nodes, |pipe, node| pipe.hgetall(node_key(p, &hex(node), "groups")))?;
             let mut sizes = std::collections::BTreeMap::<String, usize>::new();
             for (group, size) in indexes.into_iter().flatten() {
                 *sizes.entry(group).or_default() += size;
@@ -562,6 +543,24 @@ impl RedisLink {
 /// The live nodes by Redis's clock. KEYS: the nodes' sorted set.
 pub(super) const ALIVE: &str = "local t = redis.call('TIME')
     return redis.call('ZRANGEBYSCORE', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), '+inf')";
+
+/// One read per node, pipelined: what `read` adds to the pipeline for each
+/// of `nodes`, answered in their order (none for no node: Redis refuses an
+/// empty pipeline).
+fn per_node<T: redis::FromRedisValue>(
+    conn: &mut Connection,
+    nodes: &[u64],
+    read: impl Fn(&mut redis::Pipeline, u64) -> &mut redis::Pipeline,
+) -> RedisResult<Vec<T>> {
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for &node in nodes {
+        read(&mut pipe, node);
+    }
+    pipe.query(conn)
+}
 
 /// The live nodes, by Redis's clock (so the nodes' clocks need not agree).
 pub(super) fn alive_nodes(conn: &mut Connection, prefix: &str) -> RedisResult<Vec<u64>> {
