@@ -9,9 +9,12 @@
 #   remote  two nodes: all RECEIVERS on the second, the sender alone on the first,
 #           so node A's CPU is the publishing side and node B's the receiving
 #           side of every cross-node message
+#   remote-cluster  the same over a Redis Cluster of 3 masters and 3 replicas
+#           (redis+cluster://): the room's channel is sharded, SPUBLISHed on
+#           its master; the redis column sums all six processes
 #
 # Usage: benches/cluster.sh    (ROUNDS=3 DURATION=10 RECEIVERS=200 PAYLOAD=64 WINDOW=16)
-# Needs: redis-server.
+# Needs: redis-server and redis-cli.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${ROUNDS:-3}"
@@ -36,6 +39,25 @@ redis_pid=$!
 pids+=("$redis_pid")
 wait_port "$redis_port"
 redis_url="redis://127.0.0.1:$redis_port/"
+
+# A Redis Cluster: 3 masters, 3 replicas (as tests/common/redis_cluster.rs).
+cluster_pids=()
+cluster_addrs=()
+for cport in 9721 9722 9723 9724 9725 9726; do
+  rm -f "$out/nodes-$cport.conf"
+  redis-server --port "$cport" --bind 127.0.0.1 --save "" --appendonly no --dir "$out" \
+    --cluster-enabled yes --cluster-config-file "nodes-$cport.conf" --cluster-node-timeout 1000 \
+    >"$out/redis-$cport.log" 2>&1 &
+  cluster_pids+=("$!")
+  pids+=("$!")
+  cluster_addrs+=("127.0.0.1:$cport")
+done
+for cport in 9721 9722 9723 9724 9725 9726; do wait_port "$cport"; done
+redis-cli --cluster create "${cluster_addrs[@]}" --cluster-replicas 1 --cluster-yes >"$out/cluster-create.log"
+until redis-cli -p 9721 cluster info | grep -q 'cluster_state:ok'; do sleep 0.2; done
+cluster_url="redis+cluster://127.0.0.1:9721,127.0.0.1:9722/"
+cluster_pid_args=()
+for p in "${cluster_pids[@]}"; do cluster_pid_args+=(--pid "$p"); done
 
 port=9710
 # start_node [REDIS_URL]: a node on the next port; sets node_pid and node_addr.
@@ -84,13 +106,21 @@ for round in $(seq "$rounds"); do
   fanout --sender "$a_addr" --node "$node_addr" --per-node "$receivers" \
     --pid "$a_pid" --pid "$node_pid" --pid "$redis_pid" >"$out/remote-$round.json"
   stop_nodes "$a_pid" "$node_pid"
+
+  echo "round $round: remote-cluster" >&2
+  start_node "$cluster_url"
+  a_pid=$node_pid a_addr=$node_addr
+  start_node "$cluster_url"
+  fanout --sender "$a_addr" --node "$node_addr" --per-node "$receivers" \
+    --pid "$a_pid" --pid "$node_pid" "${cluster_pid_args[@]}" >"$out/remote-cluster-$round.json"
+  stop_nodes "$a_pid" "$node_pid"
 done
 
 python3 - "$out" <<'PY'
 import glob, json, sys
 out = sys.argv[1]
 runs = {}
-for setup in ("local", "1node", "2nodes", "remote"):
+for setup in ("local", "1node", "2nodes", "remote", "remote-cluster"):
     found = [json.load(open(f)) for f in sorted(glob.glob(f"{out}/{setup}-*.json"))]
     runs[setup] = sorted(found, key=lambda r: r["deliveries_per_sec"])[len(found) // 2]
 base = runs["local"]["deliveries_per_sec"]
@@ -99,8 +129,11 @@ print("| set-up | receivers | broadcasts/s | deliveries/s (median) | vs local "
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for setup, run in runs.items():
     cpu = list(run["cpu_seconds"].values())
-    # The --pid order: node A, then node B (two nodes), then redis (all but local).
-    a, b, redis = cpu[0], (cpu[1] if len(cpu) == 3 else None), (cpu[-1] if setup != "local" else None)
+    # The --pid order: node A, then node B (two nodes), then redis (all but
+    # local; the six servers of the cluster for remote-cluster, summed).
+    nodes = 1 if setup in ("local", "1node") else 2
+    a, b = cpu[0], (cpu[1] if nodes == 2 else None)
+    redis = sum(cpu[nodes:]) if setup != "local" else None
     cell = lambda c: "–" if c is None else f"{c / run['broadcasts'] * 1e6:.1f}"
     print(f"| {setup} | {run['receivers']} | {run['broadcasts_per_sec']:.0f} | {run['deliveries_per_sec']:.0f} "
           f"| {run['deliveries_per_sec'] / base:.2f}× | {cell(a)} | {cell(b)} | {cell(redis)} |")

@@ -13,7 +13,8 @@
 //! (`cargo run --release --features redis --example chat -- --redis
 //! redis://127.0.0.1:6379/ --addr 127.0.0.1:3001`, and a second one on 3002).
 //! The URL may be `rediss://` (TLS; `--redis-ca FILE` names the CA
-//! certificates to trust) or `redis+sentinel://host:port,.../MASTER`.
+//! certificates to trust), `redis+sentinel://host:port,.../MASTER` or a Redis
+//! Cluster, `redis+cluster://host:port,host:port/`.
 //!
 //! Events (all under the `/chat` namespace):
 //! - request `/join {room, name}` → `{room, history, users, rooms}`; everyone

@@ -84,8 +84,9 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl RedisAdapter {
     /// Connects this node to the cluster at `url`: `redis://host:port/db`,
-    /// `rediss://` (TLS), or `redis+sentinel://host:port,host:port/MASTER/db`
-    /// (see [`RedisLink::start`] for every form). Only a bad URL or CA file
+    /// `rediss://` (TLS), `redis+sentinel://host:port,host:port/MASTER/db`,
+    /// or a Redis Cluster, `redis+cluster://host:port,host:port/` (see
+    /// [`RedisLink::start`] for every form). Only a bad URL or CA file
     /// fails: Redis need not be up yet, the link connects by itself.
     ///
     /// # Errors
@@ -128,12 +129,15 @@ impl RedisAdapter {
 
 /// Publishes `header` and `body` over `link` to one node, or to all of them.
 fn send(link: &RedisLink, header: &Header, node: Option<u64>, body: &[u8]) {
-    let Some(header) = header_line(header) else { return };
-    let channel = match node {
-        Some(node) => link.key(&format!("node:{}", hex(node))),
-        None => link.key("all"),
+    let Some(line) = header_line(header) else { return };
+    let channel = match (node, header) {
+        (Some(node), _) => link.node_channel(node),
+        (None, Header::Broadcast(groups, _)) => {
+            link.channel_of_groups(&groups.iter().map(String::as_str).collect::<Vec<_>>())
+        }
+        (None, _) => link.all_channel(),
     };
-    link.publish(channel, &[&header, body]);
+    link.publish(channel, &[&line, body]);
 }
 
 /// A header as the line that goes before a body.

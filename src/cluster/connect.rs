@@ -22,13 +22,15 @@
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::{Client, Connection, ErrorKind, RedisError, RedisResult, ServerErrorKind, TlsCertificates, Value};
 
 use super::error::ClusterError;
 use super::options::RedisOptions;
+use super::routed::RedisConn;
+use super::router::Router;
 use super::slotmap::{NodeAddr, SlotMap};
 
 /// The port of a sentinel whose address in the URL names none.
@@ -131,17 +133,23 @@ impl Connector {
     /// Opens a connection (to the master, for a Sentinel group) whose
     /// connecting, reads and writes each take at most `timeout`; with the
     /// [`generation`](Self::generation) it belongs to.
-    pub(super) fn open(&self, timeout: Duration) -> RedisResult<(Connection, u64)> {
+    ///
+    /// For a Redis Cluster, the connection routes each command to its
+    /// slot's master (see `super::routed`); the slot map is read first, so
+    /// that a cluster that cannot be reached fails here as a server would.
+    pub(super) fn open(self: &Arc<Self>, timeout: Duration) -> RedisResult<(RedisConn, u64)> {
         let (conn, generation) = match &self.target {
             Target::Direct(client) => (client.get_connection_with_timeout(timeout)?, 0),
             Target::Sentinel(sentinel) => self.open_master(sentinel, timeout)?,
             Target::Cluster(_) => {
-                return Err(invalid("a Redis Cluster has no one server to open", "open each master".into()))
+                let mut router = Router::new(self.clone(), timeout);
+                router.refresh()?;
+                return Ok((RedisConn::Cluster(router), 0));
             }
         };
         conn.set_read_timeout(Some(timeout))?;
         conn.set_write_timeout(Some(timeout))?;
-        Ok((conn, generation))
+        Ok((RedisConn::One(conn), generation))
     }
 
     /// The master's generation now: a connection [`open`](Self::open) gave

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use redis::{Cmd, Connection, RedisResult, Value};
+use redis::{Cmd, RedisResult, Value};
+
+use super::routed::RedisConn;
 use sha1::{Digest, Sha1};
 
 use super::adapter::lock;
@@ -28,7 +30,9 @@ use crate::runtime::ConnId;
 /// Numbers, keeps and publishes one broadcast. KEYS: meta, stream. ARGV: a
 /// fresh epoch (used if the room has none), the envelope without its final
 /// `]`, the room as a JSON string, the size, the sockets left out (JSON),
-/// the ttl in ms, the channel, the sender line. Numbers are formatted with
+/// the ttl in ms, the channel, the sender line, the publishing command
+/// (`PUBLISH`, or `SPUBLISH` to the room's channel on a Redis Cluster: of
+/// the keys' slot, see `RedisLink::group_channel`). Numbers are formatted with
 /// `%d`: Redis would write a Lua number given as an argument as `1.7e+12`. The frame built here is
 /// byte for byte what `envelope::write_room_event` writes (the epoch is hex:
 /// nothing to escape).
@@ -43,7 +47,7 @@ local frame = ARGV[2] .. ',{"room":' .. ARGV[3] .. ',"offset":' .. offset .. ',"
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], offset .. '-1', 'f', frame, 'x', ARGV[5], 't', ms)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PEXPIRE', KEYS[2], ARGV[6])
-redis.call('PUBLISH', ARGV[7], ARGV[8] .. '{"h":[' .. ARGV[3] .. ',"' .. epoch .. '",' .. offset .. ',' .. ARGV[5] .. ']}\n' .. frame)
+redis.call(ARGV[9], ARGV[7], ARGV[8] .. '{"h":[' .. ARGV[3] .. ',"' .. epoch .. '",' .. offset .. ',' .. ARGV[5] .. ']}\n' .. frame)
 return seq"#;
 
 /// The SHA-1 of [`PUBLISH`], in hex: what `EVALSHA` calls it by.
@@ -148,7 +152,9 @@ impl RedisHistory {
     /// reached.
     pub(super) fn publish(&self, room: &str, history: &History, epoch: &str, envelope: &[u8], except: &[SocketId]) {
         let node = self.link.node();
-        let Some(cmd) = publish_call(&self.link.options().prefix, node, room, history, epoch, envelope, except) else {
+        let channel = self.link.is_cluster().then(|| self.link.group_channel(room));
+        let prefix = &self.link.options().prefix;
+        let Some(cmd) = publish_call(prefix, node, channel, room, history, epoch, envelope, except) else {
             return;
         };
         let mut queue = lock(&self.publishes);
@@ -236,11 +242,14 @@ impl RedisHistory {
 }
 
 /// The call of [`PUBLISH`] (by its SHA) that numbers, keeps and publishes
-/// `envelope` (`[0,event,data]`) for `room`, sent by `node` under `prefix`;
-/// None for an envelope that does not end in `]`.
+/// `envelope` (`[0,event,data]`) for `room`, sent by `node` under `prefix`,
+/// to the history channel, or with sharded pub/sub to `sharded` (the room's
+/// channel on a Redis Cluster); None for an envelope that does not end in `]`.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn publish_call(
     prefix: &str,
     node: u64,
+    sharded: Option<String>,
     room: &str,
     history: &History,
     epoch: &str,
@@ -262,8 +271,9 @@ pub(super) fn publish_call(
         .arg(history.size())
         .arg(except)
         .arg(history.ttl().as_millis() as u64)
-        .arg(format!("{prefix}:history"))
-        .arg(format!("{}\n", hex(node)));
+        .arg(sharded.as_deref().unwrap_or(&format!("{prefix}:history")))
+        .arg(format!("{}\n", hex(node)))
+        .arg(if sharded.is_some() { "SPUBLISH" } else { "PUBLISH" });
     Some(cmd)
 }
 
@@ -277,7 +287,7 @@ type ReadReply = (Option<String>, u64, u64, Vec<(String, HashMap<String, String>
 /// Reads each room of `lowest` from its offset on, in one pipeline; rooms
 /// without a stream are left out.
 fn read_rooms(
-    conn: &mut Connection,
+    conn: &mut RedisConn,
     prefix: &str,
     lowest: &HashMap<Box<str>, u64>,
 ) -> RedisResult<HashMap<Box<str>, Read>> {

@@ -2,6 +2,7 @@
 //! subscriber threads, queueing publishes and presence for the writer, and
 //! the queries about every live node.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
@@ -11,13 +12,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::{Cmd, Commands, Connection, RedisResult};
 
+use super::routed::RedisConn;
+
 use super::connect::Connector;
 use super::error::ClusterError;
 use super::options::RedisOptions;
 use super::outage::Health;
 use super::reader::{self, Job};
 use super::sessions::{alias_key, direct_key, record_key, Record};
-use super::subscriber;
+use super::subscriber::{self, Subscription};
 use super::wire::{hex, with_sender};
 use super::writer::{Writer, WriterCommand};
 use crate::app::{Scope, SocketId};
@@ -70,10 +73,15 @@ pub(super) struct LinkState {
     pub(super) nodes_alive: AtomicUsize,
     /// Whether the writer and the subscriber reach Redis, and who hears of it.
     pub(super) health: Health,
-    /// The connection queries run on, opened on the first query.
     /// The connection queries run on, opened on the first query, with the
     /// master's generation it was opened under.
-    queries: Mutex<Option<(Connection, u64)>>,
+    queries: Mutex<Option<(RedisConn, u64)>>,
+    /// For a Redis Cluster: this node's sockets in each group, whose
+    /// channel the subscriber listens to while it has any (see
+    /// [`RedisLink::group_channel`]). Empty for one Redis.
+    listened: Mutex<HashMap<Box<str>, HashSet<u64>>>,
+    /// The subscriber thread's queue of channels to listen to or drop.
+    subscriptions: Mutex<Sender<Subscription>>,
 }
 
 impl fmt::Debug for RedisLink {
@@ -112,13 +120,17 @@ impl RedisLink {
     ///   (the credentials are the master's; the sentinels are asked without);
     /// - `rediss+sentinel://…`: the same with TLS to the sentinels and the master.
     ///
-    /// `redis+cluster://host:port[,host:port…]/` (a Redis Cluster) is
-    /// recognized and refused for now (see the module's docs).
+    /// - `redis+cluster://[user:password@]host:port[,host:port…][/]`: a
+    ///   Redis Cluster (7.0 or later) by some of its nodes: each command
+    ///   goes to its slot's master, and pub/sub is sharded, a channel per
+    ///   group listened to by the nodes with members in it (see
+    ///   [`join`](Self::join));
+    /// - `rediss+cluster://…`: the same over TLS.
     ///
     /// # Errors
     ///
     /// [`ClusterError::BadUrl`] if `url` does not parse (or a CA file comes
-    /// with a URL without TLS, or it names a Redis Cluster), [`ClusterError::CaFile`] if the CA file cannot
+    /// with a URL without TLS), [`ClusterError::CaFile`] if the CA file cannot
     /// be read or holds no certificate, [`ClusterError::Spawn`] if a thread
     /// cannot start. Redis being down is no error.
     pub fn start(
@@ -127,18 +139,9 @@ impl RedisLink {
         deliver: impl Fn(Inbound) + Send + 'static,
     ) -> Result<RedisLink, ClusterError> {
         let connector = Arc::new(Connector::new(url, &options)?);
-        if connector.is_cluster() {
-            // The connector can read a cluster's slot map and reach each
-            // master, but the threads still use one connection each: a
-            // cluster must not be half served.
-            return Err(ClusterError::BadUrl(redis::RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "Redis Cluster is not supported by the adapter yet",
-                format!("{url}: use redis://, rediss:// or redis+sentinel://"),
-            ))));
-        }
         let (writes, queue) = mpsc::channel();
         let (jobs, job_queue) = mpsc::channel();
+        let (subscriptions, changes) = mpsc::channel();
         let inner = Arc::new(LinkState {
             connector,
             node: node_id(),
@@ -155,6 +158,8 @@ impl RedisLink {
             nodes_alive: AtomicUsize::new(0),
             health: Health::default(),
             queries: Mutex::new(None),
+            listened: Mutex::default(),
+            subscriptions: Mutex::new(subscriptions),
         });
         let link = RedisLink { inner };
         let name = &hex(link.inner.node)[..8];
@@ -168,7 +173,7 @@ impl RedisLink {
         let ctx = link.thread_ctx();
         thread::Builder::new()
             .name(format!("emitws-redis-sub-{name}"))
-            .spawn(move || subscriber::run(subscriber, ctx, deliver))
+            .spawn(move || subscriber::run(subscriber, ctx, changes, deliver))
             .map_err(ClusterError::Spawn)?;
         let background = Arc::downgrade(&link.inner);
         let ctx = link.thread_ctx();
@@ -193,10 +198,20 @@ impl RedisLink {
     ///
     /// [`ClusterError::Unavailable`] when Redis (or every sentinel) does not
     /// answer in time, or refuses.
+    ///
+    /// A Redis Cluster has no one connection for every key:
+    /// [`ClusterError::Unavailable`] too; use redis's cluster client
+    /// (`redis::cluster::ClusterClient`, feature `cluster`) for the
+    /// application's keys there.
     pub fn connection(&self) -> Result<Connection, ClusterError> {
-        let (conn, _) =
-            self.inner.connector.open(self.inner.options.query_timeout).map_err(ClusterError::Unavailable)?;
-        Ok(conn)
+        match self.inner.connector.open(self.inner.options.query_timeout).map_err(ClusterError::Unavailable)? {
+            (RedisConn::One(conn), _) => Ok(conn),
+            (RedisConn::Cluster(_), _) => Err(ClusterError::Unavailable(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "a Redis Cluster has no one connection",
+                "use redis's cluster client for the application's keys".to_owned(),
+            )))),
+        }
     }
 
     /// This node's id: random, never 0.
@@ -316,12 +331,46 @@ impl RedisLink {
 
     /// Sends `payload` to every other node.
     pub fn publish_all(&self, payload: &[u8]) {
-        self.publish(self.key("all"), &[payload]);
+        self.publish(self.all_channel(), &[payload]);
     }
 
     /// Sends `payload` to one node.
     pub fn publish_to(&self, node: u64, payload: &[u8]) {
-        self.publish(self.key(&format!("node:{}", hex(node))), &[payload]);
+        self.publish(self.node_channel(node), &[payload]);
+    }
+
+    /// Whether the link is to a Redis Cluster (sharded pub/sub).
+    pub(super) fn is_cluster(&self) -> bool {
+        self.inner.connector.is_cluster()
+    }
+
+    /// The channel every node listens to.
+    pub(super) fn all_channel(&self) -> String {
+        self.key("all")
+    }
+
+    /// The channel of one node.
+    pub(super) fn node_channel(&self, node: u64) -> String {
+        self.key(&format!("node:{}", hex(node)))
+    }
+
+    /// A group's channel on a Redis Cluster, listened to by the nodes with
+    /// members in it: `PREFIX:g:{GROUP}`, of the slot of the group's
+    /// history keys (see `super::history::keys`), so that the history
+    /// script publishes to it.
+    pub(super) fn group_channel(&self, group: &str) -> String {
+        self.key(&format!("g:{{{group}}}"))
+    }
+
+    /// Where a broadcast to `groups` goes: on a Redis Cluster, one group's
+    /// own channel (its members' nodes alone hear it, and its master alone
+    /// carries it); else, and for none or several groups (a socket in two of
+    /// them must get one copy), the channel of every node.
+    pub(super) fn channel_of_groups(&self, groups: &[&str]) -> String {
+        match groups {
+            [group] if self.is_cluster() => self.group_channel(group),
+            _ => self.all_channel(),
+        }
     }
 
     /// Records a connection of this node.
@@ -331,17 +380,47 @@ impl RedisLink {
 
     /// Forgets a connection of this node, with its groups and its user.
     pub fn remove_socket(&self, id: u64, groups: Vec<String>, user: Option<String>) {
+        for group in &groups {
+            self.listen_for(group, id, false);
+        }
         self.write(WriterCommand::RemoveSocket { id, groups, user });
     }
 
-    /// Records that connection `id` joined `group` (a room or a tag).
+    /// Records that connection `id` joined `group` (a room or a tag). On a
+    /// Redis Cluster, the group's first connection here has the node
+    /// listen to the group's channel, and its last ([`leave`](Self::leave),
+    /// [`remove_socket`](Self::remove_socket)) stop.
     pub fn join(&self, group: &str, id: u64) {
+        self.listen_for(group, id, true);
         self.write(WriterCommand::Join { group: group.into(), id });
     }
 
     /// Records that connection `id` left `group`.
     pub fn leave(&self, group: &str, id: u64) {
+        self.listen_for(group, id, false);
         self.write(WriterCommand::Leave { group: group.into(), id });
+    }
+
+    /// On a Redis Cluster, has the subscriber listen to `group`'s channel
+    /// from its first socket here on (`joined`), and drop it after its last.
+    fn listen_for(&self, group: &str, id: u64, joined: bool) {
+        if !self.is_cluster() {
+            return;
+        }
+        let mut listened = self.inner.listened.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let change = if joined {
+            let members = listened.entry(group.into()).or_default();
+            (members.insert(id) && members.len() == 1).then(|| Subscription::Listen(self.group_channel(group)))
+        } else {
+            let emptied = listened.get_mut(group).is_some_and(|members| members.remove(&id) && members.is_empty());
+            emptied.then(|| {
+                listened.remove(group);
+                Subscription::Drop(self.group_channel(group))
+            })
+        };
+        if let Some(change) = change {
+            let _ = self.inner.subscriptions.lock().map(|s| s.send(change));
+        }
     }
 
     /// Records that connection `id` belongs to `user`.
@@ -377,7 +456,7 @@ impl RedisLink {
         self.write(WriterCommand::RecordStore { id, key: key.into(), value: value.map(Into::into) });
     }
 
-    /// Connection `id` is gone: its record is kept `kept` for a claim, or goes.
+    /// RedisConn `id` is gone: its record is kept `kept` for a claim, or goes.
     pub(super) fn end_record(&self, id: u64, kept: Option<Duration>) {
         self.write(WriterCommand::EndRecord { id, kept });
     }
@@ -398,7 +477,7 @@ impl RedisLink {
 
     /// Runs a read-only query on the query connection, with the timeout,
     /// given the live nodes.
-    fn query<T>(&self, run: impl FnOnce(&mut Connection, &[u64]) -> RedisResult<T>) -> Result<T, ClusterError> {
+    fn query<T>(&self, run: impl FnOnce(&mut RedisConn, &[u64]) -> RedisResult<T>) -> Result<T, ClusterError> {
         let timeout = self.inner.options.query_timeout;
         let mut slot = self.inner.queries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if slot.as_ref().is_some_and(|(_, generation)| *generation != self.inner.connector.generation()) {
@@ -495,16 +574,13 @@ impl RedisLink {
     /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
     pub fn users(&self) -> Result<Vec<String>, ClusterError> {
         self.query(|conn, nodes| {
-            // Every node's list is in a slot of its own: in a Redis Cluster this
-            // union must become one read per node, united here.
+            // Every node's list is in a slot of its own (a Redis Cluster
+            // has no union across slots): one read per node, united here.
             let p = &self.inner.options.prefix;
-            let keys: Vec<String> = nodes.iter().map(|node| node_key(p, &hex(*node), "users")).collect();
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut users: Vec<String> = conn.sunion(keys)?;
-            users.sort();
-            Ok(users)
+            let lists: Vec<Vec<String>> =
+                per_node(conn, nodes, |pipe, node| pipe.smembers(node_key(p, &hex(node), "users")))?;
+            let users: std::collections::BTreeSet<String> = lists.into_iter().flatten().collect();
+            Ok(users.into_iter().collect())
         })
     }
 
@@ -548,7 +624,7 @@ pub(super) const ALIVE: &str = "local t = redis.call('TIME')
 /// of `nodes`, answered in their order (none for no node: Redis refuses an
 /// empty pipeline).
 fn per_node<T: redis::FromRedisValue>(
-    conn: &mut Connection,
+    conn: &mut RedisConn,
     nodes: &[u64],
     read: impl Fn(&mut redis::Pipeline, u64) -> &mut redis::Pipeline,
 ) -> RedisResult<Vec<T>> {
@@ -563,7 +639,7 @@ fn per_node<T: redis::FromRedisValue>(
 }
 
 /// The live nodes, by Redis's clock (so the nodes' clocks need not agree).
-pub(super) fn alive_nodes(conn: &mut Connection, prefix: &str) -> RedisResult<Vec<u64>> {
+pub(super) fn alive_nodes(conn: &mut RedisConn, prefix: &str) -> RedisResult<Vec<u64>> {
     let nodes: Vec<String> = eval(ALIVE, &[&format!("{prefix}:nodes")]).query(conn)?;
     Ok(nodes.iter().filter_map(|node| u64::from_str_radix(node, 16).ok()).collect())
 }

@@ -4,11 +4,10 @@
 //! That Redis is reached by URL: `redis://`, `rediss://` (TLS through rustls,
 //! with [`RedisOptions::ca_file`] for a private CA), or the master of a
 //! Sentinel group, `redis+sentinel://host:port,host:port/MASTER[/db]` (and
-//! `rediss+sentinel://`), followed through failovers (see [`RedisLink::start`]).
-//! A Redis Cluster (`redis+cluster://host:port[,host:port...]/`) is
-//! recognized but refused for now: the routing by slot and the sharded
-//! pub/sub it needs are built (`slotmap`, `router`, `sharded`), the link's
-//! threads do not use them yet.
+//! `rediss+sentinel://`), followed through failovers (see [`RedisLink::start`]),
+//! or a Redis Cluster (`redis+cluster://host:port[,host:port...]/`): every
+//! command then goes to its slot's master, and each room has a sharded
+//! channel of its own (see README.md, "Redis Cluster").
 //!
 //! ```no_run
 //! use emitws::app::{App, BroadcastOpts};
@@ -37,7 +36,10 @@
 //!
 //! Messages between nodes go over pub/sub: `P:all` for broadcasts, `P:node:ID`
 //! for one node, `P:history` for broadcasts to rooms with history (numbered
-//! by a script in Redis, and taken by every node, the sender's included). Each payload starts with the sender's id (16 hex digits) and
+//! by a script in Redis, and taken by every node, the sender's included);
+//! on a Redis Cluster these are sharded channels, and a broadcast to one
+//! group goes on that group's own channel `P:g:{GROUP}` instead (its
+//! numbered ones too), heard only by the nodes with members in it. Each payload starts with the sender's id (16 hex digits) and
 //! a newline, so a node ignores its own broadcasts; the app's messages then
 //! have a one-line JSON header saying who they are for, a newline and the
 //! envelope (see [`RedisAdapter`]). One thread per node subscribes, another
@@ -63,6 +65,8 @@
 //! `options` (settings), `error`, `connect` (where every connection is
 //! opened: the URL forms, TLS, Sentinel discovery), `wire` (node ids, payload framing, the
 //! app-message header), `link` (the node's [`RedisLink`] and its queries),
+//! `routed` (the connection every thread talks through: one server, or a
+//! Redis Cluster's masters by slot),
 //! `writer` and `subscriber` (the link's main threads), `reader` (its
 //! background thread for claims and reads a worker must not wait for),
 //! `outage` (backoff and outage logging, shared by the threads), `history`
@@ -84,15 +88,10 @@ mod link;
 mod options;
 mod outage;
 mod reader;
-// Redis Cluster routing and sharded pub/sub: tested against a real cluster,
-// not yet used by the link's threads (RedisLink::start refuses cluster URLs
-// until they are).
-#[cfg_attr(not(test), allow(dead_code))]
+mod routed;
 mod router;
 mod sessions;
-#[cfg_attr(not(test), allow(dead_code))]
 mod sharded;
-#[cfg_attr(not(test), allow(dead_code))]
 mod slotmap;
 #[cfg(test)]
 mod slots;

@@ -7,7 +7,9 @@
 use std::sync::mpsc::Receiver;
 use std::sync::Weak;
 
-use redis::{Connection, RedisError};
+use redis::RedisError;
+
+use super::routed::RedisConn;
 
 use super::link::{gone, LinkState, ThreadCtx};
 use super::outage::Outage;
@@ -15,13 +17,13 @@ use super::outage::Outage;
 /// A piece of background work: it gets the connection, or the error that
 /// kept the thread from opening one, and answers through whatever it holds.
 /// An error it returns closes the connection (the next job opens another).
-pub(crate) type Job = Box<dyn FnOnce(Result<&mut Connection, &RedisError>) -> Result<(), RedisError> + Send>;
+pub(crate) type Job = Box<dyn FnOnce(Result<&mut RedisConn, &RedisError>) -> Result<(), RedisError> + Send>;
 
 /// The thread's loop: runs the jobs in the order they come, until the link
 /// stops or is dropped. A job queued when Redis is down is run with the
 /// error at once, so that its caller is answered and not left waiting.
 pub(super) fn run(link: Weak<LinkState>, queue: Receiver<Job>, (connector, options, node): ThreadCtx) {
-    let mut conn: Option<Connection> = None;
+    let mut conn: Option<RedisConn> = None;
     let mut generation = 0;
     let mut outage = Outage::new("reader", &node);
     while let Ok(job) = queue.recv() {

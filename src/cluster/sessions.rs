@@ -27,7 +27,9 @@
 
 use std::time::Duration;
 
-use redis::{Commands, Connection, ConnectionLike, Pipeline, RedisResult};
+use redis::{Commands, ConnectionLike, Pipeline, RedisResult};
+
+use super::routed::RedisConn;
 
 use super::link::{eval, node_key};
 use super::wire::hex;
@@ -200,7 +202,7 @@ pub(super) const ORPHAN_ALIAS: &str =
 /// list and its alias are in three slots of a Redis Cluster, and a script
 /// may touch only the keys it is given, of one slot. Each record is
 /// changed atomically; nobody adds to a dead node's list.
-pub(super) fn orphan(c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+pub(super) fn orphan(c: &mut RedisConn, p: &str, node: &str) -> RedisResult<()> {
     let records: Vec<String> = c.smembers(node_key(p, node, "records"))?;
     if records.is_empty() {
         return Ok(());

@@ -89,7 +89,15 @@ impl ShardedSubscriber {
         }
     }
 
-    /// The channels listened to now, by master (for the tests and the logs).
+    /// Whether every channel asked for is listened to, confirmed by its master.
+    pub(super) fn settled(&self) -> bool {
+        self.map.is_some()
+            && self.listeners.iter().all(|l| l.unconfirmed.is_empty())
+            && self.wanted.iter().all(|c| self.listeners.iter().any(|l| l.channels.contains(c)))
+    }
+
+    /// The channels listened to now, by master (for the tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(super) fn placed(&self) -> Vec<(NodeAddr, Vec<String>)> {
         self.listeners.iter().map(|l| (l.master.clone(), l.channels.iter().cloned().collect())).collect()
     }

@@ -127,8 +127,11 @@ fn every_script_and_multi_key_command_runs_on_one_slot() {
             redis::cmd("SCRIPT").arg("LOAD").arg(PUBLISH).query(&mut cluster.connect(shard.master)).unwrap();
     }
     let history = History::new(100, Duration::from_secs(60));
-    for envelope in [&br#"[0,"/said","one"]"#[..], br#"[0,"/said","two"]"#] {
-        let call = publish_call(P, 0xaa, "#lobby", &history, "e1", envelope, &[]).expect("an envelope");
+    // Once to the history channel, once (as on a Redis Cluster) to the
+    // room's sharded channel: a script may only SPUBLISH to its keys' slot.
+    let room_channel = Some(format!("{P}:g:{{#lobby}}"));
+    for (envelope, sharded) in [(&br#"[0,"/said","one"]"#[..], None), (br#"[0,"/said","two"]"#, room_channel)] {
+        let call = publish_call(P, 0xaa, sharded, "#lobby", &history, "e1", envelope, &[]).expect("an envelope");
         let _: u64 = call.query(&mut c).unwrap();
     }
     let [meta, stream] = keys(P, "#lobby");

@@ -18,7 +18,9 @@
 
 use std::collections::BTreeMap;
 
-use redis::{Commands, Connection, Pipeline, RedisResult};
+use redis::{Commands, Pipeline, RedisResult};
+
+use super::routed::RedisConn;
 
 use super::link::{eval, node_key, RedisLink};
 use super::wire::{hex, Header};
@@ -163,7 +165,7 @@ pub(super) fn count_device(link: &RedisLink, change: DeviceChange<'_>, done: Dev
 /// sent as if by the node gone (a node does not hear its own), which the
 /// adapter turns into the app's offline hook. Run before the node's keys
 /// go, by the survivor that forgets a dead node or by a node that stops.
-pub(super) fn orphan_devices(c: &mut Connection, p: &str, gone: &str, tell: Option<&str>) -> RedisResult<()> {
+pub(super) fn orphan_devices(c: &mut RedisConn, p: &str, gone: &str, tell: Option<&str>) -> RedisResult<()> {
     let users: Vec<String> = c.smembers(node_key(p, gone, "users"))?;
     let prefix = format!("{gone}:");
     for user in users {

@@ -10,7 +10,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
-use redis::{Commands, Connection, RedisResult};
+use redis::{Commands, RedisResult};
+
+use super::routed::RedisConn;
 
 use super::link::{eval, gone, node_key, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
@@ -107,6 +109,8 @@ pub(super) struct Writer {
     /// heartbeats is not taken for gone: after Redis restarted empty, every
     /// node's heartbeat takes up to a period to come back.
     settling_until: Option<Instant>,
+    /// Publishing to a Redis Cluster: `SPUBLISH` (sharded pub/sub).
+    sharded: bool,
 }
 
 impl Writer {
@@ -120,14 +124,16 @@ impl Writer {
             unsynced: BTreeSet::new(),
             beaten: false,
             settling_until: None,
+            sharded: false,
         }
     }
 
     /// The thread's loop, until the link stops or is dropped.
     pub(super) fn run(mut self, queue: Receiver<WriterCommand>, (connector, options, node): ThreadCtx) {
         let p = options.prefix.clone();
+        self.sharded = connector.is_cluster();
         let beat_every = options.heartbeat_ttl / 3;
-        let mut conn: Option<Connection> = None;
+        let mut conn: Option<RedisConn> = None;
         // The master's generation `conn` was opened under (see connect.rs).
         let mut generation = 0;
         let mut outage = Outage::watched("publisher", &node, &self.link);
@@ -329,7 +335,7 @@ impl Writer {
     /// Writes the batch; the error that closed the connection, if one did.
     fn flush(
         &mut self,
-        conn: &mut Option<Connection>,
+        conn: &mut Option<RedisConn>,
         batch: &mut Vec<WriterCommand>,
         p: &str,
         node: &str,
@@ -341,12 +347,28 @@ impl Writer {
             self.drop_publishes(batch, true);
             return None;
         };
+        let publish = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
+        // On a Redis Cluster, a message by public id goes where its alias
+        // says, read first: the alias and the node's channel are of two
+        // slots, which no script can touch together.
+        let mut routes = match self.aliases(c, batch) {
+            Ok(routes) => routes.into_iter(),
+            Err(e) => {
+                *conn = None;
+                self.drop_publishes(batch, true);
+                return Some(e);
+            }
+        };
         let mut pipe = redis::pipe();
         let mut left_users = Vec::new();
         for write in batch.iter() {
             match write {
                 WriterCommand::Publish { channel, payload } => {
-                    pipe.publish(channel, payload.as_slice()).ignore();
+                    pipe.cmd(publish).arg(channel).arg(payload.as_slice()).ignore();
+                }
+                WriterCommand::PublishRouted { node, payload, .. } if self.sharded => {
+                    let to = routes.next().flatten().unwrap_or_else(|| node.clone());
+                    pipe.cmd(publish).arg(format!("{p}:node:{to}")).arg(payload.as_slice()).ignore();
                 }
                 WriterCommand::PublishRouted { alias, node, payload } => {
                     let routed =
@@ -441,10 +463,26 @@ impl Writer {
         result.err()
     }
 
+    /// On a Redis Cluster, where each message of the batch sent by public
+    /// id is to go: the node its alias names, if any (see [`ROUTE`]), in
+    /// the batch's order; nothing to read on one Redis (the script reads it).
+    fn aliases(&self, c: &mut RedisConn, batch: &[WriterCommand]) -> RedisResult<Vec<Option<String>>> {
+        let mut reads = redis::pipe();
+        for write in batch {
+            if let WriterCommand::PublishRouted { alias, .. } = write {
+                reads.get(alias);
+            }
+        }
+        if !self.sharded || reads.is_empty() {
+            return Ok(Vec::new());
+        }
+        reads.query(c)
+    }
+
     /// Makes Redis count the devices of the users noted in `unsynced` as
     /// this node has them now (its presence is up to date with every
     /// change made before they were noted).
-    fn sync_devices(&mut self, c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+    fn sync_devices(&mut self, c: &mut RedisConn, p: &str, node: &str) -> RedisResult<()> {
         if self.unsynced.is_empty() {
             return Ok(());
         }
@@ -465,7 +503,11 @@ impl Writer {
     }
 
     /// Writes this node's presence again, replacing whatever Redis has of it.
-    fn replay(&self, c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+    /// The node's own keys are replaced in one transaction (one slot: see
+    /// `node_key`), so that no query sees them half written; its users'
+    /// device counts and its sockets' records, each of a slot of its own,
+    /// follow.
+    fn replay(&self, c: &mut RedisConn, p: &str, node: &str) -> RedisResult<()> {
         let stale = node_keys(c, p, node)?;
         let listed: Vec<String> = c.smembers(node_key(p, node, "users"))?;
         let mut pipe = redis::pipe();
@@ -473,14 +515,6 @@ impl Writer {
         if !stale.is_empty() {
             pipe.del(stale).ignore();
         }
-        // Each user's devices across the cluster, as this node has them now.
-        let mut devices = std::collections::BTreeMap::<&str, Vec<u64>>::new();
-        for (id, sets) in &self.presence {
-            for user in sets.iter().filter_map(|set| set.strip_prefix("u:")) {
-                devices.entry(user).or_default().push(*id);
-            }
-        }
-        super::users::sync_devices(&mut pipe, p, node, &devices, &listed);
         for (id, sets) in &self.presence {
             pipe.sadd(node_key(p, node, "sockets"), id).ignore();
             for set in sets {
@@ -501,8 +535,21 @@ impl Writer {
         for (group, size) in sizes {
             pipe.hset(node_key(p, node, "groups"), group, size).ignore();
         }
+        let () = pipe.query(c)?;
+        let mut pipe = redis::pipe();
+        // Each user's devices across the cluster, as this node has them now.
+        let mut devices = std::collections::BTreeMap::<&str, Vec<u64>>::new();
+        for (id, sets) in &self.presence {
+            for user in sets.iter().filter_map(|set| set.strip_prefix("u:")) {
+                devices.entry(user).or_default().push(*id);
+            }
+        }
+        super::users::sync_devices(&mut pipe, p, node, &devices, &listed);
         for record in self.records.values() {
             record.write(&mut pipe, p, node);
+        }
+        if pipe.is_empty() {
+            return Ok(());
         }
         pipe.query(c)
     }
@@ -548,7 +595,7 @@ impl Writer {
     }
 
     /// Removes this node from the cluster on a clean stop.
-    fn leave(&self, conn: Option<Connection>, p: &str, node: &str) {
+    fn leave(&self, conn: Option<RedisConn>, p: &str, node: &str) {
         if let Some(mut c) = conn {
             let _: RedisResult<()> = c.zrem(format!("{p}:nodes"), node);
             // Its devices stop counting; a live peer runs the offline hooks.
@@ -594,7 +641,7 @@ pub(super) const BEAT: &str = "local t = redis.call('TIME')
 /// Refreshes this node's heartbeat (by Redis's clock) and forgets the nodes
 /// whose heartbeat died. Whether this node's own heartbeat had lapsed, and
 /// the live nodes (this one included).
-fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResult<(bool, Vec<String>)> {
+fn heartbeat(c: &mut RedisConn, p: &str, node: &str, ttl_ms: u64) -> RedisResult<(bool, Vec<String>)> {
     let nodes = format!("{p}:nodes");
     let (lapsed, dead, live): (u8, Vec<String>, Vec<String>) = eval(BEAT, &[&nodes]).arg(node).arg(ttl_ms).query(c)?;
     for dead in dead {
@@ -610,11 +657,11 @@ fn heartbeat(c: &mut Connection, p: &str, node: &str, ttl_ms: u64) -> RedisResul
 
 /// Every presence key of `node`: one slot (see `node_key`; braces are no
 /// pattern characters to `SCAN MATCH`).
-fn node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<Vec<String>> {
+fn node_keys(c: &mut RedisConn, p: &str, node: &str) -> RedisResult<Vec<String>> {
     c.scan_match(node_key(p, node, "*"))?.collect()
 }
 
-fn delete_node_keys(c: &mut Connection, p: &str, node: &str) -> RedisResult<()> {
+fn delete_node_keys(c: &mut RedisConn, p: &str, node: &str) -> RedisResult<()> {
     let keys = node_keys(c, p, node)?;
     if !keys.is_empty() {
         let _: () = c.del(keys)?;

@@ -72,7 +72,8 @@ struct Query {
 #[derive(Parser)]
 #[command(name = "emitws-cluster-node")]
 struct Args {
-    /// The Redis server (redis://, rediss:// for TLS, redis+sentinel://host:port,.../MASTER);
+    /// The Redis server (redis://, rediss:// for TLS, redis+sentinel://host:port,.../MASTER,
+    /// redis+cluster://host:port,host:port/);
     /// without it, a server on its own (node 0)
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
