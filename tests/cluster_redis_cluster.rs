@@ -9,6 +9,8 @@
 //! room's channel is replaced by its replica, and that room's broadcasts
 //! flow again (the gap is printed, not asserted). Without redis-server on
 //! the PATH these tests fail, unless `EMITWS_SKIP=redis` leaves them out.
+//! A room's slot given to another master (the end of a resharding): the
+//! nodes follow it there.
 #![cfg(feature = "redis")]
 
 use std::time::{Duration, Instant};
@@ -251,6 +253,31 @@ fn a_rooms_broadcasts_flow_again_after_its_master_fails_over() {
         assert_eq!(said(&mut ann).0, json!("still here"));
     }
     eventually("both sockets counted", || a.cluster().socket_count().is_ok_and(|n| n == 2));
+    ann.close();
+    bob.close();
+    a.close();
+    b.close();
+}
+
+#[test]
+fn a_rooms_channel_follows_its_slot_to_another_master() {
+    let Some(cluster) = RedisCluster::start() else { return };
+    let (a, b) = two_app_nodes(&cluster);
+    let (mut ann, mut bob) = (AppClient::connect(a.addr()), AppClient::connect(b.addr()));
+    let rooms = room_per_master(&cluster, "#m");
+    let ((room, from), (_, to)) = (rooms[0].clone(), rooms[1].clone());
+    ask(&mut ann, "/join", json!(room));
+    ask(&mut bob, "/join", json!(room));
+    wait_listened(&cluster, &channel(&room), from, 2);
+    let started = Instant::now();
+    cluster.give_slot(cluster.slot(&channel(&room)), to);
+    // The old master unsubscribes the nodes (a push); they read the map
+    // again and subscribe on the new one.
+    wait_listened(&cluster, &channel(&room), to, 2);
+    println!("{room}: subscribed on the new master after {:?}", started.elapsed());
+    ask(&mut ann, "/say", json!({ "room": room, "text": "moved" }));
+    assert_eq!(said(&mut bob).0, json!("moved"));
+    eventually("both sockets counted", || b.cluster().socket_count().is_ok_and(|n| n == 2));
     ann.close();
     bob.close();
     a.close();

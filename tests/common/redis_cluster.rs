@@ -199,6 +199,17 @@ impl RedisCluster {
         });
         (shard.master, self.master_of_slot(slot))
     }
+
+    /// Gives `slot` (which must hold no key) to the master on `to` for good
+    /// (`CLUSTER SETSLOT … NODE` on every master), as a resharding ends.
+    pub fn give_slot(&self, slot: u16, to: u16) {
+        let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut self.connect(to)).expect("CLUSTER MYID");
+        for shard in self.shards() {
+            let set = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&id).clone();
+            set.query::<()>(&mut self.connect(shard.master))
+                .unwrap_or_else(|e| panic!("SETSLOT on {}: {e}", shard.master));
+        }
+    }
 }
 
 impl Drop for RedisCluster {
