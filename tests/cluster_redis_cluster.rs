@@ -7,12 +7,14 @@
 //! everyone and to several rooms, messages to a socket and to a user,
 //! queries, and history work as on one Redis. A master killed under a
 //! room's channel is replaced by its replica, and that room's broadcasts
-//! flow again (the gap is printed, not asserted). Without redis-server on
+//! flow again (the gap is printed, not asserted), and a node listening
+//! there tells the app (`StoreLost`, then `StoreBack`). Without redis-server on
 //! the PATH these tests fail, unless `EMITWS_SKIP=redis` leaves them out.
 //! A room's slot given to another master (the end of a resharding): the
 //! nodes follow it there.
 #![cfg(feature = "redis")]
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 #[path = "common/app.rs"]
@@ -26,7 +28,7 @@ use redis_cluster::single as redis_server;
 mod two_nodes;
 
 use app_client::{eventually, AppClient};
-use emitws::app::{App, BroadcastOpts, EventLimits, History, SocketId};
+use emitws::app::{App, BroadcastOpts, ClusterEvent, EventLimits, History, SocketId};
 use redis_cluster::RedisCluster;
 use serde_json::{json, Value};
 use two_nodes::{options, wait_joined, Node};
@@ -221,7 +223,14 @@ fn two_nodes_share_rooms_sockets_users_and_history_over_a_redis_cluster() {
 #[test]
 fn a_rooms_broadcasts_flow_again_after_its_master_fails_over() {
     let Some(mut cluster) = RedisCluster::start() else { return };
-    let (a, b) = two_app_nodes(&cluster);
+    // Node b tells of its health: the outage of the failed master's channels.
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut b_app = app();
+    let seen = events.clone();
+    b_app.on_cluster(move |_, event| seen.lock().unwrap().push(event.clone()));
+    let a = Node::start(&url(&cluster), options(Duration::from_secs(2)), app());
+    let b = Node::start(&url(&cluster), options(Duration::from_secs(2)), b_app);
+    wait_joined(&[&a, &b]);
     let (mut ann, mut bob) = (AppClient::connect(a.addr()), AppClient::connect(b.addr()));
     let rooms = room_per_master(&cluster, "#f");
     for (room, master) in &rooms {
@@ -248,11 +257,18 @@ fn a_rooms_broadcasts_flow_again_after_its_master_fails_over() {
     println!("{room}: master {killed} failed over to {successor}; broadcasts back after {gap:?}");
     wait_listened(&cluster, &channel(&room), successor, 2);
     // The other rooms, and the queries, work on the new map.
-    for (other, _) in &rooms[1..] {
+    for (other, master) in &rooms[1..] {
+        wait_listened(&cluster, &channel(other), *master, 2);
         ask(&mut bob, "/say", json!({ "room": other, "text": "still here" }));
         assert_eq!(said(&mut ann).0, json!("still here"));
     }
     eventually("both sockets counted", || a.cluster().socket_count().is_ok_and(|n| n == 2));
+    // b lost the master under its channel, then heard every channel again.
+    eventually("StoreLost then StoreBack on b", || {
+        let events = events.lock().unwrap();
+        let lost = events.iter().position(|e| matches!(e, ClusterEvent::StoreLost { .. }));
+        lost.is_some_and(|at| events[at..].iter().any(|e| matches!(e, ClusterEvent::StoreBack { .. })))
+    });
     ann.close();
     bob.close();
     a.close();
