@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::adapter::{ClaimDone, ClaimOutcome, Presence, SessionClaim};
-use super::connect::{Challenge, Connecting, Refusal, RefusalKind};
+use super::connect::{self, Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
 use super::handle::AppHandle;
@@ -249,7 +249,12 @@ impl AppWorker {
                 }
                 let outcome = outcome.unwrap_or_else(|_| Err(Refusal::status(500, "the identify hook panicked")));
                 match &outcome {
-                    Ok(user) => req.reply(&serde_json::json!({ "user": user })),
+                    Ok(user) => {
+                        // What identified the socket, for `req.identity()` (PROTOCOL.md §15).
+                        let identity = data.map(|data| data.to_owned());
+                        req.conn.data_mut().info_mut(&app.0.setup.conn.tables).identity = identity;
+                        req.reply(&serde_json::json!({ "user": user }))
+                    }
                     Err(refusal) => req.reply_err(ErrorCode::Unauthorized.as_str(), &refusal.as_close().1),
                 }
                 self.authenticated(conn, outcome);
@@ -363,13 +368,17 @@ impl AppWorker {
             user: Option<String>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             resumed: bool,
+            /// The app's own id for the socket (PROTOCOL.md §15).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<String>,
         }
         if self.app.0.setup.resume.window.is_some() && resume.is_none() {
             crate::runtime::logs::no_resume_token(conn.id());
         }
         let (user, resumed) = (conn.data().user().map(str::to_owned), conn.data().has(flag::RESUMED));
-        let socket = self.app.socket_id_of(conn.id(), conn.data()).to_string();
-        let ready = Ready { socket, resume, user, resumed };
+        let socket = self.app.socket_id_of(conn.id(), conn.data());
+        let id = connect::admitted(&self.app.0.setup.conn, socket, conn.data_mut()).map(|id| id.to_string());
+        let ready = Ready { socket: socket.to_string(), resume, user, resumed, id };
         let _ = self.local.send_json(conn, |out| envelope::write_event(out, "@ready", &ready));
     }
 
@@ -935,8 +944,10 @@ impl Handler for AppWorker {
         if let Some(query) = request.query() {
             data.state().query = Some(query.into());
         }
+        connect::read_facts(&state.setup.conn, state.setup.limits.max_depth, request, &mut data)?;
         let mut refusal = None;
-        let mut connecting = Connecting { request, data: &mut data };
+        let tables = state.setup.conn.tables.clone();
+        let mut connecting = Connecting { request, data: &mut data, tables };
         if let Auth::Upgrade(identify) = &state.setup.auth {
             match identify(&mut connecting) {
                 Ok(user) => connecting.data.state().user = Some(user.into()),
@@ -955,9 +966,14 @@ impl Handler for AppWorker {
                 }
             }
         }
+        if refusal.is_none() {
+            connect::admit_facts(&state.setup.conn, &mut connecting)?;
+        }
         match refusal.map(|r| r.kind) {
             Some(RefusalKind::Status(status, body)) => return Err(Reject { status, body }),
-            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some(Box::new((code, reason))),
+            Some(RefusalKind::Close(code, reason)) => {
+                data.info_mut(&state.setup.conn.tables).refusal = Some((code, reason))
+            }
             None => {}
         }
         let accept = Accept::new(data);
@@ -977,7 +993,7 @@ impl Handler for AppWorker {
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
-        if let Some(refusal) = data.state.as_mut().and_then(|s| s.refusal.take()) {
+        if let Some(refusal) = data.state.as_mut().and_then(|s| s.info.as_mut()?.refusal.take()) {
             return conn.close(refusal.0, &refusal.1);
         }
         let awaits_resume = data.query().and_then(|q| query_value(q, RESUME_PARAM)).is_some_and(|v| v == "1");
