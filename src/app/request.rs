@@ -493,9 +493,9 @@ impl Request<'_> {
     /// user, or when that first connection sent none. A socket counts
     /// under the user it has when it is first admitted (or first asks);
     /// a later [`set_user`](Self::set_user) to another user does not move it.
-    pub fn user_meta(&mut self) -> Option<std::sync::Arc<RawValue>> {
+    pub fn user_meta(&mut self) -> Option<Box<RawValue>> {
         let tables = &self.app.0.setup.conn.tables;
-        self.conn.data_mut().user_meta(tables)
+        self.conn.data_mut().user_meta(tables).map(|meta| (*meta).to_owned())
     }
 
     /// The socket's id from the app's [`generate_id`](super::App::generate_id) hook.
