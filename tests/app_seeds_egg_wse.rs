@@ -86,7 +86,7 @@ fn namespace_middleware_runs_only_for_events_under_it_after_the_apps() {
 }
 
 #[test]
-fn generated_ids_name_sockets_in_ready_handlers_and_lookups_and_are_unique() {
+fn generated_ids_name_sockets_in_ready_handlers_and_lookups_and_the_newest_takes_an_id() {
     let mut app = App::new();
     app.generate_id(|conn| match conn.query_value("device") {
         Some(device) if device == "long" => Ok("x".repeat(emitws::app::MAX_GENERATED_ID + 1)),
@@ -111,18 +111,29 @@ fn generated_ids_name_sockets_in_ready_handlers_and_lookups_and_are_unique() {
     // The cluster-wide socket id stays what routes messages.
     assert_eq!(me["socket"], ready["socket"]);
 
-    let taken = AppClient::connect_to(addr, "/?device=phone", &[]).err().expect("in use");
-    assert_eq!((taken.status, taken.body_text().as_str()), (409, "socket id device-phone is in use"));
-
     let socket = running.socket_by_generated_id("device-phone").expect("found by its generated id");
     assert_eq!(socket.id().to_string(), ready["socket"].as_str().unwrap());
     assert!(socket.emit("/hello", "phone").expect("emits"));
     assert_eq!(phone.expect_event("/hello"), json!("phone"));
     assert!(running.socket_by_generated_id("device-tablet").is_none());
 
+    // The same device back before its old socket is gone: the new one takes the id.
+    let mut back = AppClient::connect_to(addr, "/?device=phone", &[]).expect("not locked out");
+    let back_ready = back.wait_ready();
+    assert_eq!(back_ready["id"], "device-phone");
+    assert_ne!(back_ready["socket"], ready["socket"]);
+    let found = running.socket_by_generated_id("device-phone").expect("found");
+    assert_eq!(found.id().to_string(), back_ready["socket"].as_str().unwrap());
+    assert_eq!(phone.request("/me", Value::Null).expect("reply")["id"], Value::Null, "the old socket has none");
+    assert_eq!(back.request("/me", Value::Null).expect("reply")["id"], "device-phone");
+    // The old socket going does not take the id from the new one.
     phone.close();
+    std::thread::sleep(Duration::from_millis(50));
+    let found = running.socket_by_generated_id("device-phone").expect("still the new one's");
+    assert_eq!(found.id().to_string(), back_ready["socket"].as_str().unwrap());
+    back.close();
     eventually("the id is free again", || running.socket_by_generated_id("device-phone").is_none());
-    let mut again = AppClient::connect_to(addr, "/?device=phone", &[]).expect("the id is free");
+    let mut again = AppClient::connect_to(addr, "/?device=phone", &[]).expect("upgrade");
     assert_eq!(again.wait_ready()["id"], "device-phone");
     again.close();
 

@@ -345,11 +345,21 @@ impl Default for ConnSettings {
 #[derive(Default)]
 pub(crate) struct ConnTables {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    /// Generated ids, and their socket's id once it is admitted.
-    ids: Mutex<HashMap<Arc<str>, Option<SocketId>>>,
+    /// Generated ids, and which socket has each.
+    ids: Mutex<HashMap<Arc<str>, IdOwner>>,
+    /// The next [`IdOwner::token`].
+    next_token: std::sync::atomic::AtomicU64,
     /// Per user: the metadata of its first connection here, and how many of
     /// its connections here are counted under it.
     user_meta: Mutex<HashMap<Arc<str>, UserMeta>>,
+}
+
+/// The socket a generated id names: the latest connection given it.
+struct IdOwner {
+    /// Tells that connection from an older one given the same id.
+    token: u64,
+    /// Its socket's id, once admitted.
+    socket: Option<SocketId>,
 }
 
 /// A user's first connection's metadata on this node, and how many of its
@@ -366,8 +376,9 @@ pub(crate) struct ConnInfo {
     counted_ip: Option<IpAddr>,
     pub meta: Option<Arc<RawValue>>,
     pub identity: Option<Box<RawValue>>,
-    /// The id the app's `generate_id` gave.
-    pub generated_id: Option<Arc<str>>,
+    /// The id the app's `generate_id` gave, and this connection's token in
+    /// the table of ids (see [`IdOwner`]).
+    generated_id: Option<(Arc<str>, u64)>,
     /// The user whose first-connection metadata this socket counts in.
     meta_user: Option<Arc<str>>,
     /// A refusal to carry out right after the upgrade (a close code).
@@ -375,6 +386,14 @@ pub(crate) struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// The id the app's `generate_id` gave this connection, unless a newer
+    /// connection was given the same one since.
+    pub(crate) fn generated_id(&self) -> Option<&str> {
+        let (id, token) = self.generated_id.as_ref()?;
+        let current = lock(&self.tables.ids).get(id).is_some_and(|owner| owner.token == *token);
+        current.then_some(&**id)
+    }
+
     fn new(tables: &Arc<ConnTables>) -> ConnInfo {
         ConnInfo {
             tables: tables.clone(),
@@ -400,8 +419,12 @@ impl Drop for ConnInfo {
                 }
             }
         }
-        if let Some(id) = &self.generated_id {
-            lock(&self.tables.ids).remove(id);
+        if let Some((id, token)) = &self.generated_id {
+            let mut ids = lock(&self.tables.ids);
+            // A newer connection given the same id keeps it.
+            if ids.get(id).is_some_and(|owner| owner.token == *token) {
+                ids.remove(id);
+            }
         }
         if let Some(user) = &self.meta_user {
             let mut user_meta = lock(&self.tables.user_meta);
@@ -537,13 +560,12 @@ pub(crate) fn admit_facts(settings: &ConnSettings, connecting: &mut Connecting<'
             return Err(Reject { status: 500, body });
         }
         let id: Arc<str> = id.into();
-        let mut ids = lock(&tables.ids);
-        if ids.contains_key(&id) {
-            return Err(Reject { status: 409, body: format!("socket id {id} is in use") });
-        }
-        ids.insert(id.clone(), None);
-        drop(ids);
-        connecting.data.info_mut(tables).generated_id = Some(id);
+        let token = tables.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // The newest connection takes the id: most often the same device
+        // back before its old socket's loss was noticed, which must not be
+        // locked out until then (see App::generate_id).
+        lock(&tables.ids).insert(id.clone(), IdOwner { token, socket: None });
+        connecting.data.info_mut(tables).generated_id = Some((id, token));
     }
     Ok(())
 }
@@ -555,8 +577,10 @@ pub(crate) fn admitted(settings: &ConnSettings, socket: SocketId, data: &mut Soc
     if data.user().is_some() {
         data.user_meta(&settings.tables);
     }
-    let id = data.info()?.generated_id.clone()?;
-    lock(&settings.tables.ids).insert(id.clone(), Some(socket));
+    let (id, token) = data.info()?.generated_id.clone()?;
+    let mut ids = lock(&settings.tables.ids);
+    let owner = ids.get_mut(&id).filter(|owner| owner.token == token)?;
+    owner.socket = Some(socket);
     Some(id)
 }
 
@@ -601,7 +625,7 @@ impl AppHandle {
     /// # }
     /// ```
     pub fn socket_by_generated_id(&self, id: &str) -> Option<super::SocketRef> {
-        let socket = (*lock(&self.0.setup.conn.tables.ids).get(id)?)?;
+        let socket = lock(&self.0.setup.conn.tables.ids).get(id)?.socket?;
         Some(self.socket(socket))
     }
 }

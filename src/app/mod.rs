@@ -307,9 +307,14 @@ impl App {
     /// its messages; the generated id is sent to the client in `@ready`
     /// (`"id"`), read in handlers with [`Request::generated_id`], and finds
     /// the socket with [`AppHandle::socket_by_generated_id`]. It must be 1
-    /// to [`MAX_GENERATED_ID`] bytes (else 500) and unused by this node's
-    /// other sockets (else 409); the hook may refuse the connection.
-    /// Uniqueness and lookup are this node's (PROTOCOL.md §15).
+    /// to [`MAX_GENERATED_ID`] bytes (else the upgrade gets 500); the hook
+    /// may refuse the connection. An id is one socket's: a connection given
+    /// an id another socket of this node has takes it (the same device
+    /// back before its old socket's loss was noticed, most often, which
+    /// must not be locked out meanwhile): the id then finds the new socket,
+    /// and the older one, left connected until the heartbeat, a resume's
+    /// takeover or the app closes it, has none. Lookup is this node's
+    /// (PROTOCOL.md §15).
     ///
     /// ```
     /// use emitws::app::{App, Refusal};

@@ -498,9 +498,10 @@ impl Request<'_> {
         self.conn.data_mut().user_meta(tables).map(|meta| (*meta).to_owned())
     }
 
-    /// The socket's id from the app's [`generate_id`](super::App::generate_id) hook.
+    /// The socket's id from the app's [`generate_id`](super::App::generate_id)
+    /// hook; `None` without one, or once a newer connection was given the same id.
     pub fn generated_id(&self) -> Option<&str> {
-        self.conn.data().info()?.generated_id.as_deref()
+        self.conn.data().info()?.generated_id()
     }
 }
 
