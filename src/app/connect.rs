@@ -12,7 +12,6 @@ use serde_json::value::RawValue;
 
 use super::disconnect::After;
 use super::envelope;
-use super::handle::AppHandle;
 use super::locks::lock;
 use super::rpc::CallReply;
 use super::socket::{query_value, SocketData};
@@ -584,49 +583,23 @@ pub(crate) fn admitted(settings: &ConnSettings, socket: SocketId, data: &mut Soc
     Some(id)
 }
 
-impl AppHandle {
-    /// Takes a path route ([`App::route`](super::App::route)) away, or puts
-    /// it back (`removed` false), while the app runs: upgrades to a removed
-    /// route get 404, as paths that never had one; sockets already
-    /// connected through it stay. `pattern` is the route's pattern as
-    /// declared (parameter names count: `/chat/:room`). True if a route
-    /// had that pattern and changed.
-    ///
-    /// ```no_run
-    /// let mut app = emitws::app::App::new();
-    /// app.route("/chat/:room");
-    /// app.route("/beta");
-    /// let running = app.listen("127.0.0.1:0")?;
-    /// assert!(running.unregister_path("/beta", true)); // new sockets to /beta: 404
-    /// # Ok::<(), std::io::Error>(())
-    /// ```
-    pub fn unregister_path(&self, pattern: &str, removed: bool) -> bool {
-        let segments = PathRoute::new(pattern).segments;
-        let routes = self.0.setup.paths.iter().filter(|route| route.segments == segments);
-        let ordering = std::sync::atomic::Ordering::Relaxed;
-        let mut changed = false;
-        // Every route of the pattern, should it be declared twice.
-        for route in routes {
-            changed |= route.removed.swap(removed, ordering) != removed;
-        }
-        changed
+/// Takes away (`removed`) or puts back every path route of `pattern` (as
+/// declared: parameter names count); true if one changed.
+pub(crate) fn remove_path(routes: &[PathRoute], pattern: &str, removed: bool) -> bool {
+    let segments = PathRoute::new(pattern).segments;
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    let mut changed = false;
+    // Every route of the pattern, should it be declared twice.
+    for route in routes.iter().filter(|route| route.segments == segments) {
+        changed |= route.removed.swap(removed, ordering) != removed;
     }
+    changed
+}
 
-    /// The socket on this node that the app's
-    /// [`generate_id`](super::App::generate_id) named `id`, once admitted;
-    /// its [`SocketRef`](super::SocketRef) then emits, calls and closes as
-    /// any. Only this node's sockets are found (PROTOCOL.md §15).
-    ///
-    /// ```no_run
-    /// # fn demo(app: &emitws::app::AppHandle) {
-    /// if let Some(socket) = app.socket_by_generated_id("device-42") {
-    ///     let _ = socket.emit("/hello", "device 42");
-    /// }
-    /// # }
-    /// ```
-    pub fn socket_by_generated_id(&self, id: &str) -> Option<super::SocketRef> {
-        let socket = lock(&self.0.setup.conn.tables.ids).get(id)?.socket?;
-        Some(self.socket(socket))
+impl ConnTables {
+    /// The socket a generated id names, once admitted.
+    pub(crate) fn socket_of(&self, id: &str) -> Option<SocketId> {
+        lock(&self.ids).get(id)?.socket
     }
 }
 

@@ -47,7 +47,8 @@
 //!          ├ adapter        the Adapter trait, targets, scopes, presence
 //!          ├ session        sessions kept for resume, resume tokens
 //!          └ inbox          what other threads post to a worker
-//!            ├ connect      upgrades: Connecting, Refusal, path routes, Challenge
+//!            ├ connect      upgrades: Connecting, Refusal, path routes, Challenge;
+//!            │              connection facts: proxies, metadata, identity, generated ids
 //!            ├ groups       rooms and tags, broadcast deliveries
 //!            ├ socket       SocketData, the per-socket state
 //!            └ rpc, envelope, disconnect, socket_id, limits, error, locks
@@ -276,8 +277,11 @@ impl App {
     /// });
     /// # Ok::<(), emitws::app::BadProxy>(())
     /// ```
-    pub fn trusted_proxies<'s>(&mut self, proxies: impl IntoIterator<Item = &'s str>) -> Result<&mut Self, BadProxy> {
-        self.config.conn.proxies = proxies.into_iter().map(str::parse).collect::<Result<_, _>>()?;
+    pub fn trusted_proxies(
+        &mut self,
+        proxies: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<&mut Self, BadProxy> {
+        self.config.conn.proxies = proxies.into_iter().map(|p| p.as_ref().parse()).collect::<Result<_, _>>()?;
         Ok(self)
     }
 
@@ -674,6 +678,43 @@ impl App {
         })?;
         app.0.server.get_or_init(|| running.handle());
         Ok(Running { app, server: Some(running) })
+    }
+}
+
+impl AppHandle {
+    /// Takes a path route ([`App::route`](App::route)) away, or puts
+    /// it back (`removed` false), while the app runs: upgrades to a removed
+    /// route get 404, as paths that never had one; sockets already
+    /// connected through it stay. `pattern` is the route's pattern as
+    /// declared (parameter names count: `/chat/:room`). True if a route
+    /// had that pattern and changed.
+    ///
+    /// ```no_run
+    /// let mut app = emitws::app::App::new();
+    /// app.route("/chat/:room");
+    /// app.route("/beta");
+    /// let running = app.listen("127.0.0.1:0")?;
+    /// assert!(running.unregister_path("/beta", true)); // new sockets to /beta: 404
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn unregister_path(&self, pattern: &str, removed: bool) -> bool {
+        connect::remove_path(&self.0.setup.paths, pattern, removed)
+    }
+
+    /// The socket on this node that the app's
+    /// [`generate_id`](App::generate_id) named `id`, once admitted;
+    /// its [`SocketRef`](SocketRef) then emits, calls and closes as
+    /// any. Only this node's sockets are found (PROTOCOL.md §15).
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) {
+    /// if let Some(socket) = app.socket_by_generated_id("device-42") {
+    ///     let _ = socket.emit("/hello", "device 42");
+    /// }
+    /// # }
+    /// ```
+    pub fn socket_by_generated_id(&self, id: &str) -> Option<SocketRef> {
+        Some(self.socket(self.0.setup.conn.tables.socket_of(id)?))
     }
 }
 
