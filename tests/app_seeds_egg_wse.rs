@@ -339,6 +339,36 @@ fn identity_is_the_first_message_that_identified_the_socket() {
     running.close();
 }
 
+#[test]
+fn identity_is_the_accepted_answer_to_the_challenge() {
+    let mut app = App::new();
+    app.challenge(emitws::app::Challenge::new(
+        || "nonce-7".to_string(),
+        |nonce, answer| {
+            let (signature, user): (String, String) = answer.data().map_err(|_| Refusal::status(401, "bad answer"))?;
+            match signature == nonce.chars().rev().collect::<String>() {
+                true => Ok(user),
+                false => Err(Refusal::status(403, "wrong signature")),
+            }
+        },
+    ));
+    app.on("/who", |req| {
+        let identity = req.identity().map(|v| serde_json::from_str::<Value>(v.get()).unwrap());
+        req.reply(&json!({ "user": req.user(), "identity": identity }));
+    });
+    let running = start(app, 1);
+    let client = EventClient::new(&format!("ws://{}/", running.local_addr()), AppOptions::default()).expect("client");
+    client.register("@challenge", |data| {
+        let nonce = data["challenge"].as_str().unwrap_or_default();
+        Ok(json!([nonce.chars().rev().collect::<String>(), "dan"]))
+    });
+    client.open().expect("authenticated");
+    let who = client.request("/who", Value::Null, Duration::from_secs(3)).expect("reply");
+    assert_eq!(who, json!({ "user": "dan", "identity": ["7-ecnon", "dan"] }));
+    client.close();
+    running.close();
+}
+
 /// Asks the client's procedure named in the data, replying with its answer or error code.
 fn ask(req: &mut Request<'_>) {
     let Some(name) = req.expect_data::<String>() else { return };

@@ -784,11 +784,15 @@ impl AppWorker {
         // Longer than the auth deadline, so that running out of time always closes with 4408.
         let timeout = self.app.0.setup.limits.auth_timeout + Duration::from_secs(1);
         let done: Done = Box::new(move |result: CallResult| {
-            let user = match result {
-                Ok(answer) => verify(&nonce, &answer),
-                Err(e) => Err(Refusal::status(401, &format!("challenge failed: {e}"))),
+            let (user, identity) = match result {
+                Ok(answer) => {
+                    let user = verify(&nonce, &answer);
+                    let identity = user.is_ok().then_some(answer.0);
+                    (user, identity)
+                }
+                Err(e) => (Err(Refusal::status(401, &format!("challenge failed: {e}"))), None),
             };
-            app.server().notify(id.worker(), Box::new(WorkerMsg::Authenticated { conn: id, user }));
+            app.server().notify(id.worker(), Box::new(WorkerMsg::Authenticated { conn: id, user, identity }));
         });
         self.local.begin_call(&self.app.clone(), conn, Challenge::PROCEDURE, &data, timeout, done);
     }
@@ -812,8 +816,11 @@ impl AppWorker {
                 }
                 None => (call.done)(Err(CallError::Disconnected)),
             },
-            WorkerMsg::Authenticated { conn, user } => {
+            WorkerMsg::Authenticated { conn, user, identity } => {
                 if let Some(mut conn) = conns.get(conn) {
+                    if identity.is_some() && conn.data().has(flag::UNAUTHED) {
+                        conn.data_mut().info_mut(&self.app.0.setup.conn.tables).identity = identity;
+                    }
                     self.authenticated(&mut conn, user);
                 }
             }

@@ -464,7 +464,8 @@ impl Request<'_> {
 
     /// What identified the socket, as JSON: the data of its
     /// [`identify_by_message`](super::App::identify_by_message) request,
-    /// or what an upgrade hook recorded with [`Connecting::set_identity`](super::Connecting::set_identity).
+    /// the accepted answer to its [`challenge`](super::App::challenge), or
+    /// what an upgrade hook recorded with [`Connecting::set_identity`](super::Connecting::set_identity).
     /// WSE's `conn.identity`; the user it came to is [`user`](Self::user).
     /// It may hold credentials: it lives in memory only, as long as the socket.
     pub fn identity(&self) -> Option<&RawValue> {
