@@ -273,7 +273,13 @@ fn metadata_per_connection_and_per_user_and_identity_and_address_in_handlers() {
     let mut laptop = connect("ann", &json!({ "device": "laptop" }));
     let who = laptop.request("/who", Value::Null).expect("reply");
     assert_eq!((&who["meta"], &who["first"]), (&json!({ "device": "laptop" }), &json!({ "device": "phone" })));
-    // The user's metadata stays the first's while ann has a socket here, even once that one left.
+    // A socket of ann without metadata reads the user's all the same.
+    let mut bare_ann = AppClient::connect_to(addr, "/?user=ann", &[]).expect("upgrade");
+    bare_ann.wait_ready();
+    let who = bare_ann.request("/who", Value::Null).expect("reply");
+    assert_eq!((&who["meta"], &who["first"]), (&Value::Null, &json!({ "device": "phone" })));
+    bare_ann.close();
+    // The user's metadata stays the first's while ann has a socket with some here, even once that one left.
     phone.close();
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(laptop.request("/who", Value::Null).expect("reply")["first"], json!({ "device": "phone" }));

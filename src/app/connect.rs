@@ -348,8 +348,7 @@ pub(crate) struct ConnTables {
     ids: Mutex<HashMap<Arc<str>, IdOwner>>,
     /// The next [`IdOwner::token`].
     next_token: std::sync::atomic::AtomicU64,
-    /// Per user: the metadata of its first connection here, and how many of
-    /// its connections here are counted under it.
+    /// Per user: the metadata of its first connection here that sent any.
     user_meta: Mutex<HashMap<Arc<str>, UserMeta>>,
 }
 
@@ -361,9 +360,9 @@ struct IdOwner {
     socket: Option<SocketId>,
 }
 
-/// A user's first connection's metadata on this node, and how many of its
-/// connections count under it.
-type UserMeta = (Option<Arc<RawValue>>, usize);
+/// The metadata of a user's first connection on this node that sent any,
+/// and how many of its connections with metadata count under it.
+type UserMeta = (Arc<RawValue>, usize);
 
 /// One socket's connection facts, boxed in its state when it has any: an
 /// idle socket with none pays nothing.
@@ -446,23 +445,22 @@ impl SocketData {
         self.state().info.get_or_insert_with(|| Box::new(ConnInfo::new(tables)))
     }
 
-    /// The metadata of `user`'s first connection on this node, counting this
-    /// socket under its user first if it is not yet (so that the first
-    /// device's own `@connection` handlers see its metadata).
+    /// The metadata of the first connection of the socket's user on this
+    /// node that sent any, counting this socket under its user first if it
+    /// sent some and is not counted yet (so that the first device's own
+    /// `@connection` handlers see its metadata). Sockets without metadata
+    /// count for nothing: they cost no table entry nor connection facts.
     pub(crate) fn user_meta(&mut self, tables: &Arc<ConnTables>) -> Option<Arc<RawValue>> {
         let user = self.state.as_ref()?.user.clone()?;
-        let counted = self.info().and_then(|info| info.meta_user.as_deref()).is_some_and(|u| *u == *user);
         let mut user_meta = lock(&tables.user_meta);
-        if !counted {
-            let meta = self.info().and_then(|info| info.meta.clone());
-            let info = self.info_mut(tables);
+        if let Some(info) = self.state.as_mut().and_then(|s| s.info.as_mut()) {
             // Counted under one user only: the one it had when first counted.
-            if info.meta_user.is_none() {
+            if let (Some(meta), None) = (&info.meta, &info.meta_user) {
                 info.meta_user = Some(user.clone());
-                user_meta.entry(user.clone()).or_insert((meta, 0)).1 += 1;
+                user_meta.entry(user.clone()).or_insert((meta.clone(), 0)).1 += 1;
             }
         }
-        user_meta.get(&user).and_then(|(meta, _)| meta.clone())
+        user_meta.get(&user).map(|(meta, _)| meta.clone())
     }
 }
 
@@ -573,7 +571,7 @@ pub(crate) fn admit_facts(settings: &ConnSettings, connecting: &mut Connecting<'
 /// first connection's metadata, and its generated id now finds it. The
 /// generated id, for `@ready`.
 pub(crate) fn admitted(settings: &ConnSettings, socket: SocketId, data: &mut SocketData) -> Option<Arc<str>> {
-    if data.user().is_some() {
+    if data.info().is_some_and(|info| info.meta.is_some()) {
         data.user_meta(&settings.tables);
     }
     let (id, token) = data.info()?.generated_id.clone()?;

@@ -488,12 +488,13 @@ impl Request<'_> {
     }
 
     /// The metadata of the first connection of this socket's user on this
-    /// node that is still open or was followed without a gap (WSE's
-    /// `client.meta`): it stays the same while the user has a socket here,
-    /// and is the next connection's once all are gone. `None` without a
-    /// user, or when that first connection sent none. A socket counts
-    /// under the user it has when it is first admitted (or first asks);
-    /// a later [`set_user`](Self::set_user) to another user does not move it.
+    /// node that sent any (WSE's `client.meta`): it stays the same while
+    /// the user has a socket with metadata here, even once that first one
+    /// is gone, and is the next such connection's once all are. `None`
+    /// without a user, or when none of its sockets here sent metadata. A
+    /// socket counts under the user it has when it is admitted (or first
+    /// asks); a later [`set_user`](Self::set_user) to another user does not
+    /// move it. Sockets without metadata cost nothing for it.
     pub fn user_meta(&mut self) -> Option<Box<RawValue>> {
         let tables = &self.app.0.setup.conn.tables;
         self.conn.data_mut().user_meta(tables).map(|meta| (*meta).to_owned())
