@@ -653,6 +653,12 @@ mod tests {
     }
 
     #[test]
+    fn connection_facts_fit_a_192_byte_heap_block() {
+        // Allocated only for sockets that have some (see `ConnInfo`).
+        assert!(std::mem::size_of::<ConnInfo>() <= 184, "{}", std::mem::size_of::<ConnInfo>());
+    }
+
+    #[test]
     fn refusals_map_to_close_codes_after_the_upgrade() {
         assert_eq!(Refusal::status(401, "who?").as_close(), (CloseCode(4401), "who?".into()));
         assert_eq!(Refusal::close(CloseCode(4003), "no").as_close(), (CloseCode(4003), "no".into()));
