@@ -36,6 +36,8 @@ export interface ConnectOptions {
   maxQueued?: number;
   /** First-message auth: a request sent first on every connection. */
   auth?: { event: string; data?: unknown };
+  /** A JSON value sent with every connection as `emitws_meta` (PROTOCOL.md §15): the server's `req.meta()`. */
+  meta?: unknown;
   /** Procedures registered before connecting (such as `@challenge`). */
   procedures?: Record<string, Procedure>;
   /** A WebSocket constructor, when there is no global one (e.g. the `ws` package). */
@@ -107,6 +109,8 @@ export declare class EmitClient {
   on(event: string, listener: Listener): this;
   off(event: string, listener?: Listener | AnyListener): this;
   register(name: string, procedure: Procedure): this;
+  /** Removes the procedure for `name`: the server's requests for it then get `not_registered`. */
+  unregister(name: string): this;
   ns(prefix: string): Namespace;
   /** Closes for good (offline); pending and later requests fail with `closed`. */
   close(code?: number, reason?: string): void;
@@ -126,5 +130,7 @@ export declare class Namespace {
   on(event: string, listener: Listener): this;
   off(event: string, listener?: Listener): this;
   register(name: string, procedure: Procedure): this;
+  /** Removes the procedure for `name`: the server's requests for it then get `not_registered`. */
+  unregister(name: string): this;
   ns(prefix: string): Namespace;
 }

@@ -34,13 +34,19 @@ const sessionKept = (code) => [1001, 1005, 1006, 1011, 1012, 1013, CLOSE_MOVING,
  */
 const refusesRetry = (code) => code >= 4000 && code < 5000 && code !== CLOSE_TIMEOUT && code !== CLOSE_MOVING;
 
-/** `url` with `emitws_resume=1` added to its query (before a fragment), the application's parameters untouched. */
-const resumeUrl = (url) => {
+/** `url` with `parameter` (`name=value`, encoded) added to its query (before a fragment), the application's parameters untouched. */
+const withParameter = (url, parameter) => {
   const hash = url.indexOf('#');
   const [base, fragment] = hash < 0 ? [url, ''] : [url.slice(0, hash), url.slice(hash)];
   const separator = !base.includes('?') ? '?' : /[?&]$/.test(base) ? '' : '&';
-  return `${base}${separator}emitws_resume=1${fragment}`;
+  return `${base}${separator}${parameter}${fragment}`;
 };
+
+/** `url` with `emitws_resume=1` added to its query. */
+const resumeUrl = (url) => withParameter(url, 'emitws_resume=1');
+
+/** `url` with the connection's metadata as `emitws_meta=<JSON, percent-encoded>` (PROTOCOL.md §15). */
+const metaUrl = (url, meta) => withParameter(url, `emitws_meta=${encodeURIComponent(JSON.stringify(meta))}`);
 
 /** The epoch and offset of a delivery's fourth element or of a room in the `@resume` reply, or null. */
 const position = (value) =>
@@ -89,6 +95,7 @@ const defaults = {
   requestTimeout: 10_000,
   maxQueued: 1_000,
   auth: undefined,
+  meta: undefined,
   procedures: undefined,
   WebSocket: undefined,
 };
@@ -112,7 +119,7 @@ export class EmitClient {
    * `reconnectDelay`, `maxReconnectDelay`, `maxRetries`, `connectTimeout`
    * (until `@ready`), `requestTimeout`, `maxQueued`, `auth` (`{event, data}`:
    * a request sent first on every connection, for first-message auth),
-   * `procedures` (`{name: fn}`, registered at once), `WebSocket`.
+   * `meta` (a JSON value sent with every connection, PROTOCOL.md §15), `procedures` (`{name: fn}`, registered at once), `WebSocket`.
    */
   constructor(url, options = {}) {
     this.url = url;
@@ -255,6 +262,12 @@ export class EmitClient {
     return this;
   }
 
+  /** Removes the procedure for `name`: the server's requests for it then get `not_registered`. */
+  unregister(name) {
+    this._procedures.delete(name);
+    return this;
+  }
+
   /** A view whose event names start with `prefix` (`client.ns('/chat').emit('/say', x)` sends `/chat/say`). */
   ns(prefix) {
     return new Namespace(this, prefix);
@@ -325,7 +338,8 @@ export class EmitClient {
     const token = this.#resumeToken;
     let socket;
     try {
-      socket = new WebSocketImpl(token ? resumeUrl(this.url) : this.url, [PROTOCOL]);
+      const url = token ? resumeUrl(this.url) : this.url;
+      socket = new WebSocketImpl(this.options.meta === undefined ? url : metaUrl(url, this.options.meta), [PROTOCOL]);
     } catch (error) {
       // A malformed URL: the same as a failed attempt.
       this._dispatch('@error', { code: 'connect_failed', message: String(error?.message ?? error) });
@@ -658,6 +672,11 @@ export class Namespace {
 
   register(name, procedure) {
     this.client.register(this.prefix + name, procedure);
+    return this;
+  }
+
+  unregister(name) {
+    this.client.unregister(this.prefix + name);
     return this;
   }
 

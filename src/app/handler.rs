@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::adapter::{ClaimDone, ClaimOutcome, Presence, SessionClaim};
-use super::connect::{Challenge, Connecting, Refusal, RefusalKind};
+use super::connect::{self, Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
 use super::handle::AppHandle;
@@ -249,7 +249,12 @@ impl AppWorker {
                 }
                 let outcome = outcome.unwrap_or_else(|_| Err(Refusal::status(500, "the identify hook panicked")));
                 match &outcome {
-                    Ok(user) => req.reply(&serde_json::json!({ "user": user })),
+                    Ok(user) => {
+                        // What identified the socket, for `req.identity()` (PROTOCOL.md §15).
+                        let identity = data.map(|data| data.to_owned());
+                        req.conn.data_mut().info_mut(&app.0.setup.conn.tables).identity = identity;
+                        req.reply(&serde_json::json!({ "user": user }))
+                    }
                     Err(refusal) => req.reply_err(ErrorCode::Unauthorized.as_str(), &refusal.as_close().1),
                 }
                 self.authenticated(conn, outcome);
@@ -363,13 +368,17 @@ impl AppWorker {
             user: Option<String>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             resumed: bool,
+            /// The app's own id for the socket (PROTOCOL.md §15).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            id: Option<String>,
         }
         if self.app.0.setup.resume.window.is_some() && resume.is_none() {
             crate::runtime::logs::no_resume_token(conn.id());
         }
         let (user, resumed) = (conn.data().user().map(str::to_owned), conn.data().has(flag::RESUMED));
-        let socket = self.app.socket_id_of(conn.id(), conn.data()).to_string();
-        let ready = Ready { socket, resume, user, resumed };
+        let socket = self.app.socket_id_of(conn.id(), conn.data());
+        let id = connect::admitted(&self.app.0.setup.conn, socket, conn.data_mut()).map(|id| id.to_string());
+        let ready = Ready { socket: socket.to_string(), resume, user, resumed, id };
         let _ = self.local.send_json(conn, |out| envelope::write_event(out, "@ready", &ready));
     }
 
@@ -775,11 +784,15 @@ impl AppWorker {
         // Longer than the auth deadline, so that running out of time always closes with 4408.
         let timeout = self.app.0.setup.limits.auth_timeout + Duration::from_secs(1);
         let done: Done = Box::new(move |result: CallResult| {
-            let user = match result {
-                Ok(answer) => verify(&nonce, &answer),
-                Err(e) => Err(Refusal::status(401, &format!("challenge failed: {e}"))),
+            let (user, identity) = match result {
+                Ok(answer) => {
+                    let user = verify(&nonce, &answer);
+                    let identity = user.is_ok().then_some(answer.0);
+                    (user, identity)
+                }
+                Err(e) => (Err(Refusal::status(401, &format!("challenge failed: {e}"))), None),
             };
-            app.server().notify(id.worker(), Box::new(WorkerMsg::Authenticated { conn: id, user }));
+            app.server().notify(id.worker(), Box::new(WorkerMsg::Authenticated { conn: id, user, identity }));
         });
         self.local.begin_call(&self.app.clone(), conn, Challenge::PROCEDURE, &data, timeout, done);
     }
@@ -803,8 +816,11 @@ impl AppWorker {
                 }
                 None => (call.done)(Err(CallError::Disconnected)),
             },
-            WorkerMsg::Authenticated { conn, user } => {
+            WorkerMsg::Authenticated { conn, user, identity } => {
                 if let Some(mut conn) = conns.get(conn) {
+                    if identity.is_some() && conn.data().has(flag::UNAUTHED) {
+                        conn.data_mut().info_mut(&self.app.0.setup.conn.tables).identity = identity;
+                    }
                     self.authenticated(&mut conn, user);
                 }
             }
@@ -935,8 +951,10 @@ impl Handler for AppWorker {
         if let Some(query) = request.query() {
             data.state().query = Some(query.into());
         }
+        connect::read_facts(&state.setup.conn, state.setup.limits.max_depth, request, &mut data)?;
         let mut refusal = None;
-        let mut connecting = Connecting { request, data: &mut data };
+        let tables = state.setup.conn.tables.clone();
+        let mut connecting = Connecting { request, data: &mut data, tables };
         if let Auth::Upgrade(identify) = &state.setup.auth {
             match identify(&mut connecting) {
                 Ok(user) => connecting.data.state().user = Some(user.into()),
@@ -955,9 +973,14 @@ impl Handler for AppWorker {
                 }
             }
         }
+        if refusal.is_none() {
+            connect::admit_facts(&state.setup.conn, &mut connecting)?;
+        }
         match refusal.map(|r| r.kind) {
             Some(RefusalKind::Status(status, body)) => return Err(Reject { status, body }),
-            Some(RefusalKind::Close(code, reason)) => data.state().refusal = Some(Box::new((code, reason))),
+            Some(RefusalKind::Close(code, reason)) => {
+                data.info_mut(&state.setup.conn.tables).refusal = Some((code, reason))
+            }
             None => {}
         }
         let accept = Accept::new(data);
@@ -977,7 +1000,7 @@ impl Handler for AppWorker {
         if let Some(rate) = &app.0.setup.limits.rate {
             data.bucket = Bucket::full(rate, now);
         }
-        if let Some(refusal) = data.state.as_mut().and_then(|s| s.refusal.take()) {
+        if let Some(refusal) = data.state.as_mut().and_then(|s| s.info.as_mut()?.refusal.take()) {
             return conn.close(refusal.0, &refusal.1);
         }
         let awaits_resume = data.query().and_then(|q| query_value(q, RESUME_PARAM)).is_some_and(|v| v == "1");

@@ -25,6 +25,8 @@ pub(crate) enum WorkerMsg {
     Authenticated {
         conn: ConnId,
         user: Result<String, Refusal>,
+        /// The challenge's answer, when accepted: the socket's identity (PROTOCOL.md §15).
+        identity: Option<Box<serde_json::value::RawValue>>,
     },
     /// Socket `waiter` of `user` resumes with the token of connection `old`,
     /// still open: close it with 4409 keeping its session, then tell the

@@ -47,7 +47,8 @@
 //!          ├ adapter        the Adapter trait, targets, scopes, presence
 //!          ├ session        sessions kept for resume, resume tokens
 //!          └ inbox          what other threads post to a worker
-//!            ├ connect      upgrades: Connecting, Refusal, path routes, Challenge
+//!            ├ connect      upgrades: Connecting, Refusal, path routes, Challenge;
+//!            │              connection facts: proxies, metadata, identity, generated ids
 //!            ├ groups       rooms and tags, broadcast deliveries
 //!            ├ socket       SocketData, the per-socket state
 //!            └ rpc, envelope, disconnect, socket_id, limits, error, locks
@@ -94,7 +95,7 @@ pub use adapter::{
 };
 pub use cluster_event::ClusterEvent;
 pub use cluster_view::ClusterView;
-pub use connect::{Challenge, Connecting, PathRoute, Refusal};
+pub use connect::{BadProxy, Challenge, Connecting, PathRoute, ProxyNet, Refusal, MAX_GENERATED_ID};
 pub use disconnect::{After, Gone};
 pub use envelope::MAX_ID;
 pub use error::Error;
@@ -179,6 +180,9 @@ pub(crate) struct AppConfig {
     resume: session::ResumeSettings,
     /// The hook for the cluster's health ([`App::on_cluster`]).
     pub(crate) cluster_events: Option<cluster_event::ClusterEventFn>,
+    /// Trusted proxies, the per-address cap, metadata, generated ids
+    /// (PROTOCOL.md §15), and the tables they fill while the app runs.
+    pub(crate) conn: connect::ConnSettings,
 }
 
 /// How sockets authenticate, if they must.
@@ -246,6 +250,93 @@ impl App {
     /// Call `next.run(req)` to go on; return without it to stop the chain.
     pub fn middleware(&mut self, middleware: impl Fn(&mut Request<'_>, Next<'_>) + Send + Sync + 'static) -> &mut Self {
         self.config.router.add_middleware(Middleware::new(middleware));
+        self
+    }
+
+    /// Trusts these proxies (addresses or networks: `127.0.0.1`,
+    /// `10.0.0.0/8`, `fd00::/8`) to say who their client is: a connection
+    /// whose TCP peer is one of them takes its address from
+    /// `X-Forwarded-For`, the rightmost entry that is not itself a trusted
+    /// proxy. That address is what [`Connecting::peer_addr`],
+    /// [`Request::peer_addr`] and the per-address cap
+    /// ([`max_sockets_per_ip`](Self::max_sockets_per_ip)) see. From any
+    /// other peer the header is ignored: a client cannot pick its own
+    /// address. None by default. Each call replaces the list.
+    ///
+    /// # Errors
+    ///
+    /// [`BadProxy`] for the first entry that is neither an IP address nor
+    /// `ADDRESS/BITS`; the list is then left as it was.
+    ///
+    /// ```
+    /// let mut app = emitws::app::App::new();
+    /// app.trusted_proxies(["127.0.0.1", "10.0.0.0/8"])?.max_sockets_per_ip(Some(20));
+    /// app.on("/whoami", |req| {
+    ///     let addr = req.peer_addr().map(|a| a.ip().to_string());
+    ///     req.reply(&addr);
+    /// });
+    /// # Ok::<(), emitws::app::BadProxy>(())
+    /// ```
+    pub fn trusted_proxies(
+        &mut self,
+        proxies: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<&mut Self, BadProxy> {
+        self.config.conn.proxies = proxies.into_iter().map(|p| p.as_ref().parse()).collect::<Result<_, _>>()?;
+        Ok(self)
+    }
+
+    /// Caps the sockets open at once per client address (default `None`:
+    /// no cap; at least 1), counted by the address behind
+    /// [trusted proxies](Self::trusted_proxies) at upgrade time; over it
+    /// the upgrade gets 503. The server's own
+    /// [`max_connections_per_ip`](crate::runtime::Server::max_connections_per_ip)
+    /// counts TCP peers before any header is read, so behind a proxy it
+    /// counts the proxy: use this one there.
+    pub fn max_sockets_per_ip(&mut self, max: Option<usize>) -> &mut Self {
+        self.config.conn.max_per_ip = max.map(|max| max.max(1));
+        self
+    }
+
+    /// The largest metadata a client may send with its connection
+    /// (`emitws_meta`, PROTOCOL.md §15), in bytes of JSON (default 4 KiB;
+    /// larger: the upgrade gets 400).
+    pub fn max_meta(&mut self, bytes: usize) -> &mut Self {
+        self.config.conn.max_meta = bytes;
+        self
+    }
+
+    /// Gives each socket an id of the app's own at upgrade time
+    /// (egg-socket.io's `generateId`): a device id, a session's, from the
+    /// request. The socket keeps its cluster-wide [`SocketId`], which routes
+    /// its messages; the generated id is sent to the client in `@ready`
+    /// (`"id"`), read in handlers with [`Request::generated_id`], and finds
+    /// the socket with [`AppHandle::socket_by_generated_id`]. It must be 1
+    /// to [`MAX_GENERATED_ID`] bytes (else the upgrade gets 500); the hook
+    /// may refuse the connection. An id is one socket's: a connection given
+    /// an id another socket of this node has takes it (the same device
+    /// back before its old socket's loss was noticed, most often, which
+    /// must not be locked out meanwhile): the id then finds the new socket,
+    /// and the older one, left connected until the heartbeat, a resume's
+    /// takeover or the app closes it, has none. Lookup is this node's
+    /// (PROTOCOL.md §15).
+    ///
+    /// ```
+    /// use emitws::app::{App, Refusal};
+    /// let mut app = App::new();
+    /// app.generate_id(|conn| match conn.query_value("device") {
+    ///     Some(device) if !device.is_empty() => Ok(format!("device-{device}")),
+    ///     _ => Err(Refusal::status(400, "?device= is required")),
+    /// });
+    /// app.on("/me", |req| {
+    ///     let id = req.generated_id().map(str::to_owned);
+    ///     req.reply(&id);
+    /// });
+    /// ```
+    pub fn generate_id(
+        &mut self,
+        generate: impl Fn(&Connecting<'_>) -> Result<String, Refusal> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.config.conn.generate_id = Some(Arc::new(generate));
         self
     }
 
@@ -587,6 +678,43 @@ impl App {
         })?;
         app.0.server.get_or_init(|| running.handle());
         Ok(Running { app, server: Some(running) })
+    }
+}
+
+impl AppHandle {
+    /// Takes a path route ([`App::route`](App::route)) away, or puts
+    /// it back (`removed` false), while the app runs: upgrades to a removed
+    /// route get 404, as paths that never had one; sockets already
+    /// connected through it stay. `pattern` is the route's pattern as
+    /// declared (parameter names count: `/chat/:room`). True if a route
+    /// had that pattern and changed.
+    ///
+    /// ```no_run
+    /// let mut app = emitws::app::App::new();
+    /// app.route("/chat/:room");
+    /// app.route("/beta");
+    /// let running = app.listen("127.0.0.1:0")?;
+    /// assert!(running.unregister_path("/beta", true)); // new sockets to /beta: 404
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn unregister_path(&self, pattern: &str, removed: bool) -> bool {
+        connect::remove_path(&self.0.setup.paths, pattern, removed)
+    }
+
+    /// The socket on this node that the app's
+    /// [`generate_id`](App::generate_id) named `id`, once admitted;
+    /// its [`SocketRef`](SocketRef) then emits, calls and closes as
+    /// any. Only this node's sockets are found (PROTOCOL.md §15).
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) {
+    /// if let Some(socket) = app.socket_by_generated_id("device-42") {
+    ///     let _ = socket.emit("/hello", "device 42");
+    /// }
+    /// # }
+    /// ```
+    pub fn socket_by_generated_id(&self, id: &str) -> Option<SocketRef> {
+        Some(self.socket(self.0.setup.conn.tables.socket_of(id)?))
     }
 }
 

@@ -438,6 +438,75 @@ impl<'a> Request<'a> {
     }
 }
 
+/// Connection facts (PROTOCOL.md §15), readable in every handler and middleware.
+///
+/// ```
+/// use emitws::app::App;
+/// let mut app = App::new();
+/// app.on("@connection", |req| {
+///     let who = serde_json::json!({
+///         "addr": req.peer_addr().map(|a| a.ip().to_string()),
+///         "user": req.user(),
+///         "identity": req.identity(),
+///         "meta": req.meta(),
+///         "first_meta": req.user_meta(),
+///     });
+///     println!("{who}");
+/// });
+/// ```
+impl Request<'_> {
+    /// The client's address: the TCP peer's, or the address a
+    /// [trusted proxy](super::App::trusted_proxies) forwarded; `None` if
+    /// the socket's address cannot be read any more.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.conn.data().info().and_then(|info| info.peer).or_else(|| self.conn.peer_addr().ok())
+    }
+
+    /// What identified the socket, as JSON: the data of its
+    /// [`identify_by_message`](super::App::identify_by_message) request,
+    /// the accepted answer to its [`challenge`](super::App::challenge), or
+    /// what an upgrade hook recorded with [`Connecting::set_identity`](super::Connecting::set_identity).
+    /// WSE's `conn.identity`; the user it came to is [`user`](Self::user).
+    /// It may hold credentials: it lives in memory only, as long as the socket.
+    pub fn identity(&self) -> Option<&RawValue> {
+        self.conn.data().info()?.identity.as_deref()
+    }
+
+    /// The metadata the client sent with this connection (`emitws_meta`,
+    /// PROTOCOL.md §15), as JSON; [`meta_as`](Self::meta_as) reads it typed.
+    pub fn meta(&self) -> Option<&RawValue> {
+        self.conn.data().info()?.meta.as_deref()
+    }
+
+    /// The connection's metadata, deserialized: `None` without any.
+    ///
+    /// # Errors
+    ///
+    /// [`DataError`] if the metadata is not a `T`.
+    pub fn meta_as<T: DeserializeOwned>(&self) -> Option<Result<T, DataError>> {
+        self.meta().map(|meta| serde_json::from_str(meta.get()).map_err(DataError))
+    }
+
+    /// The metadata of the first connection of this socket's user on this
+    /// node that sent any (WSE's `client.meta`): it stays the same while
+    /// the user has a socket with metadata here, even once that first one
+    /// is gone, and is the next such connection's once all are. `None`
+    /// without a user, or when none of its sockets here sent metadata. A
+    /// socket counts under the user it has when it is admitted (or first
+    /// asks); a later [`set_user`](Self::set_user) to another user does not
+    /// move it. Sockets without metadata cost nothing for it.
+    pub fn user_meta(&mut self) -> Option<Box<RawValue>> {
+        let tables = &self.app.0.setup.conn.tables;
+        self.conn.data_mut().user_meta(tables).map(|meta| (*meta).to_owned())
+    }
+
+    /// The socket's id from the app's [`generate_id`](super::App::generate_id)
+    /// hook; `None` without one, or once a newer connection was given the same id.
+    pub fn generated_id(&self) -> Option<&str> {
+        self.conn.data().info()?.generated_id()
+    }
+}
+
 /// A reply given later, from any thread (`Send`). Dropping it unanswered
 /// replies `internal`, so the client is not left waiting.
 ///

@@ -1,10 +1,13 @@
 //! Event routes: handlers by name, middleware chains, namespaces.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
+use super::handle::AppHandle;
+use super::locks::{read, write};
 use super::request::Request;
 use super::App;
 
@@ -54,13 +57,16 @@ impl fmt::Debug for Middleware {
 /// The rest of a middleware chain: the middleware after this one, then the handler.
 pub struct Next<'a> {
     global: &'a [Middleware],
+    /// Namespace middleware, each under its prefix: those whose prefix
+    /// holds the event run, after the global ones.
+    ns: &'a [(Box<str>, Middleware)],
     route: &'a [Middleware],
     handler: &'a EventHandler,
 }
 
 impl fmt::Debug for Next<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Next").field("left", &(self.global.len() + self.route.len())).finish()
+        f.debug_struct("Next").field("left", &(self.global.len() + self.ns.len() + self.route.len())).finish()
     }
 }
 
@@ -69,6 +75,9 @@ impl Next<'_> {
     pub fn run(self, req: &mut Request<'_>) {
         if let Some((first, global)) = self.global.split_first() {
             first.call(req, Next { global, ..self });
+        } else if let Some(at) = self.ns.iter().position(|(prefix, _)| in_namespace(req.event(), prefix)) {
+            let ns = &self.ns[at + 1..];
+            self.ns[at].1.call(req, Next { ns, ..self });
         } else if let Some((first, route)) = self.route.split_first() {
             first.call(req, Next { route, ..self });
         } else {
@@ -100,7 +109,37 @@ pub(crate) struct SystemHandlers {
 pub(crate) struct Router {
     routes: HashMap<Box<str>, Route, BuildHasherDefault<NameHash>>,
     middleware: Vec<Middleware>,
+    /// Namespace middleware ([`Ns::middleware`]), in the order added.
+    ns_middleware: Vec<(Box<str>, Middleware)>,
+    /// Routes taken away while the app runs ([`AppHandle::unregister`]).
+    removed: Removed,
     pub system: SystemHandlers,
+}
+
+/// The routes unregistered while the app runs. The route table is built
+/// before listening and shared by every worker without a lock; this set is
+/// beside it, read on each message only once something was unregistered
+/// (one relaxed load until then), so workers see a removal at their next
+/// message without the table being rebuilt.
+#[derive(Default)]
+struct Removed {
+    any: AtomicBool,
+    names: RwLock<HashSet<Box<str>>>,
+}
+
+impl Removed {
+    fn has(&self, event: &str) -> bool {
+        self.any.load(Ordering::Relaxed) && read(&self.names).contains(event)
+    }
+}
+
+/// Whether `event` is under namespace `prefix`: `/chat/say` and `/chat`
+/// are under `/chat`, `/chatter` is not.
+fn in_namespace(event: &str, prefix: &str) -> bool {
+    match event.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/'),
+        None => false,
+    }
 }
 
 impl Router {
@@ -123,13 +162,17 @@ impl Router {
             true => handler,
             // A system handler with middleware: the chain is folded into one handler.
             false => Arc::new(move |req: &mut Request<'_>| {
-                Next { global: &[], route: &middleware, handler: &handler }.run(req)
+                Next { global: &[], ns: &[], route: &middleware, handler: &handler }.run(req)
             }),
         });
     }
 
     pub fn add_middleware(&mut self, middleware: Middleware) {
         self.middleware.push(middleware);
+    }
+
+    pub fn add_ns_middleware(&mut self, prefix: &str, middleware: Middleware) {
+        self.ns_middleware.push((prefix.into(), middleware));
     }
 
     /// The route names, in label order (see [`Route::label`]).
@@ -143,17 +186,18 @@ impl Router {
 
     /// Runs the event's chain (or `@any`'s); false if nothing handles it.
     pub fn dispatch(&self, event: &str, req: &mut Request<'_>) -> bool {
-        let route = self.routes.get(event);
+        let route = self.routes.get(event).filter(|_| !self.removed.has(event));
         req.conn.metrics().dispatched(route.map(|route| route.label), req.id.is_some());
         if let Some(route) = route {
-            Next { global: &self.middleware, route: &route.middleware, handler: &route.handler }.run(req);
+            let (global, ns) = (&self.middleware[..], &self.ns_middleware[..]);
+            Next { global, ns, route: &route.middleware, handler: &route.handler }.run(req);
             return true;
         }
         if self.system.any.is_empty() {
             return false;
         }
         for handler in &self.system.any {
-            Next { global: &self.middleware, route: &[], handler }.run(req);
+            Next { global: &self.middleware, ns: &self.ns_middleware, route: &[], handler }.run(req);
         }
         true
     }
@@ -240,6 +284,33 @@ impl Ns<'_> {
         self
     }
 
+    /// Adds middleware for this namespace's events only (egg-socket.io's
+    /// namespace `packetMiddleware`): it runs for every event under the
+    /// prefix (`/chat`, `/chat/…`; not `/chatter`), those of nested
+    /// namespaces and events without a handler (`@any`) included. A
+    /// chain runs the app-wide middleware ([`App::middleware`]) first, then
+    /// the namespace middleware whose prefix holds the event, in the order
+    /// added, then the route's own ([`on_with`](Self::on_with)), then the
+    /// handler.
+    ///
+    /// ```
+    /// use emitws::app::App;
+    /// let mut app = App::new();
+    /// app.ns("/admin")
+    ///     .middleware(|req, next| {
+    ///         if req.user() != Some("root") {
+    ///             return req.reply_err("forbidden", "admins only");
+    ///         }
+    ///         next.run(req);
+    ///     })
+    ///     .on("/stats", |req| req.reply(&"all good")); // /admin/stats, admins only
+    /// app.on("/public", |req| req.reply(&"anyone")); // not behind it
+    /// ```
+    pub fn middleware(&mut self, middleware: impl Fn(&mut Request<'_>, Next<'_>) + Send + Sync + 'static) -> &mut Self {
+        self.app.config.router.add_ns_middleware(&self.prefix, Middleware::new(middleware));
+        self
+    }
+
     /// A namespace nested in this one.
     pub fn ns(&mut self, prefix: &str) -> Ns<'_> {
         Ns { prefix: format!("{}{prefix}", self.prefix), app: self.app }
@@ -251,10 +322,58 @@ impl Ns<'_> {
     }
 }
 
+impl AppHandle {
+    /// Takes a route (an event or request handler, WSE's procedure) away
+    /// while the app runs: from the next message on, on every worker, the
+    /// event is handled as if it had no handler (`@any`, or the error
+    /// `no_handler` for a request). True if the route was there. System
+    /// events (`@connection`, …) are not routes. Routes are only added
+    /// before [`App::listen`]; [`register_again`](Self::register_again)
+    /// puts an unregistered one back.
+    ///
+    /// ```no_run
+    /// let mut app = emitws::app::App::new();
+    /// app.on("/beta", |req| req.reply(&"beta feature"));
+    /// let running = app.listen("127.0.0.1:0")?;
+    /// assert!(running.unregister("/beta")); // clients now get `no_handler`
+    /// assert!(running.register_again("/beta"));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn unregister(&self, event: &str) -> bool {
+        let router = &self.0.setup.router;
+        if !router.routes.contains_key(event) {
+            return false;
+        }
+        let added = write(&router.removed.names).insert(event.into());
+        router.removed.any.store(true, Ordering::Relaxed);
+        added
+    }
+
+    /// Puts back a route taken away by [`unregister`](Self::unregister);
+    /// true if it was taken away.
+    pub fn register_again(&self, event: &str) -> bool {
+        let removed = &self.0.setup.router.removed;
+        let mut names = write(&removed.names);
+        let was = names.remove(event);
+        removed.any.store(!names.is_empty(), Ordering::Relaxed);
+        was
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    #[test]
+    fn namespaces_hold_their_prefix_and_names_below_it() {
+        assert!(in_namespace("/chat", "/chat"));
+        assert!(in_namespace("/chat/say", "/chat"));
+        assert!(in_namespace("/chat/say", "/chat/"));
+        assert!(!in_namespace("/chatter", "/chat"));
+        assert!(!in_namespace("/cha", "/chat"));
+        assert!(in_namespace("/anything", ""));
+    }
 
     #[test]
     fn every_byte_of_a_name_moves_its_hash() {

@@ -3,7 +3,6 @@
 
 use super::disconnect::After;
 use super::limits::Bucket;
-use crate::proto::CloseCode;
 use crate::runtime::ConnId;
 use std::any::Any;
 use std::sync::Arc;
@@ -61,9 +60,6 @@ pub(crate) struct SocketState {
     pub query: Option<Box<str>>,
     /// Connection middleware's code to run at disconnect, in connect order.
     pub after: Vec<After>,
-    /// A refusal to carry out right after the upgrade (a close code);
-    /// boxed, as it is rare and gone at the open, to keep this state small.
-    pub refusal: Option<Box<(CloseCode, String)>>,
     /// Ids of the requests waiting for a deferred reply.
     pub deferred: Vec<u64>,
     /// A resumed socket's public id: the connection it first had.
@@ -74,6 +70,10 @@ pub(crate) struct SocketState {
     pub positions: Vec<(Box<str>, Arc<str>, u64)>,
     /// A `@resume` request waiting for the authentication to finish.
     pub resume: Option<Box<ResumeRequest>>,
+    /// Connection facts (PROTOCOL.md §15): the address behind a proxy,
+    /// metadata, identity, generated id, and a refusal to carry out right
+    /// after the upgrade; boxed, as most sockets have none.
+    pub info: Option<Box<super::connect::ConnInfo>>,
 }
 
 /// A client's `@resume` request (PROTOCOL.md §13).

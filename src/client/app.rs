@@ -138,7 +138,7 @@ use super::{mask_rng, ClientBuilder, ClientError};
 use crate::app::CLOSE_TIMEOUT;
 use crate::proto::{CloseCode, CloseReason, MaskRng, Message};
 use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle, DRAIN_CLOSE_CODE};
-use resume::{not_resumed, resume_url, Positions};
+use resume::{meta_url, not_resumed, resume_url, Positions};
 
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
@@ -198,6 +198,10 @@ pub struct AppOptions {
     /// server's `@ready` follows its success (default none). An error reply
     /// is reported as `@error` and the server closes the socket.
     pub auth: Option<AuthRequest>,
+    /// Metadata sent with every connection (WSE's `meta`): the JSON value
+    /// goes in the query parameter `emitws_meta` (PROTOCOL.md §15), where
+    /// the server's handlers read it (`req.meta()`). Default none.
+    pub meta: Option<Value>,
     /// Headers, origin, TLS roots, limits and permessage-deflate for the
     /// WebSocket connection (its subprotocol is set to [`PROTOCOL`], its
     /// timeout to `connect_timeout`). Compression pays for the large or
@@ -225,6 +229,7 @@ impl Default for AppOptions {
             connect_timeout: Duration::from_secs(10),
             max_queued: 1_000,
             auth: None,
+            meta: None,
             client: ClientBuilder::new(),
         }
     }
@@ -242,6 +247,7 @@ impl fmt::Debug for AppOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_queued", &self.max_queued)
             .field("auth", &self.auth)
+            .field("meta", &self.meta)
             .finish_non_exhaustive()
     }
 }
@@ -286,6 +292,19 @@ impl AppOptions {
     /// Sets `auth`: the request sent first on every connection.
     pub fn auth(mut self, auth: Option<AuthRequest>) -> Self {
         self.auth = auth;
+        self
+    }
+
+    /// Sets `meta`: the metadata sent with every connection.
+    ///
+    /// ```no_run
+    /// use emitws::client::app::{AppClient, AppOptions};
+    /// let options = AppOptions::default().meta(Some(serde_json::json!({ "app": "1.4.2", "lang": "uk" })));
+    /// let app = AppClient::connect("ws://127.0.0.1:9001/", options)?;
+    /// # Ok::<(), emitws::client::app::AppError>(())
+    /// ```
+    pub fn meta(mut self, meta: Option<Value>) -> Self {
+        self.meta = meta;
         self
     }
 
@@ -917,6 +936,11 @@ impl Namespace {
         self.client.on(&self.name(event), listener)
     }
 
+    /// [`AppClient::unregister`] under the prefix.
+    pub fn unregister(&self, name: &str) {
+        self.client.unregister(&self.name(name))
+    }
+
     /// [`AppClient::register`] under the prefix.
     pub fn register(&self, name: &str, procedure: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static) {
         self.client.register(&self.name(name), procedure)
@@ -950,6 +974,10 @@ impl ClientCore {
         let url = lock(&self.url).clone();
         // The server then waits for the `@resume` request `on_open` sends.
         let url = if resuming { resume_url(&url) } else { url };
+        let url = match &self.options.meta {
+            Some(meta) => meta_url(&url, meta),
+            None => url,
+        };
         if let Err(e) = self.dialer.connect(&url, &self.client, ()) {
             // Refused before reaching the I/O thread (a bad URL, DNS): the same as a failed attempt.
             self.attempt_failed(&e);

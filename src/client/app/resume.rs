@@ -1,5 +1,5 @@
 //! The event client's side of session resume (PROTOCOL.md §13): the URL and
-//! request that resume a session, and the per-room positions that
+//! request that resume a session (and the URL's metadata, §15), and the per-room positions that
 //! deduplicate replayed broadcasts.
 
 use std::collections::HashMap;
@@ -15,12 +15,30 @@ pub(crate) const RESUME_EVENT: &str = "@resume";
 /// `url` with `emitws_resume=1` added to its query, the application's own
 /// parameters untouched.
 pub(crate) fn resume_url(url: &str) -> String {
+    with_parameter(url, RESUME_PARAMETER)
+}
+
+/// `url` with `parameter` (`name=value`, encoded) added to its query.
+fn with_parameter(url: &str, parameter: &str) -> String {
     let separator = match url.find('?') {
         None => "?",
         Some(_) if url.ends_with(['?', '&']) => "",
         Some(_) => "&",
     };
-    format!("{url}{separator}{RESUME_PARAMETER}")
+    format!("{url}{separator}{parameter}")
+}
+
+/// `url` with the connection's metadata added to its query as
+/// `emitws_meta=<JSON, percent-encoded>` (PROTOCOL.md §15).
+pub(crate) fn meta_url(url: &str, meta: &Value) -> String {
+    let mut encoded = String::from("emitws_meta=");
+    for byte in meta.to_string().bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => encoded.push(char::from(byte)),
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    with_parameter(url, &encoded)
 }
 
 /// Where the client is in one room's stream: the epoch and the highest offset received.
@@ -171,6 +189,10 @@ mod tests {
 
     #[test]
     fn the_resume_parameter_is_added_to_the_query() {
+        assert_eq!(
+            meta_url("ws://h/?a=1", &json!({"v": "1 é&"})),
+            "ws://h/?a=1&emitws_meta=%7B%22v%22%3A%221%20%C3%A9%26%22%7D"
+        );
         assert_eq!(resume_url("ws://h/"), "ws://h/?emitws_resume=1");
         assert_eq!(resume_url("ws://h"), "ws://h?emitws_resume=1");
         assert_eq!(resume_url("ws://h/chat?room=a&t=x"), "ws://h/chat?room=a&t=x&emitws_resume=1");
