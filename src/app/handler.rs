@@ -922,8 +922,11 @@ impl Handler for AppWorker {
         let path = request.path();
         let mut route_middleware = &[][..];
         if !state.setup.paths.is_empty() {
-            let matched = state.setup.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
-            let Some((route, params)) = matched else { return Err(Reject::status(404)) };
+            let mut routes = state.setup.paths.iter().zip(1..);
+            let matched = routes.find_map(|(route, tag)| route.matches(path).map(|params| (route, tag, params)));
+            let Some((route, tag, params)) = matched else { return Err(Reject::status(404)) };
+            // Its own handlers (the router's table of path routes) are found by this tag.
+            data.path_route = tag;
             if !params.is_empty() {
                 data.state().params = params;
             }

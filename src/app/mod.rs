@@ -625,7 +625,8 @@ impl App {
     ///
     /// The I/O error if `addr` does not resolve or cannot be bound, or a
     /// worker thread cannot start.
-    pub fn listen_with(self, server: Server, addr: impl ToSocketAddrs) -> io::Result<Running> {
+    pub fn listen_with(mut self, server: Server, addr: impl ToSocketAddrs) -> io::Result<Running> {
+        self.config.router.mount(&mut self.config.paths);
         let mut server = server;
         if let Some(origins) = &self.origins {
             server = server.origins(OriginPolicy::List(origins.clone()));
