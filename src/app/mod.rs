@@ -57,6 +57,8 @@
 //! callbacks that receive it: the configuration stores handlers taking a
 //! `Request` and an `Adapter` whose `attach` takes an `AppHandle`;
 //! `cluster_view`'s `ClusterView` borrows the `AppHandle` that makes it.
+//! A `PathRoute` (connect) keeps a `Router` of its own handlers until the
+//! app listens and the app's router takes them in.
 
 mod adapter;
 mod cluster_event;
