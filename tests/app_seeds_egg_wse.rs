@@ -3,7 +3,7 @@
 //! (the peer address and the per-address cap), client metadata (per
 //! connection and the user's first), identity and peer address in
 //! handlers, and unregistering procedures and routes on both sides (the
-//! JavaScript client's part runs clients/js/test/seeds.test.js under node).
+//! JavaScript client's part runs clients/js/test/meta_unregister.test.js under node).
 #![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
@@ -446,6 +446,9 @@ fn javascript_client_sends_metadata_and_unregisters_procedures() {
     let mut app = meta_app();
     app.on("/ask", ask);
     let running = app.listen("127.0.0.1:0").expect("listen");
-    node::run_node_tests("seeds.test.js", &[("EMITWS_SEEDS_URL", format!("ws://{}/?user=js", running.local_addr()))]);
+    node::run_node_tests(
+        "meta_unregister.test.js",
+        &[("EMITWS_SEEDS_URL", format!("ws://{}/?user=js", running.local_addr()))],
+    );
     running.close();
 }

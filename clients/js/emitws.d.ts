@@ -71,7 +71,15 @@ export type Listener = (data: any) => void;
 export type AnyListener = (event: string, data: any) => void;
 export type Procedure = (data: any) => unknown | Promise<unknown>;
 
+/** The WebSocket API's `readyState` numbers (PROTOCOL.md §1). */
+export declare const ReadyState: Readonly<{ CONNECTING: 0; OPEN: 1; CLOSING: 2; CLOSED: 3 }>;
+export type ReadyStateNumber = 0 | 1 | 2 | 3;
+
 export declare class EmitClient {
+  static readonly CONNECTING: 0;
+  static readonly OPEN: 1;
+  static readonly CLOSING: 2;
+  static readonly CLOSED: 3;
   /** Connects; resolves once the first connection is ready (the server sent `@ready`). */
   static connect(url: string, options?: ConnectOptions): Promise<EmitClient>;
   /** A client in status `idle`: nothing is sent until `open()`. */
@@ -93,6 +101,13 @@ export declare class EmitClient {
   recovered(room: string): boolean | null;
   /** Whether a socket is open now (ready or still authenticating). */
   readonly connected: boolean;
+  /**
+   * `CONNECTING` (0) while connecting, authenticating or reconnecting, `OPEN` (1) when ready, `CLOSING` (2) from
+   * `close()` until the socket has closed, `CLOSED` (3) when idle or offline.
+   */
+  readonly readyState: ReadyStateNumber;
+  /** Round trip to the server in ms: the `@ping` request, answered by the server itself (PROTOCOL.md §9.1). */
+  ping(options?: RequestOptions): Promise<number>;
   /** Sends (or, before ready, queues) an event; throws `EmitError` `offline`, `closed` or `disconnected` (queue full). */
   emit(event: string, data?: unknown): void;
   request<T = any>(event: string, data?: unknown, options?: RequestOptions): Promise<T>;

@@ -77,6 +77,17 @@ export const Status = Object.freeze({
   OFFLINE: 'offline',
 });
 
+/** The application-level ping, a request either side answers by itself (PROTOCOL.md §9.1). */
+const PING = '@ping';
+
+/**
+ * The WebSocket API's `readyState` numbers (openspeed's too), which
+ * `client.readyState` gives: `CONNECTING` (0) while connecting,
+ * authenticating or reconnecting, `OPEN` (1) when ready, `CLOSING` (2) from
+ * `close()` until the socket has closed, `CLOSED` (3) when idle or offline.
+ */
+export const ReadyState = Object.freeze({ CONNECTING: 0, OPEN: 1, CLOSING: 2, CLOSED: 3 });
+
 /** A failed request: `code` is the machine-readable part (see PROTOCOL.md §4). */
 export class EmitError extends Error {
   constructor(code, message) {
@@ -101,6 +112,12 @@ const defaults = {
 };
 
 export class EmitClient {
+  /** `readyState` numbers, as on WebSocket (see `ReadyState`). */
+  static CONNECTING = ReadyState.CONNECTING;
+  static OPEN = ReadyState.OPEN;
+  static CLOSING = ReadyState.CLOSING;
+  static CLOSED = ReadyState.CLOSED;
+
   /** The session's resume token (PROTOCOL.md §13): a secret, in a private field so that logging the client does not show it. */
   #resumeToken = null;
 
@@ -144,6 +161,8 @@ export class EmitClient {
     /** Per room with history: `{epoch, offset}` of the latest broadcast received. */
     this._positions = new Map();
     this._resumed = null;
+    /** The socket `close()` is closing, until its close event. */
+    this._closing = null;
   }
 
   /**
@@ -192,6 +211,40 @@ export class EmitClient {
   recovered(room) {
     if (!this._resumed) return null;
     return this._resumed.resumed === true && this._resumed.rooms?.[room]?.recovered === true;
+  }
+
+  /**
+   * Where the client is, as one of `ReadyState`'s numbers (also
+   * `EmitClient.CONNECTING` … `EmitClient.CLOSED`, as on WebSocket):
+   * `CONNECTING` while connecting, authenticating or reconnecting, `OPEN`
+   * when ready, `CLOSING` from `close()` until its socket has closed,
+   * `CLOSED` when idle or offline. `status` tells more.
+   */
+  get readyState() {
+    if (this._closing !== null) return ReadyState.CLOSING;
+    switch (this._status) {
+      case Status.READY:
+        return ReadyState.OPEN;
+      case Status.IDLE:
+      case Status.OFFLINE:
+        return ReadyState.CLOSED;
+      default:
+        return ReadyState.CONNECTING;
+    }
+  }
+
+  /**
+   * Measures a round trip to the server at the application level: sends
+   * the `@ping` request, which the server answers at once without running
+   * any handler (PROTOCOL.md §9.1), and resolves with the milliseconds to
+   * its answer (made before ready, it waits for ready, and the time counts
+   * that wait). Rejects as `request` does. The client answers the server's
+   * `@ping` by itself.
+   */
+  async ping({ timeout = this.options.requestTimeout } = {}) {
+    const started = performance.now();
+    await this.request(PING, null, { timeout });
+    return performance.now() - started;
   }
 
   /** Whether a socket is open now (ready or still authenticating). */
@@ -282,6 +335,13 @@ export class EmitClient {
     this._failAll(this._offline);
     const socket = this._socket;
     this._socket = null;
+    if (socket?.readyState === 1) {
+      // CLOSING until the close handshake is over (or the socket gives up).
+      this._closing = socket;
+      socket.addEventListener('close', () => {
+        if (this._closing === socket) this._closing = null;
+      });
+    }
     socket?.close(code, reason);
     this._settleFirst(new EmitError('closed', 'closed before it was ready'));
     this._setStatus(Status.OFFLINE);
@@ -602,6 +662,11 @@ export class EmitClient {
   }
 
   async _answer(id, name, data) {
+    if (name === PING) {
+      // The server measures a round trip: answered at once, with its data.
+      this._reply([REPLY, id, data]);
+      return;
+    }
     const procedure = this._procedures.get(name);
     if (!procedure) {
       this._reply([ERROR, id, { code: 'not_registered', message: `no procedure ${name}` }]);

@@ -13,6 +13,8 @@ use serde_json::value::RawValue;
 use super::disconnect::After;
 use super::envelope;
 use super::locks::lock;
+use super::request::Request;
+use super::router::{Middleware, Next, Router};
 use super::rpc::CallReply;
 use super::socket::{query_value, SocketData};
 use super::socket_id::SocketId;
@@ -172,14 +174,56 @@ enum Segment {
     Param(Box<str>),
 }
 
-/// A path sockets may connect to, such as `/chat/:room`, with its own
-/// connection middleware.
+/// A path sockets may connect to, such as `/chat/:room` (openspeed's
+/// `app.ws('/chat/:room', …)`), with its own connection middleware and its
+/// own event handlers and middleware.
+///
+/// A socket connected on the path gets the route's handlers first:
+///
+/// - a user event runs the route's handler of that name if it has one,
+///   else the app's, else the route's `@any`, else the app's `@any`; with
+///   none of these a request is answered `no_handler`, as on any path;
+/// - the app's middleware ([`App::middleware`](super::App::middleware))
+///   runs first, then the route's ([`middleware`](Self::middleware)), then
+///   the event's own (`on_with`), then the handler, whether the handler is
+///   the route's or the app's;
+/// - the route's `@connection`, `@disconnect`, `@error` and `@ping`
+///   handlers run for its sockets, before the app's (which run too).
+///
+/// [`Request::param`](super::Request::param) reads the path's parameters in
+/// all of them. Sockets on other paths never see the route's handlers.
+///
+/// ```
+/// use emitws::app::{App, BroadcastOpts};
+/// let mut app = App::new();
+/// app.on("/whoami", |req| req.reply(&req.conn_id().0));
+/// app.route("/chat/:room")
+///     .middleware(|req, next| {
+///         // Only the route's sockets pass here.
+///         if req.param("room") == Some("closed") {
+///             return req.reply_err("forbidden", "this room is closed");
+///         }
+///         next.run(req);
+///     })
+///     .on("@connection", |req| {
+///         let room = format!("#{}", req.param("room").unwrap_or_default());
+///         let _ = req.join(&room);
+///     })
+///     .on("/say", |req| {
+///         let room = format!("#{}", req.param("room").unwrap_or_default());
+///         let text = req.raw_data();
+///         let _ = req.broadcast("/said", &text, BroadcastOpts::to(&room));
+///     });
+/// ```
 pub struct PathRoute {
     segments: Vec<Segment>,
     pub(crate) middleware: Vec<ConnectFn>,
     /// Taken away while the app runs ([`AppHandle::unregister_path`]):
     /// upgrades to it get 404 from then on.
     removed: std::sync::atomic::AtomicBool,
+    /// Its own handlers and middleware, taken into the app's router when
+    /// the app listens.
+    pub(crate) events: Router,
 }
 
 impl fmt::Debug for PathRoute {
@@ -198,7 +242,36 @@ impl PathRoute {
                 None => Segment::Literal(s.into()),
             })
             .collect();
-        PathRoute { segments, middleware: Vec::new(), removed: Default::default() }
+        PathRoute { segments, middleware: Vec::new(), removed: Default::default(), events: Router::default() }
+    }
+
+    /// Handles an event (`/name`) or a system event (`@connection`,
+    /// `@disconnect`, `@error`, `@any`, `@ping`, as
+    /// [`App::on`](super::App::on)) for the sockets connected on this path,
+    /// before the app's handlers (see [`PathRoute`]).
+    pub fn on(&mut self, event: &str, handler: impl Fn(&mut Request<'_>) + Send + Sync + 'static) -> &mut Self {
+        self.events.add(event, Vec::new(), Arc::new(handler));
+        self
+    }
+
+    /// Handles an event for this path's sockets behind route middleware,
+    /// as [`App::on_with`](super::App::on_with).
+    pub fn on_with(
+        &mut self,
+        event: &str,
+        middleware: impl IntoIterator<Item = Middleware>,
+        handler: impl Fn(&mut Request<'_>) + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.events.add(event, middleware.into_iter().collect(), Arc::new(handler));
+        self
+    }
+
+    /// Adds middleware that runs before every user event's handler for this
+    /// path's sockets — the route's handlers and the app's — after the app's
+    /// own middleware, in the order added.
+    pub fn middleware(&mut self, middleware: impl Fn(&mut Request<'_>, Next<'_>) + Send + Sync + 'static) -> &mut Self {
+        self.events.add_middleware(Middleware::new(middleware));
+        self
     }
 
     /// Adds connection middleware that runs for this path only, after the app's.

@@ -12,6 +12,9 @@ pub enum Error {
     BadGroup(String),
     /// The socket is in as many groups as [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket) allows.
     TooManyGroups,
+    /// The room has as many members as its cap allows ([`App::room_cap`](super::App::room_cap));
+    /// its code is `room_full`.
+    RoomFull(String),
     /// A cluster query got no answer from the cluster's store in time; the
     /// adapter's error (a [`ClusterError`](crate::cluster::ClusterError) for
     /// the Redis one) says why.
@@ -24,6 +27,7 @@ impl fmt::Display for Error {
             Error::Json(e) => write!(f, "data does not serialize: {e}"),
             Error::BadGroup(name) => write!(f, "bad group name {name:?}: rooms start with '#', tags with '*'"),
             Error::TooManyGroups => f.write_str("the socket is in too many rooms and tags"),
+            Error::RoomFull(room) => write!(f, "room {room} is full: it has as many members as its cap allows"),
             Error::Unavailable(why) => write!(f, "the cluster did not answer: {why}"),
         }
     }
@@ -35,7 +39,34 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Unavailable(e) => e.source(),
-            Error::Json(_) | Error::BadGroup(_) | Error::TooManyGroups => None,
+            Error::Json(_) | Error::BadGroup(_) | Error::TooManyGroups | Error::RoomFull(_) => None,
+        }
+    }
+}
+
+impl Error {
+    /// The machine-readable code of the error, as a handler would answer
+    /// it (`req.reply_err(e.code(), &e.to_string())`) and as
+    /// [`GroupOutcome::Refused`](super::GroupOutcome::Refused) carries it:
+    /// `room_full`, `too_many_groups`, `bad_group`, `bad_request` (data that
+    /// does not serialize) or `unavailable`.
+    ///
+    /// ```
+    /// use emitws::app::App;
+    /// let mut app = App::new();
+    /// app.room_cap("#duel:*", 2);
+    /// app.on("/join", |req| match req.join("#duel:1") {
+    ///     Ok(()) => req.reply(&true),
+    ///     Err(e) => req.reply_err(e.code(), &e.to_string()), // room_full for the third
+    /// });
+    /// ```
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Json(_) => "bad_request",
+            Error::BadGroup(_) => "bad_group",
+            Error::TooManyGroups => "too_many_groups",
+            Error::RoomFull(_) => "room_full",
+            Error::Unavailable(_) => "unavailable",
         }
     }
 }

@@ -113,13 +113,21 @@ pub(crate) struct GroupRegistry {
 }
 
 impl GroupRegistry {
-    pub fn join(&self, name: &str, id: ConnId, workers: usize) {
+    /// Adds `id` to group `name`, unless the group holds `cap` members
+    /// already (false then): checked and added under one lock, so that
+    /// sockets of several workers joining at once never go over the cap.
+    pub fn join(&self, name: &str, id: ConnId, workers: usize, cap: Option<usize>) -> bool {
         let mut groups = write(&self.groups);
+        let full = |group: &Group| cap.is_some_and(|cap| group.members.len() >= cap && !group.members.contains(&id));
+        if groups.get(name).is_some_and(full) {
+            return false;
+        }
         let group = groups.entry(name.into()).or_default();
         if group.members.insert(id) {
             group.per_worker.resize(workers.max(id.worker() + 1), 0);
             group.per_worker[id.worker()] += 1;
         }
+        true
     }
 
     pub fn leave(&self, name: &str, id: ConnId) {
@@ -168,6 +176,14 @@ impl GroupRegistry {
         let mut names: Vec<String> = read(&self.groups).keys().map(|k| k.to_string()).collect();
         names.sort();
         names
+    }
+}
+
+impl super::AppHandle {
+    /// The member cap of `group` ([`App::room_cap`](super::App::room_cap)), if it has one.
+    pub(crate) fn room_cap(&self, group: &str) -> Option<usize> {
+        let caps = &self.0.setup.room_caps;
+        caps.iter().find(|(pattern, _)| pattern.matches(group)).map(|(_, cap)| *cap)
     }
 }
 

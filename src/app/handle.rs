@@ -7,10 +7,11 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use super::adapter::{Presence, SocketAnswer, SocketAsk, Target};
 use super::cluster_event::ClusterEvent;
@@ -22,12 +23,18 @@ use super::history::{new_epoch, RoomStreams};
 use super::inbox::WorkerMsg;
 use super::limits::{check_group_name, EventLimits};
 use super::locks::lock;
+use super::request::Request;
 use super::rpc::{CallError, CallResult, GroupOutcome, PendingCall, PendingOp, StartCall};
 use super::session::Sessions;
+use super::socket::flag;
 use super::socket_id::SocketId;
 use super::{AppConfig, CLOSE_DROPPED};
 use crate::proto::CloseCode;
 use crate::runtime::{ConnId, Drain, DrainError, RunningServer, ServerHandle, SharedFrame};
+
+/// The application-level ping: a request either side sends, which the other
+/// side's library answers with its own data (PROTOCOL.md §9.1).
+pub(crate) const PING_EVENT: &str = "@ping";
 
 /// A running app's state, shared by its workers and handles: its fixed
 /// configuration and the tables every worker reads and writes.
@@ -609,6 +616,18 @@ impl SocketRef {
         done: impl FnOnce(CallResult) + Send + 'static,
     ) -> Result<(), Error> {
         let data = serde_json::value::to_raw_value(data)?;
+        self.call_raw(name, data, timeout, done);
+        Ok(())
+    }
+
+    /// [`call_then`](Self::call_then) with data that is JSON already.
+    fn call_raw(
+        &self,
+        name: &str,
+        data: Box<RawValue>,
+        timeout: Duration,
+        done: impl FnOnce(CallResult) + Send + 'static,
+    ) {
         let call = SocketAsk::Call { name: name.into(), data, timeout };
         self.ask(
             call,
@@ -620,7 +639,54 @@ impl SocketRef {
                 })
             }),
         );
-        Ok(())
+    }
+
+    /// Measures a round trip to the client at the application level
+    /// (openspeed's `ws.ping()`): the server calls the client's built-in
+    /// `@ping` procedure, which both clients answer at once (PROTOCOL.md
+    /// §9.1), and the wait gives the time from this call to the answer —
+    /// the network both ways, and the time the client's event loop took to
+    /// answer, which a WebSocket ping does not show. For a socket of
+    /// another node the time includes the hops through the cluster. Wait
+    /// from any thread but a worker's; from a handler use
+    /// [`ping_then`](Self::ping_then).
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) {
+    /// use std::time::Duration;
+    /// match app.socket(id).ping(Duration::from_secs(5)).wait() {
+    ///     Ok(rtt) => println!("{id} answers in {rtt:?}"),
+    ///     Err(why) => println!("{id} did not answer: {why}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn ping(&self, timeout: Duration) -> PendingPing {
+        let (sender, answer) = mpsc::sync_channel(1);
+        self.ping_then(timeout, move |result| drop(sender.try_send(result)));
+        PendingPing { answer }
+    }
+
+    /// [`ping`](Self::ping), with `done` run on the socket's worker (on the
+    /// adapter's thread for a socket of another node) with the round trip,
+    /// or why there is none ([`CallError::Timeout`] after `timeout`,
+    /// [`CallError::Disconnected`], [`CallError::NotRegistered`] from a
+    /// client that does not know `@ping`): the form for a handler.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mut app = emitws::app::App::new();
+    /// app.on("/lag", |req| {
+    ///     let reply = req.defer();
+    ///     req.socket().ping_then(Duration::from_secs(5), move |rtt| match rtt {
+    ///         Ok(rtt) => reply.reply(&(rtt.as_micros() as u64)),
+    ///         Err(why) => reply.reply_err("timeout", &why.to_string()),
+    ///     });
+    /// });
+    /// ```
+    pub fn ping_then(&self, timeout: Duration, done: impl FnOnce(Result<Duration, CallError>) + Send + 'static) {
+        let started = Instant::now();
+        let data = RawValue::NULL.to_owned();
+        self.call_raw(PING_EVENT, data, timeout, move |result| done(result.map(|_| started.elapsed())));
     }
 
     /// Has the socket's node do `ask`: this node's workers for a socket of
@@ -658,6 +724,99 @@ impl SocketRef {
         match self.app.local_conn(self.id) {
             Some(conn) => self.app.server().close(conn, code, reason),
             None => self.app.close_elsewhere(Target::Socket(self.id()), code, reason),
+        }
+    }
+}
+
+/// Where a connection is, in the four states of the browser's and
+/// openspeed's `readyState`, with their numbers: [`Request::ready_state`]
+/// on the server, `ready_state` on the Rust client
+/// ([`AppClient::ready_state`](crate::client::app::AppClient::ready_state))
+/// and `readyState` on the JavaScript one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReadyState {
+    /// 0: not usable yet — connecting, authenticating, waiting for its
+    /// resume, or (a client) reconnecting.
+    Connecting = 0,
+    /// 1: admitted: envelopes go both ways.
+    Open = 1,
+    /// 2: the close handshake has started.
+    Closing = 2,
+    /// 3: closed (or, a client, not opened yet or given up).
+    Closed = 3,
+}
+
+impl ReadyState {
+    /// The number, as the WebSocket API's `readyState` gives it.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The name, as the WebSocket API's constants spell it: `CONNECTING`, `OPEN`, `CLOSING`, `CLOSED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadyState::Connecting => "CONNECTING",
+            ReadyState::Open => "OPEN",
+            ReadyState::Closing => "CLOSING",
+            ReadyState::Closed => "CLOSED",
+        }
+    }
+}
+
+impl fmt::Display for ReadyState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Request<'_> {
+    /// Where the socket is (openspeed's `ws.readyState`):
+    /// [`Connecting`](ReadyState::Connecting) until it is admitted (the
+    /// handler of a first-message identification sees this),
+    /// [`Open`](ReadyState::Open) once admitted,
+    /// [`Closing`](ReadyState::Closing) once its close has started (after
+    /// [`Request::close`], say), [`Closed`](ReadyState::Closed) in
+    /// `@disconnect` handlers, which run once it has closed.
+    ///
+    /// ```
+    /// use emitws::app::{App, ReadyState};
+    /// let mut app = App::new();
+    /// app.on("/bye", |req| {
+    ///     req.close(emitws::proto::CloseCode::NORMAL, "bye");
+    ///     assert_eq!(req.ready_state(), ReadyState::Closing);
+    /// });
+    /// ```
+    pub fn ready_state(&self) -> ReadyState {
+        // User events start with `/`: this name is the system hook's.
+        match (self.event, self.conn.is_open()) {
+            ("@disconnect", _) => ReadyState::Closed,
+            (_, false) => ReadyState::Closing,
+            _ if self.conn.data().has(flag::CONNECTED) => ReadyState::Open,
+            _ => ReadyState::Connecting,
+        }
+    }
+}
+
+/// The round trip of [`SocketRef::ping`], to wait for from a thread that is not a worker.
+#[derive(Debug)]
+pub struct PendingPing {
+    answer: mpsc::Receiver<Result<Duration, CallError>>,
+}
+
+impl PendingPing {
+    /// Blocks until the client answers, or the ping's timeout.
+    pub fn wait(self) -> Result<Duration, CallError> {
+        // The call always completes; a dropped sender means the server stopped first.
+        self.answer.recv().unwrap_or(Err(CallError::Disconnected))
+    }
+
+    /// The round trip, if the answer has come.
+    pub fn try_result(&self) -> Option<Result<Duration, CallError>> {
+        match self.answer.try_recv() {
+            Ok(result) => Some(result),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Err(CallError::Disconnected)),
         }
     }
 }

@@ -14,7 +14,7 @@ use super::adapter::{ClaimDone, ClaimOutcome, Presence, SessionClaim};
 use super::connect::{self, Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
-use super::handle::AppHandle;
+use super::handle::{AppHandle, PING_EVENT};
 use super::history::Backfill;
 use super::inbox::WorkerMsg;
 use super::limits::{check_event_name, Bucket, Policy};
@@ -186,6 +186,11 @@ impl AppWorker {
             // The one system event a client may send, checked here, off the path of valid names.
             if conn.data().has(flag::AWAIT_RESUME) && event == RESUME_EVENT {
                 return self.resume_request(conn, id, data);
+            }
+            if let (Some(id), PING_EVENT) = (id, event) {
+                // Answered at once, in every state: no handler or middleware runs.
+                let _ = self.local.send_json(conn, |out| envelope::write_reply(out, id, &data));
+                return;
             }
             let policy = limits.on_bad_input;
             return self.bad_input(conn, id, ErrorCode::BadRequest, why, policy);
@@ -938,8 +943,11 @@ impl Handler for AppWorker {
         let path = request.path();
         let mut route_middleware = &[][..];
         if !state.setup.paths.is_empty() {
-            let matched = state.setup.paths.iter().find_map(|route| route.matches(path).map(|params| (route, params)));
-            let Some((route, params)) = matched else { return Err(Reject::status(404)) };
+            let mut routes = state.setup.paths.iter().zip(1..);
+            let matched = routes.find_map(|(route, tag)| route.matches(path).map(|params| (route, tag, params)));
+            let Some((route, tag, params)) = matched else { return Err(Reject::status(404)) };
+            // Its own handlers (the router's table of path routes) are found by this tag.
+            data.path_route = tag;
             if !params.is_empty() {
                 data.state().params = params;
             }

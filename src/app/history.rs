@@ -109,7 +109,7 @@ impl RoomPattern {
         }
     }
 
-    fn matches(&self, room: &str) -> bool {
+    pub(crate) fn matches(&self, room: &str) -> bool {
         match self {
             RoomPattern::Exact(name) => **name == *room,
             RoomPattern::Prefix(prefix) => room.starts_with(&**prefix),

@@ -58,6 +58,8 @@
 //! callbacks that receive it: the configuration stores handlers taking a
 //! `Request` and an `Adapter` whose `attach` takes an `AppHandle`;
 //! `cluster_view`'s `ClusterView` borrows the `AppHandle` that makes it.
+//! A `PathRoute` (connect) keeps a `Router` of its own handlers until the
+//! app listens and the app's router takes them in.
 
 mod adapter;
 mod cluster_event;
@@ -100,7 +102,7 @@ pub use disconnect::{After, Gone};
 pub use envelope::MAX_ID;
 pub use error::Error;
 pub use groups::BroadcastOpts;
-pub use handle::{AppHandle, Running, SocketRef, UserRef};
+pub use handle::{AppHandle, PendingPing, ReadyState, Running, SocketRef, UserRef};
 pub use handler::PROTOCOL;
 pub use history::History;
 pub use limits::{EventLimits, Policy, Rate};
@@ -183,6 +185,8 @@ pub(crate) struct AppConfig {
     /// Trusted proxies, the per-address cap, metadata, generated ids
     /// (PROTOCOL.md §15), and the tables they fill while the app runs.
     pub(crate) conn: connect::ConnSettings,
+    /// Member caps of rooms, first match first ([`App::room_cap`]).
+    room_caps: Vec<(history::RoomPattern, usize)>,
 }
 
 /// How sockets authenticate, if they must.
@@ -340,9 +344,31 @@ impl App {
         self
     }
 
-    /// Applies a plugin: any function of the app.
-    pub fn plugin(&mut self, plugin: impl FnOnce(&mut App)) -> &mut Self {
-        plugin(self);
+    /// Applies a plugin — any function of the app — or a list of them, in
+    /// order (emit.gg's `app.plugin([a, b])`): an array or a `Vec` of
+    /// plugins of one type, a tuple of plugins of different types, or boxed
+    /// ones (see [`Plugin`]). A closure written in place names its
+    /// argument's type (`|app: &mut App| …`): the compiler infers it only
+    /// for plugins made by functions, such as those of [`plugins`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use emitws::app::{plugins, App};
+    ///
+    /// fn greeter(app: &mut App) {
+    ///     app.on("/hello", |req| req.reply(&"hi"));
+    /// }
+    /// let mut app = App::new();
+    /// app.plugin(plugins::heartbeat(Duration::from_secs(30)));
+    /// app.plugin([greeter, greeter]);
+    /// app.plugin((plugins::heartbeat(Duration::from_secs(30)), greeter));
+    /// let list: Vec<Box<dyn FnOnce(&mut App)>> = vec![Box::new(greeter), Box::new(|app: &mut App| {
+    ///     app.on("/bye", |req| req.reply(&"bye"));
+    /// })];
+    /// app.plugin(list);
+    /// ```
+    pub fn plugin(&mut self, plugin: impl Plugin) -> &mut Self {
+        plugin.apply(self);
         self
     }
 
@@ -632,6 +658,50 @@ impl App {
         self
     }
 
+    /// Caps the members of a room (`#lobby`), or of every room whose name
+    /// starts with a prefix (`#duel:*`), at `members` (at least 1; rooms
+    /// have no cap by default): a join over it — [`Request::join`],
+    /// [`SocketRef::join`] from any node — is refused with
+    /// [`Error::RoomFull`], code `room_full` (PROTOCOL.md §5). Patterns are
+    /// tried in the order given; the first that matches applies, to each
+    /// room on its own.
+    ///
+    /// The cap is per node: each node counts the members it holds, under
+    /// one lock, so that on a node a room never holds more than `members`
+    /// sockets, whichever workers they are on. In a cluster a room spread
+    /// over `n` nodes may hold up to `n × members` (the cluster's room
+    /// sizes, [`ClusterView`], are only eventually consistent, so no node
+    /// can refuse on them exactly); to cap a room cluster-wide, keep its
+    /// members on one node (join them there with [`SocketRef::join`]). A
+    /// socket that resumes (PROTOCOL.md §13) gets its rooms back even if
+    /// others filled them meanwhile: it held its place.
+    ///
+    /// # Panics
+    ///
+    /// If `pattern` is not a room name or a room prefix ending in `*`: a
+    /// setup mistake, found at start.
+    ///
+    /// ```
+    /// use emitws::app::App;
+    /// let mut app = App::new();
+    /// app.room_cap("#duel:*", 2).room_cap("#lobby", 500);
+    /// app.on("/duel", |req| {
+    ///     let Some(id) = req.expect_data::<u32>() else { return };
+    ///     match req.join(&format!("#duel:{id}")) {
+    ///         Ok(()) => req.reply(&true),
+    ///         // The third player gets [3, id, {"code": "room_full", …}].
+    ///         Err(e) => req.reply_err(e.code(), &e.to_string()),
+    ///     }
+    /// });
+    /// ```
+    pub fn room_cap(&mut self, pattern: &str, members: usize) -> &mut Self {
+        match history::RoomPattern::parse(pattern) {
+            Ok(pattern) => self.config.room_caps.push((pattern, members.max(1))),
+            Err(e) => panic!("App::room_cap: {}", e.replacen("history pattern", "room pattern", 1)),
+        }
+        self
+    }
+
     /// Starts serving on `addr` with the engine's default settings.
     ///
     /// # Errors
@@ -648,7 +718,8 @@ impl App {
     ///
     /// The I/O error if `addr` does not resolve or cannot be bound, or a
     /// worker thread cannot start.
-    pub fn listen_with(self, server: Server, addr: impl ToSocketAddrs) -> io::Result<Running> {
+    pub fn listen_with(mut self, server: Server, addr: impl ToSocketAddrs) -> io::Result<Running> {
+        self.config.router.mount(&mut self.config.paths);
         let mut server = server;
         if let Some(origins) = &self.origins {
             server = server.origins(OriginPolicy::List(origins.clone()));
@@ -734,6 +805,51 @@ impl AppHandle {
         });
     }
 }
+
+/// What [`App::plugin`] takes: a function of the app, or a list of them
+/// (an array, a `Vec`, a tuple of up to 8), applied in order.
+pub trait Plugin {
+    /// Sets the plugin up on `app`.
+    fn apply(self, app: &mut App);
+}
+
+impl<F: FnOnce(&mut App)> Plugin for F {
+    fn apply(self, app: &mut App) {
+        self(app)
+    }
+}
+
+impl<P: Plugin, const N: usize> Plugin for [P; N] {
+    fn apply(self, app: &mut App) {
+        self.into_iter().for_each(|plugin| plugin.apply(app));
+    }
+}
+
+impl<P: Plugin> Plugin for Vec<P> {
+    fn apply(self, app: &mut App) {
+        self.into_iter().for_each(|plugin| plugin.apply(app));
+    }
+}
+
+/// Tuples of plugins of different types, applied left to right.
+macro_rules! tuple_plugins {
+    ($($name:ident)+) => {
+        impl<$($name: Plugin),+> Plugin for ($($name,)+) {
+            #[allow(non_snake_case)]
+            fn apply(self, app: &mut App) {
+                let ($($name,)+) = self;
+                $($name.apply(app);)+
+            }
+        }
+    };
+}
+tuple_plugins!(A B);
+tuple_plugins!(A B C);
+tuple_plugins!(A B C D);
+tuple_plugins!(A B C D E);
+tuple_plugins!(A B C D E F);
+tuple_plugins!(A B C D E F G);
+tuple_plugins!(A B C D E F G H);
 
 /// Ready-made plugins.
 pub mod plugins {

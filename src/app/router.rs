@@ -6,9 +6,12 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+use super::connect::PathRoute;
 use super::handle::AppHandle;
 use super::locks::{read, write};
 use super::request::Request;
+#[cfg(doc)]
+use super::socket::SocketData;
 use super::App;
 
 /// An event handler, shared by every worker.
@@ -114,6 +117,13 @@ pub(crate) struct Router {
     /// Routes taken away while the app runs ([`AppHandle::unregister`]).
     removed: Removed,
     pub system: SystemHandlers,
+    /// The path routes' own tables ([`PathRoute`]), by the tag of
+    /// [`SocketData::path_route`] less one; each one's middleware is the
+    /// app's then its own, its system handlers but `@any` moved into the
+    /// app's (see [`mount`](Self::mount)). Empty without path routes.
+    paths: Vec<Router>,
+    /// The names of events only path routes handle, labelled after the app's.
+    path_names: Vec<Box<str>>,
 }
 
 /// The routes unregistered while the app runs. The route table is built
@@ -181,26 +191,87 @@ impl Router {
         for (name, route) in &self.routes {
             names[route.label] = name.clone();
         }
+        names.extend(self.path_names.iter().cloned());
         names
     }
 
+    /// Takes the path routes' own handlers and middleware in, in their
+    /// order (a socket's [`SocketData::path_route`] tag finds its route's),
+    /// once, when the app listens: an event name only routes handle gets a
+    /// metrics label after the app's; a route's middleware list becomes the
+    /// app's then its own, so that a chain is walked as for the app's
+    /// sockets; its `@connection`, `@disconnect`, `@error` and `@ping`
+    /// handlers go before the app's, each run only for its own sockets.
+    ///
+    /// # Panics
+    ///
+    /// With more path routes than a tag counts (65,535): a setup mistake.
+    pub fn mount(&mut self, paths: &mut [PathRoute]) {
+        assert!(paths.len() <= usize::from(u16::MAX), "App::route: more than {} path routes", u16::MAX);
+        let mut labels: HashMap<Box<str>, usize> =
+            self.names().into_iter().enumerate().map(|(label, name)| (name, label)).collect();
+        for (path, tag) in paths.iter_mut().zip(1..) {
+            let mut own = std::mem::take(&mut path.events);
+            for (name, route) in &mut own.routes {
+                let next = labels.len();
+                route.label = *labels.entry(name.clone()).or_insert_with(|| {
+                    self.path_names.push(name.clone());
+                    next
+                });
+            }
+            own.middleware = self.middleware.iter().chain(&own.middleware).cloned().collect();
+            let system = std::mem::take(&mut own.system);
+            own.system.any = system.any;
+            let app = &mut self.system;
+            for (app, own) in [
+                (&mut app.connection, system.connection),
+                (&mut app.disconnect, system.disconnect),
+                (&mut app.error, system.error),
+                (&mut app.ping, system.ping),
+            ] {
+                app.splice(0..0, own.into_iter().map(|handler| only_on_path(tag, handler)));
+            }
+            self.paths.push(own);
+        }
+    }
+
     /// Runs the event's chain (or `@any`'s); false if nothing handles it.
+    /// A socket of a path route has its route's handlers tried first.
     pub fn dispatch(&self, event: &str, req: &mut Request<'_>) -> bool {
-        let route = self.routes.get(event).filter(|_| !self.removed.has(event));
+        // One test of an empty list for apps without path routes.
+        let path = match self.paths.is_empty() {
+            true => None,
+            false => usize::from(req.conn.data().path_route).checked_sub(1).and_then(|at| self.paths.get(at)),
+        };
+        let route = path.and_then(|path| path.routes.get(event)).or_else(|| self.routes.get(event));
+        let route = route.filter(|_| !self.removed.has(event));
         req.conn.metrics().dispatched(route.map(|route| route.label), req.id.is_some());
+        let global = path.map_or(&self.middleware, |path| &path.middleware);
         if let Some(route) = route {
-            let (global, ns) = (&self.middleware[..], &self.ns_middleware[..]);
-            Next { global, ns, route: &route.middleware, handler: &route.handler }.run(req);
+            Next { global, ns: &self.ns_middleware, route: &route.middleware, handler: &route.handler }.run(req);
             return true;
         }
-        if self.system.any.is_empty() {
+        let any = match path {
+            Some(path) if !path.system.any.is_empty() => &path.system.any,
+            _ => &self.system.any,
+        };
+        if any.is_empty() {
             return false;
         }
-        for handler in &self.system.any {
-            Next { global: &self.middleware, ns: &self.ns_middleware, route: &[], handler }.run(req);
+        for handler in any {
+            Next { global, ns: &self.ns_middleware, route: &[], handler }.run(req);
         }
         true
     }
+}
+
+/// A path route's system handler, which runs only for the sockets connected on it.
+fn only_on_path(tag: u16, handler: EventHandler) -> EventHandler {
+    Arc::new(move |req: &mut Request<'_>| {
+        if req.conn.data().path_route == tag {
+            handler(req)
+        }
+    })
 }
 
 /// The route table's hash of event names, taken once per message: a

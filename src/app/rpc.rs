@@ -239,7 +239,8 @@ pub enum GroupOutcome {
     /// The socket's node refused, as it would the socket's own join:
     /// `too_many_groups` (the socket is in as many groups as
     /// [`EventLimits::max_groups_per_socket`](super::EventLimits::max_groups_per_socket)
-    /// allows), `bad_group` (no room or tag name) or, for a user change,
+    /// allows), `bad_group` (no room or tag name), `room_full` (the room's
+    /// cap, [`App::room_cap`](super::App::room_cap)) or, for a user change,
     /// `too_many_devices` (the device cap refused it: the socket is being
     /// closed), with a message.
     Refused {
@@ -256,11 +257,7 @@ pub enum GroupOutcome {
 impl GroupOutcome {
     /// The refusal a join failed with on the socket's node.
     pub(crate) fn refused(error: &super::Error) -> GroupOutcome {
-        let code = match error {
-            super::Error::TooManyGroups => "too_many_groups",
-            _ => "bad_group",
-        };
-        GroupOutcome::Refused { code: code.into(), message: error.to_string() }
+        GroupOutcome::Refused { code: error.code().into(), message: error.to_string() }
     }
 
     /// The refusal of a user change the device cap turned down.

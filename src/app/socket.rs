@@ -37,6 +37,9 @@ pub struct SocketData {
     pub(crate) flags: u8,
     /// Heartbeat pings sent without an answer.
     pub(crate) missed: u8,
+    /// The path route the socket connected on, counted from 1 in the order
+    /// declared ([`App::route`](super::App::route)); 0 without routes.
+    pub(crate) path_route: u16,
 }
 
 impl std::fmt::Debug for SocketData {

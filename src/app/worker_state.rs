@@ -98,7 +98,7 @@ impl WorkerState {
         // not hold): a broadcast in between is replayed, never missed.
         let position = app.position(group);
         let noted = position.as_ref().map(|(epoch, offset)| (&**epoch, *offset));
-        let joined = self.join_group(app, conn, group, noted)?;
+        let joined = self.join_group_capped(app, conn, group, noted, app.room_cap(group))?;
         if let (true, Some((epoch, offset))) = (joined, position) {
             set_position(conn.data_mut(), group, epoch, offset);
         }
@@ -114,6 +114,19 @@ impl WorkerState {
         group: &str,
         position: Option<(&str, u64)>,
     ) -> Result<bool, Error> {
+        self.join_group_capped(app, conn, group, position, None)
+    }
+
+    /// [`join_group`](Self::join_group), refused with [`Error::RoomFull`]
+    /// when the group has `cap` members on this node already.
+    pub fn join_group_capped(
+        &mut self,
+        app: &AppHandle,
+        conn: &mut Conn<'_, SocketData>,
+        group: &str,
+        position: Option<(&str, u64)>,
+        cap: Option<usize>,
+    ) -> Result<bool, Error> {
         if !check_group_name(group) {
             return Err(Error::BadGroup(group.into()));
         }
@@ -125,9 +138,11 @@ impl WorkerState {
         if data.groups().len() >= app.0.setup.limits.max_groups_per_socket {
             return Err(Error::TooManyGroups);
         }
-        data.state().groups.push(group.into());
+        if !app.0.registry.join(group, id, app.server().workers(), cap) {
+            return Err(Error::RoomFull(group.into()));
+        }
+        conn.data_mut().state().groups.push(group.into());
         self.groups.join(group, id);
-        app.0.registry.join(group, id, app.server().workers());
         app.presence(Presence::Joined { conn_id: id, group, position });
         Ok(true)
     }

@@ -126,7 +126,7 @@ mod resume;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::thread::{self, ThreadId};
@@ -140,6 +140,8 @@ use crate::proto::{CloseCode, CloseReason, MaskRng, Message};
 use crate::runtime::{Conn, ConnId, Conns, Handler, RunningServer, Server, ServerHandle, DRAIN_CLOSE_CODE};
 use resume::{meta_url, not_resumed, resume_url, Positions};
 
+/// The WebSocket-style state [`AppClient::ready_state`] gives.
+pub use crate::app::ReadyState;
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
 
@@ -160,6 +162,8 @@ const EVENT: u64 = 0;
 const REQUEST: u64 = 1;
 const REPLY: u64 = 2;
 const ERROR: u64 = 3;
+/// The application-level ping, a request either side answers by itself (PROTOCOL.md §9.1).
+const PING: &str = "@ping";
 
 /// Event client settings; every one has a default. Change them with the
 /// builder methods:
@@ -493,6 +497,8 @@ struct ClientCore {
     procedures: RwLock<HashMap<String, Procedure>>,
     next_listener: AtomicU64,
     next_id: AtomicU64,
+    /// [`AppClient::close`] is closing the socket and stopping the I/O thread.
+    closing: AtomicBool,
 }
 
 /// The client's session with the server, behind one lock: status, the
@@ -633,6 +639,7 @@ impl AppClient {
             procedures: RwLock::new(HashMap::new()),
             next_listener: AtomicU64::new(1),
             next_id: AtomicU64::new(1),
+            closing: AtomicBool::new(false),
         });
         let _ = link.inner.set(Arc::downgrade(&inner));
         Ok(AppClient { inner })
@@ -703,6 +710,47 @@ impl AppClient {
         Some(reply["resumed"] == true && reply["rooms"][room]["recovered"] == true)
     }
 
+    /// Where the client is, in the WebSocket API's four states (openspeed's
+    /// `readyState`): [`Connecting`](ReadyState::Connecting) while CONNECTING,
+    /// AUTHENTICATING or RECONNECTING, [`Open`](ReadyState::Open) when
+    /// READY, [`Closing`](ReadyState::Closing) while [`close`](Self::close)
+    /// runs (seen from another thread), [`Closed`](ReadyState::Closed) when
+    /// IDLE or OFFLINE. [`status`](Self::status) tells more.
+    ///
+    /// ```no_run
+    /// use emitws::client::app::{AppClient, ReadyState};
+    /// let client = AppClient::connect("ws://127.0.0.1:9001/", Default::default())?;
+    /// if client.ready_state() == ReadyState::Open {
+    ///     println!("round trip: {:?}", client.ping(std::time::Duration::from_secs(5))?);
+    /// }
+    /// # Ok::<(), emitws::client::app::AppError>(())
+    /// ```
+    pub fn ready_state(&self) -> ReadyState {
+        if self.inner.closing.load(Ordering::Relaxed) {
+            return ReadyState::Closing;
+        }
+        match self.status() {
+            Status::Connecting | Status::Authenticating | Status::Reconnecting => ReadyState::Connecting,
+            Status::Ready => ReadyState::Open,
+            Status::Idle | Status::Offline => ReadyState::Closed,
+        }
+    }
+
+    /// Measures a round trip to the server at the application level: sends
+    /// the `@ping` request, which the server answers at once without running
+    /// any handler (PROTOCOL.md §9.1), and returns the time to its answer.
+    /// Made before READY, it waits for READY as any request, and the time
+    /// counts that wait. The client answers the server's `@ping` by itself.
+    ///
+    /// # Errors
+    ///
+    /// As [`request`](Self::request): [`AppError::Timeout`],
+    /// [`AppError::Disconnected`], [`AppError::Offline`], [`AppError::Closed`].
+    pub fn ping(&self, timeout: Duration) -> Result<Duration, AppError> {
+        let started = Instant::now();
+        self.send_request(PING, Value::Null, timeout).wait().map(|_| started.elapsed())
+    }
+
     /// Whether a socket is open now (READY or still AUTHENTICATING).
     pub fn connected(&self) -> bool {
         lock(&self.inner.state).conn.is_some()
@@ -737,13 +785,19 @@ impl AppClient {
     /// Sends a request without waiting: the reply is taken from the
     /// returned [`PendingRequest`], by polling or by waiting.
     pub fn request_nowait(&self, event: &str, data: Value, timeout: Duration) -> PendingRequest {
+        if let Err(e) = check_name(event) {
+            let (sender, receiver) = mpsc::sync_channel(1);
+            let _ = sender.send(Err(e));
+            return PendingRequest { receiver, id: 0, deadline: Instant::now(), inner: Arc::downgrade(&self.inner) };
+        }
+        self.send_request(event, data, timeout)
+    }
+
+    /// Sends a request to `event`, a system one included.
+    fn send_request(&self, event: &str, data: Value, timeout: Duration) -> PendingRequest {
         let (sender, receiver) = mpsc::sync_channel(1);
         let deadline = Instant::now() + timeout;
         let pending = |id| PendingRequest { receiver, id, deadline, inner: Arc::downgrade(&self.inner) };
-        if let Err(e) = check_name(event) {
-            let _ = sender.send(Err(e));
-            return pending(0);
-        }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.inner.send(json!([REQUEST, id, event, data]).to_string(), Some((id, sender.clone()))) {
             let _ = sender.send(Err(e));
@@ -1179,6 +1233,12 @@ impl ClientCore {
     }
 
     fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.close_now();
+        self.closing.store(false, Ordering::Relaxed);
+    }
+
+    fn close_now(&self) {
         let mut state = lock(&self.state);
         let change = state.set_status(Status::Offline);
         state.gone = Some(AppError::Closed);
@@ -1298,6 +1358,8 @@ impl Handler for Link {
                 let (Some(id), Some(name)) = (part(1).as_u64(), part(2).as_str()) else { return };
                 let procedure = read(&inner.procedures).get(name).cloned();
                 let reply = match procedure {
+                    // The server measures a round trip (PROTOCOL.md §9.1): answered at once, with its data.
+                    _ if name == PING => json!([REPLY, id, part(3)]),
                     None => json!([ERROR, id, {"code": "not_registered", "message": format!("no procedure {name}")}]),
                     Some(procedure) => match procedure(part(3).clone()) {
                         Ok(result) => json!([REPLY, id, result]),
