@@ -1057,7 +1057,11 @@ impl Handler for AppWorker {
     }
 
     fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, why: &CloseReason) {
-        self.depart(conn, why.code(), &why.reason(), keeps_session(why.code()));
+        // A close this node started decides the session's fate, answered or
+        // not: a kicked client that ignores the frame (1006 at the close
+        // timeout) or answers another code must not keep a resumable session.
+        let meant = conn.close_sent().unwrap_or(why.code());
+        self.depart(conn, why.code(), &why.reason(), keeps_session(meant));
     }
 
     /// A shutdown lets deferred replies go out before the socket's 1001.
