@@ -935,6 +935,9 @@ impl AppHandle {
     /// before, as other nodes' messages reach sockets through the workers.
     /// Before the app listens, or without a hook, nothing runs.
     pub fn deliver_cluster_event(&self, event: ClusterEvent) {
+        if let ClusterEvent::SocketResumedElsewhere { socket } = &event {
+            self.socket_resumed_elsewhere(*socket);
+        }
         if self.0.setup.cluster_events.is_none() {
             return;
         }

@@ -1151,6 +1151,17 @@ impl AppHandle {
     pub(crate) fn session_claimed_elsewhere(&self, lost: ConnId, public: Option<ConnId>) {
         self.0.sessions.departed(lost, public, self.0.setup.resume.max_sessions);
     }
+
+    /// The socket of public id `socket`, open here, had its session claimed
+    /// on another node while this node was cut off from the cluster's store
+    /// (learned when it came back): the session is that node's, so the
+    /// socket here is closed with 4409 and its id followed there.
+    pub(crate) fn socket_resumed_elsewhere(&self, socket: SocketId) {
+        let Some(conn) = self.local_conn(socket) else { return };
+        let public = (socket.node == self.node()).then_some(socket.conn);
+        self.0.sessions.departed(conn, public, self.0.setup.resume.max_sessions);
+        self.server().close(conn, CLOSE_REPLACED, RESUMED_ELSEWHERE);
+    }
 }
 
 #[cfg(test)]
