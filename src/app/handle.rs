@@ -50,6 +50,8 @@ pub(crate) struct AppState {
     pub(crate) streams: RoomStreams,
     /// Sessions kept for a resume, and the resumed sockets' connections.
     pub(crate) sessions: Sessions,
+    /// The users whose last device went within the presence grace.
+    pub(crate) grace: super::users::Grace,
 }
 
 /// A running app, from any thread: broadcasts, sends to sockets and users,
@@ -77,6 +79,7 @@ impl AppHandle {
             connected: Mutex::default(),
             streams: RoomStreams::new(mirror),
             sessions: Sessions::new(),
+            grace: Default::default(),
         }))
     }
 

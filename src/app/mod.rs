@@ -165,6 +165,9 @@ pub(crate) struct AppConfig {
     user_online: Option<UserHook>,
     /// Runs when a user's last device is gone ([`App::on_user_offline`]).
     user_offline: Option<UserHook>,
+    /// How long a user's last device may be gone before it goes offline
+    /// ([`App::presence_grace`]).
+    pub(crate) presence_grace: Option<Duration>,
     adapter: Option<Arc<dyn Adapter>>,
     http: Option<HttpFn>,
     /// Where the app and its server count.

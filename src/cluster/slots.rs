@@ -17,6 +17,7 @@ use super::sessions::{
     alias_key, claim, direct_key, record_key, Found, Record, END, HOLD, ORPHAN, ORPHAN_ALIAS, ROUTE, UNALIAS,
 };
 use super::test_redis_cluster::RedisCluster;
+use super::users::{devices_key, grace_key, ADD, GRACE_OVER, REMOVE};
 use super::wire::hex;
 use super::writer::{BEAT, INDEX, UNLIST};
 use crate::app::{ClaimOutcome, History, SocketId};
@@ -137,6 +138,23 @@ fn every_script_and_multi_key_command_runs_on_one_slot() {
     assert_eq!(c.hget::<_, _, String>(&fresh.key, "away").unwrap(), "1");
     let _: u8 = eval(END, &[&fresh.key]).arg(0).query(&mut c).unwrap();
     assert!(!c.exists::<_, bool>(&fresh.key).unwrap());
+
+    // A user's devices and its presence grace: one slot. The last device
+    // gone starts the grace; one back within it is no first device and
+    // ends it; a grace over with nobody back says offline, once.
+    let user = [&devices_key(P, "ann")[..], &grace_key(P, "ann")];
+    assert_eq!(cluster.slot(user[0]), cluster.slot(user[1]));
+    let added: Vec<String> = eval(ADD, &user).arg("aa:1").arg(0).arg("r").query(&mut c).unwrap();
+    assert_eq!(added, ["1"], "the first device");
+    let last: u8 = eval(REMOVE, &user).arg("aa:1").arg(1000).query(&mut c).unwrap();
+    assert_eq!(last, 1);
+    let back: Vec<String> = eval(ADD, &user).arg("bb:2").arg(0).arg("r").query(&mut c).unwrap();
+    assert_eq!(back, ["0"], "back within the grace");
+    let over: u8 = eval(GRACE_OVER, &user).arg("aa:1").query(&mut c).unwrap();
+    assert_eq!(over, 0, "somebody came back");
+    let _: u8 = eval(REMOVE, &user).arg("bb:2").arg(1000).query(&mut c).unwrap();
+    let over: Vec<u8> = (0..2).map(|_| eval(GRACE_OVER, &user).arg("bb:2").query(&mut c).unwrap()).collect();
+    assert_eq!(over, [1, 0], "offline, once");
 
     // Room history: the publish script (by its SHA, loaded on every master
     // as the node loads it on its Redis) and the read.
