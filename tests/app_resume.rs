@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use app_client::{eventually, AppClient};
 use emitws::app::{App, BroadcastOpts, Challenge, EventLimits, Refusal, ReplyHandle, Running, SocketId};
+use emitws::proto::CloseCode;
 use emitws::runtime::{AcceptMode, ConnId};
 use resume_app::{connect, resume_routes};
 use serde_json::{json, Value};
@@ -666,6 +667,43 @@ fn a_takeover_that_does_not_come_by_the_auth_deadline_leaves_the_old_connection_
     assert_ne!(old.worker(), new.worker());
     assert!(fixture.seen.lock().unwrap().disconnects.iter().all(|(s, _)| *s != socket));
     ann.close();
+    back.close();
+    fixture.close();
+}
+
+/// A close the server started decides the session's fate, whatever the
+/// client does with it: a client that never answers a 4000 (the close
+/// times out as 1006) keeps no session, and one that answers a 1012 with
+/// a 1000 keeps its own.
+#[test]
+fn the_close_the_server_sent_decides_whether_the_session_is_kept() {
+    let fixture = Fixture::start(Auth::Upgrade, |_| {});
+    let (addr, app) = (fixture.addr(), fixture.running.app());
+
+    // Kicked, the client ignores the close frame and keeps TCP open.
+    let (mut kicked, socket, token) = connect(addr, "ann");
+    assert!(app.drop_socket(socket.parse::<SocketId>().expect("a socket id"), "kicked"));
+    assert_eq!(kicked.ws.recv(), common::Frame::Close(Some(4000), "kicked".into()), "the server's close frame");
+    let data = fixture.disconnect_of(&socket);
+    assert_eq!((&data["code"], &data["resumable"]), (&json!(1006), &json!(false)), "{data}");
+    let mut back = reconnect(addr, "user=ann");
+    let id = send_resume(&mut back, &token, json!({}));
+    let (_, _, reply, _) = read_resume(&mut back, id);
+    assert_eq!(reply["resumed"], false, "a kicked client that ignored the close does not resume: {reply}");
+    back.close();
+    drop(kicked);
+
+    // The node asks the client to come back (1012); the client answers 1000.
+    let (mut moved, socket, token) = connect(addr, "bob");
+    assert!(app.socket(socket.parse::<SocketId>().expect("a socket id")).close(CloseCode(1012), "move"));
+    assert_eq!(moved.ws.recv(), common::Frame::Close(Some(1012), "move".into()));
+    moved.ws.send_close(1000, "");
+    let data = fixture.disconnect_of(&socket);
+    assert_eq!((&data["code"], &data["resumable"]), (&json!(1000), &json!(true)), "{data}");
+    let mut back = reconnect(addr, "user=bob");
+    let id = send_resume(&mut back, &token, json!({}));
+    let (_, _, reply, _) = read_resume(&mut back, id);
+    assert_eq!((&reply["resumed"], &reply["socket"]), (&json!(true), &json!(socket)), "{reply}");
     back.close();
     fixture.close();
 }

@@ -272,3 +272,41 @@ fn a_socket_ref_attaches_and_detaches_a_user_under_the_cap() {
     bob.close();
     running.close();
 }
+
+/// With a presence grace, a socket lost by accident that resumes within it
+/// fires neither hook; gone for good, its user goes offline once the grace
+/// is over, not before.
+#[test]
+fn within_the_presence_grace_a_resume_fires_neither_hook() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let mut app = App::new();
+    let transitions = login_routes(&mut app);
+    app.resume_window(Some(Duration::from_secs(30)));
+    app.presence_grace(GRACE);
+    let server = common::quick_server().workers(2).accept_mode(AcceptMode::Acceptor);
+    let running = app.listen_with(server, "127.0.0.1:0").expect("start");
+    let addr = running.local_addr();
+    let mut phone = AppClient::connect(addr);
+    let token = phone.ready.as_ref().and_then(|ready| ready["resume"].as_str()).expect("a resume token").to_string();
+    assert!(login(&mut phone, "ann"));
+    drop(phone);
+    eventually("ann away", || !running.to_user("ann").is_online());
+    let mut back = AppClient::connect_to(addr, "/?emitws_resume=1", &[]).expect("upgraded");
+    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
+    assert_eq!(back.reply_to(id).expect("resumed")["resumed"], true);
+    back.wait_ready();
+    assert_eq!(whoami(&mut back), json!("ann"));
+    std::thread::sleep(GRACE * 2);
+    assert_eq!(seen(&transitions), ["online ann"], "neither hook for the resume");
+
+    let lost = std::time::Instant::now();
+    drop(back);
+    let deadline = lost + GRACE * 5;
+    while seen(&transitions).len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no offline: {:?}", seen(&transitions));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lost.elapsed() >= GRACE, "offline before the grace was over: {:?}", lost.elapsed());
+    assert_eq!(seen(&transitions), ["online ann", "offline ann"]);
+    running.close();
+}

@@ -306,6 +306,67 @@ fn a_node_cut_off_from_redis_leaves_and_comes_back() {
     b.close();
 }
 
+/// Split brain after a partition: A is cut off from Redis while Ann's
+/// socket lives on it; her client (another connection) resumes the session
+/// on B with the token. Healed, A must not write the session's record
+/// again (the spent token would resume again, and two sockets would answer
+/// for one id): the claim's tombstone refuses the write, A reports it and
+/// closes its socket with 4409, and messages for the id reach B's.
+#[test]
+fn a_socket_resumed_elsewhere_while_its_node_was_cut_off_is_closed_there_once_healed() {
+    let Some(redis) = Redis::start() else { return };
+    let proxy = Proxy::start(SocketAddr::from(([127, 0, 0, 1], redis.port)));
+    let a = Node::start(&format!("redis://{}/", proxy.addr));
+    let b = Node::start(&redis.url());
+    wait_joined(&a, &b);
+    let mut ann = member(&a, "ann", "#lobby");
+    let mut bob = member(&b, "bob", "#lobby");
+    say_until_heard(&mut bob, &mut ann, "#lobby", "before");
+    let _ = (said(&mut ann), said(&mut bob));
+    let token = ann.ready.as_ref().and_then(|r| r["resume"].as_str()).expect("a resume token").to_string();
+    let socket = ann.ready.as_ref().and_then(|r| r["socket"].as_str()).expect("a socket id").to_string();
+    a.take_events();
+    b.take_events();
+
+    proxy.cut();
+    b.expect_events("a leaving", &[Expected::Left(a.node())]);
+    a.expect_events("a cut off", &[Expected::Lost]);
+    // Ann's socket still lives on A; her client resumes on B meanwhile.
+    let mut back = AppClient::connect_to(b.addr(), "/?user=ann&emitws_resume=1", &[]).expect("upgraded");
+    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
+    let reply = back.reply_to(id).expect("a reply to @resume");
+    assert_eq!((&reply["resumed"], &reply["socket"]), (&json!(true), &json!(socket)), "{reply}");
+    back.wait_ready();
+
+    proxy.online();
+    let resumed = ClusterEvent::SocketResumedElsewhere { socket: socket.parse().expect("a socket id") };
+    eventually("a told of the resume elsewhere", || a.events.lock().unwrap().contains(&resumed));
+    assert_eq!(ann.expect_close(4409), "resumed elsewhere", "the socket on A is closed");
+    eventually("a back", || a.events.lock().unwrap().iter().any(|e| matches!(e, ClusterEvent::StoreBack { .. })));
+    let events = a.take_events();
+    assert_eq!(events.iter().filter(|e| **e == resumed).count(), 1, "{events:?}");
+    b.expect_events("a joining", &[Expected::Joined(a.node())]);
+
+    // The id answers on B only, from either node.
+    let id: emitws::app::SocketId = socket.parse().expect("a socket id");
+    assert!(a.running.app().emit_to(id, "/direct", &"from a").expect("sent"));
+    assert_eq!(back.expect_event("/direct"), "from a");
+    assert!(b.running.app().emit_to(id, "/direct", &"from b").expect("sent"));
+    assert_eq!(back.expect_event("/direct"), "from b");
+    // The spent token resumes nothing, on either node.
+    for node in [&a, &b] {
+        let mut again = AppClient::connect_to(node.addr(), "/?user=ann&emitws_resume=1", &[]).expect("upgraded");
+        let id = again.send_request("@resume", json!({ "token": token, "rooms": {} }));
+        let reply = again.reply_to(id).expect("a reply to @resume");
+        assert_eq!(reply["resumed"], false, "{reply}");
+        assert_ne!(reply["socket"], json!(socket));
+        again.wait_ready();
+        again.close();
+    }
+    a.close();
+    b.close();
+}
+
 #[test]
 fn redis_flushed_under_the_nodes() {
     let Some(redis) = Redis::start() else { return };

@@ -49,12 +49,20 @@ struct Node {
 
 impl Node {
     fn start(url: &str, heartbeat: Duration, cap: Option<(usize, DevicePolicy)>) -> Node {
+        Node::start_with(url, heartbeat, cap, None)
+    }
+
+    /// As [`start`](Self::start), with a presence grace.
+    fn start_with(url: &str, heartbeat: Duration, cap: Option<(usize, DevicePolicy)>, grace: Option<Duration>) -> Node {
         let options = RedisOptions::default()
             .heartbeat_ttl(heartbeat)
             .max_backoff(Duration::from_millis(200))
             .query_timeout(Duration::from_millis(500));
         let adapter = RedisAdapter::new(url, options).expect("a good URL");
-        let (app, transitions) = login_app(adapter.clone(), cap);
+        let (mut app, transitions) = login_app(adapter.clone(), cap);
+        if let Some(grace) = grace {
+            app.presence_grace(grace);
+        }
         let running = app_client::start(app, 2);
         assert!(adapter.link().ready(Duration::from_secs(5)), "the node listens to the cluster");
         Node { running, adapter, transitions }
@@ -144,7 +152,9 @@ fn the_cap_refuses_a_device_over_it_wherever_it_connects() {
     let mut again = a.device(ODD);
     wait_counted(&redis, ODD, 2);
     assert_eq!(whoami(&mut again), json!(ODD), "kept");
-    assert_eq!(on_b.request("/dm", json!([ODD, "hi"])), Ok(json!(2)));
+    // B's one device: the device B refused (4429, its client left without
+    // answering the close) keeps no session waiting for a resume.
+    assert_eq!(on_b.request("/dm", json!([ODD, "hi"])), Ok(json!(1)));
     assert_eq!(again.expect_event("/dm"), json!("hi"));
     assert_eq!(on_b.expect_event("/dm"), json!("hi"));
     for client in [again, on_b, other] {
@@ -223,6 +233,52 @@ fn a_user_logged_in_after_connect_resumes_as_it_on_another_node() {
     assert!(b.running.to_user(ODD).is_online());
     wait_counted(&redis, ODD, 1);
     back.close();
+    a.close();
+    b.close();
+}
+
+/// With a presence grace, a socket lost on one node that resumes on
+/// another within it fires neither hook, anywhere; gone for good, its user
+/// goes offline once, when the grace is over.
+#[test]
+fn within_the_presence_grace_a_resume_on_another_node_fires_neither_hook() {
+    const GRACE: Duration = Duration::from_secs(2);
+    let Some(redis) = Redis::start() else { return };
+    let heartbeat = Duration::from_secs(2);
+    let a = Node::start_with(&redis.url(), heartbeat, None, Some(GRACE));
+    let b = Node::start_with(&redis.url(), heartbeat, None, Some(GRACE));
+    wait_alive(&[&a, &b], 2);
+    let both = || -> Vec<String> {
+        let mut all = seen(&a.transitions);
+        all.extend(seen(&b.transitions));
+        all
+    };
+    let mut phone = AppClient::connect(a.addr());
+    let token = phone.ready.as_ref().and_then(|ready| ready["resume"].as_str()).expect("a token").to_string();
+    assert!(login(&mut phone, ODD));
+    eventually("online", || !both().is_empty());
+
+    // Lost on A, resumed on B within the grace.
+    drop(phone);
+    wait_counted(&redis, ODD, 0);
+    let mut back = AppClient::connect_to(b.addr(), "/?emitws_resume=1", &[]).expect("upgraded");
+    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
+    assert_eq!(back.reply_to(id).expect("a reply")["resumed"], true);
+    back.wait_ready();
+    assert_eq!(whoami(&mut back), json!(ODD));
+    wait_counted(&redis, ODD, 1);
+    std::thread::sleep(GRACE * 2);
+    assert_eq!(both(), [format!("online {ODD}")], "neither hook for the resume");
+
+    // Gone for good: offline once, when the grace is over.
+    let lost = std::time::Instant::now();
+    back.ws.stream.shutdown(std::net::Shutdown::Both).expect("shut down");
+    drop(back);
+    wait_for(GRACE * 5, || both().len() == 2);
+    assert!(lost.elapsed() >= GRACE, "offline before the grace was over: {:?}", lost.elapsed());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(both(), [format!("online {ODD}"), format!("offline {ODD}")]);
+    assert_eq!(seen(&b.transitions), [format!("offline {ODD}")], "on the node whose device went last");
     a.close();
     b.close();
 }

@@ -185,6 +185,18 @@ pub enum DeviceChange<'a> {
         /// The socket's connection on this node.
         conn_id: ConnId,
     },
+    /// The presence grace ([`App::presence_grace`](super::App::presence_grace))
+    /// that the [`Removed`](Self::Removed) of `user`'s last device
+    /// `conn_id` started is over: [`DeviceCount::last`] says whether the
+    /// user went offline (no device came back anywhere meanwhile), once in
+    /// the cluster. An adapter that keeps no grace answers as for a
+    /// removal that changed nothing.
+    GraceOver {
+        /// The user.
+        user: &'a str,
+        /// The connection on this node of the device whose removal started the grace.
+        conn_id: ConnId,
+    },
 }
 
 /// What the cluster answered to a [`DeviceChange`].

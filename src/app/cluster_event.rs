@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::handle::AppHandle;
+use super::SocketId;
 
 /// A change in the cluster's health, for [`App::on_cluster`](super::App::on_cluster).
 ///
@@ -69,6 +70,17 @@ pub enum ClusterEvent {
         /// Its id.
         node: u64,
     },
+    /// A socket of this node was resumed on another node while this node
+    /// was cut off from the store (its client, taking the node for gone,
+    /// reconnected there with its token): learned when the store came
+    /// back, as this node wrote its sessions again. The session is the
+    /// other node's now; the socket here has been closed with 4409
+    /// (PROTOCOL.md §13, "Across a cluster"), and messages for its id
+    /// follow it there.
+    SocketResumedElsewhere {
+        /// Its public id.
+        socket: SocketId,
+    },
 }
 
 impl fmt::Display for ClusterEvent {
@@ -78,6 +90,7 @@ impl fmt::Display for ClusterEvent {
             ClusterEvent::StoreBack { after } => write!(f, "cluster store back after {:.3}s", after.as_secs_f64()),
             ClusterEvent::NodeJoined { node } => write!(f, "node {node:016x} joined"),
             ClusterEvent::NodeLeft { node } => write!(f, "node {node:016x} left"),
+            ClusterEvent::SocketResumedElsewhere { socket } => write!(f, "socket {socket} resumed on another node"),
         }
     }
 }

@@ -57,6 +57,8 @@ pub(crate) struct AppState {
     pub(crate) streams: RoomStreams,
     /// Sessions kept for a resume, and the resumed sockets' connections.
     pub(crate) sessions: Sessions,
+    /// The users whose last device went within the presence grace.
+    pub(crate) grace: super::users::Grace,
 }
 
 /// A running app, from any thread: broadcasts, sends to sockets and users,
@@ -84,6 +86,7 @@ impl AppHandle {
             connected: Mutex::default(),
             streams: RoomStreams::new(mirror),
             sessions: Sessions::new(),
+            grace: Default::default(),
         }))
     }
 
@@ -1094,6 +1097,9 @@ impl AppHandle {
     /// before, as other nodes' messages reach sockets through the workers.
     /// Before the app listens, or without a hook, nothing runs.
     pub fn deliver_cluster_event(&self, event: ClusterEvent) {
+        if let ClusterEvent::SocketResumedElsewhere { socket } = &event {
+            self.socket_resumed_elsewhere(*socket);
+        }
         if self.0.setup.cluster_events.is_none() {
             return;
         }

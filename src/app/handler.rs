@@ -1088,7 +1088,11 @@ impl Handler for AppWorker {
     }
 
     fn on_close(&mut self, conn: &mut Conn<'_, SocketData>, why: &CloseReason) {
-        self.depart(conn, why.code(), &why.reason(), keeps_session(why.code()));
+        // A close this node started decides the session's fate, answered or
+        // not: a kicked client that ignores the frame (1006 at the close
+        // timeout) or answers another code must not keep a resumable session.
+        let meant = conn.close_sent().unwrap_or(why.code());
+        self.depart(conn, why.code(), &why.reason(), keeps_session(meant));
     }
 
     /// A shutdown lets deferred replies go out before the socket's 1001.
@@ -1177,6 +1181,17 @@ impl AppHandle {
     /// (`public`, when it is one of this node's) follows it there.
     pub(crate) fn session_claimed_elsewhere(&self, lost: ConnId, public: Option<ConnId>) {
         self.0.sessions.departed(lost, public, self.0.setup.resume.max_sessions);
+    }
+
+    /// The socket of public id `socket`, open here, had its session claimed
+    /// on another node while this node was cut off from the cluster's store
+    /// (learned when it came back): the session is that node's, so the
+    /// socket here is closed with 4409 and its id followed there.
+    pub(crate) fn socket_resumed_elsewhere(&self, socket: SocketId) {
+        let Some(conn) = self.local_conn(socket) else { return };
+        let public = (socket.node == self.node()).then_some(socket.conn);
+        self.0.sessions.departed(conn, public, self.0.setup.resume.max_sessions);
+        self.server().close(conn, CLOSE_REPLACED, RESUMED_ELSEWHERE);
     }
 }
 

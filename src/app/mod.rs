@@ -168,6 +168,9 @@ pub(crate) struct AppConfig {
     user_online: Option<UserHook>,
     /// Runs when a user's last device is gone ([`App::on_user_offline`]).
     user_offline: Option<UserHook>,
+    /// How long a user's last device may be gone before it goes offline
+    /// ([`App::presence_grace`]).
+    pub(crate) presence_grace: Option<Duration>,
     adapter: Option<Arc<dyn Adapter>>,
     http: Option<HttpFn>,
     /// Where the app and its server count.
@@ -513,7 +516,8 @@ impl App {
     /// app that tells others broadcasts from the hook. A socket away for a
     /// resume does not count as a device (as for [`UserRef::is_online`]): a
     /// user whose only socket is lost goes offline, and online again when
-    /// it resumes. The hook runs on a worker thread (with an adapter that
+    /// it resumes, unless it resumes within the
+    /// [`presence_grace`](Self::presence_grace). The hook runs on a worker thread (with an adapter that
     /// counts devices, on the adapter's thread that got the cluster's
     /// answer) and must not block it.
     pub fn on_user_online(&mut self, hook: impl Fn(&AppHandle, &str) + Send + Sync + 'static) -> &mut Self {

@@ -367,7 +367,8 @@ impl Adapter for RedisAdapter {
     }
 
     fn count_device(&self, change: DeviceChange<'_>, done: DeviceDone) -> Result<(), DeviceDone> {
-        users::count_device(&self.link, change, done);
+        let grace = lock(&self.app).as_ref().and_then(|app| app.0.setup.presence_grace);
+        users::count_device(&self.link, change, grace, done);
         Ok(())
     }
 

@@ -21,13 +21,22 @@
 //! one call share a hash tag, so that each runs on one slot of a Redis
 //! Cluster as it does on one Redis.
 //!
+//! A claim leaves a tombstone under the record's key for the record's
+//! window: a hash with only `claimed`. The owner's writes are scripts that
+//! refuse it ([`WRITE`], [`FIELD`], [`END`]), so a node cut off from Redis
+//! while its socket lived, whose session was resumed elsewhere meanwhile,
+//! cannot bring the spent token back when it heals: its rewrite is refused
+//! and it closes that socket (4409) instead.
+//!
 //! A socket resumed on another node keeps its public id: that node writes
 //! an alias, `PREFIX:a:PUBLIC` → its own node id, and a message for the
 //! public id is routed through it by the sender's writer ([`ROUTE`]).
 
 use std::time::Duration;
 
-use redis::{Commands, ConnectionLike, Pipeline, RedisResult};
+use std::collections::HashMap;
+
+use redis::{Cmd, Commands, ConnectionLike, Pipeline, RedisResult};
 
 use super::routed::RedisConn;
 
@@ -45,6 +54,8 @@ pub(super) struct Record {
     pub fields: Vec<(String, String)>,
     /// The alias key of a socket resumed here from another node.
     pub alias: Option<String>,
+    /// The socket's public id.
+    pub public: SocketId,
 }
 
 impl Record {
@@ -72,7 +83,36 @@ impl Record {
             // For a survivor to expire it with the record if this node dies.
             fields.push(("alias".into(), alias.clone()));
         }
-        Record { key: record_key(p, key), fields, alias }
+        Record { key: record_key(p, key), fields, alias, public }
+    }
+
+    /// The write of one field (`Some` value) or its removal, unless the
+    /// record was claimed ([`FIELD`]).
+    pub fn field(&self, field: &str, value: Option<&str>) -> Cmd {
+        let mut cmd = eval(FIELD, &[&self.key]);
+        cmd.arg(field);
+        if let Some(value) = value {
+            cmd.arg(value);
+        }
+        cmd
+    }
+
+    /// The write of the whole record, unless it was claimed: answers 1 if
+    /// written, 0 if claimed ([`WRITE`]).
+    pub fn put(&self) -> Cmd {
+        let mut cmd = eval(WRITE, &[&self.key]);
+        for (name, value) in &self.fields {
+            cmd.arg(name).arg(value);
+        }
+        cmd
+    }
+
+    /// Lists the record under `node`, and writes its alias.
+    fn list(&self, pipe: &mut Pipeline, p: &str, node: &str) {
+        pipe.sadd(node_key(p, node, "records"), &self.key).ignore();
+        if let Some(alias) = &self.alias {
+            pipe.set(alias, node).ignore();
+        }
     }
 
     /// Notes a group, with its stream's position for a room with history.
@@ -113,31 +153,78 @@ impl Record {
     }
 
     /// Writes the record (whole) and its alias into `pipe`, listed under `node`.
+    /// A new record's key is its new connection's: nobody claimed it yet.
     pub fn write(&self, pipe: &mut Pipeline, p: &str, node: &str) {
-        pipe.del(&self.key).ignore();
-        pipe.hset_multiple(&self.key, &self.fields).ignore();
-        pipe.sadd(node_key(p, node, "records"), &self.key).ignore();
-        if let Some(alias) = &self.alias {
-            pipe.set(alias, node).ignore();
-        }
+        pipe.add_command(self.put()).ignore();
+        self.list(pipe, p, node);
     }
 
     /// The socket is gone: its record waits `kept` for a claim, or goes.
     pub fn end(&self, pipe: &mut Pipeline, p: &str, node: &str, kept: Option<Duration>) {
-        match kept {
-            Some(window) => {
-                pipe.hset(&self.key, "away", 1).ignore();
-                pipe.pexpire(&self.key, window.as_millis().max(1) as i64).ignore();
-            }
-            None => {
-                pipe.del(&self.key).ignore();
-            }
-        }
+        let window = kept.map_or(0, |window| window.as_millis().max(1) as u64);
+        pipe.add_command(eval(END, &[&self.key]).arg(window).clone()).ignore();
         pipe.srem(node_key(p, node, "records"), &self.key).ignore();
         if let Some(alias) = &self.alias {
             pipe.add_command(eval(UNALIAS, &[alias]).arg(node).clone()).ignore();
         }
     }
+}
+
+/// Writes a whole record, unless a claim left its tombstone there (the
+/// session was resumed elsewhere: the token stays spent). KEYS: the record;
+/// ARGV: its fields, name and value in turn. Answers 1 if written, else 0.
+pub(super) const WRITE: &str = "if redis.call('HEXISTS', KEYS[1], 'claimed') == 1 then return 0 end
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[1], unpack(ARGV))
+    return 1";
+
+/// Writes one field of a record (ARGV: the field, then its value) or
+/// deletes it (the field alone), if the record is there and not claimed
+/// (only a record has `node`): a write after a claim or an expiry must not
+/// leave a partial record without a deadline. KEYS: the record.
+pub(super) const FIELD: &str = "if redis.call('HEXISTS', KEYS[1], 'node') == 0 then return 0 end
+    if #ARGV == 2 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) else redis.call('HDEL', KEYS[1], ARGV[1]) end
+    return 1";
+
+/// Ends a record whose socket is gone: keeps it away for ARGV[1] ms, or
+/// deletes it (`0`); a claim's tombstone is left alone. KEYS: the record.
+pub(super) const END: &str = "if redis.call('HEXISTS', KEYS[1], 'node') == 0 then return 0 end
+    if ARGV[1] == '0' then return redis.call('DEL', KEYS[1]) end
+    redis.call('HSET', KEYS[1], 'away', '1')
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    return 1";
+
+/// Writes this node's records again (after a lapse: survivors may have
+/// orphaned them, or Redis lost them), listing the written ones and their
+/// aliases; the ids of the records a claim left its tombstone in (their
+/// sockets were resumed elsewhere while this node was cut off), with their
+/// sockets' public ids. Each record's script runs on its own slot.
+pub(super) fn rewrite(
+    c: &mut RedisConn,
+    p: &str,
+    node: &str,
+    records: &HashMap<u64, Record>,
+) -> RedisResult<Vec<(u64, SocketId)>> {
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<u64> = records.keys().copied().collect();
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.add_command(records[id].put());
+    }
+    let written: Vec<bool> = pipe.query(c)?;
+    let (mut listed, mut refused) = (redis::pipe(), Vec::new());
+    for (id, written) in ids.into_iter().zip(written) {
+        match written {
+            true => records[&id].list(&mut listed, p, node),
+            false => refused.push((id, records[&id].public)),
+        }
+    }
+    if !listed.is_empty() {
+        let () = listed.query(c)?;
+    }
+    Ok(refused)
 }
 
 /// Deletes an alias if it still names the node. KEYS: the alias; ARGV: the
@@ -222,7 +309,8 @@ pub(super) fn orphan(c: &mut RedisConn, p: &str, node: &str) -> RedisResult<()> 
     pipe.query(c)
 }
 
-/// Claims a record in one step. KEYS: the record, its direct messages;
+/// Claims a record in one step, leaving its tombstone (`claimed`) for the
+/// record's window. KEYS: the record, its direct messages;
 /// ARGV: whether the claimer has a user (`1`/`0`), the user, then the live
 /// nodes (a claimer without a user takes the record's, attached after
 /// connect: the token proves it). Answers `none`, `other` (another user's: left alone), `live NODE
@@ -233,6 +321,7 @@ pub(super) const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
     if #r == 0 then return {'none'} end
     local f = {}
     for i = 1, #r, 2 do f[r[i]] = r[i + 1] end
+    if f.claimed then return {'none'} end
     if ARGV[1] == '1' and f.user ~= ARGV[2] then return {'other'} end
     if f.away ~= '1' then
         for i = 3, #ARGV do
@@ -241,6 +330,8 @@ pub(super) const CLAIM: &str = "local r = redis.call('HGETALL', KEYS[1])
     end
     local d = redis.call('LRANGE', KEYS[2], 0, -1)
     redis.call('DEL', KEYS[1], KEYS[2])
+    redis.call('HSET', KEYS[1], 'claimed', '1')
+    redis.call('PEXPIRE', KEYS[1], tonumber(f.w) or 1)
     table.insert(r, 1, 'claimed')
     for _, m in ipairs(d) do
         table.insert(r, 'd')

@@ -14,9 +14,10 @@ use redis::{Commands, RedisResult, Value};
 use super::history::{keys, publish_call, PUBLISH, READ};
 use super::link::{eval, node_key, ALIVE};
 use super::sessions::{
-    alias_key, claim, direct_key, record_key, Found, Record, HOLD, ORPHAN, ORPHAN_ALIAS, ROUTE, UNALIAS,
+    alias_key, claim, direct_key, record_key, Found, Record, END, HOLD, ORPHAN, ORPHAN_ALIAS, ROUTE, UNALIAS,
 };
 use super::test_redis_cluster::RedisCluster;
+use super::users::{devices_key, grace_key, ADD, GRACE_OVER, REMOVE};
 use super::wire::hex;
 use super::writer::{BEAT, INDEX, UNLIST};
 use crate::app::{ClaimOutcome, History, SocketId};
@@ -119,6 +120,41 @@ fn every_script_and_multi_key_command_runs_on_one_slot() {
     }
     let _: () = eval(UNALIAS, &[&alias_key(P, public)]).arg(&node).query(&mut c).unwrap();
     assert!(!c.exists::<_, bool>(&alias).unwrap());
+    // The claim left a tombstone for the window, which the owner's writes
+    // (a node cut off meanwhile, healed) and a second claim leave alone.
+    let key = record_key(P, "c0ffee");
+    assert!(c.pttl::<_, i64>(&key).unwrap() > 0, "the tombstone expires");
+    let written: u8 = record.put().query(&mut c).unwrap();
+    let field: u8 = record.field("g:#lobby", Some("")).query(&mut c).unwrap();
+    let ended: u8 = eval(END, &[&key]).arg(0).query(&mut c).unwrap();
+    assert_eq!((written, field, ended), (0, 0, 0), "a claimed record is not written again");
+    assert!(matches!(claim(&mut c, P, "c0ffee", Some("ann"), &[]).unwrap(), Found::Outcome(ClaimOutcome::NoSession)));
+    // A record not claimed is written, field by field, and ended.
+    let fresh = Record::new(P, "beef", (&node, 10), public, None, Duration::from_secs(60));
+    let written: u8 = fresh.put().query(&mut c).unwrap();
+    let field: u8 = fresh.field("g:#lobby", Some("")).query(&mut c).unwrap();
+    let kept: u8 = eval(END, &[&fresh.key]).arg(500).query(&mut c).unwrap();
+    assert_eq!((written, field, kept), (1, 1, 1));
+    assert_eq!(c.hget::<_, _, String>(&fresh.key, "away").unwrap(), "1");
+    let _: u8 = eval(END, &[&fresh.key]).arg(0).query(&mut c).unwrap();
+    assert!(!c.exists::<_, bool>(&fresh.key).unwrap());
+
+    // A user's devices and its presence grace: one slot. The last device
+    // gone starts the grace; one back within it is no first device and
+    // ends it; a grace over with nobody back says offline, once.
+    let user = [&devices_key(P, "ann")[..], &grace_key(P, "ann")];
+    assert_eq!(cluster.slot(user[0]), cluster.slot(user[1]));
+    let added: Vec<String> = eval(ADD, &user).arg("aa:1").arg(0).arg("r").query(&mut c).unwrap();
+    assert_eq!(added, ["1"], "the first device");
+    let last: u8 = eval(REMOVE, &user).arg("aa:1").arg(1000).query(&mut c).unwrap();
+    assert_eq!(last, 1);
+    let back: Vec<String> = eval(ADD, &user).arg("bb:2").arg(0).arg("r").query(&mut c).unwrap();
+    assert_eq!(back, ["0"], "back within the grace");
+    let over: u8 = eval(GRACE_OVER, &user).arg("aa:1").query(&mut c).unwrap();
+    assert_eq!(over, 0, "somebody came back");
+    let _: u8 = eval(REMOVE, &user).arg("bb:2").arg(1000).query(&mut c).unwrap();
+    let over: Vec<u8> = (0..2).map(|_| eval(GRACE_OVER, &user).arg("bb:2").query(&mut c).unwrap()).collect();
+    assert_eq!(over, [1, 0], "offline, once");
 
     // Room history: the publish script (by its SHA, loaded on every master
     // as the node loads it on its Redis) and the read.

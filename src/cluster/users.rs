@@ -15,8 +15,17 @@
 //! went offline, and one node alone is told ([`Header::UserOffline`]).
 //! After a lapse (Redis restarted, or unreachable for a while) the writer
 //! makes each user's set hold this node's devices again ([`sync_devices`]).
+//!
+//! With a presence grace ([`App::presence_grace`](crate::app::App::presence_grace)),
+//! the removal of a user's last device leaves a marker, `PREFIX:ug:{USER}`
+//! (the user's slot), naming that device, for twice the grace: a device
+//! that comes back anywhere meanwhile takes it away and is no first one
+//! (no online), and the node that removed the last device asks once the
+//! grace is over whether its marker is still there ([`GRACE_OVER`]): only
+//! then did the user go offline.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use redis::{Commands, Pipeline, RedisResult};
 
@@ -27,17 +36,21 @@ use super::wire::{hex, Header};
 use crate::app::{DeviceChange, DeviceCount, DeviceDone, DevicePolicy, Error, SocketId};
 use crate::runtime::ConnId;
 
-/// Adds a device. KEYS: the user's set; ARGV: the device (`NODE:CONN`),
-/// the cap (0: none), the policy (`r`: refuse the new device, `d`: drop
-/// the oldest). Answers `{'refused'}`, or `{first}` (`1` when the set was
-/// empty) followed by the devices dropped, oldest first (already removed).
-const ADD: &str = "local n = redis.call('ZCARD', KEYS[1])
+/// Adds a device. KEYS: the user's set, its grace marker; ARGV: the device
+/// (`NODE:CONN`), the cap (0: none), the policy (`r`: refuse the new
+/// device, `d`: drop the oldest). Answers `{'refused'}`, or `{first}` (`1`
+/// when the set was empty and no grace was running: a device back within
+/// the grace ends it) followed by the devices dropped, oldest first
+/// (already removed).
+pub(super) const ADD: &str = "local n = redis.call('ZCARD', KEYS[1])
     local max = tonumber(ARGV[2])
     if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {'0'} end
     if max > 0 and n >= max and ARGV[3] == 'r' then return {'refused'} end
     local t = redis.call('TIME')
     redis.call('ZADD', KEYS[1], tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
-    local out = {n == 0 and '1' or '0'}
+    local first = '0'
+    if n == 0 and redis.call('DEL', KEYS[2]) == 0 then first = '1' end
+    local out = {first}
     if max > 0 and n + 1 > max then
         local old = redis.call('ZRANGE', KEYS[1], 0, n - max)
         redis.call('ZREM', KEYS[1], unpack(old))
@@ -45,12 +58,26 @@ const ADD: &str = "local n = redis.call('ZCARD', KEYS[1])
     end
     return out";
 
-/// Removes a device. KEYS: the user's set; ARGV: the device. Answers 1
-/// when it was there and was the user's last (only the removal that took
-/// it out can say so: once in the cluster), else 0.
-const REMOVE: &str = "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and redis.call('ZCARD', KEYS[1]) == 0 then
+/// Removes a device. KEYS: the user's set, its grace marker; ARGV: the
+/// device, the presence grace in ms (0: none). Answers 1 when it was there
+/// and was the user's last (only the removal that took it out can say so:
+/// once in the cluster), else 0; the last one starts the grace, if any:
+/// the marker names the device, for twice the grace.
+pub(super) const REMOVE: &str =
+    "if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 and redis.call('ZCARD', KEYS[1]) == 0 then
+        local grace = tonumber(ARGV[2])
+        if grace > 0 then redis.call('SET', KEYS[2], ARGV[1], 'PX', 2 * grace) end
         return 1
     end
+    return 0";
+
+/// The grace started by the removal of device ARGV[1] is over. KEYS: the
+/// user's set, its grace marker. Answers 1 if no device came back since
+/// (the marker still names it: taken away now), so the user went offline;
+/// else 0 (one came back, or left again and started a grace of its own).
+pub(super) const GRACE_OVER: &str = "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+    redis.call('DEL', KEYS[2])
+    if redis.call('ZCARD', KEYS[1]) == 0 then return 1 end
     return 0";
 
 /// Removes every device of a dead node. KEYS: the user's set; ARGV: the
@@ -84,12 +111,17 @@ const SYNC: &str = "local keep = {}
     return 0";
 
 /// The key of `user`'s devices.
-fn devices_key(p: &str, user: &str) -> String {
+pub(super) fn devices_key(p: &str, user: &str) -> String {
     format!("{p}:u:{{{user}}}")
 }
 
+/// The key of `user`'s grace marker: in the slot of its devices.
+pub(super) fn grace_key(p: &str, user: &str) -> String {
+    format!("{p}:ug:{{{user}}}")
+}
+
 /// A device as its set holds it.
-fn device(node: u64, conn: ConnId) -> String {
+pub(super) fn device(node: u64, conn: ConnId) -> String {
     format!("{}:{}", hex(node), conn.0)
 }
 
@@ -101,23 +133,30 @@ fn parse_device(text: &str) -> Option<SocketId> {
 
 /// Counts a device of this node in or out on the link's background
 /// thread, and hands `done` the answer (an error when Redis could not be
-/// reached: the thread logs the outage once).
-pub(super) fn count_device(link: &RedisLink, change: DeviceChange<'_>, done: DeviceDone) {
+/// reached: the thread logs the outage once). `grace`: the app's presence
+/// grace, started by the removal of a user's last device.
+pub(super) fn count_device(link: &RedisLink, change: DeviceChange<'_>, grace: Option<Duration>, done: DeviceDone) {
     let (p, node) = (link.options().prefix.clone(), link.node());
+    let (user, conn_id) = match change {
+        DeviceChange::Added { user, conn_id, .. }
+        | DeviceChange::Removed { user, conn_id }
+        | DeviceChange::GraceOver { user, conn_id } => (user, conn_id),
+    };
+    let keys = [&devices_key(&p, user)[..], &grace_key(&p, user)];
     let command = match change {
-        DeviceChange::Added { user, conn_id, cap } => {
+        DeviceChange::Added { cap, .. } => {
             let (max, policy) =
                 cap.map_or((0, "r"), |(max, policy)| (max, if policy == DevicePolicy::RejectNew { "r" } else { "d" }));
-            eval(ADD, &[&devices_key(&p, user)]).arg(device(node, conn_id)).arg(max).arg(policy).clone()
+            eval(ADD, &keys).arg(device(node, conn_id)).arg(max).arg(policy).clone()
         }
-        DeviceChange::Removed { user, conn_id } => {
-            eval(REMOVE, &[&devices_key(&p, user)]).arg(device(node, conn_id)).clone()
+        DeviceChange::Removed { .. } => {
+            let grace = grace.map_or(0, |grace| grace.as_millis().max(1) as u64);
+            eval(REMOVE, &keys).arg(device(node, conn_id)).arg(grace).clone()
         }
+        DeviceChange::GraceOver { .. } => eval(GRACE_OVER, &keys).arg(device(node, conn_id)).clone(),
     };
     let adding = matches!(change, DeviceChange::Added { .. });
-    let user = match change {
-        DeviceChange::Added { user, .. } | DeviceChange::Removed { user, .. } => user.to_owned(),
-    };
+    let user = user.to_owned();
     let writer = link.clone();
     // Uncounted, or counted without an answer: the writer counts this
     // user's devices again once Redis answers.

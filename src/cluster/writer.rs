@@ -16,7 +16,7 @@ use super::routed::RedisConn;
 
 use super::link::{eval, gone, node_key, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
-use super::sessions::{orphan, Record, HOLD, ROUTE};
+use super::sessions::{orphan, rewrite, Record, HOLD, ROUTE};
 use crate::app::ClusterEvent;
 
 /// Work for the writing thread.
@@ -382,15 +382,13 @@ impl Writer {
                 WriterCommand::RecordJoin { id, group, position } => {
                     if let Some(record) = self.records.get_mut(id) {
                         let (field, value) = record.join(group, position.as_ref());
-                        pipe.hset(&record.key, field, value).ignore();
+                        pipe.add_command(record.field(&field, Some(&value))).ignore();
                     }
                 }
                 WriterCommand::RecordStore { id, key, value } => {
                     if let Some(record) = self.records.get_mut(id) {
-                        match record.store(key, value.as_deref()) {
-                            (field, Some(value)) => pipe.hset(&record.key, field, value).ignore(),
-                            (field, None) => pipe.hdel(&record.key, field).ignore(),
-                        };
+                        let (field, value) = record.store(key, value.as_deref());
+                        pipe.add_command(record.field(&field, value.as_deref())).ignore();
                     }
                 }
                 WriterCommand::EndRecord { id, kept } => {
@@ -421,7 +419,7 @@ impl Writer {
                     index_group(&mut pipe, p, node, group);
                     if let Some(record) = self.records.get_mut(id) {
                         let field = record.leave(group);
-                        pipe.hdel(&record.key, field).ignore();
+                        pipe.add_command(record.field(&field, None)).ignore();
                     }
                 }
                 WriterCommand::AddUser { user, id } => {
@@ -438,10 +436,7 @@ impl Writer {
                         pipe.sadd(node_key(p, node, "users"), user).ignore();
                     }
                     if let Some(record) = self.records.get(id) {
-                        match user {
-                            Some(user) => pipe.hset(&record.key, "user", user).ignore(),
-                            None => pipe.hdel(&record.key, "user").ignore(),
-                        };
+                        pipe.add_command(record.field("user", user.as_deref())).ignore();
                     }
                 }
                 WriterCommand::SyncDevices(_) | WriterCommand::Stop => {}
@@ -502,12 +497,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes this node's presence again, replacing whatever Redis has of it.
-    /// The node's own keys are replaced in one transaction (one slot: see
-    /// `node_key`), so that no query sees them half written; its users'
-    /// device counts and its sockets' records, each of a slot of its own,
-    /// follow.
-    fn replay(&self, c: &mut RedisConn, p: &str, node: &str) -> RedisResult<()> {
+    /// Writes this node's presence again, replacing whatever Redis has of
+    /// it: the node's own keys in one transaction (one slot: see
+    /// `node_key`), so that no query sees them half written; then its users'
+    /// device counts and its records, each of a slot of its own. A record
+    /// claimed elsewhere meanwhile is not written again but forgotten, and
+    /// its socket reported to be closed.
+    fn replay(&mut self, c: &mut RedisConn, p: &str, node: &str) -> RedisResult<()> {
         let stale = node_keys(c, p, node)?;
         let listed: Vec<String> = c.smembers(node_key(p, node, "users"))?;
         let mut pipe = redis::pipe();
@@ -545,13 +541,17 @@ impl Writer {
             }
         }
         super::users::sync_devices(&mut pipe, p, node, &devices, &listed);
-        for record in self.records.values() {
-            record.write(&mut pipe, p, node);
+        if !pipe.is_empty() {
+            let () = pipe.query(c)?;
         }
-        if pipe.is_empty() {
-            return Ok(());
+        for (id, socket) in rewrite(c, p, node, &self.records)? {
+            self.records.remove(&id);
+            tracing::info!(node, %socket, "a socket's session was resumed on another node while this one was cut off");
+            if let Some(link) = self.link.upgrade() {
+                link.health.report(ClusterEvent::SocketResumedElsewhere { socket });
+            }
         }
-        pipe.query(c)
+        Ok(())
     }
 
     /// Logs the nodes that joined or left since the last heartbeat, and

@@ -63,6 +63,11 @@ pub(crate) struct Transport<D> {
     /// `NO_ENTRY`. The protocol machine holds the deadline itself; the
     /// entry may be earlier (it is re-armed then) but never later.
     pub timer: u32,
+    /// The code of the close frame this end started the close handshake
+    /// with ([`Conn::close`]), 0 before: it decides what the close means
+    /// even when the peer never answers (an app ends a session with it).
+    /// It lies in what was padding: no connection grows.
+    pub close_sent: u16,
     pub out: Option<Box<OutQueue>>,
     pub extra: Option<Box<RareState>>,
     pub data: D,
@@ -546,7 +551,28 @@ impl<D> Conn<'_, D> {
     /// Starts the close handshake. `on_close` follows when the peer answers
     /// (or the close timeout passes). The reason is cut to 123 bytes.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
+        if self.control.is_open() {
+            self.conn.close_sent = code.0;
+        }
         self.drive(|control, now, config, out| control.close(code, reason, now, config, out));
+    }
+
+    /// The code of the close frame [`close`](Self::close) sent, if this end
+    /// started the close handshake that way: in
+    /// [`Handler::on_close`](super::Handler::on_close) it tells what this
+    /// end meant even when the peer never answered (the reason then says
+    /// 1006, a close timeout) or answered with another code.
+    ///
+    /// ```
+    /// use emitws::proto::CloseReason;
+    /// use emitws::runtime::Conn;
+    /// // A close this end started decides; otherwise the reason's code.
+    /// fn meant(conn: &Conn<'_, ()>, reason: &CloseReason) -> u16 {
+    ///     conn.close_sent().unwrap_or(reason.code()).0
+    /// }
+    /// ```
+    pub fn close_sent(&self) -> Option<CloseCode> {
+        (self.conn.close_sent != 0).then_some(CloseCode(self.conn.close_sent))
     }
 
     /// Calls the protocol machine from a callback, with what it needs (the

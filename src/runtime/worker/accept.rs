@@ -105,6 +105,7 @@ impl<H: Handler> Worker<H> {
             generation: self.next_generation,
             flags: 0,
             timer: NO_ENTRY,
+            close_sent: 0,
             out: None,
             extra,
             data: Default::default(),

@@ -79,6 +79,7 @@ impl<H: Handler> Worker<H> {
             // Writability says the connect finished; the interest stays on (see `await_writable`).
             flags: flag::CONNECTING | flag::WRITE_INTEREST,
             timer: NO_ENTRY,
+            close_sent: 0,
             out: None,
             extra: Some(Box::new(extra)),
             data: *data,
