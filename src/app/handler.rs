@@ -715,6 +715,9 @@ impl AppWorker {
     fn depart(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str, keep: bool) {
         let app = self.app.clone();
         let id = conn.id();
+        // Before `@disconnect`: the futures of an async `@disconnect` handler run to their end.
+        #[cfg(feature = "tokio")]
+        app.0.setup.async_tasks.socket_gone(id);
         self.local.records.remove(&id);
         self.local.claiming.remove(&id);
         for done in self.local.calls.take_all(id) {

@@ -59,6 +59,8 @@
 //! `cluster_view`'s `ClusterView` borrows the `AppHandle` that makes it.
 
 mod adapter;
+#[cfg(feature = "tokio")]
+mod async_handler;
 mod cluster_event;
 mod cluster_view;
 mod connect;
@@ -91,6 +93,10 @@ use std::time::Duration;
 pub use adapter::{
     Adapter, AskDone, ClaimDone, ClaimOutcome, ClaimedSession, DeviceChange, DeviceCount, DeviceDone, Presence, Scope,
     SessionClaim, SocketAnswer, SocketAsk, Target,
+};
+#[cfg(feature = "tokio")]
+pub use async_handler::{
+    AsyncRequest, ReplyError, ASYNC_THREAD_NAME, DEFAULT_ASYNC_THREADS, DEFAULT_MAX_ASYNC_PER_SOCKET,
 };
 pub use cluster_event::ClusterEvent;
 pub use cluster_view::ClusterView;
@@ -179,6 +185,9 @@ pub(crate) struct AppConfig {
     resume: session::ResumeSettings,
     /// The hook for the cluster's health ([`App::on_cluster`]).
     pub(crate) cluster_events: Option<cluster_event::ClusterEventFn>,
+    /// The async handlers' runtime, cap and futures in flight ([`App::on_async`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) async_tasks: async_handler::AsyncTasks,
 }
 
 /// How sockets authenticate, if they must.
