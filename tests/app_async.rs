@@ -193,7 +193,7 @@ fn a_socket_that_closes_drops_its_futures() {
 }
 
 #[test]
-fn middleware_and_namespaces_come_first_as_for_sync_handlers() {
+fn middleware_namespaces_and_any_as_for_sync_handlers() {
     let _serial = serial();
     let log = Arc::new(Mutex::new(Vec::<String>::new()));
     let ran = Arc::new(AtomicUsize::new(0));
@@ -218,13 +218,22 @@ fn middleware_and_namespaces_come_first_as_for_sync_handlers() {
         async move { req.data::<String>().map_err(ReplyError::from) }
     });
     app.ns("/game").on_async("/move", |req| async move { Ok(format!("{} moved", req.data::<String>()?)) });
+    app.on_async("@any", |req| async move { Ok(format!("nothing handles {}", req.event())) });
     let running = start(app, 1);
     let mut client = AppClient::connect(running.local_addr());
     assert_eq!(client.request("/guarded", json!("deny")), Err(("forbidden".into(), "denied by middleware".into())));
     assert_eq!(ran.load(Ordering::SeqCst), 0, "the middleware stopped the chain before the handler");
     assert_eq!(client.request("/guarded", json!("let me in")), Ok(json!("let me in")));
     assert_eq!(client.request("/game/move", json!("e4")), Ok(json!("e4 moved")));
-    let expected = ["global /guarded", "global /guarded", "route /guarded", "handler /guarded", "global /game/move"];
+    assert_eq!(client.request("/nowhere", Value::Null), Ok(json!("nothing handles /nowhere")));
+    let expected = [
+        "global /guarded",
+        "global /guarded",
+        "route /guarded",
+        "handler /guarded",
+        "global /game/move",
+        "global /nowhere",
+    ];
     assert_eq!(*log.lock().unwrap(), expected);
     client.close();
     running.close();

@@ -16,11 +16,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use serde::de::DeserializeOwned;
@@ -73,7 +74,7 @@ const SHARDS: usize = 16;
 /// ```
 #[derive(Debug)]
 pub struct AsyncRequest {
-    event: Box<str>,
+    event: Arc<str>,
     id: Option<u64>,
     data: Option<Box<RawValue>>,
     conn: ConnId,
@@ -83,10 +84,14 @@ pub struct AsyncRequest {
 }
 
 impl AsyncRequest {
-    /// The owned copy of `req`.
-    fn new(req: &Request<'_>) -> AsyncRequest {
+    /// The owned copy of `req`, for the route `route` (its name shared, not
+    /// copied, unless the route is `@any`'s).
+    fn new(req: &Request<'_>, route: &Arc<str>) -> AsyncRequest {
         AsyncRequest {
-            event: req.event().into(),
+            event: match req.event() == &**route {
+                true => route.clone(),
+                false => req.event().into(),
+            },
             id: req.request_id(),
             data: req.raw_data().map(ToOwned::to_owned),
             conn: req.conn_id(),
@@ -201,7 +206,29 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for ReplyError {
 
 /// The sockets of one shard with futures in flight: each future's key and,
 /// once spawned, its abort handle.
-type InFlight = HashMap<ConnId, Vec<(u64, Option<AbortHandle>)>>;
+type InFlight = HashMap<ConnId, Vec<(u64, Option<AbortHandle>)>, BuildHasherDefault<ConnIdHash>>;
+
+/// The in-flight table's hash of a connection id: a multiply. Clients do not
+/// choose connection ids, so a keyed hash buys nothing (and costs three
+/// SipHash runs per async request).
+#[derive(Default)]
+struct ConnIdHash(u64);
+
+impl Hasher for ConnIdHash {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0 ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// The async side of an app: its runtime (given or started on first use),
 /// the per-socket cap, and the futures in flight.
@@ -365,7 +392,7 @@ fn answer_error(reply: Option<ReplyHandle>, socket: &SocketRef, code: &str, mess
 
 /// Runs on the worker, after the middleware: the cap, the deferred reply,
 /// and the handler's future handed to the runtime.
-fn start<F, Fut, T>(req: &mut Request<'_>, handler: &F)
+fn start<F, Fut, T>(req: &mut Request<'_>, route: &Arc<str>, handler: &F)
 where
     F: Fn(AsyncRequest) -> Fut,
     Fut: Future<Output = Result<T, ReplyError>> + Send + 'static,
@@ -386,7 +413,7 @@ where
     };
     // Taken out now, so the guard frees the slot whatever happens below.
     let ended = Ended { app: app.clone(), conn, key };
-    let request = AsyncRequest::new(req);
+    let request = AsyncRequest::new(req, route);
     let reply = match req.is_request() {
         true => match req.defer() {
             // Over `max_pending`: already answered `rate_limited`.
@@ -480,7 +507,8 @@ impl App {
         T: Serialize,
     {
         self.config.async_tasks.used = true;
-        self.on_with(event, middleware, move |req| start(req, &handler))
+        let route: Arc<str> = event.into();
+        self.on_with(event, middleware, move |req| start(req, &route, &handler))
     }
 
     /// Runs the async handlers' futures on this runtime (a handle of the
