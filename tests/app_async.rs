@@ -162,7 +162,7 @@ impl Drop for DropFlag {
 }
 
 #[test]
-fn a_socket_that_closes_drops_its_futures() {
+fn a_socket_that_closes_drops_its_futures_but_not_its_disconnect_handlers() {
     let _serial = serial();
     let flags = [Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false))];
     let (started, running_futures) = mpsc::channel::<bool>();
@@ -174,6 +174,16 @@ fn a_socket_that_closes_drops_its_futures() {
             let _flag = DropFlag(flag);
             let _ = started.send(req.is_request());
             std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    // An async `@disconnect` handler's future outlives the socket: it runs to its end.
+    let (said_goodbye, goodbyes) = mpsc::channel::<Value>();
+    app.on_async("@disconnect", move |req| {
+        let said_goodbye = said_goodbye.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = said_goodbye.send(req.data::<Value>()?);
             Ok(())
         }
     });
@@ -189,6 +199,8 @@ fn a_socket_that_closes_drops_its_futures() {
     assert!(flags.iter().all(|flag| !flag.load(Ordering::SeqCst)), "dropped while the socket is open");
     client.ws.close(1000);
     eventually("the socket's futures dropped", || flags.iter().all(|flag| flag.load(Ordering::SeqCst)));
+    let goodbye = goodbyes.recv_timeout(WAIT).expect("the async @disconnect handler ran to its end");
+    assert_eq!(goodbye["code"], 1000, "{goodbye}");
     running.close();
 }
 

@@ -467,7 +467,8 @@ impl App {
     /// [`max_async_per_socket`](Self::max_async_per_socket) async handlers
     /// running, and over that the request is answered `rate_limited` (an
     /// event gets `@error`). When the socket closes, its futures still
-    /// running are dropped.
+    /// running are dropped; those of an async `@disconnect` handler, which
+    /// start then, run to their end.
     ///
     /// ```no_run
     /// # #[cfg(feature = "tokio")] {

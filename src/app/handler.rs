@@ -715,15 +715,19 @@ impl AppWorker {
     fn depart(&mut self, conn: &mut Conn<'_, SocketData>, code: CloseCode, reason: &str, keep: bool) {
         let app = self.app.clone();
         let id = conn.id();
-        // Before `@disconnect`: the futures of an async `@disconnect` handler run to their end.
-        #[cfg(feature = "tokio")]
-        app.0.setup.async_tasks.socket_gone(id);
         self.local.records.remove(&id);
         self.local.claiming.remove(&id);
         for done in self.local.calls.take_all(id) {
             settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
         let connected = conn.data().has(flag::CONNECTED);
+        // Only an admitted socket runs handlers; before `@disconnect`, whose
+        // async handlers' futures run to their end (a socket taken over
+        // departs twice, admitted the first time only).
+        #[cfg(feature = "tokio")]
+        if connected {
+            app.0.setup.async_tasks.socket_gone(id);
+        }
         let resumable = connected && keep && app.0.setup.resume.window.is_some() && app.0.sessions.signs();
         if connected {
             let body = serde_json::json!({ "code": code.0, "reason": reason, "resumable": resumable });
