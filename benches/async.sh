@@ -5,9 +5,9 @@
 # app's tokio runtime, its reply a deferred one back through the worker's
 # inbox, so replies to requests in flight come in the order they end: the
 # load tool takes them by id, --any-order). One worker and one runtime
-# thread, both pinned to core 0 (the
-# server's CPU counts both); the load tool on core 1 checks every reply. The
-# two modes take turns within each round; the table shows medians of ROUNDS.
+# thread, both pinned to core 0 (the server's CPU counts both); the load
+# tool on core 1 checks every reply. The two modes take turns within each
+# round; the table shows medians of ROUNDS.
 #
 # Usage: benches/async.sh      (ROUNDS=3 DURATION=10 SCENARIOS="100:20:1 100:20:8")
 # SCENARIOS lists CONNECTIONS:PAYLOAD:IN_FLIGHT. Needs: taskset.
