@@ -18,7 +18,9 @@
 # for uWebSockets servers built as described in docs/BENCHMARKS.md, "Fan-out
 # against uWebSockets" (not in this repository; they take HOST:PORT); with
 # ECHO_FLOOR=benches/peers/target/release/echo-floor, raw ping-pong for the
-# floor of echo (benches/peers/README.md).
+# floor of echo (benches/peers/README.md). With ASYNC=1, request/reply with 8
+# in flight answered by a sync and by an async handler (examples/async_echo,
+# feature `tokio`: what a future on the runtime and its deferred reply cost).
 #
 # Usage: benches/callgrind.sh   (SHORT=3 LONG=8; HISTORY=1; CASES="fanout fanout-history"
 #        runs only the cases named; LOAD=emitws-load to use,
@@ -33,6 +35,7 @@ short="${SHORT:-3}"
 long="${LONG:-8}"
 if [ -z "${LOAD:-}" ] || [ -z "${BIN:-}" ]; then
   cargo build -q --release --example echo --example app_echo
+  [ -z "${ASYNC:-}" ] || cargo build -q --release --features tokio --example async_echo
   cargo build -q --release -p emitws-tools --bin emitws-load
 fi
 load="${LOAD:-target/release/emitws-load}"
@@ -89,6 +92,11 @@ measure echo-pipelined "$bin/echo" --workers 1 --addr -- echo --connections 100 
 measure app-pipelined "$bin/app_echo" --workers 1 --addr -- echo --connections 100 --payload 20 --in-flight 8 --protocol emitws
 measure fanout "$bin/app_echo" --workers 1 --addr -- "${fanout[@]}" --protocol emitws
 [ -z "${HISTORY:-}" ] || measure fanout-history "$bin/app_echo" --workers 1 --history 1000 --addr -- "${fanout[@]}" --protocol emitws
+if [ -n "${ASYNC:-}" ]; then
+  pipelined=(echo --connections 100 --payload 20 --in-flight 8 --protocol emitws --any-order)
+  measure async-sync "$bin/async_echo" --mode sync --workers 1 --addr -- "${pipelined[@]}"
+  measure async-async "$bin/async_echo" --mode async --async-threads 1 --workers 1 --addr -- "${pipelined[@]}"
+fi
 [ -z "${ECHO_FLOOR:-}" ] || measure floor-pingpong "$ECHO_FLOOR" -- "${pingpong[@]}"
 [ -z "${UWS_ECHO:-}" ] || measure uws-pingpong "$UWS_ECHO" -- "${pingpong[@]}"
 [ -z "${UWS_FANOUT:-}" ] || measure uws-fanout "$UWS_FANOUT" -- "${fanout[@]}"

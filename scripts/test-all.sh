@@ -54,6 +54,13 @@ cargo test --workspace --all-targets
 section "doctests: cargo test --doc"
 cargo test --doc
 
+# Async handlers are behind a feature (tokio): their tests, unit tests and
+# rustdoc examples (README.md's included) run with it on.
+section "async handlers: cargo test --features tokio --test app_async; --lib async_handler; --doc async_handler ReadmeDoctests"
+cargo test --features tokio --test app_async
+cargo test --features tokio --lib async_handler
+cargo test --features tokio --doc -- async_handler ReadmeDoctests
+
 # Batched sends through io_uring are behind a feature (Linux); its tests run
 # servers with it on. A kernel that refuses io_uring fails them, by name.
 if skipped io-uring; then skip "the io_uring send tests"; else

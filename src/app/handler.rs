@@ -735,6 +735,13 @@ impl AppWorker {
             settle_call(conn.metrics(), done, Err(CallError::Disconnected));
         }
         let connected = conn.data().has(flag::CONNECTED);
+        // Only an admitted socket runs handlers; before `@disconnect`, whose
+        // async handlers' futures run to their end (a socket taken over
+        // departs twice, admitted the first time only).
+        #[cfg(feature = "tokio")]
+        if connected {
+            app.0.setup.async_tasks.socket_gone(id);
+        }
         let resumable = connected && keep && app.0.setup.resume.window.is_some() && app.0.sessions.signs();
         if connected {
             let body = serde_json::json!({ "code": code.0, "reason": reason, "resumable": resumable });

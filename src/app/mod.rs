@@ -62,6 +62,8 @@
 //! app listens and the app's router takes them in.
 
 mod adapter;
+#[cfg(feature = "tokio")]
+mod async_handler;
 mod cluster_event;
 mod cluster_view;
 mod connect;
@@ -94,6 +96,10 @@ use std::time::Duration;
 pub use adapter::{
     Adapter, AskDone, ClaimDone, ClaimOutcome, ClaimedSession, DeviceChange, DeviceCount, DeviceDone, Presence, Scope,
     SessionClaim, SocketAnswer, SocketAsk, Target,
+};
+#[cfg(feature = "tokio")]
+pub use async_handler::{
+    AsyncRequest, ReplyError, ASYNC_THREAD_NAME, DEFAULT_ASYNC_THREADS, DEFAULT_MAX_ASYNC_PER_SOCKET,
 };
 pub use cluster_event::ClusterEvent;
 pub use cluster_view::ClusterView;
@@ -190,6 +196,9 @@ pub(crate) struct AppConfig {
     pub(crate) conn: connect::ConnSettings,
     /// Member caps of rooms, first match first ([`App::room_cap`]).
     room_caps: Vec<(history::RoomPattern, usize)>,
+    /// The async handlers' runtime, cap and futures in flight ([`App::on_async`]).
+    #[cfg(feature = "tokio")]
+    pub(crate) async_tasks: async_handler::AsyncTasks,
 }
 
 /// How sockets authenticate, if they must.

@@ -77,6 +77,11 @@ impl fmt::Display for DataError {
 
 impl std::error::Error for DataError {}
 
+/// An envelope's data read as a `T`; absent data reads as JSON `null`.
+pub(crate) fn read_data<'a, T: Deserialize<'a>>(data: Option<&'a RawValue>) -> Result<T, DataError> {
+    serde_json::from_str(data.map_or("null", RawValue::get)).map_err(DataError)
+}
+
 impl<'a> Request<'a> {
     /// The event name (`/chat/say`, or `@connection` and the like for system events).
     pub fn event(&self) -> &str {
@@ -180,7 +185,7 @@ impl<'a> Request<'a> {
     /// [`DataError`] if the data does not read as a `T` (a borrowed `&str`
     /// meeting an escape, say).
     pub fn data_borrowed<T: Deserialize<'a>>(&self) -> Result<T, DataError> {
-        serde_json::from_str(self.data.map_or("null", RawValue::get)).map_err(DataError)
+        read_data(self.data)
     }
 
     /// The data's JSON text, if any was sent.
@@ -557,6 +562,13 @@ impl ReplyHandle {
         envelope::write_error(&mut text, id, code, message);
         self.app.metrics().deferred_reply(Some(code));
         self.send(id, text);
+    }
+
+    /// Whether a reply is still owed: false for an event, once answered, and
+    /// for a request that [`Request::defer`] answered `rate_limited` at once.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn is_pending(&self) -> bool {
+        self.id.is_some()
     }
 
     fn send(&self, id: u64, text: Vec<u8>) {

@@ -37,7 +37,9 @@ the expected deliveries (members x messages published) never arrived.
 `[1,ID,\"/echo\",DATA]` (DATA: a JSON string of --payload characters) and expects
 exactly `[2,ID,DATA]` back; fanout and idle first send `[1,1,\"/join\"]` on
 each connection and wait for its reply `[2,1,...]` (joining a room) before
-the connection counts as open. examples/app_echo is such a server.
+the connection counts as open. examples/app_echo is such a server. With
+--any-order echo takes each reply by its ID, in whatever order it comes (as
+replies from async handlers do: examples/async_echo --mode async).
 
 Idle prints `open N/M` and then `ready` on stdout once every connection has
 been tried, so a script can then read the server's memory use.
@@ -115,6 +117,10 @@ pub struct Args {
     /// `raw` WebSocket messages, or `emitws` (the emitws.v1 event protocol, offered as the subprotocol)
     #[arg(long, value_enum, default_value = "raw")]
     protocol: Protocol,
+    /// Echo with --protocol emitws: take replies by their id in any order (async handlers answer
+    /// requests in flight in the order they finish)
+    #[arg(long)]
+    any_order: bool,
     /// Echo: messages in flight per connection [default: 1]
     #[arg(short = 'k', long, value_name = "K", value_parser = count)]
     in_flight: Option<usize>,
@@ -223,6 +229,8 @@ pub struct Config {
     pub json_pattern: bool,
     /// Speak emitws.v1 rather than raw messages.
     pub app: bool,
+    /// Echo with emitws.v1: replies are taken by their id, in any order.
+    pub any_order: bool,
     /// Fanout: how many connections publish.
     pub publishers: usize,
     pub hold: Option<Duration>,
@@ -323,6 +331,12 @@ impl Config {
             return Err("--publishers: at most 65535".into());
         }
         let in_flight = args.in_flight.unwrap_or(1);
+        if args.any_order && (mode != Mode::Echo || !app) {
+            return Err("--any-order applies to echo mode with --protocol emitws only".into());
+        }
+        if args.any_order && in_flight > crate::client::PATTERN_SLACK {
+            return Err(format!("--any-order: at most {} in flight", crate::client::PATTERN_SLACK));
+        }
         let mut payload = args.payload.unwrap_or(20);
         if mode == Mode::Fanout {
             if in_flight != 1 {
@@ -392,6 +406,7 @@ impl Config {
             deflate,
             json_pattern: args.pattern == Pattern::Json,
             app,
+            any_order: args.any_order,
             publishers,
             hold: args.hold,
             #[cfg(feature = "tls")]
@@ -574,6 +589,9 @@ mod tests {
         assert!(parse("--connections 5").is_err(), "no mode");
         let config = parse("fanout -c 20 -p 3").unwrap();
         assert_eq!((config.publishers, config.payload, config.text), (3, 32, true));
+        assert!(parse("echo --any-order").is_err());
+        assert!(parse("fanout --protocol emitws --any-order").is_err());
+        assert!(parse("echo --protocol emitws --any-order").unwrap().any_order);
         let config = parse("echo --protocol emitws").unwrap();
         assert!(config.app && config.text, "emitws.v1 is text");
         let config = parse("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text").unwrap();

@@ -1119,13 +1119,32 @@ fn record(ctx: &mut Ctx<'_>, now: Instant, sent: Instant) {
     }
 }
 
+/// The id of an emitws.v1 reply `[2,ID,…]`.
+fn reply_id(text: &[u8]) -> Option<u64> {
+    let digits = text.strip_prefix(b"[2,")?;
+    let end = digits.iter().position(|b| !b.is_ascii_digit())?;
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
+}
+
 /// Checks one echo against what was sent (the oldest in `in_flight`) and
 /// records its round trip.
 fn check_echo(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Instant) -> Result<(), End> {
     let payload = ctx.config.payload;
     // Replies come in order, so the oldest message in flight has this id.
-    let id = conn.sent + 1 - conn.in_flight.len() as u64;
-    let Some((sent, offset)) = conn.in_flight.pop_front() else {
+    // With --any-order the reply names its request, whose pattern offset
+    // (`queue_message`: the id less one, modulo the slack) finds it among
+    // those in flight (at most PATTERN_SLACK of them, so offsets are unique).
+    let (id, at) = match ctx.config.any_order {
+        true => {
+            let found = reply_id(message.as_bytes()).and_then(|id| {
+                let offset = (id.wrapping_sub(1) % PATTERN_SLACK as u64) as u32;
+                Some((id, conn.in_flight.iter().position(|(_, o)| *o == offset)?))
+            });
+            found.ok_or_else(|| err(Kind::Protocol, "a reply to no request in flight"))?
+        }
+        false => (conn.sent + 1 - conn.in_flight.len() as u64, 0),
+    };
+    let Some((sent, offset)) = conn.in_flight.remove(at) else {
         return Err(err(Kind::Protocol, "a message arrived that was never sent"));
     };
     let mut expected = &ctx.pattern[offset as usize..offset as usize + payload];
