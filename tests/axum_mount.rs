@@ -8,17 +8,20 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use common::{connect, http, masked_frame, quick_server, read_reply, upgrade_request, Client, Frame, HttpReply};
+use common::{
+    connect, http, masked_frame, quick_server, read_reply, upgrade_request, Client, Echo, Frame, HttpReply, WAIT,
+};
 use emitws::app::{After, App, Refusal, Running};
 use emitws::axum::{route, serve, Listener};
 use emitws::client::app::{AppClient, AppOptions};
 use emitws::proto::OpCode;
+use emitws::runtime::{AdoptError, Server};
 use serde_json::{json, Value};
 
 /// An app's workers mounted on an axum router served by a tokio runtime:
@@ -248,4 +251,49 @@ fn a_route_served_without_the_listener_says_what_it_needs() {
     assert!(reply.body_text().contains("emitws::axum::Listener"), "{}", reply.body_text());
     runtime.shutdown_timeout(Duration::from_secs(1));
     running.close();
+}
+
+/// The engine's own adoption, without axum: a front that read the whole
+/// first packet (a head and a message longer than the worker's read buffer)
+/// hands the socket over; the worker takes the bytes in read-sized pieces.
+/// Once the server stops, the socket comes back to the front.
+#[test]
+fn adopt_feeds_bytes_longer_than_a_read_and_a_stopping_server_gives_the_socket_back() {
+    let mut settings = quick_server().settings().clone();
+    settings.read_buffer_size = 1024;
+    let echo = Echo::default();
+    let server = Server::with_settings(settings).start_dialer(echo.clone()).expect("start the workers");
+    let front = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = front.local_addr().expect("address");
+
+    let mut client = connect(addr);
+    let long = "x".repeat(5000);
+    let mut packet = upgrade_request("/adopted", &[]);
+    packet.extend(masked_frame(OpCode::Text, true, long.as_bytes()));
+    client.write_all(&packet).expect("write");
+    let (mut accepted, _) = front.accept().expect("accept");
+    accepted.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut received = vec![0; packet.len()];
+    accepted.read_exact(&mut received).expect("the whole packet");
+    server.handle().adopt(accepted, &received).expect("adopted");
+    let (reply, rest) = read_reply(&mut client);
+    assert_eq!(reply.status, 101, "{reply:?}");
+    let mut ws = Client::from_parts(client, rest);
+    assert_eq!(ws.recv(), Frame::text(&long));
+    echo.events.wait_opened("/adopted");
+    ws.send_text("read from the socket");
+    assert_eq!(ws.recv(), Frame::text("read from the socket"));
+
+    server.handle().shutdown();
+    let mut client = connect(addr);
+    let (accepted, _) = front.accept().expect("accept");
+    match server.handle().adopt(accepted, b"") {
+        Err(AdoptError::Stopping(mut stream)) => {
+            stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\n").expect("write")
+        }
+        other => panic!("a stopping server adopted: {other:?}"),
+    }
+    let (reply, _) = read_reply(&mut client);
+    assert_eq!(reply.status, 503);
+    server.join();
 }
