@@ -68,6 +68,12 @@ if skipped io-uring; then skip "the io_uring send tests"; else
   cargo test --features io-uring --test uring
 fi
 
+# Mounting on axum is behind a feature: its test serves an axum router and an
+# app on one port; the module's doctests compile with it only.
+section "axum mount: cargo test --features axum --test axum_mount, and the doctests of emitws::axum"
+cargo test --features axum --test axum_mount
+cargo test --features axum --doc axum
+
 # The Redis adapter is behind a feature; its tests start their own redis-server.
 # cluster_nodes runs emitws-cluster-node processes: it lives with them in tools/.
 if skipped redis; then skip "the Redis cluster tests"; else

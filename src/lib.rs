@@ -19,6 +19,8 @@
 //! - `cluster` (feature `redis`): scale-out over Redis. `RedisAdapter` makes
 //!   an app one node of a cluster: broadcasts, direct sends, users and
 //!   presence queries span every node.
+//! - `axum` (feature `axum`): one port for an axum app and emitws; its
+//!   routes hand connections over to the workers.
 //!
 //! Start with [`runtime::Server`] and [`runtime::Handler`]; README.md has a
 //! complete example.
@@ -29,6 +31,8 @@
 
 #[cfg(feature = "app")]
 pub mod app;
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;

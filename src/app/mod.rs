@@ -731,7 +731,45 @@ impl App {
     ///
     /// The I/O error if `addr` does not resolve or cannot be bound, or a
     /// worker thread cannot start.
-    pub fn listen_with(mut self, server: Server, addr: impl ToSocketAddrs) -> io::Result<Running> {
+    pub fn listen_with(self, server: Server, addr: impl ToSocketAddrs) -> io::Result<Running> {
+        self.start_with(server, |server, worker| server.start(addr, worker))
+    }
+
+    /// Starts the app's workers with these engine settings, without a port
+    /// of their own: the sockets come from another server on the same port,
+    /// handed over with [`ServerHandle::adopt`](crate::runtime::ServerHandle::adopt)
+    /// (through `app.server()`), or with `emitws::axum` (feature `axum`)
+    /// from an axum router. Every rule of the app applies to them as to
+    /// sockets of [`listen`](Self::listen): paths, origins, connection
+    /// middleware, identify, limits, metrics. [`Running::local_addr`] is
+    /// `0.0.0.0:0`.
+    ///
+    /// # Errors
+    ///
+    /// The I/O error if a worker thread cannot start.
+    ///
+    /// ```no_run
+    /// use emitws::app::App;
+    /// use emitws::runtime::Server;
+    /// let mut app = App::new();
+    /// app.on("/echo", |req| {
+    ///     let data = req.raw_data();
+    ///     req.reply(&data);
+    /// });
+    /// let running = app.mount_with(Server::new().workers(2))?;
+    /// let handle = running.server().clone(); // for `adopt`, or `emitws::axum::route`
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn mount_with(self, server: Server) -> io::Result<Running> {
+        self.start_with(server, |server, worker| server.start_dialer(worker))
+    }
+
+    /// Applies the app's settings to `server` and starts it with `start`.
+    fn start_with(
+        mut self,
+        server: Server,
+        start: impl FnOnce(Server, AppWorker) -> io::Result<crate::runtime::RunningServer>,
+    ) -> io::Result<Running> {
         self.config.router.mount(&mut self.config.paths);
         let mut server = server;
         if let Some(origins) = &self.origins {
@@ -755,7 +793,7 @@ impl App {
         if let Some(adapter) = adapter {
             adapter.attach(app.clone());
         }
-        let running = server.start(addr, AppWorker::new(app.clone())).inspect_err(|_| {
+        let running = start(server, AppWorker::new(app.clone())).inspect_err(|_| {
             if let Some(adapter) = adapter {
                 adapter.detach();
             }

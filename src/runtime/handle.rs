@@ -115,6 +115,8 @@ pub(crate) enum Command {
     Broadcast(Vec<ConnId>, SharedFrame),
     Close(ConnId, CloseCode, String),
     Adopt(mio::net::TcpStream),
+    /// A connection accepted elsewhere, with the bytes already read from it (`ServerHandle::adopt`).
+    AdoptReceived(mio::net::TcpStream, Box<[u8]>),
     Notify(Box<dyn Any + Send>),
     Connect(Box<super::worker::Dial>),
     Stats(Sender<Stats>),
@@ -259,7 +261,7 @@ pub(crate) struct ServerState {
     pub stopping: AtomicBool,
     /// The handler's `Data` type, which outgoing connections' data must be.
     pub data_type: Option<TypeId>,
-    /// The worker the next outgoing connection goes to.
+    /// The worker the next outgoing (or adopted) connection goes to.
     pub next_dialer: AtomicUsize,
     /// The registry the workers count into.
     pub metrics: crate::metrics::Metrics,

@@ -11,6 +11,7 @@
 //! Messages arrive as slices borrowed from the worker's read buffer; sends are
 //! queued and written once per loop turn, with `writev`.
 
+mod adopt;
 mod conn;
 mod conns;
 mod handle;
@@ -27,6 +28,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+pub use adopt::AdoptError;
 pub use conn::{Conn, SendStatus};
 pub use conns::Conns;
 pub use handle::{ConnId, Drain, DrainError, ServerHandle, SharedFrame, Stats, DRAIN_CLOSE_CODE, MAX_REDIRECT_LEN};

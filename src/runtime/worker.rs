@@ -36,6 +36,7 @@ use crate::proto::handshake::server::{self, HandshakeError, RequestReader};
 use crate::proto::{CloseCode, CloseReason, Role};
 
 mod accept;
+mod adopt;
 mod counted;
 mod dispatch;
 mod drain;
@@ -317,6 +318,7 @@ impl<H: Handler> Worker<H> {
                 }
                 Command::Close(id, code, reason) => self.with_open(id, |conn| conn.close(code, &reason)),
                 Command::Adopt(stream) => self.adopt(stream),
+                Command::AdoptReceived(stream, received) => self.adopt_received(stream, &received),
                 Command::Notify(message) => self.with_conns(|handler, conns| handler.on_notify(conns, message)),
                 Command::Connect(dial) => self.dial(*dial),
                 Command::Stats(answer) => {
@@ -366,7 +368,7 @@ impl<H: Handler> Worker<H> {
 
     fn on_readable(&mut self, key: usize) {
         for _ in 0..READS_PER_TURN {
-            let Some(WorkerConn { machine, conn }) = self.slab.get_mut(key) else { return };
+            let Some(WorkerConn { conn, .. }) = self.slab.get_mut(key) else { return };
             let read_closed = conn.has(flag::READ_CLOSED);
             let read = conn.read(&mut self.read_buf);
             if conn.tls_wants_write() {
@@ -381,13 +383,7 @@ impl<H: Handler> Worker<H> {
                 Err(e) => return self.abort(key, CloseReason::ReadFailed(Arc::new(e))),
             };
             let is_tls = conn.is_tls();
-            self.ctx.metrics.bytes_read.add(n as u64);
-            // Traffic postpones the keepalive.
-            machine.handle_read(self.ctx.now(), conn.config(&self.ctx.config));
-            if let Some(Tick(tick)) = machine.poll_timeout() {
-                self.ctx.arm_wheel(key, conn, tick);
-            }
-            self.on_input(key, n);
+            self.on_received(key, n);
             if n < self.read_buf.len() && !read_closed && !is_tls {
                 // A short read drained the socket; readiness will be reported
                 // again. Not so if the peer's FIN came with this data: then
@@ -411,6 +407,18 @@ impl<H: Handler> Worker<H> {
         }
         let ended = slot.machine.handle_eof();
         self.end(key, ended);
+    }
+
+    /// Counts `n` bytes just read into the read buffer and hands them on.
+    fn on_received(&mut self, key: usize, n: usize) {
+        let WorkerConn { machine, conn } = &mut self.slab[key];
+        self.ctx.metrics.bytes_read.add(n as u64);
+        // Traffic postpones the keepalive.
+        machine.handle_read(self.ctx.now(), conn.config(&self.ctx.config));
+        if let Some(Tick(tick)) = machine.poll_timeout() {
+            self.ctx.arm_wheel(key, conn, tick);
+        }
+        self.on_input(key, n);
     }
 
     /// Hands `n` freshly read bytes to the connection's current phase.

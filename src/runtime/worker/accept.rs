@@ -64,30 +64,39 @@ impl<H: Handler> Worker<H> {
     /// address) comes first; once the connection counts are taken, the
     /// connection is in the slab, and every way out goes through `remove`,
     /// which gives them back.
-    pub(super) fn adopt(&mut self, mut stream: TcpStream) {
+    pub(super) fn adopt(&mut self, stream: TcpStream) {
+        self.take_in(stream, true);
+    }
+
+    /// [`adopt`](Self::adopt), with a TLS session if `tls` and the server
+    /// serves `wss://`; returns the connection's key if it was taken.
+    pub(super) fn take_in(&mut self, mut stream: TcpStream, tls: bool) -> Option<usize> {
         if self.shutdown_deadline.is_some() {
-            return;
+            return None;
         }
         self.ctx.metrics.accepted.inc();
         let settings = self.ctx.settings.clone();
         #[cfg(feature = "tls")]
-        let extra = match settings.tls.as_ref().map(|acceptor| acceptor.session()) {
+        let extra = match settings.tls.as_ref().filter(|_| tls).map(|acceptor| acceptor.session()) {
             Some(Ok(session)) => Some(Box::new(RareState { tls: Some(Box::new(session)), ..RareState::default() })),
-            Some(Err(_)) => return,
+            Some(Err(_)) => return None,
             None => None,
         };
         #[cfg(not(feature = "tls"))]
         let extra: Option<Box<RareState>> = None;
+        #[cfg(not(feature = "tls"))]
+        let _ = tls;
         let peer_ip = match settings.max_connections_per_ip {
             Some(_) => match stream.peer_addr() {
                 Ok(peer) => Some(peer.ip()),
-                Err(_) => return,
+                Err(_) => return None,
             },
             None => None,
         };
         if let Err(refusal) = self.admit(peer_ip) {
             self.ctx.metrics.refused(503);
-            return refuse(stream, refusal);
+            refuse(stream, refusal);
+            return None;
         }
         let _ = stream.set_nodelay(true);
         let entry = self.slab.vacant_entry();
@@ -118,10 +127,11 @@ impl<H: Handler> Worker<H> {
         }
         if registered.is_err() {
             self.remove(key);
-            return;
+            return None;
         }
         self.ctx.follow(key, conn, machine.control());
         crate::runtime::logs::accepted(ConnId::new(self.ctx.worker, key, conn.generation), &conn.socket);
+        Some(key)
     }
 
     /// Counts a new connection (and one more from `peer_ip`, when a per-IP
