@@ -16,6 +16,9 @@ pub enum Error {
     /// adapter's error (a [`ClusterError`](crate::cluster::ClusterError) for
     /// the Redis one) says why.
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    /// An event name a binary envelope cannot carry: 1 to
+    /// [`MAX_BINARY_NAME`](super::MAX_BINARY_NAME) bytes (PROTOCOL.md §10).
+    BinaryName(String),
 }
 
 impl fmt::Display for Error {
@@ -25,6 +28,7 @@ impl fmt::Display for Error {
             Error::BadGroup(name) => write!(f, "bad group name {name:?}: rooms start with '#', tags with '*'"),
             Error::TooManyGroups => f.write_str("the socket is in too many rooms and tags"),
             Error::Unavailable(why) => write!(f, "the cluster did not answer: {why}"),
+            Error::BinaryName(name) => write!(f, "event name {name:?} does not fit a binary envelope (1 to 255 bytes)"),
         }
     }
 }
@@ -35,7 +39,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Unavailable(e) => e.source(),
-            Error::Json(_) | Error::BadGroup(_) | Error::TooManyGroups => None,
+            Error::Json(_) | Error::BadGroup(_) | Error::TooManyGroups | Error::BinaryName(_) => None,
         }
     }
 }

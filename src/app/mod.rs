@@ -59,6 +59,8 @@
 //! `cluster_view`'s `ClusterView` borrows the `AppHandle` that makes it.
 
 mod adapter;
+mod binary;
+mod binary_v1;
 mod cluster_event;
 mod cluster_view;
 mod connect;
@@ -92,6 +94,7 @@ pub use adapter::{
     Adapter, AskDone, ClaimDone, ClaimOutcome, ClaimedSession, DeviceChange, DeviceCount, DeviceDone, Presence, Scope,
     SessionClaim, SocketAnswer, SocketAsk, Target,
 };
+pub use binary::{MAX_BINARY_NAME, PROTOCOL_V2};
 pub use cluster_event::ClusterEvent;
 pub use cluster_view::ClusterView;
 pub use connect::{Challenge, Connecting, PathRoute, Refusal};
