@@ -59,8 +59,8 @@
 //! `cluster_view`'s `ClusterView` borrows the `AppHandle` that makes it.
 
 mod adapter;
-mod binary;
-mod binary_v1;
+pub(crate) mod binary;
+pub(crate) mod binary_v1;
 mod cluster_event;
 mod cluster_view;
 mod connect;
