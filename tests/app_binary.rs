@@ -1,12 +1,20 @@
 //! emitws.v2 binary envelopes (PROTOCOL.md §10) over real sockets: the
 //! subprotocol's negotiation, binary frames built here byte by byte from the
 //! spec (never with the library's encoder), replies, events and broadcasts
-//! to a mix of v1 and v2 sockets and the Rust client, limits, and bad headers.
+//! to a mix of v1 and v2 sockets and the Rust client, limits, and bad headers;
+//! with feature `redis`, a binary broadcast crossing two nodes over a real
+//! redis-server (which must be installed unless `EMITWS_SKIP=redis`).
 #![cfg(feature = "app")]
 
 #[path = "common/app.rs"]
 mod app_client;
 mod common;
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+mod redis_server;
+#[cfg(feature = "redis")]
+#[path = "common/two_nodes.rs"]
+mod two_nodes;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -361,4 +369,38 @@ fn a_binary_answer_to_a_server_call_reads_as_base64() {
     eventually("the call was answered", || answer.lock().unwrap().is_some());
     assert_eq!(answer.lock().unwrap().clone(), Some(Ok(r#"{"base64":"3q0="}"#.to_string())));
     running.close();
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_binary_broadcast_crosses_the_cluster_to_v1_and_v2_sockets() {
+    let Some(redis) = redis_server::Redis::start() else { return };
+    let (a, b) = two_nodes::two_nodes(&redis, binary_app);
+    let mut v2_on_a = V2::connect(a.addr(), "emitws.v2");
+    v2_on_a.ws.send_text(r#"[1,1,"/join"]"#);
+    assert_eq!(v2_on_a.text(), json!([2, 1, true]));
+    let mut v1_on_a = AppClient::connect(a.addr());
+    assert_eq!(v1_on_a.request("/join", Value::Null), Ok(json!(true)));
+    let mut v2_on_b = V2::connect(b.addr(), "emitws.v2");
+    v2_on_b.ws.send_text(r#"[1,1,"/join"]"#);
+    assert_eq!(v2_on_b.text(), json!([2, 1, true]));
+    // From a socket of b: its own /mine, then a's sockets get /shared.
+    let bytes = all_bytes();
+    v2_on_b.ws.send_binary(&envelope(0, &[], "/share", &bytes));
+    assert_eq!(v2_on_b.binary(), [&[0u8, 5][..], b"/mine", &bytes].concat());
+    assert_eq!(v2_on_a.binary(), [&[0u8, 7][..], b"/shared", &bytes].concat());
+    let shared = v1_on_a.expect_event("/shared");
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(shared["base64"].as_str().expect("base64"));
+    assert_eq!(decoded.as_deref(), Ok(&bytes[..]));
+    // From node a's handle, to everyone: once each, on both nodes.
+    a.app().broadcast_binary("/all", &[0, 1], BroadcastOpts::all()).expect("broadcast");
+    assert_eq!(v2_on_b.binary(), [&[0u8, 4][..], b"/all", &[0, 1]].concat());
+    assert_eq!(v2_on_a.binary(), [&[0u8, 4][..], b"/all", &[0, 1]].concat());
+    assert_eq!(v1_on_a.expect_event("/all"), json!({ "base64": "AAE=" }));
+    v2_on_a.expect_silence();
+    v2_on_b.expect_silence();
+    v1_on_a.close();
+    a.close();
+    b.close();
 }
