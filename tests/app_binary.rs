@@ -2,6 +2,7 @@
 //! subprotocol's negotiation, binary frames built here byte by byte from the
 //! spec (never with the library's encoder), replies, events and broadcasts
 //! to a mix of v1 and v2 sockets and the Rust client, limits, and bad headers;
+//! the JavaScript client's clients/js/test/binary.test.js against this app;
 //! with feature `redis`, a binary broadcast crossing two nodes over a real
 //! redis-server (which must be installed unless `EMITWS_SKIP=redis`).
 #![cfg(feature = "app")]
@@ -9,6 +10,8 @@
 #[path = "common/app.rs"]
 mod app_client;
 mod common;
+#[path = "common/node.rs"]
+mod node;
 #[cfg(feature = "redis")]
 #[path = "common/redis.rs"]
 mod redis_server;
@@ -403,4 +406,19 @@ fn a_binary_broadcast_crosses_the_cluster_to_v1_and_v2_sockets() {
     v1_on_a.close();
     a.close();
     b.close();
+}
+
+#[test]
+fn javascript_client_sends_and_receives_binary() {
+    let mut app = binary_app();
+    app.on("/ask-bytes", |req| {
+        let reply = req.defer();
+        let _ = reply.socket().call_then("photo", &Value::Null, Duration::from_secs(2), move |result| match result {
+            Ok(answer) => reply.reply(&answer.data::<Value>().unwrap_or(Value::Null)),
+            Err(e) => reply.reply_err("failed", &e.to_string()),
+        });
+    });
+    let running = start(app, 2);
+    node::run_node_tests("binary.test.js", &[("EMITWS_BINARY_URL", format!("ws://{}/", running.local_addr()))]);
+    running.close();
 }
