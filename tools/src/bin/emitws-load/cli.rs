@@ -39,6 +39,10 @@ exactly `[2,ID,DATA]` back; fanout and idle first send `[1,1,\"/join\"]` on
 each connection and wait for its reply `[2,1,...]` (joining a room) before
 the connection counts as open. examples/app_echo is such a server.
 
+--protocol emitws-v2 (echo only) offers emitws.v2 and sends each request as a
+binary envelope (PROTOCOL.md §10): 01, the id in LEB128, 05, \"/echo\", then
+--payload bytes; it expects the binary reply 02, the id, the same bytes.
+
 Idle prints `open N/M` and then `ready` on stdout once every connection has
 been tried, so a script can then read the server's memory use.
 
@@ -198,6 +202,8 @@ enum Protocol {
     Raw,
     /// emitws.v1 requests, replies and rooms.
     Emitws,
+    /// emitws.v2 binary requests and replies (echo mode only).
+    EmitwsV2,
 }
 
 #[derive(Debug)]
@@ -223,6 +229,8 @@ pub struct Config {
     pub json_pattern: bool,
     /// Speak emitws.v1 rather than raw messages.
     pub app: bool,
+    /// Speak emitws.v2: echo requests and replies are binary envelopes.
+    pub v2: bool,
     /// Fanout: how many connections publish.
     pub publishers: usize,
     pub hold: Option<Duration>,
@@ -294,7 +302,14 @@ impl Config {
     pub fn new(args: Args) -> Result<Config, String> {
         let mode = args.mode;
         let storm = storm_settings(&args)?;
-        let app = args.protocol == Protocol::Emitws || storm.is_some();
+        let v2 = args.protocol == Protocol::EmitwsV2;
+        if v2 && mode != Mode::Echo {
+            return Err("--protocol emitws-v2 applies to echo mode only".into());
+        }
+        if v2 && (args.text || args.deflate) {
+            return Err("--protocol emitws-v2 sends binary envelopes, without --text or --deflate".into());
+        }
+        let app = args.protocol == Protocol::Emitws || v2 || storm.is_some();
         let deflate = args.deflate;
         let mut text = args.text;
         if mode == Mode::Idle {
@@ -340,7 +355,7 @@ impl Config {
             }
             text = true;
         }
-        text |= app;
+        text |= app && !v2;
         if payload > 64 << 20 {
             return Err("--payload: at most 64 MiB".into());
         }
@@ -392,6 +407,7 @@ impl Config {
             deflate,
             json_pattern: args.pattern == Pattern::Json,
             app,
+            v2,
             publishers,
             hold: args.hold,
             #[cfg(feature = "tls")]
