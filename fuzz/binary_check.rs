@@ -2,15 +2,9 @@
 //! `emitws.v2` binary envelope decoder (`src/app/binary.rs`) against a
 //! model written here from PROTOCOL.md §10 alone.
 
-/// The binary envelope codec, compiled from its own source (the module is
-/// private to the crate; it needs only `envelope::MAX_ID`, which needs `limits`).
-#[path = "../src/app"]
-mod app {
-    pub mod binary;
-    pub mod envelope;
-    pub mod limits;
-}
-use app::binary::{self, BinaryEnvelope};
+/// The binary envelope codec, compiled from its own source with the JSON
+/// one (it needs only `envelope::MAX_ID`), in envelope_check.rs.
+use super::envelope_check::app::binary::{self, BinaryEnvelope};
 
 /// What PROTOCOL.md §10 says a frame is: `Ok((type, id, name, payload))`
 /// (type `None` for a reserved type, ignored), or `Err(id)`: refused, with
