@@ -418,6 +418,8 @@ fn javascript_client_sends_and_receives_binary() {
             Err(e) => reply.reply_err("failed", &e.to_string()),
         });
     });
+    // 200 requests in flight at once: over the default burst of the rate limit.
+    app.limits(EventLimits::default().rate(Some(Rate { per_second: 1000.0, burst: 1000.0 })));
     let running = start(app, 2);
     node::run_node_tests("binary.test.js", &[("EMITWS_BINARY_URL", format!("ws://{}/", running.local_addr()))]);
     running.close();
