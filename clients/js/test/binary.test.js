@@ -100,8 +100,9 @@ test('a name that does not fit a binary header, or bytes without emitws.v2, fail
   ScriptedSocket.protocol = PROTOCOL_V2;
 });
 
-test('binary requests get binary or JSON replies from a real server', { skip }, async () => {
+test('binary requests get binary or JSON replies from a real server', { skip }, async (t) => {
   const client = await EmitClient.connect(url, { binary: true });
+  t.after(() => client.close());
   assert.equal(client.binary, true);
   const bytes = Uint8Array.from({ length: 1000 }, (_, i) => i % 256);
   const echoed = await client.request('/echo', bytes);
@@ -114,12 +115,15 @@ test('binary requests get binary or JSON replies from a real server', { skip }, 
   // Ids past one LEB128 byte: 200 in flight, each with its own reply.
   const many = await Promise.all(Array.from({ length: 200 }, (_, i) => client.request('/echo', new Uint8Array([i]))));
   assert.deepEqual(many.map((reply) => reply[0]), Array.from({ length: 200 }, (_, i) => i));
-  client.close();
 });
 
-test('binary broadcasts reach v2 clients as bytes and v1 clients as base64', { skip }, async () => {
+test('binary broadcasts reach v2 clients as bytes and v1 clients as base64', { skip }, async (t) => {
   const v2 = await EmitClient.connect(url, { binary: true });
   const v1 = await EmitClient.connect(url);
+  t.after(() => {
+    v1.close();
+    v2.close();
+  });
   assert.equal(v1.binary, false);
   assert.equal(await v2.request('/join'), true);
   assert.equal(await v1.request('/join'), true);
@@ -128,12 +132,10 @@ test('binary broadcasts reach v2 clients as bytes and v1 clients as base64', { s
   v2.emit('/share', new Uint8Array([0xde, 0xad, 0xbe, 0xef]));
   assert.deepEqual([...(await mine)], [0xde, 0xad, 0xbe, 0xef]);
   assert.deepEqual(await shared, { base64: '3q2+7w==' });
-  v1.close();
-  v2.close();
 });
 
-test('a procedure answers the server with bytes', { skip }, async () => {
+test('a procedure answers the server with bytes', { skip }, async (t) => {
   const client = await EmitClient.connect(url, { binary: true, procedures: { photo: () => new Uint8Array([0xde, 0xad]) } });
+  t.after(() => client.close());
   assert.deepEqual(await client.request('/ask-bytes'), { base64: '3q0=' });
-  client.close();
 });
