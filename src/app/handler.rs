@@ -18,7 +18,7 @@ use super::envelope::{self, Envelope, ErrorCode};
 use super::handle::AppHandle;
 use super::history::Backfill;
 use super::inbox::WorkerMsg;
-use super::limits::{check_event_name, Bucket, Policy};
+use super::limits::{check_event_name, Bucket, Policy, Rate};
 use super::request::{Request, SharedValue};
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done, GroupOutcome};
@@ -76,6 +76,20 @@ fn close_code(code: ErrorCode) -> CloseCode {
         ErrorCode::NotJson => CloseCode::INVALID_PAYLOAD,
         _ => CloseCode::POLICY_VIOLATION,
     }
+}
+
+/// Takes one token of the socket's bucket for a message (PROTOCOL.md §7);
+/// false when it is empty. A message let through re-arms the one
+/// `rate_limited` `@error` of the next flood.
+#[inline]
+fn within_rate(conn: &mut Conn<'_, SocketData>, rate: &Rate) -> bool {
+    let now = conn.clock_ms();
+    let data = conn.data_mut();
+    if !data.bucket.take(rate, now) {
+        return false;
+    }
+    data.flags &= !flag::RATE_NOTIFIED;
+    true
 }
 
 /// What a panicking handler is answered, and reported to the `@error` hook.
@@ -937,13 +951,8 @@ impl AppWorker {
         if let Some(rate) = &limits.rate {
             let answers = conn.data().calls > 0
                 && binary::peek_answer_id(frame).is_some_and(|id| self.local.calls.is_pending(conn.id(), id));
-            if !answers {
-                let now = conn.clock_ms();
-                let data = conn.data_mut();
-                if !data.bucket.take(rate, now) {
-                    return self.over_rate_with(conn, binary::peek_request_id(frame));
-                }
-                data.flags &= !flag::RATE_NOTIFIED;
+            if !answers && !within_rate(conn, rate) {
+                return self.over_rate_with(conn, binary::peek_request_id(frame));
             }
         }
         if frame.len() > limits.max_message {
@@ -1095,13 +1104,8 @@ impl Handler for AppWorker {
             Message::Binary(_) => None,
         };
         if let Some(rate) = &limits.rate {
-            if !text.is_some_and(|text| self.answers_pending_call(conn, text)) {
-                let now = conn.clock_ms();
-                let data = conn.data_mut();
-                if !data.bucket.take(rate, now) {
-                    return self.over_rate(conn, text.unwrap_or_default());
-                }
-                data.flags &= !flag::RATE_NOTIFIED;
+            if !text.is_some_and(|text| self.answers_pending_call(conn, text)) && !within_rate(conn, rate) {
+                return self.over_rate(conn, text.unwrap_or_default());
             }
         }
         let Some(text) = text else {
