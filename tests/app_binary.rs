@@ -294,6 +294,9 @@ fn bad_binary_headers_get_bad_request_and_the_socket_goes_on() {
         v2.ws.send_binary(junk);
         error_event(&mut v2);
     }
+    // An event's name outside visible ASCII: no id to answer.
+    v2.ws.send_binary(&envelope(0, &[], "/a b", b"x"));
+    error_event(&mut v2);
     // An id over 2^53 - 1: 8 bytes of 0xff then 0x7f is far above.
     v2.ws.send_binary(&[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 1, b'/']);
     error_event(&mut v2);
@@ -305,6 +308,9 @@ fn bad_binary_headers_get_bad_request_and_the_socket_goes_on() {
         (vec![1, 8, 1, 0xc3], 8),
         (envelope(1, &[9], "nope", b"x"), 9),
         (envelope(1, &[10], "@resume", b"x"), 10),
+        (envelope(1, &[13], "/a b", b"x"), 13),
+        (envelope(1, &[14], "/\"q", b"x"), 14),
+        (envelope(1, &[15], "/é", b"x"), 15),
     ] {
         v2.ws.send_binary(&junk);
         let got = v2.text();

@@ -18,7 +18,7 @@ use super::envelope::{self, Envelope, ErrorCode};
 use super::handle::AppHandle;
 use super::history::Backfill;
 use super::inbox::WorkerMsg;
-use super::limits::{check_event_name, Bucket, Policy, Rate};
+use super::limits::{check_event_name, is_name_byte, Bucket, Policy, Rate};
 use super::request::{Request, SharedValue};
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done, GroupOutcome};
@@ -961,6 +961,13 @@ impl AppWorker {
             return self.bad_input(conn, id, ErrorCode::TooLarge, &message, policy);
         }
         match binary::parse(frame) {
+            // A client's names are those a JSON envelope may carry (PROTOCOL.md §2).
+            Ok(BinaryEnvelope::Event { event, .. } | BinaryEnvelope::Request { event, .. })
+                if !event.bytes().all(is_name_byte) =>
+            {
+                let message = "event names are strings of visible ASCII without quotes or backslashes";
+                self.bad_input(conn, binary::peek_request_id(frame), ErrorCode::BadRequest, message, policy)
+            }
             Ok(BinaryEnvelope::Event { event, payload }) => self.dispatch(conn, None, event, None, Some(payload)),
             Ok(BinaryEnvelope::Request { id, event, payload }) => {
                 self.dispatch(conn, Some(id), event, None, Some(payload))
