@@ -592,6 +592,10 @@ mod tests {
         assert_eq!((config.publishers, config.payload, config.text), (3, 32, true));
         let config = parse("echo --protocol emitws").unwrap();
         assert!(config.app && config.text, "emitws.v1 is text");
+        let config = parse("echo --protocol emitws-v2 -s 16k").unwrap();
+        assert!(config.app && config.v2 && !config.text, "emitws.v2 echoes binary envelopes");
+        assert!(parse("fanout --protocol emitws-v2").is_err(), "echo only");
+        assert!(parse("echo --protocol emitws-v2 --text").is_err());
         let config = parse("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text").unwrap();
         assert_eq!((config.connections, config.threads, config.text), (5, 5, true));
         // The mode may come after options, and a repeated option keeps its last value (as scripts expect).
