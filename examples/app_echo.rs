@@ -1,7 +1,8 @@
 //! The event layer's benchmark server (benches/app-echo.sh, benches/fanout.sh,
 //! benches/idle-memory.sh, benches/soak.sh), usable by hand as well:
 //!
-//! - `[1,id,"/echo",data]` is answered `[2,id,data]`;
+//! - `[1,id,"/echo",data]` is answered `[2,id,data]` (on emitws.v2 a binary
+//!   request to `/echo` gets its bytes back in a binary reply);
 //! - `[1,id,"/join"]` joins the socket to the room `#room` (reply `true`);
 //! - `[0,"/pub",data]` broadcasts `[0,"/pub",data]` to `#room`, the sender included;
 //!   with `--history SIZE` the room keeps its last SIZE broadcasts (for a
@@ -87,6 +88,10 @@ fn main() -> std::io::Result<()> {
         app.plugin(plugins::heartbeat(interval));
     }
     app.on("/echo", |req| {
+        // emitws.v2: a binary request's bytes come back in a binary reply.
+        if let Some(bytes) = req.binary() {
+            return req.reply_binary(bytes);
+        }
         let data = req.raw_data();
         req.reply(&data);
     });

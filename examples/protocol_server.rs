@@ -15,7 +15,8 @@
 //!
 //! Events and requests it handles:
 //! - `/echo`: a request is answered with its data, an event is sent back as
-//!   `[0,"/echo",data]`, data in both cases exactly as the client wrote it;
+//!   `[0,"/echo",data]`, data in both cases exactly as the client wrote it
+//!   (a binary envelope's bytes come back in a binary reply or event);
 //! - `/silent`: does nothing (a request then gets `null`);
 //! - `/hold`: defers the reply; `/release` answers every held request of the
 //!   socket with its own data, then answers with how many it released;
@@ -249,6 +250,14 @@ struct Tally {
 fn handlers(app: &mut App) {
     let held: Arc<Held> = Arc::default();
     app.on("/echo", |req| {
+        // On emitws.v2, bytes come back as bytes (PROTOCOL.md §10).
+        if let Some(bytes) = req.binary() {
+            match req.is_request() {
+                true => req.reply_binary(bytes),
+                false => drop(req.emit_binary("/echo", bytes)),
+            }
+            return;
+        }
         let data = raw(req);
         if req.is_request() {
             req.reply(&data);

@@ -3,10 +3,12 @@
 
 use serde_json::value::RawValue;
 
-/// The event layer's envelope parser, compiled from its own source: the
-/// module is private to the crate, and these two files need nothing else of it.
+/// The event layer's envelope parsers, compiled from their own source: the
+/// modules are private to the crate, and these files need nothing else of
+/// it (`binary`, the emitws.v2 one, is binary_check.rs's).
 #[path = "../src/app"]
-mod app {
+pub(crate) mod app {
+    pub mod binary;
     pub mod envelope;
     pub mod limits;
 }

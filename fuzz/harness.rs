@@ -32,6 +32,14 @@ mod envelope_check;
 #[allow(unused_imports)] // each fuzz target uses one check of this file
 pub use envelope_check::*;
 
+/// The event layer's binary envelope check (`emitws.v2`, feature `app` as above).
+#[cfg(feature = "app")]
+#[path = "binary_check.rs"]
+mod binary_check;
+#[cfg(feature = "app")]
+#[allow(unused_imports)] // each fuzz target uses one check of this file
+pub use binary_check::*;
+
 /// Streams at most this long are also decoded one byte at a time.
 const BYTE_AT_A_TIME_MAX: usize = 2048;
 

@@ -2,7 +2,8 @@
 """Writes the seed corpus into fuzz/corpus/<target>/ (run from anywhere).
 
 Decoder seeds are [chunk seed, config, stream...], handshake seeds are
-[config, head...] and envelope seeds are one text message each; see fuzz/harness.rs for what the leading bytes select.
+[config, head...], envelope seeds are one text message each and binary
+seeds one binary envelope each; see fuzz/harness.rs for what the leading bytes select.
 Files are named by content, so rerunning only adds what is new.
 """
 import hashlib
@@ -380,7 +381,35 @@ def envelope_seeds():
         write("envelope", name, text if isinstance(text, bytes) else text.encode())
 
 
+def binary_seeds():
+    """emitws.v2 binary envelopes (PROTOCOL.md §10), one frame each; see check_binary in binary_check.rs."""
+    seeds = {
+        "event": b"\x00\x02/x",
+        "event-payload": b"\x00\x05/echo\xde\xad\xbe\xef",
+        "request-300": b"\x01\xac\x02\x03/up\xde\xad\xbe\xef",
+        "request-max-id": b"\x01\xff\xff\xff\xff\xff\xff\xff\x0f\x02/y",
+        "request-id-too-big": b"\x01\xff\xff\xff\xff\xff\xff\xff\x10\x02/y",
+        "request-id-9-bytes": b"\x01" + b"\x80" * 8 + b"\x01\x02/y",
+        "request-id-long-form": b"\x01\x81\x00\x02/y",
+        "request-id-zero": b"\x01\x00\x02/y",
+        "request-no-name": b"\x01\x07",
+        "request-empty-name": b"\x01\x07\x00",
+        "request-name-past-end": b"\x01\x07\x09/",
+        "request-name-not-utf8": b"\x01\x07\x01\xc3",
+        "request-utf8-name": "\x01\x07\x03é/".encode(),
+        "reply": b"\x02\x05\x00\xff",
+        "reply-truncated-id": b"\x02\x80",
+        "error": b'\x03\x05{"code":"x","message":"y"}',
+        "reserved-type": b"\x04\x01\x02",
+        "reserved-ff": b"\xff",
+        "empty": b"",
+    }
+    for name, data in seeds.items():
+        write("binary", name, data)
+
+
 if __name__ == "__main__":
+    binary_seeds()
     envelope_seeds()
     inflate_seeds()
     decoder_seeds("server_decoder", True)

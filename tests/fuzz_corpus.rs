@@ -58,3 +58,9 @@ fn handshake_response_corpus() {
 fn envelope_corpus() {
     replay("envelope", harness::check_envelope);
 }
+
+#[test]
+#[cfg(feature = "app")]
+fn binary_corpus() {
+    replay("binary", harness::check_binary);
+}

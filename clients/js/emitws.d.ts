@@ -1,6 +1,11 @@
 // Type declarations for emitws.js (the emitws.v1 event protocol client).
 
 export declare const PROTOCOL: 'emitws.v1';
+/** The subprotocol with binary envelopes (PROTOCOL.md §10), offered with the `binary` option. */
+export declare const PROTOCOL_V2: 'emitws.v2';
+
+/** Bytes sent as a binary envelope (emitws.v2): binary events and replies arrive as `Uint8Array`. */
+export type Bytes = ArrayBuffer | ArrayBufferView;
 
 /** A failed request: `code` is the machine-readable part (PROTOCOL.md §4). */
 export declare class EmitError extends Error {
@@ -42,6 +47,12 @@ export interface ConnectOptions {
   procedures?: Record<string, Procedure>;
   /** A WebSocket constructor, when there is no global one (e.g. the `ws` package). */
   WebSocket?: unknown;
+  /**
+   * Offer `emitws.v2` before `emitws.v1` (default false): `Bytes` given to `emit`, `request` or returned by a
+   * procedure travel as binary envelopes, and binary events and replies arrive as `Uint8Array` (PROTOCOL.md §10).
+   * Bytes sent on a connection where the server chose `emitws.v1` fail with `bad_request`.
+   */
+  binary?: boolean;
 }
 
 export interface RequestOptions {
@@ -108,7 +119,12 @@ export declare class EmitClient {
   readonly readyState: ReadyStateNumber;
   /** Round trip to the server in ms: the `@ping` request, answered by the server itself (PROTOCOL.md §9.1). */
   ping(options?: RequestOptions): Promise<number>;
-  /** Sends (or, before ready, queues) an event; throws `EmitError` `offline`, `closed` or `disconnected` (queue full). */
+  /** Whether the current connection speaks `emitws.v2` (binary envelopes). */
+  readonly binary: boolean;
+  /**
+   * Sends (or, before ready, queues) an event — a binary one when `data` is `Bytes` (option `binary`); throws
+   * `EmitError` `offline`, `closed`, `disconnected` (queue full) or `bad_request` (bytes without `binary`).
+   */
   emit(event: string, data?: unknown): void;
   request<T = any>(event: string, data?: unknown, options?: RequestOptions): Promise<T>;
   on(event: '@any', listener: AnyListener): this;

@@ -4,11 +4,92 @@
 // with --experimental-websocket) or the constructor passed as `WebSocket`.
 
 export const PROTOCOL = 'emitws.v1';
+/** The subprotocol with binary envelopes (PROTOCOL.md §10), offered with the `binary` option. */
+export const PROTOCOL_V2 = 'emitws.v2';
 
 const EVENT = 0;
 const REQUEST = 1;
 const REPLY = 2;
 const ERROR = 3;
+
+/** The largest id (PROTOCOL.md §2): `Number.MAX_SAFE_INTEGER`. */
+const MAX_ID = 2 ** 53 - 1;
+
+/** Whether `data` is bytes to send as a binary envelope: an ArrayBuffer or a view of one (Uint8Array, Buffer, DataView). */
+const isBytes = (data) => data instanceof ArrayBuffer || ArrayBuffer.isView(data);
+
+/** `data` (an ArrayBuffer or a view) as a Uint8Array over the same memory. */
+const asUint8 = (data) =>
+  data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+
+/**
+ * A binary envelope (PROTOCOL.md §10): type, the id in LEB128 (types 1-3),
+ * the name's length and UTF-8 bytes (types 0-1), then the payload.
+ */
+const encodeBinary = (type, id, name, payload) => {
+  const idBytes = [];
+  for (let rest = id ?? 0; id !== undefined; ) {
+    // Division, not shifts: ids go up to 2^53 - 1, beyond 32-bit operators.
+    const low = rest % 128;
+    rest = Math.floor(rest / 128);
+    idBytes.push(rest > 0 ? low | 0x80 : low);
+    if (rest === 0) break;
+  }
+  const nameBytes = name === undefined ? null : new TextEncoder().encode(name);
+  if (nameBytes && (nameBytes.length < 1 || nameBytes.length > 255)) {
+    throw new EmitError('bad_request', `the event name ${name} does not fit a binary envelope (1 to 255 bytes)`);
+  }
+  const bytes = asUint8(payload);
+  const out = new Uint8Array(1 + idBytes.length + (nameBytes ? 1 + nameBytes.length : 0) + bytes.length);
+  let at = 0;
+  out[at++] = type;
+  for (const b of idBytes) out[at++] = b;
+  if (nameBytes) {
+    out[at++] = nameBytes.length;
+    out.set(nameBytes, at);
+    at += nameBytes.length;
+  }
+  out.set(bytes, at);
+  return out;
+};
+
+/**
+ * Reads a binary envelope: `{type, id, name, payload}` (payload a Uint8Array
+ * view of the frame), `{type}` alone for a type from a later version, or
+ * null when the header is malformed.
+ */
+const decodeBinary = (frame) => {
+  const bytes = asUint8(frame);
+  if (bytes.length === 0) return null;
+  const type = bytes[0];
+  if (type > ERROR) return { type };
+  let at = 1;
+  let id;
+  if (type !== EVENT) {
+    id = 0;
+    for (let i = 0; ; i++) {
+      if (i === 8 || at >= bytes.length) return null;
+      const b = bytes[at++];
+      id += (b & 0x7f) * 2 ** (7 * i);
+      if ((b & 0x80) === 0) {
+        if ((i > 0 && b === 0) || id < 1 || id > MAX_ID) return null;
+        break;
+      }
+    }
+  }
+  let name;
+  if (type === EVENT || type === REQUEST) {
+    const length = bytes[at++];
+    if (!length || at + length > bytes.length) return null;
+    try {
+      name = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(at, at + length));
+    } catch {
+      return null;
+    }
+    at += length;
+  }
+  return { type, id, name, payload: bytes.subarray(at) };
+};
 
 /** Close code of an attempt given up because no `@ready` came within `connectTimeout` (PROTOCOL.md §6). */
 const CLOSE_TIMEOUT = 4408;
@@ -109,6 +190,7 @@ const defaults = {
   meta: undefined,
   procedures: undefined,
   WebSocket: undefined,
+  binary: false,
 };
 
 export class EmitClient {
@@ -136,7 +218,12 @@ export class EmitClient {
    * `reconnectDelay`, `maxReconnectDelay`, `maxRetries`, `connectTimeout`
    * (until `@ready`), `requestTimeout`, `maxQueued`, `auth` (`{event, data}`:
    * a request sent first on every connection, for first-message auth),
-   * `meta` (a JSON value sent with every connection, PROTOCOL.md §15), `procedures` (`{name: fn}`, registered at once), `WebSocket`.
+   * `meta` (a JSON value sent with every connection, PROTOCOL.md §15),
+   * `procedures` (`{name: fn}`, registered at once), `WebSocket`, `binary`
+   * (offer `emitws.v2` before `emitws.v1`: bytes — an ArrayBuffer or a view
+   * such as Uint8Array or Buffer — given to `emit`, `request` or returned by
+   * a procedure then travel as binary envelopes, and binary events and
+   * replies arrive as Uint8Array; PROTOCOL.md §10).
    */
   constructor(url, options = {}) {
     this.url = url;
@@ -247,6 +334,11 @@ export class EmitClient {
     return performance.now() - started;
   }
 
+  /** Whether the current connection speaks `emitws.v2` (binary envelopes, PROTOCOL.md §10). */
+  get binary() {
+    return this._socket?.protocol === PROTOCOL_V2;
+  }
+
   /** Whether a socket is open now (ready or still authenticating). */
   get connected() {
     return this._socket !== null && this._socket.readyState === 1;
@@ -258,7 +350,8 @@ export class EmitClient {
    * `disconnected` (queue full).
    */
   emit(event, data) {
-    const refused = this._send(data === undefined ? [EVENT, event] : [EVENT, event, data]);
+    const envelope = isBytes(data) ? { binary: [EVENT, undefined, event, data] } : data === undefined ? [EVENT, event] : [EVENT, event, data];
+    const refused = this._send(envelope);
     if (refused) throw refused;
   }
 
@@ -276,7 +369,10 @@ export class EmitClient {
         reject(new EmitError('timeout', `no reply to ${event} within ${timeout} ms`));
       }, timeout);
       this._pending.set(id, { resolve, reject, timer, sent: false });
-      const refused = this._send(data === undefined ? [REQUEST, id, event] : [REQUEST, id, event, data], id);
+      const envelope = isBytes(data)
+        ? { binary: [REQUEST, id, event, data] }
+        : data === undefined ? [REQUEST, id, event] : [REQUEST, id, event, data];
+      const refused = this._send(envelope, id);
       if (refused) {
         clearTimeout(timer);
         this._pending.delete(id);
@@ -338,9 +434,12 @@ export class EmitClient {
     if (socket?.readyState === 1) {
       // CLOSING until the close handshake is over (or the socket gives up).
       this._closing = socket;
-      socket.addEventListener('close', () => {
+      // Through onclose, which every WebSocket implementation has.
+      const closed = socket.onclose;
+      socket.onclose = (event) => {
         if (this._closing === socket) this._closing = null;
-      });
+        closed?.(event);
+      };
     }
     socket?.close(code, reason);
     this._settleFirst(new EmitError('closed', 'closed before it was ready'));
@@ -398,8 +497,11 @@ export class EmitClient {
     const token = this.#resumeToken;
     let socket;
     try {
+      const protocols = this.options.binary ? [PROTOCOL_V2, PROTOCOL] : [PROTOCOL];
       const url = token ? resumeUrl(this.url) : this.url;
-      socket = new WebSocketImpl(this.options.meta === undefined ? url : metaUrl(url, this.options.meta), [PROTOCOL]);
+      socket = new WebSocketImpl(this.options.meta === undefined ? url : metaUrl(url, this.options.meta), protocols);
+      // Binary envelopes arrive as ArrayBuffers (browsers, Node's WebSocket and `ws` alike).
+      socket.binaryType = 'arraybuffer';
     } catch (error) {
       // A malformed URL: the same as a failed attempt.
       this._dispatch('@error', { code: 'connect_failed', message: String(error?.message ?? error) });
@@ -520,10 +622,12 @@ export class EmitClient {
     this._everReady = true;
     const queued = this._queue;
     this._queue = [];
-    for (const { text, id } of queued) {
+    for (const { text, envelope, id } of queued) {
       if (id !== undefined && !this._pending.has(id)) continue; // Its caller stopped waiting (timeout).
+      const frame = text ?? this._binaryFrame(envelope, id);
+      if (frame === null) continue;
       this._markSent(id);
-      this._socket.send(text);
+      this._socket.send(frame);
     }
     this._setStatus(Status.READY);
     this._dispatch('@ready', welcome);
@@ -579,21 +683,57 @@ export class EmitClient {
   /** Sends if READY, else queues; `id` is a request's. Returns the `EmitError` if refused. */
   _send(envelope, id) {
     if (this._offline) return this._offline;
-    const text = JSON.stringify(envelope);
+    if (envelope.binary && !this.options.binary) {
+      return new EmitError('bad_request', 'bytes need emitws.v2: create the client with the option binary: true');
+    }
+    if (envelope.binary) {
+      // The name is checked now; the frame is made once READY, when the subprotocol is known.
+      try {
+        encodeBinary(EVENT, undefined, envelope.binary[2], new Uint8Array(0));
+      } catch (error) {
+        return error;
+      }
+    }
+    const text = envelope.binary ? undefined : JSON.stringify(envelope);
     if (this._status === Status.READY && this.connected) {
-      this._socket.send(text);
+      const frame = text ?? this._binaryFrame(envelope, id);
+      if (frame === null) return null;
+      this._socket.send(frame);
       this._markSent(id);
     } else if (this._queue.length < this.options.maxQueued) {
-      this._queue.push({ text, id });
+      this._queue.push({ text, envelope, id });
     } else {
       return new EmitError('disconnected', `not ready, and the send queue (maxQueued ${this.options.maxQueued}) is full`);
     }
     return null;
   }
 
+  /**
+   * The binary envelope `{binary: [type, id, name, bytes]}` stands for, or
+   * null when the server did not select `emitws.v2` (the request, if any,
+   * is then failed with `bad_request`; an event is reported as `@error`).
+   */
+  _binaryFrame(envelope, id) {
+    const [type, , name, bytes] = envelope.binary;
+    if (this.binary) return encodeBinary(type, id, name, bytes);
+    const error = new EmitError('bad_request', `the server did not select ${PROTOCOL_V2}: ${name} cannot send bytes`);
+    const pending = id === undefined ? undefined : this._pending.get(id);
+    if (pending) {
+      clearTimeout(pending.timer);
+      this._pending.delete(id);
+      pending.reject(error);
+    } else {
+      this._dispatch('@error', { code: error.code, message: error.message });
+    }
+    return null;
+  }
+
   /** A reply to the server's call, sent whatever the status (a `@challenge` answer comes before READY). */
   _reply(envelope) {
-    if (this.connected) this._socket.send(JSON.stringify(envelope));
+    if (!this.connected) return;
+    const [type, id, result] = envelope;
+    if (type === REPLY && isBytes(result) && this.binary) this._socket.send(encodeBinary(REPLY, id, undefined, result));
+    else this._socket.send(JSON.stringify(envelope));
   }
 
   _setStatus(status) {
@@ -613,6 +753,10 @@ export class EmitClient {
   }
 
   _receive(text) {
+    if (typeof text !== 'string') {
+      this._receiveBinary(text);
+      return;
+    }
     let envelope;
     try {
       envelope = JSON.parse(text);
@@ -648,12 +792,50 @@ export class EmitClient {
           }
           return;
         }
-        const pending = this._pending.get(a);
-        if (!pending) return;
-        this._pending.delete(a);
-        clearTimeout(pending.timer);
-        if (type === REPLY) pending.resolve(b ?? null);
-        else pending.reject(new EmitError(b?.code ?? 'internal', b?.message));
+        this._settle(type, a, b ?? null);
+        break;
+      }
+      default:
+        break; // Types from later versions are ignored.
+    }
+  }
+
+  /** Settles the pending request `id` with a reply's data or an error reply's body. */
+  _settle(type, id, data) {
+    const pending = this._pending.get(id);
+    if (!pending) return;
+    this._pending.delete(id);
+    clearTimeout(pending.timer);
+    if (type === REPLY) pending.resolve(data);
+    else pending.reject(new EmitError(data?.code ?? 'internal', data?.message));
+  }
+
+  /** A binary envelope (PROTOCOL.md §10): payloads are Uint8Arrays; a malformed one is reported, never answered. */
+  _receiveBinary(frame) {
+    const envelope = isBytes(frame) ? decodeBinary(frame) : null;
+    if (envelope === null) {
+      this._dispatch('@error', { code: 'bad_request', message: 'the server sent a malformed binary envelope' });
+      return;
+    }
+    const { type, id, name, payload } = envelope;
+    switch (type) {
+      case EVENT:
+        this._dispatch(name, payload);
+        break;
+      case REQUEST:
+        this._answer(id, name, payload);
+        break;
+      case REPLY:
+        this._settle(REPLY, id, payload);
+        break;
+      case ERROR: {
+        let body = null;
+        try {
+          body = JSON.parse(new TextDecoder().decode(payload));
+        } catch {
+          // A body that is not JSON fails the request all the same (PROTOCOL.md §2).
+        }
+        this._settle(ERROR, id, body);
         break;
       }
       default:

@@ -19,6 +19,9 @@ pub enum Error {
     /// adapter's error (a [`ClusterError`](crate::cluster::ClusterError) for
     /// the Redis one) says why.
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    /// An event name a binary envelope cannot carry: 1 to
+    /// [`MAX_BINARY_NAME`](super::MAX_BINARY_NAME) bytes (PROTOCOL.md §10).
+    BinaryName(String),
 }
 
 impl fmt::Display for Error {
@@ -29,6 +32,7 @@ impl fmt::Display for Error {
             Error::TooManyGroups => f.write_str("the socket is in too many rooms and tags"),
             Error::RoomFull(room) => write!(f, "room {room} is full: it has as many members as its cap allows"),
             Error::Unavailable(why) => write!(f, "the cluster did not answer: {why}"),
+            Error::BinaryName(name) => write!(f, "event name {name:?} does not fit a binary envelope (1 to 255 bytes)"),
         }
     }
 }
@@ -39,7 +43,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Unavailable(e) => e.source(),
-            Error::Json(_) | Error::BadGroup(_) | Error::TooManyGroups | Error::RoomFull(_) => None,
+            Error::Json(_) | Error::BadGroup(_) | Error::TooManyGroups | Error::RoomFull(_) | Error::BinaryName(_) => {
+                None
+            }
         }
     }
 }
@@ -67,6 +73,7 @@ impl Error {
             Error::TooManyGroups => "too_many_groups",
             Error::RoomFull(_) => "room_full",
             Error::Unavailable(_) => "unavailable",
+            Error::BinaryName(_) => "bad_request",
         }
     }
 }

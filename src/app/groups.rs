@@ -80,9 +80,23 @@ impl BroadcastOpts {
 #[derive(Clone, Debug)]
 pub(crate) struct Delivery {
     pub frame: SharedFrame,
+    /// For a binary broadcast, the frame `emitws.v1` sockets get instead
+    /// of `frame` (PROTOCOL.md §10); `None` for JSON ones, which all get `frame`.
+    pub v1: Option<SharedFrame>,
     /// Empty: every socket.
     pub groups: Arc<[Box<str>]>,
     pub except: Arc<[ConnId]>,
+}
+
+impl Delivery {
+    /// The frame a socket gets: [`v1`](Self::v1) for an `emitws.v1` socket
+    /// when there is one (a binary broadcast), else [`frame`](Self::frame).
+    fn frame_for(&self, socket: &SocketData) -> &SharedFrame {
+        match &self.v1 {
+            Some(v1) if !socket.has(flag::V2) => v1,
+            _ => &self.frame,
+        }
+    }
 }
 
 /// The broadcasts a worker's handlers address to that worker's own sockets,
@@ -221,7 +235,7 @@ impl WorkerGroups {
         let skip = || skipped.set(skipped.get() + 1);
         let send = |conns: &mut Conns<'_, SocketData>, id: ConnId| match conns.get(id) {
             Some(mut conn) if !conn.data().has(flag::UNAUTHED) => {
-                let _ = conn.queue_shared(&delivery.frame);
+                let _ = conn.queue_shared(delivery.frame_for(conn.data()));
             }
             _ => skip(),
         };
@@ -230,7 +244,7 @@ impl WorkerGroups {
                 let mut sent = 0;
                 conns.for_each(|conn| {
                     if !conn.data().has(flag::UNAUTHED) && !except.contains(&conn.id()) {
-                        let _ = conn.queue_shared(&delivery.frame);
+                        let _ = conn.queue_shared(delivery.frame_for(conn.data()));
                         sent += 1;
                     }
                 });

@@ -28,6 +28,7 @@ use super::rpc::{CallError, CallResult, GroupOutcome, PendingCall, PendingOp, St
 use super::session::Sessions;
 use super::socket::flag;
 use super::socket_id::SocketId;
+use super::{binary, binary_v1};
 use super::{AppConfig, CLOSE_DROPPED};
 use crate::proto::CloseCode;
 use crate::runtime::{ConnId, Drain, DrainError, RunningServer, ServerHandle, SharedFrame};
@@ -112,6 +113,51 @@ impl AppHandle {
     /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T, opts: BroadcastOpts) -> Result<(), Error> {
         self.broadcast_from(event, data, &opts, self.local_ids(&opts.except), None)
+    }
+
+    /// Broadcasts a binary event to the sockets `opts` selects, on every
+    /// node of a cluster unless `opts` is [local](BroadcastOpts::local).
+    /// Sockets that speak `emitws.v2` get one binary frame, the bytes as
+    /// they are; `emitws.v1` sockets get `[0, event, {"base64": "…"}]`
+    /// (PROTOCOL.md §10). A binary broadcast is not kept in a room's
+    /// history (it carries no offset).
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) -> Result<(), emitws::app::Error> {
+    /// use emitws::app::BroadcastOpts;
+    /// let frame = [0u8, 1, 2, 3];
+    /// app.broadcast_binary("/video/frame", &frame, BroadcastOpts::to("#watchers"))?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BinaryName`] for an event name longer than 255 bytes (or
+    /// empty); nothing is sent.
+    pub fn broadcast_binary(&self, event: &str, bytes: &[u8], opts: BroadcastOpts) -> Result<(), Error> {
+        self.broadcast_binary_from(event, bytes, &opts, self.local_ids(&opts.except), None)
+    }
+
+    /// [`broadcast_binary`](Self::broadcast_binary) leaving out `except`,
+    /// this worker's share going to `here`.
+    pub(crate) fn broadcast_binary_from(
+        &self,
+        event: &str,
+        bytes: &[u8],
+        opts: &BroadcastOpts,
+        except: Vec<ConnId>,
+        here: Option<&mut Outbox>,
+    ) -> Result<(), Error> {
+        if !binary::fits(event) {
+            return Err(Error::BinaryName(event.into()));
+        }
+        if !opts.local && self.0.setup.adapter.is_some() {
+            self.publish(&binary_v1::transport(event, bytes), Target::Broadcast(opts));
+        }
+        let (frame, v1) = binary_v1::event_frames(event, bytes);
+        let delivery = Delivery { frame, v1: Some(v1), groups: opts.to.clone().into(), except: except.into() };
+        self.route_here(delivery, here);
+        Ok(())
     }
 
     /// Sends an event to one socket, on this node or another. False if the
@@ -309,15 +355,20 @@ impl AppHandle {
 
     /// [`route`](Self::route), with the sockets left out already shared.
     fn route_shared(&self, frame: SharedFrame, opts: &BroadcastOpts, except: Arc<[ConnId]>, here: Option<&mut Outbox>) {
-        let server = self.server();
-        let mut targets = vec![opts.to.is_empty(); server.workers()];
-        if !opts.to.is_empty() {
-            self.0.registry.workers_for(&opts.to, &mut targets);
-        }
         if !opts.local {
             self.publish(&frame, Target::Broadcast(opts));
         }
-        let delivery = Delivery { frame, groups: opts.to.clone().into(), except };
+        self.route_here(Delivery { frame, v1: None, groups: opts.to.clone().into(), except }, here);
+    }
+
+    /// Hands a delivery to this node's workers that have sockets it
+    /// addresses (see [`route`](Self::route)).
+    fn route_here(&self, delivery: Delivery, here: Option<&mut Outbox>) {
+        let server = self.server();
+        let mut targets = vec![delivery.groups.is_empty(); server.workers()];
+        if !delivery.groups.is_empty() {
+            self.0.registry.workers_for(&delivery.groups, &mut targets);
+        }
         let here_worker = here.as_ref().map(|outbox| outbox.worker);
         let mut here = here;
         for (worker, _) in targets.iter().enumerate().filter(|(_, wanted)| **wanted) {
@@ -1121,6 +1172,11 @@ impl AppHandle {
     pub fn deliver_remote(&self, envelope: &str, to: Target<'_>) {
         if self.0.server.get().is_none() {
             return; // no socket has opened on this node yet
+        }
+        if let (Target::Broadcast(opts), Some((frame, v1))) = (&to, binary_v1::from_transport(envelope)) {
+            let except = self.local_ids(&opts.except).into();
+            let delivery = Delivery { frame, v1: Some(v1), groups: opts.to.clone().into(), except };
+            return self.route_here(delivery, None);
         }
         let frame = SharedFrame::text(envelope);
         match to {

@@ -11,13 +11,14 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::adapter::{ClaimDone, ClaimOutcome, Presence, SessionClaim};
+use super::binary::{self, BinaryEnvelope, PROTOCOL_V2};
 use super::connect::{self, Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
 use super::handle::{AppHandle, PING_EVENT};
 use super::history::Backfill;
 use super::inbox::WorkerMsg;
-use super::limits::{check_event_name, Bucket, Policy};
+use super::limits::{check_event_name, is_name_byte, Bucket, Policy, Rate};
 use super::request::{Request, SharedValue};
 use super::router::EventHandler;
 use super::rpc::{CallError, CallReply, CallResult, Done, GroupOutcome};
@@ -77,6 +78,20 @@ fn close_code(code: ErrorCode) -> CloseCode {
     }
 }
 
+/// Takes one token of the socket's bucket for a message (PROTOCOL.md §7);
+/// false when it is empty. A message let through re-arms the one
+/// `rate_limited` `@error` of the next flood.
+#[inline]
+fn within_rate(conn: &mut Conn<'_, SocketData>, rate: &Rate) -> bool {
+    let now = conn.clock_ms();
+    let data = conn.data_mut();
+    if !data.bucket.take(rate, now) {
+        return false;
+    }
+    data.flags &= !flag::RATE_NOTIFIED;
+    true
+}
+
 /// What a panicking handler is answered, and reported to the `@error` hook.
 const PANICKED: &str = "the handler panicked";
 
@@ -111,6 +126,7 @@ impl AppWorker {
             event,
             id: None,
             data: raw.as_deref(),
+            binary: None,
             conn: conn.reborrow(),
             local: &mut self.local,
             app: &self.app,
@@ -161,9 +177,14 @@ impl AppWorker {
     /// other messages get one `@error` until the bucket lets a message
     /// through again, so that a flood cannot make the server flood back.
     fn over_rate(&mut self, conn: &mut Conn<'_, SocketData>, text: &str) {
+        self.over_rate_with(conn, envelope::peek_request_id(text));
+    }
+
+    /// [`over_rate`](Self::over_rate) for a message whose request id (if any) was read.
+    fn over_rate_with(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>) {
         const MESSAGE: &str = "too many messages";
         conn.metrics().rate_limited.inc();
-        let (id, policy) = (envelope::peek_request_id(text), self.app.0.setup.limits.over_rate);
+        let policy = self.app.0.setup.limits.over_rate;
         if policy == Policy::Reply && id.is_none() {
             if conn.data().has(flag::RATE_NOTIFIED) {
                 return self.report(conn, ErrorCode::RateLimited, MESSAGE, None);
@@ -180,7 +201,16 @@ impl AppWorker {
             && envelope::peek_answer_id(text).is_some_and(|id| self.local.calls.is_pending(conn.id(), id))
     }
 
-    fn dispatch(&mut self, conn: &mut Conn<'_, SocketData>, id: Option<u64>, event: &str, data: Option<&RawValue>) {
+    /// Runs the handlers of an envelope: JSON `data`, or a binary one's
+    /// `binary` payload (PROTOCOL.md §10).
+    fn dispatch(
+        &mut self,
+        conn: &mut Conn<'_, SocketData>,
+        id: Option<u64>,
+        event: &str,
+        data: Option<&RawValue>,
+        binary: Option<&[u8]>,
+    ) {
         let limits = &self.app.0.setup.limits;
         if let Err(why) = check_event_name(event, limits.max_event_name) {
             // The one system event a client may send, checked here, off the path of valid names.
@@ -203,7 +233,7 @@ impl AppWorker {
         // One test on the path of every admitted socket's envelopes.
         if conn.data().flags & (flag::UNAUTHED | flag::AWAIT_RESUME | flag::TAKING_OVER) != 0 {
             if conn.data().has(flag::UNAUTHED) {
-                return self.unauthenticated(conn, id, event, data);
+                return self.unauthenticated(conn, id, event, data, binary);
             }
             let message = if conn.data().has(flag::AWAIT_RESUME) { "send @resume first" } else { "wait for @ready" };
             return self.bad_input(conn, id, ErrorCode::Unauthorized, message, Policy::Reply);
@@ -211,7 +241,7 @@ impl AppWorker {
         // Fields borrowed apart (no clone of the shared app: its reference
         // count would be written by every worker on every message).
         let AppWorker { app, local } = self;
-        let mut req = Request { event, id, data, conn: conn.reborrow(), local, app, answered: false };
+        let mut req = Request { event, id, data, binary, conn: conn.reborrow(), local, app, answered: false };
         let started = app.0.setup.time_handlers.then(Instant::now);
         match catch_unwind(AssertUnwindSafe(|| app.0.setup.router.dispatch(event, &mut req))) {
             // A request nobody answered or deferred gets `null`, so the client is not left waiting.
@@ -235,6 +265,7 @@ impl AppWorker {
         id: Option<u64>,
         event: &str,
         data: Option<&RawValue>,
+        binary: Option<&[u8]>,
     ) {
         let app = self.app.clone();
         match &app.0.setup.auth {
@@ -243,6 +274,7 @@ impl AppWorker {
                     event,
                     id,
                     data,
+                    binary,
                     conn: conn.reborrow(),
                     local: &mut self.local,
                     app: &app,
@@ -818,7 +850,17 @@ impl AppWorker {
                     if let Some(at) = deferred.iter().position(|d| *d == id) {
                         deferred.swap_remove(at);
                     }
-                    let _ = conn.send(OpCode::Text, &text);
+                    // A deferred binary reply (PROTOCOL.md §10): as is to an
+                    // emitws.v2 socket, in JSON to an emitws.v1 one.
+                    let _ = match binary::parse(&text) {
+                        Ok(BinaryEnvelope::Reply { payload, .. }) if !conn.data().has(flag::V2) => {
+                            let mut json = Vec::new();
+                            super::binary_v1::write_reply(&mut json, id, payload);
+                            conn.send(OpCode::Text, &json)
+                        }
+                        Ok(BinaryEnvelope::Reply { .. }) => conn.send(OpCode::Binary, &text),
+                        _ => conn.send(OpCode::Text, &text),
+                    };
                 }
             }
             WorkerMsg::Call(call) => match conns.get(call.conn) {
@@ -928,6 +970,54 @@ impl AppWorker {
     }
 }
 
+impl AppWorker {
+    /// A binary frame of an `emitws.v2` socket: an envelope with a binary
+    /// header (PROTOCOL.md §10), counted and limited as a text one is.
+    fn on_binary(&mut self, conn: &mut Conn<'_, SocketData>, frame: &[u8]) {
+        let limits = &self.app.0.setup.limits;
+        let policy = limits.on_bad_input;
+        if let Some(rate) = &limits.rate {
+            let answers = conn.data().calls > 0
+                && binary::peek_answer_id(frame).is_some_and(|id| self.local.calls.is_pending(conn.id(), id));
+            if !answers && !within_rate(conn, rate) {
+                return self.over_rate_with(conn, binary::peek_request_id(frame));
+            }
+        }
+        if frame.len() > limits.max_message {
+            let id = binary::peek_request_id(frame);
+            let message = format!("envelope of {} bytes, the limit is {}", frame.len(), limits.max_message);
+            return self.bad_input(conn, id, ErrorCode::TooLarge, &message, policy);
+        }
+        match binary::parse(frame) {
+            // A client's names are those a JSON envelope may carry (PROTOCOL.md §2).
+            Ok(BinaryEnvelope::Event { event, .. } | BinaryEnvelope::Request { event, .. })
+                if !event.bytes().all(is_name_byte) =>
+            {
+                let message = "event names are strings of visible ASCII without quotes or backslashes";
+                self.bad_input(conn, binary::peek_request_id(frame), ErrorCode::BadRequest, message, policy)
+            }
+            Ok(BinaryEnvelope::Event { event, payload }) => self.dispatch(conn, None, event, None, Some(payload)),
+            Ok(BinaryEnvelope::Request { id, event, payload }) => {
+                self.dispatch(conn, Some(id), event, None, Some(payload))
+            }
+            // A server's call answered with bytes: its result reads as the
+            // JSON an emitws.v1 socket would have sent, `{"base64": …}`.
+            Ok(BinaryEnvelope::Reply { id, payload }) => {
+                let mut json = Vec::new();
+                super::binary_v1::write_base64(&mut json, payload);
+                let reply = String::from_utf8(json).ok().and_then(|json| RawValue::from_string(json).ok());
+                self.answer_call(conn, id, reply.map(CallReply).ok_or(CallError::Disconnected));
+            }
+            Ok(BinaryEnvelope::Error { id, body }) => {
+                let body = std::str::from_utf8(body).ok().and_then(|body| serde_json::from_str::<&RawValue>(body).ok());
+                self.answer_call(conn, id, Err(CallError::from_wire(body)));
+            }
+            Ok(BinaryEnvelope::Unknown) => {}
+            Err(bad) => self.bad_input(conn, bad.id, ErrorCode::BadRequest, bad.message, policy),
+        }
+    }
+}
+
 impl Handler for AppWorker {
     type Data = SocketData;
 
@@ -940,9 +1030,10 @@ impl Handler for AppWorker {
 
     fn on_upgrade(&mut self, request: &UpgradeRequest<'_>) -> Result<Accept<SocketData>, Reject> {
         let mut offered = request.protocols().peekable();
-        if offered.peek().is_some() && !offered.any(|p| p == PROTOCOL) {
-            let body =
-                format!("this server speaks the WebSocket subprotocol {PROTOCOL}, which the client did not offer");
+        if offered.peek().is_some() && !offered.any(|p| p == PROTOCOL || p == PROTOCOL_V2) {
+            let body = format!(
+                "this server speaks the WebSocket subprotocol {PROTOCOL} (or {PROTOCOL_V2}), which the client did not offer"
+            );
             return Err(Reject { status: 400, body });
         }
         let state = self.app.0.clone();
@@ -998,10 +1089,16 @@ impl Handler for AppWorker {
             }
             None => {}
         }
+        // emitws.v2 whenever offered (PROTOCOL.md §1).
+        let v2 = request.protocols().any(|p| p == PROTOCOL_V2);
+        if v2 {
+            data.flags |= flag::V2;
+        }
         let accept = Accept::new(data);
-        Ok(match request.protocols().any(|p| p == PROTOCOL) {
-            true => accept.protocol(PROTOCOL),
-            false => accept,
+        Ok(match (v2, request.protocols().any(|p| p == PROTOCOL)) {
+            (true, _) => accept.protocol(PROTOCOL_V2),
+            (false, true) => accept.protocol(PROTOCOL),
+            (false, false) => accept,
         })
     }
 
@@ -1042,18 +1139,18 @@ impl Handler for AppWorker {
         let limits = &self.app.0.setup.limits;
         let policy = limits.on_bad_input;
         conn.data_mut().missed = 0;
+        if let Message::Binary(frame) = message {
+            if conn.data().has(flag::V2) {
+                return self.on_binary(conn, frame);
+            }
+        }
         let text = match message {
             Message::Text(text) => Some(text),
             Message::Binary(_) => None,
         };
         if let Some(rate) = &limits.rate {
-            if !text.is_some_and(|text| self.answers_pending_call(conn, text)) {
-                let now = conn.clock_ms();
-                let data = conn.data_mut();
-                if !data.bucket.take(rate, now) {
-                    return self.over_rate(conn, text.unwrap_or_default());
-                }
-                data.flags &= !flag::RATE_NOTIFIED;
+            if !text.is_some_and(|text| self.answers_pending_call(conn, text)) && !within_rate(conn, rate) {
+                return self.over_rate(conn, text.unwrap_or_default());
             }
         }
         let Some(text) = text else {
@@ -1073,8 +1170,8 @@ impl Handler for AppWorker {
             return self.bad_input(conn, id, ErrorCode::BadRequest, &message, policy);
         }
         match envelope::parse(text) {
-            Ok(Envelope::Event { event, data }) => self.dispatch(conn, None, event, data),
-            Ok(Envelope::Request { id, event, data }) => self.dispatch(conn, Some(id), event, data),
+            Ok(Envelope::Event { event, data }) => self.dispatch(conn, None, event, data, None),
+            Ok(Envelope::Request { id, event, data }) => self.dispatch(conn, Some(id), event, data, None),
             Ok(Envelope::Reply { id, data }) => {
                 let data = data.map_or_else(|| RawValue::from_string("null".into()), |d| Ok(d.to_owned()));
                 let result = data.map(CallReply).map_err(|_| CallError::Disconnected);

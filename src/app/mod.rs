@@ -64,6 +64,8 @@
 mod adapter;
 #[cfg(feature = "tokio")]
 mod async_handler;
+pub(crate) mod binary;
+pub(crate) mod binary_v1;
 mod cluster_event;
 mod cluster_view;
 mod connect;
@@ -101,6 +103,7 @@ pub use adapter::{
 pub use async_handler::{
     AsyncRequest, ReplyError, ASYNC_THREAD_NAME, DEFAULT_ASYNC_THREADS, DEFAULT_MAX_ASYNC_PER_SOCKET,
 };
+pub use binary::{MAX_BINARY_NAME, PROTOCOL_V2};
 pub use cluster_event::ClusterEvent;
 pub use cluster_view::ClusterView;
 pub use connect::{BadProxy, Challenge, Connecting, PathRoute, ProxyNet, Refusal, MAX_GENERATED_ID};

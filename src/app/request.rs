@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::adapter::Presence;
+use super::binary::{self, fits};
+use super::binary_v1;
 use super::envelope::{self, ErrorCode};
 use super::error::Error;
 use super::groups::BroadcastOpts;
@@ -47,6 +49,8 @@ pub struct Request<'a> {
     pub(crate) event: &'a str,
     pub(crate) id: Option<u64>,
     pub(crate) data: Option<&'a RawValue>,
+    /// A binary envelope's payload (PROTOCOL.md §10), borrowed from the frame.
+    pub(crate) binary: Option<&'a [u8]>,
     pub(crate) conn: Conn<'a, SocketData>,
     pub(crate) local: &'a mut WorkerState,
     pub(crate) app: &'a AppHandle,
@@ -61,6 +65,7 @@ impl fmt::Debug for Request<'_> {
             .field("event", &self.event)
             .field("request_id", &self.id)
             .field("data", &self.data.map(RawValue::get))
+            .field("binary_len", &self.binary.map(<[u8]>::len))
             .finish()
     }
 }
@@ -191,6 +196,91 @@ impl<'a> Request<'a> {
     /// The data's JSON text, if any was sent.
     pub fn raw_data(&self) -> Option<&'a RawValue> {
         self.data
+    }
+
+    /// The payload of a binary envelope (an `emitws.v2` socket's binary
+    /// frame, PROTOCOL.md §10), borrowed from the frame without a copy;
+    /// `None` for a JSON envelope. A binary envelope has no JSON data:
+    /// [`data`](Self::data) reads it as `null`.
+    ///
+    /// ```
+    /// use emitws::app::App;
+    /// let mut app = App::new();
+    /// app.on("/upload", |req| match req.binary() {
+    ///     Some(bytes) => {
+    ///         let sum = bytes.iter().map(|&b| u64::from(b)).sum::<u64>();
+    ///         req.reply(&sum)
+    ///     }
+    ///     None => req.reply_err("bad_request", "send the file as a binary frame"),
+    /// });
+    /// ```
+    pub fn binary(&self) -> Option<&'a [u8]> {
+        self.binary
+    }
+
+    /// Whether the socket speaks `emitws.v2`: binary payloads reach it as
+    /// binary frames (else as `{"base64": …}` JSON, PROTOCOL.md §10).
+    pub fn speaks_binary(&self) -> bool {
+        self.conn.data().has(super::socket::flag::V2)
+    }
+
+    /// Replies to the request with raw bytes: a binary reply to an
+    /// `emitws.v2` socket, `[2, id, {"base64": "…"}]` to an `emitws.v1`
+    /// one (nothing happens for an event, or a second time).
+    ///
+    /// ```
+    /// use emitws::app::App;
+    /// let mut app = App::new();
+    /// app.on("/thumbnail", |req| {
+    ///     let image = req.binary().unwrap_or_default();
+    ///     req.reply_binary(&image[..image.len().min(1024)]);
+    /// });
+    /// ```
+    pub fn reply_binary(&mut self, bytes: &[u8]) {
+        let Some(id) = self.take_reply() else { return };
+        self.conn.metrics().replied(None);
+        match self.speaks_binary() {
+            true => {
+                self.local.send_binary(&mut self.conn, |out| binary::write(out, binary::REPLY, Some(id), None, bytes))
+            }
+            false => self.local.send_raw(&mut self.conn, |out| binary_v1::write_reply(out, id, bytes)),
+        }
+    }
+
+    /// Sends a binary event to this socket: a binary frame to an
+    /// `emitws.v2` socket, `[0, event, {"base64": "…"}]` to an `emitws.v1` one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BinaryName`] for a name that is empty or longer than 255
+    /// bytes; nothing is sent.
+    pub fn emit_binary(&mut self, event: &str, bytes: &[u8]) -> Result<(), Error> {
+        if !fits(event) {
+            return Err(Error::BinaryName(event.into()));
+        }
+        match self.speaks_binary() {
+            true => self
+                .local
+                .send_binary(&mut self.conn, |out| binary::write(out, binary::EVENT, None, Some(event), bytes)),
+            false => self.local.send_raw(&mut self.conn, |out| binary_v1::write_event(out, event, bytes)),
+        }
+        Ok(())
+    }
+
+    /// Broadcasts a binary event (see [`AppHandle::broadcast_binary`]) to
+    /// the sockets `opts` selects; this socket is left out unless
+    /// `opts.include_self()`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BinaryName`] for a name that is empty or longer than 255
+    /// bytes; nothing is sent.
+    pub fn broadcast_binary(&mut self, event: &str, bytes: &[u8], opts: BroadcastOpts) -> Result<(), Error> {
+        let mut except = self.app.local_ids(&opts.except);
+        if !opts.include_self {
+            except.push(self.conn_id());
+        }
+        self.app.broadcast_binary_from(event, bytes, &opts, except, Some(&mut self.local.outbox))
     }
 
     /// The app, for broadcasts and sends to other sockets and users.
@@ -553,6 +643,16 @@ impl ReplyHandle {
         }
         self.app.metrics().deferred_reply(error);
         self.send(id, text);
+    }
+
+    /// Replies with raw bytes, as [`Request::reply_binary`] does (the
+    /// socket's worker writes the reply in the form its socket speaks).
+    pub fn reply_binary(mut self, bytes: &[u8]) {
+        let Some(id) = self.id.take() else { return };
+        let mut frame = Vec::new();
+        binary::write(&mut frame, binary::REPLY, Some(id), None, bytes);
+        self.app.metrics().deferred_reply(None);
+        self.send(id, frame);
     }
 
     /// Replies with an error.

@@ -23,6 +23,10 @@ pub(crate) mod flag {
     /// connection's worker has closed it and kept its session, or the auth
     /// deadline passes (PROTOCOL.md §13, step 3).
     pub const TAKING_OVER: u8 = 1 << 5;
+    /// Speaks `emitws.v2`: its binary frames are envelopes, and binary
+    /// payloads reach it as binary frames (PROTOCOL.md §10). The top bit,
+    /// apart from the bits above that other flags take in turn.
+    pub const V2: u8 = 1 << 7;
 }
 
 /// What the event layer keeps for each connection (the runtime's

@@ -82,6 +82,13 @@ impl WorkerState {
         let _ = conn.send(OpCode::Text, &self.scratch);
     }
 
+    /// [`send_raw`](Self::send_raw) for a binary envelope (PROTOCOL.md §10).
+    pub fn send_binary(&mut self, conn: &mut Conn<'_, SocketData>, write: impl FnOnce(&mut Vec<u8>)) {
+        self.scratch.clear();
+        write(&mut self.scratch);
+        let _ = conn.send(OpCode::Binary, &self.scratch);
+    }
+
     /// Sends `[0, "@error", {code, message}]`.
     pub fn emit_error(&mut self, conn: &mut Conn<'_, SocketData>, code: ErrorCode, message: &str) {
         self.send_raw(conn, |out| {

@@ -144,6 +144,8 @@ use resume::{meta_url, not_resumed, resume_url, Positions};
 pub use crate::app::ReadyState;
 /// The subprotocol the event client asks for (the server's, [`crate::app::PROTOCOL`]).
 pub use crate::app::PROTOCOL;
+/// The subprotocol the event client asks for with [`AppOptions::binary`].
+pub use crate::app::PROTOCOL_V2;
 
 /// Whether the server's close `code` says "do not reconnect" (PROTOCOL.md
 /// §6): a drop, a refusal or a takeover — every 4xxx code but a timeout
@@ -221,6 +223,14 @@ pub struct AppOptions {
     /// # Ok::<(), emitws::client::app::AppError>(())
     /// ```
     pub client: ClientBuilder,
+    /// Speak `emitws.v2` (PROTOCOL.md §10): binary events and requests
+    /// ([`AppClient::emit_binary`], [`AppClient::request_binary`]) go as
+    /// binary frames, and binary events and replies arrive as bytes
+    /// ([`AppClient::on_binary`], [`Payload::Binary`]). The client then
+    /// offers `emitws.v2` alone, so that it knows the server took it: a
+    /// server that speaks only `emitws.v1` refuses the upgrade (HTTP 400).
+    /// Default false (`emitws.v1`; binary sends fail with [`AppError::NotBinary`]).
+    pub binary: bool,
 }
 
 impl Default for AppOptions {
@@ -235,6 +245,7 @@ impl Default for AppOptions {
             auth: None,
             meta: None,
             client: ClientBuilder::new(),
+            binary: false,
         }
     }
 }
@@ -252,6 +263,7 @@ impl fmt::Debug for AppOptions {
             .field("max_queued", &self.max_queued)
             .field("auth", &self.auth)
             .field("meta", &self.meta)
+            .field("binary", &self.binary)
             .finish_non_exhaustive()
     }
 }
@@ -315,6 +327,12 @@ impl AppOptions {
     /// Sets `client`: the WebSocket connection's settings.
     pub fn client(mut self, client: ClientBuilder) -> Self {
         self.client = client;
+        self
+    }
+
+    /// Sets `binary`: whether to speak `emitws.v2`, with binary envelopes.
+    pub fn binary(mut self, binary: bool) -> Self {
+        self.binary = binary;
         self
     }
 }
@@ -401,6 +419,10 @@ pub enum AppError {
     BadName(String),
     /// A URL to jump to that is not a `ws://` or `wss://` URL (why).
     BadUrl(String),
+    /// A binary send on a client that does not speak `emitws.v2`
+    /// ([`AppOptions::binary`]), or with an event name a binary envelope
+    /// cannot carry (1 to 255 bytes).
+    NotBinary(String),
 }
 
 impl AppError {
@@ -420,7 +442,7 @@ impl AppError {
             AppError::Offline(_) => "offline",
             AppError::ConnectFailed(_) => "connect_failed",
             AppError::WouldBlock => "would_block",
-            AppError::BadName(_) | AppError::BadUrl(_) => "bad_request",
+            AppError::BadName(_) | AppError::BadUrl(_) | AppError::NotBinary(_) => "bad_request",
         }
     }
 }
@@ -437,6 +459,7 @@ impl fmt::Display for AppError {
             AppError::WouldBlock => f.write_str("a blocking request on the client's I/O thread would never complete"),
             AppError::BadName(name) => write!(f, "{name:?}: system events (@…) are not sent"),
             AppError::BadUrl(why) => write!(f, "not a WebSocket URL: {why}"),
+            AppError::NotBinary(why) => write!(f, "cannot send binary: {why}"),
         }
     }
 }
@@ -445,7 +468,72 @@ impl std::error::Error for AppError {}
 
 type Listener = Arc<dyn Fn(&str, &Value) + Send + Sync>;
 type Procedure = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
-type ReplySender = SyncSender<Result<Value, AppError>>;
+type BinaryListener = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
+type ReplySender = SyncSender<Result<Payload, AppError>>;
+
+/// What a reply carries: JSON data, or the bytes of a binary reply
+/// (`emitws.v2`, PROTOCOL.md §10; see [`AppOptions::binary`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Payload {
+    /// A JSON reply's data.
+    Json(Value),
+    /// A binary reply's bytes.
+    Binary(Vec<u8>),
+}
+
+impl Payload {
+    /// The data as JSON: bytes read as `{"base64": "…"}`, the form an
+    /// `emitws.v1` socket gets them in (PROTOCOL.md §10).
+    pub fn into_json(self) -> Value {
+        match self {
+            Payload::Json(value) => value,
+            Payload::Binary(bytes) => base64_json(&bytes),
+        }
+    }
+
+    /// The bytes of a binary reply; `None` for JSON.
+    pub fn as_binary(&self) -> Option<&[u8]> {
+        match self {
+            Payload::Binary(bytes) => Some(bytes),
+            Payload::Json(_) => None,
+        }
+    }
+}
+
+/// `{"base64": "…"}`: bytes where JSON is expected (PROTOCOL.md §10).
+fn base64_json(bytes: &[u8]) -> Value {
+    use base64::Engine as _;
+    json!({ "base64": base64::engine::general_purpose::STANDARD.encode(bytes) })
+}
+
+/// An envelope as sent: JSON text, or a binary envelope.
+enum Outgoing {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+impl From<String> for Outgoing {
+    fn from(text: String) -> Outgoing {
+        Outgoing::Text(text)
+    }
+}
+
+impl Outgoing {
+    /// Sends it on `conn`, by the dialer or on the I/O thread; false if it could not be queued.
+    fn send_on(&self, dialer: &ServerHandle, conn: ConnId) -> bool {
+        match self {
+            Outgoing::Text(text) => dialer.send_text(conn, text),
+            Outgoing::Binary(bytes) => dialer.send_binary(conn, bytes),
+        }
+    }
+
+    fn send_here(&self, conn: &mut Conn<'_, ()>) {
+        let _ = match self {
+            Outgoing::Text(text) => conn.send_text(text),
+            Outgoing::Binary(bytes) => conn.send_binary(bytes),
+        };
+    }
+}
 
 /// A request waiting for its reply.
 struct Pending {
@@ -456,7 +544,7 @@ struct Pending {
 
 /// An envelope waiting for READY.
 struct Queued {
-    text: String,
+    frame: Outgoing,
     /// The id if it is a request: it is not sent once its caller stopped waiting.
     request: Option<u64>,
 }
@@ -494,6 +582,8 @@ struct ClientCore {
     /// Signalled when the first connection is READY or the client gives up.
     settled: Condvar,
     listeners: RwLock<Vec<(ListenerId, String, Listener)>>,
+    /// Listeners of binary events ([`AppClient::on_binary`]).
+    binary_listeners: RwLock<Vec<(ListenerId, String, BinaryListener)>>,
     procedures: RwLock<HashMap<String, Procedure>>,
     next_listener: AtomicU64,
     next_id: AtomicU64,
@@ -598,7 +688,8 @@ impl AppClient {
     /// [`AppError::ConnectFailed`] if the I/O thread or the random source for
     /// the reconnect jitter cannot start.
     pub fn new(url: &str, options: AppOptions) -> Result<AppClient, AppError> {
-        let client = options.client.clone().timeout(options.connect_timeout).protocol(PROTOCOL);
+        let protocol = if options.binary { PROTOCOL_V2 } else { PROTOCOL };
+        let client = options.client.clone().timeout(options.connect_timeout).protocol(protocol);
         let failed = |e: &dyn fmt::Display| AppError::ConnectFailed(e.to_string());
         let jitter = mask_rng().map_err(|e| failed(&e))?;
         let link = Link { inner: Arc::new(OnceLock::new()) };
@@ -636,6 +727,7 @@ impl AppClient {
             }),
             settled: Condvar::new(),
             listeners: RwLock::new(Vec::new()),
+            binary_listeners: RwLock::new(Vec::new()),
             procedures: RwLock::new(HashMap::new()),
             next_listener: AtomicU64::new(1),
             next_id: AtomicU64::new(1),
@@ -817,11 +909,85 @@ impl AppClient {
     /// Removes one listener.
     pub fn off(&self, id: ListenerId) {
         write(&self.inner.listeners).retain(|(listener, _, _)| *listener != id);
+        write(&self.inner.binary_listeners).retain(|(listener, _, _)| *listener != id);
     }
 
-    /// Removes every listener of `event`.
+    /// Removes every listener of `event` (binary ones too).
     pub fn off_all(&self, event: &str) {
         write(&self.inner.listeners).retain(|(_, name, _)| name != event);
+        write(&self.inner.binary_listeners).retain(|(_, name, _)| name != event);
+    }
+
+    /// Calls `listener(event, bytes)` for each binary `event` received
+    /// (`emitws.v2`, see [`AppOptions::binary`]). A binary event without a
+    /// binary listener goes to the event's [`on`](Self::on) listeners as
+    /// `{"base64": "…"}`, as an `emitws.v1` client would get it.
+    ///
+    /// ```no_run
+    /// use emitws::client::app::{AppClient, AppOptions};
+    /// let client = AppClient::connect("ws://127.0.0.1:9001/", AppOptions::default().binary(true))?;
+    /// client.on_binary("/frame", |_, bytes| println!("{} bytes", bytes.len()));
+    /// client.emit_binary("/upload", &[1, 2, 3])?;
+    /// let reply = client.request_binary("/thumbnail", &[0xff; 4096], std::time::Duration::from_secs(5))?;
+    /// println!("{:?}", reply.as_binary().map(<[u8]>::len));
+    /// # Ok::<(), emitws::client::app::AppError>(())
+    /// ```
+    pub fn on_binary(&self, event: &str, listener: impl Fn(&str, &[u8]) + Send + Sync + 'static) -> ListenerId {
+        let id = ListenerId(self.inner.next_listener.fetch_add(1, Ordering::Relaxed));
+        write(&self.inner.binary_listeners).push((id, event.to_string(), Arc::new(listener)));
+        id
+    }
+
+    /// Sends a binary event: one binary frame, `bytes` after a small header
+    /// (PROTOCOL.md §10). Queued before READY as [`emit`](Self::emit) is.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::NotBinary`] without [`AppOptions::binary`] or for a name
+    /// over 255 bytes, and those of [`emit`](Self::emit).
+    pub fn emit_binary(&self, event: &str, bytes: &[u8]) -> Result<(), AppError> {
+        let frame = self.binary_frame(crate::app::binary::EVENT, None, event, bytes)?;
+        self.inner.send(frame, None)
+    }
+
+    /// Sends a binary request and waits for the reply: JSON data or, for a
+    /// binary reply, its bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`AppError::NotBinary`] without [`AppOptions::binary`] or for a name
+    /// over 255 bytes, and those of [`request`](Self::request).
+    pub fn request_binary(&self, event: &str, bytes: &[u8], timeout: Duration) -> Result<Payload, AppError> {
+        self.request_binary_nowait(event, bytes, timeout).wait_payload()
+    }
+
+    /// Sends a binary request without waiting (see [`request_nowait`](Self::request_nowait)).
+    pub fn request_binary_nowait(&self, event: &str, bytes: &[u8], timeout: Duration) -> PendingRequest {
+        let (sender, receiver) = mpsc::sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let pending = |id| PendingRequest { receiver, id, deadline, inner: Arc::downgrade(&self.inner) };
+        let sent = self
+            .binary_frame(crate::app::binary::REQUEST, Some(id), event, bytes)
+            .and_then(|frame| self.inner.send(frame, Some((id, sender.clone()))));
+        if let Err(e) = sent {
+            let _ = sender.send(Err(e));
+        }
+        pending(id)
+    }
+
+    /// A binary envelope, if this client speaks `emitws.v2` and the name fits.
+    fn binary_frame(&self, kind: u8, id: Option<u64>, event: &str, bytes: &[u8]) -> Result<Outgoing, AppError> {
+        check_name(event)?;
+        if !self.inner.options.binary {
+            return Err(AppError::NotBinary("the client speaks emitws.v1 (see AppOptions::binary)".into()));
+        }
+        if !crate::app::binary::fits(event) {
+            return Err(AppError::NotBinary(format!("the event name {event:?} is longer than 255 bytes")));
+        }
+        let mut frame = Vec::new();
+        crate::app::binary::write(&mut frame, kind, id, Some(event), bytes);
+        Ok(Outgoing::Binary(frame))
     }
 
     /// Answers the server's requests (RPC) for `name`: `Ok` is the reply,
@@ -905,7 +1071,7 @@ impl AppClient {
 /// A request sent with [`AppClient::request_nowait`].
 #[derive(Debug)]
 pub struct PendingRequest {
-    receiver: Receiver<Result<Value, AppError>>,
+    receiver: Receiver<Result<Payload, AppError>>,
     id: u64,
     deadline: Instant,
     inner: Weak<ClientCore>,
@@ -915,6 +1081,11 @@ impl PendingRequest {
     /// The outcome if it is known, without waiting: `None` while the reply
     /// may still come.
     pub fn try_result(&mut self) -> Option<Result<Value, AppError>> {
+        self.try_payload().map(|result| result.map(Payload::into_json))
+    }
+
+    /// [`try_result`](Self::try_result), a binary reply's bytes as they came.
+    pub fn try_payload(&mut self) -> Option<Result<Payload, AppError>> {
         match self.receiver.try_recv() {
             Ok(result) => Some(result),
             Err(TryRecvError::Disconnected) => Some(Err(AppError::Closed)),
@@ -931,6 +1102,15 @@ impl PendingRequest {
     /// [`AppError::Disconnected`], [`AppError::Offline`], [`AppError::Closed`];
     /// [`AppError::WouldBlock`] on the client's I/O thread.
     pub fn wait(self) -> Result<Value, AppError> {
+        self.wait_payload().map(Payload::into_json)
+    }
+
+    /// [`wait`](Self::wait), a binary reply's bytes as they came.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`wait`](Self::wait).
+    pub fn wait_payload(self) -> Result<Payload, AppError> {
         if let Ok(result) = self.receiver.try_recv() {
             return result;
         }
@@ -944,7 +1124,7 @@ impl PendingRequest {
         }
     }
 
-    fn expire(&self) -> Result<Value, AppError> {
+    fn expire(&self) -> Result<Payload, AppError> {
         if let Some(inner) = self.inner.upgrade() {
             lock(&inner.state).pending.remove(&self.id);
         }
@@ -1039,16 +1219,17 @@ impl ClientCore {
     }
 
     /// Sends an envelope if READY, else queues it; `reply` waits for a request's reply.
-    fn send(&self, text: String, reply: Option<(u64, ReplySender)>) -> Result<(), AppError> {
+    fn send(&self, frame: impl Into<Outgoing>, reply: Option<(u64, ReplySender)>) -> Result<(), AppError> {
+        let frame = frame.into();
         let mut state = lock(&self.state);
         if let Some(gone) = &state.gone {
             return Err(gone.clone());
         }
         let sent = match (state.status, state.conn) {
-            (Status::Ready, Some(id)) if self.dialer.send_text(id, &text) => true,
+            (Status::Ready, Some(id)) if frame.send_on(&self.dialer, id) => true,
             (Status::Ready, Some(_)) => return Err(AppError::Closed),
             _ if state.queue.len() < self.options.max_queued => {
-                state.queue.push(Queued { text, request: reply.as_ref().map(|(id, _)| *id) });
+                state.queue.push(Queued { frame, request: reply.as_ref().map(|(id, _)| *id) });
                 false
             }
             _ => return Err(AppError::Disconnected("not ready, and the send queue (max_queued) is full".into())),
@@ -1057,6 +1238,65 @@ impl ClientCore {
             state.pending.insert(id, Pending { sender, sent });
         }
         Ok(())
+    }
+
+    /// The answer to the server's call `id` of procedure `name` (PROTOCOL.md §3).
+    fn answer_call(&self, id: u64, name: &str, data: Value) -> Value {
+        let procedure = read(&self.procedures).get(name).cloned();
+        match procedure {
+            // The server measures a round trip (PROTOCOL.md §9.1): answered at once, with its data.
+            _ if name == PING => json!([REPLY, id, data]),
+            None => json!([ERROR, id, {"code": "not_registered", "message": format!("no procedure {name}")}]),
+            Some(procedure) => match procedure(data) {
+                Ok(result) => json!([REPLY, id, result]),
+                Err(message) => json!([ERROR, id, {"code": "execution_failed", "message": message}]),
+            },
+        }
+    }
+
+    /// A binary envelope from the server (PROTOCOL.md §10).
+    fn on_binary(&self, conn: &mut Conn<'_, ()>, frame: &[u8]) {
+        use crate::app::binary::{self, BinaryEnvelope};
+        match binary::parse(frame) {
+            Ok(BinaryEnvelope::Event { event, payload }) => {
+                let chosen: Vec<BinaryListener> = read(&self.binary_listeners)
+                    .iter()
+                    .filter(|(_, name, _)| name == event)
+                    .map(|(_, _, listener)| listener.clone())
+                    .collect();
+                if chosen.is_empty() {
+                    return self.dispatch(event, &base64_json(payload));
+                }
+                for listener in chosen {
+                    listener(event, payload);
+                }
+            }
+            Ok(BinaryEnvelope::Reply { id, payload }) => {
+                let pending = lock(&self.state).pending.remove(&id);
+                if let Some(pending) = pending {
+                    let _ = pending.sender.send(Ok(Payload::Binary(payload.to_vec())));
+                }
+            }
+            Ok(BinaryEnvelope::Error { id, body }) => {
+                let body: Value = serde_json::from_slice(body).unwrap_or_default();
+                let code = body["code"].as_str().unwrap_or("internal").to_string();
+                let message = body["message"].as_str().unwrap_or_default().to_string();
+                let pending = lock(&self.state).pending.remove(&id);
+                if let Some(pending) = pending {
+                    let _ = pending.sender.send(Err(AppError::Remote { code, message }));
+                }
+            }
+            // A call with bytes: the procedure reads them as `{"base64": …}`.
+            Ok(BinaryEnvelope::Request { id, event, payload }) => {
+                let _ = conn.send_text(&self.answer_call(id, event, base64_json(payload)).to_string());
+            }
+            Ok(BinaryEnvelope::Unknown) => {}
+            // Never answered (PROTOCOL.md §2): reported locally.
+            Err(bad) => {
+                let message = format!("the server sent a bad binary envelope: {}", bad.message);
+                self.dispatch("@error", &json!({"code": "bad_request", "message": message}));
+            }
+        }
     }
 
     fn on_io_thread(&self) -> bool {
@@ -1207,7 +1447,7 @@ impl ClientCore {
                 Some(Some(request)) => request.sent = true,
                 None => {}
             }
-            let _ = conn.send_text(&queued.text);
+            queued.frame.send_here(conn);
         }
         drop(state);
         self.announce(change);
@@ -1335,7 +1575,10 @@ impl Handler for Link {
 
     fn on_message(&mut self, conn: &mut Conn<'_, ()>, message: Message<'_>) {
         let Some(inner) = self.inner() else { return };
-        let Message::Text(text) = message else { return };
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Binary(frame) => return inner.on_binary(conn, frame),
+        };
         let envelope: Value = match serde_json::from_str(text) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -1356,17 +1599,7 @@ impl Handler for Link {
             },
             Some(REQUEST) => {
                 let (Some(id), Some(name)) = (part(1).as_u64(), part(2).as_str()) else { return };
-                let procedure = read(&inner.procedures).get(name).cloned();
-                let reply = match procedure {
-                    // The server measures a round trip (PROTOCOL.md §9.1): answered at once, with its data.
-                    _ if name == PING => json!([REPLY, id, part(3)]),
-                    None => json!([ERROR, id, {"code": "not_registered", "message": format!("no procedure {name}")}]),
-                    Some(procedure) => match procedure(part(3).clone()) {
-                        Ok(result) => json!([REPLY, id, result]),
-                        Err(message) => json!([ERROR, id, {"code": "execution_failed", "message": message}]),
-                    },
-                };
-                let _ = conn.send_text(&reply.to_string());
+                let _ = conn.send_text(&inner.answer_call(id, name, part(3).clone()).to_string());
             }
             Some(kind @ (REPLY | ERROR)) => {
                 let Some(id) = part(1).as_u64() else { return };
@@ -1397,7 +1630,7 @@ impl Handler for Link {
                 let Some(pending) = state.pending.remove(&id) else { return };
                 drop(state);
                 let result = match kind {
-                    REPLY => Ok(part(2).clone()),
+                    REPLY => Ok(Payload::Json(part(2).clone())),
                     _ => Err(AppError::Remote { code: code.to_string(), message: message.to_string() }),
                 };
                 let _ = pending.sender.send(result);

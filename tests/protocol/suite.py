@@ -264,11 +264,12 @@ async def _():
     await client.aclose()
 
 
-@check("§1", "a client offering emitws.v2 and emitws.v1 is served emitws.v1")
+@check("§1", "a client offering emitws.v2 and emitws.v1, in either order, is served emitws.v2")
 async def _():
-    client = await connected(subprotocols=("emitws.v2", "emitws.v1"))
-    require(client.subprotocol == "emitws.v1", f"selected {client.subprotocol!r}")
-    await client.aclose()
+    for offer in (("emitws.v2", "emitws.v1"), ("emitws.v1", "emitws.v2")):
+        client = await connected(subprotocols=offer)
+        require(client.subprotocol == "emitws.v2", f"offered {offer}, selected {client.subprotocol!r}")
+        await client.aclose()
 
 
 @check("§1", "a client offering no subprotocol is served v1 and the 101 names none")
@@ -279,10 +280,18 @@ async def _():
     await client.aclose()
 
 
-@check("§1", "a client offering only emitws.v2 is refused with HTTP 400 naming emitws.v1")
+@check("§1", "a client offering only emitws.v2 is served emitws.v2")
+async def _():
+    client = await connected(subprotocols=("emitws.v2",))
+    require(client.subprotocol == "emitws.v2", f"selected {client.subprotocol!r}")
+    require(await client.request("/echo", [1]) == [1], "JSON echo failed on emitws.v2")
+    await client.aclose()
+
+
+@check("§1", "a client offering neither emitws.v1 nor emitws.v2 is refused with HTTP 400 naming emitws.v1")
 async def _():
     host, port = SERVERS["main"].rsplit(":", 1)
-    sock = await rawws.connect(host, int(port), protocols="emitws.v2")
+    sock = await rawws.connect(host, int(port), protocols="chat, emitws.v3")
     sock.close()
     require(sock.status == 400, f"status {sock.status}, wanted 400")
     require(b"emitws.v1" in sock.body, f"the body does not name emitws.v1: {sock.body[:200]!r}")
@@ -1104,6 +1113,58 @@ async def _():
 @check("§10", "a binary frame gets @error bad_request and is otherwise ignored")
 async def _(client):
     await error_event(client, b"\x00\x01binary", "bad_request", binary=True)
+
+
+async def v2_client():
+    client = await connected(subprotocols=("emitws.v2", "emitws.v1"))
+    require(client.subprotocol == "emitws.v2", f"selected {client.subprotocol!r}")
+    return client
+
+
+async def binary_frame(client, sent):
+    frame = await receive(client, "a binary envelope")
+    require(isinstance(frame, bytes), f"sent {sent[:40]!r}, got {str(frame)[:200]}, wanted a binary frame")
+    return frame
+
+
+@check("§10", "emitws.v2: a binary request to /echo gets a binary reply with the bytes (id 300: LEB128 AC 02)")
+async def _():
+    client = await v2_client()
+    payload = bytes(range(256)) * 4
+    frame = b"\x01\xac\x02\x05/echo" + payload
+    await client.send_binary(frame)
+    got = await binary_frame(client, frame)
+    require(got == b"\x02\xac\x02" + payload, f"reply {got[:16].hex()}…, wanted 02ac02 then the payload")
+    await client.aclose()
+
+
+@check("§10", "emitws.v2: a binary event to /echo comes back as a binary event; JSON is unchanged")
+async def _():
+    client = await v2_client()
+    frame = b"\x00\x05/echo\xde\xad\xbe\xef"
+    await client.send_binary(frame)
+    got = await binary_frame(client, frame)
+    require(got == frame, f"got {got.hex()}, wanted {frame.hex()}")
+    require(await client.request("/echo", {"a": 1}) == {"a": 1}, "JSON echo failed on emitws.v2")
+    await client.aclose()
+
+
+@check("§10 §4", "emitws.v2: a bad header gets @error, or an error reply once a request id can be read")
+async def _():
+    client = await v2_client()
+    for junk in (b"", b"\x01", b"\x01\x80", b"\x01\x81\x00\x01/", b"\x02\x00"):
+        await error_event(client, junk, "bad_request", binary=True)
+    for junk, id in ((b"\x01\x07", 7), (b"\x01\x08\x00", 8), (b"\x01\x09\x09/", 9), (b"\x01\x0a\x04nope", 10)):
+        await client.send_binary(junk)
+        frame = await receive(client, "an error reply")
+        envelope = parse(frame) if isinstance(frame, str) else None
+        require(
+            envelope is not None and envelope.kind == 3 and envelope.id == id and envelope.body["code"] == "bad_request",
+            f"{junk.hex()} -> {str(frame)[:200]}, wanted [3,{id},{{bad_request}}]",
+        )
+    await client.send_binary(b"\x04\x01\x02")  # a later type: ignored
+    require(await client.request("/echo", 1) == 1, "the socket did not go on")
+    await client.aclose()
 
 
 @check("§11", "envelopes are the same under permessage-deflate")

@@ -41,6 +41,10 @@ the connection counts as open. examples/app_echo is such a server. With
 --any-order echo takes each reply by its ID, in whatever order it comes (as
 replies from async handlers do: examples/async_echo --mode async).
 
+--protocol emitws-v2 (echo only) offers emitws.v2 and sends each request as a
+binary envelope (PROTOCOL.md §10): 01, the id in LEB128, 05, \"/echo\", then
+--payload bytes; it expects the binary reply 02, the id, the same bytes.
+
 Idle prints `open N/M` and then `ready` on stdout once every connection has
 been tried, so a script can then read the server's memory use.
 
@@ -204,6 +208,8 @@ enum Protocol {
     Raw,
     /// emitws.v1 requests, replies and rooms.
     Emitws,
+    /// emitws.v2 binary requests and replies (echo mode only).
+    EmitwsV2,
 }
 
 #[derive(Debug)]
@@ -231,6 +237,8 @@ pub struct Config {
     pub app: bool,
     /// Echo with emitws.v1: replies are taken by their id, in any order.
     pub any_order: bool,
+    /// Speak emitws.v2: echo requests and replies are binary envelopes.
+    pub v2: bool,
     /// Fanout: how many connections publish.
     pub publishers: usize,
     pub hold: Option<Duration>,
@@ -302,7 +310,14 @@ impl Config {
     pub fn new(args: Args) -> Result<Config, String> {
         let mode = args.mode;
         let storm = storm_settings(&args)?;
-        let app = args.protocol == Protocol::Emitws || storm.is_some();
+        let v2 = args.protocol == Protocol::EmitwsV2;
+        if v2 && mode != Mode::Echo {
+            return Err("--protocol emitws-v2 applies to echo mode only".into());
+        }
+        if v2 && (args.text || args.deflate) {
+            return Err("--protocol emitws-v2 sends binary envelopes, without --text or --deflate".into());
+        }
+        let app = args.protocol == Protocol::Emitws || v2 || storm.is_some();
         let deflate = args.deflate;
         let mut text = args.text;
         if mode == Mode::Idle {
@@ -354,7 +369,7 @@ impl Config {
             }
             text = true;
         }
-        text |= app;
+        text |= app && !v2;
         if payload > 64 << 20 {
             return Err("--payload: at most 64 MiB".into());
         }
@@ -407,6 +422,7 @@ impl Config {
             json_pattern: args.pattern == Pattern::Json,
             app,
             any_order: args.any_order,
+            v2,
             publishers,
             hold: args.hold,
             #[cfg(feature = "tls")]
@@ -594,6 +610,10 @@ mod tests {
         assert!(parse("echo --protocol emitws --any-order").unwrap().any_order);
         let config = parse("echo --protocol emitws").unwrap();
         assert!(config.app && config.text, "emitws.v1 is text");
+        let config = parse("echo --protocol emitws-v2 -s 16k").unwrap();
+        assert!(config.app && config.v2 && !config.text, "emitws.v2 echoes binary envelopes");
+        assert!(parse("fanout --protocol emitws-v2").is_err(), "echo only");
+        assert!(parse("echo --protocol emitws-v2 --text").is_err());
         let config = parse("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text").unwrap();
         assert_eq!((config.connections, config.threads, config.text), (5, 5, true));
         // The mode may come after options, and a repeated option keeps its last value (as scripts expect).

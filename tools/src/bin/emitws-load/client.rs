@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use emitws::app::PROTOCOL;
+use emitws::app::{PROTOCOL, PROTOCOL_V2};
 use emitws::proto::deflate::{client_offer, Compressor, Decompressor, DeflateAgreement, DeflateConfig};
 use emitws::proto::handshake::client::{encode_key, Accepted, Offer, ResponseReader, UpgradeRequest};
 use emitws::proto::handshake::server::RequestLimits;
@@ -328,7 +328,17 @@ impl Ctx<'_> {
         let offset = (conn.sent % PATTERN_SLACK as u64) as usize;
         conn.sent += 1;
         let payload = &self.pattern[offset..offset + self.config.payload];
-        if self.config.app {
+        if self.config.v2 {
+            let mut envelope = std::mem::take(&mut self.envelope);
+            envelope.clear();
+            envelope.push(1);
+            write_leb128(&mut envelope, conn.sent);
+            envelope.push(5);
+            envelope.extend_from_slice(b"/echo");
+            envelope.extend_from_slice(payload);
+            self.queue_frame(conn, &envelope);
+            self.envelope = envelope;
+        } else if self.config.app {
             let mut envelope = std::mem::take(&mut self.envelope);
             envelope.clear();
             write!(envelope, "[1,{},\"/echo\",\"", conn.sent).expect("writing to a Vec");
@@ -924,7 +934,9 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
 
 /// The subprotocols the upgrade request offers: emitws.v1 with `--protocol emitws`.
 fn offered_protocols(config: &Config) -> Vec<String> {
-    if config.app {
+    if config.v2 {
+        vec![PROTOCOL_V2.to_string()]
+    } else if config.app {
         vec![PROTOCOL.to_string()]
     } else {
         Vec::new()
@@ -1109,6 +1121,15 @@ fn on_storm_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, no
     Ok(())
 }
 
+/// Appends an emitws.v2 id (PROTOCOL.md §10): LEB128, low 7 bits first.
+fn write_leb128(out: &mut Vec<u8>, mut id: u64) {
+    while id >= 0x80 {
+        out.push(id as u8 | 0x80);
+        id >>= 7;
+    }
+    out.push(id as u8);
+}
+
 /// Counts a message toward the measured rate and latency if it arrived in the window.
 fn record(ctx: &mut Ctx<'_>, now: Instant, sent: Instant) {
     if let Some((from, until)) = ctx.window {
@@ -1148,7 +1169,13 @@ fn check_echo(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
         return Err(err(Kind::Protocol, "a message arrived that was never sent"));
     };
     let mut expected = &ctx.pattern[offset as usize..offset as usize + payload];
-    if ctx.config.app {
+    if ctx.config.v2 {
+        ctx.expected.clear();
+        ctx.expected.push(2);
+        write_leb128(&mut ctx.expected, id);
+        ctx.expected.extend_from_slice(expected);
+        expected = &ctx.expected;
+    } else if ctx.config.app {
         ctx.expected.clear();
         write!(ctx.expected, "[2,{id},\"").expect("writing to a Vec");
         ctx.expected.extend_from_slice(expected);

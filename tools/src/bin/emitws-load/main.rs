@@ -259,7 +259,11 @@ fn summary(config: &Config, stats: &Stats, timing: &Timing) -> (String, Value) {
                 micros(lat.value_at_quantile(0.999)),
                 micros(lat.max()),
             );
-            let protocol = if config.app { "emitws" } else { "raw" };
+            let protocol = match (config.v2, config.app) {
+                (true, _) => "emitws-v2",
+                (false, true) => "emitws",
+                (false, false) => "raw",
+            };
             let (what, detail, extra) = match config.mode {
                 Mode::Echo => {
                     ("msgs", format!("{} in flight", config.in_flight), json!({ "in_flight": config.in_flight }))

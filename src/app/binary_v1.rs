@@ -1,0 +1,135 @@
+//! Binary payloads where no binary frame can go: to sockets that speak
+//! `emitws.v1`, which get the bytes base64'd in JSON (PROTOCOL.md §10), and
+//! between the nodes of a cluster, whose messages are JSON text.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::binary;
+use crate::runtime::SharedFrame;
+
+/// The envelope type of a binary event in the JSON text nodes exchange:
+/// `[64,"event",{"base64":"…"}]`. Never sent to a client (a node turns it
+/// into the two frames of [`event_frames`]); a node that predates binary
+/// envelopes delivers it as is, and clients ignore a type they do not know
+/// (PROTOCOL.md §2).
+const TRANSPORT: &str = "[64,";
+
+/// Appends `{"base64":"<payload in base64, RFC 4648, padded>"}`: binary data
+/// as an `emitws.v1` socket gets it.
+pub(crate) fn write_base64(out: &mut Vec<u8>, payload: &[u8]) {
+    out.extend_from_slice(b"{\"base64\":\"");
+    let start = out.len();
+    // 4 bytes per 3, padded: no overflow short of usize::MAX / 4 * 3.
+    out.resize(start + payload.len().div_ceil(3) * 4, 0);
+    let written = STANDARD.encode_slice(payload, &mut out[start..]).expect("sized for padded base64");
+    out.truncate(start + written);
+    out.extend_from_slice(b"\"}");
+}
+
+/// Writes `[2,id,{"base64":"…"}]`: a binary reply to an `emitws.v1` socket.
+pub(crate) fn write_reply(out: &mut Vec<u8>, id: u64, payload: &[u8]) {
+    out.extend_from_slice(b"[2,");
+    out.extend_from_slice(itoa::Buffer::new().format(id).as_bytes());
+    out.push(b',');
+    write_base64(out, payload);
+    out.push(b']');
+}
+
+/// Writes `[0,"event",{"base64":"…"}]`: a binary event to an `emitws.v1` socket.
+pub(crate) fn write_event(out: &mut Vec<u8>, event: &str, payload: &[u8]) {
+    write_event_text(out, "[0,", event, payload);
+}
+
+/// The bytes of a `{"base64":"…"}` value; `None` for anything else.
+pub(crate) fn read_base64(json: &str) -> Option<Vec<u8>> {
+    #[derive(Deserialize)]
+    struct Base64<'a> {
+        #[serde(borrow)]
+        base64: std::borrow::Cow<'a, str>,
+    }
+    let value: Base64<'_> = serde_json::from_str(json).ok()?;
+    STANDARD.decode(value.base64.as_bytes()).ok()
+}
+
+/// Writes `[0,"event",{"base64":"…"}]` (`kind` 0) or the node-to-node form (`kind` 64).
+fn write_event_text(out: &mut Vec<u8>, kind: &str, event: &str, payload: &[u8]) {
+    out.extend_from_slice(kind.as_bytes());
+    // A string always serializes.
+    let _ = serde_json::to_writer(&mut *out, event);
+    out.push(b',');
+    write_base64(out, payload);
+    out.push(b']');
+}
+
+/// A binary event's two frames: the `emitws.v2` binary envelope, and the
+/// `emitws.v1` text envelope `[0,"event",{"base64":"…"}]`. The caller
+/// checked that the name [fits](binary::fits).
+pub(crate) fn event_frames(event: &str, payload: &[u8]) -> (SharedFrame, SharedFrame) {
+    let mut frame = Vec::new();
+    binary::write(&mut frame, binary::EVENT, None, Some(event), payload);
+    let mut text = Vec::new();
+    write_event(&mut text, event, payload);
+    (SharedFrame::binary(&frame), SharedFrame::text(&utf8(text)))
+}
+
+/// The text other nodes get for a binary event (see [`TRANSPORT`]).
+pub(crate) fn transport(event: &str, payload: &[u8]) -> SharedFrame {
+    let mut text = Vec::new();
+    write_event_text(&mut text, TRANSPORT, event, payload);
+    SharedFrame::text(&utf8(text))
+}
+
+/// The two frames of a binary event another node sent in its
+/// [`transport`] form; `None` for any other text (or a name that does not
+/// fit a binary header, which a node never sends).
+pub(crate) fn from_transport(text: &str) -> Option<(SharedFrame, SharedFrame)> {
+    let rest = text.strip_prefix(TRANSPORT)?;
+    let (_, event, data): (u8, &str, &serde_json::value::RawValue) = serde_json::from_str(text).ok()?;
+    let payload = read_base64(data.get())?;
+    if !binary::fits(event) {
+        return None;
+    }
+    let mut frame = Vec::new();
+    binary::write(&mut frame, binary::EVENT, None, Some(event), &payload);
+    Some((SharedFrame::binary(&frame), SharedFrame::text(&format!("[0,{rest}"))))
+}
+
+/// JSON text written by this module: UTF-8 by construction.
+fn utf8(text: Vec<u8>) -> String {
+    String::from_utf8(text).expect("JSON text is UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_padded() {
+        for payload in [&b""[..], b"a", b"ab", b"abc", &[0, 255, 128, 7]] {
+            let mut out = Vec::new();
+            write_base64(&mut out, payload);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(read_base64(&text).as_deref(), Some(payload), "{text}");
+        }
+        let mut out = Vec::new();
+        write_base64(&mut out, b"ab");
+        assert_eq!(out, b"{\"base64\":\"YWI=\"}");
+        assert_eq!(read_base64("{\"base64\":\"!\"}"), None);
+        assert_eq!(read_base64("\"YWI=\""), None);
+    }
+
+    #[test]
+    fn the_transport_form_gives_back_both_frames() {
+        let (binary, text) = event_frames("/blob", &[1, 2, 3]);
+        let sent = transport("/blob", &[1, 2, 3]);
+        let sent = std::str::from_utf8(sent.payload()).unwrap();
+        assert!(sent.starts_with("[64,\"/blob\",{\"base64\":"), "{sent}");
+        let (binary2, text2) = from_transport(sent).expect("a transport form");
+        assert_eq!((binary.payload(), text.payload()), (binary2.payload(), text2.payload()));
+        assert_eq!(text.payload(), b"[0,\"/blob\",{\"base64\":\"AQID\"}]");
+        assert!(from_transport("[0,\"/blob\",{\"base64\":\"AQID\"}]").is_none());
+        assert!(from_transport("[64,\"/blob\",{\"base64\":\"%%\"}]").is_none());
+    }
+}
