@@ -43,7 +43,7 @@ redis_url="redis://127.0.0.1:$redis_port/"
 # A Redis Cluster: 3 masters, 3 replicas (as tests/common/redis_cluster.rs).
 cluster_pids=()
 cluster_addrs=()
-for cport in 9721 9722 9723 9724 9725 9726; do
+for cport in 9801 9802 9803 9804 9805 9806; do
   rm -f "$out/nodes-$cport.conf"
   redis-server --port "$cport" --bind 127.0.0.1 --save "" --appendonly no --dir "$out" \
     --cluster-enabled yes --cluster-config-file "nodes-$cport.conf" --cluster-node-timeout 1000 \
@@ -52,10 +52,10 @@ for cport in 9721 9722 9723 9724 9725 9726; do
   pids+=("$!")
   cluster_addrs+=("127.0.0.1:$cport")
 done
-for cport in 9721 9722 9723 9724 9725 9726; do wait_port "$cport"; done
+for cport in 9801 9802 9803 9804 9805 9806; do wait_port "$cport"; done
 redis-cli --cluster create "${cluster_addrs[@]}" --cluster-replicas 1 --cluster-yes >"$out/cluster-create.log"
-until redis-cli -p 9721 cluster info | grep -q 'cluster_state:ok'; do sleep 0.2; done
-cluster_url="redis+cluster://127.0.0.1:9721,127.0.0.1:9722/"
+until redis-cli -p 9801 cluster info | grep -q 'cluster_state:ok'; do sleep 0.2; done
+cluster_url="redis+cluster://127.0.0.1:9801,127.0.0.1:9802/"
 cluster_pid_args=()
 for p in "${cluster_pids[@]}"; do cluster_pid_args+=(--pid "$p"); done
 

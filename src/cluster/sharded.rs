@@ -9,20 +9,27 @@
 //! channel by itself (`sunsubscribe` push: its slot moved away), or when a
 //! subscription is refused (`MOVED`: the map read was already old).
 //!
+//! Each master's connection is read by a thread of its own, blocked on it,
+//! which hands on what comes (messages, confirmations, refusals, a lost
+//! connection) over one queue: a message is taken as soon as it arrives,
+//! whichever master it comes from. (One thread reading the connections in
+//! turn with read timeouts would wait on idle masters: a socket's timeout
+//! is counted in the kernel's ticks, 4 ms here, which capped a node at a few
+//! hundred messages a second.) The thread sends the (un)subscriptions asked
+//! of it between two reads, which time out every [`SUBSCRIBE_TURN`].
+//!
 //! The redis crate's sync `PubSub` does not decode `smessage` over RESP2,
-//! and its drop unsubscribes everything; and a plain connection's read that
-//! times out takes the next reply read for a late one and skips it, but
-//! never a push value. So the connections speak RESP3, where every
-//! message, confirmation and `sunsubscribe` is a push, and are read with
-//! timeouts (to take turns between masters) directly.
+//! and its drop unsubscribes everything. So the connections speak RESP3,
+//! where every message, confirmation and `sunsubscribe` is a push, and are
+//! read directly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
-
-use redis::{Connection, PushKind, RedisResult, Value};
+use redis::{Connection, PushKind, RedisError, RedisResult, Value};
 
 use super::connect::Connector;
 use super::slotmap::{NodeAddr, Redirection, SlotMap};
@@ -30,9 +37,9 @@ use super::slotmap::{NodeAddr, Redirection, SlotMap};
 /// A message of a sharded channel: the channel and the payload.
 pub(super) type ShardMessage = (String, Vec<u8>);
 
-/// The shortest wait on one master's connection in a round of
-/// [`ShardedSubscriber::next_message`] (a read timeout of zero means none).
-const SHORTEST_READ: Duration = Duration::from_millis(1);
+/// How long a master's reading thread waits on its connection before it
+/// sends the (un)subscriptions asked of it meanwhile.
+const SUBSCRIBE_TURN: Duration = Duration::from_millis(10);
 
 /// Listens to sharded channels on the masters of a Redis Cluster.
 pub(super) struct ShardedSubscriber {
@@ -44,21 +51,39 @@ pub(super) struct ShardedSubscriber {
     map: Option<SlotMap>,
     /// The channels asked for, placed or not.
     wanted: BTreeSet<String>,
-    /// One connection per master listened to, with its channels.
+    /// One reading thread per master listened to, with its channels.
     listeners: Vec<Listener>,
-    /// The listener the next round reads first (each gets its turn).
-    turn: usize,
+    /// What the reading threads hand on, each with its listener's number.
+    heard: Receiver<(u64, Heard)>,
+    /// The reading threads' end of [`heard`](Self::heard).
+    hear: Sender<(u64, Heard)>,
+    /// The number the next listener gets (a lost one's late news is told apart).
+    next_number: u64,
 }
 
-/// A connection to one master and the channels subscribed there.
+/// One master's connection, read by its own thread, and the channels subscribed there.
 struct Listener {
     master: NodeAddr,
-    conn: Connection,
+    number: u64,
+    /// (Un)subscriptions for the thread to send; dropped, the thread ends.
+    orders: Sender<(&'static str, String)>,
     /// The channels subscribed (or being subscribed) here.
     channels: BTreeSet<String>,
     /// The channels whose subscription is not confirmed yet, with when it
-    /// was sent.
+    /// was asked for.
     unconfirmed: BTreeMap<String, Instant>,
+}
+
+/// What a master's reading thread hands on.
+enum Heard {
+    Message(ShardMessage),
+    Subscribed(String),
+    /// A channel unsubscribed by the master (its slot moved away), or by us.
+    Unsubscribed(String),
+    /// A subscription refused (`MOVED`: the map read was old).
+    Refused,
+    /// The connection failed: the thread has ended.
+    Lost(RedisError),
 }
 
 impl ShardedSubscriber {
@@ -66,7 +91,17 @@ impl ShardedSubscriber {
     /// whose connecting and writes each take at most `timeout`; it connects
     /// at the first [`next_message`](Self::next_message).
     pub(super) fn new(connector: Arc<Connector>, timeout: Duration) -> ShardedSubscriber {
-        ShardedSubscriber { connector, timeout, map: None, wanted: BTreeSet::new(), listeners: Vec::new(), turn: 0 }
+        let (hear, heard) = mpsc::channel();
+        ShardedSubscriber {
+            connector,
+            timeout,
+            map: None,
+            wanted: BTreeSet::new(),
+            listeners: Vec::new(),
+            heard,
+            hear,
+            next_number: 0,
+        }
     }
 
     /// Listens to `channel` from now on (on its slot's master, as soon as
@@ -83,8 +118,8 @@ impl ShardedSubscriber {
         if let Some(listener) = self.listeners.iter_mut().find(|l| l.channels.contains(channel)) {
             listener.channels.remove(channel);
             listener.unconfirmed.remove(channel);
-            if send(&mut listener.conn, "SUNSUBSCRIBE", channel).is_err() {
-                self.map = None; // this master's connection failed: seen again at the next read
+            if listener.orders.send(("SUNSUBSCRIBE", channel.to_owned())).is_err() {
+                self.map = None; // this master's thread ended: seen again at the next read
             }
         }
     }
@@ -102,9 +137,9 @@ impl ShardedSubscriber {
         self.listeners.iter().map(|l| (l.master.clone(), l.channels.iter().cloned().collect())).collect()
     }
 
-    /// The next message of a channel listened to, waiting at most about
-    /// `wait` (None if none came). Places every channel first if the map is
-    /// to be read again.
+    /// The next message of a channel listened to, waiting at most `wait`
+    /// (None if none came). Places every channel first if the map is to be
+    /// read again.
     ///
     /// # Errors
     ///
@@ -118,82 +153,50 @@ impl ShardedSubscriber {
         let unplaced = if self.map.is_none() { self.resync().err() } else { None };
         let deadline = Instant::now() + wait;
         loop {
-            let count = self.listeners.len();
-            if count == 0 {
-                // Nothing to listen to: wait as asked, as a read would.
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                return unplaced.map_or(Ok(None), Err);
-            }
-            let slice = (wait / count as u32).max(SHORTEST_READ);
-            for _ in 0..count {
-                let at = self.turn % self.listeners.len();
-                self.turn = self.turn.wrapping_add(1);
-                if let Some(message) = self.read(at, slice)? {
-                    return Ok(Some(message));
-                }
-                if self.map.is_none() && unplaced.is_none() {
-                    return Ok(None); // the next call places the channels again
-                }
-            }
-            if Instant::now() >= deadline {
-                return unplaced.map_or(Ok(None), Err);
-            }
-        }
-    }
-
-    /// One read on listener `at`, waiting at most `slice`: a message, or
-    /// None (nothing came, or a subscription's confirmation, or a channel
-    /// moved away, or a subscription refused).
-    fn read(&mut self, at: usize, slice: Duration) -> RedisResult<Option<ShardMessage>> {
-        let listener = &mut self.listeners[at];
-        if listener.unconfirmed.values().any(|sent| sent.elapsed() > self.timeout) {
-            // A subscription neither confirmed nor refused in time (a
-            // refusal read past a timeout is not told apart from a late
-            // reply): place it again on a fresh map.
-            self.map = None;
-            return Ok(None);
-        }
-        listener.conn.set_read_timeout(Some(slice))?;
-        let reply = match listener.conn.recv_response() {
-            Ok(reply) => reply,
-            Err(e) if e.is_timeout() => return Ok(None),
-            Err(e) if Redirection::of(&e).is_some() => {
-                // A subscription sent by an old map: place them all again.
+            if self.listeners.iter().any(|l| l.unconfirmed.values().any(|asked| asked.elapsed() > self.timeout)) {
+                // A subscription neither confirmed nor refused in time: place
+                // it again on a fresh map.
                 self.map = None;
                 return Ok(None);
             }
-            Err(e) => {
-                // Lost (its master failed, say): its channels are placed
-                // again, on the new map, at the next call.
-                self.listeners.swap_remove(at);
-                self.map = None;
-                return Err(e);
+            let (number, heard) = match self.heard.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(heard) => heard,
+                Err(RecvTimeoutError::Timeout) => return unplaced.map_or(Ok(None), Err),
+                Err(RecvTimeoutError::Disconnected) => unreachable!("self holds a sender"),
+            };
+            // News of a listener dropped since (a lost master) is stale.
+            let Some(at) = self.listeners.iter().position(|l| l.number == number) else { continue };
+            let listener = &mut self.listeners[at];
+            match heard {
+                Heard::Message(message) => return Ok(Some(message)),
+                Heard::Subscribed(channel) => {
+                    listener.unconfirmed.remove(&channel);
+                }
+                Heard::Unsubscribed(channel) => {
+                    if listener.channels.remove(&channel) {
+                        // Not asked for: the master gave the slot away.
+                        self.map = None;
+                        return Ok(None);
+                    }
+                }
+                Heard::Refused => {
+                    self.map = None; // a subscription sent by an old map: place them all again
+                    return Ok(None);
+                }
+                Heard::Lost(e) => {
+                    // Its master failed, say: its channels are placed again,
+                    // on the new map, at the next call.
+                    self.listeners.swap_remove(at);
+                    self.map = None;
+                    return Err(e);
+                }
             }
-        };
-        let Value::Push { kind, data } = reply else { return Ok(None) };
-        let channel = match data.first() {
-            Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-            _ => return Ok(None),
-        };
-        match (kind, data.get(1)) {
-            (PushKind::SMessage, Some(Value::BulkString(payload))) => Ok(Some((channel, payload.clone()))),
-            (PushKind::SSubscribe, _) => {
-                listener.unconfirmed.remove(&channel);
-                Ok(None)
-            }
-            (PushKind::SUnsubscribe, _) if listener.channels.contains(&channel) => {
-                // Not asked for: the master gave the slot away.
-                listener.channels.remove(&channel);
-                self.map = None;
-                Ok(None)
-            }
-            _ => Ok(None),
         }
     }
 
-    /// Reads the map, drops the connections to servers that master no
-    /// slot, moves every channel to its slot's master, and subscribes the
-    /// ones not listened to yet.
+    /// Reads the map, drops the listeners of servers that master no slot,
+    /// moves every channel to its slot's master, and subscribes the ones
+    /// not listened to yet.
     fn resync(&mut self) -> RedisResult<()> {
         let map = self.connector.slot_map(self.timeout)?;
         let masters = map.masters();
@@ -207,8 +210,9 @@ impl ShardedSubscriber {
                 .collect();
             for channel in moved {
                 listener.channels.remove(&channel);
+                listener.unconfirmed.remove(&channel);
                 // Best effort: the old master may be unsubscribing it already.
-                let _ = send(&mut listener.conn, "SUNSUBSCRIBE", &channel);
+                let _ = listener.orders.send(("SUNSUBSCRIBE", channel));
             }
         }
         self.map = Some(map);
@@ -228,8 +232,8 @@ impl ShardedSubscriber {
         Ok(())
     }
 
-    /// Subscribes `channel` on its slot's master (opening a connection to
-    /// it if needed); on failure the map is to be read again.
+    /// Subscribes `channel` on its slot's master (starting a listener
+    /// there if needed); on failure the map is to be read again.
     fn place(&mut self, channel: &str) {
         let Some(master) = self.map.as_ref().and_then(|map| map.master_of(channel.as_bytes())).cloned() else {
             self.map = None;
@@ -237,10 +241,9 @@ impl ShardedSubscriber {
         };
         let at = match self.listeners.iter().position(|l| l.master == master) {
             Some(at) => at,
-            None => match self.connector.open_node_resp3(&master, self.timeout) {
-                Ok(conn) => {
-                    let (channels, unconfirmed) = (BTreeSet::new(), BTreeMap::new());
-                    self.listeners.push(Listener { master, conn, channels, unconfirmed });
+            None => match self.listen_on(master) {
+                Ok(listener) => {
+                    self.listeners.push(listener);
                     self.listeners.len() - 1
                 }
                 Err(_) => {
@@ -250,7 +253,7 @@ impl ShardedSubscriber {
             },
         };
         let listener = &mut self.listeners[at];
-        match send(&mut listener.conn, "SSUBSCRIBE", channel) {
+        match listener.orders.send(("SSUBSCRIBE", channel.to_owned())) {
             Ok(()) => {
                 listener.channels.insert(channel.to_owned());
                 listener.unconfirmed.insert(channel.to_owned(), Instant::now());
@@ -261,12 +264,72 @@ impl ShardedSubscriber {
             }
         }
     }
+
+    /// Connects to `master` and starts the thread that reads it.
+    fn listen_on(&mut self, master: NodeAddr) -> RedisResult<Listener> {
+        let conn = self.connector.open_node_resp3(&master, self.timeout)?;
+        conn.set_read_timeout(Some(SUBSCRIBE_TURN))?;
+        let (orders, to_do) = mpsc::channel();
+        let number = self.next_number;
+        self.next_number += 1;
+        let hear = self.hear.clone();
+        thread::Builder::new()
+            .name(format!("emitws-redis-shard-{}", master.1))
+            .spawn(move || read_master(conn, to_do, number, hear))
+            .map_err(|e| {
+                RedisError::from((redis::ErrorKind::Io, "cannot start a shard's reading thread", e.to_string()))
+            })?;
+        let (channels, unconfirmed) = (BTreeSet::new(), BTreeMap::new());
+        Ok(Listener { master, number, orders, channels, unconfirmed })
+    }
 }
 
-/// Sends `command channel` without waiting for its reply: it comes among
-/// the messages, and [`ShardedSubscriber::read`] takes it.
-fn send(conn: &mut Connection, command: &str, channel: &str) -> RedisResult<()> {
-    conn.send_packed_command(&redis::cmd(command).arg(channel).get_packed_command())
+/// A master's reading thread: sends the (un)subscriptions ordered, hands
+/// on what the connection brings, until its orders' sender is dropped (the
+/// listener is) or the connection fails.
+fn read_master(mut conn: Connection, to_do: Receiver<(&'static str, String)>, number: u64, hear: Sender<(u64, Heard)>) {
+    let tell = |heard: Heard| hear.send((number, heard)).is_ok();
+    loop {
+        loop {
+            match to_do.try_recv() {
+                Ok((command, channel)) => {
+                    let packed = redis::cmd(command).arg(channel).get_packed_command();
+                    if let Err(e) = conn.send_packed_command(&packed) {
+                        tell(Heard::Lost(e));
+                        return;
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        let heard = match conn.recv_response() {
+            Ok(Value::Push { kind, data }) => {
+                let channel = match data.first() {
+                    Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                    _ => continue,
+                };
+                match (kind, data.get(1)) {
+                    (PushKind::SMessage, Some(Value::BulkString(payload))) => {
+                        Heard::Message((channel, payload.clone()))
+                    }
+                    (PushKind::SSubscribe, _) => Heard::Subscribed(channel),
+                    (PushKind::SUnsubscribe, _) => Heard::Unsubscribed(channel),
+                    _ => continue,
+                }
+            }
+            Ok(_) => continue,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) if Redirection::of(&e).is_some() => Heard::Refused,
+            Err(e) => {
+                tell(Heard::Lost(e));
+                return;
+            }
+        };
+        if !tell(heard) {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

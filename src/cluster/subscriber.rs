@@ -29,7 +29,7 @@ pub(super) enum Subscription {
 
 /// How long the sharded subscriber reads before it looks at its queue of
 /// subscriptions and whether the link stopped.
-const SHARDED_ROUND: Duration = Duration::from_millis(5);
+const SHARDED_ROUND: Duration = Duration::from_millis(10);
 
 /// The subscriber thread: hands every message from another node, and every
 /// one on the history channel, to `deliver`.
