@@ -78,8 +78,8 @@ cargo test --features axum --doc axum
 # cluster_nodes runs emitws-cluster-node processes: it lives with them in tools/.
 if skipped redis; then skip "the Redis cluster tests"; else
   # The library's own tests of the Redis parts, and every test file with parts behind the feature (grep -l 'feature = "redis"' tests/*.rs).
-  section "cluster: cargo test --features redis --lib --test cluster --test cluster_failures --test cluster_history --test cluster_resume --test cluster_resume_history --test cluster_tls --test cluster_sentinel --test cluster_socket_ops --test cluster_users --test redis_cluster_harness --test cluster_redis_cluster --test chat_cluster --test drain --test health --test logs --test metrics; -p emitws-tools --test cluster_nodes --test resume_storm"
-  cargo test --features redis --lib --test cluster --test cluster_failures --test cluster_history --test cluster_resume --test cluster_resume_history --test cluster_tls --test cluster_sentinel --test cluster_socket_ops --test cluster_users --test redis_cluster_harness --test cluster_redis_cluster --test chat_cluster --test drain --test health --test logs --test metrics
+  section "cluster: cargo test --features redis --lib --test cluster --test cluster_failures --test cluster_history --test cluster_resume --test cluster_resume_history --test cluster_tls --test cluster_sentinel --test cluster_socket_ops --test cluster_users --test redis_cluster_harness --test cluster_redis_cluster --test chat_cluster --test drain --test health --test logs --test metrics --test app_binary --test app_seeds_openspeed; -p emitws-tools --test cluster_nodes --test resume_storm"
+  cargo test --features redis --lib --test cluster --test cluster_failures --test cluster_history --test cluster_resume --test cluster_resume_history --test cluster_tls --test cluster_sentinel --test cluster_socket_ops --test cluster_users --test redis_cluster_harness --test cluster_redis_cluster --test chat_cluster --test drain --test health --test logs --test metrics --test app_binary --test app_seeds_openspeed
   cargo test -p emitws-tools --features redis --test cluster_nodes --test resume_storm
 fi
 
