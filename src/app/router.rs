@@ -75,7 +75,20 @@ impl fmt::Debug for Next<'_> {
 
 impl Next<'_> {
     /// Passes the request to the next middleware, or to the handler.
+    #[inline]
     pub fn run(self, req: &mut Request<'_>) {
+        // Most events have no middleware: straight to the handler, inlined
+        // into the dispatch (callgrind: the chain's walk cost 40
+        // instructions per message when it stood in the way).
+        if self.global.is_empty() && self.ns.is_empty() && self.route.is_empty() {
+            return (self.handler)(req);
+        }
+        self.run_chain(req);
+    }
+
+    /// [`run`](Self::run) with middleware left.
+    #[inline(never)]
+    fn run_chain(self, req: &mut Request<'_>) {
         if let Some((first, global)) = self.global.split_first() {
             first.call(req, Next { global, ..self });
         } else if let Some(at) = self.ns.iter().position(|(prefix, _)| in_namespace(req.event(), prefix)) {

@@ -410,6 +410,9 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Counts `n` bytes just read into the read buffer and hands them on.
+    /// Inlined into the socket's read path, as it was before adoption
+    /// shared it (callgrind: a call here cost the echo 2%).
+    #[inline(always)]
     fn on_received(&mut self, key: usize, n: usize) {
         let WorkerConn { machine, conn } = &mut self.slab[key];
         self.ctx.metrics.bytes_read.add(n as u64);
@@ -422,6 +425,7 @@ impl<H: Handler> Worker<H> {
     }
 
     /// Hands `n` freshly read bytes to the connection's current phase.
+    #[inline(always)] // one socket read path, as on_received
     fn on_input(&mut self, key: usize, n: usize) {
         let Worker { slab, handler, read_buf, ctx, .. } = self;
         let slot = &mut slab[key];
