@@ -41,7 +41,7 @@ export interface ConnectOptions {
   maxQueued?: number;
   /** First-message auth: a request sent first on every connection. */
   auth?: { event: string; data?: unknown };
-  /** A JSON value sent with every connection as `emitws_meta` (PROTOCOL.md §15): the server's `req.meta()`. */
+  /** A JSON value sent with every connection as `emitws_meta` (PROTOCOL.md §14): the server's `req.meta()`. */
   meta?: unknown;
   /** Procedures registered before connecting (such as `@challenge`). */
   procedures?: Record<string, Procedure>;

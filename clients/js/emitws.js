@@ -126,7 +126,7 @@ const withParameter = (url, parameter) => {
 /** `url` with `emitws_resume=1` added to its query. */
 const resumeUrl = (url) => withParameter(url, 'emitws_resume=1');
 
-/** `url` with the connection's metadata as `emitws_meta=<JSON, percent-encoded>` (PROTOCOL.md §15). */
+/** `url` with the connection's metadata as `emitws_meta=<JSON, percent-encoded>` (PROTOCOL.md §14). */
 const metaUrl = (url, meta) => withParameter(url, `emitws_meta=${encodeURIComponent(JSON.stringify(meta))}`);
 
 /** The epoch and offset of a delivery's fourth element or of a room in the `@resume` reply, or null. */
@@ -218,7 +218,7 @@ export class EmitClient {
    * `reconnectDelay`, `maxReconnectDelay`, `maxRetries`, `connectTimeout`
    * (until `@ready`), `requestTimeout`, `maxQueued`, `auth` (`{event, data}`:
    * a request sent first on every connection, for first-message auth),
-   * `meta` (a JSON value sent with every connection, PROTOCOL.md §15),
+   * `meta` (a JSON value sent with every connection, PROTOCOL.md §14),
    * `procedures` (`{name: fn}`, registered at once), `WebSocket`, `binary`
    * (offer `emitws.v2` before `emitws.v1`: bytes — an ArrayBuffer or a view
    * such as Uint8Array or Buffer — given to `emit`, `request` or returned by

@@ -99,12 +99,12 @@ impl Connecting<'_> {
 
     /// The client's address: the TCP peer's, or, when the peer is one of
     /// the app's [trusted proxies](super::App::trusted_proxies), the
-    /// address its `X-Forwarded-For` names (PROTOCOL.md §15).
+    /// address its `X-Forwarded-For` names (PROTOCOL.md §14).
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.data.info().and_then(|info| info.peer).or_else(|| self.request.peer_addr())
     }
 
-    /// The metadata the client sent with its connection (PROTOCOL.md §15),
+    /// The metadata the client sent with its connection (PROTOCOL.md §14),
     /// as JSON text, if it sent any.
     pub fn meta(&self) -> Option<&RawValue> {
         self.data.info()?.meta.as_deref()
@@ -302,10 +302,10 @@ impl PathRoute {
     }
 }
 
-// Connection facts (PROTOCOL.md §15): the client's address behind trusted
+// Connection facts (PROTOCOL.md §14): the client's address behind trusted
 // proxies, the metadata it sent, what identified it, the app's own id for it.
 
-/// The query parameter that carries a client's metadata (PROTOCOL.md §15).
+/// The query parameter that carries a client's metadata (PROTOCOL.md §14).
 pub(crate) const META_PARAM: &str = "emitws_meta";
 
 /// The default of [`App::max_meta`](super::App::max_meta): 4 KiB of JSON.

@@ -287,7 +287,7 @@ impl AppWorker {
                 let outcome = outcome.unwrap_or_else(|_| Err(Refusal::status(500, "the identify hook panicked")));
                 match &outcome {
                     Ok(user) => {
-                        // What identified the socket, for `req.identity()` (PROTOCOL.md §15).
+                        // What identified the socket, for `req.identity()` (PROTOCOL.md §14).
                         let identity = data.map(|data| data.to_owned());
                         req.conn.data_mut().info_mut(&app.0.setup.conn.tables).identity = identity;
                         req.reply(&serde_json::json!({ "user": user }))
@@ -405,7 +405,7 @@ impl AppWorker {
             user: Option<String>,
             #[serde(skip_serializing_if = "std::ops::Not::not")]
             resumed: bool,
-            /// The app's own id for the socket (PROTOCOL.md §15).
+            /// The app's own id for the socket (PROTOCOL.md §14).
             #[serde(skip_serializing_if = "Option::is_none")]
             id: Option<String>,
         }

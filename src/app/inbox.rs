@@ -25,7 +25,7 @@ pub(crate) enum WorkerMsg {
     Authenticated {
         conn: ConnId,
         user: Result<String, Refusal>,
-        /// The challenge's answer, when accepted: the socket's identity (PROTOCOL.md §15).
+        /// The challenge's answer, when accepted: the socket's identity (PROTOCOL.md §14).
         identity: Option<Box<serde_json::value::RawValue>>,
     },
     /// Socket `waiter` of `user` resumes with the token of connection `old`,

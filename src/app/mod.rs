@@ -195,7 +195,7 @@ pub(crate) struct AppConfig {
     /// The hook for the cluster's health ([`App::on_cluster`]).
     pub(crate) cluster_events: Option<cluster_event::ClusterEventFn>,
     /// Trusted proxies, the per-address cap, metadata, generated ids
-    /// (PROTOCOL.md §15), and the tables they fill while the app runs.
+    /// (PROTOCOL.md §14), and the tables they fill while the app runs.
     pub(crate) conn: connect::ConnSettings,
     /// Member caps of rooms, first match first ([`App::room_cap`]).
     room_caps: Vec<(history::RoomPattern, usize)>,
@@ -317,7 +317,7 @@ impl App {
     }
 
     /// The largest metadata a client may send with its connection
-    /// (`emitws_meta`, PROTOCOL.md §15), in bytes of JSON (default 4 KiB;
+    /// (`emitws_meta`, PROTOCOL.md §14), in bytes of JSON (default 4 KiB;
     /// larger: the upgrade gets 400).
     pub fn max_meta(&mut self, bytes: usize) -> &mut Self {
         self.config.conn.max_meta = bytes;
@@ -337,7 +337,7 @@ impl App {
     /// must not be locked out meanwhile): the id then finds the new socket,
     /// and the older one, left connected until the heartbeat, a resume's
     /// takeover or the app closes it, has none. Lookup is this node's
-    /// (PROTOCOL.md §15).
+    /// (PROTOCOL.md §14).
     ///
     /// ```
     /// use emitws::app::{App, Refusal};
@@ -829,7 +829,7 @@ impl AppHandle {
     /// The socket on this node that the app's
     /// [`generate_id`](App::generate_id) named `id`, once admitted;
     /// its [`SocketRef`](SocketRef) then emits, calls and closes as
-    /// any. Only this node's sockets are found (PROTOCOL.md §15).
+    /// any. Only this node's sockets are found (PROTOCOL.md §14).
     ///
     /// ```no_run
     /// # fn demo(app: &emitws::app::AppHandle) {

@@ -533,7 +533,7 @@ impl<'a> Request<'a> {
     }
 }
 
-/// Connection facts (PROTOCOL.md §15), readable in every handler and middleware.
+/// Connection facts (PROTOCOL.md §14), readable in every handler and middleware.
 ///
 /// ```
 /// use emitws::app::App;
@@ -568,7 +568,7 @@ impl Request<'_> {
     }
 
     /// The metadata the client sent with this connection (`emitws_meta`,
-    /// PROTOCOL.md §15), as JSON; [`meta_as`](Self::meta_as) reads it typed.
+    /// PROTOCOL.md §14), as JSON; [`meta_as`](Self::meta_as) reads it typed.
     pub fn meta(&self) -> Option<&RawValue> {
         self.conn.data().info()?.meta.as_deref()
     }

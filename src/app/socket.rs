@@ -77,7 +77,7 @@ pub(crate) struct SocketState {
     pub positions: Vec<(Box<str>, Arc<str>, u64)>,
     /// A `@resume` request waiting for the authentication to finish.
     pub resume: Option<Box<ResumeRequest>>,
-    /// Connection facts (PROTOCOL.md §15): the address behind a proxy,
+    /// Connection facts (PROTOCOL.md §14): the address behind a proxy,
     /// metadata, identity, generated id, and a refusal to carry out right
     /// after the upgrade; boxed, as most sockets have none.
     pub info: Option<Box<super::connect::ConnInfo>>,

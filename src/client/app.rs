@@ -205,7 +205,7 @@ pub struct AppOptions {
     /// is reported as `@error` and the server closes the socket.
     pub auth: Option<AuthRequest>,
     /// Metadata sent with every connection (WSE's `meta`): the JSON value
-    /// goes in the query parameter `emitws_meta` (PROTOCOL.md §15), where
+    /// goes in the query parameter `emitws_meta` (PROTOCOL.md §14), where
     /// the server's handlers read it (`req.meta()`). Default none.
     pub meta: Option<Value>,
     /// Headers, origin, TLS roots, limits and permessage-deflate for the

@@ -1,5 +1,5 @@
 //! The event client's side of session resume (PROTOCOL.md §13): the URL and
-//! request that resume a session (and the URL's metadata, §15), and the per-room positions that
+//! request that resume a session (and the URL's metadata, §14), and the per-room positions that
 //! deduplicate replayed broadcasts.
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ fn with_parameter(url: &str, parameter: &str) -> String {
 }
 
 /// `url` with the connection's metadata added to its query as
-/// `emitws_meta=<JSON, percent-encoded>` (PROTOCOL.md §15).
+/// `emitws_meta=<JSON, percent-encoded>` (PROTOCOL.md §14).
 pub(crate) fn meta_url(url: &str, meta: &Value) -> String {
     let mut encoded = String::from("emitws_meta=");
     for byte in meta.to_string().bytes() {
