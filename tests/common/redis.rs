@@ -17,7 +17,16 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Option<Redis> {
-        Redis::start_on(free_port())
+        // A port free when asked may be taken by another test's server
+        // before ours binds it: ours then exits, and another port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            match Redis::try_start(port, &["--port", &port.to_string()]) {
+                Ok(redis) => return redis,
+                Err(()) => continue,
+            }
+        }
+        panic!("redis-server could not bind a free port in 5 tries")
     }
 
     pub fn start_on(port: u16) -> Option<Redis> {
@@ -28,6 +37,12 @@ impl Redis {
     /// first, among them) then the tests' defaults, reached on `port`
     /// (plain or TLS, as `args` say).
     pub fn start_with(port: u16, args: &[&str]) -> Option<Redis> {
+        Redis::try_start(port, args).unwrap_or_else(|()| panic!("redis-server exited: is port {port} taken?"))
+    }
+
+    /// [`start_with`](Self::start_with), or `Err` if the server exited
+    /// before it answered (its port taken, most often).
+    fn try_start(port: u16, args: &[&str]) -> Result<Option<Redis>, ()> {
         let child = Command::new("redis-server")
             .args(args)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -38,16 +53,32 @@ impl Redis {
             Ok(child) => child,
             Err(_) if left_out("redis") => {
                 eprintln!("\n*** EMITWS_SKIP=redis: not running this Redis test ***\n");
-                return None;
+                return Ok(None);
             }
             Err(e) => panic!(
                 "cannot start redis-server ({e}): install it (apt-get install redis-server, or \
                  scripts/install-deps.sh), or leave the Redis tests out with EMITWS_SKIP=redis"
             ),
         };
-        let redis = Redis { child, port };
-        wait_for(Duration::from_secs(5), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-        Some(redis)
+        let mut redis = Redis { child, port };
+        // Up once the port answers, unless the server exited first: a port
+        // another test's server took answers too, but is not ours.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if !matches!(redis.child.try_wait(), Ok(None)) {
+                return Err(());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Still ours a moment later (an exit on a taken port is at once).
+                std::thread::sleep(Duration::from_millis(20));
+                if matches!(redis.child.try_wait(), Ok(None)) {
+                    return Ok(Some(redis));
+                }
+                return Err(());
+            }
+            assert!(Instant::now() < deadline, "redis-server did not listen on {port} within 5 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self) -> String {
