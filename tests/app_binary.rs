@@ -25,13 +25,15 @@ use std::time::Duration;
 
 use app_client::{eventually, start, AppClient};
 use common::{http, upgrade_request, Client, Frame, RecvError, WAIT};
-use emitws::app::{App, BroadcastOpts, EventLimits, Policy, Rate};
+use emitws::app::{App, BroadcastOpts, EventLimits, Policy, Rate, ReadyState, SocketId};
 use emitws::client::app::{AppClient as RustClient, AppError, AppOptions, Payload};
 use serde_json::{json, Value};
 
 /// A raw emitws.v2 connection: text envelopes as JSON values, binary ones as bytes.
 struct V2 {
     ws: Client,
+    /// The `@ready` envelope.
+    ready: Value,
 }
 
 impl V2 {
@@ -40,10 +42,15 @@ impl V2 {
         let (stream, reply, rest) = http(addr, &upgrade_request("/", &[("Sec-WebSocket-Protocol", protocols)]));
         assert_eq!(reply.status, 101, "{reply:?}");
         assert_eq!(reply.header("sec-websocket-protocol"), Some("emitws.v2"), "offered {protocols}");
-        let mut v2 = V2 { ws: Client::from_parts(stream, rest) };
-        let ready = v2.text();
-        assert_eq!(ready[1], "@ready", "{ready}");
+        let mut v2 = V2 { ws: Client::from_parts(stream, rest), ready: Value::Null };
+        v2.ready = v2.text();
+        assert_eq!(v2.ready[1], "@ready", "{}", v2.ready);
         v2
+    }
+
+    /// The socket's id, from its `@ready`.
+    fn id(&self) -> SocketId {
+        self.ready[2]["socket"].as_str().expect("a socket id").parse().expect("a socket id")
     }
 
     fn frame(&mut self) -> Frame {
@@ -111,6 +118,11 @@ fn binary_app() -> App {
     app.on("/join", |req| {
         let _ = req.join("#r");
         req.reply(&true);
+    });
+    app.on("/iam", |req| {
+        let user: String = req.data().unwrap_or_default();
+        let set = req.set_user(&user);
+        req.reply(&set);
     });
     app.on("/share", |req| {
         let bytes = req.binary().unwrap_or(b"json").to_vec();
@@ -357,14 +369,15 @@ fn binary_frames_count_against_the_size_limit_the_rate_and_the_close_policy() {
 }
 
 #[test]
-fn a_binary_answer_to_a_server_call_reads_as_base64() {
+fn a_binary_answer_to_a_server_call_gives_its_bytes_and_reads_as_base64() {
     let answer = Arc::new(Mutex::new(None));
     let mut app = binary_app();
     let sink = answer.clone();
     app.on("/ask", move |req| {
         let sink = sink.clone();
         let _ = req.call("photo", &Value::Null, Duration::from_secs(2), move |result| {
-            *sink.lock().unwrap() = Some(result.map(|reply| reply.raw().to_string()).map_err(|e| e.to_string()));
+            let answer = result.map(|reply| (reply.raw().to_string(), reply.binary().map(<[u8]>::to_vec)));
+            *sink.lock().unwrap() = Some(answer.map_err(|e| e.to_string()));
         });
     });
     let running = start(app, 1);
@@ -376,7 +389,8 @@ fn a_binary_answer_to_a_server_call_reads_as_base64() {
     assert!(id < 128, "one LEB128 byte");
     v2.ws.send_binary(&[2, id as u8, 0xde, 0xad]);
     eventually("the call was answered", || answer.lock().unwrap().is_some());
-    assert_eq!(answer.lock().unwrap().clone(), Some(Ok(r#"{"base64":"3q0="}"#.to_string())));
+    let bytes = Some(vec![0xde, 0xad]);
+    assert_eq!(answer.lock().unwrap().clone(), Some(Ok((r#"{"base64":"3q0="}"#.to_string(), bytes))));
     running.close();
 }
 
@@ -429,4 +443,138 @@ fn javascript_client_sends_and_receives_binary() {
     let running = start(app, 2);
     node::run_node_tests("binary.test.js", &[("EMITWS_BINARY_URL", format!("ws://{}/", running.local_addr()))]);
     running.close();
+}
+
+/// The id in an `@ready`'s data.
+fn ready_id(ready: &Value) -> SocketId {
+    ready["socket"].as_str().expect("a socket id").parse().expect("a socket id")
+}
+
+#[test]
+fn binary_events_reach_one_socket_or_a_users_devices_in_the_protocol_each_speaks() {
+    let running = start(binary_app(), 2);
+    let (addr, app) = (running.local_addr(), running.app());
+    let mut v2 = V2::connect(addr, "emitws.v2");
+    let mut v1 = AppClient::connect(addr);
+    let v1_id = ready_id(v1.ready.as_ref().expect("ready"));
+    let bytes = all_bytes();
+    assert!(app.emit_binary_to(v2.id(), "/direct", &bytes).expect("a name that fits"));
+    assert_eq!(v2.binary(), envelope(0, &[], "/direct", &bytes));
+    assert!(app.socket(v1_id).emit_binary("/direct", &[0xde, 0xad]).expect("a name that fits"));
+    assert_eq!(v1.expect_event("/direct"), json!({ "base64": "3q0=" }));
+    // A user with a device of each protocol: this node's devices count.
+    v2.ws.send_text(r#"[1,1,"/iam","ada"]"#);
+    assert_eq!(v2.text(), json!([2, 1, true]));
+    assert_eq!(v1.request("/iam", json!("ada")), Ok(json!(true)));
+    assert_eq!(app.to_user("ada").emit_binary("/sync", &[1, 2, 3]).expect("a name that fits"), 2);
+    assert_eq!(v2.binary(), envelope(0, &[], "/sync", &[1, 2, 3]));
+    assert_eq!(v1.expect_event("/sync"), json!({ "base64": "AQID" }));
+    // Names a binary header cannot carry: refused, nothing sent.
+    let long = format!("/{}", "x".repeat(255));
+    assert!(matches!(app.emit_binary_to(v2.id(), &long, &[1]), Err(emitws::app::Error::BinaryName(_))));
+    assert!(matches!(app.to_user("ada").emit_binary("", &[1]), Err(emitws::app::Error::BinaryName(_))));
+    // Where each socket is, asked from outside the workers.
+    assert_eq!(app.socket(v2.id()).ready_state().wait(), Some(ReadyState::Open));
+    assert_eq!(app.socket(v1_id).ready_state().wait(), Some(ReadyState::Open));
+    v1.close();
+    eventually("the closed socket is CLOSED", || app.socket(v1_id).ready_state().wait() == Some(ReadyState::Closed));
+    let never: SocketId = "0-999999".parse().expect("a socket id");
+    assert_eq!(app.socket(never).ready_state().wait(), Some(ReadyState::Closed));
+    v2.expect_silence();
+    running.close();
+}
+
+/// Opens a connection offering `protocol` that resumes with `token`.
+fn resume_as(addr: std::net::SocketAddr, protocol: &str, token: &str) -> Client {
+    let path = "/?user=ann&emitws_resume=1";
+    let (stream, reply, rest) = http(addr, &upgrade_request(path, &[("Sec-WebSocket-Protocol", protocol)]));
+    assert_eq!(reply.header("sec-websocket-protocol"), Some(protocol), "{reply:?}");
+    let mut ws = Client::from_parts(stream, rest);
+    ws.send_text(&json!([1, 1, "@resume", { "token": token, "rooms": {} }]).to_string());
+    ws
+}
+
+#[test]
+fn binary_events_kept_for_an_away_socket_come_in_the_protocol_it_resumes_with() {
+    let mut app = binary_app();
+    app.identify(|conn| Ok(conn.query_value("user").unwrap_or_default()));
+    let running = start(app, 1);
+    let (addr, app) = (running.local_addr(), running.app());
+    let mut ann = AppClient::connect_to(addr, "/?user=ann", &[]).expect("upgraded");
+    let ready = ann.wait_ready();
+    let (id, token) = (ready_id(&ready), ready["resume"].as_str().expect("a token").to_string());
+    drop(ann); // lost without a close: its session is kept
+    eventually("ann is away", || app.socket(id).ready_state().wait() == Some(ReadyState::Connecting));
+    assert!(app.emit_binary_to(id, "/held", &[1, 2]).expect("a name that fits"));
+    assert_eq!(app.to_user("ann").emit_binary("/held", &[3]).expect("a name that fits"), 1);
+    assert!(app.emit_to(id, "/json", "x").expect("JSON"));
+    // Away as a v1 socket, back as a v2 one: the kept messages, in order,
+    // before the resume's reply, binary ones as binary envelopes.
+    let mut back = V2 { ws: resume_as(addr, "emitws.v2", &token), ready: Value::Null };
+    assert_eq!(back.binary(), envelope(0, &[], "/held", &[1, 2]));
+    assert_eq!(back.binary(), envelope(0, &[], "/held", &[3]));
+    assert_eq!(back.text(), json!([0, "/json", "x"]));
+    let reply = back.text();
+    assert_eq!((&reply[1], &reply[2]["resumed"]), (&json!(1), &json!(true)), "{reply}");
+    back.ready = back.text();
+    assert_eq!(back.id(), id);
+    assert_eq!(app.socket(id).ready_state().wait(), Some(ReadyState::Open));
+    let token = back.ready[2]["resume"].as_str().expect("a fresh token").to_string();
+    // Away as v2, back as v1: base64 in JSON.
+    drop(back);
+    eventually("ann is away again", || app.socket(id).ready_state().wait() == Some(ReadyState::Connecting));
+    assert!(app.socket(id).emit_binary("/held", &[0xff]).expect("a name that fits"));
+    // (Read as text frames: a v1 connection gets no binary frame.)
+    let mut v1 = V2 { ws: resume_as(addr, "emitws.v1", &token), ready: Value::Null };
+    assert_eq!(v1.text(), json!([0, "/held", { "base64": "/w==" }]));
+    let reply = v1.text();
+    assert_eq!(reply[2]["resumed"], true, "{reply}");
+    running.close();
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn binary_events_calls_and_ready_states_reach_sockets_on_another_node() {
+    let Some(redis) = redis_server::Redis::start() else { return };
+    let (a, b) = two_nodes::two_nodes(&redis, binary_app);
+    let mut v2 = V2::connect(a.addr(), "emitws.v2");
+    let mut v1 = AppClient::connect(a.addr());
+    let v1_id = ready_id(v1.ready.as_ref().expect("ready"));
+    let mut v2_on_b = V2::connect(b.addr(), "emitws.v2");
+    // From node b to sockets of node a, by id.
+    let bytes = all_bytes();
+    assert!(b.app().emit_binary_to(v2.id(), "/direct", &bytes).expect("a name that fits"));
+    assert_eq!(v2.binary(), envelope(0, &[], "/direct", &bytes));
+    assert!(b.app().socket(v1_id).emit_binary("/direct", &[0xde, 0xad]).expect("a name that fits"));
+    assert_eq!(v1.expect_event("/direct"), json!({ "base64": "3q0=" }));
+    // A user with devices on both nodes: each gets it once, in its protocol.
+    for (n, socket) in [&mut v2, &mut v2_on_b].into_iter().enumerate() {
+        socket.ws.send_text(&format!(r#"[1,{},"/iam","ada"]"#, n + 1));
+        assert_eq!(socket.text(), json!([2, n + 1, true]));
+    }
+    assert_eq!(v1.request("/iam", json!("ada")), Ok(json!(true)));
+    assert_eq!(b.app().to_user("ada").emit_binary("/sync", &[7]).expect("a name that fits"), 1);
+    for socket in [&mut v2, &mut v2_on_b] {
+        assert_eq!(socket.binary(), envelope(0, &[], "/sync", &[7]));
+    }
+    assert_eq!(v1.expect_event("/sync"), json!({ "base64": "Bw==" }));
+    // A call from node b answered with bytes by a's v2 socket.
+    let pending = b.app().socket(v2.id()).call("photo", &Value::Null, Duration::from_secs(5)).expect("JSON");
+    let call = v2.text();
+    assert_eq!((&call[0], &call[2]), (&json!(1), &json!("photo")), "{call}");
+    let id = call[1].as_u64().expect("an id");
+    assert!(id < 128, "one LEB128 byte");
+    v2.ws.send_binary(&[2, id as u8, 0xca, 0xfe]);
+    let reply = pending.wait().expect("answered");
+    assert_eq!((reply.binary(), reply.raw()), (Some(&[0xca, 0xfe][..]), r#"{"base64":"yv4="}"#));
+    // Where a's sockets are, asked from b.
+    assert_eq!(b.app().socket(v2.id()).ready_state().wait(), Some(ReadyState::Open));
+    v1.close();
+    eventually("a's closed socket is CLOSED from b", || {
+        b.app().socket(v1_id).ready_state().wait() == Some(ReadyState::Closed)
+    });
+    v2.expect_silence();
+    v2_on_b.expect_silence();
+    a.close();
+    b.close();
 }

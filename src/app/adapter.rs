@@ -243,14 +243,18 @@ pub enum SocketAsk {
     /// would; answered with a [`GroupOutcome`] once the device cap has had
     /// its say (see [`SocketRef::set_user`](super::SocketRef::set_user)).
     SetUser(Option<String>),
+    /// Tell where the socket is, as [`SocketRef::ready_state`](super::SocketRef::ready_state) does.
+    ReadyState,
 }
 
 impl SocketAsk {
     /// The answer when the socket is not there: [`GroupOutcome::NotThere`],
-    /// or a call's [`CallError::Disconnected`](super::CallError::Disconnected).
+    /// a call's [`CallError::Disconnected`](super::CallError::Disconnected),
+    /// or [`ReadyState::Closed`](super::ReadyState::Closed).
     pub(crate) fn absent(&self) -> SocketAnswer {
         match self {
             SocketAsk::Call { .. } => SocketAnswer::Call(Err(super::CallError::Disconnected)),
+            SocketAsk::ReadyState => SocketAnswer::ReadyState(super::ReadyState::Closed),
             _ => SocketAnswer::Group(GroupOutcome::NotThere),
         }
     }
@@ -264,6 +268,8 @@ pub enum SocketAnswer {
     Group(GroupOutcome),
     /// The outcome of a call.
     Call(CallResult),
+    /// Where the socket is.
+    ReadyState(super::ReadyState),
 }
 
 /// How a [`SocketAnswer`] gets back to the asker: `None` when none came

@@ -96,6 +96,19 @@ pub(crate) fn from_transport(text: &str) -> Option<(SharedFrame, SharedFrame)> {
     Some((SharedFrame::binary(&frame), SharedFrame::text(&format!("[0,{rest}"))))
 }
 
+/// A direct message kept for an away socket (always text: the cluster's
+/// store keeps text) as the socket gets it on its return: a binary event's
+/// [`transport`] form becomes the frame of the socket's protocol (`v2`:
+/// `emitws.v2`); JSON goes as it is.
+pub(crate) fn as_delivered(kept: &SharedFrame, v2: bool) -> SharedFrame {
+    let transport = std::str::from_utf8(kept.payload()).ok().and_then(from_transport);
+    match transport {
+        Some((frame, _)) if v2 => frame,
+        Some((_, v1)) => v1,
+        None => kept.clone(),
+    }
+}
+
 /// JSON text written by this module: UTF-8 by construction.
 fn utf8(text: Vec<u8>) -> String {
     String::from_utf8(text).expect("JSON text is UTF-8")
@@ -131,5 +144,15 @@ mod tests {
         assert_eq!(text.payload(), b"[0,\"/blob\",{\"base64\":\"AQID\"}]");
         assert!(from_transport("[0,\"/blob\",{\"base64\":\"AQID\"}]").is_none());
         assert!(from_transport("[64,\"/blob\",{\"base64\":\"%%\"}]").is_none());
+    }
+
+    #[test]
+    fn a_kept_message_is_delivered_in_the_sockets_protocol() {
+        let (binary, text) = event_frames("/blob", &[1, 2, 3]);
+        let kept = transport("/blob", &[1, 2, 3]);
+        assert_eq!(as_delivered(&kept, true).payload(), binary.payload());
+        assert_eq!(as_delivered(&kept, false).payload(), text.payload());
+        let json = SharedFrame::text("[0,\"/x\",1]");
+        assert_eq!(as_delivered(&json, true).payload(), json.payload());
     }
 }

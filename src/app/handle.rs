@@ -175,15 +175,43 @@ impl AppHandle {
         event: &str,
         data: &T,
     ) -> Result<bool, Error> {
-        let id = id.into();
         let frame = self.encode_event(event, data)?;
+        Ok(self.send_to(id.into(), &Direct::Text(frame)))
+    }
+
+    /// Sends a binary event to one socket, on this node or another, as
+    /// [`emit_to`](Self::emit_to) sends JSON: a binary frame if the socket
+    /// speaks `emitws.v2`, `[0, event, {"base64": "…"}]` if it speaks
+    /// `emitws.v1` (PROTOCOL.md §10). Kept for the socket while it is away,
+    /// like any direct message, and sent in the protocol of the connection
+    /// it resumes with. False if the server has stopped, or the socket is
+    /// on another node and there is no adapter.
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) -> Result<(), emitws::app::Error> {
+    /// let thumbnail: Vec<u8> = vec![0x89, b'P', b'N', b'G'];
+    /// app.emit_binary_to(id, "/thumbnail", &thumbnail)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BinaryName`] for an event name longer than 255 bytes (or
+    /// empty); nothing is sent.
+    pub fn emit_binary_to(&self, id: impl Into<SocketId>, event: &str, bytes: &[u8]) -> Result<bool, Error> {
+        Ok(self.send_to(id.into(), &Direct::binary(event, bytes)?))
+    }
+
+    /// Sends a direct message to the socket `id`: on this node, to one
+    /// resumed here from another node, or through the adapter.
+    fn send_to(&self, id: SocketId, direct: &Direct) -> bool {
         match (self.mine(id), self.0.sessions.arrived(id)) {
-            (Some(public), _) => Ok(self.send_direct(public, &frame)),
+            (Some(public), _) => self.send_direct(public, direct),
             // Resumed here from another node.
-            (None, Some(conn)) => Ok(self.server().send_frame(conn, &frame)),
+            (None, Some(conn)) => self.send_now(conn, direct),
             (None, None) => {
-                self.publish(&frame, Target::Socket(id));
-                Ok(self.0.setup.adapter.is_some())
+                self.publish(direct.kept(), Target::Socket(id));
+                self.0.setup.adapter.is_some()
             }
         }
     }
@@ -506,6 +534,27 @@ impl SocketRef {
         self.app.emit_to(self.id, event, data)
     }
 
+    /// Sends a binary event to this socket, as
+    /// [`AppHandle::emit_binary_to`]: raw bytes to an `emitws.v2` socket,
+    /// base64 in JSON to an `emitws.v1` one, on any node.
+    ///
+    /// ```
+    /// let mut app = emitws::app::App::new();
+    /// app.on("/avatar", |req| {
+    ///     let socket = req.socket();
+    ///     // Later, from any thread:
+    ///     std::thread::spawn(move || socket.emit_binary("/avatar/png", &[0x89, b'P', b'N', b'G']));
+    /// });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BinaryName`] for an event name longer than 255 bytes (or
+    /// empty); nothing is sent.
+    pub fn emit_binary(&self, event: &str, bytes: &[u8]) -> Result<bool, Error> {
+        self.app.emit_binary_to(self.id, event, bytes)
+    }
+
     /// Joins the socket to a room (`#name`) or gives it a tag (`*name`), on
     /// its node, as its own [`Request::join`](super::Request::join) would
     /// (with the room's history position and the
@@ -688,7 +737,7 @@ impl SocketRef {
             Box::new(move |answer| {
                 done(match answer {
                     Some(SocketAnswer::Call(result)) => result,
-                    Some(SocketAnswer::Group(_)) => Err(mismatched_call()),
+                    Some(_) => Err(mismatched_call()),
                     None => Err(CallError::Timeout),
                 })
             }),
@@ -741,6 +790,50 @@ impl SocketRef {
         let started = Instant::now();
         let data = RawValue::NULL.to_owned();
         self.call_raw(PING_EVENT, data, timeout, move |result| done(result.map(|_| started.elapsed())));
+    }
+
+    /// Where the socket is (openspeed's `ws.readyState` of any socket, on
+    /// any node), asked of its worker: [`Connecting`](ReadyState::Connecting)
+    /// until it is admitted, and while it is away with its session kept
+    /// for a resume; [`Open`](ReadyState::Open);
+    /// [`Closing`](ReadyState::Closing) once its close has started;
+    /// [`Closed`](ReadyState::Closed) once it is gone (or was never there).
+    /// Wait from any thread but a worker's; from a handler use
+    /// [`ready_state_then`](Self::ready_state_then).
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) {
+    /// use emitws::app::ReadyState;
+    /// match app.socket(id).ready_state().wait() {
+    ///     Some(ReadyState::Open) => println!("{id} is open"),
+    ///     Some(state) => println!("{id} is {state}"),
+    ///     None => println!("{id}'s node did not answer"),
+    /// }
+    /// # }
+    /// ```
+    pub fn ready_state(&self) -> PendingReadyState {
+        let (sender, answer) = mpsc::sync_channel(1);
+        self.ready_state_then(move |state| {
+            let _ = sender.try_send(state);
+        });
+        PendingReadyState { answer }
+    }
+
+    /// [`ready_state`](Self::ready_state), with `done` run on the socket's
+    /// worker (on the adapter's thread for a socket of another node) with
+    /// the state, or `None` when the socket's node did not answer within
+    /// the adapter's timeout (it may have died): the form for a handler.
+    pub fn ready_state_then(&self, done: impl FnOnce(Option<ReadyState>) + Send + 'static) {
+        self.ask(
+            SocketAsk::ReadyState,
+            Box::new(move |answer| {
+                done(match answer {
+                    Some(SocketAnswer::ReadyState(state)) => Some(state),
+                    Some(_) => Some(ReadyState::Closed),
+                    None => None,
+                })
+            }),
+        );
     }
 
     /// Has the socket's node do `ask`: this node's workers for a socket of
@@ -843,11 +936,43 @@ impl Request<'_> {
     /// ```
     pub fn ready_state(&self) -> ReadyState {
         // User events start with `/`: this name is the system hook's.
-        match (self.event, self.conn.is_open()) {
-            ("@disconnect", _) => ReadyState::Closed,
-            (_, false) => ReadyState::Closing,
-            _ if self.conn.data().has(flag::CONNECTED) => ReadyState::Open,
-            _ => ReadyState::Connecting,
+        match self.event {
+            "@disconnect" => ReadyState::Closed,
+            _ => ready_state_of(self.conn.is_open(), self.conn.data()),
+        }
+    }
+}
+
+/// Where a socket whose connection is there is: closing once it is no
+/// longer open, else open once admitted.
+pub(crate) fn ready_state_of(open: bool, data: &super::socket::SocketData) -> ReadyState {
+    match open {
+        false => ReadyState::Closing,
+        true if data.has(flag::CONNECTED) => ReadyState::Open,
+        true => ReadyState::Connecting,
+    }
+}
+
+/// The answer of [`SocketRef::ready_state`], to wait for from a thread that is not a worker.
+#[derive(Debug)]
+pub struct PendingReadyState {
+    answer: mpsc::Receiver<Option<ReadyState>>,
+}
+
+impl PendingReadyState {
+    /// Blocks until the socket's worker answers (at most the adapter's
+    /// timeout for a socket of another node): `None` when no answer came.
+    pub fn wait(self) -> Option<ReadyState> {
+        // A dropped sender: the server stopped before the worker took it.
+        self.answer.recv().unwrap_or(Some(ReadyState::Closed))
+    }
+
+    /// The answer, if it has come.
+    pub fn try_result(&self) -> Option<Option<ReadyState>> {
+        match self.answer.try_recv() {
+            Ok(state) => Some(state),
+            Err(mpsc::TryRecvError::Empty) => None,
+            Err(mpsc::TryRecvError::Disconnected) => Some(Some(ReadyState::Closed)),
         }
     }
 }
@@ -881,7 +1006,7 @@ fn group_done(done: impl FnOnce(GroupOutcome) + Send + 'static) -> super::adapte
     Box::new(move |answer| {
         done(match answer {
             Some(SocketAnswer::Group(outcome)) => outcome,
-            Some(SocketAnswer::Call(_)) => mismatched_group(),
+            Some(_) => mismatched_group(),
             None => GroupOutcome::TimedOut,
         })
     })
@@ -895,6 +1020,43 @@ fn mismatched_group() -> GroupOutcome {
 /// What a call's asker makes of an answer of another kind.
 fn mismatched_call() -> CallError {
     CallError::Remote { code: "internal".into(), message: "the socket's node answered something else".into() }
+}
+
+/// A direct message to one socket or one user's devices.
+pub(crate) enum Direct {
+    /// A JSON envelope, the text frame every socket gets.
+    Text(SharedFrame),
+    /// A binary event: its node-to-node text, kept for an away socket and
+    /// published to other nodes (the store and the nodes carry text), and
+    /// its frames for `emitws.v2` and `emitws.v1` sockets.
+    Binary { transport: SharedFrame, frames: Box<(SharedFrame, SharedFrame)> },
+}
+
+impl Direct {
+    /// A binary event's direct message.
+    fn binary(event: &str, bytes: &[u8]) -> Result<Direct, Error> {
+        if !binary::fits(event) {
+            return Err(Error::BinaryName(event.into()));
+        }
+        let frames = Box::new(binary_v1::event_frames(event, bytes));
+        Ok(Direct::Binary { transport: binary_v1::transport(event, bytes), frames })
+    }
+
+    /// A direct message another node published: a binary event in its
+    /// transport form, or JSON.
+    fn from_text(text: &str) -> Direct {
+        match binary_v1::from_transport(text) {
+            Some(frames) => Direct::Binary { transport: SharedFrame::text(text), frames: Box::new(frames) },
+            None => Direct::Text(SharedFrame::text(text)),
+        }
+    }
+
+    /// The text kept for an away socket and published to other nodes.
+    fn kept(&self) -> &SharedFrame {
+        match self {
+            Direct::Text(frame) | Direct::Binary { transport: frame, .. } => frame,
+        }
+    }
 }
 
 /// One user's devices, reached from any thread.
@@ -931,12 +1093,52 @@ impl UserRef {
     /// [`Error::Json`] if `data` does not serialize to JSON; nothing is sent.
     pub fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<usize, Error> {
         let frame = self.app.encode_event(event, data)?;
+        Ok(self.send(&Direct::Text(frame)))
+    }
+
+    /// Sends a binary event to every device, on every node of a cluster,
+    /// as [`emit`](Self::emit) sends JSON: a binary frame to those speaking
+    /// `emitws.v2`, `[0, event, {"base64": "…"}]` to `emitws.v1` ones
+    /// (PROTOCOL.md §10); returns how many devices this node has, counting
+    /// those away waiting for a resume.
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) -> Result<(), emitws::app::Error> {
+    /// app.to_user("ada").emit_binary("/sync/chunk", &[1, 2, 3])?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BinaryName`] for an event name longer than 255 bytes (or
+    /// empty); nothing is sent.
+    pub fn emit_binary(&self, event: &str, bytes: &[u8]) -> Result<usize, Error> {
+        Ok(self.send(&Direct::binary(event, bytes)?))
+    }
+
+    /// Sends a direct message to every device, here and through the
+    /// adapter; how many devices this node has.
+    fn send(&self, direct: &Direct) -> usize {
+        let here = self.send_here(direct);
+        self.app.publish(direct.kept(), Target::User(&self.user));
+        here
+    }
+
+    /// Sends a direct message to the devices on this node, keeping it for
+    /// those away (the sending node keeps it only for the devices away on
+    /// that node); how many there are.
+    fn send_here(&self, direct: &Direct) -> usize {
         let sockets = self.conns();
-        self.app.server().broadcast(sockets.iter().copied(), &frame);
-        let buffer = self.app.0.setup.resume.buffer;
-        let away = self.app.0.sessions.hold_for_user(&self.user, &frame, buffer, self.app.hold_in_cluster(&frame));
-        self.app.publish(&frame, Target::User(&self.user));
-        Ok(sockets.len() + away)
+        match direct {
+            Direct::Text(frame) => self.app.server().broadcast(sockets.iter().copied(), frame),
+            Direct::Binary { .. } => {
+                for conn in &sockets {
+                    self.app.send_now(*conn, direct);
+                }
+            }
+        }
+        let (buffer, kept) = (self.app.0.setup.resume.buffer, direct.kept());
+        sockets.len() + self.app.0.sessions.hold_for_user(&self.user, kept, buffer, self.app.hold_in_cluster(kept))
     }
 
     /// Closes every device, on every node of a cluster, with 4000 and
@@ -1064,6 +1266,14 @@ impl AppHandle {
                 WorkerMsg::Call(StartCall { conn, name, data, timeout, done })
             }
             SocketAsk::SetUser(user) => WorkerMsg::UserChange { conn, change: Box::new((user, groups_answer(answer))) },
+            // Its connection is gone, its session kept: as a client
+            // reconnecting is (PROTOCOL.md §1, readyState).
+            SocketAsk::ReadyState if self.mine(public).is_some_and(|public| self.0.sessions.is_away(public)) => {
+                return answer(SocketAnswer::ReadyState(ReadyState::Connecting));
+            }
+            SocketAsk::ReadyState => {
+                WorkerMsg::ReadyState { conn, done: Box::new(move |state| answer(SocketAnswer::ReadyState(state))) }
+            }
         };
         // If the worker is gone, the message (and `answer` in it) is dropped.
         self.server().notify(conn.worker(), Box::new(message));
@@ -1077,14 +1287,28 @@ impl AppHandle {
     /// Sends `frame` to the socket of public id `public` on this node, or
     /// keeps it for the socket if it is away; false if the server has stopped.
     /// One resumed on another node gets it there.
-    fn send_direct(&self, public: ConnId, frame: &SharedFrame) -> bool {
+    fn send_direct(&self, public: ConnId, direct: &Direct) -> bool {
         let sessions = &self.0.sessions;
+        let kept = direct.kept();
         if sessions.is_departed(public) {
-            self.publish(frame, Target::Socket(SocketId { node: self.node(), conn: public }));
+            self.publish(kept, Target::Socket(SocketId { node: self.node(), conn: public }));
             return true;
         }
-        sessions.hold_for_socket(public, frame, self.0.setup.resume.buffer, self.hold_in_cluster(frame))
-            || self.server().send_frame(sessions.current(public), frame)
+        sessions.hold_for_socket(public, kept, self.0.setup.resume.buffer, self.hold_in_cluster(kept))
+            || self.send_now(sessions.current(public), direct)
+    }
+
+    /// Sends a direct message to connection `conn` of this node; false if
+    /// the server has stopped. A binary event goes through the socket's
+    /// worker, which knows the protocol the socket speaks.
+    fn send_now(&self, conn: ConnId, direct: &Direct) -> bool {
+        match direct {
+            Direct::Text(frame) => self.server().send_frame(conn, frame),
+            Direct::Binary { frames, .. } => {
+                let message = WorkerMsg::EmitBinary { conn, frames: frames.clone() };
+                self.server().notify(conn.worker(), Box::new(message))
+            }
+        }
     }
 
     /// Copies a direct message held for an away socket to the cluster's
@@ -1106,15 +1330,15 @@ impl AppHandle {
         if self.0.server.get().is_none() {
             return; // no socket has opened on this node yet
         }
-        let frame = SharedFrame::text(envelope);
+        let direct = Direct::from_text(envelope);
         match self.mine(public) {
             Some(public) if !self.0.sessions.is_departed(public) => {
-                self.send_direct(public, &frame);
+                self.send_direct(public, &direct);
             }
             Some(_) => {}
             None => {
                 if let Some(conn) = self.0.sessions.arrived(public) {
-                    self.server().send_frame(conn, &frame);
+                    self.send_now(conn, &direct);
                 }
             }
         }
@@ -1178,21 +1402,19 @@ impl AppHandle {
             let delivery = Delivery { frame, v1: Some(v1), groups: opts.to.clone().into(), except };
             return self.route_here(delivery, None);
         }
-        let frame = SharedFrame::text(envelope);
         match to {
             Target::Broadcast(opts) => {
+                let frame = SharedFrame::text(envelope);
                 self.route(frame, &opts.clone().local(), self.local_ids(&opts.except), None);
             }
             Target::Socket(id) => {
                 if let Some(public) = self.mine(id) {
-                    self.send_direct(public, &frame);
+                    self.send_direct(public, &Direct::from_text(envelope));
                 }
             }
             Target::User(user) => {
-                self.server().broadcast(self.to_user(user).conns(), &frame);
-                // The sending node keeps it only for the devices away on that node.
-                let buffer = self.0.setup.resume.buffer;
-                self.0.sessions.hold_for_user(user, &frame, buffer, self.hold_in_cluster(&frame));
+                let direct = Direct::from_text(envelope);
+                self.to_user(user).send_here(&direct);
             }
         }
     }

@@ -15,7 +15,7 @@ use super::binary::{self, BinaryEnvelope, PROTOCOL_V2};
 use super::connect::{self, Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
 use super::envelope::{self, Envelope, ErrorCode};
-use super::handle::{AppHandle, PING_EVENT};
+use super::handle::{ready_state_of, AppHandle, ReadyState, PING_EVENT};
 use super::history::Backfill;
 use super::inbox::WorkerMsg;
 use super::limits::{check_event_name, is_name_byte, Bucket, Policy, Rate};
@@ -662,8 +662,9 @@ impl AppWorker {
             for frame in &missed {
                 let _ = conn.send_shared(frame);
             }
-            for frame in &session.direct {
-                let _ = conn.send_shared(frame);
+            let v2 = conn.data().has(flag::V2);
+            for kept in &session.direct {
+                let _ = conn.send_shared(&super::binary_v1::as_delivered(kept, v2));
             }
             direct_complete = session.direct_complete;
         } else {
@@ -831,7 +832,7 @@ impl AppWorker {
             let (user, identity) = match result {
                 Ok(answer) => {
                     let user = verify(&nonce, &answer);
-                    let identity = user.is_ok().then_some(answer.0);
+                    let identity = user.is_ok().then(|| answer.into_json());
                     (user, identity)
                 }
                 Err(e) => (Err(Refusal::status(401, &format!("challenge failed: {e}"))), None),
@@ -919,6 +920,15 @@ impl AppWorker {
                 });
                 users::set_user(&self.app, &mut conn, user.as_deref(), Some(admitted));
             }
+            WorkerMsg::EmitBinary { conn, frames } => {
+                if let Some(mut conn) = conns.get(conn) {
+                    let frame = if conn.data().has(flag::V2) { &frames.0 } else { &frames.1 };
+                    let _ = conn.send_shared(frame);
+                }
+            }
+            WorkerMsg::ReadyState { conn, done } => {
+                done(conns.get(conn).map_or(ReadyState::Closed, |conn| ready_state_of(conn.is_open(), conn.data())))
+            }
             WorkerMsg::Prefetched { waiter, session, public, backfill } => {
                 // Unless the socket stopped waiting (its auth deadline passed).
                 let Some(mut conn) = conns.get(waiter).filter(|_| self.local.claiming.remove(&waiter)) else { return };
@@ -1000,14 +1010,9 @@ impl AppWorker {
             Ok(BinaryEnvelope::Request { id, event, payload }) => {
                 self.dispatch(conn, Some(id), event, None, Some(payload))
             }
-            // A server's call answered with bytes: its result reads as the
-            // JSON an emitws.v1 socket would have sent, `{"base64": …}`.
-            Ok(BinaryEnvelope::Reply { id, payload }) => {
-                let mut json = Vec::new();
-                super::binary_v1::write_base64(&mut json, payload);
-                let reply = String::from_utf8(json).ok().and_then(|json| RawValue::from_string(json).ok());
-                self.answer_call(conn, id, reply.map(CallReply).ok_or(CallError::Disconnected));
-            }
+            // A server's call answered with bytes: `CallReply::binary` has
+            // them, and its JSON reads as an emitws.v1 socket's, `{"base64": …}`.
+            Ok(BinaryEnvelope::Reply { id, payload }) => self.answer_call(conn, id, Ok(CallReply::bytes(payload))),
             Ok(BinaryEnvelope::Error { id, body }) => {
                 let body = std::str::from_utf8(body).ok().and_then(|body| serde_json::from_str::<&RawValue>(body).ok());
                 self.answer_call(conn, id, Err(CallError::from_wire(body)));
@@ -1174,7 +1179,7 @@ impl Handler for AppWorker {
             Ok(Envelope::Request { id, event, data }) => self.dispatch(conn, Some(id), event, data, None),
             Ok(Envelope::Reply { id, data }) => {
                 let data = data.map_or_else(|| RawValue::from_string("null".into()), |d| Ok(d.to_owned()));
-                let result = data.map(CallReply).map_err(|_| CallError::Disconnected);
+                let result = data.map(CallReply::json).map_err(|_| CallError::Disconnected);
                 self.answer_call(conn, id, result);
             }
             Ok(Envelope::Error { id, error }) => self.answer_call(conn, id, Err(CallError::from_wire(error))),

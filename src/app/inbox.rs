@@ -9,7 +9,8 @@ use super::history::Backfill;
 use super::rpc::{GroupOutcome, StartCall};
 use super::session::Session;
 use super::socket_id::SocketId;
-use crate::runtime::ConnId;
+use super::ReadyState;
+use crate::runtime::{ConnId, SharedFrame};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -77,6 +78,20 @@ pub(crate) enum WorkerMsg {
     UserChange {
         conn: ConnId,
         change: Box<UserChange>,
+    },
+    /// A binary event for socket `conn` from elsewhere
+    /// ([`SocketRef::emit_binary`](super::SocketRef::emit_binary), maybe
+    /// from another node): its `emitws.v2` frame and its `emitws.v1` one,
+    /// the socket's worker sending the one its socket speaks.
+    EmitBinary {
+        conn: ConnId,
+        frames: Box<(SharedFrame, SharedFrame)>,
+    },
+    /// Where socket `conn` is ([`SocketRef::ready_state`](super::SocketRef::ready_state)),
+    /// for the function.
+    ReadyState {
+        conn: ConnId,
+        done: Box<dyn FnOnce(ReadyState) + Send>,
     },
 }
 

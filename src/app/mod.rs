@@ -111,7 +111,7 @@ pub use disconnect::{After, Gone};
 pub use envelope::MAX_ID;
 pub use error::Error;
 pub use groups::BroadcastOpts;
-pub use handle::{AppHandle, PendingPing, ReadyState, Running, SocketRef, UserRef};
+pub use handle::{AppHandle, PendingPing, PendingReadyState, ReadyState, Running, SocketRef, UserRef};
 pub use handler::PROTOCOL;
 pub use history::History;
 pub use limits::{EventLimits, Policy, Rate};

@@ -8,7 +8,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::fmt;
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -78,33 +78,105 @@ impl CallError {
     }
 }
 
-/// A client's answer to a call.
+/// A client's answer to a call: JSON, or the raw bytes of a binary reply
+/// (an `emitws.v2` client's, PROTOCOL.md §10).
 #[derive(Clone, Debug)]
-pub struct CallReply(pub(crate) Box<RawValue>);
+pub struct CallReply(pub(crate) Answer);
 
-impl PartialEq for CallReply {
-    fn eq(&self, other: &CallReply) -> bool {
-        self.raw() == other.raw()
-    }
+/// What a [`CallReply`] holds.
+#[derive(Clone, Debug)]
+pub(crate) enum Answer {
+    Json(Box<RawValue>),
+    /// The bytes, and their JSON form `{"base64": …}` once asked for.
+    Binary(Box<[u8]>, OnceLock<Box<RawValue>>),
 }
 
-impl Eq for CallReply {}
-
 impl CallReply {
-    /// The answer, typed.
+    /// A JSON answer.
+    pub(crate) fn json(json: Box<RawValue>) -> CallReply {
+        CallReply(Answer::Json(json))
+    }
+
+    /// A binary answer.
+    pub(crate) fn bytes(bytes: &[u8]) -> CallReply {
+        CallReply(Answer::Binary(bytes.into(), OnceLock::new()))
+    }
+
+    /// The answer's JSON (`{"base64": …}` for a binary answer), as it goes
+    /// between nodes.
+    pub(crate) fn into_json(self) -> Box<RawValue> {
+        match self.0 {
+            Answer::Json(json) => json,
+            Answer::Binary(..) => RawValue::from_string(self.raw().into()).expect("a base64 object is JSON"),
+        }
+    }
+
+    /// A binary answer from its [JSON](Self::into_json) (another node's);
+    /// JSON that is not `{"base64": …}`, which no node sends for bytes,
+    /// stays JSON.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // called by the Redis adapter
+    pub(crate) fn from_base64(json: Box<RawValue>) -> CallReply {
+        match super::binary_v1::read_base64(json.get()) {
+            Some(bytes) => CallReply(Answer::Binary(bytes.into(), OnceLock::from(json))),
+            None => CallReply::json(json),
+        }
+    }
+
+    /// The answer, typed. A binary answer reads as the JSON an `emitws.v1`
+    /// client would send for it, `{"base64": "…"}` (PROTOCOL.md §10).
     ///
     /// # Errors
     ///
     /// The JSON error if the answer does not read as a `T`.
     pub fn data<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(self.0.get())
+        serde_json::from_str(self.raw())
     }
 
-    /// The answer's JSON text.
+    /// The answer's JSON text (`{"base64": "…"}` for a binary answer).
     pub fn raw(&self) -> &str {
-        self.0.get()
+        match &self.0 {
+            Answer::Json(json) => json.get(),
+            Answer::Binary(bytes, json) => json
+                .get_or_init(|| {
+                    let mut text = Vec::new();
+                    super::binary_v1::write_base64(&mut text, bytes);
+                    let text = String::from_utf8(text).expect("base64 in JSON is UTF-8");
+                    RawValue::from_string(text).expect("a base64 object is JSON")
+                })
+                .get(),
+        }
+    }
+
+    /// The bytes of a binary answer, as the client sent them; `None` for
+    /// a JSON answer (an `emitws.v1` client's
+    /// `{"base64": …}` included: read it with [`data`](Self::data)).
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle, id: emitws::app::SocketId) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let answer = app.socket(id).call("screenshot", &(), Duration::from_secs(5))?.wait()?;
+    /// let png: &[u8] = answer.binary().ok_or("the client answered JSON")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn binary(&self) -> Option<&[u8]> {
+        match &self.0 {
+            Answer::Json(_) => None,
+            Answer::Binary(bytes, _) => Some(bytes),
+        }
     }
 }
+
+impl PartialEq for CallReply {
+    fn eq(&self, other: &CallReply) -> bool {
+        match (self.binary(), other.binary()) {
+            (Some(bytes), Some(others)) => bytes == others,
+            (None, None) => self.raw() == other.raw(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for CallReply {}
 
 /// What a call comes to.
 pub type CallResult = Result<CallReply, CallError>;

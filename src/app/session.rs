@@ -399,6 +399,12 @@ impl Sessions {
         }
     }
 
+    /// Whether the socket of public id `public` is away, its session kept
+    /// for a resume.
+    pub fn is_away(&self, public: ConnId) -> bool {
+        !self.is_empty() && lock(&self.table).away.contains_key(&public)
+    }
+
     /// Keeps `frame` for the away socket `public`, if it is away, and hands
     /// `copy` its record's key if it has one; whether it was away.
     pub fn hold_for_socket(&self, public: ConnId, frame: &SharedFrame, cap: usize, copy: impl FnMut(&str)) -> bool {

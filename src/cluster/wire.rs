@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::app::{CallError, CallReply, GroupOutcome, SocketAnswer, SocketAsk};
+use crate::app::{CallError, CallReply, GroupOutcome, ReadyState, SocketAnswer, SocketAsk};
 
 /// A node id as it appears in keys, channels and payloads.
 pub(super) fn hex(node: u64) -> String {
@@ -99,6 +99,8 @@ pub(super) enum WireAsk {
     /// The socket's new user (none: cleared).
     #[serde(rename = "u")]
     SetUser(Option<String>),
+    #[serde(rename = "s")]
+    ReadyState,
 }
 
 impl From<SocketAsk> for WireAsk {
@@ -110,6 +112,7 @@ impl From<SocketAsk> for WireAsk {
                 WireAsk::Call(name, data, u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX))
             }
             SocketAsk::SetUser(user) => WireAsk::SetUser(user),
+            SocketAsk::ReadyState => WireAsk::ReadyState,
         }
     }
 }
@@ -121,6 +124,7 @@ impl From<WireAsk> for SocketAsk {
             WireAsk::Leave(group) => SocketAsk::Leave(group),
             WireAsk::Call(name, data, ms) => SocketAsk::Call { name, data, timeout: Duration::from_millis(ms) },
             WireAsk::SetUser(user) => SocketAsk::SetUser(user),
+            WireAsk::ReadyState => SocketAsk::ReadyState,
         }
     }
 }
@@ -140,6 +144,12 @@ pub(super) enum WireAnswer {
     /// A call answered, with the client's answer.
     #[serde(rename = "ok")]
     Reply(Box<RawValue>),
+    /// A call answered with bytes, as `{"base64": …}`.
+    #[serde(rename = "b")]
+    Bytes(Box<RawValue>),
+    /// Where the socket is: the [`ReadyState`]'s number.
+    #[serde(rename = "s")]
+    ReadyState(u8),
     /// A call failed: the kind (the [`CallError`] variant), a code and a message.
     #[serde(rename = "e")]
     Failed(String, String, String),
@@ -154,7 +164,11 @@ impl From<SocketAnswer> for WireAnswer {
             SocketAnswer::Group(GroupOutcome::Refused { code, message }) => WireAnswer::Refused(code, message),
             // A timeout is the asker's to find: it never goes back.
             SocketAnswer::Group(_) => WireAnswer::NotThere,
-            SocketAnswer::Call(Ok(reply)) => WireAnswer::Reply(reply.0),
+            SocketAnswer::Call(Ok(reply)) => match reply.binary() {
+                None => WireAnswer::Reply(reply.into_json()),
+                Some(_) => WireAnswer::Bytes(reply.into_json()),
+            },
+            SocketAnswer::ReadyState(state) => WireAnswer::ReadyState(state.number()),
             SocketAnswer::Call(Err(error)) => match error {
                 CallError::Timeout => failed("timeout", "", ""),
                 CallError::NotRegistered(message) => failed("not_registered", "", &message),
@@ -174,7 +188,14 @@ impl From<WireAnswer> for SocketAnswer {
             WireAnswer::Done(changed) => group(GroupOutcome::Done { changed }),
             WireAnswer::NotThere => group(GroupOutcome::NotThere),
             WireAnswer::Refused(code, message) => group(GroupOutcome::Refused { code, message }),
-            WireAnswer::Reply(reply) => SocketAnswer::Call(Ok(CallReply(reply))),
+            WireAnswer::Reply(reply) => SocketAnswer::Call(Ok(CallReply::json(reply))),
+            WireAnswer::Bytes(json) => SocketAnswer::Call(Ok(CallReply::from_base64(json))),
+            WireAnswer::ReadyState(number) => SocketAnswer::ReadyState(match number {
+                0 => ReadyState::Connecting,
+                1 => ReadyState::Open,
+                2 => ReadyState::Closing,
+                _ => ReadyState::Closed,
+            }),
             WireAnswer::Failed(kind, code, message) => SocketAnswer::Call(Err(match kind.as_str() {
                 "timeout" => CallError::Timeout,
                 "not_registered" => CallError::NotRegistered(message),
@@ -199,7 +220,7 @@ mod tests {
 
     #[test]
     fn every_answer_comes_back_as_it_went() {
-        let reply = CallReply(RawValue::from_string(r#"{"s":"ünï \"q\""}"#.into()).unwrap());
+        let reply = CallReply::json(RawValue::from_string(r#"{"s":"ünï \"q\""}"#.into()).unwrap());
         let errors = [
             CallError::Timeout,
             CallError::NotRegistered("n".into()),
@@ -210,6 +231,10 @@ mod tests {
         ];
         let mut answers: Vec<SocketAnswer> = errors.into_iter().map(|e| SocketAnswer::Call(Err(e))).collect();
         answers.push(SocketAnswer::Call(Ok(reply)));
+        answers.push(SocketAnswer::Call(Ok(CallReply::bytes(&[0, 255, b'"', 7]))));
+        for state in [ReadyState::Connecting, ReadyState::Open, ReadyState::Closing, ReadyState::Closed] {
+            answers.push(SocketAnswer::ReadyState(state));
+        }
         for outcome in [
             GroupOutcome::Done { changed: true },
             GroupOutcome::Done { changed: false },
