@@ -210,6 +210,11 @@ enum Protocol {
     Emitws,
     /// emitws.v2 binary requests and replies (echo mode only).
     EmitwsV2,
+    /// Socket.IO v5 over Engine.IO v4's WebSocket transport: `echo` events
+    /// with an ack (echo mode), or connected sockets (idle mode); the URL's
+    /// path is the Engine.IO one, e.g. `/socket.io/?EIO=4&transport=websocket`.
+    /// For measuring Socket.IO servers (benches/peers' echo-socketioxide).
+    Socketio,
 }
 
 #[derive(Debug)]
@@ -239,6 +244,8 @@ pub struct Config {
     pub any_order: bool,
     /// Speak emitws.v2: echo requests and replies are binary envelopes.
     pub v2: bool,
+    /// Speak Socket.IO: `42ID["echo","PAYLOAD"]`, acknowledged `43ID["PAYLOAD"]`.
+    pub socketio: bool,
     /// Fanout: how many connections publish.
     pub publishers: usize,
     pub hold: Option<Duration>,
@@ -317,6 +324,13 @@ impl Config {
         if v2 && (args.text || args.deflate) {
             return Err("--protocol emitws-v2 sends binary envelopes, without --text or --deflate".into());
         }
+        let socketio = args.protocol == Protocol::Socketio;
+        if socketio && !matches!(mode, Mode::Echo | Mode::Idle) {
+            return Err("--protocol socketio applies to echo and idle modes only".into());
+        }
+        if socketio && args.deflate {
+            return Err("--protocol socketio does not compress (--deflate)".into());
+        }
         let app = args.protocol == Protocol::Emitws || v2 || storm.is_some();
         let deflate = args.deflate;
         let mut text = args.text;
@@ -346,8 +360,8 @@ impl Config {
             return Err("--publishers: at most 65535".into());
         }
         let in_flight = args.in_flight.unwrap_or(1);
-        if args.any_order && (mode != Mode::Echo || !app) {
-            return Err("--any-order applies to echo mode with --protocol emitws only".into());
+        if args.any_order && (mode != Mode::Echo || !(app || socketio)) {
+            return Err("--any-order applies to echo mode with --protocol emitws or socketio only".into());
         }
         if args.any_order && in_flight > crate::client::PATTERN_SLACK {
             return Err(format!("--any-order: at most {} in flight", crate::client::PATTERN_SLACK));
@@ -369,7 +383,7 @@ impl Config {
             }
             text = true;
         }
-        text |= app && !v2;
+        text |= (app && !v2) || socketio;
         if payload > 64 << 20 {
             return Err("--payload: at most 64 MiB".into());
         }
@@ -423,6 +437,7 @@ impl Config {
             app,
             any_order: args.any_order,
             v2,
+            socketio,
             publishers,
             hold: args.hold,
             #[cfg(feature = "tls")]

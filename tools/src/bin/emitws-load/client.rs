@@ -322,7 +322,8 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// Appends the next echo message to `conn.out`: the payload, or with
-    /// emitws.v1 the request `[1,ID,"/echo","PAYLOAD"]`.
+    /// emitws.v1 the request `[1,ID,"/echo","PAYLOAD"]` (emitws.v2: its
+    /// binary form; Socket.IO: the event `42ID["echo","PAYLOAD"]`).
     #[inline]
     fn queue_message(&mut self, conn: &mut Conn, now: Instant) {
         let offset = (conn.sent % PATTERN_SLACK as u64) as usize;
@@ -336,6 +337,14 @@ impl Ctx<'_> {
             envelope.push(5);
             envelope.extend_from_slice(b"/echo");
             envelope.extend_from_slice(payload);
+            self.queue_frame(conn, &envelope);
+            self.envelope = envelope;
+        } else if self.config.socketio {
+            let mut envelope = std::mem::take(&mut self.envelope);
+            envelope.clear();
+            write!(envelope, "42{}[\"echo\",\"", conn.sent).expect("writing to a Vec");
+            envelope.extend_from_slice(payload);
+            envelope.extend_from_slice(b"\"]");
             self.queue_frame(conn, &envelope);
             self.envelope = envelope;
         } else if self.config.app {
@@ -922,6 +931,9 @@ fn on_response(conn: &mut Conn, data: &mut [u8], ctx: &mut Ctx<'_>, now: Instant
     } else if config.app && config.mode != Mode::Echo {
         conn.state = State::Joining;
         ctx.queue_join(conn);
+    } else if config.socketio {
+        // Open once the namespace is connected (`on_socketio_control`).
+        conn.state = State::Joining;
     } else {
         ctx.opened(conn, now);
     }
@@ -1040,6 +1052,9 @@ fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
     if ctx.config.mode == Mode::ResumeStorm {
         return on_storm_message(conn, message, ctx, now);
     }
+    if ctx.config.socketio && on_socketio_control(conn, message.as_bytes(), ctx, now)? {
+        return Ok(());
+    }
     // The server's welcome (PROTOCOL §1) comes first, before any reply. An
     // event-layer server serves emitws.v1 to a client that offers no
     // subprotocol too, so idle connections get it without `--protocol emitws`.
@@ -1063,6 +1078,25 @@ fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
         ctx.queue_message(conn, now);
     }
     Ok(())
+}
+
+/// Socket.IO (Engine.IO v4 packets over WebSocket text frames): the
+/// Engine.IO open packet `0{…}` is answered with the main namespace's
+/// connect `40`, whose answer `40{…}` opens the connection; an Engine.IO
+/// ping `2` gets its pong `3`; a connect error `44…` ends the connection.
+/// True if the message was one of these.
+fn on_socketio_control(conn: &mut Conn, packet: &[u8], ctx: &mut Ctx<'_>, now: Instant) -> Result<bool, End> {
+    match packet {
+        [b'0', b'{', ..] => ctx.queue_frame(conn, b"40"),
+        b"2" => ctx.queue_frame(conn, b"3"),
+        [b'4', b'0', ..] if conn.state == State::Joining => ctx.opened(conn, now),
+        [b'4', b'4', ..] => {
+            let refused = String::from_utf8_lossy(packet);
+            return Err(err(Kind::Handshake, format!("Socket.IO connect refused: {refused}")));
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 /// Resume-storm: `@ready` (its token is kept), the join's reply, a room
@@ -1140,9 +1174,9 @@ fn record(ctx: &mut Ctx<'_>, now: Instant, sent: Instant) {
     }
 }
 
-/// The id of an emitws.v1 reply `[2,ID,…]`.
-fn reply_id(text: &[u8]) -> Option<u64> {
-    let digits = text.strip_prefix(b"[2,")?;
+/// The id of an emitws.v1 reply `[2,ID,…]` (Socket.IO: an ack `43ID[…]`).
+fn reply_id(text: &[u8], socketio: bool) -> Option<u64> {
+    let digits = text.strip_prefix(if socketio { &b"43"[..] } else { b"[2," })?;
     let end = digits.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
@@ -1157,7 +1191,7 @@ fn check_echo(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
     // those in flight (at most PATTERN_SLACK of them, so offsets are unique).
     let (id, at) = match ctx.config.any_order {
         true => {
-            let found = reply_id(message.as_bytes()).and_then(|id| {
+            let found = reply_id(message.as_bytes(), ctx.config.socketio).and_then(|id| {
                 let offset = (id.wrapping_sub(1) % PATTERN_SLACK as u64) as u32;
                 Some((id, conn.in_flight.iter().position(|(_, o)| *o == offset)?))
             });
@@ -1174,6 +1208,12 @@ fn check_echo(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
         ctx.expected.push(2);
         write_leb128(&mut ctx.expected, id);
         ctx.expected.extend_from_slice(expected);
+        expected = &ctx.expected;
+    } else if ctx.config.socketio {
+        ctx.expected.clear();
+        write!(ctx.expected, "43{id}[\"").expect("writing to a Vec");
+        ctx.expected.extend_from_slice(expected);
+        ctx.expected.extend_from_slice(b"\"]");
         expected = &ctx.expected;
     } else if ctx.config.app {
         ctx.expected.clear();
@@ -1324,6 +1364,15 @@ mod tests {
         let agreement = DeflateAgreement::default();
         let deflate = Accepted { protocol: None, deflate: Some(agreement) };
         assert_eq!(check_accepted(deflate, true, false), Ok(Some(agreement)));
+    }
+
+    #[test]
+    fn reply_ids_are_read_from_emitws_replies_and_socketio_acks() {
+        assert_eq!(reply_id(b"[2,42,\"x\"]", false), Some(42));
+        assert_eq!(reply_id(b"4342[\"x\"]", true), Some(42));
+        assert_eq!(reply_id(b"4342[\"x\"]", false), None);
+        assert_eq!(reply_id(b"42[\"echo\"]", true), None, "an event, not an ack");
+        assert_eq!(reply_id(b"43[\"x\"]", true), None, "an ack without an id");
     }
 
     #[test]

@@ -80,7 +80,7 @@ struct Timing {
 fn run(config: &Config, released: &dyn Fn() -> bool) -> i32 {
     let shared = Shared::new();
     let mut pattern = client::pattern(config.payload + client::PATTERN_SLACK, config.json_pattern);
-    if config.app {
+    if config.app || config.socketio {
         // The payload goes inside a JSON string: nothing in it may need escaping.
         pattern.iter_mut().filter(|b| matches!(b, b'"' | b'\\')).for_each(|b| *b = b'_');
     }
@@ -259,10 +259,11 @@ fn summary(config: &Config, stats: &Stats, timing: &Timing) -> (String, Value) {
                 micros(lat.value_at_quantile(0.999)),
                 micros(lat.max()),
             );
-            let protocol = match (config.v2, config.app) {
-                (true, _) => "emitws-v2",
-                (false, true) => "emitws",
-                (false, false) => "raw",
+            let protocol = match (config.v2, config.app, config.socketio) {
+                (true, _, _) => "emitws-v2",
+                (false, true, _) => "emitws",
+                (false, false, true) => "socketio",
+                (false, false, false) => "raw",
             };
             let (what, detail, extra) = match config.mode {
                 Mode::Echo => {
