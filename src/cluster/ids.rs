@@ -55,8 +55,8 @@ fn owner(node: &str, token: Option<u64>) -> String {
     }
 }
 
-/// A holder read back: its node, its claim's number and its socket's public id.
-pub(super) fn parse_holder(value: &str) -> Option<(u64, u64, SocketId)> {
+/// A holder's value read back (see [`Holder`]).
+pub(super) fn parse_holder(value: &str) -> Option<Holder> {
     let mut parts = value.splitn(3, ' ');
     let node = u64::from_str_radix(parts.next()?, 16).ok()?;
     let token = parts.next()?.parse().ok()?;
@@ -103,9 +103,13 @@ pub(super) fn release(key: &str, node: &str, token: u64) -> Cmd {
     eval(RELEASE, &[key]).arg(owner(node, Some(token))).clone()
 }
 
+/// A holder of an id as read back: its node, its claim's number on that
+/// node and its socket's public id.
+pub(super) type Holder = (u64, u64, SocketId);
+
 /// What a claim answered: the holder it took the id from (taken), or the
 /// one that keeps it (not taken), if any.
-pub(super) fn read_claim(reply: &redis::Value) -> RedisResult<(bool, Option<(u64, u64, SocketId)>)> {
+pub(super) fn read_claim(reply: &redis::Value) -> RedisResult<(bool, Option<Holder>)> {
     let (taken, other): (u8, String) = redis::from_redis_value(reply.clone())?;
     Ok((taken == 1, parse_holder(&other)))
 }
@@ -171,7 +175,7 @@ mod tests {
             token,
             public: SocketId { node: 0xa, conn: ConnId(token) },
         };
-        let run = |c: &mut super::super::routed::RedisConn, cmd: Cmd| -> (bool, Option<(u64, u64, SocketId)>) {
+        let run = |c: &mut super::super::routed::RedisConn, cmd: Cmd| -> (bool, Option<Holder>) {
             read_claim(&cmd.query::<redis::Value>(c).expect("answered")).expect("a claim's answer")
         };
         assert_eq!(run(&mut c, claim(1).claim(&a, true, &[])), (true, None));
@@ -184,7 +188,10 @@ mod tests {
         // A's old claim's release leaves B's.
         let freed: u8 = release(&claim(1).key, &a, 1).query(&mut c).expect("answered");
         assert_eq!(freed, 0);
-        assert_eq!(run(&mut c, claim(1).claim(&a, false, &[a.clone()])), (true, Some((0xb, 5, on_b.public))));
+        assert_eq!(
+            run(&mut c, claim(1).claim(&a, false, std::slice::from_ref(&a))),
+            (true, Some((0xb, 5, on_b.public)))
+        );
         let freed: u8 = release(&claim(1).key, &a, 1).query(&mut c).expect("answered");
         assert_eq!(freed, 1);
         let left: Option<String> = c.get(id_key("T", "dev")).expect("answered");

@@ -183,10 +183,8 @@ fn every_script_and_multi_key_command_runs_on_one_slot() {
     assert_eq!(read_claim(&answer).unwrap(), (true, None));
     let answer: Value = claim.claim(&node, false, std::slice::from_ref(&node)).query(&mut c).unwrap();
     assert_eq!(read_claim(&answer).unwrap(), (true, Some((0xaa, 1, public))));
-    let freed: (u8, u8) = (
-        release(&claim.key, &node, 2).query(&mut c).unwrap(),
-        release(&claim.key, &node, 1).query(&mut c).unwrap(),
-    );
+    let freed: (u8, u8) =
+        (release(&claim.key, &node, 2).query(&mut c).unwrap(), release(&claim.key, &node, 1).query(&mut c).unwrap());
     assert_eq!(freed, (0, 1));
 }
 

@@ -335,15 +335,15 @@ impl Writer {
     /// as it is, written or not).
     fn note_id(&mut self, write: &WriterCommand) {
         match write {
-            WriterCommand::ClaimId(claim) => {
-                if self.ids.get(&claim.key).is_none_or(|(kept, _)| kept.token != claim.token) {
-                    self.ids.insert(claim.key.clone(), (claim.clone(), false));
-                }
+            WriterCommand::ClaimId(claim)
+                if !self.ids.get(&claim.key).is_some_and(|(kept, _)| kept.token == claim.token) =>
+            {
+                self.ids.insert(claim.key.clone(), (claim.clone(), false));
             }
-            WriterCommand::ReleaseId { key, token } => {
-                if self.ids.get(key).is_some_and(|(kept, _)| kept.token == *token) {
-                    self.ids.remove(key);
-                }
+            WriterCommand::ReleaseId { key, token }
+                if self.ids.get(key).is_some_and(|(kept, _)| kept.token == *token) =>
+            {
+                self.ids.remove(key);
             }
             _ => {}
         }
