@@ -831,7 +831,7 @@ impl AppHandle {
 
     /// The socket on this node that the app's
     /// [`generate_id`](App::generate_id) named `id`, once admitted;
-    /// its [`SocketRef`](SocketRef) then emits, calls and closes as
+    /// its [`SocketRef`] then emits, calls and closes as
     /// any. Only this node's sockets are found, without waiting
     /// ([`lookup_generated_id`](Self::lookup_generated_id) finds those of
     /// every node of a cluster; PROTOCOL.md §14).
@@ -854,7 +854,7 @@ impl AppHandle {
     /// Redis one), the one its store names on a live node, asked as
     /// [`cluster`](Self::cluster)'s queries are (this call blocks for up to
     /// the adapter's timeout; in a handler, prefer an async one or a
-    /// thread of your own). Its [`SocketRef`](SocketRef) emits, calls,
+    /// thread of your own). Its [`SocketRef`] emits, calls,
     /// joins and closes through the socket's node. Without such an
     /// adapter: this node's only.
     ///

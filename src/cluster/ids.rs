@@ -66,7 +66,7 @@ pub(super) fn parse_holder(value: &str) -> Option<Holder> {
 
 /// Claims an id. KEYS: the id's key; ARGV: the new holder, `1` to take it
 /// from whoever has it or `0` to take it only if it is free, already this
-/// node's (ARGV[3], `NODE `) or held by a node not live (ARGV[4..]).
+/// node's (`ARGV[3]`, `NODE `) or held by a node not live (`ARGV[4..]`).
 /// Answers `{1, the holder before or ''}` when taken, `{0, the holder}` when not.
 pub(super) const CLAIM: &str = "local old = redis.call('GET', KEYS[1])
     if ARGV[2] == '0' and old and string.sub(old, 1, #ARGV[3]) ~= ARGV[3] then
@@ -78,7 +78,7 @@ pub(super) const CLAIM: &str = "local old = redis.call('GET', KEYS[1])
     redis.call('SET', KEYS[1], ARGV[1])
     return {1, old or ''}";
 
-/// Frees an id if its holder starts with ARGV[1] (a claim of one node, or
+/// Frees an id if its holder starts with `ARGV[1]` (a claim of one node, or
 /// any of its claims). KEYS: the id's key.
 pub(super) const RELEASE: &str = "local v = redis.call('GET', KEYS[1])
     if v and string.sub(v, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
