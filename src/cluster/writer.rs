@@ -127,7 +127,9 @@ pub(super) struct Writer {
     /// took the id meanwhile).
     ids: HashMap<String, (IdClaim, bool)>,
     /// Releases of ids an outage kept from Redis, by key and claim: written
-    /// when Redis is back, before the claims.
+    /// when Redis is back, before the claims (one per socket with an id
+    /// that ended meanwhile: a claim may have reached Redis even when its
+    /// write failed, so none is left out).
     unreleased: Vec<(String, u64)>,
 }
 
