@@ -589,12 +589,14 @@ impl Writer {
             let keys = [&node_key(p, node, &format!("u:{user}"))[..], &node_key(p, node, "users")];
             pipe.add_command(eval(UNLIST, &keys).arg(user).clone()).ignore();
         }
-        let result =
-            pipe.query::<Vec<redis::Value>>(c).and_then(|answers| self.settle_claims(c, p, node, &claims, &answers));
+        let result = pipe.query::<Vec<redis::Value>>(c);
+        let written = result.is_ok();
+        // The batch is written even if telling the nodes that lost ids fails.
+        let result = result.and_then(|answers| self.settle_claims(c, p, node, &claims, &answers));
         if result.is_err() {
             *conn = None;
         }
-        self.drop_publishes(batch, result.is_err());
+        self.drop_publishes(batch, !written);
         result.err()
     }
 
