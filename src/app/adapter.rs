@@ -437,4 +437,45 @@ pub trait Adapter: Send + Sync + 'static {
         let _ = reads;
         done(Vec::new());
     }
+
+    /// Whether the adapter keeps the app's [generated ids](super::App::generate_id)
+    /// for the whole cluster: then this node's sockets' ids are claimed
+    /// ([`claim_generated_id`](Self::claim_generated_id)) and let go
+    /// ([`release_generated_id`](Self::release_generated_id)) through it,
+    /// and [`AppHandle::lookup_generated_id`] asks it
+    /// ([`generated_id`](Self::generated_id)) for an id this node does not
+    /// have. The default: no, ids are each node's own.
+    fn keeps_generated_ids(&self) -> bool {
+        false
+    }
+
+    /// Socket `socket` (its public id) of this node was given the
+    /// generated id `id`, its claim numbered `token` on this node; without
+    /// blocking the caller. The newest claim of an id, on any node, takes
+    /// it: the node whose socket had it is told through
+    /// [`AppHandle::deliver_generated_id_taken`] with that socket's token.
+    /// Called only when [`keeps_generated_ids`](Self::keeps_generated_ids).
+    fn claim_generated_id(&self, id: &str, token: u64, socket: SocketId) {
+        let _ = (id, token, socket);
+    }
+
+    /// The socket of this node whose claim of `id` was numbered `token`
+    /// is gone: the id is free, unless a newer claim took it meanwhile.
+    /// Without blocking the caller; called only when
+    /// [`keeps_generated_ids`](Self::keeps_generated_ids).
+    fn release_generated_id(&self, id: &str, token: u64) {
+        let _ = (id, token);
+    }
+
+    /// The socket (its public id) that generated id `id` names on a live
+    /// node of the cluster, if any; blocks for at most the adapter's
+    /// timeout. The default: none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the cluster's store does not answer in time.
+    fn generated_id(&self, id: &str) -> Result<Option<SocketId>, Error> {
+        let _ = id;
+        Ok(None)
+    }
 }

@@ -5,11 +5,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use super::adapter::Adapter;
 use super::disconnect::After;
 use super::envelope;
 use super::locks::lock;
@@ -419,6 +420,10 @@ pub(crate) struct ConnTables {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Generated ids, and which socket has each.
     ids: Mutex<HashMap<Arc<str>, IdOwner>>,
+    /// The adapter that keeps generated ids for the whole cluster, if any
+    /// ([`Adapter::keeps_generated_ids`]): each id claimed there once
+    /// admitted, let go there with its socket.
+    cluster: OnceLock<Arc<dyn Adapter>>,
     /// The next [`IdOwner::token`].
     next_token: std::sync::atomic::AtomicU64,
     /// Per user: the metadata of its first connection here that sent any.
@@ -495,6 +500,12 @@ impl Drop for ConnInfo {
             // A newer connection given the same id keeps it.
             if ids.get(id).is_some_and(|owner| owner.token == *token) {
                 ids.remove(id);
+            }
+            drop(ids);
+            // Even if taken since: the cluster's store frees it only while
+            // this claim has it (a newer one, here or elsewhere, keeps it).
+            if let Some(adapter) = self.tables.cluster.get() {
+                adapter.release_generated_id(id, *token);
             }
         }
         if let Some(user) = &self.meta_user {
@@ -606,7 +617,7 @@ pub(crate) fn read_facts(
 
 /// After the app's hooks accepted the upgrade: the per-address cap (503
 /// over it, as the server's own caps), then the app's id for the socket
-/// (409 when another socket here has it).
+/// (taken from any other socket here that has it: see App::generate_id).
 pub(crate) fn admit_facts(settings: &ConnSettings, connecting: &mut Connecting<'_>) -> Result<(), Reject> {
     let tables = &settings.tables;
     if let (Some(max), Some(peer)) = (settings.max_per_ip, connecting.peer_addr()) {
@@ -651,6 +662,12 @@ pub(crate) fn admitted(settings: &ConnSettings, socket: SocketId, data: &mut Soc
     let mut ids = lock(&settings.tables.ids);
     let owner = ids.get_mut(&id).filter(|owner| owner.token == token)?;
     owner.socket = Some(socket);
+    drop(ids);
+    // Queued for the adapter's own thread: a worker never waits for the
+    // cluster's store (PROTOCOL.md §14, "Across a cluster").
+    if let Some(adapter) = settings.tables.cluster.get() {
+        adapter.claim_generated_id(&id, token, socket);
+    }
     Some(id)
 }
 
@@ -671,6 +688,31 @@ impl ConnTables {
     /// The socket a generated id names, once admitted.
     pub(crate) fn socket_of(&self, id: &str) -> Option<SocketId> {
         lock(&self.ids).get(id)?.socket
+    }
+
+    /// Keeps generated ids in `adapter` from now on, if it keeps them for
+    /// the cluster (before the port accepts: every socket's id is claimed).
+    pub(crate) fn keep_ids_in(&self, adapter: &Arc<dyn Adapter>) {
+        if adapter.keeps_generated_ids() {
+            let _ = self.cluster.set(adapter.clone());
+        }
+    }
+
+    /// The adapter that keeps generated ids for the cluster, if any.
+    pub(crate) fn cluster_ids(&self) -> Option<&Arc<dyn Adapter>> {
+        self.cluster.get()
+    }
+
+    /// A newer claim of `id` on another node took it from this node's
+    /// socket whose claim was numbered `token`: that socket has it no
+    /// longer (a newer socket of this node given it keeps it); whether it had it.
+    pub(crate) fn taken_elsewhere(&self, id: &str, token: u64) -> bool {
+        let mut ids = lock(&self.ids);
+        let had = ids.get(id).is_some_and(|owner| owner.token == token);
+        if had {
+            ids.remove(id);
+        }
+        had
     }
 }
 

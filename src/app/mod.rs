@@ -332,12 +332,14 @@ impl App {
     /// the socket with [`AppHandle::socket_by_generated_id`]. It must be 1
     /// to [`MAX_GENERATED_ID`] bytes (else the upgrade gets 500); the hook
     /// may refuse the connection. An id is one socket's: a connection given
-    /// an id another socket of this node has takes it (the same device
-    /// back before its old socket's loss was noticed, most often, which
-    /// must not be locked out meanwhile): the id then finds the new socket,
-    /// and the older one, left connected until the heartbeat, a resume's
-    /// takeover or the app closes it, has none. Lookup is this node's
-    /// (PROTOCOL.md §14).
+    /// an id another socket has takes it (the same device back before its
+    /// old socket's loss was noticed, most often, which must not be locked
+    /// out meanwhile): the id then finds the new socket, and the older one,
+    /// left connected until the heartbeat, a resume's takeover or the app
+    /// closes it, has none. With the Redis adapter this holds across the
+    /// cluster: the newest claim of an id on any node takes it, and
+    /// [`AppHandle::lookup_generated_id`] finds it from any node; without
+    /// one, ids are this node's (PROTOCOL.md §14).
     ///
     /// ```
     /// use emitws::app::{App, Refusal};
@@ -795,6 +797,7 @@ impl App {
         let adapter = app.0.setup.adapter.as_ref();
         if let Some(adapter) = adapter {
             adapter.attach(app.clone());
+            app.0.setup.conn.tables.keep_ids_in(adapter);
         }
         let running = start(server, AppWorker::new(app.clone())).inspect_err(|_| {
             if let Some(adapter) = adapter {
@@ -828,8 +831,10 @@ impl AppHandle {
 
     /// The socket on this node that the app's
     /// [`generate_id`](App::generate_id) named `id`, once admitted;
-    /// its [`SocketRef`](SocketRef) then emits, calls and closes as
-    /// any. Only this node's sockets are found (PROTOCOL.md §14).
+    /// its [`SocketRef`] then emits, calls and closes as
+    /// any. Only this node's sockets are found, without waiting
+    /// ([`lookup_generated_id`](Self::lookup_generated_id) finds those of
+    /// every node of a cluster; PROTOCOL.md §14).
     ///
     /// ```no_run
     /// # fn demo(app: &emitws::app::AppHandle) {
@@ -840,6 +845,48 @@ impl AppHandle {
     /// ```
     pub fn socket_by_generated_id(&self, id: &str) -> Option<SocketRef> {
         Some(self.socket(self.0.setup.conn.tables.socket_of(id)?))
+    }
+
+    /// The socket that the app's [`generate_id`](App::generate_id) named
+    /// `id`, on any node of the cluster: this node's, found without
+    /// waiting as [`socket_by_generated_id`](Self::socket_by_generated_id)
+    /// does, else, with an adapter that keeps ids for the cluster (the
+    /// Redis one), the one its store names on a live node, asked as
+    /// [`cluster`](Self::cluster)'s queries are (this call blocks for up to
+    /// the adapter's timeout; in a handler, prefer an async one or a
+    /// thread of your own). Its [`SocketRef`] emits, calls,
+    /// joins and closes through the socket's node. Without such an
+    /// adapter: this node's only.
+    ///
+    /// ```no_run
+    /// # fn demo(app: &emitws::app::AppHandle) -> Result<(), emitws::app::Error> {
+    /// if let Some(socket) = app.lookup_generated_id("device-42")? {
+    ///     socket.emit("/hello", "device 42, wherever you are")?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unavailable`] when the id is not this node's and the
+    /// cluster's store does not answer within the adapter's timeout.
+    pub fn lookup_generated_id(&self, id: &str) -> Result<Option<SocketRef>, Error> {
+        if let Some(socket) = self.socket_by_generated_id(id) {
+            return Ok(Some(socket));
+        }
+        match self.0.setup.conn.tables.cluster_ids() {
+            Some(adapter) => Ok(adapter.generated_id(id)?.map(|socket| self.socket(socket))),
+            None => Ok(None),
+        }
+    }
+
+    /// For an [`Adapter`] that keeps generated ids for the cluster: a newer
+    /// claim of `id` on another node took it from this node's socket whose
+    /// claim was numbered `token` ([`Adapter::claim_generated_id`]). That
+    /// socket no longer has it (a newer socket of this node given it since
+    /// keeps it). Whether that socket had it.
+    pub fn deliver_generated_id_taken(&self, id: &str, token: u64) -> bool {
+        self.0.setup.conn.tables.taken_elsewhere(id, token)
     }
 }
 

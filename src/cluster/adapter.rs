@@ -39,7 +39,9 @@ use crate::runtime::ConnId;
 /// `NODE\n{"q":[number,asker,node,conn]}\nASK`, routed as `{"p":…}` is,
 /// and its answer as `NODE\n{"a":number}\nANSWER` to the asker's node,
 /// which gives up after [`query_timeout`](RedisOptions::query_timeout) (a
-/// call's timeout plus that, for a call); anything else is ignored.
+/// call's timeout plus that, for a call); a generated id taken by a newer
+/// claim as `NODE\n{"gi":[id,token]}\n` to the node whose socket had it
+/// (the `ids` module); anything else is ignored.
 ///
 /// Sessions kept for resume are records in Redis that any node claims
 /// (see [`Adapter::claim_session`]): the layout is in the `sessions` module.
@@ -278,12 +280,16 @@ fn deliver(app: &AppHandle, link: &RedisLink, asks: &Asks, message: &Inbound) ->
             let answer: WireAnswer = serde_json::from_str(body).ok()?;
             asks.settle(number, answer.into());
         }
+        Header::IdTaken(id, token) if message.direct => {
+            app.deliver_generated_id_taken(&id, token);
+        }
         Header::Socket(_)
         | Header::CloseSocket(..)
         | Header::History(..)
         | Header::UserOffline(_)
         | Header::Ask(..)
-        | Header::Answer(_) => {}
+        | Header::Answer(_)
+        | Header::IdTaken(..) => {}
     }
     Some(())
 }
@@ -436,5 +442,21 @@ impl Adapter for RedisAdapter {
 
     fn read_history(&self, reads: Vec<(Box<str>, u64)>, done: Box<dyn FnOnce(StoredHistory) + Send>) {
         self.history.read(reads, done);
+    }
+
+    fn keeps_generated_ids(&self) -> bool {
+        true
+    }
+
+    fn claim_generated_id(&self, id: &str, token: u64, socket: SocketId) {
+        self.link.claim_id(id, token, socket);
+    }
+
+    fn release_generated_id(&self, id: &str, token: u64) {
+        self.link.release_id(id, token);
+    }
+
+    fn generated_id(&self, id: &str) -> Result<Option<SocketId>, app::Error> {
+        Ok(self.link.generated_id(id)?)
     }
 }

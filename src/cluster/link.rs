@@ -16,6 +16,7 @@ use super::routed::RedisConn;
 
 use super::connect::Connector;
 use super::error::ClusterError;
+use super::ids::{id_key, parse_holder, IdClaim};
 use super::options::RedisOptions;
 use super::outage::Health;
 use super::reader::{self, Job};
@@ -601,6 +602,33 @@ impl RedisLink {
                 *sizes.entry(group).or_default() += size;
             }
             Ok(sizes.into_iter().collect())
+        })
+    }
+
+    /// Has the writer claim generated id `id` for this node's socket of
+    /// public id `public`, as claim `token` (see [`super::ids`]).
+    pub(super) fn claim_id(&self, id: &str, token: u64, public: SocketId) {
+        let key = id_key(&self.inner.options.prefix, id);
+        self.write(WriterCommand::ClaimId(IdClaim { key, id: id.into(), token, public }));
+    }
+
+    /// Has the writer free generated id `id` if this node's claim `token` still has it.
+    pub(super) fn release_id(&self, id: &str, token: u64) {
+        let key = id_key(&self.inner.options.prefix, id);
+        self.write(WriterCommand::ReleaseId { key, token });
+    }
+
+    /// The socket (public id) that generated id `id` names on a live node.
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Unavailable`] when Redis does not answer within
+    /// [`query_timeout`](RedisOptions::query_timeout) or refuses.
+    pub fn generated_id(&self, id: &str) -> Result<Option<SocketId>, ClusterError> {
+        self.query(|conn, nodes| {
+            let holder: Option<String> = conn.get(id_key(&self.inner.options.prefix, id))?;
+            let holder = holder.as_deref().and_then(parse_holder);
+            Ok(holder.filter(|(node, ..)| nodes.contains(node)).map(|(.., public)| public))
         })
     }
 

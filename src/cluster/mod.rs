@@ -72,7 +72,8 @@
 //! `outage` (backoff and outage logging, shared by the threads), `history`
 //! (room history kept and numbered in Redis), `sessions` (session records
 //! for resume), `users` (each user's devices counted across the cluster:
-//! the device cap, user presence), `asks` (requests to another node's
+//! the device cap, user presence), `ids` (the app's generated socket ids,
+//! claimed and looked up across the cluster), `asks` (requests to another node's
 //! socket waiting for their answers, with their timeouts), `adapter`
 //! ([`RedisAdapter`]); for a Redis Cluster, `slotmap` (each key's slot, the
 //! masters' slots, `MOVED`/`ASK`), `router` (commands to their slot's
@@ -84,6 +85,7 @@ mod asks;
 mod connect;
 mod error;
 mod history;
+mod ids;
 mod link;
 mod options;
 mod outage;

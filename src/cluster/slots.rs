@@ -12,6 +12,7 @@ use redis::cluster::ClusterConnection;
 use redis::{Commands, RedisResult, Value};
 
 use super::history::{keys, publish_call, PUBLISH, READ};
+use super::ids::{id_key, read_claim, release, IdClaim};
 use super::link::{eval, node_key, ALIVE};
 use super::sessions::{
     alias_key, claim, direct_key, record_key, Found, Record, END, HOLD, ORPHAN, ORPHAN_ALIAS, ROUTE, UNALIAS,
@@ -174,6 +175,17 @@ fn every_script_and_multi_key_command_runs_on_one_slot() {
     let read: Value = eval(READ, &[&meta, &stream]).arg(2).query(&mut c).unwrap();
     let (epoch, latest, _, kept): (String, u64, u64, Vec<Value>) = redis::from_redis_value(read).unwrap();
     assert_eq!((&epoch[..], latest, kept.len()), ("e1", 2, 1));
+
+    // A generated id: one key per call, claimed (taken back after a lapse
+    // only from a node not live) and freed by its own claim only.
+    let claim = IdClaim { key: id_key(P, "device-42"), id: "device-42".into(), token: 1, public };
+    let answer: Value = claim.claim(&node, true, &[]).query(&mut c).unwrap();
+    assert_eq!(read_claim(&answer).unwrap(), (true, None));
+    let answer: Value = claim.claim(&node, false, std::slice::from_ref(&node)).query(&mut c).unwrap();
+    assert_eq!(read_claim(&answer).unwrap(), (true, Some((0xaa, 1, public))));
+    let freed: (u8, u8) =
+        (release(&claim.key, &node, 2).query(&mut c).unwrap(), release(&claim.key, &node, 1).query(&mut c).unwrap());
+    assert_eq!(freed, (0, 1));
 }
 
 /// Runs each command of `pipe` on its own: the cluster client routes each

@@ -84,6 +84,11 @@ pub(super) enum Header {
     /// [`WireAnswer`] follows.
     #[serde(rename = "a")]
     Answer(u64),
+    /// A newer claim of this generated id took it from the receiver's
+    /// socket whose claim had this number (see `super::ids`): sent by the
+    /// node that has it now, nothing follows.
+    #[serde(rename = "gi")]
+    IdTaken(String, u64),
 }
 
 /// A [`SocketAsk`] as it goes between nodes.

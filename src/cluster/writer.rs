@@ -14,6 +14,7 @@ use redis::{Commands, RedisResult};
 
 use super::routed::RedisConn;
 
+use super::ids::{self, IdClaim};
 use super::link::{eval, gone, node_key, LinkState, ThreadCtx};
 use super::outage::{backoff, Outage};
 use super::sessions::{orphan, rewrite, Record, HOLD, ROUTE};
@@ -87,6 +88,15 @@ pub(super) enum WriterCommand {
         id: u64,
         kept: Option<Duration>,
     },
+    /// A generated id given to a socket of this node (see [`super::ids`]):
+    /// it takes the id from whoever has it.
+    ClaimId(IdClaim),
+    /// A socket of this node given a generated id is gone: the id's key is
+    /// freed if claim `token` still has it.
+    ReleaseId {
+        key: String,
+        token: u64,
+    },
     Stop,
 }
 
@@ -111,6 +121,16 @@ pub(super) struct Writer {
     settling_until: Option<Instant>,
     /// Publishing to a Redis Cluster: `SPUBLISH` (sharded pub/sub).
     sharded: bool,
+    /// This node's sockets' generated ids, by key: the claim, and whether
+    /// it was written (else it still takes the id when written, after an
+    /// outage; one written is written again after a lapse only if nobody
+    /// took the id meanwhile).
+    ids: HashMap<String, (IdClaim, bool)>,
+    /// Releases of ids an outage kept from Redis, by key and claim: written
+    /// when Redis is back, before the claims (one per socket with an id
+    /// that ended meanwhile: a claim may have reached Redis even when its
+    /// write failed, so none is left out).
+    unreleased: Vec<(String, u64)>,
 }
 
 impl Writer {
@@ -125,6 +145,8 @@ impl Writer {
             beaten: false,
             settling_until: None,
             sharded: false,
+            ids: HashMap::new(),
+            unreleased: Vec::new(),
         }
     }
 
@@ -199,11 +221,12 @@ impl Writer {
                 let beat = conn.as_mut().map(|c| {
                     let (lapsed, live) = heartbeat(c, &p, &node, ttl)?;
                     // A lapse (Redis flushed, say) loses the others' heartbeats too, for a period.
-                    self.membership(live, &node, (lapsed || fresh).then_some(options.heartbeat_ttl));
+                    self.membership(live.clone(), &node, (lapsed || fresh).then_some(options.heartbeat_ttl));
                     // Redis may have lost this node's presence (a restart, or
                     // survivors that took it for dead): write it again.
                     if lapsed || fresh {
                         self.replay(c, &p, &node)?;
+                        self.replay_ids(c, &p, &node, &live)?;
                     }
                     self.sync_devices(c, &p, &node)?;
                     Ok::<_, redis::RedisError>(())
@@ -241,6 +264,14 @@ impl Writer {
     /// Takes the publishes out of the batch (written, or `lost` in an
     /// outage: counted with the dropped ones); presence is kept (and replayed).
     fn drop_publishes(&mut self, batch: &mut Vec<WriterCommand>, lost: bool) {
+        if lost {
+            // Written when Redis is back (see `replay_ids`).
+            for write in batch.iter() {
+                if let WriterCommand::ReleaseId { key, token } = write {
+                    self.unreleased.push((key.clone(), *token));
+                }
+            }
+        }
         let before = batch.len();
         batch.retain(|w| {
             !matches!(
@@ -261,6 +292,7 @@ impl Writer {
     fn remember(&mut self, batch: &mut Vec<WriterCommand>) {
         for write in batch.drain(..) {
             self.apply_record(&write);
+            self.note_id(&write);
             match write {
                 WriterCommand::AddSocket(id) => {
                     self.presence.entry(id).or_default();
@@ -292,9 +324,98 @@ impl Writer {
                 | WriterCommand::RecordJoin { .. }
                 | WriterCommand::RecordStore { .. }
                 | WriterCommand::EndRecord { .. }
+                | WriterCommand::ClaimId(_)
+                | WriterCommand::ReleaseId { .. }
                 | WriterCommand::Stop => {}
             }
         }
+    }
+
+    /// Applies a claim or a release of a generated id to the ids kept for
+    /// replays; applying one twice changes nothing (claims are numbered:
+    /// a release takes away its own claim only, a claim already noted stays
+    /// as it is, written or not).
+    fn note_id(&mut self, write: &WriterCommand) {
+        match write {
+            WriterCommand::ClaimId(claim)
+                if !self.ids.get(&claim.key).is_some_and(|(kept, _)| kept.token == claim.token) =>
+            {
+                self.ids.insert(claim.key.clone(), (claim.clone(), false));
+            }
+            WriterCommand::ReleaseId { key, token }
+                if self.ids.get(key).is_some_and(|(kept, _)| kept.token == *token) =>
+            {
+                self.ids.remove(key);
+            }
+            _ => {}
+        }
+    }
+
+    /// Writes this node's generated ids again (after a reconnect or a
+    /// lapse): first the releases an outage held back, then every claim,
+    /// listed under the node. A claim written before takes its id back
+    /// only if it is free, still this node's or held by a node not in
+    /// `live`; else the socket loses it (the app is told, as by the node
+    /// that has it). A claim never written takes its id from whoever has it.
+    fn replay_ids(&mut self, c: &mut RedisConn, p: &str, node: &str, live: &[String]) -> RedisResult<()> {
+        if self.ids.is_empty() && self.unreleased.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (key, token) in &self.unreleased {
+            pipe.add_command(ids::release(key, node, *token)).ignore();
+        }
+        let mut claims = Vec::new();
+        for (claim, written) in self.ids.values() {
+            pipe.add_command(claim.claim(node, !written, live));
+            pipe.sadd(node_key(p, node, "ids"), &claim.key).ignore();
+            claims.push(claim.clone());
+        }
+        let answers: Vec<redis::Value> = pipe.query(c)?;
+        self.unreleased.clear();
+        self.settle_claims(c, p, node, &claims, &answers)
+    }
+
+    /// Reads what Redis answered to `claims` (one answer each, in order):
+    /// a claim that took its id is written, and the other node whose
+    /// socket had the id is told; one that did not loses its id here, and
+    /// the app is told as if by the node that keeps it.
+    fn settle_claims(
+        &mut self,
+        c: &mut RedisConn,
+        p: &str,
+        node: &str,
+        claims: &[IdClaim],
+        answers: &[redis::Value],
+    ) -> RedisResult<()> {
+        let here = u64::from_str_radix(node, 16).unwrap_or(0);
+        let mut tell = redis::pipe();
+        for (claim, answer) in claims.iter().zip(answers) {
+            let (taken, other) = ids::read_claim(answer)?;
+            let message = match (taken, other) {
+                (true, Some((from, token, _))) if from != here => {
+                    ids::taken(p, self.sharded, here, from, &claim.id, token)
+                }
+                (true, _) => None,
+                (false, holder) => {
+                    self.ids.remove(&claim.key);
+                    let from = holder.map_or(here, |(from, ..)| from);
+                    ids::taken(p, self.sharded, from, here, &claim.id, claim.token)
+                }
+            };
+            if taken {
+                if let Some((kept, written)) = self.ids.get_mut(&claim.key) {
+                    *written |= kept.token == claim.token;
+                }
+            }
+            if let Some(message) = message {
+                tell.add_command(message).ignore();
+            }
+        }
+        if !tell.is_empty() {
+            let () = tell.query(c)?;
+        }
+        Ok(())
     }
 
     /// Applies a write to the records kept for replays. Applying one twice
@@ -361,6 +482,9 @@ impl Writer {
         };
         let mut pipe = redis::pipe();
         let mut left_users = Vec::new();
+        // The generated ids claimed in this batch, in order: their answers
+        // are the pipeline's only ones.
+        let mut claims = Vec::new();
         for write in batch.iter() {
             match write {
                 WriterCommand::Publish { channel, payload } => {
@@ -439,9 +563,24 @@ impl Writer {
                         pipe.add_command(record.field("user", user.as_deref())).ignore();
                     }
                 }
+                WriterCommand::ClaimId(claim) => {
+                    claims.push(claim.clone());
+                    pipe.add_command(claim.claim(node, true, &[]));
+                    pipe.sadd(node_key(p, node, "ids"), &claim.key).ignore();
+                }
+                WriterCommand::ReleaseId { key, token } => {
+                    pipe.add_command(ids::release(key, node, *token)).ignore();
+                }
                 WriterCommand::SyncDevices(_) | WriterCommand::Stop => {}
             }
             self.apply_record(write);
+            self.note_id(write);
+            // Listed while this node has a claim of it (a newer socket here may).
+            if let WriterCommand::ReleaseId { key, .. } = write {
+                if !self.ids.contains_key(key) {
+                    pipe.srem(node_key(p, node, "ids"), key).ignore();
+                }
+            }
         }
         // A user with no connection left on this node is no longer listed here
         // (the writes above ran first, in order, on this one connection).
@@ -450,11 +589,14 @@ impl Writer {
             let keys = [&node_key(p, node, &format!("u:{user}"))[..], &node_key(p, node, "users")];
             pipe.add_command(eval(UNLIST, &keys).arg(user).clone()).ignore();
         }
-        let result: RedisResult<()> = pipe.query(c);
+        let result = pipe.query::<Vec<redis::Value>>(c);
+        let written = result.is_ok();
+        // The batch is written even if telling the nodes that lost ids fails.
+        let result = result.and_then(|answers| self.settle_claims(c, p, node, &claims, &answers));
         if result.is_err() {
             *conn = None;
         }
-        self.drop_publishes(batch, result.is_err());
+        self.drop_publishes(batch, !written);
         result.err()
     }
 
@@ -600,6 +742,8 @@ impl Writer {
             let _: RedisResult<()> = c.zrem(format!("{p}:nodes"), node);
             // Its devices stop counting; a live peer runs the offline hooks.
             let _ = super::users::orphan_devices(&mut c, p, node, self.peers.iter().next().map(String::as_str));
+            // Its sockets' generated ids are free (a newer claim elsewhere stays).
+            let _ = ids::orphan(&mut c, p, node);
             let _ = delete_node_keys(&mut c, p, node);
         }
     }
@@ -649,6 +793,8 @@ fn heartbeat(c: &mut RedisConn, p: &str, node: &str, ttl_ms: u64) -> RedisResult
         orphan(c, p, &dead)?;
         // Its devices stop counting; its users left with none went offline.
         super::users::orphan_devices(c, p, &dead, Some(node))?;
+        // Its sockets' generated ids are free.
+        ids::orphan(c, p, &dead)?;
         delete_node_keys(c, p, &dead)?;
         let _: () = c.zrem(&nodes, &dead)?;
     }
