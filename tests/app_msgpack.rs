@@ -114,6 +114,22 @@ fn msgpack_app() -> App {
         let joined = req.join(&room).is_ok();
         req.reply(&joined);
     });
+    // Strings and bytes read borrowed from the frame, without a copy.
+    app.on("/borrow", |req| {
+        #[derive(Deserialize)]
+        struct Borrowed<'a> {
+            name: &'a str,
+            avatar: &'a [u8],
+        }
+        let frame = req.binary().unwrap_or_default().as_ptr_range();
+        match req.msgpack_borrowed::<Borrowed>() {
+            Ok(Borrowed { name, avatar }) => {
+                let in_frame = [name.as_bytes(), avatar].iter().all(|part| frame.contains(&part.as_ptr()));
+                req.reply_msgpack(&(name.chars().count(), avatar.len(), in_frame))
+            }
+            Err(e) => req.reply_err(e.code(), &e.to_string()),
+        }
+    });
     app.on("/json", |req| req.reply(&json!({ "plain": "json" })));
     app.on("/unencodable", |req| req.reply_msgpack(&Unencodable));
     app.on("/refusals", |req| {
@@ -182,6 +198,8 @@ fn typed_requests_and_replies_round_trip_between_the_app_and_the_rust_client() {
     // A deferred reply, from another thread.
     let later: Profile = client.request_msgpack("/profile-later", &sent, WAIT).expect("deferred reply");
     assert_eq!(later, sent);
+    let borrowed: (usize, usize, bool) = client.request_msgpack("/borrow", &sent, WAIT).expect("borrowed");
+    assert_eq!(borrowed, (sent.name.chars().count(), 300, true));
     // The server's errors and JSON replies reach the typed call as such.
     let json = client.request_msgpack::<_, Profile>("/json", &1, WAIT);
     assert!(matches!(&json, Err(ClientMsgpackError::NotBinary(v)) if *v == json!({ "plain": "json" })), "{json:?}");

@@ -311,6 +311,10 @@ mod tests {
         let positional = rmp_serde::to_vec(&sample).unwrap();
         assert_eq!(positional[0], 0x93, "a fixarray of 3");
         assert_eq!(decode::<Sample>(&positional).unwrap(), sample);
+        // A borrowed `&[u8]` takes a `bin` whole, pointing into the payload.
+        let bin = encode(&vec![1u8, 2, 3]).unwrap();
+        let borrowed: &[u8] = decode(&bin).unwrap();
+        assert_eq!((borrowed, borrowed.as_ptr()), (&[1, 2, 3][..], bin[2..].as_ptr()));
     }
 
     #[test]
