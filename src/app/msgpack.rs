@@ -68,16 +68,9 @@ impl fmt::Display for MsgpackError {
     }
 }
 
-impl std::error::Error for MsgpackError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            MsgpackError::NotBinary => None,
-            MsgpackError::Decode(e) => Some(e),
-            MsgpackError::Encode(e) => Some(e),
-            MsgpackError::Send(e) => Some(e),
-        }
-    }
-}
+/// No `source`: each variant's text already holds the error it wraps (as
+/// [`DataError`](crate::app::DataError)'s does).
+impl std::error::Error for MsgpackError {}
 
 impl MsgpackError {
     /// The machine-readable code a handler would answer it with

@@ -61,16 +61,9 @@ impl fmt::Display for MsgpackError {
     }
 }
 
-impl std::error::Error for MsgpackError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            MsgpackError::App(e) => Some(e),
-            MsgpackError::NotBinary(_) => None,
-            MsgpackError::Decode(e) => Some(e),
-            MsgpackError::Encode(e) => Some(e),
-        }
-    }
-}
+/// No `source`: each variant's text already holds the error it wraps (as
+/// [`DataError`](crate::app::DataError)'s does).
+impl std::error::Error for MsgpackError {}
 
 impl MsgpackError {
     /// The error code: the [`AppError`]'s, or `bad_request` for data that
