@@ -74,6 +74,13 @@ section "axum mount: cargo test --features axum --test axum_mount, and the docte
 cargo test --features axum --test axum_mount
 cargo test --features axum --doc axum
 
+# MessagePack payloads are behind a feature (msgpack): their test over real
+# sockets, the unit tests, and the rustdoc examples (README.md's included).
+section "MessagePack payloads: cargo test --features msgpack --test app_msgpack; --lib msgpack; --doc msgpack ReadmeDoctests"
+cargo test --features msgpack --test app_msgpack
+cargo test --features msgpack --lib msgpack
+cargo test --features msgpack --doc -- msgpack ReadmeDoctests
+
 # The Redis adapter is behind a feature; its tests start their own redis-server.
 # cluster_nodes runs emitws-cluster-node processes: it lives with them in tools/.
 if skipped redis; then skip "the Redis cluster tests"; else

@@ -80,6 +80,8 @@ mod history;
 mod inbox;
 mod limits;
 mod locks;
+#[cfg(feature = "msgpack")]
+pub mod msgpack;
 mod request;
 mod router;
 mod rpc;

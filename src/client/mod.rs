@@ -25,6 +25,8 @@
 #[cfg(feature = "app")]
 pub mod app;
 mod blocking;
+#[cfg(feature = "msgpack")]
+pub mod msgpack;
 mod socket;
 
 pub use crate::dial::{ClientBuilder, ClientError, Url, UrlError};
