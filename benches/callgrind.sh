@@ -21,12 +21,16 @@
 # floor of echo (benches/peers/README.md). With ASYNC=1, request/reply with 8
 # in flight answered by a sync and by an async handler (examples/async_echo,
 # feature `tokio`: what a future on the runtime and its deferred reply cost).
+# With SOCKETIO=benches/peers/target/release/echo-socketioxide, the same
+# request/reply for socketioxide (Socket.IO's `echo` event acknowledged,
+# benches/peers/README.md), the peer of both.
 #
 # Usage: benches/callgrind.sh   (SHORT=3 LONG=8; HISTORY=1; CASES="fanout fanout-history"
 #        runs only the cases named; LOAD=emitws-load to use,
 #        BIN=directory of the example servers, to compare two builds with the
 #        same load tool; UWS_ECHO=/tmp/uws/echo UWS_FANOUT=/tmp/uws/fanout
-#        ECHO_FLOOR=benches/peers/target/release/echo-floor)
+#        ECHO_FLOOR=benches/peers/target/release/echo-floor
+#        SOCKETIO=benches/peers/target/release/echo-socketioxide)
 # Needs: valgrind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +66,7 @@ measure() {
       "${server[@]}" "127.0.0.1:$port" >/dev/null 2>"$out/$name-$duration.log" &
     pid=$!
     for _ in $(seq 400); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
-    "$load" "$@" --url "ws://127.0.0.1:$port/" --duration "$duration" --warmup 0 --json \
+    "$load" "$@" --url "ws://127.0.0.1:$port${url_path:-/}" --duration "$duration" --warmup 0 --json \
       >"$out/$name-$duration.json" 2>/dev/null || true
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
@@ -96,6 +100,11 @@ if [ -n "${ASYNC:-}" ]; then
   pipelined=(echo --connections 100 --payload 20 --in-flight 8 --protocol emitws --any-order)
   measure async-sync "$bin/async_echo" --mode sync --workers 1 --addr -- "${pipelined[@]}"
   measure async-async "$bin/async_echo" --mode async --async-threads 1 --workers 1 --addr -- "${pipelined[@]}"
+fi
+if [ -n "${SOCKETIO:-}" ]; then
+  url_path="/socket.io/?EIO=4&transport=websocket"
+  measure socketio-pipelined "$SOCKETIO" -- echo --connections 100 --payload 20 --in-flight 8 --protocol socketio --any-order
+  url_path=
 fi
 [ -z "${ECHO_FLOOR:-}" ] || measure floor-pingpong "$ECHO_FLOOR" -- "${pingpong[@]}"
 [ -z "${UWS_ECHO:-}" ] || measure uws-pingpong "$UWS_ECHO" -- "${pingpong[@]}"

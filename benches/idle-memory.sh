@@ -7,7 +7,8 @@
 # emitws-app (the event layer, examples/app_echo; sockets idle after the
 # handshake), emitws-app-joined (the same, each socket having joined the room
 # `#room` with a `/join` request and got its reply), fastwebsockets,
-# tokio-tungstenite.
+# tokio-tungstenite; and, only when named, socketioxide (benches/peers'
+# echo-socketioxide: Socket.IO sockets connected to the main namespace).
 # 19,000 is the most one process can hold here (20,000 open files per process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,9 @@ mkdir -p "$out"
 source benches/common.sh
 server_cmd[emitws-app]="target/release/examples/app_echo --workers 1 --addr"
 server_cmd[emitws-app-joined]="${server_cmd[emitws-app]}"
-declare -A load_args=([emitws-app-joined]="--protocol emitws")
+server_cmd[socketioxide]="benches/peers/target/release/echo-socketioxide"
+declare -A load_args=([emitws-app-joined]="--protocol emitws" [socketioxide]="--protocol socketio")
+declare -A url_path=([socketioxide]="/socket.io/?EIO=4&transport=websocket")
 read -r -a servers <<<"${SERVERS:-emitws emitws-app emitws-app-joined ${servers[*]:1}}"
 port=9500
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -39,12 +42,12 @@ for n in $counts; do
     wait_port "$port"
     # One connection first, so lazily built state (buffers, pools, the room) is in "before".
     # shellcheck disable=SC2086 # the arguments are meant to split
-    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" ${load_args[$server]:-} --connections 1 --hold 1 >/dev/null
+    target/release/emitws-load idle --url "ws://127.0.0.1:$port${url_path[$server]:-/}" ${load_args[$server]:-} --connections 1 --hold 1 >/dev/null
     before=$(rss_kib "$server_pid")
     log="$out/$server-$n.log"
     : >"$log"
     # shellcheck disable=SC2086
-    target/release/emitws-load idle --url "ws://127.0.0.1:$port/" ${load_args[$server]:-} --connections "$n" --hold 600 \
+    target/release/emitws-load idle --url "ws://127.0.0.1:$port${url_path[$server]:-/}" ${load_args[$server]:-} --connections "$n" --hold 600 \
       >"$log" 2>&1 &
     load_pid=$!
     pids+=("$load_pid")
