@@ -10,18 +10,9 @@
 # SCENARIOS lists CONNECTIONS:PAYLOAD:IN_FLIGHT. Needs: taskset.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${ROUNDS:-3}"
-duration="${DURATION:-10}"
-scenarios="${SCENARIOS:-100:20:1 100:20:8}"
-out=target/bench-app-echo
-mkdir -p "$out"
-rm -f "$out"/*.json "$out"/*.cpu
-
 source benches/common.sh
+bench_setup app-echo "100:20:1 100:20:8"
 port=9700
-pid=
-cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
-trap cleanup EXIT
 
 for round in $(seq "$rounds"); do
   for scenario in $scenarios; do
@@ -42,29 +33,17 @@ for round in $(seq "$rounds"); do
   done
 done
 
-python3 - "$out" "$scenarios" "$ticks_per_sec" "$duration" <<'PY'
-import glob, json, statistics, sys
-out, scenarios, hz, duration = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), float(sys.argv[4])
-WARMUP = 2
+bench_medians raw app >"$out/medians.json"
+python3 - "$out/medians.json" <<'PY'
+import json, sys
+medians = json.load(open(sys.argv[1]))
 print("| connections × payload, in flight | server | round trips/s (median) | vs raw | server CPU µs/round trip | p50 µs | p99 µs | errors |")
 print("|---|---|---:|---:|---:|---:|---:|---:|")
-for scenario in scenarios:
+for scenario, runs in medians.items():
     conns, payload, in_flight = scenario.split(":")
-    medians = {}
-    for layer in ("raw", "app"):
-        runs = []
-        for f in sorted(glob.glob(f"{out}/{layer}-{conns}-{payload}-{in_flight}-*.json")):
-            run = json.load(open(f))
-            ticks = int(open(f[:-5] + ".cpu").read())
-            run["cpu_us"] = ticks / hz * 1e6 / max(1.0, run["msgs_per_sec"] * (duration + WARMUP))
-            runs.append(run)
-        mid = sorted(runs, key=lambda r: r["msgs_per_sec"])[len(runs) // 2]
-        mid["cpu_us"] = statistics.median(r["cpu_us"] for r in runs)
-        mid["errors"] = sum(r["errors"] for r in runs)
-        medians[layer] = mid
     for layer, name in (("raw", "raw echo (examples/echo)"), ("app", "event layer `/echo` (examples/app_echo)")):
-        r = medians[layer]
-        ratio = r["msgs_per_sec"] / medians["raw"]["msgs_per_sec"]
+        r = runs[layer]
+        ratio = r["msgs_per_sec"] / runs["raw"]["msgs_per_sec"]
         print(f"| {conns} × {payload} B, {in_flight} | {name} | {r['msgs_per_sec']:,.0f} | {ratio:.2f}× | "
-              f"{r['cpu_us']:.2f} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {r['errors']} |")
+              f"{r['cpu_us']:.2f} | {r['p50_us']:,.0f} | {r['p99_us']:,.0f} | {r['errors_total']} |")
 PY

@@ -69,3 +69,52 @@ pinned_load() {
   pid=
   [ "$status" -le 1 ]
 }
+
+stop_pinned_server() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; }
+
+# bench_setup NAME DEFAULT_SCENARIOS: a pinned_load benchmark's settings,
+# each with its default: $rounds (ROUNDS, 3), $duration (DURATION seconds,
+# 10) and $scenarios (SCENARIOS, CONNECTIONS:PAYLOAD:IN_FLIGHT triples); its
+# results folder $out, target/bench-NAME, emptied of an earlier run's; and
+# an EXIT trap that stops the server pinned_load runs, if one is running.
+bench_setup() {
+  rounds="${ROUNDS:-3}"
+  duration="${DURATION:-10}"
+  scenarios="${SCENARIOS:-$2}"
+  out=target/bench-$1
+  mkdir -p "$out"
+  rm -f "$out"/*.json "$out"/*.cpu
+  pid=
+  trap stop_pinned_server EXIT
+}
+
+# bench_medians LABEL...: reads the runs pinned_load wrote as
+# $out/LABEL-SCENARIO-ROUND.json (and .cpu), SCENARIO one of $scenarios
+# with its colons as dashes, and prints, as JSON, {scenario as in
+# $scenarios: {LABEL: run}}, in the order of $scenarios and the labels: the
+# run of median msgs_per_sec over the rounds, with `cpu_us`, the median over
+# the rounds of the server's CPU µs per message (its CPU over the whole run,
+# connect and close included, divided by the messages of warm-up and
+# measurement at the measured rate), and `errors_total`, the errors of
+# every round.
+bench_medians() {
+  python3 - "$out" "$scenarios" "$ticks_per_sec" "$duration" "$@" <<'PY'
+import glob, json, statistics, sys
+out, scenarios, hz, duration, labels = sys.argv[1], sys.argv[2].split(), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5:]
+WARMUP = 2  # pinned_load's --warmup
+medians = {}
+for scenario in scenarios:
+    for label in labels:
+        runs = []
+        for f in sorted(glob.glob(f"{out}/{label}-{scenario.replace(':', '-')}-*.json")):
+            run = json.load(open(f))
+            ticks = int(open(f[:-5] + ".cpu").read())
+            run["cpu_us"] = ticks / hz * 1e6 / max(1.0, run["msgs_per_sec"] * (duration + WARMUP))
+            runs.append(run)
+        mid = sorted(runs, key=lambda r: r["msgs_per_sec"])[len(runs) // 2]
+        mid["cpu_us"] = statistics.median(r["cpu_us"] for r in runs)
+        mid["errors_total"] = sum(r["errors"] for r in runs)
+        medians.setdefault(scenario, {})[label] = mid
+json.dump(medians, sys.stdout)
+PY
+}

@@ -25,6 +25,9 @@
 //!   answers `{"ok": result}` or `{"error": {"code", "message"}}`;
 //! - `/calls {n, timeout_ms}`: calls the client's `count` procedure `n` times
 //!   (data 1..=n) and answers `{"answered": k, "errors": [codes]}`;
+//! - `/ping-me {timeout_ms}`: pings this socket at the application level
+//!   (PROTOCOL.md §9.1, `SocketRef::ping_then`) and answers `{"rtt_us": N}`
+//!   (the round trip in microseconds) or `{"error": {"code", "message"}}`;
 //! - `/emit {event, data}`: sends `[0,event,data]` to this socket;
 //! - `/emit-to {socket, event, data}`: sends it to the socket whose id
 //!   (PROTOCOL.md §12) is given, and answers whether it could;
@@ -206,6 +209,11 @@ struct Calls {
 }
 
 #[derive(Deserialize)]
+struct PingMe {
+    timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
 struct Emit {
     event: String,
     #[serde(default)]
@@ -315,6 +323,14 @@ fn handlers(app: &mut App) {
                 eprintln!("/calls: {e}");
             }
         }
+    });
+    app.on("/ping-me", |req| {
+        let Some(PingMe { timeout_ms }) = req.expect_data::<PingMe>() else { return };
+        let reply = req.defer();
+        req.socket().ping_then(Duration::from_millis(timeout_ms), move |rtt| match rtt {
+            Ok(rtt) => reply.reply(&json!({ "rtt_us": u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX) })),
+            Err(e) => reply.reply(&json!({ "error": wire_error(&e) })),
+        });
     });
     app.on("/emit", |req| {
         let Some(Emit { event, data }) = req.expect_data::<Emit>() else { return };

@@ -7,17 +7,9 @@
 //! redis-server (which must be installed unless `EMITWS_SKIP=redis`).
 #![cfg(feature = "app")]
 
-#[path = "common/app.rs"]
-mod app_client;
-mod common;
-#[path = "common/node.rs"]
-mod node;
-#[cfg(feature = "redis")]
-#[path = "common/redis.rs"]
-mod redis_server;
-#[cfg(feature = "redis")]
-#[path = "common/two_nodes.rs"]
-mod two_nodes;
+#[path = "common/app_includes.rs"]
+mod app_includes;
+use app_includes::*;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -9,17 +9,9 @@
 //! naming what to install, unless `EMITWS_SKIP` leaves them out.
 #![cfg(feature = "app")]
 
-#[path = "common/app.rs"]
-mod app_client;
-mod common;
-#[path = "common/node.rs"]
-mod node;
-#[cfg(feature = "redis")]
-#[path = "common/redis.rs"]
-mod redis_server;
-#[cfg(feature = "redis")]
-#[path = "common/two_nodes.rs"]
-mod two_nodes;
+#[path = "common/app_includes.rs"]
+mod app_includes;
+use app_includes::*;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

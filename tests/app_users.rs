@@ -17,7 +17,9 @@ use app_client::{eventually, AppClient};
 use emitws::app::{App, DevicePolicy, GroupOutcome, Refusal, Running, SocketId};
 use emitws::runtime::AcceptMode;
 use emitws::runtime::ConnId;
-use login::{login, login_routes, seen, socket_id, whoami, Transitions};
+use login::{
+    login, login_routes, offline_after_the_grace, resume_as, resume_token, seen, socket_id, whoami, Transitions,
+};
 use serde_json::{json, Value};
 
 /// Users named by `?user=`; two workers, sockets dealt in turn.
@@ -221,16 +223,12 @@ fn a_resumed_socket_comes_back_with_the_user_it_logged_in_as() {
     let (running, transitions) = login_app(None, Some(Duration::from_secs(30)));
     let addr = running.local_addr();
     let mut phone = AppClient::connect(addr);
-    let token = phone.ready.as_ref().and_then(|ready| ready["resume"].as_str()).expect("a resume token").to_string();
+    let token = resume_token(&phone);
     assert!(login(&mut phone, "ann"));
     // Lost without a close: away, its session kept, it is not a device.
     drop(phone);
     eventually("ann away", || !running.to_user("ann").is_online());
-    let mut back = AppClient::connect_to(addr, "/?emitws_resume=1", &[]).expect("upgraded");
-    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
-    assert_eq!(back.reply_to(id).expect("resumed")["resumed"], true);
-    back.wait_ready();
-    assert_eq!(whoami(&mut back), json!("ann"));
+    let back = resume_as(addr, &token, "ann");
     assert!(running.to_user("ann").is_online());
     assert_eq!(seen(&transitions), ["online ann", "offline ann", "online ann"]);
     back.close();
@@ -287,26 +285,15 @@ fn within_the_presence_grace_a_resume_fires_neither_hook() {
     let running = app.listen_with(server, "127.0.0.1:0").expect("start");
     let addr = running.local_addr();
     let mut phone = AppClient::connect(addr);
-    let token = phone.ready.as_ref().and_then(|ready| ready["resume"].as_str()).expect("a resume token").to_string();
+    let token = resume_token(&phone);
     assert!(login(&mut phone, "ann"));
     drop(phone);
     eventually("ann away", || !running.to_user("ann").is_online());
-    let mut back = AppClient::connect_to(addr, "/?emitws_resume=1", &[]).expect("upgraded");
-    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
-    assert_eq!(back.reply_to(id).expect("resumed")["resumed"], true);
-    back.wait_ready();
-    assert_eq!(whoami(&mut back), json!("ann"));
+    let back = resume_as(addr, &token, "ann");
     std::thread::sleep(GRACE * 2);
     assert_eq!(seen(&transitions), ["online ann"], "neither hook for the resume");
 
-    let lost = std::time::Instant::now();
-    drop(back);
-    let deadline = lost + GRACE * 5;
-    while seen(&transitions).len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "no offline: {:?}", seen(&transitions));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(lost.elapsed() >= GRACE, "offline before the grace was over: {:?}", lost.elapsed());
+    offline_after_the_grace(back, GRACE, 2, || seen(&transitions));
     assert_eq!(seen(&transitions), ["online ann", "offline ann"]);
     running.close();
 }

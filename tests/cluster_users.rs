@@ -30,7 +30,9 @@ use app_client::{eventually, AppClient};
 use emitws::app::{App, DevicePolicy, GroupOutcome, Running, SocketId};
 use emitws::cluster::{RedisAdapter, RedisOptions};
 use emitws::runtime::ConnId;
-use login::{login, login_routes, seen, socket_id, whoami, Transitions};
+use login::{
+    login, login_routes, offline_after_the_grace, resume_as, resume_token, seen, socket_id, whoami, Transitions,
+};
 use redis_server::{wait_for, Redis};
 use serde_json::{json, Value};
 
@@ -220,16 +222,12 @@ fn a_user_logged_in_after_connect_resumes_as_it_on_another_node() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = two_nodes(&redis, None);
     let mut phone = AppClient::connect(a.addr());
-    let token = phone.ready.as_ref().and_then(|ready| ready["resume"].as_str()).expect("a token").to_string();
+    let token = resume_token(&phone);
     assert!(login(&mut phone, ODD));
     wait_counted(&redis, ODD, 1);
     drop(phone);
     wait_counted(&redis, ODD, 0);
-    let mut back = AppClient::connect_to(b.addr(), "/?emitws_resume=1", &[]).expect("upgraded");
-    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
-    assert_eq!(back.reply_to(id).expect("a reply")["resumed"], true);
-    back.wait_ready();
-    assert_eq!(whoami(&mut back), json!(ODD));
+    let back = resume_as(b.addr(), &token, ODD);
     assert!(b.running.to_user(ODD).is_online());
     wait_counted(&redis, ODD, 1);
     back.close();
@@ -254,28 +252,20 @@ fn within_the_presence_grace_a_resume_on_another_node_fires_neither_hook() {
         all
     };
     let mut phone = AppClient::connect(a.addr());
-    let token = phone.ready.as_ref().and_then(|ready| ready["resume"].as_str()).expect("a token").to_string();
+    let token = resume_token(&phone);
     assert!(login(&mut phone, ODD));
     eventually("online", || !both().is_empty());
 
     // Lost on A, resumed on B within the grace.
     drop(phone);
     wait_counted(&redis, ODD, 0);
-    let mut back = AppClient::connect_to(b.addr(), "/?emitws_resume=1", &[]).expect("upgraded");
-    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
-    assert_eq!(back.reply_to(id).expect("a reply")["resumed"], true);
-    back.wait_ready();
-    assert_eq!(whoami(&mut back), json!(ODD));
+    let back = resume_as(b.addr(), &token, ODD);
     wait_counted(&redis, ODD, 1);
     std::thread::sleep(GRACE * 2);
     assert_eq!(both(), [format!("online {ODD}")], "neither hook for the resume");
 
     // Gone for good: offline once, when the grace is over.
-    let lost = std::time::Instant::now();
-    back.ws.stream.shutdown(std::net::Shutdown::Both).expect("shut down");
-    drop(back);
-    wait_for(GRACE * 5, || both().len() == 2);
-    assert!(lost.elapsed() >= GRACE, "offline before the grace was over: {:?}", lost.elapsed());
+    offline_after_the_grace(back, GRACE, 2, both);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(both(), [format!("online {ODD}"), format!("offline {ODD}")]);
     assert_eq!(seen(&b.transitions), [format!("offline {ODD}")], "on the node whose device went last");

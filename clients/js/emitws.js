@@ -431,16 +431,9 @@ export class EmitClient {
     this._failAll(this._offline);
     const socket = this._socket;
     this._socket = null;
-    if (socket?.readyState === 1) {
-      // CLOSING until the close handshake is over (or the socket gives up).
-      this._closing = socket;
-      // Through onclose, which every WebSocket implementation has.
-      const closed = socket.onclose;
-      socket.onclose = (event) => {
-        if (this._closing === socket) this._closing = null;
-        closed?.(event);
-      };
-    }
+    // CLOSING until the close handshake is over (or the socket gives up):
+    // the socket's own close handler (see `_open`) ends it.
+    if (socket?.readyState === 1) this._closing = socket;
     socket?.close(code, reason);
     this._settleFirst(new EmitError('closed', 'closed before it was ready'));
     this._setStatus(Status.OFFLINE);
@@ -544,6 +537,8 @@ export class EmitClient {
     };
     const closed = ({ code, reason }) => {
       clearTimeout(this._readyTimer);
+      // The socket `close()` left CLOSING is closed now.
+      if (this._closing === socket) this._closing = null;
       if (this._socket !== socket) return;
       this._socket = null;
       this._authId = null;

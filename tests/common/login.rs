@@ -4,7 +4,9 @@
 
 #![allow(dead_code)]
 
+use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use emitws::app::{App, SocketId};
 use serde_json::{json, Value};
@@ -61,4 +63,45 @@ pub fn seen(transitions: &Transitions) -> Vec<String> {
 pub fn socket_id(client: &AppClient) -> SocketId {
     let ready = client.ready.as_ref().expect("a @ready");
     ready["socket"].as_str().expect("a socket id").parse().expect("a socket id")
+}
+
+/// The resume token in `client`'s `@ready` (PROTOCOL.md §13).
+pub fn resume_token(client: &AppClient) -> String {
+    let ready = client.ready.as_ref().expect("a @ready");
+    ready["resume"].as_str().expect("a resume token").to_string()
+}
+
+/// Resumes the session of `token` on a new connection to `addr`
+/// (PROTOCOL.md §13) and checks that its socket comes back logged in as
+/// `user`; the resumed client, past its `@ready`.
+pub fn resume_as(addr: SocketAddr, token: &str, user: &str) -> AppClient {
+    let mut back = AppClient::connect_to(addr, "/?emitws_resume=1", &[]).expect("upgraded");
+    let id = back.send_request("@resume", json!({ "token": token, "rooms": {} }));
+    assert_eq!(back.reply_to(id).expect("a reply to @resume")["resumed"], true);
+    back.wait_ready();
+    assert_eq!(whoami(&mut back), json!(user));
+    back
+}
+
+/// Loses `client` for good (TCP shut down, no close frame) and waits until
+/// `transitions` holds `count` calls, the last its user's `offline`: that
+/// must come once the presence `grace` is over, not before (nor 5 graces
+/// later).
+pub fn offline_after_the_grace(
+    client: AppClient,
+    grace: Duration,
+    count: usize,
+    transitions: impl Fn() -> Vec<String>,
+) {
+    let lost = Instant::now();
+    let _ = client.ws.stream.shutdown(Shutdown::Both);
+    drop(client);
+    let deadline = lost + grace * 5;
+    while transitions().len() < count {
+        assert!(Instant::now() < deadline, "no offline: {:?}", transitions());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(lost.elapsed() >= grace, "offline before the grace was over: {:?}", lost.elapsed());
+    let seen = transitions();
+    assert!(seen.last().is_some_and(|last| last.starts_with("offline ")), "{seen:?}");
 }

@@ -12,6 +12,7 @@ order, in `inbox`, so a check can look at the exact text.
 import asyncio
 import itertools
 import json
+import time
 
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
@@ -28,6 +29,9 @@ RECONNECTING = "RECONNECTING"
 OFFLINE = "OFFLINE"
 
 EVENT, REQUEST, REPLY, ERROR = 0, 1, 2, 3
+
+# §9.1: the application-level ping, a request either side sends.
+PING = "@ping"
 
 
 class Malformed(Exception):
@@ -123,13 +127,21 @@ class Client:
     data (plain or async); what it returns is the answer, what it raises is
     `execution_failed`. With `answer_calls=False` the server's calls are left
     to the caller (they are in `inbox`).
+
+    The server's `@ping` calls are answered by the client itself (§9.1),
+    whatever `procedures` and `answer_calls` say, in every state; their ids
+    are kept in `pings_answered`. `answer_pings=False` makes an older client,
+    one that treats `@ping` as any other call.
     """
 
-    def __init__(self, url, procedures=None, subprotocols=(PROTOCOL,), answer_calls=True, compression=None):
+    def __init__(
+        self, url, procedures=None, subprotocols=(PROTOCOL,), answer_calls=True, answer_pings=True, compression=None
+    ):
         self.url = url
         self.procedures = dict(procedures or {})
         self.subprotocols = list(subprotocols) if subprotocols is not None else None
         self.answer_calls = answer_calls
+        self.answer_pings = answer_pings
         self.compression = compression
         self.state = IDLE
         self.ws = None
@@ -138,6 +150,7 @@ class Client:
         self.inbox = asyncio.Queue()
         self.events = asyncio.Queue()  # (name, data, text) of every event
         self.malformed = []  # texts the client could not read (§2: ignored)
+        self.pings_answered = []  # ids of the server's @ping calls answered (§9.1)
         self.close = None  # Closed once the connection is gone
         self._pending = {}
         self._ids = itertools.count(1)
@@ -209,6 +222,13 @@ class Client:
         finally:
             self._pending.pop(id, None)
 
+    async def ping(self, data=None, timeout=5):
+        """The application-level ping (§9.1): sends `[1, id, "@ping", data]`;
+        returns the round trip in seconds and the data the server answered."""
+        started = time.monotonic()
+        answered = await self.request(PING, data, timeout)
+        return time.monotonic() - started, answered
+
     async def next(self, timeout=5):
         """The next frame the server sent: its text, bytes, or Closed; raises
         asyncio.TimeoutError."""
@@ -279,7 +299,12 @@ class Client:
                 self._ready.set_result(envelope.data)
             self.events.put_nowait((envelope.event, envelope.data, text))
         elif envelope.kind == REQUEST:
-            if self.answer_calls:
+            if envelope.event == PING and self.answer_pings:
+                # §9.1: answered here, at once, with the call's own data; it
+                # reaches no procedure and no listener.
+                self.pings_answered.append(envelope.id)
+                await self._send_answer(encode(REPLY, envelope.id, envelope.data))
+            elif self.answer_calls:
                 asyncio.create_task(self._answer(envelope))
         else:
             future = self._pending.pop(envelope.id, None)
@@ -302,6 +327,11 @@ class Client:
                 answer = encode(REPLY, call.id, result)
             except Exception as e:  # the procedure failed: execution_failed (§3)
                 answer = encode(ERROR, call.id, {"code": "execution_failed", "message": str(e)})
+        await self._send_answer(answer)
+
+    async def _send_answer(self, answer):
+        """Sends the answer to one of the server's calls, unless the
+        connection is gone meanwhile (§3: the server then fails the call)."""
         try:
             await self.send_text(answer)
         except ConnectionClosed:

@@ -1107,6 +1107,105 @@ async def _():
         sock.close()
 
 
+# ---------------------------------------------------------------- §9.1 application-level ping
+
+
+async def ping_me(client, timeout_ms=3000):
+    """Has the server ping `client` (`/ping-me`, SocketRef::ping_then): its
+    answer, {"rtt_us": N} or {"error": {code, message}}."""
+    return await client.request("/ping-me", {"timeout_ms": timeout_ms}, timeout=timeout_ms / 1000 + QUIET)
+
+
+def server_pings(client):
+    """The server's `@ping` calls among the frames the client kept."""
+    calls = []
+    while not client.inbox.empty():
+        frame = client.inbox.get_nowait()
+        envelope = parse(frame) if isinstance(frame, str) else None
+        if envelope is not None and envelope.kind == 1 and envelope.event == "@ping":
+            calls.append(envelope)
+    return calls
+
+
+@check("§9.1", "the server pings the client: the library answers [2,id,data] itself, whatever its procedures")
+async def _():
+    def application(data):
+        raise AssertionError("@ping reached the application")
+
+    for options in ({"answer_calls": False}, {"procedures": {"@ping": application}}):
+        client = await connected(**options)
+        try:
+            result = await ping_me(client)
+            require(isinstance(result.get("rtt_us"), int) and result["rtt_us"] >= 0, f"{options}: /ping-me {result}")
+            calls = server_pings(client)
+            require(len(calls) == 1, f"{options}: the server's @ping calls: {calls!r}")
+            require(client.pings_answered == [calls[0].id], f"{options}: answered {client.pings_answered}")
+            events = [client.events.get_nowait()[0] for _ in range(client.events.qsize())]
+            require("@ping" not in events, f"{options}: @ping reached the listeners: {events}")
+        finally:
+            await client.aclose()
+
+
+@check("§9.1 §3", "a client that does not know @ping answers not_registered: the server's ping fails")
+async def _():
+    client = await connected(answer_pings=False)
+    try:
+        result = await ping_me(client)
+        require(result.get("error", {}).get("code") == "not_registered", f"/ping-me {result}")
+    finally:
+        await client.aclose()
+
+
+@check("§9.1 §3", "a client that does not answer @ping: the ping times out on the server; a late answer is ignored")
+async def _(client):
+    client.answer_pings = False  # and answer_calls=False: the call is the check's
+    await client.send_text(encode(1, 1, "/ping-me", {"timeout_ms": 300}))
+    text, _ = await frames_until(client, lambda t: t.startswith('[1,') and '"@ping"' in t)
+    call = parse(text)
+    reply, _ = await answer(client, 1)
+    require(reply.kind == 2 and reply.data.get("error", {}).get("code") == "timeout", f"/ping-me {reply.text}")
+    await client.send_text(encode(2, call.id, call.data))
+    await nothing_back(client)
+
+
+@check("§9.1 §2", "the client pings the server: [2,id,data] with the data as written, [2,id,null] without")
+async def _(client):
+    data = '{"t":1733500000000, "x":[1e400,0.10,"\\ud800"]}'
+    await exchange(client, f'[1,7,"@ping",{data}]', f"[2,7,{data}]", 7)
+    await exchange(client, '[1,8,"@ping"]', "[2,8,null]", 8)
+    await error_event(client, '[0,"@ping"]', "bad_request")
+    rtt, answered = await client.ping({"n": 1})
+    require(answered == {"n": 1} and rtt >= 0, f"ping answered {answered!r}")
+
+
+@check("§9.1 §8", "first-message auth: @ping before the auth request is answered; the auth request follows", "message")
+async def _():
+    user = unique("p")
+    client = await Client(url("message"), answer_calls=False).open()
+    await exchange(client, '[1,1,"@ping",1]', "[2,1,1]", 1)
+    result = await client.request("/auth", {"token": f"user:{user}"})
+    require(result == {"user": user}, f"auth answered {result}")
+    await ready(client)
+    await client.aclose()
+
+
+@check("§9.1 §8", "challenge: @ping before the answer is answered", "challenge")
+async def _():
+    client = await Client(url("challenge"), answer_calls=False).open()
+    await frames_until(client, lambda t: '"@challenge"' in t)
+    await exchange(client, '[1,1,"@ping",1]', "[2,1,1]", 1)
+    await client.aclose()
+
+
+@check("§9.1 §7", "@ping counts against the rate; over it, rate_limited", "rate")
+async def _(client):
+    for i in range(10):
+        await client.send_text("[9]")
+    await client.send_text('[1,5,"@ping"]')
+    reply, _ = await answer(client, 5)
+    require(reply.kind == 3 and reply.body["code"] == "rate_limited", f"got {reply.text}")
+
+
 # ---------------------------------------------------------------- §10 binary, §11 compression
 
 

@@ -313,3 +313,22 @@ test('a 1012 close with a URL moves there at once; without one, the usual reconn
   assert.equal(reconnects.length, 1);
   client.close();
 });
+
+test('close() leaves the client CLOSING until its socket has closed, then CLOSED', async () => {
+  const client = await connect();
+  const socket = last();
+  // A socket whose close handshake takes a while, as a real one's does.
+  let handshakeOver;
+  socket.close = (code, reason) => {
+    socket.readyState = 2;
+    handshakeOver = () => {
+      socket.readyState = 3;
+      socket.onclose?.({ code, reason });
+    };
+  };
+  client.close();
+  assert.equal(client.readyState, EmitClient.CLOSING);
+  assert.equal(client.status, 'offline');
+  handshakeOver();
+  assert.equal(client.readyState, EmitClient.CLOSED);
+});
