@@ -31,6 +31,8 @@
 //! - `/emit {event, data}`: sends `[0,event,data]` to this socket;
 //! - `/emit-to {socket, event, data}`: sends it to the socket whose id
 //!   (PROTOCOL.md §12) is given, and answers whether it could;
+//! - `/emit-binary-to {socket, event, bytes}`: the same with a binary event
+//!   (PROTOCOL.md §10) whose payload is `bytes`, a JSON array of numbers;
 //! - `/join {room}` and `/say {room, event, data}`: rooms and broadcasts;
 //! - `/whoami`: `{"socket", "user"}`; `/drop-me`: the app drops the socket.
 //!
@@ -229,6 +231,24 @@ struct EmitTo {
 }
 
 #[derive(Deserialize)]
+struct EmitBinaryTo {
+    socket: String,
+    event: String,
+    bytes: Vec<u8>,
+}
+
+/// Sends to the socket named `socket` with `send`; answers whether it could.
+fn reply_sent(req: &mut Request<'_>, socket: &str, send: impl FnOnce(SocketId) -> Result<bool, emitws::app::Error>) {
+    let Ok(id) = socket.parse::<SocketId>() else {
+        return req.reply_err("bad_request", "socket is no socket id");
+    };
+    match send(id) {
+        Ok(sent) => req.reply(&sent),
+        Err(e) => req.reply_err("bad_request", &e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
 struct Say {
     room: String,
     event: String,
@@ -339,13 +359,13 @@ fn handlers(app: &mut App) {
     });
     app.on("/emit-to", |req| {
         let Some(EmitTo { socket, event, data }) = req.expect_data::<EmitTo>() else { return };
-        let Ok(id) = socket.parse::<SocketId>() else {
-            return req.reply_err("bad_request", "socket is no socket id");
-        };
-        match req.app().emit_to(id, &event, &data.unwrap_or_else(null)) {
-            Ok(sent) => req.reply(&sent),
-            Err(e) => req.reply_err("bad_request", &e.to_string()),
-        }
+        let app = req.app().clone();
+        reply_sent(req, &socket, |id| app.emit_to(id, &event, &data.unwrap_or_else(null)));
+    });
+    app.on("/emit-binary-to", |req| {
+        let Some(EmitBinaryTo { socket, event, bytes }) = req.expect_data::<EmitBinaryTo>() else { return };
+        let app = req.app().clone();
+        reply_sent(req, &socket, |id| app.emit_binary_to(id, &event, &bytes));
     });
     app.on("/join", |req| {
         let Some(Join { room }) = req.expect_data::<Join>() else { return };

@@ -19,7 +19,7 @@ import traceback
 import uuid
 
 import rawws
-from emitws_client import MAX_ID, Client, Closed, RemoteError, encode, parse
+from emitws_client import MAX_ID, PROTOCOL, Client, Closed, RemoteError, encode, parse
 
 SERVERS = {}
 CHECKS = []
@@ -1266,6 +1266,51 @@ async def _():
     await client.aclose()
 
 
+BLOB = bytes([0xDE, 0xAD, 0xBE, 0xEF])
+BLOB_V2 = b"\x00\x04blob" + BLOB  # §10: type 0, name length 4, "blob", the bytes
+BLOB_V1 = '[0,"blob",{"base64":"3q2+7w=="}]'  # §10: the same to an emitws.v1 socket
+
+
+async def emit_blob(sender, socket):
+    """Has the server send the binary event `blob` (the bytes DE AD BE EF) to
+    `socket`; returns the frames `sender` got before the reply."""
+    id = sender.next_id()
+    await sender.send_text(encode(1, id, "/emit-binary-to", {"socket": socket, "event": "blob", "bytes": list(BLOB)}))
+    reply, before = await answer(sender, id)
+    require(reply.kind == 2 and reply.data is True, f"/emit-binary-to: {reply.text}")
+    return before
+
+
+@check("§10", "a binary event sent to one socket is a binary envelope on emitws.v2, {base64} JSON on emitws.v1")
+async def _():
+    v2 = await v2_client()
+    before = await emit_blob(v2, v2.ready["socket"])
+    got = before[0] if before else await receive(v2, "the binary event")
+    require(got == BLOB_V2, f"got {got!r}, wanted {BLOB_V2.hex()}")
+    v1 = await raw_client()
+    await emit_blob(v2, v1.ready["socket"])
+    got = await receive(v1, "the event as JSON")
+    require(got == BLOB_V1, f"got {got!r}, wanted {BLOB_V1}")
+    await v1.aclose()
+    await v2.aclose()
+
+
+@check("§10 §13", "a binary event kept for an away socket comes in the protocol its resuming connection speaks")
+async def _():
+    bob = await raw_client()
+    for away, back, wanted in (((PROTOCOL,), ("emitws.v2",), BLOB_V2), (("emitws.v2",), (PROTOCOL,), BLOB_V1)):
+        ann = await raw_client(subprotocols=away)
+        socket, token = ann.ready["socket"], token_of(ann.ready)
+        await go_away(ann)
+        await emit_blob(bob, socket)
+        ann, reply, before, ready_data = await resume(token, {}, subprotocols=back)
+        require(ann.subprotocol == back[0], f"resumed on {ann.subprotocol!r}, offered {back}")
+        require(before == [wanted], f"away on {away[0]}, back on {back[0]}: before the reply {before!r}")
+        require_resumed(reply, ready_data, socket)
+        await ann.aclose()
+    await bob.aclose()
+
+
 @check("§11", "envelopes are the same under permessage-deflate")
 async def _():
     client = await connected(compression="deflate")
@@ -1328,12 +1373,13 @@ async def lose(client):
     require(closed.code is None, f"the aborted connection got a close frame: {closed}")
 
 
-async def resume(token, rooms, server="main", user=None):
+async def resume(token, rooms, server="main", user=None, subprotocols=(PROTOCOL,)):
     """Reconnects with `emitws_resume=1` and `@resume` as the first envelope
     (`rooms` None: left out; with first-message auth, right after `/auth` as
-    `user`, not waiting for its reply); returns (client, the reply, the
-    frames before it but after the auth reply, the @ready data after it)."""
-    client = await Client(url(server, "/?emitws_resume=1"), answer_calls=False).open()
+    `user`, not waiting for its reply), offering `subprotocols`; returns
+    (client, the reply, the frames before it but after the auth reply, the
+    @ready data after it)."""
+    client = await Client(url(server, "/?emitws_resume=1"), answer_calls=False, subprotocols=subprotocols).open()
     if user is not None:
         await client.send_text(encode(1, client.next_id(), "/auth", {"token": f"user:{user}"}))
     id = client.next_id()
