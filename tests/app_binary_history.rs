@@ -407,9 +407,10 @@ fn across_nodes_the_offsets_are_the_clusters_and_a_socket_resumes_on_another_nod
     // Lost on node a, resumed on another.
     cut(on_a);
     assert_resumable(&a.disconnect_of(&socket, 0));
+    // Each delivered before the next is sent: from two nodes, Redis numbers them as they come.
     b.broadcast_binary("/blob", &[4], BroadcastOpts::to("#r")).expect("a short name");
-    a.broadcast("/said", "5", BroadcastOpts::to("#r")).expect("serializes");
     assert_eq!(on_b.next(), blob_v1("BA==", "#r", 4, &epoch));
+    a.broadcast("/said", "5", BroadcastOpts::to("#r")).expect("serializes");
     assert_eq!(on_b.next(), said("5", "#r", 5, &epoch));
     // On a node started since, which has only what Redis kept.
     let c =
