@@ -6,18 +6,18 @@
 /// one (it needs only `envelope::MAX_ID`), in envelope_check.rs.
 use super::envelope_check::app::binary::{self, BinaryEnvelope};
 
-/// What PROTOCOL.md §10 says a frame is: `Ok((type, id, name, payload))`
-/// (type `None` for a reserved type, ignored), or `Err(id)`: refused, with
-/// the request id when one could be read.
-type Model<'a> = Result<(Option<u8>, Option<u64>, Option<&'a str>, &'a [u8]), Option<u64>>;
+/// What PROTOCOL.md §10 says a frame is: `Ok((type, id, name, position,
+/// payload))` (type `None` for a reserved type, ignored; a position for type
+/// 4 only), or `Err(id)`: refused, with the request id when one could be read.
+type Model<'a> = Result<(Option<u8>, Option<u64>, Option<&'a str>, Option<&'a str>, &'a [u8]), Option<u64>>;
 
 fn model(frame: &[u8]) -> Model<'_> {
     let Some((&kind, mut rest)) = frame.split_first() else { return Err(None) };
-    if kind > 3 {
-        return Ok((None, None, None, &[]));
+    if kind > 4 {
+        return Ok((None, None, None, None, &[]));
     }
     let mut id = None;
-    if kind != 0 {
+    if kind != 0 && kind != 4 {
         // LEB128 read in full width, then checked: at most 8 bytes, the
         // shortest form (re-encoding gives back as many bytes), 1..=2^53-1.
         let Some(end) = rest.iter().position(|b| b & 0x80 == 0) else { return Err(None) };
@@ -30,17 +30,20 @@ fn model(frame: &[u8]) -> Model<'_> {
         rest = &rest[end + 1..];
     }
     let request_id = if kind == 1 { id } else { None };
-    let mut name = None;
-    if kind <= 1 {
+    // A length byte (1..=255), then as many bytes of UTF-8.
+    fn text<'a>(rest: &mut &'a [u8], request_id: Option<u64>) -> Result<&'a str, Option<u64>> {
         let Some((&len, after)) = rest.split_first() else { return Err(request_id) };
         let len = usize::from(len);
         if len == 0 || len > after.len() {
             return Err(request_id);
         }
-        name = Some(std::str::from_utf8(&after[..len]).map_err(|_| request_id)?);
-        rest = &after[len..];
+        let text = std::str::from_utf8(&after[..len]).map_err(|_| request_id)?;
+        *rest = &after[len..];
+        Ok(text)
     }
-    Ok((Some(kind), id, name, rest))
+    let name = if kind <= 1 || kind == 4 { Some(text(&mut rest, request_id)?) } else { None };
+    let position = if kind == 4 { Some(text(&mut rest, request_id)?) } else { None };
+    Ok((Some(kind), id, name, position, rest))
 }
 
 /// Checks `binary::parse` against [`model`] on one frame: the same verdict,
@@ -53,18 +56,23 @@ pub fn check_binary(frame: &[u8]) {
     let reference = model(frame);
     match (&ours, &reference) {
         (Ok(BinaryEnvelope::Unknown), Ok((None, ..))) => {}
-        (Ok(envelope), Ok((Some(kind), id, name, payload))) => {
-            let (our_kind, our_id, our_name, our_payload) = match *envelope {
-                BinaryEnvelope::Event { event, payload } => (0, None, Some(event), payload),
-                BinaryEnvelope::Request { id, event, payload } => (1, Some(id), Some(event), payload),
-                BinaryEnvelope::Reply { id, payload } => (2, Some(id), None, payload),
-                BinaryEnvelope::Error { id, body } => (3, Some(id), None, body),
+        (Ok(envelope), Ok((Some(kind), id, name, position, payload))) => {
+            let (our_kind, our_id, our_name, our_position, our_payload) = match *envelope {
+                BinaryEnvelope::Event { event, payload } => (0, None, Some(event), None, payload),
+                BinaryEnvelope::Request { id, event, payload } => (1, Some(id), Some(event), None, payload),
+                BinaryEnvelope::Reply { id, payload } => (2, Some(id), None, None, payload),
+                BinaryEnvelope::Error { id, body } => (3, Some(id), None, None, body),
+                BinaryEnvelope::EventAt { event, position, payload } => (4, None, Some(event), Some(position), payload),
                 BinaryEnvelope::Unknown => unreachable!("matched above"),
             };
-            assert_eq!((our_kind, our_id, our_name, our_payload), (*kind, *id, *name, *payload), "{frame:02x?}");
+            let ours = (our_kind, our_id, our_name, our_position, our_payload);
+            assert_eq!(ours, (*kind, *id, *name, *position, *payload), "{frame:02x?}");
             assert!(std::ptr::eq(our_payload.as_ptr_range().end, frame.as_ptr_range().end), "the payload is borrowed");
             let mut written = Vec::new();
-            binary::write(&mut written, our_kind, our_id, our_name, our_payload);
+            match (our_name, our_position) {
+                (Some(name), Some(position)) => binary::write_event_at(&mut written, name, position, our_payload),
+                _ => binary::write(&mut written, our_kind, our_id, our_name, our_payload),
+            }
             assert_eq!(written, frame, "an accepted frame written back");
         }
         (Err(bad), Err(id)) => {

@@ -400,7 +400,10 @@ def binary_seeds():
         "reply": b"\x02\x05\x00\xff",
         "reply-truncated-id": b"\x02\x80",
         "error": b'\x03\x05{"code":"x","message":"y"}',
-        "reserved-type": b"\x04\x01\x02",
+        "event-at": b'\x04\x02/x\x25{"room":"#r","offset":3,"epoch":"ab"}\xde\xad',
+        "event-at-no-position": b"\x04\x02/x",
+        "event-at-position-past-end": b"\x04\x02/x\x09{",
+        "reserved-type": b"\x05\x01\x02",
         "reserved-ff": b"\xff",
         "empty": b"",
     }

@@ -324,7 +324,7 @@ fn bad_binary_headers_get_bad_request_and_the_socket_goes_on() {
         );
     }
     // Later types are ignored; a reply to nothing too.
-    v2.ws.send_binary(&[4, 1, 2, 3]);
+    v2.ws.send_binary(&[5, 1, 2, 3]);
     v2.ws.send_binary(&[0xff]);
     v2.ws.send_binary(&[2, 42, 1]);
     v2.expect_silence();

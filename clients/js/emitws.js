@@ -11,6 +11,8 @@ const EVENT = 0;
 const REQUEST = 1;
 const REPLY = 2;
 const ERROR = 3;
+/** Binary envelope type of a broadcast with its place in a room's stream (PROTOCOL.md §10, §13). */
+const EVENT_AT = 4;
 
 /** The largest id (PROTOCOL.md §2): `Number.MAX_SAFE_INTEGER`. */
 const MAX_ID = 2 ** 53 - 1;
@@ -55,16 +57,39 @@ const encodeBinary = (type, id, name, payload) => {
 
 /**
  * Reads a binary envelope: `{type, id, name, payload}` (payload a Uint8Array
- * view of the frame), `{type}` alone for a type from a later version, or
- * null when the header is malformed.
+ * view of the frame; type 4 adds `position`, its `{room, offset, epoch}`
+ * read from JSON), `{type}` alone for a type from a later version, or null
+ * when the header is malformed.
  */
 const decodeBinary = (frame) => {
   const bytes = asUint8(frame);
   if (bytes.length === 0) return null;
   const type = bytes[0];
-  if (type > ERROR) return { type };
+  if (type > EVENT_AT) return { type };
   let at = 1;
   let id;
+  // A length byte (1 to 255), then as many bytes of UTF-8; undefined if malformed.
+  const text = () => {
+    const length = bytes[at++];
+    if (!length || at + length > bytes.length) return undefined;
+    try {
+      return new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(at, (at += length)));
+    } catch {
+      return undefined;
+    }
+  };
+  if (type === EVENT_AT) {
+    const name = text();
+    const json = name === undefined ? undefined : text();
+    if (json === undefined) return null;
+    let position;
+    try {
+      position = JSON.parse(json);
+    } catch {
+      return null;
+    }
+    return { type, name, position, payload: bytes.subarray(at) };
+  }
   if (type !== EVENT) {
     id = 0;
     for (let i = 0; ; i++) {
@@ -79,14 +104,8 @@ const decodeBinary = (frame) => {
   }
   let name;
   if (type === EVENT || type === REQUEST) {
-    const length = bytes[at++];
-    if (!length || at + length > bytes.length) return null;
-    try {
-      name = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(at, at + length));
-    } catch {
-      return null;
-    }
-    at += length;
+    name = text();
+    if (name === undefined) return null;
   }
   return { type, id, name, payload: bytes.subarray(at) };
 };
@@ -816,6 +835,10 @@ export class EmitClient {
     switch (type) {
       case EVENT:
         this._dispatch(name, payload);
+        break;
+      case EVENT_AT:
+        // A broadcast of a room with history: its position is tracked as a JSON event's fourth element.
+        if (this._fresh(envelope.position)) this._dispatch(name, payload);
         break;
       case REQUEST:
         this._answer(id, name, payload);

@@ -419,7 +419,9 @@ pub trait Adapter: Send + Sync + 'static {
         false
     }
 
-    /// Numbers a broadcast to `room` (the envelope `[0,event,data]`), keeps
+    /// Numbers a broadcast to `room` (the envelope `[0,event,data]`, or a
+    /// binary broadcast's node-to-node text `[64,event,{"base64":…}]`: the
+    /// position is added to either as a fourth element), keeps
     /// it per `history`, and has every node deliver it with its offset
     /// ([`AppHandle::deliver_history`]); `epoch` names the room's stream if
     /// the adapter has none for it. `except`: the sockets it leaves out, with

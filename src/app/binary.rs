@@ -3,10 +3,13 @@
 //! borrowed from the frame and written into a reused buffer.
 //!
 //! ```text
-//! type    1 byte        0 event, 1 request, 2 reply, 3 error reply; 4-255 reserved (ignored)
-//! id      LEB128        types 1-3: 1..=2^53-1, shortest form, 1 to 8 bytes
-//! name    1 + N bytes   types 0-1: N (1..=255), then N bytes of UTF-8
-//! payload the rest      raw bytes (type 3: the error body's JSON)
+//! type     1 byte        0 event, 1 request, 2 reply, 3 error reply, 4 event
+//!                        with a room position; 5-255 reserved (ignored)
+//! id       LEB128        types 1-3: 1..=2^53-1, shortest form, 1 to 8 bytes
+//! name     1 + N bytes   types 0, 1 and 4: N (1..=255), then N bytes of UTF-8
+//! position 1 + P bytes   type 4: P (1..=255), then P bytes of UTF-8: the JSON
+//!                        {"room","offset","epoch"} of a JSON event's fourth element
+//! payload  the rest      raw bytes (type 3: the error body's JSON)
 //! ```
 //!
 //! Only `std` and [`super::envelope::MAX_ID`]: the fuzz harness compiles
@@ -22,9 +25,15 @@ pub(crate) const EVENT: u8 = 0;
 pub(crate) const REQUEST: u8 = 1;
 pub(crate) const REPLY: u8 = 2;
 pub(crate) const ERROR: u8 = 3;
+/// An event broadcast to a room with history, with its place in the room's
+/// stream (PROTOCOL.md §13): server to client only.
+pub(crate) const EVENT_AT: u8 = 4;
 
 /// The longest event name a binary header carries (its length is one byte).
 pub const MAX_BINARY_NAME: usize = 255;
+
+/// The longest position a type-4 header carries (its length is one byte).
+pub(crate) const MAX_POSITION: usize = 255;
 
 /// The most bytes an id takes: 2^53 - 1 needs 53 bits, 7 per byte.
 const MAX_ID_BYTES: usize = 8;
@@ -50,6 +59,12 @@ pub(crate) enum BinaryEnvelope<'a> {
         id: u64,
         body: &'a [u8],
     },
+    /// `position`: the JSON `{"room","offset","epoch"}`, as sent (not checked here).
+    EventAt {
+        event: &'a str,
+        position: &'a str,
+        payload: &'a [u8],
+    },
     /// A type from a later version: ignored.
     Unknown,
 }
@@ -67,6 +82,9 @@ pub(crate) fn parse(frame: &[u8]) -> Result<BinaryEnvelope<'_>, BadHeader> {
     let Some((&kind, rest)) = frame.split_first() else {
         return Err(bad(None, "empty binary frame: the envelope type is missing"));
     };
+    if kind == EVENT_AT {
+        return parse_event_at(rest);
+    }
     if kind > ERROR {
         return Ok(BinaryEnvelope::Unknown);
     }
@@ -79,19 +97,7 @@ pub(crate) fn parse(frame: &[u8]) -> Result<BinaryEnvelope<'_>, BadHeader> {
     };
     let request_id = id.filter(|_| kind == REQUEST);
     let (event, payload) = match kind {
-        EVENT | REQUEST => {
-            let Some((&len, rest)) = rest.split_first() else {
-                return Err(bad(request_id, "the event name's length is missing"));
-            };
-            let len = usize::from(len);
-            if len == 0 || rest.len() < len {
-                return Err(bad(request_id, "the event name is empty or longer than the frame"));
-            }
-            let Ok(event) = std::str::from_utf8(&rest[..len]) else {
-                return Err(bad(request_id, "the event name is not UTF-8"));
-            };
-            (event, &rest[len..])
-        }
+        EVENT | REQUEST => read_name(rest).map_err(|message| bad(request_id, message))?,
         _ => ("", rest),
     };
     let id_or_zero = id.unwrap_or(0);
@@ -101,6 +107,39 @@ pub(crate) fn parse(frame: &[u8]) -> Result<BinaryEnvelope<'_>, BadHeader> {
         REPLY => BinaryEnvelope::Reply { id: id_or_zero, payload },
         _ => BinaryEnvelope::Error { id: id_or_zero, body: payload },
     })
+}
+
+/// A type-4 envelope's name, position and payload (`rest`: after the type).
+fn parse_event_at(rest: &[u8]) -> Result<BinaryEnvelope<'_>, BadHeader> {
+    let bad = |message| BadHeader { id: None, message };
+    let (event, rest) = read_name(rest).map_err(bad)?;
+    let Some((&len, rest)) = rest.split_first() else {
+        return Err(bad("the position's length is missing"));
+    };
+    let len = usize::from(len);
+    if len == 0 || rest.len() < len {
+        return Err(bad("the position is empty or longer than the frame"));
+    }
+    let Ok(position) = std::str::from_utf8(&rest[..len]) else {
+        return Err(bad("the position is not UTF-8"));
+    };
+    Ok(BinaryEnvelope::EventAt { event, position, payload: &rest[len..] })
+}
+
+/// An event name (its length byte, then 1 to 255 bytes of UTF-8) at the
+/// start of `bytes`, and the bytes after it.
+fn read_name(bytes: &[u8]) -> Result<(&str, &[u8]), &'static str> {
+    let Some((&len, rest)) = bytes.split_first() else {
+        return Err("the event name's length is missing");
+    };
+    let len = usize::from(len);
+    if len == 0 || rest.len() < len {
+        return Err("the event name is empty or longer than the frame");
+    }
+    let Ok(event) = std::str::from_utf8(&rest[..len]) else {
+        return Err("the event name is not UTF-8");
+    };
+    Ok((event, &rest[len..]))
 }
 
 /// The id of a binary request, read from the header alone (to answer a
@@ -164,6 +203,17 @@ pub(crate) fn write_header(out: &mut Vec<u8>, kind: u8, id: Option<u64>, event: 
     }
 }
 
+/// Appends a type-4 envelope: `event` (which [`fits`]) at `position` (the
+/// JSON `{"room","offset","epoch"}`, 1 to [`MAX_POSITION`] bytes), then `payload`.
+pub(crate) fn write_event_at(out: &mut Vec<u8>, event: &str, position: &str, payload: &[u8]) {
+    debug_assert!((1..=MAX_POSITION).contains(&position.len()), "a position is 1 to 255 bytes");
+    out.reserve(3 + event.len() + position.len() + payload.len());
+    write_header(out, EVENT_AT, None, Some(event));
+    out.push(position.len() as u8);
+    out.extend_from_slice(position.as_bytes());
+    out.extend_from_slice(payload);
+}
+
 /// Appends a whole envelope: its header, then `payload`.
 pub(crate) fn write(out: &mut Vec<u8>, kind: u8, id: Option<u64>, event: Option<&str>, payload: &[u8]) {
     out.reserve(1 + MAX_ID_BYTES + 1 + event.map_or(0, str::len) + payload.len());
@@ -191,8 +241,26 @@ mod tests {
         assert_eq!(parse(&[0x00, 0x02, b'/', b'x']), Ok(BinaryEnvelope::Event { event: "/x", payload: &[] }));
         assert_eq!(parse(&[0x02, 0x05, 0xff]), Ok(BinaryEnvelope::Reply { id: 5, payload: &[0xff] }));
         assert_eq!(parse(&[0x03, 0x05, b'{', b'}']), Ok(BinaryEnvelope::Error { id: 5, body: b"{}" }));
-        assert_eq!(parse(&[0x04, 0xff]), Ok(BinaryEnvelope::Unknown));
+        assert_eq!(parse(&[0x05, 0xff]), Ok(BinaryEnvelope::Unknown));
         assert_eq!(parse(&[0xff]), Ok(BinaryEnvelope::Unknown));
+    }
+
+    #[test]
+    fn an_event_with_a_position_reads_borrowed_and_writes_back() {
+        let position = r##"{"room":"#r","offset":3,"epoch":"ab"}"##;
+        let mut bytes = vec![0x04, 0x02, b'/', b'x', position.len() as u8];
+        bytes.extend_from_slice(position.as_bytes());
+        bytes.extend_from_slice(&[0xde, 0xad]);
+        let mut written = Vec::new();
+        write_event_at(&mut written, "/x", position, &[0xde, 0xad]);
+        assert_eq!(written, bytes);
+        assert_eq!(parse(&bytes), Ok(BinaryEnvelope::EventAt { event: "/x", position, payload: &[0xde, 0xad] }));
+        assert!(parse(&[0x04, 0x02, b'/', b'x']).is_err(), "no position length");
+        assert!(parse(&[0x04, 0x02, b'/', b'x', 0x00]).is_err(), "an empty position");
+        assert!(parse(&[0x04, 0x02, b'/', b'x', 0x03, b'{']).is_err(), "a position past the end");
+        assert!(parse(&[0x04, 0x02, b'/', b'x', 0x01, 0xc3]).is_err(), "a position not UTF-8");
+        assert!(parse(&[0x04, 0x00]).is_err(), "an empty name");
+        assert_eq!(parse(&[0x04, 0x02, b'/']).unwrap_err().id, None, "an event has no id");
     }
 
     #[test]

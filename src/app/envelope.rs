@@ -319,13 +319,22 @@ pub(crate) fn write_room_event<T: Serialize + ?Sized>(
     epoch: &str,
 ) -> serde_json::Result<()> {
     write_event_elements(out, event, data)?;
-    out.extend_from_slice(b",{\"room\":");
+    out.push(b',');
+    write_position(out, room, offset, epoch)?;
+    out.push(b']');
+    Ok(())
+}
+
+/// Writes `{"room":"#r","offset":n,"epoch":"e"}`: a broadcast's place in a
+/// room's stream (PROTOCOL.md §13), a room event's fourth element.
+pub(crate) fn write_position(out: &mut Vec<u8>, room: &str, offset: u64, epoch: &str) -> serde_json::Result<()> {
+    out.extend_from_slice(b"{\"room\":");
     serde_json::to_writer(&mut *out, room)?;
     out.extend_from_slice(b",\"offset\":");
     write_id(out, offset);
     out.extend_from_slice(b",\"epoch\":");
     serde_json::to_writer(&mut *out, epoch)?;
-    out.extend_from_slice(b"}]");
+    out.push(b'}');
     Ok(())
 }
 

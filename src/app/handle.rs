@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::adapter::{Presence, SocketAnswer, SocketAsk, Target};
+use super::adapter::{Adapter, Presence, SocketAnswer, SocketAsk, Target};
 use super::cluster_event::ClusterEvent;
 use super::cluster_view::ClusterView;
 use super::envelope;
 use super::error::Error;
 use super::groups::{BroadcastOpts, Delivery, GroupRegistry, Outbox};
-use super::history::{new_epoch, RoomStreams};
+use super::history::{new_epoch, History, RoomStreams};
 use super::inbox::WorkerMsg;
 use super::limits::{check_group_name, EventLimits};
 use super::locks::lock;
@@ -119,8 +119,12 @@ impl AppHandle {
     /// node of a cluster unless `opts` is [local](BroadcastOpts::local).
     /// Sockets that speak `emitws.v2` get one binary frame, the bytes as
     /// they are; `emitws.v1` sockets get `[0, event, {"base64": "…"}]`
-    /// (PROTOCOL.md §10). A binary broadcast is not kept in a room's
-    /// history (it carries no offset).
+    /// (PROTOCOL.md §10). Addressed to one room with
+    /// [history](super::App::history) alone, it takes the room's next
+    /// offset as a JSON broadcast does, is kept and replayed to a resumed
+    /// socket in the protocol it resumes with: `emitws.v2` sockets get it as
+    /// an event with a room position (type 4), `emitws.v1` sockets with
+    /// the position as a fourth element (PROTOCOL.md §13).
     ///
     /// ```no_run
     /// # fn demo(app: &emitws::app::AppHandle) -> Result<(), emitws::app::Error> {
@@ -151,13 +155,85 @@ impl AppHandle {
         if !binary::fits(event) {
             return Err(Error::BinaryName(event.into()));
         }
-        if !opts.local && self.0.setup.adapter.is_some() {
-            self.publish(&binary_v1::transport(event, bytes), Target::Broadcast(opts));
+        // Numbered as a JSON broadcast is (see `broadcast_from`), where a position fits a type-4 header.
+        let numbered = self.numbered_in(opts).filter(|(room, ..)| binary_v1::position_fits(room));
+        let Some((room, history, adapter)) = numbered else {
+            if !opts.local && self.0.setup.adapter.is_some() {
+                self.publish(&binary_v1::transport(event, bytes), Target::Broadcast(opts));
+            }
+            let (frame, v1) = binary_v1::event_frames(event, bytes);
+            let delivery = Delivery { frame, v1: Some(v1), groups: opts.to.clone().into(), except: except.into() };
+            self.route_here(delivery, here);
+            return Ok(());
+        };
+        if let Some(adapter) = adapter {
+            // The store keeps text: the transport form, to which the adapter adds the position.
+            let envelope = binary_v1::transport(event, bytes);
+            self.publish_numbered(adapter, (room, history), opts, envelope.payload(), &except);
+            return Ok(());
         }
-        let (frame, v1) = binary_v1::event_frames(event, bytes);
-        let delivery = Delivery { frame, v1: Some(v1), groups: opts.to.clone().into(), except: except.into() };
-        self.route_here(delivery, here);
-        Ok(())
+        let (kept, except) = self.kept_except(except);
+        let now = Instant::now();
+        // Both delivered frames are written with the kept one, under the stream's lock.
+        let delivered = std::cell::Cell::new(None);
+        self.with_stream(room, history, now, |stream| {
+            stream.append(
+                now,
+                |epoch, offset| {
+                    let (kept, frame, v1) = binary_v1::room_event_frames(event, bytes, room, offset, epoch);
+                    delivered.set(Some((frame, v1)));
+                    Ok::<_, Error>(kept)
+                },
+                kept,
+                |_| {
+                    let Some((frame, v1)) = delivered.take() else { return };
+                    let delivery = Delivery { frame, v1: Some(v1), groups: opts.to.clone().into(), except };
+                    self.route_here(delivery, None);
+                },
+            )
+        })
+    }
+
+    /// The room with history a broadcast to `opts` is numbered in (one
+    /// room with history alone; not a [local](BroadcastOpts::local) one
+    /// with an adapter that keeps history: it cannot be numbered for the
+    /// cluster), its history, and that adapter if there is one.
+    fn numbered_in<'o>(&self, opts: &'o BroadcastOpts) -> Option<Numbered<'o, '_>> {
+        let with_history = match &opts.to[..] {
+            [room] => self.history(room).map(|history| (&**room, history)),
+            _ => None,
+        };
+        // Asked of the streams (set at start), not of the adapter: no call per broadcast.
+        let adapter = self.0.setup.adapter.as_ref().filter(|_| self.0.streams.is_mirror());
+        let (room, history) = with_history.filter(|_| adapter.is_none() || !opts.local)?;
+        Some((room, history, adapter))
+    }
+
+    /// Hands a broadcast to `room` to the adapter that numbers it for the
+    /// cluster (`envelope`: without its position, which the adapter adds);
+    /// `except`: this node's sockets it leaves out, with those of other
+    /// nodes among `opts`' exceptions.
+    fn publish_numbered(
+        &self,
+        adapter: &Arc<dyn Adapter>,
+        (room, history): (&str, &History),
+        opts: &BroadcastOpts,
+        envelope: &[u8],
+        except: &[ConnId],
+    ) {
+        let node = adapter.node();
+        let here = except.iter().map(|conn| SocketId { node, conn: self.public(*conn) });
+        let elsewhere = opts.except.iter().filter(|id| id.node != 0 && id.node != node).copied();
+        let except: Vec<SocketId> = here.chain(elsewhere).collect();
+        adapter.publish_history(room, history, &new_epoch(), envelope, &except);
+    }
+
+    /// The sockets a numbered broadcast leaves out, as its stream keeps
+    /// them (with this node's id) and as its delivery skips them.
+    fn kept_except(&self, except: Vec<ConnId>) -> (Arc<[SocketId]>, Arc<[ConnId]>) {
+        let node = self.node();
+        let kept = except.iter().map(|&conn| SocketId { node, conn }).collect();
+        (kept, except.into())
     }
 
     /// Sends an event to one socket, on this node or another. False if the
@@ -429,29 +505,17 @@ impl AppHandle {
         except: Vec<ConnId>,
         here: Option<&mut Outbox>,
     ) -> Result<(), Error> {
-        let with_history = match &opts.to[..] {
-            [room] => self.history(room).map(|history| (room, history)),
-            _ => None,
-        };
-        // Asked of the streams (set at start), not of the adapter: no call per broadcast.
-        let adapter = self.0.setup.adapter.as_ref().filter(|_| self.0.streams.is_mirror());
-        let Some((room, history)) = with_history.filter(|_| adapter.is_none() || !opts.local) else {
+        let Some((room, history, adapter)) = self.numbered_in(opts) else {
             let frame = self.encode_event(event, data)?;
             self.route(frame, opts, except, here);
             return Ok(());
         };
         if let Some(adapter) = adapter {
             let frame = self.encode_event(event, data)?;
-            let node = adapter.node();
-            let here = except.iter().map(|conn| SocketId { node, conn: self.public(*conn) });
-            let elsewhere = opts.except.iter().filter(|id| id.node != 0 && id.node != node).copied();
-            let except: Vec<SocketId> = here.chain(elsewhere).collect();
-            adapter.publish_history(room, history, &new_epoch(), frame.payload(), &except);
+            self.publish_numbered(adapter, (room, history), opts, frame.payload(), &except);
             return Ok(());
         }
-        let node = self.node();
-        let kept: Arc<[SocketId]> = except.iter().map(|&conn| SocketId { node, conn }).collect();
-        let except: Arc<[ConnId]> = except.into();
+        let (kept, except) = self.kept_except(except);
         let now = Instant::now();
         self.with_stream(room, history, now, |stream| {
             stream.append(
@@ -463,6 +527,10 @@ impl AppHandle {
         })
     }
 }
+
+/// Where a broadcast is numbered: its room, the room's history, and the
+/// adapter that numbers it for the cluster, if any.
+type Numbered<'o, 'a> = (&'o str, &'a History, Option<&'a Arc<dyn Adapter>>);
 
 /// The rooms among groups with their sizes (tags are left out).
 pub(crate) fn rooms_of(mut groups: Vec<(String, usize)>) -> Vec<(String, usize)> {
@@ -1422,7 +1490,8 @@ impl AppHandle {
     /// Delivers a broadcast to `room` that an adapter keeping history (see
     /// [`Adapter::keeps_history`](super::Adapter::keeps_history)) numbered
     /// for the cluster: `envelope` is the frame as delivered (with its
-    /// room, `offset` and `epoch`), `except` the sockets it leaves out, with
+    /// room, `offset` and `epoch`; a binary broadcast's is its node-to-node
+    /// text form, sent to sockets as PROTOCOL.md §13 says), `except` the sockets it leaves out, with
     /// their node ids. Under the lock of the room's stream, this node's
     /// stream takes it (the next offset of the same epoch is kept; another
     /// epoch starts the stream anew; after a gap the stream reaches back
@@ -1437,10 +1506,16 @@ impl AppHandle {
         let kept: Arc<[SocketId]> = except.into();
         let except: Arc<[ConnId]> = self.local_ids(except).into();
         let opts = BroadcastOpts::to(room).local();
-        let route = |frame: &SharedFrame| {
-            if serving {
-                self.route_shared(frame.clone(), &opts, except.clone(), None);
+        // A binary broadcast, kept in its transport form, goes out in both its frames.
+        let binary = binary_v1::from_transport(envelope);
+        let route = |frame: &SharedFrame| match (serving, &binary) {
+            (false, _) => {}
+            (true, Some((frame, v1))) => {
+                let groups = opts.to.clone().into();
+                let delivery = Delivery { frame: frame.clone(), v1: Some(v1.clone()), groups, except: except.clone() };
+                self.route_here(delivery, None);
             }
+            (true, None) => self.route_shared(frame.clone(), &opts, except.clone(), None),
         };
         let Some(history) = self.history(room) else {
             return route(&frame); // no history for the room here: the nodes' setups differ

@@ -659,10 +659,11 @@ impl AppWorker {
                 rooms.insert(group.to_string(), answer);
             }
             self.run_connection_handlers(conn);
-            for frame in &missed {
-                let _ = conn.send_shared(frame);
-            }
             let v2 = conn.data().has(flag::V2);
+            // A binary broadcast is kept as text: sent in this connection's protocol.
+            for frame in &missed {
+                let _ = conn.send_shared(&super::binary_v1::as_delivered(frame, v2));
+            }
             for kept in &session.direct {
                 let _ = conn.send_shared(&super::binary_v1::as_delivered(kept, v2));
             }
@@ -1016,6 +1017,11 @@ impl AppWorker {
             Ok(BinaryEnvelope::Error { id, body }) => {
                 let body = std::str::from_utf8(body).ok().and_then(|body| serde_json::from_str::<&RawValue>(body).ok());
                 self.answer_call(conn, id, Err(CallError::from_wire(body)));
+            }
+            // Only a server numbers a room's broadcasts (PROTOCOL.md §10).
+            Ok(BinaryEnvelope::EventAt { .. }) => {
+                let message = "type 4 (an event with a room position) is sent by servers only";
+                self.bad_input(conn, None, ErrorCode::BadRequest, message, policy)
             }
             Ok(BinaryEnvelope::Unknown) => {}
             Err(bad) => self.bad_input(conn, bad.id, ErrorCode::BadRequest, bad.message, policy),

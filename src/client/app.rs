@@ -1254,23 +1254,35 @@ impl ClientCore {
         }
     }
 
+    /// A binary event: to its binary listeners, or as `{"base64": …}` to
+    /// its JSON ones if it has none.
+    fn on_binary_event(&self, event: &str, payload: &[u8]) {
+        let chosen: Vec<BinaryListener> = read(&self.binary_listeners)
+            .iter()
+            .filter(|(_, name, _)| name == event)
+            .map(|(_, _, listener)| listener.clone())
+            .collect();
+        if chosen.is_empty() {
+            return self.dispatch(event, &base64_json(payload));
+        }
+        for listener in chosen {
+            listener(event, payload);
+        }
+    }
+
     /// A binary envelope from the server (PROTOCOL.md §10).
     fn on_binary(&self, conn: &mut Conn<'_, ()>, frame: &[u8]) {
         use crate::app::binary::{self, BinaryEnvelope};
         match binary::parse(frame) {
-            Ok(BinaryEnvelope::Event { event, payload }) => {
-                let chosen: Vec<BinaryListener> = read(&self.binary_listeners)
-                    .iter()
-                    .filter(|(_, name, _)| name == event)
-                    .map(|(_, _, listener)| listener.clone())
-                    .collect();
-                if chosen.is_empty() {
-                    return self.dispatch(event, &base64_json(payload));
-                }
-                for listener in chosen {
-                    listener(event, payload);
+            // A broadcast of a room with history (PROTOCOL.md §13): tracked
+            // as a JSON event's fourth element, dropped if it came already.
+            Ok(BinaryEnvelope::EventAt { event, position, payload }) => {
+                let position: Value = serde_json::from_str(position).unwrap_or_default();
+                if lock(&self.state).positions.accept(&position) {
+                    self.on_binary_event(event, payload);
                 }
             }
+            Ok(BinaryEnvelope::Event { event, payload }) => self.on_binary_event(event, payload),
             Ok(BinaryEnvelope::Reply { id, payload }) => {
                 let pending = lock(&self.state).pending.remove(&id);
                 if let Some(pending) = pending {

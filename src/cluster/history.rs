@@ -35,7 +35,8 @@ use crate::runtime::ConnId;
 /// the keys' slot, see `RedisLink::group_channel`). Numbers are formatted with
 /// `%d`: Redis would write a Lua number given as an argument as `1.7e+12`. The frame built here is
 /// byte for byte what `envelope::write_room_event` writes (the epoch is hex:
-/// nothing to escape).
+/// nothing to escape), or for a binary broadcast's node-to-node text what
+/// `binary_v1::room_event_frames` keeps.
 pub(super) const PUBLISH: &str = r#"local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -146,7 +147,8 @@ impl RedisHistory {
         });
     }
 
-    /// Numbers, keeps and publishes `envelope` (`[0,event,data]`) to every
+    /// Numbers, keeps and publishes `envelope` (`[0,event,data]`, or a
+    /// binary broadcast's `[64,event,{"base64":…}]`) to every
     /// node, this one included, on the background thread; `epoch` starts the
     /// room's stream if it has none. Dropped and counted when Redis cannot be
     /// reached.

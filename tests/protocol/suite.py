@@ -1261,7 +1261,7 @@ async def _():
             envelope is not None and envelope.kind == 3 and envelope.id == id and envelope.body["code"] == "bad_request",
             f"{junk.hex()} -> {str(frame)[:200]}, wanted [3,{id},{{bad_request}}]",
         )
-    await client.send_binary(b"\x04\x01\x02")  # a later type: ignored
+    await client.send_binary(b"\x05\x01\x02")  # a later type: ignored
     require(await client.request("/echo", 1) == 1, "the socket did not go on")
     await client.aclose()
 

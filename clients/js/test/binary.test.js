@@ -80,6 +80,27 @@ test('binary envelopes are written and read as PROTOCOL.md §10 lays them out', 
   client.close();
 });
 
+test('type 4, a broadcast with its room position, is delivered once and tracked like a fourth element', async () => {
+  const client = await scripted();
+  const got = [];
+  client.on('/frame', (data) => got.push([...data]));
+  const at = (offset, epoch, payload) => {
+    const position = Buffer.from(JSON.stringify({ room: '#r', offset, epoch }));
+    return [0x04, 0x06, ...Buffer.from('/frame'), position.length, ...position, ...payload];
+  };
+  last().serverSends(at(1, 'ab', [1]));
+  last().serverSends(at(2, 'ab', [2]));
+  last().serverSends(at(2, 'ab', [2])); // a replay's overlap: dropped
+  last().serverSends(at(1, 'cd', [3])); // another epoch: new
+  assert.deepEqual(got, [[1], [2], [3]]);
+  assert.deepEqual(client._positions.get('#r'), { epoch: 'cd', offset: 1 });
+  const errors = [];
+  client.on('@error', (error) => errors.push(error.code));
+  for (const junk of [[0x04, 0x02, 0x2f, 0x78], [0x04, 0x02, 0x2f, 0x78, 0x03, 0x7b], [0x04, 0x02, 0x2f, 0x78, 0x01, 0x7b]]) last().serverSends(junk);
+  assert.deepEqual(errors, Array(3).fill('bad_request'), 'no position, one past the end, one not JSON');
+  client.close();
+});
+
 test('a name that does not fit a binary header, or bytes without emitws.v2, fail with bad_request', async () => {
   const client = await scripted();
   assert.throws(() => client.emit('/' + 'x'.repeat(255), new Uint8Array(1)), { code: 'bad_request' });
