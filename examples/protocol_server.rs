@@ -34,6 +34,8 @@
 //! - `/emit-binary-to {socket, event, bytes}`: the same with a binary event
 //!   (PROTOCOL.md §10) whose payload is `bytes`, a JSON array of numbers;
 //! - `/join {room}` and `/say {room, event, data}`: rooms and broadcasts;
+//!   `/say-binary {room, event, bytes}`: a binary broadcast (PROTOCOL.md
+//!   §10) of `bytes`, a JSON array of numbers; both leave the sender out;
 //! - `/whoami`: `{"socket", "user"}`; `/drop-me`: the app drops the socket.
 //!
 //! Rooms named `#h:…` (`/join {"room": "h:…"}`) keep history (PROTOCOL.md
@@ -257,6 +259,13 @@ struct Say {
 }
 
 #[derive(Deserialize)]
+struct SayBinary {
+    room: String,
+    event: String,
+    bytes: Vec<u8>,
+}
+
+#[derive(Deserialize)]
 struct Join {
     room: String,
 }
@@ -378,6 +387,13 @@ fn handlers(app: &mut App) {
         let Some(Say { room, event, data }) = req.expect_data::<Say>() else { return };
         let to = BroadcastOpts::to(&format!("#{room}"));
         match req.broadcast(&event, &data.unwrap_or_else(null), to) {
+            Ok(()) => req.reply(&Value::Null),
+            Err(e) => req.reply_err("forbidden", &e.to_string()),
+        }
+    });
+    app.on("/say-binary", |req| {
+        let Some(SayBinary { room, event, bytes }) = req.expect_data::<SayBinary>() else { return };
+        match req.broadcast_binary(&event, &bytes, BroadcastOpts::to(&format!("#{room}"))) {
             Ok(()) => req.reply(&Value::Null),
             Err(e) => req.reply_err("forbidden", &e.to_string()),
         }

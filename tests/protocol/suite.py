@@ -1418,6 +1418,46 @@ async def pair_in_history_room():
     return room, ann, bob, socket, token, epoch
 
 
+def parse_event_at(frame):
+    """§10: a type-4 binary envelope — type, name length N, name, position
+    length P, the position's JSON, payload — as (name, position, payload)."""
+    require(isinstance(frame, bytes) and len(frame) > 2 and frame[0] == 4, f"wanted a type-4 envelope, got {frame!r}")
+    n = frame[1]
+    name = frame[2 : 2 + n].decode()
+    p = frame[2 + n]
+    position = json.loads(frame[3 + n : 3 + n + p])
+    return name, position, frame[3 + n + p :]
+
+
+@check("§10 §13", "a binary broadcast to a room with history: type 4 on v2, base64 with the position on v1, replayed")
+async def _():
+    room = history_room()
+    ann = await raw_client(subprotocols=("emitws.v2",))
+    socket, token = ann.ready["socket"], token_of(ann.ready)
+    bob, carl = await raw_client(), await raw_client()
+    for client in (ann, bob):
+        await client.request("/join", {"room": room})
+    await say(carl, room, "m1")
+    epoch = require_delivery((await deliveries(ann, 1))[0], room, "m1", 1)
+    require_delivery((await deliveries(bob, 1))[0], room, "m1", 1, epoch)
+    await carl.request("/say-binary", {"room": room, "event": "said", "bytes": list(BLOB)})
+    name, position, payload = parse_event_at(await receive(ann, "the binary broadcast"))
+    require((name, payload) == ("said", BLOB), f"got {name!r} {payload!r}")
+    require(position == {"room": f"#{room}", "offset": 2, "epoch": epoch}, f"position {position}")
+    require_delivery((await deliveries(bob, 1))[0], room, {"base64": "3q2+7w=="}, 2, epoch)
+    await go_away(ann)
+    await carl.request("/say-binary", {"room": room, "event": "said", "bytes": [7]})
+    await say(carl, room, "m4")
+    ann, reply, before, ready_data = await resume(token, {f"#{room}": {"epoch": epoch, "offset": 2}}, subprotocols=("emitws.v2",))
+    require_resumed(reply, ready_data, socket)
+    require(len(before) == 2, f"wanted offsets 3 and 4 before the reply, got {before!r}")
+    name, position, payload = parse_event_at(before[0])
+    require((name, position["offset"], payload) == ("said", 3, b"\x07"), f"replayed {before[0]!r}")
+    require_delivery(json.loads(before[1]), room, "m4", 4, epoch)
+    for client in (ann, bob, carl):
+        await client.aclose()
+
+
 def require_resumed(reply, ready_data, socket):
     require(reply.kind == 2, f"@resume got {reply.text}")
     require(reply.data.get("resumed") is True and reply.data.get("socket") == socket, f"reply {reply.text}")
