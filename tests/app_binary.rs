@@ -570,3 +570,31 @@ fn binary_events_calls_and_ready_states_reach_sockets_on_another_node() {
     a.close();
     b.close();
 }
+
+#[test]
+fn the_rust_clients_binary_procedures_answer_server_calls_with_bytes() {
+    let mut app = binary_app();
+    // Calls the client's `photo` and answers what came: the bytes, or the JSON.
+    app.on("/ask", |req| {
+        let reply = req.defer();
+        let _ = reply.socket().call_then("photo", &Value::Null, WAIT, move |result| match result {
+            Ok(answer) => reply.reply(&json!({ "bytes": answer.binary(), "json": answer.raw() })),
+            Err(e) => reply.reply_err("failed", &e.to_string()),
+        });
+    });
+    let running = start(app, 1);
+    let url = format!("ws://{}/", running.local_addr());
+    for (binary, json) in [(true, r#"{"base64":"AP8="}"#), (false, r#"{"base64":"AP8="}"#)] {
+        let client = RustClient::connect(&url, AppOptions::default().binary(binary)).expect("connect");
+        client.register_binary("photo", |_| Ok(vec![0x00, 0xff]));
+        let bytes = if binary { json!([0, 255]) } else { Value::Null };
+        let answer = client.request("/ask", Value::Null, WAIT).expect("answered");
+        assert_eq!(answer, json!({ "bytes": bytes, "json": json }), "binary {binary}");
+        // A failing binary procedure is an execution_failed error, as a JSON one.
+        client.register_binary("photo", |_| Err("no camera".into()));
+        let failed = client.request("/ask", Value::Null, WAIT).expect_err("failed");
+        assert!(failed.to_string().contains("no camera"), "{failed}");
+        client.close();
+    }
+    running.close();
+}

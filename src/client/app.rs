@@ -467,7 +467,12 @@ impl fmt::Display for AppError {
 impl std::error::Error for AppError {}
 
 type Listener = Arc<dyn Fn(&str, &Value) + Send + Sync>;
-type Procedure = Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>;
+/// A procedure the server may call, answering JSON or bytes.
+#[derive(Clone)]
+enum Procedure {
+    Json(Arc<dyn Fn(Value) -> Result<Value, String> + Send + Sync>),
+    Binary(Arc<dyn Fn(Value) -> Result<Vec<u8>, String> + Send + Sync>),
+}
 type BinaryListener = Arc<dyn Fn(&str, &[u8]) + Send + Sync>;
 type ReplySender = SyncSender<Result<Payload, AppError>>;
 
@@ -996,7 +1001,27 @@ impl AppClient {
     /// status: register `@challenge` before [`open`](Self::open) for
     /// challenge-response auth.
     pub fn register(&self, name: &str, procedure: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static) {
-        write(&self.inner.procedures).insert(name.to_string(), Arc::new(procedure));
+        write(&self.inner.procedures).insert(name.to_string(), Procedure::Json(Arc::new(procedure)));
+    }
+
+    /// Answers the server's calls of `name` with bytes, as
+    /// [`register`](Self::register) answers with JSON: a binary reply when
+    /// the client speaks `emitws.v2` ([`AppOptions::binary`]), else the
+    /// bytes as `{"base64": "…"}` JSON (PROTOCOL.md §10). The server's
+    /// application reads them with `CallReply::binary`.
+    ///
+    /// ```no_run
+    /// use emitws::client::app::{AppClient, AppOptions};
+    /// let app = AppClient::connect("ws://127.0.0.1:9001/", AppOptions::default().binary(true))?;
+    /// app.register_binary("screenshot", |_| Ok(vec![0x89, b'P', b'N', b'G']));
+    /// # Ok::<(), emitws::client::app::AppError>(())
+    /// ```
+    pub fn register_binary(
+        &self,
+        name: &str,
+        procedure: impl Fn(Value) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+    ) {
+        write(&self.inner.procedures).insert(name.to_string(), Procedure::Binary(Arc::new(procedure)));
     }
 
     /// Removes the procedure for `name`.
@@ -1180,6 +1205,15 @@ impl Namespace {
         self.client.register(&self.name(name), procedure)
     }
 
+    /// [`AppClient::register_binary`] under the prefix.
+    pub fn register_binary(
+        &self,
+        name: &str,
+        procedure: impl Fn(Value) -> Result<Vec<u8>, String> + Send + Sync + 'static,
+    ) {
+        self.client.register_binary(&self.name(name), procedure)
+    }
+
     /// A namespace under this one.
     pub fn ns(&self, prefix: &str) -> Namespace {
         Namespace { client: self.client.clone(), prefix: self.name(prefix) }
@@ -1241,17 +1275,27 @@ impl ClientCore {
     }
 
     /// The answer to the server's call `id` of procedure `name` (PROTOCOL.md §3).
-    fn answer_call(&self, id: u64, name: &str, data: Value) -> Value {
+    fn answer_call(&self, id: u64, name: &str, data: Value) -> Outgoing {
         let procedure = read(&self.procedures).get(name).cloned();
-        match procedure {
+        let failed = |message: String| json!([ERROR, id, {"code": "execution_failed", "message": message}]);
+        let answer = match procedure {
             // The server measures a round trip (PROTOCOL.md §9.1): answered at once, with its data.
             _ if name == PING => json!([REPLY, id, data]),
             None => json!([ERROR, id, {"code": "not_registered", "message": format!("no procedure {name}")}]),
-            Some(procedure) => match procedure(data) {
-                Ok(result) => json!([REPLY, id, result]),
-                Err(message) => json!([ERROR, id, {"code": "execution_failed", "message": message}]),
+            Some(Procedure::Json(procedure)) => {
+                procedure(data).map_or_else(failed, |result| json!([REPLY, id, result]))
+            }
+            Some(Procedure::Binary(procedure)) => match procedure(data) {
+                Ok(bytes) if self.options.binary => {
+                    let mut frame = Vec::new();
+                    crate::app::binary::write(&mut frame, crate::app::binary::REPLY, Some(id), None, &bytes);
+                    return Outgoing::Binary(frame);
+                }
+                Ok(bytes) => json!([REPLY, id, base64_json(&bytes)]),
+                Err(message) => failed(message),
             },
-        }
+        };
+        Outgoing::Text(answer.to_string())
     }
 
     /// A binary event: to its binary listeners, or as `{"base64": …}` to
@@ -1300,7 +1344,7 @@ impl ClientCore {
             }
             // A call with bytes: the procedure reads them as `{"base64": …}`.
             Ok(BinaryEnvelope::Request { id, event, payload }) => {
-                let _ = conn.send_text(&self.answer_call(id, event, base64_json(payload)).to_string());
+                self.answer_call(id, event, base64_json(payload)).send_here(conn);
             }
             Ok(BinaryEnvelope::Unknown) => {}
             // Never answered (PROTOCOL.md §2): reported locally.
@@ -1611,7 +1655,7 @@ impl Handler for Link {
             },
             Some(REQUEST) => {
                 let (Some(id), Some(name)) = (part(1).as_u64(), part(2).as_str()) else { return };
-                let _ = conn.send_text(&inner.answer_call(id, name, part(3).clone()).to_string());
+                inner.answer_call(id, name, part(3).clone()).send_here(conn);
             }
             Some(kind @ (REPLY | ERROR)) => {
                 let Some(id) = part(1).as_u64() else { return };
