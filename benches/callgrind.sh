@@ -23,7 +23,9 @@
 # feature `tokio`: what a future on the runtime and its deferred reply cost).
 # With SOCKETIO=benches/peers/target/release/echo-socketioxide, the same
 # request/reply for socketioxide (Socket.IO's `echo` event acknowledged,
-# benches/peers/README.md), the peer of both.
+# benches/peers/README.md), the peer of both; and a 16 KiB binary
+# request/reply, 10 connections, one in flight each: emitws.v2 against a
+# Socket.IO binary attachment acknowledged with the same bytes.
 #
 # Usage: benches/callgrind.sh   (SHORT=3 LONG=8; HISTORY=1; CASES="fanout fanout-history"
 #        runs only the cases named; LOAD=emitws-load to use,
@@ -102,8 +104,10 @@ if [ -n "${ASYNC:-}" ]; then
   measure async-async "$bin/async_echo" --mode async --async-threads 1 --workers 1 --addr -- "${pipelined[@]}"
 fi
 if [ -n "${SOCKETIO:-}" ]; then
+  measure v2-16k "$bin/app_echo" --workers 1 --addr -- echo --connections 10 --payload 16384 --protocol emitws-v2
   url_path="/socket.io/?EIO=4&transport=websocket"
   measure socketio-pipelined "$SOCKETIO" -- echo --connections 100 --payload 20 --in-flight 8 --protocol socketio --any-order
+  measure socketio-binary-16k "$SOCKETIO" -- echo --connections 10 --payload 16384 --protocol socketio-binary --any-order
   url_path=
 fi
 [ -z "${ECHO_FLOOR:-}" ] || measure floor-pingpong "$ECHO_FLOOR" -- "${pingpong[@]}"

@@ -7,7 +7,11 @@
 //! One handler, on the main namespace: the event `echo` is acknowledged with
 //! its data (`42N["echo",DATA]` in, `43N[DATA]` out), the request/reply
 //! emitws's `examples/app_echo` (`[1,N,"/echo",DATA]` → `[2,N,DATA]`) and
-//! `examples/async_echo` serve. socketioxide 0.18's handlers are async only
+//! `examples/async_echo` serve; the event `bin`, whose data is one binary
+//! attachment (`451-N["bin",{"_placeholder":true,"num":0}]` and a binary
+//! frame), is acknowledged with the same bytes as an attachment
+//! (`461-N[{"_placeholder":true,"num":0}]` and a binary frame), the peer
+//! of an emitws.v2 binary request/reply. socketioxide 0.18's handlers are async only
 //! (each event's handler is a future it spawns as a task), so it is the
 //! peer of both the sync and the async emitws handler. Set up as
 //! socketioxide's hyper echo example does: `SocketIo::new_svc()` served by
@@ -15,6 +19,7 @@
 //! one-thread runtime as the other peers (src/serve.rs). Nothing is
 //! logged. SIGINT/SIGTERM end the process (exit status 0).
 
+use bytes::Bytes;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -30,6 +35,10 @@ fn main() {
     let (service, io) = SocketIo::new_svc();
     io.ns("/", async |socket: SocketRef| {
         socket.on("echo", async |Data::<Value>(data), ack: AckSender| {
+            ack.send(&data).ok();
+        });
+        // A binary attachment, acknowledged with the same bytes as one.
+        socket.on("bin", async |Data::<Bytes>(data), ack: AckSender| {
             ack.send(&data).ok();
         });
     });

@@ -215,6 +215,10 @@ enum Protocol {
     /// path is the Engine.IO one, e.g. `/socket.io/?EIO=4&transport=websocket`.
     /// For measuring Socket.IO servers (benches/peers' echo-socketioxide).
     Socketio,
+    /// Socket.IO with the payload as a binary attachment (echo mode):
+    /// `451-ID["bin",{"_placeholder":true,"num":0}]` and a binary frame,
+    /// acknowledged `461-ID[{"_placeholder":true,"num":0}]` and a binary frame.
+    SocketioBinary,
 }
 
 #[derive(Debug)]
@@ -246,6 +250,8 @@ pub struct Config {
     pub v2: bool,
     /// Speak Socket.IO: `42ID["echo","PAYLOAD"]`, acknowledged `43ID["PAYLOAD"]`.
     pub socketio: bool,
+    /// Socket.IO with the payload as a binary attachment (see [`Protocol::SocketioBinary`]).
+    pub socketio_binary: bool,
     /// Fanout: how many connections publish.
     pub publishers: usize,
     pub hold: Option<Duration>,
@@ -324,7 +330,11 @@ impl Config {
         if v2 && (args.text || args.deflate) {
             return Err("--protocol emitws-v2 sends binary envelopes, without --text or --deflate".into());
         }
-        let socketio = args.protocol == Protocol::Socketio;
+        let socketio_binary = args.protocol == Protocol::SocketioBinary;
+        if socketio_binary && (mode != Mode::Echo || args.text) {
+            return Err("--protocol socketio-binary applies to echo mode, without --text".into());
+        }
+        let socketio = args.protocol == Protocol::Socketio || socketio_binary;
         if socketio && !matches!(mode, Mode::Echo | Mode::Idle) {
             return Err("--protocol socketio applies to echo and idle modes only".into());
         }
@@ -360,8 +370,10 @@ impl Config {
             return Err("--publishers: at most 65535".into());
         }
         let in_flight = args.in_flight.unwrap_or(1);
-        if args.any_order && (mode != Mode::Echo || !(app || socketio)) {
-            return Err("--any-order applies to echo mode with --protocol emitws or socketio only".into());
+        if args.any_order && (mode != Mode::Echo || !(app || socketio) || v2) {
+            return Err(
+                "--any-order applies to echo mode with --protocol emitws, socketio or socketio-binary only".into()
+            );
         }
         if args.any_order && in_flight > crate::client::PATTERN_SLACK {
             return Err(format!("--any-order: at most {} in flight", crate::client::PATTERN_SLACK));
@@ -383,7 +395,7 @@ impl Config {
             }
             text = true;
         }
-        text |= (app && !v2) || socketio;
+        text |= (app && !v2) || (socketio && !socketio_binary);
         if payload > 64 << 20 {
             return Err("--payload: at most 64 MiB".into());
         }
@@ -438,6 +450,7 @@ impl Config {
             any_order: args.any_order,
             v2,
             socketio,
+            socketio_binary,
             publishers,
             hold: args.hold,
             #[cfg(feature = "tls")]
@@ -629,6 +642,17 @@ mod tests {
         assert!(config.app && config.v2 && !config.text, "emitws.v2 echoes binary envelopes");
         assert!(parse("fanout --protocol emitws-v2").is_err(), "echo only");
         assert!(parse("echo --protocol emitws-v2 --text").is_err());
+        assert!(parse("echo --protocol emitws-v2 --any-order").is_err(), "binary replies are taken in order");
+        let config = parse("echo --protocol socketio --any-order").unwrap();
+        assert!(config.socketio && config.text && !config.app && config.any_order, "Socket.IO packets are text");
+        let config = parse("idle --protocol socketio").unwrap();
+        assert!(config.socketio && !config.socketio_binary);
+        let config = parse("echo --protocol socketio-binary -s 16k").unwrap();
+        assert!(config.socketio && config.socketio_binary && !config.text, "attachments are binary frames");
+        assert!(parse("echo --protocol socketio-binary --text").is_err());
+        assert!(parse("idle --protocol socketio-binary").is_err(), "echo only");
+        assert!(parse("fanout --protocol socketio").is_err());
+        assert!(parse("echo --protocol socketio --deflate").is_err());
         let config = parse("echo --url=ws://127.0.0.1:1/ -c 5 -t 9 --text").unwrap();
         assert_eq!((config.connections, config.threads, config.text), (5, 5, true));
         // The mode may come after options, and a repeated option keeps its last value (as scripts expect).

@@ -273,6 +273,8 @@ struct Conn {
     seen: Vec<u64>,
     /// Resume-storm: what the connection keeps across the cut.
     session: Option<Box<Session>>,
+    /// Socket.IO binary: the request whose acknowledgement's attachment comes next.
+    attachment_of: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -339,6 +341,13 @@ impl Ctx<'_> {
             envelope.extend_from_slice(payload);
             self.queue_frame(conn, &envelope);
             self.envelope = envelope;
+        } else if self.config.socketio_binary {
+            let mut envelope = std::mem::take(&mut self.envelope);
+            envelope.clear();
+            write!(envelope, "451-{}[\"bin\",{{\"_placeholder\":true,\"num\":0}}]", conn.sent).expect("a Vec");
+            self.queue_frame_as(conn, OpCode::Text, &envelope);
+            self.queue_frame_as(conn, OpCode::Binary, payload);
+            self.envelope = envelope;
         } else if self.config.socketio {
             let mut envelope = std::mem::take(&mut self.envelope);
             envelope.clear();
@@ -363,14 +372,19 @@ impl Ctx<'_> {
 
     /// Appends one masked message to `conn.out`, compressed if agreed.
     fn queue_frame(&mut self, conn: &mut Conn, message: &[u8]) {
+        self.queue_frame_as(conn, self.opcode, message);
+    }
+
+    /// [`queue_frame`](Self::queue_frame) with `opcode` rather than the run's.
+    fn queue_frame_as(&mut self, conn: &mut Conn, opcode: OpCode, message: &[u8]) {
         let key = (self.rng.next() as u32).to_ne_bytes();
         match conn.deflate.as_deref_mut() {
             Some((compressor, _)) => {
                 self.compressed.clear();
                 compressor.compress(message, &mut self.compressed);
-                encode_frame_with_rsv(&mut conn.out, self.opcode, true, RSV1, Some(key), &self.compressed);
+                encode_frame_with_rsv(&mut conn.out, opcode, true, RSV1, Some(key), &self.compressed);
             }
-            None => encode_frame(&mut conn.out, self.opcode, true, Some(key), message),
+            None => encode_frame(&mut conn.out, opcode, true, Some(key), message),
         }
     }
 
@@ -778,6 +792,7 @@ fn open(
         publisher: (config.mode == Mode::Fanout && number < config.publishers).then_some(number as u16),
         seen: if config.mode == Mode::Fanout { vec![0; config.publishers] } else { Vec::new() },
         session,
+        attachment_of: None,
     })
 }
 
@@ -1052,7 +1067,11 @@ fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
     if ctx.config.mode == Mode::ResumeStorm {
         return on_storm_message(conn, message, ctx, now);
     }
-    if ctx.config.socketio && on_socketio_control(conn, message.as_bytes(), ctx, now)? {
+    // Engine.IO and Socket.IO packets are text; binary frames are attachments.
+    if ctx.config.socketio
+        && matches!(message, Message::Text(_))
+        && on_socketio_control(conn, message.as_bytes(), ctx, now)?
+    {
         return Ok(());
     }
     // The server's welcome (PROTOCOL §1) comes first, before any reply. An
@@ -1087,8 +1106,13 @@ fn on_message(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
 /// True if the message was one of these.
 fn on_socketio_control(conn: &mut Conn, packet: &[u8], ctx: &mut Ctx<'_>, now: Instant) -> Result<bool, End> {
     match packet {
-        [b'0', b'{', ..] => ctx.queue_frame(conn, b"40"),
-        b"2" => ctx.queue_frame(conn, b"3"),
+        [b'0', b'{', ..] => ctx.queue_frame_as(conn, OpCode::Text, b"40"),
+        b"2" => ctx.queue_frame_as(conn, OpCode::Text, b"3"),
+        // A binary acknowledgement's header: its attachment comes next.
+        [b'4', b'6', b'1', b'-', ..] if ctx.config.socketio_binary => {
+            let id = reply_id(packet, true);
+            conn.attachment_of = Some(id.ok_or_else(|| err(Kind::Protocol, "a binary ack without an id"))?);
+        }
         [b'4', b'0', ..] if conn.state == State::Joining => ctx.opened(conn, now),
         [b'4', b'4', ..] => {
             let refused = String::from_utf8_lossy(packet);
@@ -1174,9 +1198,15 @@ fn record(ctx: &mut Ctx<'_>, now: Instant, sent: Instant) {
     }
 }
 
-/// The id of an emitws.v1 reply `[2,ID,…]` (Socket.IO: an ack `43ID[…]`).
+/// The id of an emitws.v1 reply `[2,ID,…]` (Socket.IO: an ack `43ID[…]`,
+/// or a binary ack's header `461-ID[…]`).
 fn reply_id(text: &[u8], socketio: bool) -> Option<u64> {
-    let digits = text.strip_prefix(if socketio { &b"43"[..] } else { b"[2," })?;
+    let prefix = match (socketio, text.starts_with(b"461-")) {
+        (false, _) => &b"[2,"[..],
+        (true, false) => b"43",
+        (true, true) => b"461-",
+    };
+    let digits = text.strip_prefix(prefix)?;
     let end = digits.iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
@@ -1191,7 +1221,11 @@ fn check_echo(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
     // those in flight (at most PATTERN_SLACK of them, so offsets are unique).
     let (id, at) = match ctx.config.any_order {
         true => {
-            let found = reply_id(message.as_bytes(), ctx.config.socketio).and_then(|id| {
+            let id = match ctx.config.socketio_binary {
+                true => conn.attachment_of.take(),
+                false => reply_id(message.as_bytes(), ctx.config.socketio),
+            };
+            let found = id.and_then(|id| {
                 let offset = (id.wrapping_sub(1) % PATTERN_SLACK as u64) as u32;
                 Some((id, conn.in_flight.iter().position(|(_, o)| *o == offset)?))
             });
@@ -1209,7 +1243,7 @@ fn check_echo(conn: &mut Conn, message: Message<'_>, ctx: &mut Ctx<'_>, now: Ins
         write_leb128(&mut ctx.expected, id);
         ctx.expected.extend_from_slice(expected);
         expected = &ctx.expected;
-    } else if ctx.config.socketio {
+    } else if ctx.config.socketio && !ctx.config.socketio_binary {
         ctx.expected.clear();
         write!(ctx.expected, "43{id}[\"").expect("writing to a Vec");
         ctx.expected.extend_from_slice(expected);
@@ -1373,6 +1407,7 @@ mod tests {
         assert_eq!(reply_id(b"4342[\"x\"]", false), None);
         assert_eq!(reply_id(b"42[\"echo\"]", true), None, "an event, not an ack");
         assert_eq!(reply_id(b"43[\"x\"]", true), None, "an ack without an id");
+        assert_eq!(reply_id(b"461-42[{\"_placeholder\":true,\"num\":0}]", true), Some(42));
     }
 
     #[test]

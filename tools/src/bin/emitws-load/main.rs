@@ -262,6 +262,7 @@ fn summary(config: &Config, stats: &Stats, timing: &Timing) -> (String, Value) {
             let protocol = match (config.v2, config.app, config.socketio) {
                 (true, _, _) => "emitws-v2",
                 (false, true, _) => "emitws",
+                (false, false, true) if config.socketio_binary => "socketio-binary",
                 (false, false, true) => "socketio",
                 (false, false, false) => "raw",
             };
