@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use app_client::AppClient;
+use app_client::{answer_calls, AppClient};
 use emitws::app::{App, AppHandle, Error, Refusal, SocketId};
 use emitws::cluster::RedisOptions;
 use redis_cluster::RedisCluster;
@@ -155,26 +155,10 @@ fn an_id_is_one_sockets_across_nodes_found_from_any_and_freed_with_it() {
 fn an_id_found_on_another_node_calls_its_client() {
     let Some(redis) = Redis::start() else { return };
     let (a, b) = two_nodes(&redis.url());
-    let (mut client, on_b) = connect(b.addr(), "tablet");
+    let (client, on_b) = connect(b.addr(), "tablet");
     wait_found(&a.running, "device-tablet", Some(on_b));
     let (stop, until) = mpsc::channel::<()>();
-    // The client answers `echo` with its argument, until told to stop.
-    let answering = thread::spawn(move || {
-        client.ws.stream.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
-        while until.try_recv().is_err() {
-            let frame = match client.ws.try_recv() {
-                Ok(common::Frame::Text(text)) => text,
-                Ok(_) => return,
-                Err(common::RecvError::Timeout) => continue,
-                Err(_) => return,
-            };
-            let call: Value = serde_json::from_str(&frame).expect("JSON");
-            if call[2] == json!("echo") {
-                client.send_raw(&json!([2, call[1], call[3]]).to_string());
-            }
-        }
-        client.close();
-    });
+    let answering = answer_calls(client, until);
     let socket = a.running.lookup_generated_id("device-tablet").expect("Redis answers").expect("found");
     let data = json!({ "text": "ping \"you\" — ünïcode ✓" });
     let echoed = socket.call("echo", &data, Duration::from_secs(2)).expect("JSON").wait().expect("answered");

@@ -26,7 +26,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use app_client::{eventually, AppClient};
+use app_client::{answer_calls, eventually, AppClient};
 use emitws::app::{App, BroadcastOpts, CallError, Error, EventLimits, GroupOutcome, SocketId};
 use emitws::cluster::RedisOptions;
 use emitws::runtime::ConnId;
@@ -170,34 +170,6 @@ fn rooms_are_listed_with_their_sizes_across_nodes() {
     drop((ann, bob));
     a.close();
     b.close();
-}
-
-/// Plays a client that answers the server's calls: `add` sums, `echo`
-/// sends its argument back, `boom` fails, `slow` never answers, anything
-/// else is not registered. Until `until` says stop (or the server closes).
-fn answer_calls(mut client: AppClient, until: mpsc::Receiver<()>) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        client.ws.stream.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
-        while until.try_recv().is_err() {
-            let frame = match client.ws.try_recv() {
-                Ok(common::Frame::Text(text)) => text,
-                Ok(_) => return,
-                Err(common::RecvError::Timeout) => continue,
-                Err(_) => return,
-            };
-            let call: Value = serde_json::from_str(&frame).expect("JSON");
-            let id = &call[1];
-            let answer = match call[2].as_str() {
-                Some("add") => json!([2, id, call[3][0].as_i64().unwrap_or(0) + call[3][1].as_i64().unwrap_or(0)]),
-                Some("echo") => json!([2, id, call[3]]),
-                Some("boom") => json!([3, id, { "code": "execution_failed", "message": "it \"broke\" — ünïcode" }]),
-                Some("slow") => continue,
-                _ => json!([3, id, { "code": "not_registered", "message": "no such procedure" }]),
-            };
-            client.send_raw(&answer.to_string());
-        }
-        client.close();
-    })
 }
 
 #[test]

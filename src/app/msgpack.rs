@@ -170,17 +170,8 @@ impl<'a> Request<'a> {
     /// request) or emitting `@error` (to an event) with the reason, as
     /// [`expect_data`](Self::expect_data) does for JSON.
     pub fn expect_msgpack<T: DeserializeOwned>(&mut self) -> Option<T> {
-        match self.msgpack() {
-            Ok(value) => Some(value),
-            Err(e) => {
-                let message = e.to_string();
-                match self.id {
-                    Some(_) => self.reply_err(ErrorCode::BadRequest.as_str(), &message),
-                    None => self.local.emit_error(&mut self.conn, ErrorCode::BadRequest, &message),
-                }
-                None
-            }
-        }
+        let value = self.msgpack();
+        self.or_bad_request(value)
     }
 
     /// Replies with `value` in MessagePack, as [`reply_binary`](Self::reply_binary)

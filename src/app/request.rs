@@ -148,17 +148,22 @@ impl<'a> Request<'a> {
     /// The data typed, or `None` after replying `bad_request` (to a request)
     /// or emitting `@error` (to an event).
     pub fn expect_data<T: DeserializeOwned>(&mut self) -> Option<T> {
-        match self.data() {
-            Ok(data) => Some(data),
-            Err(e) => {
-                let message = e.to_string();
-                match self.id {
-                    Some(_) => self.reply_err(ErrorCode::BadRequest.as_str(), &message),
-                    None => self.local.emit_error(&mut self.conn, ErrorCode::BadRequest, &message),
-                }
-                None
-            }
+        let data = self.data();
+        self.or_bad_request(data)
+    }
+
+    /// The value, or `None` after replying `bad_request` with the error
+    /// (to a request) or emitting it as `@error` (to an event).
+    pub(crate) fn or_bad_request<T, E: std::fmt::Display>(&mut self, read: Result<T, E>) -> Option<T> {
+        let message = match read {
+            Ok(value) => return Some(value),
+            Err(e) => e.to_string(),
+        };
+        match self.id {
+            Some(_) => self.reply_err(ErrorCode::BadRequest.as_str(), &message),
+            None => self.local.emit_error(&mut self.conn, ErrorCode::BadRequest, &message),
         }
+        None
     }
 
     /// The data typed, borrowing from the received frame where `T` does.

@@ -229,3 +229,31 @@ pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Plays a client that answers the server's calls: `add` sums, `echo`
+/// sends its argument back, `boom` fails, `slow` never answers, anything
+/// else is not registered. Until `until` says stop (or the server closes).
+pub fn answer_calls(mut client: AppClient, until: std::sync::mpsc::Receiver<()>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        client.ws.stream.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        while until.try_recv().is_err() {
+            let frame = match client.ws.try_recv() {
+                Ok(Frame::Text(text)) => text,
+                Ok(_) => return,
+                Err(RecvError::Timeout) => continue,
+                Err(_) => return,
+            };
+            let call: Value = serde_json::from_str(&frame).expect("JSON");
+            let id = &call[1];
+            let answer = match call[2].as_str() {
+                Some("add") => json!([2, id, call[3][0].as_i64().unwrap_or(0) + call[3][1].as_i64().unwrap_or(0)]),
+                Some("echo") => json!([2, id, call[3]]),
+                Some("boom") => json!([3, id, { "code": "execution_failed", "message": "it \"broke\" — ünïcode" }]),
+                Some("slow") => continue,
+                _ => json!([3, id, { "code": "not_registered", "message": "no such procedure" }]),
+            };
+            client.send_raw(&answer.to_string());
+        }
+        client.close();
+    })
+}
