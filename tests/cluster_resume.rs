@@ -198,7 +198,8 @@ fn a_connection_still_open_on_one_node_is_taken_over_from_another() {
     let (mut old, socket, token) = connect(a.addr(), "ann");
     old.request("/join", json!("#lobby")).expect("joined");
     let (mut back, id) = resume(b.addr(), "ann", &token);
-    assert_eq!(old.expect_close(4409), "resumed elsewhere");
+    // Node b asks node a through Redis to close it (PROTOCOL.md §13).
+    assert_eq!(old.expect_close_within(4409, Duration::from_secs(10)), "resumed elsewhere");
     let (hello, reply, ready) = read_resume(&mut back, id);
     let expected = (&json!(["#lobby"]), &json!(true), &json!(socket));
     assert_eq!((&hello["groups"], &reply["resumed"], &reply["socket"]), expected);
