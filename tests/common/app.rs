@@ -221,6 +221,22 @@ impl AppClient {
         assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
         self.ws.close(1000);
     }
+
+    /// Closes from our side with 1000 while events may still be on their
+    /// way (a broadcast that crossed Redis before its sender stopped): the
+    /// envelopes that arrive before the close's echo are dropped.
+    pub fn close_amid_events(mut self) {
+        self.ws.send_close(1000, "");
+        loop {
+            match self.ws.recv() {
+                Frame::Text(_) => {}
+                Frame::Ping(payload) => self.ws.send(emitws::proto::OpCode::Pong, true, &payload),
+                Frame::Close(Some(1000), _) => break,
+                other => panic!("expected envelopes then the close's echo, got {other:?}"),
+            }
+        }
+        self.ws.expect_eof();
+    }
 }
 
 fn parse(text: &str) -> Value {
