@@ -15,6 +15,7 @@
 #![cfg(feature = "redis")]
 
 use std::sync::{Arc, Mutex};
+use std::thread;
 use std::time::{Duration, Instant};
 
 #[path = "common/app.rs"]
@@ -28,6 +29,7 @@ use redis_cluster::single as redis_server;
 mod two_nodes;
 
 use app_client::{eventually, AppClient};
+use common::WAIT;
 use emitws::app::{App, BroadcastOpts, ClusterEvent, EventLimits, History, SocketId};
 use redis_cluster::RedisCluster;
 use serde_json::{json, Value};
@@ -133,14 +135,21 @@ fn subscribers(cluster: &RedisCluster, port: u16, channel: &str) -> u64 {
 
 /// Waits until `channel` has `count` subscribers on its master and none elsewhere.
 fn wait_listened(cluster: &RedisCluster, channel: &str, master: u16, count: u64) {
-    eventually(&format!("{count} nodes on {channel}, on {master} only"), || {
-        subscribers(cluster, master, channel) == count
-            && cluster
-                .shards()
-                .iter()
-                .filter(|s| s.master != master)
-                .all(|s| subscribers(cluster, s.master, channel) == 0)
-    });
+    let counts = || -> Vec<(u16, u64)> {
+        cluster.shards().iter().map(|s| (s.master, subscribers(cluster, s.master, channel))).collect()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = counts();
+        if now.iter().all(|&(port, n)| n == if port == master { count } else { 0 }) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} nodes on {channel}, on {master} only: subscribers by master {now:?}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn ask(client: &mut AppClient, event: &str, data: Value) -> Value {

@@ -7,7 +7,14 @@
 //! The map is read again (and every channel put where it belongs) when a
 //! master's connection is lost (a failover), when a master unsubscribes a
 //! channel by itself (`sunsubscribe` push: its slot moved away), or when a
-//! subscription is refused (`MOVED`: the map read was already old).
+//! subscription is not confirmed within [`CONFIRM_WITHIN`]: it was refused
+//! (`MOVED`: the map read was already old, or the master has not learnt yet
+//! that the slot is its own; the masters learn of a move one by one). The
+//! refusal itself is seldom seen: after a read has timed out, the redis
+//! crate takes the next reply that is not a push for the late answer to an
+//! earlier command and drops it, and these connections time out every
+//! [`SUBSCRIBE_TURN`]. So a subscription's confirmation (a push) is awaited
+//! instead, and one not confirmed is placed anew on a fresh map.
 //!
 //! Each master's connection is read by a thread of its own, blocked on it,
 //! which hands on what comes (messages, confirmations, refusals, a lost
@@ -40,6 +47,11 @@ pub(super) type ShardMessage = (String, Vec<u8>);
 /// How long a master's reading thread waits on its connection before it
 /// sends the (un)subscriptions asked of it meanwhile.
 const SUBSCRIBE_TURN: Duration = Duration::from_millis(10);
+
+/// How long a subscription's confirmation is awaited before the channel is
+/// placed anew (a master confirms in well under a millisecond; a refusal
+/// goes unseen, see the module's docs). Placing one twice is harmless.
+const CONFIRM_WITHIN: Duration = Duration::from_millis(250);
 
 /// Listens to sharded channels on the masters of a Redis Cluster.
 pub(super) struct ShardedSubscriber {
@@ -153,9 +165,10 @@ impl ShardedSubscriber {
         let unplaced = if self.map.is_none() { self.resync().err() } else { None };
         let deadline = Instant::now() + wait;
         loop {
-            if self.listeners.iter().any(|l| l.unconfirmed.values().any(|asked| asked.elapsed() > self.timeout)) {
-                // A subscription neither confirmed nor refused in time: place
-                // it again on a fresh map.
+            if self.listeners.iter().any(|l| l.unconfirmed.values().any(|asked| asked.elapsed() > CONFIRM_WITHIN)) {
+                // A subscription not confirmed in time, refused most likely:
+                // the ones waiting are placed anew on a fresh map.
+                self.listeners.iter_mut().for_each(Listener::forget_unconfirmed);
                 self.map = None;
                 return Ok(None);
             }
@@ -180,7 +193,10 @@ impl ShardedSubscriber {
                     }
                 }
                 Heard::Refused => {
-                    self.map = None; // a subscription sent by an old map: place them all again
+                    // A subscription sent by an old map. The refusal does not
+                    // name its channel: the ones waiting here are placed anew.
+                    listener.forget_unconfirmed();
+                    self.map = None;
                     return Ok(None);
                 }
                 Heard::Lost(e) => {
@@ -284,6 +300,18 @@ impl ShardedSubscriber {
     }
 }
 
+impl Listener {
+    /// Forgets the channels whose subscription is not confirmed, so that
+    /// the next [`resync`](ShardedSubscriber::resync) places them anew.
+    /// (Kept, a refused one would wait here forever when the map read next
+    /// names this master again.)
+    fn forget_unconfirmed(&mut self) {
+        for channel in std::mem::take(&mut self.unconfirmed).into_keys() {
+            self.channels.remove(&channel);
+        }
+    }
+}
+
 /// A master's reading thread: sends the (un)subscriptions ordered, hands
 /// on what the connection brings, until its orders' sender is dropped (the
 /// listener is) or the connection fails.
@@ -335,7 +363,7 @@ fn read_master(mut conn: Connection, to_do: Receiver<(&'static str, String)>, nu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::router::tests::{connector, id_of, key_per_master};
+    use crate::cluster::router::tests::{connector, key_per_master};
     use crate::cluster::router::Router;
     use crate::cluster::test_redis_cluster::RedisCluster;
 
@@ -357,16 +385,23 @@ mod tests {
         None
     }
 
-    #[test]
-    fn channels_are_heard_on_their_masters_through_a_slot_move_and_a_failover() {
-        let Some(mut cluster) = RedisCluster::start() else { return };
-        let connector = connector(&cluster);
-        let mut router = Router::new(connector.clone(), Duration::from_secs(2));
+    /// A router and a subscriber, asked for a channel on each master (in
+    /// order of [`RedisCluster::shards`]).
+    fn subscribed_on_each_master(cluster: &RedisCluster) -> (Arc<Connector>, Router, ShardedSubscriber, Vec<String>) {
+        let connector = connector(cluster);
+        let router = Router::new(connector.clone(), Duration::from_secs(2));
         let mut subscriber = ShardedSubscriber::new(connector.clone(), Duration::from_secs(2));
-        let channels = key_per_master(&cluster);
+        let channels = key_per_master(cluster);
         for channel in &channels {
             subscriber.subscribe(channel);
         }
+        (connector, router, subscriber, channels)
+    }
+
+    #[test]
+    fn channels_are_heard_on_their_masters_through_a_slot_move_and_a_failover() {
+        let Some(mut cluster) = RedisCluster::start() else { return };
+        let (connector, mut router, mut subscriber, channels) = subscribed_on_each_master(&cluster);
         assert_eq!(subscriber.next_message(Duration::from_millis(100)).unwrap(), None);
         assert_eq!(subscriber.placed().len(), 3, "one connection per master");
         for channel in &channels {
@@ -384,16 +419,7 @@ mod tests {
         // unsubscribes it; the subscriber finds it its new master.
         let slot = cluster.slot(&channels[0]);
         let to = cluster.master_of(&channels[1]);
-        let to_id = id_of(&cluster, to);
-        for port in cluster.shards().iter().map(|s| s.master) {
-            let _: () = redis::cmd("CLUSTER")
-                .arg("SETSLOT")
-                .arg(slot)
-                .arg("NODE")
-                .arg(&to_id)
-                .query(&mut cluster.connect(port))
-                .unwrap();
-        }
+        cluster.give_slot(slot, to);
         let moved_at = Instant::now();
         let deadline = moved_at + Duration::from_secs(5);
         loop {
@@ -476,5 +502,42 @@ mod tests {
             assert_eq!(publish(&mut router, channel, "after").unwrap(), 1, "{channel} lost in the failover");
             assert_eq!(receive(&mut subscriber, Duration::from_secs(2)), Some((channel.clone(), b"after".to_vec())));
         }
+    }
+
+    #[test]
+    fn a_channel_refused_by_a_master_that_has_not_learnt_of_its_slot_yet_is_placed_again() {
+        let Some(cluster) = RedisCluster::start() else { return };
+        let (_, mut router, mut subscriber, channels) = subscribed_on_each_master(&cluster);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !subscriber.settled() {
+            let _ = subscriber.next_message(Duration::from_millis(50));
+            assert!(Instant::now() < deadline, "not settled: {:?}", subscriber.placed());
+        }
+
+        // The map is read from the master of slot 0 first: a channel of
+        // that master is moved to another, which is told last. Meanwhile the
+        // subscriber hears the old master give the channel up, reads the map
+        // from the old master (which names the new one), and the new master,
+        // not knowing yet, refuses the subscription.
+        let old = cluster.master_of_slot(0);
+        let at = channels.iter().position(|c| cluster.master_of(c) == old).expect("a channel on each master");
+        let (moved, to) = (&channels[at], cluster.master_of(&channels[(at + 1) % channels.len()]));
+        let slot = cluster.slot(moved);
+        for port in cluster.shards().iter().map(|s| s.master).filter(|&port| port != to) {
+            cluster.tell_slot(port, slot, to);
+        }
+        let refusals_until = Instant::now() + 2 * CONFIRM_WITHIN;
+        while Instant::now() < refusals_until {
+            assert_eq!(subscriber.next_message(Duration::from_millis(20)).ok(), Some(None));
+        }
+        cluster.tell_slot(to, slot, to);
+
+        // Placed again, on the map that now names the new master for good.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while publish(&mut router, moved, "here").unwrap() == 0 {
+            let _ = subscriber.next_message(Duration::from_millis(20));
+            assert!(Instant::now() < deadline, "{moved} not listened to on its new master: {:?}", subscriber.placed());
+        }
+        assert_eq!(receive(&mut subscriber, Duration::from_secs(2)), Some((moved.clone(), b"here".to_vec())));
     }
 }

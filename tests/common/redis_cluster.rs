@@ -203,12 +203,18 @@ impl RedisCluster {
     /// Gives `slot` (which must hold no key) to the master on `to` for good
     /// (`CLUSTER SETSLOT … NODE` on every master), as a resharding ends.
     pub fn give_slot(&self, slot: u16, to: u16) {
-        let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut self.connect(to)).expect("CLUSTER MYID");
         for shard in self.shards() {
-            let set = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&id).clone();
-            set.query::<()>(&mut self.connect(shard.master))
-                .unwrap_or_else(|e| panic!("SETSLOT on {}: {e}", shard.master));
+            self.tell_slot(shard.master, slot, to);
         }
+    }
+
+    /// Tells the master on `port` that `slot` is now the one on `to`'s
+    /// (`CLUSTER SETSLOT … NODE`): one step of [`give_slot`](Self::give_slot),
+    /// for a move the masters learn of one by one.
+    pub fn tell_slot(&self, port: u16, slot: u16, to: u16) {
+        let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut self.connect(to)).expect("CLUSTER MYID");
+        let set = redis::cmd("CLUSTER").arg("SETSLOT").arg(slot).arg("NODE").arg(&id).clone();
+        set.query::<()>(&mut self.connect(port)).unwrap_or_else(|e| panic!("SETSLOT on {port}: {e}"));
     }
 }
 
