@@ -144,6 +144,11 @@ pub struct ClaimedSession {
     pub direct: Vec<String>,
     /// Whether none of those had to be dropped for room.
     pub direct_complete: bool,
+    /// The number ([`Adapter::hold_direct`]'s `number`) of the last direct
+    /// message kept for it before the claim; 0 if none was. The node it
+    /// was lost on passes on those it numbered after, once told
+    /// ([`Adapter::session_resumed`]).
+    pub held: u64,
 }
 
 /// What a session claim found.
@@ -354,10 +359,23 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// Keeps a direct message (an envelope's JSON text) in the cluster's
     /// store for the away socket of session record `record`, the latest
-    /// `cap` of them, for whichever node claims it. The default keeps
-    /// nothing (the app keeps them on this node).
-    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize) {
-        let _ = (record, envelope, cap);
+    /// `cap` of them, for whichever node claims it; `number` is its number
+    /// among the socket's (1, 2, …), of which the store keeps the last
+    /// ([`ClaimedSession::held`]). The default keeps nothing (the app
+    /// keeps them on this node).
+    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize, number: u64) {
+        let _ = (record, envelope, cap, number);
+    }
+
+    /// The session lost with `lost` (a connection of another node), claimed
+    /// by this node, now answers here under its public id `public`, with
+    /// the direct messages numbered up to `held` replayed: tell `lost`'s
+    /// node, which forgets it and sends on what it kept for it after those.
+    /// Told only now, when the
+    /// socket answers here, so that what is sent on reaches it. The
+    /// default tells nobody (without a cluster there is no other node).
+    fn session_resumed(&self, lost: SocketId, public: SocketId, held: u64) {
+        let _ = (lost, public, held);
     }
 
     /// The sockets in `scope` on every live node, sorted.

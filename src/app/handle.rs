@@ -1381,10 +1381,10 @@ impl AppHandle {
 
     /// Copies a direct message held for an away socket to the cluster's
     /// store, by the socket's record key, for a resume on any node.
-    fn hold_in_cluster<'a>(&'a self, frame: &'a SharedFrame) -> impl FnMut(&str) + 'a {
-        move |record| {
+    fn hold_in_cluster<'a>(&'a self, frame: &'a SharedFrame) -> impl FnMut(&str, u64) + 'a {
+        move |record, number| {
             if let Some(adapter) = &self.0.setup.adapter {
-                adapter.hold_direct(record, frame.payload(), self.0.setup.resume.buffer);
+                adapter.hold_direct(record, frame.payload(), self.0.setup.resume.buffer, number);
             }
         }
     }

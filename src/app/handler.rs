@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::adapter::{ClaimDone, ClaimOutcome, Presence, SessionClaim};
+use super::adapter::{ClaimDone, ClaimOutcome, Presence, SessionClaim, Target};
 use super::binary::{self, BinaryEnvelope, PROTOCOL_V2};
 use super::connect::{self, Challenge, Connecting, Refusal, RefusalKind};
 use super::disconnect::{After, Gone};
@@ -555,12 +555,14 @@ impl AppWorker {
             deadline: Instant::now(),
             direct: Default::default(),
             direct_complete: true,
+            held: 0,
             record: None,
         });
         // The cluster's record is the socket's latest state, its direct
         // messages included (those this node kept are copies).
         session.direct = claimed.direct.iter().map(|text| SharedFrame::text(text)).collect();
         session.direct_complete = claimed.direct_complete;
+        session.held = claimed.held;
         session.groups = claimed.groups.iter().map(|(group, _)| group.as_str().into()).collect();
         session.positions = claimed
             .groups
@@ -668,6 +670,12 @@ impl AppWorker {
                 let _ = conn.send_shared(&super::binary_v1::as_delivered(kept, v2));
             }
             direct_complete = session.direct_complete;
+            // The socket answers here now (its alias is written first): the
+            // node it was lost on forgets it, and sends on what it kept for
+            // it after the claim.
+            if let Some(adapter) = app.0.setup.adapter.as_ref().filter(|_| session.node != app.node()) {
+                adapter.session_resumed(SocketId { node: session.node, conn: session.conn }, public, session.held);
+            }
         } else {
             if !self.register_user(conn) {
                 return;
@@ -750,6 +758,7 @@ impl AppWorker {
             deadline: now + window,
             direct: Default::default(),
             direct_complete: true,
+            held: 0,
             record: self.record_key(conn).map(Into::into),
         };
         self.app.0.sessions.keep(session, now, settings.max_sessions);
@@ -1293,9 +1302,20 @@ impl AppHandle {
 
     /// Another node claimed the session lost with connection `lost` of
     /// this node: it goes here, and what this node sends to its public id
-    /// (`public`, when it is one of this node's) follows it there.
-    pub(crate) fn session_claimed_elsewhere(&self, lost: ConnId, public: Option<ConnId>) {
-        self.0.sessions.departed(lost, public, self.0.setup.resume.max_sessions);
+    /// `public` (None: not known) follows it there. With `held` (the number
+    /// of the last direct message the claim took from the store; None from
+    /// a node that does not say), the ones kept here after it are sent on.
+    pub(crate) fn session_claimed_elsewhere(&self, lost: ConnId, public: Option<SocketId>, held: Option<u64>) {
+        let own = public.filter(|id| id.node == self.node()).map(|id| id.conn);
+        let session = self.0.sessions.departed(lost, own, self.0.setup.resume.max_sessions);
+        // What was kept here after the claim took the store's copies (those
+        // numbered past `held`) follows the socket by its public id (the
+        // node it resumed on wrote its alias before it told this one).
+        let (Some(session), Some(public), Some(held)) = (session, public, held) else { return };
+        let late = session.held.saturating_sub(held).min(session.direct.len() as u64) as usize;
+        for frame in session.direct.iter().skip(session.direct.len() - late) {
+            self.publish(frame, Target::Socket(public));
+        }
     }
 
     /// The socket of public id `socket`, open here, had its session claimed

@@ -150,6 +150,11 @@ pub(crate) struct Session {
     pub direct: VecDeque<SharedFrame>,
     /// Whether none of those had to be dropped for room.
     pub direct_complete: bool,
+    /// The number of the last of `direct`: every direct message kept for
+    /// the socket is numbered 1, 2, … (the record in a cluster's store
+    /// keeps the number of the last one it took, so that the node a
+    /// session was claimed from knows which came too late for the claim).
+    pub held: u64,
     /// The key of its record in a cluster's store, which keeps its direct
     /// messages too (see [`record_key`]).
     pub record: Option<Box<str>>,
@@ -353,11 +358,11 @@ impl Sessions {
     /// The session lost with connection `lost` was claimed by another
     /// node: it goes, and its public id `public`, when it is one of this
     /// node's, is forwarded from now on (the latest `max` such ids are
-    /// remembered).
-    pub fn departed(&self, lost: ConnId, public: Option<ConnId>, max: usize) {
+    /// remembered). Returns the session, if this node still had it.
+    pub fn departed(&self, lost: ConnId, public: Option<ConnId>, max: usize) -> Option<Session> {
         self.with(|table| {
-            table.take(lost);
-            let Some(public) = public else { return };
+            let session = table.take(lost);
+            let Some(public) = public else { return session };
             if let Some(conn) = table.aliases.get(&public).copied() {
                 table.unalias(public, conn);
             }
@@ -368,7 +373,8 @@ impl Sessions {
                 let Some(oldest) = table.departed_order.pop_front() else { break };
                 table.departed.remove(&oldest);
             }
-        });
+            session
+        })
     }
 
     /// Whether public id `public` of this node was resumed on another node.
@@ -406,8 +412,15 @@ impl Sessions {
     }
 
     /// Keeps `frame` for the away socket `public`, if it is away, and hands
-    /// `copy` its record's key if it has one; whether it was away.
-    pub fn hold_for_socket(&self, public: ConnId, frame: &SharedFrame, cap: usize, copy: impl FnMut(&str)) -> bool {
+    /// `copy` its record's key, if it has one, and the message's number
+    /// there ([`Session::held`]); whether it was away.
+    pub fn hold_for_socket(
+        &self,
+        public: ConnId,
+        frame: &SharedFrame,
+        cap: usize,
+        copy: impl FnMut(&str, u64),
+    ) -> bool {
         if self.is_empty() {
             return false;
         }
@@ -421,8 +434,8 @@ impl Sessions {
     }
 
     /// Keeps `frame` for each away socket of `user`, handing `copy` the
-    /// key of each one's record; how many.
-    pub fn hold_for_user(&self, user: &str, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str)) -> usize {
+    /// key of each one's record and the message's number there; how many.
+    pub fn hold_for_user(&self, user: &str, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str, u64)) -> usize {
         if self.is_empty() {
             return 0;
         }
@@ -474,9 +487,10 @@ impl Sessions {
 
 /// Appends `frame` to an away session's direct messages, dropping the
 /// oldest past `cap`, and hands `copy` the session's record key if any.
-fn hold(session: &mut Session, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str)) {
+fn hold(session: &mut Session, frame: &SharedFrame, cap: usize, mut copy: impl FnMut(&str, u64)) {
+    session.held += 1;
     if let Some(record) = &session.record {
-        copy(record);
+        copy(record, session.held);
     }
     session.direct.push_back(frame.clone());
     while session.direct.len() > cap {
@@ -525,6 +539,7 @@ mod tests {
             deadline,
             direct: VecDeque::new(),
             direct_complete: true,
+            held: 0,
             record: None,
         }
     }
@@ -606,19 +621,36 @@ mod tests {
     fn direct_messages_past_the_cap_drop_the_oldest() {
         let (sessions, now) = (Sessions::new(), Instant::now());
         sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
-        assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2, |_| {}));
-        assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2, |_| {}));
-        assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2, |_| {}), 1);
-        assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2, |_| {}), 0);
+        assert!(sessions.hold_for_socket(ConnId(7), &SharedFrame::text("1"), 2, |_, _| {}));
+        assert!(!sessions.hold_for_socket(ConnId(8), &SharedFrame::text("x"), 2, |_, _| {}));
+        assert_eq!(sessions.hold_for_user("ann", &SharedFrame::text("2"), 2, |_, _| {}), 1);
+        assert_eq!(sessions.hold_for_user("bob", &SharedFrame::text("x"), 2, |_, _| {}), 0);
         let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(claimed.direct_complete);
         sessions.keep(session(7, Some("ann"), now + Duration::from_secs(60)), now, 10);
         for text in ["1", "2", "3"] {
-            sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2, |_| {});
+            sessions.hold_for_socket(ConnId(7), &SharedFrame::text(text), 2, |_, _| {});
         }
         let claimed = sessions.claim(ConnId(7), Some("ann"), ConnId(9), now).ok().expect("kept");
         assert!(!claimed.direct_complete);
         assert_eq!(claimed.direct, [SharedFrame::text("2"), SharedFrame::text("3")]);
+        assert_eq!(claimed.held, 3, "the number of the last");
+    }
+
+    #[test]
+    fn direct_messages_are_numbered_for_the_store_and_come_back_with_a_departed_session() {
+        let (sessions, now) = (Sessions::new(), Instant::now());
+        let mut kept = session(7, Some("ann"), now + Duration::from_secs(60));
+        kept.record = Some("r7".into());
+        sessions.keep(kept, now, 10);
+        let mut copied = Vec::new();
+        sessions
+            .hold_for_socket(ConnId(7), &SharedFrame::text("1"), 10, |record, n| copied.push((record.to_owned(), n)));
+        sessions.hold_for_user("ann", &SharedFrame::text("2"), 10, |record, n| copied.push((record.to_owned(), n)));
+        assert_eq!(copied, [("r7".to_owned(), 1), ("r7".to_owned(), 2)]);
+        let departed = sessions.departed(ConnId(7), Some(ConnId(7)), 10).expect("this node had it");
+        assert_eq!((departed.held, departed.direct.len()), (2, 2));
+        assert!(sessions.departed(ConnId(7), Some(ConnId(7)), 10).is_none(), "gone");
     }
 
     #[test]

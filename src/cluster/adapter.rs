@@ -181,13 +181,8 @@ fn claim_in_background(link: RedisLink, app: AppSlot, claim: SessionClaim, done:
                 Err(e)
             }
             Ok(Found::Outcome(outcome)) => {
-                if let ClaimOutcome::Claimed(session) = &outcome {
-                    if session.lost.node != again.node() {
-                        let (lost, public) = (session.lost, session.public);
-                        let public = (public.node == lost.node).then_some(public.conn.0);
-                        send(&again, &Header::Claimed(lost.conn.0, public), Some(lost.node), b"");
-                    }
-                }
+                // The node it was lost on is told once the socket answers
+                // here (see `session_resumed`).
                 done(outcome);
                 Ok(())
             }
@@ -245,9 +240,12 @@ fn deliver(app: &AppHandle, link: &RedisLink, asks: &Asks, message: &Inbound) ->
         }
         Header::TakeOver(conn, user) if message.direct => app.deliver_takeover(ConnId(conn), user.as_deref()),
         Header::Claimed(lost, public) if message.direct => {
-            app.session_claimed_elsewhere(ConnId(lost), public.map(ConnId))
+            app.session_claimed_elsewhere(ConnId(lost), public.map(here), None)
         }
-        Header::Public(..) | Header::TakeOver(..) | Header::Claimed(..) => {}
+        Header::ClaimedUpTo(lost, node, conn, held) if message.direct => {
+            app.session_claimed_elsewhere(ConnId(lost), Some(SocketId { node, conn: ConnId(conn) }), Some(held))
+        }
+        Header::Public(..) | Header::TakeOver(..) | Header::Claimed(..) | Header::ClaimedUpTo(..) => {}
         Header::Broadcast(groups, except) => {
             let mut opts = BroadcastOpts::all();
             opts.to = groups.into_iter().map(Into::into).collect();
@@ -378,8 +376,15 @@ impl Adapter for RedisAdapter {
         Ok(())
     }
 
-    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize) {
-        self.link.hold_direct(record, envelope, cap);
+    fn hold_direct(&self, record: &str, envelope: &[u8], cap: usize, number: u64) {
+        self.link.hold_direct(record, envelope, cap, number);
+    }
+
+    fn session_resumed(&self, lost: SocketId, public: SocketId, held: u64) {
+        if lost.node != self.node() {
+            let told = Header::ClaimedUpTo(lost.conn.0, public.node, public.conn.0, held);
+            self.send(&told, Some(lost.node), b"");
+        }
     }
 
     fn sockets(&self, scope: Scope<'_>) -> Result<Vec<SocketId>, app::Error> {

@@ -307,12 +307,12 @@ impl RedisLink {
         true
     }
 
-    /// Keeps `envelope` for the away socket of record `key` (see
-    /// [`super::sessions::HOLD`]), the latest `cap`.
-    pub(super) fn hold_direct(&self, key: &str, envelope: &[u8], cap: usize) {
+    /// Keeps `envelope`, numbered `number`, for the away socket of record
+    /// `key` (see [`super::sessions::HOLD`]), the latest `cap`.
+    pub(super) fn hold_direct(&self, key: &str, envelope: &[u8], cap: usize, number: u64) {
         let p = &self.inner.options.prefix;
         let (record, list) = (record_key(p, key), direct_key(p, key));
-        self.queue(|| WriterCommand::HoldDirect { record, list, envelope: envelope.to_vec(), cap });
+        self.queue(|| WriterCommand::HoldDirect { record, list, envelope: envelope.to_vec(), cap, number });
     }
 
     /// Has `metrics` read the link's counts at every snapshot, while the link lives.

@@ -243,10 +243,14 @@ pub(super) fn direct_key(p: &str, key: &str) -> String {
 }
 
 /// Keeps a direct message for an away socket, the latest ARGV[2] of them,
-/// expiring with its record. KEYS: the record, its messages; ARGV: the
-/// message, the cap. Nothing when the record is gone or not away.
+/// expiring with its record, which keeps the message's number (ARGV[3])
+/// in `held`: a claim then tells which of the messages its socket's node
+/// kept came too late for it. KEYS: the record, its messages; ARGV: the
+/// message, the cap, its number. Nothing when the record is gone or not
+/// away.
 pub(super) const HOLD: &str = "local ttl = redis.call('PTTL', KEYS[1])
     if ttl <= 0 or redis.call('HGET', KEYS[1], 'away') ~= '1' then return 0 end
+    redis.call('HSET', KEYS[1], 'held', ARGV[3])
     local cap = tonumber(ARGV[2])
     local n = redis.call('RPUSH', KEYS[2], ARGV[1])
     if n > cap then
@@ -382,6 +386,7 @@ fn read_answer(answer: &[String]) -> Found {
                 values: Vec::new(),
                 direct: Vec::new(),
                 direct_complete: true,
+                held: 0,
             };
             for pair in fields.chunks_exact(2) {
                 let value = &pair[1];
@@ -392,6 +397,7 @@ fn read_answer(answer: &[String]) -> Found {
                     "user" => session.user = Some(value.clone()),
                     "d" => session.direct.push(value.clone()),
                     "trimmed" => session.direct_complete = false,
+                    "held" => session.held = value.parse().unwrap_or(0),
                     name => {
                         if let Some(group) = name.strip_prefix("g:") {
                             let position = value
@@ -448,6 +454,8 @@ mod tests {
             "100",
             "trimmed",
             "1",
+            "held",
+            "7",
             "d",
             "[0,\"/a\",1]",
             "d",
@@ -461,6 +469,7 @@ mod tests {
             values: vec![("seat".into(), "{\"room\":\"#b\"}".into())],
             direct: vec!["[0,\"/a\",1]".into(), "[0,\"/b\",2]".into()],
             direct_complete: false,
+            held: 7,
         };
         assert_eq!(claimed, Found::Outcome(ClaimOutcome::Claimed(expected)));
         // No node or public id: not a record this code wrote.

@@ -107,6 +107,7 @@ fn every_script_and_multi_key_command_runs_on_one_slot() {
     let held: u64 = eval(HOLD, &[&record_key(P, "c0ffee"), &direct_key(P, "c0ffee")])
         .arg(r#"[0,"/dm",1]"#)
         .arg(10)
+        .arg(3)
         .query(&mut c)
         .unwrap();
     assert_eq!(held, 1);
@@ -116,6 +117,7 @@ fn every_script_and_multi_key_command_runs_on_one_slot() {
     match claim(&mut c, P, "c0ffee", Some("ann"), &[0xaa]).unwrap() {
         Found::Outcome(ClaimOutcome::Claimed(session)) => {
             assert_eq!((session.public, session.direct), (public, vec![r#"[0,"/dm",1]"#.to_owned()]));
+            assert_eq!(session.held, 3, "the number of the last message held");
         }
         other => panic!("not claimed: {other:?}"),
     }

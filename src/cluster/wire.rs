@@ -50,6 +50,15 @@ pub(super) enum Header {
     /// receiver's (a socket that came from a third node has that node's).
     #[serde(rename = "m")]
     Claimed(u64, Option<u64>),
+    /// The session lost with this connection (the first number) of the
+    /// receiving node was claimed by the sender, where its socket now
+    /// answers under its public id (node, conn), with the direct messages
+    /// numbered up to the last number replayed: the receiver forgets it,
+    /// sends on those it kept after them, and forwards what it sends to
+    /// that id from then on. Sent once the socket answers at the sender
+    /// (nodes from before it send `Claimed`, at the claim).
+    #[serde(rename = "mh")]
+    ClaimedUpTo(u64, u64, u64, u64),
     /// A broadcast: its groups (none: everyone) and the sockets left out, as (node, conn).
     #[serde(rename = "b")]
     Broadcast(Vec<String>, Vec<(u64, u64)>),

@@ -82,6 +82,8 @@ pub(super) enum WriterCommand {
         list: String,
         envelope: Vec<u8>,
         cap: usize,
+        /// Its number among the socket's (the record keeps the last).
+        number: u64,
     },
     /// A socket with a record is gone: its session kept that long, or not.
     EndRecord {
@@ -499,8 +501,9 @@ impl Writer {
                         eval(ROUTE, &[alias]).arg(format!("{p}:node:")).arg(node).arg(payload.as_slice()).clone();
                     pipe.add_command(routed).ignore();
                 }
-                WriterCommand::HoldDirect { record, list, envelope, cap } => {
-                    pipe.add_command(eval(HOLD, &[record, list]).arg(envelope.as_slice()).arg(*cap).clone()).ignore();
+                WriterCommand::HoldDirect { record, list, envelope, cap, number } => {
+                    let hold = eval(HOLD, &[record, list]).arg(envelope.as_slice()).arg(*cap).arg(*number).clone();
+                    pipe.add_command(hold).ignore();
                 }
                 WriterCommand::AddRecord { record, .. } => record.write(&mut pipe, p, node),
                 WriterCommand::RecordJoin { id, group, position } => {
