@@ -381,9 +381,10 @@ impl Adapter for RedisAdapter {
     }
 
     fn session_resumed(&self, lost: SocketId, public: SocketId, held: u64) {
-        if lost.node != self.node() {
-            let told = Header::ClaimedUpTo(lost.conn.0, public.node, public.conn.0, held);
-            self.send(&told, Some(lost.node), b"");
+        let told = Header::ClaimedUpTo(lost.conn.0, public.node, public.conn.0, held);
+        if let Some(line) = header_line(&told).filter(|_| lost.node != self.node()) {
+            // After the socket's alias, which what the old node sends on goes by.
+            self.link.publish_after_writes(self.link.node_channel(lost.node), &[&line]);
         }
     }
 

@@ -253,6 +253,24 @@ impl RedisLink {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
+    /// Waits until what this node handed its writer before the call
+    /// (presence, session records, publishes) is written to Redis, or kept
+    /// for the rewrite when Redis is back if it is down; false if that took
+    /// longer than `within`, or the link has stopped. For a drain before
+    /// shutting down, or a test that is to find a node's writes in Redis.
+    ///
+    /// ```no_run
+    /// # fn demo(link: &emitws::cluster::RedisLink) {
+    /// use std::time::Duration;
+    /// assert!(link.written(Duration::from_secs(2)), "Redis answers slowly");
+    /// # }
+    /// ```
+    pub fn written(&self, within: Duration) -> bool {
+        let (told, done) = std::sync::mpsc::sync_channel(1);
+        self.write(WriterCommand::Written(told));
+        done.recv_timeout(within).is_ok()
+    }
+
     /// Stops the threads and removes this node's presence.
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
@@ -284,6 +302,12 @@ impl RedisLink {
     /// dropped and counted when too many wait already.
     pub(super) fn publish(&self, channel: String, parts: &[&[u8]]) {
         self.queue_publish(parts, |payload| WriterCommand::Publish { channel, payload });
+    }
+
+    /// [`publish`](Self::publish), once every write queued before it is
+    /// done (see [`WriterCommand::PublishAfterWrites`]).
+    pub(super) fn publish_after_writes(&self, channel: String, parts: &[&[u8]]) {
+        self.queue_publish(parts, |payload| WriterCommand::PublishAfterWrites { channel, payload });
     }
 
     /// Hands the writer the publish `command` makes of the payload, unless

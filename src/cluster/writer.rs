@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Weak;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,14 @@ use crate::app::ClusterEvent;
 /// Work for the writing thread.
 pub(super) enum WriterCommand {
     Publish {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// A publish sent once the writes queued before it are done: on a
+    /// Redis Cluster a batch runs master by master, so a publish could
+    /// otherwise reach its readers before a write of another master that
+    /// they are to find (a resumed socket's alias, say).
+    PublishAfterWrites {
         channel: String,
         payload: Vec<u8>,
     },
@@ -52,6 +60,9 @@ pub(super) enum WriterCommand {
     },
     /// A user whose devices Redis may count wrong (see `super::users`).
     SyncDevices(String),
+    /// Told once the writes queued before it are done (or kept for the
+    /// replay, in an outage): see [`RedisLink::written`](super::RedisLink::written).
+    Written(mpsc::SyncSender<()>),
     /// A message for a socket by public id, to the node its alias names
     /// (else the id's own): `alias` is the alias's key, `node` the id's node.
     PublishRouted {
@@ -278,7 +289,10 @@ impl Writer {
         batch.retain(|w| {
             !matches!(
                 w,
-                WriterCommand::Publish { .. } | WriterCommand::PublishRouted { .. } | WriterCommand::HoldDirect { .. }
+                WriterCommand::Publish { .. }
+                    | WriterCommand::PublishAfterWrites { .. }
+                    | WriterCommand::PublishRouted { .. }
+                    | WriterCommand::HoldDirect { .. }
             )
         });
         if let Some(inner) = self.link.upgrade() {
@@ -312,6 +326,9 @@ impl Writer {
                 WriterCommand::SyncDevices(user) => {
                     self.unsynced.insert(user);
                 }
+                WriterCommand::Written(told) => {
+                    let _ = told.try_send(());
+                }
                 WriterCommand::SetUser { id, user, previous } => {
                     let sets = self.presence.entry(id).or_default();
                     if let Some(previous) = previous {
@@ -320,6 +337,7 @@ impl Writer {
                     sets.extend(user.map(|user| format!("u:{user}")));
                 }
                 WriterCommand::Publish { .. }
+                | WriterCommand::PublishAfterWrites { .. }
                 | WriterCommand::PublishRouted { .. }
                 | WriterCommand::HoldDirect { .. }
                 | WriterCommand::AddRecord { .. }
@@ -487,10 +505,14 @@ impl Writer {
         // The generated ids claimed in this batch, in order: their answers
         // are the pipeline's only ones.
         let mut claims = Vec::new();
+        let mut after_writes = redis::pipe();
         for write in batch.iter() {
             match write {
                 WriterCommand::Publish { channel, payload } => {
                     pipe.cmd(publish).arg(channel).arg(payload.as_slice()).ignore();
+                }
+                WriterCommand::PublishAfterWrites { channel, payload } => {
+                    after_writes.cmd(publish).arg(channel).arg(payload.as_slice()).ignore();
                 }
                 WriterCommand::PublishRouted { node, payload, .. } if self.sharded => {
                     let to = routes.next().flatten().unwrap_or_else(|| node.clone());
@@ -574,7 +596,7 @@ impl Writer {
                 WriterCommand::ReleaseId { key, token } => {
                     pipe.add_command(ids::release(key, node, *token)).ignore();
                 }
-                WriterCommand::SyncDevices(_) | WriterCommand::Stop => {}
+                WriterCommand::SyncDevices(_) | WriterCommand::Written(_) | WriterCommand::Stop => {}
             }
             self.apply_record(write);
             self.note_id(write);
@@ -592,7 +614,13 @@ impl Writer {
             let keys = [&node_key(p, node, &format!("u:{user}"))[..], &node_key(p, node, "users")];
             pipe.add_command(eval(UNLIST, &keys).arg(user).clone()).ignore();
         }
-        let result = pipe.query::<Vec<redis::Value>>(c);
+        // (An empty pipeline is refused: a batch may hold nothing to write
+        // now, only what comes after, or devices to count at the beat.)
+        let result = if pipe.is_empty() { Ok(Vec::new()) } else { pipe.query::<Vec<redis::Value>>(c) };
+        let result = match result {
+            Ok(answers) if !after_writes.is_empty() => after_writes.query::<()>(c).map(|()| answers),
+            result => result,
+        };
         let written = result.is_ok();
         // The batch is written even if telling the nodes that lost ids fails.
         let result = result.and_then(|answers| self.settle_claims(c, p, node, &claims, &answers));

@@ -159,17 +159,6 @@ impl AppClient {
         self.ws.expect_close(code)
     }
 
-    /// [`expect_close`](Self::expect_close), waiting up to `within`: for a
-    /// close that another node asks for, whose hops through Redis can take
-    /// longer than [`WAIT`] on a loaded machine.
-    pub fn expect_close_within(&mut self, code: u16, within: Duration) -> String {
-        assert!(self.inbox.is_empty(), "unexpected envelopes {:?}", self.inbox);
-        match self.ws.try_recv_within(within) {
-            Ok(Frame::Close(Some(got), reason)) if got == code => reason,
-            other => panic!("expected a close frame with code {code} within {within:?}, got {other:?}"),
-        }
-    }
-
     /// The next envelope's text exactly as it came (nothing may be kept
     /// from earlier reads), for what a JSON value would not show as sent.
     pub fn next_text(&mut self) -> String {

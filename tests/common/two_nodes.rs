@@ -71,13 +71,20 @@ impl Node {
     }
 
     /// Loses `client`'s connection without a close frame (1006) and waits
-    /// until this node has kept its session: the socket's `before`+1-th
-    /// `@disconnect` here.
+    /// until this node has kept its session (the socket's `before`+1-th
+    /// `@disconnect` here) and written it to Redis: a resume that comes
+    /// sooner, on a loaded machine, finds no session in Redis yet.
     pub fn lose(&self, client: AppClient, socket: &str, before: usize) {
         client.ws.stream.shutdown(Shutdown::Both).expect("shut down");
         drop(client);
         let data = self.disconnect_of(socket, before);
         assert_eq!((&data["code"], &data["resumable"]), (&json!(1006), &json!(true)), "{data}");
+        // Twice: the session's record is handed to the writer just after the
+        // `@disconnect` handlers, by the socket's worker, which the first
+        // wait may pass.
+        for _ in 0..2 {
+            assert!(self.adapter.link().written(crate::common::WAIT), "the writer answers");
+        }
     }
 
     /// Closes the app, then leaves the cluster.
